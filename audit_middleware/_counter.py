@@ -1,0 +1,26 @@
+"""A thread-safe counter. Kept off the request path: the hot path derives its counts
+(e.g. emitted = drained + dropped + queued) instead of locking per event."""
+
+from __future__ import annotations
+
+import threading
+
+
+class Counter:
+    __slots__ = ("_n", "_lock")
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self._n += n
+
+    @property
+    def value(self) -> int:
+        return self._n
+
+    def reset(self) -> None:
+        with self._lock:
+            self._n = 0

@@ -1,0 +1,158 @@
+"""Client IP resolution behind trusted proxies.
+
+The socket peer is the client unless the peer is a configured trusted proxy. Then the
+forwarding header the proxies write (``X-Forwarded-For`` or RFC 7239 ``Forwarded``; one
+of them, chosen by configuration, because a proxy that appends to one header leaves the
+other entirely client-controlled) is walked right to left, skipping trusted hops, to the
+first untrusted hop: everything left of it was written by someone we do not trust.
+
+Nothing is trusted by default. Malformed values never raise: a hop that is not an IP
+address (``unknown``, an obfuscated ``_identifier``, garbage) cannot be attributed, so
+the client IP is then empty and the peer is kept in ``peer_ip`` for the investigator.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Final, Literal, NamedTuple
+
+from .errors import AuditConfigurationError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+ForwardedHeader = Literal["x-forwarded-for", "forwarded"]
+
+#: Hops examined from the right; a longer chain is cut (its left end is untrusted anyway).
+MAX_HOPS: Final = 32
+#: Characters of header value examined, from the right end.
+MAX_HEADER_CHARS: Final = 8192
+
+
+class Resolution(NamedTuple):
+    client_ip: str
+    #: The socket peer, when it differs from ``client_ip`` (forwarded or unresolvable).
+    peer_ip: str
+
+
+class TrustedProxies:
+    """A set of IPs and CIDRs (IPv4 and IPv6), validated at construction."""
+
+    def __init__(self, proxies: Iterable[str] = ()) -> None:
+        if isinstance(proxies, str):
+            proxies = [p for p in proxies.split(",") if p.strip()]
+        networks: list[IPNetwork] = []
+        for entry in proxies:
+            try:
+                networks.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+            except ValueError:
+                raise AuditConfigurationError(
+                    f"trusted proxy {entry!r} is not an IP address or CIDR network "
+                    f"(examples: '10.0.0.1', '10.0.0.0/8', '2001:db8::/32')"
+                ) from None
+        self.networks: tuple[IPNetwork, ...] = tuple(networks)
+        # The same few proxy addresses repeat on every request: cache the verdict.
+        self.contains = lru_cache(maxsize=1024)(self._contains)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def _contains(self, ip: IPAddress) -> bool:
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+    def __repr__(self) -> str:
+        return f"TrustedProxies({[str(n) for n in self.networks]!r})"
+
+
+def parse_ip(token: str) -> IPAddress | None:
+    """An IP from one hop value: strips quotes, ``[v6]:port`` brackets and ``v4:port``;
+    an IPv4-mapped IPv6 address becomes IPv4. Anything else is None."""
+    value = token.strip().strip('"').strip()
+    if not value or len(value) > 64:
+        return None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        value = value[1:end]
+    elif value.count(":") == 1:  # IPv4 with a port; bare IPv6 has at least two colons
+        value = value.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def forwarded_for_values(header: str) -> list[str]:
+    """The ``for=`` value of each element of an RFC 7239 ``Forwarded`` header, in order;
+    an element without ``for`` gives an empty hop (which stops the walk)."""
+    hops: list[str] = []
+    for element in _split_outside_quotes(header, ","):
+        value = ""
+        for pair in _split_outside_quotes(element, ";"):
+            name, sep, raw = pair.partition("=")
+            if sep and name.strip().lower() == "for":
+                value = raw.strip()
+                if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+                    value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        hops.append(value)
+    return hops
+
+
+def _hops(header: str, kind: ForwardedHeader) -> list[str]:
+    if len(header) > MAX_HEADER_CHARS:
+        header = header[-MAX_HEADER_CHARS:]
+    if kind == "forwarded":
+        return forwarded_for_values(header)[-MAX_HOPS:]
+    return header.rsplit(",", MAX_HOPS)[-MAX_HOPS:]
+
+
+def resolve_client_ip(
+    peer: str,
+    forwarded: str | None,
+    trusted: TrustedProxies,
+    kind: ForwardedHeader = "x-forwarded-for",
+) -> Resolution:
+    """Decide the client IP of one request. Never raises."""
+    if not trusted or not peer:
+        return Resolution(peer, "")
+    try:
+        peer_ip = parse_ip(peer)
+        if peer_ip is None or not trusted.contains(peer_ip) or not forwarded:
+            return Resolution(peer, "")
+        client: IPAddress | None = peer_ip
+        for token in reversed(_hops(forwarded, kind)):
+            hop = parse_ip(token)
+            if hop is None:
+                return Resolution("", peer)  # an untrusted hop we cannot attribute
+            client = hop
+            if not trusted.contains(hop):
+                break
+        # Every hop trusted: the leftmost one is as far as anyone can see.
+        return Resolution(str(client), peer) if str(client) != peer else Resolution(peer, "")
+    except Exception:  # malformed input must never fail a request
+        return Resolution("", peer)

@@ -1,0 +1,206 @@
+"""The per-request audit context, kept in a contextvar by the ASGI and WSGI middlewares.
+
+Setting it costs one small object per request; everything else (client IP, principal,
+organization, workspace) is resolved lazily, the first time an event of the request
+needs it, and cached. Resolving late also means it sees what inner middleware and the
+router added to the scope (``scope["user"]`` from Starlette's AuthenticationMiddleware,
+``scope["path_params"]``), whichever order the middlewares were installed in.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client_ip import ForwardedHeader, Resolution, TrustedProxies, resolve_client_ip
+from .errors import AuditConfigurationError
+
+#: A resolver returns an id, an ``(id, name)`` pair, or None (not known for this request).
+Resolved = str | tuple[str, str] | None
+Resolver = Callable[["RequestContext"], Resolved]
+PrincipalResolver = Callable[["RequestContext"], str | None]
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What a middleware was configured with; shared by all its requests."""
+
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    forwarded_header: ForwardedHeader = "x-forwarded-for"
+    principal: PrincipalResolver | None = None
+    org: Resolver | None = None
+    workspace: Resolver | None = None
+
+    def __post_init__(self) -> None:
+        if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
+            raise AuditConfigurationError(
+                f"forwarded_header must be 'x-forwarded-for' or 'forwarded', "
+                f"not {self.forwarded_header!r}: name the header your proxies append to"
+            )
+        for name in ("principal", "org", "workspace"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise AuditConfigurationError(
+                    f"{name} must be a callable taking the RequestContext, got {value!r}"
+                )
+
+
+class RequestContext:
+    """One request as the audit layer sees it: an ASGI ``scope`` or a WSGI ``environ``."""
+
+    __slots__ = ("config", "scope", "environ", "status_code", "principal_override",
+                 "view_args", "_resolution", "_principal", "_org", "_workspace")
+
+    def __init__(
+        self,
+        config: CaptureConfig,
+        scope: dict[str, Any] | None = None,
+        environ: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.scope = scope
+        self.environ = environ
+        #: The response status, observed by the middleware (None until it starts).
+        self.status_code: int | None = None
+        #: Set by :func:`set_principal`; wins over every resolver.
+        self.principal_override: str | None = None
+        self._resolution: Resolution | None = None
+        self._principal: str | None = None
+        self._org: tuple[str, str] | None = None
+        self._workspace: tuple[str, str] | None = None
+        #: Path parameters a WSGI framework passed to the view (set by ``@audited``).
+        self.view_args: Mapping[str, Any] | None = None
+
+    # -- raw request data ---------------------------------------------------------------
+    @property
+    def peer(self) -> str:
+        if self.scope is not None:
+            client = self.scope.get("client")
+            return str(client[0]) if client else ""
+        return str(self.environ.get("REMOTE_ADDR") or "") if self.environ else ""
+
+    @property
+    def path_params(self) -> Mapping[str, Any]:
+        if self.scope is not None:
+            return self.scope.get("path_params") or {}
+        return self.view_args or {}
+
+    def header(self, name: str) -> str | None:
+        """All values of header ``name`` joined by ``, `` (as RFC 9110 combines them)."""
+        name = name.lower()
+        if self.scope is not None:
+            raw = name.encode("latin-1")
+            values = [v.decode("latin-1") for k, v in self.scope.get("headers", ()) if k == raw]
+            return ", ".join(values) if values else None
+        if self.environ is not None:
+            value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+            return str(value) if value is not None else None
+        return None
+
+    # -- resolved, cached ---------------------------------------------------------------
+    def resolution(self) -> Resolution:
+        if self._resolution is None:
+            cfg = self.config
+            forwarded = self.header(cfg.forwarded_header) if cfg.trusted_proxies else None
+            self._resolution = resolve_client_ip(
+                self.peer, forwarded, cfg.trusted_proxies, cfg.forwarded_header
+            )
+        return self._resolution
+
+    def principal(self) -> str:
+        if self.principal_override is not None:
+            return self.principal_override
+        if self._principal is None:
+            resolver = self.config.principal
+            value = resolver(self) if resolver is not None else None
+            if value is None:
+                value = _principal_from_user(self.scope.get("user") if self.scope else None)
+            self._principal = str(value) if value is not None else ""
+        return self._principal
+
+    def org(self) -> tuple[str, str]:
+        if self._org is None:
+            self._org = _pair(self.config.org, self)
+        return self._org
+
+    def workspace(self) -> tuple[str, str]:
+        if self._workspace is None:
+            self._workspace = _pair(self.config.workspace, self)
+        return self._workspace
+
+
+def _pair(resolver: Resolver | None, ctx: RequestContext) -> tuple[str, str]:
+    if resolver is None:
+        return ("", "")
+    value = resolver(ctx)
+    if value is None:
+        return ("", "")
+    if isinstance(value, tuple):
+        ident, name = value
+        return (str(ident) if ident is not None else "", str(name) if name is not None else "")
+    return (str(value), "")
+
+
+def _principal_from_user(user: Any) -> str | None:
+    """The id of a Starlette-style user (``scope["user"]``); None when unauthenticated."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    for attribute in ("identity", "id", "username", "display_name"):
+        try:
+            value = getattr(user, attribute)
+        except (AttributeError, NotImplementedError):
+            continue
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "audit_request_context", default=None
+)
+
+
+def current_request() -> RequestContext | None:
+    """The audit context of the request being handled, or None outside a request."""
+    return current.get()
+
+
+def set_principal(principal: str) -> None:
+    """Name the acting user for the rest of this request, e.g. from a framework's own
+    authentication (Django's ``request.user``, Flask-Login) or in a sign-in handler."""
+    ctx = current.get()
+    if ctx is None:
+        raise AuditConfigurationError(
+            "set_principal() needs a request context: install AuditMiddleware (ASGI) or "
+            "WSGIAuditMiddleware, or pass principal= to emit() outside a request"
+        )
+    ctx.principal_override = str(principal)
+
+
+def path_param(name: str, *, lookup: Callable[[str], str | None] | None = None) -> Resolver:
+    """A resolver taking an id from a path parameter, and its display name from
+    ``lookup(id)`` when given: ``AuditMiddleware(app, org=path_param("org_id", ...))``."""
+
+    def resolve(ctx: RequestContext) -> Resolved:
+        value = ctx.path_params.get(name)
+        if value is None:
+            return None
+        ident = str(value)
+        return (ident, (lookup(ident) or "") if lookup else "")
+
+    return resolve
+
+
+def header(name: str, *, lookup: Callable[[str], str | None] | None = None) -> Resolver:
+    """A resolver taking an id from a request header. Use only for headers your own
+    infrastructure sets (a gateway), never for one a client can choose."""
+
+    def resolve(ctx: RequestContext) -> Resolved:
+        value = ctx.header(name)
+        if not value:
+            return None
+        return (value, (lookup(value) or "") if lookup else "")
+
+    return resolve

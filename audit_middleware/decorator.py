@@ -1,0 +1,209 @@
+"""``@audited``: record an event when a handler succeeds.
+
+Works on sync and async callables (Starlette endpoints, FastAPI path operations, Flask
+and Django views) and keeps their signature (``functools.wraps`` sets ``__wrapped__``,
+which FastAPI follows for dependency injection). A handler that raises records nothing,
+or a failure event when ``record_failure=True``; the exception always propagates
+unchanged. A handler that *returns* an error response (status >= 400) is a failure too.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+
+from . import _config
+from .context import RequestContext, current
+from .emitter import emit
+
+log = logging.getLogger("audit_middleware")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class AuditCall:
+    """What a ``target``/``status``/``principal`` callable of ``@audited`` receives."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    result: Any = None
+    exception: BaseException | None = None
+    context: RequestContext | None = field(default=None)
+
+    def param(self, name: str) -> Any:
+        """A path parameter: from the handler's keyword arguments (FastAPI, Flask,
+        Django), else the request's ``path_params`` (Starlette)."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        if self.context is not None and name in self.context.path_params:
+            return self.context.path_params[name]
+        for arg in self.args:  # a Starlette Request without AuditMiddleware installed
+            params = getattr(arg, "path_params", None)
+            if isinstance(params, Mapping) and name in params:
+                return params[name]
+        raise KeyError(f"no path parameter {name!r} in this call")
+
+    def result_value(self, key: str) -> Any:
+        """``key`` of the handler's result: a mapping item, a JSON response body field
+        (Starlette ``JSONResponse``, a Flask JSON response, ``(body, status)``) or an
+        attribute."""
+        return _lookup(_result_body(self.result), key)
+
+
+Getter = Callable[[AuditCall], Any]
+
+
+def from_param(name: str) -> Getter:
+    """Take the value from path parameter ``name``."""
+    return lambda call: call.param(name)
+
+
+def from_result(key: str) -> Getter:
+    """Take the value from the handler's result (see :meth:`AuditCall.result_value`)."""
+    return lambda call: call.result_value(key)
+
+
+def _getter(spec: str | Getter | None, what: str) -> Getter | None:
+    if spec is None or callable(spec):
+        return spec
+    if isinstance(spec, str):
+        return from_param(spec)
+    raise TypeError(
+        f"@audited {what}= takes a path parameter name, from_param(), from_result() or a "
+        f"callable receiving the AuditCall; got {spec!r}"
+    )
+
+
+def _result_body(result: Any) -> Any:
+    if isinstance(result, tuple) and result:  # Flask (body, status[, headers])
+        result = result[0]
+    body = getattr(result, "body", None)
+    if isinstance(body, bytes) and "json" in str(getattr(result, "media_type", "")):
+        return orjson.loads(body)
+    get_json = getattr(result, "get_json", None)
+    if callable(get_json):
+        return get_json(silent=True)
+    return result
+
+
+def _lookup(body: Any, key: str) -> Any:
+    if isinstance(body, Mapping):
+        return body[key]
+    return getattr(body, key)
+
+
+def _response_status(result: Any) -> int | None:
+    if isinstance(result, tuple) and len(result) >= 2 and isinstance(result[1], int):
+        return result[1]
+    status = getattr(result, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def audited(
+    event_type: str,
+    *,
+    target: str | Getter | None = None,
+    status: str | Getter | None = None,
+    principal: Getter | None = None,
+    org_id: Getter | None = None,
+    org_name: Getter | None = None,
+    workspace_id: Getter | None = None,
+    workspace_name: Getter | None = None,
+    record_failure: bool = False,
+) -> Callable[[F], F]:
+    """Record ``event_type`` each time the decorated handler succeeds.
+
+    ``target``: a path parameter name, ``from_param(name)``, ``from_result(key)``, or a
+    callable receiving the :class:`AuditCall`. ``status``: a constant string, or any of
+    those getters. The other getters override what the request context would give.
+    """
+    _config.settings.catalogue.check(event_type)  # fail at import time, not per request
+    getters: dict[str, Getter | None] = {
+        "target": _getter(target, "target"),
+        "status": (lambda call: status) if isinstance(status, str) else _getter(status, "status"),
+        "principal": _getter(principal, "principal"),
+        "org_id": _getter(org_id, "org_id"),
+        "org_name": _getter(org_name, "org_name"),
+        "workspace_id": _getter(workspace_id, "workspace_id"),
+        "workspace_name": _getter(workspace_name, "workspace_name"),
+    }
+    active = {name: g for name, g in getters.items() if g is not None}
+
+    def record(call: AuditCall, failure: str | None) -> None:
+        fields: dict[str, Any] = {}
+        for name, getter in active.items():
+            try:
+                fields[name] = getter(call)
+            except Exception as exc:
+                if failure is None:  # on failure a missing result is expected
+                    log.error("audit: %s for %s could not be resolved (%r); recording "
+                              "the event without it", name, event_type, exc)
+        if failure is not None:
+            fields["status"] = failure
+        emit(event_type, **fields)
+
+    def decorate(func: F) -> F:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                ctx = _enter(kwargs)
+                try:
+                    result = await func(*args, **kwargs)
+                except Exception as exc:
+                    if record_failure:
+                        _record_failure(record, AuditCall(args, kwargs, None, exc, ctx), exc)
+                    raise
+                _record_result(record, AuditCall(args, kwargs, result, None, ctx))
+                return result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = _enter(kwargs)
+            try:
+                result = func(*args, **kwargs)
+            except Exception as exc:
+                if record_failure:
+                    _record_failure(record, AuditCall(args, kwargs, None, exc, ctx), exc)
+                raise
+            _record_result(record, AuditCall(args, kwargs, result, None, ctx))
+            return result
+
+        return sync_wrapper  # type: ignore[return-value]
+
+    def _record_result(rec: Callable[[AuditCall, str | None], None], call: AuditCall) -> None:
+        code = _response_status(call.result)
+        if code is not None and code >= 400:
+            if record_failure:
+                rec(call, f"failed: HTTP {code}")
+            return
+        rec(call, None)
+
+    return decorate
+
+
+def _enter(kwargs: dict[str, Any]) -> RequestContext | None:
+    ctx = current.get()
+    if ctx is not None and ctx.environ is not None and kwargs:
+        ctx.view_args = kwargs  # WSGI frameworks pass path parameters as kwargs
+    return ctx
+
+
+def _record_failure(
+    record: Callable[[AuditCall, str | None], None], call: AuditCall, exc: BaseException
+) -> None:
+    # The handler's exception must reach the caller unchanged: a failure to record the
+    # failure is logged, never raised in its place.
+    try:
+        record(call, f"failed: {type(exc).__name__}")
+    except Exception:
+        log.exception("audit: could not record the failure event")

@@ -1,0 +1,132 @@
+"""``emit()``: build one event from explicit values and the request context, and hand
+it to the configured sink. This is the request path: no I/O, no serialization here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from . import _config
+from .catalogue import Catalogue
+from .context import RequestContext, current
+from .errors import AuditConfigurationError
+from .event import SYSTEM, AuditEvent
+from .sanitize import TRUNCATION_MARKER, field_text
+from .sinks.base import Sink
+from .tracing import current_span_context
+
+log = logging.getLogger("audit_middleware")
+
+_time_ns = time.time_ns
+_UNSET: Any = object()
+
+
+def configure(
+    *,
+    sink: Sink | None = _UNSET,
+    max_field_length: int = _UNSET,
+    catalogue: Catalogue = _UNSET,
+) -> None:
+    """Set where events go and how they are capped. Call once at start-up; the sink it
+    replaces is flushed and closed."""
+    settings = _config.settings
+    if sink is not _UNSET:
+        if sink is not None and not all(
+            callable(getattr(sink, m, None)) for m in ("submit", "flush", "close", "stats")
+        ):
+            raise AuditConfigurationError(
+                f"{sink!r} is not a sink: it needs submit(), flush(), close() and stats() "
+                f"(see audit_middleware.sinks)"
+            )
+        previous, settings.sink = settings.sink, sink
+        if previous is not None and previous is not sink:
+            previous.close(timeout=5.0)
+    if max_field_length is not _UNSET:
+        if not isinstance(max_field_length, int) or max_field_length < 2 * len(TRUNCATION_MARKER):
+            raise AuditConfigurationError(
+                f"max_field_length must be an int >= {2 * len(TRUNCATION_MARKER)}, "
+                f"got {max_field_length!r}"
+            )
+        settings.max_field_length = max_field_length
+    if catalogue is not _UNSET:
+        if not isinstance(catalogue, Catalogue):
+            raise AuditConfigurationError("catalogue must be an audit_middleware.Catalogue")
+        settings.catalogue = catalogue
+
+
+def _resolve(what: str, ctx: RequestContext, fallback: Any) -> Any:
+    """Run a lazy resolver; a failing one is logged and recorded as empty, never lost."""
+    try:
+        return getattr(ctx, what)()
+    except Exception:
+        log.exception("audit: resolving %s failed; recording the event without it", what)
+        return fallback
+
+
+def emit(
+    event_type: str,
+    target: object = None,
+    *,
+    principal: object = None,
+    status: object = None,
+    org_id: object = None,
+    org_name: object = None,
+    workspace_id: object = None,
+    workspace_name: object = None,
+    client_ip: object = None,
+) -> AuditEvent:
+    """Record one event. Inside a request, unset fields come from its context (principal,
+    client IP, organization, workspace); outside one the principal is ``system``.
+    Events whose principal is ``system`` never carry a client IP."""
+    settings = _config.settings
+    if event_type not in settings.catalogue.types:
+        settings.catalogue.check(event_type)  # raises, naming the closest valid types
+    sink = settings.sink
+    if sink is None:
+        raise AuditConfigurationError(
+            "no audit sink configured: call audit_middleware.configure(sink=...) at "
+            "start-up, or use audit_middleware.testing.capture_audit_events() in tests"
+        )
+    cap = settings.max_field_length
+    ctx = current.get()
+    if principal is None:
+        principal = _resolve("principal", ctx, "") if ctx is not None else SYSTEM
+    principal = field_text("principal", principal, cap)
+    peer = ""
+    if principal == SYSTEM:
+        client_ip = ""
+    elif client_ip is None:
+        if ctx is not None:
+            client_ip, peer = _resolve("resolution", ctx, ("", ctx.peer))
+        else:
+            client_ip = ""
+    if ctx is not None and (org_id is None or workspace_id is None):
+        if org_id is None:
+            org_id, resolved_name = _resolve("org", ctx, ("", ""))
+            org_name = resolved_name if org_name is None else org_name
+        if workspace_id is None:
+            workspace_id, resolved_name = _resolve("workspace", ctx, ("", ""))
+            workspace_name = resolved_name if workspace_name is None else workspace_name
+    event = AuditEvent(
+        event_type,
+        field_text("target", target, cap),
+        principal,
+        field_text("status", status, cap),
+        field_text("org_id", org_id, cap),
+        field_text("org_name", org_name, cap),
+        field_text("workspace_id", workspace_id, cap),
+        field_text("workspace_name", workspace_name, cap),
+        field_text("client_ip", client_ip, cap),
+        _time_ns(),
+        current_span_context(),
+        peer,
+    )
+    sink.submit(event)
+    return event
+
+
+def stats() -> dict[str, int]:
+    """The configured sink's counters (empty when none is configured)."""
+    sink = _config.settings.sink
+    return dict(sink.stats()) if sink is not None else {}

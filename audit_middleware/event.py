@@ -1,0 +1,218 @@
+"""The audit event record (schema version 1) and its one-line JSON serialization.
+
+The emit path must stay cheap (the request thread only builds an event and enqueues it),
+so an event keeps its time as integer nanoseconds and its span as the OpenTelemetry
+``SpanContext`` object; the id, the RFC 3339 date and the hex trace ids are formatted on
+first access, which normally happens on a sink's background thread.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Final
+
+import orjson
+
+SCHEMA_VERSION: Final = 1
+
+#: Field names of schema version 1, in the order they appear in every record.
+FIELDS: Final[tuple[str, ...]] = (
+    "v",
+    "id",
+    "type",
+    "target",
+    "principal",
+    "status",
+    "org_id",
+    "org_name",
+    "workspace_id",
+    "workspace_name",
+    "client_ip",
+    "created",
+    "trace_id",
+    "span_id",
+)
+
+#: Optional fields an event may carry after the schema fields (documented in docs/record.md).
+OPTIONAL_FIELDS: Final[tuple[str, ...]] = ("peer_ip",)
+
+#: The string fields a caller supplies; each is length-capped (see ``sanitize``).
+TEXT_FIELDS: Final[tuple[str, ...]] = (
+    "target",
+    "principal",
+    "status",
+    "org_id",
+    "org_name",
+    "workspace_id",
+    "workspace_name",
+)
+
+#: Principal of events the application itself initiates.
+SYSTEM: Final = "system"
+
+# Characters orjson leaves raw that some readers treat as line breaks (str.splitlines,
+# JavaScript): NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR. Escaping them keeps one event on
+# exactly one line for every reader, not only for readers that split on b"\n".
+_LINE_BREAKS_UTF8: Final = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"),
+                            (b"\xe2\x80\xa9", b"\\u2029"))
+
+_getrandbits = random.getrandbits  # reseeded in forked children by the random module
+
+
+def _format_uuid7(ns: int, rand: int) -> str:
+    """RFC 9562 UUIDv7: 48-bit Unix ms, then 12 bits of sub-millisecond time (method 3,
+    so ids from one process sort by emit time), then 62 random bits."""
+    ms, sub_ns = divmod(ns, 1_000_000)
+    value = (
+        (ms & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | (sub_ns * 4096 // 1_000_000) << 64
+        | 0b10 << 62
+        | rand
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def format_created(ns: int) -> str:
+    """RFC 3339 UTC with microseconds, e.g. ``2026-11-26T01:07:10.123456Z``."""
+    sec, rem = divmod(ns, 1_000_000_000)
+    t = time.gmtime(sec)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{rem // 1000:06d}Z"
+    )
+
+
+def seed_date(created: str) -> str:
+    """The seed's display form ``YYYY-MM-DD-HH-MM-SS`` of an RFC 3339 ``created`` value."""
+    return f"{created[0:10]}-{created[11:13]}-{created[14:16]}-{created[17:19]}"
+
+
+class AuditEvent:
+    """One audit record. Construct through :func:`audit_middleware.emit` or
+    :meth:`AuditEvent.create`; field values are already validated and capped there."""
+
+    __slots__ = (
+        "type", "target", "principal", "status", "org_id", "org_name", "workspace_id",
+        "workspace_name", "client_ip", "peer_ip", "created_ns",
+        "_rand", "_span", "_id", "_trace",
+    )
+
+    type: str
+    target: str
+    principal: str
+    status: str
+    org_id: str
+    org_name: str
+    workspace_id: str
+    workspace_name: str
+    client_ip: str
+    peer_ip: str
+    created_ns: int
+
+    def __init__(
+        self,
+        type: str,
+        target: str,
+        principal: str,
+        status: str,
+        org_id: str,
+        org_name: str,
+        workspace_id: str,
+        workspace_name: str,
+        client_ip: str,
+        created_ns: int,
+        span: Any = None,
+        peer_ip: str = "",
+    ) -> None:
+        self.type = type
+        self.target = target
+        self.principal = principal
+        self.status = status
+        self.org_id = org_id
+        self.org_name = org_name
+        self.workspace_id = workspace_id
+        self.workspace_name = workspace_name
+        self.client_ip = client_ip
+        self.peer_ip = peer_ip
+        self.created_ns = created_ns
+        self._rand = _getrandbits(62)
+        self._span = span
+        self._id: str | None = None
+        self._trace: tuple[str, str] | None = None
+
+    @property
+    def v(self) -> int:
+        return SCHEMA_VERSION
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            self._id = _format_uuid7(self.created_ns, self._rand)
+        return self._id
+
+    @property
+    def created(self) -> str:
+        return format_created(self.created_ns)
+
+    def _trace_ids(self) -> tuple[str, str]:
+        if self._trace is None:
+            ctx = self._span
+            if ctx is not None and ctx.is_valid:
+                self._trace = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+            else:
+                self._trace = ("", "")
+        return self._trace
+
+    @property
+    def trace_id(self) -> str:
+        return self._trace_ids()[0]
+
+    @property
+    def span_id(self) -> str:
+        return self._trace_ids()[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a dict in schema field order (optional fields only when set)."""
+        trace_id, span_id = self._trace_ids()
+        record: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "id": self.id,
+            "type": self.type,
+            "target": self.target,
+            "principal": self.principal,
+            "status": self.status,
+            "org_id": self.org_id,
+            "org_name": self.org_name,
+            "workspace_id": self.workspace_id,
+            "workspace_name": self.workspace_name,
+            "client_ip": self.client_ip,
+            "created": format_created(self.created_ns),
+            "trace_id": trace_id,
+            "span_id": span_id,
+        }
+        if self.peer_ip:
+            record["peer_ip"] = self.peer_ip
+        return record
+
+    def to_json_line(self) -> bytes:
+        """Exactly one line of UTF-8 JSON ending in ``\\n``: orjson escapes every control
+        character (CR, LF, NUL, ESC of ANSI sequences); the remaining Unicode line
+        breaks are escaped here."""
+        line = orjson.dumps(self.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
+        if b"\xc2\x85" in line or b"\xe2\x80" in line:
+            for raw, escaped in _LINE_BREAKS_UTF8:
+                line = line.replace(raw, escaped)
+        return line
+
+    def __repr__(self) -> str:
+        return f"AuditEvent({self.to_dict()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AuditEvent):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]

@@ -1,0 +1,46 @@
+"""Turning caller-supplied values into record field values: coerce, cap, mark truncation.
+
+Values stay data: control characters are kept (escaped later by the JSON encoder, so an
+investigator sees exactly what an attacker sent) but never split a line; every string is
+capped so one request cannot write a megabyte into the audit trail.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+from .errors import AuditFieldError
+
+DEFAULT_MAX_FIELD_LENGTH: Final = 1024
+#: Appended to a capped value; the value plus the marker never exceeds the cap.
+TRUNCATION_MARKER: Final = "…[truncated]"
+
+
+def field_text(name: str, value: object, max_length: int) -> str:
+    """The string to store for field ``name``: ``None`` is empty, ints and UUIDs become
+    their decimal/canonical text, anything else is refused (a record must not contain a
+    ``repr`` of some object that may hold secrets)."""
+    if value is None:
+        return ""
+    if type(value) is str:
+        text = value
+    elif isinstance(value, str):
+        text = str.__str__(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(int(value))
+    elif isinstance(value, uuid.UUID):
+        text = str(value)
+    else:
+        raise AuditFieldError(
+            f"audit field {name!r} must be a str, int or UUID, got {type(value).__name__}: "
+            f"pass the resource's id, not the object"
+        )
+    if len(text) > max_length:
+        return cap(text, max_length)
+    return text
+
+
+def cap(text: str, max_length: int) -> str:
+    keep = max(max_length - len(TRUNCATION_MARKER), 0)
+    return text[:keep] + TRUNCATION_MARKER

@@ -1,0 +1,195 @@
+"""A bounded queue drained by a background thread in batches.
+
+Modelled on OpenTelemetry's batch processor: the caller only appends to a deque; the
+worker waits on an event with a timeout and is woken early when a batch is full; the
+export runs on the worker, and its exceptions are logged and counted, never raised into
+the app. Unlike it, a full queue is never silent: the overflow hook decides (spill to a
+spool, or drop and count).
+
+Fork safety: after ``fork()`` the child gets an empty queue and no worker, so it never
+re-sends what its parent had buffered; its worker starts on its first event.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+
+from .._counter import Counter
+from ..errors import AuditError
+from ..event import AuditEvent
+
+log = logging.getLogger("audit_middleware")
+
+Export = Callable[[list[AuditEvent]], None]
+
+
+class _FlushMarker:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class BatchingQueue:
+    def __init__(
+        self,
+        export: Export,
+        *,
+        max_queue: int = 10_000,
+        max_batch: int = 512,
+        max_delay: float = 0.2,
+        name: str = "audit-sink",
+        on_overflow: Callable[[AuditEvent], bool] | None = None,
+        exit_timeout: float = 5.0,
+    ) -> None:
+        if max_queue < 1 or max_batch < 1 or max_delay <= 0:
+            raise ValueError("max_queue and max_batch must be >= 1 and max_delay > 0")
+        self._export = export
+        self._max_queue = max_queue
+        self._max_batch = max_batch
+        self._max_delay = max_delay
+        self._name = name
+        self._on_overflow = on_overflow
+        self._exit_timeout = exit_timeout
+        self.drained = Counter()  # handed to export
+        self.failed = Counter()  # export raised: those events are lost, and counted
+        self.dropped = Counter()  # queue full and the overflow hook did not take them
+        self.overflowed = Counter()  # queue full, taken by the overflow hook
+        self._closed = False
+        self._init_runtime()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork"))
+        atexit.register(lambda: _call(ref, "close", exit_timeout))
+
+    def _init_runtime(self) -> None:
+        self._queue: collections.deque[AuditEvent | _FlushMarker] = collections.deque()
+        self._wake = threading.Event()
+        self._start_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+
+    def _after_fork(self) -> None:
+        self._init_runtime()
+        for counter in (self.drained, self.failed, self.dropped, self.overflowed):
+            counter.reset()
+
+    # -- request path -------------------------------------------------------------------
+    def submit(self, event: AuditEvent) -> bool:
+        """Enqueue; False when the queue was full (then the overflow hook ran)."""
+        if self._worker is None:
+            self._start()  # first event, first event after fork, or closed (raises)
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            return self._overflow(event)
+        queue.append(event)
+        if len(queue) >= self._max_batch:
+            self._wake.set()
+        return True
+
+    def _overflow(self, event: AuditEvent) -> bool:
+        if self._on_overflow is not None and self._on_overflow(event):
+            self.overflowed.add()
+            return False
+        self.dropped.add()
+        n = self.dropped.value
+        if n & (n - 1) == 0:  # log at 1, 2, 4, 8, ... drops: visible, not a flood
+            log.error("audit queue %s full (%d events): %d events dropped so far",
+                      self._name, self._max_queue, n)
+        return False
+
+    def _start(self) -> None:
+        if self._closed:
+            raise AuditError("this audit sink is closed; configure a new one before emitting")
+        with self._start_lock:
+            if self._worker is None:
+                worker = threading.Thread(target=self._run, name=self._name, daemon=True)
+                worker.start()
+                self._worker = worker
+
+    # -- worker -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._max_delay)
+            self._wake.clear()
+            self._drain()
+            if self._stopping and not self._queue:
+                return
+
+    def _drain(self) -> None:
+        queue = self._queue
+        batch: list[AuditEvent] = []
+        while queue:
+            item = queue.popleft()
+            if type(item) is _FlushMarker:
+                self._deliver(batch)
+                batch = []
+                item.done.set()
+                continue
+            batch.append(item)  # type: ignore[arg-type]
+            if len(batch) >= self._max_batch:
+                self._deliver(batch)
+                batch = []
+        self._deliver(batch)
+
+    def _deliver(self, batch: list[AuditEvent]) -> None:
+        if not batch:
+            return
+        self.drained.add(len(batch))
+        try:
+            self._export(batch)
+        except Exception:
+            self.failed.add(len(batch))
+            log.exception("audit sink %s failed to deliver %d events", self._name, len(batch))
+
+    # -- control ------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        if self._worker is None or not self._worker.is_alive():
+            if self._queue and not self._closed:
+                self._drain()  # no worker (e.g. never started): deliver on this thread
+            return not self._queue
+        marker = _FlushMarker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        worker = self._worker
+        if worker is None:
+            self._drain()
+            return
+        self._stopping = True
+        self._wake.set()
+        worker.join(timeout)
+        self._worker = None
+        if worker.is_alive():
+            log.error("audit sink %s: %d events still queued after %.1fs at close",
+                      self._name, len(self._queue), timeout or 0)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def counts(self) -> dict[str, int]:
+        queued = sum(1 for e in list(self._queue) if type(e) is not _FlushMarker)
+        return {
+            "submitted": self.drained.value + queued + self.dropped.value
+            + self.overflowed.value,
+            "queued": queued,
+            "failed": self.failed.value,
+            "dropped": self.dropped.value,
+        }
+
+
+def _call(ref: weakref.ref[BatchingQueue], method: str, *args: object) -> None:
+    obj = ref()
+    if obj is not None:
+        getattr(obj, method)(*args)
