@@ -117,8 +117,10 @@ def forwarded_for_values(header: str) -> list[str]:
             name, sep, raw = pair.partition("=")
             if sep and name.strip().lower() == "for":
                 value = raw.strip()
-                if value.startswith('"') and value.endswith('"') and len(value) >= 2:
-                    value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+                if value.startswith('"'):
+                    # A quoted-string must be closed; a malformed one is unattributable.
+                    closed = len(value) >= 2 and value.endswith('"')
+                    value = value[1:-1].replace('\\"', '"') if closed else ""
         hops.append(value)
     return hops
 

@@ -1,0 +1,138 @@
+"""Client IP resolution, through real requests into a tiny Starlette app."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from audit_middleware import AuditConfigurationError, AuditMiddleware, audited
+from audit_middleware.event import AuditEvent
+
+
+@audited("bucket_created", target=lambda call: "b1")
+async def create_bucket(request: object) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def request_from(
+    peer: str, headers: dict[str, str], events: list[AuditEvent], **options: object
+) -> AuditEvent:
+    app = AuditMiddleware(Starlette(routes=[Route("/b", create_bucket, methods=["POST"])]),
+                          **options)  # type: ignore[arg-type]
+    client = TestClient(app, client=(peer, 50000))
+    before = len(events)
+    assert client.post("/b", headers=headers).status_code == 200
+    assert len(events) == before + 1
+    return events[-1]
+
+
+PROXY = ["10.0.0.0/8", "2001:db8:ffff::/48"]
+
+CASES = [
+    # (name, peer, headers, options, expected client_ip, expected peer_ip)
+    ("no proxy trusted: XFF is ignored", "203.0.113.9",
+     {"X-Forwarded-For": "1.2.3.4"}, {}, "203.0.113.9", ""),
+    ("untrusted peer cannot spoof", "203.0.113.9",
+     {"X-Forwarded-For": "1.2.3.4"}, {"trusted_proxies": PROXY}, "203.0.113.9", ""),
+    ("trusted proxy: rightmost untrusted hop", "10.0.0.5",
+     {"X-Forwarded-For": "6.6.6.6, 198.51.100.7"}, {"trusted_proxies": PROXY},
+     "198.51.100.7", "10.0.0.5"),
+    ("chain of trusted proxies is skipped", "10.0.0.5",
+     {"X-Forwarded-For": "6.6.6.6, 198.51.100.7, 10.1.2.3, 10.9.9.9"},
+     {"trusted_proxies": PROXY}, "198.51.100.7", "10.0.0.5"),
+    ("repeated headers are combined in order", "10.0.0.5",
+     {"X-Forwarded-For": "6.6.6.6, 198.51.100.7"}, {"trusted_proxies": PROXY},
+     "198.51.100.7", "10.0.0.5"),
+    ("single IP as trusted proxy", "192.0.2.1",
+     {"X-Forwarded-For": "198.51.100.7"}, {"trusted_proxies": ["192.0.2.1"]},
+     "198.51.100.7", "192.0.2.1"),
+    ("all hops trusted: leftmost", "10.0.0.5",
+     {"X-Forwarded-For": "10.3.3.3, 10.2.2.2"}, {"trusted_proxies": PROXY},
+     "10.3.3.3", "10.0.0.5"),
+    ("IPv6 peer and hop", "2001:db8:ffff::1",
+     {"X-Forwarded-For": "2001:db8:1::42"}, {"trusted_proxies": PROXY},
+     "2001:db8:1::42", "2001:db8:ffff::1"),
+    ("IPv4 with port", "10.0.0.5",
+     {"X-Forwarded-For": "198.51.100.7:4711"}, {"trusted_proxies": PROXY},
+     "198.51.100.7", "10.0.0.5"),
+    ("bracketed IPv6 with port", "10.0.0.5",
+     {"X-Forwarded-For": "[2001:db8:1::42]:443"}, {"trusted_proxies": PROXY},
+     "2001:db8:1::42", "10.0.0.5"),
+    ("IPv4-mapped IPv6 becomes IPv4", "10.0.0.5",
+     {"X-Forwarded-For": "::ffff:198.51.100.7"}, {"trusted_proxies": PROXY},
+     "198.51.100.7", "10.0.0.5"),
+    ("RFC 7239 Forwarded", "10.0.0.5",
+     {"Forwarded": 'for=6.6.6.6, for=198.51.100.7;proto=https;by=10.0.0.5'},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "198.51.100.7", "10.0.0.5"),
+    ("Forwarded with quoted IPv6 and port", "10.0.0.5",
+     {"Forwarded": 'For="[2001:db8:cafe::17]:4711"'},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "2001:db8:cafe::17",
+     "10.0.0.5"),
+    ("Forwarded ignored when XFF is the configured header", "10.0.0.5",
+     {"Forwarded": "for=6.6.6.6"}, {"trusted_proxies": PROXY}, "10.0.0.5", ""),
+    ("XFF ignored when Forwarded is the configured header", "10.0.0.5",
+     {"X-Forwarded-For": "6.6.6.6"},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "10.0.0.5", ""),
+    ("Forwarded unknown cannot be attributed", "10.0.0.5",
+     {"Forwarded": "for=unknown"},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
+    ("Forwarded obfuscated identifier", "10.0.0.5",
+     {"Forwarded": "for=_hidden, for=_SEVKISEK"},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
+    ("garbage hop", "10.0.0.5",
+     {"X-Forwarded-For": "not-an-ip"}, {"trusted_proxies": PROXY}, "", "10.0.0.5"),
+    ("garbage left of a real client is never reached", "10.0.0.5",
+     {"X-Forwarded-For": "<script>, 198.51.100.7"}, {"trusted_proxies": PROXY},
+     "198.51.100.7", "10.0.0.5"),
+    ("empty header from a trusted proxy", "10.0.0.5",
+     {"X-Forwarded-For": ""}, {"trusted_proxies": PROXY}, "10.0.0.5", ""),
+    ("only commas", "10.0.0.5",
+     {"X-Forwarded-For": ",,,"}, {"trusted_proxies": PROXY}, "", "10.0.0.5"),
+    ("unterminated quote in Forwarded", "10.0.0.5",
+     {"Forwarded": 'for="198.51.100.7'},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
+    ("huge header is cut, rightmost hops still used", "10.0.0.5",
+     {"X-Forwarded-For": "1.1.1.1, " * 20000 + "198.51.100.7"}, {"trusted_proxies": PROXY},
+     "198.51.100.7", "10.0.0.5"),
+]
+
+
+@pytest.mark.parametrize(("peer", "headers", "options", "client_ip", "peer_ip"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_client_ip_resolution(
+    peer: str, headers: dict[str, str], options: dict[str, object], client_ip: str,
+    peer_ip: str, events: list[AuditEvent],
+) -> None:
+    event = request_from(peer, headers, events, **options)
+    assert (event.client_ip, event.peer_ip) == (client_ip, peer_ip)
+
+
+def test_repeated_forwarding_headers_are_walked_as_one_list(events: list[AuditEvent]) -> None:
+    app = AuditMiddleware(Starlette(routes=[Route("/b", create_bucket, methods=["POST"])]),
+                          trusted_proxies=PROXY)
+    client = TestClient(app, client=("10.0.0.5", 1))
+    client.post("/b", headers=[("x-forwarded-for", "198.51.100.7"),
+                               ("x-forwarded-for", "10.2.2.2")])
+    assert events[-1].client_ip == "198.51.100.7"
+
+
+def test_peer_ip_is_recorded_only_when_forwarding_was_used(events: list[AuditEvent]) -> None:
+    event = request_from("203.0.113.9", {}, events)
+    assert "peer_ip" not in event.to_dict()
+    forwarded = request_from("10.0.0.5", {"X-Forwarded-For": "198.51.100.7"}, events,
+                             trusted_proxies=PROXY)
+    assert forwarded.to_dict()["peer_ip"] == "10.0.0.5"
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.300", "not-a-network", "10.0.0.0/33", ""])
+def test_bad_trusted_proxy_fails_at_construction(bad: str) -> None:
+    with pytest.raises(AuditConfigurationError, match="trusted proxy"):
+        AuditMiddleware(Starlette(), trusted_proxies=[bad])
+
+
+def test_unknown_forwarded_header_name_is_refused() -> None:
+    with pytest.raises(AuditConfigurationError, match="forwarded_header"):
+        AuditMiddleware(Starlette(), forwarded_header="x-real-ip")  # type: ignore[arg-type]
