@@ -1,0 +1,161 @@
+"""@audited on sync and async Starlette endpoints: targets, status, failures."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from audit_middleware import AuditMiddleware, audited, from_param, from_result, set_principal
+from audit_middleware.event import AuditEvent
+
+
+class Boom(Exception):
+    pass
+
+
+@audited("credentials_deleted", target="credentials_id")
+async def delete_async(request: Request) -> Response:
+    return Response(status_code=204)
+
+
+@audited("credentials_deleted", target=from_param("credentials_id"), status="soft")
+def delete_sync(request: Request) -> Response:
+    return Response(status_code=204)
+
+
+@audited("credentials_created", target=from_result("id"))
+async def create(request: Request) -> JSONResponse:
+    return JSONResponse({"id": "cred-9"}, status_code=201)
+
+
+@audited("run_relaunched", target=lambda call: call.result_value("initial_run_id"),
+         status=lambda call: f"attempt {call.result_value('attempt')}")
+def relaunch(request: Request) -> JSONResponse:
+    return JSONResponse({"id": "run-3", "initial_run_id": "run-1", "attempt": 3})
+
+
+@audited("credentials_updated", target="credentials_id")
+async def update_fails(request: Request) -> Response:
+    raise Boom("database down")
+
+
+@audited("credentials_updated", target="credentials_id", record_failure=True)
+async def update_fails_recorded(request: Request) -> Response:
+    raise Boom("secret detail that must not be recorded")
+
+
+@audited("credentials_updated", target="credentials_id", record_failure=True)
+async def update_not_found(request: Request) -> Response:
+    return PlainTextResponse("no such credentials", status_code=404)
+
+
+@audited("credentials_updated", target="credentials_id")
+async def update_forbidden(request: Request) -> Response:
+    return PlainTextResponse("forbidden", status_code=403)
+
+
+@audited("user_sign_in", target=from_result("user_id"), status=from_result("method"))
+async def sign_in(request: Request) -> JSONResponse:
+    set_principal("u-7")
+    return JSONResponse({"user_id": "u-7", "method": "password"})
+
+
+@audited("team_created", target=from_result("missing"))
+async def target_bug(request: Request) -> JSONResponse:
+    return JSONResponse({"id": "t1"})
+
+
+app = AuditMiddleware(Starlette(routes=[
+    Route("/a/{credentials_id}", delete_async, methods=["DELETE"]),
+    Route("/s/{credentials_id}", delete_sync, methods=["DELETE"]),
+    Route("/c", create, methods=["POST"]),
+    Route("/relaunch", relaunch, methods=["POST"]),
+    Route("/fail/{credentials_id}", update_fails, methods=["PUT"]),
+    Route("/fail-recorded/{credentials_id}", update_fails_recorded, methods=["PUT"]),
+    Route("/missing/{credentials_id}", update_not_found, methods=["PUT"]),
+    Route("/forbidden/{credentials_id}", update_forbidden, methods=["PUT"]),
+    Route("/sign-in", sign_in, methods=["POST"]),
+    Route("/bug", target_bug, methods=["POST"]),
+]))
+client = TestClient(app, raise_server_exceptions=False)
+
+
+def types_and_targets(events: list[AuditEvent]) -> list[tuple[str, str, str]]:
+    return [(e.type, e.target, e.status) for e in events]
+
+
+@pytest.mark.parametrize("path", ["/a/c1", "/s/c1"])
+def test_sync_and_async_handlers_record_target_from_path(
+    path: str, events: list[AuditEvent]
+) -> None:
+    assert client.delete(path).status_code == 204
+    assert [(e.type, e.target) for e in events] == [("credentials_deleted", "c1")]
+
+
+def test_constant_status(events: list[AuditEvent]) -> None:
+    client.delete("/s/c2")
+    assert events[0].status == "soft"
+
+
+def test_target_from_json_response(events: list[AuditEvent]) -> None:
+    assert client.post("/c").status_code == 201
+    assert types_and_targets(events) == [("credentials_created", "cred-9", "")]
+
+
+def test_target_and_status_from_callables(events: list[AuditEvent]) -> None:
+    client.post("/relaunch")
+    assert types_and_targets(events) == [("run_relaunched", "run-1", "attempt 3")]
+
+
+def test_exception_records_nothing_by_default_and_propagates(events: list[AuditEvent]) -> None:
+    with pytest.raises(Boom, match="database down"):
+        TestClient(app).put("/fail/c1")
+    assert events == []
+
+
+def test_exception_records_failure_event_when_asked(events: list[AuditEvent]) -> None:
+    with pytest.raises(Boom):
+        TestClient(app).put("/fail-recorded/c1")
+    assert types_and_targets(events) == [("credentials_updated", "c1", "failed: Boom")]
+    assert "secret detail" not in events[0].to_json_line().decode()
+
+
+def test_error_response_is_a_failure(events: list[AuditEvent]) -> None:
+    assert client.put("/forbidden/c1").status_code == 403
+    assert events == []
+    assert client.put("/missing/c1").status_code == 404
+    assert types_and_targets(events) == [("credentials_updated", "c1", "failed: HTTP 404")]
+
+
+def test_set_principal_names_the_signed_in_user(events: list[AuditEvent]) -> None:
+    client.post("/sign-in", headers={"authorization": "Bearer secret-token"})
+    assert (events[0].principal, events[0].target, events[0].status) == (
+        "u-7", "u-7", "password")
+    assert events[0].client_ip == "testclient"
+
+
+def test_unresolvable_target_still_records_the_event(
+    events: list[AuditEvent], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert client.post("/bug").status_code == 200
+    assert types_and_targets(events) == [("team_created", "", "")]
+    assert "target for team_created could not be resolved" in caplog.text
+
+
+def test_decorator_keeps_name_and_docstring() -> None:
+    @audited("team_deleted", target="team_id")
+    async def delete_team(team_id: str) -> None:
+        """Delete a team."""
+
+    assert delete_team.__name__ == "delete_team"
+    assert delete_team.__doc__ == "Delete a team."
+    assert delete_team.__wrapped__ is not None  # type: ignore[attr-defined]
+
+
+def test_target_spec_of_wrong_kind_is_refused() -> None:
+    with pytest.raises(TypeError, match="target="):
+        audited("team_deleted", target=42)  # type: ignore[arg-type]

@@ -1,0 +1,92 @@
+"""The record: schema fields in order, UUIDv7 ids, RFC 3339 dates, one escaped line."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import orjson
+import pytest
+
+from audit_middleware import FIELDS, AuditFieldError, configure, emit
+from audit_middleware.event import AuditEvent, seed_date
+from audit_middleware.sanitize import TRUNCATION_MARKER
+
+HOSTILE = [
+    "line\nbreak", "carriage\rreturn", "crlf\r\n{\"v\":1,\"forged\":true}", "nul\x00byte",
+    "ansi \x1b[31mred\x1b[0m \x1b]0;title\x07", "ls\u2028ps\u2029", "nel\x85", "tab\there",
+    "bidi \u202e reversed", "emoji \U0001F600", "quote \" backslash \\",
+]
+
+
+def test_record_has_exactly_the_schema_fields_in_order(events: list[AuditEvent]) -> None:
+    event = emit("credentials_created", "c1", principal="u1", status="ok", org_id="o1",
+                 org_name="Org", workspace_id="w1", workspace_name="WS", client_ip="192.0.2.1")
+    record = orjson.loads(event.to_json_line())
+    assert tuple(record) == FIELDS
+    assert record["v"] == 1
+    assert record["type"] == "credentials_created"
+    assert (record["target"], record["principal"], record["status"]) == ("c1", "u1", "ok")
+    assert (record["org_id"], record["org_name"]) == ("o1", "Org")
+    assert (record["workspace_id"], record["workspace_name"]) == ("w1", "WS")
+    assert record["client_ip"] == "192.0.2.1"
+
+
+def test_id_is_a_uuid7_ordered_by_emit_time(events: list[AuditEvent]) -> None:
+    ids = [emit("team_created", str(i)).id for i in range(200)]
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_created_is_rfc3339_utc_with_microseconds(events: list[AuditEvent]) -> None:
+    created = emit("team_created", "t").created
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", created)
+    assert seed_date(created) == created[:10] + "-" + created[11:19].replace(":", "-")
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_values_stay_on_one_line_and_round_trip(
+    value: str, events: list[AuditEvent]
+) -> None:
+    event = emit("user_updated", value, principal=value, status=value, org_name=value)
+    line = event.to_json_line()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    text = line.decode("utf-8")
+    assert len(text.splitlines()) == 1  # splitlines also splits on \r, \x85, \u2028, ...
+    for raw in ("\x00", "\x1b", "\r", "\u2028", "\u2029", "\x85"):
+        assert raw not in text
+    record = orjson.loads(line)
+    assert (record["target"], record["principal"], record["status"]) == (value,) * 3
+
+
+def test_megabyte_values_are_capped_and_marked(events: list[AuditEvent]) -> None:
+    huge = "A" * 1_000_000 + "\n"
+    line = emit("user_updated", huge, principal=huge, status=huge).to_json_line()
+    record = orjson.loads(line)
+    for field in ("target", "principal", "status"):
+        assert len(record[field]) == 1024
+        assert record[field].endswith(TRUNCATION_MARKER)
+    assert len(line) < 5 * 1024
+
+
+def test_cap_is_configurable(events: list[AuditEvent]) -> None:
+    configure(max_field_length=64)
+    assert len(emit("user_updated", "x" * 100).target) == 64
+    assert len(emit("user_updated", "x" * 64).target) == 64
+    assert emit("user_updated", "x" * 64).target == "x" * 64
+
+
+def test_ids_of_other_types_are_recorded_as_text(events: list[AuditEvent]) -> None:
+    ident = uuid.uuid4()
+    assert emit("user_updated", 42).target == "42"
+    assert emit("user_updated", ident).target == str(ident)
+
+
+@pytest.mark.parametrize("value", [object(), {"id": 1}, 1.5, b"bytes", True])
+def test_objects_are_refused_not_repr_ed(value: object, events: list[AuditEvent]) -> None:
+    with pytest.raises(AuditFieldError, match="target"):
+        emit("user_updated", value)
+    assert events == []

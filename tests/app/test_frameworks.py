@@ -1,0 +1,134 @@
+"""FastAPI path operations (dependency injection intact) and Flask views under WSGI."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import Depends, FastAPI
+from flask import Flask
+from starlette.testclient import TestClient
+
+from audit_middleware import AuditMiddleware, WSGIAuditMiddleware, audited, set_principal
+from audit_middleware.event import AuditEvent
+
+
+def current_user_id() -> str:
+    return "u-fastapi"
+
+
+def make_fastapi() -> FastAPI:
+    api = FastAPI()
+
+    @api.post("/orgs/{org_id}/pipelines")
+    @audited("pipeline_created", target=lambda call: call.result["id"],
+             org_id=lambda call: call.param("org_id"))
+    async def create_pipeline(org_id: str, user: str = Depends(current_user_id)) -> dict:
+        set_principal(user)
+        return {"id": f"p-{org_id}", "by": user}
+
+    @api.delete("/pipelines/{pipeline_id}")
+    @audited("pipeline_deleted", target="pipeline_id")
+    def delete_pipeline(pipeline_id: int, user: str = Depends(current_user_id)) -> dict:
+        return {"deleted": pipeline_id, "by": user}
+
+    return api
+
+
+def test_fastapi_dependency_injection_survives_the_decorator(events: list[AuditEvent]) -> None:
+    client = TestClient(AuditMiddleware(make_fastapi()))
+    response = client.post("/orgs/o1/pipelines")
+    assert response.json() == {"id": "p-o1", "by": "u-fastapi"}
+    deleted = client.delete("/pipelines/7")
+    assert deleted.json() == {"deleted": 7, "by": "u-fastapi"}  # path param type-converted
+    assert [(e.type, e.target, e.principal, e.org_id) for e in events] == [
+        ("pipeline_created", "p-o1", "u-fastapi", "o1"),
+        ("pipeline_deleted", "7", "", ""),
+    ]
+
+
+def test_fastapi_openapi_still_sees_the_parameters() -> None:
+    schema = make_fastapi().openapi()
+    params = schema["paths"]["/pipelines/{pipeline_id}"]["delete"]["parameters"]
+    assert [p["name"] for p in params] == ["pipeline_id"]
+
+
+def make_flask() -> WSGIAuditMiddleware:
+    flask_app = Flask(__name__)
+
+    @flask_app.delete("/orgs/<org_id>/teams/<team_id>")
+    @audited("team_deleted", target="team_id")
+    def delete_team(org_id: str, team_id: str) -> tuple[str, int]:
+        return "", 204
+
+    @flask_app.post("/teams")
+    @audited("team_created", target=lambda call: call.result_value("id"))
+    def create_team() -> dict:
+        return {"id": "t-new"}
+
+    @flask_app.put("/teams/<team_id>")
+    @audited("team_created", target="team_id")
+    def fail(team_id: str) -> tuple[str, int]:
+        return "nope", 409
+
+    return WSGIAuditMiddleware(
+        flask_app,
+        trusted_proxies=["10.0.0.0/8"],
+        principal=lambda ctx: (ctx.header("authorization") or "")[7:] or None,
+        org=lambda ctx: (ctx.path_params.get("org_id"), "Org " + ctx.path_params.get("org_id", "")),
+    )
+
+
+def flask_client(peer: str = "192.0.2.10"):  # type: ignore[no-untyped-def]
+    from werkzeug.test import Client
+
+    return Client(make_flask()), {"REMOTE_ADDR": peer}
+
+
+def test_flask_view_records_principal_ip_org_and_target(events: list[AuditEvent]) -> None:
+    client, env = flask_client()
+    response = client.delete("/orgs/o2/teams/t5", headers={"Authorization": "Bearer alice"},
+                             environ_base=env)
+    assert response.status_code == 204
+    [event] = events
+    assert (event.type, event.target, event.principal, event.client_ip) == (
+        "team_deleted", "t5", "alice", "192.0.2.10")
+    assert (event.org_id, event.org_name) == ("o2", "Org o2")
+
+
+def test_flask_target_from_dict_result(events: list[AuditEvent]) -> None:
+    client, env = flask_client()
+    client.post("/teams", environ_base=env)
+    assert events[0].target == "t-new"
+
+
+def test_flask_error_tuple_records_nothing(events: list[AuditEvent]) -> None:
+    client, env = flask_client()
+    assert client.put("/teams/t1", environ_base=env).status_code == 409
+    assert events == []
+
+
+@pytest.mark.parametrize(("peer", "xff", "expected"), [
+    ("10.1.1.1", "198.51.100.2", "198.51.100.2"),
+    ("192.0.2.10", "198.51.100.2", "192.0.2.10"),
+])
+def test_wsgi_client_ip_behind_proxies(
+    peer: str, xff: str, expected: str, events: list[AuditEvent]
+) -> None:
+    client, env = flask_client(peer)
+    client.delete("/orgs/o2/teams/t5", headers={"X-Forwarded-For": xff}, environ_base=env)
+    assert events[0].client_ip == expected
+
+
+def test_wsgi_status_is_observed() -> None:
+    from audit_middleware import current_request
+
+    seen: list[object] = []
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        seen.append(current_request())
+        start_response("418 I'm a teapot", [])
+        return [b""]
+
+    from werkzeug.test import Client
+
+    Client(WSGIAuditMiddleware(app)).get("/")
+    assert seen[0].status_code == 418  # type: ignore[attr-defined]
