@@ -119,13 +119,10 @@ class Catalogue:
     def __init__(self, resources: Mapping[str, Mapping[str, str]] = SEED_CATALOGUE) -> None:
         self._lock = threading.Lock()
         self._resources: dict[str, dict[str, str]] = {}
-        self._types: frozenset[str] = frozenset()
+        #: Every registered type; read without a lock on the emit path.
+        self.types: frozenset[str] = frozenset()
         for resource, actions in resources.items():
             self.register_resource(resource, actions)
-
-    @property
-    def types(self) -> frozenset[str]:
-        return self._types
 
     def resources(self) -> dict[str, dict[str, str]]:
         return {r: dict(a) for r, a in self._resources.items()}
@@ -156,16 +153,16 @@ class Catalogue:
                     )
             self._resources.setdefault(resource, {}).update(actions)
             # Readers use the frozenset without a lock: publish a new one atomically.
-            self._types = self._types | frozenset(actions.values())
+            self.types = self.types | frozenset(actions.values())
 
     def check(self, event_type: str) -> str:
         """Return ``event_type`` if registered, else raise with the closest valid types."""
-        if event_type in self._types:
+        if event_type in self.types:
             return event_type
         raise UnknownEventTypeError(str(event_type), self.suggest(str(event_type)))
 
     def suggest(self, event_type: str) -> list[str]:
-        return difflib.get_close_matches(event_type, sorted(self._types), n=3, cutoff=0.6)
+        return difflib.get_close_matches(event_type, sorted(self.types), n=3, cutoff=0.6)
 
 
 default_catalogue = Catalogue()

@@ -55,7 +55,14 @@ def configure(
         settings.catalogue = catalogue
 
 
-def _resolve(what: str, ctx: RequestContext, fallback: Any) -> Any:
+def _text(name: str, value: object, cap: int) -> str:
+    # The common case (a short str, or nothing) without a function call per field.
+    if type(value) is str and len(value) <= cap:
+        return value
+    return "" if value is None else field_text(name, value, cap)
+
+
+def _from_context(ctx: RequestContext, what: str, fallback: Any) -> Any:
     """Run a lazy resolver; a failing one is logged and recorded as empty, never lost."""
     try:
         return getattr(ctx, what)()
@@ -90,34 +97,34 @@ def emit(
         )
     cap = settings.max_field_length
     ctx = current.get()
-    if principal is None:
-        principal = _resolve("principal", ctx, "") if ctx is not None else SYSTEM
-    principal = field_text("principal", principal, cap)
     peer = ""
-    if principal == SYSTEM:
-        client_ip = ""
-    elif client_ip is None:
-        if ctx is not None:
-            client_ip, peer = _resolve("resolution", ctx, ("", ctx.peer))
-        else:
-            client_ip = ""
-    if ctx is not None and (org_id is None or workspace_id is None):
+    if ctx is None:
+        if principal is None:
+            principal = SYSTEM
+    else:
+        if principal is None:
+            principal = _from_context(ctx, "principal", "")
+        if client_ip is None and principal != SYSTEM:
+            client_ip, peer = _from_context(ctx, "resolution", ("", ctx.peer))
         if org_id is None:
-            org_id, resolved_name = _resolve("org", ctx, ("", ""))
-            org_name = resolved_name if org_name is None else org_name
+            org_id, resolved = _from_context(ctx, "org", ("", ""))
+            org_name = resolved if org_name is None else org_name
         if workspace_id is None:
-            workspace_id, resolved_name = _resolve("workspace", ctx, ("", ""))
-            workspace_name = resolved_name if workspace_name is None else workspace_name
+            workspace_id, resolved = _from_context(ctx, "workspace", ("", ""))
+            workspace_name = resolved if workspace_name is None else workspace_name
+    principal = _text("principal", principal, cap)
+    if principal == SYSTEM:
+        client_ip = peer = ""
     event = AuditEvent(
         event_type,
-        field_text("target", target, cap),
+        _text("target", target, cap),
         principal,
-        field_text("status", status, cap),
-        field_text("org_id", org_id, cap),
-        field_text("org_name", org_name, cap),
-        field_text("workspace_id", workspace_id, cap),
-        field_text("workspace_name", workspace_name, cap),
-        field_text("client_ip", client_ip, cap),
+        _text("status", status, cap),
+        _text("org_id", org_id, cap),
+        _text("org_name", org_name, cap),
+        _text("workspace_id", workspace_id, cap),
+        _text("workspace_name", workspace_name, cap),
+        _text("client_ip", client_ip, cap),
         _time_ns(),
         current_span_context(),
         peer,

@@ -71,18 +71,26 @@ def _format_uuid7(ns: int, rand: int) -> str:
         | 0b10 << 62
         | rand
     )
-    h = f"{value:032x}"
+    h = value.to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_second_prefix: tuple[int, str] = (-1, "")
 
 
 def format_created(ns: int) -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2026-11-26T01:07:10.123456Z``."""
+    global _second_prefix
     sec, rem = divmod(ns, 1_000_000_000)
-    t = time.gmtime(sec)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{rem // 1000:06d}Z"
-    )
+    cached_sec, prefix = _second_prefix  # events come in bursts within one second
+    if cached_sec != sec:
+        t = time.gmtime(sec)
+        prefix = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
+        )
+        _second_prefix = (sec, prefix)
+    return f"{prefix}{rem // 1000:06d}Z"
 
 
 def seed_date(created: str) -> str:
