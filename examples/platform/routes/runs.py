@@ -1,0 +1,89 @@
+"""Runs. A launch, relaunch or resume reads the compute environment's credentials (a
+``credentials_accessed`` by ``system``, from the vault). Relaunches and resumes are
+recorded against the *initial launch* run id, the lineage's ``launch_id``. Deleting
+only marks a run; the backend drops it later (``run_dropped``, by ``system``)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from audit_middleware import audited, from_result
+from audit_middleware.catalogue import (
+    RUN_CREATED,
+    RUN_DELETED,
+    RUN_LAUNCHED,
+    RUN_RELAUNCHED,
+    RUN_RESUMED,
+)
+
+from ..jobs import OUTCOMES
+from ..payload import json_object, optional_text, text
+from ..store import Run
+from ._common import backend, created, ok, store, workspace
+
+
+@audited(RUN_LAUNCHED, target=from_result("id"))
+async def launch_run(request: Request) -> JSONResponse:
+    ws = workspace(request)
+    body = await json_object(request)
+    # ``outcome`` stands in for what the workflow will do, so demos can show failures.
+    outcome = optional_text(body, "outcome", choices=OUTCOMES) or "succeeded"
+    pipeline_id = optional_text(body, "pipeline_id")
+    if pipeline_id is not None:
+        pipeline = store(request).pipelines.get(pipeline_id, workspace_id=ws.id)
+        ce_id, repository = pipeline.compute_env_id, pipeline.repository
+    else:
+        ce_id, repository = text(body, "compute_env_id"), text(body, "repository")
+    run = backend(request).launch(ws.id, ce_id, repository, outcome=outcome)
+    return created(_public(run))
+
+
+@audited(RUN_CREATED, target=from_result("id"))
+async def create_run(request: Request) -> JSONResponse:
+    ws = workspace(request)
+    repository = text(await json_object(request), "repository")
+    return created(_public(backend(request).record_external(ws.id, repository)))
+
+
+@audited(RUN_RELAUNCHED, target=from_result("launch_id"))
+async def relaunch_run(request: Request) -> JSONResponse:
+    ws = workspace(request)
+    return created(_public(backend(request).relaunch(ws.id, request.path_params["run_id"])))
+
+
+@audited(RUN_RESUMED, target=from_result("launch_id"))
+async def resume_run(request: Request) -> JSONResponse:
+    ws = workspace(request)
+    return created(_public(backend(request).relaunch(ws.id, request.path_params["run_id"])))
+
+
+async def get_run(request: Request) -> JSONResponse:
+    ws = workspace(request)
+    return ok(_public(store(request).runs.get(request.path_params["run_id"],
+                                              workspace_id=ws.id)))
+
+
+@audited(RUN_DELETED, target="run_id")
+async def delete_run(request: Request) -> JSONResponse:
+    ws = workspace(request)
+    run = backend(request).mark_for_deletion(ws.id, request.path_params["run_id"])
+    return JSONResponse(_public(run), status_code=202)
+
+
+def _public(run: Run) -> dict[str, object]:
+    return {"id": run.id, "launch_id": run.launch_id, "status": run.status,
+            "marked_for_deletion": run.marked_for_deletion}
+
+
+WS = "/orgs/{org_id}/workspaces/{workspace_id}"
+
+routes = [
+    Route(f"{WS}/runs/launch", launch_run, methods=["POST"]),
+    Route(f"{WS}/runs", create_run, methods=["POST"]),
+    Route(f"{WS}/runs/{{run_id}}/relaunch", relaunch_run, methods=["POST"]),
+    Route(f"{WS}/runs/{{run_id}}/resume", resume_run, methods=["POST"]),
+    Route(f"{WS}/runs/{{run_id}}", get_run, methods=["GET"]),
+    Route(f"{WS}/runs/{{run_id}}", delete_run, methods=["DELETE"]),
+]
