@@ -1,0 +1,94 @@
+"""Records rendered for people and spreadsheets: the seed's columns and date form.
+
+Stored values are untrusted data. For a terminal, control characters are shown escaped
+(an ANSI sequence in a principal must not recolour or rewrite the operator's screen);
+for CSV, cells that a spreadsheet would evaluate as a formula are neutralized.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+import orjson
+
+from audit_middleware.event import seed_date
+
+#: The seed's columns, in its order: (header, record field).
+COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("Type", "type"),
+    ("Target", "target"),
+    ("Principal", "principal"),
+    ("Status", "status"),
+    ("Organization ID", "org_id"),
+    ("Organization name", "org_name"),
+    ("Workspace ID", "workspace_id"),
+    ("Workspace name", "workspace_name"),
+    ("Client IP", "client_ip"),
+    ("Creation date", "created"),
+)
+
+_FORMULA_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def display_value(record: dict[str, Any], field: str) -> str:
+    value = record.get(field, "")
+    if field == "created" and isinstance(value, str) and len(value) >= 19:
+        return seed_date(value)
+    return "" if value is None else str(value)
+
+
+def terminal_safe(text: str) -> str:
+    """Control characters (C0, DEL, C1, line/paragraph separators) as visible escapes."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
+def csv_safe(text: str) -> str:
+    """OWASP's CSV-injection rule: prefix a cell that starts like a formula with '."""
+    return "'" + text if text.startswith(_FORMULA_PREFIXES) else text
+
+
+def jsonl(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    for record in records:
+        yield orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """CSV text, a header line then a line per record, produced incrementally."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+
+    def take() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow([header for header, _ in COLUMNS] + ["ID"])
+    yield take()
+    for record in records:
+        writer.writerow([csv_safe(display_value(record, f)) for _, f in COLUMNS]
+                        + [csv_safe(str(record.get("id", "")))])
+        yield take()
+
+
+def table(records: list[dict[str, Any]], *, max_width: int = 40) -> str:
+    """A fixed-width text table with the seed's columns."""
+    headers = [header for header, _ in COLUMNS]
+    rows = [[_clip(terminal_safe(display_value(r, f)), max_width) for _, f in COLUMNS]
+            for r in records]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                 for row in rows)
+    return "\n".join(lines) + "\n"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

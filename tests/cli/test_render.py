@@ -1,0 +1,44 @@
+"""What people and spreadsheets see of a record: seed columns, dates, safe values."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from collector.render import csv_rows, table
+
+RECORD = {
+    "id": "019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11", "type": "user_sign_in", "target": "u1",
+    "principal": "\x1b[2J\x1b[31mroot\r\nforged line", "status": "password",
+    "org_id": "o1", "org_name": "Acme", "workspace_id": "", "workspace_name": "",
+    "client_ip": "198.51.100.7", "created": "2026-11-26T01:07:10.123456Z",
+}
+
+
+def test_table_shows_seed_columns_and_date_form() -> None:
+    text = table([RECORD])
+    header = text.splitlines()[0]
+    assert header.split("  ")[0] == "Type"
+    for column in ("Target", "Principal", "Status", "Organization ID", "Organization name",
+                   "Workspace ID", "Workspace name", "Client IP", "Creation date"):
+        assert column in header
+    assert "2026-11-26-01-07-10" in text
+
+
+def test_table_never_passes_control_characters_to_the_terminal() -> None:
+    text = table([RECORD])
+    assert "\x1b" not in text and "\r" not in text
+    assert len(text.splitlines()) == 3  # header, rule, one row
+    assert "\\x1b[2J" in text
+
+
+def test_csv_neutralizes_formulas_and_round_trips() -> None:
+    hostile = dict(RECORD, target="=HYPERLINK(\"http://x\")", status="+1", org_name="-2",
+                   workspace_name="@SUM(A1)")
+    rows = list(csv.reader(io.StringIO("".join(csv_rows([hostile, RECORD])))))
+    assert rows[0][:2] == ["Type", "Target"]
+    assert rows[1][1] == "'=HYPERLINK(\"http://x\")"
+    assert (rows[1][3], rows[1][5], rows[1][7]) == ("'+1", "'-2", "'@SUM(A1)")
+    assert rows[2][2] == RECORD["principal"]  # data kept, safely quoted
+    assert rows[2][9] == "2026-11-26-01-07-10"
+    assert len(rows) == 3
