@@ -147,9 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     traffic.start()
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal it caught.
+        # Ctrl-C is how this command is meant to end: a normal exit, not an error.
+        pass
     finally:
         traffic.join(timeout=5.0)
         sink.close(timeout=10.0)
+    print(f"Stopped. Audit records are in {AUDIT_FILE.resolve()}", flush=True)
     return max(outcome, default=0)
 
 

@@ -1,0 +1,122 @@
+"""Runs: the seed's rules. Relaunches and resumes are recorded against the initial
+launch run id; a delete is two events (the user's, then the backend's drop); the
+backend's own work (status changes, completion, credentials reads) is ``system``."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from examples.platform.auth import ROOT
+
+AS_ROOT = {"Authorization": f"Bearer {ROOT.token}"}
+
+
+@pytest.fixture
+def setup(platform: TestClient, audit, place) -> dict[str, str]:
+    """Credentials, a compute environment using them, and a pipeline on it."""
+    creds = platform.post(f"{place.path}/credentials", json={
+        "name": "aws", "provider": "aws", "keys": {"key": "k"}}).json()["id"]
+    ce = platform.post(f"{place.path}/compute-envs", json={
+        "name": "batch", "platform": "aws-batch", "credentials_id": creds,
+        "work_dir": "s3://w"}).json()["id"]
+    pipeline = platform.post(f"{place.path}/pipelines", json={
+        "name": "rnaseq", "repository": "https://git/r", "compute_env_id": ce}).json()["id"]
+    audit.events.clear()
+    return {"creds": creds, "ce": ce, "pipeline": pipeline}
+
+
+def launch(platform: TestClient, place, setup: dict[str, str], **extra: str) -> str:
+    response = platform.post(f"{place.path}/runs/launch",
+                             json={"pipeline_id": setup["pipeline"], **extra})
+    assert response.status_code == 201, response.text
+    run_id: str = response.json()["id"]
+    return run_id
+
+
+def tick(platform: TestClient) -> None:
+    assert platform.post("/admin/jobs/tick", headers=AS_ROOT).status_code == 200
+
+
+def test_a_launch_reads_the_credentials_as_system_then_records_the_launch(
+    platform: TestClient, audit, place, setup
+) -> None:
+    run = launch(platform, place, setup)
+    assert audit.records() == [
+        place.expect("credentials_accessed", setup["creds"], principal="system"),
+        place.expect("run_launched", run),
+    ]
+
+
+def test_a_run_created_outside_the_platform_reads_no_credentials(
+    platform: TestClient, audit, place
+) -> None:
+    run = platform.post(f"{place.path}/runs", json={"repository": "https://git/r"}).json()["id"]
+    assert audit.records() == [place.expect("run_created", run)]
+
+
+def test_relaunch_and_resume_are_recorded_with_the_initial_launch_run_id(
+    platform: TestClient, audit, place, setup
+) -> None:
+    first = launch(platform, place, setup)
+    relaunched = platform.post(f"{place.path}/runs/{first}/relaunch").json()
+    resumed = platform.post(f"{place.path}/runs/{relaunched['id']}/resume").json()
+    assert len({first, relaunched["id"], resumed["id"]}) == 3  # three distinct runs
+    launches = [r for r in audit.records() if r["type"] != "credentials_accessed"]
+    assert launches == [place.expect("run_launched", first),
+                        place.expect("run_relaunched", first),
+                        place.expect("run_resumed", first)]
+
+
+def test_every_relaunch_reads_the_credentials_again(platform, audit, place, setup) -> None:
+    first = launch(platform, place, setup)
+    platform.post(f"{place.path}/runs/{first}/relaunch")
+    platform.post(f"{place.path}/runs/{first}/resume")
+    reads = [e for e in audit.events if e.type == "credentials_accessed"]
+    assert [(e.target, e.principal, e.client_ip) for e in reads] == [
+        (setup["creds"], "system", "")] * 3
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_the_backend_records_status_changes_and_completion_as_system(
+    platform: TestClient, audit, place, setup, outcome: str
+) -> None:
+    run = launch(platform, place, setup, outcome=outcome)
+    audit.events.clear()
+    tick(platform)
+    tick(platform)
+    tick(platform)  # nothing left to do: no event
+    assert audit.records() == [
+        place.expect("run_status_changed", run, principal="system", status="running"),
+        place.expect("run_completed", run, principal="system", status=outcome),
+    ]
+
+
+def test_deleting_a_run_is_two_events_the_users_then_the_backends_drop(
+    platform: TestClient, audit, place, setup
+) -> None:
+    run = launch(platform, place, setup)
+    audit.events.clear()
+    assert platform.delete(f"{place.path}/runs/{run}").status_code == 202
+    assert platform.get(f"{place.path}/runs/{run}").json()["marked_for_deletion"] is True
+    tick(platform)
+    assert platform.get(f"{place.path}/runs/{run}").status_code == 404
+    assert audit.records() == [
+        place.expect("run_deleted", run),
+        place.expect("run_dropped", run, principal="system"),
+    ]
+
+
+def test_a_run_marked_for_deletion_cannot_be_relaunched_or_deleted_again(
+    platform: TestClient, audit, place, setup
+) -> None:
+    run = launch(platform, place, setup)
+    platform.delete(f"{place.path}/runs/{run}")
+    audit.events.clear()
+    assert platform.post(f"{place.path}/runs/{run}/relaunch").status_code == 409
+    assert platform.delete(f"{place.path}/runs/{run}").status_code == 409
+    assert audit.events == []
+
+
+def test_only_root_can_step_the_backend(platform: TestClient, audit) -> None:
+    assert platform.post("/admin/jobs/tick").status_code == 403

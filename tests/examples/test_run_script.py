@@ -1,0 +1,93 @@
+"""``python -m examples.run`` (``make run``) as a real process on a real port: it serves
+the platform, writes every catalogue event to ./audit-data/events.jsonl, and stops on
+``--once`` or Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from audit_middleware.catalogue import SEED_CATALOGUE
+from examples.platform.auth import ALICE
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SEED_TYPES = {t for actions in SEED_CATALOGUE.values() for t in actions.values()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "examples.run", *args]
+
+
+def run(cwd: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command(*args), cwd=cwd, env=environment(port), check=False,
+                          capture_output=True, text=True, timeout=60)
+
+
+def environment(port: int) -> dict[str, str]:
+    return {**os.environ, "PORT": str(port), "PYTHONPATH": str(REPO)}
+
+
+def records(cwd: Path) -> list[dict[str, str]]:
+    lines = (cwd / "audit-data" / "events.jsonl").read_bytes().splitlines()
+    return [orjson.loads(line) for line in lines]
+
+
+def test_once_drives_every_catalogue_event_into_the_file_and_exits(tmp_path: Path) -> None:
+    result = run(tmp_path, free_port(), "--once")
+    assert result.returncode == 0, result.stderr
+    written = records(tmp_path)
+    assert {r["type"] for r in written} == SEED_TYPES
+    assert f"{len(written)} audit events written" in result.stdout
+    assert str(tmp_path / "audit-data" / "events.jsonl") in result.stdout
+    assert "curl" in result.stdout
+    assert {r["client_ip"] for r in written} == {"127.0.0.1", ""}
+
+
+def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(command(), cwd=tmp_path, env=environment(port),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends (and the test fails) if the process dies
+            if "Serving until Ctrl-C" in line:
+                break
+        response = httpx.post(f"http://127.0.0.1:{port}/orgs", json={"name": "spoofed"},
+                              headers={"Authorization": f"Bearer {ALICE.token}",
+                                       "X-Forwarded-For": "192.0.2.66"})
+        assert response.status_code == 201
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    mine = [r for r in records(tmp_path) if r["org_name"] == "spoofed"]
+    assert [(r["type"], r["client_ip"]) for r in mine] == [("organization_created", "127.0.0.1")]
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = run(tmp_path, busy.getsockname()[1], "--once")
+    assert result.returncode == 2
+    assert "choose another port" in result.stderr
+    assert not (tmp_path / "audit-data").exists()
