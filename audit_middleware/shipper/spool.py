@@ -1,0 +1,233 @@
+"""The local spool: batches the collector could not take yet, on disk, in order.
+
+A spool directory holds append-only files of records (``length, crc32, batch body``),
+each appended with one write and fsynced before the events count as spooled. Records are
+replayed oldest first; a file is deleted once every record in it was acknowledged.
+
+Several processes may share one directory (pre-forked workers): each writes its own
+files and holds an ``flock`` on every file it owns, for as long as it owns it. A file
+whose lock can be taken belongs to nobody alive (its process exited or crashed) and is
+adopted and replayed by whoever finds it. Files are created under a temporary name and
+locked before they get their final name, so nobody adopts a file being born.
+
+A crash can leave a torn last record; reading stops there, the rest of that file is
+counted as ``corrupt_bytes`` and logged, and the records before it are replayed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("audit_middleware")
+
+RECORD = struct.Struct("!II")  # body length, crc32 of body
+SUFFIX = ".spool"
+_PARTIAL = ".spool-new"
+
+
+@dataclass
+class _File:
+    path: Path
+    fd: int
+    size: int  # bytes written (ours) or found (adopted)
+    read_pos: int = 0
+
+
+class Spool:
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int,
+                 file_bytes: int = 8 * 1024 * 1024) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.file_bytes = file_bytes
+        self._files: list[_File] = []  # oldest first; the last one may be our active file
+        self._active: _File | None = None  # the file we append to
+        self._used = 0  # bytes in the directory, as last counted plus our own changes
+        self._scanned = False
+        self.corrupt_bytes = 0
+
+    # -- writing --------------------------------------------------------------------------
+    def append(self, body: bytes) -> bool:
+        """Store one batch body durably (written and fsynced); False when the spool is
+        full or the disk refused it: the caller drops and counts."""
+        if not self._scanned:
+            self.adopt_orphans()
+        record = RECORD.pack(len(body), zlib.crc32(body)) + body
+        if self._used + len(record) > self.max_bytes:
+            self._used = self._count_used()  # other processes may have freed space
+            if self._used + len(record) > self.max_bytes:
+                return False
+        try:
+            active = self._active
+            if active is None or (active.size and active.size + len(record) > self.file_bytes):
+                active = self._new_file()
+            _write_all(active.fd, record, active.size)
+            os.fsync(active.fd)
+        except OSError as exc:
+            log.error("audit spool %s: could not write a batch (%s)", self.directory, exc)
+            if self._active is not None:
+                try:
+                    os.ftruncate(self._active.fd, self._active.size)  # no torn record
+                except OSError:
+                    pass
+            return False
+        active.size += len(record)
+        self._used += len(record)
+        return True
+
+    def _new_file(self) -> _File:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
+        partial = self.directory / (name + _PARTIAL)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        path = self.directory / (name + SUFFIX)
+        os.rename(partial, path)
+        _fsync_dir(self.directory)
+        self._active = _File(path, fd, 0)
+        self._files.append(self._active)
+        return self._active
+
+    # -- reading --------------------------------------------------------------------------
+    @property
+    def empty(self) -> bool:
+        return not self._files
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def peek(self) -> bytes | None:
+        """The oldest batch body not yet committed, or None when the spool is empty."""
+        while self._files:
+            head = self._files[0]
+            end = head.size
+            if head.read_pos + RECORD.size <= end:
+                length, crc = RECORD.unpack(os.pread(head.fd, RECORD.size, head.read_pos))
+                start = head.read_pos + RECORD.size
+                if start + length <= end:
+                    body = os.pread(head.fd, length, start)
+                    if len(body) == length and zlib.crc32(body) == crc:
+                        return body
+            if head.read_pos < end:
+                self.corrupt_bytes += end - head.read_pos
+                log.error("audit spool %s: %d bytes at the end of %s are torn or corrupt "
+                          "(a crash while spooling?); the records before them were kept",
+                          self.directory, end - head.read_pos, head.path.name)
+            self._remove_head()
+        return None
+
+    def commit(self) -> None:
+        """The record :meth:`peek` returned was acknowledged: move past it."""
+        head = self._files[0]
+        (length, _) = RECORD.unpack(os.pread(head.fd, RECORD.size, head.read_pos))
+        head.read_pos += RECORD.size + length
+        if head.read_pos >= head.size:
+            self._remove_head()
+
+    def _remove_head(self) -> None:
+        head = self._files.pop(0)
+        if head is self._active:
+            self._active = None
+        try:
+            os.unlink(head.path)
+        except FileNotFoundError:
+            pass
+        self._used = max(self._used - head.size, 0)
+        os.close(head.fd)  # releases the lock after the unlink: nobody adopts a dead file
+
+    # -- several processes ----------------------------------------------------------------
+    def adopt_orphans(self) -> int:
+        """Take over spool files no live process holds; returns how many were adopted."""
+        self._scanned = True
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+        except FileNotFoundError:
+            return 0
+        owned = {f.path.name for f in self._files}
+        adopted: list[_File] = []
+        for entry in entries:
+            if entry.name in owned or not entry.name.endswith((SUFFIX, _PARTIAL)):
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # a live process owns it
+                continue
+            if entry.name.endswith(_PARTIAL):  # creation never finished: nothing in it
+                _unlink_quietly(Path(entry.path))
+                os.close(fd)
+                continue
+            adopted.append(_File(Path(entry.path), fd, os.fstat(fd).st_size))
+        if adopted:
+            # Older files first; ours are newer than anything left by a dead process.
+            self._files = sorted(self._files + adopted, key=lambda f: f.path.name)
+            log.warning("audit spool %s: replaying %d spool file(s) left by earlier "
+                        "processes", self.directory, len(adopted))
+        self._used = self._count_used()
+        return len(adopted)
+
+    def _count_used(self) -> int:
+        total = 0
+        try:
+            for entry in os.scandir(self.directory):
+                if entry.name.endswith(SUFFIX):
+                    try:
+                        total += entry.stat().st_size
+                    except FileNotFoundError:
+                        pass
+        except FileNotFoundError:
+            pass
+        return total
+
+    def close(self) -> None:
+        """Release our files (they stay on disk for the next process to replay)."""
+        for f in self._files:
+            try:
+                os.close(f.fd)
+            except OSError:
+                pass
+        self._files = []
+        self._active = None
+        self._scanned = False
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent keeps its files and their locks. Closing our
+        copies of the descriptors leaves the parent's locks in place."""
+        self.close()
+        self._used = 0
+        self.corrupt_bytes = 0
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

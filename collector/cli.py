@@ -1,0 +1,81 @@
+"""``audit-collector``: the collector's command line.
+
+Each subcommand is one ``Command`` in :data:`COMMANDS`: a function adding its arguments
+and a function running it (returning the exit code). To add a subcommand, write those
+two functions (in their own module when they grow) and append a ``Command`` to the
+table; ``main`` needs no change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import config as collector_config
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# -- serve -------------------------------------------------------------------------------------
+def serve_arguments(parser: argparse.ArgumentParser) -> None:
+    collector_config.add_arguments(parser)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from . import serve as serving
+    from .ingest import IngestError
+
+    try:
+        return serving.run(collector_config.load(args))
+    except IngestError as exc:
+        print(f"audit-collector serve: {exc}", file=sys.stderr)
+        return 1
+
+
+# -- read commands (query, tail, stats, reindex) -----------------------------------------------
+# Their functions go here (or in their own modules), and their Command entries in the
+# table below. For the data directory, use collector_config.add_arguments(parser,
+# ["data_dir"]) and collector_config.load(args).data_dir: --config, AUDIT_DATA_DIR and
+# the TOML file then work the same as for serve.
+
+
+COMMANDS: list[Command] = [
+    Command("serve", "run the collector: ingest events from apps into the store",
+            serve_arguments, serve),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audit-collector",
+        description="Store, index and query audit events shipped by audit_middleware.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_arguments(sub.add_parser(command.name, help=command.help,
+                                             description=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    run = next(c.run for c in COMMANDS if c.name == args.command)
+    try:
+        return run(args)
+    except collector_config.ConfigError as exc:
+        print(f"audit-collector {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,110 @@
+"""``audit-collector serve``: open the Store, run the ingest server until SIGTERM or
+SIGINT, then drain the connections and close the Store cleanly.
+
+The start-up summary lists every option with its source; a line starting with
+``audit-collector ready:`` is printed (and flushed) once the sockets accept clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any, TextIO
+
+import orjson
+
+from .config import CollectorConfig
+from .ingest import IngestServer, IngestSettings
+
+log = logging.getLogger("collector")
+
+READY_PREFIX = "audit-collector ready:"
+STATS_FILE = "ingest-stats.json"
+STATS_INTERVAL = 5.0
+
+
+def ingest_settings(config: CollectorConfig) -> IngestSettings:
+    address = config.tcp_address
+    return IngestSettings(
+        socket_path=config.socket_path,
+        tcp_host=address[0] if address else None,
+        tcp_port=address[1] if address else 0,
+        token=config.token,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        max_frame=config.max_frame,
+        max_connections=config.max_connections,
+        handshake_timeout=config.handshake_timeout,
+        idle_timeout=config.idle_timeout,
+        read_timeout=config.read_timeout,
+        max_field_length=config.max_field_length,
+    )
+
+
+def open_store(config: CollectorConfig) -> tuple[Any, Any]:
+    from .store import StorageSettings, Store
+
+    store = Store(StorageSettings(
+        data_dir=config.data_dir,
+        max_segment_bytes=config.max_segment_bytes,
+        max_segment_age=config.max_segment_age,
+        compress_sealed=config.compress_sealed,
+        retention_days=config.retention_days,
+        retention_bytes=config.retention_bytes,
+    ))
+    return store, store.open()
+
+
+def run(config: CollectorConfig, out: TextIO = sys.stdout) -> int:
+    print(f"audit-collector serve: configuration"
+          f"{f' (file {config.config_file})' if config.config_file else ''}", file=out)
+    for line in config.describe():
+        print(line, file=out)
+    out.flush()
+    config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    store, report = open_store(config)
+    if report is not None:
+        print(f"audit-collector: store opened: {report}", file=out, flush=True)
+    try:
+        asyncio.run(_serve(store, config, out))
+    finally:
+        store.close()
+        print("audit-collector: stopped", file=out, flush=True)
+    return 0
+
+
+async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
+    server = IngestServer(store, ingest_settings(config))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    stats_task = asyncio.create_task(_write_stats(server, config))
+    print(f"{READY_PREFIX} {' '.join(server.addresses)}", file=out, flush=True)
+    try:
+        await stop.wait()
+        print("audit-collector: shutting down, draining connections", file=out, flush=True)
+        await server.shutdown(config.drain_timeout)
+    finally:
+        stats_task.cancel()
+        _dump_stats(server, config)
+
+
+async def _write_stats(server: IngestServer, config: CollectorConfig) -> None:
+    # The read commands (stats) run in another process: they find ingest counters here.
+    while True:
+        await asyncio.sleep(STATS_INTERVAL)
+        _dump_stats(server, config)
+
+
+def _dump_stats(server: IngestServer, config: CollectorConfig) -> None:
+    path = config.data_dir / STATS_FILE
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_bytes(orjson.dumps(server.stats(), option=orjson.OPT_SORT_KEYS))
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("could not write %s: %s", path, exc)

@@ -1,0 +1,129 @@
+"""Collector configuration: flags > AUDIT_* environment > TOML file > defaults, values
+parsed with units, impossible combinations refused, secrets never printed."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from collector.config import OPTIONS, CollectorConfig, ConfigError, add_arguments, load
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "collector.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_source() -> None:
+    config = load(parse(), environ={})
+    assert config.data_dir == Path("audit-data")
+    assert config.socket_path == Path("audit-data/collector.sock")
+    assert config.max_frame == 4 * 1024 * 1024
+    assert config.max_segment_age == 3600.0
+    assert config.tcp_address is None
+    assert set(config.sources.values()) == {"default"}
+
+
+def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'max_connections = 10\nidle_timeout = "2m"\nretention_days = 30\n')
+    environ = {"AUDIT_MAX_CONNECTIONS": "20", "AUDIT_IDLE_TIMEOUT": "90"}
+    config = load(parse("--config", str(path), "--max-connections", "30"), environ)
+    assert config.max_connections == 30
+    assert config.idle_timeout == 90.0
+    assert config.retention_days == 30
+    assert config.read_timeout == 30.0
+    assert config.sources["max_connections"] == "flag --max-connections"
+    assert config.sources["idle_timeout"] == "env AUDIT_IDLE_TIMEOUT"
+    assert config.sources["retention_days"] == f"file {path}"
+    assert config.sources["read_timeout"] == "default"
+
+
+def test_the_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'data_dir = "/srv/audit"\n')
+    config = load(parse(), {"AUDIT_CONFIG": str(path)})
+    assert config.data_dir == Path("/srv/audit")
+    assert config.config_file == path
+
+
+@pytest.mark.parametrize(("flag", "value", "name", "expected"), [
+    ("--max-frame", "8MiB", "max_frame", 8 * 1024 * 1024),
+    ("--max-frame", "100000", "max_frame", 100_000),
+    ("--max-segment-bytes", "64MB", "max_segment_bytes", 64_000_000),
+    ("--max-segment-age", "1h", "max_segment_age", 3600.0),
+    ("--read-timeout", "500ms", "read_timeout", 0.5),
+    ("--compress-sealed", "yes", "compress_sealed", True),
+    ("--retention-bytes", "1GiB", "retention_bytes", 1024**3),
+])
+def test_values_are_parsed_with_units(flag: str, value: str, name: str,
+                                      expected: object) -> None:
+    assert getattr(load(parse(flag, value), {}), name) == expected
+
+
+def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
+    path = toml(tmp_path, "max_frame = 1048576\ncompress_sealed = true\nidle_timeout = 1.5\n")
+    config = load(parse("--config", str(path)), {})
+    assert (config.max_frame, config.compress_sealed, config.idle_timeout) == (
+        1048576, True, 1.5)
+
+
+@pytest.mark.parametrize(("argv", "environ", "message"), [
+    (["--max-frame", "lots"], {}, "max_frame from flag --max-frame: 'lots': expected a size"),
+    ([], {"AUDIT_IDLE_TIMEOUT": "soon"}, "idle_timeout from env AUDIT_IDLE_TIMEOUT"),
+    ([], {"AUDIT_COMPRESS_SEALED": "maybe"}, "expected true or false"),
+    (["--max-frame", "1KiB"], {}, "max_frame must be between"),
+    (["--max-connections", "0"], {}, "max_connections must be at least 1"),
+    (["--tcp", "127.0.0.1"], {}, "expected host:port"),
+    (["--tcp", "127.0.0.1:7100"], {}, "needs a shared token"),
+    (["--tcp", "0.0.0.0:7100", "--token", "t"], {}, "set tls_cert and tls_key"),
+    (["--tls-cert", "c.pem"], {}, "TLS needs both"),
+    (["--tls-cert", "c.pem", "--tls-key", "k.pem"], {}, "TLS is only for TCP"),
+])
+def test_bad_values_and_combinations_are_refused_naming_their_source(
+        argv: list[str], environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load(parse(*argv), environ)
+
+
+def test_unknown_and_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown option.*max_frames"):
+        load(parse("--config", str(toml(tmp_path, "max_frames = 1\n"))), {})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load(parse("--config", str(toml(tmp_path, "max_frame = \n"))), {})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(parse("--config", str(tmp_path / "nope.toml")), {})
+
+
+def test_loopback_tcp_with_a_token_file_needs_no_tls(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    config = load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
+    assert config.token == "s3cret-token"
+    assert config.tcp_address == ("127.0.0.1", 7100)
+
+
+def test_the_summary_masks_the_token_and_names_sources() -> None:
+    config = load(parse("--tcp", "[::1]:7100"), {"AUDIT_TOKEN": "s3cret-token"})
+    summary = "\n".join(config.describe())
+    assert "s3cret-token" not in summary
+    assert "(set)" in summary
+    assert "env AUDIT_TOKEN" in summary
+    assert "flag --tcp" in summary
+    assert len(config.describe()) == len(OPTIONS)
+
+
+def test_every_option_is_a_config_field_and_back() -> None:
+    names = {f.name for f in fields(CollectorConfig)} - {"config_file", "sources"}
+    assert names == {o.name for o in OPTIONS}
+    for option in OPTIONS:
+        assert option.env == "AUDIT_" + option.name.upper()
+        assert getattr(CollectorConfig(), option.name) == option.default

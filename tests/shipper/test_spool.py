@@ -1,0 +1,145 @@
+"""The shipper's disk spool: append-only, in order, size-capped, torn tails survived, and
+files of dead processes adopted (never those of live ones)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from audit_middleware.shipper.spool import RECORD, SUFFIX, Spool
+
+
+def drain(spool: Spool) -> list[bytes]:
+    out = []
+    while (body := spool.peek()) is not None:
+        out.append(body)
+        spool.commit()
+    return out
+
+
+def spool_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*" + SUFFIX))
+
+
+def test_records_come_back_in_append_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    bodies = [f"batch {i}\n".encode() * (i + 1) for i in range(50)]
+    for body in bodies:
+        assert spool.append(body)
+    assert drain(spool) == bodies
+    assert spool.empty
+
+
+def test_a_record_stays_until_committed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(b"one")
+    spool.append(b"two")
+    assert spool.peek() == b"one"
+    assert spool.peek() == b"one"  # not acknowledged yet: offered again
+    spool.commit()
+    assert spool.peek() == b"two"
+
+
+def test_files_are_private_and_deleted_once_replayed(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory, max_bytes=1 << 20, file_bytes=100)
+    for i in range(10):
+        spool.append(bytes([65 + i]) * 60)  # one record per file at this file size
+    files = spool_files(directory)
+    assert len(files) == 10
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"}
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
+    assert spool.used_bytes == 10 * (60 + RECORD.size)
+    assert len(drain(spool)) == 10
+    assert spool_files(directory) == []
+    assert spool.used_bytes == 0
+
+
+def test_append_refuses_beyond_the_size_cap(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=3 * (100 + RECORD.size), file_bytes=150)
+    assert [spool.append(b"x" * 100) for _ in range(4)] == [True, True, True, False]
+    spool.peek()
+    spool.commit()
+    assert spool.append(b"x" * 100)  # room again once a file was replayed and deleted
+
+
+def test_a_torn_tail_is_counted_and_the_records_before_it_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(b"first")
+    spool.append(b"second")
+    spool.close()
+    (path,) = spool_files(tmp_path)
+    with open(path, "ab") as f:
+        f.write(RECORD.pack(1000, 0) + b"half a record")  # a crash in the middle of a write
+    recovered = Spool(tmp_path, max_bytes=1 << 20)
+    assert recovered.adopt_orphans() == 1
+    assert drain(recovered) == [b"first", b"second"]
+    assert recovered.corrupt_bytes == RECORD.size + len(b"half a record")
+    assert spool_files(tmp_path) == []
+
+
+def test_a_corrupt_record_stops_replay_of_that_file_only(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, file_bytes=30)
+    spool.append(b"a" * 20)
+    spool.append(b"b" * 20)
+    spool.close()
+    first, second = spool_files(tmp_path)
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF  # flip a byte: the checksum no longer matches
+    first.write_bytes(bytes(data))
+    recovered = Spool(tmp_path, max_bytes=1 << 20)
+    recovered.adopt_orphans()
+    assert drain(recovered) == [b"b" * 20]
+    assert recovered.corrupt_bytes == 20 + RECORD.size
+
+
+def test_files_left_by_a_closed_spool_are_adopted_oldest_first(tmp_path: Path) -> None:
+    old = Spool(tmp_path, max_bytes=1 << 20, file_bytes=10)
+    for i in range(3):
+        old.append(f"old-{i}".encode())
+    old.close()
+    new = Spool(tmp_path, max_bytes=1 << 20)
+    new.append(b"new")  # appending first scans for orphans: the old files go first
+    assert drain(new) == [b"old-0", b"old-1", b"old-2", b"new"]
+
+
+def test_files_of_a_live_process_are_never_adopted(tmp_path: Path) -> None:
+    owner = Spool(tmp_path, max_bytes=1 << 20)
+    owner.append(b"mine")
+    other = Spool(tmp_path, max_bytes=1 << 20)
+    assert other.adopt_orphans() == 0
+    assert other.peek() is None
+    assert owner.peek() == b"mine"
+
+
+def test_a_forked_child_keeps_its_hands_off_the_parents_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(b"parent's")
+    pid = os.fork()
+    if pid == 0:  # child
+        spool.after_fork()
+        ok = spool.peek() is None and spool.adopt_orphans() == 0 and spool.append(b"child's")
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert spool.peek() == b"parent's"  # the parent's lock survived the child closing its copy
+    spool.commit()
+    assert spool.adopt_orphans() == 1  # the child exited: its file is an orphan now
+    assert drain(spool) == [b"child's"]
+
+
+def test_a_crashed_process_leaves_files_others_adopt(tmp_path: Path) -> None:
+    code = (
+        "import os, sys\n"
+        "from audit_middleware.shipper.spool import Spool\n"
+        "s = Spool(sys.argv[1], max_bytes=1 << 20)\n"
+        "s.append(b'from the crashed process')\n"
+        "os._exit(9)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False)
+    survivor = Spool(tmp_path, max_bytes=1 << 20)
+    assert drain(survivor) == []  # nothing adopted yet: adoption is an explicit scan
+    assert survivor.adopt_orphans() == 1
+    assert drain(survivor) == [b"from the crashed process"]
