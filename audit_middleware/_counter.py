@@ -7,7 +7,7 @@ import threading
 
 
 class Counter:
-    __slots__ = ("_n", "_lock")
+    __slots__ = ("_lock", "_n")
 
     def __init__(self) -> None:
         self._n = 0

@@ -156,5 +156,5 @@ def resolve_client_ip(
                 break
         # Every hop trusted: the leftmost one is as far as anyone can see.
         return Resolution(str(client), peer) if str(client) != peer else Resolution(peer, "")
-    except Exception:  # malformed input must never fail a request
+    except Exception:  # noqa: BLE001 - malformed input must never fail a request
         return Resolution("", peer)

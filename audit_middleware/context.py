@@ -10,12 +10,15 @@ router added to the scope (``scope["user"]`` from Starlette's AuthenticationMidd
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .client_ip import ForwardedHeader, Resolution, TrustedProxies, resolve_client_ip
 from .errors import AuditConfigurationError
+
+log = logging.getLogger("audit_middleware")
 
 #: A resolver returns an id, an ``(id, name)`` pair, or None (not known for this request).
 Resolved = str | tuple[str, str] | None
@@ -50,14 +53,24 @@ class CaptureConfig:
 class RequestContext:
     """One request as the audit layer sees it: an ASGI ``scope`` or a WSGI ``environ``."""
 
-    __slots__ = ("config", "scope", "environ", "status_code", "principal_override",
-                 "view_args", "_resolution", "_principal", "_org", "_workspace")
+    __slots__ = (
+        "_org",
+        "_principal",
+        "_resolution",
+        "_workspace",
+        "config",
+        "environ",
+        "principal_override",
+        "scope",
+        "status_code",
+        "view_args",
+    )
 
     def __init__(
         self,
         config: CaptureConfig,
-        scope: dict[str, Any] | None = None,
-        environ: dict[str, Any] | None = None,
+        scope: MutableMapping[str, Any] | None = None,
+        environ: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.scope = scope
@@ -129,6 +142,15 @@ class RequestContext:
         if self._workspace is None:
             self._workspace = _pair(self.config.workspace, self)
         return self._workspace
+
+    def resolve_or(self, what: str, fallback: Any) -> Any:
+        """``self.<what>()``; a failing resolver is logged and gives ``fallback``, so the
+        event is recorded without that field rather than lost."""
+        try:
+            return getattr(self, what)()
+        except Exception:
+            log.exception("audit: resolving %s failed; recording the event without it", what)
+            return fallback
 
 
 def _pair(resolver: Resolver | None, ctx: RequestContext) -> tuple[str, str]:

@@ -141,7 +141,7 @@ def audited(
         for name, getter in active.items():
             try:
                 fields[name] = getter(call)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a getter bug must not lose the event
                 if failure is None:  # on failure a missing result is expected
                     log.error("audit: %s for %s could not be resolved (%r); recording "
                               "the event without it", name, event_type, exc)
@@ -193,8 +193,13 @@ def audited(
 
 def _enter(kwargs: dict[str, Any]) -> RequestContext | None:
     ctx = current.get()
-    if ctx is not None and ctx.environ is not None and kwargs:
-        ctx.view_args = kwargs  # WSGI frameworks pass path parameters as kwargs
+    if ctx is not None:
+        if ctx.environ is not None and kwargs:
+            ctx.view_args = kwargs  # WSGI frameworks pass path parameters as kwargs
+        # Resolve organization and workspace *before* the handler runs: a handler that
+        # deletes its workspace must still be recorded with the workspace's name.
+        ctx.resolve_or("org", None)
+        ctx.resolve_or("workspace", None)
     return ctx
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _config
 from .catalogue import Catalogue
-from .context import RequestContext, current
+from .context import current
 from .errors import AuditConfigurationError
 from .event import SYSTEM, AuditEvent
 from .sanitize import TRUNCATION_MARKER, field_text
@@ -62,15 +62,6 @@ def _text(name: str, value: object, cap: int) -> str:
     return "" if value is None else field_text(name, value, cap)
 
 
-def _from_context(ctx: RequestContext, what: str, fallback: Any) -> Any:
-    """Run a lazy resolver; a failing one is logged and recorded as empty, never lost."""
-    try:
-        return getattr(ctx, what)()
-    except Exception:
-        log.exception("audit: resolving %s failed; recording the event without it", what)
-        return fallback
-
-
 def emit(
     event_type: str,
     target: object = None,
@@ -103,14 +94,14 @@ def emit(
             principal = SYSTEM
     else:
         if principal is None:
-            principal = _from_context(ctx, "principal", "")
+            principal = ctx.resolve_or("principal", "")
         if client_ip is None and principal != SYSTEM:
-            client_ip, peer = _from_context(ctx, "resolution", ("", ctx.peer))
+            client_ip, peer = ctx.resolve_or("resolution", ("", ctx.peer))
         if org_id is None:
-            org_id, resolved = _from_context(ctx, "org", ("", ""))
+            org_id, resolved = ctx.resolve_or("org", ("", ""))
             org_name = resolved if org_name is None else org_name
         if workspace_id is None:
-            workspace_id, resolved = _from_context(ctx, "workspace", ("", ""))
+            workspace_id, resolved = ctx.resolve_or("workspace", ("", ""))
             workspace_name = resolved if workspace_name is None else workspace_name
     principal = _text("principal", principal, cap)
     if principal == SYSTEM:

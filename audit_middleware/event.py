@@ -103,9 +103,21 @@ class AuditEvent:
     :meth:`AuditEvent.create`; field values are already validated and capped there."""
 
     __slots__ = (
-        "type", "target", "principal", "status", "org_id", "org_name", "workspace_id",
-        "workspace_name", "client_ip", "peer_ip", "created_ns",
-        "_rand", "_span", "_id", "_trace",
+        "_id",
+        "_rand",
+        "_span",
+        "_trace",
+        "client_ip",
+        "created_ns",
+        "org_id",
+        "org_name",
+        "peer_ip",
+        "principal",
+        "status",
+        "target",
+        "type",
+        "workspace_id",
+        "workspace_name",
     )
 
     type: str
