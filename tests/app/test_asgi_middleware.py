@@ -227,3 +227,18 @@ def test_failing_resolver_is_logged_and_event_kept(
     assert TestClient(app).delete("/runs/r1").status_code == 204
     assert (events[0].type, events[0].org_id) == ("run_deleted", "")
     assert "resolving org failed" in caplog.text
+
+
+def test_names_are_resolved_before_the_handler_deletes_them(events: list[AuditEvent]) -> None:
+    names = {"w9": "Doomed"}
+
+    @audited("workspace_deleted", target="workspace_id")
+    async def delete(request: Request) -> Response:
+        del names[request.path_params["workspace_id"]]
+        return Response(status_code=204)
+
+    app = AuditMiddleware(
+        Starlette(routes=[Route("/w/{workspace_id}", delete, methods=["DELETE"])]),
+        workspace=path_param("workspace_id", lookup=names.get))
+    TestClient(app).delete("/w/w9")
+    assert (events[0].workspace_id, events[0].workspace_name) == ("w9", "Doomed")
