@@ -18,6 +18,7 @@ from .errors import (
 )
 from .event import FIELDS, SCHEMA_VERSION, SYSTEM, AuditEvent
 from .middleware import AuditMiddleware
+from .shipper import CollectorSink
 from .sinks import JsonlFileSink, MemorySink, Sink
 from .wsgi import WSGIAuditMiddleware
 
@@ -33,6 +34,7 @@ __all__ = [
     "AuditFieldError",
     "AuditMiddleware",
     "Catalogue",
+    "CollectorSink",
     "JsonlFileSink",
     "MemorySink",
     "RequestContext",

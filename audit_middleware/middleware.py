@@ -2,16 +2,29 @@
 
 For each http request it sets the audit context (a contextvar) for the duration of the
 app call and observes the response status by wrapping ``send``; it never reads or
-buffers bodies. Other scope types (websocket, lifespan) pass straight through.
+buffers bodies. Websocket scopes pass straight through; on lifespan shutdown the
+configured sink is flushed (bounded) before the server is told shutdown is complete.
+
+With a ``fail_closed`` sink, the response of a request whose events were not durably
+recorded within the sink's deadline is replaced by a 503 before it starts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterable
 
+from . import _config
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .client_ip import ForwardedHeader, TrustedProxies
 from .context import CaptureConfig, PrincipalResolver, RequestContext, Resolver, current
+from .shipper.receipts import Receipt, pending, wait_durable
+
+log = logging.getLogger("audit_middleware")
+
+SHUTDOWN_FLUSH_TIMEOUT = 5.0
+_UNAVAILABLE_BODY = b"Service Unavailable: the action could not be recorded in the audit log\n"
 
 
 class AuditMiddleware:
@@ -36,9 +49,16 @@ class AuditMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = _flushing_on_shutdown(send)
             await self.app(scope, receive, send)
             return
         ctx = RequestContext(self.config, scope=scope)
+        sink = _config.settings.sink
+        if getattr(sink, "fail_closed", False):
+            await _call_fail_closed(self.app, scope, receive, send, ctx,
+                                    sink.fail_closed_timeout)  # type: ignore[union-attr]
+            return
 
         async def send_observing_status(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -50,3 +70,48 @@ class AuditMiddleware:
             await self.app(scope, receive, send_observing_status)
         finally:
             current.reset(token)
+
+
+async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
+                            ctx: RequestContext, timeout: float) -> None:
+    receipts: list[Receipt[str | None]] = []
+    refused = False
+
+    async def send_once_durable(message: Message) -> None:
+        nonlocal refused
+        if refused:
+            return  # the app's response was replaced by the 503
+        if message["type"] == "http.response.start":
+            reason = await wait_durable(receipts, timeout) if receipts else None
+            if reason is not None:
+                refused = True
+                log.error("audit: refusing %s %s with 503 (fail_closed): %s",
+                          scope.get("method"), scope.get("path"), reason)
+                ctx.status_code = 503
+                await send({"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(_UNAVAILABLE_BODY)).encode()),
+                    (b"retry-after", b"5")]})
+                await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY})
+                return
+            ctx.status_code = message["status"]
+        await send(message)
+
+    token = current.set(ctx)
+    receipts_token = pending.set(receipts)
+    try:
+        await app(scope, receive, send_once_durable)
+    finally:
+        pending.reset(receipts_token)
+        current.reset(token)
+
+
+def _flushing_on_shutdown(send: Send) -> Send:
+    async def send_after_flush(message: Message) -> None:
+        if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            sink = _config.settings.sink
+            if sink is not None:
+                await asyncio.to_thread(sink.flush, SHUTDOWN_FLUSH_TIMEOUT)
+        await send(message)
+
+    return send_after_flush

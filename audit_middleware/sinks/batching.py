@@ -8,6 +8,10 @@ spool, or drop and count).
 
 Fork safety: after ``fork()`` the child gets an empty queue and no worker, so it never
 re-sends what its parent had buffered; its worker starts on its first event.
+
+The queued items are usually ``AuditEvent``s; a sink may queue its own item type (the
+collector sink queues ``(sequence number, event, receipt)``). A sink with background work
+of its own (replaying a spool) passes ``idle``: the worker calls it after each drain.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from .._counter import Counter
 from ..errors import AuditError
-from ..event import AuditEvent
 
 log = logging.getLogger("audit_middleware")
 
-Export = Callable[[list[AuditEvent]], None]
+T = TypeVar("T")
+Export = Callable[[list[T]], None]
 
 
 class _FlushMarker:
@@ -36,17 +41,18 @@ class _FlushMarker:
         self.done = threading.Event()
 
 
-class BatchingQueue:
+class BatchingQueue(Generic[T]):
     def __init__(
         self,
-        export: Export,
+        export: Export[T],
         *,
         max_queue: int = 10_000,
         max_batch: int = 512,
         max_delay: float = 0.2,
         name: str = "audit-sink",
-        on_overflow: Callable[[AuditEvent], bool] | None = None,
+        on_overflow: Callable[[T], bool] | None = None,
         exit_timeout: float = 5.0,
+        idle: Callable[[], bool] | None = None,
     ) -> None:
         if max_queue < 1 or max_batch < 1 or max_delay <= 0:
             raise ValueError("max_queue and max_batch must be >= 1 and max_delay > 0")
@@ -57,6 +63,7 @@ class BatchingQueue:
         self._name = name
         self._on_overflow = on_overflow
         self._exit_timeout = exit_timeout
+        self._idle = idle  # returns True when it has more work: then no wait before the next call
         self.drained = Counter()  # handed to export
         self.failed = Counter()  # export raised: those events are lost, and counted
         self.dropped = Counter()  # queue full and the overflow hook did not take them
@@ -68,7 +75,7 @@ class BatchingQueue:
         atexit.register(lambda: _call(ref, "close", exit_timeout))
 
     def _init_runtime(self) -> None:
-        self._queue: collections.deque[AuditEvent | _FlushMarker] = collections.deque()
+        self._queue: collections.deque[T | _FlushMarker] = collections.deque()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -80,7 +87,7 @@ class BatchingQueue:
             counter.reset()
 
     # -- request path -------------------------------------------------------------------
-    def submit(self, event: AuditEvent) -> bool:
+    def submit(self, event: T) -> bool:
         """Enqueue; False when the queue was full (then the overflow hook ran)."""
         if self._worker is None:
             self._start()  # first event, first event after fork, or closed (raises)
@@ -92,7 +99,7 @@ class BatchingQueue:
             self._wake.set()
         return True
 
-    def _overflow(self, event: AuditEvent) -> bool:
+    def _overflow(self, event: T) -> bool:
         if self._on_overflow is not None and self._on_overflow(event):
             self.overflowed.add()
             return False
@@ -120,10 +127,19 @@ class BatchingQueue:
             self._drain()
             if self._stopping and not self._queue:
                 return
+            if self._idle is not None and self._run_idle():
+                self._wake.set()
+
+    def _run_idle(self) -> bool:
+        try:
+            return bool(self._idle())  # type: ignore[misc]
+        except Exception:
+            log.exception("audit sink %s: background work failed", self._name)
+            return False
 
     def _drain(self) -> None:
         queue = self._queue
-        batch: list[AuditEvent] = []
+        batch: list[T] = []
         while queue:
             item = queue.popleft()
             if type(item) is _FlushMarker:
@@ -137,7 +153,7 @@ class BatchingQueue:
                 batch = []
         self._deliver(batch)
 
-    def _deliver(self, batch: list[AuditEvent]) -> None:
+    def _deliver(self, batch: list[T]) -> None:
         if not batch:
             return
         self.drained.add(len(batch))
@@ -148,6 +164,15 @@ class BatchingQueue:
             log.exception("audit sink %s failed to deliver %d events", self._name, len(batch))
 
     # -- control ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker now rather than on the first event (e.g. to replay a spool)."""
+        if self._worker is None:
+            self._start()
+
+    def wake(self) -> None:
+        """Deliver what is queued now instead of after ``max_delay``."""
+        self._wake.set()
+
     def flush(self, timeout: float | None = None) -> bool:
         if self._worker is None or not self._worker.is_alive():
             if self._queue and not self._closed:
@@ -189,7 +214,7 @@ class BatchingQueue:
         }
 
 
-def _call(ref: weakref.ref[BatchingQueue], method: str, *args: object) -> None:
+def _call(ref: weakref.ref[BatchingQueue[Any]], method: str, *args: object) -> None:
     obj = ref()
     if obj is not None:
         getattr(obj, method)(*args)

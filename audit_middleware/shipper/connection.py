@@ -1,0 +1,132 @@
+"""One blocking connection to the collector, used only by the shipper's worker thread.
+
+Stop-and-wait: send one batch, read its reply. Group commit happens across clients at
+the collector, so one batch in flight per process keeps the protocol simple without
+limiting throughput (batches are large).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from ..wire import (
+    HEADER_SIZE,
+    MAX_BATCH_ID,
+    ErrorCode,
+    ErrorReply,
+    FrameType,
+    Hello,
+    Result,
+    Welcome,
+    WireError,
+    encode_batch,
+    parse_header,
+)
+from .endpoint import Endpoint
+
+#: The largest reply frame a client accepts (a result lists the ids of a whole batch).
+MAX_REPLY_FRAME = 64 * 1024 * 1024
+
+
+class Connection:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        hello: Hello,
+        *,
+        tls: ssl.SSLContext | None,
+        connect_timeout: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self._hello = hello
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._sock: socket.socket | None = None
+        self._next_batch = 1
+        self.welcome: Welcome | None = None
+        self.batches = 0  # exchanged on this connection
+
+    @property
+    def open(self) -> bool:
+        return self._sock is not None
+
+    @property
+    def max_frame(self) -> int:
+        assert self.welcome is not None
+        return self.welcome.max_frame
+
+    def connect(self) -> None:
+        """Connect and shake hands; raises OSError or WireError (e.g. unauthorized)."""
+        sock = self.endpoint.connect(self._connect_timeout, self._tls)
+        self._sock = sock
+        try:
+            sock.sendall(self._hello.encode())
+            kind, payload = self._read_frame()
+            if kind is FrameType.ERROR:
+                raise ErrorReply.decode(payload).exception()
+            if kind is not FrameType.WELCOME:
+                raise WireError(ErrorCode.UNEXPECTED_FRAME,
+                                f"collector answered the hello with a {kind.name} frame")
+            self.welcome = Welcome.decode(payload)
+        except BaseException:
+            self.close()
+            raise
+
+    def exchange(self, body: bytes, timeout: float) -> Result:
+        """Send one batch body and wait for its reply. A WireError carrying a retryable
+        code (storage unavailable, shutting down) means: send it again later."""
+        sock = self._sock
+        if sock is None:
+            raise ConnectionError("not connected to the collector")
+        batch_id = self._next_batch
+        self._next_batch = batch_id + 1 if batch_id < MAX_BATCH_ID else 1
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(encode_batch(batch_id, body))
+            kind, payload = self._read_frame()
+        except BaseException:
+            self.close()
+            raise
+        self.batches += 1
+        if kind is FrameType.RESULT:
+            result = Result.decode(payload)
+            if result.batch_id != batch_id:
+                self.close()
+                raise WireError(ErrorCode.UNEXPECTED_FRAME, f"collector answered batch "
+                                f"{batch_id} with the result of batch {result.batch_id}")
+            return result
+        if kind is FrameType.ERROR:
+            error = ErrorReply.decode(payload)
+            if error.fatal:
+                self.close()
+            raise error.exception()
+        self.close()
+        raise WireError(ErrorCode.UNEXPECTED_FRAME, f"collector answered a batch with a "
+                        f"{kind.name} frame")
+
+    def _read_frame(self) -> tuple[FrameType, bytes]:
+        kind, length = parse_header(self._recv_exactly(HEADER_SIZE), MAX_REPLY_FRAME)
+        return kind, self._recv_exactly(length)
+
+    def _recv_exactly(self, n: int) -> bytes:
+        assert self._sock is not None
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self._sock.recv_into(view[got:])
+            if k == 0:
+                raise ConnectionError("the collector closed the connection")
+            got += k
+        return bytes(buf)
+
+    def close(self) -> None:
+        # close() never shuts the connection down: in a forked child, closing its copy of
+        # the parent's descriptor leaves the parent's connection untouched.
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass

@@ -1,0 +1,87 @@
+"""Where the collector listens: ``unix:///path/collector.sock`` or ``tcp://host:port``."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import AuditConfigurationError
+
+DEFAULT_URL = "unix://./audit-data/collector.sock"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: Literal["unix", "tcp"]
+    path: str = ""  # unix: absolute
+    host: str = ""  # tcp
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        if self.scheme == "unix" or self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def connect(self, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
+        """A connected (and, for TLS, handshaken) blocking socket; raises OSError."""
+        if self.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(self.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def parse_url(url: str) -> Endpoint:
+    """Parse a collector URL; a relative unix path is resolved against the current
+    directory now, so a later ``chdir`` does not move the collector."""
+    if not isinstance(url, str):
+        raise AuditConfigurationError(f"collector url must be a string, got {url!r}")
+    if url.startswith("unix://"):
+        path = url[len("unix://"):]
+        if not path:
+            raise AuditConfigurationError(
+                "unix collector url needs a path, e.g. unix:///var/run/audit/collector.sock")
+        return Endpoint("unix", path=os.path.abspath(path))
+    if url.startswith("tcp://"):
+        rest = url[len("tcp://"):].rstrip("/")
+        host, sep, port_text = rest.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            port = int(port_text)
+        except ValueError:
+            port = -1
+        if not sep or not host or not 0 < port < 65536:
+            raise AuditConfigurationError(
+                f"collector url {url!r} needs a host and a port, e.g. tcp://collector:7100")
+        return Endpoint("tcp", host=host, port=port)
+    raise AuditConfigurationError(
+        f"collector url {url!r} is not supported: use unix:///path/to/collector.sock or "
+        f"tcp://host:port")

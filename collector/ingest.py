@@ -1,0 +1,385 @@
+"""The ingest server: framed batches in, acknowledgements out (``audit_middleware.wire``).
+
+asyncio, one task per connection, on a unix socket (mode 0600) and optionally TCP
+(token required; TLS unless bound to loopback). Each batch is validated event by event;
+the good events go to the Store, whose future resolves after fsync and index commit
+(group commit across every connection), and only then is the batch acknowledged.
+
+Whatever a client sends, the answer is an error frame and a closed connection, never an
+exception escaping a connection task. Slow and half-open clients run into the
+handshake, idle and read deadlines; the number of connections is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hmac
+import logging
+import os
+import socket
+import ssl
+import stat
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from audit_middleware.wire import (
+    DEFAULT_MAX_FRAME,
+    HEADER_SIZE,
+    MAX_CONTROL_FRAME,
+    ErrorCode,
+    ErrorReply,
+    FrameType,
+    Hello,
+    Rejection,
+    Result,
+    Welcome,
+    WireError,
+    decode_batch,
+    parse_header,
+)
+
+from .validation import Validator, event_id
+
+log = logging.getLogger("collector.ingest")
+
+
+class IngestError(Exception):
+    """The server cannot start as configured (socket in use, bad TLS files, ...)."""
+
+
+class StoreLike(Protocol):
+    def submit(self, events: list[dict[str, Any]], source: str = "",
+               source_seqs: list[int] | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    socket_path: Path | None
+    tcp_host: str | None = None
+    tcp_port: int = 0
+    token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_connections: int = 256
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    read_timeout: float = 30.0
+    write_timeout: float = 30.0
+    max_field_length: int = 4096
+
+
+class _Conn:
+    __slots__ = ("idle", "peer", "task", "writer")
+
+    def __init__(self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str):
+        self.task = task
+        self.writer = writer
+        self.idle = True  # waiting for a frame to start: safe to cancel when draining
+        self.peer = peer
+
+
+class _StorageUnavailable(Exception):
+    pass
+
+
+class IngestServer:
+    def __init__(self, store: StoreLike, settings: IngestSettings,
+                 on_reject: Callable[[str, Rejection], None] | None = None) -> None:
+        if settings.tcp_host is not None and not settings.token:
+            raise IngestError("a TCP listener needs a shared token (--token-file or "
+                              "AUDIT_TOKEN): clients must prove they may write audit records")
+        self._store = store
+        self.settings = settings
+        self._validator = Validator(settings.max_field_length)
+        self._on_reject = on_reject
+        self._servers: list[asyncio.Server] = []
+        self._conns: dict[asyncio.Task[None], _Conn] = {}
+        self._closing = False
+        self._token = settings.token.encode() if settings.token else b""
+        self.counters: Counter[str] = Counter()
+        self.addresses: list[str] = []
+
+    # -- listening ------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        if s.socket_path is not None:
+            sock = _bind_unix(s.socket_path)
+            self._servers.append(await asyncio.start_unix_server(
+                self._unix_client, sock=sock))
+            self.addresses.append(f"unix:{s.socket_path}")
+        if s.tcp_host is not None:
+            tls = _tls_context(s.tls_cert, s.tls_key)
+            try:
+                server = await asyncio.start_server(
+                    self._tcp_client, s.tcp_host, s.tcp_port, ssl=tls,
+                    ssl_handshake_timeout=s.handshake_timeout if tls else None)
+            except OSError as exc:
+                raise IngestError(f"cannot listen on {s.tcp_host}:{s.tcp_port}: {exc}") from None
+            self._servers.append(server)
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                self.addresses.append(f"{'tls' if tls else 'tcp'}:{host}:{port}")
+
+    def tcp_port(self) -> int | None:
+        for server in self._servers:
+            for sock in server.sockets:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    return int(sock.getsockname()[1])
+        return None
+
+    async def shutdown(self, drain_timeout: float = 10.0) -> None:
+        """Stop accepting; let batches in flight get their reply; close the rest."""
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self._conns.values()):
+            if conn.idle:
+                conn.task.cancel()
+        tasks = [c.task for c in self._conns.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self.settings.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.socket_path)
+
+    # -- connections ----------------------------------------------------------------------
+    async def _unix_client(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        await self._client(reader, writer, tcp=False)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        await self._client(reader, writer, tcp=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      *, tcp: bool) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peer = _peer_name(writer, tcp)
+        self.counters["connections"] += 1
+        if self._closing or len(self._conns) >= self.settings.max_connections:
+            self.counters["connections_refused"] += 1
+            code = ErrorCode.SHUTTING_DOWN if self._closing else ErrorCode.TOO_MANY_CONNECTIONS
+            await self._close(writer, ErrorReply(code, "the collector is shutting down" if
+                              self._closing else f"{self.settings.max_connections} clients "
+                              "are connected already; retry later"))
+            return
+        conn = _Conn(task, writer, peer)
+        self._conns[task] = conn
+        error: ErrorReply | None = None
+        try:
+            await self._serve(conn, reader, writer, tcp)
+        except WireError as exc:
+            error = ErrorReply.from_exception(exc)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                error = ErrorReply(ErrorCode.BAD_FRAME, "connection closed in the middle of a "
+                                   "frame")
+        except (ConnectionError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            error = ErrorReply(ErrorCode.SHUTTING_DOWN, "the collector is shutting down")
+        except Exception:
+            log.exception("ingest: unexpected error serving %s; connection closed", peer)
+            self.counters["internal_errors"] += 1
+        finally:
+            del self._conns[task]
+        if error is not None:
+            self.counters[f"error_{error.code}"] += 1
+            if error.code != ErrorCode.SHUTTING_DOWN:
+                log.warning("ingest: %s: %s [%s]", peer, error.message, error.code)
+        await self._close(writer, error)
+
+    async def _serve(self, conn: _Conn, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, tcp: bool) -> None:
+        s = self.settings
+        kind, payload = await self._read_frame(reader, MAX_CONTROL_FRAME,
+                                               s.handshake_timeout, s.handshake_timeout)
+        if kind is not FrameType.HELLO:
+            raise WireError(ErrorCode.UNEXPECTED_FRAME, f"the first frame must be a HELLO, "
+                            f"got {kind.name} (see docs/protocol.md)")
+        hello = Hello.decode(payload)
+        version = hello.choose_version()
+        if tcp and not (hello.token and hmac.compare_digest(hello.token.encode(), self._token)):
+            self.counters["unauthorized"] += 1
+            raise WireError(ErrorCode.UNAUTHORIZED, "missing or wrong token: configure the "
+                            "collector's shared token in the client (CollectorSink(token=...))")
+        conn.peer = f"{conn.peer} ({hello.source})"
+        writer.write(Welcome(version, s.max_frame, s.idle_timeout).encode())
+        await self._drain(writer)
+        while not self._closing:
+            conn.idle = True
+            kind, payload = await self._read_frame(reader, s.max_frame, s.idle_timeout,
+                                                   s.read_timeout)
+            conn.idle = False
+            if kind is not FrameType.BATCH:
+                raise WireError(ErrorCode.UNEXPECTED_FRAME, f"expected a BATCH frame, got "
+                                f"{kind.name}")
+            writer.write(await self._batch(payload))
+            await self._drain(writer)
+
+    async def _read_frame(self, reader: asyncio.StreamReader, max_frame: int,
+                          first_byte_timeout: float, rest_timeout: float
+                          ) -> tuple[FrameType, bytes]:
+        try:
+            first = await asyncio.wait_for(reader.readexactly(1), first_byte_timeout)
+        except TimeoutError:
+            raise WireError(ErrorCode.TIMEOUT, f"no frame within {first_byte_timeout:g}s; "
+                            "reconnect when there is something to send") from None
+        try:
+            async with asyncio.timeout(rest_timeout):
+                kind, length = parse_header(first + await reader.readexactly(HEADER_SIZE - 1),
+                                            max_frame)
+                return kind, await reader.readexactly(length)
+        except TimeoutError:
+            raise WireError(ErrorCode.TIMEOUT, f"a frame took more than {rest_timeout:g}s to "
+                            "arrive") from None
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(writer.drain(), self.settings.write_timeout)
+        except TimeoutError:
+            raise ConnectionError("client does not read its replies") from None
+
+    async def _close(self, writer: asyncio.StreamWriter, error: ErrorReply | None) -> None:
+        with contextlib.suppress(Exception):
+            if error is not None and not writer.is_closing():
+                writer.write(error.encode())
+                await asyncio.wait_for(writer.drain(), 1.0)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    # -- batches --------------------------------------------------------------------------
+    async def _batch(self, payload: bytes) -> bytes:
+        batch = decode_batch(payload)
+        seqs = batch.seqs
+        good: list[dict[str, Any]] = []
+        good_seqs: list[int] = []
+        rejected: list[Rejection] = []
+        parse = self._validator.parse
+        for i, line in enumerate(batch.lines):
+            record = parse(line)
+            if type(record) is str:
+                rejection = Rejection(i, seqs[i], event_id(line), record)
+                rejected.append(rejection)
+                if self._on_reject is not None:
+                    self._on_reject(batch.source, rejection)
+            else:
+                good.append(record)  # type: ignore[arg-type]
+                good_seqs.append(seqs[i])
+        self.counters["batches"] += 1
+        self.counters["events_received"] += len(batch.lines)
+        self.counters["events_rejected"] += len(rejected)
+        written: list[str] = []
+        duplicates: list[str] = []
+        if good:
+            try:
+                result = await self._submit(good, batch.source, good_seqs)
+            except _StorageUnavailable as exc:
+                self.counters["storage_errors"] += 1
+                return ErrorReply(ErrorCode.STORAGE_UNAVAILABLE, f"events not stored ({exc}); "
+                                  "send the batch again later", batch.batch_id).encode()
+            written, duplicates = list(result.written), list(result.duplicates)
+            self.counters["events_written"] += len(written)
+            self.counters["events_duplicate"] += len(duplicates)
+        return Result(batch.batch_id, written, duplicates, rejected).encode()
+
+    async def _submit(self, events: list[dict[str, Any]], source: str, seqs: list[int]) -> Any:
+        try:
+            future = self._store.submit(events, source, seqs)
+            return await _await(future)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
+            log.error("ingest: the store failed to write %d events: %s", len(events), exc)
+            raise _StorageUnavailable(str(exc) or type(exc).__name__) from None
+
+    def stats(self) -> dict[str, int]:
+        counts = dict(self.counters)
+        counts["connections_open"] = len(self._conns)
+        return counts
+
+
+def _await(future: Any) -> Awaitable[Any]:
+    return asyncio.wrap_future(future)
+
+
+def _peer_name(writer: asyncio.StreamWriter, tcp: bool) -> str:
+    if not tcp:
+        return "unix client"
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if peer else "tcp client"
+
+
+def _bind_unix(path: Path) -> socket.socket:
+    """A listening unix socket at ``path``, mode 0600 from birth; a stale socket file left
+    by a crashed collector is replaced, a live one is an error."""
+    raw = os.fsencode(path)
+    if len(raw) >= 104:  # sun_path: 108 bytes on Linux, 104 on macOS
+        raise IngestError(f"unix socket path {path} is {len(raw)} bytes; keep it under 104 "
+                          "(choose a shorter --socket or --data-dir)")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise IngestError(f"{path} exists and is not a socket; move it away or choose "
+                              "another --socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(os.fspath(path))
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise IngestError(f"cannot check socket {path}: {exc}") from None
+            os.unlink(path)  # stale: nobody listens
+        else:
+            raise IngestError(f"another collector is already listening on {path}; stop it "
+                              "or choose another --socket")
+        finally:
+            probe.close()
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket file is born 0600: no window for others
+    try:
+        sock.bind(os.fspath(path))
+    except OSError as exc:
+        sock.close()
+        raise IngestError(f"cannot bind unix socket {path}: {exc}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise IngestError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise IngestError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+    return context
