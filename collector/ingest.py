@@ -22,7 +22,7 @@ import socket
 import ssl
 import stat
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,15 +89,13 @@ class _StorageUnavailable(Exception):
 
 
 class IngestServer:
-    def __init__(self, store: StoreLike, settings: IngestSettings,
-                 on_reject: Callable[[str, Rejection], None] | None = None) -> None:
+    def __init__(self, store: StoreLike, settings: IngestSettings) -> None:
         if settings.tcp_host is not None and not settings.token:
             raise IngestError("a TCP listener needs a shared token (--token-file or "
                               "AUDIT_TOKEN): clients must prove they may write audit records")
         self._store = store
         self.settings = settings
         self._validator = Validator(settings.max_field_length)
-        self._on_reject = on_reject
         self._servers: list[asyncio.Server] = []
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         self._closing = False
@@ -272,22 +270,27 @@ class IngestServer:
         good: list[dict[str, Any]] = []
         good_seqs: list[int] = []
         rejected: list[Rejection] = []
+        repeated: list[str] = []  # an id twice in one batch: acknowledged as a duplicate
+        seen: set[str] = set()
         parse = self._validator.parse
         for i, line in enumerate(batch.lines):
             record = parse(line)
             if type(record) is str:
-                rejection = Rejection(i, seqs[i], event_id(line), record)
-                rejected.append(rejection)
-                if self._on_reject is not None:
-                    self._on_reject(batch.source, rejection)
-            else:
-                good.append(record)  # type: ignore[arg-type]
-                good_seqs.append(seqs[i])
+                rejected.append(Rejection(i, seqs[i], event_id(line), record))
+                continue
+            ident = record["id"]  # type: ignore[index]
+            if ident in seen:
+                repeated.append(ident)
+                continue
+            seen.add(ident)
+            good.append(record)  # type: ignore[arg-type]
+            good_seqs.append(seqs[i])
         self.counters["batches"] += 1
         self.counters["events_received"] += len(batch.lines)
-        self.counters["events_rejected"] += len(rejected)
+        if rejected:
+            self._log_rejections(batch.source, rejected)
         written: list[str] = []
-        duplicates: list[str] = []
+        duplicates: list[str] = repeated
         if good:
             try:
                 result = await self._submit(good, batch.source, good_seqs)
@@ -295,10 +298,20 @@ class IngestServer:
                 self.counters["storage_errors"] += 1
                 return ErrorReply(ErrorCode.STORAGE_UNAVAILABLE, f"events not stored ({exc}); "
                                   "send the batch again later", batch.batch_id).encode()
-            written, duplicates = list(result.written), list(result.duplicates)
-            self.counters["events_written"] += len(written)
-            self.counters["events_duplicate"] += len(duplicates)
+            written = list(result.written)
+            duplicates = list(result.duplicates) + repeated
+        self.counters["events_written"] += len(written)
+        self.counters["events_duplicate"] += len(duplicates)
         return Result(batch.batch_id, written, duplicates, rejected).encode()
+
+    def _log_rejections(self, source: str, rejected: list[Rejection]) -> None:
+        before = self.counters["events_rejected"]
+        self.counters["events_rejected"] += len(rejected)
+        if before.bit_length() != self.counters["events_rejected"].bit_length():
+            first = rejected[0]  # logged at 1, 2, 4, 8, ... rejections: visible, no flood
+            log.warning("ingest: rejected %d event(s) from %s, e.g. #%d: %s (%d so far)",
+                        len(rejected), source, first.seq, first.reason,
+                        self.counters["events_rejected"])
 
     async def _submit(self, events: list[dict[str, Any]], source: str, seqs: list[int]) -> Any:
         try:
