@@ -10,10 +10,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is a top-level package, not installed
-    sys.path.insert(0, str(ROOT))
-
 from audit_middleware.event import FIELDS
 from benchmarks import MODULES
 from benchmarks import _harness as h
@@ -127,6 +123,9 @@ def test_naive_capture_writes_a_schema_v1_record(tmp_path: Path) -> None:
     assert [tuple(r) for r in records] == [FIELDS, FIELDS]
     assert {(r["type"], r["target"], r["client_ip"]) for r in records} == {
         ("credentials_deleted", "c-42", "10.0.0.7")}
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
