@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         except BenchmarkError as exc:
             print(f"\n{name}: FAILED: {exc}", file=sys.stderr)
             return 2
+        if args.smoke:
+            report.notes.insert(0, "SMOKE RUN (--smoke): tiny batches, two rounds; the "
+                                   "numbers and verdicts mean nothing.")
+            report.settings["smoke"] = True
         print()
         print(render_text(report))
         print(f"({name}: {time.monotonic() - started:.1f}s)")
