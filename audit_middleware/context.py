@@ -36,7 +36,12 @@ class CaptureConfig:
     org: Resolver | None = None
     workspace: Resolver | None = None
 
+    #: Whether ``@audited`` has work to do before the handler runs (derived).
+    before_handler: bool = field(init=False, default=False)
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "before_handler",
+                           self.org is not None or self.workspace is not None)
         if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
             raise AuditConfigurationError(
                 f"forwarded_header must be 'x-forwarded-for' or 'forwarded', "
@@ -55,11 +60,10 @@ class RequestContext:
 
     __slots__ = (
         "_org",
-        "_principal",
-        "_resolution",
         "_workspace",
         "config",
         "environ",
+        "fields",
         "principal_override",
         "scope",
         "status_code",
@@ -79,12 +83,13 @@ class RequestContext:
         self.status_code: int | None = None
         #: Set by :func:`set_principal`; wins over every resolver.
         self.principal_override: str | None = None
-        self._resolution: Resolution | None = None
-        self._principal: str | None = None
-        self._org: tuple[str, str] | None = None
-        self._workspace: tuple[str, str] | None = None
         #: Path parameters a WSGI framework passed to the view (set by ``@audited``).
         self.view_args: Mapping[str, Any] | None = None
+        #: The request's resolved, capped record fields: computed for its first event
+        #: (``emitter.request_fields``) and reused by every later one.
+        self.fields: tuple[str, str, str, str, str, str, str] | None = None
+        self._org: tuple[str, str] | None = None
+        self._workspace: tuple[str, str] | None = None
 
     # -- raw request data ---------------------------------------------------------------
     @property
@@ -112,26 +117,21 @@ class RequestContext:
             return str(value) if value is not None else None
         return None
 
-    # -- resolved, cached ---------------------------------------------------------------
+    # -- resolved (org and workspace cached: they are resolved before the handler runs) --
     def resolution(self) -> Resolution:
-        if self._resolution is None:
-            cfg = self.config
-            forwarded = self.header(cfg.forwarded_header) if cfg.trusted_proxies else None
-            self._resolution = resolve_client_ip(
-                self.peer, forwarded, cfg.trusted_proxies, cfg.forwarded_header
-            )
-        return self._resolution
+        cfg = self.config
+        forwarded = self.header(cfg.forwarded_header) if cfg.trusted_proxies else None
+        return resolve_client_ip(self.peer, forwarded, cfg.trusted_proxies,
+                                 cfg.forwarded_header)
 
     def principal(self) -> str:
         if self.principal_override is not None:
             return self.principal_override
-        if self._principal is None:
-            resolver = self.config.principal
-            value = resolver(self) if resolver is not None else None
-            if value is None:
-                value = _principal_from_user(self.scope.get("user") if self.scope else None)
-            self._principal = str(value) if value is not None else ""
-        return self._principal
+        resolver = self.config.principal
+        value = resolver(self) if resolver is not None else None
+        if value is None:
+            value = principal_from_user(self.scope.get("user") if self.scope else None)
+        return str(value) if value is not None else ""
 
     def org(self) -> tuple[str, str]:
         if self._org is None:
@@ -165,7 +165,7 @@ def _pair(resolver: Resolver | None, ctx: RequestContext) -> tuple[str, str]:
     return (str(value), "")
 
 
-def _principal_from_user(user: Any) -> str | None:
+def principal_from_user(user: Any) -> str | None:
     """The id of a Starlette-style user (``scope["user"]``); None when unauthenticated."""
     if user is None or not getattr(user, "is_authenticated", False):
         return None
@@ -173,6 +173,9 @@ def _principal_from_user(user: Any) -> str | None:
         try:
             value = getattr(user, attribute)
         except (AttributeError, NotImplementedError):
+            continue
+        except Exception:  # an app's user object must not fail the audit of its request
+            log.exception("audit: reading %s of the request's user failed", attribute)
             continue
         if value not in (None, ""):
             return str(value)
@@ -199,6 +202,7 @@ def set_principal(principal: str) -> None:
             "WSGIAuditMiddleware, or pass principal= to emit() outside a request"
         )
     ctx.principal_override = str(principal)
+    ctx.fields = None  # later events of this request resolve again, with this principal
 
 
 def path_param(name: str, *, lookup: Callable[[str], str | None] | None = None) -> Resolver:

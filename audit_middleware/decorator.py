@@ -20,7 +20,7 @@ import orjson
 
 from . import _config
 from .context import RequestContext, current
-from .emitter import emit
+from .emitter import emit, emit_in_request
 
 log = logging.getLogger("audit_middleware")
 
@@ -106,6 +106,71 @@ def _response_status(result: Any) -> int | None:
     return status if isinstance(status, int) else None
 
 
+class _Recorder:
+    """What one ``@audited`` records, prepared once at decoration time.
+
+    The common shape (target from a path parameter, a constant status, everything else
+    from the request context) takes a fast path straight to ``emit_in_request``; any
+    other shape builds an :class:`AuditCall` for its getters."""
+
+    def __init__(self, event_type: str, getters: dict[str, Getter], record_failure: bool,
+                 target_param: str | None, constant_status: str | None, simple: bool) -> None:
+        self.event_type = event_type
+        self.getters = getters
+        self.record_failure = record_failure
+        self.target_param = target_param
+        self.constant_status = constant_status
+        self.simple = simple
+
+    def success(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
+                ctx: RequestContext | None) -> None:
+        if self.simple and ctx is not None and type(result) is not tuple:
+            code = getattr(result, "status_code", None)
+            if code is None or (type(code) is int and code < 400):
+                name = self.target_param
+                if name is None:
+                    target = None
+                elif name in kwargs:
+                    target = kwargs[name]
+                else:
+                    params = ctx.path_params
+                    if name not in params:
+                        return self._general(AuditCall(args, kwargs, result, None, ctx))
+                    target = params[name]
+                emit_in_request(self.event_type, target, self.constant_status, ctx)
+                return None
+        return self._general(AuditCall(args, kwargs, result, None, ctx))
+
+    def _general(self, call: AuditCall) -> None:
+        code = _response_status(call.result)
+        if code is not None and code >= 400:
+            if self.record_failure:
+                self.record(call, f"failed: HTTP {code}")
+            return
+        self.record(call, None)
+
+    def failure(self, call: AuditCall, exc: BaseException) -> None:
+        # The handler's exception must reach the caller unchanged: a failure to record
+        # the failure is logged, never raised in its place.
+        try:
+            self.record(call, f"failed: {type(exc).__name__}")
+        except Exception:
+            log.exception("audit: could not record the failure event")
+
+    def record(self, call: AuditCall, failure: str | None) -> None:
+        fields: dict[str, Any] = {}
+        for name, getter in self.getters.items():
+            try:
+                fields[name] = getter(call)
+            except Exception as exc:  # noqa: BLE001 - a getter bug must not lose the event
+                if failure is None:  # on failure a missing result is expected
+                    log.error("audit: %s for %s could not be resolved (%r); recording "
+                              "the event without it", name, self.event_type, exc)
+        if failure is not None:
+            fields["status"] = failure
+        emit(self.event_type, **fields)
+
+
 def audited(
     event_type: str,
     *,
@@ -134,81 +199,60 @@ def audited(
         "workspace_id": _getter(workspace_id, "workspace_id"),
         "workspace_name": _getter(workspace_name, "workspace_name"),
     }
-    active = {name: g for name, g in getters.items() if g is not None}
-
-    def record(call: AuditCall, failure: str | None) -> None:
-        fields: dict[str, Any] = {}
-        for name, getter in active.items():
-            try:
-                fields[name] = getter(call)
-            except Exception as exc:  # noqa: BLE001 - a getter bug must not lose the event
-                if failure is None:  # on failure a missing result is expected
-                    log.error("audit: %s for %s could not be resolved (%r); recording "
-                              "the event without it", name, event_type, exc)
-        if failure is not None:
-            fields["status"] = failure
-        emit(event_type, **fields)
+    overrides = (principal, org_id, org_name, workspace_id, workspace_name)
+    recorder = _Recorder(
+        event_type,
+        {name: g for name, g in getters.items() if g is not None},
+        record_failure,
+        target_param=target if isinstance(target, str) else None,
+        constant_status=status if isinstance(status, str) else None,
+        simple=(target is None or isinstance(target, str))
+        and (status is None or isinstance(status, str))
+        and all(o is None for o in overrides),
+    )
 
     def decorate(func: F) -> F:
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                ctx = _enter(kwargs)
+                ctx = current.get()
+                if ctx is not None and (ctx.config.before_handler or ctx.environ is not None):
+                    _before_handler(ctx, kwargs)
                 try:
                     result = await func(*args, **kwargs)
                 except Exception as exc:
                     if record_failure:
-                        _record_failure(record, AuditCall(args, kwargs, None, exc, ctx), exc)
+                        recorder.failure(AuditCall(args, kwargs, None, exc, ctx), exc)
                     raise
-                _record_result(record, AuditCall(args, kwargs, result, None, ctx))
+                recorder.success(args, kwargs, result, ctx)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = _enter(kwargs)
+            ctx = current.get()
+            if ctx is not None and (ctx.config.before_handler or ctx.environ is not None):
+                _before_handler(ctx, kwargs)
             try:
                 result = func(*args, **kwargs)
             except Exception as exc:
                 if record_failure:
-                    _record_failure(record, AuditCall(args, kwargs, None, exc, ctx), exc)
+                    recorder.failure(AuditCall(args, kwargs, None, exc, ctx), exc)
                 raise
-            _record_result(record, AuditCall(args, kwargs, result, None, ctx))
+            recorder.success(args, kwargs, result, ctx)
             return result
 
         return sync_wrapper  # type: ignore[return-value]
 
-    def _record_result(rec: Callable[[AuditCall, str | None], None], call: AuditCall) -> None:
-        code = _response_status(call.result)
-        if code is not None and code >= 400:
-            if record_failure:
-                rec(call, f"failed: HTTP {code}")
-            return
-        rec(call, None)
-
     return decorate
 
 
-def _enter(kwargs: dict[str, Any]) -> RequestContext | None:
-    ctx = current.get()
-    if ctx is not None:
-        if ctx.environ is not None and kwargs:
-            ctx.view_args = kwargs  # WSGI frameworks pass path parameters as kwargs
-        # Resolve organization and workspace *before* the handler runs: a handler that
-        # deletes its workspace must still be recorded with the workspace's name.
-        ctx.resolve_or("org", None)
-        ctx.resolve_or("workspace", None)
-    return ctx
-
-
-def _record_failure(
-    record: Callable[[AuditCall, str | None], None], call: AuditCall, exc: BaseException
-) -> None:
-    # The handler's exception must reach the caller unchanged: a failure to record the
-    # failure is logged, never raised in its place.
-    try:
-        record(call, f"failed: {type(exc).__name__}")
-    except Exception:
-        log.exception("audit: could not record the failure event")
+def _before_handler(ctx: RequestContext, kwargs: dict[str, Any]) -> None:
+    if ctx.environ is not None and kwargs:
+        ctx.view_args = kwargs  # WSGI frameworks pass path parameters as kwargs
+    # Resolve organization and workspace *before* the handler runs: a handler that
+    # deletes its workspace must still be recorded with the workspace's name.
+    ctx.resolve_or("org", None)
+    ctx.resolve_or("workspace", None)

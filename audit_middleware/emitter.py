@@ -9,12 +9,12 @@ from typing import Any
 
 from . import _config
 from .catalogue import Catalogue
-from .context import current
+from .context import RequestContext, current, principal_from_user
 from .errors import AuditConfigurationError
 from .event import SYSTEM, AuditEvent
 from .sanitize import TRUNCATION_MARKER, field_text
 from .sinks.base import Sink
-from .tracing import current_span_context
+from .tracing import current_context as _current_context
 
 log = logging.getLogger("audit_middleware")
 
@@ -62,6 +62,70 @@ def _text(name: str, value: object, cap: int) -> str:
     return "" if value is None else field_text(name, value, cap)
 
 
+RequestFields = tuple[str, str, str, str, str, str, str]
+
+
+def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
+    """(principal, client_ip, peer_ip, org_id, org_name, workspace_id, workspace_name) of
+    the request, resolved and capped once, for its first event. Without configured
+    resolvers or proxies (the default) this reads the scope directly; user-supplied
+    resolvers run guarded (``resolve_or``), so a failing one never loses the event."""
+    fields = ctx.fields
+    if fields is not None:
+        return fields
+    config = ctx.config
+    scope = ctx.scope
+    if ctx.principal_override is not None:
+        principal = ctx.principal_override
+    elif config.principal is None and scope is not None:
+        principal = principal_from_user(scope.get("user")) or ""
+    else:
+        principal = ctx.resolve_or("principal", "")
+    principal = _text("principal", principal, cap)
+    if principal == SYSTEM:
+        client_ip = peer = ""
+    elif not config.trusted_proxies:
+        client_ip, peer = ctx.peer, ""
+    else:
+        client_ip, peer = ctx.resolve_or("resolution", ("", ctx.peer))
+    org_id, org_name = ctx.resolve_or("org", ("", "")) if config.org else ("", "")
+    ws_id, ws_name = ctx.resolve_or("workspace", ("", "")) if config.workspace else ("", "")
+    fields = ctx.fields = (
+        principal, _text("client_ip", client_ip, cap), peer,
+        _text("org_id", org_id, cap), _text("org_name", org_name, cap),
+        _text("workspace_id", ws_id, cap), _text("workspace_name", ws_name, cap),
+    )
+    return fields
+
+
+def _settings_for(event_type: str) -> tuple[Sink, int]:
+    settings = _config.settings
+    if event_type not in settings.catalogue.types:
+        settings.catalogue.check(event_type)  # raises, naming the closest valid types
+    sink = settings.sink
+    if sink is None:
+        raise AuditConfigurationError(
+            "no audit sink configured: call audit_middleware.configure(sink=...) at "
+            "start-up, or use audit_middleware.testing.capture_audit_events() in tests"
+        )
+    return sink, settings.max_field_length
+
+
+def emit_in_request(
+    event_type: str, target: object, status: object, ctx: RequestContext
+) -> AuditEvent:
+    """``emit(event_type, target, status=status)`` inside request ``ctx``: the path taken
+    by every ``@audited`` handler, kept free of keyword handling."""
+    sink, cap = _settings_for(event_type)
+    principal, client_ip, peer, org_id, org_name, ws_id, ws_name = request_fields(ctx, cap)
+    event = AuditEvent(
+        event_type, _text("target", target, cap), principal, _text("status", status, cap),
+        org_id, org_name, ws_id, ws_name, client_ip, _time_ns(), _current_context(), peer,
+    )
+    sink.submit(event)
+    return event
+
+
 def emit(
     event_type: str,
     target: object = None,
@@ -77,33 +141,22 @@ def emit(
     """Record one event. Inside a request, unset fields come from its context (principal,
     client IP, organization, workspace); outside one the principal is ``system``.
     Events whose principal is ``system`` never carry a client IP."""
-    settings = _config.settings
-    if event_type not in settings.catalogue.types:
-        settings.catalogue.check(event_type)  # raises, naming the closest valid types
-    sink = settings.sink
-    if sink is None:
-        raise AuditConfigurationError(
-            "no audit sink configured: call audit_middleware.configure(sink=...) at "
-            "start-up, or use audit_middleware.testing.capture_audit_events() in tests"
-        )
-    cap = settings.max_field_length
+    sink, cap = _settings_for(event_type)
     ctx = current.get()
     peer = ""
     if ctx is None:
-        if principal is None:
-            principal = SYSTEM
+        principal = SYSTEM if principal is None else _text("principal", principal, cap)
     else:
-        if principal is None:
-            principal = ctx.resolve_or("principal", "")
+        r_principal, r_ip, r_peer, r_org, r_org_name, r_ws, r_ws_name = request_fields(ctx, cap)
+        principal = r_principal if principal is None else _text("principal", principal, cap)
         if client_ip is None and principal != SYSTEM:
-            client_ip, peer = ctx.resolve_or("resolution", ("", ctx.peer))
+            client_ip, peer = r_ip, r_peer
         if org_id is None:
-            org_id, resolved = ctx.resolve_or("org", ("", ""))
-            org_name = resolved if org_name is None else org_name
+            org_id = r_org
+            org_name = r_org_name if org_name is None else org_name
         if workspace_id is None:
-            workspace_id, resolved = ctx.resolve_or("workspace", ("", ""))
-            workspace_name = resolved if workspace_name is None else workspace_name
-    principal = _text("principal", principal, cap)
+            workspace_id = r_ws
+            workspace_name = r_ws_name if workspace_name is None else workspace_name
     if principal == SYSTEM:
         client_ip = peer = ""
     event = AuditEvent(
@@ -117,7 +170,7 @@ def emit(
         _text("workspace_name", workspace_name, cap),
         _text("client_ip", client_ip, cap),
         _time_ns(),
-        current_span_context(),
+        _current_context(),
         peer,
     )
     sink.submit(event)

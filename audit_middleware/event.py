@@ -14,6 +14,8 @@ from typing import Any, Final
 
 import orjson
 
+from .tracing import trace_ids
+
 SCHEMA_VERSION: Final = 1
 
 #: Field names of schema version 1, in the order they appear in every record.
@@ -62,17 +64,15 @@ _getrandbits = random.getrandbits  # reseeded in forked children by the random m
 
 def _format_uuid7(ns: int, rand: int) -> str:
     """RFC 9562 UUIDv7: 48-bit Unix ms, then 12 bits of sub-millisecond time (method 3,
-    so ids from one process sort by emit time), then 62 random bits."""
+    so ids from one process sort by emit time), then the variant and 62 random bits."""
     ms, sub_ns = divmod(ns, 1_000_000)
-    value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | (sub_ns * 4096 // 1_000_000) << 64
-        | 0b10 << 62
-        | rand
+    return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031 - %-format is the fastest here
+        (ms >> 16) & 0xFFFF_FFFF,
+        ms & 0xFFFF,
+        0x7000 | (sub_ns * 4096 // 1_000_000),
+        0x8000 | (rand >> 48),
+        rand & 0xFFFF_FFFF_FFFF,
     )
-    h = value.to_bytes(16, "big").hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _second_prefix: tuple[int, str] = (-1, "")
@@ -104,7 +104,6 @@ class AuditEvent:
 
     __slots__ = (
         "_id",
-        "_rand",
         "_span",
         "_trace",
         "client_ip",
@@ -144,7 +143,7 @@ class AuditEvent:
         workspace_name: str,
         client_ip: str,
         created_ns: int,
-        span: Any = None,
+        span: Any = None,  # the OpenTelemetry Context at emit (see tracing.py)
         peer_ip: str = "",
     ) -> None:
         self.type = type
@@ -158,7 +157,6 @@ class AuditEvent:
         self.client_ip = client_ip
         self.peer_ip = peer_ip
         self.created_ns = created_ns
-        self._rand = _getrandbits(62)
         self._span = span
         self._id: str | None = None
         self._trace: tuple[str, str] | None = None
@@ -170,7 +168,8 @@ class AuditEvent:
     @property
     def id(self) -> str:
         if self._id is None:
-            self._id = _format_uuid7(self.created_ns, self._rand)
+            # Random bits drawn here, off the request path (usually on the sink's thread).
+            self._id = _format_uuid7(self.created_ns, _getrandbits(62))
         return self._id
 
     @property
@@ -179,11 +178,7 @@ class AuditEvent:
 
     def _trace_ids(self) -> tuple[str, str]:
         if self._trace is None:
-            ctx = self._span
-            if ctx is not None and ctx.is_valid:
-                self._trace = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
-            else:
-                self._trace = ("", "")
+            self._trace = trace_ids(self._span)
         return self._trace
 
     @property

@@ -1,17 +1,24 @@
-"""OpenTelemetry correlation: the active span of the emitting code, if any.
+"""OpenTelemetry correlation: the trace and span active where an event was emitted.
 
-Only the ``SpanContext`` object is captured on the request path; its ids are formatted
-as hex when the event is serialized (see ``AuditEvent.trace_id``).
+On the request path only the current OpenTelemetry ``Context`` is captured (one
+contextvar read; a Context is immutable); the span in it and its hex ids are looked up
+when the event is serialized, usually on a sink's background thread.
 """
 
 from __future__ import annotations
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanContext
+from opentelemetry.context import Context
 
-_get_current_span = trace.get_current_span
+current_context = otel_context.get_current
 
 
-def current_span_context() -> SpanContext | None:
-    ctx = _get_current_span().get_span_context()
-    return ctx if ctx.is_valid else None
+def trace_ids(context: Context | None) -> tuple[str, str]:
+    """(trace_id, span_id) in lowercase hex of the span active in ``context``, or empty."""
+    if context is None:
+        return ("", "")
+    span = trace.get_current_span(context).get_span_context()
+    if not span.is_valid:
+        return ("", "")
+    return (f"{span.trace_id:032x}", f"{span.span_id:016x}")

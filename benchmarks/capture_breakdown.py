@@ -24,7 +24,7 @@ from audit_middleware import AuditMiddleware, audited
 from audit_middleware.context import CaptureConfig, RequestContext, current
 from audit_middleware.event import AuditEvent
 from audit_middleware.sinks import BatchingQueue
-from audit_middleware.tracing import current_span_context
+from audit_middleware.tracing import current_context
 
 from . import _harness as h
 from ._asgi import CLIENT, http_scope
@@ -147,7 +147,7 @@ def _run(options: h.Options, tmp: Path) -> h.Report:
 
     def span_run(n: int) -> dict[str, int]:
         with tracer.start_as_current_span("request"):
-            return _loop(current_span_context)(n)
+            return _loop(current_context)(n)
 
     def emit_span_run(n: int) -> dict[str, int]:
         with tracer.start_as_current_span("request"):
@@ -181,8 +181,8 @@ def _run(options: h.Options, tmp: Path) -> h.Report:
         "event": ("AuditEvent() construction", _loop(event)),
         "submit": ("BatchingQueue.submit()", flushed(_loop(lambda: queue.submit(
             sample_events[0])))),
-        "span_none": ("current_span_context(), no span", _loop(current_span_context)),
-        "span_active": ("current_span_context(), active SDK span", span_run),
+        "span_none": ("current_context(), no span", _loop(current_context)),
+        "span_active": ("current_context(), active SDK span", span_run),
         "time_ns": ("time.time_ns()", _loop(time.time_ns)),
         "export": ("background: to_json_line() per event (batches of 512)", _loop(export_512)),
     }
