@@ -33,10 +33,11 @@ def serve_arguments(parser: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace) -> int:
     from . import serve as serving
     from .ingest import IngestError
+    from .storage.errors import StorageError
 
     try:
         return serving.run(collector_config.load(args))
-    except IngestError as exc:
+    except (IngestError, StorageError) as exc:
         print(f"audit-collector serve: {exc}", file=sys.stderr)
         return 1
 

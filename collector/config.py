@@ -66,6 +66,19 @@ def parse_int(value: Any) -> int:
     raise ValueError("expected a whole number")
 
 
+def parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("expected a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ValueError("expected a number such as 365 or 0.5")
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -156,8 +169,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("max_segment_age", parse_duration, 3600.0,
            "rotate the active segment at this age", "DURATION"),
     Option("compress_sealed", parse_bool, False, "compress sealed segments", "BOOL"),
-    Option("retention_days", parse_int, 365,
-           "delete sealed segments older than this (0: keep forever)", "DAYS"),
+    Option("retention_days", parse_float, 365.0,
+           "delete sealed segments older than this many days", "DAYS"),
     Option("retention_bytes", parse_size, 0,
            "delete the oldest sealed segments beyond this total (0: no limit)", "SIZE"),
 )
@@ -183,7 +196,7 @@ class CollectorConfig:
     max_segment_bytes: int = 64 * 1024 * 1024
     max_segment_age: float = 3600.0
     compress_sealed: bool = False
-    retention_days: int = 365
+    retention_days: float = 365.0
     retention_bytes: int = 0
     config_file: Path | None = None
     #: where each value came from: "default", "flag --x", "env AUDIT_X", "file PATH"
@@ -300,8 +313,8 @@ def check(config: CollectorConfig) -> None:
     for name in ("handshake_timeout", "idle_timeout", "read_timeout", "max_segment_age"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0")
-    if config.retention_days < 0:
-        raise ConfigError("retention_days must be 0 (keep forever) or more")
+    if config.retention_days <= 0:
+        raise ConfigError("retention_days must be greater than 0")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("TLS needs both tls_cert and tls_key")
     if config.tcp:

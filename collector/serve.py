@@ -52,7 +52,7 @@ def open_store(config: CollectorConfig) -> tuple[Any, Any]:
         max_segment_age=config.max_segment_age,
         compress_sealed=config.compress_sealed,
         retention_days=config.retention_days,
-        retention_bytes=config.retention_bytes,
+        retention_bytes=config.retention_bytes or None,  # 0: no size limit
     ))
     return store, store.open()
 

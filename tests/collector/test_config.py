@@ -127,3 +127,11 @@ def test_every_option_is_a_config_field_and_back() -> None:
     for option in OPTIONS:
         assert option.env == "AUDIT_" + option.name.upper()
         assert getattr(CollectorConfig(), option.name) == option.default
+
+
+def test_retention_is_a_positive_number_of_days() -> None:
+    assert load(parse("--retention-days", "0.5"), {}).retention_days == 0.5
+    with pytest.raises(ConfigError, match="retention_days must be greater than 0"):
+        load(parse("--retention-days", "0"), {})
+    with pytest.raises(ConfigError, match="expected a number"):
+        load(parse("--retention-days", "1y"), {})

@@ -85,7 +85,7 @@ def test_a_corrupt_record_stops_replay_of_that_file_only(tmp_path: Path) -> None
     spool.append(b"a" * 20)
     spool.append(b"b" * 20)
     spool.close()
-    first, second = spool_files(tmp_path)
+    first, _ = spool_files(tmp_path)
     data = bytearray(first.read_bytes())
     data[-1] ^= 0xFF  # flip a byte: the checksum no longer matches
     first.write_bytes(bytes(data))

@@ -1,0 +1,179 @@
+"""Test helpers shared by the shipper, ingest and end-to-end tests: the collector as a
+real subprocess (``python -m collector serve``) or in-process (the ingest server on its
+own event loop thread with a real Store), and what it stored."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+ROOT = Path(__file__).resolve().parents[2]
+READY = "audit-collector ready:"
+
+
+@contextmanager
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path: unix socket paths must stay under 104
+    bytes, and pytest's tmp_path can be longer than that."""
+    path = Path(tempfile.mkdtemp(prefix="aud-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class CollectorProcess:
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self.ready_line = ""
+
+    @property
+    def socket(self) -> Path:
+        return self.data_dir / "collector.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 30.0) -> Self:
+        self.output = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "collector", "serve", "--data-dir", str(self.data_dir),
+             *self.args],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1,
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._read, args=(self.proc, ready), daemon=True).start()
+        if not ready.wait(timeout):
+            self.kill()
+            raise AssertionError("collector did not become ready:\n" + "".join(self.output))
+        if not self.ready_line:  # its output ended without the ready line: it exited
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            raise AssertionError("collector exited at start-up:\n" + "".join(self.output))
+        return self
+
+    def _read(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.output.append(line)
+            if line.startswith(READY):
+                self.ready_line = line
+                ready.set()
+        ready.set()  # exited: start() reports it
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for a clean exit; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("collector did not stop on SIGTERM:\n"
+                                 + "".join(self.output)) from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+
+def stored_events(data_dir: Path) -> list[dict[str, Any]]:
+    """Every event record in the collector's segments, in storage order (segment header
+    lines left out). Records are on disk once acknowledged: the collector may be running."""
+    import gzip
+
+    import orjson
+
+    segments = data_dir / "segments"
+    if not segments.exists():
+        return []
+    files = sorted(segments.glob("segment-*.jsonl*"), key=lambda p: p.name)
+    records = []
+    for path in files:
+        if path.name.endswith(".gz"):
+            if path.with_suffix("").exists():
+                continue  # both copies while compressing: read the plain one
+            data = gzip.decompress(path.read_bytes())
+        else:
+            data = path.read_bytes()
+        for line in data.splitlines():
+            record = orjson.loads(line) if line else None
+            if isinstance(record, dict) and "segment" not in record:
+                records.append(record)
+    return records
+
+
+def wait_until(condition: Any, timeout: float = 30.0, message: str = "") -> None:
+    """Poll ``condition`` (no fixed sleeps in tests: wait for the state, not a time)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting: {message or condition}")
+        time.sleep(0.01)
+
+
+def open_store(data_dir: Path) -> Any:
+    from collector.store import StorageSettings, Store
+
+    store = Store(StorageSettings(data_dir=data_dir))
+    store.open()
+    return store
+
+
+class InProcessCollector:
+    """The ingest server on its own event loop thread, as in the collector process."""
+
+    def __init__(self, store: Any, settings: Any) -> None:
+        from collector.ingest import IngestServer
+
+        self.server = IngestServer(store, settings)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        try:
+            self.call(self.server.start())
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def stats(self) -> dict[str, int]:
+        return self.call(_stats(self.server))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.call(self.server.shutdown(drain_timeout=5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+async def _stats(server: Any) -> dict[str, int]:
+    return server.stats()  # type: ignore[no-any-return]

@@ -1,0 +1,359 @@
+"""End to end: apps shipping to the collector running as a real subprocess
+(``python -m collector serve``) on a real socket. Delivery is at-least-once and the
+index exactly-once, through collector outages, restarts under load, kill -9, forks and
+hostile clients."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from audit_middleware import AuditMiddleware, audited, configure, emit
+from audit_middleware.shipper import CollectorSink
+from audit_middleware.testing import reset_configuration
+from audit_middleware.wire import (
+    HEADER,
+    ErrorCode,
+    ErrorReply,
+    FrameType,
+    Hello,
+    Result,
+    encode_batch,
+    encode_batch_body,
+    parse_header,
+)
+from tests.e2e.harness import CollectorProcess, short_tmp, stored_events, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with short_tmp() as path:
+        yield path
+
+
+@pytest.fixture
+def collector(root: Path) -> Iterator[CollectorProcess]:
+    process = CollectorProcess(root / "data")
+    yield process
+    process.kill()
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    yield
+    reset_configuration()
+
+
+def shipping_sink(collector: CollectorProcess, root: Path, **options: Any) -> CollectorSink:
+    options.setdefault("backoff_max", 0.2)
+    sink = CollectorSink(collector.url, spool_dir=root / "spool", **options)
+    configure(sink=sink)
+    return sink
+
+
+def stored_ids(collector: CollectorProcess) -> list[str]:
+    return [e["id"] for e in stored_events(collector.data_dir)]
+
+
+def test_app_to_collector_end_to_end(root: Path, collector: CollectorProcess) -> None:
+    @audited("credentials_created", target=lambda call: call.result_value("id"))
+    async def create(request: Request) -> JSONResponse:
+        return JSONResponse({"id": "cred-9"}, status_code=201)
+
+    @audited("run_relaunched", target="run_id", status="relaunched")
+    def relaunch(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = AuditMiddleware(Starlette(routes=[
+        Route("/credentials", create, methods=["POST"]),
+        Route("/runs/{run_id}/relaunch", relaunch, methods=["POST"]),
+    ]), principal=lambda ctx: "user-7")
+    collector.start()
+    sink = shipping_sink(collector, root)
+    with TestClient(app) as client:
+        assert client.post("/credentials").status_code == 201
+        assert client.post("/runs/run-1/relaunch").status_code == 200
+    emit("run_dropped", "run-1")
+    assert sink.flush(timeout=10)
+    assert collector.stop() == 0
+    records = stored_events(collector.data_dir)
+    assert [(r["type"], r["target"], r["principal"], r["status"]) for r in records] == [
+        ("credentials_created", "cred-9", "user-7", ""),
+        ("run_relaunched", "run-1", "user-7", "relaunched"),
+        ("run_dropped", "run-1", "system", ""),
+    ]
+    assert records[0]["client_ip"] == "testclient" and records[2]["client_ip"] == ""
+    sink.close()
+
+
+def test_collector_down_then_up_every_event_exactly_once(root: Path,
+                                                         collector: CollectorProcess) -> None:
+    sink = shipping_sink(collector, root)
+    ids = [emit("team_created", f"down-{i}").id for i in range(3000)]
+    assert sink.flush(timeout=10)
+    assert sink.stats()["spooled"] == 3000
+    collector.start()
+    ids += [emit("team_created", f"up-{i}").id for i in range(1000)]
+    assert sink.wait_for_delivery(timeout=30)
+    assert collector.stop() == 0
+    assert stored_ids(collector) == ids
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["replayed"], stats["dropped"]) == (4000, 4000, 0)
+    sink.close()
+
+
+def test_restart_and_kill_9_under_load_lose_nothing_and_duplicate_nothing(
+        root: Path, collector: CollectorProcess) -> None:
+    collector.start()
+    sink = shipping_sink(collector, root, max_queue=1_000_000, batch_size=500)
+    stop = threading.Event()
+    emitted: list[list[str]] = [[] for _ in range(4)]
+
+    def load(n: int) -> None:
+        while not stop.is_set():
+            emitted[n].extend(emit("run_status_changed", f"r{n}").id for _ in range(50))
+            stop.wait(0.001)
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+
+    def more_acknowledged(n: int) -> None:
+        target = sink.stats()["acknowledged"] + n
+        wait_until(lambda: sink.stats()["acknowledged"] >= target,
+                   message=f"{n} more events acknowledged")
+
+    try:
+        more_acknowledged(2000)
+        assert collector.stop() == 0  # graceful: batches in flight are answered first
+        collector.start()
+        more_acknowledged(2000)
+        collector.kill()  # kill -9: whatever was not acknowledged is sent again
+        collector.start()
+        more_acknowledged(2000)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert sink.wait_for_delivery(timeout=60)
+    assert collector.stop() == 0
+    ids = stored_ids(collector)
+    all_emitted = {i for ids_ in emitted for i in ids_}
+    assert len(ids) == len(set(ids)), "an event was stored twice"
+    assert set(ids) == all_emitted
+    assert sink.stats()["dropped"] == 0
+    sink.close()
+
+
+def test_a_replayed_batch_is_deduplicated(root: Path, collector: CollectorProcess) -> None:
+    collector.start()
+    lines = [orjson.dumps({
+        "v": 1, "id": f"0190c5a0-0000-7000-8000-{i:012x}", "type": "team_created",
+        "target": f"t{i}", "principal": "system", "status": "", "org_id": "",
+        "org_name": "", "workspace_id": "", "workspace_name": "", "client_ip": "",
+        "created": "2026-11-26T01:07:10.123456Z", "trace_id": "", "span_id": "",
+    }) + b"\n" for i in range(10)]
+    body = encode_batch_body("replayer:1:aa", list(range(1, 11)), lines)
+    results = []
+    for attempt in range(2):  # the same batch on two connections, as after a lost ack
+        conn = raw_connection(collector)
+        conn.sendall(encode_batch(attempt + 1, body))
+        kind, payload = read_frame(conn)
+        assert kind is FrameType.RESULT
+        results.append(Result.decode(payload))
+        conn.close()
+    assert len(results[0].written) == 10 and results[0].duplicates == []
+    assert results[1].written == [] and len(results[1].duplicates) == 10
+    assert collector.stop() == 0
+    assert len(stored_ids(collector)) == 10
+
+
+def test_a_forked_worker_never_resends_its_parents_buffer(root: Path,
+                                                           collector: CollectorProcess) -> None:
+    collector.start()
+    sink = shipping_sink(collector, root, max_delay=60.0, batch_size=10_000)
+    parent_ids = [emit("team_created", f"parent-{i}").id for i in range(100)]  # queued only
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: emits its own events, then exits like a gunicorn worker
+        try:
+            os.close(read_end)
+            child_ids = [emit("team_created", f"child-{i}").id for i in range(50)]
+            ok = sink.wait_for_delivery(timeout=20)
+            stats = sink.stats()
+            os.write(write_end, orjson.dumps({"ok": ok, "ids": child_ids, "stats": stats,
+                                              "source": sink.source}))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = orjson.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert child["ok"]
+    assert (child["stats"]["emitted"], child["stats"]["acknowledged"]) == (50, 50)
+    assert child["source"] != sink.source
+    assert sink.wait_for_delivery(timeout=20)
+    assert collector.stop() == 0
+    ids = stored_ids(collector)
+    assert sorted(ids) == sorted(parent_ids + child["ids"])  # each once: nothing re-sent
+    sink.close()
+
+
+def test_many_threads_emitting_exact_total(root: Path, collector: CollectorProcess) -> None:
+    collector.start()
+    sink = shipping_sink(collector, root, max_queue=100_000)
+    threads = [threading.Thread(target=lambda n=n: [emit("user_updated", f"u{n}-{i}")
+                                                    for i in range(2500)]) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sink.flush(timeout=30)
+    assert collector.stop() == 0
+    ids = stored_ids(collector)
+    assert len(ids) == len(set(ids)) == 20_000
+    assert sink.stats()["acknowledged"] == 20_000
+    sink.close()
+
+
+# -- hostile clients -------------------------------------------------------------------------
+def raw_connection(collector: CollectorProcess, hello: bool = True) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(10)
+    conn.connect(str(collector.socket))
+    if hello:
+        conn.sendall(Hello("raw:1:aa").encode())
+        assert read_frame(conn)[0] is FrameType.WELCOME
+    return conn
+
+
+def read_frame(conn: socket.socket) -> tuple[FrameType, bytes]:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            assert chunk, "connection closed"
+            data += chunk
+        return data
+
+    kind, length = parse_header(exactly(5), 1 << 30)
+    return kind, exactly(length)
+
+
+def test_malformed_and_oversized_frames_get_errors_and_the_collector_lives_on(
+        root: Path, collector: CollectorProcess) -> None:
+    collector.args = ["--max-frame", "128KiB"]
+    collector.start()
+    cases = [
+        (HEADER.pack(200 * 1024, FrameType.BATCH), ErrorCode.FRAME_TOO_LARGE),
+        (HEADER.pack(4, 77) + b"junk", ErrorCode.BAD_FRAME),
+        (HEADER.pack(6, FrameType.BATCH) + b"\x00\x00\x00\x01{\n", ErrorCode.BAD_BATCH),
+        (Hello("again").encode(), ErrorCode.UNEXPECTED_FRAME),
+    ]
+    for data, code in cases:
+        conn = raw_connection(collector)
+        conn.sendall(data)
+        kind, payload = read_frame(conn)
+        assert kind is FrameType.ERROR and ErrorReply.decode(payload).code == code
+        assert conn.recv(1) == b""  # and closed
+        conn.close()
+    for garbage in (b"\x00" * 5, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(4096)):
+        conn = raw_connection(collector, hello=False)
+        conn.sendall(garbage)
+        conn.close()
+    sink = shipping_sink(collector, root)
+    emit("team_created", "still-alive")
+    assert sink.flush(timeout=10)
+    assert collector.proc is not None and collector.proc.poll() is None
+    assert collector.stop() == 0
+    assert [e["target"] for e in stored_events(collector.data_dir)] == ["still-alive"]
+    sink.close()
+
+
+def test_tcp_with_the_token_and_a_wrong_token_refused(root: Path,
+                                                      collector: CollectorProcess) -> None:
+    collector.args = ["--tcp", "127.0.0.1:0"]
+    collector.env["AUDIT_TOKEN"] = "s3cret-token"
+    collector.start()
+    assert "s3cret-token" not in "".join(collector.output)  # the summary masks it
+    match = re.search(r"tcp:127\.0\.0\.1:(\d+)", collector.ready_line)
+    assert match, collector.ready_line
+    port = int(match.group(1))
+
+    wrong = socket.create_connection(("127.0.0.1", port), timeout=10)
+    wrong.sendall(Hello("intruder", token="guess").encode())
+    kind, payload = read_frame(wrong)
+    assert kind is FrameType.ERROR
+    assert ErrorReply.decode(payload).code == ErrorCode.UNAUTHORIZED
+    wrong.close()
+
+    sink = CollectorSink(f"tcp://127.0.0.1:{port}", token="s3cret-token",
+                         spool_dir=root / "spool")
+    configure(sink=sink)
+    ids = [emit("access_token_created", f"tok-{i}").id for i in range(20)]
+    assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 20
+    assert collector.stop() == 0
+    assert stored_ids(collector) == ids
+    sink.close()
+
+
+def test_fail_closed_returns_503_while_the_collector_is_down(root: Path,
+                                                             collector: CollectorProcess) -> None:
+    @audited("pipeline_deleted", target="pipeline_id")
+    async def delete(request: Request) -> JSONResponse:
+        return JSONResponse({"deleted": True})
+
+    app = AuditMiddleware(Starlette(routes=[
+        Route("/pipelines/{pipeline_id}", delete, methods=["DELETE"])]))
+    sink = shipping_sink(collector, root, fail_closed=True, fail_closed_timeout=5.0)
+    with TestClient(app) as client:
+        assert client.delete("/pipelines/p1").status_code == 503
+        collector.start()
+        wait_until(lambda: client.delete("/pipelines/p2").status_code == 200,
+                   message="the collector is back: requests succeed again")
+    assert sink.wait_for_delivery(timeout=20)
+    assert collector.stop() == 0
+    targets = [e["target"] for e in stored_events(collector.data_dir)]
+    assert "p1" in targets  # refused, yet recorded once the collector was back
+    sink.close()
+
+
+# -- the serve command -----------------------------------------------------------------------
+def test_serve_prints_its_configuration_and_stops_cleanly(root: Path) -> None:
+    config = root / "collector.toml"
+    config.write_text('max_frame = "1MiB"\nidle_timeout = "2m"\n')
+    process = CollectorProcess(root / "data", "--config", str(config), "--idle-timeout", "90",
+                               env={"AUDIT_MAX_CONNECTIONS": "12"})
+    process.start()
+    try:
+        output = "".join(process.output)
+        assert re.search(r"max_frame\s+= 1048576\s+\[file .*collector.toml\]", output)
+        assert re.search(r"idle_timeout\s+= 90.0\s+\[flag --idle-timeout\]", output)
+        assert re.search(r"max_connections\s+= 12\s+\[env AUDIT_MAX_CONNECTIONS\]", output)
+        assert oct(process.socket.stat().st_mode & 0o777) == "0o600"
+    finally:
+        assert process.stop() == 0
+    assert not process.socket.exists()
+
+
+def test_serve_refuses_a_bad_configuration_with_a_clear_message(root: Path) -> None:
+    process = CollectorProcess(root / "data", "--tcp", "0.0.0.0:7100", "--token", "t")
+    with pytest.raises(AssertionError, match="set tls_cert and tls_key"):
+        process.start()
+    assert process.proc is not None and process.proc.wait(10) == 2

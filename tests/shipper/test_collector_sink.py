@@ -1,0 +1,308 @@
+"""CollectorSink against a real ingest server and Store on a real unix socket (run
+in-process here; tests/e2e runs the collector as a subprocess): acknowledgements, the
+spool while the collector is away, replay exactly once, counters for every loss."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit_middleware import AuditConfigurationError, configure, emit
+from audit_middleware.shipper import CollectorSink
+from audit_middleware.testing import reset_configuration
+from collector.ingest import IngestSettings
+from tests.e2e.harness import InProcessCollector, open_store, short_tmp, stored_events
+
+
+class Collector:
+    """Start/stop an in-process collector on one socket path, keeping its data dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = root / "c.sock"
+        self.url = f"unix://{self.socket}"
+        self.data_dir = root / "data"
+        self.running: InProcessCollector | None = None
+        self.store: Any = None
+
+    def start(self, **settings: Any) -> InProcessCollector:
+        self.store = open_store(self.data_dir)
+        self.running = InProcessCollector(
+            self.store, IngestSettings(socket_path=settings.pop("socket_path", self.socket),
+                                       **settings))
+        return self.running
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.close()
+            self.store.close()
+            self.running = None
+
+    def ids(self) -> list[str]:
+        return [e["id"] for e in stored_events(self.data_dir)]
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with short_tmp() as path:
+        yield path
+
+
+@pytest.fixture
+def collector(root: Path) -> Iterator[Collector]:
+    c = Collector(root)
+    yield c
+    c.stop()
+
+
+SinkFactory = Callable[..., CollectorSink]
+
+
+@pytest.fixture
+def make_sink(root: Path, collector: Collector) -> Iterator[SinkFactory]:
+    sinks: list[CollectorSink] = []
+
+    def make(**options: Any) -> CollectorSink:
+        options.setdefault("spool_dir", root / "spool")
+        options.setdefault("backoff_max", 0.2)
+        sink = CollectorSink(options.pop("url", collector.url), **options)
+        sinks.append(sink)
+        configure(sink=sink)
+        return sink
+
+    yield make
+    reset_configuration()
+    for sink in sinks:
+        sink.close(timeout=5)
+
+
+def emit_many(n: int, prefix: str = "t") -> list[str]:
+    return [emit("team_created", f"{prefix}{i}").id for i in range(n)]
+
+
+def test_events_are_acknowledged_by_the_collector(collector: Collector,
+                                                  make_sink: SinkFactory) -> None:
+    collector.start()
+    sink = make_sink()
+    ids = emit_many(500)
+    assert sink.flush(timeout=10)
+    assert sink.stats() == {
+        "submitted": 500, "emitted": 500, "delivered": 500, "acknowledged": 500,
+        "spooled": 0, "replayed": 0, "dropped": 0, "retried": 0, "rejected": 0,
+        "queued": 0, "spool_bytes": 0,
+    }
+    assert collector.ids() == ids  # one source, one connection: stored in emit order
+
+
+def test_events_are_numbered_per_source(collector: Collector, make_sink: SinkFactory) -> None:
+    seen: list[tuple[str, list[int]]] = []
+    store_submit = None
+
+    collector.start()
+    store_submit = collector.store.submit
+
+    def spy(events: Any, source: str = "", source_seqs: Any = None) -> Any:
+        seen.append((source, list(source_seqs)))
+        return store_submit(events, source, source_seqs)
+
+    collector.store.submit = spy
+    sink = make_sink()
+    emit_many(30)
+    assert sink.flush(timeout=10)
+    assert {source for source, _ in seen} == {sink.source}
+    assert [seq for _, seqs in seen for seq in seqs] == list(range(1, 31))
+
+
+def test_while_the_collector_is_down_batches_are_spooled_then_replayed_once(
+        collector: Collector, make_sink: SinkFactory) -> None:
+    sink = make_sink()
+    ids = emit_many(300)
+    assert sink.flush(timeout=10)  # flushed to the spool: durable locally
+    assert sink.stats()["spooled"] == 300
+    assert sink.stats()["acknowledged"] == 0
+    more = emit_many(200, "u")  # still down: appended after the first ones
+    assert sink.flush(timeout=10)
+
+    collector.start()
+    assert sink.wait_for_delivery(timeout=20)
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["replayed"], stats["dropped"]) == (500, 500, 0)
+    assert stats["retried"] >= 1 and stats["spool_bytes"] == 0
+    assert collector.ids() == ids + more  # replayed in order, each exactly once
+
+
+def test_after_the_spool_drains_events_go_directly_again(collector: Collector,
+                                                         make_sink: SinkFactory) -> None:
+    sink = make_sink()
+    emit_many(10)
+    assert sink.flush(timeout=10)
+    collector.start()
+    assert sink.wait_for_delivery(timeout=20)
+    emit_many(10, "later")
+    assert sink.flush(timeout=10)
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["replayed"], stats["spooled"]) == (20, 10, 10)
+
+
+def test_a_collector_restart_loses_nothing(collector: Collector,
+                                           make_sink: SinkFactory) -> None:
+    collector.start()
+    sink = make_sink()
+    first = emit_many(100, "a")
+    assert sink.flush(timeout=10)
+    collector.stop()  # the sink's connection is now dead
+    second = emit_many(100, "b")
+    assert sink.flush(timeout=10)
+    collector.start()
+    third = emit_many(100, "c")
+    assert sink.wait_for_delivery(timeout=20)
+    assert collector.ids() == first + second + third
+    assert sink.stats()["dropped"] == 0
+
+
+def test_the_spool_of_an_earlier_process_is_replayed_at_start(
+        collector: Collector, make_sink: SinkFactory) -> None:
+    earlier = make_sink()
+    ids = emit_many(50)
+    earlier.close(timeout=5)  # the process "exits" with its events spooled
+    collector.start()
+    later = make_sink()
+    assert later.wait_for_delivery(timeout=20)
+    assert later.stats()["replayed"] == 50
+    assert collector.ids() == ids
+
+
+def test_when_the_spool_is_full_events_are_dropped_counted_and_logged(
+        make_sink: SinkFactory, caplog: pytest.LogCaptureFixture) -> None:
+    sink = make_sink(spool_max_bytes=1000)
+    with caplog.at_level(logging.ERROR, "audit_middleware"):
+        emit_many(50)
+        assert sink.flush(timeout=10)
+    stats = sink.stats()
+    assert (stats["spooled"], stats["dropped"]) == (0, 50)
+    assert "50 events dropped" in caplog.text and "spool" in caplog.text
+
+
+def test_without_a_spool_undeliverable_events_are_counted_as_dropped_at_close(
+        make_sink: SinkFactory) -> None:
+    sink = make_sink(spool_dir=None)
+    emit_many(20)
+    sink.close(timeout=0.5)
+    assert sink.stats()["dropped"] == 20
+
+
+def test_without_a_spool_events_wait_in_memory_for_the_collector(
+        collector: Collector, make_sink: SinkFactory) -> None:
+    sink = make_sink(spool_dir=None)
+    ids = emit_many(20)
+    sink.flush(timeout=0.3)  # cannot finish: the collector is not there
+    collector.start()
+    assert sink.wait_for_delivery(timeout=20)
+    assert collector.ids() == ids
+
+
+def test_events_the_collector_rejects_are_counted_with_the_reason_logged(
+        collector: Collector, make_sink: SinkFactory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    collector.start(max_field_length=100)
+    sink = make_sink()
+    with caplog.at_level(logging.ERROR, "audit_middleware"):
+        emit("team_created", "short")
+        emit("team_created", "x" * 101)
+        assert sink.flush(timeout=10)
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["rejected"]) == (1, 1)
+    assert "over the cap of 100" in caplog.text
+
+
+def test_batches_are_split_to_fit_the_collectors_frame_limit(collector: Collector,
+                                                             make_sink: SinkFactory) -> None:
+    server = collector.start(max_frame=64 * 1024)
+    sink = make_sink(batch_size=2000, max_delay=1.0)
+    ids = [emit("team_created", f"{i}-" + "x" * 1000).id for i in range(300)]
+    assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 300
+    assert server.stats()["batches"] >= 300 * 1000 // (64 * 1024)
+    assert collector.ids() == ids
+
+
+def test_an_event_larger_than_a_frame_is_rejected_locally(collector: Collector,
+                                                          make_sink: SinkFactory) -> None:
+    collector.start(max_frame=64 * 1024)
+    sink = make_sink()
+    configure(max_field_length=100_000)
+    emit("team_created", "x" * 70_000)
+    emit("team_created", "fits")
+    assert sink.flush(timeout=10)
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["rejected"]) == (1, 1)
+
+
+def test_many_threads_emitting_exact_total(collector: Collector,
+                                           make_sink: SinkFactory) -> None:
+    collector.start()
+    sink = make_sink(max_queue=100_000)
+
+    def work(n: int) -> None:
+        emit_many(1000, f"thread{n}-")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sink.flush(timeout=20)
+    ids = collector.ids()
+    assert len(ids) == len(set(ids)) == 8000
+    assert sink.stats()["acknowledged"] == 8000
+
+
+# -- TCP -------------------------------------------------------------------------------------
+def test_tcp_with_the_token_delivers(collector: Collector, make_sink: SinkFactory) -> None:
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret")
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret")
+    ids = emit_many(10)
+    assert sink.flush(timeout=10)
+    assert collector.ids() == ids
+
+
+def test_tcp_with_a_wrong_token_is_refused_and_spooled(
+        collector: Collector, make_sink: SinkFactory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret")
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="guess")
+    with caplog.at_level(logging.WARNING, "audit_middleware"):
+        emit_many(10)
+        assert sink.flush(timeout=10)
+    assert (sink.stats()["acknowledged"], sink.stats()["spooled"]) == (0, 10)
+    assert "unauthorized" in caplog.text
+    assert collector.ids() == []
+
+
+@pytest.mark.parametrize(("url", "options", "message"), [
+    ("tcp://127.0.0.1:7100", {}, "needs token="),
+    ("tcp://collector.internal:7100", {"token": "t"}, "pass tls=True"),
+    ("http://collector:80", {}, "is not supported"),
+    ("tcp://collector", {"token": "t"}, "needs a host and a port"),
+    ("unix://", {}, "needs a path"),
+    ("unix:///x.sock", {"max_queue": 0}, "max_queue must be a positive int"),
+    ("unix:///x.sock", {"ack_timeout": 0}, "ack_timeout must be > 0"),
+])
+def test_bad_configuration_fails_at_construction(url: str, options: dict[str, Any],
+                                                 message: str) -> None:
+    with pytest.raises(AuditConfigurationError, match=message):
+        CollectorSink(url, **options)
+
+
+def test_a_relative_unix_path_is_resolved_at_construction(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    monkeypatch.chdir(tmp_path)
+    sink = CollectorSink(spool_dir=None)
+    assert str(sink.endpoint) == f"unix://{tmp_path}/audit-data/collector.sock"
+    sink.close()

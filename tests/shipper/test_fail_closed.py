@@ -1,0 +1,154 @@
+"""``fail_closed=True``: a request whose event cannot be durably recorded gets a 503
+instead of its response; and AuditMiddleware flushes the sink on lifespan shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from audit_middleware import AuditMiddleware, MemorySink, audited, configure, emit
+from audit_middleware.shipper import CollectorSink
+from audit_middleware.testing import reset_configuration
+from collector.ingest import IngestSettings
+from tests.e2e.harness import InProcessCollector, open_store, short_tmp, stored_events
+
+
+@audited("credentials_deleted", target="cred_id")
+async def delete_credentials(request: Request) -> JSONResponse:
+    return JSONResponse({"deleted": request.path_params["cred_id"]})
+
+
+@audited("credentials_accessed", target="cred_id")
+def read_credentials(request: Request) -> PlainTextResponse:  # sync: runs in a thread
+    return PlainTextResponse("secret-ish")
+
+
+async def health(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")  # records nothing: never waits, never refused
+
+
+def make_app(on_shutdown: Any = None) -> AuditMiddleware:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            on_shutdown()
+
+    app = Starlette(routes=[
+        Route("/credentials/{cred_id}", delete_credentials, methods=["DELETE"]),
+        Route("/credentials/{cred_id}", read_credentials, methods=["GET"]),
+        Route("/health", health),
+    ], lifespan=lifespan)
+    return AuditMiddleware(app, principal=lambda ctx: "user-1")
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with short_tmp() as path:
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    yield
+    reset_configuration()
+
+
+def fail_closed_sink(root: Path, **options: Any) -> CollectorSink:
+    sink = CollectorSink(f"unix://{root}/c.sock", spool_dir=root / "spool", fail_closed=True,
+                         fail_closed_timeout=2.0, backoff_max=0.2, **options)
+    configure(sink=sink)
+    return sink
+
+
+@pytest.fixture
+def collector(root: Path) -> Iterator[Path]:
+    store = open_store(root / "data")
+    server = InProcessCollector(store, IngestSettings(socket_path=root / "c.sock"))
+    yield root / "data"
+    server.close()
+    store.close()
+
+
+def test_the_response_waits_for_the_acknowledgement(root: Path, collector: Path) -> None:
+    sink = fail_closed_sink(root)
+    with TestClient(make_app()) as client:
+        response = client.delete("/credentials/c1")
+        assert response.status_code == 200
+        # Acknowledged before the response started: stored already, no flush needed.
+        assert [e["target"] for e in stored_events(collector)] == ["c1"]
+        assert client.get("/credentials/c2").status_code == 200
+    assert sink.stats()["acknowledged"] == 2
+    sink.close()
+
+
+def test_collector_down_means_503_and_the_event_is_still_kept(root: Path) -> None:
+    sink = fail_closed_sink(root)
+    with TestClient(make_app()) as client:
+        response = client.delete("/credentials/c1")
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
+        assert "could not be recorded" in response.text
+        assert "deleted" not in response.text  # the app's own body never leaks through
+        assert client.get("/credentials/c2").status_code == 503  # sync handlers too
+        assert client.get("/health").status_code == 200  # nothing to record: not refused
+    assert sink.flush(timeout=5)
+    assert sink.stats()["spooled"] == 2  # refused, but recorded later when it is back
+    sink.close()
+
+
+def test_a_slow_acknowledgement_past_the_deadline_is_503(root: Path) -> None:
+    # A listener that accepts and never answers: the deadline decides.
+    import socket
+
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hung.bind(str(root / "c.sock"))
+    hung.listen()
+    sink = CollectorSink(f"unix://{root}/c.sock", spool_dir=root / "spool", fail_closed=True,
+                         fail_closed_timeout=0.3, connect_timeout=1.0)
+    configure(sink=sink)
+    try:
+        with TestClient(make_app()) as client:
+            assert client.delete("/credentials/c1").status_code == 503
+    finally:
+        sink.close(timeout=0.5)
+        hung.close()
+
+
+def test_fail_open_is_the_default_and_never_refuses(root: Path) -> None:
+    sink = CollectorSink(f"unix://{root}/c.sock", spool_dir=root / "spool")
+    configure(sink=sink)
+    with TestClient(make_app()) as client:
+        assert client.delete("/credentials/c1").status_code == 200
+    sink.close(timeout=1)
+    assert sink.stats()["spooled"] == 1
+
+
+def test_lifespan_shutdown_flushes_the_sink(root: Path, collector: Path) -> None:
+    sink = CollectorSink(f"unix://{root}/c.sock", spool_dir=root / "spool", max_delay=60.0)
+    configure(sink=sink)
+    with TestClient(make_app(on_shutdown=lambda: emit("run_dropped", "r1"))) as client:
+        client.delete("/credentials/c1")
+        assert sink.stats()["acknowledged"] == 0  # waiting for a batch to fill
+    # After shutdown: both events, including the one emitted while shutting down.
+    assert sink.stats()["acknowledged"] == 2
+    assert [e["type"] for e in stored_events(collector)] == ["credentials_deleted",
+                                                             "run_dropped"]
+    sink.close()
+
+
+def test_lifespan_passes_through_with_any_sink() -> None:
+    sink = MemorySink()
+    configure(sink=sink)
+    with TestClient(make_app(on_shutdown=lambda: emit("run_dropped", "r1"))):
+        pass
+    assert [e.type for e in sink.events] == ["run_dropped"]
