@@ -1,0 +1,3 @@
+"""The storage engine's parts: record bytes, segment files, compression, source ranges,
+retention. ``collector.store.Store`` puts them together; ``collector.index`` indexes
+them; ``collector.query`` reads them back."""

@@ -1,0 +1,173 @@
+"""Compressed sealed segments that a query can still read one record of.
+
+A compressed segment is an ordinary gzip file (``gzip -dc`` and ``zcat`` read it), made
+of independent gzip members of about 64 KiB of whole lines each (the BGZF idea from
+bioinformatics). The index keeps each member's (uncompressed, compressed) offset, so
+reading a record decompresses one member instead of the segment up to it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gzip
+import os
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+from .errors import CorruptSegmentError
+from .segments import FILE_MODE, _pwrite_all
+
+BLOCK_BYTES: Final = 64 * 1024
+LEVEL: Final = 6
+_READ_CHUNK: Final = 1 << 20
+
+#: (uncompressed offset, compressed offset) of each gzip member, in order.
+BlockMap = list[tuple[int, int]]
+
+
+def compress(source: Path, level: int = LEVEL) -> tuple[Path, BlockMap]:
+    """Write ``source`` as ``<name>.gz.tmp`` beside it, fsynced; the caller renames it
+    into place. Returns the temporary path and the block map."""
+    tmp = source.with_name(source.name + ".gz.tmp")
+    blocks: BlockMap = []
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        uoff = coff = 0
+        with open(source, "rb") as f:
+            for block in _line_blocks(f):
+                member = gzip.compress(block, compresslevel=level, mtime=0)
+                _pwrite_all(fd, member, coff)
+                blocks.append((uoff, coff))
+                uoff += len(block)
+                coff += len(member)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp, blocks
+
+
+def _line_blocks(f: object) -> Iterator[bytes]:
+    """Runs of whole lines of at least BLOCK_BYTES (the last one may be shorter)."""
+    pending = b""
+    while True:
+        chunk = f.read(_READ_CHUNK)  # type: ignore[attr-defined]
+        data = pending + chunk
+        if not chunk:
+            if data:
+                yield data
+            return
+        pos = 0
+        while len(data) - pos >= BLOCK_BYTES:
+            cut = data.find(b"\n", pos + BLOCK_BYTES - 1)
+            if cut < 0:
+                break
+            yield data[pos:cut + 1]
+            pos = cut + 1
+        pending = data[pos:]
+
+
+def iter_members(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(uncompressed offset, compressed offset, data) of each gzip member."""
+    with open(path, "rb") as f:
+        buf = b""
+        uoff = coff = 0
+        while True:
+            if not buf:
+                buf = f.read(_READ_CHUNK)
+                if not buf:
+                    return
+            inflater = zlib.decompressobj(31)
+            parts = []
+            fed = 0
+            while True:
+                try:
+                    parts.append(inflater.decompress(buf))
+                except zlib.error as exc:
+                    raise CorruptSegmentError(
+                        f"{path.name}: gzip member at byte {coff} is damaged ({exc})"
+                    ) from None
+                fed += len(buf)
+                if inflater.eof:
+                    buf = inflater.unused_data
+                    break
+                buf = f.read(_READ_CHUNK)
+                if not buf:
+                    raise CorruptSegmentError(
+                        f"{path.name}: the gzip member at byte {coff} is cut short"
+                    )
+            data = b"".join(parts)
+            yield uoff, coff, data
+            uoff += len(data)
+            coff += fed - len(inflater.unused_data)
+
+
+def iter_lines_and_blocks(path: Path, blocks: BlockMap) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of each line of a compressed segment, in uncompressed offsets;
+    fills ``blocks`` with the block map as it goes."""
+    rest = b""
+    rest_off = 0
+    for uoff, coff, data in iter_members(path):
+        blocks.append((uoff, coff))
+        if rest:
+            data = rest + data
+            uoff = rest_off
+        pos = 0
+        while True:
+            end = data.find(b"\n", pos)
+            if end < 0:
+                break
+            yield uoff + pos, data[pos:end + 1]
+            pos = end + 1
+        rest = data[pos:]
+        rest_off = uoff + pos
+
+
+class CompressedReader:
+    """Random access to the records of one compressed segment."""
+
+    def __init__(self, path: Path, blocks: BlockMap, cache_blocks: int = 8) -> None:
+        if not blocks:
+            raise CorruptSegmentError(f"{path.name}: no block map: run reindex")
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._uoffs = [u for u, _ in blocks]
+        self._coffs = [c for _, c in blocks] + [os.fstat(self.fd).st_size]
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_blocks = cache_blocks
+        self._name = path.name
+
+    def read(self, offset: int, length: int) -> bytes:
+        i = bisect.bisect_right(self._uoffs, offset) - 1
+        out = b""
+        while len(out) < length and 0 <= i < len(self._uoffs):
+            data = self._block(i)
+            start = offset + len(out) - self._uoffs[i]
+            out += data[start:start + length - len(out)]
+            i += 1
+        return out
+
+    def _block(self, i: int) -> bytes:
+        data = self._cache.get(i)
+        if data is not None:
+            self._cache.move_to_end(i)
+            return data
+        start, end = self._coffs[i], self._coffs[i + 1]
+        try:
+            data = zlib.decompress(os.pread(self.fd, end - start, start), 31)
+        except zlib.error as exc:
+            raise CorruptSegmentError(
+                f"{self._name}: gzip member at byte {start} is damaged ({exc}), or the "
+                f"index's block map is stale: run reindex"
+            ) from None
+        self._cache[i] = data
+        if len(self._cache) > self._cache_blocks:
+            self._cache.popitem(last=False)
+        return data
+
+    def close(self) -> None:
+        os.close(self.fd)

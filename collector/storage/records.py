@@ -1,0 +1,229 @@
+"""The bytes of a stored record, and the derived values the index keeps of one.
+
+``record_lines`` is the one place where a record's final bytes are produced: the
+event's 14 schema fields in schema order, ``peer_ip`` when present and non-empty, then
+the storage fields ``seq``, ``source`` and ``source_seq``; one line of orjson, ``\\n``
+terminated. Tamper evidence (issue 5) appends its chain field there and nowhere else.
+``encode_events`` does the seq-independent part on the submitting thread.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+
+# Reused rather than copied, so the app and the collector escape the same characters.
+# (audit_middleware.event keeps it private; a public helper there would be cleaner.)
+from audit_middleware.event import _LINE_BREAKS_UTF8, FIELDS
+
+from .errors import StorageError
+
+_FIELDS_WITH_PEER: Final = (*FIELDS, "peer_ip")
+#: The storage fields the collector appends to every record, in order.
+STORAGE_FIELDS: Final = ("seq", "source", "source_seq")
+#: A source id longer than this is refused: it is repeated in every record it sends.
+MAX_SOURCE_LENGTH: Final = 256
+
+#: An index row: seq, id, created (integer microseconds UTC), type, principal, target,
+#: org_id, workspace_id, client_ip key (see ``ip_key``), status, offset and length of
+#: the line in the uncompressed segment.
+Row = tuple[int, str, int, str, str, str, str, str, "bytes | None", str, int, int]
+
+
+def _ordered(event: dict[str, Any]) -> dict[str, Any]:
+    """The event's fields in record order. Unknown keys are left out: the record's shape
+    is the store's to define, not the sender's."""
+    record = {name: event[name] for name in FIELDS}
+    peer_ip = event.get("peer_ip")
+    if peer_ip:
+        record["peer_ip"] = peer_ip
+    return record
+
+
+def check_source(source: str, source_seqs: Sequence[int] | None, count: int) -> None:
+    """Reject a source id or source numbering that cannot be stored, before any work."""
+    if type(source) is not str or len(source) > MAX_SOURCE_LENGTH:
+        raise StorageError(
+            f"source must be a string of at most {MAX_SOURCE_LENGTH} characters, "
+            f"got {type(source).__name__} {str(source)[:40]!r}"
+        )
+    if source_seqs is None:
+        return
+    if len(source_seqs) != count:
+        raise StorageError(
+            f"got {len(source_seqs)} source_seqs for {count} events: pass one number per "
+            f"event, or None"
+        )
+    for number in source_seqs:
+        if type(number) is not int or number < 0:
+            raise StorageError(
+                f"source_seqs must be non-negative ints (0 for 'not numbered'), got "
+                f"{number!r}"
+            )
+
+
+class Encoded:
+    """A submission's events, encoded once on the submitting thread (their dicts were
+    just parsed there, so they are still in the CPU cache): the JSON of each event in
+    record order without its closing brace, and its index key (the row without seq,
+    offset and length). Seq-dependent parts are added at commit by ``record_lines``."""
+
+    __slots__ = ("ids", "bodies", "keys")
+
+    def __init__(self, ids: list[str], bodies: list[bytes], keys: list[tuple[Any, ...]]) -> None:
+        self.ids = ids
+        self.bodies = bodies
+        self.keys = keys
+
+    def pick(self, positions: list[int]) -> Encoded:
+        return Encoded([self.ids[i] for i in positions], [self.bodies[i] for i in positions],
+                       [self.keys[i] for i in positions])
+
+
+def encode_events(events: Sequence[dict[str, Any]]) -> Encoded:
+    """Encode validated event dicts. Raises ``StorageError`` naming the first event that
+    cannot be a record (a missing schema field, an id that is not a string, a value
+    JSON cannot hold, a ``created`` that is not a time)."""
+    dumps = orjson.dumps
+    micros = created_micros
+    address_key = ip_key
+    ids: list[str] = []
+    bodies: list[bytes] = []
+    keys: list[tuple[Any, ...]] = []
+    index = 0
+    try:
+        for index, event in enumerate(events):
+            # Fast path: a sender that already produced schema order (every shipper
+            # does) is dumped as is, without building a second dict.
+            order = tuple(event)
+            if order == FIELDS or (order == _FIELDS_WITH_PEER and event["peer_ip"]):
+                body = dumps(event)
+            else:
+                body = dumps(_ordered(event))
+            if not body.isascii():
+                body = escape_line_breaks(body)
+            event_id = event["id"]
+            if type(event_id) is not str:
+                raise TypeError(f"id must be a string, got {type(event_id).__name__}")
+            ids.append(event_id)
+            bodies.append(body[:-1])
+            keys.append((event_id, micros(event["created"]), event["type"],
+                         event["principal"], event["target"], event["org_id"],
+                         event["workspace_id"], address_key(event["client_ip"]),
+                         event["status"]))
+    except KeyError as exc:
+        raise StorageError(
+            f"event {index} has no {exc.args[0]!r} field: every event needs the 14 schema "
+            f"fields (audit_middleware.event.FIELDS)"
+        ) from None
+    except (TypeError, ValueError, AttributeError, orjson.JSONEncodeError) as exc:
+        raise StorageError(f"event {index} cannot be stored: {exc}") from None
+    return Encoded(ids, bodies, keys)
+
+
+def escape_line_breaks(data: bytes) -> bytes:
+    """Escape the Unicode line breaks orjson leaves raw (one record, one line for every
+    reader). Callers skip it for ASCII data, which cannot hold them."""
+    for raw, escaped in _LINE_BREAKS_UTF8:
+        data = data.replace(raw, escaped)
+    return data
+
+
+def record_lines(
+    encoded: Encoded,
+    first_seq: int,
+    source: str,
+    source_seqs: Sequence[int] | None,
+    offset: int,
+) -> tuple[list[bytes], list[Row]]:
+    """The record line of each encoded event, numbered from ``first_seq``, and its index
+    row as if the lines were appended at ``offset`` of a segment. The one place a
+    record's final bytes are produced."""
+    quoted = orjson.dumps(source)
+    if not quoted.isascii():
+        quoted = escape_line_breaks(quoted)
+    tail = b',"seq":%d,"source":' + quoted.replace(b"%", b"%%") + b',"source_seq":%d}\n'
+    lines: list[bytes] = []
+    rows: list[Row] = []
+    seq = first_seq
+    numbers = source_seqs if source_seqs else [0] * len(encoded.bodies)
+    for body, key, number in zip(encoded.bodies, encoded.keys, numbers):
+        line = body + tail % (seq, number)
+        n = len(line)
+        lines.append(line)
+        rows.append((seq, *key, offset, n))  # type: ignore[arg-type]
+        seq += 1
+        offset += n
+    return lines, rows
+
+
+def rebase(rows: list[Row], delta: int) -> list[Row]:
+    """``rows`` moved by ``delta`` bytes (their records go to another segment)."""
+    return [(*row[:10], row[10] + delta, row[11]) for row in rows]  # type: ignore[misc]
+
+
+_second_micros: dict[str, int] = {}
+
+
+def created_micros(created: object) -> int:
+    """Integer microseconds since the epoch (UTC) of a ``created`` value. A value
+    without an offset is UTC, as the schema says."""
+    # Fast path for the schema's own form, 2026-11-26T01:07:10.123456Z: the part up to
+    # the second repeats for every event of that second.
+    if type(created) is str and len(created) == 27 and created[26] == "Z":
+        fraction = created[20:26]
+        if created[19] == "." and fraction.isdigit():
+            base = _second_micros.get(created[:19])
+            if base is None:
+                base = _parse_micros(created[:19])
+                if len(_second_micros) >= 65_536:
+                    _second_micros.clear()
+                _second_micros[created[:19]] = base
+            return base + int(fraction)
+    return _parse_micros(created)
+
+
+def _parse_micros(created: object) -> int:
+    try:
+        moment = datetime.fromisoformat(created)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise StorageError(
+            f"created {str(created)[:40]!r} is not an RFC 3339 time such as "
+            f"2026-11-26T01:07:10.123456Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+_V4_MAPPED: Final = b"\x00" * 10 + b"\xff\xff"
+_ip_keys: dict[str, bytes | None] = {}
+
+
+def ip_key(address: str) -> bytes | None:
+    """A 16-byte key that sorts like the address (IPv4 as IPv4-mapped IPv6), so a CIDR
+    block is one index range; None for an empty or unparseable value."""
+    if type(address) is not str:
+        return None
+    key = _ip_keys.get(address, b"")
+    if key != b"":
+        return key
+    try:
+        key = _V4_MAPPED + socket.inet_pton(socket.AF_INET, address)
+    except OSError:
+        try:
+            key = socket.inet_pton(socket.AF_INET6, address)
+        except OSError:
+            key = None
+    if len(_ip_keys) >= 65_536:  # a cache, not a second index: keep it bounded
+        _ip_keys.clear()
+    _ip_keys[address] = key
+    return key

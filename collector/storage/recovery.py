@@ -1,0 +1,246 @@
+"""Start-up repair and index catch-up: make the index agree with the segments.
+
+What a crash can leave, and what happens to it:
+- a temporary file of an interrupted segment creation or compression: removed;
+- a plain and a compressed copy of one sealed segment: the copy the index does not
+  point at is removed (the compressed one is complete, it was fsynced before rename);
+- a torn last line in the active segment: moved to ``quarantine/`` and counted;
+- records fsynced to a segment but not yet in the index: indexed;
+- an index that disagrees with itself or is unreadable: rebuilt from the segments.
+``reindex`` is the last case on request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collector.index import CHUNK_ROWS, INDEX_SCHEMA, Index, Row, SegmentEntry
+
+from . import sources
+from .compression import BlockMap, iter_lines_and_blocks
+from .errors import CorruptSegmentError, StorageError
+from .records import created_micros, ip_key
+from .segments import (
+    SegmentFile,
+    SegmentHeader,
+    TornTail,
+    fsync_dir,
+    iter_lines,
+    leftover_temp_files,
+    list_segment_files,
+    repair_tail,
+)
+
+Progress = Callable[[int, int], None]
+_BATCH = 20_000
+
+
+@dataclass
+class RepairReport:
+    """What ``Store.open()`` (or ``reindex``) found and fixed."""
+
+    quarantined: list[TornTail] = field(default_factory=list)
+    removed_files: list[str] = field(default_factory=list)
+    index_rebuilt: str | None = None  # why the index was rebuilt from scratch
+    indexed: int = 0  # records added to the index
+    dropped_segments: list[str] = field(default_factory=list)  # in the index, not on disk
+    unreadable_lines: int = 0  # lines inside a segment that are not records: skipped
+
+    @property
+    def quarantined_bytes(self) -> int:
+        return sum(t.size for t in self.quarantined)
+
+
+def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
+            rebuild: str | None = None, progress: Progress | None = None) -> RepairReport:
+    """Repair what a crash left and bring the index up to date with the segments.
+    ``rebuild``: a reason to drop the index and rebuild it from scratch."""
+    report = RepairReport()
+    for tmp in leftover_temp_files(segments_dir):
+        tmp.unlink()
+        report.removed_files.append(tmp.name)
+    if rebuild is None:
+        rebuild = _index_problem(index)
+    if rebuild is not None:
+        index.begin()
+        index.wipe()
+        index.commit()
+        report.index_rebuilt = rebuild
+    catalog = index.segments()
+    files = _one_copy_each(segments_dir, catalog, report)
+    if files and not files[-1].compressed:
+        torn = repair_tail(files[-1].path, quarantine_dir)
+        if torn is not None:
+            report.quarantined.append(torn)
+    on_disk = {f.seq: f for f in files}
+    for seq, entry in catalog.items():
+        if seq not in on_disk:
+            _drop(index, seq)
+            report.dropped_segments.append(entry.name)
+    todo = []
+    for f in files:
+        entry = catalog.get(f.seq)
+        size = f.path.stat().st_size
+        if entry is not None and (entry.name != f.name or entry.compressed != f.compressed
+                                  or (not f.compressed and entry.end_offset > size)):
+            _drop(index, f.seq)  # not the file the index describes: index it afresh
+            entry = None
+        if entry is None or (not f.compressed and entry.end_offset < size):
+            todo.append((f, entry, size))
+    total = sum(size - (e.end_offset if e else 0) for _, e, size in todo)
+    done = 0
+    ranges = index.source_ranges()
+    last = files[-1].seq if files else None
+    for f, entry, size in todo:
+        report.indexed += _index_file(index, f, entry, ranges, report)
+        if f.seq != last and index.open_chunk is not None:
+            index.close_chunk()  # a sealed segment's chunk is complete
+        index.checkpoint()
+        done += size - (entry.end_offset if entry else 0)
+        if progress is not None:
+            progress(done, total)
+    if progress is not None and not todo:
+        progress(0, 0)
+    return report
+
+
+def _index_problem(index: Index) -> str | None:
+    if index.meta("schema") != INDEX_SCHEMA:
+        return f"index schema {index.meta('schema')} is not {INDEX_SCHEMA}"
+    if not index.rows_match_catalog():
+        return "index rows do not match its catalog (rows missing or added)"
+    return None
+
+
+def _drop(index: Index, seq: int) -> None:
+    index.begin()
+    index.drop_segment(seq)
+    index.commit()
+
+
+def _one_copy_each(segments_dir: Path, catalog: dict[int, SegmentEntry],
+                   report: RepairReport) -> list[SegmentFile]:
+    by_seq: dict[int, list[SegmentFile]] = {}
+    for f in list_segment_files(segments_dir):
+        by_seq.setdefault(f.seq, []).append(f)
+    files = []
+    for seq in sorted(by_seq):
+        copies = by_seq[seq]
+        if len(copies) == 2:
+            entry = catalog.get(seq)
+            keep_compressed = entry is not None and entry.compressed
+            loser = copies[0] if keep_compressed else copies[1]
+            loser.path.unlink()
+            fsync_dir(segments_dir)
+            report.removed_files.append(loser.path.name)
+            copies.remove(loser)
+        files.append(copies[0])
+    return files
+
+
+def _index_file(index: Index, f: SegmentFile, entry: SegmentEntry | None,
+                ranges: dict[str, sources.Ranges], report: RepairReport) -> int:
+    """Index the records of ``f`` past what ``entry`` says is indexed; returns how many."""
+    blocks: BlockMap = []
+    start = entry.end_offset if entry is not None else 0
+    count = 0
+    with open(f.path, "rb") as stream:
+        if f.compressed:
+            lines = iter_lines_and_blocks(f.path, blocks)
+        else:
+            stream.seek(start)
+            lines = iter_lines(stream, start)
+        batch: list[Row] = []
+        numbered: dict[str, list[int]] = {}
+        last_seq = entry.last_seq if entry is not None else index.max_seq_before(f.seq)
+        end = start
+        for offset, line in lines:
+            if offset < start:
+                continue
+            if offset == 0:
+                header = SegmentHeader.parse(line, f.path.name)
+                if header.seq != f.seq:
+                    raise CorruptSegmentError(
+                        f"{f.path.name}: header says segment {header.seq}; rename the "
+                        f"file or move it out of the segments directory"
+                    )
+                index.begin()
+                index.add_segment(f.name, header, len(line))
+                index.commit()
+                end = len(line)
+                continue
+            row = _row(line, offset, last_seq)
+            end = offset + len(line)
+            if row is None:
+                report.unreadable_lines += 1
+                continue
+            last_seq = row[0][0]
+            batch.append(row[0])
+            if row[1]:
+                numbered.setdefault(row[1], []).append(row[2])
+            if len(batch) >= _BATCH:
+                count += _flush(index, f.seq, batch, end, numbered, ranges)
+        count += _flush(index, f.seq, batch, end, numbered, ranges)
+    if f.compressed:
+        index.begin()
+        index.mark_compressed(f.seq, blocks)
+        index.commit()
+    return count
+
+
+def _row(line: bytes, offset: int, after_seq: int) -> tuple[Row, str, int] | None:
+    """The index row of one record line, its source and source_seq; None if the line
+    is not a record that can follow seq ``after_seq``."""
+    try:
+        r: dict[str, Any] = orjson.loads(line)
+        seq = r["seq"]
+        if type(seq) is not int or seq <= after_seq:
+            return None
+        row: Row = (seq, r["id"], created_micros(r["created"]), r["type"], r["principal"],
+                    r["target"], r["org_id"], r["workspace_id"], ip_key(r["client_ip"]),
+                    r["status"], offset, len(line))
+        source = r.get("source") or ""
+        number = r.get("source_seq") or 0
+    except (orjson.JSONDecodeError, KeyError, TypeError, StorageError):
+        return None
+    if type(source) is not str or type(number) is not int:
+        return row, "", 0
+    return row, source, number
+
+
+def _flush(index: Index, segment: int, batch: list[Row], end: int,
+           numbered: dict[str, list[int]], ranges: dict[str, sources.Ranges]) -> int:
+    n = len(batch)
+    index.begin()
+    try:
+        index.add_rows(segment, batch, end)
+        if not batch:  # only unreadable lines: still record how far the segment is read
+            index.con.execute("UPDATE segments SET end_offset=? WHERE seq=?", (end, segment))
+        changed = {s: sources.add(ranges.get(s, []), nums) for s, nums in numbered.items()}
+        index.set_source_ranges(changed)
+        index.commit()
+    except BaseException:
+        index.rollback()
+        raise
+    ranges.update(changed)
+    batch.clear()
+    numbered.clear()
+    if index.open_chunk is not None and index.open_chunk.rows >= CHUNK_ROWS:
+        index.close_chunk()
+        index.checkpoint()
+    return n
+
+
+def reset_index_files(path: Path) -> None:
+    """Remove an index SQLite cannot open (with its WAL), so a fresh one is built."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.unlink(f"{path}{suffix}")
+        except FileNotFoundError:
+            pass

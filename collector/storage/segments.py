@@ -1,0 +1,340 @@
+"""Segment files: naming, the header record, the append-only active segment, sealing,
+and repairing a torn tail.
+
+A segment is ``segments/segment-<seq:08d>-<UTC YYYYmmddTHHMMSSZ>.jsonl``. Its first line
+is a header record that makes its first bytes unique (file shippers fingerprint on
+them); every other line is one record. The highest seq is the active segment, the only
+file the store ever appends to; every other segment is sealed and never changes again
+(except being replaced, atomically, by its compressed copy).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from audit_middleware.event import SCHEMA_VERSION, format_created
+
+from .errors import CorruptSegmentError
+from .records import created_micros
+
+FILE_MODE: Final = 0o640
+DIR_MODE: Final = 0o750
+_NAME = re.compile(r"segment-(\d{8,})-(\d{8}T\d{6}Z)\.jsonl(\.gz)?")
+_READ_CHUNK: Final = 1 << 20
+
+
+def segment_name(seq: int, created_ns: int) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created_ns // 1_000_000_000))
+    return f"segment-{seq:08d}-{stamp}.jsonl"
+
+
+@dataclass(frozen=True)
+class SegmentFile:
+    """A segment file found on disk."""
+
+    seq: int
+    path: Path
+    compressed: bool
+
+    @property
+    def name(self) -> str:
+        """The uncompressed name: what the index and the digests call the segment."""
+        return self.path.name.removesuffix(".gz")
+
+
+def list_segment_files(directory: Path) -> list[SegmentFile]:
+    """Every segment file, by seq (a plain and a compressed copy of one seq both show)."""
+    found = []
+    for path in directory.iterdir():
+        match = _NAME.fullmatch(path.name)
+        if match:
+            found.append(SegmentFile(int(match[1]), path, bool(match[3])))
+    return sorted(found, key=lambda f: (f.seq, f.compressed))
+
+
+def leftover_temp_files(directory: Path) -> list[Path]:
+    """Files an interrupted segment creation or compression left behind."""
+    return sorted(p for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    id: str
+    seq: int
+    previous: str
+    schema: int
+    created: str
+
+    def to_line(self) -> bytes:
+        body = {"id": self.id, "seq": self.seq, "previous": self.previous,
+                "schema": self.schema, "created": self.created}
+        return orjson.dumps({"segment": body}, option=orjson.OPT_APPEND_NEWLINE)
+
+    @classmethod
+    def parse(cls, line: bytes, where: object) -> SegmentHeader:
+        try:
+            body = orjson.loads(line)["segment"]
+            header = cls(str(body["id"]), int(body["seq"]), str(body["previous"]),
+                         int(body["schema"]), str(body["created"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise CorruptSegmentError(
+                f"{where} does not start with a segment header line "
+                f'({{"segment":{{"id",...}}}}): it is not a segment this store wrote; '
+                f"move it out of the segments directory"
+            ) from None
+        return header
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ActiveSegment:
+    """The segment being appended to. One writer (the store's commit thread)."""
+
+    def __init__(self, path: Path, header: SegmentHeader, fd: int, size: int,
+                 records: int, created_ns: int) -> None:
+        self.path = path
+        self.header = header
+        self.fd = fd
+        self.size = size
+        self.records = records
+        self.created_ns = created_ns
+        self.needs_cut = False  # a failed write could not be cut back yet
+
+    @classmethod
+    def create(cls, directory: Path, seq: int, previous: str,
+               now_ns: int | None = None) -> ActiveSegment:
+        """Write the header to a temporary file, fsync, rename into place: a segment
+        file never exists without its complete header."""
+        created_ns = time.time_ns() if now_ns is None else now_ns
+        header = SegmentHeader(uuid.uuid4().hex, seq, previous, SCHEMA_VERSION,
+                               format_created(created_ns))
+        path = directory / segment_name(seq, created_ns)
+        tmp = path.with_name(path.name + ".tmp")
+        data = header.to_line()
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            _pwrite_all(fd, data, 0)
+            os.fsync(fd)
+            os.rename(tmp, path)
+            fsync_dir(directory)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        return cls(path, header, fd, len(data), 0, created_ns)
+
+    @classmethod
+    def reopen(cls, path: Path, records: int) -> ActiveSegment:
+        """Continue appending to an existing segment (after its tail was repaired)."""
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            header = read_header(path)
+            size = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, header, fd, size, records, _created_ns(header, path))
+
+    def append(self, data: bytes) -> int:
+        """Write ``data`` at the end; returns its offset. On an OSError nothing of it
+        stays in the file (the file is cut back, then the error propagates)."""
+        start = self.size
+        if self.needs_cut:
+            self.cut(start)  # still failing: the OSError propagates, nothing is written
+        try:
+            _pwrite_all(self.fd, data, start)
+        except OSError:
+            try:
+                self.cut(start)
+            except OSError:
+                self.needs_cut = True
+            raise
+        self.size = start + len(data)
+        return start
+
+    def cut(self, size: int) -> None:
+        """Truncate back to ``size`` (the end of the last complete record)."""
+        os.ftruncate(self.fd, size)
+        os.fsync(self.fd)
+        self.size = size
+        self.needs_cut = False
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def seal(segment: ActiveSegment) -> Path:
+    """Make ``segment`` sealed: flushed, closed, never written again. The one place a
+    segment becomes sealed (tamper evidence hooks its digest here); the store calls it
+    after the next segment exists, so the sealed file is no longer the highest seq."""
+    os.fsync(segment.fd)
+    segment.close()
+    return segment.path
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _created_ns(header: SegmentHeader, where: object) -> int:
+    try:
+        return created_micros(header.created) * 1000
+    except Exception:
+        raise CorruptSegmentError(f"{where}: header 'created' is not a time") from None
+
+
+def read_header(path: Path) -> SegmentHeader:
+    return _read_header_line(path)[0]
+
+
+def _read_header_line(path: Path) -> tuple[SegmentHeader, int]:
+    """The header and the length of its line."""
+    with open(path, "rb") as f:
+        line = f.readline(64 * 1024)
+    if not line.endswith(b"\n"):
+        raise CorruptSegmentError(
+            f"{path.name} has no complete header line: it is not a segment this store "
+            f"wrote; move it out of the segments directory"
+        )
+    return SegmentHeader.parse(line, path.name), len(line)
+
+
+def header_created_ns(path: Path) -> int:
+    return _created_ns(read_header(path), path.name)
+
+
+def first_line(file: SegmentFile) -> bytes:
+    """The header line of a plain or compressed segment."""
+    if file.compressed:
+        import gzip
+
+        with gzip.open(file.path, "rb") as f:
+            return bytes(f.readline(64 * 1024))
+    with open(file.path, "rb") as f:
+        return f.readline(64 * 1024)
+
+
+def header_of(file: SegmentFile) -> SegmentHeader:
+    line = first_line(file)
+    if not line.endswith(b"\n"):
+        raise CorruptSegmentError(f"{file.path.name} has no complete header line")
+    return SegmentHeader.parse(line, file.path.name)
+
+
+def iter_lines(f: Any, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset, line including its ``\\n``) of each complete line of a binary stream
+    from ``start`` on; an unterminated last line (a torn tail) is not yielded."""
+    offset = start
+    rest = b""
+    while True:
+        chunk = f.read(_READ_CHUNK)
+        if not chunk:
+            return
+        data = rest + chunk if rest else chunk
+        pos = 0
+        while True:
+            end = data.find(b"\n", pos)
+            if end < 0:
+                break
+            yield offset, data[pos:end + 1]
+            offset += end + 1 - pos
+            pos = end + 1
+        rest = data[pos:]
+
+
+def is_record(line: bytes) -> bool:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and type(value.get("seq")) is int
+
+
+@dataclass(frozen=True)
+class TornTail:
+    segment: str
+    offset: int  # where the segment now ends
+    size: int  # bytes moved to quarantine
+    quarantine: Path
+
+
+def repair_tail(path: Path, quarantine_dir: Path) -> TornTail | None:
+    """Cut everything after the last complete record of an uncompressed segment (a
+    record cut mid-line by a kill, garbage a power loss left) into a quarantine file
+    named after the segment, then truncate the segment there. Complete records are
+    never removed."""
+    size = path.stat().st_size
+    header_end = _read_header_line(path)[1]
+    end = _last_record_end(path, size, header_end)
+    if end == size:
+        return None
+    with open(path, "rb") as f:
+        f.seek(end)
+        torn = f.read()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = quarantine_dir / f"{path.name}.{stamp}.{end}.torn"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        _pwrite_all(fd, torn, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(quarantine_dir)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, end)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return TornTail(path.name, end, len(torn), target)
+
+
+def _last_record_end(path: Path, size: int, header_end: int) -> int:
+    """Offset just after the last line (scanning back) that is a complete record."""
+    with open(path, "rb") as f:
+        newline = _rfind_newline(f, header_end, size)
+        end = newline + 1 if newline >= 0 else header_end
+        while end > header_end:
+            previous = _rfind_newline(f, header_end, end - 1)
+            start = previous + 1 if previous >= 0 else header_end
+            f.seek(start)
+            if is_record(f.read(end - start)):
+                return end
+            end = start
+    return header_end
+
+
+def _rfind_newline(f: Any, low: int, high: int) -> int:
+    """Offset of the last ``\\n`` in ``[low, high)`` of a file, or -1."""
+    pos = high
+    while pos > low:
+        n = min(pos - low, 64 * 1024)
+        f.seek(pos - n)
+        i = f.read(n).rfind(b"\n")
+        if i >= 0:
+            return pos - n + i
+        pos -= n
+    return -1

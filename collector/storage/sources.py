@@ -1,0 +1,64 @@
+"""Per-source sequence ranges: which of a shipper's event numbers the store holds.
+
+Each shipper numbers its events 1, 2, 3, ...; a number that never arrives (dropped by a
+full spool, lost with a killed process) shows up as a gap between two stored ranges, so
+a loss is visible at the collector even when the app that lost it is gone.
+
+Ranges are inclusive ``[first, last]`` pairs, sorted and disjoint, never adjacent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Ranges = list[list[int]]
+
+
+def add(ranges: Ranges, numbers: Iterable[int]) -> Ranges:
+    """``ranges`` with ``numbers`` added (a new list; numbers < 1 mean 'not numbered')."""
+    runs: Ranges = []
+    for n in sorted(set(numbers)):
+        if n < 1:
+            continue
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    if not runs:
+        return ranges
+    merged: Ranges = []
+    for first, last in _by_start(ranges, runs):
+        if merged and first <= merged[-1][1] + 1:
+            if last > merged[-1][1]:
+                merged[-1][1] = last
+        else:
+            merged.append([first, last])
+    return merged
+
+
+def _by_start(a: Ranges, b: Ranges) -> Iterable[list[int]]:
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if a[i][0] <= b[j][0]:
+            yield a[i]
+            i += 1
+        else:
+            yield b[j]
+            j += 1
+    yield from a[i:]
+    yield from b[j:]
+
+
+def gaps(ranges: Ranges) -> Ranges:
+    """The numbers missing between stored ranges (before the first range is not a gap:
+    a store may start receiving from a shipper that was already running)."""
+    return [[prev[1] + 1, cur[0] - 1] for prev, cur in zip(ranges, ranges[1:])]
+
+
+def received(ranges: Ranges) -> int:
+    return sum(last - first + 1 for first, last in ranges)
+
+
+def report(ranges: Ranges) -> dict[str, object]:
+    """The ``stats()["sources"][source]`` entry."""
+    return {"received": received(ranges), "ranges": ranges, "gaps": gaps(ranges)}
