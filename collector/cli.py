@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import config as collector_config
+from . import read_commands as read
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,35 @@ def serve(args: argparse.Namespace) -> int:
 # the TOML file then work the same as for serve.
 
 
+def _read(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A read command with its user-fixable errors printed plainly (exit code 2)."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        from .query import QueryError
+        from .read_commands import CommandError
+
+        try:
+            return run(args)
+        except (QueryError, CommandError) as exc:
+            print(f"audit-collector {args.command}: {exc}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # `audit-collector query ... | head`
+            return 0
+
+    return guarded
+
+
 COMMANDS: list[Command] = [
     Command("serve", "run the collector: ingest events from apps into the store",
             serve_arguments, serve),
+    Command("query", "search stored events (filters, pages, table/jsonl/csv)",
+            read.query_arguments, _read(read.run_query)),
+    Command("tail", "print the newest events; -f keeps printing new ones",
+            read.tail_arguments, _read(read.run_tail)),
+    Command("stats", "counts, segments, sizes, ingest rate, dedupe and reject counters",
+            read.stats_arguments, _read(read.run_stats)),
+    Command("reindex", "rebuild the index from the segments (stop the collector first)",
+            read.reindex_arguments, _read(read.run_reindex)),
 ]
 
 

@@ -1,0 +1,226 @@
+"""The read side of ``audit-collector``: ``query``, ``tail``, ``stats``, ``reindex``.
+
+They open the data directory read-only (the index and the segments), so they run next
+to a live ``serve`` — except ``reindex``, which rebuilds the index and so wants the
+collector stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from . import config as collector_config
+from . import query as q
+from . import render
+
+FORMATS = ("table", "jsonl", "csv")
+FOLLOW_INTERVAL = 0.5
+
+
+# -- shared ------------------------------------------------------------------------------
+def _data_dir(args: argparse.Namespace) -> Path:
+    data_dir: Path = collector_config.load(args).data_dir
+    if not (data_dir / "index.sqlite").exists() and not (data_dir / "segments").is_dir():
+        raise CommandError(f"no audit data in {data_dir}: point --data-dir (or "
+                           f"AUDIT_DATA_DIR) at the collector's data directory")
+    return data_dir
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed without a traceback, exit code 2."""
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    collector_config.add_arguments(parser, ["data_dir"])
+    f = parser.add_argument_group("filters")
+    f.add_argument("--type", dest="types", action="append", default=[], metavar="TYPE",
+                   help="event type or glob such as 'run_*' (repeatable: any of them)")
+    f.add_argument("--principal", help="acting user id, or 'system'")
+    f.add_argument("--target", help="resource id")
+    f.add_argument("--org", help="organization id")
+    f.add_argument("--workspace", help="workspace id")
+    f.add_argument("--client-ip", dest="client_ip", help="an IP, or a CIDR such as 10.0.0.0/8")
+    f.add_argument("--since", help="RFC 3339, YYYY-MM-DD-HH-MM-SS (UTC), or an age: 15m, 24h, 7d")
+    f.add_argument("--until", help="same forms as --since")
+
+
+def _filters(args: argparse.Namespace) -> q.Filters:
+    return q.Filters(types=tuple(args.types), principal=args.principal, target=args.target,
+                     org=args.org, workspace=args.workspace, client_ip=args.client_ip,
+                     since=args.since, until=args.until)
+
+
+def _writer(fmt: str, out: TextIO) -> Callable[[list[dict[str, Any]], bool], None]:
+    """A function printing one batch of records in ``fmt`` (the header only once)."""
+    first = [True]
+
+    def write(records: list[dict[str, Any]], header: bool = True) -> None:
+        if fmt == "jsonl":
+            for line in render.jsonl(records):
+                out.write(line.decode("utf-8"))
+        elif fmt == "csv":
+            rows = render.csv_rows(records)
+            head = next(rows)
+            if first[0] and header:
+                out.write(head)
+            out.writelines(rows)
+        else:
+            text = render.table(records)
+            out.write(text if first[0] and header else text.split("\n", 2)[2])
+        first[0] = False
+        out.flush()
+
+    return write
+
+
+# -- query -------------------------------------------------------------------------------
+def query_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_filters(parser)
+    parser.add_argument("--limit", type=int, default=100, help="records per page (default 100)")
+    parser.add_argument("--cursor", help="continue after a page (printed on stderr)")
+    parser.add_argument("--oldest-first", action="store_true", help="oldest first")
+    parser.add_argument("--all", action="store_true", help="every matching record, streamed")
+    parser.add_argument("--format", choices=FORMATS, default="table")
+
+
+def run_query(args: argparse.Namespace) -> int:
+    data_dir, filters = _data_dir(args), _filters(args)
+    write = _writer(args.format, sys.stdout)
+    if args.all:
+        batch: list[dict[str, Any]] = []
+        for record in q.iter_records(data_dir, filters, newest_first=not args.oldest_first):
+            batch.append(record)
+            if len(batch) >= 500:
+                write(batch, True)
+                batch = []
+        write(batch, True)
+        return 0
+    if args.limit < 1:
+        raise q.QueryError("--limit must be at least 1")
+    page = q.search(data_dir, filters, limit=args.limit, cursor=args.cursor,
+                    newest_first=not args.oldest_first)
+    write(page.records, True)
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+    return 0
+
+
+# -- tail --------------------------------------------------------------------------------
+def tail_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_filters(parser)
+    parser.add_argument("-n", "--lines", type=int, default=10, help="last N records (default 10)")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    parser.add_argument("--format", choices=FORMATS, default="jsonl")
+
+
+def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: False) -> int:
+    data_dir, filters = _data_dir(args), _filters(args)
+    write = _writer(args.format, sys.stdout)
+    # Take the follow position first: a record arriving between the two calls is then
+    # printed once by the follow loop, never lost between "last N" and "new ones".
+    cursor = q.follow_cursor(data_dir, filters) if args.follow else None
+    if args.lines > 0:
+        last = q.search(data_dir, filters, limit=args.lines, newest_first=True).records
+        write(list(reversed(last)), True)
+    while cursor is not None and not stop():
+        page = q.search(data_dir, filters, limit=500, cursor=cursor, newest_first=False)
+        if page.records:
+            write(page.records, False)
+        cursor = page.next_cursor or cursor
+        if not page.records:
+            time.sleep(FOLLOW_INTERVAL)
+    return 0
+
+
+# -- stats -------------------------------------------------------------------------------
+def stats_arguments(parser: argparse.ArgumentParser) -> None:
+    collector_config.add_arguments(parser, ["data_dir"])
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from .serve import STATS_FILE
+
+    data_dir = _data_dir(args)
+    segments = sorted(p for p in (data_dir / "segments").glob("segment-*") if p.is_file())
+    report: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "events_indexed": _indexed(data_dir),
+        "segments": {"count": len(segments),
+                     "bytes": sum(p.stat().st_size for p in segments),
+                     "compressed": sum(1 for p in segments if p.suffix == ".gz"),
+                     "active": segments[-1].name if segments else None},
+        "index_bytes": sum(p.stat().st_size for p in data_dir.glob("index.sqlite*")),
+    }
+    live = data_dir / STATS_FILE
+    if live.exists():
+        collected = orjson.loads(live.read_bytes())
+        report["collector"] = collected
+        report["collector_stats_age_s"] = round(time.time() - live.stat().st_mtime, 1)
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for line in _flatten(report):
+            print(line)
+    return 0
+
+
+def _indexed(data_dir: Path) -> int:
+    from .index import connect
+
+    con = connect(data_dir / "index.sqlite", readonly=True)
+    try:
+        return int(con.execute("SELECT coalesce(sum(rows), 0) FROM chunks").fetchone()[0])
+    finally:
+        con.close()
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterable[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}{key}.")
+    else:
+        yield f"{prefix[:-1]:40s} {value}"
+
+
+# -- reindex -----------------------------------------------------------------------------
+def reindex_arguments(parser: argparse.ArgumentParser) -> None:
+    collector_config.add_arguments(parser, ["data_dir"])
+
+
+def run_reindex(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args)
+    bar = ProgressBar(sys.stderr)
+    report = q.reindex(data_dir, progress=bar.update)
+    bar.done()
+    print(f"reindexed {data_dir}: {report}")
+    return 0
+
+
+class ProgressBar:
+    """``[#####.....] 52% 1234/2345`` on a terminal; a line per 10 % otherwise."""
+
+    def __init__(self, out: TextIO, width: int = 30) -> None:
+        self.out, self.width, self.last = out, width, -1
+
+    def update(self, done: int, total: int) -> None:
+        pct = 100 if total <= 0 else min(100, done * 100 // total)
+        if self.out.isatty():
+            filled = self.width * pct // 100
+            self.out.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}% "
+                           f"{done}/{total}")
+        elif pct // 10 != self.last // 10:
+            self.out.write(f"reindex: {pct}% ({done}/{total})\n")
+        self.last = pct
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.out.isatty():
+            self.out.write("\n")
