@@ -1,0 +1,174 @@
+"""`audit-collector query/tail/stats/reindex` as a user runs them: real processes, a
+real collector fed through the CollectorSink."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from audit_middleware import configure, emit
+from audit_middleware.shipper import CollectorSink
+from audit_middleware.testing import reset_configuration
+from tests.e2e.harness import ROOT, CollectorProcess, short_tmp
+
+# (type, target, principal, org, client_ip) of the events the collector stores.
+EVENTS = [
+    ("run_launched", "run-1", "alice", "o1", "198.51.100.7"),
+    ("run_relaunched", "run-1", "alice", "o1", "198.51.100.7"),
+    ("run_dropped", "run-1", "system", "o1", ""),
+    ("credentials_created", "cred-1", "bob", "o2", "2001:db8::7"),
+    ("credentials_accessed", "cred-1", "system", "o2", ""),
+    ("user_sign_in", "bob", "bob", "", "203.0.113.5"),
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Iterator[Path]:
+    with short_tmp() as tmp, CollectorProcess(tmp / "data") as collector:
+        sink = CollectorSink(collector.url, spool_dir=tmp / "spool")
+        configure(sink=sink)
+        for etype, target, principal, org, ip in EVENTS:
+            emit(etype, target, principal=principal, org_id=org, client_ip=ip or None,
+                 status="=cmd|' /C calc'!A0" if etype == "user_sign_in" else "")
+        assert sink.flush(timeout=20)
+        assert sink.stats()["acknowledged"] == len(EVENTS)
+        configure(sink=None)
+        reset_configuration()
+        yield collector.data_dir
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "collector", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60, env={**os.environ, "AUDIT_CONFIG": ""})
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def jsonl(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--type", "run_*"], {"run_launched", "run_relaunched", "run_dropped"}),
+    (["--type", "user_sign_in", "--type", "credentials_created"],
+     {"user_sign_in", "credentials_created"}),
+    (["--principal", "system"], {"run_dropped", "credentials_accessed"}),
+    (["--target", "cred-1"], {"credentials_created", "credentials_accessed"}),
+    (["--org", "o1", "--principal", "alice"], {"run_launched", "run_relaunched"}),
+    (["--client-ip", "198.51.100.0/24"], {"run_launched", "run_relaunched"}),
+    (["--client-ip", "2001:db8::/32"], {"credentials_created"}),
+    (["--since", "1h"], {e[0] for e in EVENTS}),
+    (["--until", "2000-01-01-00-00-00"], set()),
+])
+def test_query_filters(data_dir: Path, flags: list[str], expected: set[str]) -> None:
+    done = cli("query", "--data-dir", str(data_dir), "--format", "jsonl", *flags)
+    assert {r["type"] for r in jsonl(done)} == expected
+
+
+def test_query_pages_with_a_cursor(data_dir: Path) -> None:
+    first = cli("query", "--data-dir", str(data_dir), "--format", "jsonl", "--limit", "4")
+    cursor = first.stderr.split("--cursor ")[1].split()[0]
+    second = cli("query", "--data-dir", str(data_dir), "--format", "jsonl", "--limit", "4",
+                 "--cursor", cursor)
+    ids = [r["id"] for r in jsonl(first) + jsonl(second)]
+    assert len(ids) == len(set(ids)) == len(EVENTS)
+    assert "--cursor" not in second.stderr
+    seqs = [r["seq"] for r in jsonl(first) + jsonl(second)]
+    assert seqs == sorted(seqs, reverse=True)  # newest first
+
+
+def test_query_table_uses_seed_columns_and_dates(data_dir: Path) -> None:
+    done = cli("query", "--data-dir", str(data_dir), "--type", "run_launched")
+    header, rule, row = done.stdout.splitlines()
+    assert header.startswith("Type") and "Creation date" in header
+    assert row.startswith("run_launched") and "alice" in row
+    assert len(row.split()[-1]) == len("YYYY-MM-DD-HH-MM-SS")
+
+
+def test_query_csv_neutralizes_formulas(data_dir: Path) -> None:
+    done = cli("query", "--data-dir", str(data_dir), "--format", "csv", "--type", "user_sign_in")
+    rows = list(csv.reader(io.StringIO(done.stdout)))
+    assert rows[1][3] == "'=cmd|' /C calc'!A0"
+
+
+def test_query_all_streams_every_record(data_dir: Path) -> None:
+    done = cli("query", "--data-dir", str(data_dir), "--all", "--oldest-first",
+               "--format", "jsonl")
+    assert [r["type"] for r in jsonl(done)] == [e[0] for e in EVENTS]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--since", "yesterday"], "is not a time"),
+    (["--client-ip", "10.0.0.300"], "client"),
+    (["--limit", "0"], "--limit"),
+    (["--cursor", "garbage"], "cursor"),
+])
+def test_bad_filters_get_a_clear_error(data_dir: Path, flags: list[str], message: str) -> None:
+    done = cli("query", "--data-dir", str(data_dir), *flags, check=False)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    done = cli("query", "--data-dir", str(tmp_path / "nowhere"), check=False)
+    assert done.returncode == 2 and "no audit data" in done.stderr
+
+
+def test_tail_prints_the_last_records_oldest_first(data_dir: Path) -> None:
+    done = cli("tail", "-n", "2", "--data-dir", str(data_dir))
+    assert [r["type"] for r in jsonl(done)] == ["credentials_accessed", "user_sign_in"]
+
+
+def test_tail_follow_prints_new_records(tmp_path: Path) -> None:
+    with short_tmp() as tmp, CollectorProcess(tmp / "data") as collector:
+        sink = CollectorSink(collector.url, spool_dir=tmp / "spool")
+        configure(sink=sink)
+        try:
+            emit("team_created", "t-old")
+            assert sink.flush(20)
+            follower = subprocess.Popen(
+                [sys.executable, "-m", "collector", "tail", "-f", "-n", "1", "--data-dir",
+                 str(collector.data_dir)], cwd=ROOT, text=True, stdout=subprocess.PIPE)
+            try:
+                assert follower.stdout is not None
+                assert orjson.loads(follower.stdout.readline())["target"] == "t-old"
+                time.sleep(0.3)
+                emit("team_created", "t-new")
+                assert sink.flush(20)
+                assert orjson.loads(follower.stdout.readline())["target"] == "t-new"
+            finally:
+                follower.terminate()
+                follower.wait(10)
+        finally:
+            configure(sink=None)
+            reset_configuration()
+
+
+def test_stats_reports_counts(data_dir: Path) -> None:
+    report = orjson.loads(cli("stats", "--data-dir", str(data_dir), "--json").stdout)
+    assert report["events_indexed"] == len(EVENTS)
+    assert report["segments"]["count"] >= 1
+
+
+def test_reindex_rebuilds_a_deleted_index(data_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*.sock"))
+    for index_file in copy.glob("index.sqlite*"):
+        index_file.unlink()
+    done = cli("reindex", "--data-dir", str(copy))
+    assert "reindex: 100%" in done.stderr
+    again = cli("query", "--data-dir", str(copy), "--all", "--oldest-first", "--format", "jsonl")
+    assert [r["type"] for r in jsonl(again)] == [e[0] for e in EVENTS]
