@@ -433,6 +433,10 @@ def build_chunk_indexes(con: sqlite3.Connection, chunk: int, write_lock: threadi
                     return False
                 raise
     with write_lock:
+        # Sampled statistics (~1 ms a chunk) so that, given principal AND org, SQLite
+        # walks the principal index (1 in 1000 rows) rather than the org one (1 in 50).
+        con.execute("PRAGMA analysis_limit=1000")
+        con.execute(f"ANALYZE {table}")
         con.execute("UPDATE chunks SET state=? WHERE chunk=?", (INDEXED, chunk))
     return True
 

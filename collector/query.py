@@ -1,0 +1,347 @@
+"""Querying stored audit records: filters, keyset pages, streaming, reindex.
+
+    page = search(data_dir, Filters(principal="u-1", org="o-1", since="1h"))
+    while page.next_cursor:
+        page = search(data_dir, filters, cursor=page.next_cursor)
+
+Pages are ordered by ``seq`` (arrival order; newest first by default) and the cursor is
+a keyset on it, so paging stays stable while new events arrive: a page never repeats or
+skips a record that existed when paging began. Relative times ("24h") are resolved on
+the first page and carried in the cursor.
+
+Each index chunk is queried in turn through its indexes (see ``collector.index``) and
+the records are read back from the segments by offset: a page never scans a segment.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import dataclasses
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from collector.index import ZONE_SHIFT, Index, chunk_table, connect
+from collector.storage.filters import (
+    QueryError,
+    check_text,
+    expand_types,
+    ip_range,
+    parse_time,
+)
+from collector.storage.reader import RecordReader
+from collector.storage.recovery import RepairReport, recover, reset_index_files
+
+if TYPE_CHECKING:
+    from collector.store import Store
+
+__all__ = ["Filters", "Page", "QueryError", "Reader", "find", "follow_cursor",
+           "iter_records", "reindex", "search"]
+
+MAX_LIMIT: Final = 10_000
+_FOREVER: Final = (-(2**62), 2**62)
+
+
+@dataclass(frozen=True)
+class Filters:
+    types: tuple[str, ...] = ()  # exact names or globs like "run_*" (OR)
+    principal: str | None = None
+    target: str | None = None
+    org: str | None = None  # matches org_id
+    workspace: str | None = None  # matches workspace_id
+    client_ip: str | None = None  # an IP or a CIDR (IPv4/IPv6)
+    since: str | None = None  # RFC 3339, YYYY-MM-DD-HH-MM-SS (UTC), or "15m"/"24h"/"7d"
+    until: str | None = None  # exclusive
+
+
+@dataclass
+class Page:
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    where: str
+    params: tuple[Any, ...]
+    since: int
+    until: int
+    timed: bool
+    nothing: bool  # a type glob that matches no stored type
+
+
+class Reader:
+    """A query connection to one data directory (use from one thread; ``search`` keeps
+    one per thread for you)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        index = data_dir / "index.sqlite"
+        if not index.exists():
+            raise QueryError(f"{data_dir} holds no index.sqlite: is it a collector data "
+                             f"directory? (`audit-collector reindex` builds one)")
+        self.con = connect(index, readonly=True)
+        self._records = RecordReader(data_dir / "segments", self.con)
+
+    def close(self) -> None:
+        self._records.close()
+        self.con.close()
+
+    # -- pages --------------------------------------------------------------------------
+    def search(self, filters: Filters, *, limit: int = 100, cursor: str | None = None,
+               newest_first: bool = True) -> Page:
+        if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
+            raise QueryError(f"limit must be an int from 1 to {MAX_LIMIT}, got {limit!r}")
+        fingerprint = _fingerprint(filters, newest_first)
+        state = _decode_cursor(cursor, fingerprint) if cursor else None
+        con = self.con
+        con.execute("BEGIN")  # one snapshot for the whole page
+        try:
+            compiled = self._compile(filters, state)
+            hits, segments = self._hits(compiled, limit + 1, newest_first,
+                                        state["s"] if state else None)
+        finally:
+            con.execute("COMMIT")
+        records = self._records.records(hits[:limit], segments)
+        next_cursor = None
+        if len(hits) > limit:
+            next_cursor = _encode_cursor({"s": hits[limit - 1][0], "f": fingerprint,
+                                          "a": compiled.since, "b": compiled.until})
+        return Page(records, next_cursor)
+
+    def find(self, event_id: str) -> dict[str, Any] | None:
+        """The stored record of one event id, or None."""
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            row = con.execute("SELECT seq FROM ids WHERE id=?", (event_id,)).fetchone()
+            chunk = row and con.execute(
+                "SELECT chunk, segment FROM chunks WHERE first_seq <= ? AND last_seq >= ?",
+                (row[0], row[0])).fetchone()
+            hit = chunk and con.execute(
+                f"SELECT seq, off, len FROM {chunk_table(chunk[0])} WHERE seq=?",
+                (row[0],)).fetchone()
+            segments = self._segments({chunk[1]}) if hit else {}
+        finally:
+            con.execute("COMMIT")
+        if not hit:
+            return None
+        found = self._records.records([(hit[0], chunk[1], hit[1], hit[2])], segments)
+        return found[0] if found else None
+
+    def follow_cursor(self, filters: Filters) -> str:
+        """A cursor for ``search(..., newest_first=False)`` that starts after the newest
+        record stored now: what ``tail -f`` polls with."""
+        newest = self.con.execute("SELECT max(last_seq) FROM chunks").fetchone()[0] or 0
+        return _encode_cursor({"s": newest, "f": _fingerprint(filters, False),
+                               "a": None, "b": None})
+
+    # -- internals ----------------------------------------------------------------------
+    def _compile(self, filters: Filters, state: dict[str, Any] | None) -> _Compiled:
+        if not isinstance(filters, Filters):
+            raise QueryError("filters must be a collector.query.Filters")
+        where: list[str] = []
+        params: list[Any] = []
+        nothing = False
+        if filters.types:
+            types = filters.types
+            if isinstance(types, str):
+                types = (types,)
+            known = [t for (t,) in self.con.execute("SELECT type FROM types")]
+            names = expand_types(types, known)
+            nothing = not names
+            where.append(f"type IN ({','.join('?' * len(names))})")
+            params += names
+        for column, value, what in (("principal", filters.principal, "principal"),
+                                    ("target", filters.target, "target"),
+                                    ("org_id", filters.org, "org"),
+                                    ("workspace_id", filters.workspace, "workspace")):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(check_text(value, what))
+        if filters.client_ip is not None:
+            low, high = ip_range(filters.client_ip)
+            where.append("client_ip BETWEEN ? AND ?")
+            params += [low, high]
+        if state is not None and (state["a"] is not None or state["b"] is not None):
+            since, until = state["a"], state["b"]
+        else:
+            now = time.time_ns() // 1000
+            since = (parse_time(filters.since, what="since", now_us=now)
+                     if filters.since is not None else _FOREVER[0])
+            until = (parse_time(filters.until, what="until", now_us=now)
+                     if filters.until is not None else _FOREVER[1])
+        timed = (since, until) != _FOREVER
+        if timed:
+            where.append("created >= ? AND created < ?")
+            params += [since, until]
+        return _Compiled(" AND ".join(where) or "1", tuple(params), since, until, timed,
+                         nothing or since >= until)
+
+    def _hits(self, c: _Compiled, want: int, newest_first: bool,
+              after: int | None) -> tuple[list[tuple[int, int, int, int]],
+                                          dict[int, tuple[str, bool]]]:
+        """Up to ``want`` (seq, segment, offset, length), in page order."""
+        if c.nothing:
+            return [], {}
+        con = self.con
+        order = "DESC" if newest_first else "ASC"
+        chunks = con.execute(
+            f"SELECT chunk, segment, first_seq, last_seq FROM chunks "
+            f"WHERE rows > 0 AND max_created >= ? AND min_created < ? "
+            f"ORDER BY first_seq {order}", (c.since, c.until)).fetchall()
+        blocks = [b for (b,) in con.execute(
+            "SELECT block FROM zones WHERE max_created >= ? AND min_created < ? ORDER BY block",
+            (c.since, c.until))] if c.timed else None
+        hits: list[tuple[int, int, int, int]] = []
+        for chunk, segment, low, high in chunks:
+            if after is not None:
+                if newest_first:
+                    high = min(high, after - 1)
+                else:
+                    low = max(low, after + 1)
+                if low > high:
+                    continue
+            if blocks is not None:  # narrow to the seq blocks the time window touches
+                i = bisect.bisect_left(blocks, low >> ZONE_SHIFT)
+                j = bisect.bisect_right(blocks, high >> ZONE_SHIFT)
+                if i == j:
+                    continue
+                low = max(low, blocks[i] << ZONE_SHIFT)
+                high = min(high, ((blocks[j - 1] + 1) << ZONE_SHIFT) - 1)
+            rows = con.execute(
+                f"SELECT seq, off, len FROM {chunk_table(chunk)} "
+                f"WHERE seq BETWEEN ? AND ? AND {c.where} ORDER BY seq {order} LIMIT ?",
+                (low, high, *c.params, want - len(hits))).fetchall()
+            hits += [(seq, segment, off, length) for seq, off, length in rows]
+            if len(hits) >= want:
+                break
+        return hits, self._segments({h[1] for h in hits})
+
+    def _segments(self, seqs: set[int]) -> dict[int, tuple[str, bool]]:
+        if not seqs:
+            return {}
+        return {s: (n, bool(z)) for s, n, z in self.con.execute(
+            f"SELECT seq, name, compressed FROM segments WHERE seq IN "
+            f"({','.join('?' * len(seqs))})", tuple(seqs))}
+
+
+# -- module-level API (one Reader per thread and data directory) -----------------------------
+_local = threading.local()
+
+
+def _reader(index_path_or_store: Store | Path | str) -> Reader:
+    data_dir = _data_dir(index_path_or_store)
+    readers: dict[Path, Reader] = _local.__dict__.setdefault("readers", {})
+    reader = readers.get(data_dir)
+    if reader is None:
+        reader = readers[data_dir] = Reader(data_dir)
+    return reader
+
+
+def _data_dir(index_path_or_store: Store | Path | str) -> Path:
+    settings = getattr(index_path_or_store, "settings", None)
+    if settings is not None:
+        return Path(settings.data_dir).resolve()
+    path = Path(index_path_or_store)  # type: ignore[arg-type]
+    return (path.parent if path.name == "index.sqlite" else path).resolve()
+
+
+def search(index_path_or_store: Store | Path | str, filters: Filters, *, limit: int = 100,
+           cursor: str | None = None, newest_first: bool = True) -> Page:
+    """One page of the records matching ``filters`` (a data directory, its
+    index.sqlite, or an open Store)."""
+    return _reader(index_path_or_store).search(filters, limit=limit, cursor=cursor,
+                                               newest_first=newest_first)
+
+
+def iter_records(index_path_or_store: Store | Path | str, filters: Filters | None = None, *,
+                 newest_first: bool = False, page_size: int = 1000,
+                 cursor: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every matching record, a page at a time (constant memory: for exports)."""
+    filters = filters or Filters()
+    while True:
+        page = search(index_path_or_store, filters, limit=page_size, cursor=cursor,
+                      newest_first=newest_first)
+        yield from page.records
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+def find(index_path_or_store: Store | Path | str, event_id: str) -> dict[str, Any] | None:
+    """The stored record of ``event_id``, or None."""
+    return _reader(index_path_or_store).find(check_text(event_id, "event id"))
+
+
+def follow_cursor(index_path_or_store: Store | Path | str, filters: Filters) -> str:
+    """Where ``tail -f`` starts: pass it to ``search(..., newest_first=False)``."""
+    return _reader(index_path_or_store).follow_cursor(filters)
+
+
+def reindex(data_dir: Path | str, progress: Callable[[int, int], None] | None = None) -> RepairReport:
+    """Rebuild index.sqlite from the segments (plain and compressed). ``progress`` gets
+    (bytes done, bytes total). Refuses while a collector holds the data directory."""
+    from collector.store import lock_data_dir  # the store imports this module's peers
+
+    data_dir = Path(data_dir)
+    segments = data_dir / "segments"
+    if not segments.is_dir():
+        raise QueryError(f"{data_dir} has no segments/ directory: not a collector data "
+                         f"directory")
+    (data_dir / "quarantine").mkdir(mode=0o750, exist_ok=True)
+    lock = lock_data_dir(data_dir)
+    try:
+        path = data_dir / "index.sqlite"
+        try:
+            index = Index(path)
+        except Exception:
+            reset_index_files(path)
+            index = Index(path)
+        try:
+            report = recover(segments, data_dir / "quarantine", index,
+                             rebuild="reindex requested", progress=progress)
+            index.close_chunk()
+            for chunk in index.closed_chunks():
+                index.build_indexes(chunk)
+            index.checkpoint()
+        finally:
+            index.close()
+    finally:
+        os.close(lock)
+    return report
+
+
+# -- cursors ------------------------------------------------------------------------------
+def _fingerprint(filters: Filters, newest_first: bool) -> str:
+    body = orjson.dumps([dataclasses.astuple(filters), newest_first], default=str)
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+def _encode_cursor(state: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"v": 1, **state})).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: object, fingerprint: str) -> dict[str, Any]:
+    try:
+        if not isinstance(cursor, str) or len(cursor) > 512:
+            raise ValueError
+        state = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if (state["v"] != 1 or type(state["s"]) is not int
+                or not all(state[k] is None or type(state[k]) is int for k in "ab")):
+            raise ValueError
+    except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        raise QueryError("cursor is not one this store returned: pass a page's "
+                         "next_cursor unchanged") from None
+    if state["f"] != fingerprint:
+        raise QueryError("this cursor belongs to another query: page with the same "
+                         "filters and order that produced it")
+    return state  # type: ignore[no-any-return]

@@ -1,0 +1,101 @@
+"""Turning query filter values into index conditions: times, type globs, IP/CIDR.
+
+Every bad value raises ``QueryError`` with the accepted forms, before any query runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Final
+
+from audit_middleware.catalogue import NAME_PATTERN
+
+from .records import created_micros
+
+
+class QueryError(ValueError):
+    """A filter, cursor or limit the query cannot use; the message gives the accepted
+    forms."""
+
+
+TIME_FORMS: Final = (
+    "use RFC 3339 (2026-11-26T01:07:10Z, 2026-11-26T02:07:10+01:00, 2026-11-26), "
+    "the seed's YYYY-MM-DD-HH-MM-SS in UTC (2026-11-26-01-07-10), or an age such as "
+    "30s, 15m, 24h, 7d, 2w"
+)
+_RELATIVE = re.compile(r"(\d{1,9})([smhdw])")
+_SEED = re.compile(r"(\d{4})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_GLOB = re.compile(r"[a-z0-9_*?\[\]!-]{1,64}")
+
+
+def parse_time(value: object, *, what: str, now_us: int) -> int:
+    """Microseconds since the epoch (UTC) of a ``since``/``until`` value."""
+    if not isinstance(value, str):
+        raise QueryError(f"{what} must be a string: {TIME_FORMS}")
+    text = value.strip()
+    match = _RELATIVE.fullmatch(text)
+    if match:
+        return now_us - int(match[1]) * _UNIT_SECONDS[match[2]] * 1_000_000
+    match = _SEED.fullmatch(text)
+    try:
+        if match:
+            moment = datetime(*(int(g) for g in match.groups()), tzinfo=UTC)
+            return created_micros(moment.isoformat())
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}([Tt ].+)?", text):
+            moment = datetime.fromisoformat(text.replace("t", "T").replace("z", "Z"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return created_micros(moment.isoformat())
+    except ValueError:
+        pass
+    raise QueryError(f"{what}={value!r} is not a time: {TIME_FORMS}")
+
+
+def expand_types(patterns: Iterable[object], known: Iterable[str]) -> list[str]:
+    """The exact type names the ``types`` filter means: names as given, globs matched
+    against the types the store holds."""
+    names: set[str] = set()
+    known = sorted(known)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not _GLOB.fullmatch(pattern):
+            raise QueryError(
+                f"type {pattern!r} is not an event type or a glob: use names such as "
+                f"run_launched, or globs of a-z, 0-9, '_' with * and ? (e.g. 'run_*')"
+            )
+        if NAME_PATTERN.fullmatch(pattern):
+            names.add(pattern)
+        else:
+            names.update(fnmatch.filter(known, pattern))
+    return sorted(names)
+
+
+_V4_MAPPED_NET: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def ip_range(value: object) -> tuple[bytes, bytes]:
+    """The (lowest, highest) 16-byte keys of an IP or CIDR block (see ``ip_key``)."""
+    try:
+        if not isinstance(value, str) or "%" in value:
+            raise ValueError
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise QueryError(
+            f"client_ip {value!r} is not an IP or a CIDR block: use e.g. 10.1.2.3, "
+            f"10.0.0.0/8, 2001:db8::1 or 2001:db8::/32"
+        ) from None
+    if isinstance(network, ipaddress.IPv4Network):
+        low = _V4_MAPPED_NET.network_address.packed[:12] + network.network_address.packed
+        high = _V4_MAPPED_NET.network_address.packed[:12] + network.broadcast_address.packed
+        return low, high
+    return network.network_address.packed, network.broadcast_address.packed
+
+
+def check_text(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 4096:
+        raise QueryError(f"{what} must be a string (an exact {what} id), got {value!r:.40}")
+    return value

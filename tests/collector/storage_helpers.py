@@ -1,0 +1,72 @@
+"""Events and stores for the storage tests (segments, index, store, query)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from audit_middleware.event import AuditEvent
+from collector.store import StorageSettings, Store
+
+_ids = itertools.count(1)
+BASE_NS = 1_795_650_000_000_000_000  # 2026-11-26T00:00:00Z, give or take
+
+
+def event(n: int | None = None, *, created_ns: int | None = None, **fields: Any) -> dict[str, Any]:
+    """A valid event dict (schema order, as the ingest server hands them over)."""
+    n = next(_ids) if n is None else n
+    base = AuditEvent(
+        type=fields.pop("type", "credentials_created"),
+        target=fields.pop("target", f"cred-{n}"),
+        principal=fields.pop("principal", "user-1"),
+        status=fields.pop("status", ""),
+        org_id=fields.pop("org_id", "org-1"),
+        org_name=fields.pop("org_name", "Acme"),
+        workspace_id=fields.pop("workspace_id", "ws-1"),
+        workspace_name=fields.pop("workspace_name", "Main"),
+        client_ip=fields.pop("client_ip", "203.0.113.7"),
+        created_ns=BASE_NS + n * 1_000_000 if created_ns is None else created_ns,
+        peer_ip=fields.pop("peer_ip", ""),
+    ).to_dict()
+    base.update(fields)
+    return base
+
+
+def events(count: int, **fields: Any) -> list[dict[str, Any]]:
+    return [event(**fields) for _ in range(count)]
+
+
+@contextmanager
+def open_store(data_dir: Path, **settings: Any) -> Iterator[Store]:
+    store = Store(StorageSettings(data_dir=data_dir, **settings))
+    store.open()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``condition`` until it is truthy (for behaviour driven by the store's
+    timer thread); fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+
+
+def segment_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "segments").glob("segment-*.jsonl*"))
+
+
+def record_lines(path: Path) -> list[bytes]:
+    """The record lines of a plain segment (header excluded)."""
+    return path.read_bytes().splitlines(keepends=True)[1:]

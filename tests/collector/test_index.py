@@ -1,0 +1,150 @@
+"""The index on its own: chunks (append, close, bulk-built indexes), the id table
+that dedupe asks, zones, and the checks start-up uses to decide on a rebuild."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from collector.index import CLOSED, INDEXED, SECONDARY, ChunkIndexer, Index, chunk_table
+from collector.storage.records import Row, encode_events, record_lines
+from collector.storage.segments import SegmentHeader
+from tests.collector.storage_helpers import event
+
+
+def header(seq: int) -> SegmentHeader:
+    return SegmentHeader(f"{seq:032x}", seq, "", 1, "2026-11-26T00:00:00.000000Z")
+
+
+def rows(first_seq: int, count: int, **fields: object) -> list[Row]:
+    encoded = encode_events([event(**fields) for _ in range(count)])
+    return record_lines(encoded, first_seq, "", None, 100)[1]
+
+
+def add(index: Index, segment: int, batch: list[Row]) -> None:
+    index.begin()
+    index.add_segment(f"segment-{segment:08d}.jsonl", header(segment), 100)
+    index.add_rows(segment, batch, batch[-1][10] + batch[-1][11])
+    index.commit()
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Index:
+    return Index(tmp_path / "index.sqlite")
+
+
+def indexes_of(con: sqlite3.Connection, table: str) -> set[str]:
+    return {name for (name,) in con.execute(
+        "SELECT name FROM sqlite_schema WHERE type='index' AND tbl_name=?", (table,))}
+
+
+def chunk_state(index: Index, chunk: int) -> int:
+    return index.con.execute("SELECT state FROM chunks WHERE chunk=?", (chunk,)).fetchone()[0]
+
+
+def test_rows_go_to_an_open_chunk_without_secondary_indexes(index: Index) -> None:
+    add(index, 1, rows(1, 10))
+    add(index, 1, rows(11, 5))
+    chunk = index.open_chunk
+    assert chunk is not None and (chunk.first_seq, chunk.last_seq, chunk.rows) == (1, 15, 15)
+    assert indexes_of(index.con, chunk.table) == set()
+    assert index.count() == 15 and index.max_seq() == 15
+
+
+def test_a_closed_chunk_gets_one_index_per_filter_column(index: Index) -> None:
+    add(index, 1, rows(1, 10))
+    chunk = index.close_chunk()
+    assert chunk is not None and chunk_state(index, chunk) == CLOSED
+    index.build_indexes(chunk)
+    table = chunk_table(chunk)
+    assert indexes_of(index.con, table) == {f"{table}_{c}" for c in SECONDARY}
+    assert chunk_state(index, chunk) == INDEXED
+    add(index, 1, rows(11, 1))  # the next rows start a new chunk
+    assert index.open_chunk is not None and index.open_chunk.chunk == chunk + 1
+
+
+def test_rows_of_another_segment_close_the_open_chunk(index: Index) -> None:
+    add(index, 1, rows(1, 3))
+    first = index.open_chunk
+    add(index, 2, rows(4, 3))
+    assert first is not None and chunk_state(index, first.chunk) == CLOSED
+    assert index.open_chunk is not None and index.open_chunk.segment == 2
+
+
+def test_the_indexer_thread_builds_closed_chunks(tmp_path: Path) -> None:
+    lock = threading.Lock()
+    index = Index(tmp_path / "index.sqlite", lock)
+    indexer = ChunkIndexer(tmp_path / "index.sqlite", lock)
+    add(index, 1, rows(1, 50))
+    chunk = index.close_chunk()
+    assert chunk is not None
+    indexer.submit(chunk)
+    assert indexer.wait(most=0, timeout=10)
+    indexer.close()
+    assert chunk_state(index, chunk) == INDEXED
+    assert len(indexes_of(index.con, chunk_table(chunk))) == len(SECONDARY)
+
+
+def test_known_ids_are_the_stored_ones_among_those_asked(index: Index) -> None:
+    batch = rows(1, 5)
+    add(index, 1, batch)
+    stored = [r[1] for r in batch]
+    assert index.known_ids([stored[0], "00000000-0000-7000-8000-000000000000", stored[3]]) \
+        == {stored[0], stored[3]}
+    assert index.known_ids([]) == set()
+
+
+def test_zones_hold_the_time_range_of_each_block_of_seqs(index: Index) -> None:
+    batch = rows(1, 3)
+    add(index, 1, batch)
+    zone = index.con.execute("SELECT block, min_created, max_created FROM zones").fetchall()
+    created = [r[2] for r in batch]
+    assert zone == [(0, min(created), max(created))]
+
+
+def test_dropping_a_segment_forgets_its_rows_and_ids(index: Index) -> None:
+    first, second = rows(1, 4), rows(5, 4)
+    add(index, 1, first)
+    add(index, 2, second)
+    index.begin()
+    index.drop_segment(1)
+    index.commit()
+    assert index.count() == 4 and set(index.segments()) == {2}
+    assert index.known_ids([r[1] for r in first + second]) == {r[1] for r in second}
+    assert index.rows_match_catalog()
+
+
+def test_rows_deleted_behind_the_catalogs_back_are_noticed(index: Index) -> None:
+    add(index, 1, rows(1, 4))
+    assert index.rows_match_catalog()
+    index.con.execute(f"DELETE FROM {chunk_table(1)} WHERE seq = 2")
+    assert not index.rows_match_catalog()
+
+
+def test_a_dropped_chunk_table_is_noticed(index: Index) -> None:
+    add(index, 1, rows(1, 4))
+    index.con.execute(f"DROP TABLE {chunk_table(1)}")
+    assert not index.rows_match_catalog()
+
+
+def test_a_rolled_back_append_leaves_the_chunk_as_it_was(index: Index) -> None:
+    add(index, 1, rows(1, 4))
+    index.begin()
+    index.add_rows(1, rows(5, 4), 999)
+    index.rollback()
+    assert index.open_chunk is not None and index.open_chunk.rows == 4
+    assert index.count() == 4 and index.max_seq() == 4
+
+
+def test_source_ranges_round_trip(index: Index) -> None:
+    index.begin()
+    index.set_source_ranges({"src-a": [[1, 5], [8, 9]]})
+    index.commit()
+    assert index.source_ranges() == {"src-a": [[1, 5], [8, 9]]}
+
+
+def test_the_index_database_runs_in_wal_mode(index: Index) -> None:
+    assert index.con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

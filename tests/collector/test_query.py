@@ -1,0 +1,277 @@
+"""Queries: every filter, the time forms, cursor paging that stays stable while events
+arrive, streaming, lookup by id, and the same answers from every kind of chunk."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit_middleware.event import format_created
+from collector.query import (
+    Filters,
+    QueryError,
+    find,
+    follow_cursor,
+    iter_records,
+    reindex,
+    search,
+)
+from collector.store import Store
+from tests.collector.storage_helpers import BASE_NS, event, open_store
+
+HOUR = 3600 * 10**9
+
+
+def ids(records: list[dict[str, Any]]) -> list[str]:
+    return [r["id"] for r in records]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, list[dict]]]:
+    """A store holding a known mix of events over 48 hours, in several segments."""
+    data = tmp_path_factory.mktemp("query")
+    rows = []
+    kinds = [("run_launched", "alice", "org-a", "ws-1", "10.1.2.3"),
+             ("run_completed", "bob", "org-a", "ws-2", "10.1.200.9"),
+             ("credentials_created", "alice", "org-b", "ws-3", "192.168.0.5"),
+             ("user_sign_in", "carol", "org-b", "ws-3", "2001:db8::17"),
+             ("pipeline_created", "system", "org-c", "", "")]
+    for n in range(200):
+        kind, principal, org, ws, ip = kinds[n % len(kinds)]
+        rows.append(event(type=kind, principal=principal, org_id=org, workspace_id=ws,
+                          client_ip=ip, target=f"t-{n % 7}",
+                          created_ns=BASE_NS + n * (48 * HOUR // 200)))
+    with open_store(data, max_segment_bytes=16 * 1024) as store:
+        for i in range(0, 200, 20):
+            store.write(rows[i:i + 20])
+        yield store, rows
+
+
+def matching(rows: list[dict], **want: Any) -> list[str]:
+    return [r["id"] for r in rows if all(r[k] == v for k, v in want.items())]
+
+
+def everything(store: Store, **filters: Any) -> list[str]:
+    return ids(list(iter_records(store, Filters(**filters))))
+
+
+# -- filters --------------------------------------------------------------------------------
+@pytest.mark.parametrize("filters, expected", [
+    ({"principal": "alice"}, {"principal": "alice"}),
+    ({"target": "t-3"}, {"target": "t-3"}),
+    ({"org": "org-b"}, {"org_id": "org-b"}),
+    ({"workspace": "ws-3"}, {"workspace_id": "ws-3"}),
+    ({"types": ("user_sign_in",)}, {"type": "user_sign_in"}),
+    ({"principal": "alice", "org": "org-a"}, {"principal": "alice", "org_id": "org-a"}),
+    ({"principal": "nobody"}, {"principal": "nobody"}),
+])
+def test_each_filter_selects_exactly_the_matching_events(
+        corpus: tuple[Store, list], filters: dict, expected: dict) -> None:
+    store, rows = corpus
+    assert everything(store, **filters) == matching(rows, **expected)
+
+
+def test_types_are_exact_names_or_globs_ored_together(corpus: tuple[Store, list]) -> None:
+    store, rows = corpus
+    runs = [r["id"] for r in rows if r["type"].startswith("run_") or r["type"] == "user_sign_in"]
+    assert everything(store, types=("run_*", "user_sign_in")) == runs
+    assert everything(store, types=("no_such_*",)) == []
+
+
+@pytest.mark.parametrize("cidr, prefix", [
+    ("10.1.0.0/16", ("10.1.",)),
+    ("10.1.2.3", ("10.1.2.3",)),
+    ("10.0.0.0/8", ("10.",)),
+    ("2001:db8::/32", ("2001:db8:",)),
+    ("2001:db8::17", ("2001:db8::17",)),
+    ("192.168.0.0/24", ("192.168.0.",)),
+    ("::ffff:10.1.2.3", ("10.1.2.3",)),
+])
+def test_client_ip_filters_take_an_address_or_a_cidr_block(
+        corpus: tuple[Store, list], cidr: str, prefix: tuple[str, ...]) -> None:
+    store, rows = corpus
+    expected = [r["id"] for r in rows if r["client_ip"].startswith(prefix)]
+    assert expected and everything(store, client_ip=cidr) == expected
+
+
+def test_time_ranges_accept_rfc3339_and_the_seed_form(corpus: tuple[Store, list]) -> None:
+    store, rows = corpus
+    since_ns, until_ns = BASE_NS + 10 * HOUR, BASE_NS + 20 * HOUR
+    expected = [r["id"] for r in rows
+                if format_created(since_ns) <= r["created"] < format_created(until_ns)]
+    rfc = Filters(since=format_created(since_ns), until=format_created(until_ns))
+    seed = Filters(since=_seed(since_ns), until=_seed(until_ns))
+    offset = Filters(since=_with_offset(since_ns), until=_with_offset(until_ns))
+    assert expected
+    for filters in (rfc, seed, offset):
+        assert ids(list(iter_records(store, filters))) == expected
+
+
+def test_relative_times_count_back_from_now(tmp_path: Path) -> None:
+    now = time.time_ns()
+    old = event(created_ns=now - 30 * HOUR)
+    recent = event(created_ns=now - 2 * HOUR)
+    newest = event(created_ns=now - 60 * 10**9)
+    with open_store(tmp_path) as store:
+        store.write([old, recent, newest])
+        assert everything(store, since="24h") == [recent["id"], newest["id"]]
+        assert everything(store, since="15m") == [newest["id"]]
+        assert everything(store, since="2d", until="3h") == [old["id"]]
+        assert everything(store, since="1w") == ids([old, recent, newest])
+
+
+@pytest.mark.parametrize("filters, message", [
+    (Filters(since="yesterday"), "RFC 3339"),
+    (Filters(until="2026-11-26-25-00-00"), "YYYY-MM-DD-HH-MM-SS"),
+    (Filters(since="15 minutes"), "15m, 24h, 7d"),
+    (Filters(client_ip="10.0.0.300"), "IP or a CIDR block"),
+    (Filters(client_ip="10.0.0.0/33"), "10.0.0.0/8"),
+    (Filters(types=("Run Launched",)), "not an event type or a glob"),
+    (Filters(principal=42), "principal must be a string"),  # type: ignore[arg-type]
+])
+def test_bad_filter_values_raise_a_query_error_naming_the_accepted_forms(
+        corpus: tuple[Store, list], filters: Filters, message: str) -> None:
+    store, _ = corpus
+    with pytest.raises(QueryError, match=message):
+        search(store, filters)
+    assert issubclass(QueryError, ValueError)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 10_001, "10"])
+def test_limit_must_be_in_range(corpus: tuple[Store, list], limit: Any) -> None:
+    with pytest.raises(QueryError, match="limit must be an int from 1 to 10000"):
+        search(corpus[0], Filters(), limit=limit)
+
+
+# -- paging ---------------------------------------------------------------------------------
+def test_pages_are_newest_first_and_the_cursor_continues_where_a_page_ended(
+        corpus: tuple[Store, list]) -> None:
+    store, rows = corpus
+    seen, cursor = [], None
+    while True:
+        page = search(store, Filters(org="org-a"), limit=7, cursor=cursor)
+        seen += ids(page.records)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == list(reversed(matching(rows, org_id="org-a")))
+
+
+def test_paging_stays_stable_while_new_events_arrive(tmp_path: Path) -> None:
+    first = [event(principal="p") for _ in range(30)]
+    with open_store(tmp_path, max_segment_bytes=8192) as store:
+        store.write(first)
+        page = search(store, Filters(principal="p"), limit=10)
+        seen = ids(page.records)
+        while page.next_cursor:
+            store.write([event(principal="p") for _ in range(5)])  # arrivals during paging
+            page = search(store, Filters(principal="p"), limit=10, cursor=page.next_cursor)
+            seen += ids(page.records)
+    assert seen == list(reversed(ids(first)))  # no repeat, no skip, no newcomer
+
+
+def test_oldest_first_paging_with_a_follow_cursor_sees_only_new_events(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.write([event(principal="p") for _ in range(3)])
+        cursor = follow_cursor(store, Filters(principal="p"))
+        assert search(store, Filters(principal="p"), cursor=cursor,
+                      newest_first=False).records == []
+        later = [event(principal="p"), event(principal="q"), event(principal="p")]
+        store.write(later)
+        page = search(store, Filters(principal="p"), cursor=cursor, newest_first=False)
+    assert ids(page.records) == [later[0]["id"], later[2]["id"]]
+
+
+def test_a_relative_window_is_fixed_when_paging_starts(tmp_path: Path) -> None:
+    now = time.time_ns()
+    batch = [event(created_ns=now - 50 * 60 * 10**9 + i * 10**9) for i in range(6)]
+    with open_store(tmp_path) as store:
+        store.write(batch)
+        page = search(store, Filters(since="1h"), limit=3, newest_first=False)
+        # even if "1h" ago moves past the first events, the cursor keeps the window
+        rest = search(store, Filters(since="1h"), limit=3, cursor=page.next_cursor,
+                      newest_first=False)
+    assert ids(page.records + rest.records) == ids(batch)
+
+
+def test_a_cursor_only_works_for_the_query_that_made_it(corpus: tuple[Store, list]) -> None:
+    store, _ = corpus
+    cursor = search(store, Filters(org="org-a"), limit=2).next_cursor
+    with pytest.raises(QueryError, match="belongs to another query"):
+        search(store, Filters(org="org-b"), cursor=cursor)
+    with pytest.raises(QueryError, match="belongs to another query"):
+        search(store, Filters(org="org-a"), cursor=cursor, newest_first=False)
+    for garbage in ("nonsense", "eyJ2IjoyfQ", "x" * 600):
+        with pytest.raises(QueryError, match="next_cursor unchanged"):
+            search(store, Filters(org="org-a"), cursor=garbage)
+
+
+def test_iter_records_streams_the_whole_selection(corpus: tuple[Store, list]) -> None:
+    store, rows = corpus
+    streamed = list(iter_records(store, Filters(), page_size=13))
+    assert ids(streamed) == ids(rows)
+    assert [r["seq"] for r in streamed] == list(range(1, 201))
+
+
+def test_a_record_is_returned_whole(corpus: tuple[Store, list]) -> None:
+    store, rows = corpus
+    [record] = search(store, Filters(target="t-0"), limit=1, newest_first=False).records
+    assert {k: record[k] for k in rows[0]} == rows[0]
+    assert record["seq"] == 1 and record["source"] == "" and record["source_seq"] == 0
+
+
+def test_find_returns_the_record_of_an_event_id(corpus: tuple[Store, list]) -> None:
+    store, rows = corpus
+    assert find(store, rows[57]["id"])["seq"] == 58  # type: ignore[index]
+    assert find(store, "00000000-0000-7000-8000-000000000000") is None
+
+
+def test_search_takes_a_data_directory_or_its_index_file(corpus: tuple[Store, list]) -> None:
+    store, rows = corpus
+    data_dir = store.settings.data_dir
+    for where in (data_dir, str(data_dir), data_dir / "index.sqlite"):
+        assert ids(search(where, Filters(principal="carol"), limit=500,
+                          newest_first=False).records) == matching(rows, principal="carol")
+
+
+def test_a_directory_without_an_index_is_a_query_error(tmp_path: Path) -> None:
+    with pytest.raises(QueryError, match="no index.sqlite"):
+        search(tmp_path, Filters())
+
+
+# -- every kind of chunk answers the same -----------------------------------------------------
+def test_open_closed_and_indexed_chunks_give_the_same_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("collector.store.CHUNK_ROWS", 25)
+    monkeypatch.setattr("collector.storage.recovery.CHUNK_ROWS", 25)
+    rows = [event(principal=f"p{n % 3}", client_ip=f"10.0.{n % 4}.1",
+                  created_ns=BASE_NS + n * HOUR) for n in range(120)]
+    with open_store(tmp_path) as store:
+        for i in range(0, 120, 10):
+            store.write(rows[i:i + 10])
+        store._indexer.wait(most=0, timeout=10)
+        live = _answers(store)
+    reindex(tmp_path)  # every chunk closed and indexed
+    assert _answers(tmp_path) == live
+    assert live[0] == matching(rows, principal="p1")
+
+
+def _answers(where: Store | Path) -> list[list[str]]:
+    queries = [Filters(principal="p1"), Filters(client_ip="10.0.2.0/24"),
+               Filters(since=format_created(BASE_NS + 30 * HOUR),
+                       until=format_created(BASE_NS + 90 * HOUR)),
+               Filters(principal="p2", since=format_created(BASE_NS + 50 * HOUR))]
+    return [ids(list(iter_records(where, q, page_size=7))) for q in queries]
+
+
+def _seed(ns: int) -> str:
+    return time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(ns // 10**9))
+
+
+def _with_offset(ns: int) -> str:
+    t = time.gmtime(ns // 10**9 + 3600)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ns // 1000 % 10**6:06d}+01:00"

@@ -1,0 +1,312 @@
+"""Segment files, compressed segments, source ranges and retention decisions: the
+storage engine's parts, each on its own."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+
+from audit_middleware.event import FIELDS
+from collector.storage import retention, sources
+from collector.storage.compression import (
+    CompressedReader,
+    compress,
+    iter_lines_and_blocks,
+    iter_members,
+)
+from collector.storage.errors import CorruptSegmentError, StorageError
+from collector.storage.records import (
+    created_micros,
+    encode_events,
+    ip_key,
+    record_lines,
+)
+from collector.storage.segments import (
+    ActiveSegment,
+    SegmentHeader,
+    iter_lines,
+    list_segment_files,
+    read_header,
+    repair_tail,
+    seal,
+    segment_name,
+)
+from tests.collector.storage_helpers import event
+
+
+@pytest.fixture
+def segdir(tmp_path: Path) -> Path:
+    d = tmp_path / "segments"
+    d.mkdir()
+    return d
+
+
+def lines_for(records: list[dict], first_seq: int = 1, offset: int = 0) -> list[bytes]:
+    return record_lines(encode_events(records), first_seq, "src", None, offset)[0]
+
+
+# -- records ------------------------------------------------------------------------------
+def test_a_record_is_the_schema_fields_in_order_then_peer_ip_then_storage_fields() -> None:
+    e = event(peer_ip="10.0.0.1")
+    [line] = record_lines(encode_events([e]), 7, "shipper-1", [42], 0)[0]
+    record = orjson.loads(line)
+    assert list(record) == [*FIELDS, "peer_ip", "seq", "source", "source_seq"]
+    assert (record["seq"], record["source"], record["source_seq"]) == (7, "shipper-1", 42)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+
+
+def test_an_empty_peer_ip_is_left_out_and_unknown_keys_are_dropped() -> None:
+    e = event()
+    e["peer_ip"] = ""
+    e["seq"] = 999  # a sender cannot inject storage fields
+    [line] = lines_for([e])
+    record = orjson.loads(line)
+    assert "peer_ip" not in record
+    assert record["seq"] == 1 and list(record).count("seq") == 1
+
+
+def test_fields_in_another_order_are_stored_in_schema_order() -> None:
+    e = event()
+    shuffled = dict(reversed(list(e.items())))
+    assert orjson.loads(lines_for([shuffled])[0]) == orjson.loads(lines_for([e])[0])
+
+
+def test_unicode_line_breaks_are_escaped_so_a_record_stays_one_line() -> None:
+    e = event(target="a\u2028b\u2029c\u0085d\ne")
+    [line] = record_lines(encode_events([e]), 1, "src\u2028x", None, 0)[0]
+    assert len(line.decode().splitlines()) == 1
+    assert orjson.loads(line)["target"] == "a\u2028b\u2029c\u0085d\ne"
+    assert orjson.loads(line)["source"] == "src\u2028x"
+
+
+def test_an_event_without_a_schema_field_is_refused_by_name() -> None:
+    e = event()
+    del e["org_id"]
+    with pytest.raises(StorageError, match="event 0 has no 'org_id' field"):
+        encode_events([e])
+
+
+@pytest.mark.parametrize("created", ["yesterday", "", 17, None, "2026-13-40T00:00:00Z"])
+def test_a_created_that_is_not_a_time_is_refused(created: object) -> None:
+    with pytest.raises(StorageError, match="RFC 3339"):
+        encode_events([event(created=created)])
+
+
+@pytest.mark.parametrize("created, micros", [
+    ("1970-01-01T00:00:01.000002Z", 1_000_002),
+    ("2026-11-26T01:07:10.123456Z", 1_795_655_230_123_456),
+    ("2026-11-26T02:07:10.123456+01:00", 1_795_655_230_123_456),
+    ("2026-11-26T01:07:10Z", 1_795_655_230_000_000),
+    ("2026-11-26T01:07:10.123456", 1_795_655_230_123_456),
+])
+def test_created_becomes_utc_microseconds(created: str, micros: int) -> None:
+    assert created_micros(created) == micros
+
+
+def test_ip_keys_sort_like_addresses_and_ipv4_maps_into_ipv6() -> None:
+    assert ip_key("10.0.0.1") == ip_key("::ffff:10.0.0.1")
+    assert ip_key("10.0.0.1") < ip_key("10.0.0.2") < ip_key("11.0.0.0")  # type: ignore[operator]
+    assert ip_key("2001:db8::1") is not None
+    assert ip_key("") is None and ip_key("not an ip") is None
+
+
+# -- segment files --------------------------------------------------------------------------
+def test_a_segment_is_named_by_seq_and_utc_creation_time() -> None:
+    assert segment_name(7, 1_795_655_230_123_456_789) == "segment-00000007-20261126T010710Z.jsonl"
+
+
+def test_a_new_segment_starts_with_a_header_linking_the_previous_one(segdir: Path) -> None:
+    first = ActiveSegment.create(segdir, 1, "")
+    second = ActiveSegment.create(segdir, 2, first.header.id)
+    header = orjson.loads(second.path.read_bytes().splitlines()[0])["segment"]
+    assert list(header) == ["id", "seq", "previous", "schema", "created"]
+    assert header["previous"] == first.header.id and header["seq"] == 2
+    assert header["schema"] == 1 and re.fullmatch(r"[0-9a-f]{32}", header["id"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", header["created"])
+    assert read_header(first.path).previous == ""
+    # file shippers fingerprint the first 1024 bytes: two segments never share them
+    assert first.path.read_bytes()[:1024] != second.path.read_bytes()[:1024]
+    first.close(), second.close()
+
+
+def test_segment_files_are_created_0640(segdir: Path) -> None:
+    segment = ActiveSegment.create(segdir, 1, "")
+    assert segment.path.stat().st_mode & 0o777 == 0o640
+    assert not list(segdir.glob("*.tmp"))
+    segment.close()
+
+
+def test_append_returns_offsets_and_seal_closes_the_file(segdir: Path) -> None:
+    segment = ActiveSegment.create(segdir, 1, "")
+    header_size = segment.size
+    data = b"".join(lines_for([event(), event()]))
+    assert segment.append(data) == header_size
+    assert segment.size == header_size + len(data)
+    path = seal(segment)
+    assert segment.fd == -1 and path.stat().st_size == header_size + len(data)
+
+
+def test_a_failed_append_leaves_nothing_of_itself_in_the_segment(
+        segdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    segment = ActiveSegment.create(segdir, 1, "")
+    segment.append(lines_for([event()])[0])
+    before = segment.path.read_bytes()
+    real_pwrite = os.pwrite
+    calls = []
+
+    def disk_fills_up(fd: int, data: bytes, offset: int) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            return real_pwrite(fd, bytes(data)[:100], offset)  # a partial write...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ...then a full disk
+
+    monkeypatch.setattr(os, "pwrite", disk_fills_up)
+    with pytest.raises(OSError, match="No space"):
+        segment.append(b"".join(lines_for([event(), event()])))
+    monkeypatch.undo()
+    assert segment.path.read_bytes() == before and segment.size == len(before)
+    segment.append(lines_for([event()])[0])  # space came back: appending works again
+    assert segment.path.read_bytes().count(b"\n") == 3
+    segment.close()
+
+
+def test_iter_lines_yields_complete_lines_with_their_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"ab\ncde\nf\ntorn")
+    with open(path, "rb") as f:
+        assert list(iter_lines(f)) == [(0, b"ab\n"), (3, b"cde\n"), (7, b"f\n")]
+
+
+def test_segments_are_listed_by_seq(segdir: Path) -> None:
+    for seq in (3, 1, 2):
+        ActiveSegment.create(segdir, seq, "").close()
+    (segdir / "notes.txt").write_text("not a segment")
+    assert [f.seq for f in list_segment_files(segdir)] == [1, 2, 3]
+
+
+# -- torn tails -----------------------------------------------------------------------------
+def test_a_torn_last_line_goes_to_quarantine_and_complete_records_stay(
+        segdir: Path, tmp_path: Path) -> None:
+    quarantine = tmp_path / "quarantine"
+    quarantine.mkdir()
+    segment = ActiveSegment.create(segdir, 1, "")
+    complete = lines_for([event(), event()])
+    torn = lines_for([event()], first_seq=3)[0][:57]  # killed mid-record
+    segment.append(b"".join(complete) + torn)
+    segment.close()
+    cut = repair_tail(segment.path, quarantine)
+    assert cut is not None and cut.size == len(torn)
+    assert cut.quarantine.read_bytes() == torn
+    assert cut.quarantine.name.startswith(segment.path.name)
+    assert segment.path.read_bytes().splitlines(keepends=True)[1:] == complete
+
+
+def test_garbage_after_the_last_record_is_cut_as_well(segdir: Path, tmp_path: Path) -> None:
+    segment = ActiveSegment.create(segdir, 1, "")
+    good = lines_for([event()])[0]
+    segment.append(good + b"\x00" * 300 + b"\n" + b"{not json\n")
+    segment.close()
+    cut = repair_tail(segment.path, tmp_path)
+    assert cut is not None and cut.size == 300 + 1 + 10
+    assert segment.path.read_bytes().endswith(good)
+
+
+def test_an_intact_segment_is_not_touched(segdir: Path, tmp_path: Path) -> None:
+    segment = ActiveSegment.create(segdir, 1, "")
+    segment.append(b"".join(lines_for([event()])))
+    segment.close()
+    before = segment.path.read_bytes()
+    assert repair_tail(segment.path, tmp_path) is None
+    assert segment.path.read_bytes() == before and not list(tmp_path.glob("*.torn"))
+
+
+def test_a_file_without_a_header_is_not_taken_for_a_segment(segdir: Path, tmp_path: Path) -> None:
+    path = segdir / "segment-00000001-20261126T010710Z.jsonl"
+    path.write_bytes(b'{"v":1}\n')
+    with pytest.raises(CorruptSegmentError, match="segment header"):
+        repair_tail(path, tmp_path)
+    with pytest.raises(CorruptSegmentError):
+        SegmentHeader.parse(b"garbage\n", path.name)
+
+
+# -- compression ----------------------------------------------------------------------------
+def test_a_compressed_segment_is_plain_gzip_made_of_line_aligned_members(
+        segdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("collector.storage.compression.BLOCK_BYTES", 2048)
+    segment = ActiveSegment.create(segdir, 1, "")
+    segment.append(b"".join(lines_for([event() for _ in range(60)])))
+    plain = seal(segment)
+    tmp, blocks = compress(plain)
+    assert gzip.decompress(tmp.read_bytes()) == plain.read_bytes()  # zcat reads it
+    assert len(blocks) > 3
+    members = list(iter_members(tmp))
+    assert [(u, c) for u, c, _ in members] == blocks
+    assert all(data.endswith(b"\n") for _, _, data in members)  # no line is split
+
+
+def test_a_record_of_a_compressed_segment_is_read_by_its_uncompressed_offset(
+        segdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("collector.storage.compression.BLOCK_BYTES", 1024)
+    segment = ActiveSegment.create(segdir, 1, "")
+    segment.append(b"".join(lines_for([event() for _ in range(40)])))
+    plain = seal(segment)
+    with open(plain, "rb") as f:
+        expected = list(iter_lines(f))
+    tmp, blocks = compress(plain)
+    found: list[tuple[int, int]] = []
+    assert list(iter_lines_and_blocks(tmp, found)) == expected and found == blocks
+    reader = CompressedReader(tmp, blocks)
+    for offset, line in expected[::7]:
+        assert reader.read(offset, len(line)) == line
+    reader.close()
+
+
+# -- source ranges --------------------------------------------------------------------------
+def test_source_ranges_merge_and_report_the_gaps_between_them() -> None:
+    ranges = sources.add([], range(1, 501))
+    ranges = sources.add(ranges, range(503, 1001))
+    assert sources.report(ranges) == {
+        "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]]}
+    ranges = sources.add(ranges, [501, 502, 502, 1002])
+    assert sources.report(ranges) == {
+        "received": 1001, "ranges": [[1, 1000], [1002, 1002]], "gaps": [[1001, 1001]]}
+
+
+def test_unnumbered_events_do_not_make_ranges() -> None:
+    assert sources.add([], [0, 0]) == []
+
+
+def test_a_source_that_starts_late_has_no_gap_before_its_first_number() -> None:
+    assert sources.gaps(sources.add([], [40, 41])) == []
+
+
+# -- retention decisions --------------------------------------------------------------------
+DAY = 86_400 * 10**9
+
+
+def sealed(seq: int, size: int, age_days: float) -> retention.SealedInfo:
+    return retention.SealedInfo(seq, size, int(100 * DAY - age_days * DAY))
+
+
+def test_retention_deletes_sealed_segments_older_than_the_retention_days() -> None:
+    infos = [sealed(1, 10, 40), sealed(2, 10, 31), sealed(3, 10, 5)]
+    assert retention.expired(infos, now_ns=100 * DAY, retention_days=30,
+                             retention_bytes=None, keep_newest=False) == [1, 2]
+
+
+def test_retention_by_size_deletes_the_oldest_first_until_under_the_cap() -> None:
+    infos = [sealed(1, 100, 3), sealed(2, 100, 2), sealed(3, 100, 1)]
+    assert retention.expired(infos, now_ns=100 * DAY, retention_days=365,
+                             retention_bytes=150, keep_newest=False) == [1, 2]
+
+
+def test_retention_can_keep_the_newest_sealed_segment() -> None:
+    infos = [sealed(1, 100, 400), sealed(2, 100, 400)]
+    assert retention.expired(infos, now_ns=100 * DAY, retention_days=30,
+                             retention_bytes=0, keep_newest=True) == [1]

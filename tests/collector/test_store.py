@@ -1,0 +1,433 @@
+"""The Store as the ingest server uses it: durable, deduplicated, indexed writes, group
+commit, rotation, crash repair, retention, compression and per-source gaps."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector.query import Filters, iter_records, reindex
+from collector.storage.errors import DataDirInUseError, StorageError, StoreClosedError
+from collector.store import StorageSettings, Store
+from tests.collector.storage_helpers import (
+    event,
+    events,
+    open_store,
+    record_lines,
+    segment_files,
+    wait_until,
+)
+
+
+def stored_ids(data_dir: Path, **filters: object) -> list[str]:
+    return [r["id"] for r in iter_records(data_dir, Filters(**filters))]  # type: ignore[arg-type]
+
+
+def all_records(data_dir: Path) -> list[dict]:
+    return [orjson.loads(line) for path in segment_files(data_dir)
+            if not path.name.endswith(".gz") for line in record_lines(path)]
+
+
+# -- writing ------------------------------------------------------------------------------
+def test_written_events_are_in_the_segment_and_the_index_when_the_write_returns(
+        tmp_path: Path) -> None:
+    batch = events(3)
+    with open_store(tmp_path) as store:
+        result = store.write(batch, "src-a", [1, 2, 3])
+        assert result.written == [e["id"] for e in batch] and result.duplicates == []
+        assert [r["id"] for r in all_records(tmp_path)] == result.written
+        assert stored_ids(tmp_path) == result.written
+        assert store.stats()["events"] == 3
+
+
+def test_records_are_numbered_by_one_collector_wide_sequence(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.write(events(2), "a", [1, 2])
+        store.write(events(2), "b", [1, 2])
+    assert [(r["seq"], r["source"], r["source_seq"]) for r in all_records(tmp_path)] == [
+        (1, "a", 1), (2, "a", 2), (3, "b", 1), (4, "b", 2)]
+
+
+def test_a_replayed_batch_is_written_once(tmp_path: Path) -> None:
+    batch = events(5)
+    with open_store(tmp_path) as store:
+        first = store.write(batch)
+        again = store.write(batch)
+    assert len(first.written) == 5
+    assert again.written == [] and again.duplicates == [e["id"] for e in batch]
+    assert len(all_records(tmp_path)) == 5
+
+
+def test_duplicates_inside_one_batch_are_written_once(tmp_path: Path) -> None:
+    a, b = event(), event()
+    with open_store(tmp_path) as store:
+        result = store.write([a, b, a, a])
+        assert result.written == [a["id"], b["id"]]
+        assert result.duplicates == [a["id"], a["id"]]
+        assert store.stats()["duplicates"] == 2
+
+
+def test_submissions_waiting_together_share_one_fsync(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        blocker = threading.Event()
+        # Hold the commit thread inside a write so the next submissions gather.
+        real = store._active.sync
+
+        def slow_sync() -> None:
+            blocker.wait(10)
+            real()
+
+        store._active.sync = slow_sync  # type: ignore[method-assign]
+        first = store.submit(events(1))
+        wait_until(lambda: first.running())
+        futures = [store.submit(events(10)) for _ in range(20)]
+        blocker.set()
+        assert sum(len(f.result(10).written) for f in futures) == 200
+        stats = store.stats()
+    assert stats["fsyncs"] == 2 and stats["events_per_fsync"] == 100.5
+
+
+def test_many_threads_submitting_store_every_event_exactly_once(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        def worker() -> None:
+            for _ in range(20):
+                store.write(events(25))
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    records = all_records(tmp_path)
+    assert len(records) == len({r["id"] for r in records}) == 8 * 20 * 25
+    assert [r["seq"] for r in records] == list(range(1, 4001))
+
+
+def test_a_bad_event_fails_its_submission_only(tmp_path: Path) -> None:
+    bad = event()
+    del bad["created"]
+    with open_store(tmp_path) as store:
+        failed = store.submit([event(), bad])
+        ok = store.submit(events(2))
+        with pytest.raises(StorageError, match="event 1 has no 'created' field"):
+            failed.result()
+        assert len(ok.result().written) == 2
+        assert store.stats()["rejected"] == 1
+    assert len(all_records(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("source, seqs, message", [
+    (5, None, "source must be a string"),
+    ("x" * 300, None, "at most 256"),
+    ("s", [1], "got 1 source_seqs for 2 events"),
+    ("s", [1, -2], "non-negative"),
+])
+def test_bad_source_numbering_is_refused_before_anything_is_written(
+        tmp_path: Path, source: object, seqs: object, message: str) -> None:
+    with open_store(tmp_path) as store:
+        with pytest.raises(StorageError, match=message):
+            store.write(events(2), source, seqs)  # type: ignore[arg-type]
+    assert all_records(tmp_path) == []
+
+
+def test_submitting_to_a_closed_store_fails_the_future(tmp_path: Path) -> None:
+    store = Store(StorageSettings(tmp_path))
+    with pytest.raises(StoreClosedError, match="call Store.open"):
+        store.write(events(1))
+    store.open()
+    store.close()
+    with pytest.raises(StoreClosedError):
+        store.write(events(1))
+
+
+def test_close_drains_what_was_submitted(tmp_path: Path) -> None:
+    store = Store(StorageSettings(tmp_path))
+    store.open()
+    futures = [store.submit(events(5)) for _ in range(10)]
+    store.close()
+    assert all(len(f.result(0).written) == 5 for f in futures)
+
+
+def test_one_data_directory_has_one_store(tmp_path: Path) -> None:
+    with open_store(tmp_path):
+        with pytest.raises(DataDirInUseError, match="in use by another process"):
+            Store(StorageSettings(tmp_path)).open()
+        with pytest.raises(DataDirInUseError):
+            reindex(tmp_path)
+
+
+def test_directories_are_0750_and_files_0640(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with open_store(data) as store:
+        store.write(events(1))
+    for d in (data, data / "segments", data / "quarantine"):
+        assert d.stat().st_mode & 0o777 == 0o750
+    for f in [*segment_files(data), data / "index.sqlite"]:
+        assert f.stat().st_mode & 0o777 == 0o640
+
+
+def test_settings_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_segment_bytes"):
+        StorageSettings(Path("x"), max_segment_bytes=10)
+    with pytest.raises(ValueError, match="retention_days"):
+        StorageSettings(Path("x"), retention_days=0)
+
+
+# -- disk errors ----------------------------------------------------------------------------
+def test_a_full_disk_fails_the_write_leaves_nothing_partial_and_the_store_recovers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open_store(tmp_path) as store:
+        store.write(events(2))
+        segment = segment_files(tmp_path)[-1]
+        before = segment.read_bytes()
+        real_pwrite = os.pwrite
+
+        def full(fd: int, data: bytes, offset: int) -> int:
+            real_pwrite(fd, bytes(data)[:50], offset)  # part of it lands, then ENOSPC
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "pwrite", full)
+        with pytest.raises(StorageError, match="No space left on device.*retry"):
+            store.write(events(3))
+        assert segment.read_bytes() == before
+        monkeypatch.undo()  # space returns
+        assert len(store.write(events(3)).written) == 3
+        stats = store.stats()
+        assert stats["write_errors"] == 1 and "No space" in stats["last_error"]
+    assert [r["seq"] for r in all_records(tmp_path)] == [1, 2, 3, 4, 5]
+
+
+def test_a_failed_fsync_cuts_the_records_back_out(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    with open_store(tmp_path) as store:
+        store.write(events(1))
+
+        def broken(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", broken)
+        with pytest.raises(StorageError, match="Input/output error"):
+            store.write(events(2))
+        monkeypatch.undo()
+        assert len(all_records(tmp_path)) == 1
+        ids = store.write(events(2)).written
+    assert stored_ids(tmp_path)[-2:] == ids and len(all_records(tmp_path)) == 3
+
+
+# -- rotation -------------------------------------------------------------------------------
+def test_segments_rotate_by_size_and_each_header_links_the_previous_one(tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_bytes=4096) as store:
+        for _ in range(10):
+            store.write(events(4))
+    files = segment_files(tmp_path)
+    assert len(files) >= 4
+    headers = [orjson.loads(f.read_bytes().splitlines()[0])["segment"] for f in files]
+    assert headers[0]["previous"] == ""
+    assert [h["previous"] for h in headers[1:]] == [h["id"] for h in headers[:-1]]
+    assert [h["seq"] for h in headers] == list(range(1, len(files) + 1))
+    assert all(f.stat().st_size <= 4096 for f in files)
+    assert [r["seq"] for r in all_records(tmp_path)] == list(range(1, 41))
+
+
+def test_a_submission_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_bytes=2048) as store:
+        store.write(events(2))
+        store.write(events(30))  # ~12 KB
+        store.write(events(1))
+    sizes = [len(record_lines(f)) for f in segment_files(tmp_path)]
+    assert sizes == [2, 30, 1]
+
+
+def test_an_idle_active_segment_rotates_by_age(tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_age=0.3) as store:
+        store.write(events(2))
+        wait_until(lambda: len(segment_files(tmp_path)) == 2)
+        assert store.stats()["active_segment"]["records"] == 0
+        store.write(events(1))
+    files = segment_files(tmp_path)
+    assert [len(record_lines(f)) for f in files[:2]] == [2, 1]
+
+
+def test_a_sealed_segment_never_changes(tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_bytes=4096) as store:
+        store.write(events(8))
+        store.write(events(8))
+        sealed = segment_files(tmp_path)[0]
+        before = sealed.read_bytes()
+        for _ in range(5):
+            store.write(events(8))
+    assert sealed.read_bytes() == before
+
+
+# -- start-up repair ------------------------------------------------------------------------
+def test_a_torn_last_line_is_quarantined_and_counted_and_complete_records_kept(
+        tmp_path: Path) -> None:
+    batch = events(5)
+    with open_store(tmp_path) as store:
+        store.write(batch)
+    segment = segment_files(tmp_path)[-1]
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-40])  # killed while writing the last record
+    with open_store(tmp_path) as store:
+        stats = store.stats()
+        assert stats["quarantined"] == 1 and stats["quarantined_bytes"] > 0
+        assert stored_ids(tmp_path) == [e["id"] for e in batch[:4]]
+        assert store.write(batch).written == [batch[4]["id"]]  # the shipper resends
+    quarantined = list((tmp_path / "quarantine").iterdir())
+    assert len(quarantined) == 1 and quarantined[0].name.startswith(segment.name)
+
+
+def test_open_reports_what_it_repaired(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.write(events(3))
+    segment = segment_files(tmp_path)[-1]
+    segment.write_bytes(segment.read_bytes()[:-10])
+    store = Store(StorageSettings(tmp_path))
+    report = store.open()
+    store.close()
+    assert len(report.quarantined) == 1 and report.quarantined[0].segment == segment.name
+
+
+def test_a_deleted_index_is_rebuilt_at_open(tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_bytes=4096) as store:
+        for _ in range(5):
+            store.write(events(5), "s", None)
+    expected = stored_ids(tmp_path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'index.sqlite'}{suffix}").unlink(missing_ok=True)
+    store = Store(StorageSettings(tmp_path))
+    report = store.open()
+    store.close()
+    assert report.indexed == 25
+    assert stored_ids(tmp_path) == expected
+
+
+def test_an_index_missing_rows_is_rebuilt_at_open(tmp_path: Path) -> None:
+    import sqlite3
+
+    with open_store(tmp_path) as store:
+        store.write(events(10))
+    expected = stored_ids(tmp_path)
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    con.execute("DELETE FROM events_000001 WHERE seq IN (3, 4)")
+    con.commit()
+    con.close()
+    store = Store(StorageSettings(tmp_path))
+    report = store.open()
+    store.close()
+    assert report.index_rebuilt is not None and "rows" in report.index_rebuilt
+    assert stored_ids(tmp_path) == expected
+
+
+def test_records_fsynced_but_not_yet_indexed_are_indexed_at_open(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.write(events(2))
+    # A crash between the segment's fsync and the index commit leaves this state:
+    extra = events(3)
+    segment = segment_files(tmp_path)[-1]
+    with open(segment, "ab") as f:
+        for seq, e in enumerate(extra, start=3):
+            f.write(orjson.dumps({**e, "seq": seq, "source": "", "source_seq": 0}) + b"\n")
+    with open_store(tmp_path) as store:
+        assert store.write(extra).duplicates == [e["id"] for e in extra]
+        assert store.write(events(1)).written  # numbering continues after them
+    assert [r["seq"] for r in all_records(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_store_killed_while_writing_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path.cwd())!r})
+from pathlib import Path
+from collector.store import Store, StorageSettings
+from tests.collector.storage_helpers import events
+store = Store(StorageSettings(Path({str(tmp_path)!r}), max_segment_bytes=64 * 1024))
+store.open()
+while True:
+    for event_id in store.write(events(50)).written:
+        print(event_id, flush=True)
+"""
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None
+    acknowledged = [writer.stdout.readline().strip() for _ in range(3000)]
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    acknowledged += [line.strip() for line in writer.stdout if line.strip()]
+    with open_store(tmp_path) as store:
+        assert not store.write([]).written
+    assert set(acknowledged) <= set(stored_ids(tmp_path))
+
+
+# -- retention and compression --------------------------------------------------------------
+def test_retention_deletes_sealed_segments_older_than_retention_days(tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_bytes=4096, retention_days=2 / 86_400) as store:
+        for _ in range(6):
+            store.write(events(6))
+        kept = store.write(events(2)).written
+        wait_until(lambda: len(segment_files(tmp_path)) == 1)  # only the active one
+        assert store.stats()["retention_deleted"] >= 2
+        active = [r["id"] for r in all_records(tmp_path)]
+        assert stored_ids(tmp_path) == active and set(kept) <= set(active)
+
+
+def test_retention_by_size_deletes_the_oldest_segments_first(tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_bytes=4096, retention_bytes=9000) as store:
+        written = [store.write(events(8)).written for _ in range(8)]
+        wait_until(lambda: sum(f.stat().st_size for f in segment_files(tmp_path)[:-1]) <= 9000)
+        remaining = set(stored_ids(tmp_path))
+    assert not set(written[0]) & remaining  # the oldest went first
+    assert set(written[-1]) <= remaining
+
+
+def test_compressed_segments_stay_readable_and_queryable(tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_bytes=4096, compress_sealed=True) as store:
+        written = [i for _ in range(6) for i in store.write(events(8, principal="p-7")).written]
+        wait_until(lambda: len([f for f in segment_files(tmp_path) if f.suffix == ".gz"]) >= 3)
+        assert stored_ids(tmp_path, principal="p-7") == written
+        assert store.stats()["segments"]["compressed"] >= 3
+    import gzip
+
+    packed = [f for f in segment_files(tmp_path) if f.suffix == ".gz"]
+    assert all(gzip.decompress(f.read_bytes()).startswith(b'{"segment":') for f in packed)
+    assert not [f for f in segment_files(tmp_path)
+                if f.with_name(f.name + ".gz").exists()]  # no plain copy left behind
+    reindex(tmp_path)
+    assert stored_ids(tmp_path, principal="p-7") == written
+
+
+# -- per-source gaps ------------------------------------------------------------------------
+def test_gaps_in_a_sources_numbering_are_reported_across_a_restart(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.write(events(500), "src-a", list(range(1, 501)))
+    with open_store(tmp_path) as store:
+        store.write(events(498), "src-a", list(range(503, 1001)))
+        assert store.stats()["sources"] == {"src-a": {
+            "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]]}}
+
+
+def test_gaps_are_rebuilt_from_the_segments_by_reindex(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.write(events(3), "src-b", [1, 2, 5])
+        store.write(events(1))  # unnumbered: no source, no range
+    reindex(tmp_path)
+    with open_store(tmp_path) as store:
+        assert store.stats()["sources"] == {"src-b": {
+            "received": 3, "ranges": [[1, 2], [5, 5]], "gaps": [[3, 4]]}}
+
+
+def test_stats_report_segments_rates_and_fsyncs(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.write(events(10))
+        stats = store.stats()
+    assert stats["events"] == 10 and stats["written"] == 10
+    assert stats["segments"]["count"] == 1 and stats["segments"]["bytes"] > 0
+    assert stats["active_segment"]["records"] == 10
+    assert stats["fsyncs"] == 1 and stats["events_per_fsync"] == 10.0
+    assert stats["ingest_rate"] > 0 and stats["pending"] == 0
