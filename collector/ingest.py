@@ -47,6 +47,9 @@ from .validation import Validator, event_id
 
 log = logging.getLogger("collector.ingest")
 
+#: Batches of one connection in flight at once (read and validated, not yet answered).
+PIPELINE_DEPTH = 8
+
 
 class IngestError(Exception):
     """The server cannot start as configured (socket in use, bad TLS files, ...)."""
@@ -82,10 +85,6 @@ class _Conn:
         self.writer = writer
         self.idle = True  # waiting for a frame to start: safe to cancel when draining
         self.peer = peer
-
-
-class _StorageUnavailable(Exception):
-    pass
 
 
 class IngestServer:
@@ -220,16 +219,43 @@ class IngestServer:
         conn.peer = f"{conn.peer} ({hello.source})"
         writer.write(Welcome(version, s.max_frame, s.idle_timeout).encode())
         await self._drain(writer)
-        while not self._closing:
-            conn.idle = True
-            kind, payload = await self._read_frame(reader, s.max_frame, s.idle_timeout,
-                                                   s.read_timeout)
+        # Pipelined: the next batch is read and validated while earlier ones are being
+        # stored; a separate task sends the replies, in batch order.
+        replies: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(PIPELINE_DEPTH)
+        sender = asyncio.create_task(self._send_replies(replies, writer))
+        try:
+            while not self._closing and not sender.done():
+                conn.idle = True
+                kind, payload = await self._read_frame(reader, s.max_frame, s.idle_timeout,
+                                                       s.read_timeout)
+                conn.idle = False
+                if kind is not FrameType.BATCH:
+                    raise WireError(ErrorCode.UNEXPECTED_FRAME, f"expected a BATCH frame, "
+                                    f"got {kind.name}")
+                await replies.put(self._batch(payload))
+        finally:
             conn.idle = False
-            if kind is not FrameType.BATCH:
-                raise WireError(ErrorCode.UNEXPECTED_FRAME, f"expected a BATCH frame, got "
-                                f"{kind.name}")
-            writer.write(await self._batch(payload))
-            await self._drain(writer)
+            if not sender.done():
+                await replies.put(None)  # the sender answers what was accepted, then ends
+            try:
+                await sender
+            except asyncio.CancelledError:
+                sender.cancel()
+                raise
+
+    async def _send_replies(self, replies: asyncio.Queue[asyncio.Future[bytes] | None],
+                            writer: asyncio.StreamWriter) -> None:
+        broken = False
+        while (item := await replies.get()) is not None:
+            data = await item
+            if broken:
+                continue  # keep taking replies so the reader never blocks on a full queue
+            writer.write(data)
+            try:
+                await self._drain(writer)
+            except ConnectionError:
+                broken = True
+                writer.transport.abort()  # a client that does not read: the reader stops
 
     async def _read_frame(self, reader: asyncio.StreamReader, max_frame: int,
                           first_byte_timeout: float, rest_timeout: float
@@ -264,7 +290,9 @@ class IngestServer:
             await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     # -- batches --------------------------------------------------------------------------
-    async def _batch(self, payload: bytes) -> bytes:
+    def _batch(self, payload: bytes) -> asyncio.Future[bytes]:
+        """Validate a batch and hand its good events to the Store now (so they join the
+        next group commit); the returned future gives the reply once they are stored."""
         batch = decode_batch(payload)
         seqs = batch.seqs
         good: list[dict[str, Any]] = []
@@ -289,20 +317,36 @@ class IngestServer:
         self.counters["events_received"] += len(batch.lines)
         if rejected:
             self._log_rejections(batch.source, rejected)
-        written: list[str] = []
-        duplicates: list[str] = repeated
-        if good:
-            try:
-                result = await self._submit(good, batch.source, good_seqs)
-            except _StorageUnavailable as exc:
-                self.counters["storage_errors"] += 1
-                return ErrorReply(ErrorCode.STORAGE_UNAVAILABLE, f"events not stored ({exc}); "
-                                  "send the batch again later", batch.batch_id).encode()
-            written = list(result.written)
-            duplicates = list(result.duplicates) + repeated
+        if not good:
+            self.counters["events_duplicate"] += len(repeated)
+            done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            done.set_result(Result(batch.batch_id, [], repeated, rejected).encode())
+            return done
+        try:
+            stored = asyncio.wrap_future(self._store.submit(good, batch.source, good_seqs))
+        except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
+            stored = asyncio.get_running_loop().create_future()
+            stored.set_exception(exc)
+        return asyncio.ensure_future(self._reply(batch.batch_id, stored, repeated, rejected,
+                                                 len(good)))
+
+    async def _reply(self, batch_id: int, stored: Awaitable[Any], repeated: list[str],
+                     rejected: list[Rejection], count: int) -> bytes:
+        try:
+            result = await stored
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
+            self.counters["storage_errors"] += 1
+            log.error("ingest: the store failed to write %d events: %s", count, exc)
+            return ErrorReply(ErrorCode.STORAGE_UNAVAILABLE, f"events not stored "
+                              f"({exc or type(exc).__name__}); send the batch again later",
+                              batch_id).encode()
+        written = list(result.written)
+        duplicates = list(result.duplicates) + repeated
         self.counters["events_written"] += len(written)
         self.counters["events_duplicate"] += len(duplicates)
-        return Result(batch.batch_id, written, duplicates, rejected).encode()
+        return Result(batch_id, written, duplicates, rejected).encode()
 
     def _log_rejections(self, source: str, rejected: list[Rejection]) -> None:
         before = self.counters["events_rejected"]
@@ -313,24 +357,10 @@ class IngestServer:
                         len(rejected), source, first.seq, first.reason,
                         self.counters["events_rejected"])
 
-    async def _submit(self, events: list[dict[str, Any]], source: str, seqs: list[int]) -> Any:
-        try:
-            future = self._store.submit(events, source, seqs)
-            return await _await(future)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
-            log.error("ingest: the store failed to write %d events: %s", len(events), exc)
-            raise _StorageUnavailable(str(exc) or type(exc).__name__) from None
-
     def stats(self) -> dict[str, int]:
         counts = dict(self.counters)
         counts["connections_open"] = len(self._conns)
         return counts
-
-
-def _await(future: Any) -> Awaitable[Any]:
-    return asyncio.wrap_future(future)
 
 
 def _peer_name(writer: asyncio.StreamWriter, tcp: bool) -> str:

@@ -1,8 +1,8 @@
 """One blocking connection to the collector, used only by the shipper's worker thread.
 
-Stop-and-wait: send one batch, read its reply. Group commit happens across clients at
-the collector, so one batch in flight per process keeps the protocol simple without
-limiting throughput (batches are large).
+Batches may be pipelined: :meth:`Connection.send` several, then :meth:`Connection.receive`
+their replies in the same order. Any error closes the connection: replies still in flight
+are then lost, and their batches are sent again (the collector deduplicates).
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ class Connection:
             self.close()
             raise
 
-    def exchange(self, body: bytes, timeout: float) -> Result:
-        """Send one batch body and wait for its reply. A WireError carrying a retryable
-        code (storage unavailable, shutting down) means: send it again later."""
+    def send(self, body: bytes, timeout: float) -> int:
+        """Send one batch body; returns its batch id. Replies come back in send order
+        (:meth:`receive`), so several batches may be in flight."""
         sock = self._sock
         if sock is None:
             raise ConnectionError("not connected to the collector")
@@ -84,26 +84,36 @@ class Connection:
         try:
             sock.settimeout(timeout)
             sock.sendall(encode_batch(batch_id, body))
-            kind, payload = self._read_frame()
         except BaseException:
             self.close()
             raise
         self.batches += 1
-        if kind is FrameType.RESULT:
-            result = Result.decode(payload)
-            if result.batch_id != batch_id:
-                self.close()
-                raise WireError(ErrorCode.UNEXPECTED_FRAME, f"collector answered batch "
-                                f"{batch_id} with the result of batch {result.batch_id}")
-            return result
-        if kind is FrameType.ERROR:
-            error = ErrorReply.decode(payload)
-            if error.fatal:
-                self.close()
-            raise error.exception()
-        self.close()
-        raise WireError(ErrorCode.UNEXPECTED_FRAME, f"collector answered a batch with a "
-                        f"{kind.name} frame")
+        return batch_id
+
+    def receive(self, batch_id: int, timeout: float) -> Result:
+        """The reply to batch ``batch_id``, the oldest one in flight. A WireError with a
+        retryable code (storage unavailable, shutting down) means: send it again later."""
+        try:
+            assert self._sock is not None, "not connected to the collector"
+            self._sock.settimeout(timeout)
+            kind, payload = self._read_frame()
+            if kind is FrameType.RESULT:
+                result = Result.decode(payload)
+                if result.batch_id != batch_id:
+                    raise WireError(ErrorCode.UNEXPECTED_FRAME, f"collector answered batch "
+                                    f"{batch_id} with the result of batch {result.batch_id}")
+                return result
+            if kind is FrameType.ERROR:
+                raise ErrorReply.decode(payload).exception()
+            raise WireError(ErrorCode.UNEXPECTED_FRAME, f"collector answered a batch with a "
+                            f"{kind.name} frame")
+        except BaseException:
+            # Whatever went wrong, the replies still in flight cannot be matched any more.
+            self.close()
+            raise
+
+    def exchange(self, body: bytes, timeout: float) -> Result:
+        return self.receive(self.send(body, timeout), timeout)
 
     def _read_frame(self) -> tuple[FrameType, bytes]:
         kind, length = parse_header(self._recv_exactly(HEADER_SIZE), MAX_REPLY_FRAME)

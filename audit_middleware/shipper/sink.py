@@ -21,28 +21,23 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
 from .._counter import Counter
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent
 from ..sinks.batching import BatchingQueue
-from ..wire import ErrorCode, Hello, WireError, decode_batch_body, encode_batch_body
+from ..wire import Hello, Result, WireError, decode_batch_body, encode_batch_body
 from .connection import Connection
 from .endpoint import DEFAULT_URL, Endpoint, parse_url
+from .pipeline import Chunk, Pipeline
 from .receipts import Receipt, new_receipt
 from .spool import Spool
 
 log = logging.getLogger("audit_middleware")
 
 Item = tuple[int, AuditEvent, "Receipt[str | None] | None"]
-Receipts = Sequence["Receipt[str | None] | None"] | None
-
-#: Frame bytes besides the event lines: frame header, batch id, the header line's keys.
-_BATCH_OVERHEAD: Final = 5 + 4 + 64
-#: Header-line bytes per event: its sequence number (up to 19 digits) and a comma.
-_PER_EVENT_OVERHEAD: Final = 21
 _ORPHAN_SCAN_INTERVAL: Final = 10.0
 _REPLAY_SLICE: Final = 0.25  # seconds of replay per worker cycle, then newer events queue
 _MIN_BACKOFF: Final = 0.05
@@ -64,7 +59,8 @@ class CollectorSink:
         spool_dir: str | os.PathLike[str] | None = "./audit-spool",
         spool_max_bytes: int = 256 * 1024 * 1024,
         max_queue: int = 10_000,
-        batch_size: int = 2048,
+        batch_size: int = 1024,
+        pipeline: int = 4,
         max_delay: float = 0.05,
         connect_timeout: float = 2.0,
         ack_timeout: float = 10.0,
@@ -84,7 +80,7 @@ class CollectorSink:
                     f"{self.endpoint} is not on loopback: pass tls=True (and tls_ca= for a "
                     f"private CA) so the token and the events are not sent in clear")
         for name, value in (("spool_max_bytes", spool_max_bytes), ("max_queue", max_queue),
-                            ("batch_size", batch_size)):
+                            ("batch_size", batch_size), ("pipeline", pipeline)):
             if not isinstance(value, int) or value < 1:
                 raise AuditConfigurationError(f"{name} must be a positive int, got {value!r}")
         for name, number in (("max_delay", max_delay), ("connect_timeout", connect_timeout),
@@ -105,9 +101,12 @@ class CollectorSink:
         self._ack_timeout = ack_timeout
         self._backoff_max = backoff_max
         self._exit_timeout = exit_timeout
+        self._batch_size = batch_size  # events per frame
+        self._pipeline_depth = pipeline  # frames in flight on the connection
         self._spool = Spool(spool_dir, spool_max_bytes) if spool_dir is not None else None
         self._queue: BatchingQueue[Item] = BatchingQueue(
-            self._export, max_queue=max_queue, max_batch=batch_size, max_delay=max_delay,
+            self._export, max_queue=max_queue, max_batch=batch_size * pipeline,
+            max_delay=max_delay,
             name=f"audit-collector:{self.endpoint}", exit_timeout=exit_timeout,
             idle=self._idle,
         )
@@ -160,19 +159,22 @@ class CollectorSink:
 
     # -- worker ---------------------------------------------------------------------------
     def _export(self, items: list[Item]) -> None:
-        seqs = [item[0] for item in items]
-        lines = [item[1].to_json_line() for item in items]
-        receipts = [item[2] for item in items] if self.fail_closed else None
         with self._io_lock:
-            done = 0
-            if (self._spool is None or self._spool.empty) and self._may_try():
-                done = self._deliver(self.source, seqs, lines, receipts)
-            if done < len(lines):
-                if receipts is not None:
-                    reason = "the collector did not acknowledge it (spooled for replay)"
-                    for receipt in receipts[done:]:
-                        _resolve(receipt, reason)
-                self._keep(seqs[done:], lines[done:])
+            direct = (self._spool is None or self._spool.empty) and self._may_try()
+            chunks = self._encode(items)  # lazily: chunk k+1 is encoded while k is stored
+            unsent = self._ship(chunks) if direct else list(chunks)
+            for chunk in unsent:
+                _resolve_all(chunk.receipts, "the collector did not acknowledge it in time "
+                             "(kept for replay)")
+                self._keep(chunk)
+
+    def _encode(self, items: list[Item]) -> Iterator[Chunk]:
+        size = self._batch_size
+        for start in range(0, len(items), size):
+            part = items[start:start + size]
+            yield Chunk(self.source, [item[0] for item in part],
+                        [item[1].to_json_line() for item in part],
+                        [item[2] for item in part] if self.fail_closed else None)
 
     def _idle(self) -> bool:
         """Between drains: replay the spool; True when more is waiting."""
@@ -205,35 +207,35 @@ class CollectorSink:
                 self._drop(body.count(b"\n") - 1, f"unreadable spool record ({exc})")
                 self._spool.commit()
                 continue
-            lines = [line + b"\n" for line in bare]
             before = self.acknowledged.value
-            if self._deliver(source, seqs, lines, None) < len(lines):
+            if self._ship([Chunk(source, seqs, [line + b"\n" for line in bare])]):
                 return False  # sent again whole later: the collector dedupes
             self.replayed.add(self.acknowledged.value - before)
             self._spool.commit()
         return True
 
-    def _keep(self, seqs: list[int], lines: list[bytes]) -> None:
+    def _keep(self, chunk: Chunk) -> None:
         if self._spool is None:
-            self._retry_in_memory(seqs, lines)
-        elif self._spool.append(encode_batch_body(self.source, seqs, lines)):
-            self.spooled.add(len(lines))
+            self._retry_in_memory(chunk)
+        elif self._spool.append(encode_batch_body(chunk.source, chunk.seqs, chunk.lines)):
+            self.spooled.add(len(chunk))
         else:
-            self._drop(len(lines), f"the spool {self._spool.directory} is full "
+            self._drop(len(chunk), f"the spool {self._spool.directory} is full "
                        f"({self._spool.max_bytes} bytes) or not writable")
 
-    def _retry_in_memory(self, seqs: list[int], lines: list[bytes]) -> None:
+    def _retry_in_memory(self, chunk: Chunk) -> None:
         # No spool: hold this batch and retry; the queue fills meanwhile and counts drops.
-        while lines:
+        pending = [chunk]
+        while pending:
             if self._deadline is not None and time.monotonic() >= self._deadline:
-                self._drop(len(lines), "the collector was unreachable until shutdown")
+                self._drop(sum(len(c) for c in pending),
+                           "the collector was unreachable until shutdown")
                 return
             wait = self._next_attempt - time.monotonic()
             if wait > 0:
                 time.sleep(min(wait, 0.05))
                 continue
-            done = self._deliver(self.source, seqs, lines, None)
-            seqs, lines = seqs[done:], lines[done:]
+            pending = self._ship(pending)
 
     # -- sending --------------------------------------------------------------------------
     def _may_try(self) -> bool:
@@ -259,70 +261,43 @@ class CollectorSink:
             raise TimeoutError("shutting down: no time left to reach the collector")
         return min(default, left)
 
-    def _deliver(self, source: str, seqs: list[int], lines: list[bytes],
-                 receipts: Receipts) -> int:
-        """Send in chunks that fit the collector's frame limit. Returns how many events,
-        from the start, the collector took responsibility for (acknowledged or rejected)."""
-        try:
-            conn = self._connected()
-        except (OSError, WireError) as exc:
-            self._failed(exc)
-            return 0
-        budget = conn.max_frame - _BATCH_OVERHEAD - len(source)
-        start, n = 0, len(lines)
-        while start < n:
-            end, size = start, 0
-            while end < n and size + len(lines[end]) + _PER_EVENT_OVERHEAD <= budget:
-                size += len(lines[end]) + _PER_EVENT_OVERHEAD
-                end += 1
-            if end == start:
-                reason = (f"event of {len(lines[start])} bytes does not fit the collector's "
-                          f"frame limit of {conn.max_frame} bytes")
-                self._reject(seqs[start], reason, receipts[start] if receipts else None)
-                start += 1
-                continue
-            if not self._send(source, seqs[start:end], lines[start:end],
-                              receipts[start:end] if receipts else None):
-                return start
-            start = end
-        return n
-
-    def _send(self, source: str, seqs: list[int], lines: list[bytes], receipts: Receipts
-              ) -> bool:
-        body = encode_batch_body(source, seqs, lines)
+    def _ship(self, chunks: Iterable[Chunk]) -> list[Chunk]:
+        """Send ``chunks`` pipelined; returns those the collector did not take (in order)."""
         for attempt in (1, 2):
             try:
                 conn = self._connected()
-                reused = conn.batches > 0
-                result = conn.exchange(body, self._timeout(self._ack_timeout))
-            except WireError as exc:
-                if exc.code == ErrorCode.BAD_BATCH:  # sending it again cannot help
-                    self._drop(len(lines), f"the collector refused the batch: {exc}")
-                    _resolve_all(receipts, f"refused by the collector: {exc}")
-                    return True
+            except (OSError, WireError) as exc:
                 self._failed(exc)
-                return False
-            except OSError as exc:
-                if attempt == 1 and reused and self._deadline is None:
-                    continue  # the collector may have closed an idle connection: once more
-                self._failed(exc)
-                return False
-            break
-        rejected = {r.index: r.reason for r in result.rejected}
-        if result.acknowledged + len(rejected) != len(lines):
-            self._failed(WireError(ErrorCode.UNEXPECTED_FRAME, f"the collector answered a "
-                                   f"batch of {len(lines)} events about "
-                                   f"{result.acknowledged + len(rejected)}"))
-            return False
-        self._recovered()
+                return list(chunks)
+            reused = conn.batches > 0
+            pipe = Pipeline(conn, self._pipeline_depth, lambda: self._timeout(self._ack_timeout),
+                            self._on_result, self._on_refused)
+            for chunk in chunks:
+                pipe.send(chunk)
+            pipe.finish()
+            if pipe.failed is None:
+                self._recovered()
+                return []
+            if (attempt == 1 and reused and pipe.acknowledged == 0 and self._deadline is None
+                    and isinstance(pipe.failed, OSError)):
+                chunks = pipe.unsent  # the collector may have closed an idle connection
+                continue
+            self._failed(pipe.failed)
+            return pipe.unsent
+        raise AssertionError("unreachable")
+
+    def _on_result(self, chunk: Chunk, result: Result) -> None:
         self.acknowledged.add(result.acknowledged)
-        for index, reason in rejected.items():
-            self._reject(seqs[index] if index < len(seqs) else 0, reason,
-                         receipts[index] if receipts and index < len(receipts) else None)
-        if receipts is not None:
-            for receipt in receipts:
-                _resolve(receipt, None)  # no-op for the rejected ones, resolved above
-        return True
+        receipts = chunk.receipts
+        for r in result.rejected:
+            inside = 0 <= r.index < len(chunk)
+            self._reject(chunk.seqs[r.index] if inside else r.seq, r.reason,
+                         receipts[r.index] if receipts is not None and inside else None)
+        _resolve_all(receipts, None)  # the rejected ones are resolved already
+
+    def _on_refused(self, chunk: Chunk, why: str) -> None:
+        self._drop(len(chunk), why)
+        _resolve_all(chunk.receipts, why)
 
     def _failed(self, exc: BaseException) -> None:
         if self._conn is not None:
@@ -424,7 +399,8 @@ def _resolve(receipt: Receipt[str | None] | None, reason: str | None) -> None:
         receipt.set_result(reason)
 
 
-def _resolve_all(receipts: Receipts, reason: str | None) -> None:
+def _resolve_all(receipts: Sequence[Receipt[str | None] | None] | None,
+                 reason: str | None) -> None:
     if receipts is not None:
         for receipt in receipts:
             _resolve(receipt, reason)

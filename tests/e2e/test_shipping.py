@@ -113,7 +113,10 @@ def test_collector_down_then_up_every_event_exactly_once(root: Path,
     assert collector.stop() == 0
     assert stored_ids(collector) == ids
     stats = sink.stats()
-    assert (stats["acknowledged"], stats["replayed"], stats["dropped"]) == (4000, 4000, 0)
+    assert (stats["acknowledged"], stats["dropped"]) == (4000, 0)
+    # The later events were spooled too if the replay was still running: either way,
+    # everything spooled was replayed.
+    assert stats["replayed"] == stats["spooled"] >= 3000
     sink.close()
 
 
