@@ -1,20 +1,23 @@
-"""``python -m examples.run`` (what ``make run`` calls): serve the example platform with
-its audit records in ``./audit-data/events.jsonl``, drive a little traffic through every
-kind of event, print where the records are, and keep serving until Ctrl-C.
+"""``python -m examples.run`` (what ``make run`` calls): start the collector with its data
+in ``./audit-data/``, serve the example platform shipping its audit events to it, drive a
+little traffic through every kind of event, print how to query them, and keep serving
+until Ctrl-C (the collector stops with it).
 
     PORT=8000                 port on 127.0.0.1 (default 8000)
     TRUSTED_PROXIES=10.0.0.1  comma-separated IPs/CIDRs whose X-Forwarded-For is trusted
     --once                    exit after the traffic instead of serving on
 
-Each step is its own function (where events go, what serves, what drives traffic) so
-the collector can take its place in the pipeline: start it, point the sink at it.
+Each step is its own function: start the collector, point the sink at it, serve,
+drive traffic, summarize.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -24,13 +27,15 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from audit_middleware import AuditConfigurationError, JsonlFileSink, configure
+from audit_middleware import AuditConfigurationError, configure
+from audit_middleware.shipper import CollectorSink
 from examples.platform import create_app
 from examples.platform.auth import ALICE
 from examples.platform.tour import TourError, run_tour
 
 HOST = "127.0.0.1"
-AUDIT_FILE = Path("audit-data") / "events.jsonl"
+DATA_DIR = Path("audit-data")
+COLLECTOR_READY = "audit-collector ready:"
 #: Seconds between run-backend steps while serving (runs progress on their own).
 JOBS_INTERVAL = 2.0
 STARTUP_TIMEOUT = 15.0
@@ -70,9 +75,46 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def start_audit_sink() -> JsonlFileSink:
-    """Where events go. Until the collector exists: a local JSON-lines file."""
-    sink = JsonlFileSink(AUDIT_FILE)
+def start_collector() -> subprocess.Popen[str]:
+    """``audit-collector serve --data-dir audit-data`` as a child process, ready to ingest
+    when this returns. Its own output goes to ``audit-data/collector.log``."""
+    DATA_DIR.mkdir(mode=0o750, exist_ok=True)
+    log = open(DATA_DIR / "collector.log", "a", encoding="utf-8")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector", "serve", "--data-dir", str(DATA_DIR)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    ready = threading.Event()
+
+    def pump() -> None:  # keep reading, so the collector never blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            if line.startswith(COLLECTOR_READY):
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, name="collector-log", daemon=True).start()
+    if not ready.wait(STARTUP_TIMEOUT) or proc.poll() is not None:
+        stop_collector(proc)
+        raise RunError(f"the collector did not start: see {DATA_DIR / 'collector.log'}")
+    return proc
+
+
+def stop_collector(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # drains and closes the store cleanly
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_audit_sink() -> CollectorSink:
+    """Where events go: the collector's unix socket; a local spool if it is away."""
+    sink = CollectorSink(f"unix://{(DATA_DIR / 'collector.sock').resolve()}",
+                         spool_dir=DATA_DIR / "spool")
     configure(sink=sink)
     return sink
 
@@ -93,7 +135,7 @@ def build_server(*, once: bool) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
-def drive_traffic(server: uvicorn.Server, sink: JsonlFileSink, base_url: str, *,
+def drive_traffic(server: uvicorn.Server, sink: CollectorSink, base_url: str, *,
                   once: bool, outcome: list[int]) -> None:
     """Runs on a thread: wait for the server, walk the tour, report, maybe stop."""
     try:
@@ -104,8 +146,9 @@ def drive_traffic(server: uvicorn.Server, sink: JsonlFileSink, base_url: str, *,
             time.sleep(0.05)
         with httpx.Client(base_url=base_url, timeout=10.0) as client:
             run_tour(client)
-        sink.flush(timeout=10.0)
-        print_summary(base_url, sink.stats()["delivered"], once=once)
+        if not sink.flush(timeout=30.0):
+            raise RunError("the collector did not acknowledge the example events in 30s")
+        print_summary(base_url, sink.stats()["acknowledged"], once=once)
     except (RunError, TourError, httpx.HTTPError) as exc:
         print(f"example traffic failed: {exc}", file=sys.stderr)
         outcome.append(1)
@@ -115,12 +158,23 @@ def drive_traffic(server: uvicorn.Server, sink: JsonlFileSink, base_url: str, *,
         server.should_exit = True
 
 
-def print_summary(base_url: str, written: int, *, once: bool) -> None:
-    path = AUDIT_FILE.resolve()
+def print_summary(base_url: str, stored: int, *, once: bool) -> None:
+    query = [sys.executable, "-m", "collector", "query", "--data-dir", str(DATA_DIR),
+             "--limit", "8"]
+    recent = subprocess.run(query, capture_output=True, text=True, timeout=60).stdout
+    script = Path(sys.executable).with_name("audit-collector")
+    cli = _relative(script) if script.exists() else f"{_relative(Path(sys.executable))} -m collector"
     print(f"""
-Example platform at {base_url}
-{written} audit events written by the example traffic to {path}
-  tail -n 3 {AUDIT_FILE}
+Example platform at {base_url}; collector data in {DATA_DIR.resolve()}
+{stored} audit events from the example traffic acknowledged by the collector
+(fsynced and indexed). The newest:
+
+{recent}
+Query them (from another terminal):
+  {cli} query --data-dir {DATA_DIR} --type 'run_*'
+  {cli} query --data-dir {DATA_DIR} --principal system --format csv
+  {cli} tail -f --data-dir {DATA_DIR}
+  {cli} stats --data-dir {DATA_DIR}
 
 Try it (Alice is a demo user; each call below is one more audit record):
   curl -s -X POST {base_url}/sign-in -H 'content-type: application/json' \\
@@ -130,15 +184,23 @@ Try it (Alice is a demo user; each call below is one more audit record):
 """ + ("" if once else "Serving until Ctrl-C.\n"), flush=True)
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sock = bind(port_from_env())
         server = build_server(once=args.once)
-        sink = start_audit_sink()
+        collector = start_collector()
     except RunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    sink = start_audit_sink()
     base_url = f"http://{HOST}:{sock.getsockname()[1]}"
     outcome: list[int] = []
     traffic = threading.Thread(
@@ -154,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         traffic.join(timeout=5.0)
         sink.close(timeout=10.0)
-    print(f"Stopped. Audit records are in {AUDIT_FILE.resolve()}", flush=True)
+        stop_collector(collector)
+    print(f"Stopped. Audit data is in {DATA_DIR.resolve()}", flush=True)
     return max(outcome, default=0)
 
 

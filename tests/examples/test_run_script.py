@@ -1,6 +1,6 @@
-"""``python -m examples.run`` (``make run``) as a real process on a real port: it serves
-the platform, writes every catalogue event to ./audit-data/events.jsonl, and stops on
-``--once`` or Ctrl-C."""
+"""``python -m examples.run`` (``make run``) as a real process on a real port: it starts
+the collector on ./audit-data/, serves the platform shipping every catalogue event to it,
+and stops (collector included) on ``--once`` or Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
+
+from collector.query import iter_records
 
 from audit_middleware.catalogue import SEED_CATALOGUE
 from examples.platform.auth import ALICE
@@ -45,19 +46,21 @@ def environment(port: int) -> dict[str, str]:
 
 
 def records(cwd: Path) -> list[dict[str, str]]:
-    lines = (cwd / "audit-data" / "events.jsonl").read_bytes().splitlines()
-    return [orjson.loads(line) for line in lines]
+    """What the collector stored, read back through its query API."""
+    return list(iter_records(cwd / "audit-data"))
 
 
-def test_once_drives_every_catalogue_event_into_the_file_and_exits(tmp_path: Path) -> None:
+def test_once_ships_every_catalogue_event_to_the_collector_and_exits(tmp_path: Path) -> None:
     result = run(tmp_path, free_port(), "--once")
     assert result.returncode == 0, result.stderr
     written = records(tmp_path)
     assert {r["type"] for r in written} == SEED_TYPES
-    assert f"{len(written)} audit events written" in result.stdout
-    assert str(tmp_path / "audit-data" / "events.jsonl") in result.stdout
-    assert "curl" in result.stdout
+    assert f"{len(written)} audit events from the example traffic acknowledged" in result.stdout
+    assert str(tmp_path / "audit-data") in result.stdout
+    assert "query --data-dir audit-data" in result.stdout and "curl" in result.stdout
+    assert "Creation date" in result.stdout  # the newest events, as a table
     assert {r["client_ip"] for r in written} == {"127.0.0.1", ""}
+    assert not (tmp_path / "audit-data" / "collector.sock").exists()  # collector stopped
 
 
 def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(tmp_path: Path) -> None:
