@@ -65,14 +65,34 @@ def run(config: CollectorConfig, out: TextIO = sys.stdout) -> int:
     out.flush()
     config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     store, report = open_store(config)
-    if report is not None:
-        print(f"audit-collector: store opened: {report}", file=out, flush=True)
+    print(f"audit-collector: store opened in {config.data_dir}: {describe_repair(report)}",
+          file=out, flush=True)
     try:
         asyncio.run(_serve(store, config, out))
     finally:
         store.close()
         print("audit-collector: stopped", file=out, flush=True)
     return 0
+
+
+def describe_repair(report: Any) -> str:
+    """What start-up found and fixed after a crash, in one line (``RepairReport``)."""
+    done = []
+    if getattr(report, "quarantined", None):
+        done.append(f"{len(report.quarantined)} torn tail(s), {report.quarantined_bytes} "
+                    "bytes, moved to quarantine/")
+    if getattr(report, "index_rebuilt", None):
+        done.append(f"index rebuilt ({report.index_rebuilt})")
+    if getattr(report, "indexed", 0):
+        done.append(f"{report.indexed} records indexed")
+    if getattr(report, "removed_files", None):
+        done.append(f"{len(report.removed_files)} leftover temp file(s) removed")
+    if getattr(report, "dropped_segments", None):
+        done.append(f"{len(report.dropped_segments)} missing segment(s) dropped from the "
+                    "index")
+    if getattr(report, "unreadable_lines", 0):
+        done.append(f"{report.unreadable_lines} unreadable line(s) skipped")
+    return "; ".join(done) if done else "nothing to repair"
 
 
 async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:

@@ -35,7 +35,13 @@ from audit_middleware.wire import (
     encode_batch_body,
     parse_header,
 )
-from tests.e2e.harness import CollectorProcess, short_tmp, stored_events, wait_until
+from tests.e2e.harness import (
+    CollectorProcess,
+    open_store,
+    short_tmp,
+    stored_events,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -232,6 +238,32 @@ def test_many_threads_emitting_exact_total(root: Path, collector: CollectorProce
     assert len(ids) == len(set(ids)) == 20_000
     assert sink.stats()["acknowledged"] == 20_000
     sink.close()
+
+
+def test_events_lost_by_the_app_show_as_a_gap_at_the_collector(
+        root: Path, collector: CollectorProcess) -> None:
+    collector.start()
+    sink = shipping_sink(collector, root, spool_max_bytes=100)  # no room for any batch
+    for i in range(5):
+        emit("team_created", f"before-{i}")  # numbered 1-5, delivered
+    assert sink.flush(timeout=10)
+    assert collector.stop() == 0
+    for i in range(10):
+        emit("team_created", f"lost-{i}")  # 6-15: collector down, spool full: dropped
+    assert sink.flush(timeout=10)
+    assert sink.stats()["dropped"] == 10
+    collector.start()
+    for i in range(5):
+        emit("team_created", f"after-{i}")  # 16-20
+    assert sink.wait_for_delivery(timeout=20)
+    assert collector.stop() == 0
+    sink.close()
+    store = open_store(collector.data_dir)
+    try:
+        assert store.stats()["sources"][sink.source] == {
+            "received": 10, "ranges": [[1, 5], [16, 20]], "gaps": [[6, 15]]}
+    finally:
+        store.close()
 
 
 # -- hostile clients -------------------------------------------------------------------------

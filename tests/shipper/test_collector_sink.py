@@ -306,3 +306,62 @@ def test_a_relative_unix_path_is_resolved_at_construction(tmp_path: Path,
     sink = CollectorSink(spool_dir=None)
     assert str(sink.endpoint) == f"unix://{tmp_path}/audit-data/collector.sock"
     sink.close()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files (cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "audit-collector test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_with_the_token_delivers(collector: Collector, make_sink: SinkFactory,
+                                     root: Path) -> None:
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
+                     tls=True, tls_ca=cert)
+    ids = emit_many(10)
+    assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 10
+    assert collector.ids() == ids
+
+
+def test_tls_refuses_a_collector_it_cannot_verify(collector: Collector,
+                                                  make_sink: SinkFactory, root: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
+                     tls=True)  # no tls_ca: the self-signed certificate is not trusted
+    with caplog.at_level(logging.WARNING, "audit_middleware"):
+        emit_many(3)
+        assert sink.flush(timeout=10)
+    assert (sink.stats()["acknowledged"], sink.stats()["spooled"]) == (0, 3)
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
