@@ -27,10 +27,7 @@ Layout, chosen for the ingest rate (a B-tree insert per event per filter column 
 
 from __future__ import annotations
 
-import collections
 import itertools
-import logging
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -135,9 +132,6 @@ class SegmentEntry:
     last_seq: int
 
 
-log = logging.getLogger("collector.index")
-
-
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if not readonly and not path.exists():
         # Created here so it gets the store's file mode (SQLite gives -wal/-shm the same).
@@ -150,7 +144,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return con
 
 
-def _writer(path: Path) -> sqlite3.Connection:
+def writer_connection(path: Path) -> sqlite3.Connection:
     con = connect(path)
     con.execute("PRAGMA journal_mode=WAL")
     # The segments are the source of truth (fsynced before the index commits), and
@@ -173,7 +167,10 @@ class Index:
         self.path = path
         self.write_lock = write_lock or threading.Lock()
         self._holding = False
-        self.con = _writer(path)
+        #: Chunks closed since the owner last looked (it hands them to the indexer).
+        self.newly_closed: list[int] = []
+        self._closed_before = 0
+        self.con = writer_connection(path)
         con = self.con
         con.executescript(_SCHEMA)
         if self.meta("schema") is None:
@@ -200,6 +197,7 @@ class Index:
     def begin(self) -> None:
         self.write_lock.acquire()
         self._holding = True
+        self._closed_before = len(self.newly_closed)
         try:
             self.con.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -219,6 +217,7 @@ class Index:
                 self.con.execute("ROLLBACK")
         finally:
             self._release()
+        del self.newly_closed[self._closed_before:]  # those closes were rolled back too
         self._load()  # the open chunk's counters went back with the rows
 
     def _release(self) -> None:
@@ -252,7 +251,7 @@ class Index:
                                 (segment,)).fetchone()[0] or 0
 
     def count(self) -> int:
-        return self.con.execute("SELECT coalesce(sum(rows), 0) FROM chunks").fetchone()[0]
+        return int(self.con.execute("SELECT coalesce(sum(rows), 0) FROM chunks").fetchone()[0])
 
     def source_ranges(self) -> dict[str, Ranges]:
         return {s: orjson.loads(r) for s, r in
@@ -404,6 +403,7 @@ class Index:
     def _close(self, chunk: Chunk) -> None:
         self.con.execute("UPDATE chunks SET state=? WHERE chunk=?", (CLOSED, chunk.chunk))
         self.open_chunk = None
+        self.newly_closed.append(chunk.chunk)
 
     def closed_chunks(self) -> list[int]:
         """Closed chunks whose indexes are not built yet."""
@@ -439,76 +439,3 @@ def build_chunk_indexes(con: sqlite3.Connection, chunk: int, write_lock: threadi
         con.execute(f"ANALYZE {table}")
         con.execute("UPDATE chunks SET state=? WHERE chunk=?", (INDEXED, chunk))
     return True
-
-
-class ChunkIndexer:
-    """The background thread that builds closed chunks' indexes and checkpoints the
-    WAL. ``CREATE INDEX`` runs inside SQLite without the GIL, so it overlaps the
-    store's commit thread encoding the next group."""
-
-    CHECKPOINT_BYTES: Final = 16 * 1024 * 1024
-
-    def __init__(self, path: Path, write_lock: threading.Lock) -> None:
-        self._con = _writer(path)
-        self._wal = Path(f"{path}-wal")
-        self._write_lock = write_lock
-        self._queue: collections.deque[int] = collections.deque()
-        self._cond = threading.Condition()
-        self._busy = False
-        self._stop = False
-        self.failed: str | None = None
-        self._thread = threading.Thread(target=self._run, name="audit-store-indexer",
-                                        daemon=True)
-        self._thread.start()
-
-    def submit(self, chunk: int) -> None:
-        with self._cond:
-            self._queue.append(chunk)
-            self._cond.notify_all()
-
-    @property
-    def backlog(self) -> int:
-        return len(self._queue) + self._busy
-
-    def wait(self, most: int = 0, timeout: float | None = None) -> bool:
-        """Wait until at most ``most`` chunks are waiting for their indexes."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self.backlog <= most or self._stop, timeout)
-
-    def close(self) -> None:
-        """Finish the queue, checkpoint, stop."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join()
-        self._con.close()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stop, timeout=1.0)
-                if not self._queue and self._stop:
-                    self._checkpoint()
-                    return
-                chunk = self._queue.popleft() if self._queue else None
-                self._busy = chunk is not None
-            try:
-                if chunk is not None:
-                    build_chunk_indexes(self._con, chunk, self._write_lock)
-                self._checkpoint()
-            except Exception as exc:  # the chunk stays CLOSED: re-queued at next open
-                self.failed = f"{type(exc).__name__}: {exc}"
-                log.exception("audit store: indexing chunk %s failed", chunk)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def _checkpoint(self) -> None:
-        try:
-            if os.path.getsize(self._wal) < self.CHECKPOINT_BYTES and not self._stop:
-                return
-        except FileNotFoundError:
-            return
-        self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
-

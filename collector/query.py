@@ -20,6 +20,7 @@ import bisect
 import dataclasses
 import hashlib
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -303,7 +304,7 @@ def reindex(data_dir: Path | str, progress: Callable[[int, int], None] | None = 
         path = data_dir / "index.sqlite"
         try:
             index = Index(path)
-        except Exception:
+        except sqlite3.DatabaseError:  # not a database any more: start afresh
             reset_index_files(path)
             index = Index(path)
         try:

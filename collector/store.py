@@ -15,47 +15,31 @@ Data directory layout (dirs 0750, files 0640)::
 
 from __future__ import annotations
 
-import collections
 import fcntl
 import logging
 import os
 import sqlite3
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
-from collector.index import CHUNK_ROWS, MAX_UNINDEXED, ChunkIndexer, Index
+from collector.index import Index
 from collector.storage import sources
-from collector.storage.compression import BlockMap, compress
 from collector.storage.errors import (
     DataDirInUseError,
     StorageError,
     StorageSettingsError,
     StoreClosedError,
 )
-from collector.storage.records import (
-    Encoded,
-    Row,
-    check_source,
-    created_micros,
-    encode_events,
-    rebase,
-    record_lines,
-)
+from collector.storage.group_commit import RATE_WINDOW, GroupWriter, Submission, WriteResult
+from collector.storage.indexer import ChunkIndexer
+from collector.storage.records import check_source, encode_events
 from collector.storage.recovery import RepairReport, recover, reset_index_files
-from collector.storage.retention import SealedInfo, expired
-from collector.storage.segments import (
-    DIR_MODE,
-    FILE_MODE,
-    ActiveSegment,
-    fsync_dir,
-    header_of,
-    list_segment_files,
-    seal,
-)
+from collector.storage.segment_set import SegmentSet
+from collector.storage.segments import DIR_MODE, FILE_MODE
 
 __all__ = ["RepairReport", "StorageError", "StorageSettings", "Store", "WriteResult"]
 
@@ -64,7 +48,6 @@ log = logging.getLogger("collector.store")
 _TICK: Final = 0.5  # housekeeping period (age rotation, retention, idle chunk close)
 _IDLE_CHUNK_ROWS: Final = 4_096  # an idle store indexes an open chunk this big
 _IDLE_SECONDS: Final = 1.0
-_RATE_WINDOW: Final = 10.0
 LOCK_FILE: Final = "store.lock"
 
 
@@ -93,48 +76,6 @@ class StorageSettings:
                 f"retention_bytes={self.retention_bytes}: use a size in bytes, or None")
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    written: list[str]  # event ids appended + fsynced + indexed by this call
-    duplicates: list[str]  # ids already stored (or repeated in the batch): not written again
-
-
-class _Submission:
-    __slots__ = ("encoded", "source", "source_seqs", "future")
-
-    def __init__(self, encoded: Encoded, source: str, source_seqs: list[int] | None,
-                 future: Future[WriteResult]) -> None:
-        self.encoded = encoded
-        self.source = source
-        self.source_seqs = source_seqs
-        self.future = future
-
-
-class _Prepared:
-    """A submission's records after dedupe, numbered and placed, not yet written."""
-
-    __slots__ = ("sub", "encoded", "lines", "rows", "numbers", "size", "duplicates")
-
-    def __init__(self, sub: _Submission) -> None:
-        self.sub = sub
-        self.encoded = sub.encoded
-        self.lines: list[bytes] = []
-        self.rows: list[Row] = []
-        self.numbers: list[int] = []
-        self.size = 0
-        self.duplicates: list[str] = []
-
-
-class _Sealed:
-    __slots__ = ("path", "size", "sealed_ns", "compressed")
-
-    def __init__(self, path: Path, size: int, sealed_ns: int, compressed: bool) -> None:
-        self.path = path
-        self.size = size
-        self.sealed_ns = sealed_ns
-        self.compressed = compressed
-
-
 class Store:
     def __init__(self, settings: StorageSettings) -> None:
         self.settings = settings
@@ -142,16 +83,11 @@ class Store:
         self.quarantine_dir = settings.data_dir / "quarantine"
         self.index_path = settings.data_dir / "index.sqlite"
         self._lock = threading.Lock()
-        self._pending: list[_Submission] = []
+        self._pending: list[Submission] = []
         self._wake = threading.Event()
         self._state = "new"  # new -> open -> closing -> closed
         self._thread: threading.Thread | None = None
-        self._counts = collections.Counter[str]()
-        self._rate: collections.deque[tuple[float, int]] = collections.deque()
-        self._sources: dict[str, sources.Ranges] = {}
-        self._sealed: dict[int, _Sealed] = {}
-        self._compressed: collections.deque[tuple[int, Path, BlockMap]] = collections.deque()
-        self._compressing: set[int] = set()
+        self._rejected_count = 0
         self._last_activity = time.monotonic()
         self._last_error: str | None = None
 
@@ -169,12 +105,6 @@ class Store:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._fsyncer = ThreadPoolExecutor(1, thread_name_prefix="audit-store-fsync")
-        self._compressor = ThreadPoolExecutor(1, thread_name_prefix="audit-store-compress")
-        if self.settings.compress_sealed:
-            for seq, info in self._sealed.items():
-                if not info.compressed:
-                    self._schedule_compression(seq, info.path)
         self._state = "open"
         self._thread = threading.Thread(target=self._run, name="audit-store-commit",
                                         daemon=True)
@@ -192,31 +122,15 @@ class Store:
             rebuild = f"index unreadable ({exc})"
         report = recover(self.segments_dir, self.quarantine_dir, self._index, rebuild=rebuild)
         index = self._index
+        self._segments = SegmentSet(self.settings, self.segments_dir, index, self._wake.set)
+        chunk = index.open_chunk
+        if chunk is not None and chunk.segment != self._segments.active.header.seq:
+            index.close_chunk()  # a crash right after a rotation left it open
         self._indexer = ChunkIndexer(self.index_path, write_lock)
-        for chunk in index.closed_chunks():
-            self._indexer.submit(chunk)
-        files = list_segment_files(self.segments_dir)
-        catalog = index.segments()
-        if files and not files[-1].compressed:
-            last = files[-1]
-            self._active = ActiveSegment.reopen(last.path, catalog[last.seq].records)
-            sealed_files = files[:-1]
-        else:
-            previous = header_of(files[-1]).id if files else ""
-            seq = files[-1].seq + 1 if files else 1
-            self._active = ActiveSegment.create(self.segments_dir, seq, previous)
-            self._register(self._active)
-            sealed_files = files
-        # A segment was sealed when the next one was created.
-        following = [*sealed_files[1:], None]
-        for f, after in zip(sealed_files, following):
-            sealed_ns = (self._active.created_ns if after is None
-                         else created_micros(header_of(after).created) * 1000)
-            self._sealed[f.seq] = _Sealed(f.path, f.path.stat().st_size, sealed_ns,
-                                          f.compressed)
-        self._next_seq = index.max_seq() + 1
-        self._sources = index.source_ranges()
-        self._stored = index.count()
+        for closed in index.closed_chunks():
+            self._indexer.submit(closed)
+        index.newly_closed.clear()
+        self._writer = GroupWriter(index, self._segments, self._indexer)
         return report
 
     def close(self) -> None:
@@ -229,19 +143,16 @@ class Store:
         self._wake.set()
         assert self._thread is not None
         self._thread.join()
-        self._compressor.shutdown(wait=True, cancel_futures=True)
-        self._apply_compressed()
-        self._fsyncer.shutdown(wait=True)
+        self._writer.close()
         try:
-            self._active.sync()
+            self._segments.close()
         finally:
-            self._active.close()
             self._indexer.close()  # finishes the closed chunks' indexes
             self._index.close()
             os.close(self._lock_fd)
             self._state = "closed"
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         self.open()
         return self
 
@@ -266,7 +177,7 @@ class Store:
             return self._rejected(future, StorageError("events must be a list of event dicts"))
         except StorageError as exc:
             return self._rejected(future, exc)
-        sub = _Submission(encoded, source, list(source_seqs) if source_seqs else None, future)
+        sub = Submission(encoded, source, list(source_seqs) if source_seqs else None, future)
         with self._lock:
             if self._state != "open":
                 future.set_exception(StoreClosedError(
@@ -279,7 +190,7 @@ class Store:
 
     def _rejected(self, future: Future[WriteResult], exc: StorageError) -> Future[WriteResult]:
         with self._lock:
-            self._counts["rejected"] += 1
+            self._rejected_count += 1
         future.set_exception(exc)
         return future
 
@@ -298,9 +209,9 @@ class Store:
                 closing = self._state == "closing"
             try:
                 if batch:
-                    self._commit(batch)
+                    self._writer.commit(batch)
                     self._last_activity = time.monotonic()
-                self._apply_compressed()
+                self._segments.apply_compressed()
                 now = time.monotonic()
                 if not batch or now - last_housekeeping >= _TICK:
                     self._housekeeping(idle=not batch)
@@ -316,277 +227,49 @@ class Store:
                     if not self._pending:
                         return
 
-    def _commit(self, batch: list[_Submission]) -> None:
-        """Dedupe (one index query for the group), number, place, write."""
-        subs = [s for s in batch if s.future.set_running_or_notify_cancel()]
-        known = self._index.known_ids(list({i for sub in subs for i in sub.encoded.ids}))
-        seen: set[str] = set()
-        # A submission never straddles two segments: the active one takes what fits,
-        # then rotates (an empty segment takes a submission of any size).
-        piece: list[_Prepared] = []
-        piece_bytes = 0
-        seq = self._next_seq
-        for n, sub in enumerate(subs):
-            p = self._dedupe(sub, known, seen)
-            if not p.encoded.ids:
-                self._counts["duplicates"] += len(p.duplicates)
-                sub.future.set_result(WriteResult([], p.duplicates))
-                continue
-            offset = self._active.size + piece_bytes
-            p.lines, p.rows = record_lines(p.encoded, seq, sub.source, p.numbers or None,
-                                           offset)
-            p.size = p.rows[-1][10] + p.rows[-1][11] - offset
-            if self._rotation_due(piece_bytes + p.size, bool(piece)):
-                if piece and not self._write_piece(piece):
-                    self._fail_rest([sub, *subs[n + 1:]])
-                    return
-                piece, piece_bytes = [], 0
-                self._rotate()
-                if self._active.size != offset:
-                    p.rows = rebase(p.rows, self._active.size - offset)
-            piece.append(p)
-            piece_bytes += p.size
-            seq += len(p.lines)
-        if piece:
-            self._write_piece(piece)
-
-    @staticmethod
-    def _dedupe(sub: _Submission, known: set[str], seen: set[str]) -> _Prepared:
-        p = _Prepared(sub)
-        ids = sub.encoded.ids
-        unique = set(ids)
-        if len(unique) == len(ids) and unique.isdisjoint(known) and unique.isdisjoint(seen):
-            p.numbers = sub.source_seqs or []  # the common case, without a loop
-            seen |= unique
-            return p
-        keep = []
-        for i, event_id in enumerate(ids):
-            if event_id in known or event_id in seen:
-                p.duplicates.append(event_id)
-            else:
-                seen.add(event_id)
-                keep.append(i)
-        p.encoded = sub.encoded.pick(keep)
-        if sub.source_seqs:
-            p.numbers = [sub.source_seqs[i] for i in keep]
-        return p
-
-    def _write_piece(self, piece: list[_Prepared]) -> bool:
-        """Append, fsync and index the records of ``piece`` (all into the active
-        segment); resolve their futures. False if the write failed (nothing stays)."""
-        active = self._active
-        index = self._index
-        rows: list[Row] = []
-        for p in piece:
-            rows += p.rows
-        data = b"".join(line for p in piece for line in p.lines)
-        changed = self._new_ranges(piece)
-        start = active.size
-        try:
-            active.append(data)
-        except OSError as exc:
-            self._fail(piece, exc, "appending to")
-            return False
-        # The fsync runs beside the index inserts; the index commits only after it.
-        synced = self._fsyncer.submit(active.sync)
-        try:
-            index.begin()
-            index.add_segment(active.path.name, active.header, start)
-            index.add_rows(active.header.seq, rows, active.size)
-            index.set_source_ranges(changed)
-            synced.result()
-            index.commit()
-        except Exception as exc:  # OSError, sqlite3.Error, or a bug: nothing may stay
-            synced.exception()  # wait for the fsync either way
-            index.rollback()
-            try:
-                active.cut(start)
-            except OSError:
-                active.needs_cut = True  # retried before the next append
-            self._fail(piece, exc, "syncing or indexing")
-            return False
-        written = len(rows)
-        active.records += written
-        self._next_seq = rows[-1][0] + 1
-        self._stored += written
-        with self._lock:
-            self._sources.update(changed)
-        self._counts["fsyncs"] += 1
-        self._counts["written"] += written
-        now = time.monotonic()
-        self._rate.append((now, written))
-        while now - self._rate[0][0] > _RATE_WINDOW:
-            self._rate.popleft()
-        for p in piece:
-            self._counts["duplicates"] += len(p.duplicates)
-            p.sub.future.set_result(WriteResult(p.encoded.ids, p.duplicates))
-        if index.open_chunk is not None and index.open_chunk.rows >= CHUNK_ROWS:
-            self._close_chunk()
-        return True
-
-    def _new_ranges(self, piece: list[_Prepared]) -> dict[str, sources.Ranges]:
-        numbered: dict[str, list[int]] = {}
-        for p in piece:
-            if p.sub.source and p.numbers:
-                numbered.setdefault(p.sub.source, []).extend(p.numbers)
-        return {s: sources.add(self._sources.get(s, []), n) for s, n in numbered.items()}
-
-    def _fail(self, piece: list[_Prepared], exc: BaseException, doing: str) -> None:
-        self._last_error = f"{type(exc).__name__}: {exc}"
-        self._counts["write_errors"] += 1
-        log.error("audit store: %s %s failed: %s", doing, self._active.path.name, exc)
-        error = StorageError(
-            f"{doing} {self._active.path.name} failed ({exc}); none of these records was "
-            f"stored: retry when the cause is fixed (e.g. disk space)")
-        for p in piece:
-            p.sub.future.set_exception(error)
-
-    def _fail_rest(self, rest: list[_Submission]) -> None:
-        error = StorageError(
-            f"not written: an earlier write in the same group failed ({self._last_error}); "
-            f"retry")
-        for sub in rest:
-            sub.future.set_exception(error)
-
-    # -- rotation, sealing, compression, retention ----------------------------------------
-    def _rotation_due(self, incoming: int, piece_pending: bool) -> bool:
-        active = self._active
-        if active.records == 0 and not piece_pending:
-            return False
-        if active.size + incoming > self.settings.max_segment_bytes:
-            return True
-        age = (time.time_ns() - active.created_ns) / 1e9
-        return age >= self.settings.max_segment_age
-
-    def _rotate(self) -> None:
-        old = self._active
-        try:
-            new = ActiveSegment.create(self.segments_dir, old.header.seq + 1, old.header.id)
-        except OSError as exc:
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            log.error("audit store: cannot start a new segment (%s); still appending to %s",
-                      exc, old.path.name)
-            return
-        self._active = new
-        self._register(new)
-        self._seal(old, new.created_ns)
-
-    def _register(self, segment: ActiveSegment) -> None:
-        try:
-            self._index.begin()
-            self._index.add_segment(segment.path.name, segment.header, segment.size)
-            self._index.commit()
-        except sqlite3.Error:
-            self._index.rollback()  # registered again with its first records
-
-    def _seal(self, old: ActiveSegment, sealed_ns: int) -> None:
-        """Everything that happens when a segment stops being the active one."""
-        path = seal(old)
-        chunk = self._index.open_chunk
-        if chunk is not None and chunk.segment == old.header.seq:
-            self._close_chunk()
-        self._sealed[old.header.seq] = _Sealed(path, old.size, sealed_ns, False)
-        if self.settings.compress_sealed:
-            self._schedule_compression(old.header.seq, path)
-
-    def _schedule_compression(self, seq: int, path: Path) -> None:
-        self._compressing.add(seq)
-
-        def work() -> None:
-            try:
-                tmp, blocks = compress(path)
-            except Exception as exc:
-                log.error("audit store: compressing %s failed: %s", path.name, exc)
-                self._compressing.discard(seq)
-                return
-            self._compressed.append((seq, tmp, blocks))
-            self._wake.set()
-
-        self._compressor.submit(work)
-
-    def _apply_compressed(self) -> None:
-        while self._compressed:
-            seq, tmp, blocks = self._compressed.popleft()
-            self._compressing.discard(seq)
-            info = self._sealed.get(seq)
-            if info is None or info.compressed:
-                tmp.unlink(missing_ok=True)  # deleted by retention meanwhile
-                continue
-            target = info.path.with_name(info.path.name + ".gz")
-            os.rename(tmp, target)
-            fsync_dir(self.segments_dir)
-            self._index.begin()
-            self._index.mark_compressed(seq, blocks)
-            self._index.commit()
-            info.path.unlink()
-            fsync_dir(self.segments_dir)
-            info.path, info.size, info.compressed = target, target.stat().st_size, True
-
+    # -- housekeeping ------------------------------------------------------------------
     def _housekeeping(self, idle: bool) -> None:
-        active = self._active
-        if active.records and (time.time_ns() - active.created_ns) / 1e9 >= \
-                self.settings.max_segment_age:
-            self._rotate()
+        segments = self._segments
+        writer = self._writer
+        if segments.active.records and segments.too_old():
+            segments.rotate(writer.sealed)
         chunk = self._index.open_chunk
         if (idle and chunk is not None and chunk.rows >= _IDLE_CHUNK_ROWS
                 and time.monotonic() - self._last_activity >= _IDLE_SECONDS):
-            self._close_chunk()
-        self._apply_retention()
-
-    def _close_chunk(self) -> None:
-        """Hand the open chunk to the indexer; if the indexer is too far behind, wait
-        for it (the store then runs at the indexer's pace: queries stay fast)."""
-        chunk = self._index.close_chunk()
-        if chunk is not None:
-            self._indexer.submit(chunk)
-            self._indexer.wait(most=MAX_UNINDEXED)
-
-    def _apply_retention(self) -> None:
-        s = self.settings
-        infos = [SealedInfo(seq, i.size, i.sealed_ns) for seq, i in self._sealed.items()]
-        for seq in expired(infos, now_ns=time.time_ns(), retention_days=s.retention_days,
-                           retention_bytes=s.retention_bytes,
-                           keep_newest=self._active.records == 0):
-            info = self._sealed.pop(seq)
-            info.path.unlink(missing_ok=True)
-            fsync_dir(self.segments_dir)
-            self._index.begin()
-            self._index.drop_segment(seq)
-            self._index.commit()
-            self._counts["retention_deleted"] += 1
-            self._stored = self._index.count()
+            self._index.close_chunk()  # queries need not scan it while the store idles
+            writer.index_closed_chunks()
+        deleted = segments.apply_retention()
+        if deleted:
+            writer.counts["retention_deleted"] += deleted
+            writer.stored = self._index.count()
 
     # -- stats --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        writer = self._writer
         now = time.monotonic()
-        recent = sum(n for t, n in list(self._rate) if now - t <= _RATE_WINDOW)
-        counts = self._counts
+        recent = sum(n for t, n in list(writer.rate) if now - t <= RATE_WINDOW)
+        counts = writer.counts
+        with writer.lock:
+            per_source = {s: sources.report(r) for s, r in writer.sources.items()}
         with self._lock:
-            per_source = {s: sources.report(r) for s, r in self._sources.items()}
-            pending = sum(len(s.events) for s in self._pending)
-        sealed = list(self._sealed.values())
-        active = self._active
+            pending = sum(len(s.encoded.ids) for s in self._pending)
+            rejected = self._rejected_count
         quarantined = list(self.quarantine_dir.iterdir())
         return {
-            "events": self._stored,
-            "segments": {
-                "count": len(sealed) + 1,
-                "bytes": sum(i.size for i in sealed) + active.size,
-                "sealed": len(sealed),
-                "compressed": sum(1 for i in sealed if i.compressed),
-            },
-            "active_segment": {"name": active.path.name, "bytes": active.size,
-                               "records": active.records},
+            "events": writer.stored,
+            **self._segments.stats(),
+            "unindexed_chunks": self._indexer.backlog,
             "written": counts["written"],
             "duplicates": counts["duplicates"],
-            "rejected": counts["rejected"],
+            "rejected": rejected,
             "write_errors": counts["write_errors"],
-            "last_error": self._last_error,
+            "last_error": writer.last_error or self._last_error
+            or self._segments.last_error or self._indexer.failed,
             "pending": pending,
             "quarantined": len(quarantined),
             "quarantined_bytes": sum(p.stat().st_size for p in quarantined),
             "retention_deleted": counts["retention_deleted"],
-            "ingest_rate": round(recent / _RATE_WINDOW, 1),
+            "ingest_rate": round(recent / RATE_WINDOW, 1),
             "fsyncs": counts["fsyncs"],
             "events_per_fsync": round(counts["written"] / counts["fsyncs"], 1)
             if counts["fsyncs"] else 0.0,

@@ -44,7 +44,8 @@ def parse_time(value: object, *, what: str, now_us: int) -> int:
     match = _SEED.fullmatch(text)
     try:
         if match:
-            moment = datetime(*(int(g) for g in match.groups()), tzinfo=UTC)
+            year, month, day, hour, minute, second = (int(g) for g in match.groups())
+            moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
             return created_micros(moment.isoformat())
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}([Tt ].+)?", text):
             moment = datetime.fromisoformat(text.replace("t", "T").replace("z", "Z"))

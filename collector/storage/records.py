@@ -72,7 +72,7 @@ class Encoded:
     record order without its closing brace, and its index key (the row without seq,
     offset and length). Seq-dependent parts are added at commit by ``record_lines``."""
 
-    __slots__ = ("ids", "bodies", "keys")
+    __slots__ = ("bodies", "ids", "keys")
 
     def __init__(self, ids: list[str], bodies: list[bytes], keys: list[tuple[Any, ...]]) -> None:
         self.ids = ids
@@ -155,7 +155,7 @@ def record_lines(
         line = body + tail % (seq, number)
         n = len(line)
         lines.append(line)
-        rows.append((seq, *key, offset, n))  # type: ignore[arg-type]
+        rows.append((seq, *key, offset, n))
         seq += 1
         offset += n
     return lines, rows
@@ -163,7 +163,7 @@ def record_lines(
 
 def rebase(rows: list[Row], delta: int) -> list[Row]:
     """``rows`` moved by ``delta`` bytes (their records go to another segment)."""
-    return [(*row[:10], row[10] + delta, row[11]) for row in rows]  # type: ignore[misc]
+    return [(*row[:10], row[10] + delta, row[11]) for row in rows]
 
 
 _second_micros: dict[str, int] = {}

@@ -20,12 +20,12 @@ from typing import Any
 
 import orjson
 
-from collector.index import CHUNK_ROWS, INDEX_SCHEMA, Index, Row, SegmentEntry
+from collector.index import CHUNK_ROWS, INDEX_SCHEMA, Index, SegmentEntry
 
 from . import sources
 from .compression import BlockMap, iter_lines_and_blocks
 from .errors import CorruptSegmentError, StorageError
-from .records import created_micros, ip_key
+from .records import Row, created_micros, ip_key
 from .segments import (
     SegmentFile,
     SegmentHeader,
@@ -78,12 +78,24 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
         torn = repair_tail(files[-1].path, quarantine_dir)
         if torn is not None:
             report.quarantined.append(torn)
+    todo = _reconcile(index, catalog, files, report)
+    _catch_up(index, todo, files[-1].seq if files else None, report, progress)
+    return report
+
+
+Todo = list[tuple[SegmentFile, SegmentEntry | None]]
+
+
+def _reconcile(index: Index, catalog: dict[int, SegmentEntry], files: list[SegmentFile],
+               report: RepairReport) -> Todo:
+    """Drop what the index says about segments that are gone or changed; return the
+    files with records the index lacks, and what it knows of each."""
     on_disk = {f.seq: f for f in files}
-    for seq, entry in catalog.items():
+    for seq, known in catalog.items():
         if seq not in on_disk:
             _drop(index, seq)
-            report.dropped_segments.append(entry.name)
-    todo = []
+            report.dropped_segments.append(known.name)
+    todo: Todo = []
     for f in files:
         entry = catalog.get(f.seq)
         size = f.path.stat().st_size
@@ -92,22 +104,39 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
             _drop(index, f.seq)  # not the file the index describes: index it afresh
             entry = None
         if entry is None or (not f.compressed and entry.end_offset < size):
-            todo.append((f, entry, size))
-    total = sum(size - (e.end_offset if e else 0) for _, e, size in todo)
-    done = 0
+            todo.append((f, entry))
+    return todo
+
+
+def _catch_up(index: Index, todo: Todo, active: int | None, report: RepairReport,
+              progress: Progress | None) -> None:
+    sizes = [f.path.stat().st_size - (e.end_offset if e else 0) for f, e in todo]
+    total, done = sum(sizes), 0
     ranges = index.source_ranges()
-    last = files[-1].seq if files else None
-    for f, entry, size in todo:
-        report.indexed += _index_file(index, f, entry, ranges, report)
-        if f.seq != last and index.open_chunk is not None:
+    for (f, entry), size in zip(todo, sizes):
+        report.indexed += _index_file(index, f, entry, ranges, report,
+                                      _within(progress, done, size, total))
+        if f.seq != active and index.open_chunk is not None:
             index.close_chunk()  # a sealed segment's chunk is complete
         index.checkpoint()
-        done += size - (entry.end_offset if entry else 0)
+        done += size
         if progress is not None:
             progress(done, total)
     if progress is not None and not todo:
         progress(0, 0)
-    return report
+
+
+def _within(progress: Progress | None, start: int, size: int,
+            total: int) -> Callable[[int], None] | None:
+    """Progress inside one file, reported as progress of the whole job."""
+    if progress is None:
+        return None
+    report = progress
+
+    def inside(done: int) -> None:
+        report(start + min(done, size), total)
+
+    return inside
 
 
 def _index_problem(index: Index) -> str | None:
@@ -145,7 +174,8 @@ def _one_copy_each(segments_dir: Path, catalog: dict[int, SegmentEntry],
 
 
 def _index_file(index: Index, f: SegmentFile, entry: SegmentEntry | None,
-                ranges: dict[str, sources.Ranges], report: RepairReport) -> int:
+                ranges: dict[str, sources.Ranges], report: RepairReport,
+                progress: Callable[[int], None] | None) -> int:
     """Index the records of ``f`` past what ``entry`` says is indexed; returns how many."""
     blocks: BlockMap = []
     start = entry.end_offset if entry is not None else 0
@@ -186,6 +216,8 @@ def _index_file(index: Index, f: SegmentFile, entry: SegmentEntry | None,
                 numbered.setdefault(row[1], []).append(row[2])
             if len(batch) >= _BATCH:
                 count += _flush(index, f.seq, batch, end, numbered, ranges)
+                if progress is not None:
+                    progress(end - start)  # bytes of this file done (compressed: approx.)
         count += _flush(index, f.seq, batch, end, numbered, ranges)
     if f.compressed:
         index.begin()

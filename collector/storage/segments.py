@@ -23,7 +23,7 @@ import orjson
 
 from audit_middleware.event import SCHEMA_VERSION, format_created
 
-from .errors import CorruptSegmentError
+from .errors import CorruptSegmentError, StorageError
 from .records import created_micros
 
 FILE_MODE: Final = 0o640
@@ -202,7 +202,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 def _created_ns(header: SegmentHeader, where: object) -> int:
     try:
         return created_micros(header.created) * 1000
-    except Exception:
+    except StorageError:
         raise CorruptSegmentError(f"{where}: header 'created' is not a time") from None
 
 
@@ -333,7 +333,7 @@ def _rfind_newline(f: Any, low: int, high: int) -> int:
     while pos > low:
         n = min(pos - low, 64 * 1024)
         f.seek(pos - n)
-        i = f.read(n).rfind(b"\n")
+        i: int = f.read(n).rfind(b"\n")
         if i >= 0:
             return pos - n + i
         pos -= n

@@ -9,6 +9,7 @@ Ranges are inclusive ``[first, last]`` pairs, sorted and disjoint, never adjacen
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 Ranges = list[list[int]]
@@ -29,8 +30,7 @@ def add(ranges: Ranges, numbers: Iterable[int]) -> Ranges:
     merged: Ranges = []
     for first, last in _by_start(ranges, runs):
         if merged and first <= merged[-1][1] + 1:
-            if last > merged[-1][1]:
-                merged[-1][1] = last
+            merged[-1][1] = max(merged[-1][1], last)
         else:
             merged.append([first, last])
     return merged
@@ -52,7 +52,7 @@ def _by_start(a: Ranges, b: Ranges) -> Iterable[list[int]]:
 def gaps(ranges: Ranges) -> Ranges:
     """The numbers missing between stored ranges (before the first range is not a gap:
     a store may start receiving from a shipper that was already running)."""
-    return [[prev[1] + 1, cur[0] - 1] for prev, cur in zip(ranges, ranges[1:])]
+    return [[prev[1] + 1, cur[0] - 1] for prev, cur in itertools.pairwise(ranges)]
 
 
 def received(ranges: Ranges) -> int:

@@ -246,7 +246,7 @@ def test_a_directory_without_an_index_is_a_query_error(tmp_path: Path) -> None:
 # -- every kind of chunk answers the same -----------------------------------------------------
 def test_open_closed_and_indexed_chunks_give_the_same_answers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("collector.store.CHUNK_ROWS", 25)
+    monkeypatch.setattr("collector.storage.group_commit.CHUNK_ROWS", 25)
     monkeypatch.setattr("collector.storage.recovery.CHUNK_ROWS", 25)
     rows = [event(principal=f"p{n % 3}", client_ip=f"10.0.{n % 4}.1",
                   created_ns=BASE_NS + n * HOUR) for n in range(120)]

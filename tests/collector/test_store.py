@@ -79,13 +79,13 @@ def test_submissions_waiting_together_share_one_fsync(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         blocker = threading.Event()
         # Hold the commit thread inside a write so the next submissions gather.
-        real = store._active.sync
+        real = store._segments.active.sync
 
         def slow_sync() -> None:
             blocker.wait(10)
             real()
 
-        store._active.sync = slow_sync  # type: ignore[method-assign]
+        store._segments.active.sync = slow_sync  # type: ignore[method-assign]
         first = store.submit(events(1))
         wait_until(lambda: first.running())
         futures = [store.submit(events(10)) for _ in range(20)]
@@ -131,9 +131,8 @@ def test_a_bad_event_fails_its_submission_only(tmp_path: Path) -> None:
 ])
 def test_bad_source_numbering_is_refused_before_anything_is_written(
         tmp_path: Path, source: object, seqs: object, message: str) -> None:
-    with open_store(tmp_path) as store:
-        with pytest.raises(StorageError, match=message):
-            store.write(events(2), source, seqs)  # type: ignore[arg-type]
+    with open_store(tmp_path) as store, pytest.raises(StorageError, match=message):
+        store.write(events(2), source, seqs)  # type: ignore[arg-type]
     assert all_records(tmp_path) == []
 
 
@@ -333,8 +332,7 @@ def test_records_fsynced_but_not_yet_indexed_are_indexed_at_open(tmp_path: Path)
     extra = events(3)
     segment = segment_files(tmp_path)[-1]
     with open(segment, "ab") as f:
-        for seq, e in enumerate(extra, start=3):
-            f.write(orjson.dumps({**e, "seq": seq, "source": "", "source_seq": 0}) + b"\n")
+        f.writelines(orjson.dumps({**e, "seq": seq, "source": "", "source_seq": 0}) + b"\n" for seq, e in enumerate(extra, start=3))
     with open_store(tmp_path) as store:
         assert store.write(extra).duplicates == [e["id"] for e in extra]
         assert store.write(events(1)).written  # numbering continues after them
@@ -371,8 +369,8 @@ def test_retention_deletes_sealed_segments_older_than_retention_days(tmp_path: P
         for _ in range(6):
             store.write(events(6))
         kept = store.write(events(2)).written
-        wait_until(lambda: len(segment_files(tmp_path)) == 1)  # only the active one
-        assert store.stats()["retention_deleted"] >= 2
+        wait_until(lambda: len(segment_files(tmp_path)) == 1  # only the active one
+                   and store.stats()["retention_deleted"] >= 2)
         active = [r["id"] for r in all_records(tmp_path)]
         assert stored_ids(tmp_path) == active and set(kept) <= set(active)
 

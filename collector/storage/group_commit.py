@@ -1,0 +1,237 @@
+"""Group commit: the store's commit thread writes every pending submission in one go.
+
+For a group: one index query finds the ids already stored (dedupe, also within the
+group), each submission is numbered and placed (a submission never straddles two
+segments), the records are appended, fsynced once (beside the index inserts) and
+indexed in one transaction, then every submission's future resolves. On an error
+nothing of the failed piece stays in the segment or the index.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+from collector.index import CHUNK_ROWS, MAX_UNINDEXED, Index
+
+from . import sources
+from .errors import StorageError
+from .indexer import ChunkIndexer
+from .records import Encoded, Row, rebase, record_lines
+from .segment_set import SegmentSet
+
+log = logging.getLogger("collector.store")
+
+RATE_WINDOW: Final = 10.0  # seconds the ingest rate is averaged over
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: list[str]  # event ids appended + fsynced + indexed by this call
+    duplicates: list[str]  # ids already stored (or repeated in the batch): not written again
+
+
+class Submission:
+    __slots__ = ("encoded", "future", "source", "source_seqs")
+
+    def __init__(self, encoded: Encoded, source: str, source_seqs: list[int] | None,
+                 future: Future[WriteResult]) -> None:
+        self.encoded = encoded
+        self.source = source
+        self.source_seqs = source_seqs
+        self.future = future
+
+
+class _Prepared:
+    """A submission's records after dedupe, numbered and placed, not yet written."""
+
+    __slots__ = ("duplicates", "encoded", "lines", "numbers", "rows", "size", "sub")
+
+    def __init__(self, sub: Submission) -> None:
+        self.sub = sub
+        self.encoded = sub.encoded
+        self.lines: list[bytes] = []
+        self.rows: list[Row] = []
+        self.numbers: list[int] = []
+        self.size = 0
+        self.duplicates: list[str] = []
+
+
+
+class GroupWriter:
+    """The commit thread's state and its work on one group (one thread only, except
+    ``sources`` which ``lock`` guards for readers)."""
+
+    def __init__(self, index: Index, segments: SegmentSet, indexer: ChunkIndexer) -> None:
+        self._index = index
+        self._segments = segments
+        self._indexer = indexer
+        self._fsyncer = ThreadPoolExecutor(1, thread_name_prefix="audit-store-fsync")
+        self.next_seq = index.max_seq() + 1
+        self.stored = index.count()
+        self.sources: dict[str, sources.Ranges] = index.source_ranges()
+        self.lock = threading.Lock()
+        self.counts = collections.Counter[str]()
+        self.rate: collections.deque[tuple[float, int]] = collections.deque()
+        self.last_error: str | None = None
+
+    def close(self) -> None:
+        self._fsyncer.shutdown(wait=True)
+
+    def commit(self, batch: list[Submission]) -> None:
+        """Dedupe (one index query for the group), number, place, write."""
+        subs = [s for s in batch if s.future.set_running_or_notify_cancel()]
+        known = self._index.known_ids(list({i for sub in subs for i in sub.encoded.ids}))
+        seen: set[str] = set()
+        # A submission never straddles two segments: the active one takes what fits,
+        # then rotates (an empty segment takes a submission of any size).
+        piece: list[_Prepared] = []
+        piece_bytes = 0
+        seq = self.next_seq
+        for n, sub in enumerate(subs):
+            p = self._dedupe(sub, known, seen)
+            if not p.encoded.ids:
+                self.counts["duplicates"] += len(p.duplicates)
+                sub.future.set_result(WriteResult([], p.duplicates))
+                continue
+            offset = self._segments.active.size + piece_bytes
+            p.lines, p.rows = record_lines(p.encoded, seq, sub.source, p.numbers or None,
+                                           offset)
+            p.size = p.rows[-1][10] + p.rows[-1][11] - offset
+            if self._segments.rotation_due(piece_bytes + p.size, bool(piece)):
+                if piece and not self._write_piece(piece):
+                    self._fail_rest([sub, *subs[n + 1:]])
+                    return
+                piece, piece_bytes = [], 0
+                self._segments.rotate(self.sealed)
+                moved = self._segments.active.size - offset
+                if moved:
+                    p.rows = rebase(p.rows, moved)
+            piece.append(p)
+            piece_bytes += p.size
+            seq += len(p.lines)
+        if piece:
+            self._write_piece(piece)
+
+    @staticmethod
+    def _dedupe(sub: Submission, known: set[str], seen: set[str]) -> _Prepared:
+        p = _Prepared(sub)
+        ids = sub.encoded.ids
+        unique = set(ids)
+        if len(unique) == len(ids) and unique.isdisjoint(known) and unique.isdisjoint(seen):
+            p.numbers = sub.source_seqs or []  # the common case, without a loop
+            seen |= unique
+            return p
+        keep = []
+        for i, event_id in enumerate(ids):
+            if event_id in known or event_id in seen:
+                p.duplicates.append(event_id)
+            else:
+                seen.add(event_id)
+                keep.append(i)
+        p.encoded = sub.encoded.pick(keep)
+        if sub.source_seqs:
+            p.numbers = [sub.source_seqs[i] for i in keep]
+        return p
+
+    def _write_piece(self, piece: list[_Prepared]) -> bool:
+        """Append, fsync and index the records of ``piece`` (all into the active
+        segment); resolve their futures. False if the write failed (nothing stays)."""
+        active = self._segments.active
+        index = self._index
+        rows: list[Row] = []
+        for p in piece:
+            rows += p.rows
+        data = b"".join(line for p in piece for line in p.lines)
+        changed = self._new_ranges(piece)
+        start = active.size
+        try:
+            active.append(data)
+        except OSError as exc:
+            self._fail(piece, exc, "appending to")
+            return False
+        # The fsync runs beside the index inserts; the index commits only after it.
+        synced = self._fsyncer.submit(active.sync)
+        try:
+            index.begin()
+            index.add_segment(active.path.name, active.header, start)
+            index.add_rows(active.header.seq, rows, active.size)
+            index.set_source_ranges(changed)
+            synced.result()
+            index.commit()
+        except Exception as exc:  # noqa: BLE001 - OSError, sqlite3.Error or a bug: nothing may stay
+            synced.exception()  # wait for the fsync either way
+            index.rollback()
+            try:
+                active.cut(start)
+            except OSError:
+                active.needs_cut = True  # retried before the next append
+            self._fail(piece, exc, "syncing or indexing")
+            return False
+        written = len(rows)
+        active.records += written
+        self.next_seq = rows[-1][0] + 1
+        self.stored += written
+        with self.lock:
+            self.sources.update(changed)
+        self.counts["fsyncs"] += 1
+        self.counts["written"] += written
+        now = time.monotonic()
+        self.rate.append((now, written))
+        while now - self.rate[0][0] > RATE_WINDOW:
+            self.rate.popleft()
+        for p in piece:
+            self.counts["duplicates"] += len(p.duplicates)
+            p.sub.future.set_result(WriteResult(p.encoded.ids, p.duplicates))
+        if index.open_chunk is not None and index.open_chunk.rows >= CHUNK_ROWS:
+            index.close_chunk()
+        self.index_closed_chunks()
+        return True
+
+    def _new_ranges(self, piece: list[_Prepared]) -> dict[str, sources.Ranges]:
+        numbered: dict[str, list[int]] = {}
+        for p in piece:
+            if p.sub.source and p.numbers:
+                numbered.setdefault(p.sub.source, []).extend(p.numbers)
+        return {s: sources.add(self.sources.get(s, []), n) for s, n in numbered.items()}
+
+    def _fail(self, piece: list[_Prepared], exc: BaseException, doing: str) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.counts["write_errors"] += 1
+        name = self._segments.active.path.name
+        log.error("audit store: %s %s failed: %s", doing, name, exc)
+        error = StorageError(
+            f"{doing} {name} failed ({exc}); none of these records was "
+            f"stored: retry when the cause is fixed (e.g. disk space)")
+        for p in piece:
+            p.sub.future.set_exception(error)
+
+    def _fail_rest(self, rest: list[Submission]) -> None:
+        error = StorageError(
+            f"not written: an earlier write in the same group failed ({self.last_error}); "
+            f"retry")
+        for sub in rest:
+            sub.future.set_exception(error)
+
+    def sealed(self, segment: int) -> None:
+        """A segment was sealed: its last chunk is complete."""
+        chunk = self._index.open_chunk
+        if chunk is not None and chunk.segment == segment:
+            self._index.close_chunk()
+        self.index_closed_chunks()
+
+    def index_closed_chunks(self) -> None:
+        """Hand closed chunks to the indexer; if it is too far behind, wait for it (the
+        store then runs at the indexer's pace, and queries stay fast)."""
+        closed = self._index.newly_closed
+        if not closed:
+            return
+        for chunk in closed:
+            self._indexer.submit(chunk)
+        closed.clear()
+        self._indexer.wait(most=MAX_UNINDEXED)

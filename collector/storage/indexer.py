@@ -1,0 +1,87 @@
+"""The background thread that builds closed chunks' indexes (see ``collector.index``)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Final
+
+from collector.index import build_chunk_indexes, writer_connection
+
+log = logging.getLogger("collector.index")
+
+
+class ChunkIndexer:
+    """The background thread that builds closed chunks' indexes and checkpoints the
+    WAL. ``CREATE INDEX`` runs inside SQLite without the GIL, so it overlaps the
+    store's commit thread encoding the next group."""
+
+    CHECKPOINT_BYTES: Final = 16 * 1024 * 1024
+
+    def __init__(self, path: Path, write_lock: threading.Lock) -> None:
+        self._con = writer_connection(path)
+        self._wal = Path(f"{path}-wal")
+        self._write_lock = write_lock
+        self._queue: collections.deque[int] = collections.deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stop = False
+        self.failed: str | None = None
+        self._thread = threading.Thread(target=self._run, name="audit-store-indexer",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, chunk: int) -> None:
+        with self._cond:
+            self._queue.append(chunk)
+            self._cond.notify_all()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue) + self._busy
+
+    def wait(self, most: int = 0, timeout: float | None = None) -> bool:
+        """Wait until at most ``most`` chunks are waiting for their indexes."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.backlog <= most or self._stop, timeout)
+
+    def close(self) -> None:
+        """Finish the queue, checkpoint, stop."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._con.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._stop, timeout=1.0)
+                if not self._queue and self._stop:
+                    self._checkpoint()
+                    return
+                chunk = self._queue.popleft() if self._queue else None
+                self._busy = chunk is not None
+            try:
+                if chunk is not None:
+                    build_chunk_indexes(self._con, chunk, self._write_lock)
+                self._checkpoint()
+            except Exception as exc:  # the chunk stays CLOSED: re-queued at next open
+                self.failed = f"{type(exc).__name__}: {exc}"
+                log.exception("audit store: indexing chunk %s failed", chunk)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _checkpoint(self) -> None:
+        try:
+            if os.path.getsize(self._wal) < self.CHECKPOINT_BYTES and not self._stop:
+                return
+        except FileNotFoundError:
+            return
+        self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+

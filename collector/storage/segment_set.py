@@ -1,0 +1,202 @@
+"""The segments on disk as the store sees them: the active one it appends to, and the
+sealed ones, which it may compress (in the background) and which retention deletes.
+
+Only the store's commit thread calls these methods (the compressor thread only writes a
+compressed copy beside a sealed segment and hands it back).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from collector.index import Index
+
+from .compression import BlockMap, compress
+from .errors import StorageError
+from .records import created_micros
+from .retention import SealedInfo, expired
+from .segments import ActiveSegment, fsync_dir, header_of, list_segment_files, seal
+
+if TYPE_CHECKING:
+    from collector.store import StorageSettings
+
+log = logging.getLogger("collector.store")
+
+
+class _Sealed:
+    __slots__ = ("compressed", "path", "sealed_ns", "size")
+
+    def __init__(self, path: Path, size: int, sealed_ns: int, compressed: bool) -> None:
+        self.path = path
+        self.size = size
+        self.sealed_ns = sealed_ns  # when the next segment was created
+        self.compressed = compressed
+
+
+class SegmentSet:
+    def __init__(self, settings: StorageSettings, directory: Path, index: Index,
+                 wake: Callable[[], None]) -> None:
+        self.settings = settings
+        self.directory = directory
+        self._index = index
+        self._wake = wake  # tells the commit thread a compressed copy is ready
+        self._sealed: dict[int, _Sealed] = {}
+        self._compressed: collections.deque[tuple[int, Path, BlockMap]] = collections.deque()
+        self._compressor = ThreadPoolExecutor(1, thread_name_prefix="audit-store-compress")
+        self.last_error: str | None = None
+        files = list_segment_files(directory)
+        if files and not files[-1].compressed:
+            last = files[-1]
+            self.active = ActiveSegment.reopen(last.path, index.segments()[last.seq].records)
+            sealed = files[:-1]
+        else:  # a new store, or one whose active segment was removed
+            previous = header_of(files[-1]).id if files else ""
+            self.active = ActiveSegment.create(directory, files[-1].seq + 1 if files else 1,
+                                               previous)
+            self.register(self.active)
+            sealed = files
+        for f, after in zip(sealed, [*sealed[1:], None]):
+            sealed_ns = (self.active.created_ns if after is None
+                         else created_micros(header_of(after).created) * 1000)
+            self._sealed[f.seq] = _Sealed(f.path, f.path.stat().st_size, sealed_ns,
+                                          f.compressed)
+        if settings.compress_sealed:
+            for seq, info in self._sealed.items():
+                if not info.compressed:
+                    self._schedule_compression(seq, info.path)
+
+    def register(self, segment: ActiveSegment) -> None:
+        """Put a new segment in the index catalog (its first records would too)."""
+        try:
+            self._index.begin()
+            self._index.add_segment(segment.path.name, segment.header, segment.size)
+            self._index.commit()
+        except sqlite3.Error:  # its first records register it again
+            self._index.rollback()
+
+    # -- rotation -------------------------------------------------------------------------
+    def rotation_due(self, incoming: int, piece_pending: bool) -> bool:
+        """Whether ``incoming`` more bytes should go to a new segment: the active one
+        would grow past the size limit, or is older than the age limit. An empty
+        segment takes anything."""
+        active = self.active
+        if active.records == 0 and not piece_pending:
+            return False
+        if active.size + incoming > self.settings.max_segment_bytes:
+            return True
+        return self.too_old()
+
+    def too_old(self) -> bool:
+        age = (time.time_ns() - self.active.created_ns) / 1e9
+        return age >= self.settings.max_segment_age
+
+    def rotate(self, sealed: Callable[[int], None]) -> None:
+        """Start the next segment (by creating it: never copytruncate), then seal the
+        old one; ``sealed(seq)`` runs after the seal."""
+        old = self.active
+        try:
+            new = ActiveSegment.create(self.directory, old.header.seq + 1, old.header.id)
+        except OSError as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("audit store: cannot start a new segment (%s); still appending to %s",
+                      exc, old.path.name)
+            return
+        self.active = new
+        self.register(new)
+        path = seal(old)
+        self._sealed[old.header.seq] = _Sealed(path, old.size, new.created_ns, False)
+        sealed(old.header.seq)
+        if self.settings.compress_sealed:
+            self._schedule_compression(old.header.seq, path)
+
+    # -- compression ----------------------------------------------------------------------
+    def _schedule_compression(self, seq: int, path: Path) -> None:
+        def work() -> None:
+            try:
+                tmp, blocks = compress(path)
+            except (OSError, StorageError) as exc:  # e.g. deleted by retention meanwhile
+                log.warning("audit store: compressing %s failed: %s", path.name, exc)
+                return
+            self._compressed.append((seq, tmp, blocks))
+            self._wake()
+
+        self._compressor.submit(work)
+
+    def apply_compressed(self) -> None:
+        """Swap in the compressed copies that are ready: rename into place, point the
+        index at it, then remove the plain file (a crash in between leaves both, and
+        start-up keeps the one the index names)."""
+        while self._compressed:
+            seq, tmp, blocks = self._compressed.popleft()
+            info = self._sealed.get(seq)
+            if info is None or info.compressed:
+                tmp.unlink(missing_ok=True)  # deleted by retention meanwhile
+                continue
+            target = info.path.with_name(info.path.name + ".gz")
+            os.rename(tmp, target)
+            fsync_dir(self.directory)
+            self._index.begin()
+            try:
+                self._index.mark_compressed(seq, blocks)
+                self._index.commit()
+            except BaseException:
+                self._index.rollback()
+                target.unlink()
+                raise
+            info.path.unlink()
+            fsync_dir(self.directory)
+            info.path, info.size, info.compressed = target, target.stat().st_size, True
+
+    # -- retention ------------------------------------------------------------------------
+    def apply_retention(self) -> int:
+        """Delete the sealed segments retention no longer keeps (files first, then their
+        index rows); returns how many."""
+        s = self.settings
+        infos = [SealedInfo(seq, i.size, i.sealed_ns) for seq, i in self._sealed.items()]
+        doomed = expired(infos, now_ns=time.time_ns(), retention_days=s.retention_days,
+                         retention_bytes=s.retention_bytes,
+                         keep_newest=self.active.records == 0)
+        for seq in doomed:
+            info = self._sealed.pop(seq)
+            info.path.unlink(missing_ok=True)
+            fsync_dir(self.directory)
+            self._index.begin()
+            try:
+                self._index.drop_segment(seq)
+                self._index.commit()
+            except BaseException:
+                self._index.rollback()  # start-up drops rows of files that are gone
+                raise
+        return len(doomed)
+
+    # -- the rest -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        sealed = list(self._sealed.values())
+        active = self.active
+        return {
+            "segments": {
+                "count": len(sealed) + 1,
+                "bytes": sum(i.size for i in sealed) + active.size,
+                "sealed": len(sealed),
+                "compressed": sum(1 for i in sealed if i.compressed),
+            },
+            "active_segment": {"name": active.path.name, "bytes": active.size,
+                               "records": active.records},
+        }
+
+    def close(self) -> None:
+        """Finish a compression under way (the others resume at the next start)."""
+        self._compressor.shutdown(wait=True, cancel_futures=True)
+        self.apply_compressed()
+        try:
+            self.active.sync()
+        finally:
+            self.active.close()
