@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hmac
 import logging
 import os
 import socket
 import ssl
-import stat
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -43,16 +41,15 @@ from audit_middleware.wire import (
     parse_header,
 )
 
+from .listen import IngestError, bind_unix, tls_context
 from .validation import Validator, event_id
+
+__all__ = ["IngestError", "IngestServer", "IngestSettings"]
 
 log = logging.getLogger("collector.ingest")
 
 #: Batches of one connection in flight at once (read and validated, not yet answered).
 PIPELINE_DEPTH = 8
-
-
-class IngestError(Exception):
-    """The server cannot start as configured (socket in use, bad TLS files, ...)."""
 
 
 class StoreLike(Protocol):
@@ -106,12 +103,12 @@ class IngestServer:
     async def start(self) -> None:
         s = self.settings
         if s.socket_path is not None:
-            sock = _bind_unix(s.socket_path)
+            sock = bind_unix(s.socket_path)
             self._servers.append(await asyncio.start_unix_server(
                 self._unix_client, sock=sock))
             self.addresses.append(f"unix:{s.socket_path}")
         if s.tcp_host is not None:
-            tls = _tls_context(s.tls_cert, s.tls_key)
+            tls = tls_context(s.tls_cert, s.tls_key)
             try:
                 server = await asyncio.start_server(
                     self._tcp_client, s.tcp_host, s.tcp_port, ssl=tls,
@@ -368,61 +365,3 @@ def _peer_name(writer: asyncio.StreamWriter, tcp: bool) -> str:
         return "unix client"
     peer = writer.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if peer else "tcp client"
-
-
-def _bind_unix(path: Path) -> socket.socket:
-    """A listening unix socket at ``path``, mode 0600 from birth; a stale socket file left
-    by a crashed collector is replaced, a live one is an error."""
-    raw = os.fsencode(path)
-    if len(raw) >= 104:  # sun_path: 108 bytes on Linux, 104 on macOS
-        raise IngestError(f"unix socket path {path} is {len(raw)} bytes; keep it under 104 "
-                          "(choose a shorter --socket or --data-dir)")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise IngestError(f"{path} exists and is not a socket; move it away or choose "
-                              "another --socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(1.0)
-            probe.connect(os.fspath(path))
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise IngestError(f"cannot check socket {path}: {exc}") from None
-            os.unlink(path)  # stale: nobody listens
-        else:
-            raise IngestError(f"another collector is already listening on {path}; stop it "
-                              "or choose another --socket")
-        finally:
-            probe.close()
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # the socket file is born 0600: no window for others
-    try:
-        sock.bind(os.fspath(path))
-    except OSError as exc:
-        sock.close()
-        raise IngestError(f"cannot bind unix socket {path}: {exc}") from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
-
-
-def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        raise IngestError("TLS needs both --tls-cert and --tls-key")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise IngestError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
-    return context

@@ -14,25 +14,24 @@ import atexit
 import itertools
 import logging
 import os
-import random
 import re
 import socket
 import ssl
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Final
 
 from .._counter import Counter
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent
 from ..sinks.batching import BatchingQueue
-from ..wire import Hello, Result, WireError, decode_batch_body, encode_batch_body
-from .connection import Connection
+from ..wire import WireError, decode_batch_body, encode_batch_body
 from .endpoint import DEFAULT_URL, Endpoint, parse_url
-from .pipeline import Chunk, Pipeline
+from .pipeline import Chunk
 from .receipts import Receipt, new_receipt
+from .sender import Sender, resolve, resolve_all
 from .spool import Spool
 
 log = logging.getLogger("audit_middleware")
@@ -40,7 +39,6 @@ log = logging.getLogger("audit_middleware")
 Item = tuple[int, AuditEvent, "Receipt[str | None] | None"]
 _ORPHAN_SCAN_INTERVAL: Final = 10.0
 _REPLAY_SLICE: Final = 0.25  # seconds of replay per worker cycle, then newer events queue
-_MIN_BACKOFF: Final = 0.05
 
 
 def new_source_id() -> str:
@@ -88,7 +86,6 @@ class CollectorSink:
                              ("fail_closed_timeout", fail_closed_timeout)):
             if not isinstance(number, (int, float)) or number <= 0:
                 raise AuditConfigurationError(f"{name} must be > 0 seconds, got {number!r}")
-        self.token = token
         if isinstance(tls, ssl.SSLContext):
             self._tls: ssl.SSLContext | None = tls
         elif tls:
@@ -97,25 +94,24 @@ class CollectorSink:
             self._tls = None
         self.fail_closed = fail_closed
         self.fail_closed_timeout = fail_closed_timeout
-        self._connect_timeout = connect_timeout
-        self._ack_timeout = ack_timeout
-        self._backoff_max = backoff_max
         self._exit_timeout = exit_timeout
         self._batch_size = batch_size  # events per frame
-        self._pipeline_depth = pipeline  # frames in flight on the connection
         self._spool = Spool(spool_dir, spool_max_bytes) if spool_dir is not None else None
+        self.dropped = Counter()  # besides the queue's own overflow count
+        self._sender = Sender(
+            self.endpoint, token=token, tls=self._tls, connect_timeout=connect_timeout,
+            ack_timeout=ack_timeout, backoff_max=backoff_max, depth=pipeline,
+            on_drop=self._drop, when_down="spooling and retrying" if self._spool is not None
+            else "holding the batch in memory and retrying",
+        )
         self._queue: BatchingQueue[Item] = BatchingQueue(
             self._export, max_queue=max_queue, max_batch=batch_size * pipeline,
             max_delay=max_delay,
             name=f"audit-collector:{self.endpoint}", exit_timeout=exit_timeout,
             idle=self._idle,
         )
-        self.acknowledged = Counter()
         self.spooled = Counter()
         self.replayed = Counter()
-        self.dropped = Counter()  # besides the queue's own overflow count
-        self.retried = Counter()
-        self.rejected = Counter()
         self._closed = False
         self._init_process()
         ref = weakref.ref(self)
@@ -127,21 +123,15 @@ class CollectorSink:
     def _init_process(self) -> None:
         self.source = new_source_id()
         self._seq = itertools.count(1)
-        self._conn: Connection | None = None
         self._io_lock = threading.Lock()  # the connection and the spool: one user at a time
-        self._backoff = 0.0
-        self._next_attempt = 0.0
-        self._down_since: float | None = None
-        self._deadline: float | None = None  # set by close(): finish by then
+        self._sender.reset(self.source)
         self._last_scan = time.monotonic()
 
     def _after_fork(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self._sender.forget_connection()
         if self._spool is not None:
             self._spool.after_fork()
-        for counter in (self.acknowledged, self.spooled, self.replayed, self.dropped,
-                        self.retried, self.rejected):
+        for counter in (self.spooled, self.replayed, self.dropped):
             counter.reset()
         self._init_process()
 
@@ -153,18 +143,18 @@ class CollectorSink:
             return
         receipt = new_receipt()
         if not self._queue.submit((seq, event, receipt)):
-            _resolve(receipt, "the audit queue is full")
+            resolve(receipt, "the audit queue is full")
         elif receipt is not None:
             self._queue.wake()  # a request is waiting for this one: no batching delay
 
     # -- worker ---------------------------------------------------------------------------
     def _export(self, items: list[Item]) -> None:
         with self._io_lock:
-            direct = (self._spool is None or self._spool.empty) and self._may_try()
+            direct = (self._spool is None or self._spool.empty) and self._sender.may_try()
             chunks = self._encode(items)  # lazily: chunk k+1 is encoded while k is stored
-            unsent = self._ship(chunks) if direct else list(chunks)
+            unsent = self._sender.ship(chunks) if direct else list(chunks)
             for chunk in unsent:
-                _resolve_all(chunk.receipts, "the collector did not acknowledge it in time "
+                resolve_all(chunk.receipts, "the collector did not acknowledge it in time "
                              "(kept for replay)")
                 self._keep(chunk)
 
@@ -195,7 +185,7 @@ class CollectorSink:
         assert self._spool is not None
         stop = time.monotonic() + budget
         while time.monotonic() < stop:
-            if not self._may_try():
+            if not self._sender.may_try():
                 return False
             body = self._spool.peek()
             if body is None:
@@ -207,10 +197,10 @@ class CollectorSink:
                 self._drop(body.count(b"\n") - 1, f"unreadable spool record ({exc})")
                 self._spool.commit()
                 continue
-            before = self.acknowledged.value
-            if self._ship([Chunk(source, seqs, [line + b"\n" for line in bare])]):
+            before = self._sender.acknowledged.value
+            if self._sender.ship([Chunk(source, seqs, [line + b"\n" for line in bare])]):
                 return False  # sent again whole later: the collector dedupes
-            self.replayed.add(self.acknowledged.value - before)
+            self.replayed.add(self._sender.acknowledged.value - before)
             self._spool.commit()
         return True
 
@@ -227,106 +217,14 @@ class CollectorSink:
         # No spool: hold this batch and retry; the queue fills meanwhile and counts drops.
         pending = [chunk]
         while pending:
-            if self._deadline is not None and time.monotonic() >= self._deadline:
+            if self._sender.past_deadline:
                 self._drop(sum(len(c) for c in pending),
                            "the collector was unreachable until shutdown")
                 return
-            wait = self._next_attempt - time.monotonic()
-            if wait > 0:
-                time.sleep(min(wait, 0.05))
+            if not self._sender.may_try():
+                time.sleep(0.05)  # backing off
                 continue
-            pending = self._ship(pending)
-
-    # -- sending --------------------------------------------------------------------------
-    def _may_try(self) -> bool:
-        now = time.monotonic()
-        if self._deadline is not None and now >= self._deadline:
-            return False
-        return (self._conn is not None and self._conn.open) or now >= self._next_attempt
-
-    def _connected(self) -> Connection:
-        conn = self._conn
-        if conn is None or not conn.open:
-            conn = Connection(self.endpoint, Hello(self.source, token=self.token),
-                              tls=self._tls, connect_timeout=self._timeout(self._connect_timeout))
-            conn.connect()
-            self._conn = conn
-        return conn
-
-    def _timeout(self, default: float) -> float:
-        if self._deadline is None:
-            return default
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("shutting down: no time left to reach the collector")
-        return min(default, left)
-
-    def _ship(self, chunks: Iterable[Chunk]) -> list[Chunk]:
-        """Send ``chunks`` pipelined; returns those the collector did not take (in order)."""
-        for attempt in (1, 2):
-            try:
-                conn = self._connected()
-            except (OSError, WireError) as exc:
-                self._failed(exc)
-                return list(chunks)
-            reused = conn.batches > 0
-            pipe = Pipeline(conn, self._pipeline_depth, lambda: self._timeout(self._ack_timeout),
-                            self._on_result, self._on_refused)
-            for chunk in chunks:
-                pipe.send(chunk)
-            pipe.finish()
-            if pipe.failed is None:
-                self._recovered()
-                return []
-            if (attempt == 1 and reused and pipe.acknowledged == 0 and self._deadline is None
-                    and isinstance(pipe.failed, OSError)):
-                chunks = pipe.unsent  # the collector may have closed an idle connection
-                continue
-            self._failed(pipe.failed)
-            return pipe.unsent
-        raise AssertionError("unreachable")
-
-    def _on_result(self, chunk: Chunk, result: Result) -> None:
-        self.acknowledged.add(result.acknowledged)
-        receipts = chunk.receipts
-        for r in result.rejected:
-            inside = 0 <= r.index < len(chunk)
-            self._reject(chunk.seqs[r.index] if inside else r.seq, r.reason,
-                         receipts[r.index] if receipts is not None and inside else None)
-        _resolve_all(receipts, None)  # the rejected ones are resolved already
-
-    def _on_refused(self, chunk: Chunk, why: str) -> None:
-        self._drop(len(chunk), why)
-        _resolve_all(chunk.receipts, why)
-
-    def _failed(self, exc: BaseException) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self.retried.add()
-        self._backoff = min(max(self._backoff * 2, _MIN_BACKOFF), self._backoff_max)
-        self._next_attempt = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
-        fatal = isinstance(exc, WireError) and not exc.retryable
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            log.warning("audit: collector %s unavailable (%s); %s", self.endpoint, exc,
-                        "spooling and retrying" if self._spool is not None else "retrying")
-        elif fatal and self._backoff >= self._backoff_max:
-            log.error("audit: collector %s refuses this client: %s", self.endpoint, exc)
-
-    def _recovered(self) -> None:
-        self._backoff = 0.0
-        if self._down_since is not None:
-            log.warning("audit: collector %s reachable again after %.1fs", self.endpoint,
-                        time.monotonic() - self._down_since)
-            self._down_since = None
-
-    def _reject(self, seq: int, reason: str, receipt: Receipt[str | None] | None) -> None:
-        self.rejected.add()
-        _resolve(receipt, f"rejected by the collector: {reason}")
-        n = self.rejected.value
-        if n & (n - 1) == 0:
-            log.error("audit: the collector rejected event #%d of %s: %s (%d rejected so far)",
-                      seq, self.source, reason, n)
+            pending = self._sender.ship(pending)
 
     def _drop(self, n: int, why: str) -> None:
         before = self.dropped.value
@@ -361,12 +259,11 @@ class CollectorSink:
             return
         self._closed = True
         limit = self._exit_timeout if timeout is None else timeout
-        self._deadline = time.monotonic() + limit
+        self._sender.deadline = time.monotonic() + limit
         self._queue.close(limit)
         if self._io_lock.acquire(timeout=0.5):  # else the worker is stuck: leave it be
             try:
-                if self._conn is not None:
-                    self._conn.close()
+                self._sender.forget_connection()
                 if self._spool is not None:
                     self._spool.close()
             finally:
@@ -375,7 +272,8 @@ class CollectorSink:
     def stats(self) -> dict[str, int]:
         counts = self._queue.counts()
         dropped = counts["dropped"] + counts["failed"] + self.dropped.value
-        acknowledged = self.acknowledged.value
+        sender = self._sender
+        acknowledged = sender.acknowledged.value
         return {
             "submitted": counts["submitted"],
             "emitted": counts["submitted"],
@@ -384,26 +282,14 @@ class CollectorSink:
             "spooled": self.spooled.value,
             "replayed": self.replayed.value,
             "dropped": dropped,
-            "retried": self.retried.value,
-            "rejected": self.rejected.value,
+            "retried": sender.retried.value,
+            "rejected": sender.rejected.value,
             "queued": counts["queued"],
             "spool_bytes": self._spool.used_bytes if self._spool is not None else 0,
         }
 
     def __repr__(self) -> str:
         return f"CollectorSink({str(self.endpoint)!r}, source={self.source!r})"
-
-
-def _resolve(receipt: Receipt[str | None] | None, reason: str | None) -> None:
-    if receipt is not None and not receipt.done():
-        receipt.set_result(reason)
-
-
-def _resolve_all(receipts: Sequence[Receipt[str | None] | None] | None,
-                 reason: str | None) -> None:
-    if receipts is not None:
-        for receipt in receipts:
-            _resolve(receipt, reason)
 
 
 def _call(ref: weakref.ref[Any], method: str, *args: object) -> None:

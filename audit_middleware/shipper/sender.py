@@ -1,0 +1,179 @@
+"""Delivery to one collector: the connection, backoff after failures, pipelined sending,
+and counting what the collector answered. Used by the sink's worker thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final
+
+from .._counter import Counter
+from ..wire import Hello, Result, WireError
+from .connection import Connection
+from .endpoint import Endpoint
+from .pipeline import Chunk, Pipeline
+from .receipts import Receipt
+
+log = logging.getLogger("audit_middleware")
+
+_MIN_BACKOFF: Final = 0.05
+
+OnDrop = Callable[[int, str], None]
+
+
+class Sender:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        token: str | None,
+        tls: ssl.SSLContext | None,
+        connect_timeout: float,
+        ack_timeout: float,
+        backoff_max: float,
+        depth: int,
+        on_drop: OnDrop,
+        when_down: str,
+    ) -> None:
+        self.endpoint = endpoint
+        self._token = token
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._ack_timeout = ack_timeout
+        self._backoff_max = backoff_max
+        self._depth = depth
+        self._on_drop = on_drop
+        self._when_down = when_down  # what happens to batches meanwhile, for the log
+        self.acknowledged = Counter()
+        self.rejected = Counter()
+        self.retried = Counter()
+        self.reset("")
+
+    def reset(self, source: str) -> None:
+        """A new process (after fork) or a new sink: no connection, no history."""
+        self.source = source
+        self._conn: Connection | None = None
+        self._backoff = 0.0
+        self._next_attempt = 0.0
+        self._down_since: float | None = None
+        #: Set when the sink closes: give up (and spool) rather than wait past it.
+        self.deadline: float | None = None
+        for counter in (self.acknowledged, self.rejected, self.retried):
+            counter.reset()
+
+    def forget_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # never a shutdown(): in a child this is the parent's socket
+            self._conn = None
+
+    @property
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def may_try(self) -> bool:
+        """Connected, or the backoff after the last failure has passed."""
+        if self.past_deadline:
+            return False
+        return (self._conn is not None and self._conn.open) or (
+            time.monotonic() >= self._next_attempt)
+
+    def ship(self, chunks: Iterable[Chunk]) -> list[Chunk]:
+        """Send ``chunks`` pipelined; returns those the collector did not take (in order)."""
+        for attempt in (1, 2):
+            try:
+                conn = self._connected()
+            except (OSError, WireError) as exc:
+                self._failed(exc)
+                return list(chunks)
+            reused = conn.batches > 0
+            pipe = Pipeline(conn, self._depth, lambda: self._timeout(self._ack_timeout),
+                            self._on_result, self._on_refused)
+            for chunk in chunks:
+                pipe.send(chunk)
+            pipe.finish()
+            if pipe.failed is None:
+                self._recovered()
+                return []
+            if (attempt == 1 and reused and pipe.acknowledged == 0 and self.deadline is None
+                    and isinstance(pipe.failed, OSError)):
+                chunks = pipe.unsent  # the collector may have closed an idle connection
+                continue
+            self._failed(pipe.failed)
+            return pipe.unsent
+        raise AssertionError("unreachable")
+
+    def _connected(self) -> Connection:
+        conn = self._conn
+        if conn is None or not conn.open:
+            conn = Connection(self.endpoint, Hello(self.source, token=self._token),
+                              tls=self._tls, connect_timeout=self._timeout(self._connect_timeout))
+            conn.connect()
+            self._conn = conn
+        return conn
+
+    def _timeout(self, default: float) -> float:
+        if self.deadline is None:
+            return default
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("shutting down: no time left to reach the collector")
+        return min(default, left)
+
+    # -- what the collector answered ------------------------------------------------------
+    def _on_result(self, chunk: Chunk, result: Result) -> None:
+        self.acknowledged.add(result.acknowledged)
+        receipts = chunk.receipts
+        for r in result.rejected:
+            inside = 0 <= r.index < len(chunk)
+            self._reject(chunk.seqs[r.index] if inside else r.seq, r.reason,
+                         receipts[r.index] if receipts is not None and inside else None)
+        resolve_all(receipts, None)  # the rejected ones are resolved already
+
+    def _on_refused(self, chunk: Chunk, why: str) -> None:
+        self._on_drop(len(chunk), why)
+        resolve_all(chunk.receipts, why)
+
+    def _reject(self, seq: int, reason: str, receipt: Receipt[str | None] | None) -> None:
+        self.rejected.add()
+        resolve(receipt, f"rejected by the collector: {reason}")
+        n = self.rejected.value
+        if n & (n - 1) == 0:  # logged at 1, 2, 4, 8, ... rejections: visible, no flood
+            log.error("audit: the collector rejected event #%d of %s: %s (%d rejected so far)",
+                      seq, self.source, reason, n)
+
+    # -- up and down ----------------------------------------------------------------------
+    def _failed(self, exc: BaseException) -> None:
+        self.forget_connection()
+        self.retried.add()
+        self._backoff = min(max(self._backoff * 2, _MIN_BACKOFF), self._backoff_max)
+        self._next_attempt = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("audit: collector %s unavailable (%s); %s", self.endpoint, exc,
+                        self._when_down)
+        elif (isinstance(exc, WireError) and not exc.retryable
+              and self._backoff >= self._backoff_max):
+            log.error("audit: collector %s refuses this client: %s", self.endpoint, exc)
+
+    def _recovered(self) -> None:
+        self._backoff = 0.0
+        if self._down_since is not None:
+            log.warning("audit: collector %s reachable again after %.1fs", self.endpoint,
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+
+
+def resolve(receipt: Receipt[str | None] | None, reason: str | None) -> None:
+    if receipt is not None and not receipt.done():
+        receipt.set_result(reason)
+
+
+def resolve_all(receipts: Sequence[Receipt[str | None] | None] | None,
+                reason: str | None) -> None:
+    if receipts is not None:
+        for receipt in receipts:
+            resolve(receipt, reason)

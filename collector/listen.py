@@ -1,0 +1,73 @@
+"""Where the collector listens: the unix socket file (private from birth, a stale one
+replaced, a live one never stolen) and the TLS context of the TCP listener."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import stat
+from pathlib import Path
+
+
+class IngestError(Exception):
+    """The server cannot start as configured (socket in use, bad TLS files, ...)."""
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening unix socket at ``path``, mode 0600 from birth; a stale socket file left
+    by a crashed collector is replaced, a live one is an error."""
+    raw = os.fsencode(path)
+    if len(raw) >= 104:  # sun_path: 108 bytes on Linux, 104 on macOS
+        raise IngestError(f"unix socket path {path} is {len(raw)} bytes; keep it under 104 "
+                          "(choose a shorter --socket or --data-dir)")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise IngestError(f"{path} exists and is not a socket; move it away or choose "
+                              "another --socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(os.fspath(path))
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise IngestError(f"cannot check socket {path}: {exc}") from None
+            os.unlink(path)  # stale: nobody listens
+        else:
+            raise IngestError(f"another collector is already listening on {path}; stop it "
+                              "or choose another --socket")
+        finally:
+            probe.close()
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket file is born 0600: no window for others
+    try:
+        sock.bind(os.fspath(path))
+    except OSError as exc:
+        sock.close()
+        raise IngestError(f"cannot bind unix socket {path}: {exc}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise IngestError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise IngestError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+    return context
