@@ -26,14 +26,12 @@ from audit_middleware.wire import (
     FrameType,
     Hello,
     Result,
-    Welcome,
     encode_batch,
     encode_batch_body,
     encode_frame,
-    parse_header,
 )
 from collector.ingest import IngestError, IngestServer, IngestSettings
-from tests.e2e.harness import InProcessCollector, open_store, short_tmp, wait_until
+from tests.e2e.harness import InProcessCollector, RawClient, open_store, short_tmp, wait_until
 
 MAX_FRAME = 256 * 1024
 
@@ -55,65 +53,6 @@ def lines(*records: dict[str, Any]) -> list[bytes]:
 
 
 Server = InProcessCollector
-
-
-class Client:
-    def __init__(self, path: Path | None = None, tcp: tuple[str, int] | None = None) -> None:
-        if tcp is not None:
-            self.sock = socket.create_connection(tcp, timeout=10)
-        else:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(10)
-            self.sock.connect(str(path))
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def frame(self) -> tuple[FrameType, bytes] | None:
-        """The next frame, or None when the server closed the connection."""
-        header = self._exactly(5)
-        if header is None:
-            return None
-        kind, length = parse_header(header, 1 << 30)
-        payload = self._exactly(length)
-        assert payload is not None
-        return kind, payload
-
-    def _exactly(self, n: int) -> bytes | None:
-        data = b""
-        while len(data) < n:
-            try:
-                chunk = self.sock.recv(n - len(data))
-            except ConnectionResetError:
-                return None
-            if not chunk:
-                return None
-            data += chunk
-        return data
-
-    def hello(self, token: str | None = None) -> Welcome:
-        self.send(Hello("test:1:ab", token=token).encode())
-        reply = self.frame()
-        assert reply is not None and reply[0] is FrameType.WELCOME, reply
-        return Welcome.decode(reply[1])
-
-    def batch(self, batch_id: int, records: list[bytes], seqs: list[int] | None = None
-              ) -> tuple[FrameType, bytes]:
-        seqs = seqs if seqs is not None else list(range(1, len(records) + 1))
-        self.send(encode_batch(batch_id, encode_batch_body("test:1:ab", seqs, records)))
-        reply = self.frame()
-        assert reply is not None
-        return reply
-
-    def error(self) -> ErrorReply:
-        """The error frame the server sends before closing, then the close itself."""
-        reply = self.frame()
-        assert reply is not None and reply[0] is FrameType.ERROR, reply
-        assert self.frame() is None, "the connection should be closed after a fatal error"
-        return ErrorReply.decode(reply[1])
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -154,8 +93,8 @@ def server(make_server: ServerFactory) -> Server:
 
 
 @pytest.fixture
-def client(server: Server, tmp: Path) -> Iterator[Client]:
-    c = Client(tmp / "c.sock")
+def client(server: Server, tmp: Path) -> Iterator[RawClient]:
+    c = RawClient(tmp / "c.sock")
     yield c
     c.close()
 
@@ -166,12 +105,12 @@ def result(reply: tuple[FrameType, bytes]) -> Result:
 
 
 # -- the happy path --------------------------------------------------------------------------
-def test_the_handshake_announces_version_and_frame_limit(client: Client) -> None:
+def test_the_handshake_announces_version_and_frame_limit(client: RawClient) -> None:
     welcome = client.hello()
     assert (welcome.version, welcome.max_frame) == (1, MAX_FRAME)
 
 
-def test_a_batch_is_acknowledged_with_the_written_ids(client: Client) -> None:
+def test_a_batch_is_acknowledged_with_the_written_ids(client: RawClient) -> None:
     client.hello()
     reply = result(client.batch(7, lines(event(1), event(2))))
     assert reply.batch_id == 7
@@ -179,7 +118,7 @@ def test_a_batch_is_acknowledged_with_the_written_ids(client: Client) -> None:
     assert reply.duplicates == [] and reply.rejected == []
 
 
-def test_a_replayed_batch_is_acknowledged_as_duplicates(client: Client) -> None:
+def test_a_replayed_batch_is_acknowledged_as_duplicates(client: RawClient) -> None:
     client.hello()
     result(client.batch(1, lines(event(1), event(2))))
     again = result(client.batch(2, lines(event(1), event(2), event(3))))
@@ -187,7 +126,7 @@ def test_a_replayed_batch_is_acknowledged_as_duplicates(client: Client) -> None:
     assert sorted(again.duplicates) == sorted([event(1)["id"], event(2)["id"]])
 
 
-def test_bad_events_are_rejected_with_reasons_and_the_good_ones_kept(client: Client) -> None:
+def test_bad_events_are_rejected_with_reasons_and_the_good_ones_kept(client: RawClient) -> None:
     client.hello()
     batch = [*lines(event(1)), b"not json\n", *lines(event(2, v=2), event(3)),
              *lines(event(4, type="Bad Type"))]
@@ -207,13 +146,13 @@ def test_a_batch_of_only_bad_events_is_answered_without_touching_the_store(
             raise AssertionError("nothing valid to store")
 
     make_server(NoStore())
-    client = Client(tmp / "c.sock")
+    client = RawClient(tmp / "c.sock")
     client.hello()
     reply = result(client.batch(1, [b"[]\n"]))
     assert reply.acknowledged == 0 and len(reply.rejected) == 1
 
 
-def test_many_batches_on_one_connection(client: Client) -> None:
+def test_many_batches_on_one_connection(client: RawClient) -> None:
     client.hello()
     for n in range(1, 21):
         reply = result(client.batch(n, lines(*(event(n * 100 + i) for i in range(50)))))
@@ -224,7 +163,7 @@ def test_concurrent_clients_are_all_acknowledged(server: Server, tmp: Path) -> N
     written: list[str] = []
 
     def work(k: int) -> None:
-        c = Client(tmp / "c.sock")
+        c = RawClient(tmp / "c.sock")
         c.hello()
         for b in range(5):
             reply = result(c.batch(b + 1, lines(*(event(k * 10_000 + b * 100 + i)
@@ -260,7 +199,7 @@ def test_a_storage_failure_is_a_retryable_error_and_the_connection_stays(
             return store.submit(events, source, source_seqs)
 
     make_server(FailingOnce())
-    client = Client(tmp / "c.sock")
+    client = RawClient(tmp / "c.sock")
     client.hello()
     kind, payload = client.batch(1, lines(event(1)))
     assert kind is FrameType.ERROR
@@ -272,24 +211,24 @@ def test_a_storage_failure_is_a_retryable_error_and_the_connection_stays(
 
 
 # -- bad clients -----------------------------------------------------------------------------
-def test_a_batch_before_the_hello_is_refused(client: Client) -> None:
+def test_a_batch_before_the_hello_is_refused(client: RawClient) -> None:
     client.send(encode_batch(1, encode_batch_body("s", [1], lines(event(1)))))
     assert client.error().code == ErrorCode.UNEXPECTED_FRAME
 
 
-def test_a_second_hello_is_refused(client: Client) -> None:
+def test_a_second_hello_is_refused(client: RawClient) -> None:
     client.hello()
     client.send(Hello("again").encode())
     assert client.error().code == ErrorCode.UNEXPECTED_FRAME
 
 
-def test_an_unknown_frame_type_is_refused(client: Client) -> None:
+def test_an_unknown_frame_type_is_refused(client: RawClient) -> None:
     client.hello()
     client.send(HEADER.pack(2, 42) + b"{}")
     assert client.error().code == ErrorCode.BAD_FRAME
 
 
-def test_a_frame_over_the_limit_is_refused_before_it_is_read(client: Client) -> None:
+def test_a_frame_over_the_limit_is_refused_before_it_is_read(client: RawClient) -> None:
     client.hello()
     client.send(HEADER.pack(MAX_FRAME + 1, FrameType.BATCH))  # and no payload at all
     error = client.error()
@@ -297,18 +236,18 @@ def test_a_frame_over_the_limit_is_refused_before_it_is_read(client: Client) -> 
     assert str(MAX_FRAME) in error.message
 
 
-def test_before_the_handshake_only_small_frames_are_accepted(client: Client) -> None:
+def test_before_the_handshake_only_small_frames_are_accepted(client: RawClient) -> None:
     client.send(HEADER.pack(MAX_CONTROL_FRAME + 1, FrameType.HELLO))
     assert client.error().code == ErrorCode.FRAME_TOO_LARGE
 
 
 @pytest.mark.parametrize("payload", [b"", b"junk", b"{}", b'{"versions": [9], "source": "s"}'])
-def test_a_bad_hello_is_refused(client: Client, payload: bytes) -> None:
+def test_a_bad_hello_is_refused(client: RawClient, payload: bytes) -> None:
     client.send(encode_frame(FrameType.HELLO, payload))
     assert client.error().code in (ErrorCode.BAD_HELLO, ErrorCode.UNSUPPORTED_VERSION)
 
 
-def test_a_malformed_batch_is_refused(client: Client) -> None:
+def test_a_malformed_batch_is_refused(client: RawClient) -> None:
     client.hello()
     client.send(encode_frame(FrameType.BATCH, BATCH_ID.pack(3) + b'{"source": "s"}\n'))
     error = client.error()
@@ -317,11 +256,11 @@ def test_a_malformed_batch_is_refused(client: Client) -> None:
 
 def test_a_connection_closed_mid_frame_does_not_disturb_the_server(
         server: Server, tmp: Path) -> None:
-    c = Client(tmp / "c.sock")
+    c = RawClient(tmp / "c.sock")
     c.hello()
     c.send(HEADER.pack(1000, FrameType.BATCH) + b"only part of it")
     c.close()
-    fresh = Client(tmp / "c.sock")
+    fresh = RawClient(tmp / "c.sock")
     fresh.hello()
     assert result(fresh.batch(1, lines(event(1)))).written == [event(1)["id"]]
 
@@ -331,7 +270,7 @@ def test_random_bytes_from_many_clients_never_take_the_server_down(
     rng = random.Random(1234)
     valid_hello = Hello("fuzz").encode()
     for i in range(60):
-        c = Client(tmp / "c.sock")
+        c = RawClient(tmp / "c.sock")
         if i % 2:
             c.send(valid_hello)
         c.send(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
@@ -339,7 +278,7 @@ def test_random_bytes_from_many_clients_never_take_the_server_down(
         while c.frame() is not None:
             pass
         c.close()
-    fresh = Client(tmp / "c.sock")
+    fresh = RawClient(tmp / "c.sock")
     fresh.hello()
     assert result(fresh.batch(1, lines(event(1)))).written == [event(1)["id"]]
     assert server.server.stats().get("internal_errors", 0) == 0
@@ -348,20 +287,20 @@ def test_random_bytes_from_many_clients_never_take_the_server_down(
 def test_a_silent_client_times_out_in_the_handshake(make_server: ServerFactory,
                                                     tmp: Path) -> None:
     make_server(handshake_timeout=0.2)
-    c = Client(tmp / "c.sock")
+    c = RawClient(tmp / "c.sock")
     assert c.error().code == ErrorCode.TIMEOUT
 
 
 def test_an_idle_connection_is_closed(make_server: ServerFactory, tmp: Path) -> None:
     make_server(idle_timeout=0.2)
-    c = Client(tmp / "c.sock")
+    c = RawClient(tmp / "c.sock")
     c.hello()
     assert c.error().code == ErrorCode.TIMEOUT
 
 
 def test_a_stalled_frame_times_out(make_server: ServerFactory, tmp: Path) -> None:
     make_server(read_timeout=0.2)
-    c = Client(tmp / "c.sock")
+    c = RawClient(tmp / "c.sock")
     c.hello()
     c.send(HEADER.pack(100, FrameType.BATCH) + b"x")  # a frame started, then nothing
     assert c.error().code == ErrorCode.TIMEOUT
@@ -370,16 +309,16 @@ def test_a_stalled_frame_times_out(make_server: ServerFactory, tmp: Path) -> Non
 def test_connections_beyond_the_limit_are_refused(make_server: ServerFactory,
                                                   tmp: Path) -> None:
     server = make_server(max_connections=2)
-    first, second = Client(tmp / "c.sock"), Client(tmp / "c.sock")
+    first, second = RawClient(tmp / "c.sock"), RawClient(tmp / "c.sock")
     first.hello()
     second.hello()
-    third = Client(tmp / "c.sock")
+    third = RawClient(tmp / "c.sock")
     error = third.error()
     assert error.code == ErrorCode.TOO_MANY_CONNECTIONS and error.exception().retryable
     first.close()
     second.close()
     _wait(lambda: server.server.stats()["connections_open"] == 0)
-    Client(tmp / "c.sock").hello()
+    RawClient(tmp / "c.sock").hello()
 
 
 def _wait(condition: Callable[[], bool]) -> None:
@@ -390,11 +329,11 @@ def _wait(condition: Callable[[], bool]) -> None:
 def test_tcp_requires_the_token(make_server: ServerFactory) -> None:
     server = make_server(socket_path=None, tcp_host="127.0.0.1", tcp_port=0, token="s3cret")
     address = ("127.0.0.1", server.server.tcp_port())
-    good = Client(tcp=address)
+    good = RawClient(tcp=address)
     good.hello(token="s3cret")
     assert result(good.batch(1, lines(event(1)))).written == [event(1)["id"]]
     for token in ("wrong", None, "s3cret "):
-        bad = Client(tcp=address)
+        bad = RawClient(tcp=address)
         bad.send(Hello("x", token=token).encode())
         assert bad.error().code == ErrorCode.UNAUTHORIZED
 
@@ -406,7 +345,7 @@ def test_a_tcp_listener_without_a_token_does_not_start(store: Any) -> None:
 
 def test_unix_clients_need_no_token(make_server: ServerFactory, tmp: Path) -> None:
     make_server(token="s3cret")
-    Client(tmp / "c.sock").hello()
+    RawClient(tmp / "c.sock").hello()
 
 
 # -- the socket file -------------------------------------------------------------------------
@@ -415,7 +354,7 @@ def test_a_stale_socket_file_is_replaced(make_server: ServerFactory, tmp: Path) 
     stale.bind(str(tmp / "c.sock"))
     stale.close()  # the file stays, nobody listens: what a killed collector leaves
     make_server()
-    Client(tmp / "c.sock").hello()
+    RawClient(tmp / "c.sock").hello()
 
 
 def test_a_live_socket_is_not_stolen(server: Server, store: Any, tmp: Path) -> None:
@@ -435,7 +374,7 @@ def test_a_socket_path_too_long_is_a_clear_error(store: Any, tmp: Path) -> None:
         Server(store, IngestSettings(socket_path=tmp / ("x" * 120)))
 
 
-def test_an_id_twice_in_one_batch_is_stored_once(client: Client) -> None:
+def test_an_id_twice_in_one_batch_is_stored_once(client: RawClient) -> None:
     client.hello()
     reply = result(client.batch(1, lines(event(1), event(1), event(2))))
     assert reply.written == [event(1)["id"], event(2)["id"]]

@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
+
+from audit_middleware.wire import (
+    ErrorReply,
+    FrameType,
+    Hello,
+    Welcome,
+    encode_batch,
+    encode_batch_body,
+    parse_header,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = "audit-collector ready:"
@@ -177,3 +188,64 @@ class InProcessCollector:
 
 async def _stats(server: Any) -> dict[str, int]:
     return server.stats()  # type: ignore[no-any-return]
+
+
+class RawClient:
+    """The wire protocol spoken by hand, for tests of what a misbehaving client sees."""
+
+    def __init__(self, path: Path | None = None, tcp: tuple[str, int] | None = None) -> None:
+        if tcp is not None:
+            self.sock = socket.create_connection(tcp, timeout=10)
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(str(path))
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def frame(self) -> tuple[FrameType, bytes] | None:
+        """The next frame, or None when the server closed the connection."""
+        header = self._exactly(5)
+        if header is None:
+            return None
+        kind, length = parse_header(header, 1 << 30)
+        payload = self._exactly(length)
+        assert payload is not None
+        return kind, payload
+
+    def _exactly(self, n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            try:
+                chunk = self.sock.recv(n - len(data))
+            except ConnectionResetError:
+                return None
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    def hello(self, token: str | None = None) -> Welcome:
+        self.send(Hello("test:1:ab", token=token).encode())
+        reply = self.frame()
+        assert reply is not None and reply[0] is FrameType.WELCOME, reply
+        return Welcome.decode(reply[1])
+
+    def batch(self, batch_id: int, records: list[bytes], seqs: list[int] | None = None
+              ) -> tuple[FrameType, bytes]:
+        seqs = seqs if seqs is not None else list(range(1, len(records) + 1))
+        self.send(encode_batch(batch_id, encode_batch_body("test:1:ab", seqs, records)))
+        reply = self.frame()
+        assert reply is not None
+        return reply
+
+    def error(self) -> ErrorReply:
+        """The error frame the server sends before closing, then the close itself."""
+        reply = self.frame()
+        assert reply is not None and reply[0] is FrameType.ERROR, reply
+        assert self.frame() is None, "the connection should be closed after a fatal error"
+        return ErrorReply.decode(reply[1])
+
+    def close(self) -> None:
+        self.sock.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,16 +26,13 @@ from audit_middleware.testing import reset_configuration
 from audit_middleware.wire import (
     HEADER,
     ErrorCode,
-    ErrorReply,
     FrameType,
     Hello,
     Result,
-    encode_batch,
-    encode_batch_body,
-    parse_header,
 )
 from tests.e2e.harness import (
     CollectorProcess,
+    RawClient,
     open_store,
     short_tmp,
     stored_events,
@@ -177,12 +173,11 @@ def test_a_replayed_batch_is_deduplicated(root: Path, collector: CollectorProces
         "org_name": "", "workspace_id": "", "workspace_name": "", "client_ip": "",
         "created": "2026-11-26T01:07:10.123456Z", "trace_id": "", "span_id": "",
     }) + b"\n" for i in range(10)]
-    body = encode_batch_body("replayer:1:aa", list(range(1, 11)), lines)
     results = []
     for attempt in range(2):  # the same batch on two connections, as after a lost ack
-        conn = raw_connection(collector)
-        conn.sendall(encode_batch(attempt + 1, body))
-        kind, payload = read_frame(conn)
+        conn = RawClient(collector.socket)
+        conn.hello()
+        kind, payload = conn.batch(attempt + 1, lines)
         assert kind is FrameType.RESULT
         results.append(Result.decode(payload))
         conn.close()
@@ -267,29 +262,6 @@ def test_events_lost_by_the_app_show_as_a_gap_at_the_collector(
 
 
 # -- hostile clients -------------------------------------------------------------------------
-def raw_connection(collector: CollectorProcess, hello: bool = True) -> socket.socket:
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.settimeout(10)
-    conn.connect(str(collector.socket))
-    if hello:
-        conn.sendall(Hello("raw:1:aa").encode())
-        assert read_frame(conn)[0] is FrameType.WELCOME
-    return conn
-
-
-def read_frame(conn: socket.socket) -> tuple[FrameType, bytes]:
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = conn.recv(n - len(data))
-            assert chunk, "connection closed"
-            data += chunk
-        return data
-
-    kind, length = parse_header(exactly(5), 1 << 30)
-    return kind, exactly(length)
-
-
 def test_malformed_and_oversized_frames_get_errors_and_the_collector_lives_on(
         root: Path, collector: CollectorProcess) -> None:
     collector.args = ["--max-frame", "128KiB"]
@@ -301,15 +273,14 @@ def test_malformed_and_oversized_frames_get_errors_and_the_collector_lives_on(
         (Hello("again").encode(), ErrorCode.UNEXPECTED_FRAME),
     ]
     for data, code in cases:
-        conn = raw_connection(collector)
-        conn.sendall(data)
-        kind, payload = read_frame(conn)
-        assert kind is FrameType.ERROR and ErrorReply.decode(payload).code == code
-        assert conn.recv(1) == b""  # and closed
+        conn = RawClient(collector.socket)
+        conn.hello()
+        conn.send(data)
+        assert conn.error().code == code  # and the connection is closed
         conn.close()
     for garbage in (b"\x00" * 5, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(4096)):
-        conn = raw_connection(collector, hello=False)
-        conn.sendall(garbage)
+        conn = RawClient(collector.socket)
+        conn.send(garbage)
         conn.close()
     sink = shipping_sink(collector, root)
     emit("team_created", "still-alive")
@@ -330,11 +301,9 @@ def test_tcp_with_the_token_and_a_wrong_token_refused(root: Path,
     assert match, collector.ready_line
     port = int(match.group(1))
 
-    wrong = socket.create_connection(("127.0.0.1", port), timeout=10)
-    wrong.sendall(Hello("intruder", token="guess").encode())
-    kind, payload = read_frame(wrong)
-    assert kind is FrameType.ERROR
-    assert ErrorReply.decode(payload).code == ErrorCode.UNAUTHORIZED
+    wrong = RawClient(tcp=("127.0.0.1", port))
+    wrong.send(Hello("intruder", token="guess").encode())
+    assert wrong.error().code == ErrorCode.UNAUTHORIZED
     wrong.close()
 
     sink = CollectorSink(f"tcp://127.0.0.1:{port}", token="s3cret-token",
