@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import logging
 import os
 import socket
@@ -89,6 +90,10 @@ class IngestServer:
         if settings.tcp_host is not None and not settings.token:
             raise IngestError("a TCP listener needs a shared token (--token-file or "
                               "AUDIT_TOKEN): clients must prove they may write audit records")
+        if (settings.tcp_host is not None and settings.tls_cert is None
+                and not _loopback(settings.tcp_host)):
+            raise IngestError(f"TCP on {settings.tcp_host} is not loopback: give it a TLS "
+                              "certificate and key (--tls-cert, --tls-key)")
         self._store = store
         self.settings = settings
         self._validator = Validator(settings.max_field_length)
@@ -358,6 +363,15 @@ class IngestServer:
         counts = dict(self.counters)
         counts["connections_open"] = len(self._conns)
         return counts
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _peer_name(writer: asyncio.StreamWriter, tcp: bool) -> str:

@@ -343,6 +343,11 @@ def test_a_tcp_listener_without_a_token_does_not_start(store: Any) -> None:
         IngestServer(store, IngestSettings(socket_path=None, tcp_host="127.0.0.1"))
 
 
+def test_tcp_beyond_loopback_needs_tls(store: Any) -> None:
+    with pytest.raises(IngestError, match="TLS certificate"):
+        IngestServer(store, IngestSettings(socket_path=None, tcp_host="0.0.0.0", token="t"))
+
+
 def test_unix_clients_need_no_token(make_server: ServerFactory, tmp: Path) -> None:
     make_server(token="s3cret")
     RawClient(tmp / "c.sock").hello()

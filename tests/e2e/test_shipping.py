@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from audit_middleware.wire import (
     Result,
 )
 from tests.e2e.harness import (
+    ROOT,
     CollectorProcess,
     RawClient,
     open_store,
@@ -261,6 +264,43 @@ def test_events_lost_by_the_app_show_as_a_gap_at_the_collector(
         store.close()
 
 
+APP_THAT_EXITS = """
+import sys
+from audit_middleware import configure, emit
+from audit_middleware.shipper import CollectorSink
+configure(sink=CollectorSink(sys.argv[1], spool_dir=sys.argv[2], max_delay=60.0,
+                             exit_timeout=float(sys.argv[3])))
+for i in range(300):
+    emit("user_sign_in", f"u{i}", principal=f"u{i}", status="password")
+print("emitted", flush=True)
+"""  # and exits without flushing: the queue is still full when the interpreter stops
+
+
+def run_app(collector: CollectorProcess, root: Path, exit_timeout: float) -> None:
+    subprocess.run([sys.executable, "-c", APP_THAT_EXITS, collector.url, str(root / "spool"),
+                    str(exit_timeout)], check=True, timeout=60, cwd=ROOT)
+
+
+def test_interpreter_exit_flushes_to_the_collector(root: Path,
+                                                   collector: CollectorProcess) -> None:
+    collector.start()
+    run_app(collector, root, exit_timeout=10.0)
+    assert collector.stop() == 0
+    assert len(stored_ids(collector)) == 300
+
+
+def test_interpreter_exit_with_the_collector_down_spools_within_the_timeout(
+        root: Path, collector: CollectorProcess) -> None:
+    run_app(collector, root, exit_timeout=2.0)  # returns: exit is bounded
+    collector.start()
+    sink = shipping_sink(collector, root)  # the next process finds the spool, replays it
+    assert sink.wait_for_delivery(timeout=20)
+    assert sink.stats()["replayed"] == 300
+    assert collector.stop() == 0
+    assert len(stored_ids(collector)) == 300
+    sink.close()
+
+
 # -- hostile clients -------------------------------------------------------------------------
 def test_malformed_and_oversized_frames_get_errors_and_the_collector_lives_on(
         root: Path, collector: CollectorProcess) -> None:
@@ -336,28 +376,3 @@ def test_fail_closed_returns_503_while_the_collector_is_down(root: Path,
     targets = [e["target"] for e in stored_events(collector.data_dir)]
     assert "p1" in targets  # refused, yet recorded once the collector was back
     sink.close()
-
-
-# -- the serve command -----------------------------------------------------------------------
-def test_serve_prints_its_configuration_and_stops_cleanly(root: Path) -> None:
-    config = root / "collector.toml"
-    config.write_text('max_frame = "1MiB"\nidle_timeout = "2m"\n')
-    process = CollectorProcess(root / "data", "--config", str(config), "--idle-timeout", "90",
-                               env={"AUDIT_MAX_CONNECTIONS": "12"})
-    process.start()
-    try:
-        output = "".join(process.output)
-        assert re.search(r"max_frame\s+= 1048576\s+\[file .*collector.toml\]", output)
-        assert re.search(r"idle_timeout\s+= 90.0\s+\[flag --idle-timeout\]", output)
-        assert re.search(r"max_connections\s+= 12\s+\[env AUDIT_MAX_CONNECTIONS\]", output)
-        assert oct(process.socket.stat().st_mode & 0o777) == "0o600"
-    finally:
-        assert process.stop() == 0
-    assert not process.socket.exists()
-
-
-def test_serve_refuses_a_bad_configuration_with_a_clear_message(root: Path) -> None:
-    process = CollectorProcess(root / "data", "--tcp", "0.0.0.0:7100", "--token", "t")
-    with pytest.raises(AssertionError, match="set tls_cert and tls_key"):
-        process.start()
-    assert process.proc is not None and process.proc.wait(10) == 2
