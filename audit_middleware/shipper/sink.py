@@ -270,6 +270,12 @@ class CollectorSink:
                 self._io_lock.release()
 
     def stats(self) -> dict[str, int]:
+        """Counters of this process (a forked child starts from zero): ``emitted`` (=
+        ``submitted``), ``acknowledged`` (= ``delivered``: stored by the collector, including
+        duplicates), ``spooled`` and ``replayed`` (through the spool), ``rejected`` (named
+        by the collector with a reason), ``dropped`` (queue full, spool full: logged),
+        ``retried`` (failed sends, retried later), ``queued`` (the queue depth) and
+        ``spool_bytes``."""
         counts = self._queue.counts()
         dropped = counts["dropped"] + counts["failed"] + self.dropped.value
         sender = self._sender
