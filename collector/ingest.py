@@ -194,14 +194,14 @@ class IngestServer:
                 raise
             error = ErrorReply(ErrorCode.SHUTTING_DOWN, "the collector is shutting down")
         except Exception:
-            log.exception("ingest: unexpected error serving %s; connection closed", peer)
+            log.exception("ingest: unexpected error serving %s; connection closed", conn.peer)
             self.counters["internal_errors"] += 1
         finally:
             del self._conns[task]
         if error is not None:
             self.counters[f"error_{error.code}"] += 1
             if error.code != ErrorCode.SHUTTING_DOWN:
-                log.warning("ingest: %s: %s [%s]", peer, error.message, error.code)
+                log.warning("ingest: %s: %s [%s]", conn.peer, error.message, error.code)
         await self._close(writer, error)
 
     async def _serve(self, conn: _Conn, reader: asyncio.StreamReader,
