@@ -50,7 +50,7 @@ __all__ = ["IngestError", "IngestServer", "IngestSettings"]
 log = logging.getLogger("collector.ingest")
 
 #: Batches of one connection in flight at once (read and validated, not yet answered).
-PIPELINE_DEPTH = 8
+PIPELINE_DEPTH = 4
 
 
 class StoreLike(Protocol):
