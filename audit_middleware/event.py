@@ -62,17 +62,20 @@ _LINE_BREAKS_UTF8: Final = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u20
 _getrandbits = random.getrandbits  # reseeded in forked children by the random module
 
 
+_ms_prefix: tuple[int, str] = (-1, "")
+
+
 def _format_uuid7(ns: int, rand: int) -> str:
     """RFC 9562 UUIDv7: 48-bit Unix ms, then 12 bits of sub-millisecond time (method 3,
     so ids from one process sort by emit time), then the variant and 62 random bits."""
+    global _ms_prefix
     ms, sub_ns = divmod(ns, 1_000_000)
-    return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031 - %-format is the fastest here
-        (ms >> 16) & 0xFFFF_FFFF,
-        ms & 0xFFFF,
-        0x7000 | (sub_ns * 4096 // 1_000_000),
-        0x8000 | (rand >> 48),
-        rand & 0xFFFF_FFFF_FFFF,
-    )
+    cached_ms, prefix = _ms_prefix  # events come in bursts: reuse the millisecond's text
+    if cached_ms != ms:
+        prefix = "%08x-%04x-7" % ((ms >> 16) & 0xFFFF_FFFF, ms & 0xFFFF)  # noqa: UP031
+        _ms_prefix = (ms, prefix)
+    return "%s%03x-%04x-%012x" % (  # noqa: UP031 - %-format is the fastest here
+        prefix, sub_ns * 4096 // 1_000_000, 0x8000 | (rand >> 48), rand & 0xFFFF_FFFF_FFFF)
 
 
 _second_prefix: tuple[int, str] = (-1, "")
@@ -191,10 +194,10 @@ class AuditEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a dict in schema field order (optional fields only when set)."""
-        trace_id, span_id = self._trace_ids()
+        trace_id, span_id = self._trace if self._trace is not None else self._trace_ids()
         record: dict[str, Any] = {
             "v": SCHEMA_VERSION,
-            "id": self.id,
+            "id": self._id if self._id is not None else self.id,
             "type": self.type,
             "target": self.target,
             "principal": self.principal,

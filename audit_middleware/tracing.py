@@ -16,7 +16,7 @@ current_context = otel_context.get_current
 
 def trace_ids(context: Context | None) -> tuple[str, str]:
     """(trace_id, span_id) in lowercase hex of the span active in ``context``, or empty."""
-    if context is None:
+    if not context:  # None, or an empty Context: no span was active
         return ("", "")
     span = trace.get_current_span(context).get_span_context()
     if not span.is_valid:
