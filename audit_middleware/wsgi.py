@@ -1,17 +1,26 @@
 """``WSGIAuditMiddleware``: the same capture for WSGI apps (Flask, Django).
 
 The context is set while the app callable runs, which is when views run in Flask and
-Django; the response status is observed through ``start_response``.
+Django; the response status is observed through ``start_response``. With a
+``fail_closed`` sink, ``start_response`` first waits until the request's events are
+durably recorded, and answers 503 instead when they are not (as ``AuditMiddleware``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
+from . import _config
 from ._types import Environ, StartResponse, WSGIApp
 from .client_ip import ForwardedHeader, TrustedProxies
 from .context import CaptureConfig, PrincipalResolver, RequestContext, Resolver, current
+from .shipper.receipts import Receipt, pending, wait_durable_blocking
+
+log = logging.getLogger("audit_middleware")
+
+_UNAVAILABLE_BODY = b"Service Unavailable: the action could not be recorded in the audit log\n"
 
 
 class WSGIAuditMiddleware:
@@ -36,12 +45,13 @@ class WSGIAuditMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         ctx = RequestContext(self.config, environ=environ)
+        sink = _config.settings.sink
+        if getattr(sink, "fail_closed", False):
+            return self._call_fail_closed(environ, start_response, ctx,
+                                          sink.fail_closed_timeout)  # type: ignore[union-attr]
 
         def start_response_observing_status(status: str, headers: Any, *exc: Any) -> Any:
-            try:
-                ctx.status_code = int(status.split(" ", 1)[0])
-            except ValueError:
-                pass
+            ctx.status_code = _status_code(status)
             return start_response(status, headers, *exc)
 
         token = current.set(ctx)
@@ -49,3 +59,61 @@ class WSGIAuditMiddleware:
             return self.app(environ, start_response_observing_status)
         finally:
             current.reset(token)
+
+    def _call_fail_closed(self, environ: Environ, start_response: StartResponse,
+                          ctx: RequestContext, timeout: float) -> Iterable[bytes]:
+        receipts: list[Receipt[str | None]] = []
+        refused: list[str] = []
+
+        def start_response_once_durable(status: str, headers: Any, *exc: Any) -> Any:
+            reason = wait_durable_blocking(receipts, timeout) if receipts else None
+            if reason is None:
+                ctx.status_code = _status_code(status)
+                return start_response(status, headers, *exc)
+            refused.append(reason)
+            log.error("audit: refusing %s %s with 503 (fail_closed): %s",
+                      environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), reason)
+            ctx.status_code = 503
+            start_response("503 Service Unavailable", [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(_UNAVAILABLE_BODY))), ("Retry-After", "5")],
+                *exc)
+            return lambda data: None  # the app's own body never reaches the client
+
+        token = current.set(ctx)
+        receipts_token = pending.set(receipts)
+        try:
+            body = self.app(environ, start_response_once_durable)
+        finally:
+            pending.reset(receipts_token)
+            current.reset(token)
+        if refused:
+            _close(body)
+            return [_UNAVAILABLE_BODY]
+        return _guarded(body, refused)
+
+
+def _guarded(body: Iterable[bytes], refused: list[str]) -> Iterable[bytes]:
+    """The app's body, unless a lazy ``start_response`` (called while the server takes
+    the first chunk) refused the response: then only the 503 body."""
+    try:
+        for chunk in body:
+            if refused:
+                yield _UNAVAILABLE_BODY
+                return
+            yield chunk
+    finally:
+        _close(body)
+
+
+def _close(body: Iterable[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
+def _status_code(status: str) -> int | None:
+    try:
+        return int(status.split(" ", 1)[0])
+    except ValueError:
+        return None

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 Receipt = Future  # result: None when durably recorded, else the reason it was not
 
@@ -41,5 +43,18 @@ async def wait_durable(receipts: list[Receipt[str | None]], timeout: float) -> s
                 if reason is not None:
                     return reason
     except TimeoutError:
+        return f"not acknowledged by the collector within {timeout:g}s"
+    return None
+
+
+def wait_durable_blocking(receipts: list[Receipt[str | None]], timeout: float) -> str | None:
+    """:func:`wait_durable` for WSGI servers, whose request threads may block."""
+    deadline = time.monotonic() + timeout
+    try:
+        for receipt in list(receipts):
+            reason = receipt.result(timeout=max(0.0, deadline - time.monotonic()))
+            if reason is not None:
+                return reason
+    except FutureTimeout:
         return f"not acknowledged by the collector within {timeout:g}s"
     return None

@@ -152,3 +152,68 @@ def test_lifespan_passes_through_with_any_sink() -> None:
     with TestClient(make_app(on_shutdown=lambda: emit("run_dropped", "r1"))):
         pass
     assert [e.type for e in sink.events] == ["run_dropped"]
+
+
+def make_flask_app() -> Any:
+    from flask import Flask
+
+    from audit_middleware import WSGIAuditMiddleware
+
+    flask_app = Flask(__name__)
+
+    @flask_app.delete("/credentials/<cred_id>")
+    @audited("credentials_deleted", target="cred_id")
+    def delete(cred_id: str) -> dict[str, str]:
+        return {"deleted": cred_id}
+
+    @flask_app.get("/health")
+    def health() -> str:
+        return "ok"
+
+    return WSGIAuditMiddleware(flask_app, principal=lambda ctx: "user-1")
+
+
+def test_wsgi_response_waits_for_the_acknowledgement(root: Path, collector: Path) -> None:
+    from werkzeug.test import Client
+
+    sink = fail_closed_sink(root)
+    response = Client(make_flask_app()).delete("/credentials/c1")
+    assert response.status_code == 200
+    assert [e["target"] for e in stored_events(collector)] == ["c1"]
+    sink.close()
+
+
+def test_wsgi_collector_down_means_503_without_the_apps_body(root: Path) -> None:
+    from werkzeug.test import Client
+
+    sink = fail_closed_sink(root)
+    client = Client(make_flask_app())
+    response = client.delete("/credentials/c1")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert b"could not be recorded" in response.data and b"deleted" not in response.data
+    assert client.get("/health").status_code == 200
+    assert sink.flush(timeout=5)
+    assert sink.stats()["spooled"] == 1
+    sink.close()
+
+
+def test_wsgi_lazy_start_response_is_refused_too(root: Path) -> None:
+    from werkzeug.test import Client
+
+    from audit_middleware import WSGIAuditMiddleware
+
+    def lazy_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        emit("credentials_accessed", "c1", principal="system")
+
+        def body() -> Iterator[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain")])  # on first chunk
+            yield b"the app's body"
+
+        return body()
+
+    sink = fail_closed_sink(root)
+    response = Client(WSGIAuditMiddleware(lazy_app)).get("/")
+    assert response.status_code == 503
+    assert response.data == b"Service Unavailable: the action could not be recorded in the audit log\n"
+    sink.close(timeout=1)
