@@ -103,7 +103,7 @@ class Store:
         try:
             report = self._open_storage()
         except BaseException:
-            os.close(self._lock_fd)
+            self._release_storage()
             raise
         self._state = "open"
         self._thread = threading.Thread(target=self._run, name="audit-store-commit",
@@ -147,10 +147,19 @@ class Store:
         try:
             self._segments.close()
         finally:
-            self._indexer.close()  # finishes the closed chunks' indexes
-            self._index.close()
-            os.close(self._lock_fd)
+            self._release_storage()
             self._state = "closed"
+
+    def _release_storage(self) -> None:
+        """Stop the indexer (it finishes the closed chunks' indexes), close the index,
+        release the data directory: whatever of it ``open`` got to."""
+        indexer = getattr(self, "_indexer", None)
+        if indexer is not None:
+            indexer.close()
+        index = getattr(self, "_index", None)
+        if index is not None:
+            index.close()
+        os.close(self._lock_fd)
 
     def __enter__(self) -> Self:
         self.open()
@@ -245,7 +254,9 @@ class Store:
 
     # -- stats --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        writer = self._writer
+        writer = getattr(self, "_writer", None)
+        if writer is None:
+            raise StoreClosedError("stats are kept from Store.open() on: open the store first")
         now = time.monotonic()
         recent = sum(n for t, n in list(writer.rate) if now - t <= RATE_WINDOW)
         counts = writer.counts

@@ -429,3 +429,34 @@ def test_stats_report_segments_rates_and_fsyncs(tmp_path: Path) -> None:
     assert stats["active_segment"]["records"] == 10
     assert stats["fsyncs"] == 1 and stats["events_per_fsync"] == 10.0
     assert stats["ingest_rate"] > 0 and stats["pending"] == 0
+
+
+def test_the_sequence_continues_after_retention_and_a_lost_index(tmp_path: Path) -> None:
+    # Retention keeps the newest record even at a zero size cap while the active
+    # segment is still empty: it is where the numbering continues from.
+    with open_store(tmp_path, max_segment_age=0.3, retention_bytes=0) as store:
+        store.write(events(3))
+        wait_until(lambda: store.stats()["segments"]["count"] == 2)
+        assert store.stats()["retention_deleted"] == 0
+    (tmp_path / "index.sqlite").unlink()
+    with open_store(tmp_path) as store:
+        store.write(events(1))
+    assert [r["seq"] for r in all_records(tmp_path)][-1] == 4
+
+
+def test_a_damaged_segment_stops_open_with_a_clear_error_and_releases_the_directory(
+        tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_bytes=4096) as store:
+        for _ in range(3):
+            store.write(events(8))
+    first = segment_files(tmp_path)[0]
+    first.write_bytes(b"not a header\n" + first.read_bytes().split(b"\n", 1)[1])
+    (tmp_path / "index.sqlite").unlink()
+    for _ in range(2):  # the second attempt is not refused as "in use"
+        with pytest.raises(StorageError, match="segment header.*move it out"):
+            Store(StorageSettings(tmp_path)).open()
+
+
+def test_stats_need_an_open_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreClosedError, match="open the store first"):
+        Store(StorageSettings(tmp_path)).stats()
