@@ -5,8 +5,9 @@ Layout, chosen for the ingest rate (a B-tree insert per event per filter column 
 ~2 us each on a small machine; building the same index in bulk costs a fifth of that):
 
 - ``events_NNNNNN`` *chunk* tables hold one row per event (seq, id, created as integer
-  microseconds, type, principal, target, org_id, workspace_id, client_ip as a 16-byte
-  sortable key, status, offset and length of the line in the uncompressed segment).
+  microseconds, type, principal, target, org_id, workspace_id, client_ip as a sortable
+  key of 4 (IPv4) or 16 (IPv6) bytes, status, offset and length of the line in the
+  uncompressed segment).
   A chunk belongs to one segment and holds at most ``CHUNK_ROWS`` rows. Rows are
   appended to the open chunk without secondary indexes; when the chunk closes (full,
   its segment sealed, or the store idle) a background thread (``ChunkIndexer``) builds
@@ -41,7 +42,7 @@ from collector.storage.records import Row
 from collector.storage.segments import FILE_MODE, SegmentHeader
 from collector.storage.sources import Ranges
 
-INDEX_SCHEMA: Final = 1
+INDEX_SCHEMA: Final = 2  # 2: IPv4 client_ip keys are 4 bytes
 CHUNK_ROWS: Final = 65_536
 #: Closed chunks waiting for their indexes before the store slows down to wait for the
 #: indexer (each unindexed chunk costs a query a scan of up to CHUNK_ROWS rows).

@@ -170,7 +170,7 @@ class Reader:
                 params.append(check_text(value, what))
         if filters.client_ip is not None:
             low, high = ip_range(filters.client_ip)
-            where.append("client_ip BETWEEN ? AND ?")
+            where.append(f"client_ip BETWEEN ? AND ? AND length(client_ip) = {len(low)}")
             params += [low, high]
         if state is not None and (state["a"] is not None or state["b"] is not None):
             since, until = state["a"], state["b"]

@@ -79,7 +79,9 @@ _V4_MAPPED_NET: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def ip_range(value: object) -> tuple[bytes, bytes]:
-    """The (lowest, highest) 16-byte keys of an IP or CIDR block (see ``ip_key``)."""
+    """The (lowest, highest) keys of an IP or CIDR block (see ``ip_key``): 4 bytes for
+    IPv4 (and IPv4-mapped IPv6), 16 for IPv6. Keys of the other length must be left out
+    by the caller (``length(client_ip) = len(lowest)``): they compare by prefix."""
     try:
         if not isinstance(value, str) or "%" in value:
             raise ValueError
@@ -89,10 +91,9 @@ def ip_range(value: object) -> tuple[bytes, bytes]:
             f"client_ip {value!r} is not an IP or a CIDR block: use e.g. 10.1.2.3, "
             f"10.0.0.0/8, 2001:db8::1 or 2001:db8::/32"
         ) from None
-    if isinstance(network, ipaddress.IPv4Network):
-        low = _V4_MAPPED_NET.network_address.packed[:12] + network.network_address.packed
-        high = _V4_MAPPED_NET.network_address.packed[:12] + network.broadcast_address.packed
-        return low, high
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_V4_MAPPED_NET):
+        network = ipaddress.IPv4Network(
+            (int(network.network_address) & 0xFFFF_FFFF, network.prefixlen - 96))
     return network.network_address.packed, network.broadcast_address.packed
 
 

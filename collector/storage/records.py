@@ -204,23 +204,26 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
 
-_V4_MAPPED: Final = b"\x00" * 10 + b"\xff\xff"
+V4_MAPPED: Final = b"\x00" * 10 + b"\xff\xff"
 _ip_keys: dict[str, bytes | None] = {}
 
 
 def ip_key(address: str) -> bytes | None:
-    """A 16-byte key that sorts like the address (IPv4 as IPv4-mapped IPv6), so a CIDR
-    block is one index range; None for an empty or unparseable value."""
+    """A key that sorts like the address, so a CIDR block is one index range: the 4
+    bytes of an IPv4 address (also of an IPv4-mapped IPv6 one), the 16 of an IPv6
+    address; None for an empty or unparseable value."""
     if type(address) is not str:
         return None
     key = _ip_keys.get(address, b"")
     if key != b"":
         return key
     try:
-        key = _V4_MAPPED + socket.inet_pton(socket.AF_INET, address)
+        key = socket.inet_pton(socket.AF_INET, address)
     except OSError:
         try:
             key = socket.inet_pton(socket.AF_INET6, address)
+            if key.startswith(V4_MAPPED):
+                key = key[12:]
         except OSError:
             key = None
     if len(_ip_keys) >= 65_536:  # a cache, not a second index: keep it bounded

@@ -98,6 +98,18 @@ def test_client_ip_filters_take_an_address_or_a_cidr_block(
     assert expected and everything(store, client_ip=cidr) == expected
 
 
+def test_ipv4_and_ipv6_blocks_never_match_each_others_addresses(tmp_path: Path) -> None:
+    v4 = event(client_ip="10.0.0.1")
+    v6 = event(client_ip="a00::1")  # its first bytes read like 10.0.0.0
+    mapped = event(client_ip="::ffff:10.0.0.2")
+    with open_store(tmp_path) as store:
+        store.write([v4, v6, mapped])
+        assert everything(store, client_ip="10.0.0.0/8") == [v4["id"], mapped["id"]]
+        assert everything(store, client_ip="::ffff:10.0.0.0/104") == [v4["id"], mapped["id"]]
+        assert everything(store, client_ip="a00::/16") == [v6["id"]]
+        assert everything(store, client_ip="::/0") == [v6["id"]]
+
+
 def test_time_ranges_accept_rfc3339_and_the_seed_form(corpus: tuple[Store, list]) -> None:
     store, rows = corpus
     since_ns, until_ns = BASE_NS + 10 * HOUR, BASE_NS + 20 * HOUR
