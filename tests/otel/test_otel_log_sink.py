@@ -1,0 +1,166 @@
+"""OTelLogSink: every audit event also becomes an OpenTelemetry log record (Logs API),
+named for its type, with semantic-convention attributes, correlated to the active span.
+Checked with the SDK's logger provider and its in-memory exporter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import TracerProvider
+
+import audit_middleware as audit
+from audit_middleware.event import FIELDS
+from audit_middleware.sinks.otel import OTelLogSink
+from audit_middleware.testing import reset_configuration
+
+
+class Setup:
+    def __init__(self) -> None:
+        self.exporter = InMemoryLogRecordExporter()
+        self.provider = LoggerProvider()
+        self.provider.add_log_record_processor(SimpleLogRecordProcessor(self.exporter))
+        self.primary = audit.MemorySink()
+        self.sink = OTelLogSink(self.primary, logger_provider=self.provider)
+        self.tracer = TracerProvider().get_tracer("tests.otel")
+
+    def records(self):  # type: ignore[no-untyped-def]
+        assert self.sink.flush(10)
+        return [r.log_record for r in self.exporter.get_finished_logs()]
+
+
+@pytest.fixture
+def otel() -> Iterator[Setup]:
+    setup = Setup()
+    audit.configure(sink=setup.sink)
+    yield setup
+    reset_configuration()
+    setup.sink.close(5)
+
+
+def test_an_event_in_a_span_is_a_log_record_named_for_its_type_in_that_span(otel: Setup) -> None:
+    with otel.tracer.start_as_current_span("DELETE /credentials") as span:
+        event = audit.emit("credentials_deleted", "c-42", principal="u-7", status="",
+                           org_id="o-1", org_name="Acme", workspace_id="w-1",
+                           workspace_name="genomics", client_ip="198.51.100.7")
+    (record,) = otel.records()
+    assert record.event_name == "credentials_deleted"
+    assert record.timestamp == event.created_ns
+    assert record.trace_id == span.get_span_context().trace_id
+    assert record.span_id == span.get_span_context().span_id
+    assert record.trace_flags == span.get_span_context().trace_flags
+    assert (record.severity_number.value, record.severity_text) == (9, "INFO")
+    assert dict(record.attributes) == {
+        "log.record.uid": event.id,
+        "audit.schema.version": 1,
+        "user.id": "u-7",
+        "client.address": "198.51.100.7",
+        "audit.target.id": "c-42",
+        "audit.org.id": "o-1",
+        "audit.org.name": "Acme",
+        "audit.workspace.id": "w-1",
+        "audit.workspace.name": "genomics",
+    }
+
+
+def test_the_body_is_the_record_exactly_as_written_to_the_audit_file(otel: Setup) -> None:
+    with otel.tracer.start_as_current_span("request"):
+        event = audit.emit("run_completed", "run-1", principal="system", status="succeeded")
+    (record,) = otel.records()
+    assert json.loads(record.body) == json.loads(event.to_json_line())
+    assert tuple(json.loads(record.body)) == FIELDS
+
+
+def test_a_system_event_outside_a_span_has_no_client_address_and_no_span(otel: Setup) -> None:
+    audit.emit("run_dropped", "run-1")
+    (record,) = otel.records()
+    assert record.attributes["user.id"] == "system"
+    assert "client.address" not in record.attributes
+    assert "audit.status" not in record.attributes  # empty fields are left out
+    assert record.trace_id == 0 and record.span_id == 0
+
+
+def test_the_status_and_the_proxy_peer_are_attributes(otel: Setup) -> None:
+    from audit_middleware.context import CaptureConfig, RequestContext, current
+    from audit_middleware.client_ip import TrustedProxies
+
+    scope = {"type": "http", "client": ("10.0.0.2", 1234),
+             "headers": [(b"x-forwarded-for", b"192.0.2.50")]}
+    token = current.set(RequestContext(
+        CaptureConfig(trusted_proxies=TrustedProxies(["10.0.0.0/8"])), scope=scope))
+    try:
+        audit.emit("user_sign_in", "u-9", principal="u-9", status="password")
+    finally:
+        current.reset(token)
+    (record,) = otel.records()
+    assert record.attributes["audit.status"] == "password"
+    assert record.attributes["client.address"] == "192.0.2.50"
+    assert record.attributes["network.peer.address"] == "10.0.0.2"
+
+
+def test_an_event_recorded_as_failed_is_a_warning(otel: Setup) -> None:
+    audit.emit("credentials_deleted", "c-1", principal="u-1", status="failed: HTTP 500")
+    (record,) = otel.records()
+    assert (record.severity_number.value, record.severity_text) == (13, "WARN")
+
+
+def test_the_primary_sink_gets_every_event_and_its_counters_are_the_sinks(otel: Setup) -> None:
+    events = [audit.emit("run_dropped", f"run-{i}") for i in range(5)]
+    otel.records()
+    assert otel.primary.events == events
+    stats = audit.stats()
+    assert (stats["submitted"], stats["delivered"], stats["dropped"]) == (5, 5, 0)
+    assert (stats["otel_emitted"], stats["otel_queued"], stats["otel_dropped"]) == (5, 0, 0)
+
+
+def test_log_records_are_emitted_in_emit_order(otel: Setup) -> None:
+    targets = [f"run-{i}" for i in range(50)]
+    for target in targets:
+        audit.emit("run_dropped", target)
+    assert [r.attributes["audit.target.id"] for r in otel.records()] == targets
+
+
+def test_a_fail_closed_primary_stays_fail_closed() -> None:
+    class FailClosed(audit.MemorySink):
+        fail_closed = True
+        fail_closed_timeout = 2.5
+
+    sink = OTelLogSink(FailClosed())
+    assert (sink.fail_closed, sink.fail_closed_timeout) == (True, 2.5)
+    assert OTelLogSink(audit.MemorySink()).fail_closed is False
+
+
+def test_without_an_sdk_the_log_copy_is_a_no_op_and_the_primary_still_records() -> None:
+    primary = audit.MemorySink()
+    sink = OTelLogSink(primary)  # the global provider: the API's no-op unless an SDK is set
+    audit.configure(sink=sink)
+    try:
+        audit.emit("run_dropped", "run-1")
+        assert sink.flush(5)
+        assert [e.target for e in primary.events] == ["run-1"]
+    finally:
+        reset_configuration()
+        sink.close(5)
+
+
+def test_the_log_copy_alone_counts_its_own_deliveries() -> None:
+    setup = Setup()
+    sink = OTelLogSink(logger_provider=setup.provider)
+    audit.configure(sink=sink)
+    try:
+        audit.emit("run_dropped", "run-1")
+        assert sink.flush(5)
+        assert len(setup.exporter.get_finished_logs()) == 1
+        assert {k: sink.stats()[k] for k in ("submitted", "delivered", "dropped")} == {
+            "submitted": 1, "delivered": 1, "dropped": 0}
+    finally:
+        reset_configuration()
+        sink.close(5)
+
+
+def test_a_primary_that_is_not_a_sink_is_refused_with_what_it_lacks() -> None:
+    with pytest.raises(TypeError, match="submit"):
+        OTelLogSink(object())  # type: ignore[arg-type]
