@@ -18,7 +18,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# query_speed compares the index with rg and jq (Debian: ripgrep, jq): installed when
+# missing, if we are root; otherwise the benchmark names what to install.
 bench: $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && ! { command -v rg && command -v jq; } >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq ripgrep jq \
+		|| echo "bench: could not install ripgrep and jq; query_speed will fail"; \
+	fi
 	$(PY) -m benchmarks
 
 lint: $(STAMP)

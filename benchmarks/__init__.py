@@ -8,6 +8,9 @@ with the others (``python -m benchmarks NAME ...`` runs only those). Shared mach
 
 from __future__ import annotations
 
-#: Run order of ``python -m benchmarks``. The collector benchmarks (issue 3: durable
-#: throughput, query, memory) are added here as further modules.
-MODULES: tuple[str, ...] = ("request_path", "emit_cost", "capture_breakdown")
+#: Run order of ``python -m benchmarks``: the capture benchmarks (issue 2), then the
+#: collector's (issue 3). ``query_speed`` is last: it needs ``rg`` and ``jq`` and refuses
+#: to run without them, and a refusal stops the run.
+MODULES: tuple[str, ...] = ("request_path", "emit_cost", "capture_breakdown",
+                            "emit_collector", "durable_throughput", "collector_memory",
+                            "query_speed")

@@ -154,3 +154,186 @@ def test_unknown_benchmark_name_lists_the_choices() -> None:
     done = run_cli("nope")
     assert done.returncode == 2
     assert "unknown benchmark(s) nope" in done.stderr and "request_path" in done.stderr
+
+
+# -- the collector benchmarks (issue 3): their machinery and checks, no timing -------------
+def test_fixed_rounds_run_each_case_once_per_round_at_its_own_size() -> None:
+    from benchmarks._rounds import fixed_rounds
+
+    calls: dict[str, list[int]] = {"slow": [], "fast": []}
+
+    def case(name: str, ns_per_op: int) -> h.CaseRun:
+        def run(n: int) -> dict[str, int]:
+            calls[name].append(n)
+            return {"wall": ns_per_op * n}
+        return run
+
+    m = fixed_rounds([h.Case("slow", case("slow", 9000)), h.Case("fast", case("fast", 1000))],
+                     {"slow": 1, "fast": 50}, 3, "wall")
+    assert calls == {"slow": [1, 1, 1], "fast": [50, 50, 50]}
+    assert m.median_ns("slow", "wall") == 9000
+    assert m.ratio("slow", "fast", "wall") == 9.0
+
+
+def test_fixed_rounds_refuse_a_case_without_a_size_or_its_metric() -> None:
+    from benchmarks._rounds import fixed_rounds
+
+    with pytest.raises(h.BenchmarkError, match="batch size"):
+        fixed_rounds([h.Case("a", fixed(1))], {}, 1, h.REQUEST)
+    with pytest.raises(h.BenchmarkError, match="'wall'"):
+        fixed_rounds([h.Case("a", fixed(1))], {"a": 1}, 1, "wall")
+
+
+def test_generated_traffic_is_deterministic_and_covers_the_catalogue() -> None:
+    import random
+
+    from audit_middleware.catalogue import Catalogue
+    from benchmarks._events import Population
+
+    population = Population()
+    draws = population.draw(5000, random.Random(1))
+    assert draws == Population().draw(5000, random.Random(1))
+    assert {d[0] for d in draws} == Catalogue().types
+    assert len({d[2] for d in draws}) > 300  # many principals, not a handful
+    for kind, _, principal, status, org_id, _, ws_id, _, client_ip in draws:
+        assert (principal == "system") == (client_ip == "")
+        if kind == "user_sign_in":
+            assert status in ("password", "github", "google", "saml") and not org_id
+        if ws_id:
+            assert org_id  # a workspace always belongs to an organization
+
+
+def test_generated_records_are_schema_v1_in_arrival_order() -> None:
+    import re
+
+    from benchmarks._events import Population
+
+    start = 1_793_059_200 * 10**9  # 2026-10-27T00:00:00Z
+    (records,) = list(Population().records(2000, start, 3600 * 10**9, batch=5000))
+    assert all(tuple(r) == FIELDS for r in records)
+    created = [r["created"] for r in records]
+    assert created == sorted(created)
+    assert created[0].startswith("2026-10-27T00:") and created[-1] < "2026-10-27T01:"
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", c) for c in created)
+    assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
+                            r"[0-9a-f]{12}", r["id"]) for r in records)
+    assert len({r["id"] for r in records}) == len(records)
+    traced = [r for r in records if r["trace_id"]]
+    assert traced and all(len(r["trace_id"]) == 32 and r["principal"] != "system"
+                          for r in traced)
+
+
+def test_query_dataset_is_built_once_then_read_from_the_cache(tmp_path: Path) -> None:
+    from benchmarks import _dataset
+    from collector.query import Filters, iter_records
+
+    built = _dataset.cached(3000, tmp_path)
+    again = _dataset.cached(3000, tmp_path)
+    assert (built.cached, again.cached) == (False, True)
+    assert again.data_dir == built.data_dir == tmp_path / _dataset.cache_key(3000)
+    assert [p.name for p in tmp_path.iterdir()] == [built.data_dir.name]
+    sel = built.selection
+    matching = list(iter_records(built.data_dir, Filters(
+        principal=sel.principal, org=sel.org, since=sel.since, until=sel.until)))
+    assert matching and all((r["principal"], r["org_id"]) == (sel.principal, sel.org)
+                            for r in matching)
+    assert sel.since.endswith(":00:00.000000Z") and sel.until.endswith(":00:00.000000Z")
+    assert built.segment_bytes > 0 and built.index_bytes > 0
+
+
+def test_rg_pattern_prefix_covers_exactly_the_window() -> None:
+    from benchmarks.query_speed import created_prefix
+
+    assert created_prefix("2026-11-14T00:00:00.000000Z", "2026-11-14T01:00:00.000000Z") \
+        == "2026-11-14T00:"
+    assert created_prefix("2026-11-14T23:00:00.000000Z", "2026-11-15T00:00:00.000000Z") \
+        == "2026-11-14T23:"
+    # Across a day boundary the prefix is only a prefilter: the exact check does the rest.
+    assert created_prefix("2026-11-14T23:30:00.000000Z", "2026-11-15T00:30:00.000000Z") \
+        == "2026-11-1"
+
+
+def test_query_cases_must_agree_on_a_non_empty_result() -> None:
+    from benchmarks import query_speed
+    from benchmarks._dataset import Dataset, Selection
+
+    sel = Selection("usr_1", "org_1", "2026-11-14T00:00:00.000000Z",
+                    "2026-11-14T01:00:00.000000Z")
+    data = Dataset(Path("/nowhere"), 10, sel, 0.0, cached=True)
+    assert "same 2 events" in query_speed._check({"search": {"a", "b"}, "rg": {"a", "b"}},
+                                                 data, sel)
+    with pytest.raises(h.BenchmarkError, match="disagree"):
+        query_speed._check({"search": {"a", "b"}, "jq": {"a"}}, data, sel)
+    with pytest.raises(h.BenchmarkError, match="matched nothing"):
+        query_speed._check({"search": set(), "rg": set()}, data, sel)
+
+
+def test_index_breakdown_sums_chunk_tables(tmp_path: Path) -> None:
+    import sqlite3
+
+    from benchmarks.query_speed import index_breakdown
+
+    path = tmp_path / "index.sqlite"
+    con = sqlite3.connect(path)
+    for name in ("events_000001", "events_000002", "ids"):
+        con.execute(f"CREATE TABLE {name}(x)")
+        con.executemany(f"INSERT INTO {name} VALUES (?)", [("x" * 500,)] * 50)
+    con.commit()
+    con.close()
+    sizes = dict(index_breakdown(path))
+    if not sizes:
+        pytest.skip("this SQLite is built without the dbstat table")
+    assert set(sizes) >= {"events_N", "ids"} and sizes["events_N"] > sizes["ids"]
+
+
+def test_durable_batch_is_void_unless_every_event_was_acknowledged() -> None:
+    from benchmarks.durable_throughput import _check_acknowledged
+
+    zero = {"acknowledged": 0, "spooled": 0, "dropped": 0, "rejected": 0}
+    _check_acknowledged(zero, zero | {"acknowledged": 10}, 10)
+    with pytest.raises(h.BenchmarkError, match="acknowledge them all"):
+        _check_acknowledged(zero, zero | {"acknowledged": 9, "dropped": 1}, 10)
+    with pytest.raises(h.BenchmarkError, match="acknowledge them all"):
+        _check_acknowledged(zero, zero | {"acknowledged": 10, "spooled": 1}, 10)
+
+
+def test_emit_switch_submits_through_the_targets_own_method() -> None:
+    from benchmarks.emit_collector import _Switch
+
+    class Target:
+        def __init__(self) -> None:
+            self.events: list[object] = []
+
+        def submit(self, event: object) -> None:
+            self.events.append(event)
+
+        def flush(self, timeout: float | None = None) -> bool:
+            return True
+
+        def stats(self) -> dict[str, int]:
+            return {"n": len(self.events)}
+
+    first, second = Target(), Target()
+    switch = _Switch(first)
+    switch.submit("a")
+    switch.use(second)
+    switch.submit("b")
+    switch.close()  # the benchmark closes its targets itself
+    assert (first.events, second.events) == (["a"], ["b"])
+    assert switch.submit == second.submit and switch.stats() == {"n": 1}
+
+
+def test_memory_is_read_from_proc_and_sampled_with_progress() -> None:
+    import os
+
+    from benchmarks._collector import RssSampler, status_kib
+    from benchmarks.collector_memory import rss_at
+
+    assert status_kib(os.getpid(), "VmRSS") > 0
+    with pytest.raises(h.BenchmarkError, match="no VmNothing"):
+        status_kib(os.getpid(), "VmNothing")
+    with RssSampler(os.getpid(), interval=0.01) as sampler:
+        sampler.progress = 7
+    assert sampler.samples and sampler.peak_kib > 0
+    samples = [(0.0, 0, 100), (0.1, 50, 300), (0.2, 100, 200)]
+    assert [rss_at(samples, p) for p in (0, 50, 100)] == [100, 300, 300]

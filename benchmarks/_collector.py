@@ -1,0 +1,198 @@
+"""The collector as the collector benchmarks run it: a real ``python -m collector serve``
+subprocess on a real unix socket, its memory read from ``/proc``, and what it stored
+read back through its own CLI.
+
+Nothing here is timed; the benchmarks time what they drive through it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+import orjson
+
+from ._harness import BenchmarkError
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = "audit-collector ready:"
+#: Written by ``benchmarks._serve_with_stats`` at shutdown: the Store's own counters.
+STORE_STATS_FILE = "bench-store-stats.json"
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory with a short path (a unix socket path must stay under 104
+    bytes), on the same file system as the baselines' files."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _clean_env() -> dict[str, str]:
+    # AUDIT_* variables of whoever runs the benchmark must not change what is measured.
+    return {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+
+
+class Collector:
+    """``python -m collector serve --data-dir DIR`` as a subprocess.
+
+    With ``store_stats=True`` it runs through ``benchmarks._serve_with_stats`` instead:
+    the same serve code, plus the Store's counters (fsyncs, events per fsync) written to
+    ``DIR/bench-store-stats.json`` when it shuts down.
+    """
+
+    def __init__(self, data_dir: Path, *, store_stats: bool = False) -> None:
+        self.data_dir = data_dir
+        self.store_stats = store_stats
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self._ready = threading.Event()
+        self._ready_seen = False
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.data_dir / 'collector.sock'}"
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchmarkError("the collector is not started: call start() first")
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> Self:
+        module = "benchmarks._serve_with_stats" if self.store_stats else "collector"
+        command = [sys.executable, "-m", module]
+        if not self.store_stats:
+            command.append("serve")
+        command += ["--data-dir", str(self.data_dir)]
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=_clean_env(), text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     bufsize=1)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        if not self._ready.wait(timeout) or not self._ready_seen:
+            self.kill()
+            raise BenchmarkError("the collector did not start (is the checkout importable "
+                                 "from the repository root?):\n" + "".join(self.output[-30:]))
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if len(self.output) < 1000:  # a chatty collector must not grow this process
+                self.output.append(line)
+            if line.startswith(READY):
+                self._ready_seen = True
+                self._ready.set()
+        self._ready.set()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM and a clean exit: the collector drains its connections and closes its
+        Store (and, with ``store_stats``, writes the Store's counters)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise BenchmarkError(f"the collector did not stop within {timeout}s of SIGTERM:\n"
+                                 + "".join(self.output[-30:])) from None
+        if code != 0:
+            raise BenchmarkError(f"the collector exited with {code}:\n"
+                                 + "".join(self.output[-30:]))
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def read_store_stats(self) -> dict[str, Any]:
+        path = self.data_dir / STORE_STATS_FILE
+        if not path.exists():
+            raise BenchmarkError(f"{path} missing: start the Collector with store_stats=True "
+                                 f"and stop() it cleanly before reading its Store's counters")
+        return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.stop()
+        else:
+            self.kill()
+
+
+def indexed_events(data_dir: Path) -> int:
+    """How many events the data directory's index holds, as ``audit-collector stats``
+    reports it (a separate process, reading what is on disk)."""
+    done = subprocess.run([sys.executable, "-m", "collector", "stats", "--data-dir",
+                           str(data_dir), "--json"], cwd=ROOT, env=_clean_env(),
+                          capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise BenchmarkError(f"audit-collector stats failed ({done.returncode}): {done.stderr}")
+    return int(orjson.loads(done.stdout)["events_indexed"])
+
+
+# -- memory -------------------------------------------------------------------------------
+def status_kib(pid: int, key: str) -> int:
+    """A ``/proc/PID/status`` value in KiB, e.g. ``VmRSS`` (now) or ``VmHWM`` (peak)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError as exc:
+        raise BenchmarkError(f"cannot read /proc/{pid}/status ({exc}): memory is measured "
+                             f"on Linux only, while the process runs") from None
+    raise BenchmarkError(f"/proc/{pid}/status has no {key} line")
+
+
+class RssSampler:
+    """Samples a process's VmRSS every ``interval`` seconds on a thread, each sample
+    tagged with a progress value the caller keeps current (e.g. events acknowledged)."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.progress = 0
+        self.samples: list[tuple[float, int, int]] = []  # (seconds, progress, KiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._start = 0.0
+
+    def _run(self) -> None:
+        while True:
+            try:
+                kib = status_kib(self.pid, "VmRSS")
+            except BenchmarkError:
+                return  # the process ended: nothing more to sample
+            self.samples.append((time.monotonic() - self._start, self.progress, kib))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Self:
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def peak_kib(self) -> int:
+        return max((kib for _, _, kib in self.samples), default=0)
