@@ -39,6 +39,7 @@ from collector.storage.filters import (
     parse_time,
 )
 from collector.storage.reader import RecordReader
+from collector.storage.records import id_key
 from collector.storage.recovery import RepairReport, recover, reset_index_files
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class Reader:
         con = self.con
         con.execute("BEGIN")
         try:
-            row = con.execute("SELECT seq FROM ids WHERE id=?", (event_id,)).fetchone()
+            row = con.execute("SELECT seq FROM ids WHERE id=?", (id_key(event_id),)).fetchone()
             chunk = row and con.execute(
                 "SELECT chunk, segment FROM chunks WHERE first_seq <= ? AND last_seq >= ?",
                 (row[0], row[0])).fetchone()

@@ -86,8 +86,8 @@ class GroupWriter:
     def commit(self, batch: list[Submission]) -> None:
         """Dedupe (one index query for the group), number, place, write."""
         subs = [s for s in batch if s.future.set_running_or_notify_cancel()]
-        known = self._index.known_ids(list({i for sub in subs for i in sub.encoded.ids}))
-        seen: set[str] = set()
+        known = self._index.known_ids(list({k[0] for sub in subs for k in sub.encoded.keys}))
+        seen: set[bytes | str] = set()
         # A submission never straddles two segments: the active one takes what fits,
         # then rotates (an empty segment takes a submission of any size).
         piece: list[_Prepared] = []
@@ -119,20 +119,21 @@ class GroupWriter:
             self._write_piece(piece)
 
     @staticmethod
-    def _dedupe(sub: Submission, known: set[str], seen: set[str]) -> _Prepared:
+    def _dedupe(sub: Submission, known: set[bytes | str],
+                seen: set[bytes | str]) -> _Prepared:
         p = _Prepared(sub)
-        ids = sub.encoded.ids
-        unique = set(ids)
-        if len(unique) == len(ids) and unique.isdisjoint(known) and unique.isdisjoint(seen):
+        keys = [k[0] for k in sub.encoded.keys]  # the ids as the index keys them
+        unique = set(keys)
+        if len(unique) == len(keys) and unique.isdisjoint(known) and unique.isdisjoint(seen):
             p.numbers = sub.source_seqs or []  # the common case, without a loop
             seen |= unique
             return p
         keep = []
-        for i, event_id in enumerate(ids):
-            if event_id in known or event_id in seen:
-                p.duplicates.append(event_id)
+        for i, key in enumerate(keys):
+            if key in known or key in seen:
+                p.duplicates.append(sub.encoded.ids[i])
             else:
-                seen.add(event_id)
+                seen.add(key)
                 keep.append(i)
         p.encoded = sub.encoded.pick(keep)
         if sub.source_seqs:

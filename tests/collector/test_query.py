@@ -240,6 +240,7 @@ def test_find_returns_the_record_of_an_event_id(corpus: tuple[Store, list]) -> N
     store, rows = corpus
     assert find(store, rows[57]["id"])["seq"] == 58  # type: ignore[index]
     assert find(store, "00000000-0000-7000-8000-000000000000") is None
+    assert find(store, rows[57]["id"].upper())["seq"] == 58  # type: ignore[index]
 
 
 def test_search_takes_a_data_directory_or_its_index_file(corpus: tuple[Store, list]) -> None:

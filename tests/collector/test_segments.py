@@ -24,6 +24,7 @@ from collector.storage.errors import CorruptSegmentError, StorageError
 from collector.storage.records import (
     created_micros,
     encode_events,
+    id_key,
     ip_key,
     record_lines,
 )
@@ -107,6 +108,15 @@ def test_a_created_that_is_not_a_time_is_refused(created: object) -> None:
 ])
 def test_created_becomes_utc_microseconds(created: str, micros: int) -> None:
     assert created_micros(created) == micros
+
+
+def test_a_uuid_id_is_keyed_by_its_16_bytes_and_any_other_id_by_its_text() -> None:
+    uuid = "0190c5a0-1234-7abc-8def-0123456789ab"
+    assert id_key(uuid) == bytes.fromhex(uuid.replace("-", ""))
+    assert id_key(uuid.upper()) == id_key(uuid)  # one UUID, one key
+    for other in ("evt-1", "0190c5a0-1234-7abc-8def-0123456789a ", "0190c5a0x1234-7abc-8def-"
+                  "0123456789ab", "0190c5a0-1234-7abc-8def-0123456789zz"):
+        assert id_key(other) == other
 
 
 def test_ip_keys_sort_like_addresses_and_mapped_ipv4_is_ipv4() -> None:

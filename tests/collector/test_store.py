@@ -75,6 +75,14 @@ def test_duplicates_inside_one_batch_are_written_once(tmp_path: Path) -> None:
         assert store.stats()["duplicates"] == 2
 
 
+def test_ids_that_are_not_uuids_are_stored_and_deduplicated_too(tmp_path: Path) -> None:
+    odd = [event(id="evt-1"), event(id="EVT-2"), event(id="evt-1")]
+    with open_store(tmp_path) as store:
+        assert store.write(odd).written == ["evt-1", "EVT-2"]
+        assert store.write(odd[:1]).duplicates == ["evt-1"]
+    assert stored_ids(tmp_path) == ["evt-1", "EVT-2"]
+
+
 def test_submissions_waiting_together_share_one_fsync(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         blocker = threading.Event()
