@@ -5,6 +5,9 @@ full spool, lost with a killed process) shows up as a gap between two stored ran
 a loss is visible at the collector even when the app that lost it is gone.
 
 Ranges are inclusive ``[first, last]`` pairs, sorted and disjoint, never adjacent.
+The store keeps them in the index, updated with each commit. Retention deleting old
+segments leaves them as they are (a deleted record was received, not lost); ``reindex``
+rebuilds them from the segments that remain.
 """
 
 from __future__ import annotations
