@@ -17,10 +17,10 @@ from typing import Any, TextIO
 import orjson
 
 from . import config as collector_config
+from . import formats, render
 from . import query as q
-from . import render
 
-FORMATS = ("table", "jsonl", "csv")
+FORMATS = ("table", "jsonl", "csv", *formats.FORMATTERS)  # ocsf, ecs: collector/formats.py
 FOLLOW_INTERVAL = 0.5
 
 
@@ -65,6 +65,8 @@ def _writer(fmt: str, out: TextIO) -> Callable[[list[dict[str, Any]], bool], Non
         if fmt == "jsonl":
             for line in render.jsonl(records):
                 out.write(line.decode("utf-8"))
+        elif fmt in formats.FORMATTERS:
+            out.writelines(line.decode("utf-8") for line in formats.json_lines(records, fmt))
         elif fmt == "csv":
             rows = render.csv_rows(records)
             head = next(rows)
