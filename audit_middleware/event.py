@@ -59,6 +59,16 @@ SYSTEM: Final = "system"
 _LINE_BREAKS_UTF8: Final = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"),
                             (b"\xe2\x80\xa9", b"\\u2029"))
 
+
+def escape_line_breaks(data: bytes) -> bytes:
+    """Escape the Unicode line breaks orjson leaves raw in UTF-8 JSON (U+0085, U+2028,
+    U+2029), so one record is one line for every reader. ASCII data cannot hold them:
+    callers skip this when ``data.isascii()``."""
+    for raw, escaped in _LINE_BREAKS_UTF8:
+        data = data.replace(raw, escaped)
+    return data
+
+
 _getrandbits = random.getrandbits  # reseeded in forked children by the random module
 
 
@@ -220,10 +230,7 @@ class AuditEvent:
         character (CR, LF, NUL, ESC of ANSI sequences); the remaining Unicode line
         breaks are escaped here."""
         line = orjson.dumps(self.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
-        if b"\xc2\x85" in line or b"\xe2\x80" in line:
-            for raw, escaped in _LINE_BREAKS_UTF8:
-                line = line.replace(raw, escaped)
-        return line
+        return line if line.isascii() else escape_line_breaks(line)
 
     def __repr__(self) -> str:
         return f"AuditEvent({self.to_dict()!r})"

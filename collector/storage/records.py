@@ -18,7 +18,7 @@ import orjson
 
 # Reused rather than copied, so the app and the collector escape the same characters.
 # (audit_middleware.event keeps it private; a public helper there would be cleaner.)
-from audit_middleware.event import _LINE_BREAKS_UTF8, FIELDS
+from audit_middleware.event import FIELDS, escape_line_breaks
 
 from .errors import StorageError
 
@@ -138,14 +138,6 @@ def id_key(event_id: str) -> bytes | str:
         if len(key) == 16:  # fromhex skips spaces: " " in place of digits is not a UUID
             return key
     return event_id
-
-
-def escape_line_breaks(data: bytes) -> bytes:
-    """Escape the Unicode line breaks orjson leaves raw (one record, one line for every
-    reader). Callers skip it for ASCII data, which cannot hold them."""
-    for raw, escaped in _LINE_BREAKS_UTF8:
-        data = data.replace(raw, escaped)
-    return data
 
 
 def record_lines(
