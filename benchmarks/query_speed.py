@@ -260,8 +260,8 @@ def _report(m: h.Measurements, data: _dataset.Dataset, checked: str, sizes: dict
         ("warm page cache for every case; subprocess rows include process start-up "
          "(rg and jq start in milliseconds, Python in tens of them)."),
         (f"dataset: {'cached' if data.cached else 'built for this run'} in "
-         f"{data.data_dir} (built in {data.build_seconds:.0f}s through collector.store.Store; "
-         f"key {_dataset.cache_key(data.events)})."),
+         f"{data.data_dir} (built in {data.build_seconds:.0f}s through "
+         f"collector.store.Store)."),
     ]
     if skipped:
         notes.insert(0, f"{', '.join(skipped)} not installed: those rows and the target "
