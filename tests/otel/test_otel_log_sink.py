@@ -84,8 +84,8 @@ def test_a_system_event_outside_a_span_has_no_client_address_and_no_span(otel: S
 
 
 def test_the_status_and_the_proxy_peer_are_attributes(otel: Setup) -> None:
-    from audit_middleware.context import CaptureConfig, RequestContext, current
     from audit_middleware.client_ip import TrustedProxies
+    from audit_middleware.context import CaptureConfig, RequestContext, current
 
     scope = {"type": "http", "client": ("10.0.0.2", 1234),
              "headers": [(b"x-forwarded-for", b"192.0.2.50")]}

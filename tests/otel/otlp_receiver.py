@@ -1,0 +1,116 @@
+"""A real OTLP/HTTP logs receiver for tests: an HTTP server on a loopback port that
+decodes each ``POST /v1/logs`` body as an ``ExportLogsServiceRequest`` (opentelemetry-proto)
+and answers as an OpenTelemetry Collector would. It can refuse requests (a status for the
+next N) and go away and come back on the same port (an outage)."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+PATH = "/v1/logs"
+
+
+class OTLPReceiver:
+    def __init__(self) -> None:
+        self.requests: list[ExportLogsServiceRequest] = []
+        self.headers: list[dict[str, str]] = []  # lower-case names
+        self.refused = 0
+        self._refuse: list[int] = []  # statuses for the next requests
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}{PATH}"
+
+    def start(self) -> Self:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                status = receiver._handle(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                          body)
+                reply = ExportLogsServiceResponse().SerializeToString() if status == 200 else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Go away (connections are refused) until ``start()`` again, same port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def refuse_next(self, count: int, status: int = 503) -> None:
+        with self._lock:
+            self._refuse += [status] * count
+
+    def _handle(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        with self._lock:
+            if self._refuse:
+                self.refused += 1
+                return self._refuse.pop(0)
+            if path != PATH or headers.get("content-type") != "application/x-protobuf":
+                return 415
+            request = ExportLogsServiceRequest()
+            request.ParseFromString(body)
+            self.requests.append(request)
+            self.headers.append(headers)
+            return 200
+
+    def log_records(self) -> list[LogRecord]:
+        with self._lock:
+            return [record for request in self.requests for resource in request.resource_logs
+                    for scope in resource.scope_logs for record in scope.log_records]
+
+    def seqs(self) -> list[int]:
+        return [attributes(r)["audit.collector.seq"] for r in self.log_records()]
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[LogRecord]:
+        deadline = time.monotonic() + timeout
+        while len(set(self.seqs())) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the receiver got {len(set(self.seqs()))} distinct "
+                                     f"records, expected {count}")
+            time.sleep(0.01)
+        return self.log_records()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def any_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+def attributes(record: Any) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in record.attributes}

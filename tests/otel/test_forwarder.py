@@ -1,0 +1,244 @@
+"""The forwarder against a real OTLP/HTTP receiver: every field of every exported log
+record, order, batches, the checkpoint across restarts, outages and refusals, the lag."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit_middleware.otel import log_attributes, log_body
+from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError
+from collector.forwarder import ForwardError, Forwarder, ForwardSettings, parse_headers
+from collector.storage.records import created_micros
+from collector.store import StorageSettings, Store
+from tests.collector.storage_helpers import event
+from tests.e2e.harness import wait_until
+from tests.otel.otlp_receiver import OTLPReceiver, any_value, attributes
+
+TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(StorageSettings(data_dir=tmp_path / "data")) as opened:
+        yield opened
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as started:
+        yield started
+
+
+def settings(receiver: OTLPReceiver, **overrides: Any) -> ForwardSettings:
+    values: dict[str, Any] = {"endpoint": receiver.endpoint, "batch_size": 4, "timeout": 0.5,
+                              "backoff_initial": 0.02, "backoff_max": 0.1,
+                              "poll_interval": 0.02}
+    values.update(overrides)
+    return ForwardSettings(**values)
+
+
+def forwarder(store: Store, receiver: OTLPReceiver, **overrides: Any) -> Forwarder:
+    return Forwarder(store.settings.data_dir, settings(receiver, **overrides))
+
+
+def stored(store: Store) -> list[dict[str, Any]]:
+    from collector.query import iter_records
+
+    return list(iter_records(store.settings.data_dir))
+
+
+def write(store: Store, count: int, start: int = 1, **fields: Any) -> None:
+    store.write([event(start + i, **fields) for i in range(count)])
+
+
+def test_every_field_of_every_record_reaches_the_receiver(store: Store,
+                                                           receiver: OTLPReceiver) -> None:
+    store.write([event(1, trace_id=TRACE, span_id=SPAN),
+                 event(2, type="run_dropped", principal="system", client_ip=""),
+                 event(3, client_ip="192.0.2.50", peer_ip="10.0.0.2", status="failed: HTTP 500"),
+                 event(4, type="user_sign_in", status="password")])
+    fwd = forwarder(store, receiver, headers={"Authorization": "Bearer t0ken"})
+    while fwd.step():
+        pass
+    records = stored(store)
+    (request,) = receiver.requests
+    (resource_logs,) = request.resource_logs
+    resource = {kv.key: any_value(kv.value) for kv in resource_logs.resource.attributes}
+    assert resource["service.name"] == "audit-collector"
+    assert resource["telemetry.sdk.language"] == "python"
+    (scope_logs,) = resource_logs.scope_logs
+    assert scope_logs.scope.name == "audit_middleware"
+    assert receiver.headers[0]["authorization"] == "Bearer t0ken"
+    received = list(scope_logs.log_records)
+    assert len(received) == len(records) == 4
+    for got, record in zip(received, records, strict=True):
+        assert got.event_name == record["type"]
+        assert got.time_unix_nano == created_micros(record["created"]) * 1000
+        assert got.observed_time_unix_nano >= got.time_unix_nano
+        failed = record["status"].startswith("failed")
+        assert (got.severity_number, got.severity_text) == ((13, "WARN") if failed
+                                                            else (9, "INFO"))
+        assert got.body.string_value == log_body(record)
+        assert json.loads(got.body.string_value)["id"] == record["id"]
+        assert attributes(got) == {**log_attributes(record),
+                                   "audit.collector.seq": record["seq"]}
+        assert got.dropped_attributes_count == 0
+        assert got.trace_id == (bytes.fromhex(record["trace_id"]) if record["trace_id"]
+                                else b"")
+        assert got.span_id == (bytes.fromhex(record["span_id"]) if record["span_id"] else b"")
+        assert got.flags == 0
+    first = attributes(received[0])
+    assert first["log.record.uid"] == records[0]["id"]
+    assert first["user.id"] == "user-1" and first["client.address"] == "203.0.113.7"
+    assert first["audit.org.id"] == "org-1" and first["audit.workspace.name"] == "Main"
+    assert "client.address" not in attributes(received[1])
+    assert attributes(received[2])["network.peer.address"] == "10.0.0.2"
+
+
+def test_records_go_in_seq_order_one_batch_after_another(store: Store,
+                                                         receiver: OTLPReceiver) -> None:
+    write(store, 10)
+    fwd = forwarder(store, receiver, batch_size=4)
+    assert [fwd.step(), fwd.step(), fwd.step(), fwd.step()] == [4, 4, 2, 0]
+    assert [len(r.resource_logs[0].scope_logs[0].log_records) for r in receiver.requests] == [
+        4, 4, 2]
+    assert receiver.seqs() == list(range(1, 11))
+    assert fwd.stats()["checkpoint_seq"] == 10
+
+
+def test_a_restarted_forwarder_resumes_after_its_checkpoint(store: Store,
+                                                            receiver: OTLPReceiver) -> None:
+    write(store, 5)
+    first = forwarder(store, receiver)
+    first.start()
+    receiver.wait_for(5)
+    first.stop()
+    checkpoint = json.loads((store.settings.data_dir / CHECKPOINT_FILE).read_text())
+    assert (checkpoint["endpoint"], checkpoint["seq"]) == (receiver.endpoint, 5)
+    write(store, 3, start=6)
+    second = forwarder(store, receiver)
+    second.start()
+    try:
+        receiver.wait_for(8)
+    finally:
+        second.stop()
+    assert receiver.seqs() == list(range(1, 9))  # nothing sent twice, nothing missed
+
+
+def test_an_outage_of_the_receiver_delays_but_loses_nothing(store: Store,
+                                                             receiver: OTLPReceiver) -> None:
+    write(store, 3)
+    fwd = forwarder(store, receiver)
+    fwd.start()
+    try:
+        receiver.wait_for(3)
+        receiver.stop()
+        write(store, 6, start=4)
+        fwd.wake()
+        wait_until(lambda: fwd.stats()["failures"] >= 2, 20, "failed exports")
+        stats = fwd.stats()
+        assert stats["state"] == "retrying" and stats["last_error"]
+        assert stats["checkpoint_seq"] == 3
+        assert stats["lag_events"] == 6 and stats["lag_seconds"] > 0
+        receiver.start()  # same port
+        receiver.wait_for(9)
+        wait_until(lambda: fwd.stats()["lag_events"] == 0, 20, "caught up")
+    finally:
+        fwd.stop()
+    seqs = receiver.seqs()
+    assert sorted(set(seqs)) == list(range(1, 10))
+    assert seqs == sorted(seqs)  # in order, even across the outage
+    assert fwd.stats()["lag_seconds"] == 0
+
+
+@pytest.mark.parametrize("status", [503, 429, 400, 500])
+def test_a_refused_batch_is_retried_never_skipped(store: Store, receiver: OTLPReceiver,
+                                                  status: int) -> None:
+    write(store, 4)
+    receiver.refuse_next(2, status)
+    fwd = forwarder(store, receiver)
+    fwd.start()
+    try:
+        receiver.wait_for(4)
+    finally:
+        fwd.stop()
+    assert receiver.refused == 2
+    assert receiver.seqs() == [1, 2, 3, 4]
+    assert fwd.stats()["failures"] >= 1
+
+
+def test_an_endpoint_without_a_checkpoint_can_start_from_now(store: Store,
+                                                             receiver: OTLPReceiver) -> None:
+    write(store, 5)
+    fwd = forwarder(store, receiver, start="now")
+    assert fwd.step() == 0
+    write(store, 2, start=6)
+    assert fwd.step() == 2
+    assert receiver.seqs() == [6, 7]
+
+
+def test_another_endpoint_starts_from_its_own_beginning(store: Store,
+                                                        receiver: OTLPReceiver) -> None:
+    write(store, 3)
+    fwd = forwarder(store, receiver)
+    while fwd.step():
+        pass
+    with OTLPReceiver() as other:
+        second = Forwarder(store.settings.data_dir, settings(other))
+        while second.step():
+            pass
+        assert other.seqs() == [1, 2, 3]
+
+
+def test_records_deleted_before_forwarding_are_counted_as_skipped(store: Store,
+                                                                  receiver: OTLPReceiver
+                                                                  ) -> None:
+    write(store, 2)
+    fwd = forwarder(store, receiver)
+    fwd.checkpoint.save(receiver.endpoint, 0)
+    fwd._position = -3  # as if seqs -2..0 had been stored and deleted by retention
+    assert fwd.step() == 2
+    assert fwd.stats()["skipped"] == 3
+
+
+def test_lag_is_zero_when_caught_up_and_counts_unforwarded_records(store: Store,
+                                                                   receiver: OTLPReceiver
+                                                                   ) -> None:
+    write(store, 6)
+    fwd = forwarder(store, receiver, batch_size=4)
+    fwd.step()
+    assert (fwd.stats()["checkpoint_seq"], fwd.stats()["lag_events"]) == (4, 2)
+    fwd.step()
+    fwd.step()
+    assert (fwd.stats()["lag_events"], fwd.stats()["lag_seconds"]) == (0, 0)
+
+
+def test_a_damaged_checkpoint_is_refused_with_what_to_do(store: Store,
+                                                         receiver: OTLPReceiver) -> None:
+    (store.settings.data_dir / CHECKPOINT_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="move it away"):
+        forwarder(store, receiver)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"endpoint": "otel:4318"}, "http"),
+    ({"batch_size": 0}, "batch size"),
+    ({"backoff_initial": 5.0, "backoff_max": 1.0}, "backoff_max"),
+    ({"start": "yesterday"}, "forward_from"),
+])
+def test_settings_that_cannot_work_are_refused(receiver: OTLPReceiver,
+                                               overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ForwardError, match=message):
+        settings(receiver, **overrides)
+
+
+def test_headers_are_parsed_like_otel_exporter_otlp_headers() -> None:
+    assert parse_headers("Authorization=Bearer x, X-Scope-OrgID=acme") == {
+        "Authorization": "Bearer x", "X-Scope-OrgID": "acme"}
+    with pytest.raises(ForwardError, match="key=value"):
+        parse_headers("Authorization")
