@@ -12,7 +12,7 @@ import pytest
 
 from audit_middleware.otel import log_attributes, log_body
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError
-from collector.forwarder import ForwardError, Forwarder, ForwardSettings, parse_headers
+from collector.forwarder import Forwarder, ForwardError, ForwardSettings, parse_headers
 from collector.storage.records import created_micros
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import event
