@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import config as collector_config
 from . import read_commands as read
+from . import user_commands as users
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ COMMANDS: list[Command] = [
             read.stats_arguments, _read(read.run_stats)),
     Command("reindex", "rebuild the index from the segments (stop the collector first)",
             read.reindex_arguments, _read(read.run_reindex)),
+    Command("users", "reader accounts of the query API and admin panel: add, list, remove",
+            users.users_arguments, users.run_users),
 ]
 
 

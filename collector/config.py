@@ -120,6 +120,20 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_trace_url(value: Any) -> str:
+    """An http(s) URL with ``{trace_id}`` (and optionally ``{span_id}``) in it."""
+    if not isinstance(value, str):
+        raise TypeError("expected a URL such as https://jaeger.example/trace/{trace_id}")
+    if not value.startswith(("https://", "http://")) or "{trace_id}" not in value:
+        raise ValueError("expected an http(s) URL containing {trace_id}, such as "
+                         "https://jaeger.example/trace/{trace_id}")
+    rest = value.replace("{trace_id}", "").replace("{span_id}", "")
+    if "{" in rest or "}" in rest or any(c.isspace() or c in "\"<>" for c in value):
+        raise ValueError("only {trace_id} and {span_id} may be substituted, and the URL "
+                         "may not contain spaces, quotes or angle brackets")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -173,6 +187,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "delete sealed segments older than this many days", "DAYS"),
     Option("retention_bytes", parse_size, 0,
            "delete the oldest sealed segments beyond this total (0: no limit)", "SIZE"),
+    Option("api_listen", parse_listen, "127.0.0.1:8080",
+           "query API and admin panel on host:port (empty: none; TLS unless loopback)",
+           "HOST:PORT"),
+    Option("api_tls_cert", parse_path, None, "TLS certificate (PEM) for the query API", "PATH"),
+    Option("api_tls_key", parse_path, None, "TLS private key (PEM) for the query API", "PATH"),
+    Option("trace_url_template", parse_trace_url, None,
+           "link trace ids in the panel, e.g. https://jaeger.example/trace/{trace_id}", "URL"),
 )
 _BY_NAME: Final = {o.name: o for o in OPTIONS}
 
@@ -198,6 +219,10 @@ class CollectorConfig:
     compress_sealed: bool = False
     retention_days: float = 365.0
     retention_bytes: int = 0
+    api_listen: str = "127.0.0.1:8080"
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
+    trace_url_template: str | None = None
     config_file: Path | None = None
     #: where each value came from: "default", "flag --x", "env AUDIT_X", "file PATH"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -209,6 +234,10 @@ class CollectorConfig:
     @property
     def tcp_address(self) -> tuple[str, int] | None:
         return split_host_port(self.tcp) if self.tcp else None
+
+    @property
+    def api_address(self) -> tuple[str, int] | None:
+        return split_host_port(self.api_listen) if self.api_listen else None
 
     def describe(self) -> list[str]:
         """One line per option for the start-up summary; secrets are masked."""
@@ -327,6 +356,16 @@ def check(config: CollectorConfig) -> None:
                               "tls_key so tokens and events are never sent in clear")
     elif config.tls_cert is not None:
         raise ConfigError("tls_cert/tls_key are set but tcp is not: TLS is only for TCP")
+    if (config.api_tls_cert is None) != (config.api_tls_key is None):
+        raise ConfigError("API TLS needs both api_tls_cert and api_tls_key")
+    if config.api_listen:
+        host, _ = split_host_port(config.api_listen)
+        if config.api_tls_cert is None and not _is_loopback(host):
+            raise ConfigError(f"api_listen = {config.api_listen} is not a loopback address: "
+                              "set api_tls_cert and api_tls_key so reader tokens and audit "
+                              "logs are never sent in clear")
+    elif config.api_tls_cert is not None:
+        raise ConfigError("api_tls_cert/api_tls_key are set but api_listen is empty")
 
 
 def _is_loopback(host: str) -> bool:

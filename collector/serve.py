@@ -103,14 +103,39 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     stats_task = asyncio.create_task(_write_stats(server, config))
-    print(f"{READY_PREFIX} {' '.join(server.addresses)}", file=out, flush=True)
+    api = await _start_api(store, config, out)
+    addresses = server.addresses + ([api.url] if api else [])
+    print(f"{READY_PREFIX} {' '.join(addresses)}", file=out, flush=True)
     try:
         await stop.wait()
         print("audit-collector: shutting down, draining connections", file=out, flush=True)
+        if api is not None:  # first: no read is recorded into a store being closed
+            await api.shutdown()
+            api = None
         await server.shutdown(config.drain_timeout)
     finally:
+        if api is not None:
+            await api.shutdown()
         stats_task.cancel()
         _dump_stats(server, config)
+
+
+async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
+    """The query API and panel (``collector.api``), or None. A port already taken is a
+    warning, not a failed start: receiving events must not depend on the read side."""
+    from .api.server import ApiError, start_api
+
+    try:
+        api = await start_api(store, config)
+    except ApiError as exc:
+        log.error("query API not started: %s", exc)
+        print(f"audit-collector: WARNING: query API and admin panel not started: {exc}",
+              file=out, flush=True)
+        return None
+    if api is not None:
+        print(f"audit-collector: admin panel at {api.url}/admin/audit-logs (readers: "
+              f"audit-collector users add NAME --root)", file=out, flush=True)
+    return api
 
 
 async def _write_stats(server: IngestServer, config: CollectorConfig) -> None:

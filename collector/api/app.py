@@ -1,0 +1,108 @@
+"""The query API and admin panel as a Starlette application.
+
+    app = create_app(ApiSettings(data_dir), store)   # store: where reads are recorded
+
+``audit-collector serve`` runs it next to the ingest server (``collector.api.server``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from collector.readers import ReaderError, Readers
+from collector.storage.errors import StorageError
+from collector.storage.filters import QueryError
+
+from . import routes
+from .auth import AuthError, Sessions
+from .context import STATIC_DIR, Api, ApiSettings
+from .headers import SecurityHeaders
+from .params import ParamError
+from .reads import ReadNotRecordedError, Submitter
+
+log = logging.getLogger("collector.api")
+
+ROUTES = [
+    Route("/api/v1/audit-logs", routes.list_audit_logs, methods=["GET"]),
+    Route("/api/v1/audit-logs/export.csv", routes.export_csv, methods=["GET"]),
+    Route("/api/v1/audit-logs/export.jsonl", routes.export_jsonl, methods=["GET"]),
+    Route("/api/v1/audit-logs/{event_id}", routes.get_audit_log, methods=["GET"]),
+    Route("/api/v1/event-types", routes.event_types, methods=["GET"]),
+    Route("/api/v1/session", routes.who_am_i, methods=["GET"]),
+    Route("/api/v1/session", routes.sign_in, methods=["POST"]),
+    Route("/api/v1/session", routes.sign_out, methods=["DELETE"]),
+    Route("/api/v1/openapi.json", routes.openapi, methods=["GET"]),
+    Route("/", routes.to_panel, methods=["GET"]),
+    Route("/admin", routes.to_panel, methods=["GET"]),
+    Route("/admin/audit-logs", routes.panel, methods=["GET"]),
+    Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+]
+
+
+def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | None = None,
+               sessions: Sessions | None = None) -> Starlette:
+    api = Api(settings, store, readers, sessions)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        api.close()
+
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(SecurityHeaders, tls=settings.tls)],
+        exception_handlers={
+            AuthError: _auth_error,
+            ParamError: _bad_request,
+            QueryError: _bad_request,
+            HTTPException: _http_error,
+            ReadNotRecordedError: _unavailable,
+            StorageError: _unavailable,
+            ReaderError: _unavailable,
+            Exception: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.api = api
+    return app
+
+
+def _error(status: int, error: str, message: str,
+           headers: dict[str, str] | None = None) -> Response:
+    return routes.json_response({"error": error, "message": message}, status, headers)
+
+
+async def _auth_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AuthError)
+    return _error(exc.status, exc.error, exc.message, exc.headers)
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    return _error(400, "bad_request", str(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
+                  str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    log.error("query API: %s", exc)
+    return _error(503, "unavailable", str(exc))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("query API: %s %s failed", request.method, request.url.path)
+    return _error(500, "internal", "the collector could not answer this request: its log "
+                  "has the details")

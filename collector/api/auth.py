@@ -1,0 +1,131 @@
+"""Who is asking: a reader token (``Authorization: Bearer``) or a panel session cookie.
+
+Only root readers may read audit logs. A request without credentials and a request with
+credentials that match no reader both get 401; a reader that is not root gets 403. None
+of these responses says anything about the logs.
+
+The panel signs in once with a token (``POST /api/v1/session``) and then holds only a
+random session id in an ``HttpOnly; SameSite=Strict`` cookie: the token never stays in
+the browser, page scripts cannot read the session, other sites cannot send it, and a
+CSV download is a plain link the browser streams to disk. Sessions live in memory (a
+restart signs everyone out), expire after an idle hour or twelve hours, and end as soon
+as their reader is removed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from starlette.requests import HTTPConnection
+
+from collector.readers import Reader, Readers
+
+SESSION_COOKIE: Final = "audit_session"
+SESSION_IDLE: Final = 3600.0
+SESSION_MAX_AGE: Final = 12 * 3600.0
+MAX_SESSIONS: Final = 10_000
+_CHALLENGE: Final = 'Bearer realm="audit-collector"'
+
+
+class AuthError(Exception):
+    """A request that may not proceed: ``status`` 401 or 403, a message for the caller."""
+
+    def __init__(self, status: int, error: str, message: str,
+                 challenge: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+        self.headers = {"WWW-Authenticate": challenge} if challenge else {}
+
+
+def unauthorized(detail: str, invalid: bool) -> AuthError:
+    challenge = _CHALLENGE + (', error="invalid_token"' if invalid else "")
+    return AuthError(401, "unauthorized", detail, challenge)
+
+
+FORBIDDEN_MESSAGE: Final = ("only root readers may read audit logs: ask an operator for a "
+                            "root token (audit-collector users add NAME --root)")
+
+
+@dataclass
+class _Session:
+    name: str
+    key_id: str
+    started: float
+    seen: float
+
+
+class Sessions:
+    """Panel sessions: random ids -> (reader name, key id), in memory."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._now = clock
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+
+    def start(self, reader: Reader) -> str:
+        sid = secrets.token_urlsafe(32)
+        now = self._now()
+        with self._lock:
+            self._sessions[sid] = _Session(reader.name, reader.key_id, now, now)
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)  # the least recently used
+        return sid
+
+    def get(self, sid: str) -> tuple[str, str] | None:
+        now = self._now()
+        with self._lock:
+            session = self._sessions.get(sid)
+            if session is None:
+                return None
+            if now - session.seen > SESSION_IDLE or now - session.started > SESSION_MAX_AGE:
+                del self._sessions[sid]
+                return None
+            session.seen = now
+            self._sessions.move_to_end(sid)
+            return session.name, session.key_id
+
+    def end(self, sid: str) -> None:
+        with self._lock:
+            self._sessions.pop(sid, None)
+
+
+def bearer_token(conn: HTTPConnection) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; "" for any other header."""
+    header = conn.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def authenticate(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> Reader:
+    """The reader making this request, or ``AuthError`` (401)."""
+    token = bearer_token(conn)
+    if token is not None:
+        reader = readers.authenticate(token)
+        if reader is None:
+            raise unauthorized("this token is not valid: use a token printed by "
+                               "`audit-collector users add`", invalid=True)
+        return reader
+    sid = conn.cookies.get(SESSION_COOKIE)
+    if sid:
+        held = sessions.get(sid)
+        reader = readers.current(*held) if held else None
+        if reader is None:
+            raise unauthorized("your session has ended: sign in again", invalid=True)
+        return reader
+    raise unauthorized("sign in: send Authorization: Bearer <token>", invalid=False)
+
+
+def authorize_root(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> Reader:
+    """The root reader making this request; 401 or 403 otherwise."""
+    reader = authenticate(conn, readers, sessions)
+    if not reader.root:
+        raise AuthError(403, "forbidden", FORBIDDEN_MESSAGE)
+    return reader

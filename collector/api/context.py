@@ -1,0 +1,68 @@
+"""What the endpoints share: settings, reader accounts, panel sessions, the query pool
+and the recorder of reads."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from starlette.requests import Request
+
+from collector.readers import Reader, Readers
+
+from .auth import FORBIDDEN_MESSAGE, AuthError, Sessions, authenticate
+from .queries import DEFAULT_THREADS, QueryPool
+from .reads import ReadRecorder, Submitter
+
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
+_SPAN_ID: Final = re.compile(r"[0-9a-f]{16}")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    data_dir: Path
+    #: e.g. "https://jaeger.example/trace/{trace_id}" (checked by collector.config)
+    trace_url_template: str | None = None
+    #: served over TLS: session cookies get ``Secure``, responses HSTS
+    tls: bool = False
+    query_threads: int = DEFAULT_THREADS
+
+
+class Api:
+    def __init__(self, settings: ApiSettings, store: Submitter,
+                 readers: Readers | None = None, sessions: Sessions | None = None) -> None:
+        self.settings = settings
+        self.readers = readers if readers is not None else Readers(settings.data_dir)
+        self.sessions = sessions if sessions is not None else Sessions()
+        self.pool = QueryPool(settings.data_dir, settings.query_threads)
+        self.recorder = ReadRecorder(store)
+
+    def root_reader(self, request: Request) -> Reader:
+        return self.check_root(authenticate(request, self.readers, self.sessions))
+
+    @staticmethod
+    def check_root(reader: Reader) -> Reader:
+        if not reader.root:
+            raise AuthError(403, "forbidden", FORBIDDEN_MESSAGE)
+        return reader
+
+    async def record(self, kind: str, reader: Reader, request: Request, target: str,
+                     details: dict[str, Any]) -> str:
+        client = request.client.host if request.client else None
+        return await self.recorder.record(kind, reader, target=target, details=details,
+                                          client_ip=client)
+
+    def trace_url(self, record: dict[str, Any]) -> str | None:
+        template = self.settings.trace_url_template
+        trace_id, span_id = record.get("trace_id"), record.get("span_id") or ""
+        if not template or not isinstance(trace_id, str) or not _TRACE_ID.fullmatch(trace_id):
+            return None
+        if not isinstance(span_id, str) or (span_id and not _SPAN_ID.fullmatch(span_id)):
+            span_id = ""
+        return template.replace("{trace_id}", trace_id).replace("{span_id}", span_id)
+
+    def close(self) -> None:
+        self.pool.close()

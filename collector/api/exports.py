@@ -1,0 +1,56 @@
+"""Streaming exports of a selection, CSV or JSON-lines: a page of the index at a time
+(the keyset pages of ``collector.query``, as ``iter_records`` walks them), rendered on
+a worker thread and sent before the next page is read. Memory stays constant whatever
+the size; a slow client slows the reading down instead of filling a buffer.
+
+An error after the first byte cannot change the status code any more: the stream is
+then aborted, so the client sees a failed download, never a silently short file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Final
+
+from collector import render
+from collector.query import Page, Reader
+
+from .params import Selection
+from .queries import QueryPool
+
+PAGE: Final = 1000
+MEDIA_TYPES: Final = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+
+
+def first_page(reader: Reader, selection: Selection) -> Page:
+    """Read before the response starts, so a bad filter is still a 400."""
+    return reader.search(selection.filters, limit=PAGE, newest_first=selection.newest_first)
+
+
+def render_records(records: list[dict[str, object]], fmt: str, header: bool) -> bytes:
+    if fmt == "jsonl":
+        return b"".join(render.jsonl(records))
+    rows = render.csv_rows(records)
+    head = next(rows)
+    return ((head if header else "") + "".join(rows)).encode("utf-8")
+
+
+async def stream(pool: QueryPool, selection: Selection, fmt: str,
+                 page: Page) -> AsyncIterator[bytes]:
+    header = True
+    while True:
+        records, cursor = page.records, page.next_cursor
+
+        def work(reader: Reader, records: list[dict[str, object]] = records,
+                 cursor: str | None = cursor, header: bool = header) -> tuple[bytes, Page | None]:
+            body = render_records(records, fmt, header)
+            following = reader.search(selection.filters, limit=PAGE, cursor=cursor,
+                                      newest_first=selection.newest_first) if cursor else None
+            return body, following
+
+        body, following = await pool.run(work)
+        if body:
+            yield body
+        if following is None:
+            return
+        page, header = following, False

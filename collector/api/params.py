@@ -1,0 +1,76 @@
+"""Query-string parameters of the audit-log endpoints -> ``collector.query.Filters``.
+
+The same filters as ``audit-collector query``. Unknown parameters are refused (a typo
+such as ``principle=`` must not silently widen a selection); empty values mean "no
+filter", so a form can send every field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from starlette.datastructures import QueryParams
+
+from collector.query import Filters
+
+DEFAULT_LIMIT: Final = 50
+MAX_LIMIT: Final = 1000
+FILTER_PARAMS: Final = ("type", "principal", "target", "org", "workspace", "client_ip",
+                        "since", "until")
+_SINGLE: Final = FILTER_PARAMS[1:]
+MAX_TYPES: Final = 64
+
+
+class ParamError(ValueError):
+    """A query parameter the API cannot use; the message names it and the accepted forms."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    filters: Filters
+    newest_first: bool
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What was asked, for the read's audit event (``status``)."""
+        f = self.filters
+        shown: dict[str, Any] = {k: v for k, v in (
+            ("type", list(f.types)), ("principal", f.principal), ("target", f.target),
+            ("org", f.org), ("workspace", f.workspace), ("client_ip", f.client_ip),
+            ("since", f.since), ("until", f.until)) if v}
+        shown["order"] = "newest" if self.newest_first else "oldest"
+        return shown
+
+
+def selection(params: QueryParams, *, paging: bool) -> Selection:
+    allowed = set(FILTER_PARAMS) | {"order"} | ({"limit", "cursor"} if paging else set())
+    unknown = sorted(set(params.keys()) - allowed)
+    if unknown:
+        raise ParamError(f"unknown parameter(s) {', '.join(unknown)}: use "
+                         f"{', '.join(sorted(allowed))}")
+    for name in (*_SINGLE, "order", "limit", "cursor"):
+        if len(params.getlist(name)) > 1:
+            raise ParamError(f"{name} is given more than once: give it once (only type "
+                             f"may repeat)")
+    types = tuple(t.strip() for value in params.getlist("type") for t in value.split(",")
+                  if t.strip())
+    if len(types) > MAX_TYPES:
+        raise ParamError(f"at most {MAX_TYPES} types or globs, got {len(types)}")
+    values = {name: (params.get(name) or "").strip() or None for name in _SINGLE}
+    order = params.get("order") or "newest"
+    if order not in ("newest", "oldest"):
+        raise ParamError(f"order={order!r}: use newest (the default) or oldest")
+    limit = DEFAULT_LIMIT
+    if paging and params.get("limit"):
+        text = params["limit"]
+        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+            raise ParamError(f"limit={text[:20]!r}: use a whole number from 1 to {MAX_LIMIT}")
+        limit = int(text)
+    return Selection(
+        Filters(types=types, principal=values["principal"], target=values["target"],
+                org=values["org"], workspace=values["workspace"],
+                client_ip=values["client_ip"], since=values["since"], until=values["until"]),
+        newest_first=order == "newest", limit=limit,
+        cursor=(params.get("cursor") or None) if paging else None)

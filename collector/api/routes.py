@@ -1,0 +1,165 @@
+"""The endpoints. Every audit-log endpoint authenticates first (so a caller without a
+root token learns nothing, not even whether its parameters were valid), reads, records
+the read durably, and only then answers."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Final
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+
+from collector.query import Page, Reader
+
+from . import exports
+from .auth import SESSION_COOKIE, AuthError, authenticate, unauthorized
+from .context import STATIC_DIR, Api
+from .openapi import SPEC
+from .params import ParamError, selection
+from .reads import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, CATALOGUE, SELECTION_TARGET
+
+_EVENT_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_MAX_SIGN_IN_BODY: Final = 4096
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def _api(request: Request) -> Api:
+    api: Api = request.app.state.api
+    return api
+
+
+# -- audit logs --------------------------------------------------------------------------
+async def list_audit_logs(request: Request) -> Response:
+    api = _api(request)
+    reader = api.root_reader(request)
+    sel = selection(request.query_params, paging=True)
+
+    def work(r: Reader) -> Page:
+        return r.search(sel.filters, limit=sel.limit, cursor=sel.cursor,
+                        newest_first=sel.newest_first)
+
+    page = await api.pool.run(work)
+    details = sel.describe() | {"limit": sel.limit, "returned": len(page.records)}
+    if sel.cursor:
+        details["cursor"] = True
+    await api.record(AUDIT_LOG_VIEWED, reader, request, SELECTION_TARGET, details)
+    return json_response({"records": page.records, "next_cursor": page.next_cursor,
+                          "limit": sel.limit})
+
+
+async def get_audit_log(request: Request) -> Response:
+    api = _api(request)
+    reader = api.root_reader(request)
+    event_id = request.path_params["event_id"]
+    if not _EVENT_ID.fullmatch(event_id):
+        raise ParamError(f"{event_id[:40]!r} is not an event id: ids are lowercase UUIDs "
+                         f"such as 019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11")
+    record = await api.pool.run(lambda r: r.find(event_id))
+    await api.record(AUDIT_LOG_VIEWED, reader, request, event_id,
+                     {"found": record is not None})
+    if record is None:
+        return json_response({"error": "not_found",
+                              "message": f"no stored event has id {event_id}"}, 404)
+    return json_response({"record": record, "trace_url": api.trace_url(record)})
+
+
+async def export_csv(request: Request) -> Response:
+    return await _export(request, "csv")
+
+
+async def export_jsonl(request: Request) -> Response:
+    return await _export(request, "jsonl")
+
+
+async def _export(request: Request, fmt: str) -> Response:
+    api = _api(request)
+    reader = api.root_reader(request)
+    sel = selection(request.query_params, paging=False)
+    first = await api.pool.run(lambda r: exports.first_page(r, sel))
+    await api.record(AUDIT_LOG_EXPORTED, reader, request, SELECTION_TARGET,
+                     sel.describe() | {"format": fmt})
+    name = f"audit-logs-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}.{fmt}"
+    return StreamingResponse(exports.stream(api.pool, sel, fmt, first),
+                             media_type=exports.MEDIA_TYPES[fmt],
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def event_types(request: Request) -> Response:
+    api = _api(request)
+    api.root_reader(request)
+    stored = await api.pool.run(
+        lambda r: [t for (t,) in r.con.execute("SELECT type FROM types")])
+    return json_response({"types": sorted(set(stored) | CATALOGUE.types)})
+
+
+# -- the panel's session -----------------------------------------------------------------
+async def who_am_i(request: Request) -> Response:
+    api = _api(request)
+    reader = authenticate(request, api.readers, api.sessions)
+    return json_response({"name": reader.name, "root": reader.root})
+
+
+async def sign_in(request: Request) -> Response:
+    api = _api(request)
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise AuthError(403, "forbidden", "sign in from the panel's own page")
+    token = await _token_from_body(request)
+    reader = api.readers.authenticate(token)
+    if reader is None:
+        raise unauthorized("this token is not valid: use a token printed by "
+                           "`audit-collector users add`", invalid=True)
+    reader = api.check_root(reader)
+    response = json_response({"name": reader.name, "root": reader.root})
+    response.set_cookie(SESSION_COOKIE, api.sessions.start(reader), path="/", httponly=True,
+                        samesite="strict", secure=api.settings.tls)
+    return response
+
+
+async def _token_from_body(request: Request) -> str:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_SIGN_IN_BODY:
+            raise ParamError(f"the sign-in body is over {_MAX_SIGN_IN_BODY} bytes: send "
+                             '{"token": "..."}')
+    try:
+        token = orjson.loads(body)["token"]
+        if not isinstance(token, str):
+            raise TypeError
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise ParamError('send the token as JSON: {"token": "ac_..."}') from None
+    return token.strip()
+
+
+async def sign_out(request: Request) -> Response:
+    sid = request.cookies.get(SESSION_COOKIE)
+    if sid:
+        _api(request).sessions.end(sid)
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# -- documents ---------------------------------------------------------------------------
+_SPEC_BODY: Final = orjson.dumps(SPEC)
+
+
+async def openapi(request: Request) -> Response:
+    return Response(_SPEC_BODY, media_type="application/json")
+
+
+async def panel(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "panel.html", media_type="text/html; charset=utf-8")
+
+
+async def to_panel(request: Request) -> Response:
+    return RedirectResponse("/admin/audit-logs", status_code=307)

@@ -1,0 +1,278 @@
+// The admin panel's "Audit logs" tab. No build step, no framework.
+//
+// Records are untrusted data: every value reaches the page through textContent or a
+// DOM property, never through HTML parsing (no innerHTML, no insertAdjacentHTML). The
+// page runs under a Content-Security-Policy without inline script or style.
+//
+// The session is an HttpOnly cookie set by POST /api/v1/session: this script never
+// holds the token after signing in, and the CSV download is a plain link.
+"use strict";
+
+(() => {
+  const COLUMNS = [
+    ["Type", "type"], ["Target", "target"], ["Principal", "principal"],
+    ["Status", "status"], ["Organization ID", "org_id"],
+    ["Organization name", "org_name"], ["Workspace ID", "workspace_id"],
+    ["Workspace name", "workspace_name"], ["Client IP", "client_ip"],
+    ["Creation date", "created"],
+  ];
+  const FILTERS = ["type", "principal", "target", "org", "workspace", "client_ip",
+                   "since", "until", "order", "limit"];
+  const PANEL_PATH = "/admin/audit-logs";
+  const $ = (id) => document.getElementById(id);
+
+  // cursors[i] is the cursor of page i (null for the first page).
+  const state = { cursors: [null], page: 0, query: new URLSearchParams() };
+
+  // The seed's form of "Creation date": YYYY-MM-DD-HH-MM-SS (UTC).
+  function seedDate(created) {
+    if (typeof created !== "string" || created.length < 19) return String(created ?? "");
+    return `${created.slice(0, 10)}-${created.slice(11, 13)}-${created.slice(14, 16)}-` +
+           created.slice(17, 19);
+  }
+
+  function display(record, field) {
+    const value = record[field];
+    if (field === "created") return seedDate(value);
+    return value === undefined || value === null ? "" : String(value);
+  }
+
+  function showError(id, message) {
+    const el = $(id);
+    el.textContent = message || "";
+    el.hidden = !message;
+  }
+
+  async function call(path, options = {}) {
+    let response;
+    try {
+      response = await fetch(path, {
+        credentials: "same-origin",
+        headers: { Accept: "application/json", ...(options.headers || {}) },
+        ...options,
+      });
+    } catch (err) {
+      return { status: 0, body: { message: "The collector cannot be reached." } };
+    }
+    let body = null;
+    try { body = await response.json(); } catch (err) { body = null; }
+    return { status: response.status, body: body || {} };
+  }
+
+  // -- signing in and out ---------------------------------------------------------
+  function showSignIn(message) {
+    $("admin").hidden = true;
+    $("who").hidden = true;
+    $("sign-in").hidden = false;
+    showError("sign-in-error", message);
+    $("token").focus();
+  }
+
+  function signedIn(me) {
+    $("sign-in").hidden = true;
+    $("who-name").textContent = me.name;
+    $("who").hidden = false;
+    $("admin").hidden = false;
+    loadTypes();
+    loadPage();
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const token = $("token").value.trim();
+    const result = await call("/api/v1/session", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token }),
+    });
+    $("token").value = "";
+    if (result.status === 200) {
+      signedIn(result.body);
+    } else if (result.status === 403) {
+      showSignIn("This reader is not root: only root users may view audit logs.");
+    } else if (result.status === 401) {
+      showSignIn("This token is not valid.");
+    } else {
+      showSignIn(result.body.message || `Sign-in failed (HTTP ${result.status}).`);
+    }
+  }
+
+  async function signOut() {
+    await call("/api/v1/session", { method: "DELETE" });
+    $("events").tBodies[0].replaceChildren();
+    $("detail").hidden = true;
+    showSignIn("");
+  }
+
+  // -- filters and the URL --------------------------------------------------------
+  function queryFromForm() {
+    const query = new URLSearchParams();
+    const form = $("filters");
+    for (const name of FILTERS) {
+      const value = form.elements[name].value.trim();
+      if (value) query.set(name, value);
+    }
+    return query;
+  }
+
+  function formFromQuery(query) {
+    const form = $("filters");
+    for (const name of FILTERS) {
+      const value = query.get(name);
+      if (value !== null) form.elements[name].value = value;
+    }
+  }
+
+  function exportLink(query) {
+    const q = new URLSearchParams(query);
+    q.delete("limit");
+    const text = q.toString();
+    return "/api/v1/audit-logs/export.csv" + (text ? `?${text}` : "");
+  }
+
+  function applyFilters(event) {
+    if (event) event.preventDefault();
+    state.query = queryFromForm();
+    state.cursors = [null];
+    state.page = 0;
+    const text = state.query.toString();
+    history.replaceState(null, "", PANEL_PATH + (text ? `?${text}` : ""));
+    $("download").href = exportLink(state.query);
+    $("detail").hidden = true;
+    loadPage();
+  }
+
+  function clearFilters() {
+    $("filters").reset();
+    applyFilters();
+  }
+
+  // -- the table ------------------------------------------------------------------
+  async function loadPage() {
+    const query = new URLSearchParams(state.query);
+    const cursor = state.cursors[state.page];
+    if (cursor) query.set("cursor", cursor);
+    $("summary").textContent = "Loading…";
+    const result = await call(`/api/v1/audit-logs?${query}`);
+    if (result.status === 401) return showSignIn("Your session has ended: sign in again.");
+    if (result.status !== 200) {
+      $("summary").textContent = "";
+      showError("error", result.body.message || `The query failed (HTTP ${result.status}).`);
+      return;
+    }
+    showError("error", "");
+    const { records, next_cursor: next } = result.body;
+    state.cursors[state.page + 1] = next;
+    state.cursors.length = state.page + 2;
+    renderRows(records);
+    $("previous").disabled = state.page === 0;
+    $("next").disabled = !next;
+    $("page-label").textContent = `Page ${state.page + 1}`;
+    $("summary").textContent = records.length
+      ? `${records.length} event${records.length === 1 ? "" : "s"} on this page` +
+        (next ? "; more on the next page." : ".")
+      : "No events match these filters.";
+  }
+
+  function renderRows(records) {
+    const rows = records.map((record) => {
+      const tr = document.createElement("tr");
+      tr.tabIndex = 0;
+      tr.dataset.id = String(record.id);
+      for (const [, field] of COLUMNS) {
+        const td = document.createElement("td");
+        td.textContent = display(record, field);
+        tr.append(td);
+      }
+      tr.addEventListener("click", () => openDetail(record.id));
+      tr.addEventListener("keydown", (event) => {
+        if (event.key === "Enter") openDetail(record.id);
+      });
+      return tr;
+    });
+    $("events").tBodies[0].replaceChildren(...rows);
+  }
+
+  function turnPage(step) {
+    const page = state.page + step;
+    if (page < 0 || (step > 0 && !state.cursors[page])) return;
+    state.page = page;
+    $("detail").hidden = true;
+    loadPage();
+  }
+
+  async function loadTypes() {
+    const result = await call("/api/v1/event-types");
+    if (result.status !== 200) return;
+    const options = result.body.types.map((type) => {
+      const option = document.createElement("option");
+      option.value = type;
+      return option;
+    });
+    $("types").replaceChildren(...options);
+  }
+
+  // -- one event ------------------------------------------------------------------
+  async function openDetail(id) {
+    const result = await call(`/api/v1/audit-logs/${encodeURIComponent(id)}`);
+    if (result.status === 401) return showSignIn("Your session has ended: sign in again.");
+    if (result.status !== 200) {
+      showError("error", result.body.message || `The event cannot be read (HTTP ${result.status}).`);
+      return;
+    }
+    const { record, trace_url: traceUrl } = result.body;
+    const items = [];
+    for (const [field, value] of Object.entries(record)) {
+      const dt = document.createElement("dt");
+      dt.textContent = field;
+      const dd = document.createElement("dd");
+      if (field === "trace_id" && value && isHttpUrl(traceUrl)) {
+        const a = document.createElement("a");
+        a.href = traceUrl;
+        a.textContent = String(value);
+        a.target = "_blank";
+        a.rel = "noopener noreferrer";
+        dd.append(a);
+      } else if (field === "created") {
+        dd.textContent = `${seedDate(value)} (${value})`;
+      } else {
+        dd.textContent = value === null || value === undefined ? "" : String(value);
+      }
+      items.push(dt, dd);
+    }
+    $("detail-fields").replaceChildren(...items);
+    $("detail").hidden = false;
+    $("detail-close").focus();
+  }
+
+  function isHttpUrl(value) {
+    if (typeof value !== "string") return false;
+    try {
+      const url = new URL(value);
+      return url.protocol === "https:" || url.protocol === "http:";
+    } catch (err) {
+      return false;
+    }
+  }
+
+  // -- start ----------------------------------------------------------------------
+  async function start() {
+    $("sign-in-form").addEventListener("submit", signIn);
+    $("sign-out").addEventListener("click", signOut);
+    $("filters").addEventListener("submit", applyFilters);
+    $("clear").addEventListener("click", clearFilters);
+    $("previous").addEventListener("click", () => turnPage(-1));
+    $("next").addEventListener("click", () => turnPage(1));
+    $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
+    const fromUrl = new URLSearchParams(location.search);
+    formFromQuery(fromUrl);
+    state.query = queryFromForm();
+    $("download").href = exportLink(state.query);
+    const me = await call("/api/v1/session");
+    if (me.status === 200 && me.body.root) signedIn(me.body);
+    else if (me.status === 200 || me.status === 403) showSignIn("This reader is not root: only root users may view audit logs.");
+    else showSignIn("");
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

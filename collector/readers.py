@@ -1,0 +1,177 @@
+"""Reader accounts: who may read the audit logs through the query API and the panel.
+
+A reader has a name, a role (root or not) and one bearer token. The token is shown once,
+when the reader is added; the file keeps only its SHA-256. Tokens are 256 random bits,
+so a fast hash is enough (a slow password hash protects guessable secrets; these are
+not guessable) and lets every request be checked in microseconds.
+
+A token reads ``ac_<key id>_<secret>``: the key id finds the reader without comparing
+against every hash, and the hashes are compared with ``hmac.compare_digest``. An unknown
+key id is compared against a dummy hash so that it costs the same time.
+
+The accounts live in ``<data_dir>/readers.json`` (mode 0600, replaced atomically). The
+collector re-reads the file when it changes, so ``audit-collector users remove NAME``
+revokes a token at once, without a restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+__all__ = ["READERS_FILE", "Reader", "ReaderError", "Readers"]
+
+READERS_FILE: Final = "readers.json"
+_LOCK_FILE: Final = "readers.lock"
+_FORMAT: Final = 1
+NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_TOKEN_RE: Final = re.compile(r"ac_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+_DUMMY_HASH: Final = hashlib.sha256(b"no such reader").hexdigest()
+
+
+class ReaderError(ValueError):
+    """A reader account operation that cannot be done; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Reader:
+    name: str
+    root: bool
+    key_id: str
+    token_sha256: str
+    created: str  # RFC 3339 UTC
+
+    @property
+    def role(self) -> str:
+        return "root" if self.root else "reader"
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+class Readers:
+    """The reader accounts of one data directory (thread-safe)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / READERS_FILE
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._by_key: dict[str, Reader] = {}
+
+    # -- reading ------------------------------------------------------------------------
+    def all(self) -> list[Reader]:
+        with self._lock:
+            self._refresh()
+            return sorted(self._by_key.values(), key=lambda r: r.name)
+
+    def authenticate(self, token: object) -> Reader | None:
+        """The reader whose token this is, or None (malformed, unknown, revoked)."""
+        match = _TOKEN_RE.fullmatch(token) if isinstance(token, str) else None
+        with self._lock:
+            self._refresh()
+            reader = self._by_key.get(match[1]) if match else None
+        presented = _hash(token) if match else _DUMMY_HASH  # type: ignore[arg-type]
+        stored = reader.token_sha256 if reader else _DUMMY_HASH
+        if hmac.compare_digest(presented, stored) and reader is not None:
+            return reader
+        return None
+
+    def current(self, name: str, key_id: str) -> Reader | None:
+        """The reader ``name`` if it still holds the key ``key_id`` (a panel session
+        checks this on every request: removing a reader ends its sessions)."""
+        with self._lock:
+            self._refresh()
+            reader = self._by_key.get(key_id)
+        return reader if reader is not None and reader.name == name else None
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._stamp, self._by_key = None, {}
+            return
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._by_key = {r.key_id: r for r in _load(self.path)}
+            self._stamp = stamp
+
+    # -- changing (the CLI; another process may be serving) -----------------------------
+    def add(self, name: str, *, root: bool) -> str:
+        """Create reader ``name``; returns its token (shown once, never stored)."""
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise ReaderError(f"reader name {name!r} is not valid: use 1-64 characters of "
+                              f"letters, digits and _ . @ -, starting with a letter or digit")
+        key_id = secrets.token_hex(8)
+        token = f"ac_{key_id}_{secrets.token_urlsafe(32)}"
+        with self._editing() as readers:
+            if any(r.name == name for r in readers):
+                raise ReaderError(f"reader {name!r} exists already: `audit-collector users "
+                                  f"remove {name}` first to give it a new token")
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            readers.append(Reader(name, root, key_id, _hash(token), created))
+        return token
+
+    def remove(self, name: str) -> Reader:
+        with self._editing() as readers:
+            for i, reader in enumerate(readers):
+                if reader.name == name:
+                    del readers[i]
+                    return reader
+        known = ", ".join(r.name for r in readers) or "none"
+        raise ReaderError(f"no reader named {name!r} (readers: {known})")
+
+    @contextmanager
+    def _editing(self) -> Iterator[list[Reader]]:
+        """Read-modify-write under a lock file, so two CLI commands never lose an edit;
+        the new file replaces the old one by rename (a reader never sees half a file)."""
+        self.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            readers = _load(self.path) if self.path.exists() else []
+            yield readers
+            _save(self.path, readers)
+        finally:
+            os.close(fd)
+
+
+def _load(path: Path) -> list[Reader]:
+    try:
+        data: Any = orjson.loads(path.read_bytes())
+        if data.get("format") != _FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT}")
+        return [Reader(r["name"], bool(r["root"]), r["key_id"], r["token_sha256"],
+                       r["created"]) for r in data["readers"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ReaderError(f"{path} cannot be read ({exc}): restore it from a backup, or "
+                          f"delete it and add the readers again") from None
+
+
+def _save(path: Path, readers: list[Reader]) -> None:
+    body = orjson.dumps({"format": _FORMAT, "readers": [
+        {"name": r.name, "root": r.root, "key_id": r.key_id,
+         "token_sha256": r.token_sha256, "created": r.created} for r in readers]},
+        option=orjson.OPT_INDENT_2)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,53 @@
+"""``audit-collector users add|list|remove``: the reader accounts of the query API and
+the admin panel (see ``collector.readers``).
+
+    audit-collector users add alice --root     # prints alice's token, once
+    audit-collector users list
+    audit-collector users remove alice         # her token stops working at once
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import config as collector_config
+from .readers import ReaderError, Readers
+
+
+def users_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = sub.add_parser("add", help="create a reader and print its token (shown once)")
+    add.add_argument("name", help="reader name: letters, digits, _ . @ -")
+    add.add_argument("--root", action="store_true",
+                     help="may read audit logs (only root readers may)")
+    listing = sub.add_parser("list", help="readers and their roles (never their tokens)")
+    remove = sub.add_parser("remove", help="delete a reader; its token stops working")
+    remove.add_argument("name")
+    for action in (add, listing, remove):  # --data-dir after the action, as people type it
+        collector_config.add_arguments(action, ["data_dir"])
+
+
+def run_users(args: argparse.Namespace) -> int:
+    readers = Readers(collector_config.load(args).data_dir)
+    try:
+        if args.action == "add":
+            token = readers.add(args.name, root=args.root)
+            role = "root" if args.root else "non-root (may not read audit logs)"
+            print(f"added {role} reader {args.name}; its token, shown only now:",
+                  file=sys.stderr)
+            print(token)
+        elif args.action == "list":
+            rows = readers.all()
+            if not rows:
+                print(f"no readers in {readers.path}: add one with "
+                      f"`audit-collector users add NAME --root`", file=sys.stderr)
+            for r in rows:
+                print(f"{r.name:<24} {r.role:<7} key {r.key_id}  created {r.created}")
+        else:
+            removed = readers.remove(args.name)
+            print(f"removed {removed.role} reader {removed.name}")
+    except ReaderError as exc:
+        print(f"audit-collector users {args.action}: {exc}", file=sys.stderr)
+        return 2
+    return 0

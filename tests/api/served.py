@@ -1,0 +1,39 @@
+"""The collector as a real process with its query API on an ephemeral loopback port
+(shared by the serve and browser tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.e2e.harness import ROOT, CollectorProcess
+
+
+def api_url(collector: CollectorProcess) -> str:
+    """The API's base URL, from the ready line (``... http://127.0.0.1:PORT``)."""
+    for word in collector.ready_line.split():
+        if word.startswith(("http://", "https://")):
+            return word
+    raise AssertionError(f"no API address in the ready line: {collector.ready_line!r}")
+
+
+@contextmanager
+def serving(data_dir: Path, *args: str) -> Iterator[tuple[CollectorProcess, str]]:
+    with CollectorProcess(data_dir, "--api-listen", "127.0.0.1:0", *args,
+                          env={"AUDIT_CONFIG": ""}) as collector:
+        yield collector, api_url(collector)
+
+
+def add_reader(data_dir: Path, name: str, *, root: bool) -> str:
+    """``audit-collector users add``, as an operator runs it; returns the token."""
+    done = subprocess.run(
+        [sys.executable, "-m", "collector", "users", "add", name, *(["--root"] if root else []),
+         "--data-dir", str(data_dir)],
+        cwd=ROOT, text=True, capture_output=True, timeout=60, check=False,
+        env={**os.environ, "AUDIT_CONFIG": ""})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

@@ -1,0 +1,198 @@
+"""GET /api/v1/audit-logs and /api/v1/audit-logs/{id}: the filters of `audit-collector
+query`, newest first, cursor pages that stay stable while events arrive, one event by
+id with its trace link."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from audit_middleware.event import format_created, seed_date
+from tests.api.conftest import COUNT, HOUR, SPAN, TRACE, Env, corpus
+from tests.collector.storage_helpers import BASE_NS, event
+
+ROWS = corpus()  # the same values as the env's store holds (ids differ)
+
+
+def expected(**want: Any) -> list[int]:
+    """Positions of the matching corpus rows, newest first (any listed value matches)."""
+    return [n for n in range(COUNT - 1, -1, -1)
+            if all(ROWS[n][k] in (v if isinstance(v, tuple) else (v,)) for k, v in want.items())]
+
+
+def every_page(env: Env, **params: Any) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = env.get("/api/v1/audit-logs", env.root, **params,
+                       **({"cursor": cursor} if cursor else {})).json()
+        records += page["records"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return records
+
+
+def at(n: int) -> str:
+    return format_created(BASE_NS + n * HOUR * 2 // 5)
+
+
+def test_a_page_is_newest_first_with_a_cursor_to_the_next(env: Env) -> None:
+    page = env.get("/api/v1/audit-logs", env.root, limit=10).json()
+    assert page["limit"] == 10
+    assert [r["id"] for r in page["records"]] == [r["id"] for r in env.rows[::-1][:10]]
+    assert page["next_cursor"]
+
+
+def test_oldest_first_on_request(env: Env) -> None:
+    page = env.get("/api/v1/audit-logs", env.root, limit=5, order="oldest").json()
+    assert [r["id"] for r in page["records"]] == [r["id"] for r in env.rows[:5]]
+
+
+def test_records_come_back_as_stored(env: Env) -> None:
+    record = env.get("/api/v1/audit-logs", env.root, limit=1).json()["records"][0]
+    stored = env.rows[-1]
+    assert {k: record[k] for k in stored} == stored
+    assert record["seq"] == COUNT  # the storage fields follow
+
+
+@pytest.mark.parametrize(("params", "want"), [
+    ({"type": "run_*"}, expected(type=("run_launched", "run_completed"))),
+    ({"type": "user_sign_in,credentials_created"},
+     expected(type=("user_sign_in", "credentials_created"))),
+    ({"principal": "system"}, expected(principal="system")),
+    ({"target": "t-3"}, expected(target="t-3")),
+    ({"org": "org-a", "principal": "alice"}, expected(org_id="org-a", principal="alice")),
+    ({"workspace": "ws-3"}, expected(workspace_id="ws-3")),
+    ({"client_ip": "10.1.0.0/16"}, expected(client_ip=("10.1.2.3", "10.1.200.9"))),
+    ({"client_ip": "2001:db8::/32"}, expected(client_ip="2001:db8::17")),
+    ({"client_ip": "192.168.0.5"}, expected(client_ip="192.168.0.5")),
+])
+def test_filters(env: Env, params: dict[str, str], want: list[int]) -> None:
+    got = [r["id"] for r in every_page(env, limit=7, **params)]
+    assert want and got == [env.rows[n]["id"] for n in want]
+
+
+def test_repeated_type_parameters_mean_any_of_them(env: Env) -> None:
+    response = env.client.get("/api/v1/audit-logs?type=run_launched&type=user_sign_in&limit=1000",
+                              headers={"Authorization": f"Bearer {env.root}"})
+    assert {r["type"] for r in response.json()["records"]} == {"run_launched", "user_sign_in"}
+
+
+@pytest.mark.parametrize("form", ["rfc3339", "seed"])
+def test_a_time_range_in_either_form(env: Env, form: str) -> None:
+    since, until = at(10), at(20)  # events 10..19
+    if form == "seed":  # whole seconds: the events are on whole minutes
+        since, until = seed_date(since), seed_date(until)
+    got = every_page(env, since=since, until=until, limit=4)
+    assert [r["id"] for r in got] == [r["id"] for r in env.rows[10:20]][::-1]
+
+
+def test_empty_parameters_mean_no_filter(env: Env) -> None:
+    got = env.get("/api/v1/audit-logs", env.root, principal="", type="", limit=1000).json()
+    assert len(got["records"]) == COUNT
+
+
+def test_a_filter_that_matches_nothing_is_an_empty_page(env: Env) -> None:
+    page = env.get("/api/v1/audit-logs", env.root, principal="nobody").json()
+    assert page == {"records": [], "next_cursor": None, "limit": 50}
+
+
+def test_paging_stays_stable_while_new_events_arrive(env: Env) -> None:
+    seen: list[str] = []
+    page = env.get("/api/v1/audit-logs", env.root, limit=25).json()
+    n = COUNT
+    while True:
+        seen += [r["id"] for r in page["records"]]
+        # New events land between every two pages, newer than everything paged so far.
+        env.store.write([event(created_ns=BASE_NS + (n + i) * HOUR) for i in range(10)])
+        n += 10
+        if page["next_cursor"] is None:
+            break
+        page = env.get("/api/v1/audit-logs", env.root, limit=25,
+                       cursor=page["next_cursor"]).json()
+    assert seen == [r["id"] for r in env.rows[::-1]]  # no repeat, no gap, no newcomer
+
+
+def test_a_relative_time_range_pages_like_any_other(env: Env) -> None:
+    fresh = [event(created_ns=time.time_ns() - i * 10**9) for i in range(6)]
+    env.store.write(fresh)
+    first = env.get("/api/v1/audit-logs", env.root, since="1h", limit=4,
+                    type="credentials_created", principal="user-1").json()
+    rest = env.get("/api/v1/audit-logs", env.root, since="1h", limit=4,
+                   type="credentials_created", principal="user-1",
+                   cursor=first["next_cursor"]).json()
+    # Newest first by arrival: the batch's last event first.
+    assert [r["id"] for r in first["records"] + rest["records"]] == [r["id"] for r in fresh][::-1]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"limit": "0"}, "limit"),
+    ({"limit": "1001"}, "limit"),
+    ({"limit": "ten"}, "limit"),
+    ({"order": "sideways"}, "order"),
+    ({"principle": "alice"}, "unknown parameter"),
+    ({"since": "yesterday"}, "is not a time"),
+    ({"client_ip": "10.0.0.0/33"}, "CIDR"),
+    ({"type": "Run Launched"}, "not an event type"),
+    ({"cursor": "garbage"}, "cursor"),
+])
+def test_bad_parameters_are_400_saying_what_is_accepted(env: Env, params: dict[str, str],
+                                                          message: str) -> None:
+    response = env.get("/api/v1/audit-logs", env.root, **params)
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+    assert message in response.json()["message"]
+
+
+def test_a_parameter_given_twice_is_400(env: Env) -> None:
+    response = env.client.get("/api/v1/audit-logs?principal=a&principal=b",
+                              headers={"Authorization": f"Bearer {env.root}"})
+    assert response.status_code == 400 and "more than once" in response.json()["message"]
+
+
+def test_a_cursor_of_another_query_is_400(env: Env) -> None:
+    cursor = env.get("/api/v1/audit-logs", env.root, limit=2).json()["next_cursor"]
+    response = env.get("/api/v1/audit-logs", env.root, limit=2, principal="alice",
+                       cursor=cursor)
+    assert response.status_code == 400 and "another query" in response.json()["message"]
+
+
+# -- one event ----------------------------------------------------------------------------
+def test_one_event_by_id_with_a_link_to_its_trace(env: Env) -> None:
+    traced = env.rows[3]
+    body = env.get(f"/api/v1/audit-logs/{traced['id']}", env.root).json()
+    assert body["record"]["id"] == traced["id"] and body["record"]["span_id"] == SPAN
+    assert body["trace_url"] == f"https://traces.example/trace/{TRACE}"
+
+
+def test_an_event_without_a_trace_has_no_link(env: Env) -> None:
+    body = env.get(f"/api/v1/audit-logs/{env.rows[4]['id']}", env.root).json()
+    assert body["trace_url"] is None
+
+
+def test_no_trace_link_without_a_template(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.api.conftest import make_env
+
+    for plain in make_env(tmp_path / "data"):
+        body = plain.get(f"/api/v1/audit-logs/{plain.rows[3]['id']}", plain.root).json()
+        assert body["record"]["trace_id"] == TRACE and body["trace_url"] is None
+
+
+def test_an_unknown_id_is_404(env: Env) -> None:
+    response = env.get("/api/v1/audit-logs/019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11", env.root)
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_a_malformed_id_is_400(env: Env) -> None:
+    response = env.get("/api/v1/audit-logs/..%2F..%2Fetc", env.root)
+    assert response.status_code in (400, 404)
+    response = env.get("/api/v1/audit-logs/NOT-A-UUID", env.root)
+    assert response.status_code == 400 and "UUID" in response.json()["message"]
+
+
+def test_event_types_lists_the_catalogue_and_what_is_stored(env: Env) -> None:
+    types = env.get("/api/v1/event-types", env.root).json()["types"]
+    assert {"run_launched", "audit_log_viewed", "audit_log_exported", "workspace_deleted"} <= set(types)
+    assert types == sorted(types)

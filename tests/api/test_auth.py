@@ -1,0 +1,188 @@
+"""Who may read: no token and a wrong token get 401, a reader that is not root gets 403,
+root reads; none of the refusals says anything about the logs, and none is recorded."""
+
+from __future__ import annotations
+
+import pytest
+
+from collector.api.auth import SESSION_COOKIE, Sessions
+from tests.api.conftest import Env
+
+EVENT_ID = "019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11"
+READ_ENDPOINTS = ["/api/v1/audit-logs", "/api/v1/audit-logs/export.csv",
+                  "/api/v1/audit-logs/export.jsonl", f"/api/v1/audit-logs/{EVENT_ID}",
+                  "/api/v1/event-types"]
+
+
+def assert_says_nothing_about_logs(response, env: Env) -> None:  # type: ignore[no-untyped-def]
+    body = response.json()
+    assert set(body) == {"error", "message"}
+    text = response.text
+    for row in env.rows[:10]:
+        assert row["principal"] not in text and row["id"] not in text
+
+
+@pytest.mark.parametrize("path", READ_ENDPOINTS)
+def test_no_token_is_401_with_a_bearer_challenge(env: Env, path: str) -> None:
+    response = env.get(path)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="audit-collector"'
+    assert_says_nothing_about_logs(response, env)
+
+
+@pytest.mark.parametrize("path", READ_ENDPOINTS)
+@pytest.mark.parametrize("token", [
+    "wrong",
+    "ac_0123456789abcdef_" + "A" * 43,  # well-formed, unknown key id
+    "",  # "Bearer " with nothing after it
+])
+def test_a_wrong_token_is_401(env: Env, path: str, token: str) -> None:
+    response = env.client.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert_says_nothing_about_logs(response, env)
+
+
+def test_a_right_key_id_with_a_wrong_secret_is_401(env: Env) -> None:
+    forged = env.root[:-5] + ("AAAAA" if not env.root.endswith("AAAAA") else "BBBBB")
+    assert env.get("/api/v1/audit-logs", forged).status_code == 401
+
+
+@pytest.mark.parametrize("header", ["Basic cm9vdDpyb290", "bearer", "Token abc", "x" * 8000])
+def test_other_authorization_schemes_are_401(env: Env, header: str) -> None:
+    response = env.client.get("/api/v1/audit-logs", headers={"Authorization": header})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("path", READ_ENDPOINTS)
+def test_a_reader_that_is_not_root_is_403(env: Env, path: str) -> None:
+    response = env.get(path, env.plain)
+    assert response.status_code == 403
+    assert "root" in response.json()["message"]
+    assert_says_nothing_about_logs(response, env)
+
+
+@pytest.mark.parametrize("path", READ_ENDPOINTS[:3] + READ_ENDPOINTS[4:])
+def test_root_reads(env: Env, path: str) -> None:
+    assert env.get(path, env.root).status_code == 200
+
+
+def test_authentication_comes_before_parameter_checks(env: Env) -> None:
+    # A caller without a root token must not learn which parameters are valid.
+    assert env.get("/api/v1/audit-logs", since="nonsense").status_code == 401
+    assert env.get("/api/v1/audit-logs", env.plain, since="nonsense").status_code == 403
+    assert env.get("/api/v1/audit-logs", env.root, since="nonsense").status_code == 400
+
+
+def test_refused_requests_are_not_recorded_as_reads(env: Env) -> None:
+    env.get("/api/v1/audit-logs")
+    env.get("/api/v1/audit-logs", "wrong")
+    env.get("/api/v1/audit-logs", env.plain)
+    assert env.read_events() == []
+
+
+def test_removing_a_reader_revokes_its_token_at_once(env: Env) -> None:
+    assert env.get("/api/v1/audit-logs", env.root).status_code == 200
+    env.readers.remove("root-reader")
+    assert env.get("/api/v1/audit-logs", env.root).status_code == 401
+
+
+def test_the_panel_shell_and_the_api_description_need_no_token(env: Env) -> None:
+    # They hold no audit data: the sign-in form and the OpenAPI document.
+    assert env.get("/admin/audit-logs").status_code == 200
+    assert env.get("/api/v1/openapi.json").status_code == 200
+
+
+# -- panel sessions ------------------------------------------------------------------------
+def sign_in(env: Env, token: str, **headers: str):  # type: ignore[no-untyped-def]
+    return env.client.post("/api/v1/session", json={"token": token}, headers=headers)
+
+
+def test_root_signs_in_to_an_httponly_strict_session_cookie(env: Env) -> None:
+    response = sign_in(env, env.root)
+    assert response.status_code == 200
+    assert response.json() == {"name": "root-reader", "root": True}
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith(f"{SESSION_COOKIE}=")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert env.root not in cookie  # the session id is not the token
+    assert env.client.get("/api/v1/audit-logs").status_code == 200
+
+
+def test_a_reader_that_is_not_root_gets_no_session(env: Env) -> None:
+    response = sign_in(env, env.plain)
+    assert response.status_code == 403
+    assert "set-cookie" not in response.headers
+    assert env.client.get("/api/v1/audit-logs").status_code == 401
+
+
+def test_a_wrong_token_gets_no_session(env: Env) -> None:
+    response = sign_in(env, "ac_0123456789abcdef_" + "A" * 43)
+    assert response.status_code == 401
+    assert "set-cookie" not in response.headers
+
+
+def test_sign_in_from_another_origin_is_refused(env: Env) -> None:
+    response = sign_in(env, env.root, Origin="https://evil.example")
+    assert response.status_code == 403
+    assert "set-cookie" not in response.headers
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b'{"token": 5}', b"[]",
+                                  b'{"token": "' + b"a" * 5000 + b'"}'])
+def test_a_malformed_sign_in_is_400(env: Env, body: bytes) -> None:
+    response = env.client.post("/api/v1/session", content=body,
+                               headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "token" in response.json()["message"]
+
+
+def test_signing_out_ends_the_session(env: Env) -> None:
+    sign_in(env, env.root)
+    sid = env.client.cookies[SESSION_COOKIE]
+    assert env.client.delete("/api/v1/session").status_code == 204
+    env.client.cookies.set(SESSION_COOKIE, sid)  # replaying the old cookie does not help
+    assert env.client.get("/api/v1/audit-logs").status_code == 401
+
+
+def test_removing_a_reader_ends_its_sessions(env: Env) -> None:
+    sign_in(env, env.root)
+    env.readers.remove("root-reader")
+    assert env.client.get("/api/v1/audit-logs").status_code == 401
+
+
+def test_a_forged_session_cookie_is_401(env: Env) -> None:
+    env.client.cookies.set(SESSION_COOKIE, "forged")
+    assert env.client.get("/api/v1/audit-logs").status_code == 401
+
+
+def test_who_am_i_needs_credentials(env: Env) -> None:
+    assert env.client.get("/api/v1/session").status_code == 401
+    assert env.get("/api/v1/session", env.plain).json() == {"name": "viewer", "root": False}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sessions_expire_when_idle_and_at_their_maximum_age() -> None:
+    from collector.api.auth import SESSION_IDLE, SESSION_MAX_AGE
+    from collector.readers import Reader
+
+    clock = FakeClock()
+    sessions = Sessions(clock)
+    reader = Reader("r", True, "0123456789abcdef", "0" * 64, "2026-11-26T00:00:00Z")
+    idle = sessions.start(reader)
+    clock.now += SESSION_IDLE + 1
+    assert sessions.get(idle) is None
+
+    busy = sessions.start(reader)
+    for _ in range(int(SESSION_MAX_AGE // (SESSION_IDLE / 2))):
+        clock.now += SESSION_IDLE / 2
+        sessions.get(busy)
+    clock.now += 1
+    assert sessions.get(busy) is None

@@ -1,0 +1,106 @@
+"""Reader accounts: tokens shown once and stored only as hashes in a 0600 file, checked
+in constant time, revoked at once; `audit-collector users add|list|remove`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector.readers import READERS_FILE, ReaderError, Readers
+from tests.e2e.harness import ROOT
+
+
+def test_a_token_is_stored_only_as_its_hash_in_a_private_file(tmp_path: Path) -> None:
+    readers = Readers(tmp_path)
+    token = readers.add("alice", root=True)
+    path = tmp_path / READERS_FILE
+    text = path.read_text()
+    assert token not in text and token.split("_")[2] not in text
+    assert hashlib.sha256(token.encode()).hexdigest() in text
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_token_authenticates_its_reader_only(tmp_path: Path) -> None:
+    readers = Readers(tmp_path)
+    alice, bob = readers.add("alice", root=True), readers.add("bob", root=False)
+    assert readers.authenticate(alice).name == "alice"  # type: ignore[union-attr]
+    assert readers.authenticate(bob).root is False  # type: ignore[union-attr]
+    key_id = alice.split("_")[1]
+    for wrong in ("", "alice", alice + "x", alice[:-1], f"ac_{key_id}_" + "A" * 43,
+                  bob.replace(bob.split("_")[1], key_id), None, 42, "ac_" + "é" * 60):
+        assert readers.authenticate(wrong) is None, wrong
+
+
+def test_tokens_are_unique_and_long(tmp_path: Path) -> None:
+    readers = Readers(tmp_path)
+    tokens = {readers.add(f"r{i}", root=False) for i in range(20)}
+    assert len(tokens) == 20 and all(len(t) >= 60 for t in tokens)
+
+
+def test_a_name_can_be_added_once(tmp_path: Path) -> None:
+    readers = Readers(tmp_path)
+    readers.add("alice", root=True)
+    with pytest.raises(ReaderError, match="exists already.*users remove alice"):
+        readers.add("alice", root=False)
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a b", "<script>", "x" * 65, "ünï"])
+def test_a_reader_name_must_be_plain(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ReaderError, match="not valid"):
+        Readers(tmp_path).add(name, root=True)
+
+
+def test_removing_a_reader_revokes_its_token_for_a_running_reader_set(tmp_path: Path) -> None:
+    serving, cli = Readers(tmp_path), Readers(tmp_path)  # two processes, in effect
+    token = cli.add("alice", root=True)
+    assert serving.authenticate(token) is not None
+    cli.remove("alice")
+    assert serving.authenticate(token) is None
+    with pytest.raises(ReaderError, match="no reader named 'alice'"):
+        cli.remove("alice")
+
+
+def test_a_damaged_file_is_a_clear_error_not_an_open_door(tmp_path: Path) -> None:
+    readers = Readers(tmp_path)
+    token = readers.add("alice", root=True)
+    (tmp_path / READERS_FILE).write_text("{not json")
+    with pytest.raises(ReaderError, match="cannot be read"):
+        readers.authenticate(token)
+
+
+def test_no_file_means_no_readers(tmp_path: Path) -> None:
+    readers = Readers(tmp_path)
+    assert readers.all() == [] and readers.authenticate("ac_" + "0" * 16 + "_" + "A" * 43) is None
+
+
+def users(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector", "users", *args,
+                           "--data-dir", str(data_dir)], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60, check=False,
+                          env={**os.environ, "AUDIT_CONFIG": ""})
+
+
+def test_the_users_command_adds_lists_and_removes(tmp_path: Path) -> None:
+    added = users(tmp_path, "add", "alice", "--root")
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    assert "shown only now" in added.stderr
+    assert Readers(tmp_path).authenticate(token).root  # type: ignore[union-attr]
+    assert users(tmp_path, "add", "bob").returncode == 0
+    listed = users(tmp_path, "list")
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["alice", "root"], ["bob", "reader"]]
+    assert token not in listed.stdout
+    hashes = [r["token_sha256"] for r in orjson.loads((tmp_path / READERS_FILE).read_bytes())["readers"]]
+    assert not any(h in listed.stdout for h in hashes)
+    assert users(tmp_path, "remove", "alice").returncode == 0
+    assert Readers(tmp_path).authenticate(token) is None
+    missing = users(tmp_path, "remove", "alice")
+    assert missing.returncode == 2 and "no reader named 'alice'" in missing.stderr

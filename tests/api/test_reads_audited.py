@@ -1,0 +1,121 @@
+"""Every read of the audit log is itself an audit event, durable before the data is
+sent: who read (principal), what they asked (status), from where (client IP). A read
+that cannot be recorded is refused."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from audit_middleware.catalogue import NAME_PATTERN
+from collector.api import ApiSettings, create_app
+from collector.api.reads import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, CATALOGUE, SOURCE
+from collector.query import find
+from tests.api.conftest import PEER, Env
+
+
+def status(record: dict[str, Any]) -> dict[str, Any]:
+    return orjson.loads(record["status"])  # type: ignore[no-any-return]
+
+
+def test_the_read_types_are_well_formed_app_defined_types() -> None:
+    for kind in (AUDIT_LOG_VIEWED, AUDIT_LOG_EXPORTED):
+        assert NAME_PATTERN.fullmatch(kind)
+        assert CATALOGUE.check(kind) == kind
+    assert CATALOGUE.event_type("audit_log", "view") == AUDIT_LOG_VIEWED
+
+
+def test_a_page_view_is_recorded_with_reader_filters_and_client_ip(env: Env) -> None:
+    page = env.get("/api/v1/audit-logs", env.root, type="run_*", principal="alice",
+                   since="2026-11-25-00-00-00", limit=3).json()
+    assert len(page["records"]) == 3
+    [read] = env.read_events()
+    assert read["type"] == AUDIT_LOG_VIEWED
+    assert read["principal"] == "root-reader"
+    assert read["client_ip"] == PEER
+    assert read["target"] == "audit-logs"
+    assert read["source"] == SOURCE
+    assert status(read) == {"type": ["run_*"], "principal": "alice",
+                            "since": "2026-11-25-00-00-00", "order": "newest", "limit": 3,
+                            "returned": 3}
+
+
+def test_each_page_is_a_read(env: Env) -> None:
+    first = env.get("/api/v1/audit-logs", env.root, limit=100).json()
+    env.get("/api/v1/audit-logs", env.root, limit=100, cursor=first["next_cursor"])
+    reads = env.read_events()
+    assert [status(r)["returned"] for r in reads] == [100, 20]
+    assert "cursor" not in status(reads[0]) and status(reads[1])["cursor"] is True
+
+
+def test_a_read_is_stored_before_its_answer_is_sent(env: Env) -> None:
+    env.get("/api/v1/audit-logs", env.root, limit=1)
+    # Without waiting: the event is already durable and indexed when the answer arrives.
+    [read] = env.read_events()
+    assert find(env.store, read["id"]) == read
+
+
+def test_a_lookup_is_recorded_with_the_event_id_as_target(env: Env) -> None:
+    wanted = env.rows[7]["id"]
+    env.get(f"/api/v1/audit-logs/{wanted}", env.root)
+    env.get("/api/v1/audit-logs/019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11", env.root)
+    found, missing = env.read_events()
+    assert (found["type"], found["target"], status(found)) == (AUDIT_LOG_VIEWED, wanted,
+                                                              {"found": True})
+    assert status(missing) == {"found": False}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_export_is_recorded_with_its_format_and_filters(env: Env, fmt: str) -> None:
+    env.get(f"/api/v1/audit-logs/export.{fmt}", env.root, org="org-a", order="oldest")
+    [read] = env.read_events()
+    assert read["type"] == AUDIT_LOG_EXPORTED and read["principal"] == "root-reader"
+    assert status(read) == {"format": fmt, "org": "org-a", "order": "oldest"}
+
+
+def test_a_panel_session_is_recorded_as_its_reader(env: Env) -> None:
+    env.client.post("/api/v1/session", json={"token": env.root})
+    env.client.get("/api/v1/audit-logs")
+    [read] = env.read_events()
+    assert read["principal"] == "root-reader"
+
+
+def test_a_rejected_query_is_not_a_read(env: Env) -> None:
+    env.get("/api/v1/audit-logs", env.root, since="yesterday")
+    assert env.read_events() == []
+
+
+def test_a_long_filter_is_capped_in_the_status_not_refused(env: Env) -> None:
+    response = env.get("/api/v1/audit-logs", env.root, principal="p" * 3000)
+    assert response.status_code == 200
+    [read] = env.read_events()
+    assert len(read["status"]) <= 1024 and read["status"].endswith("[truncated]")
+
+
+class FailingStore:
+    """A store whose writes fail, as when the disk is full."""
+
+    def submit(self, events: list[dict[str, Any]], source: str = "") -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_exception(OSError(28, "No space left on device"))
+        return future
+
+
+def test_a_read_that_cannot_be_recorded_is_refused_without_data(env: Env,
+                                                               tmp_path: Path) -> None:
+    app = create_app(ApiSettings(data_dir=env.store.settings.data_dir), FailingStore(),
+                     readers=env.readers)
+    with TestClient(app) as client:
+        headers = {"Authorization": f"Bearer {env.root}"}
+        for path in ("/api/v1/audit-logs", "/api/v1/audit-logs/export.csv",
+                     f"/api/v1/audit-logs/{env.rows[0]['id']}"):
+            response = client.get(path, headers=headers)
+            assert response.status_code == 503, path
+            assert set(response.json()) == {"error", "message"}
+            assert "could not be recorded" in response.json()["message"]
+            assert env.rows[0]["principal"] not in response.text

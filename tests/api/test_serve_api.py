@@ -1,0 +1,121 @@
+"""`audit-collector serve` serves the query API next to the ingest socket: one process,
+one command. Events shipped in are readable through the API; the reads are stored in
+the same store; the default address is loopback; a port already taken does not stop
+ingest."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from audit_middleware import configure, emit
+from audit_middleware.shipper import CollectorSink
+from audit_middleware.testing import reset_configuration
+from collector import config as collector_config
+from tests.api.served import add_reader, serving
+from tests.e2e.harness import CollectorProcess, short_tmp, stored_events
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with short_tmp() as path:
+        yield path
+
+
+def ship(collector: CollectorProcess, spool: Path, *principals: str) -> None:
+    sink = CollectorSink(collector.url, spool_dir=spool)
+    configure(sink=sink)
+    try:
+        for principal in principals:
+            emit("run_launched", f"run-{principal}", principal=principal, org_id="o1",
+                 client_ip="198.51.100.7")
+        assert sink.flush(timeout=20)
+    finally:
+        configure(sink=None)
+        reset_configuration()
+
+
+def test_the_default_api_address_is_loopback() -> None:
+    config = collector_config.load(None, {})
+    assert config.api_address == ("127.0.0.1", 8080)
+
+
+def test_serve_answers_api_queries_next_to_ingest(root: Path) -> None:
+    data = root / "data"
+    token = add_reader(data, "ops", root=True)
+    with serving(data) as (collector, url):
+        assert "api_listen" in "".join(collector.output)
+        assert f"admin panel at {url}/admin/audit-logs" in "".join(collector.output)
+        ship(collector, root / "spool", "alice", "bob")
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{url}/api/v1/audit-logs").status_code == 401
+        page = httpx.get(f"{url}/api/v1/audit-logs", params={"type": "run_*"},
+                         headers=auth).json()
+        assert [r["principal"] for r in page["records"]] == ["bob", "alice"]
+        export = httpx.get(f"{url}/api/v1/audit-logs/export.jsonl", headers=auth)
+        assert export.status_code == 200 and export.text.count("\n") == 3  # + the read above
+        assert collector.stop() == 0
+    reads = [r for r in stored_events(data) if r["type"].startswith("audit_log_")]
+    assert [(r["type"], r["principal"], r["client_ip"]) for r in reads] == [
+        ("audit_log_viewed", "ops", "127.0.0.1"), ("audit_log_exported", "ops", "127.0.0.1")]
+
+
+def test_serve_ignores_forwarded_headers_for_the_readers_ip(root: Path) -> None:
+    data = root / "data"
+    token = add_reader(data, "ops", root=True)
+    with serving(data) as (_, url):
+        httpx.get(f"{url}/api/v1/audit-logs", headers={
+            "Authorization": f"Bearer {token}", "X-Forwarded-For": "203.0.113.66",
+            "Forwarded": "for=203.0.113.66"})
+        page = httpx.get(f"{url}/api/v1/audit-logs", params={"type": "audit_log_viewed"},
+                         headers={"Authorization": f"Bearer {token}"}).json()
+    assert page["records"][0]["client_ip"] == "127.0.0.1"
+
+
+def test_a_taken_api_port_is_a_warning_and_ingest_still_runs(root: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with CollectorProcess(root / "data", "--api-listen", f"127.0.0.1:{port}") as collector:
+            output = "".join(collector.output)
+            assert "WARNING: query API and admin panel not started" in output
+            assert "api_listen" in output and "http://" not in collector.ready_line
+            ship(collector, root / "spool", "carol")
+            assert collector.stop() == 0
+    assert [r["principal"] for r in stored_events(root / "data")] == ["carol"]
+
+
+def test_a_non_loopback_api_without_tls_is_refused(root: Path) -> None:
+    process = CollectorProcess(root / "data", "--api-listen", "0.0.0.0:0")
+    with pytest.raises(AssertionError, match="set api_tls_cert and api_tls_key"):
+        process.start()
+    assert process.proc is not None and process.proc.wait(10) == 2
+
+
+def test_an_empty_api_listen_serves_no_api(root: Path) -> None:
+    with CollectorProcess(root / "data", "--api-listen", "") as collector:
+        assert "http" not in collector.ready_line
+
+
+def test_the_api_over_tls_sets_secure_cookies_and_hsts(root: Path) -> None:
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    cert, key = self_signed_certificate(root)
+    data = root / "data"
+    token = add_reader(data, "ops", root=True)
+    with serving(data, "--api-tls-cert", str(cert), "--api-tls-key", str(key)) as (_, url):
+        assert url.startswith("https://")
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert))) as client:
+            assert client.get(f"{url}/api/v1/audit-logs").status_code == 401
+            signed_in = client.post(f"{url}/api/v1/session", json={"token": token})
+            assert signed_in.status_code == 200
+            assert "Secure" in signed_in.headers["set-cookie"]
+            assert signed_in.headers["strict-transport-security"].startswith("max-age=")
