@@ -89,3 +89,46 @@ def log_body(record: Mapping[str, Any]) -> str:
     if record.get("peer_ip"):
         body["peer_ip"] = record["peer_ip"]
     return orjson.dumps(body).decode()
+
+
+# -- the shipper's counters as OpenTelemetry metrics ------------------------------------------
+#: (instrument name, kind, stats key, unit, description) of ``audit_middleware.stats()``.
+SHIPPER_METRICS: Final[tuple[tuple[str, str, str, str, str], ...]] = (
+    ("audit.shipper.queue.depth", "gauge", "queued", "{event}",
+     "Events waiting in the shipper's queue"),
+    ("audit.shipper.events.emitted", "counter", "submitted", "{event}",
+     "Events emitted by this process"),
+    ("audit.shipper.events.acknowledged", "counter", "delivered", "{event}",
+     "Events durably stored by the collector (or the sink) and acknowledged"),
+    ("audit.shipper.events.spooled", "counter", "spooled", "{event}",
+     "Events written to the local spool while the collector was unreachable"),
+    ("audit.shipper.events.replayed", "counter", "replayed", "{event}",
+     "Spooled events sent again"),
+    ("audit.shipper.events.dropped", "counter", "dropped", "{event}",
+     "Events lost (queue or spool full); each drop is also logged"),
+    ("audit.shipper.events.retried", "counter", "retried", "{event}",
+     "Events whose sending failed and was retried"),
+    ("audit.shipper.events.rejected", "counter", "rejected", "{event}",
+     "Events the collector refused, with a reason"),
+    ("audit.shipper.spool.size", "gauge", "spool_bytes", "By", "Bytes in the local spool"),
+)
+
+
+def register_metrics(meter_provider: Any = None) -> None:
+    """Report the configured sink's counters (``audit_middleware.stats()``) as
+    OpenTelemetry observable instruments on ``meter_provider`` (default: the global one).
+    Call once at start-up, after ``configure()``; a counter the sink does not keep is
+    not reported."""
+    from opentelemetry.metrics import CallbackOptions, Observation, get_meter
+
+    from .emitter import stats
+
+    meter = get_meter(SCOPE_NAME, meter_provider=meter_provider)
+    for name, kind, key, unit, description in SHIPPER_METRICS:
+        def callback(options: CallbackOptions, key: str = key) -> list[Observation]:
+            value = stats().get(key)
+            return [Observation(value)] if isinstance(value, int) else []
+
+        create = (meter.create_observable_counter if kind == "counter"
+                  else meter.create_observable_gauge)
+        create(name, callbacks=[callback], unit=unit, description=description)

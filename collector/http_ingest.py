@@ -1,0 +1,209 @@
+"""``POST /api/v1/events``: JSON-lines ingest over HTTP, for apps in other languages,
+Vector's ``http`` sink and Fluent Bit's ``http`` output.
+
+Same rules as the socket (``docs/protocol.md``): the shared token (``Authorization:
+Bearer <token>``, the collector's ``token``), each event validated on its own
+(``collector.validation``), duplicates by id acknowledged as duplicates, and the answer
+sent only after the good events are durably stored (fsync and index, grouped with every
+other writer). The reply mirrors the wire protocol's RESULT:
+
+    200 {"written": [ids], "duplicates": [ids], "rejected": [{"index", "id", "reason"}]}
+
+``len(written) + len(duplicates) + len(rejected)`` is the number of events sent. A
+rejected event must not be sent again. Other answers: 401 (token), 403 (no token
+configured: HTTP ingest is off), 400 (a body that is not JSON lines or a JSON array),
+413 (over ``max_frame`` bytes), 422 (every event rejected: nothing stored, the reasons
+listed), 503 with ``Retry-After`` (the store cannot write: nothing acknowledged, send
+again). A shipper that retries on 5xx and 429 and not on other 4xx does the right thing.
+
+The body: JSON lines (one event object per line, ``application/x-ndjson``) or one JSON
+array of event objects (``application/json``). The sender may name itself with
+``X-Audit-Source`` (as a wire-protocol source: 1-128 of letters, digits and ``._:@+/-``);
+events are stored with that source, unnumbered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from audit_middleware.wire import DEFAULT_MAX_FRAME, SOURCE_PATTERN
+
+from .validation import DEFAULT_MAX_FIELD_LENGTH, Validator, event_id
+
+log = logging.getLogger("collector.ingest.http")
+
+PATH: Final = "/api/v1/events"
+DEFAULT_SOURCE: Final = "http"
+
+
+@dataclass(frozen=True)
+class HttpIngestSettings:
+    token: str | None  # the collector's shared ingest token; None: HTTP ingest is off
+    max_body: int = DEFAULT_MAX_FRAME
+    max_field_length: int = DEFAULT_MAX_FIELD_LENGTH
+
+
+class HttpIngest:
+    """The endpoint's state: where events go, the token, the counters."""
+
+    def __init__(self, store: Any, settings: HttpIngestSettings) -> None:
+        self._store = store
+        self.settings = settings
+        self._token = settings.token.encode() if settings.token else b""
+        self._validator = Validator(settings.max_field_length)
+        self.counters: Counter[str] = Counter()
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    async def handle(self, request: Request) -> Response:
+        self.counters["requests"] += 1
+        if not self._token:
+            return _error(403, "ingest_disabled", "HTTP ingest needs the collector's shared "
+                          "token: set token_file (or AUDIT_TOKEN) and send it as "
+                          "'Authorization: Bearer <token>'")
+        if not self._authorized(request):
+            self.counters["unauthorized"] += 1
+            return _error(401, "unauthorized", "send the collector's ingest token as "
+                          "'Authorization: Bearer <token>'",
+                          headers={"WWW-Authenticate": 'Bearer realm="audit-ingest"'})
+        source = request.headers.get("x-audit-source", DEFAULT_SOURCE)
+        if not SOURCE_PATTERN.fullmatch(source):
+            return _error(400, "bad_source", "X-Audit-Source must be 1-128 characters of "
+                          "letters, digits and ._:@+/-")
+        body = await self._read_body(request)
+        if isinstance(body, Response):
+            return body
+        items = _split(body)
+        if isinstance(items, str):
+            self.counters["bad_requests"] += 1
+            return _error(400, "bad_body", items)
+        return await self._store_events(items, source)
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self._token)
+
+    async def _read_body(self, request: Request) -> bytes | Response:
+        limit = self.settings.max_body
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return self._too_large()
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():  # never buffer more than the limit
+                size += len(chunk)
+                if size > limit:
+                    return self._too_large()
+                chunks.append(chunk)
+        except ClientDisconnect:
+            return _error(400, "bad_body", "the client went away before the body ended")
+        return b"".join(chunks)
+
+    def _too_large(self) -> Response:
+        self.counters["too_large"] += 1
+        return _error(413, "too_large", f"a request may carry at most "
+                      f"{self.settings.max_body} bytes (max_frame): send fewer events per "
+                      "request")
+
+    async def _store_events(self, items: list[bytes | Any], source: str) -> Response:
+        good: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        repeated: list[str] = []  # an id twice in one request: a duplicate, as on the socket
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            if isinstance(item, bytes):
+                record = self._validator.parse(item)
+                ident = event_id(item) if isinstance(record, str) else None
+            else:
+                record = self._validator.validate(item)
+                ident = _id_of(item) if isinstance(record, str) else None
+            if isinstance(record, str):
+                rejected.append({"index": index, "id": ident, "reason": record})
+                continue
+            if record["id"] in seen:
+                repeated.append(record["id"])
+                continue
+            seen.add(record["id"])
+            good.append(record)
+        self.counters["events_received"] += len(items)
+        self.counters["events_rejected"] += len(rejected)
+        if rejected:
+            self._log_rejections(source, rejected)
+        written: list[str] = []
+        duplicates = list(repeated)
+        if good:
+            try:
+                result = await asyncio.wrap_future(self._store.submit(good, source, None))
+            except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
+                self.counters["storage_errors"] += 1
+                log.error("http ingest: the store failed to write %d events: %s",
+                          len(good), exc)
+                return _error(503, "storage_unavailable", f"events not stored "
+                              f"({exc or type(exc).__name__}); send them again later",
+                              headers={"Retry-After": "1"})
+            written = list(result.written)
+            duplicates = list(result.duplicates) + repeated
+        self.counters["events_written"] += len(written)
+        self.counters["events_duplicate"] += len(duplicates)
+        body = {"written": written, "duplicates": duplicates, "rejected": rejected}
+        status = 422 if rejected and not written and not duplicates else 200
+        return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+    def _log_rejections(self, source: str, rejected: list[dict[str, Any]]) -> None:
+        total = self.counters["events_rejected"]
+        if (total - len(rejected)).bit_length() != total.bit_length():  # 1, 2, 4, 8, ...
+            first = rejected[0]
+            log.warning("http ingest: rejected %d event(s) from %s, e.g. #%d: %s (%d so far)",
+                        len(rejected), source, first["index"], first["reason"], total)
+
+
+def _split(body: bytes) -> list[bytes | Any] | str:
+    """The events of a body: the elements of a JSON array (a body that is one), else
+    JSON lines (blank lines skipped; a line that is not JSON is rejected on its own)."""
+    stripped = body.strip()
+    if not stripped:
+        return "the body holds no events: send JSON lines, one event object per line"
+    if stripped[:1] == b"[":
+        try:
+            items = orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            items = None  # not one array: JSON lines, the first of which is not an event
+        if isinstance(items, list):
+            return items if items else "the JSON array holds no events"
+    return [line for line in stripped.split(b"\n") if line.strip()]
+
+
+def _id_of(item: Any) -> str | None:
+    ident = item.get("id") if isinstance(item, dict) else None
+    return ident if isinstance(ident, str) and len(ident) <= 64 else None
+
+
+def _error(status: int, code: str, message: str, *,
+           headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"error": code, "message": message}), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+async def _endpoint(request: Request) -> Response:
+    ingest: HttpIngest | None = getattr(request.app.state, "http_ingest", None)
+    if ingest is None:
+        return _error(404, "not_found", "HTTP ingest is not enabled on this collector")
+    return await ingest.handle(request)
+
+
+def routes() -> list[Route]:
+    """The ingest route. It finds its ``HttpIngest`` at ``app.state.http_ingest``."""
+    return [Route(PATH, _endpoint, methods=["POST"])]

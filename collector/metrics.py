@@ -1,0 +1,226 @@
+"""The collector's counters as metrics: OpenTelemetry instruments and the Prometheus text
+format of ``GET /metrics``, from one table.
+
+Every figure already exists as a counter somewhere (the ingest server, the Store, the
+HTTP ingest endpoint, the forwarder); this module only names them. A ``Metrics``
+registry holds the live objects' ``stats`` functions (``serve`` adds them); each scrape
+or OpenTelemetry collection calls them once and reads the table's keys. A source that is
+not running (no forwarder configured) is simply absent from the output.
+
+    metrics = Metrics()
+    metrics.add("ingest", server.stats)
+    metrics.add("store", store.stats)
+    text = metrics.prometheus()                    # GET /metrics
+    metrics.register_otel(meter_provider)          # OpenTelemetry metrics
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+log = logging.getLogger("collector.metrics")
+
+StatsFunction = Callable[[], Mapping[str, Any]]
+PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # OpenTelemetry name; the Prometheus name derives from it
+    kind: Literal["counter", "gauge"]
+    source: str  # the registered stats function it reads
+    key: str  # the key in that function's dict
+    unit: str  # UCUM, as OpenTelemetry wants it: "{event}", "s", "By", "1"
+    help: str
+
+    @property
+    def prometheus_name(self) -> str:
+        name = self.name.replace(".", "_")
+        if self.unit == "s" and not name.endswith("_seconds"):
+            name += "_seconds"
+        elif self.unit == "By" and not name.endswith("_bytes"):
+            name += "_bytes"
+        return name + "_total" if self.kind == "counter" else name
+
+
+def _m(name: str, kind: Literal["counter", "gauge"], source: str, key: str, unit: str,
+       help: str) -> Metric:
+    return Metric(name, kind, source, key, unit, help)
+
+
+METRICS: Final[tuple[Metric, ...]] = (
+    # ingest server (unix socket / TCP)
+    _m("audit.collector.ingest.connections", "counter", "ingest", "connections", "{connection}",
+       "Connections accepted by the ingest server"),
+    _m("audit.collector.ingest.connections.open", "gauge", "ingest", "connections_open",
+       "{connection}", "Shipper connections open now"),
+    _m("audit.collector.ingest.batches", "counter", "ingest", "batches", "{batch}",
+       "Batches received over the wire protocol"),
+    _m("audit.collector.ingest.events.received", "counter", "ingest", "events_received",
+       "{event}", "Events received over the wire protocol"),
+    _m("audit.collector.ingest.events.acknowledged", "counter", "ingest", "events_written",
+       "{event}", "Events stored and acknowledged over the wire protocol"),
+    _m("audit.collector.ingest.events.duplicate", "counter", "ingest", "events_duplicate",
+       "{event}", "Events acknowledged as duplicates (already stored)"),
+    _m("audit.collector.ingest.events.rejected", "counter", "ingest", "events_rejected",
+       "{event}", "Events refused by validation (a reason was sent back)"),
+    _m("audit.collector.ingest.storage_errors", "counter", "ingest", "storage_errors",
+       "{batch}", "Batches not acknowledged because the store failed"),
+    # HTTP ingest (POST /api/v1/events)
+    _m("audit.collector.http.requests", "counter", "http", "requests", "{request}",
+       "POST /api/v1/events requests"),
+    _m("audit.collector.http.events.acknowledged", "counter", "http", "events_written",
+       "{event}", "Events stored and acknowledged over HTTP"),
+    _m("audit.collector.http.events.duplicate", "counter", "http", "events_duplicate",
+       "{event}", "Events acknowledged over HTTP as duplicates"),
+    _m("audit.collector.http.events.rejected", "counter", "http", "events_rejected",
+       "{event}", "Events refused by validation over HTTP"),
+    _m("audit.collector.http.unauthorized", "counter", "http", "unauthorized", "{request}",
+       "HTTP ingest requests without the right token"),
+    # the store
+    _m("audit.collector.store.events", "gauge", "store", "events", "{event}",
+       "Events stored (after retention)"),
+    _m("audit.collector.store.written", "counter", "store", "written", "{event}",
+       "Events written, fsynced and indexed"),
+    _m("audit.collector.store.duplicates", "counter", "store", "duplicates", "{event}",
+       "Events dropped by the store because their id was already stored"),
+    _m("audit.collector.store.queue.depth", "gauge", "store", "pending", "{event}",
+       "Events waiting for the next group commit"),
+    _m("audit.collector.store.ingest_rate", "gauge", "store", "ingest_rate", "{event}/s",
+       "Events written per second (recent window)"),
+    _m("audit.collector.store.fsyncs", "counter", "store", "fsyncs", "{fsync}",
+       "Group commits (one fsync each)"),
+    _m("audit.collector.store.events_per_fsync", "gauge", "store", "events_per_fsync",
+       "{event}", "Average events sharing one fsync"),
+    _m("audit.collector.store.fsync.duration", "counter", "store", "fsync_seconds_total", "s",
+       "Time spent in fsync (divide by fsyncs for the mean latency)"),
+    _m("audit.collector.store.fsync.max_duration", "gauge", "store", "fsync_seconds_max", "s",
+       "Longest fsync since start"),
+    _m("audit.collector.store.write_errors", "counter", "store", "write_errors", "{error}",
+       "Failed appends or fsyncs (nothing of them acknowledged)"),
+    _m("audit.collector.store.quarantined", "gauge", "store", "quarantined", "{file}",
+       "Torn tails moved to quarantine/"),
+    _m("audit.collector.store.retention_deleted", "counter", "store", "retention_deleted",
+       "{segment}", "Sealed segments deleted by retention"),
+    # the forwarder (OTLP/HTTP)
+    _m("audit.collector.forward.lag", "gauge", "forwarder", "lag_events", "{event}",
+       "Stored events not yet acknowledged by the OTLP endpoint"),
+    _m("audit.collector.forward.lag.age", "gauge", "forwarder", "lag_seconds", "s",
+       "Age of the oldest event not yet forwarded"),
+    _m("audit.collector.forward.events", "counter", "forwarder", "forwarded", "{event}",
+       "Events acknowledged by the OTLP endpoint"),
+    _m("audit.collector.forward.failures", "counter", "forwarder", "failures", "{request}",
+       "Failed exports (each retried with backoff)"),
+    _m("audit.collector.forward.skipped", "counter", "forwarder", "skipped", "{event}",
+       "Events deleted by retention before they could be forwarded"),
+    _m("audit.collector.forward.checkpoint", "gauge", "forwarder", "checkpoint_seq", "1",
+       "Sequence number of the last forwarded event"),
+)
+
+
+class Metrics:
+    def __init__(self, metrics: Iterable[Metric] = METRICS) -> None:
+        self.metrics = tuple(metrics)
+        self._sources: dict[str, StatsFunction] = {}
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[Metric, float] | None] = (0.0, None)
+
+    def add(self, source: str, stats: StatsFunction) -> None:
+        with self._lock:
+            self._sources[source] = stats
+
+    def remove(self, source: str) -> None:
+        with self._lock:
+            self._sources.pop(source, None)
+
+    def snapshot(self) -> dict[Metric, float]:
+        """The current value of every metric whose source is registered and reports it.
+        A source whose stats function fails is left out (and logged): a scrape never
+        fails because one part of the collector is unwell."""
+        with self._lock:
+            sources = dict(self._sources)
+        stats: dict[str, Mapping[str, Any]] = {}
+        for name, function in sources.items():
+            try:
+                stats[name] = function()
+            except Exception:
+                log.exception("metrics: stats of %s failed", name)
+        values: dict[Metric, float] = {}
+        for metric in self.metrics:
+            value = stats.get(metric.source, {}).get(metric.key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                values[metric] = value
+        return values
+
+    # -- Prometheus ---------------------------------------------------------------------
+    def prometheus(self) -> str:
+        """The Prometheus text exposition format (version 0.0.4)."""
+        lines: list[str] = []
+        for metric, value in self.snapshot().items():
+            name = metric.prometheus_name
+            lines.append(f"# HELP {name} {_escape_help(metric.help)}")
+            lines.append(f"# TYPE {name} {metric.kind}")
+            lines.append(f"{name} {_number(value)}")
+        return "\n".join(lines) + "\n"
+
+    # -- OpenTelemetry ------------------------------------------------------------------
+    def register_otel(self, meter_provider: Any = None) -> None:
+        """Observable instruments on ``meter_provider`` (or the global one). The
+        instruments of one collection share one snapshot (taken at most once a second)."""
+        from opentelemetry.metrics import CallbackOptions, Observation, get_meter
+
+        meter = get_meter("audit_collector", meter_provider=meter_provider)
+        for metric in self.metrics:
+            def callback(options: CallbackOptions, metric: Metric = metric) -> list[Any]:
+                snapshot = self._recent_snapshot()
+                return [Observation(snapshot[metric])] if metric in snapshot else []
+
+            create = (meter.create_observable_counter if metric.kind == "counter"
+                      else meter.create_observable_gauge)
+            create(metric.name, callbacks=[callback], unit=metric.unit,
+                   description=metric.help)
+
+    def _recent_snapshot(self, max_age: float = 1.0) -> dict[Metric, float]:
+        now = time.monotonic()
+        with self._lock:
+            taken, values = self._cached
+        if values is None or now - taken > max_age:
+            values = self.snapshot()
+            with self._lock:
+                self._cached = (now, values)
+        return values
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+# -- GET /metrics ----------------------------------------------------------------------------
+async def _endpoint(request: Any) -> Any:
+    from starlette.responses import PlainTextResponse
+
+    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is None:
+        return PlainTextResponse("metrics are not enabled on this collector\n", 404)
+    return PlainTextResponse(metrics.prometheus(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def routes() -> list[Any]:
+    """``GET /metrics`` (Prometheus text). It finds its ``Metrics`` at
+    ``app.state.metrics``. Counters only: no audit record content is exposed."""
+    from starlette.routing import Route
+
+    return [Route("/metrics", _endpoint, methods=["GET"])]

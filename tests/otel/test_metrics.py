@@ -1,0 +1,133 @@
+"""Collector and shipper counters as OpenTelemetry metrics (SDK in-memory reader) and as
+the Prometheus text format of GET /metrics."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+import audit_middleware as audit
+from audit_middleware.otel import SHIPPER_METRICS, register_metrics
+from audit_middleware.testing import reset_configuration
+from collector.metrics import METRICS, PROMETHEUS_CONTENT_TYPE, Metrics, routes
+from collector.store import StorageSettings, Store
+from tests.collector.storage_helpers import event
+
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*) (-?[0-9.e+-]+|NaN|[+-]Inf)")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(StorageSettings(data_dir=tmp_path / "data")) as opened:
+        yield opened
+
+
+def parse_prometheus(text: str) -> dict[str, tuple[str, float]]:
+    """name -> (type, value); asserts the exposition format line by line."""
+    assert text.endswith("\n")
+    found: dict[str, tuple[str, float]] = {}
+    lines = text.splitlines()
+    assert len(lines) % 3 == 0
+    for help_line, type_line, sample in zip(lines[::3], lines[1::3], lines[2::3], strict=True):
+        name = help_line.split(" ")[2]
+        assert help_line.startswith(f"# HELP {name} ") and len(help_line) > len(name) + 8
+        kind = type_line.removeprefix(f"# TYPE {name} ")
+        assert kind in ("counter", "gauge")
+        match = _SAMPLE.fullmatch(sample)
+        assert match and match[1] == name, sample
+        if kind == "counter":
+            assert name.endswith("_total")
+        found[name] = (kind, float(match[2]))
+    return found
+
+
+def test_the_store_counters_are_prometheus_metrics(store: Store) -> None:
+    store.write([event(1), event(2)])
+    metrics = Metrics()
+    metrics.add("store", store.stats)
+    found = parse_prometheus(metrics.prometheus())
+    assert found["audit_collector_store_written_total"] == ("counter", 2)
+    assert found["audit_collector_store_events"] == ("gauge", 2)
+    assert found["audit_collector_store_fsyncs_total"][1] >= 1
+    assert found["audit_collector_store_queue_depth"] == ("gauge", 0)
+    assert "audit_collector_forward_lag" not in found  # no forwarder registered
+
+
+def test_every_metric_has_a_distinct_valid_prometheus_name() -> None:
+    names = [m.prometheus_name for m in METRICS]
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[a-z_][a-z0-9_]*", n) for n in names)
+    lag = next(m for m in METRICS if m.key == "lag_seconds")
+    assert lag.prometheus_name == "audit_collector_forward_lag_age_seconds"
+
+
+def test_forward_lag_and_ingest_counters_appear_when_registered() -> None:
+    metrics = Metrics()
+    metrics.add("forwarder", lambda: {"lag_events": 12, "lag_seconds": 3.5, "forwarded": 40,
+                                      "failures": 2, "state": "retrying"})
+    metrics.add("ingest", lambda: {"events_received": 7, "connections_open": 1})
+    found = parse_prometheus(metrics.prometheus())
+    assert found["audit_collector_forward_lag"] == ("gauge", 12)
+    assert found["audit_collector_forward_lag_age_seconds"] == ("gauge", 3.5)
+    assert found["audit_collector_forward_events_total"] == ("counter", 40)
+    assert found["audit_collector_ingest_events_received_total"] == ("counter", 7)
+
+
+def test_a_failing_source_is_left_out_not_fatal() -> None:
+    metrics = Metrics()
+    metrics.add("store", lambda: 1 / 0)  # type: ignore[arg-type, return-value]
+    metrics.add("ingest", lambda: {"batches": 3})
+    assert parse_prometheus(metrics.prometheus()) == {
+        "audit_collector_ingest_batches_total": ("counter", 3)}
+
+
+def test_get_metrics_serves_the_text_format(store: Store) -> None:
+    app = Starlette(routes=routes())
+    app.state.metrics = Metrics()
+    app.state.metrics.add("store", store.stats)
+    reply = TestClient(app).get("/metrics")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == PROMETHEUS_CONTENT_TYPE
+    assert "audit_collector_store_written_total 0" in reply.text
+
+
+def otel_values(reader: InMemoryMetricReader) -> dict[str, Any]:
+    data = reader.get_metrics_data()
+    return {m.name: m.data.data_points[0].value
+            for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+
+
+def test_the_collector_counters_are_opentelemetry_metrics(store: Store) -> None:
+    store.write([event(1)])
+    reader = InMemoryMetricReader()
+    metrics = Metrics()
+    metrics.add("store", store.stats)
+    metrics.register_otel(MeterProvider(metric_readers=[reader]))
+    values = otel_values(reader)
+    assert values["audit.collector.store.written"] == 1
+    assert values["audit.collector.store.events"] == 1
+
+
+def test_the_shipper_counters_are_opentelemetry_metrics() -> None:
+    reader = InMemoryMetricReader()
+    audit.configure(sink=audit.MemorySink())
+    try:
+        register_metrics(MeterProvider(metric_readers=[reader]))
+        audit.emit("run_dropped", "run-1")
+        audit.emit("run_dropped", "run-2")
+        values = otel_values(reader)
+    finally:
+        reset_configuration()
+    assert values["audit.shipper.events.emitted"] == 2
+    assert values["audit.shipper.events.acknowledged"] == 2
+    assert values["audit.shipper.events.dropped"] == 0
+    assert "audit.shipper.spool.size" not in values  # a MemorySink keeps no spool
+    assert {name for name, *_ in SHIPPER_METRICS} >= set(values)

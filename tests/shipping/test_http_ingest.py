@@ -1,0 +1,209 @@
+"""POST /api/v1/events: JSON-lines ingest over HTTP with a token, with the socket's
+validation, dedupe and acknowledgement semantics, on a real Store (and, for the
+side-by-side comparison, a real ingest socket)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from audit_middleware.wire import FrameType, Result
+from collector.http_ingest import HttpIngest, HttpIngestSettings, routes
+from collector.ingest import IngestSettings
+from tests.collector.storage_helpers import event
+from tests.e2e.harness import InProcessCollector, RawClient, open_store, short_tmp, stored_events
+
+TOKEN = "s3cret-ingest-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    with short_tmp() as path:
+        yield path
+
+
+@pytest.fixture
+def store(tmp: Path) -> Iterator[Any]:
+    opened = open_store(tmp / "data")
+    yield opened
+    opened.close()
+
+
+def client_for(store: Any, **settings: Any) -> tuple[TestClient, HttpIngest]:
+    app = Starlette(routes=routes())
+    ingest = HttpIngest(store, HttpIngestSettings(**{"token": TOKEN, **settings}))
+    app.state.http_ingest = ingest
+    return TestClient(app), ingest
+
+
+@pytest.fixture
+def http(store: Any) -> TestClient:
+    return client_for(store)[0]
+
+
+def lines(*events: dict[str, Any]) -> bytes:
+    return b"".join(orjson.dumps(e) + b"\n" for e in events)
+
+
+def post(http: TestClient, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    return http.post("/api/v1/events", content=body,
+                     headers={**AUTH, "Content-Type": "application/x-ndjson", **(headers or {})})
+
+
+def test_json_lines_are_stored_and_acknowledged_by_id(http: TestClient, store: Any) -> None:
+    events = [event(1), event(2)]
+    reply = post(http, lines(*events))
+    assert reply.status_code == 200
+    assert reply.json() == {"written": [e["id"] for e in events], "duplicates": [],
+                            "rejected": []}
+    assert [r["id"] for r in stored_events(store.settings.data_dir)] == [e["id"] for e in events]
+
+
+def test_a_json_array_body_works_too(http: TestClient, store: Any) -> None:
+    events = [event(1), event(2)]
+    reply = http.post("/api/v1/events", json=events, headers=AUTH)
+    assert reply.status_code == 200 and len(reply.json()["written"]) == 2
+
+
+def test_sending_again_is_acknowledged_as_duplicates_never_stored_twice(
+    http: TestClient, store: Any
+) -> None:
+    events = [event(1), event(2)]
+    post(http, lines(*events))
+    again = post(http, lines(*events, event(3)))
+    assert again.json()["duplicates"] == [events[0]["id"], events[1]["id"]]
+    assert len(again.json()["written"]) == 1
+    assert len(stored_events(store.settings.data_dir)) == 3
+
+
+def test_an_id_twice_in_one_request_is_one_record_and_one_duplicate(http: TestClient,
+                                                                    store: Any) -> None:
+    first = event(1)
+    reply = post(http, lines(first, first)).json()
+    assert (reply["written"], reply["duplicates"]) == ([first["id"]], [first["id"]])
+
+
+def test_bad_events_are_rejected_with_a_reason_and_the_good_ones_stored(
+    http: TestClient, store: Any
+) -> None:
+    good, bad_ip, third = event(1), event(2, client_ip="x" * 100), event(3)
+    body = lines(good, bad_ip) + b"{not json\n" + lines({**third, "extra": 1})
+    reply = post(http, body)
+    assert reply.status_code == 200
+    result = reply.json()
+    assert result["written"] == [good["id"]]
+    assert [(r["index"], r["id"]) for r in result["rejected"]] == [
+        (1, bad_ip["id"]), (2, None), (3, third["id"])]
+    assert "client_ip" in result["rejected"][0]["reason"]
+    assert "not valid JSON" in result["rejected"][1]["reason"]
+    assert "unknown field" in result["rejected"][2]["reason"]
+    assert len(result["written"]) + len(result["duplicates"]) + len(result["rejected"]) == 4
+    assert [r["id"] for r in stored_events(store.settings.data_dir)] == [good["id"]]
+
+
+def test_when_every_event_is_rejected_the_answer_is_422(http: TestClient) -> None:
+    reply = post(http, b'{"v": 2}\n')
+    assert reply.status_code == 422
+    assert reply.json()["written"] == [] and "missing field" in reply.json()["rejected"][0][
+        "reason"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
+                                     {"Authorization": f"Basic {TOKEN}"}])
+def test_without_the_token_nothing_is_stored(http: TestClient, store: Any,
+                                             headers: dict[str, str]) -> None:
+    reply = http.post("/api/v1/events", content=lines(event(1)), headers=headers)
+    assert reply.status_code == 401
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+    assert stored_events(store.settings.data_dir) == []
+
+
+def test_a_collector_without_a_token_refuses_http_ingest(store: Any) -> None:
+    http, _ = client_for(store, token=None)
+    reply = http.post("/api/v1/events", content=lines(event(1)), headers=AUTH)
+    assert reply.status_code == 403 and "token" in reply.json()["message"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(store: Any) -> None:
+    http, ingest = client_for(store, max_body=1024)
+    body = lines(*[event(i) for i in range(1, 20)])
+    assert post(http, body).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        yield from (body[i:i + 100] for i in range(0, len(body), 100))
+
+    assert http.post("/api/v1/events", content=chunks(), headers=AUTH).status_code == 413
+    assert ingest.stats()["too_large"] == 2
+
+
+@pytest.mark.parametrize("body", [b"", b"   \n\n", b"[]"])
+def test_a_body_that_is_not_events_is_a_400(http: TestClient, body: bytes) -> None:
+    reply = post(http, body)
+    assert reply.status_code == 400 and reply.json()["error"] == "bad_body"
+
+
+def test_a_store_that_cannot_write_acknowledges_nothing_and_asks_to_retry(tmp: Path) -> None:
+    store = open_store(tmp / "closed")
+    store.close()
+    http, ingest = client_for(store)
+    reply = post(http, lines(event(1)))
+    assert reply.status_code == 503
+    assert reply.headers["Retry-After"] == "1"
+    assert reply.json()["error"] == "storage_unavailable"
+    assert ingest.stats()["storage_errors"] == 1
+
+
+def test_the_sender_names_its_source(http: TestClient, store: Any) -> None:
+    post(http, lines(event(1)), {"X-Audit-Source": "vector@edge-1"})
+    assert stored_events(store.settings.data_dir)[0]["source"] == "vector@edge-1"
+    assert post(http, lines(event(2)), {"X-Audit-Source": "bad source!"}).status_code == 400
+
+
+def test_counters_for_metrics(store: Any) -> None:
+    http, ingest = client_for(store)
+    once = event(1)
+    post(http, lines(once, once) + b"nope\n")
+    http.post("/api/v1/events", content=b"", headers={"Authorization": "Bearer no"})
+    assert ingest.stats() == {"requests": 2, "unauthorized": 1, "events_received": 3,
+                              "events_rejected": 1, "events_written": 1,
+                              "events_duplicate": 1}
+
+
+BAD_EVENTS = [
+    b"[1]",
+    b'"a string"',
+    b'{"v": 1}',
+    orjson.dumps({**event(1), "v": 2}),
+    orjson.dumps({**event(1), "id": "NOT-A-UUID"}),
+    orjson.dumps({**event(1), "type": "Bad Type"}),
+    orjson.dumps({**event(1), "created": "2026-13-40T00:00:00.000000Z"}),
+    orjson.dumps({**event(1), "trace_id": "xyz"}),
+    orjson.dumps({**event(1), "principal": 7}),
+    orjson.dumps({**event(1), "org_name": "o" * 5000}),
+    orjson.dumps({**event(1), "peer_ip": ""}),
+]
+
+
+def test_rejections_are_the_sockets_word_for_word(tmp: Path, store: Any) -> None:
+    server = InProcessCollector(store, IngestSettings(socket_path=tmp / "c.sock"))
+    socket_client = RawClient(tmp / "c.sock")
+    try:
+        socket_client.hello()
+        kind, payload = socket_client.batch(1, [line + b"\n" for line in BAD_EVENTS])
+        assert kind is FrameType.RESULT
+        over_socket = [(r.index, r.id, r.reason) for r in Result.decode(payload).rejected]
+    finally:
+        socket_client.close()
+        server.close()
+    http, _ = client_for(store)
+    over_http = [(r["index"], r["id"], r["reason"])
+                 for r in post(http, b"\n".join(BAD_EVENTS)).json()["rejected"]]
+    assert over_http == over_socket
+    assert len(over_http) == len(BAD_EVENTS)
