@@ -17,6 +17,17 @@ class Settings:
     sink: Sink | None = None
     catalogue: Catalogue = field(default_factory=lambda: default_catalogue)
     max_field_length: int = DEFAULT_MAX_FIELD_LENGTH
+    #: The sink's ``fail_closed_timeout`` when it is fail-closed, else None: decided once
+    #: here, so the middlewares need not ask the sink on every request.
+    fail_closed_timeout: float | None = None
+
+    def set_sink(self, sink: Sink | None) -> Sink | None:
+        """Install ``sink``; returns the one it replaces."""
+        previous, self.sink = self.sink, sink
+        self.fail_closed_timeout = (
+            float(sink.fail_closed_timeout)  # type: ignore[union-attr]
+            if getattr(sink, "fail_closed", False) else None)
+        return previous
 
 
 settings = Settings()

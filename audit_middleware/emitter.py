@@ -39,7 +39,7 @@ def configure(
                 f"{sink!r} is not a sink: it needs submit(), flush(), close() and stats() "
                 f"(see audit_middleware.sinks)"
             )
-        previous, settings.sink = settings.sink, sink
+        previous = settings.set_sink(sink)
         if previous is not None and previous is not sink:
             previous.close(timeout=5.0)
     if max_field_length is not _UNSET:
@@ -85,17 +85,22 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
     if principal == SYSTEM:
         client_ip = peer = ""
     elif not config.trusted_proxies:
-        client_ip, peer = ctx.peer, ""
+        client_ip, peer = _text("client_ip", ctx.peer, cap), ""
     else:
         client_ip, peer = ctx.resolve_or("resolution", ("", ctx.peer))
-    org_id, org_name = ctx.resolve_or("org", ("", "")) if config.org else ("", "")
-    ws_id, ws_name = ctx.resolve_or("workspace", ("", "")) if config.workspace else ("", "")
-    fields = ctx.fields = (
-        principal, _text("client_ip", client_ip, cap), peer,
-        _text("org_id", org_id, cap), _text("org_name", org_name, cap),
-        _text("workspace_id", ws_id, cap), _text("workspace_name", ws_name, cap),
-    )
+        client_ip = _text("client_ip", client_ip, cap)
+    org = _capped_pair(ctx, "org", cap) if config.org else _EMPTY_PAIR
+    workspace = _capped_pair(ctx, "workspace", cap) if config.workspace else _EMPTY_PAIR
+    fields = ctx.fields = (principal, client_ip, peer, *org, *workspace)
     return fields
+
+
+_EMPTY_PAIR: tuple[str, str] = ("", "")
+
+
+def _capped_pair(ctx: RequestContext, what: str, cap: int) -> tuple[str, str]:
+    ident, name = ctx.resolve_or(what, _EMPTY_PAIR)
+    return (_text(f"{what}_id", ident, cap), _text(f"{what}_name", name, cap))
 
 
 def _settings_for(event_type: str) -> tuple[Sink, int]:

@@ -54,10 +54,9 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = RequestContext(self.config, scope=scope)
-        sink = _config.settings.sink
-        if getattr(sink, "fail_closed", False):
-            await _call_fail_closed(self.app, scope, receive, send, ctx,
-                                    sink.fail_closed_timeout)  # type: ignore[union-attr]
+        fail_closed_timeout = _config.settings.fail_closed_timeout
+        if fail_closed_timeout is not None:
+            await _call_fail_closed(self.app, scope, receive, send, ctx, fail_closed_timeout)
             return
 
         async def send_observing_status(message: Message) -> None:

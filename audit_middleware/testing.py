@@ -23,13 +23,12 @@ def capture_audit_events() -> Iterator[list[AuditEvent]]:
     """Route every event emitted inside the block into the yielded list (instead of the
     configured sink, which is restored afterwards, untouched)."""
     settings = _config.settings
-    previous = settings.sink
     sink = MemorySink()
-    settings.sink = sink
+    previous = settings.set_sink(sink)
     try:
         yield sink.events
     finally:
-        settings.sink = previous
+        settings.set_sink(previous)
 
 
 def reset_configuration() -> None:

@@ -45,10 +45,9 @@ class WSGIAuditMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         ctx = RequestContext(self.config, environ=environ)
-        sink = _config.settings.sink
-        if getattr(sink, "fail_closed", False):
-            return self._call_fail_closed(environ, start_response, ctx,
-                                          sink.fail_closed_timeout)  # type: ignore[union-attr]
+        fail_closed_timeout = _config.settings.fail_closed_timeout
+        if fail_closed_timeout is not None:
+            return self._call_fail_closed(environ, start_response, ctx, fail_closed_timeout)
 
         def start_response_observing_status(status: str, headers: Any, *exc: Any) -> Any:
             ctx.status_code = _status_code(status)
