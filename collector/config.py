@@ -120,6 +120,22 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_forward_endpoint(value: Any) -> str:
+    """The OTLP/HTTP logs URL of the forwarder; empty means no forwarding."""
+    if not isinstance(value, str):
+        raise TypeError("expected a URL such as http://otel-collector:4318/v1/logs")
+    if value and (not value.startswith(("http://", "https://"))
+                  or any(c.isspace() for c in value)):
+        raise ValueError("expected an http(s) URL such as http://otel-collector:4318/v1/logs")
+    return value
+
+
+def parse_forward_from(value: Any) -> str:
+    if value not in ("beginning", "now"):
+        raise ValueError("expected 'beginning' (every stored event) or 'now' (new ones)")
+    return str(value)
+
+
 def parse_trace_url(value: Any) -> str:
     """An http(s) URL with ``{trace_id}`` (and optionally ``{span_id}``) in it."""
     if not isinstance(value, str):
@@ -194,6 +210,18 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("api_tls_key", parse_path, None, "TLS private key (PEM) for the query API", "PATH"),
     Option("trace_url_template", parse_trace_url, None,
            "link trace ids in the panel, e.g. https://jaeger.example/trace/{trace_id}", "URL"),
+    # The forwarder (collector/forwarder.py, docs/shipping.md).
+    Option("forward_endpoint", parse_forward_endpoint, "",
+           "export stored events to this OTLP/HTTP logs URL (empty: no forwarding)", "URL"),
+    Option("forward_headers", parse_text, None,
+           "HTTP headers for the OTLP endpoint: key=value,key2=value2", "HEADERS",
+           secret=True),
+    Option("forward_batch", parse_int, 512, "events per OTLP export request", "N"),
+    Option("forward_timeout", parse_duration, 10.0, "one OTLP export request", "DURATION"),
+    Option("forward_backoff_max", parse_duration, 30.0,
+           "longest wait between retries while the OTLP endpoint fails", "DURATION"),
+    Option("forward_from", parse_forward_from, "beginning",
+           "where a new OTLP endpoint starts: beginning or now", "WHERE"),
 )
 _BY_NAME: Final = {o.name: o for o in OPTIONS}
 
@@ -223,6 +251,12 @@ class CollectorConfig:
     api_tls_cert: Path | None = None
     api_tls_key: Path | None = None
     trace_url_template: str | None = None
+    forward_endpoint: str = ""
+    forward_headers: str | None = None
+    forward_batch: int = 512
+    forward_timeout: float = 10.0
+    forward_backoff_max: float = 30.0
+    forward_from: str = "beginning"
     config_file: Path | None = None
     #: where each value came from: "default", "flag --x", "env AUDIT_X", "file PATH"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -366,6 +400,13 @@ def check(config: CollectorConfig) -> None:
                               "logs are never sent in clear")
     elif config.api_tls_cert is not None:
         raise ConfigError("api_tls_cert/api_tls_key are set but api_listen is empty")
+    if config.forward_endpoint:
+        from .forwarder import ForwardError, forward_settings
+
+        try:
+            forward_settings(config)
+        except ForwardError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _is_loopback(host: str) -> bool:

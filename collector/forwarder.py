@@ -53,7 +53,8 @@ from collector import query as q
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointFile
 from collector.storage.records import created_micros
 
-__all__ = ["CheckpointError", "ForwardError", "ForwardSettings", "Forwarder", "to_log_records"]
+__all__ = ["CheckpointError", "ForwardError", "ForwardSettings", "Forwarder", "forward_settings",
+           "to_log_records"]
 
 log = logging.getLogger("collector.forward")
 
@@ -102,6 +103,18 @@ def parse_headers(text: str) -> dict[str, str]:
                                "pairs separated by commas, e.g. Authorization=Bearer x")
         headers[key.strip()] = value.strip()
     return headers
+
+
+def forward_settings(config: Any) -> ForwardSettings:
+    """The forwarder settings of a ``CollectorConfig`` (``forward_*`` options)."""
+    return ForwardSettings(
+        endpoint=config.forward_endpoint,
+        headers=parse_headers(config.forward_headers or ""),
+        batch_size=config.forward_batch,
+        timeout=config.forward_timeout,
+        backoff_max=max(config.forward_backoff_max, ForwardSettings.backoff_initial),
+        start=config.forward_from,
+    )
 
 
 # -- records -> OpenTelemetry log records --------------------------------------------------------
