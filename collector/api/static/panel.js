@@ -242,7 +242,8 @@
     }
     $("detail-fields").replaceChildren(...items);
     $("detail").hidden = false;
-    $("detail-close").focus();
+    $("detail").scrollIntoView({ block: "nearest" });
+    $("detail-close").focus({ preventScroll: true });
   }
 
   function isHttpUrl(value) {

@@ -1,0 +1,249 @@
+"""The "Audit logs" tab of the admin panel, as a root user uses it in Chromium: sign in,
+filter by type and time, page, open an event, download the selection as CSV. A user
+that is not root is refused; a stored ``<script>`` principal is shown as text and never
+runs. Screenshots go to tests/artifacts/."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from audit_middleware.event import seed_date
+from collector.render import COLUMNS
+from collector.store import StorageSettings, Store
+from tests.api.served import add_reader, serving
+from tests.browser.conftest import screenshot
+from tests.collector.storage_helpers import event
+from tests.e2e.harness import short_tmp
+
+pytestmark = pytest.mark.e2e
+
+START_NS = int(datetime(2026, 11, 20, 10, 0, tzinfo=UTC).timestamp()) * 10**9
+MINUTE = 60 * 10**9
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SCRIPT_PRINCIPAL = "<script>window.__pwned = 'script'</script>"
+IMG_PRINCIPAL = "<img src=x onerror=\"window.__pwned = 'img'\">"
+TYPES = ["run_launched", "credentials_created", "run_completed", "user_sign_in"]
+
+
+@dataclass
+class Panel:
+    url: str
+    root: str
+    plain: str
+    rows: list[dict[str, Any]]  # stored order (oldest first)
+
+    def api(self, path: str, **params: Any) -> Any:
+        response = httpx.get(f"{self.url}{path}", params=params,
+                             headers={"Authorization": f"Bearer {self.root}"})
+        assert response.status_code == 200, response.text
+        return response
+
+
+@pytest.fixture(scope="module")
+def panel() -> Iterator[Panel]:
+    """60 events a minute apart from 2026-11-20 10:00 UTC, two hostile principals, a
+    traced event; readers `ops` (root) and `viewer`; the collector serving them."""
+    rows = [event(type=TYPES[n % 4], principal=f"user-{n % 3}", target=f"t-{n}",
+                  org_id="org-1", org_name="Acme & Co", created_ns=START_NS + n * MINUTE)
+            for n in range(60)]
+    rows[7]["trace_id"], rows[7]["span_id"] = TRACE, "00f067aa0ba902b7"
+    rows.append(event(type="user_updated", principal=SCRIPT_PRINCIPAL, target="t-script", org_id="org-2",
+                      created_ns=START_NS + 60 * MINUTE))
+    rows.append(event(type="user_updated", principal=IMG_PRINCIPAL, target="t-img", org_id="org-2",
+                      created_ns=START_NS + 61 * MINUTE))
+    with short_tmp() as tmp:
+        data = tmp / "data"
+        store = Store(StorageSettings(data_dir=data))
+        store.open()
+        try:
+            store.write(rows)
+        finally:
+            store.close()
+        root, plain = add_reader(data, "ops", root=True), add_reader(data, "viewer", root=False)
+        with serving(data, "--trace-url-template",
+                     "https://traces.example/trace/{trace_id}") as (_, url):
+            yield Panel(url, root, plain, rows)
+
+
+def expect(locator: Any) -> Any:
+    # Playwright's assertions run without eval: the panel's CSP forbids it, so
+    # page.wait_for_function cannot poll there.
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def sign_in(page: Any, panel: Panel, token: str) -> None:
+    page.goto(f"{panel.url}/admin/audit-logs")
+    page.fill("#token", token)
+    page.click("#sign-in-form button[type=submit]")
+
+
+def signed_in(page: Any, panel: Panel) -> None:
+    sign_in(page, panel, panel.root)
+    page.wait_for_selector("#events tbody tr")
+
+
+def table(page: Any) -> list[list[str]]:
+    return page.eval_on_selector_all(
+        "#events tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+
+
+def apply(page: Any, **fields: str) -> None:
+    for name, value in fields.items():
+        page.fill(f"#filters [name={name}]", value)
+    with page.expect_response(lambda r: "/api/v1/audit-logs?" in r.url):
+        page.click("#filters button[type=submit]")
+    expect(page.locator("#summary")).not_to_have_text("Loading…")
+
+
+def test_root_signs_in_and_sees_the_seed_columns(page: Any, panel: Panel) -> None:
+    signed_in(page, panel)
+    headers = page.eval_on_selector_all("#events thead th", "ths => ths.map(t => t.textContent)")
+    assert headers == [h for h, _ in COLUMNS]
+    assert page.text_content("#tab-audit-logs") == "Audit logs"
+    assert page.text_content("#who-name") == "ops"
+    newest = panel.rows[-1]
+    first = table(page)[0]
+    assert first[0] == newest["type"] and first[2] == newest["principal"]
+    assert first[9] == seed_date(newest["created"])  # YYYY-MM-DD-HH-MM-SS, UTC
+    screenshot(page, "signed-in")
+    assert page.problems == []
+
+
+def test_filter_by_type_and_time_range(page: Any, panel: Panel) -> None:
+    signed_in(page, panel)
+    apply(page, type="run_*", since="2026-11-20-10-10-00", until="2026-11-20-10-30-00")
+    want = [r for r in panel.rows[10:30] if r["type"].startswith("run_")][::-1]
+    rows = table(page)
+    assert [(r[0], r[1]) for r in rows] == [(w["type"], w["target"]) for w in want]
+    assert "type=run_*" in page.url.replace("%2A", "*")  # the selection is in the URL
+    screenshot(page, "filtered")
+    assert page.problems == []
+
+
+def test_a_bad_filter_says_what_is_accepted(page: Any, panel: Panel) -> None:
+    signed_in(page, panel)
+    apply(page, since="last tuesday")
+    assert "is not a time" in page.text_content("#error")
+    assert page.problems == []
+
+
+def test_paging_forward_and_back(page: Any, panel: Panel) -> None:
+    signed_in(page, panel)
+    page.select_option("#filters [name=limit]", "25")
+    apply(page, org="org-1")  # the 60 events (reads of earlier tests are stored too)
+    first = table(page)
+    assert len(first) == 25 and page.is_disabled("#previous")
+    with page.expect_response(lambda r: "cursor=" in r.url):
+        page.click("#next")
+    expect(page.locator("#page-label")).to_have_text("Page 2")
+    second = table(page)
+    assert len(second) == 25 and not set(map(tuple, first)) & set(map(tuple, second))
+    want = [(r["type"], r["target"]) for r in panel.rows[:60][::-1][25:50]]
+    assert [(r[0], r[1]) for r in second] == want
+    page.click("#next")
+    expect(page.locator("#page-label")).to_have_text("Page 3")
+    assert len(table(page)) == 10 and page.is_disabled("#next")
+    page.click("#previous")
+    expect(page.locator("#page-label")).to_have_text("Page 2")
+    assert table(page) == second
+    screenshot(page, "page-2")
+    assert page.problems == []
+
+
+def test_open_an_event_with_its_trace_link(page: Any, panel: Panel) -> None:
+    signed_in(page, panel)
+    traced = panel.rows[7]
+    apply(page, target=traced["target"])
+    page.click("#events tbody tr")
+    page.wait_for_selector("#detail:not([hidden])")
+    fields = dict(zip(page.eval_on_selector_all("#detail-fields dt", "e => e.map(x => x.textContent)"),
+                      page.eval_on_selector_all("#detail-fields dd", "e => e.map(x => x.textContent)"),
+                      strict=True))
+    assert fields["id"] == traced["id"] and fields["org_name"] == "Acme & Co"
+    assert fields["created"].startswith(seed_date(traced["created"]))
+    link = page.query_selector("#detail-fields a")
+    assert link.text_content() == TRACE
+    assert link.get_attribute("href") == f"https://traces.example/trace/{TRACE}"
+    assert link.get_attribute("rel") == "noopener noreferrer"
+    screenshot(page, "event-detail")
+    assert page.problems == []
+
+
+def test_download_the_current_selection_as_csv(page: Any, panel: Panel,
+                                                tmp_path: Path) -> None:
+    signed_in(page, panel)
+    apply(page, type="credentials_created", principal="user-1")
+    with page.expect_download() as info:
+        page.click("#download")
+    download = info.value
+    assert download.suggested_filename.startswith("audit-logs-")
+    saved = tmp_path / "export.csv"
+    download.save_as(saved)
+    rows = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"))))
+    want = [r for r in panel.rows if r["type"] == "credentials_created"
+            and r["principal"] == "user-1"][::-1]
+    assert want and [r["ID"] for r in rows] == [w["id"] for w in want]
+    assert rows[0]["Creation date"] == seed_date(want[0]["created"])
+    assert rows[0]["Organization name"] == "Acme & Co"
+    assert [row[:2] for row in table(page)] == [[r["Type"], r["Target"]] for r in rows]
+    assert page.problems == []
+
+
+def test_a_user_that_is_not_root_is_refused(page: Any, panel: Panel) -> None:
+    sign_in(page, panel, panel.plain)
+    page.wait_for_selector("#sign-in-error:not([hidden])")
+    assert "not root" in page.text_content("#sign-in-error")
+    assert page.is_hidden("#admin") and table(page) == []
+    assert page.context.cookies() == []
+    screenshot(page, "not-root")
+    assert page.problems == []
+
+
+def test_a_wrong_token_is_refused(page: Any, panel: Panel) -> None:
+    sign_in(page, panel, "ac_0123456789abcdef_" + "A" * 43)
+    page.wait_for_selector("#sign-in-error:not([hidden])")
+    assert "not valid" in page.text_content("#sign-in-error")
+    assert page.is_hidden("#admin")
+
+
+def test_a_stored_script_principal_is_text_and_never_runs(page: Any, panel: Panel) -> None:
+    signed_in(page, panel)
+    apply(page, type="user_updated")
+    principals = [row[2] for row in table(page)]
+    assert principals == [IMG_PRINCIPAL, SCRIPT_PRINCIPAL]  # shown exactly, as text
+    page.click("#events tbody tr")
+    page.wait_for_selector("#detail:not([hidden])")
+    assert IMG_PRINCIPAL in page.text_content("#detail-fields")
+    assert page.evaluate("window.__pwned") is None
+    assert page.query_selector("#events img, #detail img, #events script") is None
+    screenshot(page, "hostile-principals")
+    assert page.problems == []
+
+
+def test_signing_out_returns_to_the_sign_in_form(page: Any, panel: Panel) -> None:
+    signed_in(page, panel)
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in:not([hidden])")
+    page.reload()
+    page.wait_for_selector("#sign-in:not([hidden])")
+    assert page.is_hidden("#admin")
+
+
+def test_panel_views_are_recorded_as_reads_by_the_signed_in_user(page: Any,
+                                                                  panel: Panel) -> None:
+    signed_in(page, panel)
+    apply(page, principal="user-2")
+    reads = panel.api("/api/v1/audit-logs", type="audit_log_viewed", limit=5).json()["records"]
+    assert any(r["principal"] == "ops" and '"principal":"user-2"' in r["status"]
+               for r in reads)
