@@ -102,7 +102,7 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    stats_task = asyncio.create_task(_write_stats(server, config))
+    stats_task = asyncio.create_task(_write_stats(server, store, config))
     api = await _start_api(store, config, out)
     addresses = server.addresses + ([api.url] if api else [])
     print(f"{READY_PREFIX} {' '.join(addresses)}", file=out, flush=True)
@@ -117,7 +117,7 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
         if api is not None:
             await api.shutdown()
         stats_task.cancel()
-        _dump_stats(server, config)
+        _dump_stats(server, store, config)
 
 
 async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
@@ -138,18 +138,19 @@ async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
     return api
 
 
-async def _write_stats(server: IngestServer, config: CollectorConfig) -> None:
-    # The read commands (stats) run in another process: they find ingest counters here.
+async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig) -> None:
+    # The read commands (stats) run in another process: they find the live counters here.
     while True:
         await asyncio.sleep(STATS_INTERVAL)
-        _dump_stats(server, config)
+        _dump_stats(server, store, config)
 
 
-def _dump_stats(server: IngestServer, config: CollectorConfig) -> None:
+def _dump_stats(server: IngestServer, store: Any, config: CollectorConfig) -> None:
     path = config.data_dir / STATS_FILE
     tmp = path.with_suffix(".tmp")
+    live = {**server.stats(), "store": store.stats()}  # ingest counters, then the store's
     try:
-        tmp.write_bytes(orjson.dumps(server.stats(), option=orjson.OPT_SORT_KEYS))
+        tmp.write_bytes(orjson.dumps(live, option=orjson.OPT_SORT_KEYS))
         tmp.replace(path)
     except OSError as exc:
         log.warning("could not write %s: %s", path, exc)

@@ -161,6 +161,26 @@ def test_stats_reports_counts(data_dir: Path) -> None:
     assert report["segments"]["count"] >= 1
 
 
+def test_stats_shows_the_live_collectors_counters_and_source_gaps() -> None:
+    with short_tmp() as tmp, CollectorProcess(tmp / "data") as collector:
+        sink = CollectorSink(collector.url, spool_dir=tmp / "spool")
+        configure(sink=sink)
+        try:
+            emit("team_created", "t1")
+            assert sink.flush(20)
+        finally:
+            configure(sink=None)
+            reset_configuration()
+        collector.stop()  # a clean stop writes the final counters
+        report = orjson.loads(cli("stats", "--data-dir", str(collector.data_dir),
+                                  "--json").stdout)
+    live = report["collector"]
+    assert live["store"]["written"] == 1 and live["store"]["duplicates"] == 0
+    [(source, ranges)] = live["store"]["sources"].items()
+    assert source == sink.source and ranges["gaps"] == []
+    assert "connections_open" in live
+
+
 def test_reindex_rebuilds_a_deleted_index(data_dir: Path, tmp_path: Path) -> None:
     import shutil
 
