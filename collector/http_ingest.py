@@ -207,3 +207,43 @@ async def _endpoint(request: Request) -> Response:
 def routes() -> list[Route]:
     """The ingest route. It finds its ``HttpIngest`` at ``app.state.http_ingest``."""
     return [Route(PATH, _endpoint, methods=["POST"])]
+
+
+#: The OpenAPI description of the route (merged into ``collector.api.openapi``).
+_RESULT_SCHEMA: Final = {"type": "object", "required": ["written", "duplicates", "rejected"],
+                         "properties": {
+                             "written": {"type": "array", "items": {"type": "string"}},
+                             "duplicates": {"type": "array", "items": {"type": "string"}},
+                             "rejected": {"type": "array", "items": {
+                                 "type": "object", "required": ["index", "id", "reason"],
+                                 "properties": {"index": {"type": "integer"},
+                                                "id": {"type": ["string", "null"]},
+                                                "reason": {"type": "string"}}}}}}
+_ERROR_REPLY: Final = {"application/json": {"schema": {
+    "type": "object", "required": ["error", "message"],
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}}}
+OPENAPI: Final[dict[str, Any]] = {PATH: {"post": {
+    "summary": "Ingest events (JSON lines or a JSON array) with the collector's ingest token",
+    "operationId": "ingestEvents",
+    "description": "Same validation, dedupe and acknowledgement as the wire protocol "
+                   "(docs/protocol.md): the answer comes after the events are durably "
+                   "stored. A rejected event must not be sent again.",
+    "security": [{"ingestToken": []}],
+    "parameters": [{"name": "X-Audit-Source", "in": "header", "required": False,
+                    "schema": {"type": "string", "pattern": SOURCE_PATTERN.pattern}}],
+    "requestBody": {"required": True, "content": {
+        "application/x-ndjson": {"schema": {"type": "string"}},
+        "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}},
+    "responses": {
+        "200": {"description": "Stored (written or duplicates) and rejected events",
+                "content": {"application/json": {"schema": _RESULT_SCHEMA}}},
+        "400": {"description": "The body holds no events", "content": _ERROR_REPLY},
+        "401": {"description": "Missing or wrong ingest token", "content": _ERROR_REPLY},
+        "403": {"description": "HTTP ingest is off (no token configured)",
+                "content": _ERROR_REPLY},
+        "413": {"description": "Body over max_frame bytes", "content": _ERROR_REPLY},
+        "422": {"description": "Every event was rejected (nothing stored)",
+                "content": {"application/json": {"schema": _RESULT_SCHEMA}}},
+        "503": {"description": "The store cannot write: nothing acknowledged, send again "
+                               "(Retry-After)", "content": _ERROR_REPLY},
+    }}}}

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from collector import http_ingest, metrics
 from collector.readers import ReaderError, Readers
 from collector.storage.errors import StorageError
 from collector.storage.filters import QueryError
@@ -36,12 +37,16 @@ ROUTES = [
     Route("/api/v1/audit-logs", routes.list_audit_logs, methods=["GET"]),
     Route("/api/v1/audit-logs/export.csv", routes.export_csv, methods=["GET"]),
     Route("/api/v1/audit-logs/export.jsonl", routes.export_jsonl, methods=["GET"]),
+    Route("/api/v1/audit-logs/export.ocsf.jsonl", routes.export_ocsf, methods=["GET"]),
+    Route("/api/v1/audit-logs/export.ecs.jsonl", routes.export_ecs, methods=["GET"]),
     Route("/api/v1/audit-logs/{event_id}", routes.get_audit_log, methods=["GET"]),
     Route("/api/v1/event-types", routes.event_types, methods=["GET"]),
     Route("/api/v1/session", routes.who_am_i, methods=["GET"]),
     Route("/api/v1/session", routes.sign_in, methods=["POST"]),
     Route("/api/v1/session", routes.sign_out, methods=["DELETE"]),
     Route("/api/v1/openapi.json", routes.openapi, methods=["GET"]),
+    *http_ingest.routes(),  # POST /api/v1/events, when serve attaches its HttpIngest
+    *metrics.routes(),  # GET /metrics (Prometheus), when serve attaches its Metrics
     Route("/", routes.to_panel, methods=["GET"]),
     Route("/admin", routes.to_panel, methods=["GET"]),
     Route("/admin/audit-logs", routes.panel, methods=["GET"]),

@@ -12,14 +12,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Final
 
-from collector import render
+from collector import formats, render
 from collector.query import Page, Reader
 
 from .params import Selection
 from .queries import QueryPool
 
 PAGE: Final = 1000
-MEDIA_TYPES: Final = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+MEDIA_TYPES: Final = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson",
+                      "ocsf": "application/x-ndjson", "ecs": "application/x-ndjson"}
+#: File name extension of each export format.
+EXTENSIONS: Final = {"csv": "csv", "jsonl": "jsonl", "ocsf": "ocsf.jsonl", "ecs": "ecs.jsonl"}
 
 
 def first_page(reader: Reader, selection: Selection) -> Page:
@@ -30,6 +33,8 @@ def first_page(reader: Reader, selection: Selection) -> Page:
 def render_records(records: list[dict[str, object]], fmt: str, header: bool) -> bytes:
     if fmt == "jsonl":
         return b"".join(render.jsonl(records))
+    if fmt in formats.FORMATTERS:  # ocsf, ecs (collector/formats.py)
+        return b"".join(formats.json_lines(records, fmt))
     rows = render.csv_rows(records)
     head = next(rows)
     return ((head if header else "") + "".join(rows)).encode("utf-8")

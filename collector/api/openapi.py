@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from audit_middleware.event import FIELDS
+from collector import http_ingest
 
 from .params import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -113,6 +114,11 @@ SPEC: Final[dict[str, Any]] = {
         "/api/v1/audit-logs/export.csv": {"get": _export("text/csv", "CSV (the seed's columns)")},
         "/api/v1/audit-logs/export.jsonl": {"get": _export("application/x-ndjson",
                                                            "JSON-lines (stored records)")},
+        "/api/v1/audit-logs/export.ocsf.jsonl": {"get": _export(
+            "application/x-ndjson", "OCSF 1.3.0 events, one per line (docs/formats.md)")},
+        "/api/v1/audit-logs/export.ecs.jsonl": {"get": _export(
+            "application/x-ndjson", "ECS 8.17 documents, one per line (docs/formats.md)")},
+        **http_ingest.OPENAPI,
         "/api/v1/audit-logs/{event_id}": {"get": {
             "summary": "One audit event by id",
             "operationId": "getAuditLog",
@@ -153,6 +159,9 @@ SPEC: Final[dict[str, Any]] = {
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "A token from `audit-collector users add NAME --root`."},
+            "ingestToken": {"type": "http", "scheme": "bearer",
+                            "description": "The collector's shared ingest token (token_file "
+                                           "or AUDIT_TOKEN), for POST /api/v1/events."},
             "session": {"type": "apiKey", "in": "cookie", "name": "audit_session",
                         "description": "The panel's session, from POST /api/v1/session."},
         },

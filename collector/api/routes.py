@@ -79,6 +79,14 @@ async def export_jsonl(request: Request) -> Response:
     return await _export(request, "jsonl")
 
 
+async def export_ocsf(request: Request) -> Response:
+    return await _export(request, "ocsf")
+
+
+async def export_ecs(request: Request) -> Response:
+    return await _export(request, "ecs")
+
+
 async def _export(request: Request, fmt: str) -> Response:
     api = _api(request)
     reader = api.root_reader(request)
@@ -86,7 +94,8 @@ async def _export(request: Request, fmt: str) -> Response:
     first = await api.pool.run(lambda r: exports.first_page(r, sel))
     await api.record(AUDIT_LOG_EXPORTED, reader, request, SELECTION_TARGET,
                      sel.describe() | {"format": fmt})
-    name = f"audit-logs-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}.{fmt}"
+    name = (f"audit-logs-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}."
+            f"{exports.EXTENSIONS[fmt]}")
     return StreamingResponse(exports.stream(api.pool, sel, fmt, first),
                              media_type=exports.MEDIA_TYPES[fmt],
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -33,7 +33,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def query(data_dir: Path, *args: str) -> list[dict[str, object]]:
     done = subprocess.run(
         [sys.executable, "-m", "collector", "query", "--data-dir", str(data_dir),
-         "--oldest-first", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+         "--oldest-first", *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, "AUDIT_CONFIG": ""})
     assert done.returncode == 0, done.stderr
     return [orjson.loads(line) for line in done.stdout.splitlines()]
@@ -56,7 +56,7 @@ def test_query_format_ecs_prints_valid_ecs_documents_and_filters_apply(data_dir:
 
 def test_an_unknown_format_is_refused_with_the_choices(data_dir: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "collector", "query", "--data-dir",
-                           str(data_dir), "--format", "cef"], cwd=ROOT, capture_output=True,
+                           str(data_dir), "--format", "cef"], check=False, cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2
     assert "ocsf" in done.stderr and "ecs" in done.stderr

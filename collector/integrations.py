@@ -1,0 +1,63 @@
+"""What ``serve`` runs to fit the collector into other pipelines: the OTLP forwarder
+(when ``forward_endpoint`` is set), ``POST /api/v1/events`` (HTTP ingest, with the
+shared ``token``) and ``GET /metrics`` on the API port, and the collector's counters as
+OpenTelemetry metrics (on the global meter provider: exported when the process runs
+under an OpenTelemetry SDK, e.g. ``opentelemetry-instrument audit-collector serve``).
+
+    integrations = Integrations(store, ingest_server, config)
+    integrations.start(out)
+    integrations.attach(api_app)      # the API app serves the two routes
+    ...
+    integrations.stop()
+"""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from .config import CollectorConfig
+from .forwarder import Forwarder, forward_settings
+from .http_ingest import HttpIngest, HttpIngestSettings
+from .metrics import Metrics
+
+
+class Integrations:
+    def __init__(self, store: Any, ingest_server: Any, config: CollectorConfig) -> None:
+        self.metrics = Metrics()
+        self.metrics.add("ingest", ingest_server.stats)
+        self.metrics.add("store", store.stats)
+        self.http_ingest = HttpIngest(store, HttpIngestSettings(
+            token=config.token, max_body=config.max_frame,
+            max_field_length=config.max_field_length))
+        self.metrics.add("http", self.http_ingest.stats)
+        self.forwarder: Forwarder | None = None
+        if config.forward_endpoint:
+            self.forwarder = Forwarder(config.data_dir, forward_settings(config))
+            self.metrics.add("forwarder", self.forwarder.stats)
+
+    def start(self, out: TextIO) -> None:
+        self.metrics.register_otel()
+        if self.forwarder is not None:
+            self.forwarder.start()
+            position = self.forwarder.checkpoint.position(self.forwarder.settings.endpoint)
+            print(f"audit-collector: forwarding stored events to "
+                  f"{self.forwarder.settings.endpoint} (OTLP/HTTP) "
+                  + (f"after seq {position}" if position is not None else
+                     f"from the {self.forwarder.settings.start}"), file=out, flush=True)
+
+    def attach(self, app: Any) -> None:
+        """Serve ``POST /api/v1/events`` and ``GET /metrics`` from the API ``app`` (its
+        routes find these objects in ``app.state``)."""
+        app.state.http_ingest = self.http_ingest
+        app.state.metrics = self.metrics
+
+    def stats(self) -> dict[str, Any]:
+        """For the live stats file (``audit-collector stats``)."""
+        stats: dict[str, Any] = {"http": self.http_ingest.stats()}
+        if self.forwarder is not None:
+            stats["forwarder"] = self.forwarder.stats()
+        return stats
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.forwarder is not None:
+            self.forwarder.stop(timeout)
