@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from .config import CollectorConfig
+from .config import CollectorConfig, ConfigError
+from .forward_checkpoint import CheckpointError
 from .forwarder import Forwarder, forward_settings
 from .http_ingest import HttpIngest, HttpIngestSettings
 from .metrics import Metrics
@@ -32,7 +33,10 @@ class Integrations:
         self.metrics.add("http", self.http_ingest.stats)
         self.forwarder: Forwarder | None = None
         if config.forward_endpoint:
-            self.forwarder = Forwarder(config.data_dir, forward_settings(config))
+            try:
+                self.forwarder = Forwarder(config.data_dir, forward_settings(config))
+            except CheckpointError as exc:
+                raise ConfigError(str(exc)) from None
             self.metrics.add("forwarder", self.forwarder.stats)
 
     def start(self, out: TextIO) -> None:

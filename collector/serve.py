@@ -17,6 +17,7 @@ import orjson
 
 from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
+from .integrations import Integrations
 
 log = logging.getLogger("collector")
 
@@ -102,8 +103,13 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    stats_task = asyncio.create_task(_write_stats(server, store, config))
+    # OTLP forwarder, POST /api/v1/events and GET /metrics (collector/integrations.py)
+    integrations = Integrations(store, server, config)
+    integrations.start(out)
+    stats_task = asyncio.create_task(_write_stats(server, store, config, integrations))
     api = await _start_api(store, config, out)
+    if api is not None:
+        integrations.attach(api.app)
     addresses = server.addresses + ([api.url] if api else [])
     print(f"{READY_PREFIX} {' '.join(addresses)}", file=out, flush=True)
     try:
@@ -117,7 +123,8 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
         if api is not None:
             await api.shutdown()
         stats_task.cancel()
-        _dump_stats(server, store, config)
+        await asyncio.to_thread(integrations.stop, config.drain_timeout)
+        _dump_stats(server, store, config, integrations)
 
 
 async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
@@ -138,17 +145,20 @@ async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
     return api
 
 
-async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig) -> None:
+async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig,
+                       integrations: Integrations) -> None:
     # The read commands (stats) run in another process: they find the live counters here.
     while True:
         await asyncio.sleep(STATS_INTERVAL)
-        _dump_stats(server, store, config)
+        _dump_stats(server, store, config, integrations)
 
 
-def _dump_stats(server: IngestServer, store: Any, config: CollectorConfig) -> None:
+def _dump_stats(server: IngestServer, store: Any, config: CollectorConfig,
+                integrations: Integrations) -> None:
     path = config.data_dir / STATS_FILE
     tmp = path.with_suffix(".tmp")
-    live = {**server.stats(), "store": store.stats()}  # ingest counters, then the store's
+    live = {**server.stats(), "store": store.stats(),  # ingest counters, then the store's
+            **integrations.stats()}  # http ingest, forwarder (lag)
     try:
         tmp.write_bytes(orjson.dumps(live, option=orjson.OPT_SORT_KEYS))
         tmp.replace(path)
