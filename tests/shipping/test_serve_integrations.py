@@ -49,7 +49,7 @@ def send(url: str, events: list[dict[str, object]]) -> httpx.Response:
 
 def metric(url: str, name: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     return float(match[1]) if match else -1.0
 
 
