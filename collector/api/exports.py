@@ -1,7 +1,8 @@
 """Streaming exports of a selection, CSV or JSON-lines: a page of the index at a time
-(the keyset pages of ``collector.query``, as ``iter_records`` walks them), rendered on
-a worker thread and sent before the next page is read. Memory stays constant whatever
-the size; a slow client slows the reading down instead of filling a buffer.
+(the keyset pages of ``collector.query``, walked as ``iter_records`` walks them, on the
+API's own query connections), rendered on a worker thread while the next page is read.
+At most two pages are held, whatever the size of the selection; a slow client slows the
+reading down instead of filling a buffer.
 
 An error after the first byte cannot change the status code any more: the stream is
 then aborted, so the client sees a failed download, never a silently short file.

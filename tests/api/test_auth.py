@@ -186,3 +186,11 @@ def test_sessions_expire_when_idle_and_at_their_maximum_age() -> None:
         sessions.get(busy)
     clock.now += 1
     assert sessions.get(busy) is None
+
+
+def test_a_damaged_reader_file_refuses_every_read(env: Env) -> None:
+    env.readers.path.write_text("{damaged")
+    response = env.get("/api/v1/audit-logs", env.root)
+    assert response.status_code == 503
+    assert "cannot be read" in response.json()["message"]
+    assert env.rows[0]["principal"] not in response.text
