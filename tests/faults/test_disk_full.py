@@ -1,0 +1,148 @@
+"""Disk full under the collector: its data directory is on a small tmpfs the test
+mounts (as root; otherwise the test runs itself again inside an unprivileged user and
+mount namespace, ``unshare -Urm``, where mounting a tmpfs is allowed) and fills.
+
+While the disk is full: no partial record stays in a segment, nothing that was not
+written is acknowledged, the apps spool, the collector stays up (and even a SIGKILL and
+a restart on the full disk lose nothing). Once space is freed, ingestion resumes by
+itself: nobody restarts anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.e2e.harness import ROOT
+from tests.faults.fleet import App, Collector, Stored, report, rng, scaled, wait_for
+
+pytestmark = pytest.mark.e2e
+
+EPISODES = scaled(2, 10)  # disk-full episodes; the last one includes a SIGKILL
+TMPFS_SIZE = "24m"
+IN_NAMESPACE = "FAULTS_IN_NAMESPACE"
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs",
+                    str(path)], check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill(path: Path) -> int:
+    """Write a ballast file until the filesystem refuses (ENOSPC); its size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    chunk, total = b"\0" * (256 * 1024), 0
+    try:
+        while True:
+            try:
+                total += os.write(fd, chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    return total
+                chunk = chunk[: len(chunk) // 2]
+    finally:
+        os.close(fd)
+
+
+def segment_lines_are_whole_records(data_dir: Path) -> None:
+    for segment in sorted((data_dir / "segments").glob("segment-*.jsonl")):
+        data = segment.read_bytes()
+        assert data.endswith(b"\n"), f"{segment.name} ends in a partial record"
+        for line in data.splitlines():
+            record = orjson.loads(line)
+            assert "segment" in record or type(record.get("seq")) is int, line[:200]
+
+
+def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: Path) -> None:
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+    r = rng("disk full")
+    with tmpfs(tmp / "disk", TMPFS_SIZE) as disk:
+        collector = Collector(disk / "data", "--max-segment-bytes", "1MiB").start()
+        app = App("app", collector.url, tmp / "spool", tmp / "logs", burst=10, pause=0.005)
+        ballast = disk / "ballast"
+        restarted_full = ""
+        refused = {"appending to": 0, "syncing or indexing": 0}  # segment, index
+        try:
+            for episode in range(EPISODES):
+                mark = len(collector.output)
+                acked = app.acknowledged_count()
+                wait_for(lambda: app.acknowledged_count() > acked + 100, 60, "acks")
+                # Full, or nearly: then a few more appends fit, and the write that
+                # fails may be the segment's or the index's (SQLite's WAL).
+                os.truncate(ballast, fill(ballast) - r.choice([0, 0, 8192, 65536, 262144]))
+                spooled = len(app.spooled())
+                wait_for(lambda: len(app.spooled()) > spooled, 60,
+                         "the app to spool while the disk is full")
+                time.sleep(r.uniform(0.2, 1.0))
+                assert collector.alive, "".join(collector.output)
+                log = "".join(collector.output[mark:])
+                assert "No space left on device" in log or "disk is full" in log, log
+                for doing in refused:
+                    refused[doing] += log.count(f"audit store: {doing}")
+                if episode == EPISODES - 1:  # killed on the full disk, started on it
+                    collector.sigkill()
+                    collector.start()
+                    restarted_full = collector.repair_line()
+                ballast.unlink()  # space again: nobody restarts anything
+                acked = app.acknowledged_count()
+                wait_for(lambda: app.acknowledged_count() > acked + 100, 60,
+                         "ingestion to resume by itself once space is freed")
+        finally:
+            result = app.finish()
+            if not collector.alive:
+                collector.start()
+            assert collector.stop() == 0
+        segment_lines_are_whole_records(collector.data_dir)
+        assert not list((collector.data_dir / "quarantine").iterdir())
+        stored = Stored.read(collector.data_dir)
+        collector.start()  # nothing to repair: the full disk left nothing half-written
+        reopened = collector.repair_line()
+        assert collector.stop() == 0
+
+    acknowledged = set(app.acknowledged())
+    lost = stored.missing(acknowledged)
+    report("disk full (tmpfs)", episodes=EPISODES,
+           segment_writes_refused=refused["appending to"],
+           index_writes_refused=refused["syncing or indexing"],
+           emitted=result["emitted"], spooled=result["spooled"],
+           acknowledged=len(acknowledged), stored=len(stored.in_segments), lost=len(lost))
+    assert lost == []
+    stored.check_exactly_once()
+    assert result["delivered"] and result["dropped"] == 0, result
+    assert len(stored.in_segments) == result["emitted"]
+    assert result["spooled"] > 0
+    assert reopened.endswith("nothing to repair"), reopened
+    assert "store opened" in restarted_full
+
+
+def rerun_in_a_user_namespace() -> None:
+    """Not root: this test again, as root of a new user and mount namespace."""
+    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("disk full needs a tmpfs: run as root, or allow unprivileged user "
+                    "namespaces (unshare -Urm)")
+    test = f"{Path(__file__).relative_to(ROOT)}::{sys._getframe(1).f_code.co_name}"
+    done = subprocess.run(["unshare", "-Urm", sys.executable, "-m", "pytest", "-q", "-s",
+                           "-p", "no:cacheprovider", test], cwd=ROOT,
+                          env={**os.environ, IN_NAMESPACE: "1"}, capture_output=True,
+                          text=True, timeout=600)
+    print(done.stdout[-4000:])
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
