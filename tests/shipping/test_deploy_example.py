@@ -1,0 +1,54 @@
+"""examples/deploy: the collector configuration loads as `serve` would load it, and the
+systemd unit runs `serve` with it, as an unprivileged user, writing only the data
+directory, stopping by SIGTERM with time to drain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from collector import config as collector_config
+
+DEPLOY = Path(__file__).resolve().parents[2] / "examples" / "deploy"
+
+
+def unit() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (DEPLOY / "audit-collector.service").read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_example_configuration_is_valid_for_serve(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("a-long-random-token\n")
+    config = collector_config.load(environ={
+        "AUDIT_CONFIG": str(DEPLOY / "collector.toml"), "AUDIT_TOKEN_FILE": str(token)})
+    assert config.data_dir == Path("/var/lib/audit-collector")
+    assert config.token == "a-long-random-token"
+    assert config.tcp_address == ("127.0.0.1", 7100)
+    assert config.compress_sealed is False
+    assert config.max_segment_bytes == 64 * 1024 * 1024
+
+
+def test_the_unit_runs_serve_with_that_configuration_unprivileged() -> None:
+    service = unit()
+    assert service["ExecStart"] == ["/opt/audit-collector/bin/audit-collector serve"]
+    assert "AUDIT_CONFIG=/etc/audit-collector/collector.toml" in service["Environment"]
+    assert "AUDIT_TOKEN_FILE=%d/token" in service["Environment"]
+    assert service["LoadCredential"] == ["token:/etc/audit-collector/token"]
+    assert service["User"] == ["audit"] and service["NoNewPrivileges"] == ["yes"]
+    assert service["StateDirectory"] == ["audit-collector"]
+    assert service["ReadWritePaths"] == ["/var/lib/audit-collector"]
+    assert service["ProtectSystem"] == ["strict"]
+
+
+def test_stopping_leaves_time_to_drain(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t")
+    config = collector_config.load(environ={"AUDIT_CONFIG": str(DEPLOY / "collector.toml"),
+                                            "AUDIT_TOKEN_FILE": str(token)})
+    service = unit()
+    assert service["KillSignal"] == ["SIGTERM"]
+    assert float(service["TimeoutStopSec"][0]) > config.drain_timeout
