@@ -25,7 +25,7 @@ from typing import Any, Self
 
 import orjson
 
-from tests.e2e.harness import READY, ROOT, CollectorProcess, stored_events
+from tests.e2e.harness import READY, ROOT, CollectorProcess
 
 FULL = os.environ.get("FAULTS_FULL") == "1"
 
@@ -296,6 +296,35 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 
 
 # -- what was stored ---------------------------------------------------------------------------
+def segment_records(data_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """Every record in the segments, in storage order, and the number of lines that are
+    not records (garbage a test put there). A plain and a compressed copy of one
+    segment (a crash mid-compression) count once: the plain one."""
+    import gzip
+
+    records: list[dict[str, Any]] = []
+    unreadable = 0
+    files = sorted((data_dir / "segments").glob("segment-*.jsonl*"))
+    for path in files:
+        if path.name.endswith(".gz"):
+            if path.with_suffix("").exists():
+                continue
+            data = gzip.decompress(path.read_bytes())
+        else:
+            data = path.read_bytes()
+        for line in data.splitlines():
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                unreadable += 1
+                continue
+            if isinstance(record, dict) and type(record.get("seq")) is int:
+                records.append(record)
+            elif not (isinstance(record, dict) and "segment" in record):
+                unreadable += 1
+    return records, unreadable
+
+
 @dataclass
 class Stored:
     """Every id in the segments and in the index, with how often each appears."""
@@ -304,13 +333,14 @@ class Stored:
     in_index: collections.Counter[str]
     index_ids_rows: int  # rows of the index's id table (its dedupe set)
     records: list[dict[str, Any]] = field(repr=False)
+    unreadable_lines: int = 0  # lines in the segments that are not records
 
     @classmethod
     def read(cls, data_dir: Path) -> Stored:
         from collector.index import connect
         from collector.query import Filters, Reader
 
-        records = stored_events(data_dir)
+        records, unreadable = segment_records(data_dir)
         in_index: collections.Counter[str] = collections.Counter()
         reader = Reader(data_dir)
         try:
@@ -329,7 +359,8 @@ class Stored:
             rows = con.execute("SELECT count(*) FROM ids").fetchone()[0]
         finally:
             con.close()
-        return cls(collections.Counter(r["id"] for r in records), in_index, rows, records)
+        return cls(collections.Counter(r["id"] for r in records), in_index, rows, records,
+                   unreadable)
 
     def twice(self) -> list[str]:
         return sorted(i for i, n in (self.in_segments + self.in_index).items()
@@ -364,4 +395,5 @@ def percentile(values: list[float], p: float) -> float:
 
 
 __all__ = ["FULL", "READY", "App", "Collector", "HttpApp", "Load", "Memory", "Request", "Stored", "memory_of",
-           "percentile", "read_ids", "report", "rng", "scaled", "wait_for"]
+           "percentile", "read_ids", "report", "rng", "scaled", "segment_records",
+           "wait_for"]
