@@ -219,6 +219,11 @@ def _index_file(index: Index, f: SegmentFile, entry: SegmentEntry | None,
                 if progress is not None:
                     progress(end - start)  # bytes of this file done (compressed: approx.)
         count += _flush(index, f.seq, batch, end, numbered, ranges)
+        if not f.compressed and end < os.fstat(stream.fileno()).st_size:
+            # Bytes after the last complete line of a sealed segment (the active one's
+            # torn tail was cut before): no crash leaves them, so they are reported at
+            # every start, and left for `verify` and the operator to judge.
+            report.unreadable_lines += 1
     if f.compressed:
         index.begin()
         index.mark_compressed(f.seq, blocks)
