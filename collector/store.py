@@ -11,6 +11,7 @@ Data directory layout (dirs 0750, files 0640)::
     segments/segment-<seq:08d>-<UTC YYYYmmddTHHMMSSZ>.jsonl[.gz]
     index.sqlite          derived: rebuilt from the segments when missing or damaged
     quarantine/           torn tails cut from a segment at start-up
+    digests/, keys/       tamper evidence (``collector.integrity``, docs/integrity.md)
 """
 
 from __future__ import annotations
@@ -59,9 +60,19 @@ class StorageSettings:
     compress_sealed: bool = False
     retention_days: float = 365.0
     retention_bytes: int | None = None  # total size cap of sealed segments
+    #: Tamper evidence: hash-chain the records and write signed digests. Off only to
+    #: measure what it costs (benchmarks/integrity.py).
+    chain: bool = True
+    signing_key: Path | None = None  # default: <data_dir>/keys/signing-key.pem
+    digest_interval: float = 300.0  # seconds between checkpoints while records arrive
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.signing_key is not None:
+            object.__setattr__(self, "signing_key", Path(self.signing_key))
+        if self.digest_interval <= 0:
+            raise StorageSettingsError(
+                f"digest_interval={self.digest_interval}: use a positive number of seconds")
         if self.max_segment_bytes < 1024:
             raise StorageSettingsError(
                 f"max_segment_bytes={self.max_segment_bytes}: use at least 1024 bytes")
@@ -122,7 +133,16 @@ class Store:
             rebuild = f"index unreadable ({exc})"
         report = recover(self.segments_dir, self.quarantine_dir, self._index, rebuild=rebuild)
         index = self._index
-        self._segments = SegmentSet(self.settings, self.segments_dir, index, self._wake.set)
+        self._ledger = None
+        if self.settings.chain:
+            from collector.integrity.ledger import Ledger  # cryptography: collector extra
+
+            self._ledger = Ledger.open(self.settings.data_dir, self.settings.signing_key,
+                                       self.settings.digest_interval, self.quarantine_dir)
+        self._segments = SegmentSet(self.settings, self.segments_dir, index, self._wake.set,
+                                    self._ledger)
+        if self._ledger is not None:
+            self._ledger.started(self._segments.sealed_files(), self._segments.active)
         chunk = index.open_chunk
         if chunk is not None and chunk.segment != self._segments.active.header.seq:
             index.close_chunk()  # a crash right after a rotation left it open
@@ -130,7 +150,7 @@ class Store:
         for closed in index.closed_chunks():
             self._indexer.submit(closed)
         index.newly_closed.clear()
-        self._writer = GroupWriter(index, self._segments, self._indexer)
+        self._writer = GroupWriter(index, self._segments, self._indexer, self._ledger)
         return report
 
     def close(self) -> None:
@@ -145,6 +165,8 @@ class Store:
         self._thread.join()
         self._writer.close()
         try:
+            if self._ledger is not None:
+                self._ledger.stopped(self._segments.active)
             self._segments.close()
         finally:
             self._release_storage()
@@ -251,6 +273,8 @@ class Store:
         if deleted:
             writer.counts["retention_deleted"] += deleted
             writer.stored = self._index.count()
+        if self._ledger is not None:
+            self._ledger.tick(segments.active)
 
     # -- stats --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -285,6 +309,7 @@ class Store:
             "events_per_fsync": round(counts["written"] / counts["fsyncs"], 1)
             if counts["fsyncs"] else 0.0,
             "sources": per_source,
+            "integrity": self._ledger.stats() if self._ledger is not None else None,
         }
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from collector.index import CHUNK_ROWS, MAX_UNINDEXED, Index
 
@@ -24,6 +24,9 @@ from .errors import StorageError
 from .indexer import ChunkIndexer
 from .records import Encoded, Row, rebase, record_lines
 from .segment_set import SegmentSet
+
+if TYPE_CHECKING:
+    from collector.integrity.ledger import Ledger
 
 log = logging.getLogger("collector.store")
 
@@ -67,10 +70,12 @@ class GroupWriter:
     """The commit thread's state and its work on one group (one thread only, except
     ``sources`` which ``lock`` guards for readers)."""
 
-    def __init__(self, index: Index, segments: SegmentSet, indexer: ChunkIndexer) -> None:
+    def __init__(self, index: Index, segments: SegmentSet, indexer: ChunkIndexer,
+                 ledger: Ledger | None = None) -> None:
         self._index = index
         self._segments = segments
         self._indexer = indexer
+        self._ledger = ledger  # tamper evidence (None: records are not chained)
         self._fsyncer = ThreadPoolExecutor(1, thread_name_prefix="audit-store-fsync")
         self.next_seq = index.max_seq() + 1
         self.stored = index.count()
@@ -93,6 +98,9 @@ class GroupWriter:
         piece: list[_Prepared] = []
         piece_bytes = 0
         seq = self.next_seq
+        # The chain runs on as if every piece is written: a failed piece fails the rest
+        # of the group, so nothing is ever chained to a record that was not written.
+        chain = self._ledger.chain if self._ledger is not None else None
         for n, sub in enumerate(subs):
             p = self._dedupe(sub, known, seen)
             if not p.encoded.ids:
@@ -101,7 +109,9 @@ class GroupWriter:
                 continue
             offset = self._segments.active.size + piece_bytes
             p.lines, p.rows = record_lines(p.encoded, seq, sub.source, p.numbers or None,
-                                           offset)
+                                           offset, chain)
+            if chain is not None:
+                chain = p.lines[-1][-67:-3]
             p.size = p.rows[-1][10] + p.rows[-1][11] - offset
             if self._segments.rotation_due(piece_bytes + p.size, bool(piece)):
                 if piece and not self._write_piece(piece):
@@ -156,14 +166,15 @@ class GroupWriter:
         except OSError as exc:
             self._fail(piece, exc, "appending to")
             return False
-        # The fsync runs beside the index inserts; the index commits only after it.
-        synced = self._fsyncer.submit(active.sync)
+        # The fsync (and the segment's running hash) runs beside the index inserts; the
+        # index commits only after it.
+        synced = self._fsyncer.submit(self._sync, active, data)
         try:
             index.begin()
             index.add_segment(active.path.name, active.header, start)
             index.add_rows(active.header.seq, rows, active.size)
             index.set_source_ranges(changed)
-            synced.result()
+            running = synced.result()
             index.commit()
         except Exception as exc:  # noqa: BLE001 - OSError, sqlite3.Error or a bug: nothing may stay
             synced.exception()  # wait for the fsync either way
@@ -175,6 +186,12 @@ class GroupWriter:
             self._fail(piece, exc, "syncing or indexing")
             return False
         written = len(rows)
+        if self._ledger is not None:
+            first, last = piece[0], piece[-1]
+            self._ledger.appended(running, active.size, written,
+                                  (rows[0][0], first.encoded.ids[0], rows[0][2]),
+                                  (rows[-1][0], last.encoded.ids[-1], rows[-1][2]),
+                                  last.lines[-1][-67:-3])
         active.records += written
         self.next_seq = rows[-1][0] + 1
         self.stored += written
@@ -193,6 +210,10 @@ class GroupWriter:
             index.close_chunk()
         self.index_closed_chunks()
         return True
+
+    def _sync(self, active: Any, data: bytes) -> Any:
+        active.sync()
+        return self._ledger.hashed(data) if self._ledger is not None else None
 
     def _new_ranges(self, piece: list[_Prepared]) -> dict[str, sources.Ranges]:
         numbered: dict[str, list[int]] = {}

@@ -23,9 +23,17 @@ from .compression import BlockMap, compress
 from .errors import StorageError
 from .records import created_micros
 from .retention import SealedInfo, expired
-from .segments import ActiveSegment, fsync_dir, header_of, list_segment_files, seal
+from .segments import (
+    ActiveSegment,
+    SegmentFile,
+    fsync_dir,
+    header_of,
+    list_segment_files,
+    seal,
+)
 
 if TYPE_CHECKING:
+    from collector.integrity.ledger import Ledger
     from collector.store import StorageSettings
 
 log = logging.getLogger("collector.store")
@@ -43,11 +51,12 @@ class _Sealed:
 
 class SegmentSet:
     def __init__(self, settings: StorageSettings, directory: Path, index: Index,
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], ledger: Ledger | None = None) -> None:
         self.settings = settings
         self.directory = directory
         self._index = index
         self._wake = wake  # tells the commit thread a compressed copy is ready
+        self._ledger = ledger  # tamper evidence: chain links and digests (None: off)
         self._sealed: dict[int, _Sealed] = {}
         self._compressed: collections.deque[tuple[int, Path, BlockMap]] = collections.deque()
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="audit-store-compress")
@@ -59,10 +68,13 @@ class SegmentSet:
             sealed = files[:-1]
         else:  # a new store, or one whose active segment was removed
             previous = header_of(files[-1]).id if files else ""
+            chain = ledger.chain_after(files) if ledger is not None else ""
             self.active = ActiveSegment.create(directory, files[-1].seq + 1 if files else 1,
-                                               previous)
+                                               previous, chain=chain)
             self.register(self.active)
             sealed = files
+        if ledger is not None:
+            ledger.attach(self.active.path, self.active.header)
         for f, after in zip(sealed, [*sealed[1:], None]):
             sealed_ns = (self.active.created_ns if after is None
                          else created_micros(header_of(after).created) * 1000)
@@ -102,8 +114,10 @@ class SegmentSet:
         """Start the next segment (by creating it: never copytruncate), then seal the
         old one; ``sealed(seq)`` runs after the seal."""
         old = self.active
+        ledger = self._ledger
         try:
-            new = ActiveSegment.create(self.directory, old.header.seq + 1, old.header.id)
+            new = ActiveSegment.create(self.directory, old.header.seq + 1, old.header.id,
+                                       chain=ledger.chain.decode() if ledger else "")
         except OSError as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("audit store: cannot start a new segment (%s); still appending to %s",
@@ -113,6 +127,8 @@ class SegmentSet:
         self.register(new)
         path = seal(old)
         self._sealed[old.header.seq] = _Sealed(path, old.size, new.created_ns, False)
+        if ledger is not None:
+            ledger.sealed(old, new)
         sealed(old.header.seq)
         if self.settings.compress_sealed:
             self._schedule_compression(old.header.seq, path)
@@ -164,10 +180,15 @@ class SegmentSet:
         doomed = expired(infos, now_ns=time.time_ns(), retention_days=s.retention_days,
                          retention_bytes=s.retention_bytes,
                          keep_newest=self.active.records == 0)
+        if doomed and self._ledger is not None:
+            # Signed before anything is deleted: verify then tells retention from theft.
+            self._ledger.retention(max(doomed) + 1, self.active)
         for seq in doomed:
             info = self._sealed.pop(seq)
             info.path.unlink(missing_ok=True)
             fsync_dir(self.directory)
+            if self._ledger is not None:
+                self._ledger.forget(info.path.name.removesuffix(".gz"))
             self._index.begin()
             try:
                 self._index.drop_segment(seq)
@@ -178,6 +199,9 @@ class SegmentSet:
         return len(doomed)
 
     # -- the rest -------------------------------------------------------------------------
+    def sealed_files(self) -> list[SegmentFile]:
+        return [SegmentFile(seq, i.path, i.compressed) for seq, i in sorted(self._sealed.items())]
+
     def stats(self) -> dict[str, Any]:
         sealed = list(self._sealed.values())
         active = self.active

@@ -73,10 +73,15 @@ class SegmentHeader:
     previous: str
     schema: int
     created: str
+    #: The chain value of the record before this segment's first one: the link that
+    #: carries the record hash chain across segments (empty when chaining is off).
+    chain: str = ""
 
     def to_line(self) -> bytes:
-        body = {"id": self.id, "seq": self.seq, "previous": self.previous,
-                "schema": self.schema, "created": self.created}
+        body: dict[str, object] = {"id": self.id, "seq": self.seq, "previous": self.previous,
+                                   "schema": self.schema, "created": self.created}
+        if self.chain:
+            body["chain"] = self.chain
         return orjson.dumps({"segment": body}, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
@@ -84,8 +89,8 @@ class SegmentHeader:
         try:
             body = orjson.loads(line)["segment"]
             header = cls(str(body["id"]), int(body["seq"]), str(body["previous"]),
-                         int(body["schema"]), str(body["created"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                         int(body["schema"]), str(body["created"]), str(body.get("chain", "")))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise CorruptSegmentError(
                 f"{where} does not start with a segment header line "
                 f'({{"segment":{{"id",...}}}}): it is not a segment this store wrote; '
@@ -117,12 +122,13 @@ class ActiveSegment:
 
     @classmethod
     def create(cls, directory: Path, seq: int, previous: str,
-               now_ns: int | None = None) -> ActiveSegment:
+               now_ns: int | None = None, chain: str = "") -> ActiveSegment:
         """Write the header to a temporary file, fsync, rename into place: a segment
-        file never exists without its complete header."""
+        file never exists without its complete header. ``chain``: the chain value of
+        the last record before this segment (see ``SegmentHeader.chain``)."""
         created_ns = time.time_ns() if now_ns is None else now_ns
         header = SegmentHeader(uuid.uuid4().hex, seq, previous, SCHEMA_VERSION,
-                               format_created(created_ns))
+                               format_created(created_ns), chain)
         path = directory / segment_name(seq, created_ns)
         tmp = path.with_name(path.name + ".tmp")
         data = header.to_line()
@@ -185,8 +191,9 @@ class ActiveSegment:
 
 def seal(segment: ActiveSegment) -> Path:
     """Make ``segment`` sealed: flushed, closed, never written again. The one place a
-    segment becomes sealed (tamper evidence hooks its digest here); the store calls it
-    after the next segment exists, so the sealed file is no longer the highest seq."""
+    segment becomes sealed; the store calls it after the next segment exists, so the
+    sealed file is no longer the highest seq (``SegmentSet.rotate`` then has the
+    ledger write the segment's signed seal digest)."""
     os.fsync(segment.fd)
     segment.close()
     return segment.path

@@ -1,0 +1,13 @@
+"""Tamper evidence: hash-chained records, signed digests, and their verification.
+
+- ``chain``: the record hash chain (computed by the store's commit thread).
+- ``keys``: the Ed25519 signing key and the key ring of every public key ever used.
+- ``digests``: the signed digest lines and the files that hold them.
+- ``ledger``: the store's side: it follows the active segment and writes the digests
+  (at start, every ``digest_interval``, at each seal, before retention, at stop).
+- ``scan`` and ``verify``: ``audit-collector verify``, offline, on any copy.
+- ``commands``: the ``verify`` and ``keys`` subcommands.
+
+This package's ``__init__`` imports nothing: ``collector.storage.records`` uses
+``chain`` and must not pull in the rest (which imports the storage modules).
+"""

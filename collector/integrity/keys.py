@@ -1,0 +1,247 @@
+"""Ed25519 keys: the collector's signing key, and the key ring of every public key it
+ever signed with, so digests signed before a key rotation still verify.
+
+Data directory layout::
+
+    keys/                      0700
+        signing-key.pem        0600, PKCS#8 PEM (unless ``signing_key`` points elsewhere)
+        ed25519-<key id>.pub   every public key ever used (PEM, SubjectPublicKeyInfo)
+
+A key id is the first 16 hex digits of the SHA-256 of the raw 32-byte public key. A
+file of trusted public keys (``verify --public-key FILE``, made by ``keys export``) is
+one or more PEM ``PUBLIC KEY`` blocks; text around them is ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from collector.storage.segments import fsync_dir
+
+from .errors import KeyFileError
+
+log = logging.getLogger("collector.integrity")
+
+KEYS_DIR: Final = "keys"
+SIGNING_KEY_FILE: Final = "signing-key.pem"
+KEYS_DIR_MODE: Final = 0o700
+PRIVATE_MODE: Final = 0o600
+PUBLIC_MODE: Final = 0o644
+_PUBLIC_NAME = re.compile(r"ed25519-([0-9a-f]{16})\.pub")
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN PUBLIC KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END PUBLIC KEY-----")
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    key: Ed25519PublicKey
+
+    @property
+    def raw(self) -> bytes:
+        return self.key.public_bytes(serialization.Encoding.Raw,
+                                     serialization.PublicFormat.Raw)
+
+    @property
+    def id(self) -> str:
+        return key_id(self.raw)
+
+    @property
+    def b64(self) -> str:
+        return base64.b64encode(self.raw).decode("ascii")
+
+    def pem(self) -> bytes:
+        return self.key.public_bytes(serialization.Encoding.PEM,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def verifies(self, signature: bytes, message: bytes) -> bool:
+        try:
+            self.key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    @classmethod
+    def from_b64(cls, text: object) -> PublicKey:
+        """A public key from its base64 raw form (as a key-rotation digest names it)."""
+        try:
+            raw = base64.b64decode(str(text), validate=True)
+            return cls(Ed25519PublicKey.from_public_bytes(raw))
+        except (ValueError, TypeError):
+            raise KeyFileError(f"{str(text)[:60]!r} is not a base64 Ed25519 public key") from None
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    private: Ed25519PrivateKey
+    path: Path
+
+    @property
+    def public(self) -> PublicKey:
+        return PublicKey(self.private.public_key())
+
+    @property
+    def id(self) -> str:
+        return self.public.id
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private.sign(message)
+
+
+def key_id(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def default_signing_key_path(data_dir: Path) -> Path:
+    return data_dir / KEYS_DIR / SIGNING_KEY_FILE
+
+
+# -- the signing key --------------------------------------------------------------------
+def load_signing_key(path: Path) -> SigningKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the signing key {path}: {exc.strerror or exc}: "
+                           f"check the signing_key option and the file's owner") from None
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise KeyFileError(
+            f"{path} is not an unencrypted PEM private key: point signing_key at the key "
+            f"the collector generated (or move this file away to have a new key made)"
+        ) from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} holds a {type(private).__name__}, not an Ed25519 key: "
+                           f"digests are signed with Ed25519 only")
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        log.warning("signing key %s is readable by others (mode %o): chmod 600 it", path, mode)
+    return SigningKey(private, path)
+
+
+def write_signing_key(path: Path, private: Ed25519PrivateKey, *, replace: bool) -> None:
+    """Write ``private`` to ``path`` (0600) through a temporary file, fsynced; with
+    ``replace`` an existing key is atomically replaced (key rotation)."""
+    pem = private.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_MODE)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not replace and path.exists():
+        tmp.unlink()
+        raise KeyFileError(f"{path} appeared while a new key was being written: "
+                           f"another process is creating keys; start one collector only")
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def ensure_signing_key(path: Path) -> tuple[SigningKey, bool]:
+    """The signing key at ``path``, generated (0600) if there is none yet; and whether
+    it was generated now."""
+    if path.exists():
+        return load_signing_key(path), False
+    if not path.parent.is_dir():
+        raise KeyFileError(f"cannot create the signing key {path}: directory "
+                           f"{path.parent} does not exist")
+    private = Ed25519PrivateKey.generate()
+    try:
+        write_signing_key(path, private, replace=False)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create the signing key {path}: {exc.strerror or exc}") \
+            from None
+    log.info("generated a new Ed25519 signing key %s (id %s)", path,
+             SigningKey(private, path).id)
+    return SigningKey(private, path), True
+
+
+# -- the key ring -----------------------------------------------------------------------
+class KeyRing:
+    """The public keys kept in ``<data_dir>/keys``: every key that ever signed a digest."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def create(self) -> None:
+        self.directory.mkdir(mode=KEYS_DIR_MODE, parents=True, exist_ok=True)
+
+    def keys(self) -> dict[str, PublicKey]:
+        found: dict[str, PublicKey] = {}
+        if not self.directory.is_dir():
+            return found
+        for path in sorted(self.directory.iterdir()):
+            if _PUBLIC_NAME.fullmatch(path.name):
+                for key in read_public_keys(path):
+                    found[key.id] = key
+        return found
+
+    def add(self, key: PublicKey) -> Path:
+        path = self.directory / f"ed25519-{key.id}.pub"
+        if not path.exists():
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                         PUBLIC_MODE)
+            try:
+                os.write(fd, key.pem())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            fsync_dir(self.directory)
+        return path
+
+
+def read_public_keys(path: Path) -> list[PublicKey]:
+    """Every PEM public key in ``path`` (an export, a key ring file, a single key)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read public keys from {path}: {exc.strerror or exc}") \
+            from None
+    return parse_public_keys(data, str(path))
+
+
+def parse_public_keys(data: bytes, where: str) -> list[PublicKey]:
+    keys = []
+    for block in _PEM_BLOCK.findall(data):
+        try:
+            key = serialization.load_pem_public_key(block)
+        except (ValueError, UnsupportedAlgorithm):
+            raise KeyFileError(f"{where}: a PUBLIC KEY block cannot be read") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"{where}: holds a {type(key).__name__}, not an Ed25519 "
+                               f"public key: export the collector's keys with "
+                               f"`audit-collector keys export`")
+        keys.append(PublicKey(key))
+    if not keys:
+        raise KeyFileError(f"{where} holds no PEM public key (-----BEGIN PUBLIC KEY-----): "
+                           f"make one with `audit-collector keys export`")
+    return keys
+
+
+def export_pem(keys: list[PublicKey], current: str | None) -> str:
+    """A file of public keys with a comment line before each (ids; the current one)."""
+    parts = []
+    for key in keys:
+        mark = " (current signing key)" if key.id == current else ""
+        parts.append(f"# audit-collector Ed25519 public key {key.id}{mark}\n"
+                     + key.pem().decode("ascii"))
+    return "".join(parts)

@@ -1,0 +1,323 @@
+"""The store's side of tamper evidence: it follows the active segment as records are
+appended (chain head, running SHA-256, first and last record) and writes the signed
+digests: at start, every ``digest_interval`` while records arrive, at each seal, before
+retention deletes anything, and at a clean stop.
+
+Only the store's commit thread calls it (``hashed`` also runs on the fsync thread, on a
+copy of the running hash). A digest that cannot be written (disk full) is logged and
+retried at the next tick; records are never refused for it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from audit_middleware.event import format_created
+from collector.storage.segments import (
+    DIR_MODE,
+    FILE_MODE,
+    SegmentFile,
+    SegmentHeader,
+    fsync_dir,
+    iter_lines,
+)
+
+from . import chain as chains
+from . import digests as d
+from .keys import KeyRing, SigningKey, default_signing_key_path, ensure_signing_key
+
+if TYPE_CHECKING:
+    from collector.storage.segments import ActiveSegment
+
+log = logging.getLogger("collector.integrity")
+
+Hash = Any  # hashlib's sha256 object
+
+class Ledger:
+    def __init__(self, data_dir: Path, key: SigningKey, interval: float) -> None:
+        self.data_dir = data_dir
+        self.digests_dir = data_dir / d.DIGESTS_DIR
+        self.key = key
+        self.interval = interval
+        self.chain = chains.GENESIS  # the chain value of the newest record
+        self.n = 0  # number of the newest digest
+        self.previous = ""  # its signature
+        self.newest: d.Digest | None = None
+        self.last_error: str | None = None
+        self.written = 0  # digests written since open
+        self._state: d.SegmentState | None = None
+        self._hash: Hash = hashlib.sha256()
+        self._dirty = False  # records appended since the last digest
+        self._due = time.monotonic() + interval
+        self._pending: list[tuple[str, bytes, dict[str, Any]]] = []  # unwritten digests
+
+    # -- opening --------------------------------------------------------------------------
+    @classmethod
+    def open(cls, data_dir: Path, signing_key: Path | None, interval: float,
+             quarantine_dir: Path | None = None) -> Ledger:
+        """Load (or generate, 0600) the signing key, put its public key in the key ring,
+        and find where the digest chain ends (a torn last digest line goes to
+        ``quarantine_dir``)."""
+        ring = KeyRing(data_dir / "keys")
+        ring.create()
+        key, _ = ensure_signing_key(signing_key or default_signing_key_path(data_dir))
+        ring.add(key.public)
+        ledger = cls(data_dir, key, interval)
+        ledger.digests_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+        ledger._find_chain_end(quarantine_dir)
+        return ledger
+
+    def _find_chain_end(self, quarantine_dir: Path | None) -> None:
+        for _, path in reversed(d.list_digest_files(self.digests_dir)):
+            found = d.read_file(path)
+            if found.torn and quarantine_dir is not None:
+                _cut_torn_line(path, quarantine_dir)
+            if found.digests:
+                newest = max(found.digests, key=lambda g: g.n)
+                self.newest, self.n, self.previous = newest, newest.n, newest.signature_b64
+                return
+
+    def chain_after(self, files: list[SegmentFile]) -> str:
+        """The chain value a new segment after ``files`` links to (their newest record's;
+        the newest header's when it has no record yet)."""
+        if not files:
+            return chains.GENESIS.decode()
+        state, _ = scan_segment(files[-1])
+        return state.last_chain or chains.GENESIS.decode()
+
+    def attach(self, path: Path, header: SegmentHeader) -> None:
+        """Follow the active segment ``path`` (new, or reopened after a restart)."""
+        state, running = scan_segment(SegmentFile(header.seq, path, False))
+        self._state, self._hash = state, running
+        self.chain = (state.last_chain or chains.GENESIS.decode()).encode()
+
+    # -- appending (the commit thread, and its fsync thread) ------------------------------
+    def hashed(self, data: bytes) -> Hash:
+        """The running hash with ``data`` added (a copy: the write may still fail)."""
+        running = self._hash.copy()
+        running.update(data)
+        return running
+
+    def appended(self, running: Hash, size: int, count: int, first: tuple[int, str, int],
+                 last: tuple[int, str, int], last_chain: bytes) -> None:
+        """``count`` records were written and fsynced, ``first`` and ``last`` being
+        (seq, event id, created in microseconds) and ``last_chain`` the last one's chain
+        value; ``running`` is ``hashed(data)`` and ``size`` the segment's new size."""
+        state = self._state
+        assert state is not None, "attach() the active segment first"
+        if state.records == 0:
+            state.first_seq, state.first_id = first[0], first[1]
+            state.first_time = format_created(first[2] * 1000)
+        state.last_seq, state.last_id = last[0], last[1]
+        state.last_time = format_created(last[2] * 1000)
+        state.records += count
+        state.size = size
+        self._hash = running
+        self.chain = last_chain
+        state.last_chain = last_chain.decode()
+        self._dirty = True
+
+    # -- digests ---------------------------------------------------------------------------
+    def started(self, sealed: list[SegmentFile], active: ActiveSegment) -> None:
+        """At open: if the collector stopped between sealing a segment and writing its
+        seal digest, write it now; then a start checkpoint of the active segment."""
+        # Only the segment right before the active one, and only when the digest chain
+        # exists and has no seal for it: re-signing anything older (or a store whose
+        # digests were all removed) would launder whatever was done to it.
+        newest = self.newest
+        last = sealed[-1] if sealed else None
+        if (last is not None and newest is not None and newest.segment_seq <= last.seq
+                and not (newest.kind == "seal" and newest.segment_seq == last.seq)):
+            if not _has_seal(self.digests_dir / d.file_name(last.name)):
+                state, _ = scan_segment(last)
+                self._write("seal", state, active.path.name, note=(
+                    "written at start-up: the collector stopped after sealing the "
+                    "segment, before its seal digest was written"))
+        self.checkpoint(active, "start")
+
+    def tick(self, active: ActiveSegment) -> None:
+        """Housekeeping: retry unwritten digests; a checkpoint every ``interval`` while
+        records arrive."""
+        if self._pending:
+            self._flush_pending()
+        if self._dirty and time.monotonic() >= self._due:
+            self.checkpoint(active, "interval")
+
+    def checkpoint(self, active: ActiveSegment, why: str) -> None:
+        self._write("checkpoint", self._current(), active.path.name, why=why)
+
+    def sealed(self, old: ActiveSegment, new: ActiveSegment) -> None:
+        """``old`` was sealed and ``new`` is the active segment: the seal digest of
+        ``old`` (naming ``new`` as the head), then follow ``new``."""
+        self._write("seal", self._current(), new.path.name)
+        self.attach(new.path, new.header)
+
+    def retention(self, deleted_below: int, active: ActiveSegment) -> None:
+        """Before retention deletes the segments below ``deleted_below``: say so, signed
+        (so ``verify`` can tell retention from someone deleting segments)."""
+        self._write("retention", self._current(), active.path.name,
+                    deleted_below=deleted_below)
+
+    def forget(self, segment_name: str) -> None:
+        """Retention deleted ``segment_name``: its digests go too."""
+        (self.digests_dir / d.file_name(segment_name)).unlink(missing_ok=True)
+
+    def rotate_key(self, new: SigningKey, active: ActiveSegment | None = None,
+                   active_path: Path | None = None) -> None:
+        """A key-rotation digest signed by the current key naming ``new``; later digests
+        are signed with ``new``. Offline use (``keys rotate``): pass ``active_path``."""
+        if active is not None:
+            name, state = active.path.name, self._current()
+        else:
+            assert active_path is not None
+            name, state = active_path.name, self._state_of_file(active_path)
+        self._write("key_rotation", state, name, new_key=new.public.b64,
+                    new_key_id=new.id, strict=True)
+        self.key = new
+
+    def stopped(self, active: ActiveSegment) -> None:
+        """At a clean stop: a final checkpoint, so nothing is left unsigned."""
+        if self._pending:
+            self._flush_pending()
+        self.checkpoint(active, "stop")
+
+    def stats(self) -> dict[str, Any]:
+        state = self._state
+        newest = self.newest
+        return {"key": self.key.id, "digests": self.n, "written": self.written,
+                "newest_digest": newest.time if newest else None,
+                "chain_head": self.chain.decode(),
+                "unsigned_records": (state.records - _records_of(newest, state)
+                                     if state else 0),
+                "pending_digests": len(self._pending), "last_error": self.last_error}
+
+    # -- internals -------------------------------------------------------------------------
+    def _current(self) -> d.SegmentState:
+        assert self._state is not None, "attach() the active segment first"
+        return replace(self._state, sha256=self._hash.hexdigest())
+
+    def _state_of_file(self, path: Path) -> d.SegmentState:
+        header = _read_header(path)
+        self.attach(path, header)
+        return self._current()
+
+    def _write(self, kind: str, state: d.SegmentState, head: str, strict: bool = False,
+               **extra: Any) -> None:
+        body: dict[str, Any] = {"digest": d.FORMAT, "n": self.n + 1, "kind": kind,
+                                "time": format_created(time.time_ns()), "key": self.key.id,
+                                "previous": self.previous, **state.fields(), "head": head,
+                                "interval_ms": round(self.interval * 1000), **extra}
+        line = d.sign(body, self.key)
+        self.n += 1
+        self.newest = d.parse(line)
+        self.previous = self.newest.signature_b64
+        self._dirty = False
+        self._due = time.monotonic() + self.interval
+        self._pending.append((state.name, line, body))
+        self._flush_pending(strict)
+
+    def _flush_pending(self, strict: bool = False) -> None:
+        while self._pending:
+            name, line, _ = self._pending[0]
+            try:
+                d.append(self.digests_dir, name, line)
+            except OSError as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("audit store: cannot write a digest for %s (%s); retrying", name, exc)
+                if strict:
+                    raise
+                return
+            self._pending.pop(0)
+            self.written += 1
+
+
+def _records_of(digest: d.Digest | None, state: d.SegmentState) -> int:
+    if digest is None or digest.segment != state.name:
+        return 0
+    return int(digest.records)
+
+
+def _read_header(path: Path) -> SegmentHeader:
+    with open(path, "rb") as f:
+        return SegmentHeader.parse(f.readline(64 * 1024), path.name)
+
+
+def scan_segment(file: SegmentFile) -> tuple[d.SegmentState, Hash]:
+    """What a digest of ``file`` says, computed from its bytes (complete lines only),
+    and the running hash of those bytes."""
+    running = hashlib.sha256()
+    state: d.SegmentState | None = None
+    first = last = b""
+    records = 0
+    size = 0
+    for offset, line in _lines(file):
+        running.update(line)
+        size = offset + len(line)
+        if state is None:
+            header = SegmentHeader.parse(line, file.path.name)
+            state = d.SegmentState(file.name, header.id, header.seq, header.chain,
+                                   last_chain=header.chain)
+            continue
+        records += 1
+        if not first:
+            first = line
+        last = line
+    if state is None:
+        raise d.DigestFormatError(f"{file.path.name} has no header line")
+    state.size, state.records, state.sha256 = size, records, running.hexdigest()
+    for line, end in ((first, "first"), (last, "last")):
+        if not line:
+            continue
+        try:
+            record = orjson.loads(line)
+            setattr(state, f"{end}_seq", int(record["seq"]))
+            setattr(state, f"{end}_id", str(record["id"]))
+            setattr(state, f"{end}_time", str(record["created"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            pass  # not a record: verify reports it; the digest says what is there
+    if last:
+        value = chains.chain_of(last)
+        state.last_chain = value.decode() if value else ""
+    return state, running
+
+
+def _lines(file: SegmentFile) -> Iterator[tuple[int, bytes]]:
+    opener: Any = gzip.open if file.compressed else open
+    with opener(file.path, "rb") as f:
+        yield from iter_lines(f)
+
+
+def _has_seal(path: Path) -> bool:
+    try:
+        return any(g.kind == "seal" for g in d.read_file(path).digests)
+    except FileNotFoundError:
+        return False
+
+
+def _cut_torn_line(path: Path, quarantine_dir: Path) -> None:
+    """Move an unterminated last line (a crash mid-write) to quarantine."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = quarantine_dir / f"{path.name}.{stamp}.{end}.torn"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.write(fd, data[end:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with open(path, "r+b") as f:
+        f.truncate(end)
+        os.fsync(f.fileno())
+    fsync_dir(quarantine_dir)
+    log.warning("cut a torn digest line from %s into %s", path.name, target.name)
