@@ -203,6 +203,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "delete sealed segments older than this many days", "DAYS"),
     Option("retention_bytes", parse_size, 0,
            "delete the oldest sealed segments beyond this total (0: no limit)", "SIZE"),
+    # Tamper evidence (collector/integrity, docs/integrity.md).
+    Option("signing_key", parse_path, None,
+           "Ed25519 key that signs digests (default <data_dir>/keys/signing-key.pem; "
+           "made on first start)", "PATH"),
+    Option("digest_interval", parse_duration, 300.0,
+           "sign the active segment this often while events arrive", "DURATION"),
     Option("api_listen", parse_listen, "127.0.0.1:8080",
            "query API and admin panel on host:port (empty: none; TLS unless loopback)",
            "HOST:PORT"),
@@ -247,6 +253,8 @@ class CollectorConfig:
     compress_sealed: bool = False
     retention_days: float = 365.0
     retention_bytes: int = 0
+    signing_key: Path | None = None
+    digest_interval: float = 300.0
     api_listen: str = "127.0.0.1:8080"
     api_tls_cert: Path | None = None
     api_tls_key: Path | None = None
@@ -373,7 +381,8 @@ def check(config: CollectorConfig) -> None:
     for name in ("max_connections", "max_field_length"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
-    for name in ("handshake_timeout", "idle_timeout", "read_timeout", "max_segment_age"):
+    for name in ("handshake_timeout", "idle_timeout", "read_timeout", "max_segment_age",
+                 "digest_interval"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0")
     if config.retention_days <= 0:

@@ -54,6 +54,8 @@ def open_store(config: CollectorConfig) -> tuple[Any, Any]:
         compress_sealed=config.compress_sealed,
         retention_days=config.retention_days,
         retention_bytes=config.retention_bytes or None,  # 0: no size limit
+        signing_key=config.signing_key,
+        digest_interval=config.digest_interval,
     ))
     return store, store.open()
 
