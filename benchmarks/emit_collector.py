@@ -46,12 +46,11 @@ CASES: Final = {
 
 
 def run(options: h.Options) -> h.Report:
-    with scratch_dir("bench-emc-") as tmp:
-        return _run(options, tmp)
+    with scratch_dir("bench-emc-") as tmp, Collector(tmp / "data") as collector:
+        return _run(options, tmp, collector)
 
 
-def _run(options: h.Options, tmp: Path) -> h.Report:
-    collector = Collector(tmp / "data").start()
+def _run(options: h.Options, tmp: Path, collector: Collector) -> h.Report:
     sink = CollectorSink(collector.url, spool_dir=tmp / "spool")
     queue_sink = audit_file_sink(tmp / "audit.jsonl")
     logger, handler = _stdlib_logger(tmp / "logging.jsonl")
@@ -110,7 +109,6 @@ def _run(options: h.Options, tmp: Path) -> h.Report:
         indexed = indexed_events(collector.data_dir)
     finally:
         audit_middleware.configure(sink=None)
-        collector.kill()
         logger.removeHandler(handler)
         handler.close()
     checked = _check(counts, acknowledged, indexed, sample,
