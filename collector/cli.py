@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from . import config as collector_config
 from . import read_commands as read
 from . import user_commands as users
+from .integrity import commands as integrity
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ COMMANDS: list[Command] = [
             read.reindex_arguments, _read(read.run_reindex)),
     Command("users", "reader accounts of the query API and admin panel: add, list, remove",
             users.users_arguments, users.run_users),
+    Command("verify", "check segments and digests for tampering (works on copies); exit 0 "
+            "only if all valid", integrity.verify_arguments, integrity.run_verify),
+    Command("keys", "signing keys: export the public keys, list them, rotate",
+            integrity.keys_arguments, integrity.run_keys),
 ]
 
 

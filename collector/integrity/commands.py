@@ -1,0 +1,242 @@
+"""``audit-collector verify`` and ``audit-collector keys`` (export, list, rotate).
+
+``verify`` exits 0 only when every file is valid, 1 when one is INVALID, 2 when it
+cannot verify at all (no data directory, unreadable key file, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from collector import config as collector_config
+from collector.storage.errors import StorageError
+
+from .errors import IntegrityError
+
+# cryptography is imported by the commands that need it, not by every `audit-collector`.
+
+
+class ProgressBar:
+    """``verify [#####.....] 52% 120/230 MB`` on a terminal; a line per 10 % otherwise."""
+
+    def __init__(self, out: TextIO, label: str = "verify", width: int = 30) -> None:
+        self.out, self.label, self.width, self.last = out, label, width, -1
+        self.tty = out.isatty()
+
+    def update(self, done: int, total: int) -> None:
+        pct = 100 if total <= 0 else min(100, done * 100 // total)
+        if pct == self.last:
+            return
+        if self.tty:
+            filled = self.width * pct // 100
+            self.out.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
+                           f"{pct:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB")
+        elif pct // 10 != self.last // 10:
+            self.out.write(f"{self.label}: {pct}% ({done / 1e6:.1f}/{total / 1e6:.1f} MB)\n")
+        self.last = pct
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.tty and self.last >= 0:
+            self.out.write("\n")
+            self.out.flush()
+
+
+# -- verify --------------------------------------------------------------------------------
+def verify_arguments(parser: argparse.ArgumentParser) -> None:
+    collector_config.add_arguments(parser, ["data_dir"])
+    parser.add_argument("path", nargs="?", type=Path, metavar="PATH",
+                        help="data directory (or a copy of one) to verify; default --data-dir")
+    parser.add_argument("--public-key", type=Path, metavar="FILE",
+                        help="trusted public keys (from `keys export`, kept away from the "
+                             "data directory); default: the data directory's own key ring")
+    parser.add_argument("--from", dest="since", metavar="TIME",
+                        help="only segments with records at or after this time: RFC 3339, "
+                             "YYYY-MM-DD-HH-MM-SS (UTC), or an age such as 24h")
+    parser.add_argument("--to", dest="until", metavar="TIME",
+                        help="only segments with records before this time (same forms)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print only INVALID files and the summary")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from collector.storage.filters import QueryError, parse_time
+
+    from .keys import PublicKey, read_public_keys
+    from .verify import VerifyError, verify
+
+    data_dir = args.path if args.path is not None else collector_config.load(args).data_dir
+    now_us = time.time_ns() // 1000
+    try:
+        since = parse_time(args.since, what="--from", now_us=now_us) if args.since else None
+        until = parse_time(args.until, what="--to", now_us=now_us) if args.until else None
+        keys: list[PublicKey] | None = None
+        source = ""
+        if args.public_key is not None:
+            keys = read_public_keys(args.public_key)
+            source = f"{len(keys)} key(s) from {args.public_key}"
+        bar = None if args.no_progress else ProgressBar(sys.stderr)
+        try:
+            report = verify(data_dir, public_keys=keys, keys_from=source, since_us=since,
+                            until_us=until, progress=bar.update if bar else None,
+                            live=collector_running(data_dir), now_us=now_us)
+        finally:
+            if bar is not None:
+                bar.done()
+    except (StorageError, QueryError, VerifyError) as exc:
+        print(f"audit-collector verify: {exc}", file=sys.stderr)
+        return 2
+    print_report(report, sys.stdout, quiet=args.quiet)
+    return 0 if report.valid else 1
+
+
+def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
+    from .verify import Report
+
+    assert isinstance(report, Report)
+    for res in report.files:
+        if quiet and res.valid:
+            continue
+        if res.valid:
+            what = (f"{res.records:,} records, {res.size:,} bytes" if res.kind == "segment"
+                    else f"{res.records:,} digests")
+            out.write(f"valid    {res.path}  ({what})\n")
+        else:
+            first, *rest = res.findings
+            out.write(f"INVALID  {res.path}  {first}\n")
+            for finding in rest:
+                out.write(f"         {' ' * len(res.path)}  {finding}\n")
+        if not quiet:
+            for note in res.notes:
+                out.write(f"         {' ' * len(res.path)}  note: {note}\n")
+    for note in report.notes:
+        out.write(f"note: {note}\n")
+    segments = [r for r in report.files if r.kind == "segment"]
+    digest_files = [r for r in report.files if r.kind == "digests"]
+    records = sum(r.records for r in segments)
+    size = sum(r.size for r in segments)
+    first, newest = report.first_digest, report.newest_digest
+    chain = (f"digests #{first.n}-#{newest.n} ({first.time} to {newest.time})"
+             if first and newest else "no valid digest")
+    out.write(f"checked {len(segments)} segment file(s) ({records:,} records, "
+              f"{size / 1e6:.1f} MB) and {len(digest_files)} digest file(s); {chain}; "
+              f"keys: {report.keys}\n")
+    invalid = report.invalid
+    reasons = sorted({reason for r in invalid for reason in r.reasons})
+    out.write(f"summary: {len(report.files)} file(s): {len(report.files) - len(invalid)} "
+              f"valid, {len(invalid)} INVALID"
+              + (f" ({', '.join(reasons)})" if reasons else "") + "\n")
+
+
+def collector_running(data_dir: Path) -> bool:
+    """Whether a collector (or a reindex) holds ``data_dir`` right now."""
+    try:
+        fd = os.open(data_dir / "store.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock this took
+    return False
+
+
+# -- keys ----------------------------------------------------------------------------------
+def keys_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    export = sub.add_parser("export", help="print every public key (for verify --public-key)")
+    collector_config.add_arguments(export, ["data_dir", "signing_key"])
+    export.add_argument("--out", type=Path, metavar="FILE", help="write to FILE, not stdout")
+    listing = sub.add_parser("list", help="key ids, and which one signs now")
+    collector_config.add_arguments(listing, ["data_dir", "signing_key"])
+    rotate = sub.add_parser("rotate", help="sign with a new key from now on (stop the "
+                            "collector first); old public keys stay in the key ring")
+    collector_config.add_arguments(rotate, ["data_dir", "signing_key", "digest_interval"])
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    config = collector_config.load(args)
+    try:
+        if args.keys_command == "rotate":
+            return _rotate(config.data_dir, config.signing_key, config.digest_interval)
+        return _show(config.data_dir, config.signing_key, args)
+    except StorageError as exc:  # IntegrityError, or the data directory is in use
+        print(f"audit-collector keys {args.keys_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _show(data_dir: Path, signing_key: Path | None, args: argparse.Namespace) -> int:
+    from .keys import KeyRing, export_pem
+
+    keys = KeyRing(data_dir / "keys").keys()
+    if not keys:
+        raise IntegrityError(f"no public keys in {data_dir / 'keys'}: the collector makes "
+                             f"its key on first start (is --data-dir right?)")
+    current = _current_id(data_dir, signing_key)
+    if args.keys_command == "list":
+        for key in keys.values():
+            print(f"{key.id}  ed25519  {key.b64}"
+                  + ("  (current signing key)" if key.id == current else ""))
+        return 0
+    text = export_pem(list(keys.values()), current)
+    if args.out is not None:
+        args.out.write_text(text)
+        print(f"wrote {len(keys)} public key(s) to {args.out}: keep it away from the data "
+              f"directory and pass it to `audit-collector verify --public-key`",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _current_id(data_dir: Path, signing_key: Path | None) -> str | None:
+    from .keys import default_signing_key_path, load_signing_key
+
+    path = signing_key or default_signing_key_path(data_dir)
+    try:
+        return load_signing_key(path).id
+    except IntegrityError:
+        return None  # the key lives elsewhere, or is not readable by this user
+
+
+def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from collector.storage.segments import list_segment_files
+    from collector.store import lock_data_dir
+
+    from .keys import KeyRing, SigningKey, write_signing_key
+    from .ledger import Ledger
+
+    if not (data_dir / "segments").is_dir():
+        raise IntegrityError(f"{data_dir} has no segments/: not a collector data directory")
+    lock = lock_data_dir(data_dir)  # refuses while the collector runs
+    try:
+        files = list_segment_files(data_dir / "segments")
+        if not files or files[-1].compressed:
+            raise IntegrityError("no active segment to record the rotation in: start the "
+                                 "collector once, stop it, then rotate")
+        ledger = Ledger.open(data_dir, signing_key, interval, data_dir / "quarantine")
+        old = ledger.key
+        new = SigningKey(Ed25519PrivateKey.generate(), old.path)
+        KeyRing(data_dir / "keys").add(new.public)
+        # Signed by the old key, naming the new one: verify follows the rotation from a
+        # key exported before it. Then the new key replaces the old one on disk.
+        ledger.rotate_key(new, active_path=files[-1].path)
+        write_signing_key(old.path, new.private, replace=True)
+    finally:
+        os.close(lock)
+    print(f"rotated the signing key: {old.id} -> {new.id} ({old.path}); the old public key "
+          f"stays in the key ring. Export the keys again (`audit-collector keys export`).")
+    return 0

@@ -1,0 +1,319 @@
+"""Re-hashing one segment file for ``verify``: its SHA-256 (and the SHA-256 of the
+prefixes its checkpoints describe) and the chain link of every record.
+
+One pass reads the (uncompressed) bytes in large chunks. A worker thread hashes them
+(hashlib releases the GIL on large buffers, so this runs on the second core) while this
+thread checks each record's link to the line before it. Only when a link is broken does
+a second pass parse every record and name what happened (``classify``): links are then
+checked against the record with the previous *seq*, wherever it is, so a removed,
+duplicated or moved record is told apart from a changed one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from collector.storage.errors import CorruptSegmentError
+from collector.storage.segments import SegmentFile, SegmentHeader
+
+from . import chain as chains
+
+CHUNK: Final = 4 << 20
+_IN_FLIGHT: Final = 3  # chunks queued for the hashing thread (bounds memory)
+
+# The reasons ``verify`` reports, most specific first.
+HASH_MISMATCH: Final = "hash mismatch"
+RECORD_MODIFIED: Final = "record modified"
+RECORD_MISSING: Final = "record missing"
+RECORD_DUPLICATED: Final = "record duplicated"
+RECORDS_REORDERED: Final = "records reordered"
+SEGMENT_MISSING: Final = "segment missing"
+SEGMENT_MOVED: Final = "segment moved or renamed"
+DIGEST_MISSING: Final = "digest missing"
+DIGEST_MOVED: Final = "digest moved or renamed"
+SIGNATURE_INVALID: Final = "signature invalid"
+CHAIN_BROKEN: Final = "chain broken"
+GAP_IN_TIME: Final = "gap in time"
+
+
+@dataclass(frozen=True)
+class Finding:
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+@dataclass
+class Scan:
+    """What one segment file holds, as far as a digest can tell."""
+
+    header: SegmentHeader | None = None
+    size: int = 0  # bytes of complete lines (uncompressed)
+    records: int = 0
+    torn: int = 0  # bytes after the last newline
+    sha256_at: dict[int, str] = field(default_factory=dict)  # prefix length -> hex
+    chain_at: dict[int, str] = field(default_factory=dict)  # record count -> its chain
+    line_at: dict[int, bytes] = field(default_factory=dict)  # record count -> that line
+    broken: int = 0  # records whose link to the line before is broken
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def last_chain(self) -> str:
+        return self.chain_at.get(self.records, "")
+
+    @property
+    def sha256(self) -> str:
+        return self.sha256_at.get(self.size, "")
+
+
+class _Hasher:
+    """SHA-256 of a byte stream fed in order, with the digest of given prefixes."""
+
+    def __init__(self, marks: set[int]) -> None:
+        self.running = hashlib.sha256()
+        self.offset = 0
+        self.marks = sorted(marks)
+        self.at: dict[int, str] = {}
+        if 0 in marks:
+            self.at[0] = self.running.hexdigest()
+
+    def feed(self, data: bytes) -> None:
+        end = self.offset + len(data)
+        view = memoryview(data)
+        for mark in self.marks:
+            if self.offset < mark <= end:
+                self.running.update(view[:mark - self.offset])
+                view = view[mark - self.offset:]
+                self.offset = mark
+                self.at[mark] = self.running.hexdigest()
+        self.running.update(view)
+        self.offset = end
+
+    def finish(self) -> dict[int, str]:
+        self.at[self.offset] = self.running.hexdigest()
+        return self.at
+
+
+def chunks(file: SegmentFile) -> Iterator[tuple[bytes, int]]:
+    """The uncompressed bytes of a plain or compressed segment, in large chunks, each
+    with how many bytes of the file itself have been read so far."""
+    try:
+        with open(file.path, "rb") as raw:
+            if file.compressed:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                    while chunk := f.read(CHUNK):
+                        yield chunk, raw.tell()
+            else:
+                while chunk := raw.read(CHUNK):
+                    yield chunk, raw.tell()
+    except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptSegmentError(f"{file.path.name}: cannot be read to the end ({exc})") \
+            from None
+
+
+def scan(file: SegmentFile, *, marks: set[int], counts: set[int],
+         progress: Callable[[int], None] | None = None,
+         hasher_pool: ThreadPoolExecutor | None = None) -> Scan:
+    """Hash ``file`` (also its first ``marks`` bytes) and check every record's link to
+    the line before; keep the chain value and line of the records at ``counts``.
+    ``progress`` gets the bytes of ``file`` read so far (compressed bytes for .gz)."""
+    result = Scan()
+    hasher = _Hasher(marks)
+    pool = hasher_pool or ThreadPoolExecutor(1, thread_name_prefix="verify-hash")
+    queued: list[Future[None]] = []
+    rest = b""
+    previous = b""
+    last = b""
+    count = 0
+    wanted = set(counts)
+    sha = hashlib.sha256
+    field_name, suffix = chains.FIELD, chains.SUFFIX_LEN
+    try:
+        for chunk, done in chunks(file):
+            if progress is not None:
+                progress(done)
+            queued.append(pool.submit(hasher.feed, chunk))
+            if len(queued) > _IN_FLIGHT:
+                queued.pop(0).result()
+            data = rest + chunk if rest else chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            lines = data[:cut].split(b"\n")
+            rest = data[cut + 1:]
+            if result.header is None:
+                result.header = SegmentHeader.parse(lines[0] + b"\n", file.path.name)
+                previous = result.header.chain.encode()
+                if 0 in wanted:
+                    result.chain_at[0] = result.header.chain
+                del lines[0]
+            broken = 0
+            for line in lines:  # the hot loop: one SHA-256 per record
+                count += 1
+                if line[-suffix:-suffix + 10] == field_name and line[-2:] == b'"}':
+                    stored = line[-66:-2]
+                    if sha(previous + line[:-suffix]).hexdigest().encode() != stored:
+                        broken += 1
+                    previous = stored
+                else:
+                    broken += 1
+                if count in wanted:
+                    result.chain_at[count] = previous.decode("ascii", "replace")
+                    result.line_at[count] = line
+            result.broken += broken
+            if lines:
+                last = lines[-1]
+        for future in queued:
+            future.result()
+    finally:
+        if hasher_pool is None:
+            pool.shutdown(wait=True)
+    if result.header is None:
+        raise CorruptSegmentError(f"{file.path.name} has no complete header line")
+    result.records = count
+    result.chain_at[count] = previous.decode("ascii", "replace")
+    if count:
+        result.line_at[count] = last
+    result.torn = len(rest)
+    hashed = hasher.finish()
+    total = hasher.offset
+    result.size = total - len(rest)
+    # The prefix hashes the digests ask for, and the hash of the complete lines.
+    result.sha256_at = {m: h for m, h in hashed.items() if m <= result.size}
+    if result.size not in result.sha256_at:
+        result.sha256_at[result.size] = _prefix_sha256(file, result.size)
+    return result
+
+
+def _prefix_sha256(file: SegmentFile, size: int) -> str:
+    """The hash of the first ``size`` bytes (a torn tail is left out of it)."""
+    running = hashlib.sha256()
+    left = size
+    for chunk, _ in chunks(file):
+        running.update(chunk[:left])
+        left -= min(left, len(chunk))
+        if not left:
+            break
+    return running.hexdigest()
+
+
+# -- naming what happened ---------------------------------------------------------------
+@dataclass
+class _Record:
+    line: int  # 1-based line number in the file (the header is line 1)
+    seq: int | None
+    unchained: bytes
+    chain: bytes
+
+
+def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
+             last_seq: int | None) -> list[Finding]:
+    """What was done to the records of ``file`` whose links are broken: changed,
+    removed, duplicated or moved. ``first_seq``/``last_seq``: the seqs the segment
+    should start and end with, when a digest or the previous segment says so."""
+    records, unreadable = _parse_records(file)
+    findings = [Finding(RECORD_MODIFIED, f"line {n} is not a chained record: {why}")
+                for n, why in unreadable]
+    present = [r for r in records if r.seq is not None]
+    by_seq: dict[int, list[_Record]] = {}
+    for r in present:
+        by_seq.setdefault(r.seq, []).append(r)  # type: ignore[arg-type]
+    if not by_seq:
+        return findings
+    first = first_seq if first_seq is not None else min(by_seq)
+    last = max(last_seq if last_seq is not None else 0, max(by_seq))
+    header_chain = header.chain.encode()
+    for r in present:
+        seq = r.seq
+        assert seq is not None
+        if seq == first:
+            before = [header_chain]
+        else:
+            before = [p.chain for p in by_seq.get(seq - 1, [])]
+        if before and not any(chains.link(p, r.unchained) == r.chain for p in before):
+            findings.append(Finding(RECORD_MODIFIED, f"record seq {seq} (line {r.line}) does "
+                                    f"not match its chain hash: its bytes were changed"))
+    missing = [s for s in range(first, last + 1) if s not in by_seq]
+    if missing:
+        findings.append(Finding(RECORD_MISSING, f"{len(missing)} record(s) missing: seq "
+                                f"{_ranges(missing)}"))
+    for seq, copies in by_seq.items():
+        if len(copies) > 1:
+            lines = ", ".join(str(c.line) for c in copies)
+            findings.append(Finding(RECORD_DUPLICATED, f"record seq {seq} appears "
+                                    f"{len(copies)} times (lines {lines})"))
+    highest = None
+    seen: set[int] = set()
+    for r in present:
+        seq = r.seq
+        assert seq is not None
+        if seq in seen:
+            continue  # a duplicate, reported above
+        seen.add(seq)
+        if highest is not None and seq < highest:
+            findings.append(Finding(RECORDS_REORDERED, f"record seq {seq} (line {r.line}) "
+                                    f"comes after seq {highest}"))
+        highest = seq if highest is None else max(highest, seq)
+    return findings
+
+
+def _parse_records(file: SegmentFile) -> tuple[list[_Record], list[tuple[int, str]]]:
+    records: list[_Record] = []
+    unreadable: list[tuple[int, str]] = []
+    rest = b""
+    number = 0
+    for chunk, _ in chunks(file):
+        data = rest + chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            rest = data
+            continue
+        for line in data[:cut].split(b"\n"):
+            number += 1
+            if number == 1:
+                continue  # the header
+            parts = chains.split(line)
+            if parts is None:
+                unreadable.append((number, "it has no chain field"))
+                continue
+            seq = _seq(line)
+            if seq is None:
+                unreadable.append((number, "it is not a JSON record with a seq"))
+                continue
+            records.append(_Record(number, seq, parts[0], parts[1]))
+        rest = data[cut + 1:]
+    return records, unreadable
+
+
+def _seq(line: bytes) -> int | None:
+    try:
+        value: Any = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    seq = value.get("seq") if isinstance(value, dict) else None
+    return seq if type(seq) is int else None
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``3, 7-9`` (at most 5 runs shown)."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:5]]
+    return ", ".join(shown) + (f" and {len(runs) - 5} more runs" if len(runs) > 5 else "")

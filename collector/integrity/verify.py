@@ -1,0 +1,548 @@
+"""``audit-collector verify``: check a data directory (the live one, a copy, an
+unpacked archive) against its signed digests. Read-only and offline: it needs the
+``segments/`` and ``digests/`` directories and the public keys, nothing else.
+
+Order of work: every digest's signature (following key rotations from the trusted
+keys), the digest chain (numbers and ``previous`` signatures), then each segment file:
+its name against its header, its header's chain link against the segment before, every
+record's chain link, its SHA-256 and the prefixes its checkpoints signed; last, the
+segments that digests name but that are not there.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from collector.storage.errors import CorruptSegmentError, StorageError
+from collector.storage.records import created_micros
+from collector.storage.segments import (
+    SegmentFile,
+    SegmentHeader,
+    header_of,
+    list_segment_files,
+    segment_name,
+)
+
+from . import digests as d
+from .errors import IntegrityError, KeyFileError
+from .keys import KeyRing, PublicKey
+from .scan import (
+    CHAIN_BROKEN,
+    DIGEST_MISSING,
+    DIGEST_MOVED,
+    GAP_IN_TIME,
+    HASH_MISMATCH,
+    RECORD_MISSING,
+    RECORD_MODIFIED,
+    SEGMENT_MISSING,
+    SEGMENT_MOVED,
+    SIGNATURE_INVALID,
+    Finding,
+    Scan,
+    _ranges,
+    classify,
+    scan,
+)
+
+#: A digest may be dated this much before the one it follows (clock adjustments).
+CLOCK_SLACK_US: Final = 300 * 1_000_000
+#: A running collector's newest digest may be this much older than its interval.
+LIVE_SLACK_US: Final = 60 * 1_000_000
+
+Progress = Callable[[int, int], None]
+
+
+class VerifyError(IntegrityError):
+    """Verification cannot start (no data directory, no keys): exit code 2."""
+
+
+@dataclass
+class FileResult:
+    path: str  # relative to the data directory
+    kind: str  # "segment" or "digests"
+    seq: int
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    records: int = 0
+    size: int = 0  # uncompressed bytes (segments)
+
+    @property
+    def valid(self) -> bool:
+        return not self.findings
+
+    def add(self, reason: str, detail: str) -> None:
+        self.findings.append(Finding(reason, detail))
+
+    @property
+    def reasons(self) -> list[str]:
+        return list(dict.fromkeys(f.reason for f in self.findings))
+
+
+@dataclass
+class Report:
+    data_dir: Path
+    files: list[FileResult]
+    notes: list[str]
+    keys: str  # where the trusted keys came from
+    digests: int = 0
+    first_digest: d.Digest | None = None
+    newest_digest: d.Digest | None = None
+
+    @property
+    def valid(self) -> bool:
+        return all(f.valid for f in self.files)
+
+    @property
+    def invalid(self) -> list[FileResult]:
+        return [f for f in self.files if not f.valid]
+
+
+def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
+           keys_from: str = "", since_us: int | None = None, until_us: int | None = None,
+           progress: Progress | None = None, live: bool = False,
+           now_us: int | None = None) -> Report:
+    """Verify ``data_dir``. ``public_keys``: the trusted keys (default: the data
+    directory's own key ring). ``since_us``/``until_us``: only segments whose time span
+    overlaps this window are re-hashed. ``live``: a collector is running on it (its
+    newest digest must then be recent)."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "segments").is_dir():
+        raise VerifyError(f"{data_dir} has no segments/ directory: point verify at a "
+                          f"collector data directory (or a copy of one)")
+    if public_keys is None:
+        try:
+            ring = KeyRing(data_dir / "keys").keys()
+        except KeyFileError as exc:
+            raise VerifyError(str(exc)) from None
+        if not ring:
+            raise VerifyError(f"{data_dir / 'keys'} holds no public key: pass the exported "
+                              f"keys with --public-key FILE")
+        public_keys = list(ring.values())
+        keys_from = keys_from or "the data directory's key ring"
+    checker = _Verifier(data_dir, public_keys, since_us, until_us, progress)
+    report = checker.run()
+    report.keys = keys_from or f"{len(public_keys)} trusted key(s)"
+    if live:
+        checker.check_live(report, now_us)
+    return report
+
+
+class _Verifier:
+    def __init__(self, data_dir: Path, keys: list[PublicKey], since_us: int | None,
+                 until_us: int | None, progress: Progress | None) -> None:
+        self.data_dir = data_dir
+        self.segments_dir = data_dir / "segments"
+        self.digests_dir = data_dir / d.DIGESTS_DIR
+        self.trusted = {k.id: k for k in keys}
+        self.since = since_us
+        self.until = until_us
+        self.progress = progress
+        self.results: dict[tuple[int, str], FileResult] = {}
+        self.notes: list[str] = []
+        self.good: list[d.Digest] = []  # signature-valid digests, by n
+        self.deleted_below = 0  # segments below this seq were deleted by retention
+        self.found: set[str] = set()  # segment names present (renamed ones by origin)
+        self.unverified: set[str] = set()  # segments with a digest whose signature fails
+        self.invalid_numbers: set[int] = set()  # numbers of those digests
+        self.by_digest: dict[int, FileResult] = {}  # id(digest) -> its file's result
+
+    def result(self, path: str, kind: str, seq: int) -> FileResult:
+        key = (seq, path)
+        if key not in self.results:
+            self.results[key] = FileResult(path, kind, seq)
+        return self.results[key]
+
+    def run(self) -> Report:
+        files = self._read_digest_files()
+        self._check_signatures(files)
+        self._check_digest_chain()
+        selected = self._check_segments()
+        self._check_missing_segments()
+        ordered = sorted(self.results.values(), key=lambda r: (r.seq, r.kind != "segment",
+                                                               r.path))
+        if selected is not None:
+            ordered = [r for r in ordered if r.seq in selected or not r.valid]
+        good = self.good
+        return Report(self.data_dir, ordered, self.notes, "", len(good),
+                      good[0] if good else None, good[-1] if good else None)
+
+    # -- digests --------------------------------------------------------------------------
+    def _read_digest_files(self) -> list[tuple[FileResult, d.DigestFile]]:
+        out = []
+        if not self.digests_dir.is_dir():
+            self.notes.append("there is no digests/ directory: nothing here was ever signed")
+            return out
+        for path in sorted(self.digests_dir.iterdir()):
+            named = d.segment_of_file(path.name)
+            if named is None:
+                res = self.result(f"{d.DIGESTS_DIR}/{path.name}", "digests", 0)
+                res.add(DIGEST_MOVED, "not named like a digest file "
+                        "(segment-<seq>-<time>.digests.jsonl): renamed or put here")
+                continue
+            segment, seq = named
+            res = self.result(f"{d.DIGESTS_DIR}/{path.name}", "digests", seq)
+            try:
+                found = d.read_file(path)
+            except OSError as exc:
+                res.add(DIGEST_MISSING, f"cannot be read: {exc}")
+                continue
+            for problem in found.problems:
+                if found.torn and problem.endswith("(no newline)"):
+                    res.notes.append(f"{problem}: a digest being written when the collector "
+                                     f"stopped (its next start moves it to quarantine/)")
+                else:
+                    res.add(SIGNATURE_INVALID, problem)
+            for g in found.digests:
+                if g.segment != segment:
+                    res.add(DIGEST_MOVED, f"{g.where} describes {g.segment}, not {segment}: "
+                            f"the digest file was renamed or its lines moved")
+            res.records = len(found.digests)
+            out.append((res, found))
+        return out
+
+    def _check_signatures(self, files: list[tuple[FileResult, d.DigestFile]]) -> None:
+        """Each digest against the trusted keys; a valid key rotation trusts its new key
+        from then on (so an export taken before a rotation still verifies after it)."""
+        entries = sorted(((g, res) for res, f in files for g in f.digests),
+                         key=lambda e: e[0].n)
+        for g, res in entries:
+            self.by_digest[id(g)] = res
+            key = self.trusted.get(g.key)
+            if key is None or not key.verifies(g.signature, g.message):
+                res.add(SIGNATURE_INVALID, f"{g.where} is signed by key {g.key}, which is not "
+                        f"a trusted key (another key signed it)" if key is None else
+                        f"{g.where}: the signature does not match the digest's bytes (edited "
+                        f"after signing, or signed by another key)")
+                self.unverified.add(g.segment)
+                self.invalid_numbers.add(g.n)
+                continue
+            self.good.append(g)
+            if g.kind == "key_rotation":
+                try:
+                    new = PublicKey.from_b64(g.body.get("new_key"))
+                except KeyFileError as exc:
+                    res.add(SIGNATURE_INVALID, f"{g.where}: {exc}")
+                    continue
+                self.trusted.setdefault(new.id, new)
+            if g.kind == "retention":
+                below = g.body.get("deleted_below")
+                if type(below) is int:
+                    self.deleted_below = max(self.deleted_below, below)
+
+    def _check_digest_chain(self) -> None:
+        previous: d.Digest | None = None
+        for number, group in itertools.groupby(self.good, key=lambda g: g.n):
+            copies = list(group)
+            g = copies[0]
+            res = self.by_digest[id(g)]
+            for extra in copies[1:]:
+                self.by_digest[id(extra)].add(
+                    CHAIN_BROKEN, f"{extra.where} has the same number as {g.where}")
+            if previous is None:
+                self._check_chain_start(g, res)
+            elif previous.n != number - 1:
+                gone = [n for n in range(previous.n + 1, number)
+                        if n not in self.invalid_numbers]  # those are reported already
+                if gone:
+                    res.add(DIGEST_MISSING, f"digest(s) #{_ranges(gone)} missing (between "
+                            f"{previous.where} and {g.where})")
+            elif g.previous != previous.signature_b64:
+                res.add(CHAIN_BROKEN, f"{g.where} does not carry the signature of digest "
+                        f"#{previous.n}: it belongs to another chain")
+            if previous is not None:
+                earlier = _micros(previous.time) - _micros(g.time)
+                if earlier > CLOCK_SLACK_US:
+                    res.add(GAP_IN_TIME, f"{g.where} is dated {g.time}, "
+                            f"{earlier / 1e6:.0f} s before digest #{previous.n} "
+                            f"({previous.time})")
+            previous = g
+
+    def _check_chain_start(self, g: d.Digest, res: FileResult) -> None:
+        if g.n == 1:
+            if g.previous:
+                res.add(CHAIN_BROKEN, f"{g.where} is the first digest but names a previous one")
+            return
+        if self.deleted_below and g.segment_seq >= self.deleted_below - 1:
+            self.notes.append(f"the digest chain starts at #{g.n}: the digests before it "
+                              f"were deleted with their segments by retention (segments "
+                              f"below {self.deleted_below})")
+            return
+        res.add(DIGEST_MISSING, f"the digest chain starts at #{g.n}: digests #1-#{g.n - 1} "
+                f"are not there, and no retention digest says their segments were deleted")
+
+    # -- segments --------------------------------------------------------------------------
+    def _check_segments(self) -> set[int] | None:
+        by_segment: dict[str, list[d.Digest]] = {}
+        for g in self.good:
+            by_segment.setdefault(g.segment, []).append(g)
+        files = self._segment_files()
+        selected = self._select(files)
+        total = sum(f.path.stat().st_size for f, _ in files
+                    if selected is None or f.seq in selected)
+        done = 0
+        newest = max((f.seq for f, _ in files), default=0)
+        prev = _Previous()
+        with ThreadPoolExecutor(1, thread_name_prefix="verify-hash") as pool:
+            for f, header in files:
+                res = self.result(f"segments/{f.path.name}", "segment", f.seq)
+                if header is None:
+                    res.add(SEGMENT_MOVED, "no segment header: not a segment this collector "
+                            "wrote (replaced, or moved here)")
+                    prev = _Previous(seq=f.seq)
+                    continue
+                name = self._check_name(f, header, res)
+                self.found.add(name)
+                ds = by_segment.get(name, [])
+                seal = next((g for g in reversed(ds) if g.kind == "seal"), None)
+                self._check_links(f, header, ds, prev, res)
+                if seal is None and f.seq != newest:
+                    if name in self.unverified:
+                        res.add(SIGNATURE_INVALID, "its seal digest does not verify (see its "
+                                "digest file)")
+                    else:
+                        res.add(DIGEST_MISSING, "a sealed segment without its seal digest "
+                                "(deleted from digests/, or never written)")
+                expected_first = next((g.first_seq for g in ds if g.records), None)
+                if expected_first is None and prev.last_seq is not None \
+                        and prev.seq == f.seq - 1:
+                    expected_first = prev.last_seq + 1
+                if selected is not None and f.seq not in selected:
+                    prev = _Previous(f.seq, seal.last_chain if seal else None,
+                                     seal.last_seq if seal else None)
+                    continue
+                offset = done
+                found = self._scan(f, ds, res, pool,
+                                   lambda n: self._report(offset + n, total))
+                done += f.path.stat().st_size
+                if found is None:
+                    prev = _Previous(seq=f.seq)
+                    continue
+                self._compare(f, header, ds, seal, found, res, expected_first)
+                # What the seal signed is what the next segment links to, whatever became
+                # of this one.
+                prev = _Previous(f.seq, seal.last_chain if seal else found.last_chain,
+                                 seal.last_seq if seal else _last_seq(found))
+        self._report(total, total)
+        return selected
+
+    def _segment_files(self) -> list[tuple[SegmentFile, SegmentHeader | None]]:
+        """Every segment file with its header, ordered by the seq its header gives (a
+        renamed file sits where it belongs), including files in segments/ not named
+        like a segment whose header says they are one."""
+        files = list_segment_files(self.segments_dir)
+        names = {f.path.name for f in files}
+        out: list[tuple[SegmentFile, SegmentHeader | None]] = []
+        for f in files:
+            try:
+                header: SegmentHeader | None = header_of(f)
+            except (OSError, StorageError, EOFError):
+                header = None
+            out.append((SegmentFile(header.seq if header else f.seq, f.path, f.compressed),
+                        header))
+        for path in sorted(self.segments_dir.iterdir()):
+            if path.name in names or path.name.endswith(".tmp") or not path.is_file():
+                continue
+            stray = SegmentFile(0, path, path.name.endswith(".gz"))
+            try:
+                header = header_of(stray)
+            except (OSError, StorageError, EOFError):
+                continue  # not a segment at all: none of verify's business
+            out.append((SegmentFile(header.seq, path, stray.compressed), header))
+        return sorted(out, key=lambda e: (e[0].seq, e[0].compressed, e[0].path.name))
+
+    def _check_links(self, f: SegmentFile, header: SegmentHeader, ds: list[d.Digest],
+                     prev: _Previous, res: FileResult) -> None:
+        for g in ds:
+            if g.segment_id != header.id:
+                res.add(SEGMENT_MOVED, f"{g.where} describes segment {g.segment_id} under "
+                        f"this name, the file is segment {header.id}: another segment was "
+                        f"put in its place")
+                return
+            if g.header_chain != header.chain:
+                res.add(CHAIN_BROKEN, f"the header's chain link is not the one {g.where} "
+                        f"signed")
+                return
+        if not header.chain:
+            res.add(CHAIN_BROKEN, "the header has no chain link: written with chaining off, "
+                    "or by another program")
+        elif prev.seq == f.seq - 1 and prev.chain is not None and header.chain != prev.chain:
+            res.add(CHAIN_BROKEN, f"the header links to chain value {header.chain[:16]}..., "
+                    f"but segment {f.seq - 1} ends with {prev.chain[:16]}...")
+
+    def _report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+    def _check_name(self, f: SegmentFile, header: SegmentHeader, res: FileResult) -> str:
+        """The name the segment was written under (its digests use it)."""
+        try:
+            original = segment_name(header.seq, _micros(header.created) * 1000)
+        except StorageError:
+            original = f.name
+        if original != f.name:
+            res.add(SEGMENT_MOVED, f"the file is named {f.name}, but its header says it is "
+                    f"{original}: renamed or moved")
+        return original
+
+    def _select(self, files: list[tuple[SegmentFile, SegmentHeader | None]]) -> set[int] | None:
+        """The seqs of the segments whose time span (from their header's creation to the
+        next one's) overlaps [since, until); None: all."""
+        if self.since is None and self.until is None:
+            return None
+        since = self.since if self.since is not None else -(2**62)
+        until = self.until if self.until is not None else 2**62
+        starts = [_micros(h.created) if h else None for _, h in files]
+        selected = set()
+        for i, (f, _) in enumerate(files):
+            start = starts[i] if starts[i] is not None else since
+            end = next((s for s in starts[i + 1:] if s is not None), 2**62)
+            if start < until and end > since:
+                selected.add(f.seq)
+        return selected
+
+    def _scan(self, f: SegmentFile, ds: list[d.Digest], res: FileResult,
+              pool: ThreadPoolExecutor, progress: Callable[[int], None]) -> Scan | None:
+        try:
+            return scan(f, marks={g.bytes for g in ds}, counts={0} | {g.records for g in ds},
+                        progress=progress, hasher_pool=pool)
+        except FileNotFoundError:
+            res.add(SEGMENT_MISSING, "removed while verify was reading it")
+        except (CorruptSegmentError, OSError) as exc:
+            res.add(HASH_MISMATCH, f"cannot be read to the end: {exc}")
+        return None
+
+    def _compare(self, f: SegmentFile, header: SegmentHeader, ds: list[d.Digest],
+                 seal: d.Digest | None, found: Scan, res: FileResult,
+                 expected_first: int | None) -> None:
+        """The file against what its digests signed. Record-level findings (which record,
+        what happened) come first; the digest comparisons that merely follow from them
+        are left out."""
+        res.records, res.size = found.records, found.size
+        if found.broken:
+            named = classify(f, header, expected_first, seal.last_seq if seal else None)
+            res.findings.extend(named or [Finding(
+                RECORD_MODIFIED, f"{found.broken} record(s) do not link to the one before")])
+        explained = bool(res.findings)
+        for g in ds:
+            problem = self._against(g, found)
+            if problem is not None:
+                if not explained:
+                    res.add(*problem)
+                break
+        if seal is not None:
+            if found.size > seal.bytes and not explained:
+                res.add(HASH_MISMATCH, f"{found.size - seal.bytes} bytes after the end "
+                        f"{seal.where} sealed: written to after sealing")
+            if found.torn and found.size >= seal.bytes:
+                res.add(HASH_MISMATCH, f"{found.torn} bytes of an unterminated line after "
+                        f"the end {seal.where} sealed: written to after sealing")
+            if seal.body.get("note"):
+                res.notes.append(f"{seal.where}: {seal.body['note']}")
+            return
+        signed = max((g.records for g in ds), default=0)
+        if found.records > signed:
+            res.notes.append(f"{found.records - signed} record(s) after the newest digest "
+                             f"are not signed yet (chained; the next checkpoint signs them)")
+        if found.torn:
+            res.notes.append(f"ends with {found.torn} bytes of an unterminated line (a write "
+                             f"in progress, or a crash the next start repairs)")
+
+    @staticmethod
+    def _against(g: d.Digest, found: Scan) -> tuple[str, str] | None:
+        """What in ``found`` contradicts digest ``g``, if anything."""
+        if g.bytes > found.size:
+            if found.records < g.records:
+                cut = f"; {found.torn} bytes of a cut record follow" if found.torn else ""
+                return (RECORD_MISSING, f"{g.where} signed {g.records} records ({g.bytes} "
+                        f"bytes); the file has {found.records} ({found.size} bytes{cut}): "
+                        f"truncated")
+            return (HASH_MISMATCH, f"shorter than {g.where} says ({found.size} of {g.bytes} "
+                    f"bytes)")
+        if found.sha256_at.get(g.bytes) != g.sha256:
+            return (HASH_MISMATCH, f"the first {g.bytes} bytes do not have the SHA-256 "
+                    f"{g.where} signed")
+        if found.chain_at.get(g.records) != g.last_chain:
+            return (HASH_MISMATCH, f"record {g.records} does not end the chain {g.where} "
+                    f"signed (records re-chained)")
+        return None
+
+    def _check_missing_segments(self) -> None:
+        named: dict[str, d.Digest] = {}
+        for g in self.good:
+            named.setdefault(g.segment, g)
+            named.setdefault(g.head, g)
+        for name, g in sorted(named.items()):
+            seq = _seq_of(name)
+            if name in self.found or seq is None or seq < self.deleted_below:
+                continue
+            res = self.result(f"segments/{name}", "segment", seq)
+            role = " as the new active segment" if g.segment != name else ""
+            res.add(SEGMENT_MISSING, f"{g.where} names it{role}, but it is not in segments/ "
+                    f"(deleted, or moved away)")
+        seqs = sorted({r.seq for r in self.results.values() if r.kind == "segment"})
+        for a, b in itertools.pairwise(seqs):
+            for seq in range(a + 1, b):
+                if seq >= self.deleted_below:
+                    res = self.result(f"segments/segment-{seq:08d}-*.jsonl", "segment", seq)
+                    res.add(SEGMENT_MISSING, f"segment {seq} is missing between segments "
+                            f"{a} and {b}")
+
+    # -- a running collector ---------------------------------------------------------------
+    def check_live(self, report: Report, now_us: int | None) -> None:
+        """A running collector signs new records within its digest interval: an
+        unsigned tail older than that means its newest digests were removed."""
+        newest = report.newest_digest
+        if newest is None:
+            return
+        import time
+
+        now = now_us if now_us is not None else time.time_ns() // 1000
+        age = now - _micros(newest.time)
+        allowed = 2 * newest.interval_ms * 1000 + LIVE_SLACK_US
+        tail = [r for r in report.files if r.kind == "segment"
+                and any("not signed yet" in n for n in r.notes)]
+        if tail and age > allowed:
+            res = self.by_digest[id(newest)]
+            res.add(GAP_IN_TIME, f"a collector is running on this directory, yet its newest "
+                    f"digest ({newest.where}, {newest.time}) is {age / 1e6:.0f} s old while "
+                    f"records wait unsigned: the digests written since were removed")
+
+
+@dataclass(frozen=True)
+class _Previous:
+    """The segment before the one being checked: its seq, the chain value it ends with
+    and its last record's seq (as far as known)."""
+
+    seq: int | None = None
+    chain: str | None = None
+    last_seq: int | None = None
+
+
+def _micros(text: str) -> int:
+    try:
+        return created_micros(text)
+    except StorageError:
+        return 0
+
+
+def _seq_of(name: str) -> int | None:
+    parts = name.split("-")
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+
+
+def _last_seq(found: Scan) -> int | None:
+    line = found.line_at.get(found.records)
+    if not line:
+        return None
+    import orjson
+
+    try:
+        seq = orjson.loads(line).get("seq")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return seq if type(seq) is int else None
