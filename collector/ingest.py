@@ -76,13 +76,15 @@ class IngestSettings:
 
 
 class _Conn:
-    __slots__ = ("idle", "peer", "task", "writer")
+    __slots__ = ("evicted", "greeted", "idle", "peer", "task", "writer")
 
     def __init__(self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str):
         self.task = task
         self.writer = writer
         self.idle = True  # waiting for a frame to start: safe to cancel when draining
         self.peer = peer
+        self.greeted = False  # its hello was accepted (and its token, on TCP)
+        self.evicted = False  # closed to make room for a newer connection
 
 
 class IngestServer:
@@ -169,7 +171,9 @@ class IngestServer:
         assert task is not None
         peer = _peer_name(writer, tcp)
         self.counters["connections"] += 1
-        if self._closing or len(self._conns) >= self.settings.max_connections:
+        if not self._closing and len(self._conns) >= self.settings.max_connections:
+            self._evict_one_silent()
+        if self._closing or self._open_count() >= self.settings.max_connections:
             self.counters["connections_refused"] += 1
             code = ErrorCode.SHUTTING_DOWN if self._closing else ErrorCode.TOO_MANY_CONNECTIONS
             await self._close(writer, ErrorReply(code, "the collector is shutting down" if
@@ -190,9 +194,13 @@ class IngestServer:
         except (ConnectionError, ssl.SSLError):
             pass
         except asyncio.CancelledError:
-            if not self._closing:
+            if conn.evicted:
+                error = ErrorReply(ErrorCode.TOO_MANY_CONNECTIONS, "closed before its hello "
+                                   "to make room for another client; reconnect and say hello")
+            elif not self._closing:
                 raise
-            error = ErrorReply(ErrorCode.SHUTTING_DOWN, "the collector is shutting down")
+            else:
+                error = ErrorReply(ErrorCode.SHUTTING_DOWN, "the collector is shutting down")
         except Exception:
             log.exception("ingest: unexpected error serving %s; connection closed", conn.peer)
             self.counters["internal_errors"] += 1
@@ -200,9 +208,23 @@ class IngestServer:
             del self._conns[task]
         if error is not None:
             self.counters[f"error_{error.code}"] += 1
-            if error.code != ErrorCode.SHUTTING_DOWN:
+            if error.code not in (ErrorCode.SHUTTING_DOWN, ErrorCode.TOO_MANY_CONNECTIONS):
                 log.warning("ingest: %s: %s [%s]", conn.peer, error.message, error.code)
         await self._close(writer, error)
+
+    def _evict_one_silent(self) -> None:
+        """At the connection limit, close the oldest connection that has not said hello
+        yet: clients that connect and stay silent (or, on TCP, have no token to say it
+        with) must not keep the slots from clients that speak at once."""
+        for conn in self._conns.values():  # oldest first
+            if not conn.greeted and not conn.evicted:
+                conn.evicted = True
+                self.counters["connections_evicted"] += 1
+                conn.task.cancel()
+                return
+
+    def _open_count(self) -> int:
+        return sum(1 for c in self._conns.values() if not c.evicted)
 
     async def _serve(self, conn: _Conn, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, tcp: bool) -> None:
@@ -219,6 +241,7 @@ class IngestServer:
             raise WireError(ErrorCode.UNAUTHORIZED, "missing or wrong token: configure the "
                             "collector's shared token in the client (CollectorSink(token=...))")
         conn.peer = f"{conn.peer} ({hello.source})"
+        conn.greeted = True
         writer.write(Welcome(version, s.max_frame, s.idle_timeout).encode())
         await self._drain(writer)
         # Pipelined: the next batch is read and validated while earlier ones are being
