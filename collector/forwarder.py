@@ -209,7 +209,7 @@ class Forwarder:
             self._thread.join(timeout)
             self._thread = None
         try:
-            self._exporter.shutdown()
+            self._exporter.shutdown()  # type: ignore[no-untyped-call]
         except Exception:
             log.debug("forwarder: exporter shutdown failed", exc_info=True)
         self.state = "stopped"
