@@ -189,6 +189,7 @@ class Forwarder:
         self._newest = 0
         self._oldest_pending_us: int | None = None
         self._delay = settings.backoff_initial
+        self._warned_ahead = False
 
     # -- control --------------------------------------------------------------------------
     def start(self) -> None:
@@ -256,7 +257,14 @@ class Forwarder:
         if not records:
             with self._lock:
                 self._oldest_pending_us = None
-                self.state = "idle"
+                ahead = self._newest < position
+                self.state = "ahead" if ahead else "idle"
+            if ahead and not self._warned_ahead:
+                self._warned_ahead = True
+                log.warning("forwarder: the checkpoint (seq %d) is beyond the newest stored "
+                            "seq %d: was the data directory replaced? Move %s away to "
+                            "forward from forward_from", position, self._newest,
+                            self.checkpoint.path)
             return 0
         with self._lock:
             self._oldest_pending_us = created_micros(records[0]["created"])

@@ -242,3 +242,16 @@ def test_headers_are_parsed_like_otel_exporter_otlp_headers() -> None:
         "Authorization": "Bearer x", "X-Scope-OrgID": "acme"}
     with pytest.raises(ForwardError, match="key=value"):
         parse_headers("Authorization")
+
+
+def test_a_checkpoint_beyond_the_stored_records_is_reported(store: Store,
+                                                           receiver: OTLPReceiver,
+                                                           caplog: pytest.LogCaptureFixture
+                                                           ) -> None:
+    write(store, 2)
+    fwd = forwarder(store, receiver)
+    fwd.checkpoint.save(receiver.endpoint, 50)  # e.g. a data directory restored from backup
+    ahead = Forwarder(store.settings.data_dir, settings(receiver))
+    assert ahead.step() == 0
+    assert ahead.stats()["state"] == "ahead"
+    assert "beyond the newest stored seq 2" in caplog.text
