@@ -1,0 +1,67 @@
+"""Stores to verify, the tampering done to them, and ``verify`` run in-process or as the
+real ``audit-collector verify`` subprocess."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from collector.integrity.verify import Report, verify
+from tests.collector.storage_helpers import events, open_store
+from tests.e2e.harness import ROOT
+
+SMALL = 2048  # max_segment_bytes: ~3 records a segment
+
+
+def build_store(data_dir: Path, batches: int = 6, per_batch: int = 3, **settings: Any) -> Path:
+    """A closed store of ``batches`` segments (one per batch, sealed but the last)."""
+    settings.setdefault("max_segment_bytes", SMALL)
+    with open_store(data_dir, **settings) as store:
+        for _ in range(batches):
+            store.write(events(per_batch))
+    return data_dir
+
+
+def copy_of(data_dir: Path, target: Path) -> Path:
+    shutil.copytree(data_dir, target)
+    return target
+
+
+def segment_paths(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "segments").glob("segment-*.jsonl*"))
+
+
+def digest_paths(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "digests").glob("*.digests.jsonl"))
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def write_lines(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"".join(lines))
+
+
+def check(data_dir: Path, **options: Any) -> Report:
+    return verify(data_dir, **options)
+
+
+def reasons(report: Report) -> dict[str, list[str]]:
+    """{file path: its reasons, most specific first} of the INVALID files."""
+    return {r.path: r.reasons for r in report.invalid}
+
+
+def run_verify(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m collector verify ARGS`` as a subprocess."""
+    return subprocess.run([sys.executable, "-m", "collector", "verify", "--no-progress",
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)

@@ -1,0 +1,343 @@
+"""Each kind of tampering is found, named with the right reason, on the right file, and
+makes ``verify`` exit non-zero. One untouched store is built per module; every test
+tampers with its own copy."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from collector.integrity import chain, digests
+from collector.integrity.keys import KeyRing, SigningKey, load_signing_key
+from collector.integrity.scan import (
+    CHAIN_BROKEN,
+    DIGEST_MISSING,
+    GAP_IN_TIME,
+    HASH_MISMATCH,
+    RECORD_DUPLICATED,
+    RECORD_MISSING,
+    RECORD_MODIFIED,
+    RECORDS_REORDERED,
+    SEGMENT_MISSING,
+    SEGMENT_MOVED,
+    SIGNATURE_INVALID,
+)
+from collector.storage.records import created_micros
+from tests.integrity.helpers import (
+    build_store,
+    check,
+    copy_of,
+    digest_paths,
+    lines_of,
+    reasons,
+    run_verify,
+    segment_paths,
+    write_lines,
+)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = build_store(tmp_path_factory.mktemp("store") / "data")
+    assert check(data_dir).valid
+    return data_dir
+
+
+@pytest.fixture
+def store(pristine: Path, tmp_path: Path) -> Iterator[Path]:
+    yield copy_of(pristine, tmp_path / "copy")
+
+
+def only(report_reasons: dict[str, list[str]], name: str) -> list[str]:
+    """The reasons of the one INVALID file whose path contains ``name``."""
+    matching = [r for path, r in report_reasons.items() if name in path]
+    assert len(matching) == 1, report_reasons
+    return matching[0]
+
+
+def sealed(store: Path, i: int = 2) -> Path:
+    return segment_paths(store)[i]
+
+
+# -- records -----------------------------------------------------------------------------
+def test_one_flipped_byte_in_a_record_is_a_modified_record(store: Path) -> None:
+    path = sealed(store)
+    data = bytearray(path.read_bytes())
+    at = data.index(b'"principal":"user-1"', len(lines_of(path)[0])) + 14
+    data[at] ^= 0x01  # user-1 -> user-1 with one bit changed
+    path.write_bytes(bytes(data))
+    result = run_verify(str(store))
+    assert result.returncode == 1, result.stdout
+    assert f"INVALID  segments/{path.name}  record modified: record seq" in result.stdout
+    assert "summary: " in result.stdout and "1 INVALID (record modified)" in result.stdout
+
+
+def test_a_flipped_byte_in_a_chain_value_is_a_modified_record(store: Path) -> None:
+    path = sealed(store)
+    lines = lines_of(path)
+    lines[2] = lines[2][:-10] + (b"0" if lines[2][-10:-9] != b"0" else b"1") + lines[2][-9:]
+    write_lines(path, lines)
+    assert only(reasons(check(store)), path.name)[0] == RECORD_MODIFIED
+
+
+def test_a_deleted_record_is_a_missing_record(store: Path) -> None:
+    path = sealed(store)
+    lines = lines_of(path)
+    del lines[2]
+    write_lines(path, lines)
+    assert only(reasons(check(store)), path.name) == [RECORD_MISSING]
+
+
+def test_the_deleted_first_record_of_a_segment_is_missing_too(store: Path) -> None:
+    path = sealed(store)
+    lines = lines_of(path)
+    del lines[1]
+    write_lines(path, lines)
+    assert only(reasons(check(store)), path.name) == [RECORD_MISSING]
+
+
+def test_a_duplicated_record_is_a_duplicate(store: Path) -> None:
+    path = sealed(store)
+    lines = lines_of(path)
+    lines.insert(3, lines[2])
+    write_lines(path, lines)
+    assert only(reasons(check(store)), path.name) == [RECORD_DUPLICATED]
+
+
+def test_a_record_copied_from_another_segment_is_a_duplicate(store: Path) -> None:
+    source, target = sealed(store, 1), sealed(store, 2)
+    lines = lines_of(target)
+    lines.insert(2, lines_of(source)[1])
+    write_lines(target, lines)
+    assert only(reasons(check(store)), target.name) == [RECORD_DUPLICATED]
+
+
+def test_swapped_records_are_reordered(store: Path) -> None:
+    path = sealed(store)
+    lines = lines_of(path)
+    lines[1], lines[2] = lines[2], lines[1]
+    write_lines(path, lines)
+    result = run_verify(str(store))
+    assert result.returncode == 1
+    assert only(reasons(check(store)), path.name) == [RECORDS_REORDERED]
+
+
+def test_a_truncated_segment_misses_records(store: Path) -> None:
+    path = sealed(store)
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])  # cuts the last record mid-line
+    result = run_verify(str(store))
+    assert result.returncode == 1
+    assert "record missing" in result.stdout and "truncated" in result.stdout
+    assert only(reasons(check(store)), path.name) == [RECORD_MISSING]
+
+
+def test_records_rewritten_with_a_recomputed_chain_do_not_match_the_digest(store: Path) -> None:
+    """Anyone can recompute chain hashes; nobody without the key can re-sign the digest."""
+    path = sealed(store)
+    lines = lines_of(path)
+    previous = lines[0]  # header
+    link = orjson.loads(previous)["segment"]["chain"].encode()
+    rewritten = [previous]
+    for line in lines[1:]:
+        unchained, _ = chain.split(line)  # type: ignore[misc]
+        unchained = unchained.replace(b'"principal":"user-1"', b'"principal":"user-2"')
+        link = chain.link(link, unchained)
+        rewritten.append(unchained + b',"chain":"' + link + b'"}\n')
+    write_lines(path, rewritten)
+    assert only(reasons(check(store)), path.name) == [HASH_MISMATCH]
+
+
+def test_a_modified_record_still_in_the_active_segment_is_found(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "data", batches=1, per_batch=5)  # all in the active one
+    path = segment_paths(store)[-1]
+    path.write_bytes(path.read_bytes().replace(b"cred-", b"CRED-", 1))
+    assert only(reasons(check(store)), path.name)[0] == RECORD_MODIFIED
+
+
+# -- segments ----------------------------------------------------------------------------
+def test_a_deleted_sealed_segment_is_missing(store: Path) -> None:
+    path = sealed(store)
+    path.unlink()
+    result = run_verify(str(store))
+    assert result.returncode == 1
+    assert f"INVALID  segments/{path.name}  segment missing" in result.stdout
+
+
+def test_a_renamed_segment_is_moved_or_renamed(store: Path) -> None:
+    path = sealed(store)
+    path.rename(path.with_name("segment-00000099-20261126T000000Z.jsonl"))
+    found = reasons(check(store))
+    assert found == {"segments/segment-00000099-20261126T000000Z.jsonl": [SEGMENT_MOVED]}
+
+
+def test_a_segment_renamed_to_another_form_is_found_by_its_header(store: Path) -> None:
+    path = sealed(store)
+    path.rename(path.with_name("old-audit.log"))
+    assert reasons(check(store)) == {"segments/old-audit.log": [SEGMENT_MOVED]}
+
+
+def test_a_segment_moved_out_of_the_directory_is_missing(store: Path) -> None:
+    path = sealed(store)
+    path.rename(store / path.name)
+    assert only(reasons(check(store)), path.name) == [SEGMENT_MISSING]
+
+
+def test_a_segment_from_another_store_in_place_of_one_is_moved_or_renamed(
+        store: Path, tmp_path: Path) -> None:
+    other = build_store(tmp_path / "other")
+    victim = sealed(store)
+    victim.write_bytes(sealed(other).read_bytes())  # same seq, another store's segment
+    assert only(reasons(check(store)), victim.name)[0] == SEGMENT_MOVED
+
+
+def test_a_header_with_another_chain_link_breaks_the_chain(store: Path) -> None:
+    path = sealed(store)
+    lines = lines_of(path)
+    header = orjson.loads(lines[0])
+    header["segment"]["chain"] = "f" * 64
+    lines[0] = orjson.dumps(header) + b"\n"
+    write_lines(path, lines)
+    assert only(reasons(check(store)), path.name)[0] == CHAIN_BROKEN
+
+
+def test_the_newest_segment_removed_with_its_digests_is_found_by_the_seal_before(
+        store: Path) -> None:
+    """Tail truncation: the seal digest of the previous head names the new head."""
+    newest, its_digests = segment_paths(store)[-1], digest_paths(store)[-1]
+    newest.unlink()
+    its_digests.unlink()
+    result = run_verify(str(store))
+    assert result.returncode == 1
+    assert f"INVALID  segments/{newest.name}  segment missing" in result.stdout
+    assert "as the new active segment" in result.stdout
+
+
+# -- digests -----------------------------------------------------------------------------
+def test_a_deleted_digest_file_is_a_missing_digest(store: Path) -> None:
+    victim = digest_paths(store)[2]
+    victim.unlink()
+    result = run_verify(str(store))
+    assert result.returncode == 1
+    found = reasons(check(store))
+    assert only(found, segment_paths(store)[2].name) == [DIGEST_MISSING]
+    assert any(DIGEST_MISSING in r for p, r in found.items() if p.startswith("digests/"))
+
+
+def test_an_edited_digest_has_an_invalid_signature(store: Path) -> None:
+    victim = digest_paths(store)[2]
+    victim.write_bytes(victim.read_bytes().replace(b'"records":3', b'"records":2'))
+    result = run_verify(str(store))
+    assert result.returncode == 1
+    assert f"INVALID  digests/{victim.name}  signature invalid" in result.stdout
+
+
+def test_a_digest_signed_with_another_key_has_an_invalid_signature(store: Path) -> None:
+    victim = digest_paths(store)[2]
+    intruder = SigningKey(Ed25519PrivateKey.generate(), Path("elsewhere"))
+    [line] = lines_of(victim)
+    body = dict(digests.parse(line).body, key=intruder.id)
+    victim.write_bytes(digests.sign(body, intruder))
+    result = run_verify(str(store), "--public-key", str(export(store)))
+    assert result.returncode == 1
+    assert f"INVALID  digests/{victim.name}  signature invalid" in result.stdout
+    assert "not a trusted key" in result.stdout
+
+
+def test_a_digest_signed_with_another_key_claiming_the_real_key_id_is_invalid(
+        store: Path) -> None:
+    victim = digest_paths(store)[2]
+    intruder = SigningKey(Ed25519PrivateKey.generate(), Path("elsewhere"))
+    [line] = lines_of(victim)
+    victim.write_bytes(digests.sign(digests.parse(line).body, intruder))
+    assert only(reasons(check(store)), victim.name) == [SIGNATURE_INVALID]
+
+
+def test_a_re_signed_digest_that_skips_the_previous_one_breaks_the_chain(store: Path) -> None:
+    """Even with the key: a digest must carry its predecessor's signature."""
+    key = load_signing_key(store / "keys" / "signing-key.pem")
+    victim = digest_paths(store)[3]
+    [line] = lines_of(victim)
+    body = dict(digests.parse(line).body,
+                previous=base64.b64encode(b"\x00" * 64).decode())
+    victim.write_bytes(digests.sign(body, key))
+    assert only(reasons(check(store)), victim.name) == [CHAIN_BROKEN]
+
+
+def test_a_digest_dated_before_its_predecessor_is_a_gap_in_time(store: Path) -> None:
+    key = load_signing_key(store / "keys" / "signing-key.pem")
+    victim = digest_paths(store)[3]
+    [line] = lines_of(victim)
+    body = dict(digests.parse(line).body, time="2020-01-01T00:00:00.000000Z")
+    victim.write_bytes(digests.sign(body, key))
+    assert only(reasons(check(store)), victim.name) == [GAP_IN_TIME]
+
+
+def test_a_running_collector_whose_newest_digests_are_gone_is_a_gap_in_time(
+        tmp_path: Path) -> None:
+    store = build_store(tmp_path / "data", batches=1, per_batch=3)
+    # The newest digests removed: the records after the start checkpoint wait unsigned.
+    digest_file = digest_paths(store)[-1]
+    write_lines(digest_file, lines_of(digest_file)[:1])
+    newest = digests.parse(lines_of(digest_file)[0])
+    an_hour_later = created_micros(newest.time) + 3600 * 1_000_000
+    assert check(store, live=False).valid  # a copy: it may have stopped right there
+    report = check(store, live=True, now_us=an_hour_later)
+    assert only(reasons(report), digest_file.name) == [GAP_IN_TIME]
+
+
+# -- keys --------------------------------------------------------------------------------
+def export(store: Path) -> Path:
+    from tests.integrity.helpers import run_cli
+
+    target = store.parent / "trusted.pem"
+    done = run_cli("keys", "export", "--data-dir", str(store), "--out", str(target))
+    assert done.returncode == 0, done.stderr
+    return target
+
+
+def test_a_key_ring_swapped_in_the_data_directory_is_caught_by_an_exported_key(
+        store: Path) -> None:
+    trusted = export(store)
+    # The attacker changes a record, re-chains, re-signs every digest with their own
+    # key (keeping the digest chain consistent) and replaces the key ring.
+    intruder = SigningKey(Ed25519PrivateKey.generate(), Path("elsewhere"))
+    resign_all(store, intruder)
+    for pub in (store / "keys").glob("*.pub"):
+        pub.unlink()
+    KeyRing(store / "keys").add(intruder.public)
+    assert check(store).valid  # the data directory's own keys prove nothing
+    result = run_verify(str(store), "--public-key", str(trusted))
+    assert result.returncode == 1 and "signature invalid" in result.stdout
+    assert "not a trusted key" in result.stdout
+
+
+def resign_all(store: Path, key: SigningKey) -> None:
+    """Every digest re-signed by ``key``, in number order, each carrying the new
+    signature of the one before: a forged digest chain that is consistent in itself."""
+    entries = []
+    for path in digest_paths(store):
+        for line in lines_of(path):
+            entries.append((digests.parse(line), path))
+    entries.sort(key=lambda e: e[0].n)
+    previous = ""
+    out: dict[Path, list[bytes]] = {}
+    for g, path in entries:
+        line = digests.sign(dict(g.body, key=key.id, previous=previous), key)
+        previous = digests.parse(line).signature_b64
+        out.setdefault(path, []).append(line)
+    for path, lines in out.items():
+        write_lines(path, lines)
+
+
+def test_verify_without_usable_keys_is_an_error_not_a_verdict(store: Path) -> None:
+    for pub in (store / "keys").glob("*.pub"):
+        pub.unlink()
+    result = run_verify(str(store))
+    assert result.returncode == 2
+    assert "--public-key" in result.stderr

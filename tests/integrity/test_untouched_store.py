@@ -1,0 +1,261 @@
+"""An untouched store verifies clean whatever the collector did to it: rotations,
+compression, restarts, a crash and its repair, retention, key rotation; on a copy, on
+an unpacked archive, and next to a running collector."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import orjson
+
+from collector.integrity import digests
+from collector.integrity.verify import verify
+from tests.collector.storage_helpers import events, open_store, wait_until
+from tests.e2e.harness import ROOT, CollectorProcess, RawClient, short_tmp
+from tests.integrity.helpers import (
+    SMALL,
+    build_store,
+    check,
+    digest_paths,
+    lines_of,
+    run_cli,
+    run_verify,
+    segment_paths,
+)
+
+
+def kinds(data_dir: Path) -> list[str]:
+    found = [digests.parse(line) for p in digest_paths(data_dir) for line in lines_of(p)]
+    return [g.kind + (f":{g.why}" if g.kind == "checkpoint" else "")
+            for g in sorted(found, key=lambda g: g.n)]
+
+
+def test_rotated_segments_verify_clean_and_every_seal_has_a_digest(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "data", batches=5)
+    assert kinds(store) == ["checkpoint:start", "seal", "seal", "seal", "seal",
+                            "checkpoint:stop"]
+    result = run_verify(str(store))
+    assert result.returncode == 0, result.stdout
+    assert "summary: 10 file(s): 10 valid, 0 INVALID" in result.stdout
+
+
+def test_compressed_segments_verify_clean(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=SMALL, compress_sealed=True) as store:
+        for _ in range(5):
+            store.write(events(3))
+        wait_until(lambda: len([p for p in segment_paths(data_dir) if p.suffix == ".gz"]) == 4)
+    report = check(data_dir)
+    assert report.valid, [str(f) for r in report.invalid for f in r.findings]
+    assert sum(r.records for r in report.files if r.path.endswith(".gz")) == 12
+
+
+def test_a_restarted_store_verifies_clean_and_its_chain_continues(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    for _ in range(3):
+        with open_store(data_dir, max_segment_bytes=SMALL) as store:
+            store.write(events(3))
+            store.write(events(3))
+    assert check(data_dir).valid
+    starts = [k for k in kinds(data_dir) if k == "checkpoint:start"]
+    assert len(starts) == 3
+
+
+def test_a_store_killed_mid_write_and_repaired_verifies_clean(tmp_path: Path) -> None:
+    """kill -9 while writing, a torn record appended (as a crash mid-write leaves it),
+    then the next open quarantines the torn tail and signs what the crash left unsigned:
+    recovery and the chain agree."""
+    data_dir = tmp_path / "data"
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from collector.store import Store, StorageSettings
+from tests.collector.storage_helpers import events
+store = Store(StorageSettings(Path({str(data_dir)!r}), max_segment_bytes=8192))
+store.open()
+while True:
+    store.write(events(20))
+    print("ok", flush=True)
+"""
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None
+    for _ in range(30):
+        writer.stdout.readline()
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    active = segment_paths(data_dir)[-1]
+    with open(active, "ab") as f:
+        f.write(lines_of(segment_paths(data_dir)[0])[1][:57])  # a record cut mid-line
+    copy = tmp_path / "crashed-copy"
+    subprocess.run(["cp", "-a", str(data_dir), str(copy)], check=True)
+    crashed = check(copy)  # before any repair: unsigned records and a torn line, no tampering
+    assert crashed.valid, [str(f) for r in crashed.invalid for f in r.findings]
+    assert any("unterminated" in n for r in crashed.files for n in r.notes)
+    with open_store(data_dir, max_segment_bytes=8192) as store:
+        store.write(events(5))
+    assert list((data_dir / "quarantine").iterdir())
+    result = run_verify(str(data_dir))
+    assert result.returncode == 0, result.stdout
+
+
+def test_a_seal_interrupted_by_a_crash_is_completed_at_the_next_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from collector.integrity.ledger import Ledger
+from collector.store import Store, StorageSettings
+from tests.collector.storage_helpers import events
+def crash(self, old, new):
+    os._exit(9)  # killed after sealing the segment, before its seal digest
+store = Store(StorageSettings(Path({str(data_dir)!r}), max_segment_bytes={SMALL}))
+store.open()
+store.write(events(3))
+Ledger.sealed = crash
+store.write(events(3))
+"""
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
+    assert done.returncode == 9
+    assert "seal" not in kinds(data_dir)
+    with open_store(data_dir, max_segment_bytes=SMALL) as store:
+        store.write(events(1))
+    assert "seal" in kinds(data_dir)
+    report = check(data_dir)
+    assert report.valid, [str(f) for r in report.invalid for f in r.findings]
+    assert any("written at start-up" in n for r in report.files for n in r.notes)
+
+
+def test_segments_deleted_by_retention_are_not_missing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=SMALL, retention_bytes=5000) as store:
+        for _ in range(8):
+            store.write(events(3))
+        wait_until(lambda: store.stats()["retention_deleted"] >= 3)
+    assert "retention" in kinds(data_dir)
+    assert not segment_paths(data_dir)[0].name.startswith("segment-00000001")
+    result = run_verify(str(data_dir))
+    assert result.returncode == 0, result.stdout
+    assert "deleted with their segments by retention" in result.stdout
+
+
+def test_the_oldest_segment_deleted_by_hand_is_not_retention(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=4)
+    segment_paths(data_dir)[0].unlink()
+    digest_paths(data_dir)[0].unlink()
+    result = run_verify(str(data_dir))
+    assert result.returncode == 1
+    assert "digest missing" in result.stdout
+
+
+def test_a_key_rotation_keeps_old_digests_verifiable_from_an_older_export(
+        tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=2)
+    before = tmp_path / "keys-before.pem"
+    assert run_cli("keys", "export", "--data-dir", str(data_dir), "--out", str(before)) \
+        .returncode == 0
+    rotated = run_cli("keys", "rotate", "--data-dir", str(data_dir))
+    assert rotated.returncode == 0, rotated.stderr
+    with open_store(data_dir, max_segment_bytes=SMALL) as store:
+        store.write(events(3))
+        store.write(events(3))
+    listed = run_cli("keys", "list", "--data-dir", str(data_dir)).stdout.splitlines()
+    assert len(listed) == 2  # the old public key stays
+    assert sum(line.endswith("(current signing key)") for line in listed) == 1
+    assert "key_rotation" in kinds(data_dir)
+    result = run_verify(str(data_dir), "--public-key", str(before))
+    assert result.returncode == 0, result.stdout
+
+
+def test_keys_rotate_refuses_while_the_collector_runs(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=1)
+    with open_store(data_dir):
+        done = run_cli("keys", "rotate", "--data-dir", str(data_dir))
+    assert done.returncode == 2
+    assert "in use by another process" in done.stderr
+
+
+def test_the_signing_key_can_live_outside_the_data_directory(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "secrets"
+    elsewhere.mkdir(mode=0o700)
+    key = elsewhere / "audit-signing.pem"
+    data_dir = build_store(tmp_path / "data", batches=2, signing_key=key)
+    assert key.exists() and (key.stat().st_mode & 0o777) == 0o600
+    assert not (data_dir / "keys" / "signing-key.pem").exists()
+    assert list((data_dir / "keys").glob("ed25519-*.pub"))  # verify needs no secret
+    assert check(data_dir).valid
+
+
+def test_a_first_start_makes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=1)
+    key = data_dir / "keys" / "signing-key.pem"
+    assert (key.stat().st_mode & 0o777) == 0o600
+    assert ((data_dir / "keys").stat().st_mode & 0o777) == 0o700
+
+
+def test_verify_works_on_an_unpacked_archive(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=3)
+    archive = tmp_path / "audit.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(data_dir / "segments", "audit/segments")
+        tar.add(data_dir / "digests", "audit/digests")
+    trusted = tmp_path / "trusted.pem"
+    run_cli("keys", "export", "--data-dir", str(data_dir), "--out", str(trusted))
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "restored", filter="data")
+    result = run_verify(str(tmp_path / "restored" / "audit"), "--public-key", str(trusted))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_from_and_to_limit_which_segments_are_rehashed(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=3)
+    first = segment_paths(data_dir)[0]
+    first.write_bytes(first.read_bytes().replace(b"cred-", b"CRED-", 1))
+    assert not check(data_dir).valid
+    future = check(data_dir, since_us=2**61)
+    assert future.valid
+    assert [r.path for r in future.files if r.kind == "segment"] == \
+        [f"segments/{segment_paths(data_dir)[-1].name}"]
+    result = run_verify(str(data_dir), "--from", "2000-01-01", "--to", "2100-01-01")
+    assert result.returncode == 1
+
+
+def test_a_running_collector_verifies_clean_with_records_not_yet_signed() -> None:
+    with short_tmp() as tmp, CollectorProcess(tmp / "data", "--max-segment-bytes", "4KiB",
+                                              env={"AUDIT_API_LISTEN": ""}) as collector:
+        conn = RawClient(collector.socket)
+        conn.hello()
+        conn.batch(1, [wire_event(n) for n in range(30)], list(range(1, 31)))
+        conn.close()
+        result = run_verify(str(collector.data_dir))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "not signed yet" in result.stdout
+
+
+def wire_event(n: int) -> bytes:
+    return orjson.dumps({
+        "v": 1, "id": str(uuid.uuid4()), "type": "team_created", "target": f"t{n}",
+        "principal": "system", "status": "", "org_id": "", "org_name": "",
+        "workspace_id": "", "workspace_name": "", "client_ip": "",
+        "created": "2026-11-26T01:07:10.123456Z", "trace_id": "", "span_id": "",
+    }) + b"\n"
+
+
+def test_verify_reports_progress_on_stderr(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=2)
+    done = subprocess.run([sys.executable, "-m", "collector", "verify", str(data_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0
+    assert "verify: 100%" in done.stderr
+
+
+def test_verify_in_process_agrees_with_the_command(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=2)
+    assert verify(data_dir).valid and run_verify("--data-dir", str(data_dir)).returncode == 0
