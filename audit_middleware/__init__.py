@@ -19,7 +19,7 @@ from .errors import (
 from .event import FIELDS, SCHEMA_VERSION, SYSTEM, AuditEvent
 from .middleware import AuditMiddleware
 from .shipper import CollectorSink
-from .sinks import JsonlFileSink, MemorySink, Sink
+from .sinks import JsonlFileSink, MemorySink, OTelLogSink, Sink
 from .wsgi import WSGIAuditMiddleware
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "CollectorSink",
     "JsonlFileSink",
     "MemorySink",
+    "OTelLogSink",
     "RequestContext",
     "Sink",
     "UnknownEventTypeError",

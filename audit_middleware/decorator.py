@@ -84,9 +84,13 @@ def _getter(spec: str | Getter | None, what: str) -> Getter | None:
 def _result_body(result: Any) -> Any:
     if isinstance(result, tuple) and result:  # Flask (body, status[, headers])
         result = result[0]
-    body = getattr(result, "body", None)
+    body = getattr(result, "body", None)  # Starlette JSONResponse
     if isinstance(body, bytes) and "json" in str(getattr(result, "media_type", "")):
         return orjson.loads(body)
+    content = getattr(result, "content", None)  # Django JsonResponse
+    if isinstance(content, bytes) and "json" in str(
+            getattr(result, "headers", {}).get("Content-Type", "")):
+        return orjson.loads(content)
     get_json = getattr(result, "get_json", None)
     if callable(get_json):
         return get_json(silent=True)

@@ -186,6 +186,11 @@ class AuditEvent:
         return self._id
 
     @property
+    def otel_context(self) -> Any:
+        """The OpenTelemetry ``Context`` captured at emit (None or empty: no span)."""
+        return self._span
+
+    @property
     def created(self) -> str:
         return format_created(self.created_ns)
 

@@ -39,6 +39,10 @@ MAX_CONTROL_FRAME: Final = 64 * 1024
 SOURCE_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}")
 MAX_SEQ: Final = 2**63 - 1
 MAX_BATCH_ID: Final = 2**32 - 1
+#: Events in one batch frame. The collector keeps a parsed event, or the reason it was
+#: rejected, for every line of a batch in flight: a cap on lines (not only on bytes)
+#: keeps a frame of tiny lines from costing it a hundred times the frame's size.
+MAX_BATCH_EVENTS: Final = 8192
 _MAX_REASON = 512
 
 

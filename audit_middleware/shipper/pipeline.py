@@ -110,8 +110,8 @@ class Pipeline:
         self._inflight.clear()
 
     def _fit(self, chunk: Chunk) -> list[Chunk]:
-        """``chunk`` in parts that each fit one frame; events too large for any frame are
-        refused on the spot."""
+        """``chunk`` in parts that each fit one frame (in bytes and in events); events too
+        large for any frame are refused on the spot."""
         budget = self._conn.max_frame - _BATCH_OVERHEAD - len(chunk.source)
         parts: list[Chunk] = []
         start, size, n = 0, 0, len(chunk)

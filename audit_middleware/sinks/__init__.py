@@ -4,5 +4,6 @@ from .base import Sink
 from .batching import BatchingQueue
 from .jsonl_file import JsonlFileSink
 from .memory import MemorySink
+from .otel import OTelLogSink
 
-__all__ = ["BatchingQueue", "JsonlFileSink", "MemorySink", "Sink"]
+__all__ = ["BatchingQueue", "JsonlFileSink", "MemorySink", "OTelLogSink", "Sink"]

@@ -87,7 +87,7 @@ class OTelLogSink:
                 emit(
                     timestamp=event.created_ns,
                     # The Context captured at emit (tracing.py): its span, not this thread's.
-                    context=event._span or _NO_CONTEXT,
+                    context=event.otel_context or _NO_CONTEXT,
                     severity_number=_SEVERITY[number],
                     severity_text=text,
                     body=otel.log_body(record),

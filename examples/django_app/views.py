@@ -10,18 +10,13 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from audit_middleware import audited
+from audit_middleware import audited, from_result
 from audit_middleware.catalogue import PIPELINE_CREATED, PIPELINE_DELETED, USER_SIGN_IN
 
 from .auth import USERS
 
 WORKSPACES = {"ws_lab": "lab"}
 PIPELINES: dict[str, str] = {}  # pipeline id -> workspace id
-
-
-def from_json(key: str) -> Any:
-    """A target taken from the view's JSON response (``JsonResponse.content``)."""
-    return lambda call: json.loads(call.result.content)[key]
 
 
 def _body(request: HttpRequest) -> Any:
@@ -32,7 +27,7 @@ def _body(request: HttpRequest) -> Any:
 
 
 @require_http_methods(["POST"])
-@audited(USER_SIGN_IN, target=from_json("user_id"), principal=from_json("user_id"),
+@audited(USER_SIGN_IN, target=from_result("user_id"), principal=from_result("user_id"),
          status="password")
 def sign_in(request: HttpRequest) -> JsonResponse:
     body = _body(request)
@@ -45,7 +40,7 @@ def sign_in(request: HttpRequest) -> JsonResponse:
 
 
 @require_http_methods(["POST"])
-@audited(PIPELINE_CREATED, target=from_json("id"))
+@audited(PIPELINE_CREATED, target=from_result("id"))
 def add_pipeline(request: HttpRequest, workspace_id: str) -> JsonResponse:
     if workspace_id not in WORKSPACES:
         return JsonResponse({"error": f"no workspace {workspace_id!r}"}, status=404)
