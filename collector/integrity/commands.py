@@ -109,15 +109,13 @@ def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
                     else f"{res.records:,} digests")
             out.write(f"valid    {res.path}  ({what})\n")
         else:
-            first, *rest = res.findings
-            out.write(f"INVALID  {res.path}  {first}\n")
-            for finding in rest:
-                out.write(f"         {' ' * len(res.path)}  {finding}\n")
+            main, *rest = res.findings
+            out.write(f"INVALID  {res.path}  {main}\n")
+            out.writelines(f"         {' ' * len(res.path)}  {finding}\n" for finding in rest)
         if not quiet:
-            for note in res.notes:
-                out.write(f"         {' ' * len(res.path)}  note: {note}\n")
-    for note in report.notes:
-        out.write(f"note: {note}\n")
+            out.writelines(f"         {' ' * len(res.path)}  note: {note}\n"
+                           for note in res.notes)
+    out.writelines(f"note: {note}\n" for note in report.notes)
     segments = [r for r in report.files if r.kind == "segment"]
     digest_files = [r for r in report.files if r.kind == "digests"]
     records = sum(r.records for r in segments)

@@ -34,6 +34,7 @@ from collector.storage.segments import (
 
 from . import chain as chains
 from . import digests as d
+from .errors import DigestFormatError
 from .keys import KeyRing, SigningKey, default_signing_key_path, ensure_signing_key
 
 if TYPE_CHECKING:
@@ -137,12 +138,12 @@ class Ledger:
         newest = self.newest
         last = sealed[-1] if sealed else None
         if (last is not None and newest is not None and newest.segment_seq <= last.seq
-                and not (newest.kind == "seal" and newest.segment_seq == last.seq)):
-            if not _has_seal(self.digests_dir / d.file_name(last.name)):
-                state, _ = scan_segment(last)
-                self._write("seal", state, active.path.name, note=(
-                    "written at start-up: the collector stopped after sealing the "
-                    "segment, before its seal digest was written"))
+                and not (newest.kind == "seal" and newest.segment_seq == last.seq)
+                and not _has_seal(self.digests_dir / d.file_name(last.name))):
+            state, _ = scan_segment(last)
+            self._write("seal", state, active.path.name, note=(
+                "written at start-up: the collector stopped after sealing the segment, "
+                "before its seal digest was written"))
         self.checkpoint(active, "start")
 
     def tick(self, active: ActiveSegment) -> None:
@@ -273,7 +274,7 @@ def scan_segment(file: SegmentFile) -> tuple[d.SegmentState, Hash]:
             first = line
         last = line
     if state is None:
-        raise d.DigestFormatError(f"{file.path.name} has no header line")
+        raise DigestFormatError(f"{file.path.name} has no header line")
     state.size, state.records, state.sha256 = size, records, running.hexdigest()
     for line, end in ((first, "first"), (last, "last")):
         if not line:

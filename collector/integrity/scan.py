@@ -234,7 +234,20 @@ def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
     if not by_seq:
         return findings
     first = first_seq if first_seq is not None else min(by_seq)
-    last = max(last_seq if last_seq is not None else 0, max(by_seq))
+    last = last_seq if last_seq is not None else max(by_seq)
+    # A seq outside the segment's range is a record from elsewhere: before it, a copy
+    # of an older record; after its signed end, one moved here from a later segment.
+    for r in present:
+        assert r.seq is not None
+        if r.seq < first:
+            findings.append(Finding(RECORD_DUPLICATED, f"record seq {r.seq} (line {r.line}) "
+                                    f"belongs before this segment (seq {first}-{last}): a "
+                                    f"copy of an older record"))
+        elif r.seq > last:
+            findings.append(Finding(RECORDS_REORDERED, f"record seq {r.seq} (line {r.line}) "
+                                    f"belongs after this segment's signed end (seq {last})"))
+    present = [r for r in present if first <= r.seq <= last]  # type: ignore[operator]
+    by_seq = {seq: rs for seq, rs in by_seq.items() if first <= seq <= last}
     header_chain = header.chain.encode()
     for r in present:
         seq = r.seq
@@ -267,7 +280,8 @@ def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
             findings.append(Finding(RECORDS_REORDERED, f"record seq {seq} (line {r.line}) "
                                     f"comes after seq {highest}"))
         highest = seq if highest is None else max(highest, seq)
-    return findings
+    order = (RECORD_MODIFIED, RECORD_MISSING, RECORD_DUPLICATED, RECORDS_REORDERED)
+    return sorted(findings, key=lambda f: order.index(f.reason))
 
 
 def _parse_records(file: SegmentFile) -> tuple[list[_Record], list[tuple[int, str]]]:

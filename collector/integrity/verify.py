@@ -11,6 +11,7 @@ segments that digests name but that are not there.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -173,7 +174,7 @@ class _Verifier:
 
     # -- digests --------------------------------------------------------------------------
     def _read_digest_files(self) -> list[tuple[FileResult, d.DigestFile]]:
-        out = []
+        out: list[tuple[FileResult, d.DigestFile]] = []
         if not self.digests_dir.is_dir():
             self.notes.append("there is no digests/ directory: nothing here was ever signed")
             return out
@@ -315,9 +316,8 @@ class _Verifier:
                     prev = _Previous(f.seq, seal.last_chain if seal else None,
                                      seal.last_seq if seal else None)
                     continue
-                offset = done
-                found = self._scan(f, ds, res, pool,
-                                   lambda n: self._report(offset + n, total))
+                found = self._scan(f, ds, res, pool, functools.partial(self._report_in, done,
+                                                                        total))
                 done += f.path.stat().st_size
                 if found is None:
                     prev = _Previous(seq=f.seq)
@@ -374,6 +374,9 @@ class _Verifier:
             res.add(CHAIN_BROKEN, f"the header links to chain value {header.chain[:16]}..., "
                     f"but segment {f.seq - 1} ends with {prev.chain[:16]}...")
 
+    def _report_in(self, start: int, total: int, done: int) -> None:
+        self._report(start + done, total)
+
     def _report(self, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(done, total)
@@ -399,7 +402,8 @@ class _Verifier:
         starts = [_micros(h.created) if h else None for _, h in files]
         selected = set()
         for i, (f, _) in enumerate(files):
-            start = starts[i] if starts[i] is not None else since
+            known = starts[i]
+            start = known if known is not None else since
             end = next((s for s in starts[i + 1:] if s is not None), 2**62)
             if start < until and end > since:
                 selected.add(f.seq)
@@ -458,17 +462,17 @@ class _Verifier:
         if g.bytes > found.size:
             if found.records < g.records:
                 cut = f"; {found.torn} bytes of a cut record follow" if found.torn else ""
-                return (RECORD_MISSING, f"{g.where} signed {g.records} records ({g.bytes} "
-                        f"bytes); the file has {found.records} ({found.size} bytes{cut}): "
-                        f"truncated")
-            return (HASH_MISMATCH, f"shorter than {g.where} says ({found.size} of {g.bytes} "
-                    f"bytes)")
+                return (RECORD_MISSING, (f"{g.where} signed {g.records} records "
+                                         f"({g.bytes} bytes); the file has {found.records} "
+                                         f"({found.size} bytes{cut}): truncated"))
+            return (HASH_MISMATCH, (f"shorter than {g.where} says ({found.size} of "
+                                    f"{g.bytes} bytes)"))
         if found.sha256_at.get(g.bytes) != g.sha256:
-            return (HASH_MISMATCH, f"the first {g.bytes} bytes do not have the SHA-256 "
-                    f"{g.where} signed")
+            return (HASH_MISMATCH, (f"the first {g.bytes} bytes do not have the SHA-256 "
+                                    f"{g.where} signed"))
         if found.chain_at.get(g.records) != g.last_chain:
-            return (HASH_MISMATCH, f"record {g.records} does not end the chain {g.where} "
-                    f"signed (records re-chained)")
+            return (HASH_MISMATCH, (f"record {g.records} does not end the chain {g.where} "
+                                    f"signed (records re-chained)"))
         return None
 
     def _check_missing_segments(self) -> None:

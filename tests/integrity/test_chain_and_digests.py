@@ -118,7 +118,8 @@ def test_public_key_files_need_at_least_one_ed25519_key() -> None:
         parse_public_keys(b"nothing here", "trusted.pem")
     signer = key()
     both = b"# first\n" + signer.public.pem() + b"# second\n" + key().public.pem()
-    assert [k.id for k in parse_public_keys(both, "x")][0] == signer.id
+    first, second = parse_public_keys(both, "x")
+    assert first.id == signer.id and second.id != signer.id
 
 
 # -- when the ledger writes digests ------------------------------------------------------
