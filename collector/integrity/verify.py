@@ -415,10 +415,35 @@ class _Verifier:
             return scan(f, marks={g.bytes for g in ds}, counts={0} | {g.records for g in ds},
                         progress=progress, hasher_pool=pool)
         except FileNotFoundError:
-            res.add(SEGMENT_MISSING, "removed while verify was reading it")
+            # Next to a running collector: compressed meanwhile, or deleted by retention.
+            packed = f.path.with_name(f.path.name + ".gz")
+            if not f.compressed and packed.exists():
+                res.notes.append(f"compressed while verify ran: checked {packed.name}")
+                return self._scan(SegmentFile(f.seq, packed, True), ds, res, pool, progress)
+            if self._retention_since(f.seq):
+                res.notes.append("deleted by retention while verify ran")
+            else:
+                res.add(SEGMENT_MISSING, "removed while verify was reading it")
         except (CorruptSegmentError, OSError) as exc:
             res.add(HASH_MISMATCH, f"cannot be read to the end: {exc}")
         return None
+
+    def _retention_since(self, seq: int) -> bool:
+        """Whether a signed retention digest written after verify started deletes
+        segment ``seq``."""
+        for _, path in d.list_digest_files(self.digests_dir):
+            try:
+                found = d.read_file(path)
+            except OSError:
+                continue
+            for g in found.digests:
+                key = self.trusted.get(g.key)
+                if (g.kind == "retention" and key is not None
+                        and key.verifies(g.signature, g.message)
+                        and isinstance(g.body.get("deleted_below"), int)
+                        and g.body["deleted_below"] > seq):
+                    return True
+        return False
 
     def _compare(self, f: SegmentFile, header: SegmentHeader, ds: list[d.Digest],
                  seal: d.Digest | None, found: Scan, res: FileResult,

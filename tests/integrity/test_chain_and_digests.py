@@ -197,3 +197,14 @@ def test_a_digest_that_cannot_be_written_is_retried(tmp_path: Path,
                    and store.stats()["integrity"]["pending_digests"] == 0)
         assert "No space left" in store.stats()["integrity"]["last_error"]
         assert not failures  # it did fail once
+
+
+def test_a_signing_key_that_cannot_be_used_stops_the_store_from_opening(tmp_path: Path) -> None:
+    key_path = tmp_path / "not-a-key.pem"
+    key_path.write_text("-----BEGIN PRIVATE KEY-----\nnonsense\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(KeyFileError, match="not an unencrypted PEM private key"), \
+            open_store(tmp_path / "data", signing_key=key_path):
+        pass
+    with pytest.raises(KeyFileError, match="does not exist"), \
+            open_store(tmp_path / "data", signing_key=tmp_path / "no-such-dir" / "key.pem"):
+        pass

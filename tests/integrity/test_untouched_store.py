@@ -228,15 +228,22 @@ def test_from_and_to_limit_which_segments_are_rehashed(tmp_path: Path) -> None:
 
 
 def test_a_running_collector_verifies_clean_with_records_not_yet_signed() -> None:
-    with short_tmp() as tmp, CollectorProcess(tmp / "data", "--max-segment-bytes", "4KiB",
-                                              env={"AUDIT_API_LISTEN": ""}) as collector:
-        conn = RawClient(collector.socket)
-        conn.hello()
-        conn.batch(1, [wire_event(n) for n in range(30)], list(range(1, 31)))
-        conn.close()
-        result = run_verify(str(collector.data_dir))
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "not signed yet" in result.stdout
+    with short_tmp() as tmp:
+        key = tmp / "secrets" / "signing.pem"
+        key.parent.mkdir()
+        with CollectorProcess(tmp / "data", "--max-segment-bytes", "4KiB", "--signing-key",
+                              str(key), "--digest-interval", "1h",
+                              env={"AUDIT_API_LISTEN": ""}) as collector:
+            conn = RawClient(collector.socket)
+            conn.hello()
+            conn.batch(1, [wire_event(n) for n in range(30)], list(range(1, 31)))
+            conn.close()
+            result = run_verify(str(collector.data_dir))
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "not signed yet" in result.stdout
+        assert key.exists()  # the configured key, not one in the data directory
+        assert not (tmp / "data" / "keys" / "signing-key.pem").exists()
+        assert run_verify(str(tmp / "data")).returncode == 0  # signed at the stop
 
 
 def wire_event(n: int) -> bytes:
