@@ -61,6 +61,9 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
                              "YYYY-MM-DD-HH-MM-SS (UTC), or an age such as 24h")
     parser.add_argument("--to", dest="until", metavar="TIME",
                         help="only segments with records before this time (same forms)")
+    parser.add_argument("--anchor", action="append", default=[], metavar="SIGNATURE",
+                        help="a digest signature kept out of the key holder's reach; it "
+                             "must still be in the chain (repeatable)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print only INVALID files and the summary")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,7 +89,8 @@ def run_verify(args: argparse.Namespace) -> int:
         try:
             report = verify(data_dir, public_keys=keys, keys_from=source, since_us=since,
                             until_us=until, progress=bar.update if bar else None,
-                            live=collector_running(data_dir), now_us=now_us)
+                            live=collector_running(data_dir), now_us=now_us,
+                            anchors=args.anchor)
         finally:
             if bar is not None:
                 bar.done()
@@ -106,7 +110,8 @@ def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
             continue
         if res.valid:
             what = (f"{res.records:,} records, {res.size:,} bytes" if res.kind == "segment"
-                    else f"{res.records:,} digests")
+                    else f"{res.records:,} digests" if res.kind == "digests"
+                    else "in the chain")
             out.write(f"valid    {res.path}  ({what})\n")
         else:
             main, *rest = res.findings
@@ -128,8 +133,11 @@ def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
               f"keys: {report.keys}\n")
     invalid = report.invalid
     reasons = sorted({reason for r in invalid for reason in r.reasons})
-    out.write(f"summary: {len(report.files)} file(s): {len(report.files) - len(invalid)} "
-              f"valid, {len(invalid)} INVALID"
+    anchors = [r for r in report.files if r.kind == "anchor"]
+    files = len(report.files) - len(anchors)
+    out.write(f"summary: {files} file(s)"
+              + (f" and {len(anchors)} anchor(s)" if anchors else "")
+              + f": {len(report.files) - len(invalid)} valid, {len(invalid)} INVALID"
               + (f" ({', '.join(reasons)})" if reasons else "") + "\n")
 
 

@@ -106,11 +106,12 @@ class Report:
 def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
            keys_from: str = "", since_us: int | None = None, until_us: int | None = None,
            progress: Progress | None = None, live: bool = False,
-           now_us: int | None = None) -> Report:
+           now_us: int | None = None, anchors: list[str] | None = None) -> Report:
     """Verify ``data_dir``. ``public_keys``: the trusted keys (default: the data
     directory's own key ring). ``since_us``/``until_us``: only segments whose time span
     overlaps this window are re-hashed. ``live``: a collector is running on it (its
-    newest digest must then be recent)."""
+    newest digest must then be recent). ``anchors``: digest signatures kept elsewhere,
+    each of which must be in the digest chain."""
     data_dir = Path(data_dir)
     if not (data_dir / "segments").is_dir():
         raise VerifyError(f"{data_dir} has no segments/ directory: point verify at a "
@@ -130,6 +131,8 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
     report.keys = keys_from or f"{len(public_keys)} trusted key(s)"
     if live:
         checker.check_live(report, now_us)
+    for anchor in anchors or []:
+        report.files.append(checker.check_anchor(anchor))
     return report
 
 
@@ -520,6 +523,20 @@ class _Verifier:
                     res = self.result(f"segments/segment-{seq:08d}-*.jsonl", "segment", seq)
                     res.add(SEGMENT_MISSING, f"segment {seq} is missing between segments "
                             f"{a} and {b}")
+
+    # -- anchors -----------------------------------------------------------------------------
+    def check_anchor(self, signature: str) -> FileResult:
+        """A digest signature published or stored out of the key holder's reach must
+        still be in the chain: each digest carries its predecessor's signature, so the
+        anchored digest pins down every digest before it."""
+        res = FileResult(f"anchor {signature[:16]}...", "anchor", 0)
+        found = next((g for g in self.good if g.signature_b64 == signature.strip()), None)
+        if found is None:
+            res.add(CHAIN_BROKEN, "no valid digest has this signature: the digests were "
+                    "re-signed (or the anchor belongs to another store)")
+        else:
+            res.notes.append(f"is {found.where}, dated {found.time}")
+        return res
 
     # -- a running collector ---------------------------------------------------------------
     def check_live(self, report: Report, now_us: int | None) -> None:

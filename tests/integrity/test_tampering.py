@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -317,9 +318,10 @@ def test_a_key_ring_swapped_in_the_data_directory_is_caught_by_an_exported_key(
     assert "not a trusted key" in result.stdout
 
 
-def resign_all(store: Path, key: SigningKey) -> None:
+def resign_all(store: Path, key: SigningKey, **first_digest: Any) -> None:
     """Every digest re-signed by ``key``, in number order, each carrying the new
-    signature of the one before: a forged digest chain that is consistent in itself."""
+    signature of the one before: a forged digest chain that is consistent in itself.
+    ``first_digest``: fields changed in digest #1 (what the forger rewrote)."""
     entries = []
     for path in digest_paths(store):
         for line in lines_of(path):
@@ -328,7 +330,8 @@ def resign_all(store: Path, key: SigningKey) -> None:
     previous = ""
     out: dict[Path, list[bytes]] = {}
     for g, path in entries:
-        line = digests.sign(dict(g.body, key=key.id, previous=previous), key)
+        changes = first_digest if g.n == 1 else {}
+        line = digests.sign(dict(g.body, key=key.id, previous=previous, **changes), key)
         previous = digests.parse(line).signature_b64
         out.setdefault(path, []).append(line)
     for path, lines in out.items():
@@ -341,3 +344,17 @@ def test_verify_without_usable_keys_is_an_error_not_a_verdict(store: Path) -> No
     result = run_verify(str(store))
     assert result.returncode == 2
     assert "--public-key" in result.stderr
+
+
+def test_a_chain_re_signed_by_the_key_holder_misses_an_anchored_signature(store: Path) -> None:
+    """Only an anchor kept out of reach catches someone who holds the signing key."""
+    anchor = digests.parse(lines_of(digest_paths(store)[2])[-1]).signature_b64
+    assert run_verify(str(store), "--anchor", anchor).returncode == 0
+    # A key holder rewrites history from the first digest on (here only its time, which
+    # changes every signature after it as surely as rewriting records would).
+    resign_all(store, load_signing_key(store / "keys" / "signing-key.pem"),
+               time="2026-11-26T00:00:00.000000Z")
+    assert check(store).valid  # consistent, and signed with the real key...
+    result = run_verify(str(store), "--anchor", anchor)
+    assert result.returncode == 1  # ...but the anchored digest is gone
+    assert f"INVALID  anchor {anchor[:16]}...  chain broken" in result.stdout
