@@ -5,7 +5,8 @@
 - ``digests``: the signed digest lines and the files that hold them.
 - ``ledger``: the store's side: it follows the active segment and writes the digests
   (at start, every ``digest_interval``, at each seal, before retention, at stop).
-- ``scan`` and ``verify``: ``audit-collector verify``, offline, on any copy.
+- ``verify``: ``audit-collector verify``, offline, on any copy: ``digest_chain`` checks
+  the digests, ``scan`` re-hashes one segment, ``findings`` holds what they report.
 - ``commands``: the ``verify`` and ``keys`` subcommands.
 
 This package's ``__init__`` imports nothing: ``collector.storage.records`` uses

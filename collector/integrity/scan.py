@@ -25,33 +25,16 @@ from collector.storage.errors import CorruptSegmentError
 from collector.storage.segments import SegmentFile, SegmentHeader
 
 from . import chain as chains
+from .findings import (
+    RECORD_DUPLICATED,
+    RECORD_MISSING,
+    RECORD_MODIFIED,
+    RECORDS_REORDERED,
+    Finding,
+)
 
 CHUNK: Final = 4 << 20
 _IN_FLIGHT: Final = 3  # chunks queued for the hashing thread (bounds memory)
-
-# The reasons ``verify`` reports, most specific first.
-HASH_MISMATCH: Final = "hash mismatch"
-RECORD_MODIFIED: Final = "record modified"
-RECORD_MISSING: Final = "record missing"
-RECORD_DUPLICATED: Final = "record duplicated"
-RECORDS_REORDERED: Final = "records reordered"
-SEGMENT_MISSING: Final = "segment missing"
-SEGMENT_MOVED: Final = "segment moved or renamed"
-DIGEST_MISSING: Final = "digest missing"
-DIGEST_MOVED: Final = "digest moved or renamed"
-SIGNATURE_INVALID: Final = "signature invalid"
-CHAIN_BROKEN: Final = "chain broken"
-GAP_IN_TIME: Final = "gap in time"
-
-
-@dataclass(frozen=True)
-class Finding:
-    reason: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
-
 
 @dataclass
 class Scan:
@@ -262,7 +245,7 @@ def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
     missing = [s for s in range(first, last + 1) if s not in by_seq]
     if missing:
         findings.append(Finding(RECORD_MISSING, f"{len(missing)} record(s) missing: seq "
-                                f"{_ranges(missing)}"))
+                                f"{ranges(missing)}"))
     for seq, copies in by_seq.items():
         if len(copies) > 1:
             lines = ", ".join(str(c.line) for c in copies)
@@ -321,7 +304,7 @@ def _seq(line: bytes) -> int | None:
     return seq if type(seq) is int else None
 
 
-def _ranges(numbers: list[int]) -> str:
+def ranges(numbers: list[int]) -> str:
     """``3, 7-9`` (at most 5 runs shown)."""
     runs: list[list[int]] = []
     for n in numbers:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+import orjson
 
 from collector.storage.errors import CorruptSegmentError, StorageError
 from collector.storage.records import created_micros
@@ -30,12 +33,11 @@ from collector.storage.segments import (
 )
 
 from . import digests as d
+from .digest_chain import DigestChain, micros
 from .errors import IntegrityError, KeyFileError
-from .keys import KeyRing, PublicKey
-from .scan import (
+from .findings import (
     CHAIN_BROKEN,
     DIGEST_MISSING,
-    DIGEST_MOVED,
     GAP_IN_TIME,
     HASH_MISMATCH,
     RECORD_MISSING,
@@ -43,64 +45,24 @@ from .scan import (
     SEGMENT_MISSING,
     SEGMENT_MOVED,
     SIGNATURE_INVALID,
+    FileResult,
     Finding,
-    Scan,
-    _ranges,
-    classify,
-    scan,
+    Report,
+    Results,
 )
+from .keys import KeyRing, PublicKey
+from .scan import Scan, classify, scan
 
-#: A digest may be dated this much before the one it follows (clock adjustments).
-CLOCK_SLACK_US: Final = 300 * 1_000_000
-#: A running collector's newest digest may be this much older than its interval.
+#: A running collector's newest digest may be this much older than twice its interval.
 LIVE_SLACK_US: Final = 60 * 1_000_000
 
 Progress = Callable[[int, int], None]
 
+__all__ = ["FileResult", "Report", "VerifyError", "verify"]
+
 
 class VerifyError(IntegrityError):
     """Verification cannot start (no data directory, no keys): exit code 2."""
-
-
-@dataclass
-class FileResult:
-    path: str  # relative to the data directory
-    kind: str  # "segment" or "digests"
-    seq: int
-    findings: list[Finding] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    records: int = 0
-    size: int = 0  # uncompressed bytes (segments)
-
-    @property
-    def valid(self) -> bool:
-        return not self.findings
-
-    def add(self, reason: str, detail: str) -> None:
-        self.findings.append(Finding(reason, detail))
-
-    @property
-    def reasons(self) -> list[str]:
-        return list(dict.fromkeys(f.reason for f in self.findings))
-
-
-@dataclass
-class Report:
-    data_dir: Path
-    files: list[FileResult]
-    notes: list[str]
-    keys: str  # where the trusted keys came from
-    digests: int = 0
-    first_digest: d.Digest | None = None
-    newest_digest: d.Digest | None = None
-
-    @property
-    def valid(self) -> bool:
-        return all(f.valid for f in self.files)
-
-    @property
-    def invalid(self) -> list[FileResult]:
-        return [f for f in self.files if not f.valid]
 
 
 def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
@@ -126,163 +88,50 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
                               f"keys with --public-key FILE")
         public_keys = list(ring.values())
         keys_from = keys_from or "the data directory's key ring"
-    checker = _Verifier(data_dir, public_keys, since_us, until_us, progress)
-    report = checker.run()
-    report.keys = keys_from or f"{len(public_keys)} trusted key(s)"
+    results = Results()
+    chain = DigestChain(data_dir / d.DIGESTS_DIR, public_keys, results)
+    if not chain.digests_dir.is_dir():
+        results.notes.append("there is no digests/ directory: nothing here was ever signed")
+    chain.check()
+    segments = _Segments(data_dir / "segments", chain, results, since_us, until_us, progress)
+    selected = segments.check()
+    files = results.ordered()
+    if selected is not None:
+        files = [r for r in files if r.seq in selected or not r.valid]
+    good = chain.good
+    report = Report(data_dir, files, results.notes,
+                    keys_from or f"{len(public_keys)} trusted key(s)", len(good),
+                    good[0] if good else None, good[-1] if good else None)
     if live:
-        checker.check_live(report, now_us)
-    for anchor in anchors or []:
-        report.files.append(checker.check_anchor(anchor))
+        _check_live(report, chain, now_us)
+    report.files += [chain.check_anchor(anchor) for anchor in anchors or []]
     return report
 
 
-class _Verifier:
-    def __init__(self, data_dir: Path, keys: list[PublicKey], since_us: int | None,
-                 until_us: int | None, progress: Progress | None) -> None:
-        self.data_dir = data_dir
-        self.segments_dir = data_dir / "segments"
-        self.digests_dir = data_dir / d.DIGESTS_DIR
-        self.trusted = {k.id: k for k in keys}
+class _Segments:
+    """Every segment file against the (signature-valid) digests."""
+
+    def __init__(self, segments_dir: Path, chain: DigestChain, results: Results,
+                 since_us: int | None, until_us: int | None,
+                 progress: Progress | None) -> None:
+        self.segments_dir = segments_dir
+        self.chain = chain
+        self.results = results
         self.since = since_us
         self.until = until_us
         self.progress = progress
-        self.results: dict[tuple[int, str], FileResult] = {}
-        self.notes: list[str] = []
-        self.good: list[d.Digest] = []  # signature-valid digests, by n
-        self.deleted_below = 0  # segments below this seq were deleted by retention
         self.found: set[str] = set()  # segment names present (renamed ones by origin)
-        self.unverified: set[str] = set()  # segments with a digest whose signature fails
-        self.invalid_numbers: set[int] = set()  # numbers of those digests
-        self.by_digest: dict[int, FileResult] = {}  # id(digest) -> its file's result
 
-    def result(self, path: str, kind: str, seq: int) -> FileResult:
-        key = (seq, path)
-        if key not in self.results:
-            self.results[key] = FileResult(path, kind, seq)
-        return self.results[key]
-
-    def run(self) -> Report:
-        files = self._read_digest_files()
-        self._check_signatures(files)
-        self._check_digest_chain()
-        selected = self._check_segments()
-        self._check_missing_segments()
-        ordered = sorted(self.results.values(), key=lambda r: (r.seq, r.kind != "segment",
-                                                               r.path))
-        if selected is not None:
-            ordered = [r for r in ordered if r.seq in selected or not r.valid]
-        good = self.good
-        return Report(self.data_dir, ordered, self.notes, "", len(good),
-                      good[0] if good else None, good[-1] if good else None)
-
-    # -- digests --------------------------------------------------------------------------
-    def _read_digest_files(self) -> list[tuple[FileResult, d.DigestFile]]:
-        out: list[tuple[FileResult, d.DigestFile]] = []
-        if not self.digests_dir.is_dir():
-            self.notes.append("there is no digests/ directory: nothing here was ever signed")
-            return out
-        for path in sorted(self.digests_dir.iterdir()):
-            named = d.segment_of_file(path.name)
-            if named is None:
-                res = self.result(f"{d.DIGESTS_DIR}/{path.name}", "digests", 0)
-                res.add(DIGEST_MOVED, "not named like a digest file "
-                        "(segment-<seq>-<time>.digests.jsonl): renamed or put here")
-                continue
-            segment, seq = named
-            res = self.result(f"{d.DIGESTS_DIR}/{path.name}", "digests", seq)
-            try:
-                found = d.read_file(path)
-            except OSError as exc:
-                res.add(DIGEST_MISSING, f"cannot be read: {exc}")
-                continue
-            for problem in found.problems:
-                if found.torn and problem.endswith("(no newline)"):
-                    res.notes.append(f"{problem}: a digest being written when the collector "
-                                     f"stopped (its next start moves it to quarantine/)")
-                else:
-                    res.add(SIGNATURE_INVALID, problem)
-            for g in found.digests:
-                if g.segment != segment:
-                    res.add(DIGEST_MOVED, f"{g.where} describes {g.segment}, not {segment}: "
-                            f"the digest file was renamed or its lines moved")
-            res.records = len(found.digests)
-            out.append((res, found))
-        return out
-
-    def _check_signatures(self, files: list[tuple[FileResult, d.DigestFile]]) -> None:
-        """Each digest against the trusted keys; a valid key rotation trusts its new key
-        from then on (so an export taken before a rotation still verifies after it)."""
-        entries = sorted(((g, res) for res, f in files for g in f.digests),
-                         key=lambda e: e[0].n)
-        for g, res in entries:
-            self.by_digest[id(g)] = res
-            key = self.trusted.get(g.key)
-            if key is None or not key.verifies(g.signature, g.message):
-                res.add(SIGNATURE_INVALID, f"{g.where} is signed by key {g.key}, which is not "
-                        f"a trusted key (another key signed it)" if key is None else
-                        f"{g.where}: the signature does not match the digest's bytes (edited "
-                        f"after signing, or signed by another key)")
-                self.unverified.add(g.segment)
-                self.invalid_numbers.add(g.n)
-                continue
-            self.good.append(g)
-            if g.kind == "key_rotation":
-                try:
-                    new = PublicKey.from_b64(g.body.get("new_key"))
-                except KeyFileError as exc:
-                    res.add(SIGNATURE_INVALID, f"{g.where}: {exc}")
-                    continue
-                self.trusted.setdefault(new.id, new)
-            if g.kind == "retention":
-                below = g.body.get("deleted_below")
-                if type(below) is int:
-                    self.deleted_below = max(self.deleted_below, below)
-
-    def _check_digest_chain(self) -> None:
-        previous: d.Digest | None = None
-        for number, group in itertools.groupby(self.good, key=lambda g: g.n):
-            copies = list(group)
-            g = copies[0]
-            res = self.by_digest[id(g)]
-            for extra in copies[1:]:
-                self.by_digest[id(extra)].add(
-                    CHAIN_BROKEN, f"{extra.where} has the same number as {g.where}")
-            if previous is None:
-                self._check_chain_start(g, res)
-            elif previous.n != number - 1:
-                gone = [n for n in range(previous.n + 1, number)
-                        if n not in self.invalid_numbers]  # those are reported already
-                if gone:
-                    res.add(DIGEST_MISSING, f"digest(s) #{_ranges(gone)} missing (between "
-                            f"{previous.where} and {g.where})")
-            elif g.previous != previous.signature_b64:
-                res.add(CHAIN_BROKEN, f"{g.where} does not carry the signature of digest "
-                        f"#{previous.n}: it belongs to another chain")
-            if previous is not None:
-                earlier = _micros(previous.time) - _micros(g.time)
-                if earlier > CLOCK_SLACK_US:
-                    res.add(GAP_IN_TIME, f"{g.where} is dated {g.time}, "
-                            f"{earlier / 1e6:.0f} s before digest #{previous.n} "
-                            f"({previous.time})")
-            previous = g
-
-    def _check_chain_start(self, g: d.Digest, res: FileResult) -> None:
-        if g.n == 1:
-            if g.previous:
-                res.add(CHAIN_BROKEN, f"{g.where} is the first digest but names a previous one")
-            return
-        if self.deleted_below and g.segment_seq >= self.deleted_below - 1:
-            self.notes.append(f"the digest chain starts at #{g.n}: the digests before it "
-                              f"were deleted with their segments by retention (segments "
-                              f"below {self.deleted_below})")
-            return
-        res.add(DIGEST_MISSING, f"the digest chain starts at #{g.n}: digests #1-#{g.n - 1} "
-                f"are not there, and no retention digest says their segments were deleted")
+    def check(self) -> set[int] | None:
+        """Check them all; the seqs of those in the time window (None: no window)."""
+        selected = self._check_files()
+        self._check_missing()
+        return selected
 
     # -- segments --------------------------------------------------------------------------
-    def _check_segments(self) -> set[int] | None:
+    def _check_files(self) -> set[int] | None:
         by_segment: dict[str, list[d.Digest]] = {}
-        for g in self.good:
+        for g in self.chain.good:
             by_segment.setdefault(g.segment, []).append(g)
         files = self._segment_files()
         selected = self._select(files)
@@ -293,7 +142,7 @@ class _Verifier:
         prev = _Previous()
         with ThreadPoolExecutor(1, thread_name_prefix="verify-hash") as pool:
             for f, header in files:
-                res = self.result(f"segments/{f.path.name}", "segment", f.seq)
+                res = self.results.of(f"segments/{f.path.name}", "segment", f.seq)
                 if header is None:
                     res.add(SEGMENT_MOVED, "no segment header: not a segment this collector "
                             "wrote (replaced, or moved here)")
@@ -305,7 +154,7 @@ class _Verifier:
                 seal = next((g for g in reversed(ds) if g.kind == "seal"), None)
                 self._check_links(f, header, ds, prev, res)
                 if seal is None and f.seq != newest:
-                    if name in self.unverified:
+                    if name in self.chain.unverified:
                         res.add(SIGNATURE_INVALID, "its seal digest does not verify (see its "
                                 "digest file)")
                     else:
@@ -387,7 +236,7 @@ class _Verifier:
     def _check_name(self, f: SegmentFile, header: SegmentHeader, res: FileResult) -> str:
         """The name the segment was written under (its digests use it)."""
         try:
-            original = segment_name(header.seq, _micros(header.created) * 1000)
+            original = segment_name(header.seq, created_micros(header.created) * 1000)
         except StorageError:
             original = f.name
         if original != f.name:
@@ -402,7 +251,7 @@ class _Verifier:
             return None
         since = self.since if self.since is not None else -(2**62)
         until = self.until if self.until is not None else 2**62
-        starts = [_micros(h.created) if h else None for _, h in files]
+        starts = [micros(h.created) if h else None for _, h in files]
         selected = set()
         for i, (f, _) in enumerate(files):
             known = starts[i]
@@ -423,30 +272,13 @@ class _Verifier:
             if not f.compressed and packed.exists():
                 res.notes.append(f"compressed while verify ran: checked {packed.name}")
                 return self._scan(SegmentFile(f.seq, packed, True), ds, res, pool, progress)
-            if self._retention_since(f.seq):
+            if self.chain.retention_since(f.seq):
                 res.notes.append("deleted by retention while verify ran")
             else:
                 res.add(SEGMENT_MISSING, "removed while verify was reading it")
         except (CorruptSegmentError, OSError) as exc:
             res.add(HASH_MISMATCH, f"cannot be read to the end: {exc}")
         return None
-
-    def _retention_since(self, seq: int) -> bool:
-        """Whether a signed retention digest written after verify started deletes
-        segment ``seq``."""
-        for _, path in d.list_digest_files(self.digests_dir):
-            try:
-                found = d.read_file(path)
-            except OSError:
-                continue
-            for g in found.digests:
-                key = self.trusted.get(g.key)
-                if (g.kind == "retention" and key is not None
-                        and key.verifies(g.signature, g.message)
-                        and isinstance(g.body.get("deleted_below"), int)
-                        and g.body["deleted_below"] > seq):
-                    return True
-        return False
 
     def _compare(self, f: SegmentFile, header: SegmentHeader, ds: list[d.Digest],
                  seal: d.Digest | None, found: Scan, res: FileResult,
@@ -503,60 +335,44 @@ class _Verifier:
                                     f"signed (records re-chained)"))
         return None
 
-    def _check_missing_segments(self) -> None:
+    def _check_missing(self) -> None:
         named: dict[str, d.Digest] = {}
-        for g in self.good:
+        for g in self.chain.good:
             named.setdefault(g.segment, g)
             named.setdefault(g.head, g)
         for name, g in sorted(named.items()):
             seq = _seq_of(name)
-            if name in self.found or seq is None or seq < self.deleted_below:
+            if name in self.found or seq is None or seq < self.chain.deleted_below:
                 continue
-            res = self.result(f"segments/{name}", "segment", seq)
+            res = self.results.of(f"segments/{name}", "segment", seq)
             role = " as the new active segment" if g.segment != name else ""
             res.add(SEGMENT_MISSING, f"{g.where} names it{role}, but it is not in segments/ "
                     f"(deleted, or moved away)")
-        seqs = sorted({r.seq for r in self.results.values() if r.kind == "segment"})
+        seqs = sorted({r.seq for r in self.results.by_path.values() if r.kind == "segment"})
         for a, b in itertools.pairwise(seqs):
             for seq in range(a + 1, b):
-                if seq >= self.deleted_below:
-                    res = self.result(f"segments/segment-{seq:08d}-*.jsonl", "segment", seq)
+                if seq >= self.chain.deleted_below:
+                    res = self.results.of(f"segments/segment-{seq:08d}-*.jsonl", "segment", seq)
                     res.add(SEGMENT_MISSING, f"segment {seq} is missing between segments "
                             f"{a} and {b}")
 
     # -- anchors -----------------------------------------------------------------------------
-    def check_anchor(self, signature: str) -> FileResult:
-        """A digest signature published or stored out of the key holder's reach must
-        still be in the chain: each digest carries its predecessor's signature, so the
-        anchored digest pins down every digest before it."""
-        res = FileResult(f"anchor {signature[:16]}...", "anchor", 0)
-        found = next((g for g in self.good if g.signature_b64 == signature.strip()), None)
-        if found is None:
-            res.add(CHAIN_BROKEN, "no valid digest has this signature: the digests were "
-                    "re-signed (or the anchor belongs to another store)")
-        else:
-            res.notes.append(f"is {found.where}, dated {found.time}")
-        return res
-
-    # -- a running collector ---------------------------------------------------------------
-    def check_live(self, report: Report, now_us: int | None) -> None:
-        """A running collector signs new records within its digest interval: an
-        unsigned tail older than that means its newest digests were removed."""
-        newest = report.newest_digest
-        if newest is None:
-            return
-        import time
-
-        now = now_us if now_us is not None else time.time_ns() // 1000
-        age = now - _micros(newest.time)
-        allowed = 2 * newest.interval_ms * 1000 + LIVE_SLACK_US
-        tail = [r for r in report.files if r.kind == "segment"
-                and any("not signed yet" in n for n in r.notes)]
-        if tail and age > allowed:
-            res = self.by_digest[id(newest)]
-            res.add(GAP_IN_TIME, f"a collector is running on this directory, yet its newest "
-                    f"digest ({newest.where}, {newest.time}) is {age / 1e6:.0f} s old while "
-                    f"records wait unsigned: the digests written since were removed")
+def _check_live(report: Report, chain: DigestChain, now_us: int | None) -> None:
+    """A running collector signs new records within its digest interval: an unsigned
+    tail older than that means its newest digests were removed."""
+    newest = report.newest_digest
+    if newest is None:
+        return
+    now = now_us if now_us is not None else time.time_ns() // 1000
+    age = now - micros(newest.time)
+    allowed = 2 * newest.interval_ms * 1000 + LIVE_SLACK_US
+    unsigned = any("not signed yet" in note for r in report.files if r.kind == "segment"
+                   for note in r.notes)
+    if unsigned and age > allowed:
+        chain.result_of(newest).add(
+            GAP_IN_TIME, f"a collector is running on this directory, yet its newest digest "
+            f"({newest.where}, {newest.time}) is {age / 1e6:.0f} s old while records wait "
+            f"unsigned: the digests written since were removed")
 
 
 @dataclass(frozen=True)
@@ -569,13 +385,6 @@ class _Previous:
     last_seq: int | None = None
 
 
-def _micros(text: str) -> int:
-    try:
-        return created_micros(text)
-    except StorageError:
-        return 0
-
-
 def _seq_of(name: str) -> int | None:
     parts = name.split("-")
     return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
@@ -585,8 +394,6 @@ def _last_seq(found: Scan) -> int | None:
     line = found.line_at.get(found.records)
     if not line:
         return None
-    import orjson
-
     try:
         seq = orjson.loads(line).get("seq")
     except (orjson.JSONDecodeError, AttributeError):

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector.integrity import chain, digests
 from collector.integrity.keys import KeyRing, SigningKey, load_signing_key
-from collector.integrity.scan import (
+from collector.integrity.findings import (
     CHAIN_BROKEN,
     DIGEST_MISSING,
     GAP_IN_TIME,

@@ -1,0 +1,189 @@
+"""The digests of a data directory as ``verify`` checks them: each file read, each
+digest's signature against the trusted keys (following key rotations), the chain of
+digests (numbers without gaps, each carrying its predecessor's signature, times that do
+not run backwards), and anchors kept elsewhere."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Final
+
+from collector.storage.errors import StorageError
+from collector.storage.records import created_micros
+
+from . import digests as d
+from .errors import KeyFileError
+from .findings import (
+    CHAIN_BROKEN,
+    DIGEST_MISSING,
+    DIGEST_MOVED,
+    GAP_IN_TIME,
+    SIGNATURE_INVALID,
+    FileResult,
+    Results,
+)
+from .keys import PublicKey
+from .scan import ranges
+
+#: A digest may be dated this much before the one it follows (clock adjustments).
+CLOCK_SLACK_US: Final = 300 * 1_000_000
+
+
+class DigestChain:
+    def __init__(self, digests_dir: Path, keys: list[PublicKey], results: Results) -> None:
+        self.digests_dir = digests_dir
+        self.trusted = {k.id: k for k in keys}
+        self.results = results
+        self.good: list[d.Digest] = []  # signature-valid digests, by number
+        self.deleted_below = 0  # segments below this seq were deleted by retention
+        self.unverified: set[str] = set()  # segments with a digest whose signature fails
+        self.invalid_numbers: set[int] = set()  # numbers of those digests
+        self.by_digest: dict[int, FileResult] = {}  # id(digest) -> its file's result
+
+    def check(self) -> None:
+        self._check_signatures(self._read_files())
+        self._check_chain()
+
+    def result_of(self, digest: d.Digest) -> FileResult:
+        return self.by_digest[id(digest)]
+
+    def retention_since(self, seq: int) -> bool:
+        """Whether a signed retention digest written since ``check`` (next to a running
+        collector) deletes segment ``seq``."""
+        for _, path in d.list_digest_files(self.digests_dir):
+            try:
+                found = d.read_file(path)
+            except OSError:
+                continue
+            for g in found.digests:
+                key = self.trusted.get(g.key)
+                below = g.body.get("deleted_below")
+                if (g.kind == "retention" and key is not None and isinstance(below, int)
+                        and below > seq and key.verifies(g.signature, g.message)):
+                    return True
+        return False
+
+    def _read_files(self) -> list[tuple[FileResult, d.DigestFile]]:
+        out: list[tuple[FileResult, d.DigestFile]] = []
+        if not self.digests_dir.is_dir():
+            self.results.notes.append("there is no digests/ directory: nothing here was ever signed")
+            return out
+        for path in sorted(self.digests_dir.iterdir()):
+            named = d.segment_of_file(path.name)
+            if named is None:
+                res = self.results.of(f"{d.DIGESTS_DIR}/{path.name}", "digests", 0)
+                res.add(DIGEST_MOVED, "not named like a digest file "
+                        "(segment-<seq>-<time>.digests.jsonl): renamed or put here")
+                continue
+            segment, seq = named
+            res = self.results.of(f"{d.DIGESTS_DIR}/{path.name}", "digests", seq)
+            try:
+                found = d.read_file(path)
+            except OSError as exc:
+                res.add(DIGEST_MISSING, f"cannot be read: {exc}")
+                continue
+            for problem in found.problems:
+                if found.torn and problem.endswith("(no newline)"):
+                    res.notes.append(f"{problem}: a digest being written when the collector "
+                                     f"stopped (its next start moves it to quarantine/)")
+                else:
+                    res.add(SIGNATURE_INVALID, problem)
+            for g in found.digests:
+                if g.segment != segment:
+                    res.add(DIGEST_MOVED, f"{g.where} describes {g.segment}, not {segment}: "
+                            f"the digest file was renamed or its lines moved")
+            res.records = len(found.digests)
+            out.append((res, found))
+        return out
+
+    def _check_signatures(self, files: list[tuple[FileResult, d.DigestFile]]) -> None:
+        """Each digest against the trusted keys; a valid key rotation trusts its new key
+        from then on (so an export taken before a rotation still verifies after it)."""
+        entries = sorted(((g, res) for res, f in files for g in f.digests),
+                         key=lambda e: e[0].n)
+        for g, res in entries:
+            self.by_digest[id(g)] = res
+            key = self.trusted.get(g.key)
+            if key is None or not key.verifies(g.signature, g.message):
+                res.add(SIGNATURE_INVALID, f"{g.where} is signed by key {g.key}, which is not "
+                        f"a trusted key (another key signed it)" if key is None else
+                        f"{g.where}: the signature does not match the digest's bytes (edited "
+                        f"after signing, or signed by another key)")
+                self.unverified.add(g.segment)
+                self.invalid_numbers.add(g.n)
+                continue
+            self.good.append(g)
+            if g.kind == "key_rotation":
+                try:
+                    new = PublicKey.from_b64(g.body.get("new_key"))
+                except KeyFileError as exc:
+                    res.add(SIGNATURE_INVALID, f"{g.where}: {exc}")
+                    continue
+                self.trusted.setdefault(new.id, new)
+            if g.kind == "retention":
+                below = g.body.get("deleted_below")
+                if type(below) is int:
+                    self.deleted_below = max(self.deleted_below, below)
+
+    def _check_chain(self) -> None:
+        previous: d.Digest | None = None
+        for number, group in itertools.groupby(self.good, key=lambda g: g.n):
+            copies = list(group)
+            g = copies[0]
+            res = self.by_digest[id(g)]
+            for extra in copies[1:]:
+                self.by_digest[id(extra)].add(
+                    CHAIN_BROKEN, f"{extra.where} has the same number as {g.where}")
+            if previous is None:
+                self._check_chain_start(g, res)
+            elif previous.n != number - 1:
+                gone = [n for n in range(previous.n + 1, number)
+                        if n not in self.invalid_numbers]  # those are reported already
+                if gone:
+                    res.add(DIGEST_MISSING, f"digest(s) #{ranges(gone)} missing (between "
+                            f"{previous.where} and {g.where})")
+            elif g.previous != previous.signature_b64:
+                res.add(CHAIN_BROKEN, f"{g.where} does not carry the signature of digest "
+                        f"#{previous.n}: it belongs to another chain")
+            if previous is not None:
+                earlier = micros(previous.time) - micros(g.time)
+                if earlier > CLOCK_SLACK_US:
+                    res.add(GAP_IN_TIME, f"{g.where} is dated {g.time}, "
+                            f"{earlier / 1e6:.0f} s before digest #{previous.n} "
+                            f"({previous.time})")
+            previous = g
+
+    def _check_chain_start(self, g: d.Digest, res: FileResult) -> None:
+        if g.n == 1:
+            if g.previous:
+                res.add(CHAIN_BROKEN, f"{g.where} is the first digest but names a previous one")
+            return
+        if self.deleted_below and g.segment_seq >= self.deleted_below - 1:
+            self.results.notes.append(f"the digest chain starts at #{g.n}: the digests before it "
+                              f"were deleted with their segments by retention (segments "
+                              f"below {self.deleted_below})")
+            return
+        res.add(DIGEST_MISSING, f"the digest chain starts at #{g.n}: digests #1-#{g.n - 1} "
+                f"are not there, and no retention digest says their segments were deleted")
+
+    def check_anchor(self, signature: str) -> FileResult:
+        """A digest signature published or stored out of the key holder's reach must
+        still be in the chain: each digest carries its predecessor's signature, so the
+        anchored digest pins down every digest before it."""
+        res = FileResult(f"anchor {signature[:16]}...", "anchor", 0)
+        found = next((g for g in self.good if g.signature_b64 == signature.strip()), None)
+        if found is None:
+            res.add(CHAIN_BROKEN, "no valid digest has this signature: the digests were "
+                    "re-signed (or the anchor belongs to another store)")
+        else:
+            res.notes.append(f"is {found.where}, dated {found.time}")
+        return res
+
+
+
+def micros(text: str) -> int:
+    try:
+        return created_micros(text)
+    except StorageError:
+        return 0
