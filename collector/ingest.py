@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from audit_middleware.wire import (
     DEFAULT_MAX_FRAME,
     HEADER_SIZE,
+    MAX_BATCH_EVENTS,
     MAX_CONTROL_FRAME,
     ErrorCode,
     ErrorReply,
@@ -319,6 +320,10 @@ class IngestServer:
         """Validate a batch and hand its good events to the Store now (so they join the
         next group commit); the returned future gives the reply once they are stored."""
         batch = decode_batch(payload)
+        if len(batch.lines) > MAX_BATCH_EVENTS:
+            raise WireError(ErrorCode.BAD_BATCH, f"{len(batch.lines)} events in one batch, "
+                            f"over the limit of {MAX_BATCH_EVENTS}: send smaller batches",
+                            batch=batch.batch_id)
         seqs = batch.seqs
         good: list[dict[str, Any]] = []
         good_seqs: list[int] = []

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from ..wire import ErrorCode, Rejection, Result, WireError, encode_batch_body
+from ..wire import MAX_BATCH_EVENTS, ErrorCode, Rejection, Result, WireError, encode_batch_body
 from .connection import Connection
 from .receipts import Receipt
 
@@ -125,7 +125,7 @@ class Pipeline:
                 self._on_result(chunk.slice(i, i + 1),
                                 Result(0, rejected=[Rejection(0, chunk.seqs[i], None, reason)]))
                 start, size = i + 1, 0
-            elif size + cost > budget:
+            elif size + cost > budget or i - start >= MAX_BATCH_EVENTS:
                 parts.append(chunk.slice(start, i))
                 start, size = i, cost
             else:

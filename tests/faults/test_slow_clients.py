@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from audit_middleware.wire import BATCH_ID, HEADER, FrameType, Hello
+from audit_middleware.wire import BATCH_ID, HEADER, MAX_BATCH_EVENTS, FrameType, Hello
 from tests.faults.fleet import App, Collector, Stored, report, scaled, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -79,6 +79,121 @@ def test_unauthenticated_tcp_clients_cannot_lock_out_the_apps(tmp: Path) -> None
            lost=result["emitted"] - result["acknowledged"], honest_delivery_s=round(took, 1))
     assert result["delivered"] and result["acknowledged"] == 200
     assert took < 15, "the honest app waited for the attack to end (handshake timeout 30s)"
+
+
+def test_trickling_and_never_reading_clients_hold_bounded_memory(tmp: Path) -> None:
+    """Clients that trickle a frame a byte at a time, and clients that send batches
+    without ever reading a reply: the read deadline closes the first, the reply queue
+    (4 batches a connection) stops reading from the second; memory stays bounded and an
+    honest app keeps delivering meanwhile."""
+    collector = Collector(tmp / "data", "--max-frame", "128KiB", "--read-timeout", "1s",
+                          "--max-connections", str(ATTACKERS * 2 + 16)).start()
+    before = collector.memory()
+    tricklers, pushers = [], []
+    for _ in range(ATTACKERS):
+        sock = unix(collector)
+        sock.sendall(Hello("trickle:1:ab").encode() + HEADER.pack(128 * 1024, FrameType.BATCH))
+        tricklers.append(sock)
+    # Pushers: valid framing, events the validator rejects (nothing reaches the disk),
+    # so each reply lists a reason per event and is large.
+    bad = b"{}\n" * 8_000
+    body = orjson.dumps({"source": "push:1:ab", "seqs": list(range(1, 8_001))}) + b"\n" + bad
+    frame = HEADER.pack(BATCH_ID.size + len(body), FrameType.BATCH) + BATCH_ID.pack(1) + body
+    assert len(frame) < 128 * 1024
+    stop = threading.Event()
+    sent = [0]
+
+    def push(sock: socket.socket) -> None:
+        sock.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                sock.sendall(frame)
+                sent[0] += 1
+            except TimeoutError:
+                continue  # the collector stopped reading us: that is the point
+            except OSError:
+                return
+
+    threads = []
+    for _ in range(ATTACKERS // 4):
+        sock = unix(collector)
+        sock.sendall(Hello("push:1:ab").encode())
+        pushers.append(sock)
+        threads.append(threading.Thread(target=push, args=(sock,), daemon=True))
+    peak = before.rss_kib
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(20):  # a trickle: one byte each, well under the read deadline
+            for sock in tricklers:
+                try:
+                    sock.send(b"\0")
+                except OSError:
+                    pass
+            time.sleep(0.1)
+            peak = max(peak, collector.memory().rss_kib)
+        result = honest_delivery(collector, tmp, "honest")
+        time.sleep(1.0)  # the pushers keep trying
+        peak = max(peak, collector.memory().rss_kib)
+        closed = sum(1 for s in tricklers if _closed_by_peer(s))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        for sock in tricklers + pushers:
+            sock.close()
+    assert collector.stop() == 0
+    report("trickling and never-reading clients", tricklers=len(tricklers),
+           pushers=len(pushers), frames_pushed=sent[0], tricklers_closed=closed,
+           collector_rss_mib=f"{before.rss_kib // 1024}->{peak // 1024} (peak)",
+           acknowledged=result["acknowledged"], lost=result["emitted"] - result["acknowledged"])
+    assert result["delivered"] and result["acknowledged"] == 200
+    assert closed == len(tricklers), "a trickling client outlived the read deadline"
+    # The collector stops reading a client with 4 batches unanswered (plus one read
+    # ahead, and what the socket buffers hold): pushing for seconds gets nowhere.
+    assert sent[0] <= 16 * len(pushers), "the collector kept reading from clients that " \
+        "never read a reply"
+    # A pusher holds those batches with their replies (a reason per rejected event);
+    # a trickler one partial frame.
+    assert peak - before.rss_kib < 64 * 1024 + len(pushers) * 16 * 1024 + len(tricklers) * 256
+
+
+def test_a_frame_of_tiny_lines_is_refused_before_it_costs_memory(tmp: Path) -> None:
+    """Four MiB of three-byte lines: each would be parsed and rejected with a reason,
+    costing the collector about a hundred times the frame. Refused as a whole
+    (bad_batch: more than MAX_BATCH_EVENTS events) before any line is looked at."""
+    collector = Collector(tmp / "data").start()  # default max_frame: 4 MiB
+    before = collector.memory()
+    n = 370_000
+    body = orjson.dumps({"source": "tiny:1:ab", "seqs": list(range(1, n + 1))}) + b"\n" \
+        + b"{}\n" * n
+    sock = unix(collector)
+    sock.sendall(Hello("tiny:1:ab").encode()
+                 + HEADER.pack(BATCH_ID.size + len(body), FrameType.BATCH)
+                 + BATCH_ID.pack(1) + body)
+    sock.settimeout(30)
+    replies = b""
+    while chunk := sock.recv(65536):
+        replies += chunk
+    sock.close()
+    growth = collector.memory().peak_kib - before.rss_kib
+    alive = collector.alive
+    assert collector.stop() == 0
+    report("a 4 MiB frame of tiny lines", events=n, collector_peak_growth_mib=growth // 1024,
+           acknowledged=0, stored=0, lost=0)
+    assert alive and b"bad_batch" in replies and b"over the limit" in replies
+    assert growth < 64 * 1024, f"{growth // 1024} MiB for one frame of 4 MiB"
+
+
+def test_a_shipper_with_larger_batches_splits_them_under_the_event_cap(tmp: Path) -> None:
+    collector = Collector(tmp / "data").start()
+    app = App("big", collector.url, tmp / "spool", tmp / "logs", burst=3 * MAX_BATCH_EVENTS,
+              pause=60.0, batch_size=3 * MAX_BATCH_EVENTS, max_delay=1.0)
+    wait_for(lambda: app.acknowledged_count() >= 3 * MAX_BATCH_EVENTS, 60, "the events")
+    result = app.finish()
+    assert collector.stop() == 0
+    assert result["delivered"] and result["dropped"] == 0 and result["rejected"] == 0
+    assert len(Stored.read(collector.data_dir).in_segments) == 3 * MAX_BATCH_EVENTS
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
