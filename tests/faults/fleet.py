@@ -391,7 +391,7 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 __all__ = ["FULL", "READY", "App", "Collector", "HttpApp", "Load", "Memory", "Request", "Stored", "memory_of",

@@ -49,14 +49,14 @@ def test_a_killed_app_loses_nothing_acknowledged_or_spooled(tmp: Path) -> None:
     try:
         for _ in range(CYCLES):
             victim = victims[-1]
-            wait_for(lambda: victim.acknowledged_count() > 0, 60, "acknowledgements")
+            wait_for(lambda v=victim: v.acknowledged_count() > 0, 60, "acknowledgements")
             time.sleep(r.uniform(0.0, 0.3))
             victim.sigkill()  # the collector is up: some batches were in flight
             app_kills += 1
             victim = next_victim()
-            wait_for(lambda: victim.acknowledged_count() > 0, 60, "acknowledgements")
+            wait_for(lambda v=victim: v.acknowledged_count() > 0, 60, "acknowledgements")
             collector.sigkill()
-            wait_for(lambda: len(victim.spooled()) > 0, 60, "the app to spool")
+            wait_for(lambda v=victim: len(v.spooled()) > 0, 60, "the app to spool")
             time.sleep(r.uniform(0.0, 0.3))
             victim.sigkill()  # dies holding a spool: maybe in the middle of appending
             app_kills += 1
@@ -95,7 +95,7 @@ def test_fail_closed_no_success_response_lacks_its_event(tmp: Path) -> None:
     with Load(lambda: current[0].base_url, threads=4) as load:
         for k in range(HTTP_KILLS):
             done = load.count(201)
-            wait_for(lambda: load.count(201) > done + 20, 60, "successful requests")
+            wait_for(lambda d=done: load.count(201) > d + 20, 60, "successful requests")
             time.sleep(r.uniform(0.0, 0.3))
             current[0].sigkill()
             kills += 1
@@ -103,7 +103,7 @@ def test_fail_closed_no_success_response_lacks_its_event(tmp: Path) -> None:
                 collector.sigkill()
                 current[0] = HttpApp(collector.url, tmp / "spool", **options)
                 refused = load.count(503)
-                wait_for(lambda: load.count(503) > refused, 60, "503 while it is down")
+                wait_for(lambda r=refused: load.count(503) > r, 60, "503 while it is down")
                 collector.start()
             else:
                 current[0] = HttpApp(collector.url, tmp / "spool", **options)

@@ -33,7 +33,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp: Path) -> Non
     try:
         for _ in range(KILLS):
             before = sum(a.acknowledged_count() for a in apps)
-            wait_for(lambda: sum(a.acknowledged_count() for a in apps) > before, 60,
+            wait_for(lambda b=before: sum(a.acknowledged_count() for a in apps) > b, 60,
                      "the apps' events to be acknowledged again")
             time.sleep(r.uniform(0.0, 0.6))  # a random moment, under load
             collector.sigkill()

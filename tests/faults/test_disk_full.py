@@ -85,12 +85,12 @@ def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: P
             for episode in range(EPISODES):
                 mark = len(collector.output)
                 acked = app.acknowledged_count()
-                wait_for(lambda: app.acknowledged_count() > acked + 100, 60, "acks")
+                wait_for(lambda n=acked: app.acknowledged_count() > n + 100, 60, "acks")
                 # Full, or nearly: then a few more appends fit, and the write that
                 # fails may be the segment's or the index's (SQLite's WAL).
                 os.truncate(ballast, fill(ballast) - r.choice([0, 0, 8192, 65536, 262144]))
                 spooled = len(app.spooled())
-                wait_for(lambda: len(app.spooled()) > spooled, 60,
+                wait_for(lambda n=spooled: len(app.spooled()) > n, 60,
                          "the app to spool while the disk is full")
                 time.sleep(r.uniform(0.2, 1.0))
                 assert collector.alive, "".join(collector.output)
@@ -104,7 +104,7 @@ def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: P
                     restarted_full = collector.repair_line()
                 ballast.unlink()  # space again: nobody restarts anything
                 acked = app.acknowledged_count()
-                wait_for(lambda: app.acknowledged_count() > acked + 100, 60,
+                wait_for(lambda n=acked: app.acknowledged_count() > n + 100, 60,
                          "ingestion to resume by itself once space is freed")
         finally:
             result = app.finish()
@@ -136,12 +136,13 @@ def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: P
 
 def rerun_in_a_user_namespace() -> None:
     """Not root: this test again, as root of a new user and mount namespace."""
-    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+    if subprocess.run(["unshare", "-Urm", "true"], check=False,
+                      capture_output=True).returncode != 0:
         pytest.skip("disk full needs a tmpfs: run as root, or allow unprivileged user "
                     "namespaces (unshare -Urm)")
     test = f"{Path(__file__).relative_to(ROOT)}::{sys._getframe(1).f_code.co_name}"
     done = subprocess.run(["unshare", "-Urm", sys.executable, "-m", "pytest", "-q", "-s",
-                           "-p", "no:cacheprovider", test], cwd=ROOT,
+                           "-p", "no:cacheprovider", test], check=False, cwd=ROOT,
                           env={**os.environ, IN_NAMESPACE: "1"}, capture_output=True,
                           text=True, timeout=600)
     print(done.stdout[-4000:])
