@@ -1,0 +1,44 @@
+"""The API's options: loopback by default, TLS off loopback, a trace link template that
+can only make http(s) links."""
+
+from __future__ import annotations
+
+import pytest
+
+from collector.config import ConfigError, load
+
+
+def test_the_api_listens_on_loopback_by_default_and_can_be_turned_off() -> None:
+    assert load(None, {}).api_address == ("127.0.0.1", 8080)
+    assert load(None, {"AUDIT_API_LISTEN": ""}).api_address is None
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8080", "[::]:8080", "192.0.2.1:8080"])
+def test_a_non_loopback_api_needs_tls(address: str) -> None:
+    with pytest.raises(ConfigError, match="set api_tls_cert and api_tls_key"):
+        load(None, {"AUDIT_API_LISTEN": address})
+
+
+def test_api_tls_needs_both_files() -> None:
+    with pytest.raises(ConfigError, match="both api_tls_cert and api_tls_key"):
+        load(None, {"AUDIT_API_TLS_CERT": "/etc/cert.pem"})
+
+
+@pytest.mark.parametrize("template", [
+    "https://jaeger.example/trace/{trace_id}",
+    "http://localhost:16686/trace/{trace_id}?uiFind={span_id}",
+])
+def test_a_trace_url_template_is_an_http_url_with_the_trace_id(template: str) -> None:
+    assert load(None, {"AUDIT_TRACE_URL_TEMPLATE": template}).trace_url_template == template
+
+
+@pytest.mark.parametrize("template", [
+    "javascript:alert(1)//{trace_id}",
+    "https://jaeger.example/trace/",
+    "https://jaeger.example/{trace_id}/{user}",
+    'https://jaeger.example/"><script>/{trace_id}',
+    "//jaeger.example/{trace_id}",
+])
+def test_other_trace_url_templates_are_refused(template: str) -> None:
+    with pytest.raises(ConfigError, match="trace_url_template"):
+        load(None, {"AUDIT_TRACE_URL_TEMPLATE": template})
