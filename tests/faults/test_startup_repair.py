@@ -1,23 +1,26 @@
 """What a crash, a disk or an operator can leave in a data directory, and what the next
 start of a real collector (SIGKILLed first) makes of it: each damage is repaired or
 reported on the ``store opened`` line, every intact record stays queryable exactly
-once, and the collector takes new events afterwards. ``audit-collector verify`` must
-agree with start-up (tested once it exists)."""
+once, and the collector takes new events afterwards. ``audit-collector verify`` agrees
+with start-up: a repaired crash is valid, lost records and altered sealed files are not."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 
 from audit_middleware.wire import FrameType, Result
-from tests.e2e.harness import ROOT, RawClient
+from tests.e2e.harness import ROOT, RawClient, short_tmp
 from tests.faults.fleet import Collector, Stored, report
 
 pytestmark = pytest.mark.e2e
@@ -135,46 +138,72 @@ def active_segment_deleted(data_dir: Path) -> set[str]:
     victim = segments(data_dir)[-1]
     lost = ids_in(victim)
     victim.unlink()
+    # The next start reuses the deleted segment's number (and its records' seqs); a
+    # replacement created in the same second gets the very same file name, and verify
+    # cannot tell them apart (records not yet covered by a checkpoint digest are not
+    # signed: docs/integrity.md). Start in the next second, as any real restart would.
+    time.sleep(1.05 - time.time() % 1)
     return lost
 
 
-#: damage -> words the ``store opened`` line must contain.
-DAMAGES: dict[str, tuple[Damage, str]] = {
-    "torn tail": (torn_tail, "torn tail(s), 57 bytes, moved to quarantine/"),
-    "garbage appended to the active segment": (garbage_after_the_active_segment,
-                                               "moved to quarantine/"),
-    "garbage appended to a sealed segment": (garbage_in_a_sealed_segment,
-                                             "2 unreadable line(s) skipped"),
-    "unterminated garbage after a sealed segment": (unterminated_garbage_in_a_sealed_segment,
-                                                    "unreadable line(s) skipped"),
-    "index deleted": (index_deleted, "records indexed"),
-    "zero-byte index": (index_zero_bytes, "records indexed"),
-    "index overwritten with garbage": (index_garbage, "index rebuilt"),
-    "index WAL deleted": (index_wal_deleted, "records indexed"),
-    "sealed segment deleted": (sealed_segment_deleted, "1 missing segment(s) dropped"),
-    "active segment deleted": (active_segment_deleted, "1 missing segment(s) dropped"),
+@dataclass(frozen=True)
+class Case:
+    damage: Damage
+    said: str  # words the ``store opened`` line must contain
+    #: Whether ``verify`` must call the data directory INVALID afterwards: records lost
+    #: or sealed files altered. A repaired crash (a torn tail in quarantine, a rebuilt
+    #: index) is not tampering.
+    invalid: bool
+
+
+DAMAGES: dict[str, Case] = {
+    "torn tail": Case(torn_tail, "torn tail(s), 57 bytes, moved to quarantine/", False),
+    "garbage appended to the active segment": Case(
+        garbage_after_the_active_segment, "moved to quarantine/", False),
+    "garbage appended to a sealed segment": Case(
+        garbage_in_a_sealed_segment, "2 unreadable line(s) skipped", True),
+    "unterminated garbage after a sealed segment": Case(
+        unterminated_garbage_in_a_sealed_segment, "unreadable line(s) skipped", True),
+    "index deleted": Case(index_deleted, "records indexed", False),
+    "zero-byte index": Case(index_zero_bytes, "records indexed", False),
+    "index overwritten with garbage": Case(index_garbage, "index rebuilt", False),
+    "index WAL deleted": Case(index_wal_deleted, "records indexed", False),
+    "sealed segment deleted": Case(sealed_segment_deleted, "1 missing segment(s) dropped",
+                                   True),
+    "active segment deleted": Case(active_segment_deleted, "1 missing segment(s) dropped",
+                                   True),
 }
 
 
+@pytest.fixture(scope="module")
+def pristine() -> Iterator[tuple[Path, list[str]]]:
+    """The data directory of a collector SIGKILLed after EVENTS acknowledged events
+    (about 10 segments), made once; each test damages its own copy."""
+    with short_tmp() as tmp:
+        collector = Collector(tmp / "data", "--max-segment-bytes", "16KiB").start()
+        acked = send(collector, EVENTS)
+        collector.sigkill()
+        yield collector.data_dir, acked
+
+
 @pytest.fixture
-def damaged(request: pytest.FixtureRequest, tmp: Path) -> tuple[Collector, set[str], str]:
-    """A collector with EVENTS acknowledged events, SIGKILLed, damaged, restarted."""
-    damage, _ = DAMAGES[request.param]
-    collector = Collector(tmp / "data", "--max-segment-bytes", "16KiB").start()
-    acked = send(collector, EVENTS)
-    collector.sigkill()
-    lost = damage(collector.data_dir)
+def damaged(request: pytest.FixtureRequest, tmp: Path,
+            pristine: tuple[Path, list[str]]) -> tuple[Collector, set[str], str]:
+    """A copy of the pristine data directory, damaged, and a collector started on it."""
+    shutil.copytree(pristine[0], tmp / "data", ignore=shutil.ignore_patterns("*.sock"))
+    collector = Collector(tmp / "data", "--max-segment-bytes", "16KiB")
+    lost = DAMAGES[request.param].damage(collector.data_dir)
     collector.start()
     request.addfinalizer(collector.kill)
-    return collector, set(acked) - lost, request.param
+    return collector, set(pristine[1]) - lost, request.param
 
 
 @pytest.mark.parametrize("damaged", list(DAMAGES), indirect=True)
-def test_startup_repairs_or_reports_the_damage(damaged: tuple[Collector, set[str], str]
+def test_startup_repairs_or_reports_the_damage_and_verify_agrees(damaged: tuple[Collector, set[str], str]
                                                ) -> None:
     collector, intact, name = damaged
     said = collector.repair_line()
-    assert DAMAGES[name][1] in said, said
+    assert DAMAGES[name].said in said, said
     more = send(collector, 40, start=EVENTS)  # and it takes new events
     assert collector.stop() == 0
     stored = Stored.read(collector.data_dir)
@@ -188,16 +217,11 @@ def test_startup_repairs_or_reports_the_damage(damaged: tuple[Collector, set[str
     assert set(stored.in_segments) == intact | set(more)
     if name != "unterminated garbage after a sealed segment":  # left for verify to judge
         assert all(p.read_bytes().endswith(b"\n") for p in segments(collector.data_dir))
-
-
-@pytest.mark.skipif(not has_verify(), reason="audit-collector verify has not landed (issue 5)")
-@pytest.mark.parametrize("damaged", list(DAMAGES), indirect=True)
-def test_verify_agrees_with_startup(damaged: tuple[Collector, set[str], str]) -> None:
-    collector, _, name = damaged
-    assert collector.stop() == 0
+    if not has_verify():
+        pytest.skip("repaired as expected; audit-collector verify has not landed (issue 5)")
     result = verify(collector.data_dir)
-    # A repaired crash (a torn tail, a rebuilt index) is not tampering; lost or
-    # altered records are.
-    destroyed = name in ("sealed segment deleted", "active segment deleted",
-                         "garbage appended to a sealed segment")
-    assert (result.returncode != 0) == destroyed, result.stdout + result.stderr
+    flagged = result.returncode != 0
+    report(f"verify after start-up repair: {name}", invalid=flagged,
+           summary=next((line for line in result.stdout.splitlines()
+                         if line.startswith("summary")), ""))
+    assert flagged == DAMAGES[name].invalid, result.stdout[-3000:] + result.stderr[-1000:]
