@@ -64,8 +64,10 @@ class CollectorProcess:
     def start(self, timeout: float = 30.0) -> Self:
         self.output = []
         self.proc = subprocess.Popen(
+            # An ephemeral API port by default (tests run side by side; 8080 may be
+            # taken); a test's own --api-listen comes later and wins.
             [sys.executable, "-m", "collector", "serve", "--data-dir", str(self.data_dir),
-             *self.args],
+             "--api-listen", "127.0.0.1:0", *self.args],
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1,
         )
