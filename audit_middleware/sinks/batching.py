@@ -80,6 +80,7 @@ class BatchingQueue(Generic[T]):
         self._start_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._stopping = False
+        self._markers = Counter()  # flush markers in the queue: counts() stays O(1)
 
     def _after_fork(self) -> None:
         self._init_runtime()
@@ -143,6 +144,7 @@ class BatchingQueue(Generic[T]):
         while queue:
             item = queue.popleft()
             if type(item) is _FlushMarker:
+                self._markers.add(-1)
                 self._deliver(batch)
                 batch = []
                 item.done.set()
@@ -179,6 +181,7 @@ class BatchingQueue(Generic[T]):
                 self._drain()  # no worker (e.g. never started): deliver on this thread
             return not self._queue
         marker = _FlushMarker()
+        self._markers.add()
         self._queue.append(marker)
         self._wake.set()
         return marker.done.wait(timeout)
@@ -204,7 +207,7 @@ class BatchingQueue(Generic[T]):
         return len(self._queue)
 
     def counts(self) -> dict[str, int]:
-        queued = sum(1 for e in list(self._queue) if type(e) is not _FlushMarker)
+        queued = max(0, len(self._queue) - self._markers.value)
         return {
             "submitted": self.drained.value + queued + self.dropped.value
             + self.overflowed.value,
