@@ -26,8 +26,9 @@ from ._harness import BenchmarkError
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "audit-collector ready:"
-#: Written by ``benchmarks._serve_with_stats`` at shutdown: the Store's own counters.
-STORE_STATS_FILE = "bench-store-stats.json"
+#: Written by ``serve`` (periodically and when it stops): ingest counters and, under
+#: ``"store"``, the Store's own (fsyncs, events per fsync, ...).
+STATS_FILE = "ingest-stats.json"
 
 
 @contextmanager
@@ -47,16 +48,10 @@ def _clean_env() -> dict[str, str]:
 
 
 class Collector:
-    """``python -m collector serve --data-dir DIR`` as a subprocess.
+    """``python -m collector serve --data-dir DIR`` as a subprocess."""
 
-    With ``store_stats=True`` it runs through ``benchmarks._serve_with_stats`` instead:
-    the same serve code, plus the Store's counters (fsyncs, events per fsync) written to
-    ``DIR/bench-store-stats.json`` when it shuts down.
-    """
-
-    def __init__(self, data_dir: Path, *, store_stats: bool = False) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.store_stats = store_stats
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._ready = threading.Event()
@@ -73,11 +68,8 @@ class Collector:
         return self.proc.pid
 
     def start(self, timeout: float = 30.0) -> Self:
-        module = "benchmarks._serve_with_stats" if self.store_stats else "collector"
-        command = [sys.executable, "-m", module]
-        if not self.store_stats:
-            command.append("serve")
-        command += ["--data-dir", str(self.data_dir)]
+        command = [sys.executable, "-m", "collector", "serve", "--data-dir",
+                   str(self.data_dir), "--api-listen", ""]
         self.proc = subprocess.Popen(command, cwd=ROOT, env=_clean_env(), text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      bufsize=1)
@@ -99,8 +91,8 @@ class Collector:
         self._ready.set()
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM and a clean exit: the collector drains its connections and closes its
-        Store (and, with ``store_stats``, writes the Store's counters)."""
+        """SIGTERM and a clean exit: the collector drains its connections, writes its
+        final counters and closes its Store."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -119,12 +111,15 @@ class Collector:
             self.proc.kill()
             self.proc.wait(10)
 
-    def read_store_stats(self) -> dict[str, Any]:
-        path = self.data_dir / STORE_STATS_FILE
+    def read_stats(self) -> dict[str, Any]:
+        """The counters ``serve`` wrote (final ones after :meth:`stop`)."""
+        path = self.data_dir / STATS_FILE
         if not path.exists():
-            raise BenchmarkError(f"{path} missing: start the Collector with store_stats=True "
-                                 f"and stop() it cleanly before reading its Store's counters")
+            raise BenchmarkError(f"{path} missing: stop() the collector cleanly first")
         return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
+
+    def read_store_stats(self) -> dict[str, Any]:
+        return self.read_stats()["store"]  # type: ignore[no-any-return]
 
     def __enter__(self) -> Self:
         return self.start()

@@ -27,8 +27,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
 import audit_middleware
 from audit_middleware.shipper import CollectorSink
 
@@ -64,7 +62,7 @@ SMOKE_SIZES: Final = {"collector": 300, "rotating": 300, "fsync_each": 20}
 
 def run(options: h.Options) -> h.Report:
     with scratch_dir("bench-dur-") as tmp, \
-            Collector(tmp / "data", store_stats=True) as collector:
+            Collector(tmp / "data") as collector:
         return _run(options, tmp, collector)
 
 
@@ -124,7 +122,7 @@ def _run(options: h.Options, tmp: Path, collector: Collector) -> h.Report:
         sink.close(30.0)
         collector.stop()
         store = collector.read_store_stats()
-        ingest = orjson.loads((collector.data_dir / "ingest-stats.json").read_bytes())
+        ingest = collector.read_stats()
         indexed = indexed_events(collector.data_dir)
     finally:
         audit_middleware.configure(sink=None)
