@@ -29,6 +29,7 @@ import uvicorn
 
 from audit_middleware import AuditConfigurationError, configure
 from audit_middleware.shipper import CollectorSink
+from collector.readers import Readers
 from examples.platform import create_app
 from examples.platform.auth import ALICE
 from examples.platform.tour import TourError, run_tour
@@ -75,9 +76,10 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def start_collector() -> subprocess.Popen[str]:
+def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
     """``audit-collector serve --data-dir audit-data`` as a child process, ready to ingest
-    when this returns. Its own output goes to ``audit-data/collector.log``."""
+    when this returns (its ready line, which lists its addresses, is appended to
+    ``ready_line``). Its own output goes to ``audit-data/collector.log``."""
     DATA_DIR.mkdir(mode=0o750, exist_ok=True)
     log = open(DATA_DIR / "collector.log", "a", encoding="utf-8")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -91,6 +93,7 @@ def start_collector() -> subprocess.Popen[str]:
             log.write(line)
             log.flush()
             if line.startswith(COLLECTOR_READY):
+                ready_line.append(line)
                 ready.set()
         ready.set()
 
@@ -109,6 +112,19 @@ def stop_collector(proc: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def demo_root_reader() -> str:
+    """A fresh token for the demo's root reader of the admin panel (``demo-root``)."""
+    readers = Readers(DATA_DIR)
+    if any(r.name == "demo-root" for r in readers.all()):
+        readers.remove("demo-root")
+    return readers.add("demo-root", root=True)
+
+
+def panel_url(ready_line: str) -> str | None:
+    urls = [word for word in ready_line.split() if word.startswith("http")]
+    return f"{urls[0]}/admin/audit-logs" if urls else None
 
 
 def start_audit_sink() -> CollectorSink:
@@ -136,7 +152,7 @@ def build_server(*, once: bool) -> uvicorn.Server:
 
 
 def drive_traffic(server: uvicorn.Server, sink: CollectorSink, base_url: str, *,
-                  once: bool, outcome: list[int]) -> None:
+                  once: bool, outcome: list[int], panel: str | None) -> None:
     """Runs on a thread: wait for the server, walk the tour, report, maybe stop."""
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -148,7 +164,7 @@ def drive_traffic(server: uvicorn.Server, sink: CollectorSink, base_url: str, *,
             run_tour(client)
         if not sink.flush(timeout=30.0):
             raise RunError("the collector did not acknowledge the example events in 30s")
-        print_summary(base_url, sink.stats()["acknowledged"], once=once)
+        print_summary(base_url, sink.stats()["acknowledged"], once=once, panel=panel)
     except (RunError, TourError, httpx.HTTPError) as exc:
         print(f"example traffic failed: {exc}", file=sys.stderr)
         outcome.append(1)
@@ -158,10 +174,11 @@ def drive_traffic(server: uvicorn.Server, sink: CollectorSink, base_url: str, *,
         server.should_exit = True
 
 
-def print_summary(base_url: str, stored: int, *, once: bool) -> None:
+def print_summary(base_url: str, stored: int, *, once: bool, panel: str | None) -> None:
     query = [sys.executable, "-m", "collector", "query", "--data-dir", str(DATA_DIR),
              "--limit", "8"]
-    recent = subprocess.run(query, capture_output=True, text=True, timeout=60).stdout
+    recent = subprocess.run(query, capture_output=True, text=True, timeout=60,
+                            check=False).stdout
     script = Path(sys.executable).with_name("audit-collector")
     cli = _relative(script) if script.exists() else f"{_relative(Path(sys.executable))} -m collector"
     print(f"""
@@ -176,12 +193,22 @@ Query them (from another terminal):
   {cli} tail -f --data-dir {DATA_DIR}
   {cli} stats --data-dir {DATA_DIR}
 
+{_panel_lines(panel)}
 Try it (Alice is a demo user; each call below is one more audit record):
   curl -s -X POST {base_url}/sign-in -H 'content-type: application/json' \\
        -d '{{"email": "{ALICE.email}", "password": "{ALICE.password}"}}'
   curl -s -X POST {base_url}/orgs -H 'Authorization: Bearer {ALICE.token}' \\
        -d '{{"name": "my-org"}}'
 """ + ("" if once else "Serving until Ctrl-C.\n"), flush=True)
+
+
+def _panel_lines(panel: str | None) -> str:
+    if panel is None:
+        return ("The admin panel is not running (its port was taken: see "
+                f"{DATA_DIR / 'collector.log'}).\n")
+    return (f"Admin panel (Audit logs tab): {panel}\n"
+            f"  sign in with the demo root reader's token: {demo_root_reader()}\n"
+            f"  (more readers: audit-collector users add NAME --root --data-dir {DATA_DIR})\n")
 
 
 def _relative(path: Path) -> str:
@@ -196,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sock = bind(port_from_env())
         server = build_server(once=args.once)
-        collector = start_collector()
+        ready_line: list[str] = []
+        collector = start_collector(ready_line)
     except RunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -205,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcome: list[int] = []
     traffic = threading.Thread(
         target=drive_traffic, args=(server, sink, base_url),
-        kwargs={"once": args.once, "outcome": outcome}, name="example-traffic", daemon=True)
+        kwargs={"once": args.once, "outcome": outcome, "panel": panel_url(ready_line[0])},
+        name="example-traffic", daemon=True)
     traffic.start()
     try:
         server.run(sockets=[sock])

@@ -42,7 +42,9 @@ def run(cwd: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def environment(port: int) -> dict[str, str]:
-    return {**os.environ, "PORT": str(port), "PYTHONPATH": str(REPO)}
+    # The collector's API on an ephemeral port: 8080 may be taken by a neighbour.
+    return {**os.environ, "PORT": str(port), "PYTHONPATH": str(REPO),
+            "AUDIT_API_LISTEN": "127.0.0.1:0"}
 
 
 def records(cwd: Path) -> list[dict[str, str]]:
@@ -59,6 +61,8 @@ def test_once_ships_every_catalogue_event_to_the_collector_and_exits(tmp_path: P
     assert str(tmp_path / "audit-data") in result.stdout
     assert "query --data-dir audit-data" in result.stdout and "curl" in result.stdout
     assert "Creation date" in result.stdout  # the newest events, as a table
+    assert "/admin/audit-logs" in result.stdout and "demo root reader's token: ac_" in \
+        result.stdout
     assert {r["client_ip"] for r in written} == {"127.0.0.1", ""}
     assert not (tmp_path / "audit-data" / "collector.sock").exists()  # collector stopped
 
