@@ -81,7 +81,9 @@ class Validator:
         if type(ident) is not str or not _UUID(ident):
             return f"field 'id' must be a UUID in lowercase canonical form, got {_show(ident)}"
         kind = record["type"]
-        if kind not in self._known_types and not self._check_type(kind):
+        # The type check comes first: a list or an object cannot be looked up in a set.
+        if type(kind) is not str or (kind not in self._known_types
+                                     and not self._check_type(kind)):
             return ("field 'type' must be 1-64 characters of a-z, 0-9 and '_' starting with a "
                     f"letter, got {_show(kind)}")
         cap = self.max_field_length
