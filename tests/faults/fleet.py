@@ -11,14 +11,17 @@ the clock, and the seed is printed, so a failing run can be replayed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -287,6 +290,19 @@ def read_ids(path: Path) -> list[str]:
     return [line.decode() for line in data.split(b"\n")[:-1] if len(line) == 36]
 
 
+@contextlib.contextmanager
+def memory_dir() -> Iterator[Path]:
+    """A short temporary directory where fsync is free (/dev/shm when there is one), for
+    tests about what the collector makes of hostile input, not about the disk: thousands
+    of batches each waiting for a real fsync would make them slow."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else "/tmp"
+    path = Path(tempfile.mkdtemp(prefix="aud-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def wait_for(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -375,6 +391,32 @@ class Stored:
         assert self.index_ids_rows == len(self.in_index)
 
 
+STORAGE_FIELDS = ("seq", "source", "source_seq")
+
+
+def check_stored_records(data_dir: Path) -> int:
+    """Every record line in the (plain) segments is a valid event in schema order,
+    followed by the collector's storage fields; returns how many were checked."""
+    from audit_middleware.event import FIELDS
+    from collector.validation import Validator
+
+    validator = Validator()
+    checked = 0
+    for path in sorted((data_dir / "segments").glob("segment-*.jsonl")):
+        for line in path.read_bytes().splitlines()[1:]:  # after the segment header
+            record = orjson.loads(line)
+            keys = list(record)
+            schema = keys[:keys.index("seq")]  # the collector's fields follow the event's
+            assert tuple(keys[len(schema):len(schema) + 3]) == STORAGE_FIELDS, keys
+            assert tuple(schema[:len(FIELDS)]) == FIELDS
+            assert schema[len(FIELDS):] in ([], ["peer_ip"]), keys
+            valid = validator.validate({k: record[k] for k in schema})
+            assert isinstance(valid, dict), f"a stored record fails validation: {valid}"
+            assert type(record["seq"]) is int and type(record["source_seq"]) is int
+            checked += 1
+    return checked
+
+
 # -- the report ----------------------------------------------------------------------------------
 def report(row: str, **numbers: Any) -> None:
     """Print a result line (the numbers of docs/reliability.md come from these) and, with
@@ -394,6 +436,24 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-__all__ = ["FULL", "READY", "App", "Collector", "HttpApp", "Load", "Memory", "Request", "Stored", "memory_of",
-           "percentile", "read_ids", "report", "rng", "scaled", "segment_records",
-           "wait_for"]
+__all__ = [
+    "FULL",
+    "READY",
+    "App",
+    "Collector",
+    "HttpApp",
+    "Load",
+    "Memory",
+    "Request",
+    "Stored",
+    "check_stored_records",
+    "memory_dir",
+    "memory_of",
+    "percentile",
+    "read_ids",
+    "report",
+    "rng",
+    "scaled",
+    "segment_records",
+    "wait_for",
+]

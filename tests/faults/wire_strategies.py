@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from audit_middleware.event import FIELDS
 from audit_middleware.wire import BATCH_ID, HEADER, FrameType
 
-JSON_SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+JSON_SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40))
 JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=10), inner, max_size=4),
