@@ -36,11 +36,13 @@ ROUND = 200
 TOKEN = "http-fuzz-ingest-token"
 ALLOWED = {200, 204, 307, 400, 401, 403, 404, 405, 413, 422}
 
-HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=80)
-QUERY_TEXT = st.text(max_size=40) | NASTY_TEXT | st.sampled_from([
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=80).map(
+    str.strip)  # h11 refuses surrounding whitespace in a header value
+QUERY_TEXT = (st.text(max_size=40) | NASTY_TEXT | st.sampled_from([
     "run_*", "*", "10.0.0.0/8", "::/0", "2001:db8::1", "24h", "-1h", "0", "1", "1000",
     "1001", "\u00b2", "\u0661", "1e3", "99999999999999999999", "2026-11-26-01-07-10",
     "2026-11-26T01:07:10.123456Z", "newest", "oldest", "%00", "' OR 1=1 --"])
+).map(lambda value: value[:2000])  # httpx refuses a query string over 64 KiB
 
 
 def _known_limit_bug(value: str) -> bool:
