@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import short_tmp
+from tests.faults.fleet import kill_leftovers
 
 
 @pytest.fixture
@@ -13,3 +14,10 @@ def tmp() -> Iterator[Path]:
     """A short temporary directory (unix socket paths must stay under 104 bytes)."""
     with short_tmp() as path:
         yield path
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    """A test that fails half-way leaves no collector or app running."""
+    yield
+    kill_leftovers()

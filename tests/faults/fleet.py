@@ -33,6 +33,23 @@ from tests.e2e.harness import READY, ROOT, CollectorProcess
 FULL = os.environ.get("FAULTS_FULL") == "1"
 
 
+#: Every process a test started here; ``kill_leftovers`` ends those a failed test left.
+_started: list[subprocess.Popen[Any]] = []
+
+
+def _track(proc: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
+    _started.append(proc)
+    return proc
+
+
+def kill_leftovers() -> None:
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 def scaled(ci: Any, full: Any) -> Any:
     """The shortened-run value in CI, the full-run value behind ``make faults``."""
     return full if FULL else ci
@@ -62,12 +79,14 @@ class Collector(CollectorProcess):
         self.output = []
         self.ready_line = ""
         self.starts += 1
-        self.proc = subprocess.Popen(
+        if self.proc is not None and self.proc.poll() is None:
+            raise AssertionError("this collector is still running: stop or kill it first")
+        self.proc = _track(subprocess.Popen(
             [sys.executable, "-m", "collector", "serve", "--data-dir", str(self.data_dir),
              *self.args],
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1,
-        )
+        ))
         ready = threading.Event()
         threading.Thread(target=self._read, args=(self.proc, ready), daemon=True).start()
         return ready
@@ -141,11 +160,11 @@ class App:
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         options = {"backoff_max": 0.2, "max_queue": 1_000_000, **sink_options}
-        self.proc = subprocess.Popen(
+        self.proc = _track(subprocess.Popen(
             [sys.executable, "-m", "tests.faults.emitter", name, url, str(spool_dir),
              str(log_dir), str(burst), str(pause), orjson.dumps(options).decode()],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
+        ))
         self.result: dict[str, Any] | None = None
 
     @property
@@ -188,10 +207,10 @@ class HttpApp:
 
     def __init__(self, url: str, spool_dir: Path, **sink_options: Any) -> None:
         options = {"backoff_max": 0.2, **sink_options}
-        self.proc = subprocess.Popen(
+        self.proc = _track(subprocess.Popen(
             [sys.executable, "-m", "tests.faults.http_app", url, str(spool_dir),
              orjson.dumps(options).decode()],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         if not line.startswith("listening "):
@@ -447,6 +466,7 @@ __all__ = [
     "Request",
     "Stored",
     "check_stored_records",
+    "kill_leftovers",
     "memory_dir",
     "memory_of",
     "percentile",
