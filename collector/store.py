@@ -167,6 +167,7 @@ class Store:
         try:
             if self._ledger is not None:
                 self._ledger.stopped(self._segments.active)
+                self._ledger.close()
             self._segments.close()
         finally:
             self._release_storage()

@@ -3,9 +3,10 @@ appended (chain head, running SHA-256, first and last record) and writes the sig
 digests: at start, every ``digest_interval`` while records arrive, at each seal, before
 retention deletes anything, and at a clean stop.
 
-Only the store's commit thread calls it (``hashed`` also runs on the fsync thread, on a
-copy of the running hash). A digest that cannot be written (disk full) is logged and
-retried at the next tick; records are never refused for it.
+Only the store's commit thread calls it. The segment's running SHA-256 is updated on a
+thread of its own, off the commit path (hashlib releases the GIL on large buffers, so it
+runs on another core); a digest waits for it. A digest that cannot be written (disk
+full) is logged and retried at the next tick; records are never refused for it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,8 @@ class Ledger:
         self.written = 0  # digests written since open
         self._state: d.SegmentState | None = None
         self._hash: Hash = hashlib.sha256()
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="audit-store-hash")
+        self._hashed: Future[None] | None = None  # the newest update queued
         self._dirty = False  # records appended since the last digest
         self._due = time.monotonic() + interval
         self._pending: list[tuple[str, bytes, dict[str, Any]]] = []  # unwritten digests
@@ -103,17 +107,13 @@ class Ledger:
         self.chain = (state.last_chain or chains.GENESIS.decode()).encode()
 
     # -- appending (the commit thread, and its fsync thread) ------------------------------
-    def hashed(self, data: bytes) -> Hash:
-        """The running hash with ``data`` added (a copy: the write may still fail)."""
-        running = self._hash.copy()
-        running.update(data)
-        return running
-
-    def appended(self, running: Hash, size: int, count: int, first: tuple[int, str, int],
+    def appended(self, data: bytes, size: int, count: int, first: tuple[int, str, int],
                  last: tuple[int, str, int], last_chain: bytes) -> None:
-        """``count`` records were written and fsynced, ``first`` and ``last`` being
-        (seq, event id, created in microseconds) and ``last_chain`` the last one's chain
-        value; ``running`` is ``hashed(data)`` and ``size`` the segment's new size."""
+        """``count`` records (``data``) were written and fsynced, ``first`` and ``last``
+        being (seq, event id, created in microseconds) and ``last_chain`` the last one's
+        chain value; ``size`` is the segment's new size."""
+        # One worker thread: the updates run in the order they were queued.
+        self._hashed = self._hasher.submit(self._hash.update, data)
         state = self._state
         assert state is not None, "attach() the active segment first"
         if state.records == 0:
@@ -123,7 +123,6 @@ class Ledger:
         state.last_time = format_created(last[2] * 1000)
         state.records += count
         state.size = size
-        self._hash = running
         self.chain = last_chain
         state.last_chain = last_chain.decode()
         self._dirty = True
@@ -192,6 +191,9 @@ class Ledger:
             self._flush_pending()
         self.checkpoint(active, "stop")
 
+    def close(self) -> None:
+        self._hasher.shutdown(wait=True)
+
     def stats(self) -> dict[str, Any]:
         state = self._state
         newest = self.newest
@@ -205,6 +207,8 @@ class Ledger:
     # -- internals -------------------------------------------------------------------------
     def _current(self) -> d.SegmentState:
         assert self._state is not None, "attach() the active segment first"
+        if self._hashed is not None:
+            self._hashed.result()  # every queued update is done (one worker, in order)
         return replace(self._state, sha256=self._hash.hexdigest())
 
     def _state_of_file(self, path: Path) -> d.SegmentState:

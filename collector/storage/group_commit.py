@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from collector.index import CHUNK_ROWS, MAX_UNINDEXED, Index
 
@@ -166,15 +166,14 @@ class GroupWriter:
         except OSError as exc:
             self._fail(piece, exc, "appending to")
             return False
-        # The fsync (and the segment's running hash) runs beside the index inserts; the
-        # index commits only after it.
-        synced = self._fsyncer.submit(self._sync, active, data)
+        # The fsync runs beside the index inserts; the index commits only after it.
+        synced = self._fsyncer.submit(active.sync)
         try:
             index.begin()
             index.add_segment(active.path.name, active.header, start)
             index.add_rows(active.header.seq, rows, active.size)
             index.set_source_ranges(changed)
-            running = synced.result()
+            synced.result()
             index.commit()
         except Exception as exc:  # noqa: BLE001 - OSError, sqlite3.Error or a bug: nothing may stay
             synced.exception()  # wait for the fsync either way
@@ -188,7 +187,7 @@ class GroupWriter:
         written = len(rows)
         if self._ledger is not None:
             first, last = piece[0], piece[-1]
-            self._ledger.appended(running, active.size, written,
+            self._ledger.appended(data, active.size, written,
                                   (rows[0][0], first.encoded.ids[0], rows[0][2]),
                                   (rows[-1][0], last.encoded.ids[-1], rows[-1][2]),
                                   last.lines[-1][-67:-3])
@@ -210,10 +209,6 @@ class GroupWriter:
             index.close_chunk()
         self.index_closed_chunks()
         return True
-
-    def _sync(self, active: Any, data: bytes) -> Any:
-        active.sync()
-        return self._ledger.hashed(data) if self._ledger is not None else None
 
     def _new_ranges(self, piece: list[_Prepared]) -> dict[str, sources.Ranges]:
         numbered: dict[str, list[int]] = {}

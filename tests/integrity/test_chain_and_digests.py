@@ -161,7 +161,7 @@ def test_records_wait_at_most_one_interval_for_a_checkpoint_and_idleness_signs_n
 
     def append_a_record() -> None:
         data = b'{"seq":1}\n'  # the ledger only hashes what was written
-        ledger.appended(ledger.hashed(data), active.size + len(data), 1, (1, "a", 0),
+        ledger.appended(data, active.size + len(data), 1, (1, "a", 0),
                         (1, "a", 0), chain.GENESIS)
 
     clock.now += 3600
