@@ -222,11 +222,15 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
     from collector.storage.segments import list_segment_files
     from collector.store import lock_data_dir
 
-    from .keys import KeyRing, SigningKey, write_signing_key
+    from .keys import KeyRing, SigningKey, default_signing_key_path, write_signing_key
     from .ledger import Ledger
 
     if not (data_dir / "segments").is_dir():
         raise IntegrityError(f"{data_dir} has no segments/: not a collector data directory")
+    key_path = signing_key or default_signing_key_path(data_dir)
+    if not key_path.exists():
+        raise IntegrityError(f"no signing key at {key_path}: nothing to rotate (check "
+                             f"--signing-key; the collector makes its key on first start)")
     lock = lock_data_dir(data_dir)  # refuses while the collector runs
     try:
         files = list_segment_files(data_dir / "segments")

@@ -89,6 +89,10 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
         public_keys = list(ring.values())
         keys_from = keys_from or "the data directory's key ring"
     results = Results()
+    if keys_from == "the data directory's key ring":
+        results.notes.append("the public keys come from the data directory itself, which "
+                             "proves consistency, not authenticity: verify with "
+                             "--public-key FILE (from `keys export`, kept elsewhere)")
     chain = DigestChain(data_dir / d.DIGESTS_DIR, public_keys, results)
     if not chain.digests_dir.is_dir():
         results.notes.append("there is no digests/ directory: nothing here was ever signed")

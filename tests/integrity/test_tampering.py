@@ -14,7 +14,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector.integrity import chain, digests
-from collector.integrity.keys import KeyRing, SigningKey, load_signing_key
 from collector.integrity.findings import (
     CHAIN_BROKEN,
     DIGEST_MISSING,
@@ -28,6 +27,7 @@ from collector.integrity.findings import (
     SEGMENT_MOVED,
     SIGNATURE_INVALID,
 )
+from collector.integrity.keys import KeyRing, SigningKey, load_signing_key
 from collector.storage.records import created_micros
 from tests.integrity.helpers import (
     build_store,

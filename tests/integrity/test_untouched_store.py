@@ -266,3 +266,11 @@ def test_verify_reports_progress_on_stderr(tmp_path: Path) -> None:
 def test_verify_in_process_agrees_with_the_command(tmp_path: Path) -> None:
     data_dir = build_store(tmp_path / "data", batches=2)
     assert verify(data_dir).valid and run_verify("--data-dir", str(data_dir)).returncode == 0
+
+
+def test_keys_rotate_refuses_without_a_key_to_rotate(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=1)
+    done = run_cli("keys", "rotate", "--data-dir", str(data_dir), "--signing-key",
+                   str(tmp_path / "not-mounted" / "key.pem"))
+    assert done.returncode == 2 and "nothing to rotate" in done.stderr
+    assert check(data_dir).valid
