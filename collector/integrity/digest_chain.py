@@ -67,8 +67,10 @@ class DigestChain:
     def _read_files(self) -> list[tuple[FileResult, d.DigestFile]]:
         out: list[tuple[FileResult, d.DigestFile]] = []
         if not self.digests_dir.is_dir():
-            self.results.notes.append("there is no digests/ directory: nothing here was ever signed")
+            self.results.notes.append("there is no digests/ directory: nothing here was "
+                                      "ever signed")
             return out
+        newest = max((seq for seq, _ in d.list_digest_files(self.digests_dir)), default=0)
         for path in sorted(self.digests_dir.iterdir()):
             named = d.segment_of_file(path.name)
             if named is None:
@@ -83,12 +85,16 @@ class DigestChain:
             except OSError as exc:
                 res.add(DIGEST_MISSING, f"cannot be read: {exc}")
                 continue
+            if not found.digests and not found.problems:
+                res.add(DIGEST_MISSING, "the file is empty (the collector creates it with "
+                        "its first digest): its digests were removed")
             for problem in found.problems:
-                if found.torn and problem.endswith("(no newline)"):
+                # A crash mid-write can cut the newest file's last line, and no other.
+                if found.torn and problem.endswith("(no newline)") and seq == newest:
                     res.notes.append(f"{problem}: a digest being written when the collector "
                                      f"stopped (its next start moves it to quarantine/)")
                 else:
-                    res.add(SIGNATURE_INVALID, problem)
+                    res.add(SIGNATURE_INVALID, f"{problem}: not a signed digest")
             for g in found.digests:
                 if g.segment != segment:
                     res.add(DIGEST_MOVED, f"{g.where} describes {g.segment}, not {segment}: "

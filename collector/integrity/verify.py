@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from .scan import Scan, classify, scan
 LIVE_SLACK_US: Final = 60 * 1_000_000
 
 Progress = Callable[[int, int], None]
+#: What reading a damaged segment's header can raise (a damaged gzip member too).
+_UNREADABLE: Final = (OSError, StorageError, EOFError, zlib.error)
 
 __all__ = ["FileResult", "Report", "VerifyError", "verify"]
 
@@ -94,8 +97,6 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
                              "proves consistency, not authenticity: verify with "
                              "--public-key FILE (from `keys export`, kept elsewhere)")
     chain = DigestChain(data_dir / d.DIGESTS_DIR, public_keys, results)
-    if not chain.digests_dir.is_dir():
-        results.notes.append("there is no digests/ directory: nothing here was ever signed")
     chain.check()
     segments = _Segments(data_dir / "segments", chain, results, since_us, until_us, progress)
     selected = segments.check()
@@ -196,7 +197,7 @@ class _Segments:
         for f in files:
             try:
                 header: SegmentHeader | None = header_of(f)
-            except (OSError, StorageError, EOFError):
+            except _UNREADABLE:
                 header = None
             out.append((SegmentFile(header.seq if header else f.seq, f.path, f.compressed),
                         header))
@@ -206,7 +207,7 @@ class _Segments:
             stray = SegmentFile(0, path, path.name.endswith(".gz"))
             try:
                 header = header_of(stray)
-            except (OSError, StorageError, EOFError):
+            except _UNREADABLE:
                 continue  # not a segment at all: none of verify's business
             out.append((SegmentFile(header.seq, path, stray.compressed), header))
         return sorted(out, key=lambda e: (e[0].seq, e[0].compressed, e[0].path.name))
