@@ -394,7 +394,7 @@ def test_a_damaged_compressed_segment_is_reported(tmp_path: Path) -> None:
         for _ in range(3):
             live.write(events(3))
         wait_until(lambda: len(list((data_dir / "segments").glob("*.gz"))) == 2)
-    packed = sorted((data_dir / "segments").glob("*.gz"))[0]
+    packed = min((data_dir / "segments").glob("*.gz"))
     data = bytearray(packed.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside the deflate stream
     packed.write_bytes(bytes(data))
