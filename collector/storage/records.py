@@ -247,14 +247,16 @@ def ip_key(address: str) -> bytes | None:
     key = _ip_keys.get(address, b"")
     if key != b"":
         return key
+    # inet_pton raises ValueError, not OSError, for a NUL in the text: that event then
+    # failed its whole batch as "storage unavailable", retried by its shipper forever.
     try:
         key = socket.inet_pton(socket.AF_INET, address)
-    except OSError:
+    except (OSError, ValueError):
         try:
             key = socket.inet_pton(socket.AF_INET6, address)
             if key.startswith(V4_MAPPED):
                 key = key[12:]
-        except OSError:
+        except (OSError, ValueError):
             key = None
     if len(_ip_keys) >= 65_536:  # a cache, not a second index: keep it bounded
         _ip_keys.clear()

@@ -9,8 +9,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit_middleware.event import FIELDS, OPTIONAL_FIELDS
+from audit_middleware.event import FIELDS, OPTIONAL_FIELDS, TEXT_FIELDS
 from audit_middleware.wire import WireError, decode_batch
+from collector.storage.records import encode_events
 from collector.validation import Validator, event_id
 from tests.faults.fleet import scaled
 from tests.faults.wire_strategies import JSON_VALUES, TEXT, event_lines, valid_event
@@ -50,6 +51,23 @@ def test_any_batch_payload_decodes_or_is_a_wire_error(payload: bytes) -> None:
     except WireError:
         return
     assert len(batch.lines) == len(batch.seqs)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None)
+@given(st.dictionaries(st.sampled_from([*TEXT_FIELDS, "client_ip"]), TEXT | st.text(max_size=64),
+                       max_size=8))
+def test_what_the_validator_accepts_the_store_can_encode(changes: dict) -> None:
+    record = Validator().validate({**valid_event(), **changes})
+    if isinstance(record, dict):
+        encoded = encode_events([record])  # raises StorageError if it cannot
+        assert encoded.ids == [record["id"]]
+
+
+def test_a_nul_in_client_ip_is_stored_not_a_storage_failure() -> None:
+    """Such an event failed its whole batch as 'storage unavailable': its shipper then
+    retried the batch, and everything spooled behind it, forever."""
+    for ip in ("a\x00b", "10.0.0.1\x00", "::1\x00"):
+        assert encode_events([{**valid_event(), "client_ip": ip}]).ids
 
 
 def test_an_unhashable_type_is_a_reason_not_an_exception() -> None:
