@@ -65,7 +65,8 @@ def selection(params: QueryParams, *, paging: bool) -> Selection:
     limit = DEFAULT_LIMIT
     if paging and params.get("limit"):
         text = params["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        # isascii(): str.isdigit() is also true of "²" and other digits int() refuses.
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
             raise ParamError(f"limit={text[:20]!r}: use a whole number from 1 to {MAX_LIMIT}")
         limit = int(text)
     return Selection(

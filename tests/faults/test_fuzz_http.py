@@ -210,9 +210,7 @@ def test_fuzzed_http_requests_never_crash_the_collector_nor_get_a_500(data_dir: 
     assert counts["peak_kib"] - start.rss_kib < 256 * 1024
 
 
-@pytest.mark.xfail(strict=True, reason="API answers 500 for limit=\u00b2 (collector/api/params.py "
-                   "checks isdigit(), int() refuses superscripts); reported to issue 4")
-def test_known_bug_limit_with_a_superscript_digit(data_dir: Path) -> None:
+def test_limit_with_a_superscript_digit_is_a_400(data_dir: Path) -> None:
     data_dir.mkdir(parents=True)
     token = add_reader(data_dir, "root", root=True)
     with Collector(data_dir, api=True) as collector:
