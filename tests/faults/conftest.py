@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import short_tmp
-from tests.faults.fleet import kill_leftovers
+from tests.faults.fleet import kill_leftovers, started_mark
 
 
 @pytest.fixture
@@ -19,5 +19,6 @@ def tmp() -> Iterator[Path]:
 @pytest.fixture(autouse=True)
 def _no_leftover_processes() -> Iterator[None]:
     """A test that fails half-way leaves no collector or app running."""
+    mark = started_mark()  # processes of module fixtures live on
     yield
-    kill_leftovers()
+    kill_leftovers(mark)

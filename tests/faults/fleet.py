@@ -42,8 +42,13 @@ def _track(proc: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
     return proc
 
 
-def kill_leftovers() -> None:
-    while _started:
+def started_mark() -> int:
+    return len(_started)
+
+
+def kill_leftovers(since: int = 0) -> None:
+    """End the processes started since ``started_mark()`` returned ``since``."""
+    while len(_started) > since:
         proc = _started.pop()
         if proc.poll() is None:
             proc.kill()
@@ -475,5 +480,6 @@ __all__ = [
     "rng",
     "scaled",
     "segment_records",
+    "started_mark",
     "wait_for",
 ]
