@@ -62,6 +62,10 @@ def csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[str]:
     """CSV text, a header line then a line per record, produced incrementally."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    # The csv module quotes a cell for the characters of its line terminator only: a bare
+    # "\r" went out unquoted, and spreadsheets end the row there, so the rest of the cell
+    # became a row of its own whose first cell was never neutralized (row injection).
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
 
     def take() -> str:
         text = buffer.getvalue()
@@ -72,8 +76,9 @@ def csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[str]:
     writer.writerow([header for header, _ in COLUMNS] + ["ID"])
     yield take()
     for record in records:
-        writer.writerow([csv_safe(display_value(record, f)) for _, f in COLUMNS]
-                        + [csv_safe(str(record.get("id", "")))])
+        row = ([csv_safe(display_value(record, f)) for _, f in COLUMNS]
+               + [csv_safe(str(record.get("id", "")))])
+        (quoted if any("\r" in cell for cell in row) else writer).writerow(row)
         yield take()
 
 
