@@ -21,7 +21,7 @@ from tests.faults.fleet import (
     wait_for,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 CYCLES = scaled(3, 20)
 HTTP_KILLS = scaled(3, 20)

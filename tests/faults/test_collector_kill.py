@@ -16,7 +16,7 @@ import pytest
 
 from tests.faults.fleet import App, Collector, Stored, report, rng, scaled, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 KILLS = scaled(6, 60)
 APPS = scaled(3, 4)

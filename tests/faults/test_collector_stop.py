@@ -21,7 +21,7 @@ from tests.faults.fleet import (
     wait_for,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 UNDISTURBED = scaled(2.0, 20.0)  # seconds of load before the stop, for comparison
 STOPPED = scaled(3.0, 30.0)

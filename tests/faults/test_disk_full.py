@@ -25,7 +25,7 @@ import pytest
 from tests.e2e.harness import ROOT
 from tests.faults.fleet import App, Collector, Stored, report, rng, scaled, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 EPISODES = scaled(2, 10)  # disk-full episodes; the last one includes a SIGKILL
 TMPFS_SIZE = "24m"

@@ -29,7 +29,7 @@ from tests.faults.fleet import (
 )
 from tests.faults.wire_strategies import NASTY_TEXT, event_lines, valid_event
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 REQUESTS = scaled(600, 30_000)
 ROUND = 200

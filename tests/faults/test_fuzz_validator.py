@@ -6,6 +6,7 @@ an answer, over HTTP it was a 500)."""
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from tests.faults.fleet import scaled
 from tests.faults.wire_strategies import JSON_VALUES, TEXT, event_lines, valid_event
 
 EXAMPLES = scaled(1_000, 50_000)
+pytestmark = pytest.mark.timeout(scaled(300, 3600))
 NAMES = st.sampled_from([*FIELDS, *OPTIONAL_FIELDS, "seq", "chain"]) | st.text(max_size=12)
 
 

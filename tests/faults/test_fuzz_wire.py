@@ -28,7 +28,7 @@ from tests.faults.fleet import (
 )
 from tests.faults.wire_strategies import Conversation, conversations
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 FRAMES = scaled(3_000, 100_000)
 ROUND = 250  # examples per Hypothesis run; runs repeat until FRAMES were sent

@@ -16,7 +16,7 @@ import pytest
 from audit_middleware.wire import BATCH_ID, HEADER, MAX_BATCH_EVENTS, FrameType, Hello
 from tests.faults.fleet import App, Collector, Stored, report, scaled, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 TOKEN = "slow-clients-token"
 ATTACKERS = scaled(64, 400)

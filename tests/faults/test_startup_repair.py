@@ -21,9 +21,9 @@ import pytest
 
 from audit_middleware.wire import FrameType, Result
 from tests.e2e.harness import ROOT, RawClient, short_tmp
-from tests.faults.fleet import Collector, Stored, report
+from tests.faults.fleet import Collector, Stored, report, scaled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 EVENTS = 400  # about 10 segments of 16 KiB
 
