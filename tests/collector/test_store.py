@@ -255,8 +255,10 @@ def test_a_submission_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path: 
 def test_an_idle_active_segment_rotates_by_age(tmp_path: Path) -> None:
     with open_store(tmp_path, max_segment_age=0.3) as store:
         store.write(events(2))
-        wait_until(lambda: len(segment_files(tmp_path)) == 2)
-        assert store.stats()["active_segment"]["records"] == 0
+        # The new file appears a moment before the store switches to it: wait for both.
+        wait_until(lambda: len(segment_files(tmp_path)) == 2
+                   and store.stats()["active_segment"]["records"] == 0)
+        assert store.stats()["active_segment"]["name"] == segment_files(tmp_path)[1].name
         store.write(events(1))
     files = segment_files(tmp_path)
     assert [len(record_lines(f)) for f in files[:2]] == [2, 1]
