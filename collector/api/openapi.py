@@ -43,7 +43,8 @@ _FILTERS: Final = [
 _RECORD: Final = {
     "type": "object",
     "description": "A stored audit record (docs/record.md): the schema fields, then the "
-                   "storage fields seq, source, source_seq, and peer_ip when present.",
+                   "storage fields seq, source, source_seq, chain, and peer_ip when "
+                   "present.",
     "required": list(FIELDS),
     "properties": {
         **{name: {"type": "string"} for name in FIELDS},
@@ -52,6 +53,8 @@ _RECORD: Final = {
         "seq": {"type": "integer"},
         "source": {"type": "string"},
         "source_seq": {"type": "integer"},
+        "chain": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                  "description": "record hash chain (docs/integrity.md)"},
         "peer_ip": {"type": "string"},
     },
     "additionalProperties": True,
