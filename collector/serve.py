@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any, TextIO
@@ -18,6 +19,7 @@ import orjson
 from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
 from .integrations import Integrations
+from .storage.segments import FILE_MODE
 
 log = logging.getLogger("collector")
 
@@ -162,7 +164,11 @@ def _dump_stats(server: IngestServer, store: Any, config: CollectorConfig,
     live = {**server.stats(), "store": store.stats(),  # ingest counters, then the store's
             **integrations.stats()}  # http ingest, forwarder (lag)
     try:
-        tmp.write_bytes(orjson.dumps(live, option=orjson.OPT_SORT_KEYS))
+        # The store's file mode, whatever the umask (write_bytes gave 0666 under umask 0).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(live, option=orjson.OPT_SORT_KEYS))
+        os.chmod(tmp, FILE_MODE)  # a .tmp left over from before keeps its old mode
         tmp.replace(path)
     except OSError as exc:
         log.warning("could not write %s: %s", path, exc)
