@@ -309,6 +309,8 @@ class Store:
             "fsyncs": counts["fsyncs"],
             "events_per_fsync": round(counts["written"] / counts["fsyncs"], 1)
             if counts["fsyncs"] else 0.0,
+            "fsync_seconds_total": round(writer.fsync_seconds_total, 6),
+            "fsync_seconds_max": round(writer.fsync_seconds_max, 6),
             "sources": per_source,
             "integrity": self._ledger.stats() if self._ledger is not None else None,
         }

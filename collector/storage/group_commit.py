@@ -24,6 +24,7 @@ from .errors import StorageError
 from .indexer import ChunkIndexer
 from .records import Encoded, Row, rebase, record_lines
 from .segment_set import SegmentSet
+from .segments import ActiveSegment
 
 if TYPE_CHECKING:
     from collector.integrity.ledger import Ledger
@@ -82,6 +83,8 @@ class GroupWriter:
         self.sources: dict[str, sources.Ranges] = index.source_ranges()
         self.lock = threading.Lock()
         self.counts = collections.Counter[str]()
+        self.fsync_seconds_total = 0.0
+        self.fsync_seconds_max = 0.0
         self.rate: collections.deque[tuple[float, int]] = collections.deque()
         self.last_error: str | None = None
 
@@ -167,7 +170,7 @@ class GroupWriter:
             self._fail(piece, exc, "appending to")
             return False
         # The fsync runs beside the index inserts; the index commits only after it.
-        synced = self._fsyncer.submit(active.sync)
+        synced = self._fsyncer.submit(self._timed_sync, active)
         try:
             index.begin()
             index.add_segment(active.path.name, active.header, start)
@@ -209,6 +212,14 @@ class GroupWriter:
             index.close_chunk()
         self.index_closed_chunks()
         return True
+
+    def _timed_sync(self, active: ActiveSegment) -> None:
+        started = time.perf_counter()
+        active.sync()
+        took = time.perf_counter() - started
+        # Read by stats() and the metrics: fsync latency is where a slow disk shows first.
+        self.fsync_seconds_total += took
+        self.fsync_seconds_max = max(self.fsync_seconds_max, took)
 
     def _new_ranges(self, piece: list[_Prepared]) -> dict[str, sources.Ranges]:
         numbered: dict[str, list[int]] = {}
