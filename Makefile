@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean faults
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The fault-injection suite's long run (docs/reliability.md): 60 collector kills, 30 s
+# SIGSTOP, >= 100,000 fuzzed frames and HTTP requests... (`make test` runs it shortened).
+# Each result is printed as a FAULT line; FAULTS_REPORT=path also keeps them as JSON lines.
+faults: $(STAMP)
+	FAULTS_FULL=1 $(PY) -m pytest -s tests/faults tests/security
 
 # query_speed compares the index with rg and jq (Debian: ripgrep, jq): installed when
 # missing, if we are root; otherwise the benchmark names what to install.
