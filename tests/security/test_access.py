@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from audit_middleware.wire import ErrorCode, Hello
 from tests.e2e.harness import ROOT, RawClient, short_tmp
-from tests.faults.fleet import Collector, kill_leftovers, report
+from tests.faults.fleet import Collector, report
 
 MARKER = "secret-principal-7f3a"  # stored in an event: no refusal may ever show it
 INGEST_TOKEN = "ingest-token-for-access-tests"
@@ -70,21 +70,27 @@ def served() -> Iterator[Served]:
         root, reader = add_reader(data, "ops", True), add_reader(data, "viewer", False)
         collector = Collector(data, "--tcp", "127.0.0.1:0", api=True,
                               env={"AUDIT_TOKEN": INGEST_TOKEN}).start()
-        url = collector.api_url()
-        event_id = str(uuid.uuid4())
-        event = {"v": 1, "id": event_id, "type": "credentials_accessed", "target": MARKER,
-                 "principal": MARKER, "status": "", "org_id": MARKER, "org_name": MARKER,
-                 "workspace_id": "", "workspace_name": "", "client_ip": "",
-                 "created": "2026-11-26T01:07:10.123456Z", "trace_id": "", "span_id": ""}
-        stored = httpx.post(f"{url}/api/v1/events", content=orjson.dumps(event),
-                            headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
-        assert stored.status_code == 200 and stored.json()["written"] == [event_id]
-        port = int(re.search(r"tcp:127\.0\.0\.1:(\d+)", collector.ready_line)[1])  # type: ignore[index]
         try:
-            yield Served(collector, url, root, reader, event_id, port)
+            yield serve(collector, root, reader)
         finally:
-            collector.stop()
-            kill_leftovers()
+            collector.kill()
+
+
+def serve(collector: Collector, root: str, reader: str) -> Served:
+    """Store one event whose fields are the MARKER."""
+    url = collector.api_url()
+    event_id = str(uuid.uuid4())
+    event = {"v": 1, "id": event_id, "type": "credentials_accessed", "target": MARKER,
+             "principal": MARKER, "status": "", "org_id": MARKER, "org_name": MARKER,
+             "workspace_id": "", "workspace_name": "", "client_ip": "",
+             "created": "2026-11-26T01:07:10.123456Z", "trace_id": "", "span_id": ""}
+    stored = httpx.post(f"{url}/api/v1/events", content=orjson.dumps(event),
+                        headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
+    assert stored.status_code == 200 and stored.json()["written"] == [event_id]
+    match = re.search(r"tcp:127\.0\.0\.1:(\d+)", collector.ready_line)
+    assert match, collector.ready_line
+    port = int(match[1])
+    return Served(collector, url, root, reader, event_id, port)
 
 
 def api_routes(event_id: str) -> list[tuple[str, str]]:

@@ -27,7 +27,7 @@ from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
 from tests.e2e.harness import ROOT, short_tmp
-from tests.faults.fleet import Collector, kill_leftovers, report
+from tests.faults.fleet import Collector, report
 
 FIELDS = ("target", "principal", "status", "org_id", "org_name", "workspace_id",
           "workspace_name", "client_ip")
@@ -68,27 +68,30 @@ def hostile() -> Iterator[Hostile]:
                                 "--root", "--data-dir", str(data)], cwd=ROOT, check=True,
                                capture_output=True, text=True).stdout.strip()
         collector = Collector(data, api=True).start()
-        sink = CollectorSink(collector.url, spool_dir=tmp / "spool")
-        configure(sink=sink)
-        emitted = []
         try:
-            for field in FIELDS:
-                for payload in PAYLOADS:
-                    values = {f: f"plain-{f}" for f in FIELDS} | {field: payload}
-                    if field == "client_ip" and len(payload) > 60:
-                        continue
-                    emit("user_updated", **values)
-                    emitted.append(values)
-            assert sink.wait_for_delivery(timeout=30)
-            assert sink.stats()["rejected"] == 0
+            yield Hostile(data, token, collector.api_url(), emit_hostile(collector, tmp))
         finally:
-            sink.close()
-            reset_configuration()
-        try:
-            yield Hostile(data, token, collector.api_url(), emitted)
-        finally:
-            collector.stop()
-            kill_leftovers()
+            collector.kill()
+
+
+def emit_hostile(collector: Collector, tmp: Path) -> list[dict[str, str]]:
+    sink = CollectorSink(collector.url, spool_dir=tmp / "spool")
+    configure(sink=sink)
+    emitted = []
+    try:
+        for field in FIELDS:
+            for payload in PAYLOADS:
+                values = {f: f"plain-{f}" for f in FIELDS} | {field: payload}
+                if field == "client_ip" and len(payload) > 60:
+                    continue
+                emit("user_updated", **values)
+                emitted.append(values)
+        assert sink.wait_for_delivery(timeout=30)
+        assert sink.stats()["rejected"] == 0
+    finally:
+        sink.close()
+        reset_configuration()
+    return emitted
 
 
 def hostile_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

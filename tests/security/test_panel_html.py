@@ -20,7 +20,7 @@ import pytest
 
 from tests.browser.conftest import browser, page  # noqa: F401 - fixtures
 from tests.e2e.harness import short_tmp
-from tests.faults.fleet import Collector, kill_leftovers, report
+from tests.faults.fleet import Collector, report
 from tests.security.test_access import add_reader
 
 pytestmark = pytest.mark.e2e
@@ -63,17 +63,16 @@ def hostile() -> Iterator[Hostile]:
         data.mkdir()
         token = add_reader(data, "ops", root=True)
         collector = Collector(data, api=True, env={"AUDIT_TOKEN": INGEST_TOKEN}).start()
-        url = collector.api_url()
-        stored = httpx.post(f"{url}/api/v1/events",
-                            content=b"\n".join(orjson.dumps(e) for e in events),
-                            headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
-        assert stored.status_code == 200 and len(stored.json()["written"]) == len(events), \
-            stored.text
         try:
+            url = collector.api_url()
+            stored = httpx.post(f"{url}/api/v1/events",
+                                content=b"\n".join(orjson.dumps(e) for e in events),
+                                headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
+            assert stored.status_code == 200, stored.text
+            assert len(stored.json()["written"]) == len(events), stored.text
             yield Hostile(url, token, events)
         finally:
-            collector.stop()
-            kill_leftovers()
+            collector.kill()
 
 
 def signed_in(page: Any, hostile: Hostile) -> None:  # noqa: F811 - the fixture's name
