@@ -143,6 +143,15 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(store: Any) -> None:
     assert ingest.stats()["too_large"] == 2
 
 
+@pytest.mark.parametrize("body", [b"{}\n" * 8193, b"[" + b"{}," * 8192 + b"{}]"],
+                         ids=["lines", "array"])
+def test_more_events_than_a_batch_may_hold_are_refused_unparsed(http: TestClient,
+                                                                 body: bytes) -> None:
+    reply = post(http, body)
+    assert reply.status_code == 413 and reply.json()["error"] == "too_many_events"
+    assert "8192" in reply.json()["message"]
+
+
 @pytest.mark.parametrize("body", [b"", b"   \n\n", b"[]"])
 def test_a_body_that_is_not_events_is_a_400(http: TestClient, body: bytes) -> None:
     reply = post(http, body)
