@@ -6,11 +6,18 @@ signals (it drains ingest on them), so this runs uvicorn's parts instead: ``star
 on a socket bound here (so the bound port is known, also for port 0), ``main_loop`` as
 a task, and ``shutdown`` when serve stops. Forwarded-for headers are ignored
 (``proxy_headers=False``): the client IP recorded for a read is the socket peer.
+
+uvicorn has no deadline for a request's headers: a client that sends half a request and
+waits holds its socket forever, and enough of them exhaust the process's files, which
+the ingest socket needs too. ``_guard_connections`` closes a connection that has waited
+longer than ``HEADER_TIMEOUT`` without a request in progress, and, above
+``max_connections``, the longest-waiting ones first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,18 @@ from starlette.applications import Starlette
 
 from .app import create_app
 from .context import Api, ApiSettings
+
+#: Seconds a connection may wait without a request in progress (a half-sent request
+#: included) before it is closed.
+HEADER_TIMEOUT = 10.0
+GUARD_INTERVAL = 1.0
+
+
+def default_max_connections() -> int:
+    """A quarter of the process's file limit (the rest stays for ingest and the store),
+    between 16 and 1024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, min(1024, soft // 4 if soft != resource.RLIM_INFINITY else 1024))
 
 
 class ApiError(RuntimeError):
@@ -39,8 +58,13 @@ class ApiServer:
             ssl_keyfile=str(tls_key) if tls_key else None,
             timeout_graceful_shutdown=max(int(drain_timeout), 1))
         self.server = uvicorn.Server(self.config)
+        #: None: a quarter of the file limit, read on each check (it can change under a
+        #: running process: prlimit, systemd).
+        self.max_connections: int | None = None
+        self.closed_by_guard = 0
         self._socket: socket.socket | None = None
         self._main: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
         self.url = ""
 
     async def start(self) -> str:
@@ -72,9 +96,40 @@ class ApiServer:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{'https' if config.ssl else 'http'}://{shown}:{port}"
         self._main = asyncio.create_task(self.server.main_loop())
+        self._guard = asyncio.create_task(self._guard_connections())
         return self.url
 
+    async def _guard_connections(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiting_since: dict[tuple[int, int], float] = {}
+        while True:
+            await asyncio.sleep(GUARD_INTERVAL)
+            now = loop.time()
+            connections = list(self.server.server_state.connections)
+            seen: dict[tuple[int, int], float] = {}
+            waiting: list[tuple[float, Any]] = []
+            for conn in connections:
+                cycle = getattr(conn, "cycle", None)
+                if cycle is not None and not cycle.response_complete:
+                    continue  # a request in progress: the app's business, not ours
+                key = (id(conn), id(cycle))  # a new request on the connection: a new key
+                since = seen[key] = waiting_since.get(key, now)
+                waiting.append((since, conn))
+            waiting_since = seen
+            cap = self.max_connections or default_max_connections()
+            excess = len(connections) - cap
+            for since, conn in sorted(waiting, key=lambda item: item[0]):
+                if excess <= 0 and now - since < HEADER_TIMEOUT:
+                    break
+                transport = getattr(conn, "transport", None)
+                if transport is not None and not transport.is_closing():
+                    transport.close()
+                    self.closed_by_guard += 1
+                excess -= 1
+
     async def shutdown(self) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
         self.server.should_exit = True
         if self._main is not None:
             await self._main

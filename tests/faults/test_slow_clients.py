@@ -211,10 +211,7 @@ def test_a_shipper_with_larger_batches_splits_them_under_the_event_cap(tmp: Path
     assert len(Stored.read(collector.data_dir).in_segments) == 3 * MAX_BATCH_EVENTS
 
 
-@pytest.mark.xfail(strict=True, reason="the API's uvicorn has no deadline for request "
-                   "headers: silent HTTP clients hold their sockets forever and, at the "
-                   "process's file limit, ingest stops accepting; reported to issue 4")
-def test_known_bug_slow_http_clients_exhaust_the_collectors_files(tmp: Path) -> None:
+def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path) -> None:
     """Clients of the query API that send half a request and wait. To reach the limit
     quickly the collector's file limit is lowered to 200 (prlimit); with the usual
     1024 or more it takes only more connections."""
