@@ -63,8 +63,7 @@ def _writer(fmt: str, out: TextIO) -> Callable[[list[dict[str, Any]], bool], Non
 
     def write(records: list[dict[str, Any]], header: bool = True) -> None:
         if fmt == "jsonl":
-            for line in render.jsonl(records):
-                out.write(line.decode("utf-8"))
+            out.writelines(line.decode("utf-8") for line in render.jsonl(records))
         elif fmt in formats.FORMATTERS:
             out.writelines(line.decode("utf-8") for line in formats.json_lines(records, fmt))
         elif fmt == "csv":
