@@ -7,8 +7,11 @@ are then lost, and their batches are sent again (the collector deduplicates).
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
+import time
+from collections.abc import Callable
 
 from ..wire import (
     HEADER_SIZE,
@@ -27,6 +30,15 @@ from .endpoint import Endpoint
 
 #: The largest reply frame a client accepts (a result lists the ids of a whole batch).
 MAX_REPLY_FRAME = 64 * 1024 * 1024
+#: How long a silent collector is waited for while the app's queue fills up, before the
+#: connection is given up and batches go to the spool (a healthy one answers in
+#: milliseconds; a stopped or hung one would be waited for until the queue overflowed).
+PRESSURE_GRACE = 0.5
+_POLL = 0.05
+
+
+class CollectorStalled(TimeoutError):
+    """The collector neither answers nor reads while the app's queue fills up."""
 
 
 class Connection:
@@ -37,8 +49,10 @@ class Connection:
         *,
         tls: ssl.SSLContext | None,
         connect_timeout: float,
+        pressure: Callable[[], bool] = lambda: False,
     ) -> None:
         self.endpoint = endpoint
+        self._pressure = pressure  # True: the app's queue is filling up
         self._hello = hello
         self._tls = tls
         self._connect_timeout = connect_timeout
@@ -62,6 +76,7 @@ class Connection:
         self._sock = sock
         try:
             sock.sendall(self._hello.encode())
+            self._await_reply(self._connect_timeout)
             kind, payload = self._read_frame()
             if kind is FrameType.ERROR:
                 raise ErrorReply.decode(payload).exception()
@@ -83,18 +98,53 @@ class Connection:
         self._next_batch = batch_id + 1 if batch_id < MAX_BATCH_ID else 1
         try:
             sock.settimeout(timeout)
-            sock.sendall(encode_batch(batch_id, body))
+            self._send_all(sock, encode_batch(batch_id, body), timeout)
         except BaseException:
             self.close()
             raise
         self.batches += 1
         return batch_id
 
+    def _send_all(self, sock: socket.socket, data: bytes, timeout: float) -> None:
+        """``sendall``, except that a collector that stops reading (its socket buffer
+        full) is given up on like a silent one, once the app's queue fills up."""
+        view = memoryview(data)
+        start = time.monotonic()
+        while view:
+            if not select.select([], [sock], [], _POLL)[1]:
+                waited = time.monotonic() - start
+                if waited >= timeout:
+                    raise TimeoutError(f"the collector took nothing for {waited:.1f}s")
+                if waited >= PRESSURE_GRACE and self._pressure():
+                    raise CollectorStalled(f"the collector took nothing for {waited:.1f}s "
+                                       "while the audit queue fills up: spooling meanwhile")
+                continue
+            view = view[sock.send(view):]
+
+    def _await_reply(self, timeout: float) -> None:
+        """Wait until a reply starts to arrive, at most ``timeout`` seconds (then the read
+        that follows times out, as it always did). A collector silent for
+        ``PRESSURE_GRACE`` seconds while the app's queue fills up is given up on early
+        (TimeoutError): waiting longer would overflow the queue and drop events the
+        spool has room for."""
+        sock = self._sock
+        if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            return
+        start = now = time.monotonic()
+        while not select.select([sock], [], [], max(min(_POLL, start + timeout - now), 0))[0]:
+            now = time.monotonic()
+            if now >= start + timeout:
+                return
+            if now - start >= PRESSURE_GRACE and self._pressure():
+                raise CollectorStalled(f"no answer from the collector for {now - start:.1f}s "
+                                   "while the audit queue fills up: spooling meanwhile")
+
     def receive(self, batch_id: int, timeout: float) -> Result:
         """The reply to batch ``batch_id``, the oldest one in flight. A WireError with a
         retryable code (storage unavailable, shutting down) means: send it again later."""
         try:
             assert self._sock is not None, "not connected to the collector"
+            self._await_reply(timeout)
             self._sock.settimeout(timeout)
             kind, payload = self._read_frame()
             if kind is FrameType.RESULT:

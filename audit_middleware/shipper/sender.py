@@ -13,7 +13,7 @@ from typing import Final
 
 from .._counter import Counter
 from ..wire import Hello, Result, WireError
-from .connection import Connection
+from .connection import CollectorStalled, Connection
 from .endpoint import Endpoint
 from .pipeline import Chunk, Pipeline
 from .receipts import Receipt
@@ -51,6 +51,8 @@ class Sender:
         self.acknowledged = Counter()
         self.rejected = Counter()
         self.retried = Counter()
+        #: True when the app's queue is filling up (set by the sink that owns the queue).
+        self.pressure: Callable[[], bool] = lambda: False
         self.reset("")
 
     def reset(self, source: str) -> None:
@@ -99,7 +101,8 @@ class Sender:
                 self._recovered()
                 return []
             if (attempt == 1 and reused and pipe.acknowledged == 0 and self.deadline is None
-                    and isinstance(pipe.failed, OSError)):
+                    and isinstance(pipe.failed, OSError)
+                    and not isinstance(pipe.failed, CollectorStalled)):
                 chunks = pipe.unsent  # the collector may have closed an idle connection
                 continue
             self._failed(pipe.failed)
@@ -110,7 +113,8 @@ class Sender:
         conn = self._conn
         if conn is None or not conn.open:
             conn = Connection(self.endpoint, Hello(self.source, token=self._token),
-                              tls=self._tls, connect_timeout=self._timeout(self._connect_timeout))
+                              tls=self._tls, connect_timeout=self._timeout(self._connect_timeout),
+                              pressure=self.pressure)
             conn.connect()
             self._conn = conn
         return conn

@@ -110,6 +110,9 @@ class CollectorSink:
             name=f"audit-collector:{self.endpoint}", exit_timeout=exit_timeout,
             idle=self._idle,
         )
+        if self._spool is not None:  # with somewhere to put batches, do not wait for a
+            half = max(max_queue // 2, 1)  # silent collector until the queue overflows
+            self._sender.pressure = lambda: self._queue.depth >= half
         self.spooled = Counter()
         self.replayed = Counter()
         self._closed = False
