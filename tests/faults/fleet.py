@@ -450,7 +450,8 @@ def report(row: str, **numbers: Any) -> None:
     target = os.environ.get("FAULTS_REPORT")
     if target:
         with open(target, "ab") as f:
-            f.write(orjson.dumps({"row": row, **numbers}) + b"\n")
+            f.write(orjson.dumps({"row": row, **numbers}, option=orjson.OPT_NON_STR_KEYS)
+                    + b"\n")
 
 
 def percentile(values: list[float], p: float) -> float:

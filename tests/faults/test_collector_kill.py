@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 KILLS = scaled(6, 60)
 APPS = scaled(3, 4)
+DELIVER = scaled(120, 900)  # seconds the apps may take to deliver their backlog at the end
 
 
 def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp: Path) -> None:
@@ -27,8 +28,10 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp: Path) -> Non
     collector = Collector(tmp / "data", "--max-segment-bytes", "256KiB",
                           "--compress-sealed", "true")
     collector.start()
-    apps = [App(f"app{n}", collector.url, tmp / f"spool{n}", tmp / "logs")
-            for n in range(APPS)]
+    # About 2,000 events a second each: more than the collector can take while it is
+    # down and restarting (the spools absorb it), less than it can catch up with.
+    apps = [App(f"app{n}", collector.url, tmp / f"spool{n}", tmp / "logs", burst=20,
+                pause=0.01, deliver_timeout=DELIVER) for n in range(APPS)]
     kills = during_start = repaired = 0
     try:
         for _ in range(KILLS):
@@ -49,7 +52,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp: Path) -> Non
     finally:
         if not collector.alive:
             collector.start()
-        results = [a.finish() for a in apps]
+        results = [a.finish(timeout=DELIVER + 60) for a in apps]
         assert collector.stop() == 0, "".join(collector.output)
 
     stored = Stored.read(collector.data_dir)
