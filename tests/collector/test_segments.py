@@ -114,8 +114,8 @@ def test_a_uuid_id_is_keyed_by_its_16_bytes_and_any_other_id_by_its_text() -> No
     uuid = "0190c5a0-1234-7abc-8def-0123456789ab"
     assert id_key(uuid) == bytes.fromhex(uuid.replace("-", ""))
     assert id_key(uuid.upper()) == id_key(uuid)  # one UUID, one key
-    for other in ("evt-1", "0190c5a0-1234-7abc-8def-0123456789a ", "0190c5a0x1234-7abc-8def-"
-                  "0123456789ab", "0190c5a0-1234-7abc-8def-0123456789zz"):
+    for other in ("evt-1", "0190c5a0-1234-7abc-8def-0123456789a ",
+                  "0190c5a0x1234-7abc-8def-0123456789ab", "0190c5a0-1234-7abc-8def-0123456789zz"):
         assert id_key(other) == other
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from collector.query import iter_records
-
 from audit_middleware.catalogue import SEED_CATALOGUE
+from collector.query import iter_records
 from examples.platform.auth import ALICE
 
 pytestmark = pytest.mark.e2e
