@@ -196,6 +196,9 @@ def test_an_http_body_of_tiny_lines_costs_bounded_memory(tmp: Path) -> None:
                           headers={"Authorization": f"Bearer {TOKEN}"})
     growth = collector.memory().peak_kib - before.rss_kib
     assert collector.stop() == 0
+    report("a 1 MiB HTTP ingest body of tiny lines", events=len(body) // 3,
+           status=response.status_code, collector_peak_growth_mib=growth // 1024,
+           acknowledged=0, stored=0, lost=0)
     assert response.status_code in (400, 413, 422)
     assert growth < 64 * 1024, f"{growth // 1024} MiB for a 1 MiB request"
 
@@ -235,6 +238,10 @@ def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path) -> Non
     finally:
         for sock in held:
             sock.close()
+    result = app.finish()
+    assert collector.stop() == 0
+    report("slow HTTP clients holding the API (file limit 200)", slow_clients=len(held),
+           acknowledged=result["acknowledged"], lost=result["emitted"] - result["acknowledged"])
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
