@@ -8,9 +8,11 @@ The start-up summary lists every option with its source; a line starting with
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from typing import Any, TextIO
 
@@ -19,6 +21,7 @@ import orjson
 from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
 from .integrations import Integrations
+from .storage.errors import StorageError
 from .storage.segments import FILE_MODE
 
 log = logging.getLogger("collector")
@@ -69,7 +72,16 @@ def run(config: CollectorConfig, out: TextIO = sys.stdout) -> int:
         print(line, file=out)
     out.flush()
     config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    store, report = open_store(config)
+    try:
+        store, report = open_store(config)
+    except (StorageError, OSError, sqlite3.Error) as exc:
+        # E.g. restarted on a full disk: say so, exit; the apps spool meanwhile.
+        full = "disk is full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC
+        print(f"audit-collector serve: cannot open the store in {config.data_dir}: {exc}"
+              + ("; free space on its disk and start again (nothing acknowledged is "
+                 "lost: apps spool until the collector is back)" if full else ""),
+              file=sys.stderr, flush=True)
+        return 1
     print(f"audit-collector: store opened in {config.data_dir}: {describe_repair(report)}",
           file=out, flush=True)
     try:
