@@ -174,11 +174,11 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def _indexed(data_dir: Path) -> int:
-    from .index import connect
+    from .index import connect, count_rows
 
     con = connect(data_dir / "index.sqlite", readonly=True)
     try:
-        return int(con.execute("SELECT coalesce(sum(rows), 0) FROM chunks").fetchone()[0])
+        return count_rows(con)
     finally:
         con.close()
 
