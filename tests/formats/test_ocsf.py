@@ -1,14 +1,19 @@
 """OCSF output: every record maps to a valid OCSF 1.3.0 event of API Activity (6003) or,
-for sign-ins, Authentication (3002), checked against the vendored schema excerpt."""
+for sign-ins, Authentication (3002), checked against the published 1.3.0 schema export
+(``ocsf_schema``), and against the JSON Schema that ``ocsf-json-schema`` builds from it."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
+from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema  # type: ignore[import-untyped]
 
 from collector.formats import classify, to_ocsf
 from tests.formats.conformance import ocsf_problems
+from tests.formats.ocsf_schema import OCSF_VERSION
 from tests.formats.records import SEED_TYPES, stored, variety
 
 
@@ -26,8 +31,48 @@ def test_the_checker_refuses_what_the_schema_refuses() -> None:
     problems = ocsf_problems(event)
     assert "event.actor is required" in problems
     assert "event.colour is not an attribute of the schema" in problems
-    assert any("src_endpoint.ip must be an IP" in p for p in problems)
+    assert any(p.startswith("event.src_endpoint.ip = 'not-an-ip' does not match") for p in problems)
     assert "type_uid is not class_uid * 100 + activity_id" in problems
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda e: e.update(activity_id=7), "event.activity_id = 7 is not in its enum"),
+    (lambda e: e.update(activity_name="Read"),
+     "event.activity_name 'Read' is not 'Delete', the caption of activity_id 4"),
+    (lambda e: e.update(status="Failure"),
+     "event.status 'Failure' is not 'Success', the caption of status_id 1"),
+    (lambda e: e.update(category_uid=3), "event.category_uid = 3 is not in its enum"),
+    (lambda e: e.update(time="2026-11-26T01:07:10Z"), "event.time must be an integer"),
+    (lambda e: e["actor"]["user"].update(type_id=5), "event.actor.user.type_id = 5 is not"),
+    (lambda e: e["metadata"]["product"].pop("vendor_name"),
+     "event.metadata.product.vendor_name is required"),
+    (lambda e: e.update(cloud={"provider": "aws"}),
+     "event.cloud belongs to profile cloud, which metadata.profiles does not name"),
+    (lambda e: e["src_endpoint"].update(intermediate_ips="10.0.0.2"),
+     "event.src_endpoint.intermediate_ips must be an array"),
+    (lambda e: e.update(actor={}), "event.actor needs at least one of process, user"),
+])
+def test_the_checker_reads_the_published_schema(change: Any, problem: str) -> None:
+    event = to_ocsf(stored(7))
+    change(event)
+    assert any(p.startswith(problem) for p in ocsf_problems(event)), ocsf_problems(event)
+
+
+@pytest.mark.parametrize("record", variety(), ids=lambda r: f"{r['type']}-{r['seq']}")
+def test_the_packaged_json_schema_accepts_every_event_too(record: dict[str, Any]) -> None:
+    # A second reading of the same published schema, by the package's own generator.
+    event = to_ocsf(record)
+    schema = json_schema().get_class_schema(
+        class_name=json_schema().lookup_class_name_from_uid(class_uid=event["class_uid"]),
+        profiles=[])
+    errors = [f"{list(e.path)}: {e.message}"
+              for e in jsonschema.Draft202012Validator(schema).iter_errors(event)]
+    assert errors == []
+
+
+@cache
+def json_schema() -> Any:
+    return OcsfJsonSchemaEmbedded(get_ocsf_schema(version=OCSF_VERSION))
 
 
 def test_an_api_event_carries_who_what_where_and_when() -> None:
