@@ -7,13 +7,15 @@ the good events go to the Store, whose future resolves after fsync and index com
 
 Whatever a client sends, the answer is an error frame and a closed connection, never an
 exception escaping a connection task. Slow and half-open clients run into the
-handshake, idle and read deadlines; the number of connections is bounded.
+handshake, idle and read deadlines; the number of connections is bounded, and so is
+what the replies of one connection may hold (``reply_queue``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import ipaddress
 import logging
@@ -44,15 +46,12 @@ from audit_middleware.wire import (
 )
 
 from .listen import IngestError, bind_unix, tls_context
+from .reply_queue import ReplyQueue, result_size
 from .validation import Validator, event_id
 
 __all__ = ["IngestError", "IngestServer", "IngestSettings"]
 
 log = logging.getLogger("collector.ingest")
-
-#: Batches of one connection in flight at once (read and validated, not yet answered).
-PIPELINE_DEPTH = 4
-
 
 class StoreLike(Protocol):
     def submit(self, events: list[dict[str, Any]], source: str = "",
@@ -246,11 +245,14 @@ class IngestServer:
         writer.write(Welcome(version, s.max_frame, s.idle_timeout).encode())
         await self._drain(writer)
         # Pipelined: the next batch is read and validated while earlier ones are being
-        # stored; a separate task sends the replies, in batch order.
-        replies: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(PIPELINE_DEPTH)
-        sender = asyncio.create_task(self._send_replies(replies, writer))
+        # stored; the queue's own task sends the replies, in batch order. No frame is
+        # read while the client leaves too many reply bytes unread (reply_queue.py).
+        replies = ReplyQueue(writer, functools.partial(self._drain, writer))
         try:
-            while not self._closing and not sender.done():
+            while not self._closing and not replies.task.done():
+                await replies.room()
+                if replies.task.done():
+                    break
                 conn.idle = True
                 kind, payload = await self._read_frame(reader, s.max_frame, s.idle_timeout,
                                                        s.read_timeout)
@@ -258,30 +260,10 @@ class IngestServer:
                 if kind is not FrameType.BATCH:
                     raise WireError(ErrorCode.UNEXPECTED_FRAME, f"expected a BATCH frame, "
                                     f"got {kind.name}")
-                await replies.put(self._batch(payload))
+                await replies.put(*self._batch(payload))
         finally:
             conn.idle = False
-            if not sender.done():
-                await replies.put(None)  # the sender answers what was accepted, then ends
-            try:
-                await sender
-            except asyncio.CancelledError:
-                sender.cancel()
-                raise
-
-    async def _send_replies(self, replies: asyncio.Queue[asyncio.Future[bytes] | None],
-                            writer: asyncio.StreamWriter) -> None:
-        broken = False
-        while (item := await replies.get()) is not None:
-            data = await item
-            if broken:
-                continue  # keep taking replies so the reader never blocks on a full queue
-            writer.write(data)
-            try:
-                await self._drain(writer)
-            except ConnectionError:
-                broken = True
-                writer.transport.abort()  # a client that does not read: the reader stops
+            await replies.finish()  # the replies to what was accepted, then the sender ends
 
     async def _read_frame(self, reader: asyncio.StreamReader, max_frame: int,
                           first_byte_timeout: float, rest_timeout: float
@@ -316,9 +298,10 @@ class IngestServer:
             await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     # -- batches --------------------------------------------------------------------------
-    def _batch(self, payload: bytes) -> asyncio.Future[bytes]:
+    def _batch(self, payload: bytes) -> tuple[asyncio.Future[bytes], int]:
         """Validate a batch and hand its good events to the Store now (so they join the
-        next group commit); the returned future gives the reply once they are stored."""
+        next group commit); the returned future gives the reply once they are stored,
+        the number about how many bytes it will be."""
         batch = decode_batch(payload)
         if len(batch.lines) > MAX_BATCH_EVENTS:
             raise WireError(ErrorCode.BAD_BATCH, f"{len(batch.lines)} events in one batch, "
@@ -350,15 +333,17 @@ class IngestServer:
         if not good:
             self.counters["events_duplicate"] += len(repeated)
             done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            done.set_result(Result(batch.batch_id, [], repeated, rejected).encode())
-            return done
+            reply = Result(batch.batch_id, [], repeated, rejected).encode()
+            done.set_result(reply)
+            return done, len(reply)
         try:
             stored = asyncio.wrap_future(self._store.submit(good, batch.source, good_seqs))
         except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
             stored = asyncio.get_running_loop().create_future()
             stored.set_exception(exc)
-        return asyncio.ensure_future(self._reply(batch.batch_id, stored, repeated, rejected,
-                                                 len(good)))
+        return (asyncio.ensure_future(self._reply(batch.batch_id, stored, repeated, rejected,
+                                                  len(good))),
+                result_size(len(good) + len(repeated), rejected))
 
     async def _reply(self, batch_id: int, stored: Awaitable[Any], repeated: list[str],
                      rejected: list[Rejection], count: int) -> bytes:

@@ -86,9 +86,9 @@ def test_unauthenticated_tcp_clients_cannot_lock_out_the_apps(tmp: Path) -> None
 
 def test_trickling_and_never_reading_clients_hold_bounded_memory(tmp: Path) -> None:
     """Clients that trickle a frame a byte at a time, and clients that send batches
-    without ever reading a reply: the read deadline closes the first, the reply queue
-    (4 batches a connection) stops reading from the second; memory stays bounded and an
-    honest app keeps delivering meanwhile."""
+    without ever reading a reply: the read deadline closes the first, the reply backlog
+    bound (collector/reply_queue.py) stops reading from the second; memory stays bounded
+    and an honest app keeps delivering meanwhile."""
     collector = Collector(tmp / "data", "--max-frame", "128KiB", "--read-timeout", "1s",
                           "--max-connections", str(ATTACKERS * 2 + 16)).start()
     before = collector.memory()
@@ -152,13 +152,15 @@ def test_trickling_and_never_reading_clients_hold_bounded_memory(tmp: Path) -> N
            acknowledged=result["acknowledged"], lost=result["emitted"] - result["acknowledged"])
     assert result["delivered"] and result["acknowledged"] == 200
     assert closed == len(tricklers), "a trickling client outlived the read deadline"
-    # The collector stops reading a client with 4 batches unanswered (plus one read
-    # ahead, and what the socket buffers hold): pushing for seconds gets nowhere.
+    # The collector stops reading a client whose unread replies pass the backlog bound
+    # (the first of these, ~1.7 MB, does; the socket buffers hold a few more frames):
+    # pushing for seconds gets nowhere.
     assert sent[0] <= 16 * len(pushers), "the collector kept reading from clients that " \
         "never read a reply"
-    # A pusher holds those batches with their replies (a reason per rejected event);
-    # a trickler one partial frame.
-    assert peak - before.rss_kib < 64 * 1024 + len(pushers) * 16 * 1024 + len(tricklers) * 256
+    # A pusher holds about one reply (a reason per rejected event: it held ~11 MB when
+    # its 4 batches in flight, one read ahead and their replies were kept); a trickler
+    # one partial frame.
+    assert peak - before.rss_kib < 64 * 1024 + len(pushers) * 4 * 1024 + len(tricklers) * 256
 
 
 def test_a_frame_of_tiny_lines_is_refused_before_it_costs_memory(tmp: Path) -> None:
