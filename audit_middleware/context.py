@@ -38,10 +38,15 @@ class CaptureConfig:
 
     #: Whether ``@audited`` has work to do before the handler runs (derived).
     before_handler: bool = field(init=False, default=False)
+    #: No resolver and no trusted proxy (derived): a request's fields come straight from
+    #: its scope, the per-event fast path (``emitter.request_fields``).
+    plain: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "before_handler",
                            self.org is not None or self.workspace is not None)
+        object.__setattr__(self, "plain", not self.trusted_proxies and self.principal is None
+                           and self.org is None and self.workspace is None)
         if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
             raise AuditConfigurationError(
                 f"forwarded_header must be 'x-forwarded-for' or 'forwarded', "

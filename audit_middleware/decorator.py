@@ -128,8 +128,16 @@ class _Recorder:
 
     def success(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
                 ctx: RequestContext | None) -> None:
-        if self.simple and ctx is not None and type(result) is not tuple:
-            code = getattr(result, "status_code", None)
+        if self.simple and ctx is not None:
+            kind = type(result)
+            # A plain body (FastAPI's dict, a list, None) has no status: skip getattr,
+            # whose miss costs an AttributeError raised and swallowed inside CPython.
+            if kind is dict or kind is list or result is None:
+                code = None
+            elif kind is tuple:
+                return self._general(AuditCall(args, kwargs, result, None, ctx))
+            else:
+                code = getattr(result, "status_code", None)
             if code is None or (type(code) is int and code < 400):
                 name = self.target_param
                 if name is None:

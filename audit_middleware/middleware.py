@@ -53,7 +53,7 @@ class AuditMiddleware:
                 send = _flushing_on_shutdown(send)
             await self.app(scope, receive, send)
             return
-        ctx = RequestContext(self.config, scope=scope)
+        ctx = RequestContext(self.config, scope)
         fail_closed_timeout = _config.settings.fail_closed_timeout
         if fail_closed_timeout is not None:
             await _call_fail_closed(self.app, scope, receive, send, ctx, fail_closed_timeout)

@@ -7,11 +7,26 @@ when the event is serialized, usually on a sink's background thread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
+
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-current_context = otel_context.get_current
+
+def _context_getter() -> Callable[[], Context]:
+    """``otel_context.get_current``, or, with the SDK's default runtime context (a
+    contextvar), that contextvar's own C-level ``get``: the same value without two Python
+    calls on every event. Any other runtime context keeps the public function."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if type(runtime).__name__ == "ContextVarsRuntimeContext" and isinstance(var, ContextVar):
+        return var.get
+    return otel_context.get_current
+
+
+current_context = _context_getter()
 
 
 def trace_ids(context: Context | None) -> tuple[str, str]:

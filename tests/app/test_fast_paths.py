@@ -1,0 +1,125 @@
+"""The request path's shortcuts give exactly what the general code gives.
+
+``request_fields`` reads the scope directly when no resolver or proxy is configured
+(``CaptureConfig.plain``), ``emit_in_request`` skips keyword handling, and
+``tracing.current_context`` reads the SDK's contextvar itself: each is checked here
+against the general path it stands in for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+import audit_middleware
+from audit_middleware import tracing
+from audit_middleware.context import CaptureConfig, RequestContext, current, set_principal
+from audit_middleware.emitter import emit_in_request, request_fields
+from audit_middleware.errors import AuditConfigurationError, UnknownEventTypeError
+from audit_middleware.event import AuditEvent
+from audit_middleware.testing import capture_audit_events, reset_configuration
+
+
+class _User:
+    is_authenticated = True
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+
+
+def _scope(user: Any = None, client: tuple[str, int] | None = ("203.0.113.9", 4711)) -> dict[str, Any]:
+    scope: dict[str, Any] = {"type": "http", "headers": [], "client": client,
+                             "path_params": {}}
+    if user is not None:
+        scope["user"] = user
+    return scope
+
+
+def _general(ctx: RequestContext, cap: int) -> tuple[str, ...]:
+    """The same fields through the general branch (a resolver makes the config not plain)."""
+    config = CaptureConfig(principal=lambda c: None)
+    assert not config.plain
+    return request_fields(RequestContext(config, ctx.scope), cap)
+
+
+@pytest.mark.parametrize("user", [None, _User("u-1"), _User("system"), _User("x" * 300)])
+@pytest.mark.parametrize("client", [("203.0.113.9", 4711), None, ("2001:db8::1", 1)])
+def test_plain_request_fields_equal_the_general_path(user: Any, client: Any) -> None:
+    ctx = RequestContext(CaptureConfig(), _scope(user, client))
+    assert ctx.config.plain
+    assert request_fields(ctx, 64) == _general(ctx, 64)
+
+
+def test_config_with_any_resolver_or_proxy_is_not_plain() -> None:
+    assert CaptureConfig().plain
+    assert not CaptureConfig(trusted_proxies=["10.0.0.0/8"]).plain  # type: ignore[arg-type]
+    assert not CaptureConfig(org=lambda c: "o-1").plain
+    assert not CaptureConfig(workspace=lambda c: "w-1").plain
+
+
+def test_set_principal_is_honoured_on_a_plain_config() -> None:
+    with capture_audit_events() as events:
+        ctx = RequestContext(CaptureConfig(), _scope(_User("u-1")))
+        token = current.set(ctx)
+        try:
+            emit_in_request("credentials_created", "c-1", None, ctx)
+            set_principal("u-2")
+            emit_in_request("credentials_created", "c-2", None, ctx)
+        finally:
+            current.reset(token)
+    assert [e.principal for e in events] == ["u-1", "u-2"]
+    reset_configuration()
+
+
+def test_emit_in_request_caps_and_converts_like_emit() -> None:
+    audit_middleware.configure(max_field_length=24)
+    try:
+        with capture_audit_events() as events:
+            ctx = RequestContext(CaptureConfig(), _scope())
+            token = current.set(ctx)
+            try:
+                fast = emit_in_request("credentials_created", "t" * 60, 7, ctx)
+                slow = audit_middleware.emit("credentials_created", "t" * 60, status=7)
+            finally:
+                current.reset(token)
+        assert len(events) == 2
+        for name in ("target", "status", "principal", "client_ip", "org_id"):
+            assert getattr(fast, name) == getattr(slow, name), name
+        assert fast.target != "t" * 60 and len(fast.target) <= 24
+        assert fast.status == "7"
+    finally:
+        reset_configuration()
+
+
+def test_emit_in_request_still_refuses_unknown_types_and_missing_sink() -> None:
+    ctx = RequestContext(CaptureConfig(), _scope())
+    reset_configuration()
+    with pytest.raises(AuditConfigurationError, match="no audit sink configured"):
+        emit_in_request("credentials_created", "c-1", None, ctx)
+    with capture_audit_events(), pytest.raises(UnknownEventTypeError):
+        emit_in_request("credentials_creatd", "c-1", None, ctx)
+    reset_configuration()
+
+
+def test_current_context_is_the_public_current_context() -> None:
+    provider = TracerProvider()
+    tracer = provider.get_tracer("test")
+    assert tracing.current_context() is otel_context.get_current()
+    with tracer.start_as_current_span("outer") as span:
+        captured = tracing.current_context()
+        assert captured is otel_context.get_current()
+        assert trace.get_current_span(captured) is span
+        event = AuditEvent("credentials_created", "c", "u", "", "", "", "", "", "", 0, captured)
+        assert event.trace_id == f"{span.get_span_context().trace_id:032x}"
+    assert tracing.current_context() is otel_context.get_current()
+
+
+def test_other_runtime_contexts_keep_the_public_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    class OtherRuntime:
+        _current_context = None
+
+    monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", OtherRuntime())
+    assert tracing._context_getter() is otel_context.get_current
