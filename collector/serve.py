@@ -107,6 +107,9 @@ def describe_repair(report: Any) -> str:
     if getattr(report, "dropped_segments", None):
         done.append(f"{len(report.dropped_segments)} missing segment(s) dropped from the "
                     "index")
+    if getattr(report, "missing_newest", None):
+        done.append(f"newest segment(s) {', '.join(map(str, report.missing_newest))} "
+                    "missing (deleted?): new records go to a segment numbered after them")
     if getattr(report, "unreadable_lines", 0):
         done.append(f"{report.unreadable_lines} unreadable line(s) skipped")
     return "; ".join(done) if done else "nothing to repair"

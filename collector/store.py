@@ -139,8 +139,16 @@ class Store:
 
             self._ledger = Ledger.open(self.settings.data_dir, self.settings.signing_key,
                                        self.settings.digest_interval, self.quarantine_dir)
+        # Numbers something durable already names are never given again (the newest
+        # segment file may be gone: deleted while the collector was stopped).
+        named_segment, named_record = report.named_segment, report.named_record
+        if self._ledger is not None:
+            signed_segment, signed_record = self._ledger.named()
+            named_segment = max(named_segment, signed_segment)
+            named_record = max(named_record, signed_record)
         self._segments = SegmentSet(self.settings, self.segments_dir, index, self._wake.set,
-                                    self._ledger)
+                                    self._ledger, named_segment)
+        report.missing_newest = self._segments.missing_newest
         if self._ledger is not None:
             self._ledger.started(self._segments.sealed_files(), self._segments.active)
         chunk = index.open_chunk
@@ -151,6 +159,7 @@ class Store:
             self._indexer.submit(closed)
         index.newly_closed.clear()
         self._writer = GroupWriter(index, self._segments, self._indexer, self._ledger)
+        self._writer.next_seq = max(self._writer.next_seq, named_record + 1)
         return report
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from collector.storage.segments import (
     SegmentHeader,
     fsync_dir,
     iter_lines,
+    segment_seq,
 )
 
 from . import chain as chains
@@ -91,6 +92,16 @@ class Ledger:
                 newest = max(found.digests, key=lambda g: g.n)
                 self.newest, self.n, self.previous = newest, newest.n, newest.signature_b64
                 return
+
+    def named(self) -> tuple[int, int]:
+        """The highest segment and record numbers the digests name: those of the newest
+        digest (the segment it describes, the active segment it names as head, its last
+        record). A new segment or record must be numbered after them."""
+        newest = self.newest
+        if newest is None:
+            return 0, 0
+        head = segment_seq(str(newest.head)) or 0
+        return max(int(newest.segment_seq), head), int(newest.last_seq)
 
     def chain_after(self, files: list[SegmentFile]) -> str:
         """The chain value a new segment after ``files`` links to (their newest record's;

@@ -51,6 +51,14 @@ class RepairReport:
     indexed: int = 0  # records added to the index
     dropped_segments: list[str] = field(default_factory=list)  # in the index, not on disk
     unreadable_lines: int = 0  # lines inside a segment that are not records: skipped
+    #: The highest segment and record numbers the index named before any repair: a new
+    #: segment or record is numbered after them (and after what the digests name), so
+    #: no number ever means two things (``Store.open``).
+    named_segment: int = 0
+    named_record: int = 0
+    #: Numbers of segments newer than every segment file left, which the index or the
+    #: digests name (the active segment deleted): the new one is numbered after them.
+    missing_newest: list[int] = field(default_factory=list)
 
     @property
     def quarantined_bytes(self) -> int:
@@ -73,6 +81,8 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
         index.commit()
         report.index_rebuilt = rebuild
     catalog = index.segments()
+    report.named_segment = max(catalog, default=0)
+    report.named_record = max((e.last_seq for e in catalog.values()), default=0)
     files = _one_copy_each(segments_dir, catalog, report)
     if files and not files[-1].compressed:
         torn = repair_tail(files[-1].path, quarantine_dir)

@@ -51,7 +51,10 @@ class _Sealed:
 
 class SegmentSet:
     def __init__(self, settings: StorageSettings, directory: Path, index: Index,
-                 wake: Callable[[], None], ledger: Ledger | None = None) -> None:
+                 wake: Callable[[], None], ledger: Ledger | None = None,
+                 named: int = 0) -> None:
+        """``named``: the highest segment number the index or the digests name; a new
+        segment is numbered after it, even when its file is gone."""
         self.settings = settings
         self.directory = directory
         self._index = index
@@ -62,15 +65,21 @@ class SegmentSet:
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="audit-store-compress")
         self.last_error: str | None = None
         files = list_segment_files(directory)
-        if files and not files[-1].compressed:
+        newest = files[-1].seq if files else 0
+        #: Newer segments than any file left, yet named: the active one was deleted.
+        self.missing_newest = list(range(newest + 1, named + 1))
+        if files and not files[-1].compressed and not self.missing_newest:
             last = files[-1]
             self.active = ActiveSegment.reopen(last.path, index.segments()[last.seq].records)
             sealed = files[:-1]
-        else:  # a new store, or one whose active segment was removed
+        else:
+            # A new store, or one whose active segment was removed: reopening the sealed
+            # one before it would reuse the removed one's number (and, within the same
+            # second, its very file name), and verify could not tell them apart.
             previous = header_of(files[-1]).id if files else ""
             chain = ledger.chain_after(files) if ledger is not None else ""
-            self.active = ActiveSegment.create(directory, files[-1].seq + 1 if files else 1,
-                                               previous, chain=chain)
+            self.active = ActiveSegment.create(directory, max(newest, named) + 1, previous,
+                                               chain=chain)
             self.register(self.active)
             sealed = files
         if ledger is not None:

@@ -37,6 +37,12 @@ def segment_name(seq: int, created_ns: int) -> str:
     return f"segment-{seq:08d}-{stamp}.jsonl"
 
 
+def segment_seq(name: str) -> int | None:
+    """The seq in a segment file name (plain or compressed), or None for another name."""
+    match = _NAME.fullmatch(name)
+    return int(match[1]) if match else None
+
+
 @dataclass(frozen=True)
 class SegmentFile:
     """A segment file found on disk."""

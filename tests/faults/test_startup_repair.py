@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -138,11 +137,9 @@ def active_segment_deleted(data_dir: Path) -> set[str]:
     victim = segments(data_dir)[-1]
     lost = ids_in(victim)
     victim.unlink()
-    # The next start reuses the deleted segment's number (and its records' seqs); a
-    # replacement created in the same second gets the very same file name, and verify
-    # cannot tell them apart (records not yet covered by a checkpoint digest are not
-    # signed: docs/integrity.md). Start in the next second, as any real restart would.
-    time.sleep(1.05 - time.time() % 1)
+    # Restarted at once: the next segment must not reuse the deleted one's number (nor
+    # its records' seqs); within the same second it used to get the very same file name
+    # and verify could not tell them apart.
     return lost
 
 
@@ -170,8 +167,9 @@ DAMAGES: dict[str, Case] = {
     "index WAL deleted": Case(index_wal_deleted, "records indexed", False),
     "sealed segment deleted": Case(sealed_segment_deleted, "1 missing segment(s) dropped",
                                    True),
-    "active segment deleted": Case(active_segment_deleted, "1 missing segment(s) dropped",
-                                   True),
+    "active segment deleted": Case(
+        active_segment_deleted, "1 missing segment(s) dropped from the index; newest "
+        "segment(s) ", True),
 }
 
 
