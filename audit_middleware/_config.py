@@ -5,9 +5,11 @@ Everything else in the package is configured at construction and then immutable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .catalogue import Catalogue, default_catalogue
+from .event import PendingEvent
 from .sanitize import DEFAULT_MAX_FIELD_LENGTH
 from .sinks.base import Sink
 
@@ -20,6 +22,8 @@ class Settings:
     #: The sink's ``fail_closed_timeout`` when it is fail-closed, else None: decided once
     #: here, so the middlewares need not ask the sink on every request.
     fail_closed_timeout: float | None = None
+    #: The sink's ``submit_pending`` when it has one (see ``event.PendingEvent``).
+    submit_pending: Callable[[PendingEvent], None] | None = None
 
     def set_sink(self, sink: Sink | None) -> Sink | None:
         """Install ``sink``; returns the one it replaces."""
@@ -27,6 +31,7 @@ class Settings:
         self.fail_closed_timeout = (
             float(sink.fail_closed_timeout)  # type: ignore[union-attr]
             if getattr(sink, "fail_closed", False) else None)
+        self.submit_pending = getattr(sink, "submit_pending", None)
         return previous
 
 

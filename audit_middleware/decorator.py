@@ -20,7 +20,7 @@ import orjson
 
 from . import _config
 from .context import RequestContext, current
-from .emitter import emit, emit_in_request
+from .emitter import emit, record_in_request
 
 log = logging.getLogger("audit_middleware")
 
@@ -114,7 +114,7 @@ class _Recorder:
     """What one ``@audited`` records, prepared once at decoration time.
 
     The common shape (target from a path parameter, a constant status, everything else
-    from the request context) takes a fast path straight to ``emit_in_request``; any
+    from the request context) takes a fast path straight to ``record_in_request``; any
     other shape builds an :class:`AuditCall` for its getters."""
 
     def __init__(self, event_type: str, getters: dict[str, Getter], record_failure: bool,
@@ -145,11 +145,12 @@ class _Recorder:
                 elif name in kwargs:
                     target = kwargs[name]
                 else:
-                    params = ctx.path_params
-                    if name not in params:
+                    scope = ctx.scope  # ctx.path_params, without the property's call
+                    params = scope.get("path_params") if scope is not None else ctx.view_args
+                    if not params or name not in params:
                         return self._general(AuditCall(args, kwargs, result, None, ctx))
                     target = params[name]
-                emit_in_request(self.event_type, target, self.constant_status, ctx)
+                record_in_request(self.event_type, target, self.constant_status, ctx)
                 return None
         return self._general(AuditCall(args, kwargs, result, None, ctx))
 

@@ -81,11 +81,13 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
         principal = (principal_from_user(user) or "") if user is not None else ""
         client = scope.get("client")
         peer = client[0] if client else ""
-        fields = ctx.fields = (
-            principal if type(principal) is str and len(principal) <= cap
-            else _text("principal", principal, cap),
-            "" if principal == SYSTEM else _text("client_ip", peer, cap),
-            "", "", "", "", "")
+        if type(principal) is not str or len(principal) > cap:
+            principal = _text("principal", principal, cap)
+        if principal == SYSTEM:
+            peer = ""
+        elif type(peer) is not str or len(peer) > cap:
+            peer = _text("client_ip", peer, cap)
+        fields = ctx.fields = (principal, peer, "", "", "", "", "")
         return fields
     if ctx.principal_override is not None:
         principal = ctx.principal_override
@@ -155,6 +157,28 @@ def emit_in_request(
     return event
 
 
+def record_in_request(
+    event_type: str, target: object, status: object, ctx: RequestContext
+) -> None:
+    """``emit_in_request`` for a caller that does not need the event back (``@audited``):
+    with a sink that has ``submit_pending`` and plain string fields, the request hands
+    over a tuple and the sink's thread builds the ``AuditEvent`` (see
+    ``event.PendingEvent``); anything else takes ``emit_in_request``."""
+    settings = _config.settings
+    submit_pending = settings.submit_pending
+    cap = settings.max_field_length
+    if (submit_pending is None or event_type not in settings.catalogue.types
+            or type(target) is not str or len(target) > cap
+            or (status is not None and (type(status) is not str or len(status) > cap))):
+        emit_in_request(event_type, target, status, ctx)
+        return
+    fields = ctx.fields
+    if fields is None:
+        fields = request_fields(ctx, cap)
+    submit_pending((event_type, target, status or "", fields,
+                    _time_ns(), _current_context()))
+
+
 def emit(
     event_type: str,
     target: object = None,
@@ -170,8 +194,11 @@ def emit(
     """Record one event. Inside a request, unset fields come from its context (principal,
     client IP, organization, workspace); outside one the principal is ``system``.
     Events whose principal is ``system`` never carry a client IP."""
-    sink, cap = _settings_for(event_type)
     ctx = current.get()
+    if (ctx is not None and principal is None and org_id is None and org_name is None
+            and workspace_id is None and workspace_name is None and client_ip is None):
+        return emit_in_request(event_type, target, status, ctx)  # the common call
+    sink, cap = _settings_for(event_type)
     peer = ""
     if ctx is None:
         principal = SYSTEM if principal is None else _text("principal", principal, cap)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from . import _config
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -59,10 +59,12 @@ class AuditMiddleware:
             await _call_fail_closed(self.app, scope, receive, send, ctx, fail_closed_timeout)
             return
 
-        async def send_observing_status(message: Message) -> None:
+        def send_observing_status(message: Message) -> Awaitable[None]:
+            # A plain function returning the server's own awaitable: no coroutine of ours
+            # per message (ASGI asks only that ``send(message)`` can be awaited).
             if message["type"] == "http.response.start":
                 ctx.status_code = message["status"]
-            await send(message)
+            return send(message)
 
         token = current.set(ctx)
         try:

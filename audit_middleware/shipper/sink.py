@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from .._counter import Counter
 from ..errors import AuditConfigurationError
-from ..event import AuditEvent
+from ..event import AuditEvent, PendingEvent, json_line
 from ..sinks.batching import BatchingQueue
 from ..wire import WireError, decode_batch_body, encode_batch_body
 from .endpoint import DEFAULT_URL, Endpoint, parse_url
@@ -36,7 +36,7 @@ from .spool import Spool
 
 log = logging.getLogger("audit_middleware")
 
-Item = tuple[int, AuditEvent, "Receipt[str | None] | None"]
+Item = tuple[int, AuditEvent | PendingEvent, "Receipt[str | None] | None"]
 _ORPHAN_SCAN_INTERVAL: Final = 10.0
 _REPLAY_SLICE: Final = 0.25  # seconds of replay per worker cycle, then newer events queue
 
@@ -139,7 +139,7 @@ class CollectorSink:
         self._init_process()
 
     # -- request path ---------------------------------------------------------------------
-    def submit(self, event: AuditEvent) -> None:
+    def submit(self, event: AuditEvent | PendingEvent) -> None:
         seq = next(self._seq)  # atomic: numbers every event, even one dropped below
         if not self.fail_closed:
             self._queue.submit((seq, event, None))
@@ -149,6 +149,10 @@ class CollectorSink:
             resolve(receipt, "the audit queue is full")
         elif receipt is not None:
             self._queue.wake()  # a request is waiting for this one: no batching delay
+
+    #: The request path's tuple form (``event.PendingEvent``): the event is built, with
+    #: its line, on the worker thread.
+    submit_pending = submit
 
     # -- worker ---------------------------------------------------------------------------
     def _export(self, items: list[Item]) -> None:
@@ -166,7 +170,7 @@ class CollectorSink:
         for start in range(0, len(items), size):
             part = items[start:start + size]
             yield Chunk(self.source, [item[0] for item in part],
-                        [item[1].to_json_line() for item in part],
+                        [json_line(item[1]) for item in part],
                         [item[2] for item in part] if self.fail_closed else None)
 
     def _idle(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..event import AuditEvent
+from ..event import AuditEvent, PendingEvent, json_line
 from .batching import BatchingQueue
 
 
@@ -33,16 +33,17 @@ class JsonlFileSink:
         )
         # The queue's own method, not a wrapper around it: one call less per event.
         self.submit = self._queue.submit  # type: ignore[method-assign,assignment]
+        self.submit_pending = self._queue.submit  # events built on the writer thread
 
     def _open(self) -> int:
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
-    def _write(self, batch: list[AuditEvent]) -> None:
+    def _write(self, batch: list[AuditEvent | PendingEvent]) -> None:
         if self._fd is None:
             self._fd = self._open()
         fd = self._fd
-        data = memoryview(b"".join([event.to_json_line() for event in batch]))
+        data = memoryview(b"".join([json_line(item) for item in batch]))
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
             while data:

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 import audit_middleware
-from audit_middleware import tracing
+from audit_middleware import _config, tracing
 from audit_middleware.context import CaptureConfig, RequestContext, current, set_principal
-from audit_middleware.emitter import emit_in_request, request_fields
+from audit_middleware.emitter import emit_in_request, record_in_request, request_fields
 from audit_middleware.errors import AuditConfigurationError, UnknownEventTypeError
 from audit_middleware.event import AuditEvent
+from audit_middleware.shipper import CollectorSink
+from audit_middleware.sinks.jsonl_file import JsonlFileSink
 from audit_middleware.testing import capture_audit_events, reset_configuration
 
 
@@ -123,3 +126,54 @@ def test_other_runtime_contexts_keep_the_public_function(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", OtherRuntime())
     assert tracing._context_getter() is otel_context.get_current
+
+
+def test_pending_events_are_written_like_eager_ones(tmp_path: Any) -> None:
+    """``record_in_request`` hands a file sink a tuple (the event is built on its
+    thread); the line it writes equals the one ``emit_in_request`` builds on the spot."""
+    sink = JsonlFileSink(tmp_path / "audit.jsonl", fsync=False)
+    audit_middleware.configure(sink=sink)
+    try:
+        assert _config.settings.submit_pending is not None
+        queued: list[Any] = []
+        real = _config.settings.submit_pending
+
+        def spy(item: Any) -> None:
+            queued.append(item)
+            real(item)
+
+        _config.settings.submit_pending = spy
+        ctx = RequestContext(CaptureConfig(), _scope(_User("u-1")))
+        token = current.set(ctx)
+        try:
+            record_in_request("credentials_created", "c-1", "ok", ctx)
+            emit_in_request("credentials_created", "c-1", "ok", ctx)
+            record_in_request("credentials_created", "c-1", None, ctx)
+            record_in_request("credentials_created", "x" * 5000, None, ctx)  # too long
+        finally:
+            current.reset(token)
+        assert sink.flush(10.0)
+    finally:
+        reset_configuration()
+        sink.close()
+    assert [type(item) for item in queued] == [tuple, tuple]  # the long target went eager
+    lines = [orjson.loads(line) for line in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
+    assert len(lines) == 4
+    volatile = ("id", "created")
+    pending, eager = ({k: v for k, v in rec.items() if k not in volatile} for rec in lines[:2])
+    assert pending == eager
+    assert pending["principal"] == "u-1" and pending["client_ip"] == "203.0.113.9"
+    assert lines[2]["status"] == ""
+    assert len(lines[3]["target"]) < 5000 and lines[0]["id"] != lines[1]["id"]
+
+
+def test_only_sinks_that_build_events_later_get_tuples(tmp_path: Any) -> None:
+    with capture_audit_events():  # MemorySink: tests read events, never tuples
+        assert _config.settings.submit_pending is None
+    sink = CollectorSink("unix://" + str(tmp_path / "none.sock"), spool_dir=tmp_path / "s")
+    audit_middleware.configure(sink=sink)
+    try:
+        assert _config.settings.submit_pending == sink.submit_pending
+    finally:
+        reset_configuration()
+        sink.close(timeout=0.5)
