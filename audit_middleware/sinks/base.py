@@ -2,6 +2,12 @@
 
 ``submit`` runs on the request path, so a sink must make it cheap and non-blocking
 (enqueue, never I/O). Delivery, batching and retries belong to the sink's own thread.
+
+A sink that builds events on its own thread may also offer ``submit_pending(item)``,
+taking the request path's tuple (``event.PendingEvent``) instead of an ``AuditEvent``;
+``event.json_line`` turns either form into the record line. ``@audited`` uses it when
+present (the file and collector sinks have it); ``emit()`` always builds the event,
+since it returns it.
 """
 
 from __future__ import annotations
