@@ -7,7 +7,8 @@ check and recording the read (one group-commit fsync) add.
 Target (issue 4): every filtered first page under 50 ms (p95) at the largest size.
 
 The datasets are built once through ``collector.store.Store`` in big batches and cached
-under ``benchmarks/.data/panel-v1-<events>/`` (1M: ~1 GB, 10M: ~8 GB; sizes from
+under ``benchmarks/.data/panel-v<VERSION>-s<INDEX_SCHEMA>-<events>/`` (a dataset of an
+older generator or index schema is rebuilt; 1M: ~1 GB, 10M: ~8 GB; sizes from
 ``AUDIT_BENCH_PANEL_SIZES``, e.g. ``1000000`` for the small one only). The server
 records its reads into a scratch store, so the cached dataset never changes. Every file
 is in the page cache (warm numbers).
@@ -37,6 +38,7 @@ import orjson
 
 from audit_middleware.catalogue import SEED_CATALOGUE
 from audit_middleware.event import AuditEvent
+from collector.index import INDEX_SCHEMA
 from collector.query import MAX_LIMIT, Filters, Reader
 from collector.store import StorageSettings, Store
 
@@ -46,7 +48,7 @@ from ._collector import ROOT, scratch_dir
 NAME = "panel_latency"
 TITLE = "Admin panel / query API latency: first, filtered and deep pages, by id"
 
-VERSION: Final = "1"
+VERSION: Final = "2"  # 2: statuses
 CACHE_DIR: Final = Path(__file__).resolve().parent / ".data"
 SIZES: Final = (1_000_000, 10_000_000)
 SMOKE_EVENTS: Final = 5_000
@@ -59,6 +61,7 @@ PRINCIPALS: Final = 1000
 ORGS: Final = 50
 WORKSPACES: Final = 200
 READY: Final = "PANEL-READY"
+FAILED: Final = "failed: TimeoutError"  # one run in 200: the rare status a filter seeks
 
 
 # -- the dataset ---------------------------------------------------------------------------
@@ -70,9 +73,20 @@ class Dataset:
     bytes: int
 
 
+def _status(kind: str, rng: random.Random) -> str:
+    """What the seed's apps put in ``status``: a run's outcome, a sign-in's method;
+    most events have none."""
+    if kind in ("run_completed", "run_status_changed"):
+        return FAILED if rng.randrange(200) == 0 else "succeeded"
+    if kind == "user_sign_in":
+        return "sso" if rng.randrange(4) == 0 else "password"
+    return ""
+
+
 def _population(events: int) -> Iterator[list[dict[str, Any]]]:
     """Batches of schema-v1 records in arrival order over 30 days: 1,000 principals with
-    activity falling off as 1/rank, 50 organizations, 200 workspaces, every seed type."""
+    activity falling off as 1/rank, 50 organizations, 200 workspaces, every seed type,
+    statuses on runs and sign-ins."""
     rng = random.Random(4)
     types = [t for actions in SEED_CATALOGUE.values() for t in actions.values()]
     weights = [1.0 / (rank + 1) for rank in range(PRINCIPALS)]
@@ -84,7 +98,7 @@ def _population(events: int) -> Iterator[list[dict[str, Any]]]:
         kind = types[rng.randrange(len(types))]
         record = AuditEvent(
             type=kind, target=f"{kind.split('_')[0]}-{rng.randrange(events // 4 + 1)}",
-            principal=f"user-{p:04d}", status="", org_id=f"org-{org:02d}",
+            principal=f"user-{p:04d}", status=_status(kind, rng), org_id=f"org-{org:02d}",
             org_name=f"Organization {org}", workspace_id=f"ws-{ws:03d}",
             workspace_name=f"Workspace {ws}", client_ip=f"10.{p % 250}.{p // 250}.{n % 200 + 1}",
             created_ns=START_NS + n * (SPAN_NS // events),
@@ -115,7 +129,7 @@ def build(data_dir: Path, events: int) -> None:
 
 
 def cached(events: int) -> Dataset:
-    target = CACHE_DIR / f"panel-v{VERSION}-{events}"
+    target = CACHE_DIR / f"panel-v{VERSION}-s{INDEX_SCHEMA}-{events}"
     manifest = target / "manifest.json"
     if not manifest.exists():
         for old in CACHE_DIR.glob(f"panel-v*-{events}*"):
@@ -199,7 +213,8 @@ class Query:
         p = self.params
         return Filters(types=tuple(p["type"].split(",")) if "type" in p else (),
                        principal=p.get("principal"), target=p.get("target"),
-                       org=p.get("org"), workspace=p.get("workspace"),
+                       status=p.get("status"), org=p.get("org"), org_name=p.get("org_name"),
+                       workspace=p.get("workspace"), workspace_name=p.get("workspace_name"),
                        client_ip=p.get("client_ip"), since=p.get("since"),
                        until=p.get("until"))
 
@@ -230,6 +245,10 @@ def queries(reader: Reader, events: int) -> list[Query]:
         Query("org + 1 hour", {"org": "org-07", "since": _rfc3339(hour),
                                "until": _rfc3339(hour + 3600 * 10**9)}, filtered=True),
         Query("workspace", {"workspace": "ws-123"}, filtered=True),
+        Query("status (1 run in 200)", {"status": FAILED}, filtered=True),
+        Query("org name", {"org_name": "Organization 7"}, filtered=True),
+        Query("workspace name + status", {"workspace_name": "Workspace 123",
+                                          "status": "succeeded"}, filtered=True),
         Query("client IP /16", {"client_ip": "10.42.0.0/16"}, filtered=True),
         Query("rare target", {"target": some[0]["target"]}, filtered=True),
         Query("matches nothing", {"principal": "nobody"}, filtered=True),

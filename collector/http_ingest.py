@@ -132,6 +132,7 @@ class HttpIngest:
 
     async def _store_events(self, items: list[bytes | Any], source: str) -> Response:
         good: list[dict[str, Any]] = []
+        good_at: list[int] = []  # each good event's index in the request
         rejected: list[dict[str, Any]] = []
         repeated: list[str] = []  # an id twice in one request: a duplicate, as on the socket
         seen: set[str] = set()
@@ -150,6 +151,7 @@ class HttpIngest:
                 continue
             seen.add(record["id"])
             good.append(record)
+            good_at.append(index)
         self.counters["events_received"] += len(items)
         self.counters["events_rejected"] += len(rejected)
         if rejected:
@@ -158,7 +160,8 @@ class HttpIngest:
         duplicates = list(repeated)
         if good:
             try:
-                result = await asyncio.wrap_future(self._store.submit(good, source, None))
+                result = await asyncio.wrap_future(self._store.submit(
+                    good, source, None, reject_unencodable=True))
             except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
                 self.counters["storage_errors"] += 1
                 log.error("http ingest: the store failed to write %d events: %s",
@@ -168,6 +171,12 @@ class HttpIngest:
                               headers={"Retry-After": "1"})
             written = list(result.written)
             duplicates = list(result.duplicates) + repeated
+            if result.rejected:  # validated, yet the store cannot encode them: not retryable
+                refused = [{"index": good_at[u.position], "id": u.id,
+                            "reason": f"storage_error: {u.reason}"} for u in result.rejected]
+                self.counters["events_rejected"] += len(refused)
+                self._log_rejections(source, refused)
+                rejected = sorted(rejected + refused, key=lambda r: int(r["index"]))
         self.counters["events_written"] += len(written)
         self.counters["events_duplicate"] += len(duplicates)
         body = {"written": written, "duplicates": duplicates, "rejected": rejected}

@@ -6,16 +6,24 @@ Layout, chosen for the ingest rate (a B-tree insert per event per filter column 
 
 - ``events_NNNNNN`` *chunk* tables hold one row per event (seq, id, created as integer
   microseconds, type, principal, target, org_id, workspace_id, client_ip as a sortable
-  key of 4 (IPv4) or 16 (IPv6) bytes, status, offset and length of the line in the
-  uncompressed segment).
+  key of 4 (IPv4) or 16 (IPv6) bytes, status, org_name, workspace_name, offset and
+  length of the line in the uncompressed segment).
   A chunk belongs to one segment and holds at most ``CHUNK_ROWS`` rows. Rows are
   appended to the open chunk without secondary indexes; when the chunk closes (full,
   its segment sealed, or the store idle) a background thread (``ChunkIndexer``) builds
-  its indexes on type, principal, target, org_id, workspace_id and client_ip, one
-  bulk pass each, while the store keeps committing. Each index ends with the rowid
-  (= seq), so "this principal, newest first" is a walk down one index. A query scans
-  only the chunks not indexed yet: the open one, and during a burst the few closed
-  ones the indexer has not reached (``MAX_UNINDEXED`` bounds them).
+  its indexes on type, principal, target, org_id, workspace_id, client_ip and status,
+  one bulk pass each, while the store keeps committing. Each index ends with the rowid
+  (= seq), so "this principal, newest first" is a walk down one index. The status
+  index is partial (``status <> ''``): most events carry no status, and those cost the
+  indexer nothing. A query scans only the chunks not indexed yet: the open one, and
+  during a burst the few closed ones the indexer has not reached (``MAX_UNINDEXED``
+  bounds them).
+- ``names``: the (kind, name, id) pairs of organizations and workspaces found in the
+  indexed chunks, filled by the indexer when it indexes a chunk (one ``SELECT
+  DISTINCT`` of the closed chunk, off the commit thread). The names have no index of
+  their own: a name filter becomes ``org_id IN (ids that had that name) AND org_name =
+  ?``, so the org_id index narrows and the row confirms (an organization renamed later
+  still matches exactly). See ``collector.storage.names``.
 - ``chunks``: each chunk's segment, seq range, row count and time range.
 - ``ids``: event id -> seq, for dedupe. A UUID is kept as its 16 bytes (see ``id_key``),
   here and in the chunk rows; UUIDv7 ids are time-ordered, so inserts are near-append.
@@ -39,20 +47,29 @@ from typing import Any, Final
 import orjson
 
 from collector.storage.compression import BlockMap
+from collector.storage.names import add_names, chunk_names
 from collector.storage.records import Row
 from collector.storage.segments import FILE_MODE, SegmentHeader
 from collector.storage.sources import Ranges
 
-INDEX_SCHEMA: Final = 3  # 2: IPv4 client_ip keys are 4 bytes; 3: ids are 16 bytes
+# 2: IPv4 client_ip keys are 4 bytes; 3: ids are 16 bytes; 4: org_name, workspace_name,
+# the names table and the status index. An index of another schema is rebuilt from the
+# segments at start (``collector.storage.recovery``).
+INDEX_SCHEMA: Final = 4
 CHUNK_ROWS: Final = 65_536
 #: Closed chunks waiting for their indexes before the store slows down to wait for the
 #: indexer (each unindexed chunk costs a query a scan of up to CHUNK_ROWS rows).
 MAX_UNINDEXED: Final = 4
 OPEN, CLOSED, INDEXED = 0, 1, 2  # chunk states
 ZONE_SHIFT: Final = 10
-SECONDARY: Final = ("type", "principal", "target", "org_id", "workspace_id", "client_ip")
+SECONDARY: Final = ("type", "principal", "target", "org_id", "workspace_id", "client_ip",
+                    "status")
+#: Secondary indexes that leave rows out: an empty status is not worth an index entry
+#: (a query for a non-empty status repeats the condition so that SQLite uses it).
+PARTIAL: Final = {"status": "status <> ''"}
 COLUMNS: Final = ("seq", "id", "created", "type", "principal", "target", "org_id",
-                  "workspace_id", "client_ip", "status", "off", "len")
+                  "workspace_id", "client_ip", "status", "org_name", "workspace_name",
+                  "off", "len")
 
 
 _SCHEMA = """
@@ -72,6 +89,8 @@ CREATE TABLE IF NOT EXISTS zones(
     block INTEGER PRIMARY KEY, min_created INTEGER NOT NULL, max_created INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS zones_max ON zones(max_created);
 CREATE TABLE IF NOT EXISTS types(type TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS names(kind TEXT NOT NULL, name TEXT NOT NULL, id TEXT NOT NULL,
+    PRIMARY KEY(kind, name, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sources(source TEXT PRIMARY KEY, ranges TEXT NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gz_blocks(
@@ -83,7 +102,8 @@ _CHUNK_TABLE = """CREATE TABLE {table}(
     seq INTEGER PRIMARY KEY, id NOT NULL, created INTEGER NOT NULL,
     type TEXT NOT NULL, principal TEXT NOT NULL, target TEXT NOT NULL,
     org_id TEXT NOT NULL, workspace_id TEXT NOT NULL, client_ip BLOB,
-    status TEXT NOT NULL, off INTEGER NOT NULL, len INTEGER NOT NULL)"""
+    status TEXT NOT NULL, org_name TEXT NOT NULL, workspace_name TEXT NOT NULL,
+    off INTEGER NOT NULL, len INTEGER NOT NULL)"""
 
 
 def chunk_table(chunk: int) -> str:
@@ -92,7 +112,7 @@ def chunk_table(chunk: int) -> str:
 
 _IDS_PER_QUERY: Final = 30_000  # SQLite allows 32,766 parameters a statement
 _ROWS_PER_STATEMENT: Final = 200
-_ONE_ROW: Final = "(?,?,?,?,?,?,?,?,?,?,?,?)"
+_ONE_ROW: Final = f"({','.join('?' * len(COLUMNS))})"
 _MANY_ROWS: Final = ",".join([_ONE_ROW] * _ROWS_PER_STATEMENT)
 
 
@@ -387,8 +407,12 @@ class Index:
         for (name,) in con.execute("SELECT name FROM sqlite_schema WHERE type='table' "
                                    "AND name GLOB 'events_*'").fetchall():
             con.execute(f"DROP TABLE {name}")
-        for table in ("segments", "chunks", "ids", "zones", "types", "sources", "gz_blocks"):
+        for table in ("segments", "chunks", "ids", "zones", "types", "names", "sources",
+                      "gz_blocks"):
             con.execute(f"DELETE FROM {table}")
+        # A rebuild for a schema change builds this schema: say so, or every start
+        # would find the old number and rebuild again.
+        con.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?)", (INDEX_SCHEMA,))
         self.open_chunk = None
         self.next_chunk = 1
         self.types = set()
@@ -433,18 +457,31 @@ def build_chunk_indexes(con: sqlite3.Connection, chunk: int, write_lock: threadi
     """One bulk pass per secondary index, each its own transaction so the store's
     commits interleave; False if the chunk is gone (retention dropped it meanwhile)."""
     table = chunk_table(chunk)
-    for column in SECONDARY:
-        with write_lock:
-            try:
-                con.execute(f"CREATE INDEX IF NOT EXISTS {table}_{column} ON {table}({column})")
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    return False
-                raise
+    try:
+        for column in SECONDARY:
+            where = f" WHERE {PARTIAL[column]}" if column in PARTIAL else ""
+            with write_lock:
+                con.execute(f"CREATE INDEX IF NOT EXISTS {table}_{column} "
+                            f"ON {table}({column}){where}")
+        triples = chunk_names(con, table)  # a read: no need to hold up the store's commits
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False
+        raise
     with write_lock:
-        # Sampled statistics (~1 ms a chunk) so that, given principal AND org, SQLite
-        # walks the principal index (1 in 1000 rows) rather than the org one (1 in 50).
-        con.execute("PRAGMA analysis_limit=1000")
-        con.execute(f"ANALYZE {table}")
-        con.execute("UPDATE chunks SET state=? WHERE chunk=?", (INDEXED, chunk))
+        # One transaction: a reader sees the chunk indexed with its names, or neither.
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            add_names(con, triples)
+            # Sampled statistics (~1 ms a chunk) so that, given principal AND org, SQLite
+            # walks the principal index (1 in 1000 rows) rather than the org one (1 in 50).
+            con.execute("PRAGMA analysis_limit=1000")
+            con.execute(f"ANALYZE {table}")
+            con.execute("UPDATE chunks SET state=? WHERE chunk=?", (INDEXED, chunk))
+            con.execute("COMMIT")
+        except BaseException as exc:
+            con.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+                return False  # dropped by retention since the names were read
+            raise
     return True

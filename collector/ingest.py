@@ -45,9 +45,10 @@ from audit_middleware.wire import (
     parse_header,
 )
 
+from .batch_events import BatchEvents, sort_events
 from .listen import IngestError, bind_unix, tls_context
 from .reply_queue import ReplyQueue, result_size
-from .validation import Validator, event_id
+from .validation import Validator
 
 __all__ = ["IngestError", "IngestServer", "IngestSettings"]
 
@@ -55,7 +56,8 @@ log = logging.getLogger("collector.ingest")
 
 class StoreLike(Protocol):
     def submit(self, events: list[dict[str, Any]], source: str = "",
-               source_seqs: list[int] | None = None) -> Any: ...
+               source_seqs: list[int] | None = None, *,
+               reject_unencodable: bool = False) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -307,60 +309,50 @@ class IngestServer:
             raise WireError(ErrorCode.BAD_BATCH, f"{len(batch.lines)} events in one batch, "
                             f"over the limit of {MAX_BATCH_EVENTS}: send smaller batches",
                             batch=batch.batch_id)
-        seqs = batch.seqs
-        good: list[dict[str, Any]] = []
-        good_seqs: list[int] = []
-        rejected: list[Rejection] = []
-        repeated: list[str] = []  # an id twice in one batch: acknowledged as a duplicate
-        seen: set[str] = set()
-        parse = self._validator.parse
-        for i, line in enumerate(batch.lines):
-            record = parse(line)
-            if type(record) is str:
-                rejected.append(Rejection(i, seqs[i], event_id(line), record))
-                continue
-            ident = record["id"]  # type: ignore[index]
-            if ident in seen:
-                repeated.append(ident)
-                continue
-            seen.add(ident)
-            good.append(record)  # type: ignore[arg-type]
-            good_seqs.append(seqs[i])
+        events = sort_events(self._validator, batch.lines, batch.seqs)
         self.counters["batches"] += 1
         self.counters["events_received"] += len(batch.lines)
-        if rejected:
-            self._log_rejections(batch.source, rejected)
-        if not good:
-            self.counters["events_duplicate"] += len(repeated)
+        if events.rejected:
+            self._log_rejections(batch.source, events.rejected)
+        if not events.good:
+            self.counters["events_duplicate"] += len(events.repeated)
             done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            reply = Result(batch.batch_id, [], repeated, rejected).encode()
+            reply = Result(batch.batch_id, [], events.repeated, events.rejected).encode()
             done.set_result(reply)
             return done, len(reply)
         try:
-            stored = asyncio.wrap_future(self._store.submit(good, batch.source, good_seqs))
+            stored = asyncio.wrap_future(self._store.submit(
+                events.good, batch.source, events.seqs, reject_unencodable=True))
         except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
             stored = asyncio.get_running_loop().create_future()
             stored.set_exception(exc)
-        return (asyncio.ensure_future(self._reply(batch.batch_id, stored, repeated, rejected,
-                                                  len(good))),
-                result_size(len(good) + len(repeated), rejected))
+        size = result_size(len(events.seqs) + len(events.repeated), events.rejected)
+        events.good = []  # the store has them: not held here while it writes
+        return (asyncio.ensure_future(self._reply(batch.batch_id, batch.source, stored,
+                                                  events)), size)
 
-    async def _reply(self, batch_id: int, stored: Awaitable[Any], repeated: list[str],
-                     rejected: list[Rejection], count: int) -> bytes:
+    async def _reply(self, batch_id: int, source: str, stored: Awaitable[Any],
+                     events: BatchEvents) -> bytes:
         try:
             result = await stored
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
             self.counters["storage_errors"] += 1
-            log.error("ingest: the store failed to write %d events: %s", count, exc)
+            log.error("ingest: the store failed to write %d events: %s", len(events.seqs),
+                      exc)
             return ErrorReply(ErrorCode.STORAGE_UNAVAILABLE, f"events not stored "
                               f"({exc or type(exc).__name__}); send the batch again later",
                               batch_id).encode()
         written = list(result.written)
-        duplicates = list(result.duplicates) + repeated
+        duplicates = list(result.duplicates) + events.repeated
         self.counters["events_written"] += len(written)
         self.counters["events_duplicate"] += len(duplicates)
+        rejected = events.rejected
+        if result.rejected:  # validation let them through, the store cannot encode them
+            refused = events.refused(result.rejected)
+            self._log_rejections(source, refused)
+            rejected = sorted([*rejected, *refused], key=lambda r: r.index)
         return Result(batch_id, written, duplicates, rejected).encode()
 
     def _log_rejections(self, source: str, rejected: list[Rejection]) -> None:

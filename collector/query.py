@@ -11,6 +11,7 @@ the first page and carried in the cursor.
 
 Each index chunk is queried in turn through its indexes (see ``collector.index``) and
 the records are read back from the segments by offset: a page never scans a segment.
+What each chunk is asked, and through which index, is ``collector.storage.conditions``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import hashlib
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +30,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from collector.index import ZONE_SHIFT, Index, chunk_table, connect
-from collector.storage.filters import (
-    QueryError,
-    check_text,
-    expand_types,
-    ip_range,
-    parse_time,
-)
+from collector.index import INDEX_SCHEMA, INDEXED, ZONE_SHIFT, Index, chunk_table, connect
+from collector.storage.conditions import Conditions, compile_conditions
+from collector.storage.filters import QueryError, check_text
 from collector.storage.reader import RecordReader
 from collector.storage.records import id_key
 from collector.storage.recovery import RepairReport, recover, reset_index_files
@@ -49,7 +44,6 @@ __all__ = ["Filters", "Page", "QueryError", "Reader", "find", "follow_cursor",
            "iter_records", "reindex", "search"]
 
 MAX_LIMIT: Final = 10_000
-_FOREVER: Final = (-(2**62), 2**62)
 
 
 @dataclass(frozen=True)
@@ -62,22 +56,15 @@ class Filters:
     client_ip: str | None = None  # an IP or a CIDR (IPv4/IPv6)
     since: str | None = None  # RFC 3339, YYYY-MM-DD-HH-MM-SS (UTC), or "15m"/"24h"/"7d"
     until: str | None = None  # exclusive
+    status: str | None = None  # exact ("" matches the events without a status)
+    org_name: str | None = None  # exact: the name the event carried
+    workspace_name: str | None = None  # exact: the name the event carried
 
 
 @dataclass
 class Page:
     records: list[dict[str, Any]]
     next_cursor: str | None
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    where: str
-    params: tuple[Any, ...]
-    since: int
-    until: int
-    timed: bool
-    nothing: bool  # a type glob that matches no stored type
 
 
 class Reader:
@@ -91,6 +78,13 @@ class Reader:
             raise QueryError(f"{data_dir} holds no index.sqlite: is it a collector data "
                              f"directory? (`audit-collector reindex` builds one)")
         self.con = connect(index, readonly=True)
+        schema = self.con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if schema is None or schema[0] != INDEX_SCHEMA:
+            self.con.close()
+            raise QueryError(
+                f"{index} has index schema {schema and schema[0]}, this version reads "
+                f"schema {INDEX_SCHEMA}: restart the collector (it rebuilds the index from "
+                f"the segments at start), or stop it and run `audit-collector reindex`")
         self._records = RecordReader(data_dir / "segments", self.con)
 
     def close(self) -> None:
@@ -147,48 +141,15 @@ class Reader:
                                "a": None, "b": None})
 
     # -- internals ----------------------------------------------------------------------
-    def _compile(self, filters: Filters, state: dict[str, Any] | None) -> _Compiled:
+    def _compile(self, filters: Filters, state: dict[str, Any] | None) -> Conditions:
         if not isinstance(filters, Filters):
             raise QueryError("filters must be a collector.query.Filters")
-        where: list[str] = []
-        params: list[Any] = []
-        nothing = False
-        if filters.types:
-            types = filters.types
-            if isinstance(types, str):
-                types = (types,)
-            known = [t for (t,) in self.con.execute("SELECT type FROM types")]
-            names = expand_types(types, known)
-            nothing = not names
-            where.append(f"type IN ({','.join('?' * len(names))})")
-            params += names
-        for column, value, what in (("principal", filters.principal, "principal"),
-                                    ("target", filters.target, "target"),
-                                    ("org_id", filters.org, "org"),
-                                    ("workspace_id", filters.workspace, "workspace")):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(check_text(value, what))
-        if filters.client_ip is not None:
-            low, high = ip_range(filters.client_ip)
-            where.append(f"client_ip BETWEEN ? AND ? AND length(client_ip) = {len(low)}")
-            params += [low, high]
+        window = None
         if state is not None and (state["a"] is not None or state["b"] is not None):
-            since, until = state["a"], state["b"]
-        else:
-            now = time.time_ns() // 1000
-            since = (parse_time(filters.since, what="since", now_us=now)
-                     if filters.since is not None else _FOREVER[0])
-            until = (parse_time(filters.until, what="until", now_us=now)
-                     if filters.until is not None else _FOREVER[1])
-        timed = (since, until) != _FOREVER
-        if timed:
-            where.append("created >= ? AND created < ?")
-            params += [since, until]
-        return _Compiled(" AND ".join(where) or "1", tuple(params), since, until, timed,
-                         nothing or since >= until)
+            window = (state["a"], state["b"])
+        return compile_conditions(self.con, filters, window)
 
-    def _hits(self, c: _Compiled, want: int, newest_first: bool,
+    def _hits(self, c: Conditions, want: int, newest_first: bool,
               after: int | None) -> tuple[list[tuple[int, int, int, int]],
                                           dict[int, tuple[str, bool]]]:
         """Up to ``want`` (seq, segment, offset, length), in page order."""
@@ -197,14 +158,14 @@ class Reader:
         con = self.con
         order = "DESC" if newest_first else "ASC"
         chunks = con.execute(
-            f"SELECT chunk, segment, first_seq, last_seq FROM chunks "
+            f"SELECT chunk, segment, first_seq, last_seq, state FROM chunks "
             f"WHERE rows > 0 AND max_created >= ? AND min_created < ? "
             f"ORDER BY first_seq {order}", (c.since, c.until)).fetchall()
         blocks = [b for (b,) in con.execute(
             "SELECT block FROM zones WHERE max_created >= ? AND min_created < ? ORDER BY block",
             (c.since, c.until))] if c.timed else None
         hits: list[tuple[int, int, int, int]] = []
-        for chunk, segment, low, high in chunks:
+        for chunk, segment, low, high, state in chunks:
             if after is not None:
                 if newest_first:
                     high = min(high, after - 1)
@@ -219,10 +180,15 @@ class Reader:
                     continue
                 low = max(low, blocks[i] << ZONE_SHIFT)
                 high = min(high, ((blocks[j - 1] + 1) << ZONE_SHIFT) - 1)
+            table = chunk_table(chunk)
+            asked = c.for_chunk(con, table, state == INDEXED, low, high)
+            if asked is None:
+                continue
+            where, params = asked
             rows = con.execute(
-                f"SELECT seq, off, len FROM {chunk_table(chunk)} "
-                f"WHERE seq BETWEEN ? AND ? AND {c.where} ORDER BY seq {order} LIMIT ?",
-                (low, high, *c.params, want - len(hits))).fetchall()
+                f"SELECT seq, off, len FROM {table} "
+                f"WHERE seq BETWEEN ? AND ? AND {where} ORDER BY seq {order} LIMIT ?",
+                (low, high, *params, want - len(hits))).fetchall()
             hits += [(seq, segment, off, length) for seq, off, length in rows]
             if len(hits) >= want:
                 break

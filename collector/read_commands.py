@@ -45,7 +45,12 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--principal", help="acting user id, or 'system'")
     f.add_argument("--target", help="resource id")
     f.add_argument("--org", help="organization id")
+    f.add_argument("--org-name", dest="org_name",
+                   help="organization name, exact (the name the event carried)")
     f.add_argument("--workspace", help="workspace id")
+    f.add_argument("--workspace-name", dest="workspace_name",
+                   help="workspace name, exact (the name the event carried)")
+    f.add_argument("--status", help="status, exact ('' for events without one)")
     f.add_argument("--client-ip", dest="client_ip", help="an IP, or a CIDR such as 10.0.0.0/8")
     f.add_argument("--since", help="RFC 3339, YYYY-MM-DD-HH-MM-SS (UTC), or an age: 15m, 24h, 7d")
     f.add_argument("--until", help="same forms as --since")
@@ -54,7 +59,8 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
 def _filters(args: argparse.Namespace) -> q.Filters:
     return q.Filters(types=tuple(args.types), principal=args.principal, target=args.target,
                      org=args.org, workspace=args.workspace, client_ip=args.client_ip,
-                     since=args.since, until=args.until)
+                     since=args.since, until=args.until, status=args.status,
+                     org_name=args.org_name, workspace_name=args.workspace_name)
 
 
 def _writer(fmt: str, out: TextIO) -> Callable[[list[dict[str, Any]], bool], None]:

@@ -37,7 +37,7 @@ from collector.storage.errors import (
 )
 from collector.storage.group_commit import RATE_WINDOW, GroupWriter, Submission, WriteResult
 from collector.storage.indexer import ChunkIndexer
-from collector.storage.records import check_source, encode_events
+from collector.storage.records import Unencodable, check_source, encode_each, encode_events
 from collector.storage.recovery import RepairReport, recover, reset_index_files
 from collector.storage.segment_set import SegmentSet
 from collector.storage.segments import DIR_MODE, FILE_MODE
@@ -202,23 +202,45 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------
     def submit(self, events: list[dict[str, Any]], source: str = "",
-               source_seqs: list[int] | None = None) -> Future[WriteResult]:
+               source_seqs: list[int] | None = None, *,
+               reject_unencodable: bool = False) -> Future[WriteResult]:
         """Queue ``events`` (validated dicts with the 14 schema fields and an optional
         ``peer_ip``). Thread-safe, never blocks on I/O. The future resolves after the
         records are fsynced to the segment and committed to the index, or fails with a
-        ``StorageError`` naming the cause (then none of them is stored)."""
+        ``StorageError`` naming the cause (then none of them is stored).
+
+        ``reject_unencodable``: an event that cannot be a record (what validation let
+        through and the store cannot encode) is left out and listed, with the reason, in
+        ``WriteResult.rejected`` instead of failing the whole submission; a write that
+        fails (disk full, I/O error) still fails all of it."""
         future: Future[WriteResult] = Future()
+        refused: list[Unencodable] = []
         try:
             events = list(events)
             check_source(source, source_seqs, len(events))
             # Encoding here, on the caller's thread, while the dicts it just parsed are
             # still in the CPU cache, costs half of what it costs in a group later.
-            encoded = encode_events(events)
+            try:
+                encoded = encode_events(events)
+            except StorageError:
+                if not reject_unencodable:
+                    raise
+                encoded, refused = encode_each(events)  # only now, one at a time
         except TypeError:
             return self._rejected(future, StorageError("events must be a list of event dicts"))
         except StorageError as exc:
             return self._rejected(future, exc)
-        sub = Submission(encoded, source, list(source_seqs) if source_seqs else None, future)
+        if refused:
+            with self._lock:
+                self._rejected_count += len(refused)
+            if source_seqs:
+                left_out = {r.position for r in refused}
+                source_seqs = [n for i, n in enumerate(source_seqs) if i not in left_out]
+            if not encoded.ids:
+                future.set_result(WriteResult([], [], refused))
+                return future
+        sub = Submission(encoded, source, list(source_seqs) if source_seqs else None, future,
+                         refused)
         with self._lock:
             if self._state != "open":
                 future.set_exception(StoreClosedError(

@@ -31,8 +31,13 @@ _FILTERS: Final = [
      "schema": {"type": "array", "items": {"type": "string"}}, "explode": True},
     _param("principal", "Acting user id, or system.", example="u-7"),
     _param("target", "Resource id the event is about."),
+    _param("status", "Status, exact (run status, sign-in method, failed: <Exception>, ...).",
+           example="failed: TimeoutError"),
     _param("org", "Organization id."),
+    _param("org_name", "Organization name, exact: the name the event carried (events of an "
+           "organization renamed since keep their old name).", example="Acme"),
     _param("workspace", "Workspace id."),
+    _param("workspace_name", "Workspace name, exact: the name the event carried."),
     _param("client_ip", "An IP, or a CIDR block such as 10.0.0.0/8 or 2001:db8::/32."),
     _param("since", f"Events at or after this time: {_TIME_FORMS}.", example="24h"),
     _param("until", f"Events before this time (exclusive): {_TIME_FORMS}."),

@@ -16,8 +16,8 @@ from collector.query import Filters
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 1000
-FILTER_PARAMS: Final = ("type", "principal", "target", "org", "workspace", "client_ip",
-                        "since", "until")
+FILTER_PARAMS: Final = ("type", "principal", "target", "status", "org", "org_name",
+                        "workspace", "workspace_name", "client_ip", "since", "until")
 _SINGLE: Final = FILTER_PARAMS[1:]
 MAX_TYPES: Final = 64
 
@@ -38,8 +38,9 @@ class Selection:
         f = self.filters
         shown: dict[str, Any] = {k: v for k, v in (
             ("type", list(f.types)), ("principal", f.principal), ("target", f.target),
-            ("org", f.org), ("workspace", f.workspace), ("client_ip", f.client_ip),
-            ("since", f.since), ("until", f.until)) if v}
+            ("status", f.status), ("org", f.org), ("org_name", f.org_name),
+            ("workspace", f.workspace), ("workspace_name", f.workspace_name),
+            ("client_ip", f.client_ip), ("since", f.since), ("until", f.until)) if v}
         shown["order"] = "newest" if self.newest_first else "oldest"
         return shown
 
@@ -71,7 +72,8 @@ def selection(params: QueryParams, *, paging: bool) -> Selection:
         limit = int(text)
     return Selection(
         Filters(types=types, principal=values["principal"], target=values["target"],
-                org=values["org"], workspace=values["workspace"],
+                status=values["status"], org=values["org"], org_name=values["org_name"],
+                workspace=values["workspace"], workspace_name=values["workspace_name"],
                 client_ip=values["client_ip"], since=values["since"], until=values["until"]),
         newest_first=order == "newest", limit=limit,
         cursor=(params.get("cursor") or None) if paging else None)

@@ -97,7 +97,14 @@ def ip_range(value: object) -> tuple[bytes, bytes]:
     return network.network_address.packed, network.broadcast_address.packed
 
 
+MAX_TEXT: Final = 4096
+
+
 def check_text(value: object, what: str) -> str:
-    if not isinstance(value, str) or len(value) > 4096:
-        raise QueryError(f"{what} must be a string (an exact {what} id), got {value!r:.40}")
+    """An exact-match filter value (an id, a name, a status)."""
+    if not isinstance(value, str):
+        raise QueryError(f"{what} must be a string (matched exactly), got {value!r:.40}")
+    if len(value) > MAX_TEXT:
+        raise QueryError(f"{what} is {len(value)} characters long: give at most "
+                         f"{MAX_TEXT} (it is matched exactly)")
     return value

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from collector.index import CHUNK_ROWS, MAX_UNINDEXED, Index
@@ -22,7 +22,7 @@ from collector.index import CHUNK_ROWS, MAX_UNINDEXED, Index
 from . import sources
 from .errors import StorageError
 from .indexer import ChunkIndexer
-from .records import Encoded, Row, rebase, record_lines
+from .records import Encoded, Row, Unencodable, rebase, record_lines
 from .segment_set import SegmentSet
 from .segments import ActiveSegment
 
@@ -38,17 +38,22 @@ RATE_WINDOW: Final = 10.0  # seconds the ingest rate is averaged over
 class WriteResult:
     written: list[str]  # event ids appended + fsynced + indexed by this call
     duplicates: list[str]  # ids already stored (or repeated in the batch): not written again
+    #: Events the store cannot encode as records, left out (their position in the
+    #: submitted events, id, reason): ``Store.submit(..., reject_unencodable=True)``.
+    rejected: list[Unencodable] = field(default_factory=list)
 
 
 class Submission:
-    __slots__ = ("encoded", "future", "source", "source_seqs")
+    __slots__ = ("encoded", "future", "rejected", "source", "source_seqs")
 
     def __init__(self, encoded: Encoded, source: str, source_seqs: list[int] | None,
-                 future: Future[WriteResult]) -> None:
+                 future: Future[WriteResult],
+                 rejected: list[Unencodable] | None = None) -> None:
         self.encoded = encoded
         self.source = source
         self.source_seqs = source_seqs
         self.future = future
+        self.rejected = rejected or []  # events left out before the commit: in its result
 
 
 class _Prepared:
@@ -108,7 +113,7 @@ class GroupWriter:
             p = self._dedupe(sub, known, seen)
             if not p.encoded.ids:
                 self.counts["duplicates"] += len(p.duplicates)
-                sub.future.set_result(WriteResult([], p.duplicates))
+                sub.future.set_result(WriteResult([], p.duplicates, sub.rejected))
                 continue
             offset = self._segments.active.size + piece_bytes
             p.lines, p.rows = record_lines(p.encoded, seq, sub.source, p.numbers or None,
@@ -207,7 +212,7 @@ class GroupWriter:
             self.rate.popleft()
         for p in piece:
             self.counts["duplicates"] += len(p.duplicates)
-            p.sub.future.set_result(WriteResult(p.encoded.ids, p.duplicates))
+            p.sub.future.set_result(WriteResult(p.encoded.ids, p.duplicates, p.sub.rejected))
         if index.open_chunk is not None and index.open_chunk.rows >= CHUNK_ROWS:
             index.close_chunk()
         self.index_closed_chunks()

@@ -14,7 +14,7 @@ import hashlib
 import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -127,6 +127,41 @@ def encode_events(events: Sequence[dict[str, Any]]) -> Encoded:
     except (TypeError, ValueError, AttributeError, orjson.JSONEncodeError) as exc:
         raise StorageError(f"event {index} cannot be stored: {exc}") from None
     return Encoded(ids, bodies, keys)
+
+
+class Unencodable(NamedTuple):
+    """An event the store cannot encode as a record: its position in the events given,
+    its id (when it is a string) and why."""
+
+    position: int
+    id: str | None
+    reason: str
+
+
+def encode_each(events: Sequence[dict[str, Any]]) -> tuple[Encoded, list[Unencodable]]:
+    """Encode events one at a time, after ``encode_events`` refused the lot: the events
+    that can be records, and each that cannot. A mismatch between what validation
+    accepts and what the store can encode then costs that event, not its whole batch
+    (which its sender would retry forever)."""
+    ids: list[str] = []
+    bodies: list[bytes] = []
+    keys: list[tuple[Any, ...]] = []
+    refused: list[Unencodable] = []
+    for position, event in enumerate(events):
+        try:
+            one = encode_events((event,))
+        except StorageError as exc:
+            reason = str(exc)
+            if reason.startswith("event 0 "):  # its place in the one-event list
+                reason = "the event " + reason.removeprefix("event 0 ")
+            ident = event.get("id") if isinstance(event, dict) else None
+            refused.append(Unencodable(position, ident if type(ident) is str else None,
+                                       reason))
+            continue
+        ids += one.ids
+        bodies += one.bodies
+        keys += one.keys
+    return Encoded(ids, bodies, keys), refused
 
 
 def id_key(event_id: str) -> bytes | str:

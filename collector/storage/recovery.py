@@ -251,7 +251,7 @@ def _row(line: bytes, offset: int, after_seq: int) -> tuple[Row, str, int] | Non
             return None
         row: Row = (seq, id_key(r["id"]), created_micros(r["created"]), r["type"], r["principal"],
                     r["target"], r["org_id"], r["workspace_id"], ip_key(r["client_ip"]),
-                    r["status"], offset, len(line))
+                    r["status"], r["org_name"], r["workspace_name"], offset, len(line))
         source = r.get("source") or ""
         number = r.get("source_seq") or 0
     except (orjson.JSONDecodeError, KeyError, TypeError, StorageError):

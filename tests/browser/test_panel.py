@@ -32,6 +32,7 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SCRIPT_PRINCIPAL = "<script>window.__pwned = 'script'</script>"
 IMG_PRINCIPAL = "<img src=x onerror=\"window.__pwned = 'img'\">"
 TYPES = ["run_launched", "credentials_created", "run_completed", "user_sign_in"]
+FAILED = "failed: TimeoutError"
 
 
 @dataclass
@@ -50,14 +51,16 @@ class Panel:
 
 @pytest.fixture(scope="module")
 def panel() -> Iterator[Panel]:
-    """60 events a minute apart from 2026-11-20 10:00 UTC, two hostile principals, a
-    traced event; readers `ops` (root) and `viewer`; the collector serving them."""
+    """60 events a minute apart from 2026-11-20 10:00 UTC (every tenth failed), two
+    hostile principals in another organization (one failed), a traced event; readers
+    `ops` (root) and `viewer`; the collector serving them."""
     rows = [event(type=TYPES[n % 4], principal=f"user-{n % 3}", target=f"t-{n}",
-                  org_id="org-1", org_name="Acme & Co", created_ns=START_NS + n * MINUTE)
+                  org_id="org-1", org_name="Acme & Co", status=FAILED if n % 10 == 3 else "",
+                  created_ns=START_NS + n * MINUTE)
             for n in range(60)]
     rows[7]["trace_id"], rows[7]["span_id"] = TRACE, "00f067aa0ba902b7"
     rows.append(event(type="user_updated", principal=SCRIPT_PRINCIPAL, target="t-script", org_id="org-2",
-                      created_ns=START_NS + 60 * MINUTE))
+                      status=FAILED, created_ns=START_NS + 60 * MINUTE))
     rows.append(event(type="user_updated", principal=IMG_PRINCIPAL, target="t-img", org_id="org-2",
                       created_ns=START_NS + 61 * MINUTE))
     with short_tmp() as tmp:
@@ -128,6 +131,19 @@ def test_filter_by_type_and_time_range(page: Any, panel: Panel) -> None:
     assert [(r[0], r[1]) for r in rows] == [(w["type"], w["target"]) for w in want]
     assert "type=run_*" in page.url.replace("%2A", "*")  # the selection is in the URL
     screenshot(page, "filtered")
+    assert page.problems == []
+
+
+def test_filter_by_status_and_organization_name(page: Any, panel: Panel) -> None:
+    signed_in(page, panel)
+    apply(page, status=FAILED, org_name="Acme & Co")
+    want = [r for r in panel.rows if r["status"] == FAILED and r["org_name"] == "Acme & Co"]
+    assert len(want) == 6  # the failed event of the other organization is left out
+    assert [(r[1], r[3], r[5]) for r in table(page)] == [
+        (w["target"], w["status"], w["org_name"]) for w in want[::-1]]
+    assert "org_name=Acme+%26+Co" in page.url  # escaped in the URL and the CSV link
+    assert "status=failed%3A+TimeoutError" in page.get_attribute("#download", "href")
+    screenshot(page, "filtered-by-status-and-org-name")
     assert page.problems == []
 
 

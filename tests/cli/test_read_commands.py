@@ -29,6 +29,9 @@ EVENTS = [
     ("credentials_accessed", "cred-1", "system", "o2", ""),
     ("user_sign_in", "bob", "bob", "", "203.0.113.5"),
 ]
+ORG_NAMES = {"o1": "Initech", "o2": "Globex", "": ""}
+# run_* events happen in a workspace named Lab; run_dropped has a status.
+STATUSES = {"run_dropped": "dropped by admin", "user_sign_in": "=cmd|' /C calc'!A0"}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +40,10 @@ def data_dir() -> Iterator[Path]:
         sink = CollectorSink(collector.url, spool_dir=tmp / "spool")
         configure(sink=sink)
         for etype, target, principal, org, ip in EVENTS:
-            emit(etype, target, principal=principal, org_id=org, client_ip=ip or None,
-                 status="=cmd|' /C calc'!A0" if etype == "user_sign_in" else "")
+            in_lab = etype.startswith("run_")
+            emit(etype, target, principal=principal, org_id=org, org_name=ORG_NAMES[org],
+                 workspace_id="w1" if in_lab else "", workspace_name="Lab" if in_lab else "",
+                 client_ip=ip or None, status=STATUSES.get(etype, ""))
         assert sink.flush(timeout=20)
         assert sink.stats()["acknowledged"] == len(EVENTS)
         configure(sink=None)
@@ -70,6 +75,12 @@ def jsonl(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
     (["--client-ip", "2001:db8::/32"], {"credentials_created"}),
     (["--since", "1h"], {e[0] for e in EVENTS}),
     (["--until", "2000-01-01-00-00-00"], set()),
+    (["--org-name", "Initech"], {"run_launched", "run_relaunched", "run_dropped"}),
+    (["--org-name", "Globex", "--principal", "system"], {"credentials_accessed"}),
+    (["--workspace-name", "Lab", "--status", "dropped by admin"], {"run_dropped"}),
+    (["--status", "dropped by admin", "--org-name", "Globex"], set()),
+    (["--status", ""], {"run_launched", "run_relaunched", "credentials_created",
+                        "credentials_accessed"}),
 ])
 def test_query_filters(data_dir: Path, flags: list[str], expected: set[str]) -> None:
     done = cli("query", "--data-dir", str(data_dir), "--format", "jsonl", *flags)
@@ -113,6 +124,7 @@ def test_query_all_streams_every_record(data_dir: Path) -> None:
     (["--client-ip", "10.0.0.300"], "client"),
     (["--limit", "0"], "--limit"),
     (["--cursor", "garbage"], "cursor"),
+    (["--org-name", "x" * 4097], "org_name is 4097 characters long: give at most 4096"),
 ])
 def test_bad_filters_get_a_clear_error(data_dir: Path, flags: list[str], message: str) -> None:
     done = cli("query", "--data-dir", str(data_dir), *flags, check=False)

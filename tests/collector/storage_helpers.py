@@ -9,7 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from audit_middleware.event import AuditEvent
+from collector.storage import records
 from collector.store import StorageSettings, Store
 
 _ids = itertools.count(1)
@@ -70,3 +73,16 @@ def segment_files(data_dir: Path) -> list[Path]:
 def record_lines(path: Path) -> list[bytes]:
     """The record lines of a plain segment (header excluded)."""
     return path.read_bytes().splitlines(keepends=True)[1:]
+
+
+def refuse_to_encode(monkeypatch: pytest.MonkeyPatch, event_id: str) -> None:
+    """Make the store's encoder raise for the event ``event_id`` (and for it only): a
+    mismatch between what validation accepts and what the store can encode."""
+    real = records.id_key
+
+    def id_key(key: str) -> bytes | str:
+        if key == event_id:
+            raise ValueError("cannot key this id (injected)")
+        return real(key)
+
+    monkeypatch.setattr(records, "id_key", id_key)

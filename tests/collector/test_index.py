@@ -28,7 +28,7 @@ def rows(first_seq: int, count: int, **fields: object) -> list[Row]:
 def add(index: Index, segment: int, batch: list[Row]) -> None:
     index.begin()
     index.add_segment(f"segment-{segment:08d}.jsonl", header(segment), 100)
-    index.add_rows(segment, batch, batch[-1][10] + batch[-1][11])
+    index.add_rows(segment, batch, batch[-1][-2] + batch[-1][-1])
     index.commit()
 
 
@@ -149,3 +149,34 @@ def test_source_ranges_round_trip(index: Index) -> None:
 
 def test_the_index_database_runs_in_wal_mode(index: Index) -> None:
     assert index.con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_status_index_leaves_out_events_without_a_status(index: Index) -> None:
+    add(index, 1, rows(1, 6, status=""))
+    add(index, 1, rows(7, 2, status="failed: TimeoutError"))
+    chunk = index.close_chunk()
+    assert chunk is not None
+    index.build_indexes(chunk)
+    table = chunk_table(chunk)
+    sql = index.con.execute("SELECT sql FROM sqlite_schema WHERE name=?",
+                            (f"{table}_status",)).fetchone()[0]
+    assert sql.endswith("WHERE status <> ''")
+    plan = index.con.execute(f"EXPLAIN QUERY PLAN SELECT seq FROM {table} WHERE "
+                             f"status = ? AND status <> '' ORDER BY seq DESC",
+                             ("failed: TimeoutError",)).fetchall()
+    assert f"INDEX {table}_status (status=?)" in plan[0][3]
+
+
+def test_indexing_a_chunk_records_its_organization_and_workspace_names(index: Index) -> None:
+    add(index, 1, rows(1, 3, org_id="o-1", org_name="Acme", workspace_id="w-1",
+                       workspace_name="Main"))
+    add(index, 1, rows(4, 2, org_id="o-1", org_name="Acme Inc", workspace_id="w-2",
+                       workspace_name="Main"))
+    assert index.con.execute("SELECT count(*) FROM names").fetchone()[0] == 0  # not yet
+    chunk = index.close_chunk()
+    assert chunk is not None
+    index.build_indexes(chunk)
+    assert set(index.con.execute("SELECT kind, name, id FROM names")) == {
+        ("org", "Acme", "o-1"), ("org", "Acme Inc", "o-1"),
+        ("workspace", "Main", "w-1"), ("workspace", "Main", "w-2")}
+    assert chunk_state(index, chunk) == INDEXED

@@ -190,13 +190,14 @@ def test_a_storage_failure_is_a_retryable_error_and_the_connection_stays(
     class FailingOnce:
         failed = False
 
-        def submit(self, events: Any, source: str = "", source_seqs: Any = None) -> Any:
+        def submit(self, events: Any, source: str = "", source_seqs: Any = None,
+                   **options: Any) -> Any:
             if not self.failed:
                 self.failed = True
                 future: Future[Any] = Future()
                 future.set_exception(OSError(28, "No space left on device"))
                 return future
-            return store.submit(events, source, source_seqs)
+            return store.submit(events, source, source_seqs, **options)
 
     make_server(FailingOnce())
     client = RawClient(tmp / "c.sock")

@@ -106,9 +106,9 @@ def test_events_are_numbered_per_source(collector: Collector, make_sink: SinkFac
     collector.start()
     store_submit = collector.store.submit
 
-    def spy(events: Any, source: str = "", source_seqs: Any = None) -> Any:
+    def spy(events: Any, source: str = "", source_seqs: Any = None, **options: Any) -> Any:
         seen.append((source, list(source_seqs)))
-        return store_submit(events, source, source_seqs)
+        return store_submit(events, source, source_seqs, **options)
 
     collector.store.submit = spy
     sink = make_sink()

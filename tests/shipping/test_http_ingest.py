@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from audit_middleware.wire import FrameType, Result
 from collector.http_ingest import HttpIngest, HttpIngestSettings, routes
 from collector.ingest import IngestSettings
-from tests.collector.storage_helpers import event
+from tests.collector.storage_helpers import event, refuse_to_encode
 from tests.e2e.harness import InProcessCollector, RawClient, open_store, short_tmp, stored_events
 
 TOKEN = "s3cret-ingest-token"
@@ -106,6 +106,22 @@ def test_bad_events_are_rejected_with_a_reason_and_the_good_ones_stored(
     assert "unknown field" in result["rejected"][2]["reason"]
     assert len(result["written"]) + len(result["duplicates"]) + len(result["rejected"]) == 4
     assert [r["id"] for r in stored_events(store.settings.data_dir)] == [good["id"]]
+
+
+def test_an_event_the_store_cannot_encode_is_rejected_alone_not_a_503(
+    http: TestClient, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, poison, third = event(1), event(2), event(3)
+    refuse_to_encode(monkeypatch, poison["id"])
+    reply = post(http, lines(first, poison, third))
+    assert reply.status_code == 200
+    result = reply.json()
+    assert result["written"] == [first["id"], third["id"]]
+    assert [(r["index"], r["id"]) for r in result["rejected"]] == [(1, poison["id"])]
+    assert result["rejected"][0]["reason"].startswith("storage_error: ")
+    assert [r["id"] for r in stored_events(store.settings.data_dir)] == [
+        first["id"], third["id"]]
+    assert post(http, lines(poison)).status_code == 422  # alone: rejected, not retryable
 
 
 def test_when_every_event_is_rejected_the_answer_is_422(http: TestClient) -> None:

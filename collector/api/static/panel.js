@@ -16,8 +16,8 @@
     ["Workspace name", "workspace_name"], ["Client IP", "client_ip"],
     ["Creation date", "created"],
   ];
-  const FILTERS = ["type", "principal", "target", "org", "workspace", "client_ip",
-                   "since", "until", "order", "limit"];
+  const FILTERS = ["type", "principal", "target", "status", "org", "org_name", "workspace",
+                   "workspace_name", "client_ip", "since", "until", "order", "limit"];
   const PANEL_PATH = "/admin/audit-logs";
   const $ = (id) => document.getElementById(id);
 

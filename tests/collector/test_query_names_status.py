@@ -1,0 +1,227 @@
+"""Filters by status, organization name and workspace name: alone and combined, across
+chunks, in every state a chunk can be in (open, closed but not indexed yet, indexed,
+rebuilt by reindex), and an organization renamed between its events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit_middleware.event import format_created
+from collector.index import CLOSED, INDEXED, OPEN, chunk_table, connect
+from collector.query import Filters, QueryError, iter_records, reindex, search
+from collector.storage.conditions import compile_conditions
+from tests.collector.storage_helpers import BASE_NS, event, open_store
+
+HOUR = 3600 * 10**9
+COUNT = 120
+# (org_id, org_name): org-1 is renamed from Acme to "Acme Inc" half-way; org-3 and
+# org-4 share a name.
+ORGS = [("org-1", "Acme"), ("org-2", "Globex"), ("org-3", "Initech"), ("org-4", "Initech")]
+# (workspace_id, workspace_name): two workspaces called Main, one without a name.
+WORKSPACES = [("ws-1", "Main"), ("ws-2", "Main"), ("ws-3", "Lab"), ("ws-4", "")]
+STATUSES = ["", "succeeded", "", "failed: TimeoutError", "password", ""]
+
+
+def corpus() -> list[dict[str, Any]]:
+    rows = []
+    for n in range(COUNT):
+        org_id, org_name = ORGS[n % 4]
+        if org_id == "org-1" and n >= COUNT // 2:
+            org_name = "Acme Inc"
+        ws_id, ws_name = WORKSPACES[n % 7 % 4]
+        rows.append(event(type="run_completed" if n % 3 else "user_sign_in",
+                          org_id=org_id, org_name=org_name, workspace_id=ws_id,
+                          workspace_name=ws_name, status=STATUSES[n % 5],
+                          created_ns=BASE_NS + n * HOUR))
+    return rows
+
+
+ROWS = corpus()
+BATCH = 7  # with chunks closed at 25 rows: four chunks of 28, and 8 rows in the open one
+
+
+def nothing(record: dict[str, Any]) -> bool:
+    return False
+
+
+# Each query, and the predicate a matching row satisfies.
+QUERIES: list[tuple[Filters, Callable[[dict[str, Any]], bool]]] = [
+    (Filters(status="succeeded"), lambda r: r["status"] == "succeeded"),
+    (Filters(status="failed: TimeoutError"), lambda r: r["status"] == "failed: TimeoutError"),
+    (Filters(status=""), lambda r: r["status"] == ""),
+    (Filters(status="nothing like it"), nothing),
+    (Filters(org_name="Acme"), lambda r: r["org_name"] == "Acme"),
+    (Filters(org_name="Acme Inc"), lambda r: r["org_name"] == "Acme Inc"),
+    (Filters(org_name="Initech"), lambda r: r["org_name"] == "Initech"),
+    (Filters(org_name="Nobody"), nothing),
+    (Filters(workspace_name="Main"), lambda r: r["workspace_name"] == "Main"),
+    (Filters(workspace_name="Lab"), lambda r: r["workspace_name"] == "Lab"),
+    (Filters(workspace_name=""), lambda r: r["workspace_name"] == ""),
+    (Filters(org_name="Acme", status="succeeded"),
+     lambda r: r["org_name"] == "Acme" and r["status"] == "succeeded"),
+    (Filters(org_name="Initech", workspace_name="Main", status="password"),
+     lambda r: (r["org_name"], r["workspace_name"], r["status"]) == ("Initech", "Main",
+                                                                     "password")),
+    (Filters(org_name="Initech", org="org-4"),
+     lambda r: r["org_name"] == "Initech" and r["org_id"] == "org-4"),
+    (Filters(org_name="Acme", org="org-2"), nothing),
+    (Filters(workspace_name="Main", workspace="ws-2", types=("run_*",)),
+     lambda r: r["workspace_id"] == "ws-2" and r["type"] == "run_completed"),
+    (Filters(status="succeeded", since=format_created(BASE_NS + 30 * HOUR),
+             until=format_created(BASE_NS + 90 * HOUR)),
+     lambda r: r["status"] == "succeeded"
+     and format_created(BASE_NS + 30 * HOUR) <= r["created"]
+     < format_created(BASE_NS + 90 * HOUR)),
+]
+
+
+def ids(records: list[dict[str, Any]]) -> list[str]:
+    return [r["id"] for r in records]
+
+
+def answers(where: Any) -> list[tuple[list[str], list[str]]]:
+    """Every query's ids oldest first (pages of 7) and newest first (pages of 5)."""
+    return [(ids(list(iter_records(where, f, page_size=7))),
+             ids(list(iter_records(where, f, page_size=5, newest_first=True))))
+            for f, _ in QUERIES]
+
+
+def expected() -> list[tuple[list[str], list[str]]]:
+    found = [[r["id"] for r in ROWS if match(r)] for _, match in QUERIES]
+    return [(f, f[::-1]) for f in found]
+
+
+def chunk_states(data_dir: Path) -> list[int]:
+    con = connect(data_dir / "index.sqlite", readonly=True)
+    try:
+        return [s for (s,) in con.execute("SELECT state FROM chunks ORDER BY chunk")]
+    finally:
+        con.close()
+
+
+def test_every_query_but_the_empty_ones_matches_some_of_the_corpus() -> None:
+    for (f, match), (found, _) in zip(QUERIES, expected(), strict=True):
+        assert bool(found) == (match is not nothing), f
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("collector.storage.group_commit.CHUNK_ROWS", 25)
+    monkeypatch.setattr("collector.storage.recovery.CHUNK_ROWS", 25)
+
+
+@contextmanager
+def stored(data_dir: Path, wait_for_indexer: bool) -> Iterator[None]:
+    """The corpus in a live store, written a few events at a time."""
+    with open_store(data_dir) as store:
+        for i in range(0, COUNT, BATCH):
+            store.write(ROWS[i:i + BATCH])
+        if wait_for_indexer:
+            store._indexer.wait(most=0, timeout=10)
+        yield
+
+
+def test_in_one_open_chunk(tmp_path: Path) -> None:
+    with stored(tmp_path, wait_for_indexer=False):
+        assert chunk_states(tmp_path) == [OPEN]
+        assert answers(tmp_path) == expected()
+
+
+def test_in_closed_chunks_not_indexed_yet(tmp_path: Path, small_chunks: None,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("collector.storage.indexer.build_chunk_indexes",
+                        lambda con, chunk, lock: True)  # an indexer that never gets there
+    with stored(tmp_path, wait_for_indexer=True):
+        assert set(chunk_states(tmp_path)) == {CLOSED, OPEN}
+        assert answers(tmp_path) == expected()
+
+
+def test_in_indexed_chunks_and_the_open_one(tmp_path: Path, small_chunks: None) -> None:
+    with stored(tmp_path, wait_for_indexer=True):
+        states = chunk_states(tmp_path)
+        assert len(states) > 3 and set(states) == {INDEXED, OPEN}
+        assert answers(tmp_path) == expected()
+
+
+def test_after_reindex(tmp_path: Path, small_chunks: None) -> None:
+    with stored(tmp_path, wait_for_indexer=True):
+        live = answers(tmp_path)
+    reindex(tmp_path)
+    assert set(chunk_states(tmp_path)) == {INDEXED}
+    assert answers(tmp_path) == live == expected()
+
+
+def test_a_name_shared_by_more_ids_than_the_names_table_lists_is_matched_by_its_column(
+        tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("collector.storage.conditions.MAX_IDS", 1)
+    monkeypatch.setattr("collector.storage.names.MAX_IDS", 1)
+    with stored(tmp_path, wait_for_indexer=True):
+        assert answers(tmp_path) == expected()
+
+
+def test_a_status_held_by_many_rows_is_checked_on_the_rows_another_index_finds(
+        tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("collector.storage.conditions.STATUS_WALK", 3)
+    with stored(tmp_path, wait_for_indexer=True):
+        assert answers(tmp_path) == expected()
+        con = connect(tmp_path / "index.sqlite", readonly=True)
+        try:
+            def where(indexed: bool, **filters: Any) -> str | None:
+                c = compile_conditions(con, Filters(**filters), None)
+                asked = c.for_chunk(con, chunk_table(1), indexed, 0, 2**62)
+                return asked and asked[0]
+
+            common = {"status": "succeeded"}  # 6 of the chunk's 28 rows: more than 3
+            assert where(True, **common, principal="user-1") == "principal = ? AND +status = ?"
+            assert where(True, **common) == "status = ? AND status <> ''"
+            assert where(True, status="nothing like it", principal="user-1") is None
+            assert where(False, **common, principal="user-1") == \
+                "principal = ? AND status = ?"  # not indexed: a scan, nothing to choose
+        finally:
+            con.close()
+
+
+def test_a_renamed_organization_matches_by_the_name_each_event_carried(
+        tmp_path: Path, small_chunks: None) -> None:
+    before = [event(org_id="org-9", org_name="Umbrella", created_ns=BASE_NS + n * HOUR)
+              for n in range(30)]
+    after = [event(org_id="org-9", org_name="Umbrella Corp",
+                   created_ns=BASE_NS + (30 + n) * HOUR) for n in range(5)]
+    with open_store(tmp_path) as store:
+        store.write(before)
+        store._indexer.wait(most=0, timeout=10)  # the old name is in an indexed chunk
+        store.write(after)  # the new one in the open chunk
+        for where in (store, tmp_path):
+            assert ids(list(iter_records(where, Filters(org_name="Umbrella")))) == ids(before)
+            assert ids(list(iter_records(where, Filters(org_name="Umbrella Corp")))) == \
+                ids(after)
+            assert ids(list(iter_records(where, Filters(org="org-9")))) == ids(before + after)
+    reindex(tmp_path)
+    assert ids(list(iter_records(tmp_path, Filters(org_name="Umbrella")))) == ids(before)
+    assert ids(list(iter_records(tmp_path, Filters(org_name="Umbrella Corp")))) == ids(after)
+
+
+def test_a_cursor_of_one_name_does_not_continue_another(tmp_path: Path) -> None:
+    with stored(tmp_path, wait_for_indexer=False):
+        cursor = search(tmp_path, Filters(org_name="Initech"), limit=2).next_cursor
+        with pytest.raises(QueryError, match="belongs to another query"):
+            search(tmp_path, Filters(org_name="Globex"), cursor=cursor)
+        with pytest.raises(QueryError, match="belongs to another query"):
+            search(tmp_path, Filters(status="Initech"), cursor=cursor)
+
+
+@pytest.mark.parametrize("filters, message", [
+    (Filters(status=5), "status must be a string"),  # type: ignore[arg-type]
+    (Filters(org_name=["Acme"]), "org_name must be a string"),  # type: ignore[arg-type]
+    (Filters(workspace_name=None, org_name="x" * 4097), "org_name is 4097 characters long"),
+    (Filters(workspace_name="w" * 5000), "workspace_name is 5000 characters long"),
+])
+def test_bad_values_raise_a_query_error_saying_what_is_accepted(
+        tmp_path: Path, filters: Filters, message: str) -> None:
+    with stored(tmp_path, wait_for_indexer=False), pytest.raises(QueryError, match=message):
+        search(tmp_path, filters)
