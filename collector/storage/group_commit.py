@@ -120,7 +120,7 @@ class GroupWriter:
                                            offset, chain)
             if chain is not None:
                 chain = p.lines[-1][-67:-3]
-            p.size = p.rows[-1][10] + p.rows[-1][11] - offset
+            p.size = p.rows[-1][-2] + p.rows[-1][-1] - offset
             if self._segments.rotation_due(piece_bytes + p.size, bool(piece)):
                 if piece and not self._write_piece(piece):
                     self._fail_rest([sub, *subs[n + 1:]])

@@ -32,10 +32,11 @@ STORAGE_FIELDS: Final = ("seq", "source", "source_seq", "chain")
 MAX_SOURCE_LENGTH: Final = 256
 
 #: An index row: seq, id (see ``id_key``), created (integer microseconds UTC), type,
-#: principal, target,
-#: org_id, workspace_id, client_ip key (see ``ip_key``), status, offset and length of
-#: the line in the uncompressed segment.
-Row = tuple[int, "bytes | str", int, str, str, str, str, str, "bytes | None", str, int, int]
+#: principal, target, org_id, workspace_id, client_ip key (see ``ip_key``), status,
+#: org_name, workspace_name, then offset and length of the line in the uncompressed
+#: segment (always the last two: ``row[-2]``, ``row[-1]``).
+Row = tuple[int, "bytes | str", int, str, str, str, str, str, "bytes | None", str, str, str,
+            int, int]
 
 
 def _ordered(event: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +119,7 @@ def encode_events(events: Sequence[dict[str, Any]]) -> Encoded:
             keys.append((id_key(event_id), micros(event["created"]), event["type"],
                          event["principal"], event["target"], event["org_id"],
                          event["workspace_id"], address_key(event["client_ip"]),
-                         event["status"]))
+                         event["status"], event["org_name"], event["workspace_name"]))
     except KeyError as exc:
         raise StorageError(
             f"event {index} has no {exc.args[0]!r} field: every event needs the 14 schema "
@@ -228,7 +229,7 @@ def record_lines(
 
 def rebase(rows: list[Row], delta: int) -> list[Row]:
     """``rows`` moved by ``delta`` bytes (their records go to another segment)."""
-    return [(*row[:10], row[10] + delta, row[11]) for row in rows]
+    return [(*row[:-2], row[-2] + delta, row[-1]) for row in rows]
 
 
 _second_micros: dict[str, int] = {}
