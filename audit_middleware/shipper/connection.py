@@ -3,10 +3,15 @@
 Batches may be pipelined: :meth:`Connection.send` several, then :meth:`Connection.receive`
 their replies in the same order. Any error closes the connection: replies still in flight
 are then lost, and their batches are sent again (the collector deduplicates).
+
+Sending never waits on a collector that waits on us: while a batch does not fit the
+socket, replies that arrive are read (and kept for :meth:`receive`), since the collector
+stops reading a connection whose replies are not being read (``collector.reply_queue``).
 """
 
 from __future__ import annotations
 
+import collections
 import select
 import socket
 import ssl
@@ -58,6 +63,8 @@ class Connection:
         self._connect_timeout = connect_timeout
         self._sock: socket.socket | None = None
         self._next_batch = 1
+        self._unanswered = 0  # batches sent whose reply has not been read
+        self._early: collections.deque[tuple[FrameType, bytes]] = collections.deque()
         self.welcome: Welcome | None = None
         self.batches = 0  # exchanged on this connection
 
@@ -103,6 +110,7 @@ class Connection:
             self.close()
             raise
         self.batches += 1
+        self._unanswered += 1
         return batch_id
 
     def _send_all(self, sock: socket.socket, data: bytes, timeout: float) -> None:
@@ -111,7 +119,15 @@ class Connection:
         view = memoryview(data)
         start = time.monotonic()
         while view:
-            if not select.select([], [sock], [], _POLL)[1]:
+            readable, writable, _ = select.select(
+                [sock] if self._unanswered > len(self._early) else [], [sock], [], _POLL)
+            if readable and not writable:
+                # The collector is answering earlier batches rather than reading this
+                # one: take the reply, or neither side would ever move again.
+                self._early.append(self._read_frame())
+                start = time.monotonic()
+                continue
+            if not writable:
                 waited = time.monotonic() - start
                 if waited >= timeout:
                     raise TimeoutError(f"the collector took nothing for {waited:.1f}s")
@@ -144,9 +160,13 @@ class Connection:
         retryable code (storage unavailable, shutting down) means: send it again later."""
         try:
             assert self._sock is not None, "not connected to the collector"
-            self._await_reply(timeout)
-            self._sock.settimeout(timeout)
-            kind, payload = self._read_frame()
+            if self._early:
+                kind, payload = self._early.popleft()
+            else:
+                self._await_reply(timeout)
+                self._sock.settimeout(timeout)
+                kind, payload = self._read_frame()
+            self._unanswered -= 1
             if kind is FrameType.RESULT:
                 result = Result.decode(payload)
                 if result.batch_id != batch_id:
@@ -185,6 +205,8 @@ class Connection:
         # close() never shuts the connection down: in a forked child, closing its copy of
         # the parent's descriptor leaves the parent's connection untouched.
         sock, self._sock = self._sock, None
+        self._early.clear()
+        self._unanswered = 0
         if sock is not None:
             try:
                 sock.close()

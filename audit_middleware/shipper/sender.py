@@ -59,6 +59,7 @@ class Sender:
         """A new process (after fork) or a new sink: no connection, no history."""
         self.source = source
         self._conn: Connection | None = None
+        self._pipe: Pipeline | None = None
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._down_since: float | None = None
@@ -71,6 +72,13 @@ class Sender:
         if self._conn is not None:
             self._conn.close()  # never a shutdown(): in a child this is the parent's socket
             self._conn = None
+
+    @property
+    def flowing(self) -> bool:
+        """A ``ship`` is under way and its connection has not failed: more chunks sent now
+        join its pipeline."""
+        pipe = self._pipe
+        return pipe is not None and pipe.failed is None and not self.past_deadline
 
     @property
     def past_deadline(self) -> bool:
@@ -92,11 +100,15 @@ class Sender:
                 self._failed(exc)
                 return list(chunks)
             reused = conn.batches > 0
-            pipe = Pipeline(conn, self._depth, lambda: self._timeout(self._ack_timeout),
-                            self._on_result, self._on_refused)
-            for chunk in chunks:
-                pipe.send(chunk)
-            pipe.finish()
+            pipe = self._pipe = Pipeline(conn, self._depth,
+                                         lambda: self._timeout(self._ack_timeout),
+                                         self._on_result, self._on_refused)
+            try:
+                for chunk in chunks:
+                    pipe.send(chunk)
+                pipe.finish()
+            finally:
+                self._pipe = None
             if pipe.failed is None:
                 self._recovered()
                 return []

@@ -166,12 +166,17 @@ class CollectorSink:
                 self._keep(chunk)
 
     def _encode(self, items: list[Item]) -> Iterator[Chunk]:
+        """``items`` as frames, encoded lazily (frame k+1 while k is stored), then, while
+        the connection is flowing, every full frame's worth that was queued meanwhile: the
+        pipeline stays full instead of draining to zero between the queue's batches."""
         size = self._batch_size
-        for start in range(0, len(items), size):
-            part = items[start:start + size]
-            yield Chunk(self.source, [item[0] for item in part],
-                        [json_line(item[1]) for item in part],
-                        [item[2] for item in part] if self.fail_closed else None)
+        while items:
+            for start in range(0, len(items), size):
+                part = items[start:start + size]
+                yield Chunk(self.source, [item[0] for item in part],
+                            [json_line(item[1]) for item in part],
+                            [item[2] for item in part] if self.fail_closed else None)
+            items = self._queue.take(size) if self._sender.flowing else []
 
     def _idle(self) -> bool:
         """Between drains: replay the spool; True when more is waiting."""

@@ -165,6 +165,21 @@ class BatchingQueue(Generic[T]):
             self.failed.add(len(batch))
             log.exception("audit sink %s failed to deliver %d events", self._name, len(batch))
 
+    def take(self, n: int) -> list[T]:
+        """For the export, on the worker thread: up to ``n`` more items from the head of
+        the queue, none unless ``n`` are queued, and never past a flush marker (the drain
+        handles markers: what was submitted before a flush is delivered before it
+        returns). A sender keeps its pipeline full with what arrived while it was
+        sending, instead of waiting for every reply before the next drain."""
+        queue = self._queue
+        if len(queue) - self._markers.value < n:
+            return []
+        items: list[T] = []
+        while len(items) < n and type(queue[0]) is not _FlushMarker:
+            items.append(queue.popleft())  # type: ignore[arg-type]
+        self.drained.add(len(items))
+        return items
+
     # -- control ------------------------------------------------------------------------
     def start(self) -> None:
         """Start the worker now rather than on the first event (e.g. to replay a spool)."""

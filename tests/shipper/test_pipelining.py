@@ -1,0 +1,98 @@
+"""A client deeper in flight than the collector reads ahead never deadlocks with it.
+
+The collector reads no further frame of a connection while its replies wait unread
+(``collector.reply_queue``): a client blocked sending a frame while not reading replies
+would wait on the collector waiting on it, until a timeout broke the connection (a
+10-second stall, then retries and the spool). The connection reads replies while its
+send waits (``shipper.connection``), and the sink keeps its pipeline full between the
+queue's batches (``BatchingQueue.take``). Against a real collector subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from audit_middleware import configure, emit
+from audit_middleware.shipper import CollectorSink
+from audit_middleware.shipper.connection import Connection
+from audit_middleware.shipper.endpoint import parse_url
+from audit_middleware.shipper.pipeline import Chunk, Pipeline
+from audit_middleware.testing import reset_configuration
+from audit_middleware.wire import Hello, Result
+from tests.e2e.harness import CollectorProcess, short_tmp, stored_events
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[CollectorProcess]:
+    with short_tmp() as root, CollectorProcess(root / "data") as process:
+        yield process
+
+
+def test_a_pipeline_deeper_than_the_collector_reads_ahead_flows(
+        collector: CollectorProcess, tmp_path: Path) -> None:
+    sink = CollectorSink(collector.url, spool_dir=tmp_path / "spool", pipeline=16,
+                         batch_size=512, max_queue=40_000, ack_timeout=3.0)
+    configure(sink=sink)
+    try:
+        n = 16 * 512 * 3
+        for i in range(n):
+            emit("credentials_created", f"deep-{i}")
+        assert sink.flush(60.0)
+        stats = sink.stats()
+    finally:
+        reset_configuration()
+        sink.close(5.0)
+    # A stall would show as a retry (the connection given up) and batches spooled.
+    assert stats["retried"] == 0 and stats["spooled"] == 0, stats
+    assert stats["acknowledged"] == n
+    stored = {e["target"] for e in stored_events(collector.data_dir)}
+    assert {f"deep-{i}" for i in range(n)} <= stored
+
+
+def test_big_rejection_replies_do_not_stop_a_well_behaved_client(
+        collector: CollectorProcess) -> None:
+    """Batches of events the collector rejects make replies of ~1 MB each (a reason per
+    event); with four in flight, the collector stops reading while they wait, and the
+    client must read them while its next send waits."""
+    conn = Connection(parse_url(collector.url), Hello("pipelining-test"), tls=None,
+                      connect_timeout=5.0)
+    conn.connect()
+    results: list[Result] = []
+    pipe = Pipeline(conn, 4, lambda: 10.0, lambda chunk, result: results.append(result),
+                    lambda chunk, why: None)
+    bad = orjson.dumps({"v": 1, "type": "credentials_created", "note": "x" * 200}) + b"\n"
+    per_batch, batches = 4000, 8
+    try:
+        for b in range(batches):
+            seqs = list(range(b * per_batch + 1, (b + 1) * per_batch + 1))
+            pipe.send(Chunk("pipelining-test", seqs, [bad] * per_batch))
+        pipe.finish()
+    finally:
+        conn.close()
+    assert pipe.failed is None, pipe.failed
+    assert len(results) == batches
+    assert all(len(r.rejected) == per_batch and r.acknowledged == 0 for r in results)
+
+
+def test_take_gives_only_full_frames_and_never_passes_a_flush_marker() -> None:
+    from audit_middleware.sinks.batching import BatchingQueue, _FlushMarker
+
+    queue: BatchingQueue[int] = BatchingQueue(lambda batch: None, max_queue=100)
+    for i in range(5):
+        queue._queue.append(i)  # as submit() would, without starting the worker
+    assert queue.take(6) == []  # not a full frame's worth: left for the drain
+    assert queue.take(3) == [0, 1, 2]
+    marker = _FlushMarker()
+    queue._markers.add()
+    queue._queue.append(marker)
+    queue._queue.append(5)
+    queue._queue.append(6)
+    queue._queue.append(7)
+    # Three items are queued besides the marker, but two of them are behind it: what was
+    # submitted before a flush is delivered before that flush returns, so take stops.
+    assert queue.take(3) == [3, 4]
+    assert queue._queue[0] is marker
+    assert queue.counts()["submitted"] == 8 and queue.drained.value == 5
