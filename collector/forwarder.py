@@ -251,7 +251,7 @@ class Forwarder:
         Raises when the export failed (nothing acknowledged, the checkpoint unchanged)."""
         position = self._start_position()
         page = q.search(self.data_dir, q.Filters(), limit=self.settings.batch_size,
-                        cursor=_cursor_after(position), newest_first=False)
+                        cursor=q.cursor_after(position), newest_first=False)
         records = page.records
         self._refresh_newest(records)
         if not records:
@@ -343,11 +343,3 @@ class Forwarder:
 
 class ExportFailed(RuntimeError):
     """The endpoint did not accept a batch; it is retried."""
-
-
-def _cursor_after(seq: int) -> str:
-    """A ``collector.query`` keyset cursor positioned after ``seq`` (oldest first, no
-    filters): the same cursor a page ending at ``seq`` would have returned. (query.py
-    keeps its cursor codec private; a public cursor_after(seq) there would be cleaner.)"""
-    return q._encode_cursor({"s": seq, "f": q._fingerprint(q.Filters(), False),
-                             "a": None, "b": None})

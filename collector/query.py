@@ -40,8 +40,8 @@ from collector.storage.recovery import RepairReport, recover, reset_index_files
 if TYPE_CHECKING:
     from collector.store import Store
 
-__all__ = ["Filters", "Page", "QueryError", "Reader", "find", "follow_cursor",
-           "iter_records", "reindex", "search"]
+__all__ = ["Filters", "Page", "QueryError", "Reader", "cursor_after", "find",
+           "follow_cursor", "iter_records", "reindex", "search"]
 
 MAX_LIMIT: Final = 10_000
 
@@ -137,8 +137,7 @@ class Reader:
         """A cursor for ``search(..., newest_first=False)`` that starts after the newest
         record stored now: what ``tail -f`` polls with."""
         newest = self.con.execute("SELECT max(last_seq) FROM chunks").fetchone()[0] or 0
-        return _encode_cursor({"s": newest, "f": _fingerprint(filters, False),
-                               "a": None, "b": None})
+        return cursor_after(newest, filters)
 
     # -- internals ----------------------------------------------------------------------
     def _compile(self, filters: Filters, state: dict[str, Any] | None) -> Conditions:
@@ -289,6 +288,14 @@ def reindex(data_dir: Path | str, progress: Callable[[int, int], None] | None = 
 
 
 # -- cursors ------------------------------------------------------------------------------
+def cursor_after(seq: int, filters: Filters | None = None) -> str:
+    """A cursor for ``search(filters, newest_first=False)`` that continues after record
+    ``seq``: the cursor a page ending at ``seq`` would have returned (a follower that
+    keeps its own position, such as the forwarder's checkpoint, resumes with it)."""
+    return _encode_cursor({"s": seq, "f": _fingerprint(filters or Filters(), False),
+                           "a": None, "b": None})
+
+
 def _fingerprint(filters: Filters, newest_first: bool) -> str:
     body = orjson.dumps([dataclasses.astuple(filters), newest_first], default=str)
     return hashlib.sha256(body).hexdigest()[:16]

@@ -14,6 +14,7 @@ from audit_middleware.event import format_created
 from collector.query import (
     Filters,
     QueryError,
+    cursor_after,
     find,
     follow_cursor,
     iter_records,
@@ -196,6 +197,24 @@ def test_oldest_first_paging_with_a_follow_cursor_sees_only_new_events(tmp_path:
         store.write(later)
         page = search(store, Filters(principal="p"), cursor=cursor, newest_first=False)
     assert ids(page.records) == [later[0]["id"], later[2]["id"]]
+
+
+def test_cursor_after_continues_after_a_given_record(tmp_path: Path) -> None:
+    """The forwarder resumes from its checkpointed seq with ``cursor_after``: exactly the
+    records after it, oldest first, for any filters the cursor was made with."""
+    with open_store(tmp_path) as store:
+        written = [event(principal="p" if i % 2 else "q") for i in range(12)]
+        store.write(written)
+        every = search(store, Filters(), limit=100, newest_first=False).records
+        fifth = every[4]["seq"]
+        after = search(store, Filters(), cursor=cursor_after(fifth), newest_first=False)
+        only_p = search(store, Filters(principal="p"),
+                        cursor=cursor_after(fifth, Filters(principal="p")), newest_first=False)
+        with pytest.raises(QueryError, match="another query"):
+            search(store, Filters(principal="p"), cursor=cursor_after(fifth),
+                   newest_first=False)
+    assert ids(after.records) == ids(written[5:])
+    assert ids(only_p.records) == [e["id"] for e in written[5:] if e["principal"] == "p"]
 
 
 def test_a_relative_window_is_fixed_when_paging_starts(tmp_path: Path) -> None:
