@@ -1,0 +1,125 @@
+"""The API's connection guard (``collector.api.server``): uvicorn has no deadline for a
+request's headers, so a half-sent request is closed after ``HEADER_TIMEOUT``, and above
+``max_connections`` the longest-waiting connections go first. Real sockets against a real
+uvicorn server; the timings are shortened for the test, not measured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from collector.api import server as api_server
+
+
+async def _hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+@pytest.fixture(autouse=True)
+def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 0.6)
+    monkeypatch.setattr(api_server, "GUARD_INTERVAL", 0.1)
+
+
+@contextlib.asynccontextmanager
+async def _serving() -> AsyncIterator[api_server.ApiServer]:
+    app = Starlette(routes=[Route("/", _hello)])
+    app.state.api = SimpleNamespace(close=lambda: None)  # what shutdown() closes
+    server = api_server.ApiServer(app, "127.0.0.1", 0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown()
+
+
+def _connect(server: api_server.ApiServer) -> socket.socket:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.setblocking(False)
+    return sock
+
+
+async def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the server closes ``sock`` within ``seconds`` (reading what it sent)."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(seconds):
+            while await loop.sock_recv(sock, 4096):
+                pass
+            return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def _run(test: Callable[[api_server.ApiServer], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with _serving() as served:
+            await test(served)
+
+    asyncio.run(main())
+
+
+def test_a_half_sent_request_is_closed_after_the_header_timeout() -> None:
+    _run(_half_sent_request)
+
+
+def test_a_complete_request_is_answered_and_an_idle_keepalive_then_closed() -> None:
+    _run(_complete_then_idle)
+
+
+def test_above_the_cap_the_longest_waiting_connections_go_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
+    _run(_over_the_cap)
+
+
+async def _half_sent_request(served: api_server.ApiServer) -> None:
+    sock = _connect(served)
+    try:
+        sock.send(b"GET / HTTP/1.1\r\nHost: test\r\n")  # the blank line never comes
+        assert not await _closed_within(sock, 0.3)  # not before the deadline
+        assert await _closed_within(sock, 3.0)
+    finally:
+        sock.close()
+    assert served.closed_by_guard == 1
+
+
+async def _complete_then_idle(served: api_server.ApiServer) -> None:
+    sock = _connect(served)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        async with asyncio.timeout(5):
+            reply = await loop.sock_recv(sock, 4096)
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"hello")
+        assert await _closed_within(sock, 3.0)  # then waiting without a request
+    finally:
+        sock.close()
+
+
+async def _over_the_cap(served: api_server.ApiServer) -> None:
+    served.max_connections = 2
+    socks = []
+    try:
+        for _ in range(4):
+            sock = _connect(served)
+            sock.send(b"GET / HTTP/1.1\r\n")
+            socks.append(sock)
+            await asyncio.sleep(0.25)  # seen by the guard in this order
+        closed = [await _closed_within(s, 1.0) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert closed == [True, True, False, False]
