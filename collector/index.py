@@ -1,30 +1,20 @@
 """The index: SQLite (WAL) rows that find records in the segments. Derived data: it can
-always be rebuilt from the segments (``collector.query.reindex``).
+always be rebuilt from the segments (``collector.query.reindex``). This module is the
+writer's view (``Index``, on the store's commit thread) and the connection settings.
 
-Layout, chosen for the ingest rate (a B-tree insert per event per filter column costs
-~2 us each on a small machine; building the same index in bulk costs a fifth of that):
+Layout, chosen for the ingest rate:
 
 - ``events_NNNNNN`` *chunk* tables hold one row per event (seq, id, created as integer
-  microseconds, type, principal, target, org_id, workspace_id, client_ip as a sortable
-  key of 4 (IPv4) or 16 (IPv6) bytes, status, org_name, workspace_name, offset and
-  length of the line in the uncompressed segment).
-  A chunk belongs to one segment and holds at most ``CHUNK_ROWS`` rows. Rows are
-  appended to the open chunk without secondary indexes; when the chunk closes (full,
-  its segment sealed, or the store idle) a background thread (``ChunkIndexer``) builds
-  its indexes on type, principal, target, org_id, workspace_id, client_ip and status,
-  one bulk pass each, while the store keeps committing. Each index ends with the rowid
-  (= seq), so "this principal, newest first" is a walk down one index. The status
-  index is partial (``status <> ''``): most events carry no status, and those cost the
-  indexer nothing. A query scans only the chunks not indexed yet: the open one, and
-  during a burst the few closed ones the indexer has not reached (``MAX_UNINDEXED``
-  bounds them).
-- ``names``: the (kind, name, id) pairs of organizations and workspaces found in the
-  indexed chunks, filled by the indexer when it indexes a chunk (one ``SELECT
-  DISTINCT`` of the closed chunk, off the commit thread). The names have no index of
-  their own: a name filter becomes ``org_id IN (ids that had that name) AND org_name =
-  ?``, so the org_id index narrows and the row confirms (an organization renamed later
-  still matches exactly). See ``collector.storage.names``.
-- ``chunks``: each chunk's segment, seq range, row count and time range.
+  microseconds, the filter columns, offset and length of the line in the uncompressed
+  segment). A chunk belongs to one segment and holds at most ``CHUNK_ROWS`` rows.
+  Rows are appended to the open chunk without secondary indexes; a closed chunk's are
+  built in bulk in the background (``collector.storage.chunks``). A query scans only
+  the chunks not indexed yet: the open one, and during a burst the few closed ones the
+  indexer has not reached (``MAX_UNINDEXED`` bounds them).
+- ``names``: the (kind, name, id) triples of organizations and workspaces found in the
+  indexed chunks, filled by the indexer off the commit thread, so that a name filter
+  walks the id index (``collector.storage.names``).
+- ``chunks``: each chunk's segment, seq range, row count, time range and state.
 - ``ids``: event id -> seq, for dedupe. A UUID is kept as its 16 bytes (see ``id_key``),
   here and in the chunk rows; UUIDv7 ids are time-ordered, so inserts are near-append.
 - ``zones``: min/max ``created`` per block of 1024 seqs, so a time window becomes seq
@@ -37,7 +27,6 @@ Layout, chosen for the ingest rate (a B-tree insert per event per filter column 
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -46,8 +35,15 @@ from typing import Any, Final
 
 import orjson
 
+from collector.storage.chunks import (
+    CHUNK_TABLE,
+    CLOSED,
+    Chunk,
+    build_chunk_indexes,
+    chunk_table,
+    insert_rows,
+)
 from collector.storage.compression import BlockMap
-from collector.storage.names import add_names, chunk_names
 from collector.storage.records import Row
 from collector.storage.segments import FILE_MODE, SegmentHeader
 from collector.storage.sources import Ranges
@@ -60,16 +56,7 @@ CHUNK_ROWS: Final = 65_536
 #: Closed chunks waiting for their indexes before the store slows down to wait for the
 #: indexer (each unindexed chunk costs a query a scan of up to CHUNK_ROWS rows).
 MAX_UNINDEXED: Final = 4
-OPEN, CLOSED, INDEXED = 0, 1, 2  # chunk states
 ZONE_SHIFT: Final = 10
-SECONDARY: Final = ("type", "principal", "target", "org_id", "workspace_id", "client_ip",
-                    "status")
-#: Secondary indexes that leave rows out: an empty status is not worth an index entry
-#: (a query for a non-empty status repeats the condition so that SQLite uses it).
-PARTIAL: Final = {"status": "status <> ''"}
-COLUMNS: Final = ("seq", "id", "created", "type", "principal", "target", "org_id",
-                  "workspace_id", "client_ip", "status", "org_name", "workspace_name",
-                  "off", "len")
 
 
 _SCHEMA = """
@@ -98,50 +85,7 @@ CREATE TABLE IF NOT EXISTS gz_blocks(
     PRIMARY KEY(segment, uoff)) WITHOUT ROWID;
 """
 
-_CHUNK_TABLE = """CREATE TABLE {table}(
-    seq INTEGER PRIMARY KEY, id NOT NULL, created INTEGER NOT NULL,
-    type TEXT NOT NULL, principal TEXT NOT NULL, target TEXT NOT NULL,
-    org_id TEXT NOT NULL, workspace_id TEXT NOT NULL, client_ip BLOB,
-    status TEXT NOT NULL, org_name TEXT NOT NULL, workspace_name TEXT NOT NULL,
-    off INTEGER NOT NULL, len INTEGER NOT NULL)"""
-
-
-def chunk_table(chunk: int) -> str:
-    return f"events_{chunk:06d}"
-
-
 _IDS_PER_QUERY: Final = 30_000  # SQLite allows 32,766 parameters a statement
-_ROWS_PER_STATEMENT: Final = 200
-_ONE_ROW: Final = f"({','.join('?' * len(COLUMNS))})"
-_MANY_ROWS: Final = ",".join([_ONE_ROW] * _ROWS_PER_STATEMENT)
-
-
-def _insert_rows(con: sqlite3.Connection, table: str, rows: list[Row]) -> None:
-    """Insert many rows per statement: binding a statement's parameters in one go
-    costs ~40% less per row than ``executemany`` stepping a statement per row."""
-    full = len(rows) - len(rows) % _ROWS_PER_STATEMENT
-    if full:
-        many = f"INSERT INTO {table} VALUES {_MANY_ROWS}"
-        flat = itertools.chain.from_iterable
-        for i in range(0, full, _ROWS_PER_STATEMENT):
-            con.execute(many, tuple(flat(rows[i:i + _ROWS_PER_STATEMENT])))
-    if full < len(rows):
-        con.executemany(f"INSERT INTO {table} VALUES {_ONE_ROW}", rows[full:])
-
-
-@dataclass
-class Chunk:
-    chunk: int
-    segment: int
-    first_seq: int
-    last_seq: int
-    rows: int
-    min_created: int
-    max_created: int
-
-    @property
-    def table(self) -> str:
-        return chunk_table(self.chunk)
 
 
 @dataclass(frozen=True)
@@ -324,7 +268,7 @@ class Index:
             if chunk is not None:
                 self._close(chunk)
             chunk = self._new_chunk(segment, first)
-        _insert_rows(con, chunk.table, rows)
+        insert_rows(con, chunk.table, rows)
         # Derived tables are filled from the rows just inserted, inside SQLite: no
         # second pass over the batch in Python.
         con.execute(f"INSERT OR IGNORE INTO ids SELECT id, seq FROM {chunk.table} "
@@ -356,7 +300,7 @@ class Index:
     def _new_chunk(self, segment: int, first_seq: int) -> Chunk:
         chunk = Chunk(self.next_chunk, segment, first_seq, first_seq - 1, 0,
                       2**62, -(2**62))
-        self.con.execute(_CHUNK_TABLE.format(table=chunk.table))
+        self.con.execute(CHUNK_TABLE.format(table=chunk.table))
         self.con.execute(
             "INSERT INTO chunks VALUES(?,?,?,?,?,?,?,0)",
             (chunk.chunk, segment, first_seq, chunk.last_seq, 0, chunk.min_created,
@@ -452,36 +396,3 @@ class Index:
         with self.write_lock:
             self.con.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-
-def build_chunk_indexes(con: sqlite3.Connection, chunk: int, write_lock: threading.Lock) -> bool:
-    """One bulk pass per secondary index, each its own transaction so the store's
-    commits interleave; False if the chunk is gone (retention dropped it meanwhile)."""
-    table = chunk_table(chunk)
-    try:
-        for column in SECONDARY:
-            where = f" WHERE {PARTIAL[column]}" if column in PARTIAL else ""
-            with write_lock:
-                con.execute(f"CREATE INDEX IF NOT EXISTS {table}_{column} "
-                            f"ON {table}({column}){where}")
-        triples = chunk_names(con, table)  # a read: no need to hold up the store's commits
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return False
-        raise
-    with write_lock:
-        # One transaction: a reader sees the chunk indexed with its names, or neither.
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            add_names(con, triples)
-            # Sampled statistics (~1 ms a chunk) so that, given principal AND org, SQLite
-            # walks the principal index (1 in 1000 rows) rather than the org one (1 in 50).
-            con.execute("PRAGMA analysis_limit=1000")
-            con.execute(f"ANALYZE {table}")
-            con.execute("UPDATE chunks SET state=? WHERE chunk=?", (INDEXED, chunk))
-            con.execute("COMMIT")
-        except BaseException as exc:
-            con.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
-                return False  # dropped by retention since the names were read
-            raise
-    return True

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from collector.index import INDEX_SCHEMA, INDEXED, ZONE_SHIFT, Index, chunk_table, connect
+from collector.index import INDEX_SCHEMA, ZONE_SHIFT, Index, connect
+from collector.storage.chunks import INDEXED, chunk_table
 from collector.storage.conditions import Conditions, compile_conditions
 from collector.storage.filters import QueryError, check_text
 from collector.storage.reader import RecordReader

@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from collector.index import PARTIAL
-
+from .chunks import PARTIAL
 from .filters import check_text, expand_types, ip_range, parse_time
 from .names import KINDS, MAX_IDS, ids_named
 

@@ -1,4 +1,5 @@
-"""The background thread that builds closed chunks' indexes (see ``collector.index``)."""
+"""The background thread that builds closed chunks' indexes (see
+``collector.storage.chunks``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from collector.index import build_chunk_indexes, writer_connection
+from collector.index import writer_connection
+from collector.storage.chunks import build_chunk_indexes
 
 log = logging.getLogger("collector.index")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.index import CLOSED, INDEXED, SECONDARY, Index, chunk_table
+from collector.index import Index
+from collector.storage.chunks import CLOSED, INDEXED, SECONDARY, chunk_table
 from collector.storage.indexer import ChunkIndexer
 from collector.storage.records import Row, encode_events, record_lines
 from collector.storage.segments import SegmentHeader

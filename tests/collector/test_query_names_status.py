@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from audit_middleware.event import format_created
-from collector.index import CLOSED, INDEXED, OPEN, chunk_table, connect
+from collector.index import connect
 from collector.query import Filters, QueryError, iter_records, reindex, search
+from collector.storage.chunks import CLOSED, INDEXED, OPEN, chunk_table
 from collector.storage.conditions import compile_conditions
 from tests.collector.storage_helpers import BASE_NS, event, open_store
 
