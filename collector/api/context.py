@@ -24,7 +24,7 @@ _SPAN_ID: Final = re.compile(r"[0-9a-f]{16}")
 @dataclass(frozen=True)
 class ApiSettings:
     data_dir: Path
-    #: e.g. "https://jaeger.example/trace/{trace_id}" (checked by collector.config)
+    #: e.g. "https://jaeger.example/trace/{trace_id}" (checked by collector.options)
     trace_url_template: str | None = None
     #: served over TLS: session cookies get ``Secure``, responses HSTS
     tls: bool = False

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import OPTIONS, CollectorConfig, ConfigError, add_arguments, load
+from collector.config import CollectorConfig, ConfigError, add_arguments, load
+from collector.ingest import IngestSettings
+from collector.options import OPTIONS
+from collector.serve import ingest_settings
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -124,9 +127,15 @@ def test_the_summary_masks_the_token_and_names_sources() -> None:
 def test_every_option_is_a_config_field_and_back() -> None:
     names = {f.name for f in fields(CollectorConfig)} - {"config_file", "sources"}
     assert names == {o.name for o in OPTIONS}
+    defaults = load(None, {})
     for option in OPTIONS:
         assert option.env == "AUDIT_" + option.name.upper()
-        assert getattr(CollectorConfig(), option.name) == option.default
+        assert getattr(defaults, option.name) == option.default
+
+
+def test_without_options_the_ingest_server_gets_its_own_defaults() -> None:
+    config = load(None, {})
+    assert ingest_settings(config) == IngestSettings(socket_path=config.socket_path)
 
 
 def test_retention_is_a_positive_number_of_days() -> None:

@@ -1,0 +1,227 @@
+"""The collector's options, declared once: one table (:data:`OPTIONS`) gives each
+option's name, parser, default and help. The flag (``--max-frame``), the environment
+variable (``AUDIT_MAX_FRAME``) and the TOML key (``max_frame``) all derive from the
+name, so the three sources can never disagree about what exists;
+``collector.config`` resolves them (flags > environment > file > default) into a
+``CollectorConfig``.
+
+The ingest server's options take their defaults from ``IngestSettings`` (the server's
+own defaults, for whoever builds one without a configuration), so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .ingest import IngestSettings
+
+ENV_PREFIX: Final = "AUDIT_"
+
+
+# -- value parsers: text (flag, environment) or TOML value -> typed value --------------------
+_SIZE = re.compile(r"(?i)\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*")
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2,
+               "mb": 1000**2, "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+_DURATION = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError("expected a size in bytes such as 4194304, 4MiB or 64MB")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_duration(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError("expected a duration in seconds such as 30, 1.5, 500ms, 5m or 1h")
+    unit = match.group(2).lower() if match.group(2) else None
+    return float(match.group(1)) * _DURATION_UNITS[unit]
+
+
+def parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("expected a whole number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError("expected a whole number")
+
+
+def parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("expected a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ValueError("expected a number such as 365 or 0.5")
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def parse_path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a path")
+    return Path(value).expanduser()
+
+
+def parse_listen(value: Any) -> str:
+    """``host:port`` for the TCP listener; empty means no TCP listener."""
+    if not isinstance(value, str):
+        raise TypeError("expected host:port such as 127.0.0.1:7100")
+    if value == "":
+        return value
+    split_host_port(value)
+    return value
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError("expected host:port such as 127.0.0.1:7100 or [::1]:7100")
+    return host, int(port_text)
+
+
+def parse_forward_endpoint(value: Any) -> str:
+    """The OTLP/HTTP logs URL of the forwarder; empty means no forwarding."""
+    if not isinstance(value, str):
+        raise TypeError("expected a URL such as http://otel-collector:4318/v1/logs")
+    if value and (not value.startswith(("http://", "https://"))
+                  or any(c.isspace() for c in value)):
+        raise ValueError("expected an http(s) URL such as http://otel-collector:4318/v1/logs")
+    return value
+
+
+def parse_forward_from(value: Any) -> str:
+    if value not in ("beginning", "now"):
+        raise ValueError("expected 'beginning' (every stored event) or 'now' (new ones)")
+    return str(value)
+
+
+def parse_trace_url(value: Any) -> str:
+    """An http(s) URL with ``{trace_id}`` (and optionally ``{span_id}``) in it."""
+    if not isinstance(value, str):
+        raise TypeError("expected a URL such as https://jaeger.example/trace/{trace_id}")
+    if not value.startswith(("https://", "http://")) or "{trace_id}" not in value:
+        raise ValueError("expected an http(s) URL containing {trace_id}, such as "
+                         "https://jaeger.example/trace/{trace_id}")
+    rest = value.replace("{trace_id}", "").replace("{span_id}", "")
+    if "{" in rest or "}" in rest or any(c.isspace() or c in "\"<>" for c in value):
+        raise ValueError("only {trace_id} and {span_id} may be substituted, and the URL "
+                         "may not contain spaces, quotes or angle brackets")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+    secret: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option("data_dir", parse_path, Path("./audit-data"),
+           "directory of segments, index and the default socket", "DIR"),
+    Option("socket", parse_path, None,
+           "unix socket path (default: <data_dir>/collector.sock)", "PATH"),
+    Option("tcp", parse_listen, "",
+           "also listen on TCP host:port (needs a token; TLS unless loopback)", "HOST:PORT"),
+    Option("token", parse_text, None,
+           "shared token TCP clients must present (prefer --token-file or AUDIT_TOKEN)",
+           "TOKEN", secret=True),
+    Option("token_file", parse_path, None, "read the shared token from this file", "PATH"),
+    Option("tls_cert", parse_path, None, "TLS certificate (PEM) for the TCP listener", "PATH"),
+    Option("tls_key", parse_path, None, "TLS private key (PEM) for the TCP listener", "PATH"),
+    Option("max_frame", parse_size, IngestSettings.max_frame,
+           "largest frame a client may send, e.g. 4MiB", "SIZE"),
+    Option("max_connections", parse_int, IngestSettings.max_connections,
+           "most clients connected at once", "N"),
+    Option("handshake_timeout", parse_duration, IngestSettings.handshake_timeout,
+           "a new connection must say hello within this", "DURATION"),
+    Option("idle_timeout", parse_duration, IngestSettings.idle_timeout,
+           "close connections idle this long", "DURATION"),
+    Option("read_timeout", parse_duration, IngestSettings.read_timeout,
+           "a frame must arrive completely within this once it started", "DURATION"),
+    Option("drain_timeout", parse_duration, 10.0,
+           "on shutdown, wait this long for batches in flight", "DURATION"),
+    Option("max_field_length", parse_int, IngestSettings.max_field_length,
+           "reject events with a text field longer than this (characters)", "N"),
+    Option("max_segment_bytes", parse_size, 64 * 1024 * 1024,
+           "rotate the active segment at this size", "SIZE"),
+    Option("max_segment_age", parse_duration, 3600.0,
+           "rotate the active segment at this age", "DURATION"),
+    Option("compress_sealed", parse_bool, False, "compress sealed segments", "BOOL"),
+    Option("retention_days", parse_float, 365.0,
+           "delete sealed segments older than this many days", "DAYS"),
+    Option("retention_bytes", parse_size, 0,
+           "delete the oldest sealed segments beyond this total (0: no limit)", "SIZE"),
+    # Tamper evidence (collector/integrity, docs/integrity.md).
+    Option("signing_key", parse_path, None,
+           "Ed25519 key that signs digests (default <data_dir>/keys/signing-key.pem; "
+           "made on first start)", "PATH"),
+    Option("digest_interval", parse_duration, 300.0,
+           "sign the active segment this often while events arrive", "DURATION"),
+    Option("api_listen", parse_listen, "127.0.0.1:8080",
+           "query API and admin panel on host:port (empty: none; TLS unless loopback)",
+           "HOST:PORT"),
+    Option("api_tls_cert", parse_path, None, "TLS certificate (PEM) for the query API", "PATH"),
+    Option("api_tls_key", parse_path, None, "TLS private key (PEM) for the query API", "PATH"),
+    Option("trace_url_template", parse_trace_url, None,
+           "link trace ids in the panel, e.g. https://jaeger.example/trace/{trace_id}", "URL"),
+    # The forwarder (collector/forwarder.py, docs/shipping.md).
+    Option("forward_endpoint", parse_forward_endpoint, "",
+           "export stored events to this OTLP/HTTP logs URL (empty: no forwarding)", "URL"),
+    Option("forward_headers", parse_text, None,
+           "HTTP headers for the OTLP endpoint: key=value,key2=value2", "HEADERS",
+           secret=True),
+    Option("forward_batch", parse_int, 512, "events per OTLP export request", "N"),
+    Option("forward_timeout", parse_duration, 10.0, "one OTLP export request", "DURATION"),
+    Option("forward_backoff_max", parse_duration, 30.0,
+           "longest wait between retries while the OTLP endpoint fails", "DURATION"),
+    Option("forward_from", parse_forward_from, "beginning",
+           "where a new OTLP endpoint starts: beginning or now", "WHERE"),
+)
+BY_NAME: Final = {o.name: o for o in OPTIONS}
