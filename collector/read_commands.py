@@ -19,6 +19,7 @@ import orjson
 from . import config as collector_config
 from . import formats, render
 from . import query as q
+from .storage.segments import file_sizes
 
 FORMATS = ("table", "jsonl", "csv", *formats.FORMATTERS)  # ocsf, ecs: collector/formats.py
 FOLLOW_INTERVAL = 0.5
@@ -156,21 +157,27 @@ def run_stats(args: argparse.Namespace) -> int:
     from .serve import STATS_FILE
 
     data_dir = _data_dir(args)
-    segments = sorted(p for p in (data_dir / "segments").glob("segment-*") if p.is_file())
+    # A running collector deletes and replaces files while they are listed: file_sizes
+    # leaves out the ones gone by their stat.
+    segments = file_sizes(sorted((data_dir / "segments").glob("segment-*")))
     report: dict[str, Any] = {
         "data_dir": str(data_dir),
         "events_indexed": _indexed(data_dir),
         "segments": {"count": len(segments),
-                     "bytes": sum(p.stat().st_size for p in segments),
+                     "bytes": sum(segments.values()),
                      "compressed": sum(1 for p in segments if p.suffix == ".gz"),
-                     "active": segments[-1].name if segments else None},
-        "index_bytes": sum(p.stat().st_size for p in data_dir.glob("index.sqlite*")),
+                     "active": list(segments)[-1].name if segments else None},
+        "index_bytes": sum(file_sizes(data_dir.glob("index.sqlite*")).values()),
     }
     live = data_dir / STATS_FILE
-    if live.exists():
+    try:  # replaced atomically by a running collector; absent if none ever ran here
         collected = orjson.loads(live.read_bytes())
+        age = round(time.time() - live.stat().st_mtime, 1)
+    except FileNotFoundError:
+        pass
+    else:
         report["collector"] = collected
-        report["collector_stats_age_s"] = round(time.time() - live.stat().st_mtime, 1)
+        report["collector_stats_age_s"] = age
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

@@ -28,6 +28,7 @@ from collector.storage.records import created_micros
 from collector.storage.segments import (
     SegmentFile,
     SegmentHeader,
+    file_sizes,
     header_of,
     list_segment_files,
     segment_name,
@@ -140,8 +141,8 @@ class _Segments:
             by_segment.setdefault(g.segment, []).append(g)
         files = self._segment_files()
         selected = self._select(files)
-        total = sum(f.path.stat().st_size for f, _ in files
-                    if selected is None or f.seq in selected)
+        sizes = file_sizes(f.path for f, _ in files if selected is None or f.seq in selected)
+        total = sum(sizes.values())  # one gone since the listing is found so by its scan
         done = 0
         newest = max((f.seq for f, _ in files), default=0)
         prev = _Previous()
@@ -175,7 +176,7 @@ class _Segments:
                     continue
                 found = self._scan(f, ds, res, pool, functools.partial(self._report_in, done,
                                                                         total))
-                done += f.path.stat().st_size
+                done += sizes.get(f.path, 0)  # as counted: since compressed, deleted, grown
                 if found is None:
                     prev = _Previous(seq=f.seq)
                     continue

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -65,6 +66,23 @@ def list_segment_files(directory: Path) -> list[SegmentFile]:
         if match:
             found.append(SegmentFile(int(match[1]), path, bool(match[3])))
     return sorted(found, key=lambda f: (f.seq, f.compressed))
+
+
+def file_sizes(paths: Iterable[Path]) -> dict[Path, int]:
+    """The size of each of ``paths`` that is a regular file, in their order, leaving out
+    those gone by the time of their stat: next to a running collector, retention deletes
+    sealed segments, compression replaces them by their ``.gz`` and SQLite removes the
+    index's ``-wal`` at a stop (an operator may delete files too), between any listing
+    of a directory and the stat of what it listed."""
+    sizes: dict[Path, int] = {}
+    for path in paths:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            sizes[path] = st.st_size
+    return sizes
 
 
 def leftover_temp_files(directory: Path) -> list[Path]:

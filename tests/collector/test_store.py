@@ -376,22 +376,33 @@ while True:
 
 
 # -- retention and compression --------------------------------------------------------------
+# Retention runs on the store's commit thread: these tests wait on the store's own view
+# (no listing of a directory a file may leave between the listing and its stat), then
+# close the store, which finishes a deletion under way, and check the files and the
+# index once nothing changes them any more.
+def sealed_bytes(store: Store) -> int:
+    stats = store.stats()
+    return int(stats["segments"]["bytes"] - stats["active_segment"]["bytes"])
+
+
 def test_retention_deletes_sealed_segments_older_than_retention_days(tmp_path: Path) -> None:
     with open_store(tmp_path, max_segment_bytes=4096, retention_days=2 / 86_400) as store:
         for _ in range(6):
             store.write(events(6))
         kept = store.write(events(2)).written
-        wait_until(lambda: len(segment_files(tmp_path)) == 1  # only the active one
+        wait_until(lambda: store.stats()["segments"]["sealed"] == 0
                    and store.stats()["retention_deleted"] >= 2)
-        active = [r["id"] for r in all_records(tmp_path)]
-        assert stored_ids(tmp_path) == active and set(kept) <= set(active)
+    assert len(segment_files(tmp_path)) == 1  # only the active one
+    active = [r["id"] for r in all_records(tmp_path)]
+    assert stored_ids(tmp_path) == active and set(kept) <= set(active)
 
 
 def test_retention_by_size_deletes_the_oldest_segments_first(tmp_path: Path) -> None:
     with open_store(tmp_path, max_segment_bytes=4096, retention_bytes=9000) as store:
         written = [store.write(events(8)).written for _ in range(8)]
-        wait_until(lambda: sum(f.stat().st_size for f in segment_files(tmp_path)[:-1]) <= 9000)
-        remaining = set(stored_ids(tmp_path))
+        wait_until(lambda: sealed_bytes(store) <= 9000)
+    assert sum(f.stat().st_size for f in segment_files(tmp_path)[:-1]) <= 9000
+    remaining = set(stored_ids(tmp_path))
     assert not set(written[0]) & remaining  # the oldest went first
     assert set(written[-1]) <= remaining
 
