@@ -24,12 +24,13 @@ test: $(STAMP)
 faults: $(STAMP)
 	FAULTS_FULL=1 $(PY) -m pytest -s tests/faults tests/security
 
-# query_speed compares the index with rg and jq (Debian: ripgrep, jq): installed when
-# missing, if we are root; otherwise the benchmark names what to install.
+# query_speed compares the index with rg and jq (Debian: ripgrep, jq), and
+# capture_instructions counts with valgrind: installed when missing, if we are root;
+# otherwise the benchmark names what to install.
 bench: $(STAMP)
-	@if [ "$$(id -u)" = 0 ] && ! { command -v rg && command -v jq; } >/dev/null; then \
-		apt-get update -qq && apt-get install -y -qq ripgrep jq \
-		|| echo "bench: could not install ripgrep and jq; query_speed will fail"; \
+	@if [ "$$(id -u)" = 0 ] && ! { command -v rg && command -v jq && command -v valgrind; } >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq ripgrep jq valgrind \
+		|| echo "bench: could not install ripgrep, jq and valgrind; query_speed and capture_instructions will fail"; \
 	fi
 	$(PY) -m benchmarks
 

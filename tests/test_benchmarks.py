@@ -337,3 +337,12 @@ def test_memory_is_read_from_proc_and_sampled_with_progress() -> None:
     assert sampler.samples and sampler.peak_kib > 0
     samples = [(0.0, 0, 100), (0.1, 50, 300), (0.2, 100, 200)]
     assert [rss_at(samples, p) for p in (0, 50, 100)] == [100, 300, 300]
+
+
+def test_callgrind_totals_are_read_from_the_totals_line() -> None:
+    from benchmarks.capture_instructions import parse_totals
+
+    out = b"version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nsummary: 999\ntotals: 123456\n"
+    assert parse_totals(out) == 123456
+    with pytest.raises(h.BenchmarkError, match="no totals line"):
+        parse_totals(b"events: Ir\n")
