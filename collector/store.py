@@ -40,7 +40,7 @@ from collector.storage.indexer import ChunkIndexer
 from collector.storage.records import Unencodable, check_source, encode_each, encode_events
 from collector.storage.recovery import RepairReport, recover, reset_index_files
 from collector.storage.segment_set import SegmentSet
-from collector.storage.segments import DIR_MODE, FILE_MODE
+from collector.storage.segments import DIR_MODE, FILE_MODE, file_sizes
 
 __all__ = ["RepairReport", "StorageError", "StorageSettings", "Store", "WriteResult"]
 
@@ -321,7 +321,8 @@ class Store:
         with self._lock:
             pending = sum(len(s.encoded.ids) for s in self._pending)
             rejected = self._rejected_count
-        quarantined = list(self.quarantine_dir.iterdir())
+        # An operator may delete a quarantined file between the listing and its stat.
+        quarantined = file_sizes(self.quarantine_dir.iterdir())
         return {
             "events": writer.stored,
             **self._segments.stats(),
@@ -334,7 +335,7 @@ class Store:
             or self._segments.last_error or self._indexer.failed,
             "pending": pending,
             "quarantined": len(quarantined),
-            "quarantined_bytes": sum(p.stat().st_size for p in quarantined),
+            "quarantined_bytes": sum(quarantined.values()),
             "retention_deleted": counts["retention_deleted"],
             "ingest_rate": round(recent / RATE_WINDOW, 1),
             "fsyncs": counts["fsyncs"],

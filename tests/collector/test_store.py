@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -293,6 +294,31 @@ def test_a_torn_last_line_is_quarantined_and_counted_and_complete_records_kept(
         assert store.write(batch).written == [batch[4]["id"]]  # the shipper resends
     quarantined = list((tmp_path / "quarantine").iterdir())
     assert len(quarantined) == 1 and quarantined[0].name.startswith(segment.name)
+
+
+def test_stats_survive_a_quarantined_file_deleted_between_listing_and_stat(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator clearing quarantine/ while the collector writes its stats file: the
+    file listed and gone before its stat is left out, not a crash of the stats dump."""
+    with open_store(tmp_path) as store:
+        store.write(events(2))
+        quarantine = tmp_path / "quarantine"
+        kept = quarantine / "kept.torn"
+        kept.write_bytes(b"y" * 10)
+        gone = quarantine / "gone.torn"
+        real_iterdir = Path.iterdir
+
+        def iterdir(self: Path) -> Iterator[Path]:
+            if self != quarantine:
+                return real_iterdir(self)
+            gone.write_bytes(b"x" * 100)
+            found = list(real_iterdir(self))
+            gone.unlink()  # deleted right after the listing
+            return iter(found)
+
+        monkeypatch.setattr(Path, "iterdir", iterdir)
+        stats = store.stats()
+    assert stats["quarantined"] == 1 and stats["quarantined_bytes"] == 10
 
 
 def test_open_reports_what_it_repaired(tmp_path: Path) -> None:
