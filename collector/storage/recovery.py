@@ -13,6 +13,7 @@ What a crash can leave, and what happens to it:
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,14 +76,18 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
         report.removed_files.append(tmp.name)
     if rebuild is None:
         rebuild = _index_problem(index)
+    # The highest numbers the index names, read before any rebuild wipes them: a new
+    # segment or record is never numbered at or below them, even when the newest
+    # segment file is gone (an older schema's catalog has the same columns).
+    named = _catalog_or_empty(index)
+    report.named_segment = max(named, default=0)
+    report.named_record = max((e.last_seq for e in named.values()), default=0)
     if rebuild is not None:
         index.begin()
         index.wipe()
         index.commit()
         report.index_rebuilt = rebuild
-    catalog = index.segments()
-    report.named_segment = max(catalog, default=0)
-    report.named_record = max((e.last_seq for e in catalog.values()), default=0)
+    catalog = index.segments() if rebuild is not None else named
     files = _one_copy_each(segments_dir, catalog, report)
     if files and not files[-1].compressed:
         torn = repair_tail(files[-1].path, quarantine_dir)
@@ -94,6 +99,14 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
 
 
 Todo = list[tuple[SegmentFile, SegmentEntry | None]]
+
+
+def _catalog_or_empty(index: Index) -> dict[int, SegmentEntry]:
+    """The index's segment catalog; empty when it cannot be read (it is rebuilt then)."""
+    try:
+        return index.segments()
+    except sqlite3.DatabaseError:
+        return {}
 
 
 def _reconcile(index: Index, catalog: dict[int, SegmentEntry], files: list[SegmentFile],

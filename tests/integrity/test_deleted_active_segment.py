@@ -4,12 +4,14 @@ instead of calling the store valid."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from collector.index import INDEX_SCHEMA
 from collector.integrity.findings import SEGMENT_MISSING
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import events
@@ -93,3 +95,24 @@ def test_a_store_whose_newest_segment_is_intact_reopens_it(tmp_path: Path) -> No
     assert restart_and_write(data_dir) == []
     assert [p.name for p in segment_paths(data_dir)][:len(names_before)] == names_before
     assert check(data_dir).valid
+
+
+def test_an_index_rebuilt_at_start_still_keeps_the_number(tmp_path: Path) -> None:
+    """A rebuild (an older index schema, as after an upgrade; or rows that do not match)
+    wipes the catalog: the numbers it named are read before that, so a store without
+    digests does not renumber the deleted segment either."""
+    data_dir = build_store(tmp_path / "data", batches=4, chain=False)
+    deleted = delete_the_active_segment(data_dir)
+    con = sqlite3.connect(data_dir / "index.sqlite")
+    try:
+        last_deleted_record = con.execute(
+            "SELECT last_seq FROM segments WHERE seq=?", (seq_of(deleted),)).fetchone()[0]
+        con.execute("UPDATE meta SET value=? WHERE key='schema'", (INDEX_SCHEMA - 1,))
+        con.commit()
+    finally:
+        con.close()
+
+    assert restart_and_write(data_dir, chain=False) == [seq_of(deleted)]
+    later = [p for p in segment_paths(data_dir) if seq_of(p) >= seq_of(deleted)]
+    assert min(seq_of(p) for p in later) == seq_of(deleted) + 1
+    assert min(s for p in later for s in record_seqs(p)) > last_deleted_record
