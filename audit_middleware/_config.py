@@ -31,8 +31,23 @@ class Settings:
         self.fail_closed_timeout = (
             float(sink.fail_closed_timeout)  # type: ignore[union-attr]
             if getattr(sink, "fail_closed", False) else None)
-        self.submit_pending = getattr(sink, "submit_pending", None)
+        self.submit_pending = pending_submitter(sink)
         return previous
+
+
+def pending_submitter(sink: object) -> Callable[[PendingEvent], None] | None:
+    """``sink.submit_pending`` when the sink's own class offers it next to the ``submit``
+    it uses: a subclass that overrides ``submit`` (to filter, redact or count) and a
+    wrapper that forwards attributes to an inner sink both get every event through their
+    own ``submit`` instead."""
+    if sink is None:
+        return None
+    mro = type(sink).__mro__
+    pending_owner = next((k for k in mro if "submit_pending" in vars(k)), None)
+    submit_owner = next((k for k in mro if "submit" in vars(k)), None)
+    if pending_owner is None or pending_owner is not submit_owner:
+        return None
+    return getattr(sink, "submit_pending", None)
 
 
 settings = Settings()

@@ -81,6 +81,8 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
         principal = (principal_from_user(user) or "") if user is not None else ""
         client = scope.get("client")
         peer = client[0] if client else ""
+        if type(peer) is not str:  # outside the ASGI spec (a host object): its text
+            peer = str(peer)
         if type(principal) is not str or len(principal) > cap:
             principal = _text("principal", principal, cap)
         if principal == SYSTEM:

@@ -126,6 +126,11 @@ def json_line(item: AuditEvent | PendingEvent) -> bytes:
     return event.to_json_line()
 
 
+def _encodable(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.encode("utf-8", "backslashreplace").decode("utf-8")
+            if type(value) is str else value for key, value in record.items()}
+
+
 def seed_date(created: str) -> str:
     """The seed's display form ``YYYY-MM-DD-HH-MM-SS`` of an RFC 3339 ``created`` value."""
     return f"{created[0:10]}-{created[11:13]}-{created[14:16]}-{created[17:19]}"
@@ -254,7 +259,13 @@ class AuditEvent:
         """Exactly one line of UTF-8 JSON ending in ``\\n``: orjson escapes every control
         character (CR, LF, NUL, ESC of ANSI sequences); the remaining Unicode line
         breaks are escaped here."""
-        line = orjson.dumps(self.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            line = orjson.dumps(self.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:
+            # A str that is not Unicode text (a lone surrogate, as os.fsdecode makes of
+            # undecodable bytes) cannot be UTF-8: written as its \\udcXX escape instead,
+            # so the event is recorded (visibly marked) rather than failing its batch.
+            line = orjson.dumps(_encodable(self.to_dict()), option=orjson.OPT_APPEND_NEWLINE)
         return line if line.isascii() else escape_line_breaks(line)
 
     def __repr__(self) -> str:

@@ -40,6 +40,7 @@ MAX_REPLY_FRAME = 64 * 1024 * 1024
 #: milliseconds; a stopped or hung one would be waited for until the queue overflowed).
 PRESSURE_GRACE = 0.5
 _POLL = 0.05
+_SEND_SLICE = 16 * 1024  # the largest TLS record's payload
 
 
 class CollectorStalled(TimeoutError):
@@ -118,6 +119,10 @@ class Connection:
         full) is given up on like a silent one, once the app's queue fills up."""
         view = memoryview(data)
         start = time.monotonic()
+        # At most one TLS record at a time over TLS: an SSL socket's send() writes all it
+        # is given before returning, so a large slice could block past the point where
+        # the collector waits for us to read (a plain socket returns partial sends).
+        piece = _SEND_SLICE if isinstance(sock, ssl.SSLSocket) else len(data)
         while view:
             readable, writable, _ = select.select(
                 [sock] if self._unanswered > len(self._early) else [], [sock], [], _POLL)
@@ -135,7 +140,7 @@ class Connection:
                     raise CollectorStalled(f"the collector took nothing for {waited:.1f}s "
                                        "while the audit queue fills up: spooling meanwhile")
                 continue
-            view = view[sock.send(view):]
+            view = view[sock.send(view[:piece]):]
 
     def _await_reply(self, timeout: float) -> None:
         """Wait until a reply starts to arrive, at most ``timeout`` seconds (then the read

@@ -81,6 +81,7 @@ class BatchingQueue(Generic[T]):
         self._worker: threading.Thread | None = None
         self._stopping = False
         self._markers = Counter()  # flush markers in the queue: counts() stays O(1)
+        self._taken = 0  # items the current export took beyond its batch (``take``)
 
     def _after_fork(self) -> None:
         self._init_runtime()
@@ -142,14 +143,18 @@ class BatchingQueue(Generic[T]):
         queue = self._queue
         batch: list[T] = []
         while queue:
-            item = queue.popleft()
+            item = queue[0]
             if type(item) is _FlushMarker:
-                self._markers.add(-1)
+                # Deliver what precedes the marker while it still heads the queue: an
+                # export that takes more (``take``) stops at it, so the flush is not kept
+                # waiting behind events submitted after it.
                 self._deliver(batch)
                 batch = []
+                queue.popleft()
+                self._markers.add(-1)
                 item.done.set()
                 continue
-            batch.append(item)  # type: ignore[arg-type]
+            batch.append(queue.popleft())  # type: ignore[arg-type]
             if len(batch) >= self._max_batch:
                 self._deliver(batch)
                 batch = []
@@ -159,11 +164,14 @@ class BatchingQueue(Generic[T]):
         if not batch:
             return
         self.drained.add(len(batch))
+        self._taken = 0
         try:
             self._export(batch)
         except Exception:
-            self.failed.add(len(batch))
-            log.exception("audit sink %s failed to deliver %d events", self._name, len(batch))
+            # What the export took from the queue meanwhile is lost with it: counted too.
+            lost = len(batch) + self._taken
+            self.failed.add(lost)
+            log.exception("audit sink %s failed to deliver %d events", self._name, lost)
 
     def take(self, n: int) -> list[T]:
         """For the export, on the worker thread: up to ``n`` more items from the head of
@@ -178,6 +186,7 @@ class BatchingQueue(Generic[T]):
         while len(items) < n and type(queue[0]) is not _FlushMarker:
             items.append(queue.popleft())  # type: ignore[arg-type]
         self.drained.add(len(items))
+        self._taken += len(items)
         return items
 
     # -- control ------------------------------------------------------------------------

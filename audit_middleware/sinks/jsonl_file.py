@@ -31,9 +31,11 @@ class JsonlFileSink:
             self._write, max_queue=max_queue, max_batch=max_batch, max_delay=max_delay,
             name=f"audit-jsonl:{self.path.name}",
         )
-        # The queue's own method, not a wrapper around it: one call less per event.
-        self.submit = self._queue.submit  # type: ignore[method-assign,assignment]
-        self.submit_pending = self._queue.submit  # events built on the writer thread
+        if type(self).submit is JsonlFileSink.submit:
+            # The queue's own method, not a wrapper around it: one call less per event
+            # (a subclass that overrides submit keeps its own, and gets no tuples).
+            self.submit = self._queue.submit  # type: ignore[method-assign,assignment]
+            self.submit_pending = self._queue.submit  # type: ignore[method-assign,assignment]
 
     def _open(self) -> int:
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -56,6 +58,10 @@ class JsonlFileSink:
 
     def submit(self, event: AuditEvent) -> None:
         self._queue.submit(event)
+
+    def submit_pending(self, item: PendingEvent) -> None:
+        """The request path's tuple form: the event is built on the writer thread."""
+        self._queue.submit(item)
 
     def flush(self, timeout: float | None = None) -> bool:
         return self._queue.flush(timeout)

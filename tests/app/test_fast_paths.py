@@ -177,3 +177,78 @@ def test_only_sinks_that_build_events_later_get_tuples(tmp_path: Any) -> None:
     finally:
         reset_configuration()
         sink.close(timeout=0.5)
+
+
+def test_a_sink_that_overrides_submit_sees_every_event(tmp_path: Any) -> None:
+    """A subclass that filters or counts in ``submit``, and a wrapper that forwards
+    attributes to an inner sink, get no tuples: every event goes through their submit."""
+    seen: list[str] = []
+
+    class Counting(JsonlFileSink):
+        def submit(self, event: AuditEvent) -> None:
+            seen.append(event.target)
+            super().submit(event)
+
+    class Forwarding:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def submit(self, event: AuditEvent) -> None:
+            seen.append(event.target)
+            self.inner.submit(event)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    for sink in (Counting(tmp_path / "a.jsonl"),
+                 Forwarding(JsonlFileSink(tmp_path / "b.jsonl"))):
+        audit_middleware.configure(sink=sink)
+        try:
+            assert _config.settings.submit_pending is None
+            ctx = RequestContext(CaptureConfig(), _scope())
+            token = current.set(ctx)
+            try:
+                record_in_request("credentials_created", "via-decorator", None, ctx)
+                audit_middleware.emit("credentials_created", "via-emit")
+            finally:
+                current.reset(token)
+            assert sink.flush(5.0)
+        finally:
+            reset_configuration()
+            sink.close()
+    assert seen == ["via-decorator", "via-emit"] * 2
+
+
+def test_a_lone_surrogate_is_written_escaped_not_lost(tmp_path: Any) -> None:
+    """``os.fsdecode`` turns undecodable bytes into lone surrogates, which no UTF-8
+    encoder accepts: the event is still one valid line, the bad character visible as
+    its escape, on the sink's thread (the tuple path) and from ``to_json_line``."""
+    sink = JsonlFileSink(tmp_path / "audit.jsonl", fsync=False)
+    audit_middleware.configure(sink=sink)
+    try:
+        ctx = RequestContext(CaptureConfig(), _scope())
+        token = current.set(ctx)
+        try:
+            record_in_request("bucket_file_uploaded", "reports/\udcffq3.csv", None, ctx)
+            record_in_request("bucket_file_uploaded", "fine.csv", None, ctx)
+        finally:
+            current.reset(token)
+        assert sink.flush(5.0)
+        stats = sink.stats()
+    finally:
+        reset_configuration()
+        sink.close()
+    lines = (tmp_path / "audit.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["target"] for line in lines] == ["reports/\\udcffq3.csv",
+                                                                "fine.csv"]
+    assert stats["failed"] == 0 and stats["delivered"] == 2
+    event = AuditEvent("credentials_created", "\udc80", "u", "", "", "", "", "", "", 0)
+    assert orjson.loads(event.to_json_line())["target"] == "\\udc80"
+
+
+def test_a_client_host_that_is_not_a_str_is_recorded_as_its_text() -> None:
+    import ipaddress
+
+    ctx = RequestContext(CaptureConfig(), _scope(client=(ipaddress.ip_address("10.0.0.9"),
+                                                         1)))  # type: ignore[arg-type]
+    assert request_fields(ctx, 64)[1] == "10.0.0.9"

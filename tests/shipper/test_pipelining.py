@@ -96,3 +96,61 @@ def test_take_gives_only_full_frames_and_never_passes_a_flush_marker() -> None:
     assert queue.take(3) == [3, 4]
     assert queue._queue[0] is marker
     assert queue.counts()["submitted"] == 8 and queue.drained.value == 5
+
+
+def test_a_flush_is_not_starved_by_an_export_that_keeps_taking() -> None:
+    """An export that takes more while events keep arriving as fast as it sends (the
+    collector sink's pipeline) must still let a flush through once what preceded it is
+    delivered: the marker stays at the head of the queue while that batch is delivered."""
+    import threading
+    import time
+
+    from audit_middleware.sinks.batching import BatchingQueue
+
+    frame = 50
+    stop = threading.Event()
+    queue: BatchingQueue[int] = BatchingQueue(lambda batch: None, max_queue=1_000_000,
+                                              max_batch=4 * frame, max_delay=0.01)
+
+    def export(batch: list[int]) -> None:
+        items = batch
+        while items and not stop.is_set():
+            time.sleep(0.002)  # one frame on the wire
+            items = queue.take(frame)
+
+    queue._export = export
+
+    def produce() -> None:
+        n = 0
+        while not stop.is_set():
+            for _ in range(frame):
+                queue.submit(n)
+                n += 1
+            time.sleep(0.002)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        time.sleep(0.2)
+        assert queue.flush(10.0), "the flush waited behind events submitted after it"
+    finally:
+        stop.set()
+        producer.join()
+        queue.close(5.0)
+
+
+def test_what_an_export_took_is_counted_when_it_fails() -> None:
+    from audit_middleware.sinks.batching import BatchingQueue
+
+    queue: BatchingQueue[int] = BatchingQueue(lambda batch: None, max_queue=100)
+
+    def export(batch: list[int]) -> None:
+        assert queue.take(3) == [10, 11, 12]
+        raise RuntimeError("the connection broke mid-pipeline")
+
+    queue._export = export
+    for n in [1, 2, 10, 11, 12]:
+        queue._queue.append(n)
+    queue._deliver([queue._queue.popleft(), queue._queue.popleft()])
+    assert queue.failed.value == 5
+    assert queue.counts()["submitted"] == 5 and queue.counts()["queued"] == 0
