@@ -89,6 +89,11 @@ def _error(status: int, error: str, message: str,
 
 async def _auth_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AuthError)
+    try:
+        await request.app.state.api.record_denial(request, exc)
+    except Exception:  # the refusal stands whether or not it could be recorded
+        log.exception("query API: a refused %s %s could not be recorded", request.method,
+                      request.url.path)
     return _error(exc.status, exc.error, exc.message, exc.headers)
 
 

@@ -34,22 +34,34 @@ _CHALLENGE: Final = 'Bearer realm="audit-collector"'
 
 
 class AuthError(Exception):
-    """A request that may not proceed: ``status`` 401 or 403, a message for the caller."""
+    """A request that may not proceed: ``status`` 401 or 403, a message for the caller.
+
+    ``denied``: why, when the attempt is one to record (``collector.api.denials``): bad
+    credentials, not root, a foreign sign-in; None for a request without credentials.
+    ``principal``: the reader, when the credentials were a reader's."""
 
     def __init__(self, status: int, error: str, message: str,
-                 challenge: str | None = None) -> None:
+                 challenge: str | None = None, *, denied: str | None = None,
+                 principal: str = "") -> None:
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
         self.headers = {"WWW-Authenticate": challenge} if challenge else {}
+        self.denied, self.principal = denied, principal
 
 
-def unauthorized(detail: str, invalid: bool) -> AuthError:
-    challenge = _CHALLENGE + (', error="invalid_token"' if invalid else "")
-    return AuthError(401, "unauthorized", detail, challenge)
+def unauthorized(detail: str, denied: str | None) -> AuthError:
+    """401; ``denied`` names what was wrong with the credentials given (None: none)."""
+    challenge = _CHALLENGE + (', error="invalid_token"' if denied else "")
+    return AuthError(401, "unauthorized", detail, challenge, denied=denied)
 
 
 FORBIDDEN_MESSAGE: Final = ("only root readers may read audit logs: ask an operator for a "
                             "root token (audit-collector users add NAME --root)")
+
+
+def forbidden(reader: Reader) -> AuthError:
+    return AuthError(403, "forbidden", FORBIDDEN_MESSAGE, denied="not root",
+                     principal=reader.name)
 
 
 @dataclass
@@ -111,21 +123,22 @@ def authenticate(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> 
         reader = readers.authenticate(token)
         if reader is None:
             raise unauthorized("this token is not valid: use a token printed by "
-                               "`audit-collector users add`", invalid=True)
+                               "`audit-collector users add`", denied="invalid token")
         return reader
     sid = conn.cookies.get(SESSION_COOKIE)
     if sid:
         held = sessions.get(sid)
         reader = readers.current(*held) if held else None
         if reader is None:
-            raise unauthorized("your session has ended: sign in again", invalid=True)
+            raise unauthorized("your session has ended: sign in again",
+                               denied="session ended")
         return reader
-    raise unauthorized("sign in: send Authorization: Bearer <token>", invalid=False)
+    raise unauthorized("sign in: send Authorization: Bearer <token>", denied=None)
 
 
 def authorize_root(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> Reader:
     """The root reader making this request; 401 or 403 otherwise."""
     reader = authenticate(conn, readers, sessions)
     if not reader.root:
-        raise AuthError(403, "forbidden", FORBIDDEN_MESSAGE)
+        raise forbidden(reader)
     return reader

@@ -12,7 +12,8 @@ from starlette.requests import Request
 
 from collector.readers import Reader, Readers
 
-from .auth import FORBIDDEN_MESSAGE, AuthError, Sessions, authenticate
+from .auth import AuthError, Sessions, authenticate, forbidden
+from .denials import DenialLimiter
 from .queries import DEFAULT_THREADS, QueryPool
 from .reads import ReadRecorder, Submitter
 
@@ -39,6 +40,7 @@ class Api:
         self.sessions = sessions if sessions is not None else Sessions()
         self.pool = QueryPool(settings.data_dir, settings.query_threads)
         self.recorder = ReadRecorder(store)
+        self.denials = DenialLimiter()
 
     def root_reader(self, request: Request) -> Reader:
         return self.check_root(authenticate(request, self.readers, self.sessions))
@@ -46,8 +48,20 @@ class Api:
     @staticmethod
     def check_root(reader: Reader) -> Reader:
         if not reader.root:
-            raise AuthError(403, "forbidden", FORBIDDEN_MESSAGE)
+            raise forbidden(reader)
         return reader
+
+    async def record_denial(self, request: Request, exc: AuthError) -> None:
+        """Record a refused attempt (see ``collector.api.denials``), rate limited."""
+        if exc.denied is None:
+            return
+        client = request.client.host if request.client else None
+        attempts = self.denials.admit(client or "", exc.denied)
+        if attempts:
+            await self.recorder.record_denial(
+                exc.principal, target=request.url.path, client_ip=client,
+                details={"status": exc.status, "reason": exc.denied, "attempts": attempts,
+                         "method": request.method})
 
     async def record(self, kind: str, reader: Reader, request: Request, target: str,
                      details: dict[str, Any]) -> str:

@@ -24,10 +24,13 @@ from collector.validation import Validator
 
 AUDIT_LOG_VIEWED: Final = "audit_log_viewed"
 AUDIT_LOG_EXPORTED: Final = "audit_log_exported"
+#: A refused attempt to read (``collector.api.denials``).
+AUDIT_LOG_ACCESS_DENIED: Final = "audit_log_access_denied"
 #: The seed's catalogue plus the collector's own resource.
 CATALOGUE: Final = Catalogue({**SEED_CATALOGUE,
                               "audit_log": {"view": AUDIT_LOG_VIEWED,
-                                            "export": AUDIT_LOG_EXPORTED}})
+                                            "export": AUDIT_LOG_EXPORTED,
+                                            "deny": AUDIT_LOG_ACCESS_DENIED}})
 #: ``source`` of the records (the storage field that says who submitted them).
 SOURCE: Final = "audit-collector-api"
 #: ``target`` of a read of a selection (a lookup's target is the event id it read).
@@ -42,15 +45,15 @@ class Submitter(Protocol):
     def submit(self, events: list[dict[str, Any]], source: str = ...) -> Any: ...
 
 
-def read_event(kind: str, reader: Reader, *, target: str, details: dict[str, Any],
+def read_event(kind: str, principal: str, *, target: str, details: dict[str, Any],
                client_ip: str | None) -> dict[str, Any]:
-    """The record of one read: the reader as principal, what was asked in ``status``
-    (compact JSON, capped like any app's field)."""
+    """The record of one read (or refused attempt): the reader as principal ("" when
+    unknown), what was asked in ``status`` (compact JSON, capped like any app's field)."""
     status = orjson.dumps(details, option=orjson.OPT_SORT_KEYS).decode()
     return AuditEvent(
         type=CATALOGUE.check(kind),
         target=field_text("target", target, DEFAULT_MAX_FIELD_LENGTH),
-        principal=reader.name,
+        principal=field_text("principal", principal, DEFAULT_MAX_FIELD_LENGTH),
         status=field_text("status", status, DEFAULT_MAX_FIELD_LENGTH),
         org_id="", org_name="", workspace_id="", workspace_name="",
         client_ip=_ip(client_ip),
@@ -73,8 +76,17 @@ class ReadRecorder:
     async def record(self, kind: str, reader: Reader, *, target: str,
                      details: dict[str, Any], client_ip: str | None) -> str:
         """Write the read's event and wait until it is durable; returns its id."""
-        record = read_event(kind, reader, target=target, details=details,
-                            client_ip=client_ip)
+        return await self._write(read_event(kind, reader.name, target=target,
+                                            details=details, client_ip=client_ip))
+
+    async def record_denial(self, principal: str, *, target: str, details: dict[str, Any],
+                            client_ip: str | None) -> str:
+        """Write a refused attempt's event (``principal``: the reader, or "")."""
+        return await self._write(read_event(AUDIT_LOG_ACCESS_DENIED, principal,
+                                            target=target, details=details,
+                                            client_ip=client_ip))
+
+    async def _write(self, record: dict[str, Any]) -> str:
         checked = self._validator.validate(record)
         if isinstance(checked, str):  # a bug here, not bad input: say so loudly
             raise ReadNotRecordedError(f"the read's own event is invalid: {checked}")

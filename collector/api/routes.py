@@ -120,12 +120,13 @@ async def sign_in(request: Request) -> Response:
     api = _api(request)
     origin = request.headers.get("origin")
     if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-        raise AuthError(403, "forbidden", "sign in from the panel's own page")
+        raise AuthError(403, "forbidden", "sign in from the panel's own page",
+                        denied="sign-in from another origin")
     token = await _token_from_body(request)
     reader = api.readers.authenticate(token)
     if reader is None:
         raise unauthorized("this token is not valid: use a token printed by "
-                           "`audit-collector users add`", invalid=True)
+                           "`audit-collector users add`", denied="invalid token")
     reader = api.check_root(reader)
     response = json_response({"name": reader.name, "root": reader.root})
     response.set_cookie(SESSION_COOKIE, api.sessions.start(reader), path="/", httponly=True,

@@ -1,0 +1,93 @@
+"""Refused attempts to read the audit logs are audit events too
+(``audit_log_access_denied``): a wrong or revoked token, an ended session, a reader that
+is not root, a sign-in posted from another site. A request without credentials is not
+recorded. The token never reaches the record, and an attacker cannot flood the log: per
+client IP and reason, one record a minute, the next saying how many attempts it covers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.api import denials
+from collector.api.denials import DenialLimiter
+from collector.api.reads import AUDIT_LOG_ACCESS_DENIED, CATALOGUE
+from tests.api.conftest import PEER, Env
+
+
+def denied(env: Env) -> list[dict[str, Any]]:
+    return [e for e in env.read_events() if e["type"] == AUDIT_LOG_ACCESS_DENIED]
+
+
+def status(record: dict[str, Any]) -> dict[str, Any]:
+    return orjson.loads(record["status"])  # type: ignore[no-any-return]
+
+
+def test_the_denial_type_is_in_the_collectors_catalogue() -> None:
+    assert CATALOGUE.event_type("audit_log", "deny") == AUDIT_LOG_ACCESS_DENIED
+
+
+def test_a_wrong_token_is_recorded_without_the_token(env: Env) -> None:
+    secret = "ac_0123456789abcdef_guessed-token-value"
+    assert env.get("/api/v1/audit-logs", secret, type="run_*").status_code == 401
+    [record] = denied(env)
+    assert record["principal"] == "" and record["client_ip"] == PEER
+    assert record["target"] == "/api/v1/audit-logs"
+    assert status(record) == {"status": 401, "reason": "invalid token", "attempts": 1,
+                              "method": "GET"}
+    assert "guessed-token-value" not in orjson.dumps(env.read_events()).decode()
+
+
+def test_a_reader_that_is_not_root_is_recorded_by_name(env: Env) -> None:
+    assert env.get("/api/v1/audit-logs", env.plain).status_code == 403
+    assert env.get("/api/v1/audit-logs/export", env.plain, format="csv").status_code == 403
+    records = denied(env)
+    assert [r["principal"] for r in records] == ["viewer"]  # rate limited: one a minute
+    assert status(records[0])["reason"] == "not root"
+
+
+def test_no_credentials_at_all_is_not_recorded(env: Env) -> None:
+    assert env.get("/api/v1/audit-logs").status_code == 401
+    assert env.get("/api/v1/session").status_code == 401  # a signed-out panel asking
+    assert denied(env) == []
+
+
+def test_a_sign_in_from_another_site_and_a_bad_sign_in_are_recorded(env: Env) -> None:
+    foreign = env.client.post("/api/v1/session", json={"token": env.root},
+                              headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 403
+    bad = env.client.post("/api/v1/session", json={"token": "nope"})
+    assert bad.status_code == 401
+    assert sorted(status(r)["reason"] for r in denied(env)) == [
+        "invalid token", "sign-in from another origin"]
+    assert env.root not in orjson.dumps(env.read_events()).decode()
+
+
+def test_an_ended_session_is_recorded(env: Env) -> None:
+    signed = env.client.post("/api/v1/session", json={"token": env.root})
+    assert signed.status_code == 200
+    env.readers.remove("root-reader")
+    assert env.client.get("/api/v1/audit-logs").status_code == 401
+    assert [status(r)["reason"] for r in denied(env)] == ["session ended"]
+
+
+def test_repeated_attempts_are_one_record_a_minute_with_their_count() -> None:
+    now = [1000.0]
+    limiter = DenialLimiter(clock=lambda: now[0])
+    assert limiter.admit("198.51.100.7", "invalid token") == 1
+    assert [limiter.admit("198.51.100.7", "invalid token") for _ in range(5)] == [0] * 5
+    assert limiter.admit("198.51.100.8", "invalid token") == 1  # another client
+    assert limiter.admit("198.51.100.7", "not root") == 1  # another reason
+    now[0] += denials.WINDOW
+    assert limiter.admit("198.51.100.7", "invalid token") == 6  # it and the 5 counted
+
+
+def test_the_table_of_recent_clients_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(denials, "MAX_KEYS", 3)
+    limiter = DenialLimiter(clock=lambda: 0.0)
+    for n in range(10):
+        assert limiter.admit(f"10.0.0.{n}", "invalid token") == 1
+    assert len(limiter._recent) == 3
+    assert limiter.admit("10.0.0.0", "invalid token") == 1  # forgotten, so recorded again
