@@ -48,7 +48,7 @@ from audit_middleware.wire import (
 from .batch_events import BatchEvents, sort_events
 from .listen import IngestError, bind_unix, tls_context
 from .reply_queue import ReplyQueue, result_size
-from .validation import Validator
+from .validation import DEFAULT_MAX_FIELD_LENGTH, Validator
 
 __all__ = ["IngestError", "IngestServer", "IngestSettings"]
 
@@ -74,7 +74,7 @@ class IngestSettings:
     idle_timeout: float = 300.0
     read_timeout: float = 30.0
     write_timeout: float = 30.0
-    max_field_length: int = 4096
+    max_field_length: int = DEFAULT_MAX_FIELD_LENGTH
 
 
 class _Conn:
