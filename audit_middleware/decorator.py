@@ -145,9 +145,8 @@ class _Recorder:
                 elif name in kwargs:
                     target = kwargs[name]
                 else:
-                    scope = ctx.scope  # ctx.path_params, without the property's call
-                    params = scope.get("path_params") if scope is not None else ctx.view_args
-                    if not params or name not in params:
+                    params = ctx.path_params
+                    if name not in params:
                         return self._general(AuditCall(args, kwargs, result, None, ctx))
                     target = params[name]
                 record_in_request(self.event_type, target, self.constant_status, ctx)

@@ -87,7 +87,7 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
             principal = _text("principal", principal, cap)
         if principal == SYSTEM:
             peer = ""
-        elif type(peer) is not str or len(peer) > cap:
+        elif len(peer) > cap:
             peer = _text("client_ip", peer, cap)
         fields = ctx.fields = (principal, peer, "", "", "", "", "")
         return fields

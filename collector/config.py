@@ -6,7 +6,6 @@ where each value came from.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.wire import MIN_MAX_FRAME
 
 from .options import BY_NAME, ENV_PREFIX, OPTIONS, split_host_port
@@ -190,7 +190,7 @@ def check(config: CollectorConfig) -> None:
         if not config.token:
             raise ConfigError(f"tcp = {config.tcp} needs a shared token (token_file, or "
                               f"{ENV_PREFIX}TOKEN): TCP clients must prove who they are")
-        if config.tls_cert is None and not _is_loopback(host):
+        if config.tls_cert is None and not is_loopback(host):
             raise ConfigError(f"tcp = {config.tcp} is not a loopback address: set tls_cert and "
                               "tls_key so tokens and events are never sent in clear")
     elif config.tls_cert is not None:
@@ -199,7 +199,7 @@ def check(config: CollectorConfig) -> None:
         raise ConfigError("API TLS needs both api_tls_cert and api_tls_key")
     if config.api_listen:
         host, _ = split_host_port(config.api_listen)
-        if config.api_tls_cert is None and not _is_loopback(host):
+        if config.api_tls_cert is None and not is_loopback(host):
             raise ConfigError(f"api_listen = {config.api_listen} is not a loopback address: "
                               "set api_tls_cert and api_tls_key so reader tokens and audit "
                               "logs are never sent in clear")
@@ -213,12 +213,4 @@ def check(config: CollectorConfig) -> None:
         except ForwardError as exc:
             raise ConfigError(str(exc)) from None
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 

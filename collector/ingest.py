@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import functools
 import hmac
-import ipaddress
 import logging
 import os
 import socket
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.wire import (
     DEFAULT_MAX_FRAME,
     HEADER_SIZE,
@@ -95,7 +95,7 @@ class IngestServer:
             raise IngestError("a TCP listener needs a shared token (--token-file or "
                               "AUDIT_TOKEN): clients must prove they may write audit records")
         if (settings.tcp_host is not None and settings.tls_cert is None
-                and not _loopback(settings.tcp_host)):
+                and not is_loopback(settings.tcp_host)):
             raise IngestError(f"TCP on {settings.tcp_host} is not loopback: give it a TLS "
                               "certificate and key (--tls-cert, --tls-key)")
         self._store = store
@@ -369,14 +369,6 @@ class IngestServer:
         counts["connections_open"] = len(self._conns)
         return counts
 
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _peer_name(writer: asyncio.StreamWriter, tcp: bool) -> str:

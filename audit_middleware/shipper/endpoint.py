@@ -29,12 +29,7 @@ class Endpoint:
 
     @property
     def loopback(self) -> bool:
-        if self.scheme == "unix" or self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return self.scheme == "unix" or is_loopback(self.host)
 
     def connect(self, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
         """A connected (and, for TLS, handshaken) blocking socket; raises OSError."""
@@ -85,3 +80,13 @@ def parse_url(url: str) -> Endpoint:
     raise AuditConfigurationError(
         f"collector url {url!r} is not supported: use unix:///path/to/collector.sock or "
         f"tcp://host:port")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); a name never resolves here."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -31,11 +31,6 @@ class JsonlFileSink:
             self._write, max_queue=max_queue, max_batch=max_batch, max_delay=max_delay,
             name=f"audit-jsonl:{self.path.name}",
         )
-        if type(self).submit is JsonlFileSink.submit:
-            # The queue's own method, not a wrapper around it: one call less per event
-            # (a subclass that overrides submit keeps its own, and gets no tuples).
-            self.submit = self._queue.submit  # type: ignore[method-assign,assignment]
-            self.submit_pending = self._queue.submit  # type: ignore[method-assign,assignment]
 
     def _open(self) -> int:
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
