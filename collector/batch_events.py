@@ -1,6 +1,10 @@
-"""A batch's event lines sorted for the ingest server: the good events for the store
-(with where each stood in the batch), the rejected ones with their reasons, and the ids
-repeated within the batch; and the store's own refusals told in the batch's terms."""
+"""A batch's event lines sorted for the ingest server: the good events encoded for the
+store (with where each stood in the batch), the rejected ones with their reasons, and
+the ids repeated within the batch.
+
+A line in the shipper's canonical form takes the fast path (``CanonicalLines``: one
+regular expression, no JSON parsing); any other line is parsed, validated and encoded
+on its own, which also gives every rejection its reason."""
 
 from __future__ import annotations
 
@@ -9,47 +13,69 @@ from typing import Any
 
 from audit_middleware.wire import Rejection
 
-from .storage.records import Unencodable
+from .canonical_lines import CanonicalLines
+from .storage.errors import StorageError
+from .storage.records import Encoded, encode_events
 from .validation import Validator, event_id
 
-__all__ = ["BatchEvents", "sort_events"]
+__all__ = ["BatchEvents", "LineReader"]
 
 
 class BatchEvents:
-    __slots__ = ("at", "good", "rejected", "repeated", "seqs")
+    __slots__ = ("at", "encoded", "rejected", "repeated", "seqs")
 
     def __init__(self) -> None:
-        self.good: list[dict[str, Any]] = []  # handed to the store, then dropped here
+        self.encoded = Encoded([], [], [])  # handed to the store, then dropped here
         self.seqs: list[int] = []  # each good event's sequence number
         self.at = array("I")  # each good event's index in the batch (4 bytes each)
         self.rejected: list[Rejection] = []
         self.repeated: list[str] = []  # an id twice in one batch: acknowledged as duplicate
 
-    def refused(self, unencodable: list[Unencodable]) -> list[Rejection]:
-        """The store's refusals (events validation let through that it cannot encode,
-        by their position among ``good``) as rejections of the batch: not retryable,
-        the rest of the batch is stored."""
-        return [Rejection(self.at[u.position], self.seqs[u.position], u.id,
-                          f"storage_error: {u.reason}") for u in unencodable]
 
+class LineReader:
+    """Sorts the event lines of batches (one per ingest server: it keeps the validator's
+    memory of known types)."""
 
-def sort_events(validator: Validator, lines: list[bytes], seqs: list[int]) -> BatchEvents:
-    events = BatchEvents()
-    good, good_seqs, at = events.good, events.seqs, events.at
-    rejected, repeated = events.rejected, events.repeated
-    seen: set[str] = set()
-    parse = validator.parse
-    for i, line in enumerate(lines):
-        record = parse(line)
+    def __init__(self, max_field_length: int) -> None:
+        self._validator = Validator(max_field_length)
+        self._canonical = CanonicalLines(max_field_length)
+
+    def sort(self, lines: list[bytes], seqs: list[int]) -> BatchEvents:
+        events = BatchEvents()
+        encoded = events.encoded
+        ids, bodies, keys = encoded.ids, encoded.bodies, encoded.keys
+        good_seqs, at = events.seqs, events.at
+        seen: set[str] = set()
+        fast = self._canonical.read
+        for i, line in enumerate(lines):
+            read = fast(line)
+            if read is None:
+                general = self._general(line)
+                if isinstance(general, str):
+                    events.rejected.append(Rejection(i, seqs[i], event_id(line), general))
+                    continue
+                read = general
+            ident, body, key = read
+            if ident in seen:
+                events.repeated.append(ident)
+                continue
+            seen.add(ident)
+            ids.append(ident)
+            bodies.append(body)
+            keys.append(key)
+            good_seqs.append(seqs[i])
+            at.append(i)
+        return events
+
+    def _general(self, line: bytes) -> tuple[str, bytes, tuple[Any, ...]] | str:
+        """Parse, validate and encode one line: its ``(id, body, key)``, or the reason it
+        is rejected. An event validation accepts and the store cannot encode (a mismatch
+        between the two) is rejected on its own, never retried by its sender."""
+        record = self._validator.parse(line)
         if type(record) is str:
-            rejected.append(Rejection(i, seqs[i], event_id(line), record))
-            continue
-        ident = record["id"]  # type: ignore[index]
-        if ident in seen:
-            repeated.append(ident)
-            continue
-        seen.add(ident)
-        good.append(record)  # type: ignore[arg-type]
-        good_seqs.append(seqs[i])
-        at.append(i)
-    return events
+            return record
+        try:
+            one = encode_events((record,))  # type: ignore[arg-type]
+        except StorageError as exc:
+            return "storage_error: the event " + str(exc).removeprefix("event 0 ")
+        return one.ids[0], one.bodies[0], one.keys[0]

@@ -28,7 +28,6 @@ Layout, chosen for the ingest rate:
 from __future__ import annotations
 
 import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -47,6 +46,7 @@ from collector.storage.compression import BlockMap
 from collector.storage.records import Row
 from collector.storage.segments import FILE_MODE, SegmentHeader
 from collector.storage.sources import Ranges
+from collector.storage.write_lock import WriteLock
 
 # 2: IPv4 client_ip keys are 4 bytes; 3: ids are 16 bytes; 4: org_name, workspace_name,
 # the names table and the status index. An index of another schema is rebuilt from the
@@ -132,15 +132,18 @@ def writer_connection(path: Path) -> sqlite3.Connection:
 class Index:
     """The writer's view of the index (one thread at a time; the store's commit thread).
 
-    ``write_lock`` serializes write transactions with the ``ChunkIndexer`` (a Python
-    lock wakes the waiter at once; SQLite's busy handler would sleep and poll)."""
+    ``write_lock`` serializes write transactions with the ``ChunkIndexer``, the store's
+    first (``collector.storage.write_lock``)."""
 
-    def __init__(self, path: Path, write_lock: threading.Lock | None = None) -> None:
+    def __init__(self, path: Path, write_lock: WriteLock | None = None) -> None:
         self.path = path
-        self.write_lock = write_lock or threading.Lock()
+        self.write_lock = write_lock or WriteLock()
         self._holding = False
         #: Chunks closed since the owner last looked (it hands them to the indexer).
         self.newly_closed: list[int] = []
+        #: No stored id key of bytes (a UUID) is above this (b"": none is stored); None
+        #: until first read from the ids table (``known_ids``).
+        self._id_bound: bytes | None = None
         self._closed_before = 0
         self.con = writer_connection(path)
         con = self.con
@@ -200,7 +203,17 @@ class Index:
     # -- reads --------------------------------------------------------------------------
     def known_ids(self, keys: list[bytes | str]) -> set[bytes | str]:
         """The id keys (see ``id_key``) among ``keys`` that are already stored: one
-        query for a batch (a few for a huge one)."""
+        query for a batch (a few for a huge one).
+
+        UUIDv7 ids grow with time, so most new ids sort above every stored one: those
+        cannot be stored yet and are not looked up (``_id_bound``). Only ids at or below
+        it (a replay, a sender whose clock is behind, an id that is not a UUID) cost
+        the B-tree lookups, ~1 us each."""
+        if self._id_bound is None:
+            highest = self.con.execute("SELECT max(id) FROM ids").fetchone()[0]
+            self._id_bound = highest if type(highest) is bytes else b""
+        bound = self._id_bound
+        keys = [k for k in keys if type(k) is not bytes or k <= bound]
         known: set[bytes | str] = set()
         for i in range(0, len(keys), _IDS_PER_QUERY):
             part = keys[i:i + _IDS_PER_QUERY]
@@ -273,9 +286,14 @@ class Index:
         # second pass over the batch in Python.
         con.execute(f"INSERT OR IGNORE INTO ids SELECT id, seq FROM {chunk.table} "
                     f"WHERE seq BETWEEN ? AND ?", (first, last))
-        low, high = con.execute(
-            f"SELECT min(created), max(created) FROM {chunk.table} WHERE seq BETWEEN ? AND ?",
-            (first, last)).fetchone()
+        low, high, highest_id = con.execute(
+            f"SELECT min(created), max(created), max(id) FROM {chunk.table} "
+            f"WHERE seq BETWEEN ? AND ?", (first, last)).fetchone()
+        # A BLOB sorts above any TEXT in SQLite: a bytes maximum is the highest UUID key.
+        # Raised before the commit: if it rolls back, the bound is merely loose.
+        if type(highest_id) is bytes and self._id_bound is not None \
+                and highest_id > self._id_bound:
+            self._id_bound = highest_id
         con.execute(
             f"INSERT INTO zones SELECT seq >> {ZONE_SHIFT}, min(created), max(created) "
             f"FROM {chunk.table} WHERE seq BETWEEN ? AND ? GROUP BY 1 "
@@ -393,6 +411,6 @@ class Index:
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database (when no ``ChunkIndexer`` does it)."""
-        with self.write_lock:
+        with self.write_lock.background():
             self.con.execute("PRAGMA wal_checkpoint(PASSIVE)")
 

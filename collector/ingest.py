@@ -45,19 +45,19 @@ from audit_middleware.wire import (
     parse_header,
 )
 
-from .batch_events import BatchEvents, sort_events
+from .batch_events import BatchEvents, LineReader
 from .listen import IngestError, bind_unix, tls_context
 from .reply_queue import ReplyQueue, result_size
-from .validation import DEFAULT_MAX_FIELD_LENGTH, Validator
+from .storage.records import Encoded
+from .validation import DEFAULT_MAX_FIELD_LENGTH
 
 __all__ = ["IngestError", "IngestServer", "IngestSettings"]
 
 log = logging.getLogger("collector.ingest")
 
 class StoreLike(Protocol):
-    def submit(self, events: list[dict[str, Any]], source: str = "",
-               source_seqs: list[int] | None = None, *,
-               reject_unencodable: bool = False) -> Any: ...
+    def submit_encoded(self, encoded: Encoded, source: str = "",
+                       source_seqs: list[int] | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class IngestServer:
                               "certificate and key (--tls-cert, --tls-key)")
         self._store = store
         self.settings = settings
-        self._validator = Validator(settings.max_field_length)
+        self._lines = LineReader(settings.max_field_length)
         self._servers: list[asyncio.Server] = []
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         self._closing = False
@@ -309,29 +309,29 @@ class IngestServer:
             raise WireError(ErrorCode.BAD_BATCH, f"{len(batch.lines)} events in one batch, "
                             f"over the limit of {MAX_BATCH_EVENTS}: send smaller batches",
                             batch=batch.batch_id)
-        events = sort_events(self._validator, batch.lines, batch.seqs)
+        events = self._lines.sort(batch.lines, batch.seqs)
         self.counters["batches"] += 1
         self.counters["events_received"] += len(batch.lines)
         if events.rejected:
             self._log_rejections(batch.source, events.rejected)
-        if not events.good:
+        if not events.seqs:
             self.counters["events_duplicate"] += len(events.repeated)
             done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             reply = Result(batch.batch_id, [], events.repeated, events.rejected).encode()
             done.set_result(reply)
             return done, len(reply)
         try:
-            stored = asyncio.wrap_future(self._store.submit(
-                events.good, batch.source, events.seqs, reject_unencodable=True))
+            stored = asyncio.wrap_future(self._store.submit_encoded(
+                events.encoded, batch.source, events.seqs))
         except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
             stored = asyncio.get_running_loop().create_future()
             stored.set_exception(exc)
         size = result_size(len(events.seqs) + len(events.repeated), events.rejected)
-        events.good = []  # the store has them: not held here while it writes
-        return (asyncio.ensure_future(self._reply(batch.batch_id, batch.source, stored,
-                                                  events)), size)
+        events.encoded = Encoded([], [], [])  # the store has them: not held here meanwhile
+        return (asyncio.ensure_future(self._reply(batch.batch_id, stored, events)),
+                size)
 
-    async def _reply(self, batch_id: int, source: str, stored: Awaitable[Any],
+    async def _reply(self, batch_id: int, stored: Awaitable[Any],
                      events: BatchEvents) -> bytes:
         try:
             result = await stored
@@ -348,12 +348,7 @@ class IngestServer:
         duplicates = list(result.duplicates) + events.repeated
         self.counters["events_written"] += len(written)
         self.counters["events_duplicate"] += len(duplicates)
-        rejected = events.rejected
-        if result.rejected:  # validation let them through, the store cannot encode them
-            refused = events.refused(result.rejected)
-            self._log_rejections(source, refused)
-            rejected = sorted([*rejected, *refused], key=lambda r: r.index)
-        return Result(batch_id, written, duplicates, rejected).encode()
+        return Result(batch_id, written, duplicates, events.rejected).encode()
 
     def _log_rejections(self, source: str, rejected: list[Rejection]) -> None:
         before = self.counters["events_rejected"]

@@ -37,10 +37,17 @@ from collector.storage.errors import (
 )
 from collector.storage.group_commit import RATE_WINDOW, GroupWriter, Submission, WriteResult
 from collector.storage.indexer import ChunkIndexer
-from collector.storage.records import Unencodable, check_source, encode_each, encode_events
+from collector.storage.records import (
+    Encoded,
+    Unencodable,
+    check_source,
+    encode_each,
+    encode_events,
+)
 from collector.storage.recovery import RepairReport, recover, reset_index_files
 from collector.storage.segment_set import SegmentSet
 from collector.storage.segments import DIR_MODE, FILE_MODE, file_sizes
+from collector.storage.write_lock import WriteLock
 
 __all__ = ["RepairReport", "StorageError", "StorageSettings", "Store", "WriteResult"]
 
@@ -124,7 +131,7 @@ class Store:
 
     def _open_storage(self) -> RepairReport:
         rebuild = None
-        write_lock = threading.Lock()
+        write_lock = WriteLock()
         try:
             self._index = Index(self.index_path, write_lock)
         except sqlite3.DatabaseError as exc:
@@ -239,17 +246,34 @@ class Store:
             if not encoded.ids:
                 future.set_result(WriteResult([], [], refused))
                 return future
-        sub = Submission(encoded, source, list(source_seqs) if source_seqs else None, future,
-                         refused)
+        return self._queue(Submission(encoded, source, list(source_seqs) if source_seqs
+                                      else None, future, refused))
+
+    def submit_encoded(self, encoded: Encoded, source: str = "",
+                       source_seqs: list[int] | None = None) -> Future[WriteResult]:
+        """``submit`` for events already encoded (``records.encode_events``, or the
+        ingest server's fast path, ``collector.canonical_lines``)."""
+        future: Future[WriteResult] = Future()
+        try:
+            check_source(source, source_seqs, len(encoded.ids))
+        except StorageError as exc:
+            return self._rejected(future, exc)
+        if not encoded.ids:
+            future.set_result(WriteResult([], []))
+            return future
+        return self._queue(Submission(encoded, source, list(source_seqs) if source_seqs
+                                      else None, future))
+
+    def _queue(self, sub: Submission) -> Future[WriteResult]:
         with self._lock:
             if self._state != "open":
-                future.set_exception(StoreClosedError(
+                sub.future.set_exception(StoreClosedError(
                     "the store is not open: call Store.open() first, and do not submit "
                     "after Store.close()"))
-                return future
+                return sub.future
             self._pending.append(sub)
         self._wake.set()
-        return future
+        return sub.future
 
     def _rejected(self, future: Future[WriteResult], exc: StorageError) -> Future[WriteResult]:
         with self._lock:

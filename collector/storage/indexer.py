@@ -12,6 +12,7 @@ from typing import Final
 
 from collector.index import writer_connection
 from collector.storage.chunks import build_chunk_indexes
+from collector.storage.write_lock import WriteLock
 
 log = logging.getLogger("collector.index")
 
@@ -23,7 +24,7 @@ class ChunkIndexer:
 
     CHECKPOINT_BYTES: Final = 16 * 1024 * 1024
 
-    def __init__(self, path: Path, write_lock: threading.Lock) -> None:
+    def __init__(self, path: Path, write_lock: WriteLock) -> None:
         self._con = writer_connection(path)
         self._wal = Path(f"{path}-wal")
         self._write_lock = write_lock

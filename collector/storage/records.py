@@ -235,21 +235,27 @@ def rebase(rows: list[Row], delta: int) -> list[Row]:
 _second_micros: dict[str, int] = {}
 
 
+def second_micros(second: str) -> int:
+    """Microseconds since the epoch of ``YYYY-MM-DDTHH:MM:SS`` (UTC), cached: the value
+    repeats for every event of that second. Raises ``StorageError`` for a date that is
+    not on the calendar."""
+    base = _second_micros.get(second)
+    if base is None:
+        base = _parse_micros(second)
+        if len(_second_micros) >= 65_536:  # a cache: keep it bounded
+            _second_micros.clear()
+        _second_micros[second] = base
+    return base
+
+
 def created_micros(created: object) -> int:
     """Integer microseconds since the epoch (UTC) of a ``created`` value. A value
     without an offset is UTC, as the schema says."""
-    # Fast path for the schema's own form, 2026-11-26T01:07:10.123456Z: the part up to
-    # the second repeats for every event of that second.
+    # Fast path for the schema's own form, 2026-11-26T01:07:10.123456Z.
     if type(created) is str and len(created) == 27 and created[26] == "Z":
         fraction = created[20:26]
         if created[19] == "." and fraction.isdigit():
-            base = _second_micros.get(created[:19])
-            if base is None:
-                base = _parse_micros(created[:19])
-                if len(_second_micros) >= 65_536:
-                    _second_micros.clear()
-                _second_micros[created[:19]] = base
-            return base + int(fraction)
+            return second_micros(created[:19]) + int(fraction)
     return _parse_micros(created)
 
 

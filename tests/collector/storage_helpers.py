@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from audit_middleware.event import AuditEvent
+from collector.canonical_lines import CanonicalLines
 from collector.storage import records
 from collector.store import StorageSettings, Store
 
@@ -77,8 +78,17 @@ def record_lines(path: Path) -> list[bytes]:
 
 def refuse_to_encode(monkeypatch: pytest.MonkeyPatch, event_id: str) -> None:
     """Make the store's encoder raise for the event ``event_id`` (and for it only): a
-    mismatch between what validation accepts and what the store can encode."""
+    mismatch between what validation accepts and what the store can encode. The ingest
+    server's fast path is made to pass that event's line on to the general path (the
+    validator, then the encoder), as it does any line not in canonical form."""
     real = records.id_key
+    real_read = CanonicalLines.read
+    marker = event_id.encode()
+
+    def read(self: CanonicalLines, line: bytes) -> Any:
+        return None if marker in line else real_read(self, line)
+
+    monkeypatch.setattr(CanonicalLines, "read", read)
 
     def id_key(key: str) -> bytes | str:
         if key == event_id:

@@ -4,16 +4,23 @@ that dedupe asks, zones, and the checks start-up uses to decide on a rebuild."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
 
 from collector.index import Index
-from collector.storage.chunks import CLOSED, INDEXED, SECONDARY, chunk_table
+from collector.storage.chunks import (
+    CHUNK_TABLE,
+    CLOSED,
+    INDEXED,
+    SECONDARY,
+    chunk_table,
+    insert_rows,
+)
 from collector.storage.indexer import ChunkIndexer
 from collector.storage.records import Row, encode_events, record_lines
 from collector.storage.segments import SegmentHeader
+from collector.storage.write_lock import WriteLock
 from tests.collector.storage_helpers import event
 
 
@@ -77,7 +84,7 @@ def test_rows_of_another_segment_close_the_open_chunk(index: Index) -> None:
 
 
 def test_the_indexer_thread_builds_closed_chunks(tmp_path: Path) -> None:
-    lock = threading.Lock()
+    lock = WriteLock()
     index = Index(tmp_path / "index.sqlite", lock)
     indexer = ChunkIndexer(tmp_path / "index.sqlite", lock)
     add(index, 1, rows(1, 50))
@@ -181,3 +188,31 @@ def test_indexing_a_chunk_records_its_organization_and_workspace_names(index: In
         ("org", "Acme", "o-1"), ("org", "Acme Inc", "o-1"),
         ("workspace", "Main", "w-1"), ("workspace", "Main", "w-2")}
     assert chunk_state(index, chunk) == INDEXED
+
+
+def test_known_ids_finds_stored_ids_below_the_newest_and_skips_none(tmp_path: Path) -> None:
+    """Ids above every stored UUID key are not looked up; every id at or below it is,
+    so a replay, a sender whose clock is behind and a non-UUID id are all found."""
+    index = Index(tmp_path / "index.sqlite")
+    old = rows(1, 3)
+    custom = encode_events([{**event(), "id": "not-a-uuid-7"}])
+    add(index, 1, old + record_lines(custom, 4, "", None, 100)[1])
+    new = rows(5, 2)  # made later: UUIDv7 keys above every stored one
+    stored = [r[1] for r in old]
+    assert all(isinstance(k, bytes) and k > max(stored) for k in (r[1] for r in new))
+    asked = [new[0][1], stored[1], "not-a-uuid-7", "not-a-uuid-8", new[1][1], stored[2]]
+    assert index.known_ids(asked) == {stored[1], "not-a-uuid-7", stored[2]}
+    add(index, 1, new)
+    assert index.known_ids([r[1] for r in new]) == {r[1] for r in new}  # bound raised
+    # A new writer over the same file reads the bound from the ids table.
+    again = Index(tmp_path / "index.sqlite")
+    assert again.known_ids([*stored, new[1][1], rows(9, 1)[0][1]]) == {*stored, new[1][1]}
+
+
+@pytest.mark.parametrize("count", [1, 7, 199, 200, 201, 327, 399, 400, 655])
+def test_insert_rows_stores_every_row_once_in_order(count: int) -> None:
+    con = sqlite3.connect(":memory:")
+    con.execute(CHUNK_TABLE.format(table="t"))
+    batch = rows(1, count)
+    insert_rows(con, "t", batch)
+    assert con.execute("SELECT * FROM t ORDER BY seq").fetchall() == batch

@@ -142,7 +142,7 @@ def test_bad_events_are_rejected_with_reasons_and_the_good_ones_kept(client: Raw
 def test_a_batch_of_only_bad_events_is_answered_without_touching_the_store(
         make_server: ServerFactory, tmp: Path) -> None:
     class NoStore:
-        def submit(self, *args: Any) -> Any:
+        def submit_encoded(self, *args: Any) -> Any:
             raise AssertionError("nothing valid to store")
 
     make_server(NoStore())
@@ -190,14 +190,14 @@ def test_a_storage_failure_is_a_retryable_error_and_the_connection_stays(
     class FailingOnce:
         failed = False
 
-        def submit(self, events: Any, source: str = "", source_seqs: Any = None,
-                   **options: Any) -> Any:
+        def submit_encoded(self, encoded: Any, source: str = "",
+                           source_seqs: Any = None) -> Any:
             if not self.failed:
                 self.failed = True
                 future: Future[Any] = Future()
                 future.set_exception(OSError(28, "No space left on device"))
                 return future
-            return store.submit(events, source, source_seqs, **options)
+            return store.submit_encoded(encoded, source, source_seqs)
 
     make_server(FailingOnce())
     client = RawClient(tmp / "c.sock")

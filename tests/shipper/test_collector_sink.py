@@ -104,13 +104,13 @@ def test_events_are_numbered_per_source(collector: Collector, make_sink: SinkFac
     store_submit = None
 
     collector.start()
-    store_submit = collector.store.submit
+    store_submit = collector.store.submit_encoded
 
-    def spy(events: Any, source: str = "", source_seqs: Any = None, **options: Any) -> Any:
+    def spy(encoded: Any, source: str = "", source_seqs: Any = None) -> Any:
         seen.append((source, list(source_seqs)))
-        return store_submit(events, source, source_seqs, **options)
+        return store_submit(encoded, source, source_seqs)
 
-    collector.store.submit = spy
+    collector.store.submit_encoded = spy
     sink = make_sink()
     emit_many(30)
     assert sink.flush(timeout=10)
