@@ -46,7 +46,9 @@ _VALUES: Final = {
     "workspace_name": _TEXT,
     "client_ip": f'"({_IP_CHARS}{{0,{MAX_IP_LENGTH}}})"',
     # The second and its fraction apart: the index keys ``created`` by the second.
-    "created": r'"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.([0-9]{6})Z"',
+    # The hour as validation.py has it (00-23: never fromisoformat's T24 reading).
+    "created": r'"([0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2})'
+               r'\.([0-9]{6})Z"',
     "trace_id": '"((?:[0-9a-f]{32})?)"',
     "span_id": '"((?:[0-9a-f]{16})?)"',
 }

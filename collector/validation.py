@@ -33,7 +33,10 @@ _FIELDS_OPTIONAL: Final = FIELDS + OPTIONAL_FIELDS
 _MAX_KNOWN_TYPES: Final = 10_000
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 _TYPE = NAME_PATTERN.fullmatch
-_CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z").fullmatch
+# The hour is 00-23 here, not left to fromisoformat: newer Pythons read T24:00:00 as the
+# next day's midnight, and the record's text and its index key would then disagree.
+_CREATED = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}\.[0-9]{6}Z").fullmatch
 _TRACE_ID = re.compile(r"[0-9a-f]{32}").fullmatch
 _SPAN_ID = re.compile(r"[0-9a-f]{16}").fullmatch
 _fromisoformat = datetime.fromisoformat

@@ -94,6 +94,7 @@ def test_the_shippers_own_lines_take_the_fast_path() -> None:
     orjson.dumps(event(type="r" * 65)),
     orjson.dumps(event(created="2026-02-30T01:07:10.123456Z")),  # not on the calendar
     orjson.dumps(event(created="2026-11-26T24:07:10.123456Z")),
+    orjson.dumps(event(created="2026-11-26T24:00:00.000000Z")),
     orjson.dumps(event(trace_id="0af7651916cd43dd8448eb211c80319")),
     orjson.dumps(event(span_id="B7AD6B7169203331")),
     orjson.dumps(event(client_ip="1" * 65)),
