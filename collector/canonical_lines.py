@@ -23,7 +23,7 @@ from typing import Any, Final
 from audit_middleware.event import FIELDS
 
 from .storage.errors import StorageError
-from .storage.records import ip_key, second_micros
+from .storage.records import ip_column, second_micros
 from .validation import MAX_IP_LENGTH, MAX_LINE_BYTES
 
 __all__ = ["CanonicalLines"]
@@ -87,4 +87,4 @@ class CanonicalLines:
         # The pattern fixed the id's shape: its 16 bytes are id_key's value for it.
         return ident, line[:-1], (
             bytes.fromhex(ident.replace("-", "")), micros + int(fraction), kind, principal,
-            target, org_id, workspace_id, ip_key(client_ip), status, org_name, workspace_name)
+            target, org_id, workspace_id, ip_column(client_ip), status, org_name, workspace_name)

@@ -26,7 +26,7 @@ from collector.index import CHUNK_ROWS, INDEX_SCHEMA, Index, SegmentEntry
 from . import sources
 from .compression import BlockMap, iter_lines_and_blocks
 from .errors import CorruptSegmentError, StorageError
-from .records import Row, created_micros, id_key, ip_key
+from .records import Row, created_micros, id_key, ip_column
 from .segments import (
     SegmentFile,
     SegmentHeader,
@@ -263,7 +263,7 @@ def _row(line: bytes, offset: int, after_seq: int) -> tuple[Row, str, int] | Non
         if type(seq) is not int or seq <= after_seq:
             return None
         row: Row = (seq, id_key(r["id"]), created_micros(r["created"]), r["type"], r["principal"],
-                    r["target"], r["org_id"], r["workspace_id"], ip_key(r["client_ip"]),
+                    r["target"], r["org_id"], r["workspace_id"], ip_column(r["client_ip"]),
                     r["status"], r["org_name"], r["workspace_name"], offset, len(line))
         source = r.get("source") or ""
         number = r.get("source_seq") or 0
