@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Self
 
 import orjson
+
+from collector.storage.chunks import CLOSED
 
 from ._harness import BenchmarkError
 
@@ -118,6 +121,37 @@ class Collector:
             raise BenchmarkError(f"{path} missing: stop() the collector cleanly first")
         return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
 
+    def wait_indexed(self, timeout: float = 120.0) -> None:
+        """Wait until no closed chunk of the index waits for its secondary indexes (the
+        background index build of ``collector.storage.indexer``), read from the index
+        itself. A benchmark that times ingest waits for this inside its clock: the index
+        builds its events caused are then its cost, not a later case's."""
+        deadline = time.monotonic() + timeout
+        con = sqlite3.connect(f"file:{self.data_dir / 'index.sqlite'}?mode=ro", uri=True,
+                              timeout=10.0)
+        try:
+            while con.execute("SELECT count(*) FROM chunks WHERE state=?",
+                              (CLOSED,)).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise BenchmarkError(f"the index was not built within {timeout} s")
+                time.sleep(0.005)
+        finally:
+            con.close()
+
+    def wait_idle(self, quiet: float = 0.05, timeout: float = 60.0) -> None:
+        """Wait until the collector has used no CPU for ``quiet`` seconds (its
+        background work done: index builds, the WAL checkpoint after them), so that the
+        next case of a benchmark does not run beside it."""
+        deadline = time.monotonic() + timeout
+        last, since = cpu_seconds(self.pid), time.monotonic()
+        while time.monotonic() - since < quiet:
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"the collector was still busy after {timeout} s")
+            time.sleep(0.01)
+            now = cpu_seconds(self.pid)
+            if now != last:
+                last, since = now, time.monotonic()
+
     def read_store_stats(self) -> dict[str, Any]:
         return self.read_stats()["store"]  # type: ignore[no-any-return]
 
@@ -140,6 +174,13 @@ def indexed_events(data_dir: Path) -> int:
     if done.returncode != 0:
         raise BenchmarkError(f"audit-collector stats failed ({done.returncode}): {done.stderr}")
     return int(orjson.loads(done.stdout)["events_indexed"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- memory -------------------------------------------------------------------------------
