@@ -7,6 +7,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Final
 
@@ -15,6 +16,8 @@ from collector.storage.chunks import build_chunk_indexes
 from collector.storage.write_lock import WriteLock
 
 log = logging.getLogger("collector.index")
+#: How often ``ChunkIndexer.wait`` checks that the indexer thread is still alive.
+_LIVENESS_CHECK: Final = 1.0
 
 
 class ChunkIndexer:
@@ -47,9 +50,20 @@ class ChunkIndexer:
         return len(self._queue) + self._busy
 
     def wait(self, most: int = 0, timeout: float | None = None) -> bool:
-        """Wait until at most ``most`` chunks are waiting for their indexes."""
+        """Wait until at most ``most`` chunks are waiting for their indexes; False on
+        timeout, or at once if the indexer thread is gone (the store's commit thread
+        waits here: a dead indexer must not stop acknowledgements)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(lambda: self.backlog <= most or self._stop, timeout)
+            while not (self.backlog <= most or self._stop):
+                if not self._thread.is_alive():
+                    return False  # it died: nobody would ever notify (see failed)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                # In slices: a thread that dies of a BaseException notifies nobody.
+                self._cond.wait(_LIVENESS_CHECK if left is None else min(left, _LIVENESS_CHECK))
+            return True
 
     def close(self) -> None:
         """Finish the queue, checkpoint, stop."""
@@ -60,6 +74,18 @@ class ChunkIndexer:
         self._con.close()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            # Not an index build failing (that is kept in ``failed`` and retried at the
+            # next open): the thread itself is ending. Said in the store's stats; wait()
+            # stops waiting for it.
+            self.failed = f"indexer thread stopped: {type(exc).__name__}: {exc}"
+            log.critical("audit store: %s; closed chunks stay unindexed until restart",
+                         self.failed)
+            raise
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._queue or self._stop, timeout=1.0)

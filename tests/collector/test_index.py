@@ -4,11 +4,13 @@ that dedupe asks, zones, and the checks start-up uses to decide on a rebuild."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from collector.index import Index
+from collector.storage import indexer as indexer_module
 from collector.storage.chunks import (
     CHUNK_TABLE,
     CLOSED,
@@ -21,7 +23,7 @@ from collector.storage.indexer import ChunkIndexer
 from collector.storage.records import Row, encode_events, record_lines
 from collector.storage.segments import SegmentHeader
 from collector.storage.write_lock import WriteLock
-from tests.collector.storage_helpers import event
+from tests.collector.storage_helpers import event, wait_until
 
 
 def header(seq: int) -> SegmentHeader:
@@ -216,3 +218,34 @@ def test_insert_rows_stores_every_row_once_in_order(count: int) -> None:
     batch = rows(1, count)
     insert_rows(con, "t", batch)
     assert con.execute("SELECT * FROM t ORDER BY seq").fetchall() == batch
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_indexer_thread_does_not_hold_up_its_waiters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's commit thread waits in ChunkIndexer.wait(); if the indexer thread
+    dies of a BaseException (which notifies nobody), the wait ends and says so."""
+    def die(*args: object) -> bool:
+        raise SystemExit("injected")
+
+    monkeypatch.setattr(indexer_module, "build_chunk_indexes", die)
+    lock = WriteLock()
+    index = Index(tmp_path / "index.sqlite", lock)
+    indexer = ChunkIndexer(tmp_path / "index.sqlite", lock)
+    chunks = []
+    for segment in (1, 2):
+        add(index, segment, rows(segment * 10, 5))
+        chunk = index.close_chunk()
+        assert chunk is not None
+        chunks.append(chunk)
+    indexer.submit(chunks[0])  # kills the thread
+    assert wait_until(lambda: indexer.failed)
+    assert "indexer thread stopped: SystemExit" in indexer.failed
+    indexer.submit(chunks[1])  # nobody will take it
+    waited: list[bool] = []
+    waiter = threading.Thread(target=lambda: waited.append(indexer.wait(most=0)))
+    waiter.start()
+    waiter.join(10)
+    assert waited == [False], "wait() still blocked on a dead indexer"
+    assert [chunk_state(index, c) for c in chunks] == [CLOSED, CLOSED]  # for the next start
+    indexer.close()
