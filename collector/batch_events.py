@@ -8,6 +8,7 @@ on its own, which also gives every rejection its reason."""
 
 from __future__ import annotations
 
+import logging
 from array import array
 from typing import Any
 
@@ -19,6 +20,8 @@ from .storage.records import Encoded, encode_events
 from .validation import Validator, event_id
 
 __all__ = ["BatchEvents", "LineReader"]
+
+log = logging.getLogger("collector.ingest")
 
 
 class BatchEvents:
@@ -78,4 +81,9 @@ class LineReader:
             one = encode_events((record,))  # type: ignore[arg-type]
         except StorageError as exc:
             return "storage_error: the event " + str(exc).removeprefix("event 0 ")
+        except Exception as exc:  # a bug, yet one event must not wedge its sender
+            # Raised out of the batch, it would close the connection and the sender would
+            # send the same batch again, forever. Refused alone, it is logged as the bug.
+            log.exception("ingest: encoding an accepted event failed")
+            return f"storage_error: the event cannot be stored ({type(exc).__name__}: {exc})"
         return one.ids[0], one.bodies[0], one.keys[0]

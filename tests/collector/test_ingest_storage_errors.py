@@ -9,11 +9,15 @@ import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from audit_middleware.wire import ErrorCode, ErrorReply, FrameType
+from collector import batch_events
+from collector.canonical_lines import CanonicalLines
 from collector.ingest import IngestSettings
+from collector.storage import records
 from collector.storage.segments import ActiveSegment
 from tests.collector.storage_helpers import refuse_to_encode
 from tests.collector.test_ingest import event, lines, result
@@ -119,3 +123,25 @@ def test_the_store_leaves_out_only_what_it_cannot_encode_when_asked(tmp_path: Pa
     assert [(r.position, r.id) for r in written.rejected] == [(1, bad["id"])]
     assert written.rejected[0].reason.startswith("the event cannot be stored")
     assert stored(tmp_path / "data") == {event(1)["id"]: 1, event(3)["id"]: 3}
+
+
+def test_an_unexpected_encoder_failure_rejects_that_event_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in encoding (an exception the encoder does not expect) must not close the
+    connection: its sender would send the same batch again, forever."""
+    real = records.encode_events
+
+    def encode(events: Any) -> Any:
+        if any(e.get("id") == POISON for e in events):
+            raise RuntimeError("injected bug")
+        return real(events)
+
+    monkeypatch.setattr(CanonicalLines, "read", lambda self, line: None)  # the general path
+    monkeypatch.setattr(batch_events, "encode_events", encode)
+    with collector() as (client, _, data_dir):
+        reply = result(client.batch(3, lines(event(1), event(2), event(3)), [1, 2, 3]))
+        assert reply.written == [event(1)["id"], event(3)["id"]]
+        assert [(r.index, r.id) for r in reply.rejected] == [(1, POISON)]
+        assert "RuntimeError: injected bug" in reply.rejected[0].reason
+        assert stored(data_dir) == {event(1)["id"]: 1, event(3)["id"]: 3}
+        assert result(client.batch(4, lines(event(4)), [4])).written == [event(4)["id"]]
