@@ -8,20 +8,16 @@ on its own, which also gives every rejection its reason."""
 
 from __future__ import annotations
 
-import logging
 from array import array
 from typing import Any
 
 from audit_middleware.wire import Rejection
 
 from .canonical_lines import CanonicalLines
-from .storage.errors import StorageError
-from .storage.records import Encoded, encode_events
+from .storage.records import Encoded, encode_each
 from .validation import Validator, event_id
 
 __all__ = ["BatchEvents", "LineReader"]
-
-log = logging.getLogger("collector.ingest")
 
 
 class BatchEvents:
@@ -77,13 +73,7 @@ class LineReader:
         record = self._validator.parse(line)
         if type(record) is str:
             return record
-        try:
-            one = encode_events((record,))  # type: ignore[arg-type]
-        except StorageError as exc:
-            return "storage_error: the event " + str(exc).removeprefix("event 0 ")
-        except Exception as exc:  # a bug, yet one event must not wedge its sender
-            # Raised out of the batch, it would close the connection and the sender would
-            # send the same batch again, forever. Refused alone, it is logged as the bug.
-            log.exception("ingest: encoding an accepted event failed")
-            return f"storage_error: the event cannot be stored ({type(exc).__name__}: {exc})"
-        return one.ids[0], one.bodies[0], one.keys[0]
+        encoded, refused = encode_each((record,))  # type: ignore[arg-type]
+        if refused:  # a mismatch with validation, or a bug in encoding (then logged)
+            return "storage_error: " + refused[0].reason
+        return encoded.ids[0], encoded.bodies[0], encoded.keys[0]

@@ -229,7 +229,7 @@ class Store:
             # still in the CPU cache, costs half of what it costs in a group later.
             try:
                 encoded = encode_events(events)
-            except StorageError:
+            except Exception:  # StorageError, or a bug in encoding (see encode_each)
                 if not reject_unencodable:
                     raise
                 encoded, refused = encode_each(events)  # only now, one at a time

@@ -11,6 +11,7 @@ terminated.
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,8 @@ import orjson
 from audit_middleware.event import FIELDS, escape_line_breaks
 
 from .errors import StorageError
+
+log = logging.getLogger("collector.store")
 
 _FIELDS_WITH_PEER: Final = (*FIELDS, "peer_ip")
 #: The storage fields the collector appends to every record, in order (``chain`` only
@@ -151,10 +154,14 @@ def encode_each(events: Sequence[dict[str, Any]]) -> tuple[Encoded, list[Unencod
     for position, event in enumerate(events):
         try:
             one = encode_events((event,))
-        except StorageError as exc:
-            reason = str(exc)
-            if reason.startswith("event 0 "):  # its place in the one-event list
-                reason = "the event " + reason.removeprefix("event 0 ")
+        except Exception as exc:
+            if isinstance(exc, StorageError):
+                reason = str(exc)
+                if reason.startswith("event 0 "):  # its place in the one-event list
+                    reason = "the event " + reason.removeprefix("event 0 ")
+            else:  # a bug in encoding: logged, and this event alone is refused, not retried
+                log.exception("audit store: encoding an accepted event failed")
+                reason = f"the event cannot be stored ({type(exc).__name__}: {exc})"
             ident = event.get("id") if isinstance(event, dict) else None
             refused.append(Unencodable(position, ident if type(ident) is str else None,
                                        reason))

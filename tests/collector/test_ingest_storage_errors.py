@@ -9,12 +9,10 @@ import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from audit_middleware.wire import ErrorCode, ErrorReply, FrameType
-from collector import batch_events
 from collector.canonical_lines import CanonicalLines
 from collector.ingest import IngestSettings
 from collector.storage import records
@@ -129,15 +127,15 @@ def test_an_unexpected_encoder_failure_rejects_that_event_alone(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in encoding (an exception the encoder does not expect) must not close the
     connection: its sender would send the same batch again, forever."""
-    real = records.encode_events
+    real = records.id_key
 
-    def encode(events: Any) -> Any:
-        if any(e.get("id") == POISON for e in events):
+    def id_key(key: str) -> bytes | str:  # a bug: an exception the encoder does not expect
+        if key == POISON:
             raise RuntimeError("injected bug")
-        return real(events)
+        return real(key)
 
+    monkeypatch.setattr(records, "id_key", id_key)
     monkeypatch.setattr(CanonicalLines, "read", lambda self, line: None)  # the general path
-    monkeypatch.setattr(batch_events, "encode_events", encode)
     with collector() as (client, _, data_dir):
         reply = result(client.batch(3, lines(event(1), event(2), event(3)), [1, 2, 3]))
         assert reply.written == [event(1)["id"], event(3)["id"]]

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from audit_middleware.wire import FrameType, Result
 from collector.http_ingest import HttpIngest, HttpIngestSettings, routes
 from collector.ingest import IngestSettings
+from collector.storage import records
 from tests.collector.storage_helpers import event, refuse_to_encode
 from tests.e2e.harness import InProcessCollector, RawClient, open_store, short_tmp, stored_events
 
@@ -122,6 +123,28 @@ def test_an_event_the_store_cannot_encode_is_rejected_alone_not_a_503(
     assert [r["id"] for r in stored_events(store.settings.data_dir)] == [
         first["id"], third["id"]]
     assert post(http, lines(poison)).status_code == 422  # alone: rejected, not retryable
+
+
+def test_an_unexpected_encoder_failure_is_that_event_rejected_not_a_503(
+    http: TestClient, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in encoding must not turn into a retryable 503 for the whole body: its
+    sender would post it again, forever."""
+    first, poison, third = event(1), event(2), event(3)
+    real = records.id_key
+
+    def id_key(key: str) -> bytes | str:  # a bug: an exception the encoder does not expect
+        if key == poison["id"]:
+            raise RuntimeError("injected bug")
+        return real(key)
+
+    monkeypatch.setattr(records, "id_key", id_key)
+    reply = post(http, lines(first, poison, third))
+    assert reply.status_code == 200
+    result = reply.json()
+    assert result["written"] == [first["id"], third["id"]]
+    assert [(r["index"], r["id"]) for r in result["rejected"]] == [(1, poison["id"])]
+    assert "RuntimeError: injected bug" in result["rejected"][0]["reason"]
 
 
 def test_when_every_event_is_rejected_the_answer_is_422(http: TestClient) -> None:
