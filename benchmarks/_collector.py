@@ -122,21 +122,7 @@ class Collector:
         return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
 
     def wait_indexed(self, timeout: float = 120.0) -> None:
-        """Wait until no closed chunk of the index waits for its secondary indexes (the
-        background index build of ``collector.storage.indexer``), read from the index
-        itself. A benchmark that times ingest waits for this inside its clock: the index
-        builds its events caused are then its cost, not a later case's."""
-        deadline = time.monotonic() + timeout
-        con = sqlite3.connect(f"file:{self.data_dir / 'index.sqlite'}?mode=ro", uri=True,
-                              timeout=10.0)
-        try:
-            while con.execute("SELECT count(*) FROM chunks WHERE state=?",
-                              (CLOSED,)).fetchone()[0]:
-                if time.monotonic() > deadline:
-                    raise BenchmarkError(f"the index was not built within {timeout} s")
-                time.sleep(0.005)
-        finally:
-            con.close()
+        wait_indexed(self.data_dir, timeout)
 
     def wait_idle(self, quiet: float = 0.05, timeout: float = 60.0) -> None:
         """Wait until the collector has used no CPU for ``quiet`` seconds (its
@@ -174,6 +160,23 @@ def indexed_events(data_dir: Path) -> int:
     if done.returncode != 0:
         raise BenchmarkError(f"audit-collector stats failed ({done.returncode}): {done.stderr}")
     return int(orjson.loads(done.stdout)["events_indexed"])
+
+
+def wait_indexed(data_dir: Path, timeout: float = 120.0) -> None:
+    """Wait until no closed chunk of the index in ``data_dir`` waits for its secondary
+    indexes (the background index build of ``collector.storage.indexer``), read from the
+    index itself. A benchmark that times ingest waits for this inside its clock: the
+    index builds its events caused are then its cost, not a later case's."""
+    deadline = time.monotonic() + timeout
+    con = sqlite3.connect(f"file:{data_dir / 'index.sqlite'}?mode=ro", uri=True, timeout=10.0)
+    try:
+        while con.execute("SELECT count(*) FROM chunks WHERE state=?",
+                          (CLOSED,)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"the index was not built within {timeout} s")
+            time.sleep(0.005)
+    finally:
+        con.close()
 
 
 def cpu_seconds(pid: int) -> float:

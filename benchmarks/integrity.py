@@ -53,7 +53,7 @@ from collector.integrity.verify import verify
 from collector.store import StorageSettings, Store, WriteResult
 
 from . import _harness as h
-from ._collector import ROOT, Collector, _clean_env, scratch_dir
+from ._collector import ROOT, Collector, _clean_env, scratch_dir, wait_indexed
 from ._events import Population
 from ._rounds import fixed_rounds
 
@@ -140,7 +140,7 @@ def _run(options: h.Options, tmp: Path) -> h.Report:
             frames = _json_frames(population, n, next(seeds))  # before the clock
             start = time.perf_counter_ns()
             written = _feed(stores[name], frames)
-            _wait_indexed(stores[name])
+            wait_indexed(stores[name].settings.data_dir)
             elapsed = time.perf_counter_ns() - start
             if written != n:
                 raise h.BenchmarkError(f"{name}: {written} of {n} events written")
@@ -190,15 +190,6 @@ def _check_verify(data_dir: Path, dataset: int, files: list[str]) -> str:
                                f"{len(files)} segment files")
     return (f"verify checked {records:,} records in {len(files)} segment files and "
             f"{report.digests} digests: all valid")
-
-
-def _wait_indexed(store: Store, timeout: float = 120.0) -> None:
-    """As ``Collector.wait_indexed``, for a Store in this process."""
-    deadline = time.monotonic() + timeout
-    while store.stats()["unindexed_chunks"]:
-        if time.monotonic() > deadline:
-            raise h.BenchmarkError(f"the store's index was not built within {timeout} s")
-        time.sleep(0.005)
 
 
 # -- ingest through a real collector ---------------------------------------------------------

@@ -43,6 +43,23 @@ _POLL = 0.05
 _SEND_SLICE = 16 * 1024  # the largest TLS record's payload
 
 
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+_WRITABLE = select.POLLOUT | select.POLLHUP | select.POLLERR
+
+
+def _wait_for(sock: socket.socket, read: bool, write: bool,
+              timeout: float) -> tuple[bool, bool]:
+    """(readable, writable) within ``timeout`` seconds. poll(), not select(): select()
+    refuses a file number above 1023, which a busy app server's sockets reach. A closed
+    or failed socket counts as both, so that the read or send after says why."""
+    poller = select.poll()
+    poller.register(sock, (select.POLLIN if read else 0) | (select.POLLOUT if write else 0))
+    events = 0
+    for _, event in poller.poll(timeout * 1000):
+        events |= event
+    return bool(events & _READABLE), bool(events & _WRITABLE)
+
+
 class CollectorStalled(TimeoutError):
     """The collector neither answers nor reads while the app's queue fills up."""
 
@@ -124,8 +141,8 @@ class Connection:
         # the collector waits for us to read (a plain socket returns partial sends).
         piece = _SEND_SLICE if isinstance(sock, ssl.SSLSocket) else len(data)
         while view:
-            readable, writable, _ = select.select(
-                [sock] if self._unanswered > len(self._early) else [], [sock], [], _POLL)
+            readable, writable = _wait_for(
+                sock, self._unanswered > len(self._early), True, _POLL)
             if readable and not writable:
                 # The collector is answering earlier batches rather than reading this
                 # one: take the reply, or neither side would ever move again.
@@ -152,7 +169,7 @@ class Connection:
         if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             return
         start = now = time.monotonic()
-        while not select.select([sock], [], [], max(min(_POLL, start + timeout - now), 0))[0]:
+        while not _wait_for(sock, True, False, max(min(_POLL, start + timeout - now), 0))[0]:
             now = time.monotonic()
             if now >= start + timeout:
                 return

@@ -66,12 +66,15 @@ def check_source(source: str, source_seqs: Sequence[int] | None, count: int) -> 
             f"got {len(source_seqs)} source_seqs for {count} events: pass one number per "
             f"event, or None"
         )
-    for number in source_seqs:
-        if type(number) is not int or number < 0:
-            raise StorageError(
-                f"source_seqs must be non-negative ints (0 for 'not numbered'), got "
-                f"{number!r}"
-            )
+    # Checked per batch on the ingest thread: C-level passes, not a Python step per event.
+    if source_seqs and (not set(map(type, source_seqs)) <= _INT or min(source_seqs) < 0):
+        number = next(n for n in source_seqs if type(n) is not int or n < 0)
+        raise StorageError(
+            f"source_seqs must be non-negative ints (0 for 'not numbered'), got {number!r}"
+        )
+
+
+_INT: Final = frozenset({int})
 
 
 class Encoded:

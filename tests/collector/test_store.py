@@ -139,6 +139,8 @@ def test_a_bad_event_fails_its_submission_only(tmp_path: Path) -> None:
     ("x" * 300, None, "at most 256"),
     ("s", [1], "got 1 source_seqs for 2 events"),
     ("s", [1, -2], "non-negative"),
+    ("s", [1, "2"], "non-negative ints .*got '2'"),
+    ("s", [True, 2], "got True"),
 ])
 def test_bad_source_numbering_is_refused_before_anything_is_written(
         tmp_path: Path, source: object, seqs: object, message: str) -> None:

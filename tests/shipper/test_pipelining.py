@@ -9,6 +9,10 @@ queue's batches (``BatchingQueue.take``). Against a real collector subprocess.""
 
 from __future__ import annotations
 
+import fcntl
+import resource
+import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +22,11 @@ import pytest
 from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.shipper.connection import Connection
-from audit_middleware.shipper.endpoint import parse_url
+from audit_middleware.shipper.endpoint import Endpoint, parse_url
 from audit_middleware.shipper.pipeline import Chunk, Pipeline
 from audit_middleware.testing import reset_configuration
-from audit_middleware.wire import Hello, Result
+from audit_middleware.wire import Hello, Result, encode_batch_body
+from tests.collector.storage_helpers import event
 from tests.e2e.harness import CollectorProcess, short_tmp, stored_events
 
 
@@ -154,3 +159,39 @@ def test_what_an_export_took_is_counted_when_it_fails() -> None:
     queue._deliver([queue._queue.popleft(), queue._queue.popleft()])
     assert queue.failed.value == 5
     assert queue.counts()["submitted"] == 5 and queue.counts()["queued"] == 0
+
+
+class _HighFileNumber:
+    """An endpoint whose sockets get a file number above 1023, as a busy app server's
+    do (select() refuses those; the connection must not)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def connect(self, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
+        sock = self.endpoint.connect(timeout, tls)
+        high = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 1500)
+        moved = socket.socket(sock.family, sock.type, sock.proto, fileno=high)
+        moved.settimeout(sock.gettimeout())
+        sock.close()
+        return moved
+
+
+def test_a_connection_whose_socket_number_is_above_1023_works(
+        collector: CollectorProcess) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    try:
+        conn = Connection(_HighFileNumber(parse_url(collector.url)),  # type: ignore[arg-type]
+                          Hello("high-fd-test"), tls=None, connect_timeout=5.0)
+        conn.connect()  # the hello's answer is waited for
+        try:
+            line = orjson.dumps(event(1)) + b"\n"
+            batch = conn.send(encode_batch_body("high-fd-test", [1], [line]), 5.0)
+            result = conn.receive(batch, 5.0)
+        finally:
+            conn.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(result.written) + len(result.duplicates) == 1, result
