@@ -30,13 +30,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import audit_middleware
 from audit_middleware import AuditMiddleware, audited
 from audit_middleware import decorator as decorator_module
-from audit_middleware.sinks.jsonl_file import JsonlFileSink
 
-from ._asgi import Driver, http_scope
+from ._asgi import Driver
+from ._sinks import audit_file_sink
+from .request_path import EVENT, ROUTE, SCOPE
 
-EVENT = "credentials_deleted"
-ROUTE = "/credentials/{credentials_id}"
-SCOPE = http_scope("DELETE", "/credentials/c-42")
 WARMUP = 300
 
 #: case -> (framework, AuditMiddleware installed, how the handler is wrapped)
@@ -115,8 +113,7 @@ def main(case: str, n: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-instr-") as tmp:
         # The file sink with a queue that never wakes its writer during the batch: what
         # is counted is the request thread's work (the writer would be counted too).
-        sink = JsonlFileSink(Path(tmp) / "audit.jsonl", fsync=False, max_queue=10**7,
-                             max_batch=10**7, max_delay=3600.0)
+        sink = audit_file_sink(Path(tmp) / "audit.jsonl")
         audit_middleware.configure(sink=sink)
         app = build(case)
         driver = Driver()

@@ -22,13 +22,13 @@ from typing import Final
 
 from . import _harness as h
 from ._instructions_child import CASES
+from .request_path import LIMITS  # the same targets, in instructions
 
 NAME = "capture_instructions"
 TITLE = "Capture cost in CPU instructions per request (callgrind, deterministic)"
 
 REQUESTS: Final = {"starlette": 1000, "fastapi": 300}
 SMOKE_REQUESTS: Final = 5
-LIMITS: Final = {"starlette": 15.0, "fastapi": 5.0}  # % added to bare (request_path's)
 ROOT: Final = Path(__file__).resolve().parent.parent
 _TOTALS = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
 

@@ -5,8 +5,10 @@ name, so the three sources can never disagree about what exists;
 ``collector.config`` resolves them (flags > environment > file > default) into a
 ``CollectorConfig``.
 
-The ingest server's options take their defaults from ``IngestSettings`` (the server's
-own defaults, for whoever builds one without a configuration), so the two cannot drift.
+The ingest server's, the store's and the forwarder's options take their defaults from
+``IngestSettings``, ``StorageSettings`` and ``ForwardSettings`` (their own defaults, for
+whoever builds one without a configuration), so the two cannot drift. Left alone:
+``retention_bytes`` (0 here means what ``None`` means there) and ``drain_timeout``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from .forwarder import ForwardSettings
 from .ingest import IngestSettings
+from .store import StorageSettings
 
 ENV_PREFIX: Final = "AUDIT_"
 
@@ -189,12 +193,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "on shutdown, wait this long for batches in flight", "DURATION"),
     Option("max_field_length", parse_int, IngestSettings.max_field_length,
            "reject events with a text field longer than this (characters)", "N"),
-    Option("max_segment_bytes", parse_size, 64 * 1024 * 1024,
+    Option("max_segment_bytes", parse_size, StorageSettings.max_segment_bytes,
            "rotate the active segment at this size", "SIZE"),
-    Option("max_segment_age", parse_duration, 3600.0,
+    Option("max_segment_age", parse_duration, StorageSettings.max_segment_age,
            "rotate the active segment at this age", "DURATION"),
-    Option("compress_sealed", parse_bool, False, "compress sealed segments", "BOOL"),
-    Option("retention_days", parse_float, 365.0,
+    Option("compress_sealed", parse_bool, StorageSettings.compress_sealed,
+           "compress sealed segments", "BOOL"),
+    Option("retention_days", parse_float, StorageSettings.retention_days,
            "delete sealed segments older than this many days", "DAYS"),
     Option("retention_bytes", parse_size, 0,
            "delete the oldest sealed segments beyond this total (0: no limit)", "SIZE"),
@@ -202,7 +207,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("signing_key", parse_path, None,
            "Ed25519 key that signs digests (default <data_dir>/keys/signing-key.pem; "
            "made on first start)", "PATH"),
-    Option("digest_interval", parse_duration, 300.0,
+    Option("digest_interval", parse_duration, StorageSettings.digest_interval,
            "sign the active segment this often while events arrive", "DURATION"),
     Option("api_listen", parse_listen, "127.0.0.1:8080",
            "query API and admin panel on host:port (empty: none; TLS unless loopback)",
@@ -217,9 +222,11 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("forward_headers", parse_text, None,
            "HTTP headers for the OTLP endpoint: key=value,key2=value2", "HEADERS",
            secret=True),
-    Option("forward_batch", parse_int, 512, "events per OTLP export request", "N"),
-    Option("forward_timeout", parse_duration, 10.0, "one OTLP export request", "DURATION"),
-    Option("forward_backoff_max", parse_duration, 30.0,
+    Option("forward_batch", parse_int, ForwardSettings.batch_size,
+           "events per OTLP export request", "N"),
+    Option("forward_timeout", parse_duration, ForwardSettings.timeout,
+           "one OTLP export request", "DURATION"),
+    Option("forward_backoff_max", parse_duration, ForwardSettings.backoff_max,
            "longest wait between retries while the OTLP endpoint fails", "DURATION"),
     Option("forward_from", parse_forward_from, "beginning",
            "where a new OTLP endpoint starts: beginning or now", "WHERE"),

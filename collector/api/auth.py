@@ -55,6 +55,12 @@ def unauthorized(detail: str, denied: str | None) -> AuthError:
     return AuthError(401, "unauthorized", detail, challenge, denied=denied)
 
 
+def invalid_token() -> AuthError:
+    """401 for a bearer token (or a panel sign-in token) no reader holds."""
+    return unauthorized("this token is not valid: use a token printed by "
+                        "`audit-collector users add`", denied="invalid token")
+
+
 FORBIDDEN_MESSAGE: Final = ("only root readers may read audit logs: ask an operator for a "
                             "root token (audit-collector users add NAME --root)")
 
@@ -122,8 +128,7 @@ def authenticate(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> 
     if token is not None:
         reader = readers.authenticate(token)
         if reader is None:
-            raise unauthorized("this token is not valid: use a token printed by "
-                               "`audit-collector users add`", denied="invalid token")
+            raise invalid_token()
         return reader
     sid = conn.cookies.get(SESSION_COOKIE)
     if sid:
@@ -134,11 +139,3 @@ def authenticate(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> 
                                denied="session ended")
         return reader
     raise unauthorized("sign in: send Authorization: Bearer <token>", denied=None)
-
-
-def authorize_root(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> Reader:
-    """The root reader making this request; 401 or 403 otherwise."""
-    reader = authenticate(conn, readers, sessions)
-    if not reader.root:
-        raise forbidden(reader)
-    return reader

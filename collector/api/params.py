@@ -36,11 +36,8 @@ class Selection:
     def describe(self) -> dict[str, Any]:
         """What was asked, for the read's audit event (``status``)."""
         f = self.filters
-        shown: dict[str, Any] = {k: v for k, v in (
-            ("type", list(f.types)), ("principal", f.principal), ("target", f.target),
-            ("status", f.status), ("org", f.org), ("org_name", f.org_name),
-            ("workspace", f.workspace), ("workspace_name", f.workspace_name),
-            ("client_ip", f.client_ip), ("since", f.since), ("until", f.until)) if v}
+        asked = {"type": list(f.types), **{name: getattr(f, name) for name in _SINGLE}}
+        shown: dict[str, Any] = {k: v for k, v in asked.items() if v}
         shown["order"] = "newest" if self.newest_first else "oldest"
         return shown
 
@@ -71,9 +68,6 @@ def selection(params: QueryParams, *, paging: bool) -> Selection:
             raise ParamError(f"limit={text[:20]!r}: use a whole number from 1 to {MAX_LIMIT}")
         limit = int(text)
     return Selection(
-        Filters(types=types, principal=values["principal"], target=values["target"],
-                status=values["status"], org=values["org"], org_name=values["org_name"],
-                workspace=values["workspace"], workspace_name=values["workspace_name"],
-                client_ip=values["client_ip"], since=values["since"], until=values["until"]),
+        Filters(types=types, **values),  # the parameters are named as the filters
         newest_first=order == "newest", limit=limit,
         cursor=(params.get("cursor") or None) if paging else None)

@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 from collector.query import Page, Reader
 
 from . import exports
-from .auth import SESSION_COOKIE, AuthError, authenticate, unauthorized
+from .auth import SESSION_COOKIE, AuthError, authenticate, invalid_token
 from .context import STATIC_DIR, Api
 from .openapi import SPEC
 from .params import ParamError, selection
@@ -125,8 +125,7 @@ async def sign_in(request: Request) -> Response:
     token = await _token_from_body(request)
     reader = api.readers.authenticate(token)
     if reader is None:
-        raise unauthorized("this token is not valid: use a token printed by "
-                           "`audit-collector users add`", denied="invalid token")
+        raise invalid_token()
     reader = api.check_root(reader)
     response = json_response({"name": reader.name, "root": reader.root})
     response.set_cookie(SESSION_COOKIE, api.sessions.start(reader), path="/", httponly=True,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .chunks import PARTIAL
 from .filters import check_text, expand_types, ip_range, parse_time
-from .names import KINDS, MAX_IDS, ids_named
+from .names import ID_COLUMNS, MAX_IDS, ids_named
 
 if TYPE_CHECKING:
     import sqlite3
@@ -46,9 +46,12 @@ class Conditions:
     other_index: bool  # another indexed filter than status narrows the query
     since: int
     until: int
-    timed: bool
     nothing: bool  # no chunk can match (a type glob that matches no stored type, ...)
     nothing_indexed: bool  # no indexed chunk can match (a name none of them holds)
+
+    @property
+    def timed(self) -> bool:
+        return (self.since, self.until) != FOREVER
 
     def for_chunk(self, con: sqlite3.Connection, table: str, indexed: bool, low: int,
                   high: int) -> tuple[str, tuple[Any, ...]] | None:
@@ -123,14 +126,13 @@ def compile_conditions(con: sqlite3.Connection, filters: Filters,
                  if filters.since is not None else FOREVER[0])
         until = (parse_time(filters.until, what="until", now_us=now)
                  if filters.until is not None else FOREVER[1])
-    timed = (since, until) != FOREVER
-    if timed:
+    if (since, until) != FOREVER:
         where.append("created >= ? AND created < ?")
         params += [since, until]
     nothing = nothing or since >= until
     return Conditions(" AND ".join(where) or "1", tuple(params), status,
                       " AND ".join(narrow), tuple(narrow_params), other_index, since, until,
-                      timed, nothing, nothing or nothing_indexed)
+                      nothing, nothing_indexed)
 
 
 def _names(con: sqlite3.Connection, filters: Filters) -> tuple[list[str], list[str], bool]:
@@ -139,12 +141,12 @@ def _names(con: sqlite3.Connection, filters: Filters) -> tuple[list[str], list[s
     narrow: list[str] = []
     params: list[str] = []
     for kind, value in (("org", filters.org_name), ("workspace", filters.workspace_name)):
-        if not isinstance(value, str):
-            continue  # None, or refused by check_text already
+        if value is None:
+            continue
         ids = ids_named(con, kind, value)
         if not ids:
             return [], [], True
         if len(ids) <= MAX_IDS:  # more: the name column alone (a walk by seq)
-            narrow.append(f"{KINDS[kind][0]} IN ({','.join('?' * len(ids))})")
+            narrow.append(f"{ID_COLUMNS[kind]} IN ({','.join('?' * len(ids))})")
             params += ids
     return narrow, params, False

@@ -21,8 +21,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-#: kind -> (id column, name column) of the chunk rows.
-KINDS: Final = {"org": ("org_id", "org_name"), "workspace": ("workspace_id", "workspace_name")}
+#: kind -> the id column of the chunk rows that a name filter narrows.
+ID_COLUMNS: Final = {"org": "org_id", "workspace": "workspace_id"}
 #: A name shared by more ids than this is filtered by its column alone (SQLite takes at
 #: most 32,766 parameters a statement, and so many index probes cost more than a walk).
 MAX_IDS: Final = 1000

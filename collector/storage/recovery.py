@@ -87,7 +87,7 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
         index.wipe()
         index.commit()
         report.index_rebuilt = rebuild
-    catalog = index.segments() if rebuild is not None else named
+    catalog: dict[int, SegmentEntry] = {} if rebuild is not None else named  # wiped: empty
     files = _one_copy_each(segments_dir, catalog, report)
     if files and not files[-1].compressed:
         torn = repair_tail(files[-1].path, quarantine_dir)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from collector.api import denials
+from collector.api.context import Api
 from collector.api.denials import DenialLimiter
 from collector.api.reads import AUDIT_LOG_ACCESS_DENIED, CATALOGUE
 from tests.api.conftest import PEER, Env
@@ -91,3 +92,15 @@ def test_the_table_of_recent_clients_is_bounded(monkeypatch: pytest.MonkeyPatch)
         assert limiter.admit(f"10.0.0.{n}", "invalid token") == 1
     assert len(limiter._recent) == 3
     assert limiter.admit("10.0.0.0", "invalid token") == 1  # forgotten, so recorded again
+
+
+def test_a_refusal_that_cannot_be_recorded_is_still_answered_and_logged(
+        env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(self: Api, request: Any, exc: Any) -> None:
+        raise RuntimeError("the store is gone")
+
+    monkeypatch.setattr(Api, "record_denial", broken)
+    reply = env.get("/api/v1/audit-logs", "ac_0123456789abcdef_wrong")
+    assert reply.status_code == 401 and reply.json()["error"] == "unauthorized"
+    assert "GET /api/v1/audit-logs could not be recorded" in caplog.text
+    assert denied(env) == []
