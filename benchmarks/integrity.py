@@ -299,7 +299,7 @@ def serve_unchained(argv: list[str]) -> int:
     import collector.store as store_module
     from collector import cli
 
-    store_module.StorageSettings = functools.partial(  # type: ignore[misc]
+    store_module.StorageSettings = functools.partial(  # type: ignore[misc,assignment]
         store_module.StorageSettings, chain=False)
     return cli.main(["serve", *argv])
 

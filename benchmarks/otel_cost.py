@@ -71,7 +71,7 @@ def run(options: h.Options) -> h.Report:
 
 # -- part 1: per event ----------------------------------------------------------------------
 def _sink_cost(options: h.Options) -> tuple[h.Table, h.Target, list[str], h.Measurements]:
-    exporter = InMemoryLogRecordExporter()
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     provider = LoggerProvider()
     # Queues that hold a whole calibrated batch: the benchmark measures cost, not drops.
     provider.add_log_record_processor(BatchLogRecordProcessor(
@@ -269,7 +269,7 @@ def _forward_throughput(options: h.Options, tmp: Path
                           h.Case("exporter", run_exporter)],
                          {"forwarder": count, "exporter": count}, rounds, WALL)
     finally:
-        exporter.shutdown()
+        exporter.shutdown()  # type: ignore[no-untyped-call]
         receiver.close()
     rate = {name: 1e9 / m.median_ns(name, WALL) for name in ("forwarder", "exporter")}
     ratio = 1 / m.ratio("forwarder", "exporter", WALL)

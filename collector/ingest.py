@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.wire import (
@@ -52,6 +52,9 @@ from .storage.records import Encoded
 from .validation import DEFAULT_MAX_FIELD_LENGTH
 
 __all__ = ["IngestError", "IngestServer", "IngestSettings"]
+
+#: Seconds a shutdown waits for in-flight batches (and API requests) to finish.
+DRAIN_TIMEOUT: Final = 10.0
 
 log = logging.getLogger("collector.ingest")
 
@@ -136,7 +139,7 @@ class IngestServer:
                     return int(sock.getsockname()[1])
         return None
 
-    async def shutdown(self, drain_timeout: float = 10.0) -> None:
+    async def shutdown(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop accepting; let batches in flight get their reply; close the rest."""
         self._closing = True
         for server in self._servers:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .forwarder import ForwardSettings
-from .ingest import IngestSettings
+from .ingest import DRAIN_TIMEOUT, IngestSettings
 from .store import StorageSettings
 
 ENV_PREFIX: Final = "AUDIT_"
@@ -189,7 +189,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "close connections idle this long", "DURATION"),
     Option("read_timeout", parse_duration, IngestSettings.read_timeout,
            "a frame must arrive completely within this once it started", "DURATION"),
-    Option("drain_timeout", parse_duration, 10.0,
+    Option("drain_timeout", parse_duration, DRAIN_TIMEOUT,
            "on shutdown, wait this long for batches in flight", "DURATION"),
     Option("max_field_length", parse_int, IngestSettings.max_field_length,
            "reject events with a text field longer than this (characters)", "N"),

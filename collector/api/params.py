@@ -56,7 +56,9 @@ def selection(params: QueryParams, *, paging: bool) -> Selection:
                   if t.strip())
     if len(types) > MAX_TYPES:
         raise ParamError(f"at most {MAX_TYPES} types or globs, got {len(types)}")
-    values = {name: (params.get(name) or "").strip() or None for name in _SINGLE}
+    # Values are matched exactly, never trimmed: "admin " (a look-alike principal) must be
+    # findable apart from "admin". The panel trims what is typed into its form.
+    values = {name: params.get(name) or None for name in _SINGLE}
     order = params.get("order") or "newest"
     if order not in ("newest", "oldest"):
         raise ParamError(f"order={order!r}: use newest (the default) or oldest")

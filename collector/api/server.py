@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from ..ingest import DRAIN_TIMEOUT
 from .app import create_app
 from .context import Api, ApiSettings
 
@@ -48,7 +49,7 @@ class ApiError(RuntimeError):
 class ApiServer:
     def __init__(self, app: Starlette, host: str, port: int, *,
                  tls_cert: Path | None = None, tls_key: Path | None = None,
-                 drain_timeout: float = 10.0) -> None:
+                 drain_timeout: float = DRAIN_TIMEOUT) -> None:
         self.app = app
         self.host, self.port = host, port
         self.config = uvicorn.Config(

@@ -135,3 +135,16 @@ def test_bad_values_are_a_400_saying_what_to_do(env: Env, query: str, message: s
         if "cursor, limit" in message and path.endswith(".csv"):
             message = message.replace("cursor, limit, ", "")  # exports do not page
         assert message in body["message"], body["message"]
+
+
+def test_values_are_matched_exactly_not_trimmed(tmp_path: Path) -> None:
+    """A look-alike principal with a trailing space is found apart from the real one,
+    and a space-padded filter value does not match the unpadded name."""
+    for env in make_env(tmp_path / "data"):
+        lookalike = event(principal="admin ", target="t-spaced", created_ns=BASE_NS + 300 * HOUR)
+        real = event(principal="admin", target="t-plain", created_ns=BASE_NS + 301 * HOUR)
+        env.store.write([lookalike, real])
+        found = {name: [r["id"] for r in env.get("/api/v1/audit-logs", env.root,
+                                                  principal=name).json()["records"]]
+                 for name in ("admin ", "admin", " admin")}
+        assert found == {"admin ": [lookalike["id"]], "admin": [real["id"]], " admin": []}
