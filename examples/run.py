@@ -218,6 +218,14 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+class Terminated(Exception):
+    """SIGTERM (a process manager's stop), turned into an exception so that cleanup runs."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -236,11 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs={"once": args.once, "outcome": outcome, "panel": panel_url(ready_line[0])},
         name="example-traffic", daemon=True)
     traffic.start()
+    # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then re-raises the signal it
+    # caught. SIGINT comes back as KeyboardInterrupt; SIGTERM's default action would end
+    # the process before ``finally``, leaving the collector running with the data
+    # directory. Either is how this command is meant to end: a normal exit.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal it caught.
-        # Ctrl-C is how this command is meant to end: a normal exit, not an error.
+    except (KeyboardInterrupt, Terminated):
         pass
     finally:
         traffic.join(timeout=5.0)

@@ -66,7 +66,10 @@ def test_once_ships_every_catalogue_event_to_the_collector_and_exits(tmp_path: P
     assert not (tmp_path / "audit-data" / "collector.sock").exists()  # collector stopped
 
 
-def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(
+        tmp_path: Path, stop: signal.Signals) -> None:
+    """Ctrl-C, or SIGTERM from a process manager: either stops the collector too."""
     port = free_port()
     proc = subprocess.Popen(command(), cwd=tmp_path, env=environment(port),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -79,12 +82,13 @@ def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(tmp_path: Pat
                               headers={"Authorization": f"Bearer {ALICE.token}",
                                        "X-Forwarded-For": "192.0.2.66"})
         assert response.status_code == 201
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert not (tmp_path / "audit-data" / "collector.sock").exists()  # collector stopped
     mine = [r for r in records(tmp_path) if r["org_name"] == "spoofed"]
     assert [(r["type"], r["client_ip"]) for r in mine] == [("organization_created", "127.0.0.1")]
 
