@@ -16,7 +16,7 @@ import enum
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -205,16 +205,30 @@ class Welcome:
 
 
 # -- batches ---------------------------------------------------------------------------------
-def encode_batch_body(source: str, seqs: list[int], lines: list[bytes]) -> bytes:
+def encode_batch_body(source: str, seqs: list[int], lines: list[bytes],
+                      numbered: int = 0) -> bytes:
     """The replayable part of a batch: a header line naming the source and the sequence
-    number of each event, then one ``\\n``-terminated JSON line per event."""
-    return orjson.dumps({"source": source, "seqs": seqs}, option=orjson.OPT_APPEND_NEWLINE) \
-        + b"".join(lines)
+    number of each event, then one ``\\n``-terminated JSON line per event. ``numbered``:
+    the highest number the source had given out when the batch was made (0: not said)."""
+    header: dict[str, Any] = {"source": source, "seqs": seqs}
+    if numbered:
+        header["numbered"] = numbered
+    return orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE) + b"".join(lines)
 
 
 def encode_batch(batch_id: int, body: bytes) -> bytes:
     return HEADER.pack(BATCH_ID.size + len(body), FrameType.BATCH) + BATCH_ID.pack(batch_id) \
         + body
+
+
+class BatchBody(NamedTuple):
+    source: str
+    seqs: list[int]
+    lines: list[bytes]  # one JSON object per event, without the trailing newline
+    #: The highest sequence number the source had given out (0: the header did not say):
+    #: numbers at or below it that never arrive are lost, even after the source's last
+    #: batch (docs/protocol.md).
+    numbered: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,6 +237,7 @@ class Batch:
     source: str
     seqs: list[int]
     lines: list[bytes]  # one JSON object per event, without the trailing newline
+    numbered: int = 0  # as in BatchBody
 
 
 def decode_batch(payload: bytes) -> Batch:
@@ -231,13 +246,12 @@ def decode_batch(payload: bytes) -> Batch:
         raise WireError(ErrorCode.BAD_BATCH, "a batch payload is a 4-byte batch id, a header "
                         "line and event lines; this one is too short")
     (batch_id,) = BATCH_ID.unpack_from(payload)
-    source, seqs, lines = decode_batch_body(payload[BATCH_ID.size:], batch_id)
-    return Batch(batch_id, source, seqs, lines)
+    body = decode_batch_body(payload[BATCH_ID.size:], batch_id)
+    return Batch(batch_id, body.source, body.seqs, body.lines, body.numbered)
 
 
-def decode_batch_body(body: bytes, batch_id: int | None = None
-                      ) -> tuple[str, list[int], list[bytes]]:
-    """The source, sequence numbers and event lines of a batch body."""
+def decode_batch_body(body: bytes, batch_id: int | None = None) -> BatchBody:
+    """The source, sequence numbers, event lines and ``numbered`` of a batch body."""
     if not body.endswith(b"\n"):
         raise WireError(ErrorCode.BAD_BATCH, "every line of a batch must end with '\\n'",
                         batch=batch_id)
@@ -252,11 +266,17 @@ def decode_batch_body(body: bytes, batch_id: int | None = None
             seqs and (min(seqs) < 1 or max(seqs) > MAX_SEQ)):
         raise WireError(ErrorCode.BAD_BATCH, "batch header 'seqs' must be a list of event "
                         "sequence numbers from 1 to 2**63-1", batch=batch_id)
+    numbered = header.get("numbered", 0)
+    if type(numbered) is not int or not 0 <= numbered <= MAX_SEQ or (
+            numbered and seqs and numbered < max(seqs)):
+        raise WireError(ErrorCode.BAD_BATCH, "batch header 'numbered' must be the highest "
+                        "sequence number the source has given out (at least every number "
+                        f"in 'seqs', at most 2**63-1), got {_short(numbered)}", batch=batch_id)
     lines = parts[1:]
     if len(lines) != len(seqs):
         raise WireError(ErrorCode.BAD_BATCH, f"batch header numbers {len(seqs)} events but "
                         f"the batch has {len(lines)} event lines", batch=batch_id)
-    return source, seqs, lines
+    return BatchBody(source, seqs, lines, numbered)
 
 
 @dataclass(frozen=True)

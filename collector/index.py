@@ -22,6 +22,8 @@ Layout, chosen for the ingest rate:
 - ``segments``: each segment's name, header, how far it is indexed, compression.
 - ``gz_blocks``: the block map of each compressed segment.
 - ``sources``: per-source ranges of source_seq (see ``collector.storage.sources``).
+- ``numbered``: per source, the highest number its batches said it had given out. Not
+  derived from the segments, so a rebuild (``wipe``) keeps it.
 - ``types``: every event type stored (so a glob becomes a list of exact names).
 """
 
@@ -79,6 +81,8 @@ CREATE TABLE IF NOT EXISTS types(type TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS names(kind TEXT NOT NULL, name TEXT NOT NULL, id TEXT NOT NULL,
     PRIMARY KEY(kind, name, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sources(source TEXT PRIMARY KEY, ranges TEXT NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS numbered(source TEXT PRIMARY KEY, highest INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gz_blocks(
     segment INTEGER NOT NULL, uoff INTEGER NOT NULL, coff INTEGER NOT NULL,
@@ -243,6 +247,9 @@ class Index:
         return {s: orjson.loads(r) for s, r in
                 self.con.execute("SELECT source, ranges FROM sources")}
 
+    def source_numbered(self) -> dict[str, int]:
+        return dict(self.con.execute("SELECT source, highest FROM numbered"))
+
     def rows_match_catalog(self) -> bool:
         """Every chunk holds the rows the catalog says (rows deleted by hand, a
         partial copy of the file, ... show here)."""
@@ -331,6 +338,9 @@ class Index:
         self.con.executemany(
             "INSERT OR REPLACE INTO sources VALUES(?,?)",
             [(s, orjson.dumps(r).decode()) for s, r in changed.items()])
+
+    def set_source_numbered(self, changed: dict[str, int]) -> None:
+        self.con.executemany("INSERT OR REPLACE INTO numbered VALUES(?,?)", changed.items())
 
     def mark_compressed(self, segment: int, blocks: BlockMap) -> None:
         self.con.execute("DELETE FROM gz_blocks WHERE segment=?", (segment,))

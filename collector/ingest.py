@@ -60,7 +60,7 @@ log = logging.getLogger("collector.ingest")
 
 class StoreLike(Protocol):
     def submit_encoded(self, encoded: Encoded, source: str = "",
-                       source_seqs: list[int] | None = None) -> Any: ...
+                       source_seqs: list[int] | None = None, numbered: int = 0) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -325,7 +325,7 @@ class IngestServer:
             return done, len(reply)
         try:
             stored = asyncio.wrap_future(self._store.submit_encoded(
-                events.encoded, batch.source, events.seqs))
+                events.encoded, batch.source, events.seqs, batch.numbered))
         except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
             stored = asyncio.get_running_loop().create_future()
             stored.set_exception(exc)

@@ -250,9 +250,12 @@ class Store:
                                       else None, future, refused))
 
     def submit_encoded(self, encoded: Encoded, source: str = "",
-                       source_seqs: list[int] | None = None) -> Future[WriteResult]:
+                       source_seqs: list[int] | None = None,
+                       numbered: int = 0) -> Future[WriteResult]:
         """``submit`` for events already encoded (``records.encode_events``, or the
-        ingest server's fast path, ``collector.canonical_lines``)."""
+        ingest server's fast path, ``collector.canonical_lines``). ``numbered``: the
+        highest number ``source`` said it had given out (a batch header's), kept so that
+        numbers after the last stored one that never arrive show in ``stats``."""
         future: Future[WriteResult] = Future()
         try:
             check_source(source, source_seqs, len(encoded.ids))
@@ -262,7 +265,7 @@ class Store:
             future.set_result(WriteResult([], []))
             return future
         return self._queue(Submission(encoded, source, list(source_seqs) if source_seqs
-                                      else None, future))
+                                      else None, future, numbered=numbered))
 
     def _queue(self, sub: Submission) -> Future[WriteResult]:
         with self._lock:
@@ -341,7 +344,8 @@ class Store:
         recent = sum(n for t, n in list(writer.rate) if now - t <= RATE_WINDOW)
         counts = writer.counts
         with writer.lock:
-            per_source = {s: sources.report(r) for s, r in writer.sources.items()}
+            per_source = {s: sources.report(r, writer.numbered.get(s, 0))
+                          for s, r in writer.sources.items()}
         with self._lock:
             pending = sum(len(s.encoded.ids) for s in self._pending)
             rejected = self._rejected_count

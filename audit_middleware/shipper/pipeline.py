@@ -30,13 +30,17 @@ class Chunk:
     seqs: list[int]
     lines: list[bytes]  # one "\n"-terminated JSON line per event
     receipts: Sequence[Receipt[str | None] | None] | None = None  # fail_closed only
+    #: The highest number the source had given out when the chunk was made (the batch
+    #: header's ``numbered``: the collector sees what never arrived, even at the end).
+    numbered: int = 0
 
     def __len__(self) -> int:
         return len(self.lines)
 
     def slice(self, start: int, end: int) -> Chunk:
         receipts = self.receipts[start:end] if self.receipts is not None else None
-        return Chunk(self.source, self.seqs[start:end], self.lines[start:end], receipts)
+        return Chunk(self.source, self.seqs[start:end], self.lines[start:end], receipts,
+                     self.numbered)
 
 
 OnResult = Callable[[Chunk, Result], None]
@@ -70,7 +74,7 @@ class Pipeline:
                 self.unsent.append(part)
                 continue
             try:
-                body = encode_batch_body(part.source, part.seqs, part.lines)
+                body = encode_batch_body(part.source, part.seqs, part.lines, part.numbered)
                 self._inflight.append((self._conn.send(body, self._timeout()), part))
             except (OSError, WireError) as exc:
                 self._fail(exc)

@@ -150,6 +150,12 @@ class CollectorSink:
         elif receipt is not None:
             self._queue.wake()  # a request is waiting for this one: no batching delay
 
+    def numbered(self) -> int:
+        """The highest sequence number this process's source has given out so far
+        (events dropped included). ``itertools.count`` keeps the request path's
+        numbering atomic and shows its next value only in its repr."""
+        return int(repr(self._seq)[len("count("):-1]) - 1
+
     #: The request path's tuple form (``event.PendingEvent``): the event is built, with
     #: its line, on the worker thread.
     submit_pending = submit
@@ -175,7 +181,8 @@ class CollectorSink:
                 part = items[start:start + size]
                 yield Chunk(self.source, [item[0] for item in part],
                             [json_line(item[1]) for item in part],
-                            [item[2] for item in part] if self.fail_closed else None)
+                            [item[2] for item in part] if self.fail_closed else None,
+                            self.numbered())
             items = self._queue.take(size) if self._sender.flowing else []
 
     def _idle(self) -> bool:
@@ -204,13 +211,15 @@ class CollectorSink:
                 log.info("audit: spool replayed, shipping to %s directly again", self.endpoint)
                 return False
             try:
-                source, seqs, bare = decode_batch_body(body)
+                kept = decode_batch_body(body)
             except WireError as exc:  # the crc matched, so only a bug can get here
                 self._drop(body.count(b"\n") - 1, f"unreadable spool record ({exc})")
                 self._spool.commit()
                 continue
             before = self._sender.acknowledged.value
-            if self._sender.ship([Chunk(source, seqs, [line + b"\n" for line in bare])]):
+            chunk = Chunk(kept.source, kept.seqs, [line + b"\n" for line in kept.lines],
+                          numbered=kept.numbered)
+            if self._sender.ship([chunk]):
                 return False  # sent again whole later: the collector dedupes
             self.replayed.add(self._sender.acknowledged.value - before)
             self._spool.commit()
@@ -219,7 +228,8 @@ class CollectorSink:
     def _keep(self, chunk: Chunk) -> None:
         if self._spool is None:
             self._retry_in_memory(chunk)
-        elif self._spool.append(encode_batch_body(chunk.source, chunk.seqs, chunk.lines)):
+        elif self._spool.append(encode_batch_body(chunk.source, chunk.seqs, chunk.lines,
+                                                  chunk.numbered)):
             self.spooled.add(len(chunk))
         else:
             self._drop(len(chunk), f"the spool {self._spool.directory} is full "

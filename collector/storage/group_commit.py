@@ -44,16 +44,18 @@ class WriteResult:
 
 
 class Submission:
-    __slots__ = ("encoded", "future", "rejected", "source", "source_seqs")
+    __slots__ = ("encoded", "future", "numbered", "rejected", "source", "source_seqs")
 
     def __init__(self, encoded: Encoded, source: str, source_seqs: list[int] | None,
                  future: Future[WriteResult],
-                 rejected: list[Unencodable] | None = None) -> None:
+                 rejected: list[Unencodable] | None = None, numbered: int = 0) -> None:
         self.encoded = encoded
         self.source = source
         self.source_seqs = source_seqs
         self.future = future
         self.rejected = rejected or []  # events left out before the commit: in its result
+        #: The highest number ``source`` said it had given out (0: not said).
+        self.numbered = numbered
 
 
 class _Prepared:
@@ -86,6 +88,7 @@ class GroupWriter:
         self.next_seq = index.max_seq() + 1
         self.stored = index.count()
         self.sources: dict[str, sources.Ranges] = index.source_ranges()
+        self.numbered: dict[str, int] = index.source_numbered()
         self.lock = threading.Lock()
         self.counts = collections.Counter[str]()
         self.fsync_seconds_total = 0.0
@@ -168,6 +171,7 @@ class GroupWriter:
             rows += p.rows
         data = b"".join(line for p in piece for line in p.lines)
         changed = self._new_ranges(piece)
+        announced = self._new_numbered(piece)
         start = active.size
         try:
             active.append(data)
@@ -181,6 +185,7 @@ class GroupWriter:
             index.add_segment(active.path.name, active.header, start)
             index.add_rows(active.header.seq, rows, active.size)
             index.set_source_ranges(changed)
+            index.set_source_numbered(announced)
             synced.result()
             index.commit()
         except Exception as exc:  # noqa: BLE001 - OSError, sqlite3.Error or a bug: nothing may stay
@@ -204,6 +209,7 @@ class GroupWriter:
         self.stored += written
         with self.lock:
             self.sources.update(changed)
+            self.numbered.update(announced)
         self.counts["fsyncs"] += 1
         self.counts["written"] += written
         now = time.monotonic()
@@ -232,6 +238,15 @@ class GroupWriter:
             if p.sub.source and p.numbers:
                 numbered.setdefault(p.sub.source, []).extend(p.numbers)
         return {s: sources.add(self.sources.get(s, []), n) for s, n in numbered.items()}
+
+    def _new_numbered(self, piece: list[_Prepared]) -> dict[str, int]:
+        """Sources whose highest announced number rose with this piece."""
+        raised: dict[str, int] = {}
+        for p in piece:
+            source, numbered = p.sub.source, p.sub.numbered
+            if source and numbered > max(raised.get(source, 0), self.numbered.get(source, 0)):
+                raised[source] = numbered
+        return raised
 
     def _fail(self, piece: list[_Prepared], exc: BaseException, doing: str) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"

@@ -2,7 +2,10 @@
 
 Each shipper numbers its events 1, 2, 3, ...; a number that never arrives (dropped by a
 full spool, lost with a killed process) shows up as a gap between two stored ranges, so
-a loss is visible at the collector even when the app that lost it is gone.
+a loss is visible at the collector even when the app that lost it is gone. Each batch
+also says the highest number its source has given out (``numbered``): numbers after
+the last stored one, up to it, are the unreceived tail, which is how the last events of
+a killed process show, with no later event to make a gap.
 
 Ranges are inclusive ``[first, last]`` pairs, sorted and disjoint, never adjacent.
 The store keeps them in the index, updated with each commit. Retention deleting old
@@ -62,6 +65,16 @@ def received(ranges: Ranges) -> int:
     return sum(last - first + 1 for first, last in ranges)
 
 
-def report(ranges: Ranges) -> dict[str, object]:
+def unreceived_tail(ranges: Ranges, numbered: int) -> list[int]:
+    """``[first, last]`` of the numbers a source said it had given out (``numbered``, a
+    batch header's) after the last one stored; ``[]`` when there are none. For a source
+    still running these are in flight; for one that has stopped, lost (a killed process's
+    queue): the loss a gap between ranges cannot show, as nothing follows it."""
+    stored = ranges[-1][1] if ranges else 0
+    return [stored + 1, numbered] if numbered > stored else []
+
+
+def report(ranges: Ranges, numbered: int = 0) -> dict[str, object]:
     """The ``stats()["sources"][source]`` entry."""
-    return {"received": received(ranges), "ranges": ranges, "gaps": gaps(ranges)}
+    return {"received": received(ranges), "ranges": ranges, "gaps": gaps(ranges),
+            "numbered": numbered, "unreceived_tail": unreceived_tail(ranges, numbered)}

@@ -191,13 +191,13 @@ def test_a_storage_failure_is_a_retryable_error_and_the_connection_stays(
         failed = False
 
         def submit_encoded(self, encoded: Any, source: str = "",
-                           source_seqs: Any = None) -> Any:
+                           source_seqs: Any = None, numbered: int = 0) -> Any:
             if not self.failed:
                 self.failed = True
                 future: Future[Any] = Future()
                 future.set_exception(OSError(28, "No space left on device"))
                 return future
-            return store.submit_encoded(encoded, source, source_seqs)
+            return store.submit_encoded(encoded, source, source_seqs, numbered)
 
     make_server(FailingOnce())
     client = RawClient(tmp / "c.sock")

@@ -282,10 +282,21 @@ def test_source_ranges_merge_and_report_the_gaps_between_them() -> None:
     ranges = sources.add([], range(1, 501))
     ranges = sources.add(ranges, range(503, 1001))
     assert sources.report(ranges) == {
-        "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]]}
+        "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]],
+        "numbered": 0, "unreceived_tail": []}
     ranges = sources.add(ranges, [501, 502, 502, 1002])
-    assert sources.report(ranges) == {
-        "received": 1001, "ranges": [[1, 1000], [1002, 1002]], "gaps": [[1001, 1001]]}
+    assert sources.report(ranges, numbered=1010) == {
+        "received": 1001, "ranges": [[1, 1000], [1002, 1002]], "gaps": [[1001, 1001]],
+        "numbered": 1010, "unreceived_tail": [1003, 1010]}
+
+
+def test_numbers_given_out_after_the_last_stored_one_are_the_unreceived_tail() -> None:
+    ranges = sources.add([], range(1, 101))
+    assert sources.unreceived_tail(ranges, 100) == []  # all that was numbered arrived
+    assert sources.unreceived_tail(ranges, 99) == []  # an older batch's header
+    assert sources.unreceived_tail(ranges, 0) == []  # a shipper that does not say
+    assert sources.unreceived_tail(ranges, 130) == [101, 130]
+    assert sources.unreceived_tail([], 5) == [1, 5]
 
 
 def test_unnumbered_events_do_not_make_ranges() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from collector.query import Filters, iter_records, reindex
 from collector.storage.errors import DataDirInUseError, StorageError, StoreClosedError
+from collector.storage.records import encode_events
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import (
     event,
@@ -458,7 +459,24 @@ def test_gaps_in_a_sources_numbering_are_reported_across_a_restart(tmp_path: Pat
     with open_store(tmp_path) as store:
         store.write(events(498), "src-a", list(range(503, 1001)))
         assert store.stats()["sources"] == {"src-a": {
-            "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]]}}
+            "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]],
+            "numbered": 0, "unreceived_tail": []}}
+
+
+def test_how_far_a_source_numbered_is_kept_across_a_restart_and_a_reindex(
+        tmp_path: Path) -> None:
+    """The last events of a source that stops (a killed app's queue) show as its
+    unreceived tail; the number cannot be rebuilt from the segments, so reindex keeps it."""
+    with open_store(tmp_path) as store:
+        store.submit_encoded(encode_events(events(3)), "src-n", [1, 2, 3], 9).result()
+        store.submit_encoded(encode_events(events(2)), "src-n", [4, 5], 7).result()  # older
+    with open_store(tmp_path) as store:
+        assert store.stats()["sources"]["src-n"] == {
+            "received": 5, "ranges": [[1, 5]], "gaps": [], "numbered": 9,
+            "unreceived_tail": [6, 9]}
+    reindex(tmp_path)
+    with open_store(tmp_path) as store:
+        assert store.stats()["sources"]["src-n"]["unreceived_tail"] == [6, 9]
 
 
 def test_gaps_are_rebuilt_from_the_segments_by_reindex(tmp_path: Path) -> None:
@@ -468,7 +486,8 @@ def test_gaps_are_rebuilt_from_the_segments_by_reindex(tmp_path: Path) -> None:
     reindex(tmp_path)
     with open_store(tmp_path) as store:
         assert store.stats()["sources"] == {"src-b": {
-            "received": 3, "ranges": [[1, 2], [5, 5]], "gaps": [[3, 4]]}}
+            "received": 3, "ranges": [[1, 2], [5, 5]], "gaps": [[3, 4]],
+            "numbered": 0, "unreceived_tail": []}}
 
 
 def test_stats_report_segments_rates_and_fsyncs(tmp_path: Path) -> None:

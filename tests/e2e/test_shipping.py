@@ -259,7 +259,45 @@ def test_events_lost_by_the_app_show_as_a_gap_at_the_collector(
     store = open_store(collector.data_dir)
     try:
         assert store.stats()["sources"][sink.source] == {
-            "received": 10, "ranges": [[1, 5], [16, 20]], "gaps": [[6, 15]]}
+            "received": 10, "ranges": [[1, 5], [16, 20]], "gaps": [[6, 15]],
+            "numbered": 20, "unreceived_tail": []}
+    finally:
+        store.close()
+
+
+APP_KILLED_AFTER_DROPS = """
+import os, signal, sys
+from audit_middleware import configure, emit, stats
+from audit_middleware.shipper import CollectorSink
+sink = CollectorSink(sys.argv[1], spool_dir=None, max_queue=200, batch_size=1000,
+                     max_delay=60.0)
+configure(sink=sink)
+for i in range(250):  # 1-200 queued; 201-250 find the queue full: dropped (numbered)
+    emit("user_sign_in", f"u{i}", principal=f"u{i}", status="password")
+assert sink.flush(timeout=20)  # one batch of 1-200, made after every emit: numbered 250
+print(sink.source, stats()["dropped"], flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # gone: only the collector can tell the loss now
+"""
+
+
+def test_the_last_events_of_an_app_that_is_gone_show_as_its_unreceived_tail(
+        root: Path, collector: CollectorProcess) -> None:
+    """Events lost at the end (here dropped by a full queue, then the app killed) have
+    no later event to make a gap; the batch header's ``numbered`` shows them."""
+    collector.start()
+    app = subprocess.run([sys.executable, "-c", APP_KILLED_AFTER_DROPS, collector.url],
+                         check=False, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert app.returncode == -9, app.stderr
+    source, dropped = app.stdout.split()
+    assert dropped == "50"
+    assert collector.stop() == 0
+    collector.start()  # what the batch said survives a restart
+    assert collector.stop() == 0
+    store = open_store(collector.data_dir)
+    try:
+        assert store.stats()["sources"][source] == {
+            "received": 200, "ranges": [[1, 200]], "gaps": [], "numbered": 250,
+            "unreceived_tail": [201, 250]}
     finally:
         store.close()
 

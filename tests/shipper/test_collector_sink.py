@@ -100,22 +100,27 @@ def test_events_are_acknowledged_by_the_collector(collector: Collector,
 
 
 def test_events_are_numbered_per_source(collector: Collector, make_sink: SinkFactory) -> None:
-    seen: list[tuple[str, list[int]]] = []
+    """Each batch names its source, numbers its events and says how far the source has
+    numbered (at least its own numbers, at most what was emitted)."""
+    seen: list[tuple[str, list[int], int]] = []
     store_submit = None
 
     collector.start()
     store_submit = collector.store.submit_encoded
 
-    def spy(encoded: Any, source: str = "", source_seqs: Any = None) -> Any:
-        seen.append((source, list(source_seqs)))
-        return store_submit(encoded, source, source_seqs)
+    def spy(encoded: Any, source: str = "", source_seqs: Any = None,
+            numbered: int = 0) -> Any:
+        seen.append((source, list(source_seqs), numbered))
+        return store_submit(encoded, source, source_seqs, numbered)
 
     collector.store.submit_encoded = spy
     sink = make_sink()
     emit_many(30)
     assert sink.flush(timeout=10)
-    assert {source for source, _ in seen} == {sink.source}
-    assert [seq for _, seqs in seen for seq in seqs] == list(range(1, 31))
+    assert {source for source, _, _ in seen} == {sink.source}
+    assert [seq for _, seqs, _ in seen for seq in seqs] == list(range(1, 31))
+    assert all(max(seqs) <= numbered <= 30 for _, seqs, numbered in seen)
+    assert seen[-1][2] == 30
 
 
 def test_while_the_collector_is_down_batches_are_spooled_then_replayed_once(

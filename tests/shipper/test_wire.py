@@ -75,7 +75,26 @@ def test_batch_round_trips_source_seqs_and_lines() -> None:
     batch = decode_batch(payload)
     assert (batch.batch_id, batch.source, batch.seqs) == (10, "app:1:ff", [5, 6, 9])
     assert batch.lines == [line.rstrip(b"\n") for line in lines]
-    assert decode_batch_body(body) == ("app:1:ff", [5, 6, 9], batch.lines)
+    assert decode_batch_body(body) == ("app:1:ff", [5, 6, 9], batch.lines, 0)
+    assert batch.numbered == 0  # not said
+
+
+def test_a_batch_says_how_far_its_source_has_numbered() -> None:
+    lines = [orjson.dumps({"n": i}) + b"\n" for i in range(2)]
+    body = encode_batch_body("app:1:ff", [5, 6], lines, numbered=40)
+    assert body.startswith(b'{"source":"app:1:ff","seqs":[5,6],"numbered":40}\n')
+    assert decode_batch(BATCH_ID.pack(1) + body).numbered == 40
+    assert decode_batch_body(body).numbered == 40
+
+
+@pytest.mark.parametrize("numbered", [5, -1, 2**63, "40", 40.0, True, None, [40]])
+def test_a_numbered_below_the_batchs_own_numbers_or_not_an_int_is_refused(
+        numbered: object) -> None:
+    header = {"source": "s", "seqs": [6, 7], "numbered": numbered}
+    with pytest.raises(WireError) as caught:
+        decode_batch(batch_payload(header, b"{}", b"{}", b""))
+    assert caught.value.code is ErrorCode.BAD_BATCH
+    assert "'numbered' must be the highest sequence number" in str(caught.value)
 
 
 def test_empty_batch_is_valid() -> None:
