@@ -106,6 +106,12 @@ METRICS: Final[tuple[Metric, ...]] = (
        "Failed appends or fsyncs (nothing of them acknowledged)"),
     _m("audit.collector.store.quarantined", "gauge", "store", "quarantined", "{file}",
        "Torn tails moved to quarantine/"),
+    _m("audit.collector.store.sources.gap_events", "gauge", "store", "gap_events", "{event}",
+       "Events numbered by their source that never arrived, before one that did (lost)"),
+    _m("audit.collector.store.sources.unreceived_tail_events", "gauge", "store",
+       "unreceived_tail_events", "{event}",
+       "Events a source announced after its last stored one: in flight, or lost if the "
+       "source is gone"),
     _m("audit.collector.store.retention_deleted", "counter", "store", "retention_deleted",
        "{segment}", "Sealed segments deleted by retention"),
     # the forwarder (OTLP/HTTP)

@@ -346,6 +346,7 @@ class Store:
         with writer.lock:
             per_source = {s: sources.report(r, writer.numbered.get(s, 0))
                           for s, r in writer.sources.items()}
+            gap_events, tail_events = sources.missing(writer.sources, writer.numbered)
         with self._lock:
             pending = sum(len(s.encoded.ids) for s in self._pending)
             rejected = self._rejected_count
@@ -372,6 +373,8 @@ class Store:
             "fsync_seconds_total": round(writer.fsync_seconds_total, 6),
             "fsync_seconds_max": round(writer.fsync_seconds_max, 6),
             "sources": per_source,
+            "gap_events": gap_events,
+            "unreceived_tail_events": tail_events,
             "integrity": self._ledger.stats() if self._ledger is not None else None,
         }
 

@@ -16,7 +16,7 @@ rebuilds them from the segments that remain.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 Ranges = list[list[int]]
 
@@ -61,7 +61,8 @@ def gaps(ranges: Ranges) -> Ranges:
     return [[prev[1] + 1, cur[0] - 1] for prev, cur in itertools.pairwise(ranges)]
 
 
-def received(ranges: Ranges) -> int:
+def count(ranges: Ranges) -> int:
+    """How many numbers ``ranges`` hold."""
     return sum(last - first + 1 for first, last in ranges)
 
 
@@ -74,7 +75,18 @@ def unreceived_tail(ranges: Ranges, numbered: int) -> list[int]:
     return [stored + 1, numbered] if numbered > stored else []
 
 
+def missing(by_source: Mapping[str, Ranges], numbered: Mapping[str, int]) -> tuple[int, int]:
+    """Over every source, for alerting (the store's metrics): how many numbers are in
+    gaps, and how many in unreceived tails."""
+    in_gaps = in_tails = 0
+    for source, ranges in by_source.items():
+        in_gaps += count(gaps(ranges))
+        tail = unreceived_tail(ranges, numbered.get(source, 0))
+        in_tails += tail[1] - tail[0] + 1 if tail else 0
+    return in_gaps, in_tails
+
+
 def report(ranges: Ranges, numbered: int = 0) -> dict[str, object]:
     """The ``stats()["sources"][source]`` entry."""
-    return {"received": received(ranges), "ranges": ranges, "gaps": gaps(ranges),
+    return {"received": count(ranges), "ranges": ranges, "gaps": gaps(ranges),
             "numbered": numbered, "unreceived_tail": unreceived_tail(ranges, numbered)}

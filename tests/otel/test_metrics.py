@@ -58,6 +58,8 @@ def test_the_store_counters_are_prometheus_metrics(store: Store) -> None:
     assert found["audit_collector_store_events"] == ("gauge", 2)
     assert found["audit_collector_store_fsyncs_total"][1] >= 1
     assert found["audit_collector_store_queue_depth"] == ("gauge", 0)
+    assert found["audit_collector_store_sources_gap_events"] == ("gauge", 0)
+    assert found["audit_collector_store_sources_unreceived_tail_events"] == ("gauge", 0)
     assert "audit_collector_forward_lag" not in found  # no forwarder registered
 
 
