@@ -258,7 +258,7 @@ class Store:
         numbers after the last stored one that never arrive show in ``stats``."""
         future: Future[WriteResult] = Future()
         try:
-            check_source(source, source_seqs, len(encoded.ids))
+            check_source(source, source_seqs, len(encoded.ids), numbered)
         except StorageError as exc:
             return self._rejected(future, exc)
         if not encoded.ids:

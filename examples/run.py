@@ -98,7 +98,12 @@ def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
         ready.set()
 
     threading.Thread(target=pump, name="collector-log", daemon=True).start()
-    if not ready.wait(STARTUP_TIMEOUT) or proc.poll() is not None:
+    try:
+        started = ready.wait(STARTUP_TIMEOUT) and proc.poll() is None
+    except BaseException:  # Ctrl-C or SIGTERM while it starts: never leave it running
+        stop_collector(proc)
+        raise
+    if not started:
         stop_collector(proc)
         raise RunError(f"the collector did not start: see {DATA_DIR / 'collector.log'}")
     return proc
@@ -228,35 +233,44 @@ def _terminated(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        sock = bind(port_from_env())
-        server = build_server(once=args.once)
-        ready_line: list[str] = []
-        collector = start_collector(ready_line)
-    except RunError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    sink = start_audit_sink()
-    base_url = f"http://{HOST}:{sock.getsockname()[1]}"
-    outcome: list[int] = []
-    traffic = threading.Thread(
-        target=drive_traffic, args=(server, sink, base_url),
-        kwargs={"once": args.once, "outcome": outcome, "panel": panel_url(ready_line[0])},
-        name="example-traffic", daemon=True)
-    traffic.start()
     # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then re-raises the signal it
     # caught. SIGINT comes back as KeyboardInterrupt; SIGTERM's default action would end
     # the process before ``finally``, leaving the collector running with the data
-    # directory. Either is how this command is meant to end: a normal exit.
+    # directory. Either is how this command is meant to end, at any point: a normal exit.
     signal.signal(signal.SIGTERM, _terminated)
+    collector: subprocess.Popen[str] | None = None
+    sink: CollectorSink | None = None
+    traffic: threading.Thread | None = None
+    outcome: list[int] = []
     try:
+        try:
+            sock = bind(port_from_env())
+            server = build_server(once=args.once)
+            ready_line: list[str] = []
+            collector = start_collector(ready_line)
+        except RunError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        sink = start_audit_sink()
+        base_url = f"http://{HOST}:{sock.getsockname()[1]}"
+        traffic = threading.Thread(
+            target=drive_traffic, args=(server, sink, base_url),
+            kwargs={"once": args.once, "outcome": outcome, "panel": panel_url(ready_line[0])},
+            name="example-traffic", daemon=True)
+        traffic.start()
         server.run(sockets=[sock])
     except (KeyboardInterrupt, Terminated):
         pass
     finally:
-        traffic.join(timeout=5.0)
-        sink.close(timeout=10.0)
-        stop_collector(collector)
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if traffic is not None:
+            traffic.join(timeout=5.0)
+        if sink is not None:
+            sink.close(timeout=10.0)
+        if collector is not None:
+            stop_collector(collector)
     print(f"Stopped. Audit data is in {DATA_DIR.resolve()}", flush=True)
     return max(outcome, default=0)
 

@@ -152,9 +152,12 @@ class CollectorSink:
 
     def numbered(self) -> int:
         """The highest sequence number this process's source has given out so far
-        (events dropped included). ``itertools.count`` keeps the request path's
-        numbering atomic and shows its next value only in its repr."""
-        return int(repr(self._seq)[len("count("):-1]) - 1
+        (events dropped included); 0 means "not said". ``itertools.count`` keeps the
+        request path's numbering atomic and shows its next value only in its repr."""
+        try:
+            return int(repr(self._seq)[len("count("):-1]) - 1
+        except ValueError:  # "count(<NULL>)" at sys.maxsize (CPython gh-126618)
+            return 0
 
     #: The request path's tuple form (``event.PendingEvent``): the event is built, with
     #: its line, on the worker thread.

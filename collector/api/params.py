@@ -57,8 +57,9 @@ def selection(params: QueryParams, *, paging: bool) -> Selection:
     if len(types) > MAX_TYPES:
         raise ParamError(f"at most {MAX_TYPES} types or globs, got {len(types)}")
     # Values are matched exactly, never trimmed: "admin " (a look-alike principal) must be
-    # findable apart from "admin". The panel trims what is typed into its form.
-    values = {name: params.get(name) or None for name in _SINGLE}
+    # findable apart from "admin". A value of nothing but spaces is no filter.
+    values = {name: value if (value := params.get(name)) and value.strip() else None
+              for name in _SINGLE}
     order = params.get("order") or "newest"
     if order not in ("newest", "oldest"):
         raise ParamError(f"order={order!r}: use newest (the default) or oldest")

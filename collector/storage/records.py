@@ -22,6 +22,7 @@ import orjson
 # Reused rather than copied, so the app and the collector escape the same characters.
 # (audit_middleware.event keeps it private; a public helper there would be cleaner.)
 from audit_middleware.event import FIELDS, escape_line_breaks
+from audit_middleware.wire import MAX_SEQ
 
 from .errors import StorageError
 
@@ -52,13 +53,17 @@ def _ordered(event: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def check_source(source: str, source_seqs: Sequence[int] | None, count: int) -> None:
+def check_source(source: str, source_seqs: Sequence[int] | None, count: int,
+                 numbered: int = 0) -> None:
     """Reject a source id or source numbering that cannot be stored, before any work."""
     if type(source) is not str or len(source) > MAX_SOURCE_LENGTH:
         raise StorageError(
             f"source must be a string of at most {MAX_SOURCE_LENGTH} characters, "
             f"got {type(source).__name__} {str(source)[:40]!r}"
         )
+    if type(numbered) is not int or not 0 <= numbered <= MAX_SEQ:
+        raise StorageError(f"numbered must be an int from 0 (not said) to 2**63-1, "
+                           f"got {str(numbered)[:40]!r}")
     if source_seqs is None:
         return
     if len(source_seqs) != count:

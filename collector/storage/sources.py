@@ -83,7 +83,12 @@ def missing(by_source: Mapping[str, Ranges], numbered: Mapping[str, int]) -> tup
         in_gaps += count(gaps(ranges))
         tail = unreceived_tail(ranges, numbered.get(source, 0))
         in_tails += tail[1] - tail[0] + 1 if tail else 0
-    return in_gaps, in_tails
+    # Sources and their numbers are the clients' to choose: a sum can pass what a metric
+    # exporter encodes (OTLP's int64), which would lose every other metric with it.
+    return min(in_gaps, _MAX_TOTAL), min(in_tails, _MAX_TOTAL)
+
+
+_MAX_TOTAL = 2**63 - 1
 
 
 def report(ranges: Ranges, numbered: int = 0) -> dict[str, object]:

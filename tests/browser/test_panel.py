@@ -134,6 +134,19 @@ def test_filter_by_type_and_time_range(page: Any, panel: Panel) -> None:
     assert page.problems == []
 
 
+def test_a_filter_is_sent_as_typed_so_a_look_alike_principal_is_its_own(
+        page: Any, panel: Panel) -> None:
+    """"user-1 " (a trailing space) is another principal than "user-1": the panel does
+    not trim it away, and a link carrying it selects it."""
+    signed_in(page, panel)
+    apply(page, principal="user-1 ")
+    assert "principal=user-1+&" in page.url + "&" or "principal=user-1%20" in page.url
+    expect(page.locator("#summary")).to_have_text("No events match these filters.")
+    apply(page, principal="user-1")
+    assert {row[2] for row in table(page)} == {"user-1"}
+    assert page.problems == []
+
+
 def test_filter_by_status_and_organization_name(page: Any, panel: Panel) -> None:
     signed_in(page, panel)
     apply(page, status=FAILED, org_name="Acme & Co")

@@ -477,6 +477,20 @@ def test_how_far_a_source_numbered_is_kept_across_a_restart_and_a_reindex(
     reindex(tmp_path)
     with open_store(tmp_path) as store:
         assert store.stats()["sources"]["src-n"]["unreceived_tail"] == [6, 9]
+        for bad in (2**64, -1, "9", 1.5, True):  # refused up front, never in the commit
+            with pytest.raises(StorageError, match="numbered must be an int"):
+                store.submit_encoded(encode_events(events(1)), "src-n", [10], bad).result()
+        assert store.stats()["sources"]["src-n"]["numbered"] == 9
+
+
+def test_totals_of_unreceived_numbers_stay_within_what_metrics_can_carry(
+        tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        for source in ("a", "b"):  # two tails of ~2**63 each: the sum would pass int64
+            store.submit_encoded(encode_events(events(1)), source, [1], 2**63 - 1).result()
+        stats = store.stats()
+    assert stats["unreceived_tail_events"] == 2**63 - 1
+    assert stats["sources"]["a"]["unreceived_tail"] == [2, 2**63 - 1]
 
 
 def test_gaps_are_rebuilt_from_the_segments_by_reindex(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 
 from audit_middleware.catalogue import SEED_CATALOGUE
 from collector.query import iter_records
+from collector.store import lock_data_dir
 from examples.platform.auth import ALICE
 
 pytestmark = pytest.mark.e2e
@@ -91,6 +93,26 @@ def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(
     assert not (tmp_path / "audit-data" / "collector.sock").exists()  # collector stopped
     mine = [r for r in records(tmp_path) if r["org_name"] == "spoofed"]
     assert [(r["type"], r["client_ip"]) for r in mine] == [("organization_created", "127.0.0.1")]
+
+
+def test_sigterm_while_the_collector_starts_leaves_nothing_running(tmp_path: Path) -> None:
+    """Stopped as early as the collector's first log line: the command exits normally and
+    the data directory is free (no collector left holding it)."""
+    proc = subprocess.Popen(command(), cwd=tmp_path, env=environment(free_port()),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        log = tmp_path / "audit-data" / "collector.log"
+        deadline = time.monotonic() + 30
+        while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    fd = lock_data_dir(tmp_path / "audit-data")  # raises DataDirInUseError if still held
+    os.close(fd)
 
 
 def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:

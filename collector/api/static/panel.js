@@ -109,8 +109,10 @@
     const query = new URLSearchParams();
     const form = $("filters");
     for (const name of FILTERS) {
-      const value = form.elements[name].value.trim();
-      if (value) query.set(name, value);
+      // Sent exactly as typed or linked: "admin " is another principal than "admin".
+      // Only a field of nothing but spaces counts as empty.
+      const value = form.elements[name].value;
+      if (value.trim()) query.set(name, value);
     }
     return query;
   }
