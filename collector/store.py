@@ -54,7 +54,8 @@ __all__ = ["RepairReport", "StorageError", "StorageSettings", "Store", "WriteRes
 log = logging.getLogger("collector.store")
 
 _TICK: Final = 0.5  # housekeeping period (age rotation, retention, idle chunk close)
-_IDLE_CHUNK_ROWS: Final = 4_096  # an idle store indexes an open chunk this big
+#: An idle store (no write for ``_IDLE_SECONDS``) closes and indexes an open chunk this big.
+IDLE_CHUNK_ROWS: Final = 4_096
 _IDLE_SECONDS: Final = 1.0
 LOCK_FILE: Final = "store.lock"
 
@@ -324,7 +325,7 @@ class Store:
         if segments.active.records and segments.too_old():
             segments.rotate(writer.sealed)
         chunk = self._index.open_chunk
-        if (idle and chunk is not None and chunk.rows >= _IDLE_CHUNK_ROWS
+        if (idle and chunk is not None and chunk.rows >= IDLE_CHUNK_ROWS
                 and time.monotonic() - self._last_activity >= _IDLE_SECONDS):
             self._index.close_chunk()  # queries need not scan it while the store idles
             writer.index_closed_chunks()
