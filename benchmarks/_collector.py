@@ -194,10 +194,12 @@ def deferred_build_ns(data_dir: Path, timeout: float = 120.0) -> int:
     deadline = time.monotonic() + timeout
     con = sqlite3.connect(f"file:{data_dir / 'index.sqlite'}?mode=ro", uri=True, timeout=10.0)
     try:
-        row = con.execute("SELECT chunk, rows FROM chunks WHERE state=?", (OPEN,)).fetchone()
-        if row is None or row[1] < IDLE_CHUNK_ROWS:
-            return 0
-        closed_at: int | None = None
+        # The newest chunk, whatever its state: an idle close may have come already.
+        row = con.execute("SELECT chunk, rows, state FROM chunks ORDER BY chunk DESC "
+                          "LIMIT 1").fetchone()
+        if row is None or row[2] == INDEXED or (row[2] == OPEN and row[1] < IDLE_CHUNK_ROWS):
+            return 0  # nothing left to build (a small remainder is the next round's)
+        closed_at: int | None = time.perf_counter_ns() if row[2] == CLOSED else None
         previous_poll = time.perf_counter_ns()
         while True:
             state = con.execute("SELECT state FROM chunks WHERE chunk=?", (row[0],)).fetchone()
