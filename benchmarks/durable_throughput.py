@@ -41,6 +41,9 @@ TITLE = ("Durable throughput: emit() to an fsynced, indexed record in the collec
 
 LIMIT: Final = 1.5  # ours / RotatingFileHandler, events per second
 WALL: Final = "wall"  # metric: elapsed wall-clock time of a batch, emit to durable
+#: The collector's time without the build of the partition its round left open (done
+#: once the store idles): a burst followed by idle time. Informative, not the target.
+BURST: Final = "burst"
 MAX_ROUNDS: Final = 5
 WINDOW: Final = 6144  # unacknowledged events the emitting loop allows (queue holds 10,000)
 # sink.stats() walks the sink's queue (O(queued): ~0.15 ms with 5,000 queued, holding
@@ -94,12 +97,13 @@ def _run(options: h.Options, tmp: Path, collector: Collector) -> h.Report:
         cpu["app_s"] += time.process_time() - app_cpu
         # ... and the build of the chunk still open, which an idle store does a second
         # later: timed and added, never left to run beside the next case.
+        burst = elapsed
         elapsed += collector.deferred_build_ns()
         collector.wait_idle()  # its WAL checkpoint too, off the clock, not beside a baseline
         cpu["collector_s"] += cpu_seconds(collector.pid) - collector_cpu
         _check_acknowledged(before, sink.stats(), n)
         totals["collector"] += n
-        return {WALL: elapsed}
+        return {WALL: elapsed, BURST: burst}
 
     def run_rotating(n: int) -> dict[str, int]:
         events = _records(population, rng, n)
@@ -246,6 +250,12 @@ def _report(m: h.Measurements, rounds: int, sizes: dict[str, int], store: dict[s
         ["app-process CPU per 1,000 events (emit + shipper)",
          f"{cpu['app_s'] / events * 1e6:.1f} ms"],
     ])
+    burst_rate = 1e9 / m.median_ns("collector", BURST)
+    collector_table.rows.append(
+        [("events/s as a burst (the open partition's index build left to the idle time "
+          "after it; medians)"),
+         (f"{burst_rate:,.0f} ({h.fmt_ratio(burst_rate / rate('rotating'))} the "
+          f"RotatingFileHandler's)")])
     targets = [h.Target("collector events/s / RotatingFileHandler events/s",
                         times("collector", "rotating"), LIMIT, "x", higher_is_better=True)]
     notes = [
