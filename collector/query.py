@@ -21,7 +21,6 @@ import bisect
 import dataclasses
 import hashlib
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from collector.storage.conditions import Conditions, compile_conditions
 from collector.storage.filters import QueryError, check_text
 from collector.storage.reader import RecordReader
 from collector.storage.records import id_key
-from collector.storage.recovery import RepairReport, recover, reset_index_files
+from collector.storage.recovery import RepairReport, open_and_recover
 
 if TYPE_CHECKING:
     from collector.store import Store
@@ -268,15 +267,10 @@ def reindex(data_dir: Path | str, progress: Callable[[int, int], None] | None = 
     (data_dir / "quarantine").mkdir(mode=0o750, exist_ok=True)
     lock = lock_data_dir(data_dir)
     try:
-        path = data_dir / "index.sqlite"
+        index, report = open_and_recover(
+            data_dir / "index.sqlite", segments, data_dir / "quarantine", make_index=Index,
+            rebuild="reindex requested", progress=progress)
         try:
-            index = Index(path)
-        except sqlite3.DatabaseError:  # not a database any more: start afresh
-            reset_index_files(path)
-            index = Index(path)
-        try:
-            report = recover(segments, data_dir / "quarantine", index,
-                             rebuild="reindex requested", progress=progress)
             index.close_chunk()
             for chunk in index.closed_chunks():
                 index.build_indexes(chunk)

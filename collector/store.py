@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sqlite3
 import threading
 import time
 from concurrent.futures import Future
@@ -44,7 +43,7 @@ from collector.storage.records import (
     encode_each,
     encode_events,
 )
-from collector.storage.recovery import RepairReport, recover, reset_index_files
+from collector.storage.recovery import RepairReport, open_and_recover
 from collector.storage.segment_set import SegmentSet
 from collector.storage.segments import DIR_MODE, FILE_MODE, file_sizes
 from collector.storage.write_lock import WriteLock
@@ -131,15 +130,10 @@ class Store:
         return report
 
     def _open_storage(self) -> RepairReport:
-        rebuild = None
         write_lock = WriteLock()
-        try:
-            self._index = Index(self.index_path, write_lock)
-        except sqlite3.DatabaseError as exc:
-            reset_index_files(self.index_path)
-            self._index = Index(self.index_path, write_lock)
-            rebuild = f"index unreadable ({exc})"
-        report = recover(self.segments_dir, self.quarantine_dir, self._index, rebuild=rebuild)
+        self._index, report = open_and_recover(
+            self.index_path, self.segments_dir, self.quarantine_dir,
+            make_index=lambda path: Index(path, write_lock))
         index = self._index
         self._ledger = None
         if self.settings.chain:

@@ -12,6 +12,7 @@ What a crash can leave, and what happens to it:
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from .segments import (
 )
 
 Progress = Callable[[int, int], None]
+
+log = logging.getLogger("collector.store")
 _BATCH = 20_000
 
 
@@ -66,6 +69,32 @@ class RepairReport:
         return sum(t.size for t in self.quarantined)
 
 
+def open_and_recover(path: Path, segments_dir: Path, quarantine_dir: Path, *,
+                     make_index: Callable[[Path], Index], rebuild: str | None = None,
+                     progress: Progress | None = None) -> tuple[Index, RepairReport]:
+    """Open the index at ``path`` and ``recover``. The index is derived data: one SQLite
+    cannot open, or whose pages or schema fail where recovery reads or repairs them, is
+    removed and built afresh from the segments rather than patched on top of what could
+    not be read (what only it held, each source's ``numbered``, is lost with it)."""
+    try:
+        index = make_index(path)
+    except sqlite3.DatabaseError as exc:
+        reset_index_files(path)
+        index = make_index(path)
+        rebuild = f"index unreadable ({exc})"
+    try:
+        return index, recover(segments_dir, quarantine_dir, index, rebuild=rebuild,
+                              progress=progress)
+    except sqlite3.DatabaseError as exc:
+        log.error("audit store: the index is damaged (%s); rebuilding it from the segments",
+                  exc)
+        index.close()
+        reset_index_files(path)
+        index = make_index(path)
+        return index, recover(segments_dir, quarantine_dir, index,
+                              rebuild=f"index damaged ({exc})", progress=progress)
+
+
 def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
             rebuild: str | None = None, progress: Progress | None = None) -> RepairReport:
     """Repair what a crash left and bring the index up to date with the segments.
@@ -79,7 +108,7 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
     # The highest numbers the index names, read before any rebuild wipes them: a new
     # segment or record is never numbered at or below them, even when the newest
     # segment file is gone (an older schema's catalog has the same columns).
-    named = _catalog_or_empty(index)
+    named = index.segments()  # a DatabaseError here: the caller starts the index afresh
     report.named_segment = max(named, default=0)
     report.named_record = max((e.last_seq for e in named.values()), default=0)
     if rebuild is not None:
@@ -99,14 +128,6 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
 
 
 Todo = list[tuple[SegmentFile, SegmentEntry | None]]
-
-
-def _catalog_or_empty(index: Index) -> dict[int, SegmentEntry]:
-    """The index's segment catalog; empty when it cannot be read (it is rebuilt then)."""
-    try:
-        return index.segments()
-    except sqlite3.DatabaseError:
-        return {}
 
 
 def _reconcile(index: Index, catalog: dict[int, SegmentEntry], files: list[SegmentFile],

@@ -366,6 +366,45 @@ def test_an_index_missing_rows_is_rebuilt_at_open(tmp_path: Path) -> None:
     assert stored_ids(tmp_path) == expected
 
 
+def damage_segments_schema(data_dir: Path, column: str) -> None:
+    """Rename ``column`` of the index's segments table under SQLite: the file opens, but
+    reading or writing the segment catalog fails, as with a damaged schema page."""
+    import sqlite3
+
+    con = sqlite3.connect(data_dir / "index.sqlite")
+    con.execute("PRAGMA writable_schema=ON")
+    con.execute("UPDATE sqlite_schema SET sql=replace(sql, ?, ?) WHERE name='segments'",
+                (column, column + "_damaged"))
+    con.commit()
+    con.close()
+
+
+def test_an_index_damaged_where_start_up_reads_it_is_started_afresh(tmp_path: Path) -> None:
+    """The segment catalog cannot be read: the index is built anew from the segments,
+    never repaired on top of a catalog read as empty."""
+    with open_store(tmp_path, max_segment_bytes=4096) as store:
+        for _ in range(4):
+            store.write(events(5), "s", None)
+    expected = stored_ids(tmp_path)
+    damage_segments_schema(tmp_path, "end_offset")
+    store = Store(StorageSettings(tmp_path))
+    report = store.open()
+    store.close()
+    assert report.index_rebuilt is not None and "damaged" in report.index_rebuilt
+    assert report.indexed == 20
+    assert stored_ids(tmp_path) == expected
+
+
+def test_reindex_starts_afresh_from_an_index_damaged_where_it_reads(tmp_path: Path) -> None:
+    with open_store(tmp_path, max_segment_bytes=4096) as store:
+        store.write(events(7), "s", None)
+    expected = stored_ids(tmp_path)
+    damage_segments_schema(tmp_path, "last_seq")
+    report = reindex(tmp_path)
+    assert report.index_rebuilt is not None and "damaged" in report.index_rebuilt
+    assert stored_ids(tmp_path) == expected
+
+
 def test_records_fsynced_but_not_yet_indexed_are_indexed_at_open(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         store.write(events(2))
