@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -79,6 +79,8 @@ def open_and_recover(path: Path, segments_dir: Path, quarantine_dir: Path, *,
     try:
         index = make_index(path)
     except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
         reset_index_files(path)
         index = make_index(path)
         rebuild = f"index unreadable ({exc})"
@@ -86,6 +88,9 @@ def open_and_recover(path: Path, segments_dir: Path, quarantine_dir: Path, *,
         return index, recover(segments_dir, quarantine_dir, index, rebuild=rebuild,
                               progress=progress)
     except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            index.close()
+            raise
         log.error("audit store: the index is damaged (%s); rebuilding it from the segments",
                   exc)
         index.close()
@@ -93,6 +98,19 @@ def open_and_recover(path: Path, segments_dir: Path, quarantine_dir: Path, *,
         index = make_index(path)
         return index, recover(segments_dir, quarantine_dir, index,
                               rebuild=f"index damaged ({exc})", progress=progress)
+
+
+#: SQLite result codes that mean the file itself is damaged (its pages, or a schema that
+#: no longer matches what the collector wrote). Any other error (busy, locked, full,
+#: I/O, read-only, out of memory) says nothing about the file and is raised as it is:
+#: rebuilding would cost a full reindex and lose what only the index holds.
+_DAMAGE: Final = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_ERROR", "SQLITE_MISMATCH")
+
+
+def is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` says the index file is damaged (see ``_DAMAGE``)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return any(name == code or name.startswith(code + "_") for code in _DAMAGE)
 
 
 def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,

@@ -395,6 +395,32 @@ def test_an_index_damaged_where_start_up_reads_it_is_started_afresh(tmp_path: Pa
     assert stored_ids(tmp_path) == expected
 
 
+def test_only_damage_starts_an_index_afresh_never_a_busy_or_full_database(
+        tmp_path: Path) -> None:
+    import sqlite3
+
+    from collector.storage.recovery import is_damage
+
+    def error(con: sqlite3.Connection, sql: str) -> sqlite3.DatabaseError:
+        with pytest.raises(sqlite3.DatabaseError) as caught:
+            con.execute(sql)
+        return caught.value
+
+    path = tmp_path / "x.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t(a)")
+    holder.execute("BEGIN EXCLUSIVE")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    assert not is_damage(error(other, "INSERT INTO t VALUES(1)"))  # busy: wait, not rebuild
+    holder.execute("ROLLBACK")
+    assert is_damage(error(other, "SELECT b FROM t"))  # a schema that does not match
+    (tmp_path / "garbage.sqlite").write_bytes(b"x" * 4096)
+    assert is_damage(error(sqlite3.connect(tmp_path / "garbage.sqlite"),
+                           "SELECT 1 FROM sqlite_schema"))  # not a database
+    holder.close()
+    other.close()
+
+
 def test_reindex_starts_afresh_from_an_index_damaged_where_it_reads(tmp_path: Path) -> None:
     with open_store(tmp_path, max_segment_bytes=4096) as store:
         store.write(events(7), "s", None)
