@@ -22,8 +22,9 @@ Layout, chosen for the ingest rate:
 - ``segments``: each segment's name, header, how far it is indexed, compression.
 - ``gz_blocks``: the block map of each compressed segment.
 - ``sources``: per-source ranges of source_seq (see ``collector.storage.sources``).
-- ``numbered``: per source, the highest number its batches said it had given out. Not
-  derived from the segments, so a rebuild (``wipe``) keeps it.
+- ``numbered``: per source, the highest number its batches said it had given out; and
+  ``source_seen``: when the collector last stored an event of each source. Not derived
+  from the segments, so a rebuild (``wipe``) keeps them.
 - ``types``: every event type stored (so a glob becomes a list of exact names).
 """
 
@@ -83,6 +84,8 @@ CREATE TABLE IF NOT EXISTS names(kind TEXT NOT NULL, name TEXT NOT NULL, id TEXT
 CREATE TABLE IF NOT EXISTS sources(source TEXT PRIMARY KEY, ranges TEXT NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS numbered(source TEXT PRIMARY KEY, highest INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS source_seen(source TEXT PRIMARY KEY, at_ns INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gz_blocks(
     segment INTEGER NOT NULL, uoff INTEGER NOT NULL, coff INTEGER NOT NULL,
@@ -250,6 +253,9 @@ class Index:
     def source_numbered(self) -> dict[str, int]:
         return dict(self.con.execute("SELECT source, highest FROM numbered"))
 
+    def source_seen(self) -> dict[str, int]:
+        return dict(self.con.execute("SELECT source, at_ns FROM source_seen"))
+
     def rows_match_catalog(self) -> bool:
         """Every chunk holds the rows the catalog says (rows deleted by hand, a
         partial copy of the file, ... show here)."""
@@ -341,6 +347,9 @@ class Index:
 
     def set_source_numbered(self, changed: dict[str, int]) -> None:
         self.con.executemany("INSERT OR REPLACE INTO numbered VALUES(?,?)", changed.items())
+
+    def set_source_seen(self, seen: dict[str, int]) -> None:
+        self.con.executemany("INSERT OR REPLACE INTO source_seen VALUES(?,?)", seen.items())
 
     def mark_compressed(self, segment: int, blocks: BlockMap) -> None:
         self.con.execute("DELETE FROM gz_blocks WHERE segment=?", (segment,))

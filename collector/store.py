@@ -339,7 +339,7 @@ class Store:
         recent = sum(n for t, n in list(writer.rate) if now - t <= RATE_WINDOW)
         counts = writer.counts
         with writer.lock:
-            per_source = {s: sources.report(r, writer.numbered.get(s, 0))
+            per_source = {s: sources.report(r, writer.numbered.get(s, 0), writer.seen.get(s))
                           for s, r in writer.sources.items()}
             gap_events, tail_events = sources.missing(writer.sources, writer.numbered)
         with self._lock:

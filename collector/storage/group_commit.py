@@ -89,6 +89,7 @@ class GroupWriter:
         self.stored = index.count()
         self.sources: dict[str, sources.Ranges] = index.source_ranges()
         self.numbered: dict[str, int] = index.source_numbered()
+        self.seen: dict[str, int] = index.source_seen()  # ns of the last stored event
         self.lock = threading.Lock()
         self.counts = collections.Counter[str]()
         self.fsync_seconds_total = 0.0
@@ -172,6 +173,8 @@ class GroupWriter:
         data = b"".join(line for p in piece for line in p.lines)
         changed = self._new_ranges(piece)
         announced = self._new_numbered(piece)
+        now_ns = time.time_ns()
+        seen = {p.sub.source: now_ns for p in piece if p.sub.source}
         start = active.size
         try:
             active.append(data)
@@ -186,6 +189,7 @@ class GroupWriter:
             index.add_rows(active.header.seq, rows, active.size)
             index.set_source_ranges(changed)
             index.set_source_numbered(announced)
+            index.set_source_seen(seen)
             synced.result()
             index.commit()
         except Exception as exc:  # noqa: BLE001 - OSError, sqlite3.Error or a bug: nothing may stay
@@ -210,6 +214,7 @@ class GroupWriter:
         with self.lock:
             self.sources.update(changed)
             self.numbered.update(announced)
+            self.seen.update(seen)
         self.counts["fsyncs"] += 1
         self.counts["written"] += written
         now = time.monotonic()

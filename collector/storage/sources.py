@@ -18,6 +18,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 
+from audit_middleware.event import format_created
+
 Ranges = list[list[int]]
 
 
@@ -91,7 +93,10 @@ def missing(by_source: Mapping[str, Ranges], numbered: Mapping[str, int]) -> tup
 _MAX_TOTAL = 2**63 - 1
 
 
-def report(ranges: Ranges, numbered: int = 0) -> dict[str, object]:
-    """The ``stats()["sources"][source]`` entry."""
+def report(ranges: Ranges, numbered: int = 0, seen_ns: int | None = None) -> dict[str, object]:
+    """The ``stats()["sources"][source]`` entry. ``last_seen``: when the collector last
+    stored an event of the source (RFC 3339 UTC, None if not recorded): an unreceived
+    tail of a source not seen for longer than its shipper's ``max_delay`` is lost."""
     return {"received": count(ranges), "ranges": ranges, "gaps": gaps(ranges),
-            "numbered": numbered, "unreceived_tail": unreceived_tail(ranges, numbered)}
+            "numbered": numbered, "unreceived_tail": unreceived_tail(ranges, numbered),
+            "last_seen": format_created(seen_ns) if seen_ns is not None else None}

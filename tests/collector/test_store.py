@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
+from audit_middleware.event import format_created
 from collector.query import Filters, iter_records, reindex
 from collector.storage.errors import DataDirInUseError, StorageError, StoreClosedError
 from collector.storage.records import encode_events
@@ -522,10 +524,13 @@ def test_gaps_in_a_sources_numbering_are_reported_across_a_restart(tmp_path: Pat
     with open_store(tmp_path) as store:
         store.write(events(500), "src-a", list(range(1, 501)))
     with open_store(tmp_path) as store:
+        before = time.time_ns()
         store.write(events(498), "src-a", list(range(503, 1001)))
-        assert store.stats()["sources"] == {"src-a": {
+        report = store.stats()["sources"]["src-a"]
+        assert report.pop("last_seen") >= format_created(before)  # when it was stored
+        assert report == {
             "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]],
-            "numbered": 0, "unreceived_tail": []}}
+            "numbered": 0, "unreceived_tail": []}
 
 
 def test_how_far_a_source_numbered_is_kept_across_a_restart_and_a_reindex(
@@ -536,12 +541,14 @@ def test_how_far_a_source_numbered_is_kept_across_a_restart_and_a_reindex(
         store.submit_encoded(encode_events(events(3)), "src-n", [1, 2, 3], 9).result()
         store.submit_encoded(encode_events(events(2)), "src-n", [4, 5], 7).result()  # older
     with open_store(tmp_path) as store:
-        assert store.stats()["sources"]["src-n"] == {
-            "received": 5, "ranges": [[1, 5]], "gaps": [], "numbered": 9,
-            "unreceived_tail": [6, 9]}
+        report = store.stats()["sources"]["src-n"]
+        seen = report.pop("last_seen")
+        assert report == {"received": 5, "ranges": [[1, 5]], "gaps": [], "numbered": 9,
+                          "unreceived_tail": [6, 9]}
     reindex(tmp_path)
     with open_store(tmp_path) as store:
-        assert store.stats()["sources"]["src-n"]["unreceived_tail"] == [6, 9]
+        report = store.stats()["sources"]["src-n"]
+        assert (report["unreceived_tail"], report["last_seen"]) == ([6, 9], seen)
         for bad in (2**64, -1, "9", 1.5, True):  # refused up front, never in the commit
             with pytest.raises(StorageError, match="numbered must be an int"):
                 store.submit_encoded(encode_events(events(1)), "src-n", [10], bad).result()
@@ -564,9 +571,10 @@ def test_gaps_are_rebuilt_from_the_segments_by_reindex(tmp_path: Path) -> None:
         store.write(events(1))  # unnumbered: no source, no range
     reindex(tmp_path)
     with open_store(tmp_path) as store:
-        assert store.stats()["sources"] == {"src-b": {
-            "received": 3, "ranges": [[1, 2], [5, 5]], "gaps": [[3, 4]],
-            "numbered": 0, "unreceived_tail": []}}
+        report = store.stats()["sources"]["src-b"]
+        assert report.pop("last_seen") is not None  # kept by the rebuild
+        assert report == {"received": 3, "ranges": [[1, 2], [5, 5]], "gaps": [[3, 4]],
+                          "numbered": 0, "unreceived_tail": []}
 
 
 def test_stats_report_segments_rates_and_fsyncs(tmp_path: Path) -> None:
