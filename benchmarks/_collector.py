@@ -166,13 +166,17 @@ def indexed_events(data_dir: Path) -> int:
     return int(orjson.loads(done.stdout)["events_indexed"])
 
 
+def _read_index(data_dir: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{data_dir / 'index.sqlite'}?mode=ro", uri=True, timeout=10.0)
+
+
 def wait_indexed(data_dir: Path, timeout: float = 120.0) -> None:
     """Wait until no closed chunk of the index in ``data_dir`` waits for its secondary
     indexes (the background index build of ``collector.storage.indexer``), read from the
     index itself. A benchmark that times ingest waits for this inside its clock: the
     index builds its events caused are then its cost, not a later case's."""
     deadline = time.monotonic() + timeout
-    con = sqlite3.connect(f"file:{data_dir / 'index.sqlite'}?mode=ro", uri=True, timeout=10.0)
+    con = _read_index(data_dir)
     try:
         while con.execute("SELECT count(*) FROM chunks WHERE state=?",
                           (CLOSED,)).fetchone()[0]:
@@ -192,7 +196,7 @@ def deferred_build_ns(data_dir: Path, timeout: float = 120.0) -> int:
     one that found it INDEXED; the idle wait before it is not the round's cost). 0 when
     no open chunk is big enough for an idle store to index."""
     deadline = time.monotonic() + timeout
-    con = sqlite3.connect(f"file:{data_dir / 'index.sqlite'}?mode=ro", uri=True, timeout=10.0)
+    con = _read_index(data_dir)
     try:
         # The newest chunk, whatever its state: an idle close may have come already.
         row = con.execute("SELECT chunk, rows, state FROM chunks ORDER BY chunk DESC "

@@ -341,7 +341,7 @@ class Store:
         with writer.lock:
             per_source = {s: sources.report(r, writer.numbered.get(s, 0), writer.seen.get(s))
                           for s, r in writer.sources.items()}
-            gap_events, tail_events = sources.missing(writer.sources, writer.numbered)
+        gap_events, tail_events = sources.missing(per_source.values())
         with self._lock:
             pending = sum(len(s.encoded.ids) for s in self._pending)
             rejected = self._rejected_count

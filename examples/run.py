@@ -99,13 +99,11 @@ def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
 
     threading.Thread(target=pump, name="collector-log", daemon=True).start()
     try:
-        started = ready.wait(STARTUP_TIMEOUT) and proc.poll() is None
-    except BaseException:  # Ctrl-C or SIGTERM while it starts: never leave it running
+        if not ready.wait(STARTUP_TIMEOUT) or proc.poll() is not None:
+            raise RunError(f"the collector did not start: see {DATA_DIR / 'collector.log'}")
+    except BaseException:  # not started, or Ctrl-C / SIGTERM meanwhile: never left running
         stop_collector(proc)
         raise
-    if not started:
-        stop_collector(proc)
-        raise RunError(f"the collector did not start: see {DATA_DIR / 'collector.log'}")
     return proc
 
 

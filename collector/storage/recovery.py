@@ -75,27 +75,29 @@ def open_and_recover(path: Path, segments_dir: Path, quarantine_dir: Path, *,
     """Open the index at ``path`` and ``recover``. The index is derived data: one SQLite
     cannot open, or whose pages or schema fail where recovery reads or repairs them, is
     removed and built afresh from the segments rather than patched on top of what could
-    not be read (what only it held, each source's ``numbered``, is lost with it)."""
+    not be read (what only it held, each source's ``numbered`` and ``last_seen``, is lost
+    with it)."""
+
+    def afresh() -> Index:
+        reset_index_files(path)
+        return make_index(path)
+
     try:
         index = make_index(path)
     except sqlite3.DatabaseError as exc:
         if not is_damage(exc):
             raise
-        reset_index_files(path)
-        index = make_index(path)
-        rebuild = f"index unreadable ({exc})"
+        index, rebuild = afresh(), f"index unreadable ({exc})"
     try:
         return index, recover(segments_dir, quarantine_dir, index, rebuild=rebuild,
                               progress=progress)
     except sqlite3.DatabaseError as exc:
+        index.close()
         if not is_damage(exc):
-            index.close()
             raise
         log.error("audit store: the index is damaged (%s); rebuilding it from the segments",
                   exc)
-        index.close()
-        reset_index_files(path)
-        index = make_index(path)
+        index = afresh()
         return index, recover(segments_dir, quarantine_dir, index,
                               rebuild=f"index damaged ({exc})", progress=progress)
 

@@ -16,9 +16,11 @@ rebuilds them from the segments that remain.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from typing import TypedDict
 
 from audit_middleware.event import format_created
+from audit_middleware.wire import MAX_SEQ
 
 Ranges = list[list[int]]
 
@@ -77,23 +79,28 @@ def unreceived_tail(ranges: Ranges, numbered: int) -> list[int]:
     return [stored + 1, numbered] if numbered > stored else []
 
 
-def missing(by_source: Mapping[str, Ranges], numbered: Mapping[str, int]) -> tuple[int, int]:
-    """Over every source, for alerting (the store's metrics): how many numbers are in
-    gaps, and how many in unreceived tails."""
+def missing(reports: Iterable[SourceReport]) -> tuple[int, int]:
+    """Over every source's report, for alerting (the store's metrics): how many numbers
+    are in gaps, and how many in unreceived tails."""
     in_gaps = in_tails = 0
-    for source, ranges in by_source.items():
-        in_gaps += count(gaps(ranges))
-        tail = unreceived_tail(ranges, numbered.get(source, 0))
-        in_tails += tail[1] - tail[0] + 1 if tail else 0
+    for r in reports:
+        in_gaps += count(r["gaps"])
+        in_tails += count([r["unreceived_tail"]]) if r["unreceived_tail"] else 0
     # Sources and their numbers are the clients' to choose: a sum can pass what a metric
     # exporter encodes (OTLP's int64), which would lose every other metric with it.
-    return min(in_gaps, _MAX_TOTAL), min(in_tails, _MAX_TOTAL)
+    return min(in_gaps, MAX_SEQ), min(in_tails, MAX_SEQ)
 
 
-_MAX_TOTAL = 2**63 - 1
+class SourceReport(TypedDict):
+    received: int
+    ranges: Ranges
+    gaps: Ranges
+    numbered: int
+    unreceived_tail: list[int]
+    last_seen: str | None
 
 
-def report(ranges: Ranges, numbered: int = 0, seen_ns: int | None = None) -> dict[str, object]:
+def report(ranges: Ranges, numbered: int = 0, seen_ns: int | None = None) -> SourceReport:
     """The ``stats()["sources"][source]`` entry. ``last_seen``: when the collector last
     stored an event of the source (RFC 3339 UTC, None if not recorded): an unreceived
     tail of a source not seen for longer than its shipper's ``max_delay`` is lost."""
