@@ -8,16 +8,28 @@ the last stored one, up to it, are the unreceived tail, which is how the last ev
 a killed process show, with no later event to make a gap.
 
 Ranges are inclusive ``[first, last]`` pairs, sorted and disjoint, never adjacent.
-The store keeps them in the index, updated with each commit. Retention deleting old
-segments leaves them as they are (a deleted record was received, not lost); ``reindex``
-rebuilds them from the segments that remain.
+The store keeps them in the index, updated with each commit.
+
+A source keeps at most ``MAX_RANGES`` ranges in detail. A shipper that drops events
+under sustained overload (a full queue and no spool) fragments its numbering into one
+range per export, hundreds a second; unbounded, each commit would re-merge and rewrite
+them all and the collector would slow down exactly when the app is overloaded. Past the
+bound the oldest ranges are *folded* into one, ``[first, last, missing]``, ``missing``
+counting the numbers inside it not received when they were folded. The totals
+(``received``, gap events) stay exact; what is forgotten is where the oldest gaps were.
+A number that arrives later inside the folded range is not subtracted from ``missing``
+(a shipper may number two events alike: it cannot be told from a repeat), so such a
+late arrival is counted as missing still, never a loss hidden.
+
+Retention deleting old segments leaves the ranges as they are (a deleted record was
+received, not lost); ``reindex`` rebuilds them from the segments that remain.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import TypedDict
+from typing import Final, TypedDict
 
 from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
@@ -25,8 +37,13 @@ from audit_middleware.wire import MAX_SEQ
 Ranges = list[list[int]]
 
 
+#: Ranges a source keeps in detail; older ones are folded (see the module docstring).
+MAX_RANGES: Final = 1_000
+
+
 def add(ranges: Ranges, numbers: Iterable[int]) -> Ranges:
-    """``ranges`` with ``numbers`` added (a new list; numbers < 1 mean 'not numbered')."""
+    """``ranges`` with ``numbers`` added (a new list, sharing no inner list that changed;
+    numbers < 1 mean 'not numbered'), folded to at most ``MAX_RANGES`` ranges."""
     runs: Ranges = []
     for n in sorted(set(numbers)):
         if n < 1:
@@ -37,13 +54,19 @@ def add(ranges: Ranges, numbers: Iterable[int]) -> Ranges:
             runs.append([n, n])
     if not runs:
         return ranges
+    if ranges and runs[0][0] > ranges[-1][1]:
+        # The common case, numbers after every stored one: O(new), not O(stored).
+        appended = ranges[:]
+        if runs[0][0] == appended[-1][1] + 1:
+            appended[-1] = _join(appended[-1], runs.pop(0))
+        return _fold(appended + runs)
     merged: Ranges = []
-    for first, last in _by_start(ranges, runs):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], last)
+    for r in _by_start(ranges, runs):
+        if merged and r[0] <= merged[-1][1] + 1:
+            merged[-1] = _join(merged[-1], r)
         else:
-            merged.append([first, last])
-    return merged
+            merged.append(r)
+    return _fold(merged)
 
 
 def _by_start(a: Ranges, b: Ranges) -> Iterable[list[int]]:
@@ -59,6 +82,24 @@ def _by_start(a: Ranges, b: Ranges) -> Iterable[list[int]]:
     yield from b[j:]
 
 
+def _join(a: list[int], b: list[int]) -> list[int]:
+    """One new range for overlapping or adjacent ``a`` and ``b`` (``a`` starting first),
+    keeping the missing count of whichever of them is folded."""
+    missing = (a[2] if len(a) > 2 else 0) + (b[2] if len(b) > 2 else 0)
+    last = max(a[1], b[1])
+    return [a[0], last, missing] if missing else [a[0], last]
+
+
+def _fold(ranges: Ranges) -> Ranges:
+    """Fold the oldest ranges into the first until at most ``MAX_RANGES`` remain."""
+    extra = len(ranges) - MAX_RANGES
+    if extra <= 0:
+        return ranges
+    head = ranges[:extra + 1]
+    missing = folded(head) + count(gaps(head))
+    return [[head[0][0], head[-1][1], missing], *ranges[extra + 1:]]
+
+
 def gaps(ranges: Ranges) -> Ranges:
     """The numbers missing between stored ranges (before the first range is not a gap:
     a store may start receiving from a shipper that was already running)."""
@@ -66,8 +107,14 @@ def gaps(ranges: Ranges) -> Ranges:
 
 
 def count(ranges: Ranges) -> int:
-    """How many numbers ``ranges`` hold."""
-    return sum(last - first + 1 for first, last in ranges)
+    """How many numbers ``ranges`` hold (a folded range's missing ones not counted)."""
+    return sum(r[1] - r[0] + 1 - (r[2] if len(r) > 2 else 0) for r in ranges)
+
+
+def folded(ranges: Ranges) -> int:
+    """How many numbers inside the folded range are missing (0 when nothing was folded).
+    It is the first range, unless numbers older than it arrived since."""
+    return sum(r[2] for r in ranges if len(r) > 2)
 
 
 def unreceived_tail(ranges: Ranges, numbered: int) -> list[int]:
@@ -84,7 +131,7 @@ def missing(reports: Iterable[SourceReport]) -> tuple[int, int]:
     are in gaps, and how many in unreceived tails."""
     in_gaps = in_tails = 0
     for r in reports:
-        in_gaps += count(r["gaps"])
+        in_gaps += count(r["gaps"]) + r["folded_gap_events"]
         in_tails += count([r["unreceived_tail"]]) if r["unreceived_tail"] else 0
     # Sources and their numbers are the clients' to choose: a sum can pass what a metric
     # exporter encodes (OTLP's int64), which would lose every other metric with it.
@@ -95,15 +142,19 @@ class SourceReport(TypedDict):
     received: int
     ranges: Ranges
     gaps: Ranges
+    folded_gap_events: int
     numbered: int
     unreceived_tail: list[int]
     last_seen: str | None
 
 
 def report(ranges: Ranges, numbered: int = 0, seen_ns: int | None = None) -> SourceReport:
-    """The ``stats()["sources"][source]`` entry. ``last_seen``: when the collector last
-    stored an event of the source (RFC 3339 UTC, None if not recorded): an unreceived
-    tail of a source not seen for longer than its shipper's ``max_delay`` is lost."""
+    """The ``stats()["sources"][source]`` entry. ``folded_gap_events``: numbers missing
+    inside the folded range, beside the ``gaps`` still in detail. ``last_seen``:
+    when the collector last stored an event of the source (RFC 3339 UTC, None if not
+    recorded): an unreceived tail of a source not seen for longer than its shipper's
+    ``max_delay`` is lost."""
     return {"received": count(ranges), "ranges": ranges, "gaps": gaps(ranges),
+            "folded_gap_events": folded(ranges),
             "numbered": numbered, "unreceived_tail": unreceived_tail(ranges, numbered),
             "last_seen": format_created(seen_ns) if seen_ns is not None else None}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import gzip
 import os
+import random
 import re
 from pathlib import Path
 
@@ -283,11 +284,11 @@ def test_source_ranges_merge_and_report_the_gaps_between_them() -> None:
     ranges = sources.add(ranges, range(503, 1001))
     assert sources.report(ranges) == {
         "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]],
-        "numbered": 0, "unreceived_tail": [], "last_seen": None}
+        "folded_gap_events": 0, "numbered": 0, "unreceived_tail": [], "last_seen": None}
     ranges = sources.add(ranges, [501, 502, 502, 1002])
     assert sources.report(ranges, numbered=1010, seen_ns=1_795_000_000_123_456_789) == {
         "received": 1001, "ranges": [[1, 1000], [1002, 1002]], "gaps": [[1001, 1001]],
-        "numbered": 1010, "unreceived_tail": [1003, 1010],
+        "folded_gap_events": 0, "numbered": 1010, "unreceived_tail": [1003, 1010],
         "last_seen": "2026-11-18T11:06:40.123456Z"}
 
 
@@ -306,6 +307,86 @@ def test_unnumbered_events_do_not_make_ranges() -> None:
 
 def test_a_source_that_starts_late_has_no_gap_before_its_first_number() -> None:
     assert sources.gaps(sources.add([], [40, 41])) == []
+
+
+def _runs(numbers: set[int]) -> list[list[int]]:
+    """The ranges of ``numbers`` the slow, obvious way: the model ``add`` must match."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return runs
+
+
+def _shuffled_batches(rng: random.Random, top: int) -> list[list[int]]:
+    """Numbers 1..top with about a third dropped, in batches; some batches arrive late
+    (a spool replay), some numbers twice."""
+    kept = [n for n in range(1, top + 1) if rng.random() > 0.35]
+    batches = [kept[i:i + rng.randint(1, 9)] for i in range(0, len(kept), 9)]
+    for _ in range(len(batches) // 5):
+        i, j = rng.randrange(len(batches)), rng.randrange(len(batches))
+        batches[i], batches[j] = batches[j], batches[i]
+    return batches + [kept[::17]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ranges_built_batch_by_batch_are_the_ranges_of_every_number_received(
+        seed: int) -> None:
+    rng = random.Random(seed)
+    ranges: sources.Ranges = []
+    received: set[int] = set()
+    for batch in _shuffled_batches(rng, 400):
+        before = [list(r) for r in ranges]
+        grown = sources.add(ranges, batch)
+        assert ranges == before  # a new list: the writer's copy is only replaced on commit
+        ranges = grown
+        received |= set(batch)
+        assert ranges == _runs(received)
+
+
+def test_a_fragmented_source_keeps_max_ranges_in_detail_and_exact_totals(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sustained overload drops events between exports: one range per export. Past
+    MAX_RANGES the oldest fold into one range that counts what it is missing."""
+    monkeypatch.setattr(sources, "MAX_RANGES", 10)
+    ranges: sources.Ranges = []
+    for export in range(50):  # 50 exports of 6 numbers, then 4 dropped
+        ranges = sources.add(ranges, range(export * 10 + 1, export * 10 + 7))
+        assert len(ranges) <= 10
+    report = sources.report(ranges, numbered=500)
+    assert report["ranges"][0] == [1, 406, 40 * 4]  # 41 exports folded: 40 gaps of 4
+    assert report["ranges"][1:] == [[n * 10 + 1, n * 10 + 6] for n in range(41, 50)]
+    assert report["gaps"] == [[n * 10 + 7, n * 10 + 10] for n in range(40, 49)]
+    assert (report["received"], report["folded_gap_events"]) == (300, 160)
+    assert report["unreceived_tail"] == [497, 500]
+    assert sources.missing([report]) == (160 + 9 * 4, 4)
+
+
+def test_folding_never_hides_a_loss_however_the_numbers_arrive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "MAX_RANGES", 4)
+    for seed in range(30):
+        rng = random.Random(seed)
+        ranges: sources.Ranges = []
+        received: set[int] = set()
+        for batch in _shuffled_batches(rng, 300):
+            ranges = sources.add(ranges, batch)
+            received |= set(batch)
+            assert len(ranges) <= 4
+            assert sum(len(r) > 2 for r in ranges) <= 1  # one folded range at most
+            report = sources.report(ranges)
+            span = ranges[-1][1] - ranges[0][0] + 1
+            # Every number between the first and the last is received or missing...
+            assert (report["received"] + report["folded_gap_events"]
+                    + sources.count(report["gaps"])) == span
+            # ...and a late number inside the folded range stays counted as missing
+            # (conservative): never more received than were, never fewer missing.
+            assert report["received"] <= len(received)
+            assert span - report["received"] >= span - len(received & set(
+                range(ranges[0][0], ranges[-1][1] + 1)))
+            assert ranges[-3:] == _runs(received)[-3:]  # the newest stay in detail
 
 
 # -- retention decisions --------------------------------------------------------------------

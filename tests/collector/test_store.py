@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 
 from audit_middleware.event import format_created
 from collector.query import Filters, iter_records, reindex
+from collector.storage import sources
 from collector.storage.errors import DataDirInUseError, StorageError, StoreClosedError
 from collector.storage.records import encode_events
 from collector.store import StorageSettings, Store
@@ -530,7 +532,7 @@ def test_gaps_in_a_sources_numbering_are_reported_across_a_restart(tmp_path: Pat
         assert report.pop("last_seen") >= format_created(before)  # when it was stored
         assert report == {
             "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]],
-            "numbered": 0, "unreceived_tail": []}
+            "folded_gap_events": 0, "numbered": 0, "unreceived_tail": []}
 
 
 def test_how_far_a_source_numbered_is_kept_across_a_restart_and_a_reindex(
@@ -543,7 +545,8 @@ def test_how_far_a_source_numbered_is_kept_across_a_restart_and_a_reindex(
     with open_store(tmp_path) as store:
         report = store.stats()["sources"]["src-n"]
         seen = report.pop("last_seen")
-        assert report == {"received": 5, "ranges": [[1, 5]], "gaps": [], "numbered": 9,
+        assert report == {"received": 5, "ranges": [[1, 5]], "gaps": [],
+                          "folded_gap_events": 0, "numbered": 9,
                           "unreceived_tail": [6, 9]}
     reindex(tmp_path)
     with open_store(tmp_path) as store:
@@ -565,6 +568,35 @@ def test_totals_of_unreceived_numbers_stay_within_what_metrics_can_carry(
     assert stats["sources"]["a"]["unreceived_tail"] == [2, 2**63 - 1]
 
 
+def test_a_fragmented_source_is_kept_folded_across_a_restart_and_a_reindex(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source dropping events between every export: what the index keeps for it stays
+    within MAX_RANGES ranges (each commit rewrites them), with the same totals after a
+    restart and after a rebuild from the segments."""
+    monkeypatch.setattr(sources, "MAX_RANGES", 10)
+    with open_store(tmp_path) as store:
+        for export in range(30):  # 6 numbers stored, then 4 dropped, 30 times
+            store.write(events(6), "src-f", list(range(export * 10 + 1, export * 10 + 7)))
+        first = store.stats()
+    expected = {"received": 180, "folded_gap_events": 20 * 4, "gaps": 9 * 4}
+    reports = []
+    with open_store(tmp_path) as store:
+        reports.append(store.stats())
+    reindex(tmp_path)
+    with open_store(tmp_path) as store:
+        reports.append(store.stats())
+    for stats in (first, *reports):
+        report = stats["sources"]["src-f"]
+        assert len(report["ranges"]) == 10 and report["ranges"][0] == [1, 206, 80]
+        assert {"received": report["received"], "folded_gap_events":
+                report["folded_gap_events"], "gaps": sources.count(report["gaps"])} == expected
+        assert stats["gap_events"] == 80 + 36
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    (stored,) = con.execute("SELECT ranges FROM sources WHERE source='src-f'").fetchone()
+    con.close()
+    assert orjson.loads(stored) == reports[-1]["sources"]["src-f"]["ranges"]
+
+
 def test_gaps_are_rebuilt_from_the_segments_by_reindex(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         store.write(events(3), "src-b", [1, 2, 5])
@@ -574,7 +606,7 @@ def test_gaps_are_rebuilt_from_the_segments_by_reindex(tmp_path: Path) -> None:
         report = store.stats()["sources"]["src-b"]
         assert report.pop("last_seen") is not None  # kept by the rebuild
         assert report == {"received": 3, "ranges": [[1, 2], [5, 5]], "gaps": [[3, 4]],
-                          "numbered": 0, "unreceived_tail": []}
+                          "folded_gap_events": 0, "numbered": 0, "unreceived_tail": []}
 
 
 def test_stats_report_segments_rates_and_fsyncs(tmp_path: Path) -> None:
