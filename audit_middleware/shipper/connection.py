@@ -85,6 +85,7 @@ class Connection:
         self._early: collections.deque[tuple[FrameType, bytes]] = collections.deque()
         self.welcome: Welcome | None = None
         self.batches = 0  # exchanged on this connection
+        self.early_replies = 0  # read while a send waited (the collector not reading)
 
     @property
     def open(self) -> bool:
@@ -147,6 +148,7 @@ class Connection:
                 # The collector is answering earlier batches rather than reading this
                 # one: take the reply, or neither side would ever move again.
                 self._early.append(self._read_frame())
+                self.early_replies += 1
                 start = time.monotonic()
                 continue
             if not writable:

@@ -10,6 +10,7 @@ queue's batches (``BatchingQueue.take``). Against a real collector subprocess.""
 from __future__ import annotations
 
 import fcntl
+import re
 import resource
 import socket
 import ssl
@@ -28,6 +29,9 @@ from audit_middleware.testing import reset_configuration
 from audit_middleware.wire import Hello, Result, encode_batch_body
 from tests.collector.storage_helpers import event
 from tests.e2e.harness import CollectorProcess, short_tmp, stored_events
+from tests.shipper.test_collector_sink import self_signed_certificate
+
+TOKEN = "pipelining-s3cret"
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +61,41 @@ def test_a_pipeline_deeper_than_the_collector_reads_ahead_flows(
     assert {f"deep-{i}" for i in range(n)} <= stored
 
 
+@pytest.fixture(scope="module")
+def tls_collector() -> Iterator[tuple[str, ssl.SSLContext]]:
+    """A collector listening on TCP with TLS (and a token): the URL and a client context
+    that trusts its certificate."""
+    with short_tmp() as root:
+        cert, key = self_signed_certificate(root)
+        with CollectorProcess(root / "data", "--tcp", "127.0.0.1:0", "--tls-cert", str(cert),
+                              "--tls-key", str(key), env={"AUDIT_TOKEN": TOKEN}) as process:
+            match = re.search(r"tls:127\.0\.0\.1:(\d+)", process.ready_line)
+            assert match, process.ready_line
+            yield f"tcp://127.0.0.1:{match[1]}", ssl.create_default_context(cafile=cert)
+
+
+@pytest.mark.parametrize("transport", ["unix", "tls"])
 def test_big_rejection_replies_do_not_stop_a_well_behaved_client(
-        collector: CollectorProcess) -> None:
+        transport: str, request: pytest.FixtureRequest) -> None:
     """Batches of events the collector rejects make replies of ~1 MB each (a reason per
     event); with four in flight, the collector stops reading while they wait, and the
-    client must read them while its next send waits."""
-    conn = Connection(parse_url(collector.url), Hello("pipelining-test"), tls=None,
-                      connect_timeout=5.0)
+    client must read them while its next send waits. Over TLS, where a send writes whole
+    records and a reply may sit decrypted in the SSL object, as well as on a plain
+    socket."""
+    if transport == "unix":
+        url, tls = request.getfixturevalue("collector").url, None
+        hello, depth, batches = Hello("pipelining-test"), 4, 8
+    else:
+        url, tls = request.getfixturevalue("tls_collector")
+        # TCP's buffers hold more than a unix socket's: deeper, so that sends still wait.
+        hello, depth, batches = Hello("pipelining-test-tls", token=TOKEN), 16, 24
+    conn = Connection(parse_url(url), hello, tls=tls, connect_timeout=5.0)
     conn.connect()
     results: list[Result] = []
-    pipe = Pipeline(conn, 4, lambda: 10.0, lambda chunk, result: results.append(result),
+    pipe = Pipeline(conn, depth, lambda: 10.0, lambda chunk, result: results.append(result),
                     lambda chunk, why: None)
     bad = orjson.dumps({"v": 1, "type": "credentials_created", "note": "x" * 200}) + b"\n"
-    per_batch, batches = 4000, 8
+    per_batch = 4000
     try:
         for b in range(batches):
             seqs = list(range(b * per_batch + 1, (b + 1) * per_batch + 1))
@@ -78,6 +104,7 @@ def test_big_rejection_replies_do_not_stop_a_well_behaved_client(
     finally:
         conn.close()
     assert pipe.failed is None, pipe.failed
+    assert conn.early_replies > 0  # the case under test: replies read while sends waited
     assert len(results) == batches
     assert all(len(r.rejected) == per_batch and r.acknowledged == 0 for r in results)
 
