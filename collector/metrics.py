@@ -16,6 +16,7 @@ not running (no forwarder configured) is simply absent from the output.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -221,7 +222,10 @@ async def _endpoint(request: Any) -> Any:
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is None:
         return PlainTextResponse("metrics are not enabled on this collector\n", 404)
-    return PlainTextResponse(metrics.prometheus(), media_type=PROMETHEUS_CONTENT_TYPE)
+    # Off the event loop: the store's stats cost O(sources), and the loop may be the
+    # ingest's (the stats functions are read from the OpenTelemetry reader's thread too).
+    text = await asyncio.to_thread(metrics.prometheus)
+    return PlainTextResponse(text, media_type=PROMETHEUS_CONTENT_TYPE)
 
 
 def routes() -> list[Any]:

@@ -143,7 +143,7 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
             await api.shutdown()
         stats_task.cancel()
         await asyncio.to_thread(integrations.stop, config.drain_timeout)
-        _dump_stats(server, store, config, integrations)
+        _dump_stats(server, store.stats(), config, integrations)
 
 
 async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
@@ -169,14 +169,16 @@ async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig
     # The read commands (stats) run in another process: they find the live counters here.
     while True:
         await asyncio.sleep(STATS_INTERVAL)
-        _dump_stats(server, store, config, integrations)
+        # The store's stats cost O(sources) (every app process is one): off the loop,
+        # which would not read a connection meanwhile.
+        _dump_stats(server, await asyncio.to_thread(store.stats), config, integrations)
 
 
-def _dump_stats(server: IngestServer, store: Any, config: CollectorConfig,
+def _dump_stats(server: IngestServer, store_stats: dict[str, Any], config: CollectorConfig,
                 integrations: Integrations) -> None:
     path = config.data_dir / STATS_FILE
     tmp = path.with_suffix(".tmp")
-    live = {**server.stats(), "store": store.stats(),  # ingest counters, then the store's
+    live = {**server.stats(), "store": store_stats,  # ingest counters, then the store's
             **integrations.stats()}  # http ingest, forwarder (lag)
     try:
         # The store's file mode, whatever the umask (write_bytes gave 0666 under umask 0).

@@ -338,10 +338,10 @@ class Store:
         now = time.monotonic()
         recent = sum(n for t, n in list(writer.rate) if now - t <= RATE_WINDOW)
         counts = writer.counts
-        with writer.lock:
-            per_source = {s: sources.report(r, writer.numbered.get(s, 0), writer.seen.get(s))
-                          for s, r in writer.sources.items()}
-        gap_events, tail_events = sources.missing(per_source.values())
+        with writer.lock:  # copies only, the commit thread waits on it (ranges are
+            # replaced on commit, never changed in place: the copies stay consistent)
+            snapshot = dict(writer.sources), dict(writer.numbered), dict(writer.seen)
+        known = sources.overview(*snapshot)
         with self._lock:
             pending = sum(len(s.encoded.ids) for s in self._pending)
             rejected = self._rejected_count
@@ -367,9 +367,11 @@ class Store:
             if counts["fsyncs"] else 0.0,
             "fsync_seconds_total": round(writer.fsync_seconds_total, 6),
             "fsync_seconds_max": round(writer.fsync_seconds_max, 6),
-            "sources": per_source,
-            "gap_events": gap_events,
-            "unreceived_tail_events": tail_events,
+            "sources": known.reports,
+            "sources_total": known.total,
+            "sources_omitted": known.omitted,
+            "gap_events": known.gap_events,
+            "unreceived_tail_events": known.unreceived_tail_events,
             "integrity": self._ledger.stats() if self._ledger is not None else None,
         }
 

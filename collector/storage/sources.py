@@ -27,9 +27,10 @@ received, not lost); ``reindex`` rebuilds them from the segments that remain.
 
 from __future__ import annotations
 
+import heapq
 import itertools
-from collections.abc import Iterable
-from typing import Final, TypedDict
+from collections.abc import Iterable, Mapping
+from typing import Final, NamedTuple, TypedDict
 
 from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
@@ -39,6 +40,8 @@ Ranges = list[list[int]]
 
 #: Ranges a source keeps in detail; older ones are folded (see the module docstring).
 MAX_RANGES: Final = 1_000
+#: Sources ``stats`` reports one by one (see ``overview``); the others are counted.
+MAX_REPORTED: Final = 1_000
 
 
 def add(ranges: Ranges, numbers: Iterable[int]) -> Ranges:
@@ -126,16 +129,40 @@ def unreceived_tail(ranges: Ranges, numbered: int) -> list[int]:
     return [stored + 1, numbered] if numbered > stored else []
 
 
-def missing(reports: Iterable[SourceReport]) -> tuple[int, int]:
-    """Over every source's report, for alerting (the store's metrics): how many numbers
-    are in gaps, and how many in unreceived tails."""
+class Overview(NamedTuple):
+    """What ``stats`` says of the sources: reports of at most ``MAX_REPORTED`` of them,
+    and totals over all of them (for alerting: the store's metrics)."""
+
+    reports: dict[str, SourceReport]
+    gap_events: int  # numbers missing between stored ranges, folded ones included
+    unreceived_tail_events: int
+    total: int  # sources known
+    omitted: int  # sources known but not in ``reports``
+
+
+def overview(ranges: Mapping[str, Ranges], numbered: Mapping[str, int],
+             seen: Mapping[str, int], limit: int | None = None) -> Overview:
+    """Reports of the ``limit`` (default ``MAX_REPORTED``) sources most worth a look:
+    those missing numbers first, then the most recently seen. Every app process is a
+    source, so over a retention period there can be many thousands; reporting them all
+    would make each ``stats`` call (every few seconds, and each metrics scrape) cost
+    O(sources) in reports and JSON. The totals still count every source."""
+    limit = MAX_REPORTED if limit is None else limit
     in_gaps = in_tails = 0
-    for r in reports:
-        in_gaps += count(r["gaps"]) + r["folded_gap_events"]
-        in_tails += count([r["unreceived_tail"]]) if r["unreceived_tail"] else 0
+    worth: list[tuple[bool, int, str]] = []
+    for source, r in ranges.items():
+        gap = r[-1][1] - r[0][0] + 1 - count(r) if r else 0
+        tail = max(0, numbered.get(source, 0) - (r[-1][1] if r else 0))
+        in_gaps += gap
+        in_tails += tail
+        worth.append((gap > 0 or tail > 0, seen.get(source, 0), source))
+    chosen = heapq.nlargest(limit, worth) if len(worth) > limit else worth
+    reports = {source: report(ranges[source], numbered.get(source, 0), seen.get(source))
+               for _, _, source in chosen}
     # Sources and their numbers are the clients' to choose: a sum can pass what a metric
     # exporter encodes (OTLP's int64), which would lose every other metric with it.
-    return min(in_gaps, MAX_SEQ), min(in_tails, MAX_SEQ)
+    return Overview(reports, min(in_gaps, MAX_SEQ), min(in_tails, MAX_SEQ), len(worth),
+                    len(worth) - len(reports))
 
 
 class SourceReport(TypedDict):

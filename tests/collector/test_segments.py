@@ -361,7 +361,29 @@ def test_a_fragmented_source_keeps_max_ranges_in_detail_and_exact_totals(
     assert report["gaps"] == [[n * 10 + 7, n * 10 + 10] for n in range(40, 49)]
     assert (report["received"], report["folded_gap_events"]) == (300, 160)
     assert report["unreceived_tail"] == [497, 500]
-    assert sources.missing([report]) == (160 + 9 * 4, 4)
+    known = sources.overview({"s": ranges}, {"s": 500}, {})
+    assert (known.gap_events, known.unreceived_tail_events) == (160 + 9 * 4, 4)
+    assert known.reports == {"s": report}
+
+
+def test_stats_report_the_sources_missing_numbers_first_and_count_every_source() -> None:
+    """Every app process is a source: a year of restarts makes many thousands. stats
+    reports MAX_REPORTED of them (those missing numbers, then the most recently seen)
+    and totals over all."""
+    complete = {f"ok-{i}": [[1, 10]] for i in range(50)}
+    ranges = {**complete, "gap": [[1, 4], [7, 9]], "tail": [[1, 3]], "folded": [[1, 20, 5]],
+              "never-stored": []}
+    numbered = {"tail": 8, "never-stored": 2, "ok-0": 10}
+    seen = {f"ok-{i}": 1000 + i for i in range(50)}  # ok-49 the most recently seen
+    known = sources.overview(ranges, numbered, seen, limit=6)
+    assert sorted(known.reports) == ["folded", "gap", "never-stored", "ok-48", "ok-49",
+                                     "tail"]
+    assert (known.total, known.omitted) == (54, 48)
+    assert (known.gap_events, known.unreceived_tail_events) == (2 + 5, 5 + 2)
+    assert known.reports["tail"] == sources.report([[1, 3]], 8, None)
+    everything = sources.overview(ranges, numbered, seen)
+    assert (len(everything.reports), everything.omitted) == (54, 0)
+    assert everything.reports["ok-7"] == sources.report([[1, 10]], 0, 1007)
 
 
 def test_folding_never_hides_a_loss_however_the_numbers_arrive(

@@ -591,6 +591,7 @@ def test_a_fragmented_source_is_kept_folded_across_a_restart_and_a_reindex(
         assert {"received": report["received"], "folded_gap_events":
                 report["folded_gap_events"], "gaps": sources.count(report["gaps"])} == expected
         assert stats["gap_events"] == 80 + 36
+        assert (stats["sources_total"], stats["sources_omitted"]) == (1, 0)
     con = sqlite3.connect(tmp_path / "index.sqlite")
     (stored,) = con.execute("SELECT ranges FROM sources WHERE source='src-f'").fetchone()
     con.close()
