@@ -351,6 +351,12 @@ class Index:
     def set_source_seen(self, seen: dict[str, int]) -> None:
         self.con.executemany("INSERT OR REPLACE INTO source_seen VALUES(?,?)", seen.items())
 
+    def forget_sources(self, names: list[str]) -> None:
+        rows = [(name,) for name in names]
+        for table in ("sources", "numbered", "source_seen"):
+            # The table names are these constants, never input.
+            self.con.executemany(f"DELETE FROM {table} WHERE source=?", rows)
+
     def mark_compressed(self, segment: int, blocks: BlockMap) -> None:
         self.con.execute("DELETE FROM gz_blocks WHERE segment=?", (segment,))
         self.con.executemany("INSERT INTO gz_blocks VALUES(?,?,?)",

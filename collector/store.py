@@ -52,6 +52,7 @@ __all__ = ["RepairReport", "StorageError", "StorageSettings", "Store", "WriteRes
 
 log = logging.getLogger("collector.store")
 
+_DAY_NS: Final = 86_400 * 10**9
 _TICK: Final = 0.5  # housekeeping period (age rotation, retention, idle chunk close)
 #: An idle store (no write for ``_IDLE_SECONDS``) closes and indexes an open chunk this big.
 IDLE_CHUNK_ROWS: Final = 4_096
@@ -327,6 +328,9 @@ class Store:
         if deleted:
             writer.counts["retention_deleted"] += deleted
             writer.stored = self._index.count()
+            # A source not seen within the retention period goes with its records.
+            writer.forget_sources(time.time_ns() - int(segments.settings.retention_days
+                                                       * _DAY_NS))
         if self._ledger is not None:
             self._ledger.tick(segments.active)
 
@@ -361,6 +365,7 @@ class Store:
             "quarantined": len(quarantined),
             "quarantined_bytes": sum(quarantined.values()),
             "retention_deleted": counts["retention_deleted"],
+            "sources_forgotten": counts["sources_forgotten"],
             "ingest_rate": round(recent / RATE_WINDOW, 1),
             "fsyncs": counts["fsyncs"],
             "events_per_fsync": round(counts["written"] / counts["fsyncs"], 1)

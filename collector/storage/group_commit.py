@@ -271,6 +271,29 @@ class GroupWriter:
         for sub in rest:
             sub.future.set_exception(error)
 
+    def forget_sources(self, seen_before_ns: int) -> int:
+        """Forget the sources last seen before ``seen_before_ns`` (their ranges, numbered
+        and last_seen); returns how many. Retention calls it with its age limit: such a
+        source's records are deleted, and its entries would otherwise be kept forever,
+        one per app process ever started. A source with no last_seen is kept."""
+        old = [s for s, at in self.seen.items() if at < seen_before_ns]
+        if not old:
+            return 0
+        self._index.begin()
+        try:
+            self._index.forget_sources(old)
+            self._index.commit()
+        except BaseException:
+            self._index.rollback()
+            raise
+        with self.lock:
+            for source in old:
+                self.sources.pop(source, None)
+                self.numbered.pop(source, None)
+                del self.seen[source]
+        self.counts["sources_forgotten"] += len(old)
+        return len(old)
+
     def sealed(self, segment: int) -> None:
         """A segment was sealed: its last chunk is complete."""
         chunk = self._index.open_chunk

@@ -495,6 +495,31 @@ def test_retention_deletes_sealed_segments_older_than_retention_days(tmp_path: P
     assert stored_ids(tmp_path) == active and set(kept) <= set(active)
 
 
+def test_retention_forgets_the_sources_not_seen_within_its_age(tmp_path: Path) -> None:
+    """Every app process is a source: kept forever, they would pile up by the thousand.
+    A source not seen for longer than retention_days goes with its records, across a
+    restart too; a source seen since stays, and so does one whose last_seen is unknown."""
+    with open_store(tmp_path, max_segment_bytes=4096) as store:
+        store.write(events(3), "src-unknown-age", [1, 2, 3])
+    con = sqlite3.connect(tmp_path / "index.sqlite")  # as an index from before last_seen
+    con.execute("DELETE FROM source_seen WHERE source='src-unknown-age'")
+    con.commit()
+    con.close()
+    with open_store(tmp_path, max_segment_bytes=4096, retention_days=4 / 86_400) as store:
+        store.submit_encoded(encode_events(events(6)), "src-gone", [1, 2, 3, 5, 6, 7],
+                             9).result()
+        while store.stats()["segments"]["sealed"] < 2:  # src-gone's segment sealed
+            store.write(events(6))
+        time.sleep(3)  # retention deletes that segment ~1 s from now, and src-gone with it
+        store.write(events(2), "src-live", [1, 2])  # in the active segment: kept
+        wait_until(lambda: store.stats()["sources_forgotten"] == 1)
+        stats = store.stats()
+    assert sorted(stats["sources"]) == ["src-live", "src-unknown-age"]
+    assert (stats["gap_events"], stats["unreceived_tail_events"]) == (0, 0)
+    with open_store(tmp_path) as store:
+        assert sorted(store.stats()["sources"]) == ["src-live", "src-unknown-age"]
+
+
 def test_retention_by_size_deletes_the_oldest_segments_first(tmp_path: Path) -> None:
     with open_store(tmp_path, max_segment_bytes=4096, retention_bytes=9000) as store:
         written = [store.write(events(8)).written for _ in range(8)]
