@@ -87,7 +87,9 @@ def parse_ip(token: str) -> IPAddress | None:
     return ip
 
 
-def _split_outside_quotes(text: str, separator: str) -> list[str]:
+def _split_outside_quotes(text: str, separator: str) -> list[str] | None:
+    """``text`` split on ``separator`` outside quoted-strings; None if a quote is left
+    open (the text is malformed)."""
     parts: list[str] = []
     current: list[str] = []
     quoted = escaped = False
@@ -103,17 +105,26 @@ def _split_outside_quotes(text: str, separator: str) -> list[str]:
             current = []
             continue
         current.append(ch)
+    if quoted:
+        return None
     parts.append("".join(current))
     return parts
 
 
 def forwarded_for_values(header: str) -> list[str]:
     """The ``for=`` value of each element of an RFC 7239 ``Forwarded`` header, in order;
-    an element without ``for`` gives an empty hop (which stops the walk)."""
+    an element without ``for``, or malformed, gives an empty hop (which stops the walk).
+
+    Elements are split at *every* comma, quotes or not. A quote a client leaves open
+    (``Forwarded: for=6.6.6.6;by="``) must not reach across the comma into the element
+    the trusted proxy appends after it (``, for=<the real client>``): read quote-aware,
+    that element would vanish inside the client's quoted-string and the client's own
+    ``for`` would be taken as the hop. A quoted-string holding a comma, which no IP or
+    obfuscated identifier does, becomes a malformed element, never a forged hop."""
     hops: list[str] = []
-    for element in _split_outside_quotes(header, ","):
+    for element in header.split(","):
         value = ""
-        for pair in _split_outside_quotes(element, ";"):
+        for pair in _split_outside_quotes(element, ";") or ():
             name, sep, raw = pair.partition("=")
             if sep and name.strip().lower() == "for":
                 value = raw.strip()

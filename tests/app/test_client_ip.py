@@ -94,6 +94,16 @@ CASES = [
     ("unterminated quote in Forwarded", "10.0.0.5",
      {"Forwarded": 'for="198.51.100.7'},
      {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
+    ("a quote left open cannot swallow the proxy's Forwarded element", "10.0.0.5",
+     {"Forwarded": 'for=6.6.6.6;by=", for=198.51.100.7'},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "198.51.100.7", "10.0.0.5"),
+    ("nor its quoted IPv6 one", "10.0.0.5",
+     {"Forwarded": 'for=6.6.6.6;x=", for="[2001:db8:cafe::17]:4711"'},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "2001:db8:cafe::17",
+     "10.0.0.5"),
+    ("a comma inside a quoted Forwarded value is malformed, not a hop", "10.0.0.5",
+     {"Forwarded": 'for="6.6.6.6, for=198.51.100.7"'},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
     ("huge header is cut, rightmost hops still used", "10.0.0.5",
      {"X-Forwarded-For": "1.1.1.1, " * 20000 + "198.51.100.7"}, {"trusted_proxies": PROXY},
      "198.51.100.7", "10.0.0.5"),
@@ -117,6 +127,19 @@ def test_repeated_forwarding_headers_are_walked_as_one_list(events: list[AuditEv
     client.post("/b", headers=[("x-forwarded-for", "198.51.100.7"),
                                ("x-forwarded-for", "10.2.2.2")])
     assert events[-1].client_ip == "198.51.100.7"
+
+
+def test_a_quote_left_open_in_one_forwarded_line_cannot_swallow_the_next(
+        events: list[AuditEvent]) -> None:
+    """The client sends ``Forwarded: for=6.6.6.6;by="``; the trusted proxy adds its own
+    line with the real client. The lines are joined with ", ": the open quote must not
+    make the proxy's element part of the client's."""
+    app = AuditMiddleware(Starlette(routes=[Route("/b", create_bucket, methods=["POST"])]),
+                          trusted_proxies=PROXY, forwarded_header="forwarded")
+    client = TestClient(app, client=("10.0.0.5", 1))
+    client.post("/b", headers=[("forwarded", 'for=6.6.6.6;by="'),
+                               ("forwarded", "for=198.51.100.7")])
+    assert (events[-1].client_ip, events[-1].peer_ip) == ("198.51.100.7", "10.0.0.5")
 
 
 def test_peer_ip_is_recorded_only_when_forwarding_was_used(events: list[AuditEvent]) -> None:
