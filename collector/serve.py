@@ -11,6 +11,7 @@ import asyncio
 import errno
 import logging
 import os
+import resource
 import signal
 import sqlite3
 import sys
@@ -71,6 +72,7 @@ def run(config: CollectorConfig, out: TextIO = sys.stdout) -> int:
     for line in config.describe():
         print(line, file=out)
     out.flush()
+    print(f"  open files = {raise_open_files_limit()}", file=out)
     config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
         store, report = open_store(config)
@@ -90,6 +92,27 @@ def run(config: CollectorConfig, out: TextIO = sys.stdout) -> int:
         store.close()
         print("audit-collector: stopped", file=out, flush=True)
     return 0
+
+
+#: The open-files limit serve raises its soft limit to, when the hard limit allows.
+OPEN_FILES_WANTED = 65_536
+
+
+def raise_open_files_limit() -> str:
+    """Raise the soft limit on open files toward the hard one (as servers do: the soft
+    limit is often 1,024). Ingest, the store and the API's sockets share it: the API's
+    connection cap is a quarter of it, so with a low limit a flood of connections would
+    leave too few files for segments and the index. Returns a line for the summary."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard,
+                                                                         OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            return f"{soft} (could not raise it to {wanted}: {exc})"
+        return f"{wanted} (raised from {soft})"
+    return str(soft)
 
 
 def describe_repair(report: Any) -> str:

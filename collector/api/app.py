@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -74,6 +74,7 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
             ReadNotRecordedError: _unavailable,
             StorageError: _unavailable,
             ReaderError: _unavailable,
+            ClientDisconnect: _client_gone,
             Exception: _internal_error,
         },
         lifespan=lifespan,
@@ -110,6 +111,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unavailable(request: Request, exc: Exception) -> Response:
     log.error("query API: %s", exc)
     return _error(503, "unavailable", str(exc))
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed before its body ended (or the connection guard closed a stalled
+    # one): not the collector's failure, so no traceback in its log, which a stream of
+    # such clients could otherwise fill at several KiB each. Nobody reads this answer.
+    return Response(status_code=400)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -10,8 +10,12 @@ a task, and ``shutdown`` when serve stops. Forwarded-for headers are ignored
 uvicorn has no deadline for a request's headers: a client that sends half a request and
 waits holds its socket forever, and enough of them exhaust the process's files, which
 the ingest socket needs too. ``_guard_connections`` closes a connection that has waited
-longer than ``HEADER_TIMEOUT`` without a request in progress, and, above
-``max_connections``, the longest-waiting ones first.
+longer than ``HEADER_TIMEOUT`` without a request in progress, or whose request body has
+not all arrived within ``BODY_TIMEOUT``; and, above ``max_connections``, those first,
+soonest deadline first. A request whose body has arrived is never closed by the guard
+(an export may stream for minutes). The guard reads uvicorn's per-connection request
+cycle (``response_complete``, ``more_body``): ``tests/api/test_connection_guard.py``
+fails if a uvicorn release renames them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from .context import Api, ApiSettings
 #: Seconds a connection may wait without a request in progress (a half-sent request
 #: included) before it is closed.
 HEADER_TIMEOUT = 10.0
+#: Seconds a request's body may take to arrive, from when the guard first saw the request.
+BODY_TIMEOUT = 10.0
 GUARD_INTERVAL = 1.0
 
 
@@ -111,16 +117,20 @@ class ApiServer:
             waiting: list[tuple[float, Any]] = []
             for conn in connections:
                 cycle = getattr(conn, "cycle", None)
-                if cycle is not None and not cycle.response_complete:
-                    continue  # a request in progress: the app's business, not ours
                 key = (id(conn), id(cycle))  # a new request on the connection: a new key
                 since = seen[key] = waiting_since.get(key, now)
-                waiting.append((since, conn))
+                if cycle is None or cycle.response_complete:
+                    waiting.append((since + HEADER_TIMEOUT, conn))
+                elif getattr(cycle, "more_body", False):
+                    # Its body still arriving: a sign-in's is read before any token is
+                    # checked, so a stalled one must not hold its socket forever either.
+                    waiting.append((since + BODY_TIMEOUT, conn))
+                # else a request in progress, body received: the app's business, not ours
             waiting_since = seen
             cap = self.max_connections or default_max_connections()
             excess = len(connections) - cap
-            for since, conn in sorted(waiting, key=lambda item: item[0]):
-                if excess <= 0 and now - since < HEADER_TIMEOUT:
+            for deadline, conn in sorted(waiting, key=lambda item: item[0]):
+                if excess <= 0 and now < deadline:
                     break
                 transport = getattr(conn, "transport", None)
                 if transport is not None and not transport.is_closing():

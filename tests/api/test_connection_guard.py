@@ -24,15 +24,27 @@ async def _hello(request: Request) -> PlainTextResponse:
     return PlainTextResponse("hello")
 
 
+async def _echo(request: Request) -> PlainTextResponse:
+    """Reads its body before anything else, as the sign-in does."""
+    return PlainTextResponse(await request.body())
+
+
+async def _slow(request: Request) -> PlainTextResponse:
+    await asyncio.sleep(1.5)  # longer than every deadline of the test
+    return PlainTextResponse("done")
+
+
 @pytest.fixture(autouse=True)
 def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 0.6)
+    monkeypatch.setattr(api_server, "BODY_TIMEOUT", 0.6)
     monkeypatch.setattr(api_server, "GUARD_INTERVAL", 0.1)
 
 
 @contextlib.asynccontextmanager
 async def _serving() -> AsyncIterator[api_server.ApiServer]:
-    app = Starlette(routes=[Route("/", _hello)])
+    app = Starlette(routes=[Route("/", _hello), Route("/echo", _echo, methods=["POST"]),
+                            Route("/slow", _slow)])
     app.state.api = SimpleNamespace(close=lambda: None)  # what shutdown() closes
     server = api_server.ApiServer(app, "127.0.0.1", 0)
     await server.start()
@@ -83,6 +95,65 @@ def test_above_the_cap_the_longest_waiting_connections_go_first(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
     _run(_over_the_cap)
+
+
+def test_a_request_whose_body_stalls_is_closed_after_the_body_timeout() -> None:
+    """A sign-in reads its body before any token is checked: without this, anyone who
+    can reach the port could hold sockets until the process runs out of files."""
+    _run(_stalled_body)
+
+
+def test_a_slow_handler_with_its_body_received_is_not_closed() -> None:
+    _run(_slow_handler)
+
+
+def test_above_the_cap_stalled_bodies_are_closed_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_server, "BODY_TIMEOUT", 60.0)  # only the cap closes here
+    _run(_stalled_bodies_over_the_cap)
+
+
+_STALLED = b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 4000\r\n\r\n{"
+
+
+async def _stalled_body(served: api_server.ApiServer) -> None:
+    sock = _connect(served)
+    try:
+        sock.send(_STALLED)  # 1 byte of the 4000 announced, then nothing
+        assert not await _closed_within(sock, 0.3)  # not before the deadline
+        assert await _closed_within(sock, 3.0)
+    finally:
+        sock.close()
+    assert served.closed_by_guard == 1
+
+
+async def _slow_handler(served: api_server.ApiServer) -> None:
+    sock = _connect(served)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        async with asyncio.timeout(5):
+            reply = await loop.sock_recv(sock, 4096)
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"done")
+    finally:
+        sock.close()
+    assert served.closed_by_guard == 0
+
+
+async def _stalled_bodies_over_the_cap(served: api_server.ApiServer) -> None:
+    served.max_connections = 2
+    socks = []
+    try:
+        for _ in range(4):
+            sock = _connect(served)
+            sock.send(_STALLED)
+            socks.append(sock)
+            await asyncio.sleep(0.25)  # seen by the guard in this order
+        closed = [await _closed_within(s, 1.0) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert closed == [True, True, False, False]
 
 
 async def _half_sent_request(served: api_server.ApiServer) -> None:

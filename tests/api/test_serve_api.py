@@ -119,3 +119,21 @@ def test_the_api_over_tls_sets_secure_cookies_and_hsts(root: Path) -> None:
             assert signed_in.status_code == 200
             assert "Secure" in signed_in.headers["set-cookie"]
             assert signed_in.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_a_sign_in_abandoned_mid_body_leaves_no_traceback(root: Path) -> None:
+    """A client that goes away before its body ends (or is closed by the connection
+    guard) is not the collector's failure: logged as one, a stream of such clients would
+    fill the log with several KiB of traceback each."""
+    data = root / "data"
+    add_reader(data, "ops", root=True)
+    with serving(data) as (collector, url):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        for _ in range(3):
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(b"POST /api/v1/session HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n{")
+        # A complete request after them: answered, so the three were handled before it.
+        assert httpx.post(f"{url}/api/v1/session", json={"token": "nope"}).status_code == 401
+    output = "".join(collector.output)  # all of it: the process has stopped
+    assert "Traceback" not in output and "failed" not in output, output[-3000:]

@@ -5,12 +5,15 @@ configuration that cannot work."""
 from __future__ import annotations
 
 import re
+import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import CollectorProcess, short_tmp
+from tests.e2e.harness import ROOT, CollectorProcess, short_tmp
 
 pytestmark = pytest.mark.e2e
 
@@ -33,9 +36,33 @@ def test_serve_prints_its_configuration_and_stops_cleanly(root: Path) -> None:
         assert re.search(r"idle_timeout\s+= 90.0\s+\[flag --idle-timeout\]", output)
         assert re.search(r"max_connections\s+= 12\s+\[env AUDIT_MAX_CONNECTIONS\]", output)
         assert oct(process.socket.stat().st_mode & 0o777) == "0o600"
+        assert re.search(r"open files = \d+", output)
     finally:
         assert process.stop() == 0
     assert not process.socket.exists()
+
+
+def _raised_in_a_child(soft: int, hard: int) -> tuple[str, int]:
+    """What raise_open_files_limit says in a process started with these limits, and the
+    soft limit it leaves."""
+    code = ("import resource; from collector.serve import raise_open_files_limit as r; "
+            "print(r()); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    message, after = done.stdout.splitlines()
+    return message, int(after)
+
+
+def test_serve_raises_its_open_files_limit_toward_the_hard_one() -> None:
+    """The API's connection cap is a quarter of the soft limit: at the common 1,024 a
+    flood of API connections would leave too few files for ingest and the store."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = 200_000 if hard == resource.RLIM_INFINITY else hard  # a child may lower it
+    top = min(hard, 65_536)
+    assert _raised_in_a_child(1024, hard) == (f"{top} (raised from 1024)", top)
+    assert _raised_in_a_child(512, 2048) == ("2048 (raised from 512)", 2048)  # hard caps
+    assert _raised_in_a_child(top, hard) == (str(top), top)  # enough already: left alone
 
 
 def test_serve_refuses_a_bad_configuration_with_a_clear_message(root: Path) -> None:
