@@ -57,6 +57,13 @@ class Api:
             return
         client = request.client.host if request.client else None
         attempts = self.denials.admit(client or "", exc.denied)
+        unrecorded = self.denials.unrecorded()
+        if unrecorded is not None:
+            await self.recorder.record_denial(
+                "", target="(many)", client_ip=None,
+                details={"status": exc.status, "reason": "too many refusals to record one "
+                         "by one", "attempts": unrecorded.attempts,
+                         "clients": unrecorded.clients})
         if attempts:
             await self.recorder.record_denial(
                 exc.principal, target=request.url.path, client_ip=client,

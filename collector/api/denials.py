@@ -8,11 +8,20 @@ it belongs to a reader (403), and why it was refused.
 
 Unauthenticated clients choose how often they are refused, so the records are rate
 limited: per client IP and reason, at most one every ``WINDOW`` seconds, the next one
-saying how many attempts it stands for. The table of recent keys is bounded.
+saying how many attempts it stands for. The table of recent keys is bounded. An IPv6
+client counts by its /64, which one host or one customer of a provider holds.
+
+A client changing address evades a per-address limit (a local user has all of
+127.0.0.0/8, an IPv6 host a /64 or more), so over all clients at most
+``MAX_RECORDS`` records are written a window; the attempts past it are counted and
+reported together by one record (``unrecorded``) with the next refused attempt after
+the window ends. Without this, ten thousand addresses made ten thousand fsynced records
+in seconds: a way to fill the disk with no credentials at all.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,6 +32,10 @@ from typing import Final
 WINDOW: Final = 60.0
 #: Client IP and reason pairs remembered (the oldest are forgotten first).
 MAX_KEYS: Final = 10_000
+#: Denial records written a ``WINDOW``, over all clients; the rest are counted.
+MAX_RECORDS: Final = 100
+#: Distinct clients counted among the attempts not recorded one by one.
+MAX_UNRECORDED_CLIENTS: Final = 10_000
 
 
 @dataclass
@@ -31,23 +44,70 @@ class _Attempts:
     since: int  # attempts refused since that record, not recorded yet
 
 
+@dataclass(frozen=True)
+class Unrecorded:
+    """Refused attempts over the global budget of a past window, reported together."""
+
+    attempts: int
+    clients: int  # distinct client keys among them (counted up to MAX_UNRECORDED_CLIENTS)
+
+
 class DenialLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._recent: OrderedDict[tuple[str, str], _Attempts] = OrderedDict()
+        self._window_start = clock()
+        self._recorded = 0  # records written in the current window
+        self._unrecorded = 0  # attempts past the budget, since the last report
+        self._unrecorded_clients: set[str] = set()
 
     def admit(self, client_ip: str, reason: str) -> int:
         """How many attempts a record made now would stand for (this one included), or
-        0 when this attempt is only counted, to be reported by the next record."""
+        0 when this attempt is only counted, to be reported by a later record."""
         now = self._clock()
-        key = (client_ip, reason)
+        if now - self._window_start >= WINDOW:
+            self._window_start, self._recorded = now, 0
+        client = client_key(client_ip)
+        key = (client, reason)
         seen = self._recent.get(key)
         if seen is not None and now - seen.last_recorded < WINDOW:
             seen.since += 1
             return 0
+        if self._recorded >= MAX_RECORDS:
+            self._unrecorded += 1
+            if len(self._unrecorded_clients) < MAX_UNRECORDED_CLIENTS:
+                self._unrecorded_clients.add(client)
+            return 0
+        self._recorded += 1
         attempts = 1 + (seen.since if seen is not None else 0)
         self._recent[key] = _Attempts(now, 0)
         self._recent.move_to_end(key)
         while len(self._recent) > MAX_KEYS:
             self._recent.popitem(last=False)
         return attempts
+
+    def unrecorded(self) -> Unrecorded | None:
+        """The attempts past the budget, once their window has ended and the budget has
+        room for the record that reports them (which it takes); None otherwise."""
+        if not self._unrecorded:
+            return None
+        now = self._clock()
+        if now - self._window_start >= WINDOW:
+            self._window_start, self._recorded = now, 0
+        if self._recorded >= MAX_RECORDS:
+            return None  # still the window that overflowed
+        self._recorded += 1
+        report = Unrecorded(self._unrecorded, len(self._unrecorded_clients))
+        self._unrecorded = 0
+        self._unrecorded_clients = set()
+        return report
+
+
+def client_key(client_ip: str) -> str:
+    """The client an attempt counts for: its address, or for IPv6 its /64."""
+    if ":" not in client_ip:
+        return client_ip
+    try:
+        return str(ipaddress.IPv6Network(f"{client_ip}/64", strict=False))
+    except ValueError:
+        return client_ip

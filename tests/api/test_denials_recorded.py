@@ -2,7 +2,8 @@
 (``audit_log_access_denied``): a wrong or revoked token, an ended session, a reader that
 is not root, a sign-in posted from another site. A request without credentials is not
 recorded. The token never reaches the record, and an attacker cannot flood the log: per
-client IP and reason, one record a minute, the next saying how many attempts it covers."""
+client IP and reason, one record a minute, the next saying how many attempts it covers;
+over all clients, MAX_RECORDS a minute, then one record for the rest."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from starlette.testclient import TestClient
 
 from collector.api import denials
 from collector.api.context import Api
@@ -92,6 +94,55 @@ def test_the_table_of_recent_clients_is_bounded(monkeypatch: pytest.MonkeyPatch)
         assert limiter.admit(f"10.0.0.{n}", "invalid token") == 1
     assert len(limiter._recent) == 3
     assert limiter.admit("10.0.0.0", "invalid token") == 1  # forgotten, so recorded again
+
+
+def test_over_all_clients_a_window_writes_at_most_max_records_then_one_for_the_rest(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client changing address evades the per-address limit (all of 127.0.0.0/8 is
+    local, an IPv6 host has a /64): without a budget over all clients, ten thousand
+    addresses made ten thousand fsynced records in seconds."""
+    monkeypatch.setattr(denials, "MAX_RECORDS", 2)
+    now = [1000.0]
+    env.client.app.state.api.denials = DenialLimiter(clock=lambda: now[0])  # type: ignore[attr-defined]
+
+    def refused_from(ip: str) -> None:
+        with TestClient(env.client.app, client=(ip, 1)) as client:
+            reply = client.get("/api/v1/audit-logs",
+                               headers={"Authorization": "Bearer ac_0123456789abcdef_x"})
+        assert reply.status_code == 401  # refused either way; only the record is spared
+
+    for n in range(5):
+        refused_from(f"127.0.0.{n + 1}")
+    assert [r["client_ip"] for r in denied(env)] == ["127.0.0.1", "127.0.0.2"]
+    now[0] += denials.WINDOW
+    refused_from("127.0.0.9")
+    *_, many, last = denied(env)
+    assert (many["target"], many["client_ip"], many["principal"]) == ("(many)", "", "")
+    assert status(many) == {"status": 401, "reason": "too many refusals to record one by one",
+                            "attempts": 3, "clients": 3}
+    assert last["client_ip"] == "127.0.0.9" and status(last)["attempts"] == 1
+    assert len(denied(env)) == 4
+
+
+def test_the_budget_reports_what_it_did_not_record_once_its_window_is_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(denials, "MAX_RECORDS", 3)
+    now = [0.0]
+    limiter = DenialLimiter(clock=lambda: now[0])
+    assert [limiter.admit(f"10.0.0.{n}", "invalid token") for n in range(10)] == [1] * 3 + [0] * 7
+    assert limiter.unrecorded() is None  # still the window that overflowed
+    now[0] += denials.WINDOW
+    assert limiter.unrecorded() == denials.Unrecorded(attempts=7, clients=7)
+    assert limiter.unrecorded() is None  # reported once
+    assert limiter.admit("10.0.0.1", "invalid token") == 1  # the budget has room again
+
+
+def test_an_ipv6_client_counts_by_its_slash_64() -> None:
+    limiter = DenialLimiter(clock=lambda: 0.0)
+    assert limiter.admit("2001:db8:0:7::1", "invalid token") == 1
+    assert limiter.admit("2001:db8:0:7:ffff::2", "invalid token") == 0  # the same /64
+    assert limiter.admit("2001:db8:0:8::1", "invalid token") == 1
+    assert denials.client_key("not an address:") == "not an address:"
 
 
 def test_a_refusal_that_cannot_be_recorded_is_still_answered_and_logged(
