@@ -36,8 +36,8 @@ class LineReader:
     memory of known types)."""
 
     def __init__(self, max_field_length: int) -> None:
-        self._validator = Validator(max_field_length)
-        self._canonical = CanonicalLines(max_field_length)
+        self._validator = Validator(max_field_length, from_clients=True)
+        self._canonical = CanonicalLines(max_field_length, from_clients=True)
 
     def sort(self, lines: list[bytes], seqs: list[int]) -> BatchEvents:
         events = BatchEvents()

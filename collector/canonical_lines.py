@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from audit_middleware.event import FIELDS
 
+from .own_records import OWN_TYPES
 from .storage.errors import StorageError
 from .storage.records import ip_column, second_micros
 from .validation import MAX_IP_LENGTH, MAX_LINE_BYTES
@@ -62,12 +63,15 @@ _LINE: Final = re.compile(
 class CanonicalLines:
     """Reads event lines in the shipper's canonical form (see the module docstring)."""
 
-    __slots__ = ("_longest",)
+    __slots__ = ("_longest", "_refused_types")
 
-    def __init__(self, max_field_length: int) -> None:
+    def __init__(self, max_field_length: int, *, from_clients: bool = False) -> None:
         # A line no longer than the field cap cannot hold a field over it, so the fast
         # path needs no length check of its own; a longer line takes the general path.
         self._longest = min(max_field_length, MAX_LINE_BYTES)
+        # From clients, the collector's own types take the general path, which refuses
+        # them (``Validator(from_clients=True)``).
+        self._refused_types = OWN_TYPES if from_clients else frozenset()
 
     def read(self, line: bytes) -> tuple[str, bytes, tuple[Any, ...]] | None:
         """``(id, body, key)`` as ``records.encode_events`` gives them for this line's
@@ -80,6 +84,8 @@ class CanonicalLines:
             return None
         (ident, kind, target, principal, status, org_id, org_name, workspace_id,
          workspace_name, client_ip, second, fraction, _, _) = match.groups()
+        if kind in self._refused_types:
+            return None
         try:
             micros = second_micros(second)  # also: is the date on the calendar?
         except StorageError:

@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from audit_middleware.wire import DEFAULT_MAX_FRAME, MAX_BATCH_EVENTS, SOURCE_PATTERN
 
+from .own_records import own_source, own_source_reason
 from .validation import DEFAULT_MAX_FIELD_LENGTH, Validator, event_id
 
 log = logging.getLogger("collector.ingest.http")
@@ -60,7 +61,7 @@ class HttpIngest:
         self._store = store
         self.settings = settings
         self._token = settings.token.encode() if settings.token else b""
-        self._validator = Validator(settings.max_field_length)
+        self._validator = Validator(settings.max_field_length, from_clients=True)
         self.counters: Counter[str] = Counter()
 
     def stats(self) -> dict[str, int]:
@@ -81,6 +82,8 @@ class HttpIngest:
         if not SOURCE_PATTERN.fullmatch(source):
             return _error(400, "bad_source", "X-Audit-Source must be 1-128 characters of "
                           "letters, digits and ._:@+/-")
+        if own_source(source):
+            return _error(400, "bad_source", own_source_reason(source))
         body = await self._read_body(request)
         if isinstance(body, Response):
             return body

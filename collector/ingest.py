@@ -47,6 +47,7 @@ from audit_middleware.wire import (
 
 from .batch_events import BatchEvents, LineReader
 from .listen import IngestError, bind_unix, tls_context
+from .own_records import own_source, own_source_reason
 from .reply_queue import ReplyQueue, result_size
 from .storage.records import Encoded
 from .validation import DEFAULT_MAX_FIELD_LENGTH
@@ -308,6 +309,9 @@ class IngestServer:
         next group commit); the returned future gives the reply once they are stored,
         the number about how many bytes it will be."""
         batch = decode_batch(payload)
+        if own_source(batch.source):
+            raise WireError(ErrorCode.BAD_BATCH, own_source_reason(batch.source),
+                            batch=batch.batch_id)
         if len(batch.lines) > MAX_BATCH_EVENTS:
             raise WireError(ErrorCode.BAD_BATCH, f"{len(batch.lines)} events in one batch, "
                             f"over the limit of {MAX_BATCH_EVENTS}: send smaller batches",

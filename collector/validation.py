@@ -18,6 +18,8 @@ import orjson
 from audit_middleware.catalogue import NAME_PATTERN
 from audit_middleware.event import FIELDS, OPTIONAL_FIELDS, SCHEMA_VERSION, TEXT_FIELDS
 
+from .own_records import OWN_TYPES, own_type_reason
+
 #: Collector-side cap on each text field, in characters. Apps cap at 1024 by default and
 #: may raise their own cap; the collector refuses anything beyond this.
 DEFAULT_MAX_FIELD_LENGTH: Final = 4096
@@ -48,11 +50,15 @@ def _show(value: object) -> str:
 
 
 class Validator:
-    def __init__(self, max_field_length: int = DEFAULT_MAX_FIELD_LENGTH) -> None:
+    def __init__(self, max_field_length: int = DEFAULT_MAX_FIELD_LENGTH, *,
+                 from_clients: bool = False) -> None:
+        """``from_clients``: validating what apps sent, which may not hold the
+        collector's own types (``collector.own_records``)."""
         if max_field_length < 16:
             raise ValueError("max_field_length must be at least 16 characters")
         self.max_field_length = max_field_length
         self._known_types: set[str] = set()  # well-formed types already seen
+        self._refused_types = OWN_TYPES if from_clients else frozenset()
 
     def parse(self, line: bytes) -> dict[str, Any] | str:
         """One JSON line of a batch -> the validated record, or the rejection reason."""
@@ -87,6 +93,8 @@ class Validator:
         # The type check comes first: a list or an object cannot be looked up in a set.
         if type(kind) is not str or (kind not in self._known_types
                                      and not self._check_type(kind)):
+            if type(kind) is str and kind in self._refused_types:
+                return own_type_reason(kind)
             return ("field 'type' must be 1-64 characters of a-z, 0-9 and '_' starting with a "
                     f"letter, got {_show(kind)}")
         cap = self.max_field_length
@@ -118,7 +126,7 @@ class Validator:
         return record if in_order else _in_schema_order(record)
 
     def _check_type(self, kind: object) -> bool:
-        if type(kind) is not str or not _TYPE(kind):
+        if type(kind) is not str or not _TYPE(kind) or kind in self._refused_types:
             return False
         if len(self._known_types) < _MAX_KNOWN_TYPES:  # bounded: types are few, but a
             self._known_types.add(kind)  # client could send many distinct ones

@@ -19,20 +19,20 @@ import orjson
 from audit_middleware.catalogue import SEED_CATALOGUE, Catalogue
 from audit_middleware.event import AuditEvent
 from audit_middleware.sanitize import DEFAULT_MAX_FIELD_LENGTH, field_text
+from collector.own_records import (
+    AUDIT_LOG_ACCESS_DENIED,
+    AUDIT_LOG_EXPORTED,
+    AUDIT_LOG_VIEWED,
+    SOURCE,
+)
 from collector.readers import Reader
 from collector.validation import Validator
 
-AUDIT_LOG_VIEWED: Final = "audit_log_viewed"
-AUDIT_LOG_EXPORTED: Final = "audit_log_exported"
-#: A refused attempt to read (``collector.api.denials``).
-AUDIT_LOG_ACCESS_DENIED: Final = "audit_log_access_denied"
 #: The seed's catalogue plus the collector's own resource.
 CATALOGUE: Final = Catalogue({**SEED_CATALOGUE,
                               "audit_log": {"view": AUDIT_LOG_VIEWED,
                                             "export": AUDIT_LOG_EXPORTED,
                                             "deny": AUDIT_LOG_ACCESS_DENIED}})
-#: ``source`` of the records (the storage field that says who submitted them).
-SOURCE: Final = "audit-collector-api"
 #: ``target`` of a read of a selection (a lookup's target is the event id it read).
 SELECTION_TARGET: Final = "audit-logs"
 

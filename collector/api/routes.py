@@ -14,12 +14,13 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 
 from collector.query import Page, Reader
 
+from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED
 from . import exports
 from .auth import SESSION_COOKIE, AuthError, authenticate, invalid_token
 from .context import STATIC_DIR, Api
 from .openapi import SPEC
 from .params import ParamError, selection
-from .reads import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, CATALOGUE, SELECTION_TARGET
+from .reads import CATALOGUE, SELECTION_TARGET
 
 _EVENT_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _MAX_SIGN_IN_BODY: Final = 4096

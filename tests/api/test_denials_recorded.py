@@ -16,7 +16,8 @@ from starlette.testclient import TestClient
 from collector.api import denials
 from collector.api.context import Api
 from collector.api.denials import DenialLimiter
-from collector.api.reads import AUDIT_LOG_ACCESS_DENIED, CATALOGUE
+from collector.api.reads import CATALOGUE
+from collector.own_records import AUDIT_LOG_ACCESS_DENIED
 from tests.api.conftest import PEER, Env
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.api.reads import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED
+from collector.own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED
 from tests.api.conftest import Env, make_env
 from tests.collector.storage_helpers import BASE_NS, event
 

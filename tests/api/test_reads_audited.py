@@ -14,7 +14,8 @@ from starlette.testclient import TestClient
 
 from audit_middleware.catalogue import NAME_PATTERN
 from collector.api import ApiSettings, create_app
-from collector.api.reads import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, CATALOGUE, SOURCE
+from collector.api.reads import CATALOGUE
+from collector.own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, SOURCE
 from collector.query import find
 from tests.api.conftest import PEER, Env
 

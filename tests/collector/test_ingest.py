@@ -31,6 +31,7 @@ from audit_middleware.wire import (
     encode_frame,
 )
 from collector.ingest import IngestError, IngestServer, IngestSettings
+from collector.own_records import OWN_TYPES
 from tests.e2e.harness import InProcessCollector, RawClient, open_store, short_tmp, wait_until
 
 MAX_FRAME = 256 * 1024
@@ -137,6 +138,21 @@ def test_bad_events_are_rejected_with_reasons_and_the_good_ones_kept(client: Raw
     assert "not valid JSON" in rejected[(1, 11, None)]
     assert "'v' must be 1" in rejected[(2, 12, event(2)["id"])]
     assert "'type'" in rejected[(4, 14, event(4)["id"])]
+
+
+def test_the_collectors_own_records_cannot_be_sent_by_a_client(client: RawClient) -> None:
+    """The reads of the audit log are the collector's records (``own_records``): an app
+    could otherwise forge who read it, or pose as the collector's source."""
+    client.hello()
+    own = [event(2, type=t) for t in sorted(OWN_TYPES)]
+    reply = result(client.batch(1, lines(event(1), *own)))
+    assert reply.written == [event(1)["id"]]  # the canonical fast path refuses them too
+    assert [(r.index, r.id) for r in reply.rejected] == [(1, own[0]["id"]), (2, own[1]["id"]),
+                                                          (3, own[2]["id"])]
+    assert all("the collector's own record" in r.reason for r in reply.rejected)
+    client.send(encode_batch(2, encode_batch_body("Audit-Collector-API", [1], lines(event(3)))))
+    error = client.error()
+    assert error.code == ErrorCode.BAD_BATCH and "kept for the collector" in error.message
 
 
 def test_a_batch_of_only_bad_events_is_answered_without_touching_the_store(

@@ -214,6 +214,19 @@ def test_the_sender_names_its_source(http: TestClient, store: Any) -> None:
     assert post(http, lines(event(2)), {"X-Audit-Source": "bad source!"}).status_code == 400
 
 
+def test_the_collectors_own_source_and_types_are_refused(http: TestClient, store: Any) -> None:
+    """An app holding the ingest token must not forge the collector's records of who read
+    the audit log (audit_log_viewed from source audit-collector-api)."""
+    posing = post(http, lines(event(1)), {"X-Audit-Source": "audit-collector-api"})
+    assert posing.status_code == 400 and "kept for the collector" in posing.json()["message"]
+    good, forged = event(2), event(3, type="audit_log_viewed")
+    reply = post(http, lines(good, forged))
+    assert reply.status_code == 200 and reply.json()["written"] == [good["id"]]
+    [rejected] = reply.json()["rejected"]
+    assert "the collector's own record" in rejected["reason"]
+    assert [r["id"] for r in stored_events(store.settings.data_dir)] == [good["id"]]
+
+
 def test_counters_for_metrics(store: Any) -> None:
     http, ingest = client_for(store)
     once = event(1)
