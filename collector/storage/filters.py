@@ -30,6 +30,8 @@ TIME_FORMS: Final = (
 _RELATIVE = re.compile(r"(\d{1,9})([smhdw])")
 _SEED = re.compile(r"(\d{4})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+#: 0001-01-01T00:00:00Z in microseconds since the epoch: the earliest time a filter means.
+EARLIEST_US: Final = -62_135_596_800_000_000
 _GLOB = re.compile(r"[a-z0-9_*?\[\]!-]{1,64}")
 
 
@@ -40,7 +42,9 @@ def parse_time(value: object, *, what: str, now_us: int) -> int:
     text = value.strip()
     match = _RELATIVE.fullmatch(text)
     if match:
-        return now_us - int(match[1]) * _UNIT_SECONDS[match[2]] * 1_000_000
+        # An age from before year 1 (999999999w) means from the beginning; unclamped it
+        # passed what SQLite's integers hold.
+        return max(now_us - int(match[1]) * _UNIT_SECONDS[match[2]] * 1_000_000, EARLIEST_US)
     match = _SEED.fullmatch(text)
     try:
         if match:

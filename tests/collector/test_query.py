@@ -135,6 +135,9 @@ def test_relative_times_count_back_from_now(tmp_path: Path) -> None:
         assert everything(store, since="15m") == [newest["id"]]
         assert everything(store, since="2d", until="3h") == [old["id"]]
         assert everything(store, since="1w") == ids([old, recent, newest])
+        # An age from before year 1 is from the beginning (it was a 500 in the API).
+        assert everything(store, since="999999999w") == ids([old, recent, newest])
+        assert everything(store, until="999999999w") == []
 
 
 @pytest.mark.parametrize("filters, message", [
