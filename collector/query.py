@@ -31,7 +31,7 @@ import orjson
 
 from collector.index import INDEX_SCHEMA, ZONE_SHIFT, Index, connect
 from collector.storage.chunks import INDEXED, chunk_table
-from collector.storage.conditions import Conditions, compile_conditions
+from collector.storage.conditions import FOREVER, Conditions, compile_conditions
 from collector.storage.filters import QueryError, check_text
 from collector.storage.reader import RecordReader
 from collector.storage.records import id_key
@@ -65,6 +65,10 @@ class Filters:
 class Page:
     records: list[dict[str, Any]]
     next_cursor: str | None
+    #: The time window the page was read in, microseconds since the epoch (None: no
+    #: bound). A later page's comes from its cursor, not its filters: the API records
+    #: it, so that a read's audit record says what was read whatever the cursor held.
+    window: tuple[int | None, int | None] | None = None
 
 
 class Reader:
@@ -111,7 +115,11 @@ class Reader:
         if len(hits) > limit:
             next_cursor = _encode_cursor({"s": hits[limit - 1][0], "f": fingerprint,
                                           "a": compiled.since, "b": compiled.until})
-        return Page(records, next_cursor)
+        window = None
+        if compiled.timed:
+            window = (compiled.since if compiled.since != FOREVER[0] else None,
+                      compiled.until if compiled.until != FOREVER[1] else None)
+        return Page(records, next_cursor, window)
 
     def find(self, event_id: str) -> dict[str, Any] | None:
         """The stored record of one event id, or None."""

@@ -12,6 +12,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
+from audit_middleware.event import format_created
 from collector.query import Page, Reader
 
 from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED
@@ -51,6 +52,9 @@ async def list_audit_logs(request: Request) -> Response:
     details = sel.describe() | {"limit": sel.limit, "returned": len(page.records)}
     if sel.cursor:
         details["cursor"] = True
+        if page.window is not None:  # the cursor's, which its filters do not show
+            details["window"] = [None if us is None else format_created(us * 1000)
+                                 for us in page.window]
     await api.record(AUDIT_LOG_VIEWED, reader, request, SELECTION_TARGET, details)
     return json_response({"records": page.records, "next_cursor": page.next_cursor,
                           "limit": sel.limit})

@@ -4,6 +4,7 @@ that cannot be recorded is refused."""
 
 from __future__ import annotations
 
+import base64
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,23 @@ def test_each_page_is_a_read(env: Env) -> None:
     reads = env.read_events()
     assert [status(r)["returned"] for r in reads] == [100, 20]
     assert "cursor" not in status(reads[0]) and status(reads[1])["cursor"] is True
+
+
+def test_a_later_page_records_the_window_its_cursor_holds(env: Env) -> None:
+    """A cursor carries its time window, which its request's filters do not show: the
+    read's record says what was read, even with a cursor edited by hand to widen it."""
+    since = "2026-11-25-00-00-00"
+    first = env.get("/api/v1/audit-logs", env.root, since=since, limit=5).json()
+    env.get("/api/v1/audit-logs", env.root, since=since, limit=5,
+            cursor=first["next_cursor"])
+    state = orjson.loads(base64.urlsafe_b64decode(first["next_cursor"] + "==="))
+    state["a"] = 0  # from 1970 on, not from the filters' since
+    forged = base64.urlsafe_b64encode(orjson.dumps(state)).decode().rstrip("=")
+    env.get("/api/v1/audit-logs", env.root, since=since, limit=5, cursor=forged)
+    first_read, second, edited = (status(r) for r in env.read_events())
+    assert "window" not in first_read  # its filters say it
+    assert second["window"] == ["2026-11-25T00:00:00.000000Z", None]
+    assert edited["window"] == ["1970-01-01T00:00:00.000000Z", None]
 
 
 def test_a_read_is_stored_before_its_answer_is_sent(env: Env) -> None:
