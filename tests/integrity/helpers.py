@@ -31,7 +31,10 @@ def copy_of(data_dir: Path, target: Path) -> Path:
 
 
 def segment_paths(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "segments").glob("segment-*.jsonl*"))
+    """The segments, plain and compressed; not a ``.tmp`` a rotation cut short by a kill
+    left behind (it is no segment yet: start-up removes it)."""
+    return sorted(p for p in (data_dir / "segments").glob("segment-*.jsonl*")
+                  if not p.name.endswith(".tmp"))
 
 
 def digest_paths(data_dir: Path) -> list[Path]:
