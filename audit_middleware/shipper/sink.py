@@ -270,7 +270,16 @@ class CollectorSink:
         if not self._queue.flush(timeout):
             return False
         spool = self._spool
-        while spool is not None and not spool.empty:
+        while spool is not None:
+            # Under the worker's lock: a replay's commit takes the last file off the spool's
+            # list before it unlinks it; seen between the two, "empty" is not done yet.
+            if not self._io_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+                return False
+            try:
+                if spool.empty:
+                    return True
+            finally:
+                self._io_lock.release()
             if time.monotonic() >= deadline:
                 return False
             self._queue.wake()

@@ -133,14 +133,17 @@ class Spool:
             self._remove_head()
 
     def _remove_head(self) -> None:
-        head = self._files.pop(0)
+        head = self._files[0]
+        # Counted off before the file leaves the list: a reader without the worker's
+        # lock (stats) that sees the spool empty also sees its bytes gone.
+        self._used = max(self._used - head.size, 0)
+        self._files.pop(0)
         if head is self._active:
             self._active = None
         try:
             os.unlink(head.path)
         except FileNotFoundError:
             pass
-        self._used = max(self._used - head.size, 0)
         os.close(head.fd)  # releases the lock after the unlink: nobody adopts a dead file
 
     # -- several processes ----------------------------------------------------------------

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from audit_middleware.shipper import spool as spool_module
 from audit_middleware.shipper.spool import RECORD, SUFFIX, Spool
 
 
@@ -55,6 +58,25 @@ def test_files_are_private_and_deleted_once_replayed(tmp_path: Path) -> None:
     assert len(drain(spool)) == 10
     assert spool_files(directory) == []
     assert spool.used_bytes == 0
+
+
+def test_a_spool_seen_empty_has_its_bytes_counted_off(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last file leaves the spool with an unlink, which releases the GIL: a reader
+    without the worker's lock (stats) must not see it empty with its bytes still used
+    (spool_bytes != 0 after wait_for_delivery: a rare flake)."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(b"x" * 1000)
+    seen: list[tuple[bool, int]] = []
+    unlink = os.unlink
+
+    def watched_unlink(path: os.PathLike[str]) -> None:
+        seen.append((spool.empty, spool.used_bytes))  # what another thread could see now
+        unlink(path)
+
+    monkeypatch.setattr(spool_module.os, "unlink", watched_unlink)
+    assert drain(spool) == [b"x" * 1000]
+    assert seen == [(True, 0)]
 
 
 def test_append_refuses_beyond_the_size_cap(tmp_path: Path) -> None:
