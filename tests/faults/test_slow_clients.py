@@ -216,7 +216,12 @@ def test_a_shipper_with_larger_batches_splits_them_under_the_event_cap(tmp: Path
     assert len(Stored.read(collector.data_dir).in_segments) == 3 * MAX_BATCH_EVENTS
 
 
-def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path) -> None:
+@pytest.mark.parametrize("half", [
+    b"GET /api/v1/audit-logs HTTP/1.1\r\nHost: x\r\n",  # the headers never end
+    # The sign-in reads its body before any token is checked: the body never ends.
+    b"POST /api/v1/session HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{",
+], ids=["headers", "sign-in body"])
+def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path, half: bytes) -> None:
     """Clients of the query API that send half a request and wait. To reach the limit
     quickly the collector's file limit is lowered to 200 (prlimit); with the usual
     1024 or more it takes only more connections."""
@@ -229,7 +234,7 @@ def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path) -> Non
     for _ in range(300):
         try:
             sock = socket.create_connection((host, int(port)), timeout=2)
-            sock.sendall(b"GET /api/v1/audit-logs HTTP/1.1\r\nHost: x\r\n")  # never ends
+            sock.sendall(half)
             held.append(sock)
         except OSError:
             break
@@ -242,7 +247,8 @@ def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path) -> Non
             sock.close()
     result = app.finish()
     assert collector.stop() == 0
-    report("slow HTTP clients holding the API (file limit 200)", slow_clients=len(held),
+    report(f"slow HTTP clients holding the API with half a request ({half.split()[0].decode()}"
+           f", file limit 200)", slow_clients=len(held),
            acknowledged=result["acknowledged"], lost=result["emitted"] - result["acknowledged"])
 
 
