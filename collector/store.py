@@ -52,7 +52,6 @@ __all__ = ["RepairReport", "StorageError", "StorageSettings", "Store", "WriteRes
 
 log = logging.getLogger("collector.store")
 
-_DAY_NS: Final = 86_400 * 10**9
 _TICK: Final = 0.5  # housekeeping period (age rotation, retention, idle chunk close)
 #: An idle store (no write for ``_IDLE_SECONDS``) closes and indexes an open chunk this big.
 IDLE_CHUNK_ROWS: Final = 4_096
@@ -87,7 +86,7 @@ class StorageSettings:
         if self.max_segment_age <= 0:
             raise StorageSettingsError(
                 f"max_segment_age={self.max_segment_age}: use a positive number of seconds")
-        if self.retention_days <= 0:
+        if not self.retention_days > 0:  # nan too
             raise StorageSettingsError(
                 f"retention_days={self.retention_days}: use a positive number of days")
         if self.retention_bytes is not None and self.retention_bytes < 0:
@@ -324,13 +323,13 @@ class Store:
                 and time.monotonic() - self._last_activity >= _IDLE_SECONDS):
             self._index.close_chunk()  # queries need not scan it while the store idles
             writer.index_closed_chunks()
-        deleted = segments.apply_retention()
+        deleted, stored_before_ns = segments.apply_retention()
         if deleted:
             writer.counts["retention_deleted"] += deleted
             writer.stored = self._index.count()
-            # A source not seen within the retention period goes with its records.
-            writer.forget_sources(time.time_ns() - int(segments.settings.retention_days
-                                                       * _DAY_NS))
+            # A source whose last record was stored before the oldest segment kept has no
+            # record left: it goes with them (by age or by size).
+            writer.forget_sources(stored_before_ns)
         if self._ledger is not None:
             self._ledger.tick(segments.active)
 

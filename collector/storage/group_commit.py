@@ -273,9 +273,10 @@ class GroupWriter:
 
     def forget_sources(self, seen_before_ns: int) -> int:
         """Forget the sources last seen before ``seen_before_ns`` (their ranges, numbered
-        and last_seen); returns how many. Retention calls it with its age limit: such a
-        source's records are deleted, and its entries would otherwise be kept forever,
-        one per app process ever started. A source with no last_seen is kept."""
+        and last_seen); returns how many. Retention calls it with the time before which
+        every record is deleted: such a source has no record left, and its entries would
+        otherwise be kept forever, one per app process ever started (a reindex cannot
+        bring it back: nothing of it remains). A source with no last_seen is kept."""
         old = [s for s, at in self.seen.items() if at < seen_before_ns]
         if not old:
             return 0

@@ -181,14 +181,17 @@ class SegmentSet:
             info.path, info.size, info.compressed = target, target.stat().st_size, True
 
     # -- retention ------------------------------------------------------------------------
-    def apply_retention(self) -> int:
+    def apply_retention(self) -> tuple[int, int]:
         """Delete the sealed segments retention no longer keeps (files first, then their
-        index rows); returns how many."""
+        index rows). Returns how many, and the time before which every record stored is
+        now deleted (the creation of the oldest segment kept; 0 when none was deleted):
+        retention takes the oldest segments, by age or by size."""
         s = self.settings
         infos = [SealedInfo(seq, i.size, i.sealed_ns) for seq, i in self._sealed.items()]
         doomed = expired(infos, now_ns=time.time_ns(), retention_days=s.retention_days,
                          retention_bytes=s.retention_bytes,
                          keep_newest=self.active.records == 0)
+        stored_before_ns = max((self._sealed[seq].sealed_ns for seq in doomed), default=0)
         if doomed and self._ledger is not None:
             # Signed before anything is deleted: verify then tells retention from theft.
             self._ledger.retention(max(doomed) + 1, self.active)
@@ -205,7 +208,7 @@ class SegmentSet:
             except BaseException:
                 self._index.rollback()  # start-up drops rows of files that are gone
                 raise
-        return len(doomed)
+        return len(doomed), stored_before_ns
 
     # -- the rest -------------------------------------------------------------------------
     def sealed_files(self) -> list[SegmentFile]:

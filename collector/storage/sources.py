@@ -15,14 +15,17 @@ under sustained overload (a full queue and no spool) fragments its numbering int
 range per export, hundreds a second; unbounded, each commit would re-merge and rewrite
 them all and the collector would slow down exactly when the app is overloaded. Past the
 bound the oldest ranges are *folded* into one, ``[first, last, missing]``, ``missing``
-counting the numbers inside it not received when they were folded. The totals
+counting the numbers inside it not received when they were folded. (Numbers older than
+a folded range, arriving late, can make a second, older one: the totals stay right.) The totals
 (``received``, gap events) stay exact; what is forgotten is where the oldest gaps were.
 A number that arrives later inside the folded range is not subtracted from ``missing``
 (a shipper may number two events alike: it cannot be told from a repeat), so such a
 late arrival is counted as missing still, never a loss hidden.
 
 Retention deleting old segments leaves the ranges as they are (a deleted record was
-received, not lost); ``reindex`` rebuilds them from the segments that remain.
+received, not lost), except that a source none of whose records is left is forgotten
+(``GroupWriter.forget_sources``); ``reindex`` rebuilds them from the segments that
+remain.
 """
 
 from __future__ import annotations
@@ -115,8 +118,8 @@ def count(ranges: Ranges) -> int:
 
 
 def folded(ranges: Ranges) -> int:
-    """How many numbers inside the folded range are missing (0 when nothing was folded).
-    It is the first range, unless numbers older than it arrived since."""
+    """How many numbers inside folded ranges are missing (0 when nothing was folded).
+    The folded range is the first, unless numbers older than it arrived since."""
     return sum(r[2] for r in ranges if len(r) > 2)
 
 

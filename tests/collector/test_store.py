@@ -195,6 +195,8 @@ def test_settings_out_of_range_are_refused() -> None:
         StorageSettings(Path("x"), max_segment_bytes=10)
     with pytest.raises(ValueError, match="retention_days"):
         StorageSettings(Path("x"), retention_days=0)
+    with pytest.raises(ValueError, match="retention_days"):
+        StorageSettings(Path("x"), retention_days=float("nan"))
 
 
 # -- disk errors ----------------------------------------------------------------------------
@@ -518,6 +520,25 @@ def test_retention_forgets_the_sources_not_seen_within_its_age(tmp_path: Path) -
     assert (stats["gap_events"], stats["unreceived_tail_events"]) == (0, 0)
     with open_store(tmp_path) as store:
         assert sorted(store.stats()["sources"]) == ["src-live", "src-unknown-age"]
+
+
+def test_retention_by_size_forgets_the_sources_whose_records_it_deleted(
+        tmp_path: Path) -> None:
+    """Forgetting follows the records, not a clock: a source whose last record is in a
+    deleted segment has nothing left (a reindex could not bring it back); one with a
+    record in a kept segment stays. With an unbounded age (retention_days=inf), too."""
+    with open_store(tmp_path, max_segment_bytes=4096, retention_bytes=9000,
+                    retention_days=float("inf")) as store:
+        store.write(events(6), "src-old", list(range(1, 7)))
+        for n in range(8):
+            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        wait_until(lambda: store.stats()["sources_forgotten"] == 1)
+        stats = store.stats()
+        assert stats["last_error"] is None
+    assert sorted(stats["sources"]) == ["src-busy"]
+    reindex(tmp_path)
+    with open_store(tmp_path) as store:
+        assert sorted(store.stats()["sources"]) == ["src-busy"]
 
 
 def test_retention_by_size_deletes_the_oldest_segments_first(tmp_path: Path) -> None:
