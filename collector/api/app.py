@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Final
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,6 +34,10 @@ from .reads import ReadNotRecordedError, Submitter
 
 log = logging.getLogger("collector.api")
 
+#: The sign-in: the one request whose body is read before any credential is checked
+#: (``server.ApiServer``'s guard gives such bodies a deadline).
+SIGN_IN_PATH: Final = "/api/v1/session"
+
 ROUTES = [
     Route("/api/v1/audit-logs", routes.list_audit_logs, methods=["GET"]),
     Route("/api/v1/audit-logs/export.csv", routes.export_csv, methods=["GET"]),
@@ -41,9 +46,9 @@ ROUTES = [
     Route("/api/v1/audit-logs/export.ecs.jsonl", routes.export_ecs, methods=["GET"]),
     Route("/api/v1/audit-logs/{event_id}", routes.get_audit_log, methods=["GET"]),
     Route("/api/v1/event-types", routes.event_types, methods=["GET"]),
-    Route("/api/v1/session", routes.who_am_i, methods=["GET"]),
-    Route("/api/v1/session", routes.sign_in, methods=["POST"]),
-    Route("/api/v1/session", routes.sign_out, methods=["DELETE"]),
+    Route(SIGN_IN_PATH, routes.who_am_i, methods=["GET"]),
+    Route(SIGN_IN_PATH, routes.sign_in, methods=["POST"]),
+    Route(SIGN_IN_PATH, routes.sign_out, methods=["DELETE"]),
     Route("/api/v1/openapi.json", routes.openapi, methods=["GET"]),
     *http_ingest.routes(),  # POST /api/v1/events, when serve attaches its HttpIngest
     *metrics.routes(),  # GET /metrics (Prometheus), when serve attaches its Metrics

@@ -10,10 +10,11 @@ a task, and ``shutdown`` when serve stops. Forwarded-for headers are ignored
 uvicorn has no deadline for a request's headers: a client that sends half a request and
 waits holds its socket forever, and enough of them exhaust the process's files, which
 the ingest socket needs too. ``_guard_connections`` closes a connection that has waited
-longer than ``HEADER_TIMEOUT`` without a request in progress, or whose request body has
-not all arrived within ``BODY_TIMEOUT``; and, above ``max_connections``, those first,
-soonest deadline first. A request whose body has arrived is never closed by the guard
-(an export may stream for minutes). The guard reads uvicorn's per-connection request
+longer than ``HEADER_TIMEOUT`` without a request in progress, or a sign-in whose body
+(read before any token is checked) has not all arrived within ``BODY_TIMEOUT``; and,
+above ``max_connections``, those first, soonest deadline first. Any other request in
+progress is never closed by the guard (an export may stream for minutes, an ingest
+upload come over a slow link). The guard reads uvicorn's per-connection request
 cycle (``response_complete``, ``more_body``): ``tests/api/test_connection_guard.py``
 fails if a uvicorn release renames them.
 """
@@ -24,20 +25,24 @@ import asyncio
 import resource
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 from starlette.applications import Starlette
 
 from ..ingest import DRAIN_TIMEOUT
-from .app import create_app
+from .app import SIGN_IN_PATH, create_app
 from .context import Api, ApiSettings
 
 #: Seconds a connection may wait without a request in progress (a half-sent request
 #: included) before it is closed.
 HEADER_TIMEOUT = 10.0
-#: Seconds a request's body may take to arrive, from when the guard first saw the request.
+#: Seconds the body of a request read before any credential is checked (the sign-in,
+#: a few bytes) may take to arrive, from when the guard first saw the request. Other
+#: bodies have no deadline here: HTTP ingest checks its token before reading one, and a
+#: client holding the token may upload a large batch over a slow link.
 BODY_TIMEOUT = 10.0
+BODY_BEFORE_AUTH: Final = frozenset({SIGN_IN_PATH})
 GUARD_INTERVAL = 1.0
 
 
@@ -108,24 +113,29 @@ class ApiServer:
 
     async def _guard_connections(self) -> None:
         loop = asyncio.get_running_loop()
-        waiting_since: dict[tuple[int, int], float] = {}
+        waiting_since: dict[tuple[int, int, str], float] = {}
         while True:
             await asyncio.sleep(GUARD_INTERVAL)
             now = loop.time()
             connections = list(self.server.server_state.connections)
-            seen: dict[tuple[int, int], float] = {}
+            seen: dict[tuple[int, int, str], float] = {}
             waiting: list[tuple[float, Any]] = []
             for conn in connections:
                 cycle = getattr(conn, "cycle", None)
-                key = (id(conn), id(cycle))  # a new request on the connection: a new key
-                since = seen[key] = waiting_since.get(key, now)
                 if cycle is None or cycle.response_complete:
-                    waiting.append((since + HEADER_TIMEOUT, conn))
-                elif getattr(cycle, "more_body", False):
-                    # Its body still arriving: a sign-in's is read before any token is
+                    state, limit = "waiting", HEADER_TIMEOUT
+                elif (getattr(cycle, "more_body", False)
+                      and getattr(cycle, "scope", {}).get("path") in BODY_BEFORE_AUTH):
+                    # A sign-in's body still arriving: it is read before any token is
                     # checked, so a stalled one must not hold its socket forever either.
-                    waiting.append((since + BODY_TIMEOUT, conn))
-                # else a request in progress, body received: the app's business, not ours
+                    state, limit = "sign-in body", BODY_TIMEOUT
+                else:
+                    state, limit = "in progress", None  # the app's business, not ours
+                # A new request, or a request in a new state: a new key, timed from now.
+                key = (id(conn), id(cycle), state)
+                since = seen[key] = waiting_since.get(key, now)
+                if limit is not None:
+                    waiting.append((since + limit, conn))
             waiting_since = seen
             cap = self.max_connections or default_max_connections()
             excess = len(connections) - cap

@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from collector.api import server as api_server
+from collector.api.app import SIGN_IN_PATH
 
 
 async def _hello(request: Request) -> PlainTextResponse:
@@ -44,6 +45,7 @@ def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
 @contextlib.asynccontextmanager
 async def _serving() -> AsyncIterator[api_server.ApiServer]:
     app = Starlette(routes=[Route("/", _hello), Route("/echo", _echo, methods=["POST"]),
+                            Route(SIGN_IN_PATH, _echo, methods=["POST"]),
                             Route("/slow", _slow)])
     app.state.api = SimpleNamespace(close=lambda: None)  # what shutdown() closes
     server = api_server.ApiServer(app, "127.0.0.1", 0)
@@ -107,13 +109,21 @@ def test_a_slow_handler_with_its_body_received_is_not_closed() -> None:
     _run(_slow_handler)
 
 
+def test_a_slow_upload_other_than_a_sign_in_is_not_cut() -> None:
+    """HTTP ingest checks its token before it reads a body: a client holding the token
+    may send a large batch over a slow link, for longer than any deadline here."""
+    _run(_slow_upload)
+
+
 def test_above_the_cap_stalled_bodies_are_closed_first(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api_server, "BODY_TIMEOUT", 60.0)  # only the cap closes here
+    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
+    monkeypatch.setattr(api_server, "BODY_TIMEOUT", 60.0)
     _run(lambda served: _over_the_cap(served, _STALLED))
 
 
-_STALLED = b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 4000\r\n\r\n{"
+_STALLED = (f"POST {SIGN_IN_PATH} HTTP/1.1\r\nHost: test\r\nContent-Length: 4000\r\n\r\n{{"
+            .encode())
 
 
 async def _stalled_body(served: api_server.ApiServer) -> None:
@@ -125,6 +135,24 @@ async def _stalled_body(served: api_server.ApiServer) -> None:
     finally:
         sock.close()
     assert served.closed_by_guard == 1
+
+
+async def _slow_upload(served: api_server.ApiServer) -> None:
+    sock = _connect(served)
+    loop = asyncio.get_running_loop()
+    body = b"x" * 40
+    try:
+        await loop.sock_sendall(sock, b"POST /echo HTTP/1.1\r\nHost: test\r\n"
+                                      b"Content-Length: 40\r\n\r\n")
+        for i in range(0, len(body), 4):  # 2 s in all: past every deadline of the test
+            await loop.sock_sendall(sock, body[i:i + 4])
+            await asyncio.sleep(0.2)
+        async with asyncio.timeout(5):
+            reply = await loop.sock_recv(sock, 4096)
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(body)
+    finally:
+        sock.close()
+    assert served.closed_by_guard == 0
 
 
 async def _slow_handler(served: api_server.ApiServer) -> None:
