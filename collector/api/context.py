@@ -56,19 +56,29 @@ class Api:
         if exc.denied is None:
             return
         client = request.client.host if request.client else None
-        attempts = self.denials.admit(client or "", exc.denied)
-        unrecorded = self.denials.unrecorded()
-        if unrecorded is not None:
-            await self.recorder.record_denial(
-                "", target="(many)", client_ip=None,
-                details={"status": exc.status, "reason": "too many refusals to record one "
-                         "by one", "attempts": unrecorded.attempts,
-                         "clients": unrecorded.clients})
+        attempts = self.denials.admit(client or "", exc.denied, named=bool(exc.principal))
+        await self.report_unrecorded()
         if attempts:
             await self.recorder.record_denial(
                 exc.principal, target=request.url.path, client_ip=client,
                 details={"status": exc.status, "reason": exc.denied, "attempts": attempts,
                          "method": request.method})
+
+    async def report_unrecorded(self, *, now: bool = False) -> None:
+        """Write the record of the refused attempts past the denials' budget, once their
+        window is over (``now``: at once, at shutdown). Called with each refusal and
+        every second by the server, so a flood that stops is reported all the same."""
+        unrecorded = self.denials.unrecorded(now=now)
+        if unrecorded is None:
+            return
+        try:
+            await self.recorder.record_denial(
+                "", target="(many)", client_ip=None,
+                details={"reason": "too many refusals to record one by one",
+                         "attempts": unrecorded.attempts, "clients": unrecorded.clients})
+        except BaseException:
+            self.denials.give_back(unrecorded)  # reported by the next try instead
+            raise
 
     async def record(self, kind: str, reader: Reader, request: Request, target: str,
                      details: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ fails if a uvicorn release renames them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 import socket
 from pathlib import Path
@@ -33,6 +34,8 @@ from starlette.applications import Starlette
 from ..ingest import DRAIN_TIMEOUT
 from .app import SIGN_IN_PATH, create_app
 from .context import Api, ApiSettings
+
+log = logging.getLogger("collector.api")
 
 #: Seconds a connection may wait without a request in progress (a half-sent request
 #: included) before it is closed.
@@ -116,6 +119,7 @@ class ApiServer:
         waiting_since: dict[tuple[int, int, str], float] = {}
         while True:
             await asyncio.sleep(GUARD_INTERVAL)
+            await self._report_unrecorded_denials()
             now = loop.time()
             connections = list(self.server.server_state.connections)
             seen: dict[tuple[int, int, str], float] = {}
@@ -148,6 +152,17 @@ class ApiServer:
                     self.closed_by_guard += 1
                 excess -= 1
 
+    async def _report_unrecorded_denials(self, *, now: bool = False) -> None:
+        """Refused attempts past the denials' budget are written once their window is
+        over, whether or not another refusal comes (``collector.api.denials``)."""
+        report = getattr(self.app.state.api, "report_unrecorded", None)
+        if report is None:
+            return
+        try:
+            await report(now=now)
+        except Exception:  # the guard must go on; the count is kept for the next try
+            log.exception("query API: refused attempts past the budget not recorded")
+
     async def shutdown(self) -> None:
         if self._guard is not None:
             self._guard.cancel()
@@ -155,6 +170,7 @@ class ApiServer:
         if self._main is not None:
             await self._main
         await self.server.shutdown(sockets=[self._socket] if self._socket else None)
+        await self._report_unrecorded_denials(now=True)
         api: Api = self.app.state.api
         await asyncio.get_running_loop().run_in_executor(None, api.close)
 

@@ -7,13 +7,17 @@ over all clients, MAX_RECORDS a minute, then one record for the rest."""
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from collector.api import denials
+from collector.api import server as api_server
 from collector.api.context import Api
 from collector.api.denials import DenialLimiter
 from collector.api.reads import CATALOGUE
@@ -119,7 +123,7 @@ def test_over_all_clients_a_window_writes_at_most_max_records_then_one_for_the_r
     refused_from("127.0.0.9")
     *_, many, last = denied(env)
     assert (many["target"], many["client_ip"], many["principal"]) == ("(many)", "", "")
-    assert status(many) == {"status": 401, "reason": "too many refusals to record one by one",
+    assert status(many) == {"reason": "too many refusals to record one by one",
                             "attempts": 3, "clients": 3}
     assert last["client_ip"] == "127.0.0.9" and status(last)["attempts"] == 1
     assert len(denied(env)) == 4
@@ -138,12 +142,77 @@ def test_the_budget_reports_what_it_did_not_record_once_its_window_is_over(
     assert limiter.admit("10.0.0.1", "invalid token") == 1  # the budget has room again
 
 
+def test_a_flood_that_stops_is_reported_without_another_refusal(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server asks every second (and at shutdown): the record of what the budget
+    left out must not wait for a refusal that may never come."""
+    monkeypatch.setattr(denials, "MAX_RECORDS", 1)
+    api = env.client.app.state.api  # type: ignore[attr-defined]
+    for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+        with TestClient(env.client.app, client=(ip, 1)) as client:
+            client.get("/api/v1/audit-logs", headers={"Authorization": "Bearer ac_0_x"})
+    assert len(denied(env)) == 1
+    asyncio.run(api.report_unrecorded())  # the window is not over: nothing yet
+    assert len(denied(env)) == 1
+    asyncio.run(api.report_unrecorded(now=True))  # at shutdown
+    assert status(denied(env)[-1])["attempts"] == 2
+
+
+def test_the_api_server_asks_for_that_record_every_pass_and_at_shutdown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_server, "GUARD_INTERVAL", 0.05)
+    asked: list[bool] = []
+
+    async def report_unrecorded(*, now: bool = False) -> None:
+        asked.append(now)
+
+    app = Starlette()
+    app.state.api = SimpleNamespace(report_unrecorded=report_unrecorded, close=lambda: None)
+
+    async def main() -> None:
+        server = api_server.ApiServer(app, "127.0.0.1", 0)
+        await server.start()
+        await asyncio.sleep(0.3)
+        await server.shutdown()
+
+    asyncio.run(main())
+    assert asked[:3] == [False] * 3 and asked[-1] is True
+
+
+def test_a_refusal_naming_a_reader_is_outside_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anonymous clients using up the budget must not hide a named reader's 403."""
+    monkeypatch.setattr(denials, "MAX_RECORDS", 2)
+    limiter = DenialLimiter(clock=lambda: 0.0)
+    assert [limiter.admit(f"10.0.0.{n}", "invalid token") for n in range(4)] == [1, 1, 0, 0]
+    assert limiter.admit("10.0.0.9", "not root", named=True) == 1
+    assert limiter.admit("10.0.0.9", "not root", named=True) == 0  # still once a minute
+
+
+def test_what_the_budget_could_not_record_is_kept_when_its_record_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(denials, "MAX_RECORDS", 1)
+    limiter = DenialLimiter(clock=lambda: 0.0)
+    for n in range(4):
+        limiter.admit(f"10.0.0.{n}", "invalid token")
+    report = limiter.unrecorded(now=True)
+    assert report == denials.Unrecorded(attempts=3, clients=3)
+    limiter.give_back(report)  # the store refused the record
+    limiter.admit("10.0.0.7", "invalid token")
+    assert limiter.unrecorded(now=True) == denials.Unrecorded(attempts=4, clients=4)
+
+
 def test_an_ipv6_client_counts_by_its_slash_64() -> None:
     limiter = DenialLimiter(clock=lambda: 0.0)
     assert limiter.admit("2001:db8:0:7::1", "invalid token") == 1
     assert limiter.admit("2001:db8:0:7:ffff::2", "invalid token") == 0  # the same /64
     assert limiter.admit("2001:db8:0:8::1", "invalid token") == 1
     assert denials.client_key("not an address:") == "not an address:"
+    # IPv4 clients through a dual-stack socket or NAT64 count one by one, not as one /64.
+    assert denials.client_key("::ffff:198.51.100.7") == "198.51.100.7"
+    assert denials.client_key("64:ff9b::c633:6407") == "198.51.100.7"
+    assert limiter.admit("::ffff:203.0.113.9", "invalid token") == 1
+    assert limiter.admit("::ffff:203.0.113.10", "invalid token") == 1
 
 
 def test_a_refusal_that_cannot_be_recorded_is_still_answered_and_logged(
