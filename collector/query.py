@@ -153,7 +153,11 @@ class Reader:
             raise QueryError("filters must be a collector.query.Filters")
         window = None
         if state is not None and (state["a"] is not None or state["b"] is not None):
-            window = (state["a"], state["b"])
+            # A cursor this store made holds both bounds or neither; one edited by hand
+            # may hold anything: an open bound is no bound, and none passes FOREVER.
+            low, high = FOREVER
+            window = (low if state["a"] is None else min(max(state["a"], low), high),
+                      high if state["b"] is None else min(max(state["b"], low), high))
         return compile_conditions(self.con, filters, window)
 
     def _hits(self, c: Conditions, want: int, newest_first: bool,

@@ -3,11 +3,13 @@ arrive, streaming, lookup by id, and the same answers from every kind of chunk."
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from audit_middleware.event import format_created
@@ -230,6 +232,24 @@ def test_a_relative_window_is_fixed_when_paging_starts(tmp_path: Path) -> None:
         rest = search(store, Filters(since="1h"), limit=3, cursor=page.next_cursor,
                       newest_first=False)
     assert ids(page.records + rest.records) == ids(batch)
+
+
+def test_a_cursor_edited_by_hand_reads_within_what_its_bounds_say_never_a_500(
+        tmp_path: Path) -> None:
+    """A cursor carries its time window unsigned: one edited by hand with an open bound
+    or a bound past what SQLite holds read as no bound, not a TypeError or overflow."""
+    now = time.time_ns()
+    batch = [event(created_ns=now - i * 10**9) for i in range(4)]
+    with open_store(tmp_path) as store:
+        store.write(batch)
+        page = search(store, Filters(since="1h"), limit=1, newest_first=False)
+        state = orjson.loads(base64.urlsafe_b64decode(page.next_cursor + "==="))
+        for a, b in ((None, 5), (2**63 - 1, None), (-(2**63), 2**63 - 1), (None, None)):
+            forged = base64.urlsafe_b64encode(
+                orjson.dumps({**state, "a": a, "b": b})).decode().rstrip("=")
+            rest = search(store, Filters(since="1h"), limit=10, cursor=forged,
+                          newest_first=False)
+            assert len(rest.records) <= 3  # read, within the bounds given; no error
 
 
 def test_a_cursor_only_works_for_the_query_that_made_it(corpus: tuple[Store, list]) -> None:
