@@ -497,10 +497,10 @@ def test_retention_deletes_sealed_segments_older_than_retention_days(tmp_path: P
     assert stored_ids(tmp_path) == active and set(kept) <= set(active)
 
 
-def test_retention_forgets_the_sources_not_seen_within_its_age(tmp_path: Path) -> None:
+def test_retention_forgets_the_sources_whose_records_it_deleted(tmp_path: Path) -> None:
     """Every app process is a source: kept forever, they would pile up by the thousand.
-    A source not seen for longer than retention_days goes with its records, across a
-    restart too; a source seen since stays, and so does one whose last_seen is unknown."""
+    A source whose records retention deleted goes with them, across a restart too; a
+    source with a record kept stays, and so does one whose last_seen is unknown."""
     with open_store(tmp_path, max_segment_bytes=4096) as store:
         store.write(events(3), "src-unknown-age", [1, 2, 3])
     con = sqlite3.connect(tmp_path / "index.sqlite")  # as an index from before last_seen
