@@ -12,7 +12,7 @@ from .catalogue import Catalogue
 from .context import RequestContext, current, principal_from_user
 from .errors import AuditConfigurationError
 from .event import SYSTEM, AuditEvent
-from .sanitize import TRUNCATION_MARKER, field_text
+from .sanitize import MAX_IP_LENGTH, TRUNCATION_MARKER, field_text
 from .sinks.base import Sink
 from .tracing import current_context as _current_context
 
@@ -87,8 +87,8 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
             principal = _text("principal", principal, cap)
         if principal == SYSTEM:
             peer = ""
-        elif len(peer) > cap:
-            peer = _text("client_ip", peer, cap)
+        elif len(peer) > MAX_IP_LENGTH:
+            peer = _text("client_ip", peer, MAX_IP_LENGTH)
         fields = ctx.fields = (principal, peer, "", "", "", "", "")
         return fields
     if ctx.principal_override is not None:
@@ -101,10 +101,11 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
     if principal == SYSTEM:
         client_ip = peer = ""
     elif not config.trusted_proxies:
-        client_ip, peer = _text("client_ip", ctx.peer, cap), ""
+        client_ip, peer = _text("client_ip", ctx.peer, MAX_IP_LENGTH), ""
     else:
         client_ip, peer = ctx.resolve_or("resolution", ("", ctx.peer))
-        client_ip = _text("client_ip", client_ip, cap)
+        client_ip = _text("client_ip", client_ip, MAX_IP_LENGTH)
+        peer = _text("peer_ip", peer, MAX_IP_LENGTH)
     org = _capped_pair(ctx, "org", cap) if config.org else _EMPTY_PAIR
     workspace = _capped_pair(ctx, "workspace", cap) if config.workspace else _EMPTY_PAIR
     fields = ctx.fields = (principal, client_ip, peer, *org, *workspace)
@@ -226,7 +227,7 @@ def emit(
         _text("org_name", org_name, cap),
         _text("workspace_id", workspace_id, cap),
         _text("workspace_name", workspace_name, cap),
-        _text("client_ip", client_ip, cap),
+        _text("client_ip", client_ip, MAX_IP_LENGTH),
         _time_ns(),
         _current_context(),
         peer,

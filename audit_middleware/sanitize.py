@@ -13,6 +13,11 @@ from typing import Final
 from .errors import AuditFieldError
 
 DEFAULT_MAX_FIELD_LENGTH: Final = 1024
+#: The cap of ``client_ip`` and ``peer_ip``, whatever ``max_field_length`` is: any IP
+#: address fits (IPv6 with a zone included), and the collector refuses a longer value,
+#: which would lose the event. A peer that is no address (a proxy or server passing on
+#: a client's text) is capped and marked like any field.
+MAX_IP_LENGTH: Final = 64
 #: Appended to a capped value; the value plus the marker never exceeds the cap.
 TRUNCATION_MARKER: Final = "…[truncated]"
 

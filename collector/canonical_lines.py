@@ -21,11 +21,12 @@ import re
 from typing import Any, Final
 
 from audit_middleware.event import FIELDS
+from audit_middleware.sanitize import MAX_IP_LENGTH
 
 from .own_records import OWN_TYPES
 from .storage.errors import StorageError
 from .storage.records import ip_column, second_micros
-from .validation import MAX_IP_LENGTH, MAX_LINE_BYTES
+from .validation import MAX_LINE_BYTES
 
 __all__ = ["CanonicalLines"]
 

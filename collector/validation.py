@@ -17,6 +17,7 @@ import orjson
 
 from audit_middleware.catalogue import NAME_PATTERN
 from audit_middleware.event import FIELDS, OPTIONAL_FIELDS, SCHEMA_VERSION, TEXT_FIELDS
+from audit_middleware.sanitize import MAX_IP_LENGTH
 
 from .own_records import OWN_TYPES, own_type_reason
 
@@ -25,7 +26,6 @@ from .own_records import OWN_TYPES, own_type_reason
 DEFAULT_MAX_FIELD_LENGTH: Final = 4096
 #: ``client_ip``/``peer_ip`` hold an IP (at most 45 characters for IPv6, plus a zone) or
 #: the raw socket peer the app saw; anything longer is not an address.
-MAX_IP_LENGTH: Final = 64
 #: A line longer than this cannot hold a valid event (14 capped fields, JSON-escaped).
 MAX_LINE_BYTES: Final = 256 * 1024
 

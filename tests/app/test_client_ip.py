@@ -159,3 +159,20 @@ def test_bad_trusted_proxy_fails_at_construction(bad: str) -> None:
 def test_unknown_forwarded_header_name_is_refused() -> None:
     with pytest.raises(AuditConfigurationError, match="forwarded_header"):
         AuditMiddleware(Starlette(), forwarded_header="x-real-ip")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("options", [{}, {"trusted_proxies": ["0.0.0.0/0"]},
+                                     {"principal": lambda ctx: "u-1"}],
+                         ids=["plain", "through a trusted proxy", "with a resolver"])
+def test_a_peer_that_is_no_address_is_capped_so_the_collector_keeps_the_event(
+        options: dict[str, object], events: list[AuditEvent]) -> None:
+    """uvicorn --proxy-headers copies a client's X-Forwarded-For text into
+    scope["client"]: a 200-character "address" was capped at max_field_length (1024),
+    and the collector refuses a client_ip over 64 characters, so the event was lost."""
+    from collector.validation import Validator
+
+    peer = "x" * 200
+    event = request_from(peer, {"X-Forwarded-For": "y" * 300}, events, **options)
+    assert len(event.client_ip) <= 64 and event.client_ip.endswith("…[truncated]")
+    assert len(event.peer_ip) <= 64
+    assert not isinstance(Validator(from_clients=True).parse(event.to_json_line()), str)
