@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ import orjson
 from . import _config
 from .context import RequestContext, current
 from .emitter import emit, record_in_request
+from .errors import AuditFieldError
 
 log = logging.getLogger("audit_middleware")
 
@@ -128,6 +129,28 @@ class _Recorder:
 
     def success(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
                 ctx: RequestContext | None) -> None:
+        """Record the handler's success. It has already happened: a value the record
+        cannot hold (a float path parameter, a date from a getter) must not turn it into
+        a 500 with no event, so that field is left empty, and logged."""
+        try:
+            self._success(args, kwargs, result, ctx)
+            return
+        except AuditFieldError as exc:
+            error = exc
+        call, without = AuditCall(args, kwargs, result, None, ctx), set[str]()
+        while error.field in self.getters and error.field not in without:
+            log.error("audit: %s; recording %s without it", error, self.event_type)
+            without.add(error.field)
+            try:
+                self.record(call, None, without=without)
+                return
+            except AuditFieldError as again:
+                error = again
+        # Not a getter's value (a resolver's): nothing to leave out.
+        log.error("audit: %s could not be recorded: %s", self.event_type, error)
+
+    def _success(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
+                 ctx: RequestContext | None) -> None:
         if self.simple and ctx is not None:
             kind = type(result)
             # A plain body (FastAPI's dict, a list, None) has no status: skip getattr,
@@ -169,9 +192,12 @@ class _Recorder:
         except Exception:
             log.exception("audit: could not record the failure event")
 
-    def record(self, call: AuditCall, failure: str | None) -> None:
+    def record(self, call: AuditCall, failure: str | None,
+               without: Collection[str] = ()) -> None:
         fields: dict[str, Any] = {}
         for name, getter in self.getters.items():
+            if name in without:
+                continue
             try:
                 fields[name] = getter(call)
             except Exception as exc:  # noqa: BLE001 - a getter bug must not lose the event

@@ -29,7 +29,11 @@ class UnknownEventTypeError(AuditError, LookupError):
 
 
 class AuditFieldError(AuditError, TypeError):
-    """A field value that cannot be recorded (wrong type)."""
+    """A field value that cannot be recorded (wrong type); ``field`` names it."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class AuditDeliveryError(AuditError, RuntimeError):

@@ -39,8 +39,7 @@ def field_text(name: str, value: object, max_length: int) -> str:
     else:
         raise AuditFieldError(
             f"audit field {name!r} must be a str, int or UUID, got {type(value).__name__}: "
-            f"pass the resource's id, not the object"
-        )
+            f"pass the resource's id, not the object", name)
     if len(text) > max_length:
         return cap(text, max_length)
     return text

@@ -45,6 +45,33 @@ def test_fastapi_dependency_injection_survives_the_decorator(events: list[AuditE
     ]
 
 
+def test_a_value_the_record_cannot_hold_never_turns_a_success_into_a_500(
+        events: list[AuditEvent], caplog: pytest.LogCaptureFixture) -> None:
+    """The handler has done its work when the event is made: a float path parameter or
+    a date from a getter is left out of the record (and logged), not raised."""
+    import datetime
+
+    api = FastAPI()
+
+    @api.put("/runs/{run_id}/progress")
+    @audited("run_status_changed", target="run_id",
+             status=lambda call: datetime.date(2026, 11, 26))
+    async def progress(run_id: float) -> dict:
+        return {"run": run_id}
+
+    @api.delete("/runs/{run_id}")
+    @audited("run_deleted", target="run_id")
+    async def delete(run_id: float) -> dict:
+        return {"deleted": run_id}
+
+    client = TestClient(AuditMiddleware(api))
+    assert client.delete("/runs/1.5").json() == {"deleted": 1.5}
+    assert client.put("/runs/2.5/progress").json() == {"run": 2.5}
+    assert [(e.type, e.target, e.status) for e in events] == [
+        ("run_deleted", "", ""), ("run_status_changed", "", "")]
+    assert "audit field 'target' must be a str" in caplog.text
+
+
 def test_fastapi_openapi_still_sees_the_parameters() -> None:
     schema = make_fastapi().openapi()
     params = schema["paths"]["/pipelines/{pipeline_id}"]["delete"]["parameters"]
