@@ -26,7 +26,7 @@ from typing import Any, Final
 from .._counter import Counter
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
-from ..sinks.batching import BatchingQueue
+from ..sinks.batching import BatchingQueue, close_in_multiprocessing_children
 from ..wire import WireError, decode_batch_body, encode_batch_body
 from .endpoint import DEFAULT_URL, Endpoint, parse_url
 from .pipeline import Chunk
@@ -120,6 +120,9 @@ class CollectorSink:
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork"))
         atexit.register(lambda: _call(ref, "close", exit_timeout))
+        # After its queue's: at a multiprocessing child's exit this close runs first
+        # (same priority: reverse order), sending or spooling, then closing the queue.
+        close_in_multiprocessing_children(self)
         if self._spool is not None and self._spool.adopt_orphans():
             self._queue.start()  # replay what an earlier process left, without waiting
 

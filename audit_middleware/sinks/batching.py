@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import multiprocessing.util
 import os
 import threading
 import weakref
@@ -73,6 +74,7 @@ class BatchingQueue(Generic[T]):
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork"))
         atexit.register(lambda: _call(ref, "close", exit_timeout))
+        close_in_multiprocessing_children(self)
 
     def _init_runtime(self) -> None:
         self._queue: collections.deque[T | _FlushMarker] = collections.deque()
@@ -241,7 +243,22 @@ class BatchingQueue(Generic[T]):
         }
 
 
-def _call(ref: weakref.ref[BatchingQueue[Any]], method: str, *args: object) -> None:
+def _call(ref: weakref.ref[Any], method: str, *args: object) -> None:
     obj = ref()
     if obj is not None:
         getattr(obj, method)(*args)
+
+
+def close_in_multiprocessing_children(obj: object) -> None:
+    """Call at construction: in a child that ``multiprocessing`` forks, ``obj.close()``
+    runs when the child ends. Such a child ends with ``os._exit``, which skips atexit,
+    and runs multiprocessing's own exit finalizers instead: without this, a ``Process``
+    or ``Pool`` worker lost every event still queued when it returned, with no counter
+    and no log. (The finalizer is made in multiprocessing's after-fork step: it clears
+    the finalizers a child inherits, and those an ``os.register_at_fork`` hook makes.)"""
+    multiprocessing.util.register_after_fork(obj, _close_at_child_exit)
+
+
+def _close_at_child_exit(obj: object) -> None:
+    multiprocessing.util.Finalize(None, _call, args=(weakref.ref(obj), "close"),
+                                  exitpriority=10)

@@ -5,6 +5,7 @@ hostile clients."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import subprocess
@@ -188,6 +189,38 @@ def test_a_replayed_batch_is_deduplicated(root: Path, collector: CollectorProces
     assert results[1].written == [] and len(results[1].duplicates) == 10
     assert collector.stop() == 0
     assert len(stored_ids(collector)) == 10
+
+
+def _emit_in_a_child(prefix: str, n: int) -> None:
+    for i in range(n):
+        emit("run_completed", f"{prefix}-{i}")
+
+
+@pytest.mark.parametrize("how", ["Process", "Pool"])
+def test_a_multiprocessing_childs_events_arrive(root: Path, collector: CollectorProcess,
+                                                how: str) -> None:
+    """A multiprocessing child ends with os._exit, which skips atexit: its queue is
+    sent by multiprocessing's own exit finalizers instead (it was lost, uncounted)."""
+    collector.start()
+    sink = shipping_sink(collector, root, max_delay=60.0, batch_size=10_000)
+    context = multiprocessing.get_context("fork")
+    if how == "Process":
+        child = context.Process(target=_emit_in_a_child, args=("child", 9))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+    else:
+        # Closed and joined, so the workers end on their own; the with-block's
+        # terminate() would SIGTERM them, losing their queues as any kill does.
+        pool = context.Pool(2)
+        pool.starmap(_emit_in_a_child, [("pool-a", 5), ("pool-b", 4)])
+        pool.close()
+        pool.join()
+    expected = ({f"child-{i}" for i in range(9)} if how == "Process" else
+                {f"pool-a-{i}" for i in range(5)} | {f"pool-b-{i}" for i in range(4)})
+    assert collector.stop() == 0
+    assert {e["target"] for e in stored_events(collector.data_dir)} == expected
+    sink.close()
 
 
 def test_a_forked_worker_never_resends_its_parents_buffer(root: Path,
