@@ -2,8 +2,10 @@
 
 For each http request it sets the audit context (a contextvar) for the duration of the
 app call and observes the response status by wrapping ``send``; it never reads or
-buffers bodies. Websocket scopes pass straight through; on lifespan shutdown the
-configured sink is flushed (bounded) before the server is told shutdown is complete.
+buffers bodies. Websocket scopes pass straight through, their messages untouched, with
+the audit context set (an event emitted over a websocket is its user's); on lifespan
+shutdown the configured sink is flushed (bounded) before the server is told shutdown is
+complete.
 
 With a ``fail_closed`` sink, the response of a request whose events were not durably
 recorded within the sink's deadline is replaced by a 503 before it starts.
@@ -49,6 +51,15 @@ class AuditMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                # Its messages pass through untouched; an event emitted over it is the
+                # connection's user's, from its address, not ``system``.
+                token = current.set(RequestContext(self.config, scope))
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    current.reset(token)
+                return
             if scope["type"] == "lifespan":
                 send = _flushing_on_shutdown(send)
             await self.app(scope, receive, send)

@@ -1,7 +1,8 @@
 """``WSGIAuditMiddleware``: the same capture for WSGI apps (Flask, Django).
 
 The context is set while the app callable runs, which is when views run in Flask and
-Django; the response status is observed through ``start_response``. With a
+Django, and while the response body is iterated and closed (a streamed body may emit);
+the response status is observed through ``start_response``. With a
 ``fail_closed`` sink, ``start_response`` first waits until the request's events are
 durably recorded, and answers 503 instead when they are not (as ``AuditMiddleware``).
 """
@@ -9,7 +10,7 @@ durably recorded, and answers 503 instead when they are not (as ``AuditMiddlewar
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import _config
@@ -55,9 +56,10 @@ class WSGIAuditMiddleware:
 
         token = current.set(ctx)
         try:
-            return self.app(environ, start_response_observing_status)
+            body = self.app(environ, start_response_observing_status)
         finally:
             current.reset(token)
+        return _in_context(body, ctx, environ)
 
     def _call_fail_closed(self, environ: Environ, start_response: StartResponse,
                           ctx: RequestContext, timeout: float) -> Iterable[bytes]:
@@ -89,7 +91,48 @@ class WSGIAuditMiddleware:
         if refused:
             _close(body)
             return [_UNAVAILABLE_BODY]
-        return _guarded(body, refused)
+        return _in_context(_guarded(body, refused), ctx, environ)
+
+
+def _in_context(body: Iterable[bytes], ctx: RequestContext,
+                environ: Environ) -> Iterable[bytes]:
+    """``body``, iterated and closed inside the request's audit context: a streamed
+    body's ``emit()`` (a download recorded once it is sent) is the request's user's, as
+    under ASGI, not ``system``. A list, or the server's file wrapper (kept as it is, for
+    sendfile), runs no app code while it is sent."""
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if isinstance(body, (list, tuple)) or (
+            isinstance(file_wrapper, type) and isinstance(body, file_wrapper)):
+        return body
+    return _BodyInContext(body, ctx)
+
+
+class _BodyInContext:
+    __slots__ = ("_body", "_ctx", "_iterator")
+
+    def __init__(self, body: Iterable[bytes], ctx: RequestContext) -> None:
+        self._body = body
+        self._ctx = ctx
+        self._iterator: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        token = current.set(self._ctx)
+        try:
+            if self._iterator is None:
+                self._iterator = iter(self._body)
+            return next(self._iterator)
+        finally:
+            current.reset(token)
+
+    def close(self) -> None:
+        token = current.set(self._ctx)
+        try:
+            _close(self._body)
+        finally:
+            current.reset(token)
 
 
 def _guarded(body: Iterable[bytes], refused: list[str]) -> Iterable[bytes]:

@@ -67,7 +67,9 @@ async def delete_run(request: Request) -> Response:
 
 async def echo(ws: WebSocket) -> None:
     await ws.accept()
-    await ws.send_text(f"context={current_request()}")
+    text = await ws.receive_text()  # a message from the client, untouched
+    emit("run_launched", text)  # an action taken over the websocket
+    await ws.send_text(f"echo {text}")
     await ws.close()
 
 
@@ -149,9 +151,16 @@ def test_concurrent_requests_never_mix_contexts(events: list[AuditEvent]) -> Non
     assert all(e.principal == "user-" + e.target[1:] for e in events)
 
 
-def test_websocket_passes_through_without_context() -> None:
-    with TestClient(app_with_auth(True)).websocket_connect("/ws") as ws:
-        assert ws.receive_text() == "context=None"
+def test_websocket_messages_pass_through_and_its_actions_are_its_users(
+        events: list[AuditEvent]) -> None:
+    """No wrapping of a websocket's messages, but an action taken over it is the
+    connection's user's, from its address, not ``system`` (as it was without context)."""
+    client = TestClient(app_with_auth(True), client=("203.0.113.9", 50000))
+    with client.websocket_connect("/ws", headers={"Authorization": "Bearer 042"}) as ws:
+        ws.send_text("p-7")
+        assert ws.receive_text() == "echo p-7"
+    assert [(e.type, e.target, e.principal, e.client_ip) for e in events] == [
+        ("run_launched", "p-7", "user-042", "203.0.113.9")]
 
 
 def test_lifespan_passes_through(events: list[AuditEvent]) -> None:

@@ -7,7 +7,7 @@ from fastapi import Depends, FastAPI
 from flask import Flask
 from starlette.testclient import TestClient
 
-from audit_middleware import AuditMiddleware, WSGIAuditMiddleware, audited, set_principal
+from audit_middleware import AuditMiddleware, WSGIAuditMiddleware, audited, emit, set_principal
 from audit_middleware.event import AuditEvent
 
 
@@ -159,3 +159,36 @@ def test_wsgi_status_is_observed() -> None:
 
     Client(WSGIAuditMiddleware(app)).get("/")
     assert seen[0].status_code == 418  # type: ignore[attr-defined]
+
+
+def test_wsgi_a_streamed_body_emits_as_the_requests_user(events: list[AuditEvent]) -> None:
+    """A download recorded once it is sent is emitted while the server iterates the body,
+    after the app callable returned: still the request's user and address, as under
+    ASGI (it was 'system' with no address). A list body is handed over as it is."""
+    from werkzeug.test import Client
+
+    def stream(environ, start_response):  # type: ignore[no-untyped-def]
+        set_principal("u-downloader")
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+        def body():  # type: ignore[no-untyped-def]
+            yield b"part 1"
+            yield b"part 2"
+            emit("bucket_file_downloaded", "f-9")  # once it is all sent
+
+        return body()
+
+    listed: list[object] = []
+
+    def plain(environ, start_response):  # type: ignore[no-untyped-def]
+        start_response("200 OK", [])
+        listed.append(body := [b"whole"])
+        return body
+
+    response = Client(WSGIAuditMiddleware(stream)).get(
+        "/", environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    assert response.get_data() == b"part 1part 2"
+    assert [(e.type, e.target, e.principal, e.client_ip) for e in events] == [
+        ("bucket_file_downloaded", "f-9", "u-downloader", "198.51.100.7")]
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": None}
+    assert WSGIAuditMiddleware(plain)(environ, lambda *a: None) is listed[0]
