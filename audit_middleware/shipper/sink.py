@@ -96,7 +96,9 @@ class CollectorSink:
         self.fail_closed_timeout = fail_closed_timeout
         self._exit_timeout = exit_timeout
         self._batch_size = batch_size  # events per frame
-        self._spool = Spool(spool_dir, spool_max_bytes) if spool_dir is not None else None
+        # Resolved now: a later chdir must not move the spool (or split it in two).
+        self._spool = (Spool(os.path.abspath(spool_dir), spool_max_bytes)
+                       if spool_dir is not None else None)
         self.dropped = Counter()  # besides the queue's own overflow count
         self._sender = Sender(
             self.endpoint, token=token, tls=self._tls, connect_timeout=connect_timeout,

@@ -20,11 +20,14 @@ import fcntl
 import logging
 import os
 import secrets
+import stat
 import struct
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import AuditConfigurationError
 
 log = logging.getLogger("audit_middleware")
 
@@ -52,6 +55,10 @@ class Spool:
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._scanned = False
         self.corrupt_bytes = 0
+        if self.directory.exists():
+            reason = _unsafe(self.directory)
+            if reason:
+                raise AuditConfigurationError(reason)
 
     # -- writing --------------------------------------------------------------------------
     def append(self, body: bytes) -> bool:
@@ -84,6 +91,9 @@ class Spool:
 
     def _new_file(self) -> _File:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        reason = _unsafe(self.directory)  # made by someone else since we looked
+        if reason:
+            raise PermissionError(reason)
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
         partial = self.directory / (name + _PARTIAL)
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -151,8 +161,12 @@ class Spool:
         """Take over spool files no live process holds; returns how many were adopted."""
         self._scanned = True
         try:
+            reason = _unsafe(self.directory)
             entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
         except FileNotFoundError:
+            return 0
+        if reason:
+            log.error("audit spool: adopting nothing: %s", reason)
             return 0
         owned = {f.path.name for f in self._files}
         adopted: list[_File] = []
@@ -160,7 +174,7 @@ class Spool:
             if entry.name in owned or not entry.name.endswith((SUFFIX, _PARTIAL)):
                 continue
             try:
-                fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC)
+                fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
                 continue
             try:
@@ -219,6 +233,23 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+def _unsafe(directory: Path) -> str:
+    """Why ``directory`` may not hold a spool ("" when it may): whoever else can write
+    there can plant files that are then replayed to the collector under this app's
+    name (or remove this app's batches), so it must be this user's and writable by no
+    one else."""
+    st = os.stat(directory)
+    if st.st_uid != os.geteuid():
+        return (f"spool directory {directory} belongs to uid {st.st_uid}, not to this "
+                f"process's user ({os.geteuid()}): another user could plant batches to be "
+                f"replayed under this app's name; choose a spool_dir of this user's")
+    if st.st_mode & 0o022:
+        return (f"spool directory {directory} is writable by group or others "
+                f"({stat.filemode(st.st_mode)}): another user could plant batches to be "
+                f"replayed under this app's name; chmod go-w it or choose another spool_dir")
+    return ""
 
 
 def _fsync_dir(directory: Path) -> None:

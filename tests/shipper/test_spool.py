@@ -165,3 +165,33 @@ def test_a_crashed_process_leaves_files_others_adopt(tmp_path: Path) -> None:
     assert drain(survivor) == []  # nothing adopted yet: adoption is an explicit scan
     assert survivor.adopt_orphans() == 1
     assert drain(survivor) == [b"from the crashed process"]
+
+
+def test_a_spool_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    """Whoever else can write the directory can plant batches that are replayed to the
+    collector under this app's name: refused at construction, with what to do."""
+    from audit_middleware.errors import AuditConfigurationError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    planted = Spool(tmp_path / "elsewhere", max_bytes=1 << 20)
+    planted.append(b'{"forged": true}')  # a batch file made by "someone else"
+    planted.close()
+    for f in spool_files(tmp_path / "elsewhere"):
+        f.rename(shared / f.name)
+    with pytest.raises(AuditConfigurationError, match="chmod go-w"):
+        Spool(shared, max_bytes=1 << 20)
+    shared.chmod(0o755)  # its owner fixes it: then it is ours to replay
+    fixed = Spool(shared, max_bytes=1 << 20)
+    assert fixed.adopt_orphans() == 1 and drain(fixed) == [b'{"forged": true}']
+
+
+def test_a_spool_directory_made_unsafe_later_is_neither_written_nor_adopted(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory, max_bytes=1 << 20)
+    directory.mkdir()
+    directory.chmod(0o777)
+    assert not spool.append(b"batch")  # refused (and logged), counted by the sink
+    assert spool.adopt_orphans() == 0
