@@ -34,6 +34,9 @@ log = logging.getLogger("audit_middleware")
 RECORD = struct.Struct("!II")  # body length, crc32 of body
 SUFFIX = ".spool"
 _PARTIAL = ".spool-new"
+#: Seconds a partial file (a creation that never finished) is left alone: between its
+#: process's open and its lock, another one could take it for abandoned and delete it.
+PARTIAL_GRACE = 60.0
 
 
 @dataclass
@@ -173,6 +176,8 @@ class Spool:
         for entry in entries:
             if entry.name in owned or not entry.name.endswith((SUFFIX, _PARTIAL)):
                 continue
+            if entry.name.endswith(_PARTIAL) and _younger_than(entry, PARTIAL_GRACE):
+                continue  # maybe being made: created, not yet locked by its process
             try:
                 fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
@@ -233,6 +238,13 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+def _younger_than(entry: os.DirEntry[str], seconds: float) -> bool:
+    try:
+        return time.time() - entry.stat().st_mtime < seconds
+    except FileNotFoundError:
+        return True  # gone meanwhile: nothing to do
 
 
 def _unsafe(directory: Path) -> str:

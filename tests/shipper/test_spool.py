@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,16 @@ def test_a_spool_directory_made_unsafe_later_is_neither_written_nor_adopted(
     directory.chmod(0o777)
     assert not spool.append(b"batch")  # refused (and logged), counted by the sink
     assert spool.adopt_orphans() == 0
+
+
+def test_a_partial_file_is_removed_only_once_it_is_surely_abandoned(tmp_path: Path) -> None:
+    """A file another process has just created but not yet locked looks abandoned: taken
+    for it and deleted, that process's batch was lost. Only old partial files go."""
+    fresh = tmp_path / "00000000000000000001-99-aa.spool-new"
+    old = tmp_path / "00000000000000000000-98-bb.spool-new"
+    fresh.write_bytes(b"")
+    old.write_bytes(b"")
+    long_ago = time.time() - spool_module.PARTIAL_GRACE - 10
+    os.utime(old, (long_ago, long_ago))
+    assert Spool(tmp_path, max_bytes=1 << 20).adopt_orphans() == 0
+    assert fresh.exists() and not old.exists()
