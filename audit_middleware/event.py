@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
@@ -126,7 +127,9 @@ def json_line(item: AuditEvent | PendingEvent) -> bytes:
     return event.to_json_line()
 
 
-def _encodable(record: dict[str, Any]) -> dict[str, Any]:
+def encodable(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` with every str made UTF-8-encodable: a lone surrogate (as os.fsdecode
+    makes of undecodable bytes) becomes its visible ``\\udcXX`` escape."""
     return {key: value.encode("utf-8", "backslashreplace").decode("utf-8")
             if type(value) is str else value for key, value in record.items()}
 
@@ -265,7 +268,7 @@ class AuditEvent:
             # A str that is not Unicode text (a lone surrogate, as os.fsdecode makes of
             # undecodable bytes) cannot be UTF-8: written as its \\udcXX escape instead,
             # so the event is recorded (visibly marked) rather than failing its batch.
-            line = orjson.dumps(_encodable(self.to_dict()))
+            line = orjson.dumps(encodable(self.to_dict()))
         if not line.isascii():
             line = escape_line_breaks(line)
         # The newline is appended here, not with OPT_APPEND_NEWLINE, because the

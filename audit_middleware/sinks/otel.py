@@ -20,6 +20,7 @@ is emitted on another thread.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger, get_logger_provider
@@ -27,9 +28,11 @@ from opentelemetry.context import Context
 
 from .. import otel
 from .._counter import Counter
-from ..event import AuditEvent
+from ..event import AuditEvent, encodable
 from .base import Sink
 from .batching import BatchingQueue
+
+log = logging.getLogger("audit_middleware")
 
 _SEVERITY = {number: SeverityNumber(number) for number, _ in (otel.SEVERITY_INFO,
                                                                otel.SEVERITY_WARN)}
@@ -57,6 +60,7 @@ class OTelLogSink:
         # set_logger_provider(), so the sink may be configured before the SDK.
         self._logger = get_logger(otel.SCOPE_NAME, logger_provider=logger_provider)
         self.emitted = Counter()
+        self.failed_events = Counter()  # one event's log copy failed, not its batch
         self._queue: BatchingQueue[AuditEvent] = BatchingQueue(
             self._emit, max_queue=max_queue, max_batch=max_batch, max_delay=max_delay,
             name="audit-otel-logs")
@@ -82,21 +86,35 @@ class OTelLogSink:
         done = 0
         try:
             for event in batch:
-                record = event.to_dict()
-                number, text = otel.severity(record)
-                emit(
-                    timestamp=event.created_ns,
-                    # The Context captured at emit (tracing.py): its span, not this thread's.
-                    context=event.otel_context or _NO_CONTEXT,
-                    severity_number=_SEVERITY[number],
-                    severity_text=text,
-                    body=otel.log_body(record),
-                    attributes=otel.log_attributes(record),
-                    event_name=event.type,
-                )
+                # One event that cannot be emitted is that event's loss, counted, not
+                # the rest of its batch's.
+                try:
+                    self._emit_one(emit, event)
+                except Exception:  # the app's logger provider may raise anything
+                    self.failed_events.add()
+                    log.exception("audit: the OpenTelemetry log copy of a %s event failed",
+                                  event.type)
+                    continue
                 done += 1
         finally:
             self.emitted.add(done)
+
+    @staticmethod
+    def _emit_one(emit: Any, event: AuditEvent) -> None:
+        record = event.to_dict()
+        number, text = otel.severity(record)
+        body = otel.log_body(record)
+        emit(
+            timestamp=event.created_ns,
+            # The Context captured at emit (tracing.py): its span, not this thread's.
+            context=event.otel_context or _NO_CONTEXT,
+            severity_number=_SEVERITY[number],
+            severity_text=text,
+            body=body,
+            # Encodable, like the body: an exporter must not fail on a lone surrogate.
+            attributes=otel.log_attributes(encodable(record)),
+            event_name=event.type,
+        )
 
     # -- control ------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
@@ -133,7 +151,8 @@ class OTelLogSink:
             result = {"submitted": counts["submitted"], "delivered": self.emitted.value,
                       "dropped": counts["dropped"] + counts["failed"]}
         result.update(otel_emitted=self.emitted.value, otel_queued=counts["queued"],
-                      otel_failed=counts["failed"], otel_dropped=counts["dropped"])
+                      otel_failed=counts["failed"] + self.failed_events.value,
+                      otel_dropped=counts["dropped"])
         return result
 
     def __repr__(self) -> str:

@@ -74,6 +74,39 @@ def test_the_body_is_the_record_exactly_as_written_to_the_audit_file(otel: Setup
     assert tuple(json.loads(record.body)) == FIELDS
 
 
+def test_a_lone_surrogate_is_escaped_and_costs_no_other_events_log_copy(
+        otel: Setup) -> None:
+    """A name os.fsdecode made of undecodable bytes holds a lone surrogate: its log copy
+    carries the visible escape, as the record's own line does, and the events batched
+    with it still get theirs (one failed before, and took its whole batch)."""
+    bad = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+    events = [audit.emit("bucket_file_downloaded", f"f-{i}") for i in range(4)]
+    odd = audit.emit("bucket_file_downloaded", bad)
+    events += [audit.emit("bucket_file_downloaded", f"g-{i}") for i in range(4)]
+    records = otel.records()
+    assert len(records) == 9 and otel.sink.stats()["otel_failed"] == 0
+    (copy,) = [r for r in records if r.attributes["log.record.uid"] == odd.id]
+    assert json.loads(copy.body) == json.loads(odd.to_json_line())
+    assert json.loads(copy.body)["target"] == "report-\\udcff.csv"
+    assert copy.attributes["audit.target.id"] == "report-\\udcff.csv"
+
+
+def test_an_event_the_logger_refuses_is_counted_alone(otel: Setup) -> None:
+    real = otel.sink._logger.emit
+
+    def refusing(**record):  # type: ignore[no-untyped-def]
+        if record["event_name"] == "run_deleted":
+            raise RuntimeError("the exporter refused it")
+        real(**record)
+
+    otel.sink._logger.emit = refusing  # type: ignore[method-assign]
+    audit.emit("run_created", "r-1")
+    audit.emit("run_deleted", "r-1")
+    audit.emit("run_created", "r-2")
+    assert [r.attributes["audit.target.id"] for r in otel.records()] == ["r-1", "r-2"]
+    assert (otel.sink.stats()["otel_emitted"], otel.sink.stats()["otel_failed"]) == (2, 1)
+
+
 def test_a_system_event_outside_a_span_has_no_client_address_and_no_span(otel: Setup) -> None:
     audit.emit("run_dropped", "run-1")
     (record,) = otel.records()
