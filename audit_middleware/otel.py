@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from .event import FIELDS, SCHEMA_VERSION, encodable
+from .event import FIELDS, SCHEMA_VERSION
 
 #: Instrumentation scope of every audit log record.
 SCOPE_NAME: Final = "audit_middleware"
@@ -88,10 +88,7 @@ def log_body(record: Mapping[str, Any]) -> str:
     body = {name: record[name] for name in FIELDS if name in record}
     if record.get("peer_ip"):
         body["peer_ip"] = record["peer_ip"]
-    try:
-        return orjson.dumps(body).decode()
-    except TypeError:  # a lone surrogate: escaped, as the record's own line has it
-        return orjson.dumps(encodable(body)).decode()
+    return orjson.dumps(body).decode()
 
 
 # -- the shipper's counters as OpenTelemetry metrics ------------------------------------------

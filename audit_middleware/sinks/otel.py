@@ -102,8 +102,14 @@ class OTelLogSink:
     @staticmethod
     def _emit_one(emit: Any, event: AuditEvent) -> None:
         record = event.to_dict()
+        try:
+            body = otel.log_body(record)
+        except TypeError:
+            # A lone surrogate (os.fsdecode of undecodable bytes): the visible escape the
+            # record's own line has, in the body and in the attributes an exporter encodes.
+            record = encodable(record)
+            body = otel.log_body(record)
         number, text = otel.severity(record)
-        body = otel.log_body(record)
         emit(
             timestamp=event.created_ns,
             # The Context captured at emit (tracing.py): its span, not this thread's.
@@ -111,8 +117,7 @@ class OTelLogSink:
             severity_number=_SEVERITY[number],
             severity_text=text,
             body=body,
-            # Encodable, like the body: an exporter must not fail on a lone surrogate.
-            attributes=otel.log_attributes(encodable(record)),
+            attributes=otel.log_attributes(record),
             event_name=event.type,
         )
 
