@@ -137,7 +137,8 @@ def _short(value: object) -> str:
 class Hello:
     source: str
     versions: tuple[int, ...] = SUPPORTED_VERSIONS
-    token: str | None = None
+    # Out of the repr: an error tracker that records a frame's locals must not get it.
+    token: str | None = field(default=None, repr=False)
     client: str = "audit-middleware"
 
     def encode(self) -> bytes:

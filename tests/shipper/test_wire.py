@@ -227,3 +227,10 @@ def _decode_or_wire_error(decode: object, payload: bytes) -> None:
 def test_min_max_frame_fits_a_batch_of_one_capped_event() -> None:
     assert MIN_MAX_FRAME >= 64 * 1024
     assert struct.calcsize("!IB") == 5
+
+
+def test_the_token_is_not_in_a_hellos_repr() -> None:
+    """Error trackers record a failing frame's locals by their repr."""
+    hello = Hello("web-1:42:ab", token="s3cret-token")
+    assert "s3cret-token" not in repr(hello) and "web-1:42:ab" in repr(hello)
+    assert b"s3cret-token" in hello.encode()  # still sent, of course
