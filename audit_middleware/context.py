@@ -171,10 +171,13 @@ def _pair(resolver: Resolver | None, ctx: RequestContext) -> tuple[str, str]:
 
 
 def principal_from_user(user: Any) -> str | None:
-    """The id of a Starlette-style user (``scope["user"]``); None when unauthenticated."""
+    """The id of a Starlette-style user (``scope["user"]``): its ``identity``, ``id`` or
+    ``username``; None when unauthenticated or it has none. Never its ``display_name``,
+    which its user can often change: a principal must name who acted, not what they
+    call themselves (give a ``principal`` resolver for a user object of another shape)."""
     if user is None or not getattr(user, "is_authenticated", False):
         return None
-    for attribute in ("identity", "id", "username", "display_name"):
+    for attribute in ("identity", "id", "username"):
         try:
             value = getattr(user, attribute)
         except (AttributeError, NotImplementedError):

@@ -252,3 +252,19 @@ def test_a_client_host_that_is_not_a_str_is_recorded_as_its_text() -> None:
     ctx = RequestContext(CaptureConfig(), _scope(client=(ipaddress.ip_address("10.0.0.9"),
                                                          1)))  # type: ignore[arg-type]
     assert request_fields(ctx, 64)[1] == "10.0.0.9"
+
+
+def test_a_display_name_is_never_taken_for_the_principal() -> None:
+    """A display name is often its user's to change: a user who renamed themselves
+    'admin' must not be recorded as the principal 'admin'."""
+    from audit_middleware.context import principal_from_user
+
+    class NamedOnly:
+        is_authenticated = True
+        display_name = "admin"
+
+    class WithUsername(NamedOnly):
+        username = "u-42"
+
+    assert principal_from_user(NamedOnly()) is None
+    assert principal_from_user(WithUsername()) == "u-42"
