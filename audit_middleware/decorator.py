@@ -131,13 +131,39 @@ class _Recorder:
                 ctx: RequestContext | None) -> None:
         """Record the handler's success. It has already happened: a value the record
         cannot hold (a float path parameter, a date from a getter) must not turn it into
-        a 500 with no event, so that field is left empty, and logged."""
+        a 500 with no event, so that field is left empty, and logged (``_without``). The
+        ``try`` costs nothing until it catches (no extra call on the request path)."""
         try:
-            self._success(args, kwargs, result, ctx)
-            return
+            if self.simple and ctx is not None:
+                kind = type(result)
+                # A plain body (FastAPI's dict, a list, None) has no status: skip getattr,
+                # whose miss costs an AttributeError raised and swallowed inside CPython.
+                if kind is dict or kind is list or result is None:
+                    code = None
+                elif kind is tuple:
+                    return self._general(AuditCall(args, kwargs, result, None, ctx))
+                else:
+                    code = getattr(result, "status_code", None)
+                if code is None or (type(code) is int and code < 400):
+                    name = self.target_param
+                    if name is None:
+                        target = None
+                    elif name in kwargs:
+                        target = kwargs[name]
+                    else:
+                        params = ctx.path_params
+                        if name not in params:
+                            return self._general(AuditCall(args, kwargs, result, None, ctx))
+                        target = params[name]
+                    record_in_request(self.event_type, target, self.constant_status, ctx)
+                    return None
+            return self._general(AuditCall(args, kwargs, result, None, ctx))
         except AuditFieldError as exc:
-            error = exc
-        call, without = AuditCall(args, kwargs, result, None, ctx), set[str]()
+            return self._without(AuditCall(args, kwargs, result, None, ctx), exc)
+
+    def _without(self, call: AuditCall, error: AuditFieldError) -> None:
+        """Record the success leaving out each field whose value cannot be recorded."""
+        without: set[str] = set()
         while error.field in self.getters and error.field not in without:
             log.error("audit: %s; recording %s without it", error, self.event_type)
             without.add(error.field)
@@ -148,33 +174,6 @@ class _Recorder:
                 error = again
         # Not a getter's value (a resolver's): nothing to leave out.
         log.error("audit: %s could not be recorded: %s", self.event_type, error)
-
-    def _success(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
-                 ctx: RequestContext | None) -> None:
-        if self.simple and ctx is not None:
-            kind = type(result)
-            # A plain body (FastAPI's dict, a list, None) has no status: skip getattr,
-            # whose miss costs an AttributeError raised and swallowed inside CPython.
-            if kind is dict or kind is list or result is None:
-                code = None
-            elif kind is tuple:
-                return self._general(AuditCall(args, kwargs, result, None, ctx))
-            else:
-                code = getattr(result, "status_code", None)
-            if code is None or (type(code) is int and code < 400):
-                name = self.target_param
-                if name is None:
-                    target = None
-                elif name in kwargs:
-                    target = kwargs[name]
-                else:
-                    params = ctx.path_params
-                    if name not in params:
-                        return self._general(AuditCall(args, kwargs, result, None, ctx))
-                    target = params[name]
-                record_in_request(self.event_type, target, self.constant_status, ctx)
-                return None
-        return self._general(AuditCall(args, kwargs, result, None, ctx))
 
     def _general(self, call: AuditCall) -> None:
         code = _response_status(call.result)
