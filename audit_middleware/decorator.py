@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -158,22 +158,10 @@ class _Recorder:
                     record_in_request(self.event_type, target, self.constant_status, ctx)
                     return None
             return self._general(AuditCall(args, kwargs, result, None, ctx))
-        except AuditFieldError as exc:
-            return self._without(AuditCall(args, kwargs, result, None, ctx), exc)
-
-    def _without(self, call: AuditCall, error: AuditFieldError) -> None:
-        """Record the success leaving out each field whose value cannot be recorded."""
-        without: set[str] = set()
-        while error.field in self.getters and error.field not in without:
-            log.error("audit: %s; recording %s without it", error, self.event_type)
-            without.add(error.field)
-            try:
-                self.record(call, None, without=without)
-                return
-            except AuditFieldError as again:
-                error = again
-        # Not a getter's value (a resolver's): nothing to leave out.
-        log.error("audit: %s could not be recorded: %s", self.event_type, error)
+        except AuditFieldError:
+            # Only the fast path (a success) raises here: ``record`` leaves such a
+            # field out itself, and keeps a failure's status.
+            return self.record(AuditCall(args, kwargs, result, None, ctx), None)
 
     def _general(self, call: AuditCall) -> None:
         code = _response_status(call.result)
@@ -191,12 +179,13 @@ class _Recorder:
         except Exception:
             log.exception("audit: could not record the failure event")
 
-    def record(self, call: AuditCall, failure: str | None,
-               without: Collection[str] = ()) -> None:
+    def record(self, call: AuditCall, failure: str | None) -> None:
+        """Record the event (``failure``: its status, for a failure event). A value it
+        cannot hold (a float path parameter, a date from a getter) is left out, and
+        logged: the handler's work is done, and neither it nor the event may be lost to
+        the record's field types."""
         fields: dict[str, Any] = {}
         for name, getter in self.getters.items():
-            if name in without:
-                continue
             try:
                 fields[name] = getter(call)
             except Exception as exc:  # noqa: BLE001 - a getter bug must not lose the event
@@ -205,7 +194,16 @@ class _Recorder:
                               "the event without it", name, self.event_type, exc)
         if failure is not None:
             fields["status"] = failure
-        emit(self.event_type, **fields)
+        while True:
+            try:
+                emit(self.event_type, **fields)
+                return
+            except AuditFieldError as error:
+                if fields.get(error.field) is None:  # not a value of ours (a resolver's)
+                    log.error("audit: %s could not be recorded: %s", self.event_type, error)
+                    return
+                log.error("audit: %s; recording %s without it", error, self.event_type)
+                fields[error.field] = None
 
 
 def audited(

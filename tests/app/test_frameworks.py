@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import Depends, FastAPI
 from flask import Flask
+from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
 from audit_middleware import AuditMiddleware, WSGIAuditMiddleware, audited, emit, set_principal
@@ -64,11 +65,23 @@ def test_a_value_the_record_cannot_hold_never_turns_a_success_into_a_500(
     async def delete(run_id: float) -> dict:
         return {"deleted": run_id}
 
-    client = TestClient(AuditMiddleware(api))
+    @api.post("/runs/{run_id}/relaunch")
+    @audited("run_relaunched", target="run_id", record_failure=True)
+    async def relaunch(run_id: float):  # type: ignore[no-untyped-def]
+        if run_id > 100:
+            return JSONResponse({"error": "no such run"}, status_code=404)
+        raise RuntimeError("the scheduler is down")
+
+    client = TestClient(AuditMiddleware(api), raise_server_exceptions=False)
     assert client.delete("/runs/1.5").json() == {"deleted": 1.5}
     assert client.put("/runs/2.5/progress").json() == {"run": 2.5}
+    # Failure events keep their status when a value is left out.
+    assert client.post("/runs/101.5/relaunch").status_code == 404
+    assert client.post("/runs/3.5/relaunch").status_code == 500  # its own exception
     assert [(e.type, e.target, e.status) for e in events] == [
-        ("run_deleted", "", ""), ("run_status_changed", "", "")]
+        ("run_deleted", "", ""), ("run_status_changed", "", ""),
+        ("run_relaunched", "", "failed: HTTP 404"),
+        ("run_relaunched", "", "failed: RuntimeError")]
     assert "audit field 'target' must be a str" in caplog.text
 
 
