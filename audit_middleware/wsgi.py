@@ -91,40 +91,63 @@ class WSGIAuditMiddleware:
         if refused:
             _close(body)
             return [_UNAVAILABLE_BODY]
-        return _in_context(_guarded(body, refused), ctx, environ)
+        return _in_context(body, ctx, environ, receipts, refused)
 
 
-def _in_context(body: Iterable[bytes], ctx: RequestContext,
-                environ: Environ) -> Iterable[bytes]:
-    """``body``, iterated and closed inside the request's audit context: a streamed
-    body's ``emit()`` (a download recorded once it is sent) is the request's user's, as
-    under ASGI, not ``system``. A list, or the server's file wrapper (kept as it is, for
-    sendfile), runs no app code while it is sent."""
+def _in_context(body: Iterable[bytes], ctx: RequestContext, environ: Environ,
+                receipts: list[Receipt[str | None]] | None = None,
+                refused: list[str] | None = None) -> Iterable[bytes]:
+    """``body`` as the server will iterate it: inside the request's audit context (a
+    streamed body's ``emit()``, such as a download recorded once sent, is the request's
+    user's, as under ASGI, not ``system``). A body that runs no app code while it is sent
+    is handed over as it is: bytes, a list, a file (uWSGI's ``wsgi.file_wrapper`` returns
+    the file itself, and sends it with sendfile only if it gets that object back) or the
+    server's file wrapper."""
     file_wrapper = environ.get("wsgi.file_wrapper")
-    if isinstance(body, (list, tuple)) or (
+    if isinstance(body, (bytes, list, tuple)) or hasattr(body, "read") or (
             isinstance(file_wrapper, type) and isinstance(body, file_wrapper)):
         return body
-    return _BodyInContext(body, ctx)
+    return _Body(body, ctx, receipts, refused)
 
 
-class _BodyInContext:
-    __slots__ = ("_body", "_ctx", "_iterator")
+class _Body:
+    """The app's body, iterated and closed inside the request's context (and, fail
+    closed, with its receipts pending, so an event emitted before a lazy
+    ``start_response`` is waited for too). Fail closed, a lazy ``start_response`` that
+    refused the response (called while the first chunk is made) turns the body into
+    the 503's. ``close()`` always closes the app's body, iterated or not."""
 
-    def __init__(self, body: Iterable[bytes], ctx: RequestContext) -> None:
+    __slots__ = ("_body", "_ctx", "_done", "_iterator", "_receipts", "_refused")
+
+    def __init__(self, body: Iterable[bytes], ctx: RequestContext,
+                 receipts: list[Receipt[str | None]] | None,
+                 refused: list[str] | None) -> None:
         self._body = body
         self._ctx = ctx
+        self._receipts = receipts
+        self._refused = refused
         self._iterator: Iterator[bytes] | None = None
+        self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
         token = current.set(self._ctx)
+        receipts = pending.set(self._receipts) if self._receipts is not None else None
         try:
             if self._iterator is None:
                 self._iterator = iter(self._body)
-            return next(self._iterator)
+            chunk = next(self._iterator)
+            if self._refused:
+                self._done = True
+                return _UNAVAILABLE_BODY
+            return chunk
         finally:
+            if receipts is not None:
+                pending.reset(receipts)
             current.reset(token)
 
     def close(self) -> None:
@@ -133,19 +156,6 @@ class _BodyInContext:
             _close(self._body)
         finally:
             current.reset(token)
-
-
-def _guarded(body: Iterable[bytes], refused: list[str]) -> Iterable[bytes]:
-    """The app's body, unless a lazy ``start_response`` (called while the server takes
-    the first chunk) refused the response: then only the 503 body."""
-    try:
-        for chunk in body:
-            if refused:
-                yield _UNAVAILABLE_BODY
-                return
-            yield chunk
-    finally:
-        _close(body)
 
 
 def _close(body: Iterable[bytes]) -> None:

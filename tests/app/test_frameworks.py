@@ -205,3 +205,14 @@ def test_wsgi_a_streamed_body_emits_as_the_requests_user(events: list[AuditEvent
         ("bucket_file_downloaded", "f-9", "u-downloader", "198.51.100.7")]
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": None}
     assert WSGIAuditMiddleware(plain)(environ, lambda *a: None) is listed[0]
+    # A file (what uWSGI's wsgi.file_wrapper returns) is handed back as it is: the server
+    # sends it with sendfile only if it gets that very object.
+    import io
+
+    file_body = io.BytesIO(b"x" * 100)
+
+    def download(environ, start_response):  # type: ignore[no-untyped-def]
+        start_response("200 OK", [])
+        return file_body
+
+    assert WSGIAuditMiddleware(download)(environ, lambda *a: None) is file_body

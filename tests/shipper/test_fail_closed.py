@@ -217,3 +217,40 @@ def test_wsgi_lazy_start_response_is_refused_too(root: Path) -> None:
     assert response.status_code == 503
     assert response.data == b"Service Unavailable: the action could not be recorded in the audit log\n"
     sink.close(timeout=1)
+
+
+def test_wsgi_an_event_emitted_while_the_body_is_made_is_waited_for(root: Path) -> None:
+    """A generator app that records its action inside the body, before its lazy
+    start_response: that event's receipt is waited for like any other (it got none,
+    and the response was 200 with the collector down)."""
+    from werkzeug.test import Client
+
+    from audit_middleware import WSGIAuditMiddleware
+
+    def generator_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        emit("credentials_deleted", "c1")  # inside the body, before start_response
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"deleted"
+
+    closed: list[bool] = []
+
+    class Body:
+        """A body that must be closed even when the server never iterates it."""
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter([b"never sent"])
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def unread_app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return Body()
+
+    sink = fail_closed_sink(root)
+    response = Client(WSGIAuditMiddleware(generator_app)).get("/")
+    assert response.status_code == 503 and b"deleted" not in response.data
+    WSGIAuditMiddleware(unread_app)(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None).close()
+    assert closed == [True]
+    sink.close(timeout=1)
