@@ -124,7 +124,7 @@ class CollectorSink:
         atexit.register(lambda: _call(ref, "close", exit_timeout))
         # After its queue's: at a multiprocessing child's exit this close runs first
         # (same priority: reverse order), sending or spooling, then closing the queue.
-        close_in_multiprocessing_children(self)
+        close_in_multiprocessing_children(self, exit_timeout)
         if self._spool is not None and self._spool.adopt_orphans():
             self._queue.start()  # replay what an earlier process left, without waiting
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import logging
 import multiprocessing.util
 import os
@@ -74,7 +75,7 @@ class BatchingQueue(Generic[T]):
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork"))
         atexit.register(lambda: _call(ref, "close", exit_timeout))
-        close_in_multiprocessing_children(self)
+        close_in_multiprocessing_children(self, exit_timeout)
 
     def _init_runtime(self) -> None:
         self._queue: collections.deque[T | _FlushMarker] = collections.deque()
@@ -249,16 +250,18 @@ def _call(ref: weakref.ref[Any], method: str, *args: object) -> None:
         getattr(obj, method)(*args)
 
 
-def close_in_multiprocessing_children(obj: object) -> None:
+def close_in_multiprocessing_children(obj: object, timeout: float) -> None:
     """Call at construction: in a child that ``multiprocessing`` forks, ``obj.close()``
     runs when the child ends. Such a child ends with ``os._exit``, which skips atexit,
     and runs multiprocessing's own exit finalizers instead: without this, a ``Process``
     or ``Pool`` worker lost every event still queued when it returned, with no counter
     and no log. (The finalizer is made in multiprocessing's after-fork step: it clears
     the finalizers a child inherits, and those an ``os.register_at_fork`` hook makes.)"""
-    multiprocessing.util.register_after_fork(obj, _close_at_child_exit)
+    multiprocessing.util.register_after_fork(
+        obj, functools.partial(_close_at_child_exit, timeout=timeout))
 
 
-def _close_at_child_exit(obj: object) -> None:
-    multiprocessing.util.Finalize(None, _call, args=(weakref.ref(obj), "close"),
+def _close_at_child_exit(obj: object, *, timeout: float) -> None:
+    # Bounded like the atexit close: a child must not hang on a collector that is down.
+    multiprocessing.util.Finalize(None, _call, args=(weakref.ref(obj), "close", timeout),
                                   exitpriority=10)

@@ -30,13 +30,14 @@ from .. import otel
 from .._counter import Counter
 from ..event import AuditEvent, encodable
 from .base import Sink
-from .batching import BatchingQueue
+from .batching import BatchingQueue, close_in_multiprocessing_children
 
 log = logging.getLogger("audit_middleware")
 
 _SEVERITY = {number: SeverityNumber(number) for number, _ in (otel.SEVERITY_INFO,
                                                                otel.SEVERITY_WARN)}
 _NO_CONTEXT = Context()
+_CHILD_EXIT_TIMEOUT = 5.0  # seconds, as BatchingQueue's exit_timeout
 
 
 class OTelLogSink:
@@ -64,6 +65,9 @@ class OTelLogSink:
         self._queue: BatchingQueue[AuditEvent] = BatchingQueue(
             self._emit, max_queue=max_queue, max_batch=max_batch, max_delay=max_delay,
             name="audit-otel-logs")
+        # A multiprocessing child skips atexit, the SDK's provider shutdown included:
+        # closing this sink there flushes the provider too (after its queue's drain).
+        close_in_multiprocessing_children(self, _CHILD_EXIT_TIMEOUT)
 
     # A fail_closed primary keeps its meaning: the middleware asks the configured sink.
     @property

@@ -197,3 +197,82 @@ def test_the_log_copy_alone_counts_its_own_deliveries() -> None:
 def test_a_primary_that_is_not_a_sink_is_refused_with_what_it_lacks() -> None:
     with pytest.raises(TypeError, match="submit"):
         OTelLogSink(object())  # type: ignore[arg-type]
+
+
+def _emit_three() -> None:
+    for i in range(3):
+        audit.emit("run_completed", f"run-{i}")
+
+
+def test_a_multiprocessing_childs_log_copies_are_exported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A multiprocessing child skips atexit, the SDK's own provider shutdown included:
+    closing the sink at the child's exit flushes the provider (0 of 3 were exported)."""
+    import multiprocessing
+
+    from opentelemetry.sdk._logs.export import (
+        BatchLogRecordProcessor,
+        LogRecordExporter,
+        LogRecordExportResult,
+    )
+
+    exported = tmp_path / "exported"
+
+    class FileExporter(LogRecordExporter):
+        def export(self, batch):  # type: ignore[no-untyped-def]
+            with open(exported, "a") as f:
+                f.writelines(f"{data.log_record.attributes['audit.target.id']}\n"
+                             for data in batch)
+            return LogRecordExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return True
+
+    provider = LoggerProvider()
+    # A long delay: only a flush exports before the child ends.
+    provider.add_log_record_processor(BatchLogRecordProcessor(
+        FileExporter(), schedule_delay_millis=60_000))
+    sink = OTelLogSink(audit.MemorySink(), logger_provider=provider)
+    audit.configure(sink=sink)
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_emit_three)
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert sorted(exported.read_text().split()) == ["run-0", "run-1", "run-2"]
+    finally:
+        reset_configuration()
+        sink.close(5)
+
+
+def test_a_multiprocessing_child_is_not_held_past_the_exit_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closed at the child's exit as atexit would close it, bounded the same way: a
+    stalled exporter must not hold the child (3 records at 2 s each held it 6 s)."""
+    import multiprocessing
+    import time
+
+    from audit_middleware.sinks import otel as otel_sink
+
+    monkeypatch.setattr(otel_sink, "_CHILD_EXIT_TIMEOUT", 0.5)
+
+    class Stalled(InMemoryLogRecordExporter):
+        def export(self, batch):  # type: ignore[no-untyped-def]
+            time.sleep(2)
+            return super().export(batch)
+
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(Stalled()))
+    sink = OTelLogSink(audit.MemorySink(), logger_provider=provider)
+    audit.configure(sink=sink)
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_emit_three)
+        child.start()
+        child.join(4)  # well past the 0.5 s bound, well short of 6 s
+        assert not child.is_alive()
+    finally:
+        child.join(30)
+        reset_configuration()
+        sink.close(1)
