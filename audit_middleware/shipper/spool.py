@@ -27,8 +27,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import AuditConfigurationError
-
 log = logging.getLogger("audit_middleware")
 
 RECORD = struct.Struct("!II")  # body length, crc32 of body
@@ -50,7 +48,9 @@ class _File:
 class Spool:
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int,
                  file_bytes: int = 8 * 1024 * 1024) -> None:
-        self.directory = Path(directory)
+        #: The spool_dir as configured; ``directory`` is where this process's user spools.
+        self.configured = Path(directory)
+        self._directories: dict[int, Path] = {}  # by effective uid (a worker may drop root)
         self.max_bytes = max_bytes
         self.file_bytes = file_bytes
         self._files: list[_File] = []  # oldest first; the last one may be our active file
@@ -58,10 +58,7 @@ class Spool:
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._scanned = False
         self.corrupt_bytes = 0
-        if self.directory.exists():
-            reason = _unsafe(self.directory)
-            if reason:
-                raise AuditConfigurationError(reason)
+        self.directory  # noqa: B018 - chosen now, so a shared directory is logged at start
 
     # -- writing --------------------------------------------------------------------------
     def append(self, body: bytes) -> bool:
@@ -92,18 +89,43 @@ class Spool:
         self._used += len(record)
         return True
 
+    @property
+    def directory(self) -> Path:
+        """Where this process's user spools: the configured directory when it is this
+        user's and writable by no one else (or does not exist yet: then it is made so);
+        otherwise that user's private subdirectory in it, ``.uid-<euid>``. Whoever else
+        can write a spool directory can plant batches that are replayed under this app's
+        name; and a shared one is common (a volume mounted 0777, a directory made by a
+        server's root master whose workers run as another user), so it is not refused,
+        but not trusted either."""
+        euid = os.geteuid()
+        chosen = self._directories.get(euid)
+        if chosen is None:
+            chosen = self.configured
+            reason = _unsafe(self.configured) if self.configured.exists() else ""
+            if reason:
+                chosen = self.configured / f".uid-{euid}"
+                log.warning("audit spool: %s; spooling in %s instead", reason, chosen)
+            self._directories[euid] = chosen
+        return chosen
+
     def _new_file(self) -> _File:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        reason = _unsafe(self.directory)  # made by someone else since we looked
+        directory = self.directory
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if _unsafe(directory) and directory == self.configured:
+            self._directories.clear()  # made shared by someone else since we looked
+            directory = self.directory
+            directory.mkdir(mode=0o700, exist_ok=True)
+        reason = _unsafe(directory)
         if reason:
             raise PermissionError(reason)
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
-        partial = self.directory / (name + _PARTIAL)
+        partial = directory / (name + _PARTIAL)
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        path = self.directory / (name + SUFFIX)
+        path = directory / (name + SUFFIX)
         os.rename(partial, path)
-        _fsync_dir(self.directory)
+        _fsync_dir(directory)
         self._active = _File(path, fd, 0)
         self._files.append(self._active)
         return self._active
@@ -163,9 +185,10 @@ class Spool:
     def adopt_orphans(self) -> int:
         """Take over spool files no live process holds; returns how many were adopted."""
         self._scanned = True
+        directory = self.directory
         try:
-            reason = _unsafe(self.directory)
-            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+            reason = _unsafe(directory)
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except FileNotFoundError:
             return 0
         if reason:
@@ -256,11 +279,11 @@ def _unsafe(directory: Path) -> str:
     if st.st_uid != os.geteuid():
         return (f"spool directory {directory} belongs to uid {st.st_uid}, not to this "
                 f"process's user ({os.geteuid()}): another user could plant batches to be "
-                f"replayed under this app's name; choose a spool_dir of this user's")
+                f"replayed under this app's name")
     if st.st_mode & 0o022:
         return (f"spool directory {directory} is writable by group or others "
                 f"({stat.filemode(st.st_mode)}): another user could plant batches to be "
-                f"replayed under this app's name; chmod go-w it or choose another spool_dir")
+                f"replayed under this app's name")
     return ""
 
 

@@ -168,11 +168,12 @@ def test_a_crashed_process_leaves_files_others_adopt(tmp_path: Path) -> None:
     assert drain(survivor) == [b"from the crashed process"]
 
 
-def test_a_spool_directory_others_can_write_is_refused(tmp_path: Path) -> None:
-    """Whoever else can write the directory can plant batches that are replayed to the
-    collector under this app's name: refused at construction, with what to do."""
-    from audit_middleware.errors import AuditConfigurationError
-
+def test_a_spool_directory_others_can_write_is_not_trusted(tmp_path: Path) -> None:
+    """Whoever else can write the directory can plant batches that would be replayed to
+    the collector under this app's name. A shared directory is common (a volume mounted
+    0777; one made by a server's root master whose workers run as another user), so it
+    is not refused: this user spools in a private subdirectory of it, and never adopts
+    what lies in the shared one."""
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
@@ -181,21 +182,26 @@ def test_a_spool_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     planted.close()
     for f in spool_files(tmp_path / "elsewhere"):
         f.rename(shared / f.name)
-    with pytest.raises(AuditConfigurationError, match="chmod go-w"):
-        Spool(shared, max_bytes=1 << 20)
-    shared.chmod(0o755)  # its owner fixes it: then it is ours to replay
+    spool = Spool(shared, max_bytes=1 << 20)
+    private = shared / f".uid-{os.geteuid()}"
+    assert spool.directory == private
+    assert spool.adopt_orphans() == 0
+    assert spool.append(b"ours")
+    assert oct(private.stat().st_mode & 0o777) == "0o700"
+    assert drain(spool) == [b"ours"]
+    shared.chmod(0o755)  # its owner makes it theirs alone: then it is theirs to replay
     fixed = Spool(shared, max_bytes=1 << 20)
     assert fixed.adopt_orphans() == 1 and drain(fixed) == [b'{"forged": true}']
 
 
-def test_a_spool_directory_made_unsafe_later_is_neither_written_nor_adopted(
-        tmp_path: Path) -> None:
+def test_a_spool_directory_made_shared_later_is_not_trusted_either(tmp_path: Path) -> None:
     directory = tmp_path / "spool"
-    spool = Spool(directory, max_bytes=1 << 20)
+    spool = Spool(directory, max_bytes=1 << 20)  # not there yet: it would be made 0700
     directory.mkdir()
-    directory.chmod(0o777)
-    assert not spool.append(b"batch")  # refused (and logged), counted by the sink
-    assert spool.adopt_orphans() == 0
+    directory.chmod(0o777)  # made by someone else meanwhile
+    assert spool.append(b"batch")
+    assert spool_files(directory) == []  # not in the shared directory itself
+    assert len(spool_files(directory / f".uid-{os.geteuid()}")) == 1
 
 
 def test_a_partial_file_is_removed_only_once_it_is_surely_abandoned(tmp_path: Path) -> None:
@@ -209,3 +215,19 @@ def test_a_partial_file_is_removed_only_once_it_is_surely_abandoned(tmp_path: Pa
     os.utime(old, (long_ago, long_ago))
     assert Spool(tmp_path, max_bytes=1 << 20).adopt_orphans() == 0
     assert fresh.exists() and not old.exists()
+
+
+def test_the_spool_directory_is_chosen_for_each_effective_user(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn --preload --user app: the sink is made in the root master, and the
+    workers spool as app. Each effective user gets its own choice: the configured
+    directory where it is that user's, a private subdirectory where it is not."""
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o755)
+    owner = os.geteuid()
+    spool = Spool(directory, max_bytes=1 << 20)
+    assert spool.directory == directory
+    monkeypatch.setattr(spool_module.os, "geteuid", lambda: owner + 4242)  # another user
+    assert spool.directory == directory / f".uid-{owner + 4242}"
+    monkeypatch.setattr(spool_module.os, "geteuid", lambda: owner)
+    assert spool.directory == directory
