@@ -85,9 +85,7 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
             peer = str(peer)
         if type(principal) is not str or len(principal) > cap:
             principal = _text("principal", principal, cap)
-        if principal == SYSTEM:
-            peer = ""
-        elif len(peer) > MAX_IP_LENGTH:
+        if len(peer) > MAX_IP_LENGTH:
             peer = _text("client_ip", peer, MAX_IP_LENGTH)
         fields = ctx.fields = (principal, peer, "", "", "", "", "")
         return fields
@@ -98,7 +96,9 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
     else:
         principal = ctx.resolve_or("principal", "")
     principal = _text("principal", principal, cap)
-    if principal == SYSTEM:
+    if principal == SYSTEM and ctx.principal_override is not None:
+        # set_principal("system"): the app declares the action its own. A user whose id
+        # merely is "system" keeps the request's address: the two can be told apart.
         client_ip = peer = ""
     elif not config.trusted_proxies:
         client_ip, peer = _text("client_ip", ctx.peer, MAX_IP_LENGTH), ""
@@ -195,20 +195,24 @@ def emit(
     client_ip: object = None,
 ) -> AuditEvent:
     """Record one event. Inside a request, unset fields come from its context (principal,
-    client IP, organization, workspace); outside one the principal is ``system``.
-    Events whose principal is ``system`` never carry a client IP."""
+    client IP, organization, workspace); outside one the principal is ``system``. The
+    application's own events (outside a request, or ``principal="system"``, or after
+    ``set_principal("system")``) never carry a client IP; a user whose id merely is
+    ``system`` keeps the request's address, so the two can be told apart."""
     ctx = current.get()
     if (ctx is not None and principal is None and org_id is None and org_name is None
             and workspace_id is None and workspace_name is None and client_ip is None):
         return emit_in_request(event_type, target, status, ctx)  # the common call
     sink, cap = _settings_for(event_type)
     peer = ""
+    # The application's own event: outside a request by default, or declared so.
+    system = (principal is None and ctx is None) or principal == SYSTEM
     if ctx is None:
         principal = SYSTEM if principal is None else _text("principal", principal, cap)
     else:
         r_principal, r_ip, r_peer, r_org, r_org_name, r_ws, r_ws_name = request_fields(ctx, cap)
         principal = r_principal if principal is None else _text("principal", principal, cap)
-        if client_ip is None and principal != SYSTEM:
+        if client_ip is None and not system:
             client_ip, peer = r_ip, r_peer
         if org_id is None:
             org_id = r_org
@@ -216,7 +220,7 @@ def emit(
         if workspace_id is None:
             workspace_id = r_ws
             workspace_name = r_ws_name if workspace_name is None else workspace_name
-    if principal == SYSTEM:
+    if system:
         client_ip = peer = ""
     event = AuditEvent(
         event_type,

@@ -220,6 +220,40 @@ def test_system_event_inside_a_request_has_no_client_ip(events: list[AuditEvent]
                                                                      "testclient")
 
 
+@pytest.mark.parametrize("resolver", [True, False], ids=["resolver", "scope user"])
+def test_a_user_whose_id_is_system_is_told_from_the_applications_own_events(
+        resolver: bool, events: list[AuditEvent]) -> None:
+    """The application's own events carry no client IP; a user who is merely called
+    'system' keeps the request's address, or their actions would pass for the app's."""
+    from audit_middleware import set_principal
+
+    @audited("run_deleted", target="run_id")
+    async def delete(request: Request) -> Response:
+        if request.query_params.get("declare"):
+            set_principal("system")  # the app declares the action its own
+        return Response(status_code=204)
+
+    class NamedSystem(TokenUser):
+        pass
+
+    class SystemBackend(AuthenticationBackend):
+        async def authenticate(self, conn: HTTPConnection):  # type: ignore[no-untyped-def]
+            return AuthCredentials(["authenticated"]), NamedSystem("system")
+
+    routes = [Route("/runs/{run_id}", delete, methods=["DELETE"])]
+    if resolver:
+        app = AuditMiddleware(Starlette(routes=routes), principal=lambda ctx: "system")
+    else:
+        app = Starlette(routes=routes, middleware=[
+            Middleware(AuditMiddleware), Middleware(AuthenticationMiddleware,
+                                                    backend=SystemBackend())])
+    client = TestClient(app, client=("203.0.113.9", 1))
+    client.delete("/runs/r1")
+    client.delete("/runs/r2?declare=1")
+    assert [(e.target, e.principal, e.client_ip) for e in events] == [
+        ("r1", "system", "203.0.113.9"), ("r2", "system", "")]
+
+
 def test_emit_outside_a_request_is_a_system_event(events: list[AuditEvent]) -> None:
     event = emit("run_dropped", "r1", org_id="o1", org_name="Acme")
     assert (event.principal, event.client_ip, event.org_id, event.org_name) == (
