@@ -12,7 +12,12 @@ from .catalogue import Catalogue
 from .context import RequestContext, current, principal_from_user
 from .errors import AuditConfigurationError
 from .event import SYSTEM, AuditEvent
-from .sanitize import MAX_IP_LENGTH, TRUNCATION_MARKER, field_text
+from .sanitize import (
+    COLLECTOR_DEFAULT_MAX_FIELD_LENGTH,
+    MAX_IP_LENGTH,
+    TRUNCATION_MARKER,
+    field_text,
+)
 from .sinks.base import Sink
 from .tracing import current_context as _current_context
 
@@ -49,6 +54,11 @@ def configure(
                 f"got {max_field_length!r}"
             )
         settings.max_field_length = max_field_length
+        if max_field_length > COLLECTOR_DEFAULT_MAX_FIELD_LENGTH:
+            log.warning("audit: max_field_length=%d is above the collector's default cap "
+                        "(%d): set the collector's max_field_length as high, or it rejects "
+                        "events with longer fields", max_field_length,
+                        COLLECTOR_DEFAULT_MAX_FIELD_LENGTH)
     if catalogue is not _UNSET:
         if not isinstance(catalogue, Catalogue):
             raise AuditConfigurationError("catalogue must be an audit_middleware.Catalogue")

@@ -13,6 +13,9 @@ from typing import Final
 from .errors import AuditFieldError
 
 DEFAULT_MAX_FIELD_LENGTH: Final = 1024
+#: The collector's own default cap (its ``max_field_length``): a longer field is
+#: rejected there unless the collector is configured higher too.
+COLLECTOR_DEFAULT_MAX_FIELD_LENGTH: Final = 4096
 #: The cap of ``client_ip`` and ``peer_ip``, whatever ``max_field_length`` is: any IP
 #: address fits (IPv6 with a zone included), and the collector refuses a longer value,
 #: which would lose the event. A peer that is no address (a proxy or server passing on

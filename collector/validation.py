@@ -17,13 +17,13 @@ import orjson
 
 from audit_middleware.catalogue import NAME_PATTERN
 from audit_middleware.event import FIELDS, OPTIONAL_FIELDS, SCHEMA_VERSION, TEXT_FIELDS
-from audit_middleware.sanitize import MAX_IP_LENGTH
+from audit_middleware.sanitize import COLLECTOR_DEFAULT_MAX_FIELD_LENGTH, MAX_IP_LENGTH
 
 from .own_records import OWN_TYPES, own_type_reason
 
 #: Collector-side cap on each text field, in characters. Apps cap at 1024 by default and
 #: may raise their own cap; the collector refuses anything beyond this.
-DEFAULT_MAX_FIELD_LENGTH: Final = 4096
+DEFAULT_MAX_FIELD_LENGTH: Final = COLLECTOR_DEFAULT_MAX_FIELD_LENGTH
 #: ``client_ip``/``peer_ip`` hold an IP (at most 45 characters for IPv6, plus a zone) or
 #: the raw socket peer the app saw; anything longer is not an address.
 #: A line longer than this cannot hold a valid event (14 capped fields, JSON-escaped).

@@ -79,6 +79,16 @@ def test_cap_is_configurable(events: list[AuditEvent]) -> None:
     assert emit("user_updated", "x" * 64).target == "x" * 64
 
 
+def test_a_cap_above_the_collectors_says_so(events: list[AuditEvent],
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The collector rejects a field over its own cap (4,096 by default): an app cap
+    above it is allowed (the collector may be configured as high) but not silent."""
+    configure(max_field_length=4096)
+    assert "above the collector" not in caplog.text
+    configure(max_field_length=10_000)
+    assert "max_field_length=10000 is above the collector's default cap (4096)" in caplog.text
+
+
 def test_ids_of_other_types_are_recorded_as_text(events: list[AuditEvent]) -> None:
     ident = uuid.uuid4()
     assert emit("user_updated", 42).target == "42"
