@@ -216,7 +216,8 @@ def emit(
     sink, cap = _settings_for(event_type)
     peer = ""
     # The application's own event: outside a request by default, or declared so.
-    system = (principal is None and ctx is None) or principal == SYSTEM
+    system = principal == SYSTEM or (principal is None and (
+        ctx is None or ctx.principal_override == SYSTEM))
     if ctx is None:
         principal = SYSTEM if principal is None else _text("principal", principal, cap)
     else:

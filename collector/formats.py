@@ -149,14 +149,18 @@ def _ocsf_metadata(record: Record) -> dict[str, Any]:
     return metadata
 
 
-def _ocsf_user(uid: str) -> dict[str, Any]:
+def _ocsf_user(uid: str, system: bool = False) -> dict[str, Any]:
     user: dict[str, Any] = {"uid": uid}
-    user["type_id"], user["type"] = (3, "System") if uid == SYSTEM else (1, "User")
+    user["type_id"], user["type"] = (3, "System") if system else (1, "User")
     return user
 
 
 def _ocsf_actor(record: Record) -> dict[str, Any]:
-    user = _ocsf_user(_text(record, "principal") or "unknown")
+    principal = _text(record, "principal")
+    # The application's own events carry no client IP; a user whose id merely is
+    # "system" acted from an address (docs/record.md).
+    user = _ocsf_user(principal or "unknown",
+                      system=principal == SYSTEM and not record.get("client_ip"))
     if record.get("org_id") or record.get("org_name"):
         user["org"] = {k: v for k, v in (("uid", _text(record, "org_id")),
                                          ("name", _text(record, "org_name"))) if v}

@@ -254,6 +254,22 @@ def test_a_user_whose_id_is_system_is_told_from_the_applications_own_events(
         ("r1", "system", "203.0.113.9"), ("r2", "system", "")]
 
 
+def test_after_set_principal_system_no_event_of_the_request_carries_an_address(
+        events: list[AuditEvent]) -> None:
+    from audit_middleware import set_principal
+
+    async def endpoint(request: Request) -> Response:
+        set_principal("system")
+        emit("credentials_accessed", "c-1", client_ip="198.51.100.7")  # explicit, still
+        emit("credentials_accessed", "c-2")
+        return Response(status_code=204)
+
+    app = AuditMiddleware(Starlette(routes=[Route("/", endpoint)]))
+    TestClient(app, client=("203.0.113.9", 1)).get("/")
+    assert [(e.target, e.principal, e.client_ip) for e in events] == [
+        ("c-1", "system", ""), ("c-2", "system", "")]
+
+
 def test_emit_outside_a_request_is_a_system_event(events: list[AuditEvent]) -> None:
     event = emit("run_dropped", "r1", org_id="o1", org_name="Acme")
     assert (event.principal, event.client_ip, event.org_id, event.org_name) == (

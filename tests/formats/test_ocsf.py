@@ -130,6 +130,12 @@ def test_a_system_event_is_a_system_user_without_an_ip() -> None:
     assert event["src_endpoint"] == {"name": "system"}
 
 
+def test_a_user_whose_id_is_system_is_a_user_from_an_address() -> None:
+    event = to_ocsf(stored(type="run_deleted", principal="system", client_ip="203.0.113.9"))
+    assert event["actor"]["user"]["type_id"] == 1  # a person, not the application
+    assert event["src_endpoint"] == {"ip": "203.0.113.9"}
+
+
 def test_the_proxy_that_vouched_for_the_client_is_an_intermediate_ip() -> None:
     event = to_ocsf(stored(client_ip="192.0.2.50", peer_ip="10.0.0.2"))
     assert event["src_endpoint"] == {"ip": "192.0.2.50", "intermediate_ips": ["10.0.0.2"]}
