@@ -250,7 +250,7 @@ def _call(ref: weakref.ref[Any], method: str, *args: object) -> None:
         getattr(obj, method)(*args)
 
 
-def close_in_multiprocessing_children(obj: object, timeout: float) -> None:
+def close_in_multiprocessing_children(obj: object, timeout: float | None) -> None:
     """Call at construction: in a child that ``multiprocessing`` forks, ``obj.close()``
     runs when the child ends. Such a child ends with ``os._exit``, which skips atexit,
     and runs multiprocessing's own exit finalizers instead: without this, a ``Process``
@@ -261,7 +261,7 @@ def close_in_multiprocessing_children(obj: object, timeout: float) -> None:
         obj, functools.partial(_close_at_child_exit, timeout=timeout))
 
 
-def _close_at_child_exit(obj: object, *, timeout: float) -> None:
+def _close_at_child_exit(obj: object, *, timeout: float | None) -> None:
     # Bounded like the atexit close: a child must not hang on a collector that is down.
     multiprocessing.util.Finalize(None, _call, args=(weakref.ref(obj), "close", timeout),
                                   exitpriority=10)

@@ -21,6 +21,8 @@ is emitted on another thread.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger, get_logger_provider
@@ -37,7 +39,6 @@ log = logging.getLogger("audit_middleware")
 _SEVERITY = {number: SeverityNumber(number) for number, _ in (otel.SEVERITY_INFO,
                                                                otel.SEVERITY_WARN)}
 _NO_CONTEXT = Context()
-_CHILD_EXIT_TIMEOUT = 5.0  # seconds, as BatchingQueue's exit_timeout
 
 
 class OTelLogSink:
@@ -49,6 +50,7 @@ class OTelLogSink:
         max_queue: int = 10_000,
         max_batch: int = 512,
         max_delay: float = 0.2,
+        exit_timeout: float = 5.0,
     ) -> None:
         if primary is not None and not all(
             callable(getattr(primary, m, None)) for m in ("submit", "flush", "close", "stats")
@@ -57,6 +59,7 @@ class OTelLogSink:
                             "close() and stats() (see audit_middleware.sinks)")
         self.primary = primary
         self._provider = logger_provider
+        self._exit_timeout = exit_timeout
         # A ProxyLogger when no provider is set yet: it follows a later
         # set_logger_provider(), so the sink may be configured before the SDK.
         self._logger = get_logger(otel.SCOPE_NAME, logger_provider=logger_provider)
@@ -67,7 +70,7 @@ class OTelLogSink:
             name="audit-otel-logs")
         # A multiprocessing child skips atexit, the SDK's provider shutdown included:
         # closing this sink there flushes the provider too (after its queue's drain).
-        close_in_multiprocessing_children(self, _CHILD_EXIT_TIMEOUT)
+        close_in_multiprocessing_children(self, None)  # the primary's and our own bounds
 
     # A fail_closed primary keeps its meaning: the middleware asks the configured sink.
     @property
@@ -137,17 +140,31 @@ class OTelLogSink:
         return done
 
     def close(self, timeout: float | None = None) -> None:
-        """Close the primary and this sink's queue. The logger provider is the app's: it
-        is flushed, not shut down."""
+        """Close the primary (within ``timeout``, or its own exit timeout), then this
+        sink's queue and a flush of the logger provider, together within ``timeout`` (or
+        ``exit_timeout``). The provider is the app's: flushed, not shut down. Its flush
+        runs on a thread of its own: the SDK's batch processor exports synchronously and
+        does not keep to the time it is given, and a stalled exporter must not hold the
+        process (a multiprocessing child ends through this close)."""
+        limit = self._exit_timeout if timeout is None else timeout
         try:
             if self.primary is not None:
                 self.primary.close(timeout)
         finally:
-            self._queue.close(timeout)
+            deadline = time.monotonic() + limit
+            self._queue.close(limit)
             provider: Any = self._provider or get_logger_provider()
             force_flush = getattr(provider, "force_flush", None)
             if callable(force_flush):
-                force_flush(30_000 if timeout is None else max(1, int(timeout * 1000)))
+                remaining = max(deadline - time.monotonic(), 0.0)
+                flusher = threading.Thread(
+                    target=force_flush, args=(max(1, int(remaining * 1000)),),
+                    name="audit-otel-flush", daemon=True)
+                flusher.start()
+                flusher.join(remaining)
+                if flusher.is_alive():
+                    log.warning("audit: the OpenTelemetry logger provider did not flush "
+                                "within %.1fs; its exporter may have lost log copies", limit)
 
     def stats(self) -> dict[str, int]:
         """The primary's counters, plus ``otel_emitted`` (log records handed to the Logs

@@ -247,32 +247,37 @@ def test_a_multiprocessing_childs_log_copies_are_exported(tmp_path) -> None:  # 
         sink.close(5)
 
 
-def test_a_multiprocessing_child_is_not_held_past_the_exit_timeout(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("processor", ["simple", "batch"])
+def test_a_multiprocessing_child_is_not_held_past_the_exit_timeout(processor: str) -> None:
     """Closed at the child's exit as atexit would close it, bounded the same way: a
-    stalled exporter must not hold the child (3 records at 2 s each held it 6 s)."""
+    stalled exporter must not hold the child. Simple: each emit exports (3 records at 2 s
+    each held it 6 s); batch: the SDK's force_flush exports synchronously and ignores
+    the time it is given (a 60 s stall held it past a minute)."""
     import multiprocessing
     import time
 
-    from audit_middleware.sinks import otel as otel_sink
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-    monkeypatch.setattr(otel_sink, "_CHILD_EXIT_TIMEOUT", 0.5)
+    stall = 2 if processor == "simple" else 60
 
     class Stalled(InMemoryLogRecordExporter):
         def export(self, batch):  # type: ignore[no-untyped-def]
-            time.sleep(2)
+            time.sleep(stall)
             return super().export(batch)
 
     provider = LoggerProvider()
-    provider.add_log_record_processor(SimpleLogRecordProcessor(Stalled()))
-    sink = OTelLogSink(audit.MemorySink(), logger_provider=provider)
+    provider.add_log_record_processor(
+        SimpleLogRecordProcessor(Stalled()) if processor == "simple"
+        else BatchLogRecordProcessor(Stalled(), schedule_delay_millis=60_000))
+    sink = OTelLogSink(audit.MemorySink(), logger_provider=provider, exit_timeout=0.5)
     audit.configure(sink=sink)
+    child = multiprocessing.get_context("fork").Process(target=_emit_three)
     try:
-        child = multiprocessing.get_context("fork").Process(target=_emit_three)
         child.start()
-        child.join(4)  # well past the 0.5 s bound, well short of 6 s
+        child.join(4)  # well past the 0.5 s bound, well short of the stall
         assert not child.is_alive()
     finally:
+        child.kill()
         child.join(30)
         reset_configuration()
-        sink.close(1)
+        sink.close(0.5)
