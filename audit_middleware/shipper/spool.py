@@ -112,11 +112,11 @@ class Spool:
     def _new_file(self) -> _File:
         directory = self.directory
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if _unsafe(directory) and directory == self.configured:
+        if directory == self.configured and _unsafe(directory):
             self._directories.clear()  # made shared by someone else since we looked
             directory = self.directory
             directory.mkdir(mode=0o700, exist_ok=True)
-        reason = _unsafe(directory)
+        reason = _unsafe(directory, follow=directory == self.configured)
         if reason:
             raise PermissionError(reason)
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -183,17 +183,42 @@ class Spool:
 
     # -- several processes ----------------------------------------------------------------
     def adopt_orphans(self) -> int:
-        """Take over spool files no live process holds; returns how many were adopted."""
+        """Take over spool files no live process holds; returns how many were adopted.
+        Where this user spools in the configured directory, its private subdirectory
+        is adopted from too (batches from a time the directory was shared); where it
+        spools in the private one, batch files left in the shared directory are not
+        replayed (anyone could have put them there), and said so."""
         self._scanned = True
         directory = self.directory
+        private = self.configured / f".uid-{os.geteuid()}"
+        places = [directory] if directory == private else [directory, private]
+        adopted: list[_File] = []
+        for place in places:
+            adopted += self._adopt_from(place)
+        if directory == private:
+            _report_stranded(self.configured)
+        if adopted:
+            # Older files first; ours are newer than anything left by a dead process.
+            self._files = sorted(self._files + adopted, key=lambda f: f.path.name)
+            log.warning("audit spool %s: replaying %d spool file(s) left by earlier "
+                        "processes", directory, len(adopted))
+        self._used = self._count_used()
+        return len(adopted)
+
+    def _adopt_from(self, place: Path) -> list[_File]:
         try:
-            reason = _unsafe(directory)
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            reason = _unsafe(place, follow=place == self.configured)
+            entries = sorted(os.scandir(place), key=lambda e: e.name)
         except FileNotFoundError:
-            return 0
+            return []
+        except OSError as exc:  # e.g. not ours to read: say so once a scan, not a traceback
+            log.error("audit spool: cannot read %s (%s): its batches cannot be replayed; "
+                      "give this process's user access, or choose another spool_dir",
+                      place, exc)
+            return []
         if reason:
             log.error("audit spool: adopting nothing: %s", reason)
-            return 0
+            return []
         owned = {f.path.name for f in self._files}
         adopted: list[_File] = []
         for entry in entries:
@@ -215,25 +240,21 @@ class Spool:
                 os.close(fd)
                 continue
             adopted.append(_File(Path(entry.path), fd, os.fstat(fd).st_size))
-        if adopted:
-            # Older files first; ours are newer than anything left by a dead process.
-            self._files = sorted(self._files + adopted, key=lambda f: f.path.name)
-            log.warning("audit spool %s: replaying %d spool file(s) left by earlier "
-                        "processes", self.directory, len(adopted))
-        self._used = self._count_used()
-        return len(adopted)
+        return adopted
 
     def _count_used(self) -> int:
+        """Bytes of batch files where this user spools and adopts (see adopt_orphans)."""
         total = 0
-        try:
-            for entry in os.scandir(self.directory):
-                if entry.name.endswith(SUFFIX):
-                    try:
-                        total += entry.stat().st_size
-                    except FileNotFoundError:
-                        pass
-        except FileNotFoundError:
-            pass
+        for place in {self.directory, self.configured / f".uid-{os.geteuid()}"}:
+            try:
+                for entry in os.scandir(place):
+                    if entry.name.endswith(SUFFIX):
+                        try:
+                            total += entry.stat().st_size
+                        except FileNotFoundError:
+                            pass
+            except OSError:  # gone, or not ours to read (reported where it matters)
+                pass
         return total
 
     def close(self) -> None:
@@ -263,6 +284,20 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
+def _report_stranded(configured: Path) -> None:
+    """Batch files in a spool directory that is not this user's alone are not replayed
+    (anyone could have put them there): never silently."""
+    try:
+        stranded = [e.name for e in os.scandir(configured) if e.name.endswith(SUFFIX)]
+    except OSError:
+        return
+    if stranded:
+        log.error("audit spool: %d batch file(s) in %s are not replayed while others can "
+                  "write the directory (anyone could have put them there): make it this "
+                  "user's alone (chmod go-w; chown) to replay them", len(stranded),
+                  configured)
+
+
 def _younger_than(entry: os.DirEntry[str], seconds: float) -> bool:
     try:
         return time.time() - entry.stat().st_mtime < seconds
@@ -270,12 +305,16 @@ def _younger_than(entry: os.DirEntry[str], seconds: float) -> bool:
         return True  # gone meanwhile: nothing to do
 
 
-def _unsafe(directory: Path) -> str:
+def _unsafe(directory: Path, *, follow: bool = True) -> str:
     """Why ``directory`` may not hold a spool ("" when it may): whoever else can write
     there can plant files that are then replayed to the collector under this app's
     name (or remove this app's batches), so it must be this user's and writable by no
-    one else."""
-    st = os.stat(directory)
+    one else. ``follow=False`` for the private subdirectory, which sits in a directory
+    others can write: a symbolic link planted there is refused, not followed."""
+    st = os.stat(directory) if follow else os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode):
+        return (f"spool directory {directory} is a symbolic link in a directory others "
+                f"can write: another user could point it anywhere")
     if st.st_uid != os.geteuid():
         return (f"spool directory {directory} belongs to uid {st.st_uid}, not to this "
                 f"process's user ({os.geteuid()}): another user could plant batches to be "

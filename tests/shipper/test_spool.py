@@ -231,3 +231,52 @@ def test_the_spool_directory_is_chosen_for_each_effective_user(
     assert spool.directory == directory / f".uid-{owner + 4242}"
     monkeypatch.setattr(spool_module.os, "geteuid", lambda: owner)
     assert spool.directory == directory
+
+
+def test_batches_are_never_stranded_silently_when_the_directory_changes_hands(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Made shared after batches were spooled in it: they are not replayed (anyone could
+    have put them there), and an error says how many and what to do. Made private again:
+    what was spooled in the private subdirectory meanwhile is replayed too."""
+    directory = tmp_path / "spool"
+    first = Spool(directory, max_bytes=1 << 20)
+    assert first.append(b"before")
+    first.close()
+    directory.chmod(0o777)
+    shared = Spool(directory, max_bytes=1 << 20)
+    assert shared.adopt_orphans() == 0
+    assert "1 batch file(s) in" in caplog.text and "chmod go-w" in caplog.text
+    assert shared.append(b"meanwhile")  # into .uid-<euid>
+    shared.close()
+    directory.chmod(0o700)
+    private_again = Spool(directory, max_bytes=1 << 20)
+    assert private_again.adopt_orphans() == 2
+    assert drain(private_again) == [b"before", b"meanwhile"]
+
+
+def test_a_private_subdirectory_planted_as_a_symlink_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (shared / f".uid-{os.geteuid()}").symlink_to(elsewhere)  # by "another user"
+    spool = Spool(shared, max_bytes=1 << 20)
+    assert not spool.append(b"batch")
+    assert spool.adopt_orphans() == 0
+    assert list(elsewhere.iterdir()) == []
+    assert "symbolic link" in caplog.text
+
+
+def test_a_spool_directory_it_cannot_read_is_an_error_not_a_crash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+
+    def refused(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(spool_module.os, "scandir", refused)
+    assert spool.adopt_orphans() == 0
+    assert "cannot read" in caplog.text and "Permission denied" in caplog.text
