@@ -73,9 +73,14 @@ class Connection:
         tls: ssl.SSLContext | None,
         connect_timeout: float,
         pressure: Callable[[], bool] = lambda: False,
+        deadline: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.endpoint = endpoint
         self._pressure = pressure  # True: the app's queue is filling up
+        # When the sink must be done (closing at exit), or None: a wait for a reply that
+        # began before it was set ends there too, so what is in flight is spooled or
+        # counted before the process ends, not lost with it.
+        self._deadline = deadline
         self._hello = hello
         self._tls = tls
         self._connect_timeout = connect_timeout
@@ -175,6 +180,10 @@ class Connection:
             now = time.monotonic()
             if now >= start + timeout:
                 return
+            deadline = self._deadline()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError("closing: no answer from the collector before the exit "
+                                   "deadline (what is in flight is spooled or counted)")
             if now - start >= PRESSURE_GRACE and self._pressure():
                 raise CollectorStalled(f"no answer from the collector for {now - start:.1f}s "
                                    "while the audit queue fills up: spooling meanwhile")

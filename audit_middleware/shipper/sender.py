@@ -126,7 +126,7 @@ class Sender:
         if conn is None or not conn.open:
             conn = Connection(self.endpoint, Hello(self.source, token=self._token),
                               tls=self._tls, connect_timeout=self._timeout(self._connect_timeout),
-                              pressure=self.pressure)
+                              pressure=self.pressure, deadline=lambda: self.deadline)
             conn.connect()
             self._conn = conn
         return conn

@@ -39,6 +39,7 @@ log = logging.getLogger("audit_middleware")
 Item = tuple[int, AuditEvent | PendingEvent, "Receipt[str | None] | None"]
 _ORPHAN_SCAN_INTERVAL: Final = 10.0
 _REPLAY_SLICE: Final = 0.25  # seconds of replay per worker cycle, then newer events queue
+_CLOSE_GRACE: Final = 0.5  # seconds past the exit deadline to spool what was in flight
 
 
 def new_source_id() -> str:
@@ -299,7 +300,9 @@ class CollectorSink:
         self._closed = True
         limit = self._exit_timeout if timeout is None else timeout
         self._sender.deadline = time.monotonic() + limit
-        self._queue.close(limit)
+        # A little past the deadline: a reply wait ends at it, then what was in flight
+        # is spooled (or counted as dropped) before the worker is given up on.
+        self._queue.close(limit + _CLOSE_GRACE)
         if self._io_lock.acquire(timeout=0.5):  # else the worker is stuck: leave it be
             try:
                 self._sender.forget_connection()

@@ -4,6 +4,7 @@ instead of its response; and AuditMiddleware flushes the sink on lifespan shutdo
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,38 @@ def test_wsgi_an_event_emitted_while_the_body_is_made_is_waited_for(root: Path) 
         {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None).close()
     assert closed == [True]
     sink.close(timeout=1)
+
+
+def test_at_close_what_waits_for_an_answer_is_spooled_within_the_exit_timeout(
+        root: Path) -> None:
+    """A collector that takes the batch and never answers: the wait for its answer
+    began before close() set the exit deadline, and ran on to ack_timeout, so at exit
+    the batch was neither spooled nor counted. It now ends at the deadline and the
+    batch is spooled, for the next start to replay."""
+    import socket
+    import threading
+
+    from audit_middleware.wire import Welcome
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(root / "c.sock"))
+    listener.listen()
+
+    def silent_collector() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)  # the hello
+        conn.sendall(Welcome(1, 1 << 20, 300.0).encode())
+        while conn.recv(65536):  # takes every batch, answers none
+            pass
+
+    threading.Thread(target=silent_collector, daemon=True).start()
+    sink = CollectorSink(f"unix://{root}/c.sock", spool_dir=root / "spool",
+                         ack_timeout=30.0, exit_timeout=1.0, max_delay=0.01)
+    configure(sink=sink)
+    for i in range(5):
+        emit("credentials_created", f"c-{i}")
+    time.sleep(0.3)  # sent, waiting for the answer
+    sink.close()  # within exit_timeout and its grace, not ack_timeout
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["spooled"], stats["dropped"]) == (0, 5, 0)
+    listener.close()
