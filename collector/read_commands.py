@@ -8,6 +8,7 @@ collector stopped.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ import orjson
 from . import config as collector_config
 from . import formats, render
 from . import query as q
+from .storage.errors import IndexOutOfDateError
 from .storage.segments import file_sizes
 
 FORMATS = ("table", "jsonl", "csv", *formats.FORMATTERS)  # ocsf, ecs: collector/formats.py
@@ -138,11 +140,20 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
         last = q.search(data_dir, filters, limit=args.lines, newest_first=True).records
         write(list(reversed(last)), True)
     while cursor is not None and not stop():
-        page = q.search(data_dir, filters, limit=500, cursor=cursor, newest_first=False)
+        try:
+            page = q.search(data_dir, filters, limit=500, cursor=cursor, newest_first=False)
+        except (IndexOutOfDateError, sqlite3.OperationalError) as exc:
+            # The collector is rewriting what was read (compression, retention, a busy
+            # index): a follower waits and reads again rather than ending.
+            print(f"tail: {exc}; retrying", file=sys.stderr)
+            time.sleep(FOLLOW_INTERVAL)
+            continue
         if page.records:
             write(page.records, False)
-        cursor = page.next_cursor or cursor
-        if not page.records:
+            # A page that is not full has no next_cursor: continue after its last
+            # record (keeping the old cursor read the same records again, without end).
+            cursor = page.next_cursor or q.cursor_after(page.records[-1]["seq"], filters)
+        else:
             time.sleep(FOLLOW_INTERVAL)
     return 0
 

@@ -160,12 +160,19 @@ def test_tail_follow_prints_new_records(tmp_path: Path) -> None:
                 emit("team_created", "t-new")
                 assert sink.flush(20)
                 assert orjson.loads(follower.stdout.readline())["target"] == "t-new"
+                emit("team_created", "t-newer")
+                assert sink.flush(20)
+                # Each new record once: a page that was not full kept its old cursor,
+                # and every poll printed the same records again, without end.
+                assert orjson.loads(follower.stdout.readline())["target"] == "t-newer"
+                time.sleep(1.0)  # several polls
             finally:
                 follower.terminate()
-                follower.wait(10)
+                rest, _ = follower.communicate(timeout=10)
         finally:
             configure(sink=None)
             reset_configuration()
+        assert rest == ""  # nothing printed twice
 
 
 def test_stats_reports_counts(data_dir: Path) -> None:
