@@ -269,8 +269,6 @@ class Forwarder:
         with self._lock:
             self._oldest_pending_us = created_micros(records[0]["created"])
         first = records[0]["seq"]
-        if first > position + 1:
-            self._skipped(position, first)
         result = self._exporter.export(to_log_records(records, self._resource, self._scope))
         if result is not LogRecordExportResult.SUCCESS:
             raise ExportFailed(f"{self.settings.endpoint} did not accept {len(records)} "
@@ -278,6 +276,10 @@ class Forwarder:
                                "of opentelemetry.exporter for the HTTP status")
         last = records[-1]["seq"]
         self.checkpoint.save(self.settings.endpoint, last)
+        if first > position + 1:
+            # Counted once, when the checkpoint passes the gap: counted before the export,
+            # every retry of a failing one counted (and logged) the same gap again.
+            self._skipped(position, first)
         with self._lock:
             self._position = last
             self.forwarded += len(records)

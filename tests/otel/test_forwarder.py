@@ -202,8 +202,13 @@ def test_records_deleted_before_forwarding_are_counted_as_skipped(store: Store,
     fwd = forwarder(store, receiver)
     fwd.checkpoint.save(receiver.endpoint, 0)
     fwd._position = -3  # as if seqs -2..0 had been stored and deleted by retention
+    receiver.refuse_next(3, 503)  # an outage right after the gap: each retry sees it
+    for _ in range(3):
+        with pytest.raises(Exception, match="did not accept"):
+            fwd.step()
+    assert fwd.stats()["skipped"] == 0  # not counted until the checkpoint passes it
     assert fwd.step() == 2
-    assert fwd.stats()["skipped"] == 3
+    assert fwd.stats()["skipped"] == 3  # once (every retry counted it again)
 
 
 def test_lag_is_zero_when_caught_up_and_counts_unforwarded_records(store: Store,
