@@ -41,6 +41,7 @@ class RecordReader:
                 segments: dict[int, tuple[str, bool]]) -> list[dict[str, Any]]:
         """The records of ``hits`` (seq, segment, offset, length), in order. A record
         whose segment retention deleted meanwhile is left out."""
+        self._drop_deleted()
         out = []
         for seq, segment, offset, length in hits:
             name, compressed = segments[segment]
@@ -84,6 +85,19 @@ class RecordReader:
         if len(self._open) > self._keep_open:
             self._open.popitem(last=False)[1].close()
         return file
+
+    def _drop_deleted(self) -> None:
+        """Close the files retention or compression has deleted since they were opened:
+        a long-lived reader (tail -f, the forwarder) kept up to ``keep_open`` of them,
+        their disk space held out of reach of retention_bytes."""
+        for segment, file in list(self._open.items()):
+            try:
+                gone = os.fstat(file.fd).st_nlink == 0
+            except OSError:
+                gone = True
+            if gone:
+                del self._open[segment]
+                file.close()
 
     def _blocks(self, segment: int, path: Path) -> BlockMap:
         blocks = [(u, c) for u, c in self._con.execute(

@@ -4,6 +4,7 @@ arrive, streaming, lookup by id, and the same answers from every kind of chunk."
 from __future__ import annotations
 
 import base64
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from collector.query import (
     search,
 )
 from collector.store import Store
-from tests.collector.storage_helpers import BASE_NS, event, open_store
+from tests.collector.storage_helpers import BASE_NS, event, open_store, wait_until
 
 HOUR = 3600 * 10**9
 
@@ -330,3 +331,29 @@ def _seed(ns: int) -> str:
 def _with_offset(ns: int) -> str:
     t = time.gmtime(ns // 10**9 + 3600)
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ns // 1000 % 10**6:06d}+01:00"
+
+
+def test_a_long_lived_reader_lets_go_of_segments_retention_deleted(tmp_path: Path) -> None:
+    """tail -f and the forwarder read through one cached reader for hours: files that
+    compression or retention deleted were kept open (up to 16), their disk space out of
+    reach of retention_bytes."""
+    def deleted_segments_open() -> list[str]:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue
+        return [link for link in links if "segment-" in link and "(deleted)" in link]
+
+    with open_store(tmp_path, max_segment_bytes=4096, compress_sealed=True,
+                    retention_bytes=20_000) as store:
+        cursor = follow_cursor(store.settings.data_dir, Filters())
+        for i in range(300):
+            store.write([event(created_ns=time.time_ns(), target="x" * 200)])
+            page = search(store, Filters(), limit=500, cursor=cursor, newest_first=False)
+            if page.records:
+                cursor = page.next_cursor or cursor_after(page.records[-1]["seq"])
+        wait_until(lambda: store.stats()["retention_deleted"] > 10)
+        search(store, Filters(), limit=1, cursor=cursor, newest_first=False)  # a poll
+        assert deleted_segments_open() == []
