@@ -81,6 +81,10 @@ class Reader:
         if not index.exists():
             raise QueryError(f"{data_dir} holds no index.sqlite: is it a collector data "
                              f"directory? (`audit-collector reindex` builds one)")
+        self._index = index
+        # Which file: a restart that rebuilds the index replaces it (a new inode), and a
+        # reader kept for hours (tail -f) must then read the new one (see ``stale``).
+        self._index_ino = os.stat(index).st_ino
         self.con = connect(index, readonly=True)
         schema = self.con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if schema is None or schema[0] != INDEX_SCHEMA:
@@ -90,6 +94,14 @@ class Reader:
                 f"schema {INDEX_SCHEMA}: restart the collector (it rebuilds the index from "
                 f"the segments at start), or stop it and run `audit-collector reindex`")
         self._records = RecordReader(data_dir / "segments", self.con)
+
+    @property
+    def stale(self) -> bool:
+        """Whether the index file this reader has open was replaced (or removed)."""
+        try:
+            return os.stat(self._index).st_ino != self._index_ino
+        except FileNotFoundError:
+            return True
 
     def close(self) -> None:
         self._records.close()
@@ -221,6 +233,9 @@ def _reader(index_path_or_store: Store | Path | str) -> Reader:
     data_dir = _data_dir(index_path_or_store)
     readers: dict[Path, Reader] = _local.__dict__.setdefault("readers", {})
     reader = readers.get(data_dir)
+    if reader is not None and reader.stale:  # the index was rebuilt since: reopen
+        reader.close()
+        reader = None
     if reader is None:
         reader = readers[data_dir] = Reader(data_dir)
     return reader

@@ -136,15 +136,17 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     # Take the follow position first: a record arriving between the two calls is then
     # printed once by the follow loop, never lost between "last N" and "new ones".
     cursor = q.follow_cursor(data_dir, filters) if args.follow else None
+    # Also when following no last lines: bad filters end tail here, not in the loop.
+    last = q.search(data_dir, filters, limit=max(args.lines, 1), newest_first=True).records
     if args.lines > 0:
-        last = q.search(data_dir, filters, limit=args.lines, newest_first=True).records
         write(list(reversed(last)), True)
     while cursor is not None and not stop():
         try:
             page = q.search(data_dir, filters, limit=500, cursor=cursor, newest_first=False)
-        except (IndexOutOfDateError, sqlite3.OperationalError) as exc:
+        except (IndexOutOfDateError, sqlite3.DatabaseError, q.QueryError) as exc:
             # The collector is rewriting what was read (compression, retention, a busy
-            # index): a follower waits and reads again rather than ending.
+            # index, an index rebuilt at its restart, for a moment absent): a follower
+            # waits and reads again rather than ending.
             print(f"tail: {exc}; retrying", file=sys.stderr)
             time.sleep(FOLLOW_INTERVAL)
             continue

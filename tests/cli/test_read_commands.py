@@ -212,3 +212,47 @@ def test_reindex_rebuilds_a_deleted_index(data_dir: Path, tmp_path: Path) -> Non
     assert "reindex: 100%" in done.stderr
     again = cli("query", "--data-dir", str(copy), "--all", "--oldest-first", "--format", "jsonl")
     assert [r["type"] for r in jsonl(again)] == [e[0] for e in EVENTS]
+
+
+def test_tail_follow_goes_on_across_an_index_rebuilt_at_a_restart(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A follower runs for hours; the collector may restart meanwhile and rebuild its
+    index (a new file). The follower reads the new index and goes on (it kept reading
+    the old file, and saw nothing new), each record once."""
+    import argparse
+    import threading
+
+    from collector import read_commands
+    from tests.collector.storage_helpers import event, open_store
+
+    data = tmp_path / "data"
+    with open_store(data) as store:
+        store.write([event(target="before")])
+    done = threading.Event()
+    args = argparse.Namespace(
+        data_dir=str(data), config=None, types=[], principal=None, target=None, org=None,
+        workspace=None, client_ip=None, since=None, until=None, status=None,
+        org_name=None, workspace_name=None, lines=0, follow=True, format="jsonl")
+    follower = threading.Thread(target=read_commands.run_tail, args=(args,),
+                                kwargs={"stop": done.is_set})
+    follower.start()
+    try:
+        time.sleep(0.5)
+        with open_store(data) as store:
+            store.write([event(target="first")])
+        for index_file in data.glob("index.sqlite*"):  # damaged, say: the next start
+            index_file.unlink()  # builds a new one from the segments (a new file)
+        with open_store(data) as store:
+            store.write([event(target="after the rebuild")])
+        deadline, out = time.monotonic() + 10, ""
+        while "after the rebuild" not in out:
+            assert time.monotonic() < deadline, "the follower did not see the new index"
+            time.sleep(0.1)
+            out += capsys.readouterr().out
+        time.sleep(0.5)  # more polls: nothing again
+        out += capsys.readouterr().out
+    finally:
+        done.set()
+        follower.join(10)
+    targets = [orjson.loads(line)["target"] for line in out.splitlines()]
+    assert targets == ["first", "after the rebuild"]
