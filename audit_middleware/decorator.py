@@ -131,7 +131,7 @@ class _Recorder:
                 ctx: RequestContext | None) -> None:
         """Record the handler's success. It has already happened: a value the record
         cannot hold (a float path parameter, a date from a getter) must not turn it into
-        a 500 with no event, so that field is left empty, and logged (``_without``). The
+        a 500 with no event, so that field is left out, and logged (``record``). The
         ``try`` costs nothing until it catches (no extra call on the request path)."""
         try:
             if self.simple and ctx is not None:

@@ -21,12 +21,12 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Final
 
 from .._counter import Counter
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
-from ..sinks.batching import BatchingQueue, close_in_multiprocessing_children
+from ..sinks.batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
 from ..wire import WireError, decode_batch_body, encode_batch_body
 from .endpoint import DEFAULT_URL, Endpoint, parse_url
 from .pipeline import Chunk
@@ -121,8 +121,8 @@ class CollectorSink:
         self._closed = False
         self._init_process()
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork"))
-        atexit.register(lambda: _call(ref, "close", exit_timeout))
+        os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
+        atexit.register(lambda: call_if_alive(ref, "close", exit_timeout))
         # After its queue's: at a multiprocessing child's exit this close runs first
         # (same priority: reverse order), sending or spooling, then closing the queue.
         close_in_multiprocessing_children(self, exit_timeout)
@@ -338,9 +338,3 @@ class CollectorSink:
 
     def __repr__(self) -> str:
         return f"CollectorSink({str(self.endpoint)!r}, source={self.source!r})"
-
-
-def _call(ref: weakref.ref[Any], method: str, *args: object) -> None:
-    obj = ref()
-    if obj is not None:
-        getattr(obj, method)(*args)

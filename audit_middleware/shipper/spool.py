@@ -104,10 +104,15 @@ class Spool:
             chosen = self.configured
             reason = _unsafe(self.configured) if self.configured.exists() else ""
             if reason:
-                chosen = self.configured / f".uid-{euid}"
+                chosen = self._private
                 log.warning("audit spool: %s; spooling in %s instead", reason, chosen)
             self._directories[euid] = chosen
         return chosen
+
+    @property
+    def _private(self) -> Path:
+        """This user's private subdirectory of the configured one (see ``directory``)."""
+        return self.configured / f".uid-{os.geteuid()}"
 
     def _new_file(self) -> _File:
         directory = self.directory
@@ -189,8 +194,7 @@ class Spool:
         spools in the private one, batch files left in the shared directory are not
         replayed (anyone could have put them there), and said so."""
         self._scanned = True
-        directory = self.directory
-        private = self.configured / f".uid-{os.geteuid()}"
+        directory, private = self.directory, self._private
         places = [directory] if directory == private else [directory, private]
         adopted: list[_File] = []
         for place in places:
@@ -245,7 +249,7 @@ class Spool:
     def _count_used(self) -> int:
         """Bytes of batch files where this user spools and adopts (see adopt_orphans)."""
         total = 0
-        for place in {self.directory, self.configured / f".uid-{os.geteuid()}"}:
+        for place in {self.directory, self._private}:
             try:
                 for entry in os.scandir(place):
                     if entry.name.endswith(SUFFIX):

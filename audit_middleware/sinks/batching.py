@@ -73,8 +73,8 @@ class BatchingQueue(Generic[T]):
         self._closed = False
         self._init_runtime()
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork"))
-        atexit.register(lambda: _call(ref, "close", exit_timeout))
+        os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
+        atexit.register(lambda: call_if_alive(ref, "close", exit_timeout))
         close_in_multiprocessing_children(self, exit_timeout)
 
     def _init_runtime(self) -> None:
@@ -244,7 +244,9 @@ class BatchingQueue(Generic[T]):
         }
 
 
-def _call(ref: weakref.ref[Any], method: str, *args: object) -> None:
+def call_if_alive(ref: weakref.ref[Any], method: str, *args: object) -> None:
+    """``ref().method(*args)`` unless the object is gone (fork and exit hooks hold only
+    a weak reference: they must not keep a sink alive)."""
     obj = ref()
     if obj is not None:
         getattr(obj, method)(*args)
@@ -263,5 +265,5 @@ def close_in_multiprocessing_children(obj: object, timeout: float | None) -> Non
 
 def _close_at_child_exit(obj: object, *, timeout: float | None) -> None:
     # Bounded like the atexit close: a child must not hang on a collector that is down.
-    multiprocessing.util.Finalize(None, _call, args=(weakref.ref(obj), "close", timeout),
+    multiprocessing.util.Finalize(None, call_if_alive, args=(weakref.ref(obj), "close", timeout),
                                   exitpriority=10)

@@ -15,9 +15,9 @@ under sustained overload (a full queue and no spool) fragments its numbering int
 range per export, hundreds a second; unbounded, each commit would re-merge and rewrite
 them all and the collector would slow down exactly when the app is overloaded. Past the
 bound the oldest ranges are *folded* into one, ``[first, last, missing]``, ``missing``
-counting the numbers inside it not received when they were folded. (Numbers older than
-a folded range, arriving late, can make a second, older one: the totals stay right.) The totals
-(``received``, gap events) stay exact; what is forgotten is where the oldest gaps were.
+counting the numbers inside it not received when they were folded (numbers older than
+a folded range, arriving late, can make a second, older one). The totals (``received``,
+gap events) stay exact; what is forgotten is where the oldest gaps were.
 A number that arrives later inside the folded range is not subtracted from ``missing``
 (a shipper may number two events alike: it cannot be told from a repeat), so such a
 late arrival is counted as missing still, never a loss hidden.

@@ -86,7 +86,8 @@ def _run(test: Callable[[api_server.ApiServer], Awaitable[None]]) -> None:
 
 
 def test_a_half_sent_request_is_closed_after_the_header_timeout() -> None:
-    _run(_half_sent_request)
+    _run(lambda served: _closed_at_its_deadline(
+        served, b"GET / HTTP/1.1\r\nHost: test\r\n"))  # the blank line never comes
 
 
 def test_a_complete_request_is_answered_and_an_idle_keepalive_then_closed() -> None:
@@ -102,7 +103,8 @@ def test_above_the_cap_the_longest_waiting_connections_go_first(
 def test_a_request_whose_body_stalls_is_closed_after_the_body_timeout() -> None:
     """A sign-in reads its body before any token is checked: without this, anyone who
     can reach the port could hold sockets until the process runs out of files."""
-    _run(_stalled_body)
+    # 1 byte of the 4000 announced, then nothing
+    _run(lambda served: _closed_at_its_deadline(served, _STALLED))
 
 
 def test_a_slow_handler_with_its_body_received_is_not_closed() -> None:
@@ -124,17 +126,6 @@ def test_above_the_cap_stalled_bodies_are_closed_first(
 
 _STALLED = (f"POST {SIGN_IN_PATH} HTTP/1.1\r\nHost: test\r\nContent-Length: 4000\r\n\r\n{{"
             .encode())
-
-
-async def _stalled_body(served: api_server.ApiServer) -> None:
-    sock = _connect(served)
-    try:
-        sock.send(_STALLED)  # 1 byte of the 4000 announced, then nothing
-        assert not await _closed_within(sock, 0.3)  # not before the deadline
-        assert await _closed_within(sock, 3.0)
-    finally:
-        sock.close()
-    assert served.closed_by_guard == 1
 
 
 async def _slow_upload(served: api_server.ApiServer) -> None:
@@ -168,10 +159,11 @@ async def _slow_handler(served: api_server.ApiServer) -> None:
     assert served.closed_by_guard == 0
 
 
-async def _half_sent_request(served: api_server.ApiServer) -> None:
+async def _closed_at_its_deadline(served: api_server.ApiServer, request: bytes) -> None:
+    """``request`` half sent, then nothing: closed by the guard, not before the deadline."""
     sock = _connect(served)
     try:
-        sock.send(b"GET / HTTP/1.1\r\nHost: test\r\n")  # the blank line never comes
+        sock.send(request)
         assert not await _closed_within(sock, 0.3)  # not before the deadline
         assert await _closed_within(sock, 3.0)
     finally:
