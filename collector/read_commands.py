@@ -140,6 +140,7 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     last = q.search(data_dir, filters, limit=max(args.lines, 1), newest_first=True).records
     if args.lines > 0:
         write(list(reversed(last)), True)
+    said = ""  # the problem last reported: a follower says it once, not every poll
     while cursor is not None and not stop():
         try:
             page = q.search(data_dir, filters, limit=500, cursor=cursor, newest_first=False)
@@ -147,9 +148,14 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
             # The collector is rewriting what was read (compression, retention, a busy
             # index, an index rebuilt at its restart, for a moment absent): a follower
             # waits and reads again rather than ending.
-            print(f"tail: {exc}; retrying", file=sys.stderr)
+            if str(exc) != said:
+                said = str(exc)
+                print(f"tail: {exc}; retrying every {FOLLOW_INTERVAL:g}s", file=sys.stderr)
             time.sleep(FOLLOW_INTERVAL)
             continue
+        if said:
+            said = ""
+            print("tail: reading again", file=sys.stderr)
         if page.records:
             write(page.records, False)
             # A page that is not full has no next_cursor: continue after its last

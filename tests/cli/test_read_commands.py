@@ -256,3 +256,47 @@ def test_tail_follow_goes_on_across_an_index_rebuilt_at_a_restart(
         follower.join(10)
     targets = [orjson.loads(line)["target"] for line in out.splitlines()]
     assert targets == ["first", "after the rebuild"]
+
+
+def test_tail_follow_says_a_lasting_problem_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """While the index is gone (a collector down, mid-rebuild), a follower waits and
+    retries every FOLLOW_INTERVAL; it says so once, not a line a poll, and says when it
+    reads again."""
+    import argparse
+    import threading
+
+    from collector import read_commands
+    from tests.collector.storage_helpers import event, open_store
+
+    data = tmp_path / "data"
+    with open_store(data) as store:
+        store.write([event(target="before")])
+    done = threading.Event()
+    args = argparse.Namespace(
+        data_dir=str(data), config=None, types=[], principal=None, target=None, org=None,
+        workspace=None, client_ip=None, since=None, until=None, status=None,
+        org_name=None, workspace_name=None, lines=0, follow=True, format="jsonl")
+    follower = threading.Thread(target=read_commands.run_tail, args=(args,),
+                                kwargs={"stop": done.is_set})
+    follower.start()
+    try:
+        time.sleep(0.3)
+        for index_file in data.glob("index.sqlite*"):
+            index_file.unlink()
+        time.sleep(read_commands.FOLLOW_INTERVAL * 6)  # six polls without an index
+        missing = capsys.readouterr().err
+        with open_store(data) as store:
+            store.write([event(target="after")])
+        deadline, out, err = time.monotonic() + 10, "", ""
+        while "after" not in out:
+            assert time.monotonic() < deadline, "the follower did not read again"
+            time.sleep(0.1)
+            captured = capsys.readouterr()
+            out, err = out + captured.out, err + captured.err
+    finally:
+        done.set()
+        follower.join(10)
+    assert missing.count("retrying") == 1, missing
+    assert "tail: reading again" in err
+    assert [orjson.loads(line)["target"] for line in out.splitlines()] == ["after"]
