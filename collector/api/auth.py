@@ -7,7 +7,9 @@ of these responses says anything about the logs.
 The panel signs in once with a token (``POST /api/v1/session``) and then holds only a
 random session id in an ``HttpOnly; SameSite=Strict`` cookie: the token never stays in
 the browser, page scripts cannot read the session, other sites cannot send it, and a
-CSV download is a plain link the browser streams to disk. Sessions live in memory (a
+CSV download is a plain link the browser streams to disk. Other ports of the same host
+are the same site to a browser: a cookie request whose Fetch Metadata says another page
+made it is refused (``own_page``). Sessions live in memory (a
 restart signs everyone out), expire after an idle hour or twelve hours, and end as soon
 as their reader is removed.
 """
@@ -122,6 +124,24 @@ def bearer_token(conn: HTTPConnection) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+#: What the browser says of where a request comes from (Fetch Metadata) that lets the
+#: session cookie act: the panel's own pages, or the user typing a URL or following a
+#: bookmark. Absent (an older browser, curl) is let through, as before.
+_OWN_PAGE_SITES: Final = frozenset({"same-origin", "none"})
+CROSS_SITE_MESSAGE: Final = ("the panel's session acts only for the panel's own pages: open "
+                             "the panel itself, or send Authorization: Bearer <token>")
+
+
+def own_page(conn: HTTPConnection) -> bool:
+    """False for a request another page made with the session cookie. Browsers keep
+    cookies per host, not per port, and ``SameSite=Strict`` counts every port of the
+    host as the same site: without this, a page served by any other service on the
+    collector's host (the audited app, a dev server) could start exports as the signed-in
+    root reader (an ``<img src=.../export.csv>``), though not read them."""
+    site = conn.headers.get("sec-fetch-site")
+    return site is None or site in _OWN_PAGE_SITES
+
+
 def authenticate(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> Reader:
     """The reader making this request, or ``AuthError`` (401)."""
     token = bearer_token(conn)
@@ -132,6 +152,9 @@ def authenticate(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> 
         return reader
     sid = conn.cookies.get(SESSION_COOKIE)
     if sid:
+        if not own_page(conn):
+            raise AuthError(403, "forbidden", CROSS_SITE_MESSAGE,
+                            denied="session cookie sent by another site's page")
         held = sessions.get(sid)
         reader = readers.current(*held) if held else None
         if reader is None:

@@ -17,7 +17,14 @@ from collector.query import Page, Reader
 
 from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED
 from . import exports
-from .auth import SESSION_COOKIE, AuthError, authenticate, invalid_token
+from .auth import (
+    CROSS_SITE_MESSAGE,
+    SESSION_COOKIE,
+    AuthError,
+    authenticate,
+    invalid_token,
+    own_page,
+)
 from .context import STATIC_DIR, Api
 from .openapi import SPEC
 from .params import ParamError, selection
@@ -156,6 +163,9 @@ async def _token_from_body(request: Request) -> str:
 
 async def sign_out(request: Request) -> Response:
     sid = request.cookies.get(SESSION_COOKIE)
+    if sid and not own_page(request):
+        raise AuthError(403, "forbidden", CROSS_SITE_MESSAGE,
+                        denied="sign-out from another site's page")
     if sid:
         _api(request).sessions.end(sid)
     response = Response(status_code=204)

@@ -147,6 +147,44 @@ def test_signing_out_ends_the_session(env: Env) -> None:
     assert env.client.get("/api/v1/audit-logs").status_code == 401
 
 
+@pytest.mark.parametrize("path", READ_ENDPOINTS + ["/api/v1/session"])
+@pytest.mark.parametrize("site", ["same-site", "cross-site"])
+def test_the_session_does_not_act_for_another_page(env: Env, path: str, site: str) -> None:
+    """Browsers keep cookies per host, not per port, and SameSite=Strict counts every port
+    of the host as the same site: a page of another service on the collector's host
+    could otherwise start exports as the signed-in reader (<img src=.../export.csv>).
+    Its request says where it comes from (Sec-Fetch-Site), and is refused and recorded."""
+    sign_in(env, env.root)
+    response = env.client.get(path, headers={"Sec-Fetch-Site": site})
+    assert response.status_code == 403
+    assert "panel's own pages" in response.json()["message"]
+    assert_says_nothing_about_logs(response, env)
+    denied = [e for e in env.read_events() if e["type"] == "audit_log_access_denied"]
+    assert len(denied) == 1 and "another site" in denied[0]["status"]
+    assert not [e for e in env.read_events() if e["type"] != "audit_log_access_denied"]
+    # The panel's own requests, a typed URL or bookmark, and clients that say nothing
+    # (older browsers, scripts) go on as before.
+    for own in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}):
+        assert env.client.get("/api/v1/audit-logs", headers=own).status_code == 200
+
+
+def test_another_page_cannot_sign_the_reader_out(env: Env) -> None:
+    sign_in(env, env.root)
+    refused = env.client.delete("/api/v1/session", headers={"Sec-Fetch-Site": "same-site"})
+    assert refused.status_code == 403
+    assert env.client.get("/api/v1/audit-logs").status_code == 200  # still signed in
+    own = env.client.delete("/api/v1/session", headers={"Sec-Fetch-Site": "same-origin"})
+    assert own.status_code == 204
+
+
+def test_a_bearer_token_is_not_a_browser_session(env: Env) -> None:
+    """Fetch Metadata matters only for the cookie: a token in a header is no ambient
+    credential another page could make the browser send."""
+    response = env.client.get("/api/v1/audit-logs", headers={
+        "Authorization": f"Bearer {env.root}", "Sec-Fetch-Site": "cross-site"})
+    assert response.status_code == 200
+
+
 def test_removing_a_reader_ends_its_sessions(env: Env) -> None:
     sign_in(env, env.root)
     env.readers.remove("root-reader")
