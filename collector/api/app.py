@@ -28,7 +28,7 @@ from collector.storage.filters import QueryError
 from . import routes
 from .auth import AuthError, Sessions
 from .context import STATIC_DIR, Api, ApiSettings
-from .headers import SecurityHeaders
+from .headers import SecurityHeaders, security_headers
 from .params import ParamError
 from .reads import ReadNotRecordedError, Submitter
 
@@ -127,5 +127,10 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("query API: %s %s failed", request.method, request.url.path)
-    return _error(500, "internal", "the collector could not answer this request: its log "
-                  "has the details")
+    response = _error(500, "internal", "the collector could not answer this request: its "
+                      "log has the details")
+    # Starlette sends this answer from outside the middleware stack, SecurityHeaders
+    # included: it carries the same headers as every other response by itself.
+    for name, value in security_headers(request.app.state.api.settings.tls):
+        response.headers[name.decode()] = value.decode()
+    return response

@@ -25,10 +25,19 @@ _HEADERS: Final = (
 _HSTS: Final = (b"strict-transport-security", b"max-age=31536000")
 
 
+def security_headers(tls: bool) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers every response carries (HSTS only over TLS)."""
+    return _HEADERS + ((_HSTS,) if tls else ())
+
+
 class SecurityHeaders:
+    """Adds ``security_headers`` to every response of the app it wraps. Starlette answers
+    an unhandled exception (a 500) outside every middleware, so that response gets them
+    from its handler instead (``collector.api.app``)."""
+
     def __init__(self, app: ASGIApp, *, tls: bool = False) -> None:
         self.app = app
-        self.headers = _HEADERS + ((_HSTS,) if tls else ())
+        self.headers = security_headers(tls)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -83,3 +83,26 @@ def test_the_root_and_admin_paths_lead_to_the_audit_logs_tab(env: Env) -> None:
     page = env.get("/admin/audit-logs")
     assert page.headers["content-type"].startswith("text/html")
     assert ">Audit logs<" in page.text
+
+
+def test_an_unexpected_error_carries_the_security_headers_too(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starlette answers an unhandled exception outside the middleware stack: the 500
+    must carry the headers all the same (and say nothing of the error)."""
+    from starlette.testclient import TestClient
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the index went away: secret detail")
+
+    monkeypatch.setattr(env.client.app.state.api.pool, "run", broken)
+    with TestClient(env.client.app, raise_server_exceptions=False) as client:
+        response = client.get("/api/v1/event-types",
+                              headers={"Authorization": f"Bearer {env.root}"})
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal"
+    assert "secret detail" not in response.text
+    headers = response.headers
+    assert headers["content-security-policy"] == CSP
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["cache-control"] == "no-store"
