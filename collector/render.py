@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
@@ -31,6 +32,9 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 _FORMULA_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
+# Quotes between the ';' and the formula too: the writer doubles them, and a reader
+# splitting on ';' takes a leading "" for an empty quoted string and the rest as the cell.
+_FORMULA_AFTER_BOUNDARY: Final = re.compile(r'([;\r\n])(?="*[=+\-@\t\r])')
 
 
 def display_value(record: dict[str, Any], field: str) -> str:
@@ -49,8 +53,18 @@ def terminal_safe(text: str) -> str:
 
 
 def csv_safe(text: str) -> str:
-    """OWASP's CSV-injection rule: prefix a cell that starts like a formula with '."""
-    return "'" + text if text.startswith(_FORMULA_PREFIXES) else text
+    """OWASP's CSV-injection rule: prefix a cell that starts like a formula with '.
+
+    And the same after each ``;``, CR or LF in the cell: where the list separator is
+    ``;`` (German, French, Dutch locales...), a spreadsheet opening a ``.csv`` splits on
+    it, quotes or not, and ``x;=cmd|...`` would put a formula at the start of a cell of
+    its own; its quoting then no longer matches ours either, so a line break inside a
+    cell can start a row there."""
+    if text.startswith(_FORMULA_PREFIXES):
+        text = "'" + text
+    if ";" in text or "\r" in text or "\n" in text:
+        text = _FORMULA_AFTER_BOUNDARY.sub(r"\1'", text)
+    return text
 
 
 def jsonl(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:

@@ -42,3 +42,15 @@ def test_csv_neutralizes_formulas_and_round_trips() -> None:
     assert rows[2][2] == RECORD["principal"]  # data kept, safely quoted
     assert rows[2][9] == "2026-11-26-01-07-10"
     assert len(rows) == 3
+
+
+def test_csv_neutralizes_a_formula_after_a_semicolon() -> None:
+    """Where the list separator is ';', a spreadsheet splits a .csv on it, quotes or not:
+    x;=cmd|... would be a formula cell of its own."""
+    hostile = dict(RECORD, target="x;=cmd|' /C calc'!A0;y", status="a;-1;+2;@3;ok")
+    text = "".join(csv_rows([hostile]))
+    cells = [cell for row in csv.reader(io.StringIO(text), delimiter=";") for cell in row]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    row = list(csv.reader(io.StringIO(text)))[1]
+    assert row[1] == "x;'=cmd|' /C calc'!A0;y"  # the text is all there, as text
+    assert row[3] == "a;'-1;'+2;'@3;ok"

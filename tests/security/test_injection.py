@@ -39,7 +39,10 @@ LINE_INJECTIONS = [
 TERMINAL_INJECTIONS = ["\x1b[2J\x1b[H", "\x1b[31mred\x1b[0m", "\x1b]0;title\x07", "\x9b31m",
                        "a\x00b", "a\x08\x08\x08b", "\x7f", "\u202egnp.exe"]
 FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(1,2)",
-            "\t=1+1", "\r=1+1", "=cmd|' /C calc'!A0"]
+            "\t=1+1", "\r=1+1", "=cmd|' /C calc'!A0",
+            # a cell of its own where spreadsheets split on ';' (the list separator of
+            # German, French, Dutch... locales), quoted or not
+            "x;=cmd|' /C calc'!A0;y", "a;+1+1", "a\";\"@SUM(1,2)"]
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 PAYLOADS = LINE_INJECTIONS + TERMINAL_INJECTIONS + FORMULAS
 
@@ -131,9 +134,13 @@ def test_the_cli_jsonl_is_one_line_per_event_and_exact(hostile: Hostile) -> None
 
 
 def formula_cells(text: str) -> tuple[int, list[list[str]]]:
-    """The number of data rows of a CSV and the cells that start like a formula."""
+    """The number of data rows of a CSV and the cells that start like a formula, read
+    with ',' as the separator and again with ';' (what a spreadsheet does in a locale
+    whose list separator it is)."""
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    return len(rows) - 1, [[c for c in row if c.startswith(FORMULA_PREFIXES)] for row in rows
+    split = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
+    return len(rows) - 1, [[c for c in row if c.startswith(FORMULA_PREFIXES)]
+                           for row in rows + split
                            if any(c.startswith(FORMULA_PREFIXES) for c in row)]
 
 
@@ -152,8 +159,6 @@ def test_api_exports_neutralize_formulas_and_keep_one_event_per_line(hostile: Ho
     response = httpx.get(f"{hostile.api}/api/v1/audit-logs/{export}",
                          params={"type": "user_updated"},
                          headers={"Authorization": f"Bearer {hostile.token}"}, timeout=60)
-    if response.status_code == 404 and export != "export.csv":
-        pytest.skip(f"{export} is not served by this collector")
     assert response.status_code == 200, response.text
     if export == "export.csv":
         count, formulas = formula_cells(response.text)
