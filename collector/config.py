@@ -54,6 +54,7 @@ class CollectorConfig:
     api_listen: str
     api_tls_cert: Path | None
     api_tls_key: Path | None
+    api_public_url: str | None
     trace_url_template: str | None
     forward_endpoint: str
     forward_headers: str | None
@@ -205,6 +206,8 @@ def check(config: CollectorConfig) -> None:
                               "logs are never sent in clear")
     elif config.api_tls_cert is not None:
         raise ConfigError("api_tls_cert/api_tls_key are set but api_listen is empty")
+    elif config.api_public_url is not None:
+        raise ConfigError("api_public_url is set but api_listen is empty: there is no panel")
     if config.forward_endpoint:
         from .forwarder import ForwardError, forward_settings
 

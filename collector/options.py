@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from .forwarder import ForwardSettings
 from .ingest import DRAIN_TIMEOUT, IngestSettings
@@ -148,6 +149,23 @@ def parse_trace_url(value: Any) -> str:
     return value
 
 
+def parse_public_url(value: Any) -> str:
+    """The origin browsers reach the panel at, ``scheme://host[:port]``, lowercased (a
+    trailing ``/`` is dropped; a path, query or credentials are refused)."""
+    if not isinstance(value, str):
+        raise TypeError("expected a URL such as https://audit.example.com")
+    parts = urlsplit(value.strip())
+    if (parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in
+            ("", "/") or parts.query or parts.fragment or "@" in parts.netloc):
+        raise ValueError("expected the panel's origin as browsers see it, scheme and host "
+                         "(and port) only, such as https://audit.example.com")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ValueError(f"the port of {value!r} is not a number") from None
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -214,6 +232,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "HOST:PORT"),
     Option("api_tls_cert", parse_path, None, "TLS certificate (PEM) for the query API", "PATH"),
     Option("api_tls_key", parse_path, None, "TLS private key (PEM) for the query API", "PATH"),
+    Option("api_public_url", parse_public_url, None,
+           "the panel's origin as browsers see it behind a reverse proxy, e.g. "
+           "https://audit.example.com (sign-in accepts it; https makes the cookie Secure)",
+           "URL"),
     Option("trace_url_template", parse_trace_url, None,
            "link trace ids in the panel, e.g. https://jaeger.example/trace/{trace_id}", "URL"),
     # The forwarder (collector/forwarder.py, docs/shipping.md).

@@ -29,6 +29,9 @@ class ApiSettings:
     trace_url_template: str | None = None
     #: served over TLS: session cookies get ``Secure``, responses HSTS
     tls: bool = False
+    #: the origin browsers reach the panel at behind a reverse proxy (``api_public_url``):
+    #: sign-in accepts it; an https one makes the session cookie ``Secure``
+    public_origin: str | None = None
     query_threads: int = DEFAULT_THREADS
 
 

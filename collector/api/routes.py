@@ -131,8 +131,11 @@ async def who_am_i(request: Request) -> Response:
 async def sign_in(request: Request) -> Response:
     api = _api(request)
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-        raise AuthError(403, "forbidden", "sign in from the panel's own page",
+    public = api.settings.public_origin  # behind a reverse proxy: what browsers see
+    if origin is not None and origin not in (f"{request.url.scheme}://{request.url.netloc}",
+                                             public):
+        raise AuthError(403, "forbidden", "sign in from the panel's own page (behind a "
+                        "reverse proxy, set api_public_url to the URL browsers open)",
                         denied="sign-in from another origin")
     token = await _token_from_body(request)
     reader = api.readers.authenticate(token)
@@ -140,8 +143,9 @@ async def sign_in(request: Request) -> Response:
         raise invalid_token()
     reader = api.check_root(reader)
     response = json_response({"name": reader.name, "root": reader.root})
+    secure = api.settings.tls or (public or "").startswith("https://")
     response.set_cookie(SESSION_COOKIE, api.sessions.start(reader), path="/", httponly=True,
-                        samesite="strict", secure=api.settings.tls)
+                        samesite="strict", secure=secure)
     return response
 
 

@@ -182,7 +182,8 @@ async def start_api(store: Any, config: Any) -> ApiServer | None:
         return None
     app = create_app(ApiSettings(data_dir=config.data_dir,
                                  trace_url_template=config.trace_url_template,
-                                 tls=config.api_tls_cert is not None), store)
+                                 tls=config.api_tls_cert is not None,
+                                 public_origin=config.api_public_url), store)
     server = ApiServer(app, *address, tls_cert=config.api_tls_cert,
                        tls_key=config.api_tls_key, drain_timeout=config.drain_timeout)
     try:

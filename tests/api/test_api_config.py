@@ -42,3 +42,28 @@ def test_a_trace_url_template_is_an_http_url_with_the_trace_id(template: str) ->
 def test_other_trace_url_templates_are_refused(template: str) -> None:
     with pytest.raises(ConfigError, match="trace_url_template"):
         load(None, {"AUDIT_TRACE_URL_TEMPLATE": template})
+
+
+@pytest.mark.parametrize(("given", "origin"), [
+    ("https://audit.example.com", "https://audit.example.com"),
+    ("https://Audit.Example.com:8443/", "https://audit.example.com:8443"),
+    ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+])
+def test_the_public_url_is_an_origin(given: str, origin: str) -> None:
+    assert load(None, {"AUDIT_API_PUBLIC_URL": given}).api_public_url == origin
+
+
+@pytest.mark.parametrize("given", [
+    "audit.example.com", "ftp://audit.example.com", "https://audit.example.com/panel",
+    "https://audit.example.com/?x=1", "https://user@audit.example.com",
+    "https://audit.example.com:port", "https://",
+])
+def test_a_public_url_that_is_not_an_origin_is_refused(given: str) -> None:
+    with pytest.raises(ConfigError, match="api_public_url"):
+        load(None, {"AUDIT_API_PUBLIC_URL": given})
+
+
+def test_a_public_url_needs_the_api() -> None:
+    with pytest.raises(ConfigError, match="api_listen is empty"):
+        load(None, {"AUDIT_API_PUBLIC_URL": "https://audit.example.com",
+                    "AUDIT_API_LISTEN": ""})

@@ -130,6 +130,27 @@ def test_sign_in_from_another_origin_is_refused(env: Env) -> None:
     assert "set-cookie" not in response.headers
 
 
+def test_behind_a_tls_proxy_sign_in_accepts_the_public_origin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A reverse proxy ends TLS and forwards plain HTTP: the browser's Origin is the
+    public https one, not the URL the collector sees. With api_public_url set, that
+    origin may sign in, and the cookie is Secure; any other still may not."""
+    from tests.api.conftest import make_env
+
+    public = "https://audit.example.com"
+    for proxied in make_env(tmp_path / "data", public_origin=public):
+        assert sign_in(proxied, proxied.root, Origin="https://evil.example").status_code == 403
+        response = sign_in(proxied, proxied.root, Origin=public)
+        assert response.status_code == 200
+        assert "Secure" in response.headers["set-cookie"]
+
+
+def test_without_a_public_url_a_proxied_sign_in_is_refused_and_says_what_to_set(
+        env: Env) -> None:
+    response = sign_in(env, env.root, Origin="https://audit.example.com")
+    assert response.status_code == 403
+    assert "api_public_url" in response.json()["message"]
+
+
 @pytest.mark.parametrize("body", [b"", b"not json", b'{"token": 5}', b"[]",
                                   b'{"token": "' + b"a" * 5000 + b'"}'])
 def test_a_malformed_sign_in_is_400(env: Env, body: bytes) -> None:
