@@ -165,7 +165,10 @@ class DigestChain:
             if g.previous:
                 res.add(CHAIN_BROKEN, f"{g.where} is the first digest but names a previous one")
             return
-        if self.deleted_below and g.segment_seq >= self.deleted_below - 1:
+        # Retention deletes the segments below deleted_below with their digests: the
+        # chain then starts in the oldest segment it kept, not later (the kept segments
+        # after it removed as well, digests and all, are not retention's doing).
+        if self.deleted_below and g.segment_seq <= self.deleted_below:
             self.results.notes.append(f"the digest chain starts at #{g.n}: the digests before it "
                               f"were deleted with their segments by retention (segments "
                               f"below {self.deleted_below})")

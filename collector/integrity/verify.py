@@ -355,12 +355,26 @@ class _Segments:
             res.add(SEGMENT_MISSING, f"{g.where} names it{role}, but it is not in segments/ "
                     f"(deleted, or moved away)")
         seqs = sorted({r.seq for r in self.results.by_path.values() if r.kind == "segment"})
+        if seqs and self.chain.deleted_below and seqs[0] > self.chain.deleted_below:
+            # Retention deleted the segments below deleted_below and no more: the ones
+            # from there to the oldest present were removed otherwise.
+            self._missing_range(self.chain.deleted_below, seqs[0] - 1,
+                                f"retention deleted the segments below "
+                                f"{self.chain.deleted_below} only, and the oldest here is "
+                                f"{seqs[0]}")
         for a, b in itertools.pairwise(seqs):
-            for seq in range(a + 1, b):
-                if seq >= self.chain.deleted_below:
-                    res = self.results.of(f"segments/segment-{seq:08d}-*.jsonl", "segment", seq)
-                    res.add(SEGMENT_MISSING, f"segment {seq} is missing between segments "
-                            f"{a} and {b}")
+            low = max(a + 1, self.chain.deleted_below)
+            if low < b:
+                self._missing_range(low, b - 1, f"between segments {a} and {b}")
+
+    def _missing_range(self, low: int, high: int, where: str) -> None:
+        """One finding for a run of missing segments, however long (a header claiming a
+        seq of 10**18 must not make a finding per number)."""
+        name = f"segments/segment-{low:08d}-*.jsonl"
+        if high > low:
+            name += f" .. segment-{high:08d}-*.jsonl"
+        what = f"segment {low} is" if high == low else f"segments {low}-{high} are"
+        self.results.of(name, "segment", low).add(SEGMENT_MISSING, f"{what} missing ({where})")
 
     # -- anchors -----------------------------------------------------------------------------
 def _check_live(report: Report, chain: DigestChain, now_us: int | None) -> None:

@@ -24,6 +24,7 @@ from tests.integrity.helpers import (
     check,
     digest_paths,
     lines_of,
+    reasons,
     run_cli,
     run_verify,
     segment_paths,
@@ -144,6 +145,41 @@ def test_segments_deleted_by_retention_are_not_missing(tmp_path: Path) -> None:
     result = run_verify(str(data_dir))
     assert result.returncode == 0, result.stdout
     assert "deleted with their segments by retention" in result.stdout
+
+
+def test_segments_kept_by_retention_then_deleted_by_hand_are_missing(tmp_path: Path) -> None:
+    """Retention's digest says which segments it deleted: the oldest ones it kept,
+    removed afterwards with their digest files, are missing, not retention's doing."""
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=SMALL, retention_bytes=6000) as store:
+        for _ in range(10):
+            store.write(events(3))
+        wait_until(lambda: store.stats()["retention_deleted"] >= 3)
+    kept = segment_paths(data_dir)
+    assert check(data_dir).valid
+    for path in kept[:2] + digest_paths(data_dir)[:2]:
+        path.unlink()
+    report = check(data_dir)
+    assert not report.valid
+    found = reasons(report)
+    first, second = (int(p.name.split("-")[1]) for p in kept[:2])
+    assert found[f"segments/segment-{first:08d}-*.jsonl .. segment-{second:08d}-*.jsonl"] \
+        == ["segment missing"]
+    assert any("digest missing" in r for r in found.values()), found
+
+
+def test_a_header_claiming_a_huge_seq_is_one_finding_not_one_per_number(
+        tmp_path: Path) -> None:
+    """A stray file whose header claims segment 10**18: the segments "missing" before it
+    are one finding (verify made one per number, and never ended)."""
+    data_dir = build_store(tmp_path / "data", batches=3)
+    header = orjson.loads(segment_paths(data_dir)[1].read_bytes().split(b"\n")[0])
+    header["segment"]["seq"] = 10**18
+    (data_dir / "segments" / "junk.jsonl").write_bytes(orjson.dumps(header) + b"\n")
+    report = check(data_dir)
+    missing = [r for r in report.invalid if r.reasons == ["segment missing"]]
+    assert len(missing) == 1 and f"{10**18 - 1}" in str(missing[0].findings[0])
+    assert len(report.files) < 20
 
 
 def test_the_oldest_segment_deleted_by_hand_is_not_retention(tmp_path: Path) -> None:
