@@ -298,6 +298,15 @@ class _Segments:
             res.findings.extend(named or [Finding(
                 RECORD_MODIFIED, f"{found.broken} record(s) do not link to the one before")])
         explained = bool(res.findings)
+        for stop, after in itertools.pairwise(ds):
+            # Nothing writes between a clean stop and the next start: a digest after a
+            # stop checkpoint covering more signed what was added meanwhile.
+            if _is_stop(stop) and after.bytes > stop.bytes and not explained:
+                res.add(HASH_MISMATCH, f"{after.where} signed {after.records - stop.records} "
+                        f"record(s) ({after.bytes - stop.bytes} bytes) more than {stop.where}, "
+                        f"the checkpoint of a clean stop: written while the collector was "
+                        f"stopped")
+                explained = True
         for g in ds:
             problem = self._against(g, found)
             if problem is not None:
@@ -315,7 +324,13 @@ class _Segments:
                 res.notes.append(f"{seal.where}: {seal.body['note']}")
             return
         signed = max((g.records for g in ds), default=0)
-        if found.records > signed:
+        newest = ds[-1] if ds else None
+        if found.records > signed and newest is not None and _is_stop(newest):
+            if not explained:
+                res.add(HASH_MISMATCH, f"{found.records - signed} record(s) after "
+                        f"{newest.where}, the checkpoint of a clean stop: written while the "
+                        f"collector was stopped")
+        elif found.records > signed:
             res.notes.append(f"{found.records - signed} record(s) after the newest digest "
                              f"are not signed yet (chained; the next checkpoint signs them)")
         if found.torn:
@@ -403,6 +418,10 @@ class _Previous:
     seq: int | None = None
     chain: str | None = None
     last_seq: int | None = None
+
+
+def _is_stop(g: d.Digest) -> bool:
+    return bool(g.kind == "checkpoint" and g.body.get("why") == "stop")
 
 
 def _seq_of(name: str) -> int | None:

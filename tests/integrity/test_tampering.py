@@ -161,6 +161,54 @@ def test_a_modified_record_still_in_the_active_segment_is_found(tmp_path: Path) 
     assert only(reasons(check(store)), path.name)[0] == RECORD_MODIFIED
 
 
+def forge_after_the_last_record(path: Path, principal: str = "mallory") -> None:
+    """Append a record chained to the last one, as someone with write access but not
+    the key can."""
+    last = orjson.loads(lines_of(path)[-1])
+    previous = last.pop("chain").encode()
+    last.update(seq=last["seq"] + 1, id="01a21514-ffff-7000-9999-000000000001",
+                principal=principal)
+    unchained = orjson.dumps(last)[:-1]
+    path.write_bytes(path.read_bytes() + unchained + b',"chain":"'
+                     + chain.link(previous, unchained) + b'"}\n')
+
+
+def test_records_added_after_a_clean_stop_are_found_before_and_after_a_restart(
+        tmp_path: Path) -> None:
+    """A clean stop signs the active segment to its last byte: nothing can be added
+    after it by the collector, so what is there was written while it was stopped. The
+    next start signs the segment as found; verify still reports it, for good."""
+    from tests.collector.storage_helpers import open_store
+    from tests.integrity.helpers import SMALL
+
+    store = build_store(tmp_path / "data", batches=6)
+    active = segment_paths(store)[-1]
+    forge_after_the_last_record(active)
+    assert only(reasons(check(store)), active.name) == [HASH_MISMATCH]
+    assert "written while the collector was stopped" in str(check(store).invalid[0].findings)
+    with open_store(store, max_segment_bytes=SMALL):
+        pass  # a restart: its start checkpoint signs the segment as found
+    report = check(store)
+    assert only(reasons(report), active.name) == [HASH_MISMATCH]
+    assert "the checkpoint of a clean stop" in str(report.invalid[0].findings)
+    result = run_verify(str(store))
+    assert result.returncode == 1 and "written while the collector was stopped" in \
+        result.stdout
+
+
+def test_restarts_without_tampering_stay_valid(tmp_path: Path) -> None:
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    store = build_store(tmp_path / "data", batches=2)
+    for _ in range(3):
+        with open_store(store, max_segment_bytes=SMALL) as reopened:
+            reopened.write(events(1))
+        with open_store(store, max_segment_bytes=SMALL):
+            pass
+    assert check(store).valid
+
+
 # -- segments ----------------------------------------------------------------------------
 def test_a_deleted_sealed_segment_is_missing(store: Path) -> None:
     path = sealed(store)
