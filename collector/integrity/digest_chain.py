@@ -48,6 +48,20 @@ class DigestChain:
     def result_of(self, digest: d.Digest) -> FileResult:
         return self.by_digest[id(digest)]
 
+    def seal_since(self, segment: str) -> d.Digest | None:
+        """A seal of ``segment`` signed by a trusted key, written since ``check`` (next to
+        a running collector, the segment was sealed in between); None if there is none."""
+        try:
+            found = d.read_file(self.digests_dir / d.file_name(segment))
+        except OSError:
+            return None
+        for g in found.digests:
+            key = self.trusted.get(g.key)
+            if (g.kind == "seal" and g.segment == segment and key is not None
+                    and key.verifies(g.signature, g.message)):
+                return g
+        return None
+
     def retention_since(self, seq: int) -> bool:
         """Whether a signed retention digest written since ``check`` (next to a running
         collector) deletes segment ``seq``."""

@@ -154,15 +154,15 @@ class Ledger:
             self._write("seal", state, active.path.name, note=(
                 "written at start-up: the collector stopped after sealing the segment, "
                 "before its seal digest was written"))
-        state = self._state
-        if (newest is not None and newest.kind == "checkpoint" and state is not None
+        current = self._state
+        if (newest is not None and newest.kind == "checkpoint" and current is not None
                 and newest.body.get("why") == "stop" and newest.segment == active.path.name
-                and state.size > int(newest.bytes)):
+                and current.size > int(newest.bytes)):
             # Signed as found all the same (what is there is the evidence); verify
             # reports it from the two digests, for good.
             log.error("integrity: %d bytes were added to %s while the collector was "
                       "stopped (after %s, the checkpoint of its clean stop): `audit-collector "
-                      "verify` reports them as written while stopped", state.size -
+                      "verify` reports them as written while stopped", current.size -
                       int(newest.bytes), active.path.name, newest.where)
         self.checkpoint(active, "start")
 

@@ -97,10 +97,15 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
         results.notes.append("the public keys come from the data directory itself, which "
                              "proves consistency, not authenticity: verify with "
                              "--public-key FILE (from `keys export`, kept elsewhere)")
+    # The segments are listed before the digests are read: next to a running collector
+    # a segment listed sealed then has its seal among the digests (a rotation writes the
+    # new segment first, then the seal), and a digest naming a segment created since is
+    # answered by looking again (``_check_missing``).
+    listed = list_segment_files(data_dir / "segments")
     chain = DigestChain(data_dir / d.DIGESTS_DIR, public_keys, results)
     chain.check()
     segments = _Segments(data_dir / "segments", chain, results, since_us, until_us, progress)
-    selected = segments.check()
+    selected = segments.check(listed)
     files = results.ordered()
     if selected is not None:
         files = [r for r in files if r.seq in selected or not r.valid]
@@ -128,18 +133,19 @@ class _Segments:
         self.progress = progress
         self.found: set[str] = set()  # segment names present (renamed ones by origin)
 
-    def check(self) -> set[int] | None:
-        """Check them all; the seqs of those in the time window (None: no window)."""
-        selected = self._check_files()
+    def check(self, listed: list[SegmentFile]) -> set[int] | None:
+        """Check them all (``listed``: the segment files, listed before the digests were
+        read); the seqs of those in the time window (None: no window)."""
+        selected = self._check_files(listed)
         self._check_missing()
         return selected
 
     # -- segments --------------------------------------------------------------------------
-    def _check_files(self) -> set[int] | None:
+    def _check_files(self, listed: list[SegmentFile]) -> set[int] | None:
         by_segment: dict[str, list[d.Digest]] = {}
         for g in self.chain.good:
             by_segment.setdefault(g.segment, []).append(g)
-        files = self._segment_files()
+        files = self._segment_files(listed)
         selected = self._select(files)
         sizes = file_sizes(f.path for f, _ in files if selected is None or f.seq in selected)
         total = sum(sizes.values())  # one gone since the listing is found so by its scan
@@ -159,6 +165,12 @@ class _Segments:
                 ds = by_segment.get(name, [])
                 seal = next((g for g in reversed(ds) if g.kind == "seal"), None)
                 self._check_links(f, header, ds, prev, res)
+                if seal is None and f.seq != newest:
+                    # Sealed in the moment between the listing and the digests' reading:
+                    # its seal is there now.
+                    seal = self.chain.seal_since(name)
+                    if seal is not None:
+                        ds = [*ds, seal]
                 if seal is None and f.seq != newest:
                     if name in self.chain.unverified:
                         res.add(SIGNATURE_INVALID, "its seal digest does not verify (see its "
@@ -188,16 +200,24 @@ class _Segments:
         self._report(total, total)
         return selected
 
-    def _segment_files(self) -> list[tuple[SegmentFile, SegmentHeader | None]]:
+    def _segment_files(self, files: list[SegmentFile]
+                       ) -> list[tuple[SegmentFile, SegmentHeader | None]]:
         """Every segment file with its header, ordered by the seq its header gives (a
         renamed file sits where it belongs), including files in segments/ not named
         like a segment whose header says they are one."""
-        files = list_segment_files(self.segments_dir)
         names = {f.path.name for f in files}
         out: list[tuple[SegmentFile, SegmentHeader | None]] = []
         for f in files:
             try:
                 header: SegmentHeader | None = header_of(f)
+            except FileNotFoundError:
+                # Next to a running collector: compressed or deleted since the listing.
+                packed = SegmentFile(f.seq, f.path.with_name(f.path.name + ".gz"), True)
+                if not f.compressed and packed.path.exists():
+                    f, header = packed, self._header_or_none(packed)
+                else:
+                    self._gone(f)
+                    continue
             except _UNREADABLE:
                 header = None
             out.append((SegmentFile(header.seq if header else f.seq, f.path, f.compressed),
@@ -212,6 +232,21 @@ class _Segments:
                 continue  # not a segment at all: none of verify's business
             out.append((SegmentFile(header.seq, path, stray.compressed), header))
         return sorted(out, key=lambda e: (e[0].seq, e[0].compressed, e[0].path.name))
+
+    @staticmethod
+    def _header_or_none(f: SegmentFile) -> SegmentHeader | None:
+        try:
+            return header_of(f)
+        except _UNREADABLE:
+            return None
+
+    def _gone(self, f: SegmentFile) -> None:
+        """A listed segment no longer there: retention's (signed since), or removed."""
+        res = self.results.of(f"segments/{f.path.name}", "segment", f.seq)
+        if self.chain.retention_since(f.seq):
+            res.notes.append("deleted by retention while verify ran")
+        else:
+            res.add(SEGMENT_MISSING, "removed while verify was reading it")
 
     def _check_links(self, f: SegmentFile, header: SegmentHeader, ds: list[d.Digest],
                      prev: _Previous, res: FileResult) -> None:
@@ -278,10 +313,7 @@ class _Segments:
             if not f.compressed and packed.exists():
                 res.notes.append(f"compressed while verify ran: checked {packed.name}")
                 return self._scan(SegmentFile(f.seq, packed, True), ds, res, pool, progress)
-            if self.chain.retention_since(f.seq):
-                res.notes.append("deleted by retention while verify ran")
-            else:
-                res.add(SEGMENT_MISSING, "removed while verify was reading it")
+            self._gone(f)
         except (CorruptSegmentError, OSError) as exc:
             res.add(HASH_MISMATCH, f"cannot be read to the end: {exc}")
         return None
@@ -366,6 +398,12 @@ class _Segments:
             if name in self.found or seq is None or seq < self.chain.deleted_below:
                 continue
             res = self.results.of(f"segments/{name}", "segment", seq)
+            if self._appeared(name):
+                res.notes.append("created while verify ran (after it listed the segments)")
+                continue
+            if self.chain.retention_since(seq):
+                res.notes.append("deleted by retention while verify ran")
+                continue
             role = " as the new active segment" if g.segment != name else ""
             res.add(SEGMENT_MISSING, f"{g.where} names it{role}, but it is not in segments/ "
                     f"(deleted, or moved away)")
@@ -381,6 +419,11 @@ class _Segments:
             low = max(a + 1, self.chain.deleted_below)
             if low < b:
                 self._missing_range(low, b - 1, f"between segments {a} and {b}")
+
+    def _appeared(self, name: str) -> bool:
+        """Whether segment ``name`` is there now, plain or compressed."""
+        path = self.segments_dir / name
+        return path.exists() or path.with_name(name + ".gz").exists()
 
     def _missing_range(self, low: int, high: int, where: str) -> None:
         """One finding for a run of missing segments, however long (a header claiming a
