@@ -57,10 +57,12 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trusted public keys (from `keys export`, kept away from the "
                              "data directory); default: the data directory's own key ring")
     parser.add_argument("--from", dest="since", metavar="TIME",
-                        help="only segments with records at or after this time: RFC 3339, "
-                             "YYYY-MM-DD-HH-MM-SS (UTC), or an age such as 24h")
+                        help="only segments written at or after this time (from a "
+                             "segment's creation to the next one's; a replayed event's own "
+                             "time can be earlier): RFC 3339, YYYY-MM-DD-HH-MM-SS (UTC), or "
+                             "an age such as 24h")
     parser.add_argument("--to", dest="until", metavar="TIME",
-                        help="only segments with records before this time (same forms)")
+                        help="only segments written before this time (same forms)")
     parser.add_argument("--anchor", action="append", default=[], metavar="SIGNATURE",
                         help="a digest signature kept out of the key holder's reach; it "
                              "must still be in the chain (repeatable)")
@@ -98,7 +100,15 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"audit-collector verify: {exc}", file=sys.stderr)
         return 2
     print_report(report, sys.stdout, quiet=args.quiet)
-    return 0 if report.valid else 1
+    if not report.valid:
+        return 1
+    if (since is not None or until is not None) and not any(
+            r.kind == "segment" for r in report.files):
+        # Exit 0 says "checked and valid": nothing checked must not read as that.
+        print("audit-collector verify: no segment was written in this window, so no "
+              "record was checked (the digest chain was): widen --from/--to", file=sys.stderr)
+        return 2
+    return 0
 
 
 def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:

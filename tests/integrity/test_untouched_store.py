@@ -263,6 +263,17 @@ def test_from_and_to_limit_which_segments_are_rehashed(tmp_path: Path) -> None:
     assert result.returncode == 1
 
 
+def test_a_window_in_which_no_segment_was_written_is_not_a_clean_verdict(
+        tmp_path: Path) -> None:
+    """Exit 0 says "checked and valid": a window before the first segment checks no
+    record, and says so (exit 2), tampered records elsewhere or not."""
+    data_dir = build_store(tmp_path / "data", batches=3)
+    result = run_verify(str(data_dir), "--from", "2000-01-01", "--to", "2000-01-02")
+    assert result.returncode == 2
+    assert "no segment was written in this window" in result.stderr
+    assert "checked 0 segment file(s)" in result.stdout
+
+
 def test_a_running_collector_verifies_clean_with_records_not_yet_signed() -> None:
     with short_tmp() as tmp:
         key = tmp / "secrets" / "signing.pem"
