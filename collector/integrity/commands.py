@@ -99,6 +99,10 @@ def run_verify(args: argparse.Namespace) -> int:
     except (StorageError, QueryError, VerifyError) as exc:
         print(f"audit-collector verify: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a link loop in segments/: no verdict, not "INVALID"
+        print(f"audit-collector verify: cannot read the data directory: {exc}",
+              file=sys.stderr)
+        return 2
     print_report(report, sys.stdout, quiet=args.quiet)
     if not report.valid:
         return 1

@@ -35,6 +35,47 @@ from .findings import (
 
 CHUNK: Final = 4 << 20
 _IN_FLIGHT: Final = 3  # chunks queued for the hashing thread (bounds memory)
+#: A line longer than this is no record (an event line is at most 256 KiB): its bytes are
+#: counted, not kept, so a huge unterminated tail costs neither memory nor time.
+MAX_LINE: Final = 16 << 20
+OVERLONG: Final = b"(a line over 16 MiB: not a record)"
+
+
+class _Lines:
+    """The complete lines of a stream of chunks, in linear time: the start of a line
+    that has not ended yet is set aside, not joined to each new chunk (which made a huge
+    unterminated line quadratic), and forgotten past ``MAX_LINE``."""
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+        self.pending_bytes = 0  # bytes of the line not ended yet
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            self._add(chunk)
+            return []
+        first = chunk.find(b"\n")
+        self._add(chunk[:first])
+        lines = [self._take()]
+        if first < cut:
+            lines += chunk[first + 1:cut].split(b"\n")
+        self._add(chunk[cut + 1:])
+        return lines
+
+    def _add(self, piece: bytes) -> None:
+        self.pending_bytes += len(piece)
+        if self.pending_bytes <= MAX_LINE:
+            self._pending.append(piece)
+        else:
+            self._pending.clear()
+
+    def _take(self) -> bytes:
+        line = OVERLONG if self.pending_bytes > MAX_LINE else b"".join(self._pending)
+        self._pending.clear()
+        self.pending_bytes = 0
+        return line
+
 
 @dataclass
 class Scan:
@@ -116,7 +157,7 @@ def scan(file: SegmentFile, *, marks: set[int], counts: set[int],
     hasher = _Hasher(marks)
     pool = hasher_pool or ThreadPoolExecutor(1, thread_name_prefix="verify-hash")
     queued: list[Future[None]] = []
-    rest = b""
+    split = _Lines()
     previous = b""
     last = b""
     count = 0
@@ -130,13 +171,9 @@ def scan(file: SegmentFile, *, marks: set[int], counts: set[int],
             queued.append(pool.submit(hasher.feed, chunk))
             if len(queued) > _IN_FLIGHT:
                 queued.pop(0).result()
-            data = rest + chunk if rest else chunk
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                rest = data
+            lines = split.feed(chunk)
+            if not lines:
                 continue
-            lines = data[:cut].split(b"\n")
-            rest = data[cut + 1:]
             if result.header is None:
                 result.header = SegmentHeader.parse(lines[0] + b"\n", file.path.name)
                 previous = result.header.chain.encode()
@@ -170,10 +207,10 @@ def scan(file: SegmentFile, *, marks: set[int], counts: set[int],
     result.chain_at[count] = previous.decode("ascii", "replace")
     if count:
         result.line_at[count] = last
-    result.torn = len(rest)
+    result.torn = split.pending_bytes
     hashed = hasher.finish()
     total = hasher.offset
-    result.size = total - len(rest)
+    result.size = total - split.pending_bytes
     # The prefix hashes the digests ask for, and the hash of the complete lines.
     result.sha256_at = {m: h for m, h in hashed.items() if m <= result.size}
     if result.size not in result.sha256_at:
@@ -270,15 +307,10 @@ def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
 def _parse_records(file: SegmentFile) -> tuple[list[_Record], list[tuple[int, str]]]:
     records: list[_Record] = []
     unreadable: list[tuple[int, str]] = []
-    rest = b""
+    split = _Lines()
     number = 0
     for chunk, _ in chunks(file):
-        data = rest + chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            rest = data
-            continue
-        for line in data[:cut].split(b"\n"):
+        for line in split.feed(chunk):
             number += 1
             if number == 1:
                 continue  # the header
@@ -291,7 +323,6 @@ def _parse_records(file: SegmentFile) -> tuple[list[_Record], list[tuple[int, st
                 unreadable.append((number, "it is not a JSON record with a seq"))
                 continue
             records.append(_Record(number, seq, parts[0], parts[1]))
-        rest = data[cut + 1:]
     return records, unreadable
 
 

@@ -102,6 +102,9 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
     # new segment first, then the seal), and a digest naming a segment created since is
     # answered by looking again (``_check_missing``).
     listed = list_segment_files(data_dir / "segments")
+    if not listed and not d.list_digest_files(data_dir / d.DIGESTS_DIR):
+        raise VerifyError(f"{data_dir} holds no segment and no digest: nothing to verify (a "
+                          f"collector signs its store from its first start)")
     chain = DigestChain(data_dir / d.DIGESTS_DIR, public_keys, results)
     chain.check()
     segments = _Segments(data_dir / "segments", chain, results, since_us, until_us, progress)

@@ -455,3 +455,43 @@ def test_a_damaged_compressed_segment_is_reported(tmp_path: Path) -> None:
     assert found.get(plain, [SEGMENT_MISSING]) == [SEGMENT_MISSING], found
     assert found[f"segments/{packed.name}"][0] in (HASH_MISMATCH, SEGMENT_MOVED,
                                                    RECORD_MODIFIED)
+
+
+def test_scan_splits_lines_as_bytes_split_does_for_any_chunking() -> None:
+    import random
+
+    from collector.integrity.scan import _Lines
+
+    rng = random.Random(7)
+    for _ in range(300):
+        data = b"".join(rng.choice([b"\n", b"ab", b"x" * rng.randrange(50), b"\n\n"])
+                        for _ in range(rng.randrange(30)))
+        split, got, at = _Lines(), [], 0
+        while at < len(data):
+            step = rng.randrange(1, 20)
+            got += split.feed(data[at:at + step])
+            at += step
+        complete, _, tail = data.rpartition(b"\n")
+        assert got == (complete.split(b"\n") if b"\n" in data else [])
+        assert split.pending_bytes == len(tail if b"\n" in data else data)
+
+
+def test_a_huge_unterminated_tail_is_reported_in_bounded_memory(store: Path) -> None:
+    """64 MiB without a newline after a sealed segment's end: reported, with memory
+    bounded by the read chunks, not by the line (joined to each chunk, it was quadratic
+    in time and held several copies of it)."""
+    import tracemalloc
+
+    path = sealed(store)
+    with path.open("ab") as f:
+        for _ in range(16):
+            f.write(b"A" * (4 << 20))
+    tracemalloc.start()
+    try:
+        report = check(store)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert only(reasons(report), path.name) == [HASH_MISMATCH]
+    assert "unterminated line" in str(report.invalid[0].findings)
+    assert peak < 48 << 20, f"peak {peak >> 20} MiB"

@@ -321,3 +321,23 @@ def test_keys_rotate_refuses_without_a_key_to_rotate(tmp_path: Path) -> None:
                    str(tmp_path / "not-mounted" / "key.pem"))
     assert done.returncode == 2 and "nothing to rotate" in done.stderr
     assert check(data_dir).valid
+
+
+def test_an_emptied_store_is_no_verdict(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=2)
+    for path in segment_paths(data_dir) + digest_paths(data_dir):
+        path.unlink()
+    result = run_verify(str(data_dir))
+    assert result.returncode == 2, result.stdout
+    assert "nothing to verify" in result.stderr
+
+
+def test_a_link_loop_in_segments_is_no_verdict_not_a_crash(tmp_path: Path) -> None:
+    data_dir = build_store(tmp_path / "data", batches=2)
+    loop = data_dir / "segments" / "segment-00000099-20261126T000000Z.jsonl"
+    os.symlink(data_dir / "segments" / "x", loop)
+    os.symlink(loop, data_dir / "segments" / "x")
+    result = run_verify(str(data_dir))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "cannot read the data directory" in result.stderr
