@@ -159,8 +159,13 @@ class _Segments:
             for f, header in files:
                 res = self.results.of(f"segments/{f.path.name}", "segment", f.seq)
                 if header is None:
-                    res.add(SEGMENT_MOVED, "no segment header: not a segment this collector "
-                            "wrote (replaced, or moved here)")
+                    # Named like a segment (listed as one), but its first line is no
+                    # header: damaged, or another file put in its place. It is the
+                    # segment its name says, so not "missing" as well.
+                    self.found.add(f.path.name.removesuffix(".gz"))
+                    res.add(HASH_MISMATCH, "its first line is not a segment header (damaged, "
+                            "or another file put in its place): its records cannot be "
+                            "checked")
                     prev = _Previous(seq=f.seq)
                     continue
                 name = self._check_name(f, header, res)

@@ -495,3 +495,13 @@ def test_a_huge_unterminated_tail_is_reported_in_bounded_memory(store: Path) -> 
     assert only(reasons(report), path.name) == [HASH_MISMATCH]
     assert "unterminated line" in str(report.invalid[0].findings)
     assert peak < 48 << 20, f"peak {peak >> 20} MiB"
+
+
+def test_a_damaged_header_is_named_as_such_not_a_move_and_a_loss(store: Path) -> None:
+    path = sealed(store)
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0x01  # '{' becomes 'z': the header line no longer parses
+    path.write_bytes(bytes(data))
+    found = reasons(check(store))
+    assert found == {f"segments/{path.name}": [HASH_MISMATCH]}, found
+    assert "not a segment header" in str(check(store).invalid[0].findings)
