@@ -55,6 +55,7 @@ class CollectorConfig:
     api_tls_cert: Path | None
     api_tls_key: Path | None
     api_public_url: str | None
+    metrics_auth: str
     trace_url_template: str | None
     forward_endpoint: str
     forward_headers: str | None

@@ -25,6 +25,7 @@ from .metrics import Metrics
 class Integrations:
     def __init__(self, store: Any, ingest_server: Any, config: CollectorConfig) -> None:
         self.metrics = Metrics()
+        self.metrics_auth = config.metrics_auth
         self.metrics.add("ingest", ingest_server.stats)
         self.metrics.add("store", store.stats)
         self.http_ingest = HttpIngest(store, HttpIngestSettings(
@@ -54,6 +55,7 @@ class Integrations:
         routes find these objects in ``app.state``)."""
         app.state.http_ingest = self.http_ingest
         app.state.metrics = self.metrics
+        app.state.metrics_auth = self.metrics_auth
 
     def stats(self) -> dict[str, Any]:
         """For the live stats file (``audit-collector stats``)."""

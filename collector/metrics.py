@@ -222,10 +222,25 @@ async def _endpoint(request: Any) -> Any:
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is None:
         return PlainTextResponse("metrics are not enabled on this collector\n", 404)
+    if getattr(request.app.state, "metrics_auth", "none") == "reader" and not _a_reader(request):
+        # Counts only, but their changes show activity, such as each read of the logs.
+        return PlainTextResponse(
+            "send a reader's token: Authorization: Bearer <token> (metrics_auth = reader; "
+            "`audit-collector users add NAME` makes one)\n", 401,
+            headers={"WWW-Authenticate": 'Bearer realm="audit-collector-metrics"'})
     # Off the event loop: the store's stats cost O(sources), and the loop may be the
     # ingest's (the stats functions are read from the OpenTelemetry reader's thread too).
     text = await asyncio.to_thread(metrics.prometheus)
     return PlainTextResponse(text, media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def _a_reader(request: Any) -> bool:
+    """Whether the request carries the token of a reader (any: root or not)."""
+    from collector.api.auth import bearer_token
+
+    token = bearer_token(request)
+    api = getattr(request.app.state, "api", None)
+    return token is not None and api is not None and api.readers.authenticate(token) is not None
 
 
 def routes() -> list[Any]:

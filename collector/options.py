@@ -135,6 +135,13 @@ def parse_forward_from(value: Any) -> str:
     return str(value)
 
 
+def parse_metrics_auth(value: Any) -> str:
+    if value not in ("none", "reader"):
+        raise ValueError("expected 'none' (anyone who reaches the API port may scrape) or "
+                         "'reader' (a reader's token: Authorization: Bearer <token>)")
+    return str(value)
+
+
 def parse_trace_url(value: Any) -> str:
     """An http(s) URL with ``{trace_id}`` (and optionally ``{span_id}``) in it."""
     if not isinstance(value, str):
@@ -236,6 +243,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "the panel's origin as browsers see it behind a reverse proxy, e.g. "
            "https://audit.example.com (sign-in accepts it; https makes the cookie Secure)",
            "URL"),
+    Option("metrics_auth", parse_metrics_auth, "none",
+           "who may read GET /metrics: none (no token) or reader (any reader's token, "
+           "e.g. a non-root one made for the scraper)", "WHO"),
     Option("trace_url_template", parse_trace_url, None,
            "link trace ids in the panel, e.g. https://jaeger.example/trace/{trace_id}", "URL"),
     # The forwarder (collector/forwarder.py, docs/shipping.md).

@@ -95,3 +95,32 @@ def test_after_kill_9_the_forwarder_resumes_from_its_checkpoint(root: Path) -> N
     assert sorted(set(seqs)) == list(range(1, 8))
     assert seqs == sorted(seqs)
     assert seqs[:4] == [1, 2, 3, 4] and len(seqs) == 7  # nothing before the checkpoint again
+
+
+def test_metrics_can_require_a_readers_token(root: Path) -> None:
+    """metrics_auth = reader: counts change with each read of the logs, which is
+    activity; the scraper then needs a reader's token (a non-root one will do)."""
+    from tests.api.served import add_reader, serving
+
+    with serving(root / "data", "--metrics-auth", "reader") as (_, url):
+        scraper = add_reader(root / "data", "prometheus", root=False)
+        refused = httpx.get(f"{url}/metrics", timeout=10)
+        assert refused.status_code == 401
+        assert "Bearer" in refused.headers["www-authenticate"]
+        assert "audit_collector" not in refused.text
+        wrong = httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer nope"},
+                          timeout=10)
+        assert wrong.status_code == 401
+        scraped = httpx.get(f"{url}/metrics", timeout=10,
+                            headers={"Authorization": f"Bearer {scraper}"})
+        assert scraped.status_code == 200
+        assert "audit_collector_store_written_total" in scraped.text
+
+
+def test_metrics_auth_takes_none_or_reader() -> None:
+    from collector.config import ConfigError, load
+
+    assert load(None, {}).metrics_auth == "none"
+    assert load(None, {"AUDIT_METRICS_AUTH": "reader"}).metrics_auth == "reader"
+    with pytest.raises(ConfigError, match="metrics_auth"):
+        load(None, {"AUDIT_METRICS_AUTH": "root"})
