@@ -6,6 +6,7 @@ not run backwards), and anchors kept elsewhere."""
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Final
 
@@ -28,11 +29,15 @@ from .scan import ranges
 
 #: A digest may be dated this much before the one it follows (clock adjustments).
 CLOCK_SLACK_US: Final = 300 * 1_000_000
+#: Seconds a fresh reading of the retention digests stands for (see _fresh_deleted_below).
+_FRESH_FOR: Final = 1.0
 
 
 class DigestChain:
-    def __init__(self, digests_dir: Path, keys: list[PublicKey], results: Results) -> None:
+    def __init__(self, digests_dir: Path, keys: list[PublicKey], results: Results,
+                 live: bool = False) -> None:
         self.digests_dir = digests_dir
+        self.live = live  # a collector runs on the directory, writing digests meanwhile
         self.trusted = {k.id: k for k in keys}
         self.results = results
         self.good: list[d.Digest] = []  # signature-valid digests, by number
@@ -40,6 +45,7 @@ class DigestChain:
         self.unverified: set[str] = set()  # segments with a digest whose signature fails
         self.invalid_numbers: set[int] = set()  # numbers of those digests
         self.by_digest: dict[int, FileResult] = {}  # id(digest) -> its file's result
+        self._fresh: tuple[float, int] | None = None  # (when, deleted_below) re-read
 
     def check(self) -> None:
         self._check_signatures(self._read_files())
@@ -51,32 +57,46 @@ class DigestChain:
     def seal_since(self, segment: str) -> d.Digest | None:
         """A seal of ``segment`` signed by a trusted key, written since ``check`` (next to
         a running collector, the segment was sealed in between); None if there is none."""
+        return next((g for g in self.digests_since(segment) if g.kind == "seal"), None)
+
+    def digests_since(self, segment: str) -> list[d.Digest]:
+        """The trusted digests of ``segment``'s digest file as it is now (next to a
+        running collector, more may have been written since ``check``)."""
         try:
             found = d.read_file(self.digests_dir / d.file_name(segment))
         except OSError:
-            return None
-        for g in found.digests:
-            key = self.trusted.get(g.key)
-            if (g.kind == "seal" and g.segment == segment and key is not None
-                    and key.verifies(g.signature, g.message)):
-                return g
-        return None
+            return []
+        return [g for g in found.digests if g.segment == segment and self._trusted(g)]
 
     def retention_since(self, seq: int) -> bool:
-        """Whether a signed retention digest written since ``check`` (next to a running
-        collector) deletes segment ``seq``."""
+        """Whether a signed retention digest, also one written since ``check`` (next to a
+        running collector), deletes segment ``seq``."""
+        return seq < max(self.deleted_below, self._fresh_deleted_below())
+
+    def _fresh_deleted_below(self) -> int:
+        """``deleted_below`` of the retention digests as the files are now. Read again
+        at most every ``_FRESH_FOR`` seconds: verify asks once per segment it misses,
+        and re-reading every digest file each time made a mass deletion quadratic."""
+        now = time.monotonic()
+        if self._fresh is not None and now - self._fresh[0] < _FRESH_FOR:
+            return self._fresh[1]
+        below = 0
         for _, path in d.list_digest_files(self.digests_dir):
             try:
                 found = d.read_file(path)
             except OSError:
                 continue
             for g in found.digests:
-                key = self.trusted.get(g.key)
-                below = g.body.get("deleted_below")
-                if (g.kind == "retention" and key is not None and isinstance(below, int)
-                        and below > seq and key.verifies(g.signature, g.message)):
-                    return True
-        return False
+                value = g.body.get("deleted_below")
+                if (g.kind == "retention" and type(value) is int and value > below
+                        and self._trusted(g)):
+                    below = value
+        self._fresh = (now, below)
+        return below
+
+    def _trusted(self, g: d.Digest) -> bool:
+        key = self.trusted.get(g.key)
+        return key is not None and key.verifies(g.signature, g.message)
 
     def _read_files(self) -> list[tuple[FileResult, d.DigestFile]]:
         out: list[tuple[FileResult, d.DigestFile]] = []
@@ -96,10 +116,21 @@ class DigestChain:
             res = self.results.of(f"{d.DIGESTS_DIR}/{path.name}", "digests", seq)
             try:
                 found = d.read_file(path)
+            except FileNotFoundError:
+                if self.retention_since(seq):  # next to a running collector
+                    res.notes.append("deleted by retention while verify ran")
+                else:
+                    res.add(DIGEST_MISSING, "removed while verify was reading it")
+                continue
             except OSError as exc:
                 res.add(DIGEST_MISSING, f"cannot be read: {exc}")
                 continue
-            if not found.digests and not found.problems:
+            if not found.digests and not found.problems and seq == newest and self.live:
+                # A running collector creates the file, then writes its first line: verify
+                # came in between. (Stopped, it never leaves one empty: its next start
+                # writes into the active segment's file.)
+                res.notes.append("empty: its first digest was being written")
+            elif not found.digests and not found.problems:
                 res.add(DIGEST_MISSING, "the file is empty (the collector creates it with "
                         "its first digest): its digests were removed")
             for problem in found.problems:
@@ -160,7 +191,11 @@ class DigestChain:
             elif previous.n != number - 1:
                 gone = [n for n in range(previous.n + 1, number)
                         if n not in self.invalid_numbers]  # those are reported already
-                if gone:
+                if gone and self._retention_between(previous, g):
+                    self.results.notes.append(
+                        f"digest(s) #{ranges(gone)} were deleted by retention with their "
+                        f"segments while verify read the digests")
+                elif gone:
                     res.add(DIGEST_MISSING, f"digest(s) #{ranges(gone)} missing (between "
                             f"{previous.where} and {g.where})")
             elif g.previous != previous.signature_b64:
@@ -174,6 +209,12 @@ class DigestChain:
                             f"({previous.time})")
             previous = g
 
+    def _retention_between(self, previous: d.Digest, g: d.Digest) -> bool:
+        """Whether retention, since verify listed the digest files, deleted those of
+        ``previous``'s segment up to ``g``'s: what was between them went with them."""
+        below = max(self.deleted_below, self._fresh_deleted_below())
+        return bool(previous.segment_seq < below and g.segment_seq <= below)
+
     def _check_chain_start(self, g: d.Digest, res: FileResult) -> None:
         if g.n == 1:
             if g.previous:
@@ -182,10 +223,15 @@ class DigestChain:
         # Retention deletes the segments below deleted_below with their digests: the
         # chain then starts in the oldest segment it kept, not later (the kept segments
         # after it removed as well, digests and all, are not retention's doing).
-        if self.deleted_below and g.segment_seq <= self.deleted_below:
+        # A retention digest may have been written since the files were read (next to a
+        # running collector): the chain then starts in a segment it deleted meanwhile.
+        below = self.deleted_below
+        if not (below and g.segment_seq <= below):
+            below = max(below, self._fresh_deleted_below())
+        if below and g.segment_seq <= below:
             self.results.notes.append(f"the digest chain starts at #{g.n}: the digests before it "
                               f"were deleted with their segments by retention (segments "
-                              f"below {self.deleted_below})")
+                              f"below {below})")
             return
         res.add(DIGEST_MISSING, f"the digest chain starts at #{g.n}: digests #1-#{g.n - 1} "
                 f"are not there, and no retention digest says their segments were deleted")

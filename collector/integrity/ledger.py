@@ -211,6 +211,14 @@ class Ledger:
         if self._pending:
             self._flush_pending()
         self.checkpoint(active, "stop")
+        if self._pending:
+            # Lost with this process. If this run's start checkpoint is among them, the
+            # newest digest on disk is the previous stop, and verify will take what this
+            # run wrote for records added while the collector was stopped.
+            log.error("integrity: %d digest(s) could not be written before the stop (%s); "
+                      "the records they sign stay unsigned, and `audit-collector verify` may "
+                      "report this run's records as written while the collector was stopped",
+                      len(self._pending), self.last_error)
 
     def close(self) -> None:
         self._hasher.shutdown(wait=True)

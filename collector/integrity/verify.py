@@ -55,6 +55,9 @@ from .findings import (
 from .keys import KeyRing, PublicKey
 from .scan import Scan, classify, scan
 
+#: Seconds verify waits, next to a running collector, for the seal of the segment it just
+#: rotated away from (written milliseconds after the new segment appears).
+SEAL_WAIT: Final = 2.0
 #: A running collector's newest digest may be this much older than twice its interval.
 LIVE_SLACK_US: Final = 60 * 1_000_000
 
@@ -102,12 +105,14 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
     # new segment first, then the seal), and a digest naming a segment created since is
     # answered by looking again (``_check_missing``).
     listed = list_segment_files(data_dir / "segments")
-    if not listed and not d.list_digest_files(data_dir / d.DIGESTS_DIR):
+    if not listed and not d.list_digest_files(data_dir / d.DIGESTS_DIR) and not anchors:
+        # (With an anchor there is a verdict: the anchored digest is not there.)
         raise VerifyError(f"{data_dir} holds no segment and no digest: nothing to verify (a "
                           f"collector signs its store from its first start)")
-    chain = DigestChain(data_dir / d.DIGESTS_DIR, public_keys, results)
+    chain = DigestChain(data_dir / d.DIGESTS_DIR, public_keys, results, live)
     chain.check()
-    segments = _Segments(data_dir / "segments", chain, results, since_us, until_us, progress)
+    segments = _Segments(data_dir / "segments", chain, results, since_us, until_us, progress,
+                         live)
     selected = segments.check(listed)
     files = results.ordered()
     if selected is not None:
@@ -127,7 +132,7 @@ class _Segments:
 
     def __init__(self, segments_dir: Path, chain: DigestChain, results: Results,
                  since_us: int | None, until_us: int | None,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, live: bool = False) -> None:
         self.segments_dir = segments_dir
         self.chain = chain
         self.results = results
@@ -135,6 +140,8 @@ class _Segments:
         self.until = until_us
         self.progress = progress
         self.found: set[str] = set()  # segment names present (renamed ones by origin)
+        self.unreadable: dict[Path, str] = {}  # listed files that could not be opened: why
+        self.live = live  # a collector runs on the directory: it may be sealing a segment
 
     def check(self, listed: list[SegmentFile]) -> set[int] | None:
         """Check them all (``listed``: the segment files, listed before the digests were
@@ -163,9 +170,9 @@ class _Segments:
                     # header: damaged, or another file put in its place. It is the
                     # segment its name says, so not "missing" as well.
                     self.found.add(f.path.name.removesuffix(".gz"))
-                    res.add(HASH_MISMATCH, "its first line is not a segment header (damaged, "
-                            "or another file put in its place): its records cannot be "
-                            "checked")
+                    res.add(HASH_MISMATCH, self.unreadable.get(
+                        f.path, "its first line is not a segment header (damaged, or another "
+                        "file put in its place)") + ": its records cannot be checked")
                     prev = _Previous(seq=f.seq)
                     continue
                 name = self._check_name(f, header, res)
@@ -175,8 +182,11 @@ class _Segments:
                 self._check_links(f, header, ds, prev, res)
                 if seal is None and f.seq != newest:
                     # Sealed in the moment between the listing and the digests' reading:
-                    # its seal is there now.
-                    seal = self.chain.seal_since(name)
+                    # its seal is there now (or, the segment before the newest next to a
+                    # running collector, is being signed: a rotation creates the new
+                    # segment first and writes the seal a few milliseconds later).
+                    seal = self._seal_written_since(name, waiting=self.live and f.seq == max(
+                        (x.seq for x, _ in files if x.seq < newest), default=-1))
                     if seal is not None:
                         ds = [*ds, seal]
                 if seal is None and f.seq != newest:
@@ -218,7 +228,12 @@ class _Segments:
         for f in files:
             try:
                 header: SegmentHeader | None = header_of(f)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if exc.filename is not None and Path(exc.filename) != f.path:
+                    # a link to nowhere: the name stands for no file
+                    self.unreadable[f.path] = f"cannot be read: {exc.strerror}"
+                    out.append((f, None))
+                    continue
                 # Next to a running collector: compressed or deleted since the listing.
                 packed = SegmentFile(f.seq, f.path.with_name(f.path.name + ".gz"), True)
                 if not f.compressed and packed.path.exists():
@@ -226,6 +241,9 @@ class _Segments:
                 else:
                     self._gone(f)
                     continue
+            except OSError as exc:  # a link loop, no permission: no verdict on its bytes
+                self.unreadable[f.path] = f"cannot be read: {exc.strerror or exc}"
+                header = None
             except _UNREADABLE:
                 header = None
             out.append((SegmentFile(header.seq if header else f.seq, f.path, f.compressed),
@@ -365,7 +383,8 @@ class _Segments:
             return
         signed = max((g.records for g in ds), default=0)
         newest = ds[-1] if ds else None
-        if found.records > signed and newest is not None and _is_stop(newest):
+        if (found.records > signed and newest is not None and _is_stop(newest)
+                and not self._restarted_since(newest)):
             if not explained:
                 res.add(HASH_MISMATCH, f"{found.records - signed} record(s) after "
                         f"{newest.where}, the checkpoint of a clean stop: written while the "
@@ -376,6 +395,21 @@ class _Segments:
         if found.torn:
             res.notes.append(f"ends with {found.torn} bytes of an unterminated line (a write "
                              f"in progress, or a crash the next start repairs)")
+
+    def _seal_written_since(self, name: str, *, waiting: bool) -> d.Digest | None:
+        deadline = time.monotonic() + (SEAL_WAIT if waiting else 0.0)
+        while True:
+            seal = self.chain.seal_since(name)
+            if seal is not None or time.monotonic() >= deadline:
+                return seal
+            time.sleep(0.05)
+
+    def _restarted_since(self, stop: d.Digest) -> bool:
+        """Whether the collector started again since verify read ``stop`` (a clean stop's
+        checkpoint, then the newest digest of its segment): its start checkpoint then
+        signs exactly what the stop did, and the records after it are its own."""
+        after = [g for g in self.chain.digests_since(stop.segment) if g.n > stop.n]
+        return bool(after) and after[0].bytes == stop.bytes
 
     @staticmethod
     def _against(g: d.Digest, found: Scan) -> tuple[str, str] | None:

@@ -73,12 +73,13 @@ def file_sizes(paths: Iterable[Path]) -> dict[Path, int]:
     those gone by the time of their stat: next to a running collector, retention deletes
     sealed segments, compression replaces them by their ``.gz`` and SQLite removes the
     index's ``-wal`` at a stop (an operator may delete files too), between any listing
-    of a directory and the stat of what it listed."""
+    of a directory and the stat of what it listed. One that cannot be stat'ed at all (a
+    link loop) is left out too: not a regular file, for whoever reads it to report."""
     sizes: dict[Path, int] = {}
     for path in paths:
         try:
             st = path.stat()
-        except FileNotFoundError:
+        except OSError:
             continue
         if stat.S_ISREG(st.st_mode):
             sizes[path] = st.st_size

@@ -332,12 +332,32 @@ def test_an_emptied_store_is_no_verdict(tmp_path: Path) -> None:
     assert "nothing to verify" in result.stderr
 
 
-def test_a_link_loop_in_segments_is_no_verdict_not_a_crash(tmp_path: Path) -> None:
+def test_a_link_loop_in_segments_is_reported_and_hides_nothing(tmp_path: Path) -> None:
+    """A link loop named like a segment is a file verify cannot read: reported INVALID,
+    never a crash, and never a "no verdict" (exit 2) that would hide a modified record
+    elsewhere (found by a review: the loop turned exit 1 into 2)."""
     data_dir = build_store(tmp_path / "data", batches=2)
+    first = segment_paths(data_dir)[0]
+    first.write_bytes(first.read_bytes().replace(b"cred-", b"CRED-", 1))
     loop = data_dir / "segments" / "segment-00000099-20261126T000000Z.jsonl"
     os.symlink(data_dir / "segments" / "x", loop)
     os.symlink(loop, data_dir / "segments" / "x")
     result = run_verify(str(data_dir))
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.returncode == 1, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
-    assert "cannot read the data directory" in result.stderr
+    assert f"INVALID  segments/{first.name}  record modified" in result.stdout
+    assert f"INVALID  segments/{loop.name}  hash mismatch: cannot be read" in result.stdout
+
+
+def test_an_emptied_store_checked_with_an_anchor_is_invalid(tmp_path: Path) -> None:
+    """An anchor exists to catch exactly this: a verdict (exit 1), not "nothing to
+    verify" (exit 2)."""
+    data_dir = build_store(tmp_path / "data", batches=2)
+    anchor = lines_of(digest_paths(data_dir)[-1])[-1].rsplit(b'"signature":"', 1)[1]
+    anchor = anchor.split(b'"')[0]
+    assert run_verify(str(data_dir), "--anchor", anchor.decode()).returncode == 0
+    for path in segment_paths(data_dir) + digest_paths(data_dir):
+        path.unlink()
+    result = run_verify(str(data_dir), "--anchor", anchor.decode())
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "chain broken" in result.stdout

@@ -155,3 +155,132 @@ def test_a_segment_deleted_before_its_header_is_read_is_missing(
     report = check(data_dir)
     found = reasons(report)
     assert found[f"segments/{middle.name}"] == [SEGMENT_MISSING]
+
+
+def test_a_collector_started_while_verify_runs_is_no_finding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verify reads the digests of a stopped store (the newest is its stop checkpoint);
+    the collector then starts and writes before verify reaches the active segment. The
+    records after the stop are the new run's, signed by nothing yet: not tamper."""
+    import contextlib
+
+    from collector.integrity.digest_chain import DigestChain
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    data_dir = build_store(tmp_path / "data", batches=3)
+    real_check = DigestChain.check
+    with contextlib.ExitStack() as running:
+
+        def check_then_start(self: DigestChain) -> None:
+            real_check(self)
+            store = running.enter_context(open_store(data_dir, max_segment_bytes=SMALL))
+            store.write(events(1))
+
+        monkeypatch.setattr(DigestChain, "check", check_then_start)
+        report = check(data_dir, live=True)
+        monkeypatch.undo()
+    assert report.valid, reasons(report)
+
+
+def test_a_seal_written_late_is_waited_for_next_to_a_running_collector(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation creates the new segment, then signs the old one's seal: next to a
+    running collector verify waits a moment for it rather than call it missing."""
+    import threading
+    import time
+
+    from collector.integrity.ledger import Ledger
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    real_sealed = Ledger.sealed
+
+    def slow_seal(self: Ledger, *args: Any) -> None:
+        time.sleep(0.5)
+        real_sealed(self, *args)
+
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=SMALL) as store:
+        store.write(events(3))
+        before = len(segment_paths(data_dir))
+        monkeypatch.setattr(Ledger, "sealed", slow_seal)
+        writer = threading.Thread(target=store.write, args=(events(3),))
+        writer.start()
+        deadline = time.monotonic() + 10
+        while len(segment_paths(data_dir)) == before:  # the new segment is there...
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        report = check(data_dir, live=True)  # ...its predecessor's seal not yet
+        writer.join(10)
+        monkeypatch.undo()
+    assert report.valid, reasons(report)
+
+
+def test_a_digest_file_deleted_by_retention_while_verify_reads_is_no_finding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.integrity import digests
+    from tests.collector.storage_helpers import events, open_store, wait_until
+    from tests.integrity.helpers import SMALL
+
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=SMALL, retention_bytes=6000) as store:
+        for _ in range(8):
+            store.write(events(3))
+        wait_until(lambda: store.stats()["retention_deleted"] >= 1)
+        real_read = digests.read_file
+        done = {"retention": False}
+
+        def read_then_retention(path: Path) -> Any:
+            found = real_read(path)
+            if not done["retention"]:  # listed, one read: retention deletes the next ones
+                done["retention"] = True
+                deleted = store.stats()["retention_deleted"]
+                for _ in range(4):
+                    store.write(events(3))
+                wait_until(lambda: store.stats()["retention_deleted"] >= deleted + 2)
+            return found
+
+        monkeypatch.setattr(digests, "read_file", read_then_retention)
+        report = check(data_dir, live=True)
+        monkeypatch.undo()
+    assert done["retention"]
+    assert report.valid, reasons(report)
+
+
+def test_many_missing_segments_read_the_digests_a_bounded_number_of_times(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each missing segment asks whether retention deleted it; the digest files are not
+    read again for each (600 missing segments took 6 s, growing with the square)."""
+    from collector.integrity import digests
+
+    data_dir = build_store(tmp_path / "data", batches=60, per_batch=1)
+    for path in segment_paths(data_dir):
+        path.unlink()
+    reads = {"n": 0}
+    real_read = digests.read_file
+
+    def counted(path: Path) -> Any:
+        reads["n"] += 1
+        return real_read(path)
+
+    monkeypatch.setattr(digests, "read_file", counted)
+    report = check(data_dir)
+    assert not report.valid
+    assert reads["n"] <= 3 * 60, reads["n"]
+
+
+def test_an_empty_newest_digest_file_is_a_note_only_next_to_a_running_collector(
+        tmp_path: Path) -> None:
+    """A running collector creates a digest file, then writes its first line: verify may
+    find it empty. A stopped one never leaves it so: there it is digests removed."""
+    from collector.integrity.findings import DIGEST_MISSING
+    from tests.integrity.helpers import digest_paths
+
+    data_dir = build_store(tmp_path / "data", batches=3)
+    newest = digest_paths(data_dir)[-1]
+    newest.write_bytes(b"")
+    live = check(data_dir, live=True)
+    assert f"digests/{newest.name}" not in reasons(live)
+    assert any("its first digest was being written" in n for r in live.files for n in r.notes)
+    assert DIGEST_MISSING in reasons(check(data_dir))[f"digests/{newest.name}"]
