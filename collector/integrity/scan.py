@@ -22,6 +22,7 @@ from typing import Any, Final
 import orjson
 
 from collector.storage.errors import CorruptSegmentError
+from collector.storage.lines import LineSplitter
 from collector.storage.segments import SegmentFile, SegmentHeader
 
 from . import chain as chains
@@ -38,43 +39,6 @@ _IN_FLIGHT: Final = 3  # chunks queued for the hashing thread (bounds memory)
 #: A line longer than this is no record (an event line is at most 256 KiB): its bytes are
 #: counted, not kept, so a huge unterminated tail costs neither memory nor time.
 MAX_LINE: Final = 16 << 20
-OVERLONG: Final = b"(a line over 16 MiB: not a record)"
-
-
-class _Lines:
-    """The complete lines of a stream of chunks, in linear time: the start of a line
-    that has not ended yet is set aside, not joined to each new chunk (which made a huge
-    unterminated line quadratic), and forgotten past ``MAX_LINE``."""
-
-    def __init__(self) -> None:
-        self._pending: list[bytes] = []
-        self.pending_bytes = 0  # bytes of the line not ended yet
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        cut = chunk.rfind(b"\n")
-        if cut < 0:
-            self._add(chunk)
-            return []
-        first = chunk.find(b"\n")
-        self._add(chunk[:first])
-        lines = [self._take()]
-        if first < cut:
-            lines += chunk[first + 1:cut].split(b"\n")
-        self._add(chunk[cut + 1:])
-        return lines
-
-    def _add(self, piece: bytes) -> None:
-        self.pending_bytes += len(piece)
-        if self.pending_bytes <= MAX_LINE:
-            self._pending.append(piece)
-        else:
-            self._pending.clear()
-
-    def _take(self) -> bytes:
-        line = OVERLONG if self.pending_bytes > MAX_LINE else b"".join(self._pending)
-        self._pending.clear()
-        self.pending_bytes = 0
-        return line
 
 
 @dataclass
@@ -157,7 +121,7 @@ def scan(file: SegmentFile, *, marks: set[int], counts: set[int],
     hasher = _Hasher(marks)
     pool = hasher_pool or ThreadPoolExecutor(1, thread_name_prefix="verify-hash")
     queued: list[Future[None]] = []
-    split = _Lines()
+    split = LineSplitter(MAX_LINE)
     previous = b""
     last = b""
     count = 0
@@ -307,7 +271,7 @@ def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
 def _parse_records(file: SegmentFile) -> tuple[list[_Record], list[tuple[int, str]]]:
     records: list[_Record] = []
     unreadable: list[tuple[int, str]] = []
-    split = _Lines()
+    split = LineSplitter(MAX_LINE)
     number = 0
     for chunk, _ in chunks(file):
         for line in split.feed(chunk):

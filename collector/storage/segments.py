@@ -25,6 +25,7 @@ import orjson
 from audit_middleware.event import SCHEMA_VERSION, format_created
 
 from .errors import CorruptSegmentError, StorageError
+from .lines import LineSplitter
 from .records import created_micros
 
 FILE_MODE: Final = 0o640
@@ -280,21 +281,12 @@ def iter_lines(f: Any, start: int = 0) -> Iterator[tuple[int, bytes]]:
     """(offset, line including its ``\\n``) of each complete line of a binary stream
     from ``start`` on; an unterminated last line (a torn tail) is not yielded."""
     offset = start
-    rest = b""
-    while True:
-        chunk = f.read(_READ_CHUNK)
-        if not chunk:
-            return
-        data = rest + chunk if rest else chunk
-        pos = 0
-        while True:
-            end = data.find(b"\n", pos)
-            if end < 0:
-                break
-            yield offset, data[pos:end + 1]
-            offset += end + 1 - pos
-            pos = end + 1
-        rest = data[pos:]
+    split = LineSplitter()  # linear in a long line (a torn tail of any size), lines whole
+    while chunk := f.read(_READ_CHUNK):
+        for line in split.feed(chunk):
+            line += b"\n"
+            yield offset, line
+            offset += len(line)
 
 
 def is_record(line: bytes) -> bool:

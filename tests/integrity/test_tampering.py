@@ -457,25 +457,6 @@ def test_a_damaged_compressed_segment_is_reported(tmp_path: Path) -> None:
                                                    RECORD_MODIFIED)
 
 
-def test_scan_splits_lines_as_bytes_split_does_for_any_chunking() -> None:
-    import random
-
-    from collector.integrity.scan import _Lines
-
-    rng = random.Random(7)
-    for _ in range(300):
-        data = b"".join(rng.choice([b"\n", b"ab", b"x" * rng.randrange(50), b"\n\n"])
-                        for _ in range(rng.randrange(30)))
-        split, got, at = _Lines(), [], 0
-        while at < len(data):
-            step = rng.randrange(1, 20)
-            got += split.feed(data[at:at + step])
-            at += step
-        complete, _, tail = data.rpartition(b"\n")
-        assert got == (complete.split(b"\n") if b"\n" in data else [])
-        assert split.pending_bytes == len(tail if b"\n" in data else data)
-
-
 def test_a_huge_unterminated_tail_is_reported_in_bounded_memory(store: Path) -> None:
     """64 MiB without a newline after a sealed segment's end: reported, with memory
     bounded by the read chunks, not by the line (joined to each chunk, it was quadratic
@@ -495,6 +476,17 @@ def test_a_huge_unterminated_tail_is_reported_in_bounded_memory(store: Path) -> 
     assert only(reasons(report), path.name) == [HASH_MISMATCH]
     assert "unterminated line" in str(report.invalid[0].findings)
     assert peak < 48 << 20, f"peak {peak >> 20} MiB"
+
+
+def test_a_huge_terminated_line_is_one_modified_record(store: Path) -> None:
+    """20 MiB of garbage ending in a newline, inside a sealed segment: one line that is
+    no record, counted not kept."""
+    path = sealed(store)
+    lines = lines_of(path)
+    write_lines(path, lines[:2] + [b"B" * (20 << 20) + b"\n"] + lines[2:])
+    report = check(store)
+    found = only(reasons(report), path.name)
+    assert found[0] == RECORD_MODIFIED
 
 
 def test_a_damaged_header_is_named_as_such_not_a_move_and_a_loss(store: Path) -> None:
