@@ -222,7 +222,8 @@ async def _endpoint(request: Any) -> Any:
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is None:
         return PlainTextResponse("metrics are not enabled on this collector\n", 404)
-    if getattr(request.app.state, "metrics_auth", "none") == "reader" and not _a_reader(request):
+    if (getattr(request.app.state, "metrics_auth", "none") == "reader"
+            and not await asyncio.to_thread(_a_reader, request)):  # reads the readers file
         # Counts only, but their changes show activity, such as each read of the logs.
         return PlainTextResponse(
             "send a reader's token: Authorization: Bearer <token> (metrics_auth = reader; "

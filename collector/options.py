@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from audit_middleware.shipper.endpoint import is_loopback
+
 from .forwarder import ForwardSettings
 from .ingest import DRAIN_TIMEOUT, IngestSettings
 from .store import StorageSettings
@@ -157,20 +159,32 @@ def parse_trace_url(value: Any) -> str:
 
 
 def parse_public_url(value: Any) -> str:
-    """The origin browsers reach the panel at, ``scheme://host[:port]``, lowercased (a
-    trailing ``/`` is dropped; a path, query or credentials are refused)."""
+    """The origin browsers reach the panel at, as they send it in ``Origin``:
+    ``scheme://host[:port]``, lowercase, the host in IDNA (punycode), no default port. A
+    trailing ``/`` is dropped; a path, query or credentials are refused, and so is plain
+    http to anything but a loopback host (the panel's token and records would cross the
+    network in clear, and browsers send no Fetch Metadata there)."""
+    example = "such as https://audit.example.com"
     if not isinstance(value, str):
-        raise TypeError("expected a URL such as https://audit.example.com")
+        raise TypeError(f"expected a URL {example}")
     parts = urlsplit(value.strip())
     if (parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in
-            ("", "/") or parts.query or parts.fragment or "@" in parts.netloc):
-        raise ValueError("expected the panel's origin as browsers see it, scheme and host "
-                         "(and port) only, such as https://audit.example.com")
+            ("", "/") or parts.query or parts.fragment or "@" in parts.netloc
+            or parts.netloc.endswith(":")):
+        raise ValueError(f"expected the panel's origin as browsers see it, scheme and host "
+                         f"(and port) only, {example}")
     try:
-        parts.port  # noqa: B018 - raises for a port that is not a number
-    except ValueError:
-        raise ValueError(f"the port of {value!r} is not a number") from None
-    return f"{parts.scheme}://{parts.netloc.lower()}"
+        port = parts.port
+        host = parts.hostname.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError) as exc:
+        raise ValueError(f"{value!r} is not a usable origin ({exc}), {example}") from None
+    if parts.scheme == "http" and not is_loopback(host):
+        raise ValueError(f"{value!r} is plain http to a host that is not loopback: put the "
+                         f"panel behind https, {example}")
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address, as in a URL
+    default = {"https": 443, "http": 80}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,10 @@ async def openapi(request: Request) -> Response:
 
 
 async def panel(request: Request) -> Response:
+    if request.url.query and not own_page(request):
+        # The panel runs the selection in its URL as the signed-in reader (and records
+        # it as their read): a link from another site must not choose it for them.
+        return RedirectResponse("/admin/audit-logs", status_code=303)
     return FileResponse(STATIC_DIR / "panel.html", media_type="text/html; charset=utf-8")
 
 

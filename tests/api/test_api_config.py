@@ -48,6 +48,10 @@ def test_other_trace_url_templates_are_refused(template: str) -> None:
     ("https://audit.example.com", "https://audit.example.com"),
     ("https://Audit.Example.com:8443/", "https://audit.example.com:8443"),
     ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+    # as browsers send Origin: no default port, the host in punycode
+    ("https://audit.example.com:443", "https://audit.example.com"),
+    ("https://bücher.example", "https://xn--bcher-kva.example"),
+    ("https://[::1]:8443", "https://[::1]:8443"),
 ])
 def test_the_public_url_is_an_origin(given: str, origin: str) -> None:
     assert load(None, {"AUDIT_API_PUBLIC_URL": given}).api_public_url == origin
@@ -56,7 +60,10 @@ def test_the_public_url_is_an_origin(given: str, origin: str) -> None:
 @pytest.mark.parametrize("given", [
     "audit.example.com", "ftp://audit.example.com", "https://audit.example.com/panel",
     "https://audit.example.com/?x=1", "https://user@audit.example.com",
-    "https://audit.example.com:port", "https://",
+    "https://audit.example.com:port", "https://", "https://audit.example.com:",
+    "https://audit.example.com:70000",
+    # plain http off loopback: the token in clear, and no Fetch Metadata from browsers
+    "http://audit.example.com", "http://192.0.2.1:8080",
 ])
 def test_a_public_url_that_is_not_an_origin_is_refused(given: str) -> None:
     with pytest.raises(ConfigError, match="api_public_url"):

@@ -189,6 +189,21 @@ def test_the_session_does_not_act_for_another_page(env: Env, path: str, site: st
         assert env.client.get("/api/v1/audit-logs", headers=own).status_code == 200
 
 
+@pytest.mark.parametrize("site", ["same-site", "cross-site"])
+def test_a_link_from_another_site_does_not_choose_the_panels_selection(
+        env: Env, site: str) -> None:
+    """The panel runs the selection in its URL as the signed-in reader, and records it
+    as their read: a link from elsewhere gets the panel without it."""
+    response = env.client.get("/admin/audit-logs?principal=chosen-elsewhere",
+                              headers={"Sec-Fetch-Site": site}, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/admin/audit-logs"
+    for own in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}):
+        kept = env.client.get("/admin/audit-logs?principal=mine", headers=own,
+                              follow_redirects=False)
+        assert kept.status_code == 200 and "text/html" in kept.headers["content-type"]
+
+
 def test_another_page_cannot_sign_the_reader_out(env: Env) -> None:
     sign_in(env, env.root)
     refused = env.client.delete("/api/v1/session", headers={"Sec-Fetch-Site": "same-site"})
