@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
+from collector.read_commands import FOLLOW_INTERVAL
 from tests.e2e.harness import ROOT, CollectorProcess, short_tmp
 
 # (type, target, principal, org, client_ip) of the events the collector stores.
@@ -214,18 +216,15 @@ def test_reindex_rebuilds_a_deleted_index(data_dir: Path, tmp_path: Path) -> Non
     assert [r["type"] for r in jsonl(again)] == [e[0] for e in EVENTS]
 
 
-def test_tail_follow_goes_on_across_an_index_rebuilt_at_a_restart(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A follower runs for hours; the collector may restart meanwhile and rebuild its
-    index (a new file). The follower reads the new index and goes on (it kept reading
-    the old file, and saw nothing new), each record once."""
+def start_follower(data: Path) -> tuple[Any, Any]:
+    """``tail -f -n 0`` on a store holding one record ("before"), in a thread: the
+    event that stops it, and the thread."""
     import argparse
     import threading
 
     from collector import read_commands
     from tests.collector.storage_helpers import event, open_store
 
-    data = tmp_path / "data"
     with open_store(data) as store:
         store.write([event(target="before")])
     done = threading.Event()
@@ -236,6 +235,18 @@ def test_tail_follow_goes_on_across_an_index_rebuilt_at_a_restart(
     follower = threading.Thread(target=read_commands.run_tail, args=(args,),
                                 kwargs={"stop": done.is_set})
     follower.start()
+    return done, follower
+
+
+def test_tail_follow_goes_on_across_an_index_rebuilt_at_a_restart(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A follower runs for hours; the collector may restart meanwhile and rebuild its
+    index (a new file). The follower reads the new index and goes on (it kept reading
+    the old file, and saw nothing new), each record once."""
+    from tests.collector.storage_helpers import event, open_store
+
+    data = tmp_path / "data"
+    done, follower = start_follower(data)
     try:
         time.sleep(0.5)
         with open_store(data) as store:
@@ -263,28 +274,15 @@ def test_tail_follow_says_a_lasting_problem_once(
     """While the index is gone (a collector down, mid-rebuild), a follower waits and
     retries every FOLLOW_INTERVAL; it says so once, not a line a poll, and says when it
     reads again."""
-    import argparse
-    import threading
-
-    from collector import read_commands
     from tests.collector.storage_helpers import event, open_store
 
     data = tmp_path / "data"
-    with open_store(data) as store:
-        store.write([event(target="before")])
-    done = threading.Event()
-    args = argparse.Namespace(
-        data_dir=str(data), config=None, types=[], principal=None, target=None, org=None,
-        workspace=None, client_ip=None, since=None, until=None, status=None,
-        org_name=None, workspace_name=None, lines=0, follow=True, format="jsonl")
-    follower = threading.Thread(target=read_commands.run_tail, args=(args,),
-                                kwargs={"stop": done.is_set})
-    follower.start()
+    done, follower = start_follower(data)
     try:
         time.sleep(0.3)
         for index_file in data.glob("index.sqlite*"):
             index_file.unlink()
-        time.sleep(read_commands.FOLLOW_INTERVAL * 6)  # six polls without an index
+        time.sleep(FOLLOW_INTERVAL * 6)  # six polls without an index
         missing = capsys.readouterr().err
         with open_store(data) as store:
             store.write([event(target="after")])

@@ -4,7 +4,9 @@ file is replaced or removed at the exact point a collector (or an operator) coul
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ from collector.integrity import verify as verify_module
 from collector.integrity.findings import SEGMENT_MISSING
 from collector.storage.compression import compress
 from collector.storage.segments import SegmentFile, SegmentHeader
-from tests.integrity.helpers import build_store, check, reasons, segment_paths
+from tests.collector.storage_helpers import events, open_store, wait_until
+from tests.integrity.helpers import SMALL, build_store, check, reasons, segment_paths
 
 
 def compress_in_place(path: Path) -> Path:
@@ -70,8 +73,6 @@ def test_a_rotation_while_verify_reads_the_digests_is_no_finding(
     """A running collector seals a segment and starts the next one while verify reads
     the digests: neither the segment sealed meanwhile nor the new one is a finding."""
     from collector.integrity.digest_chain import DigestChain
-    from tests.collector.storage_helpers import events, open_store
-    from tests.integrity.helpers import SMALL
 
     data_dir = tmp_path / "data"
     with open_store(data_dir, max_segment_bytes=SMALL) as store:
@@ -94,28 +95,39 @@ def test_a_rotation_while_verify_reads_the_digests_is_no_finding(
         assert report.valid, reasons(report)
 
 
-def test_retention_while_verify_runs_is_no_finding(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from collector.integrity.digest_chain import DigestChain
-    from tests.collector.storage_helpers import events, open_store, wait_until
-    from tests.integrity.helpers import SMALL
-
-    data_dir = tmp_path / "data"
-    with open_store(data_dir, max_segment_bytes=SMALL, retention_bytes=4000) as store:
+@contextlib.contextmanager
+def store_past_retention(data_dir: Path, retention_bytes: int) -> Iterator[Any]:
+    """A running store of small segments that retention has deleted from already."""
+    with open_store(data_dir, max_segment_bytes=SMALL,
+                    retention_bytes=retention_bytes) as store:
         for _ in range(8):
             store.write(events(3))
         wait_until(lambda: store.stats()["retention_deleted"] >= 1)
+        yield store
+
+
+def more_retention(store: Any, batches: int, deletions: int) -> None:
+    """Write ``batches`` more batches; wait until retention deleted ``deletions`` more
+    segments."""
+    deleted = store.stats()["retention_deleted"]
+    for _ in range(batches):
+        store.write(events(3))
+    wait_until(lambda: store.stats()["retention_deleted"] >= deleted + deletions)
+
+
+def test_retention_while_verify_runs_is_no_finding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.integrity.digest_chain import DigestChain
+
+    with store_past_retention(tmp_path / "data", 4000) as store:
         real_check = DigestChain.check
 
         def check_then_retention(self: DigestChain) -> None:
             real_check(self)
-            deleted = store.stats()["retention_deleted"]
-            for _ in range(3):
-                store.write(events(3))
-            wait_until(lambda: store.stats()["retention_deleted"] > deleted)
+            more_retention(store, batches=3, deletions=1)
 
         monkeypatch.setattr(DigestChain, "check", check_then_retention)
-        report = check(data_dir, live=True)
+        report = check(tmp_path / "data", live=True)
         monkeypatch.undo()
     assert report.valid, reasons(report)
     notes = [n for r in report.files for n in r.notes]
@@ -165,8 +177,6 @@ def test_a_collector_started_while_verify_runs_is_no_finding(
     import contextlib
 
     from collector.integrity.digest_chain import DigestChain
-    from tests.collector.storage_helpers import events, open_store
-    from tests.integrity.helpers import SMALL
 
     data_dir = build_store(tmp_path / "data", batches=3)
     real_check = DigestChain.check
@@ -191,8 +201,6 @@ def test_a_seal_written_late_is_waited_for_next_to_a_running_collector(
     import time
 
     from collector.integrity.ledger import Ledger
-    from tests.collector.storage_helpers import events, open_store
-    from tests.integrity.helpers import SMALL
 
     real_sealed = Ledger.sealed
 
@@ -220,14 +228,8 @@ def test_a_seal_written_late_is_waited_for_next_to_a_running_collector(
 def test_a_digest_file_deleted_by_retention_while_verify_reads_is_no_finding(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from collector.integrity import digests
-    from tests.collector.storage_helpers import events, open_store, wait_until
-    from tests.integrity.helpers import SMALL
 
-    data_dir = tmp_path / "data"
-    with open_store(data_dir, max_segment_bytes=SMALL, retention_bytes=6000) as store:
-        for _ in range(8):
-            store.write(events(3))
-        wait_until(lambda: store.stats()["retention_deleted"] >= 1)
+    with store_past_retention(tmp_path / "data", 6000) as store:
         real_read = digests.read_file
         done = {"retention": False}
 
@@ -235,14 +237,11 @@ def test_a_digest_file_deleted_by_retention_while_verify_reads_is_no_finding(
             found = real_read(path)
             if not done["retention"]:  # listed, one read: retention deletes the next ones
                 done["retention"] = True
-                deleted = store.stats()["retention_deleted"]
-                for _ in range(4):
-                    store.write(events(3))
-                wait_until(lambda: store.stats()["retention_deleted"] >= deleted + 2)
+                more_retention(store, batches=4, deletions=2)
             return found
 
         monkeypatch.setattr(digests, "read_file", read_then_retention)
-        report = check(data_dir, live=True)
+        report = check(tmp_path / "data", live=True)
         monkeypatch.undo()
     assert done["retention"]
     assert report.valid, reasons(report)
