@@ -153,11 +153,14 @@ class Reader:
         found = self._records.records([(hit[0], chunk[1], hit[1], hit[2])], segments)
         return found[0] if found else None
 
+    def newest_seq(self) -> int:
+        """The seq of the newest record stored now (0: none)."""
+        return int(self.con.execute("SELECT max(last_seq) FROM chunks").fetchone()[0] or 0)
+
     def follow_cursor(self, filters: Filters) -> str:
         """A cursor for ``search(..., newest_first=False)`` that starts after the newest
         record stored now: what ``tail -f`` polls with."""
-        newest = self.con.execute("SELECT max(last_seq) FROM chunks").fetchone()[0] or 0
-        return cursor_after(newest, filters)
+        return cursor_after(self.newest_seq(), filters)
 
     # -- internals ----------------------------------------------------------------------
     def _compile(self, filters: Filters, state: dict[str, Any] | None) -> Conditions:
@@ -281,6 +284,11 @@ def follow_cursor(index_path_or_store: Store | Path | str, filters: Filters) -> 
     return _reader(index_path_or_store).follow_cursor(filters)
 
 
+def newest_seq(index_path_or_store: Store | Path | str) -> int:
+    """The seq of the newest record stored now (0: none)."""
+    return _reader(index_path_or_store).newest_seq()
+
+
 def reindex(data_dir: Path | str, progress: Callable[[int, int], None] | None = None) -> RepairReport:
     """Rebuild index.sqlite from the segments (plain and compressed). ``progress`` gets
     (bytes done, bytes total). Refuses while a collector holds the data directory."""
@@ -318,6 +326,13 @@ def cursor_after(seq: int, filters: Filters | None = None) -> str:
                            "a": None, "b": None})
 
 
+def cursor_before(seq: int, filters: Filters | None = None) -> str:
+    """A cursor for ``search(filters, newest_first=True)`` that continues with the records
+    before ``seq``: the last N as of a moment, however many arrived since (``tail``)."""
+    return _encode_cursor({"s": seq, "f": _fingerprint(filters or Filters(), True),
+                           "a": None, "b": None})
+
+
 def _fingerprint(filters: Filters, newest_first: bool) -> str:
     body = orjson.dumps([dataclasses.astuple(filters), newest_first], default=str)
     return hashlib.sha256(body).hexdigest()[:16]
@@ -332,7 +347,7 @@ def _decode_cursor(cursor: object, fingerprint: str) -> dict[str, Any]:
         if not isinstance(cursor, str) or len(cursor) > 512:
             raise ValueError
         state = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if (state["v"] != 1 or type(state["s"]) is not int
+        if (state["v"] != 1 or type(state["s"]) is not int or type(state["f"]) is not str
                 or not all(state[k] is None or type(state[k]) is int for k in "ab")):
             raise ValueError
     except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):

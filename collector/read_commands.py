@@ -133,11 +133,15 @@ def tail_arguments(parser: argparse.ArgumentParser) -> None:
 def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: False) -> int:
     data_dir, filters = _data_dir(args), _filters(args)
     write = _writer(args.format, sys.stdout)
-    # Take the follow position first: a record arriving between the two calls is then
-    # printed once by the follow loop, never lost between "last N" and "new ones".
-    cursor = q.follow_cursor(data_dir, filters) if args.follow else None
+    # One moment splits "last N" from "new ones": the last N are read up to the newest
+    # record at that moment, the follow loop starts after it. A record arriving between
+    # the two reads is then printed once, by the loop (read unbounded, "last N" had it
+    # too, and it was printed twice).
+    newest = q.newest_seq(data_dir)
+    cursor = q.cursor_after(newest, filters) if args.follow else None
     # Also when following no last lines: bad filters end tail here, not in the loop.
-    last = q.search(data_dir, filters, limit=max(args.lines, 1), newest_first=True).records
+    last = q.search(data_dir, filters, limit=max(args.lines, 1), newest_first=True,
+                    cursor=q.cursor_before(newest + 1, filters)).records
     if args.lines > 0:
         write(list(reversed(last)), True)
     said = ""  # the problem last reported: a follower says it once, not every poll

@@ -298,3 +298,53 @@ def test_tail_follow_says_a_lasting_problem_once(
     assert missing.count("retrying") == 1, missing
     assert "tail: reading again" in err
     assert [orjson.loads(line)["target"] for line in out.splitlines()] == ["after"]
+
+
+def test_tail_follow_prints_a_record_arriving_at_its_start_once(tmp_path: Path) -> None:
+    """A record stored between reading "the last N" and starting to follow was printed
+    by both (found by a review: 6 of 20 starts next to a busy store)."""
+    import argparse
+    import contextlib
+    import io
+
+    from collector import query as q
+    from collector import read_commands
+    from tests.collector.storage_helpers import event, open_store
+
+    data = tmp_path / "data"
+    with open_store(data) as store:
+        store.write([event(target=f"old-{i}") for i in range(3)])
+        real_newest = q.newest_seq
+
+        def newest_then_one_more(*args: Any, **kwargs: Any) -> int:
+            newest = real_newest(*args, **kwargs)
+            store.write([event(target="arrived-at-the-start")])
+            return newest
+
+        args = argparse.Namespace(
+            data_dir=str(data), config=None, types=[], principal=None, target=None,
+            org=None, workspace=None, client_ip=None, since=None, until=None, status=None,
+            org_name=None, workspace_name=None, lines=10, follow=True, format="jsonl")
+        polls = iter(range(3))
+        out = io.StringIO()
+        q.newest_seq = newest_then_one_more  # type: ignore[assignment]
+        try:
+            with contextlib.redirect_stdout(out):
+                read_commands.run_tail(args, stop=lambda: next(polls, None) is None)
+        finally:
+            q.newest_seq = real_newest  # type: ignore[assignment]
+    targets = [orjson.loads(line)["target"] for line in out.getvalue().splitlines()]
+    assert targets == ["old-0", "old-1", "old-2", "arrived-at-the-start"]
+
+
+def test_a_cursor_without_its_fingerprint_is_a_clear_error_not_a_traceback(
+        data_dir: Path) -> None:
+    import base64
+
+    forged = base64.urlsafe_b64encode(orjson.dumps({"v": 1, "s": 5, "a": None,
+                                                    "b": None})).decode()
+    done = subprocess.run([sys.executable, "-m", "collector", "query", "--data-dir",
+                           str(data_dir), "--cursor", forged], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "next_cursor unchanged" in done.stderr

@@ -260,7 +260,12 @@ def test_a_cursor_only_works_for_the_query_that_made_it(corpus: tuple[Store, lis
         search(store, Filters(org="org-b"), cursor=cursor)
     with pytest.raises(QueryError, match="belongs to another query"):
         search(store, Filters(org="org-a"), cursor=cursor, newest_first=False)
-    for garbage in ("nonsense", "eyJ2IjoyfQ", "x" * 600):
+    # well-formed JSON without a fingerprint (or with one of another type): a QueryError
+    # (400, exit 2), not a KeyError (500, a traceback)
+    shapes = [{"v": 1, "s": 5, "a": None, "b": None},
+              {"v": 1, "s": 5, "a": None, "b": None, "f": 7}, [1, 2]]
+    forged = [base64.urlsafe_b64encode(orjson.dumps(x)).decode() for x in shapes]
+    for garbage in ("nonsense", "eyJ2IjoyfQ", "x" * 600, *forged):
         with pytest.raises(QueryError, match="next_cursor unchanged"):
             search(store, Filters(org="org-a"), cursor=garbage)
 
