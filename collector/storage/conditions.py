@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .chunks import PARTIAL
-from .filters import check_text, expand_types, ip_range, parse_time
+from .filters import check_text, expand_types, ip_ranges, parse_time
 from .names import ID_COLUMNS, MAX_IDS, ids_named
 
 if TYPE_CHECKING:
@@ -112,9 +112,11 @@ def compile_conditions(con: sqlite3.Connection, filters: Filters,
     status = check_text(filters.status, "status") if filters.status is not None else None
     narrow, narrow_params, nothing_indexed = _names(con, filters)
     if filters.client_ip is not None:
-        low, high = ip_range(filters.client_ip)
-        where.append(f"client_ip BETWEEN ? AND ? AND length(client_ip) = {len(low)}")
-        params += [low, high]
+        ranges = ip_ranges(filters.client_ip)
+        where.append("(" + " OR ".join(
+            f"(client_ip BETWEEN ? AND ? AND length(client_ip) = {len(low)})"
+            for low, _ in ranges) + ")")
+        params += [bound for low_high in ranges for bound in low_high]
     other_index = bool(narrow) or any(
         v is not None for v in (filters.principal, filters.target, filters.org,
                                 filters.workspace, filters.client_ip)) or bool(filters.types)

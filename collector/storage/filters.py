@@ -55,7 +55,12 @@ def parse_time(value: object, *, what: str, now_us: int) -> int:
             moment = datetime.fromisoformat(text.replace("t", "T").replace("z", "Z"))
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-            return created_micros(moment.isoformat())
+            # Records are timed to the microsecond: a bound between two microseconds is
+            # the next one (fromisoformat cuts the digits past six off, which moved
+            # ``until`` before a record it should have kept, ``since`` after one).
+            beyond = re.search(r"[.,]\d{6}(\d+)", text)
+            return created_micros(moment.isoformat()) + (
+                1 if beyond and int(beyond[1]) else 0)
     except ValueError:
         pass
     raise QueryError(f"{what}={value!r} is not a time: {TIME_FORMS}")
@@ -82,14 +87,15 @@ def expand_types(patterns: Iterable[object], known: Iterable[str]) -> list[str]:
 _V4_MAPPED_NET: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
-def ip_range(value: object) -> tuple[bytes, bytes]:
-    """The (lowest, highest) keys of an IP or CIDR block (see ``ip_key``): 4 bytes for
-    IPv4 (and IPv4-mapped IPv6), 16 for IPv6. Keys of the other length must be left out
-    by the caller (``length(client_ip) = len(lowest)``): they compare by prefix."""
+def ip_ranges(value: object) -> list[tuple[bytes, bytes]]:
+    """The (lowest, highest) key ranges of an IP or CIDR block (see ``ip_key``): 4 bytes
+    for IPv4 (and IPv4-mapped IPv6), 16 for IPv6; a key only matches a range of its own
+    length. An IPv6 block that holds all of ``::ffff:0:0/96`` (``::/0``, ``::/64``...)
+    holds the IPv4 clients too: their keys are the mapped block's. A zone (``%eth0``) is
+    ignored, as the index keys an address without it."""
     try:
-        if not isinstance(value, str) or "%" in value:
-            raise ValueError
-        network = ipaddress.ip_network(value.strip(), strict=False)
+        text = value.strip().split("%", 1)[0] if isinstance(value, str) else ""
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise QueryError(
             f"client_ip {value!r} is not an IP or a CIDR block: use e.g. 10.1.2.3, "
@@ -98,7 +104,10 @@ def ip_range(value: object) -> tuple[bytes, bytes]:
     if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_V4_MAPPED_NET):
         network = ipaddress.IPv4Network(
             (int(network.network_address) & 0xFFFF_FFFF, network.prefixlen - 96))
-    return network.network_address.packed, network.broadcast_address.packed
+    ranges = [(network.network_address.packed, network.broadcast_address.packed)]
+    if isinstance(network, ipaddress.IPv6Network) and network.supernet_of(_V4_MAPPED_NET):
+        ranges.append((b"\x00" * 4, b"\xff" * 4))
+    return ranges
 
 
 MAX_TEXT: Final = 4096

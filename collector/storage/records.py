@@ -310,7 +310,9 @@ def ip_key(address: str) -> bytes | None:
         key = socket.inet_pton(socket.AF_INET, address)
     except (OSError, ValueError):
         try:
-            key = socket.inet_pton(socket.AF_INET6, address)
+            # A link-local address keeps its zone in the record (fe80::1%eth0); its key
+            # is the address (inet_pton refuses the zone, and the client was unfindable).
+            key = socket.inet_pton(socket.AF_INET6, address.split("%", 1)[0])
             if key.startswith(V4_MAPPED):
                 key = key[12:]
         except (OSError, ValueError):

@@ -102,7 +102,11 @@ def test_client_ip_filters_take_an_address_or_a_cidr_block(
     assert expected and everything(store, client_ip=cidr) == expected
 
 
-def test_ipv4_and_ipv6_blocks_never_match_each_others_addresses(tmp_path: Path) -> None:
+def test_ipv4_and_ipv6_blocks_match_by_address_not_by_bytes(tmp_path: Path) -> None:
+    """An IPv4 client and its IPv4-mapped form are one client; an IPv6 block holds
+    them when it holds the mapped block (``::/0`` did not, though its own subnet
+    ``::ffff:0:0/96`` did; found by a review); an IPv6 address whose bytes read like an
+    IPv4 one is not one."""
     v4 = event(client_ip="10.0.0.1")
     v6 = event(client_ip="a00::1")  # its first bytes read like 10.0.0.0
     mapped = event(client_ip="::ffff:10.0.0.2")
@@ -111,7 +115,34 @@ def test_ipv4_and_ipv6_blocks_never_match_each_others_addresses(tmp_path: Path) 
         assert everything(store, client_ip="10.0.0.0/8") == [v4["id"], mapped["id"]]
         assert everything(store, client_ip="::ffff:10.0.0.0/104") == [v4["id"], mapped["id"]]
         assert everything(store, client_ip="a00::/16") == [v6["id"]]
-        assert everything(store, client_ip="::/0") == [v6["id"]]
+        everyone = [v4["id"], v6["id"], mapped["id"]]
+        assert everything(store, client_ip="::/0") == everyone
+        assert everything(store, client_ip="::/80") == [v4["id"], mapped["id"]]
+        assert everything(store, client_ip="0.0.0.0/0") == [v4["id"], mapped["id"]]
+
+
+def test_a_link_local_client_is_found_by_its_address(tmp_path: Path) -> None:
+    """fe80::1%eth0 keeps its zone in the record; the index keys the address (the zone
+    made it unfindable), and a filter's zone is ignored."""
+    scoped = event(client_ip="fe80::1%eth0")
+    other = event(client_ip="2001:db8::1")
+    with open_store(tmp_path) as store:
+        store.write([scoped, other])
+        for block in ("fe80::/10", "fe80::1", "fe80::1%eth0"):
+            assert everything(store, client_ip=block) == [scoped["id"]], block
+        assert search(store, Filters(client_ip="fe80::1")).records[0]["client_ip"] == \
+            "fe80::1%eth0"
+
+
+def test_a_time_bound_between_two_microseconds_is_the_next_one(tmp_path: Path) -> None:
+    """Records are timed to the microsecond; a bound with more digits is rounded up
+    (it was cut off: until=.1234567 left out a record at .123456, before it)."""
+    at = event(created="2026-11-26T00:00:00.123456Z")
+    with open_store(tmp_path) as store:
+        store.write([at])
+        assert everything(store, until="2026-11-26T00:00:00.1234567Z") == [at["id"]]
+        assert everything(store, since="2026-11-26T00:00:00.1234561Z") == []
+        assert everything(store, since="2026-11-26T00:00:00.1234560Z") == [at["id"]]
 
 
 def test_time_ranges_accept_rfc3339_and_the_seed_form(corpus: tuple[Store, list]) -> None:
