@@ -21,6 +21,7 @@ import bisect
 import dataclasses
 import hashlib
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -86,7 +87,14 @@ class Reader:
         # reader kept for hours (tail -f) must then read the new one (see ``stale``).
         self._index_ino = os.stat(index).st_ino
         self.con = connect(index, readonly=True)
-        schema = self.con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        try:
+            schema = self.con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            # An empty file is what a starting collector's rebuild shows for a moment.
+            self.con.close()
+            raise QueryError(f"{index} is not a complete index ({exc}): a collector may be "
+                             f"building it right now (retry in a moment); if not, stop it "
+                             f"and run `audit-collector reindex`") from None
         if schema is None or schema[0] != INDEX_SCHEMA:
             self.con.close()
             raise QueryError(

@@ -348,3 +348,18 @@ def test_a_cursor_without_its_fingerprint_is_a_clear_error_not_a_traceback(
                           capture_output=True, timeout=60, check=False)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "next_cursor unchanged" in done.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database at all" * 10])
+def test_an_index_being_built_or_damaged_is_a_clear_error(tmp_path: Path,
+                                                           content: bytes) -> None:
+    """An empty index.sqlite is what a starting collector's rebuild shows for a moment:
+    query says so (exit 2), tail -f would wait; no sqlite3 traceback."""
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    (data / "index.sqlite").write_bytes(content)
+    done = subprocess.run([sys.executable, "-m", "collector", "query", "--data-dir",
+                           str(data)], cwd=ROOT, text=True, capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "not a complete index" in done.stderr
