@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import uuid
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,16 +137,16 @@ class RequestContext:
         value = resolver(self) if resolver is not None else None
         if value is None:
             value = principal_from_user(self.scope.get("user") if self.scope else None)
-        return str(value) if value is not None else ""
+        return _resolved("principal", value)
 
     def org(self) -> tuple[str, str]:
         if self._org is None:
-            self._org = _pair(self.config.org, self)
+            self._org = _pair(self.config.org, self, "org")
         return self._org
 
     def workspace(self) -> tuple[str, str]:
         if self._workspace is None:
-            self._workspace = _pair(self.config.workspace, self)
+            self._workspace = _pair(self.config.workspace, self, "workspace")
         return self._workspace
 
     def resolve_or(self, what: str, fallback: Any) -> Any:
@@ -158,16 +159,32 @@ class RequestContext:
             return fallback
 
 
-def _pair(resolver: Resolver | None, ctx: RequestContext) -> tuple[str, str]:
+def _pair(resolver: Resolver | None, ctx: RequestContext, what: str) -> tuple[str, str]:
     if resolver is None:
         return ("", "")
     value = resolver(ctx)
     if value is None:
         return ("", "")
     if isinstance(value, tuple):
-        ident, name = value
-        return (str(ident) if ident is not None else "", str(name) if name is not None else "")
-    return (str(value), "")
+        if len(value) != 2:
+            raise TypeError(f"the {what} resolver must return an id, (id, name) or None, "
+                            f"got a tuple of {len(value)}")
+        return (_resolved(f"{what} id", value[0]), _resolved(f"{what} name", value[1]))
+    return (_resolved(f"{what} id", value), "")
+
+
+def _resolved(what: str, value: object) -> str:
+    """A resolver's value as the record holds it: text, an int or a UUID (as for every
+    field, ``sanitize.field_text``). Any other object is refused, not turned into its
+    ``str()``: a user object's text can hold anything, secrets included."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"the {what} must be a str, int or UUID (an id), got "
+                    f"{type(value).__name__}: return the id, not the object")
 
 
 def principal_from_user(user: Any) -> str | None:
@@ -185,8 +202,12 @@ def principal_from_user(user: Any) -> str | None:
         except Exception:  # an app's user object must not fail the audit of its request
             log.exception("audit: reading %s of the request's user failed", attribute)
             continue
-        if value not in (None, ""):
-            return str(value)
+        if value in (None, ""):
+            continue
+        try:
+            return _resolved(f"user's {attribute}", value)
+        except TypeError as exc:  # an object: its text could hold anything
+            log.error("audit: %s; trying the next of identity, id, username", exc)
     return None
 
 

@@ -225,6 +225,9 @@ def audited(
     those getters. The other getters override what the request context would give.
     """
     _config.settings.catalogue.check(event_type)  # fail at import time, not per request
+    if type(record_failure) is not bool:  # 'no' is truthy
+        raise TypeError(f"@audited record_failure must be True or False, got "
+                        f"{record_failure!r}")
     getters: dict[str, Getter | None] = {
         "target": _getter(target, "target"),
         "status": (lambda call: status) if isinstance(status, str) else _getter(status, "status"),

@@ -37,6 +37,9 @@ def configure(
     replaces is flushed and closed."""
     settings = _config.settings
     if sink is not _UNSET:
+        if isinstance(sink, type):
+            raise AuditConfigurationError(
+                f"sink={sink.__name__} is a class: pass an instance, e.g. {sink.__name__}()")
         if sink is not None and not all(
             callable(getattr(sink, m, None)) for m in ("submit", "flush", "close", "stats")
         ):

@@ -40,6 +40,7 @@ Item = tuple[int, AuditEvent | PendingEvent, "Receipt[str | None] | None"]
 _ORPHAN_SCAN_INTERVAL: Final = 10.0
 _REPLAY_SLICE: Final = 0.25  # seconds of replay per worker cycle, then newer events queue
 _CLOSE_GRACE: Final = 0.5  # seconds past the exit deadline to spool what was in flight
+_MAX_SECONDS: Final = 86_400.0  # a longer timeout is a mistake, not a setting
 
 
 def new_source_id() -> str:
@@ -80,13 +81,22 @@ class CollectorSink:
                     f"private CA) so the token and the events are not sent in clear")
         for name, value in (("spool_max_bytes", spool_max_bytes), ("max_queue", max_queue),
                             ("batch_size", batch_size), ("pipeline", pipeline)):
-            if not isinstance(value, int) or value < 1:
+            if type(value) is not int or value < 1:  # (not a bool: True is no size)
                 raise AuditConfigurationError(f"{name} must be a positive int, got {value!r}")
+        # A timeout that is NaN, infinite or a string fails only when first used: at a
+        # connection (every batch then dropped) or at exit (the queue lost).
         for name, number in (("max_delay", max_delay), ("connect_timeout", connect_timeout),
                              ("ack_timeout", ack_timeout), ("backoff_max", backoff_max),
-                             ("fail_closed_timeout", fail_closed_timeout)):
-            if not isinstance(number, (int, float)) or number <= 0:
-                raise AuditConfigurationError(f"{name} must be > 0 seconds, got {number!r}")
+                             ("fail_closed_timeout", fail_closed_timeout),
+                             ("exit_timeout", exit_timeout)):
+            if type(number) not in (int, float) or not 0 < number < _MAX_SECONDS:
+                raise AuditConfigurationError(
+                    f"{name} must be a number of seconds, more than 0 and less than "
+                    f"{_MAX_SECONDS:g}, got {number!r}")
+        for name, flag in (("fail_closed", fail_closed),) + (
+                () if isinstance(tls, ssl.SSLContext) else (("tls", tls),)):
+            if type(flag) is not bool:  # 'no' is truthy: it would turn the option on
+                raise AuditConfigurationError(f"{name} must be True or False, got {flag!r}")
         if isinstance(tls, ssl.SSLContext):
             self._tls: ssl.SSLContext | None = tls
         elif tls:

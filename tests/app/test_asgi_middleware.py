@@ -288,6 +288,26 @@ def test_failing_resolver_is_logged_and_event_kept(
     assert "resolving org failed" in caplog.text
 
 
+def test_a_resolver_returning_an_object_records_nothing_of_it(
+    events: list[AuditEvent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resolver that returns the user or org object, not its id: the record must not
+    hold the object's text (its repr can carry anything, a password included); the
+    field stays empty and the mistake is logged."""
+    class User:
+        def __str__(self) -> str:
+            return "User(alice, password=hunter2)"
+
+    app = AuditMiddleware(Starlette(routes=ROUTES), principal=lambda ctx: User(),
+                          org=lambda ctx: object(), workspace=lambda ctx: ("w1", "n", "x"))
+    assert TestClient(app).delete("/runs/r1").status_code == 204
+    event = events[0]
+    assert (event.principal, event.org_id, event.workspace_id) == ("", "", "")
+    assert "hunter2" not in event.to_json_line().decode()
+    assert "return the id, not the object" in caplog.text
+    assert "a tuple of 3" in caplog.text
+
+
 def test_names_are_resolved_before_the_handler_deletes_them(events: list[AuditEvent]) -> None:
     names = {"w9": "Doomed"}
 

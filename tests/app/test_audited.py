@@ -159,3 +159,9 @@ def test_decorator_keeps_name_and_docstring() -> None:
 def test_target_spec_of_wrong_kind_is_refused() -> None:
     with pytest.raises(TypeError, match="target="):
         audited("team_deleted", target=42)  # type: ignore[arg-type]
+
+
+def test_record_failure_takes_a_bool() -> None:
+    """'no' is truthy: it would turn failure events on."""
+    with pytest.raises(TypeError, match="record_failure must be True or False"):
+        audited("credentials_updated", record_failure="no")  # type: ignore[arg-type]

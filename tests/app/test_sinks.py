@@ -166,6 +166,16 @@ def test_configure_refuses_a_non_sink() -> None:
         configure(sink=print)  # type: ignore[arg-type]
 
 
+def test_configure_refuses_a_sink_class_for_an_instance() -> None:
+    """A class has the methods too: accepted, every emit failed, and the next
+    configure() crashed closing it."""
+    from audit_middleware import AuditConfigurationError
+    from audit_middleware.sinks.memory import MemorySink
+
+    with pytest.raises(AuditConfigurationError, match="pass an instance, e.g. MemorySink()"):
+        configure(sink=MemorySink)  # type: ignore[arg-type]
+
+
 def test_emit_without_a_sink_says_how_to_configure() -> None:
     from audit_middleware import AuditConfigurationError
 

@@ -309,7 +309,18 @@ def test_tcp_with_a_wrong_token_is_refused_and_spooled(
     ("tcp://collector", {"token": "t"}, "needs a host and a port"),
     ("unix://", {}, "needs a path"),
     ("unix:///x.sock", {"max_queue": 0}, "max_queue must be a positive int"),
-    ("unix:///x.sock", {"ack_timeout": 0}, "ack_timeout must be > 0"),
+    ("unix:///x.sock", {"ack_timeout": 0}, "ack_timeout must be a number of seconds"),
+    # Each of these was accepted, then failed when used: at exit the queue was lost
+    # (exit_timeout), every batch dropped (connect_timeout NaN), or every request 503'd.
+    ("unix:///x.sock", {"exit_timeout": "5"}, "exit_timeout must be a number of seconds"),
+    ("unix:///x.sock", {"exit_timeout": float("nan")}, "exit_timeout must be"),
+    ("unix:///x.sock", {"connect_timeout": float("nan")}, "connect_timeout must be"),
+    ("unix:///x.sock", {"ack_timeout": float("inf")}, "ack_timeout must be"),
+    ("unix:///x.sock", {"max_delay": True}, "max_delay must be"),
+    ("unix:///x.sock", {"fail_closed_timeout": float("nan")}, "fail_closed_timeout must"),
+    ("unix:///x.sock", {"fail_closed": "no"}, "fail_closed must be True or False"),
+    ("unix:///x.sock", {"tls": "yes"}, "tls must be True or False"),
+    ("unix:///x.sock", {"max_queue": True}, "max_queue must be a positive int"),
 ])
 def test_bad_configuration_fails_at_construction(url: str, options: dict[str, Any],
                                                  message: str) -> None:
