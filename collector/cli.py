@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     run = next(c.run for c in COMMANDS if c.name == args.command)
+    from .storage.errors import StorageError
+
     try:
         return run(args)
     except collector_config.ConfigError as exc:
@@ -115,3 +117,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `audit-collector verify | head`: the reader has what it wanted
+        _quiet_stdout()
+        return 1
+    except (StorageError, OSError) as exc:
+        # A data directory in use or unreadable, a path that is a file, a read-only
+        # mount...: what and where, not a traceback.
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"audit-collector {args.command}: {reason}{where}", file=sys.stderr)
+        return 2
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -8,6 +8,7 @@ The start-up summary lists every option with its source; a line starting with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -15,7 +16,7 @@ import resource
 import signal
 import sqlite3
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 
@@ -66,13 +67,49 @@ def open_store(config: CollectorConfig) -> tuple[Any, Any]:
     return store, store.open()
 
 
-def run(config: CollectorConfig, out: TextIO = sys.stdout) -> int:
+class StatusOut:
+    """Where serve's status lines go. A reader that went away (``serve | consumer`` and
+    the consumer exits, a closed stdout) must not stop the collector: a failed write
+    raised BrokenPipeError in the middle of a shutdown, which then skipped the draining
+    of connections and left the socket behind. After a failure the lines are dropped,
+    and the stream is pointed at /dev/null so the interpreter's last flush is quiet."""
+
+    def __init__(self, target: TextIO | None) -> None:
+        self._target = target
+
+    def write(self, text: str) -> int:
+        self._do("write", text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._do("flush")
+
+    def _do(self, method: str, *args: str) -> None:
+        target = self._target
+        if target is None:
+            return
+        try:
+            getattr(target, method)(*args)
+        except (OSError, ValueError):  # a broken pipe, a closed file
+            self._target = None
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, target.fileno())
+                os.close(devnull)
+
+
+def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
+    out = cast(TextIO, StatusOut(stdout))  # print() needs write() and flush() only
     print(f"audit-collector serve: configuration"
           f"{f' (file {config.config_file})' if config.config_file else ''}", file=out)
     for line in config.describe():
         print(line, file=out)
     out.flush()
     print(f"  open files = {raise_open_files_limit()}", file=out)
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        print(f"audit-collector serve: data_dir {config.data_dir} exists and is not a "
+              f"directory: give the collector a directory of its own", file=sys.stderr)
+        return 2
     config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
         store, report = open_store(config)

@@ -29,14 +29,30 @@ def users_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_users(args: argparse.Namespace) -> int:
-    readers = Readers(collector_config.load(args).data_dir)
+    data_dir = collector_config.load(args).data_dir
+    readers = Readers(data_dir)
+    if args.action != "list" and not (data_dir / "segments").is_dir():
+        # A reader added where no collector runs is one nobody can use: a typo in
+        # --data-dir otherwise passed without a word.
+        print(f"audit-collector users {args.action}: note: {data_dir} holds no collector "
+              f"data (no segments/ yet): is --data-dir the collector's?", file=sys.stderr)
     try:
         if args.action == "add":
             token = readers.add(args.name, root=args.root)
+            try:
+                print(token, flush=True)
+            except OSError:
+                # Shown only here: a reader whose token nobody saw is no use, and its
+                # name would be taken. Undone, and said so.
+                readers.remove(args.name)
+                print(f"audit-collector users add: the token could not be written to "
+                      f"stdout (closed, or a broken pipe), so reader {args.name} was not "
+                      f"added; run it again with stdout to a terminal or a file",
+                      file=sys.stderr)
+                return 2
             role = "root" if args.root else "non-root (may not read audit logs)"
-            print(f"added {role} reader {args.name}; its token, shown only now:",
+            print(f"added {role} reader {args.name}; its token, shown only now, is above",
                   file=sys.stderr)
-            print(token)
         elif args.action == "list":
             rows = readers.all()
             if not rows:

@@ -1,0 +1,81 @@
+"""The command line under bad input and broken output: a specific message and exit code
+2, never a traceback, and never a half-done action (found by a bad-input review)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.harness import ROOT, short_tmp
+
+ENV = {**os.environ, "AUDIT_CONFIG": ""}
+
+
+def cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60, check=False, env=ENV,
+                          **kwargs)  # type: ignore[call-overload]
+
+
+def test_serve_on_a_data_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    done = cli("serve", "--data-dir", str(tmp_path / "afile"), "--api-listen", "")
+    assert done.returncode == 2
+    assert "exists and is not a directory" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_reader_whose_token_cannot_be_shown_is_not_added(tmp_path: Path) -> None:
+    """The token is shown once: written to a closed pipe it was lost, the reader kept."""
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    shown = subprocess.run(
+        f"{sys.executable} -m collector users add zed --data-dir {data} | true",
+        shell=True, cwd=ROOT, text=True, capture_output=True, timeout=60, env=ENV,
+        check=False)
+    assert "Traceback" not in shown.stderr and "was not added" in shown.stderr
+    listed = cli("users", "list", "--data-dir", str(data))
+    assert "zed" not in listed.stdout
+
+
+def test_reindex_while_the_collector_runs_is_a_message(tmp_path: Path) -> None:
+    from tests.e2e.harness import CollectorProcess
+
+    with short_tmp() as tmp, CollectorProcess(tmp / "data", env={"AUDIT_API_LISTEN": ""}):
+        done = cli("reindex", "--data-dir", str(tmp / "data"))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "reindex" in done.stderr
+
+
+def test_keys_export_to_a_missing_directory_is_a_message(tmp_path: Path) -> None:
+    from tests.integrity.helpers import build_store
+
+    data = build_store(tmp_path / "data", batches=1)
+    done = cli("keys", "export", "--data-dir", str(data), "--out",
+               str(tmp_path / "missing" / "keys.pem"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "No such file or directory" in done.stderr
+
+
+def test_serve_outlives_a_status_reader_that_went_away() -> None:
+    """`serve | consumer` and the consumer exits: at SIGTERM the status line hit a broken
+    pipe, which skipped the draining and left the socket behind."""
+    with short_tmp() as tmp:
+        data = tmp / "data"
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "collector", "serve", "--data-dir", str(data),
+             "--api-listen", ""], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        assert serve.stdout is not None
+        for line in serve.stdout:
+            if line.startswith("audit-collector ready:"):
+                break
+        serve.stdout.close()  # the consumer is gone
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=30)
+        assert serve.returncode == 0, err
+        assert "Traceback" not in err
+        assert not (data / "collector.sock").exists()
