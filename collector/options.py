@@ -47,14 +47,25 @@ def parse_size(value: Any) -> int:
     return int(match.group(1)) * _SIZE_UNITS[unit]
 
 
+#: The longest duration an option takes (ten years): infinity and its like passed the
+#: parser, then failed where used (a WELCOME frame, a timer, an int() at start-up).
+MAX_DURATION: Final = 10 * 365 * 86_400.0
+
+
 def parse_duration(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
-    if not match:
-        raise ValueError("expected a duration in seconds such as 30, 1.5, 500ms, 5m or 1h")
-    unit = match.group(2).lower() if match.group(2) else None
-    return float(match.group(1)) * _DURATION_UNITS[unit]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+        if not match:
+            raise ValueError("expected a duration in seconds such as 30, 1.5, 500ms, 5m or "
+                             "1h")
+        unit = match.group(2).lower() if match.group(2) else None
+        seconds = float(match.group(1)) * _DURATION_UNITS[unit]
+    if not 0 <= seconds <= MAX_DURATION:  # also NaN
+        raise ValueError(f"expected a duration from 0 to ten years ({MAX_DURATION:g} s), got "
+                         f"{value!r}")
+    return seconds
 
 
 def parse_int(value: Any) -> int:

@@ -90,11 +90,21 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     (["--tcp", "0.0.0.0:7100", "--token", "t"], {}, "set tls_cert and tls_key"),
     (["--tls-cert", "c.pem"], {}, "TLS needs both"),
     (["--tls-cert", "c.pem", "--tls-key", "k.pem"], {}, "TLS is only for TCP"),
+    # Infinity and its like passed, then failed where used: clients refused by a WELCOME
+    # holding null, an OverflowError at start-up, "Integer exceeds 64-bit range".
+    ([], {"AUDIT_IDLE_TIMEOUT": "inf"}, "expected a duration"),
+    ([], {"AUDIT_DRAIN_TIMEOUT": "nan"}, "expected a duration"),
+    (["--digest-interval", "99999999999999999999999d"], {}, "from 0 to ten years"),
 ])
 def test_bad_values_and_combinations_are_refused_naming_their_source(
         argv: list[str], environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load(parse(*argv), environ)
+
+
+def test_an_infinite_duration_in_toml_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="idle_timeout.*from 0 to ten years"):
+        load(parse("--config", str(toml(tmp_path, "idle_timeout = inf\n"))), {})
 
 
 def test_unknown_and_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
