@@ -37,7 +37,7 @@ from collector.storage.segments import (
 
 from . import chain as chains
 from . import digests as d
-from .errors import DigestFormatError
+from .errors import DigestFormatError, KeyFileError
 from .keys import KeyRing, SigningKey, default_signing_key_path, ensure_signing_key
 
 if TYPE_CHECKING:
@@ -76,7 +76,17 @@ class Ledger:
         ``quarantine_dir``)."""
         ring = KeyRing(data_dir / "keys")
         ring.create()
-        key, _ = ensure_signing_key(signing_key or default_signing_key_path(data_dir))
+        path = signing_key or default_signing_key_path(data_dir)
+        if not path.exists() and d.list_digest_files(data_dir / d.DIGESTS_DIR):
+            # A new key would sign on silently, and every later digest would read as
+            # signed by a key nobody trusts: a false tamper alarm from a typo.
+            raise KeyFileError(
+                f"the signing key {path} does not exist, but this store's digests were "
+                f"signed with a key before: give the path of that key (signing_key, "
+                f"--signing-key, AUDIT_SIGNING_KEY). If it is lost for good, make a new one "
+                f"yourself (openssl genpkey -algorithm ed25519 -out {path}; chmod 600 "
+                f"{path}): verify will then show where the new key took over")
+        key, _ = ensure_signing_key(path)
         ring.add(key.public)
         ledger = cls(data_dir, key, interval)
         ledger.digests_dir.mkdir(mode=DIR_MODE, exist_ok=True)

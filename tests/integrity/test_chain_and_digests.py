@@ -208,3 +208,27 @@ def test_a_signing_key_that_cannot_be_used_stops_the_store_from_opening(tmp_path
     with pytest.raises(KeyFileError, match="does not exist"), \
             open_store(tmp_path / "data", signing_key=tmp_path / "no-such-dir" / "key.pem"):
         pass
+
+
+def test_a_missing_signing_key_for_a_signed_store_stops_it_not_a_new_key(
+        tmp_path: Path) -> None:
+    """A typo in --signing-key made a new key that signed on without a word, and verify
+    then called every later digest untrusted. A store with digests needs the key that
+    signed them, or a new one made on purpose (verify shows the change)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.integrity.helpers import build_store, check
+
+    data = build_store(tmp_path / "data", batches=1)
+    typo = tmp_path / "typo-key.pem"
+    with pytest.raises(KeyFileError, match="does not exist, but this store's digests"), \
+            open_store(data, signing_key=typo):
+        pass
+    assert not typo.exists() and check(data).valid
+    typo.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    typo.chmod(0o600)
+    with open_store(data, signing_key=typo):  # made on purpose: the store opens
+        pass
