@@ -55,6 +55,9 @@ from collector.storage.write_lock import WriteLock
 # the names table and the status index. An index of another schema is rebuilt from the
 # segments at start (``collector.storage.recovery``).
 INDEX_SCHEMA: Final = 4
+#: Meta key present while the index is brought up to date with the segments (start-up
+#: repair, reindex): readers refuse it meanwhile, and after an interruption.
+CATCHING_UP: Final = "catching_up"
 CHUNK_ROWS: Final = 65_536
 #: Closed chunks waiting for their indexes before the store slows down to wait for the
 #: indexer (each unindexed chunk costs a query a scan of up to CHUNK_ROWS rows).
@@ -171,6 +174,19 @@ class Index:
     def meta(self, key: str) -> Any:
         row = self.con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (None: delete) a meta value, in a transaction of its own."""
+        self.begin()
+        try:
+            if value is None:
+                self.con.execute("DELETE FROM meta WHERE key=?", (key,))
+            else:
+                self.con.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
 
     def close(self) -> None:
         self.con.close()

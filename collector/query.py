@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from collector.index import INDEX_SCHEMA, ZONE_SHIFT, Index, connect
+from collector.index import CATCHING_UP, INDEX_SCHEMA, ZONE_SHIFT, Index, connect
 from collector.storage.chunks import INDEXED, chunk_table
 from collector.storage.conditions import FOREVER, Conditions, compile_conditions
+from collector.storage.errors import IndexOutOfDateError
 from collector.storage.filters import QueryError, check_text
 from collector.storage.reader import RecordReader
 from collector.storage.records import id_key
@@ -101,6 +102,15 @@ class Reader:
                 f"{index} has index schema {schema and schema[0]}, this version reads "
                 f"schema {INDEX_SCHEMA}: restart the collector (it rebuilds the index from "
                 f"the segments at start), or stop it and run `audit-collector reindex`")
+        catching_up = self.con.execute("SELECT value FROM meta WHERE key=?",
+                                       (CATCHING_UP,)).fetchone()
+        if catching_up is not None:
+            self.con.close()
+            raise IndexOutOfDateError(
+                f"{index} is being brought up to date with the segments "
+                f"({catching_up[0]}): its answers would be partial. Wait for the "
+                f"collector's start-up or `reindex` to finish; if neither runs, one was "
+                f"interrupted: run `audit-collector reindex`")
         self._records = RecordReader(data_dir / "segments", self.con)
 
     @property

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import orjson
 
-from collector.index import CHUNK_ROWS, INDEX_SCHEMA, Index, SegmentEntry
+from collector.index import CATCHING_UP, CHUNK_ROWS, INDEX_SCHEMA, Index, SegmentEntry
 
 from . import sources
 from .compression import BlockMap, iter_lines_and_blocks
@@ -143,7 +143,11 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
         if torn is not None:
             report.quarantined.append(torn)
     todo = _reconcile(index, catalog, files, report)
+    # Said in the index while it lacks records: readers then refuse it, rather than give
+    # a partial answer as if whole (a reindex stopped half way did, without a word).
+    index.set_meta(CATCHING_UP, f"{len(todo)} segment file(s) to index")
     _catch_up(index, todo, files[-1].seq if files else None, report, progress)
+    index.set_meta(CATCHING_UP, None)
     return report
 
 

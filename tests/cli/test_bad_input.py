@@ -79,3 +79,37 @@ def test_serve_outlives_a_status_reader_that_went_away() -> None:
         assert serve.returncode == 0, err
         assert "Traceback" not in err
         assert not (data / "collector.sock").exists()
+
+
+def test_queries_refuse_an_index_whose_rebuild_was_interrupted(tmp_path: Path) -> None:
+    """A reindex stopped half way (Ctrl-C) left an index with some of the records, and
+    query answered from it as if whole. The index now says it is catching up until it
+    has them all; readers refuse it meanwhile, and a new reindex completes it."""
+    import pytest
+
+    from collector import query as q
+    from collector.storage import recovery
+    from collector.storage.errors import IndexOutOfDateError
+    from tests.integrity.helpers import build_store
+
+    data = build_store(tmp_path / "data", batches=6)
+    real_index_file, calls = recovery._index_file, {"n": 0}
+
+    def interrupted(*args: object, **kwargs: object) -> int:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_index_file(*args, **kwargs)  # type: ignore[arg-type]
+
+    recovery._index_file = interrupted  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            q.reindex(data)
+    finally:
+        recovery._index_file = real_index_file  # type: ignore[assignment]
+    with pytest.raises(IndexOutOfDateError, match="brought up to date"):
+        q.search(data, q.Filters())
+    done = cli("query", "--data-dir", str(data), "--all")
+    assert done.returncode == 2 and "run `audit-collector reindex`" in done.stderr
+    q.reindex(data)
+    assert len(list(q.iter_records(data))) == 18
