@@ -82,6 +82,10 @@ def run_verify(args: argparse.Namespace) -> int:
     try:
         since = parse_time(args.since, what="--from", now_us=now_us) if args.since else None
         until = parse_time(args.until, what="--to", now_us=now_us) if args.until else None
+        for anchor in args.anchor:
+            if not _is_signature(anchor):
+                raise VerifyError(f"--anchor {anchor[:24]!r} is not a digest signature (the "
+                                  f"base64 of 64 bytes, the last field of a digest line)")
         keys: list[PublicKey] | None = None
         source = ""
         if args.public_key is not None:
@@ -113,6 +117,17 @@ def run_verify(args: argparse.Namespace) -> int:
               "record was checked (the digest chain was): widen --from/--to", file=sys.stderr)
         return 2
     return 0
+
+
+def _is_signature(text: str) -> bool:
+    """An Ed25519 signature as digests carry it: standard base64 of 64 bytes."""
+    import base64
+    import binascii
+
+    try:
+        return len(base64.b64decode(text.strip(), validate=True)) == 64
+    except (binascii.Error, ValueError):
+        return False
 
 
 def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:

@@ -361,3 +361,12 @@ def test_an_emptied_store_checked_with_an_anchor_is_invalid(tmp_path: Path) -> N
     result = run_verify(str(data_dir), "--anchor", anchor.decode())
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "chain broken" in result.stdout
+
+
+def test_an_anchor_that_is_no_signature_is_a_usage_error(tmp_path: Path) -> None:
+    """A mistyped anchor is not evidence of tampering: exit 2 and why, not INVALID."""
+    data_dir = build_store(tmp_path / "data", batches=1)
+    for anchor in ("garbage", "", "QUJD"):
+        result = run_verify(str(data_dir), "--anchor", anchor)
+        assert result.returncode == 2, (anchor, result.stdout, result.stderr)
+        assert "is not a digest signature" in result.stderr
