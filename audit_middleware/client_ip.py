@@ -14,6 +14,7 @@ the client IP is then empty and the peer is kept in ``peer_ip`` for the investig
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Final, Literal, NamedTuple
@@ -30,6 +31,8 @@ MAX_HOPS: Final = 32
 MAX_HEADER_CHARS: Final = 8192
 
 
+log = logging.getLogger("audit_middleware")
+
 class Resolution(NamedTuple):
     client_ip: str
     #: The socket peer, when it differs from ``client_ip`` (forwarded or unresolvable).
@@ -40,17 +43,36 @@ class TrustedProxies:
     """A set of IPs and CIDRs (IPv4 and IPv6), validated at construction."""
 
     def __init__(self, proxies: Iterable[str] = ()) -> None:
-        if isinstance(proxies, str):
+        if proxies is None:
+            proxies = ()
+        elif isinstance(proxies, str):
             proxies = [p for p in proxies.split(",") if p.strip()]
+        try:
+            entries = list(proxies)
+        except TypeError:
+            raise AuditConfigurationError(
+                f"trusted_proxies must be a list of IPs and CIDR networks (or one string of "
+                f"them, comma separated), got {type(proxies).__name__}") from None
         networks: list[IPNetwork] = []
-        for entry in proxies:
+        for entry in entries:
+            text = entry.strip() if isinstance(entry, str) else ""
             try:
-                networks.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+                network = ipaddress.ip_network(text, strict=False)
             except ValueError:
                 raise AuditConfigurationError(
                     f"trusted proxy {entry!r} is not an IP address or CIDR network "
                     f"(examples: '10.0.0.1', '10.0.0.0/8', '2001:db8::/32')"
                 ) from None
+            if "/" in text and ipaddress.ip_address(text.split("/")[0]) != network.network_address:
+                # 10.0.0.1/8 trusts all of 10.0.0.0/8: a typo for 10.0.0.1/32, or for the
+                # block? Whoever is trusted can name any client IP: say it, do not guess.
+                raise AuditConfigurationError(
+                    f"trusted proxy {entry!r} has host bits set: write the network "
+                    f"{network} to trust all of it, or {text.split('/')[0]} alone")
+            if network.prefixlen == 0:
+                log.warning("audit: trusted proxy %s trusts every address: any client can "
+                            "then name its own client IP in forwarding headers", network)
+            networks.append(network)
         self.networks: tuple[IPNetwork, ...] = tuple(networks)
         # The same few proxy addresses repeat on every request: cache the verdict.
         self.contains = lru_cache(maxsize=1024)(self._contains)

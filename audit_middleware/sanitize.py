@@ -36,7 +36,11 @@ def field_text(name: str, value: object, max_length: int) -> str:
     elif isinstance(value, str):
         text = str.__str__(value)
     elif isinstance(value, int) and not isinstance(value, bool):
-        text = str(int(value))
+        try:
+            text = str(int(value))
+        except ValueError:  # past Python's 4,300-digit limit for int -> str: no id
+            raise AuditFieldError(f"audit field {name!r} is an int of more than 4,300 "
+                                  f"digits: pass the resource's id", name) from None
     elif isinstance(value, uuid.UUID):
         text = str(value)
     else:

@@ -156,6 +156,26 @@ def test_bad_trusted_proxy_fails_at_construction(bad: str) -> None:
         AuditMiddleware(Starlette(), trusted_proxies=[bad])
 
 
+def test_a_trusted_network_with_host_bits_is_refused_not_widened() -> None:
+    """10.0.0.1/8 trusted all of 10.0.0.0/8 without a word: whoever is trusted can name
+    any client IP, so a typo must not widen it."""
+    with pytest.raises(AuditConfigurationError, match="host bits set: write the network "
+                       "10.0.0.0/8 to trust all of it, or 10.0.0.1 alone"):
+        AuditMiddleware(Starlette(), trusted_proxies=["10.0.0.1/8"])
+    assert AuditMiddleware(Starlette(), trusted_proxies=["2001:0db8::/32"])
+
+
+@pytest.mark.parametrize("bad", [5, object()])
+def test_trusted_proxies_that_are_no_list_are_refused(bad: object) -> None:
+    with pytest.raises(AuditConfigurationError, match="must be a list of IPs"):
+        AuditMiddleware(Starlette(), trusted_proxies=bad)  # type: ignore[arg-type]
+
+
+def test_trusting_every_address_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    AuditMiddleware(Starlette(), trusted_proxies=["0.0.0.0/0"])
+    assert "trusts every address" in caplog.text
+
+
 def test_unknown_forwarded_header_name_is_refused() -> None:
     with pytest.raises(AuditConfigurationError, match="forwarded_header"):
         AuditMiddleware(Starlette(), forwarded_header="x-real-ip")  # type: ignore[arg-type]

@@ -100,3 +100,12 @@ def test_objects_are_refused_not_repr_ed(value: object, events: list[AuditEvent]
     with pytest.raises(AuditFieldError, match="target"):
         emit("user_updated", value)
     assert events == []
+
+
+def test_an_int_too_long_to_print_is_a_field_error_not_a_value_error() -> None:
+    from audit_middleware import emit
+    from audit_middleware.errors import AuditFieldError
+    from audit_middleware.testing import capture_audit_events
+
+    with capture_audit_events(), pytest.raises(AuditFieldError, match="4,300 digits"):
+        emit("bucket_created", 10**5000)
