@@ -93,8 +93,10 @@ def _writer(fmt: str, out: TextIO) -> Callable[[list[dict[str, Any]], bool], Non
 # -- query -------------------------------------------------------------------------------
 def query_arguments(parser: argparse.ArgumentParser) -> None:
     _add_filters(parser)
-    parser.add_argument("--limit", type=int, default=100, help="records per page (default 100)")
-    parser.add_argument("--cursor", help="continue after a page (printed on stderr)")
+    parser.add_argument("--limit", type=int, help="records per page (default 100; not "
+                        "with --all)")
+    parser.add_argument("--cursor", help="continue after a page (printed on stderr); with "
+                        "--all, every record after it")
     parser.add_argument("--oldest-first", action="store_true", help="oldest first")
     parser.add_argument("--all", action="store_true", help="every matching record, streamed")
     parser.add_argument("--format", choices=FORMATS, default="table")
@@ -104,17 +106,22 @@ def run_query(args: argparse.Namespace) -> int:
     data_dir, filters = _data_dir(args), _filters(args)
     write = _writer(args.format, sys.stdout)
     if args.all:
+        if args.limit is not None:  # silently printing everything is not what was asked
+            raise q.QueryError("--all prints every matching record and --limit one page of "
+                               "them: give one or the other")
         batch: list[dict[str, Any]] = []
-        for record in q.iter_records(data_dir, filters, newest_first=not args.oldest_first):
+        for record in q.iter_records(data_dir, filters, newest_first=not args.oldest_first,
+                                     cursor=args.cursor):
             batch.append(record)
             if len(batch) >= 500:
                 write(batch, True)
                 batch = []
         write(batch, True)
         return 0
-    if args.limit < 1:
+    limit = 100 if args.limit is None else args.limit
+    if limit < 1:
         raise q.QueryError("--limit must be at least 1")
-    page = q.search(data_dir, filters, limit=args.limit, cursor=args.cursor,
+    page = q.search(data_dir, filters, limit=limit, cursor=args.cursor,
                     newest_first=not args.oldest_first)
     write(page.records, True)
     if page.next_cursor:
@@ -131,6 +138,9 @@ def tail_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: False) -> int:
+    if args.lines < 0:
+        raise q.QueryError(f"-n {args.lines}: give how many of the newest records to print "
+                           f"first, 0 or more")
     data_dir, filters = _data_dir(args), _filters(args)
     write = _writer(args.format, sys.stdout)
     # One moment splits "last N" from "new ones": the last N are read up to the newest

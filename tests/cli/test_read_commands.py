@@ -363,3 +363,27 @@ def test_an_index_being_built_or_damaged_is_a_clear_error(tmp_path: Path,
                           timeout=60, check=False)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "not a complete index" in done.stderr
+
+
+def test_query_all_takes_no_limit_and_continues_after_a_cursor(data_dir: Path) -> None:
+    """--all --limit 5 printed everything without a word; --all --cursor ignored the
+    cursor. Now: one or the other; and everything after the cursor."""
+    def query(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "collector", "query", "--data-dir",
+                               str(data_dir), "--format", "jsonl", *args], cwd=ROOT,
+                              text=True, capture_output=True, timeout=60, check=False)
+
+    refused = query("--all", "--limit", "5")
+    assert refused.returncode == 2 and "give one or the other" in refused.stderr
+    first = query("--limit", "2")
+    cursor = first.stderr.split("--cursor ")[1].split()[0]
+    everything = [orjson.loads(x)["id"] for x in query("--all").stdout.splitlines()]
+    rest = [orjson.loads(x)["id"] for x in query("--all", "--cursor", cursor).stdout.splitlines()]
+    assert rest == everything[2:] and len(rest) >= 1
+
+
+def test_tail_with_a_negative_count_is_refused(data_dir: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "collector", "tail", "-n", "-5",
+                           "--data-dir", str(data_dir)], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == 2 and "0 or more" in done.stderr
