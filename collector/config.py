@@ -149,9 +149,16 @@ def load(args: argparse.Namespace | None = None,
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raise ConfigError(f"config file {path} starts with a byte order mark (BOM): "
+                              f"save it as UTF-8 without BOM")
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (TOML must be): save it "
+                          f"as UTF-8") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     unknown = sorted(set(data) - set(BY_NAME))

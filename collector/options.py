@@ -13,6 +13,8 @@ whoever builds one without a configuration), so the two cannot drift. Left alone
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,22 +75,24 @@ def parse_int(value: Any) -> int:
         raise TypeError("expected a whole number")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
+    text = value.strip() if isinstance(value, str) else ""
+    if text.lstrip("-").isascii() and text.lstrip("-").isdigit():  # not '²' or '٧'
+        return int(text)
     raise ValueError("expected a whole number")
 
 
 def parse_float(value: Any) -> float:
     if isinstance(value, bool):
         raise TypeError("expected a number")
+    number = None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ValueError("expected a number such as 365 or 0.5")
+        number = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None or not math.isfinite(number):  # NaN failed only at the store's open
+        raise ValueError("expected a number such as 365 or 0.5")
+    return number
 
 
 def parse_bool(value: Any) -> bool:

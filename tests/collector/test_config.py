@@ -95,11 +95,24 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     ([], {"AUDIT_IDLE_TIMEOUT": "inf"}, "expected a duration"),
     ([], {"AUDIT_DRAIN_TIMEOUT": "nan"}, "expected a duration"),
     (["--digest-interval", "99999999999999999999999d"], {}, "from 0 to ten years"),
+    (["--max-connections", "²"], {}, "expected a whole number"),
+    (["--retention-days", "nan"], {}, "expected a number such as 365"),
 ])
 def test_bad_values_and_combinations_are_refused_naming_their_source(
         argv: list[str], environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load(parse(*argv), environ)
+
+
+def test_a_config_file_that_is_not_plain_utf8_says_how_to_save_it(tmp_path: Path) -> None:
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_bytes("max_frame = 1024\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load(parse("--config", str(utf16)), {})
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbfmax_frame = 1048576\n")
+    with pytest.raises(ConfigError, match="byte order mark"):
+        load(parse("--config", str(bom)), {})
 
 
 def test_an_infinite_duration_in_toml_is_refused(tmp_path: Path) -> None:
