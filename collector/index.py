@@ -113,8 +113,12 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if not readonly and not path.exists():
         # Created here so it gets the store's file mode (SQLite gives -wal/-shm the same).
         path.touch(mode=FILE_MODE)
-    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                          cached_statements=512)
+    # A reader opens an existing index only: mode=rw (WAL readers need to write the
+    # -shm file) never creates one, where a plain connect left an empty index.sqlite
+    # behind in a directory that had none.
+    target = f"{path.resolve().as_uri()}?mode=rw" if readonly else str(path)
+    con = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                          cached_statements=512, uri=readonly)
     con.execute("PRAGMA busy_timeout=10000")
     if readonly:
         con.execute("PRAGMA query_only=1")

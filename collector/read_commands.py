@@ -208,6 +208,8 @@ def run_stats(args: argparse.Namespace) -> int:
         age = round(time.time() - live.stat().st_mtime, 1)
     except FileNotFoundError:
         pass
+    except (OSError, orjson.JSONDecodeError) as exc:  # a directory, garbage: say so
+        report["collector"] = f"unreadable {STATS_FILE} ({exc})"
     else:
         report["collector"] = collected
         report["collector_stats_age_s"] = age
@@ -219,14 +221,22 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _indexed(data_dir: Path) -> int:
+def _indexed(data_dir: Path) -> int | str:
+    """Events in the index, or why it cannot say (no index yet, one being built, damaged,
+    unreadable): stats reports the rest all the same."""
     from .index import connect, count_rows
 
-    con = connect(data_dir / "index.sqlite", readonly=True)
+    index = data_dir / "index.sqlite"
+    if not index.exists():
+        return "no index.sqlite (`audit-collector reindex` builds one)"
     try:
-        return count_rows(con)
-    finally:
-        con.close()
+        con = connect(index, readonly=True)
+        try:
+            return count_rows(con)
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return f"unreadable index ({exc})"
 
 
 def _flatten(value: Any, prefix: str = "") -> Iterable[str]:

@@ -113,3 +113,19 @@ def test_queries_refuse_an_index_whose_rebuild_was_interrupted(tmp_path: Path) -
     assert done.returncode == 2 and "run `audit-collector reindex`" in done.stderr
     q.reindex(data)
     assert len(list(q.iter_records(data))) == 18
+
+
+def test_stats_reports_what_it_can_and_creates_nothing(tmp_path: Path) -> None:
+    """No index, a damaged one, a stats file that is a directory: each said in its line,
+    the rest reported; and stats leaves no empty index.sqlite behind."""
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    done = cli("stats", "--data-dir", str(data))
+    assert done.returncode == 0 and "no index.sqlite" in done.stdout
+    assert not (data / "index.sqlite").exists()
+    (data / "index.sqlite").write_text("junk")
+    (data / "ingest-stats.json").mkdir()
+    done = cli("stats", "--data-dir", str(data))
+    assert done.returncode == 0, done.stderr
+    assert "unreadable index" in done.stdout and "unreadable ingest-stats.json" in done.stdout
+    assert "Traceback" not in done.stderr
