@@ -101,6 +101,10 @@ def parse_headers(text: str) -> dict[str, str]:
         if not sep or not key.strip():
             raise ForwardError(f"forward header {item.split('=')[0]!r}: expected key=value "
                                "pairs separated by commas, e.g. Authorization=Bearer x")
+        if not (key + value).isascii() or any(ord(c) < 32 for c in key + value):
+            # HTTP header values are ASCII: one that is not failed every export.
+            raise ForwardError(f"forward header {key.strip()!r}: names and values must be "
+                               "printable ASCII (percent-encode anything else)")
         headers[key.strip()] = value.strip()
     return headers
 

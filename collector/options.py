@@ -140,9 +140,21 @@ def parse_forward_endpoint(value: Any) -> str:
     """The OTLP/HTTP logs URL of the forwarder; empty means no forwarding."""
     if not isinstance(value, str):
         raise TypeError("expected a URL such as http://otel-collector:4318/v1/logs")
+    example = "such as http://otel-collector:4318/v1/logs"
     if value and (not value.startswith(("http://", "https://"))
                   or any(c.isspace() for c in value)):
-        raise ValueError("expected an http(s) URL such as http://otel-collector:4318/v1/logs")
+        raise ValueError(f"expected an http(s) URL {example}")
+    if value:
+        # Accepted, a URL without a host or with a port past 65535 failed every export,
+        # retried forever.
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{value!r} has a port that is not 1-65535: a URL {example}") \
+                from None
+        if not parts.hostname or port == 0:
+            raise ValueError(f"{value!r} names no host (or port 0): a URL {example}")
     return value
 
 

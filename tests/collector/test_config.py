@@ -97,6 +97,11 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     (["--digest-interval", "99999999999999999999999d"], {}, "from 0 to ten years"),
     (["--max-connections", "²"], {}, "expected a whole number"),
     (["--retention-days", "nan"], {}, "expected a number such as 365"),
+    # accepted, these failed every export, retried forever
+    (["--forward-endpoint", "http://"], {}, "names no host"),
+    (["--forward-endpoint", "http://127.0.0.1:99999/v1/logs"], {}, "not 1-65535"),
+    (["--forward-endpoint", "http://h:4318/v1/logs", "--forward-headers",
+      "Authorization=Bearer tök€"], {}, "printable ASCII"),
 ])
 def test_bad_values_and_combinations_are_refused_naming_their_source(
         argv: list[str], environ: dict[str, str], message: str) -> None:
