@@ -60,19 +60,18 @@ def parse_url(url: str) -> Endpoint:
         raise AuditConfigurationError(f"collector url must be a string, got {url!r}")
     if url.startswith("unix://"):
         path = url[len("unix://"):]
-        if not path:
+        if not path or path.endswith("/") or "\x00" in path:
             raise AuditConfigurationError(
-                "unix collector url needs a path, e.g. unix:///var/run/audit/collector.sock")
+                f"collector url {url!r} needs the socket file's path, e.g. "
+                f"unix:///var/run/audit/collector.sock")
         return Endpoint("unix", path=os.path.abspath(path))
     if url.startswith("tcp://"):
         rest = url[len("tcp://"):].rstrip("/")
         host, sep, port_text = rest.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        try:
-            port = int(port_text)
-        except ValueError:
-            port = -1
+        # Plain ASCII digits only: int() also takes ' 7100', '+7100', '7_100', '٧١٠٠'.
+        port = int(port_text) if port_text.isascii() and port_text.isdigit() else -1
         if not sep or not host or not 0 < port < 65536:
             raise AuditConfigurationError(
                 f"collector url {url!r} needs a host and a port, e.g. tcp://collector:7100")
