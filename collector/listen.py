@@ -69,5 +69,9 @@ def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise IngestError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+        hint = (": both must be PEM files (-----BEGIN CERTIFICATE----- and -----BEGIN "
+                "PRIVATE KEY-----), the key the certificate's, unencrypted"
+                if isinstance(exc, ssl.SSLError) else "")
+        raise IngestError(f"cannot load TLS certificate {cert} / key {key}: {exc}{hint}") \
+            from None
     return context

@@ -93,6 +93,11 @@ class Reader:
         except sqlite3.DatabaseError as exc:
             # An empty file is what a starting collector's rebuild shows for a moment.
             self.con.close()
+            if "unable to open" in str(exc):  # no index to judge: a read-only directory
+                raise QueryError(f"{index} cannot be opened ({exc}): reading it needs write "
+                                 f"access to its directory (SQLite's -shm file), even to "
+                                 f"query; copy a read-only snapshot somewhere writable") \
+                    from None
             raise QueryError(f"{index} is not a complete index ({exc}): a collector may be "
                              f"building it right now (retry in a moment); if not, stop it "
                              f"and run `audit-collector reindex`") from None

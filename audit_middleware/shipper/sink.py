@@ -100,7 +100,14 @@ class CollectorSink:
         if isinstance(tls, ssl.SSLContext):
             self._tls: ssl.SSLContext | None = tls
         elif tls:
-            self._tls = ssl.create_default_context(cafile=os.fspath(tls_ca) if tls_ca else None)
+            try:
+                self._tls = ssl.create_default_context(
+                    cafile=os.fspath(tls_ca) if tls_ca else None)
+            except (OSError, ssl.SSLError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise AuditConfigurationError(
+                    f"tls_ca={tls_ca!r} cannot be used as the CA bundle ({why}): give a "
+                    f"PEM file of CA certificates") from None
         else:
             self._tls = None
         self.fail_closed = fail_closed

@@ -129,3 +129,15 @@ def test_stats_reports_what_it_can_and_creates_nothing(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "unreadable index" in done.stdout and "unreadable ingest-stats.json" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_a_tls_certificate_that_is_not_pem_says_what_is_expected(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.der", tmp_path / "key.der"
+    cert.write_bytes(b"\x30\x82garbage")
+    key.write_bytes(b"\x30\x82garbage")
+    with short_tmp() as tmp:
+        done = cli("serve", "--data-dir", str(tmp / "data"), "--api-listen", "",
+                   "--tcp", "127.0.0.1:0", "--token", "t", "--tls-cert", str(cert),
+                   "--tls-key", str(key))
+    assert done.returncode != 0
+    assert "both must be PEM files" in done.stderr and "Traceback" not in done.stderr

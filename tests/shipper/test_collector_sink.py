@@ -327,6 +327,8 @@ def test_tcp_with_a_wrong_token_is_refused_and_spooled(
     ("unix:///x.sock", {"fail_closed": "no"}, "fail_closed must be True or False"),
     ("unix:///x.sock", {"tls": "yes"}, "tls must be True or False"),
     ("unix:///x.sock", {"max_queue": True}, "max_queue must be a positive int"),
+    ("tcp://h.example:7100", {"token": "t", "tls": True, "tls_ca": "/nonexistent-ca.pem"},
+     "tls_ca='/nonexistent-ca.pem' cannot be used as the CA bundle"),
 ])
 def test_bad_configuration_fails_at_construction(url: str, options: dict[str, Any],
                                                  message: str) -> None:
