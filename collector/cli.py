@@ -110,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = next(c.run for c in COMMANDS if c.name == args.command)
     from .storage.errors import StorageError
 
+    if sys.stdout is None and args.command != "serve":  # started with stdout closed (>&-)
+        print(f"audit-collector {args.command}: standard output is closed: there is "
+              f"nowhere to write the result", file=sys.stderr)
+        return 2
+
     try:
         return run(args)
     except collector_config.ConfigError as exc:

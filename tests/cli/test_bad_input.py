@@ -141,3 +141,11 @@ def test_a_tls_certificate_that_is_not_pem_says_what_is_expected(tmp_path: Path)
                    "--tls-key", str(key))
     assert done.returncode != 0
     assert "both must be PEM files" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_closed_stdout_is_said_not_a_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(f"{sys.executable} -m collector stats --data-dir {tmp_path} >&-",
+                          shell=True, cwd=ROOT, text=True, capture_output=False,
+                          stderr=subprocess.PIPE, timeout=60, env=ENV, check=False)
+    assert done.returncode == 2
+    assert "standard output is closed" in done.stderr and "Traceback" not in done.stderr
