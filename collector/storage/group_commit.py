@@ -61,7 +61,8 @@ class Submission:
 class _Prepared:
     """A submission's records after dedupe, numbered and placed, not yet written."""
 
-    __slots__ = ("duplicates", "encoded", "lines", "numbers", "rows", "size", "sub")
+    __slots__ = ("duplicates", "encoded", "in_group", "lines", "numbers", "rows", "size",
+                 "sub")
 
     def __init__(self, sub: Submission) -> None:
         self.sub = sub
@@ -71,6 +72,8 @@ class _Prepared:
         self.numbers: list[int] = []
         self.size = 0
         self.duplicates: list[str] = []
+        #: Some duplicates' first copies are earlier in this group, not yet written.
+        self.in_group = False
 
 
 
@@ -113,9 +116,17 @@ class GroupWriter:
         # The chain runs on as if every piece is written: a failed piece fails the rest
         # of the group, so nothing is ever chained to a record that was not written.
         chain = self._ledger.chain if self._ledger is not None else None
+        # A submission of nothing but duplicates is answered now when the index holds
+        # them; when their first copies are earlier in this group (a resend beside its
+        # original), only once the group is written: answered before, a failed write of
+        # the original left both unstored and the resend acknowledged (lost).
+        waiting: list[_Prepared] = []
         for n, sub in enumerate(subs):
             p = self._dedupe(sub, known, seen)
             if not p.encoded.ids:
+                if p.in_group:
+                    waiting.append(p)
+                    continue
                 self.counts["duplicates"] += len(p.duplicates)
                 sub.future.set_result(WriteResult([], p.duplicates, sub.rejected))
                 continue
@@ -127,7 +138,7 @@ class GroupWriter:
             p.size = p.rows[-1][-2] + p.rows[-1][-1] - offset
             if self._segments.rotation_due(piece_bytes + p.size, bool(piece)):
                 if piece and not self._write_piece(piece):
-                    self._fail_rest([sub, *subs[n + 1:]])
+                    self._fail_rest([sub, *subs[n + 1:], *(w.sub for w in waiting)])
                     return
                 piece, piece_bytes = [], 0
                 self._segments.rotate(self.sealed)
@@ -137,8 +148,12 @@ class GroupWriter:
             piece.append(p)
             piece_bytes += p.size
             seq += len(p.lines)
-        if piece:
-            self._write_piece(piece)
+        if piece and not self._write_piece(piece):
+            self._fail_rest([w.sub for w in waiting])
+            return
+        for w in waiting:
+            self.counts["duplicates"] += len(w.duplicates)
+            w.sub.future.set_result(WriteResult([], w.duplicates, w.sub.rejected))
 
     @staticmethod
     def _dedupe(sub: Submission, known: set[bytes | str],
@@ -152,8 +167,11 @@ class GroupWriter:
             return p
         keep = []
         for i, key in enumerate(keys):
-            if key in known or key in seen:
+            if key in known:
                 p.duplicates.append(sub.encoded.ids[i])
+            elif key in seen:
+                p.duplicates.append(sub.encoded.ids[i])
+                p.in_group = True
             else:
                 seen.add(key)
                 keep.append(i)

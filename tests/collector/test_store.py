@@ -696,3 +696,43 @@ def test_a_damaged_segment_stops_open_with_a_clear_error_and_releases_the_direct
 def test_stats_need_an_open_store(tmp_path: Path) -> None:
     with pytest.raises(StoreClosedError, match="open the store first"):
         Store(StorageSettings(tmp_path)).stats()
+
+
+def test_a_resend_beside_its_original_is_not_acknowledged_before_the_original_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An original and its resend (a shipper that gave up waiting) land in one group
+    commit; the original's write fails (disk full). The resend was answered "duplicate"
+    at once, before the original was written: acknowledged, so dropped by its app, while
+    no copy was stored (found by a storage review helper). Both must fail."""
+    import errno
+    import threading
+
+    from collector.storage import segments
+
+    real_append = segments.ActiveSegment.append
+    calls, gate = {"n": 0}, threading.Event()
+
+    def append(self: segments.ActiveSegment, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:  # hold the commit thread so that the next two group up
+            gate.wait(5)
+        elif calls["n"] == 2:  # the group of the original and its resend: disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, data)
+
+    monkeypatch.setattr(segments.ActiveSegment, "append", append)
+    x = event()
+    with open_store(tmp_path) as store:
+        blocker = store.submit(events(1))
+        time.sleep(0.3)  # the commit thread is inside the blocker's append
+        original = store.submit([x], source="app", source_seqs=[7])
+        resend = store.submit([x], source="app", source_seqs=[7])
+        gate.set()
+        blocker.result(10)
+        with pytest.raises(StorageError):
+            original.result(10)
+        with pytest.raises(StorageError):
+            resend.result(10)  # not "duplicate": nothing of x is stored
+        monkeypatch.undo()
+        again = store.submit([x], source="app", source_seqs=[7]).result(10)
+        assert again.written == [x["id"]]
