@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from collector.index import Index
 
@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from collector.store import StorageSettings
 
 log = logging.getLogger("collector.store")
+
+
+#: Seconds without a compressed copy done after which retention by size stops waiting
+#: for the compressor (see ``SegmentSet.apply_retention``).
+COMPRESSION_STALL: Final = 60.0
 
 
 class _Sealed:
@@ -63,6 +68,12 @@ class SegmentSet:
         self._sealed: dict[int, _Sealed] = {}
         self._compressed: collections.deque[tuple[int, Path, BlockMap]] = collections.deque()
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="audit-store-compress")
+        # Segments waiting for their compressed copy, and when the compressor last got
+        # one done (or gave one up): retention by size waits for them (see
+        # apply_retention). Failures come back from the compressor thread by a deque.
+        self._compressing: set[int] = set()
+        self._compress_failed: collections.deque[int] = collections.deque()
+        self._compress_progress = time.monotonic()
         self.last_error: str | None = None
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
@@ -149,10 +160,14 @@ class SegmentSet:
                 tmp, blocks = compress(path)
             except (OSError, StorageError) as exc:  # e.g. deleted by retention meanwhile
                 log.warning("audit store: compressing %s failed: %s", path.name, exc)
+                self._compress_failed.append(seq)
                 return
             self._compressed.append((seq, tmp, blocks))
             self._wake()
 
+        if not self._compressing:
+            self._compress_progress = time.monotonic()
+        self._compressing.add(seq)
         self._compressor.submit(work)
 
     def apply_compressed(self) -> None:
@@ -161,6 +176,8 @@ class SegmentSet:
         start-up keeps the one the index names)."""
         while self._compressed:
             seq, tmp, blocks = self._compressed.popleft()
+            self._compressing.discard(seq)
+            self._compress_progress = time.monotonic()
             info = self._sealed.get(seq)
             if info is None or info.compressed:
                 tmp.unlink(missing_ok=True)  # deleted by retention meanwhile
@@ -187,9 +204,19 @@ class SegmentSet:
         now deleted (the creation of the oldest segment kept; 0 when none was deleted):
         retention takes the oldest segments, by age or by size."""
         s = self.settings
+        while self._compress_failed:
+            self._compressing.discard(self._compress_failed.popleft())
+            self._compress_progress = time.monotonic()
+        self._compressing &= self._sealed.keys()
+        # A segment waiting for its compressed copy counts at its plain size, several
+        # times what it will take: the size rule waited for nothing and deleted segments
+        # the cap had room for (4 of 10 kept 6 where 9 fit). It waits while compression
+        # goes on; a compressor stuck for COMPRESSION_STALL (a full disk) stops the wait.
+        compressing = (bool(self._compressing) and
+                       time.monotonic() - self._compress_progress < COMPRESSION_STALL)
         infos = [SealedInfo(seq, i.size, i.sealed_ns) for seq, i in self._sealed.items()]
         doomed = expired(infos, now_ns=time.time_ns(), retention_days=s.retention_days,
-                         retention_bytes=s.retention_bytes,
+                         retention_bytes=None if compressing else s.retention_bytes,
                          keep_newest=self.active.records == 0)
         stored_before_ns = max((self._sealed[seq].sealed_ns for seq in doomed), default=0)
         if doomed and self._ledger is not None:
