@@ -10,6 +10,7 @@ file the store ever appends to; every other segment is sealed and never changes 
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
@@ -318,15 +319,23 @@ def repair_tail(path: Path, quarantine_dir: Path) -> TornTail | None:
     with open(path, "rb") as f:
         f.seek(end)
         torn = f.read()
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = quarantine_dir / f"{path.name}.{stamp}.{end}.torn"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        _pwrite_all(fd, torn, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(quarantine_dir)
+    target = _quarantined_copy(path, end, torn, quarantine_dir)
+    if target is None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = quarantine_dir / f"{path.name}.{stamp}.{end}.torn"
+        for n in itertools.count(2):
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             FILE_MODE)
+                break
+            except FileExistsError:  # the same second and offset, other bytes
+                target = quarantine_dir / f"{path.name}.{stamp}.{end}.{n}.torn"
+        try:
+            _pwrite_all(fd, torn, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(quarantine_dir)
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         os.ftruncate(fd, end)
@@ -334,6 +343,19 @@ def repair_tail(path: Path, quarantine_dir: Path) -> TornTail | None:
     finally:
         os.close(fd)
     return TornTail(path.name, end, len(torn), target)
+
+
+def _quarantined_copy(path: Path, end: int, torn: bytes, quarantine_dir: Path) -> Path | None:
+    """A quarantine file that already holds exactly these bytes from this segment and
+    offset: a kill after the copy, before the cut. The restart only cuts (it failed to
+    start within the same second, FileExistsError, and copied twice a second later)."""
+    for candidate in quarantine_dir.glob(f"{path.name}.*.{end}*.torn"):
+        try:
+            if candidate.stat().st_size == len(torn) and candidate.read_bytes() == torn:
+                return candidate
+        except OSError:
+            continue
+    return None
 
 
 def _last_record_end(path: Path, size: int, header_end: int) -> int:

@@ -218,6 +218,34 @@ def test_a_torn_last_line_goes_to_quarantine_and_complete_records_stay(
     assert segment.path.read_bytes().splitlines(keepends=True)[1:] == complete
 
 
+def test_a_repair_killed_between_copy_and_cut_is_finished_by_the_next_start(
+        segdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the torn bytes were copied to quarantine, before the segment was cut,
+    and restarted within the same second: start-up failed (FileExistsError), and a
+    later one copied the bytes twice. The copy is recognised; only the cut is left."""
+    import os
+
+    quarantine = tmp_path / "quarantine"
+    quarantine.mkdir()
+    segment = ActiveSegment.create(segdir, 1, "")
+    complete = lines_for([event()])
+    torn = lines_for([event()], first_seq=2)[0][:57]
+    segment.append(b"".join(complete) + torn)
+    segment.close()
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "ftruncate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            repair_tail(segment.path, quarantine)
+    cut = repair_tail(segment.path, quarantine)
+    assert cut is not None and cut.quarantine.read_bytes() == torn
+    assert len(list(quarantine.iterdir())) == 1
+    assert segment.path.read_bytes().splitlines(keepends=True)[1:] == complete
+
+
 def test_garbage_after_the_last_record_is_cut_as_well(segdir: Path, tmp_path: Path) -> None:
     segment = ActiveSegment.create(segdir, 1, "")
     good = lines_for([event()])[0]
