@@ -216,7 +216,11 @@ class GroupWriter:
             try:
                 active.cut(start)
             except OSError:
-                active.needs_cut = True  # retried before the next append
+                # The records end at start: the bytes after it are cut before the next
+                # append or a rotation (size kept at the failed piece's end, that cut
+                # cut nothing, and the failed records stayed in the file).
+                active.size = start
+                active.needs_cut = True
             self._fail(piece, exc, "syncing or indexing")
             return False
         written = len(rows)

@@ -136,16 +136,31 @@ class SegmentSet:
         old = self.active
         ledger = self._ledger
         try:
+            # What the segment is sealed with must be what its records are: a failed
+            # write not cut back yet goes first (sealed with it, verify called the
+            # segment written to after sealing, and a restart indexed the unacknowledged
+            # record). And it is durable before the next segment exists: a failed fsync
+            # after the switch left the rotation half done (the ledger following the old
+            # segment while records went to the new one). Either failing: no rotation,
+            # tried again with the next write.
+            if old.needs_cut:
+                old.cut(old.size)
+            old.sync()
             new = ActiveSegment.create(self.directory, old.header.seq + 1, old.header.id,
                                        chain=ledger.chain.decode() if ledger else "")
         except OSError as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("audit store: cannot start a new segment (%s); still appending to %s",
+            log.error("audit store: cannot rotate (%s); still appending to %s",
                       exc, old.path.name)
             return
         self.active = new
         self.register(new)
-        path = seal(old)
+        try:
+            path = seal(old)
+        except OSError as exc:  # its records are synced already: only the close is left
+            log.warning("audit store: sealing %s: %s", old.path.name, exc)
+            old.close()
+            path = old.path
         self._sealed[old.header.seq] = _Sealed(path, old.size, new.created_ns, False)
         if ledger is not None:
             ledger.sealed(old, new)

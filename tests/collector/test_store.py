@@ -768,3 +768,95 @@ def test_retention_by_size_counts_a_segment_being_compressed_at_what_it_will_tak
     assert sum(sizes) <= cap
     # as many as fit under the cap, give or take one
     assert segments["sealed"] >= cap // max(sizes) - 1, (segments, sizes)
+
+
+def test_a_failed_write_that_could_not_be_cut_back_is_cut_before_a_rotation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write fails half way (disk full) and cutting it back fails too (EIO); then the
+    segment rotates by age. It was sealed with the failed bytes in it: verify called it
+    written to after sealing, and a restart indexed the never-acknowledged records
+    (found by a storage review helper)."""
+    from collector.integrity.verify import verify
+    from collector.storage import segments
+
+    real_pwrite_all, real_ftruncate = segments._pwrite_all, os.ftruncate
+    fault = {"write": False, "cut": False}
+
+    def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+        if fault["write"]:
+            fault["write"] = False
+            os.pwrite(fd, data[: len(data) * 2 // 3], offset)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_pwrite_all(fd, data, offset)
+
+    def ftruncate(fd: int, size: int) -> None:
+        if fault["cut"]:
+            fault["cut"] = False
+            raise OSError(errno.EIO, "Input/output error")
+        real_ftruncate(fd, size)
+
+    monkeypatch.setattr(segments, "_pwrite_all", pwrite_all)
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    failed = events(2)
+    with open_store(tmp_path, max_segment_bytes=4096, max_segment_age=1) as store:
+        store.write(events(6))
+        fault.update(write=True, cut=True)
+        with pytest.raises(StorageError):
+            store.write(failed)
+        time.sleep(1.3)  # the age rotation comes before the next write
+        assert store.write(failed).written == [e["id"] for e in failed]  # the retry
+        for _ in range(4):
+            store.write(events(4))
+    monkeypatch.undo()
+    with open_store(tmp_path):  # a restart indexes what the segments hold
+        pass
+    lines = [line for path in segment_files(tmp_path) for line in record_lines(path)]
+    assert all(line.endswith(b"}\n") for line in lines), "a torn line was sealed in"
+    records = [orjson.loads(line) for line in lines]
+    ids = [r["id"] for r in records]
+    assert sorted(ids) == sorted(set(ids)), "a record stored twice"
+    assert len([r for r in records if r["id"] in {e["id"] for e in failed}]) == 2
+    assert verify(tmp_path).valid
+
+
+@pytest.mark.parametrize("failing", ["seal", "sync"])
+def test_a_rotation_whose_fsync_fails_is_whole_or_not_at_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """The old segment's fsync failed after the store had switched to the new one: the
+    ledger kept following the old segment while records went to the new, and verify
+    called both tampered for good (found by a storage review helper)."""
+    from collector.integrity.verify import verify
+    from collector.storage import segment_set, segments
+
+    state = {"armed": False}
+    if failing == "seal":
+        real_seal = segment_set.seal
+
+        def flaky_seal(segment: segments.ActiveSegment) -> Path:
+            if state["armed"]:
+                state["armed"] = False
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_seal(segment)
+
+        monkeypatch.setattr(segment_set, "seal", flaky_seal)
+    else:
+        real_sync = segments.ActiveSegment.sync
+
+        def flaky_sync(self: segments.ActiveSegment) -> None:
+            if state["armed"]:
+                state["armed"] = False
+                raise OSError(errno.EIO, "Input/output error")
+            real_sync(self)
+
+        monkeypatch.setattr(segments.ActiveSegment, "sync", flaky_sync)
+    with open_store(tmp_path, max_segment_bytes=2048) as store:
+        store.write(events(3))
+        state["armed"] = True
+        for _ in range(6):
+            try:
+                store.write(events(3))
+            except StorageError:
+                pass  # a failed group's write: its app sends it again
+    monkeypatch.undo()
+    report = verify(tmp_path)
+    assert report.valid, [(r.path, r.reasons) for r in report.invalid]
