@@ -112,8 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser,
 
 
 def load(args: argparse.Namespace | None = None,
-         environ: Mapping[str, str] | None = None) -> CollectorConfig:
-    """Resolve every option: flag, else environment, else the TOML file, else default."""
+         environ: Mapping[str, str] | None = None, *,
+         for_serve: bool = True) -> CollectorConfig:
+    """Resolve every option: flag, else environment, else the TOML file, else default.
+
+    ``for_serve=False`` (the other commands, which read a few options such as the data
+    directory): each value is still parsed, but the checks of how serve's options go
+    together are skipped, and so is reading the token file. A shell that exports
+    ``AUDIT_TCP`` for its collector made ``query`` ask for a token."""
     environ = os.environ if environ is None else environ
     flags = vars(args) if args is not None else {}
     config_file = flags.get("config") or (
@@ -138,11 +144,12 @@ def load(args: argparse.Namespace | None = None,
             shown = "(secret)" if option.secret else repr(raw)
             raise ConfigError(f"{option.name} from {source}: {shown}: {exc}") from None
         sources[option.name] = source
-    if values["token"] is None and values["token_file"] is not None:
+    if values["token"] is None and values["token_file"] is not None and for_serve:
         values["token"] = _read_token(values["token_file"])
         sources["token"] = f"token_file, {sources['token_file']}"
     config = CollectorConfig(**values, config_file=config_file, sources=sources)
-    check(config)
+    if for_serve:
+        check(config)
     return config
 
 

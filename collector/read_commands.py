@@ -29,7 +29,7 @@ FOLLOW_INTERVAL = 0.5
 
 # -- shared ------------------------------------------------------------------------------
 def _data_dir(args: argparse.Namespace) -> Path:
-    data_dir: Path = collector_config.load(args).data_dir
+    data_dir: Path = collector_config.load(args, for_serve=False).data_dir
     if not (data_dir / "index.sqlite").exists() and not (data_dir / "segments").is_dir():
         raise CommandError(f"no audit data in {data_dir}: point --data-dir (or "
                            f"AUDIT_DATA_DIR) at the collector's data directory")

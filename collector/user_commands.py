@@ -29,7 +29,7 @@ def users_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_users(args: argparse.Namespace) -> int:
-    data_dir = collector_config.load(args).data_dir
+    data_dir = collector_config.load(args, for_serve=False).data_dir
     readers = Readers(data_dir)
     if args.action != "list" and not (data_dir / "segments").is_dir():
         # A reader added where no collector runs is one nobody can use: a typo in

@@ -77,7 +77,8 @@ def run_verify(args: argparse.Namespace) -> int:
     from .keys import PublicKey, read_public_keys
     from .verify import VerifyError, verify
 
-    data_dir = args.path if args.path is not None else collector_config.load(args).data_dir
+    data_dir = args.path if args.path is not None else collector_config.load(
+        args, for_serve=False).data_dir
     now_us = time.time_ns() // 1000
     try:
         since = parse_time(args.since, what="--from", now_us=now_us) if args.since else None
@@ -201,7 +202,7 @@ def keys_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    config = collector_config.load(args)
+    config = collector_config.load(args, for_serve=False)
     try:
         if args.keys_command == "rotate":
             return _rotate(config.data_dir, config.signing_key, config.digest_interval)

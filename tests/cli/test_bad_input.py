@@ -149,3 +149,24 @@ def test_a_closed_stdout_is_said_not_a_traceback(tmp_path: Path) -> None:
                           stderr=subprocess.PIPE, timeout=60, env=ENV, check=False)
     assert done.returncode == 2
     assert "standard output is closed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_settings_in_the_environment_do_not_break_the_other_commands(
+        tmp_path: Path) -> None:
+    """A shell that exports the collector's settings (AUDIT_TCP without a token, a token
+    file elsewhere, a frame size for serve) made query, stats and users refuse to run;
+    serve still refuses them."""
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    env = {**ENV, "AUDIT_TCP": "0.0.0.0:7100", "AUDIT_TOKEN_FILE": "/nonexistent",
+           "AUDIT_MAX_FRAME": "1"}
+    for command in (["stats"], ["users", "list"], ["query", "--all"]):
+        done = subprocess.run([sys.executable, "-m", "collector", *command, "--data-dir",
+                               str(data)], cwd=ROOT, text=True, capture_output=True,
+                              timeout=60, env=env, check=False)
+        assert "token" not in done.stderr and "max_frame" not in done.stderr, (command,
+                                                                               done.stderr)
+    serve = subprocess.run([sys.executable, "-m", "collector", "serve", "--data-dir",
+                            str(data)], cwd=ROOT, text=True, capture_output=True,
+                           timeout=60, env=env, check=False)
+    assert serve.returncode == 2 and "configuration error" in serve.stderr
