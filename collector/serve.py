@@ -106,6 +106,12 @@ def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
         print(line, file=out)
     out.flush()
     print(f"  open files = {raise_open_files_limit()}", file=out)
+    if config.retention_bytes and config.retention_bytes < config.max_segment_bytes:
+        # Retention deletes sealed segments only: the active one comes on top of the cap.
+        print(f"audit-collector serve: WARNING: retention_bytes ({config.retention_bytes}) "
+              f"is below max_segment_bytes ({config.max_segment_bytes}): the active segment "
+              f"alone can outgrow it, and retention never deletes the active segment",
+              file=out)
     if config.data_dir.exists() and not config.data_dir.is_dir():
         print(f"audit-collector serve: data_dir {config.data_dir} exists and is not a "
               f"directory: give the collector a directory of its own", file=sys.stderr)

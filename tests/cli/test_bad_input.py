@@ -170,3 +170,20 @@ def test_serve_settings_in_the_environment_do_not_break_the_other_commands(
                             str(data)], cwd=ROOT, text=True, capture_output=True,
                            timeout=60, env=env, check=False)
     assert serve.returncode == 2 and "configuration error" in serve.stderr
+
+
+def test_a_size_cap_below_one_segment_is_warned_about() -> None:
+    with short_tmp() as tmp:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "collector", "serve", "--data-dir", str(tmp / "data"),
+             "--api-listen", "", "--retention-bytes", "1MiB", "--max-segment-bytes", "8MiB"],
+            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert serve.stdout is not None
+        lines = []
+        for line in serve.stdout:
+            lines.append(line)
+            if line.startswith("audit-collector ready:"):
+                break
+        serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=30)
+    assert any("retention_bytes (1048576) is below max_segment_bytes" in x for x in lines)
