@@ -223,6 +223,15 @@ def check(config: CollectorConfig) -> None:
         raise ConfigError("api_tls_cert/api_tls_key are set but api_listen is empty")
     elif config.api_public_url is not None:
         raise ConfigError("api_public_url is set but api_listen is empty: there is no panel")
+    if not config.forward_endpoint:
+        # As the API's TLS files without api_listen: a forwarder setting without a
+        # forwarder is a mistake to say, not to ignore.
+        given = [name for name in ("forward_headers", "forward_batch", "forward_timeout",
+                                   "forward_backoff_max", "forward_from")
+                 if config.sources.get(name, "default") != "default"]
+        if given:
+            raise ConfigError(f"{', '.join(given)} set but forward_endpoint is empty: set "
+                              f"the OTLP/HTTP logs URL to forward to, or drop them")
     if config.forward_endpoint:
         from .forwarder import ForwardError, forward_settings
 

@@ -98,6 +98,8 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     (["--max-connections", "²"], {}, "expected a whole number"),
     (["--retention-days", "nan"], {}, "expected a number such as 365"),
     # accepted, these failed every export, retried forever
+    (["--forward-batch", "0"], {}, "forward_batch set but forward_endpoint is empty"),
+    ([], {"AUDIT_FORWARD_HEADERS": "x=y"}, "forward_headers set but forward_endpoint"),
     (["--forward-endpoint", "http://"], {}, "names no host"),
     (["--forward-endpoint", "http://127.0.0.1:99999/v1/logs"], {}, "not 1-65535"),
     (["--forward-endpoint", "http://h:4318/v1/logs", "--forward-headers",
