@@ -144,6 +144,8 @@ def load(args: argparse.Namespace | None = None,
             shown = "(secret)" if option.secret else repr(raw)
             raise ConfigError(f"{option.name} from {source}: {shown}: {exc}") from None
         sources[option.name] = source
+    if values["token"] is not None and not values["token"].strip():
+        values["token"] = None  # '' or spaces: no token (it hid token_file, or passed as one)
     if values["token"] is None and values["token_file"] is not None and for_serve:
         values["token"] = _read_token(values["token_file"])
         sources["token"] = f"token_file, {sources['token_file']}"

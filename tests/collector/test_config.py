@@ -136,6 +136,16 @@ def test_unknown_and_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
         load(parse("--config", str(tmp_path / "nope.toml")), {})
 
 
+def test_an_empty_token_is_no_token_and_does_not_hide_the_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-the-file\n")
+    config = load(parse("--tcp", "127.0.0.1:7100", "--token", "",
+                        "--token-file", str(token_file)), {})
+    assert config.token == "from-the-file"
+    with pytest.raises(ConfigError, match="needs a shared token"):
+        load(parse("--tcp", "127.0.0.1:7100", "--token", "  "), {})
+
+
 def test_loopback_tcp_with_a_token_file_needs_no_tls(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
