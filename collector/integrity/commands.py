@@ -77,6 +77,11 @@ def run_verify(args: argparse.Namespace) -> int:
     from .keys import PublicKey, read_public_keys
     from .verify import VerifyError, verify
 
+    if (args.path is not None and getattr(args, "data_dir", None) is not None
+            and Path(args.path).resolve() != Path(args.data_dir).resolve()):
+        print(f"audit-collector verify: two directories given, {args.path} and --data-dir "
+              f"{args.data_dir}: give one", file=sys.stderr)
+        return 2
     data_dir = args.path if args.path is not None else collector_config.load(
         args, for_serve=False).data_dir
     now_us = time.time_ns() // 1000

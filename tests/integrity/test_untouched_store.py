@@ -370,3 +370,11 @@ def test_an_anchor_that_is_no_signature_is_a_usage_error(tmp_path: Path) -> None
         result = run_verify(str(data_dir), "--anchor", anchor)
         assert result.returncode == 2, (anchor, result.stdout, result.stderr)
         assert "is not a digest signature" in result.stderr
+
+
+def test_two_directories_to_verify_is_a_usage_error(tmp_path: Path) -> None:
+    """PATH won over --data-dir without a word: the other directory went unchecked."""
+    data_dir = build_store(tmp_path / "data", batches=1)
+    result = run_verify(str(data_dir), "--data-dir", str(tmp_path / "other"))
+    assert result.returncode == 2 and "give one" in result.stderr
+    assert run_verify(str(data_dir), "--data-dir", str(data_dir)).returncode == 0
