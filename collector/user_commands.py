@@ -55,6 +55,10 @@ def run_users(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         elif args.action == "list":
             rows = readers.all()
+            if not rows and not data_dir.is_dir():
+                print(f"no such data directory: {data_dir} (is --data-dir the "
+                      f"collector's?)", file=sys.stderr)
+                return 2
             if not rows:
                 print(f"no readers in {readers.path}: add one with "
                       f"`audit-collector users add NAME --root`", file=sys.stderr)

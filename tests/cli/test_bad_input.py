@@ -187,3 +187,9 @@ def test_a_size_cap_below_one_segment_is_warned_about() -> None:
         serve.send_signal(signal.SIGTERM)
         serve.communicate(timeout=30)
     assert any("retention_bytes (1048576) is below max_segment_bytes" in x for x in lines)
+
+
+def test_users_list_of_a_missing_directory_says_so(tmp_path: Path) -> None:
+    done = cli("users", "list", "--data-dir", str(tmp_path / "typo"))
+    assert done.returncode == 2 and "no such data directory" in done.stderr
+    assert not (tmp_path / "typo").exists()
