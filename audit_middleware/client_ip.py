@@ -55,6 +55,9 @@ class TrustedProxies:
                 f"them, comma separated), got {type(proxies).__name__}") from None
         networks: list[IPNetwork] = []
         for entry in entries:
+            if isinstance(entry, (ipaddress.IPv4Address, ipaddress.IPv6Address,
+                                  ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                entry = str(entry)  # the same value, as text
             text = entry.strip() if isinstance(entry, str) else ""
             try:
                 network = ipaddress.ip_network(text, strict=False)

@@ -125,6 +125,9 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
         report.removed_files.append(tmp.name)
     if rebuild is None:
         rebuild = _index_problem(index)
+    # Marked before anything changes (a rebuild's wipe included): a kill at any point
+    # leaves an index readers refuse, never one that looks complete (see CATCHING_UP).
+    index.set_meta(CATCHING_UP, "repair or rebuild in progress")
     # The highest numbers the index names, read before any rebuild wipes them: a new
     # segment or record is never numbered at or below them, even when the newest
     # segment file is gone (an older schema's catalog has the same columns).

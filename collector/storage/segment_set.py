@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Final
 from collector.index import Index
 
 from .compression import BlockMap, compress
-from .errors import StorageError
 from .records import created_micros
 from .retention import SealedInfo, expired
 from .segments import (
@@ -39,9 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("collector.store")
 
 
-#: Seconds without a compressed copy done after which retention by size stops waiting
-#: for the compressor (see ``SegmentSet.apply_retention``).
+#: Seconds a segment waiting for its compressed copy is counted at its expected
+#: compressed size by retention; past that it counts at its plain size (a compressor
+#: that falls behind or is stuck must not let the disk outgrow the cap).
 COMPRESSION_STALL: Final = 60.0
+#: Compressed over plain size assumed until this store has compressed a segment (audit
+#: records compress 5-8x with gzip; a wrong guess lasts COMPRESSION_STALL at most).
+EXPECTED_COMPRESSION: Final = 0.25
 
 
 class _Sealed:
@@ -68,12 +71,13 @@ class SegmentSet:
         self._sealed: dict[int, _Sealed] = {}
         self._compressed: collections.deque[tuple[int, Path, BlockMap]] = collections.deque()
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="audit-store-compress")
-        # Segments waiting for their compressed copy, and when the compressor last got
-        # one done (or gave one up): retention by size waits for them (see
-        # apply_retention). Failures come back from the compressor thread by a deque.
-        self._compressing: set[int] = set()
+        # Segments waiting for their compressed copy (seq -> when queued, monotonic),
+        # and the plain and compressed bytes of those done: retention by size counts a
+        # waiting one at the size it will have (see apply_retention). Failures come back
+        # from the compressor thread by a deque.
+        self._compressing: dict[int, float] = {}
         self._compress_failed: collections.deque[int] = collections.deque()
-        self._compress_progress = time.monotonic()
+        self._plain_done = self._packed_done = 0
         self.last_error: str | None = None
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
@@ -173,16 +177,14 @@ class SegmentSet:
         def work() -> None:
             try:
                 tmp, blocks = compress(path)
-            except (OSError, StorageError) as exc:  # e.g. deleted by retention meanwhile
+            except Exception as exc:  # noqa: BLE001 - e.g. deleted by retention meanwhile
                 log.warning("audit store: compressing %s failed: %s", path.name, exc)
-                self._compress_failed.append(seq)
+                self._compress_failed.append(seq)  # retention must not wait for it
                 return
             self._compressed.append((seq, tmp, blocks))
             self._wake()
 
-        if not self._compressing:
-            self._compress_progress = time.monotonic()
-        self._compressing.add(seq)
+        self._compressing[seq] = time.monotonic()
         self._compressor.submit(work)
 
     def apply_compressed(self) -> None:
@@ -191,8 +193,7 @@ class SegmentSet:
         start-up keeps the one the index names)."""
         while self._compressed:
             seq, tmp, blocks = self._compressed.popleft()
-            self._compressing.discard(seq)
-            self._compress_progress = time.monotonic()
+            self._compressing.pop(seq, None)
             info = self._sealed.get(seq)
             if info is None or info.compressed:
                 tmp.unlink(missing_ok=True)  # deleted by retention meanwhile
@@ -210,7 +211,10 @@ class SegmentSet:
                 raise
             info.path.unlink()
             fsync_dir(self.directory)
-            info.path, info.size, info.compressed = target, target.stat().st_size, True
+            packed = target.stat().st_size
+            self._plain_done += info.size
+            self._packed_done += packed
+            info.path, info.size, info.compressed = target, packed, True
 
     # -- retention ------------------------------------------------------------------------
     def apply_retention(self) -> tuple[int, int]:
@@ -220,18 +224,24 @@ class SegmentSet:
         retention takes the oldest segments, by age or by size."""
         s = self.settings
         while self._compress_failed:
-            self._compressing.discard(self._compress_failed.popleft())
-            self._compress_progress = time.monotonic()
-        self._compressing &= self._sealed.keys()
-        # A segment waiting for its compressed copy counts at its plain size, several
-        # times what it will take: the size rule waited for nothing and deleted segments
-        # the cap had room for (4 of 10 kept 6 where 9 fit). It waits while compression
-        # goes on; a compressor stuck for COMPRESSION_STALL (a full disk) stops the wait.
-        compressing = (bool(self._compressing) and
-                       time.monotonic() - self._compress_progress < COMPRESSION_STALL)
-        infos = [SealedInfo(seq, i.size, i.sealed_ns) for seq, i in self._sealed.items()]
+            self._compressing.pop(self._compress_failed.popleft(), None)
+        # A segment waiting for its compressed copy, counted at its plain size (several
+        # times what it will take), made the size rule delete segments the cap had room
+        # for (6 kept of 10 where 9 fit). It counts at the size compression has given
+        # so far, until it waited COMPRESSION_STALL: then at its plain size, so a
+        # compressor that falls behind (or a full disk) never lets the disk pass the cap.
+        now = time.monotonic()
+        ratio = (self._packed_done / self._plain_done if self._plain_done
+                 else EXPECTED_COMPRESSION)
+        infos = []
+        for seq, i in self._sealed.items():
+            queued = self._compressing.get(seq)
+            size = i.size
+            if queued is not None and not i.compressed and now - queued < COMPRESSION_STALL:
+                size = int(size * ratio)
+            infos.append(SealedInfo(seq, size, i.sealed_ns))
         doomed = expired(infos, now_ns=time.time_ns(), retention_days=s.retention_days,
-                         retention_bytes=None if compressing else s.retention_bytes,
+                         retention_bytes=s.retention_bytes,
                          keep_newest=self.active.records == 0)
         stored_before_ns = max((self._sealed[seq].sealed_ns for seq in doomed), default=0)
         if doomed and self._ledger is not None:

@@ -212,8 +212,8 @@ class ActiveSegment:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1  # never closed twice: the number may be reused
+            os.close(fd)
 
 
 def seal(segment: ActiveSegment) -> Path:

@@ -165,6 +165,15 @@ def test_a_trusted_network_with_host_bits_is_refused_not_widened() -> None:
     assert AuditMiddleware(Starlette(), trusted_proxies=["2001:0db8::/32"])
 
 
+def test_trusted_proxies_may_be_ipaddress_objects() -> None:
+    import ipaddress
+
+    middleware = AuditMiddleware(Starlette(), trusted_proxies=[
+        ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_address("192.0.2.7")])
+    assert [str(n) for n in middleware.config.trusted_proxies.networks] == [
+        "10.0.0.0/8", "192.0.2.7/32"]
+
+
 @pytest.mark.parametrize("bad", [5, object()])
 def test_trusted_proxies_that_are_no_list_are_refused(bad: object) -> None:
     with pytest.raises(AuditConfigurationError, match="must be a list of IPs"):

@@ -193,3 +193,29 @@ def test_users_list_of_a_missing_directory_says_so(tmp_path: Path) -> None:
     done = cli("users", "list", "--data-dir", str(tmp_path / "typo"))
     assert done.returncode == 2 and "no such data directory" in done.stderr
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_reindex_killed_before_it_indexed_anything_is_refused_too(tmp_path: Path) -> None:
+    """The mark comes before the rebuild's wipe: a kill right after the wipe left an
+    empty index that read as complete (a review helper)."""
+    import pytest
+
+    from collector import query as q
+    from collector.storage import recovery
+    from collector.storage.errors import IndexOutOfDateError
+    from tests.integrity.helpers import build_store
+
+    data = build_store(tmp_path / "data", batches=3)
+    real_reconcile = recovery._reconcile
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    recovery._reconcile = killed  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            q.reindex(data)
+    finally:
+        recovery._reconcile = real_reconcile
+    with pytest.raises(IndexOutOfDateError, match="brought up to date"):
+        q.search(data, q.Filters())
