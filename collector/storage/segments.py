@@ -352,6 +352,14 @@ def _quarantined_copy(path: Path, end: int, torn: bytes, quarantine_dir: Path) -
     for candidate in quarantine_dir.glob(f"{path.name}.*.{end}*.torn"):
         try:
             if candidate.stat().st_size == len(torn) and candidate.read_bytes() == torn:
+                # Its fsync may not have happened before the kill: done now, before the
+                # cut removes the only other copy.
+                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                fsync_dir(quarantine_dir)
                 return candidate
         except OSError:
             continue

@@ -96,6 +96,8 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     ([], {"AUDIT_DRAIN_TIMEOUT": "nan"}, "expected a duration"),
     (["--digest-interval", "99999999999999999999999d"], {}, "from 0 to ten years"),
     (["--max-connections", "²"], {}, "expected a whole number"),
+    (["--idle-timeout", "\u0667s"], {}, "expected a duration"),  # an Arabic-Indic 7
+    (["--max-frame", "\u0664MiB"], {}, "expected a size"),
     (["--retention-days", "nan"], {}, "expected a number such as 365"),
     # accepted, these failed every export, retried forever
     (["--forward-batch", "0"], {}, "forward_batch set but forward_endpoint is empty"),
