@@ -161,6 +161,8 @@ class _Segments:
         total = sum(sizes.values())  # one gone since the listing is found so by its scan
         done = 0
         newest = max((f.seq for f, _ in files), default=0)
+        # The segment a running collector may be sealing right now (see below).
+        just_rotated = max((f.seq for f, _ in files if f.seq < newest), default=-1)
         prev = _Previous()
         with ThreadPoolExecutor(1, thread_name_prefix="verify-hash") as pool:
             for f, header in files:
@@ -185,8 +187,8 @@ class _Segments:
                     # its seal is there now (or, the segment before the newest next to a
                     # running collector, is being signed: a rotation creates the new
                     # segment first and writes the seal a few milliseconds later).
-                    seal = self._seal_written_since(name, waiting=self.live and f.seq == max(
-                        (x.seq for x, _ in files if x.seq < newest), default=-1))
+                    seal = self._seal_written_since(
+                        name, waiting=self.live and f.seq == just_rotated)
                     if seal is not None:
                         ds = [*ds, seal]
                 if seal is None and f.seq != newest:
