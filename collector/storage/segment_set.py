@@ -78,6 +78,10 @@ class SegmentSet:
         self._compressing: dict[int, float] = {}
         self._compress_failed: collections.deque[int] = collections.deque()
         self._plain_done = self._packed_done = 0
+        # Segments retention deleted whose index rows could not be dropped (the file is
+        # gone): dropped again at every pass until it works, so queries never keep
+        # pointing at records that no longer exist until the next start.
+        self._undropped: list[int] = []
         self.last_error: str | None = None
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
@@ -217,11 +221,12 @@ class SegmentSet:
             info.path, info.size, info.compressed = target, packed, True
 
     # -- retention ------------------------------------------------------------------------
-    def apply_retention(self) -> tuple[int, int]:
+    def apply_retention(self) -> tuple[int, int, int]:
         """Delete the sealed segments retention no longer keeps (files first, then their
-        index rows). Returns how many, and the time before which every record stored is
-        now deleted (the creation of the oldest segment kept; 0 when none was deleted):
-        retention takes the oldest segments, by age or by size."""
+        index rows). Returns how many, the time before which every record stored is now
+        deleted (the creation of the oldest segment kept; 0 when none was deleted):
+        retention takes the oldest segments, by age or by size; and of how many deleted
+        segments (now or before) the index rows were dropped."""
         s = self.settings
         while self._compress_failed:
             self._compressing.pop(self._compress_failed.popleft(), None)
@@ -253,14 +258,29 @@ class SegmentSet:
             fsync_dir(self.directory)
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
+            self._undropped.append(seq)
+        return len(doomed), stored_before_ns, self._drop_index_rows()
+
+    def _drop_index_rows(self) -> int:
+        """Drop the index rows of the segments deleted (this pass's and any whose drop
+        failed before). One that fails is logged and stays listed for the next pass; the
+        pass goes on, so what retention deleted is still counted and its sources
+        forgotten."""
+        dropped = 0
+        for seq in list(self._undropped):
             self._index.begin()
             try:
                 self._index.drop_segment(seq)
                 self._index.commit()
-            except BaseException:
-                self._index.rollback()  # start-up drops rows of files that are gone
-                raise
-        return len(doomed), stored_before_ns
+            except Exception as exc:
+                self._index.rollback()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("audit store: dropping the index rows of deleted segment %d "
+                          "failed (%s); trying again at the next retention pass", seq, exc)
+                continue
+            self._undropped.remove(seq)
+            dropped += 1
+        return dropped
 
     # -- the rest -------------------------------------------------------------------------
     def sealed_files(self) -> list[SegmentFile]:
