@@ -107,16 +107,25 @@ class Reader:
                 f"{index} has index schema {schema and schema[0]}, this version reads "
                 f"schema {INDEX_SCHEMA}: restart the collector (it rebuilds the index from "
                 f"the segments at start), or stop it and run `audit-collector reindex`")
+        try:
+            self._check_complete()
+        except IndexOutOfDateError:
+            self.con.close()
+            raise
+        self._records = RecordReader(data_dir / "segments", self.con)
+
+    def _check_complete(self) -> None:
+        """Refuse an index being brought up to date. Checked at every read, inside its
+        snapshot, not only when the reader opens: a long-lived reader (a ``tail -f``, an
+        API worker) outlives a collector restart that repairs the same file in place."""
         catching_up = self.con.execute("SELECT value FROM meta WHERE key=?",
                                        (CATCHING_UP,)).fetchone()
         if catching_up is not None:
-            self.con.close()
             raise IndexOutOfDateError(
-                f"{index} is being brought up to date with the segments "
+                f"{self._index} is being brought up to date with the segments "
                 f"({catching_up[0]}): its answers would be partial. Wait for the "
                 f"collector's start-up or `reindex` to finish; if neither runs, one was "
                 f"interrupted: run `audit-collector reindex`")
-        self._records = RecordReader(data_dir / "segments", self.con)
 
     @property
     def stale(self) -> bool:
@@ -140,6 +149,7 @@ class Reader:
         con = self.con
         con.execute("BEGIN")  # one snapshot for the whole page
         try:
+            self._check_complete()
             compiled = self._compile(filters, state)
             hits, segments = self._hits(compiled, limit + 1, newest_first,
                                         state["s"] if state else None)
@@ -161,6 +171,7 @@ class Reader:
         con = self.con
         con.execute("BEGIN")
         try:
+            self._check_complete()
             row = con.execute("SELECT seq FROM ids WHERE id=?", (id_key(event_id),)).fetchone()
             chunk = row and con.execute(
                 "SELECT chunk, segment FROM chunks WHERE first_seq <= ? AND last_seq >= ?",

@@ -224,7 +224,7 @@ def run_stats(args: argparse.Namespace) -> int:
 def _indexed(data_dir: Path) -> int | str:
     """Events in the index, or why it cannot say (no index yet, one being built, damaged,
     unreadable): stats reports the rest all the same."""
-    from .index import connect, count_rows
+    from .index import CATCHING_UP, connect, count_rows
 
     index = data_dir / "index.sqlite"
     if not index.exists():
@@ -232,11 +232,17 @@ def _indexed(data_dir: Path) -> int | str:
     try:
         con = connect(index, readonly=True)
         try:
-            return count_rows(con)
+            con.execute("BEGIN")
+            count = count_rows(con)
+            catching_up = con.execute("SELECT value FROM meta WHERE key=?",
+                                      (CATCHING_UP,)).fetchone()
         finally:
             con.close()
     except sqlite3.Error as exc:
         return f"unreadable index ({exc})"
+    if catching_up is not None:  # a partial count must not read as the whole store's
+        return f"{count} so far: the index is being brought up to date ({catching_up[0]})"
+    return count
 
 
 def _flatten(value: Any, prefix: str = "") -> Iterable[str]:

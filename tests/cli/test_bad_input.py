@@ -219,3 +219,36 @@ def test_a_reindex_killed_before_it_indexed_anything_is_refused_too(tmp_path: Pa
         recovery._reconcile = real_reconcile
     with pytest.raises(IndexOutOfDateError, match="brought up to date"):
         q.search(data, q.Filters())
+
+
+def test_a_reader_opened_before_an_in_place_repair_refuses_it_and_stats_says_so(
+        tmp_path: Path) -> None:
+    """The catching-up mark was checked only when a reader opened: one kept open (a
+    ``tail -f``, an API worker) across a restart that repairs the index file in place
+    answered from the partial index as if whole, and ``stats`` printed its partial count
+    as the store's. Both now say the index is being brought up to date."""
+    import pytest
+
+    from collector import query as q
+    from collector.index import CATCHING_UP, Index
+    from collector.storage.errors import IndexOutOfDateError
+    from tests.integrity.helpers import build_store
+
+    data = build_store(tmp_path / "data", batches=3)
+    reader = q.Reader(data)
+    first = reader.search(q.Filters(), limit=1).records[0]
+    index = Index(data / "index.sqlite")  # what a start-up repair does to the same file
+    index.set_meta(CATCHING_UP, "2 segment file(s) to index")
+    try:
+        with pytest.raises(IndexOutOfDateError, match="brought up to date"):
+            reader.search(q.Filters())
+        with pytest.raises(IndexOutOfDateError, match="brought up to date"):
+            reader.find(first["id"])
+        done = cli("stats", "--data-dir", str(data))
+        assert done.returncode == 0
+        assert "so far: the index is being brought up to date" in done.stdout
+        index.set_meta(CATCHING_UP, None)
+        assert reader.find(first["id"]) == first
+    finally:
+        index.close()
+        reader.close()
