@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,6 +30,7 @@ from . import routes
 from .auth import AuthError, Sessions
 from .context import STATIC_DIR, Api, ApiSettings
 from .headers import SecurityHeaders, security_headers
+from .hosts import LoopbackHostCheck
 from .params import ParamError
 from .reads import ReadNotRecordedError, Submitter
 
@@ -68,9 +70,14 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
         yield
         api.close()
 
+    middleware = [Middleware(SecurityHeaders, tls=settings.tls)]
+    if settings.loopback:
+        public = urlsplit(settings.public_origin).hostname if settings.public_origin else None
+        middleware.insert(0, Middleware(LoopbackHostCheck, tls=settings.tls,
+                                        extra_names=frozenset({public} if public else ())))
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(SecurityHeaders, tls=settings.tls)],
+        middleware=middleware,
         exception_handlers={
             AuthError: _auth_error,
             ParamError: _bad_request,

@@ -33,6 +33,9 @@ class ApiSettings:
     #: sign-in accepts it; an https one makes the session cookie ``Secure``
     public_origin: str | None = None
     query_threads: int = DEFAULT_THREADS
+    #: listening on loopback only: requests naming another host are refused, against
+    #: DNS rebinding (``collector.api.hosts``); False for any other address
+    loopback: bool = False
 
 
 class Api:

@@ -31,6 +31,8 @@ from typing import Any, Final
 import uvicorn
 from starlette.applications import Starlette
 
+from audit_middleware.shipper.endpoint import is_loopback
+
 from ..ingest import DRAIN_TIMEOUT
 from .app import SIGN_IN_PATH, create_app
 from .context import Api, ApiSettings
@@ -183,7 +185,8 @@ async def start_api(store: Any, config: Any) -> ApiServer | None:
     app = create_app(ApiSettings(data_dir=config.data_dir,
                                  trace_url_template=config.trace_url_template,
                                  tls=config.api_tls_cert is not None,
-                                 public_origin=config.api_public_url), store)
+                                 public_origin=config.api_public_url,
+                                 loopback=is_loopback(address[0])), store)
     server = ApiServer(app, *address, tls_cert=config.api_tls_cert,
                        tls_key=config.api_tls_key, drain_timeout=config.drain_timeout)
     try:

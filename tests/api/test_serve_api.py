@@ -131,7 +131,7 @@ def test_a_sign_in_abandoned_mid_body_leaves_no_traceback(root: Path) -> None:
         host, port = url.removeprefix("http://").rsplit(":", 1)
         for _ in range(3):
             with socket.create_connection((host, int(port)), timeout=5) as sock:
-                sock.sendall(b"POST /api/v1/session HTTP/1.1\r\nHost: x\r\n"
+                sock.sendall(b"POST /api/v1/session HTTP/1.1\r\nHost: localhost\r\n"
                              b"Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n{")
         # A complete request after them: answered, so the three were handled before it.
         assert httpx.post(f"{url}/api/v1/session", json={"token": "nope"}).status_code == 401

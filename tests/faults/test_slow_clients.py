@@ -217,9 +217,9 @@ def test_a_shipper_with_larger_batches_splits_them_under_the_event_cap(tmp: Path
 
 
 @pytest.mark.parametrize("half", [
-    b"GET /api/v1/audit-logs HTTP/1.1\r\nHost: x\r\n",  # the headers never end
+    b"GET /api/v1/audit-logs HTTP/1.1\r\nHost: localhost\r\n",  # the headers never end
     # The sign-in reads its body before any token is checked: the body never ends.
-    b"POST /api/v1/session HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{",
+    b"POST /api/v1/session HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4000\r\n\r\n{",
 ], ids=["headers", "sign-in body"])
 def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path, half: bytes) -> None:
     """Clients of the query API that send half a request and wait. To reach the limit
