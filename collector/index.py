@@ -23,7 +23,8 @@ Layout, chosen for the ingest rate:
 - ``gz_blocks``: the block map of each compressed segment.
 - ``sources``: per-source ranges of source_seq (see ``collector.storage.sources``).
 - ``numbered``: per source, the highest number its batches said it had given out; and
-  ``source_seen``: when the collector last stored an event of each source. Not derived
+  ``source_seen``: when the collector last stored an event of each source, and
+  ``source_segment``: in which segment (what retention forgets sources by). Not derived
   from the segments, so a rebuild (``wipe``) keeps them.
 - ``types``: every event type stored (so a glob becomes a list of exact names).
 """
@@ -89,6 +90,8 @@ CREATE TABLE IF NOT EXISTS sources(source TEXT PRIMARY KEY, ranges TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS numbered(source TEXT PRIMARY KEY, highest INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS source_seen(source TEXT PRIMARY KEY, at_ns INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS source_segment(source TEXT PRIMARY KEY, segment INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gz_blocks(
     segment INTEGER NOT NULL, uoff INTEGER NOT NULL, coff INTEGER NOT NULL,
@@ -276,6 +279,9 @@ class Index:
     def source_seen(self) -> dict[str, int]:
         return dict(self.con.execute("SELECT source, at_ns FROM source_seen"))
 
+    def source_segment(self) -> dict[str, int]:
+        return dict(self.con.execute("SELECT source, segment FROM source_segment"))
+
     def rows_match_catalog(self) -> bool:
         """Every chunk holds the rows the catalog says (rows deleted by hand, a
         partial copy of the file, ... show here)."""
@@ -371,9 +377,13 @@ class Index:
     def set_source_seen(self, seen: dict[str, int]) -> None:
         self.con.executemany("INSERT OR REPLACE INTO source_seen VALUES(?,?)", seen.items())
 
+    def set_source_segment(self, segment: int, sources: list[str]) -> None:
+        self.con.executemany("INSERT OR REPLACE INTO source_segment VALUES(?,?)",
+                             [(source, segment) for source in sources])
+
     def forget_sources(self, names: list[str]) -> None:
         rows = [(name,) for name in names]
-        for table in ("sources", "numbered", "source_seen"):
+        for table in ("sources", "numbered", "source_seen", "source_segment"):
             # The table names are these constants, never input.
             self.con.executemany(f"DELETE FROM {table} WHERE source=?", rows)
 

@@ -323,14 +323,14 @@ class Store:
                 and time.monotonic() - self._last_activity >= _IDLE_SECONDS):
             self._index.close_chunk()  # queries need not scan it while the store idles
             writer.index_closed_chunks()
-        deleted, stored_before_ns, dropped = segments.apply_retention()
-        if dropped:
+        done = segments.apply_retention()
+        if done.dropped:
             writer.stored = self._index.count()
-        if deleted:
-            writer.counts["retention_deleted"] += deleted
+        if done.deleted:
+            writer.counts["retention_deleted"] += done.deleted
             # A source whose last record was stored before the oldest segment kept has no
             # record left: it goes with them (by age or by size).
-            writer.forget_sources(stored_before_ns)
+            writer.forget_sources(done.deleted_through, done.stored_before_ns)
         if self._ledger is not None:
             self._ledger.tick(segments.active)
 

@@ -93,6 +93,10 @@ class GroupWriter:
         self.sources: dict[str, sources.Ranges] = index.source_ranges()
         self.numbered: dict[str, int] = index.source_numbered()
         self.seen: dict[str, int] = index.source_seen()  # ns of the last stored event
+        #: The segment of each source's last stored event: retention forgets a source by
+        #: it, not by time (a clock stepped back made live sources look older than
+        #: deleted segments). Missing for sources last seen before it was kept.
+        self.last_segment: dict[str, int] = index.source_segment()
         self.lock = threading.Lock()
         self.counts = collections.Counter[str]()
         self.fsync_seconds_total = 0.0
@@ -193,6 +197,8 @@ class GroupWriter:
         announced = self._new_numbered(piece)
         now_ns = time.time_ns()
         seen = {p.sub.source: now_ns for p in piece if p.sub.source}
+        segment = active.header.seq
+        moved = [s for s in seen if self.last_segment.get(s) != segment]
         start = active.size
         try:
             active.append(data)
@@ -208,6 +214,8 @@ class GroupWriter:
             index.set_source_ranges(changed)
             index.set_source_numbered(announced)
             index.set_source_seen(seen)
+            if moved:
+                index.set_source_segment(segment, moved)
             synced.result()
             index.commit()
         except Exception as exc:  # noqa: BLE001 - OSError, sqlite3.Error or a bug: nothing may stay
@@ -237,6 +245,8 @@ class GroupWriter:
             self.sources.update(changed)
             self.numbered.update(announced)
             self.seen.update(seen)
+        for source in moved:
+            self.last_segment[source] = segment
         self.counts["fsyncs"] += 1
         self.counts["written"] += written
         now = time.monotonic()
@@ -293,13 +303,18 @@ class GroupWriter:
         for sub in rest:
             sub.future.set_exception(error)
 
-    def forget_sources(self, seen_before_ns: int) -> int:
-        """Forget the sources last seen before ``seen_before_ns`` (their ranges, numbered
-        and last_seen); returns how many. Retention calls it with the time before which
-        every record is deleted: such a source has no record left, and its entries would
+    def forget_sources(self, deleted_through: int, seen_before_ns: int) -> int:
+        """Forget the sources whose last record was in a segment retention deleted
+        (numbered ``deleted_through`` or lower): their ranges, numbered and last_seen;
+        returns how many. Such a source has no record left, and its entries would
         otherwise be kept forever, one per app process ever started (a reindex cannot
-        bring it back: nothing of it remains). A source with no last_seen is kept."""
-        old = [s for s, at in self.seen.items() if at < seen_before_ns]
+        bring it back: nothing of it remains). A source whose segment is unknown (last
+        stored by an older version) goes by time: last seen before ``seen_before_ns``,
+        the time before which every record is deleted. One with neither is kept."""
+        last_segment = self.last_segment
+        old = [s for s, at in self.seen.items()
+               if (last_segment[s] <= deleted_through if s in last_segment
+                   else at < seen_before_ns)]
         if not old:
             return 0
         self._index.begin()
@@ -314,6 +329,7 @@ class GroupWriter:
                 self.sources.pop(source, None)
                 self.numbered.pop(source, None)
                 del self.seen[source]
+                self.last_segment.pop(source, None)
         self.counts["sources_forgotten"] += len(old)
         return len(old)
 

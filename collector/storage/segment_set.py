@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.index import Index
 
@@ -45,6 +45,19 @@ COMPRESSION_STALL: Final = 60.0
 #: Compressed over plain size assumed until this store has compressed a segment (audit
 #: records compress 5-8x with gzip; a wrong guess lasts COMPRESSION_STALL at most).
 EXPECTED_COMPRESSION: Final = 0.25
+
+
+class RetentionPass(NamedTuple):
+    """What one retention pass did."""
+
+    deleted: int  # segments deleted
+    #: the newest segment deleted (0: none): no record of it or before it is left
+    deleted_through: int
+    #: the time before which every record stored is now deleted (the creation of the
+    #: oldest segment kept; 0 when none was deleted)
+    stored_before_ns: int
+    #: deleted segments (this pass's or earlier ones') whose index rows were dropped
+    dropped: int
 
 
 class _Sealed:
@@ -221,12 +234,9 @@ class SegmentSet:
             info.path, info.size, info.compressed = target, packed, True
 
     # -- retention ------------------------------------------------------------------------
-    def apply_retention(self) -> tuple[int, int, int]:
+    def apply_retention(self) -> RetentionPass:
         """Delete the sealed segments retention no longer keeps (files first, then their
-        index rows). Returns how many, the time before which every record stored is now
-        deleted (the creation of the oldest segment kept; 0 when none was deleted):
-        retention takes the oldest segments, by age or by size; and of how many deleted
-        segments (now or before) the index rows were dropped."""
+        index rows): the oldest ones, by age or by size."""
         s = self.settings
         while self._compress_failed:
             self._compressing.pop(self._compress_failed.popleft(), None)
@@ -259,7 +269,8 @@ class SegmentSet:
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
             self._undropped.append(seq)
-        return len(doomed), stored_before_ns, self._drop_index_rows()
+        return RetentionPass(len(doomed), max(doomed, default=0), stored_before_ns,
+                             self._drop_index_rows())
 
     def _drop_index_rows(self) -> int:
         """Drop the index rows of the segments deleted (this pass's and any whose drop

@@ -568,6 +568,50 @@ def test_index_rows_of_a_deleted_segment_go_without_a_restart_when_the_first_dro
     assert not set(written[0]) & on_disk
 
 
+def test_a_clock_stepped_back_does_not_make_retention_forget_live_sources(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention forgot a source last seen before the time its deleted segments ended.
+    With the clock stepped back an hour (a VM restored, NTP stepping), every source
+    stored after the step looked older than segments deleted later: the live ones were
+    forgotten, gaps and all. Sources are forgotten by the segment of their last record."""
+    real_time_ns = time.time_ns
+    with open_store(tmp_path, max_segment_bytes=4096, retention_bytes=9000,
+                    retention_days=float("inf")) as store:
+        store.write(events(6), "src-old", list(range(1, 7)))
+        for n in range(4):
+            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - 3600 * 10**9)
+        store.write(events(2), "src-live", [1, 3])  # 2 missing: a gap to keep reporting
+        for n in range(4, 6):
+            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        wait_until(lambda: store.stats()["sources_forgotten"] >= 1)
+        time.sleep(1.2)  # another retention pass: nothing more may go
+        stats = store.stats()
+    assert stats["retention_deleted"] >= 2
+    assert sorted(stats["sources"]) == ["src-busy", "src-live"]
+    assert stats["gap_events"] == 1
+    with open_store(tmp_path) as store:  # the segments of the last records were kept
+        assert sorted(store.stats()["sources"]) == ["src-busy", "src-live"]
+
+
+def test_a_source_last_stored_by_an_older_version_is_forgotten_by_time(
+        tmp_path: Path) -> None:
+    """An index from before source_segment knows only when each source was last seen:
+    retention forgets such a source by that time, as it used to."""
+    with open_store(tmp_path, max_segment_bytes=4096) as store:
+        store.write(events(6), "src-old", list(range(1, 7)))
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    con.execute("DELETE FROM source_segment")
+    con.commit()
+    con.close()
+    with open_store(tmp_path, max_segment_bytes=4096, retention_bytes=9000,
+                    retention_days=float("inf")) as store:
+        for n in range(8):
+            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        wait_until(lambda: store.stats()["sources_forgotten"] == 1)
+        assert sorted(store.stats()["sources"]) == ["src-busy"]
+
+
 def test_retention_by_size_deletes_the_oldest_segments_first(tmp_path: Path) -> None:
     with open_store(tmp_path, max_segment_bytes=4096, retention_bytes=9000) as store:
         written = [store.write(events(8)).written for _ in range(8)]
