@@ -283,7 +283,7 @@ class SegmentSet:
             try:
                 self._index.drop_segment(seq)
                 self._index.commit()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - sqlite3.Error or a bug: tried again
                 self._index.rollback()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("audit store: dropping the index rows of deleted segment %d "
