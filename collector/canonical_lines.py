@@ -26,7 +26,7 @@ from audit_middleware.sanitize import MAX_IP_LENGTH
 from .own_records import OWN_TYPES
 from .storage.errors import StorageError
 from .storage.records import ip_column, second_micros
-from .validation import MAX_LINE_BYTES
+from .validation import CREATED_YEARS, MAX_LINE_BYTES
 
 __all__ = ["CanonicalLines"]
 
@@ -85,8 +85,8 @@ class CanonicalLines:
             return None
         (ident, kind, target, principal, status, org_id, org_name, workspace_id,
          workspace_name, client_ip, second, fraction, _, _) = match.groups()
-        if kind in self._refused_types:
-            return None
+        if kind in self._refused_types or not CREATED_YEARS[0] <= second[:4] <= CREATED_YEARS[1]:
+            return None  # the general path gives the reason
         try:
             micros = second_micros(second)  # also: is the date on the calendar?
         except StorageError:

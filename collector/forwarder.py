@@ -15,8 +15,9 @@ How it behaves:
 - **At least once**: the checkpoint (``forward-checkpoint.json``) moves only after the
   endpoint answered 2xx. A crash in between sends that batch again; every log record
   carries the event id as ``log.record.uid`` so a receiver can drop the duplicate.
-- **Outages**: any failure (connection refused, timeout, any non-2xx status) keeps the
-  batch; it is retried with exponential backoff (``backoff_initial`` doubling to
+- **Outages**: any failure (connection refused, timeout, any non-2xx status; an answer
+  not complete within ``timeout`` + ``EXPORT_GRACE``, however slowly it trickles) keeps
+  the batch; it is retried with exponential backoff (``backoff_initial`` doubling to
   ``backoff_max``, with jitter). Nothing is skipped, so a receiver that keeps refusing a
   batch stops the forwarder visibly (``state``, ``last_error``, growing lag) rather than
   losing records silently.
@@ -24,6 +25,8 @@ How it behaves:
   ``lag_seconds`` (age of the oldest of them); ``/metrics`` exports both.
 - Records deleted by retention before they were forwarded cannot be sent: they are
   counted (``skipped``) and logged, and forwarding continues after them.
+- **Size**: a batch is ``batch_size`` records at most, and cut further so that one
+  export stays below ``MAX_EXPORT_BYTES`` (the exporter drops a request over 64 MiB).
 
 The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExporter``
 (protobuf over HTTP, its own short retries inside ``timeout``).
@@ -60,6 +63,15 @@ log = logging.getLogger("collector.forward")
 
 SERVICE_NAME: Final = "audit-collector"
 MAX_BATCH: Final = 10_000
+#: What one export may carry, by a generous estimate of its encoded size (each field is
+#: sent twice, as an attribute and in the JSON body, where a control character takes six
+#: bytes). The OTLP exporter drops a request over 64 MiB on its own, and the same batch
+#: then failed forever: a batch is cut below this instead (one record at least).
+MAX_EXPORT_BYTES: Final = 8 << 20
+#: Time an export may take beyond ``timeout``: the exporter's timeout bounds each socket
+#: read, not the request, and an endpoint trickling its answer held the forwarder for good.
+EXPORT_GRACE: Final = 5.0
+_MAX_TIMESTAMP_NS: Final = (1 << 63) - 1
 
 
 class ForwardError(ValueError):
@@ -144,8 +156,13 @@ def to_log_records(records: Sequence[Mapping[str, Any]], resource: Resource,
         number, text = otel.severity(record)
         attributes = otel.log_attributes(record)
         attributes[otel.COLLECTOR_SEQ] = record["seq"]
+        timestamp: int | None = created_micros(record["created"]) * 1000
+        if not 0 <= timestamp <= _MAX_TIMESTAMP_NS:  # type: ignore[operator]
+            # Stored by a version that took any year: OTLP cannot carry it (the batch
+            # failed to encode, forever). The body still holds ``created``.
+            timestamp = None
         log_record = LogRecord(
-            timestamp=created_micros(record["created"]) * 1000,
+            timestamp=timestamp,
             observed_timestamp=observed,
             context=_context(record),
             severity_number=_SEVERITY[number],
@@ -156,6 +173,17 @@ def to_log_records(records: Sequence[Mapping[str, Any]], resource: Resource,
         )
         out.append(ReadableLogRecord(log_record, resource, scope))
     return out
+
+
+def within_budget(batch: Sequence[ReadableLogRecord], budget: int = MAX_EXPORT_BYTES) -> int:
+    """How many of ``batch``'s first records one export can carry (at least one)."""
+    total = 0
+    for n, readable in enumerate(batch):
+        body = readable.log_record.body
+        total += 2 * len(body if isinstance(body, str) else str(body)) + 1024
+        if total > budget:
+            return max(n, 1)
+    return len(batch)
 
 
 # -- the forwarder --------------------------------------------------------------------------------
@@ -177,7 +205,10 @@ class Forwarder:
         self.checkpoint = CheckpointFile(self.data_dir / CHECKPOINT_FILE)
         stored = self.checkpoint.position(settings.endpoint)  # CheckpointError: refuse
         self._position: int | None = stored  # None: decided on the first look (start)
+        self._make_exporter = exporter
         self._exporter = exporter(settings)
+        #: The export running on its own thread (see ``_export``); one at a time.
+        self._in_flight: threading.Thread | None = None
         self._resource = Resource.create({"service.name": settings.service_name})
         self._scope = InstrumentationScope(otel.SCOPE_NAME)
         self._wake = threading.Event()
@@ -273,11 +304,14 @@ class Forwarder:
         with self._lock:
             self._oldest_pending_us = created_micros(records[0]["created"])
         first = records[0]["seq"]
-        result = self._exporter.export(to_log_records(records, self._resource, self._scope))
+        batch = to_log_records(records, self._resource, self._scope)
+        fit = within_budget(batch)
+        batch, records = batch[:fit], records[:fit]
+        result = self._export(batch)
         if result is not LogRecordExportResult.SUCCESS:
             raise ExportFailed(f"{self.settings.endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}); see the log "
-                               "of opentelemetry.exporter for the HTTP status")
+                               "of opentelemetry.exporter for why")
         last = records[-1]["seq"]
         self.checkpoint.save(self.settings.endpoint, last)
         if first > position + 1:
@@ -292,6 +326,46 @@ class Forwarder:
             self.last_error = None
             self._delay = self.settings.backoff_initial
         return len(records)
+
+    def _export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        """The exporter's answer within ``timeout`` + EXPORT_GRACE, else ExportFailed.
+        The export runs on a thread of its own: past the deadline it is abandoned (its
+        exporter shut down, a new one made for the retry), and no other starts while
+        it still runs, so a stalled endpoint holds one thread, not one per retry."""
+        stalled = self._in_flight
+        if stalled is not None and stalled.is_alive():
+            raise ExportFailed(f"an export to {self.settings.endpoint} abandoned after "
+                               f"its deadline has not ended yet (a stalled endpoint)")
+        answer: list[LogRecordExportResult | BaseException] = []
+        exporter = self._exporter
+
+        def run() -> None:
+            try:
+                answer.append(exporter.export(batch))
+            except BaseException as exc:  # noqa: BLE001 - handed to the forwarder thread
+                answer.append(exc)
+
+        with self._lock:
+            self.state = "exporting"
+        thread = self._in_flight = threading.Thread(target=run, daemon=True,
+                                                    name="audit-forwarder-export")
+        thread.start()
+        deadline = self.settings.timeout + EXPORT_GRACE
+        thread.join(deadline)
+        if thread.is_alive():
+            try:
+                exporter.shutdown()  # type: ignore[no-untyped-call]
+            except Exception:
+                log.debug("forwarder: shutting down a stalled exporter failed", exc_info=True)
+            self._exporter = self._make_exporter(self.settings)
+            raise ExportFailed(f"{self.settings.endpoint} did not answer within {deadline:g}s "
+                               f"(forward_timeout + {EXPORT_GRACE:g}s); the request is "
+                               f"abandoned and the batch sent again")
+        self._in_flight = None
+        outcome = answer[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _start_position(self) -> int:
         if self._position is None:

@@ -39,6 +39,10 @@ _TYPE = NAME_PATTERN.fullmatch
 # next day's midnight, and the record's text and its index key would then disagree.
 _CREATED = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}\.[0-9]{6}Z").fullmatch
+# The years whose times fit in a signed 64-bit count of nanoseconds since 1970, as OTLP,
+# most log stores and the index's arithmetic take them: a record outside them could be
+# stored but never exported (one such record stalled the OpenTelemetry forwarder for good).
+CREATED_YEARS: Final = ("1970", "2261")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}").fullmatch
 _SPAN_ID = re.compile(r"[0-9a-f]{16}").fullmatch
 _fromisoformat = datetime.fromisoformat
@@ -111,6 +115,9 @@ class Validator:
         if type(created) is not str or not _CREATED(created) or not _valid_date(created):
             return ("field 'created' must be RFC 3339 UTC with microseconds, e.g. "
                     f"'2026-11-26T01:07:10.123456Z', got {_show(created)}")
+        if not CREATED_YEARS[0] <= created[:4] <= CREATED_YEARS[1]:
+            return (f"field 'created' must be a time from {CREATED_YEARS[0]} to "
+                    f"{CREATED_YEARS[1]} (is the sender's clock right?), got {_show(created)}")
         trace_id, span_id = record["trace_id"], record["span_id"]
         if type(trace_id) is not str or (trace_id and not _TRACE_ID(trace_id)):
             return f"field 'trace_id' must be 32 lowercase hex digits or empty, got " \

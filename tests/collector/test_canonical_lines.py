@@ -93,6 +93,8 @@ def test_the_shippers_own_lines_take_the_fast_path() -> None:
     orjson.dumps(event(target=1)),
     orjson.dumps(event(target="x" * (DEFAULT_MAX_FIELD_LENGTH + 1))),
     orjson.dumps(event())[:-1],  # cut short
+    orjson.dumps(event(created="2600-01-01T00:00:00.000000Z")),  # for the general path's
+    orjson.dumps(event(created="1969-12-31T23:59:59.999999Z")),  # reason: a year OTLP lacks
     orjson.dumps(event()) + b" ",
 ], ids=lambda line: line[:60].decode("utf-8", "replace"))
 def test_lines_off_the_canonical_form_take_the_general_path(line: bytes) -> None:

@@ -110,6 +110,11 @@ def test_empty_strings_are_allowed_where_the_schema_allows_them() -> None:
     (good(created="2026-11-26T24:00:00.000000Z"), "'created' must be RFC 3339"),
     (good(created="２０２６-11-26T01:07:10.123456Z"), "'created' must be RFC 3339"),
     (good(created=1700000000), "'created' must be RFC 3339"),
+    # Years whose nanoseconds do not fit a signed 64-bit count: OTLP and most stores
+    # cannot carry them (one stalled the forwarder for good).
+    (good(created="2600-01-01T00:00:00.000000Z"), "must be a time from 1970 to 2261"),
+    (good(created="1969-12-31T23:59:59.999999Z"), "must be a time from 1970 to 2261"),
+    (good(created="0001-01-01T00:00:00.000000Z"), "is the sender's clock right?"),
     (good(trace_id="xyz"), "'trace_id' must be 32"),
     (good(trace_id="4BF92F3577B34DA6A3CE929D0E0E4736"), "'trace_id' must be 32"),
     (good(span_id="00f067aa0ba902b"), "'span_id' must be 16"),
@@ -139,3 +144,9 @@ def test_the_id_of_a_rejected_line_is_reported_when_readable() -> None:
     assert event_id(b"garbage") is None
     assert event_id(b"[1]") is None
     assert event_id(b'{"id": 5}') is None
+
+
+@pytest.mark.parametrize("created", ["1970-01-01T00:00:00.000000Z",
+                                     "2261-12-31T23:59:59.999999Z"])
+def test_the_first_and_last_years_ingest_takes(created: str) -> None:
+    assert not isinstance(validator.validate(good(created=created)), str)

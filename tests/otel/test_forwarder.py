@@ -4,6 +4,7 @@ record, order, batches, the checkpoint across restarts, outages and refusals, th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,117 @@ def test_a_checkpoint_beyond_the_stored_records_is_reported(store: Store,
     assert ahead.step() == 0
     assert ahead.stats()["state"] == "ahead"
     assert "beyond the newest stored seq 2" in caplog.text
+
+
+# -- records and endpoints that stalled the forwarder for good (a review helper) ------------
+def test_a_record_whose_time_otlp_cannot_carry_is_sent_without_a_timestamp(
+        store: Store, receiver: OTLPReceiver) -> None:
+    """OTLP times are unsigned 64-bit nanoseconds. A record of year 2600 (or 1969),
+    stored by a version whose ingest took any year, failed to encode and its batch was
+    retried forever: nothing stored after it was ever forwarded. Ingest now refuses such
+    years (tests/collector/test_validation.py); one already stored goes without an OTLP
+    timestamp, its body still holding ``created``."""
+    store.write([event(1), event(2, created="2600-01-01T00:00:00.000000Z"),
+                 event(3, created="1969-12-31T23:59:59.000000Z"), event(4)])
+    fwd = forwarder(store, receiver)
+    while fwd.step():
+        pass
+    got = receiver.log_records()
+    assert [r.time_unix_nano == 0 for r in got] == [False, True, True, False]
+    assert [json.loads(any_value(r.body))["created"][:4] for r in got] == [
+        "2026", "2600", "1969", "2026"]
+    assert fwd.stats()["failures"] == 0
+
+
+def test_a_batch_is_cut_below_what_one_export_may_carry(store: Store,
+                                                          receiver: OTLPReceiver) -> None:
+    """The exporter drops a request over 64 MiB without sending it, and the forwarder
+    retried the same batch forever (512 records with control characters in 4 KiB fields
+    made 74 MB). A batch is cut by its estimated encoded size too."""
+    from collector.forwarder import MAX_EXPORT_BYTES
+
+    wide = "\x01" * 4096
+    store.write([event(i + 1, target=wide, principal=wide, org_name=wide, workspace_name=wide,
+                       status=wide) for i in range(60)])
+    fwd = forwarder(store, receiver, batch_size=100)
+    while fwd.step():
+        pass
+    assert receiver.seqs() == [r["seq"] for r in stored(store)]
+    sizes = [len(request.SerializeToString()) for request in receiver.requests]
+    assert len(sizes) >= 2 and max(sizes) <= MAX_EXPORT_BYTES
+    assert fwd.stats()["failures"] == 0
+
+
+def test_within_budget_keeps_at_least_one_record() -> None:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from collector.forwarder import to_log_records, within_budget
+
+    records = [{**event(i), "seq": i} for i in range(1, 4)]
+    batch = to_log_records(records, Resource.create({}), InstrumentationScope("t"))
+    assert within_budget(batch) == 3
+    assert within_budget(batch, budget=1) == 1
+
+
+def test_an_endpoint_trickling_its_answer_is_abandoned_at_the_deadline(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter's timeout bounds each socket read: an endpoint that answers a byte
+    every 0.2 s held the export, and the forwarder with it, for good (no failure, no
+    retry, state 'starting'). The export now has a deadline of forward_timeout + a grace;
+    past it the attempt counts as failed and the batch is retried, and no second export
+    starts while the stalled one still runs."""
+    import socket
+    import threading
+
+    from collector import forwarder as forwarder_module
+
+    monkeypatch.setattr(forwarder_module, "EXPORT_GRACE", 0.5)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    requests_seen: list[int] = []
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            requests_seen.append(1)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while not stop.wait(0.2):
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed by the test's end
+                return
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    write(store, 3)
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/logs"
+    fwd = Forwarder(store.settings.data_dir, ForwardSettings(
+        endpoint=endpoint, batch_size=4, timeout=0.5, backoff_initial=0.05, backoff_max=0.1,
+        poll_interval=0.05))
+    try:
+        fwd.start()
+        wait_until(lambda: fwd.stats()["failures"] >= 3, timeout=20)
+        stats = fwd.stats()
+        assert "did not answer within 1s" in (stats["last_error"] or "") or \
+            "has not ended yet" in (stats["last_error"] or "")
+        assert stats["forwarded"] == 0 and stats["checkpoint_seq"] == 0
+        exports = [t for t in threading.enumerate() if t.name == "audit-forwarder-export"]
+        assert len(exports) <= 1
+    finally:
+        started = time.monotonic()
+        fwd.stop(timeout=5)
+        stopped_in = time.monotonic() - started
+        stop.set()
+    assert stopped_in < 3
+    assert requests_seen  # the endpoint was reached: the export, not the connect, stalled
