@@ -75,10 +75,28 @@ def parse_url(url: str) -> Endpoint:
         if not sep or not host or not 0 < port < 65536:
             raise AuditConfigurationError(
                 f"collector url {url!r} needs a host and a port, e.g. tcp://collector:7100")
+        _check_host(url, host)
         return Endpoint("tcp", host=host, port=port)
     raise AuditConfigurationError(
         f"collector url {url!r} is not supported: use unix:///path/to/collector.sock or "
         f"tcp://host:port")
+
+
+def _check_host(url: str, host: str) -> None:
+    """A host name the resolver can be asked for: a typo such as ``collector..internal``
+    failed only at the first connection, with an error that is not a connection failure
+    (UnicodeError from the IDNA codec), and every batch was dropped, not spooled."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        raise AuditConfigurationError(
+            f"collector url {url!r}: {host!r} is not a valid host name ({exc}); check for "
+            f"an empty label (two dots) or a label over 63 characters") from None
 
 
 def is_loopback(host: str) -> bool:

@@ -96,7 +96,9 @@ class Sender:
         for attempt in (1, 2):
             try:
                 conn = self._connected()
-            except (OSError, WireError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to connect keeps the batch
+                # (OSError and WireError are the expected ones; anything else escaping
+                # here made the queue count the whole batch failed: dropped, not spooled)
                 self._failed(exc)
                 return list(chunks)
             reused = conn.batches > 0

@@ -44,7 +44,10 @@ _MAX_SECONDS: Final = 86_400.0  # a longer timeout is a mistake, not a setting
 
 
 def new_source_id() -> str:
-    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:64] or "host"
+    """``host:pid:random``, valid as ``wire.SOURCE_PATTERN`` wants whatever the host is
+    called: it must start with a letter or digit (a host named ``ärzte-app`` or ``_build``
+    gave ``-rzte-app:...``, which the collector refused, and every event was lost)."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:64].lstrip(".-") or "host"
     return f"{host}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
@@ -70,6 +73,14 @@ class CollectorSink:
         exit_timeout: float = 5.0,
     ) -> None:
         self.endpoint: Endpoint = parse_url(url)
+        if token is not None:
+            try:
+                token.encode("utf-8")  # sent in the hello: checked now, not at each send
+            except (AttributeError, UnicodeEncodeError):
+                raise AuditConfigurationError(
+                    "token must be text that UTF-8 can carry (from os.environ, a byte that "
+                    "is not UTF-8 arrives as a lone surrogate): check the variable that "
+                    "holds it") from None
         if self.endpoint.scheme == "tcp":
             if not token:
                 raise AuditConfigurationError(
@@ -288,8 +299,10 @@ class CollectorSink:
 
     def wait_for_delivery(self, timeout: float) -> bool:
         """Flush, then wait until the spool is replayed too: True when everything
-        submitted so far was acknowledged (or rejected) by the collector."""
+        submitted so far was acknowledged (or rejected) by the collector; False at the
+        timeout, or when events were dropped meanwhile (counted in ``stats()``)."""
         deadline = time.monotonic() + timeout
+        dropped = self.stats()["dropped"]
         if not self._queue.flush(timeout):
             return False
         spool = self._spool
@@ -300,14 +313,14 @@ class CollectorSink:
                 return False
             try:
                 if spool.empty:
-                    return True
+                    break
             finally:
                 self._io_lock.release()
             if time.monotonic() >= deadline:
                 return False
             self._queue.wake()
             time.sleep(0.01)
-        return True
+        return self.stats()["dropped"] == dropped
 
     def close(self, timeout: float | None = None) -> None:
         """Send or spool what is queued, within ``timeout`` seconds; the spool stays on

@@ -206,6 +206,50 @@ def test_when_the_spool_is_full_events_are_dropped_counted_and_logged(
     assert "50 events dropped" in caplog.text and "spool" in caplog.text
 
 
+def test_wait_for_delivery_is_false_when_events_were_dropped(make_sink: SinkFactory) -> None:
+    sink = make_sink(spool_max_bytes=1000)  # no collector: everything is dropped
+    emit_many(20)
+    assert sink.wait_for_delivery(timeout=10) is False
+    assert sink.stats()["dropped"] == 20
+
+
+def test_any_failure_to_connect_spools_the_batch(collector: Collector, make_sink: SinkFactory,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only OSError and WireError were taken for a failed connection: anything else
+    (a UnicodeError from the IDNA codec, a hello that cannot be encoded) escaped and the
+    queue counted the whole batch failed, every batch, none spooled."""
+    from audit_middleware.shipper import connection
+
+    def broken_connect(self: object) -> None:
+        raise UnicodeError("label empty or too long")
+
+    monkeypatch.setattr(connection.Connection, "connect", broken_connect)
+    sink = make_sink()
+    ids = emit_many(30)
+    assert sink.flush(timeout=10)
+    assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (30, 0)
+    monkeypatch.undo()
+    collector.start()
+    assert sink.wait_for_delivery(timeout=20)
+    assert collector.ids() == ids
+
+
+@pytest.mark.parametrize("host", ["\u00e4rzte-app", "_build", "-x", ".", "\u00e4\u00f6\u00fc"])
+def test_the_source_id_is_valid_whatever_the_host_is_called(
+        collector: Collector, make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch,
+        host: str) -> None:
+    """A source must start with a letter or digit: a host named 'ärzte-app' gave
+    '-rzte-app:...', the collector refused the hello, and every event was lost."""
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    collector.start()
+    sink = make_sink()
+    ids = emit_many(5)
+    assert sink.wait_for_delivery(timeout=10)
+    assert collector.ids() == ids
+
+
 def test_without_a_spool_undeliverable_events_are_counted_as_dropped_at_close(
         make_sink: SinkFactory) -> None:
     sink = make_sink(spool_dir=None)
@@ -329,6 +373,11 @@ def test_tcp_with_a_wrong_token_is_refused_and_spooled(
     ("unix:///x.sock", {"max_queue": True}, "max_queue must be a positive int"),
     ("tcp://h.example:7100", {"token": "t", "tls": True, "tls_ca": "/nonexistent-ca.pem"},
      "tls_ca='/nonexistent-ca.pem' cannot be used as the CA bundle"),
+    # Each failed only at the first connection, with an error that is not a connection
+    # failure, and every batch was dropped rather than spooled (a review helper).
+    ("tcp://collector..internal:7100", {"token": "t", "tls": True},
+     "is not a valid host name"),
+    ("tcp://127.0.0.1:7100", {"token": "t\udcff"}, "token must be text that UTF-8 can carry"),
 ])
 def test_bad_configuration_fails_at_construction(url: str, options: dict[str, Any],
                                                  message: str) -> None:
