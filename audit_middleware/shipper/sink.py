@@ -249,8 +249,8 @@ class CollectorSink:
                 return False
             try:
                 kept = decode_batch_body(body)
-            except WireError as exc:  # the crc matched, so only a bug can get here
-                self._drop(body.count(b"\n") - 1, f"unreadable spool record ({exc})")
+            except WireError as exc:  # the crc matched: a bug, or bytes made to match
+                self._drop(max(body.count(b"\n") - 1, 0), f"unreadable spool record ({exc})")
                 self._spool.commit()
                 continue
             before = self._sender.acknowledged.value

@@ -152,7 +152,10 @@ class Spool:
             if head.read_pos + RECORD.size <= end:
                 length, crc = RECORD.unpack(os.pread(head.fd, RECORD.size, head.read_pos))
                 start = head.read_pos + RECORD.size
-                if start + length <= end:
+                # A body is never empty (its header line): zeros, which a power loss can
+                # leave where the size reached the disk before the data, would otherwise
+                # pass as records of length 0 (crc32 of nothing is 0).
+                if 0 < length and start + length <= end:
                     body = os.pread(head.fd, length, start)
                     if len(body) == length and zlib.crc32(body) == crc:
                         return body
@@ -238,6 +241,11 @@ class Spool:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)  # a live process owns it
+                continue
+            if os.fstat(fd).st_nlink == 0:
+                # Opened just before its owner replayed it whole and unlinked it: the
+                # lock came free with the owner's close, but the file is done.
+                os.close(fd)
                 continue
             if entry.name.endswith(_PARTIAL):  # creation never finished: nothing in it
                 _unlink_quietly(Path(entry.path))

@@ -103,6 +103,49 @@ def test_a_torn_tail_is_counted_and_the_records_before_it_kept(tmp_path: Path) -
     assert spool_files(tmp_path) == []
 
 
+def test_a_zero_filled_tail_is_corrupt_not_records_of_nothing(tmp_path: Path) -> None:
+    """A power loss can leave zeros where the file's size reached the disk before its
+    data (XFS, ext4 data=writeback). Eight zero bytes read as a record of length 0 whose
+    crc32 (of nothing) matched: 512 empty 'batches', and a negative dropped count."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(b"first")
+    spool.close()
+    (path,) = spool_files(tmp_path)
+    with open(path, "ab") as f:
+        f.write(bytes(4096))
+    recovered = Spool(tmp_path, max_bytes=1 << 20)
+    assert recovered.adopt_orphans() == 1
+    assert drain(recovered) == [b"first"]
+    assert recovered.corrupt_bytes == 4096
+
+
+def test_a_file_replayed_and_deleted_while_another_process_opened_it_is_not_adopted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a scanner's open and its lock, the owner may replay the file whole,
+    unlink it and close it (which frees the lock): the scanner then adopted the dead
+    file and sent its batches again (a review helper)."""
+    import fcntl
+
+    old = Spool(tmp_path, max_bytes=1 << 20)
+    old.append(b"a")
+    old.append(b"b")
+    old.close()
+    owner = Spool(tmp_path, max_bytes=1 << 20)
+    assert owner.adopt_orphans() == 1
+    real_flock = fcntl.flock
+    finished: list[list[bytes]] = []
+
+    def owner_finishes_first(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_NB and not finished:
+            finished.append(drain(owner))  # unlinks, then closes: the lock comes free
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", owner_finishes_first)
+    scanner = Spool(tmp_path, max_bytes=1 << 20)
+    assert scanner.adopt_orphans() == 0
+    assert finished == [[b"a", b"b"]] and scanner.peek() is None
+
+
 def test_a_corrupt_record_stops_replay_of_that_file_only(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1 << 20, file_bytes=30)
     spool.append(b"a" * 20)
