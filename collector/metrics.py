@@ -160,7 +160,15 @@ class Metrics:
                 log.exception("metrics: stats of %s failed", name)
         values: dict[Metric, float] = {}
         for metric in self.metrics:
-            value = stats.get(metric.source, {}).get(metric.key)
+            source = stats.get(metric.source)
+            if source is None:
+                continue
+            value = source.get(metric.key)
+            if value is None and metric.kind == "counter":
+                # Counted by collections.Counter, a key exists from its first increment:
+                # a counter of a source that reports starts at 0, so an alert on it (or
+                # on its rate) works before anything was ever rejected.
+                value = 0
             if isinstance(value, (int, float)) and not isinstance(value, bool) \
                     and math.isfinite(value):
                 values[metric] = value
