@@ -108,7 +108,7 @@ class Connection:
         try:
             sock.sendall(self._hello.encode())
             self._await_reply(self._connect_timeout)
-            kind, payload = self._read_frame()
+            kind, payload = self._read_frame(self._connect_timeout)
             if kind is FrameType.ERROR:
                 raise ErrorReply.decode(payload).exception()
             if kind is not FrameType.WELCOME:
@@ -152,7 +152,7 @@ class Connection:
             if readable and not writable:
                 # The collector is answering earlier batches rather than reading this
                 # one: take the reply, or neither side would ever move again.
-                self._early.append(self._read_frame())
+                self._early.append(self._read_frame(timeout))
                 self.early_replies += 1
                 start = time.monotonic()
                 continue
@@ -198,7 +198,7 @@ class Connection:
             else:
                 self._await_reply(timeout)
                 self._sock.settimeout(timeout)
-                kind, payload = self._read_frame()
+                kind, payload = self._read_frame(timeout)
             self._unanswered -= 1
             if kind is FrameType.RESULT:
                 result = Result.decode(payload)
@@ -218,21 +218,54 @@ class Connection:
     def exchange(self, body: bytes, timeout: float) -> Result:
         return self.receive(self.send(body, timeout), timeout)
 
-    def _read_frame(self) -> tuple[FrameType, bytes]:
-        kind, length = parse_header(self._recv_exactly(HEADER_SIZE), MAX_REPLY_FRAME)
-        return kind, self._recv_exactly(length)
+    def _read_frame(self, timeout: float) -> tuple[FrameType, bytes]:
+        """One whole frame within ``timeout`` seconds. The socket's own timeout bounds
+        each ``recv``: a collector trickling its reply (or stopped half way through a
+        large one) held the sender for as long as it liked, past the exit deadline and
+        while the app's queue overflowed with room left in the spool."""
+        started = time.monotonic()
+        until = started + timeout
+        kind, length = parse_header(self._recv_exactly(HEADER_SIZE, started, until),
+                                    MAX_REPLY_FRAME)
+        return kind, self._recv_exactly(length, started, until)
 
-    def _recv_exactly(self, n: int) -> bytes:
-        assert self._sock is not None
+    def _recv_exactly(self, n: int, started: float, until: float) -> bytes:
+        sock = self._sock
+        assert sock is not None
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
         while got < n:
-            k = self._sock.recv_into(view[got:])
+            self._wait_readable(started, until)
+            k = sock.recv_into(view[got:])
             if k == 0:
                 raise ConnectionError("the collector closed the connection")
             got += k
         return bytes(buf)
+
+    def _wait_readable(self, started: float, until: float) -> None:
+        """Until the socket has bytes to read: TimeoutError past ``until`` or the exit
+        deadline, CollectorStalled once a reply begun at ``started`` took PRESSURE_GRACE
+        while the app's queue fills up."""
+        sock = self._sock
+        assert sock is not None
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        now = time.monotonic()
+        while not _wait_for(sock, True, False, max(min(_POLL, until - now), 0))[0]:
+            now = time.monotonic()
+            if now >= until:
+                raise TimeoutError(f"the collector's reply did not arrive whole within "
+                                   f"{until - started:.1f}s")
+            deadline = self._deadline()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError("closing: the collector's reply did not arrive before "
+                                   "the exit deadline (what is in flight is spooled or "
+                                   "counted)")
+            if now - started >= PRESSURE_GRACE and self._pressure():
+                raise CollectorStalled(f"the collector's reply is still arriving after "
+                                       f"{now - started:.1f}s while the audit queue fills "
+                                       f"up: spooling meanwhile")
 
     def close(self) -> None:
         # close() never shuts the connection down: in a forked child, closing its copy of
