@@ -27,7 +27,7 @@ from .._counter import Counter
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
 from ..sinks.batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
-from ..wire import WireError, decode_batch_body, encode_batch_body
+from ..wire import BatchBody, WireError, decode_batch_body, encode_batch_body
 from .endpoint import DEFAULT_URL, Endpoint, parse_url
 from .pipeline import Chunk
 from .receipts import Receipt, new_receipt
@@ -161,6 +161,10 @@ class CollectorSink:
         self.source = new_source_id()
         self._seq = itertools.count(1)
         self._io_lock = threading.Lock()  # the connection and the spool: one user at a time
+        #: The spool's head record (its source, first seq, size) and the seqs of it the
+        #: collector already settled (acknowledged, rejected or refused) in a try whose
+        #: rest failed: left out when it is sent again, until it is committed.
+        self._head_settled: tuple[tuple[str, int, int], set[int]] | None = None
         self._sender.reset(self.source)
         self._last_scan = time.monotonic()
 
@@ -251,16 +255,37 @@ class CollectorSink:
                 kept = decode_batch_body(body)
             except WireError as exc:  # the crc matched: a bug, or bytes made to match
                 self._drop(max(body.count(b"\n") - 1, 0), f"unreadable spool record ({exc})")
-                self._spool.commit()
+                self._commit_head()
                 continue
+            chunk = self._unsettled(kept)
             before = self._sender.acknowledged.value
-            chunk = Chunk(kept.source, kept.seqs, [line + b"\n" for line in kept.lines],
-                          numbered=kept.numbered)
-            if self._sender.ship([chunk]):
-                return False  # sent again whole later: the collector dedupes
+            unsent = self._sender.ship([chunk]) if chunk.seqs else []
             self.replayed.add(self._sender.acknowledged.value - before)
-            self._spool.commit()
+            if unsent:
+                # Sent again later, without what the collector settled this time: a part
+                # it refused (split to fit its frame) was dropped and counted; sent again,
+                # it was refused again, the record never committed, forever.
+                back = {seq for part in unsent for seq in part.seqs}
+                assert self._head_settled is not None
+                self._head_settled[1].update(s for s in chunk.seqs if s not in back)
+                return False
+            self._commit_head()
         return True
+
+    def _unsettled(self, kept: BatchBody) -> Chunk:
+        """The spool's head record as a chunk, less what an earlier try settled."""
+        key = (kept.source, kept.seqs[0] if kept.seqs else 0, len(kept.seqs))
+        if self._head_settled is None or self._head_settled[0] != key:
+            self._head_settled = (key, set())
+        settled = self._head_settled[1]
+        keep = [i for i, seq in enumerate(kept.seqs) if seq not in settled]
+        return Chunk(kept.source, [kept.seqs[i] for i in keep],
+                     [kept.lines[i] + b"\n" for i in keep], numbered=kept.numbered)
+
+    def _commit_head(self) -> None:
+        assert self._spool is not None
+        self._spool.commit()
+        self._head_settled = None
 
     def _keep(self, chunk: Chunk) -> None:
         if self._spool is None:

@@ -49,9 +49,11 @@ def acknowledge(conn: socket.socket, batch: Batch) -> None:
 
 
 class MisbehavingCollector:
-    def __init__(self, path: str, reply: Reply = acknowledge) -> None:
+    def __init__(self, path: str, reply: Reply = acknowledge, *,
+                 max_frame: int = 4 << 20) -> None:
         self.path = path
         self.reply = reply
+        self.max_frame = max_frame
         self.batches: list[Batch] = []
         self.stop = threading.Event()
         if os.path.exists(path):
@@ -79,7 +81,7 @@ class MisbehavingCollector:
         try:
             _, payload = _read_frame(conn)
             Hello.decode(payload)
-            conn.sendall(Welcome(1, 4 << 20, 300.0).encode())
+            conn.sendall(Welcome(1, self.max_frame, 300.0).encode())
             while not self.stop.is_set():
                 _, payload = _read_frame(conn)
                 batch = decode_batch(payload)

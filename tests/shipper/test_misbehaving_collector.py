@@ -16,9 +16,16 @@ import pytest
 from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
-from audit_middleware.wire import HEADER, Batch, FrameType
+from audit_middleware.wire import (
+    HEADER,
+    MIN_MAX_FRAME,
+    Batch,
+    ErrorCode,
+    ErrorReply,
+    FrameType,
+)
 from tests.e2e.harness import short_tmp
-from tests.shipper.misbehaving_collector import MisbehavingCollector
+from tests.shipper.misbehaving_collector import MisbehavingCollector, acknowledge
 
 
 def trickle(conn: socket.socket, batch: Batch) -> None:
@@ -90,3 +97,49 @@ def test_a_reply_trickling_at_exit_leaves_what_was_in_flight_spooled(
     assert time.monotonic() - started < 3
     stats = sink.stats()
     assert (stats["spooled"], stats["dropped"], stats["queued"]) == (50, 0, 0)
+
+
+def test_a_part_of_a_spooled_record_refused_on_replay_is_dropped_once() -> None:
+    """A spooled record larger than the collector's frames is split on replay. When the
+    collector refused one part (bad_batch), the part was dropped and the rest handed
+    back; the record was then sent again whole, the part refused and counted again,
+    forever, and nothing spooled behind it was ever delivered."""
+
+    def refuse_seq_1(conn: socket.socket, batch: Batch) -> None:
+        if 1 in batch.seqs:
+            conn.sendall(ErrorReply(ErrorCode.BAD_BATCH, "refused", batch.batch_id).encode())
+        else:
+            acknowledge(conn, batch)
+
+    with short_tmp() as root:
+        sink = CollectorSink(f"unix://{root / 'c.sock'}", spool_dir=root / "spool",
+                             backoff_max=0.2)
+        configure(sink=sink)
+        try:
+            for i in range(200):  # collector down: one spool record of ~800 KiB
+                emit("team_created", f"t{i}-" + "x" * 4000)
+            assert sink.flush(5)
+            for i in range(5):  # newer events, spooled behind it
+                emit("team_created", f"new{i}")
+            assert sink.flush(5)
+            peer = MisbehavingCollector(str(root / "c.sock"), reply=refuse_seq_1,
+                                        max_frame=MIN_MAX_FRAME)
+            try:
+                deadline = time.monotonic() + 20
+                while sink.stats()["acknowledged"] + sink.stats()["dropped"] < 205:
+                    assert time.monotonic() < deadline, sink.stats()
+                    time.sleep(0.05)
+                time.sleep(0.5)  # a loop would refuse (and count) the part again
+                stats = sink.stats()
+                refused = next(len(b.seqs) for b in peer.batches if 1 in b.seqs)
+                assert stats["dropped"] == refused
+                assert stats["acknowledged"] == 205 - refused
+                assert sum(1 for b in peer.batches if 1 in b.seqs) == 1
+                assert {f"new{i}" for i in range(5)} <= {
+                    line.split(b'"target":"')[1].split(b'"')[0].decode()
+                    for b in peer.batches for line in b.lines}
+            finally:
+                peer.close()
+        finally:
+            sink.close(timeout=1)
+            reset_configuration()
