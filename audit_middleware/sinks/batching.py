@@ -23,6 +23,7 @@ import logging
 import multiprocessing.util
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -85,6 +86,10 @@ class BatchingQueue(Generic[T]):
         self._stopping = False
         self._markers = Counter()  # flush markers in the queue: counts() stays O(1)
         self._taken = 0  # items the current export took beyond its batch (``take``)
+        # Odd while the worker moves items from the queue to ``drained`` (counts() waits
+        # for an even value that did not change): between the pops and the count, items
+        # were in neither, and ``emitted`` lagged by thousands and went down.
+        self._moving = 0
 
     def _after_fork(self) -> None:
         self._init_runtime()
@@ -144,29 +149,35 @@ class BatchingQueue(Generic[T]):
 
     def _drain(self) -> None:
         queue = self._queue
-        batch: list[T] = []
         while queue:
             item = queue[0]
             if type(item) is _FlushMarker:
-                # Deliver what precedes the marker while it still heads the queue: an
+                # What preceded the marker was delivered while it headed the queue: an
                 # export that takes more (``take``) stops at it, so the flush is not kept
                 # waiting behind events submitted after it.
-                self._deliver(batch)
-                batch = []
                 queue.popleft()
                 self._markers.add(-1)
                 item.done.set()
                 continue
-            batch.append(queue.popleft())  # type: ignore[arg-type]
-            if len(batch) >= self._max_batch:
-                self._deliver(batch)
-                batch = []
-        self._deliver(batch)
+            self._deliver(self._move(self._max_batch))
+
+    def _move(self, n: int) -> list[T]:
+        """Up to ``n`` items from the head of the queue, up to a flush marker, counted as
+        drained in the same step as far as ``counts()`` can tell."""
+        queue = self._queue
+        items: list[T] = []
+        self._moving += 1
+        try:
+            while queue and len(items) < n and type(queue[0]) is not _FlushMarker:
+                items.append(queue.popleft())  # type: ignore[arg-type]
+            self.drained.add(len(items))
+        finally:
+            self._moving += 1
+        return items
 
     def _deliver(self, batch: list[T]) -> None:
         if not batch:
             return
-        self.drained.add(len(batch))
         self._taken = 0
         try:
             self._export(batch)
@@ -182,13 +193,9 @@ class BatchingQueue(Generic[T]):
         handles markers: what was submitted before a flush is delivered before it
         returns). A sender keeps its pipeline full with what arrived while it was
         sending, instead of waiting for every reply before the next drain."""
-        queue = self._queue
-        if len(queue) - self._markers.value < n:
+        if len(self._queue) - self._markers.value < n:
             return []
-        items: list[T] = []
-        while len(items) < n and type(queue[0]) is not _FlushMarker:
-            items.append(queue.popleft())  # type: ignore[arg-type]
-        self.drained.add(len(items))
+        items = self._move(n)
         self._taken += len(items)
         return items
 
@@ -234,10 +241,17 @@ class BatchingQueue(Generic[T]):
         return len(self._queue)
 
     def counts(self) -> dict[str, int]:
-        queued = max(0, len(self._queue) - self._markers.value)
+        while True:
+            moving = self._moving
+            if moving & 1:
+                time.sleep(0)  # let the worker finish the move
+                continue
+            queued = max(0, len(self._queue) - self._markers.value)
+            drained = self.drained.value
+            if self._moving == moving:
+                break
         return {
-            "submitted": self.drained.value + queued + self.dropped.value
-            + self.overflowed.value,
+            "submitted": drained + queued + self.dropped.value + self.overflowed.value,
             "queued": queued,
             "failed": self.failed.value,
             "dropped": self.dropped.value,

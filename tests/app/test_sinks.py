@@ -181,3 +181,48 @@ def test_emit_without_a_sink_says_how_to_configure() -> None:
 
     with pytest.raises(AuditConfigurationError, match="configure"):
         emit("team_created", "t1")
+
+
+def test_the_emitted_count_never_lags_returned_emits_nor_goes_down() -> None:
+    """``submitted`` is derived (drained + queued + dropped): the worker popped up to a
+    batch of items before counting them drained, and a read in between missed them all
+    (thousands behind the emits already returned, and lower than the read before: a
+    counter reset to a metrics scrape). A short GIL switch interval makes the
+    interleaving frequent; the race is the same without it (a review helper)."""
+    import sys
+
+    from audit_middleware.sinks.batching import BatchingQueue
+
+    def slow_export(batch: list[int]) -> None:
+        time.sleep(0.001)
+
+    queue: BatchingQueue[int] = BatchingQueue(slow_export, max_queue=100_000, max_batch=4096,
+                                              max_delay=0.001, name="count-test")
+    returned, stop = [0], threading.Event()
+    problems: list[str] = []
+
+    def reader() -> None:
+        last = 0
+        while not stop.is_set():
+            before = returned[0]
+            seen = queue.counts()["submitted"]
+            if seen < before:
+                problems.append(f"{seen} counted after {before} returned")
+            if seen < last:
+                problems.append(f"{seen} after {last}")
+            last = seen
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(40_000):
+            queue.submit(i)
+            returned[0] += 1
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+        queue.close(timeout=5)
+    assert problems[:3] == []
