@@ -183,7 +183,7 @@ def test_what_an_export_took_is_counted_when_it_fails() -> None:
     queue._export = export
     for n in [1, 2, 10, 11, 12]:
         queue._queue.append(n)
-    queue._deliver([queue._queue.popleft(), queue._queue.popleft()])
+    queue._deliver(queue._move(2))  # as the worker does: moved (counted), then delivered
     assert queue.failed.value == 5
     assert queue.counts()["submitted"] == 5 and queue.counts()["queued"] == 0
 
