@@ -22,5 +22,8 @@ class Counter:
         return self._n
 
     def reset(self) -> None:
-        with self._lock:
-            self._n = 0
+        """Back to 0 with a new lock. Called in a forked child, where another thread of
+        the parent may have held the old lock at the fork: it is never released there,
+        and taking it would hang the child."""
+        self._lock = threading.Lock()
+        self._n = 0

@@ -226,3 +226,43 @@ def test_the_emitted_count_never_lags_returned_emits_nor_goes_down() -> None:
         sys.setswitchinterval(interval)
         queue.close(timeout=5)
     assert problems[:3] == []
+
+
+def test_a_counter_reset_in_a_forked_child_never_waits_on_the_parents_lock() -> None:
+    """The after-fork hooks reset every counter. A counter whose lock another thread of
+    the parent held at the fork kept it held in the child for good, and the reset waited
+    on it: the forked worker hung before serving a request."""
+    from audit_middleware._counter import Counter
+
+    counter = Counter()
+    counter.add(5)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with counter._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: one thread, the old lock held by nobody alive
+            counter.reset()
+            counter.add()
+            os._exit(0 if counter.value == 1 else 1)
+        deadline = time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise AssertionError("the child hung in Counter.reset()")
+            time.sleep(0.02)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        holder.join()
