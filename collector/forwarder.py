@@ -34,6 +34,7 @@ The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExpor
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -194,7 +195,46 @@ def otlp_http_exporter(settings: ForwardSettings) -> LogRecordExporter:
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
     return OTLPLogExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
-                           timeout=settings.timeout)
+                           timeout=settings.timeout, session=_answer_keeping_session()())
+
+
+@functools.cache
+def _answer_keeping_session() -> type[Any]:
+    import requests  # the OTLP exporter's own dependency: imported with it, when used
+
+    class AnswerKeepingSession(requests.Session):
+        """Keeps the body of the last answer: the exporter reads only the status, and
+        an OTLP receiver's 200 can say it rejected some of the records (``partial
+        success``), which must not pass unseen."""
+
+        last_answer: bytes | None = None
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            self.last_answer = None
+            response = super().request(*args, **kwargs)
+            self.last_answer = response.content
+            return response
+
+    return AnswerKeepingSession
+
+
+def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
+    """How many records the receiver's last answer says it rejected, and why (OTLP
+    ``partial_success``); None when it says nothing of the kind or cannot be read."""
+    transport = getattr(getattr(exporter, "_client", None), "_transport", None)
+    answer = getattr(getattr(transport, "_session", None), "last_answer", None)
+    if not answer:
+        return None
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+    try:
+        parsed = ExportLogsServiceResponse.FromString(answer)
+    except Exception:  # noqa: BLE001 - not protobuf (a proxy's text): nothing to say
+        return None
+    partial = parsed.partial_success
+    if partial.rejected_log_records <= 0:
+        return None
+    return partial.rejected_log_records, partial.error_message
 
 
 class Forwarder:
@@ -220,6 +260,7 @@ class Forwarder:
         self.batches = 0
         self.failures = 0  # export attempts that failed (each is retried)
         self.skipped = 0  # records gone (retention) before they could be forwarded
+        self.rejected = 0  # records the receiver accepted the batch of, but rejected
         self.last_error: str | None = None
         self._newest = 0
         self._oldest_pending_us: int | None = None
@@ -312,6 +353,15 @@ class Forwarder:
             raise ExportFailed(f"{self.settings.endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}); see the log "
                                "of opentelemetry.exporter for why")
+        refused = rejected_by_receiver(self._exporter)
+        if refused is not None:
+            # OTLP: a partial success is not retried (the receiver would refuse the same
+            # records again); it is counted and said, and forwarding goes on.
+            with self._lock:
+                self.rejected += refused[0]
+            log.error("forwarder: %s rejected %d of the %d records of seq %d-%d: %s",
+                      self.settings.endpoint, refused[0], len(records), first,
+                      records[-1]["seq"], refused[1] or "(no reason given)")
         last = records[-1]["seq"]
         self.checkpoint.save(self.settings.endpoint, last)
         if first > position + 1:
@@ -417,6 +467,7 @@ class Forwarder:
                 "batches": self.batches,
                 "failures": self.failures,
                 "skipped": self.skipped,
+                "rejected": self.rejected,
                 "last_error": self.last_error,
             }
 

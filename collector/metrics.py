@@ -126,6 +126,8 @@ METRICS: Final[tuple[Metric, ...]] = (
        "Failed exports (each retried with backoff)"),
     _m("audit.collector.forward.skipped", "counter", "forwarder", "skipped", "{event}",
        "Events deleted by retention before they could be forwarded"),
+    _m("audit.collector.forward.rejected", "counter", "forwarder", "rejected", "{event}",
+       "Events the OTLP receiver answered as rejected (partial success); not retried"),
     _m("audit.collector.forward.checkpoint", "gauge", "forwarder", "checkpoint_seq", "1",
        "Sequence number of the last forwarded event"),
 )

@@ -26,6 +26,8 @@ class OTLPReceiver:
         self.headers: list[dict[str, str]] = []  # lower-case names
         self.refused = 0
         self._refuse: list[int] = []  # statuses for the next requests
+        #: (rejected records, message) answered as an OTLP partial success, next request
+        self.partial: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -44,7 +46,13 @@ class OTLPReceiver:
                     body = gzip.decompress(body)
                 status = receiver._handle(self.path, {k.lower(): v for k, v in self.headers.items()},
                                           body)
-                reply = ExportLogsServiceResponse().SerializeToString() if status == 200 else b""
+                answer = ExportLogsServiceResponse()
+                with receiver._lock:
+                    if status == 200 and receiver.partial:
+                        rejected, message = receiver.partial.pop(0)
+                        answer.partial_success.rejected_log_records = rejected
+                        answer.partial_success.error_message = message
+                reply = answer.SerializeToString() if status == 200 else b""
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))

@@ -375,3 +375,23 @@ def test_an_endpoint_trickling_its_answer_is_abandoned_at_the_deadline(
         stop.set()
     assert stopped_in < 3
     assert requests_seen  # the endpoint was reached: the export, not the connect, stalled
+
+
+def test_a_partial_success_is_counted_and_said_not_passed_unseen(
+        store: Store, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    """An OTLP receiver answers 200 with ``partial_success`` when it rejected some of
+    the records; the exporter reads only the status, and the checkpoint moved past
+    records the receiver never kept, with no word. They are counted and logged; not
+    retried (the receiver would refuse them again), as OTLP asks."""
+    import logging
+
+    write(store, 6)
+    receiver.partial.append((2, "attribute audit.target.id too long"))
+    fwd = forwarder(store, receiver)
+    with caplog.at_level(logging.ERROR, "collector.forward"):
+        while fwd.step():
+            pass
+    stats = fwd.stats()
+    assert (stats["forwarded"], stats["rejected"], stats["failures"]) == (6, 2, 0)
+    assert "rejected 2 of the 4 records of seq 1-4: attribute audit.target.id too long" \
+        in caplog.text
