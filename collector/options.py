@@ -155,6 +155,10 @@ def parse_forward_endpoint(value: Any) -> str:
                 from None
         if not parts.hostname or port == 0:
             raise ValueError(f"{value!r} names no host (or port 0): a URL {example}")
+        if "@" in parts.netloc:
+            # Printed at start-up, in stats, logs and the checkpoint file: never there.
+            raise ValueError("the URL holds credentials (user:password@): give them as a "
+                             "header instead, forward_headers = \"Authorization=Basic ...\"")
     return value
 
 

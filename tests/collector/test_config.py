@@ -104,6 +104,9 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     ([], {"AUDIT_FORWARD_HEADERS": "x=y"}, "forward_headers set but forward_endpoint"),
     (["--forward-endpoint", "http://"], {}, "names no host"),
     (["--forward-endpoint", "http://127.0.0.1:99999/v1/logs"], {}, "not 1-65535"),
+    # credentials in the URL were printed at start-up, in stats, logs and the checkpoint
+    (["--forward-endpoint", "https://ops:s3cret@otel.example/v1/logs"], {},
+     "the URL holds credentials"),
     (["--forward-endpoint", "http://h:4318/v1/logs", "--forward-headers",
       "Authorization=Bearer tök€"], {}, "printable ASCII"),
 ])
