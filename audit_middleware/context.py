@@ -94,6 +94,8 @@ class RequestContext:
         #: The request's resolved, capped record fields: computed for its first event
         #: (``emitter.request_fields``) and reused by every later one.
         self.fields: tuple[str, str, str, str, str, str, str] | None = None
+        #: Cached; a ``_Provisional`` pair when resolved before the path parameters were
+        #: known (``params_known``), which ``forget_early`` drops.
         self._org: tuple[str, str] | None = None
         self._workspace: tuple[str, str] | None = None
 
@@ -110,6 +112,32 @@ class RequestContext:
         if self.scope is not None:
             return self.scope.get("path_params") or {}
         return self.view_args or {}
+
+    @property
+    def params_known(self) -> bool:
+        """Whether the path parameters are known yet: once the router has matched
+        (ASGI, ``scope["path_params"]``), once ``@audited`` has the view's keyword
+        arguments (WSGI, ``view_args``). An event emitted before (an outer middleware,
+        a Flask ``before_request`` hook) resolves without them."""
+        if self.scope is not None:
+            return "path_params" in self.scope
+        return self.view_args is not None
+
+    def forget_early(self) -> None:
+        """Drop an organization and workspace resolved before the path parameters were
+        known, and the record fields made from them, so that the next event resolves
+        them again, with the parameters (``@audited`` calls it before its handler).
+        What was resolved with them stays: a handler that deletes its workspace is
+        still recorded with the name it had."""
+        if not self.params_known:  # still not: nothing to resolve them with
+            return
+        early = False
+        if type(self._org) is _Provisional:
+            self._org, early = None, True
+        if type(self._workspace) is _Provisional:
+            self._workspace, early = None, True
+        if early:
+            self.fields = None
 
     def header(self, name: str) -> str | None:
         """All values of header ``name`` joined by ``, `` (as RFC 9110 combines them)."""
@@ -141,12 +169,21 @@ class RequestContext:
 
     def org(self) -> tuple[str, str]:
         if self._org is None:
-            self._org = _pair(self.config.org, self, "org")
+            if self.params_known:
+                self._org = _pair(self.config.org, self, "org")
+            else:  # set first: a resolver that raises leaves it provisional too
+                self._org = _NOT_YET
+                self._org = _Provisional(_pair(self.config.org, self, "org"))
         return self._org
 
     def workspace(self) -> tuple[str, str]:
         if self._workspace is None:
-            self._workspace = _pair(self.config.workspace, self, "workspace")
+            if self.params_known:
+                self._workspace = _pair(self.config.workspace, self, "workspace")
+            else:
+                self._workspace = _NOT_YET
+                self._workspace = _Provisional(
+                    _pair(self.config.workspace, self, "workspace"))
         return self._workspace
 
     def resolve_or(self, what: str, fallback: Any) -> Any:
@@ -157,6 +194,16 @@ class RequestContext:
         except Exception:
             log.exception("audit: resolving %s failed; recording the event without it", what)
             return fallback
+
+
+class _Provisional(tuple[str, str]):
+    """An organization or workspace resolved before the request's path parameters were
+    known (``RequestContext.params_known``): used until they are, then resolved again."""
+
+    __slots__ = ()
+
+
+_NOT_YET = _Provisional(("", ""))
 
 
 def _pair(resolver: Resolver | None, ctx: RequestContext, what: str) -> tuple[str, str]:
@@ -236,7 +283,11 @@ def set_principal(principal: str) -> None:
 
 def path_param(name: str, *, lookup: Callable[[str], str | None] | None = None) -> Resolver:
     """A resolver taking an id from a path parameter, and its display name from
-    ``lookup(id)`` when given: ``AuditMiddleware(app, org=path_param("org_id", ...))``."""
+    ``lookup(id)`` when given: ``AuditMiddleware(app, org=path_param("org_id", ...))``.
+
+    Under WSGI the path parameters are the keyword arguments of the ``@audited`` view: a
+    value a Flask ``url_value_preprocessor`` pops never reaches it, and is not found here
+    (resolve it from where the preprocessor put it instead, such as ``flask.g``)."""
 
     def resolve(ctx: RequestContext) -> Resolved:
         value = ctx.path_params.get(name)

@@ -4,7 +4,19 @@ Works on sync and async callables (Starlette endpoints, FastAPI path operations,
 and Django views) and keeps their signature (``functools.wraps`` sets ``__wrapped__``,
 which FastAPI follows for dependency injection). A handler that raises records nothing,
 or a failure event when ``record_failure=True``; the exception always propagates
-unchanged. A handler that *returns* an error response (status >= 400) is a failure too.
+unchanged. A handler that *returns* an error response (status >= 400) is a failure too:
+a response object of the framework (Starlette, Werkzeug/Flask, Django) with that status,
+Flask's ``(body, status)`` with an int or a status line (``"404 NOT FOUND"``), or a plain
+body from a FastAPI handler that set the status on its injected ``response: Response``.
+Any other result is a success, whatever it holds (a model with a ``status_code`` field of
+its own is no response).
+
+Under WSGI, path parameters are the view's keyword arguments, which ``@audited`` hands
+to the request context before the handler runs (an organization or workspace resolved by
+an earlier event of the request, without them, is resolved again). A value a Flask
+``url_value_preprocessor`` pops from them never reaches the view, so ``path_param``
+cannot see it: resolve it from where the preprocessor put it (``flask.g``), e.g.
+``workspace=lambda ctx: g.get("workspace_id")``.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -104,11 +117,97 @@ def _lookup(body: Any, key: str) -> Any:
     return getattr(body, key)
 
 
-def _response_status(result: Any) -> int | None:
-    if isinstance(result, tuple) and len(result) >= 2 and isinstance(result[1], int):
-        return result[1]
-    status = getattr(result, "status_code", None)
-    return status if isinstance(status, int) else None
+#: The response classes of the frameworks ``@audited`` serves, by module and name: a
+#: result is a response if one of them is in its class's MRO. Named, not imported: no
+#: framework is a dependency, and an object of one that is not imported is no response.
+_RESPONSE_BASES = frozenset({
+    ("starlette.responses", "Response"),  # Starlette, FastAPI
+    ("werkzeug.sansio.response", "Response"),  # Flask, Quart
+    ("werkzeug.wrappers.response", "Response"),  # Werkzeug before its sansio split
+    ("django.http.response", "HttpResponseBase"),  # Django
+})
+_STARLETTE_RESPONSE = ("starlette.responses", "Response")
+#: Verdicts of ``_is_response_type``: a handler returns a few result classes, over and over.
+_response_types: dict[type, bool] = {}
+
+
+def _is_response_type(kind: type) -> bool:
+    """Whether results of class ``kind`` are responses (an HTTP status of their own),
+    not values that merely have a ``status_code`` (a model of an upstream check)."""
+    verdict = _response_types.get(kind)
+    if verdict is None:
+        verdict = any((getattr(c, "__module__", None), getattr(c, "__qualname__", None))
+                      in _RESPONSE_BASES for c in getattr(kind, "__mro__", ()))
+        if len(_response_types) < 4096:  # classes made per call must not grow it forever
+            _response_types[kind] = verdict
+    return verdict
+
+
+def _status_value(status: Any) -> int | None:
+    """An HTTP status as a handler gives it: an int (``HTTPStatus`` too) or a status
+    line (Flask's ``"404 NOT FOUND"``, as ``wsgi._status_code`` reads it)."""
+    if isinstance(status, int) and not isinstance(status, bool):
+        return int(status)
+    if isinstance(status, str):
+        try:
+            return int(status.split(None, 1)[0])
+        except (ValueError, IndexError):
+            return None
+    return None
+
+
+def _response_params(func: Callable[..., Any]) -> tuple[str, ...]:
+    """The parameters of ``func`` FastAPI fills with the request's ``Response`` (those
+    annotated with a Starlette ``Response`` class): a handler that returns a plain body
+    sets its status there (``response.status_code = 404``)."""
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return ()
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # noqa: BLE001 - a name not defined yet: the annotation's text
+        hints = {}
+    names = []
+    for name, parameter in parameters.items():
+        annotation = hints.get(name, parameter.annotation)
+        if isinstance(annotation, str):
+            found = "Response" in annotation
+        else:
+            found = isinstance(annotation, type) and any(
+                (getattr(c, "__module__", None), getattr(c, "__qualname__", None))
+                == _STARLETTE_RESPONSE for c in annotation.__mro__)
+        if found:
+            names.append(name)
+    return tuple(names)
+
+
+def _injected_status(kwargs: Mapping[str, Any], names: tuple[str, ...]) -> int | None:
+    """The status a handler set on the ``Response`` FastAPI passed it (None while unset:
+    FastAPI hands it over with ``status_code = None``)."""
+    for name in names:
+        response = kwargs.get(name)
+        if response is not None and _is_response_type(type(response)):
+            code = _status_value(getattr(response, "status_code", None))
+            if code is not None:
+                return code
+    return None
+
+
+def _response_status(result: Any, kwargs: Mapping[str, Any] | None = None,
+                     response_params: tuple[str, ...] = ()) -> int | None:
+    """The HTTP status the handler's result gives, None when it gives none (a plain body,
+    which the framework answers with 200 unless the handler set another)."""
+    if isinstance(result, tuple) and len(result) >= 2:  # Flask (body, status[, headers])
+        code = _status_value(result[1])
+        if code is not None:
+            return code
+        result = result[0]  # (body, headers): the body's status, if it is a response
+    if _is_response_type(type(result)):
+        return _status_value(getattr(result, "status_code", None))
+    if response_params and kwargs:
+        return _injected_status(kwargs, response_params)
+    return None
 
 
 class _Recorder:
@@ -119,13 +218,18 @@ class _Recorder:
     other shape builds an :class:`AuditCall` for its getters."""
 
     def __init__(self, event_type: str, getters: dict[str, Getter], record_failure: bool,
-                 target_param: str | None, constant_status: str | None, simple: bool) -> None:
+                 target_param: str | None, constant_status: str | None, simple: bool,
+                 response_params: tuple[str, ...] = ()) -> None:
         self.event_type = event_type
         self.getters = getters
         self.record_failure = record_failure
         self.target_param = target_param
         self.constant_status = constant_status
         self.simple = simple
+        #: The handler's parameters FastAPI passes its ``Response`` in (``_response_params``).
+        self.response_params = response_params
+        #: The response class the handler last returned: known without a lookup.
+        self.response_kind: type | None = None
 
     def success(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
                 ctx: RequestContext | None) -> None:
@@ -136,14 +240,23 @@ class _Recorder:
         try:
             if self.simple and ctx is not None:
                 kind = type(result)
-                # A plain body (FastAPI's dict, a list, None) has no status: skip getattr,
-                # whose miss costs an AttributeError raised and swallowed inside CPython.
+                # A response's status is its own; anything else (FastAPI's dict, a list,
+                # None, a model with a status_code field of its own) has none: the status
+                # is the one the handler set on FastAPI's injected Response, if any.
                 if kind is dict or kind is list or result is None:
-                    code = None
+                    code = (_injected_status(kwargs, self.response_params)
+                            if self.response_params else None)
+                elif kind is self.response_kind:  # the response class it returned before
+                    code = getattr(result, "status_code", None)
                 elif kind is tuple:
                     return self._general(AuditCall(args, kwargs, result, None, ctx))
-                else:
+                elif _is_response_type(kind):
+                    self.response_kind = kind
                     code = getattr(result, "status_code", None)
+                elif self.response_params:
+                    code = _injected_status(kwargs, self.response_params)
+                else:
+                    code = None
                 if code is None or (type(code) is int and code < 400):
                     name = self.target_param
                     if name is None:
@@ -164,7 +277,7 @@ class _Recorder:
             return self.record(AuditCall(args, kwargs, result, None, ctx), None)
 
     def _general(self, call: AuditCall) -> None:
-        code = _response_status(call.result)
+        code = _response_status(call.result, call.kwargs, self.response_params)
         if code is not None and code >= 400:
             if self.record_failure:
                 self.record(call, f"failed: HTTP {code}")
@@ -238,18 +351,20 @@ def audited(
         "workspace_name": _getter(workspace_name, "workspace_name"),
     }
     overrides = (principal, org_id, org_name, workspace_id, workspace_name)
-    recorder = _Recorder(
-        event_type,
-        {name: g for name, g in getters.items() if g is not None},
-        record_failure,
-        target_param=target if isinstance(target, str) else None,
-        constant_status=status if isinstance(status, str) else None,
-        simple=(target is None or isinstance(target, str))
-        and (status is None or isinstance(status, str))
-        and all(o is None for o in overrides),
-    )
+    simple = ((target is None or isinstance(target, str))
+              and (status is None or isinstance(status, str))
+              and all(o is None for o in overrides))
 
     def decorate(func: F) -> F:
+        recorder = _Recorder(
+            event_type,
+            {name: g for name, g in getters.items() if g is not None},
+            record_failure,
+            target_param=target if isinstance(target, str) else None,
+            constant_status=status if isinstance(status, str) else None,
+            simple=simple,
+            response_params=_response_params(func),
+        )
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -288,8 +403,13 @@ def audited(
 
 
 def _before_handler(ctx: RequestContext, kwargs: dict[str, Any]) -> None:
-    if ctx.environ is not None and kwargs:
-        ctx.view_args = kwargs  # WSGI frameworks pass path parameters as kwargs
+    if ctx.environ is not None and (kwargs or ctx.view_args is None):
+        # WSGI frameworks pass path parameters as kwargs: from here on they are known
+        # (an empty dict too: the view has none).
+        ctx.view_args = kwargs
+    # An event emitted earlier in the request (a before_request hook, a middleware)
+    # resolved organization and workspace without the path parameters: again, with them.
+    ctx.forget_early()
     # Resolve organization and workspace *before* the handler runs: a handler that
     # deletes its workspace must still be recorded with the workspace's name.
     ctx.resolve_or("org", None)
