@@ -33,6 +33,10 @@ MAX_HEADER_CHARS: Final = 8192
 
 log = logging.getLogger("audit_middleware")
 
+#: IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``), which ``parse_ip`` reads as IPv4.
+_IPV4_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 class Resolution(NamedTuple):
     client_ip: str
     #: The socket peer, when it differs from ``client_ip`` (forwarded or unresolvable).
@@ -40,7 +44,12 @@ class Resolution(NamedTuple):
 
 
 class TrustedProxies:
-    """A set of IPs and CIDRs (IPv4 and IPv6), validated at construction."""
+    """A set of IPs and CIDRs (IPv4 and IPv6), validated at construction.
+
+    An IPv4 address and its IPv4-mapped IPv6 form are one address (``parse_ip``): an
+    entry written mapped (``::ffff:10.0.0.1``, ``::ffff:10.0.0.0/104``) is its IPv4
+    network. A wider IPv6 block (``::/0``, ``::/64``) trusts IPv6 peers only: trust is
+    never wider than what the operator wrote as such, so IPv4 is trusted as IPv4."""
 
     def __init__(self, proxies: Iterable[str] = ()) -> None:
         if proxies is None:
@@ -72,6 +81,13 @@ class TrustedProxies:
                 raise AuditConfigurationError(
                     f"trusted proxy {entry!r} has host bits set: write the network "
                     f"{network} to trust all of it, or {text.split('/')[0]} alone")
+            if (isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96
+                    and network.subnet_of(_IPV4_MAPPED)):
+                # Peers and hops in IPv4-mapped form are read as IPv4 (parse_ip), as a
+                # dual-stack listener reports an IPv4 proxy: so is the entry (written
+                # mapped, it was accepted and never matched: the proxy became the client).
+                network = ipaddress.IPv4Network(
+                    (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
             if network.prefixlen == 0:
                 log.warning("audit: trusted proxy %s trusts every address: any client can "
                             "then name its own client IP in forwarding headers", network)
