@@ -263,7 +263,7 @@ def run_reindex(args: argparse.Namespace) -> int:
     bar = ProgressBar(sys.stderr)
     report = q.reindex(data_dir, progress=bar.update)
     bar.done()
-    print(f"reindexed {data_dir}: {report}")
+    print(f"reindexed {data_dir}: {report.describe()}")
     return 0
 
 

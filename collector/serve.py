@@ -127,7 +127,7 @@ def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
                  "lost: apps spool until the collector is back)" if full else ""),
               file=sys.stderr, flush=True)
         return 1
-    print(f"audit-collector: store opened in {config.data_dir}: {describe_repair(report)}",
+    print(f"audit-collector: store opened in {config.data_dir}: {report.describe()}",
           file=out, flush=True)
     try:
         asyncio.run(_serve(store, config, out))
@@ -156,29 +156,6 @@ def raise_open_files_limit() -> str:
             return f"{soft} (could not raise it to {wanted}: {exc})"
         return f"{wanted} (raised from {soft})"
     return str(soft)
-
-
-def describe_repair(report: Any) -> str:
-    """What start-up found and fixed after a crash, in one line (``RepairReport``)."""
-    done = []
-    if getattr(report, "quarantined", None):
-        done.append(f"{len(report.quarantined)} torn tail(s), {report.quarantined_bytes} "
-                    "bytes, moved to quarantine/")
-    if getattr(report, "index_rebuilt", None):
-        done.append(f"index rebuilt ({report.index_rebuilt})")
-    if getattr(report, "indexed", 0):
-        done.append(f"{report.indexed} records indexed")
-    if getattr(report, "removed_files", None):
-        done.append(f"{len(report.removed_files)} leftover temp file(s) removed")
-    if getattr(report, "dropped_segments", None):
-        done.append(f"{len(report.dropped_segments)} missing segment(s) dropped from the "
-                    "index")
-    if getattr(report, "missing_newest", None):
-        done.append(f"newest segment(s) {', '.join(map(str, report.missing_newest))} "
-                    "missing (deleted?): new records go to a segment numbered after them")
-    if getattr(report, "unreadable_lines", 0):
-        done.append(f"{report.unreadable_lines} unreadable line(s) skipped")
-    return "; ".join(done) if done else "nothing to repair"
 
 
 async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:

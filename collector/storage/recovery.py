@@ -68,6 +68,28 @@ class RepairReport:
     def quarantined_bytes(self) -> int:
         return sum(t.size for t in self.quarantined)
 
+    def describe(self) -> str:
+        """What was found and fixed, in one line for an operator."""
+        done = []
+        if self.quarantined:
+            done.append(f"{len(self.quarantined)} torn tail(s), {self.quarantined_bytes} "
+                        "bytes, moved to quarantine/")
+        if self.index_rebuilt:
+            done.append(f"index rebuilt ({self.index_rebuilt})")
+        if self.indexed:
+            done.append(f"{self.indexed} records indexed")
+        if self.removed_files:
+            done.append(f"{len(self.removed_files)} leftover temp file(s) removed")
+        if self.dropped_segments:
+            done.append(f"{len(self.dropped_segments)} missing segment(s) dropped from the "
+                        "index")
+        if self.missing_newest:
+            done.append(f"newest segment(s) {', '.join(map(str, self.missing_newest))} "
+                        "missing (deleted?): new records go to a segment numbered after them")
+        if self.unreadable_lines:
+            done.append(f"{self.unreadable_lines} unreadable line(s) skipped")
+        return "; ".join(done) if done else "nothing to repair"
+
 
 def open_and_recover(path: Path, segments_dir: Path, quarantine_dir: Path, *,
                      make_index: Callable[[Path], Index], rebuild: str | None = None,

@@ -212,6 +212,9 @@ def test_reindex_rebuilds_a_deleted_index(data_dir: Path, tmp_path: Path) -> Non
         index_file.unlink()
     done = cli("reindex", "--data-dir", str(copy))
     assert "reindex: 100%" in done.stderr
+    # A line for an operator, not the report object's repr.
+    assert done.stdout == (f"reindexed {copy}: index rebuilt (reindex requested); "
+                           f"{len(EVENTS)} records indexed\n")
     again = cli("query", "--data-dir", str(copy), "--all", "--oldest-first", "--format", "jsonl")
     assert [r["type"] for r in jsonl(again)] == [e[0] for e in EVENTS]
 
