@@ -257,7 +257,13 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
     from collector.storage.segments import list_segment_files
     from collector.store import lock_data_dir
 
-    from .keys import KeyRing, SigningKey, default_signing_key_path, write_signing_key
+    from .keys import (
+        KeyRing,
+        SigningKey,
+        default_signing_key_path,
+        install_signing_key,
+        prepare_signing_key,
+    )
     from .ledger import Ledger
 
     if not (data_dir / "segments").is_dir():
@@ -275,11 +281,28 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
         ledger = Ledger.open(data_dir, signing_key, interval, data_dir / "quarantine")
         old = ledger.key
         new = SigningKey(Ed25519PrivateKey.generate(), old.path)
-        KeyRing(data_dir / "keys").add(new.public)
-        # Signed by the old key, naming the new one: verify follows the rotation from a
-        # key exported before it. Then the new key replaces the old one on disk.
-        ledger.rotate_key(new, active_path=files[-1].path)
-        write_signing_key(old.path, new.private, replace=True)
+        # The new key on disk first, beside the old one: a rotation recorded before its
+        # key was written (a full disk) left a store whose next digests the old key
+        # signed, against its own record. Then its public key, then the record.
+        tmp = prepare_signing_key(old.path, new.private)
+        ring = KeyRing(data_dir / "keys")
+        public_path = ring.directory / f"ed25519-{new.id}.pub"
+        try:
+            ring.add(new.public)
+            # Signed by the old key, naming the new one: verify follows the rotation
+            # from a key exported before it.
+            ledger.rotate_key(new, active_path=files[-1].path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            public_path.unlink(missing_ok=True)  # a key that never signed anything
+            raise
+        try:
+            install_signing_key(tmp, old.path)
+        except OSError as exc:
+            raise IntegrityError(
+                f"the rotation to key {new.id} is recorded, but the new key could not "
+                f"replace {old.path} ({exc.strerror or exc}): move {tmp} to {old.path} "
+                f"before the collector starts again") from None
     finally:
         os.close(lock)
     print(f"rotated the signing key: {old.id} -> {new.id} ({old.path}); the old public key "

@@ -135,6 +135,17 @@ def load_signing_key(path: Path) -> SigningKey:
 def write_signing_key(path: Path, private: Ed25519PrivateKey, *, replace: bool) -> None:
     """Write ``private`` to ``path`` (0600) through a temporary file, fsynced; with
     ``replace`` an existing key is atomically replaced (key rotation)."""
+    tmp = prepare_signing_key(path, private)
+    if not replace and path.exists():
+        tmp.unlink()
+        raise KeyFileError(f"{path} appeared while a new key was being written: "
+                           f"another process is creating keys; start one collector only")
+    install_signing_key(tmp, path)
+
+
+def prepare_signing_key(path: Path, private: Ed25519PrivateKey) -> Path:
+    """``private`` in a fsynced temporary file beside ``path`` (0600), to be put in place
+    by ``install_signing_key``: a rotation records the new key only once it is on disk."""
     pem = private.private_bytes(serialization.Encoding.PEM,
                                 serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -144,12 +155,15 @@ def write_signing_key(path: Path, private: Ed25519PrivateKey, *, replace: bool) 
     try:
         os.write(fd, pem)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
-    if not replace and path.exists():
-        tmp.unlink()
-        raise KeyFileError(f"{path} appeared while a new key was being written: "
-                           f"another process is creating keys; start one collector only")
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def install_signing_key(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

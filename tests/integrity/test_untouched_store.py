@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 
 from collector.integrity import digests
 from collector.integrity.verify import verify
@@ -378,3 +379,34 @@ def test_two_directories_to_verify_is_a_usage_error(tmp_path: Path) -> None:
     result = run_verify(str(data_dir), "--data-dir", str(tmp_path / "other"))
     assert result.returncode == 2 and "give one" in result.stderr
     assert run_verify(str(data_dir), "--data-dir", str(data_dir)).returncode == 0
+
+
+def test_a_rotation_that_fails_leaves_the_store_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rotation is recorded (a digest signed by the old key naming the new one) only
+    once the new key is on disk beside the old, and a failure before the record leaves
+    no trace: before, it left the new public key in the key ring, a key that never
+    signed anything; and a failure writing the new key after the record left a store
+    whose next digests the old key signed, against its own record."""
+    import errno
+
+    from collector.integrity import commands
+    from collector.integrity.ledger import Ledger
+
+    data_dir = build_store(tmp_path / "data", batches=2)
+    key_file = data_dir / "keys" / "signing-key.pem"
+    before = key_file.read_bytes()
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Ledger, "rotate_key", disk_full)
+    with pytest.raises(OSError):
+        commands._rotate(data_dir, None, 300.0)
+    monkeypatch.undo()
+    assert key_file.read_bytes() == before
+    assert len(list((data_dir / "keys").glob("ed25519-*.pub"))) == 1
+    assert not list((data_dir / "keys").glob("*.tmp"))
+    with open_store(data_dir) as store:
+        store.write(events(3))
+    assert check(data_dir).valid
