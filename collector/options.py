@@ -56,7 +56,10 @@ MAX_DURATION: Final = 10 * 365 * 86_400.0
 
 def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        # An int too large for a float (10**400, from Python: TOML cannot hold one) is
+        # out of range like any other, not an OverflowError.
+        seconds = float(value) if not isinstance(value, int) or value <= MAX_DURATION \
+            else math.inf
     else:
         match = _DURATION.fullmatch(value) if isinstance(value, str) else None
         if not match:
@@ -65,8 +68,9 @@ def parse_duration(value: Any) -> float:
         unit = match.group(2).lower() if match.group(2) else None
         seconds = float(match.group(1)) * _DURATION_UNITS[unit]
     if not 0 <= seconds <= MAX_DURATION:  # also NaN
+        shown = repr(value)
         raise ValueError(f"expected a duration from 0 to ten years ({MAX_DURATION:g} s), got "
-                         f"{value!r}")
+                         f"{shown if len(shown) <= 40 else shown[:37] + '...'}")
     return seconds
 
 

@@ -189,3 +189,14 @@ def test_retention_is_a_positive_number_of_days() -> None:
         load(parse("--retention-days", "0"), {})
     with pytest.raises(ConfigError, match="expected a number"):
         load(parse("--retention-days", "1y"), {})
+
+
+@pytest.mark.parametrize("value", [10**400, -1, float("nan"), float("inf")])
+def test_a_duration_out_of_range_from_python_is_a_value_error(value: object) -> None:
+    """From the Python API an int too large for a float raised OverflowError (TOML cannot
+    hold one, a caller can); every out-of-range duration is the same ValueError."""
+    from collector.options import parse_duration
+
+    with pytest.raises(ValueError, match="from 0 to ten years") as caught:
+        parse_duration(value)
+    assert len(str(caught.value)) < 120
