@@ -110,7 +110,10 @@ def ip_ranges(value: object) -> list[tuple[bytes, bytes]]:
     return ranges
 
 
-MAX_TEXT: Final = 4096
+#: The longest exact-match value: as long as a stored line (``validation.MAX_LINE_BYTES``),
+#: since no field is longer. Fields are capped by the collector's max_field_length, which
+#: may be raised: a lower cap here made such long values impossible to find.
+MAX_TEXT: Final = 256 * 1024
 
 
 def check_text(value: object, what: str) -> str:

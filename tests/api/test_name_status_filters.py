@@ -115,9 +115,6 @@ def test_reads_record_the_new_filters_in_their_status(named: tuple[Env, list[dic
 
 
 @pytest.mark.parametrize(("query", "message"), [
-    ("org_name=" + "x" * 4097, "org_name is 4097 characters long: give at most 4096"),
-    ("workspace_name=" + "w" * 5000, "workspace_name is 5000 characters long"),
-    ("status=" + "s" * 4097, "status is 4097 characters long"),
     ("status=a&status=b", "status is given more than once"),
     ("org_name=a&org_name=b", "org_name is given more than once"),
     ("workspace_name=a&workspace_name=b", "workspace_name is given more than once"),

@@ -126,7 +126,6 @@ def test_query_all_streams_every_record(data_dir: Path) -> None:
     (["--client-ip", "10.0.0.300"], "client"),
     (["--limit", "0"], "--limit"),
     (["--cursor", "garbage"], "cursor"),
-    (["--org-name", "x" * 4097], "org_name is 4097 characters long: give at most 4096"),
 ])
 def test_bad_filters_get_a_clear_error(data_dir: Path, flags: list[str], message: str) -> None:
     done = cli("query", "--data-dir", str(data_dir), *flags, check=False)

@@ -393,3 +393,32 @@ def test_a_long_lived_reader_lets_go_of_segments_retention_deleted(tmp_path: Pat
         wait_until(lambda: store.stats()["retention_deleted"] > 10)
         search(store, Filters(), limit=1, cursor=cursor, newest_first=False)  # a poll
         assert deleted_segments_open() == []
+
+
+def test_a_value_longer_than_the_default_field_cap_can_be_found(tmp_path: Path) -> None:
+    """A collector may take fields longer than the default 4,096 characters
+    (max_field_length); filters refused values over 4,096, so such a record could never
+    be found by them. A filter takes whatever a stored line can hold."""
+    from collector.storage.filters import MAX_TEXT
+    from collector.validation import MAX_LINE_BYTES
+
+    long_name = "p" * 10_000
+    with open_store(tmp_path) as store:
+        store.write([event(1), event(2, principal=long_name), event(3)])
+        found = search(store, Filters(principal=long_name)).records
+    assert [r["principal"] for r in found] == [long_name]
+    assert MAX_TEXT == MAX_LINE_BYTES
+
+
+@pytest.mark.parametrize("field", ["org_name", "workspace_name", "status", "principal"])
+def test_a_filter_value_longer_than_any_stored_line_is_refused(tmp_path: Path,
+                                                               field: str) -> None:
+    """(Over HTTP and on a command line such a value cannot even be sent: the URL or the
+    argument list is too long first.)"""
+    from collector.storage.filters import MAX_TEXT
+
+    with open_store(tmp_path) as store:
+        store.write([event(1)])
+        with pytest.raises(QueryError, match=f"{field} is {MAX_TEXT + 1} characters long: "
+                                             f"give at most {MAX_TEXT}"):
+            search(store, Filters(**{field: "x" * (MAX_TEXT + 1)}))
