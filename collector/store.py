@@ -330,7 +330,7 @@ class Store:
             writer.counts["retention_deleted"] += done.deleted
             # A source whose last record was stored before the oldest segment kept has no
             # record left: it goes with them (by age or by size).
-            writer.forget_sources(done.deleted_through, done.stored_before_ns)
+            writer.forget_sources(segments.present, done.stored_before_ns)
         if self._ledger is not None:
             self._ledger.tick(segments.active)
 

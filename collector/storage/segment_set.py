@@ -51,8 +51,6 @@ class RetentionPass(NamedTuple):
     """What one retention pass did."""
 
     deleted: int  # segments deleted
-    #: the newest segment deleted (0: none): no record of it or before it is left
-    deleted_through: int
     #: the time before which every record stored is now deleted (the creation of the
     #: oldest segment kept; 0 when none was deleted)
     stored_before_ns: int
@@ -95,6 +93,7 @@ class SegmentSet:
         # gone): dropped again at every pass until it works, so queries never keep
         # pointing at records that no longer exist until the next start.
         self._undropped: list[int] = []
+        self._drop_failures = 0
         self.last_error: str | None = None
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
@@ -269,8 +268,11 @@ class SegmentSet:
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
             self._undropped.append(seq)
-        return RetentionPass(len(doomed), max(doomed, default=0), stored_before_ns,
-                             self._drop_index_rows())
+        return RetentionPass(len(doomed), stored_before_ns, self._drop_index_rows())
+
+    def present(self, segment: int) -> bool:
+        """Whether segment number ``segment`` still exists (sealed or active)."""
+        return segment in self._sealed or segment == self.active.header.seq
 
     def _drop_index_rows(self) -> int:
         """Drop the index rows of the segments deleted (this pass's and any whose drop
@@ -279,15 +281,19 @@ class SegmentSet:
         forgotten."""
         dropped = 0
         for seq in list(self._undropped):
-            self._index.begin()
             try:
+                self._index.begin()
                 self._index.drop_segment(seq)
                 self._index.commit()
             except Exception as exc:  # noqa: BLE001 - sqlite3.Error or a bug: tried again
                 self._index.rollback()
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("audit store: dropping the index rows of deleted segment %d "
-                          "failed (%s); trying again at the next retention pass", seq, exc)
+                self._drop_failures += 1
+                n = self._drop_failures
+                if n & (n - 1) == 0:  # at 1, 2, 4, ... failures: visible, not every tick
+                    log.error("audit store: dropping the index rows of deleted segment %d "
+                              "failed (%s, %d failures so far); trying again at every "
+                              "retention pass", seq, exc, n)
                 continue
             self._undropped.remove(seq)
             dropped += 1

@@ -594,6 +594,31 @@ def test_a_clock_stepped_back_does_not_make_retention_forget_live_sources(
         assert sorted(store.stats()["sources"]) == ["src-busy", "src-live"]
 
 
+def test_retention_by_age_after_a_clock_step_forgets_no_source_it_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the clock stepped back, a segment sealed after the step looks older than one
+    sealed before it: retention by age deletes the newer and keeps the older. Forgetting
+    sources by the numbers deleted then forgot one whose records the older segment still
+    holds (a diff review); sources go by whether their segment still exists."""
+    real_time_ns = time.time_ns
+    step = [0]
+    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - step[0])
+    with open_store(tmp_path, max_segment_bytes=4096, retention_days=3 / 86_400) as store:
+        store.write(events(2), "src-kept", [1, 3])  # segment 1; 2 missing: a gap to keep
+        for n in range(3):
+            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        step[0] = 3600 * 10**9  # NTP steps the clock back an hour
+        for n in range(3, 6):
+            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        wait_until(lambda: store.stats()["retention_deleted"] >= 1, timeout=15)
+        time.sleep(1.5)
+        stats = store.stats()
+    kept = {r["source"] for r in all_records(tmp_path)}
+    assert "src-kept" in kept  # its segment is still there
+    assert sorted(stats["sources"]) == ["src-busy", "src-kept"]
+    assert stats["gap_events"] == 1
+
+
 def test_a_source_last_stored_by_an_older_version_is_forgotten_by_time(
         tmp_path: Path) -> None:
     """An index from before source_segment knows only when each source was last seen:
