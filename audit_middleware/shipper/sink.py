@@ -165,6 +165,7 @@ class CollectorSink:
         #: collector already settled (acknowledged, rejected or refused) in a try whose
         #: rest failed: left out when it is sent again, until it is committed.
         self._head_settled: tuple[tuple[str, int, int], set[int]] | None = None
+        self._drops_seen = 0  # the dropped count wait_for_delivery last reported on
         self._sender.reset(self.source)
         self._last_scan = time.monotonic()
 
@@ -325,9 +326,15 @@ class CollectorSink:
     def wait_for_delivery(self, timeout: float) -> bool:
         """Flush, then wait until the spool is replayed too: True when everything
         submitted so far was acknowledged (or rejected) by the collector; False at the
-        timeout, or when events were dropped meanwhile (counted in ``stats()``)."""
+        timeout, or when events were dropped since the previous call (or since the sink
+        was made): counted in ``stats()``."""
+        delivered = self._wait_until_replayed(timeout)
+        dropped, baseline = self.stats()["dropped"], self._drops_seen
+        self._drops_seen = dropped
+        return delivered and dropped == baseline
+
+    def _wait_until_replayed(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        dropped = self.stats()["dropped"]
         if not self._queue.flush(timeout):
             return False
         spool = self._spool
@@ -338,14 +345,14 @@ class CollectorSink:
                 return False
             try:
                 if spool.empty:
-                    break
+                    return True
             finally:
                 self._io_lock.release()
             if time.monotonic() >= deadline:
                 return False
             self._queue.wake()
             time.sleep(0.01)
-        return self.stats()["dropped"] == dropped
+        return True
 
     def close(self, timeout: float | None = None) -> None:
         """Send or spool what is queued, within ``timeout`` seconds; the spool stays on

@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from .._counter import Counter
 from ..errors import AuditError
@@ -42,6 +42,10 @@ class _FlushMarker:
 
     def __init__(self) -> None:
         self.done = threading.Event()
+
+
+#: Times ``counts()`` tries for a moment when no move is under way (see ``_moving``).
+_CONSISTENT_READ_TRIES: Final = 10_000
 
 
 class BatchingQueue(Generic[T]):
@@ -241,7 +245,7 @@ class BatchingQueue(Generic[T]):
         return len(self._queue)
 
     def counts(self) -> dict[str, int]:
-        while True:
+        for _ in range(_CONSISTENT_READ_TRIES):
             moving = self._moving
             if moving & 1:
                 time.sleep(0)  # let the worker finish the move
@@ -250,6 +254,10 @@ class BatchingQueue(Generic[T]):
             drained = self.drained.value
             if self._moving == moving:
                 break
+        else:  # a move that never ends (a worker frozen at exit, a signal handler on
+            # the moving thread): a possibly stale count rather than no answer
+            queued = max(0, len(self._queue) - self._markers.value)
+            drained = self.drained.value
         return {
             "submitted": drained + queued + self.dropped.value + self.overflowed.value,
             "queued": queued,
