@@ -72,7 +72,8 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
 
     middleware = [Middleware(SecurityHeaders, tls=settings.tls)]
     if settings.loopback:
-        public = urlsplit(settings.public_origin).hostname if settings.public_origin else None
+        public = (urlsplit(settings.public_origin).hostname or "").removesuffix(".") \
+            if settings.public_origin else None
         middleware.insert(0, Middleware(LoopbackHostCheck, tls=settings.tls,
                                         extra_names=frozenset({public} if public else ())))
     app = Starlette(

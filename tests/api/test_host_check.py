@@ -83,3 +83,10 @@ def test_serve_on_loopback_refuses_a_rebound_name() -> None:
         assert httpx.get(f"http://localhost:{port}/metrics").status_code == 200
         rebound = httpx.get(f"{url}/metrics", headers={"Host": f"evil.example:{port}"})
         assert rebound.status_code == 421 and "api_public_url" in rebound.text
+
+
+@pytest.mark.parametrize("host", ["audit.example.com", "audit.example.com.",
+                                  "audit.example.com:443"])
+def test_a_public_url_with_a_trailing_dot_is_the_same_name(data: Path, host: str) -> None:
+    with client(data, host, loopback=True, public_origin="https://audit.example.com.") as c:
+        assert c.get("/api/v1/openapi.json").status_code == 200
