@@ -7,7 +7,8 @@ a batch: a crash between the two resends that batch (at least once, never a gap)
 
 The file names the endpoint it belongs to: pointing the forwarder at another endpoint
 starts that endpoint from its own beginning (``forward_from``), not from where the
-previous one stopped.
+previous one stopped. Endpoints are compared without credentials (``user:password@``),
+which older versions allowed in the URL: moving them to a header keeps the position.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -65,13 +67,15 @@ class CheckpointFile:
     def position(self, endpoint: str) -> int | None:
         """The last acknowledged seq for ``endpoint``, or None when it has none here."""
         checkpoint = self.load()
-        if checkpoint is None or checkpoint.endpoint != endpoint:
+        if checkpoint is None or without_credentials(checkpoint.endpoint) != \
+                without_credentials(endpoint):
             return None
         return checkpoint.seq
 
     def save(self, endpoint: str, seq: int) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        data = orjson.dumps({"endpoint": endpoint, "seq": seq, "updated": stamp},
+        data = orjson.dumps({"endpoint": without_credentials(endpoint), "seq": seq,
+                             "updated": stamp},
                             option=orjson.OPT_APPEND_NEWLINE)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
@@ -82,3 +86,11 @@ class CheckpointFile:
             os.close(fd)
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part (never written to the checkpoint)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
