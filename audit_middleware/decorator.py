@@ -230,6 +230,7 @@ class _Recorder:
         self.response_params = response_params
         #: The response class the handler last returned: known without a lookup.
         self.response_kind: type | None = None
+        self.said_outside = False  # the handler ran outside a request: logged once
 
     def success(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
                 ctx: RequestContext | None) -> None:
@@ -307,6 +308,17 @@ class _Recorder:
                               "the event without it", name, self.event_type, exc)
         if failure is not None:
             fields["status"] = failure
+        if call.context is None and "principal" not in fields:
+            # No middleware around the app (or the handler called directly): emit() would
+            # call it the application's own event, "system", and a user's action would
+            # read as a background job's. Who acted is unknown: said so, and left empty.
+            fields["principal"] = ""
+            if not self.said_outside:
+                self.said_outside = True
+                log.error("audit: @audited(%r) ran outside a request, so the event has no "
+                          "principal or client IP: install AuditMiddleware (ASGI) or "
+                          "WSGIAuditMiddleware around the app (for a job, pass "
+                          "principal=\"system\" or use emit())", self.event_type)
         while True:
             try:
                 emit(self.event_type, **fields)
