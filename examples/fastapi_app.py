@@ -5,7 +5,10 @@ the path parameters, the request body model and the ``Depends`` dependencies, an
 injects them as usual; the event reads the injected user as its principal. Both async
 and sync (threadpool) path operations are shown.
 
-    uvicorn --factory examples.fastapi_app:create_app
+    uvicorn --factory --no-proxy-headers examples.fastapi_app:create_app
+
+(``--no-proxy-headers``: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1
+itself, before the audit middleware sees the real peer; docs/record.md.)
 """
 
 from __future__ import annotations
