@@ -51,6 +51,24 @@ def new_source_id() -> str:
     return f"{host}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
+def _check_spool_place(spool_dir: str) -> None:
+    """The spool is made when first needed, which is when the collector is away: a
+    directory that can never be made there (a typo, a read-only place) would drop every
+    event of the outage. Said at construction instead."""
+    place = spool_dir
+    while not os.path.exists(place):
+        parent = os.path.dirname(place)
+        if parent == place:
+            break
+        place = parent
+    if (not os.path.isdir(place) or not os.access(place, os.W_OK | os.X_OK)
+            or os.statvfs(place).f_flag & os.ST_RDONLY):  # root passes access() there
+        raise AuditConfigurationError(
+            f"spool_dir={spool_dir!r} cannot be used: {place} is not a directory this "
+            f"process can write to. Give a writable directory (it is made when first "
+            f"needed), or spool_dir=None to hold undelivered batches in memory only")
+
+
 class CollectorSink:
     def __init__(
         self,
@@ -126,6 +144,8 @@ class CollectorSink:
         self._exit_timeout = exit_timeout
         self._batch_size = batch_size  # events per frame
         # Resolved now: a later chdir must not move the spool (or split it in two).
+        if spool_dir is not None:
+            _check_spool_place(os.path.abspath(spool_dir))
         self._spool = (Spool(os.path.abspath(spool_dir), spool_max_bytes)
                        if spool_dir is not None else None)
         self.dropped = Counter()  # besides the queue's own overflow count
@@ -320,7 +340,9 @@ class CollectorSink:
 
     # -- control --------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
-        """Every event submitted so far is acknowledged by the collector or spooled."""
+        """Wait until every event submitted so far was handed on: acknowledged by the
+        collector, spooled, or dropped (counted in ``stats()``, e.g. with the spool full);
+        False at the timeout. ``wait_for_delivery`` also says whether any was dropped."""
         return self._queue.flush(timeout)
 
     def wait_for_delivery(self, timeout: float) -> bool:

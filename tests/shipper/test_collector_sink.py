@@ -391,6 +391,21 @@ def test_bad_configuration_fails_at_construction(url: str, options: dict[str, An
         CollectorSink(url, **options)
 
 
+def test_a_spool_directory_that_can_never_be_made_is_refused_at_construction(
+        tmp_path: Path) -> None:
+    """The spool is made when first needed, when the collector is away: a place where
+    it can never be made (under a file, a read-only mount) dropped every event of the
+    outage, and flush() said True (a new-user review)."""
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    with pytest.raises(AuditConfigurationError, match="is not a directory this process can "
+                                                       "write to"):
+        CollectorSink("unix:///x.sock", spool_dir=a_file / "spool")
+    sink = CollectorSink("unix:///x.sock", spool_dir=tmp_path / "new" / "spool")
+    assert not (tmp_path / "new").exists()  # still made only when needed
+    sink.close(timeout=0.1)
+
+
 def test_a_relative_unix_path_is_resolved_at_construction(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
