@@ -6,6 +6,7 @@ where each value came from.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -87,6 +88,10 @@ class CollectorConfig:
             shown = ("(set)" if value else "(not set)") if option.secret else _show(value)
             if option.name == "socket" and value is None:
                 shown = f"{self.socket_path}"
+            elif option.name == "signing_key" and value is None:
+                from collector.integrity.keys import default_signing_key_path
+
+                shown = f"{default_signing_key_path(self.data_dir)}"  # what serve uses
             source = self.sources.get(option.name, "default")
             lines.append(f"  {option.name:<18} = {shown:<40} [{source}]")
         return lines
@@ -172,7 +177,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     unknown = sorted(set(data) - set(BY_NAME))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(unknown)}; "
+        guesses = [f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
+                   for name in unknown
+                   for close in [difflib.get_close_matches(name, BY_NAME, n=1)]]
+        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(guesses)}; "
                           f"known: {', '.join(o.name for o in OPTIONS)}")
     return data
 

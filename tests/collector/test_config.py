@@ -133,7 +133,8 @@ def test_an_infinite_duration_in_toml_is_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_and_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown option.*max_frames"):
+    with pytest.raises(ConfigError, match="unknown option.*max_frames.*did you mean "
+                                          "'max_frame'"):
         load(parse("--config", str(toml(tmp_path, "max_frames = 1\n"))), {})
     with pytest.raises(ConfigError, match="cannot be read"):
         load(parse("--config", str(toml(tmp_path, "max_frame = \n"))), {})
@@ -200,3 +201,11 @@ def test_a_duration_out_of_range_from_python_is_a_value_error(value: object) -> 
     with pytest.raises(ValueError, match="from 0 to ten years") as caught:
         parse_duration(value)
     assert len(str(caught.value)) < 120
+
+
+def test_the_start_up_summary_names_the_signing_key_serve_uses(tmp_path: Path) -> None:
+    """It printed ``signing_key = -`` for the default, which is a file in the data
+    directory (a new-user review)."""
+    config = load(parse("--data-dir", str(tmp_path / "data")), {})
+    (line,) = [line for line in config.describe() if line.strip().startswith("signing_key")]
+    assert str(tmp_path / "data" / "keys" / "signing-key.pem") in line and "[default]" in line
