@@ -97,13 +97,19 @@ def query_arguments(parser: argparse.ArgumentParser) -> None:
                         "with --all)")
     parser.add_argument("--cursor", help="continue after a page (printed on stderr); with "
                         "--all, every record after it")
-    parser.add_argument("--oldest-first", action="store_true", help="oldest first")
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument("--oldest-first", action="store_true", help="oldest first")
+    # The API's name for it (order=newest|oldest): one vocabulary for both.
+    order.add_argument("--order", choices=("newest", "oldest"), default=None,
+                       help="newest first (the default) or oldest first")
     parser.add_argument("--all", action="store_true", help="every matching record, streamed")
     parser.add_argument("--format", choices=FORMATS, default="table")
 
 
 def run_query(args: argparse.Namespace) -> int:
     data_dir, filters = _data_dir(args), _filters(args)
+    if args.order == "oldest":
+        args.oldest_first = True
     write = _writer(args.format, sys.stdout)
     if args.all:
         if args.limit is not None:  # silently printing everything is not what was asked

@@ -50,7 +50,9 @@ def run_users(args: argparse.Namespace) -> int:
                       f"added; run it again with stdout to a terminal or a file",
                       file=sys.stderr)
                 return 2
-            role = "root" if args.root else "non-root (may not read audit logs)"
+            role = ("root" if args.root else "non-root (may not read audit logs: it can "
+                    "scrape GET /metrics when metrics_auth = reader; give --root to read "
+                    "audit logs)")
             print(f"added {role} reader {args.name}; its token, shown only now, is above",
                   file=sys.stderr)
         elif args.action == "list":

@@ -93,7 +93,10 @@ def test_the_users_command_adds_lists_and_removes(tmp_path: Path) -> None:
     token = added.stdout.strip()
     assert "shown only now" in added.stderr
     assert Readers(tmp_path).authenticate(token).root  # type: ignore[union-attr]
-    assert users(tmp_path, "add", "bob").returncode == 0
+    bob = users(tmp_path, "add", "bob")
+    assert bob.returncode == 0
+    # What a reader without --root is for, and what makes one that reads audit logs.
+    assert "metrics_auth = reader" in bob.stderr and "give --root" in bob.stderr
     listed = users(tmp_path, "list")
     assert listed.returncode == 0
     lines = listed.stdout.splitlines()

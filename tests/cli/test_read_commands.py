@@ -121,6 +121,20 @@ def test_query_all_streams_every_record(data_dir: Path) -> None:
     assert [r["type"] for r in jsonl(done)] == [e[0] for e in EVENTS]
 
 
+def test_query_takes_the_apis_order_words_too(data_dir: Path) -> None:
+    """``--order oldest|newest`` as the API's ``order=`` (a new-user review: only
+    ``--oldest-first`` was known, and ``--order oldest`` an unrecognized argument)."""
+    oldest = cli("query", "--data-dir", str(data_dir), "--all", "--order", "oldest",
+                 "--format", "jsonl")
+    newest = cli("query", "--data-dir", str(data_dir), "--all", "--order", "newest",
+                 "--format", "jsonl")
+    assert [r["type"] for r in jsonl(oldest)] == [e[0] for e in EVENTS]
+    assert [r["type"] for r in jsonl(newest)] == [e[0] for e in reversed(EVENTS)]
+    both = cli("query", "--data-dir", str(data_dir), "--order", "newest", "--oldest-first",
+               check=False)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--since", "yesterday"], "is not a time"),
     (["--client-ip", "10.0.0.300"], "client"),
