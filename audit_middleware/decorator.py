@@ -27,7 +27,7 @@ import logging
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -141,6 +141,30 @@ def _is_response_type(kind: type) -> bool:
         if len(_response_types) < 4096:  # classes made per call must not grow it forever
             _response_types[kind] = verdict
     return verdict
+
+
+#: Exceptions that are an HTTP answer, by module and name (as ``_RESPONSE_BASES``), and
+#: where their status is: raised, they fail the request with it, as a returned response
+#: would ("failed: HTTP 404" either way, not "failed: HTTPException").
+_HTTP_EXCEPTIONS: Final = {
+    ("starlette.exceptions", "HTTPException"): "status_code",  # Starlette, FastAPI
+    ("werkzeug.exceptions", "HTTPException"): "code",  # Flask
+}
+_DJANGO_EXCEPTIONS: Final = {
+    ("django.http.response", "Http404"): 404,
+    ("django.core.exceptions", "PermissionDenied"): 403,
+}
+
+
+def _exception_status(exc: BaseException) -> int | None:
+    for c in type(exc).__mro__:
+        key = (str(getattr(c, "__module__", "")), str(getattr(c, "__qualname__", "")))
+        attribute = _HTTP_EXCEPTIONS.get(key)
+        if attribute is not None:
+            return _status_value(getattr(exc, attribute, None))
+        if key in _DJANGO_EXCEPTIONS:
+            return _DJANGO_EXCEPTIONS[key]
+    return None
 
 
 def _status_value(status: Any) -> int | None:
@@ -289,7 +313,9 @@ class _Recorder:
         # The handler's exception must reach the caller unchanged: a failure to record
         # the failure is logged, never raised in its place.
         try:
-            self.record(call, f"failed: {type(exc).__name__}")
+            code = _exception_status(exc)
+            self.record(call, f"failed: HTTP {code}" if code is not None
+                        else f"failed: {type(exc).__name__}")
         except Exception:
             log.exception("audit: could not record the failure event")
 

@@ -143,3 +143,40 @@ def test_flask_response_with_headers_keeps_its_status(events: list[AuditEvent]) 
     assert client.post("/credentials/taken-1").status_code == 409
     assert client.post("/credentials/c2").status_code == 201
     assert [(e.type, e.target) for e in events] == [("credentials_created", "c2")]
+
+
+def test_a_raised_http_exception_is_recorded_with_its_status(events: list[AuditEvent]) -> None:
+    """A raised HTTPException (FastAPI, Starlette, Flask's abort) fails the request with
+    its status, as a returned response does: "failed: HTTP 404" either way, not
+    "failed: HTTPException", which lost the status (a new-user review)."""
+    from fastapi import HTTPException
+    from flask import abort
+
+    api = FastAPI()
+
+    @api.delete("/buckets/{bid}")
+    @audited("bucket_deleted", target="bid", record_failure=True)
+    async def delete(bid: str) -> dict:
+        raise HTTPException(404, "no such bucket")
+
+    assert TestClient(AuditMiddleware(api)).delete("/buckets/b-1").status_code == 404
+    flask_app = Flask(__name__)
+
+    @flask_app.delete("/buckets/<bid>")
+    @audited("bucket_deleted", target="bid", record_failure=True)
+    def flask_delete(bid: str) -> str:
+        abort(403)
+
+    flask_app.wsgi_app = WSGIAuditMiddleware(flask_app.wsgi_app)  # type: ignore[method-assign]
+    assert flask_app.test_client().delete("/buckets/b-2").status_code == 403
+
+    @audited("bucket_deleted", target="bid", record_failure=True)
+    def broken(bid: str) -> None:
+        raise RuntimeError("disk")
+
+    try:
+        broken(bid="b-3")
+    except RuntimeError:
+        pass
+    assert [(e.target, e.status) for e in events] == [
+        ("b-1", "failed: HTTP 404"), ("b-2", "failed: HTTP 403"), ("b-3", "failed: RuntimeError")]
