@@ -190,19 +190,26 @@ Example platform at {base_url}; collector data in {DATA_DIR.resolve()}
 (fsynced and indexed). The newest:
 
 {recent}
-Query them (from another terminal):
+Query them{"" if once else " (from another terminal)"}:
   {cli} query --data-dir {DATA_DIR} --type 'run_*'
   {cli} query --data-dir {DATA_DIR} --principal system --format csv
   {cli} tail -f --data-dir {DATA_DIR}
   {cli} stats --data-dir {DATA_DIR}
+""" + ("" if once else _serving_lines(base_url, panel)), flush=True)
 
+
+def _serving_lines(base_url: str, panel: str | None) -> str:
+    """What to try while the app and the collector serve (not after --once: they are
+    stopped by the time it would be read)."""
+    return f"""
 {_panel_lines(panel)}
 Try it (Alice is a demo user; each call below is one more audit record):
   curl -s -X POST {base_url}/sign-in -H 'content-type: application/json' \\
        -d '{{"email": "{ALICE.email}", "password": "{ALICE.password}"}}'
   curl -s -X POST {base_url}/orgs -H 'Authorization: Bearer {ALICE.token}' \\
        -d '{{"name": "my-org"}}'
-""" + ("" if once else "Serving until Ctrl-C.\n"), flush=True)
+Serving until Ctrl-C.
+"""
 
 
 def _panel_lines(panel: str | None) -> str:
