@@ -34,11 +34,15 @@ The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExpor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import random
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,38 +195,97 @@ def within_budget(batch: Sequence[ReadableLogRecord], budget: int = MAX_EXPORT_B
 ExporterFactory = Callable[[ForwardSettings], LogRecordExporter]
 
 
+#: The credential-provider variables of the OTLP/HTTP exporter: when one is set, the
+#: exporter's session is the provider's, not ours (no partial-success answers, no abort).
+_CREDENTIAL_PROVIDER_VARIABLES: Final = (
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER")
+#: The session each exporter made here sends with (``rejected_by_receiver``, ``abort``).
+_sessions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def otlp_http_exporter(settings: ForwardSettings) -> LogRecordExporter:
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
-    return OTLPLogExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
-                           timeout=settings.timeout, session=_answer_keeping_session()())
+    if any(os.environ.get(name) for name in _CREDENTIAL_PROVIDER_VARIABLES):
+        return OTLPLogExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
+                               timeout=settings.timeout)
+    session = _forwarder_session_class()()
+    exporter = OTLPLogExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
+                               timeout=settings.timeout, session=session)
+    _sessions[exporter] = session
+    return exporter
 
 
 @functools.cache
-def _answer_keeping_session() -> type[Any]:
-    import requests  # the OTLP exporter's own dependency: imported with it, when used
+def _forwarder_session_class() -> type[Any]:
+    """A requests session (the OTLP exporter's own dependency, imported when used) that
+    keeps the body of the last answer and can abort what it has in flight."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-    class AnswerKeepingSession(requests.Session):
-        """Keeps the body of the last answer: the exporter reads only the status, and
-        an OTLP receiver's 200 can say it rejected some of the records (``partial
-        success``), which must not pass unseen."""
-
+    class ForwarderSession(requests.Session):
         last_answer: bytes | None = None
 
+        def __init__(self) -> None:
+            super().__init__()
+            # Every connection it opened, so that ``abort`` can end one in use: the
+            # exporter's timeout bounds each socket read, not the request, and closing
+            # the session closes only idle connections.
+            self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+            opened = self._connections
+
+            class Connection(HTTPConnection):
+                def connect(self) -> None:
+                    super().connect()
+                    opened.add(self)
+
+            class SecureConnection(HTTPSConnection):
+                def connect(self) -> None:
+                    super().connect()
+                    opened.add(self)
+
+            class Pool(HTTPConnectionPool):
+                ConnectionCls = Connection
+
+            class SecurePool(HTTPSConnectionPool):
+                ConnectionCls = SecureConnection
+
+            class Adapter(HTTPAdapter):
+                def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+                    super().init_poolmanager(*args, **kwargs)
+                    self.poolmanager.pool_classes_by_scheme = {"http": Pool,
+                                                               "https": SecurePool}
+
+            self.mount("http://", Adapter())
+            self.mount("https://", Adapter())
+
         def request(self, *args: Any, **kwargs: Any) -> Any:
+            # The exporter reads only the status; an OTLP receiver's 200 can say it
+            # rejected some records (partial success), which must not pass unseen.
             self.last_answer = None
             response = super().request(*args, **kwargs)
             self.last_answer = response.content
             return response
 
-    return AnswerKeepingSession
+        def abort(self) -> None:
+            """End every connection it has open, the one a request waits on included:
+            that request fails at once."""
+            for connection in list(self._connections):
+                sock = getattr(connection, "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    return ForwarderSession
 
 
 def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
     """How many records the receiver's last answer says it rejected, and why (OTLP
     ``partial_success``); None when it says nothing of the kind or cannot be read."""
-    transport = getattr(getattr(exporter, "_client", None), "_transport", None)
-    answer = getattr(getattr(transport, "_session", None), "last_answer", None)
+    answer = getattr(_sessions.get(exporter), "last_answer", None)
     if not answer:
         return None
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
@@ -313,6 +376,8 @@ class Forwarder:
         return delay * random.uniform(0.8, 1.2)
 
     def _failed(self, exc: Exception) -> None:
+        if self._stopping:
+            return  # stopped meanwhile: its state stays "stopped"
         with self._lock:
             self.failures += 1
             self.state = "retrying"
@@ -379,9 +444,11 @@ class Forwarder:
 
     def _export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """The exporter's answer within ``timeout`` + EXPORT_GRACE, else ExportFailed.
-        The export runs on a thread of its own: past the deadline it is abandoned (its
-        exporter shut down, a new one made for the retry), and no other starts while
-        it still runs, so a stalled endpoint holds one thread, not one per retry."""
+        The export runs on a thread of its own: past the deadline its connection is shut
+        down (the request then fails at once), its exporter too, and a new one is made
+        for the retry. An export that still does not end (an exporter not made here) is
+        waited for: no other starts meanwhile, so a stall holds one thread, not one per
+        retry."""
         stalled = self._in_flight
         if stalled is not None and stalled.is_alive():
             raise ExportFailed(f"an export to {self.settings.endpoint} abandoned after "
@@ -403,11 +470,16 @@ class Forwarder:
         deadline = self.settings.timeout + EXPORT_GRACE
         thread.join(deadline)
         if thread.is_alive():
+            session = _sessions.get(exporter)
+            if session is not None:
+                session.abort()  # the request fails now, and its thread ends
+                thread.join(EXPORT_GRACE)
             try:
                 exporter.shutdown()  # type: ignore[no-untyped-call]
             except Exception:
                 log.debug("forwarder: shutting down a stalled exporter failed", exc_info=True)
-            self._exporter = self._make_exporter(self.settings)
+            if not self._stopping:  # (stop() shuts down the exporter it sees, this one)
+                self._exporter = self._make_exporter(self.settings)
             raise ExportFailed(f"{self.settings.endpoint} did not answer within {deadline:g}s "
                                f"(forward_timeout + {EXPORT_GRACE:g}s); the request is "
                                f"abandoned and the batch sent again")
