@@ -67,24 +67,32 @@ def _filters(args: argparse.Namespace) -> q.Filters:
 
 
 def _writer(fmt: str, out: TextIO) -> Callable[[list[dict[str, Any]], bool], None]:
-    """A function printing one batch of records in ``fmt`` (the header only once)."""
-    first = [True]
+    """A function printing one batch of records in ``fmt``. A table or CSV header comes
+    once, before the first records (or alone, for ``header=True`` and none). A table's
+    later rows keep the columns as wide as before, under that header; when a value needs
+    a wider column, the header is printed again above them (``tail -f`` printed each
+    batch at its own widths, out of line with the header)."""
+    headed = [False]
+    widths: list[list[int] | None] = [None]
 
     def write(records: list[dict[str, Any]], header: bool = True) -> None:
         if fmt == "jsonl":
             out.writelines(line.decode("utf-8") for line in render.jsonl(records))
         elif fmt in formats.FORMATTERS:
             out.writelines(line.decode("utf-8") for line in formats.json_lines(records, fmt))
-        elif fmt == "csv":
-            rows = render.csv_rows(records)
-            head = next(rows)
-            if first[0] and header:
-                out.write(head)
-            out.writelines(rows)
-        else:
-            text = render.table(records)
-            out.write(text if first[0] and header else text.split("\n", 2)[2])
-        first[0] = False
+        elif records or (header and not headed[0]):
+            if fmt == "csv":
+                rows = render.csv_rows(records)
+                head = next(rows)
+                if not headed[0]:
+                    out.write(head)
+                out.writelines(rows)
+            else:
+                before = widths[0]
+                text, widths[0] = render.table_with_widths(records, at_least=before)
+                out.write(text.split("\n", 2)[2] if headed[0] and widths[0] == before
+                          else text)
+            headed[0] = True
         out.flush()
 
     return write

@@ -98,15 +98,23 @@ def csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[str]:
 
 def table(records: list[dict[str, Any]], *, max_width: int = 40) -> str:
     """A fixed-width text table with the seed's columns."""
+    return table_with_widths(records, max_width=max_width)[0]
+
+
+def table_with_widths(records: list[dict[str, Any]], *, max_width: int = 40,
+                      at_least: list[int] | None = None) -> tuple[str, list[int]]:
+    """``table``, its columns at least ``at_least`` wide (those of rows printed before,
+    so that a follower's later rows line up under the header), and the widths used."""
     headers = [header for header, _ in COLUMNS]
     rows = [[_clip(terminal_safe(display_value(r, f)), max_width) for _, f in COLUMNS]
             for r in records]
-    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    widths = [max([len(h), at_least[i] if at_least else 0] + [len(row[i]) for row in rows])
+              for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                  for row in rows)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", widths
 
 
 def _clip(text: str, width: int) -> str:

@@ -403,3 +403,28 @@ def test_tail_with_a_negative_count_is_refused(data_dir: Path) -> None:
                            "--data-dir", str(data_dir)], cwd=ROOT, text=True,
                           capture_output=True, timeout=60, check=False)
     assert done.returncode == 2 and "0 or more" in done.stderr
+
+
+def test_a_followed_table_stays_in_line_with_its_header() -> None:
+    """``tail -f --format table`` printed each batch at its own column widths, out of
+    line with the header printed once (a new-user review). Later rows keep the widths;
+    a value that needs a wider column brings the header again, at the new widths."""
+    import io
+
+    from collector.read_commands import _writer
+    from tests.collector.storage_helpers import event
+
+    out = io.StringIO()
+    write = _writer("table", out)
+    write([event(1, target="t-1")], False)  # tail -f -n 0: the first followed batch
+    write([event(2, target="t-2")], False)
+    write([event(3, target="a-much-longer-target")], False)
+    write([event(4, target="t-4")], False)
+    lines = out.getvalue().splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("Type")]
+    assert headers == [0, 4]  # again when the target column grew, not for every batch
+    for i, line in enumerate(lines):
+        header = lines[max(h for h in headers if h <= i)]
+        start = header.index("Principal")  # the column after Target
+        if not line.startswith(("Type", "-")):
+            assert line[start - 2:start] == "  " and line[start] != " ", line
