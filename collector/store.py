@@ -328,9 +328,9 @@ class Store:
             writer.stored = self._index.count()
         if done.deleted:
             writer.counts["retention_deleted"] += done.deleted
-            # A source whose last record was stored before the oldest segment kept has no
-            # record left: it goes with them (by age or by size).
-            writer.forget_sources(segments.present, done.stored_before_ns)
+            # A source whose last record was in a segment older than every segment kept
+            # has no record left: it goes with them (by age or by size).
+            writer.forget_sources(segments.oldest_kept(), done.stored_before_ns)
         if self._ledger is not None:
             self._ledger.tick(segments.active)
 

@@ -13,7 +13,6 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -304,19 +303,21 @@ class GroupWriter:
         for sub in rest:
             sub.future.set_exception(error)
 
-    def forget_sources(self, present: Callable[[int], bool], seen_before_ns: int) -> int:
-        """Forget the sources whose last record was in a segment that is gone (``present``
-        says which segment numbers still exist): their ranges, numbered and last_seen;
-        returns how many. Such a source has no record left, and its entries would
-        otherwise be kept forever, one per app process ever started (a reindex cannot
-        bring it back: nothing of it remains). By presence, not by the numbers deleted:
-        after a clock stepped back, retention by age can delete a newer segment and keep
-        an older one. A source whose segment is unknown (last stored by an older version)
-        goes by time: last seen before ``seen_before_ns``, the time before which every
-        record is deleted. One with neither is kept."""
+    def forget_sources(self, oldest_kept: int, seen_before_ns: int) -> int:
+        """Forget the sources whose last record was in a segment older than every segment
+        left (``oldest_kept``, the lowest segment number that still exists): their
+        ranges, numbered and last_seen; returns how many. Such a source has no record
+        left, and its entries would otherwise be kept forever, one per app process ever
+        started (a reindex cannot bring it back: nothing of it remains). By position, not
+        by time or by the numbers deleted: after a clock stepped back, retention by age
+        can delete a newer segment and keep an older one, which may hold a source's
+        earlier records (such a source is kept, for a while longer than it needs). A
+        source whose segment is unknown (last stored by an older version) goes by time:
+        last seen before ``seen_before_ns``, the time before which every record is
+        deleted. One with neither is kept."""
         last_segment = self.last_segment
         old = [s for s, at in self.seen.items()
-               if (not present(last_segment[s]) if s in last_segment
+               if (last_segment[s] < oldest_kept if s in last_segment
                    else at < seen_before_ns)]
         if not old:
             return 0

@@ -270,9 +270,9 @@ class SegmentSet:
             self._undropped.append(seq)
         return RetentionPass(len(doomed), stored_before_ns, self._drop_index_rows())
 
-    def present(self, segment: int) -> bool:
-        """Whether segment number ``segment`` still exists (sealed or active)."""
-        return segment in self._sealed or segment == self.active.header.seq
+    def oldest_kept(self) -> int:
+        """The lowest number of a segment that still exists (sealed or active)."""
+        return min(self._sealed, default=self.active.header.seq)
 
     def _drop_index_rows(self) -> int:
         """Drop the index rows of the segments deleted (this pass's and any whose drop
@@ -296,6 +296,7 @@ class SegmentSet:
                               "retention pass", seq, exc, n)
                 continue
             self._undropped.remove(seq)
+            self._drop_failures = 0  # a later run of failures is logged from its first
             dropped += 1
         return dropped
 

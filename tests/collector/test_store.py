@@ -619,6 +619,30 @@ def test_retention_by_age_after_a_clock_step_forgets_no_source_it_kept(
     assert stats["gap_events"] == 1
 
 
+def test_a_source_whose_last_segment_went_but_whose_older_records_stay_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a clock step, retention by age can delete the segment of a source's last
+    record and keep an older one holding its earlier records: such a source was
+    forgotten, gap and all, while records of it were still stored (a diff review). A
+    source goes only when every segment up to its last is gone."""
+    real_time_ns = time.time_ns
+    step = [0]
+    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - step[0])
+    with open_store(tmp_path, max_segment_bytes=4096, retention_days=3 / 86_400) as store:
+        store.write(events(2), "src-x", [1, 3])  # segment 1; 2 missing: a gap
+        for n in range(3):
+            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        step[0] = 3600 * 10**9  # the clock steps back an hour
+        store.write(events(1), "src-x", [4])  # its last record: after the step
+        for n in range(3, 6):
+            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        wait_until(lambda: store.stats()["retention_deleted"] >= 1, timeout=15)
+        time.sleep(1.5)
+        stats = store.stats()
+    assert [r for r in all_records(tmp_path) if r["source"] == "src-x"]
+    assert "src-x" in stats["sources"] and stats["gap_events"] >= 1
+
+
 def test_a_source_last_stored_by_an_older_version_is_forgotten_by_time(
         tmp_path: Path) -> None:
     """An index from before source_segment knows only when each source was last seen:
