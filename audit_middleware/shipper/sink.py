@@ -51,22 +51,30 @@ def new_source_id() -> str:
     return f"{host}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
-def _check_spool_place(spool_dir: str) -> None:
-    """The spool is made when first needed, which is when the collector is away: a
-    directory that can never be made there (a typo, a read-only place) would drop every
-    event of the outage. Said at construction instead."""
+DEFAULT_SPOOL_DIR: Final = "./audit-spool"
+
+
+def _spool_place_problem(spool_dir: str) -> str | None:
+    """Why the spool can never be made at ``spool_dir`` (None: it can, as far as can be
+    told without making it). It is made when first needed, which is when the collector
+    is away: a place where it cannot be made would drop every event of the outage."""
+    private = os.path.join(spool_dir, f".uid-{os.geteuid()}")
+    if os.path.isdir(private):  # made for this user by an admin (see Spool.directory)
+        spool_dir = private
     place = spool_dir
     while not os.path.exists(place):
         parent = os.path.dirname(place)
         if parent == place:
             break
         place = parent
-    if (not os.path.isdir(place) or not os.access(place, os.W_OK | os.X_OK)
+    effective = os.access in os.supports_effective_ids
+    if (not os.path.isdir(place)
+            or not os.access(place, os.W_OK | os.X_OK, effective_ids=effective)
             or os.statvfs(place).f_flag & os.ST_RDONLY):  # root passes access() there
-        raise AuditConfigurationError(
-            f"spool_dir={spool_dir!r} cannot be used: {place} is not a directory this "
-            f"process can write to. Give a writable directory (it is made when first "
-            f"needed), or spool_dir=None to hold undelivered batches in memory only")
+        return (f"spool_dir={spool_dir!r} cannot be used: {place} is not a directory this "
+                f"process can write to. Give a writable directory (it is made when first "
+                f"needed), or spool_dir=None to hold undelivered batches in memory only")
+    return None
 
 
 class CollectorSink:
@@ -77,7 +85,7 @@ class CollectorSink:
         token: str | None = None,
         tls: bool | ssl.SSLContext = False,
         tls_ca: str | os.PathLike[str] | None = None,
-        spool_dir: str | os.PathLike[str] | None = "./audit-spool",
+        spool_dir: str | os.PathLike[str] | None = DEFAULT_SPOOL_DIR,
         spool_max_bytes: int = 256 * 1024 * 1024,
         max_queue: int = 10_000,
         batch_size: int = 1024,
@@ -144,8 +152,14 @@ class CollectorSink:
         self._exit_timeout = exit_timeout
         self._batch_size = batch_size  # events per frame
         # Resolved now: a later chdir must not move the spool (or split it in two).
-        if spool_dir is not None:
-            _check_spool_place(os.path.abspath(spool_dir))
+        problem = _spool_place_problem(os.path.abspath(spool_dir)) if spool_dir else None
+        if problem is not None:
+            if spool_dir != DEFAULT_SPOOL_DIR:
+                raise AuditConfigurationError(problem)
+            # The default, relative to a working directory the app may not own (a
+            # container's root-owned WORKDIR, a unit run from /): said, not fatal, as the
+            # spool matters only during an outage.
+            log.error("audit: %s; events that cannot be delivered will be dropped", problem)
         self._spool = (Spool(os.path.abspath(spool_dir), spool_max_bytes)
                        if spool_dir is not None else None)
         self.dropped = Counter()  # besides the queue's own overflow count
@@ -348,11 +362,12 @@ class CollectorSink:
     def wait_for_delivery(self, timeout: float) -> bool:
         """Flush, then wait until the spool is replayed too: True when everything
         submitted so far was acknowledged (or rejected) by the collector; False at the
-        timeout, or when events were dropped since the previous call (or since the sink
-        was made): counted in ``stats()``."""
+        timeout, or when events were dropped since the last call that did not time out
+        (or since the sink was made): counted in ``stats()``."""
         delivered = self._wait_until_replayed(timeout)
         dropped, baseline = self.stats()["dropped"], self._drops_seen
-        self._drops_seen = dropped
+        if delivered:  # a timed-out call reports nothing: the next one still will
+            self._drops_seen = dropped
         return delivered and dropped == baseline
 
     def _wait_until_replayed(self, timeout: float) -> bool:

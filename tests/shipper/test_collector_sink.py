@@ -210,13 +210,44 @@ def test_when_the_spool_is_full_events_are_dropped_counted_and_logged(
 def test_wait_for_delivery_is_false_when_events_were_dropped(make_sink: SinkFactory) -> None:
     """Drops since the previous call count, also those before this call began (the
     worker drains every max_delay: they are usually over by then)."""
-    sink = make_sink(spool_max_bytes=1000)  # no collector: everything is dropped
+    sink = make_sink(spool_max_bytes=100)  # no collector, no room: everything is dropped
     emit_many(20)
     assert sink.flush(timeout=10)
-    time.sleep(0.2)
     assert sink.stats()["dropped"] == 20
     assert sink.wait_for_delivery(timeout=10) is False
     assert sink.wait_for_delivery(timeout=10) is True  # nothing submitted, nothing lost since
+
+
+def test_a_timed_out_wait_for_delivery_does_not_use_up_the_drops(
+        collector: Collector, make_sink: SinkFactory) -> None:
+    """``while not wait_for_delivery(t)`` ended on True after an outage that dropped
+    events: the timed-out call had moved the mark (a diff review)."""
+    sink = make_sink(spool_max_bytes=1000)  # room for a batch or two, not for all
+    for i in range(20):
+        emit("team_created", f"t{i}")
+        sink.flush(timeout=5)  # a batch each: some spooled, the rest dropped
+    assert sink.stats()["dropped"] > 0 and sink.stats()["spooled"] > 0
+    assert sink.wait_for_delivery(timeout=0.3) is False  # the spool waits: timed out
+    collector.start()
+    assert sink.wait_for_delivery(timeout=20) is False  # delivered, but drops since
+    assert sink.wait_for_delivery(timeout=20) is True
+
+
+def test_a_default_spool_that_cannot_be_made_is_said_not_fatal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The default spool_dir is relative to a working directory the app may not own (a
+    container's root-owned WORKDIR): refused, the app would not start at all, though the
+    spool matters only during an outage (a diff review). Logged instead; an explicit
+    spool_dir is still refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "audit-spool").write_text("")  # where the default would go: a file
+    with caplog.at_level(logging.ERROR, "audit_middleware"):
+        sink = CollectorSink("unix:///x.sock")
+    assert "cannot be used" in caplog.text and "will be dropped" in caplog.text
+    sink.close(timeout=0.1)
+    with pytest.raises(AuditConfigurationError, match="cannot be used"):
+        CollectorSink("unix:///x.sock", spool_dir=tmp_path / "audit-spool")
 
 
 def test_any_failure_to_connect_spools_the_batch(collector: Collector, make_sink: SinkFactory,
