@@ -343,8 +343,9 @@ class _Recorder:
                 self.said_outside = True
                 log.error("audit: @audited(%r) ran outside a request, so the event has no "
                           "principal or client IP: install AuditMiddleware (ASGI) or "
-                          "WSGIAuditMiddleware around the app (for a job, pass "
-                          "principal=\"system\" or use emit())", self.event_type)
+                          "WSGIAuditMiddleware around the app (for a job, use "
+                          "emit(), or pass principal=lambda call: \"system\")",
+                          self.event_type)
         while True:
             try:
                 emit(self.event_type, **fields)

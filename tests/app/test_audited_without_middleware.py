@@ -33,6 +33,7 @@ def test_fastapi_without_the_middleware(events: list[AuditEvent],
     assert [(e.target, e.principal, e.client_ip) for e in events] == [("b-1", "", "")] * 3
     assert caplog.text.count("ran outside a request") == 1
     assert "install AuditMiddleware" in caplog.text
+    assert 'principal=lambda call: "system"' in caplog.text  # a string would name a parameter
 
 
 def test_flask_without_the_middleware(events: list[AuditEvent]) -> None:
