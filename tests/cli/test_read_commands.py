@@ -428,3 +428,23 @@ def test_a_followed_table_stays_in_line_with_its_header() -> None:
         start = header.index("Principal")  # the column after Target
         if not line.startswith(("Type", "-")):
             assert line[start - 2:start] == "  " and line[start] != " ", line
+
+
+def test_a_followed_csv_gets_no_header_unless_asked() -> None:
+    """``tail -f -n 0 --format csv >> events.csv`` appends to a file that has its header
+    already: a header line in the middle of it would be a bad row."""
+    import io
+
+    from collector.read_commands import _writer
+    from tests.collector.storage_helpers import event
+
+    out = io.StringIO()
+    write = _writer("csv", out)
+    write([event(1)], False)
+    write([event(2)], False)
+    assert len(out.getvalue().splitlines()) == 2 and not out.getvalue().startswith("Type")
+    asked = io.StringIO()
+    write = _writer("csv", asked)
+    write([event(1)], True)
+    write([event(2)], False)
+    assert asked.getvalue().startswith("Type") and len(asked.getvalue().splitlines()) == 3
