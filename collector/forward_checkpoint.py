@@ -72,6 +72,13 @@ class CheckpointFile:
             return None
         return checkpoint.seq
 
+    def holds_credentials(self) -> bool:
+        """Whether the file names its endpoint with ``user:password@`` (written by an
+        older version; ``save`` never does)."""
+        checkpoint = self.load()
+        return checkpoint is not None and \
+            without_credentials(checkpoint.endpoint) != checkpoint.endpoint
+
     def save(self, endpoint: str, seq: int) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data = orjson.dumps({"endpoint": without_credentials(endpoint), "seq": seq,

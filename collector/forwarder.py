@@ -259,6 +259,14 @@ def _forwarder_session_class() -> type[Any]:
                     self.poolmanager.pool_classes_by_scheme = {"http": Pool,
                                                                "https": SecurePool}
 
+                def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+                    # Through HTTP_PROXY/HTTPS_PROXY requests uses a manager of its own:
+                    # its connections are tracked too (a SOCKS proxy's are not).
+                    manager = super().proxy_manager_for(proxy, **kwargs)
+                    if not proxy.lower().startswith("socks"):
+                        manager.pool_classes_by_scheme = {"http": Pool, "https": SecurePool}
+                    return manager
+
             self.mount("http://", Adapter())
             self.mount("https://", Adapter())
 
@@ -273,7 +281,13 @@ def _forwarder_session_class() -> type[Any]:
         def abort(self) -> None:
             """End every connection it has open, the one a request waits on included:
             that request fails at once."""
-            for connection in list(self._connections):
+            while True:
+                try:  # a connection opened meanwhile changes the set under the copy
+                    connections = list(self._connections)
+                    break
+                except RuntimeError:
+                    continue
+            for connection in connections:
                 sock = getattr(connection, "sock", None)
                 if sock is not None:
                     with contextlib.suppress(OSError):
@@ -307,6 +321,8 @@ class Forwarder:
         self.settings = settings
         self.checkpoint = CheckpointFile(self.data_dir / CHECKPOINT_FILE)
         stored = self.checkpoint.position(settings.endpoint)  # CheckpointError: refuse
+        if stored is not None and self.checkpoint.holds_credentials():
+            self.checkpoint.save(settings.endpoint, stored)  # an older version's: rewritten
         self._position: int | None = stored  # None: decided on the first look (start)
         self._make_exporter = exporter
         self._exporter = exporter(settings)

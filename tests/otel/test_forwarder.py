@@ -3,6 +3,7 @@ record, order, batches, the checkpoint across restarts, outages and refusals, th
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,82 +314,142 @@ def test_within_budget_keeps_at_least_one_record() -> None:
     assert within_budget(batch, budget=1) == 1
 
 
-def test_an_endpoint_trickling_its_answer_is_cut_off_at_the_deadline(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The exporter's timeout bounds each socket read: an endpoint that answered a byte
-    every 0.2 s held the export, and the forwarder with it, for good (no failure, no
-    retry). Past forward_timeout + a grace the request's connection is shut down (closing
-    the session closes only idle ones, a diff review found), the attempt counts as
-    failed, and the batch goes again on a new connection, which is answered."""
-    import socket
-    import threading
+class TricklingEndpoint:
+    """An OTLP endpoint whose first connection trickles its answer for ever (a byte every
+    0.2 s); later connections are answered at once."""
 
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-        ExportLogsServiceResponse,
-    )
+    def __init__(self) -> None:
+        import socket
+        import threading
 
-    from collector import forwarder as forwarder_module
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.stop = threading.Event()
+        self.connections = 0
+        self.cut_off = threading.Event()  # the first connection was shut down by us
+        threading.Thread(target=self._serve, daemon=True).start()
 
-    monkeypatch.setattr(forwarder_module, "EXPORT_GRACE", 0.5)
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-    connections: list[int] = []
-    cut_off: list[bool] = []
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1/logs"
 
-    def serve_one(conn: socket.socket, n: int) -> None:
-        with conn:
-            conn.settimeout(5)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(65536)
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            body = head.split(b"\r\n\r\n", 1)[1]
-            while len(body) < length:
-                body += conn.recv(65536)
-            if n == 0:  # the first connection trickles its answer for ever
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-                while not stop.wait(0.2):
-                    try:
-                        conn.sendall(b"x")
-                    except OSError:
-                        cut_off.append(True)
-                        return
-                return
-            answer = ExportLogsServiceResponse().SerializeToString()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
-                         + f"Content-Length: {len(answer)}\r\n\r\n".encode() + answer)
+    def _serve(self) -> None:
+        import threading
 
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
             try:
-                conn, _ = listener.accept()
+                conn, _ = self.listener.accept()
             except TimeoutError:
                 continue
             except OSError:
                 return
-            connections.append(1)
-            threading.Thread(target=serve_one, args=(conn, len(connections) - 1),
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn, self.connections == 1),
                              daemon=True).start()
 
+    def _answer(self, conn: Any, trickle: bool) -> None:
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+            ExportLogsServiceResponse,
+        )
+
+        with conn:
+            conn.settimeout(5)
+            while True:  # requests on this connection, one after the other
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    got = conn.recv(65536)
+                    if not got:
+                        return
+                    head += got
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                body = head.split(b"\r\n\r\n", 1)[1]
+                while len(body) < length:
+                    body += conn.recv(65536)
+                if trickle:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                    while not self.stop.wait(0.2):
+                        try:
+                            conn.sendall(b"x")
+                        except OSError:
+                            self.cut_off.set()
+                            return
+                    return
+                answer = ExportLogsServiceResponse().SerializeToString()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
+                             + f"Content-Length: {len(answer)}\r\n\r\n".encode() + answer)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def relay_to(port: int) -> tuple[str, Any]:
+    """A forward HTTP proxy's transport: every connection relayed to ``port`` (a proxy
+    request names the full URL; the endpoint above reads only the headers it needs)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", port))
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
     threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener
+
+
+@pytest.mark.parametrize("through_a_proxy", [False, True], ids=["direct", "http-proxy"])
+def test_an_endpoint_trickling_its_answer_is_cut_off_at_the_deadline(
+        store: Store, monkeypatch: pytest.MonkeyPatch, through_a_proxy: bool) -> None:
+    """The exporter's timeout bounds each socket read: an endpoint that answered a byte
+    every 0.2 s held the export, and the forwarder with it, for good (no failure, no
+    retry). Past forward_timeout + a grace the request's connection is shut down (closing
+    the session closes only idle ones; through HTTP_PROXY, requests makes connections of
+    another manager: both found by diff reviews), the attempt counts as failed, and the
+    batch goes again on a new connection, which is answered."""
+    import threading
+
+    from collector import forwarder as forwarder_module
+
+    monkeypatch.setattr(forwarder_module, "EXPORT_GRACE", 0.5)
+    endpoint = TricklingEndpoint()
+    relay = None
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if through_a_proxy:
+        proxy_url, relay = relay_to(endpoint.listener.getsockname()[1])
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
     write(store, 3)
-    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/logs"
     fwd = Forwarder(store.settings.data_dir, ForwardSettings(
-        endpoint=endpoint, batch_size=4, timeout=0.5, backoff_initial=0.05, backoff_max=0.1,
-        poll_interval=0.05))
+        endpoint=endpoint.url, batch_size=4, timeout=0.5, backoff_initial=0.05,
+        backoff_max=0.1, poll_interval=0.05))
     try:
         fwd.start()
         wait_until(lambda: fwd.stats()["forwarded"] == 3, timeout=20)
         stats = fwd.stats()
         assert stats["failures"] >= 1 and stats["checkpoint_seq"] == 3
-        wait_until(lambda: cut_off, timeout=5)  # the stalled connection was shut down
+        assert endpoint.cut_off.wait(5)  # the stalled connection was shut down
         assert not [t for t in threading.enumerate() if t.name == "audit-forwarder-export"
                     and t.is_alive()]
     finally:
         fwd.stop(timeout=5)
-        stop.set()
-        listener.close()
+        endpoint.close()
+        if relay is not None:
+            relay.close()
     assert fwd.stats()["state"] == "stopped"
 
 
@@ -427,7 +488,7 @@ def test_credentials_moved_from_the_endpoint_url_to_a_header_keep_the_position(
     checkpoint.path.write_text(json.dumps(  # as an older version left it
         {"endpoint": with_password, "seq": 4, "updated": "2026-11-25T00:00:00Z"}))
     fwd = forwarder(store, receiver, headers={"Authorization": "Basic b3BzOnMzY3JldA=="})
+    assert "s3cret" not in checkpoint.path.read_text()  # at start: not only at the next save
     while fwd.step():
         pass
     assert receiver.seqs() == [5, 6]
-    assert "s3cret" not in checkpoint.path.read_text()
