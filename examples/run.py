@@ -185,7 +185,7 @@ def print_summary(base_url: str, stored: int, *, once: bool, panel: str | None) 
     script = Path(sys.executable).with_name("audit-collector")
     cli = _relative(script) if script.exists() else f"{_relative(Path(sys.executable))} -m collector"
     print(f"""
-Example platform at {base_url}; collector data in {DATA_DIR.resolve()}
+Example platform {"ran" if once else "at"} {base_url}; collector data in {DATA_DIR.resolve()}
 {stored} audit events from the example traffic acknowledged by the collector
 (fsynced and indexed). The newest:
 
