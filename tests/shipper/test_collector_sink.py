@@ -8,7 +8,6 @@ import itertools
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any

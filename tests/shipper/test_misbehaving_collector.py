@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,12 +48,16 @@ def trickling() -> Iterator[tuple[MisbehavingCollector, Path]]:
             reset_configuration()
 
 
+def shipping_to(trickling: tuple[MisbehavingCollector, Path], **options: Any) -> CollectorSink:
+    peer, root = trickling
+    sink = CollectorSink(peer.url, spool_dir=root / "spool", **options)
+    configure(sink=sink)
+    return sink
+
+
 def test_a_trickled_reply_is_given_up_at_the_ack_timeout(
         trickling: tuple[MisbehavingCollector, Path]) -> None:
-    peer, root = trickling
-    sink = CollectorSink(peer.url, spool_dir=root / "spool", ack_timeout=1.0,
-                         backoff_max=0.2)
-    configure(sink=sink)
+    sink = shipping_to(trickling, ack_timeout=1.0, backoff_max=0.2)
     for i in range(10):
         emit("team_created", f"t{i}")
     started = time.monotonic()
@@ -65,12 +70,10 @@ def test_a_trickled_reply_is_given_up_at_the_ack_timeout(
 
 def test_a_trickled_reply_while_the_queue_fills_spools_instead_of_dropping(
         trickling: tuple[MisbehavingCollector, Path]) -> None:
-    peer, root = trickling
     # The whole reply takes 40 s; ack_timeout alone would end it after 3 s, too late:
     # the queue is full long before.
-    sink = CollectorSink(peer.url, spool_dir=root / "spool", max_queue=200, batch_size=10,
-                         ack_timeout=3.0, backoff_max=0.2)
-    configure(sink=sink)
+    sink = shipping_to(trickling, max_queue=200, batch_size=10, ack_timeout=3.0,
+                       backoff_max=0.2)
     emit("team_created", "first")  # its batch gets the trickled reply
     time.sleep(0.3)
     for i in range(400):  # twice the queue, over ~2 s
@@ -85,10 +88,7 @@ def test_a_trickled_reply_while_the_queue_fills_spools_instead_of_dropping(
 
 def test_a_reply_trickling_at_exit_leaves_what_was_in_flight_spooled(
         trickling: tuple[MisbehavingCollector, Path]) -> None:
-    peer, root = trickling
-    sink = CollectorSink(peer.url, spool_dir=root / "spool", ack_timeout=30.0,
-                         exit_timeout=1.0)
-    configure(sink=sink)
+    sink = shipping_to(trickling, ack_timeout=30.0, exit_timeout=1.0)
     for i in range(50):
         emit("team_created", f"t{i}")
     time.sleep(0.5)  # the batch is sent; its reply trickles
