@@ -31,6 +31,9 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("Creation date", "created"),
 )
 
+#: The CSV's columns after ``COLUMNS``: header -> record field.
+CSV_EXTRA: Final = {"ID": "id", "Peer IP": "peer_ip"}
+
 _FORMULA_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
 # Quotes between the ';' and the formula too: the writer doubles them, and a reader
 # splitting on ';' takes a leading "" for an empty quoted string and the rest as the cell.
@@ -87,11 +90,14 @@ def csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[str]:
         buffer.truncate()
         return text
 
-    writer.writerow([header for header, _ in COLUMNS] + ["ID"])
+    # After the seed's columns: the event id, and the proxy that vouched for the client
+    # IP (or the peer of a client that could not be attributed): without it, a CSV lost
+    # how the client IP was decided.
+    writer.writerow([header for header, _ in COLUMNS] + list(CSV_EXTRA))
     yield take()
     for record in records:
         row = ([csv_safe(display_value(record, f)) for _, f in COLUMNS]
-               + [csv_safe(str(record.get("id", "")))])
+               + [csv_safe(str(record.get(f, ""))) for f in CSV_EXTRA.values()])
         (quoted if any("\r" in cell for cell in row) else writer).writerow(row)
         yield take()
 

@@ -30,7 +30,7 @@ def test_csv_has_the_seed_columns_and_date_form(env: Env) -> None:
     disposition = response.headers["content-disposition"]
     assert disposition.startswith('attachment; filename="audit-logs-') and '.csv"' in disposition
     header = response.text.splitlines()[0]
-    assert header == ",".join([h for h, _ in COLUMNS] + ["ID"])
+    assert header == ",".join([h for h, _ in COLUMNS] + ["ID", "Peer IP"])
     rows = csv_rows(response.text)
     stored = [r for r in env.rows if r["type"] == "user_sign_in"][::-1]  # newest first
     assert [r["ID"] for r in rows] == [r["id"] for r in stored]
@@ -66,7 +66,7 @@ def test_an_export_holds_every_matching_record_over_many_pages(env: Env,
 
 def test_an_empty_selection_is_a_header_only_csv(env: Env) -> None:
     text = env.get("/api/v1/audit-logs/export.csv", env.root, principal="nobody").text
-    assert text.splitlines() == [",".join([h for h, _ in COLUMNS] + ["ID"])]
+    assert text.splitlines() == [",".join([h for h, _ in COLUMNS] + ["ID", "Peer IP"])]
 
 
 def test_export_filters_are_checked_before_the_download_starts(env: Env) -> None:
@@ -119,3 +119,16 @@ def test_an_export_reads_one_page_ahead_of_what_it_has_sent(env: Env,
         pool.reader.close()
     assert len(read_when_sent) == COUNT // 10
     assert all(read <= sent + 1 for sent, read in enumerate(read_when_sent, start=1))
+
+
+def test_csv_keeps_the_peer_that_vouched_for_the_client_ip(env: Env) -> None:
+    """A record's peer_ip (the trusted proxy, or the peer of a client that could not be
+    attributed) was left out of the CSV: how the client IP was decided was lost there
+    (a new-user review)."""
+    env.store.write([event(client_ip="198.51.100.7", peer_ip="10.0.0.2", target="proxied"),
+                     event(client_ip="", peer_ip="10.0.0.3", target="unattributed")])
+    rows = csv_rows(env.get("/api/v1/audit-logs/export.csv", env.root, target="proxied").text)
+    assert [(r["Client IP"], r["Peer IP"]) for r in rows] == [("198.51.100.7", "10.0.0.2")]
+    rows = csv_rows(env.get("/api/v1/audit-logs/export.csv", env.root,
+                            target="unattributed").text)
+    assert [(r["Client IP"], r["Peer IP"]) for r in rows] == [("", "10.0.0.3")]
