@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
+
 from .chunks import PARTIAL
 from .filters import check_text, expand_types, ip_ranges, parse_time
 from .names import ID_COLUMNS, MAX_IDS, ids_named
@@ -83,6 +85,10 @@ class Conditions:
         return " AND ".join(parts) or "1", tuple(params)
 
 
+#: A type glob matching more stored types than this is passed as one JSON array.
+_TYPES_AS_PARAMETERS: Final = 500
+
+
 def compile_conditions(con: sqlite3.Connection, filters: Filters,
                        window: tuple[int, int] | None) -> Conditions:
     """Check ``filters`` (``QueryError`` names a bad value) and compile them; ``window``
@@ -97,8 +103,12 @@ def compile_conditions(con: sqlite3.Connection, filters: Filters,
         known = [t for (t,) in con.execute("SELECT type FROM types")]
         names = expand_types(types, known)
         nothing = not names
-        where.append(f"type IN ({','.join('?' * len(names))})")
-        params += names
+        if len(names) <= _TYPES_AS_PARAMETERS:
+            where.append(f"type IN ({','.join('?' * len(names))})")
+            params += names
+        else:  # one parameter, not one each: SQLite takes at most 32,766 per statement
+            where.append("type IN (SELECT value FROM json_each(?))")
+            params.append(orjson.dumps(names).decode())
     for column, value, what in (("principal", filters.principal, "principal"),
                                 ("target", filters.target, "target"),
                                 ("org_id", filters.org, "org"),

@@ -422,3 +422,22 @@ def test_a_filter_value_longer_than_any_stored_line_is_refused(tmp_path: Path,
         with pytest.raises(QueryError, match=f"{field} is {MAX_TEXT + 1} characters long: "
                                              f"give at most {MAX_TEXT}"):
             search(store, Filters(**{field: "x" * (MAX_TEXT + 1)}))
+
+
+def test_a_type_glob_matching_more_types_than_sqlite_takes_parameters(tmp_path: Path) -> None:
+    """A glob becomes the stored types it matches, one SQL parameter each: past SQLite's
+    32,766 the query failed ("too many SQL variables"). An app that made types per user
+    gets there. Past a few hundred they go as one JSON array."""
+    import sqlite3
+
+    with open_store(tmp_path) as store:
+        store.write([event(1, type="gen_1_made"), event(2, type="other_kind"),
+                     event(3, type="gen_2_made")])
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    most = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 32,766 by default
+    con.executemany("INSERT INTO types VALUES(?)",
+                    [(f"gen_{n}_made",) for n in range(3, most + 10)])
+    con.commit()
+    con.close()
+    found = search(tmp_path, Filters(types=("gen_*",)), newest_first=False).records
+    assert [r["type"] for r in found] == ["gen_1_made", "gen_2_made"]
