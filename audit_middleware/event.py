@@ -134,6 +134,22 @@ def encodable(record: Mapping[str, Any]) -> dict[str, Any]:
             if type(value) is str else value for key, value in record.items()}
 
 
+def capped_again(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` after ``encodable``, each field capped again: an escape is six
+    characters for one, so a field capped before could pass the cap six times over, and
+    the collector then refused the event (its action unrecorded)."""
+    from . import _config  # the configured cap (imported here: _config imports this)
+    from .sanitize import MAX_IP_LENGTH, cap
+
+    longest = _config.settings.max_field_length
+    for name in (*TEXT_FIELDS, "client_ip", "peer_ip"):
+        value = record.get(name)
+        limit = MAX_IP_LENGTH if name in ("client_ip", "peer_ip") else longest
+        if type(value) is str and len(value) > limit:
+            record[name] = cap(value, limit)
+    return record
+
+
 def seed_date(created: str) -> str:
     """The seed's display form ``YYYY-MM-DD-HH-MM-SS`` of an RFC 3339 ``created`` value."""
     return f"{created[0:10]}-{created[11:13]}-{created[14:16]}-{created[17:19]}"
@@ -268,7 +284,7 @@ class AuditEvent:
             # A str that is not Unicode text (a lone surrogate, as os.fsdecode makes of
             # undecodable bytes) cannot be UTF-8: written as its \\udcXX escape instead,
             # so the event is recorded (visibly marked) rather than failing its batch.
-            line = orjson.dumps(encodable(self.to_dict()))
+            line = orjson.dumps(capped_again(encodable(self.to_dict())))
         if not line.isascii():
             line = escape_line_breaks(line)
         # The newline is appended here, not with OPT_APPEND_NEWLINE, because the

@@ -286,6 +286,22 @@ def test_the_source_id_is_valid_whatever_the_host_is_called(
     assert collector.ids() == ids
 
 
+def test_a_field_of_lone_surrogates_stays_within_the_cap_and_is_stored(
+        collector: Collector, make_sink: SinkFactory) -> None:
+    """A lone surrogate (a JSON ``\\udcff`` a client sent, os.fsdecode of bad bytes) is
+    written as its six-character escape: a field capped at 800 characters became 4,800,
+    the collector refused the event, and the action went unrecorded (an app-side
+    security review). The escaped field is capped again."""
+    collector.start()
+    sink = make_sink()
+    emit("team_created", "t-" + "\udcff" * 800)
+    assert sink.wait_for_delivery(timeout=20)
+    assert sink.stats()["rejected"] == 0
+    (stored,) = stored_events(collector.data_dir)
+    assert stored["target"].startswith("t-\\udcff") and stored["target"].endswith("[truncated]")
+    assert len(stored["target"]) <= 1024
+
+
 def test_without_a_spool_undeliverable_events_are_counted_as_dropped_at_close(
         make_sink: SinkFactory) -> None:
     sink = make_sink(spool_dir=None)
