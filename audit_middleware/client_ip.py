@@ -123,8 +123,14 @@ def parse_ip(token: str) -> IPAddress | None:
         ip = ipaddress.ip_address(value)
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.scope_id is not None:
+            # A zone (``fe80::1%eth0``) means nothing past its own link, and ipaddress
+            # takes any text after the %: control characters and all would be recorded
+            # as the client IP.
+            return ipaddress.IPv6Address(value.split("%", 1)[0])
     return ip
 
 

@@ -228,8 +228,11 @@ def _resolved(what: str, value: object) -> str:
         return ""
     if isinstance(value, str):
         return str.__str__(value)
-    if (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, uuid.UUID):
-        return str(value)
+    # The types' own text, never a subclass's __str__ (which could hold anything).
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    if isinstance(value, uuid.UUID):
+        return uuid.UUID.__str__(value)
     raise TypeError(f"the {what} must be a str, int or UUID (an id), got "
                     f"{type(value).__name__}: return the id, not the object")
 
@@ -277,7 +280,7 @@ def set_principal(principal: str) -> None:
             "set_principal() needs a request context: install AuditMiddleware (ASGI) or "
             "WSGIAuditMiddleware, or pass principal= to emit() outside a request"
         )
-    ctx.principal_override = str(principal)
+    ctx.principal_override = _resolved("principal given to set_principal()", principal)
     ctx.fields = None  # later events of this request resolve again, with this principal
 
 
@@ -293,7 +296,10 @@ def path_param(name: str, *, lookup: Callable[[str], str | None] | None = None) 
         value = ctx.path_params.get(name)
         if value is None:
             return None
-        ident = str(value)
+        # A converter may put an object in the path parameters (a model looked up by
+        # its id): its str() could hold anything, secrets included. Refused (logged,
+        # the field left empty), as every resolver's value is.
+        ident = _resolved(f"path parameter {name!r}", value)
         return (ident, (lookup(ident) or "") if lookup else "")
 
     return resolve

@@ -42,7 +42,7 @@ def field_text(name: str, value: object, max_length: int) -> str:
             raise AuditFieldError(f"audit field {name!r} is an int of more than 4,300 "
                                   f"digits: pass the resource's id", name) from None
     elif isinstance(value, uuid.UUID):
-        text = str(value)
+        text = uuid.UUID.__str__(value)  # not a subclass's __str__
     else:
         raise AuditFieldError(
             f"audit field {name!r} must be a str, int or UUID, got {type(value).__name__}: "

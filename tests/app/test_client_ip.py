@@ -107,6 +107,14 @@ CASES = [
     ("huge header is cut, rightmost hops still used", "10.0.0.5",
      {"X-Forwarded-For": "1.1.1.1, " * 20000 + "198.51.100.7"}, {"trusted_proxies": PROXY},
      "198.51.100.7", "10.0.0.5"),
+    # ipaddress takes any text after an IPv6 zone's %: it was recorded as the client IP,
+    # control characters and all (an app-side security review). The zone is dropped.
+    ("an IPv6 zone is dropped, whatever it holds", "10.0.0.5",
+     {"X-Forwarded-For": "fe80::1%\x1b]0;pwned\x07, 10.0.0.6"},
+     {"trusted_proxies": PROXY}, "fe80::1", "10.0.0.5"),
+    ("a zone on a trusted hop too", "10.0.0.5",
+     {"X-Forwarded-For": "198.51.100.7, 2001:db8:ffff::1%eth0"},
+     {"trusted_proxies": PROXY}, "198.51.100.7", "10.0.0.5"),
 ]
 
 
