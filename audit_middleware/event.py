@@ -9,6 +9,7 @@ first access, which normally happens on a sink's background thread.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -54,20 +55,24 @@ TEXT_FIELDS: Final[tuple[str, ...]] = (
 #: Principal of events the application itself initiates.
 SYSTEM: Final = "system"
 
-# Characters orjson leaves raw that some readers treat as line breaks (str.splitlines,
-# JavaScript): NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR. Escaping them keeps one event on
-# exactly one line for every reader, not only for readers that split on b"\n".
-_LINE_BREAKS_UTF8: Final = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"),
-                            (b"\xe2\x80\xa9", b"\\u2029"))
+# Characters orjson leaves raw that readers may act on: the C1 controls U+0080-U+009F
+# (NEL, a line break to str.splitlines; CSI and OSC, the 8-bit ESC [ and ESC ] that
+# terminals honouring C1 run during a `tail -f` or `grep`) and LINE and PARAGRAPH
+# SEPARATOR (line breaks to JavaScript). In UTF-8 a C1 control is \xc2 and \x80-\x9f,
+# and neither byte can be part of another character: one pattern finds them all.
+_RAW_CONTROLS: Final = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
 
 
-def escape_line_breaks(data: bytes) -> bytes:
-    """Escape the Unicode line breaks orjson leaves raw in UTF-8 JSON (U+0085, U+2028,
-    U+2029), so one record is one line for every reader. ASCII data cannot hold them:
-    callers skip this when ``data.isascii()``."""
-    for raw, escaped in _LINE_BREAKS_UTF8:
-        data = data.replace(raw, escaped)
-    return data
+def _escaped(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match.group().decode("utf-8"))
+
+
+def escape_raw_controls(data: bytes) -> bytes:
+    """Escape the characters orjson leaves raw in UTF-8 JSON that readers may act on (the
+    C1 controls, U+2028, U+2029), so one record is one line for every reader and no
+    terminal control reaches a screen. ASCII data cannot hold them: callers skip this
+    when ``data.isascii()``."""
+    return _RAW_CONTROLS.sub(_escaped, data)
 
 
 _getrandbits = random.getrandbits  # reseeded in forked children by the random module
@@ -286,7 +291,7 @@ class AuditEvent:
             # so the event is recorded (visibly marked) rather than failing its batch.
             line = orjson.dumps(capped_again(encodable(self.to_dict())))
         if not line.isascii():
-            line = escape_line_breaks(line)
+            line = escape_raw_controls(line)
         # The newline is appended here, not with OPT_APPEND_NEWLINE, because the
         # concatenation is a copy: orjson's own result sits in a >=1 KiB allocation
         # shrunk in place, and a sink keeps a batch of lines alive until it is written

@@ -21,7 +21,7 @@ import orjson
 
 # Reused rather than copied, so the app and the collector escape the same characters.
 # (audit_middleware.event keeps it private; a public helper there would be cleaner.)
-from audit_middleware.event import FIELDS, escape_line_breaks
+from audit_middleware.event import FIELDS, escape_raw_controls
 from audit_middleware.wire import MAX_SEQ
 
 from .errors import StorageError
@@ -121,7 +121,7 @@ def encode_events(events: Sequence[dict[str, Any]]) -> Encoded:
             else:
                 body = dumps(_ordered(event))
             if not body.isascii():
-                body = escape_line_breaks(body)
+                body = escape_raw_controls(body)
             event_id = event["id"]
             if type(event_id) is not str:
                 raise TypeError(f"id must be a string, got {type(event_id).__name__}")
@@ -211,7 +211,7 @@ def record_lines(
     and the last line's is where the next call continues (``line[-67:-3]``)."""
     quoted = orjson.dumps(source)
     if not quoted.isascii():
-        quoted = escape_line_breaks(quoted)
+        quoted = escape_raw_controls(quoted)
     tail = b',"seq":%d,"source":' + quoted.replace(b"%", b"%%") + b',"source_seq":%d'
     lines: list[bytes] = []
     rows: list[Row] = []

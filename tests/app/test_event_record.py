@@ -16,6 +16,9 @@ HOSTILE = [
     "line\nbreak", "carriage\rreturn", "crlf\r\n{\"v\":1,\"forged\":true}", "nul\x00byte",
     "ansi \x1b[31mred\x1b[0m \x1b]0;title\x07", "ls\u2028ps\u2029", "nel\x85", "tab\there",
     "bidi \u202e reversed", "emoji \U0001F600", "quote \" backslash \\",
+    # C1 controls: CSI and OSC are the 8-bit ESC [ and ESC ], which terminals honouring C1
+    # run when a record is shown with tail -f or grep (an app-side security review).
+    "csi \x9b2J\x9b8m osc \x9d0;owned\x07 c1 \x80\x9f", "nbsp\xa0 and \xe9 stay",
 ]
 
 
@@ -56,8 +59,10 @@ def test_hostile_values_stay_on_one_line_and_round_trip(
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     text = line.decode("utf-8")
     assert len(text.splitlines()) == 1  # splitlines also splits on \r, \x85, \u2028, ...
-    for raw in ("\x00", "\x1b", "\r", "\u2028", "\u2029", "\x85"):
+    for raw in ("\x00", "\x1b", "\r", "\u2028", "\u2029", "\x85", "\x9b", "\x9d", "\x80",
+                "\x9f"):
         assert raw not in text
+    assert ("\xa0" in text) == ("\xa0" in value)  # only controls are escaped
     record = orjson.loads(line)
     assert (record["target"], record["principal"], record["status"]) == (value,) * 3
 

@@ -80,10 +80,11 @@ def test_fields_in_another_order_are_stored_in_schema_order() -> None:
 
 
 def test_unicode_line_breaks_are_escaped_so_a_record_stays_one_line() -> None:
-    e = event(target="a\u2028b\u2029c\u0085d\ne")
+    e = event(target="a\u2028b\u2029c\u0085d\ne\x9b2J")
     [line] = record_lines(encode_events([e]), 1, "src\u2028x", None, 0)[0]
     assert len(line.decode().splitlines()) == 1
-    assert orjson.loads(line)["target"] == "a\u2028b\u2029c\u0085d\ne"
+    assert b"\xc2\x9b" not in line and b"\\u009b" in line  # no raw C1 control stored
+    assert orjson.loads(line)["target"] == "a\u2028b\u2029c\u0085d\ne\x9b2J"
     assert orjson.loads(line)["source"] == "src\u2028x"
 
 
