@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import orjson
 
-from audit_middleware.event import seed_date
+from audit_middleware.event import escape_raw_controls, seed_date
 
 #: The seed's columns, in its order: (header, record field).
 COLUMNS: Final[tuple[tuple[str, str], ...]] = (
@@ -47,12 +48,28 @@ def display_value(record: dict[str, Any], field: str) -> str:
     return "" if value is None else str(value)
 
 
+#: Printable characters that draw as blank space, one or two columns wide: in a table
+#: they pass for padding, and a value could push another into the next column (a
+#: principal that reads as another user's).
+_BLANK_LOOKING: Final = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
 def terminal_safe(text: str) -> str:
-    """Control characters (C0, DEL, C1, line/paragraph separators) as visible escapes."""
-    if text.isprintable():
+    """Control and format characters (C0, DEL, C1, line/paragraph separators, bidi
+    overrides, zero-width characters) and blank-looking fillers as visible escapes."""
+    if text.isprintable() and not _BLANK_LOOKING.intersection(text):
         return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-                   for ch in text)
+    return "".join(ch if ch.isprintable() and ch not in _BLANK_LOOKING
+                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: East Asian wide and full-width characters
+    two, combining marks none (``len`` made such values shift the columns after them)."""
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(ch) else
+               2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def csv_safe(text: str) -> str:
@@ -72,7 +89,10 @@ def csv_safe(text: str) -> str:
 
 def jsonl(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:
     for record in records:
-        yield orjson.dumps(record) + b"\n"  # a copy, cheap to keep (AuditEvent.to_json_line)
+        line = orjson.dumps(record)
+        if not line.isascii():  # as stored: no C1 control reaches a terminal raw
+            line = escape_raw_controls(line)
+        yield line + b"\n"  # a copy, cheap to keep (AuditEvent.to_json_line)
 
 
 def csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[str]:
@@ -114,11 +134,12 @@ def table_with_widths(records: list[dict[str, Any]], *, max_width: int = 40,
     headers = [header for header, _ in COLUMNS]
     rows = [[_clip(terminal_safe(display_value(r, f)), max_width) for _, f in COLUMNS]
             for r in records]
-    widths = [max([len(h), at_least[i] if at_least else 0] + [len(row[i]) for row in rows])
-              for i, h in enumerate(headers)]
+    widths = [max([len(h), at_least[i] if at_least else 0]
+                  + [display_width(row[i]) for row in rows]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+    lines.extend("  ".join(c + " " * (w - display_width(c))
+                           for c, w in zip(row, widths, strict=True)).rstrip()
                  for row in rows)
     return "\n".join(lines) + "\n", widths
 

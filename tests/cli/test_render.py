@@ -54,3 +54,29 @@ def test_csv_neutralizes_a_formula_after_a_semicolon() -> None:
     row = list(csv.reader(io.StringIO(text)))[1]
     assert row[1] == "x;'=cmd|' /C calc'!A0;y"  # the text is all there, as text
     assert row[3] == "a;'-1;'+2;'@3;ok"
+
+
+def test_no_value_can_pass_itself_off_as_another_column() -> None:
+    """Blank-looking wide characters (a Hangul filler, two columns of nothing) and
+    combining marks were counted as one column each: a target padded with them pushed
+    the rest of its row so that another user's id stood under Principal (an app-side
+    security review). They are escaped, and widths are counted in terminal columns."""
+    from collector.render import display_width
+
+    forged = dict(RECORD, principal="usr_alice",
+                  target="q" + "\u3164" * 12 + "usr_root")  # shown blank, 24 columns
+    wide = dict(RECORD, principal="usr_bob", target="文件名")  # 6 columns for 3 characters
+    text = table([forged, wide, RECORD])
+    assert "\u3164" not in text and "\\u3164" in text
+    header, _, *rows = text.splitlines()
+    start = header.index("Principal")
+    principals = ["usr_alice", "usr_bob", "\\x1b[2J"]
+    # Each row's principal begins at the header's column, counted in terminal columns.
+    assert [display_width(row[:row.index(p)]) for row, p in zip(rows, principals)] == [start] * 3
+
+
+def test_jsonl_output_has_no_raw_c1_controls() -> None:
+    from collector.render import jsonl
+
+    (line,) = jsonl([dict(RECORD, principal="csi \x9b2J osc \x9d0;x\x07")])
+    assert b"\xc2\x9b" not in line and b"\\u009b" in line
