@@ -355,7 +355,10 @@ class _Recorder:
                     log.error("audit: %s could not be recorded: %s", self.event_type, error)
                     return
                 log.error("audit: %s; recording %s without it", error, self.event_type)
-                fields[error.field] = None
+                # Outside a request a principal of None would make it the application's
+                # own event ("system"): who acted is unknown, so it stays empty.
+                fields[error.field] = ("" if error.field == "principal" and call.context is None
+                                       else None)
 
 
 def audited(

@@ -97,7 +97,9 @@ async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: 
             reason = await wait_durable(receipts, timeout) if receipts else None
             if reason is not None:
                 refused = True
-                log.error("audit: refusing %s %s with 503 (fail_closed): %s",
+                # %r: the path is the client's text, decoded; raw, a CR/LF in it forges
+                # log lines.
+                log.error("audit: refusing %s %r with 503 (fail_closed): %s",
                           scope.get("method"), scope.get("path"), reason)
                 ctx.status_code = 503
                 await send({"type": "http.response.start", "status": 503, "headers": [

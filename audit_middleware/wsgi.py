@@ -72,7 +72,7 @@ class WSGIAuditMiddleware:
                 ctx.status_code = _status_code(status)
                 return start_response(status, headers, *exc)
             refused.append(reason)
-            log.error("audit: refusing %s %s with 503 (fail_closed): %s",
+            log.error("audit: refusing %s %r with 503 (fail_closed): %s",  # %r: no forged lines
                       environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), reason)
             ctx.status_code = 503
             start_response("503 Service Unavailable", [

@@ -55,3 +55,17 @@ def test_an_explicit_principal_outside_a_request_is_kept(events: list[AuditEvent
 
     drop(run_id="r-1")
     assert [(e.target, e.principal, e.client_ip) for e in events] == [("r-1", "system", "")]
+
+
+def test_a_principal_the_record_cannot_hold_outside_a_request_is_not_system(
+        events: list[AuditEvent]) -> None:
+    """A principal getter whose value the record refuses (a float) left the field None,
+    and outside a request None makes the event the application's own: "system" (an
+    app-side security review). It stays empty."""
+
+    @audited("run_dropped", target="run_id", principal=lambda call: 7.5)
+    def drop(run_id: str) -> None:
+        return None
+
+    drop(run_id="r-1")
+    assert [(e.target, e.principal) for e in events] == [("r-1", "")]

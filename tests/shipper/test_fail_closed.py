@@ -107,6 +107,22 @@ def test_collector_down_means_503_and_the_event_is_still_kept(root: Path) -> Non
     sink.close()
 
 
+def test_the_refusal_log_line_cannot_be_forged_through_the_path(
+        root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The refusal logged the decoded path as is: a CR/LF in it wrote a forged line into
+    the app's log (an app-side security review). It is logged quoted."""
+    import logging
+
+    sink = fail_closed_sink(root)
+    with caplog.at_level(logging.ERROR, "audit_middleware"), TestClient(make_app()) as client:
+        forged = "c1%0d%0a2026-11-26 10:00:00 INFO user root signed out"
+        assert client.delete(f"/credentials/{forged}").status_code == 503
+    refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    assert refusals and all("\n" not in m and "\r" not in m for m in refusals)
+    assert "'/credentials/c1\\r\\n2026-11-26" in refusals[0]
+    sink.close()
+
+
 def test_a_slow_acknowledgement_past_the_deadline_is_503(root: Path) -> None:
     # A listener that accepts and never answers: the deadline decides.
     import socket
