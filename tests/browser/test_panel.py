@@ -31,6 +31,7 @@ MINUTE = 60 * 10**9
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SCRIPT_PRINCIPAL = "<script>window.__pwned = 'script'</script>"
 IMG_PRINCIPAL = "<img src=x onerror=\"window.__pwned = 'img'\">"
+BIDI_PRINCIPAL = "\u202egnp\u3164.exe"  # reads as "exe.png" where the override is obeyed
 TYPES = ["run_launched", "credentials_created", "run_completed", "user_sign_in"]
 FAILED = "failed: TimeoutError"
 
@@ -59,6 +60,8 @@ def panel() -> Iterator[Panel]:
                   created_ns=START_NS + n * MINUTE)
             for n in range(60)]
     rows[7]["trace_id"], rows[7]["span_id"] = TRACE, "00f067aa0ba902b7"
+    rows.append(event(type="team_deleted", principal=BIDI_PRINCIPAL, target="t-bidi",
+                      org_id="org-3", created_ns=START_NS + 59 * MINUTE + 30 * 10**9))
     rows.append(event(type="user_updated", principal=SCRIPT_PRINCIPAL, target="t-script", org_id="org-2",
                       status=FAILED, created_ns=START_NS + 60 * MINUTE))
     rows.append(event(type="user_updated", principal=IMG_PRINCIPAL, target="t-img", org_id="org-2",
@@ -257,6 +260,21 @@ def test_a_stored_script_principal_is_text_and_never_runs(page: Any, panel: Pane
     assert page.evaluate("window.__pwned") is None
     assert page.query_selector("#events img, #detail img, #events script") is None
     screenshot(page, "hostile-principals")
+    assert page.problems == []
+
+
+def test_invisible_characters_are_shown_not_obeyed(page: Any, panel: Panel) -> None:
+    """A bidi override (U+202E) made "\u202egnp.exe" read as "exe.png" in a cell, and
+    blank-looking fillers pass for spacing (an app-side security review): format
+    characters, controls and fillers are shown as \\u escapes, in the table and in the
+    event's details."""
+    signed_in(page, panel)
+    apply(page, type="team_deleted")
+    assert [row[2] for row in table(page)] == ["\\u202Egnp\\u3164.exe"]
+    page.click("#events tbody tr")
+    page.wait_for_selector("#detail:not([hidden])")
+    assert "\\u202Egnp\\u3164.exe" in page.text_content("#detail-fields")
+    assert "\u202e" not in page.text_content("#detail-fields")
     assert page.problems == []
 
 

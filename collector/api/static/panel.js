@@ -31,10 +31,21 @@
            created.slice(17, 19);
   }
 
+  // Characters that change how the text around them is drawn without being seen
+  // (bidi overrides such as U+202E, zero-width characters: format characters, Cf),
+  // controls, and blank-looking fillers: shown as \u escapes, so "\u202Egnp.exe" does
+  // not read as "exe.png" and no value passes for another.
+  const INVISIBLE = /[\p{Cf}\p{Cc}\u115F\u1160\u3164\uFFA0\u2800]/gu;
+
+  function visible(text) {
+    return text.replace(INVISIBLE, (ch) =>
+      "\\u" + ch.codePointAt(0).toString(16).toUpperCase().padStart(4, "0"));
+  }
+
   function display(record, field) {
     const value = record[field];
     if (field === "created") return seedDate(value);
-    return value === undefined || value === null ? "" : String(value);
+    return value === undefined || value === null ? "" : visible(String(value));
   }
 
   function showError(id, message) {
@@ -238,7 +249,7 @@
       } else if (field === "created") {
         dd.textContent = `${seedDate(value)} (${value})`;
       } else {
-        dd.textContent = value === null || value === undefined ? "" : String(value);
+        dd.textContent = value === null || value === undefined ? "" : visible(String(value));
       }
       items.push(dt, dd);
     }
