@@ -158,7 +158,7 @@ class Store:
             index.close_chunk()  # a crash right after a rotation left it open
         self._indexer = ChunkIndexer(self.index_path, write_lock)
         for closed in index.closed_chunks():
-            self._indexer.submit(closed)
+            self._indexer.submit(closed, at_open=True)
         index.newly_closed.clear()
         self._writer = GroupWriter(index, self._segments, self._indexer, self._ledger)
         self._writer.next_seq = max(self._writer.next_seq, named_record + 1)

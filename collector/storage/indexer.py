@@ -35,14 +35,21 @@ class ChunkIndexer:
         self._cond = threading.Condition()
         self._busy = False
         self._stop = False
+        #: Chunks found closed at open (a rebuild, a catch-up after a kill): built in the
+        #: background; ``wait`` does not count them, or the first chunk the store closes
+        #: would hold every acknowledgement until the whole backlog is indexed (minutes
+        #: for a large store rebuilt after an upgrade).
+        self._backlog_at_open: set[int] = set()
         self.failed: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-store-indexer",
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, chunk: int) -> None:
+    def submit(self, chunk: int, *, at_open: bool = False) -> None:
         with self._cond:
             self._queue.append(chunk)
+            if at_open:
+                self._backlog_at_open.add(chunk)
             self._cond.notify_all()
 
     @property
@@ -55,7 +62,7 @@ class ChunkIndexer:
         waits here: a dead indexer must not stop acknowledgements)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not (self.backlog <= most or self._stop):
+            while not (self.backlog - len(self._backlog_at_open) <= most or self._stop):
                 if not self._thread.is_alive():
                     return False  # it died: nobody would ever notify (see failed)
                 left = None if deadline is None else deadline - time.monotonic()
@@ -66,9 +73,14 @@ class ChunkIndexer:
             return True
 
     def close(self) -> None:
-        """Finish the queue, checkpoint, stop."""
+        """Finish the chunk being built and the ones closed since open, checkpoint, stop.
+        What is left of the backlog found at open stays CLOSED and is queued again at the
+        next open (as after a kill): a stop must not wait for a whole rebuild."""
         with self._cond:
             self._stop = True
+            self._queue = collections.deque(
+                c for c in self._queue if c not in self._backlog_at_open)
+            self._backlog_at_open.clear()
             self._cond.notify_all()
         self._thread.join()
         self._con.close()
@@ -104,6 +116,7 @@ class ChunkIndexer:
             finally:
                 with self._cond:
                     self._busy = False
+                    self._backlog_at_open.discard(chunk)
                     self._cond.notify_all()
 
     def _checkpoint(self) -> None:
