@@ -186,7 +186,10 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
             await api.shutdown()
         stats_task.cancel()
         await asyncio.to_thread(integrations.stop, config.drain_timeout)
-        _dump_stats(server, store.stats(), config, integrations)
+        try:
+            _dump_stats(server, store.stats(), config, integrations)
+        except Exception:  # the last stats must not fail a clean stop
+            log.exception("writing the final %s failed", STATS_FILE)
 
 
 async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
@@ -210,11 +213,17 @@ async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
 async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig,
                        integrations: Integrations) -> None:
     # The read commands (stats) run in another process: they find the live counters here.
+    failures = 0
     while True:
         await asyncio.sleep(STATS_INTERVAL)
-        # The store's stats cost O(sources) (every app process is one): off the loop,
-        # which would not read a connection meanwhile.
-        _dump_stats(server, await asyncio.to_thread(store.stats), config, integrations)
+        try:
+            # The store's stats cost O(sources) (every app process is one): off the
+            # loop, which would not read a connection meanwhile.
+            _dump_stats(server, await asyncio.to_thread(store.stats), config, integrations)
+        except Exception:  # the live stats go on: a task that dies leaves them frozen
+            failures += 1
+            if failures & (failures - 1) == 0:
+                log.exception("writing %s failed (%d times so far)", STATS_FILE, failures)
 
 
 def _dump_stats(server: IngestServer, store_stats: dict[str, Any], config: CollectorConfig,

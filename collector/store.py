@@ -349,8 +349,12 @@ class Store:
         with self._lock:
             pending = sum(len(s.encoded.ids) for s in self._pending)
             rejected = self._rejected_count
-        # An operator may delete a quarantined file between the listing and its stat.
-        quarantined = file_sizes(self.quarantine_dir.iterdir())
+        # An operator may delete a quarantined file between the listing and its stat, or
+        # the whole directory once reviewed: none then (the stats task died of it).
+        try:
+            quarantined = file_sizes(self.quarantine_dir.iterdir())
+        except FileNotFoundError:
+            quarantined = {}
         return {
             "events": writer.stored,
             **self._segments.stats(),

@@ -70,3 +70,29 @@ def test_serve_refuses_a_bad_configuration_with_a_clear_message(root: Path) -> N
     with pytest.raises(AssertionError, match="set tls_cert and tls_key"):
         process.start()
     assert process.proc is not None and process.proc.wait(10) == 2
+
+
+def test_removing_quarantine_while_serving_breaks_neither_the_stats_nor_the_stop(
+        root: Path) -> None:
+    """An operator who reviews the quarantined torn tails and removes ``quarantine/``
+    killed the stats task (ingest-stats.json frozen, without a word) and made the clean
+    stop exit 2 (a lifecycle review). None is counted, and the stop is clean."""
+    import shutil
+    import time
+
+    import orjson
+
+    process = CollectorProcess(root / "data")
+    process.start()
+    stats_file = root / "data" / "ingest-stats.json"
+    try:
+        shutil.rmtree(root / "data" / "quarantine")
+        deadline = time.monotonic() + 20
+        first = stats_file.stat().st_mtime if stats_file.exists() else 0.0
+        while not stats_file.exists() or stats_file.stat().st_mtime <= first:
+            assert time.monotonic() < deadline, "the stats file stopped being written"
+            time.sleep(0.2)
+        assert orjson.loads(stats_file.read_bytes())["store"]["quarantined"] == 0
+    finally:
+        assert process.stop() == 0
+    assert "Traceback" not in "".join(process.output)
