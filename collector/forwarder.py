@@ -76,6 +76,9 @@ MAX_EXPORT_BYTES: Final = 8 << 20
 #: Time an export may take beyond ``timeout``: the exporter's timeout bounds each socket
 #: read, not the request, and an endpoint trickling its answer held the forwarder for good.
 EXPORT_GRACE: Final = 5.0
+#: Seconds a stop waits for the export in flight before cutting it off: an answering
+#: endpoint answers well within it.
+STOP_GRACE: Final = 1.0
 _MAX_TIMESTAMP_NS: Final = (1 << 63) - 1
 
 
@@ -358,11 +361,20 @@ class Forwarder:
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the export in flight (its checkpoint is saved), then stop."""
+        """Finish the export in flight (its checkpoint is saved) if it ends within
+        ``timeout``, then stop. An export still waiting then on its endpoint is cut off:
+        its batch is sent again at the next start (at least once), and a dead endpoint
+        no longer holds the collector's stop for the whole timeout after the others."""
         self._stopping = True
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            grace = min(timeout, STOP_GRACE)
+            self._thread.join(grace)
+            if self._thread.is_alive():
+                session = _sessions.get(self._exporter)
+                if session is not None:
+                    session.abort()
+                self._thread.join(timeout - grace)
             self._thread = None
         try:
             self._exporter.shutdown()  # type: ignore[no-untyped-call]

@@ -492,3 +492,28 @@ def test_credentials_moved_from_the_endpoint_url_to_a_header_keep_the_position(
     while fwd.step():
         pass
     assert receiver.seqs() == [5, 6]
+
+
+def test_a_stop_cuts_off_an_export_its_endpoint_does_not_answer(store: Store) -> None:
+    """stop() waited the whole drain timeout for an export to a dead (black-hole)
+    endpoint, after the ingest's and the API's own waits: the collector's stop could
+    pass a service manager's limit (a lifecycle review). It waits STOP_GRACE, then cuts
+    the request off; the batch is sent again at the next start."""
+    import time
+
+    endpoint = TricklingEndpoint()  # its first connection never answers in full
+    write(store, 3)
+    fwd = Forwarder(store.settings.data_dir, ForwardSettings(
+        endpoint=endpoint.url, batch_size=4, timeout=30.0, backoff_initial=0.05,
+        backoff_max=0.1, poll_interval=0.05))
+    try:
+        fwd.start()
+        wait_until(lambda: endpoint.connections >= 1, timeout=10)
+        time.sleep(0.3)  # the export is waiting on its answer
+        started = time.monotonic()
+        fwd.stop(timeout=10)
+        assert time.monotonic() - started < 3
+        assert endpoint.cut_off.wait(5)
+        assert fwd.stats()["checkpoint_seq"] == 0  # not acknowledged: sent again later
+    finally:
+        endpoint.close()
