@@ -314,6 +314,12 @@ def test_within_budget_keeps_at_least_one_record() -> None:
     assert within_budget(batch, budget=1) == 1
 
 
+def forwarding_to(store: Store, url: str, *, timeout: float) -> Forwarder:
+    return Forwarder(store.settings.data_dir, ForwardSettings(
+        endpoint=url, batch_size=4, timeout=timeout, backoff_initial=0.05, backoff_max=0.1,
+        poll_interval=0.05))
+
+
 class TricklingEndpoint:
     """An OTLP endpoint whose first connection trickles its answer for ever (a byte every
     0.2 s); later connections are answered at once."""
@@ -434,9 +440,7 @@ def test_an_endpoint_trickling_its_answer_is_cut_off_at_the_deadline(
         proxy_url, relay = relay_to(endpoint.listener.getsockname()[1])
         monkeypatch.setenv("HTTP_PROXY", proxy_url)
     write(store, 3)
-    fwd = Forwarder(store.settings.data_dir, ForwardSettings(
-        endpoint=endpoint.url, batch_size=4, timeout=0.5, backoff_initial=0.05,
-        backoff_max=0.1, poll_interval=0.05))
+    fwd = forwarding_to(store, endpoint.url, timeout=0.5)
     try:
         fwd.start()
         wait_until(lambda: fwd.stats()["forwarded"] == 3, timeout=20)
@@ -503,9 +507,7 @@ def test_a_stop_cuts_off_an_export_its_endpoint_does_not_answer(store: Store) ->
 
     endpoint = TricklingEndpoint()  # its first connection never answers in full
     write(store, 3)
-    fwd = Forwarder(store.settings.data_dir, ForwardSettings(
-        endpoint=endpoint.url, batch_size=4, timeout=30.0, backoff_initial=0.05,
-        backoff_max=0.1, poll_interval=0.05))
+    fwd = forwarding_to(store, endpoint.url, timeout=30.0)
     try:
         fwd.start()
         wait_until(lambda: endpoint.connections >= 1, timeout=10)
