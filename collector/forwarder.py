@@ -34,15 +34,10 @@ The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExpor
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-import os
 import random
-import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +54,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 from audit_middleware import otel
 from collector import query as q
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointFile
+from collector.otlp_http import otlp_http_exporter, rejected_by_receiver, session_of
 from collector.storage.records import created_micros
 
 __all__ = ["CheckpointError", "ForwardError", "ForwardSettings", "Forwarder", "forward_settings",
@@ -198,125 +194,6 @@ def within_budget(batch: Sequence[ReadableLogRecord], budget: int = MAX_EXPORT_B
 ExporterFactory = Callable[[ForwardSettings], LogRecordExporter]
 
 
-#: The credential-provider variables of the OTLP/HTTP exporter: when one is set, the
-#: exporter's session is the provider's, not ours (no partial-success answers, no abort).
-_CREDENTIAL_PROVIDER_VARIABLES: Final = (
-    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
-    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER")
-#: The session each exporter made here sends with (``rejected_by_receiver``, ``abort``).
-_sessions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def otlp_http_exporter(settings: ForwardSettings) -> LogRecordExporter:
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-
-    if any(os.environ.get(name) for name in _CREDENTIAL_PROVIDER_VARIABLES):
-        return OTLPLogExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
-                               timeout=settings.timeout)
-    session = _forwarder_session_class()()
-    exporter = OTLPLogExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
-                               timeout=settings.timeout, session=session)
-    _sessions[exporter] = session
-    return exporter
-
-
-@functools.cache
-def _forwarder_session_class() -> type[Any]:
-    """A requests session (the OTLP exporter's own dependency, imported when used) that
-    keeps the body of the last answer and can abort what it has in flight."""
-    import requests
-    from requests.adapters import HTTPAdapter
-    from urllib3.connection import HTTPConnection, HTTPSConnection
-    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-
-    class ForwarderSession(requests.Session):
-        last_answer: bytes | None = None
-
-        def __init__(self) -> None:
-            super().__init__()
-            # Every connection it opened, so that ``abort`` can end one in use: the
-            # exporter's timeout bounds each socket read, not the request, and closing
-            # the session closes only idle connections.
-            self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
-            opened = self._connections
-
-            class Connection(HTTPConnection):
-                def connect(self) -> None:
-                    super().connect()
-                    opened.add(self)
-
-            class SecureConnection(HTTPSConnection):
-                def connect(self) -> None:
-                    super().connect()
-                    opened.add(self)
-
-            class Pool(HTTPConnectionPool):
-                ConnectionCls = Connection
-
-            class SecurePool(HTTPSConnectionPool):
-                ConnectionCls = SecureConnection
-
-            class Adapter(HTTPAdapter):
-                def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-                    super().init_poolmanager(*args, **kwargs)
-                    self.poolmanager.pool_classes_by_scheme = {"http": Pool,
-                                                               "https": SecurePool}
-
-                def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
-                    # Through HTTP_PROXY/HTTPS_PROXY requests uses a manager of its own:
-                    # its connections are tracked too (a SOCKS proxy's are not).
-                    manager = super().proxy_manager_for(proxy, **kwargs)
-                    if not proxy.lower().startswith("socks"):
-                        manager.pool_classes_by_scheme = {"http": Pool, "https": SecurePool}
-                    return manager
-
-            self.mount("http://", Adapter())
-            self.mount("https://", Adapter())
-
-        def request(self, *args: Any, **kwargs: Any) -> Any:
-            # The exporter reads only the status; an OTLP receiver's 200 can say it
-            # rejected some records (partial success), which must not pass unseen.
-            self.last_answer = None
-            response = super().request(*args, **kwargs)
-            self.last_answer = response.content
-            return response
-
-        def abort(self) -> None:
-            """End every connection it has open, the one a request waits on included:
-            that request fails at once."""
-            while True:
-                try:  # a connection opened meanwhile changes the set under the copy
-                    connections = list(self._connections)
-                    break
-                except RuntimeError:
-                    continue
-            for connection in connections:
-                sock = getattr(connection, "sock", None)
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-    return ForwarderSession
-
-
-def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
-    """How many records the receiver's last answer says it rejected, and why (OTLP
-    ``partial_success``); None when it says nothing of the kind or cannot be read."""
-    answer = getattr(_sessions.get(exporter), "last_answer", None)
-    if not answer:
-        return None
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-
-    try:
-        parsed = ExportLogsServiceResponse.FromString(answer)
-    except Exception:  # noqa: BLE001 - not protobuf (a proxy's text): nothing to say
-        return None
-    partial = parsed.partial_success
-    if partial.rejected_log_records <= 0:
-        return None
-    return partial.rejected_log_records, partial.error_message
-
-
 class Forwarder:
     def __init__(self, data_dir: Path, settings: ForwardSettings, *,
                  exporter: ExporterFactory = otlp_http_exporter) -> None:
@@ -371,7 +248,7 @@ class Forwarder:
             grace = min(timeout, STOP_GRACE)
             self._thread.join(grace)
             if self._thread.is_alive():
-                session = _sessions.get(self._exporter)
+                session = session_of(self._exporter)
                 if session is not None:
                     session.abort()
                 self._thread.join(timeout - grace)
@@ -498,7 +375,7 @@ class Forwarder:
         deadline = self.settings.timeout + EXPORT_GRACE
         thread.join(deadline)
         if thread.is_alive():
-            session = _sessions.get(exporter)
+            session = session_of(exporter)
             if session is not None:
                 session.abort()  # the request fails now, and its thread ends
                 thread.join(EXPORT_GRACE)
