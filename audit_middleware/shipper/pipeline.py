@@ -103,6 +103,15 @@ class Pipeline:
                                  f"of {len(chunk)} events about "
                                  f"{result.acknowledged + len(result.rejected)}"))
             return
+        indexes = {r.index for r in result.rejected}
+        if len(indexes) != len(result.rejected) or not all(
+                0 <= i < len(chunk) for i in indexes):
+            # The counts added up, yet the rejections do not name distinct events of the
+            # batch: which ones were stored cannot be told (a fail_closed request would be
+            # answered as recorded). Sent again; the collector dedupes what it has.
+            self._fail(WireError(ErrorCode.UNEXPECTED_FRAME, "the collector's rejections do "
+                                 "not name distinct events of the batch"))
+            return
         self._inflight.popleft()
         self.acknowledged += result.acknowledged
         self._on_result(chunk, result)

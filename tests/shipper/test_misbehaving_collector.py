@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from audit_middleware import configure, emit
@@ -142,4 +143,32 @@ def test_a_part_of_a_spooled_record_refused_on_replay_is_dropped_once() -> None:
                 peer.close()
         finally:
             sink.close(timeout=1)
+            reset_configuration()
+
+
+def test_rejections_that_name_no_distinct_events_are_not_taken_as_an_answer() -> None:
+    """Only the counts were checked: a reply rejecting the same event twice (or one past
+    the batch) passed, and the events it left unnamed were taken as stored, a fail_closed
+    request answered as recorded (a shipper review). Such a reply fails the connection;
+    the batch is spooled and sent again."""
+    from audit_middleware.wire import Rejection, Result
+
+    def reject_the_first_twice(conn: socket.socket, batch: Batch) -> None:
+        twice = [Rejection(0, batch.seqs[0], None, "bad")] * 2  # the second left unnamed
+        ids = [orjson.loads(line)["id"] for line in batch.lines]
+        conn.sendall(Result(batch.batch_id, ids[2:], rejected=twice).encode())
+
+    with short_tmp() as root:
+        peer = MisbehavingCollector(str(root / "c.sock"), reply=reject_the_first_twice)
+        try:
+            sink = shipping_to((peer, root), ack_timeout=2.0, backoff_max=0.2)
+            for i in range(5):
+                emit("team_created", f"t{i}")
+            assert sink.flush(timeout=10)
+            stats = sink.stats()
+            assert (stats["acknowledged"], stats["rejected"]) == (0, 0)
+            assert stats["spooled"] == 5
+            sink.close(timeout=1)
+        finally:
+            peer.close()
             reset_configuration()
