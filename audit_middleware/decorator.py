@@ -35,6 +35,7 @@ from . import _config
 from .context import RequestContext, current
 from .emitter import emit, record_in_request
 from .errors import AuditFieldError
+from .wsgi import status_line_code
 
 log = logging.getLogger("audit_middleware")
 
@@ -126,9 +127,15 @@ _RESPONSE_BASES = frozenset({
     ("werkzeug.wrappers.response", "Response"),  # Werkzeug before its sansio split
     ("django.http.response", "HttpResponseBase"),  # Django
 })
-_STARLETTE_RESPONSE = ("starlette.responses", "Response")
+_STARLETTE_RESPONSE = frozenset({("starlette.responses", "Response")})
 #: Verdicts of ``_is_response_type``: a handler returns a few result classes, over and over.
 _response_types: dict[type, bool] = {}
+
+
+def _derives_from(kind: object, bases: frozenset[tuple[str, str]]) -> bool:
+    """Whether class ``kind`` has one of ``bases`` (module, qualified name) in its MRO."""
+    return any((getattr(c, "__module__", None), getattr(c, "__qualname__", None)) in bases
+               for c in getattr(kind, "__mro__", ()))
 
 
 def _is_response_type(kind: type) -> bool:
@@ -136,8 +143,7 @@ def _is_response_type(kind: type) -> bool:
     not values that merely have a ``status_code`` (a model of an upstream check)."""
     verdict = _response_types.get(kind)
     if verdict is None:
-        verdict = any((getattr(c, "__module__", None), getattr(c, "__qualname__", None))
-                      in _RESPONSE_BASES for c in getattr(kind, "__mro__", ()))
+        verdict = _derives_from(kind, _RESPONSE_BASES)
         if len(_response_types) < 4096:  # classes made per call must not grow it forever
             _response_types[kind] = verdict
     return verdict
@@ -169,15 +175,10 @@ def _exception_status(exc: BaseException) -> int | None:
 
 def _status_value(status: Any) -> int | None:
     """An HTTP status as a handler gives it: an int (``HTTPStatus`` too) or a status
-    line (Flask's ``"404 NOT FOUND"``, as ``wsgi._status_code`` reads it)."""
+    line (Flask's ``"404 NOT FOUND"``, read as the WSGI middleware reads one)."""
     if isinstance(status, int) and not isinstance(status, bool):
         return int(status)
-    if isinstance(status, str):
-        try:
-            return int(status.split(None, 1)[0])
-        except (ValueError, IndexError):
-            return None
-    return None
+    return status_line_code(status) if isinstance(status, str) else None
 
 
 def _response_params(func: Callable[..., Any]) -> tuple[str, ...]:
@@ -195,13 +196,8 @@ def _response_params(func: Callable[..., Any]) -> tuple[str, ...]:
     names = []
     for name, parameter in parameters.items():
         annotation = hints.get(name, parameter.annotation)
-        if isinstance(annotation, str):
-            found = "Response" in annotation
-        else:
-            found = isinstance(annotation, type) and any(
-                (getattr(c, "__module__", None), getattr(c, "__qualname__", None))
-                == _STARLETTE_RESPONSE for c in annotation.__mro__)
-        if found:
+        if (isinstance(annotation, str) and "Response" in annotation) or (
+                isinstance(annotation, type) and _derives_from(annotation, _STARLETTE_RESPONSE)):
             names.append(name)
     return tuple(names)
 

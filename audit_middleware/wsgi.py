@@ -51,7 +51,7 @@ class WSGIAuditMiddleware:
             return self._call_fail_closed(environ, start_response, ctx, fail_closed_timeout)
 
         def start_response_observing_status(status: str, headers: Any, *exc: Any) -> Any:
-            ctx.status_code = _status_code(status)
+            ctx.status_code = status_line_code(status)
             return start_response(status, headers, *exc)
 
         token = current.set(ctx)
@@ -69,7 +69,7 @@ class WSGIAuditMiddleware:
         def start_response_once_durable(status: str, headers: Any, *exc: Any) -> Any:
             reason = wait_durable_blocking(receipts, timeout) if receipts else None
             if reason is None:
-                ctx.status_code = _status_code(status)
+                ctx.status_code = status_line_code(status)
                 return start_response(status, headers, *exc)
             refused.append(reason)
             log.error("audit: refusing %s %r with 503 (fail_closed): %s",  # %r: no forged lines
@@ -164,8 +164,9 @@ def _close(body: Iterable[bytes]) -> None:
         close()
 
 
-def _status_code(status: str) -> int | None:
+def status_line_code(status: str) -> int | None:
+    """The code of a status line (``"404 NOT FOUND"``), None when it has none."""
     try:
-        return int(status.split(" ", 1)[0])
-    except ValueError:
+        return int(status.split(None, 1)[0])
+    except (ValueError, IndexError):
         return None

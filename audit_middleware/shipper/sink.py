@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final
 
 from .._counter import Counter
@@ -32,7 +33,7 @@ from .endpoint import DEFAULT_URL, Endpoint, parse_url
 from .pipeline import Chunk
 from .receipts import Receipt, new_receipt
 from .sender import Sender, resolve, resolve_all
-from .spool import Spool
+from .spool import Spool, place_problem
 
 log = logging.getLogger("audit_middleware")
 
@@ -52,29 +53,6 @@ def new_source_id() -> str:
 
 
 DEFAULT_SPOOL_DIR: Final = "./audit-spool"
-
-
-def _spool_place_problem(spool_dir: str) -> str | None:
-    """Why the spool can never be made at ``spool_dir`` (None: it can, as far as can be
-    told without making it). It is made when first needed, which is when the collector
-    is away: a place where it cannot be made would drop every event of the outage."""
-    private = os.path.join(spool_dir, f".uid-{os.geteuid()}")
-    if os.path.isdir(private):  # made for this user by an admin (see Spool.directory)
-        spool_dir = private
-    place = spool_dir
-    while not os.path.exists(place):
-        parent = os.path.dirname(place)
-        if parent == place:
-            break
-        place = parent
-    effective = os.access in os.supports_effective_ids
-    if (not os.path.isdir(place)
-            or not os.access(place, os.W_OK | os.X_OK, effective_ids=effective)
-            or os.statvfs(place).f_flag & os.ST_RDONLY):  # root passes access() there
-        return (f"spool_dir={spool_dir!r} cannot be used: {place} is not a directory this "
-                f"process can write to. Give a writable directory (it is made when first "
-                f"needed), or spool_dir=None to hold undelivered batches in memory only")
-    return None
 
 
 class CollectorSink:
@@ -152,7 +130,7 @@ class CollectorSink:
         self._exit_timeout = exit_timeout
         self._batch_size = batch_size  # events per frame
         # Resolved now: a later chdir must not move the spool (or split it in two).
-        problem = _spool_place_problem(os.path.abspath(spool_dir)) if spool_dir else None
+        problem = place_problem(Path(os.path.abspath(spool_dir))) if spool_dir else None
         if problem is not None:
             if spool_dir != DEFAULT_SPOOL_DIR:
                 raise AuditConfigurationError(problem)

@@ -112,7 +112,7 @@ class Spool:
     @property
     def _private(self) -> Path:
         """This user's private subdirectory of the configured one (see ``directory``)."""
-        return self.configured / f".uid-{os.geteuid()}"
+        return private_directory(self.configured)
 
     def _new_file(self) -> _File:
         directory = self.directory
@@ -286,6 +286,33 @@ class Spool:
         self.close()
         self._used = 0
         self.corrupt_bytes = 0
+
+
+def private_directory(configured: Path) -> Path:
+    """This process's user's private subdirectory of a spool directory (``.uid-<euid>``,
+    see ``Spool.directory``)."""
+    return configured / f".uid-{os.geteuid()}"
+
+
+def place_problem(spool_dir: Path) -> str | None:
+    """Why a spool can never be made at ``spool_dir`` (None: it can, as far as can be
+    told without making it). It is made when first needed, which is when the collector
+    is away: a place where it cannot be made would drop every event of the outage."""
+    private = private_directory(spool_dir)
+    if private.is_dir():  # made for this user by an admin (see Spool.directory)
+        spool_dir = private
+    place = spool_dir
+    while not place.exists() and place.parent != place:
+        place = place.parent
+    effective = os.access in os.supports_effective_ids
+    if (not place.is_dir()
+            or not os.access(place, os.W_OK | os.X_OK, effective_ids=effective)
+            or os.statvfs(place).f_flag & os.ST_RDONLY):  # root passes access() there
+        return (f"spool_dir={str(spool_dir)!r} cannot be used: {place} is not a directory "
+                f"this process can write to. Give a writable directory (it is made when "
+                f"first needed), or spool_dir=None to hold undelivered batches in memory "
+                f"only")
+    return None
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
