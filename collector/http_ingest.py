@@ -113,7 +113,7 @@ class HttpIngest:
     async def _read_body(self, request: Request) -> bytes | Response:
         limit = self.settings.max_body
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
             return self._too_large()
         chunks: list[bytes] = []
         size = 0

@@ -135,7 +135,7 @@ def split_host_port(value: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) < 65536:
         raise ValueError("expected host:port such as 127.0.0.1:7100 or [::1]:7100")
     return host, int(port_text)
 

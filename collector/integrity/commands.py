@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import io
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import TextIO
 
@@ -113,6 +115,17 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"audit-collector verify: cannot read the data directory: {exc}",
               file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - a bug met on hostile input: no verdict either
+        # Exit 1 means "checked: INVALID". A crash must not read as a verdict, in either
+        # direction, to whatever runs verify on a schedule.
+        traceback.print_exc()
+        print("audit-collector verify: stopped by the error above before reaching a "
+              "verdict (a bug in verify: please report it with the traceback)",
+              file=sys.stderr)
+        return 2
+    # File names are bytes; one that is not UTF-8 must print (escaped), not end the report.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     print_report(report, sys.stdout, quiet=args.quiet)
     if not report.valid:
         return 1
@@ -152,6 +165,8 @@ def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
             main, *rest = res.findings
             out.write(f"INVALID  {res.path}  {main}\n")
             out.writelines(f"         {' ' * len(res.path)}  {finding}\n" for finding in rest)
+            out.writelines(f"         {' ' * len(res.path)}  {reason}: {count:,} more like "
+                           f"these, not listed\n" for reason, count in res.unlisted.items())
         if not quiet:
             out.writelines(f"         {' ' * len(res.path)}  note: {note}\n"
                            for note in res.notes)

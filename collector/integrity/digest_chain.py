@@ -5,6 +5,7 @@ not run backwards), and anchors kept elsewhere."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 from pathlib import Path
@@ -241,8 +242,17 @@ class DigestChain:
         still be in the chain: each digest carries its predecessor's signature, so the
         anchored digest pins down every digest before it."""
         res = FileResult(f"anchor {signature[:16]}...", "anchor", 0)
-        found = next((g for g in self.good if g.signature_b64 == signature.strip()), None)
-        if found is None:
+        raw = base64.b64decode(signature.strip())  # the bytes: base64 has spare bits
+        found = next((g for g in self.good if g.signature == raw), None)
+        oldest = min((g.n for g in self.good), default=1)
+        if found is None and oldest > 1 and self.deleted_below:
+            # Not proof of re-signing: an anchor older than what retention kept cannot
+            # be checked at all. Still no verdict of "valid" for it.
+            res.add(CHAIN_BROKEN, f"no valid digest has this signature. The oldest digest "
+                    f"kept is #{oldest}: retention deleted those before it with their "
+                    f"segments (below {self.deleted_below}), so an anchor older than that "
+                    f"cannot be checked; if this anchor is newer, the digests were re-signed")
+        elif found is None:
             res.add(CHAIN_BROKEN, "no valid digest has this signature: the digests were "
                     "re-signed (or the anchor belongs to another store)")
         else:

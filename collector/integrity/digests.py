@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import orjson
 
+from collector.storage.regular_files import read_regular
 from collector.storage.segments import FILE_MODE, fsync_dir
 
 from .errors import DigestFormatError
@@ -40,7 +41,9 @@ FORMAT: Final = 1
 KINDS: Final = ("checkpoint", "seal", "retention", "key_rotation")
 _SUFFIX: Final = ".digests.jsonl"
 _SIGNATURE: Final = b',"signature":"'
-_FILE_NAME = re.compile(r"(segment-(\d{8,})-\d{8}T\d{6}Z)\.digests\.jsonl")
+# ASCII digits only: a Unicode digit (which ``\d`` takes by default) made a second file
+# with the same number, and int() read it as that number.
+_FILE_NAME = re.compile(r"(segment-(\d{8,})-\d{8}T\d{6}Z)\.digests\.jsonl", re.ASCII)
 
 _INT_FIELDS: Final = ("n", "segment_seq", "bytes", "records", "first_seq", "last_seq",
                       "interval_ms")
@@ -143,6 +146,11 @@ def parse(line: bytes, file: str = "", number: int = 0) -> Digest:
     except (binascii.Error, ValueError):
         raise DigestFormatError(f"{where}: not a JSON digest with a base64 signature") \
             from None
+    if base64.b64encode(signature) != signature_b64:
+        # Base64 has spare bits (the last character of "...Bg==" and "...Bh==" decode
+        # alike): a signature rewritten that way verified, and the next digest, chained
+        # to the rewritten text, made every anchor of the original read "re-signed".
+        raise DigestFormatError(f"{where}: the signature is not in canonical base64")
     if not isinstance(body, dict) or body.get("digest") != FORMAT:
         raise DigestFormatError(f"{where}: not a format-{FORMAT} digest")
     for name in _INT_FIELDS:
@@ -165,8 +173,14 @@ class DigestFile:
     torn: bool  # the last line has no newline (cut by a crash, or by hand)
 
 
+# A digest line is under 1 KiB and a segment gets one every digest_interval while it is
+# active: no digest file of a real store comes near this (a regular file only: a FIFO
+# or a link to /dev/zero hung verify and start-up).
+MAX_FILE_BYTES: Final = 256 * 1024 * 1024
+
+
 def read_file(path: Path) -> DigestFile:
-    data = path.read_bytes()
+    data = read_regular(path, MAX_FILE_BYTES)
     lines = data.split(b"\n")
     torn = lines[-1] != b""
     if not torn:

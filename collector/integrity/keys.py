@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from collector.storage.regular_files import read_regular
 from collector.storage.segments import fsync_dir
 
 from .errors import KeyFileError
@@ -41,6 +42,8 @@ SIGNING_KEY_FILE: Final = "signing-key.pem"
 KEYS_DIR_MODE: Final = 0o700
 PRIVATE_MODE: Final = 0o600
 PUBLIC_MODE: Final = 0o644
+# An export of every key a store ever had is a few KiB; a file far larger is no key file.
+MAX_PUBLIC_KEYS_BYTES: Final = 1024 * 1024
 _PUBLIC_NAME = re.compile(r"ed25519-([0-9a-f]{16})\.pub")
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN PUBLIC KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END PUBLIC KEY-----")
@@ -226,7 +229,7 @@ class KeyRing:
 def read_public_keys(path: Path) -> list[PublicKey]:
     """Every PEM public key in ``path`` (an export, a key ring file, a single key)."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, MAX_PUBLIC_KEYS_BYTES)
     except OSError as exc:
         raise KeyFileError(f"cannot read public keys from {path}: {exc.strerror or exc}") \
             from None

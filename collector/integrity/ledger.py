@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from audit_middleware.event import format_created
+from collector.storage.regular_files import open_regular
 from collector.storage.segments import (
     DIR_MODE,
     FILE_MODE,
@@ -292,7 +293,7 @@ def _records_of(digest: d.Digest | None, state: d.SegmentState) -> int:
 
 
 def _read_header(path: Path) -> SegmentHeader:
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         return SegmentHeader.parse(f.readline(64 * 1024), path.name)
 
 

@@ -23,10 +23,12 @@ import orjson
 
 from collector.storage.errors import CorruptSegmentError
 from collector.storage.lines import LineSplitter
+from collector.storage.regular_files import open_regular
 from collector.storage.segments import SegmentFile, SegmentHeader
 
 from . import chain as chains
 from .findings import (
+    MAX_LISTED,
     RECORD_DUPLICATED,
     RECORD_MISSING,
     RECORD_MODIFIED,
@@ -96,7 +98,7 @@ def chunks(file: SegmentFile) -> Iterator[tuple[bytes, int]]:
     """The uncompressed bytes of a plain or compressed segment, in large chunks, each
     with how many bytes of the file itself have been read so far."""
     try:
-        with open(file.path, "rb") as raw:
+        with open_regular(file.path) as raw:
             if file.compressed:
                 with gzip.GzipFile(fileobj=raw, mode="rb") as f:
                     while chunk := f.read(CHUNK):
@@ -208,9 +210,12 @@ def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
     """What was done to the records of ``file`` whose links are broken: changed,
     removed, duplicated or moved. ``first_seq``/``last_seq``: the seqs the segment
     should start and end with, when a digest or the previous segment says so."""
-    records, unreadable = _parse_records(file)
+    records, unreadable, more_unreadable = _parse_records(file)
     findings = [Finding(RECORD_MODIFIED, f"line {n} is not a chained record: {why}")
                 for n, why in unreadable]
+    if more_unreadable:
+        findings.append(Finding(RECORD_MODIFIED, f"{more_unreadable:,} more line(s) are not "
+                                f"chained records", more_unreadable))
     present = [r for r in records if r.seq is not None]
     by_seq: dict[int, list[_Record]] = {}
     for r in present:
@@ -218,7 +223,10 @@ def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
     if not by_seq:
         return findings
     first = first_seq if first_seq is not None else min(by_seq)
-    last = last_seq if last_seq is not None else max(by_seq)
+    # Without a signed end (the active segment), the end is the last record that links to
+    # the one before it: one forged seq of 9e18 appended must not stand for the end, and
+    # make 9e18 records "missing" (verify counted them one by one, for good).
+    last = last_seq if last_seq is not None else _last_linked(records, header) or max(by_seq)
     # A seq outside the segment's range is a record from elsewhere: before it, a copy
     # of an older record; after its signed end, one moved here from a later segment.
     for r in present:
@@ -243,10 +251,10 @@ def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
         if before and not any(chains.link(p, r.unchained) == r.chain for p in before):
             findings.append(Finding(RECORD_MODIFIED, f"record seq {seq} (line {r.line}) does "
                                     f"not match its chain hash: its bytes were changed"))
-    missing = [s for s in range(first, last + 1) if s not in by_seq]
+    missing = _missing_runs(first, last, sorted(by_seq))
     if missing:
-        findings.append(Finding(RECORD_MISSING, f"{len(missing)} record(s) missing: seq "
-                                f"{ranges(missing)}"))
+        findings.append(Finding(RECORD_MISSING, f"{sum(b - a + 1 for a, b in missing):,} "
+                                f"record(s) missing: seq {describe_runs(missing)}"))
     for seq, copies in by_seq.items():
         if len(copies) > 1:
             lines = ", ".join(str(c.line) for c in copies)
@@ -268,9 +276,12 @@ def classify(file: SegmentFile, header: SegmentHeader, first_seq: int | None,
     return sorted(findings, key=lambda f: order.index(f.reason))
 
 
-def _parse_records(file: SegmentFile) -> tuple[list[_Record], list[tuple[int, str]]]:
+def _parse_records(file: SegmentFile) -> tuple[list[_Record], list[tuple[int, str]], int]:
+    """The records of ``file`` with a seq; the first lines that are none (line number,
+    why), at most ``MAX_LISTED``; how many more there are."""
     records: list[_Record] = []
     unreadable: list[tuple[int, str]] = []
+    more = 0
     split = LineSplitter(MAX_LINE)
     number = 0
     for chunk, _ in chunks(file):
@@ -279,15 +290,16 @@ def _parse_records(file: SegmentFile) -> tuple[list[_Record], list[tuple[int, st
             if number == 1:
                 continue  # the header
             parts = chains.split(line)
-            if parts is None:
-                unreadable.append((number, "it has no chain field"))
-                continue
-            seq = _seq(line)
-            if seq is None:
-                unreadable.append((number, "it is not a JSON record with a seq"))
+            seq = _seq(line) if parts is not None else None
+            if parts is None or seq is None:
+                if len(unreadable) < MAX_LISTED:
+                    unreadable.append((number, "it has no chain field" if parts is None
+                                       else "it is not a JSON record with a seq"))
+                else:
+                    more += 1
                 continue
             records.append(_Record(number, seq, parts[0], parts[1]))
-    return records, unreadable
+    return records, unreadable, more
 
 
 def _seq(line: bytes) -> int | None:
@@ -299,13 +311,44 @@ def _seq(line: bytes) -> int | None:
     return seq if type(seq) is int else None
 
 
+def _last_linked(records: list[_Record], header: SegmentHeader) -> int | None:
+    """The seq of the last record, in file order, whose chain value links it to the line
+    before it (the header for the first)."""
+    previous = header.chain.encode()
+    last = None
+    for r in records:
+        if chains.link(previous, r.unchained) == r.chain:
+            last = r.seq
+        previous = r.chain
+    return last
+
+
+def _missing_runs(first: int, last: int, present: list[int]) -> list[tuple[int, int]]:
+    """The runs of numbers in ``first..last`` not in ``present`` (sorted): computed from
+    the gaps, never number by number."""
+    runs = []
+    expected = first
+    for seq in present:
+        if seq > expected:
+            runs.append((expected, seq - 1))
+        expected = max(expected, seq + 1)
+    if expected <= last:
+        runs.append((expected, last))
+    return runs
+
+
 def ranges(numbers: list[int]) -> str:
     """``3, 7-9`` (at most 5 runs shown)."""
-    runs: list[list[int]] = []
+    runs: list[tuple[int, int]] = []
     for n in numbers:
         if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
+            runs[-1] = (runs[-1][0], n)
         else:
-            runs.append([n, n])
+            runs.append((n, n))
+    return describe_runs(runs)
+
+
+def describe_runs(runs: list[tuple[int, int]]) -> str:
+    """``3, 7-9`` of runs (first, last), at most 5 shown."""
     shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:5]]
     return ", ".join(shown) + (f" and {len(runs) - 5} more runs" if len(runs) > 5 else "")

@@ -355,8 +355,9 @@ class _Segments:
         res.records, res.size = found.records, found.size
         if found.broken:
             named = classify(f, header, expected_first, seal.last_seq if seal else None)
-            res.findings.extend(named or [Finding(
-                RECORD_MODIFIED, f"{found.broken} record(s) do not link to the one before")])
+            for finding in named or [Finding(
+                    RECORD_MODIFIED, f"{found.broken} record(s) do not link to the one before")]:
+                res.add(finding.reason, finding.detail, count=finding.count)
         explained = bool(res.findings)
         for stop, after in itertools.pairwise(ds):
             # Nothing writes between a clean stop and the next start: a digest after a
@@ -513,7 +514,7 @@ def _is_stop(g: d.Digest) -> bool:
 
 def _seq_of(name: str) -> int | None:
     parts = name.split("-")
-    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+    return int(parts[1]) if len(parts) > 2 and parts[1].isascii() and parts[1].isdigit() else None
 
 
 def _last_seq(found: Scan) -> int | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from .errors import CorruptSegmentError
+from .regular_files import open_regular_fd
 from .segments import FILE_MODE, _pwrite_all
 
 BLOCK_BYTES: Final = 64 * 1024
@@ -134,7 +135,7 @@ class CompressedReader:
     def __init__(self, path: Path, blocks: BlockMap, cache_blocks: int = 8) -> None:
         if not blocks:
             raise CorruptSegmentError(f"{path.name}: no block map: run reindex")
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = open_regular_fd(path)
         self._uoffs = [u for u, _ in blocks]
         self._coffs = [c for _, c in blocks] + [os.fstat(self.fd).st_size]
         self._cache: OrderedDict[int, bytes] = OrderedDict()

@@ -27,8 +27,8 @@ TIME_FORMS: Final = (
     "the seed's YYYY-MM-DD-HH-MM-SS in UTC (2026-11-26-01-07-10), or an age such as "
     "30s, 15m, 24h, 7d, 2w"
 )
-_RELATIVE = re.compile(r"(\d{1,9})([smhdw])")
-_SEED = re.compile(r"(\d{4})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})")
+_RELATIVE = re.compile(r"(\d{1,9})([smhdw])", re.ASCII)
+_SEED = re.compile(r"(\d{4})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})", re.ASCII)
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 #: 0001-01-01T00:00:00Z in microseconds since the epoch: the earliest time a filter means.
 EARLIEST_US: Final = -62_135_596_800_000_000
@@ -51,14 +51,14 @@ def parse_time(value: object, *, what: str, now_us: int) -> int:
             year, month, day, hour, minute, second = (int(g) for g in match.groups())
             moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
             return created_micros(moment.isoformat())
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}([Tt ].+)?", text):
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}([Tt ].+)?", text, re.ASCII):
             moment = datetime.fromisoformat(text.replace("t", "T").replace("z", "Z"))
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
             # Records are timed to the microsecond: a bound between two microseconds is
             # the next one (fromisoformat cuts the digits past six off, which moved
             # ``until`` before a record it should have kept, ``since`` after one).
-            beyond = re.search(r"[.,]\d{6}(\d+)", text)
+            beyond = re.search(r"[.,]\d{6}(\d+)", text, re.ASCII)
             return created_micros(moment.isoformat()) + (
                 1 if beyond and int(beyond[1]) else 0)
     except ValueError:

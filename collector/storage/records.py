@@ -269,7 +269,7 @@ def created_micros(created: object) -> int:
     # Fast path for the schema's own form, 2026-11-26T01:07:10.123456Z.
     if type(created) is str and len(created) == 27 and created[26] == "Z":
         fraction = created[20:26]
-        if created[19] == "." and fraction.isdigit():
+        if created[19] == "." and fraction.isascii() and fraction.isdigit():
             return second_micros(created[:19]) + int(fraction)
     return _parse_micros(created)
 

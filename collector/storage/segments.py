@@ -28,10 +28,13 @@ from audit_middleware.event import SCHEMA_VERSION, format_created
 from .errors import CorruptSegmentError, StorageError
 from .lines import LineSplitter
 from .records import created_micros
+from .regular_files import open_regular
 
 FILE_MODE: Final = 0o640
 DIR_MODE: Final = 0o750
-_NAME = re.compile(r"segment-(\d{8,})-(\d{8}T\d{6}Z)\.jsonl(\.gz)?")
+# ASCII digits only (``\d`` takes any Unicode digit, int() reads most of them): a
+# file named with other digits must not pass for a segment of that number.
+_NAME = re.compile(r"segment-(\d{8,})-(\d{8}T\d{6}Z)\.jsonl(\.gz)?", re.ASCII)
 _READ_CHUNK: Final = 1 << 20
 
 
@@ -246,7 +249,7 @@ def read_header(path: Path) -> SegmentHeader:
 
 def _read_header_line(path: Path) -> tuple[SegmentHeader, int]:
     """The header and the length of its line."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         line = f.readline(64 * 1024)
     if not line.endswith(b"\n"):
         raise CorruptSegmentError(
@@ -265,9 +268,9 @@ def first_line(file: SegmentFile) -> bytes:
     if file.compressed:
         import gzip
 
-        with gzip.open(file.path, "rb") as f:
+        with open_regular(file.path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
             return bytes(f.readline(64 * 1024))
-    with open(file.path, "rb") as f:
+    with open_regular(file.path) as f:
         return f.readline(64 * 1024)
 
 

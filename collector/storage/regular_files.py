@@ -1,0 +1,74 @@
+"""Opening the data directory's files for reading: regular files only, of bounded size.
+
+Whoever can write the data directory can put a FIFO, a socket or a link to a device
+where a segment, a digest file or a public key belongs. Opened as usual, a FIFO blocks
+``open`` and ``read`` for as long as no one writes to it, and ``/dev/zero`` never ends:
+``verify`` hung, or ran out of memory, instead of calling the file INVALID. Here the
+file is opened without blocking and checked before a byte is read; a link to a regular
+file elsewhere is still followed (an operator's choice, not an attack on the reader).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+
+class NotRegularFileError(OSError):
+    """The path is a FIFO, a socket, a device or a directory, not a file."""
+
+
+class FileTooLargeError(OSError):
+    """The file holds more than its kind ever does (a limit given by the reader)."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular_fd(path: Path) -> int:
+    """A read-only descriptor of a regular file; ``NotRegularFileError`` for anything
+    else, raised before reading (a FIFO opened this way does not wait for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(errno.EINVAL, f"{_kind(mode)}, not a regular file",
+                                      str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``open(path, "rb")`` for a regular file only (``open_regular_fd``)."""
+    return os.fdopen(open_regular_fd(path), "rb")
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The whole of a regular file of at most ``limit`` bytes; ``FileTooLargeError``
+    beyond (read no further than one byte past the limit, whatever the file claims)."""
+    parts = []
+    size = 0
+    with open_regular(path) as f:
+        # In pieces: read(limit + 1) allocates the whole limit first, for any file.
+        while size <= limit and (part := f.read(_PIECE)):
+            parts.append(part)
+            size += len(part)
+    if size > limit:
+        raise FileTooLargeError(errno.EFBIG, f"larger than {limit:,} bytes, more than such "
+                                f"a file ever holds", str(path))
+    return b"".join(parts)
+
+
+_PIECE = 1 << 20

@@ -1,0 +1,202 @@
+"""What someone with write access to the data directory can put in it to make ``verify``
+hang, crash, flood its output or mislead an anchor check: each is a clear verdict in
+bounded time and memory instead (an integrity review, 2026-11-26)."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.integrity import digests
+from collector.integrity.findings import (
+    CHAIN_BROKEN,
+    DIGEST_MISSING,
+    MAX_LISTED,
+    RECORD_MODIFIED,
+    SIGNATURE_INVALID,
+)
+from collector.storage.errors import StorageError
+from collector.storage.records import created_micros
+from collector.storage.segments import list_segment_files
+from tests.integrity.helpers import (
+    build_store,
+    check,
+    copy_of,
+    digest_paths,
+    lines_of,
+    reasons,
+    run_verify,
+    segment_paths,
+    write_lines,
+)
+
+FAR_SEGMENT = "segment-00000099-20261126T180100Z"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = build_store(tmp_path_factory.mktemp("store") / "data")
+    assert check(data_dir).valid
+    return data_dir
+
+
+@pytest.fixture
+def store(pristine: Path, tmp_path: Path) -> Iterator[Path]:
+    yield copy_of(pristine, tmp_path / "copy")
+
+
+# -- files that are no files -------------------------------------------------------------
+@pytest.mark.parametrize("where", ["digest FIFO", "segment FIFO", "digest /dev/zero",
+                                   "segment /dev/zero"])
+def test_a_fifo_or_a_device_in_place_of_a_file_is_reported_not_waited_on(
+        store: Path, where: str) -> None:
+    """A FIFO blocked verify's open() for good; a link to /dev/zero read until memory ran
+    out. Both are files verify cannot read: INVALID, at once."""
+    if where.startswith("digest"):
+        path = store / "digests" / f"{FAR_SEGMENT}.digests.jsonl"
+    else:
+        path = store / "segments" / f"{FAR_SEGMENT}.jsonl"
+    if where.endswith("FIFO"):
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    result = run_verify("-q", str(store))  # its own timeout (120 s) fails a hang
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{FAR_SEGMENT}" in result.stdout and "not a regular file" in result.stdout, \
+        result.stdout
+
+
+def test_a_fifo_in_the_key_ring_is_an_error_that_names_it(store: Path) -> None:
+    fifo = store / "keys" / "ed25519-0123456789abcdef.pub"
+    os.mkfifo(fifo)
+    result = run_verify(str(store))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert fifo.name in result.stderr and "not a regular file" in result.stderr
+
+
+# -- digits that are not ASCII ------------------------------------------------------------
+def test_a_header_time_with_a_superscript_digit_is_no_crash(store: Path) -> None:
+    """``"²".isdigit()`` is True and ``int("²")`` raises: verify printed a traceback and
+    exited 1 (INVALID) with no report."""
+    stray = store / "segments" / "notes.txt"
+    stray.write_bytes(b'{"segment":{"id":"x","seq":7,"previous":"","schema":1,"created":'
+                      b'"2026-11-26T01:07:10.12345\xc2\xb2Z","chain":""}}\n')
+    result = run_verify("-q", str(store))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (0, 1), result.stderr
+    with pytest.raises(StorageError):
+        created_micros("2026-11-26T01:07:10.12345\u00b2Z")
+
+
+def test_other_digits_do_not_count_as_ascii_ones() -> None:
+    """Arabic-Indic digits passed ``isdigit`` and ``\\d`` and int() read them: a time, a
+    port or a file name written in them meant the number."""
+    from collector.options import split_host_port
+    from collector.storage.filters import QueryError, parse_time
+
+    with pytest.raises(StorageError):
+        created_micros("2026-11-26T01:07:10.\u0661\u0662\u0663\u0664\u0665\u0666Z")
+    with pytest.raises(ValueError, match="host:port"):
+        split_host_port("localhost:\u0667\u0661\u0660\u0660")
+    for text in ("\u0661\u0662h", "\u0662\u0660\u0662\u0666-11-26-01-02-03"):
+        with pytest.raises(QueryError):
+            parse_time(text, what="--since", now_us=0)
+
+
+def test_a_file_named_with_other_digits_is_no_segment_or_digest_file(store: Path) -> None:
+    arabic_one = "\u0660" * 7 + "\u0661"  # "00000001" in Arabic-Indic digits
+    name = f"segment-{arabic_one}-20261126T180100Z"
+    (store / "segments" / f"{name}.jsonl").write_bytes(b"")
+    (store / "digests" / f"{name}.digests.jsonl").write_bytes(b"")
+    assert all(f.path.name.isascii() for f in list_segment_files(store / "segments"))
+    assert all(p.name.isascii() for _, p in digests.list_digest_files(store / "digests"))
+
+
+# -- output and time bounded by what is there, not by what a line claims -------------------
+def test_a_forged_huge_seq_after_the_active_segment_is_reported_in_bounded_time(
+        store: Path) -> None:
+    """A line claiming seq 9e18 made verify count 9e18 'missing' records one by one."""
+    active = segment_paths(store)[-1]
+    lines = lines_of(active)
+    lines.append(b'{"seq":9000000000000000000,"chain":"' + b"0" * 64 + b'"}\n')
+    write_lines(active, lines)
+    report = check(store)
+    found = [str(f) for r in report.invalid for f in r.findings]
+    assert any("9000000000000000000" in f for f in found), found
+    assert not any("missing" in f and "9,000,000" in f for f in found), found
+
+
+def test_millions_of_damaged_lines_are_counted_not_listed(store: Path) -> None:
+    """5 MB of newlines appended to a sealed segment printed 5 million findings (680 MB,
+    1.7 GB of memory)."""
+    path = segment_paths(store)[2]
+    with path.open("ab") as f:
+        f.write(b"\n" * 1_000_000)
+    report = check(store)
+    (result,) = [r for r in report.invalid if path.name in r.path]
+    modified = [f for f in result.findings if f.reason == RECORD_MODIFIED]
+    assert len(modified) == MAX_LISTED
+    assert result.unlisted == {RECORD_MODIFIED: 1_000_000 - MAX_LISTED}
+    printed = run_verify("-q", str(store))
+    assert printed.returncode == 1 and len(printed.stdout) < 50_000, len(printed.stdout)
+    assert f"record modified: {1_000_000 - MAX_LISTED:,} more like these" in printed.stdout
+
+
+# -- signatures and anchors ----------------------------------------------------------------
+def _respell_last_signature(store: Path) -> tuple[Path, str]:
+    """The newest digest's signature with the spare bits of its last base64 character
+    set: the same 64 bytes, another text. Returns the digest file and the original."""
+    path = digest_paths(store)[-1]
+    lines = lines_of(path)
+    at = lines[-1].rfind(b'"signature":"') + len(b'"signature":"')
+    original = lines[-1][at:].split(b'"')[0].decode()
+    assert original.endswith("==")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = original[-3]
+    respelled = original[:-3] + alphabet[alphabet.index(last) ^ 1] + "=="
+    assert base64.b64decode(respelled) == base64.b64decode(original)
+    lines[-1] = lines[-1].replace(original.encode(), respelled.encode())
+    write_lines(path, lines)
+    return path, original
+
+
+def test_a_signature_respelled_in_base64_is_an_invalid_signature(store: Path) -> None:
+    path, _ = _respell_last_signature(store)
+    found = reasons(check(store))
+    assert SIGNATURE_INVALID in found[f"digests/{path.name}"], found
+
+
+def test_an_anchor_matches_by_the_signature_bytes(store: Path) -> None:
+    newest = digests.read_file(digest_paths(store)[-1]).digests[-1]
+    respelled = base64.b64encode(newest.signature).decode()
+    assert check(store, anchors=[respelled]).valid
+    with_spare_bits = respelled[:-3] + ("B" if respelled[-3] != "B" else "C") + "=="
+    if base64.b64decode(with_spare_bits) == newest.signature:
+        assert check(store, anchors=[with_spare_bits]).valid
+
+
+def test_an_anchor_older_than_retention_says_so(tmp_path: Path) -> None:
+    """The anchored digest went with its segment by retention: no proof of re-signing,
+    and the verdict says which of the two it can be."""
+    data_dir = tmp_path / "data"
+    build_store(data_dir, batches=8, retention_bytes=4 * 2048)
+    assert len(segment_paths(data_dir)) < 8, "retention deleted nothing"
+    report = check(data_dir)
+    assert report.valid, reasons(report)
+    oldest_kept = report.first_digest
+    assert oldest_kept is not None and oldest_kept.n > 1
+    gone = base64.b64encode(b"\x01" * 64).decode()
+    (anchor,) = [r for r in check(data_dir, anchors=[gone]).files if r.kind == "anchor"]
+    assert anchor.reasons == [CHAIN_BROKEN]
+    assert f"oldest digest kept is #{oldest_kept.n}" in anchor.findings[0].detail
+
+
+def test_an_emptied_digest_file_is_still_missing_digests(store: Path) -> None:
+    """(Unchanged by reading files in pieces: an empty file is no digests.)"""
+    path = digest_paths(store)[1]
+    path.write_bytes(b"")
+    assert DIGEST_MISSING in reasons(check(store))[f"digests/{path.name}"]
