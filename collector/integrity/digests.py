@@ -204,10 +204,21 @@ def append(directory: Path, segment_name: str, line: bytes) -> Path:
     new = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
-        done = 0
-        while done < len(line):
-            done += os.write(fd, line[done:])
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            done = 0
+            while done < len(line):
+                done += os.write(fd, line[done:])
+            os.fsync(fd)
+        except OSError:
+            # A full disk takes part of the line, then refuses the rest: cut the part
+            # off (shrinking needs no space), or the retry appends the whole line after
+            # it and the file holds a line that is no digest, a tamper alarm for good.
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass  # left for start-up, which moves a torn last line to quarantine/
+            raise
     finally:
         os.close(fd)
     if new:

@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from audit_middleware.event import format_created
-from collector.storage.regular_files import open_regular
+from collector.storage.regular_files import open_regular, read_regular
 from collector.storage.segments import (
     DIR_MODE,
-    FILE_MODE,
     SegmentFile,
     SegmentHeader,
-    fsync_dir,
     iter_lines,
+    quarantine_torn,
     segment_seq,
 )
 
@@ -196,9 +195,10 @@ class Ledger:
 
     def retention(self, deleted_below: int, active: ActiveSegment) -> None:
         """Before retention deletes the segments below ``deleted_below``: say so, signed
-        (so ``verify`` can tell retention from someone deleting segments)."""
+        (so ``verify`` can tell retention from someone deleting segments). Raises
+        ``OSError`` when it cannot be written now (it stays queued, written first later)."""
         self._write("retention", self._current(), active.path.name,
-                    deleted_below=deleted_below)
+                    deleted_below=deleted_below, strict=True)
 
     def forget(self, segment_name: str) -> None:
         """Retention deleted ``segment_name``: its digests go too."""
@@ -351,18 +351,12 @@ def _has_seal(path: Path) -> bool:
 
 def _cut_torn_line(path: Path, quarantine_dir: Path) -> None:
     """Move an unterminated last line (a crash mid-write) to quarantine."""
-    data = path.read_bytes()
+    data = read_regular(path, d.MAX_FILE_BYTES)
     end = data.rfind(b"\n") + 1
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = quarantine_dir / f"{path.name}.{stamp}.{end}.torn"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        os.write(fd, data[end:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # A repair killed between its copy and its cut is finished, not refused (the copy's
+    # name repeats within the second: FileExistsError failed the next start).
+    target = quarantine_torn(path, end, data[end:], quarantine_dir)
     with open(path, "r+b") as f:
         f.truncate(end)
         os.fsync(f.fileno())
-    fsync_dir(quarantine_dir)
     log.warning("cut a torn digest line from %s into %s", path.name, target.name)

@@ -259,8 +259,17 @@ class SegmentSet:
                          keep_newest=self.active.records == 0)
         stored_before_ns = max((self._sealed[seq].sealed_ns for seq in doomed), default=0)
         if doomed and self._ledger is not None:
-            # Signed before anything is deleted: verify then tells retention from theft.
-            self._ledger.retention(max(doomed) + 1, self.active)
+            # Signed, on disk, before anything is deleted: verify then tells retention
+            # from theft. A digest that could not be written (a full disk) deletes
+            # nothing in this pass: deleted under a digest only queued, and the process
+            # killed before the queue was written, the segments read as stolen for good.
+            try:
+                self._ledger.retention(max(doomed) + 1, self.active)
+            except OSError as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("retention: nothing deleted in this pass, its digest could not "
+                          "be written (%s); trying again at the next pass", exc)
+                return RetentionPass(0, 0, self._drop_index_rows())
         for seq in doomed:
             info = self._sealed.pop(seq)
             info.path.unlink(missing_ok=True)

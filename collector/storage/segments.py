@@ -322,23 +322,7 @@ def repair_tail(path: Path, quarantine_dir: Path) -> TornTail | None:
     with open(path, "rb") as f:
         f.seek(end)
         torn = f.read()
-    target = _quarantined_copy(path, end, torn, quarantine_dir)
-    if target is None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = quarantine_dir / f"{path.name}.{stamp}.{end}.torn"
-        for n in itertools.count(2):
-            try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             FILE_MODE)
-                break
-            except FileExistsError:  # the same second and offset, other bytes
-                target = quarantine_dir / f"{path.name}.{stamp}.{end}.{n}.torn"
-        try:
-            _pwrite_all(fd, torn, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(quarantine_dir)
+    target = quarantine_torn(path, end, torn, quarantine_dir)
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         os.ftruncate(fd, end)
@@ -346,6 +330,31 @@ def repair_tail(path: Path, quarantine_dir: Path) -> TornTail | None:
     finally:
         os.close(fd)
     return TornTail(path.name, end, len(torn), target)
+
+
+def quarantine_torn(path: Path, end: int, torn: bytes, quarantine_dir: Path) -> Path:
+    """A durable copy in ``quarantine_dir`` of the bytes ``torn`` found at ``end`` of
+    ``path``, before the caller cuts them off: the copy an earlier, killed repair made
+    of them, or a new file (numbered when the second and offset repeat)."""
+    target = _quarantined_copy(path, end, torn, quarantine_dir)
+    if target is not None:
+        return target
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = quarantine_dir / f"{path.name}.{stamp}.{end}.torn"
+    for n in itertools.count(2):
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         FILE_MODE)
+            break
+        except FileExistsError:  # the same second and offset, other bytes
+            target = quarantine_dir / f"{path.name}.{stamp}.{end}.{n}.torn"
+    try:
+        _pwrite_all(fd, torn, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(quarantine_dir)
+    return target
 
 
 def _quarantined_copy(path: Path, end: int, torn: bytes, quarantine_dir: Path) -> Path | None:

@@ -1,0 +1,109 @@
+"""A digest the disk refuses (full, EIO) must leave neither a false tamper alarm nor a
+deletion no signed digest explains (a crash-safety review, 2026-11-26)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.integrity import digests
+from tests.collector.storage_helpers import events, open_store, wait_until
+from tests.integrity.helpers import check, digest_paths, reasons, segment_paths
+
+
+class _DiskFillsMidLine:
+    """``os`` for the digests module, whose next ``write`` takes part of the line and
+    whose write after that finds the disk full: what a full file system does."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.partial = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: bytes) -> int:
+        if not self.armed:
+            return os.write(fd, data)
+        if not self.partial:
+            self.partial = os.write(fd, bytes(data[:len(data) // 2]))
+            return self.partial
+        self.armed = False
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_digest_cut_short_by_a_full_disk_is_written_whole_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The part the disk took stayed in the file; the retry appended the whole line
+    after it: 'signature invalid' and 'digest missing' for good, after a mere ENOSPC."""
+    data_dir = tmp_path / "data"
+    fake = _DiskFillsMidLine()
+    monkeypatch.setattr(digests, "os", fake)
+    with open_store(data_dir) as store:
+        store.write(events(3))
+        fake.armed = True  # the stop checkpoint meets the full disk, then is retried
+    assert fake.partial and not fake.armed, "the failure was never injected"
+    found = [digests.read_file(p) for p in digest_paths(data_dir)]
+    assert not any(f.problems for f in found), [f.problems for f in found]
+    report = check(data_dir)
+    assert report.valid, reasons(report)
+
+
+def test_retention_deletes_nothing_while_its_digest_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retention digest was only queued on ENOSPC and the segments deleted anyway:
+    a kill before the queue was written left deletions no signed digest explains
+    ('digest missing', as if stolen)."""
+    data_dir = tmp_path / "data"
+    real_append = digests.append
+    full = {"on": False}
+
+    def append(directory: Path, segment_name: str, line: bytes) -> Path:
+        if full["on"] and b'"kind":"retention"' in line:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(directory, segment_name, line)
+
+    monkeypatch.setattr(digests, "append", append)
+    full["on"] = True
+    with open_store(data_dir, max_segment_bytes=2048, retention_bytes=3 * 2048) as store:
+        for _ in range(6):
+            store.write(events(3))
+        wait_until(lambda: store.stats()["integrity"]["last_error"], timeout=10)
+        # What a kill now leaves: every segment still there, its deletion unsigned.
+        assert len(segment_paths(data_dir)) == 6, \
+            "segments deleted under a retention digest that was not written"
+        full["on"] = False
+        wait_until(lambda: len(segment_paths(data_dir)) < 6, timeout=10)
+    report = check(data_dir)
+    assert report.valid, reasons(report)
+
+
+def test_a_start_killed_while_moving_a_torn_digest_line_is_finished_by_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The repair copies the torn line to quarantine/, then cuts it. Killed in between
+    and started again within the same second, the next start failed (FileExistsError:
+    the copy's name repeats); a second later it made a second copy."""
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda *_: "20261126T000000Z")
+    data_dir = tmp_path / "data"
+    with open_store(data_dir) as store:
+        store.write(events(3))
+    newest = digest_paths(data_dir)[-1]
+    whole = newest.read_bytes()
+    torn = b'{"digest":1,"n":9'
+    newest.write_bytes(whole + torn)
+    # What the killed start left: its copy made, the cut not yet.
+    quarantine = data_dir / "quarantine"
+    (quarantine / f"{newest.name}.20261126T000000Z.{len(whole)}.torn").write_bytes(torn)
+    with open_store(data_dir) as store:
+        store.write(events(1))
+    assert newest.read_bytes().startswith(whole) and torn not in newest.read_bytes()
+    copies = [p for p in quarantine.iterdir() if p.name.startswith(newest.name)]
+    assert [p.read_bytes() for p in copies] == [torn]
+    report = check(data_dir)
+    assert report.valid, reasons(report)
