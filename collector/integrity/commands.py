@@ -14,12 +14,15 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from collector import config as collector_config
 from collector.storage.errors import StorageError
 
 from .errors import IntegrityError
+
+if TYPE_CHECKING:
+    from .keys import PublicKey
 
 # cryptography is imported by the commands that need it, not by every `audit-collector`.
 
@@ -76,7 +79,7 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from collector.storage.filters import QueryError, parse_time
 
-    from .keys import PublicKey, read_public_keys
+    from .keys import read_public_keys
     from .verify import VerifyError, verify
 
     if (args.path is not None and getattr(args, "data_dir", None) is not None
@@ -211,10 +214,15 @@ def collector_running(data_dir: Path) -> bool:
 # -- keys ----------------------------------------------------------------------------------
 def keys_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    export = sub.add_parser("export", help="print every public key (for verify --public-key)")
+    export = sub.add_parser("export", help="print the public keys the signing key vouches "
+                            "for: its own and those it replaced (for verify --public-key)")
     collector_config.add_arguments(export, ["data_dir", "signing_key"])
     export.add_argument("--out", type=Path, metavar="FILE", help="write to FILE, not stdout")
-    listing = sub.add_parser("list", help="key ids, and which one signs now")
+    export.add_argument("--include", action="append", default=[], metavar="KEY_ID",
+                        help="also export this key of the key ring (one you know is yours, "
+                        "e.g. retired before the signing key kept a list); repeatable")
+    listing = sub.add_parser("list", help="key ids, which one signs now, and which the "
+                             "signing key vouches for")
     collector_config.add_arguments(listing, ["data_dir", "signing_key"])
     rotate = sub.add_parser("rotate", help="sign with a new key from now on (stop the "
                             "collector first); old public keys stay in the key ring")
@@ -235,35 +243,66 @@ def run_keys(args: argparse.Namespace) -> int:
 def _show(data_dir: Path, signing_key: Path | None, args: argparse.Namespace) -> int:
     from .keys import KeyRing, export_pem
 
-    keys = KeyRing(data_dir / "keys").keys()
-    if not keys:
+    ring = KeyRing(data_dir / "keys").keys()
+    if not ring:
         raise IntegrityError(f"no public keys in {data_dir / 'keys'}: the collector makes "
                              f"its key on first start (is --data-dir right?)")
-    current = _current_id(data_dir, signing_key)
     if args.keys_command == "list":
-        for key in keys.values():
-            print(f"{key.id}  ed25519  {key.b64}"
-                  + ("  (current signing key)" if key.id == current else ""))
+        try:
+            current, vouched = _vouched(data_dir, signing_key)
+        except IntegrityError as exc:  # listing needs no secret: say what is unknown
+            current, vouched = None, {}
+            print(f"note: {exc}; which keys it vouches for is not shown", file=sys.stderr)
+        for key in ring.values():
+            mark = ("  (current signing key)" if key.id == current
+                    else "  (retired: vouched for by the signing key)" if key.id in vouched
+                    else "  (not vouched for by the signing key: not exported)"
+                    if current else "")
+            print(f"{key.id}  ed25519  {key.b64}{mark}")
         return 0
-    text = export_pem(list(keys.values()), current)
+    # Only what the signing key vouches for: the key ring is in the data directory, and
+    # whoever writes that could add a key of their own, re-sign everything with it, and
+    # have it handed to the auditor by the next export.
+    current, vouched = _vouched(data_dir, signing_key)
+    for key_id in args.include:
+        if key_id not in ring:
+            raise IntegrityError(f"--include {key_id}: no such key in {data_dir / 'keys'} "
+                                 f"(`audit-collector keys list` shows the ids)")
+        vouched.setdefault(key_id, ring[key_id])
+    left_out = [key_id for key_id in ring if key_id not in vouched]
+    text = export_pem(list(vouched.values()), current)
     if args.out is not None:
         args.out.write_text(text)
-        print(f"wrote {len(keys)} public key(s) to {args.out}: keep it away from the data "
+        print(f"wrote {len(vouched)} public key(s) to {args.out}: keep it away from the data "
               f"directory and pass it to `audit-collector verify --public-key`",
               file=sys.stderr)
     else:
         sys.stdout.write(text)
+    if left_out:
+        print(f"left out {len(left_out)} key(s) of the key ring that the signing key does "
+              f"not vouch for: {', '.join(left_out)}. A key there may have been put there "
+              f"by anyone who can write the data directory; if one is yours (retired "
+              f"before the signing key kept a list of them), add it with --include ID",
+              file=sys.stderr)
     return 0
 
 
-def _current_id(data_dir: Path, signing_key: Path | None) -> str | None:
-    from .keys import default_signing_key_path, load_signing_key
+def _vouched(data_dir: Path, signing_key: Path | None) -> tuple[str, dict[str, PublicKey]]:
+    """The signing key's id, and the public keys it vouches for by id: its own (derived
+    from it) and those it replaced (kept beside it by `keys rotate`)."""
+    from .keys import default_signing_key_path, load_signing_key, read_retired_keys
 
     path = signing_key or default_signing_key_path(data_dir)
     try:
-        return load_signing_key(path).id
-    except IntegrityError:
-        return None  # the key lives elsewhere, or is not readable by this user
+        key = load_signing_key(path)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}. The export is made from the signing key, so that a "
+                             f"key put in {data_dir / 'keys'} by someone else cannot get in: "
+                             f"run this as the collector's user, with --signing-key if the "
+                             f"key lives elsewhere") from None
+    vouched = {k.id: k for k in read_retired_keys(path)}
+    vouched[key.id] = key.public
+    return key.id, vouched
 
 
 def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
@@ -278,6 +317,7 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
         default_signing_key_path,
         install_signing_key,
         prepare_signing_key,
+        retire_key,
     )
     from .ledger import Ledger
 
@@ -300,6 +340,9 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
         # key was written (a full disk) left a store whose next digests the old key
         # signed, against its own record. Then its public key, then the record.
         tmp = prepare_signing_key(old.path, new.private)
+        # The old public key beside the signing key, in its custody: exports vouch for
+        # it from there, never from the key ring alone.
+        retire_key(old.path, old.public)
         ring = KeyRing(data_dir / "keys")
         public_path = ring.directory / f"ed25519-{new.id}.pub"
         try:

@@ -166,6 +166,35 @@ def prepare_signing_key(path: Path, private: Ed25519PrivateKey) -> Path:
     return tmp
 
 
+def retired_keys_path(signing_key: Path) -> Path:
+    """The public keys the signing key at ``signing_key`` replaced, kept beside it: in
+    the signing key's custody, not in the data directory's key ring, which whoever
+    writes the data directory can add a key of their own to."""
+    return signing_key.with_name(signing_key.name + ".retired.pub")
+
+
+def read_retired_keys(signing_key: Path) -> list[PublicKey]:
+    path = retired_keys_path(signing_key)
+    return read_public_keys(path) if path.exists() else []
+
+
+def retire_key(signing_key: Path, key: PublicKey) -> None:
+    """Add ``key`` (about to be replaced) to the retired keys beside ``signing_key``."""
+    kept = read_retired_keys(signing_key)
+    if key.id in {k.id for k in kept}:
+        return
+    path = retired_keys_path(signing_key)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_MODE)
+    try:
+        os.write(fd, export_pem([*kept, key], None).encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def install_signing_key(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
     fsync_dir(path.parent)

@@ -27,7 +27,7 @@ from collector.integrity.findings import (
     SEGMENT_MOVED,
     SIGNATURE_INVALID,
 )
-from collector.integrity.keys import KeyRing, SigningKey, load_signing_key
+from collector.integrity.keys import KeyRing, SigningKey, load_signing_key, read_public_keys
 from collector.storage.records import created_micros
 from tests.integrity.helpers import (
     build_store,
@@ -364,6 +364,50 @@ def test_a_key_ring_swapped_in_the_data_directory_is_caught_by_an_exported_key(
     result = run_verify(str(store), "--public-key", str(trusted))
     assert result.returncode == 1 and "signature invalid" in result.stdout
     assert "not a trusted key" in result.stdout
+
+
+def test_a_key_planted_in_the_key_ring_is_not_exported(store: Path) -> None:
+    """The export came from the key ring, which whoever writes the data directory can
+    add a key to: planted, then everything re-signed with it, and the operator's next
+    export (as the docs said to do after each rotation) handed it to the auditor, whose
+    verify then called the forgery valid."""
+    from tests.integrity.helpers import run_cli
+
+    intruder = SigningKey(Ed25519PrivateKey.generate(), Path("elsewhere"))
+    KeyRing(store / "keys").add(intruder.public)
+    done = run_cli("keys", "export", "--data-dir", str(store), "--out",
+                   str(store.parent / "trusted.pem"))
+    assert done.returncode == 0, done.stderr
+    assert "left out 1 key(s)" in done.stderr and intruder.id in done.stderr
+    exported = {k.id for k in read_public_keys(store.parent / "trusted.pem")}
+    assert intruder.id not in exported
+    assert exported == {load_signing_key(store / "keys" / "signing-key.pem").id}
+    resign_all(store, intruder)
+    result = run_verify(str(store), "--public-key", str(store.parent / "trusted.pem"))
+    assert result.returncode == 1 and "not a trusted key" in result.stdout
+    listed = run_cli("keys", "list", "--data-dir", str(store)).stdout
+    assert f"{intruder.id}  ed25519" in listed and "not vouched for" in listed
+
+
+def test_an_export_needs_the_signing_key_and_includes_only_ring_keys_asked_for(
+        store: Path) -> None:
+    from tests.integrity.helpers import run_cli
+
+    key = store / "keys" / "signing-key.pem"
+    moved = store.parent / "signing-key.pem"
+    key.rename(moved)
+    done = run_cli("keys", "export", "--data-dir", str(store))
+    assert done.returncode == 2 and "--signing-key" in done.stderr, done.stderr
+    done = run_cli("keys", "export", "--data-dir", str(store), "--signing-key", str(moved))
+    assert done.returncode == 0 and "BEGIN PUBLIC KEY" in done.stdout, done.stderr
+    other = SigningKey(Ed25519PrivateKey.generate(), Path("elsewhere"))
+    KeyRing(store / "keys").add(other.public)
+    done = run_cli("keys", "export", "--data-dir", str(store), "--signing-key", str(moved),
+                   "--include", other.id)
+    assert done.returncode == 0 and done.stdout.count("BEGIN PUBLIC KEY") == 2
+    done = run_cli("keys", "export", "--data-dir", str(store), "--signing-key", str(moved),
+                   "--include", "0123456789abcdef")
+    assert done.returncode == 2 and "no such key" in done.stderr
 
 
 def resign_all(store: Path, key: SigningKey, **first_digest: Any) -> None:

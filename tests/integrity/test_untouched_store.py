@@ -209,6 +209,17 @@ def test_a_key_rotation_keeps_old_digests_verifiable_from_an_older_export(
     assert "key_rotation" in kinds(data_dir)
     result = run_verify(str(data_dir), "--public-key", str(before))
     assert result.returncode == 0, result.stdout
+    # An export after the rotation holds both keys: the old one vouched for by the
+    # signing key that replaced it (kept beside it), not taken from the key ring.
+    after = tmp_path / "keys-after.pem"
+    done = run_cli("keys", "export", "--data-dir", str(data_dir), "--out", str(after))
+    assert done.returncode == 0 and "left out" not in done.stderr, done.stderr
+    assert after.read_text().count("BEGIN PUBLIC KEY") == 2
+    assert (data_dir / "keys" / "signing-key.pem.retired.pub").exists()
+    assert any(line.endswith("(retired: vouched for by the signing key)") for line in
+               run_cli("keys", "list", "--data-dir", str(data_dir)).stdout.splitlines())
+    result = run_verify(str(data_dir), "--public-key", str(after))
+    assert result.returncode == 0, result.stdout
 
 
 def test_keys_rotate_refuses_while_the_collector_runs(tmp_path: Path) -> None:
