@@ -154,17 +154,27 @@ class Ledger:
         seal digest, write it now; then a start checkpoint of the active segment."""
         # Only the segment right before the active one, and only when the digest chain
         # exists and has no seal for it: re-signing anything older (or a store whose
-        # digests were all removed) would launder whatever was done to it.
+        # digests were all removed) would launder whatever was done to it. And only when
+        # the active segment holds no record yet: its first record is written only after
+        # that seal is on disk (``require_seal``), so a crash never leaves more. With
+        # records, the seal (and the newest digests with it) were removed after a clean
+        # stop, and signing the segment now would sign whatever was done to it meanwhile.
         newest = self.newest
         last = sealed[-1] if sealed else None
+        current = self._state
         if (last is not None and newest is not None and newest.segment_seq <= last.seq
                 and not (newest.kind == "seal" and newest.segment_seq == last.seq)
                 and not _has_seal(self.digests_dir / d.file_name(last.name))):
-            state, _ = scan_segment(last)
-            self._write("seal", state, active.path.name, note=(
-                "written at start-up: the collector stopped after sealing the segment, "
-                "before its seal digest was written"))
-        current = self._state
+            if current is not None and current.records == 0:
+                state, _ = scan_segment(last)
+                self._write("seal", state, active.path.name, note=(
+                    "written at start-up: the collector stopped after sealing the segment, "
+                    "before its seal digest was written"))
+            else:
+                log.error("integrity: %s has no seal digest, yet %s after it holds records: "
+                          "no crash leaves that (a segment's first record waits for the seal "
+                          "before it), so it is not signed now; `audit-collector verify` "
+                          "reports it (digests removed?)", last.name, active.path.name)
         if (newest is not None and newest.kind == "checkpoint" and current is not None
                 and newest.body.get("why") == "stop" and newest.segment == active.path.name
                 and current.size > int(newest.bytes)):
@@ -175,6 +185,13 @@ class Ledger:
                       "verify` reports them as written while stopped", current.size -
                       int(newest.bytes), active.path.name, newest.where)
         self.checkpoint(active, "start")
+
+    def require_seal(self) -> None:
+        """Before the first record of a new segment: its predecessor's seal digest on
+        disk (written now if it waits; ``OSError`` if it cannot be), so that no crash
+        leaves records after an unsigned seal (see ``started``)."""
+        if self._pending and any(body["kind"] == "seal" for _, _, body in self._pending):
+            self._flush_pending(strict=True)
 
     def tick(self, active: ActiveSegment) -> None:
         """Housekeeping: retry unwritten digests; a checkpoint every ``interval`` while

@@ -25,6 +25,7 @@ import orjson
 
 from collector.storage.errors import CorruptSegmentError, StorageError
 from collector.storage.records import created_micros
+from collector.storage.regular_files import open_regular
 from collector.storage.segments import (
     SegmentFile,
     SegmentHeader,
@@ -195,6 +196,12 @@ class _Segments:
                     if name in self.chain.unverified:
                         res.add(SIGNATURE_INVALID, "its seal digest does not verify (see its "
                                 "digest file)")
+                    elif (not self.live and f.seq == just_rotated
+                          and self._interrupted_rotation(files[-1][0], by_segment)):
+                        res.notes.append("its seal digest is not written: the collector "
+                                         "stopped (a crash) between starting the next "
+                                         "segment and signing this one; its next start "
+                                         "writes the seal")
                     else:
                         res.add(DIGEST_MISSING, "a sealed segment without its seal digest "
                                 "(deleted from digests/, or never written)")
@@ -260,6 +267,21 @@ class _Segments:
                 continue  # not a segment at all: none of verify's business
             out.append((SegmentFile(header.seq, path, stray.compressed), header))
         return sorted(out, key=lambda e: (e[0].seq, e[0].compressed, e[0].path.name))
+
+    @staticmethod
+    def _interrupted_rotation(newest: SegmentFile, by_segment: dict[str, list[d.Digest]]) \
+            -> bool:
+        """Whether ``newest`` is what a crash in the middle of a rotation leaves: a new
+        segment of nothing but its header, not named by any digest. (Its first record
+        waits for its predecessor's seal digest: with one record, a missing seal is no
+        crash's doing.)"""
+        if newest.compressed or by_segment.get(newest.path.name):
+            return False
+        try:
+            with open_regular(newest.path) as f:
+                return f.readline(64 * 1024).endswith(b"\n") and not f.read(1)
+        except OSError:
+            return False
 
     @staticmethod
     def _header_or_none(f: SegmentFile) -> SegmentHeader | None:

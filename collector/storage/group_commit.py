@@ -201,6 +201,8 @@ class GroupWriter:
         moved = [s for s in seen if self.last_segment.get(s) != segment]
         start = active.size
         try:
+            if self._ledger is not None and not active.records:
+                self._ledger.require_seal()
             active.append(data)
         except OSError as exc:
             self._fail(piece, exc, "appending to")
