@@ -222,6 +222,7 @@ class Forwarder:
         self.rejected = 0  # records the receiver accepted the batch of, but rejected
         self.last_error: str | None = None
         self._newest = 0
+        self._first_pending = 0  # the seq of the first record after the checkpoint
         self._oldest_pending_us: int | None = None
         self._delay = settings.backoff_initial
         self._warned_ahead = False
@@ -312,9 +313,10 @@ class Forwarder:
                             "forward from forward_from", position, self._newest,
                             self.checkpoint.path)
             return 0
+        first = records[0]["seq"]
         with self._lock:
             self._oldest_pending_us = created_micros(records[0]["created"])
-        first = records[0]["seq"]
+            self._first_pending = first
         batch = to_log_records(records, self._resource, self._scope)
         fit = within_budget(batch)
         batch, records = batch[:fit], records[:fit]
@@ -429,7 +431,10 @@ class Forwarder:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             position = self._position or 0
-            lag_events = max(0, self._newest - position)
+            # Counted from the first record still stored after the checkpoint: those
+            # retention deleted before they were forwarded (a new endpoint starting from
+            # the beginning of a store) are no lag, they are gone (``skipped``).
+            lag_events = max(0, self._newest - max(position, self._first_pending - 1))
             oldest = self._oldest_pending_us
             lag_seconds = (max(0.0, time.time() - oldest / 1e6)
                            if lag_events and oldest is not None else 0.0)

@@ -212,6 +212,21 @@ def test_records_deleted_before_forwarding_are_counted_as_skipped(store: Store,
     assert fwd.stats()["skipped"] == 3  # once (every retry counted it again)
 
 
+def test_records_deleted_before_forwarding_are_no_lag(store: Store,
+                                                     receiver: OTLPReceiver) -> None:
+    """A new endpoint forwarding from the beginning of a store whose oldest records
+    retention deleted: the lag counted every number since seq 0 (31,693 'behind' with
+    50 records stored), and lag alerts went off."""
+    write(store, 2)
+    fwd = forwarder(store, receiver)
+    fwd.checkpoint.save(receiver.endpoint, 0)
+    fwd._position = -1000  # as if seqs -999..0 had been stored and deleted by retention
+    receiver.refuse_next(1, 503)
+    with pytest.raises(Exception, match="did not accept"):
+        fwd.step()
+    assert fwd.stats()["lag_events"] == 2
+
+
 def test_lag_is_zero_when_caught_up_and_counts_unforwarded_records(store: Store,
                                                                    receiver: OTLPReceiver
                                                                    ) -> None:
