@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import config as collector_config
+from . import installed_version
 from . import read_commands as read
 from . import user_commands as users
 from .integrity import commands as integrity
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="audit-collector",
         description="Store, index and query audit events shipped by audit_middleware.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_arguments(sub.add_parser(command.name, help=command.help,

@@ -111,6 +111,7 @@ class IngestServer:
         self._token = settings.token.encode() if settings.token else b""
         self.counters: Counter[str] = Counter()
         self.addresses: list[str] = []
+        self.tls: ssl.SSLContext | None = None  # the TCP listener's (reloaded at SIGHUP)
 
     # -- listening ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -122,6 +123,7 @@ class IngestServer:
             self.addresses.append(f"unix:{s.socket_path}")
         if s.tcp_host is not None:
             tls = tls_context(s.tls_cert, s.tls_key)
+            self.tls = tls
             try:
                 server = await asyncio.start_server(
                     self._tcp_client, s.tcp_host, s.tcp_port, ssl=tls,

@@ -4,11 +4,14 @@ replaced, a live one never stolen) and the TLS context of the TCP listener."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import ssl
 import stat
 from pathlib import Path
+
+log = logging.getLogger("collector")
 
 
 class IngestError(Exception):
@@ -57,6 +60,20 @@ def bind_unix(path: Path) -> socket.socket:
     sock.listen(512)
     sock.setblocking(False)
     return sock
+
+
+def reload_certificate(context: ssl.SSLContext, cert: Path, key: Path, what: str) -> bool:
+    """Load ``cert``/``key`` again into a listener's ``context`` (SIGHUP: a renewed
+    certificate without a restart): new handshakes use it, open connections keep theirs.
+    A file that cannot be loaded leaves the certificate in use, and is logged."""
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("%s: the TLS certificate %s / key %s could not be loaded again (%s); the "
+                  "one loaded before stays in use", what, cert, key, exc)
+        return False
+    log.info("%s: reloaded the TLS certificate %s", what, cert)
+    return True
 
 
 def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:

@@ -20,9 +20,11 @@ from typing import Any, TextIO, cast
 
 import orjson
 
+from . import installed_version
 from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
 from .integrations import Integrations
+from .listen import reload_certificate
 from .storage.errors import StorageError
 from .storage.segments import FILE_MODE
 
@@ -100,7 +102,7 @@ class StatusOut:
 
 def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
     out = cast(TextIO, StatusOut(stdout))  # print() needs write() and flush() only
-    print(f"audit-collector serve: configuration"
+    print(f"audit-collector serve {installed_version()}: configuration"
           f"{f' (file {config.config_file})' if config.config_file else ''}", file=out)
     for line in config.describe():
         print(line, file=out)
@@ -172,6 +174,9 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
     api = await _start_api(store, config, out)
     if api is not None:
         integrations.attach(api.app)
+    # A hangup (a closed terminal, systemd's reload) ended the collector without its
+    # drain and stop checkpoint; now it loads renewed TLS certificates and goes on.
+    loop.add_signal_handler(signal.SIGHUP, _reload_certificates, server, api, config)
     addresses = server.addresses + ([api.url] if api else [])
     print(f"{READY_PREFIX} {' '.join(addresses)}", file=out, flush=True)
     forwarding = True
@@ -199,6 +204,22 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
             _dump_stats(server, store.stats(), config, integrations)
         except Exception:  # the last stats must not fail a clean stop
             log.exception("writing the final %s failed", STATS_FILE)
+
+
+def _reload_certificates(server: IngestServer, api: Any, config: CollectorConfig) -> None:
+    """SIGHUP: the TLS certificates and keys read again from their files (a renewal
+    without a restart); without TLS, nothing to do but say so."""
+    reloaded = False
+    if server.tls is not None and config.tls_cert and config.tls_key:
+        reload_certificate(server.tls, config.tls_cert, config.tls_key, "ingest")
+        reloaded = True
+    if api is not None and api.tls_files and api.config.ssl is not None:
+        cert, key = api.tls_files
+        reload_certificate(api.config.ssl, cert, key, "query API")
+        reloaded = True
+    if not reloaded:
+        log.info("SIGHUP: no TLS certificate to reload; the collector goes on (stop it "
+                 "with SIGTERM)")
 
 
 async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:

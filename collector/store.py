@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Self
 
+from audit_middleware.event import format_created
 from collector.index import Index
 from collector.storage import sources
 from collector.storage.errors import (
@@ -328,6 +329,11 @@ class Store:
             writer.stored = self._index.count()
         if done.deleted:
             writer.counts["retention_deleted"] += done.deleted
+            # Said in the log too: deletions seen only as a counter surprised operators.
+            log.info("retention: deleted %d sealed segment(s); records stored before %s "
+                     "are gone (retention_days %g, retention_bytes %s)", done.deleted,
+                     format_created(done.stored_before_ns), self.settings.retention_days,
+                     self.settings.retention_bytes)
             # A source whose last record was in a segment older than every segment kept
             # has no record left: it goes with them (by age or by size).
             writer.forget_sources(segments.oldest_kept(), done.stored_before_ns)

@@ -68,7 +68,7 @@ def run_users(args: argparse.Namespace) -> int:
                 print(f"{r.name:<24} {r.role:<7} key {r.key_id}  created {r.created}")
         else:
             removed = readers.remove(args.name)
-            print(f"removed {removed.role} reader {removed.name}")
+            print(f"removed reader {removed.name} ({removed.role})")
     except ReaderError as exc:
         print(f"audit-collector users {args.action}: {exc}", file=sys.stderr)
         return 2

@@ -68,6 +68,7 @@ class ApiServer:
                  drain_timeout: float = DRAIN_TIMEOUT) -> None:
         self.app = app
         self.host, self.port = host, port
+        self.tls_files = (tls_cert, tls_key) if tls_cert and tls_key else None
         self.config = uvicorn.Config(
             app, proxy_headers=False, lifespan="off", log_config=None, log_level="warning",
             access_log=False, server_header=False,

@@ -102,7 +102,8 @@ def run_verify(args: argparse.Namespace) -> int:
         if args.public_key is not None:
             keys = read_public_keys(args.public_key)
             source = f"{len(keys)} key(s) from {args.public_key}"
-        bar = None if args.no_progress else ProgressBar(sys.stderr)
+        # -q is for cron and scripts: the verdict only, no progress lines in their logs.
+        bar = None if args.no_progress or args.quiet else ProgressBar(sys.stderr)
         try:
             report = verify(data_dir, public_keys=keys, keys_from=source, since_us=since,
                             until_us=until, progress=bar.update if bar else None,

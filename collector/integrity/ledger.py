@@ -31,6 +31,7 @@ from collector.storage.segments import (
     SegmentFile,
     SegmentHeader,
     iter_lines,
+    list_segment_files,
     quarantine_torn,
     segment_seq,
 )
@@ -86,6 +87,18 @@ class Ledger:
                 f"--signing-key, AUDIT_SIGNING_KEY). If it is lost for good, make a new one "
                 f"yourself (openssl genpkey -algorithm ed25519 -out {path}; chmod 600 "
                 f"{path}): verify will then show where the new key took over")
+        unsigned = (not d.list_digest_files(data_dir / d.DIGESTS_DIR)
+                    and (data_dir / "segments").is_dir()
+                    and list_segment_files(data_dir / "segments"))
+        if unsigned:
+            # A backup restored without digests/ (or a store from before signing): the
+            # next digests sign only what comes after, and verify reports the rest.
+            log.warning(
+                "integrity: %d segment file(s) in %s and no digests: never signed, or their "
+                "digests were not copied with them (restore digests/ and keys/ too, and "
+                "the signing key). Signing starts from the active segment; `audit-collector "
+                "verify` reports the older segments as 'digest missing'", len(unsigned),
+                data_dir / "segments")
         key, _ = ensure_signing_key(path)
         ring.add(key.public)
         ledger = cls(data_dir, key, interval)

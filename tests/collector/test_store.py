@@ -486,14 +486,18 @@ def sealed_bytes(store: Store) -> int:
     return int(stats["segments"]["bytes"] - stats["active_segment"]["bytes"])
 
 
-def test_retention_deletes_sealed_segments_older_than_retention_days(tmp_path: Path) -> None:
-    with open_store(tmp_path, max_segment_bytes=4096, retention_days=2 / 86_400) as store:
+def test_retention_deletes_sealed_segments_older_than_retention_days(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="collector.store"), \
+            open_store(tmp_path, max_segment_bytes=4096, retention_days=2 / 86_400) as store:
         for _ in range(6):
             store.write(events(6))
         kept = store.write(events(2)).written
         wait_until(lambda: store.stats()["segments"]["sealed"] == 0
                    and store.stats()["retention_deleted"] >= 2)
     assert len(segment_files(tmp_path)) == 1  # only the active one
+    # Said in the log, not only counted (an operator found deletions in a counter).
+    assert any(r.message.startswith("retention: deleted") for r in caplog.records)
     active = [r["id"] for r in all_records(tmp_path)]
     assert stored_ids(tmp_path) == active and set(kept) <= set(active)
 

@@ -8,6 +8,7 @@ import re
 import resource
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,73 @@ def test_removing_quarantine_while_serving_breaks_neither_the_stats_nor_the_stop
     finally:
         assert process.stop() == 0
     assert "Traceback" not in "".join(process.output)
+
+
+def _served_certificate(host: str, port: int) -> bytes:
+    import socket
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=10) as raw, \
+            context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_sighup_loads_renewed_certificates_and_the_collector_goes_on(root: Path) -> None:
+    """A hangup (a closed terminal, systemd's ExecReload) ended the collector at once:
+    exit 129, no drain, no stop checkpoint, its socket left behind. Now it loads the
+    certificates again from their files (a renewal without a restart) on both TLS
+    listeners, and a stop afterwards is still clean."""
+    import signal
+    import ssl
+
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    first, second = root / "first", root / "second"
+    first.mkdir()
+    second.mkdir()
+    cert, key = self_signed_certificate(first)
+    process = CollectorProcess(
+        root / "data", "--tcp", "127.0.0.1:0", "--token", "s3cret",
+        "--tls-cert", str(cert), "--tls-key", str(key),
+        "--api-tls-cert", str(cert), "--api-tls-key", str(key))
+    process.start()
+    try:
+        tls_port = int(re.search(r"tls:127\.0\.0\.1:(\d+)", process.ready_line)[1])
+        api_port = int(re.search(r"https://127\.0\.0\.1:(\d+)", process.ready_line)[1])
+        old = ssl.PEM_cert_to_DER_cert(cert.read_text())
+        assert _served_certificate("127.0.0.1", tls_port) == old
+        renewed_cert, renewed_key = self_signed_certificate(second)
+        cert.write_bytes(renewed_cert.read_bytes())
+        key.write_bytes(renewed_key.read_bytes())
+        new = ssl.PEM_cert_to_DER_cert(cert.read_text())
+        assert process.proc is not None
+        process.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while _served_certificate("127.0.0.1", tls_port) != new:
+            assert time.monotonic() < deadline, "".join(process.output)
+            time.sleep(0.05)
+        assert _served_certificate("127.0.0.1", api_port) == new
+        assert process.proc.poll() is None
+    finally:
+        assert process.stop() == 0, "".join(process.output)
+    output = "".join(process.output)
+    assert "ingest: reloaded the TLS certificate" in output
+    assert "query API: reloaded the TLS certificate" in output
+    assert not process.socket.exists()
+
+
+def test_the_version_is_printed_by_version_and_at_start_up(root: Path) -> None:
+    """Upgrades were blind: `audit-collector --version` was an error, and the start-up
+    summary did not say which version runs."""
+    from importlib.metadata import version
+
+    installed = version("audit-middleware")
+    done = subprocess.run([sys.executable, "-m", "collector", "--version"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, f"audit-collector {installed}")
+    with CollectorProcess(root / "data") as process:
+        assert f"audit-collector serve {installed}: configuration" in "".join(process.output)

@@ -5,6 +5,7 @@ an unpacked archive, and next to a running collector."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -421,3 +422,18 @@ def test_a_rotation_that_fails_leaves_the_store_as_it_was(
     with open_store(data_dir) as store:
         store.write(events(3))
     assert check(data_dir).valid
+
+
+def test_a_store_of_segments_without_digests_is_signed_on_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A backup restored from segments/ alone: the start made a new key and signed on
+    with nothing said but 'generated a new signing key', and verify then called every
+    older segment INVALID for good, a surprise found only at the next audit."""
+    data_dir = build_store(tmp_path / "data", batches=3)
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    shutil.copytree(data_dir / "segments", restored / "segments")
+    with caplog.at_level("WARNING", logger="collector"), open_store(restored):
+        pass
+    assert any("no digests: never signed, or their digests were not copied" in r.message
+               for r in caplog.records), caplog.text
