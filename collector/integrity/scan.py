@@ -11,7 +11,6 @@ duplicated or moved record is told apart from a changed one.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import zlib
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any, Final
 
 import orjson
 
+from collector.storage.compression import gzip_chunks
 from collector.storage.errors import CorruptSegmentError
 from collector.storage.lines import LineSplitter
 from collector.storage.regular_files import open_regular
@@ -100,9 +100,7 @@ def chunks(file: SegmentFile) -> Iterator[tuple[bytes, int]]:
     try:
         with open_regular(file.path) as raw:
             if file.compressed:
-                with gzip.GzipFile(fileobj=raw, mode="rb") as f:
-                    while chunk := f.read(CHUNK):
-                        yield chunk, raw.tell()
+                yield from gzip_chunks(raw, file.path.name, CHUNK)
             else:
                 while chunk := raw.read(CHUNK):
                     yield chunk, raw.tell()

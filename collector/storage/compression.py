@@ -15,7 +15,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, BinaryIO, Final
 
 from .errors import CorruptSegmentError
 from .regular_files import open_regular_fd
@@ -27,6 +27,48 @@ _READ_CHUNK: Final = 1 << 20
 
 #: (uncompressed offset, compressed offset) of each gzip member, in order.
 BlockMap = list[tuple[int, int]]
+
+#: How every member ``compress`` writes starts: gzip, deflate, no flags. A flag would
+#: allow an extra field, a name or a comment, which ``zcat`` skips: bytes that can hold
+#: a whole forged member, found by a block map pointing into them and by no reader of
+#: the file itself (verify refuses such a member; so does ``CompressedReader``).
+MEMBER_START: Final = b"\x1f\x8b\x08\x00"
+
+
+def gzip_chunks(raw: BinaryIO, name: str, size: int) -> Iterator[tuple[bytes, int]]:
+    """The uncompressed bytes of a compressed segment read from ``raw``, in chunks of at
+    most ``size`` bytes (also for a member that inflates far beyond its size), each with
+    how many bytes of the file have been read so far. ``CorruptSegmentError`` for a
+    member that does not start with ``MEMBER_START`` or is cut short."""
+    pending = b""  # compressed bytes read and not yet inflated
+    at = 0  # the file offset of pending[0]
+    inflater: Any = None  # None: at the start of a member
+    while True:
+        if len(pending) < len(MEMBER_START):
+            more = raw.read(size)
+            if more:
+                pending += more
+                continue
+            if not pending and inflater is None:
+                return
+            if inflater is None or not pending:
+                what = "is cut short" if inflater is not None else "is no gzip member"
+                raise CorruptSegmentError(f"{name}: the gzip member at byte {at} {what}")
+        if inflater is None:
+            if pending[:len(MEMBER_START)] != MEMBER_START:
+                raise CorruptSegmentError(
+                    f"{name}: the gzip member at byte {at} does not start as the collector "
+                    f"writes one (header flags {pending[3:4].hex() or 'missing'}: an extra "
+                    f"field, name or comment, which zcat skips, can hide other records)")
+            inflater = zlib.decompressobj(31)
+        data = inflater.decompress(pending, size)
+        rest = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+        at += len(pending) - len(rest)
+        pending = rest
+        if inflater.eof:
+            inflater = None
+        if data:
+            yield data, at
 
 
 def compress(source: Path, level: int = LEVEL) -> tuple[Path, BlockMap]:
@@ -158,8 +200,16 @@ class CompressedReader:
             self._cache.move_to_end(i)
             return data
         start, end = self._coffs[i], self._coffs[i + 1]
+        raw = os.pread(self.fd, end - start, start)
+        # Exactly one member the collector wrote, from start to end: a block map that
+        # points elsewhere (into a member's extra field) reads bytes verify never saw.
+        inflater = zlib.decompressobj(31)
         try:
-            data = zlib.decompress(os.pread(self.fd, end - start, start), 31)
+            if not raw.startswith(MEMBER_START):
+                raise zlib.error("not a member as the collector writes them")
+            data = inflater.decompress(raw)
+            if not inflater.eof or inflater.unused_data:
+                raise zlib.error("the member does not end where the next block starts")
         except zlib.error as exc:
             raise CorruptSegmentError(
                 f"{self._name}: gzip member at byte {start} is damaged ({exc}), or the "

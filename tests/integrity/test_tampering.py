@@ -501,6 +501,68 @@ def test_a_damaged_compressed_segment_is_reported(tmp_path: Path) -> None:
                                                    RECORD_MODIFIED)
 
 
+def _hide_a_forged_member(packed: Path) -> bytes:
+    """A forged copy of the segment's records put in the first member's gzip extra field
+    (FEXTRA), which zcat skips: the file still reads as before. Returns the forgery."""
+    import gzip
+    import struct
+
+    raw = packed.read_bytes()
+    assert raw[3] == 0  # the collector writes no header flags
+    forged = gzip.decompress(raw).replace(b'"principal":"', b'"principal":"forged-', 1)
+    inner = gzip.compress(forged, mtime=0)
+    packed.write_bytes(raw[:3] + bytes([raw[3] | 4]) + raw[4:10]
+                       + struct.pack("<H", len(inner)) + inner + raw[10:])
+    assert gzip.decompress(packed.read_bytes()) == gzip.decompress(raw)
+    return inner
+
+
+def test_a_forged_member_hidden_in_a_gzip_extra_field_is_found(tmp_path: Path) -> None:
+    """zcat (and verify, through gzip) skip a member's extra field: a block map pointed
+    into it made queries answer forged records while verify called the store valid."""
+    import sqlite3
+
+    from collector.query import Filters, search
+    from collector.storage.errors import CorruptSegmentError
+    from tests.collector.storage_helpers import events, open_store, wait_until
+
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=2048, compress_sealed=True) as live:
+        for _ in range(3):
+            live.write(events(3))
+        wait_until(lambda: len(list((data_dir / "segments").glob("*.gz"))) == 2)
+    packed = min((data_dir / "segments").glob("*.gz"))
+    _hide_a_forged_member(packed)
+    with sqlite3.connect(data_dir / "index.sqlite") as index:
+        seq = int(packed.name.split("-")[1])
+        index.execute("UPDATE gz_blocks SET coff = 12 WHERE segment = ? AND uoff = 0", (seq,))
+    found = reasons(check(data_dir))
+    assert found.get(f"segments/{packed.name}", [None])[0] == HASH_MISMATCH, found
+    try:
+        page = search(data_dir, Filters(), limit=100)
+    except CorruptSegmentError:
+        return  # refused: no forged record answered
+    assert not any(r["principal"].startswith("forged-") for r in page.records)
+
+
+def test_gzip_chunks_are_bounded_and_read_as_zcat_does(tmp_path: Path) -> None:
+    import gzip
+    import io
+
+    from collector.storage.compression import gzip_chunks
+    from collector.storage.errors import CorruptSegmentError
+
+    members = [b"a\n" * 10, b"\0" * (5 << 20), b"z\n"]  # a member inflating to 5 MiB
+    data = b"".join(gzip.compress(m, mtime=0) for m in members)
+    chunks = list(gzip_chunks(io.BytesIO(data), "x.gz", 1 << 20))
+    assert all(len(c) <= 1 << 20 for c, _ in chunks)
+    assert b"".join(c for c, _ in chunks) == b"".join(members)
+    assert chunks[-1][1] == len(data)
+    for broken in (data[:-3], data + b"\x1f", data + gzip.compress(b"x", mtime=0)[:2]):
+        with pytest.raises(CorruptSegmentError):
+            list(gzip_chunks(io.BytesIO(broken), "x.gz", 1 << 20))
+
+
 def test_a_huge_unterminated_tail_is_reported_in_bounded_memory(store: Path) -> None:
     """64 MiB without a newline after a sealed segment's end: reported, with memory
     bounded by the read chunks, not by the line (joined to each chunk, it was quadratic
