@@ -347,7 +347,7 @@ def reindex(data_dir: Path | str, progress: Callable[[int, int], None] | None = 
         finally:
             index.close()
     finally:
-        os.close(lock)
+        lock.close()
     return report
 
 

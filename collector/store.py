@@ -118,7 +118,7 @@ class Store:
             raise StorageError("this Store was opened already: create a new Store")
         for d in (self.settings.data_dir, self.segments_dir, self.quarantine_dir):
             d.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        self._lock_fd = lock_data_dir(self.settings.data_dir)
+        self._dir_lock = lock_data_dir(self.settings.data_dir)
         try:
             report = self._open_storage()
         except BaseException:
@@ -194,7 +194,7 @@ class Store:
         index = getattr(self, "_index", None)
         if index is not None:
             index.close()
-        os.close(self._lock_fd)
+        self._dir_lock.close()
 
     def __enter__(self) -> Self:
         self.open()
@@ -391,14 +391,44 @@ class Store:
         }
 
 
-def lock_data_dir(data_dir: Path) -> int:
-    """Hold the data directory for this process (one writer: the store, or reindex)."""
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+class DataDirLock:
+    """This process's hold on a data directory; ``close()`` lets it go."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self._fds = fds
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+
+def lock_data_dir(data_dir: Path) -> DataDirLock:
+    """Hold the data directory for this process (one writer: the store, or reindex).
+
+    Both ``store.lock`` and the directory itself are locked: the file alone could be
+    moved away and replaced by a fresh one under a running collector, and a second
+    collector then started on the same data (and ``verify`` took it for stopped). A
+    directory cannot be swapped under its open descriptor."""
+    held: list[int] = []
+    in_use = DataDirInUseError(
+        f"{data_dir} is in use by another process (a running collector or a reindex): stop "
+        f"it first, or use another data directory")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirInUseError(
-            f"{data_dir} is in use by another process (a running collector or a reindex): "
-            f"stop it first, or use another data directory") from None
-    return fd
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        held.append(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise in_use from None
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        held.append(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise in_use from None
+        except OSError:  # a file system without locks on directories: the file's lock
+            os.close(held.pop())
+    except BaseException:
+        DataDirLock(held).close()
+        raise
+    return DataDirLock(held)

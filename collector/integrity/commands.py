@@ -196,19 +196,22 @@ def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
 
 
 def collector_running(data_dir: Path) -> bool:
-    """Whether a collector (or a reindex) holds ``data_dir`` right now."""
-    try:
-        fd = os.open(data_dir / "store.lock", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # closing releases a lock this took
+    """Whether a collector (or a reindex) holds ``data_dir`` right now: its lock file or
+    the directory itself (``lock_data_dir``; the file can be replaced under it)."""
+    for path, flags in ((data_dir / "store.lock", os.O_RDONLY),
+                        (data_dir, os.O_RDONLY | os.O_DIRECTORY)):
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # closing releases a lock this took
     return False
 
 
@@ -363,7 +366,7 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
                 f"replace {old.path} ({exc.strerror or exc}): move {tmp} to {old.path} "
                 f"before the collector starts again") from None
     finally:
-        os.close(lock)
+        lock.close()
     print(f"rotated the signing key: {old.id} -> {new.id} ({old.path}); the old public key "
           f"stays in the key ring. Export the keys again (`audit-collector keys export`).")
     return 0

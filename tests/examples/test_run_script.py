@@ -118,8 +118,7 @@ def test_sigterm_while_the_collector_starts_leaves_nothing_running(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    fd = lock_data_dir(tmp_path / "audit-data")  # raises DataDirInUseError if still held
-    os.close(fd)
+    lock_data_dir(tmp_path / "audit-data").close()  # DataDirInUseError if still held
 
 
 def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:

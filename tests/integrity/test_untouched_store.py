@@ -437,3 +437,23 @@ def test_a_store_of_segments_without_digests_is_signed_on_with_a_warning(
         pass
     assert any("no digests: never signed, or their digests were not copied" in r.message
                for r in caplog.records), caplog.text
+
+
+def test_a_replaced_lock_file_neither_hides_the_collector_nor_lets_a_second_one_in(
+        tmp_path: Path) -> None:
+    """`mv store.lock old.lock; touch store.lock` under a running collector: verify took
+    it for stopped (and skipped the checks it makes next to a live one), and a second
+    collector started on the same data, writing a second digest chain."""
+    from collector.integrity.commands import collector_running
+    from collector.storage.errors import DataDirInUseError
+    from collector.store import lock_data_dir
+
+    data_dir = build_store(tmp_path / "data", batches=1)
+    with open_store(data_dir):
+        (data_dir / "store.lock").rename(data_dir / "old.lock")
+        (data_dir / "store.lock").touch()
+        assert collector_running(data_dir)
+        with pytest.raises(DataDirInUseError):
+            lock_data_dir(data_dir)
+    assert not collector_running(data_dir)
+    lock_data_dir(data_dir).close()
