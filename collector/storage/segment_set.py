@@ -42,6 +42,10 @@ log = logging.getLogger("collector.store")
 #: compressed size by retention; past that it counts at its plain size (a compressor
 #: that falls behind or is stuck must not let the disk outgrow the cap).
 COMPRESSION_STALL: Final = 60.0
+#: Seconds before a failed compression (a full disk, most often) is tried again: failed
+#: ones stayed plain until the next start, counted at their plain size by retention.
+COMPRESSION_RETRY: float = 60.0
+
 #: Compressed over plain size assumed until this store has compressed a segment (audit
 #: records compress 5-8x with gzip; a wrong guess lasts COMPRESSION_STALL at most).
 EXPECTED_COMPRESSION: Final = 0.25
@@ -88,6 +92,7 @@ class SegmentSet:
         # from the compressor thread by a deque.
         self._compressing: dict[int, float] = {}
         self._compress_failed: collections.deque[int] = collections.deque()
+        self._compress_retry: dict[int, float] = {}  # seq -> when to try again (monotonic)
         self._plain_done = self._packed_done = 0
         # Segments retention deleted whose index rows could not be dropped (the file is
         # gone): dropped again at every pass until it works, so queries never keep
@@ -194,7 +199,9 @@ class SegmentSet:
             try:
                 tmp, blocks = compress(path)
             except Exception as exc:  # noqa: BLE001 - e.g. deleted by retention meanwhile
-                log.warning("audit store: compressing %s failed: %s", path.name, exc)
+                log.warning("audit store: compressing %s failed: %s (tried again in %g s)",
+                            path.name, exc, COMPRESSION_RETRY)
+                self.last_error = f"compressing {path.name}: {type(exc).__name__}: {exc}"
                 self._compress_failed.append(seq)  # retention must not wait for it
                 return
             self._compressed.append((seq, tmp, blocks))
@@ -233,12 +240,27 @@ class SegmentSet:
             info.path, info.size, info.compressed = target, packed, True
 
     # -- retention ------------------------------------------------------------------------
+    def _retry_compressions(self) -> None:
+        """Failed compressions: no longer waited for (retention counts them at their
+        plain size), and scheduled again once their retry time has come."""
+        now = time.monotonic()
+        while self._compress_failed:
+            seq = self._compress_failed.popleft()
+            self._compressing.pop(seq, None)
+            self._compress_retry[seq] = now + COMPRESSION_RETRY
+        for seq, due in list(self._compress_retry.items()):
+            info = self._sealed.get(seq)
+            if info is None or info.compressed:  # deleted by retention, or done
+                del self._compress_retry[seq]
+            elif due <= now:
+                del self._compress_retry[seq]
+                self._schedule_compression(seq, info.path)
+
     def apply_retention(self) -> RetentionPass:
         """Delete the sealed segments retention no longer keeps (files first, then their
         index rows): the oldest ones, by age or by size."""
         s = self.settings
-        while self._compress_failed:
-            self._compressing.pop(self._compress_failed.popleft(), None)
+        self._retry_compressions()
         # A segment waiting for its compressed copy, counted at its plain size (several
         # times what it will take), made the size rule delete segments the cap had room
         # for (6 kept of 10 where 9 fit). It counts at the size compression has given
