@@ -171,11 +171,28 @@ class Sender:
         self._next_attempt = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("audit: collector %s unavailable (%s); %s", self.endpoint, exc,
-                        self._when_down)
+            log.warning("audit: collector %s unavailable (%s%s); %s", self.endpoint, exc,
+                        self._tls_hint(exc), self._when_down)
         elif (isinstance(exc, WireError) and not exc.retryable
               and self._backoff >= self._backoff_max):
             log.error("audit: collector %s refuses this client: %s", self.endpoint, exc)
+
+    def _tls_hint(self, exc: BaseException) -> str:
+        """What to change when the failure looks like a TLS setting, not an outage: the
+        bare messages ('the collector closed the connection', 'CERTIFICATE_VERIFY_FAILED')
+        sent operators looking at the network."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return ("; the collector's certificate is not trusted here: pass tls_ca=<its "
+                    "certificate or its CA's, PEM> to CollectorSink")
+        if isinstance(exc, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(exc).upper():
+            return ("; the collector does not answer in TLS on this port: check the port, "
+                    "or leave tls off if it listens without TLS")
+        closed = (type(exc) in (ConnectionError, ConnectionResetError, BrokenPipeError)
+                  or isinstance(exc, WireError))  # not refused: something is listening
+        if self._tls is None and self.endpoint.scheme == "tcp" and closed:
+            return ("; if the collector listens with TLS (tls_cert), pass tls=True (and "
+                    "tls_ca) to CollectorSink")
+        return ""
 
     def _recovered(self) -> None:
         self._backoff = 0.0

@@ -518,3 +518,19 @@ def test_tls_refuses_a_collector_it_cannot_verify(collector: Collector,
         assert sink.flush(timeout=10)
     assert (sink.stats()["acknowledged"], sink.stats()["spooled"]) == (0, 3)
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    assert "pass tls_ca=" in caplog.text  # what to change, not only what failed
+
+
+def test_a_plain_client_of_a_tls_listener_is_told_to_turn_tls_on(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """It logged only 'the collector closed the connection', an outage to look for."""
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret")
+    with caplog.at_level(logging.WARNING, "audit_middleware"):
+        emit_many(3)
+        assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 0
+    assert "pass tls=True" in caplog.text, caplog.text
