@@ -54,7 +54,12 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 from audit_middleware import otel
 from collector import query as q
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointFile
-from collector.otlp_http import otlp_http_exporter, rejected_by_receiver, session_of
+from collector.otlp_http import (
+    failure_of,
+    otlp_http_exporter,
+    rejected_by_receiver,
+    session_of,
+)
 from collector.storage.records import created_micros
 
 __all__ = ["CheckpointError", "ForwardError", "ForwardSettings", "Forwarder", "forward_settings",
@@ -322,9 +327,9 @@ class Forwarder:
         batch, records = batch[:fit], records[:fit]
         result = self._export(batch)
         if result is not LogRecordExportResult.SUCCESS:
+            why = failure_of(self._exporter) or "see the log of opentelemetry.exporter"
             raise ExportFailed(f"{self.settings.endpoint} did not accept {len(records)} "
-                               f"records (seq {first}-{records[-1]['seq']}); see the log "
-                               "of opentelemetry.exporter for why")
+                               f"records (seq {first}-{records[-1]['seq']}): {why}")
         refused = rejected_by_receiver(self._exporter)
         if refused is not None:
             # OTLP: a partial success is not retried (the receiver would refuse the same

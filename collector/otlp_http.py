@@ -60,6 +60,8 @@ def _forwarder_session_class() -> type[Any]:
 
     class ForwarderSession(requests.Session):
         last_answer: bytes | None = None
+        #: why the last request failed (an error, or an answer of 4xx/5xx), else None
+        last_failure: str | None = None
 
         def __init__(self) -> None:
             super().__init__()
@@ -105,9 +107,19 @@ def _forwarder_session_class() -> type[Any]:
         def request(self, *args: Any, **kwargs: Any) -> Any:
             # The exporter reads only the status; an OTLP receiver's 200 can say it
             # rejected some records (partial success), which must not pass unseen.
-            self.last_answer = None
-            response = super().request(*args, **kwargs)
+            self.last_answer = self.last_failure = None
+            try:
+                response = super().request(*args, **kwargs)
+            except Exception as exc:
+                self.last_failure = f"{type(exc).__name__}: {exc}"
+                raise
             self.last_answer = response.content
+            if response.status_code >= 400:
+                # The exporter logs this and returns a bare FAILURE: kept for stats'
+                # last_error, which otherwise said only "see the log".
+                text = response.content[:200].decode("utf-8", "replace").strip()
+                self.last_failure = (f"HTTP {response.status_code} {response.reason}"
+                                     + (f": {text}" if text else ""))
             return response
 
         def abort(self) -> None:
@@ -146,6 +158,11 @@ def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
     return partial.rejected_log_records, partial.error_message
 
 
+
+
+def failure_of(exporter: LogRecordExporter) -> str | None:
+    """Why the exporter's last request failed, as its session saw it (None: unknown)."""
+    return getattr(session_of(exporter), "last_failure", None)
 
 
 def session_of(exporter: LogRecordExporter) -> Any:

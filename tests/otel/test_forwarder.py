@@ -173,6 +173,18 @@ def test_a_refused_batch_is_retried_never_skipped(store: Store, receiver: OTLPRe
     assert fwd.stats()["failures"] >= 1
 
 
+def test_a_failed_export_says_why_in_stats(store: Store, receiver: OTLPReceiver) -> None:
+    """stats' last_error said only 'see the log of opentelemetry.exporter for why'."""
+    write(store, 2)
+    fwd = forwarder(store, receiver)
+    receiver.refuse_next(1, 404)
+    with pytest.raises(Exception, match="did not accept 2 records .*: HTTP 404"):
+        fwd.step()
+    fwd = forwarding_to(store, "http://127.0.0.1:9/v1/logs", timeout=0.5)  # nothing there
+    with pytest.raises(Exception, match="ConnectionError"):
+        fwd.step()
+
+
 def test_an_endpoint_without_a_checkpoint_can_start_from_now(store: Store,
                                                              receiver: OTLPReceiver) -> None:
     write(store, 5)
