@@ -32,6 +32,8 @@ from typing import Any, Final
 
 import orjson
 
+from collector.storage.segments import fsync_dir
+
 __all__ = ["READERS_FILE", "Reader", "ReaderError", "Readers"]
 
 READERS_FILE: Final = "readers.json"
@@ -167,11 +169,18 @@ def _save(path: Path, readers: list[Reader]) -> None:
         {"name": r.name, "root": r.root, "key_id": r.key_id,
          "token_sha256": r.token_sha256, "created": r.created} for r in readers]},
         option=orjson.OPT_INDENT_2)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # One name: edits are serialised by the lock file, and one killed mid-write leaves a
+    # file the next edit overwrites (a name per process left one behind per kill).
+    tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, body)
+        done = 0
+        while done < len(body):
+            done += os.write(fd, body[done:])
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    # The rename itself made durable: after a power loss a `users remove` must not come
+    # undone, its token working again.
+    fsync_dir(path.parent)
