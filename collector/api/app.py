@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from collector import http_ingest, metrics
 from collector.readers import ReaderError, Readers
@@ -40,6 +41,24 @@ log = logging.getLogger("collector.api")
 #: (``server.ApiServer``'s guard gives such bodies a deadline).
 SIGN_IN_PATH: Final = "/api/v1/session"
 
+#: What ``/static`` serves: the panel's script and style, never its page.
+ASSET_SUFFIXES: Final = (".js", ".css")
+
+
+class PanelAssets(StaticFiles):
+    """The panel's assets. Its page is served only by ``routes.panel``, which refuses a
+    selection chosen by another site's link: served here too, ``/static/panel.html?
+    principal=...`` ran that selection as the signed-in reader (and recorded it as
+    their read) without the check. An allow-list, so a page added to ``static/`` later
+    is not exposed either."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        # ``path`` is already normalized ("x.js/../panel.html" is "panel.html").
+        if not path.endswith(ASSET_SUFFIXES):
+            raise HTTPException(status_code=404)
+        return await super().get_response(path, scope)
+
+
 ROUTES = [
     Route("/api/v1/audit-logs", routes.list_audit_logs, methods=["GET"]),
     Route("/api/v1/audit-logs/export.csv", routes.export_csv, methods=["GET"]),
@@ -57,7 +76,7 @@ ROUTES = [
     Route("/", routes.to_panel, methods=["GET"]),
     Route("/admin", routes.to_panel, methods=["GET"]),
     Route("/admin/audit-logs", routes.panel, methods=["GET"]),
-    Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    Mount("/static", PanelAssets(directory=STATIC_DIR), name="static"),
 ]
 
 

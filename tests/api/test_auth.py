@@ -204,6 +204,23 @@ def test_a_link_from_another_site_does_not_choose_the_panels_selection(
         assert kept.status_code == 200 and "text/html" in kept.headers["content-type"]
 
 
+@pytest.mark.parametrize("path", ["/static/panel.html", "/static/panel.html?principal=x",
+                                  "/static/./panel.html?principal=x",
+                                  "/static/%70anel.html?principal=x"])
+def test_the_panel_page_is_not_served_beside_its_assets(env: Env, path: str) -> None:
+    """Under /static the page skipped the check above: a link from another site to
+    /static/panel.html?principal=x ran that selection as the signed-in reader. Only
+    /admin/audit-logs serves the page; /static serves its script and style."""
+    sign_in(env, env.root)
+    response = env.client.get(path, headers={"Sec-Fetch-Site": "cross-site"},
+                              follow_redirects=False)
+    assert response.status_code == 404
+    assert "<html" not in response.text.lower()
+    for asset, kind in (("/static/panel.js", "javascript"), ("/static/panel.css", "text/css")):
+        served = env.client.get(asset)
+        assert served.status_code == 200 and kind in served.headers["content-type"]
+
+
 def test_another_page_cannot_sign_the_reader_out(env: Env) -> None:
     sign_in(env, env.root)
     refused = env.client.delete("/api/v1/session", headers={"Sec-Fetch-Site": "same-site"})
