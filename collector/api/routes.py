@@ -59,12 +59,19 @@ async def list_audit_logs(request: Request) -> Response:
     details = sel.describe() | {"limit": sel.limit, "returned": len(page.records)}
     if sel.cursor:
         details["cursor"] = True
-        if page.window is not None:  # the cursor's, which its filters do not show
-            details["window"] = [None if us is None else format_created(us * 1000)
-                                 for us in page.window]
+        details["window"] = _shown_window(page.window)
     await api.record(AUDIT_LOG_VIEWED, reader, request, SELECTION_TARGET, details)
     return json_response({"records": page.records, "next_cursor": page.next_cursor,
                           "limit": sel.limit})
+
+
+def _shown_window(window: tuple[int | None, int | None] | None) -> list[str | None]:
+    """A later page's time window, as its record shows it: the cursor's, which its
+    filters do not show. Always shown, [null, null] for none: left out, the record of
+    a page read in no window (a cursor edited to hold exactly (-2**62, 2**62)) showed
+    the query string's since/until instead, which were not applied."""
+    bounds = window if window is not None else (None, None)
+    return [None if us is None else format_created(us * 1000) for us in bounds]
 
 
 async def get_audit_log(request: Request) -> Response:

@@ -72,6 +72,23 @@ def test_a_later_page_records_the_window_its_cursor_holds(env: Env) -> None:
     assert edited["window"] == ["1970-01-01T00:00:00.000000Z", None]
 
 
+def test_a_later_page_read_in_no_window_says_so(env: Env) -> None:
+    """A cursor edited to hold exactly no bound (-2**62, 2**62) reads all of time while
+    its query string still says since=...: the record must show the window that was
+    applied ([null, null]), not leave it out so that only the since shows."""
+    since = "2026-11-25-00-00-00"
+    first = env.get("/api/v1/audit-logs", env.root, since=since, limit=5).json()
+    state = orjson.loads(base64.urlsafe_b64decode(first["next_cursor"] + "==="))
+    state["a"], state["b"] = -(2**62), 2**62
+    forged = base64.urlsafe_b64encode(orjson.dumps(state)).decode().rstrip("=")
+    env.get("/api/v1/audit-logs", env.root, since=since, limit=5, cursor=forged)
+    plain = env.get("/api/v1/audit-logs", env.root, limit=100).json()
+    env.get("/api/v1/audit-logs", env.root, limit=100, cursor=plain["next_cursor"])
+    _, edited, _, untimed = (status(r) for r in env.read_events())
+    assert edited["since"] == since and edited["window"] == [None, None]
+    assert untimed["cursor"] is True and untimed["window"] == [None, None]
+
+
 def test_a_read_is_stored_before_its_answer_is_sent(env: Env) -> None:
     env.get("/api/v1/audit-logs", env.root, limit=1)
     # Without waiting: the event is already durable and indexed when the answer arrives.
