@@ -62,7 +62,7 @@ class Api:
         if exc.denied is None:
             return
         client = request.client.host if request.client else None
-        attempts = self.denials.admit(client or "", exc.denied, named=bool(exc.principal))
+        attempts = self.denials.admit(client or "", exc.denied, reader=exc.principal)
         await self.report_unrecorded()
         if attempts:
             await self.recorder.record_denial(
@@ -71,20 +71,21 @@ class Api:
                          "method": request.method})
 
     async def report_unrecorded(self, *, now: bool = False) -> None:
-        """Write the record of the refused attempts past the denials' budget, once their
-        window is over (``now``: at once, at shutdown). Called with each refusal and
-        every second by the server, so a flood that stops is reported all the same."""
-        unrecorded = self.denials.unrecorded(now=now)
-        if unrecorded is None:
-            return
-        try:
-            await self.recorder.record_denial(
-                "", target="(many)", client_ip=None,
-                details={"reason": "too many refusals to record one by one",
-                         "attempts": unrecorded.attempts, "clients": unrecorded.clients})
-        except BaseException:
-            self.denials.give_back(unrecorded)  # reported by the next try instead
-            raise
+        """Write the records of the refused attempts past the denials' budgets (the
+        anonymous one, each reader's), once their window is over (``now``: at once, at
+        shutdown). Called with each refusal and every second by the server, so a flood
+        that stops is reported all the same."""
+        reports = self.denials.unrecorded(now=now)
+        for n, report in enumerate(reports):
+            try:
+                await self.recorder.record_denial(
+                    report.reader, target="(many)", client_ip=None,
+                    details={"reason": "too many refusals to record one by one",
+                             "attempts": report.attempts, "clients": report.clients})
+            except BaseException:
+                for unwritten in reports[n:]:  # reported by the next try instead
+                    self.denials.give_back(unwritten)
+                raise
 
     async def record(self, kind: str, reader: Reader, request: Request, target: str,
                      details: dict[str, Any]) -> str:

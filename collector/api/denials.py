@@ -18,7 +18,12 @@ all. So over all clients at most ``MAX_RECORDS`` records are written a window; t
 attempts past it are counted and reported together by one record (``unrecorded``) once
 the window ends (the server asks every second, and at shutdown). Refusals naming a
 reader (a 403) are outside that budget: anonymous clients must not be able to use it
-up to hide them.
+up to hide them. They have a budget of their own per reader instead,
+``MAX_READER_RECORDS`` a window over all clients, the rest reported by one record
+naming the reader: a reader's token that is not root (the metrics scraper's) is
+enough to be refused, and from a new 127.x.y.z address each time it otherwise wrote
+an fsynced record per request. The key of a client includes the reader, so that one
+reader's refusals are never counted in another's record.
 """
 
 from __future__ import annotations
@@ -27,15 +32,19 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
-#: Seconds between two records of the same client IP and reason.
+#: Seconds between two records of the same client IP, reason and reader.
 WINDOW: Final = 60.0
-#: Client IP and reason pairs remembered (the oldest are forgotten first).
+#: (client IP, reason, reader) keys remembered (the oldest are forgotten first).
 MAX_KEYS: Final = 10_000
-#: Denial records written a ``WINDOW``, over all clients; the rest are counted.
+#: Denial records written a ``WINDOW`` for refusals naming no reader, over all clients;
+#: the rest are counted.
 MAX_RECORDS: Final = 100
+#: Denial records written a ``WINDOW`` for refusals naming one reader, over all its
+#: clients; the rest are counted.
+MAX_READER_RECORDS: Final = 10
 #: Distinct clients counted among the attempts not recorded one by one.
 MAX_UNRECORDED_CLIENTS: Final = 10_000
 
@@ -48,43 +57,93 @@ class _Attempts:
 
 @dataclass(frozen=True)
 class Unrecorded:
-    """Refused attempts over the global budget of a past window, reported together."""
+    """Refused attempts over a budget in a past window, reported together."""
 
     attempts: int
     clients: int  # distinct client keys among them (counted up to MAX_UNRECORDED_CLIENTS)
+    reader: str = ""  # whose budget: the reader the attempts named, "" for anonymous ones
+
+
+@dataclass
+class _Budget:
+    """The records one budget allows a window (anonymous clients' together, or one
+    reader's), and the attempts past it since it last reported them."""
+
+    reader: str
+    start: float  # of the current window
+    recorded: int = 0  # records written in the current window
+    unrecorded: int = 0  # attempts past the budget, since the last report
+    clients: set[str] = field(default_factory=set)
+    clients_given_back: int = 0  # counted in a report whose record failed
+
+    @property
+    def size(self) -> int:
+        # Looked up when used, not when made: the module's numbers are the settings.
+        return MAX_READER_RECORDS if self.reader else MAX_RECORDS
+
+    def roll(self, now: float) -> None:
+        if now - self.start >= WINDOW:
+            self.start, self.recorded = now, 0
+
+    def take(self, now: float) -> bool:
+        """Whether a record fits in this window (it is then counted in it)."""
+        self.roll(now)
+        if self.recorded >= self.size:
+            return False
+        self.recorded += 1
+        return True
+
+    def count(self, client: str) -> None:
+        """An attempt past the budget: reported later, with the others."""
+        self.unrecorded += 1
+        if len(self.clients) < MAX_UNRECORDED_CLIENTS:
+            self.clients.add(client)
+
+    def report(self, now: float, *, at_once: bool) -> Unrecorded | None:
+        if not self.unrecorded:
+            return None
+        self.roll(now)
+        if self.recorded >= self.size and not at_once:
+            return None  # still the window that overflowed
+        self.recorded += 1
+        report = Unrecorded(self.unrecorded, len(self.clients) + self.clients_given_back,
+                            self.reader)
+        self.unrecorded = self.clients_given_back = 0
+        self.clients = set()
+        return report
+
+    def give_back(self, report: Unrecorded) -> None:
+        self.unrecorded += report.attempts
+        self.clients_given_back += report.clients
 
 
 class DenialLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._recent: OrderedDict[tuple[str, str], _Attempts] = OrderedDict()
-        self._window_start = clock()
-        self._recorded = 0  # records written in the current window
-        self._unrecorded = 0  # attempts past the budget, since the last report
-        self._unrecorded_clients: set[str] = set()
-        self._clients_given_back = 0  # counted in a report whose record failed
+        #: (client key, reason, reader) -> its last record and the attempts since
+        self._recent: OrderedDict[tuple[str, str, str], _Attempts] = OrderedDict()
+        self._anonymous = _Budget("", clock())
+        #: Readers refused lately: few (an operator adds readers), and each is dropped
+        #: once its window is over with nothing left to report.
+        self._readers: dict[str, _Budget] = {}
 
-    def admit(self, client_ip: str, reason: str, *, named: bool = False) -> int:
+    def admit(self, client_ip: str, reason: str, *, reader: str = "") -> int:
         """How many attempts a record made now would stand for (this one included), or
         0 when this attempt is only counted, to be reported by a later record.
-        ``named``: the attempt names a reader (a 403): outside the budget over all
-        clients, which anonymous clients could otherwise use up to hide it (readers are
-        few, and each is still limited per address and reason)."""
+        ``reader``: the reader the attempt names (a 403), "" for none. Anonymous
+        attempts share one budget over all clients; each reader has its own, which
+        anonymous clients cannot use up to hide its refusals."""
         now = self._clock()
-        if now - self._window_start >= WINDOW:
-            self._window_start, self._recorded = now, 0
         client = client_key(client_ip)
-        key = (client, reason)
+        key = (client, reason, reader)
         seen = self._recent.get(key)
         if seen is not None and now - seen.last_recorded < WINDOW:
             seen.since += 1
             return 0
-        if self._recorded >= MAX_RECORDS and not named:
-            self._unrecorded += 1
-            if len(self._unrecorded_clients) < MAX_UNRECORDED_CLIENTS:
-                self._unrecorded_clients.add(client)
+        budget = self._budget(reader, now)
+        if not budget.take(now):
+            budget.count(client)
             return 0
-        self._recorded += 0 if named else 1
         attempts = 1 + (seen.since if seen is not None else 0)
         self._recent[key] = _Attempts(now, 0)
         self._recent.move_to_end(key)
@@ -92,28 +151,29 @@ class DenialLimiter:
             self._recent.popitem(last=False)
         return attempts
 
-    def unrecorded(self, *, now: bool = False) -> Unrecorded | None:
-        """The attempts past the budget, once their window has ended and the budget has
-        room for the record that reports them (which it takes), or at once with ``now``
-        (at shutdown); None when there are none, or not yet."""
-        if not self._unrecorded:
-            return None
+    def unrecorded(self, *, now: bool = False) -> list[Unrecorded]:
+        """The attempts past each budget, once its window has ended and it has room for
+        the record that reports them (which it takes), or at once with ``now`` (at
+        shutdown): one report per budget that has any."""
         clock = self._clock()
-        if clock - self._window_start >= WINDOW:
-            self._window_start, self._recorded = clock, 0
-        if self._recorded >= MAX_RECORDS and not now:
-            return None  # still the window that overflowed
-        self._recorded += 1
-        report = Unrecorded(self._unrecorded,
-                            len(self._unrecorded_clients) + self._clients_given_back)
-        self._unrecorded = self._clients_given_back = 0
-        self._unrecorded_clients = set()
-        return report
+        budgets = [self._anonymous, *self._readers.values()]
+        reports = [r for b in budgets if (r := b.report(clock, at_once=now)) is not None]
+        for name, budget in list(self._readers.items()):
+            if not budget.unrecorded and clock - budget.start >= WINDOW:
+                del self._readers[name]  # a new one starts as this one stands
+        return reports
 
     def give_back(self, report: Unrecorded) -> None:
         """The record of ``report`` could not be written: count it again, for the next."""
-        self._unrecorded += report.attempts
-        self._clients_given_back += report.clients
+        self._budget(report.reader, self._clock()).give_back(report)
+
+    def _budget(self, reader: str, now: float) -> _Budget:
+        if not reader:
+            return self._anonymous
+        budget = self._readers.get(reader)
+        if budget is None:
+            budget = self._readers[reader] = _Budget(reader, now)
+        return budget
 
 
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")

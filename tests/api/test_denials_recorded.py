@@ -135,10 +135,10 @@ def test_the_budget_reports_what_it_did_not_record_once_its_window_is_over(
     now = [0.0]
     limiter = DenialLimiter(clock=lambda: now[0])
     assert [limiter.admit(f"10.0.0.{n}", "invalid token") for n in range(10)] == [1] * 3 + [0] * 7
-    assert limiter.unrecorded() is None  # still the window that overflowed
+    assert limiter.unrecorded() == []  # still the window that overflowed
     now[0] += denials.WINDOW
-    assert limiter.unrecorded() == denials.Unrecorded(attempts=7, clients=7)
-    assert limiter.unrecorded() is None  # reported once
+    assert limiter.unrecorded() == [denials.Unrecorded(attempts=7, clients=7)]
+    assert limiter.unrecorded() == []  # reported once
     assert limiter.admit("10.0.0.1", "invalid token") == 1  # the budget has room again
 
 
@@ -185,8 +185,47 @@ def test_a_refusal_naming_a_reader_is_outside_the_budget(
     monkeypatch.setattr(denials, "MAX_RECORDS", 2)
     limiter = DenialLimiter(clock=lambda: 0.0)
     assert [limiter.admit(f"10.0.0.{n}", "invalid token") for n in range(4)] == [1, 1, 0, 0]
-    assert limiter.admit("10.0.0.9", "not root", named=True) == 1
-    assert limiter.admit("10.0.0.9", "not root", named=True) == 0  # still once a minute
+    assert limiter.admit("10.0.0.9", "not root", reader="viewer") == 1
+    assert limiter.admit("10.0.0.9", "not root", reader="viewer") == 0  # once a minute
+
+
+def test_a_reader_refused_from_many_addresses_has_a_budget_of_its_own(env: Env) -> None:
+    """A reader's token that is not root (the metrics scraper's) is enough to be
+    refused, outside the anonymous budget, and a local user has all of 127.0.0.0/8:
+    one address per request wrote an fsynced record per request. Over all its
+    addresses a reader gets MAX_READER_RECORDS a window, then one record for the rest,
+    naming it."""
+    now = [1000.0]
+    api = env.client.app.state.api  # type: ignore[attr-defined]
+    api.denials = DenialLimiter(clock=lambda: now[0])
+    extra = 15
+    for n in range(denials.MAX_READER_RECORDS + extra):
+        with TestClient(env.client.app, client=(f"127.0.{n}.1", 1)) as client:
+            reply = client.get("/api/v1/audit-logs",
+                               headers={"Authorization": f"Bearer {env.plain}"})
+        assert reply.status_code == 403  # refused either way; only the record is spared
+    assert len(denied(env)) == denials.MAX_READER_RECORDS
+    assert {r["principal"] for r in denied(env)} == {"viewer"}
+    # Anonymous clients' budget is untouched by it (and cannot hide it either).
+    assert env.get("/api/v1/audit-logs", "ac_0123456789abcdef_x").status_code == 401
+    assert len(denied(env)) == denials.MAX_READER_RECORDS + 1
+    now[0] += denials.WINDOW
+    asyncio.run(api.report_unrecorded())
+    many = denied(env)[-1]
+    assert (many["principal"], many["target"], many["client_ip"]) == ("viewer", "(many)", "")
+    assert status(many) == {"reason": "too many refusals to record one by one",
+                            "attempts": extra, "clients": extra}
+    asyncio.run(api.report_unrecorded(now=True))
+    assert len(denied(env)) == denials.MAX_READER_RECORDS + 2  # reported once
+
+
+def test_each_reader_is_counted_apart_even_from_one_address() -> None:
+    """Two readers refused from one address (every local user is 127.0.0.1) are two
+    records: one reader's attempts are never counted in another's."""
+    limiter = DenialLimiter(clock=lambda: 0.0)
+    assert limiter.admit("127.0.0.1", "not root", reader="scraper") == 1
+    assert limiter.admit("127.0.0.1", "not root", reader="viewer") == 1
+    assert limiter.admit("127.0.0.1", "not root", reader="viewer") == 0
 
 
 def test_what_the_budget_could_not_record_is_kept_when_its_record_fails(
@@ -195,11 +234,11 @@ def test_what_the_budget_could_not_record_is_kept_when_its_record_fails(
     limiter = DenialLimiter(clock=lambda: 0.0)
     for n in range(4):
         limiter.admit(f"10.0.0.{n}", "invalid token")
-    report = limiter.unrecorded(now=True)
+    [report] = limiter.unrecorded(now=True)
     assert report == denials.Unrecorded(attempts=3, clients=3)
     limiter.give_back(report)  # the store refused the record
     limiter.admit("10.0.0.7", "invalid token")
-    assert limiter.unrecorded(now=True) == denials.Unrecorded(attempts=4, clients=4)
+    assert limiter.unrecorded(now=True) == [denials.Unrecorded(attempts=4, clients=4)]
 
 
 def test_an_ipv6_client_counts_by_its_slash_64() -> None:
