@@ -14,6 +14,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 
 from audit_middleware.event import format_created
 from collector.query import Page, Reader
+from collector.storage.conditions import FOREVER
 
 from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED
 from . import exports
@@ -27,11 +28,18 @@ from .auth import (
 )
 from .context import STATIC_DIR, Api
 from .openapi import SPEC
-from .params import ParamError, selection
-from .reads import CATALOGUE, SELECTION_TARGET
+from .params import MAX_LIMIT, ParamError, Selection, selection
+from .reads import CATALOGUE, MAX_STATUS, SELECTION_TARGET, status_text
 
 _EVENT_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _MAX_SIGN_IN_BODY: Final = 4096
+#: What a read's record adds to its selection, at its longest (a window bound is at
+#: most a FOREVER bound's length, year -144169), so that a selection whose first page
+#: is accepted is on every later page too.
+_LONGEST_BOUND: Final = max((format_created(us * 1000) for us in FOREVER), key=len)
+_PAGE_EXTRAS: Final = {"limit": MAX_LIMIT, "returned": MAX_LIMIT, "cursor": True,
+                       "window": [_LONGEST_BOUND, _LONGEST_BOUND]}
+_EXPORT_EXTRAS: Final = {"format": max(exports.MEDIA_TYPES, key=len)}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -50,6 +58,7 @@ async def list_audit_logs(request: Request) -> Response:
     api = _api(request)
     reader = api.root_reader(request)
     sel = selection(request.query_params, paging=True)
+    _check_recordable(sel, _PAGE_EXTRAS)
 
     def work(r: Reader) -> Page:
         return r.search(sel.filters, limit=sel.limit, cursor=sel.cursor,
@@ -63,6 +72,18 @@ async def list_audit_logs(request: Request) -> Response:
     await api.record(AUDIT_LOG_VIEWED, reader, request, SELECTION_TARGET, details)
     return json_response({"records": page.records, "next_cursor": page.next_cursor,
                           "limit": sel.limit})
+
+
+def _check_recordable(sel: Selection, extras: dict[str, Any]) -> None:
+    """Refuse a selection its read's record could not hold whole. ``status`` is cut at
+    MAX_STATUS characters after its keys are sorted: a selection padded with types
+    that change nothing (ORed globs) pushed type, until, window and workspace past the
+    cut, and the record hid filters that were applied."""
+    needed = len(status_text(sel.describe() | extras))
+    if needed > MAX_STATUS:
+        raise ParamError(f"this selection is too long to be recorded whole with its read "
+                         f"({needed} characters, at most {MAX_STATUS}): narrow the "
+                         f"selection (fewer types or globs, shorter values)")
 
 
 def _shown_window(window: tuple[int | None, int | None] | None) -> list[str | None]:
@@ -110,6 +131,7 @@ async def _export(request: Request, fmt: str) -> Response:
     api = _api(request)
     reader = api.root_reader(request)
     sel = selection(request.query_params, paging=False)
+    _check_recordable(sel, _EXPORT_EXTRAS)
     first = await api.pool.run(lambda r: exports.first_page(r, sel))
     await api.record(AUDIT_LOG_EXPORTED, reader, request, SELECTION_TARGET,
                      sel.describe() | {"format": fmt})

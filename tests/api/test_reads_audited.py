@@ -126,11 +126,46 @@ def test_a_rejected_query_is_not_a_read(env: Env) -> None:
     assert env.read_events() == []
 
 
-def test_a_long_filter_is_capped_in_the_status_not_refused(env: Env) -> None:
-    response = env.get("/api/v1/audit-logs", env.root, principal="p" * 3000)
-    assert response.status_code == 200
-    [read] = env.read_events()
-    assert len(read["status"]) <= 1024 and read["status"].endswith("[truncated]")
+PADDING = [f"zz_{n:02d}_nothing_*" for n in range(60)]  # ORed globs: no other result
+
+
+@pytest.mark.parametrize("path", ["/api/v1/audit-logs", "/api/v1/audit-logs/export.csv"])
+def test_a_selection_its_record_cannot_hold_whole_is_refused(env: Env, path: str) -> None:
+    """``status`` is cut at 1024 characters after its keys are sorted: types padded
+    with globs that change nothing pushed the filters after them (type, until,
+    workspace, window) past the cut, so the record hid filters that were applied."""
+    for params in ({"type": ["run_*", *PADDING], "until": "2026-11-26-00-00-00",
+                    "workspace": "ws-1"}, {"principal": "p" * 3000}):
+        response = env.client.get(path, params=params,
+                                  headers={"Authorization": f"Bearer {env.root}"})
+        assert response.status_code == 400
+        assert "narrow the selection" in response.json()["message"]
+    assert env.read_events() == []  # nothing was read
+
+
+def test_a_long_selection_that_fits_is_recorded_whole_on_every_page(env: Env) -> None:
+    params = {"type": ["run_*", *PADDING[:25]], "until": "2026-11-26-00-00-00",
+              "workspace": "ws-1", "limit": 1}
+    headers = {"Authorization": f"Bearer {env.root}"}
+    first = env.client.get("/api/v1/audit-logs", params=params, headers=headers).json()
+    page = env.client.get("/api/v1/audit-logs", headers=headers,
+                          params={**params, "cursor": first["next_cursor"]})
+    assert page.status_code == 200
+    for read in env.read_events():
+        shown = status(read)  # whole JSON, not cut
+        assert shown["type"] == ["run_*", *PADDING[:25]] and shown["workspace"] == "ws-1"
+        assert shown["until"] == "2026-11-26-00-00-00"
+
+
+def test_a_record_that_would_be_cut_refuses_its_read_even_past_the_check(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorder's own guard, should an endpoint ever miss the check: no data."""
+    from collector.api import routes
+
+    monkeypatch.setattr(routes, "_check_recordable", lambda sel, extras: None)
+    response = env.get("/api/v1/audit-logs", env.root, type=["run_*", *PADDING])
+    assert response.status_code == 503 and "records" not in response.json()
+    assert env.read_events() == []
 
 
 class FailingStore:
