@@ -13,7 +13,7 @@ from starlette.requests import Request
 from collector.readers import Reader, Readers
 
 from .auth import AuthError, Sessions, authenticate, forbidden
-from .denials import DenialLimiter
+from .denials import Attempt, DenialLimiter, Refusals, Unrecorded
 from .queries import DEFAULT_THREADS, QueryPool
 from .reads import ReadRecorder, Submitter
 
@@ -61,31 +61,40 @@ class Api:
         """Record a refused attempt (see ``collector.api.denials``), rate limited."""
         if exc.denied is None:
             return
-        client = request.client.host if request.client else None
-        attempts = self.denials.admit(client or "", exc.denied, reader=exc.principal)
+        attempt = Attempt(request.client.host if request.client else "", exc.denied,
+                          exc.principal, request.url.path, request.method, exc.status)
+        attempts = self.denials.admit(attempt)
         await self.report_unrecorded()
         if attempts:
-            await self.recorder.record_denial(
-                exc.principal, target=request.url.path, client_ip=client,
-                details={"status": exc.status, "reason": exc.denied, "attempts": attempts,
-                         "method": request.method})
+            await self._write_denial(Refusals(attempt, attempts))
 
     async def report_unrecorded(self, *, now: bool = False) -> None:
-        """Write the records of the refused attempts past the denials' budgets (the
-        anonymous one, each reader's), once their window is over (``now``: at once, at
-        shutdown). Called with each refusal and every second by the server, so a flood
-        that stops is reported all the same."""
+        """Write what the denials' limiter kept back, once its window is over (``now``:
+        at once, at shutdown): the attempts counted per client since its record, and
+        those past the budgets (the anonymous one, each reader's). Called with each
+        refusal and every second by the server, so a flood that stops, or a client that
+        does not come back, is reported all the same."""
         reports = self.denials.unrecorded(now=now)
         for n, report in enumerate(reports):
             try:
-                await self.recorder.record_denial(
-                    report.reader, target="(many)", client_ip=None,
-                    details={"reason": "too many refusals to record one by one",
-                             "attempts": report.attempts, "clients": report.clients})
+                await self._write_denial(report)
             except BaseException:
                 for unwritten in reports[n:]:  # reported by the next try instead
                     self.denials.give_back(unwritten)
                 raise
+
+    async def _write_denial(self, report: Refusals | Unrecorded) -> None:
+        if isinstance(report, Refusals):
+            latest = report.latest
+            await self.recorder.record_denial(
+                latest.reader, target=latest.target, client_ip=latest.client_ip or None,
+                details={"status": latest.status, "reason": latest.reason,
+                         "attempts": report.attempts, "method": latest.method})
+        else:
+            await self.recorder.record_denial(
+                report.reader, target="(many)", client_ip=None,
+                details={"reason": "too many refusals to record one by one",
+                         "attempts": report.attempts, "clients": report.clients})
 
     async def record(self, kind: str, reader: Reader, request: Request, target: str,
                      details: dict[str, Any]) -> str:

@@ -8,8 +8,12 @@ it belongs to a reader (403), and why it was refused.
 
 Unauthenticated clients choose how often they are refused, so the records are rate
 limited: per client IP and reason, at most one every ``WINDOW`` seconds, the next one
-saying how many attempts it stands for. The table of recent keys is bounded. An IPv6
-client counts by its /64, which one host or one customer of a provider holds.
+saying how many attempts it stands for. The attempts counted in between are written
+once the window is over whether or not the client comes back (the server asks every
+second, and at shutdown), with the latest one's path, method and status: they were
+kept only for the client's next refusal, and lost at shutdown. The table of recent
+keys is bounded; a key it forgets hands its count to the budget's report (below). An
+IPv6 client counts by its /64, which one host or one customer of a provider holds.
 
 A client changing address evades a per-address limit (a local user has all of
 127.0.0.0/8, an IPv6 host a /64 or more): without more, ten thousand addresses made
@@ -49,10 +53,32 @@ MAX_READER_RECORDS: Final = 10
 MAX_UNRECORDED_CLIENTS: Final = 10_000
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One refused attempt, as its record tells it."""
+
+    client_ip: str
+    reason: str
+    reader: str = ""  # the reader it named (a 403), "" for none
+    target: str = ""  # the path asked for
+    method: str = ""
+    status: int = 0
+
+
 @dataclass
 class _Attempts:
     last_recorded: float
     since: int  # attempts refused since that record, not recorded yet
+    latest: Attempt  # the last of them (or the recorded one): what their record shows
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """Attempts of one client, reason and reader not recorded yet: ``attempts`` of them,
+    the last being ``latest``."""
+
+    latest: Attempt
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -93,9 +119,9 @@ class _Budget:
         self.recorded += 1
         return True
 
-    def count(self, client: str) -> None:
-        """An attempt past the budget: reported later, with the others."""
-        self.unrecorded += 1
+    def count(self, client: str, attempts: int = 1) -> None:
+        """Attempts past the budget: reported later, with the others."""
+        self.unrecorded += attempts
         if len(self.clients) < MAX_UNRECORDED_CLIENTS:
             self.clients.add(client)
 
@@ -127,45 +153,80 @@ class DenialLimiter:
         #: once its window is over with nothing left to report.
         self._readers: dict[str, _Budget] = {}
 
-    def admit(self, client_ip: str, reason: str, *, reader: str = "") -> int:
-        """How many attempts a record made now would stand for (this one included), or
-        0 when this attempt is only counted, to be reported by a later record.
-        ``reader``: the reader the attempt names (a 403), "" for none. Anonymous
-        attempts share one budget over all clients; each reader has its own, which
-        anonymous clients cannot use up to hide its refusals."""
+    def admit(self, attempt: Attempt) -> int:
+        """How many attempts a record of ``attempt`` made now would stand for (this one
+        included), or 0 when it is only counted, to be reported by a later record.
+        Anonymous attempts share one budget over all clients; each reader (a 403 names
+        one) has its own, which anonymous clients cannot use up to hide its refusals."""
         now = self._clock()
-        client = client_key(client_ip)
-        key = (client, reason, reader)
+        client = client_key(attempt.client_ip)
+        key = (client, attempt.reason, attempt.reader)
         seen = self._recent.get(key)
         if seen is not None and now - seen.last_recorded < WINDOW:
-            seen.since += 1
+            seen.since, seen.latest = seen.since + 1, attempt
             return 0
-        budget = self._budget(reader, now)
+        budget = self._budget(attempt.reader, now)
         if not budget.take(now):
             budget.count(client)
             return 0
         attempts = 1 + (seen.since if seen is not None else 0)
-        self._recent[key] = _Attempts(now, 0)
-        self._recent.move_to_end(key)
-        while len(self._recent) > MAX_KEYS:
-            self._recent.popitem(last=False)
+        self._remember(key, _Attempts(now, 0, attempt), now)
         return attempts
 
-    def unrecorded(self, *, now: bool = False) -> list[Unrecorded]:
-        """The attempts past each budget, once its window has ended and it has room for
-        the record that reports them (which it takes), or at once with ``now`` (at
-        shutdown): one report per budget that has any."""
+    def unrecorded(self, *, now: bool = False) -> list[Refusals | Unrecorded]:
+        """What to write now: the attempts each client was refused since its record,
+        once its window is over, then the attempts past each budget, once its window
+        has ended and it has room for the record that reports them (which it takes).
+        ``now`` (at shutdown): all of them at once."""
         clock = self._clock()
+        reports: list[Refusals | Unrecorded] = list(self._expired(clock, at_once=now))
         budgets = [self._anonymous, *self._readers.values()]
-        reports = [r for b in budgets if (r := b.report(clock, at_once=now)) is not None]
+        reports += [r for b in budgets if (r := b.report(clock, at_once=now)) is not None]
         for name, budget in list(self._readers.items()):
             if not budget.unrecorded and clock - budget.start >= WINDOW:
                 del self._readers[name]  # a new one starts as this one stands
         return reports
 
-    def give_back(self, report: Unrecorded) -> None:
-        """The record of ``report`` could not be written: count it again, for the next."""
-        self._budget(report.reader, self._clock()).give_back(report)
+    def give_back(self, report: Refusals | Unrecorded) -> None:
+        """The record of ``report`` could not be written: count it again, for the next
+        (a client's attempts in its budget's report, which needs no key)."""
+        clock = self._clock()
+        if isinstance(report, Refusals):
+            latest = report.latest
+            self._budget(latest.reader, clock).count(client_key(latest.client_ip),
+                                                     report.attempts)
+        else:
+            self._budget(report.reader, clock).give_back(report)
+
+    def _expired(self, now: float, *, at_once: bool) -> list[Refusals]:
+        """The counts of the keys whose window is over (all of them ``at_once``), each
+        taken from its budget, or handed to the budget's report when it has no room.
+        A key with nothing counted is forgotten: its next attempt is recorded anyway."""
+        found: list[Refusals] = []
+        while self._recent:
+            # Keys are in the order of their last record: the expired ones come first.
+            key, seen = next(iter(self._recent.items()))
+            if now - seen.last_recorded < WINDOW and not at_once:
+                break
+            del self._recent[key]
+            if not seen.since:
+                continue
+            budget = self._budget(seen.latest.reader, now)
+            if budget.take(now):
+                found.append(Refusals(seen.latest, seen.since))
+                # That record is this window's: the next attempts wait for the next.
+                self._remember(key, _Attempts(now, 0, seen.latest), now)
+            else:
+                budget.count(key[0], seen.since)
+        return found
+
+    def _remember(self, key: tuple[str, str, str], attempts: _Attempts, now: float) -> None:
+        self._recent[key] = attempts
+        self._recent.move_to_end(key)
+        while len(self._recent) > MAX_KEYS:
+            (client, _, reader), forgotten = self._recent.popitem(last=False)
+            if forgotten.since:  # reported by its budget's record rather than lost
+                self._budget(reader, now).count(client, forgotten.since)
 
     def _budget(self, reader: str, now: float) -> _Budget:
         if not reader:

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from collector.api import denials
 from collector.api import server as api_server
 from collector.api.context import Api
-from collector.api.denials import DenialLimiter
+from collector.api.denials import Attempt, DenialLimiter
 from collector.api.reads import CATALOGUE
 from collector.own_records import AUDIT_LOG_ACCESS_DENIED
 from tests.api.conftest import PEER, Env
@@ -84,21 +84,21 @@ def test_an_ended_session_is_recorded(env: Env) -> None:
 def test_repeated_attempts_are_one_record_a_minute_with_their_count() -> None:
     now = [1000.0]
     limiter = DenialLimiter(clock=lambda: now[0])
-    assert limiter.admit("198.51.100.7", "invalid token") == 1
-    assert [limiter.admit("198.51.100.7", "invalid token") for _ in range(5)] == [0] * 5
-    assert limiter.admit("198.51.100.8", "invalid token") == 1  # another client
-    assert limiter.admit("198.51.100.7", "not root") == 1  # another reason
+    assert limiter.admit(Attempt("198.51.100.7", "invalid token")) == 1
+    assert [limiter.admit(Attempt("198.51.100.7", "invalid token")) for _ in range(5)] == [0] * 5
+    assert limiter.admit(Attempt("198.51.100.8", "invalid token")) == 1  # another client
+    assert limiter.admit(Attempt("198.51.100.7", "not root")) == 1  # another reason
     now[0] += denials.WINDOW
-    assert limiter.admit("198.51.100.7", "invalid token") == 6  # it and the 5 counted
+    assert limiter.admit(Attempt("198.51.100.7", "invalid token")) == 6  # it and the 5 counted
 
 
 def test_the_table_of_recent_clients_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(denials, "MAX_KEYS", 3)
     limiter = DenialLimiter(clock=lambda: 0.0)
     for n in range(10):
-        assert limiter.admit(f"10.0.0.{n}", "invalid token") == 1
+        assert limiter.admit(Attempt(f"10.0.0.{n}", "invalid token")) == 1
     assert len(limiter._recent) == 3
-    assert limiter.admit("10.0.0.0", "invalid token") == 1  # forgotten, so recorded again
+    assert limiter.admit(Attempt("10.0.0.0", "invalid token")) == 1  # forgotten, so recorded again
 
 
 def test_over_all_clients_a_window_writes_at_most_max_records_then_one_for_the_rest(
@@ -134,12 +134,12 @@ def test_the_budget_reports_what_it_did_not_record_once_its_window_is_over(
     monkeypatch.setattr(denials, "MAX_RECORDS", 3)
     now = [0.0]
     limiter = DenialLimiter(clock=lambda: now[0])
-    assert [limiter.admit(f"10.0.0.{n}", "invalid token") for n in range(10)] == [1] * 3 + [0] * 7
+    assert [limiter.admit(Attempt(f"10.0.0.{n}", "invalid token")) for n in range(10)] == [1] * 3 + [0] * 7
     assert limiter.unrecorded() == []  # still the window that overflowed
     now[0] += denials.WINDOW
     assert limiter.unrecorded() == [denials.Unrecorded(attempts=7, clients=7)]
     assert limiter.unrecorded() == []  # reported once
-    assert limiter.admit("10.0.0.1", "invalid token") == 1  # the budget has room again
+    assert limiter.admit(Attempt("10.0.0.1", "invalid token")) == 1  # the budget has room again
 
 
 def test_a_flood_that_stops_is_reported_without_another_refusal(
@@ -184,9 +184,9 @@ def test_a_refusal_naming_a_reader_is_outside_the_budget(
     """Anonymous clients using up the budget must not hide a named reader's 403."""
     monkeypatch.setattr(denials, "MAX_RECORDS", 2)
     limiter = DenialLimiter(clock=lambda: 0.0)
-    assert [limiter.admit(f"10.0.0.{n}", "invalid token") for n in range(4)] == [1, 1, 0, 0]
-    assert limiter.admit("10.0.0.9", "not root", reader="viewer") == 1
-    assert limiter.admit("10.0.0.9", "not root", reader="viewer") == 0  # once a minute
+    assert [limiter.admit(Attempt(f"10.0.0.{n}", "invalid token")) for n in range(4)] == [1, 1, 0, 0]
+    assert limiter.admit(Attempt("10.0.0.9", "not root", reader="viewer")) == 1
+    assert limiter.admit(Attempt("10.0.0.9", "not root", reader="viewer")) == 0  # once a minute
 
 
 def test_a_reader_refused_from_many_addresses_has_a_budget_of_its_own(env: Env) -> None:
@@ -223,9 +223,9 @@ def test_each_reader_is_counted_apart_even_from_one_address() -> None:
     """Two readers refused from one address (every local user is 127.0.0.1) are two
     records: one reader's attempts are never counted in another's."""
     limiter = DenialLimiter(clock=lambda: 0.0)
-    assert limiter.admit("127.0.0.1", "not root", reader="scraper") == 1
-    assert limiter.admit("127.0.0.1", "not root", reader="viewer") == 1
-    assert limiter.admit("127.0.0.1", "not root", reader="viewer") == 0
+    assert limiter.admit(Attempt("127.0.0.1", "not root", reader="scraper")) == 1
+    assert limiter.admit(Attempt("127.0.0.1", "not root", reader="viewer")) == 1
+    assert limiter.admit(Attempt("127.0.0.1", "not root", reader="viewer")) == 0
 
 
 def test_what_the_budget_could_not_record_is_kept_when_its_record_fails(
@@ -233,25 +233,99 @@ def test_what_the_budget_could_not_record_is_kept_when_its_record_fails(
     monkeypatch.setattr(denials, "MAX_RECORDS", 1)
     limiter = DenialLimiter(clock=lambda: 0.0)
     for n in range(4):
-        limiter.admit(f"10.0.0.{n}", "invalid token")
+        limiter.admit(Attempt(f"10.0.0.{n}", "invalid token"))
     [report] = limiter.unrecorded(now=True)
     assert report == denials.Unrecorded(attempts=3, clients=3)
     limiter.give_back(report)  # the store refused the record
-    limiter.admit("10.0.0.7", "invalid token")
+    limiter.admit(Attempt("10.0.0.7", "invalid token"))
     assert limiter.unrecorded(now=True) == [denials.Unrecorded(attempts=4, clients=4)]
+
+
+def clocked(env: Env) -> tuple[Api, list[float]]:
+    """The env's API with a denials limiter on a clock the test moves."""
+    now = [1000.0]
+    api: Api = env.client.app.state.api  # type: ignore[attr-defined]
+    api.denials = DenialLimiter(clock=lambda: now[0])
+    return api, now
+
+
+def refused(env: Env, ip: str, path: str = "/api/v1/audit-logs") -> None:
+    with TestClient(env.client.app, client=(ip, 1)) as client:
+        reply = client.get(path, headers={"Authorization": "Bearer ac_0123456789abcdef_x"})
+    assert reply.status_code == 401
+
+
+def test_attempts_counted_after_a_record_are_written_once_its_window_is_over(
+        env: Env) -> None:
+    """Repeated refusals of one client only add to a count, written with the client's
+    next refusal after the window: one that does not come back was never reported.
+    The server's tick (report_unrecorded, every second) writes it once the window is
+    over, with the latest attempt's path."""
+    api, now = clocked(env)
+    refused(env, PEER)
+    refused(env, PEER)
+    refused(env, PEER, "/api/v1/event-types")
+    asyncio.run(api.report_unrecorded())  # the window is not over: nothing yet
+    [first] = denied(env)
+    now[0] += denials.WINDOW
+    asyncio.run(api.report_unrecorded())
+    first_again, counted = denied(env)
+    assert first_again == first and status(first)["attempts"] == 1
+    assert (counted["client_ip"], counted["target"]) == (PEER, "/api/v1/event-types")
+    assert status(counted) == {"status": 401, "reason": "invalid token", "attempts": 2,
+                               "method": "GET"}
+    asyncio.run(api.report_unrecorded())
+    assert len(denied(env)) == 2  # written once
+    refused(env, PEER)  # within the window of that record: counted, as any other
+    assert len(denied(env)) == 2
+
+
+def test_attempts_counted_are_written_at_shutdown(env: Env) -> None:
+    api, _ = clocked(env)
+    for _ in range(4):
+        refused(env, PEER)
+    asyncio.run(api.report_unrecorded(now=True))  # what ApiServer.shutdown asks
+    assert [status(r)["attempts"] for r in denied(env)] == [1, 3]
+
+
+def test_a_client_the_full_table_forgets_hands_its_count_to_the_report(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(denials, "MAX_KEYS", 2)
+    api, _ = clocked(env)
+    for _ in range(3):
+        refused(env, "198.51.100.1")
+    refused(env, "198.51.100.2")
+    refused(env, "198.51.100.3")  # the table is full: 198.51.100.1 is forgotten
+    asyncio.run(api.report_unrecorded(now=True))
+    [many] = [r for r in denied(env) if r["target"] == "(many)"]
+    assert status(many) == {"reason": "too many refusals to record one by one",
+                            "attempts": 2, "clients": 1}
+    assert len(denied(env)) == 4  # one record for each client, and that one
+
+
+def test_the_count_of_a_client_is_kept_when_its_record_fails() -> None:
+    now = [0.0]
+    limiter = DenialLimiter(clock=lambda: now[0])
+    for _ in range(3):
+        limiter.admit(Attempt("10.0.0.1", "invalid token"))
+    now[0] += denials.WINDOW
+    [report] = limiter.unrecorded()
+    assert report == denials.Refusals(Attempt("10.0.0.1", "invalid token"), 2)
+    limiter.give_back(report)  # the store refused the record: the budget's report has it
+    assert limiter.unrecorded() == [denials.Unrecorded(attempts=2, clients=1)]
 
 
 def test_an_ipv6_client_counts_by_its_slash_64() -> None:
     limiter = DenialLimiter(clock=lambda: 0.0)
-    assert limiter.admit("2001:db8:0:7::1", "invalid token") == 1
-    assert limiter.admit("2001:db8:0:7:ffff::2", "invalid token") == 0  # the same /64
-    assert limiter.admit("2001:db8:0:8::1", "invalid token") == 1
+    assert limiter.admit(Attempt("2001:db8:0:7::1", "invalid token")) == 1
+    assert limiter.admit(Attempt("2001:db8:0:7:ffff::2", "invalid token")) == 0  # the same /64
+    assert limiter.admit(Attempt("2001:db8:0:8::1", "invalid token")) == 1
     assert denials.client_key("not an address:") == "not an address:"
     # IPv4 clients through a dual-stack socket or NAT64 count one by one, not as one /64.
     assert denials.client_key("::ffff:198.51.100.7") == "198.51.100.7"
     assert denials.client_key("64:ff9b::c633:6407") == "198.51.100.7"
-    assert limiter.admit("::ffff:203.0.113.9", "invalid token") == 1
-    assert limiter.admit("::ffff:203.0.113.10", "invalid token") == 1
+    assert limiter.admit(Attempt("::ffff:203.0.113.9", "invalid token")) == 1
+    assert limiter.admit(Attempt("::ffff:203.0.113.10", "invalid token")) == 1
 
 
 def test_a_refusal_that_cannot_be_recorded_is_still_answered_and_logged(
