@@ -16,6 +16,7 @@ from collector.query import Filters
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 1000
+_LIMIT_DIGITS: Final = len(str(MAX_LIMIT))
 FILTER_PARAMS: Final = ("type", "principal", "target", "status", "org", "org_name",
                         "workspace", "workspace_name", "client_ip", "since", "until")
 _SINGLE: Final = FILTER_PARAMS[1:]
@@ -42,6 +43,16 @@ class Selection:
         return shown
 
 
+def _limit(text: str) -> int:
+    # isascii(): str.isdigit() is also true of "²" and other digits int() refuses. The
+    # length first: int() raises past 4,300 digits (a 500), and no limit needs more
+    # digits than MAX_LIMIT has.
+    if (not (text.isascii() and text.isdigit()) or len(text) > _LIMIT_DIGITS
+            or not 1 <= int(text) <= MAX_LIMIT):
+        raise ParamError(f"limit={text[:20]!r}: use a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
 def selection(params: QueryParams, *, paging: bool) -> Selection:
     allowed = set(FILTER_PARAMS) | {"order"} | ({"limit", "cursor"} if paging else set())
     unknown = sorted(set(params.keys()) - allowed)
@@ -65,11 +76,7 @@ def selection(params: QueryParams, *, paging: bool) -> Selection:
         raise ParamError(f"order={order!r}: use newest (the default) or oldest")
     limit = DEFAULT_LIMIT
     if paging and params.get("limit"):
-        text = params["limit"]
-        # isascii(): str.isdigit() is also true of "²" and other digits int() refuses.
-        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
-            raise ParamError(f"limit={text[:20]!r}: use a whole number from 1 to {MAX_LIMIT}")
-        limit = int(text)
+        limit = _limit(params["limit"])
     return Selection(
         Filters(types=types, **values),  # the parameters are named as the filters
         newest_first=order == "newest", limit=limit,

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
 from audit_middleware.event import format_created, seed_date
 from tests.api.conftest import COUNT, HOUR, SPAN, TRACE, Env, corpus
@@ -147,6 +148,17 @@ def test_bad_parameters_are_400_saying_what_is_accepted(env: Env, params: dict[s
     assert response.status_code == 400
     assert response.json()["error"] == "bad_request"
     assert message in response.json()["message"]
+
+
+@pytest.mark.parametrize("limit", ["1" * 4301, "0" * 4300 + "5", "10000"])
+def test_a_limit_of_too_many_digits_is_400_not_500(env: Env, limit: str) -> None:
+    """Python's int() refuses more than 4,300 digits (ValueError, a 500 here): the
+    length is checked first."""
+    with TestClient(env.client.app, raise_server_exceptions=False) as client:
+        response = client.get("/api/v1/audit-logs", params={"limit": limit},
+                              headers={"Authorization": f"Bearer {env.root}"})
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("limit=")
 
 
 def test_a_parameter_given_twice_is_400(env: Env) -> None:
