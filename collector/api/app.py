@@ -105,7 +105,7 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
             HTTPException: _http_error,
             ReadNotRecordedError: _unavailable,
             StorageError: _unavailable,
-            ReaderError: _unavailable,
+            ReaderError: _readers_unavailable,
             ClientDisconnect: _client_gone,
             Exception: _internal_error,
         },
@@ -143,6 +143,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unavailable(request: Request, exc: Exception) -> Response:
     log.error("query API: %s", exc)
     return _error(503, "unavailable", str(exc))
+
+
+async def _readers_unavailable(request: Request, exc: Exception) -> Response:
+    # Raised before any credential is checked (the reader accounts cannot be read), so
+    # anyone may see this answer: the detail, with the file's absolute path, goes to
+    # the log only.
+    log.error("query API: %s", exc)
+    return _error(503, "unavailable", "the collector cannot check credentials now: its "
+                  "log has the details")
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

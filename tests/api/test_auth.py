@@ -285,5 +285,21 @@ def test_a_damaged_reader_file_refuses_every_read(env: Env) -> None:
     env.readers.path.write_text("{damaged")
     response = env.get("/api/v1/audit-logs", env.root)
     assert response.status_code == 503
-    assert "cannot be read" in response.json()["message"]
+    assert "cannot check credentials" in response.json()["message"]
     assert env.rows[0]["principal"] not in response.text
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_damaged_reader_file_is_explained_in_the_log_not_to_the_caller(
+        env: Env, method: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone with any token reaches this (the accounts are read to check it): the
+    answer must not tell the data directory's absolute path."""
+    env.readers.path.write_text("{damaged")
+    response = env.client.request(method, "/api/v1/session", json={"token": "wrong"},
+                                  headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 503
+    assert set(response.json()) == {"error", "message"}
+    assert str(env.readers.path) not in response.text
+    assert str(env.readers.data_dir) not in response.text
+    assert "readers.json" not in response.text
+    assert f"{env.readers.path} cannot be read" in caplog.text  # for the operator
