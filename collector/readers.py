@@ -157,11 +157,20 @@ def _load(path: Path) -> list[Reader]:
         data: Any = orjson.loads(path.read_bytes())
         if data.get("format") != _FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT}")
-        return [Reader(r["name"], bool(r["root"]), r["key_id"], r["token_sha256"],
-                       r["created"]) for r in data["readers"]]
+        return [Reader(r["name"], _role(r), r["key_id"], r["token_sha256"], r["created"])
+                for r in data["readers"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ReaderError(f"{path} cannot be read ({exc}): restore it from a backup, or "
                           f"delete it and add the readers again") from None
+
+
+def _role(entry: dict[str, Any]) -> bool:
+    """Whether a stored reader is root: a JSON boolean only. ``bool()`` made any
+    non-empty string root, so a hand-edited ``"root": "false"`` granted it."""
+    root = entry["root"]
+    if type(root) is not bool:
+        raise ValueError(f"reader {entry.get('name')!r} has root {root!r}: use true or false")
+    return root
 
 
 def _save(path: Path, readers: list[Reader]) -> None:

@@ -3,6 +3,7 @@ root reads; none of the refusals says anything about the logs, and none is recor
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from collector.api.auth import SESSION_COOKIE, Sessions
@@ -303,3 +304,17 @@ def test_a_damaged_reader_file_is_explained_in_the_log_not_to_the_caller(
     assert str(env.readers.data_dir) not in response.text
     assert "readers.json" not in response.text
     assert f"{env.readers.path} cannot be read" in caplog.text  # for the operator
+
+
+@pytest.mark.parametrize("root", ["false", "no", 1, None])
+def test_a_reader_is_root_only_by_a_json_true(env: Env, root: object) -> None:
+    """``"root": "false"`` in a hand-edited readers.json made the reader root (bool of
+    a non-empty string): anything but true or false is a damaged file, refused."""
+    data = orjson.loads(env.readers.path.read_bytes())
+    for entry in data["readers"]:
+        if entry["name"] == "viewer":
+            entry["root"] = root
+    env.readers.path.write_bytes(orjson.dumps(data))
+    response = env.get("/api/v1/audit-logs", env.plain)
+    assert response.status_code == 503
+    assert "records" not in response.json()
