@@ -8,6 +8,8 @@ over all clients, MAX_RECORDS a minute, then one record for the rest."""
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,6 +37,17 @@ def status(record: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_denial_type_is_in_the_collectors_catalogue() -> None:
     assert CATALOGUE.event_type("audit_log", "deny") == AUDIT_LOG_ACCESS_DENIED
+
+
+def test_every_reason_a_refusal_is_recorded_with_is_documented() -> None:
+    """docs/api.md lists the reasons an investigator will find in these records."""
+    root = Path(__file__).resolve().parents[2]
+    source = "".join(path.read_text() for path in (root / "collector/api").glob("*.py"))
+    reasons = set(re.findall(r'denied="([^"]+)"', source))
+    assert {"invalid token", "not root", "session ended"} <= reasons  # the pattern holds
+    [listed] = [line for line in (root / "docs/api.md").read_text().splitlines()
+                if line.startswith("| `status` |") and "reasons:" in line]
+    assert {r for r in reasons if f"`{r}`" not in listed} == set()
 
 
 def test_a_wrong_token_is_recorded_without_the_token(env: Env) -> None:
