@@ -39,7 +39,14 @@ from collector.storage.segments import (
 from . import chain as chains
 from . import digests as d
 from .errors import DigestFormatError, KeyFileError
-from .keys import KeyRing, SigningKey, default_signing_key_path, ensure_signing_key
+from .keys import (
+    KeyRing,
+    SigningKey,
+    default_signing_key_path,
+    ensure_signing_key,
+    install_signing_key,
+    load_signing_key,
+)
 
 if TYPE_CHECKING:
     from collector.storage.segments import ActiveSegment
@@ -104,7 +111,39 @@ class Ledger:
         ledger = cls(data_dir, key, interval)
         ledger.digests_dir.mkdir(mode=DIR_MODE, exist_ok=True)
         ledger._find_chain_end(quarantine_dir)
+        ledger._finish_key_rotation(path, ring)
         return ledger
+
+    def _finish_key_rotation(self, path: Path, ring: KeyRing) -> None:
+        """A ``keys rotate`` killed after recording the rotation, before putting the new
+        key in place, left the new key in ``<key>.tmp``: the collector went on signing
+        with the old key (which verify still trusts), the rotation silently undone. The
+        rotation is finished here, from the key the digest names."""
+        newest = self.newest
+        if newest is None or newest.kind != "key_rotation":
+            return
+        wanted = str(newest.body.get("new_key_id", ""))
+        if wanted == self.key.id:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            new = load_signing_key(tmp) if tmp.exists() else None
+        except KeyFileError:
+            new = None
+        if new is None or new.id != wanted:
+            log.error("integrity: the newest digest (%s) rotates the signing key to %s, "
+                      "but %s holds key %s and no finished rotation waits beside it: the "
+                      "digests go on being signed with %s (verify still trusts it); run "
+                      "`audit-collector keys rotate` again", newest.where, wanted, path,
+                      self.key.id, self.key.id)
+            return
+        install_signing_key(tmp, path)
+        new = load_signing_key(path)
+        ring.add(new.public)
+        log.warning("integrity: finished the key rotation %s -> %s that `keys rotate` "
+                    "recorded but had not put in place (stopped before its end)",
+                    self.key.id, new.id)
+        self.key = new
 
     def _find_chain_end(self, quarantine_dir: Path | None) -> None:
         for _, path in reversed(d.list_digest_files(self.digests_dir)):

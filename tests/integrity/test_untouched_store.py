@@ -457,3 +457,32 @@ def test_a_replaced_lock_file_neither_hides_the_collector_nor_lets_a_second_one_
             lock_data_dir(data_dir)
     assert not collector_running(data_dir)
     lock_data_dir(data_dir).close()
+
+
+def test_a_key_rotation_killed_before_its_end_is_finished_by_the_next_start(
+        tmp_path: Path) -> None:
+    """Killed after recording the rotation, before putting the new key in place: the
+    collector went on signing with the old key, the rotation undone without a word."""
+    from collector.integrity.keys import load_signing_key
+
+    data_dir = build_store(tmp_path / "data", batches=2)
+    key_path = data_dir / "keys" / "signing-key.pem"
+    old = load_signing_key(key_path).id
+    killed = ("import os, sys\nfrom collector import cli\nfrom collector.integrity import keys\n"
+              "keys.install_signing_key = lambda *a: os._exit(9)\n"
+              "cli.main(['keys', 'rotate', '--data-dir', sys.argv[1]])\n")
+    done = subprocess.run([sys.executable, "-c", killed, str(data_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode in (-9, 9), done.stderr
+    assert "key_rotation" in kinds(data_dir) and load_signing_key(key_path).id == old
+    with open_store(data_dir, max_segment_bytes=SMALL) as store:
+        store.write(events(3))
+    new = load_signing_key(key_path).id
+    assert new != old and not key_path.with_name("signing-key.pem.tmp").exists()
+    newest = [line for p in digest_paths(data_dir) for line in lines_of(p)][-1]
+    assert f'"key":"{new}"'.encode() in newest
+    exported = tmp_path / "keys.pem"
+    assert run_cli("keys", "export", "--data-dir", str(data_dir), "--out",
+                   str(exported)).returncode == 0
+    result = run_verify(str(data_dir), "--public-key", str(exported))
+    assert result.returncode == 0, result.stdout
