@@ -55,6 +55,10 @@ class Spool:
         self.file_bytes = file_bytes
         self._files: list[_File] = []  # oldest first; the last one may be our active file
         self._active: _File | None = None  # the file we append to
+        # Descriptors opened (and maybe locked) but not in _files yet: a fork meanwhile
+        # (another thread adopting or starting a file) gave the child a copy that
+        # after_fork must close too, or the child held a dead parent's lock for its life.
+        self._opening: set[int] = set()
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._scanned = False
         self.corrupt_bytes = 0
@@ -127,12 +131,21 @@ class Spool:
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
         partial = directory / (name + _PARTIAL)
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._opening.add(fd)
         path = directory / (name + SUFFIX)
-        os.rename(partial, path)
-        _fsync_dir(directory)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(partial, path)
+            _fsync_dir(directory)
+        except BaseException:  # no descriptor left open, no empty file behind
+            self._opening.discard(fd)
+            os.close(fd)
+            _unlink_quietly(partial)
+            _unlink_quietly(path)
+            raise
         self._active = _File(path, fd, 0)
         self._files.append(self._active)
+        self._opening.discard(fd)
         return self._active
 
     # -- reading --------------------------------------------------------------------------
@@ -209,6 +222,7 @@ class Spool:
             self._files = sorted(self._files + adopted, key=lambda f: f.path.name)
             log.warning("audit spool %s: replaying %d spool file(s) left by earlier "
                         "processes", directory, len(adopted))
+        self._opening.difference_update(f.fd for f in adopted)
         self._used = self._count_used()
         return len(adopted)
 
@@ -237,22 +251,27 @@ class Spool:
                 fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
                 continue
+            self._opening.add(fd)  # until adopt_orphans takes it (see __init__)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                os.close(fd)  # a live process owns it
+                self._close_opening(fd)  # a live process owns it
                 continue
             if os.fstat(fd).st_nlink == 0:
                 # Opened just before its owner replayed it whole and unlinked it: the
                 # lock came free with the owner's close, but the file is done.
-                os.close(fd)
+                self._close_opening(fd)
                 continue
             if entry.name.endswith(_PARTIAL):  # creation never finished: nothing in it
                 _unlink_quietly(Path(entry.path))
-                os.close(fd)
+                self._close_opening(fd)
                 continue
             adopted.append(_File(Path(entry.path), fd, os.fstat(fd).st_size))
         return adopted
+
+    def _close_opening(self, fd: int) -> None:
+        self._opening.discard(fd)
+        os.close(fd)
 
     def _count_used(self) -> int:
         """Bytes of batch files where this user spools and adopts (see adopt_orphans)."""
@@ -282,7 +301,14 @@ class Spool:
 
     def after_fork(self) -> None:
         """In a forked child: the parent keeps its files and their locks. Closing our
-        copies of the descriptors leaves the parent's locks in place."""
+        copies of the descriptors leaves the parent's locks in place (those being opened
+        at the fork included)."""
+        for fd in list(self._opening):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._opening.clear()
         self.close()
         self._used = 0
         self.corrupt_bytes = 0

@@ -196,6 +196,46 @@ def test_a_forked_child_keeps_its_hands_off_the_parents_files(tmp_path: Path) ->
     assert drain(spool) == [b"child's"]
 
 
+def test_a_child_forked_while_its_parent_adopts_lets_go_of_the_adopted_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork between a file's lock and its entry in the spool's list (another thread
+    adopting): after_fork did not close the child's copy, so once the parent died the
+    child kept the orphan locked, and no process could adopt it for the child's life."""
+    import fcntl
+
+    code = ("import os, sys\nfrom audit_middleware.shipper.spool import Spool\n"
+            "Spool(sys.argv[1], max_bytes=1 << 20).append(b'orphan')\nos._exit(9)\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False)
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    child: list[int] = []
+    real_flock = fcntl.flock
+
+    class ForkAfterLocking:
+        def __getattr__(self, name: str) -> object:
+            return getattr(fcntl, name)
+
+        @staticmethod
+        def flock(fd: int, operation: int) -> None:
+            real_flock(fd, operation)
+            if child:
+                return
+            pid = os.fork()
+            if pid == 0:  # the child: what the shipper's fork hook does, then lives on
+                adopter.after_fork()
+                time.sleep(3)
+                os._exit(0)
+            child.append(pid)
+
+    monkeypatch.setattr(spool_module, "fcntl", ForkAfterLocking())
+    assert adopter.adopt_orphans() == 1
+    monkeypatch.undo()
+    adopter.close()  # the parent dies (its descriptors closed), the child lives on
+    try:
+        assert Spool(tmp_path, max_bytes=1 << 20).adopt_orphans() == 1
+    finally:
+        os.waitpid(child[0], 0)
+
+
 def test_a_crashed_process_leaves_files_others_adopt(tmp_path: Path) -> None:
     code = (
         "import os, sys\n"
