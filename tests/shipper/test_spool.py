@@ -209,6 +209,7 @@ def test_a_child_forked_while_its_parent_adopts_lets_go_of_the_adopted_file(
     adopter = Spool(tmp_path, max_bytes=1 << 20)
     child: list[int] = []
     real_flock = fcntl.flock
+    ready, told = os.pipe()  # the child says when its fork hook has run
 
     class ForkAfterLocking:
         def __getattr__(self, name: str) -> object:
@@ -222,6 +223,7 @@ def test_a_child_forked_while_its_parent_adopts_lets_go_of_the_adopted_file(
             pid = os.fork()
             if pid == 0:  # the child: what the shipper's fork hook does, then lives on
                 adopter.after_fork()
+                os.write(told, b"x")
                 time.sleep(3)
                 os._exit(0)
             child.append(pid)
@@ -231,9 +233,12 @@ def test_a_child_forked_while_its_parent_adopts_lets_go_of_the_adopted_file(
     monkeypatch.undo()
     adopter.close()  # the parent dies (its descriptors closed), the child lives on
     try:
+        assert os.read(ready, 1) == b"x"
         assert Spool(tmp_path, max_bytes=1 << 20).adopt_orphans() == 1
     finally:
         os.waitpid(child[0], 0)
+        os.close(ready)
+        os.close(told)
 
 
 def test_a_crashed_process_leaves_files_others_adopt(tmp_path: Path) -> None:
