@@ -113,7 +113,8 @@ def query_arguments(parser: argparse.ArgumentParser) -> None:
     order.add_argument("--order", choices=("newest", "oldest"), default=None,
                        help="newest first (the default) or oldest first")
     parser.add_argument("--all", action="store_true", help="every matching record, streamed")
-    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="table (the default: the seed's columns), jsonl or csv")
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -150,7 +151,9 @@ def tail_arguments(parser: argparse.ArgumentParser) -> None:
     _add_filters(parser)
     parser.add_argument("-n", "--lines", type=int, default=10, help="last N records (default 10)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
-    parser.add_argument("--format", choices=FORMATS, default="jsonl")
+    parser.add_argument("--format", choices=FORMATS, default="jsonl",
+                        help="jsonl (the default: one record a line, for pipes), table or "
+                        "csv")
 
 
 def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: False) -> int:

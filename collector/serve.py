@@ -235,7 +235,11 @@ async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
               file=out, flush=True)
         return None
     if api is not None:
-        print(f"audit-collector: admin panel at {api.url}/admin/audit-logs (readers: "
+        url, where = api.url, ""
+        for everywhere in ("//0.0.0.0:", "//[::]:"):  # no URL anyone can open
+            if everywhere in url:
+                url, where = url.replace(everywhere, "//<this host>:"), ", on every address"
+        print(f"audit-collector: admin panel at {url}/admin/audit-logs{where} (readers: "
               f"audit-collector users add NAME --root)", file=out, flush=True)
     return api
 

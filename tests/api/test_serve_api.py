@@ -100,6 +100,18 @@ def test_a_non_loopback_api_without_tls_is_refused(root: Path) -> None:
     assert process.proc is not None and process.proc.wait(10) == 2
 
 
+def test_an_api_on_every_address_is_announced_with_a_url_one_can_open(root: Path) -> None:
+    """'admin panel at http://0.0.0.0:8080/...' is no address a browser can open."""
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    cert, key = self_signed_certificate(root)
+    with serving(root / "data", "--api-listen", "0.0.0.0:0", "--api-tls-cert", str(cert),
+                 "--api-tls-key", str(key)) as (collector, _):
+        output = "".join(collector.output)
+    assert "admin panel at https://<this host>:" in output and "on every address" in output
+    assert "//0.0.0.0:" not in output.split("admin panel at", 1)[1].splitlines()[0]
+
+
 def test_an_empty_api_listen_serves_no_api(root: Path) -> None:
     with CollectorProcess(root / "data", "--api-listen", "") as collector:
         assert "http" not in collector.ready_line
