@@ -67,6 +67,10 @@ def reload_certificate(context: ssl.SSLContext, cert: Path, key: Path, what: str
     certificate without a restart): new handshakes use it, open connections keep theirs.
     A file that cannot be loaded leaves the certificate in use, and is logged."""
     try:
+        # Tried on a context of its own first: a pair that fails half way (a key that
+        # does not match, a missing key file) left the live context with the new
+        # certificate and no usable key, and every new handshake failed.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         log.error("%s: the TLS certificate %s / key %s could not be loaded again (%s); the "

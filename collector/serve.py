@@ -16,6 +16,7 @@ import resource
 import signal
 import sqlite3
 import sys
+import threading
 from typing import Any, TextIO, cast
 
 import orjson
@@ -102,6 +103,11 @@ class StatusOut:
 
 def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
     out = cast(TextIO, StatusOut(stdout))  # print() needs write() and flush() only
+    # A reload (SIGHUP) during a long start-up (a large store's recovery) must not end
+    # the process as the default action would; the serving loop installs the real one.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda *_: log.info("SIGHUP while starting: nothing to "
+                                                         "reload yet"))
     print(f"audit-collector serve {installed_version()}: configuration"
           f"{f' (file {config.config_file})' if config.config_file else ''}", file=out)
     for line in config.describe():

@@ -152,6 +152,7 @@ def test_sighup_loads_renewed_certificates_and_the_collector_goes_on(root: Path)
         assert process.stop() == 0, "".join(process.output)
     output = "".join(process.output)
     assert "ingest: reloaded the TLS certificate" in output
+    assert "could not be loaded again" not in output
     assert "query API: reloaded the TLS certificate" in output
     assert not process.socket.exists()
 
@@ -167,3 +168,54 @@ def test_the_version_is_printed_by_version_and_at_start_up(root: Path) -> None:
     assert (done.returncode, done.stdout.strip()) == (0, f"audit-collector {installed}")
     with CollectorProcess(root / "data") as process:
         assert f"audit-collector serve {installed}: configuration" in "".join(process.output)
+
+
+def test_a_certificate_that_cannot_be_loaded_again_leaves_the_old_one_serving(
+        tmp_path: Path) -> None:
+    """A renewed certificate with the old key (a mismatched pair): loaded into the live
+    context, it replaced the certificate and dropped the key, and every handshake after
+    it failed, while the log said the old certificate stayed in use."""
+    from collector.listen import reload_certificate, tls_context
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert, key = self_signed_certificate(tmp_path / "a")
+    other_cert, _ = self_signed_certificate(tmp_path / "b")
+    context = tls_context(cert, key)
+    assert context is not None
+    assert not reload_certificate(context, other_cert, key, "ingest")
+    assert not reload_certificate(context, cert, tmp_path / "missing.pem", "ingest")
+    assert _handshake_with(context) == ssl_der(cert)
+
+
+def ssl_der(cert: Path) -> bytes:
+    import ssl
+
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+def _handshake_with(server_context: object) -> bytes:
+    """The certificate a server with ``server_context`` presents (one handshake)."""
+    import socket
+    import ssl
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            with server_context.wrap_socket(conn, server_side=True):  # type: ignore[attr-defined]
+                pass
+        except (ssl.SSLError, OSError):
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        return _served_certificate("127.0.0.1", port)
+    finally:
+        thread.join(10)
+        listener.close()
