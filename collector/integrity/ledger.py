@@ -406,9 +406,12 @@ def scan_segment(file: SegmentFile) -> tuple[d.SegmentState, Hash]:
 
 
 def _lines(file: SegmentFile) -> Iterator[tuple[int, bytes]]:
-    opener: Any = gzip.open if file.compressed else open
-    with opener(file.path, "rb") as f:
-        yield from iter_lines(f)
+    with open_regular(file.path) as raw:
+        if file.compressed:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                yield from iter_lines(f)
+        else:
+            yield from iter_lines(raw)
 
 
 def _has_seal(path: Path) -> bool:

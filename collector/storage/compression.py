@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from .errors import CorruptSegmentError
-from .regular_files import open_regular_fd
+from .regular_files import open_regular, open_regular_fd
 from .segments import FILE_MODE, _pwrite_all
 
 BLOCK_BYTES: Final = 64 * 1024
@@ -79,7 +79,7 @@ def compress(source: Path, level: int = LEVEL) -> tuple[Path, BlockMap]:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         uoff = coff = 0
-        with open(source, "rb") as f:
+        with open_regular(source) as f:
             for block in _line_blocks(f):
                 member = gzip.compress(block, compresslevel=level, mtime=0)
                 _pwrite_all(fd, member, coff)
@@ -117,7 +117,7 @@ def _line_blocks(f: object) -> Iterator[bytes]:
 
 def iter_members(path: Path) -> Iterator[tuple[int, int, bytes]]:
     """(uncompressed offset, compressed offset, data) of each gzip member."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         buf = b""
         uoff = coff = 0
         while True:

@@ -15,11 +15,12 @@ import orjson
 
 from .compression import BlockMap, CompressedReader, iter_members
 from .errors import IndexOutOfDateError
+from .regular_files import open_regular_fd
 
 
 class _Plain:
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = open_regular_fd(path)
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)

@@ -28,6 +28,7 @@ from . import sources
 from .compression import BlockMap, iter_lines_and_blocks
 from .errors import CorruptSegmentError, StorageError
 from .records import Row, created_micros, id_key, ip_column
+from .regular_files import open_regular
 from .segments import (
     SegmentFile,
     SegmentHeader,
@@ -273,7 +274,7 @@ def _index_file(index: Index, f: SegmentFile, entry: SegmentEntry | None,
     blocks: BlockMap = []
     start = entry.end_offset if entry is not None else 0
     count = 0
-    with open(f.path, "rb") as stream:
+    with open_regular(f.path) as stream:
         if f.compressed:
             lines = iter_lines_and_blocks(f.path, blocks)
         else:

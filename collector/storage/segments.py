@@ -319,7 +319,7 @@ def repair_tail(path: Path, quarantine_dir: Path) -> TornTail | None:
     end = _last_record_end(path, size, header_end)
     if end == size:
         return None
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         f.seek(end)
         torn = f.read()
     target = quarantine_torn(path, end, torn, quarantine_dir)
@@ -380,7 +380,7 @@ def _quarantined_copy(path: Path, end: int, torn: bytes, quarantine_dir: Path) -
 
 def _last_record_end(path: Path, size: int, header_end: int) -> int:
     """Offset just after the last line (scanning back) that is a complete record."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         newline = _rfind_newline(f, header_end, size)
         end = newline + 1 if newline >= 0 else header_end
         while end > header_end:
