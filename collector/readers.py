@@ -181,7 +181,11 @@ def _save(path: Path, readers: list[Reader]) -> None:
     # One name: edits are serialised by the lock file, and one killed mid-write leaves a
     # file the next edit overwrites (a name per process left one behind per kill).
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    # Made afresh, never followed: a link planted under this name (whoever can write the
+    # data directory) would have this write reader token hashes into its target.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
     try:
         done = 0
         while done < len(body):

@@ -40,12 +40,16 @@ def gzip_chunks(raw: BinaryIO, name: str, size: int) -> Iterator[tuple[bytes, in
     most ``size`` bytes (also for a member that inflates far beyond its size), each with
     how many bytes of the file have been read so far. ``CorruptSegmentError`` for a
     member that does not start with ``MEMBER_START`` or is cut short."""
+    # Read in members' size, not ``size``: each member's end copies what follows it
+    # in the buffer (unused_data), which over a 4 MiB read of 64 KiB members made
+    # verify of a compressed segment three times slower than gzip's own reader.
+    piece = min(size, BLOCK_BYTES)
     pending = b""  # compressed bytes read and not yet inflated
     at = 0  # the file offset of pending[0]
     inflater: Any = None  # None: at the start of a member
     while True:
         if len(pending) < len(MEMBER_START):
-            more = raw.read(size)
+            more = raw.read(piece)
             if more:
                 pending += more
                 continue

@@ -128,3 +128,12 @@ def test_an_edit_killed_mid_write_leaves_no_file_behind_after_the_next(tmp_path:
     Readers(tmp_path).add("second", root=False)
     assert not list(tmp_path.glob(".readers.json*.tmp"))
     assert [r.name for r in Readers(tmp_path).all()] == ["second"]
+
+
+def test_a_link_planted_as_the_temporary_file_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (tmp_path / ".readers.json.tmp").symlink_to(victim)
+    Readers(tmp_path).add("alice", root=True)
+    assert victim.read_text() == "untouched"
+    assert [r.name for r in Readers(tmp_path).all()] == ["alice"]
