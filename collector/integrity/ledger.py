@@ -74,6 +74,7 @@ class Ledger:
         self._dirty = False  # records appended since the last digest
         self._due = time.monotonic() + interval
         self._pending: list[tuple[str, bytes, dict[str, Any]]] = []  # unwritten digests
+        self._write_failures = 0  # digest writes failed in a row (the log says some)
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -266,6 +267,10 @@ class Ledger:
         """Before retention deletes the segments below ``deleted_below``: say so, signed
         (so ``verify`` can tell retention from someone deleting segments). Raises
         ``OSError`` when it cannot be written now (it stays queued, written first later)."""
+        if any(body["kind"] == "retention" for _, _, body in self._pending):
+            # One is queued already (a full disk): that one first, not one more signed
+            # at every pass (thousands an hour of a full disk, all written at its end).
+            self._flush_pending(strict=True)
         self._write("retention", self._current(), active.path.name,
                     deleted_below=deleted_below, strict=True)
 
@@ -347,12 +352,17 @@ class Ledger:
                 d.append(self.digests_dir, name, line)
             except OSError as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("audit store: cannot write a digest for %s (%s); retrying", name, exc)
+                self._write_failures += 1
+                n = self._write_failures
+                if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+                    log.error("audit store: cannot write a digest for %s (%s); retrying "
+                              "(%d failures so far)", name, exc, n)
                 if strict:
                     raise
                 return
             self._pending.pop(0)
             self.written += 1
+            self._write_failures = 0
 
 
 def _records_of(digest: d.Digest | None, state: d.SegmentState) -> int:
