@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from .._counter import Counter
-from ..wire import Hello, Result, WireError
+from ..wire import ErrorCode, Hello, Result, WireError
 from .connection import CollectorStalled, Connection
 from .endpoint import Endpoint
 from .pipeline import Chunk, Pipeline
@@ -21,6 +21,9 @@ from .receipts import Receipt
 log = logging.getLogger("audit_middleware")
 
 _MIN_BACKOFF: Final = 0.05
+#: What the shipper calls bytes from the collector that are no frame (see _tls_hint).
+_NOT_FRAMES: Final = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE,
+                                ErrorCode.UNEXPECTED_FRAME})
 
 OnDrop = Callable[[int, str], None]
 
@@ -187,8 +190,11 @@ class Sender:
         if isinstance(exc, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(exc).upper():
             return ("; the collector does not answer in TLS on this port: check the port, "
                     "or leave tls off if it listens without TLS")
+        # Not refused (something listens) but closed, or answered with bytes that are no
+        # frame (a TLS alert read as one); an error frame the collector sent (a wrong
+        # token) says what is wrong by itself.
         closed = (type(exc) in (ConnectionError, ConnectionResetError, BrokenPipeError)
-                  or isinstance(exc, WireError))  # not refused: something is listening
+                  or (isinstance(exc, WireError) and exc.code in _NOT_FRAMES))
         if self._tls is None and self.endpoint.scheme == "tcp" and closed:
             return ("; if the collector listens with TLS (tls_cert), pass tls=True (and "
                     "tls_ca) to CollectorSink")

@@ -534,3 +534,13 @@ def test_a_plain_client_of_a_tls_listener_is_told_to_turn_tls_on(
         assert sink.flush(timeout=10)
     assert sink.stats()["acknowledged"] == 0
     assert "pass tls=True" in caplog.text, caplog.text
+
+
+def test_a_wrong_token_is_not_taken_for_a_tls_mistake(
+        collector: Collector, make_sink: SinkFactory, caplog: pytest.LogCaptureFixture) -> None:
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret")
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="wrong")
+    with caplog.at_level(logging.WARNING, "audit_middleware"):
+        emit_many(2)
+        sink.flush(timeout=5)
+    assert "unauthorized" in caplog.text and "tls" not in caplog.text.lower(), caplog.text
