@@ -274,6 +274,16 @@ def _show(data_dir: Path, signing_key: Path | None, args: argparse.Namespace) ->
                                  f"(`audit-collector keys list` shows the ids)")
         vouched.setdefault(key_id, ring[key_id])
     left_out = [key_id for key_id in ring if key_id not in vouched]
+    signers = [key_id for key_id in left_out if key_id in _digest_signers(data_dir)]
+    if signers:
+        # Exported without them, the auditor's verify calls every digest they signed
+        # untrusted; exported with them unasked, a planted key would be vouched for.
+        raise IntegrityError(
+            f"key(s) {', '.join(signers)} of the key ring signed digests of this store, "
+            f"and the signing key does not vouch for them: a rotation before `keys rotate` "
+            f"kept a list of the keys it retired, or someone who can write the data "
+            f"directory put them there. If you rotated from them, export with "
+            f"{' '.join(f'--include {k}' for k in signers)}")
     text = export_pem(list(vouched.values()), current)
     if args.out is not None:
         args.out.write_text(text)
@@ -289,6 +299,19 @@ def _show(data_dir: Path, signing_key: Path | None, args: argparse.Namespace) ->
               f"before the signing key kept a list of them), add it with --include ID",
               file=sys.stderr)
     return 0
+
+
+def _digest_signers(data_dir: Path) -> set[str]:
+    """The ids of the keys the store's digests name as their signers."""
+    from . import digests as d
+
+    signers: set[str] = set()
+    for _, path in d.list_digest_files(data_dir / d.DIGESTS_DIR):
+        try:
+            signers.update(str(g.key) for g in d.read_file(path).digests)
+        except OSError:
+            continue  # unreadable: verify reports it; it names no signer here
+    return signers
 
 
 def _vouched(data_dir: Path, signing_key: Path | None) -> tuple[str, dict[str, PublicKey]]:

@@ -223,6 +223,30 @@ def test_a_key_rotation_keeps_old_digests_verifiable_from_an_older_export(
     assert result.returncode == 0, result.stdout
 
 
+def test_an_export_after_a_rotation_that_kept_no_list_asks_for_the_old_key(
+        tmp_path: Path) -> None:
+    """Stores rotated before keys rotate kept its retired keys beside the signing key:
+    the export left the old key out and exited 0, and the auditor's verify then called
+    every digest it had signed untrusted."""
+    from collector.integrity.keys import load_signing_key
+
+    data_dir = build_store(tmp_path / "data", batches=2)
+    old = load_signing_key(data_dir / "keys" / "signing-key.pem").id
+    assert run_cli("keys", "rotate", "--data-dir", str(data_dir)).returncode == 0
+    (data_dir / "keys" / "signing-key.pem.retired.pub").unlink()  # as an older rotation
+    with open_store(data_dir, max_segment_bytes=SMALL) as store:
+        store.write(events(3))
+    out = tmp_path / "keys.pem"
+    done = run_cli("keys", "export", "--data-dir", str(data_dir), "--out", str(out))
+    assert done.returncode == 2 and f"--include {old}" in done.stderr, done.stderr
+    assert not out.exists()
+    done = run_cli("keys", "export", "--data-dir", str(data_dir), "--out", str(out),
+                   "--include", old)
+    assert done.returncode == 0, done.stderr
+    result = run_verify(str(data_dir), "--public-key", str(out))
+    assert result.returncode == 0, result.stdout
+
+
 def test_keys_rotate_refuses_while_the_collector_runs(tmp_path: Path) -> None:
     data_dir = build_store(tmp_path / "data", batches=1)
     with open_store(data_dir):
