@@ -252,6 +252,10 @@ class SegmentSet:
             info = self._sealed.get(seq)
             if info is None or info.compressed:  # deleted by retention, or done
                 del self._compress_retry[seq]
+            elif due <= now and _free_bytes(self.directory) < info.size:
+                # Not yet: its copy would fill what is left, and the appends beside it
+                # fail meanwhile (the disk that failed it is still nearly full).
+                self._compress_retry[seq] = now + COMPRESSION_RETRY
             elif due <= now:
                 del self._compress_retry[seq]
                 self._schedule_compression(seq, info.path)
@@ -357,3 +361,12 @@ class SegmentSet:
             self.active.sync()
         finally:
             self.active.close()
+
+
+def _free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``directory``'s file system."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize

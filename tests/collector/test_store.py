@@ -918,6 +918,13 @@ def test_a_failed_compression_is_tried_again_without_a_restart(
         wait_until(lambda: "No space left" in str(store.stats()["last_error"]))
         assert store.stats()["segments"]["compressed"] == 0
         full["on"] = False
+        # Not tried while the file system has no room for the copy: its appends would
+        # fail beside it.
+        free = {"bytes": 0}
+        monkeypatch.setattr(segment_set, "_free_bytes", lambda _: free["bytes"])
+        time.sleep(1)
+        assert store.stats()["segments"]["compressed"] == 0
+        free["bytes"] = 1 << 40
         wait_until(lambda: store.stats()["segments"]["compressed"]
                    == store.stats()["segments"]["sealed"] >= 3)
 
