@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.integrity.verify import Report, verify
-from tests.collector.storage_helpers import events, open_store
+from tests.collector.storage_helpers import events, open_store, wait_until
 from tests.e2e.harness import ROOT
 
 SMALL = 2048  # max_segment_bytes: ~3 records a segment
@@ -68,3 +68,32 @@ def run_verify(*args: str) -> subprocess.CompletedProcess[str]:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "collector", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
+
+
+def refuse_digests(monkeypatch: Any, kind: str) -> dict[str, bool]:
+    """Make every digest of ``kind`` (seal, retention...) fail to be written, as a full
+    disk does, while the returned switch's ``"on"`` is True (it starts True)."""
+    import errno
+
+    from collector.integrity import digests
+
+    real_append = digests.append
+    switch = {"on": True}
+    marker = f'"kind":"{kind}"'.encode()
+
+    def append(directory: Path, segment_name: str, line: bytes) -> Path:
+        if switch["on"] and marker in line:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(directory, segment_name, line)
+
+    monkeypatch.setattr(digests, "append", append)
+    return switch
+
+
+def compressed_store(data_dir: Path) -> Path:
+    """A closed store of three segments, the two sealed ones compressed."""
+    with open_store(data_dir, max_segment_bytes=2048, compress_sealed=True) as live:
+        for _ in range(3):
+            live.write(events(3))
+        wait_until(lambda: len(list((data_dir / "segments").glob("*.gz"))) == 2)
+    return data_dir

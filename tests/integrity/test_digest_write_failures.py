@@ -13,7 +13,7 @@ import pytest
 
 from collector.integrity import digests
 from tests.collector.storage_helpers import events, open_store, wait_until
-from tests.integrity.helpers import check, digest_paths, reasons, segment_paths
+from tests.integrity.helpers import check, digest_paths, reasons, refuse_digests, segment_paths
 
 
 class _DiskFillsMidLine:
@@ -60,16 +60,7 @@ def test_retention_deletes_nothing_while_its_digest_cannot_be_written(
     a kill before the queue was written left deletions no signed digest explains
     ('digest missing', as if stolen)."""
     data_dir = tmp_path / "data"
-    real_append = digests.append
-    full = {"on": False}
-
-    def append(directory: Path, segment_name: str, line: bytes) -> Path:
-        if full["on"] and b'"kind":"retention"' in line:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_append(directory, segment_name, line)
-
-    monkeypatch.setattr(digests, "append", append)
-    full["on"] = True
+    full = refuse_digests(monkeypatch, "retention")
     with open_store(data_dir, max_segment_bytes=2048, retention_bytes=3 * 2048) as store:
         for _ in range(6):
             store.write(events(3))

@@ -5,19 +5,25 @@ integrity review, 2026-11-26)."""
 
 from __future__ import annotations
 
-import errno
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from collector.integrity import digests
 from collector.integrity.findings import DIGEST_MISSING
 from collector.storage.errors import StorageError
 from tests.collector.storage_helpers import events, open_store
 from tests.e2e.harness import ROOT
-from tests.integrity.helpers import SMALL, build_store, check, digest_paths, reasons, segment_paths
+from tests.integrity.helpers import (
+    SMALL,
+    build_store,
+    check,
+    digest_paths,
+    reasons,
+    refuse_digests,
+    segment_paths,
+)
 
 _KILLED_IN_ROTATION = r"""
 import os, sys
@@ -77,22 +83,14 @@ def test_a_new_segment_takes_no_record_before_the_seal_of_the_one_before_is_writ
     """A seal digest the disk refused was only queued, and records went on into the new
     segment: a crash then left records after an unsigned seal, which no start may sign
     (see above), so verify would report it for good."""
-    real_append = digests.append
-    refuse = {"seal": True}
-
-    def append(directory: Path, segment_name: str, line: bytes) -> Path:
-        if refuse["seal"] and b'"kind":"seal"' in line:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_append(directory, segment_name, line)
-
-    monkeypatch.setattr(digests, "append", append)
+    refuse = refuse_digests(monkeypatch, "seal")
     data_dir = tmp_path / "data"
     with open_store(data_dir, max_segment_bytes=2048) as store:
         with pytest.raises(StorageError, match="No space left"):
             for _ in range(10):  # the rotation comes within these
                 store.write(events(3))
         assert segment_paths(data_dir)[-1].read_bytes().count(b"\n") == 1
-        refuse["seal"] = False
+        refuse["on"] = False
         store.write(events(3))
     report = check(data_dir)
     assert report.valid, reasons(report)

@@ -524,13 +524,9 @@ def test_a_forged_member_hidden_in_a_gzip_extra_field_is_found(tmp_path: Path) -
 
     from collector.query import Filters, search
     from collector.storage.errors import CorruptSegmentError
-    from tests.collector.storage_helpers import events, open_store, wait_until
+    from tests.integrity.helpers import compressed_store
 
-    data_dir = tmp_path / "data"
-    with open_store(data_dir, max_segment_bytes=2048, compress_sealed=True) as live:
-        for _ in range(3):
-            live.write(events(3))
-        wait_until(lambda: len(list((data_dir / "segments").glob("*.gz"))) == 2)
+    data_dir = compressed_store(tmp_path / "data")
     packed = min((data_dir / "segments").glob("*.gz"))
     _hide_a_forged_member(packed)
     with sqlite3.connect(data_dir / "index.sqlite") as index:
