@@ -193,9 +193,19 @@ class App:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
+    def stop(self) -> None:
+        """Stop emitting (stdin closed), without waiting for the delivery (``finish``).
+        Stop every app first, then finish each: finished one after another, the others
+        went on emitting all the while, and the load the collector had to catch up with
+        grew with each app's wait (3x the events of a run where it did not)."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+            self.proc.stdin = None
+
     def finish(self, timeout: float = 120.0) -> dict[str, Any]:
         """Stop emitting, wait until everything was delivered; the app's own stats."""
-        out, err = self.proc.communicate(b"", timeout=timeout)  # closes stdin
+        self.stop()
+        out, err = self.proc.communicate(timeout=timeout)
         if self.proc.returncode != 0:
             raise AssertionError(f"app {self.name} failed ({self.proc.returncode}):\n"
                                  f"{err.decode(errors='replace')}")

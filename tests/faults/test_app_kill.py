@@ -65,6 +65,8 @@ def test_a_killed_app_loses_nothing_acknowledged_or_spooled(tmp: Path) -> None:
     finally:
         if not collector.alive:
             collector.start()
+        steady.stop()
+        victims[-1].stop()
         survivors = [steady.finish(), victims[-1].finish()]
         assert collector.stop() == 0
 

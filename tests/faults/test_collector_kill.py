@@ -52,6 +52,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp: Path) -> Non
     finally:
         if not collector.alive:
             collector.start()
+        for app in apps:
+            app.stop()
         results = [a.finish(timeout=DELIVER + 60) for a in apps]
         assert collector.stop() == 0, "".join(collector.output)
 
