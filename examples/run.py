@@ -14,6 +14,7 @@ drive traffic, summarize.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -82,13 +83,11 @@ def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
     ``ready_line``). Its own output goes to ``audit-data/collector.log``."""
     DATA_DIR.mkdir(mode=0o750, exist_ok=True)
     log = open(DATA_DIR / "collector.log", "a", encoding="utf-8")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "serve", "--data-dir", str(DATA_DIR)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     ready = threading.Event()
+    proc: subprocess.Popen[str] | None = None
 
     def pump() -> None:  # keep reading, so the collector never blocks on a full pipe
-        assert proc.stdout is not None
+        assert proc is not None and proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
             log.flush()
@@ -97,12 +96,21 @@ def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
                 ready.set()
         ready.set()
 
-    threading.Thread(target=pump, name="collector-log", daemon=True).start()
     try:
+        # A stop signal landing inside Popen (after the fork) or before ``proc`` was
+        # assigned left the collector running with the data directory, its parent gone
+        # (one leaked by most runs of the SIGTERM-at-start test): such a signal waits
+        # until the collector is known here, then stops it.
+        with _stops_deferred():
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "collector", "serve", "--data-dir", str(DATA_DIR)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        threading.Thread(target=pump, name="collector-log", daemon=True).start()
         if not ready.wait(STARTUP_TIMEOUT) or proc.poll() is not None:
             raise RunError(f"the collector did not start: see {DATA_DIR / 'collector.log'}")
     except BaseException:  # not started, or Ctrl-C / SIGTERM meanwhile: never left running
-        stop_collector(proc)
+        if proc is not None:
+            stop_collector(proc)
         raise
     return proc
 
@@ -232,8 +240,30 @@ class Terminated(Exception):
     """SIGTERM (a process manager's stop), turned into an exception so that cleanup runs."""
 
 
+_deferred: dict[str, object] = {"on": False, "pending": None}
+
+
 def _terminated(signum: int, frame: object) -> None:
-    raise Terminated
+    stop: type[BaseException] = KeyboardInterrupt if signum == signal.SIGINT else Terminated
+    if _deferred["on"]:
+        _deferred["pending"] = stop  # raised when the deferring section ends
+        return
+    raise stop
+
+
+@contextlib.contextmanager
+def _stops_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the end of this section, then raise there."""
+    previous = signal.signal(signal.SIGINT, _terminated)
+    _deferred["on"] = True
+    try:
+        yield
+    finally:
+        _deferred["on"] = False
+        signal.signal(signal.SIGINT, previous)
+        pending, _deferred["pending"] = _deferred["pending"], None
+        if isinstance(pending, type):
+            raise pending
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,7 +118,30 @@ def test_sigterm_while_the_collector_starts_leaves_nothing_running(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # A collector started in the very moment of the signal took the data directory a
+    # moment after the command had exited (and the lock was checked): look for any
+    # process left working here, for a while.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        left = _processes_in(tmp_path)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, "a process was left running in the example's directory"
+        time.sleep(0.1)
     lock_data_dir(tmp_path / "audit-data").close()  # DataDirInUseError if still held
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """The processes whose working directory is ``directory``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == directory:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
