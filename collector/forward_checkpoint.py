@@ -13,7 +13,6 @@ which older versions allowed in the URL: moving them to a header keeps the posit
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from collector.storage.segments import FILE_MODE, fsync_dir
+from collector.storage.regular_files import replace_file
+from collector.storage.segments import FILE_MODE
 
 CHECKPOINT_FILE: Final = "forward-checkpoint.json"
 
@@ -84,15 +84,7 @@ class CheckpointFile:
         data = orjson.dumps({"endpoint": without_credentials(endpoint), "seq": seq,
                              "updated": stamp},
                             option=orjson.OPT_APPEND_NEWLINE)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        replace_file(self.path, data, FILE_MODE)
 
 
 def without_credentials(url: str) -> str:

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import orjson
 
-from collector.storage.segments import fsync_dir
+from collector.storage.regular_files import replace_file
 
 __all__ = ["READERS_FILE", "Reader", "ReaderError", "Readers"]
 
@@ -178,22 +178,7 @@ def _save(path: Path, readers: list[Reader]) -> None:
         {"name": r.name, "root": r.root, "key_id": r.key_id,
          "token_sha256": r.token_sha256, "created": r.created} for r in readers]},
         option=orjson.OPT_INDENT_2)
-    # One name: edits are serialised by the lock file, and one killed mid-write leaves a
-    # file the next edit overwrites (a name per process left one behind per kill).
-    tmp = path.with_name(f".{path.name}.tmp")
-    # Made afresh, never followed: a link planted under this name (whoever can write the
-    # data directory) would have this write reader token hashes into its target.
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        done = 0
-        while done < len(body):
-            done += os.write(fd, body[done:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    # The rename itself made durable: after a power loss a `users remove` must not come
-    # undone, its token working again.
-    fsync_dir(path.parent)
+    # Edits are serialised by the lock file (replace_file's one writer). Durable, rename
+    # included: after a power loss a `users remove` must not come undone, its token
+    # working again; a link planted as the temporary file must not get token hashes.
+    replace_file(path, body, 0o600)

@@ -402,6 +402,26 @@ class DataDirLock:
             os.close(self._fds.pop())
 
 
+def data_dir_held(data_dir: Path) -> bool:
+    """Whether a process holds ``data_dir`` (``lock_data_dir``) right now: its lock file
+    or the directory itself, which cannot be replaced under it as the file can."""
+    for path, flags in ((data_dir / LOCK_FILE, os.O_RDONLY),
+                        (data_dir, os.O_RDONLY | os.O_DIRECTORY)):
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # closing releases a lock this took
+    return False
+
+
 def lock_data_dir(data_dir: Path) -> DataDirLock:
     """Hold the data directory for this process (one writer: the store, or reindex).
 

@@ -7,9 +7,7 @@ cannot verify at all (no data directory, unreadable key file, bad arguments).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import io
-import os
 import sys
 import time
 import traceback
@@ -196,23 +194,10 @@ def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
 
 
 def collector_running(data_dir: Path) -> bool:
-    """Whether a collector (or a reindex) holds ``data_dir`` right now: its lock file or
-    the directory itself (``lock_data_dir``; the file can be replaced under it)."""
-    for path, flags in ((data_dir / "store.lock", os.O_RDONLY),
-                        (data_dir, os.O_RDONLY | os.O_DIRECTORY)):
-        try:
-            fd = os.open(path, flags | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        except OSError:
-            pass
-        finally:
-            os.close(fd)  # closing releases a lock this took
-    return False
+    """Whether a collector (or a reindex) holds ``data_dir`` right now."""
+    from collector.store import data_dir_held
+
+    return data_dir_held(data_dir)
 
 
 # -- keys ----------------------------------------------------------------------------------

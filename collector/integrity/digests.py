@@ -30,8 +30,8 @@ from typing import Any, Final
 
 import orjson
 
-from collector.storage.regular_files import read_regular
-from collector.storage.segments import FILE_MODE, fsync_dir
+from collector.storage.regular_files import fsync_dir, read_regular
+from collector.storage.segments import FILE_MODE
 
 from .errors import DigestFormatError
 from .keys import SigningKey

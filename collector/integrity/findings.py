@@ -49,6 +49,7 @@ class FileResult:
     size: int = 0  # uncompressed bytes (segments)
     #: findings beyond ``MAX_LISTED`` of a reason: counted, not kept
     unlisted: dict[str, int] = field(default_factory=dict)
+    _listed: dict[str, int] = field(default_factory=dict, repr=False)  # kept, by reason
 
     @property
     def valid(self) -> bool:
@@ -56,8 +57,11 @@ class FileResult:
 
     def add(self, reason: str, detail: str, *, count: int = 1) -> None:
         """One finding (or ``count`` alike, of which ``detail`` describes the first)."""
-        if sum(f.reason == reason for f in self.findings) < MAX_LISTED:
+        # Counted as they are kept, not by a scan of them: a damaged segment adds one
+        # finding per record, and a scan per finding made that quadratic.
+        if self._listed.get(reason, 0) < MAX_LISTED:
             self.findings.append(Finding(reason, detail))
+            self._listed[reason] = self._listed.get(reason, 0) + 1
             count -= 1
         if count > 0:
             self.unlisted[reason] = self.unlisted.get(reason, 0) + count

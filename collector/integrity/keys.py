@@ -30,8 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from collector.storage.regular_files import read_regular
-from collector.storage.segments import fsync_dir
+from collector.storage.regular_files import fsync_dir, read_regular, replace_file
 
 from .errors import KeyFileError
 
@@ -183,16 +182,8 @@ def retire_key(signing_key: Path, key: PublicKey) -> None:
     kept = read_retired_keys(signing_key)
     if key.id in {k.id for k in kept}:
         return
-    path = retired_keys_path(signing_key)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_MODE)
-    try:
-        os.write(fd, export_pem([*kept, key], None).encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    replace_file(retired_keys_path(signing_key),
+                 export_pem([*kept, key], None).encode("ascii"), PRIVATE_MODE)
 
 
 def install_signing_key(tmp: Path, path: Path) -> None:
@@ -242,16 +233,7 @@ class KeyRing:
     def add(self, key: PublicKey) -> Path:
         path = self.directory / f"ed25519-{key.id}.pub"
         if not path.exists():
-            tmp = path.with_name(path.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                         PUBLIC_MODE)
-            try:
-                os.write(fd, key.pem())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            fsync_dir(self.directory)
+            replace_file(path, key.pem(), PUBLIC_MODE)
         return path
 
 

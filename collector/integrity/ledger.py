@@ -243,8 +243,7 @@ class Ledger:
         """Before the first record of a new segment: its predecessor's seal digest on
         disk (written now if it waits; ``OSError`` if it cannot be), so that no crash
         leaves records after an unsigned seal (see ``started``)."""
-        if self._pending and any(body["kind"] == "seal" for _, _, body in self._pending):
-            self._flush_pending(strict=True)
+        self._flush_if_waiting("seal")
 
     def tick(self, active: ActiveSegment) -> None:
         """Housekeeping: retry unwritten digests; a checkpoint every ``interval`` while
@@ -267,10 +266,9 @@ class Ledger:
         """Before retention deletes the segments below ``deleted_below``: say so, signed
         (so ``verify`` can tell retention from someone deleting segments). Raises
         ``OSError`` when it cannot be written now (it stays queued, written first later)."""
-        if any(body["kind"] == "retention" for _, _, body in self._pending):
-            # One is queued already (a full disk): that one first, not one more signed
-            # at every pass (thousands an hour of a full disk, all written at its end).
-            self._flush_pending(strict=True)
+        # One queued already (a full disk): that one first, not one more signed at every
+        # pass (thousands an hour of a full disk, all written at its end).
+        self._flush_if_waiting("retention")
         self._write("retention", self._current(), active.path.name,
                     deleted_below=deleted_below, strict=True)
 
@@ -344,6 +342,12 @@ class Ledger:
         self._due = time.monotonic() + self.interval
         self._pending.append((state.name, line, body))
         self._flush_pending(strict)
+
+    def _flush_if_waiting(self, kind: str) -> None:
+        """Write the queued digests if one of ``kind`` is among them; ``OSError`` if
+        they cannot be written now."""
+        if any(body["kind"] == kind for _, _, body in self._pending):
+            self._flush_pending(strict=True)
 
     def _flush_pending(self, strict: bool = False) -> None:
         while self._pending:

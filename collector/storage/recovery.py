@@ -28,12 +28,11 @@ from . import sources
 from .compression import BlockMap, iter_lines_and_blocks
 from .errors import CorruptSegmentError, StorageError
 from .records import Row, created_micros, id_key, ip_column
-from .regular_files import open_regular
+from .regular_files import fsync_dir, open_regular
 from .segments import (
     SegmentFile,
     SegmentHeader,
     TornTail,
-    fsync_dir,
     iter_lines,
     leftover_temp_files,
     list_segment_files,

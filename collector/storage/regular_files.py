@@ -1,4 +1,5 @@
-"""Opening the data directory's files for reading: regular files only, of bounded size.
+"""The data directory's files: read as regular files only, of bounded size; small ones
+replaced whole, atomically and durably.
 
 Whoever can write the data directory can put a FIFO, a socket or a link to a device
 where a segment, a digest file or a public key belongs. Opened as usual, a FIFO blocks
@@ -6,6 +7,9 @@ where a segment, a digest file or a public key belongs. Opened as usual, a FIFO 
 ``verify`` hung, or ran out of memory, instead of calling the file INVALID. Here the
 file is opened without blocking and checked before a byte is read; a link to a regular
 file elsewhere is still followed (an operator's choice, not an attack on the reader).
+
+The same someone could put a link where a small file's temporary copy is written
+(``replace_file``): that copy is made afresh and never followed.
 """
 
 from __future__ import annotations
@@ -72,3 +76,36 @@ def read_regular(path: Path, limit: int) -> bytes:
 
 
 _PIECE = 1 << 20
+
+
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` by a file of ``data`` (``mode``), durably: written to a temporary
+    file beside it, fsynced, renamed over it, the directory fsynced. The temporary file
+    has one name, so one a killed writer left is reused, never piled up; it is made
+    afresh and never followed (a link planted under its name would have the write go
+    to the link's target). Writers of one ``path`` must not run at once."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
+    try:
+        done = 0
+        while done < len(data):
+            done += os.write(fd, data[done:])
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (a new, renamed or removed file) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -21,11 +21,11 @@ from collector.index import Index
 
 from .compression import BlockMap, compress
 from .records import created_micros
+from .regular_files import fsync_dir
 from .retention import SealedInfo, expired
 from .segments import (
     ActiveSegment,
     SegmentFile,
-    fsync_dir,
     header_of,
     list_segment_files,
     seal,

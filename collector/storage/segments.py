@@ -28,7 +28,7 @@ from audit_middleware.event import SCHEMA_VERSION, format_created
 from .errors import CorruptSegmentError, StorageError
 from .lines import LineSplitter
 from .records import created_micros
-from .regular_files import open_regular
+from .regular_files import fsync_dir, open_regular
 
 FILE_MODE: Final = 0o640
 DIR_MODE: Final = 0o750
@@ -127,14 +127,6 @@ class SegmentHeader:
                 f"move it out of the segments directory"
             ) from None
         return header
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ActiveSegment:

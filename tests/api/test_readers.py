@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from collector.readers import READERS_FILE, ReaderError, Readers
-from tests.e2e.harness import ROOT
+from tests.e2e.harness import ROOT, run_python
 
 
 def test_a_token_is_stored_only_as_its_hash_in_a_private_file(tmp_path: Path) -> None:
@@ -113,16 +113,10 @@ def test_the_users_command_adds_lists_and_removes(tmp_path: Path) -> None:
 def test_an_edit_killed_mid_write_leaves_no_file_behind_after_the_next(tmp_path: Path) -> None:
     """The temporary file was named after the editing process: each `users add` killed
     before its rename left one behind for good."""
-    import subprocess
-    import sys
-
-    from tests.e2e.harness import ROOT
-
     killed = ("import os, sys\nfrom pathlib import Path\nfrom collector.readers import Readers\n"
               "os.replace = lambda *a: os._exit(9)\n"
               "Readers(Path(sys.argv[1])).add('first', root=True)\n")
-    done = subprocess.run([sys.executable, "-c", killed, str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = run_python(killed, str(tmp_path))
     assert done.returncode in (-9, 9), done.stderr
     assert list(tmp_path.glob(".readers.json*.tmp"))  # what the killed edit left
     Readers(tmp_path).add("second", root=False)

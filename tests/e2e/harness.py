@@ -117,6 +117,14 @@ class CollectorProcess:
             self.stop()
 
 
+def run_python(code: str, *args: str, timeout: float = 60.0
+               ) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE ARGS`` from the project root, its output captured (a process to
+    kill or crash on purpose: its exit code is the caller's to check)."""
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
 def stored_events(data_dir: Path) -> list[dict[str, Any]]:
     """Every event record in the collector's segments, in storage order (segment header
     lines left out). Records are on disk once acknowledged: the collector may be running."""

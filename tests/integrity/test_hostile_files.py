@@ -210,10 +210,7 @@ def test_a_fifo_or_a_device_in_place_of_a_sealed_segment_does_not_hang_the_start
         store: Path, kind: str) -> None:
     """verify refused them, but the start-up's index catch-up read the file with a
     plain open(): stuck for good on a FIFO, reading /dev/zero until memory ran out."""
-    import subprocess
-    import sys
-
-    from tests.e2e.harness import ROOT
+    from tests.e2e.harness import run_python
 
     victim = segment_paths(store)[2]
     victim.unlink()
@@ -224,6 +221,5 @@ def test_a_fifo_or_a_device_in_place_of_a_sealed_segment_does_not_hang_the_start
     (store / "index.sqlite").unlink()  # the start indexes every segment again
     code = ("import sys\nfrom pathlib import Path\nfrom tests.collector.storage_helpers "
             "import open_store\nwith open_store(Path(sys.argv[1])):\n    pass\n")
-    done = subprocess.run([sys.executable, "-c", code, str(store)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = run_python(code, str(store))
     assert done.returncode != 0 and "not a regular file" in done.stderr, done.stderr[-2000:]

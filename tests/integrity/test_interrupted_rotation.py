@@ -5,8 +5,6 @@ integrity review, 2026-11-26)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from collector.integrity.findings import DIGEST_MISSING
 from collector.storage.errors import StorageError
 from tests.collector.storage_helpers import events, open_store
-from tests.e2e.harness import ROOT
+from tests.e2e.harness import run_python
 from tests.integrity.helpers import (
     SMALL,
     build_store,
@@ -43,9 +41,8 @@ def test_a_crash_inside_a_rotation_is_noted_by_verify_and_sealed_by_the_next_sta
     """verify called the store INVALID ('a sealed segment without its seal digest') from
     the crash until the collector's next start wrote the seal."""
     data_dir = tmp_path / "data"
-    killed = subprocess.run([sys.executable, "-c", _KILLED_IN_ROTATION, str(data_dir)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
-    assert killed.returncode == -9 or killed.returncode == 9, killed.stderr
+    killed = run_python(_KILLED_IN_ROTATION, str(data_dir))
+    assert killed.returncode in (-9, 9), killed.stderr
     newest = segment_paths(data_dir)[-1]
     assert newest.read_bytes().count(b"\n") == 1  # the new segment: its header only
     report = check(data_dir)

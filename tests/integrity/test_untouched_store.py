@@ -19,7 +19,7 @@ import pytest
 from collector.integrity import digests
 from collector.integrity.verify import verify
 from tests.collector.storage_helpers import events, open_store, wait_until
-from tests.e2e.harness import ROOT, CollectorProcess, RawClient, short_tmp
+from tests.e2e.harness import ROOT, CollectorProcess, RawClient, run_python, short_tmp
 from tests.integrity.helpers import (
     SMALL,
     build_store,
@@ -495,8 +495,7 @@ def test_a_key_rotation_killed_before_its_end_is_finished_by_the_next_start(
     killed = ("import os, sys\nfrom collector import cli\nfrom collector.integrity import keys\n"
               "keys.install_signing_key = lambda *a: os._exit(9)\n"
               "cli.main(['keys', 'rotate', '--data-dir', sys.argv[1]])\n")
-    done = subprocess.run([sys.executable, "-c", killed, str(data_dir)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = run_python(killed, str(data_dir))
     assert done.returncode in (-9, 9), done.stderr
     assert "key_rotation" in kinds(data_dir) and load_signing_key(key_path).id == old
     with open_store(data_dir, max_segment_bytes=SMALL) as store:
