@@ -204,8 +204,8 @@ def _check(found: dict[str, set[str]], data: _dataset.Dataset,
 
 
 def index_breakdown(index_path: Path) -> list[tuple[str, int]]:
-    """Bytes per table or index of the SQLite index (chunk tables summed up as
-    ``events_N``), largest first; empty when this SQLite lacks the dbstat table."""
+    """Bytes per table or index of the SQLite index, largest first; empty when this
+    SQLite lacks the dbstat table."""
     con = sqlite3.connect(f"file:{index_path}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall()
@@ -213,11 +213,7 @@ def index_breakdown(index_path: Path) -> list[tuple[str, int]]:
         return []
     finally:
         con.close()
-    sizes: dict[str, int] = {}
-    for name, size in rows:
-        key = re.sub(r"_\d+", "_N", name, count=1)
-        sizes[key] = sizes.get(key, 0) + size
-    return sorted(sizes.items(), key=lambda kv: -kv[1])
+    return sorted(((name, int(size)) for name, size in rows), key=lambda kv: -kv[1])
 
 
 def _times(ratio: float) -> str:

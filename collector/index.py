@@ -4,13 +4,15 @@ writer's view (``Index``, on the store's commit thread) and the connection setti
 
 Layout, chosen for the ingest rate:
 
-- ``events_NNNNNN`` *chunk* tables hold one row per event (seq, id, created as integer
-  microseconds, the filter columns, offset and length of the line in the uncompressed
-  segment). A chunk belongs to one segment and holds at most ``CHUNK_ROWS`` rows.
-  Rows are appended to the open chunk without secondary indexes; a closed chunk's are
-  built in bulk in the background (``collector.storage.chunks``). A query scans only
-  the chunks not indexed yet: the open one, and during a burst the few closed ones the
-  indexer has not reached (``MAX_UNINDEXED`` bounds them).
+- ``events`` holds one row per event (seq, id, created as integer microseconds, the
+  filter columns, offset and length of the line in the uncompressed segment). Its seqs
+  are cut into *chunks*: a chunk belongs to one segment and holds at most
+  ``CHUNK_ROWS`` rows. Rows are appended to the open chunk without postings;
+  a closed chunk's postings (``ix_<column>``: chunk, value, seq) are built in bulk in
+  the background (``collector.storage.chunks``). A query scans only the chunks not
+  indexed yet: the open one, and during a burst the few closed ones the indexer has not
+  reached (``MAX_UNINDEXED`` bounds them). The schema never changes after creation,
+  however many chunks a store holds (see ``collector.storage.chunks`` for why).
 - ``names``: the (kind, name, id) triples of organizations and workspaces found in the
   indexed chunks, filled by the indexer off the commit thread, so that a name filter
   walks the id index (``collector.storage.names``).
@@ -39,12 +41,15 @@ from typing import Any, Final
 import orjson
 
 from collector.storage.chunks import (
-    CHUNK_TABLE,
     CLOSED,
+    EVENTS_TABLE,
+    POSTINGS_TABLES,
+    SECONDARY,
     Chunk,
     build_chunk_indexes,
-    chunk_table,
+    drop_chunk,
     insert_rows,
+    postings,
 )
 from collector.storage.compression import BlockMap
 from collector.storage.records import Row
@@ -53,20 +58,21 @@ from collector.storage.sources import Ranges
 from collector.storage.write_lock import WriteLock
 
 # 2: IPv4 client_ip keys are 4 bytes; 3: ids are 16 bytes; 4: org_name, workspace_name,
-# the names table and the status index. An index of another schema is rebuilt from the
-# segments at start (``collector.storage.recovery``).
-INDEX_SCHEMA: Final = 4
+# the names table and the status index; 5: one events table and postings tables
+# instead of a table and seven indexes per chunk. An index of another schema is rebuilt
+# from the segments at start (``collector.storage.recovery``).
+INDEX_SCHEMA: Final = 5
 #: Meta key present while the index is brought up to date with the segments (start-up
 #: repair, reindex): readers refuse it meanwhile, and after an interruption.
 CATCHING_UP: Final = "catching_up"
 CHUNK_ROWS: Final = 65_536
-#: Closed chunks waiting for their indexes before the store slows down to wait for the
+#: Closed chunks waiting for their postings before the store slows down to wait for the
 #: indexer (each unindexed chunk costs a query a scan of up to CHUNK_ROWS rows).
 MAX_UNINDEXED: Final = 4
 ZONE_SHIFT: Final = 10
 
 
-_SCHEMA = """
+_SCHEMA = EVENTS_TABLE + POSTINGS_TABLES + """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS segments(
     seq INTEGER PRIMARY KEY, name TEXT NOT NULL, id TEXT NOT NULL, previous TEXT NOT NULL,
@@ -283,18 +289,17 @@ class Index:
         return dict(self.con.execute("SELECT source, segment FROM source_segment"))
 
     def rows_match_catalog(self) -> bool:
-        """Every chunk holds the rows the catalog says (rows deleted by hand, a
-        partial copy of the file, ... show here)."""
-        tables = {n for (n,) in self.con.execute(
-            "SELECT name FROM sqlite_schema WHERE type='table' AND name GLOB 'events_*'")}
-        for chunk, rows in self.con.execute("SELECT chunk, rows FROM chunks").fetchall():
-            table = chunk_table(chunk)
-            if table not in tables:
+        """Every chunk holds the rows the catalog says, and no row is outside a chunk
+        (rows deleted by hand, a partial copy of the file, ... show here)."""
+        con = self.con
+        total = 0
+        for first, last, rows in con.execute(
+                "SELECT first_seq, last_seq, rows FROM chunks").fetchall():
+            if con.execute("SELECT count(*) FROM events WHERE seq BETWEEN ? AND ?",
+                           (first, last)).fetchone()[0] != rows:
                 return False
-            if self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] != rows:
-                return False
-            tables.discard(table)
-        return not tables
+            total += rows
+        return bool(con.execute("SELECT count(*) FROM events").fetchone()[0] == total)
 
     def block_map(self, segment: int) -> BlockMap:
         return [(u, c) for u, c in self.con.execute(
@@ -320,14 +325,14 @@ class Index:
             if chunk is not None:
                 self._close(chunk)
             chunk = self._new_chunk(segment, first)
-        insert_rows(con, chunk.table, rows)
+        insert_rows(con, rows)
         # Derived tables are filled from the rows just inserted, inside SQLite: no
         # second pass over the batch in Python.
-        con.execute(f"INSERT OR IGNORE INTO ids SELECT id, seq FROM {chunk.table} "
-                    f"WHERE seq BETWEEN ? AND ?", (first, last))
+        con.execute("INSERT OR IGNORE INTO ids SELECT id, seq FROM events "
+                    "WHERE seq BETWEEN ? AND ?", (first, last))
         low, high, highest_id = con.execute(
-            f"SELECT min(created), max(created), max(id) FROM {chunk.table} "
-            f"WHERE seq BETWEEN ? AND ?", (first, last)).fetchone()
+            "SELECT min(created), max(created), max(id) FROM events "
+            "WHERE seq BETWEEN ? AND ?", (first, last)).fetchone()
         # A BLOB sorts above any TEXT in SQLite: a bytes maximum is the highest UUID key.
         # Raised before the commit: if it rolls back, the bound is merely loose.
         if type(highest_id) is bytes and self._id_bound is not None \
@@ -335,7 +340,7 @@ class Index:
             self._id_bound = highest_id
         con.execute(
             f"INSERT INTO zones SELECT seq >> {ZONE_SHIFT}, min(created), max(created) "
-            f"FROM {chunk.table} WHERE seq BETWEEN ? AND ? GROUP BY 1 "
+            f"FROM events WHERE seq BETWEEN ? AND ? GROUP BY 1 "
             f"ON CONFLICT(block) DO UPDATE SET "
             f"min_created=min(min_created, excluded.min_created), "
             f"max_created=max(max_created, excluded.max_created)", (first, last))
@@ -357,7 +362,6 @@ class Index:
     def _new_chunk(self, segment: int, first_seq: int) -> Chunk:
         chunk = Chunk(self.next_chunk, segment, first_seq, first_seq - 1, 0,
                       2**62, -(2**62))
-        self.con.execute(CHUNK_TABLE.format(table=chunk.table))
         self.con.execute(
             "INSERT INTO chunks VALUES(?,?,?,?,?,?,?,0)",
             (chunk.chunk, segment, first_seq, chunk.last_seq, 0, chunk.min_created,
@@ -404,9 +408,7 @@ class Index:
                            (segment,)).fetchone()
         for (chunk,) in con.execute("SELECT chunk FROM chunks WHERE segment=?",
                                     (segment,)).fetchall():
-            table = chunk_table(chunk)
-            con.execute(f"DELETE FROM ids WHERE id IN (SELECT id FROM {table})")
-            con.execute(f"DROP TABLE IF EXISTS {table}")
+            drop_chunk(con, chunk)
             if self.open_chunk is not None and self.open_chunk.chunk == chunk:
                 self.open_chunk = None
         con.execute("DELETE FROM chunks WHERE segment=?", (segment,))
@@ -421,11 +423,13 @@ class Index:
     def wipe(self) -> None:
         """Drop everything (a rebuild follows)."""
         con = self.con
+        # Schema 4 kept a table per chunk (events_000001, ...): a rebuild drops them.
         for (name,) in con.execute("SELECT name FROM sqlite_schema WHERE type='table' "
-                                   "AND name GLOB 'events_*'").fetchall():
+                                   "AND name GLOB 'events_[0-9]*'").fetchall():
             con.execute(f"DROP TABLE {name}")
-        for table in ("segments", "chunks", "ids", "zones", "types", "names", "sources",
-                      "gz_blocks"):
+        # The table names are these constants, never input.
+        for table in ("events", *map(postings, SECONDARY), "segments", "chunks", "ids",
+                      "zones", "types", "names", "sources", "gz_blocks"):
             con.execute(f"DELETE FROM {table}")
         # A rebuild for a schema change builds this schema: say so, or every start
         # would find the old number and rebuild again.
@@ -437,7 +441,7 @@ class Index:
     # -- chunk closing ---------------------------------------------------------------------
     def close_chunk(self) -> int | None:
         """Close the open chunk (its own small transaction): no row is added to it any
-        more, its indexes are due. Returns its number, None if no chunk was open."""
+        more, its postings are due. Returns its number, None if no chunk was open."""
         chunk = self.open_chunk
         if chunk is None:
             return None
@@ -456,12 +460,12 @@ class Index:
         self.newly_closed.append(chunk.chunk)
 
     def closed_chunks(self) -> list[int]:
-        """Closed chunks whose indexes are not built yet."""
+        """Closed chunks whose postings are not built yet."""
         return [c for (c,) in self.con.execute(
             "SELECT chunk FROM chunks WHERE state=? ORDER BY chunk", (CLOSED,))]
 
     def build_indexes(self, chunk: int) -> None:
-        """Build a closed chunk's indexes now, on this connection (reindex, tests)."""
+        """Build a closed chunk's postings now, on this connection (reindex, tests)."""
         build_chunk_indexes(self.con, chunk, self.write_lock)
 
     def checkpoint(self) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from collector.index import CATCHING_UP, INDEX_SCHEMA, ZONE_SHIFT, Index, connect
-from collector.storage.chunks import INDEXED, chunk_table
+from collector.storage.chunks import INDEXED
 from collector.storage.conditions import FOREVER, Conditions, compile_conditions
 from collector.storage.errors import IndexOutOfDateError
 from collector.storage.filters import QueryError, check_text
@@ -176,9 +176,8 @@ class Reader:
             chunk = row and con.execute(
                 "SELECT chunk, segment FROM chunks WHERE first_seq <= ? AND last_seq >= ?",
                 (row[0], row[0])).fetchone()
-            hit = chunk and con.execute(
-                f"SELECT seq, off, len FROM {chunk_table(chunk[0])} WHERE seq=?",
-                (row[0],)).fetchone()
+            hit = chunk and con.execute("SELECT seq, off, len FROM events WHERE seq=?",
+                                        (row[0],)).fetchone()
             segments = self._segments({chunk[1]}) if hit else {}
         finally:
             con.execute("COMMIT")
@@ -240,15 +239,11 @@ class Reader:
                     continue
                 low = max(low, blocks[i] << ZONE_SHIFT)
                 high = min(high, ((blocks[j - 1] + 1) << ZONE_SHIFT) - 1)
-            table = chunk_table(chunk)
-            asked = c.for_chunk(con, table, state == INDEXED, low, high)
+            asked = c.statement(con, chunk, state == INDEXED, low, high, order)
             if asked is None:
                 continue
-            where, params = asked
-            rows = con.execute(
-                f"SELECT seq, off, len FROM {table} "
-                f"WHERE seq BETWEEN ? AND ? AND {where} ORDER BY seq {order} LIMIT ?",
-                (low, high, *params, want - len(hits))).fetchall()
+            sql, params = asked
+            rows = con.execute(sql, (*params, want - len(hits))).fetchall()
             hits += [(seq, segment, off, length) for seq, off, length in rows]
             if len(hits) >= want:
                 break

@@ -1,18 +1,23 @@
 """What a query asks of each index chunk: the SQL conditions compiled from
-``collector.query.Filters``, and, chunk by chunk, which index may serve the status and
-name filters.
+``collector.query.Filters``, and, chunk by chunk, the statement that finds its rows.
+
+Every filter is checked on the ``events`` rows themselves. In an indexed chunk, the
+filters that have postings (``collector.storage.chunks``) are the *drivers*: the one
+with the fewest entries in the chunk is walked, and each entry's row checked against
+the rest. How many entries a driver has is counted, up to ``PROBE + 1``, through its
+postings (a covering walk of at most that many entries): a driver with none skips the
+chunk; so the walk follows the filter that narrows most, wherever that is (statistics
+sampled over a whole table cannot tell a rare status from a common one, nor one
+principal's busy week from its quiet one).
 
 - A name filter becomes ``org_id IN (ids that had the name)`` in an indexed chunk (see
   ``collector.storage.names``), and the row's name column confirms it everywhere.
-- The status index is partial (``status <> ''``) and SQLite only uses it when the query
-  repeats that condition. Its statistics cannot tell a rare status from a common one
-  (SQLite here has no per-value statistics, and the sampled ``ANALYZE`` says ~1000 rows
-  a key for every column), so each indexed chunk is asked first, through the index, how
-  many of its rows in the page's seq range hold the status, up to ``STATUS_WALK + 1``
-  (a covering walk of at most that many entries): none, and the chunk is skipped; more
-  than ``STATUS_WALK`` while another indexed filter narrows the query, and the status is
-  checked on the rows that filter's index finds (``+status``: no index) rather than
-  walking the status index through thousands of rows.
+- The status postings leave empty statuses out (``chunks.PARTIAL``): a filter on the
+  empty status is checked on the rows only.
+- A driver of several values (a type glob, a CIDR block that holds IPv4 and IPv6, a name
+  several ids carried) yields its entries out of seq order: with more than ``PROBE``
+  of them, a walk of the chunk's rows in seq order, which stops at the page's end, is
+  cheaper than gathering and sorting them all.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from .chunks import PARTIAL
+from .chunks import postings
 from .filters import check_text, expand_types, ip_ranges, parse_time
 from .names import ID_COLUMNS, MAX_IDS, ids_named
 
@@ -33,19 +38,26 @@ if TYPE_CHECKING:
     from collector.query import Filters
 
 FOREVER: Final = (-(2**62), 2**62)
-#: Rows of one chunk holding the asked status above which the status index is not
-#: walked when another indexed filter narrows the query.
-STATUS_WALK: Final = 1000
+#: Entries of a driver counted in a chunk before it is called common.
+PROBE: Final = 1000
+
+
+@dataclass(frozen=True)
+class Driver:
+    """A filter with postings: its column, its condition on the postings' ``v``, and
+    whether it is one value (its entries come in seq order)."""
+
+    column: str
+    condition: str
+    params: tuple[Any, ...]
+    single: bool
 
 
 @dataclass(frozen=True)
 class Conditions:
-    where: str  # every filter but status and the names' id narrowing
+    where: str  # every filter, on the events rows
     params: tuple[Any, ...]
-    status: str | None
-    narrow: str  # "org_id IN (...)" etc. for indexed chunks; "" when no name filter
-    narrow_params: tuple[Any, ...]
-    other_index: bool  # another indexed filter than status narrows the query
+    drivers: tuple[Driver, ...]  # the filters an indexed chunk's postings can serve
     since: int
     until: int
     nothing: bool  # no chunk can match (a type glob that matches no stored type, ...)
@@ -55,34 +67,48 @@ class Conditions:
     def timed(self) -> bool:
         return (self.since, self.until) != FOREVER
 
-    def for_chunk(self, con: sqlite3.Connection, table: str, indexed: bool, low: int,
-                  high: int) -> tuple[str, tuple[Any, ...]] | None:
-        """The WHERE clause and parameters for the rows of ``table`` with seqs from
-        ``low`` to ``high``; None when none of them can match."""
-        if indexed and self.nothing_indexed:
+    def statement(self, con: sqlite3.Connection, chunk: int, indexed: bool, low: int,
+                  high: int, order: str) -> tuple[str, tuple[Any, ...]] | None:
+        """The statement selecting (seq, off, len) of the matching rows of ``chunk``
+        with seqs from ``low`` to ``high`` in ``order`` (ASC or DESC), its last
+        parameter the limit left out; None when none of them can match."""
+        can_match, driver = self._driver(con, chunk, low, high) if indexed else (True, None)
+        if not can_match:
             return None
-        parts: list[str] = []
-        params: list[Any] = []
-        if indexed and self.narrow:
-            parts.append(self.narrow)
-            params += self.narrow_params
-        if self.where != "1":
-            parts.append(self.where)
-            params += self.params
-        if self.status is not None:
-            column = "status = ?"
-            if indexed and self.status != "":
-                held = con.execute(
-                    f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE status = ? AND "
-                    f"{PARTIAL['status']} AND seq BETWEEN ? AND ? LIMIT {STATUS_WALK + 1})",
-                    (self.status, low, high)).fetchone()[0]
-                if not held:
-                    return None
-                column = ("+status = ?" if held > STATUS_WALK and self.other_index
-                          else f"status = ? AND {PARTIAL['status']}")
-            parts.append(column)
-            params.append(self.status)
-        return " AND ".join(parts) or "1", tuple(params)
+        if driver is None:
+            sql = (f"SELECT seq, off, len FROM events WHERE seq BETWEEN ? AND ? "
+                   f"AND {self.where} ORDER BY seq {order} LIMIT ?")
+            return sql, (low, high, *self.params)
+        # CROSS JOIN: SQLite walks the postings first, as chosen, and looks each row up.
+        sql = (f"SELECT e.seq, e.off, e.len FROM {postings(driver.column)} AS p "
+               f"CROSS JOIN events AS e ON e.seq = p.seq WHERE p.chunk = ? AND "
+               f"{driver.condition} AND p.seq BETWEEN ? AND ? AND {self.where} "
+               f"ORDER BY p.seq {order} LIMIT ?")
+        return sql, (chunk, *driver.params, low, high, *self.params)
+
+    def _driver(self, con: sqlite3.Connection, chunk: int, low: int,
+                high: int) -> tuple[bool, Driver | None]:
+        """Whether a row of an indexed chunk can match, and the driver to walk (None:
+        walk the rows, when there is no driver or the best one is common and
+        unordered)."""
+        if self.nothing_indexed:
+            return False, None
+        if len(self.drivers) == 1 and self.drivers[0].single:
+            return True, self.drivers[0]  # nothing to choose; an empty walk costs a probe
+        best: tuple[int, Driver] | None = None
+        for driver in self.drivers:
+            held = con.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {postings(driver.column)} "
+                f"WHERE chunk = ? AND {driver.condition} AND seq BETWEEN ? AND ? "
+                f"LIMIT {PROBE + 1})", (chunk, *driver.params, low, high)).fetchone()[0]
+            if not held:
+                return False, None
+            if best is None or held < best[0]:
+                best = (held, driver)
+        if best is None:
+            return True, None
+        held, driver = best
+        return True, (None if held > PROBE and not driver.single else driver)
 
 
 #: A type glob matching more stored types than this is passed as one JSON array.
@@ -95,6 +121,7 @@ def compile_conditions(con: sqlite3.Connection, filters: Filters,
     is the (since, until) a cursor carries, so a relative time stays fixed while paging."""
     where: list[str] = []
     params: list[Any] = []
+    drivers: list[Driver] = []
     nothing = False
     if filters.types:
         types = filters.types
@@ -104,32 +131,41 @@ def compile_conditions(con: sqlite3.Connection, filters: Filters,
         names = expand_types(types, known)
         nothing = not names
         if len(names) <= _TYPES_AS_PARAMETERS:
-            where.append(f"type IN ({','.join('?' * len(names))})")
-            params += names
+            listed = f"IN ({','.join('?' * len(names))})"
+            type_params: tuple[Any, ...] = tuple(names)
         else:  # one parameter, not one each: SQLite takes at most 32,766 per statement
-            where.append("type IN (SELECT value FROM json_each(?))")
-            params.append(orjson.dumps(names).decode())
+            listed = "IN (SELECT value FROM json_each(?))"
+            type_params = (orjson.dumps(names).decode(),)
+        where.append(f"type {listed}")
+        params += type_params
+        drivers.append(Driver("type", f"v {listed}", type_params, len(names) == 1))
     for column, value, what in (("principal", filters.principal, "principal"),
                                 ("target", filters.target, "target"),
                                 ("org_id", filters.org, "org"),
                                 ("workspace_id", filters.workspace, "workspace"),
                                 ("org_name", filters.org_name, "org_name"),
                                 ("workspace_name", filters.workspace_name,
-                                 "workspace_name")):
+                                 "workspace_name"),
+                                ("status", filters.status, "status")):
         if value is not None:
+            text = check_text(value, what)
             where.append(f"{column} = ?")
-            params.append(check_text(value, what))
-    status = check_text(filters.status, "status") if filters.status is not None else None
-    narrow, narrow_params, nothing_indexed = _names(con, filters)
+            params.append(text)
+            if column in ("org_name", "workspace_name") or (column, text) == ("status", ""):
+                continue  # no postings: names (see names.py), the empty status (PARTIAL)
+            drivers.append(Driver(column, "v = ?", (text,), True))
+    named, nothing_indexed = _names(con, filters)
+    drivers += named
     if filters.client_ip is not None:
         ranges = ip_ranges(filters.client_ip)
+        bounds = tuple(bound for low_high in ranges for bound in low_high)
         where.append("(" + " OR ".join(
             f"(client_ip BETWEEN ? AND ? AND length(client_ip) = {len(low)})"
             for low, _ in ranges) + ")")
-        params += [bound for low_high in ranges for bound in low_high]
-    other_index = bool(narrow) or any(
-        v is not None for v in (filters.principal, filters.target, filters.org,
-                                filters.workspace, filters.client_ip)) or bool(filters.types)
+        params += bounds
+        drivers.append(Driver("client_ip", "(" + " OR ".join(
+            f"(v BETWEEN ? AND ? AND length(v) = {len(low)})" for low, _ in ranges) + ")",
+            bounds, len(ranges) == 1 and ranges[0][0] == ranges[0][1]))
     if window is not None:
         since, until = window
     else:
@@ -142,23 +178,21 @@ def compile_conditions(con: sqlite3.Connection, filters: Filters,
         where.append("created >= ? AND created < ?")
         params += [since, until]
     nothing = nothing or since >= until
-    return Conditions(" AND ".join(where) or "1", tuple(params), status,
-                      " AND ".join(narrow), tuple(narrow_params), other_index, since, until,
-                      nothing, nothing_indexed)
+    return Conditions(" AND ".join(where) or "1", tuple(params), tuple(drivers), since,
+                      until, nothing, nothing_indexed)
 
 
-def _names(con: sqlite3.Connection, filters: Filters) -> tuple[list[str], list[str], bool]:
-    """The id conditions a name filter adds in indexed chunks, their parameters, and
-    whether no indexed chunk can match (a name no indexed chunk holds)."""
-    narrow: list[str] = []
-    params: list[str] = []
+def _names(con: sqlite3.Connection, filters: Filters) -> tuple[list[Driver], bool]:
+    """The drivers a name filter adds in indexed chunks (the ids that carried the name),
+    and whether no indexed chunk can match (a name no indexed chunk holds)."""
+    drivers: list[Driver] = []
     for kind, value in (("org", filters.org_name), ("workspace", filters.workspace_name)):
         if value is None:
             continue
         ids = ids_named(con, kind, value)
         if not ids:
-            return [], [], True
+            return [], True
         if len(ids) <= MAX_IDS:  # more: the name column alone (a walk by seq)
-            narrow.append(f"{ID_COLUMNS[kind]} IN ({','.join('?' * len(ids))})")
-            params += ids
-    return narrow, params, False
+            drivers.append(Driver(ID_COLUMNS[kind], f"v IN ({','.join('?' * len(ids))})",
+                                  tuple(ids), len(ids) == 1))
+    return drivers, False

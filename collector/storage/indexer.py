@@ -21,9 +21,9 @@ _LIVENESS_CHECK: Final = 1.0
 
 
 class ChunkIndexer:
-    """The background thread that builds closed chunks' indexes and checkpoints the
-    WAL. ``CREATE INDEX`` runs inside SQLite without the GIL, so it overlaps the
-    store's commit thread encoding the next group."""
+    """The background thread that builds closed chunks' postings and checkpoints the
+    WAL. A build runs inside SQLite without the GIL, so it overlaps the store's commit
+    thread encoding the next group."""
 
     CHECKPOINT_BYTES: Final = 16 * 1024 * 1024
 

@@ -2,7 +2,7 @@
 name walks the id's index instead of scanning (the ``names`` table of
 ``collector.index``).
 
-The chunk rows hold every event's ``org_name`` and ``workspace_name``, without an index
+The ``events`` rows hold every event's ``org_name`` and ``workspace_name``, without an index
 of their own: each secondary index costs the background indexer ~0.4 us per event, and
 ingest throughput is the scarce resource. When the indexer indexes a closed chunk it
 adds the chunk's distinct (kind, name, id) triples here, in the transaction that marks
@@ -30,17 +30,18 @@ MAX_IDS: Final = 1000
 Triple = tuple[str, str, str]
 
 
-def chunk_names(con: sqlite3.Connection, table: str) -> list[Triple]:
-    """The distinct (kind, name, id) triples of a chunk's rows. Read without the write
-    lock: a closed chunk's rows never change (``sqlite3.OperationalError`` "no such
-    table" if retention dropped the chunk meanwhile)."""
+def chunk_names(con: sqlite3.Connection, first: int, last: int) -> list[Triple]:
+    """The distinct (kind, name, id) triples of a chunk's rows (seqs ``first`` to
+    ``last``). Read without the write lock: a closed chunk's rows never change (the
+    caller checks, under the lock, that retention did not drop the chunk meanwhile)."""
     # One pass over the rows for both kinds, ~0.25-0.3 us a row (a pass per kind costs
     # a third more): reading the rows, not the distinct, is the cost. It runs on the
     # indexer thread, where SQLite works without the GIL; the same set built in Python
     # on the commit thread, the serial part of ingest, cost ~0.17 us an event.
     found: set[Triple] = set()
     for org_name, org_id, workspace_name, workspace_id in con.execute(
-            f"SELECT DISTINCT org_name, org_id, workspace_name, workspace_id FROM {table}"):
+            "SELECT DISTINCT org_name, org_id, workspace_name, workspace_id FROM events "
+            "WHERE seq BETWEEN ? AND ?", (first, last)):
         found.add(("org", org_name, org_id))
         found.add(("workspace", workspace_name, workspace_id))
     return sorted(found)

@@ -1,15 +1,15 @@
 """The index's write lock: one SQLite write transaction at a time, the store's first.
 
 SQLite takes one writer at a time. The store's commit thread (a write per group
-commit, which acknowledgements wait for) and the ``ChunkIndexer`` (a ``CREATE INDEX``
-of ~20 ms per secondary index of a closed chunk, seven in a row) share this lock
+commit, which acknowledgements wait for) and the ``ChunkIndexer`` (a postings build of
+~45 ms per filter column of a closed chunk, seven in a row) share this lock
 instead of SQLite's busy handler, which sleeps and polls.
 
-A plain ``threading.Lock`` is not fair: the indexer, going from one ``CREATE INDEX``
+A plain ``threading.Lock`` is not fair: the indexer, going from one column's build
 straight to the next, took it again before the waiting commit thread woke, and a group
 commit waited for all seven (up to ~230 ms under load, a fifth of the commit thread's
 time). Here a background holder (``background()``) does not take the lock while the
-store waits for it; the store then waits for one index build at most.
+store waits for it; the store then waits for one column's build at most.
 """
 
 from __future__ import annotations

@@ -27,32 +27,29 @@ def opened(data_dir: Path) -> Iterator[tuple[Store, RepairReport]]:
         store.close()
 
 
-def chunk_tables(con: sqlite3.Connection) -> list[str]:
-    return [n for (n,) in con.execute(
-        "SELECT name FROM sqlite_schema WHERE type='table' AND name GLOB 'events_*' "
-        "ORDER BY name")]
-
-
-def make_schema_3(index: Path) -> None:
-    """Turn an index into what version 3 wrote: no name columns, no names table, no
-    status index, schema 3."""
+def make_schema_4(index: Path) -> None:
+    """Turn an index into what version 4 wrote: a table of its own per chunk
+    (events_000001, ...), no events or postings tables, schema 4."""
     con = sqlite3.connect(index)
-    for table in chunk_tables(con):
-        con.execute(f"DROP INDEX IF EXISTS {table}_status")
-        con.execute(f"ALTER TABLE {table} DROP COLUMN org_name")
-        con.execute(f"ALTER TABLE {table} DROP COLUMN workspace_name")
-    con.execute("DROP TABLE names")
-    con.execute("UPDATE meta SET value=3 WHERE key='schema'")
+    for chunk, first, last in con.execute(
+            "SELECT chunk, first_seq, last_seq FROM chunks").fetchall():
+        table = f"events_{chunk:06d}"
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM events "
+                    f"WHERE seq BETWEEN ? AND ?", (first, last))
+        con.execute(f"CREATE INDEX {table}_principal ON {table}(principal)")
+    for (name,) in con.execute("SELECT name FROM sqlite_schema WHERE type='table' "
+                               "AND (name = 'events' OR name GLOB 'ix_*')").fetchall():
+        con.execute(f"DROP TABLE {name}")
+    con.execute("UPDATE meta SET value=4 WHERE key='schema'")
     con.commit()
     con.close()
 
 
 def all_rows(data_dir: Path) -> list[tuple[object, ...]]:
-    """Every chunk row, in seq order, whichever chunks hold them."""
+    """Every events row, in seq order."""
     con = sqlite3.connect(data_dir / "index.sqlite")
     try:
-        return sorted(row for table in chunk_tables(con)
-                      for row in con.execute(f"SELECT * FROM {table}"))
+        return con.execute("SELECT * FROM events ORDER BY seq").fetchall()
     finally:
         con.close()
 
@@ -62,22 +59,28 @@ def test_an_index_of_an_older_schema_is_rebuilt_from_the_segments_at_start_once(
     rows = [event(org_name=f"Org {n % 3}", status="ok" if n % 2 else "") for n in range(40)]
     with open_store(tmp_path) as store:
         store.write(rows)
-    make_schema_3(tmp_path / "index.sqlite")
+    make_schema_4(tmp_path / "index.sqlite")
     with opened(tmp_path) as (store, report):
-        assert report.index_rebuilt == f"index schema 3 is not {INDEX_SCHEMA}"
+        assert report.index_rebuilt == f"index schema 4 is not {INDEX_SCHEMA}"
         found = list(iter_records(store, Filters(org_name="Org 1", status="ok")))
     assert [r["id"] for r in found] == [r["id"] for n, r in enumerate(rows)
                                         if n % 3 == 1 and n % 2]
     with opened(tmp_path) as (_, report):  # the rebuilt index says it is of this schema
         assert report.index_rebuilt is None
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    try:  # the old chunk tables went with the rebuild
+        assert con.execute("SELECT name FROM sqlite_schema WHERE name GLOB 'events_*'"
+                           ).fetchall() == []
+    finally:
+        con.close()
 
 
 def test_a_reader_refuses_an_index_of_another_schema_and_says_how_to_rebuild_it(
         tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         store.write([event()])
-    make_schema_3(tmp_path / "index.sqlite")
-    with pytest.raises(QueryError, match="schema 3, this version reads schema "
+    make_schema_4(tmp_path / "index.sqlite")
+    with pytest.raises(QueryError, match="schema 4, this version reads schema "
                                          f"{INDEX_SCHEMA}: restart the collector.*reindex"):
         Reader(tmp_path)
     reindex(tmp_path)

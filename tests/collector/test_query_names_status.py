@@ -14,7 +14,7 @@ import pytest
 from audit_middleware.event import format_created
 from collector.index import connect
 from collector.query import Filters, QueryError, iter_records, reindex, search
-from collector.storage.chunks import CLOSED, INDEXED, OPEN, chunk_table
+from collector.storage.chunks import CLOSED, INDEXED, OPEN
 from collector.storage.conditions import compile_conditions
 from tests.collector.storage_helpers import BASE_NS, event, open_store
 
@@ -73,6 +73,16 @@ QUERIES: list[tuple[Filters, Callable[[dict[str, Any]], bool]]] = [
     (Filters(org_name="Acme", org="org-2"), nothing),
     (Filters(workspace_name="Main", workspace="ws-2", types=("run_*",)),
      lambda r: r["workspace_id"] == "ws-2" and r["type"] == "run_completed"),
+    # Several filters with postings: the walk follows the narrowest in each chunk.
+    (Filters(types=("run_*", "user_*"), status="succeeded"),
+     lambda r: r["status"] == "succeeded"),
+    (Filters(types=("user_sign_in",), org="org-2"),
+     lambda r: r["type"] == "user_sign_in" and r["org_id"] == "org-2"),
+    (Filters(client_ip="203.0.113.0/24", status="password"),
+     lambda r: r["status"] == "password"),
+    (Filters(client_ip="::/0", org_name="Globex", workspace="ws-3"),
+     lambda r: r["org_name"] == "Globex" and r["workspace_id"] == "ws-3"),
+    (Filters(client_ip="198.51.100.0/24", status="password"), nothing),
     (Filters(status="succeeded", since=format_created(BASE_NS + 30 * HOUR),
              until=format_created(BASE_NS + 90 * HOUR)),
      lambda r: r["status"] == "succeeded"
@@ -165,24 +175,31 @@ def test_a_name_shared_by_more_ids_than_the_names_table_lists_is_matched_by_its_
         assert answers(tmp_path) == expected()
 
 
-def test_a_status_held_by_many_rows_is_checked_on_the_rows_another_index_finds(
+def test_an_indexed_chunk_is_walked_by_its_narrowest_filter_or_scanned(
         tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("collector.storage.conditions.STATUS_WALK", 3)
+    monkeypatch.setattr("collector.storage.conditions.PROBE", 10)
     with stored(tmp_path, wait_for_indexer=True):
         assert answers(tmp_path) == expected()
         con = connect(tmp_path / "index.sqlite", readonly=True)
         try:
-            def where(indexed: bool, **filters: Any) -> str | None:
+            def walked(indexed: bool, **filters: Any) -> str | None:
+                """The table chunk 1 (28 rows) is walked through, None if skipped."""
                 c = compile_conditions(con, Filters(**filters), None)
-                asked = c.for_chunk(con, chunk_table(1), indexed, 0, 2**62)
-                return asked and asked[0]
+                asked = c.statement(con, 1, indexed, 0, 2**62, "DESC")
+                return asked and asked[0].split(" FROM ")[1].split()[0]
 
-            common = {"status": "succeeded"}  # 6 of the chunk's 28 rows: more than 3
-            assert where(True, **common, principal="user-1") == "principal = ? AND +status = ?"
-            assert where(True, **common) == "status = ? AND status <> ''"
-            assert where(True, status="nothing like it", principal="user-1") is None
-            assert where(False, **common, principal="user-1") == \
-                "principal = ? AND status = ?"  # not indexed: a scan, nothing to choose
+            # succeeded: 6 of the chunk's rows; user-1: all 28 (more than 10)
+            assert walked(True, status="succeeded", principal="user-1") == "ix_status"
+            assert walked(True, status="nothing like it", principal="user-1") is None
+            assert walked(True, principal="user-1") == "ix_principal"  # nothing to choose
+            assert walked(True, types=("user_sign_in",)) == "ix_type"
+            # Two types, 28 rows out of seq order: the rows in seq order, not a sort.
+            assert walked(True, types=("run_*", "user_*")) == "events"
+            assert walked(True, org_name="Globex") == "ix_org_id"  # one id
+            assert walked(True, org_name="Initech") == "events"  # two ids, 14 rows
+            assert walked(True, org_name="Initech", status="password") == "ix_status"
+            assert walked(True, status="") == "events"  # no postings for it
+            assert walked(False, status="succeeded", principal="user-1") == "events"
         finally:
             con.close()
 

@@ -363,7 +363,7 @@ def test_an_index_missing_rows_is_rebuilt_at_open(tmp_path: Path) -> None:
         store.write(events(10))
     expected = stored_ids(tmp_path)
     con = sqlite3.connect(tmp_path / "index.sqlite")
-    con.execute("DELETE FROM events_000001 WHERE seq IN (3, 4)")
+    con.execute("DELETE FROM events WHERE seq IN (3, 4)")
     con.commit()
     con.close()
     store = Store(StorageSettings(tmp_path))
