@@ -13,4 +13,4 @@ from __future__ import annotations
 #: to run without them, and a refusal stops the run.
 MODULES: tuple[str, ...] = ("request_path", "emit_cost", "capture_breakdown",
                             "capture_instructions", "emit_collector", "durable_throughput", "collector_memory",
-                            "panel_latency", "otel_cost", "integrity", "query_speed")
+                            "store_age", "panel_latency", "otel_cost", "integrity", "query_speed")

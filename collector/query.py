@@ -216,10 +216,13 @@ class Reader:
             return [], {}
         con = self.con
         order = "DESC" if newest_first else "ASC"
+        # Read as the walk goes, not fetched whole, and in rowid order (chunks are
+        # numbered in seq order), which needs no sort: a page found in the newest chunks
+        # must not cost a row per chunk of a store that holds thousands.
         chunks = con.execute(
             f"SELECT chunk, segment, first_seq, last_seq, state FROM chunks "
             f"WHERE rows > 0 AND max_created >= ? AND min_created < ? "
-            f"ORDER BY first_seq {order}", (c.since, c.until)).fetchall()
+            f"ORDER BY chunk {order}", (c.since, c.until))
         blocks = [b for (b,) in con.execute(
             "SELECT block FROM zones WHERE max_created >= ? AND min_created < ? ORDER BY block",
             (c.since, c.until))] if c.timed else None
@@ -247,6 +250,7 @@ class Reader:
             hits += [(seq, segment, off, length) for seq, off, length in rows]
             if len(hits) >= want:
                 break
+        chunks.close()  # the rest of the walk is not needed
         return hits, self._segments({h[1] for h in hits})
 
     def _segments(self, seqs: set[int]) -> dict[int, tuple[str, bool]]:
