@@ -89,7 +89,9 @@ class RequestContext:
         self.status_code: int | None = None
         #: Set by :func:`set_principal`; wins over every resolver.
         self.principal_override: str | None = None
-        #: Path parameters a WSGI framework passed to the view (set by ``@audited``).
+        #: Path parameters a framework passed to the view as keyword arguments (set by
+        #: ``@audited``): WSGI, and ASGI frameworks whose router puts none in the scope
+        #: (Django).
         self.view_args: Mapping[str, Any] | None = None
         #: The request's resolved, capped record fields: computed for its first event
         #: (``emitter.request_fields``) and reused by every later one.
@@ -109,18 +111,20 @@ class RequestContext:
 
     @property
     def path_params(self) -> Mapping[str, Any]:
-        if self.scope is not None:
-            return self.scope.get("path_params") or {}
+        scope = self.scope
+        if scope is not None and (self.view_args is None or "path_params" in scope):
+            return scope.get("path_params") or {}
         return self.view_args or {}
 
     @property
     def params_known(self) -> bool:
         """Whether the path parameters are known yet: once the router has matched
-        (ASGI, ``scope["path_params"]``), once ``@audited`` has the view's keyword
-        arguments (WSGI, ``view_args``). An event emitted before (an outer middleware,
-        a Flask ``before_request`` hook) resolves without them."""
-        if self.scope is not None:
-            return "path_params" in self.scope
+        (Starlette, ``scope["path_params"]``), once ``@audited`` has the view's keyword
+        arguments (WSGI, and Django under ASGI, whose router puts none in the scope:
+        ``view_args``). An event emitted before (an outer middleware, a Flask
+        ``before_request`` hook) resolves without them."""
+        if self.scope is not None and "path_params" in self.scope:
+            return True
         return self.view_args is not None
 
     def forget_early(self) -> None:

@@ -11,8 +11,9 @@ body from a FastAPI handler that set the status on its injected ``response: Resp
 Any other result is a success, whatever it holds (a model with a ``status_code`` field of
 its own is no response).
 
-Under WSGI, path parameters are the view's keyword arguments, which ``@audited`` hands
-to the request context before the handler runs (an organization or workspace resolved by
+Under WSGI, and under ASGI for a framework whose router puts no ``path_params`` in the
+scope (Django's ``get_asgi_application()``), path parameters are the view's keyword
+arguments, which ``@audited`` hands to the request context before the handler runs (an organization or workspace resolved by
 an earlier event of the request, without them, is resolved again). A value a Flask
 ``url_value_preprocessor`` pops from them never reaches the view, so ``path_param``
 cannot see it: resolve it from where the preprocessor put it (``flask.g``), e.g.
@@ -441,9 +442,11 @@ def audited(
 
 
 def _before_handler(ctx: RequestContext, kwargs: dict[str, Any]) -> None:
-    if ctx.environ is not None and (kwargs or ctx.view_args is None):
-        # WSGI frameworks pass path parameters as kwargs: from here on they are known
-        # (an empty dict too: the view has none).
+    scope = ctx.scope
+    if (scope is None or "path_params" not in scope) and (kwargs or ctx.view_args is None):
+        # WSGI frameworks, and Django under ASGI (its router puts no path_params in the
+        # scope, as Starlette's does), pass path parameters as kwargs: from here on they
+        # are known (an empty dict too: the view has none).
         ctx.view_args = kwargs
     # An event emitted earlier in the request (a before_request hook, a middleware)
     # resolved organization and workspace without the path parameters: again, with them.

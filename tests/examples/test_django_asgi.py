@@ -1,0 +1,64 @@
+"""The Django example under ASGI (``django.core.asgi``, as uvicorn or gunicorn's uvicorn
+worker serves it) inside ``AuditMiddleware``: Django puts no ``path_params`` in the
+scope (Starlette's router does), it passes the URL's parameters to the view as keyword
+arguments, as under WSGI. A ``path_param`` resolver must see them there too: the
+workspace of the record was empty under ASGI, and ``ws_lab``/``lab`` under WSGI."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
+
+import django
+from starlette.testclient import TestClient
+
+django.setup()
+
+from django.core.asgi import get_asgi_application
+
+from audit_middleware import AuditMiddleware, path_param
+from examples.django_app.views import WORKSPACES
+
+DANA = {"Authorization": "Bearer demo-dana-token"}
+
+
+def asgi_client() -> TestClient:
+    app = AuditMiddleware(get_asgi_application(),
+                          workspace=path_param("workspace_id", lookup=WORKSPACES.get))
+    return TestClient(app, client=("198.51.100.44", 50000))
+
+
+def test_a_path_param_resolver_sees_the_django_views_url_parameters(audit) -> None:  # type: ignore[no-untyped-def]
+    client = asgi_client()
+    created = client.post("/workspaces/ws_lab/pipelines", json={"repository": "r"},
+                          headers=DANA)
+    assert created.status_code == 201
+    ident = created.json()["id"]
+    assert client.delete(f"/workspaces/ws_lab/pipelines/{ident}", headers=DANA).status_code == 200
+    assert [(e.type, e.target, e.principal, e.workspace_id, e.workspace_name, e.client_ip)
+            for e in audit.events] == [
+        ("pipeline_created", ident, "usr_dana", "ws_lab", "lab", "198.51.100.44"),
+        ("pipeline_deleted", ident, "usr_dana", "ws_lab", "lab", "198.51.100.44")]
+
+
+def test_an_event_before_the_view_is_resolved_again_with_the_views_parameters(audit) -> None:  # type: ignore[no-untyped-def]
+    """An event of a Django middleware (before the view, no parameters known yet) keeps
+    an empty workspace; the view's own event, after it, resolves with the parameters."""
+    from audit_middleware import emit
+
+    inner = get_asgi_application()
+
+    async def early_event(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            emit("pipeline_action_created", "early")
+        await inner(scope, receive, send)
+
+    client = TestClient(AuditMiddleware(early_event,
+                                        workspace=path_param("workspace_id",
+                                                             lookup=WORKSPACES.get)))
+    created = client.post("/workspaces/ws_lab/pipelines", json={"repository": "r"},
+                          headers=DANA)
+    assert created.status_code == 201
+    assert [(e.type, e.workspace_id, e.workspace_name) for e in audit.events] == [
+        ("pipeline_action_created", "", ""), ("pipeline_created", "ws_lab", "lab")]
