@@ -27,7 +27,12 @@ from typing import Final
 from .._counter import Counter
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
-from ..sinks.batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
+from ..sinks.batching import (
+    FORK_LOCK,
+    BatchingQueue,
+    call_if_alive,
+    close_in_multiprocessing_children,
+)
 from ..wire import BatchBody, WireError, decode_batch_body, encode_batch_body
 from .endpoint import DEFAULT_URL, Endpoint, parse_url
 from .pipeline import Chunk
@@ -159,6 +164,9 @@ class CollectorSink:
         self.spooled = Counter()
         self.replayed = Counter()
         self._closed = False
+        #: Under a server that forks without the at-fork hook (uWSGI), the request path
+        #: compares the process id (``batching.forks_without_hooks``).
+        self._watch_pid = self._queue.watch_pid
         self._init_process()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
@@ -181,6 +189,18 @@ class CollectorSink:
         self._sender.reset(self.source)
         self._last_scan = time.monotonic()
 
+    def _check_fork(self) -> None:
+        """In a child forked without the at-fork hook (uWSGI's workers): what the hook
+        would have done, for the queue and then the sink, before this process numbers
+        its first event (else it numbered as its parent's source, as every sibling
+        did), sends (else its events waited for its parent's worker thread, which it
+        lacks) or counts."""
+        if self._queue.forked():
+            with FORK_LOCK:
+                if self._queue.forked():
+                    self._queue._after_fork()
+                    self._after_fork()
+
     def _after_fork(self) -> None:
         self._sender.forget_connection()
         if self._spool is not None:
@@ -191,6 +211,8 @@ class CollectorSink:
 
     # -- request path ---------------------------------------------------------------------
     def submit(self, event: AuditEvent | PendingEvent) -> None:
+        if self._watch_pid and self._queue.forked():
+            self._check_fork()
         seq = next(self._seq)  # atomic: numbers every event, even one dropped below
         if not self.fail_closed:
             self._queue.submit((seq, event, None))
@@ -335,6 +357,7 @@ class CollectorSink:
         """Wait until every event submitted so far was handed on: acknowledged by the
         collector, spooled, or dropped (counted in ``stats()``, e.g. with the spool full);
         False at the timeout. ``wait_for_delivery`` also says whether any was dropped."""
+        self._check_fork()
         return self._queue.flush(timeout)
 
     def wait_for_delivery(self, timeout: float) -> bool:
@@ -342,6 +365,7 @@ class CollectorSink:
         submitted so far was acknowledged (or rejected) by the collector; False at the
         timeout, or when events were dropped since the last call that did not time out
         (or since the sink was made): counted in ``stats()``."""
+        self._check_fork()
         delivered = self._wait_until_replayed(timeout)
         dropped, baseline = self.stats()["dropped"], self._drops_seen
         if delivered:  # a timed-out call reports nothing: the next one still will
@@ -374,6 +398,7 @@ class CollectorSink:
         disk for the next start."""
         if self._closed:
             return
+        self._check_fork()
         self._closed = True
         limit = self._exit_timeout if timeout is None else timeout
         self._sender.deadline = time.monotonic() + limit
@@ -395,6 +420,7 @@ class CollectorSink:
         by the collector with a reason), ``dropped`` (queue full, spool full: logged),
         ``retried`` (failed sends, retried later), ``queued`` (the queue depth) and
         ``spool_bytes``."""
+        self._check_fork()
         counts = self._queue.counts()
         dropped = counts["dropped"] + counts["failed"] + self.dropped.value
         sender = self._sender

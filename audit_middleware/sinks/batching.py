@@ -7,7 +7,12 @@ the app. Unlike it, a full queue is never silent: the overflow hook decides (spi
 spool, or drop and count).
 
 Fork safety: after ``fork()`` the child gets an empty queue and no worker, so it never
-re-sends what its parent had buffered; its worker starts on its first event.
+re-sends what its parent had buffered; its worker starts on its first event. That runs
+in ``os.register_at_fork``'s hook, which a server that forks in C without
+``PyOS_AfterFork_Child`` never calls: uWSGI (app loaded in its master, the default,
+unless ``py-call-osafterfork``). There (``forks_without_hooks``), the request path also
+compares the process id, and a child that finds its parent's does the same on its
+first event.
 
 The queued items are usually ``AuditEvent``s; a sink may queue its own item type (the
 collector sink queues ``(sequence number, event, receipt)``). A sink with background work
@@ -22,6 +27,7 @@ import functools
 import logging
 import multiprocessing.util
 import os
+import sys
 import threading
 import time
 import weakref
@@ -46,6 +52,30 @@ class _FlushMarker:
 
 #: Times ``counts()`` tries for a moment when no move is under way (see ``_moving``).
 _CONSISTENT_READ_TRIES: Final = 10_000
+
+_getpid = os.getpid
+#: Held while a child that no at-fork hook told about its fork resets its sinks (two
+#: request threads may find out at once). Never taken in a process that was not forked
+#: so, hence never held by a parent at a fork.
+FORK_LOCK: Final = threading.Lock()
+
+
+def forks_without_hooks() -> bool:
+    """Whether this process runs in a server that forks its workers without running
+    Python's at-fork hooks (``os.register_at_fork``): uWSGI, which forks in C after
+    loading the app in its master, calls ``PyOS_AfterFork_Child`` only with
+    ``py-call-osafterfork``. Without it, every worker kept the master's sink as it was:
+    its source and numbering (the collector saw one source numbered 1, 2, 3 ... by
+    every worker at once, each hiding the others' gaps), and, when the master's worker
+    thread had started (an event at import, spool files adopted), a thread that does
+    not exist in the worker: its events were queued, never sent, and lost at exit."""
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is None:
+        return False
+    try:
+        return not getattr(uwsgi, "opt", {}).get("py-call-osafterfork")
+    except Exception:  # noqa: BLE001 - an unexpected uwsgi module: check, to be safe
+        return True
 
 
 class BatchingQueue(Generic[T]):
@@ -76,6 +106,9 @@ class BatchingQueue(Generic[T]):
         self.dropped = Counter()  # queue full and the overflow hook did not take them
         self.overflowed = Counter()  # queue full, taken by the overflow hook
         self._closed = False
+        #: Compare the process id on each submit (``forks_without_hooks``): a syscall,
+        #: so only where a fork can happen without the at-fork hook.
+        self.watch_pid = forks_without_hooks()
         self._init_runtime()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
@@ -83,6 +116,7 @@ class BatchingQueue(Generic[T]):
         close_in_multiprocessing_children(self, exit_timeout)
 
     def _init_runtime(self) -> None:
+        self._pid = _getpid()
         self._queue: collections.deque[T | _FlushMarker] = collections.deque()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
@@ -100,9 +134,22 @@ class BatchingQueue(Generic[T]):
         for counter in (self.drained, self.failed, self.dropped, self.overflowed):
             counter.reset()
 
+    def forked(self) -> bool:
+        """Whether this process is a child that no at-fork hook told about its fork."""
+        return self._pid != _getpid()
+
+    def check_fork(self) -> None:
+        """In a child forked without the at-fork hook: what the hook would have done."""
+        if self.forked():
+            with FORK_LOCK:
+                if self.forked():
+                    self._after_fork()
+
     # -- request path -------------------------------------------------------------------
     def submit(self, event: T) -> bool:
         """Enqueue; False when the queue was full (then the overflow hook ran)."""
+        if self.watch_pid and self._pid != _getpid():
+            self.check_fork()
         if self._worker is None:
             self._start()  # first event, first event after fork, or closed (raises)
         queue = self._queue
@@ -214,6 +261,7 @@ class BatchingQueue(Generic[T]):
         self._wake.set()
 
     def flush(self, timeout: float | None = None) -> bool:
+        self.check_fork()  # else a child waits on its parent's worker, which it lacks
         if self._worker is None or not self._worker.is_alive():
             if self._queue and not self._closed:
                 self._drain()  # no worker (e.g. never started): deliver on this thread
@@ -227,6 +275,7 @@ class BatchingQueue(Generic[T]):
     def close(self, timeout: float | None = None) -> None:
         if self._closed:
             return
+        self.check_fork()  # else a child joins its parent's worker, for the whole timeout
         self._closed = True
         worker = self._worker
         if worker is None:
@@ -245,6 +294,7 @@ class BatchingQueue(Generic[T]):
         return len(self._queue)
 
     def counts(self) -> dict[str, int]:
+        self.check_fork()  # a child's counts start from zero, not from its parent's
         for _ in range(_CONSISTENT_READ_TRIES):
             moving = self._moving
             if moving & 1:

@@ -38,6 +38,7 @@ from tests.e2e.harness import (
     CollectorProcess,
     RawClient,
     open_store,
+    run_python,
     short_tmp,
     stored_events,
     wait_until,
@@ -252,6 +253,68 @@ def test_a_forked_worker_never_resends_its_parents_buffer(root: Path,
     ids = stored_ids(collector)
     assert sorted(ids) == sorted(parent_ids + child["ids"])  # each once: nothing re-sent
     sink.close()
+
+
+#: A uWSGI master in miniature: the app (and its sink) made before the fork, then workers
+#: forked by libc's fork() as uWSGI forks them, so that Python's at-fork hooks do not run
+#: (``PyDLL``: the GIL stays held across the call, as it is in the forking thread).
+_FORK_WITHOUT_HOOKS = """
+import ctypes, os, sys, types
+sys.modules["uwsgi"] = types.SimpleNamespace(opt={})  # no py-call-osafterfork
+from audit_middleware import configure, emit
+from audit_middleware.shipper import CollectorSink
+url, spool, parent_emits = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+sink = CollectorSink(url, spool_dir=spool, backoff_max=0.2)
+configure(sink=sink)
+if parent_emits:  # the master's worker thread runs: a worker has none of it
+    for i in range(5):
+        emit("team_created", f"parent-{i}")
+    assert sink.flush(10)
+children = []
+for k in range(2):
+    pid = ctypes.PyDLL(None).fork()
+    if pid == 0:
+        code = 1
+        try:
+            for i in range(20):
+                emit("team_created", f"child{k}-{i}")
+            sink.close(5)
+            code = 0 if sink.stats()["emitted"] == 20 else 2
+        finally:
+            os._exit(code)
+    children.append(pid)
+print([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children])
+sink.close(5)
+"""
+
+
+@pytest.mark.parametrize("parent_emits", [False, True])
+def test_workers_forked_without_the_at_fork_hook_ship_as_sources_of_their_own(
+        root: Path, collector: CollectorProcess, parent_emits: bool) -> None:
+    """uWSGI forks its workers after loading the app, in C, without the at-fork hook
+    (unless py-call-osafterfork). Every worker then numbered its events as the master's
+    source, 1, 2, 3 ... each, hiding one another's gaps; with the master's worker
+    thread started (an event at import, spool files adopted), no worker sent anything:
+    its events waited for a thread it did not have, and were lost at exit."""
+    collector.start()
+    done = run_python(_FORK_WITHOUT_HOOKS, collector.url, str(root / "spool"),
+                      "1" if parent_emits else "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 0]", done.stderr
+    assert collector.stop() == 0
+    events = stored_events(collector.data_dir)
+    expected = {f"child{k}-{i}" for k in range(2) for i in range(20)}
+    if parent_emits:
+        expected |= {f"parent-{i}" for i in range(5)}
+    assert sorted(e["target"] for e in events) == sorted(expected)  # each once
+    sources = {prefix: {e["source"] for e in events if e["target"].startswith(prefix)}
+               for prefix in ("child0-", "child1-", "parent-")}
+    assert len(sources["child0-"]) == len(sources["child1-"]) == 1
+    assert len(sources["child0-"] | sources["child1-"] | sources["parent-"]) == (
+        3 if parent_emits else 2)
+    for prefix in ("child0-", "child1-"):
+        assert sorted(e["source_seq"] for e in events
+                      if e["target"].startswith(prefix)) == list(range(1, 21))
 
 
 def test_many_threads_emitting_exact_total(root: Path, collector: CollectorProcess) -> None:
