@@ -125,7 +125,13 @@ def _flushing_on_shutdown(send: Send) -> Send:
         if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
             sink = _config.settings.sink
             if sink is not None:
-                await asyncio.to_thread(sink.flush, SHUTDOWN_FLUSH_TIMEOUT)
+                # The last chance: uvicorn then re-raises the SIGTERM it caught, whose
+                # default action ends the process without exit handlers (no close()).
+                # A sink that can (CollectorSink.drain) spools what the collector has
+                # not acknowledged by the deadline; a flush would leave it in flight.
+                drain = getattr(sink, "drain", None)
+                await asyncio.to_thread(drain if callable(drain) else sink.flush,
+                                        SHUTDOWN_FLUSH_TIMEOUT)
         await send(message)
 
     return send_after_flush

@@ -360,6 +360,27 @@ class CollectorSink:
         self._check_fork()
         return self._queue.flush(timeout)
 
+    def drain(self, timeout: float) -> bool:
+        """Send or spool everything submitted so far within ``timeout`` seconds, as
+        ``close`` does, the sink staying open: what was not acknowledged by then (a
+        collector that stopped answering) is spooled, or counted as dropped, rather
+        than left in flight. For ASGI lifespan shutdown, after which the process may
+        end without exit handlers: uvicorn re-raises the SIGTERM it caught, whose
+        default action skips atexit (and so this sink's ``close``). True when it was
+        all handed on in time."""
+        self._check_fork()
+        sender = self._sender
+        if self._closed or sender.deadline is not None:  # closing: its deadline holds
+            return self._queue.flush(timeout)
+        sender.deadline = time.monotonic() + timeout
+        try:
+            # A little past the deadline, as close(): a reply wait ends at it, then
+            # what was in flight is spooled.
+            return self._queue.flush(timeout + _CLOSE_GRACE)
+        finally:
+            if not self._closed:
+                sender.deadline = None
+
     def wait_for_delivery(self, timeout: float) -> bool:
         """Flush, then wait until the spool is replayed too: True when everything
         submitted so far was acknowledged (or rejected) by the collector; False at the

@@ -20,7 +20,13 @@ from audit_middleware import AuditMiddleware, MemorySink, audited, configure, em
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
 from collector.ingest import IngestSettings
-from tests.e2e.harness import InProcessCollector, open_store, short_tmp, stored_events
+from tests.e2e.harness import (
+    CollectorProcess,
+    InProcessCollector,
+    open_store,
+    short_tmp,
+    stored_events,
+)
 
 
 @audited("credentials_deleted", target="cred_id")
@@ -161,6 +167,45 @@ def test_lifespan_shutdown_flushes_the_sink(root: Path, collector: Path) -> None
     assert [e["type"] for e in stored_events(collector)] == ["credentials_deleted",
                                                              "run_dropped"]
     sink.close()
+
+
+def test_lifespan_shutdown_spools_what_a_stalled_collector_left_unacknowledged(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lifespan shutdown is the last chance under uvicorn: it re-raises the SIGTERM it
+    caught, whose default action ends the process without exit handlers, so the sink's
+    close() never runs. A flush there waited out its timeout on a collector that had
+    stopped answering (SIGSTOP, a hung disk) and left the events in flight: the process
+    then died with them, nothing spooled, counted or logged (uvicorn, 163 of 500
+    requests' events). They are spooled by the deadline, the sink staying open."""
+    import signal
+
+    from audit_middleware import middleware
+
+    monkeypatch.setattr(middleware, "SHUTDOWN_FLUSH_TIMEOUT", 0.5)
+    collector = CollectorProcess(root / "data").start()
+    try:
+        sink = CollectorSink(collector.url, spool_dir=root / "spool", backoff_max=0.2)
+        configure(sink=sink)
+        with TestClient(make_app()) as client:
+            assert client.delete("/credentials/c0").status_code == 200
+            assert sink.flush(timeout=10) and sink.stats()["acknowledged"] == 1
+            assert collector.proc is not None
+            collector.proc.send_signal(signal.SIGSTOP)
+            for n in (1, 2, 3):
+                assert client.delete(f"/credentials/c{n}").status_code == 200
+        # Right after lifespan shutdown, before any exit handler.
+        assert sink.stats()["spooled"] == 3
+        assert list((root / "spool").glob("*.spool"))
+        collector.proc.send_signal(signal.SIGCONT)
+        assert sink.wait_for_delivery(timeout=20)  # replayed: still open, still shipping
+        sink.close()
+        assert collector.stop() == 0
+        assert sorted(e["target"] for e in stored_events(root / "data")) == [
+            "c0", "c1", "c2", "c3"]
+    finally:
+        if collector.proc is not None and collector.proc.poll() is None:
+            collector.proc.send_signal(signal.SIGCONT)
+        collector.kill()
 
 
 def test_lifespan_passes_through_with_any_sink() -> None:
