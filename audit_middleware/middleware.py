@@ -61,7 +61,8 @@ class AuditMiddleware:
                     current.reset(token)
                 return
             if scope["type"] == "lifespan":
-                send = _flushing_on_shutdown(send)
+                await _lifespan(self.app, scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         ctx = RequestContext(self.config, scope)
@@ -118,6 +119,48 @@ async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: 
     finally:
         pending.reset(receipts_token)
         current.reset(token)
+
+
+async def _lifespan(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """The app's lifespan, the sink drained at its shutdown. An app that raises before
+    it receives anything does not speak lifespan (ASGI's way to say so; Django's
+    ``get_asgi_application()`` refuses every scope but http): the server would then
+    carry on without one, and under uvicorn nothing drained the sink at all (it
+    re-raises SIGTERM after shutdown: no exit handler runs), so the events a stalled
+    collector had not acknowledged died with the process. The middleware answers the
+    lifespan itself instead, and drains at its shutdown."""
+    used = False
+
+    async def receive_seen() -> Message:
+        nonlocal used
+        used = True
+        return await receive()
+
+    flushing = _flushing_on_shutdown(send)
+
+    async def send_seen(message: Message) -> None:
+        nonlocal used
+        used = True
+        await flushing(message)
+
+    try:
+        await app(scope, receive_seen, send_seen)
+    except Exception:
+        if used:
+            raise
+        log.info("audit: the app does not support the ASGI lifespan protocol; "
+                 "AuditMiddleware answers it, to drain the audit sink at shutdown")
+        await _serve_lifespan(receive, flushing)
+
+
+async def _serve_lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})  # drains first
+            return
 
 
 def _flushing_on_shutdown(send: Send) -> Send:

@@ -62,3 +62,62 @@ def test_an_event_before_the_view_is_resolved_again_with_the_views_parameters(au
     assert created.status_code == 201
     assert [(e.type, e.workspace_id, e.workspace_name) for e in audit.events] == [
         ("pipeline_action_created", "", ""), ("pipeline_created", "ws_lab", "lab")]
+
+
+def test_lifespan_is_answered_for_django_and_drains_the_sink_at_shutdown() -> None:
+    """Django's ASGI handler refuses the lifespan scope (it raises at once), so uvicorn
+    ran without one: nothing drained the sink at shutdown, and uvicorn then re-raises
+    SIGTERM, so no exit handler did either (a stalled collector's unacknowledged
+    events, 200 of 500, died with the process). AuditMiddleware answers it instead."""
+    import asyncio
+
+    from audit_middleware import MemorySink, configure
+    from audit_middleware.testing import reset_configuration
+
+    drained: list[float] = []
+
+    class DrainedSink(MemorySink):
+        def drain(self, timeout: float) -> bool:
+            drained.append(timeout)
+            return True
+
+    configure(sink=DrainedSink())
+    try:
+        app = AuditMiddleware(get_asgi_application())
+        incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        sent: list[str] = []
+
+        async def receive() -> dict[str, str]:
+            return incoming.pop(0)
+
+        async def send(message: dict[str, str]) -> None:
+            sent.append(message["type"])
+            if message["type"] == "lifespan.startup.complete":
+                assert drained == []
+
+        asyncio.run(app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        assert len(drained) == 1
+    finally:
+        reset_configuration()
+
+
+def test_an_apps_own_lifespan_failure_still_propagates() -> None:
+    """Only an app that raises before it receives anything is taken as one that does
+    not speak lifespan: a failure in its own startup is the server's to see."""
+    import asyncio
+
+    import pytest
+
+    async def failing(scope, receive, send):  # type: ignore[no-untyped-def]
+        await receive()
+        raise RuntimeError("startup failed")
+
+    async def receive() -> dict[str, str]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict[str, str]) -> None:
+        raise AssertionError(message)
+
+    with pytest.raises(RuntimeError, match="startup failed"):
+        asyncio.run(AuditMiddleware(failing)({"type": "lifespan"}, receive, send))
