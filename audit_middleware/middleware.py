@@ -145,11 +145,14 @@ async def _lifespan(app: ASGIApp, scope: Scope, receive: Receive, send: Send) ->
 
     try:
         await app(scope, receive_seen, send_seen)
-    except Exception:
+    except Exception as exc:
         if used:
             raise
-        log.info("audit: the app does not support the ASGI lifespan protocol; "
-                 "AuditMiddleware answers it, to drain the audit sink at shutdown")
+        # Named, with its message: were it a bug of the app's and not a refusal, this
+        # line is where it shows (the server will not say it).
+        log.info("audit: the app refused the ASGI lifespan protocol (%s: %s); "
+                 "AuditMiddleware answers it, to drain the audit sink at shutdown",
+                 type(exc).__name__, exc)
         await _serve_lifespan(receive, flushing)
 
 
