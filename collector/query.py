@@ -216,13 +216,17 @@ class Reader:
             return [], {}
         con = self.con
         order = "DESC" if newest_first else "ASC"
-        # Read as the walk goes, not fetched whole, and in rowid order (chunks are
-        # numbered in seq order), which needs no sort: a page found in the newest chunks
-        # must not cost a row per chunk of a store that holds thousands.
+        # Read as the walk goes, not fetched whole, and in the order of the chunks_segment
+        # index (segment, chunk), which needs no sort: a page found in the newest chunks
+        # must not cost a row per chunk of a store that holds thousands. Not in chunk
+        # number order: a segment that start-up indexes afresh (its compressed copy
+        # swapped in after a crash lost the index's note of it, ...) gets chunks
+        # numbered after every later segment's. Segments are numbered in seq order, and
+        # a segment's chunks in its seq order.
         chunks = con.execute(
             f"SELECT chunk, segment, first_seq, last_seq, state FROM chunks "
             f"WHERE rows > 0 AND max_created >= ? AND min_created < ? "
-            f"ORDER BY chunk {order}", (c.since, c.until))
+            f"ORDER BY segment {order}, chunk {order}", (c.since, c.until))
         blocks = [b for (b,) in con.execute(
             "SELECT block FROM zones WHERE max_created >= ? AND min_created < ? ORDER BY block",
             (c.since, c.until))] if c.timed else None
