@@ -103,7 +103,10 @@ class Conditions:
                 f"LIMIT {PROBE + 1})", (chunk, *driver.params, low, high)).fetchone()[0]
             if not held:
                 return False, None
-            if best is None or held < best[0]:
+            # Counts stop at PROBE + 1: among drivers that all reach it, one of a single
+            # value (walked in seq order, to the page's end) beats one of several (the
+            # rows scanned), whichever the filters list first.
+            if best is None or (held, not driver.single) < (best[0], not best[1].single):
                 best = (held, driver)
         if best is None:
             return True, None
