@@ -43,6 +43,8 @@ import orjson
 from collector.storage.chunks import (
     CLOSED,
     EVENTS_TABLE,
+    INDEXED,
+    PARTIAL,
     POSTINGS_TABLES,
     SECONDARY,
     Chunk,
@@ -289,8 +291,9 @@ class Index:
         return dict(self.con.execute("SELECT source, segment FROM source_segment"))
 
     def rows_match_catalog(self) -> bool:
-        """Every chunk holds the rows the catalog says, and no row is outside a chunk
-        (rows deleted by hand, a partial copy of the file, ... show here)."""
+        """Every chunk holds the rows the catalog says, no row is outside a chunk, and
+        the indexed chunks have their postings (rows or postings deleted by hand, a
+        partial copy of the file, ... show here)."""
         con = self.con
         total = 0
         for first, last, rows in con.execute(
@@ -299,7 +302,27 @@ class Index:
                            (first, last)).fetchone()[0] != rows:
                 return False
             total += rows
-        return bool(con.execute("SELECT count(*) FROM events").fetchone()[0] == total)
+        if con.execute("SELECT count(*) FROM events").fetchone()[0] != total:
+            return False
+        # The postings of the columns every row has (no PARTIAL): one entry per row of
+        # an indexed chunk. Missing ones would silently drop results. A count of a whole
+        # table walks its pages without decoding them; what a build killed half-way
+        # left of a chunk not indexed yet (rebuilt by its next build) is taken off it.
+        indexed = con.execute("SELECT coalesce(sum(rows), 0) FROM chunks WHERE state=?",
+                              (INDEXED,)).fetchone()[0]
+        unindexed = [c for (c,) in con.execute("SELECT chunk FROM chunks WHERE state<>?",
+                                               (INDEXED,))]
+        for column in SECONDARY:
+            if column in PARTIAL:
+                continue
+            table = postings(column)
+            entries = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for chunk in unindexed:
+                entries -= con.execute(f"SELECT count(*) FROM {table} WHERE chunk=?",
+                                       (chunk,)).fetchone()[0]
+            if entries != indexed:
+                return False
+        return True
 
     def block_map(self, segment: int) -> BlockMap:
         return [(u, c) for u, c in self.con.execute(

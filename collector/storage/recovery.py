@@ -236,7 +236,7 @@ def _index_problem(index: Index) -> str | None:
     if index.meta("schema") != INDEX_SCHEMA:
         return f"index schema {index.meta('schema')} is not {INDEX_SCHEMA}"
     if not index.rows_match_catalog():
-        return "index rows do not match its catalog (rows missing or added)"
+        return "index rows do not match its catalog (rows or postings missing or added)"
     return None
 
 

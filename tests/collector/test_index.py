@@ -153,6 +153,29 @@ def test_rows_deleted_behind_the_catalogs_back_are_noticed(index: Index) -> None
     assert not index.rows_match_catalog()
 
 
+def test_postings_missing_from_an_indexed_chunk_are_noticed(index: Index) -> None:
+    add(index, 1, rows(1, 4))
+    chunk = index.close_chunk()
+    assert chunk is not None
+    index.build_indexes(chunk)
+    assert index.rows_match_catalog()
+    index.con.execute("DELETE FROM ix_target WHERE seq = 3")
+    assert not index.rows_match_catalog()
+
+
+def test_what_a_killed_build_left_of_a_chunk_not_indexed_yet_is_no_damage(
+        index: Index) -> None:
+    """Its next build clears and redoes it: no reason to rebuild the whole index."""
+    add(index, 1, rows(1, 4))
+    chunk = index.close_chunk()
+    assert chunk is not None
+    index.build_indexes(chunk)
+    add(index, 2, rows(5, 4))
+    closed = index.close_chunk()
+    index.con.execute("INSERT INTO ix_principal VALUES(?, 'user-1', 5)", (closed,))
+    assert index.rows_match_catalog()
+
+
 def test_rows_outside_every_chunk_are_noticed(index: Index) -> None:
     add(index, 1, rows(1, 4))
     index.con.execute("DELETE FROM chunks")

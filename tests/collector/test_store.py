@@ -373,6 +373,33 @@ def test_an_index_missing_rows_is_rebuilt_at_open(tmp_path: Path) -> None:
     assert stored_ids(tmp_path) == expected
 
 
+def test_an_index_missing_postings_is_rebuilt_at_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Postings deleted from an indexed chunk would drop its rows from every query
+    walking them, silently: start-up counts them against the indexed rows."""
+    import sqlite3
+
+    from collector.query import Filters, iter_records
+
+    monkeypatch.setattr("collector.storage.group_commit.CHUNK_ROWS", 5)
+    with open_store(tmp_path) as store:
+        store.write(events(12))
+    expected = stored_ids(tmp_path)
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    assert con.execute("SELECT count(*) FROM chunks WHERE state=2").fetchone()[0] == 1
+    con.execute("DELETE FROM ix_principal WHERE seq IN (2, 3)")
+    con.commit()
+    con.close()
+    store = Store(StorageSettings(tmp_path))
+    report = store.open()
+    try:
+        assert report.index_rebuilt is not None and "postings" in report.index_rebuilt
+        found = [r["id"] for r in iter_records(store, Filters(principal="user-1"))]
+    finally:
+        store.close()
+    assert sorted(found) == sorted(expected)
+
+
 def damage_segments_schema(data_dir: Path, column: str) -> None:
     """Rename ``column`` of the index's segments table under SQLite: the file opens, but
     reading or writing the segment catalog fails, as with a damaged schema page."""
