@@ -86,6 +86,8 @@ CREATE TABLE IF NOT EXISTS chunks(
     last_seq INTEGER NOT NULL, rows INTEGER NOT NULL, min_created INTEGER NOT NULL,
     max_created INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS chunks_segment ON chunks(segment);
+-- The chunks not INDEXED (2) yet: few, looked up by every query (collector.query).
+CREATE INDEX IF NOT EXISTS chunks_unindexed ON chunks(segment) WHERE state <> 2;
 CREATE TABLE IF NOT EXISTS ids(id PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS zones(
     block INTEGER PRIMARY KEY, min_created INTEGER NOT NULL, max_created INTEGER NOT NULL);

@@ -159,6 +159,32 @@ def test_in_indexed_chunks_and_the_open_one(tmp_path: Path, small_chunks: None) 
         assert answers(tmp_path) == expected()
 
 
+def test_indexed_chunks_on_both_sides_of_chunks_not_indexed_yet(
+        tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of indexed chunks is read in one statement up to the next chunk not
+    indexed (a backlog found at open, a segment indexed afresh): the walk goes on there,
+    and then through the indexed chunks after it, in order, paged both ways."""
+    from collector.storage import indexer as indexer_module
+
+    real_build = indexer_module.build_chunk_indexes
+    building = {"on": True}
+
+    def build(con: Any, chunk: int, lock: Any) -> bool:
+        return real_build(con, chunk, lock) if building["on"] else True
+
+    monkeypatch.setattr(indexer_module, "build_chunk_indexes", build)
+    thirds = [ROWS[:42], ROWS[42:84], ROWS[84:]]
+    with open_store(tmp_path) as store:
+        for n, part in enumerate(thirds):
+            building["on"] = n != 1  # the middle third's chunks stay CLOSED
+            for i in range(0, len(part), BATCH):
+                store.write(part[i:i + BATCH])
+            store._indexer.wait(most=0, timeout=10)
+        states = chunk_states(tmp_path)
+        assert states.index(CLOSED) > 0 and INDEXED in states[states.index(CLOSED):]
+        assert answers(tmp_path) == expected()
+
+
 def test_after_reindex(tmp_path: Path, small_chunks: None) -> None:
     with stored(tmp_path, wait_for_indexer=True):
         live = answers(tmp_path)
