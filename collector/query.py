@@ -226,7 +226,8 @@ class Reader:
         unindexed = con.execute(
             f"SELECT segment, chunk FROM chunks WHERE state <> {INDEXED} AND rows > 0 "
             f"AND max_created >= ? AND min_created < ? "
-            f"ORDER BY segment {order}, chunk {order}", (c.since, c.until)).fetchall()
+            f"ORDER BY segment {order}, chunk {order}",
+            (c.since, c.until)).fetchall() if c.runs else []
         resume: tuple[int, int] | None = None
         while True:
             resume = self._walk(c, resume, unindexed, blocks, hits, want, newest_first, after)

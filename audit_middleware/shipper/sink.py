@@ -27,12 +27,7 @@ from typing import Final
 from .._counter import Counter
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
-from ..sinks.batching import (
-    FORK_LOCK,
-    BatchingQueue,
-    call_if_alive,
-    close_in_multiprocessing_children,
-)
+from ..sinks.batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
 from ..wire import BatchBody, WireError, decode_batch_body, encode_batch_body
 from .endpoint import DEFAULT_URL, Endpoint, parse_url
 from .pipeline import Chunk
@@ -195,11 +190,7 @@ class CollectorSink:
         its first event (else it numbered as its parent's source, as every sibling
         did), sends (else its events waited for its parent's worker thread, which it
         lacks) or counts."""
-        if self._queue.forked():
-            with FORK_LOCK:
-                if self._queue.forked():
-                    self._queue._after_fork()
-                    self._after_fork()
+        self._queue.check_fork(then=self._after_fork)
 
     def _after_fork(self) -> None:
         self._sender.forget_connection()

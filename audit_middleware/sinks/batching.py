@@ -57,7 +57,7 @@ _getpid = os.getpid
 #: Held while a child that no at-fork hook told about its fork resets its sinks (two
 #: request threads may find out at once). Never taken in a process that was not forked
 #: so, hence never held by a parent at a fork.
-FORK_LOCK: Final = threading.Lock()
+_FORK_LOCK: Final = threading.Lock()
 
 
 def forks_without_hooks() -> bool:
@@ -138,12 +138,16 @@ class BatchingQueue(Generic[T]):
         """Whether this process is a child that no at-fork hook told about its fork."""
         return self._pid != _getpid()
 
-    def check_fork(self) -> None:
-        """In a child forked without the at-fork hook: what the hook would have done."""
+    def check_fork(self, then: Callable[[], None] | None = None) -> None:
+        """In a child forked without the at-fork hook: what the hook would have done,
+        then ``then`` (the owning sink's own reset), once, however many threads find
+        out at the same time."""
         if self.forked():
-            with FORK_LOCK:
+            with _FORK_LOCK:
                 if self.forked():
                     self._after_fork()
+                    if then is not None:
+                        then()
 
     # -- request path -------------------------------------------------------------------
     def submit(self, event: T) -> bool:

@@ -30,7 +30,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from collector.storage.regular_files import fsync_dir, read_regular, replace_file
+from collector.storage.regular_files import (
+    fsync_dir,
+    read_regular,
+    replace_file,
+    write_new_file,
+)
 
 from .errors import KeyFileError
 
@@ -152,16 +157,7 @@ def prepare_signing_key(path: Path, private: Ed25519PrivateKey) -> Path:
                                 serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_MODE)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+    write_new_file(tmp, pem, PRIVATE_MODE)
     return tmp
 
 

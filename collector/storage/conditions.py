@@ -67,6 +67,13 @@ class Conditions:
     def timed(self) -> bool:
         return (self.since, self.until) != FOREVER
 
+    @property
+    def runs(self) -> bool:
+        """Whether runs of indexed chunks are read in one statement (``indexed_run``):
+        one filter of one value drives every chunk alike."""
+        return (not self.nothing_indexed and len(self.drivers) == 1
+                and self.drivers[0].single)
+
     def statement(self, con: sqlite3.Connection, chunk: int, indexed: bool, low: int,
                   high: int, order: str) -> tuple[str, tuple[Any, ...]] | None:
         """The statement selecting (seq, off, len) of the matching rows of ``chunk``
@@ -98,10 +105,10 @@ class Conditions:
         A store holds thousands of chunks after a year (one a segment at least, hourly
         by default); a statement per chunk cost ~3.4 us each (10 ms a query at 3,000),
         where the chunk catalog, the postings and the rows walked in one statement cost
-        a seek a chunk (~0.3 us), and stop at the page's end: (segment, chunk, seq) is
+        a seek a chunk (~0.6 us), and stop at the page's end: (segment, chunk, seq) is
         the order of the catalog's chunks_segment index and of each chunk's postings
         of one value, so SQLite sorts nothing."""
-        if self.nothing_indexed or len(self.drivers) != 1 or not self.drivers[0].single:
+        if not self.runs:
             return None
         driver = self.drivers[0]
         descending = order == "DESC"

@@ -85,8 +85,18 @@ def replace_file(path: Path, data: bytes, mode: int) -> None:
     afresh and never followed (a link planted under its name would have the write go
     to the link's target). Writers of one ``path`` must not run at once."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+    write_new_file(tmp, data, mode)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` as a new file (``mode``), fsynced: one a killed writer
+    left there is removed first; the file is made afresh and never followed (a link
+    planted under its name would have the write go to the link's target); a write that
+    fails (a full disk takes part of it) leaves no file behind."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  mode)
     try:
         done = 0
@@ -95,11 +105,9 @@ def replace_file(path: Path, data: bytes, mode: int) -> None:
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:
