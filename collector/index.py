@@ -55,6 +55,7 @@ from collector.storage.chunks import (
 )
 from collector.storage.compression import BlockMap
 from collector.storage.records import Row
+from collector.storage.segment_drop import zone_blocks_inside
 from collector.storage.segments import FILE_MODE, SegmentHeader
 from collector.storage.sources import Ranges
 from collector.storage.write_lock import WriteLock
@@ -427,7 +428,9 @@ class Index:
         self.con.execute("UPDATE segments SET compressed=0 WHERE seq=?", (segment,))
 
     def drop_segment(self, segment: int) -> None:
-        """Forget a segment: its chunks, ids, zones (those wholly inside it), blocks."""
+        """Forget a segment: its chunks, ids, zones (those wholly inside it), blocks, in
+        the caller's transaction (start-up repair; retention drops in short steps on the
+        indexer's thread: ``collector.storage.segment_drop``)."""
         con = self.con
         seqs = con.execute("SELECT min(first_seq), max(last_seq) FROM chunks WHERE segment=?",
                            (segment,)).fetchone()
@@ -438,10 +441,8 @@ class Index:
                 self.open_chunk = None
         con.execute("DELETE FROM chunks WHERE segment=?", (segment,))
         if seqs[0] is not None:
-            first_block = (seqs[0] + (1 << ZONE_SHIFT) - 1) >> ZONE_SHIFT
-            last_block = ((seqs[1] + 1) >> ZONE_SHIFT) - 1
             con.execute("DELETE FROM zones WHERE block BETWEEN ? AND ?",
-                        (first_block, last_block))
+                        zone_blocks_inside(seqs[0], seqs[1], ZONE_SHIFT))
         con.execute("DELETE FROM gz_blocks WHERE segment=?", (segment,))
         con.execute("DELETE FROM segments WHERE seq=?", (segment,))
 

@@ -115,6 +115,11 @@ METRICS: Final[tuple[Metric, ...]] = (
        "source is gone"),
     _m("audit.collector.store.retention_deleted", "counter", "store", "retention_deleted",
        "{segment}", "Sealed segments deleted by retention"),
+    _m("audit.collector.store.index.unindexed_chunks", "gauge", "store", "unindexed_chunks",
+       "{chunk}", "Closed index chunks waiting for their postings (queries scan them)"),
+    _m("audit.collector.store.index.segments_dropping", "gauge", "store",
+       "segments_dropping", "{segment}",
+       "Segments retention deleted whose index rows are still being dropped"),
     # the forwarder (OTLP/HTTP)
     _m("audit.collector.forward.lag", "gauge", "forwarder", "lag_events", "{event}",
        "Stored events not yet acknowledged by the OTLP endpoint"),

@@ -325,13 +325,18 @@ class Store:
             self._index.close_chunk()  # queries need not scan it while the store idles
             writer.index_closed_chunks()
         done = segments.apply_retention()
-        if done.dropped:
+        for segment in done.deleted:
+            chunk = self._index.open_chunk
+            if chunk is not None and chunk.segment == segment:
+                self._index.close_chunk()  # sealing closed it; the indexer drops closed ones
+            self._indexer.drop_segment(segment)
+        if self._indexer.take_dropped():
             writer.stored = self._index.count()
         if done.deleted:
-            writer.counts["retention_deleted"] += done.deleted
+            writer.counts["retention_deleted"] += len(done.deleted)
             # Said in the log too: deletions seen only as a counter surprised operators.
             log.info("retention: deleted %d sealed segment(s); records stored before %s "
-                     "are gone (retention_days %g, retention_bytes %s)", done.deleted,
+                     "are gone (retention_days %g, retention_bytes %s)", len(done.deleted),
                      format_created(done.stored_before_ns), self.settings.retention_days,
                      self.settings.retention_bytes)
             # A source whose last record was in a segment older than every segment kept
@@ -365,12 +370,13 @@ class Store:
             "events": writer.stored,
             **self._segments.stats(),
             "unindexed_chunks": self._indexer.backlog,
+            "segments_dropping": self._indexer.drops_pending,
             "written": counts["written"],
             "duplicates": counts["duplicates"],
             "rejected": rejected,
             "write_errors": counts["write_errors"],
             "last_error": writer.last_error or self._last_error
-            or self._segments.last_error or self._indexer.failed,
+            or self._segments.last_error or self._indexer.failed or self._indexer.drop_error,
             "pending": pending,
             "quarantined": len(quarantined),
             "quarantined_bytes": sum(quarantined.values()),

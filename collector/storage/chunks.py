@@ -121,46 +121,32 @@ def build_chunk_indexes(con: sqlite3.Connection, chunk: int, write_lock: WriteLo
     """One sorted append per postings table, each its own transaction so the store's
     commits interleave; False if the chunk is gone (retention dropped it meanwhile).
 
-    Each transaction first looks the chunk up under the write lock (retention deletes
-    a chunk's postings with its catalog row, and must not leave some behind) and clears
+    Each transaction first looks the chunk up under the write lock (a build after
+    retention dropped the chunk would leave postings of no chunk behind) and clears
     what a build killed half-way left of this column."""
     for column in SECONDARY:
         where = f" AND {PARTIAL[column]}" if column in PARTIAL else ""
-        with write_lock.background():
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                seqs = chunk_range(con, chunk)
-                if seqs is None:
-                    con.execute("ROLLBACK")
-                    return False
-                table = postings(column)
-                con.execute(f"DELETE FROM {table} WHERE chunk=?", (chunk,))
-                # Sorted first, the pairs go in at the right edge of the B-tree: appends,
-                # not inserts into the middle of pages.
-                con.execute(f"INSERT INTO {table} SELECT ?, {column}, seq FROM events "
-                            f"WHERE seq BETWEEN ? AND ?{where} ORDER BY 2, 3",
-                            (chunk, *seqs))
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with write_lock.background_transaction(con):
+            seqs = chunk_range(con, chunk)
+            if seqs is None:
+                return False  # nothing written: the empty transaction commits
+            table = postings(column)
+            con.execute(f"DELETE FROM {table} WHERE chunk=?", (chunk,))
+            # Sorted first, the pairs go in at the right edge of the B-tree: appends,
+            # not inserts into the middle of pages.
+            con.execute(f"INSERT INTO {table} SELECT ?, {column}, seq FROM events "
+                        f"WHERE seq BETWEEN ? AND ?{where} ORDER BY 2, 3",
+                        (chunk, *seqs))
     seqs = chunk_range(con, chunk)  # the names are a read: no need to hold up commits
     if seqs is None:
         return False
     triples = chunk_names(con, *seqs)
-    with write_lock.background():
-        # One transaction: a reader sees the chunk indexed with its names, or neither.
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            if chunk_range(con, chunk) is None:
-                con.execute("ROLLBACK")
-                return False  # dropped by retention since the names were read
-            add_names(con, triples)
-            con.execute("UPDATE chunks SET state=? WHERE chunk=?", (INDEXED, chunk))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    # One transaction: a reader sees the chunk indexed with its names, or neither.
+    with write_lock.background_transaction(con):
+        if chunk_range(con, chunk) is None:
+            return False  # dropped by retention since the names were read
+        add_names(con, triples)
+        con.execute("UPDATE chunks SET state=? WHERE chunk=?", (INDEXED, chunk))
     return True
 
 

@@ -1,5 +1,6 @@
-"""The background thread that builds closed chunks' indexes (see
-``collector.storage.chunks``)."""
+"""The background thread that maintains the index beside the store's commits: it builds
+closed chunks' postings (``collector.storage.chunks``), drops the rows of segments
+retention deleted (``collector.storage.segment_drop``) and checkpoints the WAL."""
 
 from __future__ import annotations
 
@@ -11,19 +12,27 @@ import time
 from pathlib import Path
 from typing import Final
 
-from collector.index import writer_connection
+from collector.index import ZONE_SHIFT, writer_connection
 from collector.storage.chunks import build_chunk_indexes
+from collector.storage.segment_drop import drop_segment_rows
 from collector.storage.write_lock import WriteLock
 
 log = logging.getLogger("collector.index")
 #: How often ``ChunkIndexer.wait`` checks that the indexer thread is still alive.
 _LIVENESS_CHECK: Final = 1.0
+#: Seconds before a segment drop that failed is tried again.
+DROP_RETRY: Final = 1.0
 
 
 class ChunkIndexer:
-    """The background thread that builds closed chunks' postings and checkpoints the
-    WAL. A build runs inside SQLite without the GIL, so it overlaps the store's commit
-    thread encoding the next group."""
+    """The background thread that builds closed chunks' postings, drops deleted
+    segments' rows and checkpoints the WAL. A build runs inside SQLite without the GIL,
+    so it overlaps the store's commit thread encoding the next group.
+
+    Builds go first (a chunk waiting for its postings costs every query a scan of it);
+    drops, one segment at a time, when no build waits. A drop that fails is tried
+    again after ``DROP_RETRY``; one left at ``close`` is finished at the next start (the
+    file is gone, so recovery drops what the index still holds of it)."""
 
     CHECKPOINT_BYTES: Final = 16 * 1024 * 1024
 
@@ -41,6 +50,12 @@ class ChunkIndexer:
         #: for a large store rebuilt after an upgrade).
         self._backlog_at_open: set[int] = set()
         self.failed: str | None = None
+        #: Segments retention deleted whose rows are still to drop, oldest first.
+        self._drops: collections.deque[int] = collections.deque()
+        self._drop_after = 0.0  # monotonic: no drop before (after a failure)
+        self._drop_failures = 0
+        self._dropped = 0  # segments dropped since ``take_dropped`` last looked
+        self.drop_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-store-indexer",
                                         daemon=True)
         self._thread.start()
@@ -51,6 +66,23 @@ class ChunkIndexer:
             if at_open:
                 self._backlog_at_open.add(chunk)
             self._cond.notify_all()
+
+    def drop_segment(self, segment: int) -> None:
+        """Drop the rows of ``segment``, whose file retention deleted, in the background
+        (the caller made sure no chunk of it is open)."""
+        with self._cond:
+            self._drops.append(segment)
+            self._cond.notify_all()
+
+    def take_dropped(self) -> int:
+        """How many segments' rows were dropped since the last call."""
+        with self._cond:
+            dropped, self._dropped = self._dropped, 0
+        return dropped
+
+    @property
+    def drops_pending(self) -> int:
+        return len(self._drops)
 
     @property
     def backlog(self) -> int:
@@ -100,15 +132,19 @@ class ChunkIndexer:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stop, timeout=1.0)
+                self._cond.wait_for(lambda: self._queue or self._stop or self._drop_due(),
+                                    timeout=1.0)
                 if not self._queue and self._stop:
                     self._checkpoint()
                     return
                 chunk = self._queue.popleft() if self._queue else None
                 self._busy = chunk is not None
+                segment = self._drops[0] if chunk is None and self._drop_due() else None
             try:
                 if chunk is not None:
                     build_chunk_indexes(self._con, chunk, self._write_lock)
+                elif segment is not None:
+                    self._drop(segment)
                 self._checkpoint()
             except Exception as exc:  # the chunk stays CLOSED: re-queued at next open
                 self.failed = f"{type(exc).__name__}: {exc}"
@@ -118,6 +154,29 @@ class ChunkIndexer:
                     self._busy = False
                     self._backlog_at_open.discard(chunk)
                     self._cond.notify_all()
+
+    def _drop_due(self) -> bool:
+        return bool(self._drops) and time.monotonic() >= self._drop_after
+
+    def _drop(self, segment: int) -> None:
+        """Drop one segment's rows; on failure, log (at the 1st, 2nd, 4th... failure in
+        a row: visible, not every second) and try again after ``DROP_RETRY``."""
+        try:
+            drop_segment_rows(self._con, segment, self._write_lock, ZONE_SHIFT)
+        except Exception as exc:  # noqa: BLE001 - sqlite3.Error or a bug: tried again
+            self.drop_error = f"{type(exc).__name__}: {exc}"
+            self._drop_failures += 1
+            n = self._drop_failures
+            if n & (n - 1) == 0:
+                log.error("audit store: dropping the index rows of deleted segment %d "
+                          "failed (%s, %d failures so far); trying again every %g s",
+                          segment, exc, n, DROP_RETRY)
+            self._drop_after = time.monotonic() + DROP_RETRY
+            return
+        self._drop_failures = 0  # a later run of failures is logged from its first
+        with self._cond:
+            self._drops.popleft()
+            self._dropped += 1
 
     def _checkpoint(self) -> None:
         try:

@@ -54,12 +54,12 @@ EXPECTED_COMPRESSION: Final = 0.25
 class RetentionPass(NamedTuple):
     """What one retention pass did."""
 
-    deleted: int  # segments deleted
+    #: the segments whose files were deleted, oldest first: their index rows are the
+    #: caller's to drop (``ChunkIndexer.drop_segment``)
+    deleted: list[int]
     #: the time before which every record stored is now deleted (the creation of the
     #: oldest segment kept; 0 when none was deleted)
     stored_before_ns: int
-    #: deleted segments (this pass's or earlier ones') whose index rows were dropped
-    dropped: int
 
 
 class _Sealed:
@@ -94,11 +94,6 @@ class SegmentSet:
         self._compress_failed: collections.deque[int] = collections.deque()
         self._compress_retry: dict[int, float] = {}  # seq -> when to try again (monotonic)
         self._plain_done = self._packed_done = 0
-        # Segments retention deleted whose index rows could not be dropped (the file is
-        # gone): dropped again at every pass until it works, so queries never keep
-        # pointing at records that no longer exist until the next start.
-        self._undropped: list[int] = []
-        self._drop_failures = 0
         self.last_error: str | None = None
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
@@ -261,8 +256,8 @@ class SegmentSet:
                 self._schedule_compression(seq, info.path)
 
     def apply_retention(self) -> RetentionPass:
-        """Delete the sealed segments retention no longer keeps (files first, then their
-        index rows): the oldest ones, by age or by size."""
+        """Delete the files of the sealed segments retention no longer keeps: the oldest
+        ones, by age or by size (their index rows go after, in the background)."""
         s = self.settings
         self._retry_compressions()
         # A segment waiting for its compressed copy, counted at its plain size (several
@@ -295,45 +290,18 @@ class SegmentSet:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("retention: nothing deleted in this pass, its digest could not "
                           "be written (%s); trying again at the next pass", exc)
-                return RetentionPass(0, 0, self._drop_index_rows())
+                return RetentionPass([], 0)
         for seq in doomed:
             info = self._sealed.pop(seq)
             info.path.unlink(missing_ok=True)
             fsync_dir(self.directory)
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
-            self._undropped.append(seq)
-        return RetentionPass(len(doomed), stored_before_ns, self._drop_index_rows())
+        return RetentionPass(doomed, stored_before_ns)
 
     def oldest_kept(self) -> int:
         """The lowest number of a segment that still exists (sealed or active)."""
         return min(self._sealed, default=self.active.header.seq)
-
-    def _drop_index_rows(self) -> int:
-        """Drop the index rows of the segments deleted (this pass's and any whose drop
-        failed before). One that fails is logged and stays listed for the next pass; the
-        pass goes on, so what retention deleted is still counted and its sources
-        forgotten."""
-        dropped = 0
-        for seq in list(self._undropped):
-            try:
-                self._index.begin()
-                self._index.drop_segment(seq)
-                self._index.commit()
-            except Exception as exc:  # noqa: BLE001 - sqlite3.Error or a bug: tried again
-                self._index.rollback()
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self._drop_failures += 1
-                n = self._drop_failures
-                if n & (n - 1) == 0:  # at 1, 2, 4, ... failures: visible, not every tick
-                    log.error("audit store: dropping the index rows of deleted segment %d "
-                              "failed (%s, %d failures so far); trying again at every "
-                              "retention pass", seq, exc, n)
-                continue
-            self._undropped.remove(seq)
-            self._drop_failures = 0  # a later run of failures is logged from its first
-            dropped += 1
-        return dropped
 
     # -- the rest -------------------------------------------------------------------------
     def sealed_files(self) -> list[SegmentFile]:

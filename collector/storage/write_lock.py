@@ -14,6 +14,7 @@ store waits for it; the store then waits for one column's build at most.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,3 +58,18 @@ class WriteLock:
             yield
         finally:
             self.release()
+
+    @contextmanager
+    def background_transaction(self, con: sqlite3.Connection) -> Iterator[None]:
+        """A write transaction on ``con`` under ``background()``: committed when the
+        block ends, rolled back when it raises. Background work is cut into such
+        transactions, each short, so the store waits for one of them at most."""
+        with self.background():
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise

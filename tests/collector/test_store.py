@@ -577,25 +577,27 @@ def test_index_rows_of_a_deleted_segment_go_without_a_restart_when_the_first_dro
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Retention deletes the file first, then its index rows. A failed drop (a busy or
     failing index) left the rows until the next start: queries and the count kept
-    records that no longer exist. The drop is tried again at the next pass."""
-    from collector.index import Index
-    real_drop = Index.drop_segment
+    records that no longer exist. The drop is tried again a moment later."""
+    import collector.storage.indexer as indexer_module
+    real_drop = indexer_module.drop_segment_rows
     failures: list[int] = []
 
-    def drop_failing_once(self: Index, segment: int) -> None:
+    def drop_failing_once(con: sqlite3.Connection, segment: int, *args: Any) -> int:
         if not failures:
             failures.append(segment)
             raise sqlite3.OperationalError("disk I/O error")
-        real_drop(self, segment)
+        return real_drop(con, segment, *args)
 
-    monkeypatch.setattr(Index, "drop_segment", drop_failing_once)
+    monkeypatch.setattr(indexer_module, "drop_segment_rows", drop_failing_once)
     with open_store(tmp_path, max_segment_bytes=4096, retention_bytes=9000) as store:
         written = [store.write(events(8)).written for _ in range(8)]
         wait_until(lambda: failures and sealed_bytes(store) <= 9000)
         on_disk = {r["id"] for r in all_records(tmp_path)}
         wait_until(lambda: store.stats()["events"] == len(on_disk))
         assert set(stored_ids(tmp_path)) == on_disk
-        assert "disk I/O error" in store.stats()["last_error"]
+        stats = store.stats()
+        assert "disk I/O error" in stats["last_error"]
+        assert stats["segments_dropping"] == 0
     assert not set(written[0]) & on_disk
 
 
