@@ -250,8 +250,9 @@ class Reader:
         # swapped in after a crash lost the index's note of it, ...) gets chunks
         # numbered after every later segment's. Segments are numbered in seq order, and
         # a segment's chunks in its seq order.
-        where = "rows > 0 AND max_created >= ? AND min_created < ?"
-        params: tuple[Any, ...] = (c.since, c.until)
+        held, held_params = c.catalog_filter()
+        where = f"rows > 0 AND max_created >= ? AND min_created < ? AND {held}"
+        params: tuple[Any, ...] = (c.since, c.until, *held_params)
         if start is not None:
             where += f" AND (segment, chunk) {'<=' if newest_first else '>='} (?, ?)"
             params += start

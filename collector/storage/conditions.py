@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 FOREVER: Final = (-(2**62), 2**62)
 #: Entries of a driver counted in a chunk before it is called common.
 PROBE: Final = 1000
+#: Values of a driver (parameters: an IP range counts two) that the catalog walk
+#: looks up in each indexed chunk before it asks the chunk (``catalog_filter``).
+CATALOG_VALUES: Final = 64
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,30 @@ class Conditions:
         one filter of one value drives every chunk alike."""
         return (not self.nothing_indexed and len(self.drivers) == 1
                 and self.drivers[0].single)
+
+    def catalog_filter(self) -> tuple[str, tuple[Any, ...]]:
+        """A condition on the ``chunks`` catalog's rows that leaves out the indexed
+        chunks none of whose rows can match: those where a driver has no entry at all
+        (one seek a driver, and one a value of a several-valued one, inside SQLite; the
+        chunk's statement then counts what is left, ``statement``). For the walk that
+        reads the catalog: a rare filter of several values (a CIDR block, a type glob)
+        or of several filters visited every chunk with a statement of its own (~3.4 us
+        each, ~70 ms at a year's ~20,000 chunks). Not for runs (``indexed_run``): their
+        one statement skips such chunks itself."""
+        if self.nothing_indexed:
+            return f"state <> {INDEXED}", ()
+        # Fewest seeks first (a value or an IP range is one): SQLite checks them in
+        # this order and stops at the first without an entry. A driver of more values
+        # than CATALOG_VALUES is left to the chunk's statement (a seek each per chunk).
+        drivers = sorted((d for d in self.drivers if len(d.params) <= CATALOG_VALUES),
+                         key=lambda d: len(d.params))
+        if self.runs or not drivers:
+            return "1", ()
+        held = " AND ".join(
+            f"EXISTS (SELECT 1 FROM {postings(d.column)} WHERE chunk = chunks.chunk AND "
+            f"{d.condition})" for d in drivers)
+        return (f"(state <> {INDEXED} OR ({held}))",
+                tuple(p for d in drivers for p in d.params))
 
     def statement(self, con: sqlite3.Connection, chunk: int, indexed: bool, low: int,
                   high: int, order: str) -> tuple[str, tuple[Any, ...]] | None:

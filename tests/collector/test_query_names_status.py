@@ -4,6 +4,7 @@ rebuilt by reindex), and an organization renamed between its events."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from audit_middleware.event import format_created
 from collector.index import connect
-from collector.query import Filters, QueryError, iter_records, reindex, search
+from collector.query import Filters, QueryError, Reader, iter_records, reindex, search
 from collector.storage.chunks import CLOSED, INDEXED, OPEN
 from collector.storage.conditions import compile_conditions
 from tests.collector.storage_helpers import BASE_NS, event, open_store
@@ -294,3 +295,33 @@ def test_among_drivers_as_common_as_can_be_counted_one_value_is_walked_not_the_r
             assert walked(types=("run_*", "user_*"), client_ip="::/0") == "events"
         finally:
             con.close()
+
+
+def test_the_walk_asks_no_indexed_chunk_where_a_filter_has_no_entry(
+        tmp_path: Path, small_chunks: None) -> None:
+    """A filter of several values (a CIDR block) or several filters matching one event:
+    the catalog walk leaves out, inside SQLite, the indexed chunks where a filter has
+    no entry, so only the chunk holding it is asked a statement of its own. Every indexed chunk was asked one (~3.4 us each: ~70 ms for
+    a year's ~20,000 chunks)."""
+    rows = [dict(r) for r in ROWS]
+    rows[3].update(client_ip="198.51.100.7", principal="usr-once")
+    with open_store(tmp_path) as store:
+        for i in range(0, COUNT, BATCH):
+            store.write(rows[i:i + BATCH])
+        store._indexer.wait(most=0, timeout=10)
+        assert chunk_states(tmp_path) == [INDEXED] * 4 + [OPEN]
+    for filters in (Filters(client_ip="198.51.100.0/24"),
+                    Filters(principal="usr-once", org="org-4"),
+                    Filters(types=("run_*", "user_*"), client_ip="198.51.100.0/24")):
+        statements: list[str] = []
+        reader = Reader(tmp_path)
+        try:
+            reader.con.set_trace_callback(statements.append)
+            found = [r["id"] for r in reader.search(filters, limit=10).records]
+        finally:
+            reader.close()
+        assert found == [rows[3]["id"]]
+        # The indexed chunks asked a statement of their own (a count or a walk of their
+        # postings): chunk 1 only, which holds the event.
+        asked = {int(n) for s in statements for n in re.findall(r"\bchunk = (\d+)", s)}
+        assert asked == {1}, statements
