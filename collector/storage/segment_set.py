@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from collector.index import Index
 
 from .compression import BlockMap, compress
+from .disk_space import Reserve, free_bytes, is_full
 from .records import created_micros
 from .regular_files import fsync_dir
 from .retention import SealedInfo, expired
@@ -83,6 +84,7 @@ class SegmentSet:
         self._index = index
         self._wake = wake  # tells the commit thread a compressed copy is ready
         self._ledger = ledger  # tamper evidence: chain links and digests (None: off)
+        self._reserve = Reserve(settings.data_dir)  # for retention's digest (with a ledger)
         self._sealed: dict[int, _Sealed] = {}
         self._compressed: collections.deque[tuple[int, Path, BlockMap]] = collections.deque()
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="audit-store-compress")
@@ -247,7 +249,7 @@ class SegmentSet:
             info = self._sealed.get(seq)
             if info is None or info.compressed:  # deleted by retention, or done
                 del self._compress_retry[seq]
-            elif due <= now and _free_bytes(self.directory) < info.size:
+            elif due <= now and free_bytes(self.directory) < info.size:
                 # Not yet: its copy would fill what is left, and the appends beside it
                 # fail meanwhile (the disk that failed it is still nearly full).
                 self._compress_retry[seq] = now + COMPRESSION_RETRY
@@ -260,6 +262,8 @@ class SegmentSet:
         ones, by age or by size (their index rows go after, in the background)."""
         s = self.settings
         self._retry_compressions()
+        if self._ledger is not None:
+            self._reserve.ensure()
         # A segment waiting for its compressed copy, counted at its plain size (several
         # times what it will take), made the size rule delete segments the cap had room
         # for (6 kept of 10 where 9 fit). It counts at the size compression has given
@@ -285,7 +289,7 @@ class SegmentSet:
             # nothing in this pass: deleted under a digest only queued, and the process
             # killed before the queue was written, the segments read as stolen for good.
             try:
-                self._ledger.retention(max(doomed) + 1, self.active)
+                self._sign_retention(max(doomed) + 1)
             except OSError as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("retention: nothing deleted in this pass, its digest could not "
@@ -297,7 +301,21 @@ class SegmentSet:
             fsync_dir(self.directory)
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
+        if doomed and self._ledger is not None:
+            self._reserve.ensure()  # out of the freed space, before ingest takes it
         return RetentionPass(doomed, stored_before_ns)
+
+    def _sign_retention(self, deleted_below: int) -> None:
+        """The retention digest, written in the reserve's space if the disk is full
+        (``collector.storage.disk_space``): without it, a disk full to the last byte
+        stayed full, retention having to write before it may delete."""
+        assert self._ledger is not None
+        try:
+            self._ledger.retention(deleted_below, self.active)
+        except OSError as exc:
+            if not (is_full(exc) and self._reserve.release()):
+                raise
+            self._ledger.retention(deleted_below, self.active)
 
     def oldest_kept(self) -> int:
         """The lowest number of a segment that still exists (sealed or active)."""
@@ -329,12 +347,3 @@ class SegmentSet:
             self.active.sync()
         finally:
             self.active.close()
-
-
-def _free_bytes(directory: Path) -> int:
-    """Bytes an unprivileged writer may still use on ``directory``'s file system."""
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return 0
-    return st.f_bavail * st.f_frsize

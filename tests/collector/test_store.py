@@ -950,7 +950,7 @@ def test_a_failed_compression_is_tried_again_without_a_restart(
         # Not tried while the file system has no room for the copy: its appends would
         # fail beside it.
         free = {"bytes": 0}
-        monkeypatch.setattr(segment_set, "_free_bytes", lambda _: free["bytes"])
+        monkeypatch.setattr(segment_set, "free_bytes", lambda _: free["bytes"])
         time.sleep(1)
         assert store.stats()["segments"]["compressed"] == 0
         free["bytes"] = 1 << 40

@@ -139,6 +139,59 @@ def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: P
     assert restarted_full in ("started", "refused"), restarted_full
 
 
+def test_retention_frees_a_disk_full_to_the_last_byte_by_itself(tmp: Path) -> None:
+    """Retention signs a digest before it deletes a segment (verify then tells retention
+    from theft). On a disk full to the last byte that digest could not be written: the
+    collector deleted nothing and took nothing until someone freed space by hand, however
+    old its segments. It now keeps a reserve file (``collector.storage.disk_space``) and
+    signs in its space: with the ballast left in place, acknowledgements resume, and the
+    signed history stays whole."""
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+    with tmpfs(tmp / "disk", TMPFS_SIZE) as disk:
+        # Records older than 4 s go: retention has something to delete once it is full.
+        collector = Collector(disk / "data", "--max-segment-bytes", "256KiB",
+                              "--retention-days", repr(4 / 86_400)).start()
+        app = App("app", collector.url, tmp / "spool", tmp / "logs", burst=10, pause=0.005)
+        ballast = disk / "ballast"
+        reserve = collector.data_dir / "reserve"
+        try:
+            # Full of its own records: retention under way, then the ballast takes what
+            # is left (a disk full of others' files leaves retention nothing to delete).
+            # And the index's WAL at its usual size, checkpointed once (up to 16 MiB, the
+            # most of this small disk's share of the store until then).
+            wait_for(lambda: "retention: deleted" in "".join(collector.output)
+                     and reserve.exists()
+                     and (collector.data_dir / "index.sqlite").stat().st_size > 2**20, 60,
+                     "retention under way, the reserve made, the WAL checkpointed")
+            mark = len(collector.output)
+            fill(ballast)  # to the last byte, and left there
+            acked = app.acknowledged_count()
+            wait_for(lambda: app.acknowledged_count() > acked + 1000, 60,
+                     "acknowledgements with the ballast still filling the disk")
+            assert "released the" in "".join(collector.output[mark:])
+            # Made again out of what retention freed, ready for the next full disk.
+            wait_for(reserve.exists, 60, "the reserve made again")
+            acked = app.acknowledged_count()
+            wait_for(lambda: app.acknowledged_count() > acked + 200, 60,
+                     "acknowledgements, retention going on with the ballast in place")
+            assert ballast.exists()
+        finally:
+            result = app.finish()
+            assert collector.stop() == 0
+        log = "".join(collector.output)
+        ballast.unlink()  # room for verify's own files (its SQLite reader's -shm)
+        done = subprocess.run([sys.executable, "-m", "collector", "verify", "--data-dir",
+                               str(collector.data_dir)], capture_output=True, text=True,
+                              cwd=ROOT, check=False)
+    assert result["delivered"] and result["dropped"] == 0, result
+    assert "Traceback" not in log, log[-3000:]
+    report("retention on a disk full to the last byte", emitted=result["emitted"],
+           spooled=result["spooled"], verify_exit=done.returncode)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
 def start_on_a_full_disk(collector: Collector) -> str:
     """Start the collector on the full disk. Whether its store opens depends on what the
     kill interrupted (a crash right after a rotation leaves index work to commit): it

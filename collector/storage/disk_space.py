@@ -1,0 +1,83 @@
+"""Free space on the data directory's disk, and the space the store keeps back for
+retention.
+
+Retention signs a digest before it deletes anything (``verify`` then tells retention
+from theft; ``collector.integrity.ledger``). On a disk full to the last byte that digest
+cannot be written, so retention deleted nothing, the disk stayed full, and the store
+took no record until someone freed space by hand, however old its segments were. The
+store therefore keeps a ``reserve`` file of ``RESERVE_BYTES`` in the data directory:
+when the retention digest meets a full disk, the reserve is deleted and the digest
+written in its place, then the segments. The reserve is made again right after, out of
+the space the deletions freed, before the apps' retried batches take it: made later
+(once the disk had room to spare), it never was, as ingest refilled each freed segment
+within a second, and the next pass met a full disk again with no reserve
+(``tests/faults/test_disk_full.py``). Never out of the last free bytes
+(``RESERVE_ROOM``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Final
+
+from collector.storage.regular_files import write_new_file
+
+__all__ = ["RESERVE_BYTES", "RESERVE_NAME", "Reserve", "free_bytes", "is_full"]
+
+log = logging.getLogger("collector.store")
+
+RESERVE_NAME: Final = "reserve"
+#: A retention digest is a line of ~600 bytes (and a new digest file's first block):
+#: 256 KiB holds hundreds. Small enough to be made again out of what one deleted
+#: segment frees.
+RESERVE_BYTES: Final = 256 * 1024
+#: Free bytes the disk must have before the reserve is made (again).
+RESERVE_ROOM: Final = RESERVE_BYTES + 64 * 1024
+_FILE_MODE: Final = 0o640
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``directory``'s file system."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def is_full(exc: OSError) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class Reserve:
+    """The reserve file of one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / RESERVE_NAME
+
+    def ensure(self) -> None:
+        """Make the reserve if it is missing and the disk has room for it. Cheap when
+        it is there (a stat); a failure is only logged: the store runs without it."""
+        if self.path.exists() or free_bytes(self.path.parent) < RESERVE_ROOM:
+            return
+        try:
+            write_new_file(self.path, bytes(RESERVE_BYTES), _FILE_MODE)
+        except OSError as exc:
+            log.warning("audit store: could not make the disk space reserve %s (%s); "
+                        "trying again later", self.path, exc)
+
+    def release(self) -> bool:
+        """Delete the reserve, freeing its space now; False if there was none."""
+        try:
+            size = self.path.stat().st_size
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        log.warning("audit store: the disk is full; released the %d-byte reserve %s so "
+                    "that retention can sign its deletions and free space (it is made "
+                    "again out of the space they free)", size, self.path)
+        return True
