@@ -56,7 +56,8 @@ class RetentionPass(NamedTuple):
     """What one retention pass did."""
 
     #: the segments whose files were deleted, oldest first: their index rows are the
-    #: caller's to drop (``ChunkIndexer.drop_segment``)
+    #: caller's to drop (``ChunkIndexer.drop_segment``); those of an earlier pass that
+    #: failed after deleting them come first
     deleted: list[int]
     #: the time before which every record stored is now deleted (the creation of the
     #: oldest segment kept; 0 when none was deleted)
@@ -96,6 +97,12 @@ class SegmentSet:
         self._compress_failed: collections.deque[int] = collections.deque()
         self._compress_retry: dict[int, float] = {}  # seq -> when to try again (monotonic)
         self._plain_done = self._packed_done = 0
+        # Segments whose files retention deleted, not yet handed to the caller (whose
+        # index rows are then dropped): kept across a pass that fails half-way (a
+        # directory fsync or a digest's removal raising), so that the next pass hands
+        # them over, and the index never keeps pointing at them until the next start.
+        self._deleted: list[int] = []
+        self._deleted_before_ns = 0  # the latest sealed_ns of those
         self.last_error: str | None = None
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
@@ -282,7 +289,6 @@ class SegmentSet:
         doomed = expired(infos, now_ns=time.time_ns(), retention_days=s.retention_days,
                          retention_bytes=s.retention_bytes,
                          keep_newest=self.active.records == 0)
-        stored_before_ns = max((self._sealed[seq].sealed_ns for seq in doomed), default=0)
         if doomed and self._ledger is not None:
             # Signed, on disk, before anything is deleted: verify then tells retention
             # from theft. A digest that could not be written (a full disk) deletes
@@ -294,16 +300,23 @@ class SegmentSet:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("retention: nothing deleted in this pass, its digest could not "
                           "be written (%s); trying again at the next pass", exc)
-                return RetentionPass([], 0)
+                return self._take_deleted()
         for seq in doomed:
             info = self._sealed.pop(seq)
             info.path.unlink(missing_ok=True)
+            self._deleted.append(seq)  # gone: its rows are to drop, whatever fails next
+            self._deleted_before_ns = max(self._deleted_before_ns, info.sealed_ns)
             fsync_dir(self.directory)
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
         if doomed and self._ledger is not None:
             self._reserve.ensure()  # out of the freed space, before ingest takes it
-        return RetentionPass(doomed, stored_before_ns)
+        return self._take_deleted()
+
+    def _take_deleted(self) -> RetentionPass:
+        done = RetentionPass(self._deleted, self._deleted_before_ns)
+        self._deleted, self._deleted_before_ns = [], 0
+        return done
 
     def _sign_retention(self, deleted_below: int) -> None:
         """The retention digest, written in the reserve's space if the disk is full

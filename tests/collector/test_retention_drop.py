@@ -155,3 +155,66 @@ def test_a_drop_paused_at_any_step_holds_up_no_commit_and_no_query(
         store.close()
     assert sorted(found(killed)) == sorted(on_disk(killed))
     assert catalog_matches_rows(killed)
+
+
+def index_segments(data_dir: Path) -> set[int]:
+    """The segments the index holds rows (or a catalog entry) of."""
+    con = sqlite3.connect(data_dir / "index.sqlite")
+    try:
+        return ({s for (s,) in con.execute("SELECT DISTINCT segment FROM chunks")}
+                | {s for (s,) in con.execute("SELECT seq FROM segments")})
+    finally:
+        con.close()
+
+
+def segment_numbers(data_dir: Path) -> set[int]:
+    return {int(p.name.split("-")[1]) for p in segment_files(data_dir)}
+
+
+@pytest.mark.parametrize("failing", ["unlink", "fsync_dir"])
+def test_segments_deleted_before_a_retention_pass_fails_still_have_their_rows_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """A retention pass that deletes several files and fails half-way (a file that
+    cannot be removed, or the directory's fsync raising an OSError) must still hand the
+    files it deleted to the index drop: the old code kept them in a list retried at
+    every pass; returned only at the pass's end, they were lost, and the index kept
+    pointing at records that no longer exist until the next start."""
+    from collector.storage import segment_set
+
+    data_dir = tmp_path / "store"
+    with open_store(data_dir, max_segment_bytes=4096) as store:
+        for _ in range(8):
+            store.write(events(8))
+    second = segment_files(data_dir)[1]
+    assert len(segment_files(data_dir)) >= 4
+    calls: list[object] = []
+    if failing == "unlink":
+        real_unlink = Path.unlink
+
+        def unlink(self: Path, missing_ok: bool = False) -> None:
+            if self == second:
+                calls.append(self)
+                raise PermissionError(13, "Permission denied (injected)", str(self))
+            real_unlink(self, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Path, "unlink", unlink)
+    else:
+        real_fsync_dir = segment_set.fsync_dir
+
+        def fsync_dir(directory: Path) -> None:
+            calls.append(directory)
+            if len(calls) == 2:  # after the second file of the pass is unlinked
+                raise OSError(5, "Input/output error (injected)")
+            real_fsync_dir(directory)
+
+        monkeypatch.setattr(segment_set, "fsync_dir", fsync_dir)
+    with open_store(data_dir, max_segment_bytes=4096, retention_bytes=4000) as store:
+        wait_until(lambda: calls)
+        on_disk = segment_numbers(data_dir)
+        wait_until(lambda: store.stats()["segments_dropping"] == 0
+                   and index_segments(data_dir) <= on_disk, timeout=5)
+        wait_until(lambda: store.stats()["events"] == len(on_disk_records(data_dir)))
+
+
+def on_disk_records(data_dir: Path) -> list[bytes]:
+    return [line for path in segment_files(data_dir) for line in record_lines(path)]
