@@ -50,7 +50,8 @@ class ChunkIndexer:
         #: for a large store rebuilt after an upgrade).
         self._backlog_at_open: set[int] = set()
         self.failed: str | None = None
-        #: Segments retention deleted whose rows are still to drop, oldest first.
+        #: Segments retention deleted whose rows are still to drop, oldest first (one
+        #: whose drop failed goes to the back).
         self._drops: collections.deque[int] = collections.deque()
         self._drop_after = 0.0  # monotonic: no drop before (after a failure)
         self._drop_failures = 0
@@ -160,7 +161,8 @@ class ChunkIndexer:
 
     def _drop(self, segment: int) -> None:
         """Drop one segment's rows; on failure, log (at the 1st, 2nd, 4th... failure in
-        a row: visible, not every second) and try again after ``DROP_RETRY``."""
+        a row: visible, not every second) and try again after ``DROP_RETRY``, after the
+        other segments waiting (as the commit thread's drop went on past a failing one)."""
         try:
             drop_segment_rows(self._con, segment, self._write_lock, ZONE_SHIFT)
         except Exception as exc:  # noqa: BLE001 - sqlite3.Error or a bug: tried again
@@ -172,6 +174,9 @@ class ChunkIndexer:
                           "failed (%s, %d failures so far); trying again every %g s",
                           segment, exc, n, DROP_RETRY)
             self._drop_after = time.monotonic() + DROP_RETRY
+            with self._cond:  # to the back: one that keeps failing holds up no other
+                if self._drops and self._drops[0] == segment:
+                    self._drops.rotate(-1)
             return
         self._drop_failures = 0  # a later run of failures is logged from its first
         with self._cond:

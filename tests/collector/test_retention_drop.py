@@ -218,3 +218,29 @@ def test_segments_deleted_before_a_retention_pass_fails_still_have_their_rows_dr
 
 def on_disk_records(data_dir: Path) -> list[bytes]:
     return [line for path in segment_files(data_dir) for line in record_lines(path)]
+
+
+def test_a_segment_whose_drop_keeps_failing_does_not_hold_up_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop that fails is tried again later; the segments deleted after it are
+    dropped meanwhile (the old commit-thread drop went on past a failing segment: one
+    that failed, for whatever reason of its own, blocked none of the others)."""
+    real_drop = indexer_module.drop_segment_rows
+    stuck: list[int] = []
+
+    def drop(con: sqlite3.Connection, segment: int, *args: Any) -> int:
+        if not stuck:
+            stuck.append(segment)
+        if segment == stuck[0]:
+            raise sqlite3.DatabaseError("database disk image is malformed (injected)")
+        return real_drop(con, segment, *args)
+
+    monkeypatch.setattr(indexer_module, "drop_segment_rows", drop)
+    data_dir = tmp_path / "store"
+    with open_store(data_dir, max_segment_bytes=4096, retention_bytes=9000) as store:
+        for _ in range(10):
+            store.write(events(8))
+        wait_until(lambda: store.stats()["retention_deleted"] >= 3)
+        on_disk = segment_numbers(data_dir)
+        wait_until(lambda: index_segments(data_dir) - on_disk == set(stuck), timeout=5)
+        assert store.stats()["segments_dropping"] == 1
