@@ -55,7 +55,7 @@ from collector.storage.chunks import (
 )
 from collector.storage.compression import BlockMap
 from collector.storage.records import Row
-from collector.storage.segment_drop import zone_blocks_inside
+from collector.storage.segment_drop import hide_segments, zone_blocks_inside
 from collector.storage.segments import FILE_MODE, SegmentHeader
 from collector.storage.sources import Ranges
 from collector.storage.write_lock import WriteLock
@@ -445,6 +445,18 @@ class Index:
                         zone_blocks_inside(seqs[0], seqs[1], ZONE_SHIFT))
         con.execute("DELETE FROM gz_blocks WHERE segment=?", (segment,))
         con.execute("DELETE FROM segments WHERE seq=?", (segment,))
+
+    def hide_segments(self, segments: list[int]) -> None:
+        """Hide the chunks of segments whose files retention deleted from every query
+        until their rows are dropped (``segment_drop.hide_segments``), in a transaction
+        of its own."""
+        self.begin()
+        try:
+            hide_segments(self.con, segments)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
 
     def wipe(self) -> None:
         """Drop everything (a rebuild follows)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future
@@ -330,6 +331,12 @@ class Store:
             if chunk is not None and chunk.segment == segment:
                 self._index.close_chunk()  # sealing closed it; the indexer drops closed ones
             self._indexer.drop_segment(segment)
+        if done.deleted:
+            try:  # one small update: no query reads them while their drops wait
+                self._index.hide_segments(done.deleted)
+            except sqlite3.Error as exc:  # their drops hide them at their first step
+                log.warning("audit store: hiding the index rows of deleted segments from "
+                            "queries failed (%s); they go with their drops", exc)
         if self._indexer.take_dropped():
             writer.stored = self._index.count()
         if done.deleted:

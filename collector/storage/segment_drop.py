@@ -12,6 +12,12 @@ one step at most (~15 ms: one table's postings of a chunk, or ``SLICE`` rows).
 
 Every step leaves an index a query and the start-up check read correctly:
 
+0. as soon as the file is gone, before its drop begins (on the store's commit thread:
+   one small update, ``hide_segments``), its chunks get the time range of a chunk
+   without rows, which no query's walk reads: a page is not filled with hits whose
+   records cannot be read while the drop waits (behind the builds and the drops queued
+   before it), where it came back short or empty, with a next cursor (the forwarder
+   took such a page for caught up, and forwarded nothing until the drops ended);
 1. the segment's zones and compressed-block map go (its file is gone: no query reads
    them again), and its chunks become CLOSED, so queries read their rows, not postings;
 2. chunk by chunk, its postings table by table (a CLOSED chunk's partial postings are
@@ -31,11 +37,23 @@ from typing import Final
 from collector.storage.chunks import CLOSED, INDEXED, SECONDARY, chunk_range, postings
 from collector.storage.write_lock import WriteLock
 
-__all__ = ["drop_segment_rows", "zone_blocks_inside"]
+__all__ = ["NO_TIME", "drop_segment_rows", "hide_segments", "zone_blocks_inside"]
 
 #: Seqs of a chunk whose rows and ids one step deletes (~8 ms; a whole 64k-row chunk's
 #: took ~50-100 ms).
 SLICE: Final = 8192
+
+
+#: (min_created, max_created) of a chunk no query reads: a chunk without rows has it
+#: (``Index._new_chunk``), and no time window holds it (``query.Reader._walk``).
+NO_TIME: Final = (2**62, -(2**62))
+
+
+def hide_segments(con: sqlite3.Connection, segments: list[int]) -> None:
+    """Hide the chunks of ``segments`` (whose files are gone) from every query, in the
+    caller's transaction: their rows stay, and agree with the catalog, until dropped."""
+    con.executemany("UPDATE chunks SET min_created=?, max_created=? WHERE segment=?",
+                    [(*NO_TIME, segment) for segment in segments])
 
 
 def zone_blocks_inside(first_seq: int, last_seq: int, shift: int) -> tuple[int, int]:
@@ -59,6 +77,7 @@ def drop_segment_rows(con: sqlite3.Connection, segment: int, write_lock: WriteLo
         con.execute("DELETE FROM gz_blocks WHERE segment=?", (segment,))
         con.execute("UPDATE chunks SET state=? WHERE segment=? AND state=?",
                     (CLOSED, segment, INDEXED))
+        hide_segments(con, [segment])  # if the commit thread could not
         chunks = [c for (c,) in con.execute(
             "SELECT chunk FROM chunks WHERE segment=? ORDER BY chunk", (segment,))]
     dropped = 0

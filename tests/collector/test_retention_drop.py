@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -244,3 +245,33 @@ def test_a_segment_whose_drop_keeps_failing_does_not_hold_up_the_others(
         on_disk = segment_numbers(data_dir)
         wait_until(lambda: index_segments(data_dir) - on_disk == set(stuck), timeout=5)
         assert store.stats()["segments_dropping"] == 1
+
+
+@pytest.mark.parametrize("first_drop_pauses", [1, 2, 9], indirect=True)
+def test_a_page_holds_no_hit_of_a_segment_whose_file_is_gone_while_its_drop_waits(
+        tmp_path: Path, first_drop_pauses: list[PausingLock]) -> None:
+    """Between the file's removal and the end of its drop (behind the builds, the
+    drops queued before it, a drop failing), a page must not be filled with hits of the
+    deleted segment: their records are left out, and a page came back short or empty
+    with a next cursor. The forwarder took an empty page for caught up and forwarded
+    nothing while the drops lasted (a new endpoint forwarding from the beginning reads
+    exactly the segments retention deletes first)."""
+    from collector.query import search
+
+    data_dir = tmp_path / "store"
+    with open_store(data_dir, max_segment_bytes=4096, retention_bytes=9000) as store:
+        while not first_drop_pauses:
+            store.write(events(6, principal="usr_1"))
+        assert first_drop_pauses[0].paused.wait(10)
+        for _ in range(3):  # more deleted segments, their drops queued behind
+            store.write(events(6, principal="usr_1"))
+        wait_until(lambda: store.stats()["segments_dropping"] >= 2)
+        time.sleep(1.2)  # the retention passes after the last write are over
+        records = sorted(on_disk(data_dir).values(), key=lambda r: r["seq"])
+        assert len(records) > 5
+        try:
+            for filters in ({}, {"principal": "usr_1"}, {"types": ("credentials_created",)}):
+                page = search(data_dir, Filters(**filters), limit=5, newest_first=False)
+                assert [r["seq"] for r in page.records] == [r["seq"] for r in records[:5]]
+        finally:
+            first_drop_pauses[0].go_on.set()
