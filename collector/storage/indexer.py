@@ -29,10 +29,12 @@ class ChunkIndexer:
     segments' rows and checkpoints the WAL. A build runs inside SQLite without the GIL,
     so it overlaps the store's commit thread encoding the next group.
 
-    Builds go first (a chunk waiting for its postings costs every query a scan of it);
-    drops, one segment at a time, when no build waits. A drop that fails is tried
-    again after ``DROP_RETRY``; one left at ``close`` is finished at the next start (the
-    file is gone, so recovery drops what the index still holds of it)."""
+    Builds go first (a chunk waiting for its postings costs every query a scan of it,
+    and the store waits for them past ``MAX_UNINDEXED``); drops, one segment at a time,
+    when no build waits, and a drop under way stops after its step when one comes. A
+    drop that fails is tried again after ``DROP_RETRY``, after the others waiting; one
+    left at ``close`` is finished at the next start (the file is gone, so recovery drops
+    what the index still holds of it)."""
 
     CHECKPOINT_BYTES: Final = 16 * 1024 * 1024
 
@@ -164,7 +166,8 @@ class ChunkIndexer:
         a row: visible, not every second) and try again after ``DROP_RETRY``, after the
         other segments waiting (as the commit thread's drop went on past a failing one)."""
         try:
-            drop_segment_rows(self._con, segment, self._write_lock, ZONE_SHIFT)
+            finished = drop_segment_rows(self._con, segment, self._write_lock, ZONE_SHIFT,
+                                         yield_to=self._yield_drop)
         except Exception as exc:  # noqa: BLE001 - sqlite3.Error or a bug: tried again
             self.drop_error = f"{type(exc).__name__}: {exc}"
             self._drop_failures += 1
@@ -179,9 +182,17 @@ class ChunkIndexer:
                     self._drops.rotate(-1)
             return
         self._drop_failures = 0  # a later run of failures is logged from its first
+        if finished is None:
+            return  # a build waits (or the store stops): the drop goes on after it
         with self._cond:
             self._drops.popleft()
             self._dropped += 1
+
+    def _yield_drop(self) -> bool:
+        """Whether a drop stops after its step: a build waits (builds go first, and the
+        store waits for them past MAX_UNINDEXED), or the store stops (the next start
+        finishes the drop)."""
+        return bool(self._queue) or self._stop
 
     def _checkpoint(self) -> None:
         try:

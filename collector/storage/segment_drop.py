@@ -32,6 +32,7 @@ Every step leaves an index a query and the start-up check read correctly:
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Final
 
 from collector.storage.chunks import CLOSED, INDEXED, SECONDARY, chunk_range, postings
@@ -63,10 +64,20 @@ def zone_blocks_inside(first_seq: int, last_seq: int, shift: int) -> tuple[int, 
 
 
 def drop_segment_rows(con: sqlite3.Connection, segment: int, write_lock: WriteLock,
-                      zone_shift: int) -> int:
+                      zone_shift: int, *,
+                      yield_to: Callable[[], bool] | None = None) -> int | None:
     """Delete ``segment``'s index rows in steps (above); returns how many events rows
     went. Idempotent: a drop that failed or was stopped half-way is finished by the next
-    call (or by start-up recovery)."""
+    call (or by start-up recovery).
+
+    ``yield_to``, asked after each step: when it says so, the drop stops there and
+    returns None (call again to go on). The indexer's thread lets a waiting build go
+    first: a drop of a whole segment without one held the builds for as long as it
+    took (the store waits for them past ``MAX_UNINDEXED``: acknowledgements too)."""
+
+    def stop_here() -> bool:
+        return yield_to is not None and yield_to()
+
     with write_lock.background_transaction(con):
         first, last = con.execute(
             "SELECT min(first_seq), max(last_seq) FROM chunks WHERE segment=?",
@@ -83,9 +94,13 @@ def drop_segment_rows(con: sqlite3.Connection, segment: int, write_lock: WriteLo
     dropped = 0
     for chunk in chunks:
         for column in SECONDARY:
+            if stop_here():
+                return None
             with write_lock.background_transaction(con):
                 con.execute(f"DELETE FROM {postings(column)} WHERE chunk=?", (chunk,))
         while True:
+            if stop_here():
+                return None
             with write_lock.background_transaction(con):
                 seqs = chunk_range(con, chunk)
                 if seqs is None:
@@ -100,6 +115,8 @@ def drop_segment_rows(con: sqlite3.Connection, segment: int, write_lock: WriteLo
                 con.execute("UPDATE chunks SET first_seq=?, rows=rows-? WHERE chunk=?",
                             (first + SLICE, gone, chunk))
                 dropped += gone
+    if stop_here():
+        return None
     with write_lock.background_transaction(con):
         con.execute("DELETE FROM segments WHERE seq=?", (segment,))
     return dropped

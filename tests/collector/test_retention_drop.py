@@ -66,11 +66,16 @@ def first_drop_pauses(monkeypatch: pytest.MonkeyPatch,
     real_drop = indexer_module.drop_segment_rows
     gates: list[PausingLock] = []
 
-    def drop(con: sqlite3.Connection, segment: int, write_lock: Any, shift: int) -> int:
+    first: list[int] = []
+
+    def drop(con: sqlite3.Connection, segment: int, write_lock: Any, shift: int,
+             **kwargs: Any) -> int | None:
         if not gates:
+            first.append(segment)
             gates.append(PausingLock(write_lock, request.param))
+        if segment == first[0]:  # also when it goes on after a build
             write_lock = gates[0]
-        return real_drop(con, segment, write_lock, shift)
+        return real_drop(con, segment, write_lock, shift, **kwargs)
 
     monkeypatch.setattr(indexer_module, "drop_segment_rows", drop)
     yield gates
@@ -229,12 +234,12 @@ def test_a_segment_whose_drop_keeps_failing_does_not_hold_up_the_others(
     real_drop = indexer_module.drop_segment_rows
     stuck: list[int] = []
 
-    def drop(con: sqlite3.Connection, segment: int, *args: Any) -> int:
+    def drop(con: sqlite3.Connection, segment: int, *args: Any, **kwargs: Any) -> Any:
         if not stuck:
             stuck.append(segment)
         if segment == stuck[0]:
             raise sqlite3.DatabaseError("database disk image is malformed (injected)")
-        return real_drop(con, segment, *args)
+        return real_drop(con, segment, *args, **kwargs)
 
     monkeypatch.setattr(indexer_module, "drop_segment_rows", drop)
     data_dir = tmp_path / "store"
@@ -275,3 +280,55 @@ def test_a_page_holds_no_hit_of_a_segment_whose_file_is_gone_while_its_drop_wait
                 assert [r["seq"] for r in page.records] == [r["seq"] for r in records[:5]]
         finally:
             first_drop_pauses[0].go_on.set()
+
+
+class SlowLock:
+    """The store's write lock as a drop sees it: each of its steps takes ``pause``
+    seconds more (outside the lock: a long drop, not a long step)."""
+
+    def __init__(self, real: WriteLock, pause: float, started: threading.Event) -> None:
+        self.real, self.pause, self.started = real, pause, started
+
+    @contextmanager
+    def background_transaction(self, con: sqlite3.Connection) -> Iterator[None]:
+        self.started.set()
+        time.sleep(self.pause)
+        with self.real.background_transaction(con):
+            yield
+
+
+def test_a_long_drop_lets_the_builds_go_first_and_holds_up_no_acknowledgement(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store waits for the indexer when more than MAX_UNINDEXED closed chunks wait
+    for their postings. A drop ran one whole segment without a build in between (~1 s a
+    default segment of 64 MB, tens of seconds for a large one): the chunks closed
+    meanwhile piled up, and acknowledgements waited for the rest of the drop, what the
+    drop's short steps were meant to prevent. Between two steps, a waiting build goes
+    first; the drop goes on after it."""
+    monkeypatch.setattr(segment_drop, "SLICE", 1)
+    real_drop = indexer_module.drop_segment_rows
+    started = threading.Event()
+    slow: list[int] = []  # the first segment dropped: ~3 s
+
+    def slow_drop(con: sqlite3.Connection, segment: int, write_lock: Any, *args: Any,
+                  **kwargs: Any) -> Any:
+        if not slow:
+            slow.append(segment)
+        if segment == slow[0]:
+            write_lock = SlowLock(write_lock, 0.1, started)
+        return real_drop(con, segment, write_lock, *args, **kwargs)
+
+    monkeypatch.setattr(indexer_module, "drop_segment_rows", slow_drop)
+    data_dir = tmp_path / "store"
+    with open_store(data_dir, max_segment_bytes=4096, retention_bytes=9000) as store:
+        while not started.is_set():  # a segment each (20 records take more than 4096 bytes)
+            store.write(events(20))
+        slowest = 0.0
+        for _ in range(8):  # each closes a chunk while the drop (~3 s a segment) goes on
+            began = time.monotonic()
+            store.write(events(20))
+            slowest = max(slowest, time.monotonic() - began)
+        assert slowest < 1.0, f"an acknowledgement waited {slowest:.2f} s for a drop"
+        wait_until(lambda: store.stats()["segments_dropping"] == 0, timeout=20)
+        assert catalog_matches_rows(data_dir)
+        assert sorted(found(data_dir)) == sorted(on_disk(data_dir))

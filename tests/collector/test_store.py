@@ -582,11 +582,12 @@ def test_index_rows_of_a_deleted_segment_go_without_a_restart_when_the_first_dro
     real_drop = indexer_module.drop_segment_rows
     failures: list[int] = []
 
-    def drop_failing_once(con: sqlite3.Connection, segment: int, *args: Any) -> int:
+    def drop_failing_once(con: sqlite3.Connection, segment: int, *args: Any,
+                          **kwargs: Any) -> int | None:
         if not failures:
             failures.append(segment)
             raise sqlite3.OperationalError("disk I/O error")
-        return real_drop(con, segment, *args)
+        return real_drop(con, segment, *args, **kwargs)
 
     monkeypatch.setattr(indexer_module, "drop_segment_rows", drop_failing_once)
     with open_store(tmp_path, max_segment_bytes=4096, retention_bytes=9000) as store:
