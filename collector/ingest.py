@@ -56,6 +56,18 @@ __all__ = ["IngestError", "IngestServer", "IngestSettings"]
 
 #: Seconds a shutdown waits for in-flight batches (and API requests) to finish.
 DRAIN_TIMEOUT: Final = 10.0
+#: Client hosts whose failed TLS handshakes are counted for the log (then forgotten).
+_HANDSHAKE_HOSTS: Final = 1024
+#: What a failed handshake's OpenSSL reason usually means, said in the log.
+_HANDSHAKE_HINTS: Final = (
+    (("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"),
+     "the client may be speaking plain TCP to this TLS port: give it tls=True"),
+    (("UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "NO_PROTOCOLS_AVAILABLE"),
+     "the client offers only TLS versions below 1.2"),
+    (("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN"),
+     ("the client does not trust this collector's certificate: give it the CA "
+      "(CollectorSink(tls_ca=...))")),
+)
 
 log = logging.getLogger("collector.ingest")
 
@@ -112,6 +124,7 @@ class IngestServer:
         self.counters: Counter[str] = Counter()
         self.addresses: list[str] = []
         self.tls: ssl.SSLContext | None = None  # the TCP listener's (reloaded at SIGHUP)
+        self._handshake_failures: dict[str, int] = {}  # by client host (see _tls_handshake)
 
     # -- listening ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -124,10 +137,9 @@ class IngestServer:
         if s.tcp_host is not None:
             tls = tls_context(s.tls_cert, s.tls_key)
             self.tls = tls
-            try:
-                server = await asyncio.start_server(
-                    self._tcp_client, s.tcp_host, s.tcp_port, ssl=tls,
-                    ssl_handshake_timeout=s.handshake_timeout if tls else None)
+            try:  # TLS on each accepted connection (``_tcp_client``), not by the server
+                server = await asyncio.start_server(self._tcp_client, s.tcp_host,
+                                                    s.tcp_port)
             except OSError as exc:
                 raise IngestError(f"cannot listen on {s.tcp_host}:{s.tcp_port}: {exc}") from None
             self._servers.append(server)
@@ -171,7 +183,37 @@ class IngestServer:
 
     async def _tcp_client(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        if self.tls is not None and not await self._tls_handshake(writer):
+            return
         await self._client(reader, writer, tcp=True)
+
+    async def _tls_handshake(self, writer: asyncio.StreamWriter) -> bool:
+        """TLS on an accepted connection; False (counted, logged, closed) if it fails.
+
+        Here rather than in asyncio's server, which logs a failed handshake at debug
+        level only (``ssl.SSLError`` is an ``OSError``): a client that does not trust the
+        certificate, speaks plain TCP to the TLS port or an old TLS version was turned
+        away without a word at the collector. Logged at each client host's 1st, 2nd,
+        4th... failure: a misconfigured client shows, a scanner does not flood the log."""
+        assert self.tls is not None
+        try:
+            await writer.start_tls(self.tls,
+                                   ssl_handshake_timeout=self.settings.handshake_timeout)
+            return True
+        except (TimeoutError, OSError, EOFError) as exc:
+            self.counters["tls_handshake_failures"] += 1
+            peer = writer.get_extra_info("peername")
+            host = str(peer[0]) if peer else "?"
+            failures = self._handshake_failures
+            if host not in failures and len(failures) >= _HANDSHAKE_HOSTS:
+                failures.clear()  # bounded; a host logged before is logged again
+            n = failures[host] = failures.get(host, 0) + 1
+            if n & (n - 1) == 0:
+                log.warning("ingest: TLS handshake with %s failed: %s%s (%d from this host "
+                            "so far)", _peer_name(writer, True), exc or type(exc).__name__,
+                            handshake_hint(exc), n)
+            writer.transport.abort()
+            return False
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       *, tcp: bool) -> None:
@@ -380,3 +422,14 @@ def _peer_name(writer: asyncio.StreamWriter, tcp: bool) -> str:
         return "unix client"
     peer = writer.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if peer else "tcp client"
+
+
+def handshake_hint(exc: BaseException) -> str:
+    """``"; "`` and what a failed TLS handshake's reason usually means, or ``""``."""
+    text = f"{getattr(exc, 'reason', '') or ''} {exc}".upper()
+    for reasons, hint in _HANDSHAKE_HINTS:
+        if any(r in text for r in reasons):
+            return f"; {hint}"
+    if isinstance(exc, ConnectionAbortedError | TimeoutError):
+        return "; the client said nothing in time (handshake_timeout)"
+    return ""

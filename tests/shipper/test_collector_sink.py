@@ -513,12 +513,16 @@ def test_tls_refuses_a_collector_it_cannot_verify(collector: Collector,
                              tls_cert=cert, tls_key=key)
     sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
                      tls=True)  # no tls_ca: the self-signed certificate is not trusted
-    with caplog.at_level(logging.WARNING, "audit_middleware"):
+    with caplog.at_level(logging.WARNING):
         emit_many(3)
         assert sink.flush(timeout=10)
     assert (sink.stats()["acknowledged"], sink.stats()["spooled"]) == (0, 3)
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
     assert "pass tls_ca=" in caplog.text  # what to change, not only what failed
+    # The collector's side says it too (asyncio's server logged it at debug level only).
+    assert collector_says(caplog, "TLS handshake with 127.0.0.1:",
+                          "does not trust this collector's certificate")
+    assert server.server.stats()["tls_handshake_failures"] >= 1
 
 
 def test_a_plain_client_of_a_tls_listener_is_told_to_turn_tls_on(
@@ -529,11 +533,46 @@ def test_a_plain_client_of_a_tls_listener_is_told_to_turn_tls_on(
     server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
                              tls_cert=cert, tls_key=key)
     sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret")
-    with caplog.at_level(logging.WARNING, "audit_middleware"):
+    with caplog.at_level(logging.WARNING):
         emit_many(3)
         assert sink.flush(timeout=10)
     assert sink.stats()["acknowledged"] == 0
     assert "pass tls=True" in caplog.text, caplog.text
+    assert collector_says(caplog, "TLS handshake with 127.0.0.1:",
+                          "speaking plain TCP to this TLS port")
+
+
+def collector_says(caplog: pytest.LogCaptureFixture, *parts: str) -> bool:
+    return any(r.name == "collector.ingest" and all(p in r.getMessage() for p in parts)
+               for r in caplog.records)
+
+
+def test_failed_tls_handshakes_are_logged_per_host_without_a_flood(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Silent clients (a port scanner, a client hung before its hello) time out in the
+    handshake: each is counted, and a host's 1st, 2nd, 4th... failure logged. The
+    listener serves a client that gets it right all the while."""
+    import socket
+
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key, handshake_timeout=0.3)
+    port = server.server.tcp_port()
+    assert port is not None
+    with caplog.at_level(logging.WARNING, "collector.ingest"):
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as silent:
+                assert silent.recv(1) == b""  # closed by the collector after its timeout
+        sink = make_sink(url=f"tcp://127.0.0.1:{port}", token="s3cret", tls=True,
+                         tls_ca=cert)
+        ids = emit_many(5)
+        assert sink.flush(timeout=10)
+    assert collector.ids() == ids
+    assert server.server.stats()["tls_handshake_failures"] == 5
+    logged = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    assert len(logged) == 3, logged  # the 1st, 2nd and 4th
+    assert all("said nothing in time" in m for m in logged), logged
 
 
 def test_a_wrong_token_is_not_taken_for_a_tls_mistake(
