@@ -9,6 +9,13 @@ first untrusted hop: everything left of it was written by someone we do not trus
 Nothing is trusted by default. Malformed values never raise: a hop that is not an IP
 address (``unknown``, an obfuscated ``_identifier``, garbage) cannot be attributed, so
 the client IP is then empty and the peer is kept in ``peer_ip`` for the investigator.
+
+A proxy on the same host often reaches the app over a unix socket (nginx to gunicorn or
+uvicorn ``--uds``): the server then hands over no peer address at all (ASGI
+``scope["client"]`` None, WSGI ``REMOTE_ADDR`` empty), so no IP or CIDR could trust it,
+and every event behind it had an empty client IP. The entry ``"unix"`` trusts such a
+peer (the record's ``peer_ip`` then says ``unix``). Only for an app that listens on a
+unix socket alone: on TCP a peer always has an address.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ log = logging.getLogger("audit_middleware")
 
 #: IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``), which ``parse_ip`` reads as IPv4.
 _IPV4_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+#: The ``trusted_proxies`` entry that trusts a peer without an address (a unix socket),
+#: and the ``peer_ip`` recorded for one.
+UNIX: Final = "unix"
 
 
 class Resolution(NamedTuple):
@@ -44,7 +54,8 @@ class Resolution(NamedTuple):
 
 
 class TrustedProxies:
-    """A set of IPs and CIDRs (IPv4 and IPv6), validated at construction.
+    """A set of IPs and CIDRs (IPv4 and IPv6), and ``"unix"`` (a peer on a unix socket,
+    which has no address), validated at construction.
 
     An IPv4 address and its IPv4-mapped IPv6 form are one address (``parse_ip``): an
     entry written mapped (``::ffff:10.0.0.1``, ``::ffff:10.0.0.0/104``) is its IPv4
@@ -63,7 +74,11 @@ class TrustedProxies:
                 f"trusted_proxies must be a list of IPs and CIDR networks (or one string of "
                 f"them, comma separated), got {type(proxies).__name__}") from None
         networks: list[IPNetwork] = []
+        self.unix = False
         for entry in entries:
+            if isinstance(entry, str) and entry.strip().lower() == UNIX:
+                self.unix = True
+                continue
             if isinstance(entry, (ipaddress.IPv4Address, ipaddress.IPv6Address,
                                   ipaddress.IPv4Network, ipaddress.IPv6Network)):
                 entry = str(entry)  # the same value, as text
@@ -73,7 +88,8 @@ class TrustedProxies:
             except ValueError:
                 raise AuditConfigurationError(
                     f"trusted proxy {entry!r} is not an IP address or CIDR network "
-                    f"(examples: '10.0.0.1', '10.0.0.0/8', '2001:db8::/32')"
+                    f"(examples: '10.0.0.1', '10.0.0.0/8', '2001:db8::/32'), nor 'unix' "
+                    f"(a proxy that reaches the app over a unix socket)"
                 ) from None
             if "/" in text and ipaddress.ip_address(text.split("/")[0]) != network.network_address:
                 # 10.0.0.1/8 trusts all of 10.0.0.0/8: a typo for 10.0.0.1/32, or for the
@@ -97,13 +113,13 @@ class TrustedProxies:
         self.contains = lru_cache(maxsize=1024)(self._contains)
 
     def __bool__(self) -> bool:
-        return bool(self.networks)
+        return bool(self.networks) or self.unix
 
     def _contains(self, ip: IPAddress) -> bool:
         return any(ip.version == net.version and ip in net for net in self.networks)
 
     def __repr__(self) -> str:
-        return f"TrustedProxies({[str(n) for n in self.networks]!r})"
+        return f"TrustedProxies({[str(n) for n in self.networks] + [UNIX] * self.unix!r})"
 
 
 def parse_ip(token: str) -> IPAddress | None:
@@ -197,14 +213,22 @@ def resolve_client_ip(
     trusted: TrustedProxies,
     kind: ForwardedHeader = "x-forwarded-for",
 ) -> Resolution:
-    """Decide the client IP of one request. Never raises."""
-    if not trusted or not peer:
+    """Decide the client IP of one request (``peer``: the server's peer address, empty
+    when it has none: a unix socket). Never raises."""
+    if not trusted:
         return Resolution(peer, "")
     try:
-        peer_ip = parse_ip(peer)
-        if peer_ip is None or not trusted.contains(peer_ip) or not forwarded:
-            return Resolution(peer, "")
-        client: IPAddress | None = peer_ip
+        client: IPAddress | None = None
+        if not peer:
+            # No address: a unix socket peer, trusted only as "unix".
+            if not (trusted.unix and forwarded):
+                return Resolution("", "")
+            peer = UNIX
+        else:
+            client = parse_ip(peer)
+            if client is None or not trusted.contains(client) or not forwarded:
+                return Resolution(peer, "")
+        assert forwarded is not None
         for token in reversed(_hops(forwarded, kind)):
             hop = parse_ip(token)
             if hop is None:
@@ -212,6 +236,8 @@ def resolve_client_ip(
             client = hop
             if not trusted.contains(hop):
                 break
+        if client is None:  # a unix peer's header held no hop
+            return Resolution("", peer)
         # Every hop trusted: the leftmost one is as far as anyone can see.
         return Resolution(str(client), peer) if str(client) != peer else Resolution(peer, "")
     except Exception:  # noqa: BLE001 - malformed input must never fail a request

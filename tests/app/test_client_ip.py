@@ -173,6 +173,16 @@ def test_a_trusted_network_with_host_bits_is_refused_not_widened() -> None:
     assert AuditMiddleware(Starlette(), trusted_proxies=["2001:0db8::/32"])
 
 
+def test_unix_is_a_trusted_proxy_entry_of_its_own() -> None:
+    from audit_middleware.client_ip import TrustedProxies
+
+    proxies = TrustedProxies(["10.0.0.0/8", " UNIX "])
+    assert proxies.unix and repr(proxies) == "TrustedProxies(['10.0.0.0/8', 'unix'])"
+    assert TrustedProxies(["unix"]) and not TrustedProxies(["10.0.0.1"]).unix
+    with pytest.raises(AuditConfigurationError, match="nor 'unix'"):
+        TrustedProxies(["unix:/run/app.sock"])
+
+
 def test_trusted_proxies_may_be_ipaddress_objects() -> None:
     import ipaddress
 

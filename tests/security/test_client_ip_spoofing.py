@@ -111,6 +111,71 @@ def test_wsgi_client_ip_cannot_be_spoofed(case: Case) -> None:
     assert [(e.client_ip, e.peer_ip) for e in events] == [(client_ip, peer_ip)]
 
 
+# A proxy on the same host reaching the app over a unix socket: the server hands over no
+# peer address (ASGI scope["client"] None, WSGI REMOTE_ADDR ""). Only "unix" trusts it.
+# (name, trusted proxies, request headers, client_ip, peer_ip)
+UnixCase = tuple[str, list[str], list[tuple[str, str]], str, str]
+UNIX_CASES: list[UnixCase] = [
+    ("unix peer, nothing trusted: XFF ignored", [],
+     [("x-forwarded-for", ATTACKER)], "", ""),
+    ("unix peer, only IPs trusted: XFF ignored", [PROXY, "0.0.0.0/0"],
+     [("x-forwarded-for", ATTACKER)], "", ""),
+    ("unix trusted: the proxy's hop", ["unix"],
+     [("x-forwarded-for", f"{ATTACKER}, {CLIENT}")], CLIENT, "unix"),
+    ("unix trusted, and a chain of proxies behind it", ["unix", "10.0.0.0/8"],
+     [("x-forwarded-for", f"{ATTACKER}, {CLIENT}, 10.0.0.3")], CLIENT, "unix"),
+    ("unix trusted: an unattributable hop", ["unix"],
+     [("x-forwarded-for", f"{CLIENT}, unknown")], "", "unix"),
+    ("unix trusted: no forwarding header", ["unix"], [], "", ""),
+    ("unix trusted: an empty one", ["unix"], [("x-forwarded-for", "")], "", ""),
+]
+
+
+@pytest.mark.parametrize("case", UNIX_CASES, ids=[c[0] for c in UNIX_CASES])
+def test_a_proxy_on_a_unix_socket_is_trusted_only_as_unix(case: UnixCase) -> None:
+    _, trusted, headers, client_ip, peer_ip = case
+    spoof = [(name, ATTACKER) for name in NEVER_TRUSTED]
+    with TestClient(asgi_app(trusted, "x-forwarded-for"), client=None) as client, \
+            capture_audit_events() as events:  # type: ignore[arg-type]
+        assert client.get("/c/c-1", headers=httpx.Headers(headers + spoof)).status_code == 200
+    environ = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers}
+    with capture_audit_events() as wsgi_events:
+        response = WSGIClient(wsgi_app(trusted, "x-forwarded-for")).get(
+            "/", environ_base={"REMOTE_ADDR": "", **environ})
+        assert response.status_code == 200
+    assert [(e.client_ip, e.peer_ip) for e in events + wsgi_events] == [(client_ip, peer_ip)] * 2
+
+
+def test_through_uvicorn_on_a_unix_socket_the_proxy_s_hop_is_the_client(tmp: Path) -> None:
+    """The real server: uvicorn --uds hands the app no peer address (scope["client"]
+    None); with "unix" trusted, the hop the proxy appended is the client IP."""
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = tmp / "app.sock"
+    server = uvicorn.Server(uvicorn.Config(asgi_app(["unix"], "x-forwarded-for"),
+                                           uds=str(sock), proxy_headers=False,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        with capture_audit_events() as events, \
+                httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as client:
+            response = client.get("http://app/c/c-1",
+                                  headers={"x-forwarded-for": f"{ATTACKER}, {CLIENT}"})
+            assert response.status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert [(e.client_ip, e.peer_ip) for e in events] == [(CLIENT, "unix")]
+
+
 def test_through_uvicorn_and_the_collector_forwarding_headers_change_nothing(tmp: Path
                                                                              ) -> None:
     """The real thing: uvicorn (proxy_headers off, as the examples run it: uvicorn's own
