@@ -125,6 +125,7 @@ class IngestServer:
         self.addresses: list[str] = []
         self.tls: ssl.SSLContext | None = None  # the TCP listener's (reloaded at SIGHUP)
         self._handshake_failures: dict[str, int] = {}  # by client host (see _tls_handshake)
+        self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
 
     # -- listening ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -159,6 +160,13 @@ class IngestServer:
         self._closing = True
         for server in self._servers:
             server.close()
+        # Handshakes under way have sent nothing to drain: ended now (left to asyncio.run,
+        # each was cancelled there and logged an "Exception in callback" traceback).
+        handshakes = list(self._handshakes)
+        for task in handshakes:
+            task.cancel()
+        if handshakes:
+            await asyncio.wait(handshakes, timeout=1.0)
         for conn in list(self._conns.values()):
             if conn.idle:
                 conn.task.cancel()
@@ -183,8 +191,15 @@ class IngestServer:
 
     async def _tcp_client(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
-        if self.tls is not None and not await self._tls_handshake(writer):
-            return
+        if self.tls is not None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._handshakes.add(task)
+            try:
+                if not await self._tls_handshake(writer):
+                    return
+            finally:
+                self._handshakes.discard(task)
         await self._client(reader, writer, tcp=True)
 
     async def _tls_handshake(self, writer: asyncio.StreamWriter) -> bool:
@@ -200,6 +215,11 @@ class IngestServer:
             await writer.start_tls(self.tls,
                                    ssl_handshake_timeout=self.settings.handshake_timeout)
             return True
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            if not self._closing:
+                raise
+            return False  # the collector stops (``shutdown``): nothing to say
         except (TimeoutError, OSError, EOFError) as exc:
             self.counters["tls_handshake_failures"] += 1
             peer = writer.get_extra_info("peername")

@@ -575,6 +575,43 @@ def test_failed_tls_handshakes_are_logged_per_host_without_a_flood(
     assert all("said nothing in time" in m for m in logged), logged
 
 
+def test_a_stop_ends_the_tls_handshakes_under_way_without_a_traceback(
+        root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Clients silent in the TLS handshake (a scanner, a hung client) when the collector
+    stops: their handshakes end with the shutdown, not in asyncio.run's final cancel,
+    where each logged an "Exception in callback ... CancelledError" traceback."""
+    import asyncio
+    import socket
+
+    from collector.ingest import IngestServer
+
+    cert, key = self_signed_certificate(root)
+
+    async def main() -> tuple[list[socket.socket], int]:
+        server = IngestServer(object(), IngestSettings(  # type: ignore[arg-type]
+            socket_path=None, tcp_host="127.0.0.1", token="s3cret", tls_cert=cert,
+            tls_key=key, handshake_timeout=30))
+        await server.start()
+        port = server.tcp_port()
+        assert port is not None
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                  for _ in range(3)]
+        await asyncio.sleep(0.3)  # accepted: their handshakes under way
+        await server.shutdown(drain_timeout=1.0)
+        return silent, len(asyncio.all_tasks()) - 1
+
+    with caplog.at_level(logging.WARNING):
+        silent, left = asyncio.run(main())
+    try:
+        assert left == 0  # nothing left for asyncio.run to cancel
+        assert all(s.recv(1) == b"" for s in silent)  # closed by the shutdown
+    finally:
+        for s in silent:
+            s.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors
+
+
 def test_a_wrong_token_is_not_taken_for_a_tls_mistake(
         collector: Collector, make_sink: SinkFactory, caplog: pytest.LogCaptureFixture) -> None:
     server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret")
