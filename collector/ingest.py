@@ -230,7 +230,7 @@ class IngestServer:
             n = failures[host] = failures.get(host, 0) + 1
             if n & (n - 1) == 0:
                 log.warning("ingest: TLS handshake with %s failed: %s%s (%d from this host "
-                            "so far)", _peer_name(writer, True), exc or type(exc).__name__,
+                            "so far)", _peer_name(writer, True), str(exc) or type(exc).__name__,
                             handshake_hint(exc), n)
             writer.transport.abort()
             return False
@@ -452,4 +452,7 @@ def handshake_hint(exc: BaseException) -> str:
             return f"; {hint}"
     if isinstance(exc, ConnectionAbortedError | TimeoutError):
         return "; the client said nothing in time (handshake_timeout)"
+    if isinstance(exc, ConnectionResetError) and not str(exc):
+        # asyncio's SSLProtocol raises the bare class at an EOF in the handshake
+        return "; the client closed the connection before its TLS hello (a TCP probe?)"
     return ""

@@ -8,6 +8,7 @@ import itertools
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -573,6 +574,29 @@ def test_failed_tls_handshakes_are_logged_per_host_without_a_flood(
     logged = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
     assert len(logged) == 3, logged  # the 1st, 2nd and 4th
     assert all("said nothing in time" in m for m in logged), logged
+
+
+def test_a_client_that_closes_in_the_tls_handshake_is_logged_with_a_reason(
+        collector: Collector, root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that connects and closes without a word (a TCP health check, a port
+    scan): asyncio fails the handshake with a bare ConnectionResetError, whose text is
+    empty, and the log said 'failed:  (1 from this host so far)'."""
+    import socket
+
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    port = server.server.tcp_port()
+    assert port is not None
+    with caplog.at_level(logging.WARNING, "collector.ingest"):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        deadline = time.monotonic() + 10
+        while (not server.server.stats().get("tls_handshake_failures")
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+    logged = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    assert len(logged) == 1, logged
+    assert "failed:  " not in logged[0] and "ConnectionResetError" in logged[0], logged
 
 
 def test_a_stop_ends_the_tls_handshakes_under_way_without_a_traceback(
