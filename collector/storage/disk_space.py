@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Final
 
@@ -37,6 +38,11 @@ RESERVE_BYTES: Final = 256 * 1024
 #: Free bytes the disk must have before the reserve is made (again).
 RESERVE_ROOM: Final = RESERVE_BYTES + 64 * 1024
 _FILE_MODE: Final = 0o640
+#: Seconds before retention's pass (every 0.5 s) makes the reserve again after it could
+#: not, or after it was released and the digest still could not be written (a full disk
+#: the reserve does not help: full metadata, no inode...): the pass made it and released
+#: it again each time, a 256 KiB write and fsync on the commit thread and a warning.
+RESERVE_RETRY: Final = 30.0
 
 
 def free_bytes(directory: Path) -> int:
@@ -58,17 +64,30 @@ class Reserve:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / RESERVE_NAME
+        self._retry_at = 0.0  # time.monotonic(): not made again before (but after deletions)
+        self._failures = 0
 
-    def ensure(self) -> None:
+    def ensure(self, after_deletions: bool = False) -> None:
         """Make the reserve if it is missing and the disk has room for it. Cheap when
-        it is there (a stat); a failure is only logged: the store runs without it."""
-        if self.path.exists() or free_bytes(self.path.parent) < RESERVE_ROOM:
+        it is there (a stat); a failure is only logged: the store runs without it. Not
+        tried again for ``RESERVE_RETRY`` after a failure or a release, unless retention
+        just deleted segments (``after_deletions``: out of the space they freed)."""
+        if self.path.exists() or (not after_deletions
+                                  and time.monotonic() < self._retry_at):
+            return
+        if free_bytes(self.path.parent) < RESERVE_ROOM:
             return
         try:
             write_new_file(self.path, bytes(RESERVE_BYTES), _FILE_MODE)
         except OSError as exc:
-            log.warning("audit store: could not make the disk space reserve %s (%s); "
-                        "trying again later", self.path, exc)
+            self._retry_at = time.monotonic() + RESERVE_RETRY
+            self._failures += 1
+            n = self._failures
+            if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+                log.warning("audit store: could not make the disk space reserve %s (%s); "
+                            "trying again later (%d failures so far)", self.path, exc, n)
+            return
+        self._failures = 0
 
     def release(self) -> bool:
         """Delete the reserve, freeing its space now; False if there was none."""
@@ -77,6 +96,7 @@ class Reserve:
             self.path.unlink()
         except FileNotFoundError:
             return False
+        self._retry_at = time.monotonic() + RESERVE_RETRY
         log.warning("audit store: the disk is full; released the %d-byte reserve %s so "
                     "that retention can sign its deletions and free space (it is made "
                     "again out of the space they free)", size, self.path)

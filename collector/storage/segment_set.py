@@ -310,7 +310,8 @@ class SegmentSet:
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
         if doomed and self._ledger is not None:
-            self._reserve.ensure()  # out of the freed space, before ingest takes it
+            # Out of the freed space, before ingest takes it.
+            self._reserve.ensure(after_deletions=True)
         return self._take_deleted()
 
     def _take_deleted(self) -> RetentionPass:

@@ -103,3 +103,64 @@ def test_a_start_killed_while_moving_a_torn_digest_line_is_finished_by_the_next(
     assert [p.read_bytes() for p in copies] == [torn]
     report = check(data_dir)
     assert report.valid, reasons(report)
+
+
+def test_a_reserve_that_does_not_help_is_not_made_and_released_at_every_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A retention digest the disk refuses even once the reserve is released (full
+    metadata, no inode left: statvfs still shows room): each pass (every 0.5 s) made
+    the 256 KiB reserve again, fsynced, on the commit thread, and released it with a
+    'disk is full' warning. Once released, it waits RESERVE_RETRY or a deletion."""
+    import logging
+
+    from collector.storage import disk_space
+
+    made: list[Path] = []
+    real_write = disk_space.write_new_file
+
+    def write_new_file(path: Path, data: bytes, mode: int) -> None:
+        made.append(path)
+        real_write(path, data, mode)
+
+    monkeypatch.setattr(disk_space, "write_new_file", write_new_file)
+    data_dir = tmp_path / "data"
+    full = refuse_digests(monkeypatch, "retention")
+    with caplog.at_level(logging.WARNING, "collector.store"), \
+            open_store(data_dir, max_segment_bytes=2048, retention_bytes=3 * 2048) as store:
+        for _ in range(6):
+            store.write(events(3))
+        wait_until(lambda: store.stats()["integrity"]["last_error"], timeout=10)
+        time.sleep(3)  # six passes
+        assert len(made) == 1, f"the reserve was made {len(made)} times"
+        assert caplog.text.count("released the") == 1, caplog.text
+        assert len(segment_paths(data_dir)) == 6
+        full["on"] = False
+        wait_until(lambda: len(segment_paths(data_dir)) < 6, timeout=10)
+        # Made again out of what the deletions freed.
+        wait_until((data_dir / disk_space.RESERVE_NAME).exists, timeout=10)
+    assert check(data_dir).valid
+
+
+def test_a_reserve_that_cannot_be_made_is_not_tried_at_every_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A disk whose free space statvfs shows but the writer may not have (a full user
+    quota: EDQUOT): a 256 KiB write tried, and a warning, every 0.5 s."""
+    import logging
+
+    from collector.storage import disk_space
+
+    tried: list[Path] = []
+
+    def write_new_file(path: Path, data: bytes, mode: int) -> None:
+        tried.append(path)
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(disk_space, "write_new_file", write_new_file)
+    with caplog.at_level(logging.WARNING, "collector.store"), \
+            open_store(tmp_path / "data", retention_bytes=1 << 30) as store:
+        store.write(events(3))
+        time.sleep(3)  # six passes
+    assert len(tried) == 1, f"tried {len(tried)} times"
+    assert caplog.text.count("could not make the disk space reserve") == 1, caplog.text
