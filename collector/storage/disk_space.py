@@ -72,8 +72,7 @@ class Reserve:
         it is there (a stat); a failure is only logged: the store runs without it. Not
         tried again for ``RESERVE_RETRY`` after a failure or a release, unless retention
         just deleted segments (``after_deletions``: out of the space they freed)."""
-        if self.path.exists() or (not after_deletions
-                                  and time.monotonic() < self._retry_at):
+        if self._whole() or (not after_deletions and time.monotonic() < self._retry_at):
             return
         if free_bytes(self.path.parent) < RESERVE_ROOM:
             return
@@ -88,6 +87,14 @@ class Reserve:
                             "trying again later (%d failures so far)", self.path, exc, n)
             return
         self._failures = 0
+
+    def _whole(self) -> bool:
+        """Whether the reserve is there at its full size (a kill while it was written
+        leaves it short, or empty: a release would free nothing)."""
+        try:
+            return self.path.stat().st_size >= RESERVE_BYTES
+        except FileNotFoundError:
+            return False
 
     def release(self) -> bool:
         """Delete the reserve, freeing its space now; False if there was none."""

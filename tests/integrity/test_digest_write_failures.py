@@ -164,3 +164,19 @@ def test_a_reserve_that_cannot_be_made_is_not_tried_at_every_pass(
         time.sleep(3)  # six passes
     assert len(tried) == 1, f"tried {len(tried)} times"
     assert caplog.text.count("could not make the disk space reserve") == 1, caplog.text
+
+
+def test_a_reserve_left_short_by_a_kill_is_made_whole(tmp_path: Path) -> None:
+    """A kill while the reserve was written leaves it short or empty; it was taken for
+    the reserve for good, and its release freed nothing for the retention digest."""
+    from collector.storage import disk_space
+
+    data_dir = tmp_path / "data"
+    with open_store(data_dir) as store:
+        store.write(events(1))
+    reserve = data_dir / disk_space.RESERVE_NAME
+    assert reserve.stat().st_size == disk_space.RESERVE_BYTES
+    reserve.write_bytes(b"")  # what a kill right after its creation leaves
+    with open_store(data_dir) as store:
+        store.write(events(1))
+        wait_until(lambda: reserve.stat().st_size == disk_space.RESERVE_BYTES, timeout=5)
