@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ class ChunkIndexer:
         self._drop_after = 0.0  # monotonic: no drop before (after a failure)
         self._drop_failures = 0
         self._dropped = 0  # segments dropped since ``take_dropped`` last looked
+        self._checkpoint_failures = 0
         self.drop_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-store-indexer",
                                         daemon=True)
@@ -195,10 +197,23 @@ class ChunkIndexer:
         return bool(self._queue) or self._stop
 
     def _checkpoint(self) -> None:
+        """Copy the WAL into the database once it is large, and at stop. Best effort: one
+        that fails (a full disk: the database file cannot grow) leaves the WAL as it is,
+        to be copied at the next try or the next open. Raised, it ended the indexer
+        thread with a traceback when it met a full disk at stop."""
         try:
             if os.path.getsize(self._wal) < self.CHECKPOINT_BYTES and not self._stop:
                 return
         except FileNotFoundError:
             return
-        self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            self._checkpoint_failures += 1
+            n = self._checkpoint_failures
+            if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+                log.warning("audit store: checkpointing the index's WAL failed (%s, %d "
+                            "failures so far); it is tried again later", exc, n)
+            return
+        self._checkpoint_failures = 0
 

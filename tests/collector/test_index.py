@@ -111,6 +111,48 @@ def test_the_indexer_thread_builds_closed_chunks(tmp_path: Path) -> None:
     assert postings_of(index.con, chunk) == full_postings(50)
 
 
+class _CheckpointRefused:
+    """The indexer's connection, whose WAL checkpoint meets a full disk."""
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.con, name)
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if "wal_checkpoint" in sql:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.con.execute(sql, *args)
+
+
+def test_a_checkpoint_the_disk_refuses_does_not_end_the_indexer_thread(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint is best effort (the WAL stays, copied later). Raised, one that met a
+    full disk at stop ended the indexer thread with a traceback (the disk-full test's
+    collector printed it), and one during a build was logged as that chunk failing."""
+    lock = WriteLock()
+    index = Index(tmp_path / "index.sqlite", lock)
+    indexer = ChunkIndexer(tmp_path / "index.sqlite", lock)
+    real = indexer._con
+    indexer._con = _CheckpointRefused(real)  # type: ignore[assignment]
+    indexer.CHECKPOINT_BYTES = 0  # type: ignore[misc]  # a checkpoint after each build
+    add(index, 1, rows(1, 50))
+    chunk = index.close_chunk()
+    assert chunk is not None
+    with caplog.at_level("WARNING", "collector.index"):
+        indexer.submit(chunk)
+        assert indexer.wait(most=0, timeout=10)
+        indexer.close()  # a checkpoint at stop, refused too
+    real.close()
+    assert chunk_state(index, chunk) == INDEXED
+    assert indexer.failed is None, indexer.failed
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("checkpointing the index's WAL failed" in m for m in messages), messages
+    assert not any(r.exc_info or r.levelname in ("ERROR", "CRITICAL")
+                   for r in caplog.records), messages
+
+
 def test_known_ids_are_the_stored_ones_among_those_asked(index: Index) -> None:
     batch = rows(1, 5)
     add(index, 1, batch)
