@@ -15,6 +15,7 @@ one stored record (a dict as ``collector.query`` returns it) in, one JSON object
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -87,6 +88,18 @@ def epoch_millis(created: str) -> int:
 def _text(record: Record, field: str) -> str:
     value = record.get(field)
     return value if isinstance(value, str) else ""
+
+
+def _ip(record: Record, field: str) -> str:
+    """``field`` when it holds an IP address, else "": the formats' IP fields take an IP
+    only, and ``peer_ip`` may say ``unix`` (a trusted proxy on a unix socket, which has
+    no address: ``audit_middleware.client_ip``)."""
+    value = _text(record, field)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return ""
+    return value
 
 
 # -- OCSF ----------------------------------------------------------------------------------------
@@ -171,7 +184,7 @@ def _ocsf_src_endpoint(record: Record) -> dict[str, Any]:
     ip = _text(record, "client_ip")
     endpoint: dict[str, Any] = {"ip": ip} if ip else {"name": "system" if _text(
         record, "principal") == SYSTEM else "unknown"}
-    if record.get("peer_ip"):
+    if _ip(record, "peer_ip"):
         endpoint["intermediate_ips"] = [record["peer_ip"]]  # the proxy that vouched
     return endpoint
 
@@ -182,6 +195,8 @@ def _ocsf_unmapped(record: Record) -> dict[str, Any]:
     for field in ("workspace_id", "workspace_name"):
         if record.get(field):
             extra[field] = record[field]
+    if record.get("peer_ip") and not _ip(record, "peer_ip"):  # "unix": no address
+        extra["peer_ip"] = record["peer_ip"]
     return extra
 
 
@@ -287,7 +302,7 @@ def to_ecs(record: Record) -> dict[str, Any]:
         user["target"] = {"id": target}
     if user:
         doc["user"] = user
-    ips = [ip for ip in (_text(record, "client_ip"), _text(record, "peer_ip")) if ip]
+    ips = [ip for ip in (_text(record, "client_ip"), _ip(record, "peer_ip")) if ip]
     if record.get("client_ip"):
         doc["source"] = {"ip": record["client_ip"]}
     if record.get("org_id") or record.get("org_name"):

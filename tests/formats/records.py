@@ -37,5 +37,8 @@ def variety() -> list[dict[str, Any]]:
         stored(n + 6, type="user_sign_in", target="u-7", status=""),
         stored(n + 7, type="report_exported", target="r-1"),
         stored(n + 8, type="quota_rebalanced", target=""),
+        # A proxy trusted as "unix" (a unix socket: no address) vouched for the client.
+        stored(n + 9, client_ip="192.0.2.50", peer_ip="unix"),
+        stored(n + 10, client_ip="", peer_ip="unix"),
     ]
     return records

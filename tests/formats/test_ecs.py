@@ -92,3 +92,13 @@ def test_a_system_event_has_no_source_ip_and_the_proxy_is_related() -> None:
     assert doc["source"] == {"ip": "192.0.2.50"}
     assert doc["related"]["ip"] == ["192.0.2.50", "10.0.0.2"]
     assert doc["labels"]["peer_ip"] == "10.0.0.2"
+
+
+def test_a_proxy_on_a_unix_socket_is_a_label_not_a_related_ip() -> None:
+    # peer_ip "unix" (trusted_proxies ["unix"]) is no address: related.ip is of ECS type
+    # ip, and an index mapped to ECS refuses the whole document over it.
+    doc = to_ecs(stored(client_ip="192.0.2.50", peer_ip="unix"))
+    assert doc["related"]["ip"] == ["192.0.2.50"]
+    assert doc["labels"]["peer_ip"] == "unix"
+    assert ecs_problems(doc) == []
+    assert "ip" not in to_ecs(stored(client_ip="", peer_ip="unix")).get("related", {})

@@ -139,3 +139,12 @@ def test_a_user_whose_id_is_system_is_a_user_from_an_address() -> None:
 def test_the_proxy_that_vouched_for_the_client_is_an_intermediate_ip() -> None:
     event = to_ocsf(stored(client_ip="192.0.2.50", peer_ip="10.0.0.2"))
     assert event["src_endpoint"] == {"ip": "192.0.2.50", "intermediate_ips": ["10.0.0.2"]}
+
+
+def test_a_proxy_on_a_unix_socket_is_unmapped_not_an_intermediate_ip() -> None:
+    # peer_ip "unix" (trusted_proxies ["unix"]) is no address: intermediate_ips are ip_t.
+    for kind in ("credentials_deleted", "user_sign_in"):
+        event = to_ocsf(stored(type=kind, client_ip="192.0.2.50", peer_ip="unix"))
+        assert event["src_endpoint"] == {"ip": "192.0.2.50"}
+        assert event["unmapped"]["peer_ip"] == "unix"
+        assert ocsf_problems(event) == []
