@@ -15,7 +15,9 @@ uvicorn ``--uds``): the server then hands over no peer address at all (ASGI
 ``scope["client"]`` None, WSGI ``REMOTE_ADDR`` empty), so no IP or CIDR could trust it,
 and every event behind it had an empty client IP. The entry ``"unix"`` trusts such a
 peer (the record's ``peer_ip`` then says ``unix``). Only for an app that listens on a
-unix socket alone: on TCP a peer always has an address.
+unix socket alone: on TCP a peer can have no address too (uvicorn hands over
+``scope["client"]`` None for a client that reset the connection before it asked), and
+``RequestContext.resolution`` trusts none whose ASGI ``scope["server"]`` names a port.
 """
 
 from __future__ import annotations

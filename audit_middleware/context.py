@@ -104,10 +104,30 @@ class RequestContext:
     # -- raw request data ---------------------------------------------------------------
     @property
     def peer(self) -> str:
+        """The socket peer's address as the server hands it over; empty when it has none
+        (a unix socket peer: ``on_unix_socket``)."""
         if self.scope is not None:
             client = self.scope.get("client")
             return str(client[0]) if client else ""
         return str(self.environ.get("REMOTE_ADDR") or "") if self.environ else ""
+
+    @property
+    def on_unix_socket(self) -> bool:
+        """Whether the request came over a unix socket, as far as the server tells: no
+        peer address, and (ASGI) no listening port. uvicorn on TCP hands over no peer
+        either (``scope["client"]`` None) for a client that sent its request and reset
+        the connection before the server asked for its address; its ``scope["server"]``
+        still names the TCP port, and such a peer is no unix socket peer: trusting it as
+        one would believe that client's own forwarding header."""
+        if self.peer:
+            return False
+        if self.scope is not None:
+            server = self.scope.get("server")
+            try:
+                return not server or server[1] is None  # ASGI: [path, None] on a socket
+            except (TypeError, IndexError, KeyError):
+                return False
+        return bool(self.environ)
 
     @property
     def path_params(self) -> Mapping[str, Any]:
@@ -158,9 +178,11 @@ class RequestContext:
     # -- resolved (org and workspace cached: they are resolved before the handler runs) --
     def resolution(self) -> Resolution:
         cfg = self.config
+        peer = self.peer
+        if not peer and not self.on_unix_socket:
+            return Resolution("", "")  # no address, yet no unix socket: nothing vouches
         forwarded = self.header(cfg.forwarded_header) if cfg.trusted_proxies else None
-        return resolve_client_ip(self.peer, forwarded, cfg.trusted_proxies,
-                                 cfg.forwarded_header)
+        return resolve_client_ip(peer, forwarded, cfg.trusted_proxies, cfg.forwarded_header)
 
     def principal(self) -> str:
         if self.principal_override is not None:

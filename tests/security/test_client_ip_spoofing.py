@@ -131,11 +131,20 @@ UNIX_CASES: list[UnixCase] = [
 ]
 
 
+def on_a_unix_socket(app: Any) -> Any:
+    """``app`` as a server on a unix socket calls it: no client, and the ASGI
+    ``scope["server"]`` of a unix socket, ``[path, None]`` (uvicorn --uds)."""
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        await app({**scope, "client": None, "server": ("/run/app.sock", None)}, receive, send)
+    return wrapped
+
+
 @pytest.mark.parametrize("case", UNIX_CASES, ids=[c[0] for c in UNIX_CASES])
 def test_a_proxy_on_a_unix_socket_is_trusted_only_as_unix(case: UnixCase) -> None:
     _, trusted, headers, client_ip, peer_ip = case
     spoof = [(name, ATTACKER) for name in NEVER_TRUSTED]
-    with TestClient(asgi_app(trusted, "x-forwarded-for"), client=None) as client, \
+    with TestClient(on_a_unix_socket(asgi_app(trusted, "x-forwarded-for")),
+                    client=None) as client, \
             capture_audit_events() as events:  # type: ignore[arg-type]
         assert client.get("/c/c-1", headers=httpx.Headers(headers + spoof)).status_code == 200
     environ = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers}
@@ -174,6 +183,74 @@ def test_through_uvicorn_on_a_unix_socket_the_proxy_s_hop_is_the_client(tmp: Pat
         server.should_exit = True
         thread.join(10)
     assert [(e.client_ip, e.peer_ip) for e in events] == [(CLIENT, "unix")]
+
+
+@pytest.mark.parametrize("server", [("127.0.0.1", 8000), ("testserver", 80), ["::1", 443]])
+def test_no_peer_on_tcp_is_not_a_unix_socket_peer(server: Any) -> None:
+    """An ASGI server on TCP may hand over no peer (uvicorn: a client that reset the
+    connection before it was asked for its address); its scope["server"] still names a
+    port. "unix" must not trust such a peer: its forwarding header is its own."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await inner({**scope, "client": None, "server": server}, receive, send)
+
+    inner = asgi_app(["unix", PROXY], "x-forwarded-for")
+    with TestClient(app) as client, capture_audit_events() as events:
+        response = client.get("/c/c-1", headers={"x-forwarded-for": f"{ATTACKER}"})
+        assert response.status_code == 200
+    assert [(e.client_ip, e.peer_ip) for e in events] == [("", "")]
+
+
+def test_through_uvicorn_on_tcp_a_reset_client_is_not_a_unix_socket_peer() -> None:
+    """The real server: uvicorn on TCP hands the app scope["client"] None when the client
+    sent its request and reset the connection before uvicorn accepted it (getpeername
+    fails); the request still runs. With "unix" trusted, that client's X-Forwarded-For
+    must not become the client IP."""
+    import socket
+    import struct
+    import threading
+    import time
+
+    import uvicorn
+
+    inner = asgi_app(["unix"], "x-forwarded-for")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/block":
+            # Holds the event loop: the next connection waits in the backlog.
+            time.sleep(1.0)  # noqa: ASYNC251
+        await inner(scope, receive, send)
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    address = listener.getsockname()
+    server = uvicorn.Server(uvicorn.Config(app, proxy_headers=False, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        with capture_audit_events() as events:
+            blocker = socket.create_connection(address)
+            blocker.sendall(b"GET /block HTTP/1.1\r\nHost: app\r\n\r\n")
+            time.sleep(0.3)  # uvicorn is in the sleep now
+            reset = socket.create_connection(address)
+            reset.sendall(b"GET /c/c-1 HTTP/1.1\r\nHost: app\r\n"
+                          b"X-Forwarded-For: " + ATTACKER.encode() + b"\r\n\r\n")
+            reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            reset.close()  # an RST, before uvicorn accepts
+            blocker.settimeout(10)
+            assert blocker.recv(100).startswith(b"HTTP/1.1 404")
+            blocker.close()
+            deadline = time.monotonic() + 10
+            while not events and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert [(e.client_ip, e.peer_ip) for e in events] == [("", "")]
 
 
 def test_through_uvicorn_and_the_collector_forwarding_headers_change_nothing(tmp: Path
