@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import socket
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -25,6 +26,25 @@ log = logging.getLogger("audit_middleware")
 Resolved = str | tuple[str, str] | None
 Resolver = Callable[["RequestContext"], Resolved]
 PrincipalResolver = Callable[["RequestContext"], str | None]
+
+
+_AF_UNIX = getattr(socket, "AF_UNIX", object())  # not on every Windows build
+
+
+def _wsgi_unix_socket(environ: Mapping[str, Any]) -> bool:
+    """Whether a WSGI server that hands the app its connection (gunicorn, Werkzeug)
+    accepted it on a unix socket. There ``REMOTE_ADDR`` is not an address: the path the
+    connecting process bound its own socket to (any text it likes, ``10.0.0.1`` too:
+    gunicorn and Werkzeug put it there), empty when it bound none, or ``<local>``
+    (Werkzeug)."""
+    for key in ("gunicorn.socket", "werkzeug.socket"):
+        sock = environ.get(key)
+        if sock is not None:
+            try:
+                return getattr(sock, "family", None) == _AF_UNIX
+            except Exception:  # noqa: BLE001 - a server's object: never fail the request
+                return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -109,7 +129,9 @@ class RequestContext:
         if self.scope is not None:
             client = self.scope.get("client")
             return str(client[0]) if client else ""
-        return str(self.environ.get("REMOTE_ADDR") or "") if self.environ else ""
+        if not self.environ or _wsgi_unix_socket(self.environ):
+            return ""
+        return str(self.environ.get("REMOTE_ADDR") or "")
 
     @property
     def on_unix_socket(self) -> bool:

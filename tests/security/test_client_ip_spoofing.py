@@ -155,6 +155,70 @@ def test_a_proxy_on_a_unix_socket_is_trusted_only_as_unix(case: UnixCase) -> Non
     assert [(e.client_ip, e.peer_ip) for e in events + wsgi_events] == [(client_ip, peer_ip)] * 2
 
 
+# On a unix socket, gunicorn (sync, gthread) and Werkzeug put in REMOTE_ADDR the path the
+# connecting process bound its own socket to: any text it likes, an IP too. It is no
+# address; the connection is a unix socket peer's whatever the path says.
+# (name, trusted proxies, REMOTE_ADDR, client_ip, peer_ip)
+BoundCase = tuple[str, list[str], str, str, str]
+BOUND_CASES: list[BoundCase] = [
+    ("bound to a trusted proxy's IP", [PROXY], PROXY, "", ""),
+    ("bound to a trusted proxy's IP, within a CIDR", ["10.0.0.0/8"], PROXY, "", ""),
+    ("bound to an IP, nothing trusted: not its client IP", [], CLIENT, "", ""),
+    ("bound to 'unix', nothing trusted", [], "unix", "", ""),
+    ("Werkzeug's <local>, unix trusted", ["unix"], "<local>", ATTACKER, "unix"),
+    ("bound to an IP, unix trusted: trusted as unix", ["unix"], CLIENT, ATTACKER, "unix"),
+]
+
+
+@pytest.mark.parametrize("key", ["gunicorn.socket", "werkzeug.socket"])
+@pytest.mark.parametrize("case", BOUND_CASES, ids=[c[0] for c in BOUND_CASES])
+def test_a_wsgi_unix_socket_peer_is_no_address_whatever_it_bound(case: BoundCase,
+                                                                  key: str) -> None:
+    import socket
+
+    _, trusted, remote_addr, client_ip, peer_ip = case
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, \
+            capture_audit_events() as events:
+        response = WSGIClient(wsgi_app(trusted, "x-forwarded-for")).get(
+            "/", environ_base={"REMOTE_ADDR": remote_addr, key: sock,
+                               "HTTP_X_FORWARDED_FOR": ATTACKER})
+        assert response.status_code == 200
+    assert [(e.client_ip, e.peer_ip) for e in events] == [(client_ip, peer_ip)]
+
+
+def test_through_werkzeug_on_a_unix_socket_a_bound_path_is_no_trusted_ip(tmp: Path) -> None:
+    """The real server: a local process binds its socket to the path ``10.0.0.1`` before
+    it connects to the app's unix socket; Werkzeug (as gunicorn) hands the app REMOTE_ADDR
+    "10.0.0.1". Only the proxy at 10.0.0.1 is trusted: its X-Forwarded-For is its own."""
+    import os
+    import socket
+    import threading
+
+    from werkzeug.serving import make_server
+
+    sock_path = tmp / "app.sock"
+    server = make_server(f"unix://{sock_path}", 0, wsgi_app([PROXY], "x-forwarded-for"),
+                         threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp)  # the client's socket is bound to the relative path "10.0.0.1"
+        with capture_audit_events() as events, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.bind(PROXY)
+            client.connect(str(sock_path))
+            client.sendall(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n"
+                           b"X-Forwarded-For: " + ATTACKER.encode() + b"\r\n\r\n")
+            client.settimeout(10)
+            assert client.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        os.chdir(cwd)
+        server.shutdown()
+        thread.join(10)
+    assert [(e.client_ip, e.peer_ip) for e in events] == [("", "")]
+
+
 def test_through_uvicorn_on_a_unix_socket_the_proxy_s_hop_is_the_client(tmp: Path) -> None:
     """The real server: uvicorn --uds hands the app no peer address (scope["client"]
     None); with "unix" trusted, the hop the proxy appended is the client IP."""
