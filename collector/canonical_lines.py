@@ -56,8 +56,9 @@ _VALUES: Final = {
 }
 _LINE: Final = re.compile(
     "\\{" + ",".join(f'"{name}":{_VALUES[name]}' for name in FIELDS)
-    # peer_ip is stored only when non-empty: an empty one takes the general path.
-    + f'(?:,"peer_ip":"{_IP_CHARS}{{1,{MAX_IP_LENGTH}}}")?' + "\\}"
+    # peer_ip is stored only when non-empty: an empty one takes the general path. "unix":
+    # a trusted proxy on a unix socket, which has no address (audit_middleware.client_ip).
+    + f'(?:,"peer_ip":"(?:{_IP_CHARS}{{1,{MAX_IP_LENGTH}}}|unix)")?' + "\\}"
 )
 
 

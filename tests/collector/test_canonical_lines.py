@@ -108,6 +108,16 @@ def test_peer_ip_is_read_when_present() -> None:
     assert read[1].endswith(b'"peer_ip":"10.0.0.1"')
 
 
+def test_a_proxy_on_a_unix_socket_keeps_the_fast_path() -> None:
+    # trusted_proxies ["unix"]: every event behind such a proxy has peer_ip "unix".
+    line = orjson.dumps({**event(), "peer_ip": "unix"})
+    read = CanonicalLines(DEFAULT_MAX_FIELD_LENGTH).read(line)
+    assert read is not None and read == general(line)
+    assert read[1].endswith(b'"peer_ip":"unix"')
+    assert CanonicalLines(DEFAULT_MAX_FIELD_LENGTH).read(
+        orjson.dumps({**event(), "peer_ip": "unixx"})) is None
+
+
 def test_a_line_longer_than_a_small_field_cap_takes_the_general_path() -> None:
     line = orjson.dumps(event())  # every field within 16 characters, the line is not
     assert CanonicalLines(16).read(line) is None
