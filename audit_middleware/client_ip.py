@@ -222,9 +222,12 @@ def resolve_client_ip(
     try:
         client: IPAddress | None = None
         if not peer:
-            # No address: a unix socket peer, trusted only as "unix".
-            if not (trusted.unix and forwarded):
+            # No address: a unix socket peer, trusted only as "unix". Without a
+            # forwarding header the client is unknown, and peer_ip says how it came.
+            if not trusted.unix:
                 return Resolution("", "")
+            if not forwarded:
+                return Resolution("", UNIX)
             peer = UNIX
         else:
             client = parse_ip(peer)

@@ -126,8 +126,9 @@ UNIX_CASES: list[UnixCase] = [
      [("x-forwarded-for", f"{ATTACKER}, {CLIENT}, 10.0.0.3")], CLIENT, "unix"),
     ("unix trusted: an unattributable hop", ["unix"],
      [("x-forwarded-for", f"{CLIENT}, unknown")], "", "unix"),
-    ("unix trusted: no forwarding header", ["unix"], [], "", ""),
-    ("unix trusted: an empty one", ["unix"], [("x-forwarded-for", "")], "", ""),
+    # No client known, but the record says it came through the unix socket's proxy.
+    ("unix trusted: no forwarding header", ["unix"], [], "", "unix"),
+    ("unix trusted: an empty one", ["unix"], [("x-forwarded-for", "")], "", "unix"),
 ]
 
 
