@@ -93,7 +93,10 @@ def _text(record: Record, field: str) -> str:
 def _ip(record: Record, field: str) -> str:
     """``field`` when it holds an IP address, else "": the formats' IP fields take an IP
     only, and ``peer_ip`` may say ``unix`` (a trusted proxy on a unix socket, which has
-    no address: ``audit_middleware.client_ip``)."""
+    no address: ``audit_middleware.client_ip``); ``client_ip`` holds whatever peer text
+    a server handed over (a test client's ``testclient``; uvicorn ``--proxy-headers``
+    copies a client's own X-Forwarded-For text there): an index mapped to ECS, or an
+    OCSF validator, refused the whole event over it."""
     value = _text(record, field)
     try:
         ipaddress.ip_address(value)
@@ -181,9 +184,9 @@ def _ocsf_actor(record: Record) -> dict[str, Any]:
 
 
 def _ocsf_src_endpoint(record: Record) -> dict[str, Any]:
-    ip = _text(record, "client_ip")
+    ip = _ip(record, "client_ip")
     endpoint: dict[str, Any] = {"ip": ip} if ip else {"name": "system" if _text(
-        record, "principal") == SYSTEM else "unknown"}
+        record, "principal") == SYSTEM and not record.get("client_ip") else "unknown"}
     if _ip(record, "peer_ip"):
         endpoint["intermediate_ips"] = [record["peer_ip"]]  # the proxy that vouched
     return endpoint
@@ -195,8 +198,9 @@ def _ocsf_unmapped(record: Record) -> dict[str, Any]:
     for field in ("workspace_id", "workspace_name"):
         if record.get(field):
             extra[field] = record[field]
-    if record.get("peer_ip") and not _ip(record, "peer_ip"):  # "unix": no address
-        extra["peer_ip"] = record["peer_ip"]
+    for field in ("client_ip", "peer_ip"):  # no address: "unix", a server's peer text
+        if record.get(field) and not _ip(record, field):
+            extra[field] = record[field]
     return extra
 
 
@@ -302,8 +306,8 @@ def to_ecs(record: Record) -> dict[str, Any]:
         user["target"] = {"id": target}
     if user:
         doc["user"] = user
-    ips = [ip for ip in (_text(record, "client_ip"), _ip(record, "peer_ip")) if ip]
-    if record.get("client_ip"):
+    ips = [ip for ip in (_ip(record, "client_ip"), _ip(record, "peer_ip")) if ip]
+    if _ip(record, "client_ip"):
         doc["source"] = {"ip": record["client_ip"]}
     if record.get("org_id") or record.get("org_name"):
         doc["organization"] = {k: v for k, v in (("id", _text(record, "org_id")),
@@ -323,7 +327,9 @@ def to_ecs(record: Record) -> dict[str, Any]:
     labels = {k: v for k, v in (("target", target), ("resource", resource),
                                 ("workspace_id", _text(record, "workspace_id")),
                                 ("workspace_name", _text(record, "workspace_name")),
-                                ("peer_ip", _text(record, "peer_ip"))) if v}
+                                ("peer_ip", _text(record, "peer_ip")),
+                                ("client_ip", "" if _ip(record, "client_ip")
+                                 else _text(record, "client_ip"))) if v}
     if labels:
         doc["labels"] = labels
     return doc

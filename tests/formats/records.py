@@ -40,5 +40,7 @@ def variety() -> list[dict[str, Any]]:
         # A proxy trusted as "unix" (a unix socket: no address) vouched for the client.
         stored(n + 9, client_ip="192.0.2.50", peer_ip="unix"),
         stored(n + 10, client_ip="", peer_ip="unix"),
+        # A server's peer text that is no address (a test client's "testclient").
+        stored(n + 11, client_ip="testclient"),
     ]
     return records

@@ -102,3 +102,14 @@ def test_a_proxy_on_a_unix_socket_is_a_label_not_a_related_ip() -> None:
     assert doc["labels"]["peer_ip"] == "unix"
     assert ecs_problems(doc) == []
     assert "ip" not in to_ecs(stored(client_ip="", peer_ip="unix")).get("related", {})
+
+
+def test_a_client_ip_that_is_no_address_is_a_label_not_the_source_ip() -> None:
+    # A server's peer text (a test client's "testclient"; uvicorn --proxy-headers copies
+    # a client's own X-Forwarded-For text into scope["client"]): source.ip is of ECS type
+    # ip, and an index mapped to ECS refuses the whole document over it.
+    doc = to_ecs(stored(client_ip="testclient"))
+    assert "source" not in doc and "ip" not in doc.get("related", {})
+    assert doc["labels"]["client_ip"] == "testclient"
+    assert ecs_problems(doc) == []
+    assert "client_ip" not in to_ecs(stored(client_ip="192.0.2.50")).get("labels", {})

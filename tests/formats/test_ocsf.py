@@ -148,3 +148,13 @@ def test_a_proxy_on_a_unix_socket_is_unmapped_not_an_intermediate_ip() -> None:
         assert event["src_endpoint"] == {"ip": "192.0.2.50"}
         assert event["unmapped"]["peer_ip"] == "unix"
         assert ocsf_problems(event) == []
+
+
+def test_a_client_ip_that_is_no_address_is_unmapped_not_the_endpoint_ip() -> None:
+    # A server's peer text (a test client's "testclient", a client's own X-Forwarded-For
+    # text copied by uvicorn --proxy-headers): src_endpoint.ip is ip_t.
+    for kind in ("credentials_deleted", "user_sign_in"):
+        event = to_ocsf(stored(type=kind, client_ip="testclient"))
+        assert event["src_endpoint"] == {"name": "unknown"}
+        assert event["unmapped"]["client_ip"] == "testclient"
+        assert ocsf_problems(event) == []
