@@ -306,9 +306,10 @@ def to_ecs(record: Record) -> dict[str, Any]:
         user["target"] = {"id": target}
     if user:
         doc["user"] = user
-    ips = [ip for ip in (_ip(record, "client_ip"), _ip(record, "peer_ip")) if ip]
-    if _ip(record, "client_ip"):
-        doc["source"] = {"ip": record["client_ip"]}
+    client_ip = _ip(record, "client_ip")
+    ips = [ip for ip in (client_ip, _ip(record, "peer_ip")) if ip]
+    if client_ip:
+        doc["source"] = {"ip": client_ip}
     if record.get("org_id") or record.get("org_name"):
         doc["organization"] = {k: v for k, v in (("id", _text(record, "org_id")),
                                                  ("name", _text(record, "org_name"))) if v}
@@ -328,7 +329,7 @@ def to_ecs(record: Record) -> dict[str, Any]:
                                 ("workspace_id", _text(record, "workspace_id")),
                                 ("workspace_name", _text(record, "workspace_name")),
                                 ("peer_ip", _text(record, "peer_ip")),
-                                ("client_ip", "" if _ip(record, "client_ip")
+                                ("client_ip", "" if client_ip
                                  else _text(record, "client_ip"))) if v}
     if labels:
         doc["labels"] = labels

@@ -34,6 +34,8 @@ Layout, chosen for the ingest rate:
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -195,16 +197,11 @@ class Index:
 
     def set_meta(self, key: str, value: str | None) -> None:
         """Set (None: delete) a meta value, in a transaction of its own."""
-        self.begin()
-        try:
+        with self.transaction():
             if value is None:
                 self.con.execute("DELETE FROM meta WHERE key=?", (key,))
             else:
                 self.con.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value))
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
 
     def close(self) -> None:
         self.con.close()
@@ -218,6 +215,18 @@ class Index:
             self.con.execute("BEGIN IMMEDIATE")
         except BaseException:
             self._release()
+            raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction around the block: committed when it ends, rolled back
+        (the writer's view reloaded with it) when it raises."""
+        self.begin()
+        try:
+            yield
+            self.commit()
+        except BaseException:
+            self.rollback()
             raise
 
     def commit(self) -> None:
@@ -450,13 +459,8 @@ class Index:
         """Hide the chunks of segments whose files retention deleted from every query
         until their rows are dropped (``segment_drop.hide_segments``), in a transaction
         of its own."""
-        self.begin()
-        try:
+        with self.transaction():
             hide_segments(self.con, segments)
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
 
     def wipe(self) -> None:
         """Drop everything (a rebuild follows)."""
@@ -483,13 +487,8 @@ class Index:
         chunk = self.open_chunk
         if chunk is None:
             return None
-        self.begin()
-        try:
+        with self.transaction():
             self._close(chunk)
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
         return chunk.chunk
 
     def _close(self, chunk: Chunk) -> None:

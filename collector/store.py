@@ -326,20 +326,19 @@ class Store:
             self._index.close_chunk()  # queries need not scan it while the store idles
             writer.index_closed_chunks()
         done = segments.apply_retention()
-        for segment in done.deleted:
-            chunk = self._index.open_chunk
-            if chunk is not None and chunk.segment == segment:
-                self._index.close_chunk()  # sealing closed it; the indexer drops closed ones
-            self._indexer.drop_segment(segment)
+        if self._indexer.take_dropped():
+            writer.stored = self._index.count()
         if done.deleted:
+            for segment in done.deleted:
+                chunk = self._index.open_chunk
+                if chunk is not None and chunk.segment == segment:
+                    self._index.close_chunk()  # sealing closed it; the indexer drops closed ones
+                self._indexer.drop_segment(segment)
             try:  # one small update: no query reads them while their drops wait
                 self._index.hide_segments(done.deleted)
             except sqlite3.Error as exc:  # their drops hide them at their first step
                 log.warning("audit store: hiding the index rows of deleted segments from "
                             "queries failed (%s); they go with their drops", exc)
-        if self._indexer.take_dropped():
-            writer.stored = self._index.count()
-        if done.deleted:
             writer.counts["retention_deleted"] += len(done.deleted)
             # Said in the log too: deletions seen only as a counter surprised operators.
             log.info("retention: deleted %d sealed segment(s); records stored before %s "

@@ -323,13 +323,8 @@ class GroupWriter:
                    else at < seen_before_ns)]
         if not old:
             return 0
-        self._index.begin()
-        try:
+        with self._index.transaction():
             self._index.forget_sources(old)
-            self._index.commit()
-        except BaseException:
-            self._index.rollback()
-            raise
         with self.lock:
             for source in old:
                 self.sources.pop(source, None)

@@ -157,9 +157,8 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
     report.named_segment = max(named, default=0)
     report.named_record = max((e.last_seq for e in named.values()), default=0)
     if rebuild is not None:
-        index.begin()
-        index.wipe()
-        index.commit()
+        with index.transaction():
+            index.wipe()
         report.index_rebuilt = rebuild
     catalog: dict[int, SegmentEntry] = {} if rebuild is not None else named  # wiped: empty
     files = _one_copy_each(segments_dir, catalog, report)
@@ -241,9 +240,8 @@ def _index_problem(index: Index) -> str | None:
 
 
 def _drop(index: Index, seq: int) -> None:
-    index.begin()
-    index.drop_segment(seq)
-    index.commit()
+    with index.transaction():
+        index.drop_segment(seq)
 
 
 def _one_copy_each(segments_dir: Path, catalog: dict[int, SegmentEntry],
@@ -293,9 +291,8 @@ def _index_file(index: Index, f: SegmentFile, entry: SegmentEntry | None,
                         f"{f.path.name}: header says segment {header.seq}; rename the "
                         f"file or move it out of the segments directory"
                     )
-                index.begin()
-                index.add_segment(f.name, header, len(line))
-                index.commit()
+                with index.transaction():
+                    index.add_segment(f.name, header, len(line))
                 end = len(line)
                 continue
             row = _row(line, offset, last_seq)
@@ -318,9 +315,8 @@ def _index_file(index: Index, f: SegmentFile, entry: SegmentEntry | None,
             # every start, and left for `verify` and the operator to judge.
             report.unreadable_lines += 1
     if f.compressed:
-        index.begin()
-        index.mark_compressed(f.seq, blocks)
-        index.commit()
+        with index.transaction():
+            index.mark_compressed(f.seq, blocks)
     return count
 
 
@@ -347,17 +343,12 @@ def _row(line: bytes, offset: int, after_seq: int) -> tuple[Row, str, int] | Non
 def _flush(index: Index, segment: int, batch: list[Row], end: int,
            numbered: dict[str, list[int]], ranges: dict[str, sources.Ranges]) -> int:
     n = len(batch)
-    index.begin()
-    try:
+    with index.transaction():
         index.add_rows(segment, batch, end)
         if not batch:  # only unreadable lines: still record how far the segment is read
             index.con.execute("UPDATE segments SET end_offset=? WHERE seq=?", (end, segment))
         changed = {s: sources.add(ranges.get(s, []), nums) for s, nums in numbered.items()}
         index.set_source_ranges(changed)
-        index.commit()
-    except BaseException:
-        index.rollback()
-        raise
     ranges.update(changed)
     batch.clear()
     numbered.clear()

@@ -8,6 +8,7 @@ compressed copy beside a sealed segment and hands it back).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import sqlite3
@@ -136,12 +137,9 @@ class SegmentSet:
 
     def register(self, segment: ActiveSegment) -> None:
         """Put a new segment in the index catalog (its first records would too)."""
-        try:
-            self._index.begin()
+        with contextlib.suppress(sqlite3.Error), self._index.transaction():
+            # On failure, its first records register it again.
             self._index.add_segment(segment.path.name, segment.header, segment.size)
-            self._index.commit()
-        except sqlite3.Error:  # its first records register it again
-            self._index.rollback()
 
     # -- rotation -------------------------------------------------------------------------
     def rotation_due(self, incoming: int, piece_pending: bool) -> bool:
@@ -228,12 +226,10 @@ class SegmentSet:
             target = info.path.with_name(info.path.name + ".gz")
             os.rename(tmp, target)
             fsync_dir(self.directory)
-            self._index.begin()
             try:
-                self._index.mark_compressed(seq, blocks)
-                self._index.commit()
+                with self._index.transaction():
+                    self._index.mark_compressed(seq, blocks)
             except BaseException:
-                self._index.rollback()
                 target.unlink()
                 raise
             info.path.unlink()

@@ -6,6 +6,8 @@ and the WSGI middleware alike, and through a real uvicorn server."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -220,33 +222,40 @@ def test_through_werkzeug_on_a_unix_socket_a_bound_path_is_no_trusted_ip(tmp: Pa
     assert [(e.client_ip, e.peer_ip) for e in events] == [("", "")]
 
 
-def test_through_uvicorn_on_a_unix_socket_the_proxy_s_hop_is_the_client(tmp: Path) -> None:
-    """The real server: uvicorn --uds hands the app no peer address (scope["client"]
-    None); with "unix" trusted, the hop the proxy appended is the client IP."""
+@contextmanager
+def serving(server: Any, **run: Any) -> Iterator[None]:
+    """``server`` (a ``uvicorn.Server``) running in a thread for the block: started
+    before it (10 s at most), stopped after."""
     import threading
     import time
 
-    import uvicorn
-
-    sock = tmp / "app.sock"
-    server = uvicorn.Server(uvicorn.Config(asgi_app(["unix"], "x-forwarded-for"),
-                                           uds=str(sock), proxy_headers=False,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs=run, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 10
         while not server.started:
             assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
             time.sleep(0.02)
-        with capture_audit_events() as events, \
-                httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as client:
-            response = client.get("http://app/c/c-1",
-                                  headers={"x-forwarded-for": f"{ATTACKER}, {CLIENT}"})
-            assert response.status_code == 200
+        yield
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_through_uvicorn_on_a_unix_socket_the_proxy_s_hop_is_the_client(tmp: Path) -> None:
+    """The real server: uvicorn --uds hands the app no peer address (scope["client"]
+    None); with "unix" trusted, the hop the proxy appended is the client IP."""
+    import uvicorn
+
+    sock = tmp / "app.sock"
+    server = uvicorn.Server(uvicorn.Config(asgi_app(["unix"], "x-forwarded-for"),
+                                           uds=str(sock), proxy_headers=False,
+                                           log_level="warning", lifespan="off"))
+    with serving(server), capture_audit_events() as events, \
+            httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as client:
+        response = client.get("http://app/c/c-1",
+                              headers={"x-forwarded-for": f"{ATTACKER}, {CLIENT}"})
+        assert response.status_code == 200
     assert [(e.client_ip, e.peer_ip) for e in events] == [(CLIENT, "unix")]
 
 
@@ -272,7 +281,6 @@ def test_through_uvicorn_on_tcp_a_reset_client_is_not_a_unix_socket_peer() -> No
     must not become the client IP."""
     import socket
     import struct
-    import threading
     import time
 
     import uvicorn
@@ -290,31 +298,21 @@ def test_through_uvicorn_on_tcp_a_reset_client_is_not_a_unix_socket_peer() -> No
     address = listener.getsockname()
     server = uvicorn.Server(uvicorn.Config(app, proxy_headers=False, log_level="warning",
                                            lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    try:
+    with serving(server, sockets=[listener]), capture_audit_events() as events:
+        blocker = socket.create_connection(address)
+        blocker.sendall(b"GET /block HTTP/1.1\r\nHost: app\r\n\r\n")
+        time.sleep(0.3)  # uvicorn is in the sleep now
+        reset = socket.create_connection(address)
+        reset.sendall(b"GET /c/c-1 HTTP/1.1\r\nHost: app\r\n"
+                      b"X-Forwarded-For: " + ATTACKER.encode() + b"\r\n\r\n")
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()  # an RST, before uvicorn accepts
+        blocker.settimeout(10)
+        assert blocker.recv(100).startswith(b"HTTP/1.1 404")
+        blocker.close()
         deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        while not events and time.monotonic() < deadline:
             time.sleep(0.02)
-        with capture_audit_events() as events:
-            blocker = socket.create_connection(address)
-            blocker.sendall(b"GET /block HTTP/1.1\r\nHost: app\r\n\r\n")
-            time.sleep(0.3)  # uvicorn is in the sleep now
-            reset = socket.create_connection(address)
-            reset.sendall(b"GET /c/c-1 HTTP/1.1\r\nHost: app\r\n"
-                          b"X-Forwarded-For: " + ATTACKER.encode() + b"\r\n\r\n")
-            reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            reset.close()  # an RST, before uvicorn accepts
-            blocker.settimeout(10)
-            assert blocker.recv(100).startswith(b"HTTP/1.1 404")
-            blocker.close()
-            deadline = time.monotonic() + 10
-            while not events and time.monotonic() < deadline:
-                time.sleep(0.02)
-    finally:
-        server.should_exit = True
-        thread.join(10)
     assert [(e.client_ip, e.peer_ip) for e in events] == [("", "")]
 
 
