@@ -41,11 +41,13 @@ from . import digests as d
 from .errors import DigestFormatError, KeyFileError
 from .keys import (
     KeyRing,
+    PublicKey,
     SigningKey,
     default_signing_key_path,
     ensure_signing_key,
     install_signing_key,
     load_signing_key,
+    read_retired_keys,
 )
 
 if TYPE_CHECKING:
@@ -111,7 +113,7 @@ class Ledger:
         ring.add(key.public)
         ledger = cls(data_dir, key, interval)
         ledger.digests_dir.mkdir(mode=DIR_MODE, exist_ok=True)
-        ledger._find_chain_end(quarantine_dir)
+        ledger._find_chain_end(quarantine_dir, _vouched_keys(path, key), ring.keys())
         ledger._finish_key_rotation(path, ring)
         return ledger
 
@@ -146,15 +148,56 @@ class Ledger:
                     self.key.id, new.id)
         self.key = new
 
-    def _find_chain_end(self, quarantine_dir: Path | None) -> None:
+    def _find_chain_end(self, quarantine_dir: Path | None, vouched: dict[str, PublicKey],
+                        ring: dict[str, PublicKey]) -> None:
+        """Take up the digest chain where its newest genuine digest left it.
+
+        Genuine means signed by the signing key or a key it replaced (``vouched``): the
+        digests directory is writable by whoever writes the data directory, and a digest
+        planted there, extended by the collector, broke the real chain from then on (and
+        its numbers decided the next segment's and record's). Newer digests that no
+        vouched key signed are skipped, said in the log, and left for ``verify``.
+
+        When no digest at all is signed by a vouched key, the key was lost and replaced
+        by hand (``Ledger.open`` says how): the chain goes on from the newest digest a
+        key of the key ring signed, then from the newest digest at all, with a warning."""
+        skipped: list[d.Digest] = []
+        fallback: d.Digest | None = None  # the newest digest a key ring key signed
+        newest_any: d.Digest | None = None
         for _, path in reversed(d.list_digest_files(self.digests_dir)):
             found = d.read_file(path)
             if found.torn and quarantine_dir is not None:
                 _cut_torn_line(path, quarantine_dir)
-            if found.digests:
-                newest = max(found.digests, key=lambda g: g.n)
-                self.newest, self.n, self.previous = newest, newest.n, newest.signature_b64
-                return
+            for digest in sorted(found.digests, key=lambda g: g.n, reverse=True):
+                if _signed_by(digest, vouched):
+                    self._take_chain_end(digest, skipped)
+                    return
+                skipped.append(digest)
+                newest_any = newest_any or digest
+                if fallback is None and _signed_by(digest, ring):
+                    fallback = digest
+        end = fallback or newest_any
+        if end is None:
+            return  # no digest yet: the chain starts here
+        log.warning(
+            "integrity: no digest of this store is signed by the signing key (%s) or a key "
+            "it replaced; the digest chain goes on from %s, signed by key %s%s. Expected "
+            "once after a lost signing key was replaced by hand; otherwise the digests may "
+            "have been replaced: run `audit-collector verify` with the public keys you "
+            "exported", self.key.id, end.where, end.key,
+            "" if end is fallback else ", which is not in the key ring either")
+        self.newest, self.n, self.previous = end, end.n, end.signature_b64
+
+    def _take_chain_end(self, digest: d.Digest, skipped: list[d.Digest]) -> None:
+        newer = skipped  # every digest the walk met before this one
+        if newer:
+            log.error(
+                "integrity: %d digest(s) newer than %s are not signed by the signing key or "
+                "a key it replaced (%s): planted or edited, they are not continued. The "
+                "chain goes on from %s; `audit-collector verify` reports them",
+                len(newer), digest.where, ", ".join(g.where for g in newer[:5])
+                + (", ..." if len(newer) > 5 else ""), digest.where)
+        self.newest, self.n, self.previous = digest, digest.n, digest.signature_b64
 
     def named(self) -> tuple[int, int]:
         """The highest segment and record numbers the digests name: those of the newest
@@ -367,6 +410,23 @@ class Ledger:
             self._pending.pop(0)
             self.written += 1
             self._write_failures = 0
+
+
+def _vouched_keys(path: Path, key: SigningKey) -> dict[str, PublicKey]:
+    """The signing key's public key and those it replaced (kept beside it by ``keys
+    rotate``), by id: the keys a genuine digest of this store is signed by."""
+    try:
+        retired = read_retired_keys(path)
+    except KeyFileError as exc:
+        log.error("integrity: %s; digests signed by the keys it held are taken as the "
+                  "key ring's only", exc)
+        retired = []
+    return {k.id: k for k in (*retired, key.public)}
+
+
+def _signed_by(digest: d.Digest, keys: dict[str, PublicKey]) -> bool:
+    key = keys.get(digest.key)
+    return key is not None and key.verifies(digest.signature, digest.message)
 
 
 def _records_of(digest: d.Digest | None, state: d.SegmentState) -> int:

@@ -27,7 +27,13 @@ from collector.integrity.findings import (
     SEGMENT_MOVED,
     SIGNATURE_INVALID,
 )
-from collector.integrity.keys import KeyRing, SigningKey, load_signing_key, read_public_keys
+from collector.integrity.keys import (
+    KeyRing,
+    SigningKey,
+    load_signing_key,
+    read_public_keys,
+    write_signing_key,
+)
 from collector.storage.records import created_micros
 from tests.integrity.helpers import (
     build_store,
@@ -428,6 +434,79 @@ def resign_all(store: Path, key: SigningKey, **first_digest: Any) -> None:
         out.setdefault(path, []).append(line)
     for path, lines in out.items():
         write_lines(path, lines)
+
+
+def newest_digest(store: Path) -> digests.Digest:
+    return max((digests.parse(line) for path in digest_paths(store) for line in lines_of(path)),
+               key=lambda g: g.n)
+
+
+def plant_a_digest(store: Path, key: SigningKey) -> digests.Digest:
+    """A digest signed by ``key``, chained onto the store's newest one, in a file of its
+    own named after a segment far ahead, claiming a segment and records far ahead: what
+    someone who writes the data directory, but holds no key of the store, can put
+    there."""
+    genuine = newest_digest(store)
+    name = "segment-00000099-20990101T000000Z.jsonl"
+    body = dict(genuine.body, n=genuine.n + 1, key=key.id, previous=genuine.signature_b64,
+                segment=name, segment_seq=99, head=name, first_seq=10**12, last_seq=10**12)
+    line = digests.sign(body, key)
+    (store / "digests" / digests.file_name(name)).write_bytes(line)
+    return digests.parse(line)
+
+
+@pytest.mark.parametrize("in_key_ring", [False, True])
+def test_start_up_goes_on_from_the_newest_genuine_digest_not_a_planted_one(
+        store: Path, in_key_ring: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """A planted digest was taken as the chain's end at start: the collector chained its
+    digests onto it and numbered its next records after the seq it claimed. Only a digest
+    the signing key (or a key it replaced) signed can end the chain; a key put in the
+    key ring (``in_key_ring``) vouches for nothing."""
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    genuine = newest_digest(store)
+    trusted = export(store)  # before anything was planted, as the docs advise
+    intruder = SigningKey(Ed25519PrivateKey.generate(), Path("elsewhere"))
+    if in_key_ring:
+        KeyRing(store / "keys").add(intruder.public)
+    planted = plant_a_digest(store, intruder)
+    with open_store(store, max_segment_bytes=SMALL) as reopened:
+        reopened.write(events(2))
+    started = min((digests.parse(line) for path in digest_paths(store)
+                   for line in lines_of(path) if digests.parse(line).n > genuine.n
+                   and digests.parse(line).key != intruder.id), key=lambda g: g.n)
+    assert started.n == genuine.n + 1 and started.previous == genuine.signature_b64
+    records = [orjson.loads(line) for line in lines_of(segment_paths(store)[-1])[1:]]
+    assert records[-1]["seq"] < 1000, "records numbered after the planted digest's claim"
+    result = run_verify(str(store), "--public-key", str(trusted))
+    assert result.returncode == 1, result.stdout
+    planted_file = f"digests/{digests.file_name(planted.segment)}"
+    assert f"INVALID  {planted_file}  signature invalid" in result.stdout
+    assert "1 INVALID (signature invalid)" in result.stdout, result.stdout
+    assert f"1 digest(s) newer than digest #{genuine.n} (" in caplog.text
+
+
+def test_a_signing_key_lost_and_replaced_by_hand_continues_the_chain(
+        store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The documented way out of a lost key (Ledger.open says it): a new key made by
+    hand. None of the digests is signed by it; the chain goes on from the newest one a
+    key ring key signed, and the log says so."""
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    genuine = newest_digest(store)
+    path = store / "keys" / "signing-key.pem"
+    path.unlink()
+    write_signing_key(path, Ed25519PrivateKey.generate(), replace=False)
+    with open_store(store, max_segment_bytes=SMALL) as reopened:
+        reopened.write(events(1))
+    assert "no digest of this store is signed by the signing key" in caplog.text
+    assert f"goes on from digest #{genuine.n} (" in caplog.text
+    after = [g for g in (digests.parse(line) for p in digest_paths(store) for line in
+                         lines_of(p)) if g.n == genuine.n + 1]
+    assert [g.previous for g in after] == [genuine.signature_b64]
+    assert check(store).valid  # the key ring holds the lost key's public half
 
 
 def test_verify_without_usable_keys_is_an_error_not_a_verdict(store: Path) -> None:
