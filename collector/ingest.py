@@ -221,6 +221,15 @@ class IngestServer:
                 raise
             return False  # the collector stops (``shutdown``): nothing to say
         except (TimeoutError, OSError, EOFError) as exc:
+            if _closed_before_hello(exc):
+                # A TCP health check or port probe (connect, close): nothing went wrong
+                # with TLS, and a load balancer checking every few seconds is no client
+                # failing. Counted apart, logged at debug level only.
+                self.counters["tls_probes"] += 1
+                log.debug("ingest: %s closed the connection before its TLS hello",
+                          _peer_name(writer, True))
+                writer.transport.abort()
+                return False
             self.counters["tls_handshake_failures"] += 1
             peer = writer.get_extra_info("peername")
             host = str(peer[0]) if peer else "?"
@@ -452,7 +461,11 @@ def handshake_hint(exc: BaseException) -> str:
             return f"; {hint}"
     if isinstance(exc, ConnectionAbortedError | TimeoutError):
         return "; the client said nothing in time (handshake_timeout)"
-    if isinstance(exc, ConnectionResetError) and not str(exc):
-        # asyncio's SSLProtocol raises the bare class at an EOF in the handshake
-        return "; the client closed the connection before its TLS hello (a TCP probe?)"
     return ""
+
+
+def _closed_before_hello(exc: BaseException) -> bool:
+    """Whether a handshake ended because the client closed without a word: asyncio's
+    SSLProtocol raises the bare ``ConnectionResetError`` class at an EOF in the
+    handshake (a reset by the peer has its errno text; a refusal is an ``SSLError``)."""
+    return type(exc) is ConnectionResetError and not str(exc)
