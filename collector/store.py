@@ -326,8 +326,10 @@ class Store:
             self._index.close_chunk()  # queries need not scan it while the store idles
             writer.index_closed_chunks()
         done = segments.apply_retention()
-        if self._indexer.take_dropped():
+        dropped = self._indexer.dropped
+        if dropped:
             writer.stored = self._index.count()
+            self._indexer.took_dropped(dropped)
         if done.deleted:
             for segment in done.deleted:
                 chunk = self._index.open_chunk

@@ -58,7 +58,7 @@ class ChunkIndexer:
         self._drops: collections.deque[int] = collections.deque()
         self._drop_after = 0.0  # monotonic: no drop before (after a failure)
         self._drop_failures = 0
-        self._dropped = 0  # segments dropped since ``take_dropped`` last looked
+        self._dropped = 0  # segments dropped not yet accounted for (``took_dropped``)
         self._checkpoint_failures = 0
         self.drop_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-store-indexer",
@@ -79,11 +79,16 @@ class ChunkIndexer:
             self._drops.append(segment)
             self._cond.notify_all()
 
-    def take_dropped(self) -> int:
-        """How many segments' rows were dropped since the last call."""
+    @property
+    def dropped(self) -> int:
+        """How many segments' rows were dropped since ``took_dropped`` last took them."""
+        return self._dropped
+
+    def took_dropped(self, count: int) -> None:
+        """The caller has accounted for ``count`` dropped segments (after the work that
+        needed them succeeded: taken before, a failure there lost them)."""
         with self._cond:
-            dropped, self._dropped = self._dropped, 0
-        return dropped
+            self._dropped -= count
 
     @property
     def drops_pending(self) -> int:
@@ -189,6 +194,8 @@ class ChunkIndexer:
         with self._cond:
             self._drops.popleft()
             self._dropped += 1
+            if not self._drops:
+                self.drop_error = None  # every deleted segment's rows are gone now
 
     def _yield_drop(self) -> bool:
         """Whether a drop stops after its step: a build waits (builds go first, and the

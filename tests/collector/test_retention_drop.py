@@ -252,6 +252,35 @@ def test_a_segment_whose_drop_keeps_failing_does_not_hold_up_the_others(
         assert store.stats()["segments_dropping"] == 1
 
 
+def test_a_drop_error_is_said_while_it_lasts_and_cleared_once_the_drops_are_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stats' last_error named a failed drop for good, long after a retry had
+    dropped the rows; and the events count, refreshed only when the count of dropped
+    segments was taken, missed the drops whose refresh failed."""
+    real_drop = indexer_module.drop_segment_rows
+    failures = [2]
+
+    def drop(con: sqlite3.Connection, segment: int, *args: Any, **kwargs: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return real_drop(con, segment, *args, **kwargs)
+
+    monkeypatch.setattr(indexer_module, "drop_segment_rows", drop)
+    monkeypatch.setattr(indexer_module, "DROP_RETRY", 0.05)
+    data_dir = tmp_path / "store"
+    with open_store(data_dir, max_segment_bytes=4096, retention_bytes=9000) as store:
+        for _ in range(10):
+            store.write(events(8))
+        wait_until(lambda: store.stats()["retention_deleted"] >= 3)
+        wait_until(lambda: failures[0] == 0)
+        wait_until(lambda: store.stats()["segments_dropping"] == 0)
+        assert index_segments(data_dir) == segment_numbers(data_dir)
+        stats = wait_until(lambda: (s := store.stats())["events"] == len(
+            on_disk_records(data_dir)) and s)
+        assert stats["last_error"] is None, stats
+
+
 @pytest.mark.parametrize("first_drop_pauses", [1, 2, 9], indirect=True)
 def test_a_page_holds_no_hit_of_a_segment_whose_file_is_gone_while_its_drop_waits(
         tmp_path: Path, first_drop_pauses: list[PausingLock]) -> None:
