@@ -33,6 +33,7 @@ Layout, chosen for the ingest rate:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,12 +133,56 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     # A reader opens an existing index only: mode=rw (WAL readers need to write the
     # -shm file) never creates one, where a plain connect left an empty index.sqlite
     # behind in a directory that had none.
-    target = f"{path.resolve().as_uri()}?mode=rw" if readonly else str(path)
-    con = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
-                          cached_statements=512, uri=readonly)
-    con.execute("PRAGMA busy_timeout=10000")
     if readonly:
-        con.execute("PRAGMA query_only=1")
+        return _connect_uri(path, "mode=rw")
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                          cached_statements=512)
+    con.execute("PRAGMA busy_timeout=10000")
+    return con
+
+
+def connect_reader(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection to an existing index, and whether it reads the file as
+    immutable (see below).
+
+    The store's files are 0640 and its directories 0750 so that a group of auditors can
+    read them, but SQLite reads a WAL index only through its ``-shm`` file: while the
+    collector runs, that file is there and a reader without write access opens it read
+    only; once the collector has stopped it is gone, and a reader who may not create it
+    got "attempt to write a readonly database" (and was told to run reindex). A stopped
+    store's index does not change, so it is then read with ``immutable=1``. Such a
+    reader must be reopened once a collector starts writing (``wal_path`` appears):
+    an immutable connection never looks at the WAL."""
+    if os.access(path, os.W_OK):
+        return connect(path, readonly=True), False
+    con = _connect_uri(path, "mode=ro")
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con, False
+    except sqlite3.OperationalError as exc:
+        con.close()
+        from collector.store import data_dir_held  # the store imports this module
+
+        # With a -wal file left, the index holds more than its main file (a collector
+        # killed, or one just starting): reading the main file alone would miss it.
+        if wal_path(path).exists() or data_dir_held(path.parent):
+            raise sqlite3.OperationalError(
+                f"{exc}: this user may read {path} but not write beside it, and SQLite "
+                f"needs to for now (a collector starting, or one killed left "
+                f"{wal_path(path).name}); retry once the collector runs, or read as the "
+                f"collector's user") from None
+    return _connect_uri(path, "mode=ro&immutable=1"), True
+
+
+def wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _connect_uri(path: Path, options: str) -> sqlite3.Connection:
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?{options}", isolation_level=None,
+                          check_same_thread=False, cached_statements=512, uri=True)
+    con.execute("PRAGMA busy_timeout=10000")
+    con.execute("PRAGMA query_only=1")
     return con
 
 

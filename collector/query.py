@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from collector.index import CATCHING_UP, INDEX_SCHEMA, ZONE_SHIFT, Index, connect
+from collector.index import CATCHING_UP, INDEX_SCHEMA, ZONE_SHIFT, Index, connect_reader, wal_path
 from collector.storage.chunks import INDEXED
 from collector.storage.conditions import FOREVER, Conditions, compile_conditions
 from collector.storage.errors import IndexOutOfDateError
@@ -87,7 +87,10 @@ class Reader:
         # Which file: a restart that rebuilds the index replaces it (a new inode), and a
         # reader kept for hours (tail -f) must then read the new one (see ``stale``).
         self._index_ino = os.stat(index).st_ino
-        self.con = connect(index, readonly=True)
+        try:
+            self.con, self._immutable = connect_reader(index)
+        except sqlite3.OperationalError as exc:
+            raise QueryError(f"{index} cannot be read: {exc}") from None
         try:
             schema = self.con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -131,9 +134,12 @@ class Reader:
     def stale(self) -> bool:
         """Whether the index file this reader has open was replaced (or removed)."""
         try:
-            return os.stat(self._index).st_ino != self._index_ino
+            replaced = os.stat(self._index).st_ino != self._index_ino
         except FileNotFoundError:
             return True
+        # A stopped store's file read as immutable: a collector started since writes
+        # into its WAL, which this connection never reads.
+        return replaced or (self._immutable and wal_path(self._index).exists())
 
     def close(self) -> None:
         self._records.close()

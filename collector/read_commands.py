@@ -243,13 +243,13 @@ def run_stats(args: argparse.Namespace) -> int:
 def _indexed(data_dir: Path) -> int | str:
     """Events in the index, or why it cannot say (no index yet, one being built, damaged,
     unreadable): stats reports the rest all the same."""
-    from .index import CATCHING_UP, connect, count_rows
+    from .index import CATCHING_UP, connect_reader, count_rows
 
     index = data_dir / "index.sqlite"
     if not index.exists():
         return "no index.sqlite (`audit-collector reindex` builds one)"
     try:
-        con = connect(index, readonly=True)
+        con, _ = connect_reader(index)
         try:
             con.execute("BEGIN")
             count = count_rows(con)

@@ -597,7 +597,7 @@ def test_index_rows_of_a_deleted_segment_go_without_a_restart_when_the_first_dro
         wait_until(lambda: store.stats()["events"] == len(on_disk))
         assert set(stored_ids(tmp_path)) == on_disk
         stats = store.stats()
-        assert "disk I/O error" in stats["last_error"]
+        assert stats["last_error"] is None  # said while the drop failed, not for good
         assert stats["segments_dropping"] == 0
     assert not set(written[0]) & on_disk
 

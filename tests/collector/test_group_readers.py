@@ -1,0 +1,156 @@
+"""A reader in the store's group, with read access only (the store's files are 0640 and
+its directories 0750 for that), queries the index whether the collector runs or not.
+
+The reader runs in a forked child that drops to another user (no exec: the test's
+Python may live where that user cannot go), with the data directory's group as its
+only supplementary group."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector.cli import main
+from tests.collector.storage_helpers import events, open_store
+
+READER_UID = 65534  # nobody
+AUDIT_GID = 4242  # the store's group, which only the reader is in
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: its parents are 0700, closed to the reader.
+    parent = Path(tempfile.mkdtemp(prefix="group-readers-", dir="/tmp"))
+    parent.chmod(0o755)
+    try:
+        yield parent / "data"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def give_to_group(data_dir: Path) -> None:
+    """What an operator does for a group of auditors: the store's group, set-gid
+    directories so that files made later (the index's -wal and -shm) get it too."""
+    for path in (data_dir, *data_dir.rglob("*")):
+        os.chown(path, -1, AUDIT_GID, follow_symlinks=False)
+        if path.is_dir():
+            path.chmod(path.stat().st_mode | 0o2000)
+
+
+def as_reader(work: Callable[[], object], steps: int = 1) -> Iterator[object]:
+    """Run ``work`` ``steps`` times in a child that is the reader; yield each result
+    (the parent may act between two). ``work`` gets no input; it reads the store."""
+    results_r, results_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the reader
+        code = 1
+        try:
+            os.close(results_r)
+            os.close(go_w)
+            # Modules imported lazily (argparse's, importlib.metadata's) load now: the
+            # reader may not enter the directory this Python is installed in.
+            cli("query", "--data-dir", "/nonexistent")
+            cli("stats", "--data-dir", "/nonexistent")
+            os.setgroups([AUDIT_GID])
+            os.setgid(READER_UID)
+            os.setuid(READER_UID)
+            for step in range(steps):
+                if step:
+                    os.read(go_r, 1)  # the parent's turn first
+                try:
+                    result: object = work()
+                except Exception as exc:  # noqa: BLE001 - reported to the parent
+                    result = f"{type(exc).__name__}: {exc}"
+                os.write(results_w, orjson.dumps(result) + b"\n")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(results_w)
+    os.close(go_r)
+    with os.fdopen(results_r, "rb") as results:
+        try:
+            for step in range(steps):
+                if step:
+                    os.write(go_w, b"x")
+                line = results.readline()
+                assert line, "the reader process ended without a result"
+                yield orjson.loads(line)
+        finally:
+            os.close(go_w)
+            os.waitpid(pid, 0)
+
+
+def cli(*argv: str) -> dict[str, object]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(argv))
+    return {"code": code, "out": out.getvalue(), "err": err.getvalue()}
+
+
+def query_ids(data_dir: Path) -> Callable[[], object]:
+    def work() -> object:
+        done = cli("query", "--data-dir", str(data_dir), "--format", "jsonl", "--all")
+        if done["code"] != 0:
+            return done
+        return sorted(orjson.loads(line)["id"] for line in str(done["out"]).splitlines())
+    return work
+
+
+def test_a_group_reader_queries_a_stopped_store(data_dir: Path) -> None:
+    """Stopped, the store has no -shm file, which SQLite needs to read a WAL index and
+    the reader may not create: "attempt to write a readonly database", and the advice
+    to run reindex."""
+    written = events(5)
+    with open_store(data_dir) as store:
+        store.write(written)
+    give_to_group(data_dir)
+    assert not (data_dir / "index.sqlite-wal").exists()
+    [ids] = as_reader(query_ids(data_dir))
+    assert ids == sorted(e["id"] for e in written)
+    [stats] = as_reader(lambda: cli("stats", "--data-dir", str(data_dir)))
+    assert isinstance(stats, dict) and stats["code"] == 0, stats
+    assert "unreadable index" not in str(stats["out"]), stats
+
+
+def test_a_group_reader_queries_a_running_store(data_dir: Path) -> None:
+    written = events(3)
+    with open_store(data_dir) as store:
+        store.write(written)
+        give_to_group(data_dir)
+        [ids] = as_reader(query_ids(data_dir))
+    assert ids == sorted(e["id"] for e in written)
+
+
+def test_a_group_readers_long_lived_reader_sees_a_collector_start_writing(
+        data_dir: Path) -> None:
+    """A stopped store is read as immutable; a reader kept open (tail -f, a script using
+    ``collector.query.search``) must read the events of a collector started since,
+    which go to the WAL an immutable connection never reads."""
+    from collector import query
+
+    first, later = events(2), events(3)
+    with open_store(data_dir) as store:
+        store.write(first)
+    give_to_group(data_dir)
+
+    def ids() -> object:
+        page = query.search(data_dir, query.Filters(), limit=100)
+        return sorted(r["id"] for r in page.records)
+
+    reader = as_reader(ids, steps=2)
+    assert next(reader) == sorted(e["id"] for e in first)
+    with open_store(data_dir) as store:
+        store.write(later)
+        assert (data_dir / "index.sqlite-wal").exists()
+        assert next(reader) == sorted(e["id"] for e in first + later)
