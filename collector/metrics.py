@@ -113,6 +113,12 @@ METRICS: Final[tuple[Metric, ...]] = (
        "unreceived_tail_events", "{event}",
        "Events a source announced after its last stored one: in flight, or lost if the "
        "source is gone"),
+    _m("audit.collector.store.sources.unacknowledged_gap_events", "gauge", "store",
+       "unacknowledged_gap_events", "{event}",
+       "Gap events no operator has acknowledged yet (alert on this one)"),
+    _m("audit.collector.store.sources.unacknowledged_tail_events", "gauge", "store",
+       "unacknowledged_tail_events", "{event}",
+       "Unreceived tail events no operator has acknowledged yet"),
     _m("audit.collector.store.retention_deleted", "counter", "store", "retention_deleted",
        "{segment}", "Sealed segments deleted by retention"),
     _m("audit.collector.store.index.unindexed_chunks", "gauge", "store", "unindexed_chunks",

@@ -1,5 +1,5 @@
-"""The collector's own records: reads of the audit log (``collector.api.reads``) and
-refused attempts (``collector.api.denials``). Their types and their source are the
+"""The collector's own records: reads of the audit log (``collector.api.reads``),
+refused attempts (``collector.api.denials``) and acknowledged losses. Their types and their source are the
 collector's alone: ingest refuses them from clients, so that an app holding the ingest
 token cannot forge or muddy the trail of who read the audit log."""
 
@@ -11,8 +11,11 @@ AUDIT_LOG_VIEWED: Final = "audit_log_viewed"
 AUDIT_LOG_EXPORTED: Final = "audit_log_exported"
 #: A refused attempt to read (``collector.api.denials``).
 AUDIT_LOG_ACCESS_DENIED: Final = "audit_log_access_denied"
+#: An operator acknowledged a source's lost events (``collector.storage.loss_acks``).
+AUDIT_LOSS_ACKNOWLEDGED: Final = "audit_loss_acknowledged"
 #: The types above: refused from clients (``Validator(from_clients=True)``).
-OWN_TYPES: Final = frozenset({AUDIT_LOG_VIEWED, AUDIT_LOG_EXPORTED, AUDIT_LOG_ACCESS_DENIED})
+OWN_TYPES: Final = frozenset({AUDIT_LOG_VIEWED, AUDIT_LOG_EXPORTED, AUDIT_LOG_ACCESS_DENIED,
+                              AUDIT_LOSS_ACKNOWLEDGED})
 #: ``source`` of the collector's own records; no client may use it, in any case.
 SOURCE: Final = "audit-collector-api"
 

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 from audit_middleware.event import format_created
+from audit_middleware.wire import MAX_SEQ
 from collector.index import Index
-from collector.storage import sources
+from collector.storage import loss_acks, sources
 from collector.storage.errors import (
     DataDirInUseError,
     StorageError,
@@ -110,6 +111,8 @@ class Store:
         self._rejected_count = 0
         self._last_activity = time.monotonic()
         self._last_error: str | None = None
+        self._loss_acks: dict[str, loss_acks.Ack] = {}
+        self._acks_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> RepairReport:
@@ -164,6 +167,7 @@ class Store:
         index.newly_closed.clear()
         self._writer = GroupWriter(index, self._segments, self._indexer, self._ledger)
         self._writer.next_seq = max(self._writer.next_seq, named_record + 1)
+        self._loss_acks = loss_acks.load(self.settings.data_dir)
         return report
 
     def close(self) -> None:
@@ -353,6 +357,55 @@ class Store:
         if self._ledger is not None:
             self._ledger.tick(segments.active)
 
+    # -- acknowledged losses ------------------------------------------------------------
+    def plan_loss_ack(self, source: str | None, through: int | None = None) -> dict[str, int]:
+        """What acknowledging the losses of ``source`` (None: of every source with a loss
+        not yet acknowledged) up to ``through`` (None: every number the source is known
+        to have given out so far) covers: {source: through}. Raises ``LossAckError`` for
+        a source the store does not know or a ``through`` out of range."""
+        writer = getattr(self, "_writer", None)
+        if writer is None:
+            raise StoreClosedError("open the store before acknowledging losses")
+        if through is not None and (type(through) is not int or not 1 <= through <= MAX_SEQ):
+            raise LossAckError(f"through must be a number from 1 to 2**63-1, got {through!r}")
+        with writer.lock:
+            known, numbered = dict(writer.sources), dict(writer.numbered)
+        if source is not None and source not in known:
+            raise LossAckError(f"no source {source[:80]!r} is known to this store (the "
+                               f"sources with losses are in `audit-collector stats`)")
+        acks = self._loss_acks
+        plan: dict[str, int] = {}
+        for name in [source] if source is not None else known:
+            ranges, said = known[name], numbered.get(name, 0)
+            previous = acks[name].through if name in acks else 0
+            if source is None and loss_acks.unacknowledged(ranges, said, previous) == (0, 0):
+                continue  # "all": only the sources with a loss not yet acknowledged
+            plan[name] = through if through is not None else loss_acks.latest(ranges, said)
+        return plan
+
+    def acknowledge_losses(self, plan: dict[str, int], *, by: str, reason: str) -> None:
+        """Keep a ``plan_loss_ack`` (``by``: who, ``reason``: why). Raises
+        ``LossAckError`` without a reason, ``StorageError`` when the file cannot be
+        written (nothing changes then)."""
+        reason = reason.strip()
+        if not reason or len(reason) > loss_acks.MAX_REASON:
+            raise LossAckError(f"say why in 1 to {loss_acks.MAX_REASON} characters (reason)")
+        writer = self._writer
+        with writer.lock:
+            known = set(writer.sources)
+        now = format_created(time.time_ns())
+        with self._acks_lock:  # one writer of the file at a time
+            acks = dict(self._loss_acks)
+            acks.update((name, loss_acks.Ack(upto, now, by, reason))
+                        for name, upto in plan.items())
+            # Sources retention forgot take their acknowledgements with them.
+            acks = {name: ack for name, ack in acks.items() if name in known}
+            try:
+                loss_acks.save(self.settings.data_dir, acks)
+            except OSError as exc:
+                raise StorageError(f"cannot write {loss_acks.FILE_NAME}: {exc}") from None
+            self._loss_acks = acks
+
     # -- stats --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         writer = getattr(self, "_writer", None)
@@ -364,7 +417,8 @@ class Store:
         with writer.lock:  # copies only, the commit thread waits on it (ranges are
             # replaced on commit, never changed in place: the copies stay consistent)
             snapshot = dict(writer.sources), dict(writer.numbered), dict(writer.seen)
-        known = sources.overview(*snapshot)
+        acknowledged = {source: ack.through for source, ack in self._loss_acks.items()}
+        known = sources.overview(*snapshot, acknowledged=acknowledged)
         with self._lock:
             pending = sum(len(s.encoded.ids) for s in self._pending)
             rejected = self._rejected_count
@@ -401,8 +455,14 @@ class Store:
             "sources_omitted": known.omitted,
             "gap_events": known.gap_events,
             "unreceived_tail_events": known.unreceived_tail_events,
+            "unacknowledged_gap_events": known.unacknowledged_gap_events,
+            "unacknowledged_tail_events": known.unacknowledged_tail_events,
             "integrity": self._ledger.stats() if self._ledger is not None else None,
         }
+
+
+class LossAckError(StorageError):
+    """An acknowledgement of losses the store cannot take as asked (the caller's to fix)."""
 
 
 class DataDirLock:

@@ -45,6 +45,7 @@ class Api:
         self.readers = readers if readers is not None else Readers(settings.data_dir)
         self.sessions = sessions if sessions is not None else Sessions()
         self.pool = QueryPool(settings.data_dir, settings.query_threads)
+        self.store = store
         self.recorder = ReadRecorder(store)
         self.denials = DenialLimiter()
 

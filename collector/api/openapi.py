@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from audit_middleware.event import FIELDS
 from collector import http_ingest
+from collector.storage import loss_acks
 
 from .params import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -144,6 +145,37 @@ SPEC: Final[dict[str, Any]] = {
                 "schema": {"type": "object", "required": ["types"], "properties": {
                     "types": {"type": "array", "items": {"type": "string"}}}}}}},
                 **{k: v for k, v in _DENIED.items() if k in ("401", "403")}},
+        }},
+        "/api/v1/sources/acknowledge-losses": {"post": {
+            "summary": "Acknowledge a source's lost events (known to an operator)",
+            "description": "Losses (gap and unreceived tail events of the store's stats) of "
+                           "numbers up to `through` stop counting in "
+                           "unacknowledged_gap_events / unacknowledged_tail_events, what "
+                           "to alert on; later losses count again. Recorded first, as "
+                           "audit_loss_acknowledged with the reader as principal.",
+            "operationId": "acknowledgeLosses",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"type": "object", "required": ["reason"],
+                           "additionalProperties": False, "properties": {
+                               "source": {"type": "string", "description":
+                                          "A source id; left out: every source with a "
+                                          "loss not yet acknowledged."},
+                               "reason": {"type": "string", "minLength": 1,
+                                          "maxLength": loss_acks.MAX_REASON},
+                               "through": {"type": "integer", "minimum": 1,
+                                           "description": "Left out: every number the "
+                                                          "source is known to have given "
+                                                          "out."}}}}}},
+            "responses": {
+                "200": {"description": "What was acknowledged", "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "required": ["acknowledged"], "properties": {
+                            "acknowledged": {"type": "object", "description":
+                                             "source -> through",
+                                             "additionalProperties": {"type": "integer"}}}}}}},
+                "404": _error("No source of this id is known to the store."),
+                **_DENIED, "503": _error("The acknowledgement could not be recorded or "
+                                         "kept, so it was not made.")},
         }},
         "/api/v1/session": {
             "get": {"summary": "Who is signed in", "operationId": "getSession",

@@ -23,6 +23,7 @@ from collector.own_records import (
     AUDIT_LOG_ACCESS_DENIED,
     AUDIT_LOG_EXPORTED,
     AUDIT_LOG_VIEWED,
+    AUDIT_LOSS_ACKNOWLEDGED,
     SOURCE,
 )
 from collector.readers import Reader
@@ -32,7 +33,8 @@ from collector.validation import Validator
 CATALOGUE: Final = Catalogue({**SEED_CATALOGUE,
                               "audit_log": {"view": AUDIT_LOG_VIEWED,
                                             "export": AUDIT_LOG_EXPORTED,
-                                            "deny": AUDIT_LOG_ACCESS_DENIED}})
+                                            "deny": AUDIT_LOG_ACCESS_DENIED,
+                                            "acknowledge_loss": AUDIT_LOSS_ACKNOWLEDGED}})
 #: ``target`` of a read of a selection (a lookup's target is the event id it read).
 SELECTION_TARGET: Final = "audit-logs"
 #: Characters a record's ``status`` holds (what was asked); past it, a field is cut.

@@ -4,19 +4,23 @@ the read durably, and only then answers."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from audit_middleware.event import format_created
+from audit_middleware.wire import MAX_SEQ
 from collector.query import Page, Reader
+from collector.storage import loss_acks
 from collector.storage.conditions import FOREVER
+from collector.store import LossAckError
 
-from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED
+from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, AUDIT_LOSS_ACKNOWLEDGED
 from . import exports
 from .auth import (
     CROSS_SITE_MESSAGE,
@@ -150,6 +154,76 @@ async def event_types(request: Request) -> Response:
     return json_response({"types": sorted(set(stored) | CATALOGUE.types)})
 
 
+# -- acknowledged losses -----------------------------------------------------------------
+_MAX_ACK_BODY: Final = 4096
+
+
+class LossKeeper(Protocol):
+    def plan_loss_ack(self, source: str | None, through: int | None = None
+                      ) -> dict[str, int]: ...
+
+    def acknowledge_losses(self, plan: dict[str, int], *, by: str, reason: str) -> None: ...
+
+
+async def acknowledge_losses(request: Request) -> Response:
+    """``{"source": ..., "reason": ..., "through": N}``: the source's losses up to N (or
+    all it is known to have numbered) are known to an operator; ``"source"`` left out:
+    every source with a loss not yet acknowledged. Recorded before it applies."""
+    api = _api(request)
+    reader = api.root_reader(request)
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        # A page elsewhere can post a form or text/plain without asking; application/json
+        # needs a CORS preflight, which this API never grants.
+        raise ParamError("send the body as Content-Type: application/json")
+    source, reason, through = _loss_ack_body(await _small_body(
+        request, _MAX_ACK_BODY, '{"reason": "...", "source": "...", "through": N}'))
+    keeper: LossKeeper = api.store  # type: ignore[assignment]  # serve's Store
+    try:
+        plan = keeper.plan_loss_ack(source, through)
+    except LossAckError as exc:
+        return json_response({"error": "not_found", "message": str(exc)}, 404)
+    if source is not None:
+        details: dict[str, Any] = {"reason": reason, "through": plan[source]}
+    else:  # thousands of sources would not fit a record: how many, and the stats say which
+        details = {"reason": reason, "sources": len(plan), "through": through or "latest"}
+    await api.record(AUDIT_LOSS_ACKNOWLEDGED, reader, request,
+                     source if source is not None else "(all sources)", details)
+    await asyncio.to_thread(keeper.acknowledge_losses, plan, by=reader.name, reason=reason)
+    return json_response({"acknowledged": plan})
+
+
+def _loss_ack_body(body: bytes) -> tuple[str | None, str, int | None]:
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        fields = None
+    if not isinstance(fields, dict) or set(fields) - {"source", "reason", "through"}:
+        raise ParamError('send {"reason": "...", "source": "<source>", "through": N} '
+                         '(source and through optional)')
+    source, reason, through = fields.get("source"), fields.get("reason"), fields.get("through")
+    if source is not None and (not isinstance(source, str) or not source):
+        raise ParamError("source must be a source id (as `audit-collector stats` lists "
+                         "them), or left out for every source")
+    if not isinstance(reason, str) or not reason.strip() \
+            or len(reason) > loss_acks.MAX_REASON or not reason.isprintable():
+        raise ParamError(f"reason: say why the loss is known, in one line of 1 to "
+                         f"{loss_acks.MAX_REASON} printable characters")
+    if through is not None and (type(through) is not int or not 1 <= through <= MAX_SEQ):
+        raise ParamError("through must be a source number from 1 to 2**63-1, or left out "
+                         "for every number the source is known to have given out")
+    return source, reason.strip(), through
+
+
+async def _small_body(request: Request, limit: int, send: str) -> bytes:
+    """The request's body, refused past ``limit`` bytes (``send``: what to send)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ParamError(f"the body is over {limit} bytes: send {send}")
+    return body
+
+
 # -- the panel's session -----------------------------------------------------------------
 async def who_am_i(request: Request) -> Response:
     api = _api(request)
@@ -179,12 +253,7 @@ async def sign_in(request: Request) -> Response:
 
 
 async def _token_from_body(request: Request) -> str:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_SIGN_IN_BODY:
-            raise ParamError(f"the sign-in body is over {_MAX_SIGN_IN_BODY} bytes: send "
-                             '{"token": "..."}')
+    body = await _small_body(request, _MAX_SIGN_IN_BODY, '{"token": "..."}')
     try:
         token = orjson.loads(body)["token"]
         if not isinstance(token, str):

@@ -38,6 +38,8 @@ from typing import Final, NamedTuple, TypedDict
 from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
 
+from . import loss_acks
+
 Ranges = list[list[int]]
 
 
@@ -141,31 +143,48 @@ class Overview(NamedTuple):
     unreceived_tail_events: int
     total: int  # sources known
     omitted: int  # sources known but not in ``reports``
+    #: The two above less what an operator acknowledged (``loss_acks``): what to alert on.
+    unacknowledged_gap_events: int = 0
+    unacknowledged_tail_events: int = 0
 
 
 def overview(ranges: Mapping[str, Ranges], numbered: Mapping[str, int],
-             seen: Mapping[str, int], limit: int | None = None) -> Overview:
+             seen: Mapping[str, int], limit: int | None = None,
+             acknowledged: Mapping[str, int] | None = None) -> Overview:
     """Reports of the ``limit`` (default ``MAX_REPORTED``) sources most worth a look:
-    those missing numbers first, then the most recently seen. Every app process is a
-    source, so over a retention period there can be many thousands; reporting them all
-    would make each ``stats`` call (every few seconds, and each metrics scrape) cost
-    O(sources) in reports and JSON. The totals still count every source."""
+    those with unacknowledged losses first, then those with acknowledged ones, then the
+    most recently seen. Every app process is a source, so over a retention period there
+    can be many thousands; reporting them all would make each ``stats`` call (every few
+    seconds, and each metrics scrape) cost O(sources) in reports and JSON. The totals
+    still count every source. ``acknowledged``: the number each acknowledged source's
+    losses are acknowledged through."""
     limit = MAX_REPORTED if limit is None else limit
-    in_gaps = in_tails = 0
-    worth: list[tuple[bool, int, str]] = []
+    acknowledged = acknowledged or {}
+    in_gaps = in_tails = new_gaps = new_tails = 0
+    worth: list[tuple[bool, bool, int, str]] = []
     for source, r in ranges.items():
+        said = numbered.get(source, 0)
         gap = r[-1][1] - r[0][0] + 1 - count(r) if r else 0
-        tail = max(0, numbered.get(source, 0) - (r[-1][1] if r else 0))
+        tail = max(0, said - (r[-1][1] if r else 0))
+        new_gap, new_tail = gap, tail
+        through = acknowledged.get(source, 0)
+        if through and (gap or tail):
+            new_gap, new_tail = loss_acks.unacknowledged(r, said, through)
         in_gaps += gap
         in_tails += tail
-        worth.append((gap > 0 or tail > 0, seen.get(source, 0), source))
+        new_gaps += new_gap
+        new_tails += new_tail
+        worth.append((new_gap > 0 or new_tail > 0, gap > 0 or tail > 0,
+                      seen.get(source, 0), source))
     chosen = heapq.nlargest(limit, worth) if len(worth) > limit else worth
-    reports = {source: report(ranges[source], numbered.get(source, 0), seen.get(source))
-               for _, _, source in chosen}
+    reports = {source: report(ranges[source], numbered.get(source, 0), seen.get(source),
+                              acknowledged.get(source, 0))
+               for *_, source in chosen}
     # Sources and their numbers are the clients' to choose: a sum can pass what a metric
     # exporter encodes (OTLP's int64), which would lose every other metric with it.
     return Overview(reports, min(in_gaps, MAX_SEQ), min(in_tails, MAX_SEQ), len(worth),
-                    len(worth) - len(reports))
+                    len(worth) - len(reports), min(new_gaps, MAX_SEQ),
+                    min(new_tails, MAX_SEQ))
 
 
 class SourceReport(TypedDict):
@@ -176,15 +195,19 @@ class SourceReport(TypedDict):
     numbered: int
     unreceived_tail: list[int]
     last_seen: str | None
+    acknowledged_through: int
 
 
-def report(ranges: Ranges, numbered: int = 0, seen_ns: int | None = None) -> SourceReport:
+def report(ranges: Ranges, numbered: int = 0, seen_ns: int | None = None,
+           acknowledged_through: int = 0) -> SourceReport:
     """The ``stats()["sources"][source]`` entry. ``folded_gap_events``: numbers missing
     inside the folded range, beside the ``gaps`` still in detail. ``last_seen``:
     when the collector last stored an event of the source (RFC 3339 UTC, None if not
     recorded): an unreceived tail of a source not seen for longer than its shipper's
-    ``max_delay`` is lost."""
+    ``max_delay`` is lost. ``acknowledged_through``: losses of numbers up to it were
+    acknowledged by an operator (0: none were)."""
     return {"received": count(ranges), "ranges": ranges, "gaps": gaps(ranges),
             "folded_gap_events": folded(ranges),
             "numbered": numbered, "unreceived_tail": unreceived_tail(ranges, numbered),
-            "last_seen": format_created(seen_ns) if seen_ns is not None else None}
+            "last_seen": format_created(seen_ns) if seen_ns is not None else None,
+            "acknowledged_through": acknowledged_through}

@@ -313,12 +313,13 @@ def test_source_ranges_merge_and_report_the_gaps_between_them() -> None:
     ranges = sources.add(ranges, range(503, 1001))
     assert sources.report(ranges) == {
         "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]],
-        "folded_gap_events": 0, "numbered": 0, "unreceived_tail": [], "last_seen": None}
+        "folded_gap_events": 0, "numbered": 0, "unreceived_tail": [], "last_seen": None,
+        "acknowledged_through": 0}
     ranges = sources.add(ranges, [501, 502, 502, 1002])
     assert sources.report(ranges, numbered=1010, seen_ns=1_795_000_000_123_456_789) == {
         "received": 1001, "ranges": [[1, 1000], [1002, 1002]], "gaps": [[1001, 1001]],
         "folded_gap_events": 0, "numbered": 1010, "unreceived_tail": [1003, 1010],
-        "last_seen": "2026-11-18T11:06:40.123456Z"}
+        "last_seen": "2026-11-18T11:06:40.123456Z", "acknowledged_through": 0}
 
 
 def test_numbers_given_out_after_the_last_stored_one_are_the_unreceived_tail() -> None:

@@ -732,7 +732,8 @@ def test_gaps_in_a_sources_numbering_are_reported_across_a_restart(tmp_path: Pat
         assert report.pop("last_seen") >= format_created(before)  # when it was stored
         assert report == {
             "received": 998, "ranges": [[1, 500], [503, 1000]], "gaps": [[501, 502]],
-            "folded_gap_events": 0, "numbered": 0, "unreceived_tail": []}
+            "folded_gap_events": 0, "numbered": 0, "unreceived_tail": [],
+            "acknowledged_through": 0}
 
 
 def test_how_far_a_source_numbered_is_kept_across_a_restart_and_a_reindex(
@@ -747,7 +748,7 @@ def test_how_far_a_source_numbered_is_kept_across_a_restart_and_a_reindex(
         seen = report.pop("last_seen")
         assert report == {"received": 5, "ranges": [[1, 5]], "gaps": [],
                           "folded_gap_events": 0, "numbered": 9,
-                          "unreceived_tail": [6, 9]}
+                          "unreceived_tail": [6, 9], "acknowledged_through": 0}
     reindex(tmp_path)
     with open_store(tmp_path) as store:
         report = store.stats()["sources"]["src-n"]
@@ -807,7 +808,8 @@ def test_gaps_are_rebuilt_from_the_segments_by_reindex(tmp_path: Path) -> None:
         report = store.stats()["sources"]["src-b"]
         assert report.pop("last_seen") is not None  # kept by the rebuild
         assert report == {"received": 3, "ranges": [[1, 2], [5, 5]], "gaps": [[3, 4]],
-                          "folded_gap_events": 0, "numbered": 0, "unreceived_tail": []}
+                          "folded_gap_events": 0, "numbered": 0, "unreceived_tail": [],
+            "acknowledged_through": 0}
 
 
 def test_stats_report_segments_rates_and_fsyncs(tmp_path: Path) -> None:

@@ -360,7 +360,8 @@ def test_events_lost_by_the_app_show_as_a_gap_at_the_collector(
         report = store.stats()["sources"][sink.source]
         assert report.pop("last_seen") is not None
         assert report == {"received": 10, "ranges": [[1, 5], [16, 20]], "gaps": [[6, 15]],
-                          "folded_gap_events": 0, "numbered": 20, "unreceived_tail": []}
+                          "folded_gap_events": 0, "numbered": 20, "unreceived_tail": [],
+                          "acknowledged_through": 0}
         assert (store.stats()["gap_events"], store.stats()["unreceived_tail_events"]) == (10, 0)
     finally:
         store.close()
@@ -400,7 +401,7 @@ def test_the_last_events_of_an_app_that_is_gone_show_as_its_unreceived_tail(
         assert report.pop("last_seen") is not None  # a source gone since then: its tail lost
         assert report == {"received": 200, "ranges": [[1, 200]], "gaps": [],
                           "folded_gap_events": 0, "numbered": 250,
-                          "unreceived_tail": [201, 250]}
+                          "unreceived_tail": [201, 250], "acknowledged_through": 0}
         assert (store.stats()["gap_events"], store.stats()["unreceived_tail_events"]) == (0, 50)
     finally:
         store.close()

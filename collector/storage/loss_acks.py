@@ -1,0 +1,107 @@
+"""Acknowledged losses: an operator's word that a source's missing numbers, up to some
+number, are known (the app was killed on purpose, the loss was investigated).
+
+The store reports every number a source gave out and never delivered (``sources``:
+gaps, unreceived tails), and its metrics total them for alerting. Without a way to say
+"known", an alert on them fires until retention forgets the source, months later, and
+an operator learns to ignore it: the next, real loss goes unseen. An acknowledgement
+covers a source's numbers up to ``through``; a loss after it counts again. The totals
+still count every loss (``gap_events``); ``unacknowledged_*`` are what to alert on.
+
+Kept in ``<data_dir>/loss-acks.json`` (0640, replaced atomically): the index is derived
+from the segments and rebuilt at will, and an operator's word is not in the segments.
+Who acknowledged what, and why, is also an audit record of its own
+(``audit_loss_acknowledged``, written by the API before the acknowledgement applies).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from audit_middleware.wire import MAX_SEQ
+
+from .regular_files import read_regular, replace_file
+from .segments import FILE_MODE
+
+log = logging.getLogger("collector.store")
+
+FILE_NAME: Final = "loss-acks.json"
+FORMAT: Final = 1
+#: Characters of a reason (an acknowledgement says why in a sentence or two).
+MAX_REASON: Final = 400  # escaped quotes double it: its record still fits MAX_STATUS
+_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
+
+Ranges = list[list[int]]
+
+
+@dataclass(frozen=True)
+class Ack:
+    through: int  # numbers up to this one are acknowledged
+    at: str  # RFC 3339 UTC
+    by: str  # the reader who said so
+    reason: str
+
+
+def load(data_dir: Path) -> dict[str, Ack]:
+    """The acknowledgements kept in ``data_dir`` ({} when there are none). A file that
+    cannot be read is logged and taken as none: every loss then counts as unacknowledged
+    (an alert too many, never one too few), and the collector still starts."""
+    path = data_dir / FILE_NAME
+    try:
+        data = read_regular(path, _MAX_FILE_BYTES)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.error("audit store: cannot read %s (%s): every loss counts as unacknowledged "
+                  "until an acknowledgement rewrites it", path, exc)
+        return {}
+    try:
+        body = orjson.loads(data)
+        if body.get("format") != FORMAT:
+            raise ValueError(f"format {body.get('format')!r}, not {FORMAT}")
+        return {str(source): _ack(value) for source, value in body["sources"].items()}
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        log.error("audit store: %s is not a file of loss acknowledgements (%s): every loss "
+                  "counts as unacknowledged until an acknowledgement rewrites it", path, exc)
+        return {}
+
+
+def _ack(value: Any) -> Ack:
+    through = value["through"]
+    if type(through) is not int or not 1 <= through <= MAX_SEQ:
+        raise ValueError(f"through {through!r} is not a number from 1 to 2**63-1")
+    return Ack(through, str(value["at"]), str(value["by"]), str(value["reason"]))
+
+
+def save(data_dir: Path, acks: Mapping[str, Ack]) -> None:
+    body = {"format": FORMAT, "sources": {s: asdict(a) for s, a in sorted(acks.items())}}
+    replace_file(data_dir / FILE_NAME, orjson.dumps(body, option=orjson.OPT_INDENT_2),
+                 FILE_MODE)
+
+
+def unacknowledged(ranges: Ranges, numbered: int, through: int) -> tuple[int, int]:
+    """(gap events, unreceived tail events) of a source numbered after ``through``.
+
+    A folded range's missing numbers have no known place inside it: they count as
+    unacknowledged unless the whole folded range is at or below ``through``."""
+    gap_events = 0
+    for previous, current in itertools.pairwise(ranges):
+        first, last = max(previous[1] + 1, through + 1), current[0] - 1
+        gap_events += max(0, last - first + 1)
+    gap_events += sum(r[2] for r in ranges if len(r) > 2 and r[1] > through)
+    stored = ranges[-1][1] if ranges else 0
+    tail_events = max(0, numbered - max(stored, through))
+    return gap_events, tail_events
+
+
+def latest(ranges: Ranges, numbered: int) -> int:
+    """The highest number a source is known to have given out: what acknowledging
+    "everything so far" covers."""
+    return max(numbered, ranges[-1][1] if ranges else 0)

@@ -1,0 +1,106 @@
+"""POST /api/v1/sources/acknowledge-losses: root only, JSON only, recorded as an audit
+event of its own before it applies; what it acknowledges leaves the unacknowledged
+totals (what an alert watches) and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.own_records import AUDIT_LOSS_ACKNOWLEDGED, SOURCE
+from collector.query import Filters, iter_records
+from collector.storage.records import encode_events
+from tests.api.conftest import PEER, Env
+from tests.collector.storage_helpers import events
+
+PATH = "/api/v1/sources/acknowledge-losses"
+
+
+@pytest.fixture
+def lossy(env: Env) -> Env:
+    """Two sources that lost events (app-1: 2 between, 2 after; app-2: 1 between) and
+    one that lost none."""
+    for source, seqs, numbered in (("app-1", [1, 4], 6), ("app-2", [1, 3], 0),
+                                   ("app-3", [1, 2], 2)):
+        env.store.submit_encoded(encode_events(events(len(seqs))), source, seqs,
+                                 numbered).result()
+    return env
+
+
+def post(env: Env, body: Any, token: str | None = None,
+         content_type: str = "application/json") -> Any:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return env.client.post(PATH, content=data, headers={
+        "Authorization": f"Bearer {token or env.root}", "Content-Type": content_type})
+
+
+def unacknowledged(env: Env) -> tuple[int, int]:
+    stats = env.store.stats()
+    return stats["unacknowledged_gap_events"], stats["unacknowledged_tail_events"]
+
+
+def acks_recorded(env: Env) -> list[dict[str, Any]]:
+    return list(iter_records(env.store, Filters(types=(AUDIT_LOSS_ACKNOWLEDGED,))))
+
+
+def test_a_root_reader_acknowledges_a_sources_losses_and_it_is_recorded(lossy: Env) -> None:
+    assert unacknowledged(lossy) == (3, 2)
+    done = post(lossy, {"source": "app-1", "reason": "killed for the 2026-11 upgrade"})
+    assert done.status_code == 200, done.text
+    assert done.json() == {"acknowledged": {"app-1": 6}}
+    assert unacknowledged(lossy) == (1, 0)  # app-2's gap is left
+    stats = lossy.store.stats()
+    assert (stats["gap_events"], stats["unreceived_tail_events"]) == (3, 2)
+    [record] = acks_recorded(lossy)
+    assert (record["principal"], record["target"], record["client_ip"], record["source"]) \
+        == ("root-reader", "app-1", PEER, SOURCE)
+    assert orjson.loads(record["status"]) == {"reason": "killed for the 2026-11 upgrade",
+                                              "through": 6}
+
+
+def test_every_source_with_a_new_loss_at_once(lossy: Env) -> None:
+    done = post(lossy, {"reason": "the outage of the 26th", "through": 3})
+    assert done.json() == {"acknowledged": {"app-1": 3, "app-2": 3}}
+    assert unacknowledged(lossy) == (0, 2)  # app-1's tail (5-6) is after 3
+    [record] = acks_recorded(lossy)
+    assert record["target"] == "(all sources)"
+    assert orjson.loads(record["status"]) == {"reason": "the outage of the 26th",
+                                              "sources": 2, "through": 3}
+
+
+@pytest.mark.parametrize(("token", "body", "content_type", "status"), [
+    ("plain", {"source": "app-1", "reason": "x"}, "application/json", 403),
+    ("bad", {"source": "app-1", "reason": "x"}, "application/json", 401),
+    ("root", {"source": "app-1", "reason": "x"}, "text/plain", 400),  # a form elsewhere
+    ("root", {"source": "app-1", "reason": "x"}, "application/x-www-form-urlencoded", 400),
+    ("root", {"source": "nope", "reason": "x"}, "application/json", 404),
+    ("root", {"source": "app-1"}, "application/json", 400),
+    ("root", {"source": "app-1", "reason": "  "}, "application/json", 400),
+    ("root", {"source": "app-1", "reason": "two\nlines"}, "application/json", 400),
+    ("root", {"source": "app-1", "reason": "x" * 401}, "application/json", 400),
+    ("root", {"source": "app-1", "reason": "x", "through": 0}, "application/json", 400),
+    ("root", {"source": "app-1", "reason": "x", "through": "6"}, "application/json", 400),
+    ("root", {"source": "app-1", "reason": "x", "through": 2**63}, "application/json", 400),
+    ("root", {"source": "", "reason": "x"}, "application/json", 400),
+    ("root", {"source": "app-1", "reason": "x", "by": "mallory"}, "application/json", 400),
+    ("root", ["app-1"], "application/json", 400),
+    ("root", b"{not json", "application/json", 400),
+    ("root", b"x" * 5000, "application/json", 400),
+])
+def test_a_refused_acknowledgement_changes_and_records_nothing(
+        lossy: Env, token: str, body: Any, content_type: str, status: int) -> None:
+    tokens = {"root": lossy.root, "plain": lossy.plain, "bad": "ac_not-a-token"}
+    done = post(lossy, body, tokens[token], content_type)
+    assert done.status_code == status, done.text
+    assert done.json()["message"]  # says what to do
+    assert unacknowledged(lossy) == (3, 2)
+    assert acks_recorded(lossy) == []
+
+
+def test_an_app_cannot_send_the_acknowledgement_record_itself(lossy: Env) -> None:
+    from collector.validation import Validator
+
+    forged = dict(events(1)[0], type=AUDIT_LOSS_ACKNOWLEDGED)
+    assert isinstance(Validator(from_clients=True).validate(forged), str)

@@ -1,0 +1,107 @@
+"""Acknowledged losses: an operator's word that a source's lost numbers up to some
+number are known. The totals keep counting every loss; the unacknowledged ones, what
+to alert on, count only losses after it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from collector.storage import loss_acks
+from collector.storage.records import encode_events
+from collector.store import LossAckError
+from tests.collector.storage_helpers import events, open_store
+
+
+@pytest.mark.parametrize(("ranges", "numbered", "through", "expected"), [
+    ([[1, 3], [6, 8]], 10, 0, (2, 2)),  # nothing acknowledged: gap 4-5, tail 9-10
+    ([[1, 3], [6, 8]], 10, 4, (1, 2)),  # the gap straddles it: 5 is new
+    ([[1, 3], [6, 8]], 10, 8, (0, 2)),
+    ([[1, 3], [6, 8]], 10, 9, (0, 1)),  # the tail straddles it
+    ([[1, 3], [6, 8]], 10, 10, (0, 0)),
+    ([[1, 3], [6, 8]], 10, 99, (0, 0)),
+    ([[1, 100, 7], [110, 120]], 0, 50, (16, 0)),  # folded: its 7 have no known place
+    ([[1, 100, 7], [110, 120]], 0, 100, (9, 0)),
+    ([], 5, 3, (0, 2)),  # numbers announced, none stored
+])
+def test_losses_after_the_acknowledged_number_are_counted(
+        ranges: list[list[int]], numbered: int, through: int, expected: tuple[int, int]
+) -> None:
+    assert loss_acks.unacknowledged(ranges, numbered, through) == expected
+
+
+def write(store: object, source: str, seqs: list[int], numbered: int = 0) -> None:
+    store.submit_encoded(encode_events(events(len(seqs))), source, seqs,  # type: ignore[attr-defined]
+                         numbered).result()
+
+
+def totals(store: object) -> tuple[int, int, int, int]:
+    s = store.stats()  # type: ignore[attr-defined]
+    return (s["gap_events"], s["unreceived_tail_events"], s["unacknowledged_gap_events"],
+            s["unacknowledged_tail_events"])
+
+
+def test_an_acknowledged_loss_stops_counting_as_unacknowledged_until_a_new_one(
+        tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 2, 3, 6, 7, 8], numbered=10)
+        assert totals(store) == (2, 2, 2, 2)
+        plan = store.plan_loss_ack("app-1")
+        assert plan == {"app-1": 10}  # everything the source numbered so far
+        store.acknowledge_losses(plan, by="alice", reason="app killed for the upgrade")
+        assert totals(store) == (2, 2, 0, 0)  # the totals still count every loss
+        assert store.stats()["sources"]["app-1"]["acknowledged_through"] == 10
+        write(store, "app-1", [12, 13], numbered=13)  # 9-10 acknowledged, 11 is new
+        assert totals(store) == (5, 0, 1, 0)  # gaps 4-5 and 9-11
+    with open_store(tmp_path) as store:  # kept across a restart
+        assert totals(store) == (5, 0, 1, 0)
+    kept = loss_acks.load(tmp_path)["app-1"]
+    assert (kept.through, kept.by, kept.reason) == (10, "alice", "app killed for the upgrade")
+    assert (tmp_path / loss_acks.FILE_NAME).stat().st_mode & 0o777 == 0o640
+
+
+def test_all_sources_acknowledges_only_those_with_a_new_loss(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        write(store, "lossy", [1, 3])
+        write(store, "whole", [1, 2, 3])
+        write(store, "known", [1, 5])
+        store.acknowledge_losses({"known": 5}, by="alice", reason="known")
+        assert store.plan_loss_ack(None) == {"lossy": 3}
+        assert store.plan_loss_ack(None, through=2) == {"lossy": 2}
+        store.acknowledge_losses(store.plan_loss_ack(None), by="bob", reason="all at once")
+        assert totals(store)[2:] == (0, 0)
+        assert loss_acks.load(tmp_path)["known"].by == "alice"  # left as it was
+
+
+def test_bad_acknowledgements_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        with pytest.raises(LossAckError, match="no source 'app-2'"):
+            store.plan_loss_ack("app-2")
+        for bad in (0, -1, 2**63, "3", True):
+            with pytest.raises(LossAckError, match="through must be"):
+                store.plan_loss_ack("app-1", bad)  # type: ignore[arg-type]
+        for reason in ("", "   ", "x" * (loss_acks.MAX_REASON + 1)):
+            with pytest.raises(LossAckError, match="say why"):
+                store.acknowledge_losses({"app-1": 3}, by="alice", reason=reason)
+        assert totals(store) == (1, 0, 1, 0)
+    assert not (tmp_path / loss_acks.FILE_NAME).exists()
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"format": 2, "sources": {}}',
+                                     b'{"format": 1, "sources": {"a": {"through": 0}}}',
+                                     b"[]"])
+def test_a_damaged_acknowledgements_file_counts_every_loss_and_the_store_starts(
+        tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """An alert too many, never one too few: whatever the file holds, the losses count."""
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        store.acknowledge_losses({"app-1": 3}, by="alice", reason="known")
+    (tmp_path / loss_acks.FILE_NAME).write_bytes(content)
+    with caplog.at_level(logging.ERROR, "collector.store"), open_store(tmp_path) as store:
+        assert totals(store) == (1, 0, 1, 0)
+        store.acknowledge_losses(store.plan_loss_ack("app-1"), by="bob", reason="again")
+        assert totals(store) == (1, 0, 0, 0)  # rewritten whole
+    assert "every loss counts as unacknowledged" in caplog.text
