@@ -149,3 +149,50 @@ def test_a_sign_in_abandoned_mid_body_leaves_no_traceback(root: Path) -> None:
         assert httpx.post(f"{url}/api/v1/session", json={"token": "nope"}).status_code == 401
     output = "".join(collector.output)  # all of it: the process has stopped
     assert "Traceback" not in output and "failed" not in output, output[-3000:]
+
+
+def test_a_loss_acknowledged_through_the_api_leaves_the_alerting_metric(root: Path) -> None:
+    """The operator's path end to end, on a real collector: a source's lost events show
+    in /metrics; a root reader acknowledges them; the metric to alert on drops to 0 (the
+    total stays), the acknowledgement is an audit event readable through the API, and
+    both outlive a restart."""
+    import uuid
+
+    import orjson
+
+    from tests.e2e.harness import RawClient, wait_until
+
+    def line(n: int) -> bytes:
+        return orjson.dumps({
+            "v": 1, "id": str(uuid.uuid4()), "type": "team_created", "target": f"t{n}",
+            "principal": "system", "status": "", "org_id": "", "org_name": "",
+            "workspace_id": "", "workspace_name": "", "client_ip": "",
+            "created": "2026-11-27T01:07:10.123456Z", "trace_id": "", "span_id": ""}) + b"\n"
+
+    def metric(url: str, name: str) -> float:
+        text = httpx.get(f"{url}/metrics").text
+        [sample] = [s for s in text.splitlines() if s.startswith(f"{name} ")]
+        return float(sample.split()[1])
+
+    data = root / "data"
+    token = add_reader(data, "ops", root=True)
+    auth = {"Authorization": f"Bearer {token}"}
+    with serving(data) as (collector, url):
+        client = RawClient(collector.socket)
+        client.hello()
+        client.batch(1, [line(1), line(4)], [1, 4])  # numbers 2 and 3 never arrive
+        client.close()
+        wait_until(lambda: metric(
+            url, "audit_collector_store_sources_unacknowledged_gap_events") == 2)
+        done = httpx.post(f"{url}/api/v1/sources/acknowledge-losses", headers=auth,
+                          json={"source": "test:1:ab", "reason": "a test's own gap"})
+        assert done.status_code == 200 and done.json() == {"acknowledged": {"test:1:ab": 4}}
+        wait_until(lambda: metric(  # the metrics' snapshot is at most a second old
+            url, "audit_collector_store_sources_unacknowledged_gap_events") == 0)
+        assert metric(url, "audit_collector_store_sources_gap_events") == 2
+    with serving(data) as (collector, url):
+        assert metric(url, "audit_collector_store_sources_unacknowledged_gap_events") == 0
+        page = httpx.get(f"{url}/api/v1/audit-logs", headers=auth,
+                         params={"type": "audit_loss_acknowledged"}).json()
+        [record] = page["records"]
+        assert (record["principal"], record["target"]) == ("ops", "test:1:ab")
