@@ -67,6 +67,7 @@ ROUTES = [
     Route("/api/v1/audit-logs/export.ecs.jsonl", routes.export_ecs, methods=["GET"]),
     Route("/api/v1/audit-logs/{event_id}", routes.get_audit_log, methods=["GET"]),
     Route("/api/v1/event-types", routes.event_types, methods=["GET"]),
+    Route("/api/v1/sources/losses", routes.list_losses, methods=["GET"]),
     Route("/api/v1/sources/acknowledge-losses", routes.acknowledge_losses, methods=["POST"]),
     Route(SIGN_IN_PATH, routes.who_am_i, methods=["GET"]),
     Route(SIGN_IN_PATH, routes.sign_in, methods=["POST"]),

@@ -146,6 +146,22 @@ SPEC: Final[dict[str, Any]] = {
                     "types": {"type": "array", "items": {"type": "string"}}}}}}},
                 **{k: v for k, v in _DENIED.items() if k in ("401", "403")}},
         }},
+        "/api/v1/sources/losses": {"get": {
+            "summary": "The sources that lost events, unacknowledged losses first",
+            "description": "Of the sources the store's stats report one by one (at most "
+                           "1,000: those with losses first). Counts and source ids only: "
+                           "not recorded as a read.",
+            "operationId": "listLosses",
+            "responses": {"200": {"description": "Sources with losses", "content": {
+                "application/json": {"schema": {
+                    "type": "object", "required": ["sources"], "properties": {
+                        "sources": {"type": "array", "items": {"type": "object"}},
+                        "sources_total": {"type": "integer"},
+                        "sources_omitted": {"type": "integer"},
+                        "unacknowledged_gap_events": {"type": "integer"},
+                        "unacknowledged_tail_events": {"type": "integer"}}}}}},
+                **{k: v for k, v in _DENIED.items() if k in ("401", "403")}},
+        }},
         "/api/v1/sources/acknowledge-losses": {"post": {
             "summary": "Acknowledge a source's lost events (known to an operator)",
             "description": "Losses (gap and unreceived tail events of the store's stats) of "

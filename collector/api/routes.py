@@ -159,10 +159,41 @@ _MAX_ACK_BODY: Final = 4096
 
 
 class LossKeeper(Protocol):
+    def stats(self) -> dict[str, Any]: ...
+
     def plan_loss_ack(self, source: str | None, through: int | None = None
                       ) -> dict[str, int]: ...
 
     def acknowledge_losses(self, plan: dict[str, int], *, by: str, reason: str) -> None: ...
+
+
+async def list_losses(request: Request) -> Response:
+    """The sources that lost events, those with losses not yet acknowledged first (the
+    panel's "Lost events" tab). Counts and source ids, no audit content: not a read."""
+    api = _api(request)
+    api.root_reader(request)
+    keeper: LossKeeper = api.store  # type: ignore[assignment]  # serve's Store
+    stats = await asyncio.to_thread(keeper.stats)
+    rows = []
+    for source, report in stats["sources"].items():
+        ranges, numbered = report["ranges"], report["numbered"]
+        gap_events, tail_events = loss_acks.unacknowledged(ranges, numbered, 0)
+        if not gap_events and not tail_events:
+            continue
+        through = report["acknowledged_through"]
+        new_gaps, new_tail = loss_acks.unacknowledged(ranges, numbered, through)
+        rows.append({"source": source, "received": report["received"],
+                     "gap_events": gap_events, "unreceived_tail_events": tail_events,
+                     "unacknowledged_gap_events": new_gaps,
+                     "unacknowledged_tail_events": new_tail,
+                     "acknowledged_through": through, "last_seen": report["last_seen"]})
+    rows.sort(key=lambda r: (-(r["unacknowledged_gap_events"]
+                               + r["unacknowledged_tail_events"]), r["source"]))
+    return json_response({
+        "sources": rows, "sources_total": stats["sources_total"],
+        "sources_omitted": stats["sources_omitted"],
+        "unacknowledged_gap_events": stats["unacknowledged_gap_events"],
+        "unacknowledged_tail_events": stats["unacknowledged_tail_events"]})
 
 
 async def acknowledge_losses(request: Request) -> Response:

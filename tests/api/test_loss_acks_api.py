@@ -104,3 +104,17 @@ def test_an_app_cannot_send_the_acknowledgement_record_itself(lossy: Env) -> Non
 
     forged = dict(events(1)[0], type=AUDIT_LOSS_ACKNOWLEDGED)
     assert isinstance(Validator(from_clients=True).validate(forged), str)
+
+
+def test_the_sources_that_lost_events_are_listed_for_root_only(lossy: Env) -> None:
+    listed = lossy.get("/api/v1/sources/losses", lossy.root).json()
+    assert [(s["source"], s["unacknowledged_gap_events"], s["unacknowledged_tail_events"])
+            for s in listed["sources"]] == [("app-1", 2, 2), ("app-2", 1, 0)]
+    post(lossy, {"source": "app-1", "reason": "known"})
+    listed = lossy.get("/api/v1/sources/losses", lossy.root).json()
+    assert [(s["source"], s["acknowledged_through"], s["gap_events"],
+             s["unacknowledged_gap_events"]) for s in listed["sources"]] == [
+        ("app-2", 0, 1, 1), ("app-1", 6, 2, 0)]  # the unacknowledged first
+    assert (listed["unacknowledged_gap_events"], listed["unacknowledged_tail_events"]) == (1, 0)
+    assert lossy.get("/api/v1/sources/losses", lossy.plain).status_code == 403
+    assert lossy.get("/api/v1/sources/losses").status_code == 401

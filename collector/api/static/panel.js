@@ -1,4 +1,4 @@
-// The admin panel's "Audit logs" tab. No build step, no framework.
+// The admin panel: its "Audit logs" and "Lost events" tabs. No build step, no framework.
 //
 // Records are untrusted data: every value reaches the page through textContent or a
 // DOM property, never through HTML parsing (no innerHTML, no insertAdjacentHTML). The
@@ -85,7 +85,100 @@
     $("who").hidden = false;
     $("admin").hidden = false;
     loadTypes();
-    loadPage();
+    showTab();
+  }
+
+  // -- tabs: one page, the tab in its URL's fragment ------------------------------
+  const LOSSES_HASH = "#lost-events";
+
+  function showTab() {
+    const losses = location.hash === LOSSES_HASH;
+    $("losses-view").hidden = !losses;
+    $("audit-logs-view").hidden = losses;
+    for (const [id, current] of [["tab-losses", losses], ["tab-audit-logs", !losses]]) {
+      if (current) $(id).setAttribute("aria-current", "page");
+      else $(id).removeAttribute("aria-current");
+    }
+    if (losses) loadLosses();
+    else loadPage();
+  }
+
+  function openTab(event, hash) {
+    event.preventDefault();
+    const search = hash ? "" : location.search;
+    history.pushState(null, "", PANEL_PATH + search + hash);
+    showTab();
+  }
+
+  // -- lost events ----------------------------------------------------------------
+  async function loadLosses() {
+    $("ack-form").hidden = true;
+    $("losses-summary").textContent = "Loading…";
+    const result = await call("/api/v1/sources/losses");
+    if (result.status === 401) return showSignIn("Your session has ended: sign in again.");
+    if (result.status !== 200) {
+      $("losses-summary").textContent = "";
+      showError("losses-error", result.body.message || `The sources cannot be read (HTTP ${result.status}).`);
+      return;
+    }
+    showError("losses-error", "");
+    const { sources } = result.body;
+    const rows = sources.map((row) => {
+      const open = row.unacknowledged_gap_events + row.unacknowledged_tail_events;
+      const tr = document.createElement("tr");
+      tr.dataset.source = String(row.source);
+      const cells = [visible(String(row.source)), String(open), String(row.gap_events),
+                     String(row.unreceived_tail_events),
+                     row.acknowledged_through ? String(row.acknowledged_through) : "",
+                     row.last_seen ? seedDate(row.last_seen) : ""];
+      for (const text of cells) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      const td = document.createElement("td");
+      if (open) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = "Acknowledge…";
+        button.addEventListener("click", () => askAck(String(row.source)));
+        td.append(button);
+      } else {
+        td.textContent = "Acknowledged";
+      }
+      tr.append(td);
+      return tr;
+    });
+    $("losses").tBodies[0].replaceChildren(...rows);
+    const open = result.body.unacknowledged_gap_events + result.body.unacknowledged_tail_events;
+    $("losses-summary").textContent = sources.length
+      ? `${open} lost event${open === 1 ? "" : "s"} not acknowledged.`
+      : "No source has lost events.";
+  }
+
+  function askAck(source) {
+    $("ack-source").textContent = visible(source);
+    $("ack-form").dataset.source = source;
+    $("ack-reason").value = "";
+    $("ack-form").hidden = false;
+    $("ack-reason").focus();
+  }
+
+  async function acknowledge(event) {
+    event.preventDefault();
+    const source = $("ack-form").dataset.source;
+    const reason = $("ack-reason").value.trim();
+    const result = await call("/api/v1/sources/acknowledge-losses", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ source, reason }),
+    });
+    if (result.status === 401) return showSignIn("Your session has ended: sign in again.");
+    if (result.status !== 200) {
+      showError("losses-error", result.body.message || `Not acknowledged (HTTP ${result.status}).`);
+      return;
+    }
+    loadLosses();
   }
 
   async function signIn(event) {
@@ -278,6 +371,11 @@
     $("previous").addEventListener("click", () => turnPage(-1));
     $("next").addEventListener("click", () => turnPage(1));
     $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
+    $("tab-losses").addEventListener("click", (event) => openTab(event, LOSSES_HASH));
+    $("tab-audit-logs").addEventListener("click", (event) => openTab(event, ""));
+    $("ack-form").addEventListener("submit", acknowledge);
+    $("ack-cancel").addEventListener("click", () => { $("ack-form").hidden = true; });
+    window.addEventListener("popstate", () => { if (!$("admin").hidden) showTab(); });
     const fromUrl = new URLSearchParams(location.search);
     formFromQuery(fromUrl);
     state.query = queryFromForm();

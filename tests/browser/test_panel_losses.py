@@ -1,0 +1,112 @@
+"""The "Lost events" tab of the admin panel, in Chromium: a root user sees the sources
+that lost events, acknowledges one with a reason, and the row says so; the reason and
+the reader are an audit record. A hostile source id is shown as text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from collector.storage.records import encode_events
+from collector.store import StorageSettings, Store
+from tests.api.served import add_reader, serving
+from tests.browser.conftest import screenshot
+from tests.browser.test_panel import expect
+from tests.collector.storage_helpers import events
+from tests.e2e.harness import short_tmp
+
+pytestmark = pytest.mark.e2e
+
+KILLED = "web-1:4242:9f3c"  # lost 2-3 (a gap) and 5-6 (its unreceived tail)
+HOSTILE = "<img src=x onerror=\"window.__pwned = 1\">\u202e"  # lost number 2
+WHOLE = "web-2:77:aa01"  # lost nothing
+
+
+@dataclass
+class Served:
+    url: str
+    root: str
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    with short_tmp() as tmp:
+        data = tmp / "data"
+        store = Store(StorageSettings(data_dir=data))
+        store.open()
+        try:
+            for source, seqs, numbered in ((KILLED, [1, 4], 6), (HOSTILE, [1, 3], 0),
+                                           (WHOLE, [1, 2], 2)):
+                store.submit_encoded(encode_events(events(len(seqs))), source, seqs,
+                                     numbered).result()
+        finally:
+            store.close()
+        root = add_reader(data, "ops", root=True)
+        with serving(data) as (_, url):
+            yield Served(url, root)
+
+
+def losses(page: Any) -> dict[str, list[str]]:
+    """{source: its other cells}, the "Last seen" cell checked and left out."""
+    rows = page.eval_on_selector_all(
+        "#losses tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    for row in rows:
+        assert re.fullmatch(r"\d{4}(-\d\d){5}", row[5]), row  # the seed's date form
+    return {row[0]: row[1:5] + row[6:] for row in rows}
+
+
+def test_a_root_user_acknowledges_a_sources_lost_events(page: Any, served: Served) -> None:
+    page.goto(f"{served.url}/admin/audit-logs")
+    page.fill("#token", served.root)
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("#events")
+    page.click("#tab-losses")
+    expect(page.locator("#losses-summary")).to_have_text("5 lost events not acknowledged.")
+    assert page.url.endswith("/admin/audit-logs#lost-events")
+    assert page.get_attribute("#tab-losses", "aria-current") == "page"
+    assert page.is_hidden("#audit-logs-view")
+    shown = losses(page)
+    # Text, not markup; the bidi override shown as an escape, not obeyed.
+    hostile = HOSTILE.replace("\u202e", "\\u202E")
+    assert shown == {KILLED: ["4", "2", "2", "", "Acknowledge…"],
+                     hostile: ["1", "1", "0", "", "Acknowledge…"]}, shown
+    assert list(shown) == [KILLED, hostile]  # the most not acknowledged first
+    assert page.evaluate("() => window.__pwned") is None
+    page.click(f"#losses tbody tr[data-source='{KILLED}'] button")
+    expect(page.locator("#ack-source")).to_have_text(KILLED)
+    page.fill("#ack-reason", "killed during the 2026-11 upgrade")
+    with page.expect_response(lambda r: "/api/v1/sources/losses" in r.url):
+        page.click("#ack-form button[type=submit]")
+    expect(page.locator("#losses-summary")).to_have_text("1 lost event not acknowledged.")
+    assert losses(page)[KILLED] == ["0", "2", "2", "6", "Acknowledged"]
+    assert page.is_hidden("#ack-form")
+    screenshot(page, "lost-events")
+    page.click("#tab-audit-logs")
+    expect(page.locator("#tab-audit-logs")).to_have_attribute("aria-current", "page")
+    assert page.is_visible("#events") and page.is_hidden("#losses-view")
+    assert page.problems == []
+    recorded = httpx.get(f"{served.url}/api/v1/audit-logs",
+                         params={"type": "audit_loss_acknowledged"},
+                         headers={"Authorization": f"Bearer {served.root}"}).json()
+    [record] = recorded["records"]
+    assert (record["principal"], record["target"]) == ("ops", KILLED)
+    assert orjson.loads(record["status"]) == {"reason": "killed during the 2026-11 upgrade",
+                                              "through": 6}
+
+
+def test_a_refused_acknowledgement_says_why(page: Any, served: Served) -> None:
+    page.goto(f"{served.url}/admin/audit-logs#lost-events")
+    page.fill("#token", served.root)
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("#losses tbody tr")
+    page.click("#losses tbody tr:first-child button")
+    page.fill("#ack-reason", "two\u0007bells")  # not one line of printable text
+    page.click("#ack-form button[type=submit]")
+    expect(page.locator("#losses-error")).to_contain_text("printable characters")
+    assert page.problems == []
