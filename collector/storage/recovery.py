@@ -29,6 +29,7 @@ from .compression import BlockMap, iter_lines_and_blocks
 from .errors import CorruptSegmentError, StorageError
 from .records import Row, created_micros, id_key, ip_column
 from .regular_files import fsync_dir, open_regular
+from .segment_drop import NO_TIME
 from .segments import (
     SegmentFile,
     SegmentHeader,
@@ -54,6 +55,9 @@ class RepairReport:
     index_rebuilt: str | None = None  # why the index was rebuilt from scratch
     indexed: int = 0  # records added to the index
     dropped_segments: list[str] = field(default_factory=list)  # in the index, not on disk
+    #: Of those, the ones retention deleted, their index rows still being dropped at the
+    #: stop (the indexer drops them in the background): expected, not a repair.
+    retention_drops: list[str] = field(default_factory=list)
     unreadable_lines: int = 0  # lines inside a segment that are not records: skipped
     #: The highest segment and record numbers the index named before any repair: a new
     #: segment or record is numbered after them (and after what the digests name), so
@@ -80,9 +84,12 @@ class RepairReport:
             done.append(f"{self.indexed} records indexed")
         if self.removed_files:
             done.append(f"{len(self.removed_files)} leftover temp file(s) removed")
-        if self.dropped_segments:
-            done.append(f"{len(self.dropped_segments)} missing segment(s) dropped from the "
-                        "index")
+        missing = len(self.dropped_segments) - len(self.retention_drops)
+        if missing:
+            done.append(f"{missing} missing segment(s) dropped from the index")
+        if self.retention_drops:
+            done.append(f"the index rows of {len(self.retention_drops)} segment(s) "
+                        "retention deleted before the stop dropped")
         if self.missing_newest:
             done.append(f"newest segment(s) {', '.join(map(str, self.missing_newest))} "
                         "missing (deleted?): new records go to a segment numbered after them")
@@ -185,6 +192,8 @@ def _reconcile(index: Index, catalog: dict[int, SegmentEntry], files: list[Segme
     on_disk = {f.seq: f for f in files}
     for seq, known in catalog.items():
         if seq not in on_disk:
+            if _hidden(index, seq):
+                report.retention_drops.append(known.name)
             _drop(index, seq)
             report.dropped_segments.append(known.name)
     todo: Todo = []
@@ -237,6 +246,14 @@ def _index_problem(index: Index) -> str | None:
     if not index.rows_match_catalog():
         return "index rows do not match its catalog (rows or postings missing or added)"
     return None
+
+
+def _hidden(index: Index, seq: int) -> bool:
+    """Whether every chunk of segment ``seq`` is hidden from queries, as the commit
+    thread hides those of the segments retention deletes (``hide_segments``) until their
+    rows are dropped; a drop under way may have left none."""
+    return index.con.execute("SELECT count(*) FROM chunks WHERE segment=? AND min_created<>?",
+                             (seq, NO_TIME[0])).fetchone()[0] == 0
 
 
 def _drop(index: Index, seq: int) -> None:

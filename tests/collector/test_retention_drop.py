@@ -156,6 +156,11 @@ def test_a_drop_paused_at_any_step_holds_up_no_commit_and_no_query(
     try:
         assert report.index_rebuilt is None, report.index_rebuilt
         assert set(report.dropped_segments) == missing
+        # Retention's own, not segments someone deleted: said as such at start-up.
+        assert set(report.retention_drops) == missing
+        assert "missing segment" not in report.describe(), report.describe()
+        assert f"the index rows of {len(missing)} segment(s) retention deleted" \
+            in report.describe()
         assert store.stats()["events"] == len(on_disk(killed))
     finally:
         store.close()
