@@ -252,8 +252,9 @@ def _hidden(index: Index, seq: int) -> bool:
     """Whether every chunk of segment ``seq`` is hidden from queries, as the commit
     thread hides those of the segments retention deletes (``hide_segments``) until their
     rows are dropped; a drop under way may have left none."""
-    return index.con.execute("SELECT count(*) FROM chunks WHERE segment=? AND min_created<>?",
-                             (seq, NO_TIME[0])).fetchone()[0] == 0
+    shown = index.con.execute("SELECT count(*) FROM chunks WHERE segment=? AND min_created<>?",
+                              (seq, NO_TIME[0])).fetchone()[0]
+    return int(shown) == 0
 
 
 def _drop(index: Index, seq: int) -> None:
