@@ -58,7 +58,7 @@ from collector.storage.chunks import (
 )
 from collector.storage.compression import BlockMap
 from collector.storage.records import Row
-from collector.storage.segment_drop import hide_segments, zone_blocks_inside
+from collector.storage.segment_drop import NO_TIME, hide_segments, zone_blocks_inside
 from collector.storage.segments import FILE_MODE, SegmentHeader
 from collector.storage.sources import Ranges
 from collector.storage.write_lock import WriteLock
@@ -187,8 +187,10 @@ def _connect_uri(path: Path, options: str) -> sqlite3.Connection:
 
 
 def count_rows(con: sqlite3.Connection) -> int:
-    """Events in the index (the partitions' row counts; no table scan)."""
-    return int(con.execute("SELECT coalesce(sum(rows), 0) FROM chunks").fetchone()[0])
+    """Events in the index (the partitions' row counts; no table scan), leaving out
+    those of segments retention deleted, hidden until the indexer drops their rows."""
+    return int(con.execute("SELECT coalesce(sum(rows), 0) FROM chunks WHERE min_created<>?",
+                           (NO_TIME[0],)).fetchone()[0])
 
 
 def writer_connection(path: Path) -> sqlite3.Connection:

@@ -27,8 +27,9 @@ def own_source(source: str) -> bool:
 
 
 def own_type_reason(kind: str) -> str:
-    return (f"type {kind!r} is the collector's own record of reads of the audit log: an "
-            f"app cannot send it (name the app's own resource, e.g. 'report_viewed')")
+    return (f"type {kind!r} is the collector's own record (of reads of the audit log, of "
+            f"acknowledged losses): an app cannot send it (name the app's own resource, "
+            f"e.g. 'report_viewed')")
 
 
 def own_source_reason(source: str) -> str:

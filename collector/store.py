@@ -342,6 +342,7 @@ class Store:
                 self._indexer.drop_segment(segment)
             try:  # one small update: no query reads them while their drops wait
                 self._index.hide_segments(done.deleted)
+                writer.stored = self._index.count()  # nor counts them
             except sqlite3.Error as exc:  # their drops hide them at their first step
                 log.warning("audit store: hiding the index rows of deleted segments from "
                             "queries failed (%s); they go with their drops", exc)

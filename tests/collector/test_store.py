@@ -594,7 +594,8 @@ def test_index_rows_of_a_deleted_segment_go_without_a_restart_when_the_first_dro
         written = [store.write(events(8)).written for _ in range(8)]
         wait_until(lambda: failures and sealed_bytes(store) <= 9000)
         on_disk = {r["id"] for r in all_records(tmp_path)}
-        wait_until(lambda: store.stats()["events"] == len(on_disk))
+        wait_until(lambda: store.stats()["segments_dropping"] == 0)
+        assert store.stats()["events"] == len(on_disk)
         assert set(stored_ids(tmp_path)) == on_disk
         stats = store.stats()
         assert stats["last_error"] is None  # said while the drop failed, not for good
