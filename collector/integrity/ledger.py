@@ -189,15 +189,44 @@ class Ledger:
         self.newest, self.n, self.previous = end, end.n, end.signature_b64
 
     def _take_chain_end(self, digest: d.Digest, skipped: list[d.Digest]) -> None:
-        newer = skipped  # every digest the walk met before this one
+        """Go on from ``digest`` (signed by a vouched key), or from a newer digest of the
+        chain a key rotation since it vouches for. ``skipped``: the digests the walk met
+        before it (newer files, or newer in its file), none signed by a vouched key.
+
+        A key rotation recorded by a vouched key hands the chain to the key it names: a
+        signing key lost after a rotation and replaced by hand (or restored from a
+        backup older than the rotation) vouches for the keys before the rotation only,
+        and the chain went on from the rotation's digest, every digest after it taken
+        for planted: the next digests took their numbers again (verify: chain broken)."""
+        later = sorted((g for g in skipped if g.n > digest.n), key=lambda g: g.n)
+        rotated: dict[str, PublicKey] = {}  # keys handed the chain since ``digest``
+        for g in (digest, *later):
+            if g.kind != "key_rotation" or not (g is digest or _signed_by(g, rotated)):
+                continue  # a rotation is followed only from a key of the chain (few)
+            try:
+                new = PublicKey.from_b64(g.body.get("new_key"))
+            except KeyFileError:
+                continue
+            rotated[new.id] = new
+        # The newest one such a key signed (the first one tried, unless planted ones
+        # came after it): not every digest since the rotation verified at each start.
+        end = next((g for g in reversed(later) if _signed_by(g, rotated)), digest)
+        newer = [g for g in skipped if g.n > end.n or g.key not in rotated]
         if newer:
             log.error(
                 "integrity: %d digest(s) newer than %s are not signed by the signing key or "
                 "a key it replaced (%s): planted or edited, they are not continued. The "
                 "chain goes on from %s; `audit-collector verify` reports them",
                 len(newer), digest.where, ", ".join(g.where for g in newer[:5])
-                + (", ..." if len(newer) > 5 else ""), digest.where)
-        self.newest, self.n, self.previous = digest, digest.n, digest.signature_b64
+                + (", ..." if len(newer) > 5 else ""), end.where)
+        if end is not digest:
+            log.warning(
+                "integrity: the digest chain goes on from %s, signed by key %s, which a key "
+                "rotation recorded in the chain handed it to, but which the signing key "
+                "(%s) does not vouch for: expected once after the signing key was lost "
+                "after that rotation and replaced by hand (or restored from a backup older "
+                "than it)", end.where, end.key, self.key.id)
+        self.newest, self.n, self.previous = end, end.n, end.signature_b64
 
     def named(self) -> tuple[int, int]:
         """The highest segment and record numbers the digests name: those of the newest

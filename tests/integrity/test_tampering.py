@@ -509,6 +509,45 @@ def test_a_signing_key_lost_and_replaced_by_hand_continues_the_chain(
     assert check(store).valid  # the key ring holds the lost key's public half
 
 
+@pytest.mark.parametrize("how", ["replaced by hand", "restored from before the rotation"])
+def test_a_signing_key_lost_after_a_rotation_continues_the_chain_of_the_rotated_key(
+        store: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The key ``keys rotate`` put in place is lost, and a key made by hand (or the old
+    key, from a backup) takes its place: the retired keys beside it vouch for the key
+    before the rotation only. Start-up went on from the rotation's digest, called
+    every digest the rotated key signed since "planted", and numbered its digests
+    after the rotation's again: verify then found the chain broken."""
+    from collector.integrity.commands import _rotate
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    path = store / "keys" / "signing-key.pem"
+    old = path.read_bytes()
+    assert _rotate(store, None, 300.0) == 0
+    with open_store(store, max_segment_bytes=SMALL) as reopened:
+        reopened.write(events(3))
+        reopened.write(events(3))
+    genuine = newest_digest(store)
+    assert genuine.kind != "key_rotation"
+    path.unlink()
+    if how == "replaced by hand":
+        write_signing_key(path, Ed25519PrivateKey.generate(), replace=False)
+    else:
+        path.write_bytes(old)
+        path.chmod(0o600)
+    with caplog.at_level("WARNING", "collector.integrity"), \
+            open_store(store, max_segment_bytes=SMALL) as reopened:
+        reopened.write(events(1))
+    assert "planted" not in caplog.text and "keys rotate` again" not in caplog.text, \
+        caplog.text
+    assert f"goes on from digest #{genuine.n} (" in caplog.text, caplog.text
+    after = [g for g in (digests.parse(line) for p in digest_paths(store) for line in
+                         lines_of(p)) if g.n == genuine.n + 1]
+    assert [g.previous for g in after] == [genuine.signature_b64]
+    report = check(store)
+    assert report.valid, reasons(report)
+
+
 def test_verify_without_usable_keys_is_an_error_not_a_verdict(store: Path) -> None:
     for pub in (store / "keys").glob("*.pub"):
         pub.unlink()
