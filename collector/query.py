@@ -86,7 +86,7 @@ class Reader:
         self._index = index
         # Which file: a restart that rebuilds the index replaces it (a new inode), and a
         # reader kept for hours (tail -f) must then read the new one (see ``stale``).
-        self._index_ino = os.stat(index).st_ino
+        self._index_ino, self._index_identity = _identity(os.stat(index))
         try:
             self.con, self._immutable = connect_reader(index)
         except sqlite3.OperationalError as exc:
@@ -134,12 +134,17 @@ class Reader:
     def stale(self) -> bool:
         """Whether the index file this reader has open was replaced (or removed)."""
         try:
-            replaced = os.stat(self._index).st_ino != self._index_ino
+            ino, identity = _identity(os.stat(self._index))
         except FileNotFoundError:
             return True
+        if not self._immutable:
+            return ino != self._index_ino
         # A stopped store's file read as immutable: a collector started since writes
-        # into its WAL, which this connection never reads.
-        return replaced or (self._immutable and wal_path(self._index).exists())
+        # into its WAL, which this connection never reads; and one that has stopped
+        # again since (or a reindex) copied its WAL into this file, under a connection
+        # that neither sees the change nor drops the pages it has cached: its answers
+        # missed what was written meanwhile, without a word.
+        return identity != self._index_identity or wal_path(self._index).exists()
 
     def close(self) -> None:
         self._records.close()
@@ -329,6 +334,11 @@ def _run_seqs(blocks: list[int] | None, after: int | None,
         else:
             low = max(low, after + 1)
     return low, high
+
+
+def _identity(st: os.stat_result) -> tuple[int, tuple[int, int, int]]:
+    """The index file's inode, and what changes with any write to it."""
+    return st.st_ino, (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 # -- module-level API (one Reader per thread and data directory) -----------------------------

@@ -154,3 +154,29 @@ def test_a_group_readers_long_lived_reader_sees_a_collector_start_writing(
         store.write(later)
         assert (data_dir / "index.sqlite-wal").exists()
         assert next(reader) == sorted(e["id"] for e in first + later)
+
+
+def test_a_group_readers_long_lived_reader_sees_a_collector_that_ran_and_stopped_since(
+        data_dir: Path) -> None:
+    """A reader opened on a stopped store (immutable) reopened only when it saw a -wal
+    file. A collector that started, wrote and stopped between two of its reads (a
+    restart for maintenance, a script querying now and then) left none, having copied
+    its WAL into the file: the connection, which never looks for changes, answered
+    from its cached pages, without the new events, and said nothing."""
+    from collector import query
+
+    first, later = events(2), events(3)
+    with open_store(data_dir) as store:
+        store.write(first)
+    give_to_group(data_dir)
+
+    def ids() -> object:
+        page = query.search(data_dir, query.Filters(), limit=100)
+        return sorted(r["id"] for r in page.records)
+
+    reader = as_reader(ids, steps=2)
+    assert next(reader) == sorted(e["id"] for e in first)
+    with open_store(data_dir) as store:
+        store.write(later)
+    assert not (data_dir / "index.sqlite-wal").exists()
+    assert next(reader) == sorted(e["id"] for e in first + later)
