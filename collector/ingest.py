@@ -211,9 +211,20 @@ class IngestServer:
         away without a word at the collector. Logged at each client host's 1st, 2nd,
         4th... failure: a misconfigured client shows, a scanner does not flood the log."""
         assert self.tls is not None
+        timeout = self.settings.handshake_timeout
         try:
-            await writer.start_tls(self.tls,
-                                   ssl_handshake_timeout=self.settings.handshake_timeout)
+            deadline = asyncio.get_running_loop().time() + timeout
+            if not await _sends_a_byte(writer, timeout):
+                # A TCP health check or port probe (connect, close; a load balancer's
+                # may reset): nothing went wrong with TLS, and a load balancer checking
+                # every few seconds is no client failing. Counted apart, at debug level.
+                self.counters["tls_probes"] += 1
+                log.debug("ingest: %s closed the connection before its TLS hello",
+                          _peer_name(writer, True))
+                writer.transport.abort()
+                return False
+            left = max(deadline - asyncio.get_running_loop().time(), 0.001)
+            await writer.start_tls(self.tls, ssl_handshake_timeout=left)
             return True
         except asyncio.CancelledError:
             writer.transport.abort()
@@ -221,15 +232,6 @@ class IngestServer:
                 raise
             return False  # the collector stops (``shutdown``): nothing to say
         except (TimeoutError, OSError, EOFError) as exc:
-            if _closed_before_hello(exc):
-                # A TCP health check or port probe (connect, close): nothing went wrong
-                # with TLS, and a load balancer checking every few seconds is no client
-                # failing. Counted apart, logged at debug level only.
-                self.counters["tls_probes"] += 1
-                log.debug("ingest: %s closed the connection before its TLS hello",
-                          _peer_name(writer, True))
-                writer.transport.abort()
-                return False
             self.counters["tls_handshake_failures"] += 1
             peer = writer.get_extra_info("peername")
             host = str(peer[0]) if peer else "?"
@@ -461,11 +463,51 @@ def handshake_hint(exc: BaseException) -> str:
             return f"; {hint}"
     if isinstance(exc, ConnectionAbortedError | TimeoutError):
         return "; the client said nothing in time (handshake_timeout)"
+    if type(exc) is ConnectionResetError and not str(exc):
+        # asyncio's SSLProtocol raises the bare class at an EOF in the handshake (one
+        # before the client's first byte is a probe: see _sends_a_byte)
+        return ("; the client closed the connection in the middle of the handshake, "
+                "without a TLS alert (it may not trust this collector's certificate, or "
+                "gave up waiting)")
     return ""
 
 
-def _closed_before_hello(exc: BaseException) -> bool:
-    """Whether a handshake ended because the client closed without a word: asyncio's
-    SSLProtocol raises the bare ``ConnectionResetError`` class at an EOF in the
-    handshake (a reset by the peer has its errno text; a refusal is an ``SSLError``)."""
-    return type(exc) is ConnectionResetError and not str(exc)
+async def _sends_a_byte(writer: asyncio.StreamWriter, timeout: float) -> bool:
+    """Whether the client of a new connection sends a byte before it closes it (FIN or
+    reset): False for a TCP probe (connect, close). The byte is left where it is, for
+    the TLS handshake; ``TimeoutError`` if it neither sends nor closes in ``timeout``.
+
+    Told here, before the handshake: asyncio ends a handshake at any EOF with the same
+    bare ``ConnectionResetError``, whether the client said nothing, sent half a hello
+    or read the server's hello and went (a client that failed TLS, taken for a probe);
+    and a probe closed with a reset (as load balancers' health checks do) was a failure
+    with its errno text."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()  # start_tls resumes it (its protocol reads the bytes)
+    sock = writer.get_extra_info("socket")
+    # A duplicate of the socket: the transport's own is registered with the loop.
+    with socket.fromfd(sock.fileno(), sock.family, sock.type) as peek:
+        while True:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(peek.fileno(), _wake, ready)
+            try:
+                async with asyncio.timeout_at(end):
+                    await ready
+            except TimeoutError:
+                raise TimeoutError(f"the client sent nothing in {timeout:g} s") from None
+            finally:
+                loop.remove_reader(peek.fileno())
+            try:
+                return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return False  # reset before a byte came
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)

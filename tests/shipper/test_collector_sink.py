@@ -600,12 +600,79 @@ def test_a_tcp_probe_of_the_tls_port_is_counted_apart_and_not_logged_as_a_failur
         with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
             plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert plain.recv(1) == b""
+        # Closed before the handshake's task counts it: waited for.
+        while (not server.server.stats().get("tls_handshake_failures")
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
     stats = server.server.stats()
     assert stats["tls_probes"] == 3 and stats["tls_handshake_failures"] == 1, stats
     warned = [r.getMessage() for r in caplog.records
               if r.levelno >= logging.WARNING and "TLS" in r.getMessage()]
     assert len(warned) == 1 and "plain TCP" in warned[0], warned
     assert collector_says(caplog, "closed the connection before its TLS hello")
+
+
+def _client_hello() -> bytes:
+    """The bytes a TLS client sends first (its ClientHello)."""
+    import ssl
+
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize(("client", "probe"), [
+    ("connects and resets", True),
+    ("sends half a hello and closes", False),
+    ("sends its hello, reads the reply and closes", False),
+])
+def test_what_a_client_sent_before_closing_tells_a_probe_from_a_failed_handshake(
+        collector: Collector, root: Path, caplog: pytest.LogCaptureFixture, client: str,
+        probe: bool) -> None:
+    """asyncio ends a handshake at any EOF with the same bare ConnectionResetError: a
+    client that sent half a hello, or read the collector's hello and went without an
+    alert (a client that does not trust the certificate, or gave up), was counted as a
+    probe and logged at debug level only; and a probe that resets (as load balancers'
+    health checks do) was warned about as a failed handshake."""
+    import socket
+    import struct
+
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    port = server.server.tcp_port()
+    assert port is not None
+    hello = _client_hello()
+    with caplog.at_level(logging.DEBUG, "collector.ingest"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            if client == "connects and resets":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif client == "sends half a hello and closes":
+                sock.sendall(hello[:len(hello) // 2])
+                time.sleep(0.2)
+            else:
+                sock.sendall(hello)
+                assert sock.recv(65536)  # the collector's hello: the client goes
+        deadline = time.monotonic() + 10
+        while (not (server.server.stats().get("tls_probes", 0)
+                    + server.server.stats().get("tls_handshake_failures", 0))
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+    stats = server.server.stats()
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.WARNING and "TLS" in r.getMessage()]
+    if probe:
+        assert (stats.get("tls_probes"), stats.get("tls_handshake_failures")) == (1, None), \
+            stats
+        assert warned == [], warned
+        assert collector_says(caplog, "closed the connection before its TLS hello")
+    else:
+        assert (stats.get("tls_probes"), stats.get("tls_handshake_failures")) == (None, 1), \
+            stats
+        assert len(warned) == 1 and "in the middle of the handshake" in warned[0], warned
 
 
 def test_a_stop_ends_the_tls_handshakes_under_way_without_a_traceback(
