@@ -91,6 +91,8 @@ class Reader:
             self.con, self._immutable = connect_reader(index)
         except sqlite3.OperationalError as exc:
             raise QueryError(f"{index} cannot be read: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # read by connect_reader: not an index
+            raise _incomplete(index, exc) from None
         try:
             schema = self.con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -101,9 +103,7 @@ class Reader:
                                  f"access to its directory (SQLite's -shm file), even to "
                                  f"query; copy a read-only snapshot somewhere writable") \
                     from None
-            raise QueryError(f"{index} is not a complete index ({exc}): a collector may be "
-                             f"building it right now (retry in a moment); if not, stop it "
-                             f"and run `audit-collector reindex`") from None
+            raise _incomplete(index, exc) from None
         if schema is None or schema[0] != INDEX_SCHEMA:
             self.con.close()
             raise QueryError(
@@ -334,6 +334,12 @@ def _run_seqs(blocks: list[int] | None, after: int | None,
         else:
             low = max(low, after + 1)
     return low, high
+
+
+def _incomplete(index: Path, exc: sqlite3.DatabaseError) -> QueryError:
+    return QueryError(f"{index} is not a complete index ({exc}): a collector may be "
+                      f"building it right now (retry in a moment); if not, stop it and "
+                      f"run `audit-collector reindex`")
 
 
 def _identity(st: os.stat_result) -> tuple[int, tuple[int, int, int]]:

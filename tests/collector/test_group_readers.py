@@ -180,3 +180,18 @@ def test_a_group_readers_long_lived_reader_sees_a_collector_that_ran_and_stopped
         store.write(later)
     assert not (data_dir / "index.sqlite-wal").exists()
     assert next(reader) == sorted(e["id"] for e in first + later)
+
+
+def test_a_group_reader_of_a_damaged_index_is_told_what_to_do_not_shown_a_traceback(
+        data_dir: Path) -> None:
+    """The owner is told the index is not complete and to run reindex; a reader with
+    read access only, whose connection is tried by reading the file first, got
+    sqlite3.DatabaseError out of `audit-collector query` (a traceback)."""
+    with open_store(data_dir) as store:
+        store.write(events(2))
+    (data_dir / "index.sqlite").write_bytes(b"not an index" * 1000)
+    give_to_group(data_dir)
+    [done] = as_reader(query_ids(data_dir))
+    assert isinstance(done, dict) and done["code"] == 2, done
+    assert "is not a complete index" in str(done["err"]), done
+    assert "audit-collector reindex" in str(done["err"]), done
