@@ -113,6 +113,8 @@ class Store:
         self._last_error: str | None = None
         self._loss_acks: dict[str, loss_acks.Ack] = {}
         self._acks_lock = threading.Lock()
+        self._count_failures = 0  # events count refreshes failed in a row
+        self._count_stale = False  # segments were hidden since the count was taken
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> RepairReport:
@@ -330,10 +332,6 @@ class Store:
             self._index.close_chunk()  # queries need not scan it while the store idles
             writer.index_closed_chunks()
         done = segments.apply_retention()
-        dropped = self._indexer.dropped
-        if dropped:
-            writer.stored = self._index.count()
-            self._indexer.took_dropped(dropped)
         if done.deleted:
             for segment in done.deleted:
                 chunk = self._index.open_chunk
@@ -342,7 +340,7 @@ class Store:
                 self._indexer.drop_segment(segment)
             try:  # one small update: no query reads them while their drops wait
                 self._index.hide_segments(done.deleted)
-                writer.stored = self._index.count()  # nor counts them
+                self._count_stale = True  # nor counts them (``_refresh_count``)
             except sqlite3.Error as exc:  # their drops hide them at their first step
                 log.warning("audit store: hiding the index rows of deleted segments from "
                             "queries failed (%s); they go with their drops", exc)
@@ -357,6 +355,30 @@ class Store:
             writer.forget_sources(segments.oldest_kept(), done.stored_before_ns)
         if self._ledger is not None:
             self._ledger.tick(segments.active)
+        self._refresh_count()
+
+    def _refresh_count(self) -> None:
+        """The events count again once segments were hidden or the indexer dropped their
+        rows. Last in the housekeeping, and a failure kept to itself: raised before the
+        deleted segments were handed to their drops, it lost them (their rows stayed,
+        pointing at files that are gone, until the next start). The dropped segments stay
+        counted until a refresh succeeds."""
+        dropped = self._indexer.dropped
+        if not dropped and not self._count_stale:
+            return
+        try:
+            self._writer.stored = self._index.count()
+            self._count_stale = False
+        except sqlite3.Error as exc:
+            self._count_failures += 1
+            n = self._count_failures
+            if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+                log.warning("audit store: counting the events after a retention drop "
+                            "failed (%s, %d failures so far); tried again at the next "
+                            "housekeeping", exc, n)
+            return
+        self._count_failures = 0
+        self._indexer.took_dropped(dropped)
 
     # -- acknowledged losses ------------------------------------------------------------
     def plan_loss_ack(self, source: str | None, through: int | None = None) -> dict[str, int]:

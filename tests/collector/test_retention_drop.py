@@ -369,3 +369,36 @@ def test_a_long_drop_lets_the_builds_go_first_and_holds_up_no_acknowledgement(
         wait_until(lambda: store.stats()["segments_dropping"] == 0, timeout=20)
         assert catalog_matches_rows(data_dir)
         assert sorted(found(data_dir)) == sorted(on_disk(data_dir))
+
+
+def test_segments_retention_deletes_while_the_events_count_fails_still_have_their_rows_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Housekeeping refreshed the events count after dropped segments right after the
+    retention pass deleted files, before handing them to the index drop: a count that
+    failed (a disk I/O error) ended the pass there, and the files it had deleted were
+    never dropped nor hidden (nor counted in retention_deleted): the index pointed at
+    records that no longer exist until the next start."""
+    data_dir = tmp_path / "store"
+    real_count = Index.count
+    failing = threading.Event()
+
+    def count(self: Index) -> int:
+        if failing.is_set():
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return real_count(self)
+
+    with open_store(data_dir, max_segment_bytes=4096, retention_bytes=9000) as store:
+        monkeypatch.setattr(Index, "count", count)
+        failing.set()
+        for _ in range(6):
+            store.write(events(8))
+        wait_until(lambda: store.stats()["retention_deleted"] >= 1)
+        deleted = store.stats()["retention_deleted"]
+        for _ in range(6):  # deleted while every count fails
+            store.write(events(8))
+            time.sleep(0.3)
+        time.sleep(1.0)  # the retention passes after the last write are over
+        failing.clear()
+        assert store.stats()["retention_deleted"] > deleted
+        wait_until(lambda: index_segments(data_dir) == segment_numbers(data_dir), timeout=5)
+        wait_until(lambda: store.stats()["events"] == len(on_disk_records(data_dir)))
