@@ -1,7 +1,8 @@
 """The collector's own records: reads of the audit log (``collector.api.reads``),
-refused attempts (``collector.api.denials``) and acknowledged losses. Their types and their source are the
-collector's alone: ingest refuses them from clients, so that an app holding the ingest
-token cannot forge or muddy the trail of who read the audit log."""
+refused attempts (``collector.api.denials``) and acknowledged losses
+(``collector.api.routes``). Their types and their source are the collector's alone:
+ingest refuses them from clients, so that an app holding the ingest token cannot forge
+or muddy the trail of who read the audit log, or of who acknowledged a loss."""
 
 from __future__ import annotations
 
@@ -26,10 +27,17 @@ def own_source(source: str) -> bool:
     return source.lower() == SOURCE
 
 
+#: What each own type records, as a refusal names it.
+_RECORDS: Final = {AUDIT_LOG_VIEWED: "reads of the audit log",
+                   AUDIT_LOG_EXPORTED: "reads of the audit log",
+                   AUDIT_LOG_ACCESS_DENIED: "refused reads of the audit log",
+                   AUDIT_LOSS_ACKNOWLEDGED: "an operator's acknowledgement of lost events"}
+
+
 def own_type_reason(kind: str) -> str:
-    return (f"type {kind!r} is the collector's own record (of reads of the audit log, of "
-            f"acknowledged losses): an app cannot send it (name the app's own resource, "
-            f"e.g. 'report_viewed')")
+    return (f"type {kind!r} is the collector's own record of "
+            f"{_RECORDS.get(kind, 'what its readers did')}: an app cannot send it (name "
+            f"the app's own resource, e.g. 'report_viewed')")
 
 
 def own_source_reason(source: str) -> str:

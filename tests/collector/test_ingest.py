@@ -144,13 +144,18 @@ def test_the_collectors_own_records_cannot_be_sent_by_a_client(client: RawClient
     """The reads of the audit log are the collector's records (``own_records``): an app
     could otherwise forge who read it, or pose as the collector's source."""
     client.hello()
-    own = [event(2, type=t) for t in sorted(OWN_TYPES)]
+    own = [event(2 + n, type=t) for n, t in enumerate(sorted(OWN_TYPES))]
     reply = result(client.batch(1, lines(event(1), *own)))
     assert reply.written == [event(1)["id"]]  # the canonical fast path refuses them too
     assert [(r.index, r.id) for r in reply.rejected] == [
-        (i, e["id"]) for i, e in enumerate(own, 1)]
+        (n, e["id"]) for n, e in enumerate(own, start=1)]  # every own type, whatever their number
     assert all("the collector's own record" in r.reason for r in reply.rejected)
-    client.send(encode_batch(2, encode_batch_body("Audit-Collector-API", [1], lines(event(3)))))
+    # Each reason names what the type records: an acknowledged loss is not a read.
+    reasons = {r.id: r.reason for r in reply.rejected}
+    acked = next(e["id"] for e in own if e["type"] == "audit_loss_acknowledged")
+    assert "reads of the audit log" not in reasons[acked], reasons[acked]
+    client.send(encode_batch(2, encode_batch_body("Audit-Collector-API", [1],
+                                                  lines(event(99)))))
     error = client.error()
     assert error.code == ErrorCode.BAD_BATCH and "kept for the collector" in error.message
 
