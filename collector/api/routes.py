@@ -232,14 +232,17 @@ def _loss_ack_body(body: bytes) -> tuple[str | None, str, int | None]:
         raise ParamError('send {"reason": "...", "source": "<source>", "through": N} '
                          '(source and through optional)')
     source, reason, through = fields.get("source"), fields.get("reason"), fields.get("through")
-    if source is not None and (not isinstance(source, str) or not source):
+    # Left out means every source (every number): a null is not left out. A client's
+    # unset variable (JSON.stringify of a null, Python's None) acknowledged every
+    # source's losses at once, the widest acknowledgement there is.
+    if "source" in fields and (not isinstance(source, str) or not source):
         raise ParamError("source must be a source id (as `audit-collector stats` lists "
                          "them), or left out for every source")
     if not isinstance(reason, str) or not reason.strip() \
             or len(reason) > loss_acks.MAX_REASON or not reason.isprintable():
         raise ParamError(f"reason: say why the loss is known, in one line of 1 to "
                          f"{loss_acks.MAX_REASON} printable characters")
-    if through is not None and (type(through) is not int or not 1 <= through <= MAX_SEQ):
+    if "through" in fields and (type(through) is not int or not 1 <= through <= MAX_SEQ):
         raise ParamError("through must be a source number from 1 to 2**63-1, or left out "
                          "for every number the source is known to have given out")
     return source, reason.strip(), through

@@ -99,6 +99,17 @@ def test_a_refused_acknowledgement_changes_and_records_nothing(
     assert acks_recorded(lossy) == []
 
 
+@pytest.mark.parametrize("body", [{"source": None, "reason": "x"},
+                                  {"source": "app-1", "reason": "x", "through": None}])
+def test_a_null_is_refused_not_taken_for_left_out(lossy: Env, body: dict[str, Any]) -> None:
+    """A client's unset variable sent as null must not acknowledge every source (or every
+    number): only a field left out means that."""
+    done = post(lossy, body)
+    assert done.status_code == 400, done.text
+    assert unacknowledged(lossy) == (3, 2)
+    assert acks_recorded(lossy) == []
+
+
 def test_an_app_cannot_send_the_acknowledgement_record_itself(lossy: Env) -> None:
     from collector.validation import Validator
 
