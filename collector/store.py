@@ -394,8 +394,9 @@ class Store:
         with writer.lock:
             known, numbered = dict(writer.sources), dict(writer.numbered)
         if source is not None and source not in known:
-            raise LossAckError(f"no source {source[:80]!r} is known to this store (the "
-                               f"sources with losses are in `audit-collector stats`)")
+            raise UnknownSourceError(f"no source {source[:80]!r} is known to this store "
+                                     f"(the sources with losses are in `audit-collector "
+                                     f"stats`)")
         acks = self._loss_acks
         plan: dict[str, int] = {}
         for name in [source] if source is not None else known:
@@ -403,7 +404,11 @@ class Store:
             previous = acks[name].through if name in acks else 0
             if source is None and loss_acks.unacknowledged(ranges, said, previous) == (0, 0):
                 continue  # "all": only the sources with a loss not yet acknowledged
-            plan[name] = through if through is not None else loss_acks.latest(ranges, said)
+            upto = through if through is not None else loss_acks.latest(ranges, said)
+            if upto < 1:  # only unnumbered events (seq 0): it can have lost none
+                raise LossAckError(f"source {name[:80]!r} numbered none of its events: "
+                                   f"it has no loss to acknowledge")
+            plan[name] = upto
         return plan
 
     def acknowledge_losses(self, plan: dict[str, int], *, by: str, reason: str) -> None:
@@ -413,6 +418,11 @@ class Store:
         reason = reason.strip()
         if not reason or len(reason) > loss_acks.MAX_REASON:
             raise LossAckError(f"say why in 1 to {loss_acks.MAX_REASON} characters (reason)")
+        for name, upto in plan.items():
+            # What ``loss_acks.load`` would refuse, and with it every other source's.
+            if type(upto) is not int or not 1 <= upto <= MAX_SEQ:
+                raise LossAckError(f"through must be a number from 1 to 2**63-1, got "
+                                   f"{upto!r} for {name[:80]!r}")
         writer = self._writer
         with writer.lock:
             known = set(writer.sources)
@@ -486,6 +496,10 @@ class Store:
 
 class LossAckError(StorageError):
     """An acknowledgement of losses the store cannot take as asked (the caller's to fix)."""
+
+
+class UnknownSourceError(LossAckError):
+    """An acknowledgement of a source the store does not know."""
 
 
 class DataDirLock:

@@ -18,7 +18,7 @@ from audit_middleware.wire import MAX_SEQ
 from collector.query import Page, Reader
 from collector.storage import loss_acks
 from collector.storage.conditions import FOREVER
-from collector.store import LossAckError
+from collector.store import LossAckError, UnknownSourceError
 
 from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, AUDIT_LOSS_ACKNOWLEDGED
 from . import exports
@@ -211,8 +211,10 @@ async def acknowledge_losses(request: Request) -> Response:
     keeper: LossKeeper = api.store  # type: ignore[assignment]  # serve's Store
     try:
         plan = keeper.plan_loss_ack(source, through)
-    except LossAckError as exc:
+    except UnknownSourceError as exc:
         return json_response({"error": "not_found", "message": str(exc)}, 404)
+    except LossAckError as exc:
+        raise ParamError(str(exc)) from None
     if source is not None:
         details: dict[str, Any] = {"reason": reason, "through": plan[source]}
     else:  # thousands of sources would not fit a record: how many, and the stats say which

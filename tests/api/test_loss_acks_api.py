@@ -129,3 +129,12 @@ def test_the_sources_that_lost_events_are_listed_for_root_only(lossy: Env) -> No
     assert (listed["unacknowledged_gap_events"], listed["unacknowledged_tail_events"]) == (1, 0)
     assert lossy.get("/api/v1/sources/losses", lossy.plain).status_code == 403
     assert lossy.get("/api/v1/sources/losses").status_code == 401
+
+
+def test_a_source_with_nothing_numbered_is_refused_and_nothing_recorded(lossy: Env) -> None:
+    lossy.store.submit_encoded(encode_events(events(1)), "unnumbered", [0], 0).result()
+    done = post(lossy, {"source": "unnumbered", "reason": "x"})
+    assert done.status_code == 400, done.text
+    assert "no loss to acknowledge" in done.json()["message"]
+    assert acks_recorded(lossy) == []
+    assert post(lossy, {"source": "nope", "reason": "x"}).status_code == 404

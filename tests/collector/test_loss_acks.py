@@ -105,3 +105,21 @@ def test_a_damaged_acknowledgements_file_counts_every_loss_and_the_store_starts(
         store.acknowledge_losses(store.plan_loss_ack("app-1"), by="bob", reason="again")
         assert totals(store) == (1, 0, 0, 0)  # rewritten whole
     assert "every loss counts as unacknowledged" in caplog.text
+
+
+def test_a_source_that_numbered_nothing_cannot_cost_the_other_acknowledgements(
+        tmp_path: Path) -> None:
+    """A source whose events carried no number (seq 0) is known to the store but lost
+    nothing: acknowledging it wrote through 0, which the next start refused as a damaged
+    file, so every other source's acknowledgement was gone."""
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        write(store, "unnumbered", [0])
+        store.acknowledge_losses(store.plan_loss_ack("app-1"), by="alice", reason="known")
+        with pytest.raises(LossAckError, match="no loss to acknowledge"):
+            store.plan_loss_ack("unnumbered")
+        with pytest.raises(LossAckError, match="through must be"):
+            store.acknowledge_losses({"unnumbered": 0}, by="bob", reason="whatever")
+        assert store.plan_loss_ack(None) == {}
+    with open_store(tmp_path) as store:
+        assert totals(store) == (1, 0, 0, 0)  # app-1's acknowledgement outlived the start
