@@ -383,9 +383,10 @@ class Store:
     # -- acknowledged losses ------------------------------------------------------------
     def plan_loss_ack(self, source: str | None, through: int | None = None) -> dict[str, int]:
         """What acknowledging the losses of ``source`` (None: of every source with a loss
-        not yet acknowledged) up to ``through`` (None: every number the source is known
-        to have given out so far) covers: {source: through}. Raises ``LossAckError`` for
-        a source the store does not know or a ``through`` out of range."""
+        not yet acknowledged) up to ``through`` (None, or past it: every number the
+        source is known to have given out so far) covers: {source: through}. Raises
+        ``LossAckError`` for a source the store does not know or a ``through`` out of
+        range."""
         writer = getattr(self, "_writer", None)
         if writer is None:
             raise StoreClosedError("open the store before acknowledging losses")
@@ -404,7 +405,11 @@ class Store:
             previous = acks[name].through if name in acks else 0
             if source is None and loss_acks.unacknowledged(ranges, said, previous) == (0, 0):
                 continue  # "all": only the sources with a loss not yet acknowledged
-            upto = through if through is not None else loss_acks.latest(ranges, said)
+            # Never past what the source has given out: a loss not yet made cannot be
+            # known, and acknowledged ahead it would never raise the alert.
+            upto = loss_acks.latest(ranges, said)
+            if through is not None:
+                upto = min(through, upto)
             if upto < 1:  # only unnumbered events (seq 0): it can have lost none
                 raise LossAckError(f"source {name[:80]!r} numbered none of its events: "
                                    f"it has no loss to acknowledge")

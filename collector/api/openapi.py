@@ -179,9 +179,10 @@ SPEC: Final[dict[str, Any]] = {
                                "reason": {"type": "string", "minLength": 1,
                                           "maxLength": loss_acks.MAX_REASON},
                                "through": {"type": "integer", "minimum": 1,
-                                           "description": "Left out: every number the "
-                                                          "source is known to have given "
-                                                          "out."}}}}}},
+                                           "maximum": 2**63 - 1,
+                                           "description": "Left out, or past it: every "
+                                                          "number the source is known to "
+                                                          "have given out."}}}}}},
             "responses": {
                 "200": {"description": "What was acknowledged", "content": {
                     "application/json": {"schema": {

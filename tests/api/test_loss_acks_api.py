@@ -138,3 +138,18 @@ def test_a_source_with_nothing_numbered_is_refused_and_nothing_recorded(lossy: E
     assert "no loss to acknowledge" in done.json()["message"]
     assert acks_recorded(lossy) == []
     assert post(lossy, {"source": "nope", "reason": "x"}).status_code == 404
+
+
+def test_a_through_past_what_the_source_numbered_acknowledges_no_later_loss(
+        lossy: Env) -> None:
+    """Losses not made yet cannot be known: a through past the source's latest number
+    stops there, and a loss after it counts (the alert fires)."""
+    done = post(lossy, {"source": "app-2", "reason": "outage", "through": 2**62})
+    assert done.json() == {"acknowledged": {"app-2": 3}}, done.text
+    [record] = acks_recorded(lossy)
+    assert orjson.loads(record["status"])["through"] == 3
+    assert post(lossy, {"reason": "all", "through": 10**9}).json() == {
+        "acknowledged": {"app-1": 6}}
+    assert unacknowledged(lossy) == (0, 0)
+    lossy.store.submit_encoded(encode_events(events(1)), "app-2", [9], 9).result()
+    assert unacknowledged(lossy) == (5, 0)  # 4-8, lost after the acknowledgement
