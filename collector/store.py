@@ -417,7 +417,8 @@ class Store:
         return plan
 
     def acknowledge_losses(self, plan: dict[str, int], *, by: str, reason: str) -> None:
-        """Keep a ``plan_loss_ack`` (``by``: who, ``reason``: why). Raises
+        """Keep a ``plan_loss_ack`` (``by``: who, ``reason``: why); a source already
+        acknowledged through as far or further keeps its acknowledgement. Raises
         ``LossAckError`` without a reason, ``StorageError`` when the file cannot be
         written (nothing changes then)."""
         reason = reason.strip()
@@ -434,8 +435,12 @@ class Store:
         now = format_created(time.time_ns())
         with self._acks_lock:  # one writer of the file at a time
             acks = dict(self._loss_acks)
+            # Never lowered: an acknowledgement through a lower number (or one planned
+            # before another and kept after it: two readers at once, whose records and
+            # threads may come in either order) takes back nothing acknowledged.
             acks.update((name, loss_acks.Ack(upto, now, by, reason))
-                        for name, upto in plan.items())
+                        for name, upto in plan.items()
+                        if name not in acks or acks[name].through < upto)
             # Sources retention forgot take their acknowledgements with them.
             acks = {name: ack for name, ack in acks.items() if name in known}
             try:

@@ -123,3 +123,18 @@ def test_a_source_that_numbered_nothing_cannot_cost_the_other_acknowledgements(
         assert store.plan_loss_ack(None) == {}
     with open_store(tmp_path) as store:
         assert totals(store) == (1, 0, 0, 0)  # app-1's acknowledgement outlived the start
+
+
+def test_an_acknowledgement_never_takes_back_an_earlier_one(tmp_path: Path) -> None:
+    """Two readers at once: each plan is recorded, then kept, and the two can be kept in
+    either order. The one through a lower number (or planned first and kept last) must
+    not lower the other: losses acknowledged would alert again."""
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3, 6], numbered=8)
+        early = store.plan_loss_ack("app-1", 3)
+        late = store.plan_loss_ack("app-1")
+        store.acknowledge_losses(late, by="alice", reason="the whole outage")
+        store.acknowledge_losses(early, by="bob", reason="the first gap")
+        assert store.stats()["sources"]["app-1"]["acknowledged_through"] == 8
+        assert totals(store) == (3, 2, 0, 0)
+        assert loss_acks.load(tmp_path)["app-1"].by == "alice"
