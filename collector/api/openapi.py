@@ -155,7 +155,21 @@ SPEC: Final[dict[str, Any]] = {
             "responses": {"200": {"description": "Sources with losses", "content": {
                 "application/json": {"schema": {
                     "type": "object", "required": ["sources"], "properties": {
-                        "sources": {"type": "array", "items": {"type": "object"}},
+                        "sources": {"type": "array", "items": {
+                            "type": "object", "properties": {
+                                "source": {"type": "string"},
+                                "received": {"type": "integer"},
+                                "gap_events": {"type": "integer"},
+                                "unreceived_tail_events": {"type": "integer"},
+                                "unacknowledged_gap_events": {"type": "integer"},
+                                "unacknowledged_tail_events": {"type": "integer"},
+                                "acknowledged_through": {"type": "integer"},
+                                "last_seen": {"type": ["string", "null"]},
+                                "latest": {"type": "integer", "description":
+                                           "The highest number the source is known to "
+                                           "have given out: the through that "
+                                           "acknowledges the losses counted here, and "
+                                           "none after them."}}}},
                         "sources_total": {"type": "integer"},
                         "sources_omitted": {"type": "integer"},
                         "unacknowledged_gap_events": {"type": "integer"},

@@ -186,7 +186,10 @@ async def list_losses(request: Request) -> Response:
                      "gap_events": gap_events, "unreceived_tail_events": tail_events,
                      "unacknowledged_gap_events": new_gaps,
                      "unacknowledged_tail_events": new_tail,
-                     "acknowledged_through": through, "last_seen": report["last_seen"]})
+                     "acknowledged_through": through, "last_seen": report["last_seen"],
+                     # What these counts reach: the through to acknowledge them, and no
+                     # loss the reader was not shown.
+                     "latest": loss_acks.latest(ranges, numbered)})
     rows.sort(key=lambda r: (-(r["unacknowledged_gap_events"]
                                + r["unacknowledged_tail_events"]), r["source"]))
     return json_response({

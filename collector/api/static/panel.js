@@ -141,7 +141,7 @@
         const button = document.createElement("button");
         button.type = "button";
         button.textContent = "Acknowledge…";
-        button.addEventListener("click", () => askAck(String(row.source)));
+        button.addEventListener("click", () => askAck(String(row.source), row.latest));
         td.append(button);
       } else {
         td.textContent = "Acknowledged";
@@ -156,9 +156,13 @@
       : "No source has lost events.";
   }
 
-  function askAck(source) {
+  // ``latest``: the number the row's counts reach. Acknowledged through it, a loss
+  // that happens while the form is open is not acknowledged unseen. A number past what
+  // a double holds exactly is left out (the collector then takes its latest).
+  function askAck(source, latest) {
     $("ack-source").textContent = visible(source);
     $("ack-form").dataset.source = source;
+    $("ack-form").dataset.through = Number.isSafeInteger(latest) ? String(latest) : "";
     $("ack-reason").value = "";
     $("ack-form").hidden = false;
     $("ack-reason").focus();
@@ -166,12 +170,13 @@
 
   async function acknowledge(event) {
     event.preventDefault();
-    const source = $("ack-form").dataset.source;
+    const { source, through } = $("ack-form").dataset;
     const reason = $("ack-reason").value.trim();
+    const body = through ? { source, reason, through: Number(through) } : { source, reason };
     const result = await call("/api/v1/sources/acknowledge-losses", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ source, reason }),
+      body: JSON.stringify(body),
     });
     if (result.status === 401) return showSignIn("Your session has ended: sign in again.");
     if (result.status !== 200) {
