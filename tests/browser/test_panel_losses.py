@@ -149,3 +149,40 @@ def test_a_loss_made_while_the_form_is_open_is_not_acknowledged_unseen(page: Any
                 "2 lost events not acknowledged.")
             assert losses(page)["test:1:ab"][:4] == ["2", "4", "0", "4"]
             assert page.problems == []
+
+
+def test_the_selection_stays_in_the_url_across_the_tabs(page: Any, served: Served) -> None:
+    """Back from the Lost events tab, the audit logs tab's URL holds the selection it
+    shows (it is what a bookmark, a shared link or a reload runs); back through the
+    history, it shows the selection its URL holds."""
+    page.goto(f"{served.url}/admin/audit-logs?principal=alice")
+    page.fill("#token", served.root)
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("#events")
+    principal = page.locator("#filters input[name=principal]")
+    expect(principal).to_have_value("alice")
+    page.click("#tab-losses")
+    expect(page.locator("#losses-view")).to_be_visible()
+    page.click("#tab-audit-logs")
+    expect(page.locator("#audit-logs-view")).to_be_visible()
+    assert "principal=alice" in page.url, page.url
+    page.reload()
+    page.wait_for_selector("#events")
+    expect(principal).to_have_value("alice")
+    principal.fill("bob")
+    page.click("#filters button[type=submit]")
+    assert "principal=bob" in page.url
+    page.click("#tab-losses")
+    expect(page.locator("#losses-view")).to_be_visible()
+    page.go_back()  # to ?principal=bob
+    expect(page.locator("#audit-logs-view")).to_be_visible()
+    expect(principal).to_have_value("bob")
+    page.go_back()  # the first visit to Lost events
+    expect(page.locator("#losses-view")).to_be_visible()
+    page.go_back()  # the page as first opened: ?principal=alice
+    expect(page.locator("#audit-logs-view")).to_be_visible()
+    expect(principal).to_have_value("alice")
+    with page.expect_request(lambda r: "/api/v1/audit-logs?" in r.url) as asked:
+        page.click("#filters button[type=submit]")
+    assert "principal=alice" in asked.value.url
+    assert page.problems == []

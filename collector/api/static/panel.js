@@ -103,11 +103,28 @@
     else loadPage();
   }
 
+  // The audit logs tab's URL holds the selection it shows (bookmarked, shared, reloaded
+  // as it is); the lost events tab's holds none.
   function openTab(event, hash) {
     event.preventDefault();
-    const search = hash ? "" : location.search;
+    const text = state.query.toString();
+    const search = hash || !text ? "" : `?${text}`;
     history.pushState(null, "", PANEL_PATH + search + hash);
     showTab();
+  }
+
+  // Back or forward to the audit logs tab: the selection is the one in that URL, not
+  // whatever the form held when the reader left it.
+  function selectionFromUrl() {
+    $("filters").reset();
+    formFromQuery(new URLSearchParams(location.search));
+    const query = queryFromForm();
+    if (query.toString() === state.query.toString()) return;
+    state.query = query;
+    state.cursors = [null];
+    state.page = 0;
+    $("download").href = exportLink(query);
+    $("detail").hidden = true;
   }
 
   // -- lost events ----------------------------------------------------------------
@@ -380,7 +397,11 @@
     $("tab-audit-logs").addEventListener("click", (event) => openTab(event, ""));
     $("ack-form").addEventListener("submit", acknowledge);
     $("ack-cancel").addEventListener("click", () => { $("ack-form").hidden = true; });
-    window.addEventListener("popstate", () => { if (!$("admin").hidden) showTab(); });
+    window.addEventListener("popstate", () => {
+      if ($("admin").hidden) return;
+      if (location.hash !== LOSSES_HASH) selectionFromUrl();
+      showTab();
+    });
     const fromUrl = new URLSearchParams(location.search);
     formFromQuery(fromUrl);
     state.query = queryFromForm();
