@@ -89,13 +89,17 @@ def save(data_dir: Path, acks: Mapping[str, Ack]) -> None:
 def unacknowledged(ranges: Ranges, numbered: int, through: int) -> tuple[int, int]:
     """(gap events, unreceived tail events) of a source numbered after ``through``.
 
-    A folded range's missing numbers have no known place inside it: they count as
-    unacknowledged unless the whole folded range is at or below ``through``."""
+    A folded range's missing numbers have no known place inside it: as many count as
+    can be after ``through``, every one of them, or fewer when fewer of the range's
+    numbers are after it (an alert too many, never one too few). A folded range that
+    straddles ``through`` is what a source that keeps losing events makes of its
+    acknowledged losses: counted whole, thousands acknowledged came back as new."""
     gap_events = 0
     for previous, current in itertools.pairwise(ranges):
         first, last = max(previous[1] + 1, through + 1), current[0] - 1
         gap_events += max(0, last - first + 1)
-    gap_events += sum(r[2] for r in ranges if len(r) > 2 and r[1] > through)
+    gap_events += sum(min(r[2], r[1] - max(through, r[0] - 1))
+                      for r in ranges if len(r) > 2 and r[1] > through)
     stored = ranges[-1][1] if ranges else 0
     tail_events = max(0, numbered - max(stored, through))
     return gap_events, tail_events

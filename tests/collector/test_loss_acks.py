@@ -24,6 +24,8 @@ from tests.collector.storage_helpers import events, open_store
     ([[1, 3], [6, 8]], 10, 99, (0, 0)),
     ([[1, 100, 7], [110, 120]], 0, 50, (16, 0)),  # folded: its 7 have no known place
     ([[1, 100, 7], [110, 120]], 0, 100, (9, 0)),
+    ([[1, 100, 7], [110, 120]], 0, 97, (3 + 9, 0)),  # at most 98-100 of its 7 are new
+    ([[1, 10_000, 9_000]], 10_000, 9_990, (10, 0)),
     ([], 5, 3, (0, 2)),  # numbers announced, none stored
 ])
 def test_losses_after_the_acknowledged_number_are_counted(
@@ -138,3 +140,22 @@ def test_an_acknowledgement_never_takes_back_an_earlier_one(tmp_path: Path) -> N
         assert store.stats()["sources"]["app-1"]["acknowledged_through"] == 8
         assert totals(store) == (3, 2, 0, 0)
         assert loss_acks.load(tmp_path)["app-1"].by == "alice"
+
+
+def test_acknowledged_losses_folded_with_new_ones_do_not_count_again(tmp_path: Path) -> None:
+    """A source that keeps losing events folds its oldest ranges (sources.MAX_RANGES):
+    once the folded range reaches past the acknowledged number, the losses acknowledged
+    in it must not count as new ones again."""
+    from collector.storage import sources
+
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 1000])  # 2-999 lost
+        store.acknowledge_losses(store.plan_loss_ack("app-1"), by="alice", reason="known")
+        assert totals(store) == (998, 0, 0, 0)
+        write(store, "app-1", list(range(1002, 1002 + 2 * sources.MAX_RANGES, 2)))
+        [folded, *_] = store.stats()["sources"]["app-1"]["ranges"]
+        assert folded == [1, 1002, 999]  # 2-999 and 1001 folded: straddles 1000
+        new = sources.MAX_RANGES  # 1001, 1003, ..., 2999
+        assert totals(store)[0] == 998 + new
+        # Which of the folded 999 is after 1000 is not known: at most 2 of them are.
+        assert totals(store)[2] == new + 1  # was 998 + new: the acknowledged came back
