@@ -173,7 +173,13 @@ async def list_losses(request: Request) -> Response:
     api = _api(request)
     api.root_reader(request)
     keeper: LossKeeper = api.store  # type: ignore[assignment]  # serve's Store
-    stats = await asyncio.to_thread(keeper.stats)
+    # The stats and the counts cost O(sources), O(ranges) each: off the loop, which
+    # ingest shares.
+    return json_response(await asyncio.to_thread(_losses, keeper))
+
+
+def _losses(keeper: LossKeeper) -> dict[str, Any]:
+    stats = keeper.stats()
     rows = []
     for source, report in stats["sources"].items():
         ranges, numbered = report["ranges"], report["numbered"]
@@ -192,11 +198,10 @@ async def list_losses(request: Request) -> Response:
                      "latest": loss_acks.latest(ranges, numbered)})
     rows.sort(key=lambda r: (-(r["unacknowledged_gap_events"]
                                + r["unacknowledged_tail_events"]), r["source"]))
-    return json_response({
-        "sources": rows, "sources_total": stats["sources_total"],
-        "sources_omitted": stats["sources_omitted"],
-        "unacknowledged_gap_events": stats["unacknowledged_gap_events"],
-        "unacknowledged_tail_events": stats["unacknowledged_tail_events"]})
+    return {"sources": rows, "sources_total": stats["sources_total"],
+            "sources_omitted": stats["sources_omitted"],
+            "unacknowledged_gap_events": stats["unacknowledged_gap_events"],
+            "unacknowledged_tail_events": stats["unacknowledged_tail_events"]}
 
 
 async def acknowledge_losses(request: Request) -> Response:
@@ -213,7 +218,9 @@ async def acknowledge_losses(request: Request) -> Response:
         request, _MAX_ACK_BODY, '{"reason": "...", "source": "...", "through": N}'))
     keeper: LossKeeper = api.store  # type: ignore[assignment]  # serve's Store
     try:
-        plan = keeper.plan_loss_ack(source, through)
+        # O(sources), and O(ranges) each, for every source: off the loop, which ingest
+        # shares (as for stats).
+        plan = await asyncio.to_thread(keeper.plan_loss_ack, source, through)
     except UnknownSourceError as exc:
         return json_response({"error": "not_found", "message": str(exc)}, 404)
     except LossAckError as exc:

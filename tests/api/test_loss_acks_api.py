@@ -153,3 +153,31 @@ def test_a_through_past_what_the_source_numbered_acknowledges_no_later_loss(
     assert unacknowledged(lossy) == (0, 0)
     lossy.store.submit_encoded(encode_events(events(1)), "app-2", [9], 9).result()
     assert unacknowledged(lossy) == (5, 0)  # 4-8, lost after the acknowledgement
+
+
+def test_losses_are_counted_off_the_event_loop(lossy: Env, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    """Planning "every source" and listing the sources that lost events walk every
+    source's ranges (thousands of sources, up to sources.MAX_RANGES ranges each): on the
+    loop, which ingest shares, they would stall every connection meanwhile."""
+    import asyncio
+
+    from collector.storage import loss_acks
+
+    on_loop = []
+
+    def watched(real: Any) -> Any:
+        def call(*args: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(True)
+            except RuntimeError:
+                on_loop.append(False)
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(lossy.store, "plan_loss_ack", watched(lossy.store.plan_loss_ack))
+    monkeypatch.setattr(loss_acks, "unacknowledged", watched(loss_acks.unacknowledged))
+    assert post(lossy, {"reason": "the outage of the 26th"}).status_code == 200
+    assert lossy.get("/api/v1/sources/losses", lossy.root).status_code == 200
+    assert on_loop and not any(on_loop)
