@@ -59,6 +59,9 @@ _TICK: Final = 0.5  # housekeeping period (age rotation, retention, idle chunk c
 #: An idle store (no write for ``_IDLE_SECONDS``) closes and indexes an open chunk this big.
 IDLE_CHUNK_ROWS: Final = 4_096
 _IDLE_SECONDS: Final = 1.0
+#: Seconds an acknowledgement of losses waits for another one under way (staged, its
+#: record being written) before it is refused.
+_ACK_WAIT: Final = 30.0
 LOCK_FILE: Final = "store.lock"
 
 
@@ -417,10 +420,17 @@ class Store:
         return plan
 
     def acknowledge_losses(self, plan: dict[str, int], *, by: str, reason: str) -> None:
-        """Keep a ``plan_loss_ack`` (``by``: who, ``reason``: why); a source already
+        """Keep a ``plan_loss_ack`` at once (``stage_loss_ack``, then ``keep``)."""
+        self.stage_loss_ack(plan, by=by, reason=reason).keep()
+
+    def stage_loss_ack(self, plan: dict[str, int], *, by: str, reason: str) -> StagedLossAck:
+        """Write what keeping a ``plan_loss_ack`` (``by``: who, ``reason``: why) makes of
+        the acknowledgements, without putting it in place yet: the API records the
+        acknowledgement between the two, so that neither a record of one never made nor
+        one made without its record is left by a full disk. A source already
         acknowledged through as far or further keeps its acknowledgement. Raises
-        ``LossAckError`` without a reason, ``StorageError`` when the file cannot be
-        written (nothing changes then)."""
+        ``LossAckError`` without a reason, ``StorageError`` when it cannot be written
+        (nothing changes then). Until ``keep`` or ``drop``, other acknowledgements wait."""
         reason = reason.strip()
         if not reason or len(reason) > loss_acks.MAX_REASON:
             raise LossAckError(f"say why in 1 to {loss_acks.MAX_REASON} characters (reason)")
@@ -433,7 +443,12 @@ class Store:
         with writer.lock:
             known = set(writer.sources)
         now = format_created(time.time_ns())
-        with self._acks_lock:  # one writer of the file at a time
+        # One at a time, from staging to keeping (or dropping); released by the thread
+        # that ends it, which need not be the one that staged.
+        if not self._acks_lock.acquire(timeout=_ACK_WAIT):
+            raise StorageError(f"another acknowledgement of losses has been under way for "
+                               f"{_ACK_WAIT:g} s: try again")
+        try:
             acks = dict(self._loss_acks)
             # Never lowered: an acknowledgement through a lower number (or one planned
             # before another and kept after it: two readers at once, whose records and
@@ -443,11 +458,14 @@ class Store:
                         if name not in acks or acks[name].through < upto)
             # Sources retention forgot take their acknowledgements with them.
             acks = {name: ack for name, ack in acks.items() if name in known}
-            try:
-                loss_acks.save(self.settings.data_dir, acks)
-            except OSError as exc:
-                raise StorageError(f"cannot write {loss_acks.FILE_NAME}: {exc}") from None
-            self._loss_acks = acks
+            staged = loss_acks.stage(self.settings.data_dir, acks)
+        except OSError as exc:
+            self._acks_lock.release()
+            raise StorageError(f"cannot write {loss_acks.FILE_NAME}: {exc}") from None
+        except BaseException:
+            self._acks_lock.release()
+            raise
+        return StagedLossAck(self, acks, staged)
 
     # -- stats --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -502,6 +520,39 @@ class Store:
             "unacknowledged_tail_events": known.unacknowledged_tail_events,
             "integrity": self._ledger.stats() if self._ledger is not None else None,
         }
+
+
+class StagedLossAck:
+    """Acknowledgements written beside their file (``Store.stage_loss_ack``): ``keep``
+    puts them in place, ``drop`` forgets them; either ends the acknowledgement."""
+
+    def __init__(self, store: Store, acks: dict[str, loss_acks.Ack], staged: Path) -> None:
+        self._store, self._acks, self._staged = store, acks, staged
+        self._ended = False
+
+    def keep(self) -> None:
+        """Raises ``StorageError`` if the file cannot take its place (nothing changes)."""
+        self._end()
+        try:
+            loss_acks.commit(self._staged)
+            self._store._loss_acks = self._acks
+        except OSError as exc:
+            self._staged.unlink(missing_ok=True)
+            raise StorageError(f"cannot put {loss_acks.FILE_NAME} in place: {exc}") from None
+        finally:
+            self._store._acks_lock.release()
+
+    def drop(self) -> None:
+        self._end()
+        try:
+            self._staged.unlink(missing_ok=True)
+        finally:
+            self._store._acks_lock.release()
+
+    def _end(self) -> None:
+        if self._ended:
+            raise StorageError("this staged acknowledgement was kept or dropped already")
+        self._ended = True
 
 
 class LossAckError(StorageError):

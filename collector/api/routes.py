@@ -164,7 +164,13 @@ class LossKeeper(Protocol):
     def plan_loss_ack(self, source: str | None, through: int | None = None
                       ) -> dict[str, int]: ...
 
-    def acknowledge_losses(self, plan: dict[str, int], *, by: str, reason: str) -> None: ...
+    def stage_loss_ack(self, plan: dict[str, int], *, by: str, reason: str) -> Staged: ...
+
+
+class Staged(Protocol):
+    def keep(self) -> None: ...
+
+    def drop(self) -> None: ...
 
 
 async def list_losses(request: Request) -> Response:
@@ -229,9 +235,17 @@ async def acknowledge_losses(request: Request) -> Response:
         details: dict[str, Any] = {"reason": reason, "through": plan[source]}
     else:  # thousands of sources would not fit a record: how many, and the stats say which
         details = {"reason": reason, "sources": len(plan), "through": through or "latest"}
-    await api.record(AUDIT_LOSS_ACKNOWLEDGED, reader, request,
-                     source if source is not None else "(all sources)", details)
-    await asyncio.to_thread(keeper.acknowledge_losses, plan, by=reader.name, reason=reason)
+    # Written beside its file first, then recorded, then put in place: a full disk
+    # fails the first step, before there is a record of an acknowledgement not made.
+    staged = await asyncio.to_thread(keeper.stage_loss_ack, plan, by=reader.name,
+                                     reason=reason)
+    try:
+        await api.record(AUDIT_LOSS_ACKNOWLEDGED, reader, request,
+                         source if source is not None else "(all sources)", details)
+    except BaseException:  # not recorded (or the client gone): not made
+        staged.drop()
+        raise
+    await asyncio.to_thread(staged.keep)
     return json_response({"acknowledged": plan})
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import orjson
 
 from audit_middleware.wire import MAX_SEQ
 
-from .regular_files import read_regular, replace_file
+from .regular_files import fsync_dir, read_regular, write_new_file
 from .segments import FILE_MODE
 
 log = logging.getLogger("collector.store")
@@ -81,9 +82,22 @@ def _ack(value: Any) -> Ack:
 
 
 def save(data_dir: Path, acks: Mapping[str, Ack]) -> None:
+    commit(stage(data_dir, acks))
+
+
+def stage(data_dir: Path, acks: Mapping[str, Ack]) -> Path:
+    """Write ``acks`` beside the file (fsynced), to take its place at ``commit``: all
+    that can fail for want of space fails here, before the acknowledgement is recorded.
+    One staged file at a time (the store's lock)."""
     body = {"format": FORMAT, "sources": {s: asdict(a) for s, a in sorted(acks.items())}}
-    replace_file(data_dir / FILE_NAME, orjson.dumps(body, option=orjson.OPT_INDENT_2),
-                 FILE_MODE)
+    staged = data_dir / f".{FILE_NAME}.staged"
+    write_new_file(staged, orjson.dumps(body, option=orjson.OPT_INDENT_2), FILE_MODE)
+    return staged
+
+
+def commit(staged: Path) -> None:
+    os.replace(staged, staged.with_name(FILE_NAME))
+    fsync_dir(staged.parent)
 
 
 def unacknowledged(ranges: Ranges, numbered: int, through: int) -> tuple[int, int]:

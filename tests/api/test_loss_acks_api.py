@@ -181,3 +181,43 @@ def test_losses_are_counted_off_the_event_loop(lossy: Env, monkeypatch: pytest.M
     assert post(lossy, {"reason": "the outage of the 26th"}).status_code == 200
     assert lossy.get("/api/v1/sources/losses", lossy.root).status_code == 200
     assert on_loop and not any(on_loop)
+
+
+def test_an_acknowledgement_the_disk_cannot_keep_is_neither_made_nor_recorded(
+        lossy: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded first, then kept, it left a record of an acknowledgement a full disk
+    then refused: the file is now written (beside its place) before the record."""
+    import errno
+
+    from collector.storage import loss_acks, regular_files
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    for module in (loss_acks, regular_files):  # however the file is written
+        monkeypatch.setattr(module, "write_new_file", full, raising=False)
+    done = post(lossy, {"source": "app-1", "reason": "known"})
+    assert done.status_code == 503 and "No space left" in done.json()["message"], done.text
+    assert acks_recorded(lossy) == [] and unacknowledged(lossy) == (3, 2)
+    monkeypatch.undo()
+    assert post(lossy, {"source": "app-1", "reason": "known"}).status_code == 200
+
+
+def test_an_acknowledgement_that_cannot_be_recorded_is_not_made(
+        lossy: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.api.reads import ReadNotRecordedError
+
+    api = lossy.client.app.state.api  # type: ignore[attr-defined]
+
+    async def refused(*args: Any, **kwargs: Any) -> str:
+        raise ReadNotRecordedError("the store refused it (injected)")
+
+    monkeypatch.setattr(api, "record", refused)
+    done = post(lossy, {"source": "app-1", "reason": "known"})
+    assert done.status_code == 503, done.text
+    assert unacknowledged(lossy) == (3, 2)
+    data_dir = lossy.store.settings.data_dir
+    assert not list(data_dir.glob("*loss-acks*")), list(data_dir.iterdir())
+    monkeypatch.undo()  # and the next one is not kept waiting by the one refused
+    assert post(lossy, {"source": "app-1", "reason": "known"}).status_code == 200
+    assert unacknowledged(lossy) == (1, 0)
