@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import resource
@@ -17,6 +16,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from typing import Any, TextIO, cast
 
 import orjson
@@ -26,7 +26,7 @@ from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
 from .integrations import Integrations
 from .listen import reload_certificate
-from .storage.errors import StorageError
+from .storage.errors import DiskFullError, StorageError
 from .storage.segments import FILE_MODE
 
 log = logging.getLogger("collector")
@@ -68,6 +68,58 @@ def open_store(config: CollectorConfig) -> tuple[Any, Any]:
         digest_interval=config.digest_interval,
     ))
     return store, store.open()
+
+
+#: Seconds between attempts to open the store on a full disk.
+OPEN_RETRY = 5.0
+
+
+def open_when_there_is_space(config: CollectorConfig) -> tuple[Any, Any] | None:
+    """``open_store``, tried again every ``OPEN_RETRY`` seconds while the store cannot
+    open for want of disk space (even in its reserve's room: ``Store.open``); None if
+    SIGTERM or SIGINT came first. It exited instead, and came back only if someone
+    started it again once space was freed: the apps spool meanwhile, but a restart
+    policy that gives up (systemd's start limit) left the log down for good."""
+    stopping = threading.Event()
+    handlers: dict[signal.Signals, Any] = {}
+    attempts = 0
+    try:
+        while True:
+            try:
+                opened = open_store(config)
+            except DiskFullError as exc:
+                attempts += 1
+                if attempts & (attempts - 1) == 0:  # at 1, 2, 4, 8, ... attempts
+                    print(f"audit-collector serve: cannot open the store in "
+                          f"{config.data_dir}: {exc}. Waiting for free space (trying again "
+                          f"every {OPEN_RETRY:g} s, {attempts} attempt(s) so far): free "
+                          f"space on that disk (files other than the store's, or a larger "
+                          f"file system); the collector then starts by itself. Nothing "
+                          f"acknowledged is lost: apps spool until it is back",
+                          file=sys.stderr, flush=True)
+                if not handlers and threading.current_thread() is threading.main_thread():
+                    # A stop asked while waiting ends the wait (by default SIGTERM killed
+                    # the process, and SIGINT raised in the middle of an attempt).
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        handlers[signum] = signal.signal(signum, lambda *_: stopping.set())
+                # Polled, not stopping.wait(): a handler that sets the event while this
+                # thread holds the event's lock inside wait() would deadlock.
+                deadline = time.monotonic() + OPEN_RETRY
+                while not stopping.is_set() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if stopping.is_set():
+                    return None
+                continue
+            if stopping.is_set():  # asked during the attempt that opened it
+                opened[0].close()
+                return None
+            if attempts:
+                log.warning("the store in %s opened after %d attempt(s): disk space was "
+                            "freed", config.data_dir, attempts)
+            return opened
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 class StatusOut:
@@ -126,15 +178,16 @@ def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
         return 2
     config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
-        store, report = open_store(config)
+        opened = open_when_there_is_space(config)
     except (StorageError, OSError, sqlite3.Error) as exc:
-        # E.g. restarted on a full disk: say so, exit; the apps spool meanwhile.
-        full = "disk is full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC
-        print(f"audit-collector serve: cannot open the store in {config.data_dir}: {exc}"
-              + ("; free space on its disk and start again (nothing acknowledged is "
-                 "lost: apps spool until the collector is back)" if full else ""),
+        print(f"audit-collector serve: cannot open the store in {config.data_dir}: {exc}",
               file=sys.stderr, flush=True)
         return 1
+    if opened is None:
+        print("audit-collector: stopped before the store could open (its disk still "
+              "full)", file=out, flush=True)
+        return 0
+    store, report = opened
     print(f"audit-collector: store opened in {config.data_dir}: {report.describe()}",
           file=out, flush=True)
     try:

@@ -25,14 +25,16 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
 from collector.index import Index
 from collector.storage import loss_acks, sources
+from collector.storage.disk_space import Reserve, is_full, out_of_space
 from collector.storage.errors import (
     DataDirInUseError,
+    DiskFullError,
     StorageError,
     StorageSettingsError,
     StoreClosedError,
@@ -51,6 +53,9 @@ from collector.storage.segment_set import SegmentSet
 from collector.storage.segments import DIR_MODE, FILE_MODE, file_sizes
 from collector.storage.write_lock import WriteLock
 
+if TYPE_CHECKING:
+    from collector.integrity.ledger import Ledger
+
 __all__ = ["RepairReport", "StorageError", "StorageSettings", "Store", "WriteResult"]
 
 log = logging.getLogger("collector.store")
@@ -63,6 +68,11 @@ _IDLE_SECONDS: Final = 1.0
 #: record being written) before it is refused.
 _ACK_WAIT: Final = 30.0
 LOCK_FILE: Final = "store.lock"
+#: Why the reserve is released at start-up (``Store._open_in_reserve``), in its warning.
+_OPENING_IN_RESERVE: Final = (
+    "the store can open (its index, its start checkpoint) and retention sign its "
+    "deletions; if retention has nothing to delete, records are refused (the apps spool) "
+    "until space is freed on that disk")
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ class Store:
         self._acks_lock = threading.Lock()
         self._count_failures = 0  # events count refreshes failed in a row
         self._count_stale = False  # segments were hidden since the count was taken
+        self._full_failures = 0  # commit thread failures for a full disk (logged some)
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> RepairReport:
@@ -129,8 +140,9 @@ class Store:
             d.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._dir_lock = lock_data_dir(self.settings.data_dir)
         try:
-            report = self._open_storage()
+            report = self._open_in_reserve()
         except BaseException:
+            self._discard_storage()
             self._release_storage()
             raise
         self._state = "open"
@@ -138,6 +150,30 @@ class Store:
                                         daemon=True)
         self._thread.start()
         return report
+
+    def _open_in_reserve(self) -> RepairReport:
+        """``_open_storage``; when that fails for want of space, once more in the room
+        of the released reserve (``collector.storage.disk_space``): opening writes (the
+        index's -shm and WAL, a start checkpoint, maybe a segment header), and a store
+        restarted on a disk full to the last byte could not open at all, nor then let
+        retention free space. Too little room even so: ``DiskFullError``."""
+        data_dir = self.settings.data_dir
+        try:
+            return self._open_storage()
+        except (OSError, sqlite3.Error, StorageError) as exc:
+            if not out_of_space(exc, data_dir):
+                raise
+            self._discard_storage()  # the lock stays held for the second attempt
+            if not Reserve(data_dir).release(f"{_OPENING_IN_RESERVE} (opening: {exc})"):
+                raise DiskFullError(f"its disk is full ({exc}), and no reserve is left "
+                                    f"to release") from exc
+        try:
+            return self._open_storage()
+        except (OSError, sqlite3.Error, StorageError) as exc:
+            if not out_of_space(exc, data_dir):
+                raise
+            raise DiskFullError(f"its disk is full ({exc}), even with the reserve "
+                                f"released") from exc
 
     def _open_storage(self) -> RepairReport:
         write_lock = WriteLock()
@@ -163,6 +199,7 @@ class Store:
         report.missing_newest = self._segments.missing_newest
         if self._ledger is not None:
             self._ledger.started(self._segments.sealed_files(), self._segments.active)
+            self._sign_start_in_reserve(self._ledger)
         chunk = index.open_chunk
         if chunk is not None and chunk.segment != self._segments.active.header.seq:
             index.close_chunk()  # a crash right after a rotation left it open
@@ -174,6 +211,24 @@ class Store:
         self._writer.next_seq = max(self._writer.next_seq, named_record + 1)
         self._loss_acks = loss_acks.load(self.settings.data_dir)
         return report
+
+    def _sign_start_in_reserve(self, ledger: Ledger) -> None:
+        """The start checkpoint (and a seal written at start-up) on disk now, in the
+        released reserve's room if the disk is full: it signs what the store holds,
+        a previous run's records whose own digests met the same full disk included.
+        Only queued (retried at every tick), they were lost when the collector was
+        stopped before space was freed, and ``verify`` called the active segment's
+        digests removed (an INVALID store)."""
+        try:
+            ledger.flush()
+        except OSError as exc:
+            if not (is_full(exc) and Reserve(self.settings.data_dir).release(
+                    f"{_OPENING_IN_RESERVE} (the start checkpoint: {exc})")):
+                return  # queued: retried at every tick, as before
+            try:
+                ledger.flush()
+            except OSError:
+                pass  # still queued (the ledger logged why): retried at every tick
 
     def close(self) -> None:
         """Drain pending submissions (written and acknowledged), fsync, stop the threads."""
@@ -194,6 +249,26 @@ class Store:
         finally:
             self._release_storage()
             self._state = "closed"
+
+    def _discard_storage(self) -> None:
+        """Close what an ``open`` that failed got to, writing nothing more (its retry, or
+        the next start, starts over): a collector waiting for disk space tries again
+        and again, and leaked a segment file and threads each time."""
+        segments = getattr(self, "_segments", None)
+        if segments is not None:
+            segments.abandon()
+        ledger = getattr(self, "_ledger", None)
+        if ledger is not None:
+            ledger.close()
+        indexer = getattr(self, "_indexer", None)
+        if indexer is not None:
+            indexer.close()
+        index = getattr(self, "_index", None)
+        if index is not None:
+            index.close()
+        for name in ("_segments", "_ledger", "_indexer", "_index"):
+            if hasattr(self, name):
+                delattr(self, name)
 
     def _release_storage(self) -> None:
         """Stop the indexer (it finishes the closed chunks' indexes), close the index,
@@ -296,6 +371,14 @@ class Store:
 
     # -- the commit thread --------------------------------------------------------------
     def _run(self) -> None:
+        # Retention's first pass before the first batch: started on a full disk, the
+        # room the released reserve left (``_open_in_reserve``) is for its digest, and
+        # the apps' retried batches, written first, took it (the pass then deleted
+        # nothing, for good).
+        try:
+            self._housekeeping(idle=False)
+        except Exception as exc:  # noqa: BLE001 - as below: logged, the thread goes on
+            self._failed(exc, "housekeeping")
         last_housekeeping = time.monotonic()
         while True:
             self._wake.wait(_TICK)
@@ -312,9 +395,8 @@ class Store:
                 if not batch or now - last_housekeeping >= _TICK:
                     self._housekeeping(idle=not batch)
                     last_housekeeping = now
-            except Exception as exc:  # never let the commit thread die
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("audit store: commit or housekeeping failed")
+            except Exception as exc:  # noqa: BLE001 - never let the commit thread die
+                self._failed(exc, "commit or housekeeping")
                 for sub in batch:
                     if not sub.future.done():
                         sub.future.set_exception(StorageError(str(exc)))
@@ -322,6 +404,20 @@ class Store:
                 with self._lock:
                     if not self._pending:
                         return
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        """Note and log a failure of the commit thread's work (which goes on). A full
+        disk is no bug: one line saying so, at the 1st, 2nd, 4th... time (it fails again
+        at every pass while the disk is full), not a traceback every 0.5 s."""
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        if not out_of_space(exc, self.settings.data_dir):
+            log.exception("audit store: %s failed", what)
+            return
+        self._full_failures += 1
+        n = self._full_failures
+        if n & (n - 1) == 0:
+            log.error("audit store: %s failed: the disk is full (%s; %d time(s) so far); "
+                      "tried again at every pass: free space on it", what, exc, n)
 
     # -- housekeeping ------------------------------------------------------------------
     def _housekeeping(self, idle: bool) -> None:

@@ -311,6 +311,12 @@ class Ledger:
                       int(newest.bytes), active.path.name, newest.where)
         self.checkpoint(active, "start")
 
+    def flush(self) -> None:
+        """Write the digests waiting now (``OSError`` if they cannot be: they stay
+        queued, retried at every tick)."""
+        if self._pending:
+            self._flush_pending(strict=True)
+
     def require_seal(self) -> None:
         """Before the first record of a new segment: its predecessor's seal digest on
         disk (written now if it waits; ``OSError`` if it cannot be), so that no crash

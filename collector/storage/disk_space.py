@@ -13,6 +13,13 @@ the space the deletions freed, before the apps' retried batches take it: made la
 within a second, and the next pass met a full disk again with no reserve
 (``tests/faults/test_disk_full.py``). Never out of the last free bytes
 (``RESERVE_ROOM``).
+
+Start-up writes too (the index's ``-shm`` and WAL, the start checkpoint, a new
+segment's header): restarted on a disk full to the last byte, the store could not open
+and the collector exited, however old its segments. ``Store.open`` therefore releases
+the reserve when its opening fails for want of space (``out_of_space``) and opens again
+in its room, and retention's first pass runs before the first batch is written, so that
+what is left of that room signs its deletions.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from typing import Final
 
 from collector.storage.regular_files import write_new_file
 
-__all__ = ["RESERVE_BYTES", "RESERVE_NAME", "Reserve", "free_bytes", "is_full"]
+__all__ = ["RESERVE_BYTES", "RESERVE_NAME", "Reserve", "free_bytes", "is_full",
+           "out_of_space"]
 
 log = logging.getLogger("collector.store")
 
@@ -57,6 +65,23 @@ def free_bytes(directory: Path) -> int:
 def is_full(exc: OSError) -> bool:
     """Whether ``exc`` says the disk (or the user's quota) is full."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space(exc: BaseException, directory: Path) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is the disk of ``directory``
+    being full. SQLite says "database or disk is full" (``SQLITE_FULL``) when a write
+    fails so, but only "disk I/O error" when it cannot grow its ``-shm`` file (which the
+    index needs before its first read): that counts when the disk is nearly full too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and is_full(seen):
+            return True
+        name = getattr(seen, "sqlite_errorname", "") or ""
+        if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR")
+                                     and free_bytes(directory) < RESERVE_ROOM):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class Reserve:
@@ -99,8 +124,10 @@ class Reserve:
         except FileNotFoundError:
             return False
 
-    def release(self) -> bool:
-        """Delete the reserve, freeing its space now; False if there was none."""
+    def release(self, why: str = "retention can sign its deletions and free space (it "
+                "is made again out of the space they free)") -> bool:
+        """Delete the reserve, freeing its space now so that ``why`` (said in the
+        warning); False if there was none."""
         try:
             size = self.path.stat().st_size
             self.path.unlink()
@@ -108,6 +135,5 @@ class Reserve:
             return False
         self._retry_at = time.monotonic() + RESERVE_RETRY
         log.warning("audit store: the disk is full; released the %d-byte reserve %s so "
-                    "that retention can sign its deletions and free space (it is made "
-                    "again out of the space they free)", size, self.path)
+                    "that %s", size, self.path, why)
         return True

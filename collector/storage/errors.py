@@ -27,3 +27,8 @@ class IndexOutOfDateError(StorageError):
 
 class StorageSettingsError(StorageError, ValueError):
     """A storage setting out of range."""
+
+
+class DiskFullError(StorageError):
+    """The store could not open because its disk is full (its reserve, if it had one,
+    released and not enough). Nothing was lost: it opens once space is freed."""

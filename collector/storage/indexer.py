@@ -15,6 +15,7 @@ from typing import Final
 
 from collector.index import ZONE_SHIFT, writer_connection
 from collector.storage.chunks import build_chunk_indexes
+from collector.storage.disk_space import free_bytes, out_of_space
 from collector.storage.segment_drop import drop_segment_rows
 from collector.storage.write_lock import WriteLock
 
@@ -158,7 +159,12 @@ class ChunkIndexer:
                 self._checkpoint()
             except Exception as exc:  # the chunk stays CLOSED: re-queued at next open
                 self.failed = f"{type(exc).__name__}: {exc}"
-                log.exception("audit store: indexing chunk %s failed", chunk)
+                if out_of_space(exc, self._wal.parent):  # no bug: no traceback
+                    log.error("audit store: indexing chunk %s failed (%s): the disk is "
+                              "full; its records stay stored and found by queries (more "
+                              "slowly), and it is indexed at the next start", chunk, exc)
+                else:
+                    log.exception("audit store: indexing chunk %s failed", chunk)
             finally:
                 with self._cond:
                     self._busy = False
@@ -204,14 +210,23 @@ class ChunkIndexer:
         return bool(self._queue) or self._stop
 
     def _checkpoint(self) -> None:
-        """Copy the WAL into the database once it is large, and at stop. Best effort: one
-        that fails (a full disk: the database file cannot grow) leaves the WAL as it is,
-        to be copied at the next try or the next open. Raised, it ended the indexer
-        thread with a traceback when it met a full disk at stop."""
+        """Copy the WAL into the database once it is large, at stop, and whenever the
+        disk has less room left than the WAL may still take. Best effort: one that fails
+        (a full disk: the database file cannot grow) leaves the WAL as it is, to be
+        copied at the next try or the next open. Raised, it ended the indexer thread
+        with a traceback when it met a full disk at stop.
+
+        A clean stop removes the WAL, and after a start it grows anew up to
+        ``CHECKPOINT_BYTES``: started on a full disk, it took what retention freed
+        (3.2 of 3.5 MiB in ``tests/faults/test_disk_full_start.py``, the index rows of
+        the deleted segments), the segment's appends failed, the active segment never
+        filled, and retention had nothing more to delete. Copied back early, the WAL
+        is written again from its start instead of growing."""
         try:
-            if os.path.getsize(self._wal) < self.CHECKPOINT_BYTES and not self._stop:
-                return
+            small = os.path.getsize(self._wal) < self.CHECKPOINT_BYTES
         except FileNotFoundError:
+            return
+        if small and not self._stop and free_bytes(self._wal.parent) >= self.CHECKPOINT_BYTES:
             return
         try:
             self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")

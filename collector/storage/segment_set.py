@@ -349,6 +349,13 @@ class SegmentSet:
                                "records": active.records},
         }
 
+    def abandon(self) -> None:
+        """Stop compressing and close the active segment, writing nothing: a store whose
+        opening failed after this was made (a compressed copy left half-made is a
+        temporary file the next opening removes)."""
+        self._compressor.shutdown(wait=True, cancel_futures=True)
+        self.active.close()
+
     def close(self) -> None:
         """Finish a compression under way (the others resume at the next start)."""
         self._compressor.shutdown(wait=True, cancel_futures=True)
