@@ -153,7 +153,9 @@ def connect_reader(path: Path) -> tuple[sqlite3.Connection, bool]:
     store's index does not change, so it is then read with ``immutable=1``. Such a
     reader must be reopened once a collector starts writing (``wal_path`` appears):
     an immutable connection never looks at the WAL."""
-    if os.access(path, os.W_OK):
+    # The -shm file is made beside the index: a writable index in a directory the
+    # reader may not write to is read as a read-only one.
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
         return connect(path, readonly=True), False
     con = _connect_uri(path, "mode=ro")
     try:

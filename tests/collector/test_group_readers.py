@@ -123,6 +123,20 @@ def test_a_group_reader_queries_a_stopped_store(data_dir: Path) -> None:
     assert "unreadable index" not in str(stats["out"]), stats
 
 
+def test_a_group_reader_allowed_to_write_the_index_but_not_its_directory_queries_it(
+        data_dir: Path) -> None:
+    """Writing the index is not enough: the -shm file is made in its directory. Such a
+    reader was sent down the writer's path and refused."""
+    written = events(2)
+    with open_store(data_dir) as store:
+        store.write(written)
+    give_to_group(data_dir)
+    index = data_dir / "index.sqlite"
+    index.chmod(0o660)
+    [ids] = as_reader(query_ids(data_dir))
+    assert ids == sorted(e["id"] for e in written)
+
+
 def test_a_group_reader_queries_a_running_store(data_dir: Path) -> None:
     written = events(3)
     with open_store(data_dir) as store:
