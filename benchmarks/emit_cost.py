@@ -95,10 +95,17 @@ def _run(options: h.Options, tmp: Path) -> h.Report:
         start = perf()
         sink.flush(60.0)
         export = perf() - start
-        start = perf()
-        for _ in range(n):
-            set_context(RequestContext(config, scope=scope))
-        without = perf() - start
+        # Timed twice, the shorter kept: a pause (a GC pass, the sink's thread) inside
+        # this loop alone made it longer than the loop with emit() in smoke runs of a
+        # few dozen iterations, and the run failed as too noisy.
+        without = None
+        for _ in range(2):
+            start = perf()
+            for _ in range(n):
+                set_context(RequestContext(config, scope=scope))
+            elapsed = perf() - start
+            without = elapsed if without is None else min(without, elapsed)
+        assert without is not None
         # The earlier method, also reported: contexts made before the clock and walked
         # in turn, each cold in the cache and all alive for the cyclic GC to walk, which
         # no request sees.
