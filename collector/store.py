@@ -254,19 +254,12 @@ class Store:
         """Close what an ``open`` that failed got to, writing nothing more (its retry, or
         the next start, starts over): a collector waiting for disk space tries again
         and again, and leaked a segment file and threads each time."""
-        segments = getattr(self, "_segments", None)
-        if segments is not None:
-            segments.abandon()
-        ledger = getattr(self, "_ledger", None)
-        if ledger is not None:
-            ledger.close()
-        indexer = getattr(self, "_indexer", None)
-        if indexer is not None:
-            indexer.close()
-        index = getattr(self, "_index", None)
-        if index is not None:
-            index.close()
-        for name in ("_segments", "_ledger", "_indexer", "_index"):
+        # In this order: the segments abandoned (nothing written), then what they used.
+        for name, end in (("_segments", "abandon"), ("_ledger", "close"),
+                          ("_indexer", "close"), ("_index", "close")):
+            part = getattr(self, name, None)
+            if part is not None:
+                getattr(part, end)()
             if hasattr(self, name):
                 delattr(self, name)
 
