@@ -156,18 +156,7 @@ def test_a_loss_acknowledged_through_the_api_leaves_the_alerting_metric(root: Pa
     in /metrics; a root reader acknowledges them; the metric to alert on drops to 0 (the
     total stays), the acknowledgement is an audit event readable through the API, and
     both outlive a restart."""
-    import uuid
-
-    import orjson
-
-    from tests.e2e.harness import RawClient, wait_until
-
-    def line(n: int) -> bytes:
-        return orjson.dumps({
-            "v": 1, "id": str(uuid.uuid4()), "type": "team_created", "target": f"t{n}",
-            "principal": "system", "status": "", "org_id": "", "org_name": "",
-            "workspace_id": "", "workspace_name": "", "client_ip": "",
-            "created": "2026-11-27T01:07:10.123456Z", "trace_id": "", "span_id": ""}) + b"\n"
+    from tests.e2e.harness import RawClient, wait_until, wire_line
 
     def metric(url: str, name: str) -> float:
         text = httpx.get(f"{url}/metrics").text
@@ -180,7 +169,7 @@ def test_a_loss_acknowledged_through_the_api_leaves_the_alerting_metric(root: Pa
     with serving(data) as (collector, url):
         client = RawClient(collector.socket)
         client.hello()
-        client.batch(1, [line(1), line(4)], [1, 4])  # numbers 2 and 3 never arrive
+        client.batch(1, [wire_line(1), wire_line(4)], [1, 4])  # numbers 2 and 3 never arrive
         client.close()
         wait_until(lambda: metric(
             url, "audit_collector_store_sources_unacknowledged_gap_events") == 2)

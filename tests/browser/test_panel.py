@@ -88,10 +88,16 @@ def expect(locator: Any) -> Any:
     return playwright_expect(locator)
 
 
-def sign_in(page: Any, panel: Panel, token: str) -> None:
-    page.goto(f"{panel.url}/admin/audit-logs")
+def sign_in_at(page: Any, url: str, token: str) -> None:
+    """Open the panel at ``url`` (a page of it, with its query or fragment) and submit
+    the sign-in form with ``token``."""
+    page.goto(url)
     page.fill("#token", token)
     page.click("#sign-in-form button[type=submit]")
+
+
+def sign_in(page: Any, panel: Panel, token: str) -> None:
+    sign_in_at(page, f"{panel.url}/admin/audit-logs", token)
 
 
 def signed_in(page: Any, panel: Panel) -> None:

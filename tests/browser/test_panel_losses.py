@@ -5,7 +5,6 @@ the reader are an audit record. A hostile source id is shown as text."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +17,9 @@ from collector.storage.records import encode_events
 from collector.store import StorageSettings, Store
 from tests.api.served import add_reader, serving
 from tests.browser.conftest import screenshot
-from tests.browser.test_panel import expect
+from tests.browser.test_panel import expect, sign_in_at
 from tests.collector.storage_helpers import events
-from tests.e2e.harness import short_tmp
+from tests.e2e.harness import short_tmp, wire_line
 
 pytestmark = pytest.mark.e2e
 
@@ -63,9 +62,7 @@ def losses(page: Any) -> dict[str, list[str]]:
 
 
 def test_a_root_user_acknowledges_a_sources_lost_events(page: Any, served: Served) -> None:
-    page.goto(f"{served.url}/admin/audit-logs")
-    page.fill("#token", served.root)
-    page.click("#sign-in-form button[type=submit]")
+    sign_in_at(page, f"{served.url}/admin/audit-logs", served.root)
     page.wait_for_selector("#events")
     page.click("#tab-losses")
     expect(page.locator("#losses-summary")).to_have_text("5 lost events not acknowledged.")
@@ -102,24 +99,13 @@ def test_a_root_user_acknowledges_a_sources_lost_events(page: Any, served: Serve
 
 
 def test_a_refused_acknowledgement_says_why(page: Any, served: Served) -> None:
-    page.goto(f"{served.url}/admin/audit-logs#lost-events")
-    page.fill("#token", served.root)
-    page.click("#sign-in-form button[type=submit]")
+    sign_in_at(page, f"{served.url}/admin/audit-logs#lost-events", served.root)
     page.wait_for_selector("#losses tbody tr")
     page.click("#losses tbody tr:first-child button")
     page.fill("#ack-reason", "two\u0007bells")  # not one line of printable text
     page.click("#ack-form button[type=submit]")
     expect(page.locator("#losses-error")).to_contain_text("printable characters")
     assert page.problems == []
-
-
-def line(n: int) -> bytes:
-    """An event line as a shipper sends it."""
-    return orjson.dumps({
-        "v": 1, "id": str(uuid.uuid4()), "type": "team_created", "target": f"t{n}",
-        "principal": "system", "status": "", "org_id": "", "org_name": "",
-        "workspace_id": "", "workspace_name": "", "client_ip": "",
-        "created": "2026-11-27T01:07:10.123456Z", "trace_id": "", "span_id": ""}) + b"\n"
 
 
 def test_a_loss_made_while_the_form_is_open_is_not_acknowledged_unseen(page: Any) -> None:
@@ -133,14 +119,12 @@ def test_a_loss_made_while_the_form_is_open_is_not_acknowledged_unseen(page: Any
         with serving(data) as (collector, url):
             client = RawClient(collector.socket)
             client.hello()
-            client.batch(1, [line(1), line(4)], [1, 4])  # 2-3 lost
-            page.goto(f"{url}/admin/audit-logs#lost-events")
-            page.fill("#token", root)
-            page.click("#sign-in-form button[type=submit]")
+            client.batch(1, [wire_line(1), wire_line(4)], [1, 4])  # 2-3 lost
+            sign_in_at(page, f"{url}/admin/audit-logs#lost-events", root)
             expect(page.locator("#losses-summary")).to_have_text(
                 "2 lost events not acknowledged.")
             page.click("#losses tbody tr:first-child button")
-            client.batch(2, [line(7)], [7])  # 5-6 lost while the form is open
+            client.batch(2, [wire_line(7)], [7])  # 5-6 lost while the form is open
             client.close()
             page.fill("#ack-reason", "the gap I was shown")
             with page.expect_response(lambda r: "/api/v1/sources/losses" in r.url):
@@ -155,9 +139,7 @@ def test_the_selection_stays_in_the_url_across_the_tabs(page: Any, served: Serve
     """Back from the Lost events tab, the audit logs tab's URL holds the selection it
     shows (it is what a bookmark, a shared link or a reload runs); back through the
     history, it shows the selection its URL holds."""
-    page.goto(f"{served.url}/admin/audit-logs?principal=alice")
-    page.fill("#token", served.root)
-    page.click("#sign-in-form button[type=submit]")
+    sign_in_at(page, f"{served.url}/admin/audit-logs?principal=alice", served.root)
     page.wait_for_selector("#events")
     principal = page.locator("#filters input[name=principal]")
     expect(principal).to_have_value("alice")

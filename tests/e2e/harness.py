@@ -14,10 +14,13 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
+
+import orjson
 
 from audit_middleware.wire import (
     ErrorReply,
@@ -31,6 +34,16 @@ from audit_middleware.wire import (
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = "audit-collector ready:"
+
+
+def wire_line(n: int, created: str = "2026-11-26T01:07:10.123456Z") -> bytes:
+    """A ``system`` ``team_created`` event line (target ``t<n>``, a fresh id) as a
+    shipper writes it: for tests that speak the wire protocol by hand."""
+    return orjson.dumps({
+        "v": 1, "id": str(uuid.uuid4()), "type": "team_created", "target": f"t{n}",
+        "principal": "system", "status": "", "org_id": "", "org_name": "",
+        "workspace_id": "", "workspace_name": "", "client_ip": "",
+        "created": created, "trace_id": "", "span_id": ""}) + b"\n"
 
 
 @contextmanager

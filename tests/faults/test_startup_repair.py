@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +18,12 @@ import orjson
 import pytest
 
 from audit_middleware.wire import FrameType, Result
-from tests.e2e.harness import ROOT, RawClient, short_tmp
+from tests.e2e.harness import ROOT, RawClient, short_tmp, wire_line
 from tests.faults.fleet import Collector, Stored, report, scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 EVENTS = 400  # about 10 segments of 16 KiB
-
-
-def event(n: int) -> bytes:
-    return orjson.dumps({
-        "v": 1, "id": str(uuid.uuid4()), "type": "team_created", "target": f"t{n}",
-        "principal": "system", "status": "", "org_id": "", "org_name": "",
-        "workspace_id": "", "workspace_name": "", "client_ip": "",
-        "created": "2026-11-26T01:07:10.123456Z", "trace_id": "", "span_id": "",
-    }) + b"\n"
 
 
 def send(collector: Collector, count: int, start: int = 0) -> list[str]:
@@ -42,7 +32,7 @@ def send(collector: Collector, count: int, start: int = 0) -> list[str]:
     conn.hello()
     acked: list[str] = []
     for b, first in enumerate(range(start, start + count, 20)):
-        lines = [event(n) for n in range(first, min(first + 20, start + count))]
+        lines = [wire_line(n) for n in range(first, min(first + 20, start + count))]
         kind, payload = conn.batch(b + 1, lines, list(range(first + 1, first + 1 + len(lines))))
         assert kind is FrameType.RESULT, payload
         acked += Result.decode(payload).written
@@ -79,7 +69,7 @@ Damage = Callable[[Path], set[str]]
 
 def torn_tail(data_dir: Path) -> set[str]:
     with open(segments(data_dir)[-1], "ab") as f:
-        f.write(event(10_000)[:57])  # a record cut mid-line, as by a crash mid-write
+        f.write(wire_line(10_000)[:57])  # a record cut mid-line, as by a crash mid-write
     return set()
 
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import uuid
 from pathlib import Path
 
 import orjson
@@ -19,7 +18,7 @@ import pytest
 from collector.integrity import digests
 from collector.integrity.verify import verify
 from tests.collector.storage_helpers import events, open_store, wait_until
-from tests.e2e.harness import ROOT, CollectorProcess, RawClient, run_python, short_tmp
+from tests.e2e.harness import ROOT, CollectorProcess, RawClient, run_python, short_tmp, wire_line
 from tests.integrity.helpers import (
     SMALL,
     build_store,
@@ -320,7 +319,7 @@ def test_a_running_collector_verifies_clean_with_records_not_yet_signed() -> Non
                               env={"AUDIT_API_LISTEN": ""}) as collector:
             conn = RawClient(collector.socket)
             conn.hello()
-            conn.batch(1, [wire_event(n) for n in range(30)], list(range(1, 31)))
+            conn.batch(1, [wire_line(n) for n in range(30)], list(range(1, 31)))
             conn.close()
             result = run_verify(str(collector.data_dir))
             assert result.returncode == 0, result.stdout + result.stderr
@@ -328,15 +327,6 @@ def test_a_running_collector_verifies_clean_with_records_not_yet_signed() -> Non
         assert key.exists()  # the configured key, not one in the data directory
         assert not (tmp / "data" / "keys" / "signing-key.pem").exists()
         assert run_verify(str(tmp / "data")).returncode == 0  # signed at the stop
-
-
-def wire_event(n: int) -> bytes:
-    return orjson.dumps({
-        "v": 1, "id": str(uuid.uuid4()), "type": "team_created", "target": f"t{n}",
-        "principal": "system", "status": "", "org_id": "", "org_name": "",
-        "workspace_id": "", "workspace_name": "", "client_ip": "",
-        "created": "2026-11-26T01:07:10.123456Z", "trace_id": "", "span_id": "",
-    }) + b"\n"
 
 
 def test_verify_reports_progress_on_stderr(tmp_path: Path) -> None:
