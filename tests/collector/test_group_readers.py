@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -146,14 +147,13 @@ def test_a_group_reader_queries_a_running_store(data_dir: Path) -> None:
     assert ids == sorted(e["id"] for e in written)
 
 
-def test_a_group_readers_long_lived_reader_sees_a_collector_start_writing(
-        data_dir: Path) -> None:
-    """A stopped store is read as immutable; a reader kept open (tail -f, a script using
-    ``collector.query.search``) must read the events of a collector started since,
-    which go to the WAL an immutable connection never reads."""
+def long_lived_reader(data_dir: Path) -> tuple[Iterator[object], list[dict[str, Any]]]:
+    """A stopped store of two events, given to the group, and a group reader's search
+    (one process, one ``collector.query`` module: its connection kept) after its first
+    read, checked; ``next()`` on it reads again. Returns it and the two events."""
     from collector import query
 
-    first, later = events(2), events(3)
+    first = events(2)
     with open_store(data_dir) as store:
         store.write(first)
     give_to_group(data_dir)
@@ -164,6 +164,16 @@ def test_a_group_readers_long_lived_reader_sees_a_collector_start_writing(
 
     reader = as_reader(ids, steps=2)
     assert next(reader) == sorted(e["id"] for e in first)
+    return reader, first
+
+
+def test_a_group_readers_long_lived_reader_sees_a_collector_start_writing(
+        data_dir: Path) -> None:
+    """A stopped store is read as immutable; a reader kept open (tail -f, a script using
+    ``collector.query.search``) must read the events of a collector started since,
+    which go to the WAL an immutable connection never reads."""
+    reader, first = long_lived_reader(data_dir)
+    later = events(3)
     with open_store(data_dir) as store:
         store.write(later)
         assert (data_dir / "index.sqlite-wal").exists()
@@ -177,19 +187,8 @@ def test_a_group_readers_long_lived_reader_sees_a_collector_that_ran_and_stopped
     restart for maintenance, a script querying now and then) left none, having copied
     its WAL into the file: the connection, which never looks for changes, answered
     from its cached pages, without the new events, and said nothing."""
-    from collector import query
-
-    first, later = events(2), events(3)
-    with open_store(data_dir) as store:
-        store.write(first)
-    give_to_group(data_dir)
-
-    def ids() -> object:
-        page = query.search(data_dir, query.Filters(), limit=100)
-        return sorted(r["id"] for r in page.records)
-
-    reader = as_reader(ids, steps=2)
-    assert next(reader) == sorted(e["id"] for e in first)
+    reader, first = long_lived_reader(data_dir)
+    later = events(3)
     with open_store(data_dir) as store:
         store.write(later)
     assert not (data_dir / "index.sqlite-wal").exists()
