@@ -89,12 +89,17 @@ class RequestContext:
         "_workspace",
         "config",
         "environ",
+        "failure_recorded",
         "fields",
         "principal_override",
         "scope",
         "status_code",
         "view_args",
     )
+
+    #: True once ``@audited`` recorded a failure event for the request (a denial is not
+    #: recorded again); unset until then, and read with ``getattr``.
+    failure_recorded: bool
 
     def __init__(
         self,
@@ -107,6 +112,7 @@ class RequestContext:
         self.environ = environ
         #: The response status, observed by the middleware (None until it starts).
         self.status_code: int | None = None
+        # ``failure_recorded`` is left unset: it costs a request nothing until a failure.
         #: Set by :func:`set_principal`; wins over every resolver.
         self.principal_override: str | None = None
         #: Path parameters a framework passed to the view as keyword arguments (set by

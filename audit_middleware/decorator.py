@@ -331,6 +331,8 @@ class _Recorder:
                               "the event without it", name, self.event_type, exc)
         if failure is not None:
             fields["status"] = failure
+            if call.context is not None:
+                call.context.failure_recorded = True  # a denied request's own record
         if call.context is None and "principal" not in fields:
             # No middleware around the app (or the handler called directly): emit() would
             # call it the application's own event, "system", and a user's action would

@@ -21,6 +21,7 @@ from . import _config
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .client_ip import ForwardedHeader, TrustedProxies
 from .context import CaptureConfig, PrincipalResolver, RequestContext, Resolver, current
+from .denials import DENIED_STATUSES, checked_denied_event, record_denial
 from .shipper.receipts import Receipt, pending, wait_durable
 
 log = logging.getLogger("audit_middleware")
@@ -39,8 +40,11 @@ class AuditMiddleware:
         principal: PrincipalResolver | None = None,
         org: Resolver | None = None,
         workspace: Resolver | None = None,
+        denied_event: str | None = None,
     ) -> None:
         self.app = app
+        #: The event type recorded for a request answered 401 or 403 (``denials``).
+        self.denied_event = checked_denied_event(denied_event)
         self.config = CaptureConfig(
             trusted_proxies=TrustedProxies(trusted_proxies),
             forwarded_header=forwarded_header,
@@ -68,7 +72,8 @@ class AuditMiddleware:
         ctx = RequestContext(self.config, scope)
         fail_closed_timeout = _config.settings.fail_closed_timeout
         if fail_closed_timeout is not None:
-            await _call_fail_closed(self.app, scope, receive, send, ctx, fail_closed_timeout)
+            await _call_fail_closed(self.app, scope, receive, send, ctx, fail_closed_timeout,
+                                    self.denied_event)
             return
 
         def send_observing_status(message: Message) -> Awaitable[None]:
@@ -82,11 +87,14 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_observing_status)
         finally:
+            if self.denied_event is not None and ctx.status_code in DENIED_STATUSES:
+                record_denial(self.denied_event, ctx, scope.get("method"), scope.get("path", ""))
             current.reset(token)
 
 
 async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
-                            ctx: RequestContext, timeout: float) -> None:
+                            ctx: RequestContext, timeout: float,
+                            denied_event: str | None) -> None:
     receipts: list[Receipt[str | None]] = []
     refused = False
 
@@ -117,6 +125,8 @@ async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: 
     try:
         await app(scope, receive, send_once_durable)
     finally:
+        if denied_event is not None and ctx.status_code in DENIED_STATUSES:
+            record_denial(denied_event, ctx, scope.get("method"), scope.get("path", ""))
         pending.reset(receipts_token)
         current.reset(token)
 

@@ -17,6 +17,7 @@ from . import _config
 from ._types import Environ, StartResponse, WSGIApp
 from .client_ip import ForwardedHeader, TrustedProxies
 from .context import CaptureConfig, PrincipalResolver, RequestContext, Resolver, current
+from .denials import DENIED_STATUSES, checked_denied_event, record_denial
 from .shipper.receipts import Receipt, pending, wait_durable_blocking
 
 log = logging.getLogger("audit_middleware")
@@ -34,8 +35,11 @@ class WSGIAuditMiddleware:
         principal: PrincipalResolver | None = None,
         org: Resolver | None = None,
         workspace: Resolver | None = None,
+        denied_event: str | None = None,
     ) -> None:
         self.app = app
+        #: The event type recorded for a request answered 401 or 403 (``denials``).
+        self.denied_event = checked_denied_event(denied_event)
         self.config = CaptureConfig(
             trusted_proxies=TrustedProxies(trusted_proxies),
             forwarded_header=forwarded_header,
@@ -51,7 +55,9 @@ class WSGIAuditMiddleware:
             return self._call_fail_closed(environ, start_response, ctx, fail_closed_timeout)
 
         def start_response_observing_status(status: str, headers: Any, *exc: Any) -> Any:
-            ctx.status_code = status_line_code(status)
+            ctx.status_code = code = status_line_code(status)
+            if code in DENIED_STATUSES and self.denied_event is not None:
+                _record_denial(self.denied_event, ctx, environ)
             return start_response(status, headers, *exc)
 
         token = current.set(ctx)
@@ -69,7 +75,9 @@ class WSGIAuditMiddleware:
         def start_response_once_durable(status: str, headers: Any, *exc: Any) -> Any:
             reason = wait_durable_blocking(receipts, timeout) if receipts else None
             if reason is None:
-                ctx.status_code = status_line_code(status)
+                ctx.status_code = code = status_line_code(status)
+                if code in DENIED_STATUSES and self.denied_event is not None:
+                    _record_denial(self.denied_event, ctx, environ)
                 return start_response(status, headers, *exc)
             refused.append(reason)
             log.error("audit: refusing %s %r with 503 (fail_closed): %s",  # %r: no forged lines
@@ -92,6 +100,17 @@ class WSGIAuditMiddleware:
             _close(body)
             return [_UNAVAILABLE_BODY]
         return _in_context(body, ctx, environ, receipts, refused)
+
+
+def _record_denial(event_type: str, ctx: RequestContext, environ: Environ) -> None:
+    # WSGI hands the path over as latin-1 text of its bytes (PEP 3333); the record
+    # holds what the client asked for, as ASGI's ``scope["path"]`` does.
+    path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
+    try:
+        path = path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        pass  # not bytes as latin-1: a server that decoded it already
+    record_denial(event_type, ctx, environ.get("REQUEST_METHOD"), path)
 
 
 def _in_context(body: Iterable[bytes], ctx: RequestContext, environ: Environ,

@@ -351,3 +351,34 @@ def test_at_close_what_waits_for_an_answer_is_spooled_within_the_exit_timeout(
     stats = sink.stats()
     assert (stats["acknowledged"], stats["spooled"], stats["dropped"]) == (0, 5, 0)
     listener.close()
+
+
+def test_a_denied_request_fail_closed_is_answered_and_recorded(root: Path,
+                                                               collector: Path) -> None:
+    """``denied_event`` under a fail-closed sink, ASGI and WSGI: the 403 is the app's
+    (nothing of its own was waited for), and the denial reaches the store."""
+    from flask import Flask, abort
+    from werkzeug.test import Client
+
+    from audit_middleware import WSGIAuditMiddleware, register_resource
+
+    register_resource("request", {"denied": "request_denied"})
+
+    async def forbidden(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("no", status_code=403)
+
+    asgi = AuditMiddleware(Starlette(routes=[Route("/admin", forbidden)]),
+                           principal=lambda ctx: "user-1", denied_event="request_denied")
+    flask_app = Flask(__name__)
+    flask_app.get("/admin")(lambda: abort(401))
+    wsgi = WSGIAuditMiddleware(flask_app, principal=lambda ctx: "user-2",
+                               denied_event="request_denied")
+    sink = fail_closed_sink(root)
+    with TestClient(asgi) as client:
+        assert client.get("/admin").status_code == 403
+    assert Client(wsgi).get("/admin").status_code == 401
+    assert sink.flush(timeout=5)
+    assert sorted((e["type"], e["principal"], e["status"]) for e in stored_events(collector)) == [
+        ("request_denied", "user-1", "HTTP 403 on GET"),
+        ("request_denied", "user-2", "HTTP 401 on GET")]
+    sink.close()

@@ -1,0 +1,55 @@
+"""Denied requests as audit events: a request answered 401 or 403 is recorded as the
+event type the app chose (``AuditMiddleware(denied_event=...)``, the same for
+``WSGIAuditMiddleware``).
+
+Such a request often never reaches a handler (an authentication middleware refused it,
+a permission check raised), so no ``@audited`` records it, yet invalid access attempts
+are what an auditor asks for first (PCI DSS 10.2.1.4, SOC 2 CC6/CC7). The status is the
+one the middlewares already observe (the ``send`` and ``start_response`` wrappers), so
+nothing is added to a request that is not denied but one comparison.
+
+The event: target the request's path (never its query string, which can hold tokens),
+status ``HTTP 403 on DELETE``, and the request's principal, client IP, organization and
+workspace as for any event (an unauthenticated request's principal is empty). A request
+whose ``@audited(record_failure=True)`` handler already recorded its failure is not
+recorded twice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import _config
+from .context import RequestContext
+from .emitter import emit_in_request
+from .errors import AuditConfigurationError
+
+log = logging.getLogger("audit_middleware")
+
+#: The statuses that deny access: not authenticated, not allowed.
+DENIED_STATUSES: frozenset[int] = frozenset((401, 403))
+
+
+def checked_denied_event(event_type: object) -> str | None:
+    """``denied_event`` as given to a middleware, checked when it is constructed: a type
+    the catalogue does not know fails at start-up, naming the closest, not per request."""
+    if event_type is None:
+        return None
+    if type(event_type) is not str:
+        raise AuditConfigurationError(
+            f"denied_event must be an event type (a str), got {event_type!r}: register one, "
+            f"e.g. register_resource('request', {{'denied': 'request_denied'}}), and pass "
+            f"denied_event='request_denied'")
+    return _config.settings.catalogue.check(event_type)
+
+
+def record_denial(event_type: str, ctx: RequestContext, method: object, path: str) -> None:
+    """Record that the request of ``ctx`` was answered 401 or 403 (``ctx.status_code``).
+    The response is sent or on its way: a failure to record it is logged, never raised
+    into the server."""
+    if getattr(ctx, "failure_recorded", False):
+        return  # @audited(record_failure=True) said it: "failed: HTTP 403"
+    try:
+        emit_in_request(event_type, path, f"HTTP {ctx.status_code} on {method}", ctx)
+    except Exception:
+        log.exception("audit: could not record the denied request as %s", event_type)

@@ -1,0 +1,207 @@
+"""Denied requests (401, 403) recorded as the event type the app chose, through real
+requests into Starlette, FastAPI and Flask apps: refused by an authentication
+middleware before any router, by a permission check, by a dependency. A request its
+``@audited`` handler recorded as failed is not recorded twice; nothing else is recorded
+at all; the record holds the path, never the query string."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.testclient import TestClient as FastAPIClient
+from flask import Flask, abort
+from starlette.applications import Starlette
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    SimpleUser,
+    requires,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from audit_middleware import (
+    AuditConfigurationError,
+    AuditMiddleware,
+    UnknownEventTypeError,
+    WSGIAuditMiddleware,
+    audited,
+    register_resource,
+)
+from audit_middleware._config import DEFAULT_MAX_FIELD_LENGTH
+from audit_middleware.event import AuditEvent
+from audit_middleware.sanitize import TRUNCATION_MARKER
+
+DENIED = "request_denied"
+
+
+@pytest.fixture(autouse=True)
+def denied_type(events: list[AuditEvent]) -> Iterator[None]:
+    register_resource("request", {"denied": DENIED})  # `events` resets the catalogue after
+    yield
+
+
+class Bearer(AuthenticationBackend):
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
+        token = conn.headers.get("authorization", "")
+        if token == "Bearer alice":
+            return AuthCredentials(["authenticated"]), SimpleUser("alice")
+        if token == "Bearer bob":  # signed in, but not an admin
+            return AuthCredentials(["authenticated"]), SimpleUser("bob")
+        return None
+
+
+class KeyRequired:
+    """An API gateway's check in front of everything: 401 before any router runs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/internal"):
+            await PlainTextResponse("no key", status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+@requires("authenticated")
+async def credentials(request: Request) -> Response:
+    if request.user.username != "alice":
+        raise StarletteHTTPException(403, "admins only")
+    return PlainTextResponse("secret")
+
+
+@audited("credentials_deleted", target="credentials_id", record_failure=True)
+async def delete_credentials(request: Request) -> Response:
+    raise StarletteHTTPException(403, "admins only")
+
+
+async def hello(request: Request) -> Response:
+    return PlainTextResponse("hi")
+
+
+def starlette_client() -> TestClient:
+    app = Starlette(routes=[
+        Route("/credentials/{credentials_id}", credentials),
+        Route("/credentials/{credentials_id}", delete_credentials, methods=["DELETE"]),
+        Route("/hello", hello),
+    ], middleware=[
+        Middleware(AuditMiddleware, denied_event=DENIED),  # outermost: it sees every answer
+        Middleware(KeyRequired),
+        Middleware(AuthenticationMiddleware, backend=Bearer()),
+    ])
+    return TestClient(app, client=("203.0.113.7", 50000))
+
+
+def fields(event: AuditEvent) -> tuple[str, str, str, str, str]:
+    return (event.type, event.target, event.status, event.principal, event.client_ip)
+
+
+def test_refused_before_any_handler_and_by_a_permission_check(events: list[AuditEvent]) -> None:
+    client = starlette_client()
+    assert client.get("/credentials/c-1?token=s3cret").status_code == 403  # not signed in
+    assert client.post("/internal/reindex").status_code == 401  # refused before routing
+    assert client.get("/credentials/c-1",
+                      headers={"Authorization": "Bearer bob"}).status_code == 403
+    assert [fields(e) for e in events] == [
+        (DENIED, "/credentials/c-1", "HTTP 403 on GET", "", "203.0.113.7"),
+        (DENIED, "/internal/reindex", "HTTP 401 on POST", "", "203.0.113.7"),
+        (DENIED, "/credentials/c-1", "HTTP 403 on GET", "bob", "203.0.113.7"),
+    ]
+    assert all("s3cret" not in e.to_json_line().decode() for e in events)
+
+
+def test_only_denials_are_recorded(events: list[AuditEvent]) -> None:
+    client = starlette_client()
+    assert client.get("/hello").status_code == 200
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/credentials/c-1",
+                      headers={"Authorization": "Bearer alice"}).status_code == 200
+    assert events == []
+
+
+def test_a_failure_its_handler_recorded_is_not_recorded_twice(
+        events: list[AuditEvent]) -> None:
+    assert starlette_client().delete("/credentials/c-9").status_code == 403
+    assert [fields(e) for e in events] == [
+        ("credentials_deleted", "c-9", "failed: HTTP 403", "", "203.0.113.7")]
+
+
+def test_a_hostile_path_is_one_escaped_capped_line(events: list[AuditEvent]) -> None:
+    client = starlette_client()
+    path = "/internal/a%0d%0a{\"type\":\"forged\"}%e2%80%a8%1b[31m" + "x" * 60_000
+    assert client.get(path).status_code == 401
+    [event] = events
+    line = event.to_json_line()
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    target = orjson.loads(line)["target"]
+    assert target.startswith("/internal/a\r\n{\"type\":\"forged\"}\u2028\x1b[31mxxx")
+    assert len(target) == DEFAULT_MAX_FIELD_LENGTH and target.endswith(TRUNCATION_MARKER)
+
+
+def test_no_denied_event_by_default(events: list[AuditEvent]) -> None:
+    app = Starlette(routes=[Route("/internal/x", hello)],
+                    middleware=[Middleware(AuditMiddleware), Middleware(KeyRequired)])
+    assert TestClient(app).get("/internal/x").status_code == 401
+    assert events == []
+
+
+def test_fastapi_a_dependency_that_refuses(events: list[AuditEvent]) -> None:
+    def admin() -> None:
+        raise HTTPException(403, "admins only")
+
+    app = FastAPI()
+    app.add_middleware(AuditMiddleware, denied_event=DENIED)
+
+    @app.delete("/pipelines/{pipeline_id}", dependencies=[Depends(admin)])
+    @audited("pipeline_deleted", target="pipeline_id")
+    async def delete(pipeline_id: str) -> dict[str, str]:
+        return {}
+
+    assert FastAPIClient(app).delete("/pipelines/p-1").status_code == 403
+    assert [(e.type, e.target, e.status) for e in events] == [
+        (DENIED, "/pipelines/p-1", "HTTP 403 on DELETE")]
+
+
+def test_flask_denials(events: list[AuditEvent]) -> None:
+    app = Flask(__name__)
+
+    @app.get("/buckets/<bucket_id>")
+    def bucket(bucket_id: str) -> str:
+        abort(401)
+
+    @app.delete("/buckets/<bucket_id>")
+    @audited("bucket_deleted", target="bucket_id", record_failure=True)
+    def delete(bucket_id: str) -> str:
+        abort(403)
+
+    @app.get("/ok")
+    def ok() -> str:
+        return "ok"
+
+    app.wsgi_app = WSGIAuditMiddleware(app.wsgi_app, denied_event=DENIED)  # type: ignore[method-assign]
+    client = app.test_client()
+    assert client.get("/buckets/b-\u00e9?token=s3cret").status_code == 401
+    assert client.delete("/buckets/b-2").status_code == 403
+    assert client.get("/ok").status_code == 200
+    assert [(e.type, e.target, e.status) for e in events] == [
+        (DENIED, "/buckets/b-\u00e9", "HTTP 401 on GET"),  # the UTF-8 path, not its latin-1
+        ("bucket_deleted", "b-2", "failed: HTTP 403"),
+    ]
+
+
+def test_a_denied_event_must_be_known_when_the_middleware_is_made() -> None:
+    with pytest.raises(UnknownEventTypeError) as raised:
+        AuditMiddleware(hello, denied_event="request_denid")
+    assert DENIED in str(raised.value)  # the closest valid type is named
+    with pytest.raises(AuditConfigurationError, match="register_resource"):
+        WSGIAuditMiddleware(lambda e, s: [], denied_event=True)  # type: ignore[arg-type]
