@@ -24,6 +24,15 @@ log = logging.getLogger("collector.index")
 _LIVENESS_CHECK: Final = 1.0
 #: Seconds before a segment drop that failed is tried again.
 DROP_RETRY: Final = 1.0
+#: Seconds before a chunk build the full disk refused is tried again, doubled at each
+#: refusal up to ``BUILD_RETRY_MAX``: a build is the chunk's postings written again (a
+#: 64k-row chunk's ~0.3 s of work, and a WAL grown to the disk's last byte before it
+#: is refused), not to be spent every second on a disk that stays full.
+BUILD_RETRY: Final = 1.0
+BUILD_RETRY_MAX: Final = 30.0
+#: Free bytes gained since the last refusal after which a build waiting for room is
+#: tried at once, its backoff left: the room retention or an operator just freed.
+ROOM_BACK: Final = 1024 * 1024
 
 
 class ChunkIndexer:
@@ -36,7 +45,16 @@ class ChunkIndexer:
     when no build waits, and a drop under way stops after its step when one comes. A
     drop that fails is tried again after ``DROP_RETRY``, after the others waiting; one
     left at ``close`` is finished at the next start (the file is gone, so recovery drops
-    what the index still holds of it)."""
+    what the index still holds of it).
+
+    A build the full disk refuses waits for room (``_no_room``): one of those chunks is
+    tried again after ``BUILD_RETRY``, doubled at each refusal up to ``BUILD_RETRY_MAX``,
+    or at once when a build succeeds or ``ROOM_BACK`` bytes were freed since the last
+    refusal; the others follow it once it is built. ``wait`` does not count them (the
+    store's commits go on), ``backlog`` (the stats) does. Said once when the first is
+    refused and once when the last is built; those left at ``close`` stay CLOSED and
+    are built at the next start. Until 2026-11-27 they waited for that start whatever
+    the room: queries scanned their rows for as long as the collector ran."""
 
     CHECKPOINT_BYTES: Final = 16 * 1024 * 1024
 
@@ -62,6 +80,14 @@ class ChunkIndexer:
         self._dropped = 0  # segments dropped not yet accounted for (``took_dropped``)
         self._checkpoint_failures = 0
         self.drop_error: str | None = None
+        #: Chunks whose build the full disk refused, in the order they closed.
+        self._no_room: dict[int, None] = {}
+        self._retrying = False  # the chunk being built is one of ``_no_room``
+        self._build_after = 0.0  # monotonic: no build of ``_no_room`` before
+        self._build_delay = BUILD_RETRY
+        self._free_at_refusal = 0  # free bytes when the disk last refused a build
+        self._refusals = 0  # builds the full disk refused since the first (one episode)
+        self._room_error: str | None = None  # the last refusal, as ``failed`` says it
         self._thread = threading.Thread(target=self._run, name="audit-store-indexer",
                                         daemon=True)
         self._thread.start()
@@ -97,15 +123,18 @@ class ChunkIndexer:
 
     @property
     def backlog(self) -> int:
-        return len(self._queue) + self._busy
+        """Closed chunks without their postings yet (those waiting for room included)."""
+        return len(self._queue) + self._busy + len(self._no_room) - self._retrying
 
     def wait(self, most: int = 0, timeout: float | None = None) -> bool:
         """Wait until at most ``most`` chunks are waiting for their indexes; False on
         timeout, or at once if the indexer thread is gone (the store's commit thread
-        waits here: a dead indexer must not stop acknowledgements)."""
+        waits here: a dead indexer must not stop acknowledgements). Neither the backlog
+        found at open nor the chunks waiting for room on a full disk count."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not (self.backlog - len(self._backlog_at_open) <= most or self._stop):
+            while not (len(self._queue) + (self._busy and not self._retrying)
+                       - len(self._backlog_at_open) <= most or self._stop):
                 if not self._thread.is_alive():
                     return False  # it died: nobody would ever notify (see failed)
                 left = None if deadline is None else deadline - time.monotonic()
@@ -117,8 +146,9 @@ class ChunkIndexer:
 
     def close(self) -> None:
         """Finish the chunk being built and the ones closed since open, checkpoint, stop.
-        What is left of the backlog found at open stays CLOSED and is queued again at the
-        next open (as after a kill): a stop must not wait for a whole rebuild."""
+        What is left of the backlog found at open, and the chunks waiting for room on a
+        full disk, stay CLOSED and are queued again at the next open (as after a kill): a
+        stop must not wait for a whole rebuild, nor try a full disk once more."""
         with self._cond:
             self._stop = True
             self._queue = collections.deque(
@@ -132,9 +162,9 @@ class ChunkIndexer:
         try:
             self._loop()
         except BaseException as exc:
-            # Not an index build failing (that is kept in ``failed`` and retried at the
-            # next open): the thread itself is ending. Said in the store's stats; wait()
-            # stops waiting for it.
+            # Not an index build failing (that is kept in ``failed`` and tried again once
+            # the disk has room, or at the next open): the thread itself is ending. Said
+            # in the store's stats; wait() stops waiting for it.
             self.failed = f"indexer thread stopped: {type(exc).__name__}: {exc}"
             log.critical("audit store: %s; closed chunks stay unindexed until restart",
                          self.failed)
@@ -143,33 +173,92 @@ class ChunkIndexer:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stop or self._drop_due(),
-                                    timeout=1.0)
+                self._cond.wait_for(lambda: self._queue or self._stop or self._drop_due()
+                                    or self._retry_due(), timeout=1.0)
                 if not self._queue and self._stop:
                     self._checkpoint()
                     return
                 chunk = self._queue.popleft() if self._queue else None
+                if chunk is None and self._retry_due():
+                    chunk = next(iter(self._no_room))  # the oldest: once built, the rest
                 self._busy = chunk is not None
+                self._retrying = chunk in self._no_room
                 segment = self._drops[0] if chunk is None and self._drop_due() else None
             try:
                 if chunk is not None:
-                    build_chunk_indexes(self._con, chunk, self._write_lock)
+                    self._build(chunk)
                 elif segment is not None:
                     self._drop(segment)
                 self._checkpoint()
             except Exception as exc:  # the chunk stays CLOSED: re-queued at next open
                 self.failed = f"{type(exc).__name__}: {exc}"
-                if out_of_space(exc, self._wal.parent):  # no bug: no traceback
-                    log.error("audit store: indexing chunk %s failed (%s): the disk is "
-                              "full; its records stay stored and found by queries (more "
-                              "slowly), and it is indexed at the next start", chunk, exc)
-                else:
-                    log.exception("audit store: indexing chunk %s failed", chunk)
+                log.exception("audit store: indexing chunk %s failed", chunk)
             finally:
                 with self._cond:
-                    self._busy = False
+                    self._busy = self._retrying = False
                     self._backlog_at_open.discard(chunk)
                     self._cond.notify_all()
+
+    def _build(self, chunk: int) -> None:
+        """Build a closed chunk's postings; one the full disk refuses (no bug: no
+        traceback) waits for room (``_refused``). Other errors are raised."""
+        try:
+            build_chunk_indexes(self._con, chunk, self._write_lock)
+        except Exception as exc:
+            if not out_of_space(exc, self._wal.parent):
+                raise
+            self._refused(chunk, exc)
+            return
+        self._built(chunk)
+
+    def _retry_due(self) -> bool:
+        """Whether a chunk waiting for room is to be built again now: its backoff is
+        over, or the disk has gained ``ROOM_BACK`` bytes since the last refusal."""
+        if not self._no_room:
+            return False
+        return (time.monotonic() >= self._build_after
+                or free_bytes(self._wal.parent) >= self._free_at_refusal + ROOM_BACK)
+
+    def _refused(self, chunk: int, exc: Exception) -> None:
+        """A build the full disk refused: the chunk waits for room, the next try after
+        the backoff. Said at the first refusal of an episode (until every chunk waiting
+        is built), at debug level after it: not a line every try."""
+        self.failed = self._room_error = f"{type(exc).__name__}: {exc}"
+        first = not self._no_room
+        with self._cond:
+            self._no_room[chunk] = None
+        self._refusals += 1
+        self._free_at_refusal = free_bytes(self._wal.parent)
+        self._build_after = time.monotonic() + self._build_delay
+        if first:
+            log.error("audit store: indexing chunk %s failed (%s): the disk is full; its "
+                      "records stay stored and found by queries (more slowly), and it is "
+                      "indexed once the disk has room (tried again from %g s to every "
+                      "%g s, and at once when space is freed): free space on it", chunk,
+                      exc, self._build_delay, BUILD_RETRY_MAX)
+        else:
+            log.debug("audit store: indexing chunk %s refused again (%s, %d refusals, "
+                      "%d chunk(s) waiting for room); next try in %g s", chunk, exc,
+                      self._refusals, len(self._no_room), self._build_delay)
+        self._build_delay = min(self._build_delay * 2, BUILD_RETRY_MAX)
+
+    def _built(self, chunk: int) -> None:
+        """A build done (or its chunk gone): the disk has room, the chunks waiting for
+        it go next, and the episode ends with the last of them."""
+        if not self._no_room:
+            return
+        with self._cond:
+            self._no_room.pop(chunk, None)
+        self._build_after = 0.0
+        self._build_delay = BUILD_RETRY
+        if self._no_room:
+            return
+        log.info("audit store: the disk has room again: indexed the chunks it had "
+                 "refused (%d refusal(s)); queries use their postings again",
+                 self._refusals)
+        self._refusals = 0
+        if self.failed == self._room_error:  # not another failure since, said as it is
+            self.failed = None
 
     def _drop_due(self) -> bool:
         return bool(self._drops) and time.monotonic() >= self._drop_after

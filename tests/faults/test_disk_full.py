@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +25,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from collector import query
+from collector.storage.chunks import CLOSED, INDEXED
+from tests.collector.storage_helpers import event, open_store, wait_until
 from tests.e2e.harness import ROOT
 from tests.faults.fleet import App, Collector, Stored, report, rng, scaled, wait_for
 
@@ -210,6 +215,66 @@ def test_retention_frees_a_disk_full_to_the_last_byte_by_itself(tmp: Path) -> No
     report("retention on a disk full to the last byte", emitted=result["emitted"],
            spooled=result["spooled"], verify_exit=done.returncode)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_a_chunk_build_the_full_disk_refused_is_done_once_there_is_room(
+        tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A closed chunk whose postings build met a full disk stayed unindexed until the
+    next start: every query scanned its rows for as long as the collector ran. It is
+    built again, with backoff, once the disk has room, without a restart; said once
+    when refused and once when done, and the store's queries are right throughout."""
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+    principals = [f"user-{i % 7}" for i in range(5_000)]
+    expected = {p: principals.count(p) for p in set(principals)}
+
+    def chunk_states(data_dir: Path) -> list[int]:
+        con = sqlite3.connect(f"file:{data_dir / 'index.sqlite'}?mode=ro", uri=True)
+        try:
+            return [s for (s,) in con.execute("SELECT state FROM chunks ORDER BY chunk")]
+        finally:
+            con.close()
+
+    def queries_are_right(data_dir: Path) -> None:
+        for principal, count in expected.items():
+            found = list(query.iter_records(data_dir, query.Filters(principal=principal)))
+            assert len(found) == count and {r["principal"] for r in found} == {principal}
+
+    with tmpfs(tmp / "disk", "32m") as disk, \
+            caplog.at_level(logging.DEBUG, logger="collector.index"):
+        data = disk / "data"
+        with open_store(data) as store:
+            store.write([event(principal=p) for p in principals])
+        # Opened again, its index's WAL copied back at the stop: room for the open
+        # chunk to close (a catalog row, its WAL frames), none for its postings, as
+        # the store idles with over 4,096 rows in it and closes it itself.
+        with open_store(data) as store:
+            ballast = disk / "ballast"
+            os.truncate(ballast, fill(ballast) - 64 * 1024)
+            wait_until(lambda: any("indexing chunk" in r.getMessage()
+                                   for r in caplog.records), timeout=30)
+            assert chunk_states(data) == [CLOSED]
+            queries_are_right(data)  # its rows read one by one meanwhile
+            time.sleep(3)  # retried (1 s, 2 s...), refused again, said no more
+            assert chunk_states(data) == [CLOSED]
+            assert store.stats()["unindexed_chunks"] == 1
+            ballast.unlink()  # room again: nobody restarts anything
+            wait_until(lambda: chunk_states(data) == [INDEXED], timeout=60)
+            queries_are_right(data)
+            assert store.stats()["unindexed_chunks"] == 0
+            store.write([event(principal="user-0")])  # commits go on as before
+            expected["user-0"] += 1
+            queries_are_right(data)
+    said = [r for r in caplog.records if r.levelno >= logging.INFO]
+    refused = [r for r in said if "indexing chunk" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].exc_info is None, said
+    assert "the disk is full" in refused[0].getMessage()
+    assert "once the disk has room" in refused[0].getMessage()
+    built = [r for r in said if "room again" in r.getMessage()]
+    assert len(built) == 1 and built[0].levelno == logging.INFO, said
+    assert [r for r in caplog.records if r.levelno == logging.DEBUG and
+            "refused again" in r.getMessage()], "never tried again while the disk was full"
 
 
 def start_on_a_full_disk(collector: Collector) -> str:

@@ -342,8 +342,8 @@ def test_a_collector_waiting_for_space_stops_on_sigterm(tmp: Path) -> None:
 
 def test_a_chunk_build_refused_by_a_full_disk_is_logged_without_a_traceback(
         tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """A full disk is no bug: the indexer says what it means (the chunk is indexed at the
-    next start, its records are found meanwhile) in one line. It logged a traceback,
+    """A full disk is no bug: the indexer says what it means (the chunk is indexed once
+    the disk has room, its records are found meanwhile) in one line. It logged a traceback,
     in a collector started on a full disk too (seen in the test above)."""
     def full_disk(*_: Any) -> None:
         exc = sqlite3.OperationalError("database or disk is full")
