@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, TextIO, cast
 
 import orjson
@@ -26,6 +27,7 @@ from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
 from .integrations import Integrations
 from .listen import reload_certificate
+from .storage.disk_space import is_full
 from .storage.errors import DiskFullError, StorageError
 from .storage.segments import FILE_MODE
 
@@ -34,6 +36,8 @@ log = logging.getLogger("collector")
 READY_PREFIX = "audit-collector ready:"
 STATS_FILE = "ingest-stats.json"
 STATS_INTERVAL = 5.0
+#: Seconds between the reminders that the stats file still cannot be written.
+STATS_REMINDER = 3600.0
 
 
 def ingest_settings(config: CollectorConfig) -> IngestSettings:
@@ -229,7 +233,9 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
     # OTLP forwarder, POST /api/v1/events and GET /metrics (collector/integrations.py)
     integrations = Integrations(store, server, config)
     integrations.start(out)
-    stats_task = asyncio.create_task(_write_stats(server, store, config, integrations))
+    stats_file = StatsFile(config.data_dir / STATS_FILE)
+    stats_task = asyncio.create_task(_write_stats(server, store, config, integrations,
+                                                  stats_file))
     api = await _start_api(store, config, out)
     if api is not None:
         integrations.attach(api.app)
@@ -260,7 +266,7 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
         if forwarding:
             await asyncio.to_thread(integrations.stop, config.drain_timeout)
         try:
-            _dump_stats(server, store.stats(), config, integrations)
+            _dump_stats(server, store.stats(), integrations, stats_file)
         except Exception:  # the last stats must not fail a clean stop
             log.exception("writing the final %s failed", STATS_FILE)
 
@@ -304,33 +310,73 @@ async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
 
 
 async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig,
-                       integrations: Integrations) -> None:
+                       integrations: Integrations, stats_file: StatsFile | None = None) -> None:
     # The read commands (stats) run in another process: they find the live counters here.
+    if stats_file is None:
+        stats_file = StatsFile(config.data_dir / STATS_FILE)
     failures = 0
     while True:
         await asyncio.sleep(STATS_INTERVAL)
         try:
             # The store's stats cost O(sources) (every app process is one): off the
             # loop, which would not read a connection meanwhile.
-            _dump_stats(server, await asyncio.to_thread(store.stats), config, integrations)
+            _dump_stats(server, await asyncio.to_thread(store.stats), integrations,
+                        stats_file)
         except Exception:  # the live stats go on: a task that dies leaves them frozen
             failures += 1
             if failures & (failures - 1) == 0:
                 log.exception("writing %s failed (%d times so far)", STATS_FILE, failures)
 
 
-def _dump_stats(server: IngestServer, store_stats: dict[str, Any], config: CollectorConfig,
-                integrations: Integrations) -> None:
-    path = config.data_dir / STATS_FILE
-    tmp = path.with_suffix(".tmp")
-    live = {**server.stats(), "store": store_stats,  # ingest counters, then the store's
-            **integrations.stats()}  # http ingest, forwarder (lag)
-    try:
-        # The store's file mode, whatever the umask (write_bytes gave 0666 under umask 0).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(live, option=orjson.OPT_SORT_KEYS))
-        os.chmod(tmp, FILE_MODE)  # a .tmp left over from before keeps its old mode
-        tmp.replace(path)
-    except OSError as exc:
-        log.warning("could not write %s: %s", path, exc)
+def _dump_stats(server: IngestServer, store_stats: dict[str, Any],
+                integrations: Integrations, stats_file: StatsFile) -> None:
+    stats_file.write({**server.stats(), "store": store_stats,  # ingest's, then the store's
+                      **integrations.stats()})  # http ingest, forwarder (lag)
+
+
+class StatsFile:
+    """The live counters' file, replaced whole at each write. A write that fails (a full
+    disk, most often) is warned of once, when the writes start failing, again at most
+    every ``STATS_REMINDER`` while they fail, and said once (info) when one succeeds
+    again: it was warned of at every write, every ``STATS_INTERVAL``, for as long as the
+    disk stayed full. Nothing else depends on it: the store and ingest go on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._failures = 0  # writes failed in a row
+        self._warned = 0.0  # time.monotonic() of the last warning
+
+    def write(self, live: dict[str, Any]) -> bool:
+        """Write ``live``; False (logged as above) if it could not be written."""
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            # The store's file mode, whatever the umask (write_bytes gave 0666 under umask 0).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(orjson.dumps(live, option=orjson.OPT_SORT_KEYS))
+            os.chmod(tmp, FILE_MODE)  # a .tmp left over from before keeps its old mode
+            tmp.replace(self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # what it holds of a full disk, given back
+                tmp.unlink(missing_ok=True)
+            self._failed(exc)
+            return False
+        if self._failures:
+            log.info("wrote %s again after %d failed write(s): `audit-collector stats` "
+                     "shows the live counters again", self.path, self._failures)
+            self._failures = 0
+        return True
+
+    def _failed(self, exc: OSError) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures > 1 and now - self._warned < STATS_REMINDER:
+            return
+        self._warned = now
+        fix = ("free space on that disk" if is_full(exc) else
+               f"make {self.path.parent} writable by the collector's user")
+        log.warning("could not write %s: %s (%d failed write(s) in a row). `audit-collector "
+                    "stats` shows the counters of its last write until it can: %s (the "
+                    "store and ingest do not depend on it). Tried again every %g s, said "
+                    "again every %g min while it fails, and once when it is written again",
+                    self.path, exc, self._failures, fix, STATS_INTERVAL, STATS_REMINDER / 60)

@@ -11,6 +11,7 @@ Once space is freed, ingestion resumes by itself: nobody restarts anything.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -21,11 +22,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
 
-from collector import query
+from collector import query, serve
 from collector.storage.chunks import CLOSED, INDEXED
 from tests.collector.storage_helpers import event, open_store, wait_until
 from tests.e2e.harness import ROOT
@@ -275,6 +278,83 @@ def test_a_chunk_build_the_full_disk_refused_is_done_once_there_is_room(
     assert len(built) == 1 and built[0].levelno == logging.INFO, said
     assert [r for r in caplog.records if r.levelno == logging.DEBUG and
             "refused again" in r.getMessage()], "never tried again while the disk was full"
+
+
+def test_the_stats_file_on_a_full_disk_is_warned_of_once_and_its_recovery_said(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``serve`` writes its live counters to ``ingest-stats.json`` every 5 s. On a full
+    disk each write warned again, a line every 5 s for as long as the disk stayed full:
+    now a warning when the writes start failing (what failed and what to do), a reminder
+    at most every ``STATS_REMINDER``, and one line when a write succeeds again."""
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+    failing, recovered = 10, 3
+    monkeypatch.setattr(serve, "STATS_INTERVAL", 0.01)
+    with tmpfs(tmp / "disk", "1m") as disk, \
+            caplog.at_level(logging.DEBUG, logger="collector"):
+        ballast = disk / "ballast"
+        fill(ballast)
+        calls = 0
+        done = asyncio.Event()
+
+        def store_stats() -> dict[str, Any]:
+            nonlocal calls
+            calls += 1
+            if calls == failing + 1:
+                ballast.unlink()  # room again, before this write
+            if calls == failing + recovered:
+                loop.call_soon_threadsafe(done.set)
+            return {"events": calls}
+
+        async def run() -> None:
+            nonlocal loop
+            loop = asyncio.get_running_loop()
+            stub = SimpleNamespace(stats=dict)  # the ingest server, the integrations
+            task = asyncio.create_task(serve._write_stats(  # type: ignore[arg-type]
+                stub, SimpleNamespace(stats=store_stats),
+                SimpleNamespace(data_dir=disk), stub))
+            await asyncio.wait_for(done.wait(), 30)
+            await asyncio.sleep(0.2)  # the last write done
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        loop: Any = None
+        asyncio.run(run())
+        written = orjson.loads((disk / serve.STATS_FILE).read_bytes())
+        leftover = list(disk.glob("*.tmp"))
+    said = [r for r in caplog.records if r.levelno >= logging.INFO]
+    warned = [r for r in said if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and warned[0].exc_info is None, [r.getMessage() for r in said]
+    assert "No space left on device" in warned[0].getMessage()
+    assert "free space" in warned[0].getMessage()
+    back = [r for r in said if r.levelno == logging.INFO]
+    assert len(back) == 1 and serve.STATS_FILE in back[0].getMessage(), said
+    assert written["store"]["events"] >= failing + recovered
+    assert leftover == []  # a write cut short gives its room back
+
+
+def test_the_stats_file_failing_for_long_is_a_reminder_at_a_low_rate(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The stats file's warning comes back every ``STATS_REMINDER`` while its writes fail
+    (here for another reason than a full disk: a directory in the way of its temporary
+    file), with how many failed and the fix for that reason; its recovery said once."""
+    monkeypatch.setattr(serve, "STATS_REMINDER", 0.3)
+    (tmp / serve.STATS_FILE).with_suffix(".tmp").mkdir()
+    stats = serve.StatsFile(tmp / serve.STATS_FILE)
+    with caplog.at_level(logging.INFO, logger="collector"):
+        assert [stats.write({}) for _ in range(5)] == [False] * 5
+        time.sleep(0.4)
+        assert [stats.write({}) for _ in range(5)] == [False] * 5
+        (tmp / serve.STATS_FILE).with_suffix(".tmp").rmdir()
+        assert [stats.write({"n": 1}) for _ in range(3)] == [True] * 3
+    said = [r.getMessage() for r in caplog.records]
+    warned = [m for m in said if m.startswith("could not write")]
+    assert len(warned) == 2, said
+    assert "(1 failed write(s) in a row)" in warned[0] and "writable" in warned[0]
+    assert "(6 failed write(s) in a row)" in warned[1]
+    assert [m for m in said if "again after 10 failed write(s)" in m] == said[2:], said
 
 
 def start_on_a_full_disk(collector: Collector) -> str:
