@@ -3,7 +3,9 @@
 The decorator keeps the handler's signature (``functools.wraps``), so FastAPI still sees
 the path parameters, the request body model and the ``Depends`` dependencies, and
 injects them as usual; the event reads the injected user as its principal. Both async
-and sync (threadpool) path operations are shown.
+and sync (threadpool) path operations are shown. A request the authentication
+dependency refuses (401) never reaches a handler: the middleware's ``denied_event``
+records it as ``request_denied`` (target the path, status ``HTTP 401 on POST``).
 
     uvicorn --factory --no-proxy-headers examples.fastapi_app:create_app
 
@@ -22,7 +24,14 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from audit_middleware import AuditCall, AuditMiddleware, audited, from_result, path_param
+from audit_middleware import (
+    AuditCall,
+    AuditMiddleware,
+    audited,
+    from_result,
+    path_param,
+    register_resource,
+)
 from audit_middleware.catalogue import (
     CREDENTIALS_CREATED,
     CREDENTIALS_DELETED,
@@ -32,6 +41,8 @@ from audit_middleware.catalogue import (
 #: Demo bearer tokens -> user ids.
 TOKENS = {"demo-carol-token": "usr_carol", "demo-dave-token": "usr_dave"}
 WORKSPACES = {"ws_lab": "lab", "ws_prod": "production"}
+#: The app's own event type for requests answered 401 or 403 (``denied_event``).
+REQUEST_DENIED = "request_denied"
 
 
 @dataclass(frozen=True)
@@ -94,10 +105,12 @@ def injected_user(call: AuditCall) -> str:
 def create_app(*, trusted_proxies: Iterable[str] = ()) -> FastAPI:
     app = FastAPI(title="audit-middleware FastAPI example")
     app.state.credentials = CredentialsStore()
+    register_resource("request", {"denied": REQUEST_DENIED})  # the same mapping: no-op
     app.add_middleware(
         AuditMiddleware,
         trusted_proxies=list(trusted_proxies),
         workspace=path_param("workspace_id", lookup=WORKSPACES.get),
+        denied_event=REQUEST_DENIED,
     )
 
     @app.post("/workspaces/{workspace_id}/credentials", status_code=201)

@@ -48,12 +48,23 @@ def test_sync_path_operations_run_in_the_threadpool_with_the_request_context(
     ]
 
 
+def test_a_request_the_auth_dependency_refuses_is_recorded_as_denied(
+    api: TestClient, audit
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer stolen-or-guessed"}):
+        assert api.post(BASE, json={"name": "a", "secret": "s"},
+                        headers=headers).status_code == 401
+    assert [(e.type, e.target, e.status, e.principal, e.workspace_id, e.client_ip)
+            for e in audit.events] == [
+        ("request_denied", BASE, "HTTP 401 on POST", "", "ws_lab", IP)] * 2
+    assert "stolen" not in "".join(e.to_json_line().decode() for e in audit.events)
+
+
 @pytest.mark.parametrize(("headers", "body", "status"), [
-    ({}, {"name": "a", "secret": "s"}, 401),  # the auth dependency refused
     (CAROL, {"name": "a"}, 422),  # the body model refused
     (CAROL, {"name": "", "secret": "s"}, 422),
 ])
-def test_a_dependency_or_validation_failure_records_nothing(
+def test_a_validation_failure_records_nothing(
     api: TestClient, audit, headers: dict[str, str], body: dict[str, str], status: int
 ) -> None:
     assert api.post(BASE, json=body, headers=headers).status_code == status
