@@ -6,7 +6,9 @@ Such a request often never reaches a handler (an authentication middleware refus
 a permission check raised), so no ``@audited`` records it, yet invalid access attempts
 are what an auditor asks for first (PCI DSS 10.2.1.4, SOC 2 CC6/CC7). The status is the
 one the middlewares already observe (the ``send`` and ``start_response`` wrappers), so
-nothing is added to a request that is not denied but one comparison.
+nothing is added to a request that is not denied but one comparison. A websocket whose
+handshake is refused (closed before it is accepted: the server answers 403; or a denial
+response) is recorded too, its method ``GET``.
 
 The event: target the request's path (never its query string, which can hold tokens),
 status ``HTTP 403 on DELETE``, and the request's principal, client IP, organization and

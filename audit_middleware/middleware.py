@@ -58,10 +58,17 @@ class AuditMiddleware:
             if scope["type"] == "websocket":
                 # Its messages pass through untouched; an event emitted over it is the
                 # connection's user's, from its address, not ``system``.
-                token = current.set(RequestContext(self.config, scope))
+                ctx = RequestContext(self.config, scope)
+                token = current.set(ctx)
                 try:
-                    await self.app(scope, receive, send)
+                    if self.denied_event is None:
+                        await self.app(scope, receive, send)
+                    else:
+                        await self.app(scope, receive, _handshake_observing(send, ctx))
                 finally:
+                    if self.denied_event is not None and ctx.status_code in DENIED_STATUSES:
+                        # The handshake is a GET: the record reads as an http request's.
+                        record_denial(self.denied_event, ctx, "GET", scope.get("path", ""))
                     current.reset(token)
                 return
             if scope["type"] == "lifespan":
@@ -90,6 +97,28 @@ class AuditMiddleware:
             if self.denied_event is not None and ctx.status_code in DENIED_STATUSES:
                 record_denial(self.denied_event, ctx, scope.get("method"), scope.get("path", ""))
             current.reset(token)
+
+
+def _handshake_observing(send: Send, ctx: RequestContext) -> Send:
+    """``send`` of a websocket, noting the HTTP status its handshake was answered with
+    in ``ctx.status_code``: 101 once accepted; a denial response's own status
+    (``websocket.http.response.start``); 403 when the app closes it before accepting
+    it, which the server must answer with an HTTP 403 (ASGI spec). A refused websocket
+    (Starlette's ``@requires``, a FastAPI dependency raising ``HTTPException``) is a
+    denied request like an http one."""
+
+    def send_observing_handshake(message: Message) -> Awaitable[None]:
+        if ctx.status_code is None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                ctx.status_code = 101
+            elif kind == "websocket.http.response.start":
+                ctx.status_code = message["status"]
+            elif kind == "websocket.close":
+                ctx.status_code = 403
+        return send(message)
+
+    return send_observing_handshake
 
 
 async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: Send,

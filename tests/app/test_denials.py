@@ -205,3 +205,49 @@ def test_a_denied_event_must_be_known_when_the_middleware_is_made() -> None:
     assert DENIED in str(raised.value)  # the closest valid type is named
     with pytest.raises(AuditConfigurationError, match="register_resource"):
         WSGIAuditMiddleware(lambda e, s: [], denied_event=True)  # type: ignore[arg-type]
+
+
+def test_a_websocket_handshake_refused_is_recorded(events: list[AuditEvent]) -> None:
+    """A websocket refused before it is accepted is an HTTP 401 or 403 answer too: closed
+    before ``websocket.accept`` (the server answers 403: Starlette's ``@requires`` on a
+    websocket), or a denial response (``websocket.http.response``, a FastAPI dependency
+    raising ``HTTPException``). One accepted, then closed, is no denial."""
+    from fastapi import WebSocket as FastAPIWebSocket
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import WebSocketDenialResponse
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    @requires("authenticated")
+    async def feed(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/feed", feed)], middleware=[
+        Middleware(AuditMiddleware, denied_event=DENIED),
+        Middleware(AuthenticationMiddleware, backend=Bearer())])
+    client = TestClient(app, client=("203.0.113.7", 50000))
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/feed?token=s3cret"):
+        pass
+    bob = {"Authorization": "Bearer bob"}
+    with client.websocket_connect("/feed", headers=bob) as ws, pytest.raises(
+            WebSocketDisconnect):
+        ws.receive_text()  # accepted, then closed by the app: no denial
+
+    def signed_in() -> None:
+        raise HTTPException(401, "sign in")
+
+    api = FastAPI()
+    api.add_middleware(AuditMiddleware, denied_event=DENIED)
+
+    @api.websocket("/events", dependencies=[Depends(signed_in)])
+    async def events_feed(websocket: FastAPIWebSocket) -> None:
+        await websocket.accept()
+
+    with (pytest.raises(WebSocketDenialResponse) as denied,
+          FastAPIClient(api).websocket_connect("/events")):
+        pass
+    assert denied.value.status_code == 401
+    assert [fields(e)[:4] for e in events] == [
+        (DENIED, "/feed", "HTTP 403 on GET", ""),
+        (DENIED, "/events", "HTTP 401 on GET", ""),
+    ]
