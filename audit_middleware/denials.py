@@ -25,6 +25,7 @@ from . import _config
 from .context import RequestContext
 from .emitter import emit_in_request
 from .errors import AuditConfigurationError
+from .shipper.receipts import pending
 
 log = logging.getLogger("audit_middleware")
 
@@ -51,7 +52,13 @@ def record_denial(event_type: str, ctx: RequestContext, method: object, path: st
     into the server."""
     if getattr(ctx, "failure_recorded", False):
         return  # @audited(record_failure=True) said it: "failed: HTTP 403"
+    # Outside the request's pending receipts: its answer is decided (sent, or past the
+    # fail-closed wait), so nothing waits for this event, and a fail-closed sink must not
+    # wake its worker for it as for an event a response is held for.
+    receipts = pending.set(None)
     try:
         emit_in_request(event_type, path, f"HTTP {ctx.status_code} on {method}", ctx)
     except Exception:
         log.exception("audit: could not record the denied request as %s", event_type)
+    finally:
+        pending.reset(receipts)

@@ -382,3 +382,37 @@ def test_a_denied_request_fail_closed_is_answered_and_recorded(root: Path,
         ("request_denied", "user-1", "HTTP 403 on GET"),
         ("request_denied", "user-2", "HTTP 401 on GET")]
     sink.close()
+
+
+def test_a_denial_fail_closed_waits_for_nobody_and_wakes_no_one(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The denial is recorded once its answer is decided (ASGI: sent; WSGI: past the
+    wait): nothing will wait for it. Given a receipt, as a request's own events are, it
+    woke the sink's worker at once ("a request is waiting"), so under a flood of refused
+    requests every denial was shipped alone instead of batched."""
+    from flask import Flask, abort
+    from werkzeug.test import Client
+
+    from audit_middleware import WSGIAuditMiddleware, register_resource
+
+    register_resource("request", {"denied": "request_denied"})
+
+    async def forbidden(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("no", status_code=403)
+
+    asgi = AuditMiddleware(Starlette(routes=[Route("/admin", forbidden)]),
+                           denied_event="request_denied")
+    flask_app = Flask(__name__)
+    flask_app.get("/admin")(lambda: abort(401))
+    wsgi = WSGIAuditMiddleware(flask_app, denied_event="request_denied")
+    sink = fail_closed_sink(root)  # no collector: only what is queued matters here
+    queued: list[Any] = []
+    wakes: list[None] = []
+    monkeypatch.setattr(sink._queue, "submit", lambda item: queued.append(item) or True)
+    monkeypatch.setattr(sink._queue, "wake", lambda: wakes.append(None))
+    assert TestClient(asgi).get("/admin").status_code == 403
+    assert Client(wsgi).get("/admin").status_code == 401
+    assert [(event.type, receipt) for _, event, receipt in queued] == [
+        ("request_denied", None), ("request_denied", None)]
+    assert wakes == []
+    sink.close()
