@@ -137,7 +137,7 @@ async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: 
                 refused = True
                 # %r: the path is the client's text, decoded; raw, a CR/LF in it forges
                 # log lines.
-                log.error("audit: refusing %s %r with 503 (fail_closed): %s",
+                log.error("audit: refusing %r %r with 503 (fail_closed): %s",
                           scope.get("method"), scope.get("path"), reason)
                 ctx.status_code = 503
                 await send({"type": "http.response.start", "status": 503, "headers": [

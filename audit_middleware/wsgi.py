@@ -56,7 +56,7 @@ class WSGIAuditMiddleware:
 
         def start_response_observing_status(status: str, headers: Any, *exc: Any) -> Any:
             ctx.status_code = code = status_line_code(status)
-            if code in DENIED_STATUSES and self.denied_event is not None:
+            if self.denied_event is not None and code in DENIED_STATUSES:
                 _record_denial(self.denied_event, ctx, environ)
             return start_response(status, headers, *exc)
 
@@ -76,11 +76,11 @@ class WSGIAuditMiddleware:
             reason = wait_durable_blocking(receipts, timeout) if receipts else None
             if reason is None:
                 ctx.status_code = code = status_line_code(status)
-                if code in DENIED_STATUSES and self.denied_event is not None:
+                if self.denied_event is not None and code in DENIED_STATUSES:
                     _record_denial(self.denied_event, ctx, environ)
                 return start_response(status, headers, *exc)
             refused.append(reason)
-            log.error("audit: refusing %s %r with 503 (fail_closed): %s",  # %r: no forged lines
+            log.error("audit: refusing %r %r with 503 (fail_closed): %s",  # %r: no forged lines
                       environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), reason)
             ctx.status_code = 503
             start_response("503 Service Unavailable", [
