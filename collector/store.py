@@ -31,7 +31,7 @@ from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
 from collector.index import Index
 from collector.storage import loss_acks, sources
-from collector.storage.disk_space import Reserve, is_full, out_of_space
+from collector.storage.disk_space import Reserve, free_bytes, is_full, out_of_space
 from collector.storage.errors import (
     DataDirInUseError,
     DiskFullError,
@@ -129,6 +129,7 @@ class Store:
         self._count_failures = 0  # events count refreshes failed in a row
         self._count_stale = False  # segments were hidden since the count was taken
         self._full_failures = 0  # commit thread failures for a full disk (logged some)
+        self._checkpoint_failures = 0  # checkpoints in retention's freed room, in a row
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> RepairReport:
@@ -425,6 +426,7 @@ class Store:
             writer.index_closed_chunks()
         done = segments.apply_retention()
         if done.deleted:
+            self._checkpoint_in_freed_room()
             for segment in done.deleted:
                 chunk = self._index.open_chunk
                 if chunk is not None and chunk.segment == segment:
@@ -448,6 +450,35 @@ class Store:
         if self._ledger is not None:
             self._ledger.tick(segments.active)
         self._refresh_count()
+
+    def _checkpoint_in_freed_room(self) -> None:
+        """On a nearly full disk, checkpoint the index's WAL in the room retention just
+        freed, before the next commit (and the indexer's next step) can take it.
+
+        A WAL holding pages past the end of ``index.sqlite`` (rows since the last
+        checkpoint, or a checkpoint the full disk cut short) is copied back only once
+        that file can grow; until then SQLite cannot write the WAL again from its start,
+        and each commit grows it instead. The indexer's checkpoint (about once a second)
+        lost the race for each room retention freed to the commits: the WAL grew into
+        all of it (17.3 -> 20.4 MiB in ``tests/faults/test_disk_full.py``, the index
+        1.9 of the 2.1 MiB it needed), retention deleted every sealed segment, and the
+        store refused every batch for good, however long the apps retried. Best effort:
+        a checkpoint the disk still refuses has grown the file as far as it could, and
+        the next pass that frees room goes on from there."""
+        data_dir = self.settings.data_dir
+        if free_bytes(data_dir) >= ChunkIndexer.CHECKPOINT_BYTES:
+            return  # room enough: the indexer's checkpoints keep up
+        try:
+            self._index.checkpoint()
+        except sqlite3.Error as exc:
+            self._checkpoint_failures += 1
+            n = self._checkpoint_failures
+            if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+                log.warning("audit store: checkpointing the index's WAL in the room "
+                            "retention freed failed (%s, %d failures so far); tried again "
+                            "after its next deletions", exc, n)
+            return  # raised, the deleted segments' drops below were lost
+        self._checkpoint_failures = 0
 
     def _refresh_count(self) -> None:
         """The events count again once segments were hidden or the indexer dropped their
