@@ -118,8 +118,7 @@ class Sender:
                 self._recovered()
                 return []
             if (attempt == 1 and reused and pipe.acknowledged == 0 and self.deadline is None
-                    and isinstance(pipe.failed, OSError)
-                    and not isinstance(pipe.failed, CollectorStalled)):
+                    and _closed_while_idle(pipe.failed)):
                 chunks = pipe.unsent  # the collector may have closed an idle connection
                 continue
             self._failed(pipe.failed)
@@ -206,6 +205,19 @@ class Sender:
             log.warning("audit: collector %s reachable again after %.1fs", self.endpoint,
                         time.monotonic() - self._down_since)
             self._down_since = None
+
+
+def _closed_while_idle(exc: BaseException) -> bool:
+    """Whether a failure on a reused connection may only mean that the collector closed
+    it while it was idle: the socket refused the send (a unix socket), or the reply was
+    the collector's ``timeout`` error, the frame it sends when it closes an idle
+    connection. Over TCP the send succeeds (the bytes go to a socket the collector has
+    closed) and that frame, waiting since, is read as the reply: taken for an outage,
+    the batch was spooled, counted as retried, backed off and a fail_closed request
+    answered 503, after every pause longer than the collector's idle_timeout."""
+    if isinstance(exc, WireError):
+        return exc.code == ErrorCode.TIMEOUT
+    return isinstance(exc, OSError) and not isinstance(exc, CollectorStalled)
 
 
 def resolve(receipt: Receipt[str | None] | None, reason: str | None) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from audit_middleware import AuditConfigurationError, configure, emit
 from audit_middleware.shipper import CollectorSink
+from audit_middleware.shipper.receipts import pending
 from audit_middleware.testing import reset_configuration
 from collector.ingest import IngestSettings
 from tests.e2e.harness import InProcessCollector, open_store, short_tmp, stored_events
@@ -383,6 +384,32 @@ def test_tcp_with_the_token_delivers(collector: Collector, make_sink: SinkFactor
     sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret")
     ids = emit_many(10)
     assert sink.flush(timeout=10)
+    assert collector.ids() == ids
+
+
+def test_a_tcp_connection_the_collector_closed_as_idle_is_not_taken_for_an_outage(
+        collector: Collector, make_sink: SinkFactory) -> None:
+    """The collector closes an idle connection with a ``timeout`` error frame. Over TCP
+    the next batch's send still succeeds, and that frame is read as its reply: the
+    batch was spooled, counted as retried, and a fail_closed request answered 503,
+    after every pause longer than idle_timeout (300 s by default)."""
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             idle_timeout=0.3)
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
+                     fail_closed=True)
+    ids = emit_many(3)
+    assert sink.flush(timeout=10)
+    time.sleep(1.0)  # the collector closes the idle connection
+    receipts: list[Any] = []
+    token = pending.set(receipts)
+    try:
+        ids += emit_many(3, "u")
+    finally:
+        pending.reset(token)
+    assert [r.result(timeout=10) for r in receipts] == [None, None, None]
+    assert sink.flush(timeout=10)
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["spooled"], stats["retried"]) == (6, 0, 0)
     assert collector.ids() == ids
 
 
