@@ -107,8 +107,7 @@ class Connection:
         self._sock = sock
         try:
             sock.sendall(self._hello.encode())
-            self._await_reply(self._connect_timeout)
-            kind, payload = self._read_frame(self._connect_timeout)
+            kind, payload = self._read_frame(self._await_reply(self._connect_timeout))
             if kind is FrameType.ERROR:
                 raise ErrorReply.decode(payload).exception()
             if kind is not FrameType.WELCOME:
@@ -166,20 +165,23 @@ class Connection:
                 continue
             view = view[sock.send(view[:piece]):]
 
-    def _await_reply(self, timeout: float) -> None:
-        """Wait until a reply starts to arrive, at most ``timeout`` seconds (then the read
-        that follows times out, as it always did). A collector silent for
-        ``PRESSURE_GRACE`` seconds while the app's queue fills up is given up on early
-        (TimeoutError): waiting longer would overflow the queue and drop events the
-        spool has room for."""
+    def _await_reply(self, timeout: float) -> float:
+        """Wait until a reply starts to arrive; returns what is left of ``timeout`` for
+        it to arrive whole (the reply is read within ``timeout`` in all). TimeoutError
+        when nothing arrived within it: this wait returned at the timeout and the read
+        after it waited a whole timeout again, so a silent collector held a batch for
+        twice ``ack_timeout`` (and a hello for twice ``connect_timeout``). A collector
+        silent for ``PRESSURE_GRACE`` seconds while the app's queue fills up is given up
+        on early (CollectorStalled): waiting longer would overflow the queue and drop
+        events the spool has room for."""
         sock = self._sock
-        if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-            return
         start = now = time.monotonic()
+        if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            return timeout
         while not _wait_for(sock, True, False, max(min(_POLL, start + timeout - now), 0))[0]:
             now = time.monotonic()
             if now >= start + timeout:
-                return
+                raise TimeoutError(f"no answer from the collector within {timeout:.1f}s")
             deadline = self._deadline()
             if deadline is not None and now >= deadline:
                 raise TimeoutError("closing: no answer from the collector before the exit "
@@ -187,6 +189,7 @@ class Connection:
             if now - start >= PRESSURE_GRACE and self._pressure():
                 raise CollectorStalled(f"no answer from the collector for {now - start:.1f}s "
                                    "while the audit queue fills up: spooling meanwhile")
+        return max(start + timeout - time.monotonic(), 0.0)
 
     def receive(self, batch_id: int, timeout: float) -> Result:
         """The reply to batch ``batch_id``, the oldest one in flight. A WireError with a
@@ -196,9 +199,8 @@ class Connection:
             if self._early:
                 kind, payload = self._early.popleft()
             else:
-                self._await_reply(timeout)
                 self._sock.settimeout(timeout)
-                kind, payload = self._read_frame(timeout)
+                kind, payload = self._read_frame(self._await_reply(timeout))
             self._unanswered -= 1
             if kind is FrameType.RESULT:
                 result = Result.decode(payload)

@@ -172,3 +172,33 @@ def test_rejections_that_name_no_distinct_events_are_not_taken_as_an_answer() ->
         finally:
             peer.close()
             reset_configuration()
+
+
+def _silent(conn: socket.socket, batch: Batch) -> None:
+    time.sleep(30)  # takes the batch, never answers
+
+
+@pytest.mark.parametrize("where", ["reply", "welcome"])
+def test_a_silent_collector_is_given_up_at_the_timeout_not_twice_it(where: str) -> None:
+    """A collector that never answers (a batch, or the hello) is waited for once: the
+    wait for the reply to begin returned at the timeout, and the read that followed
+    waited a whole timeout again, so ack_timeout (and connect_timeout) held the batch
+    for twice as long before it was spooled."""
+    with short_tmp() as root:
+        peer = MisbehavingCollector(str(root / "c.sock"), reply=_silent)
+        if where == "welcome":
+            peer._serve = lambda conn: time.sleep(30)  # type: ignore[method-assign]
+        sink = CollectorSink(peer.url, spool_dir=root / "spool", ack_timeout=1.5,
+                             connect_timeout=1.5)
+        try:
+            configure(sink=sink)
+            emit("team_created", "t1")
+            started = time.monotonic()
+            assert sink.flush(timeout=10)
+            took = time.monotonic() - started
+            assert sink.stats()["spooled"] == 1
+            assert took < 2.5, f"given up after {took:.1f}s, for a timeout of 1.5s"
+        finally:
+            reset_configuration()
+            sink.close(timeout=1)
+            peer.close()
