@@ -74,8 +74,12 @@ class Connection:
         connect_timeout: float,
         pressure: Callable[[], bool] = lambda: False,
         deadline: Callable[[], float | None] = lambda: None,
+        track: Callable[[int | None], None] = lambda fd: None,
     ) -> None:
         self.endpoint = endpoint
+        #: Told the socket's descriptor while the connection is being made, and None
+        #: before it is closed (see ``Sender.after_fork``).
+        self._track = track
         self._pressure = pressure  # True: the app's queue is filling up
         # When the sink must be done (closing at exit), or None: a wait for a reply that
         # began before it was set ends there too, so what is in flight is spooled or
@@ -103,7 +107,7 @@ class Connection:
 
     def connect(self) -> None:
         """Connect and shake hands; raises OSError or WireError (e.g. unauthorized)."""
-        sock = self.endpoint.connect(self._connect_timeout, self._tls)
+        sock = self.endpoint.connect(self._connect_timeout, self._tls, self._track)
         self._sock = sock
         try:
             sock.sendall(self._hello.encode())
@@ -275,6 +279,7 @@ class Connection:
         sock, self._sock = self._sock, None
         self._early.clear()
         self._unanswered = 0
+        self._track(None)  # before the close: the number may be reused at once
         if sock is not None:
             try:
                 sock.close()

@@ -6,8 +6,9 @@ import ipaddress
 import os
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import AuditConfigurationError
 
@@ -31,26 +32,47 @@ class Endpoint:
     def loopback(self) -> bool:
         return self.scheme == "unix" or is_loopback(self.host)
 
-    def connect(self, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
-        """A connected (and, for TLS, handshaken) blocking socket; raises OSError."""
+    def connect(self, timeout: float, tls: ssl.SSLContext | None,
+                track: Callable[[int | None], None] = lambda fd: None) -> socket.socket:
+        """A connected (and, for TLS, handshaken) blocking socket; raises OSError.
+        ``track`` is told the socket's descriptor as soon as it exists, and None before
+        a failed one is closed (see ``Sender.after_fork``)."""
         if self.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            return _connected(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.path, timeout, track)
+        # socket.create_connection, with the descriptor tracked while it connects.
+        failure: OSError | None = None
+        for family, kind, proto, _, address in socket.getaddrinfo(
+                self.host, self.port, 0, socket.SOCK_STREAM):
             try:
-                sock.settimeout(timeout)
-                sock.connect(self.path)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+                sock = _connected(family, kind, proto, address, timeout, track)
+                break
+            except OSError as exc:
+                failure = exc
+        else:
+            raise failure or OSError(f"getaddrinfo gave no address for {self.host}")
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
-                sock = tls.wrap_socket(sock, server_hostname=self.host)
+                sock = tls.wrap_socket(sock, server_hostname=self.host)  # the same descriptor
         except BaseException:
+            track(None)
             sock.close()
             raise
         return sock
+
+
+def _connected(family: int, kind: int, proto: int, address: Any, timeout: float,
+               track: Callable[[int | None], None]) -> socket.socket:
+    sock = socket.socket(family, kind, proto)
+    track(sock.fileno())
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        track(None)  # before the close: the number may be reused at once
+        sock.close()
+        raise
+    return sock
 
 
 def parse_url(url: str) -> Endpoint:

@@ -5,6 +5,7 @@ and counting what the collector answered. Used by the sink's worker thread only.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import ssl
 import time
@@ -62,6 +63,8 @@ class Sender:
         """A new process (after fork) or a new sink: no connection, no history."""
         self.source = source
         self._conn: Connection | None = None
+        #: The descriptor of the connection being made (``after_fork``).
+        self._opening: int | None = None
         self._pipe: Pipeline | None = None
         self._backoff = 0.0
         self._next_attempt = 0.0
@@ -70,6 +73,24 @@ class Sender:
         self.deadline: float | None = None
         for counter in (self.acknowledged, self.rejected, self.retried):
             counter.reset()
+
+    def after_fork(self) -> None:
+        """In a forked child: let go of the parent's connection, and of the one its
+        worker thread was making at the fork (not the sender's yet, so
+        ``forget_connection`` did not see it: the child held that socket for its whole
+        life, and the collector saw the parent's connection open after the parent
+        closed it). Closed by number: the parent's objects for it belong to a thread
+        the child does not have, and are never finalized there."""
+        fd, self._opening = self._opening, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.forget_connection()
+
+    def _track(self, fd: int | None) -> None:
+        self._opening = fd
 
     def forget_connection(self) -> None:
         if self._conn is not None:
@@ -130,9 +151,11 @@ class Sender:
         if conn is None or not conn.open:
             conn = Connection(self.endpoint, Hello(self.source, token=self._token),
                               tls=self._tls, connect_timeout=self._timeout(self._connect_timeout),
-                              pressure=self.pressure, deadline=lambda: self.deadline)
+                              pressure=self.pressure, deadline=lambda: self.deadline,
+                              track=self._track)
             conn.connect()
             self._conn = conn
+            self._opening = None  # forget_connection closes it from now on
         return conn
 
     def _timeout(self, default: float) -> float:

@@ -193,7 +193,7 @@ class CollectorSink:
         self._queue.check_fork(then=self._after_fork)
 
     def _after_fork(self) -> None:
-        self._sender.forget_connection()
+        self._sender.after_fork()
         if self._spool is not None:
             self._spool.after_fork()
         for counter in (self.spooled, self.replayed, self.dropped):

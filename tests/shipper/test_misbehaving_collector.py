@@ -6,6 +6,7 @@ flight was neither spooled nor counted (a review helper)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -198,6 +199,58 @@ def test_a_silent_collector_is_given_up_at_the_timeout_not_twice_it(where: str) 
             took = time.monotonic() - started
             assert sink.stats()["spooled"] == 1
             assert took < 2.5, f"given up after {took:.1f}s, for a timeout of 1.5s"
+        finally:
+            reset_configuration()
+            sink.close(timeout=1)
+            peer.close()
+
+
+def _client_sockets_to(path: str) -> int:
+    """Descriptors of this process that are client sockets connected to ``path``."""
+    n = 0
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            n += sock.family == socket.AF_UNIX and sock.getpeername() == path
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return n
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists descriptors in /proc")
+def test_a_child_forked_while_its_parent_connects_lets_go_of_that_connection() -> None:
+    """The connection the worker thread is making (its hello not answered yet) is not
+    the sender's until it is made: a child forked meanwhile kept its copy of the socket
+    for its whole life, so the parent's close never reached the collector."""
+    with short_tmp() as root:
+        peer = MisbehavingCollector(str(root / "c.sock"))
+        serve = peer._serve
+
+        def slow_welcome(conn: socket.socket) -> None:
+            time.sleep(1.0)
+            serve(conn)
+
+        peer._serve = slow_welcome  # type: ignore[method-assign]
+        sink = CollectorSink(peer.url, spool_dir=root / "spool")
+        try:
+            configure(sink=sink)
+            emit("team_created", "t1")
+            deadline = time.monotonic() + 5
+            while not _client_sockets_to(peer.path) and time.monotonic() < deadline:
+                time.sleep(0.01)  # the worker is connecting, waiting for the welcome
+            assert _client_sockets_to(peer.path) == 1
+            pid = os.fork()
+            if pid == 0:
+                os._exit(_client_sockets_to(peer.path))
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert sink.flush(timeout=10)
+            assert sink.stats()["acknowledged"] == 1  # the parent's connection still works
         finally:
             reset_configuration()
             sink.close(timeout=1)

@@ -14,7 +14,7 @@ import re
 import resource
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -195,10 +195,12 @@ class _HighFileNumber:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
 
-    def connect(self, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
+    def connect(self, timeout: float, tls: ssl.SSLContext | None,
+                track: Callable[[int | None], None] = lambda fd: None) -> socket.socket:
         sock = self.endpoint.connect(timeout, tls)
         high = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 1500)
         moved = socket.socket(sock.family, sock.type, sock.proto, fileno=high)
+        track(high)
         moved.settimeout(sock.gettimeout())
         sock.close()
         return moved
