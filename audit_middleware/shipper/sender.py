@@ -10,6 +10,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import InvalidStateError
 from typing import Final
 
 from .._counter import Counter
@@ -245,7 +246,15 @@ def _closed_while_idle(exc: BaseException) -> bool:
 
 def resolve(receipt: Receipt[str | None] | None, reason: str | None) -> None:
     if receipt is not None and not receipt.done():
-        receipt.set_result(reason)
+        try:
+            receipt.set_result(reason)
+        except InvalidStateError:
+            # Cancelled since done() said no: its request stopped waiting (under ASGI
+            # the fail_closed deadline cancels the future chained to it) on another
+            # thread. Raised here, it escaped the pipeline: the whole batch counted
+            # failed (dropped) though acknowledged, the batches in flight behind it
+            # neither settled nor spooled, its other receipts never resolved.
+            pass
 
 
 def resolve_all(receipts: Sequence[Receipt[str | None] | None] | None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -415,4 +416,50 @@ def test_a_denial_fail_closed_waits_for_nobody_and_wakes_no_one(
     assert [(event.type, receipt) for _, event, receipt in queued] == [
         ("request_denied", None), ("request_denied", None)]
     assert wakes == []
+
+
+class _CancelledMeanwhile(Future):  # type: ignore[type-arg]
+    """A receipt whose request stops waiting (ASGI: the fail_closed deadline cancels the
+    future that ``asyncio.wrap_future`` chained to it) just after the worker saw it
+    pending: the interleaving of two threads, made deterministic."""
+
+    def done(self) -> bool:
+        was = super().done()
+        self.cancel()
+        return was
+
+
+def test_a_receipt_cancelled_as_it_is_resolved_loses_nothing(
+        root: Path, collector: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Future.set_result raises InvalidStateError on a future cancelled after the
+    worker's done() check: it escaped the pipeline, and the queue counted the whole
+    batch as failed (dropped), the events the collector had just acknowledged
+    included, with the other receipts of the batch never resolved."""
+    from audit_middleware.shipper import receipts
+    from audit_middleware.shipper import sink as sink_module
+
+    made: list[Future[str | None]] = []
+
+    def new_receipt() -> Future[str | None] | None:
+        pending_list = receipts.pending.get()
+        if pending_list is None:
+            return None
+        receipt = _CancelledMeanwhile() if not made else Future()
+        made.append(receipt)
+        pending_list.append(receipt)
+        return receipt
+
+    monkeypatch.setattr(sink_module, "new_receipt", new_receipt)
+    sink = fail_closed_sink(root)
+    token = receipts.pending.set([])
+    try:
+        emit("team_created", "t1")
+        emit("team_created", "t2")
+    finally:
+        receipts.pending.reset(token)
+    assert sink.flush(timeout=10)
+    assert made[1].result(timeout=1) is None  # the other request is answered: recorded
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["dropped"]) == (2, 0), stats
+    assert [e["target"] for e in stored_events(collector)] == ["t1", "t2"]
     sink.close()
