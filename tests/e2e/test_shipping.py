@@ -135,9 +135,14 @@ def test_restart_and_kill_9_under_load_lose_nothing_and_duplicate_nothing(
     emitted: list[list[str]] = [[] for _ in range(4)]
 
     def load(n: int) -> None:
+        # At most ~20,000 events/s in all: load the collector can keep up with once
+        # back. Unthrottled (50 events a millisecond a thread), the app outran the
+        # collector for good, the spool grew behind it to its 256 MiB cap, and the
+        # drops (counted: the product's answer to overload) failed 1 run in 2 on a
+        # slow day: a test of overload, not of restarts.
         while not stop.is_set():
             emitted[n].extend(emit("run_status_changed", f"r{n}").id for _ in range(50))
-            stop.wait(0.001)
+            stop.wait(0.01)
 
     threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
     for t in threads:
@@ -166,7 +171,10 @@ def test_restart_and_kill_9_under_load_lose_nothing_and_duplicate_nothing(
     all_emitted = {i for ids_ in emitted for i in ids_}
     assert len(ids) == len(set(ids)), "an event was stored twice"
     assert set(ids) == all_emitted
-    assert sink.stats()["dropped"] == 0
+    stats = sink.stats()
+    assert stats["dropped"] == 0
+    # The outages were met under load (~30,000 spooled a run), not between batches.
+    assert stats["replayed"] == stats["spooled"] > 0 and stats["retried"] > 0, stats
     sink.close()
 
 
