@@ -56,6 +56,8 @@ class CaptureConfig:
     principal: PrincipalResolver | None = None
     org: Resolver | None = None
     workspace: Resolver | None = None
+    #: The event type a request answered 401 or 403 is recorded as (``denials``).
+    denied_event: str | None = None
 
     #: Whether ``@audited`` has work to do before the handler runs (derived).
     before_handler: bool = field(init=False, default=False)

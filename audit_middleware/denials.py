@@ -46,11 +46,22 @@ def checked_denied_event(event_type: object) -> str | None:
     return _config.settings.catalogue.check(event_type)
 
 
-def record_denial(event_type: str, ctx: RequestContext, method: object, path: str) -> None:
-    """Record that the request of ``ctx`` was answered 401 or 403 (``ctx.status_code``).
+def on_denied(event_type: str | None, ctx: RequestContext, enclosing: object,
+              method: object, path: str) -> None:
+    """The request of ``ctx`` was answered 401 or 403 (``ctx.status_code``): record it
+    as ``event_type`` (None: this middleware records no denials). ``enclosing`` is the
+    context an outer audit middleware set for the same request (a mounted sub-app with
+    a middleware of its own), if any: the outermost one that records denials records
+    it, once, and a failure ``@audited`` recorded inside is passed out to it.
+
     The response is sent or on its way: a failure to record it is logged, never raised
     into the server."""
-    if getattr(ctx, "failure_recorded", False):
+    if isinstance(enclosing, RequestContext):
+        if getattr(ctx, "failure_recorded", False):
+            enclosing.failure_recorded = True
+        if enclosing.config.denied_event is not None:
+            return  # the outer middleware sees the same answer and records it
+    if event_type is None or getattr(ctx, "failure_recorded", False):
         return  # @audited(record_failure=True) said it: "failed: HTTP 403"
     # Outside the request's pending receipts: its answer is decided (sent, or past the
     # fail-closed wait), so nothing waits for this event, and a fail-closed sink must not

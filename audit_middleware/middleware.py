@@ -21,7 +21,7 @@ from . import _config
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .client_ip import ForwardedHeader, TrustedProxies
 from .context import CaptureConfig, PrincipalResolver, RequestContext, Resolver, current
-from .denials import DENIED_STATUSES, checked_denied_event, record_denial
+from .denials import DENIED_STATUSES, checked_denied_event, on_denied
 from .shipper.receipts import Receipt, pending, wait_durable
 
 log = logging.getLogger("audit_middleware")
@@ -51,6 +51,7 @@ class AuditMiddleware:
             principal=principal,
             org=org,
             workspace=workspace,
+            denied_event=self.denied_event,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,9 +67,10 @@ class AuditMiddleware:
                     else:
                         await self.app(scope, receive, _handshake_observing(send, ctx))
                 finally:
-                    if self.denied_event is not None and ctx.status_code in DENIED_STATUSES:
+                    if ctx.status_code in DENIED_STATUSES:
                         # The handshake is a GET: the record reads as an http request's.
-                        record_denial(self.denied_event, ctx, "GET", scope.get("path", ""))
+                        on_denied(self.denied_event, ctx, token.old_value, "GET",
+                                  scope.get("path", ""))
                     current.reset(token)
                 return
             if scope["type"] == "lifespan":
@@ -94,8 +96,9 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_observing_status)
         finally:
-            if self.denied_event is not None and ctx.status_code in DENIED_STATUSES:
-                record_denial(self.denied_event, ctx, scope.get("method"), scope.get("path", ""))
+            if ctx.status_code in DENIED_STATUSES:  # one comparison when not denied
+                on_denied(self.denied_event, ctx, token.old_value, scope.get("method"),
+                          scope.get("path", ""))
             current.reset(token)
 
 
@@ -154,8 +157,9 @@ async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: 
     try:
         await app(scope, receive, send_once_durable)
     finally:
-        if denied_event is not None and ctx.status_code in DENIED_STATUSES:
-            record_denial(denied_event, ctx, scope.get("method"), scope.get("path", ""))
+        if ctx.status_code in DENIED_STATUSES:
+            on_denied(denied_event, ctx, token.old_value, scope.get("method"),
+                      scope.get("path", ""))
         pending.reset(receipts_token)
         current.reset(token)
 

@@ -17,7 +17,7 @@ from . import _config
 from ._types import Environ, StartResponse, WSGIApp
 from .client_ip import ForwardedHeader, TrustedProxies
 from .context import CaptureConfig, PrincipalResolver, RequestContext, Resolver, current
-from .denials import DENIED_STATUSES, checked_denied_event, record_denial
+from .denials import DENIED_STATUSES, checked_denied_event, on_denied
 from .shipper.receipts import Receipt, pending, wait_durable_blocking
 
 log = logging.getLogger("audit_middleware")
@@ -46,6 +46,7 @@ class WSGIAuditMiddleware:
             principal=principal,
             org=org,
             workspace=workspace,
+            denied_event=self.denied_event,
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -56,8 +57,8 @@ class WSGIAuditMiddleware:
 
         def start_response_observing_status(status: str, headers: Any, *exc: Any) -> Any:
             ctx.status_code = code = status_line_code(status)
-            if self.denied_event is not None and code in DENIED_STATUSES:
-                _record_denial(self.denied_event, ctx, environ)
+            if code in DENIED_STATUSES:
+                _on_denied(self.denied_event, ctx, token.old_value, environ)
             return start_response(status, headers, *exc)
 
         token = current.set(ctx)
@@ -76,8 +77,8 @@ class WSGIAuditMiddleware:
             reason = wait_durable_blocking(receipts, timeout) if receipts else None
             if reason is None:
                 ctx.status_code = code = status_line_code(status)
-                if self.denied_event is not None and code in DENIED_STATUSES:
-                    _record_denial(self.denied_event, ctx, environ)
+                if code in DENIED_STATUSES:
+                    _on_denied(self.denied_event, ctx, token.old_value, environ)
                 return start_response(status, headers, *exc)
             refused.append(reason)
             log.error("audit: refusing %r %r with 503 (fail_closed): %s",  # %r: no forged lines
@@ -102,7 +103,8 @@ class WSGIAuditMiddleware:
         return _in_context(body, ctx, environ, receipts, refused)
 
 
-def _record_denial(event_type: str, ctx: RequestContext, environ: Environ) -> None:
+def _on_denied(event_type: str | None, ctx: RequestContext, enclosing: object,
+               environ: Environ) -> None:
     # WSGI hands the path over as latin-1 text of its bytes (PEP 3333); the record
     # holds what the client asked for, as ASGI's ``scope["path"]`` does.
     path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
@@ -110,7 +112,7 @@ def _record_denial(event_type: str, ctx: RequestContext, environ: Environ) -> No
         path = path.encode("latin-1").decode("utf-8", "replace")
     except UnicodeEncodeError:
         pass  # not bytes as latin-1: a server that decoded it already
-    record_denial(event_type, ctx, environ.get("REQUEST_METHOD"), path)
+    on_denied(event_type, ctx, enclosing, environ.get("REQUEST_METHOD"), path)
 
 
 def _in_context(body: Iterable[bytes], ctx: RequestContext, environ: Environ,

@@ -25,7 +25,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -251,3 +251,40 @@ def test_a_websocket_handshake_refused_is_recorded(events: list[AuditEvent]) -> 
         (DENIED, "/feed", "HTTP 403 on GET", ""),
         (DENIED, "/events", "HTTP 401 on GET", ""),
     ]
+
+
+@pytest.mark.parametrize(("outer", "inner"), [(DENIED, DENIED), (DENIED, None),
+                                              (None, DENIED)])
+def test_nested_audit_middlewares_record_a_denial_once(
+        events: list[AuditEvent], outer: str | None, inner: str | None) -> None:
+    """A sub-app built with its own AuditMiddleware, mounted in an app that has one too
+    (an app factory used twice): both saw the same 403, and each recorded it; a failure
+    the inner @audited recorded was not known to the outer one, which recorded a denial
+    beside it."""
+
+    async def forbidden(request: Request) -> Response:
+        return PlainTextResponse("no", status_code=403)
+
+    sub = Starlette(routes=[
+        Route("/admin", forbidden),
+        Route("/credentials/{credentials_id}", delete_credentials, methods=["DELETE"]),
+    ], middleware=[Middleware(AuditMiddleware, denied_event=inner)])
+    app = Starlette(routes=[Mount("/v2", app=sub)],
+                    middleware=[Middleware(AuditMiddleware, denied_event=outer)])
+    client = TestClient(app)
+    assert client.get("/v2/admin").status_code == 403
+    assert client.delete("/v2/credentials/c-3").status_code == 403
+    assert [(e.type, e.target, e.status) for e in events] == [
+        (DENIED, "/v2/admin", "HTTP 403 on GET"),
+        ("credentials_deleted", "c-3", "failed: HTTP 403")]
+
+
+def test_nested_wsgi_audit_middlewares_record_a_denial_once(events: list[AuditEvent]) -> None:
+    inner_app = Flask("inner")
+    inner_app.get("/admin")(lambda: abort(403))
+    inner = WSGIAuditMiddleware(inner_app.wsgi_app, denied_event=DENIED)
+    outer = WSGIAuditMiddleware(inner, denied_event=DENIED)
+    from werkzeug.test import Client
+
+    assert Client(outer).get("/admin").status_code == 403
+    assert [(e.type, e.target) for e in events] == [(DENIED, "/admin")]
