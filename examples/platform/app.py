@@ -20,7 +20,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from audit_middleware import AuditMiddleware, Sink, configure, path_param
+from audit_middleware import AuditMiddleware, Sink, configure, path_param, register_resource
 from audit_middleware.client_ip import ForwardedHeader, TrustedProxies
 
 from .auth import BearerTokenBackend, on_auth_error, seed_demo_users
@@ -28,6 +28,10 @@ from .jobs import RunBackend
 from .routes import accounts, data_explorer, orgs, resources, runs
 from .store import NotFound, Store
 from .vault import Vault
+
+#: The platform's own event type for a request answered 401 or 403: a bad token, a
+#: signed-in user asking for what only root may do.
+REQUEST_DENIED = "request_denied"
 
 #: Largest request body (a file upload, in practice); bigger ones get a 413.
 MAX_BODY = 1024 * 1024
@@ -51,6 +55,7 @@ def create_app(
     TrustedProxies(proxies)
     if sink is not None:
         configure(sink=sink)
+    register_resource("request", {"denied": REQUEST_DENIED})  # again: a no-op
     store = Store()
     if demo_users:
         seed_demo_users(store)
@@ -80,6 +85,7 @@ def create_app(
                 forwarded_header=forwarded_header,
                 org=path_param("org_id", lookup=store.name_of),
                 workspace=path_param("workspace_id", lookup=store.name_of),
+                denied_event=REQUEST_DENIED,
             ),
             Middleware(AuthenticationMiddleware, backend=BearerTokenBackend(store),
                        on_error=on_auth_error),

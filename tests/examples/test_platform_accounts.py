@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from starlette.testclient import TestClient
 
 from examples.platform import create_app
@@ -39,11 +38,19 @@ def test_a_forwarded_for_header_from_an_untrusted_peer_is_ignored(audit, nowhere
     assert [e.client_ip for e in audit.events] == ["203.0.113.99"]
 
 
-@pytest.mark.parametrize("password", ["wrong", ""])
-def test_a_failed_sign_in_records_nothing(platform: TestClient, audit, password: str) -> None:
-    response = platform.post("/sign-in", json={"email": ALICE.email, "password": password})
-    assert response.status_code in (401, 422)
-    assert audit.events == []
+def test_a_failed_sign_in_is_recorded_as_denied_not_as_a_sign_in(platform: TestClient,
+                                                                 audit) -> None:
+    """A wrong password is a failed access attempt (401): recorded as ``request_denied``,
+    no principal (the email a client typed names nobody yet), never the password. A
+    sign-in the body model refused (422) is bad input, not a denial: nothing."""
+    platform.headers.pop("Authorization")  # not signed in yet
+    response = platform.post("/sign-in", json={"email": ALICE.email, "password": "wrong"})
+    assert response.status_code == 401
+    assert platform.post("/sign-in", json={"email": ALICE.email,
+                                            "password": ""}).status_code == 422
+    assert [(e.type, e.target, e.status, e.principal) for e in audit.events] == [
+        ("request_denied", "/sign-in", "HTTP 401 on POST", "")]
+    assert "wrong" not in audit.events[0].to_json_line().decode()
 
 
 def test_a_session_token_from_sign_in_authenticates_the_user(platform, audit, nowhere) -> None:
@@ -64,12 +71,13 @@ def test_root_manages_users(platform: TestClient, audit, nowhere) -> None:
     ]
 
 
-def test_a_user_who_is_not_root_cannot_add_users_and_nothing_is_recorded(
+def test_a_user_who_is_not_root_cannot_add_users_and_the_attempt_is_recorded(
     platform: TestClient, audit
 ) -> None:
     response = platform.post("/users", json={"name": "Eve", "email": "e@x", "password": "p"})
     assert response.status_code == 403
-    assert audit.events == []
+    assert [(e.type, e.target, e.status, e.principal) for e in audit.events] == [
+        ("request_denied", "/users", "HTTP 403 on POST", ALICE.id)]
 
 
 def test_access_tokens_are_recorded_by_id(platform: TestClient, audit, nowhere) -> None:
@@ -85,4 +93,5 @@ def test_a_deleted_token_no_longer_authenticates(platform: TestClient, audit) ->
     response = platform.post("/orgs", json={"name": "x"},
                              headers={"Authorization": f"Bearer {created['token']}"})
     assert response.status_code == 401
-    assert audit.types() == ["access_token_created", "access_token_deleted"]
+    assert audit.types() == ["access_token_created", "access_token_deleted", "request_denied"]
+    assert audit.events[-1].principal == ""  # the deleted token names nobody any more

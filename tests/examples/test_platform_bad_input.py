@@ -61,19 +61,22 @@ def test_an_unknown_id_in_the_path_is_not_found(platform, audit, path: str) -> N
 
 
 @pytest.mark.parametrize("authorization", ["Bearer nope", "Basic YTpi", "Bearer", "garbage"])
-def test_a_bad_authorization_header_is_401_and_records_nothing(
+def test_a_bad_authorization_header_is_401_and_recorded_as_denied(
     platform: TestClient, audit, authorization: str
 ) -> None:
     response = platform.post("/orgs", json={"name": "x"},
                              headers={"Authorization": authorization})
     assert response.status_code == 401
-    assert audit.events == []
+    assert [(e.type, e.target, e.status, e.principal) for e in audit.events] == [
+        ("request_denied", "/orgs", "HTTP 401 on POST", "")]
+    assert authorization not in audit.events[0].to_json_line().decode()
 
 
-def test_an_anonymous_request_is_401_and_records_nothing(platform: TestClient, audit) -> None:
+def test_an_anonymous_request_is_401_and_recorded_as_denied(platform: TestClient,
+                                                            audit) -> None:
     platform.headers.pop("Authorization")
     assert platform.post("/orgs", json={"name": "x"}).status_code == 401
-    assert audit.events == []
+    assert [(e.type, e.principal) for e in audit.events] == [("request_denied", "")]
 
 
 def test_an_oversized_upload_is_413_and_records_nothing(platform, audit, place) -> None:

@@ -33,11 +33,14 @@ def test_no_header_makes_the_platform_record_another_principal() -> None:
         client = TestClient(create_app(), client=("203.0.113.7", 50123), headers=SPOOF)
         tour = run_tour(client)  # Alice signs in and works; root manages users
         client.headers.pop("authorization", None)
-        # Without a token: refused, and nothing recorded in anyone's name.
+        # Without a token: refused, and recorded in nobody's name.
         anonymous = client.post(f"/orgs/{tour.ids['org']}/teams", json={"name": "x"})
         forged = client.post("/orgs", json={"name": "forged"},
                              headers={"Authorization": "Bearer forged-token"})
-    principals = {e.principal for e in events}
+    # The two refusals are recorded as denied, in nobody's name (no header names one).
+    denied = [(e.principal, e.target) for e in events if e.type == "request_denied"]
+    assert denied == [("", f"/orgs/{tour.ids['org']}/teams"), ("", "/orgs")], denied
+    principals = {e.principal for e in events if e.type != "request_denied"}
     report("principal spoofing through headers", attempts=len(events) * len(SPOOF) + 2,
            spoofed=sum(e.principal == IMPERSONATED for e in events
                        if e.type not in ("user_created", "user_updated", "user_deleted",
