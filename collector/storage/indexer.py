@@ -193,6 +193,12 @@ class ChunkIndexer:
             except Exception as exc:  # the chunk stays CLOSED: re-queued at next open
                 self.failed = f"{type(exc).__name__}: {exc}"
                 log.exception("audit store: indexing chunk %s failed", chunk)
+                if self._retrying:
+                    # One waiting for room that failed otherwise waits its backoff too:
+                    # its try stayed due (the backoff over, or the room freed still
+                    # freed), and it was built again at once, in a loop (thousands of
+                    # tracebacks a second), no drop getting a turn.
+                    self._back_off()
             finally:
                 with self._cond:
                     self._busy = self._retrying = False
@@ -228,19 +234,26 @@ class ChunkIndexer:
         with self._cond:
             self._no_room[chunk] = None
         self._refusals += 1
-        self._free_at_refusal = free_bytes(self._wal.parent)
-        self._build_after = time.monotonic() + self._build_delay
+        delay = self._back_off()
         if first:
             log.error("audit store: indexing chunk %s failed (%s): the disk is full; its "
                       "records stay stored and found by queries (more slowly), and it is "
                       "indexed once the disk has room (tried again from %g s to every "
                       "%g s, and at once when space is freed): free space on it", chunk,
-                      exc, self._build_delay, BUILD_RETRY_MAX)
+                      exc, delay, BUILD_RETRY_MAX)
         else:
             log.debug("audit store: indexing chunk %s refused again (%s, %d refusals, "
                       "%d chunk(s) waiting for room); next try in %g s", chunk, exc,
-                      self._refusals, len(self._no_room), self._build_delay)
-        self._build_delay = min(self._build_delay * 2, BUILD_RETRY_MAX)
+                      self._refusals, len(self._no_room), delay)
+
+    def _back_off(self) -> float:
+        """The next try of a chunk waiting for room after the backoff (doubled for the
+        one after), or once ``ROOM_BACK`` bytes more than now are free; the delay."""
+        delay = self._build_delay
+        self._free_at_refusal = free_bytes(self._wal.parent)
+        self._build_after = time.monotonic() + delay
+        self._build_delay = min(delay * 2, BUILD_RETRY_MAX)
+        return delay
 
     def _built(self, chunk: int) -> None:
         """A build done (or its chunk gone): the disk has room, the chunks waiting for

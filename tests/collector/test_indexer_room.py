@@ -1,0 +1,62 @@
+"""The indexer's chunks waiting for room on a full disk (``ChunkIndexer._no_room``):
+how they are tried again, and what ``failed``, ``backlog`` and the log say."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.index import Index
+from collector.storage import indexer
+from tests.collector.storage_helpers import wait_until
+
+
+def full_disk_error() -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError("database or disk is full")
+    exc.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+    return exc
+
+
+@pytest.mark.parametrize("due", ["backoff over", "room freed"])
+def test_a_chunk_waiting_for_room_whose_retry_fails_otherwise_is_not_retried_in_a_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        due: str) -> None:
+    """A chunk the full disk refused, whose retry then fails for another reason (a bug,
+    an I/O error), kept its retry due (its backoff over, or the room freed since the
+    refusal still freed): the indexer built it again at once, in a loop (3,408 builds in
+    a second), a traceback each time, and no segment drop got a turn."""
+    calls: list[float] = []
+    free = [0]
+    if due == "room freed":  # no room at the refusal, 10 MiB after; the backoff long
+        monkeypatch.setattr(indexer, "free_bytes", lambda _: free[0])
+
+    def build(*_: Any) -> bool:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise full_disk_error()
+        raise sqlite3.DatabaseError("something else went wrong")
+
+    Index(tmp_path / "index.sqlite").close()
+    monkeypatch.setattr(indexer, "build_chunk_indexes", build)
+    monkeypatch.setattr(indexer, "BUILD_RETRY", 0.1 if due == "backoff over" else 1000)
+    background = indexer.ChunkIndexer(tmp_path / "index.sqlite", indexer.WriteLock())
+    try:
+        with caplog.at_level(logging.ERROR, logger="collector.index"):
+            background.submit(1)
+            wait_until(lambda: background.failed is not None)
+            free[0] = 10 * indexer.ROOM_BACK
+            deadline = time.monotonic() + 10
+            while len(calls) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(calls) >= 2, "never tried again"
+            time.sleep(1.0)
+    finally:
+        background.close()
+    assert len(calls) <= 6, f"{len(calls)} builds in about a second"
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) <= 4, len(tracebacks)
