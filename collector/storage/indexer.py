@@ -209,13 +209,16 @@ class ChunkIndexer:
         """Build a closed chunk's postings; one the full disk refuses (no bug: no
         traceback) waits for room (``_refused``). Other errors are raised."""
         try:
-            build_chunk_indexes(self._con, chunk, self._write_lock)
+            built = build_chunk_indexes(self._con, chunk, self._write_lock)
         except Exception as exc:
             if not out_of_space(exc, self._wal.parent):
                 raise
             self._refused(chunk, exc)
             return
-        self._built(chunk)
+        if built:
+            self._built(chunk)
+        else:
+            self._gone(chunk)
 
     def _retry_due(self) -> bool:
         """Whether a chunk waiting for room is to be built again now: its backoff is
@@ -256,8 +259,8 @@ class ChunkIndexer:
         return delay
 
     def _built(self, chunk: int) -> None:
-        """A build done (or its chunk gone): the disk has room, the chunks waiting for
-        it go next, and the episode ends with the last of them."""
+        """A build done: the disk has room, the chunks waiting for it go next, and the
+        episode ends with the last of them."""
         if not self._no_room:
             return
         with self._cond:
@@ -269,7 +272,29 @@ class ChunkIndexer:
         log.info("audit store: the disk has room again: indexed the chunks it had "
                  "refused (%d refusal(s)); queries use their postings again",
                  self._refusals)
+        self._end_episode()
+
+    def _gone(self, chunk: int) -> None:
+        """A chunk retention dropped before it was built: nothing was written, so it
+        says nothing of the room (taken for a build done, it reset the backoff of the
+        chunks still waiting, tried again at once on the full disk, and said the disk
+        had room again). One that waited for room waits no more."""
+        if chunk not in self._no_room:
+            return
+        with self._cond:
+            self._no_room.pop(chunk, None)
+        if self._no_room:
+            return
+        log.info("audit store: chunk %s, refused by the full disk, was deleted by "
+                 "retention before it could be indexed; no chunk waits for room now",
+                 chunk)
+        self._end_episode()
+
+    def _end_episode(self) -> None:
+        """No chunk waits for room any more."""
         self._refusals = 0
+        self._build_after = 0.0
+        self._build_delay = BUILD_RETRY
         if self.failed == self._room_error:  # not another failure since, said as it is
             self.failed = None
 

@@ -60,3 +60,40 @@ def test_a_chunk_waiting_for_room_whose_retry_fails_otherwise_is_not_retried_in_
     assert len(calls) <= 6, f"{len(calls)} builds in about a second"
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert len(tracebacks) <= 4, len(tracebacks)
+
+
+def test_a_chunk_retention_deleted_while_it_waited_for_room_is_not_said_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Chunks waiting for room whose segment retention deleted meanwhile (the disk
+    still full) were taken for builds that succeeded: the backoff of those still waiting
+    started again from ``BUILD_RETRY`` (a full disk tried every second again), and once
+    the last was gone the log said "the disk has room again: indexed the chunks it had
+    refused", with nothing indexed and the disk as full as before."""
+    calls: list[int] = []
+
+    def build(_con: Any, chunk: int, _lock: Any) -> bool:
+        calls.append(chunk)
+        if calls.count(chunk) <= chunk:  # chunk 1 refused once, chunk 2 twice
+            raise full_disk_error()
+        return False  # then gone: retention dropped their segment
+
+    Index(tmp_path / "index.sqlite").close()
+    monkeypatch.setattr(indexer, "build_chunk_indexes", build)
+    monkeypatch.setattr(indexer, "BUILD_RETRY", 0.1)
+    background = indexer.ChunkIndexer(tmp_path / "index.sqlite", indexer.WriteLock())
+    try:
+        with caplog.at_level(logging.DEBUG, logger="collector.index"):
+            background.submit(1)
+            background.submit(2)
+            wait_until(lambda: calls.count(2) == 3)
+            wait_until(lambda: background.backlog == 0)
+    finally:
+        background.close()
+    assert calls == [1, 2, 1, 2, 2]
+    again = [r.args for r in caplog.records if "refused again" in r.msg]
+    # 0.1 s after the 1st refusal, 0.2 after the 2nd: the 3rd waits 0.4, not 0.1.
+    assert [a[-1] for a in again] == [0.2, 0.4], again
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "room again" in m], said
+    assert background.failed is None
