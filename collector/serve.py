@@ -336,7 +336,8 @@ def _dump_stats(server: IngestServer, store_stats: dict[str, Any],
 
 class StatsFile:
     """The live counters' file, replaced whole at each write. A write that fails (a full
-    disk, most often) is warned of once, when the writes start failing, again at most
+    disk, most often) is warned of once, when the writes start failing (or fail for
+    another reason: another errno, another fix), again at most
     every ``STATS_REMINDER`` while they fail, and said once (info) when one succeeds
     again: it was warned of at every write, every ``STATS_INTERVAL``, for as long as the
     disk stayed full. Nothing else depends on it: the store and ingest go on."""
@@ -345,6 +346,7 @@ class StatsFile:
         self.path = path
         self._failures = 0  # writes failed in a row
         self._warned = 0.0  # time.monotonic() of the last warning
+        self._warned_of: int | None = None  # the errno it said
 
     def write(self, live: dict[str, Any]) -> bool:
         """Write ``live``; False (logged as above) if it could not be written."""
@@ -370,9 +372,12 @@ class StatsFile:
     def _failed(self, exc: OSError) -> None:
         self._failures += 1
         now = time.monotonic()
-        if self._failures > 1 and now - self._warned < STATS_REMINDER:
+        # Another reason is said at once: its fix is another (the one said would be
+        # wrong until the reminder, up to an hour).
+        if (self._failures > 1 and now - self._warned < STATS_REMINDER
+                and exc.errno == self._warned_of):
             return
-        self._warned = now
+        self._warned, self._warned_of = now, exc.errno
         fix = ("free space on that disk" if is_full(exc) else
                f"make {self.path.parent} writable by the collector's user")
         log.warning("could not write %s: %s (%d failed write(s) in a row). `audit-collector "

@@ -363,6 +363,33 @@ def test_the_stats_file_failing_for_long_is_a_reminder_at_a_low_rate(
     assert [m for m in said if "again after 10 failed write(s)" in m] == said[2:], said
 
 
+def test_the_stats_file_failing_for_another_reason_is_said_at_once(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Writes that go on failing for another reason than the one warned of (the disk
+    freed, then the directory made read-only) are warned of at once, with that reason's
+    fix: they were said only at the hourly reminder, the log telling the operator to
+    free space that was free, for up to an hour."""
+    errors = iter([errno.ENOSPC] * 3 + [errno.EROFS] * 3)
+    real_open = os.open
+    path = tmp / serve.STATS_FILE
+
+    def failing_open(file: Any, *args: Any, **kwargs: Any) -> int:
+        if Path(file) == path.with_suffix(".tmp"):
+            code = next(errors)
+            raise OSError(code, os.strerror(code), str(file))
+        return real_open(file, *args, **kwargs)
+
+    stats = serve.StatsFile(path)
+    monkeypatch.setattr(serve.os, "open", failing_open)
+    with caplog.at_level(logging.INFO, logger="collector"):
+        assert [stats.write({}) for _ in range(6)] == [False] * 6
+    said = [r.getMessage() for r in caplog.records]
+    warned = [m for m in said if m.startswith("could not write")]
+    assert len(warned) == 2, said
+    assert "No space left" in warned[0] and "free space" in warned[0]
+    assert "Read-only" in warned[1] and "free space" not in warned[1]
+
+
 def test_the_room_retention_frees_goes_to_the_index_checkpoint_first(
         tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What made the test above stall in 1 run of 3-4 (the app's drain answered
