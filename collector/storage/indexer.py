@@ -88,6 +88,9 @@ class ChunkIndexer:
         self._free_at_refusal = 0  # free bytes when the disk last refused a build
         self._refusals = 0  # builds the full disk refused since the first (one episode)
         self._room_error: str | None = None  # the last refusal, as ``failed`` says it
+        #: The last failure of a chunk left CLOSED until the next start (not waiting
+        #: for room): what ``failed`` says again once no chunk waits for room.
+        self._lasting_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-store-indexer",
                                         daemon=True)
         self._thread.start()
@@ -197,8 +200,12 @@ class ChunkIndexer:
                     # One waiting for room that failed otherwise waits its backoff too:
                     # its try stayed due (the backoff over, or the room freed still
                     # freed), and it was built again at once, in a loop (thousands of
-                    # tracebacks a second), no drop getting a turn.
+                    # tracebacks a second), no drop getting a turn. Its failure lasts
+                    # as long as it waits (cleared with the episode).
                     self._back_off()
+                    self._room_error = self.failed
+                else:
+                    self._lasting_error = self.failed
             finally:
                 with self._cond:
                     self._busy = self._retrying = False
@@ -295,8 +302,11 @@ class ChunkIndexer:
         self._refusals = 0
         self._build_after = 0.0
         self._build_delay = BUILD_RETRY
-        if self.failed == self._room_error:  # not another failure since, said as it is
-            self.failed = None
+        # Not another failure since, said as it is; nor one before, of a chunk still
+        # unindexed (until the next start), which the refusals had overwritten: cleared,
+        # the stats said nothing of it any more.
+        if self.failed == self._room_error:
+            self.failed = self._lasting_error
 
     def _drop_due(self) -> bool:
         return bool(self._drops) and time.monotonic() >= self._drop_after

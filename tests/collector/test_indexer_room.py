@@ -97,3 +97,59 @@ def test_a_chunk_retention_deleted_while_it_waited_for_room_is_not_said_built(
     said = [r.getMessage() for r in caplog.records]
     assert not [m for m in said if "room again" in m], said
     assert background.failed is None
+
+
+def test_failed_still_says_a_chunk_left_unindexed_once_the_room_is_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build that failed for another reason leaves its chunk CLOSED until the next
+    start, said in ``failed`` (the store's ``last_error``). A refusal of a later chunk
+    overwrote it, and once that chunk was built ``failed`` was cleared: the stats said
+    nothing of the chunk still unindexed."""
+    calls: list[int] = []
+
+    def build(_con: Any, chunk: int, _lock: Any) -> bool:
+        calls.append(chunk)
+        if chunk == 1:
+            raise sqlite3.DatabaseError("chunk 1 broke")
+        if calls.count(2) == 1:
+            raise full_disk_error()
+        return True
+
+    Index(tmp_path / "index.sqlite").close()
+    monkeypatch.setattr(indexer, "build_chunk_indexes", build)
+    monkeypatch.setattr(indexer, "BUILD_RETRY", 0.1)
+    background = indexer.ChunkIndexer(tmp_path / "index.sqlite", indexer.WriteLock())
+    try:
+        background.submit(1)
+        background.submit(2)
+        wait_until(lambda: calls.count(2) == 2 and background.backlog == 0)
+        assert background.failed == "DatabaseError: chunk 1 broke"
+    finally:
+        background.close()
+
+
+def test_failed_is_cleared_once_a_chunk_that_failed_while_waiting_for_room_is_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk waiting for room whose retry failed for another reason, then was built:
+    no chunk is left unindexed, ``failed`` says nothing any more."""
+    calls: list[int] = []
+
+    def build(_con: Any, chunk: int, _lock: Any) -> bool:
+        calls.append(chunk)
+        if len(calls) == 1:
+            raise full_disk_error()
+        if len(calls) == 2:
+            raise sqlite3.DatabaseError("a passing error")
+        return True
+
+    Index(tmp_path / "index.sqlite").close()
+    monkeypatch.setattr(indexer, "build_chunk_indexes", build)
+    monkeypatch.setattr(indexer, "BUILD_RETRY", 0.1)
+    background = indexer.ChunkIndexer(tmp_path / "index.sqlite", indexer.WriteLock())
+    try:
+        background.submit(1)
+        wait_until(lambda: len(calls) == 3 and background.backlog == 0)
+        time.sleep(0.05)
+        assert background.failed is None
+    finally:
+        background.close()
