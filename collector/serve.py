@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import resource
@@ -378,8 +379,12 @@ class StatsFile:
                 and exc.errno == self._warned_of):
             return
         self._warned, self._warned_of = now, exc.errno
-        fix = ("free space on that disk" if is_full(exc) else
-               f"make {self.path.parent} writable by the collector's user")
+        if is_full(exc):
+            fix = "free space on that disk"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = f"make {self.path.parent} writable by the collector's user"
+        else:  # EIO, a directory gone: the message says what; no fix we can name
+            fix = f"check {self.path.parent} and the disk it is on"
         log.warning("could not write %s: %s (%d failed write(s) in a row). `audit-collector "
                     "stats` shows the counters of its last write until it can: %s (the "
                     "store and ingest do not depend on it). Tried again every %g s, said "
