@@ -105,12 +105,14 @@ SHIPPER_METRICS: Final[tuple[tuple[str, str, str, str, str], ...]] = (
     ("audit.shipper.events.replayed", "counter", "replayed", "{event}",
      "Spooled events sent again"),
     ("audit.shipper.events.dropped", "counter", "dropped", "{event}",
-     "Events lost (queue or spool full); each drop is also logged"),
+     "Events lost (queue or spool full, spool corrupt); each drop is also logged"),
     ("audit.shipper.events.retried", "counter", "retried", "{event}",
      "Events whose sending failed and was retried"),
     ("audit.shipper.events.rejected", "counter", "rejected", "{event}",
      "Events the collector refused, with a reason"),
     ("audit.shipper.spool.size", "gauge", "spool_bytes", "By", "Bytes in the local spool"),
+    ("audit.shipper.spool.corrupt", "counter", "spool_corrupt_bytes", "By",
+     "Spooled bytes found torn or corrupt when replayed (lost; logged)"),
 )
 
 

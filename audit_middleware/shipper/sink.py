@@ -181,6 +181,7 @@ class CollectorSink:
         #: rest failed: left out when it is sent again, until it is committed.
         self._head_settled: tuple[tuple[str, int, int], set[int]] | None = None
         self._drops_seen = 0  # the dropped count wait_for_delivery last reported on
+        self._corrupt_seen = 0  # and the spool's corrupt bytes
         self._sender.reset(self.source)
         self._last_scan = time.monotonic()
 
@@ -376,13 +377,18 @@ class CollectorSink:
         """Flush, then wait until the spool is replayed too: True when everything
         submitted so far was acknowledged (or rejected) by the collector; False at the
         timeout, or when events were dropped since the last call that did not time out
-        (or since the sink was made): counted in ``stats()``."""
+        (or since the sink was made): counted in ``stats()``. Spooled bytes found corrupt
+        (``spool_corrupt_bytes``) make it False the same way."""
         self._check_fork()
         delivered = self._wait_until_replayed(timeout)
-        dropped, baseline = self.stats()["dropped"], self._drops_seen
+        stats = self.stats()
+        # Spooled bytes found corrupt are lost events too, even those that could not be
+        # counted (their batch header went with the rest).
+        lost = (stats["dropped"], stats["spool_corrupt_bytes"])
+        baseline = (self._drops_seen, self._corrupt_seen)
         if delivered:  # a timed-out call reports nothing: the next one still will
-            self._drops_seen = dropped
-        return delivered and dropped == baseline
+            self._drops_seen, self._corrupt_seen = lost
+        return delivered and lost == baseline
 
     def _wait_until_replayed(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -430,11 +436,15 @@ class CollectorSink:
         ``submitted``), ``acknowledged`` (= ``delivered``: stored by the collector, including
         duplicates), ``spooled`` and ``replayed`` (through the spool), ``rejected`` (named
         by the collector with a reason), ``dropped`` (queue full, spool full: logged),
-        ``retried`` (failed sends, retried later), ``queued`` (the queue depth) and
-        ``spool_bytes``."""
+        ``retried`` (failed sends, retried later), ``queued`` (the queue depth),
+        ``spool_bytes`` and ``spool_corrupt_bytes`` (spooled bytes found torn or corrupt
+        when replayed, logged: lost, their events in ``dropped`` as far as they could be
+        counted)."""
         self._check_fork()
         counts = self._queue.counts()
-        dropped = counts["dropped"] + counts["failed"] + self.dropped.value
+        spool = self._spool
+        dropped = counts["dropped"] + counts["failed"] + self.dropped.value + (
+            spool.lost_events if spool is not None else 0)
         sender = self._sender
         acknowledged = sender.acknowledged.value
         return {
@@ -448,7 +458,8 @@ class CollectorSink:
             "retried": sender.retried.value,
             "rejected": sender.rejected.value,
             "queued": counts["queued"],
-            "spool_bytes": self._spool.used_bytes if self._spool is not None else 0,
+            "spool_bytes": spool.used_bytes if spool is not None else 0,
+            "spool_corrupt_bytes": spool.corrupt_bytes if spool is not None else 0,
         }
 
     def __repr__(self) -> str:

@@ -10,8 +10,12 @@ whose lock can be taken belongs to nobody alive (its process exited or crashed) 
 adopted and replayed by whoever finds it. Files are created under a temporary name and
 locked before they get their final name, so nobody adopts a file being born.
 
-A crash can leave a torn last record; reading stops there, the rest of that file is
-counted as ``corrupt_bytes`` and logged, and the records before it are replayed.
+A crash can leave a torn last record, and a disk can garble any record. A region that
+is no valid record (its crc32 fails, its length runs past the file, or bytes that are
+no record at all) is skipped to the next valid record (see ``_next_record``), and the
+records after it are replayed as the ones before it. The loss is never silent: its
+bytes are counted (``corrupt_bytes``), so are the events whose batch header line is
+still readable in it (``lost_events``), and it is logged as an error.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import secrets
 import stat
 import struct
@@ -27,9 +32,22 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 log = logging.getLogger("audit_middleware")
 
 RECORD = struct.Struct("!II")  # body length, crc32 of body
+#: Where a record may start, when looking for the next one past a corrupt region: a
+#: length below 16 MiB (its first byte 0) and not 0 (a body is never empty). A batch
+#: body is JSON text, which never holds a NUL byte: inside one, nothing matches, and
+#: what matches elsewhere is taken only if its crc32 is right.
+_RECORD_START = re.compile(rb"\x00(?!\x00\x00\x00)")
+#: Bytes of crc32 the search for the next valid record may compute, each place looked
+#: at counted as 1 KiB: at most about half a second, whatever the bytes.
+_SCAN_BUDGET = 512 * 1024 * 1024
+#: The start of a batch body's header line (``wire.encode_batch_body``), to count the
+#: events of a corrupt region.
+_HEADER_START = re.compile(rb'\{"source":')
 SUFFIX = ".spool"
 _PARTIAL = ".spool-new"
 #: Seconds a partial file (a creation that never finished) is left alone: between its
@@ -61,7 +79,10 @@ class Spool:
         self._opening: set[int] = set()
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._scanned = False
+        #: Bytes skipped as no valid record, and the events counted in them (those whose
+        #: batch header line was still readable): lost, reported in the sink's stats.
         self.corrupt_bytes = 0
+        self.lost_events = 0
         self.directory  # noqa: B018 - chosen now, so a shared directory is logged at start
 
     # -- writing --------------------------------------------------------------------------
@@ -162,23 +183,36 @@ class Spool:
         while self._files:
             head = self._files[0]
             end = head.size
-            if head.read_pos + RECORD.size <= end:
-                length, crc = RECORD.unpack(os.pread(head.fd, RECORD.size, head.read_pos))
-                start = head.read_pos + RECORD.size
-                # A body is never empty (its header line): zeros, which a power loss can
-                # leave where the size reached the disk before the data, would otherwise
-                # pass as records of length 0 (crc32 of nothing is 0).
-                if 0 < length and start + length <= end:
-                    body = os.pread(head.fd, length, start)
-                    if len(body) == length and zlib.crc32(body) == crc:
-                        return body
+            body = _record_at(head.fd, head.read_pos, end)
+            if body is not None:
+                return body
             if head.read_pos < end:
-                self.corrupt_bytes += end - head.read_pos
-                log.error("audit spool %s: %d bytes at the end of %s are torn or corrupt "
-                          "(a crash while spooling?); the records before them were kept",
-                          self.directory, end - head.read_pos, head.path.name)
+                self._skip_corrupt(head)
+                if head.read_pos < end:
+                    continue  # a valid record after the corrupt region
             self._remove_head()
         return None
+
+    def _skip_corrupt(self, head: _File) -> None:
+        """Move ``head`` past the region at its read position that is no valid record,
+        to the next valid record or the end of the file; count and log what was lost."""
+        start, end = head.read_pos, head.size
+        region = os.pread(head.fd, end - start, start)
+        skip = _next_record(region)
+        if skip >= len(region):  # none after it (or the file was cut short under us)
+            skip = end - start
+        lost = region[:skip]
+        events = _events_in(lost)
+        self.corrupt_bytes += skip
+        self.lost_events += events
+        head.read_pos = start + skip
+        log.error("audit spool %s: %d bytes at offset %d of %s are torn or corrupt (a "
+                  "crash while spooling, or a damaged disk): lost, with the %d events "
+                  "whose batch header could still be read in them; %s (%d corrupt bytes "
+                  "so far)", self.directory, skip, start, head.path.name, events,
+                  "replay goes on at the next valid record" if skip < end - start
+                  else "they end the file, the records before them were kept",
+                  self.corrupt_bytes)
 
     def commit(self) -> None:
         """The record :meth:`peek` returned was acknowledged: move past it."""
@@ -312,6 +346,7 @@ class Spool:
         self.close()
         self._used = 0
         self.corrupt_bytes = 0
+        self.lost_events = 0
 
 
 def private_directory(configured: Path) -> Path:
@@ -339,6 +374,88 @@ def place_problem(spool_dir: Path) -> str | None:
                 f"first needed), or spool_dir=None to hold undelivered batches in memory "
                 f"only")
     return None
+
+
+def _valid(data: bytes | memoryview, pos: int) -> bool:
+    """Whether a whole record with a matching crc32 starts at ``pos`` of ``data``."""
+    if pos + RECORD.size > len(data):
+        return False
+    length: int
+    crc: int
+    length, crc = RECORD.unpack_from(data, pos)
+    start = pos + RECORD.size
+    # A body is never empty (its header line): zeros, which a power loss can leave
+    # where the size reached the disk before the data, would otherwise pass as records
+    # of length 0 (crc32 of nothing is 0).
+    return 0 < length and start + length <= len(data) and (
+        zlib.crc32(data[start:start + length]) == crc)
+
+
+def _record_at(fd: int, pos: int, end: int) -> bytes | None:
+    """The body of the valid record at ``pos`` of a file of ``end`` bytes, or None."""
+    if pos + RECORD.size > end:
+        return None
+    length, crc = RECORD.unpack(os.pread(fd, RECORD.size, pos))
+    start = pos + RECORD.size
+    if 0 < length and start + length <= end:
+        body = os.pread(fd, length, start)
+        if len(body) == length and zlib.crc32(body) == crc:
+            return body
+    return None
+
+
+def _next_record(region: bytes) -> int:
+    """Where the first valid record after the start of ``region`` (which is none)
+    begins; ``len(region)`` when none is found. First where the region's own length
+    says (only its body was damaged: this finds a record of any size); else the first
+    place that could start a record (``_RECORD_START``) and holds a whole one whose
+    crc32 matches, followed by the end of the file or by what could start a record
+    too (a NUL byte, or a header cut short). That last check, which random bytes pass
+    once in 256 times, keeps the search through 8 MiB of random bytes to about 0.1 s;
+    and ``_SCAN_BUDGET`` bounds the work whatever the bytes: past it, the rest of the
+    file is counted as corrupt. Not found (counted as corrupt): a record of 16 MiB or
+    more, or one directly followed by a second damaged region; never replayed
+    unchecked."""
+    view = memoryview(region)
+    size = len(region)
+    if size >= RECORD.size:
+        length: int = RECORD.unpack_from(region, 0)[0]
+        after = RECORD.size + length
+        if 0 < length and _valid(view, after):
+            return after
+    budget = _SCAN_BUDGET
+    for match in _RECORD_START.finditer(region, 1):
+        pos = match.start()
+        budget -= 1024  # what a place costs to look at, counted as bytes of crc32
+        if pos + RECORD.size > size or budget < 0:
+            break
+        length, crc = RECORD.unpack_from(region, pos)
+        end = pos + RECORD.size + length
+        if end > size or not (end == size or size - end < RECORD.size or region[end] == 0):
+            continue
+        budget -= length
+        if budget < 0:
+            break
+        if zlib.crc32(view[pos + RECORD.size:end]) == crc:
+            return pos
+    return size
+
+
+def _events_in(region: bytes) -> int:
+    """The events of the batches whose header line (``{"source": ..., "seqs": [...]}``)
+    can still be read in a corrupt region: those known lost. A header lost with the
+    rest hides its events, as ``corrupt_bytes`` then says."""
+    count = 0
+    for match in _HEADER_START.finditer(region):
+        end = region.find(b"\n", match.start())
+        try:
+            header = orjson.loads(region[match.start():end if end >= 0 else len(region)])
+        except orjson.JSONDecodeError:
+            continue  # damaged, cut short, or an object inside an event line
+        if type(header) is dict and type(header.get("source")) is str and type(
+                header.get("seqs")) is list:
+            count += len(header["seqs"])
+    return count
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

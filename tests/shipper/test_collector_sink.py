@@ -98,7 +98,7 @@ def test_events_are_acknowledged_by_the_collector(collector: Collector,
     assert sink.stats() == {
         "submitted": 500, "emitted": 500, "delivered": 500, "acknowledged": 500,
         "spooled": 0, "replayed": 0, "dropped": 0, "retried": 0, "rejected": 0,
-        "queued": 0, "spool_bytes": 0,
+        "queued": 0, "spool_bytes": 0, "spool_corrupt_bytes": 0,
     }
     assert collector.ids() == ids  # one source, one connection: stored in emit order
 
@@ -195,6 +195,44 @@ def test_the_spool_of_an_earlier_process_is_replayed_at_start(
     assert later.wait_for_delivery(timeout=20)
     assert later.stats()["replayed"] == 50
     assert collector.ids() == ids
+
+
+def test_a_corrupt_spool_record_loses_only_its_own_events_and_says_so(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A record whose checksum failed in the middle of a spool file discarded the rest
+    of the file: its events and every later record's were lost, seen nowhere in
+    stats(), and wait_for_delivery said True (a review helper). Replay now goes on at
+    the next valid record; the corrupt one's bytes and events are counted and logged,
+    and wait_for_delivery is False."""
+    from audit_middleware.shipper.spool import RECORD, SUFFIX
+
+    earlier = make_sink()
+    batches = []
+    for prefix in "abc":  # three batches, three records of one spool file
+        batches.append(emit_many(10, prefix))
+        assert earlier.flush(timeout=10)
+    earlier.close(timeout=5)
+    (path,) = (root / "spool").glob("*" + SUFFIX)
+    data = bytearray(path.read_bytes())
+    offsets, pos = [], 0
+    while pos < len(data):
+        offsets.append(pos)
+        pos += RECORD.size + RECORD.unpack_from(data, pos)[0]
+    assert len(offsets) == 3
+    data[offsets[2] - 5] ^= 0x01  # inside the second record's last event line
+    path.write_bytes(bytes(data))
+
+    collector.start()
+    with caplog.at_level(logging.ERROR, "audit_middleware"):
+        later = make_sink()
+        assert later.wait_for_delivery(timeout=20) is False  # not everything arrived
+    assert collector.ids() == batches[0] + batches[2]  # the third one too
+    stats = later.stats()
+    assert stats["spool_corrupt_bytes"] == offsets[2] - offsets[1]
+    assert (stats["replayed"], stats["dropped"]) == (20, 10)
+    assert "corrupt" in caplog.text and "10 events" in caplog.text
+    assert later.wait_for_delivery(timeout=5) is True  # reported once
 
 
 def test_when_the_spool_is_full_events_are_dropped_counted_and_logged(
