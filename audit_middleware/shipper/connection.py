@@ -107,7 +107,8 @@ class Connection:
 
     def connect(self) -> None:
         """Connect and shake hands; raises OSError or WireError (e.g. unauthorized)."""
-        sock = self.endpoint.connect(self._connect_timeout, self._tls, self._track)
+        sock = self.endpoint.connect(self._connect_timeout, self._tls, self._track,
+                                     deadline=self._deadline)
         self._sock = sock
         try:
             sock.sendall(self._hello.encode())

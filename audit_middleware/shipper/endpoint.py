@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from ..errors import AuditConfigurationError
 
+log = logging.getLogger("audit_middleware")
+
 DEFAULT_URL = "unix://./audit-data/collector.sock"
+_POLL: Final = 0.05  # seconds between looks at the exit deadline while a lookup runs
+
+AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
+Deadline = Callable[[], float | None]
 
 
 @dataclass(frozen=True)
@@ -33,18 +42,23 @@ class Endpoint:
         return self.scheme == "unix" or is_loopback(self.host)
 
     def connect(self, timeout: float, tls: ssl.SSLContext | None,
-                track: Callable[[int | None], None] = lambda fd: None) -> socket.socket:
+                track: Callable[[int | None], None] = lambda fd: None,
+                deadline: Deadline = lambda: None) -> socket.socket:
         """A connected (and, for TLS, handshaken) blocking socket; raises OSError.
         ``track`` is told the socket's descriptor as soon as it exists, and None before
-        a failed one is closed (see ``Sender.after_fork``)."""
+        a failed one is closed (see ``Sender.after_fork``). Resolving the host name and
+        each connection attempt take at most ``timeout`` seconds each, and end at
+        ``deadline()`` (the sink's exit deadline, which may be set meanwhile)."""
         if self.scheme == "unix":
             return _connected(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.path, timeout, track)
-        # socket.create_connection, with the descriptor tracked while it connects.
+        # socket.create_connection, with the descriptor tracked while it connects and
+        # the host name resolved within the timeout (see resolve).
         failure: OSError | None = None
-        for family, kind, proto, _, address in socket.getaddrinfo(
-                self.host, self.port, 0, socket.SOCK_STREAM):
+        for family, kind, proto, _, address in resolve(self.host, self.port, timeout,
+                                                       deadline):
             try:
-                sock = _connected(family, kind, proto, address, timeout, track)
+                sock = _connected(family, kind, proto, address,
+                                  _time_left(timeout, deadline), track)
                 break
             except OSError as exc:
                 failure = exc
@@ -59,6 +73,117 @@ class Endpoint:
             sock.close()
             raise
         return sock
+
+
+def _time_left(timeout: float, deadline: Deadline) -> float:
+    """``timeout``, or less when the deadline comes first; TimeoutError once it passed."""
+    until = deadline()
+    if until is None:
+        return timeout
+    left = until - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("shutting down: no time left to reach the collector")
+    return min(timeout, left)
+
+
+class _Lookup:
+    """One ``getaddrinfo`` call in a daemon thread of its own: a resolver that does not
+    answer holds that thread, never the caller, who waits as long as it may."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.key = (host, port)
+        self.pid = os.getpid()
+        self.done = threading.Event()
+        self.answer: Sequence[AddressInfo] = ()
+        self.error: Exception | None = None
+        self.stale_said = False  # a fall back on the last answer was logged
+        threading.Thread(target=self._run, name=f"audit-resolve:{host}",
+                         daemon=True).start()  # RuntimeError: no new thread now
+
+    def _run(self) -> None:
+        host, port = self.key
+        try:
+            self.answer = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except Exception as exc:  # noqa: BLE001 - handed to whoever waits for it
+            self.error = exc
+        with _lock:
+            if _lookups.get(self.key) is self:
+                del _lookups[self.key]  # the next connection asks the resolver again
+            if self.error is None and self.answer:
+                _answers[self.key] = self.answer
+        self.done.set()
+
+    def wait(self, timeout: float, deadline: Deadline) -> bool:
+        """True once answered (or failed) within ``timeout`` and before ``deadline()``,
+        which is looked at again as the wait goes on (it is set when the sink closes)."""
+        until = time.monotonic() + timeout
+        while True:
+            end = until
+            exit_deadline = deadline()
+            if exit_deadline is not None:
+                end = min(end, exit_deadline)
+            left = end - time.monotonic()
+            if left <= 0:
+                return self.done.is_set()
+            if self.done.wait(min(left, _POLL)):
+                return True
+
+
+#: The lookup under way for each (host, port): a resolver that hangs holds one thread,
+#: which every connection attempt meanwhile waits for, not one more per attempt.
+_lookups: dict[tuple[str, int], _Lookup] = {}
+#: The last answer the resolver gave for each (host, port).
+_answers: dict[tuple[str, int], Sequence[AddressInfo]] = {}
+_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    _lookups.clear()  # their threads are the parent's
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def resolve(host: str, port: int, timeout: float,
+            deadline: Deadline = lambda: None) -> Sequence[AddressInfo]:
+    """``socket.getaddrinfo`` for a stream socket to ``host``, within ``timeout``
+    seconds and before ``deadline()``. It has no timeout of its own: a resolver that
+    does not answer held the sink's worker for as long as it liked, past
+    ``connect_timeout`` and the exit deadline (a lifespan drain or ``atexit`` hung).
+    The lookup runs in a daemon thread, shared by the attempts made while it runs; one
+    not answered in time is left to finish (its answer is kept for the next attempt)
+    and the attempt fails with TimeoutError, an OSError: a failed connection (the batch
+    is spooled and retried). Then, or when no thread can be started (at interpreter
+    shutdown, Python 3.12), the resolver's last answer for that host is used if there
+    is one; with none and no thread, the resolver is asked here, as before."""
+    if _is_address(host):  # nothing to ask a resolver, nothing to wait for
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
+                                  socket.AI_NUMERICHOST)
+    key = (host, port)
+    with _lock:
+        lookup = _lookups.get(key)
+        if lookup is None or lookup.pid != os.getpid():  # (a fork without the hook)
+            try:
+                lookup = _lookups[key] = _Lookup(host, port)
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                lookup = None
+        known = _answers.get(key)
+    if lookup is None:
+        return known or socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    if not lookup.wait(_time_left(timeout, deadline), deadline):
+        if known:
+            if not lookup.stale_said:  # once for a resolver that hangs, not each attempt
+                lookup.stale_said = True
+                log.warning("audit: resolving %s did not finish within %.1fs; using the "
+                            "addresses it last resolved to", host, timeout)
+            return known
+        raise TimeoutError(f"resolving {host} did not finish within {timeout:.1f}s "
+                           f"(the resolver does not answer)")
+    if lookup.error is not None:
+        raise lookup.error
+    return lookup.answer
 
 
 def _connected(family: int, kind: int, proto: int, address: Any, timeout: float,
@@ -119,6 +244,14 @@ def _check_host(url: str, host: str) -> None:
         raise AuditConfigurationError(
             f"collector url {url!r}: {host!r} is not a valid host name ({exc}); check for "
             f"an empty label (two dots) or a label over 63 characters") from None
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:

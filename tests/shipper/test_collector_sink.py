@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import sys
 import threading
 import time
@@ -449,6 +450,82 @@ def test_a_tcp_connection_the_collector_closed_as_idle_is_not_taken_for_an_outag
     stats = sink.stats()
     assert (stats["acknowledged"], stats["spooled"], stats["retried"]) == (6, 0, 0)
     assert collector.ids() == ids
+
+
+class HungResolver:
+    """``socket.getaddrinfo`` for ``localhost`` that answers only once released (or after
+    60 s): a resolver that does not answer. Other names resolve as usual."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from audit_middleware.shipper import endpoint
+
+        self.release = threading.Event()
+        self.calls = 0
+        real = socket.getaddrinfo
+
+        def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            if host == "localhost":
+                self.calls += 1
+                self.release.wait(60)
+                host = "127.0.0.1"
+            return real(host, port, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+        # No answer left from an earlier test, no lookup of one still under way.
+        monkeypatch.setattr(endpoint, "_answers", {}, raising=False)
+        monkeypatch.setattr(endpoint, "_lookups", {}, raising=False)
+
+
+@pytest.fixture
+def hung_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[HungResolver]:
+    resolver = HungResolver(monkeypatch)
+    yield resolver
+    resolver.release.set()  # a worker or lookup thread still waiting goes on
+    for thread in threading.enumerate():
+        if thread.name.startswith("audit-resolve:"):
+            thread.join(5)
+
+
+def test_a_resolver_that_does_not_answer_is_given_up_at_connect_timeout(
+        collector: Collector, make_sink: SinkFactory, hung_resolver: HungResolver) -> None:
+    """getaddrinfo had no timeout: neither connect_timeout nor any deadline bounded it,
+    and the worker waited for as long as the resolver liked, the queue filling behind it
+    (a review helper). The lookup now runs in a thread of its own, waited for within
+    connect_timeout: then the connection failed, the batch is spooled, and the next
+    attempts wait for the same lookup rather than starting more."""
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret")
+    sink = make_sink(url=f"tcp://localhost:{server.server.tcp_port()}", token="s3cret",
+                     connect_timeout=0.3)
+    ids = emit_many(10)
+    started = time.monotonic()
+    assert sink.flush(timeout=5)
+    assert time.monotonic() - started < 2.0  # about connect_timeout, not the resolver's hang
+    stats = sink.stats()
+    assert (stats["spooled"], stats["dropped"], stats["acknowledged"]) == (10, 0, 0)
+    assert stats["retried"] >= 1
+    time.sleep(1.0)  # retried meanwhile (backoff_max 0.2 s)
+    assert sink.stats()["retried"] >= 2
+    assert hung_resolver.calls == 1  # one lookup under way, not one per retry
+    hung_resolver.release.set()  # the resolver answers at last
+    assert sink.wait_for_delivery(timeout=20)
+    assert collector.ids() == ids
+
+
+def test_a_resolver_that_does_not_answer_does_not_hold_the_exit_deadline(
+        collector: Collector, make_sink: SinkFactory, hung_resolver: HungResolver) -> None:
+    """close() (atexit) with the worker waiting for a resolver: the lookup's wait ends at
+    the exit deadline, and the batch is spooled before close returns, not left with a
+    thread that is given up on (its events neither spooled nor counted)."""
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret")
+    sink = make_sink(url=f"tcp://localhost:{server.server.tcp_port()}", token="s3cret",
+                     connect_timeout=30.0)
+    emit_many(10)
+    time.sleep(0.5)  # the worker is waiting for the resolver (within connect_timeout)
+    started = time.monotonic()
+    sink.close(timeout=1.0)
+    assert time.monotonic() - started < 1.8  # the deadline (1 s), the spool write after it
+    stats = sink.stats()
+    assert (stats["spooled"], stats["dropped"], stats["acknowledged"]) == (10, 0, 0)
 
 
 def test_tcp_with_a_wrong_token_is_refused_and_spooled(

@@ -196,8 +196,9 @@ class _HighFileNumber:
         self.endpoint = endpoint
 
     def connect(self, timeout: float, tls: ssl.SSLContext | None,
-                track: Callable[[int | None], None] = lambda fd: None) -> socket.socket:
-        sock = self.endpoint.connect(timeout, tls)
+                track: Callable[[int | None], None] = lambda fd: None,
+                deadline: Callable[[], float | None] = lambda: None) -> socket.socket:
+        sock = self.endpoint.connect(timeout, tls, deadline=deadline)
         high = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 1500)
         moved = socket.socket(sock.family, sock.type, sock.proto, fileno=high)
         track(high)

@@ -1,0 +1,123 @@
+"""Resolving a ``tcp://`` collector's host name within a timeout (``endpoint.resolve``):
+getaddrinfo has none of its own, and a resolver that does not answer held the sink's
+worker past connect_timeout and the exit deadline. The resolver is mocked here."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from audit_middleware.shipper import endpoint
+
+ANSWER = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 7100))]
+
+
+class Resolver:
+    def __init__(self) -> None:
+        self.hang = threading.Event()  # set: the next lookups wait for release
+        self.release = threading.Event()
+        self.calls = 0
+        self.error: Exception | None = None
+
+    def getaddrinfo(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.hang.is_set():
+            self.release.wait(60)
+        if self.error is not None:
+            raise self.error
+        return ANSWER
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Resolver]:
+    fake = Resolver()
+    monkeypatch.setattr(socket, "getaddrinfo", fake.getaddrinfo)
+    monkeypatch.setattr(endpoint, "_answers", {})
+    monkeypatch.setattr(endpoint, "_lookups", {})
+    yield fake
+    fake.release.set()
+    finish_lookups()
+
+
+def finish_lookups() -> None:
+    """Let a lookup left waiting end before the next test (it would keep its answer in
+    that test's ``_answers``)."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("audit-resolve:"):
+            thread.join(5)
+
+
+def test_an_answer_in_time_is_returned(resolver: Resolver) -> None:
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+
+
+def test_a_resolver_that_does_not_answer_fails_at_the_timeout(resolver: Resolver) -> None:
+    resolver.hang.set()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="resolving collector did not finish"):
+        endpoint.resolve("collector", 7100, 0.2)
+    with pytest.raises(TimeoutError):  # the attempt after it waits for the same lookup
+        endpoint.resolve("collector", 7100, 0.2)
+    assert time.monotonic() - started < 1.5
+    assert resolver.calls == 1
+    resolver.release.set()  # answered at last: kept for the next attempt
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+
+
+def test_the_wait_ends_at_a_deadline_set_while_it_waits(resolver: Resolver) -> None:
+    resolver.hang.set()
+    deadline: list[float | None] = [None]
+    threading.Timer(0.2, lambda: deadline.__setitem__(0, time.monotonic())).start()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        endpoint.resolve("collector", 7100, 30.0, lambda: deadline[0])
+    assert time.monotonic() - started < 1.0
+
+
+def test_the_last_answer_is_used_when_the_resolver_stops_answering(
+        resolver: Resolver, caplog: pytest.LogCaptureFixture) -> None:
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+    resolver.hang.set()
+    with caplog.at_level(logging.WARNING, "audit_middleware"):
+        assert endpoint.resolve("collector", 7100, 0.1) == ANSWER
+        assert endpoint.resolve("collector", 7100, 0.1) == ANSWER
+    assert caplog.text.count("did not finish") == 1  # said once, not at each attempt
+
+
+def test_a_resolver_error_is_raised_and_no_answer_kept(resolver: Resolver) -> None:
+    resolver.error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    with pytest.raises(socket.gaierror):
+        endpoint.resolve("collector", 7100, 1.0)
+    assert endpoint._answers == {}
+
+
+def test_without_a_thread_the_last_answer_or_the_resolver_itself(
+        resolver: Resolver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At interpreter shutdown (atexit, Python 3.12) no thread can be started: the last
+    answer then, else the resolver asked directly, as before (a short-lived script's
+    first connection is made at exit)."""
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+    assert resolver.calls == 1
+    endpoint._answers[("collector", 7100)] = [ANSWER[0][:4] + (("127.0.0.2", 7100),)]
+    assert endpoint.resolve("collector", 7100, 1.0)[0][4] == ("127.0.0.2", 7100)
+    assert resolver.calls == 1
+
+
+def test_an_address_needs_no_lookup_thread(resolver: Resolver,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args: asked.append(args) or ANSWER)
+    monkeypatch.setattr(threading.Thread, "start", lambda self: pytest.fail("a thread"))
+    assert endpoint.resolve("127.0.0.1", 7100, 0.1) == ANSWER
+    assert endpoint.resolve("::1", 7100, 0.1) == ANSWER
+    assert all(args[-1] == socket.AI_NUMERICHOST for args in asked)  # no resolver asked
