@@ -135,15 +135,31 @@ _lookups: dict[tuple[str, int], _Lookup] = {}
 #: The last answer the resolver gave for each (host, port).
 _answers: dict[tuple[str, int], Sequence[AddressInfo]] = {}
 _lock = threading.Lock()
+_pid = os.getpid()  # the process _lock and _lookups belong to
+#: Taken only by a process that finds itself forked without the at-fork hook (see
+#: ``_check_fork``), never by the one it was forked from: free at any fork.
+_fork_lock = threading.Lock()
 
 
 def _reset_after_fork() -> None:
-    global _lock
+    global _lock, _pid
     _lock = threading.Lock()  # another thread may have held it at the fork
     _lookups.clear()  # their threads are the parent's
+    _pid = os.getpid()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _check_fork() -> None:
+    """In a child forked without the at-fork hook (uWSGI, ``batching.forks_without_hooks``):
+    what the hook would have done. A thread of the parent may have held ``_lock`` at the
+    fork (starting a lookup's thread, storing an answer): the child's first lookup
+    waited for it forever, no thread of its own ever releasing it."""
+    if _pid != os.getpid():
+        with _fork_lock:
+            if _pid != os.getpid():
+                _reset_after_fork()
 
 
 def resolve(host: str, port: int, timeout: float,
@@ -162,6 +178,7 @@ def resolve(host: str, port: int, timeout: float,
         return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
                                   socket.AI_NUMERICHOST)
     key = (host, port)
+    _check_fork()
     with _lock:
         lookup = _lookups.get(key)
         if lookup is None or lookup.pid != os.getpid():  # (a fork without the hook)

@@ -121,3 +121,53 @@ def test_an_address_needs_no_lookup_thread(resolver: Resolver,
     assert endpoint.resolve("127.0.0.1", 7100, 0.1) == ANSWER
     assert endpoint.resolve("::1", 7100, 0.1) == ANSWER
     assert all(args[-1] == socket.AI_NUMERICHOST for args in asked)  # no resolver asked
+
+
+def test_a_child_forked_without_the_at_fork_hook_does_not_wait_for_the_parents_lock(
+        resolver: Resolver) -> None:
+    """uWSGI forks its workers in C, without Python's at-fork hooks
+    (``batching.forks_without_hooks``), right after loading the app: when the master's
+    worker was connecting then (spool files adopted at start), a thread of it held
+    ``endpoint._lock`` at the fork, and the worker's first lookup waited for a lock no
+    thread of its process would ever release: its sink's worker hung for good, with no
+    timeout, as the resolver itself had done before. A real C fork (libc's, through
+    ctypes, as uWSGI's): the child's lookup must end within its timeout."""
+    import ctypes
+    import os
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with endpoint._lock:  # e.g. starting a lookup's thread at the fork
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(5)
+    read_end, write_end = os.pipe()
+    try:
+        pid = ctypes.PyDLL(None).fork()  # the GIL held: no Python at-fork hook runs
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                outcome = repr(endpoint.resolve("collector", 7100, 0.3))
+            except BaseException as exc:  # noqa: BLE001
+                outcome = repr(exc)
+            os.write(write_end, outcome.encode()[:500])
+            os._exit(0)
+        os.close(write_end)
+        write_end = -1
+        deadline = time.monotonic() + 5
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() >= deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the child's lookup waited for a lock its parent's thread held")
+            time.sleep(0.05)
+        assert "127.0.0.1" in os.read(read_end, 1000).decode()
+    finally:
+        release.set()
+        holder.join(5)
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
