@@ -46,10 +46,10 @@ def checked_denied_event(event_type: object) -> str | None:
     return _config.settings.catalogue.check(event_type)
 
 
-def on_denied(event_type: str | None, ctx: RequestContext, enclosing: object,
-              method: object, path: str) -> None:
+def on_denied(ctx: RequestContext, enclosing: object, method: object, path: str) -> None:
     """The request of ``ctx`` was answered 401 or 403 (``ctx.status_code``): record it
-    as ``event_type`` (None: this middleware records no denials). ``enclosing`` is the
+    as its middleware's ``denied_event`` (None: that middleware records no denials),
+    which the middleware keeps in its ``CaptureConfig``. ``enclosing`` is the
     context an outer audit middleware set for the same request (a mounted sub-app with
     a middleware of its own), if any: the outermost one that records denials records
     it, once, and a failure ``@audited`` recorded inside is passed out to it.
@@ -61,6 +61,7 @@ def on_denied(event_type: str | None, ctx: RequestContext, enclosing: object,
             enclosing.failure_recorded = True
         if enclosing.config.denied_event is not None:
             return  # the outer middleware sees the same answer and records it
+    event_type = ctx.config.denied_event
     if event_type is None or getattr(ctx, "failure_recorded", False):
         return  # @audited(record_failure=True) said it: "failed: HTTP 403"
     # Outside the request's pending receipts: its answer is decided (sent, or past the

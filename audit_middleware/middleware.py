@@ -43,15 +43,14 @@ class AuditMiddleware:
         denied_event: str | None = None,
     ) -> None:
         self.app = app
-        #: The event type recorded for a request answered 401 or 403 (``denials``).
-        self.denied_event = checked_denied_event(denied_event)
         self.config = CaptureConfig(
             trusted_proxies=TrustedProxies(trusted_proxies),
             forwarded_header=forwarded_header,
             principal=principal,
             org=org,
             workspace=workspace,
-            denied_event=self.denied_event,
+            # The event type recorded for a request answered 401 or 403 (``denials``).
+            denied_event=checked_denied_event(denied_event),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,14 +61,14 @@ class AuditMiddleware:
                 ctx = RequestContext(self.config, scope)
                 token = current.set(ctx)
                 try:
-                    if self.denied_event is None:
+                    if self.config.denied_event is None:
                         await self.app(scope, receive, send)
                     else:
                         await self.app(scope, receive, _handshake_observing(send, ctx))
                 finally:
                     if ctx.status_code in DENIED_STATUSES:
                         # The handshake is a GET: the record reads as an http request's.
-                        on_denied(self.denied_event, ctx, token.old_value, "GET",
+                        on_denied(ctx, token.old_value, "GET",
                                   scope.get("path", ""))
                     current.reset(token)
                 return
@@ -81,8 +80,7 @@ class AuditMiddleware:
         ctx = RequestContext(self.config, scope)
         fail_closed_timeout = _config.settings.fail_closed_timeout
         if fail_closed_timeout is not None:
-            await _call_fail_closed(self.app, scope, receive, send, ctx, fail_closed_timeout,
-                                    self.denied_event)
+            await _call_fail_closed(self.app, scope, receive, send, ctx, fail_closed_timeout)
             return
 
         def send_observing_status(message: Message) -> Awaitable[None]:
@@ -97,7 +95,7 @@ class AuditMiddleware:
             await self.app(scope, receive, send_observing_status)
         finally:
             if ctx.status_code in DENIED_STATUSES:  # one comparison when not denied
-                on_denied(self.denied_event, ctx, token.old_value, scope.get("method"),
+                on_denied(ctx, token.old_value, scope.get("method"),
                           scope.get("path", ""))
             current.reset(token)
 
@@ -125,8 +123,7 @@ def _handshake_observing(send: Send, ctx: RequestContext) -> Send:
 
 
 async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
-                            ctx: RequestContext, timeout: float,
-                            denied_event: str | None) -> None:
+                            ctx: RequestContext, timeout: float) -> None:
     receipts: list[Receipt[str | None]] = []
     refused = False
 
@@ -158,7 +155,7 @@ async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: 
         await app(scope, receive, send_once_durable)
     finally:
         if ctx.status_code in DENIED_STATUSES:
-            on_denied(denied_event, ctx, token.old_value, scope.get("method"),
+            on_denied(ctx, token.old_value, scope.get("method"),
                       scope.get("path", ""))
         pending.reset(receipts_token)
         current.reset(token)

@@ -38,15 +38,14 @@ class WSGIAuditMiddleware:
         denied_event: str | None = None,
     ) -> None:
         self.app = app
-        #: The event type recorded for a request answered 401 or 403 (``denials``).
-        self.denied_event = checked_denied_event(denied_event)
         self.config = CaptureConfig(
             trusted_proxies=TrustedProxies(trusted_proxies),
             forwarded_header=forwarded_header,
             principal=principal,
             org=org,
             workspace=workspace,
-            denied_event=self.denied_event,
+            # The event type recorded for a request answered 401 or 403 (``denials``).
+            denied_event=checked_denied_event(denied_event),
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -58,7 +57,7 @@ class WSGIAuditMiddleware:
         def start_response_observing_status(status: str, headers: Any, *exc: Any) -> Any:
             ctx.status_code = code = status_line_code(status)
             if code in DENIED_STATUSES:
-                _on_denied(self.denied_event, ctx, token.old_value, environ)
+                _on_denied(ctx, token.old_value, environ)
             return start_response(status, headers, *exc)
 
         token = current.set(ctx)
@@ -78,7 +77,7 @@ class WSGIAuditMiddleware:
             if reason is None:
                 ctx.status_code = code = status_line_code(status)
                 if code in DENIED_STATUSES:
-                    _on_denied(self.denied_event, ctx, token.old_value, environ)
+                    _on_denied(ctx, token.old_value, environ)
                 return start_response(status, headers, *exc)
             refused.append(reason)
             log.error("audit: refusing %r %r with 503 (fail_closed): %s",  # %r: no forged lines
@@ -103,8 +102,7 @@ class WSGIAuditMiddleware:
         return _in_context(body, ctx, environ, receipts, refused)
 
 
-def _on_denied(event_type: str | None, ctx: RequestContext, enclosing: object,
-               environ: Environ) -> None:
+def _on_denied(ctx: RequestContext, enclosing: object, environ: Environ) -> None:
     # WSGI hands the path over as latin-1 text of its bytes (PEP 3333); the record
     # holds what the client asked for, as ASGI's ``scope["path"]`` does.
     path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
@@ -112,7 +110,7 @@ def _on_denied(event_type: str | None, ctx: RequestContext, enclosing: object,
         path = path.encode("latin-1").decode("utf-8", "replace")
     except UnicodeEncodeError:
         pass  # not bytes as latin-1: a server that decoded it already
-    on_denied(event_type, ctx, enclosing, environ.get("REQUEST_METHOD"), path)
+    on_denied(ctx, enclosing, environ.get("REQUEST_METHOD"), path)
 
 
 def _in_context(body: Iterable[bytes], ctx: RequestContext, environ: Environ,

@@ -250,11 +250,8 @@ def _check_host(url: str, host: str) -> None:
     """A host name the resolver can be asked for: a typo such as ``collector..internal``
     failed only at the first connection, with an error that is not a connection failure
     (UnicodeError from the IDNA codec), and every batch was dropped, not spooled."""
-    try:
-        ipaddress.ip_address(host)
+    if _is_address(host):
         return
-    except ValueError:
-        pass
     try:
         host.encode("idna")
     except UnicodeError as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,22 @@ def full_disk_error() -> sqlite3.OperationalError:
     exc = sqlite3.OperationalError("database or disk is full")
     exc.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
     return exc
+
+
+@contextmanager
+def indexer_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                     build: Callable[[Any, int, Any], bool],
+                     retry: float = 0.1) -> Iterator[indexer.ChunkIndexer]:
+    """A ChunkIndexer on a fresh index whose builds are ``build``, its first retry
+    after ``retry`` seconds; closed on the way out."""
+    Index(tmp_path / "index.sqlite").close()
+    monkeypatch.setattr(indexer, "build_chunk_indexes", build)
+    monkeypatch.setattr(indexer, "BUILD_RETRY", retry)
+    background = indexer.ChunkIndexer(tmp_path / "index.sqlite", indexer.WriteLock())
+    try:
+        yield background
+    finally:
+        background.close()
 
 
 @pytest.mark.parametrize("due", ["backoff over", "room freed"])
@@ -41,22 +59,17 @@ def test_a_chunk_waiting_for_room_whose_retry_fails_otherwise_is_not_retried_in_
             raise full_disk_error()
         raise sqlite3.DatabaseError("something else went wrong")
 
-    Index(tmp_path / "index.sqlite").close()
-    monkeypatch.setattr(indexer, "build_chunk_indexes", build)
-    monkeypatch.setattr(indexer, "BUILD_RETRY", 0.1 if due == "backoff over" else 1000)
-    background = indexer.ChunkIndexer(tmp_path / "index.sqlite", indexer.WriteLock())
-    try:
-        with caplog.at_level(logging.ERROR, logger="collector.index"):
-            background.submit(1)
-            wait_until(lambda: background.failed is not None)
-            free[0] = 10 * indexer.ROOM_BACK
-            deadline = time.monotonic() + 10
-            while len(calls) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert len(calls) >= 2, "never tried again"
-            time.sleep(1.0)
-    finally:
-        background.close()
+    retry = 0.1 if due == "backoff over" else 1000
+    with indexer_building(tmp_path, monkeypatch, build, retry) as background, \
+            caplog.at_level(logging.ERROR, logger="collector.index"):
+        background.submit(1)
+        wait_until(lambda: background.failed is not None)
+        free[0] = 10 * indexer.ROOM_BACK
+        deadline = time.monotonic() + 10
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) >= 2, "never tried again"
+        time.sleep(1.0)
     assert len(calls) <= 6, f"{len(calls)} builds in about a second"
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert len(tracebacks) <= 4, len(tracebacks)
@@ -78,18 +91,12 @@ def test_a_chunk_retention_deleted_while_it_waited_for_room_is_not_said_built(
             raise full_disk_error()
         return False  # then gone: retention dropped their segment
 
-    Index(tmp_path / "index.sqlite").close()
-    monkeypatch.setattr(indexer, "build_chunk_indexes", build)
-    monkeypatch.setattr(indexer, "BUILD_RETRY", 0.1)
-    background = indexer.ChunkIndexer(tmp_path / "index.sqlite", indexer.WriteLock())
-    try:
-        with caplog.at_level(logging.DEBUG, logger="collector.index"):
-            background.submit(1)
-            background.submit(2)
-            wait_until(lambda: calls.count(2) == 3)
-            wait_until(lambda: background.backlog == 0)
-    finally:
-        background.close()
+    with indexer_building(tmp_path, monkeypatch, build) as background, \
+            caplog.at_level(logging.DEBUG, logger="collector.index"):
+        background.submit(1)
+        background.submit(2)
+        wait_until(lambda: calls.count(2) == 3)
+        wait_until(lambda: background.backlog == 0)
     assert calls == [1, 2, 1, 2, 2]
     again = [r.args for r in caplog.records if "refused again" in r.msg]
     # 0.1 s after the 1st refusal, 0.2 after the 2nd: the 3rd waits 0.4, not 0.1.
@@ -115,17 +122,11 @@ def test_failed_still_says_a_chunk_left_unindexed_once_the_room_is_back(
             raise full_disk_error()
         return True
 
-    Index(tmp_path / "index.sqlite").close()
-    monkeypatch.setattr(indexer, "build_chunk_indexes", build)
-    monkeypatch.setattr(indexer, "BUILD_RETRY", 0.1)
-    background = indexer.ChunkIndexer(tmp_path / "index.sqlite", indexer.WriteLock())
-    try:
+    with indexer_building(tmp_path, monkeypatch, build) as background:
         background.submit(1)
         background.submit(2)
         wait_until(lambda: calls.count(2) == 2 and background.backlog == 0)
         assert background.failed == "DatabaseError: chunk 1 broke"
-    finally:
-        background.close()
 
 
 def test_failed_is_cleared_once_a_chunk_that_failed_while_waiting_for_room_is_built(
@@ -142,14 +143,8 @@ def test_failed_is_cleared_once_a_chunk_that_failed_while_waiting_for_room_is_bu
             raise sqlite3.DatabaseError("a passing error")
         return True
 
-    Index(tmp_path / "index.sqlite").close()
-    monkeypatch.setattr(indexer, "build_chunk_indexes", build)
-    monkeypatch.setattr(indexer, "BUILD_RETRY", 0.1)
-    background = indexer.ChunkIndexer(tmp_path / "index.sqlite", indexer.WriteLock())
-    try:
+    with indexer_building(tmp_path, monkeypatch, build) as background:
         background.submit(1)
         wait_until(lambda: len(calls) == 3 and background.backlog == 0)
         time.sleep(0.05)
         assert background.failed is None
-    finally:
-        background.close()
