@@ -47,6 +47,7 @@ from collector.storage.records import (
     check_source,
     encode_each,
     encode_events,
+    id_key,
 )
 from collector.storage.recovery import RepairReport, open_and_recover
 from collector.storage.segment_set import SegmentSet
@@ -126,6 +127,9 @@ class Store:
         self._last_error: str | None = None
         self._loss_acks: dict[str, loss_acks.Ack] = {}
         self._acks_lock = threading.Lock()
+        #: Acknowledgements recorded and applied whose staged file could not take its
+        #: place yet (``StagedLossAck.keep``); under ``_acks_lock``.
+        self._acks_unsaved = False
         self._count_failures = 0  # events count refreshes failed in a row
         self._count_stale = False  # segments were hidden since the count was taken
         self._full_failures = 0  # commit thread failures for a full disk (logged some)
@@ -210,8 +214,32 @@ class Store:
         index.newly_closed.clear()
         self._writer = GroupWriter(index, self._segments, self._indexer, self._ledger)
         self._writer.next_seq = max(self._writer.next_seq, named_record + 1)
-        self._loss_acks = loss_acks.load(self.settings.data_dir)
+        self._loss_acks, self._acks_unsaved = self._load_loss_acks(index)
         return report
+
+    def _load_loss_acks(self, index: Index) -> tuple[dict[str, loss_acks.Ack], bool]:
+        """The acknowledgements, and whether the file lacks some of them. A staged file
+        left by the last run (see ``loss_acks``) is put in place if its record was
+        written (the acknowledgement was made: the record says so), removed if not."""
+        data_dir = self.settings.data_dir
+        acks = loss_acks.load(data_dir)
+        left = loss_acks.staged(data_dir)
+        if left is None:
+            return acks, False
+        staged_acks, record = left
+        path = data_dir / loss_acks.STAGED_NAME
+        if record is None or not index.known_ids([id_key(record)]):
+            path.unlink(missing_ok=True)  # never recorded: never made
+            return acks, False
+        try:
+            loss_acks.commit(path)
+        except OSError as exc:
+            log.error("audit store: cannot put %s in place (%s): the acknowledgements its "
+                      "record %s claims apply, and are put in place at the next "
+                      "acknowledgement", path, exc, record)
+            return staged_acks, True
+        log.info("audit store: put %s, recorded by %s, in place", loss_acks.FILE_NAME, record)
+        return staged_acks, False
 
     def _sign_start_in_reserve(self, ledger: Ledger) -> None:
         """The start checkpoint (and a seal written at start-up) on disk now, in the
@@ -543,14 +571,16 @@ class Store:
         """Keep a ``plan_loss_ack`` at once (``stage_loss_ack``, then ``keep``)."""
         self.stage_loss_ack(plan, by=by, reason=reason).keep()
 
-    def stage_loss_ack(self, plan: dict[str, int], *, by: str, reason: str) -> StagedLossAck:
+    def stage_loss_ack(self, plan: dict[str, int], *, by: str, reason: str,
+                       record: str | None = None) -> StagedLossAck:
         """Write what keeping a ``plan_loss_ack`` (``by``: who, ``reason``: why) makes of
         the acknowledgements, without putting it in place yet: the API records the
-        acknowledgement between the two, so that neither a record of one never made nor
-        one made without its record is left by a full disk. A source already
-        acknowledged through as far or further keeps its acknowledgement. Raises
-        ``LossAckError`` without a reason, ``StorageError`` when it cannot be written
-        (nothing changes then). Until ``keep`` or ``drop``, other acknowledgements wait."""
+        acknowledgement between the two (``record``: the id of that record), so that
+        neither a record of one never made nor one made without its record is left by a
+        full disk. A source already acknowledged through as far or further keeps its
+        acknowledgement. Raises ``LossAckError`` without a reason, ``StorageError`` when
+        it cannot be written (nothing changes then). Until ``keep`` or ``drop``, other
+        acknowledgements wait."""
         reason = reason.strip()
         if not reason or len(reason) > loss_acks.MAX_REASON:
             raise LossAckError(f"say why in 1 to {loss_acks.MAX_REASON} characters (reason)")
@@ -569,6 +599,19 @@ class Store:
             raise StorageError(f"another acknowledgement of losses has been under way for "
                                f"{_ACK_WAIT:g} s: try again")
         try:
+            if self._acks_unsaved:
+                # An earlier acknowledgement, recorded and applied, is still staged:
+                # in place first. Staging over it would lose it, were this one's record
+                # then refused; so until it can be, this one is refused (before its
+                # record: nothing claimed).
+                try:
+                    loss_acks.commit(self.settings.data_dir / loss_acks.STAGED_NAME)
+                except OSError as exc:
+                    raise StorageError(
+                        f"an earlier acknowledgement, recorded and applied, cannot be put "
+                        f"in {loss_acks.FILE_NAME} ({exc}): make the data directory "
+                        f"writable, then try again") from None
+                self._acks_unsaved = False
             acks = dict(self._loss_acks)
             # Never lowered: an acknowledgement through a lower number (or one planned
             # before another and kept after it: two readers at once, whose records and
@@ -578,14 +621,14 @@ class Store:
                         if name not in acks or acks[name].through < upto)
             # Sources retention forgot take their acknowledgements with them.
             acks = {name: ack for name, ack in acks.items() if name in known}
-            staged = loss_acks.stage(self.settings.data_dir, acks)
+            staged = loss_acks.stage(self.settings.data_dir, acks, record)
         except OSError as exc:
             self._acks_lock.release()
             raise StorageError(f"cannot write {loss_acks.FILE_NAME}: {exc}") from None
         except BaseException:
             self._acks_lock.release()
             raise
-        return StagedLossAck(self, acks, staged)
+        return StagedLossAck(self, acks, staged, record)
 
     # -- stats --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -646,21 +689,35 @@ class StagedLossAck:
     """Acknowledgements written beside their file (``Store.stage_loss_ack``): ``keep``
     puts them in place, ``drop`` forgets them; either ends the acknowledgement."""
 
-    def __init__(self, store: Store, acks: dict[str, loss_acks.Ack], staged: Path) -> None:
-        self._store, self._acks, self._staged = store, acks, staged
+    def __init__(self, store: Store, acks: dict[str, loss_acks.Ack], staged: Path,
+                 record: str | None = None) -> None:
+        self._store, self._acks, self._staged, self._record = store, acks, staged, record
         self._ended = False
 
     def keep(self) -> None:
-        """Raises ``StorageError`` if the file cannot take its place (nothing changes)."""
+        """Make the acknowledgement. Staged with a ``record`` (written by now), it is
+        made even if the file cannot take its place: the record already says it was.
+        It applies at once, and the staged file is put in place at the next
+        acknowledgement or start (``Store._load_loss_acks``). Without one, raises
+        ``StorageError`` then (nothing changes)."""
         self._end()
+        store = self._store
         try:
-            loss_acks.commit(self._staged)
-            self._store._loss_acks = self._acks
-        except OSError as exc:
-            self._staged.unlink(missing_ok=True)
-            raise StorageError(f"cannot put {loss_acks.FILE_NAME} in place: {exc}") from None
+            try:
+                loss_acks.commit(self._staged)
+            except OSError as exc:
+                if self._record is None:
+                    self._staged.unlink(missing_ok=True)
+                    raise StorageError(f"cannot put {loss_acks.FILE_NAME} in place: "
+                                       f"{exc}") from None
+                log.error("audit store: cannot put %s in place (%s): the acknowledgement "
+                          "recorded by %s applies, and is put in place at the next "
+                          "acknowledgement or start", loss_acks.FILE_NAME, exc,
+                          self._record)
+                store._acks_unsaved = True
+            store._loss_acks = self._acks
         finally:
-            self._store._acks_lock.release()
+            store._acks_lock.release()
 
     def drop(self) -> None:
         self._end()

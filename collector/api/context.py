@@ -99,9 +99,19 @@ class Api:
 
     async def record(self, kind: str, reader: Reader, request: Request, target: str,
                      details: dict[str, Any]) -> str:
+        return await self.write_record(self.own_record(kind, reader, request, target,
+                                                       details))
+
+    def own_record(self, kind: str, reader: Reader, request: Request, target: str,
+                   details: dict[str, Any]) -> dict[str, Any]:
+        """The record ``record`` writes, not written yet: for what must name its id
+        before it is written (an acknowledgement of losses)."""
         client = request.client.host if request.client else None
-        return await self.recorder.record(kind, reader, target=target, details=details,
-                                          client_ip=client)
+        return self.recorder.event(kind, reader, target=target, details=details,
+                                   client_ip=client)
+
+    async def write_record(self, record: dict[str, Any]) -> str:
+        return await self.recorder.write(record)
 
     def trace_url(self, record: dict[str, Any]) -> str | None:
         template = self.settings.trace_url_template

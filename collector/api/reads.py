@@ -84,13 +84,24 @@ class ReadRecorder:
     async def record(self, kind: str, reader: Reader, *, target: str,
                      details: dict[str, Any], client_ip: str | None) -> str:
         """Write the read's event and wait until it is durable; returns its id."""
+        return await self.write(self.event(kind, reader, target=target, details=details,
+                                           client_ip=client_ip))
+
+    @staticmethod
+    def event(kind: str, reader: Reader, *, target: str, details: dict[str, Any],
+              client_ip: str | None) -> dict[str, Any]:
+        """The read's event, not yet written (``write``): its id known beforehand."""
         if len(status_text(details)) > MAX_STATUS:
             # The endpoints refuse such a selection first (400): reaching this is a bug.
             # A cut status could hide a filter that was applied, so no data either.
             raise ReadNotRecordedError("the read's record cannot hold all it asked for, "
                                        "so it was refused")
-        return await self._write(read_event(kind, reader.name, target=target,
-                                            details=details, client_ip=client_ip))
+        return read_event(kind, reader.name, target=target, details=details,
+                          client_ip=client_ip)
+
+    async def write(self, record: dict[str, Any]) -> str:
+        """Write an ``event`` and wait until it is durable; returns its id."""
+        return await self._write(record)
 
     async def record_denial(self, principal: str, *, target: str, details: dict[str, Any],
                             client_ip: str | None) -> str:

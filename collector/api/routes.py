@@ -164,7 +164,8 @@ class LossKeeper(Protocol):
     def plan_loss_ack(self, source: str | None, through: int | None = None
                       ) -> dict[str, int]: ...
 
-    def stage_loss_ack(self, plan: dict[str, int], *, by: str, reason: str) -> Staged: ...
+    def stage_loss_ack(self, plan: dict[str, int], *, by: str, reason: str,
+                       record: str | None = None) -> Staged: ...
 
 
 class Staged(Protocol):
@@ -235,13 +236,16 @@ async def acknowledge_losses(request: Request) -> Response:
         details: dict[str, Any] = {"reason": reason, "through": plan[source]}
     else:  # thousands of sources would not fit a record: how many, and the stats say which
         details = {"reason": reason, "sources": len(plan), "through": through or "latest"}
-    # Written beside its file first, then recorded, then put in place: a full disk
-    # fails the first step, before there is a record of an acknowledgement not made.
+    # Written beside its file first (naming its record), then recorded, then put in
+    # place: a full disk fails the first step, before there is a record of an
+    # acknowledgement not made; once recorded, it is made, even if the file cannot take
+    # its place yet (the store puts it there later: collector.storage.loss_acks).
+    record = api.own_record(AUDIT_LOSS_ACKNOWLEDGED, reader, request,
+                            source if source is not None else "(all sources)", details)
     staged = await asyncio.to_thread(keeper.stage_loss_ack, plan, by=reader.name,
-                                     reason=reason)
+                                     reason=reason, record=record["id"])
     try:
-        await api.record(AUDIT_LOSS_ACKNOWLEDGED, reader, request,
-                         source if source is not None else "(all sources)", details)
+        await api.write_record(record)
     except BaseException:  # not recorded (or the client gone): not made
         staged.drop()
         raise

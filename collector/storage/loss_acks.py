@@ -12,6 +12,13 @@ Kept in ``<data_dir>/loss-acks.json`` (0640, replaced atomically): the index is 
 from the segments and rebuilt at will, and an operator's word is not in the segments.
 Who acknowledged what, and why, is also an audit record of its own
 (``audit_loss_acknowledged``, written by the API before the acknowledgement applies).
+
+The record is what makes an acknowledgement: the new file is written beside its place
+first (``stage``), naming the id of the record that will claim it, then the record is
+written, then the file is renamed into place (``commit``). A file staged whose record
+was never written is removed at the next start; one whose record was written (a rename
+that failed, a stop in between) is put in place then (``staged``). So a record always
+has its acknowledgement, and an acknowledgement its record.
 """
 
 from __future__ import annotations
@@ -34,10 +41,13 @@ from .segments import FILE_MODE
 log = logging.getLogger("collector.store")
 
 FILE_NAME: Final = "loss-acks.json"
+STAGED_NAME: Final = f".{FILE_NAME}.staged"
 FORMAT: Final = 1
 #: Characters of a reason (an acknowledgement says why in a sentence or two).
 MAX_REASON: Final = 400  # escaped quotes double it: its record still fits MAX_STATUS
 _MAX_FILE_BYTES: Final = 64 * 1024 * 1024
+#: What a file that is not one of acknowledgements raises as it is read.
+_NOT_ACKS: Final = (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError)
 
 Ranges = list[list[int]]
 
@@ -56,22 +66,41 @@ def load(data_dir: Path) -> dict[str, Ack]:
     (an alert too many, never one too few), and the collector still starts."""
     path = data_dir / FILE_NAME
     try:
-        data = read_regular(path, _MAX_FILE_BYTES)
+        return _read(path)[0]
     except FileNotFoundError:
         return {}
     except OSError as exc:
         log.error("audit store: cannot read %s (%s): every loss counts as unacknowledged "
                   "until an acknowledgement rewrites it", path, exc)
-        return {}
-    try:
-        body = orjson.loads(data)
-        if body.get("format") != FORMAT:
-            raise ValueError(f"format {body.get('format')!r}, not {FORMAT}")
-        return {str(source): _ack(value) for source, value in body["sources"].items()}
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+    except _NOT_ACKS as exc:
         log.error("audit store: %s is not a file of loss acknowledgements (%s): every loss "
                   "counts as unacknowledged until an acknowledgement rewrites it", path, exc)
-        return {}
+    return {}
+
+
+def staged(data_dir: Path) -> tuple[dict[str, Ack], str | None] | None:
+    """The file a store left staged in ``data_dir`` (None: none): its acknowledgements
+    and the id of the record that claims them (None: no record was to; or the file is
+    unreadable, and so taken for one whose record was never written)."""
+    path = data_dir / STAGED_NAME
+    try:
+        acks, record = _read(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, *_NOT_ACKS) as exc:
+        log.warning("audit store: %s left staged is unreadable (%s): taken as an "
+                    "acknowledgement never recorded", path, exc)
+        return {}, None
+    return acks, record
+
+
+def _read(path: Path) -> tuple[dict[str, Ack], str | None]:
+    body = orjson.loads(read_regular(path, _MAX_FILE_BYTES))
+    if body.get("format") != FORMAT:
+        raise ValueError(f"format {body.get('format')!r}, not {FORMAT}")
+    record = body.get("record")
+    acks = {str(source): _ack(value) for source, value in body["sources"].items()}
+    return acks, record if isinstance(record, str) else None
 
 
 def _ack(value: Any) -> Ack:
@@ -85,19 +114,31 @@ def save(data_dir: Path, acks: Mapping[str, Ack]) -> None:
     commit(stage(data_dir, acks))
 
 
-def stage(data_dir: Path, acks: Mapping[str, Ack]) -> Path:
+def stage(data_dir: Path, acks: Mapping[str, Ack], record: str | None = None) -> Path:
     """Write ``acks`` beside the file (fsynced), to take its place at ``commit``: all
     that can fail for want of space fails here, before the acknowledgement is recorded.
-    One staged file at a time (the store's lock)."""
-    body = {"format": FORMAT, "sources": {s: asdict(a) for s, a in sorted(acks.items())}}
-    staged = data_dir / f".{FILE_NAME}.staged"
-    write_new_file(staged, orjson.dumps(body, option=orjson.OPT_INDENT_2), FILE_MODE)
-    return staged
+    ``record``: the id of the audit record that will claim it (see the module's
+    docstring). One staged file at a time (the store's lock)."""
+    body: dict[str, Any] = {"format": FORMAT,
+                            "sources": {s: asdict(a) for s, a in sorted(acks.items())}}
+    if record is not None:
+        body["record"] = record
+    path = data_dir / STAGED_NAME
+    write_new_file(path, orjson.dumps(body, option=orjson.OPT_INDENT_2), FILE_MODE)
+    return path
 
 
 def commit(staged: Path) -> None:
+    """Put a staged file in place; raises ``OSError`` if the rename fails (nothing
+    changed). A directory that cannot be synced after it is logged, not raised: the
+    rename is done (a crash before the directory reaches the disk may undo it, and
+    leaves the staged file for the next start to find: see ``staged``)."""
     os.replace(staged, staged.with_name(FILE_NAME))
-    fsync_dir(staged.parent)
+    try:
+        fsync_dir(staged.parent)
+    except OSError as exc:
+        log.warning("audit store: %s is in place, but its directory could not be synced "
+                    "(%s)", staged.with_name(FILE_NAME), exc)
 
 
 def unacknowledged(ranges: Ranges, numbered: int, through: int) -> tuple[int, int]:

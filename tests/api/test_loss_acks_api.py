@@ -212,7 +212,7 @@ def test_an_acknowledgement_that_cannot_be_recorded_is_not_made(
     async def refused(*args: Any, **kwargs: Any) -> str:
         raise ReadNotRecordedError("the store refused it (injected)")
 
-    monkeypatch.setattr(api, "record", refused)
+    monkeypatch.setattr(api, "write_record", refused)
     done = post(lossy, {"source": "app-1", "reason": "known"})
     assert done.status_code == 503, done.text
     assert unacknowledged(lossy) == (3, 2)
@@ -221,3 +221,46 @@ def test_an_acknowledgement_that_cannot_be_recorded_is_not_made(
     monkeypatch.undo()  # and the next one is not kept waiting by the one refused
     assert post(lossy, {"source": "app-1", "reason": "known"}).status_code == 200
     assert unacknowledged(lossy) == (1, 0)
+
+
+def test_an_acknowledgement_recorded_is_made_even_when_its_file_cannot_take_its_place(
+        lossy: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staged, recorded, then renamed into place: a rename that failed answered 503 and
+    left a record of an acknowledgement not made. Once recorded, it is made: it applies
+    at once, and its file takes its place before the next acknowledgement is staged
+    (which is refused, before its record, while it cannot)."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from collector.storage import loss_acks
+
+    real_replace = os.replace
+
+    def refused(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst).name == loss_acks.FILE_NAME:  # the OS's, outside the product
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refused)
+    done = post(lossy, {"source": "app-1", "reason": "killed for the upgrade"})
+    assert done.status_code == 200, done.text
+    assert done.json() == {"acknowledged": {"app-1": 6}}
+    [record] = acks_recorded(lossy)
+    assert unacknowledged(lossy) == (1, 0)  # made, as its record says
+    data_dir = lossy.store.settings.data_dir
+    staged = loss_acks.staged(data_dir)  # kept for the next try, naming its record
+    assert staged is not None and staged[0]["app-1"].through == 6
+    assert staged[1] == record["id"]
+
+    refused_next = post(lossy, {"source": "app-2", "reason": "known too"})
+    assert refused_next.status_code == 503, refused_next.text
+    assert "earlier acknowledgement" in refused_next.json()["message"]
+    assert len(acks_recorded(lossy)) == 1 and unacknowledged(lossy) == (1, 0)
+
+    monkeypatch.undo()
+    assert post(lossy, {"source": "app-2", "reason": "known too"}).status_code == 200
+    kept = loss_acks.load(data_dir)
+    assert {s: (a.through, a.reason) for s, a in kept.items()} == {
+        "app-1": (6, "killed for the upgrade"), "app-2": (3, "known too")}
+    assert unacknowledged(lossy) == (0, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,3 +160,69 @@ def test_acknowledged_losses_folded_with_new_ones_do_not_count_again(tmp_path: P
         assert totals(store)[0] == 998 + new
         # Which of the folded 999 is after 1000 is not known: at most 2 of them are.
         assert totals(store)[2] == new + 1  # was 998 + new: the acknowledged came back
+
+
+def _rename_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.replace refuses to put the acknowledgements' file in place (the OS's fault)."""
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def refused(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst).name == loss_acks.FILE_NAME:
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refused)
+
+
+def test_an_acknowledgement_recorded_but_not_in_place_is_put_there_at_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its record written, the rename failed (or the collector stopped before it): the
+    record says the acknowledgement was made, so the next start puts it in place."""
+    [record] = events(1)
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        _rename_fails(monkeypatch)
+        staged = store.stage_loss_ack(store.plan_loss_ack("app-1"), by="alice",
+                                      reason="known", record=record["id"])
+        store.write([record], "audit-collector-api")
+        staged.keep()  # does not raise: recorded, so made
+        assert totals(store) == (1, 0, 0, 0)
+        monkeypatch.undo()
+    assert not (tmp_path / loss_acks.FILE_NAME).exists()
+    with open_store(tmp_path) as store:
+        assert totals(store) == (1, 0, 0, 0)
+    assert loss_acks.load(tmp_path)["app-1"].by == "alice"
+    assert not (tmp_path / loss_acks.STAGED_NAME).exists()
+
+
+def test_an_acknowledgement_staged_but_never_recorded_is_not_made_at_the_next_start(
+        tmp_path: Path) -> None:
+    """Stopped between staging and the record: no record claims it, so it is not made,
+    and its staged file is removed."""
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        store.stage_loss_ack(store.plan_loss_ack("app-1"), by="alice", reason="known",
+                             record=events(1)[0]["id"])  # the record is never written
+    assert (tmp_path / loss_acks.STAGED_NAME).exists()
+    with open_store(tmp_path) as store:
+        assert totals(store) == (1, 0, 1, 0)
+    assert not (tmp_path / loss_acks.STAGED_NAME).exists()
+    assert not (tmp_path / loss_acks.FILE_NAME).exists()
+
+
+def test_without_a_record_a_failed_rename_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.storage.errors import StorageError
+
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        _rename_fails(monkeypatch)
+        with pytest.raises(StorageError, match="cannot put loss-acks.json in place"):
+            store.acknowledge_losses({"app-1": 3}, by="alice", reason="known")
+        assert totals(store) == (1, 0, 1, 0)
+        monkeypatch.undo()
+        store.acknowledge_losses({"app-1": 3}, by="alice", reason="known")  # not stuck
+        assert totals(store) == (1, 0, 0, 0)
