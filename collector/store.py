@@ -222,24 +222,27 @@ class Store:
         left by the last run (see ``loss_acks``) is put in place if its record was
         written (the acknowledgement was made: the record says so), removed if not."""
         data_dir = self.settings.data_dir
-        acks = loss_acks.load(data_dir)
+        acks, unsaved = loss_acks.load(data_dir), False
         left = loss_acks.staged(data_dir)
-        if left is None:
-            return acks, False
-        staged_acks, record = left
         path = data_dir / loss_acks.STAGED_NAME
-        if record is None or not index.known_ids([id_key(record)]):
+        if left is not None and (left[1] is None or not index.known_ids([id_key(left[1])])):
             path.unlink(missing_ok=True)  # never recorded: never made
-            return acks, False
-        try:
-            loss_acks.commit(path)
-        except OSError as exc:
-            log.error("audit store: cannot put %s in place (%s): the acknowledgements its "
-                      "record %s claims apply, and are put in place at the next "
-                      "acknowledgement", path, exc, record)
-            return staged_acks, True
-        log.info("audit store: put %s, recorded by %s, in place", loss_acks.FILE_NAME, record)
-        return staged_acks, False
+        elif left is not None:
+            acks, record = left
+            try:
+                loss_acks.commit(path)
+                log.info("audit store: put %s, recorded by %s, in place",
+                         loss_acks.FILE_NAME, record)
+            except OSError as exc:
+                log.error("audit store: cannot put %s in place (%s): the acknowledgements "
+                          "its record %s claims apply, and are put in place at the next "
+                          "acknowledgement", path, exc, record)
+                unsaved = True
+        # Only the sources the store knows: a source retention forgot (its file not
+        # rewritten since, or by a version that kept them) does not hand its
+        # acknowledgement to a source of the same name.
+        known = self._writer.sources
+        return {name: ack for name, ack in acks.items() if name in known}, unsaved
 
     def _sign_start_in_reserve(self, ledger: Ledger) -> None:
         """The start checkpoint (and a seal written at start-up) on disk now, in the
@@ -474,7 +477,9 @@ class Store:
                      self.settings.retention_bytes)
             # A source whose last record was in a segment older than every segment kept
             # has no record left: it goes with them (by age or by size).
-            writer.forget_sources(segments.oldest_kept(), done.stored_before_ns)
+            forgotten = writer.forget_sources(segments.oldest_kept(), done.stored_before_ns)
+            if forgotten:
+                self._forget_loss_acks(forgotten)
         if self._ledger is not None:
             self._ledger.tick(segments.active)
         self._refresh_count()
@@ -532,6 +537,34 @@ class Store:
         self._indexer.took_dropped(dropped)
 
     # -- acknowledged losses ------------------------------------------------------------
+    def _forget_loss_acks(self, forgotten: list[str]) -> None:
+        """Sources retention forgot take their acknowledgements with them (on the commit
+        thread). Kept, they stayed in memory and in the file until the next
+        acknowledgement was saved, and a source of the same name later (a client that
+        names its own source) had its new losses, up to the old number, taken for
+        acknowledged: an alert too few."""
+        gone = set(forgotten)
+        with self._writer.lock:  # as ``StagedLossAck.keep``, which filters by the sources
+            if gone.isdisjoint(self._loss_acks):
+                return
+            acks = {name: ack for name, ack in self._loss_acks.items() if name not in gone}
+            self._loss_acks = acks
+        # Never waited for: an acknowledgement under way waits on this thread for its
+        # record. Its file, or one still to be put in place, may name them for a while:
+        # the next acknowledgement and the next start leave them out.
+        if not self._acks_lock.acquire(blocking=False):
+            return
+        try:
+            if not self._acks_unsaved:
+                loss_acks.save(self.settings.data_dir, acks)
+        except OSError as exc:
+            log.warning("audit store: cannot rewrite %s without the %d source(s) retention "
+                        "forgot (%s): they are left out from now on, and from the file at "
+                        "the next acknowledgement or start", loss_acks.FILE_NAME, len(gone),
+                        exc)
+        finally:
+            self._acks_lock.release()
+
     def plan_loss_ack(self, source: str | None, through: int | None = None) -> dict[str, int]:
         """What acknowledging the losses of ``source`` (None: of every source with a loss
         not yet acknowledged) up to ``through`` (None, or past it: every number the
@@ -715,7 +748,10 @@ class StagedLossAck:
                           "acknowledgement or start", loss_acks.FILE_NAME, exc,
                           self._record)
                 store._acks_unsaved = True
-            store._loss_acks = self._acks
+            writer = store._writer
+            with writer.lock:  # retention may have forgotten some since they were staged
+                store._loss_acks = {name: ack for name, ack in self._acks.items()
+                                    if name in writer.sources}
         finally:
             store._acks_lock.release()
 

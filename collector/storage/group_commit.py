@@ -305,10 +305,10 @@ class GroupWriter:
         for sub in rest:
             sub.future.set_exception(error)
 
-    def forget_sources(self, oldest_kept: int, seen_before_ns: int) -> int:
+    def forget_sources(self, oldest_kept: int, seen_before_ns: int) -> list[str]:
         """Forget the sources whose last record was in a segment older than every segment
         left (``oldest_kept``, the lowest segment number that still exists): their
-        ranges, numbered and last_seen; returns how many. Such a source has no record
+        ranges, numbered and last_seen; returns their names. Such a source has no record
         left, and its entries would otherwise be kept forever, one per app process ever
         started (a reindex cannot bring it back: nothing of it remains). By position, not
         by time or by the numbers deleted: after a clock stepped back, retention by age
@@ -322,7 +322,7 @@ class GroupWriter:
                if (last_segment[s] < oldest_kept if s in last_segment
                    else at < seen_before_ns)]
         if not old:
-            return 0
+            return []
         with self._index.transaction():
             self._index.forget_sources(old)
         with self.lock:
@@ -332,7 +332,7 @@ class GroupWriter:
                 del self.seen[source]
                 self.last_segment.pop(source, None)
         self.counts["sources_forgotten"] += len(old)
-        return len(old)
+        return old
 
     def sealed(self, segment: int) -> None:
         """A segment was sealed: its last chunk is complete."""

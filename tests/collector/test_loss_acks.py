@@ -226,3 +226,39 @@ def test_without_a_record_a_failed_rename_changes_nothing(
         monkeypatch.undo()
         store.acknowledge_losses({"app-1": 3}, by="alice", reason="known")  # not stuck
         assert totals(store) == (1, 0, 0, 0)
+
+
+def test_a_source_retention_forgets_takes_its_acknowledgement_with_it(tmp_path: Path) -> None:
+    """Kept until the next acknowledgement was saved (in memory and in the file), the
+    acknowledgement of a source retention forgot covered the new losses of a source of
+    the same name (a client naming its own source): an alert too few."""
+    from tests.collector.storage_helpers import wait_until
+
+    settings = {"max_segment_bytes": 4096, "retention_bytes": 9000,
+                "retention_days": float("inf")}
+    with open_store(tmp_path, **settings) as store:
+        write(store, "src-old", [1, 3], numbered=6)
+        store.acknowledge_losses(store.plan_loss_ack("src-old"), by="alice", reason="known")
+        for n in range(8):  # src-old's segment is deleted by size, src-old forgotten
+            write(store, "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        wait_until(lambda: store.stats()["sources_forgotten"] == 1)
+        wait_until(lambda: "src-old" not in loss_acks.load(tmp_path))  # the file too
+        write(store, "src-old", [1, 5])  # the same name again: 2-4 are new losses
+        assert totals(store)[2] == 3
+    with open_store(tmp_path, **settings) as store:
+        assert totals(store)[2] == 3
+
+
+def test_an_acknowledgement_of_a_source_the_store_does_not_know_is_not_loaded(
+        tmp_path: Path) -> None:
+    """A file naming a source the store no longer knows (rewritten before retention
+    forgot it, as earlier versions left it): its acknowledgement covers no later source
+    of that name."""
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 2])
+    loss_acks.save(tmp_path, {"ghost": loss_acks.Ack(6, "2026-11-01T00:00:00Z", "alice",
+                                                     "known")})
+    with open_store(tmp_path) as store:
+        write(store, "ghost", [1, 5])
+        assert totals(store) == (3, 0, 3, 0)
+        assert store.plan_loss_ack(None) == {"ghost": 5}
