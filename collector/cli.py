@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import config as collector_config
 from . import installed_version
+from . import loss_commands as losses
 from . import read_commands as read
 from . import user_commands as users
 from .integrity import commands as integrity
@@ -82,6 +83,9 @@ COMMANDS: list[Command] = [
             read.stats_arguments, _read(read.run_stats)),
     Command("reindex", "rebuild the index from the segments (stop the collector first)",
             read.reindex_arguments, _read(read.run_reindex)),
+    Command("losses", "sources that lost events; `losses ack` acknowledges a source's "
+            "losses (through the running collector's API)",
+            losses.losses_arguments, _read(losses.run_losses)),
     Command("users", "reader accounts of the query API and admin panel: add, list, remove",
             users.users_arguments, users.run_users),
     Command("verify", "check segments and digests for tampering (works on copies); exit 0 "

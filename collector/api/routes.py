@@ -15,6 +15,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 
 from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
+from collector import losses
 from collector.query import Page, Reader
 from collector.storage import loss_acks
 from collector.storage.conditions import FOREVER
@@ -186,29 +187,7 @@ async def list_losses(request: Request) -> Response:
 
 
 def _losses(keeper: LossKeeper) -> dict[str, Any]:
-    stats = keeper.stats()
-    rows = []
-    for source, report in stats["sources"].items():
-        ranges, numbered = report["ranges"], report["numbered"]
-        gap_events, tail_events = loss_acks.unacknowledged(ranges, numbered, 0)
-        if not gap_events and not tail_events:
-            continue
-        through = report["acknowledged_through"]
-        new_gaps, new_tail = loss_acks.unacknowledged(ranges, numbered, through)
-        rows.append({"source": source, "received": report["received"],
-                     "gap_events": gap_events, "unreceived_tail_events": tail_events,
-                     "unacknowledged_gap_events": new_gaps,
-                     "unacknowledged_tail_events": new_tail,
-                     "acknowledged_through": through, "last_seen": report["last_seen"],
-                     # What these counts reach: the through to acknowledge them, and no
-                     # loss the reader was not shown.
-                     "latest": loss_acks.latest(ranges, numbered)})
-    rows.sort(key=lambda r: (-(r["unacknowledged_gap_events"]
-                               + r["unacknowledged_tail_events"]), r["source"]))
-    return {"sources": rows, "sources_total": stats["sources_total"],
-            "sources_omitted": stats["sources_omitted"],
-            "unacknowledged_gap_events": stats["unacknowledged_gap_events"],
-            "unacknowledged_tail_events": stats["unacknowledged_tail_events"]}
+    return losses.listing(keeper.stats())
 
 
 async def acknowledge_losses(request: Request) -> Response:

@@ -1,0 +1,126 @@
+"""The command line as a client of a running collector's query API: for what only the
+process that owns the store may do (an acknowledgement of losses is recorded in the
+store and applied by it). The other commands read the data directory's files.
+
+The API is found as ``serve`` reads its options (``api_listen``, ``api_tls_cert``: flag,
+environment, ``--config`` file), or given as ``--api-url``. The reader's token comes
+from ``AUDIT_READER_TOKEN`` or a file, never from the command line (where ``ps`` shows
+it to every user of the host).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from .config import CollectorConfig
+from .options import split_host_port
+
+TOKEN_ENV: Final = "AUDIT_READER_TOKEN"
+#: Seconds to wait for an answer: the store may wait up to 30 s for another
+#: acknowledgement under way (``store._ACK_WAIT``) before it answers.
+TIMEOUT: Final = 60.0
+_ANYWHERE: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+class ApiClientError(Exception):
+    """The API could not be asked, or refused (the message says what to do).
+    ``status``: the HTTP status of a refusal, None when there was no answer."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ApiAccess:
+    url: str  # scheme://host:port, no trailing slash
+    token: str
+    tls_cert: Path | None = None  # trusted for https, besides the system's CAs
+
+
+def base_url(config: CollectorConfig, given: str | None) -> str:
+    """``given`` (``--api-url``), else the address ``serve`` listens on: on every address
+    (0.0.0.0, ::) reached on loopback; https when it has a certificate."""
+    if given:
+        if not given.startswith(("http://", "https://")):
+            raise ApiClientError(f"--api-url {given!r}: give a URL such as "
+                                 f"http://127.0.0.1:8080")
+        return given.rstrip("/")
+    if not config.api_listen:
+        raise ApiClientError("api_listen is empty: this collector serves no API. Set "
+                             "api_listen (and restart it), or give --api-url")
+    host, port = split_host_port(config.api_listen)
+    host = _ANYWHERE.get(host, host)
+    scheme = "https" if config.api_tls_cert is not None else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def reader_token(token_file: Path | None) -> str:
+    """A reader's token: from ``token_file``, else ``AUDIT_READER_TOKEN``."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ApiClientError(f"cannot read the reader token file {token_file}: "
+                                 f"{exc}") from None
+        if not token:
+            raise ApiClientError(f"the reader token file {token_file} is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ApiClientError(f"a root reader's token is needed: put it in {TOKEN_ENV} or "
+                             f"in a file given as --reader-token-file (a root reader is "
+                             f"made with `audit-collector users add NAME --root`)")
+    return token
+
+
+def post_json(api: ApiAccess, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` to ``path``; the JSON answer, or ``ApiClientError`` with the API's
+    message (``status`` set) or why it could not be reached."""
+    request = urllib.request.Request(
+        api.url + path, data=orjson.dumps(body), method="POST",
+        headers={"Authorization": f"Bearer {api.token}",
+                 "Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT,
+                                    context=_tls(api) if api.url.startswith("https") else None
+                                    ) as answer:
+            return _json(answer.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            said = _json(exc.read()).get("message") or exc.reason
+        raise ApiClientError(f"{said} (HTTP {exc.code})", exc.code) from None
+    except (urllib.error.URLError, OSError) as exc:
+        why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise ApiClientError(f"no answer from the collector's API at {api.url} ({why}): "
+                             f"is the collector running (`audit-collector serve`) with "
+                             f"this api_listen? Otherwise give --api-url") from None
+
+
+def _tls(api: ApiAccess) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if api.tls_cert is not None:
+        try:
+            context.load_verify_locations(cafile=api.tls_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise ApiClientError(f"cannot read api_tls_cert {api.tls_cert}: {exc}") from None
+        # The collector's own certificate trusted as such (a self-signed one, or a
+        # leaf whose CA this host does not have).
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+def _json(data: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
