@@ -127,9 +127,9 @@ class Store:
         self._last_error: str | None = None
         self._loss_acks: dict[str, loss_acks.Ack] = {}
         self._acks_lock = threading.Lock()
-        #: Acknowledgements recorded and applied whose staged file could not take its
-        #: place yet (``StagedLossAck.keep``); under ``_acks_lock``.
-        self._acks_unsaved = False
+        #: The record of an acknowledgement, applied, whose staged file could not take
+        #: its place yet (``StagedLossAck.keep``), or None; under ``_acks_lock``.
+        self._acks_unsaved: str | None = None
         self._count_failures = 0  # events count refreshes failed in a row
         self._count_stale = False  # segments were hidden since the count was taken
         self._full_failures = 0  # commit thread failures for a full disk (logged some)
@@ -217,12 +217,13 @@ class Store:
         self._loss_acks, self._acks_unsaved = self._load_loss_acks(index)
         return report
 
-    def _load_loss_acks(self, index: Index) -> tuple[dict[str, loss_acks.Ack], bool]:
-        """The acknowledgements, and whether the file lacks some of them. A staged file
-        left by the last run (see ``loss_acks``) is put in place if its record was
-        written (the acknowledgement was made: the record says so), removed if not."""
+    def _load_loss_acks(self, index: Index) -> tuple[dict[str, loss_acks.Ack], str | None]:
+        """The acknowledgements, and the record of those the file lacks (None: it lacks
+        none; see ``_acks_unsaved``). A staged file left by the last run (see
+        ``loss_acks``) is put in place if its record was written (the acknowledgement
+        was made: the record says so), removed if not."""
         data_dir = self.settings.data_dir
-        acks, unsaved = loss_acks.load(data_dir), False
+        acks, unsaved = loss_acks.load(data_dir), None
         left = loss_acks.staged(data_dir)
         path = data_dir / loss_acks.STAGED_NAME
         if left is not None and (left[1] is None or not index.known_ids([id_key(left[1])])):
@@ -237,7 +238,7 @@ class Store:
                 log.error("audit store: cannot put %s in place (%s): the acknowledgements "
                           "its record %s claims apply, and are put in place at the next "
                           "acknowledgement", path, exc, record)
-                unsaved = True
+                unsaved = record
         # Only the sources the store knows: a source retention forgot (its file not
         # rewritten since, or by a version that kept them) does not hand its
         # acknowledgement to a source of the same name.
@@ -555,7 +556,7 @@ class Store:
         if not self._acks_lock.acquire(blocking=False):
             return
         try:
-            if not self._acks_unsaved:
+            if self._acks_unsaved is None:
                 loss_acks.save(self.settings.data_dir, acks)
         except OSError as exc:
             log.warning("audit store: cannot rewrite %s without the %d source(s) retention "
@@ -564,6 +565,24 @@ class Store:
                         exc)
         finally:
             self._acks_lock.release()
+
+    def _save_unsaved_acks(self, record: str) -> None:
+        """Put in place the staged file of an earlier acknowledgement, recorded (by
+        ``record``) and applied. Staging over it would lose it, were the next one's
+        record then refused: until it can be, the next one is refused (before its
+        record: nothing claimed). Under ``_acks_lock``."""
+        data_dir = self.settings.data_dir
+        try:
+            try:
+                loss_acks.commit(data_dir / loss_acks.STAGED_NAME)
+            except FileNotFoundError:  # removed meanwhile: what it held is in memory
+                loss_acks.commit(loss_acks.stage(data_dir, self._loss_acks, record))
+        except OSError as exc:
+            raise StorageError(
+                f"an earlier acknowledgement, recorded and applied, cannot be put in "
+                f"{loss_acks.FILE_NAME} ({exc}): make the data directory writable, then "
+                f"try again") from None
+        self._acks_unsaved = None
 
     def plan_loss_ack(self, source: str | None, through: int | None = None) -> dict[str, int]:
         """What acknowledging the losses of ``source`` (None: of every source with a loss
@@ -632,19 +651,8 @@ class Store:
             raise StorageError(f"another acknowledgement of losses has been under way for "
                                f"{_ACK_WAIT:g} s: try again")
         try:
-            if self._acks_unsaved:
-                # An earlier acknowledgement, recorded and applied, is still staged:
-                # in place first. Staging over it would lose it, were this one's record
-                # then refused; so until it can be, this one is refused (before its
-                # record: nothing claimed).
-                try:
-                    loss_acks.commit(self.settings.data_dir / loss_acks.STAGED_NAME)
-                except OSError as exc:
-                    raise StorageError(
-                        f"an earlier acknowledgement, recorded and applied, cannot be put "
-                        f"in {loss_acks.FILE_NAME} ({exc}): make the data directory "
-                        f"writable, then try again") from None
-                self._acks_unsaved = False
+            if self._acks_unsaved is not None:
+                self._save_unsaved_acks(self._acks_unsaved)
             acks = dict(self._loss_acks)
             # Never lowered: an acknowledgement through a lower number (or one planned
             # before another and kept after it: two readers at once, whose records and
@@ -747,7 +755,7 @@ class StagedLossAck:
                           "recorded by %s applies, and is put in place at the next "
                           "acknowledgement or start", loss_acks.FILE_NAME, exc,
                           self._record)
-                store._acks_unsaved = True
+                store._acks_unsaved = self._record
             writer = store._writer
             with writer.lock:  # retention may have forgotten some since they were staged
                 store._loss_acks = {name: ack for name, ack in self._acks.items()

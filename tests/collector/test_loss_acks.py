@@ -262,3 +262,28 @@ def test_an_acknowledgement_of_a_source_the_store_does_not_know_is_not_loaded(
         write(store, "ghost", [1, 5])
         assert totals(store) == (3, 0, 3, 0)
         assert store.plan_loss_ack(None) == {"ghost": 5}
+
+
+def test_a_recorded_acknowledgement_whose_staged_file_was_removed_is_saved_from_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its rename failed, then its staged file was removed by hand: the next
+    acknowledgement was refused for good (nothing to rename). What it held is applied,
+    in memory: that is saved, and the next one goes on."""
+    [record, second] = events(2)
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        write(store, "app-2", [1, 5])
+        _rename_fails(monkeypatch)
+        staged = store.stage_loss_ack({"app-1": 3}, by="alice", reason="known",
+                                      record=record["id"])
+        store.write([record], "audit-collector-api")
+        staged.keep()
+        monkeypatch.undo()
+        (tmp_path / loss_acks.STAGED_NAME).unlink()
+        staged = store.stage_loss_ack({"app-2": 5}, by="bob", reason="known too",
+                                      record=second["id"])
+        store.write([second], "audit-collector-api")
+        staged.keep()
+        assert totals(store) == (4, 0, 0, 0)
+    assert {s: a.by for s, a in loss_acks.load(tmp_path).items()} == {"app-1": "alice",
+                                                                      "app-2": "bob"}
