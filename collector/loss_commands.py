@@ -27,7 +27,7 @@ import orjson
 from . import api_client
 from . import config as collector_config
 from .losses import listing
-from .read_commands import CommandError, _data_dir
+from .read_commands import CommandError, data_dir_of
 from .render import display_width, terminal_safe
 from .storage import loss_acks, sources
 
@@ -72,7 +72,7 @@ def losses_arguments(parser: argparse.ArgumentParser) -> None:
 def run_losses(args: argparse.Namespace) -> int:
     if args.action == "ack":
         return _acknowledge(args)
-    report = listing(_stats_from_files(_data_dir(args)))
+    report = listing(_stats_from_files(data_dir_of(args)))
     if args.format == "json":
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0

@@ -28,7 +28,9 @@ FOLLOW_INTERVAL = 0.5
 
 
 # -- shared ------------------------------------------------------------------------------
-def _data_dir(args: argparse.Namespace) -> Path:
+def data_dir_of(args: argparse.Namespace) -> Path:
+    """The data directory the command reads (flags, environment, TOML), refused when it
+    holds no audit data."""
     data_dir: Path = collector_config.load(args, for_serve=False).data_dir
     if not (data_dir / "index.sqlite").exists() and not (data_dir / "segments").is_dir():
         raise CommandError(f"no audit data in {data_dir}: point --data-dir (or "
@@ -118,7 +120,7 @@ def query_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    data_dir, filters = _data_dir(args), _filters(args)
+    data_dir, filters = data_dir_of(args), _filters(args)
     if args.order == "oldest":
         args.oldest_first = True
     write = _writer(args.format, sys.stdout)
@@ -160,7 +162,7 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     if args.lines < 0:
         raise q.QueryError(f"-n {args.lines}: give how many of the newest records to print "
                            f"first, 0 or more")
-    data_dir, filters = _data_dir(args), _filters(args)
+    data_dir, filters = data_dir_of(args), _filters(args)
     write = _writer(args.format, sys.stdout)
     # One moment splits "last N" from "new ones": the last N are read up to the newest
     # record at that moment, the follow loop starts after it. A record arriving between
@@ -208,7 +210,7 @@ def stats_arguments(parser: argparse.ArgumentParser) -> None:
 def run_stats(args: argparse.Namespace) -> int:
     from .serve import STATS_FILE
 
-    data_dir = _data_dir(args)
+    data_dir = data_dir_of(args)
     # A running collector deletes and replaces files while they are listed: file_sizes
     # leaves out the ones gone by their stat.
     segments = file_sizes(sorted((data_dir / "segments").glob("segment-*")))
@@ -278,7 +280,7 @@ def reindex_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_reindex(args: argparse.Namespace) -> int:
-    data_dir = _data_dir(args)
+    data_dir = data_dir_of(args)
     bar = ProgressBar(sys.stderr)
     report = q.reindex(data_dir, progress=bar.update)
     bar.done()
