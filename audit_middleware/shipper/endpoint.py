@@ -19,6 +19,10 @@ log = logging.getLogger("audit_middleware")
 
 DEFAULT_URL = "unix://./audit-data/collector.sock"
 _POLL: Final = 0.05  # seconds between looks at the exit deadline while a lookup runs
+#: How long a new lookup is waited for when the resolver answered before: a healthy one
+#: answers within it, and one that does not is not worth a whole connect_timeout while
+#: its last answer can be used (the lookup goes on and refreshes it).
+_FRESH_WAIT: Final = 0.25
 
 AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
 Deadline = Callable[[], float | None]
@@ -93,6 +97,7 @@ class _Lookup:
     def __init__(self, host: str, port: int) -> None:
         self.key = (host, port)
         self.pid = os.getpid()
+        self.started = time.monotonic()
         self.done = threading.Event()
         self.answer: Sequence[AddressInfo] = ()
         self.error: Exception | None = None
@@ -173,7 +178,12 @@ def resolve(host: str, port: int, timeout: float,
     and the attempt fails with TimeoutError, an OSError: a failed connection (the batch
     is spooled and retried). Then, or when no thread can be started (at interpreter
     shutdown, Python 3.12), the resolver's last answer for that host is used if there
-    is one; with none and no thread, the resolver is asked here, as before."""
+    is one; with none and no thread, the resolver is asked here, as before.
+    With a last answer to fall back on, a lookup is not waited for the whole timeout:
+    each reconnect during a resolver outage cost that much (batches waited, a
+    fail_closed request was answered 503 while the collector was reachable). One still
+    under way from an earlier attempt is not waited for at all, a new one at most
+    ``_FRESH_WAIT``; either is left to refresh the answer for the attempts after."""
     if _is_address(host):  # nothing to ask a resolver, nothing to wait for
         return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
                                   socket.AI_NUMERICHOST)
@@ -181,7 +191,8 @@ def resolve(host: str, port: int, timeout: float,
     _check_fork()
     with _lock:
         lookup = _lookups.get(key)
-        if lookup is None or lookup.pid != os.getpid():  # (a fork without the hook)
+        under_way = lookup is not None and lookup.pid == os.getpid()
+        if not under_way:  # none, or one of the parent's (a fork without the hook)
             try:
                 lookup = _lookups[key] = _Lookup(host, port)
             except RuntimeError:  # "can't create new thread at interpreter shutdown"
@@ -189,12 +200,14 @@ def resolve(host: str, port: int, timeout: float,
         known = _answers.get(key)
     if lookup is None:
         return known or socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    if not lookup.wait(_time_left(timeout, deadline), deadline):
+    wait = timeout if not known else 0.0 if under_way else min(timeout, _FRESH_WAIT)
+    if not lookup.wait(_time_left(wait, deadline), deadline):
         if known:
             if not lookup.stale_said:  # once for a resolver that hangs, not each attempt
                 lookup.stale_said = True
                 log.warning("audit: resolving %s did not finish within %.1fs; using the "
-                            "addresses it last resolved to", host, timeout)
+                            "addresses it last resolved to while it goes on", host,
+                            time.monotonic() - lookup.started)
             return known
         raise TimeoutError(f"resolving {host} did not finish within {timeout:.1f}s "
                            f"(the resolver does not answer)")

@@ -15,10 +15,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import orjson
 
@@ -32,6 +32,7 @@ from audit_middleware.wire import (
     parse_header,
 )
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 READY = "audit-collector ready:"
 
@@ -171,6 +172,24 @@ def wait_until(condition: Any, timeout: float = 30.0, message: str = "") -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting: {message or condition}")
         time.sleep(0.01)
+
+
+def outcome_within(seconds: float, call: Callable[[], T]) -> T | BaseException:
+    """What ``call`` returned or raised, waited for at most ``seconds``: it runs in a
+    daemon thread, so one that waits too long fails the test without holding it."""
+    result: list[T | BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, f"still waiting after {seconds} s"
+    return result[0]
 
 
 def open_store(data_dir: Path) -> Any:

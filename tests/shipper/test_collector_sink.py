@@ -460,13 +460,15 @@ class HungResolver:
         from audit_middleware.shipper import endpoint
 
         self.release = threading.Event()
+        self.hanging = True  # False: it answers at once, until this is set again
         self.calls = 0
         real = socket.getaddrinfo
 
         def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
             if host == "localhost":
                 self.calls += 1
-                self.release.wait(60)
+                if self.hanging:
+                    self.release.wait(60)
                 host = "127.0.0.1"
             return real(host, port, *args, **kwargs)
 
@@ -526,6 +528,37 @@ def test_a_resolver_that_does_not_answer_does_not_hold_the_exit_deadline(
     assert time.monotonic() - started < 1.8  # the deadline (1 s), the spool write after it
     stats = sink.stats()
     assert (stats["spooled"], stats["dropped"], stats["acknowledged"]) == (10, 0, 0)
+
+
+def test_while_the_resolver_hangs_a_reconnect_uses_the_last_answer_at_once(
+        collector: Collector, make_sink: SinkFactory, hung_resolver: HungResolver) -> None:
+    """Each reconnect while the resolver did not answer waited for it the whole
+    connect_timeout before using the addresses it last gave: batches waited, and a
+    fail_closed request was answered 503 although the collector was reachable at once
+    (a review). The last answer is now used after a short wait for a new lookup, and
+    at once while one is still under way."""
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             idle_timeout=0.3)
+    sink = make_sink(url=f"tcp://localhost:{server.server.tcp_port()}", token="s3cret",
+                     connect_timeout=30.0, fail_closed=True)
+    hung_resolver.hanging = False
+    ids = emit_many(3)
+    assert sink.flush(timeout=10)  # resolved: the answer is kept
+    hung_resolver.hanging = True
+    for round_ in ("u", "v"):  # a new lookup that hangs, then the same one still under way
+        time.sleep(1.0)  # the collector closes the idle connection
+        receipts: list[Any] = []
+        token = pending.set(receipts)
+        try:
+            ids += emit_many(3, round_)
+        finally:
+            pending.reset(token)
+        assert [r.result(timeout=10) for r in receipts] == [None, None, None]
+    assert sink.flush(timeout=10)
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["spooled"], stats["retried"]) == (9, 0, 0)
+    assert hung_resolver.calls == 2  # the one that answered, the one still hanging
+    assert collector.ids() == ids
 
 
 def test_tcp_with_a_wrong_token_is_refused_and_spooled(

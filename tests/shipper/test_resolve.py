@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from audit_middleware.shipper import endpoint
+from tests.e2e.harness import outcome_within
 
 ANSWER = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 7100))]
 
@@ -24,6 +25,7 @@ class Resolver:
         self.release = threading.Event()
         self.calls = 0
         self.error: Exception | None = None
+        self.answer: list[Any] = ANSWER
 
     def getaddrinfo(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
@@ -31,7 +33,7 @@ class Resolver:
             self.release.wait(60)
         if self.error is not None:
             raise self.error
-        return ANSWER
+        return self.answer
 
 
 @pytest.fixture
@@ -90,6 +92,50 @@ def test_the_last_answer_is_used_when_the_resolver_stops_answering(
     assert caplog.text.count("did not finish") == 1  # said once, not at each attempt
 
 
+def test_a_lookup_under_way_gives_way_to_the_last_answer_at_once(resolver: Resolver) -> None:
+    """While a lookup hangs, every connection attempt waited for it the whole
+    connect_timeout before taking the last answer: each reconnect during a DNS outage
+    cost that timeout (batches waited, a fail_closed request could be answered 503 when
+    the last address would have worked at once). An attempt that finds the lookup still
+    under way now takes the last answer without waiting; the lookup goes on."""
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+    resolver.hang.set()
+    assert endpoint.resolve("collector", 7100, 0.1) == ANSWER  # starts the lookup that hangs
+    assert outcome_within(10, lambda: endpoint.resolve("collector", 7100, 60.0)) == ANSWER
+    assert resolver.calls == 2  # the hung lookup is shared, not started again
+
+
+def test_a_new_lookup_with_a_last_answer_is_waited_for_only_briefly(
+        resolver: Resolver) -> None:
+    """The first attempt after a lookup ended (answered, or failed once the resolver gave
+    up) starts another: with a last answer to fall back on, a resolver that does not
+    answer at once is not waited for the whole connect_timeout either."""
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+    resolver.hang.set()
+    assert outcome_within(10, lambda: endpoint.resolve("collector", 7100, 60.0)) == ANSWER
+    assert resolver.calls == 2
+
+
+def test_the_lookup_left_under_way_refreshes_the_last_answer(resolver: Resolver) -> None:
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+    moved = [ANSWER[0][:4] + (("127.0.0.2", 7100),)]
+    resolver.hang.set()
+    assert endpoint.resolve("collector", 7100, 0.1) == ANSWER  # the last answer, meanwhile
+    resolver.answer = moved
+    resolver.release.set()  # the lookup left under way answers
+    finish_lookups()
+    resolver.hang.clear()
+    assert endpoint._answers[("collector", 7100)] == moved
+    assert endpoint.resolve("collector", 7100, 1.0) == moved
+
+
+def test_a_quick_answer_is_preferred_to_the_last_one(resolver: Resolver) -> None:
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+    moved = [ANSWER[0][:4] + (("127.0.0.2", 7100),)]
+    resolver.answer = moved
+    assert endpoint.resolve("collector", 7100, 1.0) == moved
+
+
 def test_a_resolver_error_is_raised_and_no_answer_kept(resolver: Resolver) -> None:
     resolver.error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     with pytest.raises(socket.gaierror):
@@ -126,6 +172,7 @@ def test_an_address_needs_no_lookup_thread(resolver: Resolver,
 FORKED_WITHOUT_HOOKS = r"""
 import ctypes, os, socket, sys, threading, time
 from audit_middleware.shipper import endpoint
+from tests.e2e.harness import outcome_within
 
 socket.getaddrinfo = lambda *args, **kwargs: [
     (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 7100))]
@@ -175,6 +222,59 @@ def test_a_child_forked_without_the_at_fork_hook_does_not_wait_for_the_parents_l
     from tests.e2e.harness import run_python
 
     done = run_python(FORKED_WITHOUT_HOOKS, timeout=30)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ANSWERED") and "127.0.0.1" in done.stdout, (
+        done.stdout, done.stderr[-2000:])
+
+
+FORKED_DURING_AN_OUTAGE = r"""
+import ctypes, os, socket, sys, threading, time
+from audit_middleware.shipper import endpoint
+
+ANSWER = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 7100))]
+hang = threading.Event()
+
+def getaddrinfo(*args, **kwargs):
+    if hang.is_set():
+        threading.Event().wait(60)  # a resolver that does not answer
+    return ANSWER
+
+socket.getaddrinfo = getaddrinfo
+endpoint.resolve("collector", 7100, 1.0)  # answered: the answer is kept
+hang.set()
+endpoint.resolve("collector", 7100, 0.1)  # a lookup left hanging in the parent
+read_end, write_end = os.pipe()
+pid = os.fork() if sys.argv[1] == "os.fork" else ctypes.PyDLL(None).fork()
+if pid == 0:
+    try:
+        outcome = repr(endpoint.resolve("collector", 7100, 60.0))
+    except BaseException as exc:
+        outcome = repr(exc)
+    os.write(write_end, outcome.encode()[:500])
+    os._exit(0)
+os.close(write_end)
+deadline = time.monotonic() + 10
+while os.waitpid(pid, os.WNOHANG) == (0, 0):
+    if time.monotonic() >= deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print("HUNG")
+        sys.exit(0)
+    time.sleep(0.05)
+print("ANSWERED", os.read(read_end, 1000).decode())
+"""
+
+
+@pytest.mark.parametrize("fork", ["os.fork", "libc fork"])
+def test_a_child_forked_during_an_outage_uses_the_last_answer(fork: str) -> None:
+    """A worker forked while its parent's lookup hangs (a pre-fork server started during
+    a resolver outage) has no share in that lookup: it starts one of its own, and with
+    the parent's last answer to fall back on, does not wait for it the whole timeout
+    (it waited the whole connect_timeout, 60 s here). With the at-fork hook and
+    without (uWSGI forks in C), in a fresh interpreter (see the test above)."""
+    from tests.e2e.harness import run_python
+
+    done = run_python(FORKED_DURING_AN_OUTAGE, fork, timeout=30)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ANSWERED") and "127.0.0.1" in done.stdout, (
         done.stdout, done.stderr[-2000:])
