@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
+import select
 import socket
 import ssl
 import threading
@@ -50,11 +52,13 @@ class Endpoint:
                 deadline: Deadline = lambda: None) -> socket.socket:
         """A connected (and, for TLS, handshaken) blocking socket; raises OSError.
         ``track`` is told the socket's descriptor as soon as it exists, and None before
-        a failed one is closed (see ``Sender.after_fork``). Resolving the host name and
-        each connection attempt take at most ``timeout`` seconds each, and end at
-        ``deadline()`` (the sink's exit deadline, which may be set meanwhile)."""
+        a failed one is closed (see ``Sender.after_fork``). Resolving the host name, each
+        connection attempt and the TLS handshake take at most ``timeout`` seconds each,
+        and end at ``deadline()`` (the sink's exit deadline, which may be set meanwhile:
+        it is looked at again while each of them waits)."""
         if self.scheme == "unix":
-            return _connected(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.path, timeout, track)
+            return _connected(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.path, timeout, track,
+                              deadline)
         # socket.create_connection, with the descriptor tracked while it connects and
         # the host name resolved within the timeout (see resolve).
         failure: OSError | None = None
@@ -62,7 +66,7 @@ class Endpoint:
                                                        deadline):
             try:
                 sock = _connected(family, kind, proto, address,
-                                  _time_left(timeout, deadline), track)
+                                  _time_left(timeout, deadline), track, deadline)
                 break
             except OSError as exc:
                 failure = exc
@@ -71,7 +75,9 @@ class Endpoint:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
-                sock = tls.wrap_socket(sock, server_hostname=self.host)  # the same descriptor
+                sock = tls.wrap_socket(sock, server_hostname=self.host,  # the same descriptor
+                                       do_handshake_on_connect=False)
+                _handshake(sock, timeout, deadline)
         except BaseException:
             track(None)
             sock.close()
@@ -217,17 +223,69 @@ def resolve(host: str, port: int, timeout: float,
 
 
 def _connected(family: int, kind: int, proto: int, address: Any, timeout: float,
-               track: Callable[[int | None], None]) -> socket.socket:
+               track: Callable[[int | None], None], deadline: Deadline) -> socket.socket:
+    """A socket connected to ``address`` within ``timeout`` and before ``deadline()``,
+    its timeout set to ``timeout`` (for the TLS handshake and the hello after)."""
     sock = socket.socket(family, kind, proto)
     track(sock.fileno())
     try:
+        _connect(sock, address, timeout, deadline)
         sock.settimeout(timeout)
-        sock.connect(address)
     except BaseException:
         track(None)  # before the close: the number may be reused at once
         sock.close()
         raise
     return sock
+
+
+def _connect(sock: socket.socket, address: Any, timeout: float, deadline: Deadline) -> None:
+    """``sock.connect(address)``, the exit deadline looked at again while it waits: the
+    socket's own timeout is fixed when the connect begins, so close() or a lifespan
+    drain starting while a connect waited (a collector host that drops SYNs, a full
+    accept queue) overran its deadline by up to ``connect_timeout``."""
+    sock.setblocking(False)
+    error = sock.connect_ex(address)
+    if error in (errno.EINPROGRESS, errno.EINTR):  # EINTR: the connect goes on all the same
+        _wait_for(sock, select.POLLOUT, time.monotonic() + timeout, deadline,
+                  f"connecting timed out after {timeout:.1f}s")
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))  # its subclass: ConnectionRefusedError...
+
+
+def _handshake(sock: ssl.SSLSocket, timeout: float, deadline: Deadline) -> None:
+    """The TLS handshake within ``timeout``, ending at the exit deadline as ``_connect``
+    does: a peer that takes the connection but never answers the ClientHello (a stalled
+    collector, a port that is not the collector's) held the worker past it too."""
+    sock.setblocking(False)
+    until = time.monotonic() + timeout
+    while True:
+        try:
+            sock.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            events = select.POLLIN
+        except ssl.SSLWantWriteError:
+            events = select.POLLOUT
+        _wait_for(sock, events, until, deadline,
+                  f"the TLS handshake timed out after {timeout:.1f}s")
+    sock.settimeout(timeout)
+
+
+def _wait_for(sock: socket.socket, events: int, until: float, deadline: Deadline,
+              timed_out: str) -> None:
+    """Until ``sock`` is ready for ``events`` (or failed): TimeoutError at ``until``, or
+    at ``deadline()``, looked at again every ``_POLL`` seconds (close or drain sets it
+    while a connection is being made)."""
+    poller = select.poll()  # not select(): it refuses a descriptor above 1023
+    poller.register(sock, events)
+    while not poller.poll(max(min(_POLL, until - time.monotonic()), 0) * 1000):
+        now = time.monotonic()
+        if now >= until:
+            raise TimeoutError(timed_out)
+        exit_deadline = deadline()
+        if exit_deadline is not None and now >= exit_deadline:
+            raise TimeoutError("shutting down: no time left to reach the collector")
 
 
 def parse_url(url: str) -> Endpoint:

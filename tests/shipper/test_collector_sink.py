@@ -21,7 +21,14 @@ from audit_middleware.shipper import CollectorSink
 from audit_middleware.shipper.receipts import pending
 from audit_middleware.testing import reset_configuration
 from collector.ingest import IngestSettings
-from tests.e2e.harness import InProcessCollector, open_store, short_tmp, stored_events
+from tests.e2e.harness import (
+    InProcessCollector,
+    open_store,
+    short_tmp,
+    stored_events,
+    wait_until,
+)
+from tests.shipper.unaccepting import unaccepting_port
 
 
 class Collector:
@@ -559,6 +566,25 @@ def test_while_the_resolver_hangs_a_reconnect_uses_the_last_answer_at_once(
     assert (stats["acknowledged"], stats["spooled"], stats["retried"]) == (9, 0, 0)
     assert hung_resolver.calls == 2  # the one that answered, the one still hanging
     assert collector.ids() == ids
+
+
+@pytest.mark.parametrize("shutdown", ["close", "drain"])
+def test_a_connect_that_hangs_does_not_hold_the_exit_deadline(
+        make_sink: SinkFactory, shutdown: str) -> None:
+    """close() (atexit) or drain() (ASGI lifespan) starting while the worker waited for
+    a TCP connect that does not complete: the connect went on for the whole
+    connect_timeout, the deadline set meanwhile unheeded, so the batch was neither
+    spooled nor counted when the worker was given up on. It ends at the deadline now."""
+    with unaccepting_port() as port:
+        sink = make_sink(url=f"tcp://127.0.0.1:{port}", token="s3cret", connect_timeout=30.0)
+        emit_many(10)
+        wait_until(lambda: sink._sender._opening is not None, 10, "the worker connecting")
+        if shutdown == "close":
+            sink.close(timeout=1.0)
+        else:
+            assert sink.drain(timeout=1.0)
+        stats = sink.stats()
+    assert (stats["spooled"], stats["dropped"], stats["acknowledged"]) == (10, 0, 0)
 
 
 def test_tcp_with_a_wrong_token_is_refused_and_spooled(
