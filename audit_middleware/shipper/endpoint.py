@@ -189,7 +189,9 @@ def resolve(host: str, port: int, timeout: float,
     each reconnect during a resolver outage cost that much (batches waited, a
     fail_closed request was answered 503 while the collector was reachable). One still
     under way from an earlier attempt is not waited for at all, a new one at most
-    ``_FRESH_WAIT``; either is left to refresh the answer for the attempts after."""
+    ``_FRESH_WAIT``; either is left to refresh the answer for the attempts after. A
+    lookup that fails for now (``EAI_AGAIN``, ``EAI_FAIL``) falls back on the last
+    answer too; one that says the name is gone does not."""
     if _is_address(host):  # nothing to ask a resolver, nothing to wait for
         return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
                                   socket.AI_NUMERICHOST)
@@ -218,8 +220,35 @@ def resolve(host: str, port: int, timeout: float,
         raise TimeoutError(f"resolving {host} did not finish within {timeout:.1f}s "
                            f"(the resolver does not answer)")
     if lookup.error is not None:
+        if known and _temporary(lookup.error):
+            # A resolver that answers "try again" (its servers unreachable, SERVFAIL)
+            # is an outage like one that hangs: the collector's address has not
+            # changed for it (RFC 8767 serves stale answers alike). A name that no
+            # longer exists (EAI_NONAME) is not an outage: raised.
+            _said_stale(host, lookup.error)
+            return known
         raise lookup.error
     return lookup.answer
+
+
+#: getaddrinfo's errors that say the resolver could not answer now, not that the name
+#: has no address.
+_TEMPORARY: Final = frozenset({socket.EAI_AGAIN, socket.EAI_FAIL})
+_stale_errors = 0  # lookups that failed and fell back on the last answer
+
+
+def _temporary(error: Exception) -> bool:
+    return isinstance(error, socket.gaierror) and error.errno in _TEMPORARY
+
+
+def _said_stale(host: str, error: Exception) -> None:
+    """Logged at the 1st, 2nd, 4th, 8th... such fall back: each reconnect during the
+    outage makes one."""
+    global _stale_errors
+    _stale_errors += 1
+    if _stale_errors & (_stale_errors - 1) == 0:
+        log.warning("audit: resolving %s failed (%s); using the addresses it last "
+                    "resolved to (%d such lookup(s) so far)", host, error, _stale_errors)
 
 
 def _connected(family: int, kind: int, proto: int, address: Any, timeout: float,

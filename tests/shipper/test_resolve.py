@@ -42,6 +42,7 @@ def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Resolver]:
     monkeypatch.setattr(socket, "getaddrinfo", fake.getaddrinfo)
     monkeypatch.setattr(endpoint, "_answers", {})
     monkeypatch.setattr(endpoint, "_lookups", {})
+    monkeypatch.setattr(endpoint, "_stale_errors", 0)
     yield fake
     fake.release.set()
     finish_lookups()
@@ -141,6 +142,31 @@ def test_a_resolver_error_is_raised_and_no_answer_kept(resolver: Resolver) -> No
     with pytest.raises(socket.gaierror):
         endpoint.resolve("collector", 7100, 1.0)
     assert endpoint._answers == {}
+
+
+@pytest.mark.parametrize("code", [socket.EAI_AGAIN, socket.EAI_FAIL])
+def test_a_resolver_that_fails_for_now_gives_way_to_the_last_answer(
+        resolver: Resolver, code: int, caplog: pytest.LogCaptureFixture) -> None:
+    """A resolver whose servers are unreachable answers "try again" at once instead of
+    hanging: the same outage, and the collector's address did not change for it. The
+    error was raised, so every batch was spooled although the last answer worked."""
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+    resolver.error = socket.gaierror(code, "Temporary failure in name resolution")
+    with caplog.at_level(logging.WARNING, "audit_middleware"):
+        for _ in range(3):
+            assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+    assert resolver.calls == 4  # asked each time: the answer comes back when it can
+    said = [r.getMessage() for r in caplog.records if "last resolved to" in r.getMessage()]
+    assert len(said) == 2  # at the 1st and 2nd, then the 4th...: not at every attempt
+    assert "Temporary failure" in said[0]
+
+
+def test_a_name_that_no_longer_exists_is_not_answered_from_the_last_answer(
+        resolver: Resolver) -> None:
+    assert endpoint.resolve("collector", 7100, 1.0) == ANSWER
+    resolver.error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    with pytest.raises(socket.gaierror):
+        endpoint.resolve("collector", 7100, 1.0)
 
 
 def test_without_a_thread_the_last_answer_or_the_resolver_itself(
