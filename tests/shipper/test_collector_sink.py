@@ -744,9 +744,20 @@ def test_a_plain_client_of_a_tls_listener_is_told_to_turn_tls_on(
                           "speaking plain TCP to this TLS port")
 
 
-def collector_says(caplog: pytest.LogCaptureFixture, *parts: str) -> bool:
-    return any(r.name == "collector.ingest" and all(p in r.getMessage() for p in parts)
-               for r in caplog.records)
+def collector_says(caplog: pytest.LogCaptureFixture, *parts: str,
+                   timeout: float = 10.0) -> bool:
+    """Whether the collector logs a line holding ``parts``, within ``timeout``: it logs
+    from its own thread, which may still be at it when the shipper's flush returns."""
+    def said() -> bool:
+        return any(r.name == "collector.ingest" and all(p in r.getMessage() for p in parts)
+                   for r in caplog.records)
+
+    until = time.monotonic() + timeout
+    while not said():
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_failed_tls_handshakes_are_logged_per_host_without_a_flood(
