@@ -91,7 +91,7 @@ class RequestContext:
         "_workspace",
         "config",
         "environ",
-        "failure_recorded",
+        "failed_status",
         "fields",
         "principal_override",
         "scope",
@@ -99,9 +99,14 @@ class RequestContext:
         "view_args",
     )
 
-    #: True once ``@audited`` recorded a failure event for the request (a denial is not
-    #: recorded again); unset until then, and read with ``getattr``.
-    failure_recorded: bool
+    #: The HTTP status of the failure event the request's last ``@audited`` outcome
+    #: recorded (403 for ``failed: HTTP 403``); None when it recorded one without a
+    #: status (``failed: ValueError``), or the last ``@audited`` call returned since. A
+    #: denial answered with that very status is not recorded again (``denials``). An
+    #: exception passing through an ``@audited`` that records no failure keeps it: most
+    #: often the very exception whose failure was recorded, and the request's answer.
+    #: Unset until an ``@audited`` call finishes, and read with ``getattr``.
+    failed_status: int | None
 
     def __init__(
         self,
@@ -114,7 +119,7 @@ class RequestContext:
         self.environ = environ
         #: The response status, observed by the middleware (None until it starts).
         self.status_code: int | None = None
-        # ``failure_recorded`` is left unset: it costs a request nothing until a failure.
+        # ``failed_status`` is left unset: it costs a request nothing until ``@audited``.
         #: Set by :func:`set_principal`; wins over every resolver.
         self.principal_override: str | None = None
         #: Path parameters a framework passed to the view as keyword arguments (set by

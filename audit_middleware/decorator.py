@@ -259,6 +259,11 @@ class _Recorder:
         cannot hold (a float path parameter, a date from a getter) must not turn it into
         a 500 with no event, so that field is left out, and logged (``record``). The
         ``try`` costs nothing until it catches (no extra call on the request path)."""
+        if ctx is not None:
+            # This call's outcome is now the request's last: a failure an audited helper
+            # recorded before it (caught by the handler) no longer stands in for a
+            # denial; ``_general`` sets it again if this call's own is a failure.
+            ctx.failed_status = None
         try:
             if self.simple and ctx is not None:
                 kind = type(result)
@@ -302,6 +307,8 @@ class _Recorder:
         code = _response_status(call.result, call.kwargs, self.response_params)
         if code is not None and code >= 400:
             if self.record_failure:
+                if call.context is not None:
+                    call.context.failed_status = code  # this response may be a denial
                 self.record(call, f"failed: HTTP {code}")
             return
         self.record(call, None)
@@ -311,6 +318,10 @@ class _Recorder:
         # the failure is logged, never raised in its place.
         try:
             code = _exception_status(exc)
+            if call.context is not None:
+                # The request's last outcome: a 403 it is answered with is this one's,
+                # unless an @audited call returns after it (a handler that caught it).
+                call.context.failed_status = code
             self.record(call, f"failed: HTTP {code}" if code is not None
                         else f"failed: {type(exc).__name__}")
         except Exception:
@@ -331,8 +342,6 @@ class _Recorder:
                               "the event without it", name, self.event_type, exc)
         if failure is not None:
             fields["status"] = failure
-            if call.context is not None:
-                call.context.failure_recorded = True  # a denied request's own record
         if call.context is None and "principal" not in fields:
             # No middleware around the app (or the handler called directly): emit() would
             # call it the application's own event, "system", and a user's action would

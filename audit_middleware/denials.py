@@ -14,7 +14,10 @@ The event: target the request's path (never its query string, which can hold tok
 status ``HTTP 403 on DELETE``, and the request's principal, client IP, organization and
 workspace as for any event (an unauthenticated request's principal is empty). A request
 whose ``@audited(record_failure=True)`` handler already recorded its failure is not
-recorded twice.
+recorded twice: when the last ``@audited`` call to finish in the request recorded a
+failure with the status the request was answered with (``failed: HTTP 403`` for a
+403). A failure an audited helper recorded, caught by the handler that then answered
+403, is not the answer: the denial is recorded beside it (``RequestContext.failed_status``).
 """
 
 from __future__ import annotations
@@ -56,14 +59,18 @@ def on_denied(ctx: RequestContext, enclosing: object, method: object, path: str)
 
     The response is sent or on its way: a failure to record it is logged, never raised
     into the server."""
+    failed = getattr(ctx, "failed_status", None)
     if isinstance(enclosing, RequestContext):
-        if getattr(ctx, "failure_recorded", False):
-            enclosing.failure_recorded = True
+        if failed is not None:
+            enclosing.failed_status = failed
         if enclosing.config.denied_event is not None:
             return  # the outer middleware sees the same answer and records it
     event_type = ctx.config.denied_event
-    if event_type is None or getattr(ctx, "failure_recorded", False):
-        return  # @audited(record_failure=True) said it: "failed: HTTP 403"
+    if event_type is None or failed == ctx.status_code:
+        # The request's last @audited call recorded this very answer as its failure
+        # ("failed: HTTP 403"): said once. A failure of another status (an audited
+        # helper's ValueError the handler caught before it answered 403) is not it.
+        return
     # Outside the request's pending receipts: its answer is decided (sent, or past the
     # fail-closed wait), so nothing waits for this event, and a fail-closed sink must not
     # wake its worker for it as for an event a response is held for.

@@ -288,3 +288,96 @@ def test_nested_wsgi_audit_middlewares_record_a_denial_once(events: list[AuditEv
 
     assert Client(outer).get("/admin").status_code == 403
     assert [(e.type, e.target) for e in events] == [(DENIED, "/admin")]
+
+
+# -- which recorded failure stands in for the denial -----------------------------------
+
+@audited("credentials_accessed", target="credentials_id", record_failure=True)
+def read_from_vault(credentials_id: str, refuse: bool = False) -> str:
+    """A helper the handlers call, audited on its own (not a handler)."""
+    if refuse:
+        raise StarletteHTTPException(403, "sealed for you")
+    raise ValueError("the vault is sealed")
+
+
+async def rotate(request: Request) -> Response:  # no @audited of its own
+    try:
+        read_from_vault(credentials_id=request.path_params["credentials_id"])
+    except ValueError:
+        return PlainTextResponse("not now", status_code=403)
+    return PlainTextResponse("rotated")
+
+
+@audited("credentials_updated", target="credentials_id")
+async def update(request: Request) -> Response:
+    try:
+        read_from_vault(credentials_id=request.path_params["credentials_id"], refuse=True)
+    except StarletteHTTPException:
+        return PlainTextResponse("not yours", status_code=403)  # not recorded as failed
+    return PlainTextResponse("updated")
+
+
+@audited("credentials_updated", target="credentials_id")
+async def update_refused_by_the_helper(request: Request) -> Response:
+    read_from_vault(credentials_id=request.path_params["credentials_id"], refuse=True)
+    return PlainTextResponse("updated")  # never: the helper's 403 is the answer
+
+
+@audited("credentials_deleted", target="credentials_id", record_failure=True)
+async def delete_after_a_helper(request: Request) -> Response:
+    try:
+        read_from_vault(credentials_id=request.path_params["credentials_id"])
+    except ValueError:
+        raise StarletteHTTPException(403, "admins only") from None
+    return PlainTextResponse("deleted")
+
+
+def test_a_failure_a_helper_recorded_does_not_hide_the_denial(
+        events: list[AuditEvent]) -> None:
+    """The failure event of an audited helper whose exception the handler caught is not
+    the request's answer: the handler's 403 after it is recorded as a denial. A failure
+    stands in for the denial only when it is the last ``@audited`` outcome of the
+    request (an exception passing through an ``@audited`` that records no failure keeps
+    it) and names the status the client got (``failed: HTTP 403`` for a 403)."""
+    app = Starlette(routes=[
+        Route("/credentials/{credentials_id}/rotate", rotate, methods=["POST"]),
+        Route("/credentials/{credentials_id}", update, methods=["PUT"]),
+        Route("/credentials/{credentials_id}", delete_after_a_helper, methods=["DELETE"]),
+        Route("/credentials/{credentials_id}", update_refused_by_the_helper,
+              methods=["PATCH"]),
+    ], middleware=[Middleware(AuditMiddleware, denied_event=DENIED)])
+    client = TestClient(app)
+    assert client.post("/credentials/c-1/rotate").status_code == 403
+    assert client.put("/credentials/c-2").status_code == 403
+    assert client.delete("/credentials/c-3").status_code == 403
+    assert client.patch("/credentials/c-4").status_code == 403
+    assert [(e.type, e.target, e.status) for e in events] == [
+        ("credentials_accessed", "c-1", "failed: ValueError"),
+        (DENIED, "/credentials/c-1/rotate", "HTTP 403 on POST"),
+        ("credentials_accessed", "c-2", "failed: HTTP 403"),  # the handler answered after it
+        (DENIED, "/credentials/c-2", "HTTP 403 on PUT"),
+        ("credentials_accessed", "c-3", "failed: ValueError"),
+        ("credentials_deleted", "c-3", "failed: HTTP 403"),  # the answer's own: once
+        # The helper's 403 propagated through the handler's @audited: the answer, once.
+        ("credentials_accessed", "c-4", "failed: HTTP 403"),
+    ]
+
+
+def test_flask_a_failure_a_helper_recorded_does_not_hide_the_denial(
+        events: list[AuditEvent]) -> None:
+    app = Flask(__name__)
+
+    @app.post("/credentials/<credentials_id>/rotate")
+    def rotate_flask(credentials_id: str) -> str:
+        try:
+            read_from_vault(credentials_id=credentials_id)
+        except ValueError:
+            abort(403)
+        return "rotated"
+
+    app.wsgi_app = WSGIAuditMiddleware(app.wsgi_app, denied_event=DENIED)  # type: ignore[method-assign]
+    assert app.test_client().post("/credentials/c-1/rotate").status_code == 403
+    assert [(e.type, e.target, e.status) for e in events] == [
+        ("credentials_accessed", "c-1", "failed: ValueError"),
+        (DENIED, "/credentials/c-1/rotate", "HTTP 403 on POST"),
+    ]
