@@ -61,7 +61,11 @@ class AuditMiddleware:
                 ctx = RequestContext(self.config, scope)
                 token = current.set(ctx)
                 try:
-                    if self.config.denied_event is None:
+                    # Observed where a denial may be recorded: here, or by an enclosing
+                    # audit middleware, which must then be told of a failure @audited
+                    # recorded under this one (``on_denied``), or record it twice.
+                    if self.config.denied_event is None and not isinstance(
+                            token.old_value, RequestContext):
                         await self.app(scope, receive, send)
                     else:
                         await self.app(scope, receive, _handshake_observing(send, ctx))

@@ -25,9 +25,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Mount, Route
-from starlette.testclient import TestClient
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from audit_middleware import (
     AuditConfigurationError,
@@ -213,9 +214,6 @@ def test_a_websocket_handshake_refused_is_recorded(events: list[AuditEvent]) -> 
     websocket), or a denial response (``websocket.http.response``, a FastAPI dependency
     raising ``HTTPException``). One accepted, then closed, is no denial."""
     from fastapi import WebSocket as FastAPIWebSocket
-    from starlette.routing import WebSocketRoute
-    from starlette.testclient import WebSocketDenialResponse
-    from starlette.websockets import WebSocket, WebSocketDisconnect
 
     @requires("authenticated")
     async def feed(websocket: WebSocket) -> None:
@@ -381,3 +379,40 @@ def test_flask_a_failure_a_helper_recorded_does_not_hide_the_denial(
         ("credentials_accessed", "c-1", "failed: ValueError"),
         (DENIED, "/credentials/c-1/rotate", "HTTP 403 on POST"),
     ]
+
+
+# -- websockets under nested audit middlewares ------------------------------------------
+
+@audited("credentials_accessed", target="credentials_id", record_failure=True)
+async def credentials_feed(websocket: WebSocket) -> None:
+    raise StarletteHTTPException(403, "admins only")  # before accepting: a denial response
+
+
+@pytest.mark.parametrize(("outer", "inner"), [(DENIED, DENIED), (DENIED, None),
+                                              (None, DENIED)])
+def test_nested_audit_middlewares_record_a_websocket_denial_once(
+        events: list[AuditEvent], outer: str | None, inner: str | None) -> None:
+    """A websocket refused under two audit middlewares, whichever of them records
+    denials: once, and not beside the failure its ``@audited`` handler recorded."""
+
+    @requires("authenticated")
+    async def feed(websocket: WebSocket) -> None:
+        await websocket.accept()
+
+    sub = Starlette(routes=[
+        WebSocketRoute("/feed", feed),
+        WebSocketRoute("/credentials/{credentials_id}", credentials_feed),
+    ], middleware=[Middleware(AuditMiddleware, denied_event=inner),
+                   Middleware(AuthenticationMiddleware, backend=Bearer())])
+    app = Starlette(routes=[Mount("/v2", app=sub)],
+                    middleware=[Middleware(AuditMiddleware, denied_event=outer)])
+    client = TestClient(app)
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/v2/feed"):
+        pass
+    with (pytest.raises(WebSocketDenialResponse) as denied,
+          client.websocket_connect("/v2/credentials/c-4")):
+        pass
+    assert denied.value.status_code == 403
+    assert [(e.type, e.target, e.status) for e in events] == [
+        (DENIED, "/v2/feed", "HTTP 403 on GET"),
+        ("credentials_accessed", "c-4", "failed: HTTP 403")]
