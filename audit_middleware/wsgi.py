@@ -2,9 +2,10 @@
 
 The context is set while the app callable runs, which is when views run in Flask and
 Django, and while the response body is iterated and closed (a streamed body may emit);
-the response status is observed through ``start_response``. With a
-``fail_closed`` sink, ``start_response`` first waits until the request's events are
-durably recorded, and answers 503 instead when they are not (as ``AuditMiddleware``).
+the response status is observed through ``start_response``, a denial (401, 403)
+recorded once that status is final (``_Answer``). With a ``fail_closed`` sink,
+``start_response`` first waits until the request's events are durably recorded, and
+answers 503 instead when they are not (as ``AuditMiddleware``).
 """
 
 from __future__ import annotations
@@ -55,17 +56,15 @@ class WSGIAuditMiddleware:
             return self._call_fail_closed(environ, start_response, ctx, fail_closed_timeout)
 
         def start_response_observing_status(status: str, headers: Any, *exc: Any) -> Any:
-            ctx.status_code = code = status_line_code(status)
-            if code in DENIED_STATUSES:
-                _on_denied(ctx, token.old_value, environ)
-            return start_response(status, headers, *exc)
+            return answer.started(status, start_response(status, headers, *exc))
 
         token = current.set(ctx)
+        answer = _Answer(ctx, token.old_value, environ)
         try:
             body = self.app(environ, start_response_observing_status)
         finally:
             current.reset(token)
-        return _in_context(body, ctx, environ)
+        return _in_context(body, answer)
 
     def _call_fail_closed(self, environ: Environ, start_response: StartResponse,
                           ctx: RequestContext, timeout: float) -> Iterable[bytes]:
@@ -75,10 +74,7 @@ class WSGIAuditMiddleware:
         def start_response_once_durable(status: str, headers: Any, *exc: Any) -> Any:
             reason = wait_durable_blocking(receipts, timeout) if receipts else None
             if reason is None:
-                ctx.status_code = code = status_line_code(status)
-                if code in DENIED_STATUSES:
-                    _on_denied(ctx, token.old_value, environ)
-                return start_response(status, headers, *exc)
+                return answer.started(status, start_response(status, headers, *exc))
             refused.append(reason)
             log.error("audit: refusing %r %r with 503 (fail_closed): %s",  # %r: no forged lines
                       environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), reason)
@@ -90,6 +86,7 @@ class WSGIAuditMiddleware:
             return lambda data: None  # the app's own body never reaches the client
 
         token = current.set(ctx)
+        answer = _Answer(ctx, token.old_value, environ)
         receipts_token = pending.set(receipts)
         try:
             body = self.app(environ, start_response_once_durable)
@@ -99,7 +96,54 @@ class WSGIAuditMiddleware:
         if refused:
             _close(body)
             return [_UNAVAILABLE_BODY]
-        return _in_context(body, ctx, environ, receipts, refused)
+        return _in_context(body, answer, receipts, refused)
+
+
+class _Answer:
+    """The status a response is sent with, recorded as a denial once it is final. PEP
+    3333 lets an app replace its status (``start_response`` again, with ``exc_info``)
+    until the first body chunk goes out: a 403 an error turns into a 500 is no denial,
+    a 200 turned into a 403 is one. Final when the server gets the first chunk (wsgiref,
+    gunicorn and Werkzeug send the headers with it, an empty one too), the legacy
+    ``write()`` is first called, the body ends or is closed, or the app returns a body
+    no code of its own produces (a list). An app that raises before then sent nothing:
+    the server answers it (a 500), and no denial is recorded."""
+
+    __slots__ = ("ctx", "enclosing", "environ", "final")
+
+    def __init__(self, ctx: RequestContext, enclosing: object, environ: Environ) -> None:
+        self.ctx = ctx
+        #: The context an outer audit middleware set for the same request, if any.
+        self.enclosing = enclosing
+        self.environ = environ
+        self.final = False
+
+    def started(self, status: str, write: Any) -> Any:
+        """``start_response(status, ...)`` was taken by the server, which returned
+        ``write``. Noted after it: a server that sent the headers already refuses a late
+        status (it re-raises ``exc_info``), and the client has the one before."""
+        if self.final:
+            return write
+        self.ctx.status_code = code = status_line_code(status)
+        if code not in DENIED_STATUSES:
+            return write
+
+        def write_sent(data: bytes) -> Any:
+            self.settle()  # the headers go out with the first write
+            return write(data)
+
+        return write_sent
+
+    def settle(self) -> None:
+        """The status is sent: a 401 or 403 is recorded, once."""
+        if not self.final:
+            self.final = True
+            if self.ctx.status_code in DENIED_STATUSES:
+                _on_denied(self.ctx, self.enclosing, self.environ)
+
+    def abandon(self) -> None:
+        """The app raised before its status was sent: the server answers, not it."""
+        self.final = True
 
 
 def _on_denied(ctx: RequestContext, enclosing: object, environ: Environ) -> None:
@@ -113,7 +157,7 @@ def _on_denied(ctx: RequestContext, enclosing: object, environ: Environ) -> None
     on_denied(ctx, enclosing, environ.get("REQUEST_METHOD"), path)
 
 
-def _in_context(body: Iterable[bytes], ctx: RequestContext, environ: Environ,
+def _in_context(body: Iterable[bytes], answer: _Answer,
                 receipts: list[Receipt[str | None]] | None = None,
                 refused: list[str] | None = None) -> Iterable[bytes]:
     """``body`` as the server will iterate it: inside the request's audit context (a
@@ -121,12 +165,13 @@ def _in_context(body: Iterable[bytes], ctx: RequestContext, environ: Environ,
     user's, as under ASGI, not ``system``). A body that runs no app code while it is sent
     is handed over as it is: bytes, a list, a file (uWSGI's ``wsgi.file_wrapper`` returns
     the file itself, and sends it with sendfile only if it gets that object back) or the
-    server's file wrapper."""
-    file_wrapper = environ.get("wsgi.file_wrapper")
+    server's file wrapper; its status is final (no app code can replace it)."""
+    file_wrapper = answer.environ.get("wsgi.file_wrapper")
     if isinstance(body, (bytes, list, tuple)) or hasattr(body, "read") or (
             isinstance(file_wrapper, type) and isinstance(body, file_wrapper)):
+        answer.settle()
         return body
-    return _Body(body, ctx, receipts, refused)
+    return _Body(body, answer, receipts, refused)
 
 
 class _Body:
@@ -134,15 +179,18 @@ class _Body:
     closed, with its receipts pending, so an event emitted before a lazy
     ``start_response`` is waited for too). Fail closed, a lazy ``start_response`` that
     refused the response (called while the first chunk is made) turns the body into
-    the 503's. ``close()`` always closes the app's body, iterated or not."""
+    the 503's. ``close()`` always closes the app's body, iterated or not. Its first
+    chunk, its end or its close settles the response's status (``_Answer``); an
+    exception before any does not."""
 
-    __slots__ = ("_body", "_ctx", "_done", "_iterator", "_receipts", "_refused")
+    __slots__ = ("_answer", "_body", "_ctx", "_done", "_iterator", "_receipts", "_refused")
 
-    def __init__(self, body: Iterable[bytes], ctx: RequestContext,
+    def __init__(self, body: Iterable[bytes], answer: _Answer,
                  receipts: list[Receipt[str | None]] | None,
                  refused: list[str] | None) -> None:
         self._body = body
-        self._ctx = ctx
+        self._answer = answer
+        self._ctx = answer.ctx
         self._receipts = receipts
         self._refused = refused
         self._iterator: Iterator[bytes] | None = None
@@ -157,12 +205,21 @@ class _Body:
         token = current.set(self._ctx)
         receipts = pending.set(self._receipts) if self._receipts is not None else None
         try:
-            if self._iterator is None:
-                self._iterator = iter(self._body)
-            chunk = next(self._iterator)
+            try:
+                if self._iterator is None:
+                    self._iterator = iter(self._body)
+                chunk = next(self._iterator)
+            except StopIteration:
+                self._answer.settle()  # an empty body: the headers go out now
+                raise
+            except BaseException:
+                self._answer.abandon()  # a no-op once sent: the server answers the rest
+                raise
             if self._refused:
                 self._done = True
                 return _UNAVAILABLE_BODY
+            if not self._answer.final:
+                self._answer.settle()
             return chunk
         finally:
             if receipts is not None:
@@ -174,7 +231,13 @@ class _Body:
         try:
             _close(self._body)
         finally:
-            current.reset(token)
+            # After the app's body: an audit middleware inside it settles first, and
+            # passes out a failure its @audited recorded (``on_denied``). Closed unread
+            # (a client gone), the app's last status stands.
+            try:
+                self._answer.settle()
+            finally:
+                current.reset(token)
 
 
 def _close(body: Iterable[bytes]) -> None:

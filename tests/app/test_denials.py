@@ -6,7 +6,12 @@ at all; the record holds the path, never the query string."""
 
 from __future__ import annotations
 
+import io
+import sys
 from collections.abc import Iterator
+from typing import Any
+from wsgiref.handlers import SimpleHandler
+from wsgiref.util import setup_testing_defaults
 
 import orjson
 import pytest
@@ -33,12 +38,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from audit_middleware import (
     AuditConfigurationError,
     AuditMiddleware,
+    MemorySink,
     UnknownEventTypeError,
     WSGIAuditMiddleware,
     audited,
+    configure,
     register_resource,
 )
 from audit_middleware._config import DEFAULT_MAX_FIELD_LENGTH
+from audit_middleware._types import WSGIApp
 from audit_middleware.event import AuditEvent
 from audit_middleware.sanitize import TRUNCATION_MARKER
 
@@ -286,6 +294,125 @@ def test_nested_wsgi_audit_middlewares_record_a_denial_once(events: list[AuditEv
 
     assert Client(outer).get("/admin").status_code == 403
     assert [(e.type, e.target) for e in events] == [(DENIED, "/admin")]
+
+
+# -- WSGI: the status the client got, not the first one the app named -----------------
+
+def served_status(app: WSGIApp, environ: dict[str, Any] | None = None) -> str:
+    """The status line a real PEP 3333 server (the standard library's wsgiref handler)
+    sends for one GET: it lets an app replace its status with ``exc_info`` until the
+    first body byte, and answers 500 itself when the app raises before it."""
+    env: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": "/files/f-1"}
+    env.update(environ or {})
+    setup_testing_defaults(env)
+    out = io.BytesIO()
+    SimpleHandler(io.BytesIO(), out, io.StringIO(), env).run(app)
+    return out.getvalue().split(b"\r\n", 1)[0].decode().split(" ", 1)[1]
+
+
+def _failing() -> Any:
+    try:
+        raise RuntimeError("the view failed")
+    except RuntimeError:
+        return sys.exc_info()
+
+
+def denied_then_error(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("403 Forbidden", [("Content-Type", "text/plain")])
+    start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
+                   _failing())  # before any body byte: the client gets the 500
+    return [b"error"]
+
+
+def ok_then_denied(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    start_response("403 Forbidden", [("Content-Type", "text/plain")], _failing())
+    return [b"no"]
+
+
+def unauthenticated_then_forbidden(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+    start_response("403 Forbidden", [("Content-Type", "text/plain")], _failing())
+    return [b"no"]
+
+
+def lazy_denied_then_error(environ: Any, start_response: Any) -> Iterator[bytes]:
+    # A generator: start_response runs at its first next(), after the middleware returned.
+    start_response("403 Forbidden", [("Content-Type", "text/plain")])
+    start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
+                   _failing())
+    yield b"error"
+
+
+def lazy_ok_then_denied(environ: Any, start_response: Any) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    start_response("403 Forbidden", [("Content-Type", "text/plain")], _failing())
+    yield b"no"
+
+
+def lazy_denied_sent_then_error(environ: Any, start_response: Any) -> Iterator[bytes]:
+    start_response("403 Forbidden", [("Content-Type", "text/plain")])
+    yield b""  # wsgiref, gunicorn and Werkzeug send the headers with any chunk, empty too
+    start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
+                   _failing())  # too late: the server re-raises, the client has the 403
+    yield b"error"
+
+
+def denied_then_raises(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("403 Forbidden", [("Content-Type", "text/plain")])
+    raise RuntimeError("the view failed")  # the server answers 500, not the 403
+
+
+def lazy_denied_then_raises(environ: Any, start_response: Any) -> Iterator[bytes]:
+    start_response("403 Forbidden", [("Content-Type", "text/plain")])
+    raise RuntimeError("the view failed")
+    yield b""  # a generator
+
+
+def denied_written(environ: Any, start_response: Any) -> list[bytes]:
+    write = start_response("403 Forbidden", [("Content-Type", "text/plain")])
+    write(b"no")  # the legacy write(): the 403 is sent here
+    return []
+
+
+def denied_empty_body(environ: Any, start_response: Any) -> Iterator[bytes]:
+    start_response("401 Unauthorized", [("Content-Length", "0")])
+    yield from ()
+
+
+class FailClosedMemorySink(MemorySink):
+    """A MemorySink the middlewares treat as fail-closed: their other ``start_response``."""
+
+    fail_closed = True
+    fail_closed_timeout = 2.0
+
+
+@pytest.mark.parametrize("fail_closed", [False, True], ids=["fail-open", "fail-closed"])
+@pytest.mark.parametrize(("app", "sent", "recorded"), [
+    (denied_then_error, "500 Internal Server Error", []),
+    (ok_then_denied, "403 Forbidden", ["HTTP 403 on GET"]),
+    (unauthenticated_then_forbidden, "403 Forbidden", ["HTTP 403 on GET"]),
+    (lazy_denied_then_error, "500 Internal Server Error", []),
+    (lazy_ok_then_denied, "403 Forbidden", ["HTTP 403 on GET"]),
+    (lazy_denied_sent_then_error, "403 Forbidden", ["HTTP 403 on GET"]),
+    (denied_then_raises, "500 Internal Server Error", []),
+    (lazy_denied_then_raises, "500 Internal Server Error", []),
+    (denied_written, "403 Forbidden", ["HTTP 403 on GET"]),
+    (denied_empty_body, "401 Unauthorized", ["HTTP 401 on GET"]),
+], ids=lambda v: getattr(v, "__name__", None))
+def test_wsgi_records_the_status_the_client_got(
+        events: list[AuditEvent], app: WSGIApp, sent: str, recorded: list[str],
+        fail_closed: bool) -> None:
+    """PEP 3333 lets an app call ``start_response`` again, with ``exc_info``, until the
+    first body byte is sent: the last status before it is the answer. A 403 replaced by
+    a 500, or followed by an exception the server answers 500, is no denial; a 200 (or a
+    401) replaced by a 403 is one, recorded once, as 403."""
+    sink = FailClosedMemorySink() if fail_closed else MemorySink()
+    configure(sink=sink)
+    register_resource("request", {"denied": DENIED})  # configure() kept the catalogue
+    assert served_status(WSGIAuditMiddleware(app, denied_event=DENIED)) == sent
+    assert [(e.type, e.target, e.status) for e in sink.events] == [
+        (DENIED, "/files/f-1", status) for status in recorded]
 
 
 # -- which recorded failure stands in for the denial -----------------------------------
