@@ -14,6 +14,7 @@ import pytest
 
 from audit_middleware.shipper import spool as spool_module
 from audit_middleware.shipper.spool import RECORD, SUFFIX, Spool
+from audit_middleware.wire import encode_batch_body
 
 
 def drain(spool: Spool) -> list[bytes]:
@@ -228,8 +229,6 @@ def test_a_garbled_region_is_skipped_to_the_next_valid_record(tmp_path: Path,
 
 def test_the_events_of_a_corrupt_region_are_counted_when_their_header_is_readable(
         tmp_path: Path) -> None:
-    from audit_middleware.wire import encode_batch_body
-
     bodies = [encode_batch_body("app:1:ab", [i * 3 + 1, i * 3 + 2, i * 3 + 3],
                                 [b'{"n":%d}\n' % j for j in range(3)]) for i in range(3)]
     spool = Spool(tmp_path, max_bytes=1 << 20)
@@ -454,3 +453,42 @@ def test_a_spool_directory_it_cannot_read_is_an_error_not_a_crash(
     monkeypatch.setattr(spool_module.os, "scandir", refused)
     assert spool.adopt_orphans() == 0
     assert "cannot read" in caplog.text and "Permission denied" in caplog.text
+
+
+# -- replay progress, the cost of damage, failed appends (a review's four defects) ------
+def batch_bodies(count: int, events: int = 3) -> list[bytes]:
+    return [encode_batch_body("app:1:ab", [i * events + j + 1 for j in range(events)],
+                              [b'{"n":%d}\n' % j for j in range(events)])
+            for i in range(count)]
+
+
+class CountedParses:
+    """``orjson`` whose ``loads`` counts the bytes it is given."""
+
+    def __init__(self) -> None:
+        import orjson
+
+        self.orjson = orjson
+        self.bytes = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.orjson, name)
+
+    def loads(self, data: bytes) -> object:
+        self.bytes += len(data)
+        return self.orjson.loads(data)
+
+
+@pytest.mark.parametrize("unit", [b'{"source":', b'{"source":"', b'{"source":"a","seqs":['])
+def test_counting_the_events_of_a_corrupt_region_is_linear_in_its_size(
+        monkeypatch: pytest.MonkeyPatch, unit: bytes) -> None:
+    """Each ``{"source":`` of a region was parsed up to the next newline (or the end):
+    k of them without a newline cost k x n."""
+    region = unit * 20_000
+    parses = CountedParses()
+    monkeypatch.setattr(spool_module, "orjson", parses)
+    assert spool_module._events_in(region) == 0
+    assert parses.bytes <= len(region)
+    good = batch_bodies(2)  # and the headers that are there are still counted
+    odd = encode_batch_body('a "b"\\\n\u00e9', [1, 2], [b"{}\n"] * 2, numbered=7)
+    assert spool_module._events_in(region + good[0] + region + good[1] + odd) == 8
