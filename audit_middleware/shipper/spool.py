@@ -15,7 +15,9 @@ is no valid record (its crc32 fails, its length runs past the file, or bytes tha
 no record at all) is skipped to the next valid record (see ``_next_record``), and the
 records after it are replayed as the ones before it. The loss is never silent: its
 bytes are counted (``corrupt_bytes``), so are the events whose batch header line is
-still readable in it (``lost_events``), and it is logged as an error.
+still readable in it (``lost_events``), and it is logged as an error. Finding the next
+record reads from the damaged region onwards only as far as that record (see
+``_next_record``): many damaged regions cost a replay in proportion to the file.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import stat
 import struct
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -42,11 +44,15 @@ RECORD = struct.Struct("!II")  # body length, crc32 of body
 #: body is JSON text, which never holds a NUL byte: inside one, nothing matches, and
 #: what matches elsewhere is taken only if its crc32 is right.
 _RECORD_START = re.compile(rb"\x00(?!\x00\x00\x00)")
-#: Bytes of crc32 the search for the next valid record may compute, each place looked
-#: at counted as 1 KiB: at most about half a second, whatever the bytes.
+#: Bytes of crc32 the search for the next valid record may compute in a file, each place
+#: looked at counted as 1 KiB: at most about half a second, whatever the bytes.
 _SCAN_BUDGET = 512 * 1024 * 1024
 SUFFIX = ".spool"
 _PARTIAL = ".spool-new"
+#: Bytes read at first when looking for the next record past a damaged region, doubled
+#: while none is found, up to ``_WINDOW_MAX``: the cost follows the distance to it.
+_WINDOW_MIN = 512
+_WINDOW_MAX = 1024 * 1024
 #: Seconds a partial file (a creation that never finished) is left alone: between its
 #: process's open and its lock, another one could take it for abandoned and delete it.
 PARTIAL_GRACE = 60.0
@@ -58,6 +64,9 @@ class _File:
     fd: int
     size: int  # bytes written (ours) or found (adopted)
     read_pos: int = 0
+    #: What is left of ``_SCAN_BUDGET`` for the whole file: k damaged regions cost
+    #: at most one budget, not k.
+    scan_budget: int = field(default_factory=lambda: _SCAN_BUDGET)
 
 
 class Spool:
@@ -194,15 +203,12 @@ class Spool:
         """Move ``head`` past the region at its read position that is no valid record,
         to the next valid record or the end of the file; count and log what was lost."""
         start, end = head.read_pos, head.size
-        region = os.pread(head.fd, end - start, start)
-        skip = _next_record(region)
-        if skip >= len(region):  # none after it (or the file was cut short under us)
-            skip = end - start
-        lost = region[:skip]
-        events = _events_in(lost)
+        found, head.scan_budget = _next_record(head.fd, start, end, head.scan_budget)
+        skip = found - start
+        events = _events_in(os.pread(head.fd, skip, start))
         self.corrupt_bytes += skip
         self.lost_events += events
-        head.read_pos = start + skip
+        head.read_pos = found
         log.error("audit spool %s: %d bytes at offset %d of %s are torn or corrupt (a "
                   "crash while spooling, or a damaged disk): lost, with the %d events "
                   "whose batch header could still be read in them; %s (%d corrupt bytes "
@@ -373,27 +379,15 @@ def place_problem(spool_dir: Path) -> str | None:
     return None
 
 
-def _valid(data: bytes | memoryview, pos: int) -> bool:
-    """Whether a whole record with a matching crc32 starts at ``pos`` of ``data``."""
-    if pos + RECORD.size > len(data):
-        return False
-    length: int
-    crc: int
-    length, crc = RECORD.unpack_from(data, pos)
-    start = pos + RECORD.size
-    # A body is never empty (its header line): zeros, which a power loss can leave
-    # where the size reached the disk before the data, would otherwise pass as records
-    # of length 0 (crc32 of nothing is 0).
-    return 0 < length and start + length <= len(data) and (
-        zlib.crc32(data[start:start + length]) == crc)
-
-
 def _record_at(fd: int, pos: int, end: int) -> bytes | None:
     """The body of the valid record at ``pos`` of a file of ``end`` bytes, or None."""
     if pos + RECORD.size > end:
         return None
     length, crc = RECORD.unpack(os.pread(fd, RECORD.size, pos))
     start = pos + RECORD.size
+    # A body is never empty (its header line): zeros, which a power loss can leave
+    # where the size reached the disk before the data, would otherwise pass as records
+    # of length 0 (crc32 of nothing is 0).
     if 0 < length and start + length <= end:
         body = os.pread(fd, length, start)
         if len(body) == length and zlib.crc32(body) == crc:
@@ -401,41 +395,72 @@ def _record_at(fd: int, pos: int, end: int) -> bytes | None:
     return None
 
 
-def _next_record(region: bytes) -> int:
-    """Where the first valid record after the start of ``region`` (which is none)
-    begins; ``len(region)`` when none is found. First where the region's own length
-    says (only its body was damaged: this finds a record of any size); else the first
-    place that could start a record (``_RECORD_START``) and holds a whole one whose
-    crc32 matches, followed by the end of the file or by what could start a record
-    too (a NUL byte, or a header cut short). That last check, which random bytes pass
-    once in 256 times, keeps the search through 8 MiB of random bytes to about 0.1 s;
-    and ``_SCAN_BUDGET`` bounds the work whatever the bytes: past it, the rest of the
-    file is counted as corrupt. Not found (counted as corrupt): a record of 16 MiB or
-    more, or one directly followed by a second damaged region; never replayed
-    unchecked."""
-    view = memoryview(region)
-    size = len(region)
-    if size >= RECORD.size:
-        length: int = RECORD.unpack_from(region, 0)[0]
-        after = RECORD.size + length
-        if 0 < length and _valid(view, after):
-            return after
-    budget = _SCAN_BUDGET
-    for match in _RECORD_START.finditer(region, 1):
-        pos = match.start()
-        budget -= 1024  # what a place costs to look at, counted as bytes of crc32
-        if pos + RECORD.size > size or budget < 0:
-            break
-        length, crc = RECORD.unpack_from(region, pos)
-        end = pos + RECORD.size + length
-        if end > size or not (end == size or size - end < RECORD.size or region[end] == 0):
-            continue
-        budget -= length
-        if budget < 0:
-            break
-        if zlib.crc32(view[pos + RECORD.size:end]) == crc:
-            return pos
-    return size
+def _next_record(fd: int, start: int, end: int, budget: int) -> tuple[int, int]:
+    """Where the first valid record after ``start`` (which holds none) begins in the
+    file ``fd`` of ``end`` bytes, ``end`` when none is found; and what is left of
+    ``budget``. First where the region's own length says (only its body was damaged:
+    this finds a record of any size); else the first place that could start a record
+    (``_RECORD_START``) and holds a whole one whose crc32 matches, followed by the end
+    of the file or by what could start a record too (a NUL byte, or a header cut short).
+    That last check, which random bytes pass once in 256 times, keeps the search
+    through 8 MiB of random bytes to about 0.2 s (a byte read apart for each place whose
+    record would end past the window read); and ``budget`` (``_SCAN_BUDGET`` for a
+    whole file) bounds the work whatever the bytes: past it, the rest of the file is
+    counted as corrupt. Not found (counted as corrupt): a record of 16 MiB or more, or
+    one directly followed by a second damaged region; never replayed unchecked.
+
+    The file is read in windows from ``start``, doubled while nothing is found: each
+    damaged region costs reads as long as the distance to the next record (and the
+    candidates it checks), not the rest of the file."""
+    own = os.pread(fd, RECORD.size, start)
+    length: int = RECORD.unpack(own)[0] if len(own) == RECORD.size else 0
+    after = start + RECORD.size + length
+    following = os.pread(fd, RECORD.size, after) if 0 < length and after < end else b""
+    if len(following) == RECORD.size:
+        budget -= min(RECORD.unpack(following)[0], end - after)  # its crc32, at most
+        if budget >= 0 and _record_at(fd, after, end) is not None:
+            return after, budget
+    base, window, first = start, _WINDOW_MIN, 1
+    while base < end:
+        # RECORD.size bytes more than the window: a header at its last place is whole,
+        # and _RECORD_START's look-ahead sees what follows, as in one read of the rest.
+        data = os.pread(fd, min(window + RECORD.size, end - base), base)
+        places = min(window, len(data))
+        for match in _RECORD_START.finditer(data, first):
+            if match.start() >= places:
+                break
+            pos = base + match.start()
+            budget -= 1024  # what a place costs to look at, counted as bytes of crc32
+            if pos + RECORD.size > end or budget < 0:
+                return end, max(budget, 0)
+            length, crc = RECORD.unpack_from(data, match.start())
+            stop = pos + RECORD.size + length
+            if stop > end or not (stop == end or end - stop < RECORD.size
+                                  or _byte_at(fd, data, base, stop) == 0):
+                continue
+            budget -= length
+            if budget < 0:
+                return end, 0
+            if stop - base <= len(data):
+                body: bytes | memoryview = memoryview(data)[match.start() + RECORD.size:
+                                                            stop - base]
+            else:
+                body = os.pread(fd, length, pos + RECORD.size)
+            if len(body) == length and zlib.crc32(body) == crc:
+                return pos, budget
+        if len(data) < min(window + RECORD.size, end - base):
+            break  # the file was cut short under us
+        base += places
+        window, first = min(window * 2, _WINDOW_MAX), 0
+    return end, budget
+
+
+def _byte_at(fd: int, data: bytes, base: int, pos: int) -> int:
+    """The byte at ``pos`` of the file, from ``data`` (read at ``base``) if it holds it."""
+    if pos - base < len(data):
+        return data[pos - base]
+    byte = os.pread(fd, 1, pos)
+    return byte[0] if byte else -1
 
 
 #: A batch header line as ``wire.encode_batch_body`` writes it (orjson: no spaces, its

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -492,3 +493,102 @@ def test_counting_the_events_of_a_corrupt_region_is_linear_in_its_size(
     good = batch_bodies(2)  # and the headers that are there are still counted
     odd = encode_batch_body('a "b"\\\n\u00e9', [1, 2], [b"{}\n"] * 2, numbered=7)
     assert spool_module._events_in(region + good[0] + region + good[1] + odd) == 8
+
+
+def damaged_spool(tmp_path: Path, bodies: list[bytes], damaged: set[int]) -> Path:
+    """One spool file of ``bodies``, the records numbered in ``damaged`` with a byte of
+    their last event line flipped (their crc32 fails; their header stays readable)."""
+    spool = Spool(tmp_path, max_bytes=1 << 30, file_bytes=1 << 30)
+    for body in bodies:
+        assert spool.append(body)
+    spool.close()
+    (path,) = spool_files(tmp_path)
+    data = bytearray(path.read_bytes())
+    for i, (offset, size) in enumerate(records_of(path)):
+        if i in damaged:
+            data[offset + size - 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+class CountedReads:
+    """``os.pread`` counting the bytes it returns (the work of a replay)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.pread = os.pread
+
+    def __call__(self, fd: int, n: int, offset: int) -> bytes:
+        data = self.pread(fd, n, offset)
+        self.bytes += len(data)
+        return data
+
+
+@pytest.mark.parametrize("damage", ["flipped", "junk"])
+def test_many_damaged_records_cost_a_replay_reads_in_proportion_to_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """Each damaged region re-read the rest of its file to look for the next record:
+    k regions in a file of n bytes read k x n/2 bytes (quadratic)."""
+    bodies = batch_bodies(400, events=20)
+    path = damaged_spool(tmp_path, bodies, set(range(1, 400, 2)) if damage == "flipped"
+                         else set())
+    if damage == "junk":  # bytes that are no record before every other record: a scan
+        data = path.read_bytes()
+        parts, last = [], 0
+        for i, (offset, _) in enumerate(records_of(path)):
+            if i % 2:
+                parts += [data[last:offset], b"junk"]
+                last = offset
+        path.write_bytes(b"".join(parts) + data[last:])
+    size = path.stat().st_size
+    reads = CountedReads()
+    monkeypatch.setattr(spool_module.os, "pread", reads)
+    adopter = Spool(tmp_path, max_bytes=1 << 30)
+    adopter.adopt_orphans()
+    replayed = drain(adopter)
+    assert len(replayed) == (200 if damage == "flipped" else 400)
+    assert reads.bytes < 4 * size, (reads.bytes, size)
+
+
+class CountedChecksums:
+    """``zlib`` whose ``crc32`` counts the bytes it checks (the scan's work)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(zlib, name)
+
+    def crc32(self, data: bytes | memoryview) -> int:
+        self.bytes += len(data)
+        return zlib.crc32(data)
+
+
+def test_the_scan_budget_bounds_the_work_of_a_whole_file_not_of_each_region(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget bounding the search for the next record was given anew to each
+    damaged region: k regions that each cost half of it cost k/2 budgets. It is the
+    file's now; past it the rest of the file is counted as corrupt."""
+    # Eight bytes that look like a record's header (4,096 bytes, a wrong crc32), many
+    # times over: each one whose claimed end is followed by a NUL costs a crc32.
+    unit = b"\x00\x00\x10\x00\xff\xff\xff\xff"
+    junk = unit * 600
+    bodies = batch_bodies(21)
+    path = tmp_path / ("00000000000000000001-99-aa" + SUFFIX)
+    records = [RECORD.pack(len(b), zlib.crc32(b)) + b for b in bodies]
+    path.write_bytes(records[0] + b"".join(junk + r for r in records[1:]))
+    tmp_path.chmod(0o700)
+    checksums = CountedChecksums()
+    monkeypatch.setattr(spool_module, "zlib", checksums)
+    # A region costs about 4.3 MB of budget (1,800 places at 1 KiB each, and the
+    # crc32s of the claimed records followed by a NUL): 20 of them, more than twice
+    # this file's budget.
+    budget = 10_000_000
+    monkeypatch.setattr(spool_module, "_SCAN_BUDGET", budget)
+    adopter = Spool(tmp_path, max_bytes=1 << 30)
+    adopter.adopt_orphans()
+    replayed = drain(adopter)
+    size = sum(map(len, records)) + 20 * len(junk)
+    assert checksums.bytes <= budget + size  # the budget, and the file read once
+    assert 1 < len(replayed) < len(bodies)
+    assert adopter.corrupt_bytes == size - sum(map(len, records[:len(replayed)]))
