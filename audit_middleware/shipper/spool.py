@@ -18,6 +18,11 @@ bytes are counted (``corrupt_bytes``), so are the events whose batch header line
 still readable in it (``lost_events``), and it is logged as an error. Finding the next
 record reads from the damaged region onwards only as far as that record (see
 ``_next_record``): many damaged regions cost a replay in proportion to the file.
+
+A batch whose write or fsync failed is truncated away and the caller counts it dropped;
+when even the truncate fails, its bytes stay in the file, so they are kept as spooled
+(replayed, or counted as corrupt when read if torn) rather than counted dropped and
+then replayed by whoever adopts the file (see ``_keep_failed``).
 """
 
 from __future__ import annotations
@@ -94,7 +99,8 @@ class Spool:
     # -- writing --------------------------------------------------------------------------
     def append(self, body: bytes) -> bool:
         """Store one batch body durably (written and fsynced); False when the spool is
-        full or the disk refused it: the caller drops and counts."""
+        full or the disk refused it: the caller drops and counts. (True, too, for one
+        the disk refused that could not be removed: see ``_keep_failed``.)"""
         if not self._scanned:
             self.adopt_orphans()
         record = RECORD.pack(len(body), zlib.crc32(body)) + body
@@ -106,18 +112,47 @@ class Spool:
             active = self._active
             if active is None or (active.size and active.size + len(record) > self.file_bytes):
                 active = self._new_file()
+        except OSError as exc:
+            log.error("audit spool %s: could not write a batch (%s)", self.directory, exc)
+            return False
+        try:
             _write_all(active.fd, record, active.size)
             os.fsync(active.fd)
         except OSError as exc:
             log.error("audit spool %s: could not write a batch (%s)", self.directory, exc)
-            if self._active is not None:
-                try:
-                    os.ftruncate(self._active.fd, self._active.size)  # no torn record
-                except OSError:
-                    pass
+            try:
+                os.ftruncate(active.fd, active.size)  # no torn record, no unsynced one
+            except OSError as again:
+                return self._keep_failed(active, len(record), again)
             return False
         active.size += len(record)
         self._used += len(record)
+        return True
+
+    def _keep_failed(self, active: _File, length: int, error: OSError) -> bool:
+        """A batch whose write or fsync failed could not be truncated away either: its
+        bytes (all of them, or the part written) stay in the file, where whoever reads
+        the file finds them. Counted dropped, they were also replayed (a whole record)
+        or counted again as corrupt (a torn one) by the process that adopted the file;
+        kept, the file's known end moves past them: a whole one is replayed like any
+        other (unsynced: a power loss can still tear it, counted as corrupt when read),
+        a torn one is counted lost when read. True when something was kept; the file
+        takes no more batches (the disk is failing)."""
+        try:
+            end = os.fstat(active.fd).st_size
+        except OSError:
+            end = active.size + length  # what it can be at most: a shortfall is corrupt
+        if end <= active.size:
+            return False  # nothing of it was written: dropped, as the caller counts
+        kept = end - active.size
+        active.size = end
+        self._used += kept
+        if active is self._active:
+            self._active = None
+        log.error("audit spool %s: the batch that could not be written could not be "
+                  "removed either (%s): its %d bytes stay in %s, kept as spooled: replayed "
+                  "if whole, else counted as corrupt when read; no more batches go to "
+                  "that file", self.directory, error, kept, active.path.name)
         return True
 
     @property

@@ -3,6 +3,7 @@ files of dead processes adopted (never those of live ones)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import subprocess
@@ -592,3 +593,83 @@ def test_the_scan_budget_bounds_the_work_of_a_whole_file_not_of_each_region(
     assert checksums.bytes <= budget + size  # the budget, and the file read once
     assert 1 < len(replayed) < len(bodies)
     assert adopter.corrupt_bytes == size - sum(map(len, records[:len(replayed)]))
+
+
+def failing(error: int, calls: list[str], name: str) -> object:
+    """A system call that fails with ``error`` (the disk's fault, injected)."""
+    def fail(*args: object) -> object:
+        calls.append(name)
+        raise OSError(error, os.strerror(error))
+    return fail
+
+
+def test_a_batch_whose_fsync_failed_and_could_not_be_removed_is_kept_not_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync EIO, then a failed truncate: append said False (the caller counts the
+    batch dropped), yet the whole record stayed in the file past its known end, and a
+    process adopting the file replayed it: dropped and delivered."""
+    bodies = batch_bodies(2)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(bodies[0])
+    calls: list[str] = []
+    monkeypatch.setattr(spool_module.os, "fsync", failing(errno.EIO, calls, "fsync"))
+    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, calls, "ftruncate"))
+    kept = spool.append(bodies[1])
+    monkeypatch.undo()
+    assert calls[:2] == ["fsync", "ftruncate"]
+    spool.close()  # the process exits before replaying it
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    adopter.adopt_orphans()
+    delivered = drain(adopter)
+    assert delivered[0] == bodies[0]
+    # Counted dropped (False) exactly when it is not delivered.
+    assert kept == (bodies[1] in delivered)
+    assert (kept, adopter.corrupt_bytes) == (True, 0)
+
+
+def test_a_batch_after_one_that_could_not_be_removed_does_not_tear_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next append wrote at the known end, over the record that stayed: a shorter
+    one left the rest of it behind, found corrupt by the process that adopted the file
+    (spool_corrupt_bytes, wait_for_delivery False) for a batch already counted dropped."""
+    (first, small), big = batch_bodies(2), batch_bodies(1, events=50)[0]
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(first)
+    monkeypatch.setattr(spool_module.os, "fsync", failing(errno.EIO, [], "fsync"))
+    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
+    kept = spool.append(big)
+    monkeypatch.undo()
+    assert spool.append(small)
+    spool.close()
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    adopter.adopt_orphans()
+    assert drain(adopter) == ([first, big, small] if kept else [first, small])
+    assert adopter.corrupt_bytes == 0
+
+
+def test_a_torn_batch_that_could_not_be_removed_is_counted_lost_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write cut short (EIO) whose bytes could not be truncated away: the caller
+    counted the batch dropped, and whoever read the file later counted its events lost
+    again (its header was readable)."""
+    body = batch_bodies(1, events=50)[0]
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(batch_bodies(1)[0])
+    real_pwrite = os.pwrite
+
+    def torn(fd: int, data: bytes, offset: int) -> int:
+        if len(data) < len(body):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pwrite(fd, bytes(data)[:len(data) // 2], offset)
+
+    monkeypatch.setattr(spool_module.os, "pwrite", torn)
+    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
+    kept = spool.append(body)
+    monkeypatch.undo()
+    spool.close()
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    adopter.adopt_orphans()
+    assert len(drain(adopter)) == 1
+    counted_by_caller = 0 if kept else 50
+    assert counted_by_caller + adopter.lost_events == 50
+    assert adopter.corrupt_bytes > 0
