@@ -19,6 +19,14 @@ still readable in it (``lost_events``), and it is logged as an error. Finding th
 record reads from the damaged region onwards only as far as that record (see
 ``_next_record``): many damaged regions cost a replay in proportion to the file.
 
+How far a file was replayed (acknowledged, or skipped and counted as corrupt) is kept
+beside it, in a progress file (``PROGRESS``: its offset and that offset's crc32),
+written at each step (not fsynced: see ``_save_progress``). Whoever adopts the file
+goes on from there: batches already acknowledged are not sent again, and a damaged
+region is counted once, not once per process that adopts its file. A spool file
+without one (an older version's) is replayed from its start. The record format is
+unchanged.
+
 A batch whose write or fsync failed is truncated away and the caller counts it dropped;
 when even the truncate fails, its bytes stay in the file, so they are kept as spooled
 (replayed, or counted as corrupt when read if torn) rather than counted dropped and
@@ -54,6 +62,9 @@ _RECORD_START = re.compile(rb"\x00(?!\x00\x00\x00)")
 _SCAN_BUDGET = 512 * 1024 * 1024
 SUFFIX = ".spool"
 _PARTIAL = ".spool-new"
+#: The progress file of ``<name>.spool`` is ``<name>.spool-read`` (see the module's doc).
+PROGRESS = ".spool-read"
+_OFFSET = struct.Struct("!QI")  # a progress file: the offset replayed to, its crc32
 #: Bytes read at first when looking for the next record past a damaged region, doubled
 #: while none is found, up to ``_WINDOW_MAX``: the cost follows the distance to it.
 _WINDOW_MIN = 512
@@ -69,6 +80,9 @@ class _File:
     fd: int
     size: int  # bytes written (ours) or found (adopted)
     read_pos: int = 0
+    progress_fd: int = -1  # its progress file, once opened (see the module's doc)
+    progress_exists: bool = False  # made by us or found: removed with the file
+    progress_failed: bool = False  # said once: writing progress failed
     #: What is left of ``_SCAN_BUDGET`` for the whole file: k damaged regions cost
     #: at most one budget, not k.
     scan_budget: int = field(default_factory=lambda: _SCAN_BUDGET)
@@ -244,6 +258,8 @@ class Spool:
         self.corrupt_bytes += skip
         self.lost_events += events
         head.read_pos = found
+        if found < end:  # else the file is removed now, which says it best
+            self._save_progress(head)
         log.error("audit spool %s: %d bytes at offset %d of %s are torn or corrupt (a "
                   "crash while spooling, or a damaged disk): lost, with the %d events "
                   "whose batch header could still be read in them; %s (%d corrupt bytes "
@@ -259,6 +275,32 @@ class Spool:
         head.read_pos += RECORD.size + length
         if head.read_pos >= head.size:
             self._remove_head()
+        else:
+            self._save_progress(head)
+
+    def _save_progress(self, f: _File) -> None:
+        """Write how far ``f`` was replayed to its progress file (see the module's doc).
+        Not fsynced: the death of the process keeps it (the page cache); a power loss
+        may not, and then the last steps are replayed again (the collector drops the
+        duplicates by event id) or counted again; an fsync per acknowledged batch, or
+        per damaged region, would cost more than that. A failure is logged once per
+        file, not raised: it costs only as much if this process dies before finishing
+        the file."""
+        try:
+            if f.progress_fd < 0:
+                f.progress_exists = True
+                f.progress_fd = os.open(_progress_path(f.path), os.O_RDWR | os.O_CREAT
+                                        | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            offset = f.read_pos.to_bytes(8, "big")
+            _write_all(f.progress_fd, _OFFSET.pack(f.read_pos, zlib.crc32(offset)), 0)
+        except OSError as exc:
+            if not f.progress_failed:
+                f.progress_failed = True
+                log.error("audit spool %s: cannot record how far %s was replayed (%s): if "
+                          "this process exits before replaying it whole, the process that "
+                          "adopts it sends its acknowledged batches again (the collector "
+                          "drops the duplicates) and counts its corrupt bytes again; check "
+                          "the disk", self.directory, f.path.name, exc)
 
     def _remove_head(self) -> None:
         head = self._files[0]
@@ -272,6 +314,11 @@ class Spool:
             os.unlink(head.path)
         except FileNotFoundError:
             pass
+        # After the spool file: killed in between, the progress file stays alone (and
+        # is removed by the next scan), never the spool file without its progress.
+        if head.progress_exists:
+            _unlink_quietly(_progress_path(head.path))
+        _close_progress(head)
         os.close(head.fd)  # releases the lock after the unlink: nobody adopts a dead file
 
     # -- several processes ----------------------------------------------------------------
@@ -315,6 +362,9 @@ class Spool:
         owned = {f.path.name for f in self._files}
         adopted: list[_File] = []
         for entry in entries:
+            if entry.name.endswith(PROGRESS):
+                _remove_if_alone(Path(entry.path))
+                continue
             if entry.name in owned or not entry.name.endswith((SUFFIX, _PARTIAL)):
                 continue
             if entry.name.endswith(_PARTIAL) and _younger_than(entry, PARTIAL_GRACE):
@@ -338,7 +388,10 @@ class Spool:
                 _unlink_quietly(Path(entry.path))
                 self._close_opening(fd)
                 continue
-            adopted.append(_File(Path(entry.path), fd, os.fstat(fd).st_size))
+            size = os.fstat(fd).st_size
+            path = Path(entry.path)
+            read_pos, found = _load_progress(path, size)
+            adopted.append(_File(path, fd, size, read_pos, progress_exists=found))
         return adopted
 
     def _close_opening(self, fd: int) -> None:
@@ -363,6 +416,7 @@ class Spool:
     def close(self) -> None:
         """Release our files (they stay on disk for the next process to replay)."""
         for f in self._files:
+            _close_progress(f)
             try:
                 os.close(f.fd)
             except OSError:
@@ -522,6 +576,65 @@ def _events_in(region: bytes) -> int:
                 header.get("seqs")) is list:
             count += len(header["seqs"])
     return count
+
+
+def _progress_path(path: Path) -> Path:
+    return path.with_name(path.name[:-len(SUFFIX)] + PROGRESS)
+
+
+def _load_progress(path: Path, size: int) -> tuple[int, bool]:
+    """Where replay of the adopted spool file ``path`` (of ``size`` bytes) goes on: the
+    offset its progress file holds, or 0 (its start) when there is none; and whether
+    there is one. A damaged one is said, and the file replayed from its start: its
+    acknowledged batches are sent again (the collector drops the duplicates), never
+    skipped unsent."""
+    try:
+        fd = os.open(_progress_path(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return 0, False
+    except OSError as exc:
+        data, problem = b"", f"cannot be read ({exc})"
+    else:
+        try:
+            data, problem = os.pread(fd, _OFFSET.size + 1, 0), ""
+        except OSError as exc:
+            data, problem = b"", f"cannot be read ({exc})"
+        finally:
+            os.close(fd)
+    if not problem:
+        if not data:
+            return 0, True  # made, not yet written when its process died: nothing in it
+        if len(data) != _OFFSET.size:
+            problem = f"is {len(data)} bytes, not {_OFFSET.size}"
+        else:
+            offset, crc = _OFFSET.unpack(data)
+            if zlib.crc32(data[:8]) != crc:
+                problem = "fails its checksum"
+            elif offset > size:
+                problem = f"says {offset} bytes, past the file's {size}"
+            else:
+                return offset, True
+    log.error("audit spool: the replay progress of %s %s: the file is replayed from its "
+              "start, nothing in it is lost (batches already acknowledged are sent again, "
+              "the collector drops the duplicates; its corrupt regions are counted "
+              "again); if this recurs, check the disk", path.name, problem)
+    return 0, True
+
+
+def _remove_if_alone(progress: Path) -> None:
+    """A progress file whose spool file is gone (its process was killed between the
+    two unlinks): removed. Spool names are never reused, so its file cannot return."""
+    if not progress.with_name(progress.name[:-len(PROGRESS)] + SUFFIX).exists():
+        _unlink_quietly(progress)
+
+
+def _close_progress(f: _File) -> None:
+    if f.progress_fd >= 0:
+        try:
+            os.close(f.progress_fd)
+        except OSError:
+            pass
+        f.progress_fd = -1
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

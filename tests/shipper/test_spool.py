@@ -4,6 +4,7 @@ files of dead processes adopted (never those of live ones)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import subprocess
@@ -673,3 +674,67 @@ def test_a_torn_batch_that_could_not_be_removed_is_counted_lost_once(
     counted_by_caller = 0 if kept else 50
     assert counted_by_caller + adopter.lost_events == 50
     assert adopter.corrupt_bytes > 0
+
+
+def test_a_process_that_adopts_a_half_replayed_file_goes_on_where_its_owner_stopped(
+        tmp_path: Path) -> None:
+    """Read progress lived in memory: a process that died after replaying part of a
+    damaged file (its records acknowledged, its corrupt region counted) left a file the
+    next process replayed from the start. Acknowledged batches were sent again, and the
+    corrupt region counted again: ``dropped`` inflated across processes."""
+    bodies = batch_bodies(3)
+    damaged_spool(tmp_path, bodies, {1})
+    code = ("import json, os, sys\nfrom audit_middleware.shipper.spool import Spool\n"
+            "s = Spool(sys.argv[1], max_bytes=1 << 30)\nassert s.adopt_orphans() == 1\n"
+            "first = s.peek()\ns.commit()\n"
+            "third = s.peek()  # past the corrupt record, counted; not acknowledged\n"
+            "print(json.dumps([first.decode(), third.decode(), s.lost_events]))\n"
+            "sys.stdout.flush()\nos._exit(9)  # dies before the third is acknowledged\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False,
+                         capture_output=True, text=True)
+    first, third, lost = json.loads(out.stdout)
+    assert (first.encode(), third.encode(), lost) == (bodies[0], bodies[2], 3)
+    adopter = Spool(tmp_path, max_bytes=1 << 30)
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == [bodies[2]]  # the acknowledged first one is not sent again
+    assert (adopter.corrupt_bytes, adopter.lost_events) == (0, 0)  # counted once, above
+    assert list(tmp_path.iterdir()) == []  # the progress file went with its spool file
+
+
+def test_a_damaged_progress_file_replays_its_spool_file_from_the_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bodies = batch_bodies(2)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for body in bodies:
+        spool.append(body)
+    assert spool.peek() == bodies[0]
+    spool.commit()
+    spool.close()
+    (progress,) = tmp_path.glob("*" + spool_module.PROGRESS)
+    progress.write_bytes(b"\xff" * 12)  # garbled
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == bodies  # sent again: the collector drops what it has
+    assert "replay progress" in caplog.text and "from its start" in caplog.text
+
+
+def test_a_progress_file_left_without_its_spool_file_is_removed(tmp_path: Path) -> None:
+    """A process killed between removing a replayed spool file and its progress file."""
+    left = tmp_path / ("00000000000000000001-99-aa" + spool_module.PROGRESS)
+    left.write_bytes(bytes(12))
+    assert Spool(tmp_path, max_bytes=1 << 20).adopt_orphans() == 0
+    assert not left.exists()
+
+
+def test_a_spool_file_written_before_progress_files_existed_is_replayed(
+        tmp_path: Path) -> None:
+    """The record format is unchanged: a file from an older version (no progress file)
+    is replayed whole."""
+    bodies = batch_bodies(2)
+    path = tmp_path / ("00000000000000000001-99-aa" + SUFFIX)
+    path.write_bytes(b"".join(RECORD.pack(len(b), zlib.crc32(b)) + b for b in bodies))
+    path.chmod(0o600)
+    tmp_path.chmod(0o700)
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == bodies
