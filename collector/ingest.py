@@ -46,6 +46,7 @@ from audit_middleware.wire import (
 )
 
 from .batch_events import BatchEvents, LineReader
+from .handshakes import FailureLog, handshake_hint, transport_first_bytes
 from .listen import IngestError, bind_unix, tls_context
 from .own_records import own_source, own_source_reason
 from .reply_queue import ReplyQueue, result_size
@@ -56,8 +57,6 @@ __all__ = ["IngestError", "IngestServer", "IngestSettings"]
 
 #: Seconds a shutdown waits for in-flight batches (and API requests) to finish.
 DRAIN_TIMEOUT: Final = 10.0
-#: Client hosts whose failed TLS handshakes are counted for the log (then forgotten).
-_HANDSHAKE_HOSTS: Final = 1024
 #: What a failed handshake's OpenSSL reason usually means, said in the log.
 _HANDSHAKE_HINTS: Final = (
     (("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"),
@@ -124,7 +123,7 @@ class IngestServer:
         self.counters: Counter[str] = Counter()
         self.addresses: list[str] = []
         self.tls: ssl.SSLContext | None = None  # the TCP listener's (reloaded at SIGHUP)
-        self._handshake_failures: dict[str, int] = {}  # by client host (see _tls_handshake)
+        self._handshake_failures = FailureLog()  # by client host (see _tls_handshake)
         self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
 
     # -- listening ------------------------------------------------------------------------
@@ -214,7 +213,7 @@ class IngestServer:
         timeout = self.settings.handshake_timeout
         try:
             deadline = asyncio.get_running_loop().time() + timeout
-            if not await _sends_a_byte(writer, timeout):
+            if not await transport_first_bytes(writer.transport, timeout):
                 # A TCP health check or port probe (connect, close; a load balancer's
                 # may reset): nothing went wrong with TLS, and a load balancer checking
                 # every few seconds is no client failing. Counted apart, at debug level.
@@ -235,14 +234,11 @@ class IngestServer:
             self.counters["tls_handshake_failures"] += 1
             peer = writer.get_extra_info("peername")
             host = str(peer[0]) if peer else "?"
-            failures = self._handshake_failures
-            if host not in failures and len(failures) >= _HANDSHAKE_HOSTS:
-                failures.clear()  # bounded; a host logged before is logged again
-            n = failures[host] = failures.get(host, 0) + 1
-            if n & (n - 1) == 0:
+            n = self._handshake_failures.count(host)
+            if n is not None:
                 log.warning("ingest: TLS handshake with %s failed: %s%s (%d from this host "
                             "so far)", _peer_name(writer, True), str(exc) or type(exc).__name__,
-                            handshake_hint(exc), n)
+                            handshake_hint(exc, _HANDSHAKE_HINTS), n)
             writer.transport.abort()
             return False
 
@@ -453,61 +449,3 @@ def _peer_name(writer: asyncio.StreamWriter, tcp: bool) -> str:
         return "unix client"
     peer = writer.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if peer else "tcp client"
-
-
-def handshake_hint(exc: BaseException) -> str:
-    """``"; "`` and what a failed TLS handshake's reason usually means, or ``""``."""
-    text = f"{getattr(exc, 'reason', '') or ''} {exc}".upper()
-    for reasons, hint in _HANDSHAKE_HINTS:
-        if any(r in text for r in reasons):
-            return f"; {hint}"
-    if isinstance(exc, ConnectionAbortedError | TimeoutError):
-        return "; the client said nothing in time (handshake_timeout)"
-    if type(exc) is ConnectionResetError and not str(exc):
-        # asyncio's SSLProtocol raises the bare class at an EOF in the handshake (one
-        # before the client's first byte is a probe: see _sends_a_byte)
-        return ("; the client closed the connection in the middle of the handshake, "
-                "without a TLS alert (it may not trust this collector's certificate, or "
-                "gave up waiting)")
-    return ""
-
-
-async def _sends_a_byte(writer: asyncio.StreamWriter, timeout: float) -> bool:
-    """Whether the client of a new connection sends a byte before it closes it (FIN or
-    reset): False for a TCP probe (connect, close). The byte is left where it is, for
-    the TLS handshake; ``TimeoutError`` if it neither sends nor closes in ``timeout``.
-
-    Told here, before the handshake: asyncio ends a handshake at any EOF with the same
-    bare ``ConnectionResetError``, whether the client said nothing, sent half a hello
-    or read the server's hello and went (a client that failed TLS, taken for a probe);
-    and a probe closed with a reset (as load balancers' health checks do) was a failure
-    with its errno text."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    transport = writer.transport
-    assert isinstance(transport, asyncio.Transport)
-    transport.pause_reading()  # start_tls resumes it (its protocol reads the bytes)
-    sock = writer.get_extra_info("socket")
-    # A duplicate of the socket: the transport's own is registered with the loop.
-    with socket.fromfd(sock.fileno(), sock.family, sock.type) as peek:
-        while True:
-            ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(peek.fileno(), _wake, ready)
-            try:
-                async with asyncio.timeout_at(end):
-                    await ready
-            except TimeoutError:
-                raise TimeoutError(f"the client sent nothing in {timeout:g} s") from None
-            finally:
-                loop.remove_reader(peek.fileno())
-            try:
-                return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                return False  # reset before a byte came
-
-
-def _wake(ready: asyncio.Future[None]) -> None:
-    if not ready.done():
-        ready.set_result(None)
