@@ -258,7 +258,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("max_connections", parse_int, IngestSettings.max_connections,
            "most clients connected at once", "N"),
     Option("handshake_timeout", parse_duration, IngestSettings.handshake_timeout,
-           "a new connection must say hello within this", "DURATION"),
+           "a new connection must say hello within this (TLS included); on a TLS query "
+           "API, finish its TLS handshake", "DURATION"),
     Option("idle_timeout", parse_duration, IngestSettings.idle_timeout,
            "close connections idle this long", "DURATION"),
     Option("read_timeout", parse_duration, IngestSettings.read_timeout,

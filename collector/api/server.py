@@ -17,14 +17,22 @@ progress is never closed by the guard (an export may stream for minutes, an inge
 upload come over a slow link). The guard reads uvicorn's per-connection request
 cycle (``response_complete``, ``more_body``): ``tests/api/test_connection_guard.py``
 fails if a uvicorn release renames them.
+
+Over TLS, accepting and the handshake are the API's own (``collector.api.tls``): uvicorn
+left them to asyncio, with a 60 s timeout and out of the guard's sight. An unfinished
+handshake is closed at ``handshake_timeout`` and counts against ``max_connections``; the
+guard sees it. uvicorn's ``startup`` is therefore given no socket: the listener is made
+here, with uvicorn's HTTP protocol for each connection (after its handshake, over TLS).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import resource
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,6 +44,7 @@ from audit_middleware.shipper.endpoint import is_loopback
 from ..ingest import DRAIN_TIMEOUT
 from .app import SIGN_IN_PATH, create_app
 from .context import Api, ApiSettings
+from .tls import TlsListener
 
 log = logging.getLogger("collector.api")
 
@@ -49,6 +58,9 @@ HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
 BODY_BEFORE_AUTH: Final = frozenset({SIGN_IN_PATH})
 GUARD_INTERVAL = 1.0
+#: Seconds a new connection to a TLS API has to finish its handshake (the collector's
+#: ``handshake_timeout``, which the ingest port's TLS and hello use too).
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def default_max_connections() -> int:
@@ -65,7 +77,8 @@ class ApiError(RuntimeError):
 class ApiServer:
     def __init__(self, app: Starlette, host: str, port: int, *,
                  tls_cert: Path | None = None, tls_key: Path | None = None,
-                 drain_timeout: float = DRAIN_TIMEOUT) -> None:
+                 drain_timeout: float = DRAIN_TIMEOUT,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.app = app
         self.host, self.port = host, port
         self.tls_files = (tls_cert, tls_key) if tls_cert and tls_key else None
@@ -80,6 +93,9 @@ class ApiServer:
         #: running process: prlimit, systemd).
         self.max_connections: int | None = None
         self.closed_by_guard = 0
+        self.handshake_timeout = handshake_timeout
+        #: Over TLS, the handshakes under way (``start``); None for plain HTTP.
+        self.tls: TlsListener | None = None
         self._socket: socket.socket | None = None
         self._main: asyncio.Task[None] | None = None
         self._guard: asyncio.Task[None] | None = None
@@ -106,7 +122,18 @@ class ApiServer:
             if not config.loaded:
                 config.load()  # reads the TLS files, if any
             self.server.lifespan = config.lifespan_class(config)
-            await self.server.startup(sockets=[sock])
+            # No socket for uvicorn to listen on (it would hand config.ssl to asyncio,
+            # 60 s handshakes and all): this sets up the rest. The listener is made
+            # below; uvicorn's shutdown closes it (``servers``, or ``sockets`` for TLS).
+            await self.server.startup(sockets=[])
+            if config.ssl is not None:
+                self.tls = TlsListener(sock, config.ssl, self._http_protocol,
+                                       timeout=self.handshake_timeout,
+                                       room=self._room_for_handshakes, limit=self._limit)
+                self.tls.start(config.backlog)
+            else:
+                self.server.servers.append(await asyncio.get_running_loop().create_server(
+                    self._http_protocol, sock=sock, backlog=config.backlog))
         except (OSError, ValueError) as exc:
             sock.close()
             raise ApiError(f"cannot start the query API: {exc}") from None
@@ -117,6 +144,21 @@ class ApiServer:
         self._guard = asyncio.create_task(self._guard_connections())
         return self.url
 
+    def _http_protocol(self) -> asyncio.Protocol:
+        """uvicorn's HTTP protocol for one connection, made as ``Server.startup`` makes
+        it (``tests/api/test_connection_guard.py`` fails if a release changes that)."""
+        protocol_class: Any = self.config.http_protocol_class
+        protocol: asyncio.Protocol = protocol_class(
+            config=self.config, server_state=self.server.server_state,
+            app_state=self.server.lifespan.state)
+        return protocol
+
+    def _limit(self) -> int:
+        return self.max_connections or default_max_connections()
+
+    def _room_for_handshakes(self) -> int:
+        return self._limit() - len(self.server.server_state.connections)
+
     async def _guard_connections(self) -> None:
         loop = asyncio.get_running_loop()
         waiting_since: dict[tuple[int, int, str], float] = {}
@@ -126,7 +168,7 @@ class ApiServer:
             now = loop.time()
             connections = list(self.server.server_state.connections)
             seen: dict[tuple[int, int, str], float] = {}
-            waiting: list[tuple[float, Any]] = []
+            waiting: list[tuple[float, Callable[[], bool], bool]] = []
             for conn in connections:
                 cycle = getattr(conn, "cycle", None)
                 if cycle is None or cycle.response_complete:
@@ -142,16 +184,24 @@ class ApiServer:
                 key = (id(conn), id(cycle), state)
                 since = seen[key] = waiting_since.get(key, now)
                 if limit is not None:
-                    waiting.append((since + limit, conn))
+                    waiting.append((since + limit, functools.partial(_close, conn), False))
             waiting_since = seen
-            cap = self.max_connections or default_max_connections()
-            excess = len(connections) - cap
-            for deadline, conn in sorted(waiting, key=lambda item: item[0]):
-                if excess <= 0 and now < deadline:
-                    break
-                transport = getattr(conn, "transport", None)
-                if transport is not None and not transport.is_closing():
-                    transport.close()
+            # Unfinished TLS handshakes count too, and are closed soonest deadline first
+            # among the rest; only above the limit (their own timeout ends them otherwise).
+            tls = self.tls
+            handshakes = list(tls.pending) if tls is not None else []
+            for handshake in handshakes:
+                assert tls is not None
+                waiting.append((handshake.started + self.handshake_timeout,
+                                functools.partial(tls.evict, handshake), True))
+            excess = len(connections) + len(handshakes) - self._limit()
+            for deadline, close, only_above_limit in sorted(waiting, key=lambda item: item[0]):
+                if excess <= 0:
+                    if now < deadline:
+                        break
+                    if only_above_limit:
+                        continue
+                if close():
                     self.closed_by_guard += 1
                 excess -= 1
 
@@ -169,6 +219,8 @@ class ApiServer:
     async def shutdown(self) -> None:
         if self._guard is not None:
             self._guard.cancel()
+        if self.tls is not None:
+            await self.tls.close()  # no more accepted, unfinished handshakes ended
         self.server.should_exit = True
         if self._main is not None:
             await self._main
@@ -176,6 +228,15 @@ class ApiServer:
         await self._report_unrecorded_denials(now=True)
         api: Api = self.app.state.api
         await asyncio.get_running_loop().run_in_executor(None, api.close)
+
+
+def _close(conn: Any) -> bool:
+    """Closes a uvicorn connection; False if it was closing already."""
+    transport = getattr(conn, "transport", None)
+    if transport is None or transport.is_closing():
+        return False
+    transport.close()
+    return True
 
 
 async def start_api(store: Any, config: Any) -> ApiServer | None:
@@ -189,7 +250,8 @@ async def start_api(store: Any, config: Any) -> ApiServer | None:
                                  public_origin=config.api_public_url,
                                  loopback=is_loopback(address[0])), store)
     server = ApiServer(app, *address, tls_cert=config.api_tls_cert,
-                       tls_key=config.api_tls_key, drain_timeout=config.drain_timeout)
+                       tls_key=config.api_tls_key, drain_timeout=config.drain_timeout,
+                       handshake_timeout=config.handshake_timeout)
     try:
         await server.start()
     except ApiError:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -43,12 +45,14 @@ def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _serving() -> AsyncIterator[api_server.ApiServer]:
+async def _serving(tls: tuple[Path, Path] | None = None
+                   ) -> AsyncIterator[api_server.ApiServer]:
     app = Starlette(routes=[Route("/", _hello), Route("/echo", _echo, methods=["POST"]),
                             Route(SIGN_IN_PATH, _echo, methods=["POST"]),
                             Route("/slow", _slow)])
     app.state.api = SimpleNamespace(close=lambda: None)  # what shutdown() closes
-    server = api_server.ApiServer(app, "127.0.0.1", 0)
+    cert, key = tls or (None, None)
+    server = api_server.ApiServer(app, "127.0.0.1", 0, tls_cert=cert, tls_key=key)
     await server.start()
     try:
         yield server
@@ -198,3 +202,58 @@ async def _over_the_cap(served: api_server.ApiServer, request: bytes) -> None:
         for sock in socks:
             sock.close()
     assert closed == [True, True, False, False]
+
+
+def test_above_the_cap_unfinished_tls_handshakes_count_too(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Over TLS, a connection in its handshake is not yet uvicorn's: the guard adds the
+    unfinished handshakes to uvicorn's connections, and above the cap closes the one
+    nearest its deadline: here the silent handshake (10 s) before two connections
+    waiting for the rest of their request (60 s here). Before, it was not seen at all."""
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
+    cert, key = self_signed_certificate(tmp_path)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+
+    async def test(served: api_server.ApiServer) -> None:
+        served.max_connections = 2
+        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+        waiting = []
+        for _ in range(2):  # TLS done, then half a request
+            reader, writer = await asyncio.open_connection(host, int(port), ssl=client_tls)
+            writer.write(b"GET / HTTP/1.1\r\n")
+            waiting.append((reader, writer))
+        async with asyncio.timeout(5):  # both handshakes finished on the server's side too
+            while len(served.server.server_state.connections) < 2:
+                await asyncio.sleep(0.01)
+        # No ClientHello; its own handshake timeout (10 s) is not reached in this test.
+        silent = socket.create_connection((host, int(port)), timeout=5)
+        silent.setblocking(False)
+        try:
+            assert await _closed_within(silent, 3.0)
+            closed = [await _stream_closed_within(r, 0.5) for r, _ in waiting]
+        finally:
+            silent.close()
+            for _, writer in waiting:
+                writer.close()
+        assert closed == [False, False]
+        assert served.closed_by_guard == 1
+
+    async def main() -> None:
+        async with _serving(tls=(cert, key)) as served:
+            await test(served)
+
+    asyncio.run(main())
+
+
+async def _stream_closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            while await reader.read(4096):
+                pass
+            return True
+    except TimeoutError:
+        return False
+    except (ConnectionResetError, ssl.SSLError):
+        return True
