@@ -5,6 +5,7 @@ retention deleted (``collector.storage.segment_drop``) and checkpoints the WAL."
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import sqlite3
@@ -63,8 +64,9 @@ class ChunkIndexer:
         self._wal = Path(f"{path}-wal")
         self._write_lock = write_lock
         self._queue: collections.deque[int] = collections.deque()
+        self._queued: set[int] = set()  # the chunks in ``_queue``: a second submit is none
         self._cond = threading.Condition()
-        self._busy = False
+        self._building: int | None = None  # the chunk being built
         self._stop = False
         #: Chunks found closed at open (a rebuild, a catch-up after a kill): built in the
         #: background; ``wait`` does not count them, or the first chunk the store closes
@@ -96,8 +98,15 @@ class ChunkIndexer:
         self._thread.start()
 
     def submit(self, chunk: int, *, at_open: bool = False) -> None:
+        """Build ``chunk``'s postings in the background. A chunk already queued, being
+        built or waiting for room is on its way: submitted again, it was queued twice,
+        counted twice in ``backlog`` and ``wait`` and built twice (all its postings
+        deleted and written again)."""
         with self._cond:
+            if chunk in self._queued or chunk == self._building or chunk in self._no_room:
+                return
             self._queue.append(chunk)
+            self._queued.add(chunk)
             if at_open:
                 self._backlog_at_open.add(chunk)
             self._cond.notify_all()
@@ -126,8 +135,13 @@ class ChunkIndexer:
 
     @property
     def backlog(self) -> int:
-        """Closed chunks without their postings yet (those waiting for room included)."""
-        return len(self._queue) + self._busy + len(self._no_room) - self._retrying
+        """Closed chunks without their postings yet (those waiting for room included).
+        Under the lock, and the chunk being built counted once whether or not it is one
+        of ``_no_room``: read without it, or while a refused build had put its chunk in
+        ``_no_room`` but not yet ended, the stats said one chunk more than there was."""
+        with self._cond:
+            building = self._building is not None and self._building not in self._no_room
+            return len(self._queue) + building + len(self._no_room)
 
     def wait(self, most: int = 0, timeout: float | None = None) -> bool:
         """Wait until at most ``most`` chunks are waiting for their indexes; False on
@@ -136,7 +150,7 @@ class ChunkIndexer:
         found at open nor the chunks waiting for room on a full disk count."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not (len(self._queue) + (self._busy and not self._retrying)
+            while not (len(self._queue) + (self._building is not None and not self._retrying)
                        - len(self._backlog_at_open) <= most or self._stop):
                 if not self._thread.is_alive():
                     return False  # it died: nobody would ever notify (see failed)
@@ -156,6 +170,7 @@ class ChunkIndexer:
             self._stop = True
             self._queue = collections.deque(
                 c for c in self._queue if c not in self._backlog_at_open)
+            self._queued = set(self._queue)
             self._backlog_at_open.clear()
             self._cond.notify_all()
         self._thread.join()
@@ -175,16 +190,19 @@ class ChunkIndexer:
 
     def _loop(self) -> None:
         while True:
+            room = self._room_freed()  # not under the lock: see there
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stop or self._drop_due()
-                                    or self._retry_due(), timeout=1.0)
+                self._cond.wait_for(functools.partial(self._work_due, room), timeout=1.0)
                 if not self._queue and self._stop:
                     self._checkpoint()
                     return
-                chunk = self._queue.popleft() if self._queue else None
-                if chunk is None and self._retry_due():
+                chunk: int | None = None
+                if self._queue:
+                    chunk = self._queue.popleft()
+                    self._queued.discard(chunk)
+                elif self._retry_due(room):
                     chunk = next(iter(self._no_room))  # the oldest: once built, the rest
-                self._busy = chunk is not None
+                self._building = chunk
                 self._retrying = chunk in self._no_room
                 segment = self._drops[0] if chunk is None and self._drop_due() else None
             try:
@@ -208,7 +226,8 @@ class ChunkIndexer:
                     self._lasting_error = self.failed
             finally:
                 with self._cond:
-                    self._busy = self._retrying = False
+                    self._building = None
+                    self._retrying = False
                     self._backlog_at_open.discard(chunk)
                     self._cond.notify_all()
 
@@ -227,13 +246,26 @@ class ChunkIndexer:
         else:
             self._gone(chunk)
 
-    def _retry_due(self) -> bool:
+    def _work_due(self, room_freed: bool) -> bool:
+        """Whether the loop has something to do (under ``_cond``)."""
+        return bool(self._queue or self._stop or self._drop_due()
+                    or self._retry_due(room_freed))
+
+    def _retry_due(self, room_freed: bool) -> bool:
         """Whether a chunk waiting for room is to be built again now: its backoff is
-        over, or the disk has gained ``ROOM_BACK`` bytes since the last refusal."""
-        if not self._no_room:
+        over, or the disk has gained ``ROOM_BACK`` bytes since the last refusal
+        (``room_freed``, from ``_room_freed``)."""
+        return bool(self._no_room) and (room_freed or time.monotonic() >= self._build_after)
+
+    def _room_freed(self) -> bool:
+        """Whether the disk has gained ``ROOM_BACK`` bytes since the last refusal of a
+        chunk waiting for room. Asked before the loop takes ``_cond``, and a second late
+        at most: asked under it (in ``_retry_due``), a ``statvfs`` hung on a stalled file
+        system (NFS) held the lock, and every thread that submits a chunk or reads the
+        stats waited for it, the store's commit thread included."""
+        if not self._no_room:  # without the lock: a stale answer costs one pass
             return False
-        return (time.monotonic() >= self._build_after
-                or free_bytes(self._wal.parent) >= self._free_at_refusal + ROOM_BACK)
+        return free_bytes(self._wal.parent) >= self._free_at_refusal + ROOM_BACK
 
     def _refused(self, chunk: int, exc: Exception) -> None:
         """A build the full disk refused: the chunk waits for room, the next try after

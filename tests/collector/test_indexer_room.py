@@ -1,14 +1,18 @@
 """The indexer's chunks waiting for room on a full disk (``ChunkIndexer._no_room``):
-how they are tried again, and what ``failed``, ``backlog`` and the log say."""
+how they are tried again, and what ``failed``, ``backlog`` and the log say; the free
+space it asks for that (``os.statvfs``) hanging; a chunk submitted twice."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -148,3 +152,134 @@ def test_failed_is_cleared_once_a_chunk_that_failed_while_waiting_for_room_is_bu
         wait_until(lambda: len(calls) == 3 and background.backlog == 0)
         time.sleep(0.05)
         assert background.failed is None
+
+
+class StalledStatvfs:
+    """``os.statvfs`` (the OS: what ``free_bytes`` asks) as the indexer's thread sees it:
+    a full disk, and once ``arm``-ed, its next call hangs (a stalled NFS mount) until
+    ``release``. Other threads get the real one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed = threading.Event()
+        self.entered = threading.Event()
+        self._go = threading.Event()
+        real = os.statvfs
+
+        def statvfs(path: Any) -> Any:
+            if threading.current_thread().name != "audit-store-indexer":
+                return real(path)
+            if self.armed.is_set():
+                self.armed.clear()
+                self.entered.set()
+                self._go.wait(30)  # bounded: a test that fails does not hang the run
+            return SimpleNamespace(f_bavail=0, f_frsize=4096)
+
+        monkeypatch.setattr(os, "statvfs", statvfs)
+
+    def arm(self) -> None:
+        self._go.clear()
+        self.entered.clear()
+        self.armed.set()
+
+    def release(self) -> None:
+        self._go.set()
+
+
+def test_backlog_counts_a_refused_chunk_once_while_its_refusal_is_under_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``backlog`` (the stats' ``unindexed_chunks``) added the chunk being built and the
+    chunks waiting for room, less one if the chunk being built had been waiting for room
+    before: a fresh chunk the full disk refused was in both from its refusal to the end
+    of its build's step (its backoff's ``statvfs``, its log line), and counted twice.
+    Held here at that ``statvfs``."""
+    stalls = StalledStatvfs(monkeypatch)
+
+    def build(*_: Any) -> bool:
+        stalls.arm()  # the refusal's next statvfs: its backoff's free bytes
+        raise full_disk_error()
+
+    with indexer_building(tmp_path, monkeypatch, build, retry=1000) as background:
+        background.submit(1)
+        assert stalls.entered.wait(10), "the refusal never asked the free space"
+        try:
+            during = background.backlog
+        finally:
+            stalls.release()
+    assert during == 1
+
+
+def test_a_hung_statvfs_blocks_neither_the_commit_thread_nor_the_stats(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a chunk waiting for room, the indexer asked the free space (``statvfs``)
+    while it held its condition's lock: on a hung file system (NFS) the store's commit
+    thread (``wait``, ``submit``) and every stats read (``backlog``) waited for it.
+    Each ``statvfs`` the indexer makes in turn hangs here (at a refusal, at its
+    checkpoint, for the chunk waiting for room: before, never more than two in a row
+    outside that lock) while those are called. No new chunk before the last turn: one
+    queued spared the lock's ``statvfs`` its turn."""
+    stalls = StalledStatvfs(monkeypatch)
+    refused = threading.Event()
+
+    def build(_con: Any, chunk: int, _lock: Any) -> bool:
+        if chunk == 1:
+            refused.set()
+            raise full_disk_error()
+        return True
+
+    blocked: list[str] = []
+    with indexer_building(tmp_path, monkeypatch, build, retry=1000) as background:
+        background.submit(1)
+        assert refused.wait(10)
+        for turn in range(4):
+            stalls.arm()
+            assert stalls.entered.wait(10), "the indexer no longer asks the free space"
+            calls: dict[str, Callable[[], Any]] = {
+                "wait": lambda: background.wait(most=100),
+                "backlog": lambda: background.backlog}
+            if turn == 3:
+                calls["submit"] = lambda: background.submit(2)
+            try:
+                probes = [threading.Thread(target=call, name=f"{name} {turn}", daemon=True)
+                          for name, call in calls.items()]
+                for probe in probes:
+                    probe.start()
+                for probe in probes:
+                    probe.join(5)
+                blocked += [probe.name for probe in probes if probe.is_alive()]
+            finally:
+                stalls.release()
+    assert blocked == []
+
+
+def test_a_chunk_submitted_again_on_its_way_is_built_and_counted_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk submitted while it was queued, being built or waiting for room was
+    queued again: counted twice in ``backlog`` (and in ``wait``, which the commit thread
+    waits in) and built twice, all its postings deleted and written again."""
+    calls: list[int] = []
+    building, go = threading.Event(), threading.Event()
+
+    def build(_con: Any, chunk: int, _lock: Any) -> bool:
+        calls.append(chunk)
+        if chunk == 3 and calls.count(3) == 1:
+            raise full_disk_error()
+        if chunk == 1:
+            building.set()
+            go.wait(10)
+        return True
+
+    with indexer_building(tmp_path, monkeypatch, build, retry=1000) as background:
+        background.submit(3)
+        wait_until(lambda: background.failed is not None)  # 3 waits for room
+        background.submit(1)
+        assert building.wait(10)
+        background.submit(1)  # being built
+        background.submit(2)
+        background.submit(2)  # queued
+        background.submit(3)  # waiting for room
+        try:
+            during = background.backlog
+        finally:
+            go.set()
+        wait_until(lambda: background.backlog == 0)  # 1 built: 2, then 3 at once
+    assert (during, calls) == (3, [3, 1, 2, 3])
