@@ -498,7 +498,11 @@ class Store:
         1.9 of the 2.1 MiB it needed), retention deleted every sealed segment, and the
         store refused every batch for good, however long the apps retried. Best effort:
         a checkpoint the disk still refuses has grown the file as far as it could, and
-        the next pass that frees room goes on from there."""
+        the next pass that frees room goes on from there; so does the indexer's
+        checkpoint at each of its passes while the disk is this low, in room freed by
+        hand too (``tests/faults/test_disk_full.py``). Not in the reserve's room: done
+        on a full disk, it lets no batch in (their segment appends need room all the
+        same), and the reserve is what retention's next digest is signed in."""
         data_dir = self.settings.data_dir
         if free_bytes(data_dir) >= ChunkIndexer.CHECKPOINT_BYTES:
             return  # room enough: the indexer's checkpoints keep up

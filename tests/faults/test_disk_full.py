@@ -443,6 +443,53 @@ def test_the_room_retention_frees_goes_to_the_index_checkpoint_first(
     assert written == 200, (written, refused, stats["last_error"])
 
 
+
+def test_a_checkpoint_retention_cannot_pay_for_is_done_in_the_room_an_operator_frees(
+        tmp: Path) -> None:
+    """A review asked whether anything starts the index's WAL checkpoint again once the
+    room retention frees is not enough for it (``Store._checkpoint_in_freed_room``
+    tries it after deletions only, and says it is "tried again after its next
+    deletions"): the store would refuse batches for good, space freed by hand or not.
+    It is started again: the indexer checkpoints at each of its passes (about once a
+    second) while the disk has less room than ``CHECKPOINT_BYTES``. Here retention frees
+    nothing at all (no segment is old enough), and the disk is filled while the WAL
+    holds pages past the end of ``index.sqlite`` (a WAL under 16 MiB on a disk with more
+    room than that is left as it is): batches are refused; room is freed by hand, and
+    with no retention pass and no batch the checkpoint is done, then batches are taken.
+    (With the indexer's checkpoints taken out, the WAL's pages stayed past the end, and
+    the batches taken grew the WAL instead.)"""
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+
+    def past_the_end(data_dir: Path) -> int:
+        """Bytes the index's checkpoint has yet to add to ``index.sqlite``."""
+        con = sqlite3.connect(f"file:{data_dir / 'index.sqlite'}?mode=ro", uri=True)
+        try:
+            (pages,) = con.execute("PRAGMA page_count").fetchone()
+            (page_size,) = con.execute("PRAGMA page_size").fetchone()
+        finally:
+            con.close()
+        return int(pages * page_size - (data_dir / "index.sqlite").stat().st_size)
+
+    with tmpfs(tmp / "disk", "48m") as disk, \
+            open_store(disk / "data", max_segment_bytes=64 * 1024) as store:
+        data = disk / "data"
+        while os.path.getsize(data / "index.sqlite-wal") < 12 * 1024 * 1024:
+            store.write(events(100))
+        ballast = disk / "ballast"
+        ballast_size = fill(ballast)
+        with pytest.raises(StorageError):
+            store.write(events(50))
+        time.sleep(2)  # the indexer's checkpoints meanwhile: refused, no room
+        short = past_the_end(data)
+        os.truncate(ballast, ballast_size - 8 * 1024 * 1024)
+        wait_until(lambda: past_the_end(data) <= 0, timeout=30)
+        for _ in range(20):
+            store.write(events(50))
+    assert short > 1024 * 1024
+
+
 def start_on_a_full_disk(collector: Collector) -> str:
     """Start the collector on the full disk. It opens its store in the room of its
     released reserve and starts; with no reserve left (or not room enough), it says it
