@@ -513,8 +513,9 @@ class Store:
             n = self._checkpoint_failures
             if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
                 log.warning("audit store: checkpointing the index's WAL in the room "
-                            "retention freed failed (%s, %d failures so far); tried again "
-                            "after its next deletions", exc, n)
+                            "retention freed failed (%s, %d failures so far); the indexer "
+                            "tries again about once a second while the disk is this "
+                            "low, and this after retention's next deletions", exc, n)
             return  # raised, the deleted segments' drops below were lost
         self._checkpoint_failures = 0
 
