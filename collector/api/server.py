@@ -231,11 +231,23 @@ class ApiServer:
 
 
 def _close(conn: Any) -> bool:
-    """Closes a uvicorn connection; False if it was closing already."""
+    """Closes a uvicorn connection; False if it was closing already. A TLS one is
+    aborted: ``close()`` sends close_notify and keeps the socket until the client
+    answers it, up to asyncio's ``ssl_shutdown_timeout`` (30 s), so a client that stalled
+    and then stopped reading held a counted socket that long after the guard gave up on
+    it. What the guard closes has nothing left worth the TLS goodbye (its request
+    stalled, or it sat idle after its answer)."""
     transport = getattr(conn, "transport", None)
-    if transport is None or transport.is_closing():
+    if transport is None:
         return False
-    transport.close()
+    if transport.get_extra_info("sslcontext") is not None:
+        # Closing already counts too: uvicorn's own close of an idle keep-alive
+        # (``timeout_keep_alive``) waits for that close_notify the same way.
+        transport.abort()
+        return True
+    if transport.is_closing():
+        return False
+    transport.close()  # a plain TCP close is at once, its FIN cleaner than a reset
     return True
 
 

@@ -257,3 +257,87 @@ async def _stream_closed_within(reader: asyncio.StreamReader, seconds: float) ->
         return False
     except (ConnectionResetError, ssl.SSLError):
         return True
+
+
+def test_a_tls_connection_the_guard_closes_frees_its_socket_at_once(
+        tmp_path: Path) -> None:
+    """Over TLS, ``close()`` sends close_notify and keeps the socket until the client
+    answers it, up to asyncio's ssl_shutdown_timeout (30 s): a client that stalls its
+    request and then never reads held a counted socket that long after the guard had
+    closed it, and a flood of them held the limit. The guard aborts what it closes: a
+    connection it gives up on has nothing left worth a TLS goodbye."""
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+
+    async def test(served: api_server.ApiServer) -> None:
+        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+        loop = asyncio.get_running_loop()
+
+        def stalled_client() -> ssl.SSLSocket:
+            # A blocking TLS socket that is never read again: it cannot answer the
+            # server's close_notify.
+            raw = socket.create_connection((host, int(port)), timeout=5)
+            tls = client_tls.wrap_socket(raw, server_hostname=host)
+            tls.sendall(b"GET / HTTP/1.1\r\n")  # the rest of the request never comes
+            return tls
+
+        client = await loop.run_in_executor(None, stalled_client)
+        try:
+            async with asyncio.timeout(5):  # the handshake finished on the server's side
+                while len(served.server.server_state.connections) < 1:
+                    await asyncio.sleep(0.01)
+            async with asyncio.timeout(5):  # HEADER_TIMEOUT 0.6 s, then freed at once
+                while served.closed_by_guard < 1:
+                    await asyncio.sleep(0.01)
+                while served.server.server_state.connections:
+                    await asyncio.sleep(0.01)
+        finally:
+            client.close()
+
+    async def main() -> None:
+        async with _serving(tls=(cert, key)) as served:
+            await test(served)
+
+    asyncio.run(main())
+
+
+def test_a_tls_keepalive_uvicorn_closed_is_freed_at_the_header_timeout(
+        tmp_path: Path) -> None:
+    """uvicorn closes an idle keep-alive itself (``timeout_keep_alive``) with ``close()``:
+    over TLS that kept the socket up to 30 s for a client that never answers the
+    close_notify, and the guard, finding it closing, left it alone. It is aborted at the
+    guard's own deadline instead."""
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+
+    async def test(served: api_server.ApiServer) -> None:
+        served.config.timeout_keep_alive = 0.2  # uvicorn's close comes first
+        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+        loop = asyncio.get_running_loop()
+
+        def answered_then_silent() -> ssl.SSLSocket:
+            raw = socket.create_connection((host, int(port)), timeout=5)
+            tls = client_tls.wrap_socket(raw, server_hostname=host)
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"hello"):
+                answer += tls.recv(4096)
+            return tls  # never read again: uvicorn's close_notify stays unanswered
+
+        client = await loop.run_in_executor(None, answered_then_silent)
+        try:
+            async with asyncio.timeout(5):  # 0.2 s keep-alive, HEADER_TIMEOUT 0.6 s
+                while served.server.server_state.connections:
+                    await asyncio.sleep(0.01)
+        finally:
+            client.close()
+
+    async def main() -> None:
+        async with _serving(tls=(cert, key)) as served:
+            await test(served)
+
+    asyncio.run(main())
