@@ -305,16 +305,20 @@ def _wait_for(sock: socket.socket, events: int, until: float, deadline: Deadline
               timed_out: str) -> None:
     """Until ``sock`` is ready for ``events`` (or failed): TimeoutError at ``until``, or
     at ``deadline()``, looked at again every ``_POLL`` seconds (close or drain sets it
-    while a connection is being made)."""
+    while a connection is being made). Both are looked at before each poll, not only
+    after one that timed out: the handshake calls this once per read, and a peer that
+    sends a byte at a time (more often than ``_POLL``) never let a poll time out."""
     poller = select.poll()  # not select(): it refuses a descriptor above 1023
     poller.register(sock, events)
-    while not poller.poll(max(min(_POLL, until - time.monotonic()), 0) * 1000):
+    while True:
         now = time.monotonic()
         if now >= until:
             raise TimeoutError(timed_out)
         exit_deadline = deadline()
         if exit_deadline is not None and now >= exit_deadline:
             raise TimeoutError("shutting down: no time left to reach the collector")
+        if poller.poll(min(_POLL, until - now) * 1000):
+            return
 
 
 def parse_url(url: str) -> Endpoint:

@@ -102,3 +102,42 @@ def test_a_tls_handshake_that_hangs_ends_at_a_deadline_set_while_it_waits() -> N
     assert isinstance(failure, TimeoutError), failure
     assert "shutting down" in str(failure)
     assert tracked[-1] is None
+
+
+
+def test_a_tls_handshake_a_peer_trickles_to_ends_at_a_deadline_set_while_it_waits() -> None:
+    """A peer that answers the ClientHello a byte at a time (a record header announcing
+    16 KiB, then one byte every 20 ms: a stalled or broken peer, a port that is not the
+    collector's) wakes each 50 ms poll before it times out, and the exit deadline was
+    looked at only when a poll timed out: the handshake went on past it for the whole
+    connect_timeout."""
+    stop = threading.Event()
+    trickling = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+
+        def trickle() -> None:
+            peer = listener.accept()[0]
+            with peer:
+                peer.recv(4096)  # the ClientHello
+                peer.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB...
+                trickling.set()
+                while not stop.wait(0.02):
+                    try:
+                        peer.sendall(b"\x00")  # ...that never ends
+                    except OSError:
+                        return  # the client gave up
+
+        threading.Thread(target=trickle, daemon=True).start()
+        deadline = deadline_set_once(trickling.is_set)
+        try:
+            failure = outcome_within(10, lambda: Endpoint("tcp", host="127.0.0.1", port=port)
+                                     .connect(60.0, ssl.create_default_context(),
+                                              deadline=deadline))
+        finally:
+            stop.set()
+    assert isinstance(failure, TimeoutError), failure
+    assert "shutting down" in str(failure)
