@@ -92,6 +92,7 @@ class RequestContext:
         "config",
         "environ",
         "failed_status",
+        "failures",
         "fields",
         "principal_override",
         "scope",
@@ -101,11 +102,13 @@ class RequestContext:
 
     #: The HTTP status of the failure event the request's last ``@audited`` outcome
     #: recorded (403 for ``failed: HTTP 403``); None when it recorded one without a
-    #: status (``failed: ValueError``), or the last ``@audited`` call returned since. A
-    #: denial answered with that very status is not recorded again (``denials``). An
-    #: exception passing through an ``@audited`` that records no failure keeps it: most
-    #: often the very exception whose failure was recorded, and the request's answer.
-    #: Unset until an ``@audited`` call finishes, and read with ``getattr``.
+    #: status (``failed: ValueError``), or an ``@audited`` call around that failure
+    #: returned since (its handler caught it). A denial answered with that very status
+    #: is not recorded again (``denials``). An exception passing through an
+    #: ``@audited`` that records no failure keeps it: most often the very exception
+    #: whose failure was recorded, and the request's answer; so does an ``@audited``
+    #: call made after it (a background task, an ``after_request`` hook). Unset until
+    #: an ``@audited`` call records a failure, and read with ``getattr``.
     failed_status: int | None
 
     def __init__(
@@ -119,7 +122,10 @@ class RequestContext:
         self.environ = environ
         #: The response status, observed by the middleware (None until it starts).
         self.status_code: int | None = None
-        # ``failed_status`` is left unset: it costs a request nothing until ``@audited``.
+        # ``failed_status`` is left unset: it costs a request nothing until a failure.
+        #: The failure events ``@audited`` recorded in the request: an ``@audited`` call
+        #: that returns clears ``failed_status`` only if one was recorded while it ran.
+        self.failures = 0
         #: Set by :func:`set_principal`; wins over every resolver.
         self.principal_override: str | None = None
         #: Path parameters a framework passed to the view as keyword arguments (set by

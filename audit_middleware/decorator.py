@@ -254,15 +254,18 @@ class _Recorder:
         self.said_outside = False  # the handler ran outside a request: logged once
 
     def success(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
-                ctx: RequestContext | None) -> None:
+                ctx: RequestContext | None, failures: int = 0) -> None:
         """Record the handler's success. It has already happened: a value the record
         cannot hold (a float path parameter, a date from a getter) must not turn it into
         a 500 with no event, so that field is left out, and logged (``record``). The
-        ``try`` costs nothing until it catches (no extra call on the request path)."""
-        if ctx is not None:
-            # This call's outcome is now the request's last: a failure an audited helper
-            # recorded before it (caught by the handler) no longer stands in for a
-            # denial; ``_general`` sets it again if this call's own is a failure.
+        ``try`` costs nothing until it catches (no extra call on the request path).
+        ``failures``: ``ctx.failures`` when the call began."""
+        if ctx is not None and ctx.failures != failures:
+            # A failure an audited helper recorded while this call ran was caught by it:
+            # no longer the request's answer (``_general`` sets one again if this call's
+            # own outcome is a failure). One recorded before it began is left alone: a
+            # call made after the handler answered (a background task, an after_request
+            # hook) says nothing of that answer.
             ctx.failed_status = None
         try:
             if self.simple and ctx is not None:
@@ -309,6 +312,7 @@ class _Recorder:
             if self.record_failure:
                 if call.context is not None:
                     call.context.failed_status = code  # this response may be a denial
+                    call.context.failures += 1
                 self.record(call, f"failed: HTTP {code}")
             return
         self.record(call, None)
@@ -320,8 +324,9 @@ class _Recorder:
             code = _exception_status(exc)
             if call.context is not None:
                 # The request's last outcome: a 403 it is answered with is this one's,
-                # unless an @audited call returns after it (a handler that caught it).
+                # unless an @audited call around it returns (a handler that caught it).
                 call.context.failed_status = code
+                call.context.failures += 1
             self.record(call, f"failed: HTTP {code}" if code is not None
                         else f"failed: {type(exc).__name__}")
         except Exception:
@@ -420,15 +425,18 @@ def audited(
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 ctx = current.get()
-                if ctx is not None and (ctx.config.before_handler or ctx.environ is not None):
-                    _before_handler(ctx, kwargs)
+                failures = 0
+                if ctx is not None:
+                    failures = ctx.failures
+                    if ctx.config.before_handler or ctx.environ is not None:
+                        _before_handler(ctx, kwargs)
                 try:
                     result = await func(*args, **kwargs)
                 except Exception as exc:
                     if record_failure:
                         recorder.failure(AuditCall(args, kwargs, None, exc, ctx), exc)
                     raise
-                recorder.success(args, kwargs, result, ctx)
+                recorder.success(args, kwargs, result, ctx, failures)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
@@ -436,15 +444,18 @@ def audited(
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx = current.get()
-            if ctx is not None and (ctx.config.before_handler or ctx.environ is not None):
-                _before_handler(ctx, kwargs)
+            failures = 0
+            if ctx is not None:
+                failures = ctx.failures
+                if ctx.config.before_handler or ctx.environ is not None:
+                    _before_handler(ctx, kwargs)
             try:
                 result = func(*args, **kwargs)
             except Exception as exc:
                 if record_failure:
                     recorder.failure(AuditCall(args, kwargs, None, exc, ctx), exc)
                 raise
-            recorder.success(args, kwargs, result, ctx)
+            recorder.success(args, kwargs, result, ctx, failures)
             return result
 
         return sync_wrapper  # type: ignore[return-value]

@@ -14,10 +14,11 @@ The event: target the request's path (never its query string, which can hold tok
 status ``HTTP 403 on DELETE``, and the request's principal, client IP, organization and
 workspace as for any event (an unauthenticated request's principal is empty). A request
 whose ``@audited(record_failure=True)`` handler already recorded its failure is not
-recorded twice: when the last ``@audited`` call to finish in the request recorded a
-failure with the status the request was answered with (``failed: HTTP 403`` for a
-403). A failure an audited helper recorded, caught by the handler that then answered
-403, is not the answer: the denial is recorded beside it (``RequestContext.failed_status``).
+recorded twice: when the request's last ``@audited`` outcome was a failure with the
+status the request was answered with (``failed: HTTP 403`` for a 403); an ``@audited``
+call made after it (a background task, an ``after_request`` hook) does not change that.
+A failure an audited helper recorded, caught by the handler that then answered 403, is
+not the answer: the denial is recorded beside it (``RequestContext.failed_status``).
 """
 
 from __future__ import annotations

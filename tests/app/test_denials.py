@@ -25,6 +25,7 @@ from starlette.authentication import (
     SimpleUser,
     requires,
 )
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
@@ -505,6 +506,54 @@ def test_flask_a_failure_a_helper_recorded_does_not_hide_the_denial(
     assert [(e.type, e.target, e.status) for e in events] == [
         ("credentials_accessed", "c-1", "failed: ValueError"),
         (DENIED, "/credentials/c-1/rotate", "HTTP 403 on POST"),
+    ]
+
+
+
+@audited("access_token_deleted")
+def revoke_token() -> None:
+    """Audited on its own, called after the handler answered (a background task, an
+    ``after_request`` hook): no failure was recorded inside it."""
+
+
+@audited("credentials_deleted", target="credentials_id", record_failure=True)
+async def delete_refused_then_revoke(request: Request) -> Response:
+    return PlainTextResponse("admins only", status_code=403,
+                             background=BackgroundTask(revoke_token))
+
+
+def test_an_audited_call_after_the_handler_does_not_repeat_its_denial(
+        events: list[AuditEvent]) -> None:
+    """Only an ``@audited`` call that returns around a failure (its handler caught a
+    helper's) clears it: one that starts after the handler recorded its 403 (a
+    background task, a Flask ``after_request`` hook) cleared it too, and the denial was
+    recorded beside the handler's own ``failed: HTTP 403``, twice in all."""
+    app = Starlette(routes=[
+        Route("/credentials/{credentials_id}", delete_refused_then_revoke,
+              methods=["DELETE"]),
+    ], middleware=[Middleware(AuditMiddleware, denied_event=DENIED)])
+    assert TestClient(app).delete("/credentials/c-5").status_code == 403
+
+    flask_app = Flask(__name__)
+
+    @flask_app.delete("/credentials/<credentials_id>")
+    @audited("credentials_deleted", target="credentials_id", record_failure=True)
+    def delete_flask(credentials_id: str) -> str:
+        abort(403)
+
+    @flask_app.after_request
+    def revoke_after(response: Any) -> Any:
+        revoke_token()
+        return response
+
+    flask_app.wsgi_app = WSGIAuditMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, denied_event=DENIED)
+    assert flask_app.test_client().delete("/credentials/c-6").status_code == 403
+    assert [(e.type, e.target, e.status) for e in events] == [
+        ("credentials_deleted", "c-5", "failed: HTTP 403"),
+        ("access_token_deleted", "", ""),
+        ("credentials_deleted", "c-6", "failed: HTTP 403"),
+        ("access_token_deleted", "", ""),
     ]
 
 
