@@ -30,7 +30,8 @@ unchanged.
 A batch whose write or fsync failed is truncated away and the caller counts it dropped;
 when even the truncate fails, its bytes stay in the file, so they are kept as spooled
 (replayed, or counted as corrupt when read if torn) rather than counted dropped and
-then replayed by whoever adopts the file (see ``_keep_failed``).
+then replayed by whoever adopts the file; one torn inside its header line, whose events
+no reader can count, is counted dropped (see ``_keep_failed``).
 """
 
 from __future__ import annotations
@@ -137,25 +138,28 @@ class Spool:
             try:
                 os.ftruncate(active.fd, active.size)  # no torn record, no unsynced one
             except OSError as again:
-                return self._keep_failed(active, len(record), again)
+                return self._keep_failed(active, record, again)
             return False
         active.size += len(record)
         self._used += len(record)
         return True
 
-    def _keep_failed(self, active: _File, length: int, error: OSError) -> bool:
+    def _keep_failed(self, active: _File, record: bytes, error: OSError) -> bool:
         """A batch whose write or fsync failed could not be truncated away either: its
         bytes (all of them, or the part written) stay in the file, where whoever reads
         the file finds them. Counted dropped, they were also replayed (a whole record)
         or counted again as corrupt (a torn one) by the process that adopted the file;
         kept, the file's known end moves past them: a whole one is replayed like any
         other (unsynced: a power loss can still tear it, counted as corrupt when read),
-        a torn one is counted lost when read. True when something was kept; the file
-        takes no more batches (the disk is failing)."""
+        a torn one is counted lost when read. True when it counts as spooled; the file
+        takes no more batches (the disk is failing). False (the caller counts it
+        dropped) when nothing of it was written, or when it was torn inside its header
+        line: its reader counts its bytes as corrupt but cannot count its events, so
+        kept as spooled they were counted nowhere."""
         try:
             end = os.fstat(active.fd).st_size
         except OSError:
-            end = active.size + length  # what it can be at most: a shortfall is corrupt
+            end = active.size + len(record)  # at most: a shortfall is corrupt when read
         if end <= active.size:
             return False  # nothing of it was written: dropped, as the caller counts
         kept = end - active.size
@@ -163,11 +167,16 @@ class Spool:
         self._used += kept
         if active is self._active:
             self._active = None
+        # What its reader will count of it: all of it (replayed whole), the events of
+        # its header line (torn after it), or none (torn inside it: dropped now).
+        spooled = kept >= len(record) or _events_in(record[:kept]) > 0
         log.error("audit spool %s: the batch that could not be written could not be "
-                  "removed either (%s): its %d bytes stay in %s, kept as spooled: replayed "
-                  "if whole, else counted as corrupt when read; no more batches go to "
-                  "that file", self.directory, error, kept, active.path.name)
-        return True
+                  "removed either (%s): its %d bytes stay in %s, %s; no more batches go "
+                  "to that file", self.directory, error, kept, active.path.name,
+                  "kept as spooled: replayed if whole, else counted as corrupt when read"
+                  if spooled else "torn inside its header line: counted as dropped now, "
+                  "its bytes as corrupt when read")
+        return spooled
 
     @property
     def directory(self) -> Path:

@@ -648,20 +648,25 @@ def test_a_batch_after_one_that_could_not_be_removed_does_not_tear_it(
     assert adopter.corrupt_bytes == 0
 
 
+@pytest.mark.parametrize("cut", ["after its header", "in its header"])
 def test_a_torn_batch_that_could_not_be_removed_is_counted_lost_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
     """A write cut short (EIO) whose bytes could not be truncated away: the caller
     counted the batch dropped, and whoever read the file later counted its events lost
-    again (its header was readable)."""
+    again (its header was readable). Cut in its header line, it was then counted
+    spooled by the caller, and nobody could count its events: lost, counted nowhere."""
     body = batch_bodies(1, events=50)[0]
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.append(batch_bodies(1)[0])
     real_pwrite = os.pwrite
+    # The record's 8-byte header and half its body, or 40 bytes of its header line.
+    written = RECORD.size + (len(body) // 2 if cut == "after its header" else 40)
+    assert body.index(b"\n") > 40  # the header line is longer than that
 
     def torn(fd: int, data: bytes, offset: int) -> int:
         if len(data) < len(body):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_pwrite(fd, bytes(data)[:len(data) // 2], offset)
+        return real_pwrite(fd, bytes(data)[:written], offset)
 
     monkeypatch.setattr(spool_module.os, "pwrite", torn)
     monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
@@ -673,7 +678,7 @@ def test_a_torn_batch_that_could_not_be_removed_is_counted_lost_once(
     assert len(drain(adopter)) == 1
     counted_by_caller = 0 if kept else 50
     assert counted_by_caller + adopter.lost_events == 50
-    assert adopter.corrupt_bytes > 0
+    assert adopter.corrupt_bytes == written
 
 
 def test_a_process_that_adopts_a_half_replayed_file_goes_on_where_its_owner_stopped(
