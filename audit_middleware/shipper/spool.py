@@ -295,14 +295,23 @@ class Spool:
         per damaged region, would cost more than that. A failure is logged once per
         file, not raised: it costs only as much if this process dies before finishing
         the file."""
+        opened = False
         try:
             if f.progress_fd < 0:
                 f.progress_exists = True
                 f.progress_fd = os.open(_progress_path(f.path), os.O_RDWR | os.O_CREAT
                                         | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                opened = True
             offset = f.read_pos.to_bytes(8, "big")
             _write_all(f.progress_fd, _OFFSET.pack(f.read_pos, zlib.crc32(offset)), 0)
+            if opened:
+                # Rewritten in place, a damaged one longer than an offset stayed damaged
+                # for every later adopter. Cut after the write: a kill before it leaves
+                # a file found damaged (replayed from the start), never a wrong offset.
+                os.ftruncate(f.progress_fd, _OFFSET.size)
         except OSError as exc:
+            if opened:
+                _close_progress(f)  # opened again, and cut, at the next step
             if not f.progress_failed:
                 f.progress_failed = True
                 log.error("audit spool %s: cannot record how far %s was replayed (%s): if "
@@ -614,7 +623,9 @@ def _load_progress(path: Path, size: int) -> tuple[int, bool]:
         if not data:
             return 0, True  # made, not yet written when its process died: nothing in it
         if len(data) != _OFFSET.size:
-            problem = f"is {len(data)} bytes, not {_OFFSET.size}"
+            # (data holds one byte more than an offset at most: a longer file)
+            problem = (f"is longer than {_OFFSET.size} bytes" if len(data) > _OFFSET.size
+                       else f"is {len(data)} bytes, not {_OFFSET.size}")
         else:
             offset, crc = _OFFSET.unpack(data)
             if zlib.crc32(data[:8]) != crc:

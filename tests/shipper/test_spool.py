@@ -723,6 +723,32 @@ def test_a_damaged_progress_file_replays_its_spool_file_from_the_start(
     assert "replay progress" in caplog.text and "from its start" in caplog.text
 
 
+def test_a_damaged_progress_file_too_long_is_mended_by_the_next_progress(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A progress file longer than one offset was found damaged (its spool file replayed
+    from the start, as it should), but rewritten in place it stayed too long: every
+    later adopter found it damaged again, resent the file's acknowledged batches and
+    counted its damaged regions again."""
+    bodies = batch_bodies(3)
+    damaged_spool(tmp_path, bodies, {1})
+    (progress,) = [tmp_path / (path.name[:-len(SUFFIX)] + spool_module.PROGRESS)
+                   for path in spool_files(tmp_path)]
+    progress.write_bytes(b"\xff" * 40)
+    first = Spool(tmp_path, max_bytes=1 << 20)
+    assert first.adopt_orphans() == 1
+    assert first.peek() == bodies[0]
+    first.commit()
+    assert first.peek() == bodies[2]  # past the damaged second record, counted
+    assert first.lost_events == 3
+    first.close()  # this process exits before the third is acknowledged
+    caplog.clear()
+    second = Spool(tmp_path, max_bytes=1 << 20)
+    assert second.adopt_orphans() == 1
+    assert drain(second) == [bodies[2]]
+    assert (second.corrupt_bytes, second.lost_events) == (0, 0)
+    assert "replay progress" not in caplog.text
+
+
 def test_a_progress_file_left_without_its_spool_file_is_removed(tmp_path: Path) -> None:
     """A process killed between removing a replayed spool file and its progress file."""
     left = tmp_path / ("00000000000000000001-99-aa" + spool_module.PROGRESS)
