@@ -267,8 +267,6 @@ class Spool:
         self.corrupt_bytes += skip
         self.lost_events += events
         head.read_pos = found
-        if found < end:  # else the file is removed now, which says it best
-            self._save_progress(head)
         log.error("audit spool %s: %d bytes at offset %d of %s are torn or corrupt (a "
                   "crash while spooling, or a damaged disk): lost, with the %d events "
                   "whose batch header could still be read in them; %s (%d corrupt bytes "
@@ -276,6 +274,10 @@ class Spool:
                   "replay goes on at the next valid record" if skip < end - start
                   else "they end the file, the records before them were kept",
                   self.corrupt_bytes)
+        # Only once it is logged: killed between the two, the loss is logged (and
+        # counted) again by the adopter, never by nobody.
+        if found < end:  # else the file is removed now, which says it best
+            self._save_progress(head)
 
     def commit(self) -> None:
         """The record :meth:`peek` returned was acknowledged: move past it."""

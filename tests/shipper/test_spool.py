@@ -706,6 +706,33 @@ def test_a_process_that_adopts_a_half_replayed_file_goes_on_where_its_owner_stop
     assert list(tmp_path.iterdir()) == []  # the progress file went with its spool file
 
 
+def test_a_damaged_region_is_logged_even_if_its_process_dies_once_past_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The progress past a damaged region was written before the region was logged: a
+    process killed in between had counted it in memory only, and its adopter went on
+    past it: a loss logged nowhere, counted in no living process."""
+    bodies = batch_bodies(3)
+    damaged_spool(tmp_path, bodies, {1})
+    code = ("import logging, os, sys\n"
+            "logging.basicConfig(stream=sys.stderr, level=logging.ERROR)\n"
+            "from audit_middleware.shipper import spool\n"
+            "s = spool.Spool(sys.argv[1], max_bytes=1 << 30)\nassert s.adopt_orphans() == 1\n"
+            "s.peek()\ns.commit()\nsave = spool.Spool._save_progress\n"
+            "def killed_once_saved(self, f):\n"
+            "    save(self, f)\n"
+            "    os._exit(9)  # a SIGKILL right after the progress write\n"
+            "spool.Spool._save_progress = killed_once_saved\n"
+            "s.peek()  # skips the damaged second record\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 9, out.stderr
+    adopter = Spool(tmp_path, max_bytes=1 << 30)
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == [bodies[2]]
+    logged = out.stderr + caplog.text
+    assert "torn or corrupt" in logged and "with the 3 events" in logged, logged
+
+
 def test_a_damaged_progress_file_replays_its_spool_file_from_the_start(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     bodies = batch_bodies(2)
