@@ -23,8 +23,9 @@ How far a file was replayed (acknowledged, or skipped and counted as corrupt) is
 beside it, in a progress file (``PROGRESS``: its offset and that offset's crc32),
 written at each step (not fsynced: see ``_save_progress``). Whoever adopts the file
 goes on from there: batches already acknowledged are not sent again, and a damaged
-region is counted once, not once per process that adopts its file. A spool file
-without one (an older version's) is replayed from its start. The record format is
+region is counted once, not once per process that adopts its file (but for the last
+step of a process killed before its progress write: repeated, never skipped). A spool
+file without one (an older version's) is replayed from its start. The record format is
 unchanged.
 
 A batch whose write or fsync failed is truncated away and the caller counts it dropped;
