@@ -553,8 +553,8 @@ class Store:
         with self._writer.lock:  # as ``StagedLossAck.keep``, which filters by the sources
             if gone.isdisjoint(self._loss_acks):
                 return
-            acks = {name: ack for name, ack in self._loss_acks.items() if name not in gone}
-            self._loss_acks = acks
+            self._loss_acks = {name: ack for name, ack in self._loss_acks.items()
+                               if name not in gone}
         # Never waited for: an acknowledgement under way waits on this thread for its
         # record. Its file, or one still to be put in place, may name them for a while:
         # the next acknowledgement and the next start leave them out.
@@ -562,7 +562,9 @@ class Store:
             return
         try:
             if self._acks_unsaved is None:
-                loss_acks.save(self.settings.data_dir, acks)
+                # Read under the lock, not before it: an acknowledgement kept between
+                # the two is in them (written as they were, the file lost it).
+                loss_acks.save(self.settings.data_dir, self._loss_acks)
         except OSError as exc:
             log.warning("audit store: cannot rewrite %s without the %d source(s) retention "
                         "forgot (%s): they are left out from now on, and from the file at "

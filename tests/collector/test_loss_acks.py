@@ -287,3 +287,42 @@ def test_a_recorded_acknowledgement_whose_staged_file_was_removed_is_saved_from_
         assert totals(store) == (4, 0, 0, 0)
     assert {s: a.by for s, a in loss_acks.load(tmp_path).items()} == {"app-1": "alice",
                                                                       "app-2": "bob"}
+
+
+class _KeptMeanwhile:
+    """The store's acknowledgements lock, through which an acknowledgement under way is
+    kept (on another thread, as the API does) just before the commit thread's
+    ``acquire(blocking=False)``: the moment retention's rewrite of the file waits for."""
+
+    def __init__(self, lock: Any, staged: Any) -> None:
+        self._lock, self._staged = lock, staged
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not blocking and self._staged is not None:
+            staged, self._staged = self._staged, None
+            staged.keep()
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def test_an_acknowledgement_kept_while_retention_forgets_a_source_stays_in_the_file(
+        tmp_path: Path) -> None:
+    """Retention took the acknowledgements to write before it had the lock: one kept
+    meanwhile was put in place, then the file was overwritten without it. Applied and
+    recorded, it was gone at the next start."""
+    with open_store(tmp_path) as store:
+        write(store, "src-old", [1, 3])
+        write(store, "app-1", [1, 3])
+        store.acknowledge_losses({"src-old": 3}, by="alice", reason="known")
+        staged = store.stage_loss_ack({"app-1": 3}, by="bob", reason="known too")
+        writer = store._writer
+        with writer.lock:  # as GroupWriter.forget_sources does, on the commit thread
+            writer.sources.pop("src-old")
+        store._acks_lock = _KeptMeanwhile(store._acks_lock, staged)  # type: ignore[assignment]
+        store._forget_loss_acks(["src-old"])
+        assert totals(store)[2] == 0  # applied
+        assert set(loss_acks.load(tmp_path)) == {"app-1"}
+    with open_store(tmp_path) as store:
+        assert store.stats()["sources"]["app-1"]["acknowledged_through"] == 3
