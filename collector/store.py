@@ -556,8 +556,9 @@ class Store:
             self._loss_acks = {name: ack for name, ack in self._loss_acks.items()
                                if name not in gone}
         # Never waited for: an acknowledgement under way waits on this thread for its
-        # record. Its file, or one still to be put in place, may name them for a while:
-        # the next acknowledgement and the next start leave them out.
+        # record. Its ``keep`` writes the file without them (it filters by the sources
+        # still known); one still to be put in place may name them until the next
+        # acknowledgement or start.
         if not self._acks_lock.acquire(blocking=False):
             return
         try:
@@ -572,6 +573,16 @@ class Store:
                         exc)
         finally:
             self._acks_lock.release()
+
+    def _save_forgotten(self, acks: dict[str, loss_acks.Ack]) -> None:
+        """Write ``acks``, what applies once retention forgot some sources, to the file
+        (under ``_acks_lock``); a failure is logged: they no longer apply meanwhile."""
+        try:
+            loss_acks.save(self.settings.data_dir, acks)
+        except OSError as exc:
+            log.warning("audit store: cannot rewrite %s without the source(s) retention "
+                        "forgot (%s): they are left out from now on, and from the file at "
+                        "the next acknowledgement", loss_acks.FILE_NAME, exc)
 
     def _save_unsaved_acks(self, record: str) -> None:
         """Put in place the staged file of an earlier acknowledgement, recorded (by
@@ -765,8 +776,14 @@ class StagedLossAck:
                 store._acks_unsaved = self._record
             writer = store._writer
             with writer.lock:  # retention may have forgotten some since they were staged
-                store._loss_acks = {name: ack for name, ack in self._acks.items()
-                                    if name in writer.sources}
+                applied = {name: ack for name, ack in self._acks.items()
+                           if name in writer.sources}
+                store._loss_acks = applied
+            if store._acks_unsaved is None and len(applied) < len(self._acks):
+                # Retention's own rewrite did not wait for this acknowledgement: the
+                # file just put in place names them, and the next start would hand
+                # their acknowledgements to new sources of the same names.
+                store._save_forgotten(applied)
         finally:
             store._acks_lock.release()
 

@@ -289,6 +289,31 @@ def test_a_recorded_acknowledgement_whose_staged_file_was_removed_is_saved_from_
                                                                       "app-2": "bob"}
 
 
+def test_a_source_forgotten_while_an_acknowledgement_is_under_way_leaves_the_file_too(
+        tmp_path: Path) -> None:
+    """Retention forgot a source while another source's acknowledgement was under way
+    (staged, waiting for its record): the rewrite without it never waits for that one,
+    and the file then put in place, staged before, still named it. The next start
+    handed its acknowledgement to a new source of the same name: an alert too few."""
+    from tests.collector.storage_helpers import wait_until
+
+    settings = {"max_segment_bytes": 4096, "retention_bytes": 9000,
+                "retention_days": float("inf")}
+    with open_store(tmp_path, **settings) as store:
+        write(store, "src-old", [1, 3], numbered=6)
+        store.acknowledge_losses(store.plan_loss_ack("src-old"), by="alice", reason="known")
+        write(store, "src-busy", [1, 3])
+        staged = store.stage_loss_ack({"src-busy": 3}, by="bob", reason="known too")
+        for n in range(8):  # src-old's segment is deleted by size, src-old forgotten
+            write(store, "src-busy", list(range(n * 8 + 4, n * 8 + 12)))
+        wait_until(lambda: store.stats()["sources_forgotten"] == 1)
+        staged.keep()
+        write(store, "src-old", [1, 5])  # the same name again: 2-4 are new losses
+        assert store.stats()["sources"]["src-old"]["acknowledged_through"] == 0
+    with open_store(tmp_path, **settings) as store:
+        assert store.stats()["sources"]["src-old"]["acknowledged_through"] == 0
+
+
 class _KeptMeanwhile:
     """The store's acknowledgements lock, through which an acknowledgement under way is
     kept (on another thread, as the API does) just before the commit thread's
