@@ -90,12 +90,15 @@ def post_json(api: ApiAccess, path: str, body: dict[str, Any]) -> dict[str, Any]
         headers={"Authorization": f"Bearer {api.token}",
                  "Content-Type": "application/json", "Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT,
-                                    context=_tls(api) if api.url.startswith("https") else None
-                                    ) as answer:
+        with _opener(api).open(request, timeout=TIMEOUT) as answer:
             return _json(answer.read())
     except urllib.error.HTTPError as exc:
         with exc:
+            if 300 <= exc.code < 400:
+                raise ApiClientError(
+                    f"the API at {api.url} redirected to {exc.headers.get('Location')!r} "
+                    f"(HTTP {exc.code}), not followed: the token goes to the collector's "
+                    f"API only. Give --api-url the API's own address", exc.code) from None
             said = _json(exc.read()).get("message") or exc.reason
         raise ApiClientError(f"{said} (HTTP {exc.code})", exc.code) from None
     except (urllib.error.URLError, OSError) as exc:
@@ -103,6 +106,25 @@ def post_json(api: ApiAccess, path: str, body: dict[str, Any]) -> dict[str, Any]
         raise ApiClientError(f"no answer from the collector's API at {api.url} ({why}): "
                              f"is the collector running (`audit-collector serve`) with "
                              f"this api_listen? Otherwise give --api-url") from None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect answered as it is (an ``HTTPError``): urllib follows one to any URL,
+    plain http or another host, with the request's headers, the token among them."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _opener(api: ApiAccess) -> urllib.request.OpenerDirector:
+    """Straight to ``api.url``: no proxy from the environment (``http_proxy`` would
+    get the token, in clear for plain http) and no redirect; https verified against
+    ``api.tls_cert`` and the system's CAs."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({}),
+                                                  _NoRedirect()]
+    if api.url.startswith("https"):
+        handlers.append(urllib.request.HTTPSHandler(context=_tls(api)))
+    return urllib.request.build_opener(*handlers)
 
 
 def _tls(api: ApiAccess) -> ssl.SSLContext:

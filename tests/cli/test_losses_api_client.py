@@ -1,0 +1,126 @@
+"""``audit-collector losses ack`` against an API that answers what the collector's never
+would (a wrong --api-url, a host that is not the collector): the root reader's token
+goes nowhere else, and the command ends with a plain message. The real collector's
+API: tests/e2e/test_losses_cli.py."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, Self
+
+import pytest
+
+from collector import api_client
+from collector.cli import main
+from tests.e2e.harness import ROOT
+
+TOKEN = "ops-secret-token"
+Answer = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+class FakeApi:
+    """An HTTP server on loopback answering every request with ``answer``; what it was
+    asked is kept (path, Authorization header)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.asked: list[tuple[str, str | None]] = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._answer()
+
+            def do_POST(self) -> None:
+                self._answer()
+
+            def _answer(self) -> None:
+                fake.asked.append((self.path, self.headers.get("Authorization")))
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    answer(self)
+                except OSError:  # the client went away: what the tests want at times
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def json_answer(status: int, body: bytes, **headers: str) -> Answer:
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(body)
+    return answer
+
+
+ACKNOWLEDGED = json_answer(200, b'{"acknowledged": {"app-1": 3}}')
+
+
+def ack(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str
+        ) -> tuple[int, str, str]:
+    monkeypatch.setenv(api_client.TOKEN_ENV, TOKEN)
+    code = main(["losses", "ack", "--source", "app-1", "--reason", "known",
+                 "--api-url", url])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_fake_api_that_acknowledges_is_believed(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake itself: what the tests below change is only its answer."""
+    with FakeApi(ACKNOWLEDGED) as api:
+        code, out, err = ack(capsys, monkeypatch, api.url)
+    assert code == 0, err
+    assert "acknowledged the losses of app-1 through 3" in out
+    assert api.asked == [("/api/v1/sources/acknowledge-losses", f"Bearer {TOKEN}")]
+
+
+def test_a_redirect_is_not_followed_with_the_token(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib follows a 302 to any URL, plain http or another host, and sends the
+    request's headers along: the root reader's token, to wherever the answer said."""
+    with FakeApi(ACKNOWLEDGED) as elsewhere:
+        moved = json_answer(302, b"{}", Location=f"{elsewhere.url}/steal")
+        with FakeApi(moved) as api:
+            code, _, err = ack(capsys, monkeypatch, api.url)
+    assert elsewhere.asked == []
+    assert code == 2 and "redirected" in err and "--api-url" in err, err
+
+
+def test_proxies_from_the_environment_are_not_used(tmp_path: Any) -> None:
+    """http_proxy (set on many hosts for other tools) had the request, token and all,
+    go to the proxy instead, in clear for an API on loopback over plain http."""
+    with FakeApi(ACKNOWLEDGED) as api, FakeApi(json_answer(502, b"{}")) as proxy:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("AUDIT_") and "proxy" not in k.lower()}
+        env.update({api_client.TOKEN_ENV: TOKEN, "http_proxy": proxy.url,
+                    "https_proxy": proxy.url})
+        done = subprocess.run(
+            [sys.executable, "-m", "collector", "losses", "ack", "--source", "app-1",
+             "--reason", "known", "--api-url", api.url],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proxy.asked == []
+    assert done.returncode == 0, done.stderr
+    assert api.asked == [("/api/v1/sources/acknowledge-losses", f"Bearer {TOKEN}")]
