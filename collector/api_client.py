@@ -10,8 +10,10 @@ it to every user of the host).
 
 from __future__ import annotations
 
+import http.client
 import os
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,11 +24,15 @@ import orjson
 
 from .config import CollectorConfig
 from .options import split_host_port
+from .render import terminal_safe
 
 TOKEN_ENV: Final = "AUDIT_READER_TOKEN"
 #: Seconds to wait for an answer: the store may wait up to 30 s for another
 #: acknowledgement under way (``store._ACK_WAIT``) before it answers.
 TIMEOUT: Final = 60.0
+#: Bytes of an answer read at most (the API's answers to this client are a few
+#: hundred): a host that is not the collector may send one without end.
+MAX_ANSWER: Final = 1024 * 1024
 _ANYWHERE: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
@@ -84,14 +90,44 @@ def reader_token(token_file: Path | None) -> str:
 
 def post_json(api: ApiAccess, path: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST ``body`` to ``path``; the JSON answer, or ``ApiClientError`` with the API's
-    message (``status`` set) or why it could not be reached."""
+    message (``status`` set) or why it could not be reached. Given up on after
+    ``TIMEOUT`` in all: the socket's own timeout is for each read, and an answer sent a
+    byte at a time never reaches it."""
+    outcome: list[dict[str, Any] | BaseException] = []
+
+    def ask() -> None:
+        try:
+            outcome.append(_post(api, path, body))
+        except BaseException as exc:  # noqa: BLE001 - raised again below, in the caller
+            outcome.append(exc)
+
+    # A daemon thread: one still waiting ends with the command.
+    worker = threading.Thread(target=ask, name="audit-api-client", daemon=True)
+    worker.start()
+    worker.join(TIMEOUT)
+    if not outcome:
+        raise ApiClientError(f"no whole answer from the collector's API at {api.url} "
+                             f"within {TIMEOUT:g} s, given up: whether it was done, "
+                             f"`audit-collector losses` shows (and `audit-collector stats` "
+                             f"whether the collector's storage is failing)")
+    [result] = outcome
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _post(api: ApiAccess, path: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(
         api.url + path, data=orjson.dumps(body), method="POST",
         headers={"Authorization": f"Bearer {api.token}",
                  "Content-Type": "application/json", "Accept": "application/json"})
     try:
         with _opener(api).open(request, timeout=TIMEOUT) as answer:
-            return _json(answer.read())
+            data = answer.read(MAX_ANSWER + 1)
+            if len(data) > MAX_ANSWER:
+                raise ApiClientError(f"the answer of {api.url} is over {MAX_ANSWER} bytes, "
+                                     f"not read: is --api-url the collector's API?")
+            return _json(data)
     except urllib.error.HTTPError as exc:
         with exc:
             if 300 <= exc.code < 400:
@@ -99,8 +135,14 @@ def post_json(api: ApiAccess, path: str, body: dict[str, Any]) -> dict[str, Any]
                     f"the API at {api.url} redirected to {exc.headers.get('Location')!r} "
                     f"(HTTP {exc.code}), not followed: the token goes to the collector's "
                     f"API only. Give --api-url the API's own address", exc.code) from None
-            said = _json(exc.read()).get("message") or exc.reason
-        raise ApiClientError(f"{said} (HTTP {exc.code})", exc.code) from None
+            said = _json(exc.read(MAX_ANSWER)).get("message") or exc.reason
+        # Shown on a terminal: the answer's control characters escaped, never sent raw.
+        raise ApiClientError(f"{terminal_safe(str(said))} (HTTP {exc.code})",
+                             exc.code) from None
+    except http.client.HTTPException as exc:  # not OSErrors: a traceback, otherwise
+        raise ApiClientError(f"the answer of {api.url} is not one of HTTP "
+                             f"({terminal_safe(repr(exc))}): is --api-url the collector's "
+                             f"API?") from None
     except (urllib.error.URLError, OSError) as exc:
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise ApiClientError(f"no answer from the collector's API at {api.url} ({why}): "

@@ -157,7 +157,7 @@ def _acknowledge(args: argparse.Namespace) -> int:
             return 1  # the collector's to fix (its storage), not the command's
         raise CommandError(str(exc)) from None
     done = answer.get("acknowledged")
-    if not isinstance(done, dict) or args.source not in done:
+    if not isinstance(done, dict) or type(done.get(args.source)) is not int:
         print(f"audit-collector losses ack: {api.url} answered without saying what was "
               f"acknowledged ({answer!r}): is --api-url the collector's API?",
               file=sys.stderr)

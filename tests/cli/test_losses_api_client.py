@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 import pytest
@@ -124,3 +125,86 @@ def test_proxies_from_the_environment_are_not_used(tmp_path: Any) -> None:
     assert proxy.asked == []
     assert done.returncode == 0, done.stderr
     assert api.asked == [("/api/v1/sources/acknowledge-losses", f"Bearer {TOKEN}")]
+
+
+@pytest.mark.parametrize("answer", [
+    json_answer(400, b'{"message": "\\u001b]0;owned\\u0007\\u001b[2J bad"}'),
+    json_answer(200, b'{"acknowledged": {"app-1": "\\u001b[2J"}}'),
+])
+def test_what_the_api_says_reaches_the_terminal_escaped(
+        answer: Answer, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeApi(answer) as api:
+        code, out, err = ack(capsys, monkeypatch, api.url)
+    assert code != 0
+    assert "\x1b" not in out + err and "\x07" not in out + err, (out, err)
+
+
+def test_an_endless_answer_is_not_read_to_its_end(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer was read whole into memory, however large."""
+    sent: list[int] = []
+    size = 64 * 1024 * 1024
+
+    def endless(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(size))
+        handler.end_headers()
+        block = b" " * 65536
+        for _ in range(size // len(block)):
+            handler.wfile.write(block)
+            sent.append(len(block))
+
+    with FakeApi(endless) as api:
+        code, _, err = ack(capsys, monkeypatch, api.url)
+    assert code == 2 and "over" in err, err
+    assert sum(sent) < size // 4  # it stopped reading, and the server could not go on
+
+
+@contextmanager
+def trickling() -> Iterator[FakeApi]:
+    """An API that sends its status line a byte at a time, never finishing."""
+    stop = threading.Event()
+
+    def slow(handler: http.server.BaseHTTPRequestHandler) -> None:
+        while not stop.wait(0.2):
+            handler.wfile.write(b"H")
+            handler.wfile.flush()
+
+    with FakeApi(slow) as api:
+        try:
+            yield api
+        finally:
+            stop.set()
+
+
+def test_an_answer_that_never_ends_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each byte within the socket's timeout, the command waited for ever."""
+    monkeypatch.setattr(api_client, "TIMEOUT", 1.0)
+    outcome: list[BaseException | dict[str, Any]] = []
+
+    def call(url: str) -> None:
+        try:
+            outcome.append(api_client.post_json(api_client.ApiAccess(url, TOKEN), "/x", {}))
+        except api_client.ApiClientError as exc:
+            outcome.append(exc)
+
+    with trickling() as api:
+        worker = threading.Thread(target=call, args=(api.url,), daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "still waiting for the answer"
+    [error] = outcome
+    assert isinstance(error, api_client.ApiClientError) and "within" in str(error)
+
+
+def test_an_answer_that_is_not_http_is_said_plainly(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.client's errors (a bad status line, a body cut short) are not OSErrors:
+    they came out as a traceback."""
+    def garbage(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+    with FakeApi(garbage) as api:
+        code, _, err = ack(capsys, monkeypatch, api.url)
+    assert code == 2 and "is --api-url the collector's API" in err, err
