@@ -145,6 +145,18 @@ def _post(api: ApiAccess, path: str, body: dict[str, Any]) -> dict[str, Any]:
                              f"API?") from None
     except (urllib.error.URLError, OSError) as exc:
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        # A collector that answers, over TLS this side cannot use: not "is it running?"
+        if isinstance(why, ssl.SSLCertVerificationError):
+            raise ApiClientError(
+                f"the certificate of the API at {api.url} is not trusted ({why}): set "
+                f"api_tls_cert (flag, environment or --config, as serve reads it) to the "
+                f"collector's certificate or its CA, and reach the API by a name or "
+                f"address the certificate holds") from None
+        if isinstance(why, ssl.SSLError):
+            raise ApiClientError(
+                f"TLS with the API at {api.url} failed ({why}): https only if the "
+                f"collector serves it (api_tls_cert set where serve reads it, and here); "
+                f"otherwise http") from None
         raise ApiClientError(f"no answer from the collector's API at {api.url} ({why}): "
                              f"is the collector running (`audit-collector serve`) with "
                              f"this api_listen? Otherwise give --api-url") from None

@@ -208,3 +208,13 @@ def test_an_answer_that_is_not_http_is_said_plainly(
     with FakeApi(garbage) as api:
         code, _, err = ack(capsys, monkeypatch, api.url)
     assert code == 2 and "is --api-url the collector's API" in err, err
+
+
+def test_https_to_an_api_that_serves_plain_http_says_so(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handshake's failure read "no answer ...: is the collector running?", of a
+    collector that answers."""
+    with FakeApi(ACKNOWLEDGED) as api:
+        code, _, err = ack(capsys, monkeypatch, api.url.replace("http:", "https:"))
+    assert code == 2 and "is the collector running" not in err, err
+    assert "TLS" in err and "api_tls_cert" in err, err

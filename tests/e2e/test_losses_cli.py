@@ -138,5 +138,8 @@ def test_an_acknowledgement_reaches_an_api_served_over_tls(root: Path) -> None:
         untrusted = cli("losses", "ack", "--source", SOURCE, "--reason", "known",
                         "--api-url", f"https://127.0.0.1:{port}", token=ops)
         assert untrusted.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+        # The collector runs: the certificate is what to fix, and the message says so.
+        assert "is the collector running" not in untrusted.stderr
+        assert "api_tls_cert" in untrusted.stderr, untrusted.stderr
     finally:
         assert process.stop() == 0, "".join(process.output)
