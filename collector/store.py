@@ -794,6 +794,17 @@ class StagedLossAck:
         finally:
             self._store._acks_lock.release()
 
+    def abandon(self) -> None:
+        """Neither kept nor dropped: whether its record was written is not known (the
+        collector stopping cancelled the write as the commit thread had it). Its staged
+        file stays for the next start, which puts it in place if the record is in the
+        index and removes it if not; until then no other acknowledgement is staged over
+        it (they wait, then are refused: the lock stays held)."""
+        self._end()
+        log.warning("audit store: the acknowledgement of losses recorded by %s was cut "
+                    "short by the stop: the next start makes it if its record was "
+                    "written", self._record)
+
     def _end(self) -> None:
         if self._ended:
             raise StorageError("this staged acknowledgement was kept or dropped already")

@@ -5,6 +5,7 @@ the read durably, and only then answers."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from typing import Any, Final, Protocol
@@ -174,6 +175,8 @@ class Staged(Protocol):
 
     def drop(self) -> None: ...
 
+    def abandon(self) -> None: ...
+
 
 async def list_losses(request: Request) -> Response:
     """The sources that lost events, those with losses not yet acknowledged first (the
@@ -223,13 +226,33 @@ async def acknowledge_losses(request: Request) -> Response:
                             source if source is not None else "(all sources)", details)
     staged = await asyncio.to_thread(keeper.stage_loss_ack, plan, by=reader.name,
                                      reason=reason, record=record["id"])
+    write = asyncio.ensure_future(api.write_record(record))
     try:
-        await api.write_record(record)
-    except BaseException:  # not recorded (or the client gone): not made
+        # Shielded: a stop past its drain timeout cancels this request, not the store's
+        # commit thread, which may have the record already and write it anyway. Its
+        # write decides (``_settle``), never this request's cancellation.
+        await asyncio.shield(write)
+    except asyncio.CancelledError:
+        write.add_done_callback(functools.partial(_settle, staged))
+        raise
+    except BaseException:  # not recorded: not made
         staged.drop()
         raise
     await asyncio.to_thread(staged.keep)
     return json_response({"acknowledged": plan})
+
+
+def _settle(staged: Staged, write: asyncio.Future[str]) -> None:
+    """End an acknowledgement whose request was cancelled as its record's write ends:
+    kept if the record was written, dropped if it was refused. A write cancelled too
+    (the loop stopping) may have been done by the commit thread all the same: left
+    for the next start, which looks for its record in the index."""
+    if write.cancelled():
+        staged.abandon()
+    elif write.exception() is not None:
+        staged.drop()
+    else:
+        staged.keep()
 
 
 def _loss_ack_body(body: bytes) -> tuple[str | None, str, int | None]:

@@ -264,3 +264,56 @@ def test_an_acknowledgement_recorded_is_made_even_when_its_file_cannot_take_its_
     assert {s: (a.through, a.reason) for s, a in kept.items()} == {
         "app-1": (6, "killed for the upgrade"), "app-2": (3, "known too")}
     assert unacknowledged(lossy) == (0, 0)
+
+
+def test_a_request_cancelled_while_its_record_is_written_still_makes_the_acknowledgement(
+        lossy: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop past the drain timeout cancels the requests still in progress. One whose
+    record the store's commit thread had taken (a slow disk) dropped its staged file;
+    the store then wrote the record anyway: a record of an acknowledgement not made,
+    for good. The record's write decides, not the request's cancellation."""
+    import asyncio
+    import os
+    import threading
+
+    import httpx
+
+    from collector.api import ApiSettings, create_app
+    from collector.storage import loss_acks
+
+    writing, release, armed = threading.Event(), threading.Event(), threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def slow_disk(fd: int) -> None:  # the OS's, outside the product
+        if armed.is_set():
+            armed.clear()
+            writing.set()
+            release.wait(30)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_disk)
+    app = create_app(ApiSettings(data_dir=lossy.store.settings.data_dir), lossy.store,
+                     readers=lossy.readers)
+
+    async def cancelled_while_recorded() -> None:
+        transport = httpx.ASGITransport(app=app, client=(PEER, 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            armed.set()
+            request = asyncio.ensure_future(c.post(PATH, json={
+                "source": "app-1", "reason": "known"}, headers={
+                "Authorization": f"Bearer {lossy.root}"}))
+            assert await asyncio.to_thread(writing.wait, 30)  # its record, being written
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            release.set()
+            for _ in range(300):  # the record's write ends (bounded)
+                if acks_recorded(lossy) and unacknowledged(lossy) == (1, 0):
+                    break
+                await asyncio.sleep(0.05)
+
+    asyncio.run(cancelled_while_recorded())
+    assert len(acks_recorded(lossy)) == 1  # the store wrote it: so it is made
+    assert unacknowledged(lossy) == (1, 0)
+    assert loss_acks.load(lossy.store.settings.data_dir)["app-1"].through == 6
+    assert post(lossy, {"source": "app-2", "reason": "known"}).status_code == 200  # not stuck

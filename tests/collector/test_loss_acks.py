@@ -351,3 +351,26 @@ def test_an_acknowledgement_kept_while_retention_forgets_a_source_stays_in_the_f
         assert set(loss_acks.load(tmp_path)) == {"app-1"}
     with open_store(tmp_path) as store:
         assert store.stats()["sources"]["app-1"]["acknowledged_through"] == 3
+
+
+def test_an_acknowledgement_abandoned_is_settled_by_its_record_at_the_next_start(
+        tmp_path: Path) -> None:
+    """Abandoned (its request and its record's write cancelled as the collector stopped):
+    not applied by this run, made by the next start if its record was written."""
+    [record] = events(1)
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        write(store, "app-2", [1, 3])
+        written = store.stage_loss_ack({"app-1": 3}, by="alice", reason="known",
+                                       record=record["id"])
+        store.write([record], "audit-collector-api")
+        written.abandon()
+        assert totals(store) == (2, 0, 2, 0)
+    with open_store(tmp_path) as store:
+        assert totals(store) == (2, 0, 1, 0)
+        never = store.stage_loss_ack({"app-2": 3}, by="alice", reason="known",
+                                     record=events(1)[0]["id"])
+        never.abandon()  # its record never written
+    with open_store(tmp_path) as store:
+        assert totals(store) == (2, 0, 1, 0)
+    assert set(loss_acks.load(tmp_path)) == {"app-1"}
