@@ -125,6 +125,15 @@ def stage(data_dir: Path, acks: Mapping[str, Ack], record: str | None = None) ->
         body["record"] = record
     path = data_dir / STAGED_NAME
     write_new_file(path, orjson.dumps(body, option=orjson.OPT_INDENT_2), FILE_MODE)
+    if record is not None:
+        # Its name durable too, before the record that claims it (fsynced in another
+        # directory, segments/): after a power loss, the record without the file was
+        # an acknowledgement claimed and never made.
+        try:
+            fsync_dir(data_dir)
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
     return path
 
 

@@ -374,3 +374,28 @@ def test_an_acknowledgement_abandoned_is_settled_by_its_record_at_the_next_start
     with open_store(tmp_path) as store:
         assert totals(store) == (2, 0, 1, 0)
     assert set(loss_acks.load(tmp_path)) == {"app-1"}
+
+
+def test_a_staged_file_is_durable_before_its_record_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record, fsynced in segments/, is what makes the acknowledgement; its staged
+    file was fsynced, but not its name in the data directory: after a power loss the
+    record could be there and the file not (an acknowledgement claimed, never made)."""
+    import os
+
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def spied(fd: int) -> None:  # the OS's, outside the product
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        monkeypatch.setattr(os, "fsync", spied)
+        staged = store.stage_loss_ack({"app-1": 3}, by="alice", reason="known",
+                                      record=events(1)[0]["id"])
+        monkeypatch.undo()
+        staged.drop()
+    assert str(tmp_path / loss_acks.STAGED_NAME) in synced  # the file
+    assert str(tmp_path) in synced  # and its name
