@@ -15,12 +15,15 @@ import os
 import ssl
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
+
+from audit_middleware.shipper.endpoint import is_loopback
 
 from .config import CollectorConfig
 from .options import split_host_port
@@ -59,14 +62,28 @@ def base_url(config: CollectorConfig, given: str | None) -> str:
         if not given.startswith(("http://", "https://")):
             raise ApiClientError(f"--api-url {given!r}: give a URL such as "
                                  f"http://127.0.0.1:8080")
-        return given.rstrip("/")
+        return _never_in_clear(given.rstrip("/"))
     if not config.api_listen:
         raise ApiClientError("api_listen is empty: this collector serves no API. Set "
                              "api_listen (and restart it), or give --api-url")
     host, port = split_host_port(config.api_listen)
     host = _ANYWHERE.get(host, host)
     scheme = "https" if config.api_tls_cert is not None else "http"
-    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+    return _never_in_clear(f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}")
+
+
+def _never_in_clear(url: str) -> str:
+    """``url``, unless it is plain http beyond loopback: serve refuses to serve its API
+    there without TLS (reader tokens never in clear), and this command skips serve's
+    checks of its options (``config.load(for_serve=False)``)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        raise ApiClientError(
+            f"{url} is plain http beyond loopback: the reader's token would go over the "
+            f"network in clear. The collector serves its API there over TLS only: set "
+            f"api_tls_cert as serve has it (flag, environment or --config), or give "
+            f"--api-url https://...")
+    return url
 
 
 def reader_token(token_file: Path | None) -> str:

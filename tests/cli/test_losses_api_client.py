@@ -218,3 +218,33 @@ def test_https_to_an_api_that_serves_plain_http_says_so(
         code, _, err = ack(capsys, monkeypatch, api.url.replace("http:", "https:"))
     assert code == 2 and "is the collector running" not in err, err
     assert "TLS" in err and "api_tls_cert" in err, err
+
+
+@pytest.mark.parametrize(("environ", "api_url"), [
+    ({"AUDIT_API_LISTEN": "10.9.9.9:8080"}, None),  # serve would refuse it without TLS
+    ({"AUDIT_API_LISTEN": "0.0.0.0:8080"}, "http://10.9.9.9:8080"),
+    ({"AUDIT_API_LISTEN": "[2001:db8::1]:8080"}, None),
+    ({}, "http://collector.example:8080"),
+])
+def test_the_token_is_never_sent_in_clear_beyond_loopback(
+        environ: dict[str, str], api_url: str | None) -> None:
+    """serve refuses an API beyond loopback without TLS (reader tokens never in clear);
+    the command, which skips serve's checks, derived http:// for such an address, or
+    took it as given, and sent a root reader's token over the network in clear."""
+    from collector import config as collector_config
+
+    config = collector_config.load(None, environ, for_serve=False)
+    with pytest.raises(api_client.ApiClientError, match="in clear"):
+        api_client.base_url(config, api_url)
+
+
+def test_plain_http_on_loopback_and_https_anywhere_are_taken() -> None:
+    from collector import config as collector_config
+
+    config = collector_config.load(None, {"AUDIT_API_LISTEN": "0.0.0.0:8080"},
+                                   for_serve=False)
+    assert api_client.base_url(config, None) == "http://127.0.0.1:8080"
+    assert api_client.base_url(config, "http://localhost:8080/") == "http://localhost:8080"
+    assert api_client.base_url(config, "http://[::1]:8080") == "http://[::1]:8080"
+    assert api_client.base_url(config, "https://collector.example") \
+        == "https://collector.example"
