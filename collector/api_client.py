@@ -96,12 +96,24 @@ def reader_token(token_file: Path | None) -> str:
                                  f"{exc}") from None
         if not token:
             raise ApiClientError(f"the reader token file {token_file} is empty")
-        return token
+        return _one_token(token, f"the reader token file {token_file}")
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise ApiClientError(f"a root reader's token is needed: put it in {TOKEN_ENV} or "
                              f"in a file given as --reader-token-file (a root reader is "
                              f"made with `audit-collector users add NAME --root`)")
+    return _one_token(token, TOKEN_ENV)
+
+
+def _one_token(token: str, where: str) -> str:
+    """``token``, if it can be one (visible ASCII, no space: as `users add` prints it).
+    More (a second line, a comment, "Bearer ...") went into the Authorization header,
+    and http.client refused it with a traceback that printed the header: the token.
+    Never shown here."""
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        raise ApiClientError(f"{where} holds more than a token (a space, a second line "
+                             f"or a character no token has): put only the token in it, "
+                             f"as `audit-collector users add` printed it")
     return token
 
 

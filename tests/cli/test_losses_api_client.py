@@ -248,3 +248,31 @@ def test_plain_http_on_loopback_and_https_anywhere_are_taken() -> None:
     assert api_client.base_url(config, "http://[::1]:8080") == "http://[::1]:8080"
     assert api_client.base_url(config, "https://collector.example") \
         == "https://collector.example"
+
+
+@pytest.mark.parametrize("content", [f"{TOKEN}\n# the ops team's token\n",
+                                     f"{TOKEN}\r\nX-Other: 1", f"Bearer {TOKEN}"])
+def test_a_token_file_that_holds_more_than_a_token_is_refused_without_showing_it(
+        content: str, tmp_path: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second line (a comment) went into the Authorization header: http.client
+    refused it with a traceback that printed the header, token and all."""
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    monkeypatch.delenv(api_client.TOKEN_ENV, raising=False)
+    with FakeApi(ACKNOWLEDGED) as api:
+        code = main(["losses", "ack", "--source", "app-1", "--reason", "known",
+                     "--api-url", api.url, "--reader-token-file", str(token_file)])
+    out, err = capsys.readouterr()
+    assert code == 2 and "only the token" in err, err
+    assert TOKEN not in out + err
+    assert api.asked == []
+
+
+def test_a_token_in_the_environment_that_is_not_one_is_refused_without_showing_it(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(api_client.TOKEN_ENV, f"{TOKEN} {TOKEN}")
+    code = main(["losses", "ack", "--source", "app-1", "--reason", "known",
+                 "--api-url", "http://127.0.0.1:9"])
+    out, err = capsys.readouterr()
+    assert code == 2 and api_client.TOKEN_ENV in err and TOKEN not in out + err, err
