@@ -5,7 +5,8 @@ Django, and while the response body is iterated and closed (a streamed body may 
 the response status is observed through ``start_response``, a denial (401, 403)
 recorded once that status is final (``_Answer``). With a ``fail_closed`` sink,
 ``start_response`` first waits until the request's events are durably recorded, and
-answers 503 instead when they are not (as ``AuditMiddleware``).
+answers 503 instead when they are not (as ``AuditMiddleware``); that 503 stands, whatever
+status the app names after it.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ class WSGIAuditMiddleware:
         refused: list[str] = []
 
         def start_response_once_durable(status: str, headers: Any, *exc: Any) -> Any:
+            if refused:
+                # Refused once, the 503 stands: a status the app names after it (PEP
+                # 3333 lets it replace its status with ``exc_info`` until the first body
+                # byte) is not passed on, even if the events were acknowledged since.
+                return _discard
             reason = wait_durable_blocking(receipts, timeout) if receipts else None
             if reason is None:
                 return answer.started(status, start_response(status, headers, *exc))
@@ -83,7 +89,7 @@ class WSGIAuditMiddleware:
                 ("Content-Type", "text/plain; charset=utf-8"),
                 ("Content-Length", str(len(_UNAVAILABLE_BODY))), ("Retry-After", "5")],
                 *exc)
-            return lambda data: None  # the app's own body never reaches the client
+            return _discard
 
         token = current.set(ctx)
         answer = _Answer(ctx, token.old_value, environ)
@@ -238,6 +244,10 @@ class _Body:
                 self._answer.settle()
             finally:
                 current.reset(token)
+
+
+def _discard(data: bytes) -> None:
+    """The ``write()`` of a refused response: the app's own body never reaches the client."""
 
 
 def _close(body: Iterable[bytes]) -> None:

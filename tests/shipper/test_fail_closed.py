@@ -463,3 +463,95 @@ def test_a_receipt_cancelled_as_it_is_resolved_loses_nothing(
     assert (stats["acknowledged"], stats["dropped"]) == (2, 0), stats
     assert [e["target"] for e in stored_events(collector)] == ["t1", "t2"]
     sink.close()
+
+
+# -- WSGI fail_closed: the 503 as a real PEP 3333 server sends it -----------------------
+
+def served(app: Any) -> tuple[str, dict[str, str], bytes]:
+    """What a client gets for one GET from a real PEP 3333 server, the standard library's
+    wsgiref handler (Werkzeug's test client re-raises ``exc_info`` instead of letting the
+    app replace its status): status line, headers, body."""
+    import io
+    from wsgiref.handlers import SimpleHandler
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": "/credentials/c1"}
+    setup_testing_defaults(environ)
+    out = io.BytesIO()
+    SimpleHandler(io.BytesIO(), out, io.StringIO(), environ).run(app)
+    head, _, body = out.getvalue().partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return status.split(" ", 1)[1], headers, body
+
+
+UNAVAILABLE = b"Service Unavailable: the action could not be recorded in the audit log\n"
+
+
+class LateAcknowledgingSink(MemorySink):
+    """A fail-closed sink whose collector acknowledges a request's events only after the
+    deadline the response waited for: the test resolves the receipts itself, when the
+    refusal has been made (a real collector's late answer, without its timing)."""
+
+    fail_closed = True
+    fail_closed_timeout = 0.05
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receipts: list[Future[str | None]] = []
+
+    def submit(self, event: Any) -> None:
+        from audit_middleware.shipper.receipts import new_receipt
+
+        super().submit(event)
+        receipt = new_receipt()
+        if receipt is not None:
+            self.receipts.append(receipt)
+
+    def acknowledge(self) -> None:
+        for receipt in self.receipts:
+            receipt.set_result(None)  # durably recorded, but too late for the response
+
+
+def _error_info() -> Any:
+    import sys
+
+    try:
+        raise RuntimeError("the view failed")
+    except RuntimeError:
+        return sys.exc_info()
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_wsgi_a_later_start_response_does_not_replace_the_503(lazy: bool) -> None:
+    """Refused with a 503 (the request's event not acknowledged by the deadline), the app
+    then replaced its status (``start_response`` again, with ``exc_info``, as PEP 3333
+    lets it until the first body byte). That call waited again, found the event
+    acknowledged meanwhile, and passed the app's status to the server: the client got
+    the app's answer in place of the 503 (with the 503's body). The 503 stands."""
+    from audit_middleware import WSGIAuditMiddleware
+
+    sink = LateAcknowledgingSink()
+    configure(sink=sink)
+
+    def respond(start_response: Any) -> None:
+        emit("credentials_deleted", "c1", principal="system")
+        start_response("200 OK", [("Content-Type", "text/plain")])  # refused: 503
+        sink.acknowledge()
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
+                       _error_info())
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        respond(start_response)
+        return [b"the app's error page"]
+
+    def lazy_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        respond(start_response)
+        yield b"the app's error page"
+
+    status, headers, body = served(WSGIAuditMiddleware(lazy_app if lazy else app))
+    assert (status, headers.get("Retry-After"), body) == ("503 Service Unavailable", "5",
+                                                     UNAVAILABLE)
+    assert headers["Content-Length"] == str(len(UNAVAILABLE))
+    assert [e.target for e in sink.events] == ["c1"]
+
