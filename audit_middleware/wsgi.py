@@ -185,7 +185,7 @@ class _Body:
     closed, with its receipts pending, so an event emitted before a lazy
     ``start_response`` is waited for too). Fail closed, a lazy ``start_response`` that
     refused the response (called while the first chunk is made) turns the body into
-    the 503's. ``close()`` always closes the app's body, iterated or not. Its first
+    the 503's, an empty one too. ``close()`` always closes the app's body, iterated or not. Its first
     chunk, its end or its close settles the response's status (``_Answer``); an
     exception before any does not."""
 
@@ -216,6 +216,11 @@ class _Body:
                     self._iterator = iter(self._body)
                 chunk = next(self._iterator)
             except StopIteration:
+                if self._refused:
+                    # A lazy start_response refused an empty body: the 503's headers
+                    # (their Content-Length too) are waiting for its body.
+                    self._done = True
+                    return _UNAVAILABLE_BODY
                 self._answer.settle()  # an empty body: the headers go out now
                 raise
             except BaseException:

@@ -555,3 +555,22 @@ def test_wsgi_a_later_start_response_does_not_replace_the_503(lazy: bool) -> Non
     assert headers["Content-Length"] == str(len(UNAVAILABLE))
     assert [e.target for e in sink.events] == ["c1"]
 
+
+def test_wsgi_a_lazy_refusal_of_an_empty_body_is_a_whole_503(root: Path) -> None:
+    """A generator app whose lazy ``start_response`` was refused and that then yields
+    nothing (an empty answer): the server sent the 503's headers, ``Content-Length: 71``
+    among them, and no body at all (a response short of the length it announces). It
+    is the 503 with its body."""
+    from audit_middleware import WSGIAuditMiddleware
+
+    def empty_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        emit("credentials_deleted", "c1", principal="system")
+        start_response("200 OK", [("Content-Length", "0")])  # refused: the collector is down
+        yield from ()
+
+    sink = fail_closed_sink(root)
+    status, headers, body = served(WSGIAuditMiddleware(empty_app))
+    assert (status, headers.get("Retry-After"), body) == ("503 Service Unavailable", "5",
+                                                     UNAVAILABLE)
+    assert headers["Content-Length"] == str(len(UNAVAILABLE))
+    sink.close(timeout=1)
