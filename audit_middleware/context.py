@@ -107,8 +107,10 @@ class RequestContext:
     #: is not recorded again (``denials``). An exception passing through an
     #: ``@audited`` that records no failure keeps it: most often the very exception
     #: whose failure was recorded, and the request's answer; so does an ``@audited``
-    #: call made after it (a background task, an ``after_request`` hook). Unset until
-    #: an ``@audited`` call records a failure, and read with ``getattr``.
+    #: call made after it (a background task, an ``after_request`` hook). A failure
+    #: recorded once the response has started (``status_code`` set: a background task,
+    #: a streamed body, a Flask teardown) leaves it as it was: the answer is decided.
+    #: Unset until an ``@audited`` call records a failure, and read with ``getattr``.
     failed_status: int | None
 
     def __init__(

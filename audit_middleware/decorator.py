@@ -310,9 +310,10 @@ class _Recorder:
         code = _response_status(call.result, call.kwargs, self.response_params)
         if code is not None and code >= 400:
             if self.record_failure:
-                if call.context is not None:
-                    call.context.failed_status = code  # this response may be a denial
-                    call.context.failures += 1
+                ctx = call.context
+                if ctx is not None and ctx.status_code is None:  # not after it: ``failure``
+                    ctx.failed_status = code  # this response may be a denial
+                    ctx.failures += 1
                 self.record(call, f"failed: HTTP {code}")
             return
         self.record(call, None)
@@ -322,11 +323,14 @@ class _Recorder:
         # the failure is logged, never raised in its place.
         try:
             code = _exception_status(exc)
-            if call.context is not None:
+            ctx = call.context
+            if ctx is not None and ctx.status_code is None:
                 # The request's last outcome: a 403 it is answered with is this one's,
                 # unless an @audited call around it returns (a handler that caught it).
-                call.context.failed_status = code
-                call.context.failures += 1
+                # Once the response has started (its status named: a background task,
+                # a streamed body, a Flask teardown), a failure is no answer's.
+                ctx.failed_status = code
+                ctx.failures += 1
             self.record(call, f"failed: HTTP {code}" if code is not None
                         else f"failed: {type(exc).__name__}")
         except Exception:

@@ -16,7 +16,9 @@ workspace as for any event (an unauthenticated request's principal is empty). A 
 whose ``@audited(record_failure=True)`` handler already recorded its failure is not
 recorded twice: when the request's last ``@audited`` outcome was a failure with the
 status the request was answered with (``failed: HTTP 403`` for a 403); an ``@audited``
-call made after it (a background task, an ``after_request`` hook) does not change that.
+call made after it (a background task, an ``after_request`` hook) does not change that,
+nor does a failure recorded once the response has started (a background task that
+fails: neither a second record beside the handler's failure, nor a denial hidden).
 A failure an audited helper recorded, caught by the handler that then answered 403, is
 not the answer: the denial is recorded beside it (``RequestContext.failed_status``).
 """

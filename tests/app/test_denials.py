@@ -592,3 +592,74 @@ def test_nested_audit_middlewares_record_a_websocket_denial_once(
     assert [(e.type, e.target, e.status) for e in events] == [
         (DENIED, "/v2/feed", "HTTP 403 on GET"),
         ("credentials_accessed", "c-4", "failed: HTTP 403")]
+
+
+# -- a failure recorded once the answer has started -------------------------------------
+
+@audited("access_token_deleted", target="token_id", record_failure=True)
+def revoke_token_failing(token_id: str, refuse: bool = False) -> Response:
+    """Audited on its own, and failing: called once the response has started (a
+    background task, a Flask ``teardown_request``). It raises (caught by its caller), or
+    returns the token service's refusal, a 403 response (``failed: HTTP 403``)."""
+    if refuse:
+        return PlainTextResponse("the token service refused", status_code=403)
+    raise ValueError("the token store is down")
+
+
+def revoke_quietly(refuse: bool = False) -> None:
+    try:
+        revoke_token_failing(token_id="t-1", refuse=refuse)
+    except ValueError:
+        pass  # best effort, after the answer: its failure event says what happened
+
+
+@audited("credentials_deleted", target="credentials_id", record_failure=True)
+async def delete_refused_then_revoke_fails(request: Request) -> Response:
+    return PlainTextResponse("admins only", status_code=403,
+                             background=BackgroundTask(revoke_quietly))
+
+
+async def forbidden_then_revoke_refused(request: Request) -> Response:  # no @audited
+    return PlainTextResponse("no", status_code=403,
+                             background=BackgroundTask(revoke_quietly, refuse=True))
+
+
+def test_a_failure_recorded_after_the_answer_does_not_change_the_denial(
+        events: list[AuditEvent]) -> None:
+    """A failure an ``@audited`` call records once the response has started (a
+    background task, sent after the response; a Flask ``teardown_request``) became the
+    request's last outcome all the same: a ``failed: ValueError`` there had the 403
+    its handler recorded as ``failed: HTTP 403`` recorded a second time, as a denial;
+    a ``failed: HTTP 403`` there hid the denial of a handler that recorded none. What
+    stands for the denial is decided before the answer starts."""
+    app = Starlette(routes=[
+        Route("/credentials/{credentials_id}", delete_refused_then_revoke_fails,
+              methods=["DELETE"]),
+        Route("/tokens", forbidden_then_revoke_refused, methods=["POST"]),
+    ], middleware=[Middleware(AuditMiddleware, denied_event=DENIED)])
+    client = TestClient(app)
+    assert client.delete("/credentials/c-7").status_code == 403
+    assert client.post("/tokens").status_code == 403
+
+    flask_app = Flask(__name__)
+
+    @flask_app.delete("/credentials/<credentials_id>")
+    @audited("credentials_deleted", target="credentials_id", record_failure=True)
+    def delete_flask(credentials_id: str) -> str:
+        abort(403)
+
+    @flask_app.teardown_request
+    def revoke_at_teardown(error: BaseException | None) -> None:
+        revoke_quietly()  # Flask runs it after start_response
+
+    flask_app.wsgi_app = WSGIAuditMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, denied_event=DENIED)
+    assert flask_app.test_client().delete("/credentials/c-8").status_code == 403
+    assert [(e.type, e.target, e.status) for e in events] == [
+        ("credentials_deleted", "c-7", "failed: HTTP 403"),
+        ("access_token_deleted", "t-1", "failed: ValueError"),
+        ("access_token_deleted", "t-1", "failed: HTTP 403"),
+        (DENIED, "/tokens", "HTTP 403 on POST"),
+        ("credentials_deleted", "c-8", "failed: HTTP 403"),
+        ("access_token_deleted", "t-1", "failed: ValueError"),
+    ]
