@@ -12,7 +12,9 @@ locked before they get their final name, so nobody adopts a file being born.
 
 A crash can leave a torn last record, and a disk can garble any record. A region that
 is no valid record (its crc32 fails, its length runs past the file, or bytes that are
-no record at all) is skipped to the next valid record (see ``_next_record``), and the
+no record at all; or the file ends before its known size: cut while read, or a failed
+write whose size was not known) is skipped to the next valid record (see
+``_next_record``), or to the end of the file, and the
 records after it are replayed as the ones before it. The loss is never silent: its
 bytes are counted (``corrupt_bytes``), so are the events whose batch header line is
 still readable in it (``lost_events``), and it is logged as an error. Finding the next
@@ -85,6 +87,9 @@ class _File:
     progress_fd: int = -1  # its progress file, once opened (see the module's doc)
     progress_exists: bool = False  # made by us or found: removed with the file
     progress_failed: bool = False  # said once: writing progress failed
+    #: The body length of the record :meth:`Spool.peek` last returned (at ``read_pos``),
+    #: for :meth:`Spool.commit`: read again there, a file cut short meanwhile raised.
+    peeked: int | None = None
     #: What is left of ``_SCAN_BUDGET`` for the whole file: k damaged regions cost
     #: at most one budget, not k.
     scan_budget: int = field(default_factory=lambda: _SCAN_BUDGET)
@@ -250,6 +255,7 @@ class Spool:
             end = head.size
             body = _record_at(head.fd, head.read_pos, end)
             if body is not None:
+                head.peeked = len(body)
                 return body
             if head.read_pos < end:
                 self._skip_corrupt(head)
@@ -268,10 +274,17 @@ class Spool:
         self.corrupt_bytes += skip
         self.lost_events += events
         head.read_pos = found
+        # A file shorter than its records say (cut by someone else while read, or a
+        # failed write kept by _keep_failed whose size could not be known): its missing
+        # bytes were spooled and are lost, counted with the region.
+        missing = min(max(end - _size_of(head.fd, end), 0), skip) if found == end else 0
         log.error("audit spool %s: %d bytes at offset %d of %s are torn or corrupt (a "
-                  "crash while spooling, or a damaged disk): lost, with the %d events "
+                  "crash while spooling, or a damaged disk)%s: lost, with the %d events "
                   "whose batch header could still be read in them; %s (%d corrupt bytes "
-                  "so far)", self.directory, skip, start, head.path.name, events,
+                  "so far)", self.directory, skip, start, head.path.name,
+                  f", {missing} of them missing: the file was cut short (a failed write, "
+                  f"or something else shortened it while it was replayed)"
+                  if missing else "", events,
                   "replay goes on at the next valid record" if skip < end - start
                   else "they end the file, the records before them were kept",
                   self.corrupt_bytes)
@@ -283,7 +296,9 @@ class Spool:
     def commit(self) -> None:
         """The record :meth:`peek` returned was acknowledged: move past it."""
         head = self._files[0]
-        (length, _) = RECORD.unpack(os.pread(head.fd, RECORD.size, head.read_pos))
+        length, head.peeked = head.peeked, None
+        if length is None:
+            raise RuntimeError("Spool.commit() without a record from peek()")
         head.read_pos += RECORD.size + length
         if head.read_pos >= head.size:
             self._remove_head()
@@ -493,7 +508,10 @@ def _record_at(fd: int, pos: int, end: int) -> bytes | None:
     """The body of the valid record at ``pos`` of a file of ``end`` bytes, or None."""
     if pos + RECORD.size > end:
         return None
-    length, crc = RECORD.unpack(os.pread(fd, RECORD.size, pos))
+    header = os.pread(fd, RECORD.size, pos)
+    if len(header) < RECORD.size:
+        return None  # the file was cut short of its known end: a damaged region
+    length, crc = RECORD.unpack(header)
     start = pos + RECORD.size
     # A body is never empty (its header line): zeros, which a power loss can leave
     # where the size reached the disk before the data, would otherwise pass as records
@@ -543,6 +561,8 @@ def _next_record(fd: int, start: int, end: int, budget: int) -> tuple[int, int]:
             budget -= 1024  # what a place costs to look at, counted as bytes of crc32
             if pos + RECORD.size > end or budget < 0:
                 return end, max(budget, 0)
+            if match.start() + RECORD.size > len(data):
+                break  # the file was cut short under us, inside this header
             length, crc = RECORD.unpack_from(data, match.start())
             stop = pos + RECORD.size + length
             if stop > end or not (stop == end or end - stop < RECORD.size
@@ -563,6 +583,14 @@ def _next_record(fd: int, start: int, end: int, budget: int) -> tuple[int, int]:
         base += places
         window, first = min(window * 2, _WINDOW_MAX), 0
     return end, budget
+
+
+def _size_of(fd: int, default: int) -> int:
+    """The file's size now, or ``default`` when even that cannot be known."""
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return default
 
 
 def _byte_at(fd: int, data: bytes, base: int, pos: int) -> int:

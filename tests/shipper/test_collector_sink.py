@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 import sys
 import threading
@@ -241,6 +242,38 @@ def test_a_corrupt_spool_record_loses_only_its_own_events_and_says_so(
     assert (stats["replayed"], stats["dropped"]) == (20, 10)
     assert "corrupt" in caplog.text and "10 events" in caplog.text
     assert later.wait_for_delivery(timeout=5) is True  # reported once
+
+
+def test_a_spool_file_cut_short_does_not_stop_the_replay_of_the_ones_after_it(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A spool file cut to fewer bytes than a record header while it was being replayed
+    (after its process adopted it, its size known): struct.error from the spool at every
+    replay try, logged, and the sink stuck on that file for good: the next file's
+    events were never delivered, and the loss was counted nowhere."""
+    from audit_middleware.shipper.spool import SUFFIX
+
+    cut = make_sink()  # one spool file of this sink's process
+    emit_many(10, "a")
+    assert cut.flush(timeout=10)
+    cut.close(timeout=5)
+    after = make_sink()  # and one of the next process's, newer
+    later_ids = emit_many(10, "b")
+    assert after.flush(timeout=10)
+    after.close(timeout=5)
+    oldest, _ = sorted((root / "spool").glob("*" + SUFFIX))
+    with caplog.at_level(logging.ERROR, "audit_middleware"):
+        replaying = make_sink()  # adopts both (the collector is still down)
+        size = oldest.stat().st_size
+        os.truncate(oldest, 3)
+        collector.start()
+        wait_until(lambda: collector.ids() == later_ids, timeout=30,
+                   message="the events of the spool file after the one cut short")
+        assert replaying.wait_for_delivery(timeout=20) is False  # not all arrived
+    stats = replaying.stats()
+    assert (stats["spool_corrupt_bytes"], stats["spool_bytes"]) == (size, 0)
+    assert (stats["replayed"], stats["dropped"]) == (10, 0)  # its header went with it
+    assert "torn or corrupt" in caplog.text and "cut short" in caplog.text
 
 
 def test_when_the_spool_is_full_events_are_dropped_counted_and_logged(

@@ -796,3 +796,95 @@ def test_a_spool_file_written_before_progress_files_existed_is_replayed(
     adopter = Spool(tmp_path, max_bytes=1 << 20)
     assert adopter.adopt_orphans() == 1
     assert drain(adopter) == bodies
+
+
+# -- files shorter than their records, things planted at a progress path ----------------
+def two_files(tmp_path: Path, counts: tuple[int, int]) -> tuple[list[bytes], list[Path]]:
+    """Two spool files left by closed processes, of ``counts`` batches each (the first
+    one older): their bodies, oldest first, and the files."""
+    bodies = batch_bodies(sum(counts), events=5)
+    for part in (bodies[:counts[0]], bodies[counts[0]:]):
+        spool = Spool(tmp_path, max_bytes=1 << 20)
+        for body in part:
+            assert spool.append(body)
+        spool.close()
+    return bodies, spool_files(tmp_path)
+
+
+#: Where a file is cut: in which of its records, how far into it (negative: from its end).
+CUTS = {
+    "in the file's first header": (0, 3),
+    "in a later record's header": (1, 5),
+    "at a header's end": (1, RECORD.size),
+    "in a batch header line": (1, RECORD.size + 20),
+    "after the batch header line": (1, -4),
+}
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+def test_a_file_cut_short_while_read_is_counted_and_replay_goes_on_to_the_next_file(
+        tmp_path: Path, cut: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A spool file shorter than its records say (cut by someone else once adopted, or a
+    failed write kept by ``_keep_failed`` whose fstat failed too): fewer bytes than a
+    record header where one should be raised struct.error from peek(), at every try,
+    and the sink's replay was stuck on that file forever; nothing after it was ever
+    delivered or counted. Now the missing tail is a damaged region like any other."""
+    bodies, (first, _) = two_files(tmp_path, (3, 2))
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 2  # sizes known from here on
+    size = first.stat().st_size
+    records = records_of(first)
+    which, into = CUTS[cut]
+    start, length = records[which]
+    os.truncate(first, start + (into if into >= 0 else length + into))
+    readable = cut == "after the batch header line"  # the cut record's events are known
+    assert drain(adopter) == bodies[:which] + bodies[3:]  # the second file is replayed
+    assert adopter.corrupt_bytes == size - start
+    assert adopter.lost_events == (5 if readable else 0)
+    assert "torn or corrupt" in caplog.text
+    assert spool_files(tmp_path) == [] and adopter.empty
+
+
+def test_a_record_cut_short_after_it_was_read_is_committed(tmp_path: Path) -> None:
+    """commit() read the record's header again to move past it: a file cut meanwhile
+    raised struct.error there, the acknowledged batch was never committed, and replay
+    was stuck on it (sent again at every try)."""
+    bodies, (first, _) = two_files(tmp_path, (2, 1))
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 2
+    assert adopter.peek() == bodies[0]
+    size = first.stat().st_size
+    os.truncate(first, 3)
+    adopter.commit()  # acknowledged: it is not sent again
+    assert drain(adopter) == [bodies[2]]
+    assert adopter.corrupt_bytes == size - (RECORD.size + len(bodies[0]))
+
+
+def test_a_failed_write_kept_whose_bytes_did_not_all_reach_the_file_does_not_stop_replay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write stopped after 3 bytes (EIO), the truncate failed and so did the fstat
+    that would have said how much was written: ``_keep_failed`` took the whole record as
+    kept, past the file's real end. Replayed by the same process, that record's header
+    was 3 bytes: struct.error at every peek, and the batches spooled after it (in a new
+    file) were never replayed."""
+    bodies = batch_bodies(3)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(bodies[0])
+    real_pwrite, calls = os.pwrite, []
+
+    def three_bytes_then_eio(fd: int, data: bytes, offset: int) -> int:
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pwrite(fd, bytes(data)[:3], offset)
+
+    monkeypatch.setattr(spool_module.os, "pwrite", three_bytes_then_eio)
+    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
+    monkeypatch.setattr(spool_module.os, "fstat", failing(errno.EIO, [], "fstat"))
+    assert spool.append(bodies[1])  # kept as spooled: its size was not known
+    monkeypatch.undo()
+    assert spool.append(bodies[2])  # into a new file: that one takes no more
+    assert len(spool_files(tmp_path)) == 2
+    assert drain(spool) == [bodies[0], bodies[2]]
+    assert spool.corrupt_bytes == RECORD.size + len(bodies[1])  # the loss is counted
+    assert spool_files(tmp_path) == []
