@@ -28,7 +28,8 @@ goes on from there: batches already acknowledged are not sent again, and a damag
 region is counted once, not once per process that adopts its file (but for the last
 step of a process killed before its progress write: repeated, never skipped). A spool
 file without one (an older version's) is replayed from its start. The record format is
-unchanged.
+unchanged. Anything but a regular file at a progress file's path is neither followed
+nor waited on (see ``_open_progress``), and said, with what to do.
 
 A batch whose write or fsync failed is truncated away and the caller counts it dropped;
 when even the truncate fails, its bytes stay in the file, so they are kept as spooled
@@ -317,8 +318,8 @@ class Spool:
         try:
             if f.progress_fd < 0:
                 f.progress_exists = True
-                f.progress_fd = os.open(_progress_path(f.path), os.O_RDWR | os.O_CREAT
-                                        | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                f.progress_fd = _open_progress(_progress_path(f.path),
+                                               os.O_RDWR | os.O_CREAT)
                 opened = True
             offset = f.read_pos.to_bytes(8, "big")
             _write_all(f.progress_fd, _OFFSET.pack(f.read_pos, zlib.crc32(offset)), 0)
@@ -335,8 +336,9 @@ class Spool:
                 log.error("audit spool %s: cannot record how far %s was replayed (%s): if "
                           "this process exits before replaying it whole, the process that "
                           "adopts it sends its acknowledged batches again (the collector "
-                          "drops the duplicates) and counts its corrupt bytes again; check "
-                          "the disk", self.directory, f.path.name, exc)
+                          "drops the duplicates) and counts its corrupt bytes again; %s",
+                          self.directory, f.path.name, exc,
+                          _REMOVE_IT if isinstance(exc, _Planted) else "check the disk")
 
     def _remove_head(self) -> None:
         head = self._files[0]
@@ -426,8 +428,11 @@ class Spool:
                 continue
             size = os.fstat(fd).st_size
             path = Path(entry.path)
-            read_pos, found = _load_progress(path, size)
-            adopted.append(_File(path, fd, size, read_pos, progress_exists=found))
+            read_pos, found, planted = _load_progress(path, size)
+            # Something planted at its progress path was said (and what to do): not
+            # said again at each file's first progress write that it refuses.
+            adopted.append(_File(path, fd, size, read_pos, progress_exists=found,
+                                 progress_failed=planted))
         return adopted
 
     def _close_opening(self, fd: int) -> None:
@@ -631,16 +636,76 @@ def _progress_path(path: Path) -> Path:
     return path.with_name(path.name[:-len(SUFFIX)] + PROGRESS)
 
 
-def _load_progress(path: Path, size: int) -> tuple[int, bool]:
+class _Planted(OSError):
+    """Something other than a regular file at a progress file's path (see
+    ``_open_progress``): a mistake or a leftover to remove, not a failing disk."""
+
+
+#: What to do about something planted at a progress file's path.
+_REMOVE_IT = ("remove it: the spool writes its progress file there, and nothing of the "
+              "spool is in what is there now")
+
+
+def _open_progress(path: Path, flags: int) -> int:
+    """Open the progress file ``path`` with ``flags``: a regular file, or none when
+    ``flags`` creates one. Non-blocking: a FIFO there held a read-only ``open`` until a
+    process opened it to write, which none does (the sink's worker stuck for good). A
+    symbolic link is not followed; it, a directory, a FIFO, a socket or a device raises
+    ``_Planted`` naming what is there (FileNotFoundError: nothing is)."""
+    flags |= os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:  # ELOOP (a link), EISDIR (a directory opened to write), ...
+        kind = _kind_at(path)
+        if kind:
+            raise _Planted(f"{path} is {kind}, not a replay progress file") from exc
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _Planted(f"{path} is {_kind(mode)}, not a replay progress file")
+    return fd
+
+
+def _kind_at(path: Path) -> str:
+    """What is at ``path`` when it is no regular file ("" when it is one, or nothing)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return ""
+    return "" if stat.S_ISREG(mode) else _kind(mode)
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "something other than a regular file"
+
+
+def _load_progress(path: Path, size: int) -> tuple[int, bool, bool]:
     """Where replay of the adopted spool file ``path`` (of ``size`` bytes) goes on: the
-    offset its progress file holds, or 0 (its start) when there is none; and whether
-    there is one. A damaged one is said, and the file replayed from its start: its
+    offset its progress file holds, or 0 (its start) when there is none; whether there
+    is one; and whether something other than a file is at its path (said here, with
+    what to do). A damaged one is said, and the file replayed from its start: its
     acknowledged batches are sent again (the collector drops the duplicates), never
     skipped unsent."""
     try:
-        fd = os.open(_progress_path(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = _open_progress(_progress_path(path), os.O_RDONLY)
     except FileNotFoundError:
-        return 0, False
+        return 0, False, False
+    except _Planted as exc:
+        log.error("audit spool: %s: %s; until then %s is replayed from its start when "
+                  "adopted, and how far it was replayed is not kept (batches already "
+                  "acknowledged are sent again, the collector drops the duplicates; its "
+                  "corrupt regions are counted again)", exc, _REMOVE_IT, path.name)
+        return 0, True, True
     except OSError as exc:
         data, problem = b"", f"cannot be read ({exc})"
     else:
@@ -652,7 +717,7 @@ def _load_progress(path: Path, size: int) -> tuple[int, bool]:
             os.close(fd)
     if not problem:
         if not data:
-            return 0, True  # made, not yet written when its process died: nothing in it
+            return 0, True, False  # made, not yet written when its process died
         if len(data) != _OFFSET.size:
             # (data holds one byte more than an offset at most: a longer file)
             problem = (f"is longer than {_OFFSET.size} bytes" if len(data) > _OFFSET.size
@@ -664,12 +729,12 @@ def _load_progress(path: Path, size: int) -> tuple[int, bool]:
             elif offset > size:
                 problem = f"says {offset} bytes, past the file's {size}"
             else:
-                return offset, True
+                return offset, True, False
     log.error("audit spool: the replay progress of %s %s: the file is replayed from its "
               "start, nothing in it is lost (batches already acknowledged are sent again, "
               "the collector drops the duplicates; its corrupt regions are counted "
               "again); if this recurs, check the disk", path.name, problem)
-    return 0, True
+    return 0, True, False
 
 
 def _remove_if_alone(progress: Path) -> None:

@@ -888,3 +888,85 @@ def test_a_failed_write_kept_whose_bytes_did_not_all_reach_the_file_does_not_sto
     assert drain(spool) == [bodies[0], bodies[2]]
     assert spool.corrupt_bytes == RECORD.size + len(bodies[1])  # the loss is counted
     assert spool_files(tmp_path) == []
+
+
+def progress_path_of(path: Path) -> Path:
+    return path.with_name(path.name[:-len(SUFFIX)] + spool_module.PROGRESS)
+
+
+def plant(progress: Path, planted: str) -> None:
+    """Put ``planted`` (what the spool names it) at a progress file's path."""
+    if planted == "directory":
+        progress.mkdir()
+    elif planted == "symbolic link":
+        progress.symlink_to(progress.parent / "elsewhere")
+    else:
+        os.mkfifo(progress, 0o600)
+
+
+def test_a_fifo_at_a_progress_path_does_not_block_adoption(tmp_path: Path) -> None:
+    """The progress file was opened without O_NONBLOCK: a FIFO planted at its path
+    blocked the sink's worker in open() for ever (nobody writes to it). Now it is
+    refused as what it is, and its spool file replayed from its start."""
+    bodies = batch_bodies(2)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for body in bodies:
+        assert spool.append(body)
+    spool.close()
+    (path,) = spool_files(tmp_path)
+    plant(progress_path_of(path), "named pipe (FIFO)")
+    code = ("import logging, sys\nlogging.basicConfig(stream=sys.stderr)\n"
+            "from audit_middleware.shipper.spool import Spool\n"
+            "s = Spool(sys.argv[1], max_bytes=1 << 20)\nassert s.adopt_orphans() == 1\n"
+            "out = []\nwhile (body := s.peek()) is not None:\n"
+            "    out.append(body.decode())\n    s.commit()\n"
+            "print(len(out), out == sys.argv[2:])\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path),
+                               *(b.decode() for b in bodies)],
+                              check=False, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("adopting a spool file whose progress path is a FIFO never returned")
+    assert done.stdout.split() == ["2", "True"], done.stderr
+    assert "is a named pipe (FIFO)" in done.stderr and "remove it" in done.stderr
+    assert "check the disk" not in done.stderr
+
+
+@pytest.mark.parametrize("planted", ["symbolic link", "directory"])
+def test_something_planted_at_a_progress_path_is_named_with_what_to_do(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, planted: str) -> None:
+    """A symbolic link or a directory at ``<name>.spool-read`` (progress cannot be kept
+    for that file) was logged as a read error ending "check the disk": the disk is
+    fine, and nothing said to remove what is there."""
+    bodies = batch_bodies(2)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for body in bodies:
+        assert spool.append(body)
+    spool.close()
+    (path,) = spool_files(tmp_path)
+    progress = progress_path_of(path)
+    plant(progress, planted)
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == bodies  # replayed from its start, nothing lost
+    assert f"is a {planted}" in caplog.text and "remove it" in caplog.text
+    assert str(progress) in caplog.text
+    assert "check the disk" not in caplog.text
+
+
+@pytest.mark.parametrize("planted", ["symbolic link", "directory", "named pipe (FIFO)"])
+def test_something_planted_at_a_progress_path_while_replaying_is_named_too(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, planted: str) -> None:
+    """Met at the first progress write of a file this process spooled itself: the
+    write's error (ELOOP, EISDIR, ESPIPE) ended "check the disk" too."""
+    bodies = batch_bodies(3)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for body in bodies:
+        assert spool.append(body)
+    (path,) = spool_files(tmp_path)
+    progress = progress_path_of(path)
+    plant(progress, planted)
+    assert drain(spool) == bodies
+    assert f"is a {planted}" in caplog.text and "remove it" in caplog.text
+    assert str(progress) in caplog.text
+    assert "check the disk" not in caplog.text
