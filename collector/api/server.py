@@ -231,16 +231,18 @@ class ApiServer:
 
 
 def _close(conn: Any) -> bool:
-    """Closes a uvicorn connection; False if it was closing already. A TLS one is
-    aborted: ``close()`` sends close_notify and keeps the socket until the client
-    answers it, up to asyncio's ``ssl_shutdown_timeout`` (30 s), so a client that stalled
-    and then stopped reading held a counted socket that long after the guard gave up on
-    it. What the guard closes has nothing left worth the TLS goodbye (its request
-    stalled, or it sat idle after its answer)."""
+    """Closes a uvicorn connection; False if it was closing already. A TLS one with
+    nothing left to send is aborted: ``close()`` sends close_notify and keeps the socket
+    until the client answers it, up to asyncio's ``ssl_shutdown_timeout`` (30 s), so a
+    client that stalled and then stopped reading held a counted socket that long after
+    the guard gave up on it. One whose answer is still being sent (written in full by
+    the app, so "waiting" here, but in the transport's buffers for a slow reader) is
+    closed instead: aborting it cut the answer short; asyncio's close delivers it first,
+    within those 30 s."""
     transport = getattr(conn, "transport", None)
     if transport is None:
         return False
-    if transport.get_extra_info("sslcontext") is not None:
+    if transport.get_extra_info("sslcontext") is not None and not _unsent(transport):
         # Closing already counts too: uvicorn's own close of an idle keep-alive
         # (``timeout_keep_alive``) waits for that close_notify the same way.
         transport.abort()
@@ -249,6 +251,16 @@ def _close(conn: Any) -> bool:
         return False
     transport.close()  # a plain TCP close is at once, its FIN cleaner than a reset
     return True
+
+
+def _unsent(transport: Any) -> int:
+    """Bytes a TLS transport holds that the client has not been sent yet: its own
+    buffers and those of the TCP transport beneath it (asyncio's ``_SSLProtocolTransport``
+    keeps that one private: ``tests/api/test_connection_guard.py`` fails if a Python
+    release renames it). What the kernel holds is sent after an abort too."""
+    tcp = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    return int(transport.get_write_buffer_size()) + (
+        int(tcp.get_write_buffer_size()) if tcp is not None else 0)
 
 
 async def start_api(store: Any, config: Any) -> ApiServer | None:
