@@ -224,6 +224,14 @@ class ApiServer:
         self.server.should_exit = True
         if self._main is not None:
             await self._main
+        # uvicorn's shutdown closes an idle connection with close(), which over TLS waits
+        # for the client's close_notify: a client that does not read its idle kept-alive
+        # connection (a pool's) held the stop for all of drain_timeout. Nothing is left
+        # to finish on it: closed here as the guard closes it (over TLS, aborted).
+        for conn in list(self.server.server_state.connections):
+            cycle = getattr(conn, "cycle", None)
+            if cycle is None or cycle.response_complete:
+                _close(conn)
         await self.server.shutdown(sockets=[self._socket] if self._socket else None)
         await self._report_unrecorded_denials(now=True)
         api: Api = self.app.state.api

@@ -412,3 +412,55 @@ def _big(size: int) -> Callable[[Request], Awaitable[PlainTextResponse]]:
     async def big(request: Request) -> PlainTextResponse:
         return PlainTextResponse("x" * size)
     return big
+
+
+def test_a_stop_does_not_wait_for_an_idle_tls_client_that_does_not_read(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn's shutdown closes an idle kept-alive connection with ``close()``: over TLS
+    that waits for the client's close_notify, and a client that does not read its idle
+    connection (a pooled keep-alive) held the stop for the whole ``drain_timeout``,
+    logged as an error by uvicorn. It has nothing to finish: aborted, as the guard does;
+    a request in progress is still answered before the stop."""
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+
+    async def main() -> None:
+        app = Starlette(routes=[Route("/", _hello), Route("/slow", _slow)])
+        app.state.api = SimpleNamespace(close=lambda: None)
+        served = api_server.ApiServer(app, "127.0.0.1", 0, tls_cert=cert, tls_key=key,
+                                      drain_timeout=2.0)
+        await served.start()
+        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+
+        def answered_then_silent() -> ssl.SSLSocket:
+            raw = socket.create_connection((host, int(port)), timeout=5)
+            tls = client_tls.wrap_socket(raw, server_hostname=host)
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"hello"):
+                answer += tls.recv(4096)
+            return tls  # idle, never read again: a close_notify stays unanswered
+
+        client = await asyncio.get_running_loop().run_in_executor(None, answered_then_silent)
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=client_tls)
+        try:
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")  # 1.5 s
+            async with asyncio.timeout(5):
+                while not any(getattr(c, "cycle", None)
+                              for c in served.server.server_state.connections
+                              if c.transport.get_extra_info("peername")
+                              == writer.get_extra_info("sockname")):
+                    await asyncio.sleep(0.01)
+            await served.shutdown()
+            async with asyncio.timeout(5):
+                answer = await reader.read()
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done")
+        finally:
+            client.close()
+            writer.close()
+
+    with caplog.at_level("ERROR", logger="uvicorn.error"):
+        asyncio.run(main())
+    assert "timeout graceful shutdown exceeded" not in caplog.text
