@@ -162,48 +162,63 @@ class ApiServer:
     async def _guard_connections(self) -> None:
         loop = asyncio.get_running_loop()
         waiting_since: dict[tuple[int, int, str], float] = {}
+        failures = 0
         while True:
             await asyncio.sleep(GUARD_INTERVAL)
             await self._report_unrecorded_denials()
-            now = loop.time()
-            connections = list(self.server.server_state.connections)
-            seen: dict[tuple[int, int, str], float] = {}
-            waiting: list[tuple[float, Callable[[], bool], bool]] = []
-            for conn in connections:
-                cycle = getattr(conn, "cycle", None)
-                if cycle is None or cycle.response_complete:
-                    state, limit = "waiting", HEADER_TIMEOUT
-                elif (getattr(cycle, "more_body", False)
-                      and getattr(cycle, "scope", {}).get("path") in BODY_BEFORE_AUTH):
-                    # A sign-in's body still arriving: it is read before any token is
-                    # checked, so a stalled one must not hold its socket forever either.
-                    state, limit = "sign-in body", BODY_TIMEOUT
-                else:
-                    state, limit = "in progress", None  # the app's business, not ours
-                # A new request, or a request in a new state: a new key, timed from now.
-                key = (id(conn), id(cycle), state)
-                since = seen[key] = waiting_since.get(key, now)
-                if limit is not None:
-                    waiting.append((since + limit, functools.partial(_close, conn), False))
-            waiting_since = seen
-            # Unfinished TLS handshakes count too, and are closed soonest deadline first
-            # among the rest; only above the limit (their own timeout ends them otherwise).
-            tls = self.tls
-            handshakes = list(tls.pending) if tls is not None else []
-            for handshake in handshakes:
-                assert tls is not None
-                waiting.append((handshake.started + self.handshake_timeout,
-                                functools.partial(tls.evict, handshake), True))
-            excess = len(connections) + len(handshakes) - self._limit()
-            for deadline, close, only_above_limit in sorted(waiting, key=lambda item: item[0]):
-                if excess <= 0:
-                    if now < deadline:
-                        break
-                    if only_above_limit:
-                        continue
-                if close():
-                    self.closed_by_guard += 1
-                excess -= 1
+            try:
+                waiting_since = self._guard_pass(loop.time(), waiting_since)
+            except Exception:
+                # The guard must outlive any one connection's surprise (asyncio's TLS
+                # transport raises AttributeError once closed twice): its task ending
+                # left every later deadline unkept, silently.
+                failures += 1
+                if failures & (failures - 1) == 0:  # at 1, 2, 4, 8, ... failures
+                    log.exception("query API: the connection guard's pass failed (%d "
+                                  "times so far); it goes on at the next", failures)
+
+    def _guard_pass(self, now: float, waiting_since: dict[tuple[int, int, str], float]
+                    ) -> dict[tuple[int, int, str], float]:
+        """One pass: the connections past their deadline, and above the limit those
+        nearest it, closed. Returns since when each connection waits, for the next."""
+        connections = list(self.server.server_state.connections)
+        seen: dict[tuple[int, int, str], float] = {}
+        waiting: list[tuple[float, Callable[[], bool], bool]] = []
+        for conn in connections:
+            cycle = getattr(conn, "cycle", None)
+            if cycle is None or cycle.response_complete:
+                state, limit = "waiting", HEADER_TIMEOUT
+            elif (getattr(cycle, "more_body", False)
+                  and getattr(cycle, "scope", {}).get("path") in BODY_BEFORE_AUTH):
+                # A sign-in's body still arriving: it is read before any token is
+                # checked, so a stalled one must not hold its socket forever either.
+                state, limit = "sign-in body", BODY_TIMEOUT
+            else:
+                state, limit = "in progress", None  # the app's business, not ours
+            # A new request, or a request in a new state: a new key, timed from now.
+            key = (id(conn), id(cycle), state)
+            since = seen[key] = waiting_since.get(key, now)
+            if limit is not None:
+                waiting.append((since + limit, functools.partial(_close, conn), False))
+        # Unfinished TLS handshakes count too, and are closed soonest deadline first
+        # among the rest; only above the limit (their own timeout ends them otherwise).
+        tls = self.tls
+        handshakes = list(tls.pending) if tls is not None else []
+        for handshake in handshakes:
+            assert tls is not None
+            waiting.append((handshake.started + self.handshake_timeout,
+                            functools.partial(tls.evict, handshake), True))
+        excess = len(connections) + len(handshakes) - self._limit()
+        for deadline, close, only_above_limit in sorted(waiting, key=lambda item: item[0]):
+            if excess <= 0:
+                if now < deadline:
+                    break
+                if only_above_limit:
+                    continue
+            if close():
+                self.closed_by_guard += 1
+            excess -= 1
+        return seen
 
     async def _report_unrecorded_denials(self, *, now: bool = False) -> None:
         """Refused attempts past the denials' budget are written once their window is

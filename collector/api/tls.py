@@ -144,7 +144,18 @@ class TlsListener:
                     self.evict(next(iter(self.pending)))
                 await asyncio.sleep(ACCEPT_RETRY)
                 continue
-            self._admit(conn, _peer(address))
+            try:
+                self._admit(conn, _peer(address))
+            except Exception:
+                # Only the accepted connection's: the loop ending left the API taking no
+                # connection again while the collector ran on.
+                conn.close()
+                self.counters["internal_errors"] += 1
+                n = self._failures.count("admit")
+                if n is not None:
+                    log.exception("query API: admitting a connection failed (%d times so "
+                                  "far); it was closed", n)
+                continue
             # A flood's connections are all ready at once: let their handshakes (and the
             # rest of the collector, ingest included) run between two accepts.
             await asyncio.sleep(0)
