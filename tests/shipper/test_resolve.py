@@ -195,6 +195,32 @@ def test_an_address_needs_no_lookup_thread(resolver: Resolver,
     assert all(args[-1] == socket.AI_NUMERICHOST for args in asked)  # no resolver asked
 
 
+#: The scripts' common end: a child forked by ``fork`` resolves the collector's name and
+#: hands its outcome to the parent, which prints ``ANSWERED <outcome>``, or ``HUNG`` if the
+#: child is still at it after ``seconds``.
+RESOLVE_IN_CHILD = r"""
+def resolve_in_child(fork, timeout, seconds):
+    read_end, write_end = os.pipe()
+    pid = fork()
+    if pid == 0:
+        try:
+            outcome = repr(endpoint.resolve("collector", 7100, timeout))
+        except BaseException as exc:
+            outcome = repr(exc)
+        os.write(write_end, outcome.encode()[:500])
+        os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + seconds
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() >= deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("HUNG")
+            sys.exit(0)
+        time.sleep(0.05)
+    print("ANSWERED", os.read(read_end, 1000).decode())
+"""
+
 FORKED_WITHOUT_HOOKS = r"""
 import ctypes, os, socket, sys, threading, time
 from audit_middleware.shipper import endpoint
@@ -211,25 +237,7 @@ def hold():
 
 threading.Thread(target=hold, daemon=True).start()
 assert holding.wait(5)
-read_end, write_end = os.pipe()
-pid = ctypes.PyDLL(None).fork()  # the GIL held: no Python at-fork hook runs
-if pid == 0:
-    try:
-        outcome = repr(endpoint.resolve("collector", 7100, 0.3))
-    except BaseException as exc:
-        outcome = repr(exc)
-    os.write(write_end, outcome.encode()[:500])
-    os._exit(0)
-os.close(write_end)
-deadline = time.monotonic() + 5
-while os.waitpid(pid, os.WNOHANG) == (0, 0):
-    if time.monotonic() >= deadline:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        print("HUNG")
-        sys.exit(0)
-    time.sleep(0.05)
-print("ANSWERED", os.read(read_end, 1000).decode())
+resolve_in_child(ctypes.PyDLL(None).fork, 0.3, 5)  # the GIL held: no at-fork hook runs
 release.set()
 """
 
@@ -247,7 +255,7 @@ def test_a_child_forked_without_the_at_fork_hook_does_not_wait_for_the_parents_l
     test's leftover thread held (CI hung on one such), which is not what is tested."""
     from tests.e2e.harness import run_python
 
-    done = run_python(FORKED_WITHOUT_HOOKS, timeout=30)
+    done = run_python(RESOLVE_IN_CHILD + FORKED_WITHOUT_HOOKS, timeout=30)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ANSWERED") and "127.0.0.1" in done.stdout, (
         done.stdout, done.stderr[-2000:])
@@ -269,25 +277,7 @@ socket.getaddrinfo = getaddrinfo
 endpoint.resolve("collector", 7100, 1.0)  # answered: the answer is kept
 hang.set()
 endpoint.resolve("collector", 7100, 0.1)  # a lookup left hanging in the parent
-read_end, write_end = os.pipe()
-pid = os.fork() if sys.argv[1] == "os.fork" else ctypes.PyDLL(None).fork()
-if pid == 0:
-    try:
-        outcome = repr(endpoint.resolve("collector", 7100, 60.0))
-    except BaseException as exc:
-        outcome = repr(exc)
-    os.write(write_end, outcome.encode()[:500])
-    os._exit(0)
-os.close(write_end)
-deadline = time.monotonic() + 10
-while os.waitpid(pid, os.WNOHANG) == (0, 0):
-    if time.monotonic() >= deadline:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        print("HUNG")
-        sys.exit(0)
-    time.sleep(0.05)
-print("ANSWERED", os.read(read_end, 1000).decode())
+resolve_in_child(os.fork if sys.argv[1] == "os.fork" else ctypes.PyDLL(None).fork, 60.0, 10)
 """
 
 
@@ -300,7 +290,7 @@ def test_a_child_forked_during_an_outage_uses_the_last_answer(fork: str) -> None
     without (uWSGI forks in C), in a fresh interpreter (see the test above)."""
     from tests.e2e.harness import run_python
 
-    done = run_python(FORKED_DURING_AN_OUTAGE, fork, timeout=30)
+    done = run_python(RESOLVE_IN_CHILD + FORKED_DURING_AN_OUTAGE, fork, timeout=30)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ANSWERED") and "127.0.0.1" in done.stdout, (
         done.stdout, done.stderr[-2000:])
