@@ -89,6 +89,22 @@ def _run(test: Callable[[api_server.ApiServer], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
+def _run_tls(tmp_path: Path, test: Callable[[api_server.ApiServer, ssl.SSLContext],
+                                           Awaitable[None]]) -> None:
+    """``test`` against the API over TLS (a self-signed certificate), with a client
+    context that trusts it."""
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+
+    async def main() -> None:
+        async with _serving(tls=(cert, key)) as served:
+            await test(served, client_tls)
+
+    asyncio.run(main())
+
+
 def test_a_half_sent_request_is_closed_after_the_header_timeout() -> None:
     _run(lambda served: _closed_at_its_deadline(
         served, b"GET / HTTP/1.1\r\nHost: test\r\n"))  # the blank line never comes
@@ -210,13 +226,10 @@ def test_above_the_cap_unfinished_tls_handshakes_count_too(
     unfinished handshakes to uvicorn's connections, and above the cap closes the one
     nearest its deadline: here the silent handshake (10 s) before two connections
     waiting for the rest of their request (60 s here). Before, it was not seen at all."""
-    from tests.shipper.test_collector_sink import self_signed_certificate
 
     monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
-    cert, key = self_signed_certificate(tmp_path)
-    client_tls = ssl.create_default_context(cafile=str(cert))
 
-    async def test(served: api_server.ApiServer) -> None:
+    async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.max_connections = 2
         host, port = served.url.removeprefix("https://").rsplit(":", 1)
         waiting = []
@@ -240,11 +253,7 @@ def test_above_the_cap_unfinished_tls_handshakes_count_too(
         assert closed == [False, False]
         assert served.closed_by_guard == 1
 
-    async def main() -> None:
-        async with _serving(tls=(cert, key)) as served:
-            await test(served)
-
-    asyncio.run(main())
+    _run_tls(tmp_path, test)
 
 
 async def _stream_closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
@@ -266,12 +275,9 @@ def test_a_tls_connection_the_guard_closes_frees_its_socket_at_once(
     request and then never reads held a counted socket that long after the guard had
     closed it, and a flood of them held the limit. The guard aborts what it closes: a
     connection it gives up on has nothing left worth a TLS goodbye."""
-    from tests.shipper.test_collector_sink import self_signed_certificate
 
-    cert, key = self_signed_certificate(tmp_path)
-    client_tls = ssl.create_default_context(cafile=str(cert))
 
-    async def test(served: api_server.ApiServer) -> None:
+    async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         host, port = served.url.removeprefix("https://").rsplit(":", 1)
         loop = asyncio.get_running_loop()
 
@@ -296,11 +302,7 @@ def test_a_tls_connection_the_guard_closes_frees_its_socket_at_once(
         finally:
             client.close()
 
-    async def main() -> None:
-        async with _serving(tls=(cert, key)) as served:
-            await test(served)
-
-    asyncio.run(main())
+    _run_tls(tmp_path, test)
 
 
 def test_a_tls_keepalive_uvicorn_closed_is_freed_at_the_header_timeout(
@@ -309,12 +311,9 @@ def test_a_tls_keepalive_uvicorn_closed_is_freed_at_the_header_timeout(
     over TLS that kept the socket up to 30 s for a client that never answers the
     close_notify, and the guard, finding it closing, left it alone. It is aborted at the
     guard's own deadline instead."""
-    from tests.shipper.test_collector_sink import self_signed_certificate
 
-    cert, key = self_signed_certificate(tmp_path)
-    client_tls = ssl.create_default_context(cafile=str(cert))
 
-    async def test(served: api_server.ApiServer) -> None:
+    async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.config.timeout_keep_alive = 0.2  # uvicorn's close comes first
         host, port = served.url.removeprefix("https://").rsplit(":", 1)
         loop = asyncio.get_running_loop()
@@ -336,11 +335,7 @@ def test_a_tls_keepalive_uvicorn_closed_is_freed_at_the_header_timeout(
         finally:
             client.close()
 
-    async def main() -> None:
-        async with _serving(tls=(cert, key)) as served:
-            await test(served)
-
-    asyncio.run(main())
+    _run_tls(tmp_path, test)
 
 
 def test_a_tls_answer_still_being_delivered_is_not_cut_by_the_guard(
@@ -350,13 +345,10 @@ def test_a_tls_answer_still_being_delivered_is_not_cut_by_the_guard(
     (``response_complete``) and, after uvicorn's keep-alive close, closing already.
     Aborting it then dropped the tail of the answer; the guard may only abort a TLS
     connection with nothing of its answer left unsent."""
-    from tests.shipper.test_collector_sink import self_signed_certificate
 
-    cert, key = self_signed_certificate(tmp_path)
-    client_tls = ssl.create_default_context(cafile=str(cert))
     size = 8 * 1024 * 1024  # far more than the kernel buffers of a client not reading
 
-    async def test(served: api_server.ApiServer) -> None:
+    async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.config.timeout_keep_alive = 0.2  # uvicorn's close comes first
         served.app.router.routes.append(Route("/big", _big(size)))
         host, port = served.url.removeprefix("https://").rsplit(":", 1)
@@ -401,11 +393,7 @@ def test_a_tls_answer_still_being_delivered_is_not_cut_by_the_guard(
         assert head.startswith(b"HTTP/1.1 200")
         assert len(body) == size  # before: 2.8 MB of the 8 arrived, then the cut
 
-    async def main() -> None:
-        async with _serving(tls=(cert, key)) as served:
-            await test(served)
-
-    asyncio.run(main())
+    _run_tls(tmp_path, test)
 
 
 def _big(size: int) -> Callable[[Request], Awaitable[PlainTextResponse]]:
@@ -503,7 +491,6 @@ def test_the_tls_accept_loop_outlives_a_connection_it_fails_to_admit(
     accept loop, and the API took no connection again while the collector ran on. The
     connection is closed, logged, and the next one served."""
     from collector.api import tls as api_tls
-    from tests.shipper.test_collector_sink import self_signed_certificate
 
     real_peer = api_tls._peer
     calls = 0
@@ -516,10 +503,8 @@ def test_the_tls_accept_loop_outlives_a_connection_it_fails_to_admit(
         return real_peer(address)
 
     monkeypatch.setattr(api_tls, "_peer", peer_failing_once)
-    cert, key = self_signed_certificate(tmp_path)
-    client_tls = ssl.create_default_context(cafile=str(cert))
 
-    async def test(served: api_server.ApiServer) -> None:
+    async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         host, port = served.url.removeprefix("https://").rsplit(":", 1)
         first = socket.create_connection((host, int(port)), timeout=5)
         first.setblocking(False)
@@ -534,9 +519,5 @@ def test_the_tls_accept_loop_outlives_a_connection_it_fails_to_admit(
         writer.close()
         assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"hello")
 
-    async def main() -> None:
-        async with _serving(tls=(cert, key)) as served:
-            await test(served)
-
-    asyncio.run(main())
+    _run_tls(tmp_path, test)
     assert "query API: admitting a connection failed" in caplog.text
