@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ def drain(spool: Spool) -> list[bytes]:
 
 def spool_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*" + SUFFIX))
+
+
+def spool_file_of(directory: Path, bodies: Iterable[bytes], **options: int) -> Path:
+    """The one spool file a closed ``Spool`` in ``directory`` wrote ``bodies`` to."""
+    spool = Spool(directory, **{"max_bytes": 1 << 20, **options})
+    for body in bodies:
+        assert spool.append(body)
+    spool.close()
+    (path,) = spool_files(directory)
+    return path
 
 
 def test_records_come_back_in_append_order(tmp_path: Path) -> None:
@@ -177,11 +188,7 @@ def records_of(path: Path) -> list[tuple[int, int]]:
 
 
 def three_records(tmp_path: Path) -> Path:
-    spool = Spool(tmp_path, max_bytes=1 << 20)
-    for body in (b"first", b"second", b"third"):
-        assert spool.append(body)
-    spool.close()
-    (path,) = spool_files(tmp_path)
+    path = spool_file_of(tmp_path, (b"first", b"second", b"third"))
     return path
 
 
@@ -234,11 +241,7 @@ def test_the_events_of_a_corrupt_region_are_counted_when_their_header_is_readabl
         tmp_path: Path) -> None:
     bodies = [encode_batch_body("app:1:ab", [i * 3 + 1, i * 3 + 2, i * 3 + 3],
                                 [b'{"n":%d}\n' % j for j in range(3)]) for i in range(3)]
-    spool = Spool(tmp_path, max_bytes=1 << 20)
-    for body in bodies:
-        spool.append(body)
-    spool.close()
-    (path,) = spool_files(tmp_path)
+    path = spool_file_of(tmp_path, bodies)
     (_, _), (second, size), _ = records_of(path)
     data = bytearray(path.read_bytes())
     data[second + size - 3] ^= 0xFF  # an event line of the second record
@@ -500,11 +503,8 @@ def test_counting_the_events_of_a_corrupt_region_is_linear_in_its_size(
 def damaged_spool(tmp_path: Path, bodies: list[bytes], damaged: set[int]) -> Path:
     """One spool file of ``bodies``, the records numbered in ``damaged`` with a byte of
     their last event line flipped (their crc32 fails; their header stays readable)."""
-    spool = Spool(tmp_path, max_bytes=1 << 30, file_bytes=1 << 30)
-    for body in bodies:
-        assert spool.append(body)
-    spool.close()
-    (path,) = spool_files(tmp_path)
+    path = spool_file_of(tmp_path, bodies, max_bytes=1 << 30,
+                         file_bytes=1 << 30)
     data = bytearray(path.read_bytes())
     for i, (offset, size) in enumerate(records_of(path)):
         if i in damaged:
@@ -909,11 +909,7 @@ def test_a_fifo_at_a_progress_path_does_not_block_adoption(tmp_path: Path) -> No
     blocked the sink's worker in open() for ever (nobody writes to it). Now it is
     refused as what it is, and its spool file replayed from its start."""
     bodies = batch_bodies(2)
-    spool = Spool(tmp_path, max_bytes=1 << 20)
-    for body in bodies:
-        assert spool.append(body)
-    spool.close()
-    (path,) = spool_files(tmp_path)
+    path = spool_file_of(tmp_path, bodies)
     plant(progress_path_of(path), "named pipe (FIFO)")
     code = ("import logging, sys\nlogging.basicConfig(stream=sys.stderr)\n"
             "from audit_middleware.shipper.spool import Spool\n"
@@ -939,11 +935,7 @@ def test_something_planted_at_a_progress_path_is_named_with_what_to_do(
     for that file) was logged as a read error ending "check the disk": the disk is
     fine, and nothing said to remove what is there."""
     bodies = batch_bodies(2)
-    spool = Spool(tmp_path, max_bytes=1 << 20)
-    for body in bodies:
-        assert spool.append(body)
-    spool.close()
-    (path,) = spool_files(tmp_path)
+    path = spool_file_of(tmp_path, bodies)
     progress = progress_path_of(path)
     plant(progress, planted)
     adopter = Spool(tmp_path, max_bytes=1 << 20)
