@@ -12,6 +12,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -454,22 +455,29 @@ def test_a_stop_does_not_wait_for_an_idle_tls_client_that_does_not_read(
     assert "timeout graceful shutdown exceeded" not in caplog.text
 
 
+def _failing_once(monkeypatch: pytest.MonkeyPatch, module: object, name: str,
+                  error: Exception) -> list[int]:
+    """``module.name`` raising ``error`` at its first call, then itself; the calls
+    counted in the list returned."""
+    real = getattr(module, name)
+    calls = [0]
+
+    def failing_once(*args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise error
+        return real(*args)
+
+    monkeypatch.setattr(module, name, failing_once)
+    return calls
+
 def test_the_guard_outlives_a_connection_it_fails_to_close(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """An exception from one connection (asyncio's TLS transport raises AttributeError
     once closed twice) ended the guard's task for good: no deadline was kept after it,
     silently. The guard logs it and goes on; the connection is closed at its next pass."""
-    real_close = api_server._close
-    calls = 0
-
-    def close_failing_once(conn: object) -> bool:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise AttributeError("'NoneType' object has no attribute 'get_extra_info'")
-        return real_close(conn)
-
-    monkeypatch.setattr(api_server, "_close", close_failing_once)
+    calls = _failing_once(monkeypatch, api_server, "_close", AttributeError(
+        "'NoneType' object has no attribute 'get_extra_info'"))
 
     async def test(served: api_server.ApiServer) -> None:
         sock = _connect(served)
@@ -480,7 +488,7 @@ def test_the_guard_outlives_a_connection_it_fails_to_close(
             sock.close()
 
     _run(test)
-    assert calls >= 2
+    assert calls[0] >= 2
     assert "query API: the connection guard's pass failed" in caplog.text
 
 
@@ -492,17 +500,7 @@ def test_the_tls_accept_loop_outlives_a_connection_it_fails_to_admit(
     connection is closed, logged, and the next one served."""
     from collector.api import tls as api_tls
 
-    real_peer = api_tls._peer
-    calls = 0
-
-    def peer_failing_once(address: object) -> str:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise ValueError("an address of a shape never seen")
-        return real_peer(address)
-
-    monkeypatch.setattr(api_tls, "_peer", peer_failing_once)
+    _failing_once(monkeypatch, api_tls, "_peer", ValueError("an address of a shape never seen"))
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         host, port = served.url.removeprefix("https://").rsplit(":", 1)
