@@ -6,13 +6,18 @@ from theft; ``collector.integrity.ledger``). On a disk full to the last byte tha
 cannot be written, so retention deleted nothing, the disk stayed full, and the store
 took no record until someone freed space by hand, however old its segments were. The
 store therefore keeps a ``reserve`` file of ``RESERVE_BYTES`` in the data directory:
-when the retention digest meets a full disk, the reserve is deleted and the digest
-written in its place, then the segments. The reserve is made again right after, out of
-the space the deletions freed, before the apps' retried batches take it: made later
-(once the disk had room to spare), it never was, as ingest refilled each freed segment
-within a second, and the next pass met a full disk again with no reserve
-(``tests/faults/test_disk_full.py``). Never out of the last free bytes
-(``RESERVE_ROOM``).
+when the retention digest meets a full disk, a slice of the reserve (``SLICE``, cut off
+its end; more slices if the digest needs them) is released and the digest written in
+its room, then the segments deleted. The reserve is made whole again right after each
+deletion, out of the space it freed, before anything else may take it, however little
+that is (no room to spare asked for, ``RESERVE_ROOM``, as when it is made otherwise):
+made later (once the disk had room to spare), it never was, as ingest refilled each
+freed segment within a second (``tests/faults/test_disk_full.py``); and made only with
+``RESERVE_ROOM`` free, a pass whose deletions freed less than 64 KiB over the reserve's
+own room left none at all, the room went to the next writer, and no retention digest
+could be written again: retention stalled for good, the disk full of expired segments
+(``tests/faults/test_disk_full_reserve.py``). Released a slice at a time, the reserve
+keeps the rest for the next passes even when another writer takes all a pass frees.
 
 Start-up writes too (the index's ``-shm`` and WAL, the start checkpoint, a new
 segment's header): restarted on a disk full to the last byte, the store could not open
@@ -27,13 +32,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 from collector.storage.regular_files import write_new_file
 
-__all__ = ["RESERVE_BYTES", "RESERVE_NAME", "Reserve", "free_bytes", "is_full",
+__all__ = ["RESERVE_BYTES", "RESERVE_NAME", "SLICE", "Reserve", "free_bytes", "is_full",
            "out_of_space"]
 
 log = logging.getLogger("collector.store")
@@ -43,8 +50,12 @@ RESERVE_NAME: Final = "reserve"
 #: 256 KiB holds hundreds. Small enough to be made again out of what one deleted
 #: segment frees.
 RESERVE_BYTES: Final = 256 * 1024
-#: Free bytes the disk must have before the reserve is made (again).
+#: Free bytes the disk must have before the reserve is made (again), except right after
+#: retention deleted segments (``Reserve.ensure``).
 RESERVE_ROOM: Final = RESERVE_BYTES + 64 * 1024
+#: What retention releases of the reserve at a time for its digest (a few digests, a new
+#: digest file or two), and what the reserve is written in.
+SLICE: Final = 64 * 1024
 _FILE_MODE: Final = 0o640
 #: Seconds before retention's pass (every 0.5 s) makes the reserve again after it could
 #: not, or after it was released and the digest still could not be written (a full disk
@@ -92,20 +103,32 @@ class Reserve:
         self._retry_at = 0.0  # time.monotonic(): not made again before (but after deletions)
         self._failures = 0
 
-    def ensure(self, after_deletions: bool = False) -> None:
-        """Make the reserve if it is missing and the disk has room for it. Cheap when
-        it is there (a stat); a failure is only logged: the store runs without it. Not
-        tried again for ``RESERVE_RETRY`` after a failure or a release, unless retention
-        just deleted segments (``after_deletions``: out of the space they freed)."""
-        if self._whole() or (not after_deletions and time.monotonic() < self._retry_at):
-            return
-        if free_bytes(self.path.parent) < RESERVE_ROOM:
-            return
+    def ensure(self, after_deletions: bool = False) -> bool:
+        """Make the reserve whole if it is missing or short and the disk has room for
+        it. Cheap when it is whole (a stat); a failure is only logged: the store runs
+        without it. Not tried again for ``RESERVE_RETRY`` after a failure or a release,
+        unless retention just deleted segments (``after_deletions``): then out of the
+        space they freed, as much of it as the reserve lacks, before any other writer
+        may take it, and without the room to spare asked otherwise (what it takes is
+        what retention's digest used of it). False if a write failed."""
+        size = self.size()
+        missing = RESERVE_BYTES - size
+        if missing <= 0 or (not after_deletions and time.monotonic() < self._retry_at):
+            return True
+        free = free_bytes(self.path.parent)
+        if after_deletions:
+            # All of it if need be: a reserve left short after a release is what every
+            # later retention pass on a full disk signs in, the batches kept waiting
+            # only until the next deletions free more.
+            want = min(missing, free)
+        elif free >= missing + RESERVE_ROOM - RESERVE_BYTES:
+            want = missing
+        else:
+            return True
+        if want <= 0:
+            return True
         try:
-            # Random bytes, not zeros: a compressing file system (btrfs compress=, ZFS)
-            # stores zeros in next to nothing (8 KiB of 256 KiB measured on btrfs), and
-            # the release would free nothing.
-            write_new_file(self.path, os.urandom(RESERVE_BYTES), _FILE_MODE)
+            self._grow(size, want)
         except OSError as exc:
             self._retry_at = time.monotonic() + RESERVE_RETRY
             self._failures += 1
@@ -113,20 +136,93 @@ class Reserve:
             if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
                 log.warning("audit store: could not make the disk space reserve %s (%s); "
                             "trying again later (%d failures so far)", self.path, exc, n)
-            return
-        self._failures = 0
-
-    def _whole(self) -> bool:
-        """Whether the reserve is there at its full size (a kill while it was written
-        leaves it short, or empty: a release would free nothing)."""
-        try:
-            return self.path.stat().st_size >= RESERVE_BYTES
-        except FileNotFoundError:
             return False
+        self._failures = 0
+        return True
 
-    def release(self, why: str = "retention can sign its deletions and free space (it "
-                "is made again out of the space they free)") -> bool:
-        """Delete the reserve, freeing its space now so that ``why`` (said in the
+    def size(self) -> int:
+        """The reserve's size; 0 when missing or not a regular file (made afresh). A
+        kill while it was written leaves it short, or empty: made whole again."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+    def _grow(self, size: int, more: int) -> None:
+        """Add ``more`` random bytes to the reserve (of ``size``), a slice at a time,
+        keeping what a disk that fills meanwhile took. Random bytes, not zeros: a
+        compressing file system (btrfs compress=, ZFS) stores zeros in next to nothing
+        (8 KiB of 256 KiB measured on btrfs), and the release would free nothing.
+        ``OSError`` if not a byte could be added."""
+        added = 0
+        if size == 0:  # made afresh (a link planted under its name is not followed)
+            added = min(more, SLICE)
+            write_new_file(self.path, os.urandom(added), _FILE_MODE)
+        if added >= more:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            while added < more:
+                try:
+                    added += os.write(fd, os.urandom(min(more - added, SLICE)))
+                except OSError as exc:
+                    if not is_full(exc) or added == 0:
+                        raise
+                    break  # the disk is full: what it took stays reserved
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def spend(self, write: Callable[[], None], full: OSError) -> None:
+        """``write``, which met a full disk (``full``), again in the reserve's room:
+        released a slice (``SLICE``) at a time, until ``write`` succeeds, the rest kept
+        for the next pass whatever takes the room this one frees. Raises ``write``'s
+        last error (``full`` if there was no reserve) once the reserve is used up."""
+        released = 0
+        last = full
+        try:
+            while True:
+                freed = self._release_slice()
+                if freed == 0:
+                    raise last
+                released += freed
+                try:
+                    write()
+                    return
+                except OSError as exc:
+                    if not is_full(exc):
+                        raise
+                    last = exc
+        finally:
+            if released:
+                self._retry_at = time.monotonic() + RESERVE_RETRY
+                log.warning("audit store: the disk is full; released the %d bytes it "
+                            "needed of the disk space reserve %s (%d left) so that "
+                            "retention can sign its deletions and free space (made whole "
+                            "again out of the space they free)", released, self.path,
+                            self.size())
+
+    def _release_slice(self) -> int:
+        """Free up to ``SLICE`` bytes of the reserve (its end; the file goes with its
+        last slice); how many (0: no reserve left)."""
+        size = self.size()
+        if size <= SLICE:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                return 0
+            return size
+        fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size - SLICE)
+            os.fsync(fd)  # freed blocks a journal holds until its commit (ext4) are free now
+        finally:
+            os.close(fd)
+        return SLICE
+
+    def release(self, why: str) -> bool:
+        """Delete the whole reserve, freeing its space now so that ``why`` (said in the
         warning); False if there was none."""
         try:
             size = self.path.stat().st_size

@@ -294,9 +294,17 @@ class SegmentSet:
                 self._sign_retention(max(doomed) + 1)
             except OSError as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("retention: nothing deleted in this pass, its digest could not "
-                          "be written (%s); trying again at the next pass", exc)
+                if is_full(exc) and not self._reserve.size():
+                    # Nothing in the store can free space now: said what to do.
+                    log.error("retention: nothing deleted in this pass, its digest could "
+                              "not be written (%s) and no disk space reserve is left to "
+                              "write it in: free space on the disk (a few MiB); retention "
+                              "goes on by itself then", exc)
+                else:
+                    log.error("retention: nothing deleted in this pass, its digest could "
+                              "not be written (%s); trying again at the next pass", exc)
                 return self._take_deleted()
+        remake = True  # the reserve, after each deletion; not again once a write failed
         for seq in doomed:
             info = self._sealed.pop(seq)
             info.path.unlink(missing_ok=True)
@@ -305,9 +313,11 @@ class SegmentSet:
             fsync_dir(self.directory)
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
-        if doomed and self._ledger is not None:
-            # Out of the freed space, before ingest takes it.
-            self._reserve.ensure(after_deletions=True)
+                # Out of the space this deletion freed, before the index, the batches or
+                # another process take it: the next pass on a full disk signs in it.
+                # Once a write failed (a full quota), not again in this pass: not once
+                # for each of a thousand segments it deletes.
+                remake = remake and self._reserve.ensure(after_deletions=True)
         return self._take_deleted()
 
     def _take_deleted(self) -> RetentionPass:
@@ -319,13 +329,14 @@ class SegmentSet:
         """The retention digest, written in the reserve's space if the disk is full
         (``collector.storage.disk_space``): without it, a disk full to the last byte
         stayed full, retention having to write before it may delete."""
-        assert self._ledger is not None
+        ledger, active = self._ledger, self.active
+        assert ledger is not None
         try:
-            self._ledger.retention(deleted_below, self.active)
+            ledger.retention(deleted_below, active)
         except OSError as exc:
-            if not (is_full(exc) and self._reserve.release()):
+            if not is_full(exc):
                 raise
-            self._ledger.retention(deleted_below, self.active)
+            self._reserve.spend(lambda: ledger.retention(deleted_below, active), exc)
 
     def oldest_kept(self) -> int:
         """The lowest number of a segment that still exists (sealed or active)."""

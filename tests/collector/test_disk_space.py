@@ -1,0 +1,143 @@
+"""The disk space reserve retention signs its digests in on a full disk
+(``collector.storage.disk_space``): released a slice at a time, made whole again out of
+what deletions free. A full disk for real: ``tests/faults/test_disk_full_reserve.py``."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.storage import disk_space
+from collector.storage.disk_space import RESERVE_BYTES, Reserve
+
+FULL = OSError(errno.ENOSPC, "No space left on device")
+SLICE = 64 * 1024  # disk_space.SLICE, asserted below
+
+
+def whole_reserve(data_dir: Path) -> Reserve:
+    reserve = Reserve(data_dir)
+    reserve.ensure()
+    assert reserve.path.stat().st_size == RESERVE_BYTES
+    return reserve
+
+
+def test_a_digest_takes_one_slice_of_the_reserve_and_the_rest_stays(tmp_path: Path) -> None:
+    """The whole reserve went for one ~600-byte digest: a pass whose deletions could not
+    make it again (another writer took the room) left the next pass nothing to sign in,
+    and retention stalled for good."""
+    reserve = whole_reserve(tmp_path)
+    calls: list[int] = []
+    reserve.spend(lambda: calls.append(reserve.size()), FULL)
+    assert calls == [RESERVE_BYTES - SLICE]
+    assert reserve.size() == RESERVE_BYTES - SLICE
+
+
+def test_a_digest_that_needs_more_takes_slice_after_slice(tmp_path: Path) -> None:
+    reserve = whole_reserve(tmp_path)
+    tries: list[int] = []
+
+    def write() -> None:
+        tries.append(reserve.size())
+        if len(tries) < 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    reserve.spend(write, FULL)
+    assert tries == [RESERVE_BYTES - SLICE, RESERVE_BYTES - 2 * SLICE,
+                     RESERVE_BYTES - 3 * SLICE]
+
+
+def test_a_digest_the_whole_reserve_does_not_help_raises_its_own_error(
+        tmp_path: Path) -> None:
+    """Full metadata, no inode left: the digest fails whatever is released."""
+    reserve = whole_reserve(tmp_path)
+    refused = OSError(errno.ENOSPC, "no inode left")
+
+    def write() -> None:
+        raise refused
+
+    with pytest.raises(OSError) as raised:
+        reserve.spend(write, FULL)
+    assert raised.value is refused
+    assert not reserve.path.exists()
+
+
+def test_without_a_reserve_the_full_disk_is_raised(tmp_path: Path) -> None:
+    reserve = Reserve(tmp_path)
+    with pytest.raises(OSError) as raised:
+        reserve.spend(lambda: None, FULL)
+    assert raised.value is FULL
+
+
+def test_after_deletions_the_reserve_is_made_whole_without_room_to_spare(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was made again only with RESERVE_ROOM (the reserve and 64 KiB) free: deletions
+    that freed less than 64 KiB over what the reserve's release had freed left it
+    unmade, and the room went to the next writer."""
+    reserve = whole_reserve(tmp_path)
+    assert reserve.release("retention can sign its deletions")
+    monkeypatch.setattr(disk_space, "free_bytes", lambda _: RESERVE_BYTES)
+    reserve.ensure()  # not otherwise: the batches get the last free bytes
+    assert not reserve.path.exists()
+    reserve.ensure(after_deletions=True)
+    assert reserve.path.stat().st_size == RESERVE_BYTES
+
+
+def test_the_slice_is_what_the_tests_take_it_for() -> None:
+    assert disk_space.SLICE == SLICE
+
+
+def test_after_deletions_that_freed_less_than_it_lacks_the_reserve_takes_what_they_freed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reserve = whole_reserve(tmp_path)
+    reserve.spend(lambda: None, FULL)
+    monkeypatch.setattr(disk_space, "free_bytes", lambda _: 12 * 1024)
+    reserve.ensure(after_deletions=True)
+    assert reserve.size() == RESERVE_BYTES - SLICE + 12 * 1024
+
+
+def test_a_reserve_released_whole_is_made_again_after_deletions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Released whole at start-up (the store opened in its room): made again out of what
+    retention's first deletions free, however little."""
+    reserve = whole_reserve(tmp_path)
+    assert reserve.release("the store can open")
+    monkeypatch.setattr(disk_space, "free_bytes", lambda _: 100 * 1024)
+    reserve.ensure(after_deletions=True)
+    assert reserve.size() == 100 * 1024
+
+
+def test_a_reserve_that_cannot_be_made_is_tried_once_a_pass_not_once_a_deletion(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made again after each deleted segment: a write the disk refuses for another
+    reason than room (a full quota: EDQUOT, statvfs showing room) is not tried again
+    for each segment the same pass deletes."""
+    from collector.storage.segment_set import SegmentSet
+    from tests.collector.storage_helpers import events, open_store, segment_files, wait_until
+
+    tried: list[Path] = []
+
+    def write_new_file(path: Path, data: bytes, mode: int) -> None:
+        tried.append(path)
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    passes: list[int] = []
+    real_apply = SegmentSet.apply_retention
+
+    def apply_retention(self: SegmentSet) -> Any:
+        done = real_apply(self)
+        if done.deleted:
+            passes.append(len(done.deleted))
+        return done
+
+    monkeypatch.setattr(disk_space, "write_new_file", write_new_file)
+    monkeypatch.setattr(SegmentSet, "apply_retention", apply_retention)
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=2048, retention_bytes=2 * 2048) as store:
+        for _ in range(30):  # a segment each, faster than a pass (every 0.5 s)
+            store.write(events(3))
+        wait_until(lambda: len(segment_files(data_dir)) <= 4)
+    assert max(passes) > 1, passes  # some pass deleted several: this test shows something
+    assert len(tried) <= 1 + len(passes), (tried, passes)  # at the open, then once a pass
