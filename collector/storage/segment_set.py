@@ -104,6 +104,9 @@ class SegmentSet:
         # them over, and the index never keeps pointing at them until the next start.
         self._deleted: list[int] = []
         self._deleted_before_ns = 0  # the latest sealed_ns of those
+        #: Passes in a row whose digest could not be written (logged at the 1st, 2nd,
+        #: 4th...: a pass comes every half second while the disk stays full).
+        self._unsigned_passes = 0
         self.last_error: str | None = None
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
@@ -294,16 +297,26 @@ class SegmentSet:
                 self._sign_retention(max(doomed) + 1)
             except OSError as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                if is_full(exc) and not self._reserve.size():
+                self._unsigned_passes += 1
+                n = self._unsigned_passes
+                if n & (n - 1) != 0:
+                    pass  # said at the 1st, 2nd, 4th... pass in a row, not every 0.5 s
+                elif is_full(exc) and not self._reserve.size():
                     # Nothing in the store can free space now: said what to do.
                     log.error("retention: nothing deleted in this pass, its digest could "
                               "not be written (%s) and no disk space reserve is left to "
                               "write it in: free space on the disk (a few MiB); retention "
-                              "goes on by itself then", exc)
+                              "goes on by itself then (%d passes in a row)", exc, n)
                 else:
                     log.error("retention: nothing deleted in this pass, its digest could "
-                              "not be written (%s); trying again at the next pass", exc)
+                              "not be written (%s); trying again at the next pass (%d "
+                              "passes in a row)", exc, n)
                 return self._take_deleted()
+            if self._unsigned_passes:
+                log.warning("retention: its digest written after %d pass(es) that could "
+                            "not write it; deleting what it no longer keeps",
+                            self._unsigned_passes)
+                self._unsigned_passes = 0
         remake = True  # the reserve, after each deletion; not again once a write failed
         for seq in doomed:
             info = self._sealed.pop(seq)

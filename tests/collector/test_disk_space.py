@@ -141,3 +141,39 @@ def test_a_reserve_that_cannot_be_made_is_tried_once_a_pass_not_once_a_deletion(
         wait_until(lambda: len(segment_files(data_dir)) <= 4)
     assert max(passes) > 1, passes  # some pass deleted several: this test shows something
     assert len(tried) <= 1 + len(passes), (tried, passes)  # at the open, then once a pass
+
+
+def test_a_digest_that_cannot_be_written_is_said_at_1_2_4_passes_then_its_recovery(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A pass comes every half second: while the disk stayed full, each one logged the
+    same error (102 lines in one test run). Said at the 1st, 2nd, 4th... pass in a row,
+    and once when a digest is written again."""
+    import logging
+
+    from collector.storage.segment_set import SegmentSet
+    from tests.collector.storage_helpers import events, open_store, segment_files, wait_until
+
+    refused = [0]
+    real_sign = SegmentSet._sign_retention
+
+    def sign_retention(self: SegmentSet, deleted_below: int) -> None:
+        if refused[0] < 9:
+            refused[0] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_sign(self, deleted_below)
+
+    monkeypatch.setattr(SegmentSet, "_sign_retention", sign_retention)
+    data_dir = tmp_path / "data"
+    with caplog.at_level(logging.WARNING, "collector"), \
+            open_store(data_dir, max_segment_bytes=2048, retention_bytes=2 * 2048) as store:
+        for _ in range(10):
+            store.write(events(3))
+        wait_until(lambda: refused[0] == 9 and len(segment_files(data_dir)) <= 4,
+                   timeout=30)
+    said = [r.getMessage() for r in caplog.records
+            if "nothing deleted in this pass" in r.getMessage()]
+    assert [m.rsplit("(", 1)[1] for m in said] == [
+        "1 passes in a row)", "2 passes in a row)", "4 passes in a row)",
+        "8 passes in a row)"], said
+    assert "its digest written after 9 pass(es)" in caplog.text
