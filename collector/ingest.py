@@ -440,6 +440,11 @@ class IngestServer:
     def stats(self) -> dict[str, int]:
         counts = dict(self.counters)
         counts["connections_open"] = len(self._conns)
+        counts["max_connections"] = self.settings.max_connections
+        if self.tls is not None:
+            # Not yet in connections_open (nor under max_connections): a TCP connection
+            # joins those once its TLS is up.
+            counts["tls_handshakes_pending"] = len(self._handshakes)
         return counts
 
 

@@ -6,7 +6,7 @@ under an OpenTelemetry SDK, e.g. ``opentelemetry-instrument audit-collector serv
 
     integrations = Integrations(store, ingest_server, config)
     integrations.start(out)
-    integrations.attach(api_app)      # the API app serves the two routes
+    integrations.attach(api_server)   # the API's app serves the two routes
     ...
     integrations.stop()
 """
@@ -27,11 +27,16 @@ class Integrations:
         self.metrics = Metrics()
         self.metrics_auth = config.metrics_auth
         self.metrics.add("ingest", ingest_server.stats)
+        if ingest_server.tls is not None:
+            # The same function under a second name: the rows of ingest's TLS read it,
+            # so that without TLS they are absent rather than zeros that look healthy.
+            self.metrics.add("ingest_tls", ingest_server.stats)
         self.metrics.add("store", store.stats)
         self.http_ingest = HttpIngest(store, HttpIngestSettings(
             token=config.token, max_body=config.max_frame,
             max_field_length=config.max_field_length))
         self.metrics.add("http", self.http_ingest.stats)
+        self.api: Any = None  # the query API's ApiServer, once attached
         self.forwarder: Forwarder | None = None
         if config.forward_endpoint:
             try:
@@ -50,9 +55,15 @@ class Integrations:
                   + (f"after seq {position}" if position is not None else
                      f"from the {self.forwarder.settings.start}"), file=out, flush=True)
 
-    def attach(self, app: Any) -> None:
-        """Serve ``POST /api/v1/events`` and ``GET /metrics`` from the API ``app`` (its
-        routes find these objects in ``app.state``)."""
+    def attach(self, api: Any) -> None:
+        """Serve ``POST /api/v1/events`` and ``GET /metrics`` from the query API (an
+        ``ApiServer``: its app's routes find these objects in ``app.state``), and count
+        its connection protection among the metrics and stats."""
+        self.api = api
+        self.metrics.add("api", api.stats)
+        if api.tls is not None:
+            self.metrics.add("api_tls", api.tls.stats)
+        app = api.app
         app.state.http_ingest = self.http_ingest
         app.state.metrics = self.metrics
         app.state.metrics_auth = self.metrics_auth
@@ -60,6 +71,8 @@ class Integrations:
     def stats(self) -> dict[str, Any]:
         """For the live stats file (``audit-collector stats``)."""
         stats: dict[str, Any] = {"http": self.http_ingest.stats()}
+        if self.api is not None:
+            stats["api"] = self.api.stats()
         if self.forwarder is not None:
             stats["forwarder"] = self.forwarder.stats()
         return stats

@@ -2,14 +2,16 @@
 format of ``GET /metrics``, from one table.
 
 Every figure already exists as a counter somewhere (the ingest server, the Store, the
-HTTP ingest endpoint, the forwarder); this module only names them. A ``Metrics``
-registry holds the live objects' ``stats`` functions (``serve`` adds them); each scrape
-or OpenTelemetry collection calls them once and reads the table's keys. A source that is
-not running (no forwarder configured) is simply absent from the output.
+HTTP ingest endpoint, the forwarder, the query API's server and TLS listener); this
+module only names them. A ``Metrics`` registry holds the live objects' ``stats``
+functions (``serve`` adds them); each scrape or OpenTelemetry collection calls them once
+and reads the table's keys. A source that is not running (no forwarder configured, no
+TLS on a port) is simply absent from the output.
 
     metrics = Metrics()
     metrics.add("ingest", server.stats)
     metrics.add("store", store.stats)
+    metrics.add("api", api_server.stats)
     text = metrics.prometheus()                    # GET /metrics
     metrics.register_otel(meter_provider)          # OpenTelemetry metrics
 """
@@ -24,6 +26,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
+
+from audit_middleware.wire import ErrorCode
 
 log = logging.getLogger("collector.metrics")
 
@@ -55,6 +59,12 @@ def _m(name: str, kind: Literal["counter", "gauge"], source: str, key: str, unit
     return Metric(name, kind, source, key, unit, help)
 
 
+#: The wire errors that end a connection, each counted by the ingest server as
+#: ``error_<code>``. ``storage_unavailable`` concerns one batch, which ``storage_errors``
+#: counts.
+_CLOSING_ERRORS: Final = tuple(code for code in ErrorCode
+                               if code != ErrorCode.STORAGE_UNAVAILABLE)
+
 METRICS: Final[tuple[Metric, ...]] = (
     # ingest server (unix socket / TCP)
     _m("audit.collector.ingest.connections", "counter", "ingest", "connections", "{connection}",
@@ -73,6 +83,34 @@ METRICS: Final[tuple[Metric, ...]] = (
        "{event}", "Events refused by validation (a reason was sent back)"),
     _m("audit.collector.ingest.storage_errors", "counter", "ingest", "storage_errors",
        "{batch}", "Batches not acknowledged because the store failed"),
+    _m("audit.collector.ingest.connections.limit", "gauge", "ingest", "max_connections",
+       "{connection}", "The ingest server's connection limit (max_connections)"),
+    _m("audit.collector.ingest.connections.refused", "counter", "ingest",
+       "connections_refused", "{connection}",
+       "Connections refused at max_connections or while stopping (told to retry later)"),
+    _m("audit.collector.ingest.connections.evicted", "counter", "ingest",
+       "connections_evicted", "{connection}",
+       "Connections closed before their hello to make room at max_connections"),
+    _m("audit.collector.ingest.internal_errors", "counter", "ingest", "internal_errors",
+       "{connection}", "Connections closed by an unexpected error (see the log)"),
+    # unauthorized: TCP clients with a missing or wrong token (the ingest stats'
+    # "unauthorized" too); too_many_connections: the evicted ones
+    *(_m(f"audit.collector.ingest.errors.{code}", "counter", "ingest", f"error_{code}",
+         "{connection}", f"Connections closed with the {code} error (docs/protocol.md)"
+         + ("; those refused at once count in connections.refused" if code in (
+             ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN) else ""))
+      for code in _CLOSING_ERRORS),
+    # ingest TLS (only when the TCP listener has a certificate)
+    _m("audit.collector.ingest.tls.handshakes.pending", "gauge", "ingest_tls",
+       "tls_handshakes_pending", "{connection}",
+       "TLS handshakes under way on the ingest port (not yet in connections.open)"),
+    _m("audit.collector.ingest.tls.handshake_failures", "counter", "ingest_tls",
+       "tls_handshake_failures", "{connection}",
+       "Failed TLS handshakes on the ingest port (a client without the CA, plain TCP, an "
+       "old TLS version, a timeout)"),
+    _m("audit.collector.ingest.tls.probes", "counter", "ingest_tls", "tls_probes",
+       "{connection}", "Ingest connections closed before any TLS hello (port probes, "
+       "health checks)"),
     # HTTP ingest (POST /api/v1/events)
     _m("audit.collector.http.requests", "counter", "http", "requests", "{request}",
        "POST /api/v1/events requests"),
@@ -84,6 +122,34 @@ METRICS: Final[tuple[Metric, ...]] = (
        "{event}", "Events refused by validation over HTTP"),
     _m("audit.collector.http.unauthorized", "counter", "http", "unauthorized", "{request}",
        "HTTP ingest requests without the right token"),
+    # the query API and admin panel (api_listen): its connection protection
+    _m("audit.collector.api.connections.open", "gauge", "api", "connections_open",
+       "{connection}", "Query API connections open now (over TLS: past their handshake)"),
+    _m("audit.collector.api.connections.limit", "gauge", "api", "max_connections",
+       "{connection}", "The query API's connection limit in force (a quarter of the "
+       "open-files limit): above it, idle connections and unfinished TLS handshakes are "
+       "closed"),
+    _m("audit.collector.api.connections.closed_by_guard", "counter", "api",
+       "closed_by_guard", "{connection}",
+       "Query API connections closed by the guard: idle or a sign-in body stalled past "
+       "its deadline, or closed to keep within the limit"),
+    # the query API's TLS listener (only when api_tls_cert is set)
+    _m("audit.collector.api.tls.handshakes.pending", "gauge", "api_tls",
+       "tls_handshakes_pending", "{connection}",
+       "TLS handshakes under way on the query API port (they count against the limit)"),
+    _m("audit.collector.api.tls.handshake_failures", "counter", "api_tls",
+       "tls_handshake_failures", "{connection}",
+       "Failed TLS handshakes on the query API port (a client without the CA, plain HTTP, "
+       "a timeout, closed to make room)"),
+    _m("audit.collector.api.tls.probes", "counter", "api_tls", "tls_probes", "{connection}",
+       "Query API connections closed before any TLS hello (port probes, health checks)"),
+    _m("audit.collector.api.tls.handshakes_evicted", "counter", "api_tls",
+       "tls_handshakes_evicted", "{connection}",
+       "Unfinished TLS handshakes closed to make room for new connections (a flood)"),
+    _m("audit.collector.api.accept_errors", "counter", "api_tls", "accept_errors", "{error}",
+       "Failed accepts on the query API's TLS port (out of files, most often)"),
+    _m("audit.collector.api.internal_errors", "counter", "api_tls", "internal_errors",
+       "{error}", "Query API connections closed by an unexpected error (see the log)"),
     # the store
     _m("audit.collector.store.events", "gauge", "store", "events", "{event}",
        "Events stored (after retention)"),

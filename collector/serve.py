@@ -239,7 +239,7 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
                                                   stats_file))
     api = await _start_api(store, config, out)
     if api is not None:
-        integrations.attach(api.app)
+        integrations.attach(api)
     # A hangup (a closed terminal, systemd's reload) ended the collector without its
     # drain and stop checkpoint; now it loads renewed TLS certificates and goes on.
     loop.add_signal_handler(signal.SIGHUP, _reload_certificates, server, api, config)

@@ -153,6 +153,17 @@ class ApiServer:
             app_state=self.server.lifespan.state)
         return protocol
 
+    def stats(self) -> dict[str, int]:
+        """The connection protection's figures, for ``/metrics`` and ``stats`` (called
+        from other threads too: reads only). Over TLS, the listener's counters and its
+        unfinished handshakes as well (``TlsListener.stats``)."""
+        stats = {"connections_open": len(self.server.server_state.connections),
+                 "max_connections": self._limit(),
+                 "closed_by_guard": self.closed_by_guard}
+        if self.tls is not None:
+            stats.update(self.tls.stats())
+        return stats
+
     def _limit(self) -> int:
         return self.max_connections or default_max_connections()
 

@@ -106,6 +106,12 @@ class TlsListener:
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
 
+    def stats(self) -> dict[str, int]:
+        """The counters and the handshakes under way, for ``/metrics`` and ``stats``."""
+        counts = dict(self.counters)  # one C-level copy: safe from a scraper's thread
+        counts["tls_handshakes_pending"] = len(self.pending)
+        return counts
+
     def evict(self, handshake: _Handshake) -> bool:
         """Closes an unfinished handshake to make room; False if it was gone already."""
         if self.pending.pop(handshake, False) is False:

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 import audit_middleware as audit
 from audit_middleware.otel import SHIPPER_METRICS, register_metrics
 from audit_middleware.testing import reset_configuration
+from audit_middleware.wire import ErrorCode
 from collector.metrics import METRICS, PROMETHEUS_CONTENT_TYPE, Metrics, routes
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import event
@@ -147,3 +148,55 @@ def test_the_shipper_counters_are_opentelemetry_metrics() -> None:
     assert values["audit.shipper.events.dropped"] == 0
     assert "audit.shipper.spool.size" not in values  # a MemorySink keeps no spool
     assert {name for name, *_ in SHIPPER_METRICS} >= set(values)
+
+
+def _counted_keys(module: Path) -> set[str]:
+    """The keys a module increments in its ``counters`` (``counters["key"] += ...``)."""
+    return set(re.findall(r'counters\["(\w+)"\] \+=', module.read_text()))
+
+
+def test_every_counter_of_ingest_and_of_the_api_connections_is_published() -> None:
+    """Before, the ingest server's refusals (connections refused and evicted, TLS
+    failures and probes, protocol errors by code) and all of the query API's connection
+    protection (the guard's closes, the TLS listener's counters) were counted but not
+    published: a connection flood or clients without the CA showed only in the log."""
+    collector = Path(__file__).resolve().parents[2] / "collector"
+    rows = {(m.source, m.key): m for m in METRICS}
+    ingest = _counted_keys(collector / "ingest.py") - {"unauthorized"}  # == errors.unauthorized
+    ingest |= {f"error_{code}" for code in ErrorCode if code != ErrorCode.STORAGE_UNAVAILABLE}
+    tls = {"tls_probes", "tls_handshake_failures"}
+    wanted = {("ingest_tls" if key in tls else "ingest", key) for key in ingest}
+    wanted |= {("api_tls", key) for key in _counted_keys(collector / "api" / "tls.py")}
+    wanted.add(("api", "closed_by_guard"))
+    assert len(wanted) > 20  # the scan found the counters
+    assert sorted(wanted - set(rows)) == []
+    assert all(rows[key].kind == "counter" for key in wanted)
+    # What is open now, and the limit in force, are gauges.
+    for key in [("api", "connections_open"), ("api", "max_connections"),
+                ("api_tls", "tls_handshakes_pending"), ("ingest", "max_connections"),
+                ("ingest_tls", "tls_handshakes_pending")]:
+        assert rows[key].kind == "gauge" and rows[key].unit == "{connection}", key
+
+
+def test_the_api_connection_figures_are_prometheus_and_opentelemetry_metrics() -> None:
+    api = {"connections_open": 3, "max_connections": 32, "closed_by_guard": 5}
+    tls = {"tls_handshake_failures": 2, "tls_handshakes_pending": 4}
+    metrics = Metrics()
+    metrics.add("api", lambda: api)
+    found = parse_prometheus(metrics.prometheus())
+    assert found["audit_collector_api_connections_open"] == ("gauge", 3)
+    assert found["audit_collector_api_connections_limit"] == ("gauge", 32)
+    assert found["audit_collector_api_connections_closed_by_guard_total"] == ("counter", 5)
+    assert not [name for name in found if "_api_tls_" in name]  # no TLS: absent, not 0
+    metrics.add("api_tls", lambda: tls)
+    found = parse_prometheus(metrics.prometheus())
+    assert found["audit_collector_api_tls_handshake_failures_total"] == ("counter", 2)
+    assert found["audit_collector_api_tls_handshakes_pending"] == ("gauge", 4)
+    assert found["audit_collector_api_tls_probes_total"] == ("counter", 0)
+    assert found["audit_collector_api_accept_errors_total"] == ("counter", 0)
+    reader = InMemoryMetricReader()
+    metrics.register_otel(MeterProvider(metric_readers=[reader]))
+    values = otel_values(reader)
+    assert values["audit.collector.api.connections.closed_by_guard"] == 5
+    assert values["audit.collector.api.tls.handshake_failures"] == 2
+    assert values["audit.collector.api.tls.handshakes.pending"] == 4

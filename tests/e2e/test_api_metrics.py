@@ -1,0 +1,176 @@
+"""The query API's connection protection and the ingest server's refusals, seen where an
+operator watches the collector: ``GET /metrics`` of ``audit-collector serve`` as a real
+process. Before, none of these figures were published: a connection flood, or clients
+failing TLS for want of the CA, showed only in the log."""
+
+from __future__ import annotations
+
+import re
+import resource
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from audit_middleware.wire import encode_batch, encode_batch_body
+from tests.api.served import serving
+from tests.e2e.harness import RawClient, short_tmp, wait_until, wire_line
+from tests.shipper.test_collector_sink import self_signed_certificate
+
+pytestmark = pytest.mark.e2e
+_SAMPLE = re.compile(r"^([a-z_]+) (\S+)$", re.MULTILINE)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with short_tmp() as path:
+        yield path
+
+
+def scrape(url: str, cert: Path | None = None) -> dict[str, float]:
+    verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=str(cert))
+                                     if cert is not None else True)
+    reply = httpx.get(f"{url}/metrics", verify=verify, timeout=10)
+    assert reply.status_code == 200, reply.text
+    return {name: float(value) for name, value in _SAMPLE.findall(reply.text)}
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+def _is_closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _lower_file_limit(pid: int, soft: int) -> None:
+    """The API's connection limit is a quarter of the process's file limit (read at
+    each check): 128 files make it 32."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_failed_tls_handshakes_probes_and_evictions_on_the_api_port_are_counted(
+        root: Path) -> None:
+    cert, key = self_signed_certificate(root)
+    with serving(root / "data", "--api-tls-cert", str(cert), "--api-tls-key", str(key)
+                 ) as (collector, url), ExitStack() as stack:
+        assert collector.proc is not None
+        first = scrape(url, cert)
+        assert first["audit_collector_api_tls_handshake_failures_total"] == 0
+        assert first["audit_collector_api_tls_probes_total"] == 0
+        assert first["audit_collector_api_tls_handshakes_evicted_total"] == 0
+        assert first["audit_collector_api_accept_errors_total"] == 0
+        assert first["audit_collector_api_internal_errors_total"] == 0
+        assert first["audit_collector_api_connections_closed_by_guard_total"] == 0
+        assert first["audit_collector_api_connections_open"] >= 1  # the scrape's own
+        assert first["audit_collector_api_connections_limit"] >= 16
+        # A client that does not trust the certificate (the wrong CA): its handshake fails.
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/metrics", timeout=10)
+        wait_until(lambda: scrape(url, cert)[
+            "audit_collector_api_tls_handshake_failures_total"] == 1, 10,
+            "the failed handshake counted")
+        # A port probe: connect, close.
+        socket.create_connection(_address(url)).close()
+        wait_until(lambda: scrape(url, cert)["audit_collector_api_tls_probes_total"] == 1,
+                   10, "the probe counted")
+        # A connection that never starts its handshake is one under way.
+        silent = stack.enter_context(socket.create_connection(_address(url)))
+        wait_until(lambda: scrape(url, cert)["audit_collector_api_tls_handshakes_pending"]
+                   >= 1, 10, "the unfinished handshake shown")
+        silent.close()
+        # A flood of them above the limit (32 under 128 files): the oldest are evicted.
+        _lower_file_limit(collector.proc.pid, 128)
+        wait_until(lambda: scrape(url, cert)["audit_collector_api_connections_limit"] == 32,
+                   10, "the lowered limit shown")
+        flood = [stack.enter_context(socket.create_connection(_address(url)))
+                 for _ in range(50)]
+        wait_until(lambda: sum(map(_is_closed, flood)) >= 18, 20, "the oldest evicted")
+        after = scrape(url, cert)
+        # At least 50 - 32 were closed unfinished to make room; such a handshake is
+        # logged and counted as failed too (besides the wrong CA's).
+        assert after["audit_collector_api_tls_handshakes_evicted_total"] >= 18
+        assert after["audit_collector_api_tls_handshake_failures_total"] >= 2
+        assert after["audit_collector_api_tls_handshakes_pending"] <= 32
+
+
+def test_connections_closed_by_the_guard_on_a_plain_http_api_are_counted(
+        root: Path) -> None:
+    with serving(root / "data") as (collector, url), ExitStack() as stack:
+        assert collector.proc is not None
+        first = scrape(url)
+        assert first["audit_collector_api_connections_closed_by_guard_total"] == 0
+        assert first["audit_collector_api_connections_open"] == 1  # the scrape's own
+        # No TLS on this port: no TLS figures rather than zeros that look like health.
+        assert not [name for name in first if name.startswith("audit_collector_api_tls")]
+        _lower_file_limit(collector.proc.pid, 128)
+        wait_until(lambda: scrape(url)["audit_collector_api_connections_limit"] == 32, 10,
+                   "the lowered limit shown")
+        held = [stack.enter_context(socket.create_connection(_address(url)))
+                for _ in range(40)]
+        wait_until(lambda: sum(map(_is_closed, held)) >= 8, 20, "the guard closed the excess")
+        wait_until(lambda: scrape(url)["audit_collector_api_connections_closed_by_guard_total"]
+                   == sum(map(_is_closed, held)), 20, "each close counted")
+        wait_until(lambda: scrape(url)["audit_collector_api_connections_open"]
+                   == 1 + sum(not _is_closed(s) for s in held), 20,
+                   "the open connections shown")
+        closed = scrape(url)["audit_collector_api_connections_closed_by_guard_total"]
+    # `audit-collector stats` reads the same figures from the live stats file (written
+    # last at the stop, after the API's).
+    api = orjson.loads((root / "data" / "ingest-stats.json").read_bytes())["api"]
+    assert api["closed_by_guard"] >= closed >= 8
+    assert api["max_connections"] == 32
+    assert "tls_probes" not in api
+
+
+def test_ingest_refusals_are_published(root: Path) -> None:
+    with serving(root / "data") as (collector, url):
+        first = scrape(url)
+        assert first["audit_collector_ingest_errors_unexpected_frame_total"] == 0
+        assert first["audit_collector_ingest_connections_limit"] == 256
+        assert not [name for name in first if name.startswith("audit_collector_ingest_tls")]
+        client = RawClient(collector.socket)
+        try:  # a batch before the hello
+            client.send(encode_batch(1, encode_batch_body("test:1:ab", [1], [wire_line(1)])))
+            assert client.error().code == "unexpected_frame"
+        finally:
+            client.close()
+        wait_until(lambda: scrape(url)["audit_collector_ingest_errors_unexpected_frame_total"]
+                   == 1, 10, "the protocol error counted")
+
+
+def test_failed_tls_handshakes_on_the_ingest_port_are_published(root: Path) -> None:
+    cert, key = self_signed_certificate(root)
+    with serving(root / "data", "--tcp", "127.0.0.1:0", "--token", "s3cret",
+                 "--tls-cert", str(cert), "--tls-key", str(key)) as (collector, url):
+        match = re.search(r"tls:127\.0\.0\.1:(\d+)", collector.ready_line)
+        assert match, collector.ready_line
+        port = int(match[1])
+        first = scrape(url)
+        assert first["audit_collector_ingest_tls_handshake_failures_total"] == 0
+        assert first["audit_collector_ingest_tls_probes_total"] == 0
+        assert first["audit_collector_ingest_tls_handshakes_pending"] == 0
+        # A shipper without the CA: its handshake fails.
+        with socket.create_connection(("127.0.0.1", port)) as raw, pytest.raises(
+                ssl.SSLCertVerificationError):
+            ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1")
+        wait_until(lambda: scrape(url)["audit_collector_ingest_tls_handshake_failures_total"]
+                   == 1, 10, "the failed handshake counted")
+        socket.create_connection(("127.0.0.1", port)).close()
+        wait_until(lambda: scrape(url)["audit_collector_ingest_tls_probes_total"] == 1, 10,
+                   "the probe counted")
+        with socket.create_connection(("127.0.0.1", port)):
+            wait_until(lambda: scrape(url)["audit_collector_ingest_tls_handshakes_pending"]
+                       == 1, 10, "the unfinished handshake shown")
