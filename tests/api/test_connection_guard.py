@@ -489,7 +489,7 @@ def test_the_guard_outlives_a_connection_it_fails_to_close(
 
     _run(test)
     assert calls[0] >= 2
-    assert "query API: the connection guard's pass failed" in caplog.text
+    assert "query API: the guard could not close a connection" in caplog.text
 
 
 def test_the_tls_accept_loop_outlives_a_connection_it_fails_to_admit(
@@ -519,3 +519,38 @@ def test_the_tls_accept_loop_outlives_a_connection_it_fails_to_admit(
 
     _run_tls(tmp_path, test)
     assert "query API: admitting a connection failed" in caplog.text
+
+
+def test_a_connection_the_guard_always_fails_to_close_does_not_hold_up_the_others(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """One connection whose close raises at every pass (it stays listed): the pass
+    ended at it, so every connection whose deadline came after it was never closed,
+    pass after pass. Each close is its own: the others are closed at their deadline."""
+    real_close = api_server._close
+    failing: list[object] = []
+
+    def close_failing_for_the_first(conn: object) -> bool:
+        if not failing:
+            failing.append(conn)
+        if conn is failing[0]:
+            raise AttributeError("'NoneType' object has no attribute 'get_extra_info'")
+        return real_close(conn)
+
+    monkeypatch.setattr(api_server, "_close", close_failing_for_the_first)
+
+    async def test(served: api_server.ApiServer) -> None:
+        first = _connect(served)
+        try:
+            first.send(b"GET / HTTP/1.1\r\n")  # the rest never comes
+            await asyncio.sleep(0.3)  # a later deadline than the first's
+            second = _connect(served)
+            try:
+                second.send(b"GET / HTTP/1.1\r\n")
+                assert await _closed_within(second, 3.0)
+            finally:
+                second.close()
+        finally:
+            first.close()
+
+    _run(test)
+    assert "query API: the guard could not close a connection" in caplog.text
