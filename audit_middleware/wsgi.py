@@ -81,14 +81,16 @@ class WSGIAuditMiddleware:
             reason = wait_durable_blocking(receipts, timeout) if receipts else None
             if reason is None:
                 return answer.started(status, start_response(status, headers, *exc))
-            refused.append(reason)
-            log.error("audit: refusing %r %r with 503 (fail_closed): %s",  # %r: no forged lines
-                      environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), reason)
-            ctx.status_code = 503
+            # The server first: one that sent the headers already re-raises exc_info
+            # here, and the client keeps the response it has: no 503 to note or to send.
             start_response("503 Service Unavailable", [
                 ("Content-Type", "text/plain; charset=utf-8"),
                 ("Content-Length", str(len(_UNAVAILABLE_BODY))), ("Retry-After", "5")],
                 *exc)
+            refused.append(reason)
+            log.error("audit: refusing %r %r with 503 (fail_closed): %s",  # %r: no forged lines
+                      environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), reason)
+            ctx.status_code = 503
             return _discard
 
         token = current.set(ctx)

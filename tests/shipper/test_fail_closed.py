@@ -574,3 +574,32 @@ def test_wsgi_a_lazy_refusal_of_an_empty_body_is_a_whole_503(root: Path) -> None
                                                      UNAVAILABLE)
     assert headers["Content-Length"] == str(len(UNAVAILABLE))
     sink.close(timeout=1)
+
+
+def test_wsgi_a_refusal_the_server_cannot_send_is_no_refusal(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The response had started (its first chunk sent) when an event emitted after it
+    was not acknowledged in time and the app named an error status (``start_response``
+    with ``exc_info``): the server cannot send a 503 any more and re-raises the app's
+    error. The middleware had noted the refusal before asking the server: it logged a
+    503 the client never got, and, for an app that went on after the re-raised error,
+    sent the 503's text inside the app's 200 body. Only a 503 the server took is one."""
+    from audit_middleware import WSGIAuditMiddleware
+
+    sink = LateAcknowledgingSink()
+    configure(sink=sink)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])  # nothing to wait for
+        yield b"first,"
+        emit("credentials_deleted", "c1", principal="system")  # never acknowledged in time
+        try:
+            start_response("500 Internal Server Error", [], _error_info())
+        except RuntimeError:
+            pass  # the server re-raised: the 200 stands
+        yield b"second"
+
+    with caplog.at_level("ERROR", logger="audit_middleware"):
+        status, _, body = served(WSGIAuditMiddleware(app))
+    assert (status, body) == ("200 OK", b"first,second")
+    assert "refusing" not in caplog.text
