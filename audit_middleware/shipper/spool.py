@@ -12,8 +12,7 @@ locked before they get their final name, so nobody adopts a file being born.
 
 A crash can leave a torn last record, and a disk can garble any record. A region that
 is no valid record (its crc32 fails, its length runs past the file, or bytes that are
-no record at all; or the file ends before its known size: cut while read, or a failed
-write whose size was not known) is skipped to the next valid record (see
+no record at all; or the file ends before its known size: cut while read) is skipped to the next valid record (see
 ``_next_record``), or to the end of the file, and the
 records after it are replayed as the ones before it. The loss is never silent: its
 bytes are counted (``corrupt_bytes``), so are the events whose batch header line is
@@ -137,21 +136,23 @@ class Spool:
         except OSError as exc:
             log.error("audit spool %s: could not write a batch (%s)", self.directory, exc)
             return False
+        written = [0]  # bytes of it in the file: its end, when even fstat fails
         try:
-            _write_all(active.fd, record, active.size)
+            _write_all(active.fd, record, active.size, written)
             os.fsync(active.fd)
         except OSError as exc:
             log.error("audit spool %s: could not write a batch (%s)", self.directory, exc)
             try:
                 os.ftruncate(active.fd, active.size)  # no torn record, no unsynced one
             except OSError as again:
-                return self._keep_failed(active, record, again)
+                return self._keep_failed(active, record, again, written[0])
             return False
         active.size += len(record)
         self._used += len(record)
         return True
 
-    def _keep_failed(self, active: _File, record: bytes, error: OSError) -> bool:
+    def _keep_failed(self, active: _File, record: bytes, error: OSError,
+                     written: int) -> bool:
         """A batch whose write or fsync failed could not be truncated away either: its
         bytes (all of them, or the part written) stay in the file, where whoever reads
         the file finds them. Counted dropped, they were also replayed (a whole record)
@@ -162,11 +163,14 @@ class Spool:
         takes no more batches (the disk is failing). False (the caller counts it
         dropped) when nothing of it was written, or when it was torn inside its header
         line: its reader counts its bytes as corrupt but cannot count its events, so
-        kept as spooled they were counted nowhere."""
+        kept as spooled they were counted nowhere. ``written``: the bytes of it the
+        writes took, its end when the file's size cannot be read."""
         try:
             end = os.fstat(active.fd).st_size
         except OSError:
-            end = active.size + len(record)  # at most: a shortfall is corrupt when read
+            # Not the whole record: one torn in its header line was counted spooled,
+            # and no reader could count its events (lost, counted nowhere).
+            end = active.size + written
         if end <= active.size:
             return False  # nothing of it was written: dropped, as the caller counts
         kept = end - active.size
@@ -275,16 +279,15 @@ class Spool:
         self.corrupt_bytes += skip
         self.lost_events += events
         head.read_pos = found
-        # A file shorter than its records say (cut by someone else while read, or a
-        # failed write kept by _keep_failed whose size could not be known): its missing
-        # bytes were spooled and are lost, counted with the region.
+        # A file shorter than its records say (cut by someone else while read): its
+        # missing bytes were spooled and are lost, counted with the region.
         missing = min(max(end - _size_of(head.fd, end), 0), skip) if found == end else 0
         log.error("audit spool %s: %d bytes at offset %d of %s are torn or corrupt (a "
                   "crash while spooling, or a damaged disk)%s: lost, with the %d events "
                   "whose batch header could still be read in them; %s (%d corrupt bytes "
                   "so far)", self.directory, skip, start, head.path.name,
-                  f", {missing} of them missing: the file was cut short (a failed write, "
-                  f"or something else shortened it while it was replayed)"
+                  f", {missing} of them missing: the file was cut short (something else "
+                  f"shortened it while it was replayed)"
                   if missing else "", events,
                   "replay goes on at the next valid record" if skip < end - start
                   else "they end the file, the records before them were kept",
@@ -753,12 +756,16 @@ def _close_progress(f: _File) -> None:
         f.progress_fd = -1
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
+def _write_all(fd: int, data: bytes, offset: int, written: list[int] | None = None) -> None:
+    """Write all of ``data`` at ``offset``; ``written[0]`` counts the bytes written,
+    for a caller whose write failed part way."""
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+        if written is not None:
+            written[0] += n
 
 
 def _report_stranded(configured: Path) -> None:

@@ -866,7 +866,8 @@ def test_a_failed_write_kept_whose_bytes_did_not_all_reach_the_file_does_not_sto
     that would have said how much was written: ``_keep_failed`` took the whole record as
     kept, past the file's real end. Replayed by the same process, that record's header
     was 3 bytes: struct.error at every peek, and the batches spooled after it (in a new
-    file) were never replayed."""
+    file) were never replayed. (Its size is known from the writes now: see
+    test_a_torn_batch_kept_whose_size_could_not_be_known_is_counted_once.)"""
     bodies = batch_bodies(3)
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.append(bodies[0])
@@ -881,12 +882,14 @@ def test_a_failed_write_kept_whose_bytes_did_not_all_reach_the_file_does_not_sto
     monkeypatch.setattr(spool_module.os, "pwrite", three_bytes_then_eio)
     monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
     monkeypatch.setattr(spool_module.os, "fstat", failing(errno.EIO, [], "fstat"))
-    assert spool.append(bodies[1])  # kept as spooled: its size was not known
+    # Counted dropped: its 3 bytes hold none of its header line (the writes say how
+    # much of it reached the file, which the failed fstat could not).
+    assert not spool.append(bodies[1])
     monkeypatch.undo()
     assert spool.append(bodies[2])  # into a new file: that one takes no more
     assert len(spool_files(tmp_path)) == 2
     assert drain(spool) == [bodies[0], bodies[2]]
-    assert spool.corrupt_bytes == RECORD.size + len(bodies[1])  # the loss is counted
+    assert spool.corrupt_bytes == 3  # the bytes that stayed, counted
     assert spool_files(tmp_path) == []
 
 
@@ -962,3 +965,35 @@ def test_something_planted_at_a_progress_path_while_replaying_is_named_too(
     assert f"is a {planted}" in caplog.text and "remove it" in caplog.text
     assert str(progress) in caplog.text
     assert "check the disk" not in caplog.text
+
+
+@pytest.mark.parametrize("cut", ["after its header", "in its header"])
+def test_a_torn_batch_kept_whose_size_could_not_be_known_is_counted_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+    """As above, and the fstat that says how much of it was written failed too:
+    ``_keep_failed`` took the whole record as written, so one torn in its header line
+    was counted spooled, and its reader could not count its events: 50 events lost,
+    counted nowhere (neither dropped nor lost). What was written is known from the
+    writes themselves."""
+    body = batch_bodies(1, events=50)[0]
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(batch_bodies(1)[0])
+    real_pwrite = os.pwrite
+    written = RECORD.size + (len(body) // 2 if cut == "after its header" else 40)
+    assert body.index(b"\n") > 40  # the header line is longer than that
+
+    def torn(fd: int, data: bytes, offset: int) -> int:
+        if len(data) < len(body):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pwrite(fd, bytes(data)[:written], offset)
+
+    monkeypatch.setattr(spool_module.os, "pwrite", torn)
+    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
+    monkeypatch.setattr(spool_module.os, "fstat", failing(errno.EIO, [], "fstat"))
+    kept = spool.append(body)
+    monkeypatch.undo()
+    replayed = drain(spool)  # by the same process, which knows the file's size
+    assert len(replayed) == 1
+    counted_by_caller = 0 if kept else 50
+    assert counted_by_caller + spool.lost_events == 50
+    assert spool.corrupt_bytes == written
