@@ -161,9 +161,9 @@ class TlsListener:
                 if n is not None:
                     log.exception("query API: admitting a connection failed (%d times so "
                                   "far); it was closed", n)
-                continue
             # A flood's connections are all ready at once: let their handshakes (and the
-            # rest of the collector, ingest included) run between two accepts.
+            # rest of the collector, ingest included) run between two accepts; after one
+            # that failed too (sock_accept does not yield while connections wait).
             await asyncio.sleep(0)
 
     def _admit(self, conn: socket.socket, peer: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -554,3 +555,43 @@ def test_a_connection_the_guard_always_fails_to_close_does_not_hold_up_the_other
 
     _run(test)
     assert "query API: the guard could not close a connection" in caplog.text
+
+
+def test_connections_the_tls_accept_loop_fails_to_admit_let_the_rest_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A flood's connections are all ready at once, and the accept loop yields to the
+    rest of the process (the collector's ingest too) after each one it admits. After
+    one it failed to admit it went straight to the next accept, which does not yield
+    while connections are waiting: a failure repeated for each accepted connection held
+    the event loop until the whole backlog was drained."""
+    from collector.api import tls as api_tls
+    from tests.shipper.test_collector_sink import self_signed_certificate
+
+    def peer_failing(address: object) -> str:
+        raise ValueError("an address of a shape never seen")
+
+    monkeypatch.setattr(api_tls, "_peer", peer_failing)
+    cert, key = self_signed_certificate(tmp_path)
+    flood = 20
+
+    async def main() -> None:
+        async with _serving(tls=(cert, key)) as served:
+            assert served.tls is not None
+            counters = served.tls.counters
+            host, port = served.url.removeprefix("https://").rsplit(":", 1)
+            # Connected while the loop is held here: all in the backlog at once.
+            socks = [socket.create_connection((host, int(port)), timeout=5)
+                     for _ in range(flood)]
+            try:
+                seen = [counters["internal_errors"]]
+                async with asyncio.timeout(10):
+                    while seen[-1] < flood:
+                        await asyncio.sleep(0)
+                        seen.append(counters["internal_errors"])
+            finally:
+                for sock in socks:
+                    sock.close()
+            steps = [after - before for before, after in itertools.pairwise(seen)]
+            assert max(steps) <= 2, seen
+
+    asyncio.run(main())
