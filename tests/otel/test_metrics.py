@@ -168,6 +168,8 @@ def test_every_counter_of_ingest_and_of_the_api_connections_is_published() -> No
     wanted = {("ingest_tls" if key in tls else "ingest", key) for key in ingest}
     wanted |= {("api_tls", key) for key in _counted_keys(collector / "api" / "tls.py")}
     wanted.add(("api", "closed_by_guard"))
+    # HTTP ingest's too: its refusals (bad requests, too large, storage errors) were not.
+    wanted |= {("http", key) for key in _counted_keys(collector / "http_ingest.py")}
     assert len(wanted) > 20  # the scan found the counters
     assert sorted(wanted - set(rows)) == []
     assert all(rows[key].kind == "counter" for key in wanted)
