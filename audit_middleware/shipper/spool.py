@@ -655,7 +655,9 @@ def _open_progress(path: Path, flags: int) -> int:
     process opened it to write, which none does (the sink's worker stuck for good). A
     symbolic link is not followed; it, a directory, a FIFO, a socket or a device raises
     ``_Planted`` naming what is there (FileNotFoundError: nothing is)."""
-    flags |= os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    # O_NOCTTY: a terminal device planted there must not become the process's
+    # controlling terminal by being opened before fstat refuses it.
+    flags |= os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as exc:  # ELOOP (a link), EISDIR (a directory opened to write), ...
