@@ -154,13 +154,14 @@ class Reserve:
         keeping what a disk that fills meanwhile took. Random bytes, not zeros: a
         compressing file system (btrfs compress=, ZFS) stores zeros in next to nothing
         (8 KiB of 256 KiB measured on btrfs), and the release would free nothing.
-        ``OSError`` if not a byte could be added."""
+        ``OSError`` if not a byte could be added (a reserve made afresh is not left)."""
         added = 0
-        if size == 0:  # made afresh (a link planted under its name is not followed)
-            added = min(more, SLICE)
-            write_new_file(self.path, os.urandom(added), _FILE_MODE)
-        if added >= more:
-            return
+        if size == 0:
+            # Made afresh, empty (a link planted under its name is not followed), then
+            # grown as a short one is: its first slice written all or nothing, a disk
+            # that filled meanwhile (another writer after the look at its free space, a
+            # full quota that look does not show) took part of it and none was left.
+            write_new_file(self.path, b"", _FILE_MODE)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             while added < more:
@@ -171,6 +172,10 @@ class Reserve:
                         raise
                     break  # the disk is full: what it took stays reserved
             os.fsync(fd)
+        except BaseException:
+            if size == 0 and added == 0:
+                self.path.unlink(missing_ok=True)  # an empty reserve frees nothing
+            raise
         finally:
             os.close(fd)
 

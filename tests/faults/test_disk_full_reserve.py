@@ -92,3 +92,34 @@ def test_retention_goes_on_when_each_pass_frees_less_than_the_reserve_and_the_ro
     assert released, "the disk never came to need the reserve: this test shows nothing"
     assert written > 10, written
     assert report.valid, reasons(report)
+
+
+def test_a_reserve_made_afresh_keeps_what_the_disk_took_when_another_writer_took_the_rest(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made afresh (none left: released whole at start-up, or its last slice spent)
+    after deletions, out of the room they freed: its first slice was written all or
+    nothing, so when another writer (the indexer's checkpoint, the compressor, another
+    process; or a full quota, which the free space the disk reports does not show) took
+    part of that room between the look and the write, the part written was deleted
+    again and no reserve was left at all: the next pass on a full disk had nothing to
+    sign in, and retention stalled until space was freed by hand. What the disk took
+    stays, as when a reserve that is there is grown."""
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+    with tmpfs(tmp / "disk", "4m") as disk:
+        data = disk / "data"
+        data.mkdir()
+        ballast = disk / "ballast"
+        os.truncate(ballast, fill(ballast) - 96 * 1024)  # 96 KiB free: what deletions freed
+        real_free_bytes = disk_space.free_bytes
+
+        def free_then_taken(directory: Path) -> int:
+            free = real_free_bytes(directory)
+            (disk / "other").write_bytes(os.urandom(64 * 1024))  # right after the look
+            return free
+
+        monkeypatch.setattr(disk_space, "free_bytes", free_then_taken)
+        reserve = disk_space.Reserve(data)
+        reserve.ensure(after_deletions=True)
+        assert reserve.size() == 32 * 1024  # all the other writer left
