@@ -345,7 +345,14 @@ class Ledger:
         (so ``verify`` can tell retention from someone deleting segments). Raises
         ``OSError`` when it cannot be written now (it stays queued, written first later)."""
         # One queued already (a full disk): that one first, not one more signed at every
-        # pass (thousands an hour of a full disk, all written at its end).
+        # pass (thousands an hour of a full disk, all written at its end). If it says
+        # these deletions already (queued by the try that met the full disk, written
+        # again in the reserve's room), only it: a second one said them twice, twice the
+        # reserve for each such pass.
+        if any(body["kind"] == "retention" and body["deleted_below"] >= deleted_below
+               for _, _, body in self._pending):
+            self._flush_pending(strict=True)
+            return
         self._flush_if_waiting("retention")
         self._write("retention", self._current(), active.path.name,
                     deleted_below=deleted_below, strict=True)

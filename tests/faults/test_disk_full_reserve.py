@@ -8,6 +8,7 @@ another process on the same disk, filling it to the last byte after each retenti
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -123,3 +124,53 @@ def test_a_reserve_made_afresh_keeps_what_the_disk_took_when_another_writer_took
         reserve = disk_space.Reserve(data)
         reserve.ensure(after_deletions=True)
         assert reserve.size() == 32 * 1024  # all the other writer left
+
+
+def test_a_digest_written_in_the_reserve_is_signed_once(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The retention digest that met the full disk stays queued; written again in the
+    reserve's room, the queued one was written and then a second one signed and written
+    after it, the same deletions said twice: twice the reserve each such pass, and two
+    digests counted in ``stats`` for one. Here the disk fills right before a pass signs,
+    the new active segment's digest file not made yet (its first line needs a page)."""
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+    armed = {"on": False, "signed": 0}
+    real_sign = SegmentSet._sign_retention
+
+    def sign_retention(self: SegmentSet, deleted_below: int) -> None:
+        if armed["on"]:
+            armed["on"] = False
+            fill(ballast)  # another process takes the last byte right before it signs
+            real_sign(self, deleted_below)
+            armed["signed"] = deleted_below
+            return
+        real_sign(self, deleted_below)
+
+    monkeypatch.setattr(SegmentSet, "_sign_retention", sign_retention)
+    with tmpfs(tmp / "disk", "16m") as disk:
+        data = disk / "data"
+        ballast = disk / "ballast"
+        with caplog.at_level(logging.WARNING, "collector"), \
+                open_store(data, max_segment_bytes=2048, retention_bytes=2 * 2048,
+                           compress_sealed=False,
+                           digest_interval=3600) as store:
+            wait_until((data / disk_space.RESERVE_NAME).exists)
+            for _ in range(6):  # a segment each; retention keeps two sealed
+                store.write(events(3))
+            wait_until(lambda: len(segment_paths(data)) <= 3)
+            armed["on"] = True
+            store.write(events(3))  # a new segment: the next pass deletes the oldest
+            wait_until(lambda: armed["signed"])
+            active = store.stats()["active_segment"]["name"]
+            lines = (data / "digests" / active.replace(".jsonl", ".digests.jsonl")
+                     ).read_bytes().splitlines()
+            ballast.unlink()
+        assert "released the" in caplog.text, "the reserve was not needed: shows nothing"
+        retention = [json.loads(line) for line in lines
+                     if json.loads(line)["kind"] == "retention"]
+        assert [g["deleted_below"] for g in retention] == [armed["signed"]]
+        report = check(data)
+    assert report.valid, reasons(report)
