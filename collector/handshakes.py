@@ -57,7 +57,7 @@ async def first_bytes(sock: socket.socket, timeout: float, n: int = 1) -> bytes:
     """Up to ``n`` bytes the client of a new connection sends first, left where they are
     for the TLS handshake; ``b""`` if it closes (FIN or reset) before sending any: a TCP
     probe. ``TimeoutError`` if it neither sends nor closes in ``timeout``. ``sock`` must
-    be no transport's (the loop watches it here): see ``transport_first_bytes``.
+    be no transport's yet (the loop watches it here).
 
     Told here, before the handshake: asyncio ends a handshake at any EOF with the same
     bare ``ConnectionResetError``, whether the client said nothing, sent half a hello
@@ -82,18 +82,6 @@ async def first_bytes(sock: socket.socket, timeout: float, n: int = 1) -> bytes:
             continue
         except OSError:
             return b""  # reset before a byte came
-
-
-async def transport_first_bytes(transport: asyncio.BaseTransport, timeout: float,
-                                n: int = 1) -> bytes:
-    """``first_bytes`` of a transport's connection, its reading paused (``start_tls``
-    resumes it)."""
-    assert isinstance(transport, asyncio.ReadTransport)
-    transport.pause_reading()
-    sock = transport.get_extra_info("socket")
-    # A duplicate of the socket: the transport's own is registered with the loop.
-    with socket.fromfd(sock.fileno(), sock.family, sock.type) as peek:
-        return await first_bytes(peek, timeout, n)
 
 
 def _wake(ready: asyncio.Future[None]) -> None:

@@ -9,6 +9,14 @@ Whatever a client sends, the answer is an error frame and a closed connection, n
 exception escaping a connection task. Slow and half-open clients run into the
 handshake, idle and read deadlines; the number of connections is bounded, and so is
 what the replies of one connection may hold (``reply_queue``).
+
+The TCP port is accepted here, one connection at a time (``collector.accepting``), and
+over TLS each connection is a ``_Handshake`` until its TLS is up: counted against
+``max_connections`` with the connections, the oldest closed to make room for a new one
+(an honest client's handshake takes milliseconds, a flood's never ends), and the oldest
+closed too when accept() finds the process out of files. Uncounted, a flood of silent
+connections held a file each for ``handshake_timeout`` and exhausted the process's
+files: no honest shipper was accepted, and the store could not open its own.
 """
 
 from __future__ import annotations
@@ -45,8 +53,9 @@ from audit_middleware.wire import (
     parse_header,
 )
 
+from .accepting import accept_forever, bind_tcp
 from .batch_events import BatchEvents, LineReader
-from .handshakes import FailureLog, handshake_hint, transport_first_bytes
+from .handshakes import FailureLog, first_bytes, handshake_hint
 from .listen import IngestError, bind_unix, tls_context
 from .own_records import own_source, own_source_reason
 from .reply_queue import ReplyQueue, result_size
@@ -104,6 +113,21 @@ class _Conn:
         self.evicted = False  # closed to make room for a newer connection
 
 
+class _Handshake:
+    """An accepted TCP connection until its TLS is up."""
+
+    __slots__ = ("evicted", "handed", "peer", "running", "sock", "started", "task")
+
+    def __init__(self, sock: socket.socket, peer: str, started: float) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.started = started
+        self.task: asyncio.Task[None] | None = None
+        self.evicted = False  # closed unfinished, to keep within max_connections
+        self.running = False  # its task has started (and closes the socket when it ends)
+        self.handed = False  # the socket is asyncio's transport's (the TLS handshake)
+
+
 class IngestServer:
     def __init__(self, store: StoreLike, settings: IngestSettings) -> None:
         if settings.tcp_host is not None and not settings.token:
@@ -124,7 +148,11 @@ class IngestServer:
         self.addresses: list[str] = []
         self.tls: ssl.SSLContext | None = None  # the TCP listener's (reloaded at SIGHUP)
         self._handshake_failures = FailureLog()  # by client host (see _tls_handshake)
-        self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
+        #: TLS handshakes under way, oldest first (a dict keeps insertion order).
+        self._handshakes: dict[_Handshake, None] = {}
+        self._listeners: list[socket.socket] = []  # the TCP port's
+        self._accepting: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # the TCP connections' (referenced)
 
     # -- listening ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -137,21 +165,19 @@ class IngestServer:
         if s.tcp_host is not None:
             tls = tls_context(s.tls_cert, s.tls_key)
             self.tls = tls
-            try:  # TLS on each accepted connection (``_tcp_client``), not by the server
-                server = await asyncio.start_server(self._tcp_client, s.tcp_host,
-                                                    s.tcp_port)
-            except OSError as exc:
-                raise IngestError(f"cannot listen on {s.tcp_host}:{s.tcp_port}: {exc}") from None
-            self._servers.append(server)
-            for sock in server.sockets:
+            # Accepted here, not by asyncio's server: see the module's docstring.
+            self._listeners = bind_tcp(s.tcp_host, s.tcp_port)
+            loop = asyncio.get_running_loop()
+            for sock in self._listeners:
+                self._accepting.append(loop.create_task(accept_forever(
+                    sock, self._admit, self._make_room, self.counters,
+                    self._handshake_failures)))
                 host, port = sock.getsockname()[:2]
                 self.addresses.append(f"{'tls' if tls else 'tcp'}:{host}:{port}")
 
     def tcp_port(self) -> int | None:
-        for server in self._servers:
-            for sock in server.sockets:
-                if sock.family in (socket.AF_INET, socket.AF_INET6):
-                    return int(sock.getsockname()[1])
+        for sock in self._listeners:
+            return int(sock.getsockname()[1])
         return None
 
     async def shutdown(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
@@ -159,11 +185,18 @@ class IngestServer:
         self._closing = True
         for server in self._servers:
             server.close()
+        for task in self._accepting:
+            task.cancel()
+        if self._accepting:
+            await asyncio.wait(self._accepting, timeout=1.0)
+        for sock in self._listeners:
+            sock.close()
         # Handshakes under way have sent nothing to drain: ended now (left to asyncio.run,
         # each was cancelled there and logged an "Exception in callback" traceback).
-        handshakes = list(self._handshakes)
-        for task in handshakes:
-            task.cancel()
+        handshakes = [h.task for h in self._handshakes if h.task is not None]
+        for handshake in list(self._handshakes):
+            self._end(handshake)
+        self._handshakes.clear()
         if handshakes:
             await asyncio.wait(handshakes, timeout=1.0)
         for conn in list(self._conns.values()):
@@ -188,21 +221,63 @@ class IngestServer:
                            writer: asyncio.StreamWriter) -> None:
         await self._client(reader, writer, tcp=False)
 
-    async def _tcp_client(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        if self.tls is not None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._handshakes.add(task)
-            try:
-                if not await self._tls_handshake(writer):
-                    return
-            finally:
-                self._handshakes.discard(task)
+    def _admit(self, sock: socket.socket, peer: str) -> None:
+        """A new TCP connection (``accept_forever``): its task started; over TLS, counted
+        as a handshake, the oldest unfinished ones closed while there are more than
+        ``max_connections`` leaves room for (at least this one: a handshake that ends
+        with every slot taken is refused with ``too_many_connections``)."""
+        loop = asyncio.get_running_loop()
+        if self.tls is None:
+            task = loop.create_task(self._plain_tcp(sock))
+        else:
+            room = max(self.settings.max_connections - self._open_count(), 1)
+            while self._handshakes and len(self._handshakes) >= room:
+                self._evict_handshake(next(iter(self._handshakes)))
+            handshake = _Handshake(sock, peer, loop.time())
+            self._handshakes[handshake] = None
+            task = handshake.task = loop.create_task(self._tls_client(handshake))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _make_room(self) -> None:
+        """Out of files: the oldest unfinished TLS handshake closed, or else the oldest
+        connection that has not said hello (``_evict_one_silent``)."""
+        if self._handshakes:
+            self._evict_handshake(next(iter(self._handshakes)))
+        else:
+            self._evict_one_silent()
+
+    def _evict_handshake(self, handshake: _Handshake) -> None:
+        if self._handshakes.pop(handshake, False) is False:
+            return  # gone already
+        self.counters["tls_handshakes_evicted"] += 1
+        handshake.evicted = True
+        self._end(handshake)
+
+    def _end(self, handshake: _Handshake) -> None:
+        if handshake.task is not None:
+            # A task that has started closes the socket (or asyncio does, once handed):
+            # not here, while the loop may still watch it. One that has not never will.
+            handshake.task.cancel()
+        if not handshake.running:
+            handshake.sock.close()
+
+    async def _plain_tcp(self, sock: socket.socket) -> None:
+        try:
+            reader, writer = await _streams(sock)
+        except OSError:
+            sock.close()  # reset before its transport was made: nothing to say to it
+            return
         await self._client(reader, writer, tcp=True)
 
-    async def _tls_handshake(self, writer: asyncio.StreamWriter) -> bool:
-        """TLS on an accepted connection; False (counted, logged, closed) if it fails.
+    async def _tls_client(self, handshake: _Handshake) -> None:
+        streams = await self._tls_handshake(handshake)
+        if streams is not None:
+            await self._client(*streams, tcp=True)
+
+    async def _tls_handshake(self, handshake: _Handshake
+                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """TLS on an accepted connection; None (counted, logged, closed) if it fails.
 
         Here rather than in asyncio's server, which logs a failed handshake at debug
         level only (``ssl.SSLError`` is an ``OSError``): a client that does not trust the
@@ -210,37 +285,50 @@ class IngestServer:
         away without a word at the collector. Logged at each client host's 1st, 2nd,
         4th... failure: a misconfigured client shows, a scanner does not flood the log."""
         assert self.tls is not None
+        handshake.running = True
+        loop = asyncio.get_running_loop()
         timeout = self.settings.handshake_timeout
         try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            if not await transport_first_bytes(writer.transport, timeout):
+            if not await first_bytes(handshake.sock, timeout):
                 # A TCP health check or port probe (connect, close; a load balancer's
                 # may reset): nothing went wrong with TLS, and a load balancer checking
                 # every few seconds is no client failing. Counted apart, at debug level.
                 self.counters["tls_probes"] += 1
                 log.debug("ingest: %s closed the connection before its TLS hello",
-                          _peer_name(writer, True))
-                writer.transport.abort()
-                return False
-            left = max(deadline - asyncio.get_running_loop().time(), 0.001)
-            await writer.start_tls(self.tls, ssl_handshake_timeout=left)
-            return True
+                          handshake.peer)
+                return None
+            handshake.handed = True  # asyncio closes it from here, whatever happens
+            left = max(handshake.started + timeout - loop.time(), 0.001)
+            return await _streams(handshake.sock, self.tls, left)
         except asyncio.CancelledError:
-            writer.transport.abort()
+            if handshake.evicted and not self._closing:
+                self._handshake_failed(handshake.peer, "closed unfinished to make room for "
+                                       "new connections (max_connections is "
+                                       f"{self.settings.max_connections})", "")
+                return None
             if not self._closing:
                 raise
-            return False  # the collector stops (``shutdown``): nothing to say
+            return None  # the collector stops (``shutdown``): nothing to say
         except (TimeoutError, OSError, EOFError) as exc:
-            self.counters["tls_handshake_failures"] += 1
-            peer = writer.get_extra_info("peername")
-            host = str(peer[0]) if peer else "?"
-            n = self._handshake_failures.count(host)
-            if n is not None:
-                log.warning("ingest: TLS handshake with %s failed: %s%s (%d from this host "
-                            "so far)", _peer_name(writer, True), str(exc) or type(exc).__name__,
-                            handshake_hint(exc, _HANDSHAKE_HINTS), n)
-            writer.transport.abort()
-            return False
+            self._handshake_failed(handshake.peer, str(exc) or type(exc).__name__,
+                                   handshake_hint(exc, _HANDSHAKE_HINTS))
+            return None
+        except Exception:  # never a task's unretrieved exception: logged, connection closed
+            self.counters["internal_errors"] += 1
+            log.exception("ingest: unexpected error in the TLS handshake with %s",
+                          handshake.peer)
+            return None
+        finally:
+            self._handshakes.pop(handshake, None)
+            if not handshake.handed:
+                handshake.sock.close()
+
+    def _handshake_failed(self, peer: str, what: str, hint: str) -> None:
+        self.counters["tls_handshake_failures"] += 1
+        n = self._handshake_failures.count(peer.rsplit(":", 1)[0])
+        if n is not None:
+            log.warning("ingest: TLS handshake with %s failed: %s%s (%d from this host so "
+                        "far)", peer, what, hint, n)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       *, tcp: bool) -> None:
@@ -442,11 +530,24 @@ class IngestServer:
         counts["connections_open"] = len(self._conns)
         counts["max_connections"] = self.settings.max_connections
         if self.tls is not None:
-            # Not yet in connections_open (nor under max_connections): a TCP connection
-            # joins those once its TLS is up.
+            # Not in connections_open (a TCP connection joins those once its TLS is
+            # up), but under max_connections with them (``_admit``).
             counts["tls_handshakes_pending"] = len(self._handshakes)
         return counts
 
+
+async def _streams(sock: socket.socket, tls: ssl.SSLContext | None = None,
+                   handshake_timeout: float | None = None
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream reader and writer on an accepted socket, as ``asyncio.start_server``
+    gives them; over TLS once the handshake is done. On failure the socket is closed
+    once a transport was made (always over TLS)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.connect_accepted_socket(
+        lambda: protocol, sock, ssl=tls, ssl_handshake_timeout=handshake_timeout)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 def _peer_name(writer: asyncio.StreamWriter, tcp: bool) -> str:

@@ -93,6 +93,9 @@ METRICS: Final[tuple[Metric, ...]] = (
        "Connections closed before their hello to make room at max_connections"),
     _m("audit.collector.ingest.internal_errors", "counter", "ingest", "internal_errors",
        "{connection}", "Connections closed by an unexpected error (see the log)"),
+    _m("audit.collector.ingest.accept_errors", "counter", "ingest", "accept_errors",
+       "{error}", "Failed accepts on the TCP port (out of files, most often: the oldest "
+       "unfinished TLS handshake or silent connection is closed to make room)"),
     # unauthorized: TCP clients with a missing or wrong token (the ingest stats'
     # "unauthorized" too); too_many_connections: the evicted ones
     *(_m(f"audit.collector.ingest.errors.{code}", "counter", "ingest", f"error_{code}",
@@ -103,7 +106,8 @@ METRICS: Final[tuple[Metric, ...]] = (
     # ingest TLS (only when the TCP listener has a certificate)
     _m("audit.collector.ingest.tls.handshakes.pending", "gauge", "ingest_tls",
        "tls_handshakes_pending", "{connection}",
-       "TLS handshakes under way on the ingest port (not yet in connections.open)"),
+       "TLS handshakes under way on the ingest port (not yet in connections.open; they "
+       "count against max_connections)"),
     _m("audit.collector.ingest.tls.handshake_failures", "counter", "ingest_tls",
        "tls_handshake_failures", "{connection}",
        "Failed TLS handshakes on the ingest port (a client without the CA, plain TCP, an "
@@ -111,6 +115,10 @@ METRICS: Final[tuple[Metric, ...]] = (
     _m("audit.collector.ingest.tls.probes", "counter", "ingest_tls", "tls_probes",
        "{connection}", "Ingest connections closed before any TLS hello (port probes, "
        "health checks)"),
+    _m("audit.collector.ingest.tls.handshakes_evicted", "counter", "ingest_tls",
+       "tls_handshakes_evicted", "{connection}",
+       "Unfinished TLS handshakes on the ingest port closed to make room for new "
+       "connections (a flood)"),
     # HTTP ingest (POST /api/v1/events)
     _m("audit.collector.http.requests", "counter", "http", "requests", "{request}",
        "POST /api/v1/events requests"),

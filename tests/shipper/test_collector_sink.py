@@ -857,6 +857,41 @@ def test_a_tcp_probe_of_the_tls_port_is_counted_apart_and_not_logged_as_a_failur
     assert collector_says(caplog, "closed the connection before its TLS hello")
 
 
+def test_unfinished_tls_handshakes_count_against_max_connections(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Before, a TLS handshake under way was not counted against max_connections: any
+    number of silent connections held a file each until handshake_timeout. Now they
+    count, the oldest is closed at once to make room for a new connection, and a
+    shipper that speaks gets in (the newest silent one stays: within the limit)."""
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key, max_connections=2,
+                             handshake_timeout=60.0)
+    port = server.server.tcp_port()
+    assert port is not None
+    with caplog.at_level(logging.WARNING, "collector.ingest"):
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                  for _ in range(3)]
+        try:
+            assert silent[0].recv(1) == b""  # closed (by the third) long before 60 s
+            wait_until(lambda: server.server.stats()["tls_handshakes_pending"] == 2, 10,
+                       "the two newest handshakes under way")
+            sink = make_sink(url=f"tcp://127.0.0.1:{port}", token="s3cret", tls=True,
+                             tls_ca=cert)
+            ids = emit_many(3)
+            assert sink.wait_for_delivery(timeout=10)
+            assert silent[1].recv(1) == b""  # the oldest under way made room for it
+        finally:
+            for sock in silent:
+                sock.close()
+    assert collector.ids() == ids
+    stats = server.server.stats()
+    assert stats["tls_handshakes_evicted"] == 2, stats
+    assert collector_says(caplog, "TLS handshake with 127.0.0.1:",
+                          "closed unfinished to make room", "max_connections is 2")
+
+
 def _client_hello() -> bytes:
     """The bytes a TLS client sends first (its ClientHello)."""
     import ssl

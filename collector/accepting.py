@@ -1,0 +1,105 @@
+"""The ingest TCP port's listening sockets and its accept loop, one connection at a time
+(the query API's TLS listener, ``collector.api.tls``, accepts the same way).
+
+asyncio's own server accepts every connection waiting in the backlog at once, before
+the server's code could count them; and out of files it logs "socket.accept() out of
+system resource" with a traceback and stops accepting for a second, with no way for
+the server to close a connection that is worth less than the one waiting (a flood's
+silent one, say). Here ``accept_forever`` calls ``admit`` for each connection and, out
+of files, ``make_room``, then tries again shortly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import Final
+
+from .handshakes import FailureLog
+from .listen import IngestError
+
+log = logging.getLogger("collector.ingest")
+
+#: accept() errors that mean the process (or system) is out of files or memory.
+OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
+                                     errno.ENOMEM})
+#: Seconds before accept() is tried again after it failed (asyncio's server waits 1 s).
+ACCEPT_RETRY: Final = 0.1
+#: Connections the kernel may hold before they are accepted (asyncio's default).
+BACKLOG: Final = 100
+
+
+def bind_tcp(host: str, port: int) -> list[socket.socket]:
+    """Listening, non-blocking sockets on every address of ``host`` (as
+    ``asyncio.start_server`` binds them: an IPv6 one for IPv6 only)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise IngestError(f"cannot listen on {host}:{port}: {exc}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise IngestError(f"cannot listen on {host}:{port}: {exc}") from None
+    return sockets
+
+
+async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, str], None],
+                         make_room: Callable[[], None], counters: Counter[str],
+                         failures: FailureLog) -> None:
+    """Accepts connections on ``sock`` until cancelled; ``admit(connection, peer)`` for
+    each. A failed accept() is counted (``accept_errors``) and logged sparingly; out of
+    files, ``make_room()`` is asked to close a connection first. Never ends otherwise:
+    an exception that ended it left the port accepting nothing while the collector ran."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn, address = await loop.sock_accept(sock)
+        except ConnectionAbortedError:
+            continue  # the client reset before it was accepted
+        except OSError as exc:
+            counters["accept_errors"] += 1
+            out_of_files = exc.errno in OUT_OF_RESOURCES
+            n = failures.count("accept()")
+            if n is not None:
+                log.warning("ingest: cannot accept a connection: %s (%d times so far)%s",
+                            exc, n, "; closing the oldest connection that has not said "
+                            "hello (or finished its TLS handshake)" if out_of_files else "")
+            if out_of_files:
+                make_room()
+            await asyncio.sleep(ACCEPT_RETRY)
+            continue
+        try:
+            admit(conn, _peer(address))
+        except Exception:
+            conn.close()
+            counters["internal_errors"] += 1
+            n = failures.count("admit")
+            if n is not None:
+                log.exception("ingest: admitting a connection failed (%d times so far); "
+                              "it was closed", n)
+            continue
+        # A flood's connections are all ready at once: let their handshakes (and the rest
+        # of the collector) run between two accepts.
+        await asyncio.sleep(0)
+
+
+def _peer(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return "tcp client"
