@@ -166,6 +166,7 @@ class AuditEvent:
 
     __slots__ = (
         "_id",
+        "_rand",
         "_span",
         "_trace",
         "client_ip",
@@ -221,6 +222,10 @@ class AuditEvent:
         self.created_ns = created_ns
         self._span = span
         self._id: str | None = None
+        # The id's random bits, drawn now: the id is made at its first read, which the
+        # caller of emit() and the sink's thread may do at once; drawn then, each drew
+        # its own, and the caller kept an id the record does not hold.
+        self._rand = _getrandbits(62)
         self._trace: tuple[str, str] | None = None
 
     @property
@@ -230,8 +235,9 @@ class AuditEvent:
     @property
     def id(self) -> str:
         if self._id is None:
-            # Random bits drawn here, off the request path (usually on the sink's thread).
-            self._id = _format_uuid7(self.created_ns, _getrandbits(62))
+            # Formatted here, off the request path (usually on the sink's thread); two
+            # threads formatting it at once make the same text.
+            self._id = _format_uuid7(self.created_ns, self._rand)
         return self._id
 
     @property

@@ -114,3 +114,32 @@ def test_an_int_too_long_to_print_is_a_field_error_not_a_value_error() -> None:
 
     with capture_audit_events(), pytest.raises(AuditFieldError, match="4,300 digits"):
         emit("bucket_created", 10**5000)
+
+
+def test_the_id_is_the_same_whichever_thread_reads_it_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``emit()`` returns its event while the sink's thread serializes it: both read the
+    lazily made id. Its random bits were drawn at that first read, so two threads reading
+    it at once each drew their own: the caller kept one id and the record stored the
+    other (an end-to-end test saw one stored id that no emit() returned, and one returned
+    that was never stored). Drawn when the event is made, the id is one value."""
+    import threading
+
+    from audit_middleware import event as event_module
+
+    made = AuditEvent("team_created", "t1", "u1", "", "", "", "", "", "", 1_764_000_000 * 10**9)
+    both_drawing = threading.Barrier(2, timeout=2)
+    real_bits = event_module._getrandbits
+
+    def draw_together(bits: int) -> int:
+        both_drawing.wait()  # both readers past the "no id yet" check at once
+        return real_bits(bits)
+
+    monkeypatch.setattr(event_module, "_getrandbits", draw_together)
+    seen: list[str] = []
+    readers = [threading.Thread(target=lambda: seen.append(made.id)) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(5)
+    assert len(seen) == 2 and seen[0] == seen[1] == made.id
