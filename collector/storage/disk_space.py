@@ -235,6 +235,11 @@ class Reserve:
         except FileNotFoundError:
             return False
         self._retry_at = time.monotonic() + RESERVE_RETRY
+        if size == 0:
+            # An empty reserve (made on a disk with no room for a byte of it) frees
+            # nothing: not a release, or the caller says "even with the reserve
+            # released" of a disk that got nothing back.
+            return False
         log.warning("audit store: the disk is full; released the %d-byte reserve %s so "
                     "that %s", size, self.path, why)
         return True

@@ -177,3 +177,13 @@ def test_a_digest_that_cannot_be_written_is_said_at_1_2_4_passes_then_its_recove
         "1 passes in a row)", "2 passes in a row)", "4 passes in a row)",
         "8 passes in a row)"], said
     assert "its digest written after 9 pass(es)" in caplog.text
+
+
+def test_an_empty_reserve_is_no_release(tmp_path: Path) -> None:
+    """An empty reserve file (made on a disk with no room for a byte of it) freed
+    nothing, yet counted as released: the store's start-up then said its disk was full
+    "even with the reserve released". It is removed, and said to be none."""
+    reserve = Reserve(tmp_path)
+    reserve.path.write_bytes(b"")
+    assert not reserve.release("the store can open")
+    assert not reserve.path.exists()
