@@ -892,6 +892,58 @@ def test_unfinished_tls_handshakes_count_against_max_connections(
                           "closed unfinished to make room", "max_connections is 2")
 
 
+def test_a_tls_handshake_under_way_is_not_closed_for_a_silent_connection(
+        collector: Collector, root: Path) -> None:
+    """At max_connections the oldest unfinished handshake was closed, even one whose
+    client had sent its ClientHello and was one round trip from done, while newer
+    connections that had sent nothing stayed: under a flood, a shipper further away
+    than the flood's next few connections never got in. Now a connection that has
+    sent nothing is closed first."""
+    import ssl
+
+    from audit_middleware.wire import Hello
+
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key, max_connections=2,
+                             handshake_timeout=60.0)
+    port = server.server.tcp_port()
+    assert port is not None
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    honest = socket.create_connection(("127.0.0.1", port), timeout=5)
+    silent: list[socket.socket] = []
+    try:
+        honest.sendall(outgoing.read())  # its ClientHello...
+        incoming.write(honest.recv(65536))  # ...answered: the collector waits for it
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                  for _ in range(2)]
+        wait_until(lambda: server.server.stats().get("tls_handshakes_evicted") == 1, 10,
+                   "one handshake closed to make room for the second silent connection")
+        assert silent[0].recv(1) == b""  # the oldest that had said nothing
+        while True:  # the honest client's handshake ends (its reply read late)
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                honest.sendall(outgoing.read())
+                data = honest.recv(65536)
+                assert data, "the collector closed the honest client's handshake"
+                incoming.write(data)
+        tls.write(Hello(source="honest", token="s3cret").encode())
+        honest.sendall(outgoing.read())
+        wait_until(lambda: server.server.stats()["connections_open"] == 1, 10,
+                   "the honest client's connection open")
+    finally:
+        honest.close()
+        for sock in silent:
+            sock.close()
+
+
 def _client_hello() -> bytes:
     """The bytes a TLS client sends first (its ClientHello)."""
     import ssl
