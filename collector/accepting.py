@@ -42,9 +42,16 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
     except OSError as exc:
         raise IngestError(f"cannot listen on {host}:{port}: {exc}") from None
     sockets: list[socket.socket] = []
+    skipped: OSError | None = None
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                # A family the kernel lacks (IPv6 off: "" or "localhost" still give ::
+                # or ::1): skipped, as asyncio's server skipped it.
+                skipped = exc
+                continue
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -56,6 +63,8 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         raise IngestError(f"cannot listen on {host}:{port}: {exc}") from None
+    if not sockets:
+        raise IngestError(f"cannot listen on {host}:{port}: {skipped}")
     return sockets
 
 

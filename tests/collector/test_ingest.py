@@ -4,6 +4,7 @@ connection for anything else a client can send, without ever taking the server d
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
@@ -358,6 +359,34 @@ def test_tcp_requires_the_token(make_server: ServerFactory) -> None:
         bad = RawClient(tcp=address)
         bad.send(Hello("x", token=token).encode())
         assert bad.error().code == ErrorCode.UNAUTHORIZED
+
+
+def test_an_address_family_the_kernel_lacks_is_skipped_as_asyncio_skipped_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a kernel without IPv6 (ipv6.disable=1), socket(AF_INET6) fails with
+    EAFNOSUPPORT. asyncio's server skipped such an address and listened on the others;
+    the ingest port's own binding refused to start at all on "" (every interface: 0.0.0.0
+    and ::) or on a "localhost" that /etc/hosts also gives as ::1."""
+    from collector import accepting
+
+    real = socket.socket
+
+    def without_ipv6(family: int = -1, *args: Any, **kwargs: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(accepting.socket, "socket", without_ipv6)
+        listeners = accepting.bind_tcp("", 0)
+    try:
+        assert [sock.family for sock in listeners] == [socket.AF_INET]
+        with socket.create_connection(("127.0.0.1", listeners[0].getsockname()[1]),
+                                      timeout=5):
+            pass  # listening
+    finally:
+        for sock in listeners:
+            sock.close()
 
 
 def test_a_tcp_listener_without_a_token_does_not_start(store: Any) -> None:
