@@ -102,9 +102,9 @@ async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, st
             if n is not None:
                 log.exception("ingest: admitting a connection failed (%d times so far); "
                               "it was closed", n)
-            continue
         # A flood's connections are all ready at once: let their handshakes (and the rest
-        # of the collector) run between two accepts.
+        # of the collector) run between two accepts; after one that failed too
+        # (sock_accept does not yield while connections wait).
         await asyncio.sleep(0)
 
 
