@@ -1,5 +1,6 @@
-"""The ingest TCP port's listening sockets and its accept loop, one connection at a time
-(the query API's TLS listener, ``collector.api.tls``, accepts the same way).
+"""The ingest TCP port's listening sockets, and the accept loop of the TCP ports (the
+ingest port's and the query API's TLS one, ``collector.api.tls``), one connection at a
+time.
 
 asyncio's own server accepts every connection waiting in the backlog at once, before
 the server's code could count them; and out of files it logs "socket.accept() out of
@@ -21,8 +22,6 @@ from typing import Final
 
 from .handshakes import FailureLog
 from .listen import IngestError
-
-log = logging.getLogger("collector.ingest")
 
 #: accept() errors that mean the process (or system) is out of files or memory.
 OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
@@ -70,11 +69,13 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
 
 async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, str], None],
                          make_room: Callable[[], None], counters: Counter[str],
-                         failures: FailureLog) -> None:
+                         failures: FailureLog, *, log: logging.Logger, what: str,
+                         making_room: str) -> None:
     """Accepts connections on ``sock`` until cancelled; ``admit(connection, peer)`` for
-    each. A failed accept() is counted (``accept_errors``) and logged sparingly; out of
-    files, ``make_room()`` is asked to close a connection first. Never ends otherwise:
-    an exception that ended it left the port accepting nothing while the collector ran."""
+    each. A failed accept() is counted (``accept_errors``) and logged sparingly, as
+    "``what``: cannot accept a connection", out of files with "; ``making_room``"; then
+    ``make_room()`` is asked to close a connection. Never ends otherwise: an exception
+    that ended it left the port accepting nothing while the collector ran."""
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -86,9 +87,8 @@ async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, st
             out_of_files = exc.errno in OUT_OF_RESOURCES
             n = failures.count("accept()")
             if n is not None:
-                log.warning("ingest: cannot accept a connection: %s (%d times so far)%s",
-                            exc, n, "; closing the oldest connection that has not said "
-                            "hello (or finished its TLS handshake)" if out_of_files else "")
+                log.warning("%s: cannot accept a connection: %s (%d times so far)%s",
+                            what, exc, n, f"; {making_room}" if out_of_files else "")
             if out_of_files:
                 make_room()
             await asyncio.sleep(ACCEPT_RETRY)
@@ -100,8 +100,8 @@ async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, st
             counters["internal_errors"] += 1
             n = failures.count("admit")
             if n is not None:
-                log.exception("ingest: admitting a connection failed (%d times so far); "
-                              "it was closed", n)
+                log.exception("%s: admitting a connection failed (%d times so far); "
+                              "it was closed", what, n)
         # A flood's connections are all ready at once: let their handshakes (and the rest
         # of the collector) run between two accepts; after one that failed too
         # (sock_accept does not yield while connections wait).
@@ -111,4 +111,4 @@ async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, st
 def _peer(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
-    return "tcp client"
+    return "a client"

@@ -173,7 +173,9 @@ class IngestServer:
             for sock in self._listeners:
                 self._accepting.append(loop.create_task(accept_forever(
                     sock, self._admit, self._make_room, self.counters,
-                    self._handshake_failures)))
+                    self._handshake_failures, log=log, what="ingest",
+                    making_room="closing the oldest connection that has not said hello "
+                    "(or finished its TLS handshake)")))
                 host, port = sock.getsockname()[:2]
                 self.addresses.append(f"{'tls' if tls else 'tcp'}:{host}:{port}")
 

@@ -9,7 +9,8 @@ exhausted the process's files (the ingest socket's and the store's too) and kept
 clients from even being accepted. asyncio's server also accepts every connection
 waiting in the backlog at once, before any code of ours could count them.
 
-Here ``TlsListener`` accepts one connection at a time (``loop.sock_accept``), and each is
+Here ``TlsListener`` accepts one connection at a time (``loop.sock_accept``, in
+``collector.accepting``'s loop, which the ingest port shares), and each is
 a ``_Handshake`` until its TLS is up: counted (``pending``, which the guard adds to
 uvicorn's connections), closed at ``handshake_timeout``, and, above the API's connection
 limit, the oldest unfinished handshakes are closed to make room for new connections (an
@@ -22,7 +23,6 @@ A client speaking plain HTTP to the port is answered ``400`` with the https:// a
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import ssl
@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
+from ..accepting import accept_forever
 from ..handshakes import FailureLog, first_bytes, handshake_hint
 
 log = logging.getLogger("collector.api")
@@ -46,12 +47,6 @@ _HINTS: Final = (
 )
 #: The first byte of a TLS record carrying a handshake message (the ClientHello).
 _TLS_HANDSHAKE_RECORD: Final = 0x16
-#: accept() errors that mean the process (or system) is out of files or memory.
-_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
-                                      errno.ENOMEM})
-#: Seconds before accept() is tried again after it failed (out of files: asyncio's own
-#: server waits 1 s, accepting nothing meanwhile).
-ACCEPT_RETRY: Final = 0.1
 
 
 class _Handshake:
@@ -130,41 +125,14 @@ class TlsListener:
             handshake.sock.close()
 
     async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, address = await loop.sock_accept(self.sock)
-            except ConnectionAbortedError:
-                continue  # the client reset before it was accepted
-            except OSError as exc:
-                # Out of files (or another error of the listener): logged sparingly, the
-                # oldest unfinished handshake closed to make room, tried again shortly;
-                # the loop never ends but with the API.
-                self.counters["accept_errors"] += 1
-                n = self._failures.count("accept()")
-                if n is not None:
-                    log.warning("query API: cannot accept a connection: %s (%d times so "
-                                "far)%s", exc, n, "; closing the oldest unfinished TLS "
-                                "handshake" if exc.errno in _OUT_OF_RESOURCES else "")
-                if exc.errno in _OUT_OF_RESOURCES and self.pending:
-                    self.evict(next(iter(self.pending)))
-                await asyncio.sleep(ACCEPT_RETRY)
-                continue
-            try:
-                self._admit(conn, _peer(address))
-            except Exception:
-                # Only the accepted connection's: the loop ending left the API taking no
-                # connection again while the collector ran on.
-                conn.close()
-                self.counters["internal_errors"] += 1
-                n = self._failures.count("admit")
-                if n is not None:
-                    log.exception("query API: admitting a connection failed (%d times so "
-                                  "far); it was closed", n)
-            # A flood's connections are all ready at once: let their handshakes (and the
-            # rest of the collector, ingest included) run between two accepts; after one
-            # that failed too (sock_accept does not yield while connections wait).
-            await asyncio.sleep(0)
+        await accept_forever(self.sock, self._admit, self._make_room, self.counters,
+                             self._failures, log=log, what="query API",
+                             making_room="closing the oldest unfinished TLS handshake")
+
+    def _make_room(self) -> None:
+        """Out of files: the oldest unfinished handshake closed."""
+        if self.pending:
+            self.evict(next(iter(self.pending)))
 
     def _admit(self, conn: socket.socket, peer: str) -> None:
         """A new connection: counted, the oldest unfinished ones closed while there are
@@ -253,8 +221,3 @@ class TlsListener:
             log.warning("query API: TLS handshake with %s failed: %s%s (%d from this host so "
                         "far)", handshake.peer, what, hint, n)
 
-
-def _peer(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return "a client"

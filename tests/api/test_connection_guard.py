@@ -499,9 +499,9 @@ def test_the_tls_accept_loop_outlives_a_connection_it_fails_to_admit(
     """Only OSError was caught around an accepted connection: anything else ended the
     accept loop, and the API took no connection again while the collector ran on. The
     connection is closed, logged, and the next one served."""
-    from collector.api import tls as api_tls
+    from collector import accepting  # the accept loop the API's TLS listener runs
 
-    _failing_once(monkeypatch, api_tls, "_peer", ValueError("an address of a shape never seen"))
+    _failing_once(monkeypatch, accepting, "_peer", ValueError("an address of a shape never seen"))
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         host, port = served.url.removeprefix("https://").rsplit(":", 1)
@@ -564,13 +564,13 @@ def test_connections_the_tls_accept_loop_fails_to_admit_let_the_rest_run(
     one it failed to admit it went straight to the next accept, which does not yield
     while connections are waiting: a failure repeated for each accepted connection held
     the event loop until the whole backlog was drained."""
-    from collector.api import tls as api_tls
+    from collector import accepting  # the accept loop the API's TLS listener runs
     from tests.shipper.test_collector_sink import self_signed_certificate
 
     def peer_failing(address: object) -> str:
         raise ValueError("an address of a shape never seen")
 
-    monkeypatch.setattr(api_tls, "_peer", peer_failing)
+    monkeypatch.setattr(accepting, "_peer", peer_failing)
     cert, key = self_signed_certificate(tmp_path)
     flood = 20
 

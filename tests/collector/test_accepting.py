@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections import Counter
 
@@ -35,7 +36,9 @@ def test_after_a_failed_admit_the_loop_yields_before_the_next_accept() -> None:
 
         counters: Counter[str] = Counter()
         tasks = [asyncio.create_task(ticker()), asyncio.create_task(
-            accept_forever(listener, admit, lambda: None, counters, FailureLog()))]
+            accept_forever(listener, admit, lambda: None, counters, FailureLog(),
+                           log=logging.getLogger("collector.ingest"), what="ingest",
+                           making_room="closing nothing"))]
         try:
             async with asyncio.timeout(10):
                 while len(seen) < 3:

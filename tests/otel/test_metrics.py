@@ -163,11 +163,13 @@ def test_every_counter_of_ingest_and_of_the_api_connections_is_published() -> No
     collector = Path(__file__).resolve().parents[2] / "collector"
     rows = {(m.source, m.key): m for m in METRICS}
     ingest = _counted_keys(collector / "ingest.py") - {"unauthorized"}  # == errors.unauthorized
-    ingest |= _counted_keys(collector / "accepting.py")  # the TCP port's accept loop
+    accepting = _counted_keys(collector / "accepting.py")  # both TCP ports' accept loop
+    ingest |= accepting
     ingest |= {f"error_{code}" for code in ErrorCode if code != ErrorCode.STORAGE_UNAVAILABLE}
     tls = {"tls_probes", "tls_handshake_failures", "tls_handshakes_evicted"}
     wanted = {("ingest_tls" if key in tls else "ingest", key) for key in ingest}
-    wanted |= {("api_tls", key) for key in _counted_keys(collector / "api" / "tls.py")}
+    wanted |= {("api_tls", key)
+               for key in _counted_keys(collector / "api" / "tls.py") | accepting}
     wanted.add(("api", "closed_by_guard"))
     # HTTP ingest's too: its refusals (bad requests, too large, storage errors) were not.
     wanted |= {("http", key) for key in _counted_keys(collector / "http_ingest.py")}
