@@ -17,11 +17,13 @@ import errno
 import logging
 import socket
 from collections import Counter
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Final, Protocol, TypeVar
 
 from .handshakes import FailureLog
 from .listen import IngestError
+
+H = TypeVar("H", bound="_Pending")
 
 #: accept() errors that mean the process (or system) is out of files or memory.
 OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
@@ -106,6 +108,27 @@ async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, st
         # of the collector) run between two accepts; after one that failed too
         # (sock_accept does not yield while connections wait).
         await asyncio.sleep(0)
+
+
+class _Pending(Protocol):
+    handed: bool  # the client sent its first byte: its socket is the TLS handshake's
+
+
+def least_worth(pending: Iterable[H]) -> H:
+    """The unfinished TLS handshake to close first, of ``pending`` (oldest first): the
+    oldest whose client has sent nothing yet, or else the oldest. A client that sent its
+    ClientHello may be one round trip from done; closing it while newer silent
+    connections stayed locked a client further away than a flood's next few connections
+    out (the ingest port and the query API's alike)."""
+    oldest = None
+    for handshake in pending:
+        if not handshake.handed:
+            return handshake
+        if oldest is None:
+            oldest = handshake
+    if oldest is None:
+        raise ValueError("no handshake under way to close")
+    return oldest
 
 
 def _peer(address: object) -> str:

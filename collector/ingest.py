@@ -53,7 +53,7 @@ from audit_middleware.wire import (
     parse_header,
 )
 
-from .accepting import accept_forever, bind_tcp
+from .accepting import accept_forever, bind_tcp, least_worth
 from .batch_events import BatchEvents, LineReader
 from .handshakes import FailureLog, first_bytes, handshake_hint
 from .listen import IngestError, bind_unix, tls_context
@@ -126,7 +126,7 @@ class _Handshake:
         self.evicted = False  # closed unfinished, to keep within max_connections
         self.running = False  # its task has started (and closes the socket when it ends)
         # the socket is asyncio's transport's (the TLS handshake): the client has sent
-        # its first byte, it is no silent connection (``_least_worth``)
+        # its first byte, it is no silent connection (``accepting.least_worth``)
         self.handed = False
 
 
@@ -227,7 +227,7 @@ class IngestServer:
 
     def _admit(self, sock: socket.socket, peer: str) -> None:
         """A new TCP connection (``accept_forever``): its task started; over TLS, counted
-        as a handshake, unfinished ones closed (``_least_worth``) while there are more than
+        as a handshake, unfinished ones closed (``accepting.least_worth``) while there are more than
         ``max_connections`` leaves room for (at least this one: a handshake that ends
         with every slot taken is refused with ``too_many_connections``)."""
         loop = asyncio.get_running_loop()
@@ -236,7 +236,7 @@ class IngestServer:
         else:
             room = max(self.settings.max_connections - self._open_count(), 1)
             while self._handshakes and len(self._handshakes) >= room:
-                self._evict_handshake(self._least_worth())
+                self._evict_handshake(least_worth(self._handshakes))
             handshake = _Handshake(sock, peer, loop.time())
             self._handshakes[handshake] = None
             task = handshake.task = loop.create_task(self._tls_client(handshake))
@@ -244,22 +244,12 @@ class IngestServer:
         task.add_done_callback(self._tasks.discard)
 
     def _make_room(self) -> None:
-        """Out of files: an unfinished TLS handshake closed (``_least_worth``), or else the oldest
+        """Out of files: an unfinished TLS handshake closed (``accepting.least_worth``), or else the oldest
         connection that has not said hello (``_evict_one_silent``)."""
         if self._handshakes:
-            self._evict_handshake(self._least_worth())
+            self._evict_handshake(least_worth(self._handshakes))
         else:
             self._evict_one_silent()
-
-    def _least_worth(self) -> _Handshake:
-        """The unfinished handshake to close first: the oldest whose client has sent
-        nothing yet, or else the oldest. A client that sent its ClientHello may be one
-        round trip from done; closing it while newer silent connections stay locked a
-        shipper further away than the flood's next few connections out."""
-        for handshake in self._handshakes:  # oldest first
-            if not handshake.handed:
-                return handshake
-        return next(iter(self._handshakes))
 
     def _evict_handshake(self, handshake: _Handshake) -> None:
         if self._handshakes.pop(handshake, False) is False:

@@ -13,8 +13,8 @@ Here ``TlsListener`` accepts one connection at a time (``loop.sock_accept``, in
 ``collector.accepting``'s loop, which the ingest port shares), and each is
 a ``_Handshake`` until its TLS is up: counted (``pending``, which the guard adds to
 uvicorn's connections), closed at ``handshake_timeout``, and, above the API's connection
-limit, the oldest unfinished handshakes are closed to make room for new connections (an
-honest client's handshake takes milliseconds, a flood's never ends). The handshake is
+limit, unfinished handshakes are closed to make room for new connections (silent ones
+first: an honest client's handshake takes milliseconds, a flood's never ends). The handshake is
 ``loop.connect_accepted_socket(ssl=..., ssl_handshake_timeout=...)``, which then gives
 the TLS connection to uvicorn's HTTP protocol, as ``create_server(ssl=...)`` did.
 A client speaking plain HTTP to the port is answered ``400`` with the https:// address.
@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
-from ..accepting import accept_forever
+from ..accepting import accept_forever, least_worth
 from ..handshakes import FailureLog, first_bytes, handshake_hint
 
 log = logging.getLogger("collector.api")
@@ -130,18 +130,18 @@ class TlsListener:
                              making_room="closing the oldest unfinished TLS handshake")
 
     def _make_room(self) -> None:
-        """Out of files: the oldest unfinished handshake closed."""
+        """Out of files: an unfinished handshake closed (``least_worth``)."""
         if self.pending:
-            self.evict(next(iter(self.pending)))
+            self.evict(least_worth(self.pending))
 
     def _admit(self, conn: socket.socket, peer: str) -> None:
-        """A new connection: counted, the oldest unfinished ones closed while there are
+        """A new connection: counted, unfinished ones closed (``least_worth``) while there are
         more than the limit leaves room for, and its handshake started."""
         loop = asyncio.get_running_loop()
         handshake = _Handshake(conn, peer, loop.time())
         room = max(self.room(), 1)
         while self.pending and len(self.pending) >= room:
-            self.evict(next(iter(self.pending)))
+            self.evict(least_worth(self.pending))
         self.pending[handshake] = None
         task = handshake.task = loop.create_task(self._handshake(handshake))
         self._tasks.add(task)

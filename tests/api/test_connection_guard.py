@@ -595,3 +595,56 @@ def test_connections_the_tls_accept_loop_fails_to_admit_let_the_rest_run(
             assert max(steps) <= 2, seen
 
     asyncio.run(main())
+
+
+def test_a_tls_handshake_under_way_is_not_closed_for_a_silent_connection(
+        tmp_path: Path) -> None:
+    """Making room, the API closed the oldest unfinished handshake, even one whose client
+    had sent its ClientHello and was one round trip from done, while newer connections
+    that had sent nothing stayed: an administrator further away than a flood's next few
+    connections never got in. A connection that has sent nothing goes first, as on the
+    ingest port (``accepting.least_worth``)."""
+
+    async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
+        served.max_connections = 2
+        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+        loop = asyncio.get_running_loop()
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_tls.wrap_bio(incoming, outgoing, server_hostname=host)
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        honest = socket.create_connection((host, int(port)), timeout=5)
+        silent: list[socket.socket] = []
+        try:
+            honest.sendall(outgoing.read())  # its ClientHello...
+            reply = await loop.run_in_executor(None, honest.recv, 65536)
+            incoming.write(reply)  # ...answered: the server waits for its next flight
+            for _ in range(2):
+                sock = socket.create_connection((host, int(port)), timeout=5)
+                sock.setblocking(False)
+                silent.append(sock)
+            assert await _closed_within(silent[0], 3.0)  # the oldest that said nothing
+            while True:  # the honest handshake ends (its reply read late)
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    honest.sendall(outgoing.read())
+                    data = await loop.run_in_executor(None, honest.recv, 65536)
+                    assert data, "the API closed the honest client's handshake"
+                    incoming.write(data)
+            tls.write(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            honest.sendall(outgoing.read())
+            answer = b""
+            while data := await loop.run_in_executor(None, honest.recv, 65536):
+                incoming.write(data)  # read to the end: the answer's "Connection: close"
+                with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    while chunk := tls.read(65536):
+                        answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello"), answer
+        finally:
+            honest.close()
+            for sock in silent:
+                sock.close()
+
+    _run_tls(tmp_path, test)
