@@ -210,8 +210,16 @@ def _client_sockets_to(path: str) -> int:
     n = 0
     for fd in map(int, os.listdir("/proc/self/fd")):
         try:
-            sock = socket.socket(fileno=os.dup(fd))
+            copy = os.dup(fd)
         except OSError:
+            continue  # closed meanwhile
+        try:
+            sock = socket.socket(fileno=copy)
+        except OSError:
+            # Not a socket: the copy closed here. Left open, each call doubled the
+            # process's other descriptors (the copies of the last call's copies), and a
+            # poll of ten calls in a long test run exhausted the file limit.
+            os.close(copy)
             continue
         try:
             n += sock.family == socket.AF_UNIX and sock.getpeername() == path
