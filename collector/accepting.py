@@ -18,12 +18,10 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Final, Protocol, TypeVar
+from typing import Final
 
 from .handshakes import FailureLog
 from .listen import IngestError
-
-H = TypeVar("H", bound="_Pending")
 
 #: accept() errors that mean the process (or system) is out of files or memory.
 OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
@@ -110,11 +108,25 @@ async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, st
         await asyncio.sleep(0)
 
 
-class _Pending(Protocol):
-    handed: bool  # the client sent its first byte: its socket is the TLS handshake's
+class Handshake:
+    """An accepted TCP connection until its TLS is up (the ingest port's and the query
+    API's alike)."""
+
+    __slots__ = ("evicted", "handed", "peer", "running", "sock", "started", "task")
+
+    def __init__(self, sock: socket.socket, peer: str, started: float) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.started = started
+        self.task: asyncio.Task[None] | None = None
+        self.evicted = False  # closed unfinished, to keep within the connection limit
+        self.running = False  # its task has started (and closes the socket when it ends)
+        # the socket is asyncio's transport's (the TLS handshake): the client has sent
+        # its first byte, it is no silent connection (``least_worth``)
+        self.handed = False
 
 
-def least_worth(pending: Iterable[H]) -> H:
+def least_worth(pending: Iterable[Handshake]) -> Handshake:
     """The unfinished TLS handshake to close first, of ``pending`` (oldest first): the
     oldest whose client has sent nothing yet, or else the oldest. A client that sent its
     ClientHello may be one round trip from done; closing it while newer silent

@@ -11,7 +11,7 @@ handshake, idle and read deadlines; the number of connections is bounded, and so
 what the replies of one connection may hold (``reply_queue``).
 
 The TCP port is accepted here, one connection at a time (``collector.accepting``), and
-over TLS each connection is a ``_Handshake`` until its TLS is up: counted against
+over TLS each connection is a ``Handshake`` until its TLS is up: counted against
 ``max_connections`` with the connections, the oldest closed to make room for a new one
 (an honest client's handshake takes milliseconds, a flood's never ends), and the oldest
 closed too when accept() finds the process out of files. Uncounted, a flood of silent
@@ -53,7 +53,7 @@ from audit_middleware.wire import (
     parse_header,
 )
 
-from .accepting import accept_forever, bind_tcp, least_worth
+from .accepting import Handshake, accept_forever, bind_tcp, least_worth
 from .batch_events import BatchEvents, LineReader
 from .handshakes import FailureLog, first_bytes, handshake_hint
 from .listen import IngestError, bind_unix, tls_context
@@ -113,23 +113,6 @@ class _Conn:
         self.evicted = False  # closed to make room for a newer connection
 
 
-class _Handshake:
-    """An accepted TCP connection until its TLS is up."""
-
-    __slots__ = ("evicted", "handed", "peer", "running", "sock", "started", "task")
-
-    def __init__(self, sock: socket.socket, peer: str, started: float) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.started = started
-        self.task: asyncio.Task[None] | None = None
-        self.evicted = False  # closed unfinished, to keep within max_connections
-        self.running = False  # its task has started (and closes the socket when it ends)
-        # the socket is asyncio's transport's (the TLS handshake): the client has sent
-        # its first byte, it is no silent connection (``accepting.least_worth``)
-        self.handed = False
-
-
 class IngestServer:
     def __init__(self, store: StoreLike, settings: IngestSettings) -> None:
         if settings.tcp_host is not None and not settings.token:
@@ -151,7 +134,7 @@ class IngestServer:
         self.tls: ssl.SSLContext | None = None  # the TCP listener's (reloaded at SIGHUP)
         self._handshake_failures = FailureLog()  # by client host (see _tls_handshake)
         #: TLS handshakes under way, oldest first (a dict keeps insertion order).
-        self._handshakes: dict[_Handshake, None] = {}
+        self._handshakes: dict[Handshake, None] = {}
         self._listeners: list[socket.socket] = []  # the TCP port's
         self._accepting: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()  # the TCP connections' (referenced)
@@ -237,7 +220,7 @@ class IngestServer:
             room = max(self.settings.max_connections - self._open_count(), 1)
             while self._handshakes and len(self._handshakes) >= room:
                 self._evict_handshake(least_worth(self._handshakes))
-            handshake = _Handshake(sock, peer, loop.time())
+            handshake = Handshake(sock, peer, loop.time())
             self._handshakes[handshake] = None
             task = handshake.task = loop.create_task(self._tls_client(handshake))
         self._tasks.add(task)
@@ -251,14 +234,14 @@ class IngestServer:
         else:
             self._evict_one_silent()
 
-    def _evict_handshake(self, handshake: _Handshake) -> None:
+    def _evict_handshake(self, handshake: Handshake) -> None:
         if self._handshakes.pop(handshake, False) is False:
             return  # gone already
         self.counters["tls_handshakes_evicted"] += 1
         handshake.evicted = True
         self._end(handshake)
 
-    def _end(self, handshake: _Handshake) -> None:
+    def _end(self, handshake: Handshake) -> None:
         if handshake.task is not None:
             # A task that has started closes the socket (or asyncio does, once handed):
             # not here, while the loop may still watch it. One that has not never will.
@@ -274,12 +257,12 @@ class IngestServer:
             return
         await self._client(reader, writer, tcp=True)
 
-    async def _tls_client(self, handshake: _Handshake) -> None:
+    async def _tls_client(self, handshake: Handshake) -> None:
         streams = await self._tls_handshake(handshake)
         if streams is not None:
             await self._client(*streams, tcp=True)
 
-    async def _tls_handshake(self, handshake: _Handshake
+    async def _tls_handshake(self, handshake: Handshake
                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """TLS on an accepted connection; None (counted, logged, closed) if it fails.
 

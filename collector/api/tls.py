@@ -11,7 +11,7 @@ waiting in the backlog at once, before any code of ours could count them.
 
 Here ``TlsListener`` accepts one connection at a time (``loop.sock_accept``, in
 ``collector.accepting``'s loop, which the ingest port shares), and each is
-a ``_Handshake`` until its TLS is up: counted (``pending``, which the guard adds to
+a ``Handshake`` until its TLS is up: counted (``pending``, which the guard adds to
 uvicorn's connections), closed at ``handshake_timeout``, and, above the API's connection
 limit, unfinished handshakes are closed to make room for new connections (silent ones
 first: an honest client's handshake takes milliseconds, a flood's never ends). The handshake is
@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
-from ..accepting import accept_forever, least_worth
+from ..accepting import Handshake, accept_forever, least_worth
 from ..handshakes import FailureLog, first_bytes, handshake_hint
 
 log = logging.getLogger("collector.api")
@@ -49,21 +49,6 @@ _HINTS: Final = (
 _TLS_HANDSHAKE_RECORD: Final = 0x16
 
 
-class _Handshake:
-    """An accepted connection until its TLS is up."""
-
-    __slots__ = ("evicted", "handed", "peer", "running", "sock", "started", "task")
-
-    def __init__(self, sock: socket.socket, peer: str, started: float) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.started = started
-        self.task: asyncio.Task[None] | None = None
-        self.evicted = False  # closed unfinished, to keep within the connection limit
-        self.running = False  # its task has started (and closes the socket when it ends)
-        self.handed = False  # the socket is asyncio's transport's (the TLS handshake)
-
-
 class TlsListener:
     """Accepts the API's connections and runs their TLS handshakes; the finished ones
     are uvicorn's (``make_protocol``)."""
@@ -78,7 +63,7 @@ class TlsListener:
         self.room = room  # how many unfinished handshakes fit under the limit now
         self.limit = limit  # the API's connection limit, for the log
         #: Unfinished handshakes, oldest first (a dict keeps insertion order).
-        self.pending: dict[_Handshake, None] = {}
+        self.pending: dict[Handshake, None] = {}
         self.counters: Counter[str] = Counter()
         self._failures = FailureLog()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,7 +92,7 @@ class TlsListener:
         counts["tls_handshakes_pending"] = len(self.pending)
         return counts
 
-    def evict(self, handshake: _Handshake) -> bool:
+    def evict(self, handshake: Handshake) -> bool:
         """Closes an unfinished handshake to make room; False if it was gone already."""
         if self.pending.pop(handshake, False) is False:
             return False
@@ -116,7 +101,7 @@ class TlsListener:
         self._end(handshake)
         return True
 
-    def _end(self, handshake: _Handshake) -> None:
+    def _end(self, handshake: Handshake) -> None:
         if handshake.task is not None:
             # A task that has started closes the socket (or asyncio does, once handed):
             # not here, while the loop may still watch it. One that has not never will.
@@ -138,7 +123,7 @@ class TlsListener:
         """A new connection: counted, unfinished ones closed (``least_worth``) while there are
         more than the limit leaves room for, and its handshake started."""
         loop = asyncio.get_running_loop()
-        handshake = _Handshake(conn, peer, loop.time())
+        handshake = Handshake(conn, peer, loop.time())
         room = max(self.room(), 1)
         while self.pending and len(self.pending) >= room:
             self.evict(least_worth(self.pending))
@@ -147,7 +132,7 @@ class TlsListener:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handshake(self, handshake: _Handshake) -> None:
+    async def _handshake(self, handshake: Handshake) -> None:
         handshake.running = True
         loop = asyncio.get_running_loop()
         sock = handshake.sock
@@ -188,7 +173,7 @@ class TlsListener:
             if not handshake.handed:
                 sock.close()
 
-    async def _refuse_plain_http(self, handshake: _Handshake, deadline: float) -> None:
+    async def _refuse_plain_http(self, handshake: Handshake, deadline: float) -> None:
         """``400`` and the https:// address, to a client speaking plain HTTP here (a
         browser or curl given ``http://``): said to the client, not only in the log."""
         loop = asyncio.get_running_loop()
@@ -214,7 +199,7 @@ class TlsListener:
         except (TimeoutError, OSError):
             pass
 
-    def _failed(self, handshake: _Handshake, what: str, hint: str) -> None:
+    def _failed(self, handshake: Handshake, what: str, hint: str) -> None:
         self.counters["tls_handshake_failures"] += 1
         n = self._failures.count(handshake.peer.rsplit(":", 1)[0])
         if n is not None:
