@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import socket
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._wsgi_unix import on_unix_socket as _wsgi_unix_socket
 from .client_ip import ForwardedHeader, Resolution, TrustedProxies, resolve_client_ip
 from .errors import AuditConfigurationError
 
@@ -26,25 +26,6 @@ log = logging.getLogger("audit_middleware")
 Resolved = str | tuple[str, str] | None
 Resolver = Callable[["RequestContext"], Resolved]
 PrincipalResolver = Callable[["RequestContext"], str | None]
-
-
-_AF_UNIX = getattr(socket, "AF_UNIX", object())  # not on every Windows build
-
-
-def _wsgi_unix_socket(environ: Mapping[str, Any]) -> bool:
-    """Whether a WSGI server that hands the app its connection (gunicorn, Werkzeug)
-    accepted it on a unix socket. There ``REMOTE_ADDR`` is not an address: the path the
-    connecting process bound its own socket to (any text it likes, ``10.0.0.1`` too:
-    gunicorn and Werkzeug put it there), empty when it bound none, or ``<local>``
-    (Werkzeug)."""
-    for key in ("gunicorn.socket", "werkzeug.socket"):
-        sock = environ.get(key)
-        if sock is not None:
-            try:
-                return getattr(sock, "family", None) == _AF_UNIX
-            except Exception:  # noqa: BLE001 - a server's object: never fail the request
-                return False
-    return False
 
 
 @dataclass(frozen=True)
