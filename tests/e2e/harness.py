@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -129,6 +130,25 @@ class CollectorProcess:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+def lower_file_limit(collector: CollectorProcess, soft: int | None = None, *,
+                     above_idle: int | None = None) -> None:
+    """Lower a running collector's soft file limit (``RLIMIT_NOFILE``) to ``soft``, or
+    to the files it holds open now plus ``above_idle``; its hard limit stays. Nothing is
+    restored: the limit dies with the process, and the collector reads it afresh where
+    it matters (its connection limits, each accept)."""
+    if (soft is None) == (above_idle is None):
+        raise TypeError("lower_file_limit: pass either soft (the new limit) or above_idle "
+                        "(files over what the collector holds open now), not both")
+    assert collector.proc is not None and collector.proc.poll() is None, \
+        "lower_file_limit: start the collector first"
+    pid = collector.proc.pid
+    if soft is None:
+        assert above_idle is not None
+        soft = len(os.listdir(f"/proc/{pid}/fd")) + above_idle
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def run_python(code: str, *args: str, timeout: float = 60.0

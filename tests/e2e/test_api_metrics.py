@@ -6,7 +6,6 @@ failing TLS for want of the CA, showed only in the log."""
 from __future__ import annotations
 
 import re
-import resource
 import socket
 import ssl
 from collections.abc import Iterator
@@ -19,7 +18,13 @@ import pytest
 
 from audit_middleware.wire import encode_batch, encode_batch_body
 from tests.api.served import serving
-from tests.e2e.harness import RawClient, short_tmp, wait_until, wire_line
+from tests.e2e.harness import (
+    RawClient,
+    lower_file_limit,
+    short_tmp,
+    wait_until,
+    wire_line,
+)
 from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
@@ -54,19 +59,11 @@ def _is_closed(sock: socket.socket) -> bool:
         return True
 
 
-def _lower_file_limit(pid: int, soft: int) -> None:
-    """The API's connection limit is a quarter of the process's file limit (read at
-    each check): 128 files make it 32."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
-
-
 def test_failed_tls_handshakes_probes_and_evictions_on_the_api_port_are_counted(
         root: Path) -> None:
     cert, key = self_signed_certificate(root)
     with serving(root / "data", "--api-tls-cert", str(cert), "--api-tls-key", str(key)
                  ) as (collector, url), ExitStack() as stack:
-        assert collector.proc is not None
         first = scrape(url, cert)
         assert first["audit_collector_api_tls_handshake_failures_total"] == 0
         assert first["audit_collector_api_tls_probes_total"] == 0
@@ -91,8 +88,10 @@ def test_failed_tls_handshakes_probes_and_evictions_on_the_api_port_are_counted(
         wait_until(lambda: scrape(url, cert)["audit_collector_api_tls_handshakes_pending"]
                    >= 1, 10, "the unfinished handshake shown")
         silent.close()
-        # A flood of them above the limit (32 under 128 files): the oldest are evicted.
-        _lower_file_limit(collector.proc.pid, 128)
+        # A flood of them above the limit: the oldest are evicted. The API's connection
+        # limit is a quarter of the process's file limit (read at each check): 128
+        # files make it 32.
+        lower_file_limit(collector, 128)
         wait_until(lambda: scrape(url, cert)["audit_collector_api_connections_limit"] == 32,
                    10, "the lowered limit shown")
         flood = [stack.enter_context(socket.create_connection(_address(url)))
@@ -109,13 +108,12 @@ def test_failed_tls_handshakes_probes_and_evictions_on_the_api_port_are_counted(
 def test_connections_closed_by_the_guard_on_a_plain_http_api_are_counted(
         root: Path) -> None:
     with serving(root / "data") as (collector, url), ExitStack() as stack:
-        assert collector.proc is not None
         first = scrape(url)
         assert first["audit_collector_api_connections_closed_by_guard_total"] == 0
         assert first["audit_collector_api_connections_open"] == 1  # the scrape's own
         # No TLS on this port: no TLS figures rather than zeros that look like health.
         assert not [name for name in first if name.startswith("audit_collector_api_tls")]
-        _lower_file_limit(collector.proc.pid, 128)
+        lower_file_limit(collector, 128)  # a connection limit of 32
         wait_until(lambda: scrape(url)["audit_collector_api_connections_limit"] == 32, 10,
                    "the lowered limit shown")
         held = [stack.enter_context(socket.create_connection(_address(url)))

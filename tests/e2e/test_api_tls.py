@@ -7,8 +7,6 @@ Raw sockets play the attacker; the honest client is httpx with the test certific
 
 from __future__ import annotations
 
-import os
-import resource
 import socket
 import ssl
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import httpx
 import pytest
 
 from tests.api.served import serving
-from tests.e2e.harness import CollectorProcess, short_tmp, wait_until
+from tests.e2e.harness import CollectorProcess, lower_file_limit, short_tmp, wait_until
 from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
@@ -112,9 +110,7 @@ def test_a_flood_of_unfinished_handshakes_cannot_lock_out_an_honest_client(
     for 60 s uncounted by the guard, the process ran out of files and the honest client
     was not even accepted. Now the oldest unfinished handshakes are closed to make room."""
     with tls_api(root) as (collector, url, cert), ExitStack() as stack:
-        assert collector.proc is not None
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.prlimit(collector.proc.pid, resource.RLIMIT_NOFILE, (128, hard))
+        lower_file_limit(collector, 128)
         held = [stack.enter_context(socket.create_connection(_address(url), timeout=5))
                 for _ in range(300)]
         assert _honest_get(url, cert) == 401
@@ -139,10 +135,7 @@ def test_out_of_files_the_oldest_unfinished_handshakes_still_make_room(root: Pat
     idle) before the connection limit (at least 16) is reached: each failure closes the
     oldest unfinished handshake, and the listener goes on accepting."""
     with tls_api(root) as (collector, url, cert), ExitStack() as stack:
-        assert collector.proc is not None
-        idle = len(os.listdir(f"/proc/{collector.proc.pid}/fd"))
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.prlimit(collector.proc.pid, resource.RLIMIT_NOFILE, (idle + 4, hard))
+        lower_file_limit(collector, above_idle=4)
         for _ in range(30):
             stack.enter_context(socket.create_connection(_address(url), timeout=5))
         assert _honest_get(url, cert) == 401

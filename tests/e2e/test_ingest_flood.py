@@ -10,9 +10,7 @@ good; the shipper is given 10 s."""
 from __future__ import annotations
 
 import collections
-import os
 import re
-import resource
 import socket
 import threading
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ import pytest
 from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
-from tests.e2e.harness import CollectorProcess, short_tmp, stored_events
+from tests.e2e.harness import CollectorProcess, lower_file_limit, short_tmp, stored_events
 from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
@@ -56,18 +54,6 @@ def _collector(root: Path, *args: str, tls: bool) -> tuple[CollectorProcess, int
     match = re.search(r"(?:tls|tcp):127\.0\.0\.1:(\d+)", collector.ready_line)
     assert match, collector.ready_line
     return collector, int(match[1]), cert
-
-
-def _limit_files(collector: CollectorProcess, above_idle: int | None = None,
-                 soft: int | None = None) -> None:
-    """The collector's soft file limit: ``soft``, or what it holds idle plus
-    ``above_idle``."""
-    assert collector.proc is not None
-    if soft is None:
-        assert above_idle is not None
-        soft = len(os.listdir(f"/proc/{collector.proc.pid}/fd")) + above_idle
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.prlimit(collector.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _flood(stack: ExitStack, port: int, count: int) -> None:
@@ -143,7 +129,7 @@ def test_a_flood_of_unfinished_tls_handshakes_cannot_lock_out_an_honest_shipper(
     closed to make room for each new connection."""
     collector, port, cert = _collector(root, "--max-connections", "32", tls=True)
     try:
-        _limit_files(collector, soft=128)
+        lower_file_limit(collector, 128)
         with _flooding(port):
             delivered, ids = _deliver(root, port, cert)
             assert delivered, "".join(collector.output)
@@ -159,16 +145,16 @@ def test_a_flood_of_unfinished_tls_handshakes_cannot_lock_out_an_honest_shipper(
     assert "closed unfinished to make room" in failures[0]
 
 
-def test_out_of_files_the_oldest_unfinished_tls_handshake_makes_room(root: Path) -> None:
-    """A file limit so low (8 above what the collector holds idle) that accept() fails
-    long before max_connections (256): each failure closes the oldest unfinished
-    handshake and accept() is tried again shortly, so the shipper gets in."""
-    collector, port, cert = _collector(root, tls=True)
+def _delivered_out_of_files(root: Path, *, tls: bool) -> str:
+    """An honest shipper delivers to a collector whose file limit is 8 above what it
+    holds idle, while 40 silent connections are held (accept() fails long before
+    max_connections, 256): its events all stored, the log clean; returns the log."""
+    collector, port, cert = _collector(root, tls=tls)
     try:
-        _limit_files(collector, above_idle=8)
+        lower_file_limit(collector, above_idle=8)
         with ExitStack() as stack:
             _flood(stack, port, 40)
-            delivered, ids = _deliver(root, port, cert)
+            delivered, ids = _deliver(root, port, cert if tls else None)
             assert delivered, "".join(collector.output)
         assert collector.stop() == 0
     finally:
@@ -176,6 +162,14 @@ def test_out_of_files_the_oldest_unfinished_tls_handshake_makes_room(root: Path)
     assert _stored_ids(collector) == ids
     output = "".join(collector.output)
     _clean(output)
+    return output
+
+
+def test_out_of_files_the_oldest_unfinished_tls_handshake_makes_room(root: Path) -> None:
+    """A file limit so low (8 above what the collector holds idle) that accept() fails
+    long before max_connections (256): each failure closes the oldest unfinished
+    handshake and accept() is tried again shortly, so the shipper gets in."""
+    output = _delivered_out_of_files(root, tls=True)
     assert "ingest: cannot accept a connection: [Errno 24]" in output
 
 
@@ -186,17 +180,5 @@ def test_out_of_files_the_oldest_silent_plain_tcp_connection_makes_room(
     than max_connections, the process ran out of files first and accepted nothing more
     until the silent ones timed out. Now each failed accept() closes the oldest
     connection that has not said hello."""
-    collector, port, _ = _collector(root, tls=False)
-    try:
-        _limit_files(collector, above_idle=8)
-        with ExitStack() as stack:
-            _flood(stack, port, 40)
-            delivered, ids = _deliver(root, port, None)
-            assert delivered, "".join(collector.output)
-        assert collector.stop() == 0
-    finally:
-        collector.kill()
-    assert _stored_ids(collector) == ids
-    output = "".join(collector.output)
-    _clean(output)
+    output = _delivered_out_of_files(root, tls=False)
     assert "ingest: cannot accept a connection: [Errno 24]" in output
