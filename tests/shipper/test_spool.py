@@ -648,18 +648,15 @@ def test_a_batch_after_one_that_could_not_be_removed_does_not_tear_it(
     assert adopter.corrupt_bytes == 0
 
 
-@pytest.mark.parametrize("cut", ["after its header", "in its header"])
-def test_a_torn_batch_that_could_not_be_removed_is_counted_lost_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
-    """A write cut short (EIO) whose bytes could not be truncated away: the caller
-    counted the batch dropped, and whoever read the file later counted its events lost
-    again (its header was readable). Cut in its header line, it was then counted
-    spooled by the caller, and nobody could count its events: lost, counted nowhere."""
+def append_torn(spool: Spool, cut: str, *failing_too: str) -> tuple[bool, int]:
+    """A batch of one event appended, then one of 50 whose write is cut short (EIO)
+    ``cut`` "after its header" (the record's 8-byte header and half its body) or "in
+    its header" (40 bytes of its header line), and whose bytes cannot be truncated away
+    (nor can each of the ``os`` calls ``failing_too`` be made). Whether ``append`` kept
+    the torn batch, and the bytes of it written."""
     body = batch_bodies(1, events=50)[0]
-    spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.append(batch_bodies(1)[0])
     real_pwrite = os.pwrite
-    # The record's 8-byte header and half its body, or 40 bytes of its header line.
     written = RECORD.size + (len(body) // 2 if cut == "after its header" else 40)
     assert body.index(b"\n") > 40  # the header line is longer than that
 
@@ -668,10 +665,22 @@ def test_a_torn_batch_that_could_not_be_removed_is_counted_lost_once(
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real_pwrite(fd, bytes(data)[:written], offset)
 
-    monkeypatch.setattr(spool_module.os, "pwrite", torn)
-    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
-    kept = spool.append(body)
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patched:  # undone before the spool is read
+        patched.setattr(spool_module.os, "pwrite", torn)
+        for name in ("ftruncate", *failing_too):
+            patched.setattr(spool_module.os, name, failing(errno.EIO, [], name))
+        return spool.append(body), written
+
+
+@pytest.mark.parametrize("cut", ["after its header", "in its header"])
+def test_a_torn_batch_that_could_not_be_removed_is_counted_lost_once(
+        tmp_path: Path, cut: str) -> None:
+    """A write cut short (EIO) whose bytes could not be truncated away: the caller
+    counted the batch dropped, and whoever read the file later counted its events lost
+    again (its header was readable). Cut in its header line, it was then counted
+    spooled by the caller, and nobody could count its events: lost, counted nowhere."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    kept, written = append_torn(spool, cut)
     spool.close()
     adopter = Spool(tmp_path, max_bytes=1 << 20)
     adopter.adopt_orphans()
@@ -969,29 +978,14 @@ def test_something_planted_at_a_progress_path_while_replaying_is_named_too(
 
 @pytest.mark.parametrize("cut", ["after its header", "in its header"])
 def test_a_torn_batch_kept_whose_size_could_not_be_known_is_counted_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+        tmp_path: Path, cut: str) -> None:
     """As above, and the fstat that says how much of it was written failed too:
     ``_keep_failed`` took the whole record as written, so one torn in its header line
     was counted spooled, and its reader could not count its events: 50 events lost,
     counted nowhere (neither dropped nor lost). What was written is known from the
     writes themselves."""
-    body = batch_bodies(1, events=50)[0]
     spool = Spool(tmp_path, max_bytes=1 << 20)
-    assert spool.append(batch_bodies(1)[0])
-    real_pwrite = os.pwrite
-    written = RECORD.size + (len(body) // 2 if cut == "after its header" else 40)
-    assert body.index(b"\n") > 40  # the header line is longer than that
-
-    def torn(fd: int, data: bytes, offset: int) -> int:
-        if len(data) < len(body):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_pwrite(fd, bytes(data)[:written], offset)
-
-    monkeypatch.setattr(spool_module.os, "pwrite", torn)
-    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
-    monkeypatch.setattr(spool_module.os, "fstat", failing(errno.EIO, [], "fstat"))
-    kept = spool.append(body)
-    monkeypatch.undo()
+    kept, written = append_torn(spool, cut, "fstat")
     replayed = drain(spool)  # by the same process, which knows the file's size
     assert len(replayed) == 1
     counted_by_caller = 0 if kept else 50
