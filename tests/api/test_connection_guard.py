@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from collector.api import server as api_server
 from collector.api.app import SIGN_IN_PATH
+from tests.shipper.test_collector_sink import self_signed_certificate
 
 
 async def _hello(request: Request) -> PlainTextResponse:
@@ -62,9 +63,14 @@ async def _serving(tls: tuple[Path, Path] | None = None
         await server.shutdown()
 
 
+def _address(server: api_server.ApiServer) -> tuple[str, int]:
+    """The host and port ``server`` listens on (over HTTP or HTTPS)."""
+    host, port = server.url.split("//", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
 def _connect(server: api_server.ApiServer) -> socket.socket:
-    host, port = server.url.removeprefix("http://").rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock = socket.create_connection(_address(server), timeout=5)
     sock.setblocking(False)
     return sock
 
@@ -91,14 +97,18 @@ def _run(test: Callable[[api_server.ApiServer], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
+def _certificate_and_client(directory: Path) -> tuple[Path, Path, ssl.SSLContext]:
+    """A self-signed certificate and its key for the API, written in ``directory``, and
+    a client context that trusts the certificate."""
+    cert, key = self_signed_certificate(directory)
+    return cert, key, ssl.create_default_context(cafile=str(cert))
+
+
 def _run_tls(tmp_path: Path, test: Callable[[api_server.ApiServer, ssl.SSLContext],
                                            Awaitable[None]]) -> None:
     """``test`` against the API over TLS (a self-signed certificate), with a client
     context that trusts it."""
-    from tests.shipper.test_collector_sink import self_signed_certificate
-
-    cert, key = self_signed_certificate(tmp_path)
-    client_tls = ssl.create_default_context(cafile=str(cert))
+    cert, key, client_tls = _certificate_and_client(tmp_path)
 
     async def main() -> None:
         async with _serving(tls=(cert, key)) as served:
@@ -233,17 +243,17 @@ def test_above_the_cap_unfinished_tls_handshakes_count_too(
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.max_connections = 2
-        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+        host, port = _address(served)
         waiting = []
         for _ in range(2):  # TLS done, then half a request
-            reader, writer = await asyncio.open_connection(host, int(port), ssl=client_tls)
+            reader, writer = await asyncio.open_connection(host, port, ssl=client_tls)
             writer.write(b"GET / HTTP/1.1\r\n")
             waiting.append((reader, writer))
         async with asyncio.timeout(5):  # both handshakes finished on the server's side too
             while len(served.server.server_state.connections) < 2:
                 await asyncio.sleep(0.01)
         # No ClientHello; its own handshake timeout (10 s) is not reached in this test.
-        silent = socket.create_connection((host, int(port)), timeout=5)
+        silent = socket.create_connection((host, port), timeout=5)
         silent.setblocking(False)
         try:
             assert await _closed_within(silent, 3.0)
@@ -280,13 +290,13 @@ def test_a_tls_connection_the_guard_closes_frees_its_socket_at_once(
 
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
-        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+        host, port = _address(served)
         loop = asyncio.get_running_loop()
 
         def stalled_client() -> ssl.SSLSocket:
             # A blocking TLS socket that is never read again: it cannot answer the
             # server's close_notify.
-            raw = socket.create_connection((host, int(port)), timeout=5)
+            raw = socket.create_connection((host, port), timeout=5)
             tls = client_tls.wrap_socket(raw, server_hostname=host)
             tls.sendall(b"GET / HTTP/1.1\r\n")  # the rest of the request never comes
             return tls
@@ -307,6 +317,20 @@ def test_a_tls_connection_the_guard_closes_frees_its_socket_at_once(
     _run_tls(tmp_path, test)
 
 
+def _answered_then_silent(client_tls: ssl.SSLContext, host: str, port: int
+                          ) -> ssl.SSLSocket:
+    """A blocking TLS client that asks for ``/``, reads the answer, and then leaves its
+    connection idle, never read again: a close_notify from the server stays
+    unanswered."""
+    raw = socket.create_connection((host, port), timeout=5)
+    tls = client_tls.wrap_socket(raw, server_hostname=host)
+    tls.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b"hello"):
+        answer += tls.recv(4096)
+    return tls
+
+
 def test_a_tls_keepalive_uvicorn_closed_is_freed_at_the_header_timeout(
         tmp_path: Path) -> None:
     """uvicorn closes an idle keep-alive itself (``timeout_keep_alive``) with ``close()``:
@@ -317,19 +341,10 @@ def test_a_tls_keepalive_uvicorn_closed_is_freed_at_the_header_timeout(
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.config.timeout_keep_alive = 0.2  # uvicorn's close comes first
-        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+        host, port = _address(served)
         loop = asyncio.get_running_loop()
-
-        def answered_then_silent() -> ssl.SSLSocket:
-            raw = socket.create_connection((host, int(port)), timeout=5)
-            tls = client_tls.wrap_socket(raw, server_hostname=host)
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-            answer = b""
-            while not answer.endswith(b"hello"):
-                answer += tls.recv(4096)
-            return tls  # never read again: uvicorn's close_notify stays unanswered
-
-        client = await loop.run_in_executor(None, answered_then_silent)
+        client = await loop.run_in_executor(None, _answered_then_silent, client_tls,
+                                            host, port)
         try:
             async with asyncio.timeout(5):  # 0.2 s keep-alive, HEADER_TIMEOUT 0.6 s
                 while served.server.server_state.connections:
@@ -353,14 +368,14 @@ def test_a_tls_answer_still_being_delivered_is_not_cut_by_the_guard(
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.config.timeout_keep_alive = 0.2  # uvicorn's close comes first
         served.app.router.routes.append(Route("/big", _big(size)))
-        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+        host, port = _address(served)
         loop = asyncio.get_running_loop()
 
         def asked() -> ssl.SSLSocket:
             raw = socket.socket()
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow link
             raw.settimeout(5)
-            raw.connect((host, int(port)))
+            raw.connect((host, port))
             tls = client_tls.wrap_socket(raw, server_hostname=host)
             tls.sendall(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
             return tls
@@ -411,10 +426,7 @@ def test_a_stop_does_not_wait_for_an_idle_tls_client_that_does_not_read(
     connection (a pooled keep-alive) held the stop for the whole ``drain_timeout``,
     logged as an error by uvicorn. It has nothing to finish: aborted, as the guard does;
     a request in progress is still answered before the stop."""
-    from tests.shipper.test_collector_sink import self_signed_certificate
-
-    cert, key = self_signed_certificate(tmp_path)
-    client_tls = ssl.create_default_context(cafile=str(cert))
+    cert, key, client_tls = _certificate_and_client(tmp_path)
 
     async def main() -> None:
         app = Starlette(routes=[Route("/", _hello), Route("/slow", _slow)])
@@ -422,19 +434,10 @@ def test_a_stop_does_not_wait_for_an_idle_tls_client_that_does_not_read(
         served = api_server.ApiServer(app, "127.0.0.1", 0, tls_cert=cert, tls_key=key,
                                       drain_timeout=2.0)
         await served.start()
-        host, port = served.url.removeprefix("https://").rsplit(":", 1)
-
-        def answered_then_silent() -> ssl.SSLSocket:
-            raw = socket.create_connection((host, int(port)), timeout=5)
-            tls = client_tls.wrap_socket(raw, server_hostname=host)
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-            answer = b""
-            while not answer.endswith(b"hello"):
-                answer += tls.recv(4096)
-            return tls  # idle, never read again: a close_notify stays unanswered
-
-        client = await asyncio.get_running_loop().run_in_executor(None, answered_then_silent)
-        reader, writer = await asyncio.open_connection(host, int(port), ssl=client_tls)
+        host, port = _address(served)
+        client = await asyncio.get_running_loop().run_in_executor(
+            None, _answered_then_silent, client_tls, host, port)
+        reader, writer = await asyncio.open_connection(host, port, ssl=client_tls)
         try:
             writer.write(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")  # 1.5 s
             async with asyncio.timeout(5):
@@ -504,15 +507,15 @@ def test_the_tls_accept_loop_outlives_a_connection_it_fails_to_admit(
     _failing_once(monkeypatch, accepting, "_peer", ValueError("an address of a shape never seen"))
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
-        host, port = served.url.removeprefix("https://").rsplit(":", 1)
-        first = socket.create_connection((host, int(port)), timeout=5)
+        host, port = _address(served)
+        first = socket.create_connection((host, port), timeout=5)
         first.setblocking(False)
         try:
             assert await _closed_within(first, 3.0)  # closed, not left open
         finally:
             first.close()
         async with asyncio.timeout(5):
-            reader, writer = await asyncio.open_connection(host, int(port), ssl=client_tls)
+            reader, writer = await asyncio.open_connection(host, port, ssl=client_tls)
             writer.write(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
             reply = await reader.read()
         writer.close()
@@ -565,22 +568,21 @@ def test_connections_the_tls_accept_loop_fails_to_admit_let_the_rest_run(
     while connections are waiting: a failure repeated for each accepted connection held
     the event loop until the whole backlog was drained."""
     from collector import accepting  # the accept loop the API's TLS listener runs
-    from tests.shipper.test_collector_sink import self_signed_certificate
 
     def peer_failing(address: object) -> str:
         raise ValueError("an address of a shape never seen")
 
     monkeypatch.setattr(accepting, "_peer", peer_failing)
-    cert, key = self_signed_certificate(tmp_path)
+    cert, key, _ = _certificate_and_client(tmp_path)
     flood = 20
 
     async def main() -> None:
         async with _serving(tls=(cert, key)) as served:
             assert served.tls is not None
             counters = served.tls.counters
-            host, port = served.url.removeprefix("https://").rsplit(":", 1)
+            host, port = _address(served)
             # Connected while the loop is held here: all in the backlog at once.
-            socks = [socket.create_connection((host, int(port)), timeout=5)
+            socks = [socket.create_connection((host, port), timeout=5)
                      for _ in range(flood)]
             try:
                 seen = [counters["internal_errors"]]
@@ -607,20 +609,20 @@ def test_a_tls_handshake_under_way_is_not_closed_for_a_silent_connection(
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.max_connections = 2
-        host, port = served.url.removeprefix("https://").rsplit(":", 1)
+        host, port = _address(served)
         loop = asyncio.get_running_loop()
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = client_tls.wrap_bio(incoming, outgoing, server_hostname=host)
         with pytest.raises(ssl.SSLWantReadError):
             tls.do_handshake()
-        honest = socket.create_connection((host, int(port)), timeout=5)
+        honest = socket.create_connection((host, port), timeout=5)
         silent: list[socket.socket] = []
         try:
             honest.sendall(outgoing.read())  # its ClientHello...
             reply = await loop.run_in_executor(None, honest.recv, 65536)
             incoming.write(reply)  # ...answered: the server waits for its next flight
             for _ in range(2):
-                sock = socket.create_connection((host, int(port)), timeout=5)
+                sock = socket.create_connection((host, port), timeout=5)
                 sock.setblocking(False)
                 silent.append(sock)
             assert await _closed_within(silent[0], 3.0)  # the oldest that said nothing
