@@ -17,11 +17,8 @@ import errno
 import logging
 import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,57 +31,25 @@ from collector.storage import indexer
 from collector.storage.chunks import CLOSED, INDEXED
 from collector.storage.errors import StorageError
 from tests.collector.storage_helpers import event, events, open_store, wait_until
-from tests.e2e.harness import ROOT
-from tests.faults.fleet import App, Collector, Stored, report, rng, scaled, wait_for
+from tests.faults.fleet import Collector, report, rng, scaled, wait_for
+from tests.faults.full_disk import (
+    IN_NAMESPACE,
+    RETAINING_4_S,
+    WAITING,
+    collector_and_app_on_a_tmpfs,
+    fill,
+    fill_paused,
+    finish,
+    read_stored,
+    rerun_in_a_user_namespace,
+    retention_under_way,
+    tmpfs,
+    verify,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
 
 EPISODES = scaled(2, 10)  # disk-full episodes; the last one includes a SIGKILL
-# Each episode fills whatever is free with ballast, so the size only has to hold the
-# events stored by the end (~0.7 KiB each with the index): at 24m a slow run (a busy
-# machine, more events between episodes) left too little for the final start's index.
-TMPFS_SIZE = "64m"
-IN_NAMESPACE = "FAULTS_IN_NAMESPACE"
-#: What a collector whose store cannot open on a full disk says while it waits.
-WAITING = "Waiting for free space"
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs",
-                    str(path)], check=True, capture_output=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
-
-
-def fill(path: Path) -> int:
-    """Write a ballast file until the filesystem refuses (ENOSPC); its size."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    chunk, total = b"\0" * (256 * 1024), 0
-    try:
-        while True:
-            try:
-                total += os.write(fd, chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                if len(chunk) == 1:
-                    return total
-                chunk = chunk[: len(chunk) // 2]
-    finally:
-        os.close(fd)
-
-
-def segment_lines_are_whole_records(data_dir: Path) -> None:
-    for segment in sorted((data_dir / "segments").glob("segment-*.jsonl")):
-        data = segment.read_bytes()
-        assert data.endswith(b"\n"), f"{segment.name} ends in a partial record"
-        for line in data.splitlines():
-            record = orjson.loads(line)
-            assert "segment" in record or type(record.get("seq")) is int, line[:200]
 
 
 def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: Path) -> None:
@@ -92,10 +57,8 @@ def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: P
         rerun_in_a_user_namespace()
         return
     r = rng("disk full")
-    with tmpfs(tmp / "disk", TMPFS_SIZE) as disk:
-        collector = Collector(disk / "data", "--max-segment-bytes", "1MiB").start()
-        app = App("app", collector.url, tmp / "spool", tmp / "logs", burst=10, pause=0.005)
-        ballast = disk / "ballast"
+    with collector_and_app_on_a_tmpfs(tmp, "--max-segment-bytes", "1MiB") as (
+            collector, app, ballast):
         restarted_full = ""
         refused = {"appending to": 0, "syncing or indexing": 0}  # segment, index
         try:
@@ -126,13 +89,9 @@ def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: P
                 wait_for(lambda n=acked: app.acknowledged_count() > n + 100, 60,
                          "ingestion to resume by itself once space is freed")
         finally:
-            result = app.finish()
-            if not collector.alive:
-                collector.start()
-            assert collector.stop() == 0
-        segment_lines_are_whole_records(collector.data_dir)
+            result = finish(collector, app, free=ballast)
+        _, stored = read_stored(collector)
         assert not list((collector.data_dir / "quarantine").iterdir())
-        stored = Stored.read(collector.data_dir)
         collector.start()  # nothing to repair: the full disk left nothing half-written
         reopened = collector.repair_line()
         assert collector.stop() == 0
@@ -163,20 +122,14 @@ def test_retention_frees_a_disk_full_to_the_last_byte_by_itself(tmp: Path) -> No
     if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
         rerun_in_a_user_namespace()
         return
-    with tmpfs(tmp / "disk", TMPFS_SIZE) as disk:
-        # Records older than 4 s go: retention has something to delete once it is full.
-        collector = Collector(disk / "data", "--max-segment-bytes", "256KiB",
-                              "--retention-days", repr(4 / 86_400)).start()
-        app = App("app", collector.url, tmp / "spool", tmp / "logs", burst=10, pause=0.005)
-        ballast = disk / "ballast"
+    with collector_and_app_on_a_tmpfs(tmp, *RETAINING_4_S) as (collector, app, ballast):
         reserve = collector.data_dir / "reserve"
         try:
             # Full of its own records: retention under way, then the ballast takes what
             # is left (a disk full of others' files leaves retention nothing to delete).
             # And the index's WAL at its usual size, checkpointed once (up to 16 MiB, the
             # most of this small disk's share of the store until then).
-            wait_for(lambda: "retention: deleted" in "".join(collector.output)
-                     and reserve.exists()
+            wait_for(lambda: retention_under_way(collector)
                      and (collector.data_dir / "index.sqlite").stat().st_size > 2**20, 60,
                      "retention under way, the reserve made, the WAL checkpointed")
             mark = len(collector.output)
@@ -184,14 +137,7 @@ def test_retention_frees_a_disk_full_to_the_last_byte_by_itself(tmp: Path) -> No
             # Filled up to three times: a store write the disk cut short and cut back
             # can leave a few KiB free, enough for one digest without the reserve.
             for _ in range(3):
-                # To the last byte, and left there; the collector stopped meanwhile, or
-                # a retention pass beside the fill signs while there is room and frees
-                # space after it.
-                collector.pause()
-                try:
-                    fill(ballast)
-                finally:
-                    collector.resume()
+                fill_paused(collector, ballast)  # to the last byte, and left there
                 acked = app.acknowledged_count()
                 wait_for(lambda n=acked: app.acknowledged_count() > n + 1000, 60,
                          "acknowledgements with the ballast still filling the disk")
@@ -216,9 +162,7 @@ def test_retention_frees_a_disk_full_to_the_last_byte_by_itself(tmp: Path) -> No
             assert collector.stop() == 0
         log = "".join(collector.output)
         ballast.unlink()  # room for verify's own files (its SQLite reader's -shm)
-        done = subprocess.run([sys.executable, "-m", "collector", "verify", "--data-dir",
-                               str(collector.data_dir)], capture_output=True, text=True,
-                              cwd=ROOT, check=False)
+        done = verify(collector.data_dir)
     assert result["delivered"] and result["dropped"] == 0, result
     assert "Traceback" not in log, log[-3000:]
     report("retention on a disk full to the last byte", emitted=result["emitted"],
@@ -505,19 +449,3 @@ def start_on_a_full_disk(collector: Collector) -> str:
     if collector.alive and WAITING in log and "Traceback" not in log:
         return "waiting"
     return log[-3000:]
-
-
-def rerun_in_a_user_namespace() -> None:
-    """Not root: this test again, as root of a new user and mount namespace."""
-    if subprocess.run(["unshare", "-Urm", "true"], check=False,
-                      capture_output=True).returncode != 0:
-        pytest.skip("disk full needs a tmpfs: run as root, or allow unprivileged user "
-                    "namespaces (unshare -Urm)")
-    caller = sys._getframe(1).f_code  # a test of this module, or of one that imports this
-    test = f"{Path(caller.co_filename).relative_to(ROOT)}::{caller.co_name}"
-    done = subprocess.run(["unshare", "-Urm", sys.executable, "-m", "pytest", "-q", "-s",
-                           "-p", "no:cacheprovider", test], check=False, cwd=ROOT,
-                          env={**os.environ, IN_NAMESPACE: "1"}, capture_output=True,
-                          text=True, timeout=600)
-    print(done.stdout[-4000:])
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

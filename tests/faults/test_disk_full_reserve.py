@@ -2,7 +2,7 @@
 digests in (``collector.storage.disk_space``) is there again for the next pass, however
 little a pass frees and whatever takes the room after it.
 
-In-process stores on a small tmpfs (``test_disk_full``'s helpers); the ballast file is
+In-process stores on a small tmpfs (``full_disk``'s helpers); the ballast file is
 another process on the same disk, filling it to the last byte after each retention pass.
 """
 
@@ -21,7 +21,7 @@ from collector.storage import disk_space
 from collector.storage.segment_set import SegmentSet
 from tests.collector.storage_helpers import events, open_store, wait_until
 from tests.faults.fleet import scaled
-from tests.faults.test_disk_full import IN_NAMESPACE, fill, rerun_in_a_user_namespace, tmpfs
+from tests.faults.full_disk import IN_NAMESPACE, fill, rerun_in_a_user_namespace, tmpfs
 from tests.integrity.helpers import check, reasons, segment_paths
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]

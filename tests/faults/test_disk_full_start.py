@@ -1,5 +1,5 @@
 """A collector (re)started on a disk full to the last byte: its data directory on a small
-tmpfs (``test_disk_full``'s helpers), filled while the collector is stopped.
+tmpfs (``full_disk``'s helpers), filled while the collector is stopped.
 
 Opening the store writes (the index's ``-shm`` and WAL, the start checkpoint, maybe a
 segment header): on a full disk it failed, and the collector exited ("disk I/O error":
@@ -17,8 +17,6 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,16 +27,21 @@ from collector.index import Index
 from collector.integrity import digests
 from collector.storage import indexer
 from tests.collector.storage_helpers import events, open_store, wait_until
-from tests.e2e.harness import ROOT
-from tests.faults.fleet import App, Collector, Stored, report, wait_for
-from tests.faults.test_disk_full import (
+from tests.faults.fleet import Collector, Stored, report, wait_for
+from tests.faults.full_disk import (
     IN_NAMESPACE,
-    TMPFS_SIZE,
+    RETAINING_4_S,
     WAITING,
+    collector_and_app_on_a_tmpfs,
     fill,
+    fill_paused,
+    finish,
+    nothing_lost_nothing_twice,
+    read_stored,
     rerun_in_a_user_namespace,
-    segment_lines_are_whole_records,
+    retention_under_way,
     tmpfs,
+    verify,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -55,12 +58,6 @@ def wait_for_waiting(collector: Collector) -> None:
     assert collector.alive, "".join(collector.output)[-3000:]
 
 
-def verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "collector", "verify", "--data-dir",
-                           str(data_dir)], capture_output=True, text=True, cwd=ROOT,
-                          check=False)
-
-
 def test_restarted_on_a_full_disk_it_starts_and_retention_frees_the_disk(tmp: Path) -> None:
     """Stopped, the disk filled to the last byte by another file, started again: the
     store opens in the reserve's room, retention's first pass signs and deletes the
@@ -69,21 +66,17 @@ def test_restarted_on_a_full_disk_it_starts_and_retention_frees_the_disk(tmp: Pa
     if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
         rerun_in_a_user_namespace()
         return
-    with tmpfs(tmp / "disk", TMPFS_SIZE) as disk:
-        collector = Collector(disk / "data", "--max-segment-bytes", "256KiB",
-                              "--retention-days", repr(4 / 86_400)).start()
-        app = App("app", collector.url, tmp / "spool", tmp / "logs", burst=10, pause=0.005)
-        ballast = disk / "ballast"
+    with collector_and_app_on_a_tmpfs(tmp, *RETAINING_4_S) as (collector, app, ballast):
         reserve = collector.data_dir / "reserve"
         try:
-            wait_for(lambda: "retention: deleted" in "".join(collector.output)
-                     and reserve.exists(), 60, "retention under way, the reserve made")
+            wait_for(lambda: retention_under_way(collector), 60,
+                     "retention under way, the reserve made")
             assert collector.stop() == 0
             # Every sealed segment past retention's 4 s when it starts again: its first
             # pass has something to delete (the app spools meanwhile).
             time.sleep(4.5)
             fill(ballast)
-            assert full(disk)
+            assert full(collector.data_dir)
             collector.start()  # before: exited, "disk I/O error" (the index's -shm)
             acked = app.acknowledged_count()
             wait_for(lambda: app.acknowledged_count() > acked + 1000, 30,
@@ -95,10 +88,7 @@ def test_restarted_on_a_full_disk_it_starts_and_retention_frees_the_disk(tmp: Pa
             ballast.unlink(missing_ok=True)  # the app can finish: the failure above shows
             raise
         finally:
-            if not collector.alive:  # it exited (as it did before): the app can finish
-                collector.start()
-            result = app.finish()
-            assert collector.stop() == 0
+            result = finish(collector, app)  # the ballast still in place
         log = "".join(collector.output)
         ballast.unlink()  # room for verify's own files (its SQLite reader's -shm)
         done = verify(collector.data_dir)
@@ -134,16 +124,14 @@ def test_restarted_on_a_full_disk_it_refuses_batches_until_space_is_freed(tmp: P
     if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
         rerun_in_a_user_namespace()
         return
-    with tmpfs(tmp / "disk", TMPFS_SIZE) as disk:
-        collector = Collector(disk / "data", "--max-segment-bytes", "256KiB").start()
-        app = App("app", collector.url, tmp / "spool", tmp / "logs", burst=10, pause=0.005)
-        ballast = disk / "ballast"
+    with collector_and_app_on_a_tmpfs(tmp, "--max-segment-bytes", "256KiB") as (
+            collector, app, ballast):
         try:
             wait_for(lambda: app.acknowledged_count() > 500
                      and (collector.data_dir / "reserve").exists(), 60, "acks, the reserve")
             assert collector.stop() == 0
             fill(ballast)
-            assert full(disk)
+            assert full(collector.data_dir)
             collector.start()  # before: exited, "disk I/O error"
             mark = len(collector.output)
             wait_for(lambda: "No space left on device" in "".join(collector.output[mark:]),
@@ -156,20 +144,11 @@ def test_restarted_on_a_full_disk_it_refuses_batches_until_space_is_freed(tmp: P
             wait_for(lambda: app.acknowledged_count() > acked + 500, 60,
                      "acknowledgements once space is freed")
         finally:
-            ballast.unlink(missing_ok=True)
-            if not collector.alive:  # it exited (as it did before): the app can finish
-                collector.start()
-            result = app.finish()
-            assert collector.stop() == 0
-        log = "".join(collector.output)
-        segment_lines_are_whole_records(collector.data_dir)
-        stored = Stored.read(collector.data_dir)
+            result = finish(collector, app, free=ballast)
+        log, stored = read_stored(collector)
     assert "so that the store can open" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
-    assert stored.missing(app.acknowledged()) == []
-    stored.check_exactly_once()
-    assert result["delivered"] and result["dropped"] == 0, result
-    assert len(stored.in_segments) == result["emitted"]
+    nothing_lost_nothing_twice(stored, app, result)
 
 
 def test_restarted_on_a_full_disk_it_signs_what_it_holds_at_once(tmp: Path) -> None:
@@ -184,10 +163,8 @@ def test_restarted_on_a_full_disk_it_signs_what_it_holds_at_once(tmp: Path) -> N
     if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
         rerun_in_a_user_namespace()
         return
-    with tmpfs(tmp / "disk", TMPFS_SIZE) as disk:
-        collector = Collector(disk / "data", "--max-segment-bytes", "256KiB").start()
-        app = App("app", collector.url, tmp / "spool", tmp / "logs", burst=10, pause=0.005)
-        ballast = disk / "ballast"
+    with collector_and_app_on_a_tmpfs(tmp, "--max-segment-bytes", "256KiB") as (
+            collector, app, ballast):
         try:
             # A segment sealed: the active one has no digest yet (the first comes with
             # the interval, 300 s, or the stop).
@@ -195,17 +172,13 @@ def test_restarted_on_a_full_disk_it_signs_what_it_holds_at_once(tmp: Path) -> N
                      and (collector.data_dir / "reserve").exists()
                      and len(list((collector.data_dir / "segments").iterdir())) >= 2, 60,
                      "acks, the reserve, a sealed segment")
-            collector.pause()  # filled to the last byte, no pass beside the fill
-            try:
-                fill(ballast)
-            finally:
-                collector.resume()
+            fill_paused(collector, ballast)  # to the last byte
             spooled = len(app.spooled())
             wait_for(lambda: len(app.spooled()) > spooled, 60, "the app to spool")
             app.sigkill()  # no batch in the next run: what it signs is what is there
             assert collector.stop() == 0
             logs = ["".join(collector.output)]
-            assert full(disk)
+            assert full(collector.data_dir)
             collector.start()
             assert collector.stop() == 0  # on the full disk still
             logs.append("".join(collector.output))
@@ -284,16 +257,14 @@ def test_restarted_on_a_full_disk_without_a_reserve_it_waits_for_space(tmp: Path
     if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
         rerun_in_a_user_namespace()
         return
-    with tmpfs(tmp / "disk", TMPFS_SIZE) as disk:
-        collector = Collector(disk / "data", "--max-segment-bytes", "256KiB").start()
-        app = App("app", collector.url, tmp / "spool", tmp / "logs", burst=10, pause=0.005)
-        ballast = disk / "ballast"
+    with collector_and_app_on_a_tmpfs(tmp, "--max-segment-bytes", "256KiB") as (
+            collector, app, ballast):
         try:
             wait_for(lambda: app.acknowledged_count() > 500, 60, "acks")
             assert collector.stop() == 0
             (collector.data_dir / "reserve").unlink(missing_ok=True)
             fill(ballast)
-            assert full(disk)
+            assert full(collector.data_dir)
             ready = collector.spawn()
             wait_for_waiting(collector)  # before: exit code 1, "disk I/O error"
             time.sleep(1.0)
@@ -304,20 +275,11 @@ def test_restarted_on_a_full_disk_without_a_reserve_it_waits_for_space(tmp: Path
             wait_for(lambda: app.acknowledged_count() > acked + 500, 60,
                      "acknowledgements once space is freed")
         finally:
-            ballast.unlink(missing_ok=True)
-            if not collector.alive:  # it exited (as it did before): the app can finish
-                collector.start()
-            result = app.finish()
-            assert collector.stop() == 0
-        log = "".join(collector.output)
-        segment_lines_are_whole_records(collector.data_dir)
-        stored = Stored.read(collector.data_dir)
+            result = finish(collector, app, free=ballast)
+        log, stored = read_stored(collector)
     assert "free space on that disk" in log and "starts by itself" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
-    assert stored.missing(app.acknowledged()) == []
-    stored.check_exactly_once()
-    assert result["delivered"] and result["dropped"] == 0, result
-    assert len(stored.in_segments) == result["emitted"]
+    nothing_lost_nothing_twice(stored, app, result)
 
 
 def test_a_collector_waiting_for_space_stops_on_sigterm(tmp: Path) -> None:
