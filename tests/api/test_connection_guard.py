@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from collector.api import server as api_server
 from collector.api.app import SIGN_IN_PATH
+from tests.e2e.harness import host_and_port
 from tests.shipper.test_collector_sink import self_signed_certificate
 
 
@@ -63,14 +64,8 @@ async def _serving(tls: tuple[Path, Path] | None = None
         await server.shutdown()
 
 
-def _address(server: api_server.ApiServer) -> tuple[str, int]:
-    """The host and port ``server`` listens on (over HTTP or HTTPS)."""
-    host, port = server.url.split("//", 1)[1].rsplit(":", 1)
-    return host, int(port)
-
-
 def _connect(server: api_server.ApiServer) -> socket.socket:
-    sock = socket.create_connection(_address(server), timeout=5)
+    sock = socket.create_connection(host_and_port(server.url), timeout=5)
     sock.setblocking(False)
     return sock
 
@@ -243,7 +238,7 @@ def test_above_the_cap_unfinished_tls_handshakes_count_too(
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.max_connections = 2
-        host, port = _address(served)
+        host, port = host_and_port(served.url)
         waiting = []
         for _ in range(2):  # TLS done, then half a request
             reader, writer = await asyncio.open_connection(host, port, ssl=client_tls)
@@ -290,7 +285,7 @@ def test_a_tls_connection_the_guard_closes_frees_its_socket_at_once(
 
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
-        host, port = _address(served)
+        host, port = host_and_port(served.url)
         loop = asyncio.get_running_loop()
 
         def stalled_client() -> ssl.SSLSocket:
@@ -341,7 +336,7 @@ def test_a_tls_keepalive_uvicorn_closed_is_freed_at_the_header_timeout(
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.config.timeout_keep_alive = 0.2  # uvicorn's close comes first
-        host, port = _address(served)
+        host, port = host_and_port(served.url)
         loop = asyncio.get_running_loop()
         client = await loop.run_in_executor(None, _answered_then_silent, client_tls,
                                             host, port)
@@ -368,7 +363,7 @@ def test_a_tls_answer_still_being_delivered_is_not_cut_by_the_guard(
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.config.timeout_keep_alive = 0.2  # uvicorn's close comes first
         served.app.router.routes.append(Route("/big", _big(size)))
-        host, port = _address(served)
+        host, port = host_and_port(served.url)
         loop = asyncio.get_running_loop()
 
         def asked() -> ssl.SSLSocket:
@@ -434,7 +429,7 @@ def test_a_stop_does_not_wait_for_an_idle_tls_client_that_does_not_read(
         served = api_server.ApiServer(app, "127.0.0.1", 0, tls_cert=cert, tls_key=key,
                                       drain_timeout=2.0)
         await served.start()
-        host, port = _address(served)
+        host, port = host_and_port(served.url)
         client = await asyncio.get_running_loop().run_in_executor(
             None, _answered_then_silent, client_tls, host, port)
         reader, writer = await asyncio.open_connection(host, port, ssl=client_tls)
@@ -507,7 +502,7 @@ def test_the_tls_accept_loop_outlives_a_connection_it_fails_to_admit(
     _failing_once(monkeypatch, accepting, "_peer", ValueError("an address of a shape never seen"))
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
-        host, port = _address(served)
+        host, port = host_and_port(served.url)
         first = socket.create_connection((host, port), timeout=5)
         first.setblocking(False)
         try:
@@ -580,7 +575,7 @@ def test_connections_the_tls_accept_loop_fails_to_admit_let_the_rest_run(
         async with _serving(tls=(cert, key)) as served:
             assert served.tls is not None
             counters = served.tls.counters
-            host, port = _address(served)
+            host, port = host_and_port(served.url)
             # Connected while the loop is held here: all in the backlog at once.
             socks = [socket.create_connection((host, port), timeout=5)
                      for _ in range(flood)]
@@ -609,7 +604,7 @@ def test_a_tls_handshake_under_way_is_not_closed_for_a_silent_connection(
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.max_connections = 2
-        host, port = _address(served)
+        host, port = host_and_port(served.url)
         loop = asyncio.get_running_loop()
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = client_tls.wrap_bio(incoming, outgoing, server_hostname=host)

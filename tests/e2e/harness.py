@@ -132,6 +132,22 @@ class CollectorProcess:
             self.stop()
 
 
+def host_and_port(url: str) -> tuple[str, int]:
+    """Where ``http(s)://HOST:PORT`` listens: ``(HOST, PORT)``."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end has closed ``sock`` (FIN or reset) already: no waiting."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def lower_file_limit(collector: CollectorProcess, soft: int | None = None, *,
                      above_idle: int | None = None) -> None:
     """Lower a running collector's soft file limit (``RLIMIT_NOFILE``) to ``soft``, or

@@ -20,6 +20,8 @@ from audit_middleware.wire import encode_batch, encode_batch_body
 from tests.api.served import serving
 from tests.e2e.harness import (
     RawClient,
+    closed_by_peer,
+    host_and_port,
     lower_file_limit,
     short_tmp,
     wait_until,
@@ -45,20 +47,6 @@ def scrape(url: str, cert: Path | None = None) -> dict[str, float]:
     return {name: float(value) for name, value in _SAMPLE.findall(reply.text)}
 
 
-def _address(url: str) -> tuple[str, int]:
-    host, port = url.split("//", 1)[1].rsplit(":", 1)
-    return host, int(port)
-
-
-def _is_closed(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
-
 def test_failed_tls_handshakes_probes_and_evictions_on_the_api_port_are_counted(
         root: Path) -> None:
     cert, key = self_signed_certificate(root)
@@ -80,11 +68,11 @@ def test_failed_tls_handshakes_probes_and_evictions_on_the_api_port_are_counted(
             "audit_collector_api_tls_handshake_failures_total"] == 1, 10,
             "the failed handshake counted")
         # A port probe: connect, close.
-        socket.create_connection(_address(url)).close()
+        socket.create_connection(host_and_port(url)).close()
         wait_until(lambda: scrape(url, cert)["audit_collector_api_tls_probes_total"] == 1,
                    10, "the probe counted")
         # A connection that never starts its handshake is one under way.
-        silent = stack.enter_context(socket.create_connection(_address(url)))
+        silent = stack.enter_context(socket.create_connection(host_and_port(url)))
         wait_until(lambda: scrape(url, cert)["audit_collector_api_tls_handshakes_pending"]
                    >= 1, 10, "the unfinished handshake shown")
         silent.close()
@@ -94,9 +82,9 @@ def test_failed_tls_handshakes_probes_and_evictions_on_the_api_port_are_counted(
         lower_file_limit(collector, 128)
         wait_until(lambda: scrape(url, cert)["audit_collector_api_connections_limit"] == 32,
                    10, "the lowered limit shown")
-        flood = [stack.enter_context(socket.create_connection(_address(url)))
+        flood = [stack.enter_context(socket.create_connection(host_and_port(url)))
                  for _ in range(50)]
-        wait_until(lambda: sum(map(_is_closed, flood)) >= 18, 20, "the oldest evicted")
+        wait_until(lambda: sum(map(closed_by_peer, flood)) >= 18, 20, "the oldest evicted")
         after = scrape(url, cert)
         # At least 50 - 32 were closed unfinished to make room; such a handshake is
         # logged and counted as failed too (besides the wrong CA's).
@@ -116,13 +104,13 @@ def test_connections_closed_by_the_guard_on_a_plain_http_api_are_counted(
         lower_file_limit(collector, 128)  # a connection limit of 32
         wait_until(lambda: scrape(url)["audit_collector_api_connections_limit"] == 32, 10,
                    "the lowered limit shown")
-        held = [stack.enter_context(socket.create_connection(_address(url)))
+        held = [stack.enter_context(socket.create_connection(host_and_port(url)))
                 for _ in range(40)]
-        wait_until(lambda: sum(map(_is_closed, held)) >= 8, 20, "the guard closed the excess")
+        wait_until(lambda: sum(map(closed_by_peer, held)) >= 8, 20, "the guard closed the excess")
         wait_until(lambda: scrape(url)["audit_collector_api_connections_closed_by_guard_total"]
-                   == sum(map(_is_closed, held)), 20, "each close counted")
+                   == sum(map(closed_by_peer, held)), 20, "each close counted")
         wait_until(lambda: scrape(url)["audit_collector_api_connections_open"]
-                   == 1 + sum(not _is_closed(s) for s in held), 20,
+                   == 1 + sum(not closed_by_peer(s) for s in held), 20,
                    "the open connections shown")
         closed = scrape(url)["audit_collector_api_connections_closed_by_guard_total"]
     # `audit-collector stats` reads the same figures from the live stats file (written

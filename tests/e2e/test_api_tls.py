@@ -17,7 +17,14 @@ import httpx
 import pytest
 
 from tests.api.served import serving
-from tests.e2e.harness import CollectorProcess, lower_file_limit, short_tmp, wait_until
+from tests.e2e.harness import (
+    CollectorProcess,
+    closed_by_peer,
+    host_and_port,
+    lower_file_limit,
+    short_tmp,
+    wait_until,
+)
 from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
@@ -36,11 +43,6 @@ def tls_api(root: Path, *args: str) -> Iterator[tuple[CollectorProcess, str, Pat
                  *args) as (collector, url):
         assert url.startswith("https://")
         yield collector, url, cert
-
-
-def _address(url: str) -> tuple[str, int]:
-    host, port = url.split("//", 1)[1].rsplit(":", 1)
-    return host, int(port)
 
 
 def _client_hello() -> bytes:
@@ -68,16 +70,6 @@ def _closed_by_server(sock: socket.socket, within: float) -> bool:
         return True
 
 
-def _is_closed(sock: socket.socket) -> bool:
-    """Whether the server has closed ``sock`` already (no waiting)."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
-
 def _honest_get(url: str, cert: Path) -> int:
     with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)),
                       timeout=10.0) as client:
@@ -88,8 +80,8 @@ def test_unfinished_handshakes_are_closed_at_the_handshake_timeout(root: Path) -
     """Before: asyncio's default of 60 s held each of these sockets for a minute."""
     with tls_api(root, "--handshake-timeout", "1s") as (collector, url, cert), \
             ExitStack() as stack:
-        silent = stack.enter_context(socket.create_connection(_address(url)))
-        half = stack.enter_context(socket.create_connection(_address(url)))
+        silent = stack.enter_context(socket.create_connection(host_and_port(url)))
+        half = stack.enter_context(socket.create_connection(host_and_port(url)))
         hello = _client_hello()
         half.sendall(hello[:len(hello) // 2])
         assert _closed_by_server(silent, 20.0), "a silent connection was held"
@@ -111,12 +103,12 @@ def test_a_flood_of_unfinished_handshakes_cannot_lock_out_an_honest_client(
     was not even accepted. Now the oldest unfinished handshakes are closed to make room."""
     with tls_api(root) as (collector, url, cert), ExitStack() as stack:
         lower_file_limit(collector, 128)
-        held = [stack.enter_context(socket.create_connection(_address(url), timeout=5))
+        held = [stack.enter_context(socket.create_connection(host_and_port(url), timeout=5))
                 for _ in range(300)]
         assert _honest_get(url, cert) == 401
         # The oldest were closed to make room (the newest may still be open: they are
         # within the limit, and the handshake timeout is 10 s).
-        wait_until(lambda: sum(map(_is_closed, held[:200])) == 200, 30,
+        wait_until(lambda: sum(map(closed_by_peer, held[:200])) == 200, 30,
                    "the oldest 200 unfinished handshakes closed")
         # A stop with handshakes still unfinished is clean.
         assert collector.stop() == 0
@@ -137,7 +129,7 @@ def test_out_of_files_the_oldest_unfinished_handshakes_still_make_room(root: Pat
     with tls_api(root) as (collector, url, cert), ExitStack() as stack:
         lower_file_limit(collector, above_idle=4)
         for _ in range(30):
-            stack.enter_context(socket.create_connection(_address(url), timeout=5))
+            stack.enter_context(socket.create_connection(host_and_port(url), timeout=5))
         assert _honest_get(url, cert) == 401
     output = "".join(collector.output)
     assert "query API: cannot accept a connection: [Errno 24]" in output
@@ -162,7 +154,7 @@ def test_a_port_probe_is_not_logged_as_a_failed_handshake(root: Path) -> None:
     """A TCP health check (connect, close) is no client failing TLS."""
     with tls_api(root) as (collector, url, cert):
         for _ in range(3):
-            socket.create_connection(_address(url)).close()
+            socket.create_connection(host_and_port(url)).close()
         assert _honest_get(url, cert) == 401
     output = "".join(collector.output)  # the collector has stopped: its log is complete
     assert "TLS handshake with" not in output
