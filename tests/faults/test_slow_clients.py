@@ -5,9 +5,7 @@ cannot keep an honest app from delivering."""
 from __future__ import annotations
 
 import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ import orjson
 import pytest
 
 from audit_middleware.wire import BATCH_ID, HEADER, MAX_BATCH_EVENTS, FrameType, Hello
+from tests.e2e.harness import host_and_port, lower_file_limit
 from tests.faults.fleet import App, Collector, Stored, report, scaled, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
@@ -225,15 +224,13 @@ def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path, half: 
     """Clients of the query API that send half a request and wait. To reach the limit
     quickly the collector's file limit is lowered to 200 (prlimit); with the usual
     1024 or more it takes only more connections."""
-    if shutil.which("prlimit") is None:
-        pytest.skip("needs prlimit (util-linux)")
     collector = Collector(tmp / "data", api=True).start()
-    subprocess.run(["prlimit", "--nofile=200:200", f"--pid={collector.pid}"], check=True)
-    host, port = collector.api_url().split("//")[1].rsplit(":", 1)
+    lower_file_limit(collector, 200)
+    address = host_and_port(collector.api_url())
     held = []
     for _ in range(300):
         try:
-            sock = socket.create_connection((host, int(port)), timeout=2)
+            sock = socket.create_connection(address, timeout=2)
             sock.sendall(half)
             held.append(sock)
         except OSError:
