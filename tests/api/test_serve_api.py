@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,15 +17,9 @@ from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
 from collector import config as collector_config
 from tests.api.served import add_reader, serving
-from tests.e2e.harness import CollectorProcess, short_tmp, stored_events
+from tests.e2e.harness import CollectorProcess, stored_events
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 def ship(collector: CollectorProcess, spool: Path, *principals: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from tests.e2e.harness import (
     closed_by_peer,
     host_and_port,
     lower_file_limit,
-    short_tmp,
     wait_until,
     wire_line,
 )
@@ -31,12 +29,6 @@ from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 _SAMPLE = re.compile(r"^([a-z_]+) (\S+)$", re.MULTILINE)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 def scrape(url: str, cert: Path | None = None) -> dict[str, float]:

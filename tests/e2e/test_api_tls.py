@@ -22,18 +22,11 @@ from tests.e2e.harness import (
     closed_by_peer,
     host_and_port,
     lower_file_limit,
-    short_tmp,
     wait_until,
 )
 from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 @contextmanager

@@ -22,18 +22,12 @@ import pytest
 from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
-from tests.e2e.harness import CollectorProcess, lower_file_limit, short_tmp, stored_events
+from tests.e2e.harness import CollectorProcess, lower_file_limit, stored_events
 from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 @pytest.fixture(autouse=True)

@@ -9,24 +9,17 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.e2e.harness import ROOT, CollectorProcess, RawClient, short_tmp, stored_events, wire_line
+from tests.e2e.harness import ROOT, CollectorProcess, RawClient, stored_events, wire_line
 
 pytestmark = pytest.mark.e2e
 
 SOURCE = "test:1:ab"  # RawClient's
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 def cli(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:

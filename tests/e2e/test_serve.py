@@ -9,20 +9,13 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ROOT, CollectorProcess, short_tmp
+from tests.e2e.harness import ROOT, CollectorProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 def test_serve_prints_its_configuration_and_stops_cleanly(root: Path) -> None:

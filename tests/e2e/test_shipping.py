@@ -39,18 +39,11 @@ from tests.e2e.harness import (
     RawClient,
     open_store,
     run_python,
-    short_tmp,
     stored_events,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 @pytest.fixture

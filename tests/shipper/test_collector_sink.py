@@ -25,7 +25,6 @@ from collector.ingest import IngestSettings
 from tests.e2e.harness import (
     InProcessCollector,
     open_store,
-    short_tmp,
     stored_events,
     wait_until,
 )
@@ -58,12 +57,6 @@ class Collector:
 
     def ids(self) -> list[str]:
         return [e["id"] for e in stored_events(self.data_dir)]
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from tests.e2e.harness import (
     CollectorProcess,
     InProcessCollector,
     open_store,
-    short_tmp,
     stored_events,
 )
 
@@ -57,12 +56,6 @@ def make_app(on_shutdown: Any = None) -> AuditMiddleware:
         Route("/health", health),
     ], lifespan=lifespan)
     return AuditMiddleware(app, principal=lambda ctx: "user-1")
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 @pytest.fixture(autouse=True)

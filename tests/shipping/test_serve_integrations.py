@@ -5,7 +5,6 @@ counts them, and after kill -9 the forwarder resumes from its checkpoint."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,17 +13,11 @@ import pytest
 
 from collector.forward_checkpoint import CHECKPOINT_FILE
 from tests.collector.storage_helpers import event
-from tests.e2e.harness import CollectorProcess, short_tmp, wait_until
+from tests.e2e.harness import CollectorProcess, wait_until
 from tests.otel.otlp_receiver import OTLPReceiver, attributes
 
 pytestmark = pytest.mark.e2e
 TOKEN = "ingest-token-for-tests"
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 def collector(root: Path, receiver: OTLPReceiver) -> CollectorProcess:
