@@ -16,7 +16,7 @@ import enum
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import orjson
 
@@ -222,7 +222,8 @@ def encode_batch(batch_id: int, body: bytes) -> bytes:
         + body
 
 
-class BatchBody(NamedTuple):
+@dataclass(frozen=True)
+class BatchBody:
     source: str
     seqs: list[int]
     lines: list[bytes]  # one JSON object per event, without the trailing newline
@@ -233,12 +234,10 @@ class BatchBody(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Batch:
-    batch_id: int
-    source: str
-    seqs: list[int]
-    lines: list[bytes]  # one JSON object per event, without the trailing newline
-    numbered: int = 0  # as in BatchBody
+class Batch(BatchBody):
+    """A batch frame's payload: its body and the id its reply names it by."""
+
+    batch_id: int = field(kw_only=True)
 
 
 def decode_batch(payload: bytes) -> Batch:
@@ -248,7 +247,7 @@ def decode_batch(payload: bytes) -> Batch:
                         "line and event lines; this one is too short")
     (batch_id,) = BATCH_ID.unpack_from(payload)
     body = decode_batch_body(payload[BATCH_ID.size:], batch_id)
-    return Batch(batch_id, body.source, body.seqs, body.lines, body.numbered)
+    return Batch(body.source, body.seqs, body.lines, body.numbered, batch_id=batch_id)
 
 
 def decode_batch_body(body: bytes, batch_id: int | None = None) -> BatchBody:

@@ -52,7 +52,7 @@ def install_logs(log_dir: Path, name: str) -> None:
         ok = append(self, body)
         if ok:
             _write_ids(spooled, [orjson.loads(line)["id"]
-                                 for line in decode_batch_body(body)[2]])
+                                 for line in decode_batch_body(body).lines])
         return ok
 
     Sender._on_result = logging_on_result  # type: ignore[method-assign]

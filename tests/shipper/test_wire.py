@@ -13,6 +13,7 @@ from audit_middleware.wire import (
     DEFAULT_MAX_FRAME,
     HEADER,
     MIN_MAX_FRAME,
+    BatchBody,
     ErrorCode,
     ErrorReply,
     FrameType,
@@ -75,7 +76,7 @@ def test_batch_round_trips_source_seqs_and_lines() -> None:
     batch = decode_batch(payload)
     assert (batch.batch_id, batch.source, batch.seqs) == (10, "app:1:ff", [5, 6, 9])
     assert batch.lines == [line.rstrip(b"\n") for line in lines]
-    assert decode_batch_body(body) == ("app:1:ff", [5, 6, 9], batch.lines, 0)
+    assert decode_batch_body(body) == BatchBody("app:1:ff", [5, 6, 9], batch.lines, 0)
     assert batch.numbered == 0  # not said
 
 
