@@ -12,7 +12,6 @@ duplicated or moved record is told apart from a changed one.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,7 +103,7 @@ def chunks(file: SegmentFile) -> Iterator[tuple[bytes, int]]:
             else:
                 while chunk := raw.read(CHUNK):
                     yield chunk, raw.tell()
-    except (OSError, EOFError, zlib.error) as exc:
+    except OSError as exc:  # a damaged member is gzip_chunks' CorruptSegmentError
         if isinstance(exc, FileNotFoundError):
             raise
         raise CorruptSegmentError(f"{file.path.name}: cannot be read to the end ({exc})") \

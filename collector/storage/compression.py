@@ -39,13 +39,39 @@ def gzip_chunks(raw: BinaryIO, name: str, size: int) -> Iterator[tuple[bytes, in
     """The uncompressed bytes of a compressed segment read from ``raw``, in chunks of at
     most ``size`` bytes (also for a member that inflates far beyond its size), each with
     how many bytes of the file have been read so far. ``CorruptSegmentError`` for a
-    member that does not start with ``MEMBER_START`` or is cut short."""
+    member that does not start with ``MEMBER_START``, is damaged or is cut short."""
+    for data, at, _ in _inflate(raw, name, size):
+        if data:
+            yield data, at
+
+
+def iter_members(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(uncompressed offset, compressed offset, data) of each gzip member; refused as by
+    ``gzip_chunks`` (verify), so a reindex never maps a member verify and
+    ``CompressedReader`` refuse."""
+    with open_regular(path) as raw:
+        parts: list[bytes] = []
+        uoff = coff = 0
+        for data, at, member_ended in _inflate(raw, path.name, _READ_CHUNK):
+            parts.append(data)
+            if member_ended:
+                member = b"".join(parts)
+                parts.clear()
+                yield uoff, coff, member
+                uoff += len(member)
+                coff = at
+
+
+def _inflate(raw: BinaryIO, name: str, size: int) -> Iterator[tuple[bytes, int, bool]]:
+    """The one walk of a compressed segment's members: (at most ``size`` uncompressed
+    bytes, the file offset inflated up to, whether that ends a member)."""
     # Read in members' size, not ``size``: each member's end copies what follows it
     # in the buffer (unused_data), which over a 4 MiB read of 64 KiB members made
     # verify of a compressed segment three times slower than gzip's own reader.
     piece = min(size, BLOCK_BYTES)
     pending = b""  # compressed bytes read and not yet inflated
     at = 0  # the file offset of pending[0]
+    member = 0  # the file offset of the current member's start
     inflater: Any = None  # None: at the start of a member
     while True:
         if len(pending) < len(MEMBER_START):
@@ -55,24 +81,33 @@ def gzip_chunks(raw: BinaryIO, name: str, size: int) -> Iterator[tuple[bytes, in
                 continue
             if not pending and inflater is None:
                 return
-            if inflater is None or not pending:
-                what = "is cut short" if inflater is not None else "is no gzip member"
-                raise CorruptSegmentError(f"{name}: the gzip member at byte {at} {what}")
+            if inflater is None:
+                raise CorruptSegmentError(f"{name}: the gzip member at byte {at} is no gzip "
+                                          f"member")
+            if not pending:
+                raise CorruptSegmentError(f"{name}: the gzip member at byte {member} is cut "
+                                          f"short")
         if inflater is None:
+            member = at
             if pending[:len(MEMBER_START)] != MEMBER_START:
                 raise CorruptSegmentError(
                     f"{name}: the gzip member at byte {at} does not start as the collector "
                     f"writes one (header flags {pending[3:4].hex() or 'missing'}: an extra "
                     f"field, name or comment, which zcat skips, can hide other records)")
             inflater = zlib.decompressobj(31)
-        data = inflater.decompress(pending, size)
+        try:
+            data = inflater.decompress(pending, size)
+        except zlib.error as exc:
+            raise CorruptSegmentError(
+                f"{name}: the gzip member at byte {member} is damaged ({exc})") from None
         rest = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
         at += len(pending) - len(rest)
         pending = rest
-        if inflater.eof:
+        ended = inflater.eof
+        if ended:
             inflater = None
-        if data:
-            yield data, at
+        if data or ended:
+            yield data, at, ended
 
 
 def compress(source: Path, level: int = LEVEL) -> tuple[Path, BlockMap]:
@@ -117,41 +152,6 @@ def _line_blocks(f: object) -> Iterator[bytes]:
             yield data[pos:cut + 1]
             pos = cut + 1
         pending = data[pos:]
-
-
-def iter_members(path: Path) -> Iterator[tuple[int, int, bytes]]:
-    """(uncompressed offset, compressed offset, data) of each gzip member."""
-    with open_regular(path) as f:
-        buf = b""
-        uoff = coff = 0
-        while True:
-            if not buf:
-                buf = f.read(_READ_CHUNK)
-                if not buf:
-                    return
-            inflater = zlib.decompressobj(31)
-            parts = []
-            fed = 0
-            while True:
-                try:
-                    parts.append(inflater.decompress(buf))
-                except zlib.error as exc:
-                    raise CorruptSegmentError(
-                        f"{path.name}: gzip member at byte {coff} is damaged ({exc})"
-                    ) from None
-                fed += len(buf)
-                if inflater.eof:
-                    buf = inflater.unused_data
-                    break
-                buf = f.read(_READ_CHUNK)
-                if not buf:
-                    raise CorruptSegmentError(
-                        f"{path.name}: the gzip member at byte {coff} is cut short"
-                    )
-            data = b"".join(parts)
-            yield uoff, coff, data
-            uoff += len(data)
-            coff += fed - len(inflater.unused_data)
 
 
 def iter_lines_and_blocks(path: Path, blocks: BlockMap) -> Iterator[tuple[int, bytes]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import io
 import os
 import random
 import re
@@ -18,6 +19,7 @@ from collector.storage import retention, sources
 from collector.storage.compression import (
     CompressedReader,
     compress,
+    gzip_chunks,
     iter_lines_and_blocks,
     iter_members,
 )
@@ -305,6 +307,42 @@ def test_a_record_of_a_compressed_segment_is_read_by_its_uncompressed_offset(
     for offset, line in expected[::7]:
         assert reader.read(offset, len(line)) == line
     reader.close()
+
+
+def _named_member(data: bytes) -> bytes:
+    """``data`` as a gzip member with a file name in its header (FNAME), as gzip itself
+    writes one: zcat reads it, the collector never writes one."""
+    out = io.BytesIO()
+    with gzip.GzipFile("forged", "wb", fileobj=out, mtime=0) as f:
+        f.write(data)
+    return out.getvalue()
+
+
+_SPOIL = {
+    "named": lambda member: _named_member(gzip.decompress(member)),
+    "damaged": lambda member: member[:12] + bytes(b ^ 0x55 for b in member[12:40])
+    + member[40:],
+    "cut short": lambda member: member[:-5],
+}
+
+
+@pytest.mark.parametrize("spoil", sorted(_SPOIL))
+def test_a_reindex_refuses_the_members_verify_refuses(
+        segdir: Path, monkeypatch: pytest.MonkeyPatch, spoil: str) -> None:
+    """The reindex's walk of the members (its block map) and verify's are one: the
+    reindex mapped a member with a name, which zcat skips and verify refuses, and every
+    query of its records then failed, saying to run a reindex."""
+    monkeypatch.setattr("collector.storage.compression.BLOCK_BYTES", 1024)
+    segment = ActiveSegment.create(segdir, 1, "")
+    segment.append(b"".join(lines_for([event() for _ in range(20)])))
+    tmp, blocks = compress(seal(segment))
+    raw = tmp.read_bytes()
+    last = blocks[-1][1]
+    tmp.write_bytes(raw[:last] + _SPOIL[spoil](raw[last:]))
+    with pytest.raises(CorruptSegmentError, match=f"member at byte {last} "):
+        list(iter_lines_and_blocks(tmp, []))
+    with tmp.open("rb") as f, pytest.raises(CorruptSegmentError, match=f"member at byte {last} "):
+        list(gzip_chunks(f, tmp.name, 1 << 20))
 
 
 # -- source ranges --------------------------------------------------------------------------
