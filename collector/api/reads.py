@@ -54,15 +54,16 @@ def status_text(details: dict[str, Any]) -> str:
     return orjson.dumps(details, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def read_event(kind: str, principal: str, *, target: str, details: dict[str, Any],
+def read_event(kind: str, principal: str, *, target: str, status: str,
                client_ip: str | None) -> dict[str, Any]:
     """The record of one read (or refused attempt): the reader as principal ("" when
-    unknown), what was asked in ``status`` (capped like any app's field)."""
+    unknown), what was asked in ``status`` (``status_text``; capped like any app's
+    field)."""
     return AuditEvent(
         type=CATALOGUE.check(kind),
         target=field_text("target", target, DEFAULT_MAX_FIELD_LENGTH),
         principal=field_text("principal", principal, DEFAULT_MAX_FIELD_LENGTH),
-        status=field_text("status", status_text(details), MAX_STATUS),
+        status=field_text("status", status, MAX_STATUS),
         org_id="", org_name="", workspace_id="", workspace_name="",
         client_ip=_ip(client_ip),
         created_ns=time.time_ns(),
@@ -91,12 +92,13 @@ class ReadRecorder:
     def event(kind: str, reader: Reader, *, target: str, details: dict[str, Any],
               client_ip: str | None) -> dict[str, Any]:
         """The read's event, not yet written (``write``): its id known beforehand."""
-        if len(status_text(details)) > MAX_STATUS:
+        status = status_text(details)
+        if len(status) > MAX_STATUS:
             # The endpoints refuse such a selection first (400): reaching this is a bug.
             # A cut status could hide a filter that was applied, so no data either.
             raise ReadNotRecordedError("the read's record cannot hold all it asked for, "
                                        "so it was refused")
-        return read_event(kind, reader.name, target=target, details=details,
+        return read_event(kind, reader.name, target=target, status=status,
                           client_ip=client_ip)
 
     async def write(self, record: dict[str, Any]) -> str:
@@ -107,7 +109,7 @@ class ReadRecorder:
                             client_ip: str | None) -> str:
         """Write a refused attempt's event (``principal``: the reader, or "")."""
         return await self._write(read_event(AUDIT_LOG_ACCESS_DENIED, principal,
-                                            target=target, details=details,
+                                            target=target, status=status_text(details),
                                             client_ip=client_ip))
 
     async def _write(self, record: dict[str, Any]) -> str:
