@@ -52,13 +52,16 @@ from collector.storage.chunks import (
     SECONDARY,
     Chunk,
     build_chunk_indexes,
-    drop_chunk,
     insert_rows,
     postings,
 )
 from collector.storage.compression import BlockMap
 from collector.storage.records import Row
-from collector.storage.segment_drop import NO_TIME, hide_segments, zone_blocks_inside
+from collector.storage.segment_drop import (
+    NO_TIME,
+    drop_segment_rows,
+    hide_segments,
+)
 from collector.storage.segments import FILE_MODE, SegmentHeader
 from collector.storage.sources import Ranges
 from collector.storage.write_lock import WriteLock
@@ -487,22 +490,11 @@ class Index:
 
     def drop_segment(self, segment: int) -> None:
         """Forget a segment: its chunks, ids, zones (those wholly inside it), blocks, in
-        the caller's transaction (start-up repair; retention drops in short steps on the
-        indexer's thread: ``collector.storage.segment_drop``)."""
-        con = self.con
-        seqs = con.execute("SELECT min(first_seq), max(last_seq) FROM chunks WHERE segment=?",
-                           (segment,)).fetchone()
-        for (chunk,) in con.execute("SELECT chunk FROM chunks WHERE segment=?",
-                                    (segment,)).fetchall():
-            drop_chunk(con, chunk)
-            if self.open_chunk is not None and self.open_chunk.chunk == chunk:
-                self.open_chunk = None
-        con.execute("DELETE FROM chunks WHERE segment=?", (segment,))
-        if seqs[0] is not None:
-            con.execute("DELETE FROM zones WHERE block BETWEEN ? AND ?",
-                        zone_blocks_inside(seqs[0], seqs[1], ZONE_SHIFT))
-        con.execute("DELETE FROM gz_blocks WHERE segment=?", (segment,))
-        con.execute("DELETE FROM segments WHERE seq=?", (segment,))
+        the caller's transaction (start-up repair; retention drops the same rows in short
+        steps on the indexer's thread: ``collector.storage.segment_drop``)."""
+        drop_segment_rows(self.con, segment, None, ZONE_SHIFT)
+        if self.open_chunk is not None and self.open_chunk.segment == segment:
+            self.open_chunk = None
 
     def hide_segments(self, segments: list[int]) -> None:
         """Hide the chunks of segments whose files retention deleted from every query

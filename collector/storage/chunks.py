@@ -148,16 +148,3 @@ def build_chunk_indexes(con: sqlite3.Connection, chunk: int, write_lock: WriteLo
         add_names(con, triples)
         con.execute("UPDATE chunks SET state=? WHERE chunk=?", (INDEXED, chunk))
     return True
-
-
-def drop_chunk(con: sqlite3.Connection, chunk: int) -> None:
-    """Delete a chunk's rows, ids and postings (inside the caller's write transaction;
-    its catalog row is the caller's)."""
-    seqs = chunk_range(con, chunk)
-    if seqs is None:
-        return
-    con.execute("DELETE FROM ids WHERE id IN (SELECT id FROM events WHERE seq BETWEEN ? AND ?)",
-                seqs)
-    con.execute("DELETE FROM events WHERE seq BETWEEN ? AND ?", seqs)
-    for column in SECONDARY:
-        con.execute(f"DELETE FROM {postings(column)} WHERE chunk=?", (chunk,))

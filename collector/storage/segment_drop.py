@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Final
 
 from collector.storage.chunks import CLOSED, INDEXED, SECONDARY, chunk_range, postings
@@ -63,12 +64,14 @@ def zone_blocks_inside(first_seq: int, last_seq: int, shift: int) -> tuple[int, 
     return (first_seq + (1 << shift) - 1) >> shift, ((last_seq + 1) >> shift) - 1
 
 
-def drop_segment_rows(con: sqlite3.Connection, segment: int, write_lock: WriteLock,
+def drop_segment_rows(con: sqlite3.Connection, segment: int, write_lock: WriteLock | None,
                       zone_shift: int, *,
                       yield_to: Callable[[], bool] | None = None) -> int | None:
     """Delete ``segment``'s index rows in steps (above); returns how many events rows
     went. Idempotent: a drop that failed or was stopped half-way is finished by the next
-    call (or by start-up recovery).
+    call (or by start-up recovery). Each step is a ``background_transaction`` of
+    ``write_lock``; with None, every step is in the caller's transaction (start-up
+    repair, ``Index.drop_segment``: no commit waits on it).
 
     ``yield_to``, asked after each step: when it says so, the drop stops there and
     returns None (call again to go on). The indexer's thread lets a waiting build go
@@ -78,7 +81,12 @@ def drop_segment_rows(con: sqlite3.Connection, segment: int, write_lock: WriteLo
     def stop_here() -> bool:
         return yield_to is not None and yield_to()
 
-    with write_lock.background_transaction(con):
+    def step() -> AbstractContextManager[None]:
+        if write_lock is None:
+            return nullcontext()
+        return write_lock.background_transaction(con)
+
+    with step():
         first, last = con.execute(
             "SELECT min(first_seq), max(last_seq) FROM chunks WHERE segment=?",
             (segment,)).fetchone()
@@ -96,12 +104,12 @@ def drop_segment_rows(con: sqlite3.Connection, segment: int, write_lock: WriteLo
         for column in SECONDARY:
             if stop_here():
                 return None
-            with write_lock.background_transaction(con):
+            with step():
                 con.execute(f"DELETE FROM {postings(column)} WHERE chunk=?", (chunk,))
         while True:
             if stop_here():
                 return None
-            with write_lock.background_transaction(con):
+            with step():
                 seqs = chunk_range(con, chunk)
                 if seqs is None:
                     break
@@ -117,7 +125,7 @@ def drop_segment_rows(con: sqlite3.Connection, segment: int, write_lock: WriteLo
                 dropped += gone
     if stop_here():
         return None
-    with write_lock.background_transaction(con):
+    with step():
         con.execute("DELETE FROM segments WHERE seq=?", (segment,))
     return dropped
 
