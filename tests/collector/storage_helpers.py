@@ -96,3 +96,21 @@ def refuse_to_encode(monkeypatch: pytest.MonkeyPatch, event_id: str) -> None:
         return real(key)
 
     monkeypatch.setattr(records, "id_key", id_key)
+
+
+def loss_acks_rename_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.replace refuses to put the acknowledgements' file (loss-acks.json) in place, and
+    that file only (the OS's fault, outside the product): undone by ``monkeypatch.undo``."""
+    import errno
+    import os
+
+    from collector.storage import loss_acks
+
+    real_replace = os.replace
+
+    def refused(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst).name == loss_acks.FILE_NAME:
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refused)

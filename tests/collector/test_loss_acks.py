@@ -13,7 +13,7 @@ import pytest
 from collector.storage import loss_acks
 from collector.storage.records import encode_events
 from collector.store import LossAckError
-from tests.collector.storage_helpers import events, open_store
+from tests.collector.storage_helpers import events, loss_acks_rename_fails, open_store
 
 
 @pytest.mark.parametrize(("ranges", "numbered", "through", "expected"), [
@@ -162,21 +162,6 @@ def test_acknowledged_losses_folded_with_new_ones_do_not_count_again(tmp_path: P
         assert totals(store)[2] == new + 1  # was 998 + new: the acknowledged came back
 
 
-def _rename_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    """os.replace refuses to put the acknowledgements' file in place (the OS's fault)."""
-    import errno
-    import os
-
-    real_replace = os.replace
-
-    def refused(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(dst).name == loss_acks.FILE_NAME:
-            raise OSError(errno.EIO, "Input/output error (injected)")
-        real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", refused)
-
-
 def test_an_acknowledgement_recorded_but_not_in_place_is_put_there_at_the_next_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its record written, the rename failed (or the collector stopped before it): the
@@ -184,7 +169,7 @@ def test_an_acknowledgement_recorded_but_not_in_place_is_put_there_at_the_next_s
     [record] = events(1)
     with open_store(tmp_path) as store:
         write(store, "app-1", [1, 3])
-        _rename_fails(monkeypatch)
+        loss_acks_rename_fails(monkeypatch)
         staged = store.stage_loss_ack(store.plan_loss_ack("app-1"), by="alice",
                                       reason="known", record=record["id"])
         store.write([record], "audit-collector-api")
@@ -219,7 +204,7 @@ def test_without_a_record_a_failed_rename_changes_nothing(
 
     with open_store(tmp_path) as store:
         write(store, "app-1", [1, 3])
-        _rename_fails(monkeypatch)
+        loss_acks_rename_fails(monkeypatch)
         with pytest.raises(StorageError, match="cannot put loss-acks.json in place"):
             store.acknowledge_losses({"app-1": 3}, by="alice", reason="known")
         assert totals(store) == (1, 0, 1, 0)
@@ -273,7 +258,7 @@ def test_a_recorded_acknowledgement_whose_staged_file_was_removed_is_saved_from_
     with open_store(tmp_path) as store:
         write(store, "app-1", [1, 3])
         write(store, "app-2", [1, 5])
-        _rename_fails(monkeypatch)
+        loss_acks_rename_fails(monkeypatch)
         staged = store.stage_loss_ack({"app-1": 3}, by="alice", reason="known",
                                       record=record["id"])
         store.write([record], "audit-collector-api")
