@@ -224,8 +224,7 @@ async def acknowledge_losses(request: Request) -> Response:
     # its place yet (the store puts it there later: collector.storage.loss_acks).
     record = api.own_record(AUDIT_LOSS_ACKNOWLEDGED, reader, request,
                             source if source is not None else "(all sources)", details)
-    staged = await asyncio.to_thread(keeper.stage_loss_ack, plan, by=reader.name,
-                                     reason=reason, record=record["id"])
+    staged = await _stage(keeper, plan, by=reader.name, reason=reason, record=record["id"])
     write = asyncio.ensure_future(api.write_record(record))
     try:
         # Shielded: a stop past its drain timeout cancels this request, not the store's
@@ -240,6 +239,28 @@ async def acknowledge_losses(request: Request) -> Response:
         raise
     await asyncio.to_thread(staged.keep)
     return json_response({"acknowledged": plan})
+
+
+async def _stage(keeper: LossKeeper, plan: dict[str, int], *, by: str, reason: str,
+                 record: str) -> Staged:
+    """``keeper.stage_loss_ack``, off the loop. Shielded: a request cancelled meanwhile
+    (a stop past its drain timeout) cannot stop the thread, which stages all the same
+    and holds the acknowledgements' lock until the staged file is kept or dropped.
+    Nothing else would ever end it: every later acknowledgement waited, then was
+    refused, until a restart. Dropped once staged (its record is never written)."""
+    stage = asyncio.ensure_future(asyncio.to_thread(
+        keeper.stage_loss_ack, plan, by=by, reason=reason, record=record))
+    try:
+        return await asyncio.shield(stage)
+    except asyncio.CancelledError:
+        stage.add_done_callback(_drop_staged)
+        raise
+
+
+def _drop_staged(stage: asyncio.Future[Staged]) -> None:
+    if stage.cancelled() or stage.exception() is not None:
+        return  # nothing staged (refused), or the loop stopping: the next start sees to it
+    stage.result().drop()
 
 
 def _settle(staged: Staged, write: asyncio.Future[str]) -> None:

@@ -13,7 +13,7 @@ from collector.own_records import AUDIT_LOSS_ACKNOWLEDGED, SOURCE
 from collector.query import Filters, iter_records
 from collector.storage.records import encode_events
 from tests.api.conftest import PEER, Env
-from tests.collector.storage_helpers import events
+from tests.collector.storage_helpers import events, loss_acks_rename_fails
 
 PATH = "/api/v1/sources/acknowledge-losses"
 
@@ -229,20 +229,9 @@ def test_an_acknowledgement_recorded_is_made_even_when_its_file_cannot_take_its_
     left a record of an acknowledgement not made. Once recorded, it is made: it applies
     at once, and its file takes its place before the next acknowledgement is staged
     (which is refused, before its record, while it cannot)."""
-    import errno
-    import os
-    from pathlib import Path
-
     from collector.storage import loss_acks
 
-    real_replace = os.replace
-
-    def refused(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(dst).name == loss_acks.FILE_NAME:  # the OS's, outside the product
-            raise OSError(errno.EIO, "Input/output error (injected)")
-        real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", refused)
+    loss_acks_rename_fails(monkeypatch)
     done = post(lossy, {"source": "app-1", "reason": "killed for the upgrade"})
     assert done.status_code == 200, done.text
     assert done.json() == {"acknowledged": {"app-1": 6}}
@@ -317,3 +306,60 @@ def test_a_request_cancelled_while_its_record_is_written_still_makes_the_acknowl
     assert unacknowledged(lossy) == (1, 0)
     assert loss_acks.load(lossy.store.settings.data_dir)["app-1"].through == 6
     assert post(lossy, {"source": "app-2", "reason": "known"}).status_code == 200  # not stuck
+
+
+def test_a_request_cancelled_while_it_stages_leaves_no_acknowledgement_waiting(
+        lossy: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled while its staging thread was writing (a stop past the drain timeout, a
+    slow disk), the request never had the staged acknowledgement to keep or drop: the
+    thread finished staging and kept the acknowledgements' lock, so every later
+    acknowledgement waited, then was refused (503), until the collector restarted."""
+    import asyncio
+    import os
+    import threading
+
+    import httpx
+
+    from collector import store as store_module
+    from collector.api import ApiSettings, create_app
+    from collector.storage import loss_acks
+
+    staging, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_disk(fd: int) -> None:  # the OS's, outside the product
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(loss_acks.STAGED_NAME):
+            staging.set()
+            release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_disk)
+    # A lock left held shows as a refusal at once, not after the usual 30 s wait.
+    monkeypatch.setattr(store_module, "_ACK_WAIT", 0.5)
+    app = create_app(ApiSettings(data_dir=lossy.store.settings.data_dir), lossy.store,
+                     readers=lossy.readers)
+    staged_file = lossy.store.settings.data_dir / loss_acks.STAGED_NAME
+
+    async def cancelled_while_staging() -> None:
+        transport = httpx.ASGITransport(app=app, client=(PEER, 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            request = asyncio.ensure_future(c.post(PATH, json={
+                "source": "app-1", "reason": "known"}, headers={
+                "Authorization": f"Bearer {lossy.root}"}))
+            assert await asyncio.to_thread(staging.wait, 30)  # its file, being staged
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            release.set()
+            for _ in range(300):  # the staging thread ends (bounded)
+                if not staged_file.exists():
+                    break
+                await asyncio.sleep(0.05)
+
+    asyncio.run(cancelled_while_staging())
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert not staged_file.exists()  # never recorded: not made
+    assert acks_recorded(lossy) == [] and unacknowledged(lossy) == (3, 2)
+    done = post(lossy, {"source": "app-2", "reason": "known"})
+    assert done.status_code == 200, done.text  # not kept waiting by the cancelled one
+    assert unacknowledged(lossy) == (2, 2)
