@@ -138,7 +138,9 @@ def post_json(api: ApiAccess, path: str, body: dict[str, Any]) -> dict[str, Any]
         raise ApiClientError(f"no whole answer from the collector's API at {api.url} "
                              f"within {TIMEOUT:g} s, given up: whether it was done, "
                              f"`audit-collector losses` shows (and `audit-collector stats` "
-                             f"whether the collector's storage is failing)")
+                             f"whether the collector's storage is failing); asking again "
+                             f"with the same --through and --reason is safe: the same "
+                             f"acknowledgement is never recorded twice")
     [result] = outcome
     if isinstance(result, BaseException):
         raise result

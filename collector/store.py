@@ -639,18 +639,21 @@ class Store:
 
     def acknowledge_losses(self, plan: dict[str, int], *, by: str, reason: str) -> None:
         """Keep a ``plan_loss_ack`` at once (``stage_loss_ack``, then ``keep``)."""
-        self.stage_loss_ack(plan, by=by, reason=reason).keep()
+        staged = self.stage_loss_ack(plan, by=by, reason=reason)
+        if staged is not None:
+            staged.keep()
 
     def stage_loss_ack(self, plan: dict[str, int], *, by: str, reason: str,
-                       record: str | None = None) -> StagedLossAck:
+                       record: str | None = None) -> StagedLossAck | None:
         """Write what keeping a ``plan_loss_ack`` (``by``: who, ``reason``: why) makes of
         the acknowledgements, without putting it in place yet: the API records the
         acknowledgement between the two (``record``: the id of that record), so that
         neither a record of one never made nor one made without its record is left by a
         full disk. A source already acknowledged through as far or further keeps its
-        acknowledgement. Raises ``LossAckError`` without a reason, ``StorageError`` when
-        it cannot be written (nothing changes then). Until ``keep`` or ``drop``, other
-        acknowledgements wait."""
+        acknowledgement. None: this very acknowledgement is made already
+        (``loss_acks.made_already``), nothing to write or record. Raises
+        ``LossAckError`` without a reason, ``StorageError`` when it cannot be written
+        (nothing changes then). Until ``keep`` or ``drop``, other acknowledgements wait."""
         reason = reason.strip()
         if not reason or len(reason) > loss_acks.MAX_REASON:
             raise LossAckError(f"say why in 1 to {loss_acks.MAX_REASON} characters (reason)")
@@ -672,21 +675,29 @@ class Store:
             if self._acks_unsaved is not None:
                 self._save_unsaved_acks(self._acks_unsaved)
             acks = dict(self._loss_acks)
-            # Never lowered: an acknowledgement through a lower number (or one planned
-            # before another and kept after it: two readers at once, whose records and
-            # threads may come in either order) takes back nothing acknowledged.
-            acks.update((name, loss_acks.Ack(upto, now, by, reason))
-                        for name, upto in plan.items()
-                        if name not in acks or acks[name].through < upto)
-            # Sources retention forgot take their acknowledgements with them.
-            acks = {name: ack for name, ack in acks.items() if name in known}
-            staged = loss_acks.stage(self.settings.data_dir, acks, record)
+            # Under the lock: a retry that came while the first was still under way
+            # sees it kept (or dropped) by now.
+            made = loss_acks.made_already(acks, plan, by=by, reason=reason)
+            if not made:
+                # Never lowered: an acknowledgement through a lower number (or one
+                # planned before another and kept after it: two readers at once, whose
+                # records and threads may come in either order) takes back nothing
+                # acknowledged.
+                acks.update((name, loss_acks.Ack(upto, now, by, reason))
+                            for name, upto in plan.items()
+                            if name not in acks or acks[name].through < upto)
+                # Sources retention forgot take their acknowledgements with them.
+                acks = {name: ack for name, ack in acks.items() if name in known}
+                staged = loss_acks.stage(self.settings.data_dir, acks, record)
         except OSError as exc:
             self._acks_lock.release()
             raise StorageError(f"cannot write {loss_acks.FILE_NAME}: {exc}") from None
         except BaseException:
             self._acks_lock.release()
             raise
+        if made:
+            self._acks_lock.release()
+            return None
         return StagedLossAck(self, acks, staged, record)
 
     # -- stats --------------------------------------------------------------------------

@@ -182,7 +182,10 @@ SPEC: Final[dict[str, Any]] = {
                            "numbers up to `through` stop counting in "
                            "unacknowledged_gap_events / unacknowledged_tail_events, what "
                            "to alert on; later losses count again. Recorded first, as "
-                           "audit_loss_acknowledged with the reader as principal.",
+                           "audit_loss_acknowledged with the reader as principal. The "
+                           "same acknowledgement again (same reader, sources, through "
+                           "and reason: a client's retry) is answered alike, and not "
+                           "recorded twice.",
             "operationId": "acknowledgeLosses",
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"type": "object", "required": ["reason"],

@@ -167,7 +167,7 @@ class LossKeeper(Protocol):
                       ) -> dict[str, int]: ...
 
     def stage_loss_ack(self, plan: dict[str, int], *, by: str, reason: str,
-                       record: str | None = None) -> Staged: ...
+                       record: str | None = None) -> Staged | None: ...
 
 
 class Staged(Protocol):
@@ -225,6 +225,8 @@ async def acknowledge_losses(request: Request) -> Response:
     record = api.own_record(AUDIT_LOSS_ACKNOWLEDGED, reader, request,
                             source if source is not None else "(all sources)", details)
     staged = await _stage(keeper, plan, by=reader.name, reason=reason, record=record["id"])
+    if staged is None:  # made already, as asked: a client's retry, recorded the first time
+        return json_response({"acknowledged": plan})
     write = asyncio.ensure_future(api.write_record(record))
     try:
         # Shielded: a stop past its drain timeout cancels this request, not the store's
@@ -242,7 +244,7 @@ async def acknowledge_losses(request: Request) -> Response:
 
 
 async def _stage(keeper: LossKeeper, plan: dict[str, int], *, by: str, reason: str,
-                 record: str) -> Staged:
+                 record: str) -> Staged | None:
     """``keeper.stage_loss_ack``, off the loop. Shielded: a request cancelled meanwhile
     (a stop past its drain timeout) cannot stop the thread, which stages all the same
     and holds the acknowledgements' lock until the staged file is kept or dropped.
@@ -257,10 +259,12 @@ async def _stage(keeper: LossKeeper, plan: dict[str, int], *, by: str, reason: s
         raise
 
 
-def _drop_staged(stage: asyncio.Future[Staged]) -> None:
+def _drop_staged(stage: asyncio.Future[Staged | None]) -> None:
     if stage.cancelled() or stage.exception() is not None:
         return  # nothing staged (refused), or the loop stopping: the next start sees to it
-    stage.result().drop()
+    staged = stage.result()
+    if staged is not None:
+        staged.drop()
 
 
 def _settle(staged: Staged, write: asyncio.Future[str]) -> None:

@@ -150,6 +150,17 @@ def commit(staged: Path) -> None:
                     "(%s)", staged.with_name(FILE_NAME), exc)
 
 
+def made_already(acks: Mapping[str, Ack], plan: Mapping[str, int], *, by: str,
+                 reason: str) -> bool:
+    """Whether every acknowledgement of ``plan`` is in ``acks`` already, through the same
+    number, by the same reader, for the same reason: the same acknowledgement again (a
+    client that gave up waiting for the answer, and asked again). Made and recorded the
+    first time, it is answered without a second record. An empty plan (every source
+    acknowledged already) acknowledges nothing, and has nothing to record either."""
+    return all(name in acks and (acks[name].through, acks[name].by, acks[name].reason)
+               == (upto, by, reason) for name, upto in plan.items())
+
+
 def unacknowledged(ranges: Ranges, numbered: int, through: int) -> tuple[int, int]:
     """(gap events, unreceived tail events) of a source numbered after ``through``.
 

@@ -363,3 +363,34 @@ def test_a_request_cancelled_while_it_stages_leaves_no_acknowledgement_waiting(
     done = post(lossy, {"source": "app-2", "reason": "known"})
     assert done.status_code == 200, done.text  # not kept waiting by the cancelled one
     assert unacknowledged(lossy) == (2, 2)
+
+
+def test_the_same_acknowledgement_again_is_answered_and_not_recorded_twice(
+        lossy: Env) -> None:
+    """A client that gave up waiting (60 s) and asked again added a second record of
+    the same acknowledgement: the same source, through and reason, by the same reader,
+    already made, is answered as the first time, without a record."""
+    body = {"source": "app-1", "reason": "killed for the upgrade", "through": 5}
+    first, again = post(lossy, body), post(lossy, body)
+    assert first.status_code == again.status_code == 200, again.text
+    assert first.json() == again.json() == {"acknowledged": {"app-1": 5}}
+    assert len(acks_recorded(lossy)) == 1
+    # Every source at once, again: the sources it acknowledged have no new loss.
+    everything = {"reason": "the outage of the 26th"}
+    assert post(lossy, everything).json() == {"acknowledged": {"app-1": 6, "app-2": 3}}
+    assert post(lossy, everything).json() == {"acknowledged": {}}
+    assert len(acks_recorded(lossy)) == 2
+
+
+@pytest.mark.parametrize(("change", "token"), [
+    ({"reason": "another reason"}, "root"), ({"through": 4}, "root"),
+    ({}, "other root"),  # another reader says it too: its own record
+])
+def test_an_acknowledgement_that_differs_is_recorded_again(
+        lossy: Env, change: dict[str, Any], token: str) -> None:
+    other = lossy.readers.add("other-root", root=True)
+    body = {"source": "app-1", "reason": "killed for the upgrade", "through": 5}
+    assert post(lossy, body).status_code == 200
+    done = post(lossy, body | change, other if token == "other root" else None)
+    assert done.status_code == 200, done.text
+    assert len(acks_recorded(lossy)) == 2

@@ -384,3 +384,27 @@ def test_a_staged_file_is_durable_before_its_record_is_written(
         staged.drop()
     assert str(tmp_path / loss_acks.STAGED_NAME) in synced  # the file
     assert str(tmp_path) in synced  # and its name
+
+
+def test_the_same_acknowledgement_asked_while_the_first_is_under_way_is_not_made_twice(
+        tmp_path: Path) -> None:
+    """A client's retry can come while its first request is still under way (staged,
+    its record being written): it waits for that one, then finds it made, and has
+    nothing to write or record."""
+    import threading
+
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3])
+        first = store.stage_loss_ack({"app-1": 3}, by="alice", reason="known",
+                                     record=events(1)[0]["id"])
+        assert first is not None
+        retried: list[object] = []
+        retry = threading.Thread(target=lambda: retried.append(store.stage_loss_ack(
+            {"app-1": 3}, by="alice", reason=" known ", record=events(1)[0]["id"])))
+        retry.start()
+        first.keep()
+        retry.join(30)
+        assert retried == [None]
+        assert not (tmp_path / loss_acks.STAGED_NAME).exists()
+        store.acknowledge_losses({"app-1": 3}, by="bob", reason="known")  # not kept waiting
+        assert loss_acks.load(tmp_path)["app-1"].by == "alice"  # as far: kept
