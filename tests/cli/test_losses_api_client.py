@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Self
 
 import pytest
@@ -77,6 +78,14 @@ def json_answer(status: int, body: bytes, **headers: str) -> Answer:
 
 
 ACKNOWLEDGED = json_answer(200, b'{"acknowledged": {"app-1": 3}}')
+
+
+def write_token_file(directory: Path, content: str = TOKEN, mode: int = 0o600) -> Path:
+    """A reader token file as its owner alone can read it (unless ``mode`` says else)."""
+    path = directory / "token"
+    path.write_text(content)
+    path.chmod(mode)
+    return path
 
 
 def ack(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str
@@ -257,8 +266,7 @@ def test_a_token_file_that_holds_more_than_a_token_is_refused_without_showing_it
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A second line (a comment) went into the Authorization header: http.client
     refused it with a traceback that printed the header, token and all."""
-    token_file = tmp_path / "token"
-    token_file.write_text(content)
+    token_file = write_token_file(tmp_path, content)
     monkeypatch.delenv(api_client.TOKEN_ENV, raising=False)
     with FakeApi(ACKNOWLEDGED) as api:
         code = main(["losses", "ack", "--source", "app-1", "--reason", "known",
@@ -276,3 +284,50 @@ def test_a_token_in_the_environment_that_is_not_one_is_refused_without_showing_i
                  "--api-url", "http://127.0.0.1:9"])
     out, err = capsys.readouterr()
     assert code == 2 and api_client.TOKEN_ENV in err and TOKEN not in out + err, err
+
+
+def test_a_token_file_its_owner_alone_can_read_is_taken(tmp_path: Path) -> None:
+    assert api_client.reader_token(write_token_file(tmp_path, f"{TOKEN}\n")) == TOKEN
+
+
+@pytest.mark.parametrize("mode", ["644", "640", "604", "620"])
+def test_a_token_file_other_users_can_reach_is_refused_without_showing_it(
+        tmp_path: Path, mode: str) -> None:
+    """A root reader's token reads the whole audit log: a file other users can read
+    (or write) is refused, as ssh refuses such a private key, with how to fix it."""
+    path = write_token_file(tmp_path, mode=int(mode, 8))
+    with pytest.raises(api_client.ApiClientError) as refused:
+        api_client.reader_token(path)
+    message = str(refused.value)
+    assert f"chmod 600 {path}" in message and f"mode {mode}" in message
+    assert TOKEN not in message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_token_file_that_is_no_regular_file_is_refused_without_waiting(
+        tmp_path: Path, kind: str) -> None:
+    """A FIFO blocked the command in open() for as long as no one wrote to it (forever,
+    for a path given by mistake); a device was read as a token (/dev/zero, without
+    end: /dev/null stands for it here)."""
+    path = tmp_path / "token"
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "directory":
+        path.mkdir(mode=0o700)
+    else:
+        path = Path("/dev/null")
+    outcome: list[BaseException | str] = []
+
+    def read() -> None:
+        try:
+            outcome.append(api_client.reader_token(path))
+        except BaseException as exc:  # noqa: BLE001 - looked at below, in the test
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)  # one left blocked ends with us
+    reader.start()
+    reader.join(30)
+    assert outcome, "the command still waits on the token file"
+    [refused] = outcome
+    assert isinstance(refused, api_client.ApiClientError), refused
+    assert "not a regular file" in str(refused) and "--reader-token-file" in str(refused)
