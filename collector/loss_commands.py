@@ -4,7 +4,9 @@
     audit-collector losses ack --source S [--through N] --reason "..."
 
 The list reads the data directory's files (the index's sources, ``loss-acks.json``),
-as ``stats`` does: with the collector running or stopped, and no token.
+as ``stats`` does: with the collector running or stopped, and no token. A recorded
+acknowledgement whose file is still staged counts as made, as the store counts it
+(``loss_acks.in_effect``).
 
 An acknowledgement goes through the running collector's API (POST
 /api/v1/sources/acknowledge-losses), with a root reader's token: the store that owns
@@ -30,6 +32,7 @@ from .losses import listing
 from .read_commands import CommandError, data_dir_of
 from .render import display_width, terminal_safe
 from .storage import loss_acks, sources
+from .storage.records import id_key
 
 FORMATS: Final = ("table", "json")
 #: The table's columns: (header, field of a listing's row).
@@ -103,6 +106,10 @@ def _stats_from_files(data_dir: Path) -> dict[str, Any]:
                       con.execute("SELECT source, ranges FROM sources")}
             numbered = dict(con.execute("SELECT source, highest FROM numbered"))
             seen = dict(con.execute("SELECT source, at_ns FROM source_seen"))
+            # A recorded acknowledgement whose file is not in place yet is made (the
+            # store applies it): as a start would, not as loss-acks.json alone says.
+            acks = loss_acks.in_effect(data_dir, lambda record: con.execute(
+                "SELECT 1 FROM ids WHERE id=?", (id_key(record),)).fetchone() is not None)
         finally:
             con.close()
     except sqlite3.Error as exc:
@@ -114,8 +121,7 @@ def _stats_from_files(data_dir: Path) -> dict[str, Any]:
                            f"the collector's start-up or `reindex` to finish; if neither "
                            f"runs, one was interrupted: run `audit-collector reindex`")
     # As the store loads them: only the sources it knows (one retention forgot has none).
-    acknowledged = {source: ack.through for source, ack in loss_acks.load(data_dir).items()
-                    if source in ranges}
+    acknowledged = {source: ack.through for source, ack in acks.items() if source in ranges}
     known = sources.overview(ranges, numbered, seen, acknowledged=acknowledged)
     return {"sources": known.reports, "sources_total": known.total,
             "sources_omitted": known.omitted,

@@ -226,7 +226,8 @@ class Store:
         acks, unsaved = loss_acks.load(data_dir), None
         left = loss_acks.staged(data_dir)
         path = data_dir / loss_acks.STAGED_NAME
-        if left is not None and (left[1] is None or not index.known_ids([id_key(left[1])])):
+        if left is not None and not loss_acks.claimed(
+                left, lambda record: bool(index.known_ids([id_key(record)]))):
             path.unlink(missing_ok=True)  # never recorded: never made
         elif left is not None:
             acks, record = left

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -92,6 +92,26 @@ def staged(data_dir: Path) -> tuple[dict[str, Ack], str | None] | None:
                     "acknowledgement never recorded", path, exc)
         return {}, None
     return acks, record
+
+
+def claimed(left: tuple[dict[str, Ack], str | None],
+            recorded: Callable[[str], bool]) -> bool:
+    """Whether ``left``, a staged file (``staged``), is an acknowledgement made: its
+    record was written (``recorded(id)``: is that id stored). The record is what makes
+    an acknowledgement, its rename into place may come later (see the module's
+    docstring)."""
+    return left[1] is not None and recorded(left[1])
+
+
+def in_effect(data_dir: Path, recorded: Callable[[str], bool]) -> dict[str, Ack]:
+    """The acknowledgements that apply in ``data_dir``, by the rule a start applies: a
+    staged file ``claimed`` by its record, else the file in place. What a reader of the
+    files (``audit-collector losses``) sees then is what the running store applies,
+    its rename pending or not."""
+    left = staged(data_dir)
+    if left is not None and claimed(left, recorded):
+        return left[0]
+    return load(data_dir)
 
 
 def _read(path: Path) -> tuple[dict[str, Ack], str | None]:

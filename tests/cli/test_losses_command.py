@@ -76,3 +76,40 @@ def test_an_index_being_brought_up_to_date_is_refused(
     code, out, err = run(capsys, "--data-dir", str(tmp_path))
     assert code == 2 and out == "" and "brought up to date" in err
 
+
+
+def test_a_recorded_acknowledgement_whose_file_is_not_in_place_is_listed_as_made(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded, its rename failed: the store applies it (its record says it was made)
+    and puts the file in place later. The command read loss-acks.json alone, and listed
+    the losses as unacknowledged while the API said acknowledged. It applies the rule a
+    start applies: a staged file whose record was written is made; one whose record
+    was not is not."""
+    from tests.collector.storage_helpers import loss_acks_rename_fails
+
+    [record, never] = events(2)
+    with open_store(tmp_path) as store:
+        lossy_store(store)
+        loss_acks_rename_fails(monkeypatch)
+        staged = store.stage_loss_ack({"app-1": 6}, by="bob", reason="known too",
+                                      record=record["id"])
+        assert staged is not None
+        store.write([record], "audit-collector-api")
+        staged.keep()
+        expected = losses.listing(store.stats())  # what the API answers
+        assert expected["unacknowledged_gap_events"] == 0
+        code, out, err = run(capsys, "--data-dir", str(tmp_path), "--format", "json")
+        assert code == 0, err
+        assert orjson.loads(out) == expected
+    code, out, _ = run(capsys, "--data-dir", str(tmp_path), "--format", "json")
+    assert code == 0 and orjson.loads(out) == expected  # stopped: as the next start
+    monkeypatch.undo()
+    with open_store(tmp_path) as store:
+        assert losses.listing(store.stats()) == expected
+        unrecorded = store.stage_loss_ack({"app-3": 2}, by="bob", reason="never recorded",
+                                          record=never["id"])
+        assert unrecorded is not None
+        code, out, _ = run(capsys, "--data-dir", str(tmp_path), "--format", "json")
+        assert code == 0 and orjson.loads(out) == expected  # not made: not listed
+        unrecorded.drop()
