@@ -558,32 +558,39 @@ class Store:
                                if name not in gone}
         # Never waited for: an acknowledgement under way waits on this thread for its
         # record. Its ``keep`` writes the file without them (it filters by the sources
-        # still known); one still to be put in place may name them until the next
-        # acknowledgement or start.
+        # still known).
         if not self._acks_lock.acquire(blocking=False):
             return
         try:
-            if self._acks_unsaved is None:
-                # Read under the lock, not before it: an acknowledgement kept between
-                # the two is in them (written as they were, the file lost it).
-                loss_acks.save(self.settings.data_dir, self._loss_acks)
-        except OSError as exc:
-            log.warning("audit store: cannot rewrite %s without the %d source(s) retention "
-                        "forgot (%s): they are left out from now on, and from the file at "
-                        "the next acknowledgement or start", loss_acks.FILE_NAME, len(gone),
-                        exc)
+            # Read under the lock, not before it: an acknowledgement kept between the
+            # two is in them (written as they were, the file lost it).
+            self._save_forgotten()
         finally:
             self._acks_lock.release()
 
-    def _save_forgotten(self, acks: dict[str, loss_acks.Ack]) -> None:
-        """Write ``acks``, what applies once retention forgot some sources, to the file
-        (under ``_acks_lock``); a failure is logged: they no longer apply meanwhile."""
+    def _save_forgotten(self) -> None:
+        """Write the acknowledgements that apply once retention forgot some sources
+        (``_loss_acks``) to the file, under ``_acks_lock``. With a recorded one's rename
+        pending, its staged file is replaced (naming the same record), then put in
+        place: left as it was, the next start put it in place, sources forgotten and
+        all, and handed their acknowledgements to new sources of the same names. A
+        failure is logged: they no longer apply meanwhile."""
+        data_dir = self.settings.data_dir
         try:
-            loss_acks.save(self.settings.data_dir, acks)
+            if self._acks_unsaved is None:
+                loss_acks.save(data_dir, self._loss_acks)
+                return
+            staged = loss_acks.restage(data_dir, self._loss_acks, self._acks_unsaved)
         except OSError as exc:
             log.warning("audit store: cannot rewrite %s without the source(s) retention "
                         "forgot (%s): they are left out from now on, and from the file at "
-                        "the next acknowledgement", loss_acks.FILE_NAME, exc)
+                        "the next acknowledgement or start", loss_acks.FILE_NAME, exc)
+            return
+        try:
+            loss_acks.commit(staged)
+        except OSError:
+            return  # still pending (logged as it failed first): staged as it now applies
+        self._acks_unsaved = None
 
     def _save_unsaved_acks(self, record: str) -> None:
         """Put in place the staged file of an earlier acknowledgement, recorded (by
@@ -791,11 +798,12 @@ class StagedLossAck:
                 applied = {name: ack for name, ack in self._acks.items()
                            if name in writer.sources}
                 store._loss_acks = applied
-            if store._acks_unsaved is None and len(applied) < len(self._acks):
+            if len(applied) < len(self._acks):
                 # Retention's own rewrite did not wait for this acknowledgement: the
-                # file just put in place names them, and the next start would hand
-                # their acknowledgements to new sources of the same names.
-                store._save_forgotten(applied)
+                # file just put in place (or left staged) names them, and the next
+                # start would hand their acknowledgements to new sources of the same
+                # names.
+                store._save_forgotten()
         finally:
             store._acks_lock.release()
 

@@ -35,7 +35,7 @@ import orjson
 
 from audit_middleware.wire import MAX_SEQ
 
-from .regular_files import fsync_dir, read_regular, write_new_file
+from .regular_files import fsync_dir, read_regular, replace_file, write_new_file
 from .segments import FILE_MODE
 
 log = logging.getLogger("collector.store")
@@ -139,12 +139,8 @@ def stage(data_dir: Path, acks: Mapping[str, Ack], record: str | None = None) ->
     that can fail for want of space fails here, before the acknowledgement is recorded.
     ``record``: the id of the audit record that will claim it (see the module's
     docstring). One staged file at a time (the store's lock)."""
-    body: dict[str, Any] = {"format": FORMAT,
-                            "sources": {s: asdict(a) for s, a in sorted(acks.items())}}
-    if record is not None:
-        body["record"] = record
     path = data_dir / STAGED_NAME
-    write_new_file(path, orjson.dumps(body, option=orjson.OPT_INDENT_2), FILE_MODE)
+    write_new_file(path, _encode(acks, record), FILE_MODE)
     if record is not None:
         # Its name durable too, before the record that claims it (fsynced in another
         # directory, segments/): after a power loss, the record without the file was
@@ -155,6 +151,24 @@ def stage(data_dir: Path, acks: Mapping[str, Ack], record: str | None = None) ->
             path.unlink(missing_ok=True)
             raise
     return path
+
+
+def restage(data_dir: Path, acks: Mapping[str, Ack], record: str) -> Path:
+    """Replace the staged file of an acknowledgement ``record`` made (its rename still
+    to come) by ``acks``, what applies now, atomically: a failure leaves the file that
+    was staged, never none (``stage`` removes it first, and the acknowledgement made
+    would be gone at the next start)."""
+    path = data_dir / STAGED_NAME
+    replace_file(path, _encode(acks, record), FILE_MODE)
+    return path
+
+
+def _encode(acks: Mapping[str, Ack], record: str | None) -> bytes:
+    body: dict[str, Any] = {"format": FORMAT,
+                            "sources": {s: asdict(a) for s, a in sorted(acks.items())}}
+    if record is not None:
+        body["record"] = record
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2)
 
 
 def commit(staged: Path) -> None:

@@ -408,3 +408,77 @@ def test_the_same_acknowledgement_asked_while_the_first_is_under_way_is_not_made
         assert not (tmp_path / loss_acks.STAGED_NAME).exists()
         store.acknowledge_losses({"app-1": 3}, by="bob", reason="known")  # not kept waiting
         assert loss_acks.load(tmp_path)["app-1"].by == "alice"  # as far: kept
+
+
+def _forget(store: Any, source: str) -> None:
+    """Retention forgets ``source`` (as GroupWriter.forget_sources, then the store)."""
+    writer = store._writer
+    with writer.lock:
+        writer.sources.pop(source)
+    store._forget_loss_acks([source])
+
+
+@pytest.mark.parametrize("forgotten", ["after the failed rename", "while staged"])
+def test_a_source_forgotten_while_a_rename_is_pending_leaves_the_staged_file_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forgotten: str) -> None:
+    """Recorded, its rename failed: the acknowledgements wait staged for the next
+    acknowledgement or start. Retention forgot a source meanwhile: memory let it go,
+    the staged file kept it (rewritten only when no rename was pending), and the next
+    start put it in place and handed its acknowledgement to a new source of the same
+    name: an alert too few."""
+    [record] = events(1)
+    with open_store(tmp_path) as store:
+        write(store, "src-old", [1, 3], numbered=6)
+        write(store, "app-1", [1, 3])
+        loss_acks_rename_fails(monkeypatch)
+        staged = store.stage_loss_ack({"src-old": 6, "app-1": 3}, by="alice",
+                                      reason="known", record=record["id"])
+        assert staged is not None
+        store.write([record], "audit-collector-api")
+        if forgotten == "while staged":
+            _forget(store, "src-old")
+        staged.keep()  # made, not in place
+        if forgotten == "after the failed rename":
+            _forget(store, "src-old")
+        left = loss_acks.staged(tmp_path)
+        assert left is not None and set(left[0]) == {"app-1"}, left
+        assert left[1] == record["id"]  # still claimed by its record
+        monkeypatch.undo()
+        write(store, "src-old", [1, 5])  # the same name again: 2-4 are new losses
+        assert store.stats()["sources"]["src-old"]["acknowledged_through"] == 0
+    with open_store(tmp_path) as store:
+        assert store.stats()["sources"]["src-old"]["acknowledged_through"] == 0
+        assert store.stats()["sources"]["app-1"]["acknowledged_through"] == 3
+    assert set(loss_acks.load(tmp_path)) == {"app-1"}
+
+
+def test_an_acknowledgement_pending_outlives_a_rewrite_for_retention_the_disk_refuses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention's rewrite of a staged file replaces it whole or not at all: written
+    over it, a full disk left none, and the acknowledgement made was gone at the next
+    start."""
+    import errno
+    import os
+
+    real_write = os.write
+
+    def full(fd: int, data: Any) -> int:  # the OS's, outside the product
+        if loss_acks.FILE_NAME in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return real_write(fd, data)
+
+    [record] = events(1)
+    with open_store(tmp_path) as store:
+        write(store, "src-old", [1, 3], numbered=6)
+        write(store, "app-1", [1, 3])
+        loss_acks_rename_fails(monkeypatch)
+        staged = store.stage_loss_ack({"src-old": 6, "app-1": 3}, by="alice",
+                                      reason="known", record=record["id"])
+        assert staged is not None
+        store.write([record], "audit-collector-api")
+        staged.keep()
+        monkeypatch.setattr(os, "write", full)
+        _forget(store, "src-old")
+        monkeypatch.undo()
+    with open_store(tmp_path) as store:
+        assert store.stats()["sources"]["app-1"]["acknowledged_through"] == 3
