@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import os
 import ssl
-import stat
 import threading
 import urllib.error
 import urllib.parse
@@ -29,7 +28,7 @@ from audit_middleware.shipper.endpoint import is_loopback
 from .config import CollectorConfig
 from .options import split_host_port
 from .render import terminal_safe
-from .storage.regular_files import NotRegularFileError, open_regular
+from .token_files import TokenFileError, TokenFileKind, read_token_file
 
 TOKEN_ENV: Final = "AUDIT_READER_TOKEN"
 #: Seconds to wait for an answer: the store may wait up to 30 s for another
@@ -39,7 +38,6 @@ TIMEOUT: Final = 60.0
 #: hundred): a host that is not the collector may send one without end.
 MAX_ANSWER: Final = 1024 * 1024
 #: Bytes of a reader token file read at most: a token is a few dozen.
-_MAX_TOKEN_FILE: Final = 4096
 _ANYWHERE: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
@@ -90,12 +88,20 @@ def _never_in_clear(url: str) -> str:
     return url
 
 
+_READER_TOKEN_FILE: Final = TokenFileKind(
+    name="the reader token file",
+    renew="`audit-collector users remove` the reader and `add` it again, for a new token",
+    instead=f"give --reader-token-file a file holding the token (or put it in {TOKEN_ENV})",
+    source="as `audit-collector users add` printed it")
+
+
 def reader_token(token_file: Path | None) -> str:
     """A reader's token: from ``token_file``, else ``AUDIT_READER_TOKEN``."""
     if token_file is not None:
-        token = _read_token_file(token_file).strip()
-        if not token:
-            raise ApiClientError(f"the reader token file {token_file} is empty")
+        try:
+            token = read_token_file(token_file, _READER_TOKEN_FILE)
+        except TokenFileError as exc:
+            raise ApiClientError(str(exc)) from None
         return _one_token(token, f"the reader token file {token_file}")
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
@@ -103,41 +109,6 @@ def reader_token(token_file: Path | None) -> str:
                              f"in a file given as --reader-token-file (a root reader is "
                              f"made with `audit-collector users add NAME --root`)")
     return _one_token(token, TOKEN_ENV)
-
-
-def _read_token_file(path: Path) -> str:
-    """The text of the token file ``path``: a regular file (a FIFO blocked the command
-    in ``open`` for as long as no one wrote to it; a device such as /dev/zero was read
-    without end) that only its owner can read or write, as ssh asks of a private key.
-    A root reader's token reads the whole audit log: one that other users can read is
-    refused, not used, so that it is noticed and its mode fixed (and, if others may
-    have read it, the token replaced)."""
-    try:
-        with open_regular(path) as f:
-            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-            if mode & 0o077:
-                raise ApiClientError(
-                    f"the reader token file {path} can be read or written by other users "
-                    f"(mode {mode:o}): chmod 600 {path} (and if others may have read it, "
-                    f"`audit-collector users remove` the reader and `add` it again, for "
-                    f"a new token)")
-            data = f.read(_MAX_TOKEN_FILE + 1)
-    except NotRegularFileError as exc:
-        raise ApiClientError(f"the reader token file {path} is {exc.strerror}: give "
-                             f"--reader-token-file a file holding the token (or put it in "
-                             f"{TOKEN_ENV})") from None
-    except OSError as exc:
-        raise ApiClientError(f"cannot read the reader token file {path}: {exc}") from None
-    if len(data) > _MAX_TOKEN_FILE:
-        raise ApiClientError(f"the reader token file {path} is over {_MAX_TOKEN_FILE} "
-                             f"bytes, more than a token: put only the token in it, as "
-                             f"`audit-collector users add` printed it")
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        raise ApiClientError(f"the reader token file {path} is not text: put only the "
-                             f"token in it, as `audit-collector users add` printed "
-                             f"it") from None
 
 
 def _one_token(token: str, where: str) -> str:

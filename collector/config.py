@@ -18,6 +18,7 @@ from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.wire import MIN_MAX_FRAME
 
 from .options import BY_NAME, ENV_PREFIX, OPTIONS, split_host_port
+from .token_files import TokenFileError, TokenFileKind, read_token_file
 
 MAX_FRAME_LIMIT: Final = 64 * 1024 * 1024
 
@@ -185,14 +186,20 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
+_TOKEN_FILE: Final = TokenFileKind(
+    name="the token file",
+    renew="change the shared token, here and in every client's configuration",
+    instead=f"give token_file a file holding the shared token (or set {ENV_PREFIX}TOKEN)",
+    source="as the clients present it")
+
+
 def _read_token(path: Path) -> str:
+    """The shared ingest token from ``token_file``: whoever holds it can write events
+    into the audit log, so a file other users can reach is refused (token_files.py)."""
     try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read token file {path}: {exc}") from None
-    if not token:
-        raise ConfigError(f"token file {path} is empty")
-    return token
+        return read_token_file(path, _TOKEN_FILE)
+    except TokenFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check(config: CollectorConfig) -> None:

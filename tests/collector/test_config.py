@@ -4,6 +4,7 @@ parsed with units, impossible combinations refused, secrets never printed."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -145,6 +146,7 @@ def test_unknown_and_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
 def test_an_empty_token_is_no_token_and_does_not_hide_the_token_file(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("from-the-file\n")
+    token_file.chmod(0o600)
     config = load(parse("--tcp", "127.0.0.1:7100", "--token", "",
                         "--token-file", str(token_file)), {})
     assert config.token == "from-the-file"
@@ -155,9 +157,47 @@ def test_an_empty_token_is_no_token_and_does_not_hide_the_token_file(tmp_path: P
 def test_loopback_tcp_with_a_token_file_needs_no_tls(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
+    token_file.chmod(0o600)
     config = load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
     assert config.token == "s3cret-token"
     assert config.tcp_address == ("127.0.0.1", 7100)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_a_token_file_other_users_can_reach_is_refused_without_showing_it(
+        tmp_path: Path, mode: int) -> None:
+    """Whoever holds the shared token writes events into the audit log: a token file
+    other users could read was used as it was."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    token_file.chmod(mode)
+    with pytest.raises(ConfigError, match=f"other users \\(mode {mode:o}\\): chmod 600") as err:
+        load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
+    assert "s3cret-token" not in str(err.value)
+
+
+def test_a_token_file_that_is_no_regular_file_is_refused_without_waiting(
+        tmp_path: Path) -> None:
+    """A FIFO held serve in open() for as long as no one wrote to it; a device was read
+    without end."""
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo, 0o600)
+    for path, kind in ((fifo, "a FIFO"), (Path("/dev/zero"), "a character device"),
+                       (tmp_path, "a directory")):
+        with pytest.raises(ConfigError, match=f"is {kind}, not a regular file: give token_file a file"):
+            load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(path)), {})
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"", "is empty"), (b" \n", "is empty"), (b"\xff\xfe", "is not text"),
+    (b"x" * 5000, "is over 4096 bytes")])
+def test_a_token_file_that_holds_no_token_is_refused(tmp_path: Path, content: bytes,
+                                                      says: str) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(content)
+    token_file.chmod(0o600)
+    with pytest.raises(ConfigError, match=says):
+        load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
 
 
 def test_the_summary_masks_the_token_and_names_sources() -> None:

@@ -23,6 +23,7 @@ def unit() -> dict[str, list[str]]:
 def test_the_example_configuration_is_valid_for_serve(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("a-long-random-token\n")
+    token.chmod(0o600)  # as systemd hands over a credential (LoadCredential: 0400)
     config = collector_config.load(environ={
         "AUDIT_CONFIG": str(DEPLOY / "collector.toml"), "AUDIT_TOKEN_FILE": str(token)})
     assert config.data_dir == Path("/var/lib/audit-collector")
@@ -47,6 +48,7 @@ def test_the_unit_runs_serve_with_that_configuration_unprivileged() -> None:
 def test_stopping_leaves_time_to_drain(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("t")
+    token.chmod(0o600)
     config = collector_config.load(environ={"AUDIT_CONFIG": str(DEPLOY / "collector.toml"),
                                             "AUDIT_TOKEN_FILE": str(token)})
     service = unit()
