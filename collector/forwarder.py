@@ -267,15 +267,20 @@ class Forwarder:
 
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stopping:
-            try:
-                sent = self.step()
-            except Exception as exc:  # noqa: BLE001 - any failure: keep the batch, back off
-                self._failed(exc)
-                self._wait(self._backoff())
-                continue
-            if sent == 0:
-                self._wait(self.settings.poll_interval)
+        try:
+            while not self._stopping:
+                try:
+                    sent = self.step()
+                except Exception as exc:  # noqa: BLE001 - any failure: keep the batch, back off
+                    self._failed(exc)
+                    self._wait(self._backoff())
+                    continue
+                if sent == 0:
+                    self._wait(self.settings.poll_interval)
+        finally:
+            # The Reader ``q.search`` kept on this thread: closed by the stop, not left
+            # for the thread's end (its index connection and up to 16 segment files).
+            q.close_readers(self.data_dir)
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(seconds)

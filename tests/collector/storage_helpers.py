@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,18 @@ def open_store(data_dir: Path, **settings: Any) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+def descriptors_into(path: Path) -> list[str]:
+    """What this process has open under ``path``, from /proc/self/fd (Linux)."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+    return sorted(link for link in links if link.startswith(f"{path.resolve()}/")
+                  or link == str(path.resolve()))
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -4,8 +4,8 @@ arrive, streaming, lookup by id, and the same answers from every kind of chunk."
 from __future__ import annotations
 
 import base64
-import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +16,10 @@ import pytest
 
 from audit_middleware.event import format_created
 from collector.query import (
+    KEEP_READERS,
     Filters,
     QueryError,
+    close_readers,
     cursor_after,
     find,
     follow_cursor,
@@ -26,7 +28,13 @@ from collector.query import (
     search,
 )
 from collector.store import Store
-from tests.collector.storage_helpers import BASE_NS, event, open_store, wait_until
+from tests.collector.storage_helpers import (
+    BASE_NS,
+    descriptors_into,
+    event,
+    open_store,
+    wait_until,
+)
 
 HOUR = 3600 * 10**9
 
@@ -375,13 +383,8 @@ def test_a_long_lived_reader_lets_go_of_segments_retention_deleted(tmp_path: Pat
     compression or retention deleted were kept open (up to 16), their disk space out of
     reach of retention_bytes."""
     def deleted_segments_open() -> list[str]:
-        links = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                links.append(os.readlink(f"/proc/self/fd/{fd}"))
-            except OSError:
-                continue
-        return [link for link in links if "segment-" in link and "(deleted)" in link]
+        return [link for link in descriptors_into(tmp_path)
+                if "segment-" in link and "(deleted)" in link]
 
     with open_store(tmp_path, max_segment_bytes=4096, compress_sealed=True,
                     retention_bytes=20_000) as store:
@@ -394,6 +397,39 @@ def test_a_long_lived_reader_lets_go_of_segments_retention_deleted(tmp_path: Pat
         wait_until(lambda: store.stats()["retention_deleted"] > 10)
         search(store, Filters(), limit=1, cursor=cursor, newest_first=False)  # a poll
         assert deleted_segments_open() == []
+
+
+def _closed_store(data_dir: Path, count: int) -> Path:
+    with open_store(data_dir) as store:
+        store.write([event() for _ in range(count)])
+    return data_dir
+
+
+def test_a_thread_that_searched_leaves_nothing_open_once_it_ends(tmp_path: Path) -> None:
+    """``search`` keeps a Reader on the calling thread. Once the thread ended, the
+    garbage collector closed its SQLite connection but never its segment files (plain
+    descriptors): each thread that ever searched held up to 16 of them for good."""
+    data = _closed_store(tmp_path / "data", 3)
+    found: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: found.extend(search(data, Filters()).records))
+    worker.start()
+    worker.join()
+    assert len(found) == 3
+    assert descriptors_into(data) == []
+
+
+def test_a_thread_keeps_readers_open_for_its_latest_data_directories_only(
+        tmp_path: Path) -> None:
+    """One Reader a data directory, kept for good, for every directory a thread ever
+    searched: a test run's main thread held ~6 descriptors per test's store."""
+    dirs = [_closed_store(tmp_path / f"data-{n}", 1) for n in range(KEEP_READERS + 2)]
+    for data in dirs:
+        assert len(search(data, Filters()).records) == 1
+    assert [d for d in dirs if descriptors_into(d)] == dirs[-KEEP_READERS:]
+    close_readers(dirs[-1])
+    assert [d for d in dirs if descriptors_into(d)] == dirs[-KEEP_READERS:-1]
+    close_readers()
+    assert [d for d in dirs if descriptors_into(d)] == []
 
 
 def test_a_value_longer_than_the_default_field_cap_can_be_found(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError
 from collector.forwarder import Forwarder, ForwardError, ForwardSettings, parse_headers
 from collector.storage.records import created_micros
 from collector.store import StorageSettings, Store
-from tests.collector.storage_helpers import event
+from tests.collector.storage_helpers import descriptors_into, event
 from tests.e2e.harness import wait_until
 from tests.otel.otlp_receiver import OTLPReceiver, any_value, attributes
 
@@ -129,6 +129,22 @@ def test_a_restarted_forwarder_resumes_after_its_checkpoint(store: Store,
     finally:
         second.stop()
     assert receiver.seqs() == list(range(1, 9))  # nothing sent twice, nothing missed
+
+
+def test_a_stopped_forwarder_leaves_nothing_of_the_data_directory_open(
+        tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """Its thread read through a Reader it never closed: the stop left the segment
+    files it had read open for the rest of the process."""
+    data = tmp_path / "data"
+    with Store(StorageSettings(data_dir=data)) as store:
+        write(store, 6)
+        fwd = forwarder(store, receiver)
+        fwd.start()
+        try:
+            receiver.wait_for(6)
+        finally:
+            fwd.stop()
+    assert descriptors_into(data) == []
 
 
 def test_an_outage_of_the_receiver_delays_but_loses_nothing(store: Store,
