@@ -14,6 +14,7 @@ import pytest
 
 from audit_middleware.event import AuditEvent
 from collector.canonical_lines import CanonicalLines
+from collector.query import close_readers
 from collector.storage import records
 from collector.store import StorageSettings, Store
 
@@ -53,6 +54,9 @@ def open_store(data_dir: Path, **settings: Any) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+        # What the test read of it through ``collector.query.search`` and the like: that
+        # Reader stayed open on the test's thread (pytest's) for the rest of the run.
+        close_readers(data_dir)
 
 
 def descriptors_into(path: Path) -> list[str]:
