@@ -81,7 +81,7 @@ async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, st
         try:
             conn, address = await loop.sock_accept(sock)
         except ConnectionAbortedError:
-            continue  # the client reset before it was accepted
+            pass  # the client reset before it was accepted: nothing to count or close
         except OSError as exc:
             counters["accept_errors"] += 1
             out_of_files = exc.errno in OUT_OF_RESOURCES
@@ -93,19 +93,28 @@ async def accept_forever(sock: socket.socket, admit: Callable[[socket.socket, st
                 make_room()
             await asyncio.sleep(ACCEPT_RETRY)
             continue
-        try:
-            admit(conn, _peer(address))
-        except Exception:
-            conn.close()
-            counters["internal_errors"] += 1
-            n = failures.count("admit")
-            if n is not None:
-                log.exception("%s: admitting a connection failed (%d times so far); "
-                              "it was closed", what, n)
+        else:
+            _admit(conn, address, admit, counters, failures, log=log, what=what)
         # A flood's connections are all ready at once: let their handshakes (and the rest
-        # of the collector) run between two accepts; after one that failed too
-        # (sock_accept does not yield while connections wait).
+        # of the collector) run between two accepts; after one that failed too, or was
+        # aborted by its client (sock_accept does not yield while connections wait).
         await asyncio.sleep(0)
+
+
+def _admit(conn: socket.socket, address: object,
+           admit: Callable[[socket.socket, str], None], counters: Counter[str],
+           failures: FailureLog, *, log: logging.Logger, what: str) -> None:
+    """``admit`` an accepted connection; one it fails on is closed, counted and logged
+    (sparingly)."""
+    try:
+        admit(conn, _peer(address))
+    except Exception:
+        conn.close()
+        counters["internal_errors"] += 1
+        n = failures.count("admit")
+        if n is not None:
+            log.exception("%s: admitting a connection failed (%d times so far); "
+                          "it was closed", what, n)
 
 
 class Handshake:
