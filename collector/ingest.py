@@ -66,6 +66,9 @@ __all__ = ["IngestError", "IngestServer", "IngestSettings"]
 
 #: Seconds a shutdown waits for in-flight batches (and API requests) to finish.
 DRAIN_TIMEOUT: Final = 10.0
+#: Why a new connection is refused at once (``connections_refused``), each counted as
+#: ``connections_refused_<code>`` too: at the limit, or the collector stopping.
+REFUSALS: Final = (ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN)
 #: What a failed handshake's OpenSSL reason usually means, said in the log.
 _HANDSHAKE_HINTS: Final = (
     (("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"),
@@ -326,11 +329,7 @@ class IngestServer:
         if not self._closing and len(self._conns) >= self.settings.max_connections:
             self._evict_one_silent()
         if self._closing or self._open_count() >= self.settings.max_connections:
-            self.counters["connections_refused"] += 1
-            code = ErrorCode.SHUTTING_DOWN if self._closing else ErrorCode.TOO_MANY_CONNECTIONS
-            await self._close(writer, ErrorReply(code, "the collector is shutting down" if
-                              self._closing else f"{self.settings.max_connections} clients "
-                              "are connected already; retry later"))
+            await self._refuse(writer)
             return
         conn = _Conn(task, writer, peer)
         self._conns[task] = conn
@@ -360,8 +359,22 @@ class IngestServer:
             del self._conns[task]
         if error is not None:
             self.counters[f"error_{error.code}"] += 1
-            if error.code not in (ErrorCode.SHUTTING_DOWN, ErrorCode.TOO_MANY_CONNECTIONS):
+            if error.code not in REFUSALS:
                 log.warning("ingest: %s: %s [%s]", conn.peer, error.message, error.code)
+        await self._close(writer, error)
+
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """A new connection refused at once, counted with its reason: a full collector
+        and a stopping one call for different actions (``connections_refused`` alone
+        did not tell them apart)."""
+        if self._closing:
+            error = ErrorReply(ErrorCode.SHUTTING_DOWN, "the collector is shutting down")
+        else:
+            error = ErrorReply(ErrorCode.TOO_MANY_CONNECTIONS,
+                               f"{self.settings.max_connections} clients are connected "
+                               "already; retry later")
+        self.counters["connections_refused"] += 1
+        self.counters[f"connections_refused_{error.code}"] += 1
         await self._close(writer, error)
 
     def _evict_one_silent(self) -> None:

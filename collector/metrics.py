@@ -29,6 +29,8 @@ from typing import Any, Final, Literal
 
 from audit_middleware.wire import ErrorCode
 
+from .ingest import REFUSALS
+
 log = logging.getLogger("collector.metrics")
 
 StatsFunction = Callable[[], Mapping[str, Any]]
@@ -87,7 +89,13 @@ METRICS: Final[tuple[Metric, ...]] = (
        "{connection}", "The ingest server's connection limit (max_connections)"),
     _m("audit.collector.ingest.connections.refused", "counter", "ingest",
        "connections_refused", "{connection}",
-       "Connections refused at max_connections or while stopping (told to retry later)"),
+       "Connections refused at max_connections or while stopping (told to retry later; "
+       "by reason: connections.refused.<code>)"),
+    *(_m(f"audit.collector.ingest.connections.refused.{code}", "counter", "ingest",
+         f"connections_refused_{code}", "{connection}",
+         f"Connections refused at once with the {code} error (docs/protocol.md, "
+         "Connection limits)")
+      for code in REFUSALS),
     _m("audit.collector.ingest.connections.evicted", "counter", "ingest",
        "connections_evicted", "{connection}",
        "Connections closed before their hello to make room at max_connections"),
@@ -100,8 +108,8 @@ METRICS: Final[tuple[Metric, ...]] = (
     # "unauthorized" too); too_many_connections: the evicted ones
     *(_m(f"audit.collector.ingest.errors.{code}", "counter", "ingest", f"error_{code}",
          "{connection}", f"Connections closed with the {code} error (docs/protocol.md)"
-         + ("; those refused at once count in connections.refused" if code in (
-             ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN) else ""))
+         + (f"; those refused at once count in connections.refused.{code}"
+            if code in REFUSALS else ""))
       for code in _CLOSING_ERRORS),
     # ingest TLS (only when the TCP listener has a certificate)
     _m("audit.collector.ingest.tls.handshakes.pending", "gauge", "ingest_tls",

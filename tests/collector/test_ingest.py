@@ -435,3 +435,28 @@ def test_an_id_twice_in_one_batch_is_stored_once(client: RawClient) -> None:
     reply = result(client.batch(1, lines(event(1), event(1), event(2))))
     assert reply.written == [event(1)["id"], event(2)["id"]]
     assert reply.duplicates == [event(1)["id"]]
+
+
+def test_a_refusal_is_published_with_its_reason(make_server: ServerFactory,
+                                                tmp: Path) -> None:
+    """A connection refused at once (at max_connections, or while stopping) was counted
+    in connections_refused only, not by its error code: an operator could not tell a
+    full collector from a stopping one. Each reason now has its counter and metric."""
+    from collector.metrics import Metrics
+
+    server = make_server(max_connections=1)
+    first = RawClient(tmp / "c.sock")
+    first.hello()
+    second = RawClient(tmp / "c.sock")  # once the first has said hello: not evicted
+    try:
+        assert second.error().code == ErrorCode.TOO_MANY_CONNECTIONS
+    finally:
+        first.close()
+        second.close()
+    metrics = Metrics()
+    metrics.add("ingest", server.stats)
+    text = metrics.prometheus()
+    assert "audit_collector_ingest_connections_refused_total 1\n" in text
+    assert ("audit_collector_ingest_connections_refused_too_many_connections_total 1\n"
+            in text)
+    assert "audit_collector_ingest_connections_refused_shutting_down_total 0\n" in text

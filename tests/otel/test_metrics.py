@@ -18,6 +18,7 @@ import audit_middleware as audit
 from audit_middleware.otel import SHIPPER_METRICS, register_metrics
 from audit_middleware.testing import reset_configuration
 from audit_middleware.wire import ErrorCode
+from collector.ingest import REFUSALS
 from collector.metrics import METRICS, PROMETHEUS_CONTENT_TYPE, Metrics, routes
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import event
@@ -166,6 +167,7 @@ def test_every_counter_of_ingest_and_of_the_api_connections_is_published() -> No
     accepting = _counted_keys(collector / "accepting.py")  # both TCP ports' accept loop
     ingest |= accepting
     ingest |= {f"error_{code}" for code in ErrorCode if code != ErrorCode.STORAGE_UNAVAILABLE}
+    ingest |= {f"connections_refused_{code}" for code in REFUSALS}  # counted by reason
     tls = {"tls_probes", "tls_handshake_failures", "tls_handshakes_evicted"}
     wanted = {("ingest_tls" if key in tls else "ingest", key) for key in ingest}
     wanted |= {("api_tls", key)
