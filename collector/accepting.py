@@ -18,7 +18,7 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, Protocol, TypeVar
 
 from .handshakes import FailureLog
 from .listen import IngestError
@@ -134,21 +134,37 @@ class Handshake:
         # its first byte, it is no silent connection (``least_worth``)
         self.handed = False
 
+    @property
+    def spoke(self) -> bool:
+        """The client has sent a byte (``least_worth``)."""
+        return self.handed
 
-def least_worth(pending: Iterable[Handshake]) -> Handshake:
-    """The unfinished TLS handshake to close first, of ``pending`` (oldest first): the
+
+class Spoken(Protocol):
+    """A connection that may be closed to make room: an unfinished TLS handshake
+    (``Handshake``), or a connection that has not said its hello (ingest's)."""
+
+    @property
+    def spoke(self) -> bool: ...
+
+
+_C = TypeVar("_C", bound=Spoken)
+
+
+def least_worth(candidates: Iterable[_C]) -> _C:
+    """The connection to close first to make room, of ``candidates`` (oldest first): the
     oldest whose client has sent nothing yet, or else the oldest. A client that sent its
-    ClientHello may be one round trip from done; closing it while newer silent
-    connections stayed locked a client further away than a flood's next few connections
-    out (the ingest port and the query API's alike)."""
+    ClientHello (or began its hello) may be one round trip from done; closing it while
+    newer silent connections stayed locked a client further away than a flood's next
+    few connections out (the ingest port and the query API's alike)."""
     oldest = None
-    for handshake in pending:
-        if not handshake.handed:
-            return handshake
+    for candidate in candidates:
+        if not candidate.spoke:
+            return candidate
         if oldest is None:
-            oldest = handshake
+            oldest = candidate
     if oldest is None:
-        raise ValueError("no handshake under way to close")
+        raise ValueError("no connection to close")
     return oldest
 
 

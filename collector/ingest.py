@@ -12,11 +12,12 @@ what the replies of one connection may hold (``reply_queue``).
 
 The TCP port is accepted here, one connection at a time (``collector.accepting``), and
 over TLS each connection is a ``Handshake`` until its TLS is up: counted against
-``max_connections`` with the connections, the oldest closed to make room for a new one
-(an honest client's handshake takes milliseconds, a flood's never ends), and the oldest
-closed too when accept() finds the process out of files. Uncounted, a flood of silent
-connections held a file each for ``handshake_timeout`` and exhausted the process's
-files: no honest shipper was accepted, and the store could not open its own.
+``max_connections`` with the connections, one closed to make room for a new one (the
+oldest that has sent nothing, ``accepting.least_worth``: an honest client's handshake
+takes milliseconds, a flood's never ends), and one closed too when accept() finds the
+process out of files. Uncounted, a flood of silent connections held a file each for
+``handshake_timeout`` and exhausted the process's files: no honest shipper was
+accepted, and the store could not open its own.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class IngestSettings:
 
 
 class _Conn:
-    __slots__ = ("evicted", "greeted", "idle", "peer", "task", "writer")
+    __slots__ = ("evicted", "greeted", "idle", "peer", "spoke", "task", "writer")
 
     def __init__(self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str):
         self.task = task
@@ -114,6 +115,8 @@ class _Conn:
         self.peer = peer
         self.greeted = False  # its hello was accepted (and its token, on TCP)
         self.evicted = False  # closed to make room for a newer connection
+        # it has sent a byte: its hello may be on its way (``accepting.least_worth``)
+        self.spoke = False
 
 
 class IngestServer:
@@ -160,8 +163,8 @@ class IngestServer:
                 self._accepting.append(loop.create_task(accept_forever(
                     sock, self._admit, self._make_room, self.counters,
                     self._handshake_failures, log=log, what="ingest",
-                    making_room="closing the oldest connection that has not said hello "
-                    "(or finished its TLS handshake)")))
+                    making_room="closing a connection that has not said hello (or "
+                    "finished its TLS handshake), one that has sent nothing first")))
                 host, port = sock.getsockname()[:2]
                 self.addresses.append(f"{'tls' if tls else 'tcp'}:{host}:{port}")
 
@@ -230,8 +233,8 @@ class IngestServer:
         task.add_done_callback(self._tasks.discard)
 
     def _make_room(self) -> None:
-        """Out of files: an unfinished TLS handshake closed (``accepting.least_worth``), or else the oldest
-        connection that has not said hello (``_evict_one_silent``)."""
+        """Out of files: an unfinished TLS handshake closed (``accepting.least_worth``),
+        or else a connection that has not said hello (``_evict_one_silent``)."""
         if self._handshakes:
             self._evict_handshake(least_worth(self._handshakes))
         else:
@@ -378,15 +381,19 @@ class IngestServer:
         await self._close(writer, error)
 
     def _evict_one_silent(self) -> None:
-        """At the connection limit, close the oldest connection that has not said hello
-        yet: clients that connect and stay silent (or, on TCP, have no token to say it
-        with) must not keep the slots from clients that speak at once."""
-        for conn in self._conns.values():  # oldest first
-            if not conn.greeted and not conn.evicted:
-                conn.evicted = True
-                self.counters["connections_evicted"] += 1
-                conn.task.cancel()
-                return
+        """At the connection limit, close a connection that has not said hello yet
+        (``accepting.least_worth``: one that has sent nothing first, the oldest):
+        clients that connect and stay silent (or, on TCP, have no token to say it with)
+        must not keep the slots from clients that speak at once; and a client in the
+        middle of its hello is nearer done than a silent one."""
+        silent = [c for c in self._conns.values() if not c.greeted and not c.evicted]
+        if not silent:
+            return
+        conn = least_worth(silent)  # oldest first, as self._conns
+        conn.evicted = True
+        self.counters["connections_evicted"] += 1
+        conn.task.cancel()
+
 
     def _open_count(self) -> int:
         return sum(1 for c in self._conns.values() if not c.evicted)
@@ -395,7 +402,8 @@ class IngestServer:
                      writer: asyncio.StreamWriter, tcp: bool) -> None:
         s = self.settings
         kind, payload = await self._read_frame(reader, MAX_CONTROL_FRAME,
-                                               s.handshake_timeout, s.handshake_timeout)
+                                               s.handshake_timeout, s.handshake_timeout,
+                                               conn)
         if kind is not FrameType.HELLO:
             raise WireError(ErrorCode.UNEXPECTED_FRAME, f"the first frame must be a HELLO, "
                             f"got {kind.name} (see docs/protocol.md)")
@@ -420,7 +428,7 @@ class IngestServer:
                     break
                 conn.idle = True
                 kind, payload = await self._read_frame(reader, s.max_frame, s.idle_timeout,
-                                                       s.read_timeout)
+                                                       s.read_timeout, conn)
                 conn.idle = False
                 if kind is not FrameType.BATCH:
                     raise WireError(ErrorCode.UNEXPECTED_FRAME, f"expected a BATCH frame, "
@@ -431,13 +439,14 @@ class IngestServer:
             await replies.finish()  # the replies to what was accepted, then the sender ends
 
     async def _read_frame(self, reader: asyncio.StreamReader, max_frame: int,
-                          first_byte_timeout: float, rest_timeout: float
+                          first_byte_timeout: float, rest_timeout: float, conn: _Conn
                           ) -> tuple[FrameType, bytes]:
         try:
             first = await asyncio.wait_for(reader.readexactly(1), first_byte_timeout)
         except TimeoutError:
             raise WireError(ErrorCode.TIMEOUT, f"no frame within {first_byte_timeout:g}s; "
                             "reconnect when there is something to send") from None
+        conn.spoke = True
         try:
             async with asyncio.timeout(rest_timeout):
                 kind, length = parse_header(first + await reader.readexactly(HEADER_SIZE - 1),

@@ -460,3 +460,40 @@ def test_a_refusal_is_published_with_its_reason(make_server: ServerFactory,
     assert ("audit_collector_ingest_connections_refused_too_many_connections_total 1\n"
             in text)
     assert "audit_collector_ingest_connections_refused_shutting_down_total 0\n" in text
+
+
+def _read_by_the_server(client: RawClient) -> bool:
+    """Whether the server has read every byte ``client`` sent (a unix socket's output
+    queue holds what its peer has not read)."""
+    import fcntl
+    import struct
+    import termios
+
+    queued = fcntl.ioctl(client.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return struct.unpack("i", queued)[0] == 0
+
+
+def test_making_room_a_silent_connection_goes_before_one_in_the_middle_of_its_hello(
+        make_server: ServerFactory, tmp: Path) -> None:
+    """At max_connections the oldest connection without its hello was closed, even one
+    whose client was sending its hello, while a newer one that had sent nothing stayed
+    (as the TLS handshakes were, before ``accepting.least_worth``). Now one that has
+    sent nothing is closed first."""
+    server = make_server(max_connections=2)
+    hello = Hello("test:1:ab").encode()
+    speaking, silent = RawClient(tmp / "c.sock"), None
+    try:
+        speaking.send(hello[:-1])  # all but its last byte
+        _wait(lambda: _read_by_the_server(speaking))
+        silent = RawClient(tmp / "c.sock")
+        _wait(lambda: server.stats()["connections_open"] == 2)
+        RawClient(tmp / "c.sock").hello()  # at the limit: room made for it
+        assert silent.error().code == ErrorCode.TOO_MANY_CONNECTIONS
+        speaking.send(hello[-1:])
+        reply = speaking.frame()
+        assert reply is not None and reply[0] is FrameType.WELCOME, reply
+    finally:
+        speaking.close()
+        if silent is not None:
+            silent.close()
+    assert server.stats()["connections_evicted"] == 1
