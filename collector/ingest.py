@@ -364,7 +364,10 @@ class IngestServer:
             self.counters[f"error_{error.code}"] += 1
             if error.code not in REFUSALS:
                 log.warning("ingest: %s: %s [%s]", conn.peer, error.message, error.code)
-        await self._close(writer, error)
+        # Closed to make room: its file is what the room is for. Over TLS, close() would
+        # keep it until the client answers close_notify (asyncio waits up to 30 s), and
+        # a client that has not said hello in time is not one to wait for.
+        await self._close(writer, error, abort=conn.evicted)
 
     async def _refuse(self, writer: asyncio.StreamWriter) -> None:
         """A new connection refused at once, counted with its reason: a full collector
@@ -462,12 +465,21 @@ class IngestServer:
         except TimeoutError:
             raise ConnectionError("client does not read its replies") from None
 
-    async def _close(self, writer: asyncio.StreamWriter, error: ErrorReply | None) -> None:
+    async def _close(self, writer: asyncio.StreamWriter, error: ErrorReply | None, *,
+                     abort: bool = False) -> None:
+        """Sends ``error`` (if any) and closes; ``abort``: at once, the socket's file
+        freed now whatever the client does (what the kernel holds of the error still
+        goes out)."""
         with contextlib.suppress(Exception):
             if error is not None and not writer.is_closing():
                 writer.write(error.encode())
                 await asyncio.wait_for(writer.drain(), 1.0)
-        writer.close()
+        if abort:
+            # Not close() as well: a TLS transport closed after its abort drops its
+            # protocol, and its next call raises AttributeError.
+            writer.transport.abort()
+        else:
+            writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer.wait_closed(), 1.0)
 

@@ -937,6 +937,62 @@ def test_a_tls_handshake_under_way_is_not_closed_for_a_silent_connection(
             sock.close()
 
 
+def test_a_tls_connection_closed_before_its_hello_to_make_room_is_aborted(
+        collector: Collector, root: Path) -> None:
+    """A TLS connection past its handshake that had not said hello, closed to make room
+    for a new one, was closed politely: close_notify sent, and its socket (a file) kept
+    until the client answered, up to asyncio's 30 s; a flood's client never answers.
+    Now it is aborted once its error is sent: the client's TCP connection ends at once."""
+    import ssl
+
+    from audit_middleware.wire import ErrorCode, ErrorReply, FrameType, parse_header
+    from tests.e2e.harness import RawClient
+
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key, max_connections=1,
+                             handshake_timeout=60.0)
+    port = server.server.tcp_port()
+    assert port is not None
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    honest: RawClient | None = None
+    try:
+        while True:  # its handshake, by hand: the test reads what comes on the wire
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                silent.sendall(outgoing.read())
+                incoming.write(silent.recv(65536))
+        silent.sendall(outgoing.read())  # its Finished; then not a word
+        wait_until(lambda: server.server.stats()["connections_open"] == 1, 10,
+                   "the silent connection past its TLS handshake")
+        honest = RawClient(tcp=("127.0.0.1", port))
+        honest.sock = context.wrap_socket(honest.sock)
+        honest.hello(token="s3cret")  # at the limit: room made for it
+        received = b""
+        while chunk := silent.recv(65536):  # until the collector's FIN (or a timeout)
+            received += chunk
+    finally:
+        silent.close()
+        if honest is not None:
+            honest.close()
+    incoming.write(received)
+    incoming.write_eof()
+    plain = b""
+    with pytest.raises(ssl.SSLError):  # the end: an abort sends no close_notify
+        while True:
+            plain += tls.read(65536)
+    kind, length = parse_header(plain[:5], 1 << 20)
+    assert kind is FrameType.ERROR
+    assert ErrorReply.decode(plain[5:5 + length]).code == ErrorCode.TOO_MANY_CONNECTIONS
+    assert server.server.stats()["connections_evicted"] == 1
+
+
 def _client_hello() -> bytes:
     """The bytes a TLS client sends first (its ClientHello)."""
     import ssl
