@@ -1,6 +1,7 @@
 """The ingest TCP port's listening sockets, and the accept loop of the TCP ports (the
 ingest port's and the query API's TLS one, ``collector.api.tls``), one connection at a
-time.
+time; and what both ports' connection limits share: the default limit, derived from the
+process's file limit, and which connection to close first to make room.
 
 asyncio's own server accepts every connection waiting in the backlog at once, before
 the server's code could count them; and out of files it logs "socket.accept() out of
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import resource
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -30,6 +32,15 @@ OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
 ACCEPT_RETRY: Final = 0.1
 #: Connections the kernel may hold before they are accepted (asyncio's default).
 BACKLOG: Final = 100
+
+
+def default_max_connections() -> int:
+    """A quarter of the process's file limit, between 16 and 1024: the ingest server's
+    limit and the query API's unless set (a quarter each; the other half stays for the
+    store). Read on each call: the limit can change under a running process (prlimit,
+    systemd), and ``serve`` raises it at start-up."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, min(1024, soft // 4 if soft != resource.RLIM_INFINITY else 1024))
 
 
 def bind_tcp(host: str, port: int) -> list[socket.socket]:

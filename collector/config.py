@@ -17,6 +17,7 @@ from typing import Any, Final
 from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.wire import MIN_MAX_FRAME
 
+from .accepting import default_max_connections
 from .options import BY_NAME, ENV_PREFIX, OPTIONS, split_host_port
 from .token_files import TokenFileError, TokenFileKind, read_token_file
 
@@ -40,7 +41,7 @@ class CollectorConfig:
     tls_cert: Path | None
     tls_key: Path | None
     max_frame: int
-    max_connections: int
+    max_connections: int | None
     handshake_timeout: float
     idle_timeout: float
     read_timeout: float
@@ -89,6 +90,9 @@ class CollectorConfig:
             shown = ("(set)" if value else "(not set)") if option.secret else _show(value)
             if option.name == "socket" and value is None:
                 shown = f"{self.socket_path}"
+            elif option.name == "max_connections" and value is None:
+                # what ingest uses, from the file limit as serve raised it
+                shown = f"{default_max_connections()} (a quarter of the open-files limit)"
             elif option.name == "signing_key" and value is None:
                 from collector.integrity.keys import default_signing_key_path
 
@@ -208,7 +212,7 @@ def check(config: CollectorConfig) -> None:
         raise ConfigError(f"max_frame must be between {MIN_MAX_FRAME} and {MAX_FRAME_LIMIT} "
                           f"bytes, got {config.max_frame}")
     for name in ("max_connections", "max_field_length"):
-        if getattr(config, name) < 1:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     for name in ("handshake_timeout", "idle_timeout", "read_timeout", "max_segment_age",
                  "digest_interval"):

@@ -54,7 +54,13 @@ from audit_middleware.wire import (
     parse_header,
 )
 
-from .accepting import Handshake, accept_forever, bind_tcp, least_worth
+from .accepting import (
+    Handshake,
+    accept_forever,
+    bind_tcp,
+    default_max_connections,
+    least_worth,
+)
 from .batch_events import BatchEvents, LineReader
 from .handshakes import FailureLog, first_bytes, handshake_hint
 from .listen import IngestError, bind_unix, tls_context
@@ -97,7 +103,9 @@ class IngestSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_frame: int = DEFAULT_MAX_FRAME
-    max_connections: int = 256
+    #: None: ``accepting.default_max_connections`` (from the file limit, read as it is
+    #: needed: it can change under a running process), as the query API's limit.
+    max_connections: int | None = None
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
     read_timeout: float = 30.0
@@ -223,7 +231,7 @@ class IngestServer:
         if self.tls is None:
             task = loop.create_task(self._plain_tcp(sock))
         else:
-            room = max(self.settings.max_connections - self._open_count(), 1)
+            room = max(self.max_connections() - self._open_count(), 1)
             while self._handshakes and len(self._handshakes) >= room:
                 self._evict_handshake(least_worth(self._handshakes))
             handshake = Handshake(sock, peer, loop.time())
@@ -297,7 +305,7 @@ class IngestServer:
             if handshake.evicted and not self._closing:
                 self._handshake_failed(handshake.peer, "closed unfinished to make room for "
                                        "new connections (max_connections is "
-                                       f"{self.settings.max_connections})", "")
+                                       f"{self.max_connections()})", "")
                 return None
             if not self._closing:
                 raise
@@ -329,10 +337,11 @@ class IngestServer:
         assert task is not None
         peer = _peer_name(writer, tcp)
         self.counters["connections"] += 1
-        if not self._closing and len(self._conns) >= self.settings.max_connections:
+        limit = self.max_connections()
+        if not self._closing and len(self._conns) >= limit:
             self._evict_one_silent()
-        if self._closing or self._open_count() >= self.settings.max_connections:
-            await self._refuse(writer)
+        if self._closing or self._open_count() >= limit:
+            await self._refuse(writer, limit)
             return
         conn = _Conn(task, writer, peer)
         self._conns[task] = conn
@@ -369,16 +378,15 @@ class IngestServer:
         # a client that has not said hello in time is not one to wait for.
         await self._close(writer, error, abort=conn.evicted)
 
-    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+    async def _refuse(self, writer: asyncio.StreamWriter, limit: int) -> None:
         """A new connection refused at once, counted with its reason: a full collector
         and a stopping one call for different actions (``connections_refused`` alone
         did not tell them apart)."""
         if self._closing:
             error = ErrorReply(ErrorCode.SHUTTING_DOWN, "the collector is shutting down")
         else:
-            error = ErrorReply(ErrorCode.TOO_MANY_CONNECTIONS,
-                               f"{self.settings.max_connections} clients are connected "
-                               "already; retry later")
+            error = ErrorReply(ErrorCode.TOO_MANY_CONNECTIONS, f"{limit} clients are "
+                               "connected already; retry later")
         self.counters["connections_refused"] += 1
         self.counters[f"connections_refused_{error.code}"] += 1
         await self._close(writer, error)
@@ -397,9 +405,13 @@ class IngestServer:
         self.counters["connections_evicted"] += 1
         conn.task.cancel()
 
-
     def _open_count(self) -> int:
         return sum(1 for c in self._conns.values() if not c.evicted)
+
+    def max_connections(self) -> int:
+        """The connection limit in force: the setting, or the default as the file limit
+        is now."""
+        return self.settings.max_connections or default_max_connections()
 
     async def _serve(self, conn: _Conn, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, tcp: bool) -> None:
@@ -549,7 +561,7 @@ class IngestServer:
     def stats(self) -> dict[str, int]:
         counts = dict(self.counters)
         counts["connections_open"] = len(self._conns)
-        counts["max_connections"] = self.settings.max_connections
+        counts["max_connections"] = self.max_connections()
         if self.tls is not None:
             # Not in connections_open (a TCP connection joins those once its TLS is
             # up), but under max_connections with them (``_admit``).

@@ -86,7 +86,8 @@ METRICS: Final[tuple[Metric, ...]] = (
     _m("audit.collector.ingest.storage_errors", "counter", "ingest", "storage_errors",
        "{batch}", "Batches not acknowledged because the store failed"),
     _m("audit.collector.ingest.connections.limit", "gauge", "ingest", "max_connections",
-       "{connection}", "The ingest server's connection limit (max_connections)"),
+       "{connection}", "The ingest server's connection limit in force (max_connections; "
+       "unless set, a quarter of the open-files limit)"),
     _m("audit.collector.ingest.connections.refused", "counter", "ingest",
        "connections_refused", "{connection}",
        "Connections refused at max_connections or while stopping (told to retry later; "

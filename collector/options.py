@@ -256,7 +256,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("max_frame", parse_size, IngestSettings.max_frame,
            "largest frame a client may send, e.g. 4MiB", "SIZE"),
     Option("max_connections", parse_int, IngestSettings.max_connections,
-           "most clients connected at once", "N"),
+           "most clients connected at once (default: a quarter of the open-files limit, "
+           "16 to 1024, as the query API's)", "N"),
     Option("handshake_timeout", parse_duration, IngestSettings.handshake_timeout,
            "a new connection must say hello within this (TLS included); on a TLS query "
            "API, finish its TLS handshake", "DURATION"),

@@ -165,12 +165,14 @@ def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda *_: log.info("SIGHUP while starting: nothing to "
                                                          "reload yet"))
+    # Raised before the summary: the default connection limits derive from it.
+    open_files = raise_open_files_limit()
     print(f"audit-collector serve {installed_version()}: configuration"
           f"{f' (file {config.config_file})' if config.config_file else ''}", file=out)
     for line in config.describe():
         print(line, file=out)
     out.flush()
-    print(f"  open files = {raise_open_files_limit()}", file=out)
+    print(f"  open files = {open_files}", file=out)
     if config.retention_bytes and config.retention_bytes < config.max_segment_bytes:
         # Retention deletes sealed segments only: the active one comes on top of the cap.
         print(f"audit-collector serve: WARNING: retention_bytes ({config.retention_bytes}) "

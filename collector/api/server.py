@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import resource
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from starlette.applications import Starlette
 
 from audit_middleware.shipper.endpoint import is_loopback
 
+from ..accepting import default_max_connections
 from ..ingest import DRAIN_TIMEOUT
 from .app import SIGN_IN_PATH, create_app
 from .context import Api, ApiSettings
@@ -61,13 +61,6 @@ GUARD_INTERVAL = 1.0
 #: Seconds a new connection to a TLS API has to finish its handshake (the collector's
 #: ``handshake_timeout``, which the ingest port's TLS and hello use too).
 HANDSHAKE_TIMEOUT = 10.0
-
-
-def default_max_connections() -> int:
-    """A quarter of the process's file limit (the rest stays for ingest and the store),
-    between 16 and 1024."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(16, min(1024, soft // 4 if soft != resource.RLIM_INFINITY else 1024))
 
 
 class ApiError(RuntimeError):

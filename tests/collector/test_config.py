@@ -249,3 +249,26 @@ def test_the_start_up_summary_names_the_signing_key_serve_uses(tmp_path: Path) -
     config = load(parse("--data-dir", str(tmp_path / "data")), {})
     (line,) = [line for line in config.describe() if line.strip().startswith("signing_key")]
     assert str(tmp_path / "data" / "keys" / "signing-key.pem") in line and "[default]" in line
+
+
+def _file_limit(monkeypatch: pytest.MonkeyPatch, soft: int) -> None:
+    """The process's soft open-files limit, as the connection limits read it."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (soft, hard))
+
+
+def test_the_default_max_connections_is_a_quarter_of_the_file_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingest's limit was a fixed 256 whatever the file limit, while the query API's is
+    a quarter of it: at 200 files, 256 silent connections exhausted the process's files
+    (the store's and the API's too). Its default is now the API's, read when used, and
+    the start-up summary says what it is."""
+    _file_limit(monkeypatch, 128)
+    config = load(None, {})
+    assert config.max_connections is None
+    (line,) = [line for line in config.describe()
+               if line.strip().startswith("max_connections")]
+    assert "= 32 (a quarter of the open-files limit)" in line and "[default]" in line
+    assert load(None, {"AUDIT_MAX_CONNECTIONS": "300"}).max_connections == 300

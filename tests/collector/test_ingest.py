@@ -437,6 +437,35 @@ def test_an_id_twice_in_one_batch_is_stored_once(client: RawClient) -> None:
     assert reply.duplicates == [event(1)["id"]]
 
 
+def test_the_connection_limit_follows_the_file_limit_unless_set(
+        make_server: ServerFactory, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_connections was 256 whatever the process's file limit; its default is now a
+    quarter of it (``accepting.default_max_connections``, the query API's), read when a
+    connection comes: prlimit or systemd may change it under a running collector."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (64, hard))  # a limit of 16
+    server = make_server()
+    clients: list[RawClient] = []
+
+    def connect() -> RawClient:
+        clients.append(RawClient(tmp / "c.sock"))
+        return clients[-1]
+
+    try:
+        for _ in range(16):
+            connect().hello()
+        assert connect().error().code == ErrorCode.TOO_MANY_CONNECTIONS
+        assert server.stats()["max_connections"] == 16
+        monkeypatch.setattr(resource, "getrlimit", lambda which: (128, hard))  # 32 now
+        connect().hello()
+        assert server.stats()["max_connections"] == 32
+    finally:
+        for c in clients:
+            c.close()
+
+
 def test_a_refusal_is_published_with_its_reason(make_server: ServerFactory,
                                                 tmp: Path) -> None:
     """A connection refused at once (at max_connections, or while stopping) was counted
