@@ -160,7 +160,9 @@ class Ledger:
 
         When no digest at all is signed by a vouched key, the key was lost and replaced
         by hand (``Ledger.open`` says how): the chain goes on from the newest digest a
-        key of the key ring signed, then from the newest digest at all, with a warning."""
+        key of the key ring signed, then from the newest digest at all, with a warning;
+        or that digest is a rotation to this key by a version that kept no list of the
+        keys it retired (said as such: no tamper alarm)."""
         skipped: list[d.Digest] = []
         fallback: d.Digest | None = None  # the newest digest a key ring key signed
         newest_any: d.Digest | None = None
@@ -179,13 +181,26 @@ class Ledger:
         end = fallback or newest_any
         if end is None:
             return  # no digest yet: the chain starts here
-        log.warning(
-            "integrity: no digest of this store is signed by the signing key (%s) or a key "
-            "it replaced; the digest chain goes on from %s, signed by key %s%s. Expected "
-            "once after a lost signing key was replaced by hand; otherwise the digests may "
-            "have been replaced: run `audit-collector verify` with the public keys you "
-            "exported", self.key.id, end.where, end.key,
-            "" if end is fallback else ", which is not in the key ring either")
+        if end is fallback and _rotates_to(end, self.key.public):
+            # A rotation by a version that kept no list of the keys it retired, not
+            # started since: the chain's newest digest hands it to this very key. Said
+            # as the tamper alarm below, it alarmed operators for nothing.
+            log.warning(
+                "integrity: the digest chain goes on from %s, a key rotation from key %s "
+                "to the signing key (%s); the signing key does not vouch for the key it "
+                "replaced (a rotation by a version that kept no `<signing key>.retired.pub` "
+                "beside it), so `keys export` asks for it (--include %s). Expected once "
+                "after such a rotation; to check the digests before it, run "
+                "`audit-collector verify` with the public keys you exported", end.where,
+                end.key, self.key.id, end.key)
+        else:
+            log.warning(
+                "integrity: no digest of this store is signed by the signing key (%s) or a "
+                "key it replaced; the digest chain goes on from %s, signed by key %s%s. "
+                "Expected once after a lost signing key was replaced by hand; otherwise the "
+                "digests may have been replaced: run `audit-collector verify` with the "
+                "public keys you exported", self.key.id, end.where, end.key,
+                "" if end is fallback else ", which is not in the key ring either")
         self.newest, self.n, self.previous = end, end.n, end.signature_b64
 
     def _take_chain_end(self, digest: d.Digest, skipped: list[d.Digest]) -> None:
@@ -464,6 +479,11 @@ def _vouched_keys(path: Path, key: SigningKey) -> dict[str, PublicKey]:
                   "key ring's only", exc)
         retired = []
     return {k.id: k for k in (*retired, key.public)}
+
+
+def _rotates_to(digest: d.Digest, key: PublicKey) -> bool:
+    """Whether ``digest`` is a key rotation that hands the chain to ``key``."""
+    return digest.kind == "key_rotation" and digest.body.get("new_key") == key.b64
 
 
 def _signed_by(digest: d.Digest, keys: dict[str, PublicKey]) -> bool:

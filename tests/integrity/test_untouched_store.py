@@ -246,6 +246,32 @@ def test_an_export_after_a_rotation_that_kept_no_list_asks_for_the_old_key(
     assert result.returncode == 0, result.stdout
 
 
+def test_a_start_after_a_rotation_that_kept_no_list_says_what_happened(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Rotated by a version that kept no list of the keys it retired, and not started
+    since (the rotation its newest digest): the start said "no digest of this store is
+    signed by the signing key ... otherwise the digests may have been replaced", a
+    tamper alarm, though the newest digest hands the chain to that very key."""
+    from collector.integrity.keys import load_signing_key
+
+    data_dir = build_store(tmp_path / "data", batches=2)
+    old = load_signing_key(data_dir / "keys" / "signing-key.pem").id
+    assert run_cli("keys", "rotate", "--data-dir", str(data_dir)).returncode == 0
+    (data_dir / "keys" / "signing-key.pem.retired.pub").unlink()  # as an older rotation
+    new = load_signing_key(data_dir / "keys" / "signing-key.pem").id
+    assert kinds(data_dir)[-1] == "key_rotation"
+    with caplog.at_level("WARNING", logger="collector"), open_store(data_dir):
+        pass
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("collector.integrity")]
+    assert len(said) == 1, said
+    assert "no digest of this store is signed" not in said[0]
+    assert f"key rotation from key {old} to the signing key ({new})" in said[0], said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="collector"), open_store(data_dir):
+        pass  # once: the start signed with the new key
+    assert not [r for r in caplog.records if r.name.startswith("collector.integrity")]
+
+
 def test_keys_rotate_refuses_while_the_collector_runs(tmp_path: Path) -> None:
     data_dir = build_store(tmp_path / "data", batches=1)
     with open_store(data_dir):
