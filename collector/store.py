@@ -157,28 +157,48 @@ class Store:
         return report
 
     def _open_in_reserve(self) -> RepairReport:
-        """``_open_storage``; when that fails for want of space, once more in the room
-        of the released reserve (``collector.storage.disk_space``): opening writes (the
-        index's -shm and WAL, a start checkpoint, maybe a segment header), and a store
-        restarted on a disk full to the last byte could not open at all, nor then let
-        retention free space. Too little room even so: ``DiskFullError``."""
-        data_dir = self.settings.data_dir
+        """``_open_storage``; when that fails for want of space, again in the room of
+        the reserve (``collector.storage.disk_space``), released a slice at a time as
+        retention spends it: opening writes (the index's -shm and WAL, a start
+        checkpoint, maybe a segment header), and a store restarted on a disk full to the
+        last byte could not open at all, nor then let retention free space. What the
+        opening does not need stays reserved for retention's digests: released whole,
+        it went to the apps' batches when retention had nothing to delete yet, and the
+        first pass that had, later, could not sign. Too little room even with the whole
+        reserve released: ``DiskFullError``."""
         try:
             return self._open_storage()
-        except (OSError, sqlite3.Error, StorageError) as exc:
-            if not out_of_space(exc, data_dir):
+        except Exception as exc:
+            if not self._opening_refused(exc):
                 raise
-            self._discard_storage()  # the lock stays held for the second attempt
-            if not Reserve(data_dir).release(f"{_OPENING_IN_RESERVE} (opening: {exc})"):
-                raise DiskFullError(f"its disk is full ({exc}), and no reserve is left "
-                                    f"to release") from exc
+            self._discard_storage()  # the lock stays held for the next attempts
+            full = exc
+        reserve = Reserve(self.settings.data_dir)
+        if not reserve.size():
+            raise DiskFullError(f"its disk is full ({full}), and no reserve is left "
+                                f"to release") from full
         try:
-            return self._open_storage()
-        except (OSError, sqlite3.Error, StorageError) as exc:
-            if not out_of_space(exc, data_dir):
+            return reserve.spend(self._open_or_discard, full,
+                                 f"{_OPENING_IN_RESERVE} (opening: {full})",
+                                 refused=self._opening_refused)
+        except Exception as exc:
+            if not self._opening_refused(exc):
                 raise
             raise DiskFullError(f"its disk is full ({exc}), even with the reserve "
                                 f"released") from exc
+
+    def _open_or_discard(self) -> RepairReport:
+        """``_open_storage``, closing what it got to if it fails (tried again)."""
+        try:
+            return self._open_storage()
+        except BaseException:
+            self._discard_storage()
+            raise
+
+    def _opening_refused(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by ``_open_storage``, is its disk still full."""
+        return (isinstance(exc, (OSError, sqlite3.Error, StorageError))
+                and out_of_space(exc, self.settings.data_dir))
 
     def _open_storage(self) -> RepairReport:
         write_lock = WriteLock()
@@ -256,11 +276,11 @@ class Store:
         try:
             ledger.flush()
         except OSError as exc:
-            if not (is_full(exc) and Reserve(self.settings.data_dir).release(
-                    f"{_OPENING_IN_RESERVE} (the start checkpoint: {exc})")):
+            if not is_full(exc):
                 return  # queued: retried at every tick, as before
-            try:
-                ledger.flush()
+            try:  # a slice at a time, as retention (``_open_in_reserve`` says why)
+                Reserve(self.settings.data_dir).spend(
+                    ledger.flush, exc, f"{_OPENING_IN_RESERVE} (the start checkpoint: {exc})")
             except OSError:
                 pass  # still queued (the ledger logged why): retried at every tick
 

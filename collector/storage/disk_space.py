@@ -21,10 +21,14 @@ keeps the rest for the next passes even when another writer takes all a pass fre
 
 Start-up writes too (the index's ``-shm`` and WAL, the start checkpoint, a new
 segment's header): restarted on a disk full to the last byte, the store could not open
-and the collector exited, however old its segments. ``Store.open`` therefore releases
-the reserve when its opening fails for want of space (``out_of_space``) and opens again
-in its room, and retention's first pass runs before the first batch is written, so that
-what is left of that room signs its deletions.
+and the collector exited, however old its segments. ``Store.open`` therefore spends the
+reserve the same way when its opening fails for want of space (``out_of_space``): a
+slice at a time, opening again in its room after each, and retention's first pass runs
+before the first batch is written, so that what is left of that room signs its
+deletions. Released whole there, the reserve went for good to the apps' retried batches
+when retention had nothing to delete yet, and the first pass with something to delete,
+later on the same full disk, could not sign: retention stalled until space was freed by
+hand.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from collector.storage.regular_files import write_new_file
 
@@ -62,6 +66,11 @@ _FILE_MODE: Final = 0o640
 #: the reserve does not help: full metadata, no inode...): the pass made it and released
 #: it again each time, a 256 KiB write and fsync on the commit thread and a warning.
 RESERVE_RETRY: Final = 30.0
+#: Why retention spends the reserve, in the warning of ``Reserve.spend``.
+FOR_RETENTION: Final = ("retention can sign its deletions and free space (made whole again "
+                        "out of the space they free)")
+
+_T = TypeVar("_T")
 
 
 def free_bytes(directory: Path) -> int:
@@ -179,11 +188,16 @@ class Reserve:
         finally:
             os.close(fd)
 
-    def spend(self, write: Callable[[], None], full: OSError) -> None:
+    def spend(self, write: Callable[[], _T], full: BaseException, why: str = FOR_RETENTION,
+              refused: Callable[[BaseException], bool] | None = None) -> _T:
         """``write``, which met a full disk (``full``), again in the reserve's room:
-        released a slice (``SLICE``) at a time, until ``write`` succeeds, the rest kept
-        for the next pass whatever takes the room this one frees. Raises ``write``'s
-        last error (``full`` if there was no reserve) once the reserve is used up."""
+        released a slice (``SLICE``) at a time, until ``write`` succeeds (its result),
+        the rest kept for the next pass whatever takes the room this one frees; ``why``
+        is said in the warning. ``refused(exc)``: whether an error of ``write`` is the
+        disk still full (by default, an ``OSError`` saying so); any other is raised as
+        it is. Raises ``write``'s last error (``full`` if there was no reserve) once the
+        reserve is used up."""
+        still_full = refused or _full_os_error
         released = 0
         last = full
         try:
@@ -193,20 +207,17 @@ class Reserve:
                     raise last
                 released += freed
                 try:
-                    write()
-                    return
-                except OSError as exc:
-                    if not is_full(exc):
+                    return write()
+                except Exception as exc:
+                    if not still_full(exc):
                         raise
                     last = exc
         finally:
             if released:
                 self._retry_at = time.monotonic() + RESERVE_RETRY
                 log.warning("audit store: the disk is full; released the %d bytes it "
-                            "needed of the disk space reserve %s (%d left) so that "
-                            "retention can sign its deletions and free space (made whole "
-                            "again out of the space they free)", released, self.path,
-                            self.size())
+                            "needed of the disk space reserve %s (%d left) so that %s",
+                            released, self.path, self.size(), why)
 
     def _release_slice(self) -> int:
         """Free up to ``SLICE`` bytes of the reserve (its end; the file goes with its
@@ -226,20 +237,6 @@ class Reserve:
             os.close(fd)
         return SLICE
 
-    def release(self, why: str) -> bool:
-        """Delete the whole reserve, freeing its space now so that ``why`` (said in the
-        warning); False if there was none."""
-        try:
-            size = self.path.stat().st_size
-            self.path.unlink()
-        except FileNotFoundError:
-            return False
-        self._retry_at = time.monotonic() + RESERVE_RETRY
-        if size == 0:
-            # An empty reserve (made on a disk with no room for a byte of it) frees
-            # nothing: not a release, or the caller says "even with the reserve
-            # released" of a disk that got nothing back.
-            return False
-        log.warning("audit store: the disk is full; released the %d-byte reserve %s so "
-                    "that %s", size, self.path, why)
-        return True
+
+def _full_os_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and is_full(exc)

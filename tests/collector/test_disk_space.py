@@ -17,6 +17,10 @@ FULL = OSError(errno.ENOSPC, "No space left on device")
 SLICE = 64 * 1024  # disk_space.SLICE, asserted below
 
 
+def still_full() -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def whole_reserve(data_dir: Path) -> Reserve:
     reserve = Reserve(data_dir)
     reserve.ensure()
@@ -77,7 +81,7 @@ def test_after_deletions_the_reserve_is_made_whole_without_room_to_spare(
     that freed less than 64 KiB over what the reserve's release had freed left it
     unmade, and the room went to the next writer."""
     reserve = whole_reserve(tmp_path)
-    assert reserve.release("retention can sign its deletions")
+    reserve.path.unlink()  # spent, to its last slice
     monkeypatch.setattr(disk_space, "free_bytes", lambda _: RESERVE_BYTES)
     reserve.ensure()  # not otherwise: the batches get the last free bytes
     assert not reserve.path.exists()
@@ -98,12 +102,14 @@ def test_after_deletions_that_freed_less_than_it_lacks_the_reserve_takes_what_th
     assert reserve.size() == RESERVE_BYTES - SLICE + 12 * 1024
 
 
-def test_a_reserve_released_whole_is_made_again_after_deletions(
+def test_a_reserve_spent_whole_is_made_again_after_deletions(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Released whole at start-up (the store opened in its room): made again out of what
-    retention's first deletions free, however little."""
+    """Spent to its last slice (a start-up that needed all of it to open): made again
+    out of what retention's first deletions free, however little."""
     reserve = whole_reserve(tmp_path)
-    assert reserve.release("the store can open")
+    with pytest.raises(OSError):
+        reserve.spend(still_full, FULL, "the store can open")
+    assert not reserve.path.exists()
     monkeypatch.setattr(disk_space, "free_bytes", lambda _: 100 * 1024)
     reserve.ensure(after_deletions=True)
     assert reserve.size() == 100 * 1024
@@ -182,8 +188,11 @@ def test_a_digest_that_cannot_be_written_is_said_at_1_2_4_passes_then_its_recove
 def test_an_empty_reserve_is_no_release(tmp_path: Path) -> None:
     """An empty reserve file (made on a disk with no room for a byte of it) freed
     nothing, yet counted as released: the store's start-up then said its disk was full
-    "even with the reserve released". It is removed, and said to be none."""
+    "even with the reserve released". It is removed, and the full disk raised as it is."""
     reserve = Reserve(tmp_path)
     reserve.path.write_bytes(b"")
-    assert not reserve.release("the store can open")
+    with pytest.raises(OSError) as raised:
+        reserve.spend(lambda: None, FULL, "the store can open")
+    assert raised.value is FULL
     assert not reserve.path.exists()
+

@@ -25,7 +25,8 @@ import pytest
 
 from collector.index import Index
 from collector.integrity import digests
-from collector.storage import indexer
+from collector.storage import disk_space, indexer
+from collector.storage.disk_space import RESERVE_BYTES, Reserve
 from tests.collector.storage_helpers import events, open_store, wait_until
 from tests.faults.fleet import Collector, Stored, report, wait_for
 from tests.faults.full_disk import (
@@ -248,6 +249,43 @@ def test_an_open_tried_again_in_the_reserves_room_leaves_nothing_open(
     with open_store(tmp, max_segment_bytes=4096) as store:
         assert store.write(events(1)).written
     assert sorted(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.parametrize("refused", ["opening", "start checkpoint"])
+def test_a_start_on_a_full_disk_takes_a_slice_of_the_reserve_not_all_of_it(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch, refused: str) -> None:
+    """Start-up released the whole reserve when it met the full disk, though it needed
+    a few KiB of it: the rest went to the apps' retried batches while retention had
+    nothing to delete yet, and the first pass that had, later on the same full disk,
+    found no reserve to sign in (retention stalled until space was freed by hand). It
+    spends the reserve a slice at a time now, as retention does, the rest kept."""
+    from collector.integrity.ledger import Ledger
+
+    reserve = Reserve(tmp)
+    with open_store(tmp, max_segment_bytes=4096) as store:
+        store.write(events(6))
+        wait_until(lambda: reserve.size() == RESERVE_BYTES)
+    tries: list[int] = []
+
+    def full_while_whole(real: Any) -> Any:
+        def refuse(*args: Any) -> Any:
+            tries.append(reserve.size())
+            if reserve.size() == RESERVE_BYTES:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(*args)
+        return refuse
+
+    if refused == "opening":
+        monkeypatch.setattr(Ledger, "started", full_while_whole(Ledger.started))
+    else:
+        monkeypatch.setattr(digests, "append", full_while_whole(digests.append))
+    # The disk stays full: the reserve is not made whole again by the running store.
+    monkeypatch.setattr(disk_space, "free_bytes", lambda _: 0)
+    with open_store(tmp, max_segment_bytes=4096) as store:
+        assert store.write(events(1)).written
+        left = reserve.size()
+    assert tries[0] == RESERVE_BYTES, tries  # the full disk was met
+    assert left == RESERVE_BYTES - disk_space.SLICE
 
 
 def test_restarted_on_a_full_disk_without_a_reserve_it_waits_for_space(tmp: Path) -> None:
