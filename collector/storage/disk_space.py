@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
-from collector.storage.regular_files import write_new_file
+from collector.storage.regular_files import fsync_dir, write_new_file
 
 __all__ = ["RESERVE_BYTES", "RESERVE_NAME", "SLICE", "Reserve", "free_bytes", "is_full",
            "out_of_space"]
@@ -187,6 +187,11 @@ class Reserve:
             raise
         finally:
             os.close(fd)
+        if size == 0:
+            # Its name durable too: a power loss could otherwise drop the new entry (its
+            # blocks with it), and the next start on a full disk found no reserve to
+            # open in, or retention none to sign in.
+            fsync_dir(self.path.parent)
 
     def spend(self, write: Callable[[], _T], full: BaseException, why: str = FOR_RETENTION,
               refused: Callable[[BaseException], bool] | None = None) -> _T:

@@ -5,6 +5,7 @@ what deletions free. A full disk for real: ``tests/faults/test_disk_full_reserve
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,21 @@ def test_an_empty_reserve_is_no_release(tmp_path: Path) -> None:
     assert raised.value is FULL
     assert not reserve.path.exists()
 
+
+
+def test_a_reserve_made_afresh_has_its_name_made_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the file was fsynced, not the directory: a power loss could drop the new
+    entry, and the next start on a full disk found no reserve to open in."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    reserve = Reserve(tmp_path)
+    assert reserve.ensure()
+    assert reserve.size() == RESERVE_BYTES
+    assert synced.index(str(tmp_path)) > synced.index(str(reserve.path)), synced
