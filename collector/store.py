@@ -442,6 +442,7 @@ class Store:
                 if not batch or now - last_housekeeping >= _TICK:
                     self._housekeeping(idle=not batch)
                     last_housekeeping = now
+                    self._last_error = None  # a whole pass went through: over
             except Exception as exc:  # noqa: BLE001 - never let the commit thread die
                 self._failed(exc, "commit or housekeeping")
                 for sub in batch:

@@ -102,6 +102,7 @@ class GroupWriter:
         self.fsync_seconds_total = 0.0
         self.fsync_seconds_max = 0.0
         self.rate: collections.deque[tuple[float, int]] = collections.deque()
+        #: The failure of the last write, until a write succeeds.
         self.last_error: str | None = None
 
     def close(self) -> None:
@@ -251,6 +252,7 @@ class GroupWriter:
             self.last_segment[source] = segment
         self.counts["fsyncs"] += 1
         self.counts["written"] += written
+        self.last_error = None  # written again: the failure is over (``write_errors`` counts it)
         now = time.monotonic()
         self.rate.append((now, written))
         while now - self.rate[0][0] > RATE_WINDOW:

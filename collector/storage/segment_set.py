@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -107,7 +108,14 @@ class SegmentSet:
         #: Passes in a row whose digest could not be written (logged at the 1st, 2nd,
         #: 4th...: a pass comes every half second while the disk stays full).
         self._unsigned_passes = 0
-        self.last_error: str | None = None
+        #: What fails now, by what failed ("rotation", "retention", "compressing <seq>"),
+        #: the newest last: each goes once its work succeeds (or its segment is gone).
+        #: A single field kept the first failure for good (a compression that met a full
+        #: disk said so in the stats long after its retry had compressed the segment),
+        #: and hid a later failure of the indexer behind it. The compressor thread sets
+        #: one, the stats read them: under a lock.
+        self._errors: dict[str, str] = {}
+        self._errors_lock = threading.Lock()
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
         #: Newer segments than any file left, yet named: the active one was deleted.
@@ -179,10 +187,11 @@ class SegmentSet:
             new = ActiveSegment.create(self.directory, old.header.seq + 1, old.header.id,
                                        chain=ledger.chain.decode() if ledger else "")
         except OSError as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._failing("rotation", f"{type(exc).__name__}: {exc}")
             log.error("audit store: cannot rotate (%s); still appending to %s",
                       exc, old.path.name)
             return
+        self._recovered("rotation")
         self.active = new
         self.register(new)
         try:
@@ -206,7 +215,8 @@ class SegmentSet:
             except Exception as exc:  # noqa: BLE001 - e.g. deleted by retention meanwhile
                 log.warning("audit store: compressing %s failed: %s (tried again in %g s)",
                             path.name, exc, COMPRESSION_RETRY)
-                self.last_error = f"compressing {path.name}: {type(exc).__name__}: {exc}"
+                self._failing(f"compressing {seq}",
+                              f"compressing {path.name}: {type(exc).__name__}: {exc}")
                 self._compress_failed.append(seq)  # retention must not wait for it
                 return
             self._compressed.append((seq, tmp, blocks))
@@ -241,6 +251,7 @@ class SegmentSet:
             self._plain_done += info.size
             self._packed_done += packed
             info.path, info.size, info.compressed = target, packed, True
+            self._recovered(f"compressing {seq}")
 
     # -- retention ------------------------------------------------------------------------
     def _retry_compressions(self) -> None:
@@ -255,6 +266,7 @@ class SegmentSet:
             info = self._sealed.get(seq)
             if info is None or info.compressed:  # deleted by retention, or done
                 del self._compress_retry[seq]
+                self._recovered(f"compressing {seq}")
             elif due <= now and free_bytes(self.directory) < info.size:
                 # Not yet: its copy would fill what is left, and the appends beside it
                 # fail meanwhile (the disk that failed it is still nearly full).
@@ -296,7 +308,7 @@ class SegmentSet:
             try:
                 self._sign_retention(max(doomed) + 1)
             except OSError as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._failing("retention", f"{type(exc).__name__}: {exc}")
                 self._unsigned_passes += 1
                 n = self._unsigned_passes
                 if n & (n - 1) != 0:
@@ -317,12 +329,14 @@ class SegmentSet:
                             "not write it; deleting what it no longer keeps",
                             self._unsigned_passes)
                 self._unsigned_passes = 0
+        self._recovered("retention")  # signed, or nothing to sign
         remake = True  # the reserve, after each deletion; not again once a write failed
         for seq in doomed:
             info = self._sealed.pop(seq)
             info.path.unlink(missing_ok=True)
             self._deleted.append(seq)  # gone: its rows are to drop, whatever fails next
             self._deleted_before_ns = max(self._deleted_before_ns, info.sealed_ns)
+            self._recovered(f"compressing {seq}")  # its file is gone
             fsync_dir(self.directory)
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
@@ -354,6 +368,22 @@ class SegmentSet:
     def oldest_kept(self) -> int:
         """The lowest number of a segment that still exists (sealed or active)."""
         return min(self._sealed, default=self.active.header.seq)
+
+    # -- failures -------------------------------------------------------------------------
+    @property
+    def last_error(self) -> str | None:
+        """The newest failure that lasts (None once each has recovered)."""
+        with self._errors_lock:
+            return next(reversed(self._errors.values()), None)
+
+    def _failing(self, what: str, error: str) -> None:
+        with self._errors_lock:
+            self._errors.pop(what, None)  # the newest goes last
+            self._errors[what] = error
+
+    def _recovered(self, what: str) -> None:
+        with self._errors_lock:
+            self._errors.pop(what, None)
 
     # -- the rest -------------------------------------------------------------------------
     def sealed_files(self) -> list[SegmentFile]:

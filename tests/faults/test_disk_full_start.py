@@ -374,12 +374,17 @@ def test_housekeeping_refused_by_a_full_disk_is_logged_without_a_traceback(
         exc.sqlite_errorname = "SQLITE_FULL"
         raise exc
 
+    real_retention = SegmentSet.apply_retention
     monkeypatch.setattr(SegmentSet, "apply_retention", full_disk)
     with caplog.at_level(logging.ERROR, logger="collector.store"), \
             open_store(tmp) as store:
         store.write(events(1))
         wait_until(lambda: len([r for r in caplog.records if "housekeeping" in r.message])
                    >= 2)
+        assert "disk is full" in str(store.stats()["last_error"])
+        monkeypatch.setattr(SegmentSet, "apply_retention", real_retention)  # room again
+        # No longer said as what fails now (it was, for good).
+        wait_until(lambda: store.stats()["last_error"] is None)
     failed = [r for r in caplog.records if "housekeeping" in r.getMessage()]
     assert all(r.exc_info is None for r in failed), failed
     assert "the disk is full" in failed[0].getMessage()
