@@ -120,8 +120,7 @@ def test_ingest_refusals_are_published(root: Path) -> None:
         # Not a fixed 256: a quarter of the file limit, as the API's, read as it changes.
         assert (first["audit_collector_ingest_connections_limit"]
                 == first["audit_collector_api_connections_limit"])
-        assert collector.proc is not None
-        _lower_file_limit(collector.proc.pid, 128)
+        lower_file_limit(collector, 128)
         wait_until(lambda: scrape(url)["audit_collector_ingest_connections_limit"] == 32, 10,
                    "ingest's limit lowered with the file limit")
         assert not [name for name in first if name.startswith("audit_collector_ingest_tls")]
