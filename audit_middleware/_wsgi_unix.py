@@ -23,9 +23,17 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 _AF_UNIX = getattr(socket, "AF_UNIX", object())  # not on every Windows build
+
+#: In the environ of a server whose requests ``on_unix_socket`` must be asked about on
+#: the thread serving the request, as it begins: with ``threads``, uWSGI names a
+#: request's connection (``uwsgi.connection_fd()``) to that thread alone. Asked from
+#: another one (an event emitted where an executor, or asgiref's ``async_to_sync``,
+#: runs the request's context) it names none, and ``REMOTE_ADDR`` would be taken for an
+#: address. A key, not a call: every WSGI request is checked for it.
+ASK_ON_ITS_OWN_THREAD: Final = "uwsgi.version"
 
 
 def on_unix_socket(environ: Mapping[str, Any]) -> bool:

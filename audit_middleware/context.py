@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._wsgi_unix import ASK_ON_ITS_OWN_THREAD
 from ._wsgi_unix import on_unix_socket as _wsgi_unix_socket
 from .client_ip import ForwardedHeader, Resolution, TrustedProxies, resolve_client_ip
 from .errors import AuditConfigurationError
@@ -26,6 +27,12 @@ log = logging.getLogger("audit_middleware")
 Resolved = str | tuple[str, str] | None
 Resolver = Callable[["RequestContext"], Resolved]
 PrincipalResolver = Callable[["RequestContext"], str | None]
+
+
+def _wsgi_peer(environ: Mapping[str, Any] | None) -> str:
+    if not environ or _wsgi_unix_socket(environ):
+        return ""
+    return str(environ.get("REMOTE_ADDR") or "")
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class RequestContext:
     __slots__ = (
         "_org",
         "_workspace",
+        "_wsgi_peer",
         "config",
         "environ",
         "failed_status",
@@ -122,6 +130,12 @@ class RequestContext:
         #: known (``params_known``), which ``forget_early`` drops.
         self._org: tuple[str, str] | None = None
         self._workspace: tuple[str, str] | None = None
+        #: A WSGI request's ``peer``, once known (None: not yet asked). Asked now where
+        #: only the server's own thread can answer (it runs ``__init__``), not by the
+        #: first event, which may be emitted on another thread.
+        self._wsgi_peer: str | None = None
+        if environ is not None and ASK_ON_ITS_OWN_THREAD in environ:
+            self._wsgi_peer = _wsgi_peer(environ)
 
     # -- raw request data ---------------------------------------------------------------
     @property
@@ -131,9 +145,9 @@ class RequestContext:
         if self.scope is not None:
             client = self.scope.get("client")
             return str(client[0]) if client else ""
-        if not self.environ or _wsgi_unix_socket(self.environ):
-            return ""
-        return str(self.environ.get("REMOTE_ADDR") or "")
+        if self._wsgi_peer is None:
+            self._wsgi_peer = _wsgi_peer(self.environ)
+        return self._wsgi_peer
 
     @property
     def on_unix_socket(self) -> bool:

@@ -76,7 +76,8 @@ def test_waitress_on_a_unix_socket_its_localhost_is_no_address(
 
 
 UWSGI_APP = """
-import json, sys
+import contextvars, json, sys
+from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, {root!r})
 from audit_middleware import MemorySink, WSGIAuditMiddleware, configure, emit
 
@@ -84,7 +85,13 @@ sink = MemorySink()
 configure(sink=sink)
 
 def app(environ, start_response):
-    emit("credentials_accessed", "c-1", principal="u-1")
+    if environ.get("QUERY_STRING") == "on-another-thread":
+        # as an executor, or asgiref's async_to_sync, runs the request's context
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(contextvars.copy_context().run, emit, "credentials_accessed", "c-1",
+                        principal="u-1").result()
+    else:
+        emit("credentials_accessed", "c-1", principal="u-1")
     event = sink.events.pop()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps([event.client_ip, event.peer_ip]).encode()]
@@ -133,6 +140,11 @@ def uwsgi_packet(variables: dict[str, str]) -> bytes:
     return bytes([0]) + len(body).to_bytes(2, "little") + bytes([0]) + body
 
 
+def forged_name() -> bytes:
+    """An abstract socket name that uWSGI's HTTP parser reads as the trusted proxy."""
+    return b"\0A" + socket.inet_aton(PROXY) + os.urandom(4).hex().encode()
+
+
 def test_uwsgi_a_local_process_cannot_name_itself_a_trusted_proxy(tmp_path: Path) -> None:
     """uWSGI's HTTP parser on a unix socket makes ``REMOTE_ADDR`` of four bytes of the
     connecting socket's name: a local process bound to the abstract name
@@ -143,7 +155,7 @@ def test_uwsgi_a_local_process_cannot_name_itself_a_trusted_proxy(tmp_path: Path
     with socket.socket() as probe:  # a free TCP port for the third listener
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    forged = b"\0A" + socket.inet_aton(PROXY) + os.urandom(4).hex().encode()
+    forged = forged_name()
     with uwsgi_serving(tmp_path, [PROXY], "--http-socket", str(http_sock),
                        "--socket", str(uwsgi_sock), "--http-socket", f"127.0.0.1:{port}"):
         # the forger: believed before, as the proxy 10.0.0.1 forwarding for CLIENT
@@ -159,3 +171,17 @@ def test_uwsgi_a_local_process_cannot_name_itself_a_trusted_proxy(tmp_path: Path
         # TCP: the peer's own address
         assert recorded(exchange(socket.AF_INET, ("127.0.0.1", port), REQUEST)) \
             == ("127.0.0.1", "")
+
+
+def test_uwsgi_with_threads_an_event_emitted_on_another_thread_is_no_proxy_either(
+        tmp_path: Path) -> None:
+    """With ``threads``, uWSGI names a request's connection to the thread serving it
+    alone: an event emitted on another thread with the request's context (an executor,
+    asgiref's ``async_to_sync``) took the forger's ``REMOTE_ADDR`` for an address, the
+    trusted proxy's, and believed its X-Forwarded-For."""
+    http_sock = tmp_path / "http.sock"
+    with uwsgi_serving(tmp_path, [PROXY], "--http-socket", str(http_sock), "--threads", "2"):
+        for target in (b"/", b"/?on-another-thread"):
+            request = REQUEST.replace(b"GET / ", b"GET " + target + b" ", 1)
+            answer = exchange(socket.AF_UNIX, str(http_sock), request, bind=forged_name())
+            assert recorded(answer) == ("", ""), target
