@@ -20,6 +20,7 @@ a server.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Mapping
@@ -81,6 +82,9 @@ def _uwsgi_http_on_unix_socket(environ: Mapping[str, Any]) -> bool:
         return False
     finally:
         sock.detach()  # the connection is uWSGI's: never closed here
-    raw = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else bytes(name)
+    # A path comes back decoded with the filesystem encoding (an abstract name as bytes):
+    # os.fsencode gives back its bytes, which UTF-8 did not under ISO-8859-1, and a path
+    # bound to name a trusted proxy was believed.
+    raw = os.fsencode(name) if isinstance(name, str) else bytes(name)
     as_parsed = socket.inet_ntoa(raw.ljust(6, b"\0")[2:6])
     return environ.get("REMOTE_ADDR") == as_parsed

@@ -101,8 +101,10 @@ application = WSGIAuditMiddleware(app, trusted_proxies={trusted!r})
 
 
 @contextmanager
-def uwsgi_serving(tmp: Path, trusted: list[str], *listen: str) -> Iterator[None]:
-    """uWSGI (one worker) running the module above with ``listen`` options."""
+def uwsgi_serving(tmp: Path, trusted: list[str], *listen: str,
+                  env: dict[str, str] | None = None) -> Iterator[None]:
+    """uWSGI (one worker) running the module above with ``listen`` options, and ``env``
+    added to its environment."""
     uwsgi = shutil.which("uwsgi", path=str(Path(sys.executable).parent))
     assert uwsgi, "uWSGI is a test dependency (pip install -e '.[test]')"
     module = tmp / "uwsgi_app.py"
@@ -111,7 +113,8 @@ def uwsgi_serving(tmp: Path, trusted: list[str], *listen: str) -> Iterator[None]
     with log.open("wb") as out:
         proc = subprocess.Popen([uwsgi, *listen, "--wsgi-file", str(module), "--master",
                                  "--processes", "1", "--need-app", "--die-on-term"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
+                                env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + 30
         while b"spawned uWSGI worker 1" not in log.read_bytes():
@@ -185,3 +188,29 @@ def test_uwsgi_with_threads_an_event_emitted_on_another_thread_is_no_proxy_eithe
             request = REQUEST.replace(b"GET / ", b"GET " + target + b" ", 1)
             answer = exchange(socket.AF_UNIX, str(http_sock), request, bind=forged_name())
             assert recorded(answer) == ("", ""), target
+
+
+def latin1_locale(tmp: Path) -> dict[str, str]:
+    """The environment of a process in an ISO-8859-1 locale, built in ``tmp``."""
+    built = subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1",
+                            str(tmp / "en_US.ISO-8859-1")], check=False, capture_output=True,
+                           text=True)
+    assert built.returncode == 0, ("building an ISO-8859-1 locale needs localedef and the "
+                                   f"locale sources (apt-get install locales): {built}")
+    return {"LOCPATH": str(tmp), "LC_ALL": "en_US.ISO-8859-1"}
+
+
+def test_uwsgi_a_path_is_its_bytes_whatever_the_locale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer bound to a path comes back from ``getpeername`` decoded with the
+    filesystem encoding: read back as UTF-8 under ISO-8859-1, a path whose bytes 2-5 are
+    a trusted proxy's address (``ab\\xc0\\xa8\\x01\\x01``: 192.168.1.1, relative to
+    the forger's directory) was no longer what uWSGI had read, and was believed."""
+    proxy = "192.168.1.1"
+    http_sock = tmp_path / "http.sock"
+    monkeypatch.chdir(tmp_path)  # the forger binds its path relative to its directory
+    with uwsgi_serving(tmp_path, [proxy], "--http-socket", str(http_sock),
+                       env=latin1_locale(tmp_path)):
+        answer = exchange(socket.AF_UNIX, str(http_sock), REQUEST,
+                          bind=b"ab" + socket.inet_aton(proxy))
+    assert recorded(answer) == ("", "")
