@@ -73,6 +73,10 @@ __all__ = ["IngestError", "IngestServer", "IngestSettings"]
 
 #: Seconds a shutdown waits for in-flight batches (and API requests) to finish.
 DRAIN_TIMEOUT: Final = 10.0
+#: Seconds a closed connection's client has to let go of it (take its error, answer
+#: TLS's close_notify) before it is aborted: until then its file is out of the count
+#: of connections (``max_connections``) and still held.
+CLOSE_GRACE: Final = 1.0
 #: Why a new connection is refused at once (``connections_refused``), each counted as
 #: ``connections_refused_<code>`` too: at the limit, or the collector stopping.
 REFUSALS: Final = (ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN)
@@ -481,19 +485,28 @@ class IngestServer:
                      abort: bool = False) -> None:
         """Sends ``error`` (if any) and closes; ``abort``: at once, the socket's file
         freed now whatever the client does (what the kernel holds of the error still
-        goes out)."""
+        goes out); else politely, and aborted if the client has not let go of it within
+        ``CLOSE_GRACE``."""
         with contextlib.suppress(Exception):
             if error is not None and not writer.is_closing():
                 writer.write(error.encode())
-                await asyncio.wait_for(writer.drain(), 1.0)
+                await asyncio.wait_for(writer.drain(), CLOSE_GRACE)
         if abort:
             # Not close() as well: a TLS transport closed after its abort drops its
             # protocol, and its next call raises AttributeError.
             writer.transport.abort()
         else:
             writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        with contextlib.suppress(Exception):  # the connection's own failure: closed
+            try:
+                await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE)
+            except TimeoutError:
+                # A client that does not let go: over TLS, close() waits for its answer
+                # to close_notify (asyncio: up to 30 s), on plain TCP for it to read what
+                # is still buffered (without end). Its file was held all that time out
+                # of the count of connections: a flood refused at max_connections held
+                # a file each that long. What the kernel holds of the error still goes.
+                writer.transport.abort()
 
     # -- batches --------------------------------------------------------------------------
     def _batch(self, payload: bytes) -> tuple[asyncio.Future[bytes], int]:

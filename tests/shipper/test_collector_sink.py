@@ -21,9 +21,11 @@ from audit_middleware import AuditConfigurationError, configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.shipper.receipts import pending
 from audit_middleware.testing import reset_configuration
+from audit_middleware.wire import ErrorCode, ErrorReply, FrameType, parse_header
 from collector.ingest import IngestSettings
 from tests.e2e.harness import (
     InProcessCollector,
+    RawClient,
     open_store,
     stored_events,
     wait_until,
@@ -937,60 +939,122 @@ def test_a_tls_handshake_under_way_is_not_closed_for_a_silent_connection(
             sock.close()
 
 
+class _TLSByHand:
+    """A TLS client driven by hand over a plain socket: the test reads what comes on the
+    wire, and the client never answers the collector's close (its close_notify), as a
+    flood's client does not."""
+
+    def __init__(self, port: int, cert: Path) -> None:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    def handshake(self) -> None:
+        import ssl
+
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                self.incoming.write(self.sock.recv(65536))
+        self.sock.sendall(self.outgoing.read())  # its Finished; then not a word
+
+    def received_until_closed(self) -> tuple[ErrorReply, bool]:
+        """The error the collector sent before it ended the TCP connection (a recv that
+        times out fails the test: the collector kept the connection), and whether it
+        said close_notify first."""
+        import ssl
+
+        received = b""
+        while chunk := self.sock.recv(65536):  # until the collector's FIN
+            received += chunk
+        self.incoming.write(received)
+        self.incoming.write_eof()
+        plain, notified = b"", True
+        try:
+            while data := self.tls.read(65536):
+                plain += data
+        except ssl.SSLError:  # the end without a close_notify: an abort
+            notified = False
+        kind, length = parse_header(plain[:5], 1 << 20)
+        assert kind is FrameType.ERROR
+        return ErrorReply.decode(plain[5:5 + length]), notified
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def test_a_tls_connection_closed_before_its_hello_to_make_room_is_aborted(
         collector: Collector, root: Path) -> None:
     """A TLS connection past its handshake that had not said hello, closed to make room
     for a new one, was closed politely: close_notify sent, and its socket (a file) kept
     until the client answered, up to asyncio's 30 s; a flood's client never answers.
     Now it is aborted once its error is sent: the client's TCP connection ends at once."""
-    import ssl
-
-    from audit_middleware.wire import ErrorCode, ErrorReply, FrameType, parse_header
-    from tests.e2e.harness import RawClient
-
     cert, key = self_signed_certificate(root)
     server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
                              tls_cert=cert, tls_key=key, max_connections=1,
                              handshake_timeout=60.0)
     port = server.server.tcp_port()
     assert port is not None
-    context = ssl.create_default_context(cafile=str(cert))
-    context.check_hostname = False
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing)
-    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    silent = _TLSByHand(port, cert)
     honest: RawClient | None = None
     try:
-        while True:  # its handshake, by hand: the test reads what comes on the wire
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                silent.sendall(outgoing.read())
-                incoming.write(silent.recv(65536))
-        silent.sendall(outgoing.read())  # its Finished; then not a word
+        silent.handshake()
         wait_until(lambda: server.server.stats()["connections_open"] == 1, 10,
                    "the silent connection past its TLS handshake")
-        honest = RawClient(tcp=("127.0.0.1", port))
-        honest.sock = context.wrap_socket(honest.sock)
+        honest = _tls_raw_client(port, cert)
         honest.hello(token="s3cret")  # at the limit: room made for it
-        received = b""
-        while chunk := silent.recv(65536):  # until the collector's FIN (or a timeout)
-            received += chunk
+        error, notified = silent.received_until_closed()
     finally:
         silent.close()
         if honest is not None:
             honest.close()
-    incoming.write(received)
-    incoming.write_eof()
-    plain = b""
-    with pytest.raises(ssl.SSLError):  # the end: an abort sends no close_notify
-        while True:
-            plain += tls.read(65536)
-    kind, length = parse_header(plain[:5], 1 << 20)
-    assert kind is FrameType.ERROR
-    assert ErrorReply.decode(plain[5:5 + length]).code == ErrorCode.TOO_MANY_CONNECTIONS
+    assert error.code == ErrorCode.TOO_MANY_CONNECTIONS
+    assert not notified  # an abort sends no close_notify
     assert server.server.stats()["connections_evicted"] == 1
+
+
+def test_a_tls_connection_refused_at_the_limit_is_not_kept_for_its_close_notify(
+        collector: Collector, root: Path) -> None:
+    """A TLS connection refused at max_connections was closed politely and kept until its
+    client answered close_notify, up to asyncio's 30 s, out of the count of connections:
+    a flood refused at the limit held a file each that long, the files the limit keeps
+    for the store. Now a connection the client has not let go of within a second of its
+    close is aborted."""
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key, max_connections=1)
+    port = server.server.tcp_port()
+    assert port is not None
+    honest = _tls_raw_client(port, cert)
+    refused: _TLSByHand | None = None
+    try:
+        honest.hello(token="s3cret")  # the one slot, greeted: not closed to make room
+        refused = _TLSByHand(port, cert)
+        refused.handshake()
+        error, _ = refused.received_until_closed()
+    finally:
+        honest.close()
+        if refused is not None:
+            refused.close()
+    assert error.code == ErrorCode.TOO_MANY_CONNECTIONS
+    assert server.server.stats()["connections_refused_too_many_connections"] == 1
+
+
+def _tls_raw_client(port: int, cert: Path) -> RawClient:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    client = RawClient(tcp=("127.0.0.1", port))
+    client.sock = context.wrap_socket(client.sock)
+    return client
 
 
 def _client_hello() -> bytes:
