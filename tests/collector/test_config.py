@@ -7,6 +7,7 @@ import argparse
 import os
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from collector.config import CollectorConfig, ConfigError, add_arguments, load
 from collector.ingest import IngestSettings
 from collector.options import OPTIONS
 from collector.serve import ingest_settings
+from tests.collector.acl_helpers import READ, set_acl, write_systemd_credential
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -174,6 +176,33 @@ def test_a_token_file_other_users_can_reach_is_refused_without_showing_it(
     with pytest.raises(ConfigError, match=f"other users \\(mode {mode:o}\\): chmod 600") as err:
         load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
     assert "s3cret-token" not in str(err.value)
+
+
+def test_a_systemd_credential_is_taken(tmp_path: Path) -> None:
+    """systemd (LoadCredential) lets the service's user read the credential through an
+    ACL entry: the mode's group bits, the ACL's mask, said 440, and the token file was
+    refused as one other users can read: a deployment as examples/deploy/ failed to
+    start."""
+    token_file = tmp_path / "token"
+    write_systemd_credential(token_file, "s3cret-token\n")
+    assert token_file.stat().st_mode & 0o777 == 0o440
+    config = load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
+    assert config.token == "s3cret-token"
+
+
+@pytest.mark.parametrize(("acl", "says"), [
+    ({"users": {os.geteuid() + 1: READ}}, f"user {os.geteuid() + 1}"),
+    ({"users": {os.geteuid(): READ}, "group_obj": READ}, "its group"),
+    ({"groups": {4242: READ}}, "group 4242"),
+])
+def test_a_token_file_whose_acl_lets_others_in_is_refused(
+        tmp_path: Path, acl: dict[str, Any], says: str) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    token_file.chmod(0o400)
+    set_acl(token_file, **acl)
+    with pytest.raises(ConfigError, match=f"mode 440, its ACL lets in {says}\\): chmod 600"):
+        load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
 
 
 def test_a_token_file_that_is_no_regular_file_is_refused_without_waiting(

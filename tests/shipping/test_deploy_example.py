@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from collector import config as collector_config
+from tests.collector.acl_helpers import write_systemd_credential
 
 DEPLOY = Path(__file__).resolve().parents[2] / "examples" / "deploy"
 
@@ -22,8 +23,7 @@ def unit() -> dict[str, list[str]]:
 
 def test_the_example_configuration_is_valid_for_serve(tmp_path: Path) -> None:
     token = tmp_path / "token"
-    token.write_text("a-long-random-token\n")
-    token.chmod(0o600)  # as systemd hands over a credential (LoadCredential: 0400)
+    write_systemd_credential(token, "a-long-random-token\n")  # as the unit's LoadCredential
     config = collector_config.load(environ={
         "AUDIT_CONFIG": str(DEPLOY / "collector.toml"), "AUDIT_TOKEN_FILE": str(token)})
     assert config.data_dir == Path("/var/lib/audit-collector")
