@@ -130,6 +130,12 @@ class Store:
         #: The record of an acknowledgement, applied, whose staged file could not take
         #: its place yet (``StagedLossAck.keep``), or None; under ``_acks_lock``.
         self._acks_unsaved: str | None = None
+        #: Retention forgot sources with an acknowledgement that the file (or the staged
+        #: file its record claims) may still name: the next start, or a later one, would
+        #: hand it to a new source of the same name. Whoever holds ``_acks_lock`` rewrites
+        #: it before letting go (``_release_acks``); set and cleared under that lock or
+        #: the writer's.
+        self._forgotten_unsaved = False
         self._count_failures = 0  # events count refreshes failed in a row
         self._count_stale = False  # segments were hidden since the count was taken
         self._full_failures = 0  # commit thread failures for a full disk (logged some)
@@ -234,12 +240,19 @@ class Store:
         index.newly_closed.clear()
         self._writer = GroupWriter(index, self._segments, self._indexer, self._ledger)
         self._writer.next_seq = max(self._writer.next_seq, named_record + 1)
-        self._loss_acks, self._acks_unsaved = self._load_loss_acks(index)
+        self._loss_acks, self._acks_unsaved, self._forgotten_unsaved = \
+            self._load_loss_acks(index)
+        if self._forgotten_unsaved:
+            # Left out in memory only, the file kept them: a source of the same name
+            # seen during this run had the old acknowledgement at the next start.
+            self._save_forgotten()
         return report
 
-    def _load_loss_acks(self, index: Index) -> tuple[dict[str, loss_acks.Ack], str | None]:
-        """The acknowledgements, and the record of those the file lacks (None: it lacks
-        none; see ``_acks_unsaved``). A staged file left by the last run (see
+    def _load_loss_acks(self, index: Index
+                        ) -> tuple[dict[str, loss_acks.Ack], str | None, bool]:
+        """The acknowledgements, the record of those the file lacks (None: it lacks
+        none; see ``_acks_unsaved``), and whether the file names sources the store no
+        longer knows (see ``_forgotten_unsaved``). A staged file left by the last run (see
         ``loss_acks``) is put in place if its record was written (the acknowledgement
         was made: the record says so), removed if not."""
         data_dir = self.settings.data_dir
@@ -264,7 +277,8 @@ class Store:
         # rewritten since, or by a version that kept them) does not hand its
         # acknowledgement to a source of the same name.
         known = self._writer.sources
-        return {name: ack for name, ack in acks.items() if name in known}, unsaved
+        applied = {name: ack for name, ack in acks.items() if name in known}
+        return applied, unsaved, len(applied) < len(acks)
 
     def _sign_start_in_reserve(self, ledger: Ledger) -> None:
         """The start checkpoint (and a seal written at start-up) on disk now, in the
@@ -577,41 +591,64 @@ class Store:
                 return
             self._loss_acks = {name: ack for name, ack in self._loss_acks.items()
                                if name not in gone}
+            self._forgotten_unsaved = True
         # Never waited for: an acknowledgement under way waits on this thread for its
-        # record. Its ``keep`` writes the file without them (it filters by the sources
-        # still known).
+        # record. Whoever ends it (kept, dropped) rewrites the file without them
+        # (``_release_acks``).
         if not self._acks_lock.acquire(blocking=False):
             return
+        # Read under the lock, not before it: an acknowledgement kept between the two is
+        # in them (written as they were, the file lost it).
+        self._release_acks()
+
+    def _release_acks(self) -> None:
+        """Let ``_acks_lock`` go, the file first rewritten without the sources retention
+        forgot if it may still name some (``_forgotten_unsaved``): the lock's holder was
+        the one to, as retention's own rewrite never waits for it."""
+        saved = True
         try:
-            # Read under the lock, not before it: an acknowledgement kept between the
-            # two is in them (written as they were, the file lost it).
-            self._save_forgotten()
+            if self._forgotten_unsaved:
+                saved = self._save_forgotten()
         finally:
             self._acks_lock.release()
+        # Retention forgot more after the rewrite took its copy, and found the lock still
+        # held: once more, unless someone took the lock meanwhile (who rewrites as it
+        # lets go). Not after a rewrite the disk refused: not retried without end.
+        if saved and self._forgotten_unsaved and self._acks_lock.acquire(blocking=False):
+            try:
+                self._save_forgotten()
+            finally:
+                self._acks_lock.release()
 
-    def _save_forgotten(self) -> None:
+    def _save_forgotten(self) -> bool:
         """Write the acknowledgements that apply once retention forgot some sources
         (``_loss_acks``) to the file, under ``_acks_lock``. With a recorded one's rename
         pending, its staged file is replaced (naming the same record), then put in
         place: left as it was, the next start put it in place, sources forgotten and
         all, and handed their acknowledgements to new sources of the same names. A
-        failure is logged: they no longer apply meanwhile."""
+        failure is logged (False): they no longer apply meanwhile."""
         data_dir = self.settings.data_dir
+        # The copy and the flag at once: a source forgotten after the copy sets it again.
+        with self._writer.lock:
+            acks, self._forgotten_unsaved = dict(self._loss_acks), False
         try:
             if self._acks_unsaved is None:
-                loss_acks.save(data_dir, self._loss_acks)
-                return
-            staged = loss_acks.restage(data_dir, self._loss_acks, self._acks_unsaved)
+                loss_acks.save(data_dir, acks)
+                return True
+            # Claimed by its record: the next start puts this, without them, in place.
+            staged = loss_acks.restage(data_dir, acks, self._acks_unsaved)
         except OSError as exc:
+            self._forgotten_unsaved = True  # for the next holder of the lock, or start
             log.warning("audit store: cannot rewrite %s without the source(s) retention "
                         "forgot (%s): they are left out from now on, and from the file at "
                         "the next acknowledgement or start", loss_acks.FILE_NAME, exc)
-            return
+            return False
         try:
             loss_acks.commit(staged)
         except OSError:
-            return  # still pending (logged as it failed first): staged as it now applies
+            return True  # still pending (logged as it failed first): staged as it applies
         self._acks_unsaved = None
+        return True
 
     def _save_unsaved_acks(self, record: str) -> None:
         """Put in place the staged file of an earlier acknowledgement, recorded (by
@@ -725,7 +762,7 @@ class Store:
             self._acks_lock.release()
             raise
         if made:
-            self._acks_lock.release()
+            self._release_acks()
             return None
         return StagedLossAck(self, acks, staged, record)
 
@@ -824,16 +861,18 @@ class StagedLossAck:
                 # file just put in place (or left staged) names them, and the next
                 # start would hand their acknowledgements to new sources of the same
                 # names.
-                store._save_forgotten()
+                store._forgotten_unsaved = True
         finally:
-            store._acks_lock.release()
+            store._release_acks()
 
     def drop(self) -> None:
         self._end()
         try:
             self._staged.unlink(missing_ok=True)
         finally:
-            self._store._acks_lock.release()
+            # The file in place, which retention's rewrite left to this one, may still
+            # name the sources it forgot meanwhile.
+            self._store._release_acks()
 
     def abandon(self) -> None:
         """Neither kept nor dropped: whether its record was written is not known (the
