@@ -343,8 +343,14 @@ def quarantine_torn(path: Path, end: int, torn: bytes, quarantine_dir: Path) -> 
     try:
         _pwrite_all(fd, torn, 0)
         os.fsync(fd)
-    finally:
+    except BaseException:
+        # A partial copy goes: a full disk took part of it, and the start tried again
+        # in the room of a slice of the reserve (``Store._open_in_reserve``) found that
+        # room held by it, each try leaving one more, the reserve spent on them all.
         os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     fsync_dir(quarantine_dir)
     return target
 

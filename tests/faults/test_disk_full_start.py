@@ -27,7 +27,7 @@ from collector.index import Index
 from collector.integrity import digests
 from collector.storage import disk_space, indexer
 from collector.storage.disk_space import RESERVE_BYTES, Reserve
-from tests.collector.storage_helpers import events, open_store, wait_until
+from tests.collector.storage_helpers import events, open_store, segment_files, wait_until
 from tests.faults.fleet import Collector, Stored, report, wait_for
 from tests.faults.full_disk import (
     IN_NAMESPACE,
@@ -286,6 +286,34 @@ def test_a_start_on_a_full_disk_takes_a_slice_of_the_reserve_not_all_of_it(
         left = reserve.size()
     assert tries[0] == RESERVE_BYTES, tries  # the full disk was met
     assert left == RESERVE_BYTES - disk_space.SLICE
+
+
+def test_a_torn_tail_longer_than_a_slice_is_quarantined_in_the_reserves_room(
+        tmp: Path) -> None:
+    """Restarted on a disk full to the last byte with a torn record of 100 KiB at the
+    end of its active segment (a line may be 256 KiB): its copy to quarantine/ needs
+    two slices of the reserve. Each try of the opening left its partial copy behind,
+    holding the slice the next try was given, so no try could make a whole copy: the
+    reserve went, all of it, into partial copies, and the store could not open
+    (``DiskFullError``); released whole, it had opened. Now a copy that fails goes."""
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+    with tmpfs(tmp / "disk", "16m") as disk:
+        data_dir = disk / "data"
+        with open_store(data_dir) as store:
+            store.write(events(5))
+            wait_until(lambda: Reserve(data_dir).size() == RESERVE_BYTES)
+        torn = b'{"seq":6,"principal":"' + b"x" * (100 * 1024)
+        with segment_files(data_dir)[-1].open("ab") as segment:
+            segment.write(torn)
+        fill(disk / "ballast")
+        assert full(data_dir)
+        with open_store(data_dir) as store:  # before: DiskFullError
+            assert store.write(events(1)).written
+        copies = [p.read_bytes() for p in (data_dir / "quarantine").iterdir()]
+        assert copies == [torn]
+        assert Reserve(data_dir).size() > 0  # what the opening did not need is kept
 
 
 def test_restarted_on_a_full_disk_without_a_reserve_it_waits_for_space(tmp: Path) -> None:
