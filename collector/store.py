@@ -39,6 +39,7 @@ from collector.storage.errors import (
     StorageSettingsError,
     StoreClosedError,
 )
+from collector.storage.failures import Failures
 from collector.storage.group_commit import RATE_WINDOW, GroupWriter, Submission, WriteResult
 from collector.storage.indexer import ChunkIndexer
 from collector.storage.records import (
@@ -69,6 +70,10 @@ _IDLE_SECONDS: Final = 1.0
 #: record being written) before it is refused.
 _ACK_WAIT: Final = 30.0
 LOCK_FILE: Final = "store.lock"
+#: What the commit thread does, as its failures are named (in the log too).
+_COMMIT: Final = "commit"
+_COMPRESSED: Final = "putting compressed copies in place"
+_HOUSEKEEPING: Final = "housekeeping"
 #: Why the reserve is released at start-up (``Store._open_in_reserve``), in its warning.
 _OPENING_IN_RESERVE: Final = (
     "the store can open (its index, its start checkpoint) and retention sign its "
@@ -124,7 +129,9 @@ class Store:
         self._thread: threading.Thread | None = None
         self._rejected_count = 0
         self._last_activity = time.monotonic()
-        self._last_error: str | None = None
+        #: What fails now on the commit thread ("commit", "housekeeping"...), each
+        #: until that work goes through again (``Failures``).
+        self._failures = Failures()
         self._loss_acks: dict[str, loss_acks.Ack] = {}
         self._acks_lock = threading.Lock()
         #: The record of an acknowledgement, applied, whose staged file could not take
@@ -439,7 +446,7 @@ class Store:
         try:
             self._housekeeping(idle=False)
         except Exception as exc:  # noqa: BLE001 - as below: logged, the thread goes on
-            self._failed(exc, "housekeeping")
+            self._failed(exc, _HOUSEKEEPING)
         last_housekeeping = time.monotonic()
         while True:
             self._wake.wait(_TICK)
@@ -447,18 +454,26 @@ class Store:
             with self._lock:
                 batch, self._pending = self._pending, []
                 closing = self._state == "closing"
+            # Each failure stays said until that very work goes through again: cleared
+            # by any later housekeeping pass, a commit that raised left the stats half a
+            # second later, though every batch still failed.
+            doing = _COMMIT
             try:
                 if batch:
                     self._writer.commit(batch)
                     self._last_activity = time.monotonic()
+                    self._failures.recovered(_COMMIT)
+                doing = _COMPRESSED
                 self._segments.apply_compressed()
+                self._failures.recovered(_COMPRESSED)
                 now = time.monotonic()
                 if not batch or now - last_housekeeping >= _TICK:
+                    doing = _HOUSEKEEPING
                     self._housekeeping(idle=not batch)
                     last_housekeeping = now
-                    self._last_error = None  # a whole pass went through: over
+                    self._failures.recovered(_HOUSEKEEPING)
             except Exception as exc:  # noqa: BLE001 - never let the commit thread die
-                self._failed(exc, "commit or housekeeping")
+                self._failed(exc, doing)
                 for sub in batch:
                     if not sub.future.done():
                         sub.future.set_exception(StorageError(str(exc)))
@@ -471,7 +486,7 @@ class Store:
         """Note and log a failure of the commit thread's work (which goes on). A full
         disk is no bug: one line saying so, at the 1st, 2nd, 4th... time (it fails again
         at every pass while the disk is full), not a traceback every 0.5 s."""
-        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._failures.failing(what, f"{type(exc).__name__}: {exc}")
         if not out_of_space(exc, self.settings.data_dir):
             log.exception("audit store: %s failed", what)
             return
@@ -797,7 +812,7 @@ class Store:
             "duplicates": counts["duplicates"],
             "rejected": rejected,
             "write_errors": counts["write_errors"],
-            "last_error": writer.last_error or self._last_error
+            "last_error": writer.last_error or self._failures.newest
             or self._segments.last_error or self._indexer.failed or self._indexer.drop_error,
             "pending": pending,
             "quarantined": len(quarantined),

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from collector.index import Index
 
 from .compression import BlockMap, compress
 from .disk_space import Reserve, free_bytes, is_full
+from .failures import Failures
 from .records import created_micros
 from .regular_files import fsync_dir
 from .retention import SealedInfo, expired
@@ -108,14 +108,9 @@ class SegmentSet:
         #: Passes in a row whose digest could not be written (logged at the 1st, 2nd,
         #: 4th...: a pass comes every half second while the disk stays full).
         self._unsigned_passes = 0
-        #: What fails now, by what failed ("rotation", "retention", "compressing <seq>"),
-        #: the newest last: each goes once its work succeeds (or its segment is gone).
-        #: A single field kept the first failure for good (a compression that met a full
-        #: disk said so in the stats long after its retry had compressed the segment),
-        #: and hid a later failure of the indexer behind it. The compressor thread sets
-        #: one, the stats read them: under a lock.
-        self._errors: dict[str, str] = {}
-        self._errors_lock = threading.Lock()
+        #: What fails now ("rotation", "retention", "compressing <seq>"): each goes once
+        #: its work succeeds (or its segment is gone). The compressor thread sets one.
+        self._failures = Failures()
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
         #: Newer segments than any file left, yet named: the active one was deleted.
@@ -187,11 +182,11 @@ class SegmentSet:
             new = ActiveSegment.create(self.directory, old.header.seq + 1, old.header.id,
                                        chain=ledger.chain.decode() if ledger else "")
         except OSError as exc:
-            self._failing("rotation", f"{type(exc).__name__}: {exc}")
+            self._failures.failing("rotation", f"{type(exc).__name__}: {exc}")
             log.error("audit store: cannot rotate (%s); still appending to %s",
                       exc, old.path.name)
             return
-        self._recovered("rotation")
+        self._failures.recovered("rotation")
         self.active = new
         self.register(new)
         try:
@@ -213,17 +208,23 @@ class SegmentSet:
             try:
                 tmp, blocks = compress(path)
             except Exception as exc:  # noqa: BLE001 - e.g. deleted by retention meanwhile
-                log.warning("audit store: compressing %s failed: %s (tried again in %g s)",
-                            path.name, exc, COMPRESSION_RETRY)
-                self._failing(f"compressing {seq}",
-                              f"compressing {path.name}: {type(exc).__name__}: {exc}")
-                self._compress_failed.append(seq)  # retention must not wait for it
+                self._compression_failed(seq, path, exc)
                 return
             self._compressed.append((seq, tmp, blocks))
             self._wake()
 
         self._compressing[seq] = time.monotonic()
         self._compressor.submit(work)
+
+    def _compression_failed(self, seq: int, path: Path, exc: BaseException) -> None:
+        """Say so (in the log, and in the stats until it succeeds) and have it tried
+        again after ``COMPRESSION_RETRY``; retention no longer waits for it. Called on
+        the compressor's thread or the commit thread."""
+        log.warning("audit store: compressing %s failed: %s (tried again in %g s)",
+                    path.name, exc, COMPRESSION_RETRY)
+        self._failures.failing(f"compressing {seq}",
+                               f"compressing {path.name}: {type(exc).__name__}: {exc}")
+        self._compress_failed.append(seq)
 
     def apply_compressed(self) -> None:
         """Swap in the compressed copies that are ready: rename into place, point the
@@ -237,21 +238,34 @@ class SegmentSet:
                 tmp.unlink(missing_ok=True)  # deleted by retention meanwhile
                 continue
             target = info.path.with_name(info.path.name + ".gz")
-            os.rename(tmp, target)
-            fsync_dir(self.directory)
             try:
-                with self._index.transaction():
-                    self._index.mark_compressed(seq, blocks)
-            except BaseException:
-                target.unlink()
-                raise
+                self._swap_in(seq, tmp, target, blocks)
+            except (OSError, sqlite3.Error) as exc:
+                # A compression that failed, tried again as one. Raised, the copy was
+                # lost with it: the segment stayed plain until the next start, and the
+                # failure went from the stats at the next housekeeping pass.
+                self._compression_failed(seq, info.path, exc)
+                continue
             info.path.unlink()
             fsync_dir(self.directory)
             packed = target.stat().st_size
             self._plain_done += info.size
             self._packed_done += packed
             info.path, info.size, info.compressed = target, packed, True
-            self._recovered(f"compressing {seq}")
+            self._failures.recovered(f"compressing {seq}")
+
+    def _swap_in(self, seq: int, tmp: Path, target: Path, blocks: BlockMap) -> None:
+        """The compressed copy ``tmp`` put in place as ``target`` and named by the index;
+        if that fails, neither is left (the plain file stays what the index names)."""
+        try:
+            os.rename(tmp, target)
+            fsync_dir(self.directory)
+            with self._index.transaction():
+                self._index.mark_compressed(seq, blocks)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
+            raise
 
     # -- retention ------------------------------------------------------------------------
     def _retry_compressions(self) -> None:
@@ -266,7 +280,7 @@ class SegmentSet:
             info = self._sealed.get(seq)
             if info is None or info.compressed:  # deleted by retention, or done
                 del self._compress_retry[seq]
-                self._recovered(f"compressing {seq}")
+                self._failures.recovered(f"compressing {seq}")
             elif due <= now and free_bytes(self.directory) < info.size:
                 # Not yet: its copy would fill what is left, and the appends beside it
                 # fail meanwhile (the disk that failed it is still nearly full).
@@ -308,7 +322,7 @@ class SegmentSet:
             try:
                 self._sign_retention(max(doomed) + 1)
             except OSError as exc:
-                self._failing("retention", f"{type(exc).__name__}: {exc}")
+                self._failures.failing("retention", f"{type(exc).__name__}: {exc}")
                 self._unsigned_passes += 1
                 n = self._unsigned_passes
                 if n & (n - 1) != 0:
@@ -329,14 +343,14 @@ class SegmentSet:
                             "not write it; deleting what it no longer keeps",
                             self._unsigned_passes)
                 self._unsigned_passes = 0
-        self._recovered("retention")  # signed, or nothing to sign
+        self._failures.recovered("retention")  # signed, or nothing to sign
         remake = True  # the reserve, after each deletion; not again once a write failed
         for seq in doomed:
             info = self._sealed.pop(seq)
             info.path.unlink(missing_ok=True)
             self._deleted.append(seq)  # gone: its rows are to drop, whatever fails next
             self._deleted_before_ns = max(self._deleted_before_ns, info.sealed_ns)
-            self._recovered(f"compressing {seq}")  # its file is gone
+            self._failures.recovered(f"compressing {seq}")  # its file is gone
             fsync_dir(self.directory)
             if self._ledger is not None:
                 self._ledger.forget(info.path.name.removesuffix(".gz"))
@@ -373,17 +387,7 @@ class SegmentSet:
     @property
     def last_error(self) -> str | None:
         """The newest failure that lasts (None once each has recovered)."""
-        with self._errors_lock:
-            return next(reversed(self._errors.values()), None)
-
-    def _failing(self, what: str, error: str) -> None:
-        with self._errors_lock:
-            self._errors.pop(what, None)  # the newest goes last
-            self._errors[what] = error
-
-    def _recovered(self, what: str) -> None:
-        with self._errors_lock:
-            self._errors.pop(what, None)
+        return self._failures.newest
 
     # -- the rest -------------------------------------------------------------------------
     def sealed_files(self) -> list[SegmentFile]:

@@ -994,6 +994,87 @@ def test_a_rotation_that_failed_leaves_the_stats_once_one_succeeds(
     assert stats["last_error"] is None
 
 
+def housekeeping_passes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The commit thread's housekeeping passes that went through, as they end."""
+    passes: list[bool] = []
+    real = Store._housekeeping
+
+    def counted(self: Store, idle: bool) -> None:
+        real(self, idle)
+        passes.append(idle)
+
+    monkeypatch.setattr(Store, "_housekeeping", counted)
+    return passes
+
+
+def test_a_commit_that_raised_stays_in_the_stats_until_a_commit_succeeds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group's commit that raised (here the index refusing its duplicate lookup) was
+    the stats' last_error only until the next housekeeping pass went through, half a
+    second later: every batch still failed, and the stats said nothing did."""
+    from collector.index import Index
+
+    real_known_ids = Index.known_ids
+    failing = {"on": True}
+
+    def known_ids(self: Index, keys: list[bytes | str]) -> set[bytes | str]:
+        if failing["on"]:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_known_ids(self, keys)
+
+    passes = housekeeping_passes(monkeypatch)
+    with open_store(tmp_path) as store:
+        monkeypatch.setattr(Index, "known_ids", known_ids)
+        with pytest.raises(StorageError, match="disk I/O error"):
+            store.write(events(1))
+        after = len(passes)
+        wait_until(lambda: len(passes) >= after + 2)  # housekeeping goes on meanwhile
+        assert "disk I/O error" in str(store.stats()["last_error"])
+        failing["on"] = False
+        assert store.write(events(1)).written
+        assert store.stats()["last_error"] is None
+
+
+def test_a_compressed_copy_the_index_refused_is_tried_again_and_said_until_then(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compressed copy whose swap-in failed (the index refusing its block map on a
+    full disk) was never tried again: the segment stayed plain until the next start,
+    counted at its plain size by retention, and the failure, the commit thread's
+    last_error, went from the stats at the next housekeeping pass."""
+    from collector.index import Index
+    from collector.storage import segment_set
+
+    real_mark = Index.mark_compressed
+    full = {"on": True}
+    refused: list[int] = []
+
+    def mark_compressed(self: Index, segment: int, blocks: Any) -> None:
+        if full["on"]:
+            refused.append(segment)
+            exc = sqlite3.OperationalError("database or disk is full")
+            exc.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+            raise exc
+        real_mark(self, segment, blocks)
+
+    monkeypatch.setattr(segment_set, "COMPRESSION_RETRY", 0.2)
+    passes = housekeeping_passes(monkeypatch)
+    with open_store(tmp_path, max_segment_bytes=4096, compress_sealed=True) as store:
+        monkeypatch.setattr(Index, "mark_compressed", mark_compressed)
+        for _ in range(4):
+            store.write(events(12))
+        sealed = store.stats()["segments"]["sealed"]
+        assert sealed >= 3
+        wait_until(lambda: set(refused) >= set(range(1, sealed + 1)))
+        after = len(passes)
+        wait_until(lambda: len(passes) >= after + 2)
+        assert "disk is full" in str(store.stats()["last_error"])
+        assert store.stats()["segments"]["compressed"] == 0
+        full["on"] = False
+        wait_until(lambda: store.stats()["segments"]["compressed"] == sealed)
+        assert store.stats()["last_error"] is None
+    assert not list((tmp_path / "segments").glob("*.tmp"))
+
+
 def test_a_failed_write_that_could_not_be_cut_back_is_cut_before_a_rotation(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A write fails half way (disk full) and cutting it back fails too (EIO); then the

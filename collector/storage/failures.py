@@ -1,0 +1,40 @@
+"""What fails now in the store, for its stats' ``last_error``.
+
+A single field kept the first failure for good (a compression that met a full disk said
+so long after its retry had compressed the segment) and hid a later one behind it; one
+cleared by any later success that was not a retry of the same work (the next
+housekeeping pass after a commit that raised) said nothing failed while every batch
+still did. So each failure is kept by what failed, and goes only once that very work
+succeeds.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Failures:
+    """Failures by what failed (``"rotation"``, ``"compressing 12"``, ``"commit"``...),
+    the newest last. Thread-safe: a background thread may set one while the stats read
+    them."""
+
+    def __init__(self) -> None:
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def failing(self, what: str, error: str) -> None:
+        """``what`` failed with ``error`` (the newest failure from now on)."""
+        with self._lock:
+            self._errors.pop(what, None)  # the newest goes last
+            self._errors[what] = error
+
+    def recovered(self, what: str) -> None:
+        """``what`` succeeded (or is no longer to be done): its failure is over."""
+        with self._lock:
+            self._errors.pop(what, None)
+
+    @property
+    def newest(self) -> str | None:
+        """The newest failure that lasts (None once each has recovered)."""
+        with self._lock:
+            return next(reversed(self._errors.values()), None)
