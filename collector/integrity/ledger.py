@@ -184,15 +184,21 @@ class Ledger:
         if end is fallback and _rotates_to(end, self.key.public):
             # A rotation by a version that kept no list of the keys it retired, not
             # started since: the chain's newest digest hands it to this very key. Said
-            # as the tamper alarm below, it alarmed operators for nothing.
+            # as the tamper alarm below, it alarmed operators for nothing. But whoever
+            # writes the data directory can put a key in the ring, re-sign every digest
+            # with it and end them with such a rotation (the signing key's public key
+            # is in the ring): nothing here tells the two apart, so both are said, and
+            # the old key is to be exported only if it is the one rotated from.
             log.warning(
                 "integrity: the digest chain goes on from %s, a key rotation from key %s "
-                "to the signing key (%s); the signing key does not vouch for the key it "
-                "replaced (a rotation by a version that kept no `<signing key>.retired.pub` "
-                "beside it), so `keys export` asks for it (--include %s). Expected once "
-                "after such a rotation; to check the digests before it, run "
-                "`audit-collector verify` with the public keys you exported", end.where,
-                end.key, self.key.id, end.key)
+                "to the signing key (%s), which does not vouch for the key it replaced. "
+                "Expected once after a rotation by a version that kept no `<signing "
+                "key>.retired.pub` beside the key: `keys export` then asks for the old key; "
+                "include it only if %s is the key you rotated from. If you made no such "
+                "rotation, the digests may have been replaced (whoever writes the data "
+                "directory can put a key in its key ring and sign such a rotation with "
+                "it): run `audit-collector verify` with the public keys you exported "
+                "before", end.where, end.key, self.key.id, end.key)
         else:
             log.warning(
                 "integrity: no digest of this store is signed by the signing key (%s) or a "

@@ -509,6 +509,35 @@ def test_a_signing_key_lost_and_replaced_by_hand_continues_the_chain(
     assert check(store).valid  # the key ring holds the lost key's public half
 
 
+def test_digests_replaced_under_a_planted_rotation_to_the_signing_key_still_alarm(
+        store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Whoever writes the data directory, without the signing key, re-signs every digest
+    with a key of their own put in the key ring and adds a key rotation from it to the
+    signing key (whose public key is in the ring): what an older `keys rotate` leaves.
+    The start then said it was that rotation, "expected once", and to export the
+    intruder's key with --include: the tamper alarm gone, and the operator told to hand
+    the auditor the very key that signed the forgery. It still says the digests may
+    have been replaced, and to include the old key only if it is the one rotated from."""
+    from tests.collector.storage_helpers import open_store
+
+    intruder = SigningKey(Ed25519PrivateKey.generate(), Path("elsewhere"))
+    KeyRing(store / "keys").add(intruder.public)
+    resign_all(store, intruder)
+    signing = load_signing_key(store / "keys" / "signing-key.pem")
+    newest = newest_digest(store)
+    rotation = digests.sign(dict(newest.body, n=newest.n + 1, kind="key_rotation",
+                                 previous=newest.signature_b64, new_key=signing.public.b64,
+                                 new_key_id=signing.id), intruder)
+    path = store / "digests" / digests.file_name(newest.segment)
+    write_lines(path, [*lines_of(path), rotation])
+    with caplog.at_level("WARNING", logger="collector"), open_store(store):
+        pass
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("collector.integrity")]
+    assert len(said) == 1, said
+    assert "the digests may have been replaced" in said[0], said
+    assert f"only if {intruder.id} is the key you rotated from" in said[0], said
+
+
 @pytest.mark.parametrize("how", ["replaced by hand", "restored from before the rotation"])
 def test_a_signing_key_lost_after_a_rotation_continues_the_chain_of_the_rotated_key(
         store: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
