@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import orjson
 
-from audit_middleware.shipper.endpoint import is_loopback
+from audit_middleware.shipper.endpoint import is_loopback, verifying_context
 
 from .config import CollectorConfig
 from .options import split_host_port
@@ -219,15 +219,14 @@ def _opener(api: ApiAccess) -> urllib.request.OpenerDirector:
 
 
 def _tls(api: ApiAccess) -> ssl.SSLContext:
-    context = ssl.create_default_context()
+    # Partial chains on: the collector's own certificate is trusted as such (a
+    # self-signed one, or a leaf whose CA this host does not have).
+    context = verifying_context()
     if api.tls_cert is not None:
         try:
             context.load_verify_locations(cafile=api.tls_cert)
         except (OSError, ssl.SSLError) as exc:
             raise ApiClientError(f"cannot read api_tls_cert {api.tls_cert}: {exc}") from None
-        # The collector's own certificate trusted as such (a self-signed one, or a
-        # leaf whose CA this host does not have).
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context
 
 

@@ -85,6 +85,19 @@ class Endpoint:
         return sock
 
 
+def verifying_context(cafile: str | None = None) -> ssl.SSLContext:
+    """``ssl.create_default_context(cafile=...)`` verifying alike on every Python. 3.13
+    turned on two flags: strict RFC 5280 checks, which refuse what OpenSSL 3's own
+    ``openssl x509 -req`` and ``req -x509`` make (no authority key identifier, a CA
+    without key usage), so a working deployment stopped shipping when its Python was
+    upgraded: off. And partial chains, which let ``cafile`` be the collector's own
+    CA-issued certificate, refused before 3.13: on (it trusts only what it is given)."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 def _time_left(timeout: float, deadline: Deadline) -> float:
     """``timeout``, or less when the deadline comes first; TimeoutError once it passed."""
     until = deadline()

@@ -29,7 +29,7 @@ from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
 from ..sinks.batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
 from ..wire import BatchBody, WireError, decode_batch_body, encode_batch_body
-from .endpoint import DEFAULT_URL, Endpoint, parse_url
+from .endpoint import DEFAULT_URL, Endpoint, parse_url, verifying_context
 from .pipeline import Chunk
 from .receipts import Receipt, new_receipt
 from .sender import Sender, resolve, resolve_all
@@ -116,8 +116,7 @@ class CollectorSink:
             self._tls: ssl.SSLContext | None = tls
         elif tls:
             try:
-                self._tls = ssl.create_default_context(
-                    cafile=os.fspath(tls_ca) if tls_ca else None)
+                self._tls = verifying_context(os.fspath(tls_ca) if tls_ca else None)
             except (OSError, ssl.SSLError) as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise AuditConfigurationError(

@@ -693,33 +693,81 @@ def test_a_relative_unix_path_is_resolved_at_construction(tmp_path: Path,
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, as PEM files (cert, key)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate("audit-collector test", key, key, "audit-collector test", ca=True)
+    return _write_pem(directory, "cert.pem", cert), _write_key(directory, "key.pem", key)
+
+
+def ca_issued_certificate(directory: Path, *, authority_key_identifier: bool = True
+                          ) -> tuple[Path, Path, Path]:
+    """A test CA and a certificate it issued for 127.0.0.1, as PEM files (ca, cert, key);
+    without ``authority_key_identifier`` the certificate breaks RFC 5280 (4.2.1.1)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("audit test CA", ca_key, ca_key, "audit test CA", ca=True)
+    cert = _certificate("audit-collector test", key, ca_key, "audit test CA", ca=False,
+                        authority_key_identifier=authority_key_identifier)
+    return (_write_pem(directory, "ca.pem", ca), _write_pem(directory, "cert.pem", cert),
+            _write_key(directory, "key.pem", key))
+
+
+def _certificate(subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool,
+                 authority_key_identifier: bool = False) -> Any:
+    """A certificate for 127.0.0.1, valid for an hour; a CA's has the extensions RFC
+    5280 asks of one (Python 3.13's default verification checks them)."""
     import datetime
     import ipaddress
 
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "audit-collector test")])
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    builder = (
+        x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.SubjectAlternativeName(
             [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
     )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+    if authority_key_identifier:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write_pem(directory: Path, name: str, cert: Any) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    path = directory / name
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _write_key(directory: Path, name: str, key: Any) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    path = directory / name
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path
 
 
 def test_tls_with_the_token_delivers(collector: Collector, make_sink: SinkFactory,
@@ -753,6 +801,37 @@ def test_tls_refuses_a_collector_it_cannot_verify(collector: Collector,
     assert collector_says(caplog, "TLS handshake with 127.0.0.1:",
                           "does not trust this collector's certificate")
     assert server.server.stats()["tls_handshake_failures"] >= 1
+
+
+def test_tls_ca_may_be_the_collectors_own_ca_issued_certificate(
+        collector: Collector, make_sink: SinkFactory, root: Path) -> None:
+    """tls_ca=<its certificate> (what the hint says) works for a CA-issued one on every
+    Python: before, only 3.13 took it as a trust anchor, and 3.11/3.12 refused it."""
+    _, cert, key = ca_issued_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
+                     tls=True, tls_ca=cert)
+    ids = emit_many(3)
+    assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 3
+    assert collector.ids() == ids
+
+
+def test_a_certificate_as_openssl_issues_it_is_trusted_on_every_python(
+        collector: Collector, make_sink: SinkFactory, root: Path) -> None:
+    """A CA-issued certificate without an authority key identifier (what `openssl x509
+    -req` makes) was trusted on 3.11/3.12 and refused on 3.13 (its strict RFC 5280
+    checks): upgrading Python stopped the shipping. Trusted alike now."""
+    ca, cert, key = ca_issued_certificate(root, authority_key_identifier=False)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
+                     tls=True, tls_ca=ca)
+    ids = emit_many(3)
+    assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 3
+    assert collector.ids() == ids
 
 
 def test_a_plain_client_of_a_tls_listener_is_told_to_turn_tls_on(
