@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint clean faults
+.PHONY: run test test-pythons bench lint clean faults
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,34 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The fast test directories under every Python >= 3.11 found (CI runs 3.11 only): each
+# `python3.N` on PATH that runs, else pyenv's 3.N; PYTHONS=/path/python3.N ... to choose.
+# Each gets a virtualenv of its own, .venv-3.N. Not part of `make test` (CI time).
+FAST_TESTS ?= tests/app tests/formats tests/otel tests/shipping tests/cli tests/api \
+	tests/shipper tests/collector tests/integrity
+test-pythons:
+	@pythons="$(PYTHONS)"; \
+	if [ -z "$$pythons" ]; then \
+		for minor in 11 12 13 14 15; do \
+			found=$$(command -v python3.$$minor) && python3.$$minor -c '' 2>/dev/null \
+			|| found=$$(ls -d "$$(pyenv root 2>/dev/null)"/versions/3.$$minor.*/bin/python3.$$minor 2>/dev/null | tail -n 1); \
+			[ -n "$$found" ] && pythons="$$pythons $$found"; \
+		done; \
+	fi; \
+	[ -n "$$pythons" ] || { echo "test-pythons: no python3.11 or later found"; exit 2; }; \
+	failed=""; \
+	for python in $$pythons; do \
+		version=$$($$python -c 'import sys; print("%d.%d" % sys.version_info[:2])') || exit 2; \
+		venv=.venv-$$version; \
+		echo "== Python $$version ($$python)"; \
+		if [ ! -e $$venv/.installed ] || [ pyproject.toml -nt $$venv/.installed ]; then \
+			$$python -m venv $$venv && $$venv/bin/python -m pip install --quiet -e '.[collector,test]' \
+			&& touch $$venv/.installed || exit 2; \
+		fi; \
+		$$venv/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS) || failed="$$failed $$version"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-pythons: failed on$$failed"; exit 1; fi
 
 # The fault-injection suite's long run (docs/reliability.md): 60 collector kills, 30 s
 # SIGSTOP, >= 100,000 fuzzed frames and HTTP requests... (`make test` runs it shortened).
@@ -40,4 +68,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) audit-data .pytest_cache
+	rm -rf $(VENV) .venv-3.* audit-data .pytest_cache
