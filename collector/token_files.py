@@ -12,7 +12,7 @@ and its mode fixed (and, if others may have read it, the token replaced).
 those bits are its mask. A systemd credential (``LoadCredential``) is such a file:
 mode 0400, owned by root, readable by the service's user through an ACL entry naming
 it, which ``ls`` shows as 0440. It is taken; a file whose ACL lets anyone else in is
-not.
+not, nor one that lets this user in by name but is owned by another user than root.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def read_token_file(path: Path, kind: TokenFileKind) -> str:
 def _others_with_access(fd: int) -> str | None:
     """Who, besides the file's owner and this process's user, has some access to the
     file ``fd`` (as said in the refusal), or None: no one."""
-    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    st = os.fstat(fd)
+    mode = stat.S_IMODE(st.st_mode)
     if mode & 0o007:
         return f"mode {mode:o}"
     acl = _acl(fd)
@@ -105,6 +106,12 @@ def _others_with_access(fd: int) -> str | None:
               for tag, perm, id_ in acl
               if perm & mask and (tag in (_ACL_GROUP_OBJ, _ACL_GROUP)
                                   or (tag == _ACL_USER and id_ != me))]
+    if st.st_uid not in (0, me) and any(tag == _ACL_USER and id_ == me and perm & mask
+                                        for tag, perm, id_ in acl):
+        # Let in by name to a file another user owns: that owner reads and writes the
+        # token too. systemd's credentials are root's; without the ACL, such a file was
+        # never readable here but through the group or other bits, which are refused.
+        others.insert(0, f"user {st.st_uid} (its owner)")
     if not others:
         return None  # at most this process's user by name: systemd's credentials
     return f"mode {mode:o}, its ACL lets in {', '.join(others)}"

@@ -205,6 +205,24 @@ def test_a_token_file_whose_acl_lets_others_in_is_refused(
         load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
 
 
+def test_a_token_file_another_user_owns_is_refused_though_its_acl_names_the_reader(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ACL entry naming the reader is how systemd hands a credential over, but the
+    credential is root's. A file owned by another user (not root) who let the reader in
+    by name was taken as "only the reader's": its owner reads and writes the token."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    token_file.chmod(0o400)
+    owner = 4321 if os.geteuid() == 0 else os.geteuid()
+    if owner != os.geteuid():
+        os.chown(token_file, owner, -1)
+    reader = owner + 1
+    set_acl(token_file, users={reader: READ})
+    monkeypatch.setattr(os, "geteuid", lambda: reader)  # the collector's user
+    with pytest.raises(ConfigError, match=f"its ACL lets in user {owner} \\(its owner\\)"):
+        load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
+
+
 def test_a_token_file_that_is_no_regular_file_is_refused_without_waiting(
         tmp_path: Path) -> None:
     """A FIFO held serve in open() for as long as no one wrote to it; a device was read
