@@ -627,11 +627,13 @@ class Store:
         finally:
             self._acks_lock.release()
         # Retention forgot more after the rewrite took its copy, and found the lock still
-        # held: once more, unless someone took the lock meanwhile (who rewrites as it
-        # lets go). Not after a rewrite the disk refused: not retried without end.
-        if saved and self._forgotten_unsaved and self._acks_lock.acquire(blocking=False):
+        # held: again, as long as it does (once was not enough: a source forgotten during
+        # the second rewrite stayed in the file), unless someone took the lock meanwhile
+        # (who rewrites as it lets go). It ends: retention forgets each source once. Not
+        # after a rewrite the disk refused: not retried without end.
+        while saved and self._forgotten_unsaved and self._acks_lock.acquire(blocking=False):
             try:
-                self._save_forgotten()
+                saved = self._save_forgotten()
             finally:
                 self._acks_lock.release()
 

@@ -131,3 +131,11 @@ def loss_acks_rename_fails(monkeypatch: pytest.MonkeyPatch) -> None:
         real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", refused)
+
+
+def forget_source(store: Store, source: str) -> None:
+    """Retention forgets ``source`` (as GroupWriter.forget_sources, then the store)."""
+    writer = store._writer
+    with writer.lock:
+        writer.sources.pop(source)
+    store._forget_loss_acks([source])

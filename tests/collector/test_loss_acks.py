@@ -13,7 +13,12 @@ import pytest
 from collector.storage import loss_acks
 from collector.storage.records import encode_events
 from collector.store import LossAckError
-from tests.collector.storage_helpers import events, loss_acks_rename_fails, open_store
+from tests.collector.storage_helpers import (
+    events,
+    forget_source,
+    loss_acks_rename_fails,
+    open_store,
+)
 
 
 @pytest.mark.parametrize(("ranges", "numbered", "through", "expected"), [
@@ -410,14 +415,6 @@ def test_the_same_acknowledgement_asked_while_the_first_is_under_way_is_not_made
         assert loss_acks.load(tmp_path)["app-1"].by == "alice"  # as far: kept
 
 
-def _forget(store: Any, source: str) -> None:
-    """Retention forgets ``source`` (as GroupWriter.forget_sources, then the store)."""
-    writer = store._writer
-    with writer.lock:
-        writer.sources.pop(source)
-    store._forget_loss_acks([source])
-
-
 @pytest.mark.parametrize("forgotten", ["after the failed rename", "while staged"])
 def test_a_source_forgotten_while_a_rename_is_pending_leaves_the_staged_file_too(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forgotten: str) -> None:
@@ -436,10 +433,10 @@ def test_a_source_forgotten_while_a_rename_is_pending_leaves_the_staged_file_too
         assert staged is not None
         store.write([record], "audit-collector-api")
         if forgotten == "while staged":
-            _forget(store, "src-old")
+            forget_source(store, "src-old")
         staged.keep()  # made, not in place
         if forgotten == "after the failed rename":
-            _forget(store, "src-old")
+            forget_source(store, "src-old")
         left = loss_acks.staged(tmp_path)
         assert left is not None and set(left[0]) == {"app-1"}, left
         assert left[1] == record["id"]  # still claimed by its record
@@ -478,7 +475,7 @@ def test_an_acknowledgement_pending_outlives_a_rewrite_for_retention_the_disk_re
         store.write([record], "audit-collector-api")
         staged.keep()
         monkeypatch.setattr(os, "write", full)
-        _forget(store, "src-old")
+        forget_source(store, "src-old")
         monkeypatch.undo()
     with open_store(tmp_path) as store:
         assert store.stats()["sources"]["app-1"]["acknowledged_through"] == 3
@@ -497,7 +494,7 @@ def test_a_source_forgotten_while_an_acknowledgement_under_way_is_then_dropped_l
         staged = store.stage_loss_ack({"app-1": 3}, by="bob", reason="known too",
                                       record=events(1)[0]["id"])
         assert staged is not None
-        _forget(store, "src-old")
+        forget_source(store, "src-old")
         staged.drop()  # its record refused: not made
         assert "src-old" not in loss_acks.load(tmp_path)
         write(store, "src-old", [1, 5])  # the same name again: 2-4 are new losses
@@ -544,15 +541,44 @@ def test_a_source_forgotten_as_the_file_is_rewritten_without_another_is_left_out
         staged = store.stage_loss_ack({"app-1": 3}, by="bob", reason="known too",
                                       record=events(1)[0]["id"])
         assert staged is not None
-        _forget(store, "src-a")
+        forget_source(store, "src-a")
         real_save = loss_acks.save
 
         def forgotten_meanwhile(data_dir: Path, acks: Any) -> None:
             real_save(data_dir, acks)
             if "src-b" in store._writer.sources:  # retention's next pass, on its thread
-                _forget(store, "src-b")
+                forget_source(store, "src-b")
 
         monkeypatch.setattr(loss_acks, "save", forgotten_meanwhile)
         staged.drop()
         monkeypatch.undo()
+        assert set(loss_acks.load(tmp_path)) == set()
+
+
+def test_sources_forgotten_during_each_rewrite_by_the_holder_are_all_left_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder of the lock rewrote the file once more for a source forgotten during
+    its first rewrite, but not again for one forgotten during that second: retention's
+    own rewrite had found the lock taken, and the file named the third source until the
+    next acknowledgement or start (which handed it to a new source of that name)."""
+    with open_store(tmp_path) as store:
+        for name in ("src-a", "src-b", "src-c", "app-1"):
+            write(store, name, [1, 3])
+        store.acknowledge_losses({"src-a": 3, "src-b": 3, "src-c": 3}, by="alice",
+                                 reason="known")
+        staged = store.stage_loss_ack({"app-1": 3}, by="bob", reason="known too",
+                                      record=events(1)[0]["id"])
+        assert staged is not None
+        forget_source(store, "src-a")
+        real_save, later = loss_acks.save, ["src-b", "src-c"]
+
+        def forgotten_meanwhile(data_dir: Path, acks: Any) -> None:
+            real_save(data_dir, acks)
+            if later:  # retention's next pass, on its thread, as each rewrite ends
+                forget_source(store, later.pop(0))
+
+        monkeypatch.setattr(loss_acks, "save", forgotten_meanwhile)
+        staged.drop()
+        monkeypatch.undo()
+        assert later == []
         assert set(loss_acks.load(tmp_path)) == set()
