@@ -236,7 +236,12 @@ async def acknowledge_losses(request: Request) -> Response:
     except asyncio.CancelledError:
         write.add_done_callback(functools.partial(_settle, staged))
         raise
-    except BaseException:  # not recorded: not made
+    except Exception:  # not recorded: not made
+        # Off the loop, as keep: dropping may rewrite loss-acks.json (fsynced) for
+        # sources retention forgot meanwhile (``Store._release_acks``).
+        await asyncio.to_thread(staged.drop)
+        raise
+    except BaseException:
         staged.drop()
         raise
     await asyncio.to_thread(staged.keep)

@@ -13,7 +13,7 @@ from collector.own_records import AUDIT_LOSS_ACKNOWLEDGED, SOURCE
 from collector.query import Filters, iter_records
 from collector.storage.records import encode_events
 from tests.api.conftest import PEER, Env
-from tests.collector.storage_helpers import events, loss_acks_rename_fails
+from tests.collector.storage_helpers import events, forget_source, loss_acks_rename_fails
 
 PATH = "/api/v1/sources/acknowledge-losses"
 
@@ -221,6 +221,42 @@ def test_an_acknowledgement_that_cannot_be_recorded_is_not_made(
     monkeypatch.undo()  # and the next one is not kept waiting by the one refused
     assert post(lossy, {"source": "app-1", "reason": "known"}).status_code == 200
     assert unacknowledged(lossy) == (1, 0)
+
+
+def test_an_acknowledgement_not_recorded_rewrites_the_file_off_the_event_loop(
+        lossy: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropped, an acknowledgement rewrites loss-acks.json (fsynced) when retention
+    forgot a source meanwhile, as the holder of the lock: dropped on the event loop,
+    which ingest shares, the loop waited for the disk."""
+    import asyncio
+
+    from collector.api.reads import ReadNotRecordedError
+    from collector.storage import loss_acks
+
+    store = lossy.store
+    store.acknowledge_losses({"app-2": 1}, by="alice", reason="known")
+    api = lossy.client.app.state.api  # type: ignore[attr-defined]
+
+    async def refused(*args: Any, **kwargs: Any) -> str:
+        forget_source(store, "app-2")  # retention, meanwhile: left to the lock's holder
+        raise ReadNotRecordedError("the store refused it (injected)")
+
+    real_save, on_the_loop = loss_acks.save, []
+
+    def save(data_dir: Any, acks: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+            on_the_loop.append(True)
+        except RuntimeError:  # no loop runs on this thread
+            on_the_loop.append(False)
+        real_save(data_dir, acks)
+
+    monkeypatch.setattr(api, "write_record", refused)
+    monkeypatch.setattr(loss_acks, "save", save)
+    done = post(lossy, {"source": "app-1", "reason": "known"})
+    assert done.status_code == 503, done.text
+    assert on_the_loop == [False]
+    assert "app-2" not in loss_acks.load(store.settings.data_dir)
 
 
 def test_an_acknowledgement_recorded_is_made_even_when_its_file_cannot_take_its_place(
