@@ -80,17 +80,21 @@ def bind(port: int) -> socket.socket:
 def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
     """``audit-collector serve --data-dir audit-data`` as a child process, ready to ingest
     when this returns (its ready line, which lists its addresses, is appended to
-    ``ready_line``). Its own output goes to ``audit-data/collector.log``."""
+    ``ready_line``). Its own output goes to ``audit-data/collector.log``; when it does
+    not start, the error says why in its last words (a data directory in use, say)."""
     DATA_DIR.mkdir(mode=0o750, exist_ok=True)
     log = open(DATA_DIR / "collector.log", "a", encoding="utf-8")  # noqa: SIM115
     ready = threading.Event()
     proc: subprocess.Popen[str] | None = None
+    last_words: list[str] = []
 
     def pump() -> None:  # keep reading, so the collector never blocks on a full pipe
         assert proc is not None and proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
             log.flush()
+            if line.strip():
+                last_words[:] = [line.strip()]
             if line.startswith(COLLECTOR_READY):
                 ready_line.append(line)
                 ready.set()
@@ -106,8 +110,13 @@ def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
                 [sys.executable, "-m", "collector", "serve", "--data-dir", str(DATA_DIR)],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         threading.Thread(target=pump, name="collector-log", daemon=True).start()
-        if not ready.wait(STARTUP_TIMEOUT) or proc.poll() is not None:
-            raise RunError(f"the collector did not start: see {DATA_DIR / 'collector.log'}")
+        # Its output ending without the ready line means it stopped, though it may not
+        # be reaped yet (poll() still None); its last line says why.
+        if not ready.wait(STARTUP_TIMEOUT) or not ready_line or proc.poll() is not None:
+            ended = ready.is_set() and not ready_line and last_words
+            why = f"{last_words[0]} " if ended else ""
+            raise RunError(f"the collector did not start: {why}"
+                           f"(its log: {DATA_DIR / 'collector.log'})")
     except BaseException:  # not started, or Ctrl-C / SIGTERM meanwhile: never left running
         if proc is not None:
             stop_collector(proc)

@@ -152,3 +152,19 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "choose another port" in result.stderr
     assert not (tmp_path / "audit-data").exists()
+
+
+def test_a_data_directory_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    """A second ``make run`` beside a running one (another PORT, as the busy-port error
+    suggests): the collector cannot take ``audit-data``, and the command says why, in
+    the collector's words, instead of a traceback or only "see collector.log"."""
+    (tmp_path / "audit-data").mkdir()
+    held = lock_data_dir(tmp_path / "audit-data")
+    try:
+        result = run(tmp_path, free_port(), "--once")
+    finally:
+        held.close()
+    assert result.returncode == 2, result.stderr
+    assert "the collector did not start" in result.stderr
+    assert "in use by another process" in result.stderr
+    assert "Traceback" not in result.stderr
