@@ -7,7 +7,11 @@ and sync (threadpool) path operations are shown. A request the authentication
 dependency refuses (401) never reaches a handler: the middleware's ``denied_event``
 records it as ``request_denied`` (target the path, status ``HTTP 401 on POST``).
 
-    uvicorn --factory --no-proxy-headers examples.fastapi_app:create_app
+    AUDIT_COLLECTOR_URL=unix://$PWD/audit-data/collector.sock \
+        uvicorn --factory --no-proxy-headers examples.fastapi_app:create_app
+
+(``AUDIT_COLLECTOR_URL``: the collector ``make run`` starts, or ``audit-collector
+serve``'s; or ``AUDIT_EVENTS_FILE=events.jsonl``: see ``examples/audit_sink.py``.)
 
 (``--no-proxy-headers``: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1
 itself, before the audit middleware sees the real peer; docs/record.md.)
@@ -37,6 +41,7 @@ from audit_middleware.catalogue import (
     CREDENTIALS_DELETED,
     CREDENTIALS_UPDATED,
 )
+from examples.audit_sink import configure_sink_from_environment
 
 #: Demo bearer tokens -> user ids.
 TOKENS = {"demo-carol-token": "usr_carol", "demo-dave-token": "usr_dave"}
@@ -103,6 +108,7 @@ def injected_user(call: AuditCall) -> str:
 
 
 def create_app(*, trusted_proxies: Iterable[str] = ()) -> FastAPI:
+    configure_sink_from_environment()
     app = FastAPI(title="audit-middleware FastAPI example")
     app.state.credentials = CredentialsStore()
     register_resource("request", {"denied": REQUEST_DENIED})  # the same mapping: no-op

@@ -5,7 +5,11 @@ audit layer who acted with ``set_principal``, as an app using Flask-Login or Dja
 ``request.user`` would. Sign-in has nobody to name yet, so its event takes the principal
 from the view's result instead.
 
-    flask --app examples.flask_app:create_app run
+    AUDIT_COLLECTOR_URL=unix://$PWD/audit-data/collector.sock \
+        flask --app examples.flask_app:create_app run
+
+(``AUDIT_COLLECTOR_URL``: the collector ``make run`` starts, or ``audit-collector
+serve``'s; or ``AUDIT_EVENTS_FILE=events.jsonl``: see ``examples/audit_sink.py``.)
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from audit_middleware import WSGIAuditMiddleware, audited, from_result, path_param, set_principal
 from audit_middleware.catalogue import PIPELINE_CREATED, PIPELINE_DELETED, USER_SIGN_IN
+from examples.audit_sink import configure_sink_from_environment
 
 #: Demo users: email -> (user id, password, bearer token).
 USERS = {"erin@example.org": ("usr_erin", "erin-password", "demo-erin-token")}
@@ -27,6 +32,7 @@ Reply = Response | tuple[Response, int]
 
 
 def create_app(*, trusted_proxies: Iterable[str] = ()) -> Flask:
+    configure_sink_from_environment()
     app = Flask(__name__)
     app.wsgi_app = WSGIAuditMiddleware(  # type: ignore[method-assign]
         app.wsgi_app,

@@ -10,6 +10,7 @@ import os
 
 from audit_middleware import WSGIAuditMiddleware, path_param
 from audit_middleware._types import WSGIApp
+from examples.audit_sink import configure_sink_from_environment
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
 
@@ -27,22 +28,6 @@ def audited_wsgi(app: WSGIApp, *, trusted_proxies: list[str] | None = None
                          else trusted_proxies),
         workspace=path_param("workspace_id", lookup=WORKSPACES.get),
     )
-
-
-def configure_sink_from_environment() -> None:
-    """Where events go when the example runs for real: the collector at
-    ``AUDIT_COLLECTOR_URL`` (e.g. unix:///var/lib/audit/collector.sock), or the JSON-lines
-    file ``AUDIT_EVENTS_FILE``. Neither set: the app's own configure() call decides (tests
-    use capture_audit_events())."""
-    import audit_middleware as audit
-
-    if os.environ.get("AUDIT_COLLECTOR_URL"):
-        from audit_middleware.shipper import CollectorSink
-
-        audit.configure(sink=CollectorSink(os.environ["AUDIT_COLLECTOR_URL"],
-                                           spool_dir=os.environ.get("AUDIT_SPOOL_DIR", "./audit-spool")))
-    elif os.environ.get("AUDIT_EVENTS_FILE"):
-        audit.configure(sink=audit.JsonlFileSink(os.environ["AUDIT_EVENTS_FILE"]))
 
 
 def _application() -> WSGIAuditMiddleware:

@@ -3,13 +3,16 @@ IP, a captured audit trail, and an organization + workspace to work in."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
+from audit_middleware import configure
 from audit_middleware.event import AuditEvent
 from audit_middleware.testing import capture_audit_events, reset_configuration
 from examples.platform import create_app
@@ -66,6 +69,24 @@ class Place:
 def audit() -> Iterator[Audit]:
     with capture_audit_events() as captured:
         yield Audit(captured)
+    reset_configuration()
+
+
+@pytest.fixture
+def events_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                ) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """An example run as its docstring says, with no sink configured but
+    ``AUDIT_EVENTS_FILE`` set; the fixture's value reads what was written (closing the
+    sink first, so that everything emitted is in the file)."""
+    path = tmp_path / "events.jsonl"
+    monkeypatch.setenv("AUDIT_EVENTS_FILE", str(path))
+    reset_configuration()
+
+    def written() -> list[dict[str, Any]]:
+        configure(sink=None)  # flushes and closes the file sink
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    yield written
     reset_configuration()
 
 

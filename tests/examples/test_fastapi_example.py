@@ -90,3 +90,15 @@ def test_the_secret_in_the_body_is_in_no_record(api: TestClient, audit) -> None:
     api.put(f"{BASE}/{ident}", json={"name": "b", "secret": "MARKER-2"}, headers=CAROL)
     assert len(audit.events) == 2
     assert not [line for line in audit.lines() if b"MARKER" in line or b"demo-carol" in line]
+
+
+def test_run_as_documented_the_app_writes_to_the_sink_named_by_the_environment(
+    events_file
+) -> None:
+    """``AUDIT_EVENTS_FILE=... uvicorn --factory examples.fastapi_app:create_app``: without
+    a sink from the environment, every audited path operation answered 500."""
+    with TestClient(create_app(), raise_server_exceptions=False) as api:
+        response = api.post(BASE, json={"name": "aws", "secret": "s"}, headers=CAROL)
+    assert response.status_code == 201
+    assert [(r["type"], r["target"]) for r in events_file()] == [
+        ("credentials_created", response.json()["id"])]

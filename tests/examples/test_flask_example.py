@@ -75,3 +75,16 @@ def test_a_failed_sign_in_records_nothing(client: FlaskClient, audit) -> None:
     assert client.post("/sign-in", json={"email": "erin@example.org",
                                          "password": "nope"}).status_code == 401
     assert audit.events == []
+
+
+def test_run_as_documented_the_app_writes_to_the_sink_named_by_the_environment(
+    events_file
+) -> None:
+    """``AUDIT_EVENTS_FILE=... flask --app examples.flask_app:create_app run``: without a
+    sink from the environment, every audited view answered 500 (no sink configured)."""
+    client = create_app().test_client()
+    response = client.post("/sign-in", json={"email": "erin@example.org",
+                                              "password": "erin-password"})
+    assert response.status_code == 200
+    assert [(r["type"], r["principal"]) for r in events_file()] == [
+        ("user_sign_in", "usr_erin")]
