@@ -203,6 +203,10 @@ class Reader:
         """The seq of the newest record stored now (0: none)."""
         return int(self.con.execute("SELECT max(last_seq) FROM chunks").fetchone()[0] or 0)
 
+    def stored_types(self) -> frozenset[str]:
+        """Every event type the store holds (globs are matched against these)."""
+        return frozenset(t for (t,) in self.con.execute("SELECT type FROM types"))
+
     def follow_cursor(self, filters: Filters) -> str:
         """A cursor for ``search(..., newest_first=False)`` that starts after the newest
         record stored now: what ``tail -f`` polls with."""
@@ -447,6 +451,11 @@ def iter_records(index_path_or_store: Store | Path | str, filters: Filters | Non
 def find(index_path_or_store: Store | Path | str, event_id: str) -> dict[str, Any] | None:
     """The stored record of ``event_id``, or None."""
     return _reader(index_path_or_store).find(check_text(event_id, "event id"))
+
+
+def stored_types(index_path_or_store: Store | Path | str) -> frozenset[str]:
+    """Every event type the store holds."""
+    return _reader(index_path_or_store).stored_types()
 
 
 def follow_cursor(index_path_or_store: Store | Path | str, filters: Filters) -> str:

@@ -8,6 +8,8 @@ collector stopped.
 from __future__ import annotations
 
 import argparse
+import difflib
+import fnmatch
 import sqlite3
 import sys
 import time
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
+
+from audit_middleware.catalogue import NAME_PATTERN, SEED_CATALOGUE
 
 from . import config as collector_config
 from . import formats, render
@@ -129,13 +133,17 @@ def run_query(args: argparse.Namespace) -> int:
             raise q.QueryError("--all prints every matching record and --limit one page of "
                                "them: give one or the other")
         batch: list[dict[str, Any]] = []
+        matched = False
         for record in q.iter_records(data_dir, filters, newest_first=not args.oldest_first,
                                      cursor=args.cursor):
             batch.append(record)
+            matched = True
             if len(batch) >= 500:
                 write(batch, True)
                 batch = []
         write(batch, True)
+        if not matched:
+            _note_unmatched_types(data_dir, args.types)
         return 0
     limit = 100 if args.limit is None else args.limit
     if limit < 1:
@@ -145,7 +153,27 @@ def run_query(args: argparse.Namespace) -> int:
     write(page.records, True)
     if page.next_cursor:
         print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+    if not page.records:
+        _note_unmatched_types(data_dir, args.types)
     return 0
+
+
+_SEED_TYPES = frozenset(t for actions in SEED_CATALOGUE.values() for t in actions.values())
+
+
+def _note_unmatched_types(data_dir: Path, types: list[str]) -> None:
+    """After an empty answer, name each ``--type`` that no stored event has, with the
+    closest stored or seed types: a typo is no error (an app's own type may simply not
+    have happened yet), but an empty answer alone reads as "nothing was done"."""
+    stored = q.stored_types(data_dir)
+    for pattern in types:
+        if not NAME_PATTERN.fullmatch(pattern):
+            if not fnmatch.filter(stored, pattern):
+                print(f"note: no stored event type matches {pattern!r}", file=sys.stderr)
+        elif pattern not in stored and pattern not in _SEED_TYPES:
+            close = difflib.get_close_matches(pattern, sorted(stored | _SEED_TYPES), n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            print(f"note: no stored event has type {pattern!r}{hint}", file=sys.stderr)
 
 
 # -- tail --------------------------------------------------------------------------------

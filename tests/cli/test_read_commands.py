@@ -148,6 +148,32 @@ def test_bad_filters_get_a_clear_error(data_dir: Path, flags: list[str], message
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(("flags", "note"), [
+    (["--type", "run_launchd"], ("no stored event has type 'run_launchd' (did you mean "
+                                 "'run_launched'")),
+    (["--type", "rn_*"], "no stored event type matches 'rn_*'"),
+])
+def test_a_type_matching_nothing_stored_is_named_beside_the_empty_answer(
+    data_dir: Path, flags: list[str], note: str
+) -> None:
+    """A typo'd type is not an error (an app may register its own types, not seen yet),
+    but an empty answer alone reads as "nothing happened"."""
+    for extra in ([], ["--all"]):
+        done = cli("query", "--data-dir", str(data_dir), "--format", "jsonl", *flags, *extra)
+        assert done.stdout == ""
+        assert note in done.stderr
+
+
+@pytest.mark.parametrize("flags", [
+    ["--type", "run_launched"],            # stored
+    ["--type", "bucket_hidden"],           # in the catalogue, just not stored yet
+    ["--type", "run_*", "--org", "o2"],    # the type is fine: the other filter excludes
+])
+def test_a_known_type_gets_no_note(data_dir: Path, flags: list[str]) -> None:
+    done = cli("query", "--data-dir", str(data_dir), "--format", "jsonl", *flags)
+    assert "note:" not in done.stderr
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     done = cli("query", "--data-dir", str(tmp_path / "nowhere"), check=False)
     assert done.returncode == 2 and "no audit data" in done.stderr
