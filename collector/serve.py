@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import resource
+import shlex
 import signal
 import sqlite3
 import sys
@@ -307,8 +308,12 @@ async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
         for everywhere in ("//0.0.0.0:", "//[::]:"):  # no URL anyone can open
             if everywhere in url:
                 url, where = url.replace(everywhere, "//<this host>:"), ", on every address"
+        # With this data directory, absolute: the hint is pasted from the log, often
+        # from another directory (and users add defaults to ./audit-data).
+        data_dir = shlex.quote(os.path.abspath(config.data_dir))
         print(f"audit-collector: admin panel at {url}/admin/audit-logs{where} (readers: "
-              f"audit-collector users add NAME --root)", file=out, flush=True)
+              f"audit-collector users add NAME --root --data-dir {data_dir})",
+              file=out, flush=True)
     return api
 
 

@@ -40,6 +40,15 @@ def test_the_default_api_address_is_loopback() -> None:
     assert config.api_address == ("127.0.0.1", 8080)
 
 
+def test_the_panel_line_says_how_to_add_a_reader_to_this_data_directory(root: Path) -> None:
+    """The hint is pasted as printed: without ``--data-dir``, ``users add`` wrote to
+    ``./audit-data`` (or refused, "no such data directory"), not the collector's."""
+    with serving(root / "data") as (collector, _url):
+        output = "".join(collector.output)
+        assert collector.stop() == 0
+    assert f"audit-collector users add NAME --root --data-dir {root / 'data'})" in output
+
+
 def test_serve_answers_api_queries_next_to_ingest(root: Path) -> None:
     data = root / "data"
     token = add_reader(data, "ops", root=True)
