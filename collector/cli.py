@@ -75,7 +75,7 @@ def _read(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
 COMMANDS: list[Command] = [
     Command("serve", "run the collector: ingest events from apps into the store",
             serve_arguments, serve),
-    Command("query", "search stored events (filters, pages, table/jsonl/csv)",
+    Command("query", "search stored events (filters, pages, table/jsonl/csv/ocsf/ecs)",
             read.query_arguments, _read(read.run_query)),
     Command("tail", "print the newest events; -f keeps printing new ones",
             read.tail_arguments, _read(read.run_tail)),

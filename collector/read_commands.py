@@ -120,7 +120,8 @@ def query_arguments(parser: argparse.ArgumentParser) -> None:
                        help="newest first (the default) or oldest first")
     parser.add_argument("--all", action="store_true", help="every matching record, streamed")
     parser.add_argument("--format", choices=FORMATS, default="table",
-                        help="table (the default: the seed's columns), jsonl or csv")
+                        help="table (the default: the seed's columns), jsonl, csv, or "
+                        "ocsf or ecs for a SIEM (docs/formats.md)")
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -182,8 +183,8 @@ def tail_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--lines", type=int, default=10, help="last N records (default 10)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
     parser.add_argument("--format", choices=FORMATS, default="jsonl",
-                        help="jsonl (the default: one record a line, for pipes), table or "
-                        "csv")
+                        help="jsonl (the default: one record a line, for pipes), table, "
+                        "csv, ocsf or ecs")
 
 
 def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: False) -> int:

@@ -174,6 +174,14 @@ def test_a_known_type_gets_no_note(data_dir: Path, flags: list[str]) -> None:
     assert "note:" not in done.stderr
 
 
+@pytest.mark.parametrize("command", ["query", "tail"])
+def test_help_names_every_output_format(command: str) -> None:
+    """The --format help said "jsonl or csv": ocsf and ecs were only in the usage line."""
+    text = " ".join(cli(command, "--help").stdout.split())
+    described = text.split("--format {table,jsonl,csv,ocsf,ecs}")[-1].split("--")[0]
+    assert "ocsf" in described and "ecs" in described
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     done = cli("query", "--data-dir", str(tmp_path / "nowhere"), check=False)
     assert done.returncode == 2 and "no audit data" in done.stderr
