@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from collector.cli import main as cli_main
 from collector.readers import READERS_FILE, ReaderError, Readers
 from tests.e2e.harness import ROOT, run_python
 
@@ -108,6 +109,24 @@ def test_the_users_command_adds_lists_and_removes(tmp_path: Path) -> None:
     assert Readers(tmp_path).authenticate(token) is None
     missing = users(tmp_path, "remove", "alice")
     assert missing.returncode == 2 and "no reader named 'alice'" in missing.stderr
+
+
+@pytest.mark.parametrize("action", [["add", "ops", "--root"], ["remove", "alice"]])
+def test_an_edit_by_another_user_than_the_data_directorys_owner_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    action: list[str]
+) -> None:
+    """root's ``users add`` in the data directory of a collector running as ``audit``
+    left readers.json root's alone (0600): the collector could not read it, and every
+    sign-in and API read answered 503 until someone found out why."""
+    Readers(tmp_path).add("alice", root=True)
+    before = (tmp_path / READERS_FILE).read_bytes()
+    owner = tmp_path.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)  # someone else (root, say)
+    assert cli_main(["users", *action, "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "the collector could not read it" in err and "sudo -u" in err
+    assert (tmp_path / READERS_FILE).read_bytes() == before
 
 
 def test_an_edit_killed_mid_write_leaves_no_file_behind_after_the_next(tmp_path: Path) -> None:
