@@ -9,13 +9,10 @@ the admin panel (see ``collector.readers``).
 from __future__ import annotations
 
 import argparse
-import os
-import pwd
-import shlex
 import sys
-from pathlib import Path
 
 from . import config as collector_config
+from .ownership import foreign_owner
 from .readers import ReaderError, Readers
 
 
@@ -32,31 +29,12 @@ def users_arguments(parser: argparse.ArgumentParser) -> None:
         collector_config.add_arguments(action, ["data_dir"])
 
 
-def _someone_elses(data_dir: Path, action: str) -> str | None:
-    """Why this process may not edit the readers of ``data_dir``: it belongs to another
-    user (the collector's), and readers.json is written 0600, for its writer alone. The
-    collector could then not read it, and would answer every sign-in and read with 503."""
-    try:
-        owner = data_dir.stat().st_uid
-    except OSError:  # none yet (users add before the first serve): ours to make
-        return None
-    if owner == os.geteuid():
-        return None
-    try:
-        name = pwd.getpwuid(owner).pw_name
-    except KeyError:
-        name = f"#{owner}"
-    return (f"{data_dir} belongs to {name}, the collector's user: a readers.json written "
-            f"by this user would be this user's alone (mode 0600), and the collector could "
-            f"not read it (every sign-in and API read refused with 503). Run it as "
-            f"{name}: sudo -u {name} audit-collector users {action} ... --data-dir "
-            f"{shlex.quote(str(data_dir))}")
-
-
 def run_users(args: argparse.Namespace) -> int:
     data_dir = collector_config.load(args, for_serve=False).data_dir
     readers = Readers(data_dir)
-    refused = _someone_elses(data_dir, args.action) if args.action != "list" else None
+    refused = None if args.action == "list" else foreign_owner(
+        data_dir, command=f"users {args.action}", writes="a readers.json",
+        then="every sign-in and API read refused with 503")
     if refused is not None:
         print(f"audit-collector users {args.action}: {refused}", file=sys.stderr)
         return 2

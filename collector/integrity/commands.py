@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from collector import config as collector_config
+from collector.ownership import foreign_owner
 from collector.storage.errors import StorageError
 
 from .errors import IntegrityError
@@ -222,6 +223,11 @@ def run_keys(args: argparse.Namespace) -> int:
     config = collector_config.load(args, for_serve=False)
     try:
         if args.keys_command == "rotate":
+            refused = foreign_owner(config.data_dir, command="keys rotate",
+                                    writes="a new signing key",
+                                    then="it would not start again")
+            if refused is not None:
+                raise IntegrityError(refused)
             return _rotate(config.data_dir, config.signing_key, config.digest_interval)
         return _show(config.data_dir, config.signing_key, args)
     except StorageError as exc:  # IntegrityError, or the data directory is in use

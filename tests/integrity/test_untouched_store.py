@@ -222,6 +222,24 @@ def test_a_key_rotation_keeps_old_digests_verifiable_from_an_older_export(
     assert result.returncode == 0, result.stdout
 
 
+def test_a_rotation_by_another_user_than_the_data_directorys_owner_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """root's ``keys rotate`` in the data directory of a collector running as ``audit``
+    left the new signing key root's alone (0600): the collector's next start failed."""
+    from collector.cli import main as cli_main
+
+    data_dir = build_store(tmp_path / "data", batches=1)
+    key = data_dir / "keys" / "signing-key.pem"
+    before = key.read_bytes()
+    owner = data_dir.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)  # someone else (root, say)
+    assert cli_main(["keys", "rotate", "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "the collector could not read it" in err and "sudo -u" in err
+    assert key.read_bytes() == before
+
+
 def test_an_export_after_a_rotation_that_kept_no_list_asks_for_the_old_key(
         tmp_path: Path) -> None:
     """Stores rotated before keys rotate kept its retired keys beside the signing key:
