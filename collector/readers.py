@@ -159,6 +159,10 @@ def _load(path: Path) -> list[Reader]:
             raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT}")
         return [Reader(r["name"], _role(r), r["key_id"], r["token_sha256"], r["created"])
                 for r in data["readers"]]
+    except PermissionError as exc:  # not damaged: written by another user (root, say)
+        raise ReaderError(f"{path} cannot be read ({exc.strerror}): it belongs to another "
+                          f"user; chown it to the collector's user, and run `users add` "
+                          f"and `remove` as that user") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ReaderError(f"{path} cannot be read ({exc}): restore it from a backup, or "
                           f"delete it and add the readers again") from None

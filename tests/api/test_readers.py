@@ -76,6 +76,24 @@ def test_a_damaged_file_is_a_clear_error_not_an_open_door(tmp_path: Path) -> Non
         readers.authenticate(token)
 
 
+def test_a_file_the_collector_may_not_read_is_said_as_such_not_as_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A readers.json another user owns (0600) was reported as damaged: "restore it from
+    a backup, or delete it and add the readers again", which loses every reader."""
+    readers = Readers(tmp_path)
+    token = readers.add("alice", root=True)
+
+    def refused(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refused)  # as root, chmod 000 would not do
+    with pytest.raises(ReaderError) as raised:
+        readers.authenticate(token)
+    assert "Permission denied" in str(raised.value)
+    assert "chown" in str(raised.value) and "delete it" not in str(raised.value)
+
+
 def test_no_file_means_no_readers(tmp_path: Path) -> None:
     readers = Readers(tmp_path)
     assert readers.all() == [] and readers.authenticate("ac_" + "0" * 16 + "_" + "A" * 43) is None
