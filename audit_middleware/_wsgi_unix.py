@@ -3,15 +3,23 @@
 On a unix socket the connecting process has no address, but a WSGI server must put
 something in ``REMOTE_ADDR``, and what it puts there can be chosen by whoever connects:
 
-- gunicorn (sync, gthread) and Werkzeug: the path the connecting process bound its own
-  socket to (any text, ``10.0.0.1`` too), empty when it bound none, or ``<local>``
-  (Werkzeug). They hand the app the connection (``gunicorn.socket``/``werkzeug.socket``).
+- gunicorn (sync, gthread, gevent) and Werkzeug: the path the connecting process bound
+  its own socket to (any text, ``10.0.0.1`` too), empty when it bound none, or
+  ``<local>`` (Werkzeug). They hand the app the connection (``gunicorn.socket``, gevent's
+  own socket object for the gevent worker; ``werkzeug.socket``).
 - uWSGI's HTTP parser (``http-socket = /path``): four bytes of the connecting socket's
   name read as an IPv4 address (bytes 2-5 of ``sun_path``; ``0.0.0.0`` when it bound
   none). A local process that binds the abstract name ``"\\0A\\x0a\\0\\0\\x01"`` is
   ``10.0.0.1``. Over the uwsgi protocol (``socket = /path``, nginx's ``uwsgi_pass``)
   ``REMOTE_ADDR`` is instead the proxy's own statement of the client, which is kept.
 - waitress (``--unix-socket``): ``localhost``, with ``REMOTE_PORT`` ``"None"``.
+- granian (``--interface wsgi --uds``): the path the connecting process bound its own
+  socket to, as gunicorn, empty when it bound none or an abstract name. It hands over no
+  connection; ``SERVER_PORT`` is ``"0"``, which no TCP listener reports (granian names
+  the port it listens on, the one the kernel chose for ``--port 0`` too).
+
+cheroot, gevent's ``pywsgi`` and gunicorn's ``gevent_pywsgi`` worker put no address there
+(``REMOTE_ADDR`` empty or absent) and need nothing here.
 
 Such a request has no address: it is a unix socket peer, trusted only as ``"unix"``
 (``client_ip.UNIX``). Every check here is cheap and never raises: the objects belong to
@@ -49,6 +57,11 @@ def on_unix_socket(environ: Mapping[str, Any]) -> bool:
                 return False
     if "uwsgi.version" in environ:
         return _uwsgi_http_on_unix_socket(environ)
+    # granian names the socket it listens on, never the client: a unix socket's port is
+    # "0". Keyed on the server, not on REMOTE_ADDR: granian's wrap_wsgi_with_proxy_headers
+    # rewrites that from a peer bound to the path "127.0.0.1", and is not believed either.
+    if environ.get("SERVER_SOFTWARE") == "Granian":
+        return environ.get("SERVER_PORT") == "0"
     # waitress's unix server answers every peer's address with ("localhost", None); on
     # TCP REMOTE_ADDR is the peer's IP, and waitress's own proxy handling (trusted_proxy)
     # replaces "localhost" with the forwarded client, which is then kept.

@@ -1,8 +1,10 @@
-"""The client IP behind real WSGI servers listening on a unix socket: waitress and uWSGI.
+"""The client IP behind real WSGI servers listening on a unix socket: waitress, uWSGI,
+granian, cheroot and gunicorn's workers.
 
 Each server puts something in ``REMOTE_ADDR`` for a peer that has no address, and for
 uWSGI's HTTP parser a local process chooses it (docs/record.md, "How the client IP is
-decided", 5). The servers run for real: waitress in a thread, uWSGI as its own process.
+decided", 5). The servers run for real: waitress and cheroot in a thread, the others as their own
+processes.
 """
 
 from __future__ import annotations
@@ -75,7 +77,38 @@ def test_waitress_on_a_unix_socket_its_localhost_is_no_address(
     assert [(e.client_ip, e.peer_ip) for e in events] == [recorded]
 
 
-UWSGI_APP = """
+@contextmanager
+def cheroot_on(path: Path, trusted: list[str]) -> Iterator[None]:
+    from cheroot.wsgi import Server
+
+    server = Server(str(path), wsgi_app(trusted, "x-forwarded-for"))
+    server.prepare()  # listening before the block begins
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.stop()
+        thread.join(10)
+
+
+def test_cheroot_on_a_unix_socket_names_no_peer(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """cheroot (CherryPy's server) puts an empty ``REMOTE_ADDR`` for every unix socket
+    peer, one bound to the path ``10.0.0.1`` too: a unix socket peer, trusted as
+    ``"unix"``."""
+    path = tmp_path / "cheroot.sock"
+    monkeypatch.chdir(tmp_path)  # the forger binds its path relative to its directory
+    with cheroot_on(path, ["unix"]), capture_audit_events() as events:
+        for bind in (PROXY, None):
+            assert exchange(socket.AF_UNIX, str(path), REQUEST, bind=bind).startswith(
+                b"HTTP/1.1 200")  # cheroot answers in its own version
+    assert [(e.client_ip, e.peer_ip) for e in events] == [(CLIENT, "unix")] * 2
+
+
+#: The app a server runs as its own process: each request answers what its event
+#: recorded, ``[client_ip, peer_ip]``.
+SERVED_APP = """
 import contextvars, json, sys
 from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, {root!r})
@@ -101,23 +134,17 @@ application = WSGIAuditMiddleware(app, trusted_proxies={trusted!r})
 
 
 @contextmanager
-def uwsgi_serving(tmp: Path, trusted: list[str], *listen: str,
-                  env: dict[str, str] | None = None) -> Iterator[None]:
-    """uWSGI (one worker) running the module above with ``listen`` options, and ``env``
-    added to its environment."""
-    uwsgi = shutil.which("uwsgi", path=str(Path(sys.executable).parent))
-    assert uwsgi, "uWSGI is a test dependency (pip install -e '.[test]')"
-    module = tmp / "uwsgi_app.py"
-    module.write_text(UWSGI_APP.format(root=str(Path(__file__).parents[2]), trusted=trusted))
-    log = tmp / "uwsgi.log"
+def running(tmp: Path, command: list[str], started: bytes,
+            env: dict[str, str] | None = None) -> Iterator[None]:
+    """``command`` running in ``tmp`` (``env`` added to its environment) for the block,
+    from when its log shows ``started`` (30 s at most)."""
+    log = tmp / "server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([uwsgi, *listen, "--wsgi-file", str(module), "--master",
-                                 "--processes", "1", "--need-app", "--die-on-term"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
                                 env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + 30
-        while b"spawned uWSGI worker 1" not in log.read_bytes():
+        while started not in log.read_bytes():
             assert proc.poll() is None, log.read_text(errors="replace")
             assert time.monotonic() < deadline, log.read_text(errors="replace")
             time.sleep(0.05)
@@ -129,6 +156,31 @@ def uwsgi_serving(tmp: Path, trusted: list[str], *listen: str,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def served_app(tmp: Path, trusted: list[str]) -> Path:
+    """The module of ``SERVED_APP`` trusting ``trusted``, written in ``tmp``."""
+    module = tmp / "served_app.py"
+    module.write_text(SERVED_APP.format(root=str(Path(__file__).parents[2]), trusted=trusted))
+    return module
+
+
+def venv_script(name: str) -> str:
+    """The path of the test dependency ``name``'s script, installed beside Python."""
+    script = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert script, f"{name} is a test dependency (pip install -e '.[test]')"
+    return script
+
+
+@contextmanager
+def uwsgi_serving(tmp: Path, trusted: list[str], *listen: str,
+                  env: dict[str, str] | None = None) -> Iterator[None]:
+    """uWSGI (one worker) running ``SERVED_APP`` with ``listen`` options, and ``env``
+    added to its environment."""
+    command = [venv_script("uwsgi"), *listen, "--wsgi-file", str(served_app(tmp, trusted)),
+               "--master", "--processes", "1", "--need-app", "--die-on-term"]
+    with running(tmp, command, b"spawned uWSGI worker 1", env):
+        yield
 
 
 def recorded(answer: bytes) -> tuple[str, str]:
@@ -214,3 +266,62 @@ def test_uwsgi_a_path_is_its_bytes_whatever_the_locale(
         answer = exchange(socket.AF_UNIX, str(http_sock), REQUEST,
                           bind=b"ab" + socket.inet_aton(proxy))
     assert recorded(answer) == ("", "")
+
+
+@contextmanager
+def granian_serving(tmp: Path, trusted: list[str], *listen: str) -> Iterator[None]:
+    """granian (WSGI, one worker, one thread) running ``SERVED_APP`` with ``listen``."""
+    served_app(tmp, trusted)
+    command = [venv_script("granian"), "--interface", "wsgi", *listen, "--workers", "1",
+               "--blocking-threads", "1", "--runtime-threads", "1", "--working-dir",
+               str(tmp), "served_app:application"]
+    with running(tmp, command, b"Started worker-1"):
+        yield
+
+
+@pytest.mark.parametrize(("trusted", "forger", "proxy"), [
+    ([PROXY], ("", ""), ("", "")),
+    (["unix"], (CLIENT, "unix"), (CLIENT, "unix")),
+], ids=["a proxy's IP trusted", "unix trusted"])
+def test_granian_on_a_unix_socket_a_bound_path_is_no_address(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: list[str],
+        forger: tuple[str, str], proxy: tuple[str, str]) -> None:
+    """granian ``--uds`` puts in ``REMOTE_ADDR`` the path the connecting process bound its
+    own socket to: a local process bound to the path ``10.0.0.1`` was the trusted proxy
+    10.0.0.1, and its X-Forwarded-For named the client. A proxy that binds nothing (nginx)
+    is a unix socket peer too, trusted only as ``"unix"``."""
+    path = tmp_path / "granian.sock"
+    monkeypatch.chdir(tmp_path)  # the forger binds its path relative to its directory
+    with granian_serving(tmp_path, trusted, "--uds", str(path)):
+        assert recorded(exchange(socket.AF_UNIX, str(path), REQUEST, bind=PROXY)) == forger
+        assert recorded(exchange(socket.AF_UNIX, str(path), REQUEST)) == proxy
+
+
+def test_granian_on_tcp_the_peer_is_the_peer(tmp_path: Path) -> None:
+    """On TCP granian names the port it listens on (``SERVER_PORT``, never the ``"0"`` of
+    a unix socket), and its peer's address is kept."""
+    with socket.socket() as probe:  # a free TCP port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with granian_serving(tmp_path, ["unix"], "--host", "127.0.0.1", "--port", str(port)):
+        assert recorded(exchange(socket.AF_INET, ("127.0.0.1", port), REQUEST)) \
+            == ("127.0.0.1", "")
+
+
+@pytest.mark.parametrize("worker", ["sync", "gthread", "gevent", "gevent_pywsgi"])
+def test_gunicorn_workers_on_a_unix_socket_a_bound_path_is_no_address(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: str) -> None:
+    """gunicorn's sync, gthread and gevent workers put in ``REMOTE_ADDR`` the path the
+    connecting process bound its own socket to (``10.0.0.1`` here) and hand the app the
+    connection (``gunicorn.socket``, gevent's own socket object for the gevent worker);
+    the ``gevent_pywsgi`` worker (gevent's ``pywsgi``) puts no ``REMOTE_ADDR`` at all.
+    Either way the peer is a unix socket peer, trusted as ``"unix"``."""
+    path = tmp_path / "gunicorn.sock"
+    monkeypatch.chdir(tmp_path)  # the forger binds its path relative to its directory
+    served_app(tmp_path, ["unix"])
+    command = [venv_script("gunicorn"), "--worker-class", worker, "--workers", "1",
+               "--bind", f"unix:{path}", "--chdir", str(tmp_path), "served_app:application"]
+    with running(tmp_path, command, b"Booting worker"):
+        for bind in (PROXY, None):
+            assert recorded(exchange(socket.AF_UNIX, str(path), REQUEST, bind=bind)) \
+                == (CLIENT, "unix"), bind
