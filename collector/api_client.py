@@ -24,6 +24,7 @@ from typing import Any, Final
 import orjson
 
 from audit_middleware.shipper.endpoint import is_loopback, verifying_context
+from audit_middleware.shipper.refusals import Remedies, refused_certificate
 
 from .config import CollectorConfig
 from .options import split_host_port
@@ -37,6 +38,12 @@ TIMEOUT: Final = 60.0
 #: Bytes of an answer read at most (the API's answers to this client are a few
 #: hundred): a host that is not the collector may send one without end.
 MAX_ANSWER: Final = 1024 * 1024
+#: What to change here when the API's certificate is refused.
+_REMEDIES: Final = Remedies(
+    server="the API's",
+    trust=("set api_tls_cert (flag, environment or --config, as serve reads it) to the "
+           "collector's certificate or its CA"),
+    address="reach the API by one it holds (--api-url)")
 #: Bytes of a reader token file read at most: a token is a few dozen.
 _ANYWHERE: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -184,11 +191,8 @@ def _post(api: ApiAccess, path: str, body: dict[str, Any]) -> dict[str, Any]:
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         # A collector that answers, over TLS this side cannot use: not "is it running?"
         if isinstance(why, ssl.SSLCertVerificationError):
-            raise ApiClientError(
-                f"the certificate of the API at {api.url} is not trusted ({why}): set "
-                f"api_tls_cert (flag, environment or --config, as serve reads it) to the "
-                f"collector's certificate or its CA, and reach the API by a name or "
-                f"address the certificate holds") from None
+            raise ApiClientError(f"TLS with the API at {api.url} failed ({why}): "
+                                 f"{refused_certificate(why, _REMEDIES)}") from None
         if isinstance(why, ssl.SSLError):
             raise ApiClientError(
                 f"TLS with the API at {api.url} failed ({why}): https only if the "

@@ -2,7 +2,8 @@
 they run themselves: look at a new connection's first bytes before the handshake
 (``first_bytes``), count failures by client host so the log shows a misconfigured client
 but not every attempt of a scanner (``FailureLog``), and say what a failure usually means
-(``handshake_hint``)."""
+(``handshake_hint``; for a refused certificate, what the client's alert tells:
+``certificate_alerts``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,34 @@ _HOSTS: Final = 1024
 
 #: (OpenSSL reasons, what they usually mean): a listener's own list, for its clients.
 Hints = Sequence[tuple[tuple[str, ...], str]]
+
+
+def certificate_alerts(trust: str) -> Hints:
+    """What the client's alert says of why it refused this listener's certificate;
+    ``trust``: how its clients are given a CA. An alert names a class of causes, not
+    the one (OpenSSL sends bad_certificate for a wrong host name and a certificate not
+    valid yet alike), and other TLS libraries choose theirs differently: each hint says
+    no more than the alert does. Every one was "give it the CA" before, which changes
+    nothing for an expired certificate or a host name it does not hold."""
+    return (
+        (("ALERT_UNKNOWN_CA",),
+         (f"the client does not trust the CA that issued this certificate (or this "
+          f"self-signed one): give it {trust}")),
+        (("ALERT_CERTIFICATE_EXPIRED",),
+         ("the client finds this certificate expired: renew it (SIGHUP loads the new "
+          "one), or set the client's clock right if it is ahead")),
+        (("ALERT_UNSUPPORTED_CERTIFICATE",),
+         ("the client finds this certificate not one for a TLS server (extended key "
+          "usage without serverAuth, or a key usage that forbids it): reissue it")),
+        (("ALERT_BAD_CERTIFICATE",),
+         ("the client refused this certificate, the alert does not say why: often the "
+          "name or address it connects to is not in it, or it is not valid yet by the "
+          "client's clock; the client's own error says which")),
+        (("ALERT_CERTIFICATE_UNKNOWN",),
+         (f"the client refused this certificate without saying why (some clients send "
+          f"this for a CA they do not trust: then give it {trust}); the client's own "
+          f"error says which")),
+    )
 
 
 class FailureLog:

@@ -62,7 +62,7 @@ from .accepting import (
     least_worth,
 )
 from .batch_events import BatchEvents, LineReader
-from .handshakes import FailureLog, first_bytes, handshake_hint
+from .handshakes import FailureLog, certificate_alerts, first_bytes, handshake_hint
 from .listen import IngestError, bind_unix, tls_context
 from .own_records import own_source, own_source_reason
 from .reply_queue import ReplyQueue, result_size
@@ -86,9 +86,7 @@ _HANDSHAKE_HINTS: Final = (
      "the client may be speaking plain TCP to this TLS port: give it tls=True"),
     (("UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "NO_PROTOCOLS_AVAILABLE"),
      "the client offers only TLS versions below 1.2"),
-    (("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN"),
-     ("the client does not trust this collector's certificate: give it the CA "
-      "(CollectorSink(tls_ca=...))")),
+    *certificate_alerts("the CA (CollectorSink(tls_ca=...))"),
 )
 
 log = logging.getLogger("collector.ingest")

@@ -19,6 +19,7 @@ from .connection import CollectorStalled, Connection
 from .endpoint import Endpoint
 from .pipeline import Chunk, Pipeline
 from .receipts import Receipt
+from .refusals import Remedies, refused_certificate
 
 log = logging.getLogger("audit_middleware")
 
@@ -26,6 +27,11 @@ _MIN_BACKOFF: Final = 0.05
 #: What the shipper calls bytes from the collector that are no frame (see _tls_hint).
 _NOT_FRAMES: Final = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE,
                                 ErrorCode.UNEXPECTED_FRAME})
+#: What to change here when the collector's certificate is refused (see _tls_hint).
+_REMEDIES: Final = Remedies(
+    server="the collector's",
+    trust="pass tls_ca=<its certificate or its CA's, PEM> to CollectorSink",
+    address="give CollectorSink's url one it holds")
 
 OnDrop = Callable[[int, str], None]
 
@@ -208,8 +214,7 @@ class Sender:
         bare messages ('the collector closed the connection', 'CERTIFICATE_VERIFY_FAILED')
         sent operators looking at the network."""
         if isinstance(exc, ssl.SSLCertVerificationError):
-            return ("; the collector's certificate is not trusted here: pass tls_ca=<its "
-                    "certificate or its CA's, PEM> to CollectorSink")
+            return f"; {refused_certificate(exc, _REMEDIES)}"
         if isinstance(exc, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(exc).upper():
             return ("; the collector does not answer in TLS on this port: check the port, "
                     "or leave tls off if it listens without TLS")

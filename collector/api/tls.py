@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Final
 
 from ..accepting import Handshake, accept_forever, least_worth
-from ..handshakes import FailureLog, first_bytes, handshake_hint
+from ..handshakes import FailureLog, certificate_alerts, first_bytes, handshake_hint
 
 log = logging.getLogger("collector.api")
 
@@ -39,9 +39,8 @@ log = logging.getLogger("collector.api")
 _HINTS: Final = (
     (("UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "NO_PROTOCOLS_AVAILABLE"),
      "the client offers only TLS versions below 1.2"),
-    (("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN"),
-     ("the client does not trust the API's certificate: give it the CA (curl --cacert, "
-      "the system's or the browser's trust store)")),
+    *certificate_alerts("the CA (curl --cacert, api_tls_cert for the CLI, the system's "
+                        "or the browser's trust store)"),
     (("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"),
      "the client may not be speaking TLS to this HTTPS port"),
 )

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from collector import api_client
 from tests.api.served import serving
 from tests.e2e.harness import (
     CollectorProcess,
@@ -151,3 +152,31 @@ def test_a_port_probe_is_not_logged_as_a_failed_handshake(root: Path) -> None:
         assert _honest_get(url, cert) == 401
     output = "".join(collector.output)  # the collector has stopped: its log is complete
     assert "TLS handshake with" not in output
+
+
+@pytest.mark.parametrize(("flaws", "host", "client_hint", "collector_hint"), [
+    pytest.param({"starts_in": -7200, "ends_in": -3600}, "127.0.0.1",
+                 "certificate has expired: renew it", "finds this certificate expired",
+                 id="expired"),
+    pytest.param({}, "localhost", "does not hold the name or address used to reach it",
+                 "the alert does not say why", id="host-name-mismatch"),
+])
+def test_a_refused_api_certificate_is_named_by_its_cause_on_both_ends(
+        root: Path, flaws: dict[str, object], host: str, client_hint: str,
+        collector_hint: str) -> None:
+    """The CLI's API client said "not trusted: set api_tls_cert" of any refused
+    certificate (the one it had, expired), and the API's log "give it the CA" of a
+    bad_certificate alert (nothing of an expired one)."""
+    cert, key = self_signed_certificate(root, **flaws)
+    with serving(root / "data", "--api-tls-cert", str(cert), "--api-tls-key", str(key)
+                 ) as (collector, url):
+        access = api_client.ApiAccess(url=url.replace("127.0.0.1", host), token="t",
+                                      tls_cert=cert)
+        with pytest.raises(api_client.ApiClientError) as refused:
+            api_client.post_json(access, "/api/v1/loss-acks", {})
+        wait_until(lambda: "query API: TLS handshake with" in "".join(collector.output), 10,
+                   "the failed handshake logged")
+        output = "".join(collector.output)
+    said = str(refused.value)
+    assert client_hint in said and "api_tls_cert" not in said, said
+    assert collector_hint in output and "give it the CA" not in output, output

@@ -691,12 +691,14 @@ def test_a_relative_unix_path_is_resolved_at_construction(tmp_path: Path,
     sink.close()
 
 
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files (cert, key)."""
+def self_signed_certificate(directory: Path, **flaws: Any) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files (cert, key); ``flaws`` make
+    it one a client refuses for a reason other than trust (see ``_certificate``)."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _certificate("audit-collector test", key, key, "audit-collector test", ca=True)
+    cert = _certificate("audit-collector test", key, key, "audit-collector test", ca=True,
+                        **flaws)
     return _write_pem(directory, "cert.pem", cert), _write_key(directory, "key.pem", key)
 
 
@@ -715,15 +717,19 @@ def ca_issued_certificate(directory: Path, *, authority_key_identifier: bool = T
 
 
 def _certificate(subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool,
-                 authority_key_identifier: bool = False) -> Any:
-    """A certificate for 127.0.0.1, valid for an hour; a CA's has the extensions RFC
-    5280 asks of one (Python 3.13's default verification checks them)."""
+                 authority_key_identifier: bool = False, starts_in: float = -300,
+                 ends_in: float = 3600, address: str = "127.0.0.1",
+                 client_only: bool = False) -> Any:
+    """A certificate for ``address``, valid from ``starts_in`` to ``ends_in`` seconds
+    from now; with ``client_only``, for TLS clients only (extended key usage). A CA's
+    has the extensions RFC 5280 asks of one (Python 3.13's default verification checks
+    them)."""
     import datetime
     import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     def name(common_name: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -732,10 +738,10 @@ def _certificate(subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bo
     builder = (
         x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
+        .not_valid_before(now + datetime.timedelta(seconds=starts_in))
+        .not_valid_after(now + datetime.timedelta(seconds=ends_in))
         .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            [x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                        critical=False)
@@ -749,6 +755,9 @@ def _certificate(subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bo
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
             critical=False)
+    if client_only:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -799,8 +808,48 @@ def test_tls_refuses_a_collector_it_cannot_verify(collector: Collector,
     assert "pass tls_ca=" in caplog.text  # what to change, not only what failed
     # The collector's side says it too (asyncio's server logged it at debug level only).
     assert collector_says(caplog, "TLS handshake with 127.0.0.1:",
-                          "does not trust this collector's certificate")
+                          "does not trust the CA that issued this certificate")
     assert server.server.stats()["tls_handshake_failures"] >= 1
+
+
+@pytest.mark.parametrize(("flaws", "host", "shipper_hint", "collector_hint"), [
+    pytest.param({"starts_in": -7200, "ends_in": -3600}, "127.0.0.1",
+                 "certificate has expired: renew it", "finds this certificate expired",
+                 id="expired"),
+    pytest.param({"starts_in": 3600, "ends_in": 7200}, "127.0.0.1",
+                 "certificate is not valid yet: set this host's clock right",
+                 "the alert does not say why", id="not-yet-valid"),
+    pytest.param({}, "localhost", "does not hold the name or address used to reach it",
+                 "the alert does not say why", id="host-name-mismatch"),
+    pytest.param({"address": "127.0.0.2"}, "127.0.0.1",
+                 "does not hold the name or address used to reach it",
+                 "the alert does not say why", id="ip-address-mismatch"),
+    pytest.param({"client_only": True}, "127.0.0.1", "is not one for a TLS server",
+                 "not one for a TLS server", id="not-for-a-server"),
+])
+def test_a_certificate_refused_for_another_reason_than_trust_is_not_a_ca_problem(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        caplog: pytest.LogCaptureFixture, flaws: dict[str, Any], host: str,
+        shipper_hint: str, collector_hint: str) -> None:
+    """The CA is given (tls_ca=), the certificate is wrong otherwise: the shipper said
+    "not trusted here: pass tls_ca=" whatever the reason, and the collector "give it the
+    CA" for a bad_certificate alert (nothing for an expired or unsupported one). Each
+    side names what its end can tell now."""
+    cert, key = self_signed_certificate(root, **flaws)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    sink = make_sink(url=f"tcp://{host}:{server.server.tcp_port()}", token="s3cret",
+                     tls=True, tls_ca=cert)
+    with caplog.at_level(logging.WARNING):
+        emit_many(1)
+        assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 0
+    [said] = [r.getMessage() for r in caplog.records
+              if r.name == "audit_middleware" and "unavailable" in r.getMessage()]
+    assert "CERTIFICATE_VERIFY_FAILED" in said and shipper_hint in said, said
+    assert "tls_ca" not in said, said
+    assert collector_says(caplog, "TLS handshake with 127.0.0.1:", collector_hint)
+    assert not collector_says(caplog, "give it the CA", timeout=0)
 
 
 def test_tls_ca_may_be_the_collectors_own_ca_issued_certificate(
