@@ -27,6 +27,8 @@ SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (1,)
 
 HEADER: Final = struct.Struct("!IB")  # payload length, frame type
 HEADER_SIZE: Final = HEADER.size
+#: How a TLS client's first record (its ClientHello) begins: handshake, version 3.x.
+_TLS_HANDSHAKE: Final = b"\x16\x03"
 BATCH_ID: Final = struct.Struct("!I")
 
 DEFAULT_MAX_FRAME: Final = 4 * 1024 * 1024
@@ -108,6 +110,12 @@ def parse_header(header: bytes, max_frame: int) -> tuple[FrameType, int]:
         raise WireError(ErrorCode.BAD_FRAME, f"a frame header is {HEADER_SIZE} bytes, "
                         f"got {len(header)}")
     length, kind = HEADER.unpack(header)
+    if header.startswith(_TLS_HANDSHAKE) and (kind not in _FRAME_TYPES or length > max_frame):
+        # A client with tls=True on a port without TLS: "unknown frame type" sent its
+        # operator to look at protocol versions.
+        raise WireError(ErrorCode.BAD_FRAME, "a TLS handshake, not a frame: the client "
+                        "speaks TLS to a port without it (turn tls off in the client, or "
+                        "give the collector tls_cert and tls_key)")
     if kind not in _FRAME_TYPES:
         raise WireError(ErrorCode.BAD_FRAME, f"unknown frame type {kind}: this server speaks "
                         f"protocol version {PROTOCOL_VERSION} (see docs/protocol.md)")

@@ -900,6 +900,23 @@ def test_a_plain_client_of_a_tls_listener_is_told_to_turn_tls_on(
                           "speaking plain TCP to this TLS port")
 
 
+def test_a_tls_client_of_a_plain_listener_is_named_on_both_ends(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The collector logged "unknown frame type 0: this server speaks protocol version
+    1" of a ClientHello, an operator sent looking at versions."""
+    cert, _ = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret")
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
+                     tls=True, tls_ca=cert)
+    with caplog.at_level(logging.WARNING):
+        emit_many(1)
+        assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 0
+    assert "does not answer in TLS on this port" in caplog.text, caplog.text
+    assert collector_says(caplog, "127.0.0.1:", "the client speaks TLS to a port without it")
+
+
 def collector_says(caplog: pytest.LogCaptureFixture, *parts: str,
                    timeout: float = 10.0) -> bool:
     """Whether the collector logs a line holding ``parts``, within ``timeout``: it logs
