@@ -29,6 +29,33 @@ Resolver = Callable[["RequestContext"], Resolved]
 PrincipalResolver = Callable[["RequestContext"], str | None]
 
 
+def asgi_peer(scope: Mapping[str, Any]) -> Any:
+    """The host of ``scope["client"]`` as the server hands it over (normally a str), or
+    "" for a peer without an address. ASGI gives the client's port as an int; granian,
+    outside the spec, gives ports as text and a unix socket's peer as (the path the
+    connecting process bound its own socket to, "0"): any text a local process likes,
+    ``10.0.0.1`` too, beside a server of (its socket's path, "0"). That peer has no
+    address. The check costs a spec-following server one type test."""
+    client = scope.get("client")
+    if not client:
+        return ""
+    try:
+        if type(client[1]) is not int and _asgi_unix_server(scope.get("server")):
+            return ""
+        return client[0]
+    except (TypeError, IndexError, KeyError):  # outside the spec: its first item, if any
+        return client[0] if isinstance(client, (tuple, list)) and client else ""
+
+
+def _asgi_unix_server(server: Any) -> bool:
+    """Whether ASGI's ``scope["server"]`` is a unix socket's: [path, None] (the spec),
+    (path, "0") (granian), or none given."""
+    try:
+        return not server or server[1] in (None, 0, "0")
+    except (TypeError, IndexError, KeyError):
+        return False
+
+
 def _wsgi_peer(environ: Mapping[str, Any] | None) -> str:
     if not environ or _wsgi_unix_socket(environ):
         return ""
@@ -143,8 +170,7 @@ class RequestContext:
         """The socket peer's address as the server hands it over; empty when it has none
         (a unix socket peer: ``on_unix_socket``)."""
         if self.scope is not None:
-            client = self.scope.get("client")
-            return str(client[0]) if client else ""
+            return str(asgi_peer(self.scope))
         if self._wsgi_peer is None:
             self._wsgi_peer = _wsgi_peer(self.environ)
         return self._wsgi_peer
@@ -160,11 +186,7 @@ class RequestContext:
         if self.peer:
             return False
         if self.scope is not None:
-            server = self.scope.get("server")
-            try:
-                return not server or server[1] is None  # ASGI: [path, None] on a socket
-            except (TypeError, IndexError, KeyError):
-                return False
+            return _asgi_unix_server(self.scope.get("server"))
         return bool(self.environ)
 
     @property

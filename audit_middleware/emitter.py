@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _config
 from .catalogue import Catalogue
-from .context import RequestContext, current, principal_from_user
+from .context import RequestContext, asgi_peer, current, principal_from_user
 from .errors import AuditConfigurationError
 from .event import SYSTEM, AuditEvent
 from .sanitize import (
@@ -93,7 +93,12 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
         user = scope.get("user")
         principal = (principal_from_user(user) or "") if user is not None else ""
         client = scope.get("client")
-        peer = client[0] if client else ""
+        peer = ""
+        if client:
+            try:  # the spec's int port: the host is an address (else see asgi_peer)
+                peer = client[0] if type(client[1]) is int else asgi_peer(scope)
+            except (TypeError, IndexError, KeyError):
+                peer = asgi_peer(scope)
         if type(peer) is not str:  # outside the ASGI spec (a host object): its text
             peer = str(peer)
         if type(principal) is not str or len(principal) > cap:

@@ -325,3 +325,67 @@ def test_gunicorn_workers_on_a_unix_socket_a_bound_path_is_no_address(
         for bind in (PROXY, None):
             assert recorded(exchange(socket.AF_UNIX, str(path), REQUEST, bind=bind)) \
                 == (CLIENT, "unix"), bind
+
+
+#: The ASGI app granian runs as its own process, answering as ``SERVED_APP`` does.
+SERVED_ASGI_APP = """
+import json, sys
+sys.path.insert(0, {root!r})
+from audit_middleware import AuditMiddleware, MemorySink, configure, emit
+
+sink = MemorySink()
+configure(sink=sink)
+
+async def app(scope, receive, send):
+    emit("credentials_accessed", "c-1", principal="u-1")
+    event = sink.events.pop()
+    body = json.dumps([event.client_ip, event.peer_ip]).encode()
+    await send({{"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]}})
+    await send({{"type": "http.response.body", "body": body}})
+
+application = AuditMiddleware(app, trusted_proxies={trusted!r})
+"""
+
+
+@pytest.mark.parametrize(("trusted", "forger", "proxy"), [
+    ([], ("", ""), ("", "")),
+    ([PROXY], ("", ""), ("", "")),
+    (["unix"], (CLIENT, "unix"), (CLIENT, "unix")),
+], ids=["nothing trusted", "a proxy's IP trusted", "unix trusted"])
+def test_granian_asgi_on_a_unix_socket_a_bound_path_is_no_address(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: list[str],
+        forger: tuple[str, str], proxy: tuple[str, str]) -> None:
+    """granian's ASGI ``--uds`` hands over a unix socket's peer as ``scope["client"]``
+    (the path it bound, "0") beside ``scope["server"]`` (the socket's path, "0"), outside
+    the spec's [path, None]: a local process bound to the path ``10.0.0.1`` was that
+    client IP (nothing trusted) or the trusted proxy 10.0.0.1, and ``"unix"`` never
+    applied to nginx, which binds nothing."""
+    path = tmp_path / "granian-asgi.sock"
+    monkeypatch.chdir(tmp_path)  # the forger binds its path relative to its directory
+    with granian_asgi_serving(tmp_path, trusted, "--uds", str(path)):
+        assert recorded(exchange(socket.AF_UNIX, str(path), REQUEST, bind=PROXY)) == forger
+        assert recorded(exchange(socket.AF_UNIX, str(path), REQUEST)) == proxy
+
+
+def test_granian_asgi_on_tcp_the_peer_is_the_peer(tmp_path: Path) -> None:
+    """On TCP granian's ports are text too ("36150", outside the spec's int), but its
+    server names a real port: the peer's address is kept."""
+    with socket.socket() as probe:  # a free TCP port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with granian_asgi_serving(tmp_path, ["unix"], "--host", "127.0.0.1", "--port", str(port)):
+        assert recorded(exchange(socket.AF_INET, ("127.0.0.1", port), REQUEST)) \
+            == ("127.0.0.1", "")
+
+
+@contextmanager
+def granian_asgi_serving(tmp: Path, trusted: list[str], *listen: str) -> Iterator[None]:
+    """granian (ASGI, one worker) running ``SERVED_ASGI_APP`` with ``listen``."""
+    (tmp / "served_asgi_app.py").write_text(SERVED_ASGI_APP.format(
+        root=str(Path(__file__).parents[2]), trusted=trusted))
+    command = [venv_script("granian"), "--interface", "asgi", *listen, "--workers", "1",
+               "--runtime-threads", "1", "--working-dir", str(tmp),
+               "served_asgi_app:application"]
+    with running(tmp, command, b"Started worker-1"):
+        yield
