@@ -137,7 +137,10 @@ class CollectorSink:
             # container's root-owned WORKDIR, a unit run from /): said, not fatal, as the
             # spool matters only during an outage.
             log.error("audit: %s; events that cannot be delivered will be dropped", problem)
-        self._spool = (Spool(os.path.abspath(spool_dir), spool_max_bytes)
+        # Tagged with the collector's URL: another app spooling in the same directory for
+        # another collector leaves these batches for a sink of this one (spool.py).
+        self._spool = (Spool(os.path.abspath(spool_dir), spool_max_bytes,
+                             destination=str(self.endpoint))
                        if spool_dir is not None else None)
         self.dropped = Counter()  # besides the queue's own overflow count
         self._sender = Sender(

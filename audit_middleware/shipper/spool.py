@@ -10,6 +10,12 @@ whose lock can be taken belongs to nobody alive (its process exited or crashed) 
 adopted and replayed by whoever finds it. Files are created under a temporary name and
 locked before they get their final name, so nobody adopts a file being born.
 
+Each file's name carries a tag of the collector its batches are for (the sink's URL:
+``<time>-<pid>-<rand>~<tag>.spool``). Two apps started in one directory share the
+default spool; one shipping to another collector must not replay the other's batches
+into its own audit log: files of another destination are left for a sink of that one,
+and said. A file without a tag (an older version's) is adopted by any.
+
 A crash can leave a torn last record, and a disk can garble any record. A region that
 is no valid record (its crc32 fails, its length runs past the file, or bytes that are
 no record at all; or the file ends before its known size: cut while read) is skipped to the next valid record (see
@@ -40,6 +46,7 @@ no reader can count, is counted dropped (see ``_keep_failed``).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -97,9 +104,15 @@ class _File:
 
 class Spool:
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int,
-                 file_bytes: int = 8 * 1024 * 1024) -> None:
+                 file_bytes: int = 8 * 1024 * 1024, destination: str = "") -> None:
         #: The spool_dir as configured; ``directory`` is where this process's user spools.
         self.configured = Path(directory)
+        #: The collector this spool's batches are for (its URL), as a tag in each file's
+        #: name: files of another destination are left for a sink of that one (see
+        #: ``destination_tag``). "": files without a tag (adopted by any spool).
+        self._tag = destination_tag(destination)
+        #: Names of files for another destination already said (said once each).
+        self._foreign_said: set[str] = set()
         self._directories: dict[int, Path] = {}  # by effective uid (a worker may drop root)
         self.max_bytes = max_bytes
         self.file_bytes = file_bytes
@@ -225,6 +238,8 @@ class Spool:
         if reason:
             raise PermissionError(reason)
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
+        if self._tag:
+            name += _TAG_MARK + self._tag
         partial = directory / (name + _PARTIAL)
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._opening.add(fd)
@@ -402,11 +417,15 @@ class Spool:
             return []
         owned = {f.path.name for f in self._files}
         adopted: list[_File] = []
+        foreign: list[str] = []
         for entry in entries:
             if entry.name.endswith(PROGRESS):
                 _remove_if_alone(Path(entry.path))
                 continue
             if entry.name in owned or not entry.name.endswith((SUFFIX, _PARTIAL)):
+                continue
+            if entry.name.endswith(SUFFIX) and _tag_of(entry.name) not in ("", self._tag):
+                foreign.append(entry.name)  # another collector's batches: not ours to send
                 continue
             if entry.name.endswith(_PARTIAL) and _younger_than(entry, PARTIAL_GRACE):
                 continue  # maybe being made: created, not yet locked by its process
@@ -436,7 +455,22 @@ class Spool:
             # said again at each file's first progress write that it refuses.
             adopted.append(_File(path, fd, size, read_pos, progress_exists=found,
                                  progress_failed=planted))
+        self._say_foreign(place, foreign)
         return adopted
+
+    def _say_foreign(self, place: Path, names: list[str]) -> None:
+        """Said once for each file: batches spooled for another collector (a sink with
+        another url spooling in the same directory) wait there for a sink of that url;
+        replayed here, they went to the wrong audit log."""
+        new = [name for name in names if name not in self._foreign_said]
+        if not new:
+            return
+        self._foreign_said.update(new)
+        log.warning("audit spool %s: %d spool file(s) hold batches for another collector "
+                    "than this sink's (a sink with another url spooled them here): left "
+                    "for a sink of that url. If that collector has moved, remove the "
+                    "'%s...' part of their names (e.g. %s) and this sink replays them",
+                    place, len(new), _TAG_MARK, new[0])
 
     def _close_opening(self, fd: int) -> None:
         self._opening.discard(fd)
@@ -483,6 +517,26 @@ class Spool:
         self._used = 0
         self.corrupt_bytes = 0
         self.lost_events = 0
+
+
+#: Between a spool file's name and its destination tag: ``<time>-<pid>-<rand>~<tag>.spool``.
+_TAG_MARK = "~"
+
+
+def destination_tag(destination: str) -> str:
+    """The tag of a collector URL in spool file names: 12 hex digits of its SHA-256
+    (the URL itself may hold characters no file name can)."""
+    if not destination:
+        return ""
+    return hashlib.sha256(destination.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _tag_of(name: str) -> str:
+    """The destination tag in the spool file name ``name``; "" for a file without one
+    (an older version's, or a spool without a destination)."""
+    stem = name.removesuffix(SUFFIX)
+    _, mark, tag = stem.rpartition(_TAG_MARK)
+    return tag if mark else ""
 
 
 def private_directory(configured: Path) -> Path:

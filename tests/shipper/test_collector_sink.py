@@ -201,6 +201,32 @@ def test_the_spool_of_an_earlier_process_is_replayed_at_start(
     assert collector.ids() == ids
 
 
+def test_a_sink_of_another_collector_does_not_replay_a_shared_spool(
+        root: Path, collector: Collector, make_sink: SinkFactory) -> None:
+    """Two apps started in one directory share the default spool. Batches the first
+    spooled for its collector (down) were replayed by the second into its own
+    collector: events in another audit log, missing from their own."""
+    other = Collector(root / "other")
+    other.root.mkdir()
+    other.start()
+    try:
+        first = make_sink()
+        ids = emit_many(20, "first")
+        first.close(timeout=5)  # its collector is down: all 20 spooled
+        assert first.stats()["spooled"] == 20
+        second = make_sink(url=other.url)
+        own = emit_many(5, "second")
+        assert second.wait_for_delivery(timeout=20)
+        assert other.ids() == own  # only its own events, none of the first app's
+        second.close(timeout=5)
+        collector.start()
+        again = make_sink()  # the first app's next start: its collector is back
+        assert again.wait_for_delivery(timeout=20)
+        assert collector.ids() == ids
+    finally:
+        other.stop()
+
+
 def test_a_corrupt_spool_record_loses_only_its_own_events_and_says_so(
         collector: Collector, make_sink: SinkFactory, root: Path,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -991,3 +991,38 @@ def test_a_torn_batch_kept_whose_size_could_not_be_known_is_counted_once(
     counted_by_caller = 0 if kept else 50
     assert counted_by_caller + spool.lost_events == 50
     assert spool.corrupt_bytes == written
+
+
+def test_files_spooled_for_another_collector_are_left_for_a_sink_of_that_collector(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two apps started in one directory share the default spool: batches one spooled
+    for its collector were replayed by the other into another collector's audit log."""
+    first = Spool(tmp_path, max_bytes=1 << 20, destination="unix:///srv/a/collector.sock")
+    assert first.append(b"for a")
+    first.close()
+    other = Spool(tmp_path, max_bytes=1 << 20, destination="tcp://audit.example:7100")
+    with caplog.at_level("WARNING", logger="audit_middleware"):
+        assert other.adopt_orphans() == 0
+        assert other.adopt_orphans() == 0  # said once, not at every scan
+    assert other.peek() is None
+    said = [r.getMessage() for r in caplog.records if "another collector" in r.getMessage()]
+    assert len(said) == 1 and "1 spool file(s)" in said[0], said
+    again = Spool(tmp_path, max_bytes=1 << 20, destination="unix:///srv/a/collector.sock")
+    assert again.adopt_orphans() == 1 and drain(again) == [b"for a"]
+
+
+def test_a_file_without_a_destination_is_adopted_by_any_spool(tmp_path: Path) -> None:
+    """Files of an older version (no tag in their name) are replayed as before, and a
+    file renamed without its tag (the way out the warning names, for a collector that
+    has moved) is replayed by whichever sink finds it."""
+    legacy = spool_file_of(tmp_path, [b"older"])
+    tagged = Spool(tmp_path / "moved", max_bytes=1 << 20, destination="tcp://old:7100")
+    assert tagged.append(b"for the old address")
+    tagged.close()
+    (moved,) = spool_files(tmp_path / "moved")
+    assert "~" in moved.name
+    moved.rename(tmp_path / moved.name.replace("~" + moved.name.split("~")[1], SUFFIX))
+    anyone = Spool(tmp_path, max_bytes=1 << 20, destination="tcp://new:7100")
+    assert anyone.adopt_orphans() == 2
+    assert drain(anyone) == [b"older", b"for the old address"]
+    assert not legacy.exists()
