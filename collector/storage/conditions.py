@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .chunks import INDEXED, postings
-from .filters import check_text, expand_types, ip_ranges, parse_time
+from .filters import QueryError, check_text, expand_types, ip_ranges, parse_time
 from .names import ID_COLUMNS, MAX_IDS, ids_named
 
 if TYPE_CHECKING:
@@ -245,6 +245,10 @@ def compile_conditions(con: sqlite3.Connection, filters: Filters,
                  if filters.since is not None else FOREVER[0])
         until = (parse_time(filters.until, what="until", now_us=now)
                  if filters.until is not None else FOREVER[1])
+        if since > until:  # both given (a bound left out is the widest): swapped, likely
+            raise QueryError(f"since={filters.since!r} is after until={filters.until!r}: "
+                             f"no event can match; give the earlier time as since (an age "
+                             f"such as 24h is a time that long ago)")
     if (since, until) != FOREVER:
         where.append("created >= ? AND created < ?")
         params += [since, until]

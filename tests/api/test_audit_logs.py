@@ -138,6 +138,7 @@ def test_a_relative_time_range_pages_like_any_other(env: Env) -> None:
     ({"order": "sideways"}, "order"),
     ({"principle": "alice"}, "unknown parameter"),
     ({"since": "yesterday"}, "is not a time"),
+    ({"since": "2026-11-27T12:00:00Z", "until": "2026-11-26T12:00:00Z"}, "is after until"),
     ({"client_ip": "10.0.0.0/33"}, "CIDR"),
     ({"type": "Run Launched"}, "not an event type"),
     ({"cursor": "garbage"}, "cursor"),

@@ -137,6 +137,8 @@ def test_query_takes_the_apis_order_words_too(data_dir: Path) -> None:
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--since", "yesterday"], "is not a time"),
+    (["--since", "2026-11-27T12:00:00Z", "--until", "2026-11-26T12:00:00Z"], "is after until"),
+    (["--since", "1h", "--until", "24h"], "give the earlier time as since"),
     (["--client-ip", "10.0.0.300"], "client"),
     (["--limit", "0"], "--limit"),
     (["--cursor", "garbage"], "cursor"),
