@@ -424,7 +424,7 @@ class Spool:
                 continue
             if entry.name in owned or not entry.name.endswith((SUFFIX, _PARTIAL)):
                 continue
-            if entry.name.endswith(SUFFIX) and _tag_of(entry.name) not in ("", self._tag):
+            if entry.name.endswith(SUFFIX) and not self._replays(entry.name):
                 foreign.append(entry.name)  # another collector's batches: not ours to send
                 continue
             if entry.name.endswith(_PARTIAL) and _younger_than(entry, PARTIAL_GRACE):
@@ -472,17 +472,26 @@ class Spool:
                     "'%s...' part of their names (e.g. %s) and this sink replays them",
                     place, len(new), _TAG_MARK, new[0])
 
+    def _replays(self, name: str) -> bool:
+        """Whether the spool file ``name`` holds batches for this spool's destination
+        (its tag, or none: an older version's file)."""
+        return name.endswith(SUFFIX) and _tag_of(name) in ("", self._tag)
+
     def _close_opening(self, fd: int) -> None:
         self._opening.discard(fd)
         os.close(fd)
 
     def _count_used(self) -> int:
-        """Bytes of batch files where this user spools and adopts (see adopt_orphans)."""
+        """Bytes of batch files where this user spools and adopts (see adopt_orphans),
+        for this destination: another collector's files (another app's, sharing the
+        directory) are never replayed here; counted, they filled this cap, and this app
+        dropped its own batches while its spool held none. Theirs count against the
+        cap of a sink of theirs."""
         total = 0
         for place in {self.directory, self._private}:
             try:
                 for entry in os.scandir(place):
-                    if entry.name.endswith(SUFFIX):
+                    if self._replays(entry.name):
                         try:
                             total += entry.stat().st_size
                         except FileNotFoundError:

@@ -1026,3 +1026,20 @@ def test_a_file_without_a_destination_is_adopted_by_any_spool(tmp_path: Path) ->
     assert anyone.adopt_orphans() == 2
     assert drain(anyone) == [b"older", b"for the old address"]
     assert not legacy.exists()
+
+
+def test_files_for_another_collector_do_not_fill_this_spools_cap(tmp_path: Path) -> None:
+    """The cap counted every batch file in the directory: another app's, spooled for its
+    collector and never replayed here, filled it, and this sink dropped its own batches
+    (its own spool empty) for as long as they stayed."""
+    record = RECORD.size + 100
+    legacy = spool_file_of(tmp_path, [b"u" * 100])  # untagged: replayed here, so counted
+    other = Spool(tmp_path, max_bytes=1 << 20, destination="tcp://a.example:7100")
+    assert other.append(b"a" * 100) and other.append(b"a" * 100)
+    other.close()
+    this = Spool(tmp_path, max_bytes=2 * record, destination="tcp://b.example:7100")
+    assert this.append(b"b" * 100)
+    assert this.used_bytes == 2 * record
+    assert not this.append(b"b" * 100)  # its own cap: the untagged file and its batch
+    assert drain(this) == [b"u" * 100, b"b" * 100]
+    assert not legacy.exists()
