@@ -12,7 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from ..errors import AuditConfigurationError
@@ -42,6 +42,23 @@ class Endpoint:
             return f"unix://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"tcp://{host}:{self.port}"
+
+    @property
+    def identity(self) -> str:
+        """This collector's URL, one spelling for every URL that names it: what tells
+        one collector from another (the spool's file tags). ``str()`` keeps the URL's
+        spelling, so the same collector spelled two ways (a host name's case, which DNS
+        ignores; a trailing dot; ``[0:0::1]`` and ``[::1]``) was two, and batches one
+        process spooled were left unreplayed by the next. A unix path is absolute
+        already (``parse_url``); symbolic links in it are not resolved: what they point
+        to may not exist yet, or change."""
+        if self.scheme == "unix":
+            return str(self)
+        if _is_address(self.host):  # its hex digits lowercased, not its %scope (a name)
+            host = ipaddress.ip_address(self.host).compressed
+        else:
+            host = self.host.lower().rstrip(".") or self.host
+        return str(replace(self, host=host))
 
     @property
     def loopback(self) -> bool:

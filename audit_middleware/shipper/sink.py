@@ -138,9 +138,10 @@ class CollectorSink:
             # spool matters only during an outage.
             log.error("audit: %s; events that cannot be delivered will be dropped", problem)
         # Tagged with the collector's URL: another app spooling in the same directory for
-        # another collector leaves these batches for a sink of this one (spool.py).
+        # another collector leaves these batches for a sink of this one (spool.py). Its
+        # identity, not its spelling: the next start may spell the same collector anew.
         self._spool = (Spool(os.path.abspath(spool_dir), spool_max_bytes,
-                             destination=str(self.endpoint))
+                             destination=self.endpoint.identity)
                        if spool_dir is not None else None)
         self.dropped = Counter()  # besides the queue's own overflow count
         self._sender = Sender(

@@ -227,6 +227,36 @@ def test_a_sink_of_another_collector_does_not_replay_a_shared_spool(
         other.stop()
 
 
+def free_port(host: str) -> int:
+    """A TCP port on ``host`` that nothing listens on now (a collector may bind it later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(("spelled", "options", "listen", "respelled"), [
+    ("[0:0:0:0:0:0:0:1]", {}, "::1", "[::1]"),
+    ("LOCALHOST.", {"tls": True}, "127.0.0.1", "localhost"),  # not loopback to is_loopback
+])
+def test_a_collector_spelled_anew_replays_the_spool_of_its_old_spelling(
+        collector: Collector, make_sink: SinkFactory, spelled: str, options: dict[str, Any],
+        listen: str, respelled: str) -> None:
+    """Spool files were tagged with the URL as spelled: a restart that spelled the same
+    collector otherwise (a host name's case, a trailing dot, an IPv6 address written out)
+    left every batch spooled before it on disk, unreplayed, as another collector's."""
+    port = free_port(listen)
+    first = make_sink(url=f"tcp://{spelled}:{port}", token="s3cret", **options)
+    ids = emit_many(10)
+    first.close(timeout=5)  # nothing listens: all 10 spooled
+    assert first.stats()["spooled"] == 10
+    collector.start(socket_path=None, tcp_host=listen, tcp_port=port, token="s3cret")
+    again = make_sink(url=f"tcp://{respelled}:{port}", token="s3cret")
+    assert again.wait_for_delivery(timeout=20)
+    assert collector.ids() == ids
+
+
 def test_a_corrupt_spool_record_loses_only_its_own_events_and_says_so(
         collector: Collector, make_sink: SinkFactory, root: Path,
         caplog: pytest.LogCaptureFixture) -> None:
