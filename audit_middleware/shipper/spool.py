@@ -466,11 +466,14 @@ class Spool:
         if not new:
             return
         self._foreign_said.update(new)
+        # Not only files nobody holds: telling those apart takes their lock, which the
+        # sink they are for may be trying to take at that moment. Hence "no app".
         log.warning("audit spool %s: %d spool file(s) hold batches for another collector "
                     "than this sink's (a sink with another url spooled them here): left "
-                    "for a sink of that url. If that collector has moved, remove the "
-                    "'%s...' part of their names (e.g. %s) and this sink replays them",
-                    place, len(new), _TAG_MARK, new[0])
+                    "for a sink of that url. If that collector has moved and no app ships "
+                    "to its old url any more, remove the '%s...' part of their names (e.g. "
+                    "%s; and of each one's %s file, or it is replayed from its start) and "
+                    "this sink replays them", place, len(new), _TAG_MARK, new[0], PROGRESS)
 
     def _replays(self, name: str) -> bool:
         """Whether the spool file ``name`` holds batches for this spool's destination

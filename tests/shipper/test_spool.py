@@ -1007,6 +1007,7 @@ def test_files_spooled_for_another_collector_are_left_for_a_sink_of_that_collect
     assert other.peek() is None
     said = [r.getMessage() for r in caplog.records if "another collector" in r.getMessage()]
     assert len(said) == 1 and "1 spool file(s)" in said[0], said
+    assert "no app ships to its old url" in said[0] and ".spool-read" in said[0], said
     again = Spool(tmp_path, max_bytes=1 << 20, destination="unix:///srv/a/collector.sock")
     assert again.adopt_orphans() == 1 and drain(again) == [b"for a"]
 
