@@ -403,8 +403,10 @@ def _is_address(host: str) -> bool:
 
 
 def is_loopback(host: str) -> bool:
-    """``localhost`` or a loopback address (127.0.0.0/8, ::1); a name never resolves here."""
-    if host == "localhost":
+    """``localhost`` (in any case, with or without the root's trailing dot: a host name
+    is not case-sensitive) or a loopback address (127.0.0.0/8, ::1); a name never
+    resolves here."""
+    if host.lower() in ("localhost", "localhost."):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

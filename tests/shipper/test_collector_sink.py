@@ -19,6 +19,7 @@ import pytest
 
 from audit_middleware import AuditConfigurationError, configure, emit
 from audit_middleware.shipper import CollectorSink
+from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.shipper.receipts import pending
 from audit_middleware.testing import reset_configuration
 from audit_middleware.wire import ErrorCode, ErrorReply, FrameType, parse_header
@@ -236,9 +237,18 @@ def free_port(host: str) -> int:
     return port
 
 
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "LocalHost.", "127.0.0.2", "::1"])
+def test_loopback_however_it_is_spelled_needs_no_tls(host: str) -> None:
+    """A host name is not case-sensitive: tcp://LOCALHOST:7100 was taken for a remote
+    collector, and the sink refused to start without TLS."""
+    assert is_loopback(host)
+    url = f"tcp://[{host}]:7100" if ":" in host else f"tcp://{host}:7100"
+    CollectorSink(url, token="t", spool_dir=None).close(timeout=1)
+
+
 @pytest.mark.parametrize(("spelled", "options", "listen", "respelled"), [
     ("[0:0:0:0:0:0:0:1]", {}, "::1", "[::1]"),
-    ("LOCALHOST.", {"tls": True}, "127.0.0.1", "localhost"),  # not loopback to is_loopback
+    ("LOCALHOST.", {}, "127.0.0.1", "localhost"),
 ])
 def test_a_collector_spelled_anew_replays_the_spool_of_its_old_spelling(
         collector: Collector, make_sink: SinkFactory, spelled: str, options: dict[str, Any],
