@@ -1,5 +1,6 @@
 """``audit-collector serve``: open the Store, run the ingest server until SIGTERM or
-SIGINT, then drain the connections and close the Store cleanly.
+SIGINT, then drain the connections and close the Store cleanly (a second one stops at
+once: ``stop_signals.py``).
 
 The start-up summary lists every option with its source; a line starting with
 ``audit-collector ready:`` is printed (and flushed) once the sockets accept clients.
@@ -10,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import resource
 import shlex
-import signal
 import sqlite3
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -29,6 +29,7 @@ from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
 from .integrations import Integrations
 from .listen import reload_certificate
+from .stop_signals import StopSignals
 from .storage.disk_space import is_full
 from .storage.errors import DiskFullError, StorageError
 from .storage.segments import FILE_MODE
@@ -80,52 +81,38 @@ def open_store(config: CollectorConfig) -> tuple[Any, Any]:
 OPEN_RETRY = 5.0
 
 
-def open_when_there_is_space(config: CollectorConfig) -> tuple[Any, Any] | None:
+def open_when_there_is_space(config: CollectorConfig, signals: StopSignals
+                             ) -> tuple[Any, Any] | None:
     """``open_store``, tried again every ``OPEN_RETRY`` seconds while the store cannot
     open for want of disk space (even in its reserve's room: ``Store.open``); None if
     SIGTERM or SIGINT came first. It exited instead, and came back only if someone
     started it again once space was freed: the apps spool meanwhile, but a restart
     policy that gives up (systemd's start limit) left the log down for good."""
-    stopping = threading.Event()
-    handlers: dict[signal.Signals, Any] = {}
     attempts = 0
-    try:
-        while True:
-            try:
-                opened = open_store(config)
-            except DiskFullError as exc:
-                attempts += 1
-                if attempts & (attempts - 1) == 0:  # at 1, 2, 4, 8, ... attempts
-                    print(f"audit-collector serve: cannot open the store in "
-                          f"{config.data_dir}: {exc}. Waiting for free space (trying again "
-                          f"every {OPEN_RETRY:g} s, {attempts} attempt(s) so far): free "
-                          f"space on that disk (files other than the store's, or a larger "
-                          f"file system); the collector then starts by itself. Nothing "
-                          f"acknowledged is lost: apps spool until it is back",
-                          file=sys.stderr, flush=True)
-                if not handlers and threading.current_thread() is threading.main_thread():
-                    # A stop asked while waiting ends the wait (by default SIGTERM killed
-                    # the process, and SIGINT raised in the middle of an attempt).
-                    for signum in (signal.SIGTERM, signal.SIGINT):
-                        handlers[signum] = signal.signal(signum, lambda *_: stopping.set())
-                # Polled, not stopping.wait(): a handler that sets the event while this
-                # thread holds the event's lock inside wait() would deadlock.
-                deadline = time.monotonic() + OPEN_RETRY
-                while not stopping.is_set() and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if stopping.is_set():
-                    return None
-                continue
-            if stopping.is_set():  # asked during the attempt that opened it
-                opened[0].close()
+    while True:
+        try:
+            opened = open_store(config)
+        except DiskFullError as exc:
+            attempts += 1
+            if attempts & (attempts - 1) == 0:  # at 1, 2, 4, 8, ... attempts
+                print(f"audit-collector serve: cannot open the store in "
+                      f"{config.data_dir}: {exc}. Waiting for free space (trying again "
+                      f"every {OPEN_RETRY:g} s, {attempts} attempt(s) so far): free "
+                      f"space on that disk (files other than the store's, or a larger "
+                      f"file system); the collector then starts by itself. Nothing "
+                      f"acknowledged is lost: apps spool until it is back",
+                      file=sys.stderr, flush=True)
+            # Polled: the flag is set by a signal handler (stop_signals.py says why).
+            deadline = time.monotonic() + OPEN_RETRY
+            while not signals.requested and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if signals.requested:
                 return None
-            if attempts:
-                log.warning("the store in %s opened after %d attempt(s): disk space was "
-                            "freed", config.data_dir, attempts)
-            return opened
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+            continue
+        if attempts:
+            log.warning("the store in %s opened after %d attempt(s): disk space was "
+                        "freed", config.data_dir, attempts)
+        return opened
 
 
 class StatusOut:
@@ -161,11 +148,10 @@ class StatusOut:
 
 def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
     out = cast(TextIO, StatusOut(stdout))  # print() needs write() and flush() only
-    # A reload (SIGHUP) during a long start-up (a large store's recovery) must not end
-    # the process as the default action would; the serving loop installs the real one.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, lambda *_: log.info("SIGHUP while starting: nothing to "
-                                                         "reload yet"))
+    # First of all: a signal during start-up (a large store's repair) or the store's
+    # close must not take its default action there (stop_signals.py).
+    signals = StopSignals()
+    signals.install()
     # Raised before the summary: the default connection limits derive from it.
     open_files = raise_open_files_limit()
     print(f"audit-collector serve {installed_version()}: configuration"
@@ -186,7 +172,7 @@ def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
         return 2
     config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
-        opened = open_when_there_is_space(config)
+        opened = open_when_there_is_space(config, signals)
     except (StorageError, OSError, sqlite3.Error) as exc:
         print(f"audit-collector serve: cannot open the store in {config.data_dir}: {exc}",
               file=sys.stderr, flush=True)
@@ -199,7 +185,11 @@ def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
     print(f"audit-collector: store opened in {config.data_dir}: {report.describe()}",
           file=out, flush=True)
     try:
-        asyncio.run(_serve(store, config, out))
+        if signals.requested:  # asked while the store opened: nothing to serve
+            print("audit-collector: stopped before serving (a stop was asked during "
+                  "start-up)", file=out, flush=True)
+        else:
+            asyncio.run(_serve(store, config, out, signals))
     finally:
         store.close()
         print("audit-collector: stopped", file=out, flush=True)
@@ -227,13 +217,22 @@ def raise_open_files_limit() -> str:
     return str(soft)
 
 
-async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
+async def _serve(store: Any, config: CollectorConfig, out: TextIO,
+                 signals: StopSignals) -> None:
     server = IngestServer(store, ingest_settings(config))
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    unhandled = signals.serving(loop, stop)
+    try:
+        await _serve_until_stopped(store, config, out, server, stop, signals)
+    finally:
+        unhandled()  # before the loop closes: a signal after it is the store close's
+
+
+async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
+                               server: IngestServer, stop: asyncio.Event,
+                               signals: StopSignals) -> None:
     # OTLP forwarder, POST /api/v1/events and GET /metrics (collector/integrations.py)
     integrations = Integrations(store, server, config)
     integrations.start(out)
@@ -245,7 +244,7 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO) -> None:
         integrations.attach(api)
     # A hangup (a closed terminal, systemd's reload) ended the collector without its
     # drain and stop checkpoint; now it loads renewed TLS certificates and goes on.
-    loop.add_signal_handler(signal.SIGHUP, _reload_certificates, server, api, config)
+    signals.reload_with(functools.partial(_reload_certificates, server, api, config))
     addresses = server.addresses + ([api.url] if api else [])
     print(f"{READY_PREFIX} {' '.join(addresses)}", file=out, flush=True)
     forwarding = True

@@ -60,6 +60,9 @@ def short_tmp() -> Iterator[Path]:
 
 
 class CollectorProcess:
+    #: What ``python -m`` runs: the collector, or a test's wrapper of its command line.
+    module = "collector"
+
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.args = list(args)
@@ -67,6 +70,8 @@ class CollectorProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self.ready_line = ""
+        #: Set once all its output is read (it exited): ``output`` is whole.
+        self.output_ended = threading.Event()
 
     @property
     def socket(self) -> Path:
@@ -81,13 +86,12 @@ class CollectorProcess:
         self.proc = subprocess.Popen(
             # An ephemeral API port by default (tests run side by side; 8080 may be
             # taken); a test's own --api-listen comes later and wins.
-            [sys.executable, "-m", "collector", "serve", "--data-dir", str(self.data_dir),
+            [sys.executable, "-m", self.module, "serve", "--data-dir", str(self.data_dir),
              "--api-listen", "127.0.0.1:0", *self.args],
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1,
         )
-        ready = threading.Event()
-        threading.Thread(target=self._read, args=(self.proc, ready), daemon=True).start()
+        ready = self._follow()
         if not ready.wait(timeout):
             self.kill()
             raise AssertionError("collector did not become ready:\n" + "".join(self.output))
@@ -99,13 +103,25 @@ class CollectorProcess:
             raise AssertionError("collector exited at start-up:\n" + "".join(self.output))
         return self
 
-    def _read(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
+    def _follow(self) -> threading.Event:
+        """Its output read in a thread, into ``output``; the event is set once it is
+        ready (or gone), ``output_ended`` once all is read."""
+        assert self.proc is not None
+        ready = threading.Event()
+        self.output_ended = threading.Event()
+        threading.Thread(target=self._read, args=(self.proc, ready, self.output_ended),
+                         daemon=True).start()
+        return ready
+
+    def _read(self, proc: subprocess.Popen[str], ready: threading.Event,
+              ended: threading.Event) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.output.append(line)
             if line.startswith(READY):
                 self.ready_line = line
                 ready.set()
+        ended.set()
         ready.set()  # exited: start() reports it
 
     def stop(self, timeout: float = 30.0) -> int:

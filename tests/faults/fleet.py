@@ -87,14 +87,12 @@ class Collector(CollectorProcess):
         if self.proc is not None and self.proc.poll() is None:
             raise AssertionError("this collector is still running: stop or kill it first")
         self.proc = _track(subprocess.Popen(
-            [sys.executable, "-m", "collector", "serve", "--data-dir", str(self.data_dir),
+            [sys.executable, "-m", self.module, "serve", "--data-dir", str(self.data_dir),
              *self.args],
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1,
         ))
-        ready = threading.Event()
-        threading.Thread(target=self._read, args=(self.proc, ready), daemon=True).start()
-        return ready
+        return self._follow()
 
     def start(self, timeout: float = 60.0) -> Self:
         ready = self.spawn()
