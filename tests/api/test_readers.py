@@ -147,6 +147,47 @@ def test_an_edit_by_another_user_than_the_data_directorys_owner_is_refused(
     assert (tmp_path / READERS_FILE).read_bytes() == before
 
 
+def _owners(monkeypatch: pytest.MonkeyPatch, owners: dict[Path, int]) -> None:
+    """``Path.stat`` says these paths are these uids' (only root may chown)."""
+    real = Path.stat
+
+    def stat(self: Path, *, follow_symlinks: bool = True) -> os.stat_result:
+        st = real(self, follow_symlinks=follow_symlinks)
+        if self not in owners:
+            return st
+        fields = list(st)
+        fields[4] = owners[self]  # st_uid
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(Path, "stat", stat)
+
+
+@pytest.mark.parametrize("editor", ["data directory's owner", "collector's user"])
+def test_the_collectors_user_is_the_one_who_made_segments_not_the_data_directorys_owner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    editor: str
+) -> None:
+    """A data directory root made for the collector's group (root:audit 0770), or a
+    volume a container platform mounts root's: root's ``users add`` was allowed (and left
+    readers.json root's alone: 503 for every sign-in), the collector's user's refused,
+    told to run it as root."""
+    (tmp_path / "segments").mkdir()  # the collector's first start made it
+    Readers(tmp_path).add("alice", root=True)
+    before = (tmp_path / READERS_FILE).read_bytes()
+    collector = (tmp_path / "segments").stat().st_uid
+    _owners(monkeypatch, {tmp_path: collector + 1})
+    euid = collector + 1 if editor == "data directory's owner" else collector
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    done = cli_main(["users", "add", "ops", "--root", "--data-dir", str(tmp_path)])
+    if editor == "data directory's owner":
+        assert done == 2
+        assert "the collector could not read it" in capsys.readouterr().err
+        assert (tmp_path / READERS_FILE).read_bytes() == before
+    else:
+        assert done == 0, capsys.readouterr().err
+        assert [r.name for r in Readers(tmp_path).all()] == ["alice", "ops"]
+
+
 def test_an_edit_killed_mid_write_leaves_no_file_behind_after_the_next(tmp_path: Path) -> None:
     """The temporary file was named after the editing process: each `users add` killed
     before its rename left one behind for good."""
