@@ -21,11 +21,13 @@ def foreign_owner(data_dir: Path, *, command: str, writes: str, then: str) -> st
         return None
     try:
         name = pwd.getpwuid(owner).pw_name
-    except KeyError:
+    except KeyError:  # a container's uid with no passwd entry: sudo takes '#UID'
         name = f"#{owner}"
+    # Quoted: '#1000' unquoted starts a shell comment, and the command pasted ran
+    # a bare `sudo -u`.
     return (f"{made} belongs to {name}, the collector's user: {writes} written by this "
             f"user would be this user's alone (mode 0600), and the collector could not "
-            f"read it ({then}). Run it as {name}: sudo -u {name} "
+            f"read it ({then}). Run it as {name}: sudo -u {shlex.quote(name)} "
             f"audit-collector {command} ... --data-dir {shlex.quote(str(data_dir))}")
 
 

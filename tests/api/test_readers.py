@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +188,28 @@ def test_the_collectors_user_is_the_one_who_made_segments_not_the_data_directory
     else:
         assert done == 0, capsys.readouterr().err
         assert [r.name for r in Readers(tmp_path).all()] == ["alice", "ops"]
+
+
+def test_the_command_suggested_for_a_uid_without_a_name_runs_as_pasted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A container's uid without a passwd entry: ``sudo -u #1000 ...`` pasted in a shell
+    is ``sudo -u`` and a comment."""
+    (tmp_path / "segments").mkdir()
+    uid = next(u for u in range(60999, 1000, -1) if not _has_name(u))
+    _owners(monkeypatch, {tmp_path: uid, tmp_path / "segments": uid})
+    assert cli_main(["users", "add", "ops", "--data-dir", str(tmp_path)]) == 2
+    suggested = capsys.readouterr().err.rsplit(": ", 1)[1]
+    assert shlex.split(suggested, comments=True)[:4] == [
+        "sudo", "-u", f"#{uid}", "audit-collector"]
+
+
+def _has_name(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
 
 
 def test_an_edit_killed_mid_write_leaves_no_file_behind_after_the_next(tmp_path: Path) -> None:
