@@ -19,10 +19,7 @@ def foreign_owner(data_dir: Path, *, command: str, writes: str, then: str) -> st
     made, owner = found
     if owner == os.geteuid():
         return None
-    try:
-        name = pwd.getpwuid(owner).pw_name
-    except KeyError:  # a container's uid with no passwd entry: sudo takes '#UID'
-        name = f"#{owner}"
+    name = user_name(owner)
     # Quoted: '#1000' unquoted starts a shell comment, and the command pasted ran
     # a bare `sudo -u`.
     return (f"{made} belongs to {name}, the collector's user: {writes} written by this "
@@ -44,3 +41,12 @@ def collector_user(data_dir: Path) -> tuple[Path, int] | None:
         except OSError:
             continue
     return None
+
+
+def user_name(uid: int) -> str:
+    """``uid``'s name, else ``#UID`` (a container's uid with no passwd entry: ``sudo -u``
+    takes it, shell-quoted)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import orjson
 
+from collector.ownership import user_name
 from collector.storage.regular_files import replace_file
 
 __all__ = ["READERS_FILE", "Reader", "ReaderError", "Readers"]
@@ -159,13 +160,27 @@ def _load(path: Path) -> list[Reader]:
             raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT}")
         return [Reader(r["name"], _role(r), r["key_id"], r["token_sha256"], r["created"])
                 for r in data["readers"]]
-    except PermissionError as exc:  # not damaged: written by another user (root, say)
-        raise ReaderError(f"{path} cannot be read ({exc.strerror}): it belongs to another "
-                          f"user; chown it to the collector's user, and run `users add` "
-                          f"and `remove` as that user") from None
+    except PermissionError as exc:  # not damaged: another user's
+        raise ReaderError(_not_readable(path, exc)) from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ReaderError(f"{path} cannot be read ({exc}): restore it from a backup, or "
                           f"delete it and add the readers again") from None
+
+
+def _not_readable(path: Path, exc: PermissionError) -> str:
+    """What to do about a readers.json this process may not read. Its owner tells which
+    case it is: the collector's own file read by another user (``users list`` by a
+    member of its group: run it as the collector's user; a chown would change nothing),
+    or a file root's ``users add`` left root's alone (chown it, and the lock file beside
+    it, or the next ``users add`` as the collector's user fails on that)."""
+    try:
+        owner = user_name(path.stat().st_uid)
+    except OSError:
+        owner = "another user"
+    return (f"{path} cannot be read ({exc.strerror}): it is {owner}'s alone (mode 0600). "
+            f"Run `users` commands as the collector's user (sudo -u USER audit-collector "
+            f"users ...); if that user is not {owner} (a `users add` run as root, say), "
+            f"chown it and {_LOCK_FILE} beside it to the collector's user")
 
 
 def _role(entry: dict[str, Any]) -> bool:

@@ -96,6 +96,27 @@ def test_a_file_the_collector_may_not_read_is_said_as_such_not_as_damage(
     assert "chown" in str(raised.value) and "delete it" not in str(raised.value)
 
 
+def test_a_file_another_user_may_not_read_names_its_owner_and_the_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The advice was "chown it to the collector's user": for ``users list`` by a member
+    of the collector's group, the file is the collector's already (a chown changes
+    nothing: run it as that user); for a file root's ``users add`` left, readers.lock is
+    root's too, and the next ``users add`` as the collector's user failed on it."""
+    (tmp_path / "segments").mkdir()
+    Readers(tmp_path).add("alice", root=True)
+
+    def refused(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    assert cli_main(["users", "list", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    owner = pwd.getpwuid((tmp_path / READERS_FILE).stat().st_uid).pw_name
+    assert f"it is {owner}'s alone" in err and "as the collector's user" in err
+    assert "chown it and readers.lock" in err
+
+
 def test_no_file_means_no_readers(tmp_path: Path) -> None:
     readers = Readers(tmp_path)
     assert readers.all() == [] and readers.authenticate("ac_" + "0" * 16 + "_" + "A" * 43) is None
