@@ -10,10 +10,16 @@ import shlex
 from pathlib import Path
 
 
-def foreign_owner(data_dir: Path, *, command: str, writes: str, then: str) -> str | None:
+def foreign_owner(data_dir: Path, *, command: str, writes: str, then: str,
+                  replaces: Path | None = None) -> str | None:
     """Why this process may not run ``command`` on ``data_dir`` (None: it may), saying
-    what it ``writes`` and what the collector does ``then``."""
-    found = collector_user(data_dir)
+    what it ``writes`` and what the collector does ``then``. ``replaces``: the file it
+    writes anew, whose owner is then the one to run it (a signing key kept outside the
+    data directory is root's when systemd hands it over as a credential: root rotates
+    it, and the collector's user could not even read it); without one, or none there
+    yet, the collector's user."""
+    found = _owner(replaces) if replaces is not None else None
+    found = found or collector_user(data_dir)
     if found is None:  # no data directory yet (users add before the first serve): ours
         return None
     made, owner = found
@@ -22,10 +28,10 @@ def foreign_owner(data_dir: Path, *, command: str, writes: str, then: str) -> st
     name = user_name(owner)
     # Quoted: '#1000' unquoted starts a shell comment, and the command pasted ran
     # a bare `sudo -u`.
-    return (f"{made} belongs to {name}, the collector's user: {writes} written by this "
-            f"user would be this user's alone (mode 0600), and the collector could not "
-            f"read it ({then}). Run it as {name}: sudo -u {shlex.quote(name)} "
-            f"audit-collector {command} ... --data-dir {shlex.quote(str(data_dir))}")
+    return (f"{made} belongs to {name}: {writes} written by this user would be this "
+            f"user's alone (mode 0600), and the collector could not read it ({then}). "
+            f"Run it as {name}: sudo -u {shlex.quote(name)} audit-collector {command} ... "
+            f"--data-dir {shlex.quote(str(data_dir))}")
 
 
 def collector_user(data_dir: Path) -> tuple[Path, int] | None:
@@ -35,12 +41,14 @@ def collector_user(data_dir: Path) -> tuple[Path, int] | None:
     0770), and container platforms mount volumes root's (Kubernetes' fsGroup); its owner
     was then taken for the collector's user, root's edit allowed (the file root's alone)
     and the collector's own refused."""
-    for made in (data_dir / "segments", data_dir):
-        try:
-            return made, made.stat().st_uid
-        except OSError:
-            continue
-    return None
+    return _owner(data_dir / "segments") or _owner(data_dir)
+
+
+def _owner(path: Path) -> tuple[Path, int] | None:
+    try:
+        return path, path.stat().st_uid
+    except OSError:
+        return None
 
 
 def user_name(uid: int) -> str:

@@ -223,9 +223,12 @@ def run_keys(args: argparse.Namespace) -> int:
     config = collector_config.load(args, for_serve=False)
     try:
         if args.keys_command == "rotate":
-            refused = foreign_owner(config.data_dir, command="keys rotate",
-                                    writes="a new signing key",
-                                    then="it would not start again")
+            from .keys import default_signing_key_path
+
+            refused = foreign_owner(
+                config.data_dir, command="keys rotate", writes="a new signing key",
+                then="it would not start again",
+                replaces=config.signing_key or default_signing_key_path(config.data_dir))
             if refused is not None:
                 raise IntegrityError(refused)
             return _rotate(config.data_dir, config.signing_key, config.digest_interval)

@@ -9,6 +9,7 @@ import pwd
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -170,25 +171,10 @@ def test_an_edit_by_another_user_than_the_data_directorys_owner_is_refused(
     assert (tmp_path / READERS_FILE).read_bytes() == before
 
 
-def _owners(monkeypatch: pytest.MonkeyPatch, owners: dict[Path, int]) -> None:
-    """``Path.stat`` says these paths are these uids' (only root may chown)."""
-    real = Path.stat
-
-    def stat(self: Path, *, follow_symlinks: bool = True) -> os.stat_result:
-        st = real(self, follow_symlinks=follow_symlinks)
-        if self not in owners:
-            return st
-        fields = list(st)
-        fields[4] = owners[self]  # st_uid
-        return os.stat_result(fields)
-
-    monkeypatch.setattr(Path, "stat", stat)
-
-
 @pytest.mark.parametrize("editor", ["data directory's owner", "collector's user"])
 def test_the_collectors_user_is_the_one_who_made_segments_not_the_data_directorys_owner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    editor: str
+    fake_owners: Callable[[dict[Path, int]], None], editor: str
 ) -> None:
     """A data directory root made for the collector's group (root:audit 0770), or a
     volume a container platform mounts root's: root's ``users add`` was allowed (and left
@@ -198,7 +184,7 @@ def test_the_collectors_user_is_the_one_who_made_segments_not_the_data_directory
     Readers(tmp_path).add("alice", root=True)
     before = (tmp_path / READERS_FILE).read_bytes()
     collector = (tmp_path / "segments").stat().st_uid
-    _owners(monkeypatch, {tmp_path: collector + 1})
+    fake_owners({tmp_path: collector + 1})
     euid = collector + 1 if editor == "data directory's owner" else collector
     monkeypatch.setattr(os, "geteuid", lambda: euid)
     done = cli_main(["users", "add", "ops", "--root", "--data-dir", str(tmp_path)])
@@ -212,13 +198,14 @@ def test_the_collectors_user_is_the_one_who_made_segments_not_the_data_directory
 
 
 def test_the_command_suggested_for_a_uid_without_a_name_runs_as_pasted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    fake_owners: Callable[[dict[Path, int]], None]
 ) -> None:
     """A container's uid without a passwd entry: ``sudo -u #1000 ...`` pasted in a shell
     is ``sudo -u`` and a comment."""
     (tmp_path / "segments").mkdir()
     uid = next(u for u in range(60999, 1000, -1) if not _has_name(u))
-    _owners(monkeypatch, {tmp_path: uid, tmp_path / "segments": uid})
+    fake_owners({tmp_path: uid, tmp_path / "segments": uid})
     assert cli_main(["users", "add", "ops", "--data-dir", str(tmp_path)]) == 2
     suggested = capsys.readouterr().err.rsplit(": ", 1)[1]
     assert shlex.split(suggested, comments=True)[:4] == [

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -238,6 +239,27 @@ def test_a_rotation_by_another_user_than_the_data_directorys_owner_is_refused(
     err = capsys.readouterr().err
     assert "the collector could not read it" in err and "sudo -u" in err
     assert key.read_bytes() == before
+
+
+def test_a_signing_key_kept_outside_the_data_directory_is_rotated_by_its_owner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        fake_owners: Callable[[dict[Path, int]], None]) -> None:
+    """A signing key systemd hands over as a credential (docs/integrity.md, Key custody)
+    is root's, kept outside the data directory: root rotates it (the collector's user
+    cannot even read it). It was refused, told to run it as the collector's user."""
+    from collector.cli import main as cli_main
+
+    data_dir = build_store(tmp_path / "data", batches=1)
+    key = tmp_path / "credentials" / "signing-key.pem"
+    key.parent.mkdir()
+    (data_dir / "keys" / "signing-key.pem").rename(key)
+    before = key.read_bytes()
+    root = (data_dir / "segments").stat().st_uid + 1  # not the collector's user
+    fake_owners({key: root})
+    monkeypatch.setattr(os, "geteuid", lambda: root)
+    assert cli_main(["keys", "rotate", "--data-dir", str(data_dir),
+                     "--signing-key", str(key)]) == 0
+    assert key.read_bytes() != before
 
 
 def test_an_export_after_a_rotation_that_kept_no_list_asks_for_the_old_key(
