@@ -1,6 +1,7 @@
 """Commands that write files the running collector must read (``users add``, ``keys
-rotate``) run as the collector's user. Run as anyone else (root, typically), the file they
-make is theirs alone (mode 0600), and the collector cannot read it."""
+rotate``) run as the collector's user (``keys rotate``: the signing key's owner). Run as
+anyone else (root, typically), the file they make is theirs alone (mode 0600), and the
+collector cannot read it."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from pathlib import Path
 
 
 def foreign_owner(data_dir: Path, *, command: str, writes: str, then: str,
-                  replaces: Path | None = None) -> str | None:
+                  replaces: Path | None = None, config_file: Path | None = None
+                  ) -> str | None:
     """Why this process may not run ``command`` on ``data_dir`` (None: it may), saying
     what it ``writes`` and what the collector does ``then``. ``replaces``: the file it
     writes anew, whose owner is then the one to run it (a signing key kept outside the
     data directory is root's when systemd hands it over as a credential: root rotates
     it, and the collector's user could not even read it); without one, or none there
-    yet, the collector's user."""
+    yet, the collector's user. ``config_file`` (AUDIT_CONFIG, say) goes into the command
+    suggested: sudo drops the environment, and with it the signing key's path."""
     found = _owner(replaces) if replaces is not None else None
     found = found or collector_user(data_dir)
     if found is None:  # no data directory yet (users add before the first serve): ours
@@ -28,10 +31,11 @@ def foreign_owner(data_dir: Path, *, command: str, writes: str, then: str,
     name = user_name(owner)
     # Quoted: '#1000' unquoted starts a shell comment, and the command pasted ran
     # a bare `sudo -u`.
+    config = f"--config {shlex.quote(str(config_file))} " if config_file else ""
     return (f"{made} belongs to {name}: {writes} written by this user would be this "
             f"user's alone (mode 0600), and the collector could not read it ({then}). "
             f"Run it as {name}: sudo -u {shlex.quote(name)} audit-collector {command} ... "
-            f"--data-dir {shlex.quote(str(data_dir))}")
+            f"{config}--data-dir {shlex.quote(str(data_dir))}")
 
 
 def collector_user(data_dir: Path) -> tuple[Path, int] | None:

@@ -30,11 +30,12 @@ def users_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_users(args: argparse.Namespace) -> int:
-    data_dir = collector_config.load(args, for_serve=False).data_dir
+    config = collector_config.load(args, for_serve=False)
+    data_dir = config.data_dir
     readers = Readers(data_dir)
     refused = None if args.action == "list" else foreign_owner(
         data_dir, command=f"users {args.action}", writes="a readers.json",
-        then="every sign-in and API read refused with 503")
+        then="every sign-in and API read refused with 503", config_file=config.config_file)
     if refused is not None:
         print(f"audit-collector users {args.action}: {refused}", file=sys.stderr)
         return 2

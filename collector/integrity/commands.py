@@ -228,7 +228,8 @@ def run_keys(args: argparse.Namespace) -> int:
             refused = foreign_owner(
                 config.data_dir, command="keys rotate", writes="a new signing key",
                 then="it would not start again",
-                replaces=config.signing_key or default_signing_key_path(config.data_dir))
+                replaces=config.signing_key or default_signing_key_path(config.data_dir),
+                config_file=config.config_file)
             if refused is not None:
                 raise IntegrityError(refused)
             return _rotate(config.data_dir, config.signing_key, config.digest_interval)

@@ -5,6 +5,7 @@ an unpacked archive, and next to a running collector."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -260,6 +261,26 @@ def test_a_signing_key_kept_outside_the_data_directory_is_rotated_by_its_owner(
     assert cli_main(["keys", "rotate", "--data-dir", str(data_dir),
                      "--signing-key", str(key)]) == 0
     assert key.read_bytes() != before
+
+
+def test_the_command_suggested_to_rotate_keeps_the_configuration_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``AUDIT_CONFIG=... audit-collector keys rotate`` as root was told to run
+    ``sudo -u audit audit-collector keys rotate ... --data-dir ...``: sudo drops
+    AUDIT_CONFIG, and with it the signing key the file names."""
+    from collector.cli import main as cli_main
+
+    data_dir = build_store(tmp_path / "data", batches=1)
+    config = tmp_path / "collector.toml"
+    config.write_text(f"data_dir = {str(data_dir)!r}\n")
+    monkeypatch.setenv("AUDIT_CONFIG", str(config))
+    owner = data_dir.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)  # someone else (root, say)
+    assert cli_main(["keys", "rotate"]) == 2
+    suggested = capsys.readouterr().err.rsplit(": ", 1)[1]
+    assert shlex.split(suggested)[-4:] == ["--config", str(config), "--data-dir",
+                                           str(data_dir)]
 
 
 def test_an_export_after_a_rotation_that_kept_no_list_asks_for_the_old_key(
