@@ -35,23 +35,37 @@ def asgi_peer(scope: Mapping[str, Any]) -> Any:
     outside the spec, gives ports as text and a unix socket's peer as (the path the
     connecting process bound its own socket to, "0"): any text a local process likes,
     ``10.0.0.1`` too, beside a server of (its socket's path, "0"). That peer has no
-    address. The check costs a spec-following server one type test."""
+    address. Nor has (a host, the int 0) beside that server: granian's
+    ``wrap_asgi_with_proxy_headers`` believing such a path (``127.0.0.1``, its default)
+    and naming the client that process chose. Elsewhere port 0 is kept: Mangum's client
+    is (its address, 0). The check costs a spec-following server one type test and
+    one truth test (``emitter.request_fields``)."""
     client = scope.get("client")
     if not client:
         return ""
     try:
-        if type(client[1]) is not int and _asgi_unix_server(scope.get("server")):
-            return ""
-        return client[0]
+        port = client[1]
+        if type(port) is int:
+            return client[0] if port or not _granian_unix_server(scope.get("server")) else ""
+        return "" if _asgi_unix_server(scope.get("server")) else client[0]
     except (TypeError, IndexError, KeyError):  # outside the spec: its first item, if any
         return client[0] if isinstance(client, (tuple, list)) and client else ""
 
 
 def _asgi_unix_server(server: Any) -> bool:
     """Whether ASGI's ``scope["server"]`` is a unix socket's: [path, None] (the spec),
-    (path, "0") (granian), or none given."""
+    (path, "0") (granian), or none given. Not an int 0: Mangum takes the server's port
+    from the request's Host header, which the client writes."""
     try:
-        return not server or server[1] in (None, 0, "0")
+        return not server or server[1] is None or server[1] == "0"
+    except (TypeError, IndexError, KeyError):
+        return False
+
+
+def _granian_unix_server(server: Any) -> bool:
+    """Whether ``scope["server"]`` is granian's on a unix socket: (its path, "0")."""
+    try:
+        return bool(server) and server[1] == "0"
     except (TypeError, IndexError, KeyError):
         return False
 

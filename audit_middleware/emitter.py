@@ -93,12 +93,15 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
         user = scope.get("user")
         principal = (principal_from_user(user) or "") if user is not None else ""
         client = scope.get("client")
-        peer = ""
         if client:
-            try:  # the spec's int port: the host is an address (else see asgi_peer)
-                peer = client[0] if type(client[1]) is int else asgi_peer(scope)
+            try:  # the spec's int port, never 0 for a socket's peer: the host is an
+                # address (a port 0 may be a proxy-headers wrapper's: see asgi_peer)
+                peer = client[0] if type(port := client[1]) is int and port \
+                    else asgi_peer(scope)
             except (TypeError, IndexError, KeyError):
                 peer = asgi_peer(scope)
+        else:
+            peer = ""
         if type(peer) is not str:  # outside the ASGI spec (a host object): its text
             peer = str(peer)
         if type(principal) is not str or len(principal) > cap:

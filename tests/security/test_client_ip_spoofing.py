@@ -259,11 +259,15 @@ def test_through_uvicorn_on_a_unix_socket_the_proxy_s_hop_is_the_client(tmp: Pat
     assert [(e.client_ip, e.peer_ip) for e in events] == [(CLIENT, "unix")]
 
 
-@pytest.mark.parametrize("server", [("127.0.0.1", 8000), ("testserver", 80), ["::1", 443]])
+@pytest.mark.parametrize("server", [("127.0.0.1", 8000), ("testserver", 80), ["::1", 443],
+                                    ("example.org", 0)])
 def test_no_peer_on_tcp_is_not_a_unix_socket_peer(server: Any) -> None:
     """An ASGI server on TCP may hand over no peer (uvicorn: a client that reset the
     connection before it was asked for its address); its scope["server"] still names a
-    port. "unix" must not trust such a peer: its forwarding header is its own."""
+    port. "unix" must not trust such a peer: its forwarding header is its own. The port
+    may be 0: Mangum (AWS Lambda) takes scope["server"] from the request's own Host
+    header (``Host: example.org:0``); only the spec's None, and granian's "0", are a
+    unix socket's."""
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await inner({**scope, "client": None, "server": server}, receive, send)
 
@@ -272,6 +276,24 @@ def test_no_peer_on_tcp_is_not_a_unix_socket_peer(server: Any) -> None:
         response = client.get("/c/c-1", headers={"x-forwarded-for": f"{ATTACKER}"})
         assert response.status_code == 200
     assert [(e.client_ip, e.peer_ip) for e in events] == [("", "")]
+
+
+@pytest.mark.parametrize("server", [None, ("lambda.example", 443), ("/run/app.sock", None)])
+def test_a_client_port_of_0_beside_a_server_of_another_kind_than_granian_s_is_kept(
+        server: Any) -> None:
+    """Mangum (AWS Lambda) hands over the client as (its address, 0), beside a server
+    from the Host header or none; uvicorn's own proxy headers put (the forwarded client,
+    0) there, on a unix socket too. Only beside granian's unix socket (its server's
+    port "0") is such a client its proxy-headers wrapper believing a bound path."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await inner({**scope, "client": (CLIENT, 0), "server": server}, receive, send)
+
+    for trusted in ([], [PROXY]):  # the per-event fast path, and the resolution
+        inner = asgi_app(trusted, "x-forwarded-for")
+        with TestClient(app) as client, capture_audit_events() as events:
+            assert client.get("/c/c-1", headers={"x-forwarded-for": ATTACKER}).status_code \
+                == 200
+        assert [e.client_ip for e in events] == [CLIENT], (trusted, server)
 
 
 def test_through_uvicorn_on_tcp_a_reset_client_is_not_a_unix_socket_peer() -> None:

@@ -379,11 +379,35 @@ def test_granian_asgi_on_tcp_the_peer_is_the_peer(tmp_path: Path) -> None:
             == ("127.0.0.1", "")
 
 
+@pytest.mark.parametrize(("trusted", "expected"), [
+    ([], ("", "")),
+    (["unix"], (CLIENT, "unix")),
+], ids=["nothing trusted", "unix trusted"])
+def test_granian_asgi_on_a_unix_socket_its_own_proxy_headers_are_not_believed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: list[str],
+        expected: tuple[str, str]) -> None:
+    """granian's ``wrap_asgi_with_proxy_headers`` (outside the middleware) believes a peer
+    bound to the path ``127.0.0.1``, its default trusted host, and puts the client its
+    X-Forwarded-For names in ``scope["client"]`` with the int port 0: that was kept as
+    the client IP, where the WSGI side keeps nothing granian's wrapper says on a unix
+    socket. The socket's peer is a unix socket peer all the same."""
+    path = tmp_path / "granian-asgi.sock"
+    monkeypatch.chdir(tmp_path)  # the forger binds its path relative to its directory
+    with granian_asgi_serving(tmp_path, trusted, "--uds", str(path), proxy_headers=True):
+        assert recorded(exchange(socket.AF_UNIX, str(path), REQUEST, bind="127.0.0.1")) \
+            == expected
+
+
 @contextmanager
-def granian_asgi_serving(tmp: Path, trusted: list[str], *listen: str) -> Iterator[None]:
-    """granian (ASGI, one worker) running ``SERVED_ASGI_APP`` with ``listen``."""
-    (tmp / "served_asgi_app.py").write_text(SERVED_ASGI_APP.format(
-        root=str(Path(__file__).parents[2]), trusted=trusted))
+def granian_asgi_serving(tmp: Path, trusted: list[str], *listen: str,
+                         proxy_headers: bool = False) -> Iterator[None]:
+    """granian (ASGI, one worker) running ``SERVED_ASGI_APP`` with ``listen``; with
+    ``proxy_headers``, inside granian's own ``wrap_asgi_with_proxy_headers``."""
+    module = SERVED_ASGI_APP.format(root=str(Path(__file__).parents[2]), trusted=trusted)
+    if proxy_headers:
+        module += ("from granian.utils.proxies import wrap_asgi_with_proxy_headers\n"
+                   "application = wrap_asgi_with_proxy_headers(application)\n")
+    (tmp / "served_asgi_app.py").write_text(module)
     command = [venv_script("granian"), "--interface", "asgi", *listen, "--workers", "1",
                "--runtime-threads", "1", "--working-dir", str(tmp),
                "served_asgi_app:application"]
