@@ -40,6 +40,10 @@ def certificate_alerts(trust: str) -> Hints:
          ("the client refused this certificate, the alert does not say why: often the "
           "name or address it connects to is not in it, or it is not valid yet by the "
           "client's clock; the client's own error says which")),
+        (("ALERT_DECRYPT_ERROR",),
+         (f"the client could not verify a signature: often this certificate's, not "
+          f"signed by the CA it trusts under its issuer's name (a CA made again under "
+          f"the same name): give it {trust}, the one that issued this certificate")),
         (("ALERT_CERTIFICATE_UNKNOWN",),
          (f"the client refused this certificate without saying why (some clients send "
           f"this for a CA they do not trust: then give it {trust}); the client's own "

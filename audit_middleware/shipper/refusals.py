@@ -13,6 +13,10 @@ from typing import Final
 #: The issuer is not among the trusted CAs: unable to get issuer certificate (2, 20),
 #: self-signed (18), a self-signed CA in the chain (19), the leaf's issuer missing (21).
 _UNTRUSTED: Final = frozenset({2, 18, 19, 20, 21})
+#: Signed by another key than the trusted CA's of its issuer's name: a certificate
+#: without an authority key identifier is matched to a CA by name alone, so a CA made
+#: again under the same name (an older copy given as the CA) ends here, not in "untrusted".
+_SIGNATURE_FAILURE: Final = 7
 _NOT_YET_VALID: Final = 9
 _EXPIRED: Final = 10
 _WRONG_PURPOSE: Final = 26  # not for a TLS server (extended key usage, key usage)
@@ -33,6 +37,10 @@ def refused_certificate(exc: ssl.SSLCertVerificationError, remedies: Remedies) -
     code, cert = exc.verify_code, f"{remedies.server} certificate"
     if code in _UNTRUSTED:
         return f"{cert} is not trusted here: {remedies.trust}"
+    if code == _SIGNATURE_FAILURE:
+        return (f"{cert} names a CA trusted here as its issuer, but that CA did not sign "
+                f"it: if its CA was made again under the same name, {remedies.trust} (the "
+                f"new one); if not, something else answers in its place")
     if code == _EXPIRED:
         # The trusted CA does not matter: renewing does (or a clock set far ahead).
         return (f"{cert} has expired: renew it (a SIGHUP makes the collector load the "

@@ -918,6 +918,35 @@ def test_a_certificate_refused_for_another_reason_than_trust_is_not_a_ca_problem
     assert not collector_says(caplog, "give it the CA", timeout=0)
 
 
+def test_a_certificate_of_another_ca_of_the_same_name_is_a_ca_problem(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """tls_ca is an older CA of the name that issued the collector's certificate (the CA
+    made again): a certificate without an authority key identifier (what OpenSSL's own
+    commands make) is matched to it by name, and its signature fails (verify code 7).
+    The shipper said a CA setting does not change that, of the one setting that does;
+    the collector's decrypt_error alert had no hint."""
+    (root / "old").mkdir()
+    (root / "new").mkdir()
+    old_ca, _, _ = ca_issued_certificate(root / "old")
+    _, cert, key = ca_issued_certificate(root / "new", authority_key_identifier=False)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
+                     tls=True, tls_ca=old_ca)
+    with caplog.at_level(logging.WARNING):
+        emit_many(1)
+        assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 0
+    [said] = [r.getMessage() for r in caplog.records
+              if r.name == "audit_middleware" and "unavailable" in r.getMessage()]
+    assert "certificate signature failure" in said, said  # the premise: code 7
+    assert "that CA did not sign it" in said and "pass tls_ca=" in said, said
+    assert "a CA setting does not change" not in said, said
+    assert collector_says(caplog, "TLS handshake with 127.0.0.1:",
+                          "not signed by the CA it trusts under its issuer's name")
+
+
 def test_tls_ca_may_be_the_collectors_own_ca_issued_certificate(
         collector: Collector, make_sink: SinkFactory, root: Path) -> None:
     """tls_ca=<its certificate> (what the hint says) works for a CA-issued one on every
