@@ -105,10 +105,15 @@ def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
         # assigned left the collector running with the data directory, its parent gone
         # (one leaked by most runs of the SIGTERM-at-start test): such a signal waits
         # until the collector is known here, then stops it.
+        # A session of its own: a terminal's Ctrl-C (sent to the whole foreground group)
+        # reached the collector too, and stop_collector's SIGTERM after it was then its
+        # second stop signal, which ends it at once, without its drain or clean close.
+        # Only this command stops it, with one SIGTERM.
         with _stops_deferred():
             proc = subprocess.Popen(
                 [sys.executable, "-m", "collector", "serve", "--data-dir", str(DATA_DIR)],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                start_new_session=True)
         threading.Thread(target=pump, name="collector-log", daemon=True).start()
         # Its output ending without the ready line means it stopped, though it may not
         # be reaped yet (poll() still None); its last line says why.

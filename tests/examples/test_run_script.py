@@ -19,6 +19,8 @@ from audit_middleware.catalogue import SEED_CATALOGUE
 from collector.query import iter_records
 from collector.store import lock_data_dir
 from examples.platform.auth import ALICE
+from tests.faults.fleet import wait_for
+from tests.faults.test_unread_replies import Pusher
 
 pytestmark = pytest.mark.e2e
 
@@ -100,6 +102,38 @@ def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(
     assert not (tmp_path / "audit-data" / "collector.sock").exists()  # collector stopped
     mine = [r for r in records(tmp_path) if r["org_name"] == "spoofed"]
     assert [(r["type"], r["client_ip"]) for r in mine] == [("organization_created", "127.0.0.1")]
+
+
+def test_ctrl_c_in_a_terminal_stops_the_collector_once_and_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C goes to its whole foreground process group. The collector,
+    in the command's group, took it as its first stop, and the command's own SIGTERM
+    after it as a second one: it ended at once, by SIGTERM, without its drain or the
+    store's clean close. Here a client that never reads holds the collector's drain
+    (up to its drain_timeout), so that the command's SIGTERM lands while it drains."""
+    port = free_port()
+    proc = subprocess.Popen(
+        command(), cwd=tmp_path, env={**environment(port), "AUDIT_DRAIN_TIMEOUT": "15"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # a group of its own, as a shell gives it: never pytest's
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends (and the test fails) if the process dies
+            if "Serving until Ctrl-C" in line:
+                break
+        pusher = Pusher(tmp_path / "audit-data" / "collector.sock")
+        try:
+            wait_for(pusher.stalled.is_set, 60, "the client to be stalled by the collector")
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            pusher.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = (tmp_path / "audit-data" / "collector.log").read_text()
+    assert "stopping now" not in log, log[-3000:]
+    assert log.rstrip().endswith("audit-collector: stopped"), log[-3000:]
 
 
 def test_sigterm_while_the_collector_starts_leaves_nothing_running(tmp_path: Path) -> None:
