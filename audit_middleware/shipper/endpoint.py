@@ -403,10 +403,12 @@ def _is_address(host: str) -> bool:
 
 
 def is_loopback(host: str) -> bool:
-    """``localhost`` (in any case, with or without the root's trailing dot: a host name
-    is not case-sensitive) or a loopback address (127.0.0.0/8, ::1); a name never
-    resolves here."""
-    if host.lower() in ("localhost", "localhost."):
+    """``localhost`` (in any case: a host name is not case-sensitive, nor is /etc/hosts)
+    or a loopback address (127.0.0.0/8, ::1); a name never resolves here. Not
+    ``localhost.``: glibc's /etc/hosts lookup does not match the trailing dot, so that
+    name is asked of DNS, whose answer (any address) would get the token and the events
+    in clear."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -237,7 +237,7 @@ def free_port(host: str) -> int:
     return port
 
 
-@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "LocalHost.", "127.0.0.2", "::1"])
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "LocalHost", "127.0.0.2", "::1"])
 def test_loopback_however_it_is_spelled_needs_no_tls(host: str) -> None:
     """A host name is not case-sensitive: tcp://LOCALHOST:7100 was taken for a remote
     collector, and the sink refused to start without TLS."""
@@ -246,9 +246,19 @@ def test_loopback_however_it_is_spelled_needs_no_tls(host: str) -> None:
     CollectorSink(url, token="t", spool_dir=None).close(timeout=1)
 
 
+@pytest.mark.parametrize("host", ["localhost.", "LOCALHOST."])
+def test_localhost_with_a_trailing_dot_needs_tls(host: str) -> None:
+    """``localhost.`` is not looked up in /etc/hosts (glibc matches no trailing dot
+    there) but asked of DNS: whatever address it answers would get the token and the
+    events in clear. It was taken for loopback."""
+    assert not is_loopback(host)
+    with pytest.raises(AuditConfigurationError, match="is not on loopback"):
+        CollectorSink(f"tcp://{host}:7100", token="t", spool_dir=None)
+
+
 @pytest.mark.parametrize(("spelled", "options", "listen", "respelled"), [
     ("[0:0:0:0:0:0:0:1]", {}, "::1", "[::1]"),
-    ("LOCALHOST.", {}, "127.0.0.1", "localhost"),
+    ("LOCALHOST.", {"tls": True}, "127.0.0.1", "localhost"),  # asked of DNS: not loopback
 ])
 def test_a_collector_spelled_anew_replays_the_spool_of_its_old_spelling(
         collector: Collector, make_sink: SinkFactory, spelled: str, options: dict[str, Any],
