@@ -74,9 +74,12 @@ class Collector:
     def start(self, timeout: float = 30.0) -> Self:
         command = [sys.executable, "-m", "collector", "serve", "--data-dir",
                    str(self.data_dir), "--api-listen", ""]
+        # A session of its own: a terminal's Ctrl-C reaches the whole foreground group,
+        # and the collector would take the SIGTERM of kill() after it for a second stop
+        # signal, ending at once without its drain (as make run did: examples/run.py).
         self.proc = subprocess.Popen(command, cwd=ROOT, env=_clean_env(), text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     bufsize=1)
+                                     bufsize=1, start_new_session=True)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         if not self._ready.wait(timeout) or not self._ready_seen:
             self.kill()
