@@ -855,13 +855,20 @@ def _write_key(directory: Path, name: str, key: Any) -> Path:
     return path
 
 
+def tls_sink(collector: Collector, make_sink: SinkFactory, cert: Path, key: Path, *,
+             host: str = "127.0.0.1", **options: Any) -> CollectorSink:
+    """A sink of the collector started on TCP with TLS (``cert``, ``key``) and the token,
+    reached at ``host``."""
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key)
+    return make_sink(url=f"tcp://{host}:{server.server.tcp_port()}", token="s3cret",
+                     **options)
+
+
 def test_tls_with_the_token_delivers(collector: Collector, make_sink: SinkFactory,
                                      root: Path) -> None:
     cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key)
-    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
-                     tls=True, tls_ca=cert)
+    sink = tls_sink(collector, make_sink, cert, key, tls=True, tls_ca=cert)
     ids = emit_many(10)
     assert sink.flush(timeout=10)
     assert sink.stats()["acknowledged"] == 10
@@ -872,10 +879,8 @@ def test_tls_refuses_a_collector_it_cannot_verify(collector: Collector,
                                                   make_sink: SinkFactory, root: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key)
-    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
-                     tls=True)  # no tls_ca: the self-signed certificate is not trusted
+    sink = tls_sink(collector, make_sink, cert, key,
+                    tls=True)  # no tls_ca: the self-signed certificate is not trusted
     with caplog.at_level(logging.WARNING):
         emit_many(3)
         assert sink.flush(timeout=10)
@@ -885,7 +890,8 @@ def test_tls_refuses_a_collector_it_cannot_verify(collector: Collector,
     # The collector's side says it too (asyncio's server logged it at debug level only).
     assert collector_says(caplog, "TLS handshake with 127.0.0.1:",
                           "does not trust the CA that issued this certificate")
-    assert server.server.stats()["tls_handshake_failures"] >= 1
+    assert collector.running is not None
+    assert collector.running.server.stats()["tls_handshake_failures"] >= 1
 
 
 @pytest.mark.parametrize(("flaws", "host", "shipper_hint", "collector_hint"), [
@@ -912,10 +918,7 @@ def test_a_certificate_refused_for_another_reason_than_trust_is_not_a_ca_problem
     CA" for a bad_certificate alert (nothing for an expired or unsupported one). Each
     side names what its end can tell now."""
     cert, key = self_signed_certificate(root, **flaws)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key)
-    sink = make_sink(url=f"tcp://{host}:{server.server.tcp_port()}", token="s3cret",
-                     tls=True, tls_ca=cert)
+    sink = tls_sink(collector, make_sink, cert, key, host=host, tls=True, tls_ca=cert)
     with caplog.at_level(logging.WARNING):
         emit_many(1)
         assert sink.flush(timeout=10)
@@ -940,10 +943,7 @@ def test_a_certificate_of_another_ca_of_the_same_name_is_a_ca_problem(
     (root / "new").mkdir()
     old_ca, _, _ = ca_issued_certificate(root / "old")
     _, cert, key = ca_issued_certificate(root / "new", authority_key_identifier=False)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key)
-    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
-                     tls=True, tls_ca=old_ca)
+    sink = tls_sink(collector, make_sink, cert, key, tls=True, tls_ca=old_ca)
     with caplog.at_level(logging.WARNING):
         emit_many(1)
         assert sink.flush(timeout=10)
@@ -962,10 +962,7 @@ def test_tls_ca_may_be_the_collectors_own_ca_issued_certificate(
     """tls_ca=<its certificate> (what the hint says) works for a CA-issued one on every
     Python: before, only 3.13 took it as a trust anchor, and 3.11/3.12 refused it."""
     _, cert, key = ca_issued_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key)
-    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
-                     tls=True, tls_ca=cert)
+    sink = tls_sink(collector, make_sink, cert, key, tls=True, tls_ca=cert)
     ids = emit_many(3)
     assert sink.flush(timeout=10)
     assert sink.stats()["acknowledged"] == 3
@@ -978,10 +975,7 @@ def test_a_certificate_as_openssl_issues_it_is_trusted_on_every_python(
     -req` makes) was trusted on 3.11/3.12 and refused on 3.13 (its strict RFC 5280
     checks): upgrading Python stopped the shipping. Trusted alike now."""
     ca, cert, key = ca_issued_certificate(root, authority_key_identifier=False)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key)
-    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret",
-                     tls=True, tls_ca=ca)
+    sink = tls_sink(collector, make_sink, cert, key, tls=True, tls_ca=ca)
     ids = emit_many(3)
     assert sink.flush(timeout=10)
     assert sink.stats()["acknowledged"] == 3
@@ -993,9 +987,7 @@ def test_a_plain_client_of_a_tls_listener_is_told_to_turn_tls_on(
         caplog: pytest.LogCaptureFixture) -> None:
     """It logged only 'the collector closed the connection', an outage to look for."""
     cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key)
-    sink = make_sink(url=f"tcp://127.0.0.1:{server.server.tcp_port()}", token="s3cret")
+    sink = tls_sink(collector, make_sink, cert, key)
     with caplog.at_level(logging.WARNING):
         emit_many(3)
         assert sink.flush(timeout=10)
