@@ -44,7 +44,7 @@ _REMEDIES: Final = Remedies(
     trust=("set api_tls_cert (flag, environment or --config, as serve reads it) to the "
            "collector's certificate or its CA"),
     address="reach the API by one it holds (--api-url)")
-#: Bytes of a reader token file read at most: a token is a few dozen.
+#: A wildcard listen address, and the loopback address this host reaches it at.
 _ANYWHERE: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
