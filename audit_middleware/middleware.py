@@ -15,44 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 
 from . import _config
+from ._capture import UNAVAILABLE_BODY, CapturingMiddleware
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .client_ip import ForwardedHeader, TrustedProxies
-from .context import CaptureConfig, PrincipalResolver, RequestContext, Resolver, current
-from .denials import DENIED_STATUSES, checked_denied_event, on_denied
+from .context import RequestContext, current
+from .denials import DENIED_STATUSES, on_denied
 from .shipper.receipts import Receipt, pending, wait_durable
 
 log = logging.getLogger("audit_middleware")
 
 SHUTDOWN_FLUSH_TIMEOUT = 5.0
-_UNAVAILABLE_BODY = b"Service Unavailable: the action could not be recorded in the audit log\n"
 
-
-class AuditMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        trusted_proxies: Iterable[str] = (),
-        forwarded_header: ForwardedHeader = "x-forwarded-for",
-        principal: PrincipalResolver | None = None,
-        org: Resolver | None = None,
-        workspace: Resolver | None = None,
-        denied_event: str | None = None,
-    ) -> None:
-        self.app = app
-        self.config = CaptureConfig(
-            trusted_proxies=TrustedProxies(trusted_proxies),
-            forwarded_header=forwarded_header,
-            principal=principal,
-            org=org,
-            workspace=workspace,
-            # The event type recorded for a request answered 401 or 403 (``denials``).
-            denied_event=checked_denied_event(denied_event),
-        )
-
+class AuditMiddleware(CapturingMiddleware[ASGIApp]):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
@@ -146,9 +122,9 @@ async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: 
                 ctx.status_code = 503
                 await send({"type": "http.response.start", "status": 503, "headers": [
                     (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(_UNAVAILABLE_BODY)).encode()),
+                    (b"content-length", str(len(UNAVAILABLE_BODY)).encode()),
                     (b"retry-after", b"5")]})
-                await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY})
+                await send({"type": "http.response.body", "body": UNAVAILABLE_BODY})
                 return
             ctx.status_code = message["status"]
         await send(message)

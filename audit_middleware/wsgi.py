@@ -16,40 +16,16 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import _config
+from ._capture import UNAVAILABLE_BODY, CapturingMiddleware
 from ._types import Environ, StartResponse, WSGIApp
-from .client_ip import ForwardedHeader, TrustedProxies
-from .context import CaptureConfig, PrincipalResolver, RequestContext, Resolver, current
-from .denials import DENIED_STATUSES, checked_denied_event, on_denied
+from .context import RequestContext, current
+from .denials import DENIED_STATUSES, on_denied
 from .shipper.receipts import Receipt, pending, wait_durable_blocking
 
 log = logging.getLogger("audit_middleware")
 
-_UNAVAILABLE_BODY = b"Service Unavailable: the action could not be recorded in the audit log\n"
 
-
-class WSGIAuditMiddleware:
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        trusted_proxies: Iterable[str] = (),
-        forwarded_header: ForwardedHeader = "x-forwarded-for",
-        principal: PrincipalResolver | None = None,
-        org: Resolver | None = None,
-        workspace: Resolver | None = None,
-        denied_event: str | None = None,
-    ) -> None:
-        self.app = app
-        self.config = CaptureConfig(
-            trusted_proxies=TrustedProxies(trusted_proxies),
-            forwarded_header=forwarded_header,
-            principal=principal,
-            org=org,
-            workspace=workspace,
-            # The event type recorded for a request answered 401 or 403 (``denials``).
-            denied_event=checked_denied_event(denied_event),
-        )
-
+class WSGIAuditMiddleware(CapturingMiddleware[WSGIApp]):
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         ctx = RequestContext(self.config, environ=environ)
         fail_closed_timeout = _config.settings.fail_closed_timeout
@@ -85,7 +61,7 @@ class WSGIAuditMiddleware:
             # here, and the client keeps the response it has: no 503 to note or to send.
             start_response("503 Service Unavailable", [
                 ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(_UNAVAILABLE_BODY))), ("Retry-After", "5")],
+                ("Content-Length", str(len(UNAVAILABLE_BODY))), ("Retry-After", "5")],
                 *exc)
             refused.append(reason)
             log.error("audit: refusing %r %r with 503 (fail_closed): %s",  # %r: no forged lines
@@ -103,7 +79,7 @@ class WSGIAuditMiddleware:
             current.reset(token)
         if refused:
             _close(body)
-            return [_UNAVAILABLE_BODY]
+            return [UNAVAILABLE_BODY]
         return _in_context(body, answer, receipts, refused)
 
 
@@ -222,7 +198,7 @@ class _Body:
                     # A lazy start_response refused an empty body: the 503's headers
                     # (their Content-Length too) are waiting for its body.
                     self._done = True
-                    return _UNAVAILABLE_BODY
+                    return UNAVAILABLE_BODY
                 self._answer.settle()  # an empty body: the headers go out now
                 raise
             except BaseException:
@@ -230,7 +206,7 @@ class _Body:
                 raise
             if self._refused:
                 self._done = True
-                return _UNAVAILABLE_BODY
+                return UNAVAILABLE_BODY
             if not self._answer.final:
                 self._answer.settle()
             return chunk
