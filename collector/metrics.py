@@ -140,7 +140,8 @@ METRICS: Final[tuple[Metric, ...]] = (
     _m("audit.collector.http.unauthorized", "counter", "http", "unauthorized", "{request}",
        "HTTP ingest requests without the right token"),
     _m("audit.collector.http.bad_requests", "counter", "http", "bad_requests", "{request}",
-       "HTTP ingest requests refused whole (400: a bad source header, content type or body)"),
+       "HTTP ingest requests refused whole as malformed (400 bad_source: a bad "
+       "X-Audit-Source; 400 bad_body; 413 too_many_events)"),
     _m("audit.collector.http.too_large", "counter", "http", "too_large", "{request}",
        "HTTP ingest requests refused for their size (413)"),
     _m("audit.collector.http.events.received", "counter", "http", "events_received",

@@ -237,6 +237,21 @@ def test_counters_for_metrics(store: Any) -> None:
                               "events_duplicate": 1}
 
 
+def test_every_request_refused_whole_as_malformed_is_a_bad_request(store: Any) -> None:
+    """audit_collector_http_bad_requests_total says it counts a bad source header: the
+    two bad_source answers were counted nowhere but in requests, so a sender whose
+    every request was refused for its X-Audit-Source showed no failure on /metrics."""
+    http, ingest = client_for(store)
+    refused = [post(http, lines(event(1)), {"X-Audit-Source": "bad source!"}),
+               post(http, lines(event(2)), {"X-Audit-Source": "audit-collector-api"}),
+               post(http, b"   \n"),
+               post(http, b"{}\n" * 8193)]
+    assert [r.json()["error"] for r in refused] == ["bad_source", "bad_source", "bad_body",
+                                                    "too_many_events"]
+    assert ingest.stats()["bad_requests"] == 4
+    assert stored_events(store.settings.data_dir) == []
+
+
 BAD_EVENTS = [
     b"[1]",
     b'"a string"',
