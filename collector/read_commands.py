@@ -300,7 +300,9 @@ def _flatten(value: Any, prefix: str = "") -> Iterable[str]:
         for key, item in value.items():
             yield from _flatten(item, f"{prefix}{key}.")
     else:
-        yield f"{prefix[:-1]:40s} {value}"
+        # Escaped: values come from others too (the forwarder's last_error holds the
+        # OTLP receiver's answer), and a raw line break forged a line of stats.
+        yield render.terminal_safe(f"{prefix[:-1]:40s} {value}")
 
 
 # -- reindex -----------------------------------------------------------------------------

@@ -252,6 +252,27 @@ def test_stats_shows_the_live_collectors_counters_and_source_gaps() -> None:
     assert "connections_open" in live
 
 
+def test_stats_shows_what_others_wrote_escaped_one_line_per_key(tmp_path: Path) -> None:
+    """The forwarder's last_error holds up to 200 characters of the OTLP receiver's
+    answer (collector/otlp_http.py): printed raw, its line breaks forged lines of their
+    own in `stats` (a zero for the loss an operator checks) and its escape sequences
+    reached the terminal."""
+    from collector.serve import STATS_FILE, StatsFile
+
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    answer = ("HTTP 500 Internal Server Error: oops\n"
+              "collector.store.unacknowledged_gap_events 0\x1b[2K\r")
+    StatsFile(data / STATS_FILE).write({"store": {"unacknowledged_gap_events": 7},
+                                        "forwarder": {"last_error": answer}})
+    shown = cli("stats", "--data-dir", str(data)).stdout.splitlines()
+    [gaps] = [line for line in shown if "unacknowledged_gap_events" in line.split(" ")[0]]
+    assert gaps.split() == ["collector.store.unacknowledged_gap_events", "7"]
+    [error] = [line for line in shown if line.startswith("collector.forwarder.last_error")]
+    assert error.endswith(r"oops\ncollector.store.unacknowledged_gap_events 0\x1b[2K\r")
+    assert not [line for line in shown if not line.isprintable()]
+
+
 def test_reindex_rebuilds_a_deleted_index(data_dir: Path, tmp_path: Path) -> None:
     import shutil
 
