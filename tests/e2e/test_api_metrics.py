@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from audit_middleware.wire import encode_batch, encode_batch_body
-from tests.api.served import serving
+from tests.api.served import add_reader, serving
 from tests.e2e.harness import (
     RawClient,
     closed_by_peer,
@@ -25,6 +26,7 @@ from tests.e2e.harness import (
     wait_until,
     wire_line,
 )
+from tests.otel.test_metrics import parse_prometheus
 from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
@@ -157,3 +159,52 @@ def test_failed_tls_handshakes_on_the_ingest_port_are_published(root: Path) -> N
         with socket.create_connection(("127.0.0.1", port)):
             wait_until(lambda: scrape(url)["audit_collector_ingest_tls_handshakes_pending"]
                        == 1, 10, "the unfinished handshake shown")
+
+
+def test_a_scrape_after_hostile_senders_parses_and_its_losses_are_the_apis_and_stats(
+        root: Path) -> None:
+    """What senders choose (sources, types) never reaches /metrics as text: no labels,
+    so nothing to escape and no series per source. Read by Prometheus's own parser after
+    hostile senders, the scrape parses whole, and its loss figures are the ones the
+    API's loss list and `audit-collector stats` give."""
+    with serving(root / "data", "--token", "s3cret") as (collector, url):
+        client = RawClient(collector.socket)
+        try:  # numbers 3-4 never arrive (a gap), 6-10 were given out (a tail)
+            client.hello()
+            client.send(encode_batch(1, encode_batch_body(
+                "app:1:x", [1, 2, 5], [wire_line(n) for n in (1, 2, 5)], numbered=10)))
+            assert client.frame() is not None
+            client.send(encode_batch(2, encode_batch_body('evil"\\\n{a="b"} 1', [6],
+                                                          [wire_line(6)])))
+            assert client.error().code == "bad_batch"
+        finally:
+            client.close()
+        ingest = f"{url}/api/v1/events"
+        for source in ('a"b', "a\\b", "x{y=\"z\"}", "audit-collector-api"):
+            reply = httpx.post(ingest, content=b'{"type": "x\\n\\"y"}\n', timeout=10,
+                               headers={"Authorization": "Bearer s3cret",
+                                        "X-Audit-Source": source})
+            assert reply.json()["error"] == "bad_source"
+        hostile_type = httpx.post(ingest, content=b'{"type": "x\\n# TYPE y gauge\\ny 1"}\n',
+                                  headers={"Authorization": "Bearer s3cret"}, timeout=10)
+        assert hostile_type.status_code == 422
+        reply = httpx.get(f"{url}/metrics", timeout=10)
+        assert reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        families = {f.name: f for f in text_string_to_metric_families(reply.text)}
+        found = parse_prometheus(reply.text)  # HELP, TYPE, one sample: line by line
+        assert {name.removesuffix("_total") for name in found} == set(families)
+        assert found["audit_collector_http_bad_requests_total"] == ("counter", 4)
+        assert found["audit_collector_http_events_rejected_total"] == ("counter", 1)
+        assert found["audit_collector_ingest_errors_bad_batch_total"] == ("counter", 1)
+        token = add_reader(root / "data", "root", root=True)
+        losses = httpx.get(f"{url}/api/v1/sources/losses", timeout=10,
+                           headers={"Authorization": f"Bearer {token}"}).json()
+    [lost] = losses["sources"]
+    assert (lost["source"], lost["gap_events"], lost["unreceived_tail_events"]) == (
+        "app:1:x", 2, 5)
+    live = orjson.loads((root / "data" / "ingest-stats.json").read_bytes())["store"]
+    for key in ("gap_events", "unreceived_tail_events", "unacknowledged_gap_events",
+                "unacknowledged_tail_events"):
+        assert found[f"audit_collector_store_sources_{key}"] == ("gauge", live[key])
+    for key in ("unacknowledged_gap_events", "unacknowledged_tail_events"):
+        assert losses[key] == live[key]
