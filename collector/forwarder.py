@@ -60,6 +60,7 @@ from collector.otlp_http import (
     rejected_by_receiver,
     session_of,
 )
+from collector.render import terminal_safe
 from collector.storage.records import created_micros
 
 __all__ = ["CheckpointError", "ForwardError", "ForwardSettings", "Forwarder", "forward_settings",
@@ -300,8 +301,10 @@ class Forwarder:
             self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         n = self.failures
         if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: visible, not a flood
+            # The receiver's answer is quoted in it: escaped, a line break in it would
+            # forge a line of this log.
             log.error("forwarder: export to %s failed (%d so far, retrying with backoff): %s",
-                      self.settings.endpoint, n, self.last_error)
+                      self.settings.endpoint, n, terminal_safe(self.last_error))
 
     def step(self) -> int:
         """Export the next batch, if any: the records acknowledged (0 when caught up).
@@ -343,7 +346,7 @@ class Forwarder:
                 self.rejected += refused[0]
             log.error("forwarder: %s rejected %d of the %d records of seq %d-%d: %s",
                       self.settings.endpoint, refused[0], len(records), first,
-                      records[-1]["seq"], refused[1] or "(no reason given)")
+                      records[-1]["seq"], terminal_safe(refused[1]) or "(no reason given)")
         last = records[-1]["seq"]
         self.checkpoint.save(self.settings.endpoint, last)
         if first > position + 1:

@@ -32,6 +32,7 @@ class Integrations:
             # so that without TLS they are absent rather than zeros that look healthy.
             self.metrics.add("ingest_tls", ingest_server.stats)
         self.metrics.add("store", store.stats)
+        self.metrics.add("integrity", store.integrity_stats)
         self.http_ingest = HttpIngest(store, HttpIngestSettings(
             token=config.token, max_body=config.max_frame,
             max_field_length=config.max_field_length))

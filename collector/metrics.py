@@ -218,6 +218,19 @@ METRICS: Final[tuple[Metric, ...]] = (
     _m("audit.collector.store.index.segments_dropping", "gauge", "store",
        "segments_dropping", "{segment}",
        "Segments retention deleted whose index rows are still being dropped"),
+    # tamper evidence (docs/integrity.md): present while the store keeps its hash chain
+    _m("audit.collector.integrity.unsigned_records", "gauge", "integrity",
+       "unsigned_records", "{record}",
+       "Records written since the newest signed digest (it covers them within "
+       "digest_interval; alert when it stays above 0 for longer)"),
+    _m("audit.collector.integrity.pending_digests", "gauge", "integrity", "pending_digests",
+       "{digest}", "Signed digests not yet written to disk (retried; a full or failing "
+       "disk)"),
+    _m("audit.collector.integrity.digests_written", "counter", "integrity", "written",
+       "{digest}", "Signed digests written since start"),
+    _m("audit.collector.integrity.digest_write_failures", "counter", "integrity",
+       "write_failures", "{error}",
+       "Failed digest writes (each retried; stats' integrity.last_error says why)"),
     # the forwarder (OTLP/HTTP)
     _m("audit.collector.forward.lag", "gauge", "forwarder", "lag_events", "{event}",
        "Stored events not yet acknowledged by the OTLP endpoint"),

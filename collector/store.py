@@ -834,8 +834,13 @@ class Store:
             "unreceived_tail_events": known.unreceived_tail_events,
             "unacknowledged_gap_events": known.unacknowledged_gap_events,
             "unacknowledged_tail_events": known.unacknowledged_tail_events,
-            "integrity": self._ledger.stats() if self._ledger is not None else None,
+            "integrity": self.integrity_stats(),
         }
+
+    def integrity_stats(self) -> dict[str, Any] | None:
+        """The signed digests' figures (``Ledger.stats``); None when the store keeps no
+        hash chain (``chain = false``)."""
+        return self._ledger.stats() if self._ledger is not None else None
 
 
 class StagedLossAck:

@@ -77,6 +77,7 @@ class Ledger:
         self._due = time.monotonic() + interval
         self._pending: list[tuple[str, bytes, dict[str, Any]]] = []  # unwritten digests
         self._write_failures = 0  # digest writes failed in a row (the log says some)
+        self.write_failures = 0  # digest writes failed since open (a metric's counter)
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -420,7 +421,8 @@ class Ledger:
                 "chain_head": self.chain.decode(),
                 "unsigned_records": (state.records - _records_of(newest, state)
                                      if state else 0),
-                "pending_digests": len(self._pending), "last_error": self.last_error}
+                "pending_digests": len(self._pending), "write_failures": self.write_failures,
+                "last_error": self.last_error}
 
     # -- internals -------------------------------------------------------------------------
     def _current(self) -> d.SegmentState:
@@ -463,6 +465,7 @@ class Ledger:
             except OSError as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._write_failures += 1
+                self.write_failures += 1
                 n = self._write_failures
                 if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
                     log.error("audit store: cannot write a digest for %s (%s); retrying "

@@ -196,6 +196,11 @@ def test_a_scrape_after_hostile_senders_parses_and_its_losses_are_the_apis_and_s
         assert found["audit_collector_http_bad_requests_total"] == ("counter", 4)
         assert found["audit_collector_http_events_rejected_total"] == ("counter", 1)
         assert found["audit_collector_ingest_errors_bad_batch_total"] == ("counter", 1)
+        # The signer's figures too: a start checkpoint is signed at once, nothing failed.
+        assert found["audit_collector_integrity_digests_written_total"][1] >= 1
+        assert found["audit_collector_integrity_digest_write_failures_total"] == ("counter", 0)
+        assert found["audit_collector_integrity_pending_digests"] == ("gauge", 0)
+        assert found["audit_collector_integrity_unsigned_records"][0] == "gauge"
         token = add_reader(root / "data", "root", root=True)
         losses = httpx.get(f"{url}/api/v1/sources/losses", timeout=10,
                            headers={"Authorization": f"Bearer {token}"}).json()

@@ -562,3 +562,20 @@ def test_a_stop_cuts_off_an_export_its_endpoint_does_not_answer(store: Store) ->
         assert fwd.stats()["checkpoint_seq"] == 0  # not acknowledged: sent again later
     finally:
         endpoint.close()
+
+
+def test_a_receivers_words_are_logged_on_one_line(store: Store, receiver: OTLPReceiver,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The reason a receiver gives for rejecting records is its own text: logged raw,
+    its line break wrote a line of the receiver's choosing into the collector's log."""
+    import logging
+
+    write(store, 4)
+    receiver.partial.append((1, "too long\nforwarder: all records accepted\x1b[2K"))
+    fwd = forwarder(store, receiver)
+    with caplog.at_level(logging.ERROR, "collector.forward"):
+        fwd.step()
+    [said] = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert "\n" not in said and "\x1b" not in said
+    assert said.endswith("too long\\nforwarder: all records accepted\\x1b[2K")
+

@@ -65,6 +65,48 @@ def test_the_store_counters_are_prometheus_metrics(store: Store) -> None:
     assert "audit_collector_forward_lag" not in found  # no forwarder registered
 
 
+def test_the_signers_figures_are_metrics_and_a_failed_digest_write_is_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, they were in ``stats`` only: a signer failing on a full disk (records no
+    signed digest vouches for) could not be alerted on from Prometheus."""
+    from collector.integrity import digests
+    from tests.collector.storage_helpers import events, open_store, wait_until
+
+    real, failures = digests.append, [OSError(28, "No space left on device")]
+
+    def full_once(*args: Any) -> Path:
+        if failures:
+            raise failures.pop()
+        return real(*args)
+
+    with open_store(tmp_path, digest_interval=0.1) as opened:
+        metrics = Metrics()
+        metrics.add("integrity", opened.integrity_stats)
+        before = parse_prometheus(metrics.prometheus())
+        assert before["audit_collector_integrity_digest_write_failures_total"] == (
+            "counter", 0)
+        monkeypatch.setattr(digests, "append", full_once)
+        opened.write(events(2))
+        wait_until(lambda: not failures and opened.stats()["integrity"]["pending_digests"] == 0
+                   and opened.stats()["integrity"]["unsigned_records"] == 0)
+        metrics = Metrics()  # a fresh snapshot (one is reused for a second)
+        metrics.add("integrity", opened.integrity_stats)
+        after = parse_prometheus(metrics.prometheus())
+    assert after["audit_collector_integrity_digest_write_failures_total"] == ("counter", 1)
+    assert after["audit_collector_integrity_digests_written_total"][1] > \
+        before["audit_collector_integrity_digests_written_total"][1]
+    assert after["audit_collector_integrity_pending_digests"] == ("gauge", 0)
+    assert after["audit_collector_integrity_unsigned_records"] == ("gauge", 0)
+
+
+def test_no_signer_figures_for_a_store_without_a_hash_chain(tmp_path: Path) -> None:
+    with Store(StorageSettings(data_dir=tmp_path / "data", chain=False)) as opened:
+        metrics = Metrics()
+        metrics.add("integrity", opened.integrity_stats)
+        assert not any(name.startswith("audit_collector_integrity")
+                       for name in parse_prometheus(metrics.prometheus()))
+
+
 def test_every_metric_has_a_distinct_valid_prometheus_name() -> None:
     names = [m.prometheus_name for m in METRICS]
     assert len(set(names)) == len(names)
