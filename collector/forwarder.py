@@ -15,12 +15,12 @@ How it behaves:
 - **At least once**: the checkpoint (``forward-checkpoint.json``) moves only after the
   endpoint answered 2xx. A crash in between sends that batch again; every log record
   carries the event id as ``log.record.uid`` so a receiver can drop the duplicate.
-- **Outages**: any failure (connection refused, timeout, any non-2xx status; an answer
-  not complete within ``timeout`` + ``EXPORT_GRACE``, however slowly it trickles) keeps
-  the batch; it is retried with exponential backoff (``backoff_initial`` doubling to
-  ``backoff_max``, with jitter). Nothing is skipped, so a receiver that keeps refusing a
-  batch stops the forwarder visibly (``state``, ``last_error``, growing lag) rather than
-  losing records silently.
+- **Outages**: any failure (connection refused, timeout, any non-2xx status, a
+  redirect included, which is not followed; an answer not complete within ``timeout``
+  + ``EXPORT_GRACE``, however slowly it trickles) keeps the batch; it is retried with
+  exponential backoff (``backoff_initial`` doubling to ``backoff_max``, with jitter).
+  Nothing is skipped, so a receiver that keeps refusing a batch stops the forwarder
+  visibly (``state``, ``last_error``, growing lag) rather than losing records silently.
 - **Lag**: ``stats()`` gives ``lag_events`` (records stored but not yet acknowledged) and
   ``lag_seconds`` (age of the oldest of them); ``/metrics`` exports both.
 - Records deleted by retention before they were forwarded cannot be sent: they are
@@ -334,8 +334,11 @@ class Forwarder:
         fit = within_budget(batch)
         batch, records = batch[:fit], records[:fit]
         result = self._export(batch)
-        if result is not LogRecordExportResult.SUCCESS:
-            why = failure_of(self._exporter) or "see the log of opentelemetry.exporter"
+        # A "success" with a failure is a redirect (the exporter takes 3xx for 2xx):
+        # the endpoint received nothing, and the checkpoint must not move.
+        refusal = failure_of(self._exporter)
+        if result is not LogRecordExportResult.SUCCESS or refusal is not None:
+            why = refusal or "see the log of opentelemetry.exporter"
             raise ExportFailed(f"{self.settings.endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
         refused = rejected_by_receiver(self._exporter)

@@ -5,12 +5,15 @@ exporter does not look at.
 - **The answer's body**: a receiver's 200 can carry an OTLP ``partial_success`` (some
   records rejected for good); the exporter reads only the status
   (``rejected_by_receiver``).
+- **The status**: the exporter follows no redirect and takes any status below 400 for
+  success; a 3xx is kept as a failure here (``failure_of``), so that the forwarder does
+  not count records the endpoint never received as delivered.
 - **The connections**: the exporter's ``timeout`` bounds each socket read, not the
   request, and closing a session closes only idle connections; ``abort`` shuts down the
   one a stalled request waits on, through a proxy too.
 
 With an OTLP credential-provider variable set, the exporter's session is the provider's:
-neither is available then.
+none of this is available then.
 """
 
 from __future__ import annotations
@@ -114,12 +117,8 @@ def _forwarder_session_class() -> type[Any]:
                 self.last_failure = f"{type(exc).__name__}: {exc}"
                 raise
             self.last_answer = response.content
-            if response.status_code >= 400:
-                # The exporter logs this and returns a bare FAILURE: kept for stats'
-                # last_error, which otherwise said only "see the log".
-                text = response.content[:200].decode("utf-8", "replace").strip()
-                self.last_failure = (f"HTTP {response.status_code} {response.reason}"
-                                     + (f": {text}" if text else ""))
+            if not 200 <= response.status_code < 300:
+                self.last_failure = _refusal(response)
             return response
 
         def abort(self) -> None:
@@ -138,6 +137,21 @@ def _forwarder_session_class() -> type[Any]:
                         sock.shutdown(socket.SHUT_RDWR)
 
     return ForwarderSession
+
+
+def _refusal(response: Any) -> str:
+    """What a non-2xx answer says. For a 4xx/5xx the exporter logs it and returns a bare
+    FAILURE: kept for stats' last_error, which otherwise said only "see the log". A 3xx
+    the exporter returns as SUCCESS: the forwarder sees it here and keeps the batch."""
+    status = f"HTTP {response.status_code} {response.reason}"
+    if 300 <= response.status_code < 400:
+        # Not followed: the exporter sends no body on a redirect, and a redirect to
+        # another host would get the forward headers (an Authorization) too.
+        where = response.headers.get("Location") or "(no Location)"
+        return (f"{status}: the endpoint redirects to {where}; the forwarder follows no "
+                f"redirect: set forward_endpoint to the URL that answers")
+    text = response.content[:200].decode("utf-8", "replace").strip()
+    return status + (f": {text}" if text else "")
 
 
 def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
@@ -161,7 +175,9 @@ def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
 
 
 def failure_of(exporter: LogRecordExporter) -> str | None:
-    """Why the exporter's last request failed, as its session saw it (None: unknown)."""
+    """Why the exporter's last request failed, as its session saw it (None: unknown, or
+    it did not fail). Set after an export the exporter called a success too, when the
+    answer was a redirect."""
     return getattr(session_of(exporter), "last_failure", None)
 
 

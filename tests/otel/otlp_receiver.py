@@ -25,7 +25,8 @@ class OTLPReceiver:
         self.requests: list[ExportLogsServiceRequest] = []
         self.headers: list[dict[str, str]] = []  # lower-case names
         self.refused = 0
-        self._refuse: list[int] = []  # statuses for the next requests
+        #: (status, extra response headers) for the next requests
+        self._refuse: list[tuple[int, dict[str, str]]] = []
         #: (rejected records, message) answered as an OTLP partial success, next request
         self.partial: list[tuple[int, str]] = []
         self._lock = threading.Lock()
@@ -44,8 +45,8 @@ class OTLPReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                status = receiver._handle(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                          body)
+                status, extra = receiver._handle(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 answer = ExportLogsServiceResponse()
                 with receiver._lock:
                     if status == 200 and receiver.partial:
@@ -56,6 +57,8 @@ class OTLPReceiver:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(reply)
 
@@ -74,22 +77,26 @@ class OTLPReceiver:
             self._server.server_close()
             self._server = None
 
-    def refuse_next(self, count: int, status: int = 503) -> None:
+    def refuse_next(self, count: int, status: int = 503, **headers: str) -> None:
+        """Answer the next ``count`` requests with ``status`` (and ``headers``, e.g.
+        ``Location`` or ``Retry_After``: underscores become dashes), keeping nothing."""
+        extra = {name.replace("_", "-"): value for name, value in headers.items()}
         with self._lock:
-            self._refuse += [status] * count
+            self._refuse += [(status, extra)] * count
 
-    def _handle(self, path: str, headers: dict[str, str], body: bytes) -> int:
+    def _handle(self, path: str, headers: dict[str, str],
+                body: bytes) -> tuple[int, dict[str, str]]:
         with self._lock:
             if self._refuse:
                 self.refused += 1
                 return self._refuse.pop(0)
             if path != PATH or headers.get("content-type") != "application/x-protobuf":
-                return 415
+                return 415, {}
             request = ExportLogsServiceRequest()
             request.ParseFromString(body)
             self.requests.append(request)
             self.headers.append(headers)
-            return 200
+            return 200, {}
 
     def log_records(self) -> list[LogRecord]:
         with self._lock:

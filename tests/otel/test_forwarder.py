@@ -189,6 +189,23 @@ def test_a_refused_batch_is_retried_never_skipped(store: Store, receiver: OTLPRe
     assert fwd.stats()["failures"] >= 1
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_no_acknowledgement(store: Store, receiver: OTLPReceiver,
+                                          status: int) -> None:
+    """The exporter does not follow redirects and takes any status below 400 for
+    success: an endpoint that redirected (http to https at a load balancer, a moved
+    path) had the checkpoint moved past records it never received, with no word."""
+    write(store, 4)
+    receiver.refuse_next(1, status, Location="https://elsewhere.example/v1/logs")
+    fwd = forwarder(store, receiver)
+    with pytest.raises(Exception, match=f"did not accept 4 records .*: HTTP {status} "
+                       r".*redirects to https://elsewhere.example/v1/logs"):
+        fwd.step()
+    assert fwd.checkpoint.position(receiver.endpoint) == 0
+    assert fwd.step() == 4  # the same batch, sent again
+    assert receiver.seqs() == [1, 2, 3, 4]
+
+
 def test_a_failed_export_says_why_in_stats(store: Store, receiver: OTLPReceiver) -> None:
     """stats' last_error said only 'see the log of opentelemetry.exporter for why'."""
     write(store, 2)
