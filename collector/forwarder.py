@@ -26,7 +26,8 @@ How it behaves:
 - Records deleted by retention before they were forwarded cannot be sent: they are
   counted (``skipped``) and logged, and forwarding continues after them.
 - **Size**: a batch is ``batch_size`` records at most, and cut further so that one
-  export stays below ``MAX_EXPORT_BYTES`` (the exporter drops a request over 64 MiB).
+  export stays below ``MAX_EXPORT_BYTES`` (the exporter drops a request over 64 MiB),
+  and halved at each 413 of the endpoint (a body limit on its side).
 
 The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExporter``
 (protobuf over HTTP, its own short retries inside ``timeout``).
@@ -59,6 +60,7 @@ from collector.otlp_http import (
     otlp_http_exporter,
     rejected_by_receiver,
     session_of,
+    status_of,
 )
 from collector.render import terminal_safe
 from collector.storage.records import created_micros
@@ -82,6 +84,7 @@ EXPORT_GRACE: Final = 5.0
 #: endpoint answers well within it.
 STOP_GRACE: Final = 1.0
 _MAX_TIMESTAMP_NS: Final = (1 << 63) - 1
+HTTP_TOO_LARGE: Final = 413
 
 
 class ForwardError(ValueError):
@@ -232,6 +235,8 @@ class Forwarder:
         self._oldest_pending_us: int | None = None
         self._delay = settings.backoff_initial
         self._warned_ahead = False
+        #: Records per export: ``batch_size``, halved at each 413 of the endpoint.
+        self._most = settings.batch_size
 
     # -- control --------------------------------------------------------------------------
     def start(self) -> None:
@@ -331,13 +336,15 @@ class Forwarder:
             self._oldest_pending_us = created_micros(records[0]["created"])
             self._first_pending = first
         batch = to_log_records(records, self._resource, self._scope)
-        fit = within_budget(batch)
+        fit = min(within_budget(batch), self._most)
         batch, records = batch[:fit], records[:fit]
         result = self._export(batch)
         # A "success" with a failure is a redirect (the exporter takes 3xx for 2xx):
         # the endpoint received nothing, and the checkpoint must not move.
         refusal = failure_of(self._exporter)
         if result is not LogRecordExportResult.SUCCESS or refusal is not None:
+            if status_of(self._exporter) == HTTP_TOO_LARGE:
+                self._too_large(len(records))
             why = refusal or "see the log of opentelemetry.exporter"
             raise ExportFailed(f"{self.settings.endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
@@ -364,6 +371,18 @@ class Forwarder:
             self.last_error = None
             self._delay = self.settings.backoff_initial
         return len(records)
+
+    def _too_large(self, sent: int) -> None:
+        """The endpoint refused ``sent`` records as too large (a proxy's body limit,
+        the OpenTelemetry Collector's ``max_request_body_size``): the same batch would be
+        refused forever. Halved for good (the limit stays); one record that is still too
+        large is retried, visibly (``last_error``), never skipped."""
+        if sent <= 1:
+            return
+        self._most = max(1, sent // 2)
+        log.warning("forwarder: %s refused %d records as too large (HTTP 413); sending "
+                    "at most %d per request from now on", self.settings.endpoint, sent,
+                    self._most)
 
     def _export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """The exporter's answer within ``timeout`` + EXPORT_GRACE, else ExportFailed.

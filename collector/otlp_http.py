@@ -63,6 +63,7 @@ def _forwarder_session_class() -> type[Any]:
 
     class ForwarderSession(requests.Session):
         last_answer: bytes | None = None
+        last_status: int | None = None  # of the last answer (None: no answer)
         #: why the last request failed (an error, or an answer of 4xx/5xx), else None
         last_failure: str | None = None
 
@@ -110,13 +111,13 @@ def _forwarder_session_class() -> type[Any]:
         def request(self, *args: Any, **kwargs: Any) -> Any:
             # The exporter reads only the status; an OTLP receiver's 200 can say it
             # rejected some records (partial success), which must not pass unseen.
-            self.last_answer = self.last_failure = None
+            self.last_answer = self.last_failure = self.last_status = None
             try:
                 response = super().request(*args, **kwargs)
             except Exception as exc:
                 self.last_failure = f"{type(exc).__name__}: {exc}"
                 raise
-            self.last_answer = response.content
+            self.last_answer, self.last_status = response.content, response.status_code
             if not 200 <= response.status_code < 300:
                 self.last_failure = _refusal(response)
             return response
@@ -179,6 +180,12 @@ def failure_of(exporter: LogRecordExporter) -> str | None:
     it did not fail). Set after an export the exporter called a success too, when the
     answer was a redirect."""
     return getattr(session_of(exporter), "last_failure", None)
+
+
+def status_of(exporter: LogRecordExporter) -> int | None:
+    """The HTTP status of the exporter's last answer, as its session saw it (None: no
+    answer, or unknown)."""
+    return getattr(session_of(exporter), "last_status", None)
 
 
 def session_of(exporter: LogRecordExporter) -> Any:

@@ -29,6 +29,9 @@ class OTLPReceiver:
         self._refuse: list[tuple[int, dict[str, str]]] = []
         #: (rejected records, message) answered as an OTLP partial success, next request
         self.partial: list[tuple[int, str]] = []
+        #: a request body over this many bytes is answered 413 (a proxy's body limit)
+        self.max_body: int | None = None
+        self.too_large = 0  # requests answered 413 for max_body
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -92,6 +95,9 @@ class OTLPReceiver:
                 return self._refuse.pop(0)
             if path != PATH or headers.get("content-type") != "application/x-protobuf":
                 return 415, {}
+            if self.max_body is not None and len(body) > self.max_body:
+                self.too_large += 1
+                return 413, {}
             request = ExportLogsServiceRequest()
             request.ParseFromString(body)
             self.requests.append(request)

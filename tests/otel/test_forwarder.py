@@ -362,6 +362,38 @@ def test_a_batch_is_cut_below_what_one_export_may_carry(store: Store,
     assert fwd.stats()["failures"] == 0
 
 
+def test_a_batch_over_the_receivers_body_limit_is_split_until_it_fits(
+        store: Store, receiver: OTLPReceiver) -> None:
+    """A receiver behind a proxy with a body limit (nginx's default is 1 MiB) answers
+    413 to a batch over it, and the forwarder sent the same batch again forever:
+    nothing after it was ever forwarded. A 413 halves the batch until it fits."""
+    wide = "x" * 2048
+    write(store, 8, target=wide)
+    receiver.max_body = 10_000  # a record is about 4.5 KB of request
+    fwd = forwarder(store, receiver, batch_size=8)
+    steps = 0
+    while len(receiver.seqs()) < 8:
+        steps += 1
+        assert steps < 20, fwd.stats()
+        with contextlib.suppress(Exception):
+            fwd.step()
+    assert receiver.seqs() == list(range(1, 9))
+    assert receiver.too_large == 2  # 8 refused, then 4; 2 at a time from then on
+    assert fwd.stats()["last_error"] is None
+
+
+def test_a_single_record_over_the_receivers_body_limit_stops_the_forwarder_visibly(
+        store: Store, receiver: OTLPReceiver) -> None:
+    write(store, 2, target="x" * 4096)
+    receiver.max_body = 1_000
+    fwd = forwarder(store, receiver)
+    for _ in range(4):
+        with pytest.raises(Exception, match="HTTP 413"):
+            fwd.step()
+    assert receiver.seqs() == []
+    assert fwd.checkpoint.position(receiver.endpoint) == 0  # nothing skipped
+
+
 def test_within_budget_keeps_at_least_one_record() -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
