@@ -18,7 +18,8 @@ How it behaves:
 - **Outages**: any failure (connection refused, timeout, any non-2xx status, a
   redirect included, which is not followed; an answer not complete within ``timeout``
   + ``EXPORT_GRACE``, however slowly it trickles) keeps the batch; it is retried with
-  exponential backoff (``backoff_initial`` doubling to ``backoff_max``, with jitter).
+  exponential backoff (``backoff_initial`` doubling to ``backoff_max``, with jitter),
+  or after the endpoint's ``Retry-After`` when longer (up to ``MAX_RETRY_AFTER``).
   Nothing is skipped, so a receiver that keeps refusing a batch stops the forwarder
   visibly (``state``, ``last_error``, growing lag) rather than losing records silently.
 - **Lag**: ``stats()`` gives ``lag_events`` (records stored but not yet acknowledged) and
@@ -59,6 +60,7 @@ from collector.otlp_http import (
     failure_of,
     otlp_http_exporter,
     rejected_by_receiver,
+    retry_after_of,
     session_of,
     status_of,
 )
@@ -85,6 +87,9 @@ EXPORT_GRACE: Final = 5.0
 STOP_GRACE: Final = 1.0
 _MAX_TIMESTAMP_NS: Final = (1 << 63) - 1
 HTTP_TOO_LARGE: Final = 413
+#: The longest wait a receiver's Retry-After gets: one far off (a clock off by years, a
+#: mistake) must not stop forwarding for good.
+MAX_RETRY_AFTER: Final = 600.0
 
 
 class ForwardError(ValueError):
@@ -295,7 +300,11 @@ class Forwarder:
     def _backoff(self) -> float:
         delay = self._delay
         self._delay = min(self._delay * 2, self.settings.backoff_max)
-        return delay * random.uniform(0.8, 1.2)
+        jittered = delay * random.uniform(0.8, 1.2)
+        # OTLP: a client SHOULD wait what a 429/503 asks (the exporter waits it only
+        # within its own timeout; past that, this backoff follows).
+        asked = retry_after_of(self._exporter)
+        return jittered if asked is None else max(jittered, min(asked, MAX_RETRY_AFTER))
 
     def _failed(self, exc: Exception) -> None:
         if self._stopping:

@@ -8,6 +8,9 @@ exporter does not look at.
 - **The status**: the exporter follows no redirect and takes any status below 400 for
   success; a 3xx is kept as a failure here (``failure_of``), so that the forwarder does
   not count records the endpoint never received as delivered.
+- **Retry-After**: a 429 or 503 may say how long to wait; the exporter waits it only
+  within its own timeout, and the forwarder's backoff, which follows, needs it
+  (``retry_after_of``).
 - **The connections**: the exporter's ``timeout`` bounds each socket read, not the
   request, and closing a session closes only idle connections; ``abort`` shuts down the
   one a stalled request waits on, through a proxy too.
@@ -20,9 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import socket
+import time
 import weakref
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry.sdk._logs.export import LogRecordExporter
@@ -64,7 +71,9 @@ def _forwarder_session_class() -> type[Any]:
     class ForwarderSession(requests.Session):
         last_answer: bytes | None = None
         last_status: int | None = None  # of the last answer (None: no answer)
-        #: why the last request failed (an error, or an answer of 4xx/5xx), else None
+        #: seconds the last answer (a failure) asked to wait before the next request
+        retry_after: float | None = None
+        #: why the last request failed (an error, or an answer other than 2xx), else None
         last_failure: str | None = None
 
         def __init__(self) -> None:
@@ -112,6 +121,7 @@ def _forwarder_session_class() -> type[Any]:
             # The exporter reads only the status; an OTLP receiver's 200 can say it
             # rejected some records (partial success), which must not pass unseen.
             self.last_answer = self.last_failure = self.last_status = None
+            self.retry_after = None
             try:
                 response = super().request(*args, **kwargs)
             except Exception as exc:
@@ -119,7 +129,8 @@ def _forwarder_session_class() -> type[Any]:
                 raise
             self.last_answer, self.last_status = response.content, response.status_code
             if not 200 <= response.status_code < 300:
-                self.last_failure = _refusal(response)
+                self.retry_after = _seconds(response.headers.get("Retry-After"))
+                self.last_failure = _refusal(response, self.retry_after)
             return response
 
         def abort(self) -> None:
@@ -140,7 +151,7 @@ def _forwarder_session_class() -> type[Any]:
     return ForwarderSession
 
 
-def _refusal(response: Any) -> str:
+def _refusal(response: Any, retry_after: float | None) -> str:
     """What a non-2xx answer says. For a 4xx/5xx the exporter logs it and returns a bare
     FAILURE: kept for stats' last_error, which otherwise said only "see the log". A 3xx
     the exporter returns as SUCCESS: the forwarder sees it here and keeps the batch."""
@@ -152,7 +163,25 @@ def _refusal(response: Any) -> str:
         return (f"{status}: the endpoint redirects to {where}; the forwarder follows no "
                 f"redirect: set forward_endpoint to the URL that answers")
     text = response.content[:200].decode("utf-8", "replace").strip()
-    return status + (f": {text}" if text else "")
+    wait = f" (retry after {retry_after:g}s)" if retry_after is not None else ""
+    return status + wait + (f": {text}" if text else "")
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """A Retry-After value (RFC 9110: delay-seconds or an HTTP-date) in seconds from
+    now; None when absent or unreadable."""
+    if not retry_after:
+        return None
+    try:
+        seconds = float(retry_after.strip())
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(retry_after)
+        except (TypeError, ValueError):
+            return None
+        # An HTTP-date is GMT; one that names no zone ("-0000") is read as GMT too.
+        seconds = when.replace(tzinfo=when.tzinfo or UTC).timestamp() - time.time()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
@@ -180,6 +209,11 @@ def failure_of(exporter: LogRecordExporter) -> str | None:
     it did not fail). Set after an export the exporter called a success too, when the
     answer was a redirect."""
     return getattr(session_of(exporter), "last_failure", None)
+
+
+def retry_after_of(exporter: LogRecordExporter) -> float | None:
+    """The seconds the last answer asked to wait (Retry-After), if it failed and said."""
+    return getattr(session_of(exporter), "retry_after", None)
 
 
 def status_of(exporter: LogRecordExporter) -> int | None:

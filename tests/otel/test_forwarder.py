@@ -206,6 +206,25 @@ def test_a_redirect_is_no_acknowledgement(store: Store, receiver: OTLPReceiver,
     assert receiver.seqs() == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("retry_after", ["120", "Fri, 01 Jan 2100 00:00:00 GMT"])
+def test_a_receivers_retry_after_is_honoured(store: Store, receiver: OTLPReceiver,
+                                             retry_after: str) -> None:
+    """OTLP: a client SHOULD wait the Retry-After of a 429 or 503. The exporter honours
+    it only within its own timeout; past that the forwarder retried on its own backoff
+    (0.5 s, 1 s, ...), pressing a receiver that asked for a pause."""
+    from collector.forwarder import MAX_RETRY_AFTER
+
+    write(store, 2)
+    receiver.refuse_next(1, 429, Retry_After=retry_after)
+    fwd = forwarder(store, receiver)  # its own backoff: 0.02 s to 0.1 s
+    with pytest.raises(Exception, match="HTTP 429 .*retry after"):
+        fwd.step()
+    wait = fwd._backoff()
+    assert wait == (120 if retry_after == "120" else MAX_RETRY_AFTER)
+    assert fwd.step() == 2
+    assert fwd._backoff() < 1  # asked once, for the failure that asked
+
+
 def test_a_failed_export_says_why_in_stats(store: Store, receiver: OTLPReceiver) -> None:
     """stats' last_error said only 'see the log of opentelemetry.exporter for why'."""
     write(store, 2)
