@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import unquote
 
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.context import Context
@@ -124,18 +125,22 @@ class ForwardSettings:
 
 
 def parse_headers(text: str) -> dict[str, str]:
-    """``key=value,key2=value2`` (the form of OTEL_EXPORTER_OTLP_HEADERS)."""
+    """``key=value,key2=value2`` (the form of OTEL_EXPORTER_OTLP_HEADERS: percent-encoded,
+    ``Basic%20...``, as OpenTelemetry SDKs decode it; a ``,`` in a value is ``%2C``)."""
     headers: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key, value = unquote(key).strip(), unquote(value).strip()
+        if not sep or not key:
             raise ForwardError(f"forward header {item.split('=')[0]!r}: expected key=value "
                                "pairs separated by commas, e.g. Authorization=Bearer x")
-        if not (key + value).isascii() or any(ord(c) < 32 for c in key + value):
-            # HTTP header values are ASCII: one that is not failed every export.
-            raise ForwardError(f"forward header {key.strip()!r}: names and values must be "
-                               "printable ASCII (percent-encode anything else)")
-        headers[key.strip()] = value.strip()
+        if not (key + value).isascii() or any(ord(c) < 32 or ord(c) == 127
+                                              for c in key + value):
+            # HTTP header values are ASCII: one that is not failed every export. Checked
+            # once decoded: a %0D%0A must not add a header line.
+            raise ForwardError(f"forward header {key!r}: names and values must be "
+                               "printable ASCII once percent-decoded")
+        headers[key] = value
     return headers
 
 

@@ -303,7 +303,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("forward_endpoint", parse_forward_endpoint, "",
            "export stored events to this OTLP/HTTP logs URL (empty: no forwarding)", "URL"),
     Option("forward_headers", parse_text, None,
-           "HTTP headers for the OTLP endpoint: key=value,key2=value2", "HEADERS",
+           "HTTP headers for the OTLP endpoint: key=value,key2=value2 (percent-decoded, "
+           "as OTEL_EXPORTER_OTLP_HEADERS)", "HEADERS",
            secret=True),
     Option("forward_batch", parse_int, ForwardSettings.batch_size,
            "events per OTLP export request", "N"),

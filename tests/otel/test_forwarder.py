@@ -329,6 +329,17 @@ def test_headers_are_parsed_like_otel_exporter_otlp_headers() -> None:
         parse_headers("Authorization")
 
 
+def test_percent_encoded_headers_are_decoded_like_otel_exporter_otlp_headers() -> None:
+    """The value of OTEL_EXPORTER_OTLP_HEADERS is percent-encoded (the W3C Baggage form:
+    what OpenTelemetry SDKs decode, and what vendors hand out, ``Basic%20...``). Copied
+    into forward_headers, it was sent as is: a 401 at every export. A comma in a value
+    could not be given at all."""
+    assert parse_headers("Authorization=Basic%20dXNlcjpwYXNz,X-Tags=a%2Cb") == {
+        "Authorization": "Basic dXNlcjpwYXNz", "X-Tags": "a,b"}
+    with pytest.raises(ForwardError, match="printable ASCII"):
+        parse_headers("X-Evil=a%0D%0AHost:%20elsewhere")  # decoded: no header injection
+
+
 def test_a_checkpoint_beyond_the_stored_records_is_reported(store: Store,
                                                            receiver: OTLPReceiver,
                                                            caplog: pytest.LogCaptureFixture
