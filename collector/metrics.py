@@ -43,7 +43,7 @@ class Metric:
     kind: Literal["counter", "gauge"]
     source: str  # the registered stats function it reads
     key: str  # the key in that function's dict
-    unit: str  # UCUM, as OpenTelemetry wants it: "{event}", "s", "By", "1"
+    unit: str  # UCUM, as OpenTelemetry wants it: "{event}", "s", "By" ("1" is a ratio)
     help: str
 
     @property
@@ -244,7 +244,7 @@ METRICS: Final[tuple[Metric, ...]] = (
        "Events deleted by retention before they could be forwarded"),
     _m("audit.collector.forward.rejected", "counter", "forwarder", "rejected", "{event}",
        "Events the OTLP receiver answered as rejected (partial success); not retried"),
-    _m("audit.collector.forward.checkpoint", "gauge", "forwarder", "checkpoint_seq", "1",
+    _m("audit.collector.forward.checkpoint", "gauge", "forwarder", "checkpoint_seq", "{seq}",
        "Sequence number of the last forwarded event"),
 )
 

@@ -115,6 +115,9 @@ def test_every_metric_has_a_distinct_valid_prometheus_name() -> None:
     assert all(re.fullmatch(r"[a-z_][a-z0-9_]*", n) for n in names)
     lag = next(m for m in METRICS if m.key == "lag_seconds")
     assert lag.prometheus_name == "audit_collector_forward_lag_age_seconds"
+    # UCUM "1" is a ratio: OpenTelemetry's Prometheus exporter names such a metric
+    # ..._ratio. None of ours is one (the forwarder's checkpoint was, by mistake).
+    assert [m.name for m in METRICS if m.unit == "1"] == []
 
 
 def test_forward_lag_and_ingest_counters_appear_when_registered() -> None:
