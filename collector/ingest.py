@@ -121,7 +121,10 @@ class _Conn:
     def __init__(self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str):
         self.task = task
         self.writer = writer
-        self.idle = True  # waiting for a frame to start: safe to cancel when draining
+        # Waiting for a frame to start: safe to cancel when draining. False from a
+        # frame's first byte (``_read_frame``): a batch half received is finished,
+        # stored and acknowledged within the drain, not cancelled for its client to resend.
+        self.idle = True
         self.peer = peer
         self.greeted = False  # its hello was accepted (and its token, on TCP)
         self.evicted = False  # closed to make room for a newer connection
@@ -203,7 +206,9 @@ class IngestServer:
         if handshakes:
             await asyncio.wait(handshakes, timeout=1.0)
         for conn in list(self._conns.values()):
-            if conn.idle:
+            # Before its hello there is no batch to finish: a hello under way would only
+            # be welcomed to be closed, so it is told shutting_down now instead.
+            if conn.idle or not conn.greeted:
                 conn.task.cancel()
         tasks = [c.task for c in self._conns.values()]
         if tasks:
@@ -432,6 +437,7 @@ class IngestServer:
                             "collector's shared token in the client (CollectorSink(token=...))")
         conn.peer = f"{conn.peer} ({hello.source})"
         conn.greeted = True
+        conn.idle = True  # its hello read (``_read_frame`` cleared it): nothing to finish
         writer.write(Welcome(version, s.max_frame, s.idle_timeout).encode())
         await self._drain(writer)
         # Pipelined: the next batch is read and validated while earlier ones are being
@@ -446,7 +452,6 @@ class IngestServer:
                 conn.idle = True
                 kind, payload = await self._read_frame(reader, s.max_frame, s.idle_timeout,
                                                        s.read_timeout, conn)
-                conn.idle = False
                 if kind is not FrameType.BATCH:
                     raise WireError(ErrorCode.UNEXPECTED_FRAME, f"expected a BATCH frame, "
                                     f"got {kind.name}")
@@ -464,6 +469,7 @@ class IngestServer:
             raise WireError(ErrorCode.TIMEOUT, f"no frame within {first_byte_timeout:g}s; "
                             "reconnect when there is something to send") from None
         conn.spoke = True
+        conn.idle = False  # its bytes are arriving: a stop lets it finish (``shutdown``)
         try:
             async with asyncio.timeout(rest_timeout):
                 kind, length = parse_header(first + await reader.readexactly(HEADER_SIZE - 1),

@@ -1,15 +1,16 @@
 """How ``audit-collector serve`` stops, signal by signal, as a real process: a second
 SIGTERM or SIGINT (Ctrl-C twice, systemd's stop repeated) while the drain waits on a
-client that does not read, a stop during start-up, a stop while apps ship, a hangup
-(a closed terminal) at start-up, during the drain and while the store closes, a stop on
-a full disk. Each
-checks the exit code, that every acknowledged event is stored exactly once (after the
-next start, when the stop was not clean), and that the log has no traceback.
-The time bounds are generous (a loaded 2-core machine): what they catch is a stop that
-waits for the whole drain (30 s here) or never comes."""
+client that does not read, a stop during start-up, a stop while apps ship, a stop
+while a batch (or a hello) is half received, a hangup (a closed terminal) at start-up,
+during the drain and while the store closes, a stop on a full disk. Each checks the
+exit code, that every acknowledged event is stored exactly once (after the next start,
+when the stop was not clean), and that the log has no traceback. The time bounds are
+generous (a loaded 2-core machine): what they catch is a stop that waits for the whole
+drain (30 s here) or never comes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,9 +18,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 import pytest
 
-from audit_middleware.wire import FrameType, Result
+from audit_middleware.wire import (
+    ErrorCode,
+    ErrorReply,
+    FrameType,
+    Hello,
+    Result,
+    encode_batch,
+    encode_batch_body,
+)
 from tests.e2e.harness import RawClient, wire_line
 from tests.faults.fleet import App, Collector, Stored, scaled, wait_for
 from tests.faults.full_disk import (
@@ -193,6 +203,103 @@ def test_sighup_at_start_up_and_during_the_drain_does_not_end_the_collector(
     stored = Stored.read(collector.data_dir)
     assert stored.missing(acknowledged) == []
     stored.check_exactly_once()
+
+
+def a_batch_frame(size: int = 200) -> tuple[bytes, list[str]]:
+    """A whole BATCH frame of ``size`` events, and their ids."""
+    lines = [wire_line(n) for n in range(size)]
+    ids = [orjson.loads(line)["id"] for line in lines]
+    body = encode_batch_body("test:1:ab", list(range(1, size + 1)), lines)
+    return encode_batch(1, body), ids
+
+
+def stop_after_the_idle_are_closed(collector: Collector) -> None:
+    """SIGTERM, returning once the stop has chosen the connections it closes at once
+    (those waiting for a frame): an idle connection opened for that is told
+    ``shutting_down``, and the rest are chosen in the same step."""
+    idle = RawClient(collector.socket)
+    try:
+        idle.hello()
+        assert collector.proc is not None
+        collector.proc.send_signal(signal.SIGTERM)
+        told_shutting_down(idle)
+    finally:
+        idle.close()
+
+
+def told_shutting_down(conn: RawClient) -> ErrorReply:
+    error = conn.error()
+    assert error.code == ErrorCode.SHUTTING_DOWN, error
+    return error
+
+
+def test_a_batch_half_received_at_a_stop_is_stored_and_acknowledged(tmp: Path) -> None:
+    """Its first bytes in before SIGTERM, the rest after: the drain receives it, stores
+    it and acknowledges it, and the collector exits 0. The connection used to count as
+    idle until the frame was whole: it was closed (shutting_down) for the client to send
+    the batch again."""
+    collector = Collector(tmp / "data", "--drain-timeout", "60").start()
+    frame, ids = a_batch_frame()
+    conn = RawClient(collector.socket)
+    try:
+        conn.hello()
+        conn.send(frame[:len(frame) // 2])
+        stop_after_the_idle_are_closed(collector)
+        # Refused, the connection is closed already: its error frame is what is read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.send(frame[len(frame) // 2:])
+        reply = conn.frame()
+        assert reply is not None and reply[0] is FrameType.RESULT, reply
+        assert sorted(Result.decode(reply[1]).written) == sorted(ids)
+    finally:
+        conn.close()
+    assert collector.proc is not None
+    assert collector.proc.wait(PROMPTLY * 4) == 0, log_of(collector)
+    assert "Traceback" not in log_of(collector), log_of(collector)
+    stored = Stored.read(collector.data_dir)
+    assert stored.missing(ids) == []
+    stored.check_exactly_once()
+
+
+def test_a_batch_begun_and_never_finished_holds_the_stop_only_until_the_drain_deadline(
+        tmp: Path) -> None:
+    """A client that sends a batch's first bytes and then nothing: the stop waits for it
+    up to --drain-timeout (2 s here, far under the 30 s read timeout), tells it
+    shutting_down and exits 0."""
+    collector = Collector(tmp / "data", "--drain-timeout", "2").start()
+    frame, _ = a_batch_frame()
+    conn = RawClient(collector.socket)
+    try:
+        conn.hello()
+        conn.send(frame[:len(frame) // 2])
+        stop_after_the_idle_are_closed(collector)
+        assert collector.proc is not None
+        assert collector.proc.wait(PROMPTLY) == 0, log_of(collector)
+        told_shutting_down(conn)
+    finally:
+        conn.close()
+    assert "Traceback" not in log_of(collector), log_of(collector)
+
+
+def test_a_hello_half_received_at_a_stop_is_closed_at_once(tmp: Path) -> None:
+    """Before its hello a connection has no batch to finish: the stop tells it
+    shutting_down at once, without waiting for the rest (--drain-timeout 300 here)."""
+    collector = Collector(tmp / "data", "--drain-timeout", "300").start()
+    hello = Hello("test:1:ab").encode()
+    conn = RawClient(collector.socket)
+    try:
+        conn.send(hello[:len(hello) // 2])
+        # Once a later client is welcomed, the collector has read the first one's bytes.
+        later = RawClient(collector.socket)
+        later.hello()
+        later.close()
+        assert collector.proc is not None
+        collector.proc.send_signal(signal.SIGTERM)
+        told_shutting_down(conn)
+        assert collector.proc.wait(PROMPTLY) == 0, log_of(collector)
+    finally:
+        conn.close()
+    assert "Traceback" not in log_of(collector), log_of(collector)
 
 
 class HungUpWhileClosing(Collector):
