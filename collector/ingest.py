@@ -464,7 +464,11 @@ class IngestServer:
                           first_byte_timeout: float, rest_timeout: float, conn: _Conn
                           ) -> tuple[FrameType, bytes]:
         try:
-            first = await asyncio.wait_for(reader.readexactly(1), first_byte_timeout)
+            # Not wait_for: on Python 3.11 it drops a cancel (a stop closing idle
+            # connections) that comes as the byte arrives, and the stop then waited out
+            # the rest of the frame (up to its read timeout, or the drain's deadline).
+            async with asyncio.timeout(first_byte_timeout):
+                first = await reader.readexactly(1)
         except TimeoutError:
             raise WireError(ErrorCode.TIMEOUT, f"no frame within {first_byte_timeout:g}s; "
                             "reconnect when there is something to send") from None
