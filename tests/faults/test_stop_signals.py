@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from audit_middleware.wire import (
     encode_batch,
     encode_batch_body,
 )
-from tests.e2e.harness import RawClient, wire_line
+from tests.e2e.harness import RawClient, closed_by_peer, host_and_port, wire_line
 from tests.faults.fleet import App, Collector, Stored, scaled, wait_for
 from tests.faults.full_disk import (
     IN_NAMESPACE,
@@ -308,6 +309,36 @@ def test_a_hello_half_received_at_a_stop_is_closed_at_once(tmp: Path, read_first
     finally:
         conn.close()
     assert "Traceback" not in log_of(collector), log_of(collector)
+
+
+def test_an_http_ingest_body_half_received_at_a_stop_is_stored_and_answered(
+        tmp: Path) -> None:
+    """POST /api/v1/events, its head and half its body in before SIGTERM, the rest
+    after: answered 200 once stored (uvicorn drains a request whose head is in), and
+    the collector exits 0."""
+    token = "s3cret-token-for-the-stop"
+    collector = Collector(tmp / "data", "--drain-timeout", "60", api=True,
+                          env={"AUDIT_TOKEN": token}).start()
+    host, port = host_and_port(collector.api_url())
+    body = b"".join(wire_line(n) for n in range(200))
+    ids = [orjson.loads(line)["id"] for line in body.splitlines()]
+    request = (f"POST /api/v1/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               f"Authorization: Bearer {token}\r\nContent-Type: application/x-ndjson\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    half = len(request) - len(body) // 2
+    with socket.create_connection((host, port), timeout=30) as conn, \
+            socket.create_connection((host, port), timeout=30) as silent:
+        conn.sendall(request[:half])
+        assert collector.proc is not None
+        collector.proc.send_signal(signal.SIGTERM)
+        # The stop closes connections with no request under way: then it has passed ours.
+        wait_for(lambda: closed_by_peer(silent), 60, "the stop to close a silent connection")
+        conn.sendall(request[half:])
+        answer = conn.makefile("rb").readline()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert collector.proc.wait(PROMPTLY * 4) == 0, log_of(collector)
+    assert "Traceback" not in log_of(collector), log_of(collector)
+    assert Stored.read(collector.data_dir).missing(ids) == []
 
 
 class HungUpWhileClosing(Collector):
