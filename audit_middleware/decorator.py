@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from . import _config
+from ._route_order import reject_if_routed
 from .context import RequestContext, current
 from .emitter import emit, record_in_request
 from .errors import AuditFieldError
@@ -415,6 +417,9 @@ def audited(
               and all(o is None for o in overrides))
 
     def decorate(func: F) -> F:
+        # Decorators apply bottom-up: above a route decorator, this would wrap a
+        # function the framework already registered undecorated, and record nothing.
+        reject_if_routed(func, event_type, sys._getframe(1))
         recorder = _Recorder(
             event_type,
             {name: g for name, g in getters.items() if g is not None},

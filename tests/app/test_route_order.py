@@ -1,0 +1,75 @@
+"""``@audited`` written above the route decorator (a new-user review): the framework
+registered the undecorated function, and every request to it went unrecorded, without
+a word. It is refused where it is written, at import time; the right order still works."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
+from flask import Blueprint, Flask
+
+from audit_middleware import AuditConfigurationError, AuditMiddleware, WSGIAuditMiddleware, audited
+from audit_middleware.event import AuditEvent
+
+
+def test_fastapi_app_route_under_audited_is_refused() -> None:
+    app = FastAPI()
+    with pytest.raises(AuditConfigurationError, match=r"@audited\('bucket_deleted'\) is above "
+                       r"the route decorator of .*delete: app \(FastAPI\).*line below app's"):
+        @audited("bucket_deleted", target="bucket_id")
+        @app.delete("/buckets/{bucket_id}")
+        def delete(bucket_id: str) -> dict[str, str]:
+            return {}
+
+
+def test_fastapi_router_route_under_audited_is_refused() -> None:
+    router = APIRouter(prefix="/buckets")
+    with pytest.raises(AuditConfigurationError, match=r"router \(APIRouter\)"):
+        @audited("bucket_deleted", target="bucket_id")
+        @router.delete("/{bucket_id}")
+        async def delete(bucket_id: str) -> dict[str, str]:
+            return {}
+
+
+def test_flask_app_and_blueprint_routes_under_audited_are_refused() -> None:
+    app = Flask(__name__)
+    with pytest.raises(AuditConfigurationError, match=r"app \(Flask\)"):
+        @audited("bucket_deleted", target="bucket_id")
+        @app.delete("/buckets/<bucket_id>")
+        def delete(bucket_id: str) -> str:
+            return ""
+
+    blueprint = Blueprint("buckets", __name__, url_prefix="/buckets")
+    with pytest.raises(AuditConfigurationError, match=r"blueprint \(Blueprint\)"):
+        @audited("bucket_deleted", target="bucket_id")
+        @blueprint.delete("/<bucket_id>")
+        def delete_in_blueprint(bucket_id: str) -> str:
+            return ""
+
+
+def test_audited_under_the_route_decorator_records(events: list[AuditEvent]) -> None:
+    router = APIRouter(prefix="/buckets")
+
+    @router.delete("/{bucket_id}")
+    @audited("bucket_deleted", target="bucket_id")
+    def delete(bucket_id: str) -> dict[str, str]:
+        return {}
+
+    api = FastAPI()
+    api.include_router(router)
+    assert TestClient(AuditMiddleware(api)).delete("/buckets/b-1").status_code == 200
+
+    flask_app = Flask(__name__)
+    blueprint = Blueprint("buckets", __name__, url_prefix="/buckets")
+
+    @blueprint.delete("/<bucket_id>")
+    @audited("bucket_deleted", target="bucket_id")
+    def delete_in_blueprint(bucket_id: str) -> str:
+        return ""
+
+    flask_app.register_blueprint(blueprint)
+    flask_app.wsgi_app = WSGIAuditMiddleware(flask_app.wsgi_app)  # type: ignore[method-assign]
+    assert flask_app.test_client().delete("/buckets/b-2").status_code == 200
+    assert [(e.type, e.target) for e in events] == [("bucket_deleted", "b-1"),
+                                                   ("bucket_deleted", "b-2")]
