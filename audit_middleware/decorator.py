@@ -66,7 +66,13 @@ class AuditCall:
             params = getattr(arg, "path_params", None)
             if isinstance(params, Mapping) and name in params:
                 return params[name]
-        raise KeyError(f"no path parameter {name!r} in this call")
+        # A name that differs from the route's ({item_id} and target="id") is the usual
+        # cause: name the ones there are (built only when the name is missing).
+        ctx = self.context
+        known = ", ".join(sorted(ctx.path_params if ctx is not None and ctx.params_known
+                                 else self.kwargs)) or "none"
+        raise KeyError(f"no path parameter {name!r} in this call; its path parameters: "
+                       f"{known}")
 
     def result_value(self, key: str) -> Any:
         """``key`` of the handler's result: a mapping item, a JSON response body field

@@ -216,3 +216,31 @@ def test_wsgi_a_streamed_body_emits_as_the_requests_user(events: list[AuditEvent
         return file_body
 
     assert WSGIAuditMiddleware(download)(environ, lambda *a: None) is file_body
+
+
+def test_a_target_naming_no_path_parameter_names_the_ones_there_are(
+        events: list[AuditEvent], caplog: pytest.LogCaptureFixture) -> None:
+    """``target="id"`` on ``/pipelines/{pipeline_id}`` (a new-user review): the event is
+    recorded without its target, and the error logged names the route's parameters to pick from,
+    not FastAPI's injected ones."""
+    api = FastAPI()
+
+    @api.delete("/pipelines/{pipeline_id}")
+    @audited("pipeline_deleted", target="id")
+    def delete(pipeline_id: str, user: str = Depends(current_user_id)) -> dict:
+        return {}
+
+    flask_app = Flask(__name__)
+    flask_app.wsgi_app = WSGIAuditMiddleware(flask_app.wsgi_app)  # type: ignore[method-assign]
+
+    @flask_app.delete("/teams/<team_id>/pipelines/<pipeline_id>")
+    @audited("pipeline_deleted", target="id")
+    def delete_in_flask(team_id: str, pipeline_id: str) -> str:
+        return ""
+
+    assert TestClient(AuditMiddleware(api)).delete("/pipelines/p-1").status_code == 200
+    assert flask_app.test_client().delete("/teams/t-1/pipelines/p-2").status_code == 200
+    assert [(e.type, e.target) for e in events] == [("pipeline_deleted", "")] * 2
+    assert caplog.text.count("no path parameter 'id' in this call") == 2
+    assert "its path parameters: pipeline_id\"" in caplog.text
+    assert "its path parameters: pipeline_id, team_id\"" in caplog.text
