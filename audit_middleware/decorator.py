@@ -34,7 +34,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from . import _config
-from ._route_order import reject_if_routed
+from ._decorator_order import reject_misordered
 from .context import RequestContext, current
 from .emitter import emit, record_in_request
 from .errors import AuditFieldError
@@ -424,8 +424,9 @@ def audited(
 
     def decorate(func: F) -> F:
         # Decorators apply bottom-up: above a route decorator, this would wrap a
-        # function the framework already registered undecorated, and record nothing.
-        reject_if_routed(func, event_type, sys._getframe(1))
+        # function the framework already registered undecorated, and record nothing;
+        # above a sign-in check, it would take its redirect for the view's success.
+        reject_misordered(func, event_type, sys._getframe(1))
         recorder = _Recorder(
             event_type,
             {name: g for name, g in getters.items() if g is not None},

@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
 
 import django
+import pytest
 from starlette.testclient import TestClient
 
 django.setup()
@@ -121,3 +122,25 @@ def test_an_apps_own_lifespan_failure_still_propagates() -> None:
 
     with pytest.raises(RuntimeError, match="startup failed"):
         asyncio.run(AuditMiddleware(failing)({"type": "lifespan"}, receive, send))
+
+
+def test_audited_above_login_required_is_refused() -> None:
+    """Around ``@login_required``, ``@audited`` recorded its redirect of an anonymous
+    request to the sign-in page (302) as the view's success: an action never done (a
+    new-user review). Refused at import time; below it, only the view is recorded."""
+    from django.contrib.auth.decorators import login_required, permission_required
+    from django.http import HttpRequest, JsonResponse
+
+    from audit_middleware import AuditConfigurationError, audited
+
+    for check in (login_required, permission_required("pipelines.delete_pipeline")):
+        with pytest.raises(AuditConfigurationError, match="above Django's @login_required"):
+            @audited("pipeline_deleted", target="pipeline_id")
+            @check
+            def delete(request: HttpRequest, pipeline_id: str) -> JsonResponse:
+                return JsonResponse({})
+
+    @login_required
+    @audited("pipeline_deleted", target="pipeline_id")
+    def delete_below(request: HttpRequest, pipeline_id: str) -> JsonResponse:
+        return JsonResponse({})

@@ -1,6 +1,13 @@
-"""``@audited`` written above the route decorator (a new-user review): the framework
-registered the undecorated function, and every request to it went unrecorded, without
-a word. It is refused where it is written, at import time; the right order still works."""
+"""``@audited`` written above a decorator it belongs below (a new-user review), refused
+where it is written, at import time:
+
+- above the route decorator, the framework registered the undecorated function, and
+  every request to it went unrecorded, without a word;
+- above a sign-in check that redirects (Starlette's ``@requires(..., redirect=...)``;
+  Django's ``@login_required`` in tests/examples/test_django_asgi.py), its redirect of
+  an anonymous request was recorded as the view's success: an action that never ran.
+
+The right order still records."""
 
 from __future__ import annotations
 
@@ -8,6 +15,13 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from flask import Blueprint, Flask
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser, requires
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from audit_middleware import AuditConfigurationError, AuditMiddleware, WSGIAuditMiddleware, audited
 from audit_middleware.event import AuditEvent
@@ -73,3 +87,33 @@ def test_audited_under_the_route_decorator_records(events: list[AuditEvent]) -> 
     assert flask_app.test_client().delete("/buckets/b-2").status_code == 200
     assert [(e.type, e.target) for e in events] == [("bucket_deleted", "b-1"),
                                                    ("bucket_deleted", "b-2")]
+
+
+class Anonymous(AuthenticationBackend):
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        return None
+
+
+def test_audited_above_a_sign_in_check_that_redirects_is_refused() -> None:
+    with pytest.raises(AuditConfigurationError, match=r"@audited\('bucket_deleted'\) is "
+                       r"above Starlette's @requires\(..., redirect=...\) on .*delete: "
+                       r".*redirect to the sign-in page.*Put @audited\(...\) below it"):
+        @audited("bucket_deleted", target="bucket_id")
+        @requires("authenticated", redirect="sign_in")
+        async def delete(request: Request) -> JSONResponse:
+            return JSONResponse({})
+
+
+def test_audited_above_a_sign_in_check_that_raises_records_its_refusal(
+        events: list[AuditEvent]) -> None:
+    """Without ``redirect``, ``@requires`` raises a 403: a failure, not a success."""
+
+    @audited("bucket_deleted", target="bucket_id", record_failure=True)
+    @requires("authenticated")
+    async def delete(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/buckets/{bucket_id}", delete, methods=["DELETE"])],
+                    middleware=[Middleware(AuthenticationMiddleware, backend=Anonymous())])
+    assert TestClient(AuditMiddleware(app)).delete("/buckets/b-3").status_code == 403
+    assert [(e.target, e.status) for e in events] == [("b-3", "failed: HTTP 403")]

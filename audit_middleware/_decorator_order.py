@@ -1,15 +1,22 @@
-"""``@audited`` written above a route decorator instead of below it.
+"""``@audited`` written above a decorator it belongs below, caught as it decorates.
 
-Decorators apply bottom-up: with ``@audited(...)`` above ``@app.get(...)``, the framework
-registers the undecorated function, and ``@audited`` wraps it only afterwards. The route
-never calls the wrapper, so every request goes unrecorded, and nothing says so.
+- **A route decorator.** Decorators apply bottom-up: with ``@audited(...)`` above
+  ``@app.get(...)``, the framework registers the undecorated function, and ``@audited``
+  wraps it only afterwards. The route never calls the wrapper, so every request goes
+  unrecorded, and nothing says so. The routers and apps in the namespace ``@audited`` is
+  applied in (the module's globals, or the locals of a ``create_app()``) are asked
+  whether they already route to the very function being decorated. A router reached
+  only through an attribute (``@self.router.get``) is not seen: the README says where
+  ``@audited`` goes.
+- **A sign-in check that redirects.** Django's ``@login_required`` (and
+  ``@permission_required``, ``@user_passes_test``) and Starlette's
+  ``@requires(..., redirect=...)`` answer a refused request with a redirect to the
+  sign-in page instead of running the view: around them, ``@audited`` would take that
+  3xx for the view's success and record an action that never ran. (Starlette's
+  ``@requires`` without ``redirect`` raises a 403, which ``@audited`` sees as a failure:
+  it may stay below ``@audited``.)
 
-Caught when ``@audited`` decorates: the routers and apps in the namespace it is applied
-in (the module's globals, or the locals of a ``create_app()``) are asked whether they
-already route to the very function being decorated. That costs a scan of that namespace
-at import time, and nothing per request. A router reached only through an attribute
-(``@self.router.get``) is not seen: the README says where ``@audited`` goes.
-
+Both cost a look at the namespace and the function at import time, nothing per request.
 The frameworks are named by module and class, not imported (as
 ``decorator._RESPONSE_BASES`` names their responses): none is a dependency.
 """
@@ -33,11 +40,46 @@ _KINDS = frozenset({_STARLETTE_ROUTER, _STARLETTE_APP, _FLASK_APP, _FLASK_BLUEPR
 _kinds: dict[type, tuple[str, str] | None] = {}
 
 
-def reject_if_routed(func: Callable[..., Any], event_type: str, frame: FrameType | None) -> None:
+def reject_misordered(func: Callable[..., Any], event_type: str, frame: FrameType | None
+                      ) -> None:
+    """Raise when ``@audited(event_type)``, applied to ``func`` from ``frame``, is written
+    above a decorator it belongs below."""
+    redirecting = _redirecting_check(func)
+    if redirecting is not None:
+        raise AuditConfigurationError(
+            f"@audited({event_type!r}) is above {redirecting} on "
+            f"{getattr(func, '__qualname__', repr(func))}: a request it refuses is answered "
+            f"with a redirect to the sign-in page, which @audited would record as the "
+            f"view's success, an action that never ran. Put @audited(...) below it"
+        )
+    if frame is not None:
+        _reject_if_routed(func, event_type, frame)
+
+
+def _redirecting_check(func: Callable[..., Any]) -> str | None:
+    """The sign-in check ``func`` is, when it answers a refused request with a redirect
+    (its wrapper's module tells: ``functools.wraps`` copies ``__module__``, not
+    ``__globals__``)."""
+    module = getattr(func, "__globals__", {}).get("__name__")
+    if module == "django.contrib.auth.decorators":
+        return "Django's @login_required (or @permission_required, @user_passes_test)"
+    if module == "starlette.authentication" and _free_variable(func, "redirect") is not None:
+        return "Starlette's @requires(..., redirect=...)"
+    return None
+
+
+def _free_variable(func: Callable[..., Any], name: str) -> Any:
+    code = getattr(func, "__code__", None)
+    closure = getattr(func, "__closure__", None) or ()
+    if code is None or name not in code.co_freevars:
+        return None
+    cell = closure[code.co_freevars.index(name)]
+    return cell.cell_contents if _filled(cell) else None
+
+
+def _reject_if_routed(func: Callable[..., Any], event_type: str, frame: FrameType) -> None:
     """Raise when a router in ``frame``'s namespace routes to ``func`` itself: the
     route decorator ran before ``@audited(event_type)``, which would never be called."""
-    if frame is None:
-        return
     for name, router in _routers(frame):
         if any(endpoint is func for endpoint in _endpoints(router)):
             qualname = getattr(func, "__qualname__", repr(func))
