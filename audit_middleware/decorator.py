@@ -29,6 +29,7 @@ import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -422,12 +423,18 @@ def audited(
               and (status is None or isinstance(status, str))
               and all(o is None for o in overrides))
 
-    def decorate(func: F) -> F:
+    #: Django's ``method_decorator`` applies this decorator again at every request, to
+    #: a new ``partial`` of the same method (its ``__wrapped__``): the recorder made for
+    #: that method is reused, so a request does not inspect the signature again (~100
+    #: us) and what was said once (``said_outside``) stays said.
+    method_recorders: dict[Any, _Recorder] = {}
+
+    def prepare(func: Callable[..., Any], frame: FrameType | None) -> _Recorder:
         # Decorators apply bottom-up: above a route decorator, this would wrap a
         # function the framework already registered undecorated, and record nothing;
         # above a sign-in check, it would take its redirect for the view's success.
-        reject_misordered(func, event_type, sys._getframe(1))
-        recorder = _Recorder(
+        reject_misordered(func, event_type, frame)
+        return _Recorder(
             event_type,
             {name: g for name, g in getters.items() if g is not None},
             record_failure,
@@ -436,6 +443,18 @@ def audited(
             simple=simple,
             response_params=_response_params(func),
         )
+
+    def recorder_for(func: Callable[..., Any], frame: FrameType | None) -> _Recorder:
+        method = getattr(func, "__wrapped__", None) if isinstance(func, functools.partial) else None
+        if method is None:
+            return prepare(func, frame)
+        recorder = method_recorders.get(method)
+        if recorder is None:
+            recorder = method_recorders[method] = prepare(method, None)
+        return recorder
+
+    def decorate(func: F) -> F:
+        recorder = recorder_for(func, sys._getframe(1))
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
