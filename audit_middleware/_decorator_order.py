@@ -14,9 +14,12 @@
   sign-in page instead of running the view: around them, ``@audited`` would take that
   3xx for the view's success and record an action that never ran. (Starlette's
   ``@requires`` without ``redirect`` raises a 403, which ``@audited`` sees as a failure:
-  it may stay below ``@audited``.)
+  it may stay below ``@audited``.) Both applied to a class-based view with Django's
+  ``method_decorator``, on the same method, are seen at its first request instead,
+  which then fails before the view runs: ``method_decorator`` decorates at each call.
 
-Both cost a look at the namespace and the function at import time, nothing per request.
+Both cost a look at the namespace and the function when ``@audited`` decorates (at
+import time; once per method through ``method_decorator``), nothing per request.
 The frameworks are named by module and class, not imported (as
 ``decorator._RESPONSE_BASES`` names their responses): none is a dependency.
 """
@@ -63,6 +66,14 @@ def _redirecting_check(func: Callable[..., Any]) -> str | None:
     module = getattr(func, "__globals__", {}).get("__name__")
     if module == "django.contrib.auth.decorators":
         return "Django's @login_required (or @permission_required, @user_passes_test)"
+    if module == "django.utils.decorators" and any(
+            getattr(applied, "__module__", None) == "django.contrib.auth.decorators"
+            for applied in _free_variable(func, "decorators") or ()):
+        # method_decorator(audited(...)) over a method_decorator(login_required): the
+        # inner one's wrapper applies the check at each call. Seen at the first request
+        # only (method_decorator decorates then), which fails before the view runs.
+        return ("Django's @login_required (or @permission_required, @user_passes_test) "
+                "through method_decorator")
     if module == "starlette.authentication" and _free_variable(func, "redirect") is not None:
         return "Starlette's @requires(..., redirect=...)"
     return None

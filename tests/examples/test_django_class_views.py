@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
 
@@ -18,8 +19,9 @@ from starlette.testclient import TestClient
 
 django.setup()
 
+from django.contrib.auth.decorators import login_required
 from django.core.asgi import get_asgi_application
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import Client, override_settings
 from django.urls import path
 from django.utils.decorators import method_decorator
@@ -27,6 +29,7 @@ from django.views import View
 
 from audit_middleware import AuditMiddleware, audited
 from audit_middleware.catalogue import PIPELINE_DELETED
+from examples.django_app.auth import AnonymousUser
 
 DANA = {"Authorization": "Bearer demo-dana-token"}
 
@@ -61,3 +64,42 @@ def test_method_decorator_prepares_once_and_says_once(
             assert client.delete(f"/pipelines/{ident}").status_code == 200
     assert [e.target for e in audit.events] == ["p-3", "p-4", "p-5"]
     assert caplog.text.count("ran outside a request") == 1
+
+
+@method_decorator(audited(PIPELINE_DELETED, target="pipeline_id"), name="dispatch")
+@method_decorator(login_required, name="dispatch")
+class SignedInPipelineView(View):
+    def delete(self, request: HttpRequest, pipeline_id: str) -> JsonResponse:
+        return JsonResponse({"id": pipeline_id, "deleted": True})
+
+
+def anonymous(get_response: Callable[[HttpRequest], HttpResponse]
+              ) -> Callable[[HttpRequest], HttpResponse]:
+    """A Django middleware: every request is an anonymous user's."""
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        request.user = AnonymousUser()  # type: ignore[assignment]
+        return get_response(request)
+
+    return middleware
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[f"{__name__}.anonymous"],
+                   INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"])
+def test_method_decorator_audited_over_login_required_fails_before_the_view(
+        audit, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """Stacked on ``dispatch``, ``@audited`` wraps ``@login_required``: its redirect of
+    an anonymous request (302) was recorded as the view's success. Seen at the first
+    request (``method_decorator`` decorates then), which fails before the view."""
+    urlpatterns.append(path("signed-in/<str:pipeline_id>", SignedInPipelineView.as_view()))
+    try:
+        client = TestClient(AuditMiddleware(get_asgi_application()),
+                            raise_server_exceptions=False)
+        with caplog.at_level(logging.ERROR, "django.request"):
+            response = client.delete("/signed-in/p-6", follow_redirects=False)
+    finally:
+        urlpatterns.pop()
+    assert audit.events == []  # not a pipeline_deleted for the anonymous redirect
+    assert response.status_code == 500
+    assert "above Django's @login_required" in caplog.text
+    assert "through method_decorator" in caplog.text
