@@ -67,8 +67,7 @@ class CheckpointFile:
     def position(self, endpoint: str) -> int | None:
         """The last acknowledged seq for ``endpoint``, or None when it has none here."""
         checkpoint = self.load()
-        if checkpoint is None or without_credentials(checkpoint.endpoint) != \
-                without_credentials(endpoint):
+        if checkpoint is None or same_endpoint(checkpoint.endpoint) != same_endpoint(endpoint):
             return None
         return checkpoint.seq
 
@@ -93,3 +92,25 @@ def without_credentials(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def same_endpoint(url: str) -> str:
+    """What tells one endpoint from another: ``url`` without credentials, its scheme and
+    host in lower case (both case-insensitive, RFC 3986 6.2.2.1) and without the
+    scheme's default port. Compared as written, ``HTTPS://Collector:443/v1/logs`` for
+    ``https://collector/v1/logs`` was another endpoint: forwarding started over from
+    ``forward_from`` (from ``now``, the records in between never sent)."""
+    parts = urlsplit(without_credentials(url))
+    try:
+        port = parts.port
+    except ValueError:  # not a port: the settings refuse such a URL; compared as written
+        return url
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        netloc += f":{port}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, parts.fragment))
+

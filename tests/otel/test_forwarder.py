@@ -620,6 +620,41 @@ def test_credentials_moved_from_the_endpoint_url_to_a_header_keep_the_position(
     assert receiver.seqs() == [5, 6]
 
 
+@pytest.mark.parametrize(("saved", "used"), [
+    ("http://{host}:{port}{path}", "http://{Host}:{port}{path}"),
+    ("http://u:p@{Host}:{port}{path}", "http://{host}:{port}{path}")])
+def test_the_same_endpoint_spelled_another_way_keeps_the_position(
+        store: Store, receiver: OTLPReceiver, saved: str, used: str) -> None:
+    """Compared as written, a host in other letters was a new endpoint: with
+    forward_from=now the records between the old position and now were never sent."""
+    from urllib.parse import urlsplit
+
+    from collector.forward_checkpoint import CheckpointFile
+
+    parts = urlsplit(receiver.endpoint)
+    assert parts.hostname == "127.0.0.1"  # also reached as localhost, in any letters
+    names = {"host": "localhost", "Host": "LocalHost", "port": parts.port, "path": parts.path}
+    write(store, 6)
+    checkpoint = CheckpointFile(store.settings.data_dir / CHECKPOINT_FILE)
+    checkpoint.path.write_text(json.dumps(
+        {"endpoint": saved.format(**names), "seq": 4, "updated": "2026-11-25T00:00:00Z"}))
+    fwd = forwarder(store, receiver, endpoint=used.format(**names), start="now")
+    while fwd.step():
+        pass
+    assert receiver.seqs() == [5, 6]
+
+
+def test_endpoints_are_told_apart_by_what_names_another_server() -> None:
+    from collector.forward_checkpoint import same_endpoint
+
+    assert same_endpoint("https://Collector.example:443/v1/logs") == \
+        same_endpoint("https://collector.example/v1/logs")
+    assert same_endpoint("http://u:p@[::1]:80/v1/logs") == same_endpoint("http://[::1]/v1/logs")
+    for other in ("https://collector.example:4318/v1/logs", "http://collector.example/v1/logs",
+                  "https://collector.example/v1/Logs", "https://collector.example/v1/logs?x=1"):
+        assert same_endpoint(other) != same_endpoint("https://collector.example/v1/logs")
+
+
 def test_a_stop_cuts_off_an_export_its_endpoint_does_not_answer(store: Store) -> None:
     """stop() waited the whole drain timeout for an export to a dead (black-hole)
     endpoint, after the ingest's and the API's own waits: the collector's stop could
