@@ -16,6 +16,7 @@ import orjson
 from .compression import BlockMap, CompressedReader, iter_members
 from .errors import IndexOutOfDateError
 from .regular_files import open_regular_fd
+from .segments import segment_seq
 
 
 class _Plain:
@@ -68,6 +69,14 @@ class RecordReader:
         if file is not None:
             self._open.move_to_end(segment)
             return file
+        if name.endswith(".gz") or segment_seq(name) != segment:
+            # The index is not signed: a row naming another file (an absolute path, one
+            # outside segments/, a stray file) made queries answer records from a file
+            # verify never reads, while verify called the store valid.
+            raise IndexOutOfDateError(
+                f"the index names {name!r} as the file of segment {segment}, which is not "
+                f"that segment's file name: run `audit-collector reindex` (and `verify`: "
+                f"the index may have been tampered with)")
         plain = self.segments_dir / name
         packed = self.segments_dir / (name + ".gz")
         # The snapshot may predate a compression (plain file gone) or the other way

@@ -688,6 +688,29 @@ def test_a_forged_member_hidden_in_a_gzip_extra_field_is_found(tmp_path: Path) -
     assert not any(r["principal"].startswith("forged-") for r in page.records)
 
 
+@pytest.mark.parametrize("where", ["absolute", "outside segments/"])
+def test_an_index_row_naming_a_file_verify_does_not_read_is_refused(
+        store: Path, where: str) -> None:
+    """The index is not signed, and verify does not read it: a segment's row edited to
+    name a forged copy elsewhere made queries answer its records while verify called
+    the store valid. Queries read only the segment files verify checks."""
+    import sqlite3
+
+    from collector.query import Filters, search
+    from collector.storage.errors import IndexOutOfDateError
+
+    path = sealed(store)
+    forged = store / "forged.jsonl"  # beside segments/, where verify does not look
+    forged.write_bytes(path.read_bytes().replace(b'"principal":"user',
+                                                 b'"principal":"EVIL'))
+    name = str(forged) if where == "absolute" else f"../{forged.name}"
+    with sqlite3.connect(store / "index.sqlite") as index:
+        index.execute("UPDATE segments SET name = ? WHERE name = ?", (name, path.name))
+    assert check(store).valid  # every file verify reads is untouched
+    with pytest.raises(IndexOutOfDateError, match="run `audit-collector reindex`"):
+        search(store, Filters(), limit=100)
+
+
 def test_gzip_chunks_are_bounded_and_read_as_zcat_does(tmp_path: Path) -> None:
     import gzip
     import io
