@@ -32,6 +32,12 @@ from .scan import ranges
 CLOCK_SLACK_US: Final = 300 * 1_000_000
 #: Seconds a fresh reading of the retention digests stands for (see _fresh_deleted_below).
 _FRESH_FOR: Final = 1.0
+#: Why an anchored digest is not in the chain. Both look alike from the files: a chain
+#: re-signed by the key holder, and one cut back (the newest digests removed, an older
+#: backup of the data directory restored) to before the anchored digest. Said as
+#: "re-signed" alone, a restored backup read as a leaked key.
+_ANCHOR_GONE: Final = ("the digests from it on were removed (the log cut back, or an older "
+                       "backup restored) or re-signed by the key holder")
 
 
 class DigestChain:
@@ -251,10 +257,10 @@ class DigestChain:
             res.add(CHAIN_BROKEN, f"no valid digest has this signature. The oldest digest "
                     f"kept is #{oldest}: retention deleted those before it with their "
                     f"segments (below {self.deleted_below}), so an anchor older than that "
-                    f"cannot be checked; if this anchor is newer, the digests were re-signed")
+                    f"cannot be checked; if this anchor is newer, {_ANCHOR_GONE}")
         elif found is None:
-            res.add(CHAIN_BROKEN, "no valid digest has this signature: the digests were "
-                    "re-signed (or the anchor belongs to another store)")
+            res.add(CHAIN_BROKEN, f"no valid digest has this signature: {_ANCHOR_GONE} (or "
+                    f"the anchor belongs to another store)")
         else:
             res.notes.append(f"is {found.where}, dated {found.time}")
         return res

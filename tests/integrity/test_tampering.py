@@ -599,6 +599,29 @@ def test_a_chain_re_signed_by_the_key_holder_misses_an_anchored_signature(store:
     assert f"INVALID  anchor {anchor[:16]}...  chain broken" in result.stdout
 
 
+def test_an_older_backup_restored_is_valid_alone_and_misses_a_later_anchor(
+        store: Path, tmp_path: Path) -> None:
+    """The whole data directory rolled back to an older backup is a consistent prefix of
+    the log (documented: not protected alone); an anchor kept since catches it, and the
+    finding says the digests were removed, not only "re-signed" (a leaked key)."""
+    import shutil
+
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    backup = copy_of(store, tmp_path / "backup")
+    with open_store(store, max_segment_bytes=SMALL) as live:
+        live.write(events(3))
+    anchor = newest_digest(store).signature_b64
+    shutil.rmtree(store)
+    copy_of(backup, store)
+    assert run_verify(str(store)).returncode == 0
+    result = run_verify(str(store), "--anchor", anchor)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert f"INVALID  anchor {anchor[:16]}...  chain broken" in result.stdout
+    assert "older backup restored" in result.stdout, result.stdout
+
+
 def test_random_damage_anywhere_is_reported_never_a_crash(pristine: Path, tmp_path: Path) -> None:
     """Random bytes overwritten, cut or appended (as whole lines: an unterminated tail
     of the newest files is what a crash leaves, and changes nothing signed) in any file
