@@ -52,6 +52,8 @@ class DigestChain:
         self.unverified: set[str] = set()  # segments with a digest whose signature fails
         self.invalid_numbers: set[int] = set()  # numbers of those digests
         self.by_digest: dict[int, FileResult] = {}  # id(digest) -> its file's result
+        #: key id -> the key rotation digest that retired it: it signs nothing after it.
+        self.retired: dict[str, d.Digest] = {}
         self._fresh: tuple[float, int] | None = None  # (when, deleted_below) re-read
 
     def check(self) -> None:
@@ -102,8 +104,15 @@ class DigestChain:
         return below
 
     def _trusted(self, g: d.Digest) -> bool:
-        key = self.trusted.get(g.key)
-        return key is not None and key.verifies(g.signature, g.message)
+        return _signature_problem(g, self.trusted.get(g.key), self._retired_by(g)) is None
+
+    def _retired_by(self, g: d.Digest) -> d.Digest | None:
+        """The key rotation that retired ``g``'s key before ``g`` was numbered, if any.
+        A key is rotated away from because it may have leaked: trusted after its
+        rotation, whoever holds it re-signed everything after the newest anchor (an
+        anchored rotation included) and verify, given the exported keys, said valid."""
+        rotation = self.retired.get(g.key)
+        return rotation if rotation is not None and g.n > rotation.n else None
 
     def _read_files(self) -> list[tuple[FileResult, d.DigestFile]]:
         out: list[tuple[FileResult, d.DigestFile]] = []
@@ -163,11 +172,9 @@ class DigestChain:
         for g, res in entries:
             self.by_digest[id(g)] = res
             key = self.trusted.get(g.key)
-            if key is None or not key.verifies(g.signature, g.message):
-                res.add(SIGNATURE_INVALID, f"{g.where} is signed by key {g.key}, which is not "
-                        f"a trusted key (another key signed it)" if key is None else
-                        f"{g.where}: the signature does not match the digest's bytes (edited "
-                        f"after signing, or signed by another key)")
+            problem = _signature_problem(g, key, self._retired_by(g))
+            if problem is not None:
+                res.add(SIGNATURE_INVALID, problem)
                 self.unverified.add(g.segment)
                 self.invalid_numbers.add(g.n)
                 continue
@@ -179,6 +186,8 @@ class DigestChain:
                     res.add(SIGNATURE_INVALID, f"{g.where}: {exc}")
                     continue
                 self.trusted.setdefault(new.id, new)
+                if new.id != g.key:
+                    self.retired.setdefault(g.key, g)
             if g.kind == "retention":
                 below = g.body.get("deleted_below")
                 if type(below) is int:
@@ -265,6 +274,24 @@ class DigestChain:
             res.notes.append(f"is {found.where}, dated {found.time}")
         return res
 
+
+
+def _signature_problem(g: d.Digest, key: PublicKey | None,
+                       retired_by: d.Digest | None) -> str | None:
+    """Why ``g`` is not a digest of a trusted key (``key``: the trusted key of its id;
+    ``retired_by``: the rotation that retired that key before ``g``), or None."""
+    if key is None:
+        return f"{g.where} is signed by key {g.key}, which is not a trusted key (another " \
+               f"key signed it)"
+    if not key.verifies(g.signature, g.message):
+        return f"{g.where}: the signature does not match the digest's bytes (edited after " \
+               f"signing, or signed by another key)"
+    if retired_by is not None:
+        return f"{g.where} is signed by key {g.key}, which {retired_by.where} retired " \
+               f"(rotated to key {retired_by.body.get('new_key_id')}): a retired key signs " \
+               f"nothing after its rotation (forged with a leaked old key, or the old key " \
+               f"put back as the signing key)"
+    return None
 
 
 def micros(text: str) -> int:

@@ -78,6 +78,7 @@ class Ledger:
         self._pending: list[tuple[str, bytes, dict[str, Any]]] = []  # unwritten digests
         self._write_failures = 0  # digest writes failed in a row (the log says some)
         self.write_failures = 0  # digest writes failed since open (a metric's counter)
+        self._rotations: list[d.Digest] = []  # key rotations of the chain taken up
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -116,13 +117,30 @@ class Ledger:
         ledger.digests_dir.mkdir(mode=DIR_MODE, exist_ok=True)
         ledger._find_chain_end(quarantine_dir, _vouched_keys(path, key), ring.keys())
         ledger._finish_key_rotation(path, ring)
+        ledger._warn_if_retired()
         return ledger
+
+    def _warn_if_retired(self) -> None:
+        """Say so when the signing key is one a key rotation of the chain retired (the
+        old key put back after losing the new one, or a rotation not put in place)."""
+        retiring = next((g for g in self._rotations if g.body.get("new_key_id") != self.key.id
+                         and _signed_by(g, {self.key.id: self.key.public})), None)
+        if retiring is None:
+            return
+        # A key is rotated away from because it may have leaked: verify trusts it for
+        # nothing after its rotation, so everything it signs from now on is reported.
+        log.error(
+            "integrity: the signing key %s is one %s retired (rotated to key %s): "
+            "`audit-collector verify` reports every digest it signs from now on as signed by "
+            "a retired key. Stop the collector and put a new key in place (openssl genpkey "
+            "-algorithm ed25519 -out KEY; chmod 600 KEY), or the key it was rotated to",
+            self.key.id, retiring.where, retiring.body.get("new_key_id"))
 
     def _finish_key_rotation(self, path: Path, ring: KeyRing) -> None:
         """A ``keys rotate`` killed after recording the rotation, before putting the new
         key in place, left the new key in ``<key>.tmp``: the collector went on signing
-        with the old key (which verify still trusts), the rotation silently undone. The
-        rotation is finished here, from the key the digest names."""
+        with the old key, the rotation silently undone. The rotation is finished here,
+        from the key the digest names."""
         newest = self.newest
         if newest is None or newest.kind != "key_rotation":
             return
@@ -136,10 +154,9 @@ class Ledger:
             new = None
         if new is None or new.id != wanted:
             log.error("integrity: the newest digest (%s) rotates the signing key to %s, "
-                      "but %s holds key %s and no finished rotation waits beside it: the "
-                      "digests go on being signed with %s (verify still trusts it); run "
-                      "`audit-collector keys rotate` again", newest.where, wanted, path,
-                      self.key.id, self.key.id)
+                      "but %s holds key %s and no finished rotation waits beside it (%s is "
+                      "missing or holds another key)", newest.where, wanted, path, self.key.id,
+                      tmp.name)
             return
         install_signing_key(tmp, path)
         new = load_signing_key(path)
@@ -248,6 +265,7 @@ class Ledger:
                 "(%s) does not vouch for: expected once after the signing key was lost "
                 "after that rotation and replaced by hand (or restored from a backup older "
                 "than it)", end.where, end.key, self.key.id)
+        self._rotations = [g for g in (digest, *later) if g.kind == "key_rotation"]
         self.newest, self.n, self.previous = end, end.n, end.signature_b64
 
     def named(self) -> tuple[int, int]:

@@ -42,6 +42,7 @@ from tests.integrity.helpers import (
     digest_paths,
     lines_of,
     reasons,
+    run_cli,
     run_verify,
     segment_paths,
     write_lines,
@@ -416,10 +417,11 @@ def test_an_export_needs_the_signing_key_and_includes_only_ring_keys_asked_for(
     assert done.returncode == 2 and "no such key" in done.stderr
 
 
-def resign_all(store: Path, key: SigningKey, **first_digest: Any) -> None:
-    """Every digest re-signed by ``key``, in number order, each carrying the new
-    signature of the one before: a forged digest chain that is consistent in itself.
-    ``first_digest``: fields changed in digest #1 (what the forger rewrote)."""
+def resign_all(store: Path, key: SigningKey, after: int = 0, **first_digest: Any) -> None:
+    """Every digest numbered after ``after`` re-signed by ``key``, in number order, each
+    carrying the new signature of the one before: a forged digest chain that is
+    consistent in itself. ``first_digest``: fields changed in the first one re-signed
+    (what the forger rewrote)."""
     entries = []
     for path in digest_paths(store):
         for line in lines_of(path):
@@ -428,7 +430,12 @@ def resign_all(store: Path, key: SigningKey, **first_digest: Any) -> None:
     previous = ""
     out: dict[Path, list[bytes]] = {}
     for g, path in entries:
-        changes = first_digest if g.n == 1 else {}
+        if g.n <= after:
+            previous = g.signature_b64
+            out.setdefault(path, []).append(g.message + b',"signature":"'
+                                            + g.signature_b64.encode() + b'"}\n')
+            continue
+        changes = first_digest if g.n == after + 1 else {}
         line = digests.sign(dict(g.body, key=key.id, previous=previous, **changes), key)
         previous = digests.parse(line).signature_b64
         out.setdefault(path, []).append(line)
@@ -545,7 +552,8 @@ def test_a_signing_key_lost_after_a_rotation_continues_the_chain_of_the_rotated_
     key, from a backup) takes its place: the retired keys beside it vouch for the key
     before the rotation only. Start-up went on from the rotation's digest, called
     every digest the rotated key signed since "planted", and numbered its digests
-    after the rotation's again: verify then found the chain broken."""
+    after the rotation's again: verify then found the chain broken. (The old key put
+    back is a retired key: verify reports what it signs after its rotation.)"""
     from collector.integrity.commands import _rotate
     from tests.collector.storage_helpers import events, open_store
     from tests.integrity.helpers import SMALL
@@ -574,7 +582,45 @@ def test_a_signing_key_lost_after_a_rotation_continues_the_chain_of_the_rotated_
                          lines_of(p)) if g.n == genuine.n + 1]
     assert [g.previous for g in after] == [genuine.signature_b64]
     report = check(store)
-    assert report.valid, reasons(report)
+    if how == "replaced by hand":
+        assert report.valid, reasons(report)
+        return
+    # The old key is a retired one: what it signs after its rotation is indistinguishable
+    # from a forgery with it leaked, so verify reports it, and start-up said so.
+    assert "is one digest #" in caplog.text and "retired" in caplog.text, caplog.text
+    retired = [f.detail for r in report.invalid for f in r.findings
+               if f.reason == SIGNATURE_INVALID and "retired" in f.detail]
+    assert retired and all(f"signed by key {load_signing_key(path).id}" in d
+                           for d in retired), reasons(report)
+
+
+def test_a_retired_key_signs_nothing_after_its_rotation(store: Path, tmp_path: Path) -> None:
+    """The doc's answer to a leaked key is to rotate it and anchor. Verify trusted the
+    old key for every digest, also those after its rotation: whoever held the leaked
+    key re-signed everything after the anchored rotation with it (free to change any of
+    it: here nothing but the signer), and verify, given the keys exported after the
+    rotation, said valid."""
+    from collector.integrity.commands import _rotate
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    leaked = load_signing_key(store / "keys" / "signing-key.pem")
+    assert _rotate(store, None, 300.0) == 0
+    rotation = newest_digest(store)
+    assert rotation.kind == "key_rotation"
+    with open_store(store, max_segment_bytes=SMALL) as reopened:
+        reopened.write(events(3))
+        reopened.write(events(3))
+    exported = tmp_path / "auditor-keys.pem"
+    assert run_cli("keys", "export", "--data-dir", str(store), "--out",
+                   str(exported)).returncode == 0
+    anchored = ("--public-key", str(exported), "--anchor", rotation.signature_b64)
+    assert run_verify(str(store), *anchored).returncode == 0
+    resign_all(store, leaked, after=rotation.n)
+    result = run_verify(str(store), *anchored)
+    assert result.returncode == 1, result.stdout
+    assert f"is signed by key {leaked.id}, which digest #{rotation.n} (" in result.stdout
+    assert "a retired key signs nothing after its rotation" in result.stdout, result.stdout
 
 
 def test_verify_without_usable_keys_is_an_error_not_a_verdict(store: Path) -> None:
