@@ -116,12 +116,17 @@ class Sessions:
 
 
 def bearer_token(conn: HTTPConnection) -> str | None:
-    """The token of an ``Authorization: Bearer`` header; "" for any other header."""
+    """The token of an ``Authorization: Bearer`` header; None for no header or another
+    scheme. Another scheme is no credential of this API but someone else's: a reverse
+    proxy with HTTP Basic in front of the panel gets ``Authorization: Basic`` from the
+    browser on every request, and forwards it (nginx does by default). Taken for a bad
+    token ("" then), it overrode the session cookie: the signed-in panel got 401 on
+    every call, each recorded as an attempt with an invalid token."""
     header = conn.headers.get("authorization")
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 #: What the browser says of where a request comes from (Fetch Metadata) that lets the

@@ -135,6 +135,27 @@ def test_the_api_over_tls_sets_secure_cookies_and_hsts(root: Path) -> None:
             assert signed_in.headers["strict-transport-security"].startswith("max-age=")
 
 
+def test_a_proxys_basic_credentials_leave_the_panel_session_working(root: Path) -> None:
+    """A reverse proxy with HTTP Basic in front of the panel: the browser sends its
+    ``Authorization: Basic`` with every request, and the proxy forwards it. That header
+    is the proxy's, no credential of this API: the session cookie decides, and a request
+    with the header alone is one without credentials (not a refused token, recorded)."""
+    data = root / "data"
+    token = add_reader(data, "ops", root=True)
+    basic = {"Authorization": "Basic b3BzOnByb3h5LXBhc3N3b3Jk"}  # the proxy's ops:password
+    with serving(data) as (collector, url), httpx.Client(base_url=url) as browser:
+        assert browser.post("/api/v1/session", json={"token": token},
+                            headers=basic).status_code == 200
+        assert browser.get("/api/v1/audit-logs", headers=basic).status_code == 200
+        assert browser.get("/api/v1/session", headers=basic).json()["name"] == "ops"
+        signed_out = httpx.get(f"{url}/api/v1/audit-logs", headers=basic)
+        assert signed_out.status_code == 401
+        assert "invalid_token" not in signed_out.headers["www-authenticate"]
+        assert collector.stop() == 0
+    assert [r["type"] for r in stored_events(data) if r["type"].startswith("audit_log_")] \
+        == ["audit_log_viewed"]
+
+
 def test_a_sign_in_abandoned_mid_body_leaves_no_traceback(root: Path) -> None:
     """A client that goes away before its body ends (or is closed by the connection
     guard) is not the collector's failure: logged as one, a stream of such clients would
