@@ -129,7 +129,7 @@ def _forwarder_session_class() -> type[Any]:
                 raise
             self.last_answer, self.last_status = response.content, response.status_code
             if not 200 <= response.status_code < 300:
-                self.retry_after = _seconds(response.headers.get("Retry-After"))
+                self.retry_after = _retry_after(response)
                 self.last_failure = _refusal(response, self.retry_after)
             return response
 
@@ -167,6 +167,16 @@ def _refusal(response: Any, retry_after: float | None) -> str:
     return status + wait + (f": {text}" if text else "")
 
 
+def _retry_after(response: Any) -> float | None:
+    """The seconds ``response`` asks to wait (``_seconds``). One that cannot be read is
+    removed from the answer: the exporter, which reads it after this on a 429 or 503,
+    raised OverflowError out of its export on some (a year of 22 digits)."""
+    seconds = _seconds(response.headers.get("Retry-After"))
+    if seconds is None:
+        response.headers.pop("Retry-After", None)
+    return seconds
+
+
 def _seconds(retry_after: str | None) -> float | None:
     """A Retry-After value (RFC 9110: delay-seconds or an HTTP-date) in seconds from
     now; None when absent or unreadable."""
@@ -177,7 +187,7 @@ def _seconds(retry_after: str | None) -> float | None:
     except ValueError:
         try:
             when = parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a year or zone past C's int
             return None
         # An HTTP-date is GMT; one that names no zone ("-0000") is read as GMT too.
         seconds = when.replace(tzinfo=when.tzinfo or UTC).timestamp() - time.time()

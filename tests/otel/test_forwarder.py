@@ -13,7 +13,13 @@ import pytest
 
 from audit_middleware.otel import log_attributes, log_body
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError
-from collector.forwarder import Forwarder, ForwardError, ForwardSettings, parse_headers
+from collector.forwarder import (
+    ExportFailed,
+    Forwarder,
+    ForwardError,
+    ForwardSettings,
+    parse_headers,
+)
 from collector.storage.records import created_micros
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import descriptors_into, event
@@ -223,6 +229,23 @@ def test_a_receivers_retry_after_is_honoured(store: Store, receiver: OTLPReceive
     assert wait == (120 if retry_after == "120" else MAX_RETRY_AFTER)
     assert fwd.step() == 2
     assert fwd._backoff() < 1  # asked once, for the failure that asked
+
+
+@pytest.mark.parametrize("status", [413, 503])
+def test_a_retry_after_too_large_to_read_is_ignored(store: Store, receiver: OTLPReceiver,
+                                                     status: int) -> None:
+    """An HTTP-date with a year of 22 digits raised OverflowError in the forwarder's
+    session (the exporter took the answer for a request that failed unanswered:
+    last_error said only "see the log") and, on a 429/503, in the exporter's own parser
+    too (out of its export)."""
+    write(store, 2)
+    receiver.refuse_next(1, status,
+                         Retry_After="Mon, 01 Jan 9999999999999999999999 00:00:00 GMT")
+    fwd = forwarder(store, receiver)
+    with pytest.raises(ExportFailed, match=f"did not accept 2 records .*: HTTP {status} "):
+        fwd.step()
+    assert fwd._backoff() < 1  # no wait asked: the forwarder's own backoff
+    assert fwd.step() == (1 if status == 413 else 2)  # a 413 halved the batch
 
 
 def test_a_failed_export_says_why_in_stats(store: Store, receiver: OTLPReceiver) -> None:
