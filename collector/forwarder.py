@@ -247,6 +247,8 @@ class Forwarder:
         self._warned_ahead = False
         #: Records per export: ``batch_size``, halved at each 413 of the endpoint.
         self._most = settings.batch_size
+        #: The Retry-After of the answer that failed the last step (None: none asked).
+        self._asked: float | None = None
 
     # -- control --------------------------------------------------------------------------
     def start(self) -> None:
@@ -308,7 +310,7 @@ class Forwarder:
         jittered = delay * random.uniform(0.8, 1.2)
         # OTLP: a client SHOULD wait what a 429/503 asks (the exporter waits it only
         # within its own timeout; past that, this backoff follows).
-        asked = retry_after_of(self._exporter)
+        asked = self._asked
         return jittered if asked is None else max(jittered, min(asked, MAX_RETRY_AFTER))
 
     def _failed(self, exc: Exception) -> None:
@@ -328,6 +330,9 @@ class Forwarder:
     def step(self) -> int:
         """Export the next batch, if any: the records acknowledged (0 when caught up).
         Raises when the export failed (nothing acknowledged, the checkpoint unchanged)."""
+        # Kept by the session until its next request: read for a failure other than
+        # that answer (the index unreadable), it made that one wait as long again.
+        self._asked = None
         position = self._start_position()
         page = q.search(self.data_dir, q.Filters(), limit=self.settings.batch_size,
                         cursor=q.cursor_after(position), newest_first=False)
@@ -359,6 +364,7 @@ class Forwarder:
         if result is not LogRecordExportResult.SUCCESS or refusal is not None:
             if status_of(self._exporter) == HTTP_TOO_LARGE:
                 self._too_large(len(records))
+            self._asked = retry_after_of(self._exporter)
             why = refusal or "see the log of opentelemetry.exporter"
             raise ExportFailed(f"{self.settings.endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")

@@ -248,6 +248,29 @@ def test_a_retry_after_too_large_to_read_is_ignored(store: Store, receiver: OTLP
     assert fwd.step() == (1 if status == 413 else 2)  # a 413 halved the batch
 
 
+def test_a_retry_after_is_waited_for_the_failure_that_asked_only(
+        store: Store, receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backoff read the Retry-After of the exporter's last answer at every failure:
+    a failure without an answer after it (the index unreadable for a moment) waited the
+    receiver's 10 minutes again."""
+    from collector import query
+
+    write(store, 2)
+    receiver.refuse_next(1, 503, Retry_After="600")
+    fwd = forwarder(store, receiver)
+    with pytest.raises(ExportFailed, match="HTTP 503"):
+        fwd.step()
+    assert fwd._backoff() == 600
+
+    def unreadable(*args: Any, **kwargs: Any) -> None:
+        raise query.QueryError("the index is being rebuilt")
+
+    monkeypatch.setattr(query, "search", unreadable)
+    with pytest.raises(query.QueryError):
+        fwd.step()
+    assert fwd._backoff() < 1
+
+
 def test_a_failed_export_says_why_in_stats(store: Store, receiver: OTLPReceiver) -> None:
     """stats' last_error said only 'see the log of opentelemetry.exporter for why'."""
     write(store, 2)
