@@ -249,6 +249,7 @@ class Forwarder:
         self._most = settings.batch_size
         #: The Retry-After of the answer that failed the last step (None: none asked).
         self._asked: float | None = None
+        self._shut_down: LogRecordExporter | None = None  # (a second shutdown warns)
 
     # -- control --------------------------------------------------------------------------
     def start(self) -> None:
@@ -263,9 +264,10 @@ class Forwarder:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the export in flight (its checkpoint is saved) if it ends within
-        ``timeout``, then stop. An export still waiting then on its endpoint is cut off:
-        its batch is sent again at the next start (at least once), and a dead endpoint
-        no longer holds the collector's stop for the whole timeout after the others."""
+        ``STOP_GRACE``, then stop. An export still waiting then on its endpoint, or
+        before the exporter's own retry, is cut off: its batch is sent again at the next
+        start (at least once), and a dead endpoint no longer holds the collector's stop
+        for the whole timeout after the others."""
         self._stopping = True
         self._wake.set()
         if self._thread is not None:
@@ -275,13 +277,24 @@ class Forwarder:
                 session = session_of(self._exporter)
                 if session is not None:
                     session.abort()
+                # Also ends the exporter's wait before its own retry (a Retry-After
+                # within forward_timeout): abort ends only a request in flight, and the
+                # exporter sent the batch again once that wait was over.
+                self._shutdown_exporter()
                 self._thread.join(timeout - grace)
             self._thread = None
+        self._shutdown_exporter()
+        self.state = "stopped"
+
+    def _shutdown_exporter(self) -> None:
+        exporter = self._exporter
+        if exporter is self._shut_down:
+            return
+        self._shut_down = exporter
         try:
-            self._exporter.shutdown()  # type: ignore[no-untyped-call]
+            exporter.shutdown()  # type: ignore[no-untyped-call]
         except Exception:
             log.debug("forwarder: exporter shutdown failed", exc_info=True)
-        self.state = "stopped"
 
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:

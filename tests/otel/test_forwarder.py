@@ -739,3 +739,20 @@ def test_a_receivers_words_are_logged_on_one_line(store: Store, receiver: OTLPRe
     assert "\n" not in said and "\x1b" not in said
     assert said.endswith("too long\\nforwarder: all records accepted\\x1b[2K")
 
+
+def test_a_stop_ends_the_exporters_wait_for_a_retry_after(store: Store,
+                                                          receiver: OTLPReceiver) -> None:
+    """The exporter waits a Retry-After that fits in forward_timeout before its own
+    retry. stop() cut off a request in flight, not that wait: it waited it out (up to
+    forward_timeout after STOP_GRACE), and the exporter sent the batch again after
+    the stop had begun."""
+    write(store, 2)
+    receiver.refuse_next(1, 503, Retry_After="5")
+    fwd = forwarder(store, receiver, timeout=10.0)
+    fwd.start()
+    try:
+        wait_until(lambda: receiver.refused == 1, 10, "the 503 asking for 5 s")
+    finally:
+        fwd.stop(timeout=10)
+    assert receiver.seqs() == []  # no request once stopping
+    assert fwd.stats()["state"] == "stopped" and fwd.stats()["checkpoint_seq"] == 0
