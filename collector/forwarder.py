@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -88,6 +89,8 @@ EXPORT_GRACE: Final = 5.0
 STOP_GRACE: Final = 1.0
 _MAX_TIMESTAMP_NS: Final = (1 << 63) - 1
 HTTP_TOO_LARGE: Final = 413
+#: An HTTP field name (RFC 9110 token).
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: The longest wait a receiver's Retry-After gets: one far off (a clock off by years, a
 #: mistake) must not stop forwarding for good.
 MAX_RETRY_AFTER: Final = 600.0
@@ -140,6 +143,11 @@ def parse_headers(text: str) -> dict[str, str]:
             # once decoded: a %0D%0A must not add a header line.
             raise ForwardError(f"forward header {key!r}: names and values must be "
                                "printable ASCII once percent-decoded")
+        if not _HEADER_NAME.fullmatch(key):
+            # Else accepted here and refused at every export (requests: a ':'; the
+            # receiver: a space, a parenthesis), a failure without end.
+            raise ForwardError(f"forward header {key!r}: not a valid HTTP header name "
+                               "(letters, digits and !#$%&'*+-.^_`|~ only)")
         headers[key] = value
     return headers
 

@@ -386,6 +386,18 @@ def test_percent_encoded_headers_are_decoded_like_otel_exporter_otlp_headers() -
         parse_headers("X-Evil=a%0D%0AHost:%20elsewhere")  # decoded: no header injection
 
 
+@pytest.mark.parametrize("text", ["X%3ATag=1", "X:Tag=1", "X Tag=1", "X(Tag)=1",
+                                  "X%22Tag%22=1"])
+def test_a_header_name_that_is_no_http_token_is_refused_at_start(text: str) -> None:
+    """Accepted at start, then every export failed: requests refuses a name with a ``:``
+    (InvalidHeader, also from ``%3A`` once decoded), a receiver one with a space or a
+    parenthesis (400). A failure that never ends, from a setting checked at start."""
+    with pytest.raises(ForwardError, match="not a valid HTTP header name"):
+        parse_headers(text)
+    assert parse_headers("X-Scope_Org.ID=1,x!#$&'*+^`|~=2") == {"X-Scope_Org.ID": "1",
+                                                               "x!#$&'*+^`|~": "2"}
+
+
 def test_a_checkpoint_beyond_the_stored_records_is_reported(store: Store,
                                                            receiver: OTLPReceiver,
                                                            caplog: pytest.LogCaptureFixture
