@@ -44,6 +44,8 @@ _CREDENTIAL_PROVIDER_VARIABLES: Final = (
     "OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER")
 #: The session each exporter made here sends with (``rejected_by_receiver``, ``abort``).
 _sessions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+#: The most of a receiver's words (an answer's body, a Location) quoted in last_error.
+_QUOTED: Final = 200
 
 
 def otlp_http_exporter(settings: ForwardSettings) -> LogRecordExporter:
@@ -159,10 +161,10 @@ def _refusal(response: Any, retry_after: float | None) -> str:
     if 300 <= response.status_code < 400:
         # Not followed: the exporter sends no body on a redirect, and a redirect to
         # another host would get the forward headers (an Authorization) too.
-        where = response.headers.get("Location") or "(no Location)"
+        where = response.headers.get("Location", "")[:_QUOTED] or "(no Location)"
         return (f"{status}: the endpoint redirects to {where}; the forwarder follows no "
                 f"redirect: set forward_endpoint to the URL that answers")
-    text = response.content[:200].decode("utf-8", "replace").strip()
+    text = response.content[:_QUOTED].decode("utf-8", "replace").strip()
     wait = f" (retry after {retry_after:g}s)" if retry_after is not None else ""
     return status + wait + (f": {text}" if text else "")
 

@@ -212,6 +212,20 @@ def test_a_redirect_is_no_acknowledgement(store: Store, receiver: OTLPReceiver,
     assert receiver.seqs() == [1, 2, 3, 4]
 
 
+def test_a_redirects_location_is_quoted_cut_like_an_answers_body(
+        store: Store, receiver: OTLPReceiver) -> None:
+    """The body a receiver answers is quoted 200 characters at most; a Location was
+    quoted whole (up to 64 KiB, the header line limit) into last_error, the stats file
+    and the log."""
+    write(store, 2)
+    receiver.refuse_next(1, 302, Location="https://elsewhere.example/" + "a" * 8000)
+    fwd = forwarder(store, receiver)
+    with pytest.raises(ExportFailed,
+                       match="redirects to https://elsewhere.example/aaa") as failed:
+        fwd.step()
+    assert len(str(failed.value)) < 500  # what last_error says
+
+
 @pytest.mark.parametrize("retry_after", ["120", "Fri, 01 Jan 2100 00:00:00 GMT"])
 def test_a_receivers_retry_after_is_honoured(store: Store, receiver: OTLPReceiver,
                                              retry_after: str) -> None:
