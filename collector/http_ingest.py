@@ -121,8 +121,10 @@ class HttpIngest:
                     return self._too_large()
                 chunks.append(chunk)
         except ClientDisconnect:
-            return self._bad_request(400, "bad_body",
-                                     "the client went away before the body ended")
+            # Not malformed (bad_requests is what a broken sender raises, an alert's
+            # figure): a client gone mid-body (a timeout, a restart) resends.
+            self.counters["disconnected"] += 1
+            return _error(400, "bad_body", "the client went away before the body ended")
         return b"".join(chunks)
 
     def _bad_request(self, status: int, code: str, message: str) -> Response:

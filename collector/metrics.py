@@ -144,6 +144,9 @@ METRICS: Final[tuple[Metric, ...]] = (
        "X-Audit-Source; 400 bad_body; 413 too_many_events)"),
     _m("audit.collector.http.too_large", "counter", "http", "too_large", "{request}",
        "HTTP ingest requests refused for their size (413)"),
+    _m("audit.collector.http.disconnected", "counter", "http", "disconnected", "{request}",
+       "HTTP ingest requests whose client went away before the body ended (nothing "
+       "stored; the sender retries)"),
     _m("audit.collector.http.events.received", "counter", "http", "events_received",
        "{event}", "Events received over HTTP, before validation"),
     _m("audit.collector.http.storage_errors", "counter", "http", "storage_errors",

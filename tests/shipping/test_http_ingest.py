@@ -252,6 +252,36 @@ def test_every_request_refused_whole_as_malformed_is_a_bad_request(store: Any) -
     assert stored_events(store.settings.data_dir) == []
 
 
+def test_a_client_gone_mid_body_is_no_bad_request(store: Any) -> None:
+    """A sender going away before its body ended (a timeout, a restart) is not a
+    malformed sender: counted apart, an alert on bad requests does not fire for it."""
+    import asyncio
+
+    ingest = HttpIngest(store, HttpIngestSettings(token=TOKEN))
+    app = Starlette(routes=routes())
+    app.state.http_ingest = ingest
+    sent: list[dict[str, Any]] = []
+    messages = iter([{"type": "http.request", "body": lines(event(1))[:20], "more_body": True},
+                     {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/events", "root_path": "",
+             "query_string": b"", "scheme": "http", "server": ("127.0.0.1", 8080),
+             "client": ("127.0.0.1", 5000), "http_version": "1.1", "app": app,
+             "headers": [(b"authorization", f"Bearer {TOKEN}".encode()),
+                         (b"content-type", b"application/x-ndjson")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    stats = ingest.stats()
+    assert (stats.get("disconnected"), stats.get("bad_requests", 0)) == (1, 0)
+    assert stored_events(store.settings.data_dir) == []
+
+
 BAD_EVENTS = [
     b"[1]",
     b'"a string"',
