@@ -437,7 +437,9 @@ class Ledger:
         return {"key": self.key.id, "digests": self.n, "written": self.written,
                 "newest_digest": newest.time if newest else None,
                 "chain_head": self.chain.decode(),
-                "unsigned_records": (state.records - _records_of(newest, state)
+                # Read without the commit thread's lock: a digest newer than ``state``
+                # would make it negative for a moment.
+                "unsigned_records": (max(0, state.records - _records_of(newest, state))
                                      if state else 0),
                 "pending_digests": len(self._pending), "write_failures": self.write_failures,
                 "last_error": self.last_error}
