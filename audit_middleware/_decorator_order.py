@@ -7,7 +7,10 @@
   applied in (the module's globals, or the locals of a ``create_app()``) are asked
   whether they already route to the very function being decorated. A router reached
   only through an attribute (``@self.router.get``) is not seen: the README says where
-  ``@audited`` goes.
+  ``@audited`` goes. A function already named there was not decorated in its
+  definition: routed as it is, it may be audited for another route (only logged).
+  What cannot be asked (a ``routes`` property that raises, an app whose ``__init__``
+  has not run yet) is taken for no route: a check must not break the import.
 - **A sign-in check that redirects.** Django's ``@login_required`` (and
   ``@permission_required``, ``@user_passes_test``) and Starlette's
   ``@requires(..., redirect=...)`` answer a refused request with a redirect to the
@@ -26,11 +29,14 @@ The frameworks are named by module and class, not imported (as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
 from typing import Any
 
 from .errors import AuditConfigurationError
+
+log = logging.getLogger("audit_middleware")
 
 _STARLETTE_ROUTER = ("starlette.routing", "Router")  # FastAPI's APIRouter too
 _STARLETTE_APP = ("starlette.applications", "Starlette")  # FastAPI too
@@ -91,32 +97,56 @@ def _free_variable(func: Callable[..., Any], name: str) -> Any:
 def _reject_if_routed(func: Callable[..., Any], event_type: str, frame: FrameType) -> None:
     """Raise when a router in ``frame``'s namespace routes to ``func`` itself: the
     route decorator ran before ``@audited(event_type)``, which would never be called."""
-    for name, router in _routers(frame):
-        if any(endpoint is func for endpoint in _endpoints(router)):
-            qualname = getattr(func, "__qualname__", repr(func))
-            raise AuditConfigurationError(
-                f"@audited({event_type!r}) is above the route decorator of {qualname}: "
-                f"{name} ({type(router).__name__}) already routes to the undecorated "
-                f"function, so its requests would record nothing. Put @audited(...) on the "
-                f"line below {name}'s route decorator (@{name}.get(...), .post, .route...)"
-            )
+    routers, defined_before = _scan(frame, func)
+    for name, router in routers:
+        if not _routes_to(router, func):
+            continue
+        qualname = getattr(func, "__qualname__", repr(func))
+        if defined_before:
+            # audited(...)(f) on a function already named here: no decorator syntax
+            # (its function is named only after its decorators ran). The undecorated
+            # route may be meant, with f audited for another route: said, not refused.
+            log.warning("audit: %s (%s) already routes to %s undecorated: its requests "
+                        "record no %s", name, type(router).__name__, qualname, event_type)
+            continue
+        raise AuditConfigurationError(
+            f"@audited({event_type!r}) is above the route decorator of {qualname}: "
+            f"{name} ({type(router).__name__}) already routes to the undecorated "
+            f"function, so its requests would record nothing. Put @audited(...) on the "
+            f"line below {name}'s route decorator (@{name}.get(...), .post, .route...)"
+        )
 
 
-def _routers(frame: FrameType) -> Iterator[tuple[str, Any]]:
+def _scan(frame: FrameType, func: Callable[..., Any]) -> tuple[list[tuple[str, Any]], bool]:
     """The routers and apps named in ``frame``'s locals and globals (one dict at a
-    module's top level)."""
+    module's top level), and whether ``func`` is itself named there."""
     namespaces: list[Mapping[str, Any]] = [frame.f_locals]
     if frame.f_globals is not frame.f_locals:
         namespaces.append(frame.f_globals)
+    routers = []
+    named = False
     for namespace in namespaces:
         for name, value in list(namespace.items()):
+            named = named or value is func
             if _kind(type(value)) is not None:
-                yield name, value
+                routers.append((name, value))
+    return routers, named
+
+
+def _routes_to(router: Any, func: Callable[..., Any]) -> bool:
+    try:
+        return any(endpoint is func for endpoint in _endpoints(router))
+    except Exception:  # noqa: BLE001 - a subclass's routes property, an app whose
+        # __init__ has not run yet: a check that cannot be made must not break the import
+        return False
 
 
 def _kind(cls: type) -> tuple[str, str] | None:
-    if cls in _kinds:
-        return _kinds[cls]
+    try:
+        if cls in _kinds:
+            return _kinds[cls]
+    except TypeError:  # a metaclass with __eq__ and no __hash__: not a framework's
+        return None
     kind = next((key for c in cls.__mro__
                  if (key := (str(getattr(c, "__module__", "")),
                              str(getattr(c, "__qualname__", "")))) in _KINDS), None)

@@ -11,6 +11,8 @@ The right order still records."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
@@ -21,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, Router
 
 from audit_middleware import AuditConfigurationError, AuditMiddleware, WSGIAuditMiddleware, audited
 from audit_middleware.event import AuditEvent
@@ -117,3 +119,78 @@ def test_audited_above_a_sign_in_check_that_raises_records_its_refusal(
                     middleware=[Middleware(AuthenticationMiddleware, backend=Anonymous())])
     assert TestClient(AuditMiddleware(app)).delete("/buckets/b-3").status_code == 403
     assert [(e.target, e.status) for e in events] == [("b-3", "failed: HTTP 403")]
+
+
+class UnbuiltRouter(Router):
+    """A subclass whose routes are built later: asking for them before raises."""
+
+    @property  # type: ignore[override]
+    def routes(self) -> list[BaseRoute]:
+        raise RuntimeError("routes are built at start-up")
+
+    @routes.setter
+    def routes(self, value: list[BaseRoute]) -> None:
+        pass
+
+
+class FlaskBuiltAfterItsViews(Flask):
+    """An app subclass decorating a view before ``Flask.__init__`` ran."""
+
+    def __init__(self) -> None:
+        @audited("bucket_deleted")
+        def helper() -> None:
+            return None
+
+        super().__init__(__name__)
+
+
+class Hashless(type):
+    """A metaclass with ``__eq__`` and so no ``__hash__``: its classes are unhashable."""
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_what_the_order_check_cannot_read_does_not_stop_decoration() -> None:
+    """A router whose routes raise, an app not initialised yet, an object of an
+    unhashable class in the namespace: each crashed ``@audited`` with its own error
+    (RuntimeError, AttributeError, TypeError), breaking the app's import over a check
+    that could not be made."""
+    router = UnbuiltRouter()
+    odd = Hashless("Odd", (), {})()
+
+    @audited("bucket_deleted")
+    def delete() -> None:
+        return None
+
+    FlaskBuiltAfterItsViews()
+    assert router is not None and odd is not None  # in the namespace @audited reads
+
+
+def test_a_function_routed_undecorated_may_be_audited_for_another_route(
+        events: list[AuditEvent], caplog: pytest.LogCaptureFixture) -> None:
+    """The same handler on an internal router as it is, and audited on the public one:
+    refused as "@audited above the route decorator" before, with no way to write it.
+    Not written above a route decorator (the function was defined before), so allowed;
+    the undecorated route is said once (its requests record nothing)."""
+    internal = APIRouter()
+    public = APIRouter()
+
+    def delete(bucket_id: str) -> dict[str, str]:
+        return {}
+
+    internal.add_api_route("/internal/buckets/{bucket_id}", delete, methods=["DELETE"])
+    with caplog.at_level(logging.WARNING, "audit_middleware"):
+        public.add_api_route("/buckets/{bucket_id}",
+                             audited("bucket_deleted", target="bucket_id")(delete),
+                             methods=["DELETE"])
+    api = FastAPI()
+    api.include_router(internal)
+    api.include_router(public)
+    client = TestClient(AuditMiddleware(api))
+    assert client.delete("/internal/buckets/b-4").status_code == 200
+    assert client.delete("/buckets/b-5").status_code == 200
+    assert [(e.type, e.target) for e in events] == [("bucket_deleted", "b-5")]
+    assert "internal (APIRouter) already routes to" in caplog.text
