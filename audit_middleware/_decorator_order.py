@@ -16,8 +16,9 @@
   ``@requires(..., redirect=...)`` answer a refused request with a redirect to the
   sign-in page instead of running the view: around them, ``@audited`` would take that
   3xx for the view's success and record an action that never ran. (Starlette's
-  ``@requires`` without ``redirect`` raises a 403, which ``@audited`` sees as a failure:
-  it may stay below ``@audited``.) Both applied to a class-based view with Django's
+  ``@requires`` without ``redirect`` and Django's ``@permission_required(...,
+  raise_exception=True)`` raise a 403, which ``@audited`` sees as a failure: they may
+  stay below ``@audited``.) Both applied to a class-based view with Django's
   ``method_decorator``, on the same method, are seen at its first request instead,
   which then fails before the view runs: ``method_decorator`` decorates at each call.
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from types import FrameType
+from types import FrameType, FunctionType
 from typing import Any
 
 from .errors import AuditConfigurationError
@@ -69,15 +70,18 @@ def _redirecting_check(func: Callable[..., Any]) -> str | None:
     """The sign-in check ``func`` is, when it answers a refused request with a redirect
     (its wrapper's module tells: ``functools.wraps`` copies ``__module__``, not
     ``__globals__``)."""
-    module = getattr(func, "__globals__", {}).get("__name__")
-    if module == "django.contrib.auth.decorators":
+    module = _module_of(func)
+    if module == _DJANGO_AUTH and _django_check_redirects(func):
         return "Django's @login_required (or @permission_required, @user_passes_test)"
     if module == "django.utils.decorators" and any(
-            getattr(applied, "__module__", None) == "django.contrib.auth.decorators"
+            getattr(applied, "__module__", None) == _DJANGO_AUTH
+            and _django_check_redirects(applied(_placeholder_view()))
             for applied in _free_variable(func, "decorators") or ()):
         # method_decorator(audited(...)) over a method_decorator(login_required): the
         # inner one's wrapper applies the check at each call. Seen at the first request
         # only (method_decorator decorates then), which fails before the view runs.
+        # Each of its decorators is tried on a placeholder view, as method_decorator
+        # does itself: login_not_required is of that module too, and redirects nothing.
         return ("Django's @login_required (or @permission_required, @user_passes_test) "
                 "through method_decorator")
     if module == "starlette.authentication" and _free_variable(func, "redirect") is not None:
@@ -85,12 +89,34 @@ def _redirecting_check(func: Callable[..., Any]) -> str | None:
     return None
 
 
-def _free_variable(func: Callable[..., Any], name: str) -> Any:
-    code = getattr(func, "__code__", None)
-    closure = getattr(func, "__closure__", None) or ()
-    if code is None or name not in code.co_freevars:
+_DJANGO_AUTH = "django.contrib.auth.decorators"
+
+
+def _django_check_redirects(wrapper: Any) -> bool:
+    """Whether ``wrapper``, what a Django auth decorator returned, redirects a refused
+    request: ``permission_required(..., raise_exception=True)`` raises PermissionDenied
+    instead (a 403, a failure to @audited), and ``login_not_required`` wraps nothing."""
+    if _module_of(wrapper) != _DJANGO_AUTH:
+        return False
+    return _free_variable(_free_variable(wrapper, "test_func"), "raise_exception") is not True
+
+
+def _placeholder_view() -> Callable[..., Any]:
+    def view(*args: Any, **kwargs: Any) -> None:  # login_not_required marks it: a new one
         return None
-    cell = closure[code.co_freevars.index(name)]
+
+    return view
+
+
+def _module_of(func: Any) -> Any:
+    # A plain function only: a callable object's __getattr__ may answer anything.
+    return func.__globals__.get("__name__") if isinstance(func, FunctionType) else None
+
+
+def _free_variable(func: Any, name: str) -> Any:
+    if not isinstance(func, FunctionType) or name not in func.__code__.co_freevars:
+        return None
+    cell = (func.__closure__ or ())[func.__code__.co_freevars.index(name)]
     return cell.cell_contents if _filled(cell) else None
 
 

@@ -144,3 +144,30 @@ def test_audited_above_login_required_is_refused() -> None:
     @audited("pipeline_deleted", target="pipeline_id")
     def delete_below(request: HttpRequest, pipeline_id: str) -> JsonResponse:
         return JsonResponse({})
+
+
+def test_audited_above_a_permission_check_that_raises_is_allowed(audit) -> None:  # type: ignore[no-untyped-def]
+    """``permission_required(..., raise_exception=True)`` refuses with PermissionDenied
+    (a 403, recorded as a failure with ``record_failure=True``), never a redirect: it was
+    refused as one, leaving no way to record a denied request with it."""
+    from django.contrib.auth.decorators import permission_required
+    from django.core.exceptions import PermissionDenied
+    from django.http import HttpRequest, JsonResponse
+    from django.test import RequestFactory
+
+    from audit_middleware import audited
+    from examples.django_app.auth import AnonymousUser
+
+    class Anonymous(AnonymousUser):
+        def has_perms(self, perms: object) -> bool:  # asked by permission_required
+            return False
+
+    @audited("pipeline_deleted", target="pipeline_id", record_failure=True)
+    @permission_required("pipelines.delete_pipeline", raise_exception=True)
+    def delete(request: HttpRequest, pipeline_id: str) -> JsonResponse:
+        return JsonResponse({})
+
+    request = RequestFactory().delete("/pipelines/p-9")
+    request.user = Anonymous()  # type: ignore[assignment]
+    with pytest.raises(PermissionDenied):
+        delete(request, pipeline_id="p-9")

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 
 django.setup()
 
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_not_required, login_required, permission_required
 from django.core.asgi import get_asgi_application
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import Client, override_settings
@@ -73,12 +73,17 @@ class SignedInPipelineView(View):
         return JsonResponse({"id": pipeline_id, "deleted": True})
 
 
+class Anonymous(AnonymousUser):
+    def has_perms(self, perms: object) -> bool:  # asked by permission_required
+        return False
+
+
 def anonymous(get_response: Callable[[HttpRequest], HttpResponse]
               ) -> Callable[[HttpRequest], HttpResponse]:
     """A Django middleware: every request is an anonymous user's."""
 
     def middleware(request: HttpRequest) -> HttpResponse:
-        request.user = AnonymousUser()  # type: ignore[assignment]
+        request.user = Anonymous()  # type: ignore[assignment]
         return get_response(request)
 
     return middleware
@@ -103,3 +108,41 @@ def test_method_decorator_audited_over_login_required_fails_before_the_view(
     assert response.status_code == 500
     assert "above Django's @login_required" in caplog.text
     assert "through method_decorator" in caplog.text
+
+
+@method_decorator(audited(PIPELINE_DELETED, target="pipeline_id", record_failure=True),
+                  name="dispatch")
+@method_decorator(permission_required("pipelines.delete_pipeline", raise_exception=True),
+                  name="dispatch")
+class PermittedPipelineView(View):
+    def delete(self, request: HttpRequest, pipeline_id: str) -> JsonResponse:
+        return JsonResponse({"id": pipeline_id, "deleted": True})
+
+
+@method_decorator(audited(PIPELINE_DELETED, target="pipeline_id"), name="dispatch")
+@method_decorator(login_not_required, name="dispatch")
+class PublicPipelineView(View):
+    def delete(self, request: HttpRequest, pipeline_id: str) -> JsonResponse:
+        return JsonResponse({"id": pipeline_id, "deleted": True})
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[f"{__name__}.anonymous"],
+                   INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"])
+def test_method_decorator_audited_over_checks_that_redirect_nothing_records(
+        audit) -> None:  # type: ignore[no-untyped-def]
+    """Over ``login_not_required`` (Django's mark of a public view, of the same module as
+    ``login_required``) and ``permission_required(..., raise_exception=True)`` (a 403),
+    each request failed with "above Django's @login_required" (a 500), though neither
+    redirects: the view runs, or its refusal is recorded as a failure."""
+    urlpatterns.extend([path("permitted/<str:pipeline_id>", PermittedPipelineView.as_view()),
+                        path("public/<str:pipeline_id>", PublicPipelineView.as_view())])
+    try:
+        client = TestClient(AuditMiddleware(get_asgi_application()),
+                            raise_server_exceptions=False)
+        refused = client.delete("/permitted/p-7", follow_redirects=False)
+        public = client.delete("/public/p-8", follow_redirects=False)
+    finally:
+        del urlpatterns[-2:]
+    assert (refused.status_code, public.status_code) == (403, 200)
+    assert [(e.target, e.status) for e in audit.events] == [("p-7", "failed: HTTP 403"),
+                                                           ("p-8", "")]
