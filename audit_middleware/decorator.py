@@ -29,7 +29,7 @@ import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import FrameType
+from types import FrameType, FunctionType
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -387,6 +387,23 @@ class _Recorder:
                                        else None)
 
 
+#: Decorators listed after @audited in one method_decorator: more is not Django's.
+_MAX_WRAPPERS: Final = 8
+
+
+def _method_called(func: Any) -> Any:
+    """The method when ``func`` is what Django's ``method_decorator`` decorates at each
+    call: a new ``partial`` of it (``__wrapped__``: the method), or that partial wrapped
+    (``functools.wraps``) by the decorators listed after ours; else None."""
+    for _ in range(_MAX_WRAPPERS):
+        if isinstance(func, functools.partial):
+            return getattr(func, "__wrapped__", None)
+        if not isinstance(func, FunctionType):
+            return None
+        func = getattr(func, "__wrapped__", None)
+    return None
+
+
 def audited(
     event_type: str,
     *,
@@ -424,9 +441,10 @@ def audited(
               and all(o is None for o in overrides))
 
     #: Django's ``method_decorator`` applies this decorator again at every request, to
-    #: a new ``partial`` of the same method (its ``__wrapped__``): the recorder made for
-    #: that method is reused, so a request does not inspect the signature again (~100
-    #: us) and what was said once (``said_outside``) stays said.
+    #: a new ``partial`` of the same method (its ``__wrapped__``), or to the wrapper of
+    #: that partial by the decorators listed after it: the recorder made for that method
+    #: is reused, so a request does not inspect the signature again (~100 us) and what
+    #: was said once (``said_outside``) stays said.
     method_recorders: dict[Any, _Recorder] = {}
 
     def prepare(func: Callable[..., Any], frame: FrameType | None) -> _Recorder:
@@ -445,12 +463,16 @@ def audited(
         )
 
     def recorder_for(func: Callable[..., Any], frame: FrameType | None) -> _Recorder:
-        method = getattr(func, "__wrapped__", None) if isinstance(func, functools.partial) else None
+        method = _method_called(func)
         if method is None:
             return prepare(func, frame)
+        if not isinstance(func, functools.partial):
+            # A wrapper made for this call: what it checks (a redirecting sign-in
+            # check) depends on its closure, not only on its method. ~1 us.
+            reject_misordered(func, event_type, None)
         recorder = method_recorders.get(method)
         if recorder is None:
-            recorder = method_recorders[method] = prepare(method, None)
+            recorder = method_recorders.setdefault(method, prepare(method, None))
         return recorder
 
     def decorate(func: F) -> F:

@@ -26,6 +26,7 @@ from django.test import Client, override_settings
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.cache import never_cache
 
 from audit_middleware import AuditMiddleware, audited
 from audit_middleware.catalogue import PIPELINE_DELETED
@@ -40,7 +41,17 @@ class PipelineView(View):
         return JsonResponse({"id": pipeline_id, "deleted": True})
 
 
-urlpatterns = [path("pipelines/<str:pipeline_id>", PipelineView.as_view())]
+@method_decorator([audited(PIPELINE_DELETED, target="pipeline_id"), never_cache], name="delete")
+class UncachedPipelineView(View):
+    """``@audited`` outermost of a list of decorators: it decorates never_cache's wrapper
+    of the partial, not the partial itself."""
+
+    def delete(self, request: HttpRequest, pipeline_id: str) -> JsonResponse:
+        return JsonResponse({"id": pipeline_id, "deleted": True})
+
+
+urlpatterns = [path("pipelines/<str:pipeline_id>", PipelineView.as_view()),
+               path("uncached/<str:pipeline_id>", UncachedPipelineView.as_view())]
 
 
 @override_settings(ROOT_URLCONF=__name__)
@@ -53,15 +64,17 @@ def test_method_decorator_records_each_request(audit) -> None:  # type: ignore[n
         (PIPELINE_DELETED, ident, "usr_dana", "198.51.100.45") for ident in ("p-1", "p-2")]
 
 
+@pytest.mark.parametrize("prefix", ["pipelines", "uncached"])
 @override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[])
 def test_method_decorator_prepares_once_and_says_once(
-        audit, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+        audit, caplog: pytest.LogCaptureFixture, prefix: str) -> None:  # type: ignore[no-untyped-def]
     """Without the audit middleware (nor the example's, which needs it): its error is
-    said once, not at every request."""
+    said once, not at every request; also with ``@audited`` first of a list of
+    decorators (prepared anew at each request before)."""
     client = Client()
     with caplog.at_level(logging.ERROR, "audit_middleware"):
         for ident in ("p-3", "p-4", "p-5"):
-            assert client.delete(f"/pipelines/{ident}").status_code == 200
+            assert client.delete(f"/{prefix}/{ident}").status_code == 200
     assert [e.target for e in audit.events] == ["p-3", "p-4", "p-5"]
     assert caplog.text.count("ran outside a request") == 1
 
@@ -69,6 +82,13 @@ def test_method_decorator_prepares_once_and_says_once(
 @method_decorator(audited(PIPELINE_DELETED, target="pipeline_id"), name="dispatch")
 @method_decorator(login_required, name="dispatch")
 class SignedInPipelineView(View):
+    def delete(self, request: HttpRequest, pipeline_id: str) -> JsonResponse:
+        return JsonResponse({"id": pipeline_id, "deleted": True})
+
+
+@method_decorator([audited(PIPELINE_DELETED, target="pipeline_id"), login_required],
+                  name="dispatch")
+class ListedSignedInPipelineView(View):
     def delete(self, request: HttpRequest, pipeline_id: str) -> JsonResponse:
         return JsonResponse({"id": pipeline_id, "deleted": True})
 
@@ -89,14 +109,19 @@ def anonymous(get_response: Callable[[HttpRequest], HttpResponse]
     return middleware
 
 
+@pytest.mark.parametrize(("view", "said"), [
+    (SignedInPipelineView, "@user_passes_test) through method_decorator"),
+    (ListedSignedInPipelineView, "above Django's @login_required")])
 @override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[f"{__name__}.anonymous"],
                    INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"])
 def test_method_decorator_audited_over_login_required_fails_before_the_view(
-        audit, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    """Stacked on ``dispatch``, ``@audited`` wraps ``@login_required``: its redirect of
-    an anonymous request (302) was recorded as the view's success. Seen at the first
-    request (``method_decorator`` decorates then), which fails before the view."""
-    urlpatterns.append(path("signed-in/<str:pipeline_id>", SignedInPipelineView.as_view()))
+        audit, caplog: pytest.LogCaptureFixture, view: type[View], said: str,
+) -> None:  # type: ignore[no-untyped-def]
+    """Stacked on ``dispatch`` (or listed first in one ``method_decorator``),
+    ``@audited`` wraps ``@login_required``: its redirect of an anonymous request (302)
+    was recorded as the view's success. Seen at the first request (``method_decorator``
+    decorates then), which fails before the view."""
+    urlpatterns.append(path("signed-in/<str:pipeline_id>", view.as_view()))
     try:
         client = TestClient(AuditMiddleware(get_asgi_application()),
                             raise_server_exceptions=False)
@@ -106,8 +131,7 @@ def test_method_decorator_audited_over_login_required_fails_before_the_view(
         urlpatterns.pop()
     assert audit.events == []  # not a pipeline_deleted for the anonymous redirect
     assert response.status_code == 500
-    assert "above Django's @login_required" in caplog.text
-    assert "through method_decorator" in caplog.text
+    assert said in caplog.text
 
 
 @method_decorator(audited(PIPELINE_DELETED, target="pipeline_id", record_failure=True),
