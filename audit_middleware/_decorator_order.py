@@ -31,6 +31,7 @@ The frameworks are named by module and class, not imported (as
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import FrameType, FunctionType
 from typing import Any
@@ -47,7 +48,9 @@ _KINDS = frozenset({_STARLETTE_ROUTER, _STARLETTE_APP, _FLASK_APP, _FLASK_BLUEPR
 
 #: The router kind of each class met in a namespace (None: no router). A module's
 #: globals are mostly functions, classes and modules: each class's MRO is walked once.
-_kinds: dict[type, tuple[str, str] | None] = {}
+#: Weak: a class made on the fly (each Mock has one, which holds the mock) must not be
+#: kept alive by having been met here.
+_kinds: weakref.WeakKeyDictionary[type, tuple[str, str] | None] = weakref.WeakKeyDictionary()
 
 
 def reject_misordered(func: Callable[..., Any], event_type: str, frame: FrameType | None
