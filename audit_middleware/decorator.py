@@ -63,17 +63,26 @@ class AuditCall:
             return self.kwargs[name]
         if self.context is not None and name in self.context.path_params:
             return self.context.path_params[name]
-        for arg in self.args:  # a Starlette Request without AuditMiddleware installed
-            params = getattr(arg, "path_params", None)
-            if isinstance(params, Mapping) and name in params:
-                return params[name]
+        params = self._request_path_params()
+        if params is not None and name in params:
+            return params[name]
         # A name that differs from the route's ({item_id} and target="id") is the usual
         # cause: name the ones there are (built only when the name is missing).
         ctx = self.context
         known = ", ".join(sorted(ctx.path_params if ctx is not None and ctx.params_known
+                                 else params if params is not None
                                  else self.kwargs)) or "none"
         raise KeyError(f"no path parameter {name!r} in this call; its path parameters: "
                        f"{known}")
+
+    def _request_path_params(self) -> Mapping[str, Any] | None:
+        """The ``path_params`` of a Starlette Request among the handler's arguments (no
+        AuditMiddleware installed to put them in the context)."""
+        for arg in self.args:
+            params = getattr(arg, "path_params", None)
+            if isinstance(params, Mapping):
+                return params
+        return None
 
     def result_value(self, key: str) -> Any:
         """``key`` of the handler's result: a mapping item, a JSON response body field

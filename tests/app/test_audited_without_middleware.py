@@ -11,6 +11,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from flask import Flask
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from audit_middleware import audited
 from audit_middleware.event import AuditEvent
@@ -69,3 +73,19 @@ def test_a_principal_the_record_cannot_hold_outside_a_request_is_not_system(
 
     drop(run_id="r-1")
     assert [(e.target, e.principal) for e in events] == [("r-1", "")]
+
+
+def test_a_target_naming_no_path_parameter_names_the_requests_ones(
+        events: list[AuditEvent], caplog: pytest.LogCaptureFixture) -> None:
+    """A Starlette handler's path parameters are on its Request, not in its keyword
+    arguments: without the middleware, the error said "its path parameters: none"."""
+
+    @audited("bucket_deleted", target="id")
+    async def delete(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/buckets/{bucket_id}", delete, methods=["DELETE"])])
+    with caplog.at_level(logging.ERROR, "audit_middleware"):
+        assert TestClient(app).delete("/buckets/b-6").status_code == 200
+    assert [e.target for e in events] == [""]
+    assert "no path parameter 'id' in this call; its path parameters: bucket_id" in caplog.text
