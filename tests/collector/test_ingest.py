@@ -491,17 +491,6 @@ def test_a_refusal_is_published_with_its_reason(make_server: ServerFactory,
     assert "audit_collector_ingest_connections_refused_shutting_down_total 0\n" in text
 
 
-def _read_by_the_server(client: RawClient) -> bool:
-    """Whether the server has read every byte ``client`` sent (a unix socket's output
-    queue holds what its peer has not read)."""
-    import fcntl
-    import struct
-    import termios
-
-    queued = fcntl.ioctl(client.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    return struct.unpack("i", queued)[0] == 0
-
-
 def test_making_room_a_silent_connection_goes_before_one_in_the_middle_of_its_hello(
         make_server: ServerFactory, tmp: Path) -> None:
     """At max_connections the oldest connection without its hello was closed, even one
@@ -513,7 +502,7 @@ def test_making_room_a_silent_connection_goes_before_one_in_the_middle_of_its_he
     speaking, silent = RawClient(tmp / "c.sock"), None
     try:
         speaking.send(hello[:-1])  # all but its last byte
-        _wait(lambda: _read_by_the_server(speaking))
+        _wait(speaking.all_read)
         silent = RawClient(tmp / "c.sock")
         _wait(lambda: server.stats()["connections_open"] == 2)
         RawClient(tmp / "c.sock").hello()  # at the limit: room made for it

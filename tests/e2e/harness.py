@@ -5,14 +5,17 @@ own event loop thread with a real Store), and what it stored."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import uuid
@@ -333,6 +336,12 @@ class RawClient:
         reply = self.frame()
         assert reply is not None
         return reply
+
+    def all_read(self) -> bool:
+        """Whether the server has read every byte sent on this unix socket (its output
+        queue holds what its peer has not read)."""
+        queued = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return struct.unpack("i", queued)[0] == 0
 
     def error(self) -> ErrorReply:
         """The error frame the server sends before closing, then the close itself."""
