@@ -445,9 +445,13 @@ class IngestServer:
         # read while the client leaves too many reply bytes unread (reply_queue.py).
         replies = ReplyQueue(writer, functools.partial(self._drain, writer))
         try:
-            while not self._closing and not replies.task.done():
+            while True:
                 await replies.room()
-                if replies.task.done():
+                # Checked after room() (which returns at once when there is room): a
+                # stop that came while the client was taking its replies passed this
+                # connection by, not idle then, and no one would close it while it
+                # waits for a next frame: the stop was held until its deadline.
+                if self._closing or replies.task.done():
                     break
                 conn.idle = True
                 kind, payload = await self._read_frame(reader, s.max_frame, s.idle_timeout,

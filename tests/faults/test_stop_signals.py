@@ -42,7 +42,7 @@ from tests.faults.full_disk import (
     read_stored,
     rerun_in_a_user_namespace,
 )
-from tests.faults.test_unread_replies import Pusher
+from tests.faults.test_unread_replies import Pusher, rejected_batch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 900))]
 
@@ -279,6 +279,31 @@ def test_a_batch_begun_and_never_finished_holds_the_stop_only_until_the_drain_de
         told_shutting_down(conn)
     finally:
         conn.close()
+    assert "Traceback" not in log_of(collector), log_of(collector)
+
+
+def test_a_client_taking_its_replies_during_the_drain_is_closed_once_answered(
+        tmp: Path) -> None:
+    """A batch read whole before SIGTERM, its reply (8,000 rejections, ~1.7 MB) waiting
+    for the client to take it (the collector reads no further frame meanwhile,
+    ``reply_queue``): once the client has taken it, its connection is closed. It used
+    to go on to wait for a next frame, which the stop's closing of idle connections had
+    passed by: the stop waited for it until --drain-timeout (300 s here)."""
+    collector = Collector(tmp / "data", "--drain-timeout", "300").start()
+    conn = RawClient(collector.socket)
+    try:
+        conn.hello()
+        conn.send(rejected_batch(1))
+        wait_for(conn.all_read, 60, "the collector to read the batch")
+        stop_after_the_idle_are_closed(collector)
+        reply = conn.frame()
+        assert reply is not None and reply[0] is FrameType.RESULT, reply
+        # Before, the collector waited for a frame: the read timed out (10 s).
+        assert conn.frame() is None
+    finally:
+        conn.close()
+    assert collector.proc is not None
+    assert collector.proc.wait(PROMPTLY) == 0, log_of(collector)
     assert "Traceback" not in log_of(collector), log_of(collector)
 
 
