@@ -115,16 +115,24 @@ class Ledger:
         ring.add(key.public)
         ledger = cls(data_dir, key, interval)
         ledger.digests_dir.mkdir(mode=DIR_MODE, exist_ok=True)
-        ledger._find_chain_end(quarantine_dir, _vouched_keys(path, key), ring.keys())
+        retired = _retired_keys(path)
+        vouched = {k.id: k for k in (*retired, key.public)}
+        rotations = _Rotations(ledger.digests_dir, vouched)
+        ledger._find_chain_end(quarantine_dir, vouched, ring.keys(), rotations)
         ledger._finish_key_rotation(path, ring)
-        ledger._warn_if_retired()
+        ledger._warn_if_retired(rotations if key.id in {k.id for k in retired} else None)
         return ledger
 
-    def _warn_if_retired(self) -> None:
+    def _warn_if_retired(self, rotations: _Rotations | None) -> None:
         """Say so when the signing key is one a key rotation of the chain retired (the
-        old key put back after losing the new one, or a rotation not put in place)."""
+        old key put back after losing the new one, or a rotation not put in place).
+        ``rotations``: given when ``keys rotate`` listed the signing key as retired: at
+        every start after the first the chain ends after the rotation, with a digest
+        the retired key signed, and the rotation is found only among the older ones."""
         retiring = next((g for g in self._rotations if g.body.get("new_key_id") != self.key.id
                          and _signed_by(g, {self.key.id: self.key.public})), None)
+        if retiring is None and rotations is not None:
+            retiring = rotations.retiring(self.key.id)
         if retiring is None:
             return
         # A key is rotated away from because it may have leaked: verify trusts it for
@@ -167,14 +175,17 @@ class Ledger:
         self.key = new
 
     def _find_chain_end(self, quarantine_dir: Path | None, vouched: dict[str, PublicKey],
-                        ring: dict[str, PublicKey]) -> None:
+                        ring: dict[str, PublicKey], rotations: _Rotations) -> None:
         """Take up the digest chain where its newest genuine digest left it.
 
         Genuine means signed by the signing key or a key it replaced (``vouched``): the
         digests directory is writable by whoever writes the data directory, and a digest
         planted there, extended by the collector, broke the real chain from then on (and
         its numbers decided the next segment's and record's). Newer digests that no
-        vouched key signed are skipped, said in the log, and left for ``verify``.
+        vouched key signed are skipped, said in the log, and left for ``verify``; so are
+        those a replaced key signed after the key rotation that retired it (``rotations``):
+        it was rotated away from because it may have leaked, and verify trusts it for
+        nothing after its rotation.
 
         When no digest at all is signed by a vouched key, the key was lost and replaced
         by hand (``Ledger.open`` says how): the chain goes on from the newest digest a
@@ -189,7 +200,7 @@ class Ledger:
             if found.torn and quarantine_dir is not None:
                 _cut_torn_line(path, quarantine_dir)
             for digest in sorted(found.digests, key=lambda g: g.n, reverse=True):
-                if _signed_by(digest, vouched):
+                if _signed_by(digest, vouched) and not self._retired_signer(digest, rotations):
                     self._take_chain_end(digest, skipped)
                     return
                 skipped.append(digest)
@@ -227,6 +238,16 @@ class Ledger:
                 "" if end is fallback else ", which is not in the key ring either")
         self.newest, self.n, self.previous = end, end.n, end.signature_b64
 
+    def _retired_signer(self, digest: d.Digest, rotations: _Rotations) -> bool:
+        """Whether a key the signing key replaced signed ``digest`` after the rotation
+        that retired it. The signing key's own digests are the collector's (also when it
+        is a retired key put back: start-up says so), and in the usual case the walk
+        ends at one of them without reading the older digest files."""
+        if digest.key == self.key.id:
+            return False
+        rotation = rotations.retiring(digest.key)
+        return rotation is not None and digest.n > rotation.n
+
     def _take_chain_end(self, digest: d.Digest, skipped: list[d.Digest]) -> None:
         """Go on from ``digest`` (signed by a vouched key), or from a newer digest of the
         chain a key rotation since it vouches for. ``skipped``: the digests the walk met
@@ -254,8 +275,9 @@ class Ledger:
         if newer:
             log.error(
                 "integrity: %d digest(s) newer than %s are not signed by the signing key or "
-                "a key it replaced (%s): planted or edited, they are not continued. The "
-                "chain goes on from %s; `audit-collector verify` reports them",
+                "by a key it replaced before that key's rotation (%s): planted or edited, "
+                "they are not continued. The chain goes on from %s; `audit-collector "
+                "verify` reports them",
                 len(newer), digest.where, ", ".join(g.where for g in newer[:5])
                 + (", ..." if len(newer) > 5 else ""), end.where)
         if end is not digest:
@@ -498,16 +520,47 @@ class Ledger:
             self._write_failures = 0
 
 
-def _vouched_keys(path: Path, key: SigningKey) -> dict[str, PublicKey]:
-    """The signing key's public key and those it replaced (kept beside it by ``keys
-    rotate``), by id: the keys a genuine digest of this store is signed by."""
+def _retired_keys(path: Path) -> list[PublicKey]:
+    """The keys the signing key at ``path`` replaced (kept beside it by ``keys
+    rotate``): with it, the keys a genuine digest of this store is signed by."""
     try:
-        retired = read_retired_keys(path)
+        return read_retired_keys(path)
     except KeyFileError as exc:
         log.error("integrity: %s; digests signed by the keys it held are taken as the "
                   "key ring's only", exc)
-        retired = []
-    return {k.id: k for k in (*retired, key.public)}
+        return []
+
+
+class _Rotations:
+    """The key rotations of the digest chain, by the key each retired: read from every
+    digest file, once, on first use only (a start needs them only when a key other than
+    the signing key signed the chain's newest digests, or the signing key is listed as
+    retired), so a usual start still reads its newest digest file alone."""
+
+    def __init__(self, digests_dir: Path, keys: dict[str, PublicKey]) -> None:
+        self._digests_dir = digests_dir
+        self._keys = keys  # the keys a rotation counts from: a planted one retires nothing
+        self._by_key: dict[str, d.Digest] | None = None
+
+    def retiring(self, key_id: str) -> d.Digest | None:
+        """The first rotation that retired ``key_id`` (signed by it, to another key)."""
+        if self._by_key is None:
+            self._by_key = self._read()
+        return self._by_key.get(key_id)
+
+    def _read(self) -> dict[str, d.Digest]:
+        found: dict[str, d.Digest] = {}
+        for _, path in d.list_digest_files(self._digests_dir):
+            try:
+                digests = d.read_file(path).digests
+            except OSError:
+                continue  # verify reports an unreadable digest file
+            for g in digests:
+                if (g.kind == "key_rotation" and g.body.get("new_key_id") != g.key
+                        and _signed_by(g, self._keys)
+                        and (g.key not in found or g.n < found[g.key].n)):
+                    found[g.key] = g
+        return found
 
 
 def _rotates_to(digest: d.Digest, key: PublicKey) -> bool:

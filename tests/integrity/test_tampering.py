@@ -838,3 +838,66 @@ def test_a_damaged_header_is_named_as_such_not_a_move_and_a_loss(store: Path) ->
     found = reasons(check(store))
     assert found == {f"segments/{path.name}": [HASH_MISMATCH]}, found
     assert "not a segment header" in str(check(store).invalid[0].findings)
+
+
+def test_start_up_does_not_go_on_from_a_digest_a_retired_key_signed_after_its_rotation(
+        store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The key rotated away from (leaked: why one rotates) is still a key the signing
+    key replaced, and start-up took any digest it signed as genuine: one planted after
+    the rotation ended the chain, silently, and the collector numbered its next records
+    after the seq it claimed. Verify trusts a retired key for nothing after its
+    rotation; start-up must not either."""
+    from collector.integrity.commands import _rotate
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    leaked = load_signing_key(store / "keys" / "signing-key.pem")
+    assert _rotate(store, None, 300.0) == 0
+    with open_store(store, max_segment_bytes=SMALL) as reopened:
+        reopened.write(events(2))
+    genuine = newest_digest(store)
+    assert genuine.key != leaked.id
+    plant_a_digest(store, leaked)
+    with open_store(store, max_segment_bytes=SMALL) as reopened:
+        reopened.write(events(2))
+    started = min((g for g in (digests.parse(line) for path in digest_paths(store)
+                               for line in lines_of(path))
+                   if g.n > genuine.n and g.key != leaked.id), key=lambda g: g.n)
+    assert started.n == genuine.n + 1 and started.previous == genuine.signature_b64
+    records = [orjson.loads(line) for line in lines_of(segment_paths(store)[-1])[1:]]
+    assert records[-1]["seq"] < 1000, "records numbered after the planted digest's claim"
+    assert f"1 digest(s) newer than digest #{genuine.n} (" in caplog.text, caplog.text
+
+
+def test_every_start_signing_with_a_retired_key_says_so(
+        store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """`keys rotate` killed after recording the rotation, the new key in ``.tmp`` lost:
+    the collector signs on with the retired key, and verify reports every digest it
+    signs. Only the first start said so: from the next one the chain's end is a digest
+    the retired key signed after the rotation, the rotation is older than it, and the
+    log said nothing while every new digest was reported."""
+    from collector.integrity import keys
+    from collector.integrity.commands import _rotate
+    from collector.integrity.errors import IntegrityError
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    path = store / "keys" / "signing-key.pem"
+    retired = load_signing_key(path)
+
+    def killed(tmp: Path, dest: Path) -> None:
+        raise OSError("killed before the new key was put in place")
+
+    with monkeypatch.context() as m:
+        m.setattr(keys, "install_signing_key", killed)
+        with pytest.raises(IntegrityError, match="is recorded"):
+            _rotate(store, None, 300.0)
+    path.with_name(path.name + ".tmp").unlink()  # lost with the crash
+    said = f"the signing key {retired.id} is one digest #"
+    for start in range(3):
+        caplog.clear()
+        with caplog.at_level("ERROR", "collector.integrity"), \
+                open_store(store, max_segment_bytes=SMALL) as reopened:
+            reopened.write(events(2))
+        assert said in caplog.text, (start, caplog.text)
+    assert newest_digest(store).key == retired.id
