@@ -120,15 +120,16 @@ class Ledger:
         rotations = _Rotations(ledger.digests_dir, vouched)
         ledger._find_chain_end(quarantine_dir, vouched, ring.keys(), rotations)
         ledger._finish_key_rotation(path, ring)
-        ledger._warn_if_retired(rotations if key.id in {k.id for k in retired} else None)
+        ledger._refuse_a_retired_key(path, rotations if key.id in {k.id for k in retired}
+                                     else None)
         return ledger
 
-    def _warn_if_retired(self, rotations: _Rotations | None) -> None:
-        """Say so when the signing key is one a key rotation of the chain retired (the
-        old key put back after losing the new one, or a rotation not put in place).
-        ``rotations``: given when ``keys rotate`` listed the signing key as retired: at
-        every start after the first the chain ends after the rotation, with a digest
-        the retired key signed, and the rotation is found only among the older ones."""
+    def _refuse_a_retired_key(self, path: Path, rotations: _Rotations | None) -> None:
+        """Refuse a signing key a key rotation of the chain retired (the old key put back
+        after losing the new one, or a rotation whose new key was lost before it was put
+        in place). ``rotations``: given when ``keys rotate`` listed the signing key as
+        retired: once the retired key has signed, the chain ends after the rotation and
+        the rotation is found only among the older digests."""
         retiring = next((g for g in self._rotations if g.body.get("new_key_id") != self.key.id
                          and _signed_by(g, {self.key.id: self.key.public})), None)
         if retiring is None and rotations is not None:
@@ -136,13 +137,17 @@ class Ledger:
         if retiring is None:
             return
         # A key is rotated away from because it may have leaked: verify trusts it for
-        # nothing after its rotation, so everything it signs from now on is reported.
-        log.error(
-            "integrity: the signing key %s is one %s retired (rotated to key %s): "
-            "`audit-collector verify` reports every digest it signs from now on as signed by "
-            "a retired key. Stop the collector and put a new key in place (openssl genpkey "
-            "-algorithm ed25519 -out KEY; chmod 600 KEY), or the key it was rotated to",
-            self.key.id, retiring.where, retiring.body.get("new_key_id"))
+        # nothing after its rotation, so every digest it signed would be reported for
+        # good, and no later key can make them valid. Refused as a missing key is: the
+        # apps spool meanwhile, and a new key is one command away.
+        raise KeyFileError(
+            f"the signing key {path} holds key {self.key.id}, which {retiring.where} "
+            f"retired (rotated to key {retiring.body.get('new_key_id')}): verify trusts a "
+            f"retired key for nothing after its rotation, so every digest it signed would "
+            f"be reported 'signature invalid', for good. Put the key it was rotated to in "
+            f"place ({path.name}.tmp, if `keys rotate` left it there), or, if that key is "
+            f"lost, a new one (openssl genpkey -algorithm ed25519 -out {path}; chmod 600 "
+            f"{path}): the digest chain goes on with it")
 
     def _finish_key_rotation(self, path: Path, ring: KeyRing) -> None:
         """A ``keys rotate`` killed after recording the rotation, before putting the new
@@ -161,6 +166,8 @@ class Ledger:
         except KeyFileError:
             new = None
         if new is None or new.id != wanted:
+            if newest.key == self.key.id:
+                return  # the signing key is the one this rotation retired: refused next
             log.error("integrity: the newest digest (%s) rotates the signing key to %s, "
                       "but %s holds key %s and no finished rotation waits beside it (%s is "
                       "missing or holds another key)", newest.where, wanted, path, self.key.id,
