@@ -211,10 +211,18 @@ def within_budget(batch: Sequence[ReadableLogRecord], budget: int = MAX_EXPORT_B
     total = 0
     for n, readable in enumerate(batch):
         body = readable.log_record.body
-        total += 2 * len(body if isinstance(body, str) else str(body)) + 1024
+        total += 2 * utf8_size(body if isinstance(body, str) else str(body)) + 1024
         if total > budget:
             return max(n, 1)
     return len(batch)
+
+
+def utf8_size(text: str) -> int:
+    """``text``'s size in UTF-8 bytes. Its length in characters was taken for it: text
+    outside ASCII is up to 4 bytes a character, and a batch of it passed the budget up
+    to four times over. ``isascii`` costs nothing (CPython keeps it as a flag): only
+    other text is encoded to be measured."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 # -- the forwarder --------------------------------------------------------------------------------

@@ -496,6 +496,24 @@ def test_a_single_record_over_the_receivers_body_limit_stops_the_forwarder_visib
     assert fwd.checkpoint.position(receiver.endpoint) == 0  # nothing skipped
 
 
+def test_within_budget_counts_bytes_not_characters() -> None:
+    """Counted in characters, text outside ASCII (up to 4 bytes a character) made a
+    batch up to four times the size the budget allows."""
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from collector.forwarder import to_log_records, within_budget
+
+    wide = "\U0001f512" * 2000  # 4 bytes each
+    records = [{**event(i, target=wide, principal=wide), "seq": i} for i in range(1, 9)]
+    batch = to_log_records(records, Resource.create({}), InstrumentationScope("t"))
+    budget = 100_000
+    fit = within_budget(batch, budget=budget)
+    assert len(encode_logs(batch[:fit]).SerializeToString()) <= budget
+    assert fit < len(batch)
+
+
 def test_within_budget_keeps_at_least_one_record() -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
