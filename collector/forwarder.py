@@ -398,16 +398,14 @@ class Forwarder:
             raise ExportFailed(f"{self.settings.endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
         refused = rejected_by_receiver(self._exporter)
-        if refused is not None:
-            # OTLP: a partial success is not retried (the receiver would refuse the same
-            # records again); it is counted and said, and forwarding goes on.
-            with self._lock:
-                self.rejected += refused[0]
-            log.error("forwarder: %s rejected %d of the %d records of seq %d-%d: %s",
-                      self.settings.endpoint, refused[0], len(records), first,
-                      records[-1]["seq"], terminal_safe(refused[1]) or "(no reason given)")
         last = records[-1]["seq"]
         self.checkpoint.save(self.settings.endpoint, last)
+        if refused is not None:
+            # OTLP: a partial success is not retried (the receiver would refuse the same
+            # records again); it is counted and said, and forwarding goes on. Counted once
+            # the checkpoint passed them: before, a save that failed had the batch sent
+            # again and its rejections counted (and logged) again.
+            self._rejected(refused, first, last, len(records))
         if first > position + 1:
             # Counted once, when the checkpoint passes the gap: counted before the export,
             # every retry of a failing one counted (and logged) the same gap again.
@@ -420,6 +418,13 @@ class Forwarder:
             self.last_error = None
             self._delay = self.settings.backoff_initial
         return len(records)
+
+    def _rejected(self, refused: tuple[int, str], first: int, last: int, sent: int) -> None:
+        with self._lock:
+            self.rejected += refused[0]
+        log.error("forwarder: %s rejected %d of the %d records of seq %d-%d: %s",
+                  self.settings.endpoint, refused[0], sent, first, last,
+                  terminal_safe(refused[1]) or "(no reason given)")
 
     def _too_large(self, sent: int) -> None:
         """The endpoint refused ``sent`` records as too large (a proxy's body limit,

@@ -63,6 +63,14 @@ def write(store: Store, count: int, start: int = 1, **fields: Any) -> None:
     store.write([event(start + i, **fields) for i in range(count)])
 
 
+def leave_checkpoint(store: Store, endpoint: str, seq: int, **fields: Any) -> Path:
+    """A checkpoint file as a forwarder left it (``fields``: ``event_id``...)."""
+    path = store.settings.data_dir / CHECKPOINT_FILE
+    path.write_text(json.dumps({"endpoint": endpoint, "seq": seq,
+                                "updated": "2026-11-25T00:00:00Z", **fields}))
+    return path
+
+
 def test_every_field_of_every_record_reaches_the_receiver(store: Store,
                                                            receiver: OTLPReceiver) -> None:
     store.write([event(1, trace_id=TRACE, span_id=SPAN),
@@ -687,6 +695,34 @@ def test_a_partial_success_is_counted_and_said_not_passed_unseen(
     assert (stats["forwarded"], stats["rejected"], stats["failures"]) == (6, 2, 0)
     assert "rejected 2 of the 4 records of seq 1-4: attribute audit.target.id too long" \
         in caplog.text
+
+
+def test_a_partial_success_is_counted_once_when_its_checkpoint_save_failed(
+        store: Store, receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rejections were counted before the checkpoint was saved: a save that failed
+    had the batch sent again, and the receiver's rejecting the same records again
+    counted them twice."""
+    from collector.forward_checkpoint import CheckpointFile
+
+    write(store, 4)
+    receiver.partial.extend([(2, "too long"), (2, "too long")])  # the same answer twice
+    leave_checkpoint(store, receiver.endpoint, 0)  # (its first save is not the one failing)
+    fwd = forwarder(store, receiver)
+    save = CheckpointFile.save
+    failures = [OSError(28, "No space left on device")]
+
+    def failing_once(self: CheckpointFile, *args: Any) -> None:
+        if failures:
+            raise failures.pop()
+        save(self, *args)
+
+    monkeypatch.setattr(CheckpointFile, "save", failing_once)
+    with pytest.raises(OSError, match="No space left"):
+        fwd.step()
+    assert fwd.step() == 4
+    assert receiver.seqs() == [1, 2, 3, 4] * 2  # the save failed after the export
+    stats = fwd.stats()
+    assert (stats["forwarded"], stats["rejected"], stats["checkpoint_seq"]) == (4, 2, 4)
 
 
 def test_credentials_moved_from_the_endpoint_url_to_a_header_keep_the_position(
