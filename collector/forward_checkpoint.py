@@ -9,6 +9,13 @@ The file names the endpoint it belongs to: pointing the forwarder at another end
 starts that endpoint from its own beginning (``forward_from``), not from where the
 previous one stopped. Endpoints are compared without credentials (``user:password@``),
 which older versions allowed in the URL: moving them to a header keeps the position.
+
+It also names the event at its seq (``event_id``): a seq alone cannot tell the store it
+was counted in from another one (a data directory replaced or restored from an older
+backup while this file stayed), whose records under that seq and below it the endpoint
+never received. The forwarder compares it with the record it finds at that seq. Files
+written by older versions have no ``event_id`` (nothing to compare: used as before) and
+get one at the next save.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class Checkpoint:
     endpoint: str
     seq: int  # the last record acknowledged by the endpoint (0: none yet)
     updated: str  # RFC 3339, when it was written
+    #: The id of the event stored at ``seq`` (None: seq 0, or a file an older version wrote).
+    event_id: str | None = None
 
 
 class CheckpointFile:
@@ -53,9 +62,11 @@ class CheckpointFile:
                                   ) from None
         try:
             value = orjson.loads(data)
-            checkpoint = Checkpoint(value["endpoint"], value["seq"], value["updated"])
+            checkpoint = Checkpoint(value["endpoint"], value["seq"], value["updated"],
+                                    value.get("event_id"))
             if (type(checkpoint.seq) is not int or checkpoint.seq < 0
-                    or not isinstance(checkpoint.endpoint, str)):
+                    or not isinstance(checkpoint.endpoint, str)
+                    or not isinstance(checkpoint.event_id, str | None)):
                 raise TypeError
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise CheckpointError(
@@ -64,12 +75,17 @@ class CheckpointFile:
                 f"again, which OTLP receivers may deduplicate by log.record.uid)") from None
         return checkpoint
 
-    def position(self, endpoint: str) -> int | None:
-        """The last acknowledged seq for ``endpoint``, or None when it has none here."""
+    def of(self, endpoint: str) -> Checkpoint | None:
+        """The checkpoint of ``endpoint``, or None when it has none here."""
         checkpoint = self.load()
         if checkpoint is None or same_endpoint(checkpoint.endpoint) != same_endpoint(endpoint):
             return None
-        return checkpoint.seq
+        return checkpoint
+
+    def position(self, endpoint: str) -> int | None:
+        """The last acknowledged seq for ``endpoint``, or None when it has none here."""
+        checkpoint = self.of(endpoint)
+        return None if checkpoint is None else checkpoint.seq
 
     def holds_credentials(self) -> bool:
         """Whether the file names its endpoint with ``user:password@`` (written by an
@@ -78,10 +94,11 @@ class CheckpointFile:
         return checkpoint is not None and \
             without_credentials(checkpoint.endpoint) != checkpoint.endpoint
 
-    def save(self, endpoint: str, seq: int) -> None:
+    def save(self, endpoint: str, seq: int, event_id: str | None) -> None:
+        """``event_id``: the id of the event stored at ``seq`` (None only for seq 0)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data = orjson.dumps({"endpoint": without_credentials(endpoint), "seq": seq,
-                             "updated": stamp},
+                             "event_id": event_id, "updated": stamp},
                             option=orjson.OPT_APPEND_NEWLINE)
         replace_file(self.path, data, FILE_MODE)
 

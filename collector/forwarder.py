@@ -26,6 +26,13 @@ How it behaves:
   ``lag_seconds`` (age of the oldest of them); ``/metrics`` exports both.
 - Records deleted by retention before they were forwarded cannot be sent: they are
   counted (``skipped``) and logged, and forwarding continues after them.
+- **Another store**: the checkpoint names the event at its seq. Where this data
+  directory holds another event under that seq (it was replaced, or restored from an
+  older backup, while the checkpoint stayed), forwarding starts over from the beginning
+  of this store, with an error in the log: what the endpoint already has arrives twice
+  (same ``log.record.uid``), nothing is lost. Where it holds no record at that seq yet
+  (``state`` "ahead": the records below it are held back and counted as lag), the
+  forwarder waits until it does and compares then.
 - **Size**: a batch is ``batch_size`` records at most, and cut further so that one
   export stays below ``MAX_EXPORT_BYTES`` (the exporter drops a request over 64 MiB),
   and halved at each 413 of the endpoint (a body limit on its side).
@@ -235,10 +242,17 @@ class Forwarder:
         self.data_dir = Path(data_dir)
         self.settings = settings
         self.checkpoint = CheckpointFile(self.data_dir / CHECKPOINT_FILE)
-        stored = self.checkpoint.position(settings.endpoint)  # CheckpointError: refuse
+        stored = self.checkpoint.of(settings.endpoint)  # CheckpointError: refuse
         if stored is not None and self.checkpoint.holds_credentials():
-            self.checkpoint.save(settings.endpoint, stored)  # an older version's: rewritten
-        self._position: int | None = stored  # None: decided on the first look (start)
+            # An older version's: rewritten
+            self.checkpoint.save(settings.endpoint, stored.seq, stored.event_id)
+        # None: decided on the first look (start)
+        self._position: int | None = None if stored is None else stored.seq
+        #: The event the checkpoint names at ``_position`` (None: nothing to compare).
+        self._mark = None if stored is None else stored.event_id
+        #: Whether the store was found to be the one the checkpoint was written for (or
+        #: nothing tells otherwise); until then nothing is forwarded.
+        self._checked = stored is None or stored.seq == 0
         self._make_exporter = exporter
         self._exporter = exporter(settings)
         #: The export running on its own thread (see ``_export``); one at a time.
@@ -363,6 +377,10 @@ class Forwarder:
         # that answer (the index unreadable), it made that one wait as long again.
         self._asked = None
         position = self._start_position()
+        if not self._checked:
+            if not self._check_store(position):
+                return 0  # ahead: waits for the record at the checkpoint's seq
+            position = self._start_position()  # (0 if the store was another one)
         page = q.search(self.data_dir, q.Filters(), limit=self.settings.batch_size,
                         cursor=q.cursor_after(position), newest_first=False)
         records = page.records
@@ -370,14 +388,7 @@ class Forwarder:
         if not records:
             with self._lock:
                 self._oldest_pending_us = None
-                ahead = self._newest < position
-                self.state = "ahead" if ahead else "idle"
-            if ahead and not self._warned_ahead:
-                self._warned_ahead = True
-                log.warning("forwarder: the checkpoint (seq %d) is beyond the newest stored "
-                            "seq %d: was the data directory replaced? Move %s away to "
-                            "forward from forward_from", position, self._newest,
-                            self.checkpoint.path)
+                self.state = "idle"
             return 0
         first = records[0]["seq"]
         with self._lock:
@@ -399,7 +410,7 @@ class Forwarder:
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
         refused = rejected_by_receiver(self._exporter)
         last = records[-1]["seq"]
-        self.checkpoint.save(self.settings.endpoint, last)
+        self.checkpoint.save(self.settings.endpoint, last, records[-1]["id"])
         if refused is not None:
             # OTLP: a partial success is not retried (the receiver would refuse the same
             # records again); it is counted and said, and forwarding goes on. Counted once
@@ -487,22 +498,83 @@ class Forwarder:
 
     def _start_position(self) -> int:
         if self._position is None:
-            newest = self._newest_seq()
-            self._position = newest if self.settings.start == "now" else 0
-            self.checkpoint.save(self.settings.endpoint, self._position)
+            newest = self._newest_record() if self.settings.start == "now" else None
+            self._position = 0 if newest is None else int(newest["seq"])
+            self._mark = None if newest is None else newest["id"]
+            self.checkpoint.save(self.settings.endpoint, self._position, self._mark)
             log.info("forwarder: no checkpoint for %s; starting after seq %d (%s)",
                      self.settings.endpoint, self._position, self.settings.start)
         return self._position
 
-    def _newest_seq(self) -> int:
+    def _check_store(self, position: int) -> bool:
+        """Whether this store is the one the checkpoint was written for, as far as can be
+        told: False while it holds no record at the checkpoint's seq yet (to be asked
+        again). A seq alone took a replaced data directory for the old one: what it
+        stored up to that seq was never sent, and the rest followed without a word."""
+        page = q.search(self.data_dir, q.Filters(), limit=1,
+                        cursor=q.cursor_after(position - 1), newest_first=False)
+        if not page.records:
+            self._wait_ahead(position)
+            return False
+        found = page.records[0]
+        self._checked = True
+        # A record after the seq only: retention deleted the one there (``skipped``).
+        # No mark: a checkpoint of an older version (given one at the next save).
+        if found["seq"] == position and self._mark is not None and found["id"] != self._mark:
+            self._start_over(position, found["id"])
+        return True
+
+    def _wait_ahead(self, position: int) -> None:
+        """No record at the checkpoint's seq yet: right after a start the index may be
+        catching up (the record is there, and so are the ones before it), or the store
+        is another one, whose record at that seq will tell. Either way nothing is sent
+        until it does; the records held back meanwhile are lag, not caught up."""
+        oldest = q.search(self.data_dir, q.Filters(), limit=1, newest_first=False).records
+        self._refresh_newest([])
+        with self._lock:
+            self._first_pending = oldest[0]["seq"] if oldest else 0
+            self._oldest_pending_us = created_micros(oldest[0]["created"]) if oldest else None
+            self.state = "ahead"
+        if not self._warned_ahead:
+            self._warned_ahead = True
+            then = ("if it is another event than the checkpoint's, this data directory is "
+                    "not the one the checkpoint was written for and forwarding starts over "
+                    "from its beginning" if self._mark is not None else
+                    "the checkpoint, written by an older version, names no event, so "
+                    "forwarding then goes on after it, whatever store this is")
+            log.warning("forwarder: the checkpoint (seq %d) is beyond the newest stored seq "
+                        "%d: nothing is forwarded until a record is stored at seq %d; %s. "
+                        "To forward this store from forward_from now, stop the collector "
+                        "and move %s away", position, self._newest, position, then,
+                        self.checkpoint.path)
+
+    def _start_over(self, position: int, found: str) -> None:
+        """The record at the checkpoint's seq is another event: the checkpoint counts the
+        records of another store. Which records of this one the endpoint has is unknown,
+        so all are sent: duplicates (same ``log.record.uid``) rather than a silent gap,
+        whatever ``forward_from`` says (``now`` would pass over the records this store
+        received before it was noticed, held back meanwhile)."""
+        log.error("forwarder: the checkpoint %s names event %s at seq %d, but this data "
+                  "directory stores event %s there: it was written for another store (the "
+                  "data directory replaced, or restored from an older backup). Forwarding "
+                  "to %s starts over from the beginning of this store: records the "
+                  "endpoint already has are sent again, with the same log.record.uid",
+                  self.checkpoint.path, terminal_safe(self._mark or ""), position,
+                  terminal_safe(found), self.settings.endpoint)
+        self.checkpoint.save(self.settings.endpoint, 0, None)
+        with self._lock:
+            self._position, self._mark = 0, None
+
+    def _newest_record(self) -> dict[str, Any] | None:
         try:
             page = q.search(self.data_dir, q.Filters(), limit=1, newest_first=True)
         except q.QueryError:
-            return 0  # no index yet: nothing stored
-        return int(page.records[0]["seq"]) if page.records else 0
+            return None  # no index yet: nothing stored
+        return page.records[0] if page.records else None
 
     def _refresh_newest(self, batch: list[dict[str, Any]]) -> None:
-        newest = self._newest_seq()
+        record = self._newest_record()
+        newest = 0 if record is None else int(record["seq"])
         if batch:
             newest = max(newest, batch[-1]["seq"])
         with self._lock:
@@ -520,10 +592,13 @@ class Forwarder:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             position = self._position or 0
+            # Ahead of the store, the checkpoint says nothing of the records held back:
+            # all are lag (they showed as none, caught up).
+            after = position if self._checked else 0
             # Counted from the first record still stored after the checkpoint: those
             # retention deleted before they were forwarded (a new endpoint starting from
             # the beginning of a store) are no lag, they are gone (``skipped``).
-            lag_events = max(0, self._newest - max(position, self._first_pending - 1))
+            lag_events = max(0, self._newest - max(after, self._first_pending - 1))
             oldest = self._oldest_pending_us
             lag_seconds = (max(0.0, time.time() - oldest / 1e6)
                            if lag_events and oldest is not None else 0.0)

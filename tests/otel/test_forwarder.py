@@ -333,7 +333,7 @@ def test_records_deleted_before_forwarding_are_counted_as_skipped(store: Store,
                                                                   ) -> None:
     write(store, 2)
     fwd = forwarder(store, receiver)
-    fwd.checkpoint.save(receiver.endpoint, 0)
+    fwd.checkpoint.save(receiver.endpoint, 0, None)
     fwd._position = -3  # as if seqs -2..0 had been stored and deleted by retention
     receiver.refuse_next(3, 503)  # an outage right after the gap: each retry sees it
     for _ in range(3):
@@ -351,7 +351,7 @@ def test_records_deleted_before_forwarding_are_no_lag(store: Store,
     50 records stored), and lag alerts went off."""
     write(store, 2)
     fwd = forwarder(store, receiver)
-    fwd.checkpoint.save(receiver.endpoint, 0)
+    fwd.checkpoint.save(receiver.endpoint, 0, None)
     fwd._position = -1000  # as if seqs -999..0 had been stored and deleted by retention
     receiver.refuse_next(1, 503)
     with pytest.raises(Exception, match="did not accept"):
@@ -424,13 +424,94 @@ def test_a_checkpoint_beyond_the_stored_records_is_reported(store: Store,
                                                            receiver: OTLPReceiver,
                                                            caplog: pytest.LogCaptureFixture
                                                            ) -> None:
+    """The records held back until the store reaches the checkpoint's seq showed as no
+    lag at all (0: caught up)."""
     write(store, 2)
-    fwd = forwarder(store, receiver)
-    fwd.checkpoint.save(receiver.endpoint, 50)  # e.g. a data directory restored from backup
-    ahead = Forwarder(store.settings.data_dir, settings(receiver))
+    # e.g. a data directory restored from backup
+    leave_checkpoint(store, receiver.endpoint, 50,
+                     event_id="0192a4b2-0000-7000-8000-000000000050")
+    ahead = forwarder(store, receiver)
     assert ahead.step() == 0
-    assert ahead.stats()["state"] == "ahead"
+    stats = ahead.stats()
+    assert stats["state"] == "ahead" and stats["checkpoint_seq"] == 50
+    assert stats["lag_events"] == 2 and stats["lag_seconds"] > 0
     assert "beyond the newest stored seq 2" in caplog.text
+    assert receiver.seqs() == []
+
+
+def test_a_replaced_data_directory_is_forwarded_from_its_beginning(
+        tmp_path: Path, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint left beside a new (or restored) store counted that store's records by
+    the old one's seqs: those up to its seq were never sent, and forwarding resumed after
+    it without a word. The checkpoint names its event: at that seq the new store holds
+    another, and forwarding starts over from the beginning of this store."""
+    import logging
+    import shutil
+
+    with Store(StorageSettings(data_dir=tmp_path / "old")) as old:
+        write(old, 5)
+        fwd = forwarder(old, receiver)
+        while fwd.step():
+            pass
+    with Store(StorageSettings(data_dir=tmp_path / "new")) as new:
+        shutil.copy(tmp_path / "old" / CHECKPOINT_FILE, tmp_path / "new" / CHECKPOINT_FILE)
+        write(new, 3)
+        fwd = forwarder(new, receiver)
+        with caplog.at_level(logging.WARNING, "collector.forward"):
+            assert fwd.step() == 0  # the store may be catching up: nothing resent yet
+            assert fwd.stats()["state"] == "ahead"
+            write(new, 4, start=4)  # seq 5 is another event than the one sent as seq 5
+            while fwd.step():
+                pass
+        assert "stores event" in caplog.text and "starts over from the beginning" in caplog.text
+        sent = receiver.log_records()[5:]
+        assert [attributes(r)["log.record.uid"] for r in sent] == [r["id"] for r in stored(new)]
+        stats = fwd.stats()
+        assert (stats["checkpoint_seq"], stats["lag_events"], stats["skipped"]) == (7, 0, 0)
+
+
+def test_another_store_at_the_checkpoints_seq_is_forwarded_from_its_beginning(
+        store: Store, receiver: OTLPReceiver) -> None:
+    """A store holding more records than the checkpoint's seq (another collector's
+    data directory restored in place): the records up to that seq were never sent."""
+    write(store, 5)
+    leave_checkpoint(store, receiver.endpoint, 3,
+                     event_id="0192a4b2-0000-7000-8000-000000000003")
+    again = forwarder(store, receiver, start="now")
+    while again.step():
+        pass
+    assert receiver.seqs() == [1, 2, 3, 4, 5]  # whatever forward_from says: none lost
+
+
+def test_the_same_store_catching_up_to_its_checkpoint_resends_nothing(
+        store: Store, receiver: OTLPReceiver) -> None:
+    """Right after a start the index may hold fewer records than were forwarded: the
+    forwarder waits for the record at the checkpoint's seq, finds the event it names,
+    and goes on after it."""
+    write(store, 3)
+    fifth = event(5)
+    leave_checkpoint(store, receiver.endpoint, 5, event_id=fifth["id"])
+    again = forwarder(store, receiver)
+    assert again.step() == 0 and again.stats()["state"] == "ahead"
+    store.write([event(4), fifth, event(6)])  # the index caught up, and one more arrived
+    while again.step():
+        pass
+    assert receiver.seqs() == [6]
+    assert again.stats()["lag_events"] == 0
+
+
+def test_a_checkpoint_of_an_older_version_keeps_its_position_and_gains_its_event(
+        store: Store, receiver: OTLPReceiver) -> None:
+    """Checkpoints without ``event_id`` are used as before (nothing to compare); the next
+    save names the event."""
+    write(store, 6)
+    path = leave_checkpoint(store, receiver.endpoint, 4)
+    fwd = forwarder(store, receiver)
+    while fwd.step():
+        pass
+    assert receiver.seqs() == [5, 6]
+    saved = json.loads(path.read_text())
+    assert (saved["seq"], saved["event_id"]) == (6, stored(store)[-1]["id"])
 
 
 # -- records and endpoints that stalled the forwarder for good (a review helper) ------------
