@@ -43,8 +43,8 @@ from collector.storage.recovery import RepairReport, open_and_recover
 if TYPE_CHECKING:
     from collector.store import Store
 
-__all__ = ["Filters", "Page", "QueryError", "Reader", "close_readers", "cursor_after", "find",
-           "follow_cursor", "iter_records", "reindex", "search"]
+__all__ = ["Filters", "IndexUnavailableError", "Page", "QueryError", "Reader", "close_readers",
+           "cursor_after", "find", "follow_cursor", "iter_records", "reindex", "search"]
 
 MAX_LIMIT: Final = 10_000
 
@@ -62,6 +62,12 @@ class Filters:
     status: str | None = None  # exact ("" matches the events without a status)
     org_name: str | None = None  # exact: the name the event carried
     workspace_name: str | None = None  # exact: the name the event carried
+
+
+class IndexUnavailableError(QueryError):
+    """The index cannot be read now (missing, empty or half built, another schema, not
+    readable): the data directory's state, not the query's fault. A ``QueryError`` still,
+    so the read commands print it as one; the query API answers it 503, not 400."""
 
 
 @dataclass
@@ -83,8 +89,9 @@ class Reader:
         self.data_dir = data_dir
         index = data_dir / "index.sqlite"
         if not index.exists():
-            raise QueryError(f"{data_dir} holds no index.sqlite: is it a collector data "
-                             f"directory? (`audit-collector reindex` builds one)")
+            raise IndexUnavailableError(f"{data_dir} holds no index.sqlite: is it a collector "
+                                        f"data directory? (`audit-collector reindex` builds "
+                                        f"one)")
         self._index = index
         # Which file: a restart that rebuilds the index replaces it (a new inode), and a
         # reader kept for hours (tail -f) must then read the new one (see ``stale``).
@@ -92,7 +99,7 @@ class Reader:
         try:
             self.con, self._immutable = connect_reader(index)
         except sqlite3.OperationalError as exc:
-            raise QueryError(f"{index} cannot be read: {exc}") from None
+            raise IndexUnavailableError(f"{index} cannot be read: {exc}") from None
         except sqlite3.DatabaseError as exc:  # read by connect_reader: not an index
             raise _incomplete(index, exc) from None
         try:
@@ -101,14 +108,14 @@ class Reader:
             # An empty file is what a starting collector's rebuild shows for a moment.
             self.con.close()
             if "unable to open" in str(exc):  # no index to judge: a read-only directory
-                raise QueryError(f"{index} cannot be opened ({exc}): reading it needs write "
-                                 f"access to its directory (SQLite's -shm file), even to "
-                                 f"query; copy a read-only snapshot somewhere writable") \
-                    from None
+                raise IndexUnavailableError(
+                    f"{index} cannot be opened ({exc}): reading it needs write access to "
+                    f"its directory (SQLite's -shm file), even to query; copy a read-only "
+                    f"snapshot somewhere writable") from None
             raise _incomplete(index, exc) from None
         if schema is None or schema[0] != INDEX_SCHEMA:
             self.con.close()
-            raise QueryError(
+            raise IndexUnavailableError(
                 f"{index} has index schema {schema and schema[0]}, this version reads "
                 f"schema {INDEX_SCHEMA}: restart the collector (it rebuilds the index from "
                 f"the segments at start), or stop it and run `audit-collector reindex`")
@@ -342,10 +349,10 @@ def _run_seqs(blocks: list[int] | None, after: int | None,
     return low, high
 
 
-def _incomplete(index: Path, exc: sqlite3.DatabaseError) -> QueryError:
-    return QueryError(f"{index} is not a complete index ({exc}): a collector may be "
-                      f"building it right now (retry in a moment); if not, stop it and "
-                      f"run `audit-collector reindex`")
+def _incomplete(index: Path, exc: sqlite3.DatabaseError) -> IndexUnavailableError:
+    return IndexUnavailableError(f"{index} is not a complete index ({exc}): a collector may "
+                                 f"be building it right now (retry in a moment); if not, "
+                                 f"stop it and run `audit-collector reindex`")
 
 
 def _identity(st: os.stat_result) -> tuple[int, tuple[int, int, int]]:

@@ -23,8 +23,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from collector import http_ingest, metrics
+from collector.query import IndexUnavailableError
 from collector.readers import ReaderError, Readers
-from collector.storage.errors import StorageError
+from collector.storage.errors import IndexOutOfDateError, StorageError
 from collector.storage.filters import QueryError
 
 from . import routes
@@ -104,6 +105,8 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
             AuthError: _auth_error,
             ParamError: _bad_request,
             QueryError: _bad_request,
+            IndexUnavailableError: _index_unavailable,
+            IndexOutOfDateError: _index_unavailable,
             HTTPException: _http_error,
             ReadNotRecordedError: _unavailable,
             StorageError: _unavailable,
@@ -145,6 +148,22 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unavailable(request: Request, exc: Exception) -> Response:
     log.error("query API: %s", exc)
     return _error(503, "unavailable", str(exc))
+
+
+#: What a reader is told when the index cannot answer. The data directory's path and
+#: the index's state are for the operator, in the log, not for every API client.
+INDEX_UNAVAILABLE_MESSAGE: Final = (
+    "the collector's index cannot answer now: it may be being rebuilt or repaired (at "
+    "the collector's start-up), so retry in a minute; if this lasts, the collector's log "
+    "says what is wrong and what to do (usually `audit-collector reindex`, run by an "
+    "operator with the collector stopped)")
+
+
+async def _index_unavailable(request: Request, exc: Exception) -> Response:
+    # The data directory's state, not the request's: 503, which a client may retry, and
+    # not 400, which told it to change a request that was fine.
+    log.error("query API: %s", exc)
+    return _error(503, "unavailable", INDEX_UNAVAILABLE_MESSAGE)
 
 
 async def _readers_unavailable(request: Request, exc: Exception) -> Response:

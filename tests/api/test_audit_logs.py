@@ -5,14 +5,19 @@ id with its trace link."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 from audit_middleware.event import format_created, seed_date
+from collector.api import ApiSettings, create_app
+from collector.api.app import INDEX_UNAVAILABLE_MESSAGE
+from collector.index import CATCHING_UP, Index
 from tests.api.conftest import COUNT, HOUR, SPAN, TRACE, Env, corpus
 from tests.collector.storage_helpers import BASE_NS, event
+from tests.integrity.helpers import build_store
 
 ROWS = corpus()  # the same values as the env's store holds (ids differ)
 
@@ -206,6 +211,40 @@ def test_a_malformed_id_is_400(env: Env) -> None:
     assert response.status_code in (400, 404)
     response = env.get("/api/v1/audit-logs/NOT-A-UUID", env.root)
     assert response.status_code == 400 and "UUID" in response.json()["message"]
+
+
+def _index_in(data: Path, state: str) -> None:
+    """A data directory whose index is ``state``: missing, empty (what a rebuild shows
+    for a moment), or being brought up to date (a start-up repair under way)."""
+    if state == "being brought up to date":
+        build_store(data, batches=1)
+        index = Index(data / "index.sqlite")
+        index.set_meta(CATCHING_UP, "1 segment file(s) to index")
+        index.close()
+        return
+    data.mkdir()
+    if state == "empty":
+        (data / "index.sqlite").write_bytes(b"")
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "being brought up to date"])
+def test_an_index_that_cannot_answer_is_503_saying_what_to_do_without_its_path(
+        env: Env, tmp_path: Path, state: str) -> None:
+    """The data directory's state, not the request's fault: a missing or half-built
+    index was a 400 "bad request" quoting the data directory's path. Now 503, saying to
+    retry or have an operator reindex; the path goes to the collector's log only."""
+    data = tmp_path / "served"
+    _index_in(data, state)
+    app = create_app(ApiSettings(data_dir=data), env.store, readers=env.readers)
+    with TestClient(app) as client:
+        for path in ("/api/v1/audit-logs", "/api/v1/audit-logs/export.csv",
+                     f"/api/v1/audit-logs/{env.rows[0]['id']}", "/api/v1/event-types"):
+            response = client.get(path, headers={"Authorization": f"Bearer {env.root}"})
+            assert response.status_code == 503, (path, response.text)
+            assert response.json() == {"error": "unavailable",
+                                       "message": INDEX_UNAVAILABLE_MESSAGE}
+            assert str(tmp_path) not in response.text
+    assert env.read_events() == []  # nothing was read: no read recorded
 
 
 def test_event_types_lists_the_catalogue_and_what_is_stored(env: Env) -> None:
