@@ -24,6 +24,7 @@ import re
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,9 +123,7 @@ class Readers:
         key_id = secrets.token_hex(8)
         token = f"ac_{key_id}_{secrets.token_urlsafe(32)}"
         with self._editing() as readers:
-            if any(r.name == name for r in readers):
-                raise ReaderError(f"reader {name!r} exists already: `audit-collector users "
-                                  f"remove {name}` first to give it a new token")
+            _check_new_name(name, readers)
             created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             readers.append(Reader(name, root, key_id, _hash(token), created))
         return token
@@ -151,6 +150,29 @@ class Readers:
             _save(self.path, readers)
         finally:
             os.close(fd)
+
+
+def _check_new_name(name: str, readers: list[Reader]) -> None:
+    """Refuse a name that is, or could be taken for, an existing reader's. A read is
+    recorded under its reader's name, and investigators filter by exact name: with
+    ``alice`` and ``Alice`` both readers, ``principal=alice`` missed Alice's reads."""
+    folded = _folded(name)
+    for reader in readers:
+        if reader.name == name:
+            raise ReaderError(f"reader {name!r} exists already: `audit-collector users "
+                              f"remove {name}` first to give it a new token")
+        if _folded(reader.name) == folded:
+            raise ReaderError(f"reader name {name!r} would be taken for the existing "
+                              f"reader {reader.name!r} (they differ only in case or "
+                              f"look-alike characters), and reads are searched by exact "
+                              f"name: choose a name of its own (or `audit-collector users "
+                              f"remove {reader.name}` first)")
+
+
+def _folded(name: str) -> str:
+    # New names are ASCII (NAME_RE), where this is lowercasing; a hand-edited file may
+    # hold others, and NFKC folds their look-alikes (a fullwidth "ａ") onto ASCII.
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def _load(path: Path) -> list[Reader]:

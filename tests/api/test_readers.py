@@ -153,6 +153,27 @@ def test_the_users_command_adds_lists_and_removes(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no reader named 'alice'" in missing.stderr
 
 
+def test_a_name_that_differs_from_a_reader_only_in_case_is_refused_naming_it(
+        tmp_path: Path) -> None:
+    """Reads are recorded under their reader's name and searched by exact name: with
+    both alice and Alice readers, principal=alice missed Alice's reads."""
+    assert users(tmp_path, "add", "alice", "--root").returncode == 0
+    refused = users(tmp_path, "add", "Alice", "--root")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "taken for the existing reader 'alice'" in refused.stderr
+    assert [r.name for r in Readers(tmp_path).all()] == ["alice"]
+
+
+def test_a_name_is_refused_if_a_hand_edited_readers_look_alike_folds_to_it(
+        tmp_path: Path) -> None:
+    readers = Readers(tmp_path)
+    readers.add("bob", root=True)
+    path = tmp_path / READERS_FILE
+    path.write_text(path.read_text().replace('"bob"', '"\uff21lice"'))  # fullwidth "A"
+    with pytest.raises(ReaderError, match="taken for the existing reader 'Ａlice'"):
+        readers.add("alice", root=True)
+
+
 @pytest.mark.parametrize("action", [["add", "ops", "--root"], ["remove", "alice"]])
 def test_an_edit_by_another_user_than_the_data_directorys_owner_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
