@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 from urllib.parse import urlsplit
@@ -60,13 +60,26 @@ class PanelAssets(StaticFiles):
         return await super().get_response(path, scope)
 
 
+def read_route(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    """A route for an audit-log read: GET only. Starlette serves HEAD wherever GET is
+    allowed by running the GET endpoint and dropping the body: a HEAD ran the query
+    (an export streamed the whole selection to nobody) and was recorded as a read of
+    what it never sent. Refused instead (405, ``Allow: GET``): nothing run or recorded.
+    All of them, exports and ``{event_id}`` alike: a HEAD of ``export.csv`` must not
+    fall through to ``{event_id}``."""
+    route = Route(path, endpoint, methods=["GET"])
+    assert route.methods is not None
+    route.methods.discard("HEAD")
+    return route
+
+
 ROUTES = [
-    Route("/api/v1/audit-logs", routes.list_audit_logs, methods=["GET"]),
-    Route("/api/v1/audit-logs/export.csv", routes.export_csv, methods=["GET"]),
-    Route("/api/v1/audit-logs/export.jsonl", routes.export_jsonl, methods=["GET"]),
-    Route("/api/v1/audit-logs/export.ocsf.jsonl", routes.export_ocsf, methods=["GET"]),
-    Route("/api/v1/audit-logs/export.ecs.jsonl", routes.export_ecs, methods=["GET"]),
-    Route("/api/v1/audit-logs/{event_id}", routes.get_audit_log, methods=["GET"]),
+    read_route("/api/v1/audit-logs", routes.list_audit_logs),
+    read_route("/api/v1/audit-logs/export.csv", routes.export_csv),
+    read_route("/api/v1/audit-logs/export.jsonl", routes.export_jsonl),
+    read_route("/api/v1/audit-logs/export.ocsf.jsonl", routes.export_ocsf),
+    read_route("/api/v1/audit-logs/export.ecs.jsonl", routes.export_ecs),
+    read_route("/api/v1/audit-logs/{event_id}", routes.get_audit_log),
     Route("/api/v1/event-types", routes.event_types, methods=["GET"]),
     Route("/api/v1/sources/losses", routes.list_losses, methods=["GET"]),
     Route("/api/v1/sources/acknowledge-losses", routes.acknowledge_losses, methods=["POST"]),
@@ -141,8 +154,12 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    message = str(exc.detail)
+    if exc.status_code == 405 and "Allow" in headers:
+        message = f"{request.method} is not served at this path: use {headers['Allow']}"
     return _error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
-                  str(exc.detail), dict(exc.headers or {}))
+                  message, headers)
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:

@@ -168,6 +168,30 @@ def test_a_record_that_would_be_cut_refuses_its_read_even_past_the_check(
     assert env.read_events() == []
 
 
+def test_a_head_request_is_refused_unread_and_unrecorded(env: Env) -> None:
+    """Starlette answers HEAD with the GET endpoint, its body dropped: the query ran (an
+    export streamed the whole selection to nobody) and was recorded as a read of what
+    was never sent."""
+    headers = {"Authorization": f"Bearer {env.root}"}
+    for path in ("/api/v1/audit-logs", f"/api/v1/audit-logs/{env.rows[0]['id']}",
+                 *(f"/api/v1/audit-logs/export.{ext}"
+                   for ext in ("csv", "jsonl", "ocsf.jsonl", "ecs.jsonl"))):
+        response = env.client.head(path, headers=headers)
+        assert response.status_code == 405, path
+        assert response.headers["allow"] == "GET", path
+        assert env.client.get(path, headers=headers).status_code == 200, path
+    assert [r["type"] for r in env.read_events()] == [AUDIT_LOG_VIEWED] * 2 + \
+        [AUDIT_LOG_EXPORTED] * 4  # the GETs only
+    refused = env.client.request("HEAD", "/api/v1/audit-logs")
+    assert refused.status_code == 405  # nothing to learn without a token either
+
+
+def test_a_refused_method_is_told_which_one_to_use(env: Env) -> None:
+    response = env.get("/api/v1/sources/acknowledge-losses", env.root)
+    assert response.status_code == 405
+    assert response.json()["message"] == "GET is not served at this path: use POST"
+
+
 class FailingStore:
     """A store whose writes fail, as when the disk is full."""
 
