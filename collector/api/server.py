@@ -14,7 +14,13 @@ longer than ``HEADER_TIMEOUT`` without a request in progress, or a sign-in whose
 (read before any token is checked) has not all arrived within ``BODY_TIMEOUT``; and,
 above ``max_connections``, those first, soonest deadline first. Any other request in
 progress is never closed by the guard (an export may stream for minutes, an ingest
-upload come over a slow link). The guard reads uvicorn's per-connection request
+upload come over a slow link). A request answered before its body was read (a 401 to
+an upload without a token) stays open while uvicorn reads the rest and drops it: its
+connection waits, so the guard closes it after ``HEADER_TIMEOUT``. No ``Connection:
+close`` to end it sooner: a close with the body unread resets the connection, and a
+client that sends its whole body before reading (http.client, requests) then gets a
+broken pipe instead of the 401 that says what to do (RFC 9112, 9.6); what is read
+meanwhile is only what the client sends, never kept. The guard reads uvicorn's per-connection request
 cycle (``response_complete``, ``more_body``): ``tests/api/test_connection_guard.py``
 fails if a uvicorn release renames them.
 
