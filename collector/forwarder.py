@@ -136,25 +136,34 @@ class ForwardSettings:
 
 def parse_headers(text: str) -> dict[str, str]:
     """``key=value,key2=value2`` (the form of OTEL_EXPORTER_OTLP_HEADERS: percent-encoded,
-    ``Basic%20...``, as OpenTelemetry SDKs decode it; a ``,`` in a value is ``%2C``)."""
+    ``Basic%20...``, as OpenTelemetry SDKs decode it; a ``,`` in a value is ``%2C``).
+
+    The text holds credentials (forward_headers is a secret option): an error names a
+    pair by its place, and shows its name only when it is one, never the text given. A
+    pair written ``Authorization: Bearer x`` (no ``=``), or one cut by a ``,`` in its
+    value, was printed whole, secret included, at every refused start."""
     headers: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    pairs = [part.strip() for part in text.split(",")]
+    for place, item in enumerate(filter(None, pairs), start=1):
         key, sep, value = item.partition("=")
         key, value = unquote(key).strip(), unquote(value).strip()
+        # Without its '=', a "name" is a piece of a value cut off by a ','.
+        named = f"{key!r}" if sep and _HEADER_NAME.fullmatch(key) else f"number {place}"
         if not sep or not key:
-            raise ForwardError(f"forward header {item.split('=')[0]!r}: expected key=value "
-                               "pairs separated by commas, e.g. Authorization=Bearer x")
+            raise ForwardError(f"forward header {named}: expected key=value pairs separated "
+                               "by commas, e.g. Authorization=Bearer x (not 'Name: value'; "
+                               "a ',' in a value is %2C)")
         if not (key + value).isascii() or any(ord(c) < 32 or ord(c) == 127
                                               for c in key + value):
             # HTTP header values are ASCII: one that is not failed every export. Checked
             # once decoded: a %0D%0A must not add a header line.
-            raise ForwardError(f"forward header {key!r}: names and values must be "
+            raise ForwardError(f"forward header {named}: names and values must be "
                                "printable ASCII once percent-decoded")
         if not _HEADER_NAME.fullmatch(key):
             # Else accepted here and refused at every export (requests: a ':'; the
             # receiver: a space, a parenthesis), a failure without end.
-            raise ForwardError(f"forward header {key!r}: not a valid HTTP header name "
-                               "(letters, digits and !#$%&'*+-.^_`|~ only)")
+            raise ForwardError(f"forward header {named}: its name is not a valid HTTP "
+                               "header name (letters, digits and !#$%&'*+-.^_`|~ only)")
         headers[key] = value
     return headers
 

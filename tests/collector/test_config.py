@@ -119,6 +119,23 @@ def test_bad_values_and_combinations_are_refused_naming_their_source(
         load(parse(*argv), environ)
 
 
+@pytest.mark.parametrize(("headers", "says"), [
+    ("Authorization: Bearer s3cr3t", "forward header number 1: expected key=value"),
+    ("X-Org=acme,Authorization=Bearer s3c,r3t", "forward header number 3: expected"),
+    ("Authorization: Basic s3cr3t==", "forward header number 1: its name is not"),
+    ("Authorization: Bearer s3cr3t€=x", "forward header number 1: names and values"),
+    ("Authorization=Bearer s3cr3t€", "forward header 'Authorization': names and"),
+])
+def test_a_bad_forward_header_is_named_without_showing_its_secret(
+        headers: str, says: str) -> None:
+    """forward_headers holds credentials: a pair written 'Name: value' (no '='), or one
+    cut by a ',' in its value, was printed in the refusal, token and all."""
+    with pytest.raises(ConfigError, match=says) as err:
+        load(parse("--forward-endpoint", "http://127.0.0.1:4318/v1/logs",
+                   "--forward-headers", headers), {})
+    assert "s3c" not in str(err.value) and "r3t" not in str(err.value)
+
+
 def test_a_config_file_that_is_not_plain_utf8_says_how_to_save_it(tmp_path: Path) -> None:
     utf16 = tmp_path / "utf16.toml"
     utf16.write_bytes("max_frame = 1024\n".encode("utf-16"))
