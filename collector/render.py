@@ -53,22 +53,41 @@ def display_value(record: dict[str, Any], field: str) -> str:
 #: principal that reads as another user's).
 _BLANK_LOOKING: Final = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
+#: Marks that draw nothing at all (default-ignorable: the combining grapheme joiner,
+#: variation and Mongolian free variation selectors, Khmer inherent vowels): as the
+#: zero-width format characters, "usr_root" followed by one reads as "usr_root".
+_INVISIBLE_MARKS: Final = frozenset(
+    "\u034f\u17b4\u17b5\u180b\u180c\u180d\u180f"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0))))
+
+#: Characters drawn over the one before them, taking no column of their own (nonspacing
+#: and enclosing marks). Their canonical combining class is no test: many have class 0.
+_ZERO_WIDTH_CATEGORIES: Final = frozenset({"Mn", "Me"})
+
+
+def _hidden(ch: str) -> bool:
+    return not ch.isprintable() or ch in _BLANK_LOOKING or ch in _INVISIBLE_MARKS
+
 
 def terminal_safe(text: str) -> str:
     """Control and format characters (C0, DEL, C1, line/paragraph separators, bidi
-    overrides, zero-width characters) and blank-looking fillers as visible escapes."""
-    if text.isprintable() and not _BLANK_LOOKING.intersection(text):
+    overrides, zero-width characters), invisible marks and blank-looking fillers as
+    visible escapes."""
+    if text.isascii() and text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() and ch not in _BLANK_LOOKING
-                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return "".join(ch.encode("unicode_escape").decode("ascii") if _hidden(ch) else ch
+                   for ch in text)
 
 
 def display_width(text: str) -> int:
     """Columns ``text`` takes on a terminal: East Asian wide and full-width characters
-    two, combining marks none (``len`` made such values shift the columns after them)."""
+    two, nonspacing and enclosing marks none (counted as one, a value padded with marks
+    of combining class 0, such as Thai vowel signs, shifted every column after it left,
+    under the header of the one before)."""
     if text.isascii():
         return len(text)
-    return sum(0 if unicodedata.combining(ch) else
+    return sum(0 if unicodedata.category(ch) in _ZERO_WIDTH_CATEGORIES else
                2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 

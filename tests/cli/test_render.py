@@ -80,3 +80,23 @@ def test_jsonl_output_has_no_raw_c1_controls() -> None:
 
     (line,) = jsonl([dict(RECORD, principal="csi \x9b2J osc \x9d0;x\x07")])
     assert b"\xc2\x9b" not in line and b"\\u009b" in line
+
+
+def test_marks_of_combining_class_zero_take_no_column() -> None:
+    """Nonspacing marks were counted as a column unless their combining class was not 0,
+    and many have class 0 (Thai vowel signs): a target of one letter and twenty such
+    marks was padded as 21 columns wide while it drew as one, so the rest of its row
+    stood 20 columns left, its status under Principal."""
+    forged = dict(RECORD, target="x" + "\u0e31" * 20, principal="usr_alice", status="root")
+    text = table([forged, dict(RECORD, principal="usr_bob")])
+    header, _, row, _ = text.splitlines()
+    before = row[:row.index("usr_alice")]
+    assert len(before) - before.count("\u0e31") == header.index("Principal")
+
+
+def test_invisible_marks_are_escaped_as_zero_width_characters_are() -> None:
+    """A variation selector or a combining grapheme joiner draws nothing: the principal
+    'root' followed by one read as 'root', though it is another principal."""
+    text = table([dict(RECORD, principal="root\u034f", target="t\ufe0f", status="s\U000e0100")])
+    assert "\u034f" not in text and "\ufe0f" not in text and "\U000e0100" not in text
+    assert "root\\u034f" in text and "t\\ufe0f" in text and "s\\U000e0100" in text
