@@ -85,6 +85,7 @@ def expand_types(patterns: Iterable[object], known: Iterable[str]) -> list[str]:
 
 
 _V4_MAPPED_NET: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+_ZONE: Final = re.compile(r"%[^/]*")
 
 
 def ip_ranges(value: object) -> list[tuple[bytes, bytes]]:
@@ -94,7 +95,9 @@ def ip_ranges(value: object) -> list[tuple[bytes, bytes]]:
     holds the IPv4 clients too: their keys are the mapped block's. A zone (``%eth0``) is
     ignored, as the index keys an address without it."""
     try:
-        text = value.strip().split("%", 1)[0] if isinstance(value, str) else ""
+        # The zone alone: a block is written fe80::1%eth0/64 (RFC 4007), and cutting at
+        # the '%' took its prefix length with it (the block became one address).
+        text = _ZONE.sub("", value.strip()) if isinstance(value, str) else ""
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise QueryError(

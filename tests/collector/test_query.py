@@ -143,6 +143,18 @@ def test_a_link_local_client_is_found_by_its_address(tmp_path: Path) -> None:
             "fe80::1%eth0"
 
 
+def test_a_zoned_block_keeps_its_prefix_length(tmp_path: Path) -> None:
+    """RFC 4007 writes a zoned block fe80::1%eth0/64: cutting the text at the '%' took
+    the '/64' with the zone, and the filter matched the one address fe80::1, not the
+    block, without a word."""
+    neighbour = event(client_ip="fe80::2%eth0")
+    beyond = event(client_ip="fe80:0:0:1::2")
+    with open_store(tmp_path) as store:
+        store.write([neighbour, beyond])
+        for block in ("fe80::1%eth0/64", "fe80::%eth0/64", "fe80::1%25eth0/64"):
+            assert everything(store, client_ip=block) == [neighbour["id"]], block
+
+
 def test_a_time_bound_between_two_microseconds_is_the_next_one(tmp_path: Path) -> None:
     """Records are timed to the microsecond; a bound with more digits is rounded up
     (it was cut off: until=.1234567 left out a record at .123456, before it)."""
