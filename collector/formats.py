@@ -20,10 +20,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
-import orjson
-
 from audit_middleware.catalogue import SEED_CATALOGUE, USER_SIGN_IN
 from audit_middleware.event import SYSTEM
+
+from .render import json_line
 
 OCSF_VERSION: Final = "1.3.0"
 ECS_VERSION: Final = "8.17.0"
@@ -355,5 +355,6 @@ def json_lines(records: Iterable[Record], name: str) -> Iterator[bytes]:
     """Each record in format ``name``, one JSON object per line."""
     convert = formatter(name)
     for record in records:
-        # A copy, cheap to keep: callers join many (AuditEvent.to_json_line says why).
-        yield orjson.dumps(convert(record)) + b"\n"
+        # Escaped as ``jsonl`` is: the converted fields carry the stored values, and a
+        # raw C1 control (an 8-bit ESC [) or U+2028 went to the terminal or split the line.
+        yield json_line(convert(record))

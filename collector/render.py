@@ -106,12 +106,17 @@ def csv_safe(text: str) -> str:
     return text
 
 
+def json_line(value: Any) -> bytes:
+    """``value`` as one line of JSON, ``\n`` included: as stored, no C1 control reaches
+    a terminal raw and no U+2028 splits the line for a reader (escape_raw_controls)."""
+    line = orjson.dumps(value)
+    if not line.isascii():
+        line = escape_raw_controls(line)
+    return line + b"\n"  # a copy, cheap to keep (AuditEvent.to_json_line)
+
+
 def jsonl(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:
-    for record in records:
-        line = orjson.dumps(record)
-        if not line.isascii():  # as stored: no C1 control reaches a terminal raw
-            line = escape_raw_controls(line)
-        yield line + b"\n"  # a copy, cheap to keep (AuditEvent.to_json_line)
+    return map(json_line, records)
 
 
 def csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[str]:

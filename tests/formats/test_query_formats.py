@@ -60,3 +60,17 @@ def test_an_unknown_format_is_refused_with_the_choices(data_dir: Path) -> None:
                           text=True, timeout=60)
     assert done.returncode == 2
     assert "ocsf" in done.stderr and "ecs" in done.stderr
+
+
+@pytest.mark.parametrize("fmt", ["ocsf", "ecs"])
+def test_siem_lines_hold_no_raw_c1_control_or_line_separator(fmt: str) -> None:
+    """As the jsonl lines: an 8-bit CSI (U+009B) in a principal reached the terminal raw,
+    and a U+2028 split the line for a reader that splits on it (str.splitlines)."""
+    from collector.formats import formatter, json_lines
+
+    hostile = event(1, principal="csi \x9b2J nel \x85 ls \u2028 ps \u2029", target="t\x9d0;x")
+    (line,) = json_lines([hostile], fmt)
+    text = line.decode("utf-8")
+    assert not {"\x9b", "\x9d", "\x85", "\u2028", "\u2029"} & set(text)
+    assert len(text.splitlines()) == 1
+    assert orjson.loads(line) == formatter(fmt)(hostile)  # escaped, the same document
