@@ -90,7 +90,7 @@ def _writer(fmt: str, out: TextIO) -> Callable[[list[dict[str, Any]], bool], Non
         elif fmt == "csv":
             # Only when asked: a follower appending to a file (``tail -f -n 0 >> x.csv``)
             # must not put a header line in the middle of it.
-            rows = render.csv_rows(records)
+            rows = render.csv_rows(records, terminal=out.isatty())
             head = next(rows)
             if header and not headed[0]:
                 out.write(head)

@@ -119,8 +119,12 @@ def jsonl(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:
     return map(json_line, records)
 
 
-def csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """CSV text, a header line then a line per record, produced incrementally."""
+def csv_rows(records: Iterable[dict[str, Any]], *, terminal: bool = False) -> Iterator[str]:
+    """CSV text, a header line then a line per record, produced incrementally.
+    ``terminal``: for a screen, not a file; each cell is also ``terminal_safe`` (a CSV
+    printed where no one redirected it put an ANSI sequence or a bidi override of a
+    stored value to work on the operator's terminal)."""
+    shown = terminal_safe if terminal else str
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     # The csv module quotes a cell for the characters of its line terminator only: a bare
@@ -140,8 +144,8 @@ def csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[str]:
     writer.writerow([header for header, _ in COLUMNS] + list(CSV_EXTRA))
     yield take()
     for record in records:
-        row = ([csv_safe(display_value(record, f)) for _, f in COLUMNS]
-               + [csv_safe(str(record.get(f, ""))) for f in CSV_EXTRA.values()])
+        row = ([csv_safe(shown(display_value(record, f))) for _, f in COLUMNS]
+               + [csv_safe(shown(str(record.get(f, "")))) for f in CSV_EXTRA.values()])
         (quoted if any("\r" in cell for cell in row) else writer).writerow(row)
         yield take()
 

@@ -505,3 +505,27 @@ def test_a_followed_csv_gets_no_header_unless_asked() -> None:
     write([event(1)], True)
     write([event(2)], False)
     assert asked.getvalue().startswith("Type") and len(asked.getvalue().splitlines()) == 3
+
+
+def test_a_csv_printed_on_a_terminal_escapes_what_would_act_on_it() -> None:
+    """``query --format csv`` with nothing redirected wrote stored values raw to the
+    operator's terminal: an ANSI sequence in a principal cleared the screen, a bidi
+    override reordered the row. On a terminal the cells are escaped as a table's; into a
+    file or a pipe they stay exact."""
+    import io
+
+    from collector.read_commands import _writer
+    from tests.collector.storage_helpers import event
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    hostile = event(1, principal="\x1b[2J\x1b[31mroot", target="\u202eevil", status="a\rb")
+    screen, piped = Terminal(), io.StringIO()
+    _writer("csv", screen)([hostile], True)
+    _writer("csv", piped)([hostile], True)
+    assert not {"\x1b", "\u202e", "\r"} & set(screen.getvalue())
+    assert "\\x1b[2J\\x1b[31mroot" in screen.getvalue() and "\\u202eevil" in screen.getvalue()
+    row = list(csv.reader(io.StringIO(piped.getvalue())))[1]
+    assert row[1:4] == ["\u202eevil", "\x1b[2J\x1b[31mroot", "a\rb"]
