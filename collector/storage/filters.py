@@ -45,12 +45,13 @@ def parse_time(value: object, *, what: str, now_us: int) -> int:
         # An age from before year 1 (999999999w) means from the beginning; unclamped it
         # passed what SQLite's integers hold.
         return max(now_us - int(match[1]) * _UNIT_SECONDS[match[2]] * 1_000_000, EARLIEST_US)
+    text, leap_us = _leap_second(text)
     match = _SEED.fullmatch(text)
     try:
         if match:
             year, month, day, hour, minute, second = (int(g) for g in match.groups())
             moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-            return created_micros(moment.isoformat())
+            return created_micros(moment.isoformat()) + leap_us
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}([Tt ].+)?", text, re.ASCII):
             moment = datetime.fromisoformat(text.replace("t", "T").replace("z", "Z"))
             if moment.tzinfo is None:
@@ -59,11 +60,25 @@ def parse_time(value: object, *, what: str, now_us: int) -> int:
             # the next one (fromisoformat cuts the digits past six off, which moved
             # ``until`` before a record it should have kept, ``since`` after one).
             beyond = re.search(r"[.,]\d{6}(\d+)", text, re.ASCII)
-            return created_micros(moment.isoformat()) + (
+            return created_micros(moment.isoformat()) + leap_us + (
                 1 if beyond and int(beyond[1]) else 0)
     except ValueError:
         pass
     raise QueryError(f"{what}={value!r} is not a time: {TIME_FORMS}")
+
+
+#: The seconds of a time of day, in RFC 3339 (``T23:59:60``) or the seed's form
+#: (``-23-59-60``, the whole text's end).
+_SECOND_60: Final = re.compile(r"(?<=[Tt ]\d\d:\d\d:)60(?!\d)|(?<=^\d{4}-\d\d-\d\d-\d\d-\d\d-)60$",
+                               re.ASCII)
+
+
+def _leap_second(text: str) -> tuple[str, int]:
+    """A leap second (``23:59:60``, which RFC 3339 allows) as the text of the second
+    before it and the microseconds to add: Unix time has no leap seconds, so the
+    moment is the one right after second 59. It was refused as "not RFC 3339"."""
+    leap, count = _SECOND_60.subn("59", text, count=1)
+    return (leap, 1_000_000) if count else (text, 0)
 
 
 def expand_types(patterns: Iterable[object], known: Iterable[str]) -> list[str]:

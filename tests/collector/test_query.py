@@ -155,6 +155,19 @@ def test_a_zoned_block_keeps_its_prefix_length(tmp_path: Path) -> None:
             assert everything(store, client_ip=block) == [neighbour["id"]], block
 
 
+def test_a_leap_second_bound_is_the_moment_after_second_59(tmp_path: Path) -> None:
+    """RFC 3339 allows second 60 (2016-12-31T23:59:60Z); it was refused as "not RFC
+    3339". Unix time has no leap seconds: the bound is the moment after second 59."""
+    last = event(created="2016-12-31T23:59:59.999999Z")
+    first = event(created="2017-01-01T00:00:00.000000Z")
+    with open_store(tmp_path) as store:
+        store.write([last, first])
+        for leap in ("2016-12-31T23:59:60Z", "2016-12-31T18:59:60-05:00",
+                     "2016-12-31-23-59-60"):
+            assert everything(store, until=leap) == [last["id"]], leap
+            assert everything(store, since=leap) == [first["id"]], leap
+
+
 def test_a_time_bound_between_two_microseconds_is_the_next_one(tmp_path: Path) -> None:
     """Records are timed to the microsecond; a bound with more digits is rounded up
     (it was cut off: until=.1234567 left out a record at .123456, before it)."""
