@@ -199,11 +199,9 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     # too, and it was printed twice).
     newest = q.newest_seq(data_dir)
     cursor = q.cursor_after(newest, filters) if args.follow else None
-    # Also when following no last lines: bad filters end tail here, not in the loop.
-    last = q.search(data_dir, filters, limit=max(args.lines, 1), newest_first=True,
-                    cursor=q.cursor_before(newest + 1, filters)).records
+    last = _last_records(data_dir, filters, args.lines, newest)
     if args.lines > 0:
-        write(list(reversed(last)), True)
+        write(last, True)
     said = ""  # the problem last reported: a follower says it once, not every poll
     while cursor is not None and not stop():
         try:
@@ -228,6 +226,22 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
         else:
             time.sleep(FOLLOW_INTERVAL)
     return 0
+
+
+def _last_records(data_dir: Path, filters: q.Filters, count: int,
+                  newest: int) -> list[dict[str, Any]]:
+    """The last ``count`` records up to seq ``newest``, oldest first, read a page at a
+    time: ``-n`` is a count of lines, as tail's, and one page holds at most
+    ``MAX_LIMIT`` (``tail -n 20000`` was refused, its error naming a "limit")."""
+    found: list[dict[str, Any]] = []
+    cursor: str | None = q.cursor_before(newest + 1, filters)
+    while cursor is not None and len(found) < max(count, 1):
+        # Also for -n 0 (a follower's start): bad filters end tail here, not in its loop.
+        page = q.search(data_dir, filters, limit=min(max(count - len(found), 1), q.MAX_LIMIT),
+                        newest_first=True, cursor=cursor)
+        found += page.records
+        cursor = page.next_cursor
+    return found[:count][::-1]
 
 
 # -- stats -------------------------------------------------------------------------------

@@ -529,3 +529,34 @@ def test_a_csv_printed_on_a_terminal_escapes_what_would_act_on_it() -> None:
     assert "\\x1b[2J\\x1b[31mroot" in screen.getvalue() and "\\u202eevil" in screen.getvalue()
     row = list(csv.reader(io.StringIO(piped.getvalue())))[1]
     assert row[1:4] == ["\u202eevil", "\x1b[2J\x1b[31mroot", "a\rb"]
+
+
+def test_tail_takes_more_lines_than_a_page_holds(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``-n`` is a count of lines, as tail's: ``tail -n 20000`` was refused, with an error
+    about a "limit" the user never gave, because one page holds at most MAX_LIMIT. The
+    last N are read a page at a time (MAX_LIMIT made 2 here, so that 5 take pages)."""
+    from collector import query
+    from collector.cli import build_parser
+    from collector.read_commands import run_tail
+    from tests.collector.storage_helpers import events, open_store
+
+    stored = events(5)
+    with open_store(tmp_path / "data") as store:
+        store.write(stored)
+    monkeypatch.delenv("AUDIT_CONFIG", raising=False)
+    monkeypatch.delenv("AUDIT_DATA_DIR", raising=False)
+    monkeypatch.setattr(query, "MAX_LIMIT", 2)
+
+    def tail(count: int) -> list[str]:
+        args = build_parser().parse_args(["tail", "-n", str(count), "--data-dir",
+                                          str(tmp_path / "data")])
+        assert run_tail(args) == 0
+        return [str(orjson.loads(line)["id"]) for line in capsys.readouterr().out.splitlines()]
+
+    ids = [str(e["id"]) for e in stored]
+    assert tail(4) == ids[1:]
+    assert tail(20000) == ids
+    assert tail(0) == []
+    query.close_readers(tmp_path / "data")
