@@ -19,7 +19,7 @@ from audit_middleware.wire import MIN_MAX_FRAME
 
 from .accepting import default_max_connections
 from .options import BY_NAME, ENV_PREFIX, OPTIONS, split_host_port
-from .token_files import TokenFileError, TokenFileKind, read_token_file
+from .token_files import TokenFileError, TokenFileKind, others_with_access, read_token_file
 
 MAX_FRAME_LIMIT: Final = 64 * 1024 * 1024
 
@@ -135,6 +135,8 @@ def load(args: argparse.Namespace | None = None,
     config_file = flags.get("config") or (
         Path(environ[ENV_PREFIX + "CONFIG"]) if environ.get(ENV_PREFIX + "CONFIG") else None)
     from_file = _read_toml(config_file) if config_file is not None else {}
+    if for_serve and config_file is not None:
+        _refuse_exposed_secrets(config_file, from_file)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for option in OPTIONS:
@@ -188,6 +190,25 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: unknown option(s) {', '.join(guesses)}; "
                           f"known: {', '.join(o.name for o in OPTIONS)}")
     return data
+
+
+def _refuse_exposed_secrets(path: Path, from_file: Mapping[str, Any]) -> None:
+    """A secret option (the shared token, the forwarder's headers) in a TOML file other
+    users can reach is refused, as a token file they can reach is (token_files.py):
+    masked in the start-up summary, it was used from a file anyone could read."""
+    secrets = [option.name for option in OPTIONS if option.secret and from_file.get(option.name)]
+    if not secrets:
+        return
+    try:
+        others = others_with_access(path)
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    if others is not None:
+        raise ConfigError(
+            f"config file {path} sets {' and '.join(secrets)}, a secret, and can be read or "
+            f"written by other users ({others}): chmod 600 {path}, or give it in the "
+            f"environment ({', '.join(BY_NAME[name].env for name in secrets)}) or, for the "
+            f"token, a token_file; if others may have read it, change it")
 
 
 _TOKEN_FILE: Final = TokenFileKind(

@@ -88,6 +88,17 @@ def read_token_file(path: Path, kind: TokenFileKind) -> str:
     return token
 
 
+def others_with_access(path: Path) -> str | None:
+    """Who, besides its owner and this process's user, can reach the file at ``path``
+    (judged as a token file is), or None: no one. For a file holding a secret among
+    other things (a configuration file with a ``token``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
+    try:
+        return _others_with_access(fd)
+    finally:
+        os.close(fd)
+
+
 def _others_with_access(fd: int) -> str | None:
     """Who, besides the file's owner and this process's user, has some access to the
     file ``fd`` (as said in the refusal), or None: no one."""

@@ -195,6 +195,23 @@ def test_a_token_file_other_users_can_reach_is_refused_without_showing_it(
     assert "s3cret-token" not in str(err.value)
 
 
+@pytest.mark.parametrize("setting", ['token = "s3cret-token"',
+                                     'forward_headers = "Authorization=Bearer s3cret-token"'])
+def test_a_secret_in_a_config_file_other_users_can_read_is_refused(
+        tmp_path: Path, setting: str) -> None:
+    """A token file others can read is refused; the same token in a TOML file of mode
+    644 was used (and masked in the start-up summary, as if it were kept secret)."""
+    config_file = toml(tmp_path, f'{setting}\nforward_endpoint = "http://h:4318/v1/logs"\n')
+    config_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="can be read or written by other users "
+                                          r"\(mode 644\): chmod 600") as err:
+        load(parse("--config", str(config_file)), {})
+    assert "s3cret-token" not in str(err.value)
+    assert load(parse("--config", str(config_file)), {}, for_serve=False)  # query, stats...
+    config_file.chmod(0o600)
+    assert "s3cret-token" in str(load(parse("--config", str(config_file)), {}))
+
+
 def test_a_systemd_credential_is_taken(tmp_path: Path) -> None:
     """systemd (LoadCredential) lets the service's user read the credential through an
     ACL entry: the mode's group bits, the ACL's mask, said 440, and the token file was
