@@ -180,7 +180,11 @@ MAX_FILE_BYTES: Final = 256 * 1024 * 1024
 
 
 def read_file(path: Path) -> DigestFile:
-    data = read_regular(path, MAX_FILE_BYTES)
+    return parse_file(path, read_regular(path, MAX_FILE_BYTES))
+
+
+def parse_file(path: Path, data: bytes) -> DigestFile:
+    """The digests in ``data``, the bytes of the digest file ``path``."""
     lines = data.split(b"\n")
     torn = lines[-1] != b""
     if not torn:

@@ -78,7 +78,6 @@ class Ledger:
         self._pending: list[tuple[str, bytes, dict[str, Any]]] = []  # unwritten digests
         self._write_failures = 0  # digest writes failed in a row (the log says some)
         self.write_failures = 0  # digest writes failed since open (a metric's counter)
-        self._rotations: list[d.Digest] = []  # key rotations of the chain taken up
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -120,20 +119,18 @@ class Ledger:
         rotations = _Rotations(ledger.digests_dir, vouched)
         ledger._find_chain_end(quarantine_dir, vouched, ring.keys(), rotations)
         ledger._finish_key_rotation(path, ring)
-        ledger._refuse_a_retired_key(path, rotations if key.id in {k.id for k in retired}
-                                     else None)
+        ledger._refuse_a_retired_key(path, rotations)
         return ledger
 
-    def _refuse_a_retired_key(self, path: Path, rotations: _Rotations | None) -> None:
+    def _refuse_a_retired_key(self, path: Path, rotations: _Rotations) -> None:
         """Refuse a signing key a key rotation of the chain retired (the old key put back
         after losing the new one, or a rotation whose new key was lost before it was put
-        in place). ``rotations``: given when ``keys rotate`` listed the signing key as
-        retired: once the retired key has signed, the chain ends after the rotation and
-        the rotation is found only among the older digests."""
-        retiring = next((g for g in self._rotations if g.body.get("new_key_id") != self.key.id
-                         and _signed_by(g, {self.key.id: self.key.public})), None)
-        if retiring is None and rotations is not None:
-            retiring = rotations.retiring(self.key.id)
+        in place). Looked up among all the digests at every start, not only on the walk
+        back to the chain end nor only when ``<key>.retired.pub`` lists the key: the old
+        key put back with a list from before its rotation, and a digest it signed after
+        the rotation (by whoever holds it: why one rotates) at the chain end, and the
+        collector chained onto that digest and signed on with the retired key."""
+        retiring = rotations.retiring(self.key.id)
         if retiring is None:
             return
         # A key is rotated away from because it may have leaked: verify trusts it for
@@ -247,9 +244,8 @@ class Ledger:
 
     def _retired_signer(self, digest: d.Digest, rotations: _Rotations) -> bool:
         """Whether a key the signing key replaced signed ``digest`` after the rotation
-        that retired it. The signing key's own digests are the collector's (also when it
-        is a retired key put back: start-up says so), and in the usual case the walk
-        ends at one of them without reading the older digest files."""
+        that retired it. The signing key's own digests are the collector's (a retired
+        key put back is refused after the walk, ``_refuse_a_retired_key``)."""
         if digest.key == self.key.id:
             return False
         rotation = rotations.retiring(digest.key)
@@ -294,7 +290,6 @@ class Ledger:
                 "(%s) does not vouch for: expected once after the signing key was lost "
                 "after that rotation and replaced by hand (or restored from a backup older "
                 "than it)", end.where, end.key, self.key.id)
-        self._rotations = [g for g in (digest, *later) if g.kind == "key_rotation"]
         self.newest, self.n, self.previous = end, end.n, end.signature_b64
 
     def named(self) -> tuple[int, int]:
@@ -540,9 +535,8 @@ def _retired_keys(path: Path) -> list[PublicKey]:
 
 class _Rotations:
     """The key rotations of the digest chain, by the key each retired: read from every
-    digest file, once, on first use only (a start needs them only when a key other than
-    the signing key signed the chain's newest digests, or the signing key is listed as
-    retired), so a usual start still reads its newest digest file alone."""
+    digest file, once, on first use (every start asks whether they retired the signing
+    key). Only a file that holds a rotation is parsed: the others are read, not parsed."""
 
     def __init__(self, digests_dir: Path, keys: dict[str, PublicKey]) -> None:
         self._digests_dir = digests_dir
@@ -559,15 +553,23 @@ class _Rotations:
         found: dict[str, d.Digest] = {}
         for _, path in d.list_digest_files(self._digests_dir):
             try:
-                digests = d.read_file(path).digests
+                data = read_regular(path, d.MAX_FILE_BYTES)
             except OSError:
                 continue  # verify reports an unreadable digest file
-            for g in digests:
+            if not _may_hold_a_rotation(data):
+                continue
+            for g in d.parse_file(path, data).digests:
                 if (g.kind == "key_rotation" and g.body.get("new_key_id") != g.key
                         and _signed_by(g, self._keys)
                         and (g.key not in found or g.n < found[g.key].n)):
                     found[g.key] = g
         return found
+
+
+def _may_hold_a_rotation(data: bytes) -> bool:
+    """Whether digest file bytes may hold a key rotation: its kind's name, or an escape
+    that could spell it (the collector writes none; one put there by hand still counts)."""
+    return b"key_rotation" in data or b"\\" in data
 
 
 def _rotates_to(digest: d.Digest, key: PublicKey) -> bool:

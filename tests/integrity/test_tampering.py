@@ -918,3 +918,35 @@ def test_a_key_rotation_whose_new_key_was_lost_refuses_the_retired_key(
     with open_store(store, max_segment_bytes=SMALL) as reopened:
         reopened.write(events(2))
     assert newest_digest(store).previous != "" and check(store).valid
+
+
+def test_the_old_key_and_its_retired_list_put_back_are_refused_at_every_start(
+        store: Path, tmp_path: Path) -> None:
+    """The old key comes back with the ``.retired.pub`` beside it, both from a backup
+    older than the rotation, which that list does not name. Start-up found the rotation
+    only on its walk back to the chain end: once a digest the old key signed after its
+    rotation ended the chain (the leaked key's holder put one there: the reason one
+    rotates), it was not seen, and the collector started with the retired key, chained
+    onto that digest and numbered its records after the seq it claimed."""
+    from collector.integrity.commands import _rotate
+    from collector.integrity.errors import KeyFileError
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    keys = store / "keys"
+    backup = copy_of(keys, tmp_path / "keys-backup")
+    assert not (backup / "signing-key.pem.retired.pub").exists()
+    assert _rotate(store, None, 300.0) == 0
+    rotation = newest_digest(store)
+    with open_store(store, max_segment_bytes=SMALL) as reopened:
+        reopened.write(events(3))
+    for name in ("signing-key.pem", "signing-key.pem.retired.pub"):
+        (keys / name).unlink()
+    (keys / "signing-key.pem").write_bytes((backup / "signing-key.pem").read_bytes())
+    (keys / "signing-key.pem").chmod(0o600)
+    planted = plant_a_digest(store, load_signing_key(keys / "signing-key.pem"))
+    for _ in range(2):
+        with pytest.raises(KeyFileError, match=f"which digest #{rotation.n} .* retired"), \
+                open_store(store, max_segment_bytes=SMALL):
+            pass
+        assert newest_digest(store) == planted
