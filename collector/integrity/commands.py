@@ -339,7 +339,7 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
         default_signing_key_path,
         install_signing_key,
         prepare_signing_key,
-        retire_key,
+        retiring,
     )
     from .ledger import Ledger
 
@@ -362,19 +362,26 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
         # key was written (a full disk) left a store whose next digests the old key
         # signed, against its own record. Then its public key, then the record.
         tmp = prepare_signing_key(old.path, new.private)
-        # The old public key beside the signing key, in its custody: exports vouch for
-        # it from there, never from the key ring alone.
-        retire_key(old.path, old.public)
         ring = KeyRing(data_dir / "keys")
         public_path = ring.directory / f"ed25519-{new.id}.pub"
         try:
-            ring.add(new.public)
-            # Signed by the old key, naming the new one: verify follows the rotation
-            # from a key exported before it.
-            ledger.rotate_key(new, active_path=files[-1].path)
-        except BaseException:
+            # The old public key beside the signing key, in its custody: exports vouch
+            # for it from there, never from the key ring alone. Listed before the record
+            # (a kill between the two would leave a rotation no list vouches across).
+            with retiring(old.path, old.public):
+                ring.add(new.public)
+                # Signed by the old key, naming the new one: verify follows the
+                # rotation from a key exported before it.
+                ledger.rotate_key(new, active_path=files[-1].path)
+        except BaseException as exc:
+            # Not recorded: nothing of it stays (the new key never signed anything).
             tmp.unlink(missing_ok=True)
-            public_path.unlink(missing_ok=True)  # a key that never signed anything
+            public_path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # a full disk, most likely
+                raise IntegrityError(
+                    f"the key rotation could not be recorded ({exc.strerror or exc}): "
+                    f"nothing was changed, {old.path} still holds key {old.id}; make room "
+                    f"in {data_dir} and run `keys rotate` again") from None
             raise
         try:
             install_signing_key(tmp, old.path)

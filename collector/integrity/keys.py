@@ -19,6 +19,8 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -173,13 +175,48 @@ def read_retired_keys(signing_key: Path) -> list[PublicKey]:
     return read_public_keys(path) if path.exists() else []
 
 
-def retire_key(signing_key: Path, key: PublicKey) -> None:
-    """Add ``key`` (about to be replaced) to the retired keys beside ``signing_key``."""
+@contextmanager
+def retiring(signing_key: Path, key: PublicKey) -> Iterator[None]:
+    """``key`` (about to be replaced) added to the retired keys beside ``signing_key``
+    while the block records its rotation; the list put back as it was if the block
+    fails: a rotation that was not recorded retires nothing, and a list naming the
+    signing key says it was rotated away from."""
+    path = retired_keys_path(signing_key)
     kept = read_retired_keys(signing_key)
     if key.id in {k.id for k in kept}:
+        yield
         return
-    replace_file(retired_keys_path(signing_key),
-                 export_pem([*kept, key], None).encode("ascii"), PRIVATE_MODE)
+    # The list as it was, under a second name, to be put back by a rename: the block
+    # fails most likely on a full disk, where writing the list again would fail too.
+    before = path.with_name(f".{path.name}.before")
+    before.unlink(missing_ok=True)
+    if kept:
+        os.link(path, before)
+    replace_file(path, export_pem([*kept, key], None).encode("ascii"), PRIVATE_MODE)
+    try:
+        yield
+    except BaseException as exc:
+        _put_back(path, before if kept else None, key, exc)
+        raise
+    before.unlink(missing_ok=True)
+
+
+def _put_back(path: Path, before: Path | None, key: PublicKey, why: BaseException) -> None:
+    """``path`` as it was before ``retiring`` listed ``key`` (``before``: the list then;
+    ``None``: there was none)."""
+    try:
+        if before is not None:
+            os.replace(before, path)
+        else:
+            path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise KeyFileError(
+            f"the key rotation failed ({why}), and {path} could not be put back as it was "
+            f"({exc.strerror or exc}): it lists key {key.id}, the signing key, as retired, "
+            f"which no rotation did. "
+            + (f"Move {before} to {path}" if before is not None else f"Remove {path}"))\
+            from exc
 
 
 def install_signing_key(tmp: Path, path: Path) -> None:

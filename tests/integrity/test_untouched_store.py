@@ -28,6 +28,7 @@ from tests.integrity.helpers import (
     digest_paths,
     lines_of,
     reasons,
+    refuse_digests,
     run_cli,
     run_verify,
     segment_paths,
@@ -494,35 +495,36 @@ def test_two_directories_to_verify_is_a_usage_error(tmp_path: Path) -> None:
     assert run_verify(str(data_dir), "--data-dir", str(data_dir)).returncode == 0
 
 
+@pytest.mark.parametrize("rotated_before", [False, True])
 def test_a_rotation_that_fails_leaves_the_store_as_it_was(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rotated_before: bool) -> None:
     """The rotation is recorded (a digest signed by the old key naming the new one) only
-    once the new key is on disk beside the old, and a failure before the record leaves
-    no trace: before, it left the new public key in the key ring, a key that never
-    signed anything; and a failure writing the new key after the record left a store
+    once the new key is on disk beside the old, and a failure before the record (here a
+    full disk refusing the key_rotation digest) leaves no trace: before, it left the new
+    public key in the key ring, a key that never signed anything; and the signing key
+    listed in its own ``.retired.pub`` as a key rotated away from, which no digest says
+    (``rotated_before``: a list already there, to be kept as it was); and the disk
+    error came out bare. A failure writing the new key after the record left a store
     whose next digests the old key signed, against its own record."""
-    import errno
-
     from collector.integrity import commands
-    from collector.integrity.ledger import Ledger
+    from collector.integrity.errors import IntegrityError
 
     data_dir = build_store(tmp_path / "data", batches=2)
-    key_file = data_dir / "keys" / "signing-key.pem"
-    before = key_file.read_bytes()
-
-    def disk_full(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(Ledger, "rotate_key", disk_full)
-    with pytest.raises(OSError):
+    keys = data_dir / "keys"
+    if rotated_before:
+        assert commands._rotate(data_dir, None, 300.0) == 0
+    files = {path.name: path.read_bytes() for path in keys.iterdir()}
+    digests_before = kinds(data_dir)
+    full_disk = refuse_digests(monkeypatch, "key_rotation")
+    with pytest.raises(IntegrityError, match="could not be recorded .*: nothing was changed"):
         commands._rotate(data_dir, None, 300.0)
-    monkeypatch.undo()
-    assert key_file.read_bytes() == before
-    assert len(list((data_dir / "keys").glob("ed25519-*.pub"))) == 1
-    assert not list((data_dir / "keys").glob("*.tmp"))
+    full_disk["on"] = False
+    assert {path.name: path.read_bytes() for path in keys.iterdir()} == files
+    assert kinds(data_dir) == digests_before
     with open_store(data_dir) as store:
         store.write(events(3))
-    assert check(data_dir).valid
+    result = run_verify(str(data_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_store_of_segments_without_digests_is_signed_on_with_a_warning(
