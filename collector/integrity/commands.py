@@ -242,7 +242,9 @@ def run_keys(args: argparse.Namespace) -> int:
 def _show(data_dir: Path, signing_key: Path | None, args: argparse.Namespace) -> int:
     from .keys import KeyRing, export_pem
 
-    ring = KeyRing(data_dir / "keys").keys()
+    ring, skipped = KeyRing(data_dir / "keys").read()
+    for problem in skipped:
+        print(f"note: {problem}", file=sys.stderr)
     if not ring:
         raise IntegrityError(f"no public keys in {data_dir / 'keys'}: the collector makes "
                              f"its key on first start (is --data-dir right?)")

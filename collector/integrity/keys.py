@@ -254,18 +254,41 @@ class KeyRing:
         self.directory.mkdir(mode=KEYS_DIR_MODE, parents=True, exist_ok=True)
 
     def keys(self) -> dict[str, PublicKey]:
-        found: dict[str, PublicKey] = {}
-        if not self.directory.is_dir():
-            return found
-        for path in sorted(self.directory.iterdir()):
-            if _PUBLIC_NAME.fullmatch(path.name):
-                for key in read_public_keys(path):
-                    found[key.id] = key
+        """The keys of the ring; a file of it that holds none is left out, said in the
+        log (``read`` says it to the caller instead)."""
+        found, skipped = self.read()
+        for problem in skipped:
+            log.warning("integrity: %s", problem)
         return found
+
+    def read(self) -> tuple[dict[str, PublicKey], list[str]]:
+        """The keys of the ring, and for each file of it that holds no public key what
+        is wrong with it and what to do. Such a file is left out, not an error: the ring
+        is in the data directory, and a file anyone put there stopped verify with no
+        verdict, and the collector's start."""
+        found: dict[str, PublicKey] = {}
+        skipped: list[str] = []
+        if not self.directory.is_dir():
+            return found, skipped
+        for path in sorted(self.directory.iterdir()):
+            if not _PUBLIC_NAME.fullmatch(path.name):
+                continue
+            keys, problem = _read_ring_file(path)
+            if problem is not None:
+                skipped.append(
+                    f"{path} is not a public key ({problem}): left out of the key ring. "
+                    f"The collector writes one PEM public key to each such file: move it "
+                    f"out of {self.directory} (mv {path} SOMEWHERE_ELSE); if it held a key "
+                    f"of this store, put that key back from a backup")
+            for key in keys:
+                found[key.id] = key
+        return found, skipped
 
     def add(self, key: PublicKey) -> Path:
         path = self.directory / f"ed25519-{key.id}.pub"
-        if not path.exists():
+        # Written again over a file of that name that does not hold the key (junk: left
+        # out of the ring, and the key with it).
+        if key.id not in {k.id for k in _read_ring_file(path)[0]}:
             replace_file(path, key.pem(), PUBLIC_MODE)
         return path
 
@@ -281,21 +304,35 @@ def read_public_keys(path: Path) -> list[PublicKey]:
 
 
 def parse_public_keys(data: bytes, where: str) -> list[PublicKey]:
+    keys, problem = _public_keys_in(data)
+    if problem is not None:
+        raise KeyFileError(f"{where}: {problem}: make a file of the collector's public "
+                           f"keys with `audit-collector keys export`")
+    return keys
+
+
+def _read_ring_file(path: Path) -> tuple[list[PublicKey], str | None]:
+    try:
+        data = read_regular(path, MAX_PUBLIC_KEYS_BYTES)
+    except OSError as exc:
+        return [], str(exc.strerror or exc)
+    return _public_keys_in(data)
+
+
+def _public_keys_in(data: bytes) -> tuple[list[PublicKey], str | None]:
+    """The PEM public keys in ``data``; or none, and what is wrong with it."""
     keys = []
     for block in _PEM_BLOCK.findall(data):
         try:
             key = serialization.load_pem_public_key(block)
         except (ValueError, UnsupportedAlgorithm):
-            raise KeyFileError(f"{where}: a PUBLIC KEY block cannot be read") from None
+            return [], "a PUBLIC KEY block in it cannot be read"
         if not isinstance(key, Ed25519PublicKey):
-            raise KeyFileError(f"{where}: holds a {type(key).__name__}, not an Ed25519 "
-                               f"public key: export the collector's keys with "
-                               f"`audit-collector keys export`")
+            return [], f"it holds a {type(key).__name__}, not an Ed25519 public key"
         keys.append(PublicKey(key))
     if not keys:
-        raise KeyFileError(f"{where} holds no PEM public key (-----BEGIN PUBLIC KEY-----): "
-                           f"make one with `audit-collector keys export`")
-    return keys
+        return [], "it holds no PEM public key: no -----BEGIN PUBLIC KEY----- block"
+    return keys, None
 
 
 def export_pem(keys: list[PublicKey], current: str | None) -> str:

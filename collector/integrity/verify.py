@@ -37,7 +37,7 @@ from collector.storage.segments import (
 
 from . import digests as d
 from .digest_chain import DigestChain, micros
-from .errors import IntegrityError, KeyFileError
+from .errors import IntegrityError
 from .findings import (
     CHAIN_BROKEN,
     DIGEST_MISSING,
@@ -86,17 +86,18 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
     if not (data_dir / "segments").is_dir():
         raise VerifyError(f"{data_dir} has no segments/ directory: point verify at a "
                           f"collector data directory (or a copy of one)")
+    results = Results()
     if public_keys is None:
-        try:
-            ring = KeyRing(data_dir / "keys").keys()
-        except KeyFileError as exc:
-            raise VerifyError(str(exc)) from None
+        ring, skipped = KeyRing(data_dir / "keys").read()
         if not ring:
+            why = "".join(f" {problem}." for problem in skipped)
             raise VerifyError(f"{data_dir / 'keys'} holds no public key: pass the exported "
-                              f"keys with --public-key FILE")
+                              f"keys with --public-key FILE.{why}")
+        # Said, not a reason to stop: a digest only the file's key could verify is
+        # reported untrusted, and everything else still gets its verdict.
+        results.notes.extend(skipped)
         public_keys = list(ring.values())
         keys_from = keys_from or "the data directory's key ring"
-    results = Results()
     if keys_from == "the data directory's key ring":
         results.notes.append("the public keys come from the data directory itself, which "
                              "proves consistency, not authenticity: verify with "

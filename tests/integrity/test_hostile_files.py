@@ -70,12 +70,62 @@ def test_a_fifo_or_a_device_in_place_of_a_file_is_reported_not_waited_on(
         result.stdout
 
 
-def test_a_fifo_in_the_key_ring_is_an_error_that_names_it(store: Path) -> None:
-    fifo = store / "keys" / "ed25519-0123456789abcdef.pub"
-    os.mkfifo(fifo)
+def put_junk(path: Path, junk: str) -> str:
+    """``junk`` at ``path``; what verify says it is."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if junk == "fifo":
+        os.mkfifo(path)
+        return "not a regular file"
+    if junk == "EC key":
+        path.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return "not an Ed25519 public key"
+    path.write_text("not a key\n")
+    return "it holds no PEM public key"
+
+
+@pytest.mark.parametrize("junk", ["fifo", "text", "EC key"])
+def test_a_key_ring_file_that_is_no_public_key_is_named_and_left_out(
+        store: Path, junk: str) -> None:
+    """A file named like a key ring file that holds no Ed25519 public key stopped verify
+    with no verdict (exit 2), advising `keys export`, which does nothing about it; and
+    stopped the collector's start and `keys list`. It is left out, named as no public
+    key, with how to move it away; verify reaches its verdict, the rest goes on."""
+    from tests.collector.storage_helpers import open_store
+    from tests.integrity.helpers import run_cli
+
+    path = store / "keys" / "ed25519-0123456789abcdef.pub"
+    what = put_junk(path, junk)
     result = run_verify(str(store))
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert fifo.name in result.stderr and "not a regular file" in result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    note = next(line for line in result.stdout.splitlines() if str(path) in line)
+    assert note.startswith(f"note: {path} is not a public key (") and what in note, note
+    assert f"mv {path} " in note and "keys export" not in note, note
+    listed = run_cli("keys", "list", "--data-dir", str(store))
+    assert listed.returncode == 0 and f"{path} is not a public key" in listed.stderr, \
+        listed.stderr
+    with open_store(store):
+        pass
+    assert check(store).valid
+
+
+def test_junk_in_place_of_the_signing_keys_public_key_is_written_over_at_start(
+        store: Path) -> None:
+    """Left out of the ring, the junk took the signing key's public key with it: verify
+    (from the ring) called every digest untrusted, for good, since start-up never
+    wrote a key ring file that was there already. It writes the key again."""
+    from collector.integrity.keys import read_public_keys
+    from tests.collector.storage_helpers import open_store
+
+    path = next((store / "keys").glob("ed25519-*.pub"))
+    key_id = path.name.removeprefix("ed25519-").removesuffix(".pub")
+    put_junk(path, "text")
+    with open_store(store):
+        pass
+    assert [key.id for key in read_public_keys(path)] == [key_id]
+    assert check(store).valid
 
 
 # -- digits that are not ASCII ------------------------------------------------------------
