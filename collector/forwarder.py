@@ -526,11 +526,14 @@ class Forwarder:
             self._wait_ahead(position)
             return False
         found = page.records[0]
-        self._checked = True
         # A record after the seq only: retention deleted the one there (``skipped``).
         # No mark: a checkpoint of an older version (given one at the next save).
         if found["seq"] == position and self._mark is not None and found["id"] != self._mark:
             self._start_over(position, found["id"])
+        # Only once the start over is saved: a save that failed (disk full) left the
+        # position at the other store's seq, and marked checked, the retry went on after
+        # it and this store's records up to it were never sent.
+        self._checked = True
         return True
 
     def _wait_ahead(self, position: int) -> None:

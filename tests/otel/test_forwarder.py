@@ -483,6 +483,33 @@ def test_another_store_at_the_checkpoints_seq_is_forwarded_from_its_beginning(
     assert receiver.seqs() == [1, 2, 3, 4, 5]  # whatever forward_from says: none lost
 
 
+def test_another_store_is_forwarded_from_its_beginning_when_saving_the_restart_failed(
+        store: Store, receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store was taken for the checkpoint's before its restart from 0 was saved: a
+    save that failed (disk full) left the position at the other store's seq, and the
+    retry forwarded after it, the records up to it never sent."""
+    from collector.forward_checkpoint import CheckpointFile
+
+    write(store, 5)
+    leave_checkpoint(store, receiver.endpoint, 3,
+                     event_id="0192a4b2-0000-7000-8000-000000000003")
+    fwd = forwarder(store, receiver)
+    save = CheckpointFile.save
+    failures = [OSError(28, "No space left on device")]
+
+    def failing_once(self: CheckpointFile, *args: Any) -> None:
+        if failures:
+            raise failures.pop()
+        save(self, *args)
+
+    monkeypatch.setattr(CheckpointFile, "save", failing_once)
+    with pytest.raises(OSError, match="No space left"):
+        fwd.step()
+    while fwd.step():
+        pass
+    assert receiver.seqs() == [1, 2, 3, 4, 5]
+
+
 def test_the_same_store_catching_up_to_its_checkpoint_resends_nothing(
         store: Store, receiver: OTLPReceiver) -> None:
     """Right after a start the index may hold fewer records than were forwarded: the
