@@ -30,6 +30,7 @@ import orjson
 
 from collector.storage.regular_files import replace_file
 from collector.storage.segments import FILE_MODE
+from collector.validation import is_event_id
 
 CHECKPOINT_FILE: Final = "forward-checkpoint.json"
 
@@ -66,7 +67,9 @@ class CheckpointFile:
                                     value.get("event_id"))
             if (type(checkpoint.seq) is not int or checkpoint.seq < 0
                     or not isinstance(checkpoint.endpoint, str)
-                    or not isinstance(checkpoint.event_id, str | None)):
+                    # What no save writes, compared with the record at ``seq``, was
+                    # taken for another store's event and the whole store sent again.
+                    or not (checkpoint.event_id is None or is_event_id(checkpoint.event_id))):
                 raise TypeError
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise CheckpointError(

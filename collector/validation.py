@@ -48,6 +48,11 @@ _SPAN_ID = re.compile(r"[0-9a-f]{16}").fullmatch
 _fromisoformat = datetime.fromisoformat
 
 
+def is_event_id(value: object) -> bool:
+    """Whether ``value`` is an event id as stored: a UUID in lowercase canonical form."""
+    return type(value) is str and _UUID(value) is not None
+
+
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -527,6 +527,19 @@ def test_the_same_store_catching_up_to_its_checkpoint_resends_nothing(
     assert again.stats()["lag_events"] == 0
 
 
+@pytest.mark.parametrize("event_id", ["", "not-an-event-id", "0192A4B2-0000-7000-8000-000000000003"])
+def test_a_checkpoint_naming_no_event_id_is_refused_as_damaged(
+        store: Store, receiver: OTLPReceiver, event_id: str) -> None:
+    """An ``event_id`` that no save writes (not an event id) was taken for another
+    store's event: the whole store was sent again, with only a log line saying the
+    data directory had been replaced. Refused as damaged, as a seq of the wrong type."""
+    write(store, 5)
+    leave_checkpoint(store, receiver.endpoint, 3, event_id=event_id)
+    with pytest.raises(CheckpointError, match="is damaged"):
+        forwarder(store, receiver)
+    assert receiver.seqs() == []
+
+
 def test_a_checkpoint_of_an_older_version_keeps_its_position_and_gains_its_event(
         store: Store, receiver: OTLPReceiver) -> None:
     """Checkpoints without ``event_id`` are used as before (nothing to compare); the next
