@@ -180,7 +180,7 @@ def _load(path: Path) -> list[Reader]:
         data: Any = orjson.loads(path.read_bytes())
         if data.get("format") != _FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT}")
-        return [Reader(r["name"], _role(r), r["key_id"], r["token_sha256"], r["created"])
+        return [Reader(_name(r), _role(r), r["key_id"], r["token_sha256"], r["created"])
                 for r in data["readers"]]
     except PermissionError as exc:  # not damaged: another user's
         raise ReaderError(_not_readable(path, exc)) from None
@@ -203,6 +203,16 @@ def _not_readable(path: Path, exc: PermissionError) -> str:
             f"Run `users` commands as the collector's user (sudo -u USER audit-collector "
             f"users ...); if that user is not {owner} (a `users add` run as root, say), "
             f"chown it and {_LOCK_FILE} beside it to the collector's user")
+
+
+def _name(entry: dict[str, Any]) -> str:
+    """A stored reader's name: a string only. Any other value loaded as it was, and
+    ``users add`` crashed folding it to compare (``users list`` too), and a read by that
+    reader was recorded under a principal that is not text."""
+    name = entry["name"]
+    if type(name) is not str:
+        raise ValueError(f"reader name {name!r} is not text: write it as a JSON string")
+    return name
 
 
 def _role(entry: dict[str, Any]) -> bool:

@@ -174,6 +174,24 @@ def test_a_name_is_refused_if_a_hand_edited_readers_look_alike_folds_to_it(
         readers.add("alice", root=True)
 
 
+@pytest.mark.parametrize("name", [None, 42, ["alice"]])
+def test_a_hand_edited_reader_name_that_is_not_text_is_damage_not_a_crash(
+        tmp_path: Path, name: object) -> None:
+    """A name that is not a string loaded as it was: ``users add`` then crashed with a
+    traceback (folding it to compare), ``users list`` too, and a read of that reader
+    was recorded under a principal that is not text."""
+    readers = Readers(tmp_path)
+    token = readers.add("bob", root=True)
+    path = tmp_path / READERS_FILE
+    stored = orjson.loads(path.read_bytes())
+    stored["readers"][0]["name"] = name
+    path.write_bytes(orjson.dumps(stored))
+    with pytest.raises(ReaderError, match="cannot be read.*reader name .* is not text"):
+        readers.add("alice", root=True)
+    with pytest.raises(ReaderError, match="cannot be read"):
+        readers.authenticate(token)
+
+
 @pytest.mark.parametrize("action", [["add", "ops", "--root"], ["remove", "alice"]])
 def test_an_edit_by_another_user_than_the_data_directorys_owner_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
