@@ -67,16 +67,18 @@ def parse_time(value: object, *, what: str, now_us: int) -> int:
     raise QueryError(f"{what}={value!r} is not a time: {TIME_FORMS}")
 
 
-#: The seconds of a time of day, in RFC 3339 (``T23:59:60``) or the seed's form
-#: (``-23-59-60``, the whole text's end).
-_SECOND_60: Final = re.compile(r"(?<=[Tt ]\d\d:\d\d:)60(?!\d)|(?<=^\d{4}-\d\d-\d\d-\d\d-\d\d-)60$",
-                               re.ASCII)
+#: The seconds of a time of day, in RFC 3339 (``T23:59:60``, its fraction with it) or
+#: the seed's form (``-23-59-60``, the whole text's end).
+_SECOND_60: Final = re.compile(
+    r"(?<=[Tt ]\d\d:\d\d:)60(?:[.,]\d+)?(?!\d)|(?<=^\d{4}-\d\d-\d\d-\d\d-\d\d-)60$", re.ASCII)
 
 
 def _leap_second(text: str) -> tuple[str, int]:
     """A leap second (``23:59:60``, which RFC 3339 allows) as the text of the second
     before it and the microseconds to add: Unix time has no leap seconds, so the
-    moment is the one right after second 59. It was refused as "not RFC 3339"."""
+    moment is the one right after second 59. It was refused as "not RFC 3339".
+    Any moment inside it (``23:59:60.5``) is that same one: it comes before 00:00:00,
+    and taken as 00:00:00.5 it left out of since= a record of 00:00:00.2."""
     leap, count = _SECOND_60.subn("59", text, count=1)
     return (leap, 1_000_000) if count else (text, 0)
 

@@ -168,6 +168,20 @@ def test_a_leap_second_bound_is_the_moment_after_second_59(tmp_path: Path) -> No
             assert everything(store, since=leap) == [first["id"]], leap
 
 
+def test_a_bound_inside_a_leap_second_is_the_moment_after_it(tmp_path: Path) -> None:
+    """23:59:60.5 is inside the leap second, before 00:00:00 of the next day: it was
+    taken as 00:00:00.5, and until= kept, since= left out, a record at 00:00:00.2,
+    which happened after it."""
+    last = event(created="2016-12-31T23:59:59.999999Z")
+    after = event(created="2017-01-01T00:00:00.200000Z")
+    with open_store(tmp_path) as store:
+        store.write([last, after])
+        for leap in ("2016-12-31T23:59:60.5Z", "2016-12-31T23:59:60,999999999Z",
+                     "2016-12-31T18:59:60.5-05:00"):
+            assert everything(store, until=leap) == [last["id"]], leap
+            assert everything(store, since=leap) == [after["id"]], leap
+
+
 def test_a_time_bound_between_two_microseconds_is_the_next_one(tmp_path: Path) -> None:
     """Records are timed to the microsecond; a bound with more digits is rounded up
     (it was cut off: until=.1234567 left out a record at .123456, before it)."""
