@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import pwd
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -201,14 +202,37 @@ def _refuse_exposed_secrets(path: Path, from_file: Mapping[str, Any]) -> None:
         return
     try:
         others = others_with_access(path)
+        remedy = _private_remedy(path) if others is not None else ""
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     if others is not None:
+        instead = " or, for the token, a token_file" if "token" in secrets else ""
         raise ConfigError(
             f"config file {path} sets {' and '.join(secrets)}, a secret, and can be read or "
-            f"written by other users ({others}): chmod 600 {path}, or give it in the "
-            f"environment ({', '.join(BY_NAME[name].env for name in secrets)}) or, for the "
-            f"token, a token_file; if others may have read it, change it")
+            f"written by other users ({others}): {remedy}, or give it in the environment "
+            f"({', '.join(BY_NAME[name].env for name in secrets)}){instead}; if others may "
+            f"have read it, change it")
+
+
+def _private_remedy(path: Path) -> str:
+    """The commands that leave the file at ``path`` to serve's user alone. Its mode
+    alone is no remedy for a file another user owns (examples/deploy: 0640 root:audit,
+    serve running as audit): chmod 600 locked serve out of it."""
+    # /dev/stdin (/dev/fd/N): the file behind it; chmod of /dev/stdin itself changes
+    # whatever the shell's stdin is when it runs, the terminal.
+    target = path.resolve()
+    owner, me = target.stat().st_uid, os.geteuid()
+    if owner == me:
+        return f"chmod 600 {target}"
+    return (f"chown {_user_name(me)} {target} && chmod 600 {target} (user {owner} owns it: "
+            f"chmod alone locks serve's user out)")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no name (a container's user by number)
+        return str(uid)
 
 
 _TOKEN_FILE: Final = TokenFileKind(

@@ -212,6 +212,28 @@ def test_a_secret_in_a_config_file_other_users_can_read_is_refused(
     assert "s3cret-token" in str(load(parse("--config", str(config_file)), {}))
 
 
+def test_the_remedy_for_an_exposed_config_file_leaves_serve_able_to_read_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/deploy installs collector.toml 0640 root:audit, serve running as audit:
+    with a forward_headers in it, the refusal said "chmod 600", which locks serve out
+    of a file root owns. Given as /dev/stdin (/dev/fd/N), "chmod 600 /dev/stdin" would
+    change the mode of the shell's terminal, not of the file."""
+    config_file = toml(tmp_path, 'forward_headers = "Authorization=Bearer s3cret"\n'
+                                 'forward_endpoint = "http://h:4318/v1/logs"\n')
+    config_file.chmod(0o640)
+    with open(config_file) as f:
+        given = f"/dev/fd/{f.fileno()}"
+        with pytest.raises(ConfigError) as err:
+            load(parse("--config", given), {})
+    assert f"chmod 600 {config_file}" in str(err.value)
+    assert "/dev/fd" not in str(err.value).split("):", 1)[1]  # what to do names the file
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)  # serve runs as a user not its owner
+    with pytest.raises(ConfigError, match=f"chown 4242 {config_file} && chmod 600 "
+                                          f"{config_file}") as err:
+        load(parse("--config", str(config_file)), {})
+    assert "s3cret" not in str(err.value)
+
+
 def test_a_systemd_credential_is_taken(tmp_path: Path) -> None:
     """systemd (LoadCredential) lets the service's user read the credential through an
     ACL entry: the mode's group bits, the ACL's mask, said 440, and the token file was
