@@ -199,9 +199,7 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     # too, and it was printed twice).
     newest = q.newest_seq(data_dir)
     cursor = q.cursor_after(newest, filters) if args.follow else None
-    last = _last_records(data_dir, filters, args.lines, newest)
-    if args.lines > 0:
-        write(last, True)
+    _write_last(write, data_dir, filters, args.lines, newest)
     said = ""  # the problem last reported: a follower says it once, not every poll
     while cursor is not None and not stop():
         try:
@@ -228,20 +226,45 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     return 0
 
 
-def _last_records(data_dir: Path, filters: q.Filters, count: int,
-                  newest: int) -> list[dict[str, Any]]:
-    """The last ``count`` records up to seq ``newest``, oldest first, read a page at a
-    time: ``-n`` is a count of lines, as tail's, and one page holds at most
-    ``MAX_LIMIT`` (``tail -n 20000`` was refused, its error naming a "limit")."""
-    found: list[dict[str, Any]] = []
-    cursor: str | None = q.cursor_before(newest + 1, filters)
-    while cursor is not None and len(found) < max(count, 1):
-        # Also for -n 0 (a follower's start): bad filters end tail here, not in its loop.
-        page = q.search(data_dir, filters, limit=min(max(count - len(found), 1), q.MAX_LIMIT),
-                        newest_first=True, cursor=cursor)
-        found += page.records
+def _write_last(write: Callable[[list[dict[str, Any]], bool], None], data_dir: Path,
+                filters: q.Filters, count: int, newest: int) -> None:
+    """Print the last ``count`` records up to seq ``newest``, oldest first. ``-n`` is a
+    count of lines, as tail's, and one page holds at most ``MAX_LIMIT`` (``tail -n
+    20000`` was refused, its error naming a "limit"). More than a page is printed a page
+    at a time: held all at once, ``tail -n 5000000`` held the store in memory."""
+    # Also for -n 0 (a follower's start): bad filters end tail here, not in its loop.
+    page = q.search(data_dir, filters, limit=min(max(count, 1), q.MAX_LIMIT),
+                    newest_first=True, cursor=q.cursor_before(newest + 1, filters))
+    if count <= len(page.records) or page.next_cursor is None:  # one page holds them
+        if count:
+            write(page.records[:count][::-1], True)
+        return
+    oldest = _oldest_of_last(data_dir, filters, count - len(page.records),
+                             page.records[-1]["seq"], page.next_cursor)
+    cursor: str | None = q.cursor_after(oldest - 1, filters)
+    header = True
+    while cursor is not None:
+        page = q.search(data_dir, filters, limit=q.MAX_LIMIT, newest_first=False,
+                        cursor=cursor)
+        records = [record for record in page.records if record["seq"] <= newest]
+        write(records, header)
+        header = False
+        # Past ``newest``: the follower's, printed by its loop.
+        cursor = page.next_cursor if len(records) == len(page.records) else None
+
+
+def _oldest_of_last(data_dir: Path, filters: q.Filters, more: int, oldest: int,
+                    cursor: str | None) -> int:
+    """The seq of the oldest of the last records: ``more`` records before seq
+    ``oldest`` (where ``cursor`` continues), or the oldest there is. Walked back a page
+    at a time, each dropped once its last seq is known."""
+    while more > 0 and cursor is not None:
+        page = q.search(data_dir, filters, limit=min(more, q.MAX_LIMIT), newest_first=True,
+                        cursor=cursor)
+        if page.records:
+            oldest, more = page.records[-1]["seq"], more - len(page.records)
         cursor = page.next_cursor
-    return found[:count][::-1]
+    return oldest
 
 
 # -- stats -------------------------------------------------------------------------------

@@ -537,7 +537,7 @@ def test_tail_takes_more_lines_than_a_page_holds(tmp_path: Path,
     """``-n`` is a count of lines, as tail's: ``tail -n 20000`` was refused, with an error
     about a "limit" the user never gave, because one page holds at most MAX_LIMIT. The
     last N are read a page at a time (MAX_LIMIT made 2 here, so that 5 take pages)."""
-    from collector import query
+    from collector import query, render
     from collector.cli import build_parser
     from collector.read_commands import run_tail
     from tests.collector.storage_helpers import events, open_store
@@ -559,4 +559,19 @@ def test_tail_takes_more_lines_than_a_page_holds(tmp_path: Path,
     assert tail(4) == ids[1:]
     assert tail(20000) == ids
     assert tail(0) == []
+    # Printed a page at a time, never all held at once: tail -n 5000000 held the store.
+    batches: list[int] = []
+    jsonl = render.jsonl
+
+    def counted(records: list[dict[str, Any]]) -> Iterator[bytes]:
+        batches.append(len(records))
+        return jsonl(records)
+
+    monkeypatch.setattr(render, "jsonl", counted)
+    assert tail(4) == ids[1:] and tail(5) == ids
+    assert batches and max(batches) <= 2, batches
+    # A record stored after tail's moment is the follower's, not one of the last N.
+    newest = query.newest_seq(tmp_path / "data")
+    monkeypatch.setattr(query, "newest_seq", lambda data_dir: newest - 1)
+    assert tail(3) == ids[1:4]
     query.close_readers(tmp_path / "data")
