@@ -82,13 +82,30 @@ def terminal_safe(text: str) -> str:
 
 def display_width(text: str) -> int:
     """Columns ``text`` takes on a terminal: East Asian wide and full-width characters
-    two, nonspacing and enclosing marks none (counted as one, a value padded with marks
+    two; nonspacing and enclosing marks, Hangul conjoining vowels and finals and a skin
+    tone after its emoji none (counted as one, a value padded with marks
     of combining class 0, such as Thai vowel signs, shifted every column after it left,
     under the header of the one before)."""
     if text.isascii():
         return len(text)
-    return sum(0 if unicodedata.category(ch) in _ZERO_WIDTH_CATEGORIES else
-               2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return sum(map(_char_width, text, " " + text))
+
+
+#: Hangul conjoining vowels and finals (U+1160-U+11FF, U+D7B0-U+D7FF): drawn into the
+#: syllable their leading consonant starts, as in a name in NFD, which macOS writes.
+_CONJOINING_JAMO: Final = (range(0x1160, 0x1200), range(0xD7B0, 0xD800))
+#: Emoji skin tone modifiers: drawn into the emoji before them (alone, as a swatch).
+_SKIN_TONES: Final = range(0x1F3FB, 0x1F400)
+
+
+def _char_width(ch: str, before: str) -> int:
+    """Columns ``ch`` takes after ``before``, as wcwidth counts them."""
+    code = ord(ch)
+    if (unicodedata.category(ch) in _ZERO_WIDTH_CATEGORIES
+            or any(code in jamo for jamo in _CONJOINING_JAMO)
+            or (code in _SKIN_TONES and unicodedata.east_asian_width(before) == "W")):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
 
 
 def csv_safe(text: str) -> str:

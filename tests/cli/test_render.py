@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 
-from collector.render import csv_rows, table
+from collector.render import csv_rows, display_width, table
 
 RECORD = {
     "id": "019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11", "type": "user_sign_in", "target": "u1",
@@ -100,3 +101,18 @@ def test_invisible_marks_are_escaped_as_zero_width_characters_are() -> None:
     text = table([dict(RECORD, principal="root\u034f", target="t\ufe0f", status="s\U000e0100")])
     assert "\u034f" not in text and "\ufe0f" not in text and "\U000e0100" not in text
     assert "root\\u034f" in text and "t\\ufe0f" in text and "s\\U000e0100" in text
+
+
+def test_conjoining_jamo_and_skin_tones_take_no_column_of_their_own() -> None:
+    """A Hangul name in NFD (as macOS writes names) is a leading consonant, two columns,
+    then a vowel and a final drawn into it; a skin tone is drawn into the emoji before
+    it. Each was counted as columns of its own ("한국" in NFD as 8, "👍🏽" as 4), and the
+    rest of the row was padded short, out from under its header."""
+    assert display_width(unicodedata.normalize("NFD", "한국")) == display_width("한국") == 4
+    assert display_width("\U0001f44d\U0001f3fd") == 2  # thumbs up, medium skin tone
+    assert display_width("\U0001f3fd") == 2  # alone, the swatch is drawn
+    name = unicodedata.normalize("NFD", "한국")
+    header, _, row, _ = table([dict(RECORD, target=name, principal="usr_alice"),
+                               dict(RECORD, principal="usr_bob")]).splitlines()
+    before = row[:row.index("usr_alice")]
+    assert display_width(before) == header.index("Principal")
