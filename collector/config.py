@@ -86,6 +86,7 @@ class CollectorConfig:
     def describe(self) -> list[str]:
         """One line per option for the start-up summary; secrets are masked."""
         lines = []
+        width = max(len(option.name) for option in OPTIONS)  # the values in one column
         for option in OPTIONS:
             value = getattr(self, option.name)
             shown = ("(set)" if value else "(not set)") if option.secret else _show(value)
@@ -99,7 +100,7 @@ class CollectorConfig:
 
                 shown = f"{default_signing_key_path(self.data_dir)}"  # what serve uses
             source = self.sources.get(option.name, "default")
-            lines.append(f"  {option.name:<18} = {shown:<40} [{source}]")
+            lines.append(f"  {option.name:<{width}} = {shown:<40} [{source}]")
         return lines
 
 

@@ -313,6 +313,12 @@ def test_the_summary_masks_the_token_and_names_sources() -> None:
     assert len(config.describe()) == len(OPTIONS)
 
 
+def test_the_summary_shows_every_value_in_one_column() -> None:
+    # forward_backoff_max, the longest name, pushed its value out of the column
+    lines = load(parse(), {}).describe()
+    assert len({line.index(" = ") for line in lines}) == 1, "\n".join(lines)
+
+
 def test_every_option_is_a_config_field_and_back() -> None:
     names = {f.name for f in fields(CollectorConfig)} - {"config_file", "sources"}
     assert names == {o.name for o in OPTIONS}
