@@ -107,8 +107,11 @@ class TrustedProxies:
                 network = ipaddress.IPv4Network(
                     (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
             if network.prefixlen == 0:
-                log.warning("audit: trusted proxy %s trusts every address: any client can "
-                            "then name its own client IP in forwarding headers", network)
+                # Trust never crosses IP versions (_contains): ::/0 trusts no IPv4 peer,
+                # so name the version, or the operator reads it as trusting everyone.
+                log.warning("audit: trusted proxy %s trusts every IPv%d address: any such "
+                            "client can then name its own client IP in forwarding headers",
+                            network, network.version)
             networks.append(network)
         self.networks: tuple[IPNetwork, ...] = tuple(networks)
         # The same few proxy addresses repeat on every request: cache the verdict.

@@ -198,9 +198,12 @@ def test_trusted_proxies_that_are_no_list_are_refused(bad: object) -> None:
         AuditMiddleware(Starlette(), trusted_proxies=bad)  # type: ignore[arg-type]
 
 
-def test_trusting_every_address_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    AuditMiddleware(Starlette(), trusted_proxies=["0.0.0.0/0"])
-    assert "trusts every address" in caplog.text
+@pytest.mark.parametrize(("network", "version"), [("0.0.0.0/0", 4), ("::/0", 6)])
+def test_trusting_every_address_is_warned_about(caplog: pytest.LogCaptureFixture,
+                                                network: str, version: int) -> None:
+    AuditMiddleware(Starlette(), trusted_proxies=[network])
+    # ::/0 trusts IPv6 peers only (docs/record.md): the warning must not say "every address"
+    assert f"trusted proxy {network} trusts every IPv{version} address" in caplog.text
 
 
 def test_unknown_forwarded_header_name_is_refused() -> None:
