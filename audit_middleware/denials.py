@@ -19,8 +19,10 @@ status the request was answered with (``failed: HTTP 403`` for a 403); an ``@aud
 call made after it (a background task, an ``after_request`` hook) does not change that,
 nor does a failure recorded once the response has started (a background task that
 fails: neither a second record beside the handler's failure, nor a denial hidden).
-A failure an audited helper recorded, caught by the handler that then answered 403, is
-not the answer: the denial is recorded beside it (``RequestContext.failed_status``).
+A failure an audited helper recorded, caught by an ``@audited`` handler that then
+answered 403, is not the answer: the denial is recorded beside it
+(``RequestContext.failed_status``). A handler that is not ``@audited`` clears nothing, so
+there the helper's failure stands for the denial, as when it was the answer.
 """
 
 from __future__ import annotations

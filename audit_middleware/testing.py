@@ -32,5 +32,6 @@ def capture_audit_events() -> Iterator[list[AuditEvent]]:
 
 
 def reset_configuration() -> None:
-    """Forget ``configure()`` (sink, caps, catalogue): the state of a fresh import."""
+    """Forget ``configure()`` (sink, caps, catalogue). Types added with
+    ``register_resource()`` stay registered: modules register them once, at import."""
     _config.reset()

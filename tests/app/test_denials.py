@@ -489,6 +489,27 @@ def test_a_failure_a_helper_recorded_does_not_hide_the_denial(
     ]
 
 
+async def rotate_sealed(request: Request) -> Response:  # no @audited of its own
+    try:
+        read_from_vault(credentials_id=request.path_params["credentials_id"], refuse=True)
+    except StarletteHTTPException:
+        return PlainTextResponse("not yours", status_code=403)
+    return PlainTextResponse("rotated")
+
+
+def test_a_helpers_failure_stands_for_the_denial_under_a_handler_not_audited(
+        events: list[AuditEvent]) -> None:
+    """What the README says of a handler that is not itself ``@audited``: nothing clears
+    the helper's ``failed: HTTP 403``, which cannot be told from a helper's failure that
+    was the answer, so it stands for the denial (once, not beside it)."""
+    app = Starlette(routes=[
+        Route("/credentials/{credentials_id}/rotate", rotate_sealed, methods=["POST"]),
+    ], middleware=[Middleware(AuditMiddleware, denied_event=DENIED)])
+    assert TestClient(app).post("/credentials/c-1/rotate").status_code == 403
+    assert [(e.type, e.target, e.status) for e in events] == [
+        ("credentials_accessed", "c-1", "failed: HTTP 403")]
+
+
 def test_flask_a_failure_a_helper_recorded_does_not_hide_the_denial(
         events: list[AuditEvent]) -> None:
     app = Flask(__name__)
