@@ -99,6 +99,10 @@ class CaptureConfig:
                            self.org is not None or self.workspace is not None)
         object.__setattr__(self, "plain", not self.trusted_proxies and self.principal is None
                            and self.org is None and self.workspace is None)
+        if isinstance(self.forwarded_header, str):
+            # Header names are case-insensitive: "X-Forwarded-For", as it is usually
+            # written, names the same header.
+            object.__setattr__(self, "forwarded_header", self.forwarded_header.lower())
         if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
             raise AuditConfigurationError(
                 f"forwarded_header must be 'x-forwarded-for' or 'forwarded', "

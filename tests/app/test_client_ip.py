@@ -206,6 +206,17 @@ def test_trusting_every_address_is_warned_about(caplog: pytest.LogCaptureFixture
     assert f"trusted proxy {network} trusts every IPv{version} address" in caplog.text
 
 
+@pytest.mark.parametrize(("name", "headers"), [
+    ("X-Forwarded-For", {"X-Forwarded-For": "198.51.100.7"}),
+    ("Forwarded", {"Forwarded": "for=198.51.100.7"})])
+def test_the_forwarded_header_is_named_in_any_letters(
+        name: str, headers: dict[str, str], events: list[AuditEvent]) -> None:
+    """Header names are case-insensitive; its usual spelling was refused."""
+    event = request_from("10.0.0.5", headers, events, trusted_proxies=PROXY,
+                         forwarded_header=name)
+    assert (event.client_ip, event.peer_ip) == ("198.51.100.7", "10.0.0.5")
+
+
 def test_unknown_forwarded_header_name_is_refused() -> None:
     with pytest.raises(AuditConfigurationError, match="forwarded_header"):
         AuditMiddleware(Starlette(), forwarded_header="x-real-ip")  # type: ignore[arg-type]
