@@ -191,7 +191,7 @@ def retiring(signing_key: Path, key: PublicKey) -> Iterator[None]:
     before = path.with_name(f".{path.name}.before")
     before.unlink(missing_ok=True)
     if kept:
-        os.link(path, before)
+        _keep_as_it_is(path, before)
     replace_file(path, export_pem([*kept, key], None).encode("ascii"), PRIVATE_MODE)
     try:
         yield
@@ -199,6 +199,17 @@ def retiring(signing_key: Path, key: PublicKey) -> Iterator[None]:
         _put_back(path, before if kept else None, key, exc)
         raise
     before.unlink(missing_ok=True)
+
+
+def _keep_as_it_is(path: Path, before: Path) -> None:
+    """``path``'s file also under the name ``before``: a hard link (it takes no room), or
+    a copy where the file system has none (vfat, some network and FUSE mounts): without
+    it, every rotation after the first failed there. A copy that meets a full disk
+    fails here, before anything was changed."""
+    try:
+        os.link(path, before)
+    except OSError:
+        write_new_file(before, read_regular(path, MAX_PUBLIC_KEYS_BYTES), PRIVATE_MODE)
 
 
 def _put_back(path: Path, before: Path | None, key: PublicKey, why: BaseException) -> None:

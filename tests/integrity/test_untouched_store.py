@@ -527,6 +527,41 @@ def test_a_rotation_that_fails_leaves_the_store_as_it_was(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_keys_rotate_again_on_a_file_system_without_hard_links(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``keys rotate`` keeps the list of retired keys as it was under a hard link, to put
+    it back if the rotation cannot be recorded. Where the file system has none (vfat,
+    some network and FUSE mounts: EPERM), every rotation after the first failed, said
+    as a full disk ("make room"), with room to spare. Now a copy is kept instead, put
+    back as the link was."""
+    import errno
+
+    from collector.integrity import commands
+    from collector.integrity.errors import IntegrityError
+    from collector.integrity.keys import read_retired_keys
+
+    def no_links(src: object, dst: object, **_: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted", str(dst))
+
+    data_dir = build_store(tmp_path / "data", batches=2)
+    keys = data_dir / "keys"
+    assert commands._rotate(data_dir, None, 300.0) == 0
+    monkeypatch.setattr(os, "link", no_links)
+    files = {path.name: path.read_bytes() for path in keys.iterdir()}
+    full_disk = refuse_digests(monkeypatch, "key_rotation")
+    with pytest.raises(IntegrityError, match="could not be recorded \\(No space"):
+        commands._rotate(data_dir, None, 300.0)
+    assert {path.name: path.read_bytes() for path in keys.iterdir()} == files
+    full_disk["on"] = False
+    assert commands._rotate(data_dir, None, 300.0) == 0
+    assert len(read_retired_keys(keys / "signing-key.pem")) == 2
+    assert not [p.name for p in keys.iterdir() if p.name.endswith(".before")]
+    with open_store(data_dir) as store:
+        store.write(events(3))
+    result = run_verify(str(data_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_a_store_of_segments_without_digests_is_signed_on_with_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A backup restored from segments/ alone: the start made a new key and signed on
