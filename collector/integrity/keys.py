@@ -290,7 +290,8 @@ class KeyRing:
                     f"{path} is not a public key ({problem}): left out of the key ring. "
                     f"The collector writes one PEM public key to each such file: move it "
                     f"out of {self.directory} (mv {path} SOMEWHERE_ELSE); if it held a key "
-                    f"of this store, put that key back from a backup")
+                    f"of this store, the collector's next start writes it again (the "
+                    f"signing key's and those it replaced), or put it back from a backup")
             for key in keys:
                 found[key.id] = key
         return found, skipped

@@ -115,6 +115,11 @@ class Ledger:
         ledger = cls(data_dir, key, interval)
         ledger.digests_dir.mkdir(mode=DIR_MODE, exist_ok=True)
         retired = _retired_keys(path)
+        for replaced in retired:
+            # In the signing key's custody: a ring file of it that is junk (left out of
+            # the ring, and verify from the ring reported what that key signed) is
+            # written again, as the signing key's own is.
+            ring.add(replaced)
         vouched = {k.id: k for k in (*retired, key.public)}
         rotations = _Rotations(ledger.digests_dir, vouched)
         ledger._find_chain_end(quarantine_dir, vouched, ring.keys(), rotations)

@@ -128,6 +128,27 @@ def test_junk_in_place_of_the_signing_keys_public_key_is_written_over_at_start(
     assert check(store).valid
 
 
+def test_junk_in_place_of_a_replaced_keys_public_key_is_written_over_at_start(
+        store: Path) -> None:
+    """The same for a key the signing key replaced (``keys rotate``): the signing key's
+    ``.retired.pub`` holds it, yet its ring file, junk, was left as it was, and verify
+    (from the ring) reported everything that key signed as untrusted, for good, the
+    note asking for a backup of a key the collector keeps beside its signing key."""
+    from collector.integrity.commands import _rotate
+    from collector.integrity.keys import load_signing_key, read_public_keys
+    from tests.collector.storage_helpers import open_store
+
+    replaced = load_signing_key(store / "keys" / "signing-key.pem").id
+    assert _rotate(store, None, 300.0) == 0
+    path = store / "keys" / f"ed25519-{replaced}.pub"
+    put_junk(path, "text")
+    assert not check(store).valid  # left out: what it signed is untrusted
+    with open_store(store):
+        pass
+    assert [key.id for key in read_public_keys(path)] == [replaced]
+    assert check(store).valid
+
+
 # -- digits that are not ASCII ------------------------------------------------------------
 def test_a_header_time_with_a_superscript_digit_is_no_crash(store: Path) -> None:
     """``"²".isdigit()`` is True and ``int("²")`` raises: verify printed a traceback and
