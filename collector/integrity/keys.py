@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -301,8 +302,23 @@ class KeyRing:
         # Written again over a file of that name that does not hold the key (junk: left
         # out of the ring, and the key with it).
         if key.id not in {k.id for k in _read_ring_file(path)[0]}:
-            replace_file(path, key.pem(), PUBLIC_MODE)
+            try:
+                replace_file(path, key.pem(), PUBLIC_MODE)
+            except OSError as exc:
+                raise KeyFileError(
+                    f"cannot write the public key {key.id} to {path} ({exc.strerror or exc}): "
+                    + (f"mv {path} SOMEWHERE_ELSE (it holds no public key), then start "
+                       f"again" if _in_the_way(path) else
+                       f"check that {self.directory} is writable and has room")) from None
         return path
+
+
+def _in_the_way(path: Path) -> bool:
+    """Whether ``path`` is something a file cannot be renamed over (a directory)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def read_public_keys(path: Path) -> list[PublicKey]:

@@ -86,7 +86,11 @@ def replace_file(path: Path, data: bytes, mode: int) -> None:
     to the link's target). Writers of one ``path`` must not run at once."""
     tmp = path.with_name(f".{path.name}.tmp")
     write_new_file(tmp, data, mode)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a directory in the way: nothing of it left behind
+        raise
     fsync_dir(path.parent)
 
 

@@ -149,6 +149,23 @@ def test_junk_in_place_of_a_replaced_keys_public_key_is_written_over_at_start(
     assert check(store).valid
 
 
+def test_a_directory_in_place_of_the_signing_keys_public_key_is_named_with_what_to_do(
+        store: Path) -> None:
+    """Start-up writes the signing key's public key over junk of its name; a directory
+    there cannot be written over, and the start failed with a bare 'Is a directory'
+    naming a temporary file (``.ed25519-<id>.pub.tmp``), not the directory to move."""
+    from collector.integrity.errors import KeyFileError
+    from tests.collector.storage_helpers import open_store
+
+    path = next((store / "keys").glob("ed25519-*.pub"))
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(KeyFileError, match=f"cannot write .* to {path} .*: mv {path} "), \
+            open_store(store):
+        pass
+    assert not list((store / "keys").glob(".*.tmp"))
+
+
 # -- digits that are not ASCII ------------------------------------------------------------
 def test_a_header_time_with_a_superscript_digit_is_no_crash(store: Path) -> None:
     """``"²".isdigit()`` is True and ``int("²")`` raises: verify printed a traceback and
