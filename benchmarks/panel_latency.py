@@ -7,8 +7,9 @@ check and recording the read (one group-commit fsync) add.
 Target (issue 4): every filtered first page under 50 ms (p95) at the largest size.
 
 The datasets are built once through ``collector.store.Store`` in big batches and cached
-under ``benchmarks/.data/panel-v<VERSION>-s<INDEX_SCHEMA>-<events>/`` (a dataset of an
-older generator or index schema is rebuilt; 1M: ~1 GB, 10M: ~8 GB; sizes from
+under ``benchmarks/.data/panel-v<VERSION>-<events>-<digest>/``, the digest that of the
+index schema and the storage code, as for ``query_speed`` (a dataset of an older
+generator or storage code is rebuilt; 1M: ~1 GB, 10M: ~8 GB; sizes from
 ``AUDIT_BENCH_PANEL_SIZES``, e.g. ``1000000`` for the small one only). The server
 records its reads into a scratch store, so the cached dataset never changes. Every file
 is in the page cache (warm numbers).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -38,12 +40,12 @@ import orjson
 
 from audit_middleware.catalogue import SEED_CATALOGUE
 from audit_middleware.event import AuditEvent
-from collector.index import INDEX_SCHEMA
 from collector.query import MAX_LIMIT, Filters, Reader
 from collector.store import StorageSettings, Store
 
 from . import _harness as h
 from ._collector import ROOT, scratch_dir
+from ._dataset import storage_digest
 
 NAME = "panel_latency"
 TITLE = "Admin panel / query API latency: first, filtered and deep pages, by id"
@@ -128,13 +130,28 @@ def build(data_dir: Path, events: int) -> None:
         store.close()
 
 
-def cached(events: int) -> Dataset:
-    target = CACHE_DIR / f"panel-v{VERSION}-s{INDEX_SCHEMA}-{events}"
+def cache_key(events: int) -> str:
+    """The generator's version, the size and the storage code's digest (shared with
+    ``query_speed``'s dataset): the index schema alone missed layout changes that keep
+    it, and the queries were timed over a dataset the current code would not write."""
+    return f"panel-v{VERSION}-{events}-{storage_digest()}"
+
+
+def _stale(events: int, cache_dir: Path) -> list[Path]:
+    """Older datasets of exactly ``events`` events (and builds left by a killed run):
+    a prefix glob took the 10,000,000-event dataset (~8 GB) for one of 1,000,000 and
+    deleted it."""
+    name = re.compile(rf"panel-v[^-]+-(?:s\d+-)?{events}(?:-[0-9a-f]+)?(?:\.building-\d+)?")
+    return [p for p in cache_dir.glob("panel-v*") if name.fullmatch(p.name)]
+
+
+def cached(events: int, cache_dir: Path = CACHE_DIR) -> Dataset:
+    target = cache_dir / cache_key(events)
     manifest = target / "manifest.json"
     if not manifest.exists():
-        for old in CACHE_DIR.glob(f"panel-v*-{events}*"):
+        for old in _stale(events, cache_dir):
             shutil.rmtree(old, ignore_errors=True)
-        building = CACHE_DIR / f"{target.name}.building-{os.getpid()}"
+        building = cache_dir / f"{target.name}.building-{os.getpid()}"
         started = time.monotonic()
         print(f"panel_latency: building {events:,} events in {building} (cached for "
               f"later runs)", file=sys.stderr, flush=True)

@@ -346,3 +346,30 @@ def test_callgrind_totals_are_read_from_the_totals_line() -> None:
     assert parse_totals(out) == 123456
     with pytest.raises(h.BenchmarkError, match="no totals line"):
         parse_totals(b"events: Ir\n")
+
+
+def test_panel_dataset_is_rebuilt_when_the_storage_code_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import _dataset, panel_latency
+
+    built = panel_latency.cached(2000, tmp_path)
+    assert panel_latency.cached(2000, tmp_path).data_dir == built.data_dir  # kept
+    source = tmp_path / "store.py"
+    source.write_text("# a storage layout the index schema's number does not name\n")
+    monkeypatch.setattr(_dataset, "_storage_sources", lambda: [source])
+    rebuilt = panel_latency.cached(2000, tmp_path)
+    assert rebuilt.data_dir != built.data_dir and rebuilt.events == 2000
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [rebuilt.data_dir.name]
+
+
+def test_panel_dataset_rebuild_keeps_the_other_sizes(tmp_path: Path) -> None:
+    from benchmarks import panel_latency
+
+    # 10,000,000 begins with 1,000,000: a prefix glob deleted the big one.
+    others = [tmp_path / "panel-v2-s5-10000000", tmp_path / "panel-v2-10000000-abc123"]
+    old = [tmp_path / "panel-v2-s5-1000000", tmp_path / "panel-v2-1000000-abc123",
+           tmp_path / "panel-v2-1000000-abc123.building-42"]
+    for path in others + old:
+        path.mkdir()
+    assert sorted(panel_latency._stale(1_000_000, tmp_path)) == sorted(old)
+
