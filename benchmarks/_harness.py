@@ -220,16 +220,27 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
+def _git(directory: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=RESULTS_DIR.parent, check=False)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                             cwd=directory, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(directory: Path = RESULTS_DIR.parent) -> tuple[str | None, bool | None]:
+    """The checkout's commit and whether tracked files differ from it. A commit alone
+    named code the run did not measure when the working tree had uncommitted edits
+    (an experiment run before its commit); new untracked files (results) do not count."""
+    commit = _git(directory, "rev-parse", "--short", "HEAD")
+    changes = _git(directory, "status", "--porcelain", "--untracked-files=no")
+    return (commit.strip() or None if commit else None,
+            None if changes is None else bool(changes.strip()))
 
 
 def machine_info() -> dict[str, Any]:
+    commit, dirty = git_state()
     return {
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),
@@ -239,7 +250,8 @@ def machine_info() -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "git_commit": _git_commit(),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "packages": {d: _version(d) for d in ("starlette", "fastapi", "orjson",
                                               "opentelemetry-sdk", "anyio")},
     }
@@ -280,7 +292,8 @@ def render_markdown(report: Report, machine: Mapping[str, Any]) -> str:
     packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items() if v)
     out.append(f"- packages: {packages}")
     if machine.get("git_commit"):
-        out.append(f"- commit: {machine['git_commit']}")
+        dirty = " plus uncommitted changes" if machine.get("git_dirty") else ""
+        out.append(f"- commit: {machine['git_commit']}{dirty}")
     if report.settings:
         out.append("- settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()))
     for table in report.tables:

@@ -373,3 +373,21 @@ def test_panel_dataset_rebuild_keeps_the_other_sizes(tmp_path: Path) -> None:
         path.mkdir()
     assert sorted(panel_latency._stale(1_000_000, tmp_path)) == sorted(old)
 
+
+def test_results_say_when_the_checkout_had_uncommitted_changes(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@example.org", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "store.py").write_text("A = 1\n")
+    git("add", "store.py")
+    git("commit", "-q", "-m", "one")
+    (tmp_path / "result.json").write_text("{}\n")  # a new result file is no change
+    commit, dirty = h.git_state(tmp_path)
+    assert commit and dirty is False
+    (tmp_path / "store.py").write_text("A = 2\n")  # measured, but not what commit names
+    assert h.git_state(tmp_path) == (commit, True)
+    md = h.render_markdown(h.Report("demo", "Demo"),
+                           h.machine_info() | {"git_commit": commit, "git_dirty": True})
+    assert f"- commit: {commit} plus uncommitted changes" in md
