@@ -121,12 +121,16 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
         # set_principal("system"): the app declares the action its own. A user whose id
         # merely is "system" keeps the request's address: the two can be told apart.
         client_ip = peer = ""
-    elif not config.trusted_proxies:
-        client_ip, peer = _text("client_ip", ctx.peer, MAX_IP_LENGTH), ""
     else:
-        client_ip, peer = ctx.resolve_or("resolution", ("", ctx.peer))
-        client_ip = _text("client_ip", client_ip, MAX_IP_LENGTH)
-        peer = _text("peer_ip", peer, MAX_IP_LENGTH)
+        # Under another audit middleware (a mounted sub-app's own), the enclosing
+        # request's address, maybe: it is closer to the network (``CaptureConfig.within``).
+        addressed = ctx.addressed if config.address_outside else ctx
+        if not config.trusted_proxies:
+            client_ip, peer = _text("client_ip", addressed.peer, MAX_IP_LENGTH), ""
+        else:
+            client_ip, peer = addressed.resolve_or("resolution", ("", addressed.peer))
+            client_ip = _text("client_ip", client_ip, MAX_IP_LENGTH)
+            peer = _text("peer_ip", peer, MAX_IP_LENGTH)
     org = _capped_pair(ctx, "org", cap) if config.org else _EMPTY_PAIR
     workspace = _capped_pair(ctx, "workspace", cap) if config.workspace else _EMPTY_PAIR
     fields = ctx.fields = (principal, client_ip, peer, *org, *workspace)

@@ -20,7 +20,13 @@ from collections.abc import Awaitable
 from . import _config
 from ._capture import UNAVAILABLE_BODY, CapturingMiddleware
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .context import RequestContext, current
+from .context import (
+    RequestContext,
+    current,
+    enclosing_context,
+    init_context,
+    new_context,
+)
 from .denials import DENIED_STATUSES, on_denied
 from .shipper.receipts import Receipt, pending, wait_durable
 
@@ -35,21 +41,22 @@ class AuditMiddleware(CapturingMiddleware[ASGIApp]):
                 # Its messages pass through untouched; an event emitted over it is the
                 # connection's user's, from its address, not ``system``.
                 ctx = RequestContext(self.config, scope)
+                enclosing = enclosing_context()
+                if enclosing is not None:
+                    ctx.nest_in(enclosing)
                 token = current.set(ctx)
                 try:
                     # Observed where a denial may be recorded: here, or by an enclosing
                     # audit middleware, which must then be told of a failure @audited
                     # recorded under this one (``on_denied``), or record it twice.
-                    if self.config.denied_event is None and not isinstance(
-                            token.old_value, RequestContext):
+                    if self.config.denied_event is None and enclosing is None:
                         await self.app(scope, receive, send)
                     else:
                         await self.app(scope, receive, _handshake_observing(send, ctx))
                 finally:
                     if ctx.status_code in DENIED_STATUSES:
                         # The handshake is a GET: the record reads as an http request's.
-                        on_denied(ctx, token.old_value, "GET",
-                                  scope.get("path", ""))
+                        on_denied(ctx, enclosing, "GET", scope.get("path", ""))
                     current.reset(token)
                 return
             if scope["type"] == "lifespan":
@@ -57,10 +64,15 @@ class AuditMiddleware(CapturingMiddleware[ASGIApp]):
                 return
             await self.app(scope, receive, send)
             return
-        ctx = RequestContext(self.config, scope)
+        ctx = new_context(RequestContext)
+        init_context(ctx, self.config, scope, None)
+        enclosing = enclosing_context()
+        if enclosing is not None:  # a mounted sub-app's middleware, under another one
+            ctx.nest_in(enclosing)
         fail_closed_timeout = _config.settings.fail_closed_timeout
         if fail_closed_timeout is not None:
-            await _call_fail_closed(self.app, scope, receive, send, ctx, fail_closed_timeout)
+            await _call_fail_closed(self.app, scope, receive, send, ctx, enclosing,
+                                    fail_closed_timeout)
             return
 
         def send_observing_status(message: Message) -> Awaitable[None]:
@@ -75,8 +87,7 @@ class AuditMiddleware(CapturingMiddleware[ASGIApp]):
             await self.app(scope, receive, send_observing_status)
         finally:
             if ctx.status_code in DENIED_STATUSES:  # one comparison when not denied
-                on_denied(ctx, token.old_value, scope.get("method"),
-                          scope.get("path", ""))
+                on_denied(ctx, enclosing, scope.get("method"), scope.get("path", ""))
             current.reset(token)
 
 
@@ -103,7 +114,8 @@ def _handshake_observing(send: Send, ctx: RequestContext) -> Send:
 
 
 async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
-                            ctx: RequestContext, timeout: float) -> None:
+                            ctx: RequestContext, enclosing: RequestContext | None,
+                            timeout: float) -> None:
     receipts: list[Receipt[str | None]] = []
     refused = False
 
@@ -135,8 +147,7 @@ async def _call_fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: 
         await app(scope, receive, send_once_durable)
     finally:
         if ctx.status_code in DENIED_STATUSES:
-            on_denied(ctx, token.old_value, scope.get("method"),
-                      scope.get("path", ""))
+            on_denied(ctx, enclosing, scope.get("method"), scope.get("path", ""))
         pending.reset(receipts_token)
         current.reset(token)
 

@@ -18,7 +18,13 @@ from typing import Any
 from . import _config
 from ._capture import UNAVAILABLE_BODY, CapturingMiddleware
 from ._types import Environ, StartResponse, WSGIApp
-from .context import RequestContext, current
+from .context import (
+    RequestContext,
+    current,
+    enclosing_context,
+    init_context,
+    new_context,
+)
 from .denials import DENIED_STATUSES, on_denied
 from .shipper.receipts import Receipt, pending, wait_durable_blocking
 
@@ -27,16 +33,21 @@ log = logging.getLogger("audit_middleware")
 
 class WSGIAuditMiddleware(CapturingMiddleware[WSGIApp]):
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        ctx = RequestContext(self.config, environ=environ)
+        ctx = new_context(RequestContext)
+        init_context(ctx, self.config, None, environ)
+        enclosing = enclosing_context()
+        if enclosing is not None:  # a dispatched sub-app's middleware, under another one
+            ctx.nest_in(enclosing)
         fail_closed_timeout = _config.settings.fail_closed_timeout
         if fail_closed_timeout is not None:
-            return self._call_fail_closed(environ, start_response, ctx, fail_closed_timeout)
+            return self._call_fail_closed(environ, start_response, ctx, enclosing,
+                                          fail_closed_timeout)
 
         def start_response_observing_status(status: str, headers: Any, *exc: Any) -> Any:
             return answer.started(status, start_response(status, headers, *exc))
 
         token = current.set(ctx)
-        answer = _Answer(ctx, token.old_value, environ)
+        answer = _Answer(ctx, enclosing, environ)
         try:
             body = self.app(environ, start_response_observing_status)
         finally:
@@ -44,7 +55,8 @@ class WSGIAuditMiddleware(CapturingMiddleware[WSGIApp]):
         return _in_context(body, answer)
 
     def _call_fail_closed(self, environ: Environ, start_response: StartResponse,
-                          ctx: RequestContext, timeout: float) -> Iterable[bytes]:
+                          ctx: RequestContext, enclosing: RequestContext | None,
+                          timeout: float) -> Iterable[bytes]:
         receipts: list[Receipt[str | None]] = []
         refused: list[str] = []
 
@@ -70,7 +82,7 @@ class WSGIAuditMiddleware(CapturingMiddleware[WSGIApp]):
             return _discard
 
         token = current.set(ctx)
-        answer = _Answer(ctx, token.old_value, environ)
+        answer = _Answer(ctx, enclosing, environ)
         receipts_token = pending.set(receipts)
         try:
             body = self.app(environ, start_response_once_durable)

@@ -1,0 +1,205 @@
+"""A second audit middleware in a mounted sub-app (a plugin or a sub-application shipped
+with its own default middleware), through real requests: for each option the inner one
+was left at its default, it takes the enclosing one's (the outer one sits closer to the
+network: its trusted proxies decide the client IP); an option it was given wins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client
+
+from audit_middleware import (
+    AuditMiddleware,
+    WSGIAuditMiddleware,
+    audited,
+    emit,
+    header,
+    register_resource,
+    set_principal,
+)
+from audit_middleware.event import AuditEvent
+
+PROXY = ["10.0.0.0/8"]
+#: The load balancer in front of the app, and the client it forwards.
+LB, CLIENT = "10.0.0.5", "198.51.100.7"
+FORWARDED = {"X-Forwarded-For": CLIENT, "Authorization": "Bearer alice", "X-Org": "o-1"}
+
+
+def by_token(ctx: Any) -> str | None:
+    return {"Bearer alice": "u-alice"}.get(ctx.header("authorization") or "")
+
+
+#: The outer middleware's options: what the app's owner configured.
+OUTER: dict[str, Any] = {"trusted_proxies": PROXY, "principal": by_token,
+                         "org": header("x-org")}
+
+
+@audited("bucket_created", target=lambda call: "b1")
+async def create_bucket(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def mounted(outer: dict[str, Any], inner: dict[str, Any]) -> TestClient:
+    """The app's own AuditMiddleware around a mounted sub-app that has one of its own."""
+    sub = Starlette(routes=[Route("/b", create_bucket, methods=["POST"])],
+                    middleware=[Middleware(AuditMiddleware, **inner)])
+    app = Starlette(routes=[Mount("/plugin", app=sub)],
+                    middleware=[Middleware(AuditMiddleware, **outer)])
+    return TestClient(app, client=(LB, 50000))
+
+
+def recorded(event: AuditEvent) -> tuple[str, str, str, str]:
+    return (event.principal, event.client_ip, event.peer_ip, event.org_id)
+
+
+def test_an_inner_middleware_with_defaults_takes_the_outer_ones_options(
+        events: list[AuditEvent]) -> None:
+    client = mounted(OUTER, {})
+    assert client.post("/plugin/b", headers=FORWARDED).status_code == 200
+    assert [recorded(e) for e in events] == [("u-alice", CLIENT, LB, "o-1")]
+
+
+def test_the_options_an_inner_middleware_was_given_win(events: list[AuditEvent]) -> None:
+    client = mounted(OUTER, {"org": header("x-plugin-org"), "principal": lambda ctx: "plug"})
+    headers = {**FORWARDED, "X-Plugin-Org": "p-9"}
+    assert client.post("/plugin/b", headers=headers).status_code == 200
+    assert [recorded(e) for e in events] == [("plug", CLIENT, LB, "p-9")]
+
+
+def test_trusted_proxies_given_to_the_inner_middleware_decide_its_client_ip(
+        events: list[AuditEvent]) -> None:
+    """The inner one was told to trust none of 10.0.0.0/8 but one other proxy: the load
+    balancer is its client."""
+    client = mounted(OUTER, {"trusted_proxies": ["192.0.2.1"]})
+    assert client.post("/plugin/b", headers=FORWARDED).status_code == 200
+    assert [recorded(e) for e in events] == [("u-alice", LB, "", "o-1")]
+
+
+def test_the_outer_forwarded_header_is_taken_with_its_proxies(
+        events: list[AuditEvent]) -> None:
+    client = mounted({**OUTER, "forwarded_header": "forwarded"}, {})
+    headers = {"Forwarded": f"for={CLIENT}", "X-Forwarded-For": "6.6.6.6"}
+    assert client.post("/plugin/b", headers=headers).status_code == 200
+    assert [(e.client_ip, e.peer_ip) for e in events] == [(CLIENT, LB)]
+
+
+class SignIn:
+    """An app's own authentication between the two audit middlewares."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            set_principal("u-from-sign-in")
+        await self.app(scope, receive, send)
+
+
+def test_a_principal_set_outside_the_inner_middleware_is_kept(
+        events: list[AuditEvent]) -> None:
+    sub = Starlette(routes=[Route("/b", create_bucket, methods=["POST"])],
+                    middleware=[Middleware(AuditMiddleware)])
+    app = Starlette(routes=[Mount("/plugin", app=sub)],
+                    middleware=[Middleware(AuditMiddleware, trusted_proxies=PROXY),
+                                Middleware(SignIn)])
+    client = TestClient(app, client=(LB, 50000))
+    assert client.post("/plugin/b", headers=FORWARDED).status_code == 200
+    assert [recorded(e) for e in events] == [("u-from-sign-in", CLIENT, LB, "")]
+
+
+def test_three_levels_resolve_from_the_outermost(events: list[AuditEvent]) -> None:
+    inner = Starlette(routes=[Route("/b", create_bucket, methods=["POST"])],
+                      middleware=[Middleware(AuditMiddleware)])
+    middle = Starlette(routes=[Mount("/inner", app=inner)],
+                       middleware=[Middleware(AuditMiddleware)])
+    app = Starlette(routes=[Mount("/middle", app=middle)],
+                    middleware=[Middleware(AuditMiddleware, **OUTER)])
+    client = TestClient(app, client=(LB, 50000))
+    assert client.post("/middle/inner/b", headers=FORWARDED).status_code == 200
+    assert [recorded(e) for e in events] == [("u-alice", CLIENT, LB, "o-1")]
+
+
+def test_a_denial_the_inner_middleware_records_has_the_outer_ones_fields(
+        events: list[AuditEvent]) -> None:
+    register_resource("request", {"denied": "request_denied"})
+
+    async def forbidden(request: Request) -> Response:
+        return PlainTextResponse("no", status_code=403)
+
+    sub = Starlette(routes=[Route("/admin", forbidden)],
+                    middleware=[Middleware(AuditMiddleware, denied_event="request_denied")])
+    app = Starlette(routes=[Mount("/plugin", app=sub)],
+                    middleware=[Middleware(AuditMiddleware, **OUTER)])
+    client = TestClient(app, client=(LB, 50000))
+    assert client.get("/plugin/admin", headers=FORWARDED).status_code == 403
+    assert [(e.type, *recorded(e)) for e in events] == [
+        ("request_denied", "u-alice", CLIENT, LB, "o-1")]
+
+
+def test_an_event_over_a_websocket_of_the_sub_app_has_the_outer_ones_fields(
+        events: list[AuditEvent]) -> None:
+    async def talk(websocket: WebSocket) -> None:
+        await websocket.accept()
+        emit("bucket_created", "b2")
+        await websocket.close()
+
+    sub = Starlette(routes=[WebSocketRoute("/ws", talk)],
+                    middleware=[Middleware(AuditMiddleware)])
+    app = Starlette(routes=[Mount("/plugin", app=sub)],
+                    middleware=[Middleware(AuditMiddleware, **OUTER)])
+    with TestClient(app, client=(LB, 50000)).websocket_connect(
+            "/plugin/ws", headers=FORWARDED) as websocket:
+        assert websocket.receive()["type"] == "websocket.close"
+    assert [recorded(e) for e in events] == [("u-alice", CLIENT, LB, "o-1")]
+
+
+# -- WSGI: a Flask sub-app with its own WSGIAuditMiddleware under Werkzeug's dispatcher --
+
+def flask_plugin(**options: Any) -> WSGIAuditMiddleware:
+    plugin = Flask("plugin")
+
+    @plugin.post("/b")
+    @audited("bucket_created", target=lambda call: "b1")
+    def create() -> str:
+        return "ok"
+
+    return WSGIAuditMiddleware(plugin.wsgi_app, **options)
+
+
+def dispatched(outer: dict[str, Any], inner: dict[str, Any]) -> Client:
+    root = Flask("root")
+    app = DispatcherMiddleware(root.wsgi_app, {"/plugin": flask_plugin(**inner)})
+    return Client(WSGIAuditMiddleware(app, **outer))
+
+
+def post_forwarded(client: Client, headers: dict[str, str]) -> int:
+    response = client.post("/plugin/b", headers=headers,
+                           environ_base={"REMOTE_ADDR": LB})
+    return response.status_code
+
+
+def test_wsgi_an_inner_middleware_with_defaults_takes_the_outer_ones_options(
+        events: list[AuditEvent]) -> None:
+    assert post_forwarded(dispatched(OUTER, {}), FORWARDED) == 200
+    assert [recorded(e) for e in events] == [("u-alice", CLIENT, LB, "o-1")]
+
+
+def test_wsgi_the_options_an_inner_middleware_was_given_win(
+        events: list[AuditEvent]) -> None:
+    client = dispatched(OUTER, {"org": header("x-plugin-org"),
+                                "trusted_proxies": ["192.0.2.1"]})
+    headers = {**FORWARDED, "X-Plugin-Org": "p-9"}
+    assert post_forwarded(client, headers) == 200
+    assert [recorded(e) for e in events] == [("u-alice", LB, "", "p-9")]
+
