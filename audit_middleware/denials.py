@@ -60,7 +60,8 @@ def on_denied(ctx: RequestContext, enclosing: object, method: object, path: str)
     which the middleware keeps in its ``CaptureConfig``. ``enclosing`` is the
     context an outer audit middleware set for the same request (a mounted sub-app with
     a middleware of its own), if any: the outermost one that records denials records
-    it, once, and a failure ``@audited`` recorded inside is passed out to it.
+    it, once, and a failure ``@audited`` recorded inside is passed out to it, and a
+    principal ``set_principal()`` named inside.
 
     The response is sent or on its way: a failure to record it is logged, never raised
     into the server."""
@@ -68,6 +69,12 @@ def on_denied(ctx: RequestContext, enclosing: object, method: object, path: str)
     if isinstance(enclosing, RequestContext):
         if failed is not None:
             enclosing.failed_status = failed
+        named = ctx.principal_override
+        if named is not None and named != enclosing.principal_override:
+            # set_principal() in the sub-app names the request's user for the rest of
+            # the request, as under a lone middleware: the outer record too.
+            enclosing.principal_override = named
+            enclosing.fields = None
         if enclosing.config.denied_event is not None:
             return  # the outer middleware sees the same answer and records it
     event_type = ctx.config.denied_event

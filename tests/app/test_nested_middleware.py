@@ -203,3 +203,22 @@ def test_wsgi_the_options_an_inner_middleware_was_given_win(
     assert post_forwarded(client, headers) == 200
     assert [recorded(e) for e in events] == [("u-alice", LB, "", "p-9")]
 
+
+def test_the_outer_denial_record_names_the_principal_the_sub_app_set(
+        events: list[AuditEvent]) -> None:
+    """The sub-app signs its user in (``set_principal``), then refuses them: the outer
+    middleware records the denial, once, and names that user, as a lone one would."""
+    register_resource("request", {"denied": "request_denied"})
+
+    async def forbidden(request: Request) -> Response:
+        set_principal("u-7")
+        return PlainTextResponse("no", status_code=403)
+
+    sub = Starlette(routes=[Route("/admin", forbidden)],
+                    middleware=[Middleware(AuditMiddleware)])
+    app = Starlette(routes=[Mount("/plugin", app=sub)], middleware=[
+        Middleware(AuditMiddleware, trusted_proxies=PROXY, denied_event="request_denied")])
+    client = TestClient(app, client=(LB, 50000))
+    assert client.get("/plugin/admin", headers=FORWARDED).status_code == 403
+    assert [(e.type, *recorded(e)) for e in events] == [
+        ("request_denied", "u-7", CLIENT, LB, "")]
