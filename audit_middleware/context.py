@@ -13,6 +13,7 @@ import contextvars
 import dataclasses
 import logging
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,7 +101,7 @@ class CaptureConfig:
     #: straight from its scope, the per-event fast path (``emitter.request_fields``).
     plain: bool = field(init=False, default=False)
     #: ``within``'s results, by the enclosing configuration's id: (it, the result).
-    _within: dict[int, tuple[CaptureConfig, CaptureConfig]] = field(
+    _within: dict[int, tuple[weakref.ref[CaptureConfig], CaptureConfig]] = field(
         init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -131,27 +132,30 @@ class CaptureConfig:
         option left at its default is the enclosing one's, each one given wins. Its own
         ``denied_event`` stays its own: the outermost middleware that records denials
         records a request's (``denials.on_denied``). Made once per pair."""
-        made = self._within.get(id(enclosing))
-        if made is not None and made[0] is enclosing:
+        key = id(enclosing)
+        made = self._within.get(key)
+        if made is not None and made[0]() is enclosing:
             return made[1]
+        # The proxies and the header they append are one statement: trusting this one's
+        # proxies for the enclosing one's header would believe a header those proxies
+        # pass through from the client untouched. Without proxies of its own, the
+        # enclosing middleware sits closer to the network and decides the address.
+        address = self if self.trusted_proxies else enclosing
         result = dataclasses.replace(
             self,
-            trusted_proxies=(self.trusted_proxies if self.trusted_proxies
-                             else enclosing.trusted_proxies),
-            forwarded_header=(self.forwarded_header if self.forwarded_header != _DEFAULT_HEADER
-                              else enclosing.forwarded_header),
+            trusted_proxies=address.trusted_proxies,
+            forwarded_header=address.forwarded_header,
             principal=enclosing.principal if self.principal is None else self.principal,
             org=enclosing.org if self.org is None else self.org,
             workspace=enclosing.workspace if self.workspace is None else self.workspace,
             nested=True,
-            # The enclosing middleware sits closer to the network: unless this one was
-            # told which proxies to trust, the enclosing one decides the client address.
-            address_outside=not self.trusted_proxies)
-        self._within[id(enclosing)] = (enclosing, result)
+            address_outside=address is enclosing)
+        # Held weakly, and dropped with it: apps built per test or per request around one
+        # long-lived sub-app would otherwise keep every enclosing configuration (and the
+        # resolvers' closures) alive in the sub-app's.
+        self._within[key] = (weakref.ref(enclosing), result)
+        weakref.finalize(enclosing, self._within.pop, key, None)
         return result
-
-
-_DEFAULT_HEADER: ForwardedHeader = "x-forwarded-for"
 
 
 class RequestContext:

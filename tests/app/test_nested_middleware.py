@@ -222,3 +222,37 @@ def test_the_outer_denial_record_names_the_principal_the_sub_app_set(
     assert client.get("/plugin/admin", headers=FORWARDED).status_code == 403
     assert [(e.type, *recorded(e)) for e in events] == [
         ("request_denied", "u-7", CLIENT, LB, "")]
+
+
+def test_an_inner_middlewares_own_proxies_are_read_from_its_own_header(
+        events: list[AuditEvent]) -> None:
+    """The inner one trusts 192.0.2.1 to append X-Forwarded-For (its default header);
+    the outer trusts 10.0.0.0/8 with ``Forwarded``. Behind 192.0.2.1, which passes a
+    client's ``Forwarded`` through untouched, the client's own ``Forwarded`` must not
+    name it: neither middleware trusts that header from that peer."""
+    sub = Starlette(routes=[Route("/b", create_bucket, methods=["POST"])],
+                    middleware=[Middleware(AuditMiddleware, trusted_proxies=["192.0.2.1"])])
+    app = Starlette(routes=[Mount("/plugin", app=sub)], middleware=[
+        Middleware(AuditMiddleware, trusted_proxies=PROXY, forwarded_header="forwarded")])
+    client = TestClient(app, client=("192.0.2.1", 50000))
+    headers = {"Forwarded": "for=6.6.6.6", "X-Forwarded-For": CLIENT}
+    assert client.post("/plugin/b", headers=headers).status_code == 200
+    assert [(e.client_ip, e.peer_ip) for e in events] == [(CLIENT, "192.0.2.1")]
+
+
+def test_an_inner_configuration_keeps_no_enclosing_one_alive() -> None:
+    """Apps built per test (or per request) around one long-lived mounted sub-app: the
+    sub-app's configuration must not keep every outer configuration it was nested in."""
+    import gc
+    import weakref
+
+    from audit_middleware.context import CaptureConfig
+
+    inner = CaptureConfig()
+    outer = CaptureConfig(principal=by_token)
+    assert inner.within(outer) is inner.within(outer)  # made once per pair
+    gone = weakref.ref(outer)
+    del outer
+    gc.collect()
+    assert gone() is None
+    assert not inner._within
