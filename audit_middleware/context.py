@@ -229,16 +229,35 @@ class RequestContext:
         if environ is not None and ASK_ON_ITS_OWN_THREAD in environ:
             self._wsgi_peer = _wsgi_peer(environ)
 
-    def nest_in(self, enclosing: RequestContext) -> None:
-        """``enclosing`` is another audit middleware's context for the same request,
-        which it had set when this request's middleware was called (a mounted sub-app
-        with a middleware of its own): the options this one was left at their default
-        are that one's (``CaptureConfig.within``). Called only then: a lone middleware
-        pays for nothing of it but ``enclosing_context()``."""
+    def nest_in(self, enclosing: RequestContext) -> RequestContext | None:
+        """``enclosing`` is another audit middleware's context, which it had set when
+        this request's middleware was called. For the same request (a mounted sub-app
+        with a middleware of its own) the options this one was left at their default are
+        that one's (``CaptureConfig.within``), and it is returned. A request the app
+        makes to itself in-process (httpx's ASGITransport, a test client in a handler)
+        is another request, with its own peer, headers and credentials: its own, and
+        None is returned. Called only under another context: a lone middleware pays for
+        nothing of it but ``enclosing_context()``."""
+        if not self._same_request(enclosing):
+            return None
         self._enclosing = enclosing
         self.config = self.config.within(enclosing.config)
         if self.principal_override is None:  # set_principal() between the two
             self.principal_override = enclosing.principal_override
+        return enclosing
+
+    def _same_request(self, other: RequestContext) -> bool:
+        """Whether ``other`` sees this very request. A router hands a mounted sub-app the
+        scope (environ) it got, updated in place (Starlette, Werkzeug's dispatcher), or a
+        copy sharing its headers list (its ``wsgi.input``); a request of its own has its
+        own. A WSGI sub-app under an ASGI app (a WSGI adapter's mount) is the same one."""
+        if self.scope is not None and other.scope is not None:
+            return (other.scope is self.scope
+                    or other.scope.get("headers") is self.scope.get("headers", ()))
+        if self.environ is not None and other.environ is not None:
+            return (other.environ is self.environ
+                    or other.environ.get("wsgi.input") is self.environ.get("wsgi.input", ()))
+        return True
 
     @property
     def addressed(self) -> RequestContext:

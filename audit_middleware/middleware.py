@@ -43,7 +43,7 @@ class AuditMiddleware(CapturingMiddleware[ASGIApp]):
                 ctx = RequestContext(self.config, scope)
                 enclosing = enclosing_context()
                 if enclosing is not None:
-                    ctx.nest_in(enclosing)
+                    enclosing = ctx.nest_in(enclosing)
                 token = current.set(ctx)
                 try:
                     # Observed where a denial may be recorded: here, or by an enclosing
@@ -68,7 +68,7 @@ class AuditMiddleware(CapturingMiddleware[ASGIApp]):
         init_context(ctx, self.config, scope, None)
         enclosing = enclosing_context()
         if enclosing is not None:  # a mounted sub-app's middleware, under another one
-            ctx.nest_in(enclosing)
+            enclosing = ctx.nest_in(enclosing)
         fail_closed_timeout = _config.settings.fail_closed_timeout
         if fail_closed_timeout is not None:
             await _call_fail_closed(self.app, scope, receive, send, ctx, enclosing,

@@ -37,7 +37,7 @@ class WSGIAuditMiddleware(CapturingMiddleware[WSGIApp]):
         init_context(ctx, self.config, None, environ)
         enclosing = enclosing_context()
         if enclosing is not None:  # a dispatched sub-app's middleware, under another one
-            ctx.nest_in(enclosing)
+            enclosing = ctx.nest_in(enclosing)
         fail_closed_timeout = _config.settings.fail_closed_timeout
         if fail_closed_timeout is not None:
             return self._call_fail_closed(environ, start_response, ctx, enclosing,

@@ -240,6 +240,49 @@ def test_an_inner_middlewares_own_proxies_are_read_from_its_own_header(
     assert [(e.client_ip, e.peer_ip) for e in events] == [(CLIENT, "192.0.2.1")]
 
 
+# -- a request the app makes to itself in-process: its own request, not a nested one --
+
+def calling_itself(path: str, token: str) -> TestClient:
+    """An app whose ``/outer`` handler, signed in as alice (``set_principal``), calls the
+    app itself in-process (httpx's ASGITransport) with another user's token, then records
+    an event of its own."""
+    import httpx
+
+    @audited("bucket_created", target=lambda call: "outer")
+    async def outer(request: Request) -> Response:
+        set_principal("u-alice")
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 123))
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as own:
+            await own.post(path, headers={"Authorization": token})
+        return PlainTextResponse("ok")
+
+    async def refuse(request: Request) -> Response:
+        set_principal("u-svc")
+        return PlainTextResponse("no", status_code=403)
+
+    app = Starlette(routes=[Route("/outer", outer, methods=["POST"]),
+                            Route("/b", create_bucket, methods=["POST"]),
+                            Route("/refuse", refuse, methods=["POST"])],
+                    middleware=[Middleware(AuditMiddleware, principal=by_token)])
+    return TestClient(app, client=(CLIENT, 50000))
+
+
+def test_a_request_the_app_makes_to_itself_is_recorded_as_its_own(
+        events: list[AuditEvent]) -> None:
+    client = calling_itself("/b", "Bearer bob")
+    assert client.post("/outer").status_code == 200
+    by_target = {e.target: (e.principal, e.client_ip) for e in events}
+    assert by_target == {"b1": ("", "127.0.0.1"), "outer": ("u-alice", CLIENT)}
+
+
+def test_a_request_the_app_makes_to_itself_names_no_principal_for_the_outer_one(
+        events: list[AuditEvent]) -> None:
+    """Its set_principal() and 403 are its own: the outer request's user stays alice."""
+    client = calling_itself("/refuse", "Bearer svc")
+    assert client.post("/outer").status_code == 200
+    assert [(e.target, e.principal) for e in events] == [("outer", "u-alice")]
+
+
 def test_an_inner_configuration_keeps_no_enclosing_one_alive() -> None:
     """Apps built per test (or per request) around one long-lived mounted sub-app: the
     sub-app's configuration must not keep every outer configuration it was nested in."""
@@ -256,3 +299,25 @@ def test_an_inner_configuration_keeps_no_enclosing_one_alive() -> None:
     gc.collect()
     assert gone() is None
     assert not inner._within
+
+
+def test_wsgi_a_request_the_app_makes_to_itself_is_recorded_as_its_own(
+        events: list[AuditEvent]) -> None:
+    flask_app = Flask("calls_itself")
+    app = WSGIAuditMiddleware(flask_app.wsgi_app, principal=by_token)
+
+    @flask_app.post("/b")
+    @audited("bucket_created", target=lambda call: "b1")
+    def create() -> str:
+        return "ok"
+
+    @flask_app.post("/outer")
+    def outer() -> str:
+        set_principal("u-alice")
+        Client(app).post("/b", headers={"Authorization": "Bearer bob"},
+                         environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        return "ok"
+
+    response = Client(app).post("/outer", environ_base={"REMOTE_ADDR": CLIENT})
+    assert response.status_code == 200
+    assert [(e.principal, e.client_ip) for e in events] == [("", "127.0.0.1")]
