@@ -71,6 +71,21 @@ def leave_checkpoint(store: Store, endpoint: str, seq: int, **fields: Any) -> Pa
     return path
 
 
+def checkpoint_save_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next checkpoint save meets a full disk; the ones after it succeed."""
+    from collector.forward_checkpoint import CheckpointFile
+
+    save = CheckpointFile.save
+    failures = [OSError(28, "No space left on device")]
+
+    def failing_once(self: CheckpointFile, *args: Any) -> None:
+        if failures:
+            raise failures.pop()
+        save(self, *args)
+
+    monkeypatch.setattr(CheckpointFile, "save", failing_once)
+
+
 def test_every_field_of_every_record_reaches_the_receiver(store: Store,
                                                            receiver: OTLPReceiver) -> None:
     store.write([event(1, trace_id=TRACE, span_id=SPAN),
@@ -488,21 +503,12 @@ def test_another_store_is_forwarded_from_its_beginning_when_saving_the_restart_f
     """The store was taken for the checkpoint's before its restart from 0 was saved: a
     save that failed (disk full) left the position at the other store's seq, and the
     retry forwarded after it, the records up to it never sent."""
-    from collector.forward_checkpoint import CheckpointFile
 
     write(store, 5)
     leave_checkpoint(store, receiver.endpoint, 3,
                      event_id="0192a4b2-0000-7000-8000-000000000003")
     fwd = forwarder(store, receiver)
-    save = CheckpointFile.save
-    failures = [OSError(28, "No space left on device")]
-
-    def failing_once(self: CheckpointFile, *args: Any) -> None:
-        if failures:
-            raise failures.pop()
-        save(self, *args)
-
-    monkeypatch.setattr(CheckpointFile, "save", failing_once)
+    checkpoint_save_fails_once(monkeypatch)
     with pytest.raises(OSError, match="No space left"):
         fwd.step()
     while fwd.step():
@@ -823,21 +829,12 @@ def test_a_partial_success_is_counted_once_when_its_checkpoint_save_failed(
     """The rejections were counted before the checkpoint was saved: a save that failed
     had the batch sent again, and the receiver's rejecting the same records again
     counted them twice."""
-    from collector.forward_checkpoint import CheckpointFile
 
     write(store, 4)
     receiver.partial.extend([(2, "too long"), (2, "too long")])  # the same answer twice
     leave_checkpoint(store, receiver.endpoint, 0)  # (its first save is not the one failing)
     fwd = forwarder(store, receiver)
-    save = CheckpointFile.save
-    failures = [OSError(28, "No space left on device")]
-
-    def failing_once(self: CheckpointFile, *args: Any) -> None:
-        if failures:
-            raise failures.pop()
-        save(self, *args)
-
-    monkeypatch.setattr(CheckpointFile, "save", failing_once)
+    checkpoint_save_fails_once(monkeypatch)
     with pytest.raises(OSError, match="No space left"):
         fwd.step()
     assert fwd.step() == 4
