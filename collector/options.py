@@ -307,11 +307,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "as OTEL_EXPORTER_OTLP_HEADERS)", "HEADERS",
            secret=True),
     Option("forward_batch", parse_int, ForwardSettings.batch_size,
-           "events per OTLP export request", "N"),
+           "most events per OTLP export request (fewer past 8 MiB or after a 413)", "N"),
     Option("forward_timeout", parse_duration, ForwardSettings.timeout,
            "one OTLP export request", "DURATION"),
     Option("forward_backoff_max", parse_duration, ForwardSettings.backoff_max,
-           "longest wait between retries while the OTLP endpoint fails", "DURATION"),
+           "longest backoff between retries while the OTLP endpoint fails (a Retry-After "
+           "may ask longer, up to 10 minutes)", "DURATION"),
     Option("forward_from", parse_forward_from, "beginning",
            "where a new OTLP endpoint starts: beginning or now", "WHERE"),
 )
