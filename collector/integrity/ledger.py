@@ -76,7 +76,7 @@ class Ledger:
         self._dirty = False  # records appended since the last digest
         self._due = time.monotonic() + interval
         self._pending: list[tuple[str, bytes, dict[str, Any]]] = []  # unwritten digests
-        self._write_failures = 0  # digest writes failed in a row (the log says some)
+        self._failures_in_a_row = 0  # digest writes failed in a row (the log says some)
         self.write_failures = 0  # digest writes failed since open (a metric's counter)
 
     # -- opening --------------------------------------------------------------------------
@@ -513,9 +513,9 @@ class Ledger:
                 d.append(self.digests_dir, name, line)
             except OSError as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                self._write_failures += 1
+                self._failures_in_a_row += 1
                 self.write_failures += 1
-                n = self._write_failures
+                n = self._failures_in_a_row
                 if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
                     log.error("audit store: cannot write a digest for %s (%s); retrying "
                               "(%d failures so far)", name, exc, n)
@@ -524,7 +524,7 @@ class Ledger:
                 return
             self._pending.pop(0)
             self.written += 1
-            self._write_failures = 0
+            self._failures_in_a_row = 0
 
 
 def _retired_keys(path: Path) -> list[PublicKey]:
