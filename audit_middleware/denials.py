@@ -54,7 +54,8 @@ def checked_denied_event(event_type: object) -> str | None:
     return _config.settings.catalogue.check(event_type)
 
 
-def on_denied(ctx: RequestContext, enclosing: object, method: object, path: str) -> None:
+def on_denied(ctx: RequestContext, enclosing: RequestContext | None, method: object,
+              path: str) -> None:
     """The request of ``ctx`` was answered 401 or 403 (``ctx.status_code``): record it
     as its middleware's ``denied_event`` (None: that middleware records no denials),
     which the middleware keeps in its ``CaptureConfig``. ``enclosing`` is the
@@ -66,7 +67,7 @@ def on_denied(ctx: RequestContext, enclosing: object, method: object, path: str)
     The response is sent or on its way: a failure to record it is logged, never raised
     into the server."""
     failed = getattr(ctx, "failed_status", None)
-    if isinstance(enclosing, RequestContext):
+    if enclosing is not None:
         if failed is not None:
             enclosing.failed_status = failed
         named = ctx.principal_override

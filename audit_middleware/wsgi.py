@@ -107,7 +107,8 @@ class _Answer:
 
     __slots__ = ("ctx", "enclosing", "environ", "final")
 
-    def __init__(self, ctx: RequestContext, enclosing: object, environ: Environ) -> None:
+    def __init__(self, ctx: RequestContext, enclosing: RequestContext | None,
+                 environ: Environ) -> None:
         self.ctx = ctx
         #: The context an outer audit middleware set for the same request, if any.
         self.enclosing = enclosing
@@ -142,7 +143,8 @@ class _Answer:
         self.final = True
 
 
-def _on_denied(ctx: RequestContext, enclosing: object, environ: Environ) -> None:
+def _on_denied(ctx: RequestContext, enclosing: RequestContext | None,
+               environ: Environ) -> None:
     # WSGI hands the path over as latin-1 text of its bytes (PEP 3333); the record
     # holds what the client asked for, as ASGI's ``scope["path"]`` does.
     path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
