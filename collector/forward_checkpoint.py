@@ -81,7 +81,7 @@ class CheckpointFile:
     def of(self, endpoint: str) -> Checkpoint | None:
         """The checkpoint of ``endpoint``, or None when it has none here."""
         checkpoint = self.load()
-        if checkpoint is None or same_endpoint(checkpoint.endpoint) != same_endpoint(endpoint):
+        if checkpoint is None or endpoint_key(checkpoint.endpoint) != endpoint_key(endpoint):
             return None
         return checkpoint
 
@@ -117,10 +117,10 @@ def without_credentials(url: str) -> str:
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
-def same_endpoint(url: str) -> str:
-    """What tells one endpoint from another: ``url`` without credentials, its scheme and
-    host in lower case (both case-insensitive, RFC 3986 6.2.2.1) and without the
-    scheme's default port. Compared as written, ``HTTPS://Collector:443/v1/logs`` for
+def endpoint_key(url: str) -> str:
+    """The key one endpoint is told from another by (equal keys: the same endpoint):
+    ``url`` without credentials, its scheme and host in lower case (both
+    case-insensitive, RFC 3986 6.2.2.1) and without the scheme's default port. Compared as written, ``HTTPS://Collector:443/v1/logs`` for
     ``https://collector/v1/logs`` was another endpoint: forwarding started over from
     ``forward_from`` (from ``now``, the records in between never sent)."""
     parts = urlsplit(without_credentials(url))
@@ -133,4 +133,3 @@ def same_endpoint(url: str) -> str:
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         netloc += f":{port}"
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, parts.fragment))
-

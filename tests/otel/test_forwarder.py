@@ -889,14 +889,14 @@ def test_the_same_endpoint_spelled_another_way_keeps_the_position(
 
 
 def test_endpoints_are_told_apart_by_what_names_another_server() -> None:
-    from collector.forward_checkpoint import same_endpoint
+    from collector.forward_checkpoint import endpoint_key
 
-    assert same_endpoint("https://Collector.example:443/v1/logs") == \
-        same_endpoint("https://collector.example/v1/logs")
-    assert same_endpoint("http://u:p@[::1]:80/v1/logs") == same_endpoint("http://[::1]/v1/logs")
+    assert endpoint_key("https://Collector.example:443/v1/logs") == \
+        endpoint_key("https://collector.example/v1/logs")
+    assert endpoint_key("http://u:p@[::1]:80/v1/logs") == endpoint_key("http://[::1]/v1/logs")
     for other in ("https://collector.example:4318/v1/logs", "http://collector.example/v1/logs",
                   "https://collector.example/v1/Logs", "https://collector.example/v1/logs?x=1"):
-        assert same_endpoint(other) != same_endpoint("https://collector.example/v1/logs")
+        assert endpoint_key(other) != endpoint_key("https://collector.example/v1/logs")
 
 
 def test_a_stop_cuts_off_an_export_its_endpoint_does_not_answer(store: Store) -> None:
