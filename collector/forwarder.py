@@ -380,8 +380,8 @@ class Forwarder:
                       self.settings.endpoint, n, terminal_safe(self.last_error))
 
     def step(self) -> int:
-        """Export the next batch, if any: the records acknowledged (0 when caught up).
-        Raises when the export failed (nothing acknowledged, the checkpoint unchanged)."""
+        """Export the next batch, if any: the records acknowledged (0 when caught up, or
+        while the checkpoint is ahead of the store: ``_check_store``). Raises when the export failed (nothing acknowledged, the checkpoint unchanged)."""
         # Kept by the session until its next request: read for a failure other than
         # that answer (the index unreadable), it made that one wait as long again.
         self._asked = None
