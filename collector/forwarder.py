@@ -490,10 +490,9 @@ class Forwarder:
             if session is not None:
                 session.abort()  # the request fails now, and its thread ends
                 thread.join(EXPORT_GRACE)
-            try:
-                exporter.shutdown()  # type: ignore[no-untyped-call]
-            except Exception:
-                log.debug("forwarder: shutting down a stalled exporter failed", exc_info=True)
+            # ``exporter`` is ``self._exporter`` (only this thread replaces it): shut
+            # down once, also when stop() got there first.
+            self._shutdown_exporter()
             if not self._stopping:  # (stop() shuts down the exporter it sees, this one)
                 self._exporter = self._make_exporter(self.settings)
             raise ExportFailed(f"{self.settings.endpoint} did not answer within {deadline:g}s "
