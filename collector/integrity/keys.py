@@ -173,7 +173,17 @@ def retired_keys_path(signing_key: Path) -> Path:
 
 def read_retired_keys(signing_key: Path) -> list[PublicKey]:
     path = retired_keys_path(signing_key)
-    return read_public_keys(path) if path.exists() else []
+    if not path.exists():
+        return []
+    keys, problem = _read_key_file(path)
+    if problem is not None:
+        # Not read_public_keys's advice (make a file with `keys export`): the export reads
+        # this list, and fails on it too; it is kept with the signing key, not made.
+        raise KeyFileError(
+            f"{path} cannot be used ({problem}): it is the list `keys rotate` keeps of the "
+            f"public keys this signing key replaced; make it readable by the collector's "
+            f"user, or put it back from a backup of the signing key")
+    return keys
 
 
 @contextmanager
@@ -285,7 +295,7 @@ class KeyRing:
         for path in sorted(self.directory.iterdir()):
             if not _PUBLIC_NAME.fullmatch(path.name):
                 continue
-            keys, problem = _read_ring_file(path)
+            keys, problem = _read_key_file(path)
             if problem is not None:
                 skipped.append(
                     f"{path} is not a public key ({problem}): left out of the key ring. "
@@ -301,7 +311,7 @@ class KeyRing:
         path = self.directory / f"ed25519-{key.id}.pub"
         # Written again over a file of that name that does not hold the key (junk: left
         # out of the ring, and the key with it).
-        if key.id not in {k.id for k in _read_ring_file(path)[0]}:
+        if key.id not in {k.id for k in _read_key_file(path)[0]}:
             try:
                 replace_file(path, key.pem(), PUBLIC_MODE)
             except OSError as exc:
@@ -339,7 +349,7 @@ def parse_public_keys(data: bytes, where: str) -> list[PublicKey]:
     return keys
 
 
-def _read_ring_file(path: Path) -> tuple[list[PublicKey], str | None]:
+def _read_key_file(path: Path) -> tuple[list[PublicKey], str | None]:
     try:
         data = read_regular(path, MAX_PUBLIC_KEYS_BYTES)
     except OSError as exc:

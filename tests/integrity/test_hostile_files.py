@@ -111,6 +111,25 @@ def test_a_key_ring_file_that_is_no_public_key_is_named_and_left_out(
     assert check(store).valid
 
 
+def test_a_damaged_list_of_retired_keys_is_named_with_what_to_do(store: Path) -> None:
+    """The list of the keys the signing key replaced (``<key>.retired.pub``) holding no
+    key stopped `keys export` with advice to make the file with `keys export`: the
+    command that had just failed on it. The list is kept with the signing key."""
+    from collector.integrity.commands import _rotate
+    from tests.integrity.helpers import run_cli
+
+    assert _rotate(store, None, 300.0) == 0
+    retired = store / "keys" / "signing-key.pem.retired.pub"
+    put_junk(retired, "text")
+    result = run_cli("keys", "export", "--data-dir", str(store), "--out",
+                     str(store / "exported.pem"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{retired} cannot be used (it holds no PEM public key" in result.stderr, \
+        result.stderr
+    assert "put it back from a backup of the signing key" in result.stderr, result.stderr
+    assert "with `audit-collector keys export`" not in result.stderr, result.stderr
+
+
 def test_junk_in_place_of_the_signing_keys_public_key_is_written_over_at_start(
         store: Path) -> None:
     """Left out of the ring, the junk took the signing key's public key with it: verify
