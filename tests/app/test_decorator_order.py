@@ -196,6 +196,7 @@ def test_a_function_routed_undecorated_may_be_audited_for_another_route(
     assert client.delete("/internal/buckets/b-4").status_code == 200
     assert client.delete("/buckets/b-5").status_code == 200
     assert [(e.type, e.target) for e in events] == [("bucket_deleted", "b-5")]
+    assert caplog.text.count("already routes to") == 1
     assert "internal (APIRouter) already routes to" in caplog.text
 
 
