@@ -82,10 +82,10 @@ def terminal_safe(text: str) -> str:
 
 def display_width(text: str) -> int:
     """Columns ``text`` takes on a terminal: East Asian wide and full-width characters
-    two; nonspacing and enclosing marks, Hangul conjoining vowels and finals and a skin
-    tone after its emoji none (counted as one, a value padded with marks
-    of combining class 0, such as Thai vowel signs, shifted every column after it left,
-    under the header of the one before)."""
+    two; nonspacing and enclosing marks, Hangul conjoining vowels and finals, and a skin
+    tone after its emoji, none. (Each counted as a column, a value padded with such
+    marks, Thai vowel signs of combining class 0 for one, shifted every column after it
+    left, under the header of the one before.)"""
     if text.isascii():
         return len(text)
     return sum(map(_char_width, text, " " + text))

@@ -20,9 +20,9 @@ connection waits, so the guard closes it after ``HEADER_TIMEOUT``. No ``Connecti
 close`` to end it sooner: a close with the body unread resets the connection, and a
 client that sends its whole body before reading (http.client, requests) then gets a
 broken pipe instead of the 401 that says what to do (RFC 9112, 9.6); what is read
-meanwhile is only what the client sends, never kept. The guard reads uvicorn's per-connection request
-cycle (``response_complete``, ``more_body``): ``tests/api/test_connection_guard.py``
-fails if a uvicorn release renames them.
+meanwhile is only what the client sends, never kept. The guard reads uvicorn's
+per-connection request cycle (``response_complete``, ``more_body``):
+``tests/api/test_connection_guard.py`` fails if a uvicorn release renames them.
 
 Over TLS, accepting and the handshake are the API's own (``collector.api.tls``): uvicorn
 left them to asyncio, with a 60 s timeout and out of the guard's sight. An unfinished
