@@ -7,6 +7,7 @@ cannot verify at all (no data directory, unreadable key file, bad arguments).
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import sys
 import time
@@ -379,11 +380,11 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
             # Not recorded: nothing of it stays (the new key never signed anything).
             tmp.unlink(missing_ok=True)
             public_path.unlink(missing_ok=True)
-            if isinstance(exc, OSError):  # a full disk, most likely
+            if isinstance(exc, OSError):
                 raise IntegrityError(
                     f"the key rotation could not be recorded ({exc.strerror or exc}): "
-                    f"nothing was changed, {old.path} still holds key {old.id}; make room "
-                    f"in {data_dir} and run `keys rotate` again") from None
+                    f"nothing was changed, {old.path} still holds key {old.id}; "
+                    f"{_remedy(exc, data_dir)} and run `keys rotate` again") from None
             raise
         try:
             install_signing_key(tmp, old.path)
@@ -397,3 +398,17 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
     print(f"rotated the signing key: {old.id} -> {new.id} ({old.path}); the old public key "
           f"stays in the key ring. Export the keys again (`audit-collector keys export`).")
     return 0
+
+
+def _remedy(exc: OSError, data_dir: Path) -> str:
+    """What to do about ``exc``, met writing the rotation under ``data_dir``: "make
+    room" only when the disk is full (said of every error, it sent a permission problem
+    looking for space)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"make room in {data_dir}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return (f"let the signing key's owner write {data_dir}/keys and "
+                f"{data_dir}/digests{where}")
+    return f"fix what the error names in {data_dir}"
+

@@ -516,7 +516,8 @@ def test_a_rotation_that_fails_leaves_the_store_as_it_was(
     files = {path.name: path.read_bytes() for path in keys.iterdir()}
     digests_before = kinds(data_dir)
     full_disk = refuse_digests(monkeypatch, "key_rotation")
-    with pytest.raises(IntegrityError, match="could not be recorded .*: nothing was changed"):
+    with pytest.raises(IntegrityError, match="could not be recorded .*: nothing was "
+                       "changed, .*; make room in "):
         commands._rotate(data_dir, None, 300.0)
     full_disk["on"] = False
     assert {path.name: path.read_bytes() for path in keys.iterdir()} == files
@@ -525,6 +526,30 @@ def test_a_rotation_that_fails_leaves_the_store_as_it_was(
         store.write(events(3))
     result = run_verify(str(data_dir))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_rotation_refused_for_permissions_is_not_told_to_make_room(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every error recording the rotation was advised "make room", a permission
+    problem too."""
+    import errno
+
+    from collector.integrity import commands, digests
+    from collector.integrity.errors import IntegrityError
+
+    data_dir = build_store(tmp_path / "data", batches=2)
+    real = digests.append
+
+    def refused(directory: Path, name: str, line: bytes) -> Path:
+        if b"key_rotation" in line:
+            raise PermissionError(errno.EACCES, "Permission denied", str(directory / name))
+        return real(directory, name, line)
+
+    monkeypatch.setattr(digests, "append", refused)
+    with pytest.raises(IntegrityError) as raised:
+        commands._rotate(data_dir, None, 300.0)
+    assert "make room" not in str(raised.value)
+    assert "let the signing key's owner write" in str(raised.value)
 
 
 def test_keys_rotate_again_on_a_file_system_without_hard_links(
