@@ -6,6 +6,7 @@ run.)"""
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
 from collections.abc import Iterator
@@ -50,6 +51,12 @@ def talk(address: Any, family: int, data: bytes) -> tuple[list[tuple[FrameType, 
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
+            reset = True
+        except OSError as exc:
+            # The server's reset came in between sendall and shutdown: the socket is no
+            # longer connected (ENOTCONN), the same reset said otherwise.
+            if exc.errno != errno.ENOTCONN:
+                raise
             reset = True
         while True:
             try:
