@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -205,8 +206,11 @@ def append(directory: Path, segment_name: str, line: bytes) -> Path:
     """Append one signed line to the segment's digest file and fsync it (and the
     directory, when the file is new)."""
     path = directory / file_name(segment_name)
-    new = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd, new = os.open(path, flags | os.O_EXCL, FILE_MODE), True
+    except FileExistsError:
+        fd, new = os.open(path, flags, FILE_MODE), False
     try:
         size = os.fstat(fd).st_size
         try:
@@ -222,6 +226,12 @@ def append(directory: Path, segment_name: str, line: bytes) -> Path:
                 os.ftruncate(fd, size)
             except OSError:
                 pass  # left for start-up, which moves a torn last line to quarantine/
+            if new:
+                # Created for this line: left empty, verify reads "its digests were
+                # removed" (INVALID) if the collector stops before the retry (a full
+                # disk at the stop). Unlinking needs no space either.
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise
     finally:
         os.close(fd)

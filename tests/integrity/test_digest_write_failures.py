@@ -180,3 +180,45 @@ def test_a_reserve_left_short_by_a_kill_is_made_whole(tmp_path: Path) -> None:
     with open_store(data_dir) as store:
         store.write(events(1))
         wait_until(lambda: reserve.stat().st_size == disk_space.RESERVE_BYTES, timeout=5)
+
+
+class _DiskFull:
+    """``os`` for the digests module whose every ``write`` finds the disk full once
+    armed (a file can still be created: a full tmpfs has inodes left)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.armed:
+            self.refused += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+
+def test_a_digest_file_the_disk_refuses_its_first_line_is_not_left_empty(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk full between a new digest file's creation and its first line, and the
+    collector stopped before space came back (a CI run, 2026-11-27): the empty file
+    stayed, and verify read it as 'its digests were removed', INVALID. A file created
+    for a line the disk refuses goes with the failure; the segment's records are then
+    unsigned (said as such), not a tamper alarm."""
+    data_dir = tmp_path / "data"
+    fake = _DiskFull()
+    monkeypatch.setattr(digests, "os", fake)
+    with open_store(data_dir, max_segment_bytes=2048) as store:
+        for _ in range(3):
+            store.write(events(3))
+        wait_until(lambda: len(segment_paths(data_dir)) >= 2)
+        newest = segment_paths(data_dir)[-1].name
+        assert not (data_dir / "digests" / digests.file_name(newest)).exists()
+        fake.armed = True  # the stop checkpoint's digest of the active segment: refused
+    assert fake.refused, "the failure was never injected"
+    assert not (data_dir / "digests" / digests.file_name(newest)).exists()
+    assert all(p.stat().st_size for p in digest_paths(data_dir))
+    report = check(data_dir)
+    assert report.valid, reasons(report)
