@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
 
@@ -21,7 +20,7 @@ django.setup()
 
 from django.contrib.auth.decorators import login_not_required, login_required, permission_required
 from django.core.asgi import get_asgi_application
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.test import Client, override_settings
 from django.urls import path
 from django.utils.decorators import method_decorator
@@ -30,7 +29,7 @@ from django.views.decorators.cache import never_cache
 
 from audit_middleware import AuditMiddleware, audited
 from audit_middleware.catalogue import PIPELINE_DELETED
-from examples.django_app.auth import AnonymousUser
+from tests.examples.django_anonymous import SETTINGS as SIGN_IN_CHECKS
 
 DANA = {"Authorization": "Bearer demo-dana-token"}
 
@@ -93,27 +92,10 @@ class ListedSignedInPipelineView(View):
         return JsonResponse({"id": pipeline_id, "deleted": True})
 
 
-class Anonymous(AnonymousUser):
-    def has_perms(self, perms: object) -> bool:  # asked by permission_required
-        return False
-
-
-def anonymous(get_response: Callable[[HttpRequest], HttpResponse]
-              ) -> Callable[[HttpRequest], HttpResponse]:
-    """A Django middleware: every request is an anonymous user's."""
-
-    def middleware(request: HttpRequest) -> HttpResponse:
-        request.user = Anonymous()  # type: ignore[assignment]
-        return get_response(request)
-
-    return middleware
-
-
 @pytest.mark.parametrize(("view", "said"), [
     (SignedInPipelineView, "@user_passes_test) through method_decorator"),
     (ListedSignedInPipelineView, "above Django's @login_required")])
-@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[f"{__name__}.anonymous"],
-                   INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"])
+@override_settings(ROOT_URLCONF=__name__, **SIGN_IN_CHECKS)
 def test_method_decorator_audited_over_login_required_fails_before_the_view(
         audit, caplog: pytest.LogCaptureFixture, view: type[View], said: str,
 ) -> None:  # type: ignore[no-untyped-def]
@@ -150,8 +132,7 @@ class PublicPipelineView(View):
         return JsonResponse({"id": pipeline_id, "deleted": True})
 
 
-@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[f"{__name__}.anonymous"],
-                   INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"])
+@override_settings(ROOT_URLCONF=__name__, **SIGN_IN_CHECKS)
 def test_method_decorator_audited_over_checks_that_redirect_nothing_records(
         audit) -> None:  # type: ignore[no-untyped-def]
     """Over ``login_not_required`` (Django's mark of a public view, of the same module as
