@@ -128,12 +128,17 @@ def test_audited_above_login_required_is_refused() -> None:
     """Around ``@login_required``, ``@audited`` recorded its redirect of an anonymous
     request to the sign-in page (302) as the view's success: an action never done (a
     new-user review). Refused at import time; below it, only the view is recorded."""
-    from django.contrib.auth.decorators import login_required, permission_required
+    from django.contrib.auth.decorators import (
+        login_required,
+        permission_required,
+        user_passes_test,
+    )
     from django.http import HttpRequest, JsonResponse
 
     from audit_middleware import AuditConfigurationError, audited
 
-    for check in (login_required, permission_required("pipelines.delete_pipeline")):
+    for check in (login_required, permission_required("pipelines.delete_pipeline"),
+                  user_passes_test(lambda user: user.is_staff)):
         with pytest.raises(AuditConfigurationError, match="above Django's @login_required"):
             @audited("pipeline_deleted", target="pipeline_id")
             @check
@@ -156,11 +161,7 @@ def test_audited_above_a_permission_check_that_raises_is_allowed(audit) -> None:
     from django.test import RequestFactory
 
     from audit_middleware import audited
-    from examples.django_app.auth import AnonymousUser
-
-    class Anonymous(AnonymousUser):
-        def has_perms(self, perms: object) -> bool:  # asked by permission_required
-            return False
+    from tests.examples.django_anonymous import Anonymous
 
     @audited("pipeline_deleted", target="pipeline_id", record_failure=True)
     @permission_required("pipelines.delete_pipeline", raise_exception=True)
@@ -171,3 +172,4 @@ def test_audited_above_a_permission_check_that_raises_is_allowed(audit) -> None:
     request.user = Anonymous()  # type: ignore[assignment]
     with pytest.raises(PermissionDenied):
         delete(request, pipeline_id="p-9")
+    assert [(e.target, e.status) for e in audit.events] == [("p-9", "failed: HTTP 403")]
