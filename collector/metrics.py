@@ -200,8 +200,20 @@ METRICS: Final[tuple[Metric, ...]] = (
        "Longest fsync since start"),
     _m("audit.collector.store.write_errors", "counter", "store", "write_errors", "{error}",
        "Failed appends or fsyncs (nothing of them acknowledged)"),
+    _m("audit.collector.store.rejected", "counter", "store", "rejected", "{rejection}",
+       "Submissions the store refused whole (events it cannot store, bad source numbers: "
+       "none of them stored), and events it left out alone as unencodable; each sender "
+       "was told why"),
     _m("audit.collector.store.quarantined", "gauge", "store", "quarantined", "{file}",
        "Torn tails moved to quarantine/"),
+    _m("audit.collector.store.quarantined.size", "gauge", "store", "quarantined_bytes", "By",
+       "Bytes of the files in quarantine/ (torn tails cut off at start-up, kept for "
+       "review: an operator deletes them)"),
+    _m("audit.collector.store.sources.known", "gauge", "store", "sources_total", "{source}",
+       "Sources (app processes, each numbering its events) the store knows now"),
+    _m("audit.collector.store.sources.forgotten", "counter", "store", "sources_forgotten",
+       "{source}", "Sources forgotten since start: none of their records was left once "
+       "retention deleted segments"),
     _m("audit.collector.store.sources.gap_events", "gauge", "store", "gap_events", "{event}",
        "Events numbered by their source that never arrived, before one that did (lost)"),
     _m("audit.collector.store.sources.unreceived_tail_events", "gauge", "store",

@@ -201,6 +201,11 @@ def test_a_scrape_after_hostile_senders_parses_and_its_losses_are_the_apis_and_s
         assert found["audit_collector_integrity_digest_write_failures_total"] == ("counter", 0)
         assert found["audit_collector_integrity_pending_digests"] == ("gauge", 0)
         assert found["audit_collector_integrity_unsigned_records"][0] == "gauge"
+        # The store's figures that were in `stats` only: app:1:x is the one source.
+        assert found["audit_collector_store_sources_known"] == ("gauge", 1)
+        assert found["audit_collector_store_sources_forgotten_total"] == ("counter", 0)
+        assert found["audit_collector_store_rejected_total"] == ("counter", 0)
+        assert found["audit_collector_store_quarantined_size_bytes"] == ("gauge", 0)
         token = add_reader(root / "data", "root", root=True)
         losses = httpx.get(f"{url}/api/v1/sources/losses", timeout=10,
                            headers={"Authorization": f"Bearer {token}"}).json()

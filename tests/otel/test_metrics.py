@@ -20,6 +20,7 @@ from audit_middleware.testing import reset_configuration
 from audit_middleware.wire import ErrorCode
 from collector.ingest import REFUSALS
 from collector.metrics import METRICS, PROMETHEUS_CONTENT_TYPE, Metrics, routes
+from collector.storage.errors import StorageError
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import event
 
@@ -63,6 +64,31 @@ def test_the_store_counters_are_prometheus_metrics(store: Store) -> None:
     assert found["audit_collector_store_sources_gap_events"] == ("gauge", 0)
     assert found["audit_collector_store_sources_unreceived_tail_events"] == ("gauge", 0)
     assert "audit_collector_forward_lag" not in found  # no forwarder registered
+
+
+def test_every_figure_of_the_store_stats_is_published(store: Store) -> None:
+    """Before, the refused submissions, the quarantine's size and the sources known and
+    forgotten were in ``stats`` only: a scrape could not alert on them."""
+    published = {m.key for m in METRICS if m.source == "store"}
+    figures = {key for key, value in store.stats().items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    # How many sources the stats' own listing leaves out: about the listing, not the store.
+    assert sorted(figures - published - {"sources_omitted"}) == []
+
+
+def test_the_stores_refusals_quarantine_and_sources_are_prometheus_metrics(
+        store: Store) -> None:
+    with pytest.raises(StorageError):
+        store.write([{"id": "not an event"}])
+    store.write([event(1)], "app:1:x", [1])
+    (store.quarantine_dir / "segment-torn.jsonl").write_bytes(b"x" * 1234)
+    metrics = Metrics()
+    metrics.add("store", store.stats)
+    found = parse_prometheus(metrics.prometheus())
+    assert found["audit_collector_store_rejected_total"] == ("counter", 1)
+    assert found["audit_collector_store_quarantined_size_bytes"] == ("gauge", 1234)
+    assert found["audit_collector_store_sources_known"] == ("gauge", 1)
+    assert found["audit_collector_store_sources_forgotten_total"] == ("counter", 0)
 
 
 def test_the_signers_figures_are_metrics_and_a_failed_digest_write_is_counted(
