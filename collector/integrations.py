@@ -1,12 +1,13 @@
 """What ``serve`` runs to fit the collector into other pipelines: the OTLP forwarder
 (when ``forward_endpoint`` is set), ``POST /api/v1/events`` (HTTP ingest, with the
-shared ``token``) and ``GET /metrics`` on the API port, and the collector's counters as
-OpenTelemetry metrics (on the global meter provider: exported when the process runs
-under an OpenTelemetry SDK, e.g. ``opentelemetry-instrument audit-collector serve``).
+shared ``token``), ``GET /metrics`` and ``GET /healthz`` on the API port, and the
+collector's counters as OpenTelemetry metrics (on the global meter provider: exported
+when the process runs under an OpenTelemetry SDK, e.g. ``opentelemetry-instrument
+audit-collector serve``).
 
     integrations = Integrations(store, ingest_server, config)
     integrations.start(out)
-    integrations.attach(api_server)   # the API's app serves the two routes
+    integrations.attach(api_server)   # the API's app serves the three routes
     ...
     integrations.stop()
 """
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 from .config import CollectorConfig, ConfigError
 from .forward_checkpoint import CheckpointError
 from .forwarder import Forwarder, forward_settings
+from .health import Health
 from .http_ingest import HttpIngest, HttpIngestSettings
 from .metrics import Metrics
 
@@ -37,6 +39,7 @@ class Integrations:
             token=config.token, max_body=config.max_frame,
             max_field_length=config.max_field_length))
         self.metrics.add("http", self.http_ingest.stats)
+        self.health = Health(store)
         self.api: Any = None  # the query API's ApiServer, once attached
         self.forwarder: Forwarder | None = None
         if config.forward_endpoint:
@@ -57,9 +60,10 @@ class Integrations:
                      f"from the {self.forwarder.settings.start}"), file=out, flush=True)
 
     def attach(self, api: Any) -> None:
-        """Serve ``POST /api/v1/events`` and ``GET /metrics`` from the query API (an
-        ``ApiServer``: its app's routes find these objects in ``app.state``), and count
-        its connection protection among the metrics and stats."""
+        """Serve ``POST /api/v1/events``, ``GET /metrics`` and ``GET /healthz`` from the
+        query API (an ``ApiServer``: its app's routes find these objects in
+        ``app.state``), and count its connection protection among the metrics and
+        stats."""
         self.api = api
         self.metrics.add("api", api.stats)
         if api.tls is not None:
@@ -68,6 +72,7 @@ class Integrations:
         app.state.http_ingest = self.http_ingest
         app.state.metrics = self.metrics
         app.state.metrics_auth = self.metrics_auth
+        app.state.health = self.health
 
     def stats(self) -> dict[str, Any]:
         """For the live stats file (``audit-collector stats``)."""

@@ -250,6 +250,9 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
     forwarding = True
     try:
         await stop.wait()
+        # First: a probe answered before the API's port closes (a moment later, while
+        # ingest drains) must not be told to send more.
+        integrations.health.stopping = True
         print("audit-collector: shutting down, draining connections", file=out, flush=True)
         # The API, ingest and the forwarder each wait for their own clients at once, not
         # one after another: in turn, a stop added up their drain timeouts (28 s measured

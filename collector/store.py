@@ -31,7 +31,13 @@ from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
 from collector.index import Index
 from collector.storage import loss_acks, sources
-from collector.storage.disk_space import Reserve, free_bytes, is_full, out_of_space
+from collector.storage.disk_space import (
+    RESERVE_ROOM,
+    Reserve,
+    free_bytes,
+    is_full,
+    out_of_space,
+)
 from collector.storage.errors import (
     DataDirInUseError,
     DiskFullError,
@@ -39,7 +45,13 @@ from collector.storage.errors import (
     StorageSettingsError,
     StoreClosedError,
 )
-from collector.storage.failures import Failures
+from collector.storage.failures import (
+    DISK_FULL,
+    NOT_OPEN,
+    Failures,
+    WriteFailure,
+    write_failure,
+)
 from collector.storage.group_commit import RATE_WINDOW, GroupWriter, Submission, WriteResult
 from collector.storage.indexer import ChunkIndexer
 from collector.storage.records import (
@@ -132,6 +144,9 @@ class Store:
         #: What fails now on the commit thread ("commit", "housekeeping"...), each
         #: until that work goes through again (``Failures``).
         self._failures = Failures()
+        #: What ends a commit that raised (``failures.write_failure``), until one goes
+        #: through; a write that failed in it is the writer's (``GroupWriter.failure``).
+        self._commit_failure: WriteFailure | None = None
         self._loss_acks: dict[str, loss_acks.Ack] = {}
         self._acks_lock = threading.Lock()
         #: The record of an acknowledgement, applied, whose staged file could not take
@@ -463,6 +478,7 @@ class Store:
                     self._writer.commit(batch)
                     self._last_activity = time.monotonic()
                     self._failures.recovered(_COMMIT)
+                    self._commit_failure = None
                 doing = _COMPRESSED
                 self._segments.apply_compressed()
                 self._failures.recovered(_COMPRESSED)
@@ -474,6 +490,8 @@ class Store:
                     self._failures.recovered(_HOUSEKEEPING)
             except Exception as exc:  # noqa: BLE001 - never let the commit thread die
                 self._failed(exc, doing)
+                if doing == _COMMIT:
+                    self._commit_failure = write_failure(exc, self.settings.data_dir)
                 for sub in batch:
                     if not sub.future.done():
                         sub.future.set_exception(StorageError(str(exc)))
@@ -836,6 +854,22 @@ class Store:
             "unacknowledged_tail_events": known.unacknowledged_tail_events,
             "integrity": self.integrity_stats(),
         }
+
+    def refusal(self) -> str | None:
+        """Why the store cannot take events now, or None when it can: ``NOT_OPEN``
+        (before ``open``, from ``close`` on), ``DISK_FULL`` (the last commit failed for
+        want of space, and the disk still has less than ``RESERVE_ROOM`` free) or
+        ``WRITE_FAILING`` (it failed otherwise). A failure lasts until a commit goes
+        through, but a full disk is judged by its free space now: a collector taken out
+        of a load balancer's rotation for it gets no batch to show that space was freed,
+        and would stay out for good."""
+        with self._lock:
+            if self._state != "open":
+                return NOT_OPEN
+        failure = self._writer.failure or self._commit_failure
+        if failure == DISK_FULL and free_bytes(self.settings.data_dir) >= RESERVE_ROOM:
+            return None  # space freed: the next batch is written (or fails again, said)
+        return failure
 
     def integrity_stats(self) -> dict[str, Any] | None:
         """The signed digests' figures (``Ledger.stats``); None when the store keeps no

@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from collector import http_ingest, metrics
+from collector import health, http_ingest, metrics
 from collector.query import IndexUnavailableError
 from collector.readers import ReaderError, Readers
 from collector.storage.errors import IndexOutOfDateError, StorageError
@@ -89,6 +89,7 @@ ROUTES = [
     Route("/api/v1/openapi.json", routes.openapi, methods=["GET"]),
     *http_ingest.routes(),  # POST /api/v1/events, when serve attaches its HttpIngest
     *metrics.routes(),  # GET /metrics (Prometheus), when serve attaches its Metrics
+    *health.routes(),  # GET /healthz (readiness), from serve's Health once attached
     Route("/", routes.to_panel, methods=["GET"]),
     Route("/admin", routes.to_panel, methods=["GET"]),
     Route("/admin/audit-logs", routes.panel, methods=["GET"]),

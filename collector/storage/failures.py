@@ -6,11 +6,36 @@ cleared by any later success that was not a retry of the same work (the next
 housekeeping pass after a commit that raised) said nothing failed while every batch
 still did. So each failure is kept by what failed, and goes only once that very work
 succeeds.
+
+A failed commit is also classed by what ends it (``write_failure``), for the
+collector's readiness (``Store.refusal``, ``GET /healthz``).
 """
 
 from __future__ import annotations
 
+import errno
 import threading
+from pathlib import Path
+from typing import Final, Literal
+
+from .disk_space import out_of_space
+
+#: Why the store takes no events now (``Store.refusal``). Fixed words: a probe that
+#: needs no token reads them, so they say nothing the store holds.
+NOT_OPEN: Final = "not_open"
+DISK_FULL: Final = "disk_full"
+WRITE_FAILING: Final = "write_failing"
+WriteFailure = Literal["disk_full", "write_failing"]
+
+
+def write_failure(exc: BaseException, directory: Path) -> WriteFailure:
+    """``DISK_FULL`` when ``exc`` is ``directory``'s disk being full, which freed space
+    ends (and ``free_bytes`` shows); else ``WRITE_FAILING``: an I/O error, a read-only
+    or unwritable directory, or a user's quota (``EDQUOT``: ``free_bytes`` does not see
+    it), which only a write that goes through shows ended."""
+    if out_of_space(exc, directory) and getattr(exc, "errno", None) != errno.EDQUOT:
+        return DISK_FULL
+    return WRITE_FAILING
 
 
 class Failures:

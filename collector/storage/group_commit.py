@@ -21,6 +21,7 @@ from collector.index import CHUNK_ROWS, MAX_UNINDEXED, Index
 
 from . import sources
 from .errors import StorageError
+from .failures import WriteFailure, write_failure
 from .indexer import ChunkIndexer
 from .records import Encoded, Row, Unencodable, rebase, record_lines
 from .segment_set import SegmentSet
@@ -104,6 +105,8 @@ class GroupWriter:
         self.rate: collections.deque[tuple[float, int]] = collections.deque()
         #: The failure of the last write, until a write succeeds.
         self.last_error: str | None = None
+        #: What ends it (``failures.write_failure``), for the store's readiness.
+        self.failure: WriteFailure | None = None
 
     def close(self) -> None:
         self._fsyncer.shutdown(wait=True)
@@ -253,6 +256,7 @@ class GroupWriter:
         self.counts["fsyncs"] += 1
         self.counts["written"] += written
         self.last_error = None  # written again: the failure is over (``write_errors`` counts it)
+        self.failure = None
         now = time.monotonic()
         self.rate.append((now, written))
         while now - self.rate[0][0] > RATE_WINDOW:
@@ -291,6 +295,7 @@ class GroupWriter:
 
     def _fail(self, piece: list[_Prepared], exc: BaseException, doing: str) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
+        self.failure = write_failure(exc, self._segments.directory)
         self.counts["write_errors"] += 1
         name = self._segments.active.path.name
         log.error("audit store: %s %s failed: %s", doing, name, exc)

@@ -49,7 +49,7 @@ def test_loopback_refuses_any_other_name_with_421_and_says_what_to_open(data: Pa
                                                                          host: str) -> None:
     with client(data, host, loopback=True,
                 public_origin="https://audit.example.com") as c:
-        for path in ("/metrics", "/admin/audit-logs", "/api/v1/session"):
+        for path in ("/metrics", "/healthz", "/admin/audit-logs", "/api/v1/session"):
             answer = c.get(path)
             assert answer.status_code == 421, (path, answer.status_code)
             assert "http://localhost:<port>/" in answer.text

@@ -23,14 +23,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
+from audit_middleware.wire import ErrorCode, ErrorReply, FrameType
 from collector import query, serve
 from collector.storage import indexer
 from collector.storage.chunks import CLOSED, INDEXED
 from collector.storage.errors import StorageError
+from tests.api.served import serving
 from tests.collector.storage_helpers import event, events, open_store, wait_until
+from tests.e2e.harness import RawClient, wire_line
 from tests.faults.fleet import Collector, report, rng, scaled, wait_for
 from tests.faults.full_disk import (
     IN_NAMESPACE,
@@ -110,6 +114,37 @@ def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: P
     assert result["spooled"] > 0
     assert reopened.endswith("nothing to repair"), reopened
     assert restarted_full in ("started", "waiting"), restarted_full
+
+
+def test_the_readiness_probe_says_disk_full_and_ready_once_space_is_freed(
+        tmp: Path) -> None:
+    """``GET /healthz`` of a real collector on a real full disk: 503 ``disk_full`` while
+    batches are refused, 200 once space is freed, before any batch is written again (a
+    balancer that took the collector out of rotation sends none to show it)."""
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+    with tmpfs(tmp / "disk", "16m") as disk, serving(disk / "data") as (collector, url):
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        fill(disk / "ballast")
+        client = RawClient(collector.socket)
+        try:
+            client.hello()
+            for n in range(1, 100):  # the last pages' slack may take a batch or two
+                seqs = list(range(50 * n - 49, 50 * n + 1))
+                kind, payload = client.batch(n, [wire_line(i) for i in seqs], seqs)
+                if kind is FrameType.ERROR:
+                    break
+            assert ErrorReply.decode(payload).code == ErrorCode.STORAGE_UNAVAILABLE
+        finally:
+            client.close()
+        full = httpx.get(f"{url}/healthz", timeout=10)
+        (disk / "ballast").unlink()
+        freed = httpx.get(f"{url}/healthz", timeout=10)
+    assert full.status_code == 503, full.text
+    assert orjson.loads(full.content)["reason"] == "disk_full"
+    assert str(disk) not in full.text and "No space" not in full.text
+    assert freed.status_code == 200, freed.text
 
 
 def test_retention_frees_a_disk_full_to_the_last_byte_by_itself(tmp: Path) -> None:

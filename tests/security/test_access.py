@@ -38,6 +38,7 @@ PUBLIC = {
     ("POST", "/api/v1/session"): "signing in (with a token in the body)",
     ("DELETE", "/api/v1/session"): "signing out",
     ("GET", "/metrics"): "counters only (no record content): checked below",
+    ("GET", "/healthz"): "ready or not, with a fixed reason (a probe's): checked below",
 }
 #: Routes any valid reader may call (not only root): they say who you are, not what
 #: is in the logs.

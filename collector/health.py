@@ -1,0 +1,82 @@
+"""``GET /healthz`` on the API port: whether the collector can take events now, for a
+load balancer's, systemd's or Kubernetes' readiness probe.
+
+    health = Health(store)          # serve's Integrations makes it
+    app.state.health = health       # the route finds it there
+    health.stopping = True          # serve, once asked to stop
+
+200 ``{"status": "ready"}`` while the store is open and its writes go through; 503 with
+one of ``REASONS`` otherwise, decided from the store's own state at each request
+(``Store.refusal``), never from a flag set once at start-up. Like ``/metrics`` with
+``metrics_auth = none`` it needs no token, so it says no more than one of those fixed
+reasons: no path, no count, no error text (the log and ``audit-collector stats`` have
+them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final, Protocol
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .storage.failures import DISK_FULL, NOT_OPEN, WRITE_FAILING
+
+STARTING: Final = "starting"
+STOPPING: Final = "stopping"
+
+#: Each reason for a 503, and what it tells the operator (nothing of the store's).
+REASONS: Final = {
+    STARTING: "the collector is starting: ask again in a moment",
+    STOPPING: "the collector is stopping: it takes no new events (the apps keep theirs "
+              "until it is back)",
+    NOT_OPEN: "the store is not open: the collector is starting or stopping",
+    DISK_FULL: "the store's disk is full: batches are refused until space is freed on "
+               "it (the apps keep theirs meanwhile)",
+    WRITE_FAILING: "the store's last write failed, and not for want of space: batches "
+                   "are refused until one is written; the collector's log says why",
+}
+
+
+class Refusing(Protocol):
+    def refusal(self) -> str | None: ...
+
+
+class Health:
+    """What ``GET /healthz`` answers from: the store's state, and whether serve stops."""
+
+    def __init__(self, store: Refusing) -> None:
+        self._store = store
+        #: Set by serve when it is asked to stop: ingest drains its clients, and a load
+        #: balancer should send nothing new (the API's port closes a moment later).
+        self.stopping = False
+
+    def problem(self) -> str | None:
+        """None when the collector can take events; else one of ``REASONS``."""
+        if self.stopping:
+            return STOPPING
+        return self._store.refusal()
+
+
+async def _endpoint(request: Request) -> Response:
+    health: Health | None = getattr(request.app.state, "health", None)
+    # None: the API listens a moment before serve attaches it (``Integrations.attach``).
+    # Off the event loop: a full disk is judged by statvfs, which a hung disk can hold.
+    problem = STARTING if health is None else await asyncio.to_thread(health.problem)
+    if problem is None:
+        return _json({"status": "ready"}, 200)
+    return _json({"status": "unavailable", "reason": problem, "message": REASONS[problem]},
+                 503)
+
+
+def _json(body: dict[str, str], status: int) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def routes() -> list[Route]:
+    """``GET /healthz``, and ``HEAD`` (Starlette serves it for GET routes; probes use it:
+    it runs no query and records nothing, unlike the audit-log reads' HEAD)."""
+    return [Route("/healthz", _endpoint, methods=["GET"])]

@@ -1,0 +1,173 @@
+"""``GET /healthz``: 200 while the collector can take events, 503 with a fixed reason when
+it cannot (the store's disk full, its writes failing, not open, serve stopping), decided
+from a real Store's state; no token needed, and nothing of the store in the answer."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from collector import health
+from collector import store as store_module
+from collector.health import REASONS, Health
+from collector.index import Index
+from collector.storage.disk_space import RESERVE_ROOM
+from collector.storage.errors import StorageError
+from collector.storage.segments import ActiveSegment
+from collector.store import Store
+from tests.api.served import add_reader, serving
+from tests.collector.storage_helpers import event, open_store
+from tests.e2e.harness import short_tmp
+
+
+class FailingAppends:
+    """``ActiveSegment.append`` raising ``errno`` while set (None: the real append)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.errno: int | None = None
+        real = ActiveSegment.append
+
+        def append(segment: ActiveSegment, data: bytes) -> int:
+            if self.errno is not None:
+                raise OSError(self.errno, "injected")
+            return real(segment, data)
+
+        monkeypatch.setattr(ActiveSegment, "append", append)
+
+
+@pytest.fixture
+def failing(monkeypatch: pytest.MonkeyPatch) -> FailingAppends:
+    return FailingAppends(monkeypatch)
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> Iterator[Store]:
+    with open_store(tmp_path / "data") as store:
+        yield store
+
+
+def probe(state: Health | None) -> httpx.Response:
+    app = Starlette(routes=health.routes())
+    if state is not None:
+        app.state.health = state
+    return TestClient(app).get("/healthz")
+
+
+def write_fails(store: Store) -> None:
+    with pytest.raises(StorageError, match="injected"):
+        store.write([event()])
+
+
+def test_ready_while_the_store_writes(opened: Store) -> None:
+    reply = probe(Health(opened))
+    assert (reply.status_code, reply.json()) == (200, {"status": "ready"})
+
+
+def test_a_full_disk_is_unready_until_it_has_room_again(
+        opened: Store, failing: FailingAppends, monkeypatch: pytest.MonkeyPatch) -> None:
+    free = [0]
+    monkeypatch.setattr(store_module, "free_bytes", lambda directory: free[0])
+    failing.errno = errno.ENOSPC
+    write_fails(opened)
+    reply = probe(Health(opened))
+    assert reply.status_code == 503
+    assert reply.json() == {"status": "unavailable", "reason": "disk_full",
+                            "message": REASONS["disk_full"]}
+    # Space freed (retention, an operator), no batch written yet: a probe that took the
+    # collector out of rotation must let it back, or no batch ever comes to show it.
+    free[0] = RESERVE_ROOM
+    assert probe(Health(opened)).status_code == 200
+
+
+def test_another_write_failure_is_unready_until_a_write_goes_through(
+        opened: Store, failing: FailingAppends) -> None:
+    failing.errno = errno.EIO
+    write_fails(opened)
+    reply = probe(Health(opened))
+    assert (reply.status_code, reply.json()["reason"]) == (503, "write_failing")
+    failing.errno = None
+    opened.write([event()])
+    assert probe(Health(opened)).status_code == 200
+
+
+def test_a_commit_that_raises_before_writing_is_unready_until_one_goes_through(
+        opened: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index failing its dedupe query: no append fails, yet no batch is stored."""
+    broken = [True]
+    real = Index.known_ids
+
+    def known_ids(index: Index, keys: list[bytes | str]) -> set[bytes | str]:
+        if broken[0]:
+            raise sqlite3.OperationalError("injected")
+        return real(index, keys)
+
+    monkeypatch.setattr(Index, "known_ids", known_ids)
+    write_fails(opened)
+    assert probe(Health(opened)).json()["reason"] == "write_failing"
+    broken[0] = False
+    opened.write([event()])
+    assert probe(Health(opened)).status_code == 200
+
+
+def test_a_quota_is_not_judged_by_the_free_space_it_does_not_show(
+        opened: Store, failing: FailingAppends) -> None:
+    failing.errno = errno.EDQUOT  # the disk has room (tmp_path's): the user has none
+    write_fails(opened)
+    assert probe(Health(opened)).json()["reason"] == "write_failing"
+
+
+def test_unready_before_the_store_opens_after_it_closes_and_while_stopping(
+        tmp_path: Path) -> None:
+    with open_store(tmp_path / "data") as store:
+        state = Health(store)
+        state.stopping = True
+        assert probe(state).json()["reason"] == "stopping"
+    reply = probe(Health(store))
+    assert (reply.status_code, reply.json()["reason"]) == (503, "not_open")
+    assert probe(None).json()["reason"] == "starting"  # serve has not attached it yet
+
+
+def test_head_answers_as_get_without_a_body(opened: Store, failing: FailingAppends,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probes use HEAD; unlike the audit-log reads', it runs no query."""
+    client = TestClient(Starlette(routes=health.routes()))
+    client.app.state.health = Health(opened)  # type: ignore[attr-defined]
+    ready = client.head("/healthz")
+    assert (ready.status_code, ready.content) == (200, b"")
+    monkeypatch.setattr(store_module, "free_bytes", lambda directory: 0)
+    failing.errno = errno.ENOSPC
+    write_fails(opened)
+    assert client.head("/healthz").status_code == 503
+
+
+@pytest.mark.e2e
+def test_a_running_collector_answers_probes_without_a_token_and_says_nothing_of_its_store(
+        ) -> None:
+    with short_tmp() as tmp:
+        token = add_reader(tmp / "data", "prometheus", root=False)
+        # /metrics needs a token here; a probe never does (ready or not, no count).
+        with serving(tmp / "data", "--metrics-auth", "reader") as (_, url):
+            assert httpx.get(f"{url}/metrics", timeout=10).status_code == 401
+            reply = httpx.get(f"{url}/healthz", timeout=10)
+            head = httpx.head(f"{url}/healthz", timeout=10)
+            port = url.rsplit(":", 1)[1]
+            by_name = httpx.get(f"http://localhost:{port}/healthz", timeout=10)
+            # The loopback API's DNS-rebinding rule, as /metrics (collector.api.hosts).
+            rebound = httpx.get(f"{url}/healthz", timeout=10,
+                                headers={"Host": f"evil.example:{port}"})
+    assert (reply.status_code, orjson.loads(reply.content)) == (200, {"status": "ready"})
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.headers["cache-control"] == "no-store"  # the API's security headers
+    for secret in (str(tmp), token, "prometheus"):
+        assert secret not in reply.text and secret not in str(reply.headers)
+    assert (head.status_code, head.content) == (200, b"")
+    assert by_name.status_code == 200
+    assert rebound.status_code == 421
