@@ -466,8 +466,14 @@ class Ledger:
         return {"key": self.key.id, "digests": self.n, "written": self.written,
                 "newest_digest": newest.time if newest else None,
                 "chain_head": self.chain.decode(),
-                # Read without the commit thread's lock: a digest newer than ``state``
-                # would make it negative for a moment.
+                # Read without the commit thread's lock, yet never negative once the
+                # store is open: a digest of ``state``'s segment is a copy of that very
+                # object, taken before ``newest`` was read here, and its ``records`` only
+                # grow; a segment of another name counts 0. Only between ``attach`` and
+                # ``started`` in ``Store.open`` (before anything reads this) can the
+                # newest digest on disk name more records than the file holds (cut
+                # while the collector was stopped; the start checkpoint then says what
+                # is there): ``max`` is a guard only, no reader sees it at work.
                 "unsigned_records": (max(0, state.records - _records_of(newest, state))
                                      if state else 0),
                 "pending_digests": len(self._pending), "write_failures": self.write_failures,
