@@ -19,7 +19,7 @@ from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.wire import MIN_MAX_FRAME
 
 from .accepting import default_max_connections
-from .options import BY_NAME, ENV_PREFIX, OPTIONS, split_host_port
+from .options import BY_NAME, ENV_PREFIX, OPTIONS, Option, split_host_port
 from .token_files import TokenFileError, TokenFileKind, others_with_access, read_token_file
 
 MAX_FRAME_LIMIT: Final = 64 * 1024 * 1024
@@ -89,7 +89,7 @@ class CollectorConfig:
         width = max(len(option.name) for option in OPTIONS)  # the values in one column
         for option in OPTIONS:
             value = getattr(self, option.name)
-            shown = ("(set)" if value else "(not set)") if option.secret else _show(value)
+            shown = ("(set)" if value else "(not set)") if option.secret else _show(option, value)
             if option.name == "socket" and value is None:
                 shown = f"{self.socket_path}"
             elif option.name == "max_connections" and value is None:
@@ -104,10 +104,19 @@ class CollectorConfig:
         return lines
 
 
-def _show(value: Any) -> str:
+def _show(option: Option, value: Any) -> str:
     if value is None or value == "":
         return "-"
+    if option.shown is not None and isinstance(value, str):
+        return option.shown(value)
     return str(value)
+
+
+def _quoted(option: Option, raw: Any) -> str:
+    """``raw`` as a refusal quotes it (shown as ``option.shown`` would show it)."""
+    if option.shown is not None and isinstance(raw, str):
+        return repr(option.shown(raw))
+    return repr(raw)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -155,7 +164,7 @@ def load(args: argparse.Namespace | None = None,
         try:
             values[option.name] = option.parse(raw)
         except (ValueError, TypeError) as exc:
-            shown = "(secret)" if option.secret else repr(raw)
+            shown = "(secret)" if option.secret else _quoted(option, raw)
             raise ConfigError(f"{option.name} from {source}: {shown}: {exc}") from None
         sources[option.name] = source
     if values["token"] is not None and not values["token"].strip():

@@ -9,6 +9,11 @@ The file names the endpoint it belongs to: pointing the forwarder at another end
 starts that endpoint from its own beginning (``forward_from``), not from where the
 previous one stopped. Endpoints are compared without credentials (``user:password@``),
 which older versions allowed in the URL: moving them to a header keeps the position.
+A query string may hold a receiver's key (``?api_key=...``): the file shows its names
+only (``shown_endpoint``) and tells endpoints apart by a salted SHA-256 of the whole
+URL (``endpoint_digest``), so a changed query value is another endpoint, as before. A
+file without one (an older version's, the URL in clear) is compared by its URL and
+rewritten at start.
 
 It also names the event at its seq (``event_id``): a seq alone cannot tell the store it
 was counted in from another one (a data directory replaced or restored from an older
@@ -20,6 +25,10 @@ get one at the next save.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +55,15 @@ class Checkpoint:
     updated: str  # RFC 3339, when it was written
     #: The id of the event stored at ``seq`` (None: seq 0, or a file an older version wrote).
     event_id: str | None = None
+    #: ``sha256:SALT:HEX`` of the endpoint's key (None: a file an older version wrote).
+    endpoint_digest: str | None = None
+
+    def names(self, endpoint: str) -> bool:
+        """Whether this checkpoint is ``endpoint``'s."""
+        if self.endpoint_digest is None:  # an older version's file: the URL in clear
+            return endpoint_key(self.endpoint) == endpoint_key(endpoint)
+        salt = self.endpoint_digest.split(":")[1]
+        return hmac.compare_digest(self.endpoint_digest, endpoint_digest(endpoint, salt))
 
 
 class CheckpointFile:
@@ -64,12 +82,14 @@ class CheckpointFile:
         try:
             value = orjson.loads(data)
             checkpoint = Checkpoint(value["endpoint"], value["seq"], value["updated"],
-                                    value.get("event_id"))
+                                    value.get("event_id"), value.get("endpoint_digest"))
             if (type(checkpoint.seq) is not int or checkpoint.seq < 0
                     or not isinstance(checkpoint.endpoint, str)
                     # What no save writes, compared with the record at ``seq``, was
                     # taken for another store's event and the whole store sent again.
-                    or not (checkpoint.event_id is None or is_event_id(checkpoint.event_id))):
+                    or not (checkpoint.event_id is None or is_event_id(checkpoint.event_id))
+                    or not (checkpoint.endpoint_digest is None
+                            or _DIGEST.fullmatch(str(checkpoint.endpoint_digest)))):
                 raise TypeError
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise CheckpointError(
@@ -81,7 +101,7 @@ class CheckpointFile:
     def of(self, endpoint: str) -> Checkpoint | None:
         """The checkpoint of ``endpoint``, or None when it has none here."""
         checkpoint = self.load()
-        if checkpoint is None or endpoint_key(checkpoint.endpoint) != endpoint_key(endpoint):
+        if checkpoint is None or not checkpoint.names(endpoint):
             return None
         return checkpoint
 
@@ -91,17 +111,18 @@ class CheckpointFile:
         return None if checkpoint is None else checkpoint.seq
 
     def holds_credentials(self) -> bool:
-        """Whether the file names its endpoint with ``user:password@`` (written by an
-        older version; ``save`` never does)."""
+        """Whether the file names its endpoint with ``user:password@`` or with query
+        values (written by an older version; ``save`` never does)."""
         checkpoint = self.load()
         return checkpoint is not None and \
-            without_credentials(checkpoint.endpoint) != checkpoint.endpoint
+            shown_endpoint(checkpoint.endpoint) != checkpoint.endpoint
 
     def save(self, endpoint: str, seq: int, event_id: str | None) -> None:
         """``event_id``: the id of the event stored at ``seq`` (None only for seq 0)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        data = orjson.dumps({"endpoint": without_credentials(endpoint), "seq": seq,
-                             "event_id": event_id, "updated": stamp},
+        data = orjson.dumps({"endpoint": shown_endpoint(endpoint),
+                             "endpoint_digest": endpoint_digest(endpoint, os.urandom(8).hex()),
+                             "seq": seq, "event_id": event_id, "updated": stamp},
                             option=orjson.OPT_APPEND_NEWLINE)
         replace_file(self.path, data, FILE_MODE)
 
@@ -112,6 +133,47 @@ def without_credentials(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def shown_endpoint(url: str) -> str:
+    """``url`` as it may be shown (start-up summary, logs, stats, the checkpoint file):
+    without credentials, each query value and any fragment hidden, the query's names
+    kept (``?api_key=***&tenant=***``) to tell what was set. A receiver's key in the query
+    was printed whole wherever the endpoint was."""
+    parts = urlsplit(without_credentials(url))
+    if not parts.query and not parts.fragment:
+        return without_credentials(url)
+    query = "&".join(_hidden_value(item) for item in parts.query.split("&"))
+    return urlunsplit(parts._replace(query=query, fragment="***" if parts.fragment else ""))
+
+
+def _hidden_value(item: str) -> str:
+    name, sep, _ = item.partition("=")
+    return f"{name}=***" if sep else "***" if item else ""  # no '=': a bare value
+
+
+#: A query parameter of a URL quoted in free text (an HTTP library's error, which names
+#: the URL it failed to reach): its value up to the next separator, quote or space.
+_QUERY_VALUE: Final = re.compile(r"([?&][^=&#\s'\"]*=)[^&#\s'\"()]+")
+
+
+def hide_query_values(text: str) -> str:
+    """``text`` with the value of every query parameter of a URL in it hidden:
+    ``requests`` names the URL with its query in a connection failure, and that text
+    reached the log and stats' ``last_error``."""
+    return _QUERY_VALUE.sub(r"\1***", text)
+
+
+#: ``sha256:SALT:HEX``: SALT 16 hex digits, HEX a SHA-256.
+_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{16}:[0-9a-f]{64}")
+
+
+def endpoint_digest(url: str, salt: str) -> str:
+    """A salted SHA-256 of ``endpoint_key(url)``: what the checkpoint tells its endpoint
+    by, the query's values included, without holding them in clear (the salt: a value
+    cannot be looked up in a table of digests made beforehand)."""
+    digest = hashlib.sha256(f"{salt}:{endpoint_key(url)}".encode()).hexdigest()
+    return f"sha256:{salt}:{digest}"
 
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}

@@ -64,7 +64,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 
 from audit_middleware import otel
 from collector import query as q
-from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointFile
+from collector.forward_checkpoint import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    CheckpointFile,
+    hide_query_values,
+    shown_endpoint,
+)
 from collector.otlp_http import (
     failure_of,
     otlp_http_exporter,
@@ -121,7 +127,7 @@ class ForwardSettings:
 
     def __post_init__(self) -> None:
         if not self.endpoint.startswith(("http://", "https://")):
-            raise ForwardError(f"forward endpoint {self.endpoint!r} must be an http(s) URL "
+            raise ForwardError(f"forward endpoint {self.shown_endpoint!r} must be an http(s) URL "
                                "such as http://otel-collector:4318/v1/logs")
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise ForwardError(f"forward batch size must be 1 to {MAX_BATCH}, "
@@ -132,6 +138,11 @@ class ForwardSettings:
             raise ForwardError("forward backoff_max must be at least backoff_initial")
         if self.start not in ("beginning", "now"):
             raise ForwardError(f"forward_from must be 'beginning' or 'now', got {self.start!r}")
+
+    @property
+    def shown_endpoint(self) -> str:
+        """``endpoint`` as logs, stats and messages show it (no query values: a key)."""
+        return shown_endpoint(self.endpoint)
 
 
 def parse_headers(text: str) -> dict[str, str]:
@@ -371,13 +382,15 @@ class Forwarder:
         with self._lock:
             self.failures += 1
             self.state = "retrying"
-            self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            # requests names the URL it failed to reach, query (a key?) included.
+            self.last_error = hide_query_values(f"{type(exc).__name__}: {exc}" if str(exc)
+                                                else type(exc).__name__)
         n = self.failures
         if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: visible, not a flood
             # The receiver's answer is quoted in it: escaped, a line break in it would
             # forge a line of this log.
             log.error("forwarder: export to %s failed (%d so far, retrying with backoff): %s",
-                      self.settings.endpoint, n, terminal_safe(self.last_error))
+                      self.settings.shown_endpoint, n, terminal_safe(self.last_error))
 
     def step(self) -> int:
         """Export the next batch, if any: the records acknowledged (0 when caught up, or
@@ -415,7 +428,7 @@ class Forwarder:
                 self._too_large(len(records))
             self._asked = retry_after_of(self._exporter)
             why = refusal or "see the log of opentelemetry.exporter"
-            raise ExportFailed(f"{self.settings.endpoint} did not accept {len(records)} "
+            raise ExportFailed(f"{self.settings.shown_endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
         refused = rejected_by_receiver(self._exporter)
         last = records[-1]["seq"]
@@ -443,7 +456,7 @@ class Forwarder:
         with self._lock:
             self.rejected += refused[0]
         log.error("forwarder: %s rejected %d of the %d records of seq %d-%d: %s",
-                  self.settings.endpoint, refused[0], sent, first, last,
+                  self.settings.shown_endpoint, refused[0], sent, first, last,
                   terminal_safe(refused[1]) or "(no reason given)")
 
     def _too_large(self, sent: int) -> None:
@@ -455,7 +468,7 @@ class Forwarder:
             return
         self._most = max(1, sent // 2)
         log.warning("forwarder: %s refused %d records as too large (HTTP 413); sending "
-                    "at most %d per request from now on", self.settings.endpoint, sent,
+                    "at most %d per request from now on", self.settings.shown_endpoint, sent,
                     self._most)
 
     def _export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
@@ -467,7 +480,7 @@ class Forwarder:
         retry."""
         stalled = self._in_flight
         if stalled is not None and stalled.is_alive():
-            raise ExportFailed(f"an export to {self.settings.endpoint} abandoned after "
+            raise ExportFailed(f"an export to {self.settings.shown_endpoint} abandoned after "
                                f"its deadline has not ended yet (a stalled endpoint)")
         answer: list[LogRecordExportResult | BaseException] = []
         exporter = self._exporter
@@ -495,7 +508,7 @@ class Forwarder:
             self._shutdown_exporter()
             if not self._stopping:  # (stop() shuts down the exporter it sees, this one)
                 self._exporter = self._make_exporter(self.settings)
-            raise ExportFailed(f"{self.settings.endpoint} did not answer within {deadline:g}s "
+            raise ExportFailed(f"{self.settings.shown_endpoint} did not answer within {deadline:g}s "
                                f"(forward_timeout + {EXPORT_GRACE:g}s); the request is "
                                f"abandoned and the batch sent again")
         self._in_flight = None
@@ -511,7 +524,7 @@ class Forwarder:
             self._mark = None if newest is None else newest["id"]
             self.checkpoint.save(self.settings.endpoint, self._position, self._mark)
             log.info("forwarder: no checkpoint for %s; starting after seq %d (%s)",
-                     self.settings.endpoint, self._position, self.settings.start)
+                     self.settings.shown_endpoint, self._position, self.settings.start)
         return self._position
 
     def _check_store(self, position: int) -> bool:
@@ -571,7 +584,7 @@ class Forwarder:
                   "to %s starts over from the beginning of this store: records the "
                   "endpoint already has are sent again, with the same log.record.uid",
                   self.checkpoint.path, terminal_safe(self._mark or ""), position,
-                  terminal_safe(found), self.settings.endpoint)
+                  terminal_safe(found), self.settings.shown_endpoint)
         self.checkpoint.save(self.settings.endpoint, 0, None)
         with self._lock:
             self._position, self._mark = 0, None
@@ -614,7 +627,7 @@ class Forwarder:
             lag_seconds = (max(0.0, time.time() - oldest / 1e6)
                            if lag_events and oldest is not None else 0.0)
             return {
-                "endpoint": self.settings.endpoint,
+                "endpoint": self.settings.shown_endpoint,
                 "state": self.state,
                 "checkpoint_seq": position,
                 "newest_seq": self._newest,

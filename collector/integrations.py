@@ -55,7 +55,7 @@ class Integrations:
             self.forwarder.start()
             position = self.forwarder.checkpoint.position(self.forwarder.settings.endpoint)
             print(f"audit-collector: forwarding stored events to "
-                  f"{self.forwarder.settings.endpoint} (OTLP/HTTP) "
+                  f"{self.forwarder.settings.shown_endpoint} (OTLP/HTTP) "
                   + (f"after seq {position}" if position is not None else
                      f"from the {self.forwarder.settings.start}"), file=out, flush=True)
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from audit_middleware.shipper.endpoint import is_loopback
 
+from .forward_checkpoint import shown_endpoint
 from .forwarder import ForwardSettings
 from .ingest import DRAIN_TIMEOUT, IngestSettings
 from .store import StorageSettings
@@ -155,10 +156,11 @@ def parse_forward_endpoint(value: Any) -> str:
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"{value!r} has a port that is not 1-65535: a URL {example}") \
-                from None
+            raise ValueError(f"{shown_endpoint(value)!r} has a port that is not 1-65535: a "
+                             f"URL {example}") from None
         if not parts.hostname or port == 0:
-            raise ValueError(f"{value!r} names no host (or port 0): a URL {example}")
+            raise ValueError(f"{shown_endpoint(value)!r} names no host (or port 0): a URL "
+                             f"{example}")
         if "@" in parts.netloc:
             # Printed at start-up, in stats, logs and the checkpoint file: never there.
             raise ValueError("the URL holds credentials (user:password@): give them as a "
@@ -230,6 +232,8 @@ class Option:
     help: str
     metavar: str | None = None
     secret: bool = False
+    #: How a value given as text is shown (summary, refusals): a URL's query may hold a key.
+    shown: Callable[[str], str] | None = None
 
     @property
     def flag(self) -> str:
@@ -301,7 +305,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "link trace ids in the panel, e.g. https://jaeger.example/trace/{trace_id}", "URL"),
     # The forwarder (collector/forwarder.py, docs/shipping.md).
     Option("forward_endpoint", parse_forward_endpoint, "",
-           "export stored events to this OTLP/HTTP logs URL (empty: no forwarding)", "URL"),
+           "export stored events to this OTLP/HTTP logs URL (empty: no forwarding)", "URL",
+           shown=shown_endpoint),
     Option("forward_headers", parse_text, None,
            "HTTP headers for the OTLP endpoint: key=value,key2=value2 (percent-decoded, "
            "as OTEL_EXPORTER_OTLP_HEADERS)", "HEADERS",

@@ -136,6 +136,15 @@ def test_a_bad_forward_header_is_named_without_showing_its_secret(
     assert "s3c" not in str(err.value) and "r3t" not in str(err.value)
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/v1/logs?api_key=s3cr3t",
+                                 "http://:4318/v1/logs?token=s3cr3t"])
+def test_a_refused_forward_endpoint_is_named_without_its_query_values(url: str) -> None:
+    """A receiver's key in the query string was quoted in the refusal."""
+    with pytest.raises(ConfigError, match=r"\?\w+=\*\*\*") as err:
+        load(parse("--forward-endpoint", url), {})
+    assert "s3cr3t" not in str(err.value)
+
+
 def test_a_config_file_that_is_not_plain_utf8_says_how_to_save_it(tmp_path: Path) -> None:
     utf16 = tmp_path / "utf16.toml"
     utf16.write_bytes("max_frame = 1024\n".encode("utf-16"))

@@ -24,6 +24,7 @@ class OTLPReceiver:
     def __init__(self) -> None:
         self.requests: list[ExportLogsServiceRequest] = []
         self.headers: list[dict[str, str]] = []  # lower-case names
+        self.queries: list[str] = []  # the query string of each request ('' for none)
         self.refused = 0
         #: (status, extra response headers) for the next requests
         self._refuse: list[tuple[int, dict[str, str]]] = []
@@ -87,8 +88,9 @@ class OTLPReceiver:
         with self._lock:
             self._refuse += [(status, extra)] * count
 
-    def _handle(self, path: str, headers: dict[str, str],
+    def _handle(self, target: str, headers: dict[str, str],
                 body: bytes) -> tuple[int, dict[str, str]]:
+        path, _, query = target.partition("?")  # an endpoint may carry an api key there
         with self._lock:
             if self._refuse:
                 self.refused += 1
@@ -102,6 +104,7 @@ class OTLPReceiver:
             request.ParseFromString(body)
             self.requests.append(request)
             self.headers.append(headers)
+            self.queries.append(query)
             return 200, {}
 
     def log_records(self) -> list[LogRecord]:

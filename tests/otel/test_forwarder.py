@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -886,6 +887,60 @@ def test_the_same_endpoint_spelled_another_way_keeps_the_position(
     while fwd.step():
         pass
     assert receiver.seqs() == [5, 6]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://otel.example/v1/logs", "https://otel.example/v1/logs"),
+    ("https://otel.example/v1/logs?api_key=s3cr3t", "https://otel.example/v1/logs?api_key=***"),
+    ("https://otel.example/v1/logs?token=s3cr3t&tenant=a&debug",
+     "https://otel.example/v1/logs?token=***&tenant=***&***"),
+    ("https://otel.example/v1/logs?s3cr3t", "https://otel.example/v1/logs?***"),
+    ("https://otel.example/v1/logs?a=1#s3cr3t", "https://otel.example/v1/logs?a=***#***"),
+    ("https://u:s3cr3t@otel.example/v1/logs?k=s3cr3t", "https://otel.example/v1/logs?k=***"),
+])
+def test_an_endpoint_is_shown_with_its_query_names_only(url: str, shown: str) -> None:
+    from collector.forward_checkpoint import shown_endpoint
+
+    assert shown_endpoint(url) == shown
+    assert ForwardSettings(endpoint=url).shown_endpoint == shown
+
+
+def test_a_connection_failure_naming_the_url_hides_its_query_values(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """requests names the URL it could not reach, query included: a receiver's key
+    reached the log and stats' last_error with it."""
+    write(store, 1)
+    fwd = forwarding_to(store, "http://127.0.0.1:9/v1/logs?api_key=s3cr3t", timeout=0.5)
+    with caplog.at_level(logging.DEBUG):
+        fwd.start()
+        try:
+            wait_until(lambda: fwd.stats()["failures"] >= 1, 20, "a failed export")
+        finally:
+            fwd.stop()
+    assert "api_key=***" in caplog.text  # the failure is logged, the endpoint named
+    assert "s3cr3t" not in caplog.text
+    assert "s3cr3t" not in fwd.stats()["last_error"] and "s3cr3t" not in str(fwd.stats())
+
+
+def test_a_checkpoint_naming_a_query_key_in_clear_keeps_its_position_without_it(
+        store: Store, receiver: OTLPReceiver) -> None:
+    """An older version wrote the endpoint whole, a key in its query included. The file
+    is rewritten at start with the names only, and still names that endpoint (by a
+    salted digest): the position is kept, and another key is another endpoint, as
+    before (its records all sent from forward_from)."""
+    write(store, 6)
+    keyed = f"{receiver.endpoint}?api_key=s3cr3t"
+    path = leave_checkpoint(store, keyed, 4)
+    fwd = forwarder(store, receiver, endpoint=keyed)
+    saved = json.loads(path.read_text())
+    assert "s3cr3t" not in path.read_text()  # at start: not only at the next save
+    assert saved["endpoint"] == f"{receiver.endpoint}?api_key=***"
+    while fwd.step():
+        pass
+    assert receiver.seqs() == [5, 6]
+    again = forwarder(store, receiver, endpoint=keyed)  # the new file names it too
+    assert again.checkpoint.position(keyed) == 6
+    assert again.checkpoint.position(f"{receiver.endpoint}?api_key=0ther") is None
 
 
 def test_endpoints_are_told_apart_by_what_names_another_server() -> None:

@@ -117,3 +117,31 @@ def test_metrics_auth_takes_none_or_reader() -> None:
     assert load(None, {"AUDIT_METRICS_AUTH": "reader"}).metrics_auth == "reader"
     with pytest.raises(ConfigError, match="metrics_auth"):
         load(None, {"AUDIT_METRICS_AUTH": "root"})
+
+
+def test_a_credential_in_the_endpoints_query_string_is_never_shown(root: Path) -> None:
+    """Some OTLP receivers take their key in the URL (``?api_key=...``). The userinfo form
+    is refused, but a query's key was printed in the start-up summary, the forwarding
+    line, every export failure, ``ingest-stats.json`` and the checkpoint file. Each shows
+    the names only (``?api_key=***``); the receiver still gets the key."""
+    secret = "k3y-0f-the-0tlp-rece1ver"
+    with OTLPReceiver() as receiver:
+        receiver.refuse_next(1, 400)  # a failure (not retried by the exporter), logged
+        endpoint = f"{receiver.endpoint}?api_key={secret}&tenant=t1"
+        process = CollectorProcess(root / "data", "--api-listen", "127.0.0.1:0",
+                                   "--forward-endpoint", endpoint,
+                                   "--forward-backoff-max", "0.2",
+                                   env={"AUDIT_TOKEN": TOKEN, "AUDIT_CONFIG": ""})
+        with process:
+            assert send(api_url(process), [event(1)]).status_code == 200
+            receiver.wait_for(1)
+            wait_until(lambda: orjson.loads((root / "data" / CHECKPOINT_FILE).read_bytes())[
+                "seq"] == 1, 20, "checkpoint at 1")
+        assert receiver.queries == [f"api_key={secret}&tenant=t1"]
+    output = "".join(process.output)
+    assert "export to " in output and "failed" in output  # the failure was logged
+    assert f"forward_endpoint    = {receiver.endpoint}?api_key=***&tenant=***" in output
+    assert f"forwarding stored events to {receiver.endpoint}?api_key=***&tenant=***" in output
+    for path in (root / "data" / "ingest-stats.json", root / "data" / CHECKPOINT_FILE):
+        assert secret not in path.read_text(), path
+    assert secret not in output, output
