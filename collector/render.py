@@ -35,10 +35,20 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 #: The CSV's columns after ``COLUMNS``: header -> record field.
 CSV_EXTRA: Final = {"ID": "id", "Peer IP": "peer_ip"}
 
-_FORMULA_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
+#: What opens a formula (OWASP: = + - @, tab, CR, NUL), and the forms Unicode's NFKC
+#: folds into = + - @ (full-width, small, superscript, subscript: an East Asian IME
+#: types the full-width ones, and a spreadsheet may read them as the ASCII sign).
+_FORMULA_SIGNS: Final = ("=+-@\t\r\0" "\uff1d\uff0b\uff0d\uff20" "\ufe66\ufe62\ufe63\ufe6b"
+                         "\u207a\u207c\u208a\u208c\ufb29\u2a75\u2a76")
+#: What a spreadsheet may skip before the sign (LibreOffice's "Trim spaces" on import, a
+#: cell read as a number or formula after blanks): spaces of every width, controls,
+#: zero-width characters, a BOM. ' =1+1' was left alone and evaluated.
+_BLANKS: Final = r"[\s\x00-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]*"
+_FORMULA_START: Final = re.compile(f"{_BLANKS}[{re.escape(_FORMULA_SIGNS)}]")
 # Quotes between the ';' and the formula too: the writer doubles them, and a reader
 # splitting on ';' takes a leading "" for an empty quoted string and the rest as the cell.
-_FORMULA_AFTER_BOUNDARY: Final = re.compile(r'([;\r\n])(?="*[=+\-@\t\r])')
+_FORMULA_AFTER_BOUNDARY: Final = re.compile(
+    f'([;\r\n])(?="*{_BLANKS}[{re.escape(_FORMULA_SIGNS)}])')
 
 
 def display_value(record: dict[str, Any], field: str) -> str:
@@ -109,14 +119,15 @@ def _char_width(ch: str, before: str) -> int:
 
 
 def csv_safe(text: str) -> str:
-    """OWASP's CSV-injection rule: prefix a cell that starts like a formula with '.
+    """OWASP's CSV-injection rule: prefix a cell that starts like a formula with ' (a
+    sign of ``_FORMULA_SIGNS``, after any ``_BLANKS``).
 
     And the same after each ``;``, CR or LF in the cell: where the list separator is
     ``;`` (German, French, Dutch locales...), a spreadsheet opening a ``.csv`` splits on
     it, quotes or not, and ``x;=cmd|...`` would put a formula at the start of a cell of
     its own; its quoting then no longer matches ours either, so a line break inside a
     cell can start a row there."""
-    if text.startswith(_FORMULA_PREFIXES):
+    if _FORMULA_START.match(text):
         text = "'" + text
     if ";" in text or "\r" in text or "\n" in text:
         text = _FORMULA_AFTER_BOUNDARY.sub(r"\1'", text)

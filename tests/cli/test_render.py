@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import unicodedata
+
+import pytest
 
 from collector.render import csv_rows, display_width, table
 
@@ -55,6 +58,45 @@ def test_csv_neutralizes_a_formula_after_a_semicolon() -> None:
     row = list(csv.reader(io.StringIO(text)))[1]
     assert row[1] == "x;'=cmd|' /C calc'!A0;y"  # the text is all there, as text
     assert row[3] == "a;'-1;'+2;'@3;ok"
+
+
+#: What opens a formula, as a spreadsheet may read it: the ASCII signs, their full-width
+#: forms (an East Asian IME's), and what else Unicode's NFKC folds into one of them.
+FORMULA_SIGNS = ["=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20",
+                 "\ufe66", "\ufe62", "\ufe63", "\ufe6b", "\u207a", "\u207c", "\u208a",
+                 "\u208c", "\ufb29", "\u2a75", "\u2a76"]
+#: What a spreadsheet may skip (or trim, LibreOffice's "Trim spaces") before that sign.
+BLANKS = ["", " ", "   ", "\t", " \t ", "\u00a0", "\u3000", "\u2003", "\u200b", "\ufeff",
+          "\x00", "\x0b"]
+
+
+@pytest.mark.parametrize("blank", BLANKS)
+@pytest.mark.parametrize("sign", FORMULA_SIGNS)
+def test_csv_neutralizes_every_form_of_a_formula_sign_after_blanks(sign: str,
+                                                                   blank: str) -> None:
+    """OWASP: a ' before a cell a spreadsheet may evaluate. Only = + - @ (tab, CR) at
+    the very start were: ' =1+1' (trimmed on import) and a full-width '\uff1d1+1' passed,
+    at a cell's start and after a ';' (a cell of its own in ';' locales)."""
+    formula = f"{blank}{sign}HYPERLINK(\"http://x\")"
+    hostile = dict(RECORD, target=formula, status=f"a;{formula}", org_name=f"a\n{formula}")
+    row = list(csv.reader(io.StringIO("".join(csv_rows([hostile])))))[1]
+    assert row[1] == "'" + formula
+    assert row[3] == "a;'" + formula
+    assert row[5] == "a\n'" + formula
+
+
+def test_every_character_that_folds_into_a_formula_sign_is_a_test_case() -> None:
+    """The list above is every character whose NFKC form starts with = + - or @ (the
+    full-width, small, superscript and subscript forms): none is left out."""
+    folding = {chr(c) for c in range(0x80, sys.maxunicode + 1)
+               if unicodedata.normalize("NFKC", chr(c))[:1] in ("=", "+", "-", "@")}
+    assert folding <= set(FORMULA_SIGNS)
+
+
+def test_csv_leaves_cells_that_only_contain_a_sign_later_alone() -> None:
+    hostile = dict(RECORD, target="a=b", status="x \uff1d y", org_name="1-2")
+    row = list(csv.reader(io.StringIO("".join(csv_rows([hostile])))))[1]
+    assert (row[1], row[3], row[5]) == ("a=b", "x \uff1d y", "1-2")
 
 
 def test_no_value_can_pass_itself_off_as_another_column() -> None:

@@ -14,6 +14,7 @@ import csv
 import io
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,19 @@ FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(1,2)"
             "\t=1+1", "\r=1+1", "=cmd|' /C calc'!A0",
             # a cell of its own where spreadsheets split on ';' (the list separator of
             # German, French, Dutch... locales), quoted or not
-            "x;=cmd|' /C calc'!A0;y", "a;+1+1", "a\";\"@SUM(1,2)"]
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+            "x;=cmd|' /C calc'!A0;y", "a;+1+1", "a\";\"@SUM(1,2)",
+            # blanks a spreadsheet may trim first, and the full-width signs of an IME
+            " =1+1", " \t=cmd|' /C calc'!A0", "\u3000@SUM(1,2)", "\uff1d1+1", "\uff0b1",
+            "\uff0d1", "\uff20SUM(1,2)", "x; \uff1d1+1"]
+#: What may be skipped before a formula's sign (OWASP: tab, CR and NUL open one too).
+BLANKS = " \t\r\n\x00\u00a0\u3000\u200b\ufeff"
+
+
+def starts_like_formula(cell: str) -> bool:
+    """= + - @ after any blanks, in any form that folds into them (full-width ＝)."""
+    first = cell.lstrip(BLANKS)[:1]
+    return cell.startswith(("\t", "\r", "\x00")) or (
+        first != "" and unicodedata.normalize("NFKC", first)[:1] in ("=", "+", "-", "@"))
 PAYLOADS = LINE_INJECTIONS + TERMINAL_INJECTIONS + FORMULAS
 
 
@@ -139,9 +151,9 @@ def formula_cells(text: str) -> tuple[int, list[list[str]]]:
     whose list separator it is)."""
     rows = list(csv.reader(io.StringIO(text, newline="")))
     split = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
-    return len(rows) - 1, [[c for c in row if c.startswith(FORMULA_PREFIXES)]
+    return len(rows) - 1, [[c for c in row if starts_like_formula(c)]
                            for row in rows + split
-                           if any(c.startswith(FORMULA_PREFIXES) for c in row)]
+                           if any(starts_like_formula(c) for c in row)]
 
 
 def test_cli_csv_neutralizes_formulas_in_every_column(hostile: Hostile) -> None:
