@@ -78,6 +78,13 @@ class Page:
     #: bound). A later page's comes from its cursor, not its filters: the API records
     #: it, so that a read's audit record says what was read whatever the cursor held.
     window: tuple[int | None, int | None] | None = None
+    #: The seqs of matching records left out: retention deleted their segment while the
+    #: page was read (after the index named them).
+    gone: list[int] = dataclasses.field(default_factory=list)
+    #: With ``bounds=True``: (oldest, newest) seq the page's index snapshot held, the
+    #: segments retention deleted left out (oldest is newest + 1 when none is left). A
+    #: reader going on from a cursor tells by it what was deleted before it got there.
+    stored: tuple[int, int] | None = None
 
 
 class Reader:
@@ -161,7 +168,7 @@ class Reader:
 
     # -- pages --------------------------------------------------------------------------
     def search(self, filters: Filters, *, limit: int = 100, cursor: str | None = None,
-               newest_first: bool = True) -> Page:
+               newest_first: bool = True, bounds: bool = False) -> Page:
         if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
             raise QueryError(f"limit must be an int from 1 to {MAX_LIMIT}, got {limit!r}")
         fingerprint = _fingerprint(filters, newest_first)
@@ -173,9 +180,11 @@ class Reader:
             compiled = self._compile(filters, state)
             hits, segments = self._hits(compiled, limit + 1, newest_first,
                                         state["s"] if state else None)
+            stored = self._stored() if bounds else None
         finally:
             con.execute("COMMIT")
-        records = self._records.records(hits[:limit], segments)
+        gone: list[int] = []
+        records = self._records.records(hits[:limit], segments, gone)
         next_cursor = None
         if len(hits) > limit:
             next_cursor = _encode_cursor({"s": hits[limit - 1][0], "f": fingerprint,
@@ -184,7 +193,16 @@ class Reader:
         if compiled.timed:
             window = (compiled.since if compiled.since != FOREVER[0] else None,
                       compiled.until if compiled.until != FOREVER[1] else None)
-        return Page(records, next_cursor, window)
+        return Page(records, next_cursor, window, gone, stored)
+
+    def _stored(self) -> tuple[int, int]:
+        """(oldest, newest) seq of this snapshot; the chunks of deleted segments, hidden
+        until their rows are dropped (``hide_segments``: no time), left out."""
+        newest = self.newest_seq()
+        oldest = self.con.execute(
+            "SELECT min(first_seq) FROM chunks WHERE rows > 0 AND max_created >= ? "
+            "AND min_created < ?", FOREVER).fetchone()[0]
+        return (newest + 1 if oldest is None else int(oldest)), newest
 
     def find(self, event_id: str) -> dict[str, Any] | None:
         """The stored record of one event id, or None."""
@@ -434,11 +452,12 @@ def _data_dir(index_path_or_store: Store | Path | str) -> Path:
 
 
 def search(index_path_or_store: Store | Path | str, filters: Filters, *, limit: int = 100,
-           cursor: str | None = None, newest_first: bool = True) -> Page:
+           cursor: str | None = None, newest_first: bool = True,
+           bounds: bool = False) -> Page:
     """One page of the records matching ``filters`` (a data directory, its
-    index.sqlite, or an open Store)."""
+    index.sqlite, or an open Store); ``bounds``: with ``Page.stored``."""
     return _reader(index_path_or_store).search(filters, limit=limit, cursor=cursor,
-                                               newest_first=newest_first)
+                                               newest_first=newest_first, bounds=bounds)
 
 
 def iter_records(index_path_or_store: Store | Path | str, filters: Filters | None = None, *,

@@ -198,12 +198,22 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     # the two reads is then printed once, by the loop (read unbounded, "last N" had it
     # too, and it was printed twice).
     newest = q.newest_seq(data_dir)
-    cursor = q.cursor_after(newest, filters) if args.follow else None
     _write_last(write, data_dir, filters, args.lines, newest)
+    if args.follow:
+        _follow(write, data_dir, filters, newest, stop)
+    return 0
+
+
+def _follow(write: Callable[[list[dict[str, Any]], bool], None], data_dir: Path,
+            filters: q.Filters, seen: int, stop: Callable[[], bool]) -> None:
+    """Print the records stored after seq ``seen`` as they come, until ``stop()``.
+    ``seen``: every record up to it was printed, did not match, or was said lost."""
     said = ""  # the problem last reported: a follower says it once, not every poll
-    while cursor is not None and not stop():
+    cursor = q.cursor_after(seen, filters)
+    while not stop():
         try:
-            page = q.search(data_dir, filters, limit=500, cursor=cursor, newest_first=False)
+            page = q.search(data_dir, filters, limit=500, cursor=cursor, newest_first=False,
+                            bounds=True)
         except (IndexOutOfDateError, sqlite3.DatabaseError, q.QueryError) as exc:
             # The collector is rewriting what was read (compression, retention, a busy
             # index, an index rebuilt at its restart, for a moment absent): a follower
@@ -216,14 +226,43 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
         if said:
             said = ""
             print("tail: reading again", file=sys.stderr)
+        _say_deleted(page, seen, filters)
         if page.records:
             write(page.records, False)
-            # A page that is not full has no next_cursor: continue after its last
-            # record (keeping the old cursor read the same records again, without end).
-            cursor = page.next_cursor or q.cursor_after(page.records[-1]["seq"], filters)
-        else:
+        seen = _seen_after(page, seen)
+        # A page that is not full has no next_cursor: continue after what it covered
+        # (keeping the old cursor read the same records again, without end).
+        cursor = page.next_cursor or q.cursor_after(seen, filters)
+        if not page.records and not page.gone:
             time.sleep(FOLLOW_INTERVAL)
-    return 0
+
+
+def _seen_after(page: q.Page, seen: int) -> int:
+    """The seq up to which a follower has covered the store after ``page``: its last
+    hit when full (more follow), else the newest seq of its snapshot (no more matched)."""
+    last = max([int(r["seq"]) for r in page.records[-1:]] + page.gone[-1:] + [seen])
+    if page.next_cursor is None and page.stored is not None:
+        return max(last, page.stored[1])
+    return last
+
+
+def _say_deleted(page: q.Page, seen: int, filters: q.Filters) -> None:
+    """Say on stderr what retention deleted before a follower after seq ``seen`` could
+    print it, and go on: a follower behind retention skipped those without a word.
+    Segments deleted before the page's snapshot are gone from the index too (whether
+    their records matched filters cannot be told); records deleted while the page was
+    read matched."""
+    low, high = seen + 1, (page.stored[0] if page.stored is not None else seen + 1) - 1
+    if high >= low:
+        which = (f"{high - low + 1} record(s), seq {low}-{high}," if filters == q.Filters()
+                 else f"the records of seq {low}-{high} (those that matched: it cannot be "
+                      f"told now)")
+        print(f"tail: retention deleted {which} before tail could show them; going on",
+              file=sys.stderr)
+    if page.gone:
+        print(f"tail: retention deleted {len(page.gone)} matching record(s), seq "
+              f"{page.gone[0]}-{page.gone[-1]}, while tail read them; going on",
+              file=sys.stderr)
 
 
 def _write_last(write: Callable[[list[dict[str, Any]], bool], None], data_dir: Path,

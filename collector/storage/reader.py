@@ -40,15 +40,19 @@ class RecordReader:
         self._keep_open = keep_open
 
     def records(self, hits: list[tuple[int, int, int, int]],
-                segments: dict[int, tuple[str, bool]]) -> list[dict[str, Any]]:
+                segments: dict[int, tuple[str, bool]],
+                gone: list[int] | None = None) -> list[dict[str, Any]]:
         """The records of ``hits`` (seq, segment, offset, length), in order. A record
-        whose segment retention deleted meanwhile is left out."""
+        whose segment retention deleted meanwhile is left out (its seq added to
+        ``gone``: a follower says it, rather than skip it without a word)."""
         self._drop_deleted()
         out = []
         for seq, segment, offset, length in hits:
             name, compressed = segments[segment]
             file = self._file(segment, name, compressed)
             if file is None:
+                if gone is not None:
+                    gone.append(seq)
                 continue
             line = file.read(offset, length)
             try:

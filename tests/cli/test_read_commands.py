@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -575,3 +575,114 @@ def test_tail_takes_more_lines_than_a_page_holds(tmp_path: Path,
     monkeypatch.setattr(query, "newest_seq", lambda data_dir: newest - 1)
     assert tail(3) == ids[1:4]
     query.close_readers(tmp_path / "data")
+
+
+def follow_args(data: Path, types: list[str]) -> Any:
+    import argparse
+
+    return argparse.Namespace(
+        data_dir=str(data), config=None, types=types, principal=None, target=None, org=None,
+        workspace=None, client_ip=None, since=None, until=None, status=None,
+        org_name=None, workspace_name=None, lines=0, follow=True, format="jsonl")
+
+
+def polls_doing(*steps: Callable[[], object]) -> Callable[[], bool]:
+    """A follower's ``stop``: before each poll, the next step; then stop."""
+    pending = iter(steps)
+
+    def stop() -> bool:
+        step = next(pending, None)
+        if step is None:
+            return True
+        step()
+        return False
+    return stop
+
+
+@pytest.mark.parametrize(("types", "says"), [
+    ([], ("tail: retention deleted {n} record(s), seq {low}-{high}, before tail could "
+          "show them; going on")),
+    (["credentials_created"], ("tail: retention deleted the records of seq {low}-{high} "
+                               "(those that matched: it cannot be told now) before tail "
+                               "could show them; going on"))])
+def test_tail_follow_says_what_retention_deleted_before_it_was_shown(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], types: list[str],
+        says: str) -> None:
+    """A follower behind retention (a slow pipe, a suspended terminal, a small
+    retention_bytes) went on from the oldest record left without a word: the records
+    retention deleted before it printed them were skipped silently. It says which, on
+    stderr, and goes on."""
+    from collector import read_commands
+    from tests.collector.storage_helpers import event, events, open_store
+    from tests.e2e.harness import wait_until
+
+    data = tmp_path / "data"
+    with open_store(data, max_segment_bytes=4096, retention_bytes=9000) as store:
+        store.write([event(target="before")])
+
+        def fall_behind() -> None:  # stored and deleted between two polls
+            for _ in range(10):
+                store.write(events(8))
+            wait_until(lambda: store.stats()["retention_deleted"] >= 3
+                       and store.stats()["segments_dropping"] == 0, 20, "retention")
+
+        read_commands.run_tail(follow_args(data, types), stop=polls_doing(
+            lambda: store.write([event(target="seen")]), fall_behind,
+            lambda: store.write([event(target="after")])))
+    captured = capsys.readouterr()
+    shown = [orjson.loads(line) for line in captured.out.splitlines()]
+    assert shown[0]["target"] == "seen" and shown[-1]["target"] == "after"
+    seqs = [record["seq"] for record in shown]
+    low, high = seqs[0] + 1, seqs[1] - 1  # what the follower did not show
+    assert high > low and seqs[1:] == list(range(seqs[1], seqs[-1] + 1))
+    assert captured.err.splitlines() == [says.format(n=high - low + 1, low=low, high=high)]
+
+
+def test_tail_follow_says_what_retention_deleted_while_it_read_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index named the records, then retention deleted their segment before the
+    follower read it (the segment it was reading): they were left out without a word.
+    Every record after the first shown is shown or said deleted, none both."""
+    import re
+
+    from collector import read_commands
+    from collector.storage.reader import RecordReader
+    from tests.collector.storage_helpers import event, events, open_store
+    from tests.e2e.harness import wait_until
+
+    data = tmp_path / "data"
+    real_records = RecordReader.records
+    armed: list[Callable[[], None]] = []
+
+    def records(self: RecordReader, hits: list[tuple[int, int, int, int]],
+                *args: Any) -> list[dict[str, Any]]:
+        if hits and armed:
+            armed.pop()()  # between the index's answer and reading the segments
+        return real_records(self, hits, *args)
+
+    monkeypatch.setattr(RecordReader, "records", records)
+    with open_store(data, max_segment_bytes=4096, retention_bytes=9000) as store:
+        store.write([event(target="before")])
+
+        def delete_them() -> None:
+            for _ in range(10):
+                store.write(events(8))
+            wait_until(lambda: store.stats()["retention_deleted"] >= 3, 20, "retention")
+
+        def behind() -> None:
+            store.write(events(8, target="named-then-deleted"))
+            armed.append(delete_them)
+
+        read_commands.run_tail(follow_args(data, []), stop=polls_doing(
+            lambda: store.write([event(target="seen")]), behind, lambda: None,
+            lambda: store.write([event(target="after")])))
+    captured = capsys.readouterr()
+    shown = [orjson.loads(line)["seq"] for line in captured.out.splitlines()]
+    said = [(int(low), int(high)) for low, high in re.findall(
+        r"^tail: retention deleted .*?seq (\d+)-(\d+),? .*; going on$", captured.err,
+        re.MULTILINE)]
+    assert "matching record(s)" in captured.err.partition("\n")[0], captured.err  # while read
+    assert said[0][1] - said[0][0] == 7, captured.err  # those 8
+    deleted = [seq for low, high in said for seq in range(low, high + 1)]
+    assert sorted(shown[1:] + deleted) == list(range(shown[0] + 1, shown[-1] + 1))
