@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,10 @@ TMPFS_SIZE = "64m"
 IN_NAMESPACE = "FAULTS_IN_NAMESPACE"
 #: What a collector whose store cannot open on a full disk says while it waits.
 WAITING = "Waiting for free space"
+#: Seconds ``finish`` waits for the app's delivery: a few seconds' spool takes a few;
+#: failing past it, a test says why within the disk-full tests' pytest timeout (180 s),
+#: where the app's own 120 s ran into that timeout, which said nothing of the disk.
+DELIVERY_WAIT = 90.0
 
 
 @contextlib.contextmanager
@@ -111,16 +116,41 @@ def collector_and_app_on_a_tmpfs(tmp: Path, *collector_args: str, size: str = TM
         yield OnATmpfs(collector, app, disk / "ballast")
 
 
+@contextlib.contextmanager
+def shown_on_failure(collector: Collector) -> Iterator[None]:
+    """The steps of a test on a full disk before its ``finish``: one that fails shows
+    the collector's log with its failure, and the test ends there (the faults conftest
+    kills its processes), not finished. ``finish`` in a ``finally`` made the app deliver
+    all it had spooled while the failing step waited: in a CI run (2026-11-27) a wait of
+    60 s in vain left ~100,000 events, more than the 64 MiB disk holds without
+    retention; once the ballast went they filled it again, the collector rightly refused
+    them, the app never finished, and pytest-timeout hid the step's own failure."""
+    try:
+        yield
+    except BaseException:
+        print("".join(collector.output)[-6000:])  # shown with the failure
+        raise
+
+
 def finish(collector: Collector, app: App, *, free: Path | None = None) -> dict[str, Any]:
     """The end of a test on a full disk: ``free`` (the ballast) deleted if given; the
     collector started again if it exited (as it did before its fixes: the app could not
     deliver, nor finish, otherwise); the app finished; the collector stopped, cleanly.
-    What the app's ``finish`` says (emitted, delivered, dropped...)."""
+    What the app's ``finish`` says (emitted, delivered, dropped...). An app that has not
+    delivered within ``DELIVERY_WAIT`` fails the test, saying how full the disk is."""
     if free is not None:
         free.unlink(missing_ok=True)
     if not collector.alive:
         collector.start()
-    result = app.finish()
+    try:
+        result = app.finish(timeout=DELIVERY_WAIT)
+    except subprocess.TimeoutExpired:
+        usage = shutil.disk_usage(collector.data_dir)
+        raise AssertionError(
+            f"the app did not deliver within {DELIVERY_WAIT:g} s; the collector's disk has "
+            f"{usage.free} of {usage.total} bytes free (what the app spooled may not fit "
+            f"it); the collector's log ends:\n{''.join(collector.output)[-3000:]}"
+        ) from None
     assert collector.stop() == 0
     return result
 

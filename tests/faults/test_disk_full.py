@@ -47,6 +47,7 @@ from tests.faults.full_disk import (
     read_stored,
     rerun_in_a_user_namespace,
     retention_under_way,
+    shown_on_failure,
     tmpfs,
     verify,
 )
@@ -65,7 +66,7 @@ def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: P
             collector, app, ballast):
         restarted_full = ""
         refused = {"appending to": 0, "syncing or indexing": 0}  # segment, index
-        try:
+        with shown_on_failure(collector):
             for episode in range(EPISODES):
                 mark = len(collector.output)
                 acked = app.acknowledged_count()
@@ -92,8 +93,7 @@ def test_disk_full_stops_acks_not_the_app_and_ingestion_resumes_by_itself(tmp: P
                 acked = app.acknowledged_count()
                 wait_for(lambda n=acked: app.acknowledged_count() > n + 100, 60,
                          "ingestion to resume by itself once space is freed")
-        finally:
-            result = finish(collector, app, free=ballast)
+        result = finish(collector, app, free=ballast)
         _, stored = read_stored(collector)
         assert not list((collector.data_dir / "quarantine").iterdir())
         collector.start()  # nothing to repair: the full disk left nothing half-written
@@ -159,7 +159,7 @@ def test_retention_frees_a_disk_full_to_the_last_byte_by_itself(tmp: Path) -> No
         return
     with collector_and_app_on_a_tmpfs(tmp, *RETAINING_4_S) as (collector, app, ballast):
         reserve = collector.data_dir / "reserve"
-        try:
+        with shown_on_failure(collector):
             # Full of its own records: retention under way, then the ballast takes what
             # is left (a disk full of others' files leaves retention nothing to delete).
             # And the index's WAL at its usual size, checkpointed once (up to 16 MiB, the
@@ -186,15 +186,10 @@ def test_retention_frees_a_disk_full_to_the_last_byte_by_itself(tmp: Path) -> No
             wait_for(lambda: app.acknowledged_count() > acked + 200, 60,
                      "acknowledgements, retention going on with the ballast in place")
             assert ballast.exists()
-        except BaseException:
-            ballast.unlink(missing_ok=True)  # the app can finish: the failure above shows
-            raise
-        finally:
-            # The app drains its spool with the ballast still in place: it stalled in 1
-            # run of 3-4 (the WAL grew into the room retention freed, and its checkpoint
-            # never got any: the next test).
-            result = app.finish()
-            assert collector.stop() == 0
+        # The app drains its spool with the ballast still in place: it stalled in 1 run
+        # of 3-4 (the WAL grew into the room retention freed, and its checkpoint never
+        # got any: the next test).
+        result = finish(collector, app)
         log = "".join(collector.output)
         ballast.unlink()  # room for verify's own files (its SQLite reader's -shm)
         done = verify(collector.data_dir)

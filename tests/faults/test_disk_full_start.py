@@ -27,6 +27,7 @@ from collector.index import Index
 from collector.integrity import digests
 from collector.storage import disk_space, indexer
 from collector.storage.disk_space import RESERVE_BYTES, Reserve
+from collector.storage.errors import StorageError
 from tests.collector.storage_helpers import events, open_store, segment_files, wait_until
 from tests.faults.fleet import Collector, Stored, report, wait_for
 from tests.faults.full_disk import (
@@ -41,6 +42,7 @@ from tests.faults.full_disk import (
     read_stored,
     rerun_in_a_user_namespace,
     retention_under_way,
+    shown_on_failure,
     tmpfs,
     verify,
 )
@@ -73,7 +75,7 @@ def test_restarted_on_a_full_disk_it_starts_and_retention_frees_the_disk(tmp: Pa
         return
     with collector_and_app_on_a_tmpfs(tmp, *RETAINING_4_S) as (collector, app, ballast):
         reserve = collector.data_dir / "reserve"
-        try:
+        with shown_on_failure(collector):
             wait_for(lambda: retention_under_way(collector), 60,
                      "retention under way, the reserve made")
             assert collector.stop() == 0
@@ -88,12 +90,7 @@ def test_restarted_on_a_full_disk_it_starts_and_retention_frees_the_disk(tmp: Pa
                      "acknowledgements with the ballast still filling the disk")
             wait_for(reserve.exists, 60, "the reserve made again")
             assert ballast.exists() and collector.alive
-        except BaseException:
-            print("".join(collector.output)[-6000:])  # shown with the failure
-            ballast.unlink(missing_ok=True)  # the app can finish: the failure above shows
-            raise
-        finally:
-            result = finish(collector, app)  # the ballast still in place
+        result = finish(collector, app)  # the ballast still in place
         log = "".join(collector.output)
         ballast.unlink()  # room for verify's own files (its SQLite reader's -shm)
         done = verify(collector.data_dir)
@@ -131,7 +128,7 @@ def test_restarted_on_a_full_disk_it_refuses_batches_until_space_is_freed(tmp: P
         return
     with collector_and_app_on_a_tmpfs(tmp, "--max-segment-bytes", "256KiB") as (
             collector, app, ballast):
-        try:
+        with shown_on_failure(collector):
             wait_for(lambda: app.acknowledged_count() > 500
                      and (collector.data_dir / "reserve").exists(), 60, "acks, the reserve")
             assert collector.stop() == 0
@@ -142,9 +139,11 @@ def test_restarted_on_a_full_disk_it_refuses_batches_until_space_is_freed(tmp: P
             wait_for(lambda: REFUSED in "".join(collector.output[mark:]), 60,
                      "a batch refused for the full disk")
             refusal = next(line for line in collector.output[mark:] if REFUSED in line)
-            # The segment's write says ENOSPC, the index's SQLite "disk is full". (A CI
-            # run, 2026-11-27, waited 60 s for the first words in vain; its collector's
-            # log was not shown, and now is.)
+            # The segment's append says ENOSPC, the index's commit SQLite's "disk is
+            # full": a batch smaller than the room the opening left (16 KiB of the slice
+            # here) is appended, then refused by the index, so the apps' batch sizes
+            # decide which. A CI run (2026-11-27) waited 60 s for the first words alone,
+            # in vain (test_refusals_of_small_batches_say_the_disk_is_full).
             assert any(full_disk in refusal for full_disk in
                        ("No space left on device", "disk is full")), refusal
             spooled = len(app.spooled())
@@ -154,15 +153,44 @@ def test_restarted_on_a_full_disk_it_refuses_batches_until_space_is_freed(tmp: P
             acked = app.acknowledged_count()
             wait_for(lambda: app.acknowledged_count() > acked + 500, 60,
                      "acknowledgements once space is freed")
-        except BaseException:
-            print("".join(collector.output)[-6000:])  # shown with the failure
-            raise
-        finally:
-            result = finish(collector, app, free=ballast)
+        result = finish(collector, app, free=ballast)
         log, stored = read_stored(collector)
     assert "so that the store can open" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     nothing_lost_nothing_twice(stored, app, result)
+
+
+def test_refusals_of_small_batches_say_the_disk_is_full(tmp: Path) -> None:
+    """Why the test above takes SQLite's words as well as ENOSPC's: opened in a slice of
+    the reserve, the store has some room left; a batch that fits it is appended, then
+    refused by the index's commit ("database or disk is full"), and cut from the
+    segment again; only a larger one is refused by the append itself. Neither stays:
+    once space is freed both are written, once."""
+    if os.geteuid() != 0 and not os.environ.get(IN_NAMESPACE):
+        rerun_in_a_user_namespace()
+        return
+    small, large = events(2), events(200)  # ~1 KiB; more than a slice (64 KiB)
+    with tmpfs(tmp / "disk", "16m") as disk:
+        data_dir = disk / "data"
+        with open_store(data_dir) as store:
+            store.write(events(5))
+            wait_until(lambda: Reserve(data_dir).size() == RESERVE_BYTES)
+        fill(disk / "ballast")
+        with open_store(data_dir) as store:
+            room = disk_space.free_bytes(data_dir)
+            assert room >= 4096, f"the opening left {room} bytes: no batch fits them"
+            size = store.stats()["active_segment"]["bytes"]
+            refusals = []
+            for batch in (small, large):
+                with pytest.raises(StorageError) as refused:
+                    store.write(batch)
+                refusals.append(str(refused.value))
+            assert store.stats()["active_segment"]["bytes"] == size
+            (disk / "ballast").unlink()
+            written = [len(store.write(batch).written) for batch in (small, large)]
+    assert "disk is full" in refusals[0] and "No space left" not in refusals[0], refusals
+    assert "No space left on device" in refusals[1], refusals
+    assert written == [2, 200]
 
 
 def test_restarted_on_a_full_disk_it_signs_what_it_holds_at_once(tmp: Path) -> None:
@@ -338,7 +366,7 @@ def test_restarted_on_a_full_disk_without_a_reserve_it_waits_for_space(tmp: Path
         return
     with collector_and_app_on_a_tmpfs(tmp, "--max-segment-bytes", "256KiB") as (
             collector, app, ballast):
-        try:
+        with shown_on_failure(collector):
             wait_for(lambda: app.acknowledged_count() > 500, 60, "acks")
             assert collector.stop() == 0
             (collector.data_dir / "reserve").unlink(missing_ok=True)
@@ -353,8 +381,7 @@ def test_restarted_on_a_full_disk_without_a_reserve_it_waits_for_space(tmp: Path
             acked = app.acknowledged_count()
             wait_for(lambda: app.acknowledged_count() > acked + 500, 60,
                      "acknowledgements once space is freed")
-        finally:
-            result = finish(collector, app, free=ballast)
+        result = finish(collector, app, free=ballast)
         log, stored = read_stored(collector)
     assert "free space on that disk" in log and "starts by itself" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
