@@ -8,7 +8,8 @@ Several processes may share one directory (pre-forked workers): each writes its 
 files and holds an ``flock`` on every file it owns, for as long as it owns it. A file
 whose lock can be taken belongs to nobody alive (its process exited or crashed) and is
 adopted and replayed by whoever finds it. Files are created under a temporary name and
-locked before they get their final name, so nobody adopts a file being born.
+locked before they get their final name, so nobody adopts a file being born. The size
+cap is the directory's, shared by them all: counted anew at each append.
 
 Each file's name carries a tag of the collector its batches are for (the sink's URL:
 ``<time>-<pid>-<rand>~<tag>.spool``). Two apps started in one directory share the
@@ -138,10 +139,14 @@ class Spool:
         if not self._scanned:
             self.adopt_orphans()
         record = RECORD.pack(len(body), zlib.crc32(body)) + body
+        # The cap is the directory's, shared by every process spooling there for this
+        # collector (pre-forked workers): counted anew at each append, since the others'
+        # files grow and shrink unseen. Counted once and then only by its own appends,
+        # each of N workers filled the cap for itself: N times it on disk. (A directory
+        # scan is cheap beside the fsync each append makes.)
+        self._used = self._count_used()
         if self._used + len(record) > self.max_bytes:
-            self._used = self._count_used()  # other processes may have freed space
-            if self._used + len(record) > self.max_bytes:
-                return False
+            return False
         try:
             active = self._active
             if active is None or (active.size and active.size + len(record) > self.file_bytes):

@@ -1044,3 +1044,42 @@ def test_files_for_another_collector_do_not_fill_this_spools_cap(tmp_path: Path)
     assert not this.append(b"b" * 100)  # its own cap: the untagged file and its batch
     assert drain(this) == [b"u" * 100, b"b" * 100]
     assert not legacy.exists()
+
+
+#: A worker process of a pre-forked server, as far as its spool goes: scans the spool
+#: directory at start (as ``CollectorSink`` does), then appends a batch for each line
+#: read and answers whether the spool took it.
+_WORKER = """
+import sys
+from audit_middleware.shipper.spool import Spool
+spool = Spool(sys.argv[1], max_bytes=int(sys.argv[2]))
+spool.adopt_orphans()
+print("ready", flush=True)
+for _ in sys.stdin:
+    print(spool.append(b"w" * 100), flush=True)
+"""
+
+
+def test_workers_sharing_a_spool_directory_share_its_cap(tmp_path: Path) -> None:
+    """Each worker counted the directory at start and then only its own appends: four
+    workers each filled the cap for itself, four times it on disk, the disk the cap is
+    there to protect filled before any of them dropped a batch."""
+    record = RECORD.size + 100
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path),
+                                 str(4 * record)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        assert all(w.stdout is not None and w.stdout.readline() == "ready\n" for w in workers)
+        taken = []
+        for worker in workers:  # one after the other: no race, the count is exact
+            assert worker.stdin is not None and worker.stdout is not None
+            for _ in range(4):
+                worker.stdin.write("append\n")
+                worker.stdin.flush()
+                taken.append(worker.stdout.readline() == "True\n")
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    assert taken.count(True) == 4, taken
+    assert sum(p.stat().st_size for p in spool_files(tmp_path)) == 4 * record
