@@ -242,7 +242,7 @@ class Spool:
         reason = _unsafe(directory, follow=directory == self.configured)
         if reason:
             raise PermissionError(reason)
-        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
+        name = f"{self._stamp():020d}-{os.getpid()}-{secrets.token_hex(4)}"
         if self._tag:
             name += _TAG_MARK + self._tag
         partial = directory / (name + _PARTIAL)
@@ -263,6 +263,13 @@ class Spool:
         self._files.append(self._active)
         self._opening.discard(fd)
         return self._active
+
+    def _stamp(self) -> int:
+        """A new file's time stamp, which orders it (files are replayed in name order):
+        the clock's, but after every file this spool holds. A clock stepped back (NTP, a
+        VM restored) gave a file a name before its elders', and whoever adopted them
+        replayed the newer batches first."""
+        return max([time.time_ns()] + [_stamp_of(f.path.name) + 1 for f in self._files])
 
     # -- reading --------------------------------------------------------------------------
     @property
@@ -546,6 +553,12 @@ def destination_tag(destination: str) -> str:
     if not destination:
         return ""
     return hashlib.sha256(destination.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _stamp_of(name: str) -> int:
+    """The time stamp a spool file's name starts with (0 for a name without one)."""
+    stamp = name.partition("-")[0]
+    return int(stamp) if stamp.isascii() and stamp.isdigit() else 0
 
 
 def _tag_of(name: str) -> str:

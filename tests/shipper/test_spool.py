@@ -1083,3 +1083,20 @@ def test_workers_sharing_a_spool_directory_share_its_cap(tmp_path: Path) -> None
             worker.wait()
     assert taken.count(True) == 4, taken
     assert sum(p.stat().st_size for p in spool_files(tmp_path)) == 4 * record
+
+
+def test_a_clock_stepped_back_does_not_reorder_the_spool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are replayed in name order, and a name starts with the wall clock: stepped
+    back an hour (NTP, a VM restored) between two files, the newer file was named first,
+    and the process that adopted them replayed the newer batches before the older."""
+    now = [1_800_000_000 * 10**9]
+    monkeypatch.setattr(spool_module.time, "time_ns", lambda: now[0])
+    spool = Spool(tmp_path, max_bytes=1 << 20, file_bytes=10)  # one batch a file
+    assert spool.append(b"first")
+    now[0] -= 3600 * 10**9
+    assert spool.append(b"second")
+    spool.close()
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 2
+    assert drain(adopter) == [b"first", b"second"]
