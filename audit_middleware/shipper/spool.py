@@ -129,6 +129,7 @@ class Spool:
         #: batch header line was still readable): lost, reported in the sink's stats.
         self.corrupt_bytes = 0
         self.lost_events = 0
+        self._write_failures = 0  # batches the disk refused in a row (see _write_failed)
         self.directory  # noqa: B018 - chosen now, so a shared directory is logged at start
 
     # -- writing --------------------------------------------------------------------------
@@ -152,14 +153,14 @@ class Spool:
             if active is None or (active.size and active.size + len(record) > self.file_bytes):
                 active = self._new_file()
         except OSError as exc:
-            log.error("audit spool %s: could not write a batch (%s)", self.directory, exc)
+            self._write_failed(exc)
             return False
         written = [0]  # bytes of it in the file: its end, when even fstat fails
         try:
             _write_all(active.fd, record, active.size, written)
             os.fsync(active.fd)
         except OSError as exc:
-            log.error("audit spool %s: could not write a batch (%s)", self.directory, exc)
+            self._write_failed(exc)
             try:
                 os.ftruncate(active.fd, active.size)  # no torn record, no unsynced one
             except OSError as again:
@@ -167,7 +168,24 @@ class Spool:
             return False
         active.size += len(record)
         self._used += len(record)
+        self._write_succeeded()
         return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        """A batch the disk refused: said at the 1st, 2nd, 4th, ... in a row. Said at
+        each, a full disk logged 20 errors a second through an outage, into logs as
+        likely as not on that same disk; the caller counts the batches dropped."""
+        self._write_failures += 1
+        n = self._write_failures
+        if n & (n - 1) == 0:
+            log.error("audit spool %s: could not write a batch (%s)%s", self.directory, exc,
+                      f" ({n} in a row; said again at {2 * n})" if n > 1 else "")
+
+    def _write_succeeded(self) -> None:
+        if self._write_failures:
+            log.warning("audit spool %s: writing batches again, after %d batches it could "
+                        "not write", self.directory, self._write_failures)
+            self._write_failures = 0
 
     def _keep_failed(self, active: _File, record: bytes, error: OSError,
                      written: int) -> bool:

@@ -1100,3 +1100,23 @@ def test_a_clock_stepped_back_does_not_reorder_the_spool(
     adopter = Spool(tmp_path, max_bytes=1 << 20)
     assert adopter.adopt_orphans() == 2
     assert drain(adopter) == [b"first", b"second"]
+
+
+def test_a_disk_that_keeps_refusing_batches_is_said_at_a_low_rate_and_its_recovery_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """On a full disk every batch the spool could not write was logged as an error: 20
+    lines a second in an outage, into logs as likely as not on that same full disk."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(b"before")
+    monkeypatch.setattr(spool_module.os, "pwrite", failing(errno.ENOSPC, [], "pwrite"))
+    with caplog.at_level("WARNING", logger="audit_middleware"):
+        assert not any(spool.append(b"x" * 100) for _ in range(100))
+        monkeypatch.undo()
+        assert spool.append(b"after")
+    said = [r.getMessage() for r in caplog.records]
+    refused = [m for m in said if "could not write a batch" in m]
+    assert len(refused) == 7, refused  # the 1st, 2nd, 4th, ... 64th
+    assert "No space left on device" in refused[0] and "64 in a row" in refused[-1]
+    assert any("100 batches it could not write" in m for m in said), said
+    assert drain(spool) == [b"before", b"after"]
