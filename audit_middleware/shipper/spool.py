@@ -150,6 +150,9 @@ class Spool:
             return False
         try:
             active = self._active
+            if active is not None and _unlinked(active.fd):
+                self._removed_under_us(active)
+                active = None
             if active is None or (active.size and active.size + len(record) > self.file_bytes):
                 active = self._new_file()
         except OSError as exc:
@@ -170,6 +173,18 @@ class Spool:
         self._used += len(record)
         self._write_succeeded()
         return True
+
+    def _removed_under_us(self, active: _File) -> None:
+        """Our active file was removed by something else (an operator emptying a spool
+        grown large, a temporary-file cleaner): appended to, later batches were counted
+        spooled in a file no process could adopt, lost when this one exited. They go to
+        a new file; what the removed one holds is still replayed from its descriptor."""
+        self._active = None
+        log.error("audit spool %s: %s was removed while this process spooled in it: its "
+                  "batches are replayed by this process from the open file (lost if it "
+                  "exits before the collector takes them); new batches go to a new file. "
+                  "Do not remove spool files of a running app",
+                  self.directory, active.path.name)
 
     def _write_failed(self, exc: OSError) -> None:
         """A batch the disk refused: said at the 1st, 2nd, 4th, ... in a row. Said at
@@ -701,6 +716,14 @@ def _size_of(fd: int, default: int) -> int:
         return os.fstat(fd).st_size
     except OSError:
         return default
+
+
+def _unlinked(fd: int) -> bool:
+    """Whether the file ``fd`` was removed from its directory (False when unknown)."""
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return False
 
 
 def _byte_at(fd: int, data: bytes, base: int, pos: int) -> int:

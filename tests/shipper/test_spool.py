@@ -1120,3 +1120,18 @@ def test_a_disk_that_keeps_refusing_batches_is_said_at_a_low_rate_and_its_recove
     assert "No space left on device" in refused[0] and "64 in a row" in refused[-1]
     assert any("100 batches it could not write" in m for m in said), said
     assert drain(spool) == [b"before", b"after"]
+
+
+def test_batches_are_not_spooled_into_a_file_removed_under_the_spool(tmp_path: Path) -> None:
+    """Its file removed while the process spooled (an operator emptying a spool grown
+    large in an outage, a temporary-file cleaner), every later batch was appended to the
+    deleted file, counted spooled, and lost when the process exited unreplayed."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    assert spool.append(b"before")
+    for path in spool_files(tmp_path / "spool"):
+        path.unlink()
+    assert spool.append(b"after")
+    spool.close()  # the process exits before the collector is back
+    adopter = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == [b"after"]
