@@ -123,6 +123,9 @@ class Spool:
         # (another thread adopting or starting a file) gave the child a copy that
         # after_fork must close too, or the child held a dead parent's lock for its life.
         self._opening: set[int] = set()
+        #: Files replayed whole that could not be removed: locked until close (see
+        #: ``_keep_replayed``).
+        self._held: list[_File] = []
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._scanned = False
         #: Bytes skipped as no valid record, and the events counted in them (those whose
@@ -369,14 +372,14 @@ class Spool:
         else:
             self._save_progress(head)
 
-    def _save_progress(self, f: _File) -> None:
+    def _save_progress(self, f: _File) -> bool:
         """Write how far ``f`` was replayed to its progress file (see the module's doc).
         Not fsynced: the death of the process keeps it (the page cache); a power loss
         may not, and then the last steps are replayed again (the collector drops the
         duplicates by event id) or counted again; an fsync per acknowledged batch, or
         per damaged region, would cost more than that. A failure is logged once per
         file, not raised: it costs only as much if this process dies before finishing
-        the file."""
+        the file. False when it failed."""
         opened = False
         try:
             if f.progress_fd < 0:
@@ -391,6 +394,7 @@ class Spool:
                 # for every later adopter. Cut after the write: a kill before it leaves
                 # a file found damaged (replayed from the start), never a wrong offset.
                 os.ftruncate(f.progress_fd, _OFFSET.size)
+            return True
         except OSError as exc:
             if opened:
                 _close_progress(f)  # opened again, and cut, at the next step
@@ -402,6 +406,7 @@ class Spool:
                           "drops the duplicates) and counts its corrupt bytes again; %s",
                           self.directory, f.path.name, exc,
                           _REMOVE_IT if isinstance(exc, _Planted) else "check the disk")
+            return False
 
     def _remove_head(self) -> None:
         head = self._files[0]
@@ -415,12 +420,32 @@ class Spool:
             os.unlink(head.path)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            self._keep_replayed(head, exc)
+            return
         # After the spool file: killed in between, the progress file stays alone (and
         # is removed by the next scan), never the spool file without its progress.
         if head.progress_exists:
             _unlink_quietly(_progress_path(head.path))
         _close_progress(head)
         os.close(head.fd)  # releases the lock after the unlink: nobody adopts a dead file
+
+    def _keep_replayed(self, head: _File, error: OSError) -> None:
+        """``head`` was replayed whole but cannot be removed (a directory made unwritable
+        under the app, a read-only remount). Raised, it ended the replay with a
+        traceback for each file, and whoever adopted the file later sent its last batch
+        again. Its progress is moved to its end (when its progress file can be written:
+        then its adopter sends nothing again, and removes it), and its lock kept until
+        this process closes the spool: neither this process's scans nor another's take
+        it for an orphan meanwhile."""
+        head.read_pos = head.size
+        saved = self._save_progress(head)
+        self._held.append(head)
+        log.error("audit spool %s: %s was replayed whole but cannot be removed (%s): once "
+                  "it can be, the process that adopts it after this one removes it%s. Let "
+                  "this process's user write the spool directory", self.directory,
+                  head.path.name, error, "" if saved else ", sending its batches again "
+                  "first (the collector drops the duplicates)")
 
     # -- several processes ----------------------------------------------------------------
     def adopt_orphans(self) -> int:
@@ -550,13 +575,14 @@ class Spool:
 
     def close(self) -> None:
         """Release our files (they stay on disk for the next process to replay)."""
-        for f in self._files:
+        for f in self._files + self._held:
             _close_progress(f)
             try:
                 os.close(f.fd)
             except OSError:
                 pass
         self._files = []
+        self._held = []
         self._active = None
         self._scanned = False
 

@@ -1135,3 +1135,33 @@ def test_batches_are_not_spooled_into_a_file_removed_under_the_spool(tmp_path: P
     adopter = Spool(tmp_path / "spool", max_bytes=1 << 20)
     assert adopter.adopt_orphans() == 1
     assert drain(adopter) == [b"after"]
+
+
+def test_a_replayed_file_that_cannot_be_removed_is_not_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A spool directory made unwritable under the app (an operator, a deploy changing
+    its owner): the unlink of a file replayed whole raised out of the replay (a traceback
+    logged for each file), its progress stayed short of its last batch, and whoever
+    adopted it later sent that batch again."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(b"one") and spool.append(b"two")
+    unlink = os.unlink
+
+    def refused(path: os.PathLike[str]) -> None:
+        if os.fspath(path).endswith(SUFFIX):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        unlink(path)
+
+    monkeypatch.setattr(spool_module.os, "unlink", refused)
+    with caplog.at_level("ERROR", logger="audit_middleware"):
+        assert drain(spool) == [b"one", b"two"]
+        assert spool.adopt_orphans() == 0  # held, not taken for an orphan by its own process
+    said = [r.getMessage() for r in caplog.records if "cannot be removed" in r.getMessage()]
+    assert len(said) == 1 and "Permission denied" in said[0], said
+    monkeypatch.undo()
+    spool.close()
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == []  # nothing sent twice
+    assert list(tmp_path.iterdir()) == []  # removed once it can be
