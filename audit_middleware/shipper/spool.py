@@ -42,6 +42,11 @@ when even the truncate fails, its bytes stay in the file, so they are kept as sp
 (replayed, or counted as corrupt when read if torn) rather than counted dropped and
 then replayed by whoever adopts the file; one torn inside its header line, whose events
 no reader can count, is counted dropped (see ``_keep_failed``).
+
+Files are named, and replayed, in the order they were made, whatever the wall clock
+does (see ``_stamp``). A file removed under its process takes no more batches (see
+``_removed_under_us``); one replayed whole that cannot be removed is held, its progress
+at its end (see ``_keep_replayed``).
 """
 
 from __future__ import annotations
