@@ -264,7 +264,8 @@ class CollectorSink:
         with self._io_lock:
             if spool.empty:
                 now = time.monotonic()
-                if now - self._last_scan < _ORPHAN_SCAN_INTERVAL:
+                # Orphans the last scan left (it adopts so many at a time): at once.
+                if now - self._last_scan < _ORPHAN_SCAN_INTERVAL and not spool.orphans_left:
                     return False
                 self._last_scan = now
                 if not spool.adopt_orphans():
@@ -404,7 +405,7 @@ class CollectorSink:
             if not self._io_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
                 return False
             try:
-                if spool.empty:
+                if spool.empty and not spool.orphans_left:
                     return True
             finally:
                 self._io_lock.release()

@@ -86,6 +86,11 @@ _OFFSET = struct.Struct("!QI")  # a progress file: the offset replayed to, its c
 #: while none is found, up to ``_WINDOW_MAX``: the cost follows the distance to it.
 _WINDOW_MIN = 512
 _WINDOW_MAX = 1024 * 1024
+#: Spool files adopted at most by one scan: each is held open (its lock is its claim), and
+#: a backlog of thousands (workers crash-looping through an outage, each leaving a file)
+#: took every descriptor the process had: its sockets failed. The rest wait for the next
+#: scan (``Spool.orphans_left``).
+ADOPT_MAX = 64
 #: Seconds a partial file (a creation that never finished) is left alone: between its
 #: process's open and its lock, another one could take it for abandoned and delete it.
 PARTIAL_GRACE = 60.0
@@ -133,6 +138,9 @@ class Spool:
         self._held: list[_File] = []
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._scanned = False
+        #: The last scan left spool files it did not try (``ADOPT_MAX``): scan again as
+        #: soon as the spool is empty.
+        self.orphans_left = False
         #: Bytes skipped as no valid record, and the events counted in them (those whose
         #: batch header line was still readable): lost, reported in the sink's stats.
         self.corrupt_bytes = 0
@@ -460,11 +468,12 @@ class Spool:
         spools in the private one, batch files left in the shared directory are not
         replayed (anyone could have put them there), and said so."""
         self._scanned = True
+        self.orphans_left = False
         directory, private = self.directory, self._private
         places = [directory] if directory == private else [directory, private]
         adopted: list[_File] = []
         for place in places:
-            adopted += self._adopt_from(place)
+            adopted += self._adopt_from(place, ADOPT_MAX - len(adopted))
         if directory == private:
             _report_stranded(self.configured)
         if adopted:
@@ -476,7 +485,9 @@ class Spool:
         self._used = self._count_used()
         return len(adopted)
 
-    def _adopt_from(self, place: Path) -> list[_File]:
+    def _adopt_from(self, place: Path, room: int) -> list[_File]:
+        """The orphans found in ``place``, ``room`` at most (the oldest; said in
+        ``orphans_left`` when more are left)."""
         try:
             reason = _unsafe(place, follow=place == self.configured)
             entries = sorted(os.scandir(place), key=lambda e: e.name)
@@ -501,6 +512,9 @@ class Spool:
                 continue
             if entry.name.endswith(SUFFIX) and not self._replays(entry.name):
                 foreign.append(entry.name)  # another collector's batches: not ours to send
+                continue
+            if len(adopted) >= room and entry.name.endswith(SUFFIX):
+                self.orphans_left = True  # maybe: a live process's, or one to adopt next
                 continue
             if entry.name.endswith(_PARTIAL) and _younger_than(entry, PARTIAL_GRACE):
                 continue  # maybe being made: created, not yet locked by its process

@@ -19,6 +19,7 @@ import pytest
 
 from audit_middleware import AuditConfigurationError, configure, emit
 from audit_middleware.shipper import CollectorSink
+from audit_middleware.shipper import spool as spool_module
 from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.shipper.receipts import pending
 from audit_middleware.testing import reset_configuration
@@ -200,6 +201,23 @@ def test_the_spool_of_an_earlier_process_is_replayed_at_start(
     assert later.wait_for_delivery(timeout=20)
     assert later.stats()["replayed"] == 50
     assert collector.ids() == ids
+
+
+def test_a_backlog_adopted_a_part_at_a_time_is_replayed_whole_before_delivery_is_said(
+        collector: Collector, make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan adopts ``ADOPT_MAX`` orphans at most: the rest must follow as soon as the
+    spool is empty (not at the next scan, 10 s later), and ``wait_for_delivery`` must
+    wait for them as for those adopted at start."""
+    monkeypatch.setattr(spool_module, "ADOPT_MAX", 3)
+    ids = []
+    for n in range(10):  # ten processes exit with their events spooled, a file each
+        earlier = make_sink()
+        ids += emit_many(2, prefix=f"p{n}-")
+        earlier.close(timeout=5)
+    collector.start()
+    later = make_sink()
+    assert later.wait_for_delivery(timeout=20)
+    assert sorted(collector.ids()) == sorted(ids)
 
 
 def test_a_sink_of_another_collector_does_not_replay_a_shared_spool(
