@@ -16,13 +16,17 @@ from tests.collector.storage_helpers import events, open_store, wait_until
 from tests.integrity.helpers import check, digest_paths, reasons, refuse_digests, segment_paths
 
 
-class _DiskFillsMidLine:
-    """``os`` for the digests module, whose next ``write`` takes part of the line and
-    whose write after that finds the disk full: what a full file system does."""
+class _FullDisk:
+    """``os`` for the digests module whose ``write`` finds the disk full once armed (a
+    file can still be created: a full tmpfs has inodes left). ``mid_line``: its first
+    write armed takes part of the line, the next one fails, and the disk has room again
+    after that: what a file system filling under a write does."""
 
-    def __init__(self) -> None:
+    def __init__(self, mid_line: bool = False) -> None:
+        self.mid_line = mid_line
         self.armed = False
         self.partial = 0
+        self.refused = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -30,10 +34,11 @@ class _DiskFillsMidLine:
     def write(self, fd: int, data: bytes) -> int:
         if not self.armed:
             return os.write(fd, data)
-        if not self.partial:
+        if self.mid_line and not self.partial:
             self.partial = os.write(fd, bytes(data[:len(data) // 2]))
             return self.partial
-        self.armed = False
+        self.armed = not self.mid_line
+        self.refused += 1
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
@@ -42,7 +47,7 @@ def test_a_digest_cut_short_by_a_full_disk_is_written_whole_later(
     """The part the disk took stayed in the file; the retry appended the whole line
     after it: 'signature invalid' and 'digest missing' for good, after a mere ENOSPC."""
     data_dir = tmp_path / "data"
-    fake = _DiskFillsMidLine()
+    fake = _FullDisk(mid_line=True)
     monkeypatch.setattr(digests, "os", fake)
     with open_store(data_dir) as store:
         store.write(events(3))
@@ -182,24 +187,6 @@ def test_a_reserve_left_short_by_a_kill_is_made_whole(tmp_path: Path) -> None:
         wait_until(lambda: reserve.stat().st_size == disk_space.RESERVE_BYTES, timeout=5)
 
 
-class _DiskFull:
-    """``os`` for the digests module whose every ``write`` finds the disk full once
-    armed (a file can still be created: a full tmpfs has inodes left)."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.refused = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def write(self, fd: int, data: bytes) -> int:
-        if self.armed:
-            self.refused += 1
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return os.write(fd, data)
-
-
 def test_a_digest_file_the_disk_refuses_its_first_line_is_not_left_empty(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk full between a new digest file's creation and its first line, and the
@@ -208,7 +195,7 @@ def test_a_digest_file_the_disk_refuses_its_first_line_is_not_left_empty(
     for a line the disk refuses goes with the failure; the segment's records are then
     unsigned (said as such), not a tamper alarm."""
     data_dir = tmp_path / "data"
-    fake = _DiskFull()
+    fake = _FullDisk()
     monkeypatch.setattr(digests, "os", fake)
     with open_store(data_dir, max_segment_bytes=2048) as store:
         for _ in range(3):
