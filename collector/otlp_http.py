@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import socket
@@ -33,6 +34,8 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry.sdk._logs.export import LogRecordExporter
+
+from collector.forward_checkpoint import hide_query_values
 
 if TYPE_CHECKING:  # the forwarder imports this module
     from collector.forwarder import ForwardSettings
@@ -48,9 +51,33 @@ _sessions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _QUOTED: Final = 200
 
 
+#: Loggers that quote the endpoint's URL whole, query (a receiver's key?) included: the
+#: exporter's, at each retry within an export ("Transient error ... url:
+#: /v1/logs?api_key=..."), and urllib3's, each request's line at DEBUG (``--verbose``).
+_URL_LOGGERS: Final = ("opentelemetry.exporter.otlp.proto.http._log_exporter",
+                       "urllib3.connectionpool")
+
+
+class _HideQueryValues(logging.Filter):
+    """Hides the query values of any URL in a line of those loggers (``shown_endpoint``
+    covers only what the collector prints itself)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = hide_query_values(message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
+
+
+_HIDE_QUERY_VALUES: Final = _HideQueryValues()
+
+
 def otlp_http_exporter(settings: ForwardSettings) -> LogRecordExporter:
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
+    for name in _URL_LOGGERS:  # addFilter adds the same filter once
+        logging.getLogger(name).addFilter(_HIDE_QUERY_VALUES)
     if any(os.environ.get(name) for name in _CREDENTIAL_PROVIDER_VARIABLES):
         return OTLPLogExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
                                timeout=settings.timeout)

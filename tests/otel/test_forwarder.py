@@ -922,6 +922,25 @@ def test_a_connection_failure_naming_the_url_hides_its_query_values(
     assert "s3cr3t" not in fwd.stats()["last_error"] and "s3cr3t" not in str(fwd.stats())
 
 
+def test_the_exporters_own_retry_lines_hide_the_query_values(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """Within one export the exporter retries a connection failure while its timeout
+    allows (the default forward_timeout, 10 s, always does) and logs each retry itself,
+    quoting requests' error, the URL with its query: the key reached the collector's log
+    by that line. (A 0.5 s timeout leaves no room for a retry: that line never came.)"""
+    write(store, 1)
+    fwd = forwarding_to(store, "http://127.0.0.1:9/v1/logs?api_key=s3cr3t", timeout=3)
+    with caplog.at_level(logging.DEBUG):
+        fwd.start()
+        try:
+            wait_until(lambda: fwd.stats()["failures"] >= 1, 20, "a failed export")
+        finally:
+            fwd.stop()
+    assert "Transient error" in caplog.text  # the exporter's retry line was logged
+    assert "api_key=***" in caplog.text
+    assert "s3cr3t" not in caplog.text
+
+
 def test_a_checkpoint_naming_a_query_key_in_clear_keeps_its_position_without_it(
         store: Store, receiver: OTLPReceiver) -> None:
     """An older version wrote the endpoint whole, a key in its query included. The file
