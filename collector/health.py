@@ -37,7 +37,8 @@ REASONS: Final = {
     DISK_FULL: "the store's disk is full: batches are refused until space is freed on "
                "it (the apps keep theirs meanwhile)",
     WRITE_FAILING: "the store's last write failed, and not for want of space: batches "
-                   "are refused until one is written; the collector's log says why",
+                   "are refused until one is written or the store's directory takes a "
+                   "write again; the collector's log says why",
 }
 
 

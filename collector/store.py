@@ -48,6 +48,7 @@ from collector.storage.errors import (
 from collector.storage.failures import (
     DISK_FULL,
     NOT_OPEN,
+    WRITE_FAILING,
     Failures,
     WriteFailure,
     write_failure,
@@ -63,6 +64,7 @@ from collector.storage.records import (
     id_key,
 )
 from collector.storage.recovery import RepairReport, open_and_recover
+from collector.storage.regular_files import write_new_file
 from collector.storage.segment_set import SegmentSet
 from collector.storage.segments import DIR_MODE, FILE_MODE, file_sizes
 from collector.storage.write_lock import WriteLock
@@ -86,6 +88,9 @@ LOCK_FILE: Final = "store.lock"
 _COMMIT: Final = "commit"
 _COMPRESSED: Final = "putting compressed copies in place"
 _HOUSEKEEPING: Final = "housekeeping"
+#: The file an idle commit thread writes, fsyncs and removes in ``segments/`` while a
+#: write failure other than a full disk is said (``Store._check_failed_write``).
+_WRITE_CHECK: Final = ".write-check"
 #: Why the reserve is released at start-up (``Store._open_in_reserve``), in its warning.
 _OPENING_IN_RESERVE: Final = (
     "the store can open (its index, its start checkpoint) and retention sign its "
@@ -488,6 +493,8 @@ class Store:
                     self._housekeeping(idle=not batch)
                     last_housekeeping = now
                     self._failures.recovered(_HOUSEKEEPING)
+                if not batch:
+                    self._check_failed_write()
             except Exception as exc:  # noqa: BLE001 - never let the commit thread die
                 self._failed(exc, doing)
                 if doing == _COMMIT:
@@ -499,6 +506,26 @@ class Store:
                 with self._lock:
                     if not self._pending:
                         return
+
+    def _check_failed_write(self) -> None:
+        """While the last write failed in the segment file (an I/O error, a read-only
+        file system, a quota) and no batch comes, see whether ``segments/`` takes a write
+        again (a file written, fsynced, removed): if so, the failure is over for
+        ``refusal``. A collector a load balancer took out of rotation for it gets no
+        batch to show that it ended (a file system remounted read-write, a quota
+        raised, a disk replaced), and stayed out for good. The next batch tells for
+        sure: failing again, it is said again."""
+        writer = self._writer
+        if (writer.failure != WRITE_FAILING or not writer.failed_on_disk
+                or self._commit_failure is not None):
+            return  # none, a full disk (judged by its free space), or the index's
+        path = self.segments_dir / _WRITE_CHECK
+        try:
+            write_new_file(path, b"\n", FILE_MODE)
+            path.unlink()
+        except OSError:
+            return  # still failing: said as it is (the commit's failure is in the log)
+        writer.failure = None
 
     def _failed(self, exc: Exception, what: str) -> None:
         """Note and log a failure of the commit thread's work (which goes on). A full
@@ -860,9 +887,11 @@ class Store:
         (before ``open``, from ``close`` on), ``DISK_FULL`` (the last commit failed for
         want of space, and the disk still has less than ``RESERVE_ROOM`` free) or
         ``WRITE_FAILING`` (it failed otherwise). A failure lasts until a commit goes
-        through, but a full disk is judged by its free space now: a collector taken out
-        of a load balancer's rotation for it gets no batch to show that space was freed,
-        and would stay out for good."""
+        through, but a full disk is judged by its free space now, and the segment
+        file's other failures end too when the idle commit thread's write check goes
+        through (``_check_failed_write``): a collector taken out of a load balancer's
+        rotation for it gets no batch to show that the failure ended, and would stay
+        out for good. A commit that raised (the index's error) ends with a batch only."""
         with self._lock:
             if self._state != "open":
                 return NOT_OPEN

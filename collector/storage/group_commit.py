@@ -107,6 +107,10 @@ class GroupWriter:
         self.last_error: str | None = None
         #: What ends it (``failures.write_failure``), for the store's readiness.
         self.failure: WriteFailure | None = None
+        #: Whether that failure was the segment file's (an OSError of its append or
+        #: fsync), which a write check in its directory can show ended
+        #: (``Store._check_failed_write``); an index's error only a write shows.
+        self.failed_on_disk = False
 
     def close(self) -> None:
         self._fsyncer.shutdown(wait=True)
@@ -296,6 +300,7 @@ class GroupWriter:
     def _fail(self, piece: list[_Prepared], exc: BaseException, doing: str) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.failure = write_failure(exc, self._segments.directory)
+        self.failed_on_disk = isinstance(exc, OSError)
         self.counts["write_errors"] += 1
         name = self._segments.active.path.name
         log.error("audit store: %s %s failed: %s", doing, name, exc)

@@ -24,23 +24,34 @@ from collector.storage.errors import StorageError
 from collector.storage.segments import ActiveSegment
 from collector.store import Store
 from tests.api.served import add_reader, serving
-from tests.collector.storage_helpers import event, open_store
+from tests.collector.storage_helpers import event, open_store, wait_until
 from tests.e2e.harness import short_tmp
 
 
 class FailingAppends:
-    """``ActiveSegment.append`` raising ``errno`` while set (None: the real append)."""
+    """``ActiveSegment.append`` raising ``errno`` while set (None: the real append), and
+    so does the idle store's write check in ``segments/`` (a disk that fails appends
+    fails a new file too): ``checks`` counts its attempts."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.errno: int | None = None
+        self.checks = 0
         real = ActiveSegment.append
+        real_write = store_module.write_new_file
 
         def append(segment: ActiveSegment, data: bytes) -> int:
             if self.errno is not None:
                 raise OSError(self.errno, "injected")
             return real(segment, data)
 
+        def write_new_file(path: Path, data: bytes, mode: int) -> None:
+            self.checks += 1
+            if self.errno is not None:
+                raise OSError(self.errno, "injected")
+            real_write(path, data, mode)
+
         monkeypatch.setattr(ActiveSegment, "append", append)
+        monkeypatch.setattr(store_module, "write_new_file", write_new_file)
 
 
 @pytest.fixture
@@ -96,6 +107,22 @@ def test_another_write_failure_is_unready_until_a_write_goes_through(
     failing.errno = None
     opened.write([event()])
     assert probe(Health(opened)).status_code == 200
+
+
+def test_a_write_failure_that_ended_is_ready_again_without_a_batch(
+        opened: Store, failing: FailingAppends) -> None:
+    """A collector a load balancer took out of rotation for it gets no batch to show
+    that the failure ended (a file system remounted read-write, a quota raised): it
+    stayed unready for good. The idle store's write check in ``segments/`` shows it."""
+    failing.errno = errno.EIO
+    write_fails(opened)
+    checked = failing.checks
+    wait_until(lambda: failing.checks >= checked + 2)  # checks failed meanwhile
+    assert probe(Health(opened)).json()["reason"] == "write_failing"
+    written = opened.stats()["written"]
+    failing.errno = None
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
+    assert opened.stats()["written"] == written  # no batch came
 
 
 def test_a_commit_that_raises_before_writing_is_unready_until_one_goes_through(
