@@ -38,14 +38,14 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TypeVar
 
 from collector.storage.regular_files import fsync_dir, write_new_file
 
-__all__ = ["RESERVE_BYTES", "RESERVE_NAME", "SLICE", "Reserve", "free_bytes", "is_full",
-           "out_of_space"]
+__all__ = ["RESERVE_BYTES", "RESERVE_NAME", "SLICE", "Reserve", "error_chain", "free_bytes",
+           "is_full", "out_of_space"]
 
 log = logging.getLogger("collector.store")
 
@@ -92,16 +92,22 @@ def out_of_space(exc: BaseException, directory: Path) -> bool:
     being full. SQLite says "database or disk is full" (``SQLITE_FULL``) when a write
     fails so, but only "disk I/O error" when it cannot grow its ``-shm`` file (which the
     index needs before its first read): that counts when the disk is nearly full too."""
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in error_chain(exc):
         if isinstance(seen, OSError) and is_full(seen):
             return True
         name = getattr(seen, "sqlite_errorname", "") or ""
         if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR")
                                      and free_bytes(directory) < RESERVE_ROOM):
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
+
+
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then the errors it was raised from or while handling, innermost last."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 class Reserve:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Final, Literal
 
-from .disk_space import out_of_space
+from .disk_space import error_chain, out_of_space
 
 #: Why the store takes no events now (``Store.refusal``). Fixed words: a probe that
 #: needs no token reads them, so they say nothing the store holds.
@@ -33,7 +33,11 @@ def write_failure(exc: BaseException, directory: Path) -> WriteFailure:
     ends (and ``free_bytes`` shows); else ``WRITE_FAILING``: an I/O error, a read-only
     or unwritable directory, or a user's quota (``EDQUOT``: ``free_bytes`` does not see
     it), which only a write that goes through shows ended."""
-    if out_of_space(exc, directory) and getattr(exc, "errno", None) != errno.EDQUOT:
+    # Looked for through the whole chain, as out_of_space looks: a quota error the
+    # store wrapped in its own was classed DISK_FULL, judged by free space, and the
+    # probe said ready while every batch was refused.
+    quota = any(getattr(e, "errno", None) == errno.EDQUOT for e in error_chain(exc))
+    if out_of_space(exc, directory) and not quota:
         return DISK_FULL
     return WRITE_FAILING
 

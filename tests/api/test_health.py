@@ -198,3 +198,20 @@ def test_a_running_collector_answers_probes_without_a_token_and_says_nothing_of_
     assert (head.status_code, head.content) == (200, b"")
     assert by_name.status_code == 200
     assert rebound.status_code == 421
+
+
+def test_a_quota_error_wrapped_in_the_stores_own_is_still_a_quota(tmp_path: Path) -> None:
+    """Looked for on the outermost error only, a quota error the store raised its own
+    from was classed ``disk_full`` and judged by free space (which a quota does not
+    show): ready, while every batch was refused (a review, 2026-11-27)."""
+    from collector.storage.errors import StorageError
+    from collector.storage.failures import write_failure
+
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as exc:
+            raise StorageError(f"cannot write: {exc}") from exc
+    except StorageError as wrapped:
+        assert write_failure(wrapped, tmp_path) == "write_failing"
+    assert write_failure(OSError(errno.ENOSPC, "No space left"), tmp_path) == "disk_full"
