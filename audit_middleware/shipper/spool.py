@@ -619,6 +619,10 @@ class Spool:
         self._used = 0
         self.corrupt_bytes = 0
         self.lost_events = 0
+        # The parent's refusals are not the child's: inherited, the child's first was
+        # not said (said at the 1st, 2nd, 4th, ... in a row), and it said a recovery
+        # from refusals it never had.
+        self._write_failures = 0
 
 
 #: Between a spool file's name and its destination tag: ``<time>-<pid>-<rand>~<tag>.spool``.

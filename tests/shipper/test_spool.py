@@ -1261,3 +1261,23 @@ def test_a_backlog_of_spool_files_does_not_take_every_descriptor(tmp_path: Path)
     # too (another source: where it falls among them does not matter).
     assert [line for line in replayed if line != "its own"] == [b.decode() for b in bodies]
     assert replayed.count("its own") == 1
+
+
+def test_a_forked_child_says_its_first_refused_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The count of batches refused in a row (said at the 1st, 2nd, 4th, ...) was the
+    parent's in a forked child: a child forked after 2 refusals did not say its first
+    (the 3rd), and said a recovery from the parent's refusals it never had."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    monkeypatch.setattr(spool_module.os, "pwrite", failing(errno.ENOSPC, [], "pwrite"))
+    assert not spool.append(b"x") and not spool.append(b"y")
+    spool.after_fork()  # what the child's at-fork hook does
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="audit_middleware"):
+        assert not spool.append(b"z")
+        monkeypatch.undo()
+        assert spool.append(b"ok")
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "could not write a batch" in m] != [], said
+    assert any("after 1 batches it could not write" in m for m in said), said
