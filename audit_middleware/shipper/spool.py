@@ -166,7 +166,7 @@ class Spool:
             return False
         try:
             active = self._active
-            if active is not None and _unlinked(active.fd):
+            if active is not None and _removed(active):
                 self._removed_under_us(active)
                 active = None
             if active is None or (active.size and active.size + len(record) > self.file_bytes):
@@ -772,12 +772,19 @@ def _size_of(fd: int, default: int) -> int:
         return default
 
 
-def _unlinked(fd: int) -> bool:
-    """Whether the file ``fd`` was removed from its directory (False when unknown)."""
+def _removed(f: _File) -> bool:
+    """Whether ``f`` is no longer at its path: removed, or another file put there (False
+    when unknown). By its path, not its link count: a second link to it (a hard-link
+    backup of the spool; the ``.nfsXXXX`` name an NFS client gives a file removed while
+    open) kept the count at 1 when its spool name was gone."""
     try:
-        return os.fstat(fd).st_nlink == 0
+        there = os.stat(f.path, follow_symlinks=False)
+        here = os.fstat(f.fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
     except OSError:
         return False
+    return (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino)
 
 
 def _byte_at(fd: int, data: bytes, base: int, pos: int) -> int:

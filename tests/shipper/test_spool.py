@@ -1281,3 +1281,21 @@ def test_a_forked_child_says_its_first_refused_batch(
     said = [r.getMessage() for r in caplog.records]
     assert [m for m in said if "could not write a batch" in m] != [], said
     assert any("after 1 batches it could not write" in m for m in said), said
+
+
+def test_batches_are_not_spooled_into_a_file_removed_while_another_link_to_it_remains(
+        tmp_path: Path) -> None:
+    """Removal was told by the file's link count falling to 0: a second link (a hard-link
+    backup of the spool, ``cp -al``; an NFS client's ``.nfsXXXX`` name for a file removed
+    while open) kept it at 1, and every later batch went into the file no spool would
+    adopt, counted spooled, lost when the process exited."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    assert spool.append(b"before")
+    [path] = spool_files(tmp_path / "spool")
+    os.link(path, tmp_path / "backup")
+    path.unlink()
+    assert spool.append(b"after")
+    spool.close()  # the process exits before the collector is back
+    adopter = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == [b"after"]
