@@ -133,8 +133,8 @@ class Spool:
         # (another thread adopting or starting a file) gave the child a copy that
         # after_fork must close too, or the child held a dead parent's lock for its life.
         self._opening: set[int] = set()
-        #: Files replayed whole that could not be removed: locked until close (see
-        #: ``_keep_replayed``).
+        #: Files replayed whole that could not be removed: locked until they can be, or
+        #: until close (see ``_keep_replayed``).
         self._held: list[_File] = []
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._scanned = False
@@ -436,12 +436,23 @@ class Spool:
         except OSError as exc:
             self._keep_replayed(head, exc)
             return
-        # After the spool file: killed in between, the progress file stays alone (and
-        # is removed by the next scan), never the spool file without its progress.
-        if head.progress_exists:
-            _unlink_quietly(_progress_path(head.path))
-        _close_progress(head)
-        os.close(head.fd)  # releases the lock after the unlink: nobody adopts a dead file
+        _let_go(head)
+
+    def _release_held(self) -> None:
+        """Remove the files replayed whole that could not be removed then, if they can be
+        now, and close them: held until the process closed its spool, they stayed on
+        disk once the directory was writable again, and each was a descriptor less for
+        adopting (see ``adopt_orphans``)."""
+        held, self._held = self._held, []
+        for f in held:
+            try:
+                os.unlink(f.path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self._held.append(f)
+                continue
+            _let_go(f)
 
     def _keep_replayed(self, head: _File, error: OSError) -> None:
         """``head`` was replayed whole but cannot be removed (a directory made unwritable
@@ -449,14 +460,17 @@ class Spool:
         traceback for each file, and whoever adopted the file later sent its last batch
         again. Its progress is moved to its end (when its progress file can be written:
         then its adopter sends nothing again, and removes it), and its lock kept until
-        this process closes the spool: neither this process's scans nor another's take
-        it for an orphan meanwhile."""
+        it can be removed (tried again at each scan: ``_release_held``) or this process
+        closes the spool: neither this process's scans nor another's take it for an
+        orphan meanwhile."""
         head.read_pos = head.size
         saved = self._save_progress(head)
+        _close_progress(head)  # written for good: a descriptor less for each file held
         self._held.append(head)
         log.error("audit spool %s: %s was replayed whole but cannot be removed (%s): once "
-                  "it can be, the process that adopts it after this one removes it%s. Let "
-                  "this process's user write the spool directory", self.directory,
+                  "it can be, this process removes it (or, once this one has exited, the "
+                  "process that adopts it%s). Let this process's user write the spool "
+                  "directory", self.directory,
                   head.path.name, error, "" if saved else ", sending its batches again "
                   "first (the collector drops the duplicates)")
 
@@ -469,11 +483,16 @@ class Spool:
         replayed (anyone could have put them there), and said so."""
         self._scanned = True
         self.orphans_left = False
+        self._release_held()
         directory, private = self.directory, self._private
         places = [directory] if directory == private else [directory, private]
+        # Files held (replayed, not removable) are open too: not counted, a directory
+        # made unwritable had each scan adopt, replay and hold ADOPT_MAX more, until the
+        # whole backlog was open. The rest waits until they can be removed.
+        room = ADOPT_MAX - len(self._held)
         adopted: list[_File] = []
         for place in places:
-            adopted += self._adopt_from(place, ADOPT_MAX - len(adopted))
+            adopted += self._adopt_from(place, room - len(adopted))
         if directory == private:
             _report_stranded(self.configured)
         if adopted:
@@ -501,7 +520,8 @@ class Spool:
         if reason:
             log.error("audit spool: adopting nothing: %s", reason)
             return []
-        owned = {f.path.name for f in self._files}
+        # Held files too: ours, not to be opened and tried for a lock at each scan.
+        owned = {f.path.name for f in self._files + self._held}
         adopted: list[_File] = []
         foreign: list[str] = []
         for entry in entries:
@@ -785,6 +805,17 @@ def _removed(f: _File) -> bool:
     except OSError:
         return False
     return (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino)
+
+
+def _let_go(f: _File) -> None:
+    """Close a spool file removed (or found gone): its progress file goes after it
+    (killed in between, that stays alone and the next scan removes it, never the spool
+    file without its progress), and its lock with its descriptor, after the unlink:
+    nobody adopts a dead file."""
+    if f.progress_exists:
+        _unlink_quietly(_progress_path(f.path))
+    _close_progress(f)
+    os.close(f.fd)
 
 
 def _byte_at(fd: int, data: bytes, base: int, pos: int) -> int:

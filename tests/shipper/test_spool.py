@@ -1299,3 +1299,38 @@ def test_batches_are_not_spooled_into_a_file_removed_while_another_link_to_it_re
     adopter = Spool(tmp_path / "spool", max_bytes=1 << 20)
     assert adopter.adopt_orphans() == 1
     assert drain(adopter) == [b"after"]
+
+
+def test_files_replayed_that_cannot_be_removed_hold_no_more_descriptors_than_adoption_may(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file replayed whole that cannot be removed stays open (its lock keeps it from
+    being adopted again): in a directory made unwritable, each scan adopted ``ADOPT_MAX``
+    more, replayed and held them, until the whole backlog was open (what ``ADOPT_MAX``
+    is there to prevent). And once the directory was writable again, they stayed open
+    and on disk until the process exited."""
+    monkeypatch.setattr(spool_module, "ADOPT_MAX", 3)
+    bodies = orphans(tmp_path, 10)
+    unlink = os.unlink
+
+    def refused(path: os.PathLike[str]) -> None:
+        if os.fspath(path).endswith(SUFFIX):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        unlink(path)
+
+    monkeypatch.setattr(spool_module.os, "unlink", refused)
+    before = open_descriptors()
+    spool = Spool(tmp_path, max_bytes=1 << 30)
+    replayed = []
+    while spool.adopt_orphans():
+        replayed += drain(spool)
+    assert replayed == bodies[:3]  # then no room: the others wait (not sent twice)
+    assert open_descriptors() - before <= 3
+    monkeypatch.undo()  # the directory is writable again: the held files go
+    while not spool.empty or spool.adopt_orphans():
+        replayed += drain(spool)
+    assert replayed == bodies
+    assert spool_files(tmp_path) == []
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
