@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.index import Index
 
+from . import store_clock
 from .compression import BlockMap, compress
 from .disk_space import Reserve, free_bytes, is_full
 from .failures import Failures
@@ -111,6 +112,8 @@ class SegmentSet:
         #: What fails now ("rotation", "retention", "compressing <seq>"): each goes once
         #: its work succeeds (or its segment is gone). The compressor thread sets one.
         self._failures = Failures()
+        self._clock = store_clock.StoreClock()
+        self._active_since = 0  # when the active segment became so (elapsed_ns)
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
         #: Newer segments than any file left, yet named: the active one was deleted.
@@ -147,6 +150,15 @@ class SegmentSet:
             # On failure, its first records register it again.
             self._index.add_segment(segment.path.name, segment.header, segment.size)
 
+    @property
+    def active(self) -> ActiveSegment:
+        return self._active
+
+    @active.setter
+    def active(self, segment: ActiveSegment) -> None:
+        self._active = segment
+        self._active_since = store_clock.elapsed_ns()
+
     # -- rotation -------------------------------------------------------------------------
     def rotation_due(self, incoming: int, piece_pending: bool) -> bool:
         """Whether ``incoming`` more bytes should go to a new segment: the active one
@@ -160,8 +172,11 @@ class SegmentSet:
         return self.too_old()
 
     def too_old(self) -> bool:
-        age = (time.time_ns() - self.active.created_ns) / 1e9
-        return age >= self.settings.max_segment_age
+        # By either clock (store_clock says why): the wall clock alone, stepped back,
+        # kept a segment open until it had caught up again.
+        age = max(time.time_ns() - self.active.created_ns,
+                  store_clock.elapsed_ns() - self._active_since)
+        return age / 1e9 >= self.settings.max_segment_age
 
     def rotate(self, sealed: Callable[[int], None]) -> None:
         """Start the next segment (by creating it: never copytruncate), then seal the
@@ -311,7 +326,8 @@ class SegmentSet:
             if queued is not None and not i.compressed and now - queued < COMPRESSION_STALL:
                 size = int(size * ratio)
             infos.append(SealedInfo(seq, size, i.sealed_ns))
-        doomed = expired(infos, now_ns=time.time_ns(), retention_days=s.retention_days,
+        doomed = expired(infos, now_ns=self._clock.retention_now_ns(),
+                         retention_days=s.retention_days,
                          retention_bytes=s.retention_bytes,
                          keep_newest=self.active.records == 0)
         if doomed and self._ledger is not None:
