@@ -494,7 +494,7 @@ class Ledger:
     def _write(self, kind: str, state: d.SegmentState, head: str, strict: bool = False,
                **extra: Any) -> None:
         body: dict[str, Any] = {"digest": d.FORMAT, "n": self.n + 1, "kind": kind,
-                                "time": format_created(time.time_ns()), "key": self.key.id,
+                                "time": self._signing_time(), "key": self.key.id,
                                 "previous": self.previous, **state.fields(), "head": head,
                                 "interval_ms": round(self.interval * 1000), **extra}
         line = d.sign(body, self.key)
@@ -505,6 +505,16 @@ class Ledger:
         self._due = time.monotonic() + self.interval
         self._pending.append((state.name, line, body))
         self._flush_pending(strict)
+
+    def _signing_time(self) -> str:
+        """Now, but never before the newest digest: the collector's clock stepped back
+        (NTP correcting a clock that ran ahead, a VM restored) dated a digest before its
+        predecessor, and verify called the untouched store tampered (``gap in time``).
+        Verify still checks forged digests; an honest one is dated as signed, or with
+        its predecessor's time while the clock catches up."""
+        now = format_created(time.time_ns())
+        # Both are format_created's fixed-width text: they sort as the times do.
+        return max(now, str(self.newest.time)) if self.newest is not None else now
 
     def _flush_if_waiting(self, kind: str) -> None:
         """Write the queued digests if one of ``kind`` is among them; ``OSError`` if

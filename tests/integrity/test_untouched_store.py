@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,31 @@ def test_rotated_segments_verify_clean_and_every_seal_has_a_digest(tmp_path: Pat
     result = run_verify(str(store))
     assert result.returncode == 0, result.stdout
     assert "summary: 10 file(s): 10 valid, 0 INVALID" in result.stdout
+
+
+@pytest.mark.parametrize("across_a_restart", [False, True])
+def test_a_collector_clock_stepped_back_an_hour_is_no_finding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, across_a_restart: bool) -> None:
+    """NTP stepping back a clock that ran an hour ahead (or a VM restored) dated the next
+    digest an hour before its predecessor: verify called the untouched store tampered
+    (`gap in time`). A digest is dated no earlier than the one it follows."""
+    data_dir = tmp_path / "data"
+    real_time_ns, step = time.time_ns, [0]
+    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - step[0])
+    with open_store(data_dir, max_segment_bytes=SMALL) as store:
+        for n in range(6):
+            if n == 3 and not across_a_restart:
+                step[0] = 3600 * 10**9
+            store.write(events(3))
+    if across_a_restart:
+        step[0] = 3600 * 10**9
+        with open_store(data_dir, max_segment_bytes=SMALL) as store:
+            store.write(events(3))
+    report = check(data_dir)
+    assert report.valid, reasons(report)
+    found = sorted((digests.parse(line) for p in digest_paths(data_dir)
+                    for line in lines_of(p)), key=lambda g: g.n)
+    assert [g.time for g in found] == sorted(g.time for g in found)
 
 
 def test_compressed_segments_verify_clean(tmp_path: Path) -> None:
