@@ -61,7 +61,8 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
                    help="workspace name, exact (the name the event carried)")
     f.add_argument("--status", help="status, exact ('' for events without one)")
     f.add_argument("--client-ip", dest="client_ip", help="an IP, or a CIDR such as 10.0.0.0/8")
-    f.add_argument("--since", help="RFC 3339, YYYY-MM-DD-HH-MM-SS (UTC), or an age: 15m, 24h, 7d")
+    f.add_argument("--since", help="RFC 3339 (without an offset: UTC), YYYY-MM-DD-HH-MM-SS "
+                   "(UTC), or an age: 15m, 24h, 7d")
     f.add_argument("--until", help="same forms as --since")
 
 
