@@ -46,6 +46,9 @@ _SIGNATURE: Final = b',"signature":"'
 # with the same number, and int() read it as that number.
 _FILE_NAME = re.compile(r"(segment-(\d{8,})-\d{8}T\d{6}Z)\.digests\.jsonl", re.ASCII)
 
+#: Optional: the collector's clock when it signed a digest dated after it (its clock had
+#: stepped back behind the digest before: a digest is dated no earlier than that one).
+CLOCK: Final = "clock"
 _INT_FIELDS: Final = ("n", "segment_seq", "bytes", "records", "first_seq", "last_seq",
                       "interval_ms")
 _STR_FIELDS: Final = ("kind", "time", "key", "previous", "segment", "segment_id",
@@ -101,6 +104,12 @@ class Digest:
     @property
     def where(self) -> str:
         return f"digest #{self.body['n']} ({self.file} line {self.line})"
+
+    @property
+    def signed_at(self) -> str:
+        """When the collector's clock said it signed this digest (``time`` unless it is
+        dated after its clock: ``CLOCK``)."""
+        return str(self.body.get(CLOCK, self.body["time"]))
 
 
 def file_name(segment_name: str) -> str:

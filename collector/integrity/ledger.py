@@ -493,10 +493,16 @@ class Ledger:
 
     def _write(self, kind: str, state: d.SegmentState, head: str, strict: bool = False,
                **extra: Any) -> None:
+        clock = format_created(time.time_ns())
+        signed_at = self._signing_time(clock)
         body: dict[str, Any] = {"digest": d.FORMAT, "n": self.n + 1, "kind": kind,
-                                "time": self._signing_time(), "key": self.key.id,
+                                "time": signed_at, "key": self.key.id,
                                 "previous": self.previous, **state.fields(), "head": head,
                                 "interval_ms": round(self.interval * 1000), **extra}
+        if signed_at != clock:
+            # Dated after the clock (it stepped back): what the clock said goes with it,
+            # signed, for verify's running-collector check (``d.CLOCK``).
+            body[d.CLOCK] = clock
         line = d.sign(body, self.key)
         self.n += 1
         self.newest = d.parse(line)
@@ -506,13 +512,12 @@ class Ledger:
         self._pending.append((state.name, line, body))
         self._flush_pending(strict)
 
-    def _signing_time(self) -> str:
-        """Now, but never before the newest digest: the collector's clock stepped back
+    def _signing_time(self, now: str) -> str:
+        """``now``, but never before the newest digest: the collector's clock stepped back
         (NTP correcting a clock that ran ahead, a VM restored) dated a digest before its
         predecessor, and verify called the untouched store tampered (``gap in time``).
         Verify still checks forged digests; an honest one is dated as signed, or with
         its predecessor's time while the clock catches up."""
-        now = format_created(time.time_ns())
         # Both are format_created's fixed-width text: they sort as the times do.
         return max(now, str(self.newest.time)) if self.newest is not None else now
 

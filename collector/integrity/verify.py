@@ -510,15 +510,18 @@ def _check_live(report: Report, chain: DigestChain, now_us: int | None) -> None:
     if newest is None:
         return
     now = now_us if now_us is not None else time.time_ns() // 1000
-    age = now - micros(newest.time)
+    # By the collector's clock, not the digest's date: after that clock stepped back,
+    # digests carry the date of the one before the step, ahead of the clock, and the
+    # tail looked that much younger (a step back of a day hid removed digests a day).
+    age = now - micros(newest.signed_at)
     allowed = 2 * newest.interval_ms * 1000 + LIVE_SLACK_US
     unsigned = any("not signed yet" in note for r in report.files if r.kind == "segment"
                    for note in r.notes)
     if unsigned and age > allowed:
         chain.result_of(newest).add(
             GAP_IN_TIME, f"a collector is running on this directory, yet its newest digest "
-            f"({newest.where}, {newest.time}) is {age / 1e6:.0f} s old while records wait "
-            f"unsigned: the digests written since were removed")
+            f"({newest.where}, signed at {newest.signed_at}) is {age / 1e6:.0f} s old while "
+            f"records wait unsigned: the digests written since were removed")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ tampers with its own copy."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,24 @@ def test_a_running_collector_whose_newest_digests_are_gone_is_a_gap_in_time(
     an_hour_later = created_micros(newest.time) + 3600 * 1_000_000
     assert check(store, live=False).valid  # a copy: it may have stopped right there
     report = check(store, live=True, now_us=an_hour_later)
+    assert only(reasons(report), digest_file.name) == [GAP_IN_TIME]
+
+
+def test_newest_digests_gone_after_the_clock_stepped_back_are_still_a_gap_in_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock stepped back an hour dates the next digests with their predecessor's time
+    (ahead of the clock): measured from that, the unsigned tail looked an hour younger
+    than it was, and digests removed from a running collector went unseen that long."""
+    store = build_store(tmp_path / "data", batches=1, per_batch=1)
+    real_time_ns = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - 3600 * 10**9)
+    build_store(store, batches=1, per_batch=1)  # restarted, on the clock stepped back
+    # Its stop checkpoint removed: its record waits unsigned after its start checkpoint.
+    digest_file = digest_paths(store)[-1]
+    write_lines(digest_file, lines_of(digest_file)[:-1])
+    assert digests.parse(lines_of(digest_file)[-1]).body["why"] == "start"
+    half_an_hour_later = time.time_ns() // 1000 + 1800 * 1_000_000  # on the stepped clock
+    report = check(store, live=True, now_us=half_an_hour_later)
     assert only(reasons(report), digest_file.name) == [GAP_IN_TIME]
 
 
