@@ -11,6 +11,13 @@ adopted and replayed by whoever finds it. Files are created under a temporary na
 locked before they get their final name, so nobody adopts a file being born. The size
 cap is the directory's, shared by them all: counted anew at each append.
 
+Orphans are adopted by one process at a time, which holds the destination's adoption
+lock (an ``flock`` on ``ADOPTING`` in the directory) while it holds adopted files not
+yet replayed: two adopters at once (one took the oldest ``ADOPT_MAX``, the next scan of
+another the following ones) replayed a dead process's later batches before its earlier
+ones. The kernel releases it with a process that dies; whoever scans next goes on from
+the progress files. Process ids are not used (containers sharing a volume repeat them).
+
 Each file's name carries a tag of the collector its batches are for (the sink's URL:
 ``<time>-<pid>-<rand>~<tag>.spool``). Two apps started in one directory share the
 default spool; one shipping to another collector must not replay the other's batches
@@ -91,6 +98,11 @@ _WINDOW_MAX = 1024 * 1024
 #: took every descriptor the process had: its sockets failed. The rest wait for the next
 #: scan (``Spool.orphans_left``).
 ADOPT_MAX = 64
+#: The adoption lock's file in the spool directory (``.adopting~<tag>`` for a tagged
+#: destination): held by the one process replaying orphans (see the module's doc). Made
+#: once and kept, empty: removed while another process had it locked, a third one made a
+#: new one, and two processes held "the" lock.
+ADOPTING = ".adopting"
 #: Seconds a partial file (a creation that never finished) is left alone: between its
 #: process's open and its lock, another one could take it for abandoned and delete it.
 PARTIAL_GRACE = 60.0
@@ -105,6 +117,7 @@ class _File:
     progress_fd: int = -1  # its progress file, once opened (see the module's doc)
     progress_exists: bool = False  # made by us or found: removed with the file
     progress_failed: bool = False  # said once: writing progress failed
+    adopted: bool = False  # an orphan: the adoption lock is held until it is replayed
     #: The body length of the record :meth:`Spool.peek` last returned (at ``read_pos``),
     #: for :meth:`Spool.commit`: read again there, a file cut short meanwhile raised.
     peeked: int | None = None
@@ -136,6 +149,10 @@ class Spool:
         #: Files replayed whole that could not be removed: locked until they can be, or
         #: until close (see ``_keep_replayed``).
         self._held: list[_File] = []
+        #: The adoption lock's descriptor while this process holds it (see the module's
+        #: doc); -1 when it does not.
+        self._adoption = -1
+        self._adoption_failed = False  # said once: the lock could not be opened
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._scanned = False
         #: The last scan left spool files it did not try (``ADOPT_MAX``): scan again as
@@ -435,8 +452,10 @@ class Spool:
             pass
         except OSError as exc:
             self._keep_replayed(head, exc)
-            return
-        _let_go(head)
+        else:
+            _let_go(head)
+        # After the unlink: whoever takes the lock next finds the file gone, not left.
+        self._release_adoption()
 
     def _release_held(self) -> None:
         """Remove the files replayed whole that could not be removed then, if they can be
@@ -501,6 +520,7 @@ class Spool:
             log.warning("audit spool %s: replaying %d spool file(s) left by earlier "
                         "processes", directory, len(adopted))
         self._opening.difference_update(f.fd for f in adopted)
+        self._release_adoption()  # taken for nothing (every file found was a live one's)
         self._used = self._count_used()
         return len(adopted)
 
@@ -524,6 +544,7 @@ class Spool:
         owned = {f.path.name for f in self._files + self._held}
         adopted: list[_File] = []
         foreign: list[str] = []
+        locked: bool | None = None  # the adoption lock: tried at the first candidate
         for entry in entries:
             if entry.name.endswith(PROGRESS):
                 _remove_if_alone(Path(entry.path))
@@ -538,6 +559,10 @@ class Spool:
                 continue
             if entry.name.endswith(_PARTIAL) and _younger_than(entry, PARTIAL_GRACE):
                 continue  # maybe being made: created, not yet locked by its process
+            if entry.name.endswith(SUFFIX):
+                locked = self._take_adoption() if locked is None else locked
+                if not locked:
+                    continue  # a live process replays the orphans: one at a time, in order
             try:
                 fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
@@ -563,7 +588,7 @@ class Spool:
             # Something planted at its progress path was said (and what to do): not
             # said again at each file's first progress write that it refuses.
             adopted.append(_File(path, fd, size, read_pos, progress_exists=found,
-                                 progress_failed=planted))
+                                 progress_failed=planted, adopted=True))
         self._say_foreign(place, foreign)
         return adopted
 
@@ -588,6 +613,44 @@ class Spool:
         """Whether the spool file ``name`` holds batches for this spool's destination
         (its tag, or none: an older version's file)."""
         return name.endswith(SUFFIX) and _tag_of(name) in ("", self._tag)
+
+    def _take_adoption(self) -> bool:
+        """Hold the adoption lock (see the module's doc): False when another process
+        holds it. One that cannot be opened (a directory made unwritable before it was
+        ever made) does not stop replay: said once, and orphans are adopted without it."""
+        if self._adoption >= 0:
+            return True
+        path = self.directory / (ADOPTING + (_TAG_MARK + self._tag if self._tag else ""))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK | os.O_NOCTTY, 0o600)
+        except OSError as exc:
+            if not self._adoption_failed:
+                self._adoption_failed = True
+                log.error("audit spool %s: cannot open the adoption lock %s (%s): files left "
+                          "by dead processes are adopted without it, and two processes "
+                          "adopting at once may replay them out of order; let this "
+                          "process's user write the spool directory",
+                          self.directory, path.name, exc)
+            return True
+        self._opening.add(fd)  # a fork now: the child closes its copy (see __init__)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._close_opening(fd)
+            return False
+        self._adoption = fd  # before it leaves _opening: a fork closes it either way
+        self._opening.discard(fd)
+        return True
+
+    def _release_adoption(self) -> None:
+        """Let go of the adoption lock once every file adopted under it is replayed."""
+        if self._adoption >= 0 and not any(f.adopted for f in self._files):
+            fd, self._adoption = self._adoption, -1
+            try:
+                os.close(fd)  # not LOCK_UN: a forked child's copy must not release it
+            except OSError:
+                pass  # closed already by after_fork (a fork while it was being taken)
 
     def _close_opening(self, fd: int) -> None:
         self._opening.discard(fd)
@@ -624,6 +687,7 @@ class Spool:
         self._held = []
         self._active = None
         self._scanned = False
+        self._release_adoption()
 
     def after_fork(self) -> None:
         """In a forked child: the parent keeps its files and their locks. Closing our

@@ -35,6 +35,13 @@ def spool_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*" + SUFFIX))
 
 
+def leftovers(directory: Path) -> list[str]:
+    """What is in a spool directory but its adoption lock (made once, and kept: see
+    ``spool.ADOPTING``)."""
+    return sorted(p.name for p in directory.iterdir()
+                  if not p.name.startswith(spool_module.ADOPTING))
+
+
 def spool_file_of(directory: Path, bodies: Iterable[bytes], **options: int) -> Path:
     """The one spool file a closed ``Spool`` in ``directory`` wrote ``bodies`` to."""
     spool = Spool(directory, **{"max_bytes": 1 << 20, **options})
@@ -716,7 +723,7 @@ def test_a_process_that_adopts_a_half_replayed_file_goes_on_where_its_owner_stop
     assert adopter.adopt_orphans() == 1
     assert drain(adopter) == [bodies[2]]  # the acknowledged first one is not sent again
     assert (adopter.corrupt_bytes, adopter.lost_events) == (0, 0)  # counted once, above
-    assert list(tmp_path.iterdir()) == []  # the progress file went with its spool file
+    assert leftovers(tmp_path) == []  # the progress file went with its spool file
 
 
 def test_a_damaged_region_is_logged_even_if_its_process_dies_once_past_it(
@@ -1168,7 +1175,7 @@ def test_a_replayed_file_that_cannot_be_removed_is_not_sent_again(
     adopter = Spool(tmp_path, max_bytes=1 << 20)
     assert adopter.adopt_orphans() == 1
     assert drain(adopter) == []  # nothing sent twice
-    assert list(tmp_path.iterdir()) == []  # removed once it can be
+    assert leftovers(tmp_path) == []  # removed once it can be
 
 
 class CountedSearch:
@@ -1334,3 +1341,89 @@ def test_files_replayed_that_cannot_be_removed_hold_no_more_descriptors_than_ado
 
 def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+#: A worker that adopts orphans (``ADOPT_MAX`` set by its third argument) and says how
+#: many; on a line read, replays what it holds (each batch appended to the file that
+#: stands for the collector) and says how many; then scans and replays until no spool
+#: file is left in the directory.
+_ORDERED_ADOPTER = """
+import os, sys, time
+from pathlib import Path
+from audit_middleware.shipper import spool as spool_module
+spool_module.ADOPT_MAX = int(sys.argv[3])
+spool = spool_module.Spool(sys.argv[1], max_bytes=1 << 30)
+print("adopted", spool.adopt_orphans(), flush=True)
+sys.stdin.readline()
+
+def replay():
+    n = 0
+    while (body := spool.peek()) is not None:
+        fd = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, body + b"\\n")
+        os.close(fd)
+        spool.commit()
+        n += 1
+    return n
+
+print("replayed", replay(), flush=True)
+while list(Path(sys.argv[1]).glob("*.spool")):
+    if not spool.adopt_orphans():
+        time.sleep(0.01)  # another process replays them: look again
+    replay()
+"""
+
+
+def adopter(directory: Path, collector: Path, adopt_max: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _ORDERED_ADOPTER, str(directory),
+                             str(collector), str(adopt_max)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def ask(worker: subprocess.Popen[str], say: str | None = None) -> str:
+    assert worker.stdin is not None and worker.stdout is not None
+    if say is not None:
+        worker.stdin.write(say)
+        worker.stdin.flush()
+    return worker.stdout.readline().strip()
+
+
+def test_two_adopters_replay_a_dead_processs_files_in_order(tmp_path: Path) -> None:
+    """With more orphans than one scan adopts, a second worker's scan found the first
+    ``ADOPT_MAX`` locked (adopted by the first worker) and adopted the next ones: both
+    replayed at once, and the dead process's later batches reached the collector before
+    its earlier ones. One adopter at a time now: the second adopts nothing meanwhile."""
+    bodies = orphans(tmp_path / "spool", 12)
+    collector = tmp_path / "collector"
+    first = adopter(tmp_path / "spool", collector, 4)
+    try:
+        assert ask(first) == "adopted 4"
+        second = adopter(tmp_path / "spool", collector, 4)
+        try:
+            ask(second)  # its scan, while the first holds the oldest 4
+            ask(second, "go\n")  # it replays what it holds before the first does
+            ask(first, "go\n")
+            assert first.wait() == 0 and second.wait() == 0
+        finally:
+            second.kill()
+            second.wait()
+    finally:
+        first.kill()
+        first.wait()
+    assert collector.read_bytes().splitlines() == bodies
+
+
+def test_orphans_are_taken_over_from_an_adopter_that_died(tmp_path: Path) -> None:
+    """The adoption lock goes with the process that held it: the next one adopts what it
+    left, from where its progress files say."""
+    bodies = orphans(tmp_path / "spool", 6)
+    code = ("import os, sys\nfrom audit_middleware.shipper import spool as m\n"
+            "m.ADOPT_MAX = 3\ns = m.Spool(sys.argv[1], max_bytes=1 << 30)\n"
+            "assert s.adopt_orphans() == 3\ns.peek()\ns.commit()\nos._exit(9)\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "spool")], check=False)
+    survivor = Spool(tmp_path / "spool", max_bytes=1 << 30)
+    replayed = []
+    while not survivor.empty or survivor.adopt_orphans():
+        replayed += drain(survivor)
+    assert replayed == bodies[1:]
+
