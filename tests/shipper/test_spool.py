@@ -1427,3 +1427,70 @@ def test_orphans_are_taken_over_from_an_adopter_that_died(tmp_path: Path) -> Non
         replayed += drain(survivor)
     assert replayed == bodies[1:]
 
+
+class SteppingClock:
+    """A clock that moves one step each time it is read: how long something took is
+    counted in the clock reads made meanwhile, never in real time."""
+
+    def __init__(self, step: float = 0.001) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def counting_listings(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The directory counts ``spool`` makes from now on (one entry each)."""
+    counts: list[int] = []
+    count_used = spool._count_used
+
+    def counted() -> int:
+        counts.append(1)
+        return count_used()
+
+    monkeypatch.setattr(spool, "_count_used", counted)
+    return counts
+
+
+def test_a_spool_of_many_files_is_not_counted_at_each_append(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared cap counted the whole directory at each append: 105 ms a batch at
+    20,000 files, on the sink's thread during an outage, which spooled so slowly that
+    the queue filled and dropped. It is counted again once the count is 100 times older
+    than it took (here a step of the clock), or this process appended its share."""
+    monkeypatch.setattr(spool_module, "_clock", SteppingClock(), raising=False)
+    spool = Spool(tmp_path, max_bytes=1 << 30)
+    spool.adopt_orphans()
+    for i in range(1000):  # other processes' files
+        (tmp_path / f"{i:020d}-1-0000abcd{SUFFIX}").write_bytes(b"x" * 100)
+    counts = counting_listings(spool, monkeypatch)
+    for _ in range(200):
+        assert spool.append(b"batch" * 20)
+    assert 1 <= len(counts) <= 10, len(counts)
+    assert spool.used_bytes == 1000 * 100 + 200 * (RECORD.size + 100)
+
+
+def test_processes_pass_the_shared_cap_by_their_share_of_it_at_most(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the bounded count allows: a process that has not counted since another one
+    filled the cap appends at most its share (``max_bytes // RECOUNT_SHARE``) before
+    its count shows the cap reached; then it refuses, and goes on refusing on that count
+    until the count is old; counted again then, it sees the room the others made."""
+    clock = SteppingClock(step=0.0)  # frozen: only the share sends a process counting
+    monkeypatch.setattr(spool_module, "_clock", clock, raising=False)
+    cap = spool_module.RECOUNT_SHARE * 1000
+    slow, fast = Spool(tmp_path, max_bytes=cap), Spool(tmp_path, max_bytes=cap)
+    assert slow.append(b"s" * 100)
+    while fast.append(b"f" * 100):
+        pass
+    late = 0
+    while slow.append(b"s" * 100):
+        late += 1
+    used = sum(p.stat().st_size for p in spool_files(tmp_path))
+    assert 0 < late and cap < used <= cap + cap // spool_module.RECOUNT_SHARE
+    counts = counting_listings(slow, monkeypatch)
+    assert not slow.append(b"s" * 100) and counts == []  # full, as just counted
+    drain(fast)  # the other process replays its batches
+    clock.step = 1.0  # the count grows old
+    assert slow.append(b"s" * 100) and counts == [1]
