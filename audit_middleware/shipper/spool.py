@@ -32,7 +32,9 @@ records after it are replayed as the ones before it. The loss is never silent: i
 bytes are counted (``corrupt_bytes``), so are the events whose batch header line is
 still readable in it (``lost_events``), and it is logged as an error. Finding the next
 record reads from the damaged region onwards only as far as that record (see
-``_next_record``): many damaged regions cost a replay in proportion to the file.
+``_next_record``): many damaged regions cost a replay in proportion to the file. A
+file without any valid record (a newer release's format after a rollback, or damage
+throughout) is counted so too, but set aside, not removed (see ``UNREADABLE``).
 
 How far a file was replayed (acknowledged, or skipped and counted as corrupt) is kept
 beside it, in a progress file (``PROGRESS``: its offset and that offset's crc32),
@@ -114,6 +116,11 @@ RECOUNT_AGE = 100
 RECOUNT_SHARE = 128
 #: The clock that times the counts (a test's to replace).
 _clock = time.monotonic
+#: A spool file in which no valid record was found at all is renamed ``<name>`` +
+#: ``UNREADABLE``: never replayed nor counted against the cap, and never removed. Removed,
+#: a rollback to an older release destroyed the spool a newer one had left (its format
+#: unknown here, every byte of it taken for damage).
+UNREADABLE = ".spool-unreadable"
 #: Seconds a partial file (a creation that never finished) is left alone: between its
 #: process's open and its lock, another one could take it for abandoned and delete it.
 PARTIAL_GRACE = 60.0
@@ -129,6 +136,7 @@ class _File:
     progress_exists: bool = False  # made by us or found: removed with the file
     progress_failed: bool = False  # said once: writing progress failed
     adopted: bool = False  # an orphan: the adoption lock is held until it is replayed
+    unreadable: bool = False  # no valid record in it at all: set aside, not removed
     #: The body length of the record :meth:`Spool.peek` last returned (at ``read_pos``),
     #: for :meth:`Spool.commit`: read again there, a file cut short meanwhile raised.
     peeked: int | None = None
@@ -390,9 +398,11 @@ class Spool:
                 head.peeked = len(body)
                 return body
             if head.read_pos < end:
+                whole = head.read_pos == 0
                 self._skip_corrupt(head)
                 if head.read_pos < end:
                     continue  # a valid record after the corrupt region
+                head.unreadable = whole
             self._remove_head()
         return None
 
@@ -481,12 +491,17 @@ class Spool:
         if head is self._active:
             self._active = None
         try:
-            os.unlink(head.path)
+            _retire(head)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            self._keep_replayed(head, exc)
+            if head.unreadable:
+                self._keep_unreadable(head, exc)
+            else:
+                self._keep_replayed(head, exc)
         else:
+            if head.unreadable:
+                self._say_set_aside(head)
             _let_go(head)
         # After the unlink: whoever takes the lock next finds the file gone, not left.
         self._release_adoption()
@@ -499,13 +514,33 @@ class Spool:
         held, self._held = self._held, []
         for f in held:
             try:
-                os.unlink(f.path)
+                _retire(f)
             except FileNotFoundError:
                 pass
             except OSError:
                 self._held.append(f)
                 continue
+            if f.unreadable:
+                self._say_set_aside(f)
             _let_go(f)
+
+    def _say_set_aside(self, f: _File) -> None:
+        log.error("audit spool %s: %s holds no record this release can read (a newer "
+                  "release's spool, after a rollback, or a file damaged throughout): set "
+                  "aside as %s, never replayed, its %d bytes counted as corrupt. If a newer "
+                  "release wrote it, rename it back to %s where that release runs (this "
+                  "one would set it aside again); otherwise remove it", self.directory,
+                  f.path.name, _unreadable_path(f.path).name, f.size, f.path.name)
+
+    def _keep_unreadable(self, f: _File, error: OSError) -> None:
+        """``f`` has no readable record and cannot be renamed (an unwritable directory):
+        held, locked, like a file replayed whole that cannot be removed (tried again at
+        each scan), never removed."""
+        self._held.append(f)
+        log.error("audit spool %s: %s holds no record this release can read and cannot be "
+                  "set aside as %s (%s): this process keeps it until it can be (never "
+                  "removing it). Let this process's user write the spool directory",
+                  self.directory, f.path.name, _unreadable_path(f.path).name, error)
 
     def _keep_replayed(self, head: _File, error: OSError) -> None:
         """``head`` was replayed whole but cannot be removed (a directory made unwritable
@@ -915,6 +950,19 @@ def _let_go(f: _File) -> None:
         _unlink_quietly(_progress_path(f.path))
     _close_progress(f)
     os.close(f.fd)
+
+
+def _retire(f: _File) -> None:
+    """Take a spool file replayed whole off the spool: removed, or, with no readable
+    record in it, renamed (``UNREADABLE``)."""
+    if f.unreadable:
+        os.rename(f.path, _unreadable_path(f.path))
+    else:
+        os.unlink(f.path)
+
+
+def _unreadable_path(path: Path) -> Path:
+    return path.with_name(path.name[:-len(SUFFIX)] + UNREADABLE)
 
 
 def _byte_at(fd: int, data: bytes, base: int, pos: int) -> int:

@@ -1494,3 +1494,55 @@ def test_processes_pass_the_shared_cap_by_their_share_of_it_at_most(
     drain(fast)  # the other process replays its batches
     clock.step = 1.0  # the count grows old
     assert slow.append(b"s" * 100) and counts == [1]
+
+
+def unreadable_orphan(directory: Path) -> tuple[Path, bytes]:
+    """A spool file left by a newer release, in a format this one cannot read."""
+    future = b"AUDIT-SPOOL 2\n" + bytes(range(256)) * 8
+    path = directory / f"{time.time_ns():020d}-1-0000abcd{SUFFIX}"
+    path.write_bytes(future)
+    return path, future
+
+
+def set_aside(path: Path) -> Path:
+    return path.with_name(path.name[:-len(SUFFIX)] + spool_module.UNREADABLE)
+
+
+def test_a_spool_file_with_no_record_this_release_reads_is_set_aside_not_removed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file without any valid record (a newer release's format, left before a
+    rollback) was counted as corrupt and deleted: the rollback destroyed the spool the
+    newer release had left. It is counted, said with what to do, and kept aside now."""
+    path, future = unreadable_orphan(tmp_path)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    with caplog.at_level("ERROR", logger="audit_middleware"):
+        assert spool.adopt_orphans() == 1
+        assert drain(spool) == []
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith(path.name[:-len(SUFFIX)])]
+    assert [p.read_bytes() for p in kept] == [future]  # not deleted
+    assert kept == [set_aside(path)]
+    assert spool.corrupt_bytes == len(future)
+    said = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert len(said) == 1 and "rename it back" in said[0], said
+    again = Spool(tmp_path, max_bytes=1 << 20)  # never adopted again, nor counted
+    assert again.adopt_orphans() == 0 and again.used_bytes == 0
+
+
+def test_an_unreadable_spool_file_that_cannot_be_set_aside_is_kept_until_it_can_be(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory made unwritable: the file cannot be renamed, so it is held (locked,
+    like a replayed file that cannot be removed), never removed, and set aside once it
+    can be."""
+    path, future = unreadable_orphan(tmp_path)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+
+    def refused(*args: object) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(spool_module.os, "rename", refused)
+    assert spool.adopt_orphans() == 1
+    assert drain(spool) == []
+    assert path.read_bytes() == future  # not removed either
+    monkeypatch.undo()
+    assert spool.adopt_orphans() == 0  # its own, held: set aside at this scan
+    assert not path.exists() and set_aside(path).read_bytes() == future
