@@ -402,7 +402,11 @@ class Spool:
                 self._skip_corrupt(head)
                 if head.read_pos < end:
                     continue  # a valid record after the corrupt region
-                head.unreadable = whole
+                # A file of none but its first batch torn (its process killed in that
+                # write, a power loss leaving zeros) is this release's own damage:
+                # counted and removed, as before, not set aside by the hundred for a
+                # crash-looping app.
+                head.unreadable = whole and not _torn_first_record(head.fd, end)
             self._remove_head()
         return None
 
@@ -830,6 +834,19 @@ def place_problem(spool_dir: Path) -> str | None:
                 f"first needed), or spool_dir=None to hold undelivered batches in memory "
                 f"only")
     return None
+
+
+def _torn_first_record(fd: int, end: int) -> bool:
+    """Whether a file of ``end`` bytes with no valid record starts as this format's
+    first record cut short: less than a record header, a header of zeros (a power loss),
+    or a header whose length (below 16 MiB, as ``_RECORD_START`` takes) runs past the
+    end. Anything else (another release's format) is set aside, not removed."""
+    header = os.pread(fd, RECORD.size, 0)
+    if len(header) < RECORD.size:
+        return True
+    length, _ = RECORD.unpack(header)
+    return header == bytes(RECORD.size) or (header[0] == 0 and length > 0
+                                            and RECORD.size + length > end)
 
 
 def _record_at(fd: int, pos: int, end: int) -> bytes | None:

@@ -1546,3 +1546,21 @@ def test_an_unreadable_spool_file_that_cannot_be_set_aside_is_kept_until_it_can_
     monkeypatch.undo()
     assert spool.adopt_orphans() == 0  # its own, held: set aside at this scan
     assert not path.exists() and set_aside(path).read_bytes() == future
+
+
+@pytest.mark.parametrize("torn", ["in its header", "in its body", "zeros"])
+def test_a_file_of_nothing_but_its_first_batch_torn_is_removed_not_set_aside(
+        tmp_path: Path, torn: str) -> None:
+    """A process killed in its first batch's write (or a power loss leaving zeros) is
+    this release's own damage: counted and removed as before. Set aside like another
+    release's file, a crash-looping app left one per crash, by hand to remove."""
+    whole = RECORD.pack(40, 0) + b'{"batch": "header"}\n' + b"x" * 20
+    content = {"in its header": whole[:5], "in its body": whole[:RECORD.size + 12],
+               "zeros": bytes(4096)}[torn]
+    path = tmp_path / f"{time.time_ns():020d}-1-0000abcd{SUFFIX}"
+    path.write_bytes(content)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.adopt_orphans() == 1
+    assert drain(spool) == []
+    assert spool.corrupt_bytes == len(content)
+    assert not path.exists() and not set_aside(path).exists()
