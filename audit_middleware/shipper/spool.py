@@ -497,7 +497,7 @@ class Spool:
         try:
             _retire(head)
         except FileNotFoundError:
-            pass
+            _let_go(head)  # removed under us, replayed from its descriptor: closed too
         except OSError as exc:
             if head.unreadable:
                 self._keep_unreadable(head, exc)

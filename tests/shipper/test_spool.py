@@ -1564,3 +1564,19 @@ def test_a_file_of_nothing_but_its_first_batch_torn_is_removed_not_set_aside(
     assert drain(spool) == []
     assert spool.corrupt_bytes == len(content)
     assert not path.exists() and not set_aside(path).exists()
+
+
+def test_a_file_removed_under_the_spool_is_closed_once_replayed(tmp_path: Path) -> None:
+    """A spool file removed by something else (an operator emptying the spool) is still
+    replayed from its descriptor; its unlink then finds nothing. Setting unreadable files
+    aside moved the close into the unlink's success branch: such a file's descriptor
+    (and its lock) stayed open for the life of the process, one per file."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(b"one")
+    [path] = spool_files(tmp_path)
+    fd = spool._files[0].fd
+    path.unlink()
+    assert drain(spool) == [b"one"]
+    with pytest.raises(OSError) as closed:
+        os.fstat(fd)
+    assert closed.value.errno == errno.EBADF
