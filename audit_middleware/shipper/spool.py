@@ -717,11 +717,25 @@ class Spool:
         return True
 
     def _release_adoption(self) -> None:
-        """Let go of the adoption lock once every file adopted under it is replayed."""
+        """Let go of the adoption lock once every file adopted under it is replayed.
+        Unlocked, not only closed: an ``flock`` is the open file's, and a child forked
+        without the at-fork hook (uWSGI) holds a copy of the descriptor until its first
+        event; closed only, the lock stayed held by an idle child, and nobody adopted
+        again. (A child never unlocks: see ``_forget_adoption``.)"""
         if self._adoption >= 0 and not any(f.adopted for f in self._files):
-            fd, self._adoption = self._adoption, -1
             try:
-                os.close(fd)  # not LOCK_UN: a forked child's copy must not release it
+                fcntl.flock(self._adoption, fcntl.LOCK_UN)
+            except OSError:
+                pass  # the close below releases it too, once no child holds a copy
+            self._forget_adoption()
+
+    def _forget_adoption(self) -> None:
+        """Close our descriptor of the adoption lock without unlocking it: in a forked
+        child, the lock is the parent's, which it keeps."""
+        fd, self._adoption = self._adoption, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
             except OSError:
                 pass  # closed already by after_fork (a fork while it was being taken)
 
@@ -772,6 +786,7 @@ class Spool:
             except OSError:
                 pass
         self._opening.clear()
+        self._forget_adoption()  # before close(), which would unlock the parent's lock
         self.close()
         self._used = 0
         self._counted_at = -math.inf  # the parent's count: counted anew at the first append

@@ -4,6 +4,7 @@ files of dead processes adopted (never those of live ones)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import random
@@ -1580,3 +1581,55 @@ def test_a_file_removed_under_the_spool_is_closed_once_replayed(tmp_path: Path) 
     with pytest.raises(OSError) as closed:
         os.fstat(fd)
     assert closed.value.errno == errno.EBADF
+
+
+def test_a_child_forked_without_the_hook_does_not_keep_the_adoption_lock(
+        tmp_path: Path) -> None:
+    """Under a server that forks without the at-fork hook (uWSGI), a child holds a copy
+    of its parent's adoption lock descriptor until its first event: an ``flock`` is the
+    open file's, so the parent's close released nothing while an idle child kept its
+    copy, and no process adopted an orphan again (not even the parent). The parent lets
+    go of the lock itself now; the child only closes its copy."""
+    orphans(tmp_path, 2)
+    parent = Spool(tmp_path, max_bytes=1 << 30)
+    assert parent.adopt_orphans() == 2
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: idle (no event yet, so no after_fork) until told to exit
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        assert drain(parent) == [b"orphan 0", b"orphan 1"]  # the lock is let go here
+        lock = os.open(tmp_path / spool_module.ADOPTING, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free for another adopter
+        finally:
+            os.close(lock)
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)
+
+
+def test_a_forked_childs_hook_leaves_its_parent_the_adoption_lock(tmp_path: Path) -> None:
+    """The parent unlocks the adoption lock when it lets go of it; a child's at-fork
+    hook must only close its copy: unlocked there, the lock (the open file's, shared
+    with the parent) was released under a parent still replaying, and a second adopter
+    replayed the dead process's later batches beside its earlier ones."""
+    orphans(tmp_path, 2)
+    parent = Spool(tmp_path, max_bytes=1 << 30)
+    assert parent.adopt_orphans() == 2
+    pid = os.fork()
+    if pid == 0:
+        parent.after_fork()  # what the child's at-fork hook does
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    lock = os.open(tmp_path / spool_module.ADOPTING, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):  # still the parent's
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(lock)
+    assert drain(parent) == [b"orphan 0", b"orphan 1"]
