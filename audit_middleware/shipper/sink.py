@@ -441,7 +441,10 @@ class CollectorSink:
         duplicates), ``spooled`` and ``replayed`` (through the spool), ``rejected`` (named
         by the collector with a reason), ``dropped`` (queue full, spool full: logged),
         ``retried`` (failed sends, retried later), ``queued`` (the queue depth),
-        ``spool_bytes`` and ``spool_corrupt_bytes`` (spooled bytes found torn or corrupt
+        ``spool_bytes`` (the spool directory's bytes for this collector, every process's
+        files, as this process last counted them plus its own changes since: an estimate,
+        counted again only as often as the shared cap needs, see docs/shipping.md; do not
+        sum it over workers) and ``spool_corrupt_bytes`` (spooled bytes found torn or corrupt
         when replayed, logged: lost, their events in ``dropped`` as far as they could be
         counted)."""
         self._check_fork()
