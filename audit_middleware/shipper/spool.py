@@ -132,6 +132,9 @@ class _File:
     fd: int
     size: int  # bytes written (ours) or found (adopted)
     read_pos: int = 0
+    #: Where this process began reading it: its start, or an adopted file's progress.
+    #: Nothing valid read from there, the file may be another release's (see ``peek``).
+    began_at: int = 0
     progress_fd: int = -1  # its progress file, once opened (see the module's doc)
     progress_exists: bool = False  # made by us or found: removed with the file
     progress_failed: bool = False  # said once: writing progress failed
@@ -398,15 +401,19 @@ class Spool:
                 head.peeked = len(body)
                 return body
             if head.read_pos < end:
-                whole = head.read_pos == 0
+                # From where its reading began, not only from its start: a newer
+                # release's file half replayed (its progress file beside it, of the same
+                # form) was taken for this release's torn tail and removed.
+                untouched = head.read_pos == head.began_at
                 self._skip_corrupt(head)
                 if head.read_pos < end:
                     continue  # a valid record after the corrupt region
                 # A file of none but its first batch torn (its process killed in that
                 # write, a power loss leaving zeros) is this release's own damage:
                 # counted and removed, as before, not set aside by the hundred for a
-                # crash-looping app.
-                head.unreadable = whole and not _torn_first_record(head.fd, end)
+                # crash-looping app. So is one torn just past its progress.
+                head.unreadable = untouched and not _torn_record_at(head.fd, head.began_at,
+                                                                    end)
             self._remove_head()
         return None
 
@@ -660,8 +667,9 @@ class Spool:
             read_pos, found, planted = _load_progress(path, size)
             # Something planted at its progress path was said (and what to do): not
             # said again at each file's first progress write that it refuses.
-            adopted.append(_File(path, fd, size, read_pos, progress_exists=found,
-                                 progress_failed=planted, adopted=True))
+            adopted.append(_File(path, fd, size, read_pos, began_at=read_pos,
+                                 progress_exists=found, progress_failed=planted,
+                                 adopted=True))
         self._say_foreign(place, foreign)
         return adopted
 
@@ -851,17 +859,18 @@ def place_problem(spool_dir: Path) -> str | None:
     return None
 
 
-def _torn_first_record(fd: int, end: int) -> bool:
-    """Whether a file of ``end`` bytes with no valid record starts as this format's
-    first record cut short: less than a record header, a header of zeros (a power loss),
-    or a header whose length (below 16 MiB, as ``_RECORD_START`` takes) runs past the
-    end. Anything else (another release's format) is set aside, not removed."""
-    header = os.pread(fd, RECORD.size, 0)
+def _torn_record_at(fd: int, pos: int, end: int) -> bool:
+    """Whether a file of ``end`` bytes with no valid record from ``pos`` on has this
+    format's record cut short there: less than a record header, a header of zeros (a
+    power loss), or a header whose length (below 16 MiB, as ``_RECORD_START`` takes)
+    runs past the end. Anything else (another release's format) is set aside, not
+    removed."""
+    header = os.pread(fd, RECORD.size, pos)
     if len(header) < RECORD.size:
         return True
     length, _ = RECORD.unpack(header)
     return header == bytes(RECORD.size) or (header[0] == 0 and length > 0
-                                            and RECORD.size + length > end)
+                                            and pos + RECORD.size + length > end)
 
 
 def _record_at(fd: int, pos: int, end: int) -> bytes | None:

@@ -1635,3 +1635,39 @@ def test_a_forked_childs_hook_leaves_its_parent_the_adoption_lock(tmp_path: Path
     finally:
         os.close(lock)
     assert drain(parent) == [b"orphan 0", b"orphan 1"]
+
+
+def test_a_newer_releases_file_half_replayed_is_set_aside_not_removed(
+        tmp_path: Path) -> None:
+    """A newer release replayed part of its file (its progress file, of the same form,
+    beside it), then a rollback: read from that offset, nothing in it is a record of
+    this release's, and a file not read from its start counted as this release's own
+    torn tail: removed, the rest of the newer release's batches with it."""
+    path, future = unreadable_orphan(tmp_path)
+    offset = 300
+    progress_path_of(path).write_bytes(spool_module._OFFSET.pack(
+        offset, zlib.crc32(offset.to_bytes(8, "big"))))
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.adopt_orphans() == 1
+    assert drain(spool) == []
+    assert spool.corrupt_bytes == len(future) - offset
+    assert not path.exists() and set_aside(path).read_bytes() == future
+
+
+def test_a_file_whose_last_batch_is_torn_past_its_progress_is_removed(
+        tmp_path: Path) -> None:
+    """Its process replayed every whole batch (its progress at their end), then died in
+    the next one's write: the torn tail is this release's own, counted and removed,
+    not set aside like a newer release's file."""
+    path = spool_file_of(tmp_path, [b"one", b"two"])
+    offset = path.stat().st_size
+    torn = RECORD.pack(40, 0) + b'{"batch": "head'
+    with path.open("ab") as f:
+        f.write(torn)
+    progress_path_of(path).write_bytes(spool_module._OFFSET.pack(
+        offset, zlib.crc32(offset.to_bytes(8, "big"))))
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.adopt_orphans() == 1
+    assert drain(spool) == []
+    assert spool.corrupt_bytes == len(torn)
+    assert leftovers(tmp_path) == []
