@@ -1136,19 +1136,39 @@ def test_a_disk_that_keeps_refusing_batches_is_said_at_a_low_rate_and_its_recove
     assert drain(spool) == [b"before", b"after"]
 
 
-def test_batches_are_not_spooled_into_a_file_removed_under_the_spool(tmp_path: Path) -> None:
+@pytest.mark.parametrize("other_link", [False, True])
+def test_batches_are_not_spooled_into_a_file_removed_under_the_spool(
+        tmp_path: Path, other_link: bool) -> None:
     """Its file removed while the process spooled (an operator emptying a spool grown
     large in an outage, a temporary-file cleaner), every later batch was appended to the
-    deleted file, counted spooled, and lost when the process exited unreplayed."""
+    deleted file, counted spooled, and lost when the process exited unreplayed.
+    ``other_link``: removal was then told by the file's link count falling to 0, and a
+    second link (a hard-link backup of the spool, ``cp -al``; an NFS client's
+    ``.nfsXXXX`` name for a file removed while open) kept it at 1."""
     spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
     assert spool.append(b"before")
     for path in spool_files(tmp_path / "spool"):
+        if other_link:
+            os.link(path, tmp_path / "backup")
         path.unlink()
     assert spool.append(b"after")
     spool.close()  # the process exits before the collector is back
     adopter = Spool(tmp_path / "spool", max_bytes=1 << 20)
     assert adopter.adopt_orphans() == 1
     assert drain(adopter) == [b"after"]
+
+
+def refuse_removing_spool_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool directory made unwritable, for removals of spool files only (their
+    progress files and the rest still go)."""
+    unlink = os.unlink
+
+    def refused(path: os.PathLike[str]) -> None:
+        if os.fspath(path).endswith(SUFFIX):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        unlink(path)
+
+    monkeypatch.setattr(spool_module.os, "unlink", refused)
 
 
 def test_a_replayed_file_that_cannot_be_removed_is_not_sent_again(
@@ -1160,14 +1180,7 @@ def test_a_replayed_file_that_cannot_be_removed_is_not_sent_again(
     adopted it later sent that batch again."""
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.append(b"one") and spool.append(b"two")
-    unlink = os.unlink
-
-    def refused(path: os.PathLike[str]) -> None:
-        if os.fspath(path).endswith(SUFFIX):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
-        unlink(path)
-
-    monkeypatch.setattr(spool_module.os, "unlink", refused)
+    refuse_removing_spool_files(monkeypatch)
     with caplog.at_level("ERROR", logger="audit_middleware"):
         assert drain(spool) == [b"one", b"two"]
         assert spool.adopt_orphans() == 0  # held, not taken for an orphan by its own process
@@ -1293,24 +1306,6 @@ def test_a_forked_child_says_its_first_refused_batch(
     assert any("after 1 batches it could not write" in m for m in said), said
 
 
-def test_batches_are_not_spooled_into_a_file_removed_while_another_link_to_it_remains(
-        tmp_path: Path) -> None:
-    """Removal was told by the file's link count falling to 0: a second link (a hard-link
-    backup of the spool, ``cp -al``; an NFS client's ``.nfsXXXX`` name for a file removed
-    while open) kept it at 1, and every later batch went into the file no spool would
-    adopt, counted spooled, lost when the process exited."""
-    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
-    assert spool.append(b"before")
-    [path] = spool_files(tmp_path / "spool")
-    os.link(path, tmp_path / "backup")
-    path.unlink()
-    assert spool.append(b"after")
-    spool.close()  # the process exits before the collector is back
-    adopter = Spool(tmp_path / "spool", max_bytes=1 << 20)
-    assert adopter.adopt_orphans() == 1
-    assert drain(adopter) == [b"after"]
-
-
 def test_files_replayed_that_cannot_be_removed_hold_no_more_descriptors_than_adoption_may(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file replayed whole that cannot be removed stays open (its lock keeps it from
@@ -1320,14 +1315,7 @@ def test_files_replayed_that_cannot_be_removed_hold_no_more_descriptors_than_ado
     and on disk until the process exited."""
     monkeypatch.setattr(spool_module, "ADOPT_MAX", 3)
     bodies = orphans(tmp_path, 10)
-    unlink = os.unlink
-
-    def refused(path: os.PathLike[str]) -> None:
-        if os.fspath(path).endswith(SUFFIX):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
-        unlink(path)
-
-    monkeypatch.setattr(spool_module.os, "unlink", refused)
+    refuse_removing_spool_files(monkeypatch)
     before = open_descriptors()
     spool = Spool(tmp_path, max_bytes=1 << 30)
     replayed = []
