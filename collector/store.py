@@ -484,6 +484,11 @@ class Store:
                     self._last_activity = time.monotonic()
                     self._failures.recovered(_COMMIT)
                     self._commit_failure = None
+                else:
+                    # Before housekeeping, whose failure (retention unable to delete, at
+                    # each pass) skipped it for good: a write failure that had ended kept
+                    # the collector unready, though what fails beside writes must not.
+                    self._check_failed_write()
                 doing = _COMPRESSED
                 self._segments.apply_compressed()
                 self._failures.recovered(_COMPRESSED)
@@ -493,8 +498,6 @@ class Store:
                     self._housekeeping(idle=not batch)
                     last_housekeeping = now
                     self._failures.recovered(_HOUSEKEEPING)
-                if not batch:
-                    self._check_failed_write()
             except Exception as exc:  # noqa: BLE001 - never let the commit thread die
                 self._failed(exc, doing)
                 if doing == _COMMIT:

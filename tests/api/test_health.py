@@ -215,3 +215,24 @@ def test_a_quota_error_wrapped_in_the_stores_own_is_still_a_quota(tmp_path: Path
     except StorageError as wrapped:
         assert write_failure(wrapped, tmp_path) == "write_failing"
     assert write_failure(OSError(errno.ENOSPC, "No space left"), tmp_path) == "disk_full"
+
+
+def test_a_write_failure_that_ended_is_ready_again_while_housekeeping_fails(
+        opened: Store, failing: FailingAppends, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle write check ran after housekeeping, in the same ``try``: retention failing
+    at each pass (a sealed segment it cannot delete) skipped it for good, and a write
+    failure that had ended kept the collector unready, though what fails beside the
+    write path is to leave it ready."""
+    from collector.storage.segment_set import SegmentSet
+
+    def apply_retention(segments: SegmentSet) -> None:
+        raise PermissionError(errno.EPERM, "injected: retention cannot delete")
+
+    failing.errno = errno.EIO
+    write_fails(opened)
+    monkeypatch.setattr(SegmentSet, "apply_retention", apply_retention)
+    assert probe(Health(opened)).json()["reason"] == "write_failing"
+    failing.errno = None
+    checked = failing.checks
+    wait_until(lambda: failing.checks > checked)  # the idle check ran again
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
