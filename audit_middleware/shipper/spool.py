@@ -592,6 +592,10 @@ class Spool:
         adopted: list[_File] = []
         for place in places:
             adopted += self._adopt_from(place, room - len(adopted))
+        # Left for a scan at once only by one that filled its room: with no room (held
+        # files) it adopts nothing again, and the sink listed and counted the whole
+        # directory at each tick (``max_delay``) while the directory stayed unwritable.
+        self.orphans_left = self.orphans_left and bool(adopted)
         if directory == private:
             _report_stranded(self.configured)
         if adopted:

@@ -1330,6 +1330,23 @@ def test_files_replayed_that_cannot_be_removed_hold_no_more_descriptors_than_ado
     assert spool_files(tmp_path) == []
 
 
+def test_a_scan_with_no_room_for_held_files_does_not_ask_for_another_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``orphans_left`` makes the sink scan again at its next tick (every ``max_delay``,
+    50 ms) instead of every 10 s. With ``ADOPT_MAX`` files held (replayed, not removable:
+    a directory made unwritable), a scan has no room and adopts nothing: it set the flag
+    all the same, at every spool file it passed, so the sink listed and counted the whole
+    directory 20 times a second for as long as the directory stayed unwritable."""
+    monkeypatch.setattr(spool_module, "ADOPT_MAX", 3)
+    orphans(tmp_path, 10)
+    refuse_removing_spool_files(monkeypatch)
+    spool = Spool(tmp_path, max_bytes=1 << 30)
+    while spool.adopt_orphans():
+        drain(spool)
+    assert spool.adopt_orphans() == 0  # 3 held: no room
+    assert not spool.orphans_left
+
+
 def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
