@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from collector.endpoint_url import shown_endpoint, without_credentials
 from collector.storage.regular_files import replace_file
 from collector.storage.segments import FILE_MODE
 from collector.validation import is_event_id
@@ -125,43 +126,6 @@ class CheckpointFile:
                              "seq": seq, "event_id": event_id, "updated": stamp},
                             option=orjson.OPT_APPEND_NEWLINE)
         replace_file(self.path, data, FILE_MODE)
-
-
-def without_credentials(url: str) -> str:
-    """``url`` without a ``user:password@`` part (never written to the checkpoint)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-def shown_endpoint(url: str) -> str:
-    """``url`` as it may be shown (start-up summary, logs, stats, the checkpoint file):
-    without credentials, each query value and any fragment hidden, the query's names
-    kept (``?api_key=***&tenant=***``) to tell what was set. A receiver's key in the query
-    was printed whole wherever the endpoint was."""
-    parts = urlsplit(without_credentials(url))
-    if not parts.query and not parts.fragment:
-        return without_credentials(url)
-    query = "&".join(_hidden_value(item) for item in parts.query.split("&"))
-    return urlunsplit(parts._replace(query=query, fragment="***" if parts.fragment else ""))
-
-
-def _hidden_value(item: str) -> str:
-    name, sep, _ = item.partition("=")
-    return f"{name}=***" if sep else "***" if item else ""  # no '=': a bare value
-
-
-#: A query parameter of a URL quoted in free text (an HTTP library's error, which names
-#: the URL it failed to reach): its value up to the next separator, quote or space.
-_QUERY_VALUE: Final = re.compile(r"([?&][^=&#\s'\"]*=)[^&#\s'\"()]+")
-
-
-def hide_query_values(text: str) -> str:
-    """``text`` with the value of every query parameter of a URL in it hidden:
-    ``requests`` names the URL with its query in a connection failure, and that text
-    reached the log and stats' ``last_error``."""
-    return _QUERY_VALUE.sub(r"\1***", text)
 
 
 #: ``sha256:SALT:HEX``: SALT 16 hex digits, HEX a SHA-256.

@@ -64,13 +64,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 
 from audit_middleware import otel
 from collector import query as q
-from collector.forward_checkpoint import (
-    CHECKPOINT_FILE,
-    CheckpointError,
-    CheckpointFile,
-    hide_query_values,
-    shown_endpoint,
-)
+from collector.endpoint_url import hide_query_values, shown_endpoint
+from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointFile
 from collector.otlp_http import (
     failure_of,
     otlp_http_exporter,

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from audit_middleware.shipper.endpoint import is_loopback
 
-from .forward_checkpoint import shown_endpoint
+from .endpoint_url import shown_endpoint
 from .forwarder import ForwardSettings
 from .ingest import DRAIN_TIMEOUT, IngestSettings
 from .store import StorageSettings

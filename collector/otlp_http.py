@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry.sdk._logs.export import LogRecordExporter
 
-from collector.forward_checkpoint import hide_query_values
+from collector.endpoint_url import hide_query_values
 
 if TYPE_CHECKING:  # the forwarder imports this module
     from collector.forwarder import ForwardSettings

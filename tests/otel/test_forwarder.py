@@ -899,7 +899,7 @@ def test_the_same_endpoint_spelled_another_way_keeps_the_position(
     ("https://u:s3cr3t@otel.example/v1/logs?k=s3cr3t", "https://otel.example/v1/logs?k=***"),
 ])
 def test_an_endpoint_is_shown_with_its_query_names_only(url: str, shown: str) -> None:
-    from collector.forward_checkpoint import shown_endpoint
+    from collector.endpoint_url import shown_endpoint
 
     assert shown_endpoint(url) == shown
     assert ForwardSettings(endpoint=url).shown_endpoint == shown
