@@ -36,8 +36,10 @@ def _hidden_value(item: str) -> str:
 
 
 #: A query parameter of a URL quoted in free text (an HTTP library's error, which names
-#: the URL it failed to reach): its value up to the next separator, quote or space.
-_QUERY_VALUE: Final = re.compile(r"([?&][^=&#\s'\"]*=)[^&#\s'\"()]+")
+#: the URL it failed to reach): its value up to the next separator or space. Quotes and
+#: parentheses may be part of a value (unencoded): stopped at them, ``k=ab(cd`` showed
+#: ``cd``; a quote or parenthesis closing the quoted URL goes with the value instead.
+_QUERY_VALUE: Final = re.compile(r"([?&][^=&#\s'\"]*=)[^&#\s]+")
 
 
 def hide_query_values(text: str) -> str:

@@ -1015,3 +1015,16 @@ def test_a_stop_ends_the_exporters_wait_for_a_retry_after(store: Store,
         fwd.stop(timeout=10)
     assert receiver.seqs() == []  # no request once stopping
     assert fwd.stats()["state"] == "stopped" and fwd.stats()["checkpoint_seq"] == 0
+
+
+@pytest.mark.parametrize("value", ["s3cr3t", "ab(cd)ef", "ab'cd\"ef", "a%20b"])
+def test_a_query_value_quoted_in_free_text_is_hidden_whole(value: str) -> None:
+    """An HTTP library's error text quotes the URL: the value was hidden up to its first
+    quote or parenthesis, the rest shown (``api_key=***(cd``; a review)."""
+    from collector.endpoint_url import hide_query_values
+
+    text = (f"HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: "
+            f"/v1/logs?tenant=t&api_key={value} (Caused by NewConnectionError('refused'))")
+    hidden = hide_query_values(text)
+    assert value not in hidden and value[2:] not in hidden, hidden
+    assert "url: /v1/logs?tenant=***&api_key=*** (Caused by" in hidden, hidden
