@@ -1,7 +1,8 @@
 """Which sealed segments retention deletes: a pure decision, acted on by the store.
 
 A sealed segment's age is the time it was sealed, which is when the next segment was
-created (its header's ``created``): every record in it is at least that old.
+created (its header's ``created``): every record in it is at least that old, and at
+least as old as any later segment (records arrive in seq order).
 """
 
 from __future__ import annotations
@@ -32,10 +33,19 @@ def expired(
     in the store is where the collector-wide sequence continues from after a restart.
     """
     candidates = sorted(sealed, key=lambda s: s.seq)
+    # Records arrive in seq order, so a segment is at least as old as any later one,
+    # whatever its own seal time says: sealed by a clock that ran ahead and was set
+    # back, segment 5 read younger than 6 and 7, and retention deleted 6 and 7 around
+    # it (a hole under a retention digest that says all below 8 went) while 5 stayed
+    # until the wall clock caught up with its future date.
+    sealed_ns, floor = {}, None
+    for s in reversed(candidates):
+        floor = s.sealed_ns if floor is None else min(floor, s.sealed_ns)
+        sealed_ns[s.seq] = floor
     if keep_newest and candidates:
         candidates = candidates[:-1]
     max_age_ns = retention_days * 86_400 * 1_000_000_000
-    doomed = [s.seq for s in candidates if now_ns - s.sealed_ns > max_age_ns]
+    doomed = [s.seq for s in candidates if now_ns - sealed_ns[s.seq] > max_age_ns]
     if retention_bytes is not None:
         kept = [s for s in sorted(sealed, key=lambda s: s.seq) if s.seq not in doomed]
         total = sum(s.size for s in kept)

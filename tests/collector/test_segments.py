@@ -502,3 +502,14 @@ def test_retention_can_keep_the_newest_sealed_segment() -> None:
     infos = [sealed(1, 100, 400), sealed(2, 100, 400)]
     assert retention.expired(infos, now_ns=100 * DAY, retention_days=30,
                              retention_bytes=0, keep_newest=True) == [1]
+
+
+def test_retention_by_age_deletes_no_segment_around_an_older_one_a_clock_dated_ahead() \
+        -> None:
+    """Segment 2 sealed by a clock a year ahead, since set back: judged by its own seal
+    time it read younger than 3 and 4, which went around it (a hole under a retention
+    digest saying all below 5 went), and it stayed until the wall clock caught up with
+    its future date. A segment is at least as old as any later one."""
+    infos = [sealed(1, 10, 40), sealed(2, 10, -365), sealed(3, 10, 35), sealed(4, 10, 2)]
+    assert retention.expired(infos, now_ns=100 * DAY, retention_days=30,
+                             retention_bytes=None, keep_newest=False) == [1, 2, 3]
