@@ -632,37 +632,14 @@ def test_a_clock_stepped_back_does_not_make_retention_forget_live_sources(
         assert sorted(store.stats()["sources"]) == ["src-busy", "src-live"]
 
 
-def test_retention_by_age_after_a_clock_step_forgets_no_source_it_kept(
+def test_retention_by_age_after_a_clock_step_deletes_a_prefix_and_keeps_every_source_stored(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the clock stepped back, a segment sealed after the step looks older than one
-    sealed before it: retention by age deletes the newer and keeps the older. Forgetting
-    sources by the numbers deleted then forgot one whose records the older segment still
-    holds (a diff review); sources go by whether their segment still exists."""
-    real_time_ns = time.time_ns
-    step = [0]
-    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - step[0])
-    with open_store(tmp_path, max_segment_bytes=4096, retention_days=3 / 86_400) as store:
-        store.write(events(2), "src-kept", [1, 3])  # segment 1; 2 missing: a gap to keep
-        for n in range(3):
-            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
-        step[0] = 3600 * 10**9  # NTP steps the clock back an hour
-        for n in range(3, 6):
-            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
-        wait_until(lambda: store.stats()["retention_deleted"] >= 1, timeout=15)
-        time.sleep(1.5)
-        stats = store.stats()
-    kept = {r["source"] for r in all_records(tmp_path)}
-    assert "src-kept" in kept  # its segment is still there
-    assert sorted(stats["sources"]) == ["src-busy", "src-kept"]
-    assert stats["gap_events"] == 1
-
-
-def test_a_source_whose_last_segment_went_but_whose_older_records_stay_is_kept(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a clock step, retention by age can delete the segment of a source's last
-    record and keep an older one holding its earlier records: such a source was
-    forgotten, gap and all, while records of it were still stored (a diff review). A
-    source goes only when every segment up to its last is gone."""
+    """With the clock stepped back, a segment sealed after the step looked older than one
+    sealed before it: retention by age deleted the newer and kept the older, and
+    forgetting sources by the numbers deleted forgot one whose records the older segment
+    still held (a diff review; sources now go by whether their segment still exists). A
+    segment's age is now the youngest seal time at or after it: retention deletes a
+    prefix, and every source with a record still stored is still known."""
     real_time_ns = time.time_ns
     step = [0]
     monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - step[0])
@@ -670,15 +647,19 @@ def test_a_source_whose_last_segment_went_but_whose_older_records_stay_is_kept(
         store.write(events(2), "src-x", [1, 3])  # segment 1; 2 missing: a gap
         for n in range(3):
             store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
-        step[0] = 3600 * 10**9  # the clock steps back an hour
+        step[0] = 3600 * 10**9  # NTP steps the clock back an hour
         store.write(events(1), "src-x", [4])  # its last record: after the step
         for n in range(3, 6):
             store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
         wait_until(lambda: store.stats()["retention_deleted"] >= 1, timeout=15)
         time.sleep(1.5)
         stats = store.stats()
-    assert [r for r in all_records(tmp_path) if r["source"] == "src-x"]
-    assert "src-x" in stats["sources"] and stats["gap_events"] >= 1
+    left = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "segments").iterdir()
+                  if p.name.startswith("segment-"))
+    assert left == list(range(left[0], left[0] + len(left))), left  # no hole
+    assert left[0] > 1  # segment 1, before the step, went too: it is older than the rest
+    stored = {r["source"] for r in all_records(tmp_path)}
+    assert stored <= set(stats["sources"]), (stored, stats["sources"])
 
 
 def test_a_source_last_stored_by_an_older_version_is_forgotten_by_time(
