@@ -2,7 +2,8 @@
 
 A sealed segment's age is the time it was sealed, which is when the next segment was
 created (its header's ``created``): every record in it is at least that old, and at
-least as old as any later segment (records arrive in seq order).
+least as old as any later segment (records arrive in seq order). Seal times come from
+the wall clock, which may have been wrong when they were taken: see ``_seal_times``.
 """
 
 from __future__ import annotations
@@ -33,15 +34,7 @@ def expired(
     in the store is where the collector-wide sequence continues from after a restart.
     """
     candidates = sorted(sealed, key=lambda s: s.seq)
-    # Records arrive in seq order, so a segment is at least as old as any later one,
-    # whatever its own seal time says: sealed by a clock that ran ahead and was set
-    # back, segment 5 read younger than 6 and 7, and retention deleted 6 and 7 around
-    # it (a hole under a retention digest that says all below 8 went) while 5 stayed
-    # until the wall clock caught up with its future date.
-    sealed_ns, floor = {}, None
-    for s in reversed(candidates):
-        floor = s.sealed_ns if floor is None else min(floor, s.sealed_ns)
-        sealed_ns[s.seq] = floor
+    sealed_ns = _seal_times(candidates, now_ns)
     if keep_newest and candidates:
         candidates = candidates[:-1]
     max_age_ns = retention_days * 86_400 * 1_000_000_000
@@ -56,3 +49,29 @@ def expired(
                 doomed.append(s.seq)
                 total -= s.size
     return sorted(doomed)
+
+
+def _seal_times(candidates: Sequence[SealedInfo], now_ns: int) -> dict[int, int]:
+    """The seal time retention takes for each segment (``candidates`` in seq order).
+
+    Never earlier than that of a segment before it: deletion by age is a prefix (sealed
+    by a clock that ran ahead and was set back, segment 5 read younger than 6 and 7,
+    and retention deleted 6 and 7 around it, a hole under a digest saying all below 8
+    went). Never earlier than its own either, unless its own is after ``now_ns``: only
+    that is known to be wrong, and it becomes the earliest seal time at or after it.
+    Taking the earliest at or after for every segment let one seal time taken while the
+    clock was behind (stepped back, then corrected) drag every older segment into
+    deletion however young: a year behind deleted the whole history before it, the very
+    failure ``store_clock`` keeps a forward step from causing."""
+    earliest_after: dict[int, int] = {}
+    floor: int | None = None
+    for s in reversed(candidates):
+        floor = s.sealed_ns if floor is None else min(floor, s.sealed_ns)
+        earliest_after[s.seq] = floor
+    taken: dict[int, int] = {}
+    latest: int | None = None
+    for s in candidates:
+        own = earliest_after[s.seq] if s.sealed_ns > now_ns else s.sealed_ns
+        latest = own if latest is None else max(latest, own)
+        taken[s.seq] = latest
+    return taken

@@ -513,3 +513,20 @@ def test_retention_by_age_deletes_no_segment_around_an_older_one_a_clock_dated_a
     infos = [sealed(1, 10, 40), sealed(2, 10, -365), sealed(3, 10, 35), sealed(4, 10, 2)]
     assert retention.expired(infos, now_ns=100 * DAY, retention_days=30,
                              retention_bytes=None, keep_newest=False) == [1, 2, 3]
+
+
+def test_retention_by_age_deletes_nothing_early_for_a_segment_a_clock_dated_behind() \
+        -> None:
+    """Segment 3 sealed by a clock a year behind, since corrected: it read a year old,
+    and taking each segment's age as the youngest seal time at or after it deleted 1
+    and 2 (10 and 5 days old) with it. Records arrive in seq order, so 3 was sealed
+    after 2: it stays as long as 2, and 1 and 2 by their own seal times."""
+    infos = [sealed(1, 10, 10), sealed(2, 10, 5), sealed(3, 10, 365), sealed(4, 10, 1)]
+    assert retention.expired(infos, now_ns=100 * DAY, retention_days=30,
+                             retention_bytes=None, keep_newest=False) == []
+    assert retention.expired(infos, now_ns=106 * DAY, retention_days=30,
+                             retention_bytes=None, keep_newest=False) == []
+    assert retention.expired(infos, now_ns=122 * DAY, retention_days=30,
+                             retention_bytes=None, keep_newest=False) == [1]
+    assert retention.expired(infos, now_ns=128 * DAY, retention_days=30,
+                             retention_bytes=None, keep_newest=False) == [1, 2, 3]
