@@ -40,10 +40,15 @@ def _hidden_value(item: str) -> str:
 #: parentheses may be part of a value (unencoded): stopped at them, ``k=ab(cd`` showed
 #: ``cd``; a quote or parenthesis closing the quoted URL goes with the value instead.
 _QUERY_VALUE: Final = re.compile(r"([?&][^=&#\s'\"]*=)[^&#\s]+")
+#: A URL's whole query in free text, from its ``?`` to a space or fragment: its items
+#: without a name (``?s3cr3t``), which ``_QUERY_VALUE`` leaves, are values too.
+_QUERY: Final = re.compile(r"\?([^#\s]+)")
 
 
 def hide_query_values(text: str) -> str:
     """``text`` with the value of every query parameter of a URL in it hidden:
     ``requests`` names the URL with its query in a connection failure, and that text
-    reached the log and stats' ``last_error``."""
+    reached the log and stats' ``last_error``. As ``shown_endpoint``: a value without a
+    name (``?s3cr3t``) is hidden too (it was shown whole)."""
+    text = _QUERY.sub(lambda m: "?" + "&".join(map(_hidden_value, m[1].split("&"))), text)
     return _QUERY_VALUE.sub(r"\1***", text)

@@ -1028,3 +1028,18 @@ def test_a_query_value_quoted_in_free_text_is_hidden_whole(value: str) -> None:
     hidden = hide_query_values(text)
     assert value not in hidden and value[2:] not in hidden, hidden
     assert "url: /v1/logs?tenant=***&api_key=*** (Caused by" in hidden, hidden
+
+
+@pytest.mark.parametrize("text", [
+    ("HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: "
+     "/v1/logs?s3cr3t (Caused by NewConnectionError('refused'))"),
+    '127.0.0.1:9 "POST /v1/logs?tenant=t&s3cr3t HTTP/1.1" 401 0',  # urllib3 at DEBUG
+])
+def test_a_query_value_without_a_name_quoted_in_free_text_is_hidden(text: str) -> None:
+    """An endpoint whose key is the query itself (``?s3cr3t``): ``shown_endpoint`` hides
+    it (``?***``), but in an HTTP library's text it was shown whole (a review)."""
+    from collector.endpoint_url import hide_query_values
+
+    hidden = hide_query_values(text)
+    assert "s3cr3t" not in hidden, hidden
+    assert "/v1/logs?" in hidden and "***" in hidden, hidden
