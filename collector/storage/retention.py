@@ -3,7 +3,7 @@
 A sealed segment's age is the time it was sealed, which is when the next segment was
 created (its header's ``created``): every record in it is at least that old, and at
 least as old as any later segment (records arrive in seq order). Seal times come from
-the wall clock, which may have been wrong when they were taken: see ``_seal_times``.
+the wall clock, which may have been wrong when they were taken: see ``seal_times``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def expired(
     in the store is where the collector-wide sequence continues from after a restart.
     """
     candidates = sorted(sealed, key=lambda s: s.seq)
-    sealed_ns = _seal_times(candidates, now_ns)
+    sealed_ns = seal_times(candidates, now_ns)
     if keep_newest and candidates:
         candidates = candidates[:-1]
     max_age_ns = retention_days * 86_400 * 1_000_000_000
@@ -51,8 +51,8 @@ def expired(
     return sorted(doomed)
 
 
-def _seal_times(candidates: Sequence[SealedInfo], now_ns: int) -> dict[int, int]:
-    """The seal time retention takes for each segment (``candidates`` in seq order).
+def seal_times(sealed: Sequence[SealedInfo], now_ns: int) -> dict[int, int]:
+    """The seal time retention takes for each segment (by seq), and says is gone with it.
 
     Never earlier than that of a segment before it: deletion by age is a prefix (sealed
     by a clock that ran ahead and was set back, segment 5 read younger than 6 and 7,
@@ -63,6 +63,7 @@ def _seal_times(candidates: Sequence[SealedInfo], now_ns: int) -> dict[int, int]
     clock was behind (stepped back, then corrected) drag every older segment into
     deletion however young: a year behind deleted the whole history before it, the very
     failure ``store_clock`` keeps a forward step from causing."""
+    candidates = sorted(sealed, key=lambda s: s.seq)
     earliest_after: dict[int, int] = {}
     floor: int | None = None
     for s in reversed(candidates):

@@ -26,7 +26,7 @@ from .disk_space import Reserve, free_bytes, is_full
 from .failures import Failures
 from .records import created_micros
 from .regular_files import fsync_dir
-from .retention import SealedInfo, expired
+from .retention import SealedInfo, expired, seal_times
 from .segments import (
     ActiveSegment,
     SegmentFile,
@@ -326,10 +326,11 @@ class SegmentSet:
             if queued is not None and not i.compressed and now - queued < COMPRESSION_STALL:
                 size = int(size * ratio)
             infos.append(SealedInfo(seq, size, i.sealed_ns))
-        doomed = expired(infos, now_ns=self._clock.retention_now_ns(),
-                         retention_days=s.retention_days,
+        now_ns = self._clock.retention_now_ns()
+        doomed = expired(infos, now_ns=now_ns, retention_days=s.retention_days,
                          retention_bytes=s.retention_bytes,
                          keep_newest=self.active.records == 0)
+        taken = seal_times(infos, now_ns)
         if doomed and self._ledger is not None:
             # Signed, on disk, before anything is deleted: verify then tells retention
             # from theft. A digest that could not be written (a full disk) deletes
@@ -365,7 +366,10 @@ class SegmentSet:
             info = self._sealed.pop(seq)
             info.path.unlink(missing_ok=True)
             self._deleted.append(seq)  # gone: its rows are to drop, whatever fails next
-            self._deleted_before_ns = max(self._deleted_before_ns, info.sealed_ns)
+            # As retention took it, not its own: sealed while the clock ran ahead, it
+            # said records stored up to a year from now were gone, and sources last
+            # stored by an older version were forgotten by that time.
+            self._deleted_before_ns = max(self._deleted_before_ns, taken[seq])
             self._failures.recovered(f"compressing {seq}")  # its file is gone
             fsync_dir(self.directory)
             if self._ledger is not None:

@@ -4,6 +4,7 @@ commit, rotation, crash repair, retention, compression and per-source gaps."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import sqlite3
@@ -660,6 +661,33 @@ def test_retention_by_age_after_a_clock_step_deletes_a_prefix_and_keeps_every_so
     assert left[0] > 1  # segment 1, before the step, went too: it is older than the rest
     stored = {r["source"] for r in all_records(tmp_path)}
     assert stored <= set(stats["sources"]), (stored, stats["sources"])
+
+
+def test_retention_after_a_clock_that_ran_ahead_says_no_future_time_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Segment 1 sealed while the clock ran a year ahead, since set back: it goes with
+    the segment after it (a prefix), but the time before which every record is gone
+    (the log's "records stored before", and what sources last stored by an older
+    version are forgotten by) was its own seal time, a year ahead: every such source
+    went, and the log said records not yet stored were gone."""
+    real_time_ns = time.time_ns
+    step = [0]
+    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() + step[0])
+    ahead = 365 * 86_400 * 10**9
+    caplog.set_level(logging.INFO, logger="collector.store")
+    with open_store(tmp_path, max_segment_bytes=4096, retention_days=3 / 86_400) as store:
+        store.write(events(8), "src-busy", list(range(1, 9)))  # segment 1
+        step[0] = ahead
+        store.write(events(8), "src-busy", list(range(9, 17)))  # segment 2, a year on
+        step[0] = 0  # NTP steps it back
+        for n in range(2, 5):
+            store.write(events(8), "src-busy", list(range(n * 8 + 1, n * 8 + 9)))
+        wait_until(lambda: store.stats()["retention_deleted"] >= 2, timeout=15)
+    said = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("retention: deleted")]
+    year_ahead = time.gmtime((real_time_ns() + ahead) // 10**9).tm_year
+    assert said and not any(str(year_ahead) in m for m in said), said
 
 
 def test_a_source_last_stored_by_an_older_version_is_forgotten_by_time(
