@@ -104,19 +104,21 @@ class CollectorConfig:
         return lines
 
 
+def _displayed(option: Option, value: Any) -> Any:
+    """``value`` as it may be printed: through ``option.shown`` when it is text."""
+    return option.shown(value) if option.shown is not None and isinstance(value, str) \
+        else value
+
+
 def _show(option: Option, value: Any) -> str:
     if value is None or value == "":
         return "-"
-    if option.shown is not None and isinstance(value, str):
-        return option.shown(value)
-    return str(value)
+    return str(_displayed(option, value))
 
 
 def _quoted(option: Option, raw: Any) -> str:
-    """``raw`` as a refusal quotes it (shown as ``option.shown`` would show it)."""
-    if option.shown is not None and isinstance(raw, str):
-        return repr(option.shown(raw))
-    return repr(raw)
+    """``raw`` as a refusal quotes it."""
+    return repr(_displayed(option, raw))
 
 
 # -- loading ---------------------------------------------------------------------------------

@@ -330,7 +330,8 @@ class SegmentSet:
         doomed = expired(infos, now_ns=now_ns, retention_days=s.retention_days,
                          retention_bytes=s.retention_bytes,
                          keep_newest=self.active.records == 0)
-        taken = seal_times(infos, now_ns)
+        # What "gone before" says: only when something goes (each pass runs this).
+        taken = seal_times(infos, now_ns) if doomed else {}
         if doomed and self._ledger is not None:
             # Signed, on disk, before anything is deleted: verify then tells retention
             # from theft. A digest that could not be written (a full disk) deletes
