@@ -63,7 +63,8 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
                              "data directory); default: the data directory's own key ring")
     parser.add_argument("--from", dest="since", metavar="TIME",
                         help="only segments written at or after this time (from a "
-                             "segment's creation to the next one's; a replayed event's own "
+                             "segment's creation to the next one's; one during which the "
+                             "clock went back is in every window; a replayed event's own "
                              "time can be earlier): RFC 3339, YYYY-MM-DD-HH-MM-SS (UTC), or "
                              "an age such as 24h")
     parser.add_argument("--to", dest="until", metavar="TIME",

@@ -327,31 +327,47 @@ class _Segments:
 
     def _check_name(self, f: SegmentFile, header: SegmentHeader, res: FileResult) -> str:
         """The name the segment was written under (its digests use it)."""
-        try:
-            original = segment_name(header.seq, created_micros(header.created) * 1000)
-        except StorageError:
-            original = f.name
+        original = _written_name(f, header)
         if original != f.name:
             res.add(SEGMENT_MOVED, f"the file is named {f.name}, but its header says it is "
                     f"{original}: renamed or moved")
         return original
 
     def _select(self, files: list[tuple[SegmentFile, SegmentHeader | None]]) -> set[int] | None:
-        """The seqs of the segments whose time span (from their header's creation to the
-        next one's) overlaps [since, until); None: all."""
+        """The seqs of the segments written in [since, until); None: all. A segment was
+        written from its creation to the next one's, as long as the collector's clock
+        went only forward meanwhile; one during which it went back (NTP, a VM restored:
+        a digest signed at an earlier time than a reading before it, or the next
+        segment created at an earlier time than this one) holds records of times no
+        header or digest tells, and is in every window."""
         if self.since is None and self.until is None:
             return None
         since = self.since if self.since is not None else -(2**62)
         until = self.until if self.until is not None else 2**62
         starts = [micros(h.created) if h else None for _, h in files]
+        during = self._readings_by_head()
         selected = set()
-        for i, (f, _) in enumerate(files):
-            known = starts[i]
-            start = known if known is not None else since
-            end = next((s for s in starts[i + 1:] if s is not None), 2**62)
-            if start < until and end > since:
+        for i, (f, header) in enumerate(files):
+            created = starts[i]
+            end = next((s for s in starts[i + 1:] if s is not None), None)
+            readings = [r for r in (created, *during.get(_written_name(f, header), []), end)
+                        if r is not None]
+            start = since if created is None else created
+            if _went_back(readings) or (start < until
+                                        and (2**62 if end is None else end) > since):
                 selected.add(f.seq)
         return selected
+
+    def _readings_by_head(self) -> dict[str, list[int]]:
+        """What the collector's clock said at each digest, by the segment active then
+        (the digest's ``head``), in the order they were signed: a digest is dated no
+        earlier than its predecessor (``clock`` keeps the reading) and a seal is signed
+        once the next segment exists, so these are readings taken while that segment
+        took records."""
+        readings: dict[str, list[int]] = {}
+        for g in sorted(self.chain.good, key=lambda g: g.n):
+            readings.setdefault(g.head, []).append(micros(g.signed_at))
+        return readings
 
     def _scan(self, f: SegmentFile, ds: list[d.Digest], res: FileResult,
               pool: ThreadPoolExecutor, progress: Callable[[int], None]) -> Scan | None:
@@ -532,6 +548,22 @@ class _Previous:
     seq: int | None = None
     chain: str | None = None
     last_seq: int | None = None
+
+
+def _written_name(f: SegmentFile, header: SegmentHeader | None) -> str:
+    """The name segment file ``f`` was written under (its digests use it): its header's
+    seq and creation time; its own name when the header gives none."""
+    if header is None:
+        return f.name
+    try:
+        return segment_name(header.seq, created_micros(header.created) * 1000)
+    except StorageError:
+        return f.name
+
+
+def _went_back(readings: list[int]) -> bool:
+    """Whether a clock read in this order went back between two readings."""
+    return any(b < a for a, b in itertools.pairwise(readings))
 
 
 def _is_stop(g: d.Digest) -> bool:

@@ -674,3 +674,90 @@ def test_a_key_rotation_killed_before_its_end_is_finished_by_the_next_start(
                    str(exported)).returncode == 0
     result = run_verify(str(data_dir), "--public-key", str(exported))
     assert result.returncode == 0, result.stdout
+
+
+#: 2027-01-15T08:00:00Z: the collector's (fake) wall clock in the window tests below.
+EIGHT_AM_NS = 1_800_000_000 * 10**9
+
+
+def wall_clock_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """The collector's wall clock, set by the test: ``set_clock(minutes after 08:00)``."""
+    now = [EIGHT_AM_NS]
+    monkeypatch.setattr(time, "time_ns", lambda: now[0])
+
+    def set_clock(minutes: int) -> None:
+        now[0] = EIGHT_AM_NS + minutes * 60 * 10**9
+    return set_clock
+
+
+def minutes_us(minutes: int) -> int:
+    return (EIGHT_AM_NS + minutes * 60 * 10**9) // 1000
+
+
+def tamper(path: Path) -> None:
+    path.write_bytes(path.read_bytes().replace(b"cred-", b"CRED-", 1))
+
+
+def test_a_window_checks_the_segment_written_before_the_clock_stepped_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segment 2, created at 09:00, took records until the clock stepped back to 08:20
+    and segment 3 was created then: its span "from 09:00 to 08:20" overlapped no window,
+    so a window at 09:00-09:10 left it out and a record modified in it went unseen
+    (verify said valid)."""
+    set_clock = wall_clock_at(monkeypatch)
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=SMALL) as store:
+        for minutes in (0, 60, 20, 120):  # a batch a segment; stepped back before the 3rd
+            set_clock(minutes)
+            store.write(events(3))
+    second = segment_paths(data_dir)[1]
+    assert "20270115T090000Z" in second.name
+    tamper(second)
+    report = check(data_dir, since_us=minutes_us(60), until_us=minutes_us(70))
+    assert not report.valid
+    assert [r.path for r in report.invalid] == [f"segments/{second.name}"]
+
+
+def test_a_window_checks_a_segment_the_clock_stepped_back_in_across_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segment 1 (created 08:00) took a record at 08:40, the collector stopped, its
+    clock was set back to 08:10 and segment 2 created at 08:30: the headers alone say
+    segment 1 was written 08:00-08:30, and a window at 08:35-08:45 left it out. The
+    clock's readings its digests signed (a stop at 08:40, a start at 08:10) show it
+    went back."""
+    set_clock = wall_clock_at(monkeypatch)
+    data_dir = tmp_path / "data"
+    big = 64 * 1024  # no rotation until the test asks for one
+    with open_store(data_dir, max_segment_bytes=big) as store:
+        store.write(events(1))
+        set_clock(40)
+        store.write(events(1))
+    set_clock(10)
+    with open_store(data_dir, max_segment_bytes=big) as store:
+        store.write(events(1))
+    set_clock(30)
+    with open_store(data_dir, max_segment_bytes=SMALL) as store:
+        store.write(events(3))  # segment 1 is over SMALL: this rotates to segment 2
+    first, second = segment_paths(data_dir)
+    assert "20270115T080000Z" in first.name and "20270115T083000Z" in second.name
+    tamper(first)
+    report = check(data_dir, since_us=minutes_us(35), until_us=minutes_us(45))
+    assert [r.path for r in report.invalid] == [f"segments/{first.name}"]
+
+
+def test_a_window_still_leaves_out_segments_written_outside_it_by_a_clock_that_went_forward(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a segment during which the clock went back is in every window: one written
+    before a step back, with a clock going forward, is left out of a later window."""
+    set_clock = wall_clock_at(monkeypatch)
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=SMALL) as store:
+        for minutes in (0, 60, 20, 120):
+            set_clock(minutes)
+            store.write(events(3))
+    checked = [r.path for r in check(data_dir, since_us=minutes_us(130)).files
+               if r.kind == "segment"]
+    names = [p.name for p in segment_paths(data_dir)]
+    # Segment 2 (09:00, then 08:20) is in every window; 1 (08:00 to 09:00) and 3 (08:20
+    # to 10:00) are not in this one.
+    assert checked == [f"segments/{names[1]}", f"segments/{names[3]}"]
