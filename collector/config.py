@@ -51,6 +51,7 @@ class CollectorConfig:
     max_segment_bytes: int
     max_segment_age: float
     compress_sealed: bool
+    write_stall_timeout: float
     retention_days: float
     retention_bytes: int
     signing_key: Path | None
@@ -272,7 +273,7 @@ def check(config: CollectorConfig) -> None:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     for name in ("handshake_timeout", "idle_timeout", "read_timeout", "max_segment_age",
-                 "digest_interval"):
+                 "digest_interval", "write_stall_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0")
     if config.retention_days <= 0:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .storage.failures import DISK_FULL, NOT_OPEN, WRITE_FAILING
+from .storage.failures import DISK_FULL, NOT_OPEN, WRITE_FAILING, WRITE_STALLED
 
 STARTING: Final = "starting"
 STOPPING: Final = "stopping"
@@ -39,6 +39,9 @@ REASONS: Final = {
     WRITE_FAILING: "the store's last write failed, and not for want of space: batches "
                    "are refused until one is written or the store's directory takes a "
                    "write again; the collector's log says why",
+    WRITE_STALLED: "the store's writes have hung longer than write_stall_timeout (a "
+                   "hung fsync: a dying disk, a frozen network file system): batches "
+                   "wait until it completes (the apps keep theirs meanwhile)",
 }
 
 

@@ -198,6 +198,9 @@ METRICS: Final[tuple[Metric, ...]] = (
        "Time spent in fsync (divide by fsyncs for the mean latency)"),
     _m("audit.collector.store.fsync.max_duration", "gauge", "store", "fsync_seconds_max", "s",
        "Longest fsync since start"),
+    _m("audit.collector.store.commit.wait", "gauge", "store", "commit_wait_seconds", "s",
+       "How long the oldest batch not yet written has waited for the commit thread (0: "
+       "none waiting); past write_stall_timeout, GET /healthz says write_stalled"),
     _m("audit.collector.store.write_errors", "counter", "store", "write_errors", "{error}",
        "Failed appends or fsyncs (nothing of them acknowledged)"),
     _m("audit.collector.store.rejected", "counter", "store", "rejected", "{rejection}",

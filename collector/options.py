@@ -279,6 +279,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "rotate the active segment at this age", "DURATION"),
     Option("compress_sealed", parse_bool, StorageSettings.compress_sealed,
            "compress sealed segments", "BOOL"),
+    Option("write_stall_timeout", parse_duration, StorageSettings.write_stall_timeout,
+           "GET /healthz says write_stalled once a batch has waited this long to be "
+           "written (a hung fsync)", "DURATION"),
     Option("retention_days", parse_float, StorageSettings.retention_days,
            "delete sealed segments older than this many days", "DAYS"),
     Option("retention_bytes", parse_size, 0,

@@ -73,6 +73,7 @@ def open_store(config: CollectorConfig) -> tuple[Any, Any]:
         retention_bytes=config.retention_bytes or None,  # 0: no size limit
         signing_key=config.signing_key,
         digest_interval=config.digest_interval,
+        write_stall_timeout=config.write_stall_timeout,
     ))
     return store, store.open()
 

@@ -49,6 +49,7 @@ from collector.storage.failures import (
     DISK_FULL,
     NOT_OPEN,
     WRITE_FAILING,
+    WRITE_STALLED,
     Failures,
     WriteFailure,
     write_failure,
@@ -111,6 +112,10 @@ class StorageSettings:
     chain: bool = True
     signing_key: Path | None = None  # default: <data_dir>/keys/signing-key.pem
     digest_interval: float = 300.0  # seconds between checkpoints while records arrive
+    #: Seconds accepted work may wait for the commit thread before ``refusal`` says
+    #: ``WRITE_STALLED`` (a hung fsync): well above a slow disk's fsync, well below
+    #: what a probe's user waits before taking the collector out of rotation.
+    write_stall_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -119,6 +124,10 @@ class StorageSettings:
         if self.digest_interval <= 0:
             raise StorageSettingsError(
                 f"digest_interval={self.digest_interval}: use a positive number of seconds")
+        if not self.write_stall_timeout > 0:  # nan too
+            raise StorageSettingsError(
+                f"write_stall_timeout={self.write_stall_timeout}: use a positive number of "
+                f"seconds")
         if self.max_segment_bytes < 1024:
             raise StorageSettingsError(
                 f"max_segment_bytes={self.max_segment_bytes}: use at least 1024 bytes")
@@ -141,6 +150,11 @@ class Store:
         self.index_path = settings.data_dir / "index.sqlite"
         self._lock = threading.Lock()
         self._pending: list[Submission] = []
+        #: When the oldest of ``_pending`` was queued (meaningless while it is empty),
+        #: and of the batch the commit thread writes now (None: none): how long work has
+        #: waited, for ``refusal``. One clock read per group, none per event.
+        self._pending_since = 0.0
+        self._batch_since: float | None = None
         self._wake = threading.Event()
         self._state = "new"  # new -> open -> closing -> closed
         self._thread: threading.Thread | None = None
@@ -443,6 +457,8 @@ class Store:
                     "the store is not open: call Store.open() first, and do not submit "
                     "after Store.close()"))
                 return sub.future
+            if not self._pending:
+                self._pending_since = time.monotonic()
             self._pending.append(sub)
         self._wake.set()
         return sub.future
@@ -473,6 +489,7 @@ class Store:
             self._wake.clear()
             with self._lock:
                 batch, self._pending = self._pending, []
+                self._batch_since = self._pending_since if batch else None
                 closing = self._state == "closing"
             # Each failure stays said until that very work goes through again: cleared
             # by any later housekeeping pass, a commit that raised left the stats half a
@@ -480,7 +497,10 @@ class Store:
             doing = _COMMIT
             try:
                 if batch:
-                    self._writer.commit(batch)
+                    try:
+                        self._writer.commit(batch)
+                    finally:
+                        self._batch_since = None  # written or failed: no longer waiting
                     self._last_activity = time.monotonic()
                     self._failures.recovered(_COMMIT)
                     self._commit_failure = None
@@ -875,6 +895,7 @@ class Store:
             if counts["fsyncs"] else 0.0,
             "fsync_seconds_total": round(writer.fsync_seconds_total, 6),
             "fsync_seconds_max": round(writer.fsync_seconds_max, 6),
+            "commit_wait_seconds": round(self.waiting_seconds(), 6),
             "sources": known.reports,
             "sources_total": known.total,
             "sources_omitted": known.omitted,
@@ -885,19 +906,35 @@ class Store:
             "integrity": self.integrity_stats(),
         }
 
+    def waiting_seconds(self) -> float:
+        """How long the oldest work not yet written (a batch being written, or one
+        queued for the next group) has waited; 0.0 when there is none, however long the
+        store idles."""
+        with self._lock:
+            since = self._batch_since
+            if since is None and self._pending:
+                since = self._pending_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
     def refusal(self) -> str | None:
         """Why the store cannot take events now, or None when it can: ``NOT_OPEN``
-        (before ``open``, from ``close`` on), ``DISK_FULL`` (the last commit failed for
-        want of space, and the disk still has less than ``RESERVE_ROOM`` free) or
-        ``WRITE_FAILING`` (it failed otherwise). A failure lasts until a commit goes
-        through, but a full disk is judged by its free space now, and the segment
-        file's other failures end too when the idle commit thread's write check goes
-        through (``_check_failed_write``): a collector taken out of a load balancer's
-        rotation for it gets no batch to show that the failure ended, and would stay
-        out for good. A commit that raised (the index's error) ends with a batch only."""
+        (before ``open``, from ``close`` on), ``WRITE_STALLED`` (work has waited for the
+        commit thread longer than ``write_stall_timeout``: a hung fsync; until it is
+        written), ``DISK_FULL`` (the last commit failed for want of space, and the disk
+        still has less than ``RESERVE_ROOM`` free) or ``WRITE_FAILING`` (it failed
+        otherwise). A failure lasts until a commit goes through, but a full disk is
+        judged by its free space now, and the segment file's other failures end too when
+        the idle commit thread's write check goes through (``_check_failed_write``): a
+        collector taken out of a load balancer's rotation for it gets no batch to show
+        that the failure ended, and would stay out for good. A commit that raised (the
+        index's error) ends with a batch only."""
         with self._lock:
             if self._state != "open":
                 return NOT_OPEN
+        # First: a commit hung now says more than how the last one ended, and the full
+        # disk's statvfs below may hang on that very disk.
+        if self.waiting_seconds() > self.settings.write_stall_timeout:
+            return WRITE_STALLED
         failure = self._writer.failure or self._commit_failure
         if failure == DISK_FULL and free_bytes(self.settings.data_dir) >= RESERVE_ROOM:
             return None  # space freed: the next batch is written (or fails again, said)

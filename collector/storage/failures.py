@@ -25,6 +25,9 @@ from .disk_space import error_chain, out_of_space
 NOT_OPEN: Final = "not_open"
 DISK_FULL: Final = "disk_full"
 WRITE_FAILING: Final = "write_failing"
+#: Work has waited for the commit thread past ``StorageSettings.write_stall_timeout``:
+#: a hung fsync (a dying disk, a frozen network file system), not a failure.
+WRITE_STALLED: Final = "write_stalled"
 WriteFailure = Literal["disk_full", "write_failing"]
 
 

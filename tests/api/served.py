@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
 from tests.e2e.harness import ROOT, CollectorProcess
 
 
@@ -26,6 +28,13 @@ def serving(data_dir: Path, *args: str) -> Iterator[tuple[CollectorProcess, str]
     with CollectorProcess(data_dir, "--api-listen", "127.0.0.1:0", *args,
                           env={"AUDIT_CONFIG": ""}) as collector:
         yield collector, api_url(collector)
+
+
+def metric(url: str, name: str) -> float:
+    """The value of the unlabelled metric ``name`` in ``GET /metrics`` (no token)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    [sample] = [s for s in text.splitlines() if s.startswith(f"{name} ")]
+    return float(sample.split()[1])
 
 
 def add_reader(data_dir: Path, name: str, *, root: bool) -> str:

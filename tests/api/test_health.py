@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from collector.health import REASONS, Health
 from collector.index import Index
 from collector.storage.disk_space import RESERVE_ROOM
 from collector.storage.errors import StorageError
+from collector.storage.segment_set import SegmentSet
 from collector.storage.segments import ActiveSegment
 from collector.store import Store
 from tests.api.served import add_reader, serving
@@ -57,6 +60,48 @@ class FailingAppends:
 @pytest.fixture
 def failing(monkeypatch: pytest.MonkeyPatch) -> FailingAppends:
     return FailingAppends(monkeypatch)
+
+
+#: ``write_stall_timeout`` of the stall tests: short, so they wait little past it.
+STALL_AFTER = 0.05
+
+
+class Hold:
+    """A store method that, while ``armed``, blocks its caller (the commit thread) until
+    ``release``: what a hung fsync does to it. ``entered`` is set once it blocks."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> None:
+        self.armed = True
+        self.entered = threading.Event()
+        self._released = threading.Event()
+        real = getattr(owner, name)
+
+        def held(obj: object, *args: object) -> object:
+            if self.armed:
+                self.entered.set()
+                self._released.wait()
+            return real(obj, *args)
+
+        monkeypatch.setattr(owner, name, held)
+
+    def release(self) -> None:
+        self.armed = False
+        self._released.set()
+
+
+@pytest.fixture
+def stalling(tmp_path: Path) -> Iterator[Store]:
+    with open_store(tmp_path / "data", write_stall_timeout=STALL_AFTER) as store:
+        yield store
+
+
+@pytest.fixture
+def hung_fsync(stalling: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hold]:
+    """The segment's fsync hangs until released (released at the end in any case:
+    the store's close waits for its commit thread)."""
+    hold = Hold(monkeypatch, ActiveSegment, "sync")
+    yield hold
+    hold.release()
 
 
 @pytest.fixture
@@ -236,3 +281,42 @@ def test_a_write_failure_that_ended_is_ready_again_while_housekeeping_fails(
     checked = failing.checks
     wait_until(lambda: failing.checks > checked)  # the idle check ran again
     wait_until(lambda: probe(Health(opened)).status_code == 200)
+
+
+def test_a_hung_fsync_is_unready_until_the_commit_completes(
+        stalling: Store, hung_fsync: Hold) -> None:
+    """Every batch waited for ever behind it, and the probe said ready: a balancer kept
+    sending the apps' batches to a collector that stored none."""
+    written = stalling.submit([event()])
+    assert hung_fsync.entered.wait(10)
+    reply = wait_until(lambda: (r := probe(Health(stalling))).status_code == 503 and r)
+    assert reply.json() == {"status": "unavailable", "reason": "write_stalled",
+                            "message": REASONS["write_stalled"]}
+    assert stalling.stats()["commit_wait_seconds"] > STALL_AFTER
+    hung_fsync.release()
+    assert len(written.result(10).written) == 1
+    assert probe(Health(stalling)).status_code == 200
+    assert stalling.stats()["commit_wait_seconds"] == 0.0
+
+
+def test_a_batch_waiting_behind_a_busy_commit_thread_is_a_stall(
+        stalling: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No commit under way, the thread held elsewhere (retention, a rotation's fsync):
+    the batch queued for the next group waits as long."""
+    hold = Hold(monkeypatch, SegmentSet, "apply_retention")
+    try:
+        assert hold.entered.wait(10)  # housekeeping runs at every idle tick
+        queued = stalling.submit([event()])
+        wait_until(lambda: stalling.refusal() == "write_stalled")
+    finally:
+        hold.release()
+    assert len(queued.result(10).written) == 1
+    assert stalling.refusal() is None
+
+
+def test_an_idle_store_stays_ready_past_the_stall_timeout(stalling: Store) -> None:
+    """Nothing waits, however long since the last commit: no stall."""
+    stalling.write([event()])
+    time.sleep(STALL_AFTER * 2)
+    assert probe(Health(stalling)).status_code == 200
+    assert stalling.stats()["commit_wait_seconds"] == 0.0

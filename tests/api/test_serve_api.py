@@ -16,7 +16,7 @@ from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
 from collector import config as collector_config
-from tests.api.served import add_reader, serving
+from tests.api.served import add_reader, metric, serving
 from tests.e2e.harness import CollectorProcess, stored_events
 
 pytestmark = pytest.mark.e2e
@@ -180,11 +180,6 @@ def test_a_loss_acknowledged_through_the_api_leaves_the_alerting_metric(root: Pa
     total stays), the acknowledgement is an audit event readable through the API, and
     both outlive a restart."""
     from tests.e2e.harness import RawClient, wait_until, wire_line
-
-    def metric(url: str, name: str) -> float:
-        text = httpx.get(f"{url}/metrics").text
-        [sample] = [s for s in text.splitlines() if s.startswith(f"{name} ")]
-        return float(sample.split()[1])
 
     data = root / "data"
     token = add_reader(data, "ops", root=True)

@@ -67,6 +67,7 @@ def test_the_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
     ("--max-segment-bytes", "64MB", "max_segment_bytes", 64_000_000),
     ("--max-segment-age", "1h", "max_segment_age", 3600.0),
     ("--read-timeout", "500ms", "read_timeout", 0.5),
+    ("--write-stall-timeout", "1m", "write_stall_timeout", 60.0),
     ("--compress-sealed", "yes", "compress_sealed", True),
     ("--retention-bytes", "1GiB", "retention_bytes", 1024**3),
 ])
@@ -88,6 +89,7 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     ([], {"AUDIT_COMPRESS_SEALED": "maybe"}, "expected true or false"),
     (["--max-frame", "1KiB"], {}, "max_frame must be between"),
     (["--max-connections", "0"], {}, "max_connections must be at least 1"),
+    ([], {"AUDIT_WRITE_STALL_TIMEOUT": "0"}, "write_stall_timeout must be greater than 0"),
     (["--tcp", "127.0.0.1"], {}, "expected host:port"),
     (["--tcp", "127.0.0.1:7100"], {}, "needs a shared token"),
     (["--tcp", "0.0.0.0:7100", "--token", "t"], {}, "set tls_cert and tls_key"),

@@ -199,6 +199,8 @@ def test_settings_out_of_range_are_refused() -> None:
         StorageSettings(Path("x"), retention_days=0)
     with pytest.raises(ValueError, match="retention_days"):
         StorageSettings(Path("x"), retention_days=float("nan"))
+    with pytest.raises(ValueError, match="write_stall_timeout"):
+        StorageSettings(Path("x"), write_stall_timeout=0)
 
 
 # -- disk errors ----------------------------------------------------------------------------

@@ -331,11 +331,16 @@ class RawClient:
 
     def batch(self, batch_id: int, records: list[bytes], seqs: list[int] | None = None
               ) -> tuple[FrameType, bytes]:
-        seqs = seqs if seqs is not None else list(range(1, len(records) + 1))
-        self.send(encode_batch(batch_id, encode_batch_body("test:1:ab", seqs, records)))
+        self.send_batch(batch_id, records, seqs)
         reply = self.frame()
         assert reply is not None
         return reply
+
+    def send_batch(self, batch_id: int, records: list[bytes], seqs: list[int] | None = None
+                   ) -> None:
+        """A batch sent, its reply left to ``frame`` (for a test that acts before it)."""
+        seqs = seqs if seqs is not None else list(range(1, len(records) + 1))
+        self.send(encode_batch(batch_id, encode_batch_body("test:1:ab", seqs, records)))
 
     def all_read(self) -> bool:
         """Whether the server has read every byte sent on this unix socket (its output

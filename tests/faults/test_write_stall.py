@@ -1,0 +1,66 @@
+"""``GET /healthz`` of a real collector whose commit hangs (a segment fsync that does not
+return, ``hung_fsync``): 503 ``write_stalled`` once a batch has waited past
+``write_stall_timeout``, and ready again once the commit completes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from audit_middleware.wire import FrameType, Result
+from tests.api.served import api_url, metric
+from tests.e2e.harness import RawClient, wire_line
+from tests.faults.fleet import Collector, wait_for
+from tests.faults.hung_fsync import GATE_VARIABLE
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+#: ``--write-stall-timeout`` here: short, so the test waits little past it.
+STALL_AFTER = 0.2
+
+
+class HungFsyncCollector(Collector):
+    module = "tests.faults.hung_fsync"
+
+
+def healthz(url: str) -> httpx.Response:
+    return httpx.get(f"{url}/healthz", timeout=10)
+
+
+def commit_wait(url: str) -> float:
+    return metric(url, "audit_collector_store_commit_wait_seconds")
+
+
+def test_a_hung_fsync_makes_the_probe_say_write_stalled_until_the_commit_completes(
+        tmp: Path) -> None:
+    gate = tmp / "fsync-hangs"
+    collector = HungFsyncCollector(tmp / "data", "--write-stall-timeout", str(STALL_AFTER),
+                                   api=True, env={GATE_VARIABLE: str(gate)}).start()
+    client = RawClient(collector.socket)
+    try:
+        url = api_url(collector)
+        client.hello()
+        kind, _ = client.batch(1, [wire_line(1)], [1])
+        assert kind is FrameType.RESULT
+        time.sleep(STALL_AFTER * 2)  # idle past the timeout: nothing waits, so ready
+        assert healthz(url).status_code == 200
+        assert commit_wait(url) == 0.0
+
+        gate.touch()
+        client.send_batch(2, [wire_line(2)], [2])
+        wait_for(lambda: healthz(url).status_code == 503, 60, "the probe to say 503")
+        assert healthz(url).json()["reason"] == "write_stalled"
+        assert commit_wait(url) > STALL_AFTER
+
+        gate.unlink()
+        reply = client.frame()
+        assert reply is not None and reply[0] is FrameType.RESULT
+        assert len(Result.decode(reply[1]).written) == 1
+        assert healthz(url).status_code == 200
+    finally:
+        gate.unlink(missing_ok=True)
+        client.close()
+        collector.stop()
