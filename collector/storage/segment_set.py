@@ -112,7 +112,7 @@ class SegmentSet:
         #: What fails now ("rotation", "retention", "compressing <seq>"): each goes once
         #: its work succeeds (or its segment is gone). The compressor thread sets one.
         self._failures = Failures()
-        self._clock = store_clock.StoreClock()
+        self._clock = store_clock.StoreClock(settings.data_dir)
         self._active_since = 0  # when the active segment became so (elapsed_ns)
         files = list_segment_files(directory)
         newest = files[-1].seq if files else 0
@@ -327,6 +327,7 @@ class SegmentSet:
                 size = int(size * ratio)
             infos.append(SealedInfo(seq, size, i.sealed_ns))
         now_ns = self._clock.retention_now_ns()
+        self._clock.save_if_due()  # the anchor a restart counts from: at its cadence
         doomed = expired(infos, now_ns=now_ns, retention_days=s.retention_days,
                          retention_bytes=s.retention_bytes,
                          keep_newest=self.active.records == 0)
@@ -439,6 +440,7 @@ class SegmentSet:
         """Finish a compression under way (the others resume at the next start)."""
         self._compressor.shutdown(wait=True, cancel_futures=True)
         self.apply_compressed()
+        self._clock.save()  # the anchor the next start in this boot counts from
         try:
             self.active.sync()
         finally:
