@@ -151,9 +151,11 @@ class Store:
         self._lock = threading.Lock()
         self._pending: list[Submission] = []
         #: When the oldest of ``_pending`` was queued (meaningless while it is empty),
-        #: and of the batch the commit thread writes now (None: none): how long work has
-        #: waited, for ``refusal``. One clock read per group, none per event.
+        #: and the batch the commit thread has taken with when it was queued (None:
+        #: none): how long work has waited, for ``refusal``. One clock read per group,
+        #: none per event.
         self._pending_since = 0.0
+        self._batch: list[Submission] = []
         self._batch_since: float | None = None
         self._wake = threading.Event()
         self._state = "new"  # new -> open -> closing -> closed
@@ -489,6 +491,7 @@ class Store:
             self._wake.clear()
             with self._lock:
                 batch, self._pending = self._pending, []
+                self._batch = batch
                 self._batch_since = self._pending_since if batch else None
                 closing = self._state == "closing"
             # Each failure stays said until that very work goes through again: cleared
@@ -500,7 +503,8 @@ class Store:
                     try:
                         self._writer.commit(batch)
                     finally:
-                        self._batch_since = None  # written or failed: no longer waiting
+                        with self._lock:  # written or failed: no longer waiting
+                            self._batch, self._batch_since = [], None
                     self._last_activity = time.monotonic()
                     self._failures.recovered(_COMMIT)
                     self._commit_failure = None
@@ -911,9 +915,14 @@ class Store:
         queued for the next group) has waited; 0.0 when there is none, however long the
         store idles."""
         with self._lock:
-            since = self._batch_since
-            if since is None and self._pending:
-                since = self._pending_since
+            batch, since = self._batch, self._batch_since
+            queued = self._pending_since if self._pending else None
+        # A batch whose futures are all answered is written (or failed), though the
+        # commit thread is still in its commit (waiting for the indexer to catch up,
+        # ``index_closed_chunks``): counted until then, an acknowledged batch said
+        # write_stalled. The list is never changed once taken: read without the lock.
+        if since is None or all(sub.future.done() for sub in batch):
+            since = queued
         return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def refusal(self) -> str | None:
