@@ -331,8 +331,11 @@ async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig
         try:
             # The store's stats cost O(sources) (every app process is one): off the
             # loop, which would not read a connection meanwhile.
-            _dump_stats(server, await asyncio.to_thread(store.stats), integrations,
-                        stats_file)
+            live = _live_stats(server, await asyncio.to_thread(store.stats), integrations)
+            # Off the loop too: on a hung disk (a frozen network file system) the file's
+            # open hangs, and on the loop it held ingest and GET /healthz with it (a
+            # probe timed out instead of hearing write_stalled).
+            await asyncio.to_thread(stats_file.write, live)
         except Exception:  # the live stats go on: a task that dies leaves them frozen
             failures += 1
             if failures & (failures - 1) == 0:
@@ -341,8 +344,14 @@ async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig
 
 def _dump_stats(server: IngestServer, store_stats: dict[str, Any],
                 integrations: Integrations, stats_file: StatsFile) -> None:
-    stats_file.write({**server.stats(), "store": store_stats,  # ingest's, then the store's
-                      **integrations.stats()})  # http ingest, forwarder (lag)
+    stats_file.write(_live_stats(server, store_stats, integrations))
+
+
+def _live_stats(server: IngestServer, store_stats: dict[str, Any],
+                integrations: Integrations) -> dict[str, Any]:
+    """What the live stats file holds; read on the loop (ingest's counters live there)."""
+    return {**server.stats(), "store": store_stats,  # ingest's, then the store's
+            **integrations.stats()}  # http ingest, forwarder (lag)
 
 
 class StatsFile:

@@ -14,7 +14,7 @@ from audit_middleware.wire import FrameType, Result
 from tests.api.served import api_url, metric
 from tests.e2e.harness import RawClient, wire_line
 from tests.faults.fleet import Collector, wait_for
-from tests.faults.hung_fsync import GATE_VARIABLE
+from tests.faults.hung_fsync import GATE_VARIABLE, stats_hung
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -34,11 +34,16 @@ def commit_wait(url: str) -> float:
     return metric(url, "audit_collector_store_commit_wait_seconds")
 
 
+def hung_collector(tmp: Path, gate: Path) -> HungFsyncCollector:
+    """Started, the API listening; its disk hangs while ``gate`` exists."""
+    return HungFsyncCollector(tmp / "data", "--write-stall-timeout", str(STALL_AFTER),
+                              api=True, env={GATE_VARIABLE: str(gate)}).start()
+
+
 def test_a_hung_fsync_makes_the_probe_say_write_stalled_until_the_commit_completes(
         tmp: Path) -> None:
     gate = tmp / "fsync-hangs"
-    collector = HungFsyncCollector(tmp / "data", "--write-stall-timeout", str(STALL_AFTER),
-                                   api=True, env={GATE_VARIABLE: str(gate)}).start()
+    collector = hung_collector(tmp, gate)
     client = RawClient(collector.socket)
     try:
         url = api_url(collector)
@@ -60,6 +65,30 @@ def test_a_hung_fsync_makes_the_probe_say_write_stalled_until_the_commit_complet
         assert reply is not None and reply[0] is FrameType.RESULT
         assert len(Result.decode(reply[1]).written) == 1
         assert healthz(url).status_code == 200
+    finally:
+        gate.unlink(missing_ok=True)
+        client.close()
+        collector.stop()
+
+
+def test_the_probe_answers_while_the_live_stats_file_write_hangs(tmp: Path) -> None:
+    """The live stats file was written on the event loop (every 5 s): on a hung disk its
+    write hung the loop, and with it ingest and GET /healthz, which a probe saw time out
+    instead of answering 503 write_stalled."""
+    gate = tmp / "disk-hangs"
+    collector = hung_collector(tmp, gate)
+    client = RawClient(collector.socket)
+    try:
+        url = api_url(collector)
+        client.hello()
+        gate.touch()
+        wait_for(stats_hung(gate).exists, 60, "the live stats file's write to hang")
+        client.send_batch(1, [wire_line(1)], [1])
+        wait_for(lambda: healthz(url).status_code == 503, 60, "the probe to say 503")
+        assert healthz(url).json()["reason"] == "write_stalled"
+        gate.unlink()
+        reply = client.frame()
+        assert reply is not None and reply[0] is FrameType.RESULT
     finally:
         gate.unlink(missing_ok=True)
         client.close()
