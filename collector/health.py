@@ -16,6 +16,7 @@ them).
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Final, Protocol
 
 import orjson
@@ -49,6 +50,16 @@ class Refusing(Protocol):
     def refusal(self) -> str | None: ...
 
 
+#: Probes whose answer may be worked out at once, each on a thread of its own. The store's
+#: answer is judged off the event loop (a full disk by statvfs, which a hung disk can
+#: hold), but not on the loop's shared thread pool: scrapes of ``/metrics`` (the store's
+#: stats list files on the data disk) stuck on a frozen disk could take every one of its
+#: threads, and the probe would queue behind them until its caller timed out instead of
+#: hearing why. Probes beyond this, while the earlier ones have not come back, are
+#: answered ``WRITE_STALLED`` at once: the store's state cannot be read in time.
+PROBES_AT_ONCE: Final = 2
+
+
 class Health:
     """What ``GET /healthz`` answers from: the store's state, and whether serve stops."""
 
@@ -57,6 +68,7 @@ class Health:
         #: Set by serve when it is asked to stop: ingest drains its clients, and a load
         #: balancer should send nothing new (the API's port closes a moment later).
         self.stopping = False
+        self._slots = threading.BoundedSemaphore(PROBES_AT_ONCE)
 
     def problem(self) -> str | None:
         """None when the collector can take events; else one of ``REASONS``."""
@@ -64,12 +76,44 @@ class Health:
             return STOPPING
         return self._store.refusal()
 
+    async def judged(self) -> str | None:
+        """``problem()`` from a thread of the probe's own (see ``PROBES_AT_ONCE``)."""
+        if self.stopping:
+            return STOPPING
+        if not self._slots.acquire(blocking=False):
+            return WRITE_STALLED  # the earlier probes still wait for the disk
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        # A daemon thread: one that a hung disk holds must not hold the process's exit.
+        threading.Thread(target=self._judge, args=(answer,), name="audit-healthz",
+                         daemon=True).start()
+        return await answer
+
+    def _judge(self, answer: asyncio.Future[str | None]) -> None:
+        loop = answer.get_loop()
+        try:
+            result = self.problem()
+        except Exception as exc:  # noqa: BLE001 - raised in the awaiting request
+            loop.call_soon_threadsafe(_settle, answer, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, answer, result, None)
+        finally:
+            self._slots.release()
+
+
+def _settle(answer: asyncio.Future[str | None], result: str | None,
+            exc: Exception | None) -> None:
+    if answer.cancelled():  # the client went away meanwhile
+        return
+    if exc is not None:
+        answer.set_exception(exc)
+    else:
+        answer.set_result(result)
+
 
 async def _endpoint(request: Request) -> Response:
     health: Health | None = getattr(request.app.state, "health", None)
     # None: the API listens a moment before serve attaches it (``Integrations.attach``).
-    # Off the event loop: a full disk is judged by statvfs, which a hung disk can hold.
-    problem = STARTING if health is None else await asyncio.to_thread(health.problem)
+    problem = STARTING if health is None else await health.judged()
     if problem is None:
         return _json({"status": "ready"}, 200)
     return _json({"status": "unavailable", "reason": problem, "message": REASONS[problem]},

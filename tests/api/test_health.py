@@ -4,11 +4,13 @@ from a real Store's state; no token needed, and nothing of the store in the answ
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -339,3 +341,67 @@ def test_a_batch_written_and_answered_no_longer_waits(
         assert probe(Health(stalling)).status_code == 200
     finally:
         hold.release()
+
+
+class HungDisk:
+    """A store whose state cannot be read (its statvfs held by a frozen disk) until
+    ``free`` is set; ``asked`` counts the probes that reached it."""
+
+    def __init__(self) -> None:
+        self.free = threading.Event()
+        self.asked = 0
+
+    def refusal(self) -> str | None:
+        self.asked += 1
+        self.free.wait(30)
+        return None
+
+
+def test_probes_beyond_the_ones_a_hung_disk_holds_hear_write_stalled_at_once() -> None:
+    """Each probe waited for the one before it: a caller heard a timeout, never why."""
+    disk = HungDisk()
+    state = Health(disk)
+
+    async def probes() -> tuple[list[str | None], str | None]:
+        held = [asyncio.ensure_future(state.judged()) for _ in range(health.PROBES_AT_ONCE)]
+        while disk.asked < health.PROBES_AT_ONCE:
+            await asyncio.sleep(0.01)
+        beyond = await asyncio.wait_for(state.judged(), 10)
+        disk.free.set()
+        return [await answer for answer in held], beyond
+
+    try:
+        held, beyond = asyncio.run(probes())
+    finally:
+        disk.free.set()
+    assert beyond == "write_stalled"
+    assert held == [None] * health.PROBES_AT_ONCE  # the disk came back: ready
+    assert disk.asked == health.PROBES_AT_ONCE  # the one beyond never reached it
+    assert asyncio.run(state.judged()) is None  # their threads given back
+
+
+def test_the_probe_answers_while_the_loops_thread_pool_is_taken(opened: Store) -> None:
+    """Scrapes of /metrics stuck on a frozen disk can take every thread of the loop's
+    shared pool: the probe queued behind them until its caller gave up."""
+    taken = threading.Event()
+
+    async def probe_beside_a_full_pool() -> str | None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        stuck = loop.run_in_executor(None, taken.wait, 30)
+        try:
+            return await asyncio.wait_for(Health(opened).judged(), 10)
+        finally:
+            taken.set()
+            await stuck
+
+    assert asyncio.run(probe_beside_a_full_pool()) is None
+
+
+def test_a_probe_whose_store_raises_says_so_to_its_request() -> None:
+    class Broken:
+        def refusal(self) -> str | None:
+            raise RuntimeError("broken store")
+
+    with pytest.raises(RuntimeError, match="broken store"):
+        asyncio.run(Health(Broken()).judged())
