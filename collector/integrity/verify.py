@@ -158,8 +158,10 @@ class _Segments:
         for g in self.chain.good:
             by_segment.setdefault(g.segment, []).append(g)
         files = self._segment_files(listed)
-        selected = self._select(files)
-        sizes = file_sizes(f.path for f, _ in files if selected is None or f.seq in selected)
+        impostors = self._impostors(files)
+        selected = self._select(files, impostors)
+        sizes = file_sizes(f.path for f, _ in files if f.path not in impostors
+                           and (selected is None or f.seq in selected))
         total = sum(sizes.values())  # one gone since the listing is found so by its scan
         done = 0
         newest = max((f.seq for f, _ in files), default=0)
@@ -178,6 +180,14 @@ class _Segments:
                         f.path, "its first line is not a segment header (damaged, or another "
                         "file put in its place)") + ": its records cannot be checked")
                     prev = _Previous(seq=f.seq)
+                    continue
+                if f.path in impostors:
+                    # No segment of the log: neither checked against the digests nor the
+                    # segment the next one links to.
+                    res.add(SEGMENT_MOVED, f"says it is segment {f.seq}, as "
+                            f"{', '.join(impostors[f.path])} does, and no digest names it: "
+                            f"put here beside the segment of that number (forged, or "
+                            f"another store's)")
                     continue
                 name = self._check_name(f, header, res)
                 self.found.add(name)
@@ -333,21 +343,46 @@ class _Segments:
                     f"{original}: renamed or moved")
         return original
 
-    def _select(self, files: list[tuple[SegmentFile, SegmentHeader | None]]) -> set[int] | None:
+    def _impostors(self, files: list[tuple[SegmentFile, SegmentHeader | None]]
+                   ) -> dict[Path, list[str]]:
+        """The files claiming a seq that a segment of another name claims too, that no
+        digest names (as itself or as the new head), with those other names. The
+        collector never gives a seq twice; a header-only file planted beside the newest
+        segment (which needs no seal) passed, and its creation time ended the segment
+        before it early: a window then left that segment out."""
+        named = {g.segment for g in self.chain.good} | {g.head for g in self.chain.good}
+        names_of: dict[int, set[str]] = {}
+        for f, header in files:
+            if header is not None:
+                names_of.setdefault(f.seq, set()).add(_written_name(f, header))
+        impostors: dict[Path, list[str]] = {}
+        for f, header in files:
+            name = _written_name(f, header)
+            others = sorted(names_of.get(f.seq, set()) - {name})
+            if header is not None and others and name not in named:
+                impostors[f.path] = others
+        return impostors
+
+    def _select(self, files: list[tuple[SegmentFile, SegmentHeader | None]],
+                impostors: dict[Path, list[str]]) -> set[int] | None:
         """The seqs of the segments written in [since, until); None: all. A segment was
         written from its creation to the next one's, as long as the collector's clock
         went only forward meanwhile; one during which it went back (NTP, a VM restored:
         a digest signed at an earlier time than a reading before it, or the next
         segment created at an earlier time than this one) holds records of times no
-        header or digest tells, and is in every window."""
+        header or digest tells, and is in every window. An impostor (``_impostors``) is
+        no segment: its creation ends none."""
         if self.since is None and self.until is None:
             return None
         since = self.since if self.since is not None else -(2**62)
         until = self.until if self.until is not None else 2**62
-        starts = [micros(h.created) if h else None for _, h in files]
+        starts = [micros(h.created) if h and f.path not in impostors else None
+                  for f, h in files]
         during = self._readings_by_head()
         selected = set()
         for i, (f, header) in enumerate(files):
+            if f.path in impostors:
+                continue
             created = starts[i]
             end = next((s for s in starts[i + 1:] if s is not None), None)
             readings = [r for r in (created, *during.get(_written_name(f, header), []), end)

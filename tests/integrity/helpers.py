@@ -6,8 +6,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from collector.integrity.verify import Report, verify
 from tests.collector.storage_helpers import events, open_store, wait_until
@@ -97,3 +101,25 @@ def compressed_store(data_dir: Path) -> Path:
             live.write(events(3))
         wait_until(lambda: len(list((data_dir / "segments").glob("*.gz"))) == 2)
     return data_dir
+
+
+#: 2027-01-15T08:00:00Z: the collector's (fake) wall clock in the tests that set it.
+EIGHT_AM_NS = 1_800_000_000 * 10**9
+
+
+def wall_clock_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """The collector's wall clock, set by the test: ``set_clock(minutes after 08:00)``."""
+    now = [EIGHT_AM_NS]
+    monkeypatch.setattr(time, "time_ns", lambda: now[0])
+
+    def set_clock(minutes: int) -> None:
+        now[0] = EIGHT_AM_NS + minutes * 60 * 10**9
+    return set_clock
+
+
+def minutes_us(minutes: int) -> int:
+    return (EIGHT_AM_NS + minutes * 60 * 10**9) // 1000
+
+
+def tamper(path: Path) -> None:
+    path.write_bytes(path.read_bytes().replace(b"cred-", b"CRED-", 1))

@@ -42,10 +42,13 @@ from tests.integrity.helpers import (
     copy_of,
     digest_paths,
     lines_of,
+    minutes_us,
     reasons,
     run_cli,
     run_verify,
     segment_paths,
+    tamper,
+    wall_clock_at,
     write_lines,
 )
 
@@ -251,6 +254,35 @@ def test_a_segment_from_another_store_in_place_of_one_is_moved_or_renamed(
     victim = sealed(store)
     victim.write_bytes(sealed(other).read_bytes())  # same seq, another store's segment
     assert only(reasons(check(store)), victim.name)[0] == SEGMENT_MOVED
+
+
+def test_a_segment_file_planted_beside_the_newest_is_found_and_narrows_no_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file of nothing but a header claiming the newest segment's seq, created just
+    after the segment before it, was no finding (the newest segment needs no seal) and
+    ended that segment's span early: a window holding that segment's last records (the
+    ones only its seal signs) left it out, and a record modified there went unseen
+    (verify said valid)."""
+    from tests.collector.storage_helpers import events, open_store
+    from tests.integrity.helpers import SMALL
+
+    set_clock = wall_clock_at(monkeypatch)
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=SMALL) as live:
+        for minutes in (30, 60):  # records at 08:30 in segment 1; segment 2 at 09:00
+            set_clock(minutes)
+            live.write(events(3))
+    first, newest = segment_paths(data_dir)
+    tamper(first)
+    header = orjson.loads(lines_of(newest)[0])
+    header["segment"]["created"] = "2027-01-15T08:00:01.000000Z"
+    planted = newest.with_name("segment-00000002-20270115T080001Z.jsonl")
+    planted.write_bytes(orjson.dumps(header) + b"\n")
+    expected = {f"segments/{planted.name}": [SEGMENT_MOVED],
+                f"segments/{first.name}": [RECORD_MODIFIED]}
+    assert reasons(check(data_dir)) == expected
+    window = check(data_dir, since_us=minutes_us(25), until_us=minutes_us(35))
+    assert reasons(window) == expected
 
 
 def test_a_header_with_another_chain_link_breaks_the_chain(store: Path) -> None:

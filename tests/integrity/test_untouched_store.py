@@ -28,11 +28,14 @@ from tests.integrity.helpers import (
     check,
     digest_paths,
     lines_of,
+    minutes_us,
     reasons,
     refuse_digests,
     run_cli,
     run_verify,
     segment_paths,
+    tamper,
+    wall_clock_at,
 )
 
 
@@ -674,28 +677,6 @@ def test_a_key_rotation_killed_before_its_end_is_finished_by_the_next_start(
                    str(exported)).returncode == 0
     result = run_verify(str(data_dir), "--public-key", str(exported))
     assert result.returncode == 0, result.stdout
-
-
-#: 2027-01-15T08:00:00Z: the collector's (fake) wall clock in the window tests below.
-EIGHT_AM_NS = 1_800_000_000 * 10**9
-
-
-def wall_clock_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
-    """The collector's wall clock, set by the test: ``set_clock(minutes after 08:00)``."""
-    now = [EIGHT_AM_NS]
-    monkeypatch.setattr(time, "time_ns", lambda: now[0])
-
-    def set_clock(minutes: int) -> None:
-        now[0] = EIGHT_AM_NS + minutes * 60 * 10**9
-    return set_clock
-
-
-def minutes_us(minutes: int) -> int:
-    return (EIGHT_AM_NS + minutes * 60 * 10**9) // 1000
-
-
-def tamper(path: Path) -> None:
-    path.write_bytes(path.read_bytes().replace(b"cred-", b"CRED-", 1))
 
 
 def test_a_window_checks_the_segment_written_before_the_clock_stepped_back(
