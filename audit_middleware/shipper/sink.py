@@ -33,7 +33,8 @@ from .endpoint import DEFAULT_URL, Endpoint, parse_url, verifying_context
 from .pipeline import Chunk
 from .receipts import Receipt, new_receipt
 from .sender import Sender, resolve, resolve_all
-from .spool import Spool, place_problem
+from .spool import Spool
+from .spool_files import place_problem
 
 log = logging.getLogger("audit_middleware")
 

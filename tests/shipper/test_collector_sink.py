@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 from audit_middleware import AuditConfigurationError, configure, emit
-from audit_middleware.shipper import CollectorSink
-from audit_middleware.shipper import spool as spool_module
+from audit_middleware.shipper import CollectorSink, spool_adoption
 from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.shipper.receipts import pending
 from audit_middleware.testing import reset_configuration
@@ -208,7 +207,7 @@ def test_a_backlog_adopted_a_part_at_a_time_is_replayed_whole_before_delivery_is
     """A scan adopts ``ADOPT_MAX`` orphans at most: the rest must follow as soon as the
     spool is empty (not at the next scan, 10 s later), and ``wait_for_delivery`` must
     wait for them as for those adopted at start."""
-    monkeypatch.setattr(spool_module, "ADOPT_MAX", 3)
+    monkeypatch.setattr(spool_adoption, "ADOPT_MAX", 3)
     ids = []
     for n in range(10):  # ten processes exit with their events spooled, a file each
         earlier = make_sink()
@@ -303,7 +302,8 @@ def test_a_corrupt_spool_record_loses_only_its_own_events_and_says_so(
     stats(), and wait_for_delivery said True (a review helper). Replay now goes on at
     the next valid record; the corrupt one's bytes and events are counted and logged,
     and wait_for_delivery is False."""
-    from audit_middleware.shipper.spool import RECORD, SUFFIX
+    from audit_middleware.shipper.spool_files import SUFFIX
+    from audit_middleware.shipper.spool_format import RECORD
 
     earlier = make_sink()
     batches = []
@@ -340,7 +340,7 @@ def test_a_spool_file_cut_short_does_not_stop_the_replay_of_the_ones_after_it(
     (after its process adopted it, its size known): struct.error from the spool at every
     replay try, logged, and the sink stuck on that file for good: the next file's
     events were never delivered, and the loss was counted nowhere."""
-    from audit_middleware.shipper.spool import SUFFIX
+    from audit_middleware.shipper.spool_files import SUFFIX
 
     cut = make_sink()  # one spool file of this sink's process
     emit_many(10, "a")

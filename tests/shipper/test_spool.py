@@ -18,9 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from audit_middleware.shipper import spool as spool_module
-from audit_middleware.shipper.spool import _RECORD_START as RECORD_START
-from audit_middleware.shipper.spool import RECORD, SUFFIX, Spool
+from audit_middleware.shipper import (
+    spool_adoption,
+    spool_cap,
+    spool_format,
+    spool_held,
+    spool_progress,
+)
+from audit_middleware.shipper.spool import Spool
+from audit_middleware.shipper.spool_files import SUFFIX
+from audit_middleware.shipper.spool_format import _RECORD_START as RECORD_START
+from audit_middleware.shipper.spool_format import RECORD
 from audit_middleware.wire import encode_batch_body
 
 
@@ -40,7 +48,7 @@ def leftovers(directory: Path) -> list[str]:
     """What is in a spool directory but its adoption lock (made once, and kept: see
     ``spool.ADOPTING``)."""
     return sorted(p.name for p in directory.iterdir()
-                  if not p.name.startswith(spool_module.ADOPTING))
+                  if not p.name.startswith(spool_adoption.ADOPTING))
 
 
 def spool_file_of(directory: Path, bodies: Iterable[bytes], **options: int) -> Path:
@@ -101,7 +109,7 @@ def test_a_spool_seen_empty_has_its_bytes_counted_off(tmp_path: Path,
         seen.append((spool.empty, spool.used_bytes))  # what another thread could see now
         unlink(path)
 
-    monkeypatch.setattr(spool_module.os, "unlink", watched_unlink)
+    monkeypatch.setattr(os, "unlink", watched_unlink)
     assert drain(spool) == [b"x" * 1000]
     assert seen == [(True, 0)]
 
@@ -331,7 +339,7 @@ def test_a_child_forked_while_its_parent_adopts_lets_go_of_the_adopted_file(
                 os._exit(0)
             child.append(pid)
 
-    monkeypatch.setattr(spool_module, "fcntl", ForkAfterLocking())
+    monkeypatch.setattr(spool_adoption, "fcntl", ForkAfterLocking())
     assert adopter.adopt_orphans() == 1
     monkeypatch.undo()
     adopter.close()  # the parent dies (its descriptors closed), the child lives on
@@ -402,7 +410,7 @@ def test_a_partial_file_is_removed_only_once_it_is_surely_abandoned(tmp_path: Pa
     old = tmp_path / "00000000000000000000-98-bb.spool-new"
     fresh.write_bytes(b"")
     old.write_bytes(b"")
-    long_ago = time.time() - spool_module.PARTIAL_GRACE - 10
+    long_ago = time.time() - spool_adoption.PARTIAL_GRACE - 10
     os.utime(old, (long_ago, long_ago))
     assert Spool(tmp_path, max_bytes=1 << 20).adopt_orphans() == 0
     assert fresh.exists() and not old.exists()
@@ -418,9 +426,9 @@ def test_the_spool_directory_is_chosen_for_each_effective_user(
     owner = os.geteuid()
     spool = Spool(directory, max_bytes=1 << 20)
     assert spool.directory == directory
-    monkeypatch.setattr(spool_module.os, "geteuid", lambda: owner + 4242)  # another user
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 4242)  # another user
     assert spool.directory == directory / f".uid-{owner + 4242}"
-    monkeypatch.setattr(spool_module.os, "geteuid", lambda: owner)
+    monkeypatch.setattr(os, "geteuid", lambda: owner)
     assert spool.directory == directory
 
 
@@ -468,7 +476,7 @@ def test_a_spool_directory_it_cannot_read_is_an_error_not_a_crash(
     def refused(path: object) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(spool_module.os, "scandir", refused)
+    monkeypatch.setattr(os, "scandir", refused)
     assert spool.adopt_orphans() == 0
     assert "cannot read" in caplog.text and "Permission denied" in caplog.text
 
@@ -504,12 +512,12 @@ def test_counting_the_events_of_a_corrupt_region_is_linear_in_its_size(
     k of them without a newline cost k x n."""
     region = unit * 20_000
     parses = CountedParses()
-    monkeypatch.setattr(spool_module, "orjson", parses)
-    assert spool_module._events_in(region) == 0
+    monkeypatch.setattr(spool_format, "orjson", parses)
+    assert spool_format._events_in(region) == 0
     assert parses.bytes <= len(region)
     good = batch_bodies(2)  # and the headers that are there are still counted
     odd = encode_batch_body('a "b"\\\n\u00e9', [1, 2], [b"{}\n"] * 2, numbered=7)
-    assert spool_module._events_in(region + good[0] + region + good[1] + odd) == 8
+    assert spool_format._events_in(region + good[0] + region + good[1] + odd) == 8
 
 
 def damaged_spool(tmp_path: Path, bodies: list[bytes], damaged: set[int]) -> Path:
@@ -558,7 +566,7 @@ def test_many_damaged_records_cost_a_replay_reads_in_proportion_to_the_file(
         path.write_bytes(b"".join(parts) + data[last:])
     size = path.stat().st_size
     reads = CountedReads()
-    monkeypatch.setattr(spool_module.os, "pread", reads)
+    monkeypatch.setattr(os, "pread", reads)
     adopter = Spool(tmp_path, max_bytes=1 << 30)
     adopter.adopt_orphans()
     replayed = drain(adopter)
@@ -595,12 +603,12 @@ def test_the_scan_budget_bounds_the_work_of_a_whole_file_not_of_each_region(
     path.write_bytes(records[0] + b"".join(junk + r for r in records[1:]))
     tmp_path.chmod(0o700)
     checksums = CountedChecksums()
-    monkeypatch.setattr(spool_module, "zlib", checksums)
+    monkeypatch.setattr(spool_format, "zlib", checksums)
     # A region costs about 4.3 MB of budget (1,800 places at 1 KiB each, and the
     # crc32s of the claimed records followed by a NUL): 20 of them, more than twice
     # this file's budget.
     budget = 10_000_000
-    monkeypatch.setattr(spool_module, "_SCAN_BUDGET", budget)
+    monkeypatch.setattr(spool_format, "_SCAN_BUDGET", budget)
     adopter = Spool(tmp_path, max_bytes=1 << 30)
     adopter.adopt_orphans()
     replayed = drain(adopter)
@@ -627,8 +635,8 @@ def test_a_batch_whose_fsync_failed_and_could_not_be_removed_is_kept_not_dropped
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.append(bodies[0])
     calls: list[str] = []
-    monkeypatch.setattr(spool_module.os, "fsync", failing(errno.EIO, calls, "fsync"))
-    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, calls, "ftruncate"))
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO, calls, "fsync"))
+    monkeypatch.setattr(os, "ftruncate", failing(errno.EIO, calls, "ftruncate"))
     kept = spool.append(bodies[1])
     monkeypatch.undo()
     assert calls[:2] == ["fsync", "ftruncate"]
@@ -650,8 +658,8 @@ def test_a_batch_after_one_that_could_not_be_removed_does_not_tear_it(
     (first, small), big = batch_bodies(2), batch_bodies(1, events=50)[0]
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.append(first)
-    monkeypatch.setattr(spool_module.os, "fsync", failing(errno.EIO, [], "fsync"))
-    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO, [], "fsync"))
+    monkeypatch.setattr(os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
     kept = spool.append(big)
     monkeypatch.undo()
     assert spool.append(small)
@@ -680,9 +688,9 @@ def append_torn(spool: Spool, cut: str, *failing_too: str) -> tuple[bool, int]:
         return real_pwrite(fd, bytes(data)[:written], offset)
 
     with pytest.MonkeyPatch.context() as patched:  # undone before the spool is read
-        patched.setattr(spool_module.os, "pwrite", torn)
+        patched.setattr(os, "pwrite", torn)
         for name in ("ftruncate", *failing_too):
-            patched.setattr(spool_module.os, name, failing(errno.EIO, [], name))
+            patched.setattr(os, name, failing(errno.EIO, [], name))
         return spool.append(body), written
 
 
@@ -765,7 +773,7 @@ def test_a_damaged_progress_file_replays_its_spool_file_from_the_start(
     assert spool.peek() == bodies[0]
     spool.commit()
     spool.close()
-    (progress,) = tmp_path.glob("*" + spool_module.PROGRESS)
+    (progress,) = tmp_path.glob("*" + spool_progress.PROGRESS)
     progress.write_bytes(b"\xff" * 12)  # garbled
     adopter = Spool(tmp_path, max_bytes=1 << 20)
     assert adopter.adopt_orphans() == 1
@@ -781,7 +789,7 @@ def test_a_damaged_progress_file_too_long_is_mended_by_the_next_progress(
     counted its damaged regions again."""
     bodies = batch_bodies(3)
     damaged_spool(tmp_path, bodies, {1})
-    (progress,) = [tmp_path / (path.name[:-len(SUFFIX)] + spool_module.PROGRESS)
+    (progress,) = [tmp_path / (path.name[:-len(SUFFIX)] + spool_progress.PROGRESS)
                    for path in spool_files(tmp_path)]
     progress.write_bytes(b"\xff" * 40)
     first = Spool(tmp_path, max_bytes=1 << 20)
@@ -801,7 +809,7 @@ def test_a_damaged_progress_file_too_long_is_mended_by_the_next_progress(
 
 def test_a_progress_file_left_without_its_spool_file_is_removed(tmp_path: Path) -> None:
     """A process killed between removing a replayed spool file and its progress file."""
-    left = tmp_path / ("00000000000000000001-99-aa" + spool_module.PROGRESS)
+    left = tmp_path / ("00000000000000000001-99-aa" + spool_progress.PROGRESS)
     left.write_bytes(bytes(12))
     assert Spool(tmp_path, max_bytes=1 << 20).adopt_orphans() == 0
     assert not left.exists()
@@ -902,9 +910,9 @@ def test_a_failed_write_kept_whose_bytes_did_not_all_reach_the_file_does_not_sto
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real_pwrite(fd, bytes(data)[:3], offset)
 
-    monkeypatch.setattr(spool_module.os, "pwrite", three_bytes_then_eio)
-    monkeypatch.setattr(spool_module.os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
-    monkeypatch.setattr(spool_module.os, "fstat", failing(errno.EIO, [], "fstat"))
+    monkeypatch.setattr(os, "pwrite", three_bytes_then_eio)
+    monkeypatch.setattr(os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
+    monkeypatch.setattr(os, "fstat", failing(errno.EIO, [], "fstat"))
     # Counted dropped: its 3 bytes hold none of its header line (the writes say how
     # much of it reached the file, which the failed fstat could not).
     assert not spool.append(bodies[1])
@@ -917,7 +925,7 @@ def test_a_failed_write_kept_whose_bytes_did_not_all_reach_the_file_does_not_sto
 
 
 def progress_path_of(path: Path) -> Path:
-    return path.with_name(path.name[:-len(SUFFIX)] + spool_module.PROGRESS)
+    return path.with_name(path.name[:-len(SUFFIX)] + spool_progress.PROGRESS)
 
 
 def plant(progress: Path, planted: str) -> None:
@@ -1105,7 +1113,7 @@ def test_a_clock_stepped_back_does_not_reorder_the_spool(
     back an hour (NTP, a VM restored) between two files, the newer file was named first,
     and the process that adopted them replayed the newer batches before the older."""
     now = [1_800_000_000 * 10**9]
-    monkeypatch.setattr(spool_module.time, "time_ns", lambda: now[0])
+    monkeypatch.setattr(time, "time_ns", lambda: now[0])
     spool = Spool(tmp_path, max_bytes=1 << 20, file_bytes=10)  # one batch a file
     assert spool.append(b"first")
     now[0] -= 3600 * 10**9
@@ -1123,7 +1131,7 @@ def test_a_disk_that_keeps_refusing_batches_is_said_at_a_low_rate_and_its_recove
     lines a second in an outage, into logs as likely as not on that same full disk."""
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.append(b"before")
-    monkeypatch.setattr(spool_module.os, "pwrite", failing(errno.ENOSPC, [], "pwrite"))
+    monkeypatch.setattr(os, "pwrite", failing(errno.ENOSPC, [], "pwrite"))
     with caplog.at_level("WARNING", logger="audit_middleware"):
         assert not any(spool.append(b"x" * 100) for _ in range(100))
         monkeypatch.undo()
@@ -1168,7 +1176,7 @@ def refuse_removing_spool_files(monkeypatch: pytest.MonkeyPatch) -> None:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
         unlink(path)
 
-    monkeypatch.setattr(spool_module.os, "unlink", refused)
+    monkeypatch.setattr(os, "unlink", refused)
 
 
 def test_a_replayed_file_that_cannot_be_removed_is_not_sent_again(
@@ -1217,8 +1225,8 @@ def test_a_long_run_of_zeros_costs_no_search_at_each_byte_nor_its_size_in_memory
     with path.open("ab") as file:
         file.truncate(path.stat().st_size + (32 << 20))
     search, reads = CountedSearch(), CountedReads()
-    monkeypatch.setattr(spool_module, "_RECORD_START", search)
-    monkeypatch.setattr(spool_module.os, "pread", reads)
+    monkeypatch.setattr(spool_format, "_RECORD_START", search)
+    monkeypatch.setattr(os, "pread", reads)
     adopter = Spool(tmp_path, max_bytes=1 << 30)
     adopter.adopt_orphans()
     assert drain(adopter) == [b"kept"]
@@ -1231,7 +1239,7 @@ def test_events_are_counted_in_a_damaged_region_read_a_slice_at_a_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Read a slice at a time, a region counts the events of every header line in it,
     those across a slice's end included."""
-    monkeypatch.setattr(spool_module, "_COUNT_SLICE", 100)
+    monkeypatch.setattr(spool_format, "_COUNT_SLICE", 100)
     bodies = batch_bodies(40, events=3)
     path = damaged_spool(tmp_path, bodies, set(range(40)))  # every record's crc fails
     size = path.stat().st_size
@@ -1279,7 +1287,7 @@ def test_a_backlog_of_spool_files_does_not_take_every_descriptor(tmp_path: Path)
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     adopted, *replayed = done.stdout.splitlines()
-    assert adopted == f"adopted {spool_module.ADOPT_MAX}"
+    assert adopted == f"adopted {spool_adoption.ADOPT_MAX}"
     # Every orphan, oldest first, the rest adopted as the spool emptied; its own batch
     # too (another source: where it falls among them does not matter).
     assert [line for line in replayed if line != "its own"] == [b.decode() for b in bodies]
@@ -1293,7 +1301,7 @@ def test_a_forked_child_says_its_first_refused_batch(
     parent's in a forked child: a child forked after 2 refusals did not say its first
     (the 3rd), and said a recovery from the parent's refusals it never had."""
     spool = Spool(tmp_path, max_bytes=1 << 20)
-    monkeypatch.setattr(spool_module.os, "pwrite", failing(errno.ENOSPC, [], "pwrite"))
+    monkeypatch.setattr(os, "pwrite", failing(errno.ENOSPC, [], "pwrite"))
     assert not spool.append(b"x") and not spool.append(b"y")
     spool.after_fork()  # what the child's at-fork hook does
     caplog.clear()
@@ -1313,7 +1321,7 @@ def test_files_replayed_that_cannot_be_removed_hold_no_more_descriptors_than_ado
     more, replayed and held them, until the whole backlog was open (what ``ADOPT_MAX``
     is there to prevent). And once the directory was writable again, they stayed open
     and on disk until the process exited."""
-    monkeypatch.setattr(spool_module, "ADOPT_MAX", 3)
+    monkeypatch.setattr(spool_adoption, "ADOPT_MAX", 3)
     bodies = orphans(tmp_path, 10)
     refuse_removing_spool_files(monkeypatch)
     before = open_descriptors()
@@ -1337,7 +1345,7 @@ def test_a_scan_with_no_room_for_held_files_does_not_ask_for_another_at_once(
     a directory made unwritable), a scan has no room and adopts nothing: it set the flag
     all the same, at every spool file it passed, so the sink listed and counted the whole
     directory 20 times a second for as long as the directory stayed unwritable."""
-    monkeypatch.setattr(spool_module, "ADOPT_MAX", 3)
+    monkeypatch.setattr(spool_adoption, "ADOPT_MAX", 3)
     orphans(tmp_path, 10)
     refuse_removing_spool_files(monkeypatch)
     spool = Spool(tmp_path, max_bytes=1 << 30)
@@ -1358,9 +1366,10 @@ def open_descriptors() -> int:
 _ORDERED_ADOPTER = """
 import os, sys, time
 from pathlib import Path
-from audit_middleware.shipper import spool as spool_module
-spool_module.ADOPT_MAX = int(sys.argv[3])
-spool = spool_module.Spool(sys.argv[1], max_bytes=1 << 30)
+from audit_middleware.shipper import spool_adoption
+from audit_middleware.shipper.spool import Spool
+spool_adoption.ADOPT_MAX = int(sys.argv[3])
+spool = Spool(sys.argv[1], max_bytes=1 << 30)
 print("adopted", spool.adopt_orphans(), flush=True)
 sys.stdin.readline()
 
@@ -1425,8 +1434,8 @@ def test_orphans_are_taken_over_from_an_adopter_that_died(tmp_path: Path) -> Non
     """The adoption lock goes with the process that held it: the next one adopts what it
     left, from where its progress files say."""
     bodies = orphans(tmp_path / "spool", 6)
-    code = ("import os, sys\nfrom audit_middleware.shipper import spool as m\n"
-            "m.ADOPT_MAX = 3\ns = m.Spool(sys.argv[1], max_bytes=1 << 30)\n"
+    code = ("import os, sys\nfrom audit_middleware.shipper import spool, spool_adoption\n"
+            "spool_adoption.ADOPT_MAX = 3\ns = spool.Spool(sys.argv[1], max_bytes=1 << 30)\n"
             "assert s.adopt_orphans() == 3\ns.peek()\ns.commit()\nos._exit(9)\n")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "spool")], check=False)
     survivor = Spool(tmp_path / "spool", max_bytes=1 << 30)
@@ -1467,7 +1476,7 @@ def test_a_spool_of_many_files_is_not_counted_at_each_append(
     20,000 files, on the sink's thread during an outage, which spooled so slowly that
     the queue filled and dropped. It is counted again once the count is 100 times older
     than it took (here a step of the clock), or this process appended its share."""
-    monkeypatch.setattr(spool_module, "_clock", SteppingClock(), raising=False)
+    monkeypatch.setattr(spool_cap, "_clock", SteppingClock())
     spool = Spool(tmp_path, max_bytes=1 << 30)
     spool.adopt_orphans()
     for i in range(1000):  # other processes' files
@@ -1486,8 +1495,8 @@ def test_processes_pass_the_shared_cap_by_their_share_of_it_at_most(
     its count shows the cap reached; then it refuses, and goes on refusing on that count
     until the count is old; counted again then, it sees the room the others made."""
     clock = SteppingClock(step=0.0)  # frozen: only the share sends a process counting
-    monkeypatch.setattr(spool_module, "_clock", clock, raising=False)
-    cap = spool_module.RECOUNT_SHARE * 1000
+    monkeypatch.setattr(spool_cap, "_clock", clock)
+    cap = spool_cap.RECOUNT_SHARE * 1000
     slow, fast = Spool(tmp_path, max_bytes=cap), Spool(tmp_path, max_bytes=cap)
     assert slow.append(b"s" * 100)
     while fast.append(b"f" * 100):
@@ -1496,7 +1505,7 @@ def test_processes_pass_the_shared_cap_by_their_share_of_it_at_most(
     while slow.append(b"s" * 100):
         late += 1
     used = sum(p.stat().st_size for p in spool_files(tmp_path))
-    assert 0 < late and cap < used <= cap + cap // spool_module.RECOUNT_SHARE
+    assert 0 < late and cap < used <= cap + cap // spool_cap.RECOUNT_SHARE
     counts = counting_listings(slow, monkeypatch)
     assert not slow.append(b"s" * 100) and counts == []  # full, as just counted
     drain(fast)  # the other process replays its batches
@@ -1513,7 +1522,7 @@ def unreadable_orphan(directory: Path) -> tuple[Path, bytes]:
 
 
 def set_aside(path: Path) -> Path:
-    return path.with_name(path.name[:-len(SUFFIX)] + spool_module.UNREADABLE)
+    return path.with_name(path.name[:-len(SUFFIX)] + spool_held.UNREADABLE)
 
 
 def test_a_spool_file_with_no_record_this_release_reads_is_set_aside_not_removed(
@@ -1547,7 +1556,7 @@ def test_an_unreadable_spool_file_that_cannot_be_set_aside_is_kept_until_it_can_
     def refused(*args: object) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(spool_module.os, "rename", refused)
+    monkeypatch.setattr(os, "rename", refused)
     assert spool.adopt_orphans() == 1
     assert drain(spool) == []
     assert path.read_bytes() == future  # not removed either
@@ -1609,7 +1618,7 @@ def test_a_child_forked_without_the_hook_does_not_keep_the_adoption_lock(
     os.close(read_end)
     try:
         assert drain(parent) == [b"orphan 0", b"orphan 1"]  # the lock is let go here
-        lock = os.open(tmp_path / spool_module.ADOPTING, os.O_RDONLY)
+        lock = os.open(tmp_path / spool_adoption.ADOPTING, os.O_RDONLY)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free for another adopter
         finally:
@@ -1633,7 +1642,7 @@ def test_a_forked_childs_hook_leaves_its_parent_the_adoption_lock(tmp_path: Path
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    lock = os.open(tmp_path / spool_module.ADOPTING, os.O_RDONLY)
+    lock = os.open(tmp_path / spool_adoption.ADOPTING, os.O_RDONLY)
     try:
         with pytest.raises(BlockingIOError):  # still the parent's
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1650,7 +1659,7 @@ def test_a_newer_releases_file_half_replayed_is_set_aside_not_removed(
     torn tail: removed, the rest of the newer release's batches with it."""
     path, future = unreadable_orphan(tmp_path)
     offset = 300
-    progress_path_of(path).write_bytes(spool_module._OFFSET.pack(
+    progress_path_of(path).write_bytes(spool_progress._OFFSET.pack(
         offset, zlib.crc32(offset.to_bytes(8, "big"))))
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.adopt_orphans() == 1
@@ -1669,7 +1678,7 @@ def test_a_file_whose_last_batch_is_torn_past_its_progress_is_removed(
     torn = RECORD.pack(40, 0) + b'{"batch": "head'
     with path.open("ab") as f:
         f.write(torn)
-    progress_path_of(path).write_bytes(spool_module._OFFSET.pack(
+    progress_path_of(path).write_bytes(spool_progress._OFFSET.pack(
         offset, zlib.crc32(offset.to_bytes(8, "big"))))
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.adopt_orphans() == 1

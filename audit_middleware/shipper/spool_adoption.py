@@ -1,0 +1,234 @@
+"""Adoption of orphans: spool files no live process holds (their process exited or
+crashed), taken over and replayed by whoever finds them, one process at a time under
+the adoption lock (``ADOPTING``); files of another destination are left for a sink of
+that one. See ``spool``'s module doc."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from .spool_cap import _SharedCap
+from .spool_files import _PARTIAL, _TAG_MARK, SUFFIX, _File, _unlink_quietly, _unsafe, log
+from .spool_held import _HeldFiles
+from .spool_progress import PROGRESS, _load_progress, _remove_if_alone
+
+#: Spool files adopted at most by one scan: each is held open (its lock is its claim), and
+#: a backlog of thousands (workers crash-looping through an outage, each leaving a file)
+#: took every descriptor the process had: its sockets failed. The rest wait for the next
+#: scan (``Spool.orphans_left``).
+ADOPT_MAX = 64
+#: The adoption lock's file in the spool directory (``.adopting~<tag>`` for a tagged
+#: destination): held by the one process replaying orphans (see ``spool``'s module doc). Made
+#: once and kept, empty: removed while another process had it locked, a third one made a
+#: new one, and two processes held "the" lock.
+ADOPTING = ".adopting"
+#: Seconds a partial file (a creation that never finished) is left alone: between its
+#: process's open and its lock, another one could take it for abandoned and delete it.
+PARTIAL_GRACE = 60.0
+
+
+class _Adoption(_HeldFiles, _SharedCap):
+    """``Spool``'s adoption of orphans, and the adoption lock."""
+
+    #: Set, and said, in ``Spool.__init__``.
+    _foreign_said: set[str]
+    _adoption: int
+    _adoption_failed: bool
+    _scanned: bool
+    orphans_left: bool
+
+    def adopt_orphans(self) -> int:
+        """Take over spool files no live process holds; returns how many were adopted.
+        Where this user spools in the configured directory, its private subdirectory
+        is adopted from too (batches from a time the directory was shared); where it
+        spools in the private one, batch files left in the shared directory are not
+        replayed (anyone could have put them there), and said so."""
+        self._scanned = True
+        self.orphans_left = False
+        self._release_held()
+        directory, private = self.directory, self._private
+        places = [directory] if directory == private else [directory, private]
+        # Files held (replayed, not removable) are open too: not counted, a directory
+        # made unwritable had each scan adopt, replay and hold ADOPT_MAX more, until the
+        # whole backlog was open. The rest waits until they can be removed.
+        room = ADOPT_MAX - len(self._held)
+        adopted: list[_File] = []
+        for place in places:
+            adopted += self._adopt_from(place, room - len(adopted))
+        # Left for a scan at once only by one that filled its room: with no room (held
+        # files) it adopts nothing again, and the sink listed and counted the whole
+        # directory at each tick (``max_delay``) while the directory stayed unwritable.
+        self.orphans_left = self.orphans_left and bool(adopted)
+        if directory == private:
+            _report_stranded(self.configured)
+        if adopted:
+            # Older files first; ours are newer than anything left by a dead process.
+            self._files = sorted(self._files + adopted, key=lambda f: f.path.name)
+            log.warning("audit spool %s: replaying %d spool file(s) left by earlier "
+                        "processes", directory, len(adopted))
+        self._opening.difference_update(f.fd for f in adopted)
+        self._release_adoption()  # taken for nothing (every file found was a live one's)
+        self._recount()
+        return len(adopted)
+
+    def _adopt_from(self, place: Path, room: int) -> list[_File]:
+        """The orphans found in ``place``, ``room`` at most (the oldest; said in
+        ``orphans_left`` when more are left)."""
+        try:
+            reason = _unsafe(place, follow=place == self.configured)
+            entries = sorted(os.scandir(place), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:  # e.g. not ours to read: say so once a scan, not a traceback
+            log.error("audit spool: cannot read %s (%s): its batches cannot be replayed; "
+                      "give this process's user access, or choose another spool_dir",
+                      place, exc)
+            return []
+        if reason:
+            log.error("audit spool: adopting nothing: %s", reason)
+            return []
+        # Held files too: ours, not to be opened and tried for a lock at each scan.
+        owned = {f.path.name for f in self._files + self._held}
+        adopted: list[_File] = []
+        foreign: list[str] = []
+        locked: bool | None = None  # the adoption lock: tried at the first candidate
+        for entry in entries:
+            if entry.name.endswith(PROGRESS):
+                _remove_if_alone(Path(entry.path))
+                continue
+            if entry.name in owned or not entry.name.endswith((SUFFIX, _PARTIAL)):
+                continue
+            if entry.name.endswith(SUFFIX) and not self._replays(entry.name):
+                foreign.append(entry.name)  # another collector's batches: not ours to send
+                continue
+            if len(adopted) >= room and entry.name.endswith(SUFFIX):
+                self.orphans_left = True  # maybe: a live process's, or one to adopt next
+                continue
+            if entry.name.endswith(_PARTIAL) and _younger_than(entry, PARTIAL_GRACE):
+                continue  # maybe being made: created, not yet locked by its process
+            if entry.name.endswith(SUFFIX):
+                locked = self._take_adoption() if locked is None else locked
+                if not locked:
+                    continue  # a live process replays the orphans: one at a time, in order
+            try:
+                fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            self._opening.add(fd)  # until adopt_orphans takes it (see __init__)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._close_opening(fd)  # a live process owns it
+                continue
+            if os.fstat(fd).st_nlink == 0:
+                # Opened just before its owner replayed it whole and unlinked it: the
+                # lock came free with the owner's close, but the file is done.
+                self._close_opening(fd)
+                continue
+            if entry.name.endswith(_PARTIAL):  # creation never finished: nothing in it
+                _unlink_quietly(Path(entry.path))
+                self._close_opening(fd)
+                continue
+            size = os.fstat(fd).st_size
+            path = Path(entry.path)
+            read_pos, found, planted = _load_progress(path, size)
+            # Something planted at its progress path was said (and what to do): not
+            # said again at each file's first progress write that it refuses.
+            adopted.append(_File(path, fd, size, read_pos, began_at=read_pos,
+                                 progress_exists=found, progress_failed=planted,
+                                 adopted=True))
+        self._say_foreign(place, foreign)
+        return adopted
+
+    def _say_foreign(self, place: Path, names: list[str]) -> None:
+        """Said once for each file: batches spooled for another collector (a sink with
+        another url spooling in the same directory) wait there for a sink of that url;
+        replayed here, they went to the wrong audit log."""
+        new = [name for name in names if name not in self._foreign_said]
+        if not new:
+            return
+        self._foreign_said.update(new)
+        # Not only files nobody holds: telling those apart takes their lock, which the
+        # sink they are for may be trying to take at that moment. Hence "no app".
+        log.warning("audit spool %s: %d spool file(s) hold batches for another collector "
+                    "than this sink's (a sink with another url spooled them here): left "
+                    "for a sink of that url. If that collector has moved and no app ships "
+                    "to its old url any more, remove the '%s...' part of their names (e.g. "
+                    "%s; and of each one's %s file, or it is replayed from its start) and "
+                    "this sink replays them", place, len(new), _TAG_MARK, new[0], PROGRESS)
+
+    def _take_adoption(self) -> bool:
+        """Hold the adoption lock (see ``spool``'s module doc): False when another process
+        holds it. One that cannot be opened (a directory made unwritable before it was
+        ever made) does not stop replay: said once, and orphans are adopted without it."""
+        if self._adoption >= 0:
+            return True
+        path = self.directory / (ADOPTING + (_TAG_MARK + self._tag if self._tag else ""))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK | os.O_NOCTTY, 0o600)
+        except OSError as exc:
+            if not self._adoption_failed:
+                self._adoption_failed = True
+                log.error("audit spool %s: cannot open the adoption lock %s (%s): files left "
+                          "by dead processes are adopted without it, and two processes "
+                          "adopting at once may replay them out of order; let this "
+                          "process's user write the spool directory",
+                          self.directory, path.name, exc)
+            return True
+        self._opening.add(fd)  # a fork now: the child closes its copy (see __init__)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._close_opening(fd)
+            return False
+        self._adoption = fd  # before it leaves _opening: a fork closes it either way
+        self._opening.discard(fd)
+        return True
+
+    def _release_adoption(self) -> None:
+        """Let go of the adoption lock once every file adopted under it is replayed.
+        Unlocked, not only closed: an ``flock`` is the open file's, and a child forked
+        without the at-fork hook (uWSGI) holds a copy of the descriptor until its first
+        event; closed only, the lock stayed held by an idle child, and nobody adopted
+        again. (A child never unlocks: see ``_forget_adoption``.)"""
+        if self._adoption >= 0 and not any(f.adopted for f in self._files):
+            try:
+                fcntl.flock(self._adoption, fcntl.LOCK_UN)
+            except OSError:
+                pass  # the close below releases it too, once no child holds a copy
+            self._forget_adoption()
+
+    def _forget_adoption(self) -> None:
+        """Close our descriptor of the adoption lock without unlocking it: in a forked
+        child, the lock is the parent's, which it keeps."""
+        fd, self._adoption = self._adoption, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # closed already by after_fork (a fork while it was being taken)
+
+
+def _report_stranded(configured: Path) -> None:
+    """Batch files in a spool directory that is not this user's alone are not replayed
+    (anyone could have put them there): never silently."""
+    try:
+        stranded = [e.name for e in os.scandir(configured) if e.name.endswith(SUFFIX)]
+    except OSError:
+        return
+    if stranded:
+        log.error("audit spool: %d batch file(s) in %s are not replayed while others can "
+                  "write the directory (anyone could have put them there): make it this "
+                  "user's alone (chmod go-w; chown) to replay them", len(stranded),
+                  configured)
+
+
+def _younger_than(entry: os.DirEntry[str], seconds: float) -> bool:
+    try:
+        return time.time() - entry.stat().st_mtime < seconds
+    except FileNotFoundError:
+        return True  # gone meanwhile: nothing to do
