@@ -35,11 +35,22 @@ class Anchor(NamedTuple):
 
 
 def boot_id() -> str | None:
-    """This boot's id; None where the system has none to read (not Linux)."""
+    """This boot's id; None where it cannot be read (said in the log: no anchor is kept
+    then, and the protection it gives is off)."""
     try:
-        return _BOOT_ID.read_text(encoding="ascii").strip() or None
-    except (OSError, ValueError):
+        found = _BOOT_ID.read_text(encoding="ascii").strip()
+        if not found:
+            raise ValueError("it is empty")
+    except (OSError, ValueError) as exc:
+        # Said, not silent: a unit hardened with ProcSubset=pid (systemd-analyze security
+        # suggests it) hides /proc/sys, and the next restart on a clock stepped forward
+        # deleted the whole history, with nothing in the log to say why.
+        log.warning("audit store: cannot read this boot's id from %s (%s): no clock "
+                    "anchor is kept, so a restart believes a wall clock stepped forward "
+                    "and retention by age may then delete early; let the collector read "
+                    "that file (systemd: no ProcSubset=pid)", _BOOT_ID, exc)
         return None
+    return found
 
 
 def load(path: Path) -> Anchor | None:

@@ -22,9 +22,9 @@ each start, a forward step was believed as soon as the collector restarted (a cr
 deploy, a crash loop), and that first retention pass deleted the whole history. Now a
 start in the same boot takes the earlier of the wall clock and the last anchor advanced
 by the elapsed clock. A reboot (the elapsed clock starts again), a missing or garbled
-anchor, or an operator who deletes it (the way out when the clock had been behind and
-was set right) start from the wall clock: a clock wrong then is believed, as nothing
-here can tell it from the downtime.
+anchor, no boot id to tell this boot's anchor by (logged), or an operator who deletes it
+(the way out when the clock had been behind and was set right) start from the wall
+clock: a clock wrong then is believed, as nothing here can tell it from the downtime.
 """
 
 from __future__ import annotations

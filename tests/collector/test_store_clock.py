@@ -218,3 +218,21 @@ def test_a_collector_restarted_after_its_clock_stepped_forward_deletes_nothing()
     assert set(ids) <= stored, log
     assert "retention: deleted" not in log, log
     assert "ahead of the time its last run's clock anchor says" in log, log
+
+
+def test_a_boot_id_that_cannot_be_read_is_said_with_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without the kernel's boot id (a unit hardened with ProcSubset=pid hides
+    /proc/sys) no anchor is kept, and a restart believes a clock stepped forward: the
+    whole history deleted at the next start. That went unsaid."""
+    hidden = tmp_path / "hidden" / "boot_id"
+    monkeypatch.setattr(clock_anchor, "_BOOT_ID", hidden)
+    with caplog.at_level(logging.WARNING, logger="collector.store"):
+        store_clock.StoreClock(tmp_path)
+    assert not (tmp_path / clock_anchor.NAME).exists()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1, said
+    assert f"cannot read this boot's id from {hidden}" in said[0]
+    assert "a restart believes a wall clock stepped forward" in said[0]
+    assert "ProcSubset=pid" in said[0]  # what to do
