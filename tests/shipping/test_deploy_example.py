@@ -54,3 +54,14 @@ def test_stopping_leaves_time_to_drain(tmp_path: Path) -> None:
     service = unit()
     assert service["KillSignal"] == ["SIGTERM"]
     assert float(service["TimeoutStopSec"][0]) > config.drain_timeout
+
+
+def test_the_unit_starts_after_the_clock_is_synchronized() -> None:
+    """A clock set forward after the collector started (a board without a real-time
+    clock, NTP stepping it at boot) is not believed by retention until the next reboot
+    (the store clock's anchor): the unit starts once the clock is synchronized, where
+    the system waits for that (systemd-time-wait-sync, chrony-wait)."""
+    service = unit()
+    assert "time-sync.target" in " ".join(service["After"]).split(), service["After"]
+    # Ordered after it, never pulling it in (systemd.special(7)).
+    assert "time-sync.target" not in " ".join(service.get("Wants", [])).split()
