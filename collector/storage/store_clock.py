@@ -109,9 +109,16 @@ class StoreClock:
             log.warning("audit store: the wall clock moved %.0f s further forward than "
                         "time has passed since the store opened (a clock step, a VM "
                         "resumed): retention by age keeps counting elapsed time, not "
-                        "the step, and deletes nothing early, after a restart too; %s",
-                        ahead / 1e9, self._way_out())
+                        "the step, and deletes nothing early, %s",
+                        ahead / 1e9, self._after_a_restart())
         return trusted
+
+    def _after_a_restart(self) -> str:
+        """What a restart in this boot does with the step (the warning's end)."""
+        if self._boot_id is None:  # no anchor is kept (said at the opening)
+            return ("until the collector restarts: without this boot's id it keeps no "
+                    "clock anchor, and a restart believes the wall clock")
+        return f"after a restart too; {self._way_out()}"
 
     def save_if_due(self) -> None:
         """Write the anchor again if ``ANCHOR_EVERY_NS`` has passed (the housekeeping's)."""

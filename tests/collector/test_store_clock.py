@@ -236,3 +236,19 @@ def test_a_boot_id_that_cannot_be_read_is_said_with_what_to_do(
     assert f"cannot read this boot's id from {hidden}" in said[0]
     assert "a restart believes a wall clock stepped forward" in said[0]
     assert "ProcSubset=pid" in said[0]  # what to do
+
+
+def test_without_a_boot_id_a_step_is_not_said_to_be_ignored_after_a_restart(
+        tmp_path: Path, fixed_clocks: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With no anchor kept, the warning of a step still said retention deleted nothing
+    early "after a restart too", and named deleting an anchor that does not exist."""
+    monkeypatch.setattr(clock_anchor, "boot_id", lambda: None)
+    clock = store_clock.StoreClock(tmp_path)
+    fixed_clocks["wall"] += YEAR_NS
+    with caplog.at_level(logging.WARNING, logger="collector.store"):
+        assert clock.retention_now_ns() == 1_000_000 * S
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1, said
+    assert "until the collector restarts" in said[0], said
+    assert "after a restart too" not in said[0] and clock_anchor.NAME not in said[0], said
