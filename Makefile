@@ -22,7 +22,7 @@ test: $(STAMP)
 # `python3.N` on PATH that runs, else pyenv's 3.N; PYTHONS=/path/python3.N ... to choose.
 # Each gets a virtualenv of its own, .venv-3.N. Not part of `make test` (CI time).
 FAST_TESTS ?= tests/app tests/formats tests/otel tests/shipping tests/cli tests/api \
-	tests/shipper tests/collector tests/integrity
+	tests/shipper tests/collector tests/integrity tests/packaging
 test-pythons:
 	@pythons="$(PYTHONS)"; \
 	if [ -z "$$pythons" ]; then \

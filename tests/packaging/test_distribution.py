@@ -220,11 +220,21 @@ def test_a_users_mypy_reads_the_installed_packages_type_hints(built: Built,
 def test_the_sdist_holds_what_a_build_needs_and_no_tests(built: Built) -> None:
     with tarfile.open(built.sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-    needed = {"PKG-INFO", "pyproject.toml", "README.md", *PACKAGES}
+    needed = {"PKG-INFO", "pyproject.toml", "README.md", "LICENSE", *PACKAGES}
     metadata = {"setup.cfg", "MANIFEST.in", "audit_middleware.egg-info"}
     top = {name.split("/")[0] for name in names}
     assert needed <= top and top - needed <= metadata, top - needed - metadata
     assert source_files(built.source) <= names
+
+
+def test_the_licence_text_goes_out_with_the_wheel(built: Built) -> None:
+    """pyproject says Apache-2.0, whose section 4 asks that a copy of the licence go
+    with every copy of the work: the wheel carried no text of it."""
+    licence = f"{dist_info(built.wheel)}/licenses/LICENSE"
+    with zipfile.ZipFile(built.wheel) as z:
+        text = z.read(licence).decode()
+    assert text == (built.source / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
 
 
 def test_the_sdist_builds_a_wheel_of_the_same_files(built: Built) -> None:
