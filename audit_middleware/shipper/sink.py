@@ -131,19 +131,20 @@ class CollectorSink:
         self._batch_size = batch_size  # events per frame
         # Resolved now: a later chdir must not move the spool (or split it in two).
         problem = place_problem(Path(os.path.abspath(spool_dir))) if spool_dir else None
-        if problem is not None:
-            if spool_dir != DEFAULT_SPOOL_DIR:
-                raise AuditConfigurationError(problem)
-            # The default, relative to a working directory the app may not own (a
-            # container's root-owned WORKDIR, a unit run from /): said, not fatal, as the
-            # spool matters only during an outage.
-            log.error("audit: %s; events that cannot be delivered will be dropped", problem)
+        if problem is not None and spool_dir != DEFAULT_SPOOL_DIR:
+            raise AuditConfigurationError(problem)
         # Tagged with the collector's URL: another app spooling in the same directory for
         # another collector leaves these batches for a sink of this one (spool.py). Its
         # identity, not its spelling: the next start may spell the same collector anew.
         self._spool = (Spool(os.path.abspath(spool_dir), spool_max_bytes,
                              destination=self.endpoint.identity)
                        if spool_dir is not None else None)
+        if self._spool is not None:
+            # The default, relative to a working directory the app may not own (a
+            # container's root-owned WORKDIR, a unit run from /): said, not fatal, as the
+            # spool matters only during an outage. Checked again for a worker that drops
+            # root after the fork (``_idle``, ``stats``).
+            self._spool.check_place()
         self.dropped = Counter()  # besides the queue's own overflow count
         self._sender = Sender(
             self.endpoint, token=token, tls=self._tls, connect_timeout=connect_timeout,
@@ -262,6 +263,8 @@ class CollectorSink:
         spool = self._spool
         if spool is None:
             return False
+        # Here, not at the fork: a server's worker drops root after it (gunicorn --user).
+        spool.check_place()
         with self._io_lock:
             if spool.empty:
                 now = time.monotonic()
@@ -445,9 +448,11 @@ class CollectorSink:
         ``spool_bytes`` (the spool directory's bytes for this collector, every process's
         files, as this process last counted them plus its own changes since: an estimate,
         counted again only as often as the shared cap needs, see docs/shipping.md; do not
-        sum it over workers) and ``spool_corrupt_bytes`` (spooled bytes found torn or corrupt
+        sum it over workers), ``spool_corrupt_bytes`` (spooled bytes found torn or corrupt
         when replayed, logged: lost, their events in ``dropped`` as far as they could be
-        counted)."""
+        counted) and ``spool_unusable`` (1 while this process's user cannot spool in
+        ``spool_dir``, logged with what to do: batches the collector cannot take are
+        dropped; checked again after a worker drops root)."""
         self._check_fork()
         counts = self._queue.counts()
         spool = self._spool
@@ -468,6 +473,7 @@ class CollectorSink:
             "queued": counts["queued"],
             "spool_bytes": spool.used_bytes if spool is not None else 0,
             "spool_corrupt_bytes": spool.corrupt_bytes if spool is not None else 0,
+            "spool_unusable": int(bool(spool.check_place())) if spool is not None else 0,
         }
 
     def __repr__(self) -> str:

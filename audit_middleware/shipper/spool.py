@@ -71,6 +71,7 @@ import fcntl
 import math
 import os
 import secrets
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -143,6 +144,9 @@ class Spool(_Adoption):
         self.corrupt_bytes = 0
         self.lost_events = 0
         self._write_failures = 0  # batches the disk refused in a row (see _write_failed)
+        self._place_checked = (-1, -math.inf)  # no user's place checked yet (check_place)
+        self._place_problem = ""
+        self._place_lock = threading.Lock()
         self.directory  # noqa: B018 - chosen now, so a shared directory is logged at start
 
     # -- writing --------------------------------------------------------------------------
@@ -412,6 +416,7 @@ class Spool(_Adoption):
             except OSError:
                 pass
         self._opening.clear()
+        self._place_lock = threading.Lock()  # maybe held by another thread at the fork
         self._forget_adoption()  # before close(), which would unlock the parent's lock
         self.close()
         self._used = 0

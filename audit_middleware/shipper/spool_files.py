@@ -10,6 +10,8 @@ import hashlib
 import logging
 import os
 import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,9 @@ SUFFIX = ".spool"
 _PARTIAL = ".spool-new"
 #: Between a spool file's name and its destination tag: ``<time>-<pid>-<rand>~<tag>.spool``.
 _TAG_MARK = "~"
+#: Seconds between checks of a spool place found unusable (see
+#: ``_SpoolFiles.check_place``): one made usable (chown, chmod) is seen, and said, that soon.
+PLACE_RECHECK = 10.0
 
 
 @dataclass
@@ -54,6 +59,10 @@ class _SpoolFiles:
     _directories: dict[int, Path]
     _files: list[_File]
     _opening: set[int]
+    #: The effective user whose spool place was last checked, and when (``check_place``).
+    _place_checked: tuple[int, float]
+    _place_problem: str  # what that check found ("": none)
+    _place_lock: threading.Lock
 
     @property
     def directory(self) -> Path:
@@ -74,6 +83,33 @@ class _SpoolFiles:
                 log.warning("audit spool: %s; spooling in %s instead", reason, chosen)
             self._directories[euid] = chosen
         return chosen
+
+    def check_place(self) -> str:
+        """Why this process's user cannot spool (see ``place_problem``; "" when it can).
+        Checked again whenever the effective user changes: a server started as root
+        makes the app (and this spool) in its master, and its workers drop to another
+        user after the fork (gunicorn --user); one that could not make its spool there
+        found out only when the collector went away, as every batch of the outage
+        dropped. The sink calls this at each cycle of its worker thread and in stats():
+        found at a worker's first cycle, said with what to do, shown in stats. A place
+        found unusable is checked again every ``PLACE_RECHECK`` seconds, and said once
+        it can be used."""
+        euid = os.geteuid()
+        with self._place_lock:
+            checked_for, checked_at = self._place_checked
+            now = time.monotonic()
+            if euid == checked_for and (not self._place_problem
+                                        or now - checked_at < PLACE_RECHECK):
+                return self._place_problem
+            problem = place_problem(self.configured) or ""
+            if problem and problem != self._place_problem:
+                log.error("audit spool: %s; events that cannot be delivered will be "
+                          "dropped", problem)
+            elif self._place_problem and not problem:
+                log.warning("audit spool: %s can be used by this process's user (uid %d) "
+                            "now", self.configured, euid)
+            self._place_checked, self._place_problem = (euid, now), problem
+            return problem
 
     @property
     def _private(self) -> Path:
@@ -119,24 +155,52 @@ def private_directory(configured: Path) -> Path:
 
 
 def place_problem(spool_dir: Path) -> str | None:
-    """Why a spool can never be made at ``spool_dir`` (None: it can, as far as can be
-    told without making it). It is made when first needed, which is when the collector
-    is away: a place where it cannot be made would drop every event of the outage."""
-    private = private_directory(spool_dir)
-    if private.is_dir():  # made for this user by an admin (see Spool.directory)
-        spool_dir = private
-    place = spool_dir
-    while not place.exists() and place.parent != place:
-        place = place.parent
+    """Why this process's user can never spool at ``spool_dir`` (None: it can, as far as
+    can be told without making it). It is made when first needed, which is when the
+    collector is away: a place where it cannot be made would drop every event of the
+    outage. For the effective user of now: a worker that drops root after the fork is
+    checked again (see ``_SpoolFiles.check_place``)."""
+    configured = place = spool_dir
+    try:
+        private = private_directory(spool_dir)
+        if private.is_dir():  # made for this user by an admin (see Spool.directory)
+            spool_dir = place = private
+        while not place.exists() and place.parent != place:
+            place = place.parent
+        if _writable_directory(place):
+            return None
+    except OSError:  # not even searchable by this user (EACCES): no spool there either
+        pass
+    hint = _owner_hint(place, configured)
+    return (f"spool_dir={str(spool_dir)!r} cannot be used: {place} is not a directory "
+            f"this process can write to.{hint} Give a writable directory (it is made when "
+            f"first needed), or spool_dir=None to hold undelivered batches in memory only")
+
+
+def _writable_directory(place: Path) -> bool:
     effective = os.access in os.supports_effective_ids
-    if (not place.is_dir()
-            or not os.access(place, os.W_OK | os.X_OK, effective_ids=effective)
-            or os.statvfs(place).f_flag & os.ST_RDONLY):  # root passes access() there
-        return (f"spool_dir={str(spool_dir)!r} cannot be used: {place} is not a directory "
-                f"this process can write to. Give a writable directory (it is made when "
-                f"first needed), or spool_dir=None to hold undelivered batches in memory "
-                f"only")
-    return None
+    return (place.is_dir()
+            and os.access(place, os.W_OK | os.X_OK, effective_ids=effective)
+            and not os.statvfs(place).f_flag & os.ST_RDONLY)  # root passes access() there
+
+
+def _owner_hint(place: Path, configured: Path) -> str:
+    """What to do when ``place`` is another user's: most often a server that starts as
+    root, makes the app (and maybe its spool) there, then runs its workers as another
+    user, who cannot make its spool in a directory of root's."""
+    try:
+        owner = os.stat(place).st_uid
+    except OSError:
+        return ""
+    euid = os.geteuid()
+    if owner == euid:
+        return ""
+    return (f" It belongs to uid {owner}, and this process runs as uid {euid} (as the "
+            f"workers of a server started as root do, under gunicorn --user or uWSGI "
+            f"uid=). Make the spool directory that user's (install -d -o USER -m 0700 "
+            f"{configured}), or root's with mode 1733 (install -d -m 1733 {configured}: "
+            f"each user then spools in its own .uid-<uid> subdirectory of it, which no "
+            f"other user can read or remove).")
 
 
 def _removed(f: _File) -> bool:
