@@ -87,6 +87,7 @@ from .spool_files import (
     _stamp_of,
     _unlink_quietly,
     _unsafe,
+    _worth_saying,
     destination_tag,
     log,
 )
@@ -147,6 +148,9 @@ class Spool(_Adoption):
         self._place_checked = (-1, -math.inf)  # no user's place checked yet (check_place)
         self._place_problem = ""
         self._place_lock = threading.Lock()
+        self._adoption_errors = 0  # orphans (or places) a scan failed at (_say_scan_failure)
+        #: The batch files last said stranded in the shared directory (``_report_stranded``).
+        self._stranded_said: frozenset[str] = frozenset()
         self.directory  # noqa: B018 - chosen now, so a shared directory is logged at start
 
     # -- writing --------------------------------------------------------------------------
@@ -204,7 +208,7 @@ class Spool(_Adoption):
         likely as not on that same disk; the caller counts the batches dropped."""
         self._write_failures += 1
         n = self._write_failures
-        if n & (n - 1) == 0:
+        if _worth_saying(n):
             log.error("audit spool %s: could not write a batch (%s)%s", self.directory, exc,
                       f" ({n} in a row; said again at {2 * n})" if n > 1 else "")
 

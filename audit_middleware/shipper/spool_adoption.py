@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 
 from .spool_cap import _SharedCap
-from .spool_files import _PARTIAL, _TAG_MARK, SUFFIX, _File, _unlink_quietly, _unsafe, log
+from .spool_files import (
+    _PARTIAL,
+    _TAG_MARK,
+    SUFFIX,
+    _File,
+    _unlink_quietly,
+    _unsafe,
+    _worth_saying,
+    log,
+)
 from .spool_held import _HeldFiles
 from .spool_progress import PROGRESS, _load_progress, _remove_if_alone
 
@@ -39,6 +48,8 @@ class _Adoption(_HeldFiles, _SharedCap):
     _adoption_failed: bool
     _scanned: bool
     orphans_left: bool
+    _adoption_errors: int
+    _stranded_said: frozenset[str]
 
     def adopt_orphans(self) -> int:
         """Take over spool files no live process holds; returns how many were adopted.
@@ -63,7 +74,7 @@ class _Adoption(_HeldFiles, _SharedCap):
         # directory at each tick (``max_delay``) while the directory stayed unwritable.
         self.orphans_left = self.orphans_left and bool(adopted)
         if directory == private:
-            _report_stranded(self.configured)
+            self._stranded_said = _report_stranded(self.configured, self._stranded_said)
         if adopted:
             # Older files first; ours are newer than anything left by a dead process.
             self._files = sorted(self._files + adopted, key=lambda f: f.path.name)
@@ -82,10 +93,10 @@ class _Adoption(_HeldFiles, _SharedCap):
             entries = sorted(os.scandir(place), key=lambda e: e.name)
         except FileNotFoundError:
             return []
-        except OSError as exc:  # e.g. not ours to read: say so once a scan, not a traceback
-            log.error("audit spool: cannot read %s (%s): its batches cannot be replayed; "
-                      "give this process's user access, or choose another spool_dir",
-                      place, exc)
+        except OSError as exc:  # e.g. not ours to read: said, not a traceback
+            self._say_scan_failure(f"cannot read {place}", exc, "its batches cannot be "
+                                   "replayed; give this process's user access, or choose "
+                                   "another spool_dir")
             return []
         if reason:
             log.error("audit spool: adopting nothing: %s", reason)
@@ -107,41 +118,74 @@ class _Adoption(_HeldFiles, _SharedCap):
             if len(adopted) >= room and entry.name.endswith(SUFFIX):
                 self.orphans_left = True  # maybe: a live process's, or one to adopt next
                 continue
-            if entry.name.endswith(_PARTIAL) and _younger_than(entry, PARTIAL_GRACE):
-                continue  # maybe being made: created, not yet locked by its process
             if entry.name.endswith(SUFFIX):
                 locked = self._take_adoption() if locked is None else locked
                 if not locked:
                     continue  # a live process replays the orphans: one at a time, in order
             try:
-                fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError:
+                claimed = self._claim(entry)
+            except OSError as exc:
+                # Escaping, it ended the scan, and the files it had claimed stayed open
+                # and locked for the process's life, replayed by nobody.
+                self._say_scan_failure(f"cannot adopt {entry.path}", exc, "left as it is, "
+                                       "tried again at the next scan; check the disk")
                 continue
-            self._opening.add(fd)  # until adopt_orphans takes it (see __init__)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self._close_opening(fd)  # a live process owns it
-                continue
-            if os.fstat(fd).st_nlink == 0:
-                # Opened just before its owner replayed it whole and unlinked it: the
-                # lock came free with the owner's close, but the file is done.
-                self._close_opening(fd)
-                continue
-            if entry.name.endswith(_PARTIAL):  # creation never finished: nothing in it
-                _unlink_quietly(Path(entry.path))
-                self._close_opening(fd)
-                continue
-            size = os.fstat(fd).st_size
-            path = Path(entry.path)
-            read_pos, found, planted = _load_progress(path, size)
-            # Something planted at its progress path was said (and what to do): not
-            # said again at each file's first progress write that it refuses.
-            adopted.append(_File(path, fd, size, read_pos, began_at=read_pos,
-                                 progress_exists=found, progress_failed=planted,
-                                 adopted=True))
+            if claimed is not None:
+                adopted.append(claimed)
         self._say_foreign(place, foreign)
         return adopted
+
+    def _claim(self, entry: os.DirEntry[str]) -> _File | None:
+        """The orphan ``entry`` opened and locked, or None when it is none to replay (a
+        live process's, one maybe being made, one replayed meanwhile, an abandoned
+        partial one: removed). An OSError leaves nothing of it open (nor locked)."""
+        if entry.name.endswith(_PARTIAL) and _younger_than(entry, PARTIAL_GRACE):
+            return None  # maybe being made: created, not yet locked by its process
+        try:
+            fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None  # replayed and removed by its process meanwhile
+        self._opening.add(fd)  # until adopt_orphans takes it (see Spool.__init__)
+        try:
+            return self._claim_open(entry, fd)
+        except BaseException:
+            self._close_opening(fd)
+            raise
+
+    def _claim_open(self, entry: os.DirEntry[str], fd: int) -> _File | None:
+        """``_claim`` of the orphan ``entry`` opened as ``fd``; ``fd`` is closed here
+        unless it is claimed, or an error is raised."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._close_opening(fd)  # a live process owns it
+            return None
+        st = os.fstat(fd)
+        if st.st_nlink == 0:
+            # Opened just before its owner replayed it whole and unlinked it: the
+            # lock came free with the owner's close, but the file is done.
+            self._close_opening(fd)
+            return None
+        if entry.name.endswith(_PARTIAL):  # creation never finished: nothing in it
+            _unlink_quietly(Path(entry.path))
+            self._close_opening(fd)
+            return None
+        path = Path(entry.path)
+        read_pos, found, planted = _load_progress(path, st.st_size)
+        # Something planted at its progress path was said (and what to do): not
+        # said again at each file's first progress write that it refuses.
+        return _File(path, fd, st.st_size, read_pos, began_at=read_pos,
+                     progress_exists=found, progress_failed=planted, adopted=True)
+
+    def _say_scan_failure(self, what: str, exc: OSError, then: str) -> None:
+        """A spool file (or a place) that a scan could not take: said at the 1st, 2nd,
+        4th, ... such failure of this process; said at each, a failing disk or a place
+        this user cannot read logged an error at every scan (every 10 s)."""
+        self._adoption_errors += 1
+        n = self._adoption_errors
+        if _worth_saying(n):
+            log.error("audit spool: %s (%s): %s%s", what, exc, then,
+                      f" ({n} such failures so far; said again at {2 * n})" if n > 1 else "")
 
     def _say_foreign(self, place: Path, names: list[str]) -> None:
         """Said once for each file: batches spooled for another collector (a sink with
@@ -213,18 +257,21 @@ class _Adoption(_HeldFiles, _SharedCap):
                 pass  # closed already by after_fork (a fork while it was being taken)
 
 
-def _report_stranded(configured: Path) -> None:
+def _report_stranded(configured: Path, said: frozenset[str]) -> frozenset[str]:
     """Batch files in a spool directory that is not this user's alone are not replayed
-    (anyone could have put them there): never silently."""
+    (anyone could have put them there): never silently, but said once, and again when
+    they change, not at every scan (every 10 s) while the directory stays shared.
+    Returns the files said (``said``: those said before)."""
     try:
-        stranded = [e.name for e in os.scandir(configured) if e.name.endswith(SUFFIX)]
+        stranded = frozenset(e.name for e in os.scandir(configured) if e.name.endswith(SUFFIX))
     except OSError:
-        return
-    if stranded:
+        return said
+    if stranded and stranded != said:
         log.error("audit spool: %d batch file(s) in %s are not replayed while others can "
                   "write the directory (anyone could have put them there): make it this "
                   "user's alone (chmod go-w; chown) to replay them", len(stranded),
                   configured)
+    return stranded
 
 
 def _younger_than(entry: os.DirEntry[str], seconds: float) -> bool:
