@@ -472,13 +472,17 @@ def test_a_spool_directory_it_cannot_read_is_an_error_not_a_crash(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     spool = Spool(tmp_path, max_bytes=1 << 20)
+    refuse_scans(monkeypatch)
+    assert spool.adopt_orphans() == 0
+    assert "cannot read" in caplog.text and "Permission denied" in caplog.text
 
+
+def refuse_scans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing any directory fails as for a directory this user cannot read."""
     def refused(path: object) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(os, "scandir", refused)
-    assert spool.adopt_orphans() == 0
-    assert "cannot read" in caplog.text and "Permission denied" in caplog.text
 
 
 def test_an_orphan_that_cannot_be_claimed_is_let_go_and_the_scan_goes_on(
@@ -523,11 +527,7 @@ def test_a_scan_that_cannot_read_the_directory_says_so_at_1_2_4_8_scans(
         caplog: pytest.LogCaptureFixture) -> None:
     """Said at each scan (every 10 s) for as long as the directory stayed unreadable."""
     spool = Spool(tmp_path, max_bytes=1 << 20)
-
-    def refused(path: object) -> None:
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr(os, "scandir", refused)
+    refuse_scans(monkeypatch)
     for _ in range(8):
         assert spool.adopt_orphans() == 0
     said = [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()]
