@@ -1,11 +1,17 @@
 """The README's five-minute tour, run as written: its app records the line it shows, and
-its test of what a handler records passes. A README that stops working fails here."""
+its test of what a handler records passes. A README that stops working fails here, as
+does any of its Python snippets that uses a name it does not import, and an install
+command naming an extra the package does not have."""
 
 from __future__ import annotations
 
+import ast
+import builtins
 import os
 import re
+import tomllib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,10 @@ from audit_middleware.testing import reset_configuration
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
 def tour_section() -> str:
     text = README.read_text(encoding="utf-8")
     return text.split("## Five-minute tour", 1)[1].split("\n## ", 1)[0]
@@ -26,7 +36,7 @@ def tour_section() -> str:
 
 def tour_blocks() -> list[str]:
     """The Python code blocks of the README's "Five-minute tour" section, in order."""
-    return re.findall(r"```python\n(.*?)```", tour_section(), flags=re.DOTALL)
+    return python_blocks(tour_section())
 
 
 def tour_line() -> dict[str, Any]:
@@ -74,3 +84,52 @@ def test_the_tours_own_test_passes(tour_app: dict[str, Any]) -> None:
     namespace: dict[str, Any] = {}
     exec(compile(tour_blocks()[1], "README.md (tour test)", "exec"), namespace)  # noqa: S102
     namespace["test_delete_is_audited"](TestClient(tour_app["app"]))
+
+
+def test_the_tour_lines_id_is_of_its_creation_time() -> None:
+    """A UUIDv7 starts with its Unix milliseconds: the shown id must be one the shown
+    ``created`` could have (docs/record.md), not one of another day."""
+    shown = tour_line()
+    created = datetime.strptime(shown["created"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    id_ms = int(shown["id"].replace("-", "")[:12], 16)
+    assert id_ms == (created - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1), \
+        shown["id"]
+
+
+def unbound_names(snippet: str) -> set[str]:
+    """Names ``snippet`` reads that it neither imports, defines nor assigns (nor are
+    builtins): a reader copying the snippet alone would get a NameError."""
+    tree = ast.parse(snippet)
+    bound = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+    return {node.id for node in ast.walk(tree)
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)} - bound
+
+
+def test_every_readme_python_snippet_imports_what_it_uses() -> None:
+    blocks = python_blocks(README.read_text(encoding="utf-8"))
+    assert len(blocks) >= 3  # the tour's app and test, the collector sink
+    for block in blocks:
+        assert unbound_names(block) == set(), block
+
+
+def test_the_readme_says_how_to_install_with_extras_that_exist() -> None:
+    """``make`` is not how an app adopts the package: the README names the pip command,
+    with extras ``pyproject.toml`` defines (the collector's brings uvicorn)."""
+    pyproject = tomllib.loads((README.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    extras = pyproject["project"]["optional-dependencies"]
+    commands = re.findall(r"`(pip install [^`]+)`", README.read_text(encoding="utf-8"))
+    assert commands, "the README names no pip install command"
+    named = {extra for command in commands
+             for bracket in re.findall(r"\[([a-z,]+)\]", command)
+             for extra in bracket.split(",")}
+    assert "collector" in named and named <= set(extras), named
+    assert any(dep.startswith("uvicorn") for dep in extras["collector"])
