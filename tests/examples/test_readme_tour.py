@@ -126,7 +126,10 @@ def test_the_readme_says_how_to_install_with_extras_that_exist() -> None:
     with extras ``pyproject.toml`` defines (the collector's brings uvicorn)."""
     pyproject = tomllib.loads((README.parent / "pyproject.toml").read_text(encoding="utf-8"))
     extras = pyproject["project"]["optional-dependencies"]
-    commands = re.findall(r"`(pip install [^`]+)`", README.read_text(encoding="utf-8"))
+    # inline (`pip install ...`) or a line of a shell block, up to its comment
+    commands = [inline or line for inline, line in re.findall(
+        r"`(pip install [^`]+)`|^(pip install [^#\n]+)", README.read_text(encoding="utf-8"),
+        re.MULTILINE)]
     assert commands, "the README names no pip install command"
     named = {extra for command in commands
              for bracket in re.findall(r"\[([a-z,]+)\]", command)
