@@ -773,7 +773,7 @@ class Store:
         if source is not None and source not in known:
             raise UnknownSourceError(f"no source {source[:80]!r} is known to this store "
                                      f"(the sources with losses are in `audit-collector "
-                                     f"stats`)")
+                                     f"losses`)")
         acks = self._loss_acks
         plan: dict[str, int] = {}
         for name in [source] if source is not None else known:

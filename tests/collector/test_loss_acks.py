@@ -12,7 +12,7 @@ import pytest
 
 from collector.storage import loss_acks
 from collector.storage.records import encode_events
-from collector.store import LossAckError
+from collector.store import LossAckError, UnknownSourceError
 from tests.collector.storage_helpers import (
     events,
     forget_source,
@@ -582,3 +582,15 @@ def test_sources_forgotten_during_each_rewrite_by_the_holder_are_all_left_out(
         monkeypatch.undo()
         assert later == []
         assert set(loss_acks.load(tmp_path)) == set()
+
+
+def test_an_unknown_source_is_refused_naming_the_command_that_lists_the_losses(
+        tmp_path: Path) -> None:
+    """It named `audit-collector stats`, whose source list is every source, not the
+    ones with losses (`audit-collector losses`)."""
+    with open_store(tmp_path) as store:
+        write(store, "app-1", [1, 3], numbered=3)
+        with pytest.raises(UnknownSourceError,
+                           match=r"no source 'app-2' .*`audit-collector losses`"):
+            store.plan_loss_ack("app-2")
+        assert store.plan_loss_ack("app-1") == {"app-1": 3}
