@@ -162,9 +162,13 @@ def place_problem(spool_dir: Path) -> str | None:
     checked again (see ``_SpoolFiles.check_place``)."""
     configured = place = spool_dir
     try:
-        private = private_directory(spool_dir)
-        if private.is_dir():  # made for this user by an admin (see Spool.directory)
-            spool_dir = place = private
+        if spool_dir.exists() and _unsafe(spool_dir):  # this user spools in its private one
+            private = private_directory(spool_dir)
+            if os.path.lexists(private):  # made by an admin, or by this user's spool
+                refused = _taken_first(private)
+                if refused:
+                    return refused
+                spool_dir = place = private
         while not place.exists() and place.parent != place:
             place = place.parent
         if _writable_directory(place):
@@ -175,6 +179,21 @@ def place_problem(spool_dir: Path) -> str | None:
     return (f"spool_dir={str(spool_dir)!r} cannot be used: {place} is not a directory "
             f"this process can write to.{hint} Give a writable directory (it is made when "
             f"first needed), or spool_dir=None to hold undelivered batches in memory only")
+
+
+def _taken_first(private: Path) -> str:
+    """Why the private subdirectory ``private`` that exists already cannot be spooled in
+    ("" when it can). In a spool directory others can write (1733), another user may
+    make it first: a directory of theirs, or a symbolic link. ``Spool._new_file``
+    refuses it, which was found only when the collector went away and every batch of
+    the outage dropped; said now, with what to do."""
+    reason = _unsafe(private, follow=False)
+    if not reason:
+        return ""
+    return (f"spool_dir={str(private.parent)!r} cannot be used: {reason}. Another user "
+            f"may have made it first, as anyone may make entries in {private.parent}: "
+            f"remove {private} (as root), or give a spool_dir of this user's alone, or "
+            f"spool_dir=None to hold undelivered batches in memory only")
 
 
 def _writable_directory(place: Path) -> bool:

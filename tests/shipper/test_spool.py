@@ -432,6 +432,31 @@ def test_the_spool_directory_is_chosen_for_each_effective_user(
     assert spool.directory == directory
 
 
+@pytest.mark.parametrize("taken_by", ["a symbolic link", "another user's directory"])
+def test_a_private_subdirectory_taken_first_makes_the_place_unusable_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken_by: str) -> None:
+    """In a spool directory others can write (the 1733 the docs offer), another user may
+    make this user's .uid-<uid> first: a directory of theirs, or a symbolic link to one.
+    The spool refuses it when it spools, but check_place took it for usable (its user
+    can write there): nothing said, spool_unusable 0, until the outage dropped every
+    batch."""
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    directory.chmod(0o1777)  # others may make entries: this user spools in .uid-<uid>
+    if taken_by == "a symbolic link":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        (directory / f".uid-{os.geteuid()}").symlink_to(elsewhere)
+    else:  # made by this test's user, seen by a spool of another
+        worker = os.geteuid() + 4242
+        (directory / f".uid-{worker}").mkdir(mode=0o700)
+        monkeypatch.setattr(os, "geteuid", lambda: worker)
+    spool = Spool(directory, max_bytes=1 << 20)
+    assert not spool.append(b"batch")  # refused where it would spool
+    problem = spool.check_place()
+    assert f".uid-{os.geteuid()}" in problem and "cannot be used" in problem
+
+
 def test_batches_are_never_stranded_silently_when_the_directory_changes_hands(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Made shared after batches were spooled in it: they are not replayed (anyone could
