@@ -108,7 +108,10 @@ class _Adoption(_HeldFiles, _SharedCap):
         locked: bool | None = None  # the adoption lock: tried at the first candidate
         for entry in entries:
             if entry.name.endswith(PROGRESS):
-                _remove_if_alone(Path(entry.path))
+                try:
+                    _remove_if_alone(Path(entry.path))
+                except OSError as exc:  # escaping, it ended the scan as a claim's did
+                    self._say_left(entry, exc)
                 continue
             if entry.name in owned or not entry.name.endswith((SUFFIX, _PARTIAL)):
                 continue
@@ -127,8 +130,7 @@ class _Adoption(_HeldFiles, _SharedCap):
             except OSError as exc:
                 # Escaping, it ended the scan, and the files it had claimed stayed open
                 # and locked for the process's life, replayed by nobody.
-                self._say_scan_failure(f"cannot adopt {entry.path}", exc, "left as it is, "
-                                       "tried again at the next scan; check the disk")
+                self._say_left(entry, exc)
                 continue
             if claimed is not None:
                 adopted.append(claimed)
@@ -186,6 +188,11 @@ class _Adoption(_HeldFiles, _SharedCap):
         if _worth_saying(n):
             log.error("audit spool: %s (%s): %s%s", what, exc, then,
                       f" ({n} such failures so far; said again at {2 * n})" if n > 1 else "")
+
+    def _say_left(self, entry: os.DirEntry[str], exc: OSError) -> None:
+        """An entry of a scanned place that could not be handled: left for a later scan."""
+        self._say_scan_failure(f"cannot adopt {entry.path}", exc, "left as it is, tried "
+                               "again at the next scan; check the disk")
 
     def _say_foreign(self, place: Path, names: list[str]) -> None:
         """Said once for each file: batches spooled for another collector (a sink with

@@ -547,6 +547,40 @@ def test_an_orphan_that_cannot_be_claimed_is_let_go_and_the_scan_goes_on(
     assert adopter.adopt_orphans() == 1 and drain(adopter) == [b"second"]
 
 
+def test_an_orphan_whose_progress_cannot_be_checked_does_not_end_the_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A progress file's check (does its spool file still exist?) raised any error but
+    ENOENT (EIO) out of adopt_orphans: the orphans claimed before it in that scan stayed
+    open and locked for the process's life, replayed by nobody. Now said, left for a
+    later scan, and the scan goes on."""
+    writer = Spool(tmp_path, max_bytes=1 << 20)
+    assert writer.append(b"one") and writer.append(b"two")
+    writer.close()
+    replayer = Spool(tmp_path, max_bytes=1 << 20)
+    assert replayer.adopt_orphans() == 1
+    assert replayer.peek() == b"one"
+    replayer.commit()  # its progress file is written beside it
+    replayer.close()
+    later = Spool(tmp_path, max_bytes=1 << 20, file_bytes=1)
+    assert later.append(b"three")
+    later.close()
+    first = spool_files(tmp_path)[0]
+    real_stat = os.stat
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if os.fspath(path) == str(first):  # type: ignore[arg-type]
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    monkeypatch.setattr(os, "stat", stat)
+    adopted = adopter.adopt_orphans()
+    monkeypatch.undo()
+    assert adopted == 2 and "Input/output error" in caplog.text
+    assert drain(adopter) == [b"two", b"three"]
+
+
 def test_a_scan_that_cannot_read_the_directory_says_so_at_1_2_4_8_scans(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
