@@ -431,3 +431,4 @@ class Spool(_Adoption):
         # not said (said at the 1st, 2nd, 4th, ... in a row), and it said a recovery
         # from refusals it never had.
         self._write_failures = 0
+        self._adoption_errors = 0  # the same: a child's first scan failure is said

@@ -581,6 +581,27 @@ def test_an_orphan_whose_progress_cannot_be_checked_does_not_end_the_scan(
     assert drain(adopter) == [b"two", b"three"]
 
 
+def test_a_forked_child_says_its_own_first_scan_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Scan failures are said at the 1st, 2nd, 4th, ... in a process, but the count was
+    inherited at a fork: after 4 in the parent (a preloading master's scan at start), a
+    worker's first was its 5th, and not said."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+
+    def refused(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", refused)
+    for _ in range(4):
+        assert spool.adopt_orphans() == 0
+    caplog.clear()
+    spool.after_fork()  # what the child's fork hook does
+    assert spool.adopt_orphans() == 0
+    said = [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()]
+    assert len(said) == 1 and "so far" not in said[0]
+
+
 def test_a_scan_that_cannot_read_the_directory_says_so_at_1_2_4_8_scans(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
