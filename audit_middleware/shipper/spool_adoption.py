@@ -151,7 +151,10 @@ class _Adoption(_HeldFiles, _SharedCap):
         try:
             return self._claim_open(entry, fd)
         except BaseException:
-            self._close_opening(fd)
+            # Unless closed already: a close that failed (EIO) freed it all the same, and
+            # closed again, the number may be another thread's by now.
+            if fd in self._opening:
+                self._close_opening(fd)
             raise
 
     def _claim_open(self, entry: os.DirEntry[str], fd: int) -> _File | None:

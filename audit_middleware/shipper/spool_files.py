@@ -122,6 +122,7 @@ class _SpoolFiles:
         return name.endswith(SUFFIX) and _tag_of(name) in ("", self._tag)
 
     def _close_opening(self, fd: int) -> None:
+        # Forgotten first: a close that fails has freed the number all the same.
         self._opening.discard(fd)
         os.close(fd)
 

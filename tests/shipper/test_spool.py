@@ -25,6 +25,7 @@ from audit_middleware.shipper import (
     spool_held,
     spool_progress,
 )
+from audit_middleware.shipper import spool_files as spool_files_module
 from audit_middleware.shipper.spool import Spool
 from audit_middleware.shipper.spool_files import SUFFIX
 from audit_middleware.shipper.spool_format import _RECORD_START as RECORD_START
@@ -545,6 +546,34 @@ def test_an_orphan_that_cannot_be_claimed_is_let_go_and_the_scan_goes_on(
         os.close(fd)
     assert drain(adopter) == [b"first", b"third"]
     assert adopter.adopt_orphans() == 1 and drain(adopter) == [b"second"]
+
+
+def test_a_close_that_fails_while_claiming_is_not_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() that reports an error (EIO: NFS, FUSE) has still freed the descriptor.
+    A failed close in a claim was retried by the claim's error path: a second close of
+    that number, which another thread may have reused meanwhile (its socket closed)."""
+    live = Spool(tmp_path, max_bytes=1 << 20)
+    assert live.append(b"held by a live process")  # its lock is taken: not an orphan
+    closes: list[int] = []
+
+    class CloseFails:
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def close(fd: int) -> None:
+            closes.append(fd)
+            spool_file = os.readlink(f"/proc/self/fd/{fd}").endswith(SUFFIX)
+            os.close(fd)
+            if spool_file:
+                raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_files_module, "os", CloseFails())
+    assert Spool(tmp_path, max_bytes=1 << 20).adopt_orphans() == 0
+    monkeypatch.undo()
+    live.close()
+    assert closes and len(closes) == len(set(closes))
 
 
 def test_an_orphan_whose_progress_cannot_be_checked_does_not_end_the_scan(
