@@ -15,6 +15,7 @@ from benchmarks import MODULES
 from benchmarks import _harness as h
 from benchmarks._asgi import Driver
 from benchmarks._sinks import DictLinesQueue, check_written
+from tests.environment import unavailable
 
 
 def fixed(ns_per_op: float, calls: list[int] | None = None) -> h.CaseRun:
@@ -282,7 +283,7 @@ def test_index_breakdown_gives_each_table_its_bytes(tmp_path: Path) -> None:
     con.close()
     sizes = index_breakdown(path)
     if not sizes:
-        pytest.skip("this SQLite is built without the dbstat table")
+        unavailable("this SQLite is built without the dbstat table (SQLITE_ENABLE_DBSTAT_VTAB)")
     assert [name for name, _ in sizes][:3] == ["events", "ix_principal", "ids"]
 
 

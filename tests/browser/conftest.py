@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.environment import unavailable
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -30,10 +32,7 @@ def _chromium() -> str | None:
 
 
 def _unavailable(reason: str) -> None:
-    message = f"browser tests need a browser: {reason}; {HOW_TO_INSTALL}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {message}", pytrace=False)
-    pytest.skip(message)
+    unavailable(f"browser tests need a browser: {reason}; {HOW_TO_INSTALL}")
 
 
 # Module scope, not session: Playwright's sync API keeps an event loop running in the

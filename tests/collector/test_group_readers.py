@@ -21,11 +21,14 @@ import pytest
 
 from collector.cli import main
 from tests.collector.storage_helpers import events, open_store
+from tests.environment import require_root
 
 READER_UID = 65534  # nobody
 AUDIT_GID = 4242  # the store's group, which only the reader is in
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+@pytest.fixture(autouse=True)
+def _as_root() -> None:
+    require_root("to switch users")
 
 
 @pytest.fixture

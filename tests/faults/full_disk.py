@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-import pytest
 
 from tests.e2e.harness import ROOT
+from tests.environment import unavailable
 from tests.faults.fleet import App, Collector, Stored
 
 # Each of test_disk_full's episodes fills whatever is free with ballast, so the size
@@ -184,7 +184,7 @@ def rerun_in_a_user_namespace() -> None:
     """Not root: this test again, as root of a new user and mount namespace."""
     if subprocess.run(["unshare", "-Urm", "true"], check=False,
                       capture_output=True).returncode != 0:
-        pytest.skip("disk full needs a tmpfs: run as root, or allow unprivileged user "
+        unavailable("disk full needs a tmpfs: run as root, or allow unprivileged user "
                     "namespaces (unshare -Urm)")
     caller = sys._getframe(1).f_code  # the test that called this
     test = f"{Path(caller.co_filename).relative_to(ROOT)}::{caller.co_name}"

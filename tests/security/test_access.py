@@ -8,7 +8,6 @@ A refusal is 401 (who are you?) or 403 (not root) and says nothing about the log
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from starlette.routing import Route
 
 from audit_middleware.wire import ErrorCode, Hello
 from tests.e2e.harness import ROOT, RawClient, short_tmp
+from tests.environment import require_root
 from tests.faults.fleet import Collector, report
 
 MARKER = "secret-principal-7f3a"  # stored in an event: no refusal may ever show it
@@ -217,8 +217,7 @@ def test_tcp_ingest_refuses_a_missing_wrong_or_reader_token(served: Served) -> N
 def test_another_user_cannot_reach_the_unix_socket(served: Served) -> None:
     """The socket is 0600 in a 0750 directory: a process of another user (here
     ``nobody``, with the system's Python) cannot connect."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a process as another user")
+    require_root("to run a process as another user")
     probe = ("import socket, sys\n"
              "s = socket.socket(socket.AF_UNIX)\n"
              "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(13)\n")

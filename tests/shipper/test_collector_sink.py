@@ -34,6 +34,7 @@ from tests.e2e.harness import (
     stored_events,
     wait_until,
 )
+from tests.environment import require_root
 from tests.shipper.unaccepting import unaccepting_port
 
 
@@ -465,7 +466,12 @@ def in_worker(work: Callable[[], object]) -> Any:
     return json.loads(data)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+@pytest.fixture
+def as_root() -> None:
+    require_root("to switch users")
+
+
+@pytest.mark.usefixtures("as_root")
 @pytest.mark.parametrize("made", ["by the root master", "not yet, where only root can"])
 def test_a_worker_that_drops_root_is_told_at_once_that_it_cannot_spool(
         open_tmp: Path, made: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -498,7 +504,7 @@ def test_a_worker_that_drops_root_is_told_at_once_that_it_cannot_spool(
     assert (unusable, root_unusable) == (1, 0)  # root can spool there
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+@pytest.mark.usefixtures("as_root")
 def test_a_worker_spools_in_its_own_subdirectory_of_a_root_directory_made_1733(
         open_tmp: Path) -> None:
     """What that error offers: a spool directory of root's, mode 1733 (others may make

@@ -230,7 +230,6 @@ def _client_sockets_to(path: str) -> int:
     return n
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists descriptors in /proc")
 def test_a_child_forked_while_its_parent_connects_lets_go_of_that_connection() -> None:
     """The connection the worker thread is making (its hello not answered yet) is not
     the sender's until it is made: a child forked meanwhile kept its copy of the socket
