@@ -357,17 +357,31 @@ class HungDisk:
         return None
 
 
-def test_probes_beyond_the_ones_a_hung_disk_holds_hear_write_stalled_at_once() -> None:
+def judging_threads_done() -> None:
+    """Wait for the probes' threads to end: each gives its slot back after its answer."""
+    for thread in threading.enumerate():
+        if thread.name == "audit-healthz":
+            thread.join(30)
+
+
+async def held_by(disk: HungDisk, state: Health) -> list[asyncio.Future[str | None]]:
+    """``PROBES_AT_ONCE`` probes, each of whose thread the disk now holds."""
+    held = [asyncio.ensure_future(state.judged()) for _ in range(health.PROBES_AT_ONCE)]
+    while disk.asked < health.PROBES_AT_ONCE:
+        await asyncio.sleep(0.01)
+    return held
+
+
+def test_probes_beyond_the_ones_a_hung_disk_holds_hear_write_stalled_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Each probe waited for the one before it: a caller heard a timeout, never why."""
+    monkeypatch.setattr(health, "PATIENCE", 0.0)  # the earlier ones held past it
     disk = HungDisk()
     state = Health(disk)
 
     async def probes() -> tuple[list[str | None], str | None]:
-        held = [asyncio.ensure_future(state.judged()) for _ in range(health.PROBES_AT_ONCE)]
-        while disk.asked < health.PROBES_AT_ONCE:
-            await asyncio.sleep(0.01)
+        held = await held_by(disk, state)
         beyond = await asyncio.wait_for(state.judged(), 10)
-        disk.free.set()
         return [await answer for answer in held], beyond
 
     try:
@@ -375,9 +389,91 @@ def test_probes_beyond_the_ones_a_hung_disk_holds_hear_write_stalled_at_once() -
     finally:
         disk.free.set()
     assert beyond == "write_stalled"
-    assert held == [None] * health.PROBES_AT_ONCE  # the disk came back: ready
+    assert held == ["write_stalled"] * health.PROBES_AT_ONCE  # held past PATIENCE too
     assert disk.asked == health.PROBES_AT_ONCE  # the one beyond never reached it
+    judging_threads_done()
+    monkeypatch.setattr(health, "PATIENCE", 30.0)
     assert asyncio.run(state.judged()) is None  # their threads given back
+
+
+def test_a_probe_whose_disk_hangs_hears_write_stalled_not_a_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probes that took the threads waited as long as the disk held them: their
+    callers heard a timeout, never why."""
+    monkeypatch.setattr(health, "PATIENCE", 0.0)
+    disk = HungDisk()
+    try:
+        held = asyncio.run(asyncio.wait_for(Health(disk).judged(), 10))
+    finally:
+        disk.free.set()
+    assert held == "write_stalled"
+
+
+def test_probes_that_come_together_on_a_healthy_disk_all_hear_it_ready(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A third probe coming while two others were still starting their threads heard
+    write_stalled (in most rounds of three probes at once on a store that answers at
+    once): a 503 from a healthy collector. It shares the latest one's answer now."""
+    monkeypatch.setattr(health, "PATIENCE", 30.0)  # the disk comes back well within it
+    disk = HungDisk()
+    state = Health(disk)
+
+    async def probes() -> list[str | None]:
+        held = await held_by(disk, state)
+        beyond = asyncio.ensure_future(state.judged())
+        await asyncio.sleep(0)  # it runs until it waits
+        disk.free.set()
+        return [await answer for answer in (*held, beyond)]
+
+    try:
+        answers = asyncio.run(probes())
+    finally:
+        disk.free.set()
+    assert answers == [None] * (health.PROBES_AT_ONCE + 1)
+    assert disk.asked == health.PROBES_AT_ONCE  # the one beyond shared an answer
+
+
+def test_a_probe_whose_loop_closed_gives_its_thread_back_quietly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread handed its answer to a closed loop: RuntimeError in a daemon thread."""
+    raised: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+    disk = HungDisk()
+    state = Health(disk)
+
+    async def gone() -> None:
+        probe = asyncio.ensure_future(state.judged())
+        while disk.asked < 1:
+            await asyncio.sleep(0.01)
+        probe.cancel()  # the client went away; serve's loop ends
+
+    try:
+        asyncio.run(gone())
+    finally:
+        disk.free.set()
+    judging_threads_done()
+    assert raised == []
+    disk.asked = 0
+    assert asyncio.run(state.judged()) is None
+
+
+def test_a_thread_that_cannot_start_gives_its_slot_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each probe whose thread did not start kept a slot: after two, every probe said
+    write_stalled until a restart."""
+    disk = HungDisk()
+    disk.free.set()
+    state = Health(disk)
+
+    def cannot_start(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", cannot_start)
+        for _ in range(health.PROBES_AT_ONCE):
+            with pytest.raises(RuntimeError, match="can't start new thread"):
+                asyncio.run(state.judged())
+    assert asyncio.run(state.judged()) is None
 
 
 def test_the_probe_answers_while_the_loops_thread_pool_is_taken(opened: Store) -> None:
