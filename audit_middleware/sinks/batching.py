@@ -122,6 +122,7 @@ class BatchingQueue(Generic[T]):
         self._start_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._stopping = False
+        self._closing = threading.Event()  # set by close(): ends an export's retry wait
         self._markers = Counter()  # flush markers in the queue: counts() stays O(1)
         self._taken = 0  # items the current export took beyond its batch (``take``)
         # Odd while the worker moves items from the queue to ``drained`` (counts() waits
@@ -281,6 +282,7 @@ class BatchingQueue(Generic[T]):
             return
         self.check_fork()  # else a child joins its parent's worker, for the whole timeout
         self._closed = True
+        self._closing.set()
         worker = self._worker
         if worker is None:
             self._drain()
@@ -292,6 +294,13 @@ class BatchingQueue(Generic[T]):
         if worker.is_alive():
             log.error("audit sink %s: %d events still queued after %.1fs at close",
                       self._name, len(self._queue), timeout or 0)
+
+    def wait_closing(self, timeout: float) -> bool:
+        """For an export that retries: wait up to ``timeout`` seconds, True as soon as
+        ``close()`` has begun. Then it should give up (fail the batch) rather than keep
+        retrying: close() drains what remains within its timeout, a retry wait would
+        hold the drain, and the process, until it ends."""
+        return self._closing.wait(timeout)
 
     @property
     def depth(self) -> int:

@@ -109,18 +109,22 @@ def test_partial_write_is_truncated_away(tmp_path: Path, monkeypatch: pytest.Mon
     emit("team_created", "kept")
     assert sink.flush(5)
     real_write = os.write
+    failed = []
 
-    def half_then_enospc(fd: int, data: bytes) -> int:
+    def half_then_enospc_once(fd: int, data: bytes) -> int:
+        if failed:
+            return real_write(fd, data)
         if len(data) > 10:
             return real_write(fd, bytes(data[:10]))
+        failed.append(True)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "write", half_then_enospc)
-    emit("team_created", "lost")
+    monkeypatch.setattr(os, "write", half_then_enospc_once)
+    emit("team_created", "retried")  # written whole by the retry, after the truncate
     assert sink.flush(5)
     monkeypatch.undo()
-    assert [r["target"] for r in read_records(path)] == ["kept"]
-    assert sink.stats()["failed"] == 1
+    assert [r["target"] for r in read_records(path)] == ["kept", "retried"]
+    assert sink.stats()["failed"] == 0
 
 
 def test_forked_child_never_resends_the_parents_buffer(tmp_path: Path) -> None:

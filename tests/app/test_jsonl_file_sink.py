@@ -1,0 +1,389 @@
+"""JsonlFileSink under stress: processes sharing the file, failing writes, torn lines,
+paths that are no file, rotation."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import select
+import sys
+import threading
+import traceback
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from audit_middleware import AuditConfigurationError, JsonlFileSink, configure, emit
+from audit_middleware.testing import reset_configuration
+from tests.e2e.harness import run_python
+
+GUARD = 30.0  # seconds: only so that a broken build fails instead of hanging the suite
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    yield
+    reset_configuration()
+
+
+def targets(path: Path) -> list[str]:
+    """Each line's target; every line must be valid JSON."""
+    return [orjson.loads(line)["target"] for line in path.read_bytes().splitlines()]
+
+
+def libc_fork() -> int:
+    """A fork that runs no at-fork hook, as uWSGI forks its workers (``PyDLL``: the GIL
+    stays held across the call)."""
+    return int(ctypes.PyDLL(None).fork())
+
+
+def in_child(work: Callable[[], None], fork: Callable[[], int] = os.fork) -> int:
+    """Fork; the child runs ``work`` and exits 0 if it returned, 1 if it raised."""
+    pid = fork()
+    if pid == 0:
+        code = 1
+        try:
+            work()
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported on stderr, and by the exit code
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def read_byte(fd: int) -> bytes:
+    if not select.select([fd], [], [], GUARD)[0]:
+        raise AssertionError("the other process never answered")
+    return os.read(fd, 1)
+
+
+def failing_writes(monkeypatch: pytest.MonkeyPatch, times: int, *, partial: int = 0) -> None:
+    """The next ``times`` writes of more than a byte fail with ENOSPC, each after writing
+    its first ``partial`` bytes."""
+    real_write = os.write
+    left = [times]
+
+    def write(fd: int, data: Any) -> int:
+        if left[0] > 0 and len(data) > 1:
+            left[0] -= 1
+            if partial:
+                real_write(fd, bytes(data[:partial]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+#: Each run in a fresh interpreter: a fork without the hooks, in pytest's process, could
+#: copy a lock that another test's thread held (logging's) into a child that then hung.
+_TWO_WORKERS = """
+import sys
+from tests.app.test_jsonl_file_sink import two_workers_append
+two_workers_append(sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("fork", ["os.fork", "without-hooks"])
+def test_processes_appending_to_one_file_never_cut_each_others_lines(
+        tmp_path: Path, fork: str) -> None:
+    """Worker A's write fails halfway while worker B appends: A's truncate back to where
+    its batch began cut B's lines away. Both inherited the parent's descriptor (a
+    pre-forking server), so a flock on it would not exclude them either."""
+    path = tmp_path / "e.jsonl"
+    done = run_python(_TWO_WORKERS, str(path), fork)
+    assert sorted(targets(path)) == sorted(
+        ["parent"] + [f"{w}-{i}" for w in "ab" for i in range(20)]), done.stderr
+    assert (done.returncode, done.stdout.strip()) == (0, "[0, 0]"), done.stderr
+
+
+def two_workers_append(path: str, fork: str) -> None:
+    """A server's master makes the sink and writes (the workers inherit the open file),
+    then forks workers A and B (``os.fork``, or as uWSGI does, without the at-fork
+    hooks); A's write fails halfway, B appends meanwhile. Prints the workers' exit
+    codes."""
+    if fork == "without-hooks":  # uWSGI without py-call-osafterfork
+        sys.modules["uwsgi"] = types.SimpleNamespace(opt={})
+    sink = JsonlFileSink(path, fsync=False)
+    configure(sink=sink)
+    emit("team_created", "parent")
+    assert sink.flush(5)
+    go_r, go_w = os.pipe()  # A to B: half of my batch is written
+    done_r, done_w = os.pipe()  # B to A: I wrote, or I wait for your lock
+
+    def worker_a() -> None:
+        real_write = os.write
+        torn = [False]
+
+        def write(fd: int, data: Any) -> int:
+            if torn[0] or len(data) < 2:
+                return real_write(fd, data)
+            torn[0] = True
+            real_write(fd, bytes(data[:10]))
+            real_write(go_w, b"g")
+            read_byte(done_r)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        os.write = write  # type: ignore[assignment]  # this child's only
+        for i in range(20):
+            emit("team_created", f"a-{i}")
+        assert sink.flush(GUARD)
+        assert sink.stats()["failed"] == 0
+
+    def worker_b() -> None:
+        read_byte(go_r)
+        real_flock = fcntl.flock
+
+        def flock(fd: int, op: int) -> None:
+            if op == fcntl.LOCK_EX:
+                try:
+                    return real_flock(fd, op | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.write(done_w, b"l")  # excluded while A's batch is under way
+            return real_flock(fd, op)
+
+        fcntl.flock = flock  # type: ignore[assignment]  # this child's only
+        for i in range(20):
+            emit("team_created", f"b-{i}")
+        assert sink.flush(GUARD)
+        os.write(done_w, b"w")
+
+    do_fork = libc_fork if fork == "without-hooks" else os.fork
+    pids = [in_child(worker_b, do_fork), in_child(worker_a, do_fork)]
+    print([exit_code(pid) for pid in pids])
+    sink.close(5)
+
+
+def test_a_failing_write_is_retried_until_the_disk_frees_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False)
+    configure(sink=sink)
+    failing_writes(monkeypatch, 3, partial=7)
+    ids = [emit("team_created", f"t{i}").target for i in range(5)]
+    assert sink.flush(GUARD)
+    assert targets(path) == ids
+    assert sink.stats() == {"submitted": 5, "queued": 0, "failed": 0, "dropped": 0,
+                            "delivered": 5}
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum("cannot write" in m for m in logged) == 2  # at the 1st and 2nd failure
+    assert sum("writing again after 3 failures" in m for m in logged) == 1
+
+
+def test_a_batch_being_retried_counts_as_queued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = JsonlFileSink(tmp_path / "e.jsonl", fsync=False)
+    configure(sink=sink)
+    retrying, disk_freed = threading.Event(), threading.Event()
+    real_write = os.write
+    calls = [0]
+
+    def write(fd: int, data: Any) -> int:
+        if not disk_freed.is_set():
+            calls[0] += 1
+            if calls[0] == 2:  # the retry: the first failure was counted
+                retrying.set()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    emit("team_created", "t1")
+    sink._queue.wake()
+    assert retrying.wait(GUARD)
+    assert sink.stats() == {"submitted": 1, "queued": 1, "failed": 0, "dropped": 0,
+                            "delivered": 0}
+    disk_freed.set()
+    assert sink.flush(GUARD)
+    assert sink.stats()["delivered"] == 1
+
+
+def test_close_gives_up_a_batch_that_still_fails_and_counts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    sink = JsonlFileSink(tmp_path / "e.jsonl", fsync=False)
+    configure(sink=sink)
+    failing_writes(monkeypatch, 1_000_000)
+    for i in range(3):
+        emit("team_created", f"t{i}")
+    sink.close(timeout=GUARD)
+    counts = sink.stats()
+    assert (counts["failed"], counts["queued"], counts["delivered"]) == (3, 0, 0)
+    assert "3 events lost at close" in caplog.text
+
+
+def test_a_line_torn_by_a_failed_truncate_is_not_glued_to_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False)
+    configure(sink=sink)
+    emit("team_created", "kept")
+    assert sink.flush(5)
+    failing_writes(monkeypatch, 1, partial=10)
+    real_ftruncate = os.ftruncate
+
+    def ftruncate_fails_once(fd: int, length: int) -> None:
+        monkeypatch.setattr(os, "ftruncate", real_ftruncate)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "ftruncate", ftruncate_fails_once)
+    emit("team_created", "retried")
+    assert sink.flush(GUARD)
+    emit("team_created", "next")
+    assert sink.flush(GUARD)
+    lines = path.read_bytes().splitlines()
+    assert lines[1] == b'{"v":1,"id' and len(lines) == 4  # the torn one, on its own
+    del lines[1]
+    assert [orjson.loads(line)["target"] for line in lines] == ["kept", "retried", "next"]
+
+
+def test_a_file_left_without_a_final_newline_gets_one_before_the_first_batch(
+        tmp_path: Path) -> None:
+    """A writer killed mid-line (a crash, a power loss) left a torn last line."""
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b'{"target":"whole"}\n{"v":1,"ta')
+    sink = JsonlFileSink(path, fsync=False)
+    configure(sink=sink)
+    emit("team_created", "new")
+    assert sink.flush(5)
+    assert path.read_bytes().splitlines()[1] == b'{"v":1,"ta'
+    assert orjson.loads(path.read_bytes().splitlines()[2])["target"] == "new"
+
+
+def test_a_file_moved_away_is_followed_by_a_new_one_at_the_path(tmp_path: Path) -> None:
+    """logrotate's default (rename, then create): the sink kept appending to the renamed
+    file, and then to a deleted one."""
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False)
+    configure(sink=sink)
+    emit("team_created", "before")
+    assert sink.flush(5)
+    path.rename(tmp_path / "e.jsonl.1")
+    emit("team_created", "after")
+    assert sink.flush(5)
+    assert targets(tmp_path / "e.jsonl.1") == ["before"]
+    assert targets(path) == ["after"]
+
+
+def test_a_directory_path_is_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(AuditConfigurationError, match="is a directory; give the path of a file"):
+        JsonlFileSink(tmp_path)
+    (tmp_path / "data").touch()
+    with pytest.raises(AuditConfigurationError, match="a parent of .* is a file"):
+        JsonlFileSink(tmp_path / "data" / "events.jsonl")
+
+
+def test_a_fifo_is_refused_at_construction(tmp_path: Path) -> None:
+    """Opened for writing, a FIFO with no reader hung the worker for good."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to(tmp_path / "fifo")
+    for name in ("fifo", "link"):
+        with pytest.raises(AuditConfigurationError, match="is not a regular file"):
+            JsonlFileSink(tmp_path / name)
+
+
+def test_a_fifo_made_after_construction_is_reported_not_waited_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False)
+    configure(sink=sink)
+    os.mkfifo(path)
+    emit("team_created", "t1")
+    sink.close(timeout=GUARD)
+    assert sink.stats()["failed"] == 1
+    assert "is not a regular file" in caplog.text
+
+
+def test_a_symlink_to_a_file_is_followed(tmp_path: Path) -> None:
+    real = tmp_path / "real.jsonl"
+    real.touch()
+    (tmp_path / "link.jsonl").symlink_to(real)
+    sink = JsonlFileSink(tmp_path / "link.jsonl", fsync=False)
+    configure(sink=sink)
+    emit("team_created", "t1")
+    assert sink.flush(5)
+    assert targets(real) == ["t1"]
+
+
+def test_unwritable_file_is_logged_without_a_traceback_per_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "audit_middleware")
+    real_open = os.open
+
+    def denied(path: Any, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith("e.jsonl"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", denied)
+    sink = JsonlFileSink(tmp_path / "e.jsonl", fsync=False)
+    configure(sink=sink)
+    emit("team_created", "t1")
+    sink.close(timeout=GUARD)
+    assert sink.stats()["failed"] == 1
+    assert "Permission denied" in caplog.text
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_a_file_system_without_flock_is_written_to_unlocked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An NFS mount without its lock manager answers ENOLCK: never writing would lose
+    every event."""
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False)
+    configure(sink=sink)
+    emit("team_created", "t1")
+    assert sink.flush(5)
+    emit("team_created", "t2")
+    assert sink.flush(5)
+    assert targets(path) == ["t1", "t2"]
+    assert caplog.text.count("has no flock") == 1
+
+
+def test_a_worker_outliving_close_never_writes_to_a_reused_descriptor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() closed the file while its worker, past close's timeout, was still
+    writing: the next file opened got the same number, and the audit lines."""
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False, max_batch=1)
+    configure(sink=sink)
+    in_write, release = threading.Event(), threading.Event()
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if not release.is_set():
+            in_write.set()
+            release.wait(GUARD)  # a hung disk
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    emit("team_created", "first")
+    assert in_write.wait(GUARD)
+    emit("team_created", "second")
+    worker = sink._queue._worker
+    assert worker is not None
+    sink.close(timeout=0.1)  # gives up on the worker, still in its write
+    other = tmp_path / "other"
+    fd = os.open(other, os.O_WRONLY | os.O_CREAT)  # the lowest free number
+    try:
+        release.set()
+        worker.join(GUARD)
+    finally:
+        os.close(fd)
+    assert other.read_bytes() == b""
+    assert targets(path) == ["first"]
+    assert sink.stats()["failed"] == 1
