@@ -240,10 +240,12 @@ class JsonlFileSink:
         return self._queue.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._queue.close(timeout)
-        # Bounded: a worker still writing after the queue's timeout (a hung disk) keeps
-        # the descriptor, and stops at its next attempt (``_closed``).
-        if self._fd_lock.acquire(timeout=-1 if timeout is None else timeout):
+        # Within the same timeout: a worker still writing after the queue's wait (a hung
+        # disk) keeps the descriptor, and stops at its next attempt (``_closed``).
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if self._fd_lock.acquire(timeout=wait):
             try:
                 self._closed = True
                 self._close_fd()

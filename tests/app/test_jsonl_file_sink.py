@@ -11,6 +11,7 @@ import os
 import select
 import sys
 import threading
+import time
 import traceback
 import types
 from collections.abc import Callable, Iterator
@@ -387,3 +388,33 @@ def test_a_worker_outliving_close_never_writes_to_a_reused_descriptor(
     assert other.read_bytes() == b""
     assert targets(path) == ["first"]
     assert sink.stats()["failed"] == 1
+
+
+class HeldLock:
+    """The descriptor lock of a worker hung in its write (a hung disk): never acquired;
+    records how long each acquire would have waited."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.waits.append(timeout)
+        return False
+
+
+def test_close_waits_for_a_hung_worker_no_longer_than_its_timeout_in_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close(timeout) waited the timeout for the worker to finish, then the timeout
+    again for the descriptor: twice what the caller (the exit hook's 5 s) allowed."""
+    sink = JsonlFileSink(tmp_path / "e.jsonl", fsync=False)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def queue_close_times_out(timeout: float | None) -> None:
+        clock[0] += timeout or 0  # the worker, still in its write, was waited for
+
+    monkeypatch.setattr(sink._queue, "close", queue_close_times_out)
+    held = HeldLock()
+    sink._fd_lock = held  # type: ignore[assignment]
+    sink.close(timeout=5)
+    assert held.waits == [0]
