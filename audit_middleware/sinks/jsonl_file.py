@@ -91,6 +91,9 @@ class JsonlFileSink:
         self._failures = 0  # failed attempts in a row
         self._down_since = 0.0
         self._retrying = 0  # events of the batch being retried: neither delivered nor lost
+        #: Leading bytes of the batch that a failed write left in the file as whole lines
+        #: (its truncate failed too): the retry starts after them, not writing them twice.
+        self._kept = 0
 
     def _after_fork(self) -> None:
         """In a child: its own descriptor (and lock) from its first write on. Closing
@@ -105,15 +108,17 @@ class JsonlFileSink:
         if self._pid != os.getpid():  # forked without the at-fork hook (uWSGI)
             self._after_fork()
         data = b"".join([json_line(item) for item in batch])
+        events = len(batch)
         delay, closing = _FIRST_RETRY, False
         while True:
             try:
                 self._attempt(data)
                 break
             except OSError as exc:
-                self._failed(exc, len(batch))
+                data, events = self._skip_kept(data, events)
+                self._failed(exc, events)
                 if closing:
-                    self._lost(exc, len(batch))
+                    self._lost(exc, events)
                     return
             closing = self._queue.wait_closing(delay)
             delay = min(delay * 2, _MAX_RETRY)
@@ -122,6 +127,10 @@ class JsonlFileSink:
             self._recovered()
         if self._fsync:
             self._sync()
+
+    def _skip_kept(self, data: bytes, events: int) -> tuple[bytes, int]:
+        kept, self._kept = self._kept, 0
+        return data[kept:], events - data.count(b"\n", 0, kept)
 
     def _sync(self) -> None:
         with self._fd_lock:  # else close() could close it under us
@@ -185,12 +194,15 @@ class JsonlFileSink:
     def _append(self, fd: int, data: bytes) -> None:
         start = os.lseek(fd, 0, os.SEEK_END)
         if start != self._end and start > 0 and not self._ends_a_line(fd, start):
-            data = b"\n" + data  # end the torn line there: ours are not glued to it
+            prefix = b"\n"  # end the torn line there: ours are not glued to it
+        else:
+            prefix = b""
         self._end = None
-        view = memoryview(data)
+        view = memoryview(prefix + data)
+        written = 0
         try:
-            while view:
-                view = view[os.write(fd, view):]
+            while written < len(view):
+                written += os.write(fd, view[written:])
         except OSError:
             # Never leave a partial line behind. Only this process's bytes are after
             # ``start``: every writer appends under the flock held here. Should the
@@ -200,8 +212,9 @@ class JsonlFileSink:
             except OSError as exc:
                 log.error("audit file sink %s: could not remove a partial line (%s); the "
                           "next write starts on a new line", self.path, exc)
+                self._kept = data.rfind(b"\n", 0, max(0, written - len(prefix))) + 1
             raise
-        self._end = start + len(data)
+        self._end = start + len(view)
 
     def _ends_a_line(self, fd: int, size: int) -> bool:
         return not self._readable or os.pread(fd, 1, size - 1) == b"\n"

@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from audit_middleware import AuditConfigurationError, JsonlFileSink, configure, emit
+from audit_middleware.event import json_line
 from audit_middleware.testing import reset_configuration
 from tests.e2e.harness import run_python
 
@@ -82,6 +83,23 @@ def failing_writes(monkeypatch: pytest.MonkeyPatch, times: int, *, partial: int 
             left[0] -= 1
             if partial:
                 real_write(fd, bytes(data[:partial]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def short_write_then_enospc(monkeypatch: pytest.MonkeyPatch, written: int) -> None:
+    """As the kernel fills a disk: the next write of more than a byte writes its first
+    ``written`` bytes and says so; the write of the rest fails with ENOSPC, once."""
+    real_write = os.write
+    calls = [0]
+
+    def write(fd: int, data: Any) -> int:
+        if len(data) > 1 and calls[0] < 2:
+            calls[0] += 1
+            if calls[0] == 1:
+                return real_write(fd, bytes(data[:written]))
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
@@ -418,3 +436,29 @@ def test_close_waits_for_a_hung_worker_no_longer_than_its_timeout_in_all(
     sink._fd_lock = held  # type: ignore[assignment]
     sink.close(timeout=5)
     assert held.waits == [0]
+
+
+def test_lines_written_whole_before_a_failed_truncate_are_not_written_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write failed after the batch's first line and part of its second; the truncate
+    failed too, so the first line stayed; the retry wrote the whole batch again: the
+    first event twice."""
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False, max_delay=GUARD)  # one batch: woken by flush
+    configure(sink=sink)
+    first = emit("team_created", "first")
+    emit("team_created", "second")
+    short_write_then_enospc(monkeypatch, len(json_line(first)) + 10)
+    real_ftruncate = os.ftruncate
+
+    def ftruncate_fails_once(fd: int, length: int) -> None:
+        monkeypatch.setattr(os, "ftruncate", real_ftruncate)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "ftruncate", ftruncate_fails_once)
+    assert sink.flush(GUARD)
+    lines = path.read_bytes().splitlines()
+    assert lines[1] == b'{"v":1,"id' and len(lines) == 3  # the torn one, on its own
+    assert [orjson.loads(lines[i])["target"] for i in (0, 2)] == ["first", "second"]
+    assert sink.stats() == {"submitted": 2, "queued": 0, "failed": 0, "dropped": 0,
+                            "delivered": 2}
