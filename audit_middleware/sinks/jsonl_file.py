@@ -41,7 +41,7 @@ from typing import Final
 
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
-from .batching import BatchingQueue, call_if_alive
+from .batching import _FORK_LOCK, BatchingQueue, call_if_alive
 
 log = logging.getLogger("audit_middleware")
 
@@ -103,10 +103,19 @@ class JsonlFileSink:
         if inherited is not None:
             os.close(inherited)
 
+    def _check_fork(self) -> None:
+        """In a child forked without the at-fork hook (uWSGI): what the hook would have
+        done, before this process writes (else it shared its parent's open file, and
+        flock), closes (else it waited on a lock its parent's worker held at the fork)
+        or counts. Once, whichever thread (the worker, a closer) finds out first."""
+        if self._pid != os.getpid():
+            with _FORK_LOCK:
+                if self._pid != os.getpid():
+                    self._after_fork()
+
     # -- worker ---------------------------------------------------------------------------
     def _write(self, batch: list[AuditEvent | PendingEvent]) -> None:
-        if self._pid != os.getpid():  # forked without the at-fork hook (uWSGI)
-            self._after_fork()
+        self._check_fork()
         data = b"".join([json_line(item) for item in batch])
         events = len(batch)
         delay, closing = _FIRST_RETRY, False
@@ -254,6 +263,7 @@ class JsonlFileSink:
 
     def close(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._check_fork()
         self._queue.close(timeout)
         # Within the same timeout: a worker still writing after the queue's wait (a hung
         # disk) keeps the descriptor, and stops at its next attempt (``_closed``).
@@ -268,6 +278,7 @@ class JsonlFileSink:
             self._closed = True
 
     def stats(self) -> dict[str, int]:
+        self._check_fork()
         counts = self._queue.counts()
         # The batch being retried left the queue but is not written yet: queued still.
         retrying = self._retrying
