@@ -188,7 +188,7 @@ def two_workers_append(path: str, fork: str) -> None:
 def test_a_failing_write_is_retried_until_the_disk_frees_up(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "e.jsonl"
-    sink = JsonlFileSink(path, fsync=False)
+    sink = JsonlFileSink(path, fsync=False, max_delay=GUARD)  # one batch: woken by flush
     configure(sink=sink)
     failing_writes(monkeypatch, 3, partial=7)
     ids = [emit("team_created", f"t{i}").target for i in range(5)]
@@ -230,7 +230,7 @@ def test_a_batch_being_retried_counts_as_queued(
 
 def test_close_gives_up_a_batch_that_still_fails_and_counts_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    sink = JsonlFileSink(tmp_path / "e.jsonl", fsync=False)
+    sink = JsonlFileSink(tmp_path / "e.jsonl", fsync=False, max_delay=GUARD)  # one batch
     configure(sink=sink)
     failing_writes(monkeypatch, 1_000_000)
     for i in range(3):
