@@ -118,7 +118,8 @@ class JsonlFileSink:
         self._check_fork()
         data = b"".join([json_line(item) for item in batch])
         events = len(batch)
-        delay, closing = _FIRST_RETRY, False
+        # A batch begun once close() has: one attempt (a retry would hold close's drain)
+        delay, closing = _FIRST_RETRY, self._queue.wait_closing(0)
         while True:
             try:
                 self._attempt(data)

@@ -479,3 +479,22 @@ def test_a_child_forked_without_hooks_closes_without_its_parents_locks(
     closer.start()
     closer.join(GUARD)
     assert not closer.is_alive()
+
+
+def test_a_batch_left_at_close_gets_one_attempt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As documented: once close() has begun, each batch left is tried once more. One
+    that began after it was tried twice, back to back, doubling close's time on a slow
+    failing disk."""
+    sink = JsonlFileSink(tmp_path / "e.jsonl", fsync=False, max_delay=GUARD)  # woken by close
+    configure(sink=sink)
+    attempts = [0]
+
+    def enospc(fd: int, data: Any) -> int:
+        attempts[0] += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", enospc)
+    emit("team_created", "t1")
+    sink.close(timeout=GUARD)
+    assert (attempts[0], sink.stats()["failed"]) == (1, 1)
