@@ -4,7 +4,9 @@ return, ``hung_fsync``): 503 ``write_stalled`` once a batch has waited past
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,20 +36,26 @@ def commit_wait(url: str) -> float:
     return metric(url, "audit_collector_store_commit_wait_seconds")
 
 
-def hung_collector(tmp: Path, gate: Path) -> HungFsyncCollector:
-    """Started, the API listening; its disk hangs while ``gate`` exists."""
-    return HungFsyncCollector(tmp / "data", "--write-stall-timeout", str(STALL_AFTER),
-                              api=True, env={GATE_VARIABLE: str(gate)}).start()
+@contextlib.contextmanager
+def hung_collector(tmp: Path, gate: Path) -> Iterator[tuple[RawClient, str]]:
+    """A started collector, its API listening, whose disk hangs while ``gate`` exists:
+    a client that said hello, and the API's URL. The gate is removed at the end."""
+    collector = HungFsyncCollector(tmp / "data", "--write-stall-timeout", str(STALL_AFTER),
+                                   api=True, env={GATE_VARIABLE: str(gate)}).start()
+    client = RawClient(collector.socket)
+    try:
+        client.hello()
+        yield client, api_url(collector)
+    finally:
+        gate.unlink(missing_ok=True)
+        client.close()
+        collector.stop()
 
 
 def test_a_hung_fsync_makes_the_probe_say_write_stalled_until_the_commit_completes(
         tmp: Path) -> None:
     gate = tmp / "fsync-hangs"
-    collector = hung_collector(tmp, gate)
-    client = RawClient(collector.socket)
-    try:
-        url = api_url(collector)
-        client.hello()
+    with hung_collector(tmp, gate) as (client, url):
         kind, _ = client.batch(1, [wire_line(1)], [1])
         assert kind is FrameType.RESULT
         time.sleep(STALL_AFTER * 2)  # idle past the timeout: nothing waits, so ready
@@ -65,10 +73,6 @@ def test_a_hung_fsync_makes_the_probe_say_write_stalled_until_the_commit_complet
         assert reply is not None and reply[0] is FrameType.RESULT
         assert len(Result.decode(reply[1]).written) == 1
         assert healthz(url).status_code == 200
-    finally:
-        gate.unlink(missing_ok=True)
-        client.close()
-        collector.stop()
 
 
 def test_the_probe_answers_while_the_live_stats_file_write_hangs(tmp: Path) -> None:
@@ -76,11 +80,7 @@ def test_the_probe_answers_while_the_live_stats_file_write_hangs(tmp: Path) -> N
     write hung the loop, and with it ingest and GET /healthz, which a probe saw time out
     instead of answering 503 write_stalled."""
     gate = tmp / "disk-hangs"
-    collector = hung_collector(tmp, gate)
-    client = RawClient(collector.socket)
-    try:
-        url = api_url(collector)
-        client.hello()
+    with hung_collector(tmp, gate) as (client, url):
         gate.touch()
         wait_for(stats_hung(gate).exists, 60, "the live stats file's write to hang")
         client.send_batch(1, [wire_line(1)], [1])
@@ -89,7 +89,3 @@ def test_the_probe_answers_while_the_live_stats_file_write_hangs(tmp: Path) -> N
         gate.unlink()
         reply = client.frame()
         assert reply is not None and reply[0] is FrameType.RESULT
-    finally:
-        gate.unlink(missing_ok=True)
-        client.close()
-        collector.stop()
