@@ -20,9 +20,12 @@ is emitted on another thread.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import Any
 
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger, get_logger_provider
@@ -32,7 +35,7 @@ from .. import otel
 from .._counter import Counter
 from ..event import AuditEvent, encodable
 from .base import Sink
-from .batching import BatchingQueue, close_in_multiprocessing_children
+from .batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
 
 log = logging.getLogger("audit_middleware")
 
@@ -60,6 +63,7 @@ class OTelLogSink:
         self.primary = primary
         self._provider = logger_provider
         self._exit_timeout = exit_timeout
+        self._closed = False
         # A ProxyLogger when no provider is set yet: it follows a later
         # set_logger_provider(), so the sink may be configured before the SDK.
         self._logger = get_logger(otel.SCOPE_NAME, logger_provider=logger_provider)
@@ -67,7 +71,15 @@ class OTelLogSink:
         self.failed_events = Counter()  # one event's log copy failed, not its batch
         self._queue: BatchingQueue[AuditEvent] = BatchingQueue(
             self._emit, max_queue=max_queue, max_batch=max_batch, max_delay=max_delay,
-            name="audit-otel-logs")
+            name="audit-otel-logs", exit_timeout=exit_timeout)
+        ref = weakref.ref(self)
+        # After the queue's own hooks (registered above), so they run after them: a
+        # child's counters start from zero with its queue's.
+        os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_reset_counters"))
+        # Runs before the queue's and the primary's own exit hooks (atexit is last in,
+        # first out): the primary is closed first at exit too, not after the log copy's
+        # drain, which a stalled exporter holds for up to exit_timeout.
+        atexit.register(call_if_alive, ref, "close", None)
         # A multiprocessing child skips atexit, the SDK's provider shutdown included:
         # closing this sink there flushes the provider too (after its queue's drain).
         close_in_multiprocessing_children(self, None)  # the primary's and our own bounds
@@ -83,9 +95,23 @@ class OTelLogSink:
 
     # -- request path -------------------------------------------------------------------
     def submit(self, event: AuditEvent) -> None:
+        # An event the primary refuses (it raises) is not copied: the copy never shows
+        # what the audit trail of record does not have.
         if self.primary is not None:
             self.primary.submit(event)
+        if self._queue.watch_pid:  # uWSGI: no at-fork hook reset the counters
+            self._check_fork()
         self._queue.submit(event)
+
+    def _reset_counters(self) -> None:
+        self.emitted.reset()
+        self.failed_events.reset()
+
+    def _check_fork(self) -> None:
+        """In a child forked without the at-fork hook (uWSGI): the queue's reset and the
+        counters', together (the queue alone would reset itself and leave the parent's
+        ``otel_emitted`` in this child's stats)."""
+        self._queue.check_fork(self._reset_counters)
 
     # -- worker -------------------------------------------------------------------------
     def _emit(self, batch: list[AuditEvent]) -> None:
@@ -130,52 +156,80 @@ class OTelLogSink:
 
     # -- control ------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
-        done = self.primary.flush(timeout) if self.primary is not None else True
-        done = self._queue.flush(timeout) and done
+        """The primary's flush, then the log copies' and the logger provider's, all
+        within ``timeout``."""
+        return self._flush_after(self.primary.flush if self.primary is not None else None,
+                                 timeout)
+
+    def drain(self, timeout: float) -> bool:
+        """For ASGI lifespan shutdown (``middleware``), after which the process may end
+        without exit handlers: the primary's ``drain`` when it has one (a CollectorSink
+        spools what the collector has not acknowledged by the deadline; a flush would
+        leave it in flight, and lost), else its flush; then the log copies, all within
+        ``timeout``."""
+        primary_drain = getattr(self.primary, "drain", None)
+        if not callable(primary_drain) and self.primary is not None:
+            primary_drain = self.primary.flush
+        return self._flush_after(primary_drain, timeout)
+
+    def _flush_after(self, primary: Any, timeout: float | None) -> bool:
+        self._check_fork()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = bool(primary(timeout)) if primary is not None else True
+        done = self._queue.flush(_remaining(deadline)) and done
+        return self._flush_provider(deadline) and done
+
+    def _flush_provider(self, deadline: float | None) -> bool:
+        """``force_flush`` of the logger provider, on a thread of its own: the SDK's
+        batch processor exports synchronously and does not keep to the time it is given,
+        and a stalled exporter must hold neither a flush past its timeout nor the process
+        at exit (a multiprocessing child ends through ``close``). False when it did not
+        finish in time or said it failed."""
         provider: Any = self._provider or get_logger_provider()
         force_flush = getattr(provider, "force_flush", None)
-        if callable(force_flush):
-            millis = 30_000 if timeout is None else max(1, int(timeout * 1000))
-            done = bool(force_flush(millis)) and done
-        return done
+        if not callable(force_flush):
+            return True
+        remaining = _remaining(deadline)
+        millis = 30_000 if remaining is None else max(1, int(remaining * 1000))
+        result: list[bool] = []
+        flusher = threading.Thread(target=lambda: result.append(bool(force_flush(millis))),
+                                   name="audit-otel-flush", daemon=True)
+        flusher.start()
+        flusher.join(remaining)
+        if flusher.is_alive():
+            log.warning("audit: the OpenTelemetry logger provider did not flush within "
+                        "%.1fs; its exporter may have lost log copies", remaining or 0.0)
+        return bool(result) and result[0]
 
     def close(self, timeout: float | None = None) -> None:
         """Close the primary (within ``timeout``, or its own exit timeout), then this
         sink's queue and a flush of the logger provider, together within ``timeout`` (or
-        ``exit_timeout``). The provider is the app's: flushed, not shut down. Its flush
-        runs on a thread of its own: the SDK's batch processor exports synchronously and
-        does not keep to the time it is given, and a stalled exporter must not hold the
-        process (a multiprocessing child ends through this close)."""
+        ``exit_timeout``). The provider is the app's: flushed, not shut down."""
+        if self._closed:  # e.g. replaced by configure(), then its exit hook: no second wait
+            return
+        self._closed = True
         limit = self._exit_timeout if timeout is None else timeout
         try:
             if self.primary is not None:
                 self.primary.close(timeout)
         finally:
+            self._check_fork()
             deadline = time.monotonic() + limit
             self._queue.close(limit)
-            provider: Any = self._provider or get_logger_provider()
-            force_flush = getattr(provider, "force_flush", None)
-            if callable(force_flush):
-                remaining = max(deadline - time.monotonic(), 0.0)
-                flusher = threading.Thread(
-                    target=force_flush, args=(max(1, int(remaining * 1000)),),
-                    name="audit-otel-flush", daemon=True)
-                flusher.start()
-                flusher.join(remaining)
-                if flusher.is_alive():
-                    log.warning("audit: the OpenTelemetry logger provider did not flush "
-                                "within %.1fs; its exporter may have lost log copies", limit)
+            self._flush_provider(deadline)
 
     def stats(self) -> dict[str, int]:
         """The primary's counters, plus ``otel_emitted`` (log records handed to the Logs
         API), ``otel_queued``, ``otel_failed`` and ``otel_dropped`` (queue full: the log
         copy of an event is dropped, never the primary's)."""
+        self._check_fork()
         counts = self._queue.counts()
         if self.primary is not None:
             result = dict(self.primary.stats())
         else:
             result = {"submitted": counts["submitted"], "delivered": self.emitted.value,
-                      "dropped": counts["dropped"] + counts["failed"]}
+                      "dropped": counts["dropped"] + counts["failed"]
+                      + self.failed_events.value}
         result.update(otel_emitted=self.emitted.value, otel_queued=counts["queued"],
                       otel_failed=counts["failed"] + self.failed_events.value,
                       otel_dropped=counts["dropped"])
@@ -183,3 +237,7 @@ class OTelLogSink:
 
     def __repr__(self) -> str:
         return f"OTelLogSink({self.primary!r})"
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)

@@ -5,6 +5,7 @@ Checked with the SDK's logger provider and its in-memory exporter."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -281,3 +282,158 @@ def test_a_multiprocessing_child_is_not_held_past_the_exit_timeout(processor: st
         child.join(30)
         reset_configuration()
         sink.close(0.5)
+
+
+class Blocked(InMemoryLogRecordExporter):
+    """An exporter stalled until ``release`` is set (a collector that stopped reading)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def export(self, batch):  # type: ignore[no-untyped-def]
+        self.release.wait()
+        return super().export(batch)
+
+
+def test_a_flush_keeps_to_its_timeout_with_a_stalled_exporter() -> None:
+    """The SDK's batch processor exports synchronously in force_flush and ignores the
+    time it is given: flush(0.5), e.g. the lifespan shutdown's, waited for the stalled
+    exporter for ever, after the primary's and the queue's flush each took the whole
+    timeout."""
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    exporter = Blocked()
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(BatchLogRecordProcessor(
+        exporter, schedule_delay_millis=60_000))
+    sink = OTelLogSink(audit.MemorySink(), logger_provider=provider)
+    audit.configure(sink=sink)
+    results: list[bool] = []
+    flusher = threading.Thread(target=lambda: results.append(sink.flush(0.5)), daemon=True)
+    try:
+        audit.emit("run_dropped", "run-1")
+        flusher.start()
+        flusher.join(10)  # far past the 0.5 s asked for
+        assert results == [False]
+    finally:
+        exporter.release.set()
+        flusher.join(30)
+        reset_configuration()
+        sink.close(5)
+
+
+def _child_stats(sink: OTelLogSink, exporter: InMemoryLogRecordExporter, out: str) -> None:
+    exporter.clear()  # the parent's records, inherited with its memory
+    audit.emit("run_dropped", "child")
+    assert sink.flush(10)
+    exported = [r.log_record.attributes["audit.target.id"]
+                for r in exporter.get_finished_logs()]
+    with open(out, "w") as f:
+        json.dump({"stats": sink.stats(), "exported": exported}, f)
+
+
+@pytest.mark.parametrize("hooks", [True, False])
+def test_a_forked_child_counts_only_its_own_log_copies(tmp_path, hooks: bool) -> None:  # type: ignore[no-untyped-def]
+    """A child (a gunicorn worker; uWSGI, whose fork runs no at-fork hook) reported its
+    parent's otel_emitted as its own: 3 log copies of its 1 event, and, without a
+    primary, 3 delivered of 1 submitted. The event its parent still had queued at the
+    fork is not emitted again by the child."""
+    import multiprocessing
+
+    setup = Setup()
+    sink = OTelLogSink(logger_provider=setup.provider, max_delay=60)  # woken by flush
+    audit.configure(sink=sink)
+    out = tmp_path / "child.json"
+    try:
+        for i in range(2):
+            audit.emit("run_dropped", f"parent-{i}")
+        assert sink.flush(10)
+        audit.emit("run_dropped", "parent-queued")  # still queued at the fork
+        if hooks:
+            child = multiprocessing.get_context("fork").Process(
+                target=_child_stats, args=(sink, setup.exporter, str(out)))
+            child.start()
+            child.join(30)
+            assert child.exitcode == 0
+        else:
+            sink._queue.watch_pid = True
+            sink._queue._pid = -1  # this process is now a child forked without hooks
+            _child_stats(sink, setup.exporter, str(out))
+        result = json.loads(out.read_text())
+        assert result["exported"] == ["child"]
+        assert {k: result["stats"][k] for k in ("submitted", "delivered", "otel_emitted")} == {
+            "submitted": 1, "delivered": 1, "otel_emitted": 1}
+    finally:
+        reset_configuration()
+        sink.close(5)
+
+
+def test_alone_an_event_whose_log_copy_failed_counts_as_dropped() -> None:
+    """Without a primary the log copy is the sink: submitted = delivered + queued +
+    dropped. An event the logger refused was in none of them."""
+    sink = OTelLogSink(logger_provider=Setup().provider)
+    audit.configure(sink=sink)
+
+    def refusing(**record):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the exporter refused it")
+
+    sink._logger.emit = refusing  # type: ignore[method-assign]
+    try:
+        audit.emit("run_dropped", "run-1")
+        assert sink.flush(5)
+        stats = sink.stats()
+        assert (stats["submitted"], stats["delivered"], stats["dropped"],
+                stats["otel_failed"]) == (1, 0, 1, 1)
+    finally:
+        reset_configuration()
+        sink.close(5)
+
+
+_EXIT_ORDER = """
+import sys, threading
+import audit_middleware as audit
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor, LogRecordExporter
+from audit_middleware.sinks.otel import OTelLogSink
+
+out = sys.argv[1]
+
+class Stalled(LogRecordExporter):
+    def export(self, batch):
+        with open(out, "a") as f:
+            f.write("otel-export\\n")
+        threading.Event().wait()  # for ever: the worker is a daemon thread
+
+    def shutdown(self):
+        pass
+
+    def force_flush(self, timeout_millis=30_000):
+        return True
+
+class Primary(audit.MemorySink):
+    def close(self, timeout=None):
+        with open(out, "a") as f:
+            f.write("primary-closed\\n")
+        super().close(timeout)
+
+provider = LoggerProvider(shutdown_on_exit=False)
+provider.add_log_record_processor(SimpleLogRecordProcessor(Stalled()))
+sink = OTelLogSink(Primary(), logger_provider=provider, max_delay=60, exit_timeout=0.5)
+audit.configure(sink=sink)
+audit.emit("run_dropped", "run-1")
+"""
+
+
+def test_at_exit_the_primary_is_closed_before_the_log_copy_drains(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """At exit the log copy's queue (its own atexit hook, registered after the
+    primary's) drained first: a stalled exporter held the audit trail's close for 5 s,
+    whatever exit_timeout said, time a supervisor's kill may cut short."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "order"
+    proc = subprocess.run([sys.executable, "-c", _EXIT_ORDER, str(out)], check=False, timeout=60,
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().split() == ["primary-closed", "otel-export"]

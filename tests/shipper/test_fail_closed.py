@@ -163,23 +163,26 @@ def test_lifespan_shutdown_flushes_the_sink(root: Path, collector: Path) -> None
     sink.close()
 
 
+@pytest.mark.parametrize("otel_copy", [False, True], ids=["alone", "in-OTelLogSink"])
 def test_lifespan_shutdown_spools_what_a_stalled_collector_left_unacknowledged(
-        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        root: Path, monkeypatch: pytest.MonkeyPatch, otel_copy: bool) -> None:
     """Lifespan shutdown is the last chance under uvicorn: it re-raises the SIGTERM it
     caught, whose default action ends the process without exit handlers, so the sink's
     close() never runs. A flush there waited out its timeout on a collector that had
     stopped answering (SIGSTOP, a hung disk) and left the events in flight: the process
     then died with them, nothing spooled, counted or logged (uvicorn, 163 of 500
-    requests' events). They are spooled by the deadline, the sink staying open."""
+    requests' events). They are spooled by the deadline, the sink staying open. Wrapped
+    in an OTelLogSink too (it had no drain: the lifespan flushed it, 0 of 3 spooled)."""
     import signal
 
     from audit_middleware import middleware
+    from audit_middleware.sinks.otel import OTelLogSink
 
     monkeypatch.setattr(middleware, "SHUTDOWN_FLUSH_TIMEOUT", 0.5)
     collector = CollectorProcess(root / "data").start()
     try:
         sink = CollectorSink(collector.url, spool_dir=root / "spool", backoff_max=0.2)
-        configure(sink=sink)
+        configure(sink=OTelLogSink(sink) if otel_copy else sink)
         with TestClient(make_app()) as client:
             assert client.delete("/credentials/c0").status_code == 200
             assert sink.flush(timeout=10) and sink.stats()["acknowledged"] == 1
