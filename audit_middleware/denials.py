@@ -33,12 +33,11 @@ from . import _config
 from .context import RequestContext
 from .emitter import emit_in_request
 from .errors import AuditConfigurationError
+from .event import denied_status
 from .shipper.receipts import pending
 
 log = logging.getLogger("audit_middleware")
 
-#: The statuses that deny access: not authenticated, not allowed.
-DENIED_STATUSES: frozenset[int] = frozenset((401, 403))
 
 
 def checked_denied_event(event_type: object) -> str | None:
@@ -89,7 +88,7 @@ def on_denied(ctx: RequestContext, enclosing: RequestContext | None, method: obj
     # wake its worker for it as for an event a response is held for.
     receipts = pending.set(None)
     try:
-        emit_in_request(event_type, path, f"HTTP {ctx.status_code} on {method}", ctx)
+        emit_in_request(event_type, path, denied_status(ctx.status_code, method), ctx)
     except Exception:
         log.exception("audit: could not record the denied request as %s", event_type)
     finally:

@@ -55,6 +55,19 @@ TEXT_FIELDS: Final[tuple[str, ...]] = (
 #: Principal of events the application itself initiates.
 SYSTEM: Final = "system"
 
+#: The statuses that deny access: not authenticated, not allowed (``denials``).
+DENIED_STATUSES: Final[frozenset[int]] = frozenset((401, 403))
+
+
+def denied_status(status_code: object, method: object) -> str:
+    """The status of a denied request's event (``denials``): ``HTTP 403 on DELETE``."""
+    return f"HTTP {status_code} on {method}"
+
+
+#: How the status of a denied request's event begins (``otel.severity`` tells them by it).
+DENIED_STATUS_PREFIXES: Final[tuple[str, ...]] = tuple(
+    denied_status(code, "") for code in sorted(DENIED_STATUSES))
+
 # Characters orjson leaves raw that readers may act on: the C1 controls U+0080-U+009F
 # (NEL, a line break to str.splitlines; CSI and OSC, the 8-bit ESC [ and ESC ] that
 # terminals honouring C1 run during a `tail -f` or `grep`) and LINE and PARAGRAPH

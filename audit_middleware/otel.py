@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from .event import FIELDS, SCHEMA_VERSION
+from .event import DENIED_STATUS_PREFIXES, FIELDS, SCHEMA_VERSION
 
 #: Instrumentation scope of every audit log record.
 SCOPE_NAME: Final = "audit_middleware"
@@ -59,7 +59,9 @@ ATTRIBUTES: Final[tuple[tuple[str, str], ...]] = (
 )
 
 #: OpenTelemetry severity numbers (the Logs data model): INFO for an action that
-#: happened, WARN for one recorded as failed (``@audited(record_failure=True)``).
+#: happened, WARN for one recorded as failed (``@audited(record_failure=True)``) and for
+#: a denied request (``denied_event``: ``HTTP 403 on DELETE``), so that a 403 is a
+#: warning whether or not its handler was ``@audited``.
 SEVERITY_INFO: Final = (9, "INFO")
 SEVERITY_WARN: Final = (13, "WARN")
 
@@ -77,7 +79,7 @@ def log_attributes(record: Mapping[str, Any]) -> dict[str, str | int]:
 
 def severity(record: Mapping[str, Any]) -> tuple[int, str]:
     status = record.get("status")
-    if isinstance(status, str) and status.startswith("failed"):
+    if isinstance(status, str) and status.startswith(("failed", *DENIED_STATUS_PREFIXES)):
         return SEVERITY_WARN
     return SEVERITY_INFO
 

@@ -25,7 +25,8 @@ from .context import (
     init_context,
     new_context,
 )
-from .denials import DENIED_STATUSES, on_denied
+from .denials import on_denied
+from .event import DENIED_STATUSES
 from .shipper.receipts import Receipt, pending, wait_durable_blocking
 
 log = logging.getLogger("audit_middleware")

@@ -141,6 +141,29 @@ def test_an_event_recorded_as_failed_is_a_warning(otel: Setup) -> None:
     assert (record.severity_number.value, record.severity_text) == (13, "WARN")
 
 
+def test_a_denied_request_is_a_warning_as_its_audited_failure_is(otel: Setup) -> None:
+    """A 403 recorded by the middleware's denied_event (no @audited handler: refused by
+    a permission check) was INFO, while the same 403 recorded by an @audited handler
+    (``failed: HTTP 403``) was WARN: an alert on warnings missed most denials."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    audit.register_resource("request", {"denied": "request_denied"})
+    app = Starlette(
+        routes=[Route("/admin", lambda request: PlainTextResponse("no", status_code=403),
+                      methods=["DELETE"])],
+        middleware=[Middleware(audit.AuditMiddleware, denied_event="request_denied")])
+    with TestClient(app) as client:
+        assert client.delete("/admin").status_code == 403
+    (record,) = otel.records()
+    assert (record.event_name, record.attributes["audit.status"]) == (
+        "request_denied", "HTTP 403 on DELETE")
+    assert (record.severity_number.value, record.severity_text) == (13, "WARN")
+
+
 def test_the_primary_sink_gets_every_event_and_its_counters_are_the_sinks(otel: Setup) -> None:
     events = [audit.emit("run_dropped", f"run-{i}") for i in range(5)]
     otel.records()
