@@ -39,7 +39,6 @@ from .shipper.receipts import pending
 log = logging.getLogger("audit_middleware")
 
 
-
 def checked_denied_event(event_type: object) -> str | None:
     """``denied_event`` as given to a middleware, checked when it is constructed: a type
     the catalogue does not know fails at start-up, naming the closest, not per request."""
