@@ -64,6 +64,8 @@ class OTelLogSink:
         self._provider = logger_provider
         self._exit_timeout = exit_timeout
         self._closed = False
+        #: The last provider flush's thread (``_flush_provider``), maybe still running.
+        self._flusher: threading.Thread | None = None
         # A ProxyLogger when no provider is set yet: it follows a later
         # set_logger_provider(), so the sink may be configured before the SDK.
         self._logger = get_logger(otel.SCOPE_NAME, logger_provider=logger_provider)
@@ -75,7 +77,7 @@ class OTelLogSink:
         ref = weakref.ref(self)
         # After the queue's own hooks (registered above), so they run after them: a
         # child's counters start from zero with its queue's.
-        os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_reset_counters"))
+        os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
         # Runs before the queue's and the primary's own exit hooks (atexit is last in,
         # first out): the primary is closed first at exit too, not after the log copy's
         # drain, which a stalled exporter holds for up to exit_timeout.
@@ -103,15 +105,18 @@ class OTelLogSink:
             self._check_fork()
         self._queue.submit(event)
 
-    def _reset_counters(self) -> None:
+    def _after_fork(self) -> None:
         self.emitted.reset()
         self.failed_events.reset()
+        # The parent's flush thread does not exist here; without the at-fork hook
+        # (uWSGI) its Thread would still look alive and be waited on for every timeout.
+        self._flusher = None
 
     def _check_fork(self) -> None:
         """In a child forked without the at-fork hook (uWSGI): the queue's reset and the
         counters', together (the queue alone would reset itself and leave the parent's
         ``otel_emitted`` in this child's stats)."""
-        self._queue.check_fork(self._reset_counters)
+        self._queue.check_fork(self._after_fork)
 
     # -- worker -------------------------------------------------------------------------
     def _emit(self, batch: list[AuditEvent]) -> None:
@@ -189,17 +194,29 @@ class OTelLogSink:
         force_flush = getattr(provider, "force_flush", None)
         if not callable(force_flush):
             return True
+        # One provider flush at a time: one that a stalled exporter holds is waited for,
+        # not joined by another thread per call, each blocked behind the SDK's export
+        # lock for as long as the stall lasts. (Two callers at once may start two.)
+        if self._flusher is not None and not self._ended(self._flusher, deadline):
+            return False
         remaining = _remaining(deadline)
         millis = 30_000 if remaining is None else max(1, int(remaining * 1000))
         result: list[bool] = []
         flusher = threading.Thread(target=lambda: result.append(bool(force_flush(millis))),
                                    name="audit-otel-flush", daemon=True)
+        self._flusher = flusher
         flusher.start()
+        return self._ended(flusher, deadline) and result == [True]
+
+    @staticmethod
+    def _ended(flusher: threading.Thread, deadline: float | None) -> bool:
+        remaining = _remaining(deadline)
         flusher.join(remaining)
         if flusher.is_alive():
             log.warning("audit: the OpenTelemetry logger provider did not flush within "
                         "%.1fs; its exporter may have lost log copies", remaining or 0.0)
-        return bool(result) and result[0]
+            return False
+        return True
 
     def close(self, timeout: float | None = None) -> None:
         """Close the primary (within ``timeout``, or its own exit timeout), then this

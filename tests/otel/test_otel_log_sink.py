@@ -346,6 +346,34 @@ def test_a_flush_keeps_to_its_timeout_with_a_stalled_exporter() -> None:
         sink.close(5)
 
 
+def _flushers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "audit-otel-flush"}
+
+
+def test_flushes_that_time_out_on_a_stalled_exporter_leave_one_thread_not_one_each() -> None:
+    """Each flush(timeout) started a provider flush on a new thread and left it blocked
+    when the exporter stalled: an app that flushes after every task (a Celery worker, a
+    cron job) gained one thread per call for as long as the stall lasted."""
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    exporter = Blocked()
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(BatchLogRecordProcessor(
+        exporter, schedule_delay_millis=60_000))
+    sink = OTelLogSink(logger_provider=provider)
+    audit.configure(sink=sink)
+    before = _flushers()
+    try:
+        for i in range(5):
+            audit.emit("run_dropped", f"run-{i}")
+            assert not sink.flush(0.05)
+        assert len(_flushers() - before) == 1  # not those earlier tests left to end
+    finally:
+        exporter.release.set()
+        reset_configuration()
+        sink.close(5)
+
+
 def _child_stats(sink: OTelLogSink, exporter: InMemoryLogRecordExporter, out: str) -> None:
     exporter.clear()  # the parent's records, inherited with its memory
     audit.emit("run_dropped", "child")
