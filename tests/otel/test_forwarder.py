@@ -92,8 +92,9 @@ def test_every_field_of_every_record_reaches_the_receiver(store: Store,
     store.write([event(1, trace_id=TRACE, span_id=SPAN),
                  event(2, type="run_dropped", principal="system", client_ip=""),
                  event(3, client_ip="192.0.2.50", peer_ip="10.0.0.2", status="failed: HTTP 500"),
-                 event(4, type="user_sign_in", status="password")])
-    fwd = forwarder(store, receiver, headers={"Authorization": "Bearer t0ken"})
+                 event(4, type="user_sign_in", status="password"),
+                 event(5, type="request_denied", principal="", status="HTTP 403 on DELETE")])
+    fwd = forwarder(store, receiver, headers={"Authorization": "Bearer t0ken"}, batch_size=8)
     while fwd.step():
         pass
     records = stored(store)
@@ -106,13 +107,14 @@ def test_every_field_of_every_record_reaches_the_receiver(store: Store,
     assert scope_logs.scope.name == "audit_middleware"
     assert receiver.headers[0]["authorization"] == "Bearer t0ken"
     received = list(scope_logs.log_records)
-    assert len(received) == len(records) == 4
-    for got, record in zip(received, records, strict=True):
+    assert len(received) == len(records) == 5
+    # WARN: recorded as failed, or a denied request (denied_event), as the app's copy.
+    warn = [False, False, True, False, True]
+    for got, record, warned in zip(received, records, warn, strict=True):
         assert got.event_name == record["type"]
         assert got.time_unix_nano == created_micros(record["created"]) * 1000
         assert got.observed_time_unix_nano >= got.time_unix_nano
-        failed = record["status"].startswith("failed")
-        assert (got.severity_number, got.severity_text) == ((13, "WARN") if failed
+        assert (got.severity_number, got.severity_text) == ((13, "WARN") if warned
                                                             else (9, "INFO"))
         assert got.body.string_value == log_body(record)
         assert json.loads(got.body.string_value)["id"] == record["id"]
