@@ -442,7 +442,7 @@ def test_alone_an_event_whose_log_copy_failed_counts_as_dropped() -> None:
 
 
 _EXIT_ORDER = """
-import sys, threading
+import os, sys
 import audit_middleware as audit
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor, LogRecordExporter
@@ -454,7 +454,9 @@ class Stalled(LogRecordExporter):
     def export(self, batch):
         with open(out, "a") as f:
             f.write("otel-export\\n")
-        threading.Event().wait()  # for ever: the worker is a daemon thread
+        # Stalled for good: the process ends here, so the file shows what ran before
+        # the log copy's drain whatever the load (no wait that a slow worker outlasts).
+        os._exit(0)
 
     def shutdown(self):
         pass
@@ -470,7 +472,7 @@ class Primary(audit.MemorySink):
 
 provider = LoggerProvider(shutdown_on_exit=False)
 provider.add_log_record_processor(SimpleLogRecordProcessor(Stalled()))
-sink = OTelLogSink(Primary(), logger_provider=provider, max_delay=60, exit_timeout=0.5)
+sink = OTelLogSink(Primary(), logger_provider=provider, max_delay=60, exit_timeout=30)
 audit.configure(sink=sink)
 audit.emit("run_dropped", "run-1")
 """
