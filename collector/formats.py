@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 from audit_middleware.catalogue import SEED_CATALOGUE, USER_SIGN_IN
-from audit_middleware.event import SYSTEM
+from audit_middleware.event import DENIED_STATUS_PREFIXES, SYSTEM
 
 from .render import json_line
 
@@ -73,10 +73,19 @@ def classify(event_type: str) -> tuple[str, int]:
     return event_type, OTHER
 
 
+#: How the status of an action that did not happen begins: ``failed: ...``
+#: (``@audited(record_failure=True)``) or a denied request's ``HTTP 403 on DELETE``
+#: (the middleware's ``denied_event``), the same statuses OpenTelemetry's severity
+#: calls WARN (``audit_middleware.otel.severity``).
+_FAILED: Final = ("failed", *DENIED_STATUS_PREFIXES)
+
+
 def failed(record: Record) -> bool:
-    """Recorded with ``@audited(record_failure=True)``: status ``failed: ...``."""
+    """Whether the action did not happen: it failed, or the request was denied (a
+    denial exported as OCSF ``Success`` or ECS ``success`` told a SIEM the refused
+    access was granted)."""
     status = record.get("status")
-    return isinstance(status, str) and status.startswith("failed")
+    return isinstance(status, str) and status.startswith(_FAILED)
 
 
 def epoch_millis(created: str) -> int:

@@ -80,6 +80,12 @@ def test_a_failure_has_outcome_failure_and_its_reason() -> None:
     assert (event["outcome"], event["reason"]) == ("failure", "failed: HTTP 403")
 
 
+def test_a_denied_request_has_outcome_failure() -> None:
+    """A denied request (the middleware's denied_event) was exported as a success."""
+    event = to_ecs(stored(status="HTTP 401 on POST"))["event"]
+    assert (event["outcome"], event["reason"]) == ("failure", "HTTP 401 on POST")
+
+
 def test_a_user_management_event_names_the_target_user() -> None:
     doc = to_ecs(stored(type="user_deleted", target="u-9"))
     assert doc["user"] == {"id": "u-7", "target": {"id": "u-9"}}

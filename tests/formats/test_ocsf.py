@@ -124,6 +124,15 @@ def test_a_failure_is_a_failure_status_with_its_detail() -> None:
     assert event["status_detail"] == "failed: PermissionError"
 
 
+def test_a_denied_request_is_a_failure_not_a_success() -> None:
+    """The middleware's denied_event (HTTP 401/403 before any handler) was exported as
+    status Success: a SIEM read the refused access as granted."""
+    event = to_ocsf(stored(type="credentials_deleted", status="HTTP 403 on DELETE"))
+    assert (event["status_id"], event["status"]) == (2, "Failure")
+    assert event["status_detail"] == "HTTP 403 on DELETE"
+    assert to_ocsf(stored(status="HTTP 200 on GET"))["status_id"] == 1
+
+
 def test_a_system_event_is_a_system_user_without_an_ip() -> None:
     event = to_ocsf(stored(type="run_dropped", principal="system", client_ip=""))
     assert event["actor"]["user"]["type_id"] == 3
