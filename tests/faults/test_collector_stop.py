@@ -44,6 +44,11 @@ def test_sigstop_under_load_latency_and_memory_stay_bounded(tmp: Path) -> None:
         collector.pause()
         try:
             time.sleep(STOPPED)
+            # Until the spool has taken some: the queue (MAX_QUEUE) fills at the load's
+            # rate, which a slow or busy machine makes slower than the stop (CI once
+            # spooled nothing in its 3 s: the assertion below, not the product, failed).
+            wait_for(lambda: app.stats()["spooled"] > 0, 120,
+                     "the app's queue to fill and its spool to take the rest")
             app_stopped = app.memory()
             during = app.stats()
         finally:

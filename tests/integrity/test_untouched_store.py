@@ -101,11 +101,9 @@ def test_a_restarted_store_verifies_clean_and_its_chain_continues(tmp_path: Path
     assert len(starts) == 3
 
 
-def test_a_store_killed_mid_write_and_repaired_verifies_clean(tmp_path: Path) -> None:
-    """kill -9 while writing, a torn record appended (as a crash mid-write leaves it),
-    then the next open quarantines the torn tail and signs what the crash left unsigned:
-    recovery and the chain agree."""
-    data_dir = tmp_path / "data"
+def kill_while_writing(data_dir: Path) -> None:
+    """A store writing batches of 20 events as fast as it can, in 8 KiB segments, killed
+    with SIGKILL after 30 batches."""
     script = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
@@ -124,7 +122,25 @@ while True:
         writer.stdout.readline()
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait()
-    active = segment_paths(data_dir)[-1]
+
+
+def test_a_store_killed_mid_write_and_repaired_verifies_clean(tmp_path: Path) -> None:
+    """kill -9 while writing, a torn record appended (as a crash mid-write leaves it),
+    then the next open quarantines the torn tail and signs what the crash left unsigned:
+    recovery and the chain agree."""
+    # A kill inside a rotation (the new segment made, its predecessor's seal not yet
+    # written: a few milliseconds, every 8 KiB here) leaves a header-only newest segment,
+    # which a record cannot follow before that seal: a torn record appended there is no
+    # state a crash leaves (verify rightly says the seal is missing; CI met it once).
+    # Such a kill is test_a_seal_interrupted_by_a_crash_is_completed_at_the_next_start's.
+    for attempt in range(5):
+        data_dir = tmp_path / f"data-{attempt}"
+        kill_while_writing(data_dir)
+        active = segment_paths(data_dir)[-1]
+        if len(lines_of(active)) > 1:
+            break
+    else:
+        pytest.fail("5 kills in a row landed inside a rotation")
     with open(active, "ab") as f:
         f.write(lines_of(segment_paths(data_dir)[0])[1][:57])  # a record cut mid-line
     copy = tmp_path / "crashed-copy"
