@@ -27,3 +27,9 @@ class Counter:
         and taking it would hang the child."""
         self._lock = threading.Lock()
         self._n = 0
+
+
+def worth_saying(n: int) -> bool:
+    """Whether the ``n``th occurrence of a repeated failure is logged: the 1st, 2nd,
+    4th, 8th, ...: visible, never a flood (a failing disk logged each of thousands)."""
+    return n & (n - 1) == 0

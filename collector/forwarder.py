@@ -63,6 +63,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from audit_middleware import otel
+from audit_middleware._counter import worth_saying
 from collector import query as q
 from collector.endpoint_url import hide_query_values, shown_endpoint
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointFile
@@ -381,7 +382,7 @@ class Forwarder:
             self.last_error = hide_query_values(f"{type(exc).__name__}: {exc}" if str(exc)
                                                 else type(exc).__name__)
         n = self.failures
-        if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: visible, not a flood
+        if worth_saying(n):  # at 1, 2, 4, 8, ... failures: visible, not a flood
             # The receiver's answer is quoted in it: escaped, a line break in it would
             # forge a line of this log.
             log.error("forwarder: export to %s failed (%d so far, retrying with backoff): %s",

@@ -12,6 +12,8 @@ import socket
 from collections.abc import Sequence
 from typing import Final
 
+from audit_middleware._counter import worth_saying
+
 #: Client hosts whose failures are counted for the log (then forgotten).
 _HOSTS: Final = 1024
 
@@ -66,7 +68,7 @@ class FailureLog:
         if host not in failures and len(failures) >= _HOSTS:
             failures.clear()
         n = failures[host] = failures.get(host, 0) + 1
-        return n if n & (n - 1) == 0 else None
+        return n if worth_saying(n) else None
 
 
 def handshake_hint(exc: BaseException, hints: Hints) -> str:

@@ -24,6 +24,8 @@ from typing import Any, TextIO, cast
 
 import orjson
 
+from audit_middleware._counter import worth_saying
+
 from . import installed_version
 from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
@@ -95,7 +97,7 @@ def open_when_there_is_space(config: CollectorConfig, signals: StopSignals
             opened = open_store(config)
         except DiskFullError as exc:
             attempts += 1
-            if attempts & (attempts - 1) == 0:  # at 1, 2, 4, 8, ... attempts
+            if worth_saying(attempts):  # at 1, 2, 4, 8, ... attempts
                 print(f"audit-collector serve: cannot open the store in "
                       f"{config.data_dir}: {exc}. Waiting for free space (trying again "
                       f"every {OPEN_RETRY:g} s, {attempts} attempt(s) so far): free "
@@ -338,7 +340,7 @@ async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig
             await asyncio.to_thread(stats_file.write, live)
         except Exception:  # the live stats go on: a task that dies leaves them frozen
             failures += 1
-            if failures & (failures - 1) == 0:
+            if worth_saying(failures):
                 log.exception("writing %s failed (%d times so far)", STATS_FILE, failures)
 
 

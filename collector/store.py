@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
+from audit_middleware._counter import worth_saying
 from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
 from collector.index import Index
@@ -564,7 +565,7 @@ class Store:
             return
         self._full_failures += 1
         n = self._full_failures
-        if n & (n - 1) == 0:
+        if worth_saying(n):
             log.error("audit store: %s failed: the disk is full (%s; %d time(s) so far); "
                       "tried again at every pass: free space on it", what, exc, n)
 
@@ -634,7 +635,7 @@ class Store:
         except sqlite3.Error as exc:
             self._checkpoint_failures += 1
             n = self._checkpoint_failures
-            if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+            if worth_saying(n):  # at 1, 2, 4, 8, ... failures: said, not a flood
                 log.warning("audit store: checkpointing the index's WAL in the room "
                             "retention freed failed (%s, %d failures so far); the indexer "
                             "tries again about once a second while the disk is this "
@@ -657,7 +658,7 @@ class Store:
         except sqlite3.Error as exc:
             self._count_failures += 1
             n = self._count_failures
-            if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+            if worth_saying(n):  # at 1, 2, 4, 8, ... failures: said, not a flood
                 log.warning("audit store: counting the events after a retention drop "
                             "failed (%s, %d failures so far); tried again at the next "
                             "housekeeping", exc, n)

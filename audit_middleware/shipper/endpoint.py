@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
+from .._counter import worth_saying
 from ..errors import AuditConfigurationError
 
 log = logging.getLogger("audit_middleware")
@@ -276,7 +277,7 @@ def _said_stale(host: str, error: Exception) -> None:
     outage makes one."""
     global _stale_errors
     _stale_errors += 1
-    if _stale_errors & (_stale_errors - 1) == 0:
+    if worth_saying(_stale_errors):
         log.warning("audit: resolving %s failed (%s); using the addresses it last "
                     "resolved to (%d such lookup(s) so far)", host, error, _stale_errors)
 

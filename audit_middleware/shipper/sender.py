@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import InvalidStateError
 from typing import Final
 
-from .._counter import Counter
+from .._counter import Counter, worth_saying
 from ..wire import ErrorCode, Hello, Result, WireError
 from .connection import CollectorStalled, Connection
 from .endpoint import Endpoint
@@ -191,7 +191,7 @@ class Sender:
         self.rejected.add()
         resolve(receipt, f"rejected by the collector: {reason}")
         n = self.rejected.value
-        if n & (n - 1) == 0:  # logged at 1, 2, 4, 8, ... rejections: visible, no flood
+        if worth_saying(n):  # logged at 1, 2, 4, 8, ... rejections: visible, no flood
             log.error("audit: the collector rejected event #%d of %s: %s (%d rejected so far)",
                       seq, self.source, reason, n)
 

@@ -76,6 +76,7 @@ import time
 import zlib
 from pathlib import Path
 
+from .._counter import worth_saying
 from .spool_adoption import _Adoption
 from .spool_files import (
     _PARTIAL,
@@ -87,7 +88,6 @@ from .spool_files import (
     _stamp_of,
     _unlink_quietly,
     _unsafe,
-    _worth_saying,
     destination_tag,
     log,
 )
@@ -208,7 +208,7 @@ class Spool(_Adoption):
         likely as not on that same disk; the caller counts the batches dropped."""
         self._write_failures += 1
         n = self._write_failures
-        if _worth_saying(n):
+        if worth_saying(n):
             log.error("audit spool %s: could not write a batch (%s)%s", self.directory, exc,
                       f" ({n} in a row; said again at {2 * n})" if n > 1 else "")
 

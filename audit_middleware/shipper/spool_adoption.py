@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from .._counter import worth_saying
 from .spool_cap import _SharedCap
 from .spool_files import (
     _PARTIAL,
@@ -18,7 +19,6 @@ from .spool_files import (
     _File,
     _unlink_quietly,
     _unsafe,
-    _worth_saying,
     log,
 )
 from .spool_held import _HeldFiles
@@ -188,7 +188,7 @@ class _Adoption(_HeldFiles, _SharedCap):
         this user cannot read logged an error at every scan (every 10 s)."""
         self._adoption_errors += 1
         n = self._adoption_errors
-        if _worth_saying(n):
+        if worth_saying(n):
             log.error("audit spool: %s (%s): %s%s", what, exc, then,
                       f" ({n} such failures so far; said again at {2 * n})" if n > 1 else "")
 

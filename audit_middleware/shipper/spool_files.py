@@ -223,11 +223,6 @@ def _owner_hint(place: Path, configured: Path) -> str:
             f"other user can read or remove).")
 
 
-def _worth_saying(n: int) -> bool:
-    """Whether the ``n``th occurrence of a repeated failure is logged: the 1st, 2nd,
-    4th, 8th, ...: visible, never a flood (a failing disk logged each of thousands)."""
-    return n & (n - 1) == 0
-
 
 def _removed(f: _File) -> bool:
     """Whether ``f`` is no longer at its path: removed, or another file put there (False

@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
-from .._counter import Counter
+from .._counter import Counter, worth_saying
 from ..errors import AuditError
 
 log = logging.getLogger("audit_middleware")
@@ -171,7 +171,7 @@ class BatchingQueue(Generic[T]):
             return False
         self.dropped.add()
         n = self.dropped.value
-        if n & (n - 1) == 0:  # log at 1, 2, 4, 8, ... drops: visible, not a flood
+        if worth_saying(n):  # log at 1, 2, 4, 8, ... drops: visible, not a flood
             log.error("audit queue %s full (%d events): %d events dropped so far",
                       self._name, self._max_queue, n)
         return False

@@ -44,6 +44,7 @@ from typing import Any, Final
 import uvicorn
 from starlette.applications import Starlette
 
+from audit_middleware._counter import worth_saying
 from audit_middleware.shipper.endpoint import is_loopback
 
 from ..accepting import default_max_connections
@@ -184,7 +185,7 @@ class ApiServer:
                 # transport raises AttributeError once closed twice): its task ending
                 # left every later deadline unkept, silently.
                 failures += 1
-                if failures & (failures - 1) == 0:  # at 1, 2, 4, 8, ... failures
+                if worth_saying(failures):  # at 1, 2, 4, 8, ... failures
                     log.exception("query API: the connection guard's pass failed (%d "
                                   "times so far); it goes on at the next", failures)
 
@@ -234,7 +235,7 @@ class ApiServer:
                 # Room it did not make is made by the next in line.
                 self._close_failures += 1
                 n = self._close_failures
-                if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures
+                if worth_saying(n):  # at 1, 2, 4, 8, ... failures
                     log.exception("query API: the guard could not close a connection (%d "
                                   "times so far); it goes on with the others", n)
                 continue

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from audit_middleware._counter import worth_saying
 from audit_middleware.event import format_created
 from collector.storage.regular_files import open_regular, read_regular
 from collector.storage.segments import (
@@ -537,7 +538,7 @@ class Ledger:
                 self._failures_in_a_row += 1
                 self.write_failures += 1
                 n = self._failures_in_a_row
-                if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+                if worth_saying(n):  # at 1, 2, 4, 8, ... failures: said, not a flood
                     log.error("audit store: cannot write a digest for %s (%s); retrying "
                               "(%d failures so far)", name, exc, n)
                 if strict:

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TypeVar
 
+from audit_middleware._counter import worth_saying
 from collector.storage.regular_files import fsync_dir, write_new_file
 
 __all__ = ["RESERVE_BYTES", "RESERVE_NAME", "SLICE", "Reserve", "error_chain", "free_bytes",
@@ -148,7 +149,7 @@ class Reserve:
             self._retry_at = time.monotonic() + RESERVE_RETRY
             self._failures += 1
             n = self._failures
-            if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+            if worth_saying(n):  # at 1, 2, 4, 8, ... failures: said, not a flood
                 log.warning("audit store: could not make the disk space reserve %s (%s); "
                             "trying again later (%d failures so far)", self.path, exc, n)
             return False

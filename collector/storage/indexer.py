@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from audit_middleware._counter import worth_saying
 from collector.index import ZONE_SHIFT, writer_connection
 from collector.storage.chunks import build_chunk_indexes
 from collector.storage.disk_space import free_bytes, out_of_space
@@ -354,7 +355,7 @@ class ChunkIndexer:
             self.drop_error = f"{type(exc).__name__}: {exc}"
             self._drop_failures += 1
             n = self._drop_failures
-            if n & (n - 1) == 0:
+            if worth_saying(n):
                 log.error("audit store: dropping the index rows of deleted segment %d "
                           "failed (%s, %d failures so far); trying again every %g s",
                           segment, exc, n, DROP_RETRY)
@@ -402,7 +403,7 @@ class ChunkIndexer:
         except sqlite3.Error as exc:
             self._checkpoint_failures += 1
             n = self._checkpoint_failures
-            if n & (n - 1) == 0:  # at 1, 2, 4, 8, ... failures: said, not a flood
+            if worth_saying(n):  # at 1, 2, 4, 8, ... failures: said, not a flood
                 log.warning("audit store: checkpointing the index's WAL failed (%s, %d "
                             "failures so far); it is tried again later", exc, n)
             return
