@@ -41,7 +41,7 @@ from typing import Final
 
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
-from .batching import _FORK_LOCK, BatchingQueue, call_if_alive
+from .batching import BatchingQueue, call_if_alive
 
 log = logging.getLogger("audit_middleware")
 
@@ -73,10 +73,10 @@ class JsonlFileSink:
             name=f"audit-jsonl:{self.path.name}",
         )
         ref = weakref.ref(self)
+        # After the queue's own hook (registered above), so it runs after it.
         os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
 
     def _init_process(self) -> None:
-        self._pid = os.getpid()
         self._fd: int | None = None
         self._readable = True  # opened for reading too: the last byte can be checked
         self._file_id = (0, 0)  # (st_dev, st_ino) of the open file: a rotation changes it
@@ -104,18 +104,16 @@ class JsonlFileSink:
             os.close(inherited)
 
     def _check_fork(self) -> None:
-        """In a child forked without the at-fork hook (uWSGI): what the hook would have
-        done, before this process writes (else it shared its parent's open file, and
-        flock), closes (else it waited on a lock its parent's worker held at the fork)
-        or counts. Once, whichever thread (the worker, a closer) finds out first."""
-        if self._pid != os.getpid():
-            with _FORK_LOCK:
-                if self._pid != os.getpid():
-                    self._after_fork()
+        """In a child forked without the at-fork hook (uWSGI): the queue's reset and
+        then this sink's, once, before this process submits, writes (else it shared its
+        parent's open file, and flock), closes (else it waited on a lock its parent's
+        worker held at the fork) or counts. Called first by every entry point: had the
+        queue found the fork itself (its own check knows nothing of the sink), this
+        sink would never have been reset."""
+        self._queue.check_fork(then=self._after_fork)
 
     # -- worker ---------------------------------------------------------------------------
     def _write(self, batch: list[AuditEvent | PendingEvent]) -> None:
-        self._check_fork()
         data = b"".join([json_line(item) for item in batch])
         events = len(batch)
         # A batch begun once close() has: one attempt (a retry would hold close's drain)
@@ -252,14 +250,16 @@ class JsonlFileSink:
         log.error("audit file sink %s: %d events lost at close: %s", self.path, events, exc)
 
     # -- the sink -------------------------------------------------------------------------
-    def submit(self, event: AuditEvent) -> None:
+    def submit(self, event: AuditEvent | PendingEvent) -> None:
+        if self._queue.watch_pid:  # uWSGI: no at-fork hook reset this sink
+            self._check_fork()
         self._queue.submit(event)
 
-    def submit_pending(self, item: PendingEvent) -> None:
-        """The request path's tuple form: the event is built on the writer thread."""
-        self._queue.submit(item)
+    #: The request path's tuple form: the event is built on the writer thread.
+    submit_pending = submit
 
     def flush(self, timeout: float | None = None) -> bool:
+        self._check_fork()
         return self._queue.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:

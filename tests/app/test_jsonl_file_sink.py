@@ -464,21 +464,27 @@ def test_lines_written_whole_before_a_failed_truncate_are_not_written_twice(
                             "delivered": 2}
 
 
+@pytest.mark.parametrize("first", ["flush", "stats", "close"])
 def test_a_child_forked_without_hooks_closes_without_its_parents_locks(
-        tmp_path: Path) -> None:
+        tmp_path: Path, first: str) -> None:
     """uWSGI forks without the at-fork hooks: a worker kept the sink as its master left
     it, the descriptor lock held if the master's worker thread was writing then (a thread
     the child lacks). The child's close() waited on that lock for its whole timeout
-    (forever without one), and its stats() counted the master's retried batch."""
+    (forever without one), and its stats() counted the master's retried batch. Whichever
+    of flush(), stats() and close() the child calls first resets the sink."""
     sink = JsonlFileSink(tmp_path / "e.jsonl", fsync=False)
     assert sink._fd_lock.acquire()  # the master's worker, in a write at the fork
     sink._retrying = 3  # a batch the master was retrying
-    sink._pid = sink._queue._pid = -1  # this process is now that child
-    assert sink.stats()["queued"] == 0
+    sink._queue._pid = -1  # this process is now that child
+    if first == "flush":
+        assert sink.flush(GUARD)
+    elif first == "stats":
+        assert sink.stats()["queued"] == 0
     closer = threading.Thread(target=sink.close, daemon=True)
     closer.start()
     closer.join(GUARD)
     assert not closer.is_alive()
+    assert sink.stats()["queued"] == 0
 
 
 def test_a_batch_left_at_close_gets_one_attempt(
