@@ -6,9 +6,17 @@ Several processes may append to one file: the workers of a pre-forking server
 with the same path. Each batch is written under an exclusive ``flock`` of the file (one
 lock and unlock per batch, never per event), and a forked child opens the file anew (a
 ``flock`` belongs to the open file, which a child shares with its parent). So a batch's
-lines are contiguous, and a failed write removes only its own partial batch, never a
-line that another process appended. Writers that do not take the lock (a shell's
-``>>``, an older version of this sink) are not excluded.
+lines are contiguous, unless a write of it fails partway (below). Writers that do not take the lock (a shell's ``>>``, an older
+version of this sink) are not excluded.
+
+The file never shrinks: a reader that follows it (``tail -F``, Filebeat, Vector, Fluent
+Bit) takes a smaller file for one truncated in place, and reads it again from offset 0
+or loses its place. So what a failed write wrote stays, and its retry resumes where it
+stopped when the file still ends there. When another process appended meanwhile (its
+newline ended the partial line), the file was truncated, or it was replaced, the retry
+writes the batch again from the start of its first line not wholly written: that line's
+fragment stays, as one line that is not valid JSON. No event is written twice as a
+whole line, and none is lost.
 
 A write that fails (a full disk, a quota, an I/O error, a file that cannot be opened)
 is retried, waiting 0.05 s doubling up to 2 s, for as long as it fails: a disk that
@@ -22,7 +30,8 @@ retried (the lines are written; rewriting them would duplicate them): the batch 
 The file is created 0640 and its directory 0750 (less the umask); an existing file keeps
 its mode. A symlink is followed, to a regular file only. When the path names another
 file (a rotation that moves the file and creates a new one) the sink reopens it; for
-rotation in place use ``copytruncate``. This sink never rotates by itself: for that, and
+rotation in place, ``copytruncate`` works too (the sink appends with ``O_APPEND``: its
+next line starts at offset 0, no hole). This sink never rotates by itself: for that, and
 an index, ship to the collector.
 """
 
@@ -39,6 +48,7 @@ import weakref
 from pathlib import Path
 from typing import Final
 
+from .._counter import worth_saying
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
 from .batching import BatchingQueue, call_if_alive
@@ -80,10 +90,12 @@ class JsonlFileSink:
         self._fd: int | None = None
         self._readable = True  # opened for reading too: the last byte can be checked
         self._file_id = (0, 0)  # (st_dev, st_ino) of the open file: a rotation changes it
-        #: Where this process's last batch ended; None (after a failure, at open) means
-        #: the last byte is checked before the next write: another process, or a crash,
-        #: may have left a line without its newline there.
+        #: Where this process's last write left the file's end; None (at open, after a
+        #: lost batch) means unknown. Another end means another process appended (or a
+        #: crash, or a truncate, or a new file): the last byte is checked, see _append.
         self._end: int | None = None
+        #: Bytes of the batch being written that are in the file: a retry resumes there.
+        self._done = 0
         #: Held for one write attempt (never while waiting to retry): close() takes it
         #: before closing the descriptor, which a worker still running after close's
         #: timeout would otherwise write to, or to a file that reused its number.
@@ -91,9 +103,6 @@ class JsonlFileSink:
         self._failures = 0  # failed attempts in a row
         self._down_since = 0.0
         self._retrying = 0  # events of the batch being retried: neither delivered nor lost
-        #: Leading bytes of the batch that a failed write left in the file as whole lines
-        #: (its truncate failed too): the retry starts after them, not writing them twice.
-        self._kept = 0
 
     def _after_fork(self) -> None:
         """In a child: its own descriptor (and lock) from its first write on. Closing
@@ -115,15 +124,20 @@ class JsonlFileSink:
     # -- worker ---------------------------------------------------------------------------
     def _write(self, batch: list[AuditEvent | PendingEvent]) -> None:
         data = b"".join([json_line(item) for item in batch])
-        events = len(batch)
+        self._done = 0
         # A batch begun once close() has: one attempt (a retry would hold close's drain)
         delay, closing = _FIRST_RETRY, self._queue.wait_closing(0)
+        # The flock is released between attempts, even with a line half written: held
+        # across the retry wait it would stall every other process's writer (and its
+        # close()) for as long as this disk is full, and the retry must cope with a file
+        # that changed meanwhile anyway (a writer without the lock, a rotation, a
+        # copytruncate, no flock on NFS): _append resumes, or starts the line again.
         while True:
             try:
                 self._attempt(data)
                 break
             except OSError as exc:
-                data, events = self._skip_kept(data, events)
+                events = data.count(b"\n", self._done)  # not yet in the file whole
                 self._failed(exc, events)
                 if closing:
                     self._lost(exc, events)
@@ -135,10 +149,6 @@ class JsonlFileSink:
             self._recovered()
         if self._fsync:
             self._sync()
-
-    def _skip_kept(self, data: bytes, events: int) -> tuple[bytes, int]:
-        kept, self._kept = self._kept, 0
-        return data[kept:], events - data.count(b"\n", 0, kept)
 
     def _sync(self) -> None:
         with self._fd_lock:  # else close() could close it under us
@@ -200,29 +210,29 @@ class JsonlFileSink:
         return (st.st_dev, st.st_ino) != self._file_id
 
     def _append(self, fd: int, data: bytes) -> None:
-        start = os.lseek(fd, 0, os.SEEK_END)
-        if start != self._end and start > 0 and not self._ends_a_line(fd, start):
-            prefix = b"\n"  # end the torn line there: ours are not glued to it
-        else:
-            prefix = b""
-        self._end = None
-        view = memoryview(prefix + data)
+        """Write what of the batch ``data`` is not in the file yet. Never truncates: a
+        failed write leaves what it wrote, and ``_end``/``_done`` say where it stopped."""
+        size = os.lseek(fd, 0, os.SEEK_END)
+        prefix = b""
+        if size != self._end:
+            # The file's end is not where this process left it: another process appended
+            # (ending our partial line, if any, with its newline), or a crash left a torn
+            # line, or the file was truncated or replaced. The batch's first incomplete
+            # line is written again whole; its fragment, if any, stays as a bad line.
+            self._done = data.rfind(b"\n", 0, self._done) + 1
+            if size > 0 and not self._ends_a_line(fd, size):
+                prefix = b"\n"  # end the torn line there: ours are not glued to it
+        view = memoryview(prefix + data[self._done:])
         written = 0
         try:
             while written < len(view):
                 written += os.write(fd, view[written:])
-        except OSError:
-            # Never leave a partial line behind. Only this process's bytes are after
-            # ``start``: every writer appends under the flock held here. Should the
-            # truncate fail too, ``_end`` stays None: the next write ends the torn line.
-            try:
-                os.ftruncate(fd, start)
-            except OSError as exc:
-                log.error("audit file sink %s: could not remove a partial line (%s); the "
-                          "next write starts on a new line", self.path, exc)
-                self._kept = data.rfind(b"\n", 0, max(0, written - len(prefix))) + 1
-            raise
-        self._end = start + len(view)
+        finally:
+            if written < len(prefix):  # not even the newline: check the last byte again
+                self._end = None
+            else:
+                self._end = size + written
+                self._done += written - len(prefix)
 
     def _ends_a_line(self, fd: int, size: int) -> bool:
         return not self._readable or os.pread(fd, 1, size - 1) == b"\n"
@@ -234,7 +244,7 @@ class JsonlFileSink:
         n = self._failures
         if n == 1:
             self._down_since = time.monotonic()
-        if n & (n - 1) == 0:
+        if worth_saying(n):
             log.error("audit file sink %s: cannot write (%s); %d events kept and retried "
                       "(%d failures in a row), more queued up to max_queue, then dropped",
                       self.path, exc, events, n)
@@ -247,6 +257,7 @@ class JsonlFileSink:
     def _lost(self, exc: OSError, events: int) -> None:
         self._queue.failed.add(events)
         self._retrying = 0
+        self._end = None  # a partial line of it may end the file: the next batch ends it
         log.error("audit file sink %s: %d events lost at close: %s", self.path, events, exc)
 
     # -- the sink -------------------------------------------------------------------------

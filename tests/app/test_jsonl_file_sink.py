@@ -9,6 +9,8 @@ import fcntl
 import logging
 import os
 import select
+import shutil
+import stat
 import sys
 import threading
 import time
@@ -37,7 +39,9 @@ def _reset() -> Iterator[None]:
 
 def targets(path: Path) -> list[str]:
     """Each line's target; every line must be valid JSON."""
-    return [orjson.loads(line)["target"] for line in path.read_bytes().splitlines()]
+    valid, bad = lines_and_fragments(path)
+    assert not bad, bad
+    return valid
 
 
 def libc_fork() -> int:
@@ -73,37 +77,86 @@ def read_byte(fd: int) -> bytes:
 
 
 def failing_writes(monkeypatch: pytest.MonkeyPatch, times: int, *, partial: int = 0) -> None:
-    """The next ``times`` writes of more than a byte fail with ENOSPC, each after writing
-    its first ``partial`` bytes."""
+    """The next ``times`` writes of more than a byte fail with ENOSPC. With ``partial``,
+    as the kernel fills a disk: each first writes that many bytes and says so (a short
+    write), and the write of the rest fails."""
     real_write = os.write
-    left = [times]
+    left, short = [times], [False]
 
     def write(fd: int, data: Any) -> int:
         if left[0] > 0 and len(data) > 1:
+            if partial and not short[0]:
+                short[0] = True
+                return real_write(fd, bytes(data[:partial]))
             left[0] -= 1
-            if partial:
-                real_write(fd, bytes(data[:partial]))
+            short[0] = False
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", write)
 
 
-def short_write_then_enospc(monkeypatch: pytest.MonkeyPatch, written: int) -> None:
-    """As the kernel fills a disk: the next write of more than a byte writes its first
-    ``written`` bytes and says so; the write of the rest fails with ENOSPC, once."""
-    real_write = os.write
-    calls = [0]
+def file_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of the file each write to a regular file finds, as a reader following
+    the file would see it between writes; call after the writes are patched."""
+    sizes: list[int] = []
+    inner = os.write
 
     def write(fd: int, data: Any) -> int:
-        if len(data) > 1 and calls[0] < 2:
-            calls[0] += 1
-            if calls[0] == 1:
-                return real_write(fd, bytes(data[:written]))
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            sizes.append(st.st_size)
+        return inner(fd, data)
 
     monkeypatch.setattr(os, "write", write)
+    return sizes
+
+
+def lines_and_fragments(path: Path) -> tuple[list[str], list[bytes]]:
+    """The targets of the file's valid lines, and the lines that are not valid JSON."""
+    valid: list[str] = []
+    bad: list[bytes] = []
+    for line in path.read_bytes().splitlines():
+        try:
+            valid.append(orjson.loads(line)["target"])
+        except orjson.JSONDecodeError:
+            bad.append(line)
+    return valid, bad
+
+
+def before_the_retry(action: Callable[[], object]) -> Callable[[int, int], None]:
+    """An ``fcntl.flock`` that runs ``action`` before the second exclusive lock of the
+    file: the retry of a batch whose first attempt failed."""
+    real_flock, locks = fcntl.flock, [0]
+
+    def flock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX:
+            locks[0] += 1
+            if locks[0] == 2:
+                action()
+        real_flock(fd, op)
+
+    return flock
+
+
+def a_batch_cut_in_its_second_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events "first" and "second" queued, for one batch whose write stops 10 bytes
+    into the second line (a short write), and whose write of the rest fails (ENOSPC)."""
+    first = emit("team_created", "first")
+    emit("team_created", "second")
+    failing_writes(monkeypatch, 1, partial=len(json_line(first)) + 10)
+
+
+def append_as_another_writer(path: Path, line: bytes) -> None:
+    """What another process's sink appends: a newline first if the file's last line is
+    not ended."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        os.write(fd, b"\n" * torn + line)
+    finally:
+        os.close(fd)
 
 
 #: Each run in a fresh interpreter: a fork without the hooks, in pytest's process, could
@@ -118,21 +171,25 @@ two_workers_append(sys.argv[1], sys.argv[2])
 @pytest.mark.parametrize("fork", ["os.fork", "without-hooks"])
 def test_processes_appending_to_one_file_never_cut_each_others_lines(
         tmp_path: Path, fork: str) -> None:
-    """Worker A's write fails halfway while worker B appends: A's truncate back to where
-    its batch began cut B's lines away. Both inherited the parent's descriptor (a
-    pre-forking server), so a flock on it would not exclude them either."""
+    """Worker A's write fails halfway, and worker B appends before A's retry: B's lines
+    start on a line of their own, A's retry writes its cut line again whole after them
+    (the fragment stays, one bad line), and nothing is cut away. Both inherited the
+    parent's descriptor (a pre-forking server), so a flock on it would not exclude them
+    either."""
     path = tmp_path / "e.jsonl"
     done = run_python(_TWO_WORKERS, str(path), fork)
-    assert sorted(targets(path)) == sorted(
+    valid, bad = lines_and_fragments(path)
+    assert sorted(valid) == sorted(
         ["parent"] + [f"{w}-{i}" for w in "ab" for i in range(20)]), done.stderr
+    assert bad == [b'{"v":1,"id'], done.stderr  # A's first 10 bytes, on their own
     assert (done.returncode, done.stdout.strip()) == (0, "[0, 0]"), done.stderr
 
 
 def two_workers_append(path: str, fork: str) -> None:
     """A server's master makes the sink and writes (the workers inherit the open file),
     then forks workers A and B (``os.fork``, or as uWSGI does, without the at-fork
-    hooks); A's write fails halfway, B appends meanwhile. Prints the workers' exit
-    codes."""
+    hooks); A's write fails halfway, B appends before A's retry. Prints the workers'
+    exit codes."""
     if fork == "without-hooks":  # uWSGI without py-call-osafterfork
         sys.modules["uwsgi"] = types.SimpleNamespace(opt={})
     sink = JsonlFileSink(path, fsync=False)
@@ -143,19 +200,20 @@ def two_workers_append(path: str, fork: str) -> None:
     done_r, done_w = os.pipe()  # B to A: I wrote, or I wait for your lock
 
     def worker_a() -> None:
-        real_write = os.write
-        torn = [False]
+        real_write, calls = os.write, [0]
 
         def write(fd: int, data: Any) -> int:
-            if torn[0] or len(data) < 2:
+            if calls[0] == 2 or len(data) < 2:
                 return real_write(fd, data)
-            torn[0] = True
-            real_write(fd, bytes(data[:10]))
+            calls[0] += 1
+            if calls[0] == 1:  # a short write, as on a disk filling up
+                return real_write(fd, bytes(data[:10]))
             real_write(go_w, b"g")
-            read_byte(done_r)
+            read_byte(done_r)  # B waits for the lock
             raise OSError(errno.ENOSPC, "No space left on device")
 
         os.write = write  # type: ignore[assignment]  # this child's only
+        fcntl.flock = before_the_retry(lambda: read_byte(done_r))  # B has appended
         for i in range(20):
             emit("team_created", f"a-{i}")
         assert sink.flush(GUARD)
@@ -239,31 +297,6 @@ def test_close_gives_up_a_batch_that_still_fails_and_counts_it(
     counts = sink.stats()
     assert (counts["failed"], counts["queued"], counts["delivered"]) == (3, 0, 0)
     assert "3 events lost at close" in caplog.text
-
-
-def test_a_line_torn_by_a_failed_truncate_is_not_glued_to_the_next(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "e.jsonl"
-    sink = JsonlFileSink(path, fsync=False)
-    configure(sink=sink)
-    emit("team_created", "kept")
-    assert sink.flush(5)
-    failing_writes(monkeypatch, 1, partial=10)
-    real_ftruncate = os.ftruncate
-
-    def ftruncate_fails_once(fd: int, length: int) -> None:
-        monkeypatch.setattr(os, "ftruncate", real_ftruncate)
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "ftruncate", ftruncate_fails_once)
-    emit("team_created", "retried")
-    assert sink.flush(GUARD)
-    emit("team_created", "next")
-    assert sink.flush(GUARD)
-    lines = path.read_bytes().splitlines()
-    assert lines[1] == b'{"v":1,"id' and len(lines) == 4  # the torn one, on its own
-    del lines[1]
-    assert [orjson.loads(line)["target"] for line in lines] == ["kept", "retried", "next"]
 
 
 def test_a_file_left_without_a_final_newline_gets_one_before_the_first_batch(
@@ -438,32 +471,6 @@ def test_close_waits_for_a_hung_worker_no_longer_than_its_timeout_in_all(
     assert held.waits == [0]
 
 
-def test_lines_written_whole_before_a_failed_truncate_are_not_written_twice(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write failed after the batch's first line and part of its second; the truncate
-    failed too, so the first line stayed; the retry wrote the whole batch again: the
-    first event twice."""
-    path = tmp_path / "e.jsonl"
-    sink = JsonlFileSink(path, fsync=False, max_delay=GUARD)  # one batch: woken by flush
-    configure(sink=sink)
-    first = emit("team_created", "first")
-    emit("team_created", "second")
-    short_write_then_enospc(monkeypatch, len(json_line(first)) + 10)
-    real_ftruncate = os.ftruncate
-
-    def ftruncate_fails_once(fd: int, length: int) -> None:
-        monkeypatch.setattr(os, "ftruncate", real_ftruncate)
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "ftruncate", ftruncate_fails_once)
-    assert sink.flush(GUARD)
-    lines = path.read_bytes().splitlines()
-    assert lines[1] == b'{"v":1,"id' and len(lines) == 3  # the torn one, on its own
-    assert [orjson.loads(lines[i])["target"] for i in (0, 2)] == ["first", "second"]
-    assert sink.stats() == {"submitted": 2, "queued": 0, "failed": 0, "dropped": 0,
-                            "delivered": 2}
-
-
 @pytest.mark.parametrize("first", ["flush", "stats", "close"])
 def test_a_child_forked_without_hooks_closes_without_its_parents_locks(
         tmp_path: Path, first: str) -> None:
@@ -504,3 +511,88 @@ def test_a_batch_left_at_close_gets_one_attempt(
     emit("team_created", "t1")
     sink.close(timeout=GUARD)
     assert (attempts[0], sink.stats()["failed"]) == (1, 1)
+
+
+def test_a_failed_write_never_shrinks_the_file_and_its_retry_resumes_where_it_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that failed after the batch's first line and part of its second was
+    truncated back to where the batch began: the file shrank, and a shipper following it
+    (Filebeat, Vector, ``tail -F``) took it for a truncated file and read it again from
+    offset 0, or lost its place. Now the retry writes the rest after what is there."""
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False, max_delay=GUARD)  # one batch: woken by flush
+    configure(sink=sink)
+    emit("team_created", "before")
+    assert sink.flush(GUARD)
+    a_batch_cut_in_its_second_line(monkeypatch)
+    sizes = file_sizes(monkeypatch)
+    assert sink.flush(GUARD)
+    sizes.append(path.stat().st_size)
+    assert sizes == sorted(sizes)
+    assert lines_and_fragments(path) == (["before", "first", "second"], [])
+    assert sink.stats() == {"submitted": 3, "queued": 0, "failed": 0, "dropped": 0,
+                            "delivered": 3}
+
+
+def test_a_retry_after_another_writer_appended_writes_its_cut_line_again_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process appended between the failed write and its retry (the lock is not
+    held while waiting): its newline ended the cut line, which stays as one bad line;
+    the retry writes that event again whole, and not the line already written."""
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False, max_delay=GUARD)  # one batch: woken by flush
+    configure(sink=sink)
+    a_batch_cut_in_its_second_line(monkeypatch)
+    sizes = file_sizes(monkeypatch)
+    monkeypatch.setattr(fcntl, "flock", before_the_retry(
+        lambda: append_as_another_writer(path, b'{"target":"other"}\n')))
+    assert sink.flush(GUARD)
+    sizes.append(path.stat().st_size)
+    assert sizes == sorted(sizes)
+    assert lines_and_fragments(path) == (["first", "other", "second"], [b'{"v":1,"id'])
+    assert sink.stats()["delivered"] == 2
+
+
+def copytruncate(path: Path) -> Path:
+    """What logrotate's ``copytruncate`` does: copy the file, then truncate it to 0."""
+    rotated = path.with_name(path.name + ".1")
+    shutil.copyfile(path, rotated)
+    os.truncate(path, 0)
+    return rotated
+
+
+def test_after_copytruncate_the_file_holds_only_new_lines_from_offset_zero(
+        tmp_path: Path) -> None:
+    """The sink appends with O_APPEND, so its next line lands at offset 0 of the emptied
+    file (no hole of NUL bytes up to its old offset), and with no newline before it: a
+    size that is not where its last batch ended is not taken for a torn line's."""
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False)
+    configure(sink=sink)
+    for i in range(3):
+        emit("team_created", f"old-{i}")
+    assert sink.flush(GUARD)
+    rotated = copytruncate(path)
+    for i in range(2):
+        emit("team_created", f"new-{i}")
+    assert sink.flush(GUARD)
+    data = path.read_bytes()
+    assert data.startswith(b'{"v":1,') and b"\0" not in data
+    assert targets(path) == ["new-0", "new-1"]
+    assert targets(rotated) == ["old-0", "old-1", "old-2"]
+
+
+def test_a_copytruncate_between_a_failed_write_and_its_retry_loses_no_event(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rotated copy got the batch's first line and part of its second; the retry
+    writes the second whole at offset 0 of the emptied file."""
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False, max_delay=GUARD)  # one batch: woken by flush
+    configure(sink=sink)
+    a_batch_cut_in_its_second_line(monkeypatch)
+    rotated: list[Path] = []
+    monkeypatch.setattr(fcntl, "flock", before_the_retry(
+        lambda: rotated.append(copytruncate(path))))
+    assert sink.flush(GUARD)
+    assert targets(path) == ["second"]
+    assert lines_and_fragments(rotated[0]) == (["first"], [b'{"v":1,"id'])
