@@ -6,8 +6,8 @@ Several processes may append to one file: the workers of a pre-forking server
 with the same path. Each batch is written under an exclusive ``flock`` of the file (one
 lock and unlock per batch, never per event), and a forked child opens the file anew (a
 ``flock`` belongs to the open file, which a child shares with its parent). So a batch's
-lines are contiguous, unless a write of it fails partway (below). Writers that do not take the lock (a shell's ``>>``, an older
-version of this sink) are not excluded.
+lines are contiguous, unless a write of it fails partway (below). Writers that do not
+take the lock (a shell's ``>>``, an older version of this sink) are not excluded.
 
 The file never shrinks: a reader that follows it (``tail -F``, Filebeat, Vector, Fluent
 Bit) takes a smaller file for one truncated in place, and reads it again from offset 0
