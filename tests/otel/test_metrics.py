@@ -23,6 +23,7 @@ from collector.metrics import METRICS, PROMETHEUS_CONTENT_TYPE, Metrics, routes
 from collector.storage.errors import StorageError
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import event
+from tests.doc_tables import table_rows
 
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*) (-?[0-9.e+-]+|NaN|[+-]Inf)")
 
@@ -280,3 +281,12 @@ def test_the_api_connection_figures_are_prometheus_and_opentelemetry_metrics() -
     assert values["audit.collector.api.connections.closed_by_guard"] == 5
     assert values["audit.collector.api.tls.handshake_failures"] == 2
     assert values["audit.collector.api.tls.handshakes.pending"] == 4
+
+
+def test_the_api_page_lists_every_query_api_metric_with_its_type_and_stats_key() -> None:
+    """docs/api.md's table of the query API's connection metrics is the list an
+    operator alerts from: every one of them, named, typed and keyed as served."""
+    rows = table_rows("docs/api.md", "### Connections")
+    documented = {row[0].strip("`"): (row[1], row[2].strip("`")) for row in rows}
+    assert documented == {m.prometheus_name: (m.kind, m.key) for m in METRICS
+                          if m.source in ("api", "api_tls")}
