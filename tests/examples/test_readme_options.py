@@ -1,6 +1,7 @@
 """The README's table of collector options is the list users read: it must name every
 option the collector takes, with its flag, environment variable and default, and no
-other. docs/api.md's table of the API's options gives the same defaults."""
+other. The tables of docs/api.md (the API's options) and docs/shipping.md (the
+forwarder's) give the same defaults."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def test_the_readme_names_every_collector_option_with_its_flag_and_variable() ->
 def documented_default(option: Option, cell: str) -> Any:
     """What a default cell says, as the option's own value; ``None`` for a default the
     cell describes rather than gives (``<data_dir>/collector.sock``, "a quarter of
-    ...") or for "none"."""
+    ...") or for "none", "(off)" or nothing."""
     literal = re.fullmatch(r"`([^`]*)`", cell)
     if literal and "<" not in literal.group(1):
         return option.parse(literal.group(1))
@@ -61,6 +62,13 @@ def test_the_readme_gives_every_options_default() -> None:
 
 def test_the_api_page_gives_its_options_defaults() -> None:
     assert_defaults_documented(table_rows("docs/api.md", "## Options"), default_column=1)
+
+
+def test_the_shipping_page_gives_the_forwarders_defaults() -> None:
+    rows = table_rows("docs/shipping.md", "## The forwarder (OTLP/HTTP)")
+    assert {name.strip("`") for name, *_ in rows} == {
+        o.name for o in OPTIONS if o.name.startswith("forward_")}
+    assert_defaults_documented(rows, default_column=1)
 
 
 def test_a_wrong_default_in_the_table_is_caught() -> None:
