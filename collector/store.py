@@ -536,17 +536,27 @@ class Store:
                         return
 
     def _check_failed_write(self) -> None:
-        """While the last write failed in the segment file (an I/O error, a read-only
-        file system, a quota) and no batch comes, see whether ``segments/`` takes a write
-        again (a file written, fsynced, removed): if so, the failure is over for
-        ``refusal``. A collector a load balancer took out of rotation for it gets no
-        batch to show that it ended (a file system remounted read-write, a quota
-        raised, a disk replaced), and stayed out for good. The next batch tells for
-        sure: failing again, it is said again."""
+        """While the last write failed and no batch comes, see whether that failure has
+        ended, so that ``refusal`` (which reads only memory) says so: a collector a load
+        balancer took out of rotation for it gets no batch to show that it ended, and
+        stayed out for good. The next batch tells for sure: failing again, it is said
+        again. A full disk ends once it has ``RESERVE_ROOM`` free (judged here, on this
+        thread, and not by the probe: a hung disk can hold statvfs, and a probe must
+        answer at once); the segment file's other failures (an I/O error, a read-only
+        file system, a quota) once ``segments/`` takes a write again (a file written,
+        fsynced, removed). An index's error ends with a batch only."""
         writer = self._writer
+        if DISK_FULL in (writer.failure, self._commit_failure):
+            if free_bytes(self.settings.data_dir) >= RESERVE_ROOM:
+                # Space freed: the next batch is written (or fails again, said).
+                if writer.failure == DISK_FULL:
+                    writer.failure = None
+                if self._commit_failure == DISK_FULL:
+                    self._commit_failure = None
+            return
         if (writer.failure != WRITE_FAILING or not writer.failed_on_disk
                 or self._commit_failure is not None):
-            return  # none, a full disk (judged by its free space), or the index's
+            return  # none, or the index's
         path = self.segments_dir / _WRITE_CHECK
         try:
             write_new_file(path, b"\n", FILE_MODE)
@@ -930,25 +940,21 @@ class Store:
         """Why the store cannot take events now, or None when it can: ``NOT_OPEN``
         (before ``open``, from ``close`` on), ``WRITE_STALLED`` (work has waited for the
         commit thread longer than ``write_stall_timeout``: a hung fsync; until it is
-        written), ``DISK_FULL`` (the last commit failed for want of space, and the disk
-        still has less than ``RESERVE_ROOM`` free) or ``WRITE_FAILING`` (it failed
-        otherwise). A failure lasts until a commit goes through, but a full disk is
-        judged by its free space now, and the segment file's other failures end too when
-        the idle commit thread's write check goes through (``_check_failed_write``): a
-        collector taken out of a load balancer's rotation for it gets no batch to show
-        that the failure ended, and would stay out for good. A commit that raised (the
-        index's error) ends with a batch only."""
+        written), ``DISK_FULL`` (the last commit failed for want of space) or
+        ``WRITE_FAILING`` (it failed otherwise). A failure lasts until a commit goes
+        through, or until the idle commit thread sees it ended (``_check_failed_write``:
+        the disk has ``RESERVE_ROOM`` free again, ``segments/`` takes a write again).
+        Read from memory only, under no lock held across I/O, so that a probe answers at
+        once on a hung disk: the commit thread held in that check's statvfs leaves
+        ``DISK_FULL`` said, then ``WRITE_STALLED`` once a batch has waited past the
+        timeout."""
         with self._lock:
             if self._state != "open":
                 return NOT_OPEN
-        # First: a commit hung now says more than how the last one ended, and the full
-        # disk's statvfs below may hang on that very disk.
+        # First: a commit hung now says more than how the last one ended.
         if self.waiting_seconds() > self.settings.write_stall_timeout:
             return WRITE_STALLED
-        failure = self._writer.failure or self._commit_failure
-        if failure == DISK_FULL and free_bytes(self.settings.data_dir) >= RESERVE_ROOM:
-            return None  # space freed: the next batch is written (or fails again, said)
-        return failure
+        return self._writer.failure or self._commit_failure
 
     def integrity_stats(self) -> dict[str, Any] | None:
         """The signed digests' figures (``Ledger.stats``); None when the store keeps no

@@ -4,13 +4,11 @@ from a real Store's state; no token needed, and nothing of the store in the answ
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -65,15 +63,35 @@ def failing(monkeypatch: pytest.MonkeyPatch) -> FailingAppends:
     return FailingAppends(monkeypatch)
 
 
+class FreeSpace:
+    """The store's ``free_bytes`` (a statvfs) saying ``bytes`` (0 at first: a full disk);
+    ``askers`` names the threads that asked it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.bytes = 0
+        self.askers: set[str] = set()
+        monkeypatch.setattr(store_module, "free_bytes", self._free_bytes)
+
+    def _free_bytes(self, directory: Path) -> int:
+        self.askers.add(threading.current_thread().name)
+        return self.bytes
+
+
+@pytest.fixture
+def free_space(monkeypatch: pytest.MonkeyPatch) -> FreeSpace:
+    return FreeSpace(monkeypatch)
+
+
 #: ``write_stall_timeout`` of the stall tests: short, so they wait little past it.
 STALL_AFTER = 0.05
 
 
 class Hold:
-    """A store method that, while ``armed``, blocks its caller (the commit thread) until
-    ``release``: what a hung fsync does to it. ``entered`` is set once it blocks."""
+    """A store method (or function) that, while ``armed``, blocks its caller (the commit
+    thread) until ``release``: what a hung fsync or statvfs does to it. ``entered`` is
+    set once it blocks."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> None:
         self.armed = True
         self.entered = threading.Event()
         self._released = threading.Event()
@@ -131,9 +149,7 @@ def test_ready_while_the_store_writes(opened: Store) -> None:
 
 
 def test_a_full_disk_is_unready_until_it_has_room_again(
-        opened: Store, failing: FailingAppends, monkeypatch: pytest.MonkeyPatch) -> None:
-    free = [0]
-    monkeypatch.setattr(store_module, "free_bytes", lambda directory: free[0])
+        opened: Store, failing: FailingAppends, free_space: FreeSpace) -> None:
     failing.errno = errno.ENOSPC
     write_fails(opened)
     reply = probe(Health(opened))
@@ -141,9 +157,10 @@ def test_a_full_disk_is_unready_until_it_has_room_again(
     assert reply.json() == {"status": "unavailable", "reason": "disk_full",
                             "message": REASONS["disk_full"]}
     # Space freed (retention, an operator), no batch written yet: a probe that took the
-    # collector out of rotation must let it back, or no batch ever comes to show it.
-    free[0] = RESERVE_ROOM
-    assert probe(Health(opened)).status_code == 200
+    # collector out of rotation must let it back, or no batch ever comes to show it (the
+    # idle commit thread sees the room, at its next pass).
+    free_space.bytes = RESERVE_ROOM
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
 
 
 def test_another_write_failure_is_unready_until_a_write_goes_through(
@@ -211,14 +228,13 @@ def test_unready_before_the_store_opens_after_it_closes_and_while_stopping(
 
 
 def test_head_answers_as_get_without_a_body(opened: Store, failing: FailingAppends,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                            free_space: FreeSpace) -> None:
     """Probes use HEAD; unlike the audit-log reads', it runs no query."""
     client = TestClient(Starlette(routes=health.routes()))
     client.app.state.health = Health(opened)  # type: ignore[attr-defined]
     ready = client.head("/healthz")
     assert (ready.status_code, ready.content) == (200, b"")
-    monkeypatch.setattr(store_module, "free_bytes", lambda directory: 0)
-    failing.errno = errno.ENOSPC
+    failing.errno = errno.ENOSPC  # and no free space (``free_space``)
     write_fails(opened)
     assert client.head("/healthz").status_code == 503
 
@@ -343,161 +359,36 @@ def test_a_batch_written_and_answered_no_longer_waits(
         hold.release()
 
 
-class HungDisk:
-    """A store whose state cannot be read (its statvfs held by a frozen disk) until
-    ``free`` is set; ``asked`` counts the probes that reached it."""
-
-    def __init__(self) -> None:
-        self.free = threading.Event()
-        self.asked = 0
-
-    def refusal(self) -> str | None:
-        self.asked += 1
-        self.free.wait(30)
-        return None
-
-
-def judging_threads_done() -> None:
-    """Wait for the probes' threads to end: each gives its slot back after its answer."""
-    for thread in threading.enumerate():
-        if thread.name == "audit-healthz":
-            thread.join(30)
-
-
-async def held_by(disk: HungDisk, state: Health) -> list[asyncio.Future[str | None]]:
-    """``PROBES_AT_ONCE`` probes, each of whose thread the disk now holds."""
-    held = [asyncio.ensure_future(state.judged()) for _ in range(health.PROBES_AT_ONCE)]
-    while disk.asked < health.PROBES_AT_ONCE:
-        await asyncio.sleep(0.01)
-    return held
-
-
-def test_probes_beyond_the_ones_a_hung_disk_holds_hear_write_stalled_at_once(
+def test_a_full_disk_is_said_at_once_while_its_statvfs_hangs(
+        stalling: Store, failing: FailingAppends, free_space: FreeSpace,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each probe waited for the one before it: a caller heard a timeout, never why."""
-    monkeypatch.setattr(health, "PATIENCE", 0.0)  # the earlier ones held past it
-    disk = HungDisk()
-    state = Health(disk)
-
-    async def probes() -> tuple[list[str | None], str | None]:
-        held = await held_by(disk, state)
-        beyond = await asyncio.wait_for(state.judged(), 10)
-        return [await answer for answer in held], beyond
-
+    """The probe judged a full disk by statvfs itself, on threads of its own: on a hung
+    disk it heard ``write_stalled`` after half a second (a constant: a disk slower than
+    that to answer read as stalled), though nothing waited. The commit thread judges it
+    now; held in that statvfs, it leaves ``disk_full`` said until a batch waits past
+    ``write_stall_timeout``, and the probe never waits on the disk."""
+    hung = Hold(monkeypatch, store_module, "free_bytes")  # a hung disk holds statvfs
     try:
-        held, beyond = asyncio.run(probes())
+        failing.errno = errno.ENOSPC
+        write_fails(stalling)
+        assert probe(Health(stalling)).json()["reason"] == "disk_full"
+        assert hung.entered.wait(10), "the idle commit thread never judged the free space"
+        assert probe(Health(stalling)).json()["reason"] == "disk_full"
+        failing.errno = None
+        queued = stalling.submit([event()])  # waits behind the hung statvfs
+        wait_until(lambda: probe(Health(stalling)).json()["reason"] == "write_stalled")
+        free_space.bytes = RESERVE_ROOM
     finally:
-        disk.free.set()
-    assert beyond == "write_stalled"
-    assert held == ["write_stalled"] * health.PROBES_AT_ONCE  # held past PATIENCE too
-    assert disk.asked == health.PROBES_AT_ONCE  # the one beyond never reached it
-    judging_threads_done()
-    monkeypatch.setattr(health, "PATIENCE", 30.0)
-    assert asyncio.run(state.judged()) is None  # their threads given back
+        hung.release()
+    assert len(queued.result(10).written) == 1
+    assert probe(Health(stalling)).status_code == 200
+    assert free_space.askers == {"audit-store-commit"}
 
 
-def test_a_probe_whose_disk_hangs_hears_write_stalled_not_a_timeout(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The probes that took the threads waited as long as the disk held them: their
-    callers heard a timeout, never why."""
-    monkeypatch.setattr(health, "PATIENCE", 0.0)
-    disk = HungDisk()
-    try:
-        held = asyncio.run(asyncio.wait_for(Health(disk).judged(), 10))
-    finally:
-        disk.free.set()
-    assert held == "write_stalled"
-
-
-def test_probes_that_come_together_on_a_healthy_disk_all_hear_it_ready(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A third probe coming while two others were still starting their threads heard
-    write_stalled (in most rounds of three probes at once on a store that answers at
-    once): a 503 from a healthy collector. It shares the latest one's answer now."""
-    monkeypatch.setattr(health, "PATIENCE", 30.0)  # the disk comes back well within it
-    disk = HungDisk()
-    state = Health(disk)
-
-    async def probes() -> list[str | None]:
-        held = await held_by(disk, state)
-        beyond = asyncio.ensure_future(state.judged())
-        await asyncio.sleep(0)  # it runs until it waits
-        disk.free.set()
-        return [await answer for answer in (*held, beyond)]
-
-    try:
-        answers = asyncio.run(probes())
-    finally:
-        disk.free.set()
-    assert answers == [None] * (health.PROBES_AT_ONCE + 1)
-    assert disk.asked == health.PROBES_AT_ONCE  # the one beyond shared an answer
-
-
-def test_a_probe_whose_loop_closed_gives_its_thread_back_quietly(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The thread handed its answer to a closed loop: RuntimeError in a daemon thread."""
-    raised: list[BaseException | None] = []
-    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
-    disk = HungDisk()
-    state = Health(disk)
-
-    async def gone() -> None:
-        probe = asyncio.ensure_future(state.judged())
-        while disk.asked < 1:
-            await asyncio.sleep(0.01)
-        probe.cancel()  # the client went away; serve's loop ends
-
-    try:
-        asyncio.run(gone())
-    finally:
-        disk.free.set()
-    judging_threads_done()
-    assert raised == []
-    disk.asked = 0
-    assert asyncio.run(state.judged()) is None
-
-
-def test_a_thread_that_cannot_start_gives_its_slot_back(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each probe whose thread did not start kept a slot: after two, every probe said
-    write_stalled until a restart."""
-    disk = HungDisk()
-    disk.free.set()
-    state = Health(disk)
-
-    def cannot_start(thread: threading.Thread) -> None:
-        raise RuntimeError("can't start new thread")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(threading.Thread, "start", cannot_start)
-        for _ in range(health.PROBES_AT_ONCE):
-            with pytest.raises(RuntimeError, match="can't start new thread"):
-                asyncio.run(state.judged())
-    assert asyncio.run(state.judged()) is None
-
-
-def test_the_probe_answers_while_the_loops_thread_pool_is_taken(opened: Store) -> None:
-    """Scrapes of /metrics stuck on a frozen disk can take every thread of the loop's
-    shared pool: the probe queued behind them until its caller gave up."""
-    taken = threading.Event()
-
-    async def probe_beside_a_full_pool() -> str | None:
-        loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(1))
-        stuck = loop.run_in_executor(None, taken.wait, 30)
-        try:
-            return await asyncio.wait_for(Health(opened).judged(), 10)
-        finally:
-            taken.set()
-            await stuck
-
-    assert asyncio.run(probe_beside_a_full_pool()) is None
-
-
-def test_a_probe_whose_store_raises_says_so_to_its_request() -> None:
-    class Broken:
-        def refusal(self) -> str | None:
-            raise RuntimeError("broken store")
-
-    with pytest.raises(RuntimeError, match="broken store"):
-        asyncio.run(Health(Broken()).judged())
+def test_the_stores_refusal_reads_no_free_space_itself(
+        opened: Store, failing: FailingAppends, free_space: FreeSpace) -> None:
+    """Its answer comes from memory: nothing the probe does can wait on the disk."""
+    failing.errno = errno.ENOSPC
+    write_fails(opened)
+    assert opened.refusal() == "disk_full"
+    assert threading.current_thread().name not in free_space.askers
