@@ -12,7 +12,9 @@ in ``os.register_at_fork``'s hook, which a server that forks in C without
 ``PyOS_AfterFork_Child`` never calls: uWSGI (app loaded in its master, the default,
 unless ``py-call-osafterfork``). There (``forks_without_hooks``), the request path also
 compares the process id, and a child that finds its parent's does the same on its
-first event.
+first event. A sink with state of its own to reset passes ``after_fork``: it runs with
+the queue's reset whichever path finds the fork (the hook, any check, the queue's own
+exit hook), so the sink is never left as its parent had it.
 
 The queued items are usually ``AuditEvent``s; a sink may queue its own item type (the
 collector sink queues ``(sequence number, event, receipt)``). A sink with background work
@@ -90,6 +92,7 @@ class BatchingQueue(Generic[T]):
         on_overflow: Callable[[T], bool] | None = None,
         exit_timeout: float = 5.0,
         idle: Callable[[], bool] | None = None,
+        after_fork: Callable[[], None] | None = None,
     ) -> None:
         if max_queue < 1 or max_batch < 1 or max_delay <= 0:
             raise ValueError("max_queue and max_batch must be >= 1 and max_delay > 0")
@@ -101,6 +104,10 @@ class BatchingQueue(Generic[T]):
         self._on_overflow = on_overflow
         self._exit_timeout = exit_timeout
         self._idle = idle  # returns True when it has more work: then no wait before the next call
+        #: The owning sink's reset in a forked child, run after the queue's by whichever
+        #: path finds the fork first: the at-fork hook, or without it (uWSGI) any check,
+        #: this queue's exit hook's close() included, which knows nothing of the sink.
+        self._owner_after_fork = after_fork
         self.drained = Counter()  # handed to export
         self.failed = Counter()  # export raised: those events are lost, and counted
         self.dropped = Counter()  # queue full and the overflow hook did not take them
@@ -134,6 +141,8 @@ class BatchingQueue(Generic[T]):
         self._init_runtime()
         for counter in (self.drained, self.failed, self.dropped, self.overflowed):
             counter.reset()
+        if self._owner_after_fork is not None:
+            self._owner_after_fork()
 
     def forked(self) -> bool:
         """Whether this process is a child that no at-fork hook told about its fork."""

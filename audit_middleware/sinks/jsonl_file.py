@@ -44,14 +44,13 @@ import os
 import stat
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Final
 
 from .._counter import worth_saying
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
-from .batching import BatchingQueue, call_if_alive
+from .batching import BatchingQueue
 
 log = logging.getLogger("audit_middleware")
 
@@ -80,11 +79,8 @@ class JsonlFileSink:
         self._init_process()
         self._queue = BatchingQueue(
             self._write, max_queue=max_queue, max_batch=max_batch, max_delay=max_delay,
-            name=f"audit-jsonl:{self.path.name}",
+            name=f"audit-jsonl:{self.path.name}", after_fork=self._after_fork,
         )
-        ref = weakref.ref(self)
-        # After the queue's own hook (registered above), so it runs after it.
-        os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
 
     def _init_process(self) -> None:
         self._fd: int | None = None
@@ -114,12 +110,11 @@ class JsonlFileSink:
 
     def _check_fork(self) -> None:
         """In a child forked without the at-fork hook (uWSGI): the queue's reset and
-        then this sink's, once, before this process submits, writes (else it shared its
-        parent's open file, and flock), closes (else it waited on a lock its parent's
-        worker held at the fork) or counts. Called first by every entry point: had the
-        queue found the fork itself (its own check knows nothing of the sink), this
-        sink would never have been reset."""
-        self._queue.check_fork(then=self._after_fork)
+        then this sink's (``after_fork``), once, before this process submits, writes
+        (else it shared its parent's open file, and flock), closes (else it waited on a
+        lock its parent's worker held at the fork) or counts. The queue runs the sink's
+        reset whichever check finds the fork, its own exit hook's included."""
+        self._queue.check_fork()
 
     # -- worker ---------------------------------------------------------------------------
     def _write(self, batch: list[AuditEvent | PendingEvent]) -> None:
