@@ -16,7 +16,9 @@ stopped when the file still ends there. When another process appended meanwhile 
 newline ended the partial line), the file was truncated, or it was replaced, the retry
 writes the batch again from the start of its first line not wholly written: that line's
 fragment stays, as one line that is not valid JSON. No event is written twice as a
-whole line, and none is lost.
+whole line, and none is lost, unless the file may only be appended to, not read: then
+the other process cannot see the cut line, writes no newline first, and its first
+event is glued to the fragment (one bad line: that event is lost).
 
 A write that fails (a full disk, a quota, an I/O error, a file that cannot be opened)
 is retried, waiting 0.05 s doubling up to 2 s, for as long as it fails: a disk that
