@@ -287,9 +287,12 @@ class BatchingQueue(Generic[T]):
         return marker.done.wait(timeout)
 
     def close(self, timeout: float | None = None) -> None:
+        # Else a child joins its parent's worker, for the whole timeout; before the test
+        # of _closed, so that the owner's reset (after_fork) runs in a child of a parent
+        # that had closed the queue too.
+        self.check_fork()
         if self._closed:
             return
-        self.check_fork()  # else a child joins its parent's worker, for the whole timeout
         self._closed = True
         self._closing.set()
         worker = self._worker

@@ -104,19 +104,16 @@ class JsonlFileSink:
 
     def _after_fork(self) -> None:
         """In a child: its own descriptor (and lock) from its first write on. Closing
-        the inherited copy leaves the parent's open file, and its flock, untouched."""
+        the inherited copy leaves the parent's open file, and its flock, untouched. Run
+        by the queue (``after_fork``) after its own reset, by its at-fork hook or, in a
+        child forked without it (uWSGI), by the queue's fork check that every entry
+        point (submit, flush, close, stats, the exit hook) makes before it writes (else
+        it shared its parent's open file, and flock), closes (else it waited on a lock
+        its parent's worker held at the fork) or counts."""
         inherited = self._fd
         self._init_process()
         if inherited is not None:
             os.close(inherited)
-
-    def _check_fork(self) -> None:
-        """In a child forked without the at-fork hook (uWSGI): the queue's reset and
-        then this sink's (``after_fork``), once, before this process submits, writes
-        (else it shared its parent's open file, and flock), closes (else it waited on a
-        lock its parent's worker held at the fork) or counts. The queue runs the sink's
-        reset whichever check finds the fork, its own exit hook's included."""
-        self._queue.check_fork()
 
     # -- worker ---------------------------------------------------------------------------
     def _write(self, batch: list[AuditEvent | PendingEvent]) -> None:
@@ -259,21 +256,17 @@ class JsonlFileSink:
 
     # -- the sink -------------------------------------------------------------------------
     def submit(self, event: AuditEvent | PendingEvent) -> None:
-        if self._queue.watch_pid:  # uWSGI: no at-fork hook reset this sink
-            self._check_fork()
         self._queue.submit(event)
 
     #: The request path's tuple form: the event is built on the writer thread.
     submit_pending = submit
 
     def flush(self, timeout: float | None = None) -> bool:
-        self._check_fork()
         return self._queue.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._check_fork()
-        self._queue.close(timeout)
+        self._queue.close(timeout)  # first: in a uWSGI child, it resets this sink
         # Within the same timeout: a worker still writing after the queue's wait (a hung
         # disk) keeps the descriptor, and stops at its next attempt (``_closed``).
         wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
@@ -287,8 +280,7 @@ class JsonlFileSink:
             self._closed = True
 
     def stats(self) -> dict[str, int]:
-        self._check_fork()
-        counts = self._queue.counts()
+        counts = self._queue.counts()  # first: in a uWSGI child, it resets this sink
         # The batch being retried left the queue but is not written yet: queued still.
         retrying = self._retrying
         counts["queued"] += retrying

@@ -600,3 +600,24 @@ def test_a_copytruncate_between_a_failed_write_and_its_retry_loses_no_event(
     assert sink.flush(GUARD)
     assert targets(path) == ["second"]
     assert lines_and_fragments(rotated[0]) == (["first"], [b'{"v":1,"id'])
+
+
+@pytest.mark.parametrize("another_writer", [False, True])
+def test_a_write_cut_exactly_at_a_line_end_resumes_with_the_next_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, another_writer: bool) -> None:
+    """The short write ends exactly after the batch's first line: the retry neither
+    writes that line again (as the start of the line it stopped in) nor leaves a
+    fragment, whether or not another process appended in between."""
+    path = tmp_path / "e.jsonl"
+    sink = JsonlFileSink(path, fsync=False, max_delay=GUARD)  # one batch: woken by flush
+    configure(sink=sink)
+    first = emit("team_created", "first")
+    emit("team_created", "second")
+    failing_writes(monkeypatch, 1, partial=len(json_line(first)))
+    if another_writer:
+        monkeypatch.setattr(fcntl, "flock", before_the_retry(
+            lambda: append_as_another_writer(path, b'{"target":"other"}\n')))
+    assert sink.flush(GUARD)
+    expected = ["first", "other", "second"] if another_writer else ["first", "second"]
+    assert targets(path) == expected
+    assert sink.stats()["delivered"] == 2
