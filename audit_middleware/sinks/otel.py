@@ -26,7 +26,8 @@ import os
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger, get_logger_provider
 from opentelemetry.context import Context
@@ -42,6 +43,12 @@ log = logging.getLogger("audit_middleware")
 _SEVERITY = {number: SeverityNumber(number) for number, _ in (otel.SEVERITY_INFO,
                                                                otel.SEVERITY_WARN)}
 _NO_CONTEXT = Context()
+#: Of a ``flush``/``drain`` timeout, the share the log copies keep however long the
+#: primary takes (a collector that does not answer uses all it is given, which left the
+#: copies 0 s): this fraction, at most ``_COPY_SHARE_MAX`` seconds. The primary's events
+#: are the durable ones: they keep the rest.
+_COPY_SHARE: Final = 0.1
+_COPY_SHARE_MAX: Final = 0.5
 
 
 class OTelLogSink:
@@ -66,6 +73,11 @@ class OTelLogSink:
         self._closed = False
         #: The last provider flush's thread (``_flush_provider``), maybe still running.
         self._flusher: threading.Thread | None = None
+        #: The exit drain's deadline (``_drain_at_exit``) for the queue, and for the
+        #: provider's flush, kept when that did not finish by it: the close that follows
+        #: at exit gives it what is left, not a second wait on the same stall.
+        self._queue_stalled_at_exit: float | None = None
+        self._provider_stalled_at_exit: float | None = None
         # A ProxyLogger when no provider is set yet: it follows a later
         # set_logger_provider(), so the sink may be configured before the SDK.
         self._logger = get_logger(otel.SCOPE_NAME, logger_provider=logger_provider)
@@ -82,6 +94,9 @@ class OTelLogSink:
         # first out): the primary is closed first at exit too, not after the log copy's
         # drain, which a stalled exporter holds for up to exit_timeout.
         atexit.register(call_if_alive, ref, "close", None)
+        # The copies' drain itself must not wait for this hook's turn: a provider set up
+        # after this sink would be shut down by then.
+        _drain_before_other_exit_hooks(ref)
         # A multiprocessing child skips atexit, the SDK's provider shutdown included:
         # closing this sink there flushes the provider too (after its queue's drain).
         close_in_multiprocessing_children(self, None)  # the primary's and our own bounds
@@ -172,17 +187,43 @@ class OTelLogSink:
         spools what the collector has not acknowledged by the deadline; a flush would
         leave it in flight, and lost), else its flush; then the log copies, all within
         ``timeout``."""
+        return self._flush_after(self._primary_drain(), timeout)
+
+    def _primary_drain(self) -> Callable[[float], bool] | None:
         primary_drain = getattr(self.primary, "drain", None)
         if not callable(primary_drain) and self.primary is not None:
             primary_drain = self.primary.flush
-        return self._flush_after(primary_drain, timeout)
+        return primary_drain
 
     def _flush_after(self, primary: Any, timeout: float | None) -> bool:
         self._check_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
-        done = bool(primary(timeout)) if primary is not None else True
-        done = self._queue.flush(_remaining(deadline)) and done
+        done = bool(primary(_primary_share(timeout))) if primary is not None else True
+        return self._flush_copies(deadline) and done
+
+    def _flush_copies(self, deadline: float | None) -> bool:
+        done = self._queue.flush(_remaining(deadline))
         return self._flush_provider(deadline) and done
+
+    def _drain_at_exit(self) -> None:
+        """The first exit hook (``_drain_before_other_exit_hooks``): the primary's drain
+        within ``exit_timeout``, then the log copies' and the provider's flush within
+        ``exit_timeout`` more, as ``close`` would, before the provider's own exit hook
+        can shut it down. Both sinks stay open: an exit hook that emits later still
+        reaches the primary, and ``close`` (the sink's own exit hook) ends them."""
+        if self._closed:
+            return
+        self._check_fork()
+        primary = self._primary_drain()
+        try:
+            if primary is not None:
+                primary(self._exit_timeout)
+        finally:
+            deadline = time.monotonic() + self._exit_timeout
+            if not self._queue.flush(_remaining(deadline)):
+                self._queue_stalled_at_exit = deadline
+            if not self._flush_provider(deadline):
+                self._provider_stalled_at_exit = deadline
 
     def _flush_provider(self, deadline: float | None) -> bool:
         """``force_flush`` of the logger provider, on a thread of its own: the SDK's
@@ -232,8 +273,11 @@ class OTelLogSink:
         finally:
             self._check_fork()
             deadline = time.monotonic() + limit
-            self._queue.close(limit)
-            self._flush_provider(deadline)
+            exiting = timeout is None  # the exit hook: after the exit drain, if it ran
+            self._queue.close(_remaining(
+                _earlier(deadline, self._queue_stalled_at_exit if exiting else None)))
+            self._flush_provider(
+                _earlier(deadline, self._provider_stalled_at_exit if exiting else None))
 
     def stats(self) -> dict[str, int]:
         """The primary's counters, plus ``otel_emitted`` (log records handed to the Logs
@@ -254,6 +298,35 @@ class OTelLogSink:
 
     def __repr__(self) -> str:
         return f"OTelLogSink({self.primary!r})"
+
+
+def _drain_before_other_exit_hooks(ref: weakref.ref[OTelLogSink]) -> None:
+    """Make ``_drain_at_exit`` the first atexit callback to run, whatever was registered
+    after this sink: a logger provider set up later (``opentelemetry-instrument``, a
+    framework plugin) registers its own shutdown later, which atexit (last in, first out)
+    ran before this sink's close, and the copies still queued were lost.
+
+    ``threading._register_atexit`` (CPython's, used by ``concurrent.futures``) runs its
+    callbacks when the main thread ends, before any atexit callback but also before the
+    other non-daemon threads are joined, which may still emit: so it does not drain, it
+    registers the drain with atexit then, last, hence first to run, once those threads
+    have ended. It is private: without it (another Python), only the close hook is left,
+    and a provider set up after the sink is shut down before it."""
+    register = getattr(threading, "_register_atexit", None)
+    if not callable(register):
+        return
+    try:
+        register(atexit.register, call_if_alive, ref, "_drain_at_exit")
+    except RuntimeError:  # a sink made while the interpreter shuts down: too late
+        pass
+
+
+def _earlier(deadline: float, other: float | None) -> float:
+    return deadline if other is None else min(deadline, other)
+
+
+def _primary_share(timeout: float | None) -> float | None:
+    return None if timeout is None else timeout - min(timeout * _COPY_SHARE, _COPY_SHARE_MAX)
 
 
 def _remaining(deadline: float | None) -> float | None:

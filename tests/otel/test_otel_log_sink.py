@@ -465,6 +465,11 @@ class Stalled(LogRecordExporter):
         return True
 
 class Primary(audit.MemorySink):
+    def drain(self, timeout):
+        with open(out, "a") as f:
+            f.write("primary-drained\\n")
+        return super().flush(timeout)
+
     def close(self, timeout=None):
         with open(out, "a") as f:
             f.write("primary-closed\\n")
@@ -478,10 +483,11 @@ audit.emit("run_dropped", "run-1")
 """
 
 
-def test_at_exit_the_primary_is_closed_before_the_log_copy_drains(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_at_exit_the_primary_is_drained_before_the_log_copy(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """At exit the log copy's queue (its own atexit hook, registered after the
     primary's) drained first: a stalled exporter held the audit trail's close for 5 s,
-    whatever exit_timeout said, time a supervisor's kill may cut short."""
+    whatever exit_timeout said, time a supervisor's kill may cut short. Now the exit
+    drain (the first exit hook) drains the primary, sent or spooled, before the copies."""
     import subprocess
     import sys
 
@@ -489,4 +495,91 @@ def test_at_exit_the_primary_is_closed_before_the_log_copy_drains(tmp_path) -> N
     proc = subprocess.run([sys.executable, "-c", _EXIT_ORDER, str(out)], check=False, timeout=60,
                           capture_output=True)
     assert proc.returncode == 0, proc.stderr
-    assert out.read_text().split() == ["primary-closed", "otel-export"]
+    assert out.read_text().split() == ["primary-drained", "otel-export"]
+
+
+_PROVIDER_AFTER_SINK = """
+import sys
+import audit_middleware as audit
+from opentelemetry._logs import set_logger_provider
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor)
+from audit_middleware.sinks.otel import OTelLogSink
+
+out = sys.argv[1]
+
+class FileExporter(LogRecordExporter):
+    def export(self, batch):
+        with open(out, "a") as f:
+            f.writelines(f"{data.log_record.attributes['audit.target.id']}\\n" for data in batch)
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self):
+        pass
+
+    def force_flush(self, timeout_millis=30_000):
+        return True
+
+# The sink first (a settings module), then the provider (a framework plugin): the
+# provider's exit hook is registered last. A long delay: nothing is copied before exit.
+sink = OTelLogSink(audit.MemorySink(), max_delay=60)
+audit.configure(sink=sink)
+provider = LoggerProvider()
+provider.add_log_record_processor(
+    SimpleLogRecordProcessor(FileExporter()) if sys.argv[2] == "simple"
+    else BatchLogRecordProcessor(FileExporter(), schedule_delay_millis=60_000))
+set_logger_provider(provider)
+for i in range(5):
+    audit.emit("run_completed", f"run-{i}")
+"""
+
+
+@pytest.mark.parametrize("processor", ["simple", "batch"])
+def test_copies_queued_at_exit_reach_a_provider_set_up_after_the_sink(  # type: ignore[no-untyped-def]
+        tmp_path, processor: str) -> None:
+    """The provider's own atexit shutdown, registered after the sink's exit hook, ran
+    first (last in, first out): the copies still queued then went to a provider shut
+    down, and 0 of 5 reached the exporter."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "-c", _PROVIDER_AFTER_SINK, str(out), processor],
+                          check=False, timeout=60, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    exported = out.read_text().split() if out.exists() else []
+    assert sorted(exported) == [f"run-{i}" for i in range(5)]
+
+
+def test_a_primary_that_takes_its_whole_drain_timeout_leaves_the_copies_a_share(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collector that does not answer keeps CollectorSink.drain to the deadline it is
+    given: the log copies were then flushed with 0 s left, and the drain failed."""
+    import time
+    from types import SimpleNamespace
+
+    from audit_middleware.sinks import otel as module
+
+    clock = SimpleNamespace(offset=0.0)  # the primary's drain moves time, not waits it
+    monkeypatch.setattr(module, "time", SimpleNamespace(
+        monotonic=lambda: time.monotonic() + clock.offset))
+
+    class WholeTimeout(audit.MemorySink):
+        def drain(self, timeout: float) -> bool:
+            clock.offset += timeout
+            return True
+
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    sink = OTelLogSink(WholeTimeout(), logger_provider=provider, max_delay=60)
+    audit.configure(sink=sink)
+    try:
+        audit.emit("run_completed", "run-1")
+        assert sink.drain(10)
+        assert [r.log_record.attributes["audit.target.id"]  # type: ignore[index]
+                for r in exporter.get_finished_logs()] == ["run-1"]
+    finally:
+        reset_configuration()
+        sink.close(5)
