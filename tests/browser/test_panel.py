@@ -32,6 +32,9 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SCRIPT_PRINCIPAL = "<script>window.__pwned = 'script'</script>"
 IMG_PRINCIPAL = "<img src=x onerror=\"window.__pwned = 'img'\">"
 BIDI_PRINCIPAL = "\u202egnp\u3164.exe"  # reads as "exe.png" where the override is obeyed
+# Drawn as "user-1" where its marks and separators are not shown: a combining grapheme
+# joiner, a variation selector, a line separator, a no-break space, a Khmer inherent vowel.
+LOOKALIKE_PRINCIPAL = "user-\u034f\ufe0f1\u2028\u00a0\u17b4"
 TYPES = ["run_launched", "credentials_created", "run_completed", "user_sign_in"]
 FAILED = "failed: TimeoutError"
 
@@ -62,6 +65,8 @@ def panel() -> Iterator[Panel]:
     rows[7]["trace_id"], rows[7]["span_id"] = TRACE, "00f067aa0ba902b7"
     rows.append(event(type="team_deleted", principal=BIDI_PRINCIPAL, target="t-bidi",
                       org_id="org-3", created_ns=START_NS + 59 * MINUTE + 30 * 10**9))
+    rows.append(event(type="team_updated", principal=LOOKALIKE_PRINCIPAL, target="t-marks",
+                      org_id="org-3", created_ns=START_NS + 59 * MINUTE + 40 * 10**9))
     rows.append(event(type="user_updated", principal=SCRIPT_PRINCIPAL, target="t-script", org_id="org-2",
                       status=FAILED, created_ns=START_NS + 60 * MINUTE))
     rows.append(event(type="user_updated", principal=IMG_PRINCIPAL, target="t-img", org_id="org-2",
@@ -281,6 +286,21 @@ def test_invisible_characters_are_shown_not_obeyed(page: Any, panel: Panel) -> N
     page.wait_for_selector("#detail:not([hidden])")
     assert "\\u202Egnp\\u3164.exe" in page.text_content("#detail-fields")
     assert "\u202e" not in page.text_content("#detail-fields")
+    assert page.problems == []
+
+
+def test_invisible_marks_and_separators_are_shown_as_the_cli_shows_them(
+        page: Any, panel: Panel) -> None:
+    """Marks that draw nothing (U+034F, variation selectors, U+17B4), the line separator
+    and spaces other than " " were drawn as they are, so "user-\\u034f1" read as
+    "user-1", another principal: escaped as the CLI's table escapes them."""
+    signed_in(page, panel)
+    apply(page, type="team_updated")
+    shown = "user-\\u034F\\uFE0F1\\u2028\\u00A0\\u17B4"
+    assert [row[2] for row in table(page)] == [shown]
+    page.click("#events tbody tr")
+    page.wait_for_selector("#detail:not([hidden])")
+    assert shown in page.text_content("#detail-fields")
     assert page.problems == []
 
 

@@ -33,9 +33,15 @@
 
   // Characters that change how the text around them is drawn without being seen
   // (bidi overrides such as U+202E, zero-width characters: format characters, Cf),
-  // controls, and blank-looking fillers: shown as \u escapes, so "\u202Egnp.exe" does
-  // not read as "exe.png" and no value passes for another.
-  const INVISIBLE = /[\p{Cf}\p{Cc}\u115F\u1160\u3164\uFFA0\u2800]/gu;
+  // controls, line and paragraph separators, spaces other than " " (Z), marks that draw
+  // nothing (the combining grapheme joiner, variation and Mongolian free variation
+  // selectors, Khmer inherent vowels) and blank-looking fillers: shown as \u escapes,
+  // so "\u202Egnp.exe" does not read as "exe.png" and no value passes for another
+  // ("root" followed by U+034F looked exactly like "root"). The same characters the
+  // CLI's table escapes (collector/render.py: not str.isprintable(), _INVISIBLE_MARKS,
+  // _BLANK_LOOKING).
+  const INVISIBLE =
+    /(?! )[\p{C}\p{Z}\u034F\u17B4\u17B5\u180B-\u180D\u180F\uFE00-\uFE0F\u{E0100}-\u{E01EF}\u115F\u1160\u3164\uFFA0\u2800]/gu;
 
   function visible(text) {
     return text.replace(INVISIBLE, (ch) =>
