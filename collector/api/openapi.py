@@ -139,11 +139,14 @@ SPEC: Final[dict[str, Any]] = {
                 "404": _error("No stored event has this id."), **_DENIED},
         }},
         "/api/v1/event-types": {"get": {
-            "summary": "Event types: the catalogue's and every type stored",
+            "summary": "Event types: the catalogue's and the first 1,000 types stored",
             "operationId": "listEventTypes",
+            "description": "Sorted. truncated: more types are stored than listed (the "
+                           "type filter takes them all the same).",
             "responses": {"200": {"description": "Type names", "content": {"application/json": {
-                "schema": {"type": "object", "required": ["types"], "properties": {
-                    "types": {"type": "array", "items": {"type": "string"}}}}}}},
+                "schema": {"type": "object", "required": ["types", "truncated"], "properties": {
+                    "types": {"type": "array", "items": {"type": "string"}},
+                    "truncated": {"type": "boolean"}}}}}},
                 **{k: v for k, v in _DENIED.items() if k in ("401", "403")}},
         }},
         "/api/v1/sources/losses": {"get": {

@@ -14,6 +14,8 @@ from starlette.testclient import TestClient
 from audit_middleware.event import format_created, seed_date
 from collector.api import ApiSettings, create_app
 from collector.api.app import INDEX_UNAVAILABLE_MESSAGE
+from collector.api.reads import CATALOGUE
+from collector.api.routes import MAX_LISTED_TYPES
 from collector.index import CATCHING_UP, Index
 from tests.api.conftest import COUNT, HOUR, SPAN, TRACE, Env, corpus
 from tests.collector.storage_helpers import BASE_NS, event
@@ -251,3 +253,14 @@ def test_event_types_lists_the_catalogue_and_what_is_stored(env: Env) -> None:
     types = env.get("/api/v1/event-types", env.root).json()["types"]
     assert {"run_launched", "audit_log_viewed", "audit_log_exported", "workspace_deleted"} <= set(types)
     assert types == sorted(types)
+
+
+def test_event_types_lists_at_most_so_many_stored_types(env: Env) -> None:
+    """An app that stores a type per event made the list (the panel's suggestions) as
+    long as the store: the catalogue's types and the first MAX_LISTED_TYPES stored."""
+    assert env.get("/api/v1/event-types", env.root).json()["truncated"] is False
+    env.store.write([event(type=f"a_flood_{n:05d}") for n in range(MAX_LISTED_TYPES + 50)])
+    body = env.get("/api/v1/event-types", env.root).json()
+    stored = {t for t in body["types"] if t not in CATALOGUE.types}
+    assert len(stored) == MAX_LISTED_TYPES and body["truncated"] is True
+    assert CATALOGUE.types <= set(body["types"]) and body["types"] == sorted(body["types"])
