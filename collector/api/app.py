@@ -144,7 +144,9 @@ async def _auth_error(request: Request, exc: Exception) -> Response:
     try:
         await request.app.state.api.record_denial(request, exc)
     except Exception:  # the refusal stands whether or not it could be recorded
-        log.exception("query API: a refused %s %s could not be recorded", request.method,
+        # %r: the path is the client's text, decoded; raw, its controls would forge what
+        # the operator reads (an ANSI escape, a line separator).
+        log.exception("query API: a refused %s %r could not be recorded", request.method,
                       request.url.path)
     return _error(exc.status, exc.error, exc.message, exc.headers)
 
@@ -201,7 +203,7 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("query API: %s %s failed", request.method, request.url.path)
+    log.exception("query API: %s %r failed", request.method, request.url.path)  # %r: above
     response = _error(500, "internal", "the collector could not answer this request: its "
                       "log has the details")
     # Starlette sends this answer from outside the middleware stack, SecurityHeaders

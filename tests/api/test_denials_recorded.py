@@ -349,5 +349,39 @@ def test_a_refusal_that_cannot_be_recorded_is_still_answered_and_logged(
     monkeypatch.setattr(Api, "record_denial", broken)
     reply = env.get("/api/v1/audit-logs", "ac_0123456789abcdef_wrong")
     assert reply.status_code == 401 and reply.json()["error"] == "unauthorized"
-    assert "GET /api/v1/audit-logs could not be recorded" in caplog.text
+    assert "GET '/api/v1/audit-logs' could not be recorded" in caplog.text
     assert denied(env) == []
+
+
+
+def test_a_path_logged_for_an_unrecorded_refusal_cannot_forge_log_lines(
+        env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # The path is the client's, percent-decoded by the server: raw in the log, its
+    # controls (an ANSI escape that erases the line on a terminal, a U+2028 that a viewer
+    # breaks the line at) forge what the operator reads. Called as a server calls the
+    # app (a test client's URL handling drops some controls before they reach it).
+    async def broken(self: Api, request: Any, exc: Any) -> None:
+        raise RuntimeError("the store is gone")
+
+    monkeypatch.setattr(Api, "record_denial", broken)
+    path = "/api/v1/audit-logs/x\x1b[2K\rCRITICAL forged\u2028line"
+    answer: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        answer.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("203.0.113.9", 5000),
+             "server": ("127.0.0.1", 8080), "app": env.client.app,
+             "headers": [(b"host", b"127.0.0.1:8080"),
+                         (b"authorization", b"Bearer ac_0123456789abcdef_wrong")]}
+    asyncio.run(env.client.app(scope, receive, send))
+    assert answer[0]["status"] == 401
+    [record] = [r for r in caplog.records if "could not be recorded" in r.getMessage()]
+    message = record.getMessage()
+    assert not any(c in message for c in "\x1b\r\n\u2028")
+    assert "CRITICAL forged" in message  # still said, escaped
