@@ -56,6 +56,7 @@ from collector.storage.chunks import (
     postings,
 )
 from collector.storage.compression import BlockMap
+from collector.storage.data_dir_lock import data_dir_held
 from collector.storage.records import Row
 from collector.storage.segment_drop import (
     NO_TIME,
@@ -166,8 +167,6 @@ def connect_reader(path: Path) -> tuple[sqlite3.Connection, bool]:
         return con, False
     except sqlite3.OperationalError as exc:
         con.close()
-        from collector.store import data_dir_held  # the store imports this module
-
         # With a -wal file left, the index holds more than its main file (a collector
         # killed, or one just starting): reading the main file alone would miss it.
         if wal_path(path).exists() or data_dir_held(path.parent):

@@ -34,6 +34,7 @@ import orjson
 from collector.index import CATCHING_UP, INDEX_SCHEMA, ZONE_SHIFT, Index, connect_reader, wal_path
 from collector.storage.chunks import INDEXED
 from collector.storage.conditions import FOREVER, Conditions, compile_conditions
+from collector.storage.data_dir_lock import lock_data_dir
 from collector.storage.errors import IndexOutOfDateError
 from collector.storage.filters import QueryError, check_text
 from collector.storage.reader import RecordReader
@@ -497,8 +498,6 @@ def newest_seq(index_path_or_store: Store | Path | str) -> int:
 def reindex(data_dir: Path | str, progress: Callable[[int, int], None] | None = None) -> RepairReport:
     """Rebuild index.sqlite from the segments (plain and compressed). ``progress`` gets
     (bytes done, bytes total). Refuses while a collector holds the data directory."""
-    from collector.store import lock_data_dir  # the store imports this module's peers
-
     data_dir = Path(data_dir)
     segments = data_dir / "segments"
     if not segments.is_dir():

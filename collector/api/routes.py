@@ -20,7 +20,7 @@ from collector import losses
 from collector.query import Page, Reader
 from collector.storage import loss_acks
 from collector.storage.conditions import FOREVER
-from collector.store import LossAckError, UnknownSourceError
+from collector.store_acknowledging import LossAckError, UnknownSourceError
 
 from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, AUDIT_LOSS_ACKNOWLEDGED
 from . import exports

@@ -198,7 +198,7 @@ def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
 
 def collector_running(data_dir: Path) -> bool:
     """Whether a collector (or a reindex) holds ``data_dir`` right now."""
-    from collector.store import data_dir_held
+    from collector.storage.data_dir_lock import data_dir_held
 
     return data_dir_held(data_dir)
 
@@ -334,8 +334,8 @@ def _vouched(data_dir: Path, signing_key: Path | None) -> tuple[str, dict[str, P
 def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from collector.storage.data_dir_lock import lock_data_dir
     from collector.storage.segments import list_segment_files
-    from collector.store import lock_data_dir
 
     from .keys import (
         KeyRing,

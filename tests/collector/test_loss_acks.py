@@ -12,7 +12,7 @@ import pytest
 
 from collector.storage import loss_acks
 from collector.storage.records import encode_events
-from collector.store import LossAckError, UnknownSourceError
+from collector.store_acknowledging import LossAckError, UnknownSourceError
 from tests.collector.storage_helpers import (
     events,
     forget_source,

@@ -17,7 +17,7 @@ import pytest
 
 from audit_middleware.catalogue import SEED_CATALOGUE
 from collector.query import iter_records
-from collector.store import lock_data_dir
+from collector.storage.data_dir_lock import lock_data_dir
 from examples.platform.auth import ALICE
 from tests.faults.fleet import wait_for
 from tests.faults.test_unread_replies import Pusher

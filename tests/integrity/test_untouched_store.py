@@ -653,8 +653,8 @@ def test_a_replaced_lock_file_neither_hides_the_collector_nor_lets_a_second_one_
     it for stopped (and skipped the checks it makes next to a live one), and a second
     collector started on the same data, writing a second digest chain."""
     from collector.integrity.commands import collector_running
+    from collector.storage.data_dir_lock import lock_data_dir
     from collector.storage.errors import DataDirInUseError
-    from collector.store import lock_data_dir
 
     data_dir = build_store(tmp_path / "data", batches=1)
     with open_store(data_dir):

@@ -1,0 +1,83 @@
+"""The data directory's lock: one writer process per data directory (the collector's
+store, or ``reindex``), held from ``Store.open`` to ``Store.close``. ``verify`` and the
+index's read-only readers ask ``data_dir_held`` whether a writer runs.
+
+Not the index's write lock (``write_lock.py``), which orders the threads of one process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Final
+
+from .errors import DataDirInUseError
+from .segments import FILE_MODE
+
+__all__ = ["LOCK_FILE", "DataDirLock", "data_dir_held", "lock_data_dir"]
+
+LOCK_FILE: Final = "store.lock"
+
+
+class DataDirLock:
+    """This process's hold on a data directory; ``close()`` lets it go."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self._fds = fds
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+
+def data_dir_held(data_dir: Path) -> bool:
+    """Whether a process holds ``data_dir`` (``lock_data_dir``) right now: its lock file
+    or the directory itself, which cannot be replaced under it as the file can."""
+    for path, flags in ((data_dir / LOCK_FILE, os.O_RDONLY),
+                        (data_dir, os.O_RDONLY | os.O_DIRECTORY)):
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # closing releases a lock this took
+    return False
+
+
+def lock_data_dir(data_dir: Path) -> DataDirLock:
+    """Hold the data directory for this process (one writer: the store, or reindex).
+
+    Both ``store.lock`` and the directory itself are locked: the file alone could be
+    moved away and replaced by a fresh one under a running collector, and a second
+    collector then started on the same data (and ``verify`` took it for stopped). A
+    directory cannot be swapped under its open descriptor."""
+    held: list[int] = []
+    in_use = DataDirInUseError(
+        f"{data_dir} is in use by another process (a running collector or a reindex): stop "
+        f"it first, or use another data directory")
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        held.append(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise in_use from None
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        held.append(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise in_use from None
+        except OSError:  # a file system without locks on directories: the file's lock
+            os.close(held.pop())
+    except BaseException:
+        DataDirLock(held).close()
+        raise
+    return DataDirLock(held)
