@@ -82,6 +82,27 @@ def free_space(monkeypatch: pytest.MonkeyPatch) -> FreeSpace:
     return FreeSpace(monkeypatch)
 
 
+class BrokenDedupe:
+    """``Index.known_ids`` (a commit's dedupe query, before anything is written) raising
+    while ``broken``: a commit that raises, the index's error."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.broken = False
+        real = Index.known_ids
+
+        def known_ids(index: Index, keys: list[bytes | str]) -> set[bytes | str]:
+            if self.broken:
+                raise sqlite3.OperationalError("injected")
+            return real(index, keys)
+
+        monkeypatch.setattr(Index, "known_ids", known_ids)
+
+
+@pytest.fixture
+def broken_dedupe(monkeypatch: pytest.MonkeyPatch) -> BrokenDedupe:
+    return BrokenDedupe(monkeypatch)
+
+
 #: ``write_stall_timeout`` of the stall tests: short, so they wait little past it.
 STALL_AFTER = 0.05
 
@@ -191,22 +212,33 @@ def test_a_write_failure_that_ended_is_ready_again_without_a_batch(
 
 
 def test_a_commit_that_raises_before_writing_is_unready_until_one_goes_through(
-        opened: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        opened: Store, broken_dedupe: BrokenDedupe) -> None:
     """The index failing its dedupe query: no append fails, yet no batch is stored."""
-    broken = [True]
-    real = Index.known_ids
-
-    def known_ids(index: Index, keys: list[bytes | str]) -> set[bytes | str]:
-        if broken[0]:
-            raise sqlite3.OperationalError("injected")
-        return real(index, keys)
-
-    monkeypatch.setattr(Index, "known_ids", known_ids)
+    broken_dedupe.broken = True
     write_fails(opened)
     assert probe(Health(opened)).json()["reason"] == "write_failing"
-    broken[0] = False
+    broken_dedupe.broken = False
     opened.write([event()])
     assert probe(Health(opened)).status_code == 200
+
+
+def test_space_freed_ends_a_full_disk_but_not_the_index_error_after_it(
+        opened: Store, failing: FailingAppends, free_space: FreeSpace,
+        broken_dedupe: BrokenDedupe) -> None:
+    """The segment's append failed for want of space, then the next commit raised (the
+    index's dedupe query): freed space ends the first failure only. Judged by the one
+    said first (the append's ``disk_full``), the probe said ready once space was freed,
+    while every batch was still refused."""
+    failing.errno = errno.ENOSPC
+    write_fails(opened)
+    failing.errno = None
+    broken_dedupe.broken = True
+    write_fails(opened)
+    free_space.bytes = RESERVE_ROOM
+    # Until the idle commit thread has seen the room.
+    reply = wait_until(
+        lambda: (r := probe(Health(opened))).json().get("reason") != "disk_full" and r)
+    assert (reply.status_code, reply.json().get("reason")) == (503, "write_failing")
 
 
 def test_a_quota_is_not_judged_by_the_free_space_it_does_not_show(
