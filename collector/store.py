@@ -89,7 +89,7 @@ _COMMIT: Final = "commit"
 _COMPRESSED: Final = "putting compressed copies in place"
 _HOUSEKEEPING: Final = "housekeeping"
 #: The file an idle commit thread writes, fsyncs and removes in ``segments/`` while a
-#: write failure other than a full disk is said (``Store._check_failed_write``).
+#: write failure is said (a full disk's once it shows room: ``Store._check_failed_write``).
 _WRITE_CHECK: Final = ".write-check"
 #: Why the reserve is released at start-up (``Store._open_in_reserve``), in its warning.
 _OPENING_IN_RESERVE: Final = (
@@ -540,12 +540,17 @@ class Store(_LossAcknowledging):
         stayed out for good. The next batch tells for sure: failing again, it is said
         again. A full disk ends once it has ``RESERVE_ROOM`` free (judged here, on this
         thread, and not by the probe: a hung disk can hold statvfs, and a probe must
-        answer at once); the segment file's other failures (an I/O error, a read-only
-        file system, a quota) once ``segments/`` takes a write again (a file written,
-        fsynced, removed). An index's error ends with a batch only."""
+        answer at once) and ``segments/`` takes a write again (a file written, fsynced,
+        removed); the segment file's other failures (an I/O error, a read-only file
+        system, a quota) once it takes that write. An index's error ends with a batch
+        only."""
         writer = self._writer
         if DISK_FULL in (writer.failure, self._commit_failure):
-            if free_bytes(self.settings.data_dir) >= RESERVE_ROOM:
+            # The write too: a disk can be full with free blocks showing (no inode left
+            # for a new segment, a file system's metadata full), and judged by them
+            # alone it read ready half a second after each batch it refused.
+            if (free_bytes(self.settings.data_dir) >= RESERVE_ROOM
+                    and self._segments_take_a_write()):
                 # Space freed: the next batch is written (or fails again, said).
                 if writer.failure == DISK_FULL:
                     writer.failure = None
@@ -555,13 +560,18 @@ class Store(_LossAcknowledging):
         if (writer.failure != WRITE_FAILING or not writer.failed_on_disk
                 or self._commit_failure is not None):
             return  # none, or the index's
+        if self._segments_take_a_write():
+            writer.failure = None
+
+    def _segments_take_a_write(self) -> bool:
+        """Whether a new file can be written, fsynced and removed in ``segments/``."""
         path = self.segments_dir / _WRITE_CHECK
         try:
             write_new_file(path, b"\n", FILE_MODE)
             path.unlink()
         except OSError:
-            return  # still failing: said as it is (the commit's failure is in the log)
-        writer.failure = None
+            return False  # still failing: said as it is (the commit's failure is in the log)
+        return True
 
     def _failed(self, exc: Exception, what: str) -> None:
         """Note and log a failure of the commit thread's work (which goes on). A full

@@ -65,15 +65,17 @@ def failing(monkeypatch: pytest.MonkeyPatch) -> FailingAppends:
 
 class FreeSpace:
     """The store's ``free_bytes`` (a statvfs) saying ``bytes`` (0 at first: a full disk);
-    ``askers`` names the threads that asked it."""
+    ``askers`` names the threads that asked it, ``asked`` counts the times."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.bytes = 0
         self.askers: set[str] = set()
+        self.asked = 0
         monkeypatch.setattr(store_module, "free_bytes", self._free_bytes)
 
     def _free_bytes(self, directory: Path) -> int:
         self.askers.add(threading.current_thread().name)
+        self.asked += 1
         return self.bytes
 
 
@@ -181,6 +183,25 @@ def test_a_full_disk_is_unready_until_it_has_room_again(
     # collector out of rotation must let it back, or no batch ever comes to show it (the
     # idle commit thread sees the room, at its next pass).
     free_space.bytes = RESERVE_ROOM
+    failing.errno = None  # a disk with room takes the segment's append, and a new file
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
+
+
+def test_a_full_disk_that_shows_free_blocks_is_unready_until_it_takes_a_write(
+        opened: Store, failing: FailingAppends, free_space: FreeSpace) -> None:
+    """No inode left (or a file system's metadata full): writes fail for want of space
+    while statvfs shows free blocks. Judged by them alone, the idle commit thread ended
+    the failure at its next pass: the probe said ready half a second after each batch
+    the store refused. It ends now once ``segments/`` takes a write too."""
+    free_space.bytes = RESERVE_ROOM  # the blocks show...
+    failing.errno = errno.ENOSPC  # ...but neither the append nor a new file goes through
+    write_fails(opened)
+    asked = free_space.asked
+    # The idle commit thread looked twice (or, judging by free blocks, said ready).
+    wait_until(lambda: free_space.asked >= asked + 2
+               or probe(Health(opened)).status_code == 200)
+    assert probe(Health(opened)).json().get("reason") == "disk_full"
+    failing.errno = None  # an inode freed: the write check goes through
     wait_until(lambda: probe(Health(opened)).status_code == 200)
 
 
