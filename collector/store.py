@@ -199,7 +199,7 @@ class Store(_LossAcknowledging):
             self._release_storage()
             raise
         self._state = "open"
-        self._thread = threading.Thread(target=self._run, name="audit-store-commit",
+        self._thread = threading.Thread(target=self._run_said, name="audit-store-commit",
                                         daemon=True)
         self._thread.start()
         return report
@@ -475,6 +475,17 @@ class Store(_LossAcknowledging):
         return self.submit(events, source, source_seqs).result()
 
     # -- the commit thread --------------------------------------------------------------
+    def _run_said(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            # Only a BaseException gets here (``_run`` goes on after any Exception), and
+            # threading does not log a SystemExit: said, or the store stops writing in
+            # silence (``refusal`` says write_failing from then on).
+            log.critical("audit store: the commit thread ended (%r): nothing is written "
+                         "any more; restart the collector", exc)
+            raise
+
     def _run(self) -> None:
         # Retention's first pass before the first batch: started on a full disk, the
         # room the released reserve left (``_open_in_reserve``) is for its digest, and
@@ -755,20 +766,25 @@ class Store(_LossAcknowledging):
         return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def refusal(self) -> str | None:
-        """Why the store cannot take events now, or None when it can: ``NOT_OPEN``
-        (before ``open``, from ``close`` on), ``WRITE_STALLED`` (work has waited for the
-        commit thread longer than ``write_stall_timeout``: a hung fsync; until it is
-        written), ``DISK_FULL`` (the last commit failed for want of space) or
-        ``WRITE_FAILING`` (it failed otherwise). A failure lasts until a commit goes
-        through, or until the idle commit thread sees it ended (``_check_failed_write``:
-        the disk has ``RESERVE_ROOM`` free again, ``segments/`` takes a write again).
-        Read from memory only, under no lock held across I/O, so that a probe answers at
-        once on a hung disk: the commit thread held in that check's statvfs leaves
-        ``DISK_FULL`` said, then ``WRITE_STALLED`` once a batch has waited past the
-        timeout."""
+        """Why the store cannot take events now, or None when it can: ``NOT_OPEN`` (before
+        ``open``, from ``close`` on), ``WRITE_STALLED`` (work has waited for the commit
+        thread longer than ``write_stall_timeout``: a hung fsync; until it is written),
+        ``DISK_FULL`` (the last commit failed for want of space) or ``WRITE_FAILING``
+        (it failed otherwise, or the commit thread has ended: see ``_run_said``). A
+        failure lasts until a commit goes through, or until the idle commit thread sees
+        it ended (``_check_failed_write``: the disk has ``RESERVE_ROOM`` free again,
+        ``segments/`` takes a write again). Read from memory only, under no lock held
+        across I/O, so that a probe answers at once on a hung disk: the commit thread
+        held in that check's statvfs leaves ``DISK_FULL`` said, then ``WRITE_STALLED``
+        once a batch has waited past the timeout."""
         with self._lock:
             if self._state != "open":
                 return NOT_OPEN
+        thread = self._thread
+        if thread is not None and thread.ident is not None and not thread.is_alive():
+            # Started and ended: only a BaseException does that (a SystemExit in it,
+            # which threading does not even log); nothing is written from then on.
+            return WRITE_FAILING
         # First: a commit hung now says more than how the last one ended.
         if self.waiting_seconds() > self.settings.write_stall_timeout:
             return WRITE_STALLED

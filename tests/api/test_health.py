@@ -445,3 +445,23 @@ def test_the_stores_refusal_reads_no_free_space_itself(
     write_fails(opened)
     assert opened.refusal() == "disk_full"
     assert threading.current_thread().name not in free_space.askers
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_store_whose_commit_thread_ended_is_unready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Only a BaseException ends the commit thread (a ``SystemExit`` raised in it, which
+    ``threading`` does not even log): nothing is written from then on, and a probe that
+    said ready until a batch had waited ``write_stall_timeout`` sent a balancer's traffic
+    to a collector that would only queue it."""
+    def ended(self: Store, idle: bool) -> None:
+        raise SystemExit
+
+    with open_store(tmp_path / "data") as store:
+        assert store.refusal() is None
+        monkeypatch.setattr(Store, "_housekeeping", ended)
+        wait_until(lambda: not any(t.name == "audit-store-commit"
+                                   for t in threading.enumerate()))
+        assert store.refusal() == "write_failing"
+    assert "the commit thread ended (SystemExit())" in caplog.text
