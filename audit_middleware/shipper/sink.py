@@ -156,7 +156,7 @@ class CollectorSink:
             self._export, max_queue=max_queue, max_batch=batch_size * pipeline,
             max_delay=max_delay,
             name=f"audit-collector:{self.endpoint}", exit_timeout=exit_timeout,
-            idle=self._idle,
+            idle=self._idle, after_fork=self._after_fork,
         )
         if self._spool is not None:  # with somewhere to put batches, do not wait for a
             half = max(max_queue // 2, 1)  # silent collector until the queue overflows
@@ -169,7 +169,6 @@ class CollectorSink:
         self._watch_pid = self._queue.watch_pid
         self._init_process()
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
         atexit.register(lambda: call_if_alive(ref, "close", exit_timeout))
         # After its queue's: at a multiprocessing child's exit this close runs first
         # (same priority: reverse order), sending or spooling, then closing the queue.
@@ -196,9 +195,12 @@ class CollectorSink:
         its first event (else it numbered as its parent's source, as every sibling
         did), sends (else its events waited for its parent's worker thread, which it
         lacks) or counts."""
-        self._queue.check_fork(then=self._after_fork)
+        self._queue.check_fork()
 
     def _after_fork(self) -> None:
+        """Run by the queue (``after_fork``) after its own reset, whichever path finds
+        the fork: its at-fork hook or, without it, any check; a thread that finds the
+        fork meanwhile waits for this reset before it numbers an event."""
         self._sender.after_fork()
         if self._spool is not None:
             self._spool.after_fork()

@@ -116,6 +116,7 @@ class BatchingQueue(Generic[T]):
         #: Compare the process id on each submit (``forks_without_hooks``): a syscall,
         #: so only where a fork can happen without the at-fork hook.
         self.watch_pid = forks_without_hooks()
+        self._pid = _getpid()
         self._init_runtime()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
@@ -123,7 +124,6 @@ class BatchingQueue(Generic[T]):
         close_in_multiprocessing_children(self, exit_timeout)
 
     def _init_runtime(self) -> None:
-        self._pid = _getpid()
         self._queue: collections.deque[T | _FlushMarker] = collections.deque()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
@@ -143,21 +143,23 @@ class BatchingQueue(Generic[T]):
             counter.reset()
         if self._owner_after_fork is not None:
             self._owner_after_fork()
+        # Last: until the owner's reset is done too, another thread's check still finds
+        # the fork (and waits on _FORK_LOCK) instead of using what the parent left, e.g.
+        # a CollectorSink's numbering, taken up as the new source's, then restarted.
+        self._pid = _getpid()
 
     def forked(self) -> bool:
         """Whether this process is a child that no at-fork hook told about its fork."""
         return self._pid != _getpid()
 
-    def check_fork(self, then: Callable[[], None] | None = None) -> None:
+    def check_fork(self) -> None:
         """In a child forked without the at-fork hook: what the hook would have done,
-        then ``then`` (the owning sink's own reset), once, however many threads find
-        out at the same time."""
+        the owner's reset (``after_fork``) included, once, however many threads find
+        out at the same time: the others wait until it is all done."""
         if self.forked():
             with _FORK_LOCK:
                 if self.forked():
                     self._after_fork()
-                    if then is not None:
-                        then()
 
     # -- request path -------------------------------------------------------------------
     def submit(self, event: T) -> bool:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 import weakref
@@ -85,11 +84,9 @@ class OTelLogSink:
         self.failed_events = Counter()  # one event's log copy failed, not its batch
         self._queue: BatchingQueue[AuditEvent] = BatchingQueue(
             self._emit, max_queue=max_queue, max_batch=max_batch, max_delay=max_delay,
-            name="audit-otel-logs", exit_timeout=exit_timeout)
+            name="audit-otel-logs", exit_timeout=exit_timeout,
+            after_fork=self._after_fork)  # a child's counters start from zero with it
         ref = weakref.ref(self)
-        # After the queue's own hooks (registered above), so they run after them: a
-        # child's counters start from zero with its queue's.
-        os.register_at_fork(after_in_child=lambda: call_if_alive(ref, "_after_fork"))
         # Runs before the queue's and the primary's own exit hooks (atexit is last in,
         # first out): the primary is closed first at exit too, not after the log copy's
         # drain, which a stalled exporter holds for up to exit_timeout.
@@ -129,9 +126,9 @@ class OTelLogSink:
 
     def _check_fork(self) -> None:
         """In a child forked without the at-fork hook (uWSGI): the queue's reset and the
-        counters', together (the queue alone would reset itself and leave the parent's
-        ``otel_emitted`` in this child's stats)."""
-        self._queue.check_fork(self._after_fork)
+        counters' (``after_fork``), together (the queue alone would reset itself and
+        leave the parent's ``otel_emitted`` in this child's stats)."""
+        self._queue.check_fork()
 
     # -- worker -------------------------------------------------------------------------
     def _emit(self, batch: list[AuditEvent]) -> None:

@@ -24,6 +24,7 @@ from audit_middleware import AuditConfigurationError, configure, emit
 from audit_middleware.shipper import CollectorSink, spool_adoption
 from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.shipper.receipts import pending
+from audit_middleware.sinks import batching
 from audit_middleware.testing import reset_configuration
 from audit_middleware.wire import ErrorCode, ErrorReply, FrameType, parse_header
 from collector.ingest import IngestSettings
@@ -134,6 +135,53 @@ def test_events_are_numbered_per_source(collector: Collector, make_sink: SinkFac
     assert [seq for _, seqs, _ in seen for seq in seqs] == list(range(1, 31))
     assert all(max(seqs) <= numbered <= 30 for _, seqs, numbered in seen)
     assert seen[-1][2] == 30
+
+
+GUARD = 30.0  # seconds: only so that a broken build fails instead of hanging the suite
+
+
+class _Contended:
+    """``batching._FORK_LOCK`` as it is, that says when a thread has to wait for it."""
+
+    def __init__(self, waiting: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self._waiting = waiting
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self._waiting.set()
+            self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_thread_that_finds_the_fork_during_the_reset_numbers_as_the_new_source(
+        make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uWSGI (no at-fork hook), two requests at once in a new worker: the first thread
+    to find the fork reset the queue, then the sink. The second, in between, found the
+    queue's process id already this one's and numbered its event with the parent's
+    counter (4, after the parent's 3), which the reset then restarted: the child's
+    source sent 4, then 1, 2, 3, 4 again. Now it waits for the whole reset."""
+    sink = make_sink(max_delay=60)  # nothing sent during the test: the queue shows all
+    emit_many(3, "parent")
+    sink._watch_pid = sink._queue.watch_pid = True
+    sink._queue._pid = -1  # this process is now a child forked without the hook
+    progress = threading.Event()  # the second thread's event numbered, or it waits
+    monkeypatch.setattr(batching, "_FORK_LOCK", _Contended(progress))
+    second = threading.Thread(target=lambda: (emit("team_created", "second"), progress.set()))
+    reset_sender = sink._sender.after_fork
+
+    def reset_with_another_request() -> None:
+        second.start()
+        assert progress.wait(GUARD)
+        reset_sender()
+
+    monkeypatch.setattr(sink._sender, "after_fork", reset_with_another_request)
+    emit("team_created", "first")
+    second.join(GUARD)
+    assert not second.is_alive()
+    assert sorted(item[0] for item in sink._queue._queue) == [1, 2]  # type: ignore[index]
 
 
 def test_numbered_says_nothing_where_the_counter_cannot_show_its_value(
