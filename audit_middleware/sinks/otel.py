@@ -77,6 +77,10 @@ class OTelLogSink:
         #: at exit gives it what is left, not a second wait on the same stall.
         self._queue_stalled_at_exit: float | None = None
         self._provider_stalled_at_exit: float | None = None
+        #: The exit drain did not hand the primary's events on in time (a collector that
+        #: does not answer): what it held is spooled or counted by now, so the close that
+        #: follows at exit gives the primary no second ``exit_timeout`` on the same stall.
+        self._primary_stalled_at_exit = False
         # A ProxyLogger when no provider is set yet: it follows a later
         # set_logger_provider(), so the sink may be configured before the SDK.
         self._logger = get_logger(otel.SCOPE_NAME, logger_provider=logger_provider)
@@ -213,8 +217,8 @@ class OTelLogSink:
         self._check_fork()
         primary = self._primary_drain()
         try:
-            if primary is not None:
-                primary(self._exit_timeout)
+            if primary is not None and not primary(self._exit_timeout):
+                self._primary_stalled_at_exit = True
         finally:
             deadline = time.monotonic() + self._exit_timeout
             if not self._queue.flush(_remaining(deadline)):
@@ -264,13 +268,16 @@ class OTelLogSink:
             return
         self._closed = True
         limit = self._exit_timeout if timeout is None else timeout
+        exiting = timeout is None  # the exit hook: after the exit drain, if it ran
         try:
             if self.primary is not None:
-                self.primary.close(timeout)
+                # After a stalled exit drain: only what exit hooks emitted since is left,
+                # spooled (or counted) at once rather than waited for again.
+                self.primary.close(0.0 if exiting and self._primary_stalled_at_exit
+                                   else timeout)
         finally:
             self._check_fork()
             deadline = time.monotonic() + limit
-            exiting = timeout is None  # the exit hook: after the exit drain, if it ran
             self._queue.close(_remaining(
                 _earlier(deadline, self._queue_stalled_at_exit if exiting else None)))
             self._flush_provider(

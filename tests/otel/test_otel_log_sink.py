@@ -583,3 +583,42 @@ def test_a_primary_that_takes_its_whole_drain_timeout_leaves_the_copies_a_share(
     finally:
         reset_configuration()
         sink.close(5)
+
+
+_STALLED_PRIMARY = """
+import sys
+import audit_middleware as audit
+from audit_middleware.sinks.otel import OTelLogSink
+
+out = sys.argv[1]
+
+class Stalled(audit.MemorySink):
+    def drain(self, timeout):
+        with open(out, "a") as f:
+            f.write(f"drain {timeout:g}\\n")
+        return False  # a collector that does not answer: not all handed on in time
+
+    def close(self, timeout=None):
+        with open(out, "a") as f:
+            f.write(f"close {timeout}\\n")
+        super().close(timeout)
+
+sink = OTelLogSink(Stalled(), max_delay=60, exit_timeout=7)
+audit.configure(sink=sink)
+audit.emit("run_dropped", "run-1")
+"""
+
+
+def test_at_exit_a_primary_whose_drain_stalled_is_not_waited_for_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The exit drain gave the primary ``exit_timeout`` and it did not finish (a
+    collector that does not answer: what it held is spooled by then); its close then
+    waited a second ``exit_timeout`` on the same stall, doubling the exit a supervisor
+    may cut short. Now it is closed with no time to wait."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "calls"
+    proc = subprocess.run([sys.executable, "-c", _STALLED_PRIMARY, str(out)], check=False,
+                          timeout=60, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().split("\n")[:2] == ["drain 7", "close 0.0"]
