@@ -23,8 +23,8 @@ from starlette.routing import Route
 
 from collector.api import server as api_server
 from collector.api.app import SIGN_IN_PATH
+from tests.certificates import self_signed_certificate
 from tests.e2e.harness import host_and_port
-from tests.shipper.test_collector_sink import self_signed_certificate
 
 
 async def _hello(request: Request) -> PlainTextResponse:

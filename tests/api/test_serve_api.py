@@ -104,7 +104,7 @@ def test_a_non_loopback_api_without_tls_is_refused(root: Path) -> None:
 
 def test_an_api_on_every_address_is_announced_with_a_url_one_can_open(root: Path) -> None:
     """'admin panel at http://0.0.0.0:8080/...' is no address a browser can open."""
-    from tests.shipper.test_collector_sink import self_signed_certificate
+    from tests.certificates import self_signed_certificate
 
     cert, key = self_signed_certificate(root)
     with serving(root / "data", "--api-listen", "0.0.0.0:0", "--api-tls-cert", str(cert),
@@ -120,7 +120,7 @@ def test_an_empty_api_listen_serves_no_api(root: Path) -> None:
 
 
 def test_the_api_over_tls_sets_secure_cookies_and_hsts(root: Path) -> None:
-    from tests.shipper.test_collector_sink import self_signed_certificate
+    from tests.certificates import self_signed_certificate
 
     cert, key = self_signed_certificate(root)
     data = root / "data"

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from audit_middleware.wire import encode_batch, encode_batch_body
 from tests.api.served import add_reader, serving
+from tests.certificates import self_signed_certificate
 from tests.e2e.harness import (
     RawClient,
     closed_by_peer,
@@ -27,7 +28,6 @@ from tests.e2e.harness import (
     wire_line,
 )
 from tests.otel.test_metrics import parse_prometheus
-from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 _SAMPLE = re.compile(r"^([a-z_]+) (\S+)$", re.MULTILINE)

@@ -18,6 +18,7 @@ import pytest
 
 from collector import api_client
 from tests.api.served import serving
+from tests.certificates import self_signed_certificate
 from tests.e2e.harness import (
     CollectorProcess,
     closed_by_peer,
@@ -25,7 +26,6 @@ from tests.e2e.harness import (
     lower_file_limit,
     wait_until,
 )
-from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 

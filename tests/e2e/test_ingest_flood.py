@@ -22,8 +22,8 @@ import pytest
 from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
+from tests.certificates import self_signed_certificate
 from tests.e2e.harness import CollectorProcess, lower_file_limit, stored_events
-from tests.shipper.test_collector_sink import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 

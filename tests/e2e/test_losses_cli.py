@@ -110,7 +110,7 @@ def test_losses_are_listed_and_acknowledged_through_the_running_collector(root: 
 def test_an_acknowledgement_reaches_an_api_served_over_tls(root: Path) -> None:
     """api_tls_cert, read as serve reads it (here from the TOML file), is trusted for
     the collector's own certificate."""
-    from tests.shipper.test_collector_sink import self_signed_certificate
+    from tests.certificates import self_signed_certificate
 
     certs = root / "certs"
     certs.mkdir()

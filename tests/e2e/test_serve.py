@@ -113,7 +113,7 @@ def test_sighup_loads_renewed_certificates_and_the_collector_goes_on(root: Path)
     import signal
     import ssl
 
-    from tests.shipper.test_collector_sink import self_signed_certificate
+    from tests.certificates import self_signed_certificate
 
     first, second = root / "first", root / "second"
     first.mkdir()
@@ -169,7 +169,7 @@ def test_a_certificate_that_cannot_be_loaded_again_leaves_the_old_one_serving(
     context, it replaced the certificate and dropped the key, and every handshake after
     it failed, while the log said the old certificate stayed in use."""
     from collector.listen import reload_certificate, tls_context
-    from tests.shipper.test_collector_sink import self_signed_certificate
+    from tests.certificates import self_signed_certificate
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

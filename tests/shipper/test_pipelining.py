@@ -27,9 +27,9 @@ from audit_middleware.shipper.endpoint import Endpoint, parse_url
 from audit_middleware.shipper.pipeline import Chunk, Pipeline
 from audit_middleware.testing import reset_configuration
 from audit_middleware.wire import Hello, Result, encode_batch_body
+from tests.certificates import self_signed_certificate
 from tests.collector.storage_helpers import event
 from tests.e2e.harness import CollectorProcess, short_tmp, stored_events
-from tests.shipper.test_collector_sink import self_signed_certificate
 
 TOKEN = "pipelining-s3cret"
 

@@ -1,0 +1,80 @@
+"""CollectorSink's configuration, checked at construction: bad URLs and options fail with
+what to do, loopback however spelled needs no TLS, a relative unix path is resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit_middleware import AuditConfigurationError
+from audit_middleware.shipper import CollectorSink
+from audit_middleware.shipper.endpoint import is_loopback
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "LocalHost", "127.0.0.2", "::1"])
+def test_loopback_however_it_is_spelled_needs_no_tls(host: str) -> None:
+    """A host name is not case-sensitive: tcp://LOCALHOST:7100 was taken for a remote
+    collector, and the sink refused to start without TLS."""
+    assert is_loopback(host)
+    url = f"tcp://[{host}]:7100" if ":" in host else f"tcp://{host}:7100"
+    CollectorSink(url, token="t", spool_dir=None).close(timeout=1)
+
+
+@pytest.mark.parametrize("host", ["localhost.", "LOCALHOST."])
+def test_localhost_with_a_trailing_dot_needs_tls(host: str) -> None:
+    """``localhost.`` is not looked up in /etc/hosts (glibc matches no trailing dot
+    there) but asked of DNS: whatever address it answers would get the token and the
+    events in clear. It was taken for loopback."""
+    assert not is_loopback(host)
+    with pytest.raises(AuditConfigurationError, match="is not on loopback"):
+        CollectorSink(f"tcp://{host}:7100", token="t", spool_dir=None)
+
+
+@pytest.mark.parametrize(("url", "options", "message"), [
+    ("tcp://127.0.0.1:7100", {}, "needs token="),
+    ("tcp://collector.internal:7100", {"token": "t"}, "pass tls=True"),
+    ("http://collector:80", {}, "is not supported"),
+    ("tcp://collector", {"token": "t"}, "needs a host and a port"),
+    ("unix://", {}, "needs the socket file's path"),
+    ("unix:///", {}, "needs the socket file's path"),
+    ("unix:///x\x00.sock", {}, "needs the socket file's path"),
+    ("tcp://127.0.0.1: 7100", {"token": "t"}, "needs a host and a port"),
+    ("tcp://127.0.0.1:+7100", {"token": "t"}, "needs a host and a port"),
+    ("tcp://127.0.0.1:7_100", {"token": "t"}, "needs a host and a port"),
+    ("tcp://127.0.0.1:\u0667\u0661\u0660\u0660", {"token": "t"}, "needs a host and a port"),
+    ("unix:///x.sock", {"max_queue": 0}, "max_queue must be a positive int"),
+    ("unix:///x.sock", {"ack_timeout": 0}, "ack_timeout must be a number of seconds"),
+    # Each of these was accepted, then failed when used: at exit the queue was lost
+    # (exit_timeout), every batch dropped (connect_timeout NaN), or every request 503'd.
+    ("unix:///x.sock", {"exit_timeout": "5"}, "exit_timeout must be a number of seconds"),
+    ("unix:///x.sock", {"exit_timeout": float("nan")}, "exit_timeout must be"),
+    ("unix:///x.sock", {"connect_timeout": float("nan")}, "connect_timeout must be"),
+    ("unix:///x.sock", {"ack_timeout": float("inf")}, "ack_timeout must be"),
+    ("unix:///x.sock", {"max_delay": True}, "max_delay must be"),
+    ("unix:///x.sock", {"fail_closed_timeout": float("nan")}, "fail_closed_timeout must"),
+    ("unix:///x.sock", {"fail_closed": "no"}, "fail_closed must be True or False"),
+    ("unix:///x.sock", {"tls": "yes"}, "tls must be True or False"),
+    ("unix:///x.sock", {"max_queue": True}, "max_queue must be a positive int"),
+    ("tcp://h.example:7100", {"token": "t", "tls": True, "tls_ca": "/nonexistent-ca.pem"},
+     "tls_ca='/nonexistent-ca.pem' cannot be used as the CA bundle"),
+    # Each failed only at the first connection, with an error that is not a connection
+    # failure, and every batch was dropped rather than spooled (a review helper).
+    ("tcp://collector..internal:7100", {"token": "t", "tls": True},
+     "is not a valid host name"),
+    ("tcp://127.0.0.1:7100", {"token": "t\udcff"}, "token must be text that UTF-8 can carry"),
+])
+def test_bad_configuration_fails_at_construction(url: str, options: dict[str, Any],
+                                                 message: str) -> None:
+    with pytest.raises(AuditConfigurationError, match=message):
+        CollectorSink(url, **options)
+
+
+def test_a_relative_unix_path_is_resolved_at_construction(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    monkeypatch.chdir(tmp_path)
+    sink = CollectorSink(spool_dir=None)
+    assert str(sink.endpoint) == f"unix://{tmp_path}/audit-data/collector.sock"
+    sink.close()

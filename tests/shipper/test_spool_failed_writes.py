@@ -1,0 +1,199 @@
+"""Appends the disk refuses (``Spool.append``'s error paths): a failed fsync, a write cut
+short, a truncate that fails too; each batch is counted dropped exactly when it is not
+delivered, and the refusals are said at a low rate."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from audit_middleware.shipper.spool import Spool
+from audit_middleware.shipper.spool_format import RECORD
+from tests.shipper.spool_helpers import batch_bodies, drain, spool_files
+
+
+def failing(error: int, calls: list[str], name: str) -> object:
+    """A system call that fails with ``error`` (the disk's fault, injected)."""
+    def fail(*args: object) -> object:
+        calls.append(name)
+        raise OSError(error, os.strerror(error))
+    return fail
+
+
+def test_a_batch_whose_fsync_failed_and_could_not_be_removed_is_kept_not_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync EIO, then a failed truncate: append said False (the caller counts the
+    batch dropped), yet the whole record stayed in the file past its known end, and a
+    process adopting the file replayed it: dropped and delivered."""
+    bodies = batch_bodies(2)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(bodies[0])
+    calls: list[str] = []
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO, calls, "fsync"))
+    monkeypatch.setattr(os, "ftruncate", failing(errno.EIO, calls, "ftruncate"))
+    kept = spool.append(bodies[1])
+    monkeypatch.undo()
+    assert calls[:2] == ["fsync", "ftruncate"]
+    spool.close()  # the process exits before replaying it
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    adopter.adopt_orphans()
+    delivered = drain(adopter)
+    assert delivered[0] == bodies[0]
+    # Counted dropped (False) exactly when it is not delivered.
+    assert kept == (bodies[1] in delivered)
+    assert (kept, adopter.corrupt_bytes) == (True, 0)
+
+
+def test_a_batch_after_one_that_could_not_be_removed_does_not_tear_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next append wrote at the known end, over the record that stayed: a shorter
+    one left the rest of it behind, found corrupt by the process that adopted the file
+    (spool_corrupt_bytes, wait_for_delivery False) for a batch already counted dropped."""
+    (first, small), big = batch_bodies(2), batch_bodies(1, events=50)[0]
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(first)
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO, [], "fsync"))
+    monkeypatch.setattr(os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
+    kept = spool.append(big)
+    monkeypatch.undo()
+    assert spool.append(small)
+    spool.close()
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    adopter.adopt_orphans()
+    assert drain(adopter) == ([first, big, small] if kept else [first, small])
+    assert adopter.corrupt_bytes == 0
+
+
+def append_torn(spool: Spool, cut: str, *failing_too: str) -> tuple[bool, int]:
+    """A batch of one event appended, then one of 50 whose write is cut short (EIO)
+    ``cut`` "after its header" (the record's 8-byte header and half its body) or "in
+    its header" (40 bytes of its header line), and whose bytes cannot be truncated away
+    (nor can each of the ``os`` calls ``failing_too`` be made). Whether ``append`` kept
+    the torn batch, and the bytes of it written."""
+    body = batch_bodies(1, events=50)[0]
+    assert spool.append(batch_bodies(1)[0])
+    real_pwrite = os.pwrite
+    written = RECORD.size + (len(body) // 2 if cut == "after its header" else 40)
+    assert body.index(b"\n") > 40  # the header line is longer than that
+
+    def torn(fd: int, data: bytes, offset: int) -> int:
+        if len(data) < len(body):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pwrite(fd, bytes(data)[:written], offset)
+
+    with pytest.MonkeyPatch.context() as patched:  # undone before the spool is read
+        patched.setattr(os, "pwrite", torn)
+        for name in ("ftruncate", *failing_too):
+            patched.setattr(os, name, failing(errno.EIO, [], name))
+        return spool.append(body), written
+
+
+@pytest.mark.parametrize("cut", ["after its header", "in its header"])
+def test_a_torn_batch_that_could_not_be_removed_is_counted_lost_once(
+        tmp_path: Path, cut: str) -> None:
+    """A write cut short (EIO) whose bytes could not be truncated away: the caller
+    counted the batch dropped, and whoever read the file later counted its events lost
+    again (its header was readable). Cut in its header line, it was then counted
+    spooled by the caller, and nobody could count its events: lost, counted nowhere."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    kept, written = append_torn(spool, cut)
+    spool.close()
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    adopter.adopt_orphans()
+    assert len(drain(adopter)) == 1
+    counted_by_caller = 0 if kept else 50
+    assert counted_by_caller + adopter.lost_events == 50
+    assert adopter.corrupt_bytes == written
+
+
+def test_a_failed_write_kept_whose_bytes_did_not_all_reach_the_file_does_not_stop_replay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write stopped after 3 bytes (EIO), the truncate failed and so did the fstat
+    that would have said how much was written: ``_keep_failed`` took the whole record as
+    kept, past the file's real end. Replayed by the same process, that record's header
+    was 3 bytes: struct.error at every peek, and the batches spooled after it (in a new
+    file) were never replayed. (Its size is known from the writes now: see
+    test_a_torn_batch_kept_whose_size_could_not_be_known_is_counted_once.)"""
+    bodies = batch_bodies(3)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(bodies[0])
+    real_pwrite, calls = os.pwrite, []
+
+    def three_bytes_then_eio(fd: int, data: bytes, offset: int) -> int:
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pwrite(fd, bytes(data)[:3], offset)
+
+    monkeypatch.setattr(os, "pwrite", three_bytes_then_eio)
+    monkeypatch.setattr(os, "ftruncate", failing(errno.EIO, [], "ftruncate"))
+    monkeypatch.setattr(os, "fstat", failing(errno.EIO, [], "fstat"))
+    # Counted dropped: its 3 bytes hold none of its header line (the writes say how
+    # much of it reached the file, which the failed fstat could not).
+    assert not spool.append(bodies[1])
+    monkeypatch.undo()
+    assert spool.append(bodies[2])  # into a new file: that one takes no more
+    assert len(spool_files(tmp_path)) == 2
+    assert drain(spool) == [bodies[0], bodies[2]]
+    assert spool.corrupt_bytes == 3  # the bytes that stayed, counted
+    assert spool_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("cut", ["after its header", "in its header"])
+def test_a_torn_batch_kept_whose_size_could_not_be_known_is_counted_once(
+        tmp_path: Path, cut: str) -> None:
+    """As above, and the fstat that says how much of it was written failed too:
+    ``_keep_failed`` took the whole record as written, so one torn in its header line
+    was counted spooled, and its reader could not count its events: 50 events lost,
+    counted nowhere (neither dropped nor lost). What was written is known from the
+    writes themselves."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    kept, written = append_torn(spool, cut, "fstat")
+    replayed = drain(spool)  # by the same process, which knows the file's size
+    assert len(replayed) == 1
+    counted_by_caller = 0 if kept else 50
+    assert counted_by_caller + spool.lost_events == 50
+    assert spool.corrupt_bytes == written
+
+
+def test_a_disk_that_keeps_refusing_batches_is_said_at_a_low_rate_and_its_recovery_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """On a full disk every batch the spool could not write was logged as an error: 20
+    lines a second in an outage, into logs as likely as not on that same full disk."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(b"before")
+    monkeypatch.setattr(os, "pwrite", failing(errno.ENOSPC, [], "pwrite"))
+    with caplog.at_level("WARNING", logger="audit_middleware"):
+        assert not any(spool.append(b"x" * 100) for _ in range(100))
+        monkeypatch.undo()
+        assert spool.append(b"after")
+    said = [r.getMessage() for r in caplog.records]
+    refused = [m for m in said if "could not write a batch" in m]
+    assert len(refused) == 7, refused  # the 1st, 2nd, 4th, ... 64th
+    assert "No space left on device" in refused[0] and "64 in a row" in refused[-1]
+    assert any("100 batches it could not write" in m for m in said), said
+    assert drain(spool) == [b"before", b"after"]
+
+
+def test_a_forked_child_says_its_first_refused_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The count of batches refused in a row (said at the 1st, 2nd, 4th, ...) was the
+    parent's in a forked child: a child forked after 2 refusals did not say its first
+    (the 3rd), and said a recovery from the parent's refusals it never had."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    monkeypatch.setattr(os, "pwrite", failing(errno.ENOSPC, [], "pwrite"))
+    assert not spool.append(b"x") and not spool.append(b"y")
+    spool.after_fork()  # what the child's at-fork hook does
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="audit_middleware"):
+        assert not spool.append(b"z")
+        monkeypatch.undo()
+        assert spool.append(b"ok")
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "could not write a batch" in m] != [], said
+    assert any("after 1 batches it could not write" in m for m in said), said
