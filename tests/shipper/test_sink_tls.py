@@ -24,6 +24,14 @@ def tls_sink(collector: Collector, make_sink: SinkFactory, cert: Path, key: Path
                      **options)
 
 
+def delivers_three(collector: Collector, sink: Any) -> None:
+    """Three events emitted reach the collector through ``sink``, acknowledged."""
+    ids = emit_many(3)
+    assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 3
+    assert collector.ids() == ids
+
+
 def test_tls_with_the_token_delivers(collector: Collector, make_sink: SinkFactory,
                                      root: Path) -> None:
     cert, key = self_signed_certificate(root)
@@ -122,10 +130,7 @@ def test_tls_ca_may_be_the_collectors_own_ca_issued_certificate(
     Python: before, only 3.13 took it as a trust anchor, and 3.11/3.12 refused it."""
     _, cert, key = ca_issued_certificate(root)
     sink = tls_sink(collector, make_sink, cert, key, tls=True, tls_ca=cert)
-    ids = emit_many(3)
-    assert sink.flush(timeout=10)
-    assert sink.stats()["acknowledged"] == 3
-    assert collector.ids() == ids
+    delivers_three(collector, sink)
 
 
 def test_a_certificate_as_openssl_issues_it_is_trusted_on_every_python(
@@ -135,10 +140,7 @@ def test_a_certificate_as_openssl_issues_it_is_trusted_on_every_python(
     checks): upgrading Python stopped the shipping. Trusted alike now."""
     ca, cert, key = ca_issued_certificate(root, authority_key_identifier=False)
     sink = tls_sink(collector, make_sink, cert, key, tls=True, tls_ca=ca)
-    ids = emit_many(3)
-    assert sink.flush(timeout=10)
-    assert sink.stats()["acknowledged"] == 3
-    assert collector.ids() == ids
+    delivers_three(collector, sink)
 
 
 def test_a_plain_client_of_a_tls_listener_is_told_to_turn_tls_on(

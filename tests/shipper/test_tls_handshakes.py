@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,17 @@ from tests.e2e.harness import RawClient, wait_until
 from tests.shipper.sink_helpers import Collector, SinkFactory, collector_says, emit_many
 
 
+def _tls_collector(collector: Collector, root: Path, **options: Any) -> tuple[Any, int, Path]:
+    """The collector on TCP with TLS and the token (``options``: its other settings): its
+    server, its port and its certificate."""
+    cert, key = self_signed_certificate(root)
+    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
+                             tls_cert=cert, tls_key=key, **options)
+    port = server.server.tcp_port()
+    assert port is not None
+    return server, port, cert
+
+
 def test_failed_tls_handshakes_are_logged_per_host_without_a_flood(
         collector: Collector, make_sink: SinkFactory, root: Path,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -26,11 +38,7 @@ def test_failed_tls_handshakes_are_logged_per_host_without_a_flood(
     listener serves a client that gets it right all the while."""
     import socket
 
-    cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key, handshake_timeout=0.3)
-    port = server.server.tcp_port()
-    assert port is not None
+    server, port, cert = _tls_collector(collector, root, handshake_timeout=0.3)
     with caplog.at_level(logging.WARNING, "collector.ingest"):
         for _ in range(5):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as silent:
@@ -54,11 +62,7 @@ def test_a_tcp_probe_of_the_tls_port_is_counted_apart_and_not_logged_as_a_failur
     trouble. It is counted as a probe, at debug level only."""
     import socket
 
-    cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key)
-    port = server.server.tcp_port()
-    assert port is not None
+    server, port, _ = _tls_collector(collector, root)
     with caplog.at_level(logging.DEBUG, "collector.ingest"):
         for _ in range(3):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -88,12 +92,7 @@ def test_unfinished_tls_handshakes_count_against_max_connections(
     number of silent connections held a file each until handshake_timeout. Now they
     count, the oldest is closed at once to make room for a new connection, and a
     shipper that speaks gets in (the newest silent one stays: within the limit)."""
-    cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key, max_connections=2,
-                             handshake_timeout=60.0)
-    port = server.server.tcp_port()
-    assert port is not None
+    server, port, cert = _tls_collector(collector, root, max_connections=2, handshake_timeout=60.0)
     with caplog.at_level(logging.WARNING, "collector.ingest"):
         silent = [socket.create_connection(("127.0.0.1", port), timeout=5)
                   for _ in range(3)]
@@ -127,12 +126,7 @@ def test_a_tls_handshake_under_way_is_not_closed_for_a_silent_connection(
 
     from audit_middleware.wire import Hello
 
-    cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key, max_connections=2,
-                             handshake_timeout=60.0)
-    port = server.server.tcp_port()
-    assert port is not None
+    server, port, cert = _tls_collector(collector, root, max_connections=2, handshake_timeout=60.0)
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -225,12 +219,7 @@ def test_a_tls_connection_closed_before_its_hello_to_make_room_is_aborted(
     for a new one, was closed politely: close_notify sent, and its socket (a file) kept
     until the client answered, up to asyncio's 30 s; a flood's client never answers.
     Now it is aborted once its error is sent: the client's TCP connection ends at once."""
-    cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key, max_connections=1,
-                             handshake_timeout=60.0)
-    port = server.server.tcp_port()
-    assert port is not None
+    server, port, cert = _tls_collector(collector, root, max_connections=1, handshake_timeout=60.0)
     silent = _TLSByHand(port, cert)
     honest: RawClient | None = None
     try:
@@ -256,11 +245,7 @@ def test_a_tls_connection_refused_at_the_limit_is_not_kept_for_its_close_notify(
     a flood refused at the limit held a file each that long, the files the limit keeps
     for the store. Now a connection the client has not let go of within a second of its
     close is aborted."""
-    cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key, max_connections=1)
-    port = server.server.tcp_port()
-    assert port is not None
+    server, port, cert = _tls_collector(collector, root, max_connections=1)
     honest = _tls_raw_client(port, cert)
     refused: _TLSByHand | None = None
     try:
@@ -314,11 +299,7 @@ def test_what_a_client_sent_before_closing_tells_a_probe_from_a_failed_handshake
     import socket
     import struct
 
-    cert, key = self_signed_certificate(root)
-    server = collector.start(socket_path=None, tcp_host="127.0.0.1", token="s3cret",
-                             tls_cert=cert, tls_key=key)
-    port = server.server.tcp_port()
-    assert port is not None
+    server, port, _ = _tls_collector(collector, root)
     hello = _client_hello()
     with caplog.at_level(logging.DEBUG, "collector.ingest"):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
