@@ -32,6 +32,18 @@ def delivers_three(collector: Collector, sink: Any) -> None:
     assert collector.ids() == ids
 
 
+def refused_once(sink: Any, caplog: pytest.LogCaptureFixture) -> str:
+    """One event emitted through ``sink`` is not acknowledged: what the shipper said of
+    the collector it could not use."""
+    with caplog.at_level(logging.WARNING):
+        emit_many(1)
+        assert sink.flush(timeout=10)
+    assert sink.stats()["acknowledged"] == 0
+    [said] = [r.getMessage() for r in caplog.records
+              if r.name == "audit_middleware" and "unavailable" in r.getMessage()]
+    return said
+
+
 def test_tls_with_the_token_delivers(collector: Collector, make_sink: SinkFactory,
                                      root: Path) -> None:
     cert, key = self_signed_certificate(root)
@@ -86,12 +98,7 @@ def test_a_certificate_refused_for_another_reason_than_trust_is_not_a_ca_problem
     side names what its end can tell now."""
     cert, key = self_signed_certificate(root, **flaws)
     sink = tls_sink(collector, make_sink, cert, key, host=host, tls=True, tls_ca=cert)
-    with caplog.at_level(logging.WARNING):
-        emit_many(1)
-        assert sink.flush(timeout=10)
-    assert sink.stats()["acknowledged"] == 0
-    [said] = [r.getMessage() for r in caplog.records
-              if r.name == "audit_middleware" and "unavailable" in r.getMessage()]
+    said = refused_once(sink, caplog)
     assert "CERTIFICATE_VERIFY_FAILED" in said and shipper_hint in said, said
     assert "tls_ca" not in said, said
     assert collector_says(caplog, "TLS handshake with 127.0.0.1:", collector_hint)
@@ -111,12 +118,7 @@ def test_a_certificate_of_another_ca_of_the_same_name_is_a_ca_problem(
     old_ca, _, _ = ca_issued_certificate(root / "old")
     _, cert, key = ca_issued_certificate(root / "new", authority_key_identifier=False)
     sink = tls_sink(collector, make_sink, cert, key, tls=True, tls_ca=old_ca)
-    with caplog.at_level(logging.WARNING):
-        emit_many(1)
-        assert sink.flush(timeout=10)
-    assert sink.stats()["acknowledged"] == 0
-    [said] = [r.getMessage() for r in caplog.records
-              if r.name == "audit_middleware" and "unavailable" in r.getMessage()]
+    said = refused_once(sink, caplog)
     assert "certificate signature failure" in said, said  # the premise: code 7
     assert "that CA did not sign it" in said and "pass tls_ca=" in said, said
     assert "a CA setting does not change" not in said, said
