@@ -63,7 +63,7 @@ from collector.storage.segment_drop import (
     drop_segment_rows,
     hide_segments,
 )
-from collector.storage.segments import FILE_MODE, SegmentHeader
+from collector.storage.segments import FILE_MODE, SegmentHeader, file_sizes
 from collector.storage.sources import Ranges
 from collector.storage.write_lock import WriteLock
 
@@ -180,6 +180,13 @@ def connect_reader(path: Path) -> tuple[sqlite3.Connection, bool]:
 
 def wal_path(path: Path) -> Path:
     return path.with_name(path.name + "-wal")
+
+
+def files_bytes(path: Path) -> int:
+    """The disk space the index at ``path`` takes: the file with its ``-wal`` (which
+    grows while no checkpoint can run) and ``-shm``. One stat a file, no SQLite: safe
+    beside a running collector, which may remove the WAL meanwhile."""
+    return sum(file_sizes(path.parent.glob(f"{path.name}*")).values())
 
 
 def _connect_uri(path: Path, options: str) -> sqlite3.Connection:

@@ -42,7 +42,7 @@ class Metric:
     name: str  # OpenTelemetry name; the Prometheus name derives from it
     kind: Literal["counter", "gauge"]
     source: str  # the registered stats function it reads
-    key: str  # the key in that function's dict
+    key: str  # the key in that function's dict; dotted, in a dict in it ("segments.count")
     unit: str  # UCUM, as OpenTelemetry wants it: "{event}", "s", "By" ("1" is a ratio)
     help: str
 
@@ -229,6 +229,23 @@ METRICS: Final[tuple[Metric, ...]] = (
     _m("audit.collector.store.sources.unacknowledged_tail_events", "gauge", "store",
        "unacknowledged_tail_events", "{event}",
        "Unreceived tail events no operator has acknowledged yet"),
+    # the store's size: what an operator alerts on before the retention_bytes cap (it
+    # counts the sealed segments) or the full disk
+    _m("audit.collector.store.segments", "gauge", "store", "segments.count", "{segment}",
+       "Segment files in the store (the sealed ones and the one being written)"),
+    _m("audit.collector.store.segments.size", "gauge", "store", "segments.bytes", "By",
+       "Bytes of the segment files (sealed and active; compressed ones at their "
+       "compressed size)"),
+    _m("audit.collector.store.segments.sealed", "gauge", "store", "segments.sealed",
+       "{segment}", "Sealed segments (retention deletes them, oldest first)"),
+    _m("audit.collector.store.segments.compressed", "gauge", "store",
+       "segments.compressed", "{segment}", "Sealed segments compressed (.gz)"),
+    _m("audit.collector.store.index.size", "gauge", "store", "index_bytes", "By",
+       "Bytes of the index (index.sqlite with its -wal and -shm; not capped by "
+       "retention_bytes)"),
+    _m("audit.collector.store.disk.free", "gauge", "store", "disk_free_bytes", "By",
+       "Bytes still free to the collector on the data directory's file system (0: full, "
+       "or it cannot be asked)"),
     _m("audit.collector.store.retention_deleted", "counter", "store", "retention_deleted",
        "{segment}", "Sealed segments deleted by retention"),
     _m("audit.collector.store.index.unindexed_chunks", "gauge", "store", "unindexed_chunks",
@@ -299,7 +316,7 @@ class Metrics:
             source = stats.get(metric.source)
             if source is None:
                 continue
-            value = source.get(metric.key)
+            value = _figure(source, metric.key)
             if value is None and metric.kind == "counter":
                 # Counted by collections.Counter, a key exists from its first increment:
                 # a counter of a source that reports starts at 0, so an alert on it (or
@@ -347,6 +364,17 @@ class Metrics:
             with self._lock:
                 self._cached = (now, values)
         return values
+
+
+def _figure(stats: Mapping[str, Any], key: str) -> Any:
+    """The value at ``key`` in ``stats``; a dotted key walks nested dicts (the store's
+    ``segments`` figures). None where any part is missing or not a dict."""
+    value: Any = stats
+    for part in key.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
 def _escape_help(text: str) -> str:

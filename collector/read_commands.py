@@ -314,6 +314,7 @@ def stats_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from .index import files_bytes as index_files_bytes
     from .serve import STATS_FILE
 
     data_dir = data_dir_of(args)
@@ -327,7 +328,7 @@ def run_stats(args: argparse.Namespace) -> int:
                      "bytes": sum(segments.values()),
                      "compressed": sum(1 for p in segments if p.suffix == ".gz"),
                      "active": list(segments)[-1].name if segments else None},
-        "index_bytes": sum(file_sizes(data_dir.glob("index.sqlite*")).values()),
+        "index_bytes": index_files_bytes(data_dir / "index.sqlite"),
     }
     live = data_dir / STATS_FILE
     try:  # replaced atomically by a running collector; absent if none ever ran here

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 from audit_middleware._counter import worth_saying
 from audit_middleware.event import format_created
 from collector.index import Index
+from collector.index import files_bytes as index_files_bytes
 from collector.storage import loss_acks, sources
 from collector.storage.data_dir_lock import lock_data_dir
 from collector.storage.disk_space import (
@@ -731,6 +732,15 @@ class Store(_LossAcknowledging):
             "pending": pending,
             "quarantined": len(quarantined),
             "quarantined_bytes": sum(quarantined.values()),
+            # What an operator alerts on before the disk fills (beside "segments"' bytes,
+            # which retention_bytes caps). A stat and a statvfs: read at each scrape and
+            # stats file write, off the event loop (GET /metrics, serve's stats task and
+            # the losses listing call this in a worker thread; serve's last write, at a
+            # stop, once ingest and the API are closed), so a hung disk holds that
+            # thread, never ingest or GET /healthz (``refusal`` reads memory only). 0
+            # free when the file system cannot be asked.
+            "index_bytes": index_files_bytes(self.index_path),
+            "disk_free_bytes": free_bytes(self.settings.data_dir),
             "retention_deleted": counts["retention_deleted"],
             "sources_forgotten": counts["sources_forgotten"],
             "ingest_rate": round(recent / RATE_WINDOW, 1),

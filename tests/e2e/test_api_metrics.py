@@ -6,6 +6,7 @@ failing TLS for want of the CA, showed only in the log."""
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import ssl
 from contextlib import ExitStack
@@ -16,7 +17,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from audit_middleware.wire import encode_batch, encode_batch_body
+from audit_middleware.wire import FrameType, encode_batch, encode_batch_body
 from tests.api.served import add_reader, serving
 from tests.certificates import self_signed_certificate
 from tests.e2e.harness import (
@@ -218,3 +219,54 @@ def test_a_scrape_after_hostile_senders_parses_and_its_losses_are_the_apis_and_s
         assert found[f"audit_collector_store_sources_{key}"] == ("gauge", live[key])
     for key in ("unacknowledged_gap_events", "unacknowledged_tail_events"):
         assert losses[key] == live[key]
+
+
+def test_the_stores_size_and_its_disks_free_space_are_served_as_gauges(root: Path) -> None:
+    """What an operator alerts on before the retention_bytes cap or a full disk, scraped
+    from a served collector and read by Prometheus's own parser: before, the segments'
+    count and bytes were in `audit-collector stats` only, and the index's size and the
+    disk's free space nowhere (watched with `du` and `df`)."""
+    with serving(root / "data", "--max-segment-bytes", "1024") as (collector, url):
+        client = RawClient(collector.socket)
+        try:  # several batches over 1 KiB each: each commit rotates, sealed segments
+            client.hello()
+            for batch_id in range(1, 4):
+                seqs = list(range(batch_id * 10, batch_id * 10 + 5))
+                assert client.batch(batch_id, [wire_line(n) for n in seqs], seqs)[0] \
+                    is FrameType.RESULT
+        finally:
+            client.close()
+        live_stats = root / "data" / "ingest-stats.json"
+
+        def settled() -> bool:  # the live stats file (rewritten every 5 s) says the same
+            try:
+                live = orjson.loads(live_stats.read_bytes())["store"]
+            except FileNotFoundError:
+                return False
+            return bool(live["written"] == 15 and live["segments"] == size_figures(url))
+
+        wait_until(settled, 30, "the stats file's segments figures scraped the same")
+        reply = httpx.get(f"{url}/metrics", timeout=10)
+    families = {f.name: f for f in text_string_to_metric_families(reply.text)}
+    values = {name: (family.type, family.samples[0].value)
+              for name, family in families.items()}
+    segments = orjson.loads(live_stats.read_bytes())["store"]["segments"]
+    assert segments["sealed"] >= 2
+    assert values["audit_collector_store_segments"] == ("gauge", segments["count"])
+    assert values["audit_collector_store_segments_sealed"] == ("gauge", segments["sealed"])
+    assert values["audit_collector_store_segments_compressed"] == ("gauge", 0)
+    assert values["audit_collector_store_segments_size_bytes"] == ("gauge", segments["bytes"])
+    assert segments["bytes"] > 15 * len(wire_line(1))
+    assert values["audit_collector_store_index_size_bytes"][0] == "gauge"
+    assert values["audit_collector_store_index_size_bytes"][1] > 0
+    kind, free = values["audit_collector_store_disk_free_bytes"]
+    assert kind == "gauge" and 0 < free <= shutil.disk_usage(root).total
+
+
+def size_figures(url: str) -> dict[str, float]:
+    """The scrape's segments figures, keyed as `stats`' ``segments``."""
+    found = scrape(url)
+    return {"count": found["audit_collector_store_segments"],
+            "bytes": found["audit_collector_store_segments_size_bytes"],
+            "sealed": found["audit_collector_store_segments_sealed"],
+            "compressed": found["audit_collector_store_segments_compressed"]}

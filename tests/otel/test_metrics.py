@@ -4,6 +4,7 @@ the Prometheus text format of GET /metrics."""
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,62 @@ def test_the_store_counters_are_prometheus_metrics(store: Store) -> None:
     assert "audit_collector_forward_lag" not in found  # no forwarder registered
 
 
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def test_every_figure_of_the_store_stats_is_published(store: Store) -> None:
     """Before, the refused submissions, the quarantine's size and the sources known and
-    forgotten were in ``stats`` only: a scrape could not alert on them."""
+    forgotten were in ``stats`` only, and the store's size (its ``segments`` figures)
+    too: a scrape could not alert on them (a store near its retention_bytes cap was
+    watched with ``du``). The figures nested in ``segments`` count, by dotted key."""
     published = {m.key for m in METRICS if m.source == "store"}
-    figures = {key for key, value in store.stats().items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    stats = store.stats()
+    figures = {key for key, value in stats.items() if _numeric(value)}
+    figures |= {f"segments.{key}" for key, value in stats["segments"].items()
+                if _numeric(value)}
+    assert {"segments.count", "segments.bytes"} <= figures
     # How many sources the stats' own listing leaves out: about the listing, not the store.
     assert sorted(figures - published - {"sources_omitted"}) == []
+
+
+def test_the_stores_size_and_its_disks_free_space_are_prometheus_gauges(
+        tmp_path: Path) -> None:
+    """The segment count, their bytes (what retention_bytes caps, with the active one),
+    the sealed and compressed ones, the index's bytes and the data disk's free bytes: an
+    operator alerts on a store near its cap or a disk filling from ``/metrics``."""
+    from tests.collector.storage_helpers import events, open_store, wait_until
+
+    with open_store(tmp_path / "data", max_segment_bytes=4096,
+                    compress_sealed=True) as opened:
+        for _ in range(4):
+            opened.write(events(10))
+        # Compressed in the background: settled, the figures hold still for the scrape.
+        wait_until(lambda: 1 <= opened.stats()["segments"]["compressed"]
+                   == opened.stats()["segments"]["sealed"])
+        metrics = Metrics()
+        metrics.add("store", opened.stats)
+        found = parse_prometheus(metrics.prometheus())
+        stats = opened.stats()
+    segments = stats["segments"]
+    assert segments["sealed"] >= 1
+    assert found["audit_collector_store_segments"] == ("gauge", segments["count"])
+    assert found["audit_collector_store_segments_size_bytes"] == ("gauge", segments["bytes"])
+    assert found["audit_collector_store_segments_sealed"] == ("gauge", segments["sealed"])
+    assert found["audit_collector_store_segments_compressed"] == (
+        "gauge", segments["compressed"])
+    assert found["audit_collector_store_index_size_bytes"][0] == "gauge"
+    assert found["audit_collector_store_index_size_bytes"][1] > 0
+    kind, free = found["audit_collector_store_disk_free_bytes"]
+    assert kind == "gauge" and 0 < free <= shutil.disk_usage(tmp_path).total
+
+
+def test_a_nested_figure_a_source_does_not_report_is_left_out() -> None:
+    metrics = Metrics()
+    metrics.add("store", lambda: {"segments": "not a dict", "events": 3})
+    found = parse_prometheus(metrics.prometheus())
+    assert found["audit_collector_store_events"] == ("gauge", 3)
+    assert not [name for name in found if "segments" in name]
 
 
 def test_the_stores_refusals_quarantine_and_sources_are_prometheus_metrics(
@@ -290,3 +339,14 @@ def test_the_api_page_lists_every_query_api_metric_with_its_type_and_stats_key()
     documented = {row[0].strip("`"): (row[1], row[2].strip("`")) for row in rows}
     assert documented == {m.prometheus_name: (m.kind, m.key) for m in METRICS
                           if m.source in ("api", "api_tls")}
+
+
+def test_the_metrics_page_lists_every_store_size_gauge_with_its_stats_key() -> None:
+    """docs/shipping.md's table of the store's size is what an operator alerts on before
+    the retention_bytes cap or a full disk: every one of those gauges, named, typed and
+    keyed as served."""
+    rows = table_rows("docs/shipping.md", "### The store's size")
+    documented = {row[0].strip("`"): (row[1], row[2].strip("`")) for row in rows}
+    size_keys = {"index_bytes", "disk_free_bytes"}
+    assert documented == {m.prometheus_name: (m.kind, m.key) for m in METRICS
+                          if m.key.startswith("segments.") or m.key in size_keys}
