@@ -512,13 +512,18 @@ class Store(_LossAcknowledging):
             try:
                 if batch:
                     try:
-                        self._writer.commit(batch)
+                        wrote = self._writer.commit(batch)
                     finally:
                         with self._lock:  # written or failed: no longer waiting
                             self._batch, self._batch_since = [], None
                     self._last_activity = time.monotonic()
-                    self._failures.recovered(_COMMIT)
-                    self._commit_failure = None
+                    if wrote:
+                        # Records written, not a commit that merely returned: one whose
+                        # every future was cancelled (its senders gone), or of duplicates
+                        # only, wrote nothing, and the probe said ready over an index
+                        # error until the next batch failed again.
+                        self._failures.recovered(_COMMIT)
+                        self._commit_failure = None
                 else:
                     # Before housekeeping, whose failure (retention unable to delete, at
                     # each pass) skipped it for good: a write failure that had ended kept
@@ -550,7 +555,8 @@ class Store(_LossAcknowledging):
         ended, so that ``refusal`` (which reads only memory) says so: a collector a load
         balancer took out of rotation for it gets no batch to show that it ended, and
         stayed out for good. The next batch tells for sure: failing again, it is said
-        again. A full disk ends once it has ``RESERVE_ROOM`` free (judged here, on this
+        again. A full disk ends once it has ``RESERVE_ROOM`` free (``_room_to_write``:
+        the data directory's disk and ``segments/``'s; judged here, on this
         thread, and not by the probe: a hung disk can hold statvfs, and a probe must
         answer at once) and ``segments/`` takes a write again (a file written, fsynced,
         removed); the segment file's other failures (an I/O error, a read-only file
@@ -561,8 +567,7 @@ class Store(_LossAcknowledging):
             # The write too: a disk can be full with free blocks showing (no inode left
             # for a new segment, a file system's metadata full), and judged by them
             # alone it read ready half a second after each batch it refused.
-            if (free_bytes(self.settings.data_dir) >= RESERVE_ROOM
-                    and self._segments_take_a_write()):
+            if self._room_to_write() and self._segments_take_a_write():
                 # Space freed: the next batch is written (or fails again, said).
                 if writer.failure == DISK_FULL:
                     writer.failure = None
@@ -574,6 +579,15 @@ class Store(_LossAcknowledging):
             return  # none, or the index's
         if self._segments_take_a_write():
             writer.failure = None
+
+    def _room_to_write(self) -> bool:
+        """Whether both disks a commit writes to have ``RESERVE_ROOM`` free: the data
+        directory's (the index) and that of ``segments/``, which may be a file system of
+        its own (a mount there, or a symlink to one). Judged by the data directory's
+        alone, a full segments disk with a few KiB left (which the write check's one
+        byte takes) read ready, and every batch failed again."""
+        return all(free_bytes(d) >= RESERVE_ROOM
+                   for d in (self.settings.data_dir, self.segments_dir))
 
     def _segments_take_a_write(self) -> bool:
         """Whether a new file can be written, fsynced and removed in ``segments/``."""
@@ -781,8 +795,8 @@ class Store(_LossAcknowledging):
         thread longer than ``write_stall_timeout``: a hung fsync; until it is written),
         ``DISK_FULL`` (the last commit failed for want of space) or ``WRITE_FAILING``
         (it failed otherwise, or the commit thread has ended: see ``_run_said``). A
-        failure lasts until a commit goes through, or until the idle commit thread sees
-        it ended (``_check_failed_write``: the disk has ``RESERVE_ROOM`` free again,
+        failure lasts until a commit writes records, or until the idle commit thread sees
+        it ended (``_check_failed_write``: the disks have ``RESERVE_ROOM`` free again,
         ``segments/`` takes a write again). Read from memory only, under no lock held
         across I/O, so that a probe answers at once on a hung disk: the commit thread
         held in that check's statvfs leaves ``DISK_FULL`` said, then ``WRITE_STALLED``

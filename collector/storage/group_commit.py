@@ -115,8 +115,11 @@ class GroupWriter:
     def close(self) -> None:
         self._fsyncer.shutdown(wait=True)
 
-    def commit(self, batch: list[Submission]) -> None:
-        """Dedupe (one index query for the group), number, place, write."""
+    def commit(self, batch: list[Submission]) -> bool:
+        """Dedupe (one index query for the group), number, place, write. True if records
+        were written (every piece of the group): a group whose every future was cancelled
+        (its senders gone) or that held only duplicates writes nothing, and shows no
+        earlier failure of a commit ended (``Store._run``)."""
         subs = [s for s in batch if s.future.set_running_or_notify_cancel()]
         known = self._index.known_ids(list({k[0] for sub in subs for k in sub.encoded.keys}))
         seen: set[bytes | str] = set()
@@ -151,7 +154,7 @@ class GroupWriter:
             if self._segments.rotation_due(piece_bytes + p.size, bool(piece)):
                 if piece and not self._write_piece(piece):
                     self._fail_rest([sub, *subs[n + 1:], *(w.sub for w in waiting)])
-                    return
+                    return False
                 piece, piece_bytes = [], 0
                 self._segments.rotate(self.sealed)
                 moved = self._segments.active.size - offset
@@ -162,10 +165,11 @@ class GroupWriter:
             seq += len(p.lines)
         if piece and not self._write_piece(piece):
             self._fail_rest([w.sub for w in waiting])
-            return
+            return False
         for w in waiting:
             self.counts["duplicates"] += len(w.duplicates)
             w.sub.future.set_result(WriteResult([], w.duplicates, w.sub.rejected))
+        return bool(piece)
 
     @staticmethod
     def _dedupe(sub: Submission, known: set[bytes | str],

@@ -64,11 +64,13 @@ def failing(monkeypatch: pytest.MonkeyPatch) -> FailingAppends:
 
 
 class FreeSpace:
-    """The store's ``free_bytes`` (a statvfs) saying ``bytes`` (0 at first: a full disk);
-    ``askers`` names the threads that asked it, ``asked`` counts the times."""
+    """The store's ``free_bytes`` (a statvfs) saying ``bytes`` (0 at first: a full disk),
+    or ``of[directory]`` for a directory on a file system of its own; ``askers`` names
+    the threads that asked it, ``asked`` counts the times."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.bytes = 0
+        self.of: dict[Path, int] = {}
         self.askers: set[str] = set()
         self.asked = 0
         monkeypatch.setattr(store_module, "free_bytes", self._free_bytes)
@@ -76,7 +78,7 @@ class FreeSpace:
     def _free_bytes(self, directory: Path) -> int:
         self.askers.add(threading.current_thread().name)
         self.asked += 1
-        return self.bytes
+        return self.of.get(directory, self.bytes)
 
 
 @pytest.fixture
@@ -86,14 +88,16 @@ def free_space(monkeypatch: pytest.MonkeyPatch) -> FreeSpace:
 
 class BrokenDedupe:
     """``Index.known_ids`` (a commit's dedupe query, before anything is written) raising
-    while ``broken``: a commit that raises, the index's error."""
+    while ``broken``: a commit that raises, the index's error. Asked of no id (a group
+    whose every future was cancelled), it reads nothing, as the real one reads nothing
+    once it knows the newest id."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.broken = False
         real = Index.known_ids
 
         def known_ids(index: Index, keys: list[bytes | str]) -> set[bytes | str]:
-            if self.broken:
+            if self.broken and keys:
                 raise sqlite3.OperationalError("injected")
             return real(index, keys)
 
@@ -205,6 +209,25 @@ def test_a_full_disk_that_shows_free_blocks_is_unready_until_it_takes_a_write(
     wait_until(lambda: probe(Health(opened)).status_code == 200)
 
 
+def test_a_full_segments_disk_of_its_own_is_judged_by_its_own_free_space(
+        opened: Store, failing: FailingAppends, free_space: FreeSpace) -> None:
+    """``segments/`` on a file system of its own (a mount, a symlink to one), full but
+    for a few KiB: judged by the data directory's free space, the write check's one
+    byte went through and the probe said ready while every batch was refused."""
+    free_space.bytes = RESERVE_ROOM  # the data directory's disk (the index): room
+    free_space.of[opened.segments_dir] = 4096  # segments/: less than a batch
+    failing.errno = errno.ENOSPC
+    write_fails(opened)
+    failing.errno = None  # the write check's one byte fits
+    asked = free_space.asked
+    # The idle commit thread looked twice (or, judging the wrong disk, said ready).
+    wait_until(lambda: free_space.asked >= asked + 4
+               or probe(Health(opened)).status_code == 200)
+    assert probe(Health(opened)).json().get("reason") == "disk_full"
+    free_space.of[opened.segments_dir] = RESERVE_ROOM
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
+
+
 def test_another_write_failure_is_unready_until_a_write_goes_through(
         opened: Store, failing: FailingAppends) -> None:
     failing.errno = errno.EIO
@@ -238,6 +261,30 @@ def test_a_commit_that_raises_before_writing_is_unready_until_one_goes_through(
     broken_dedupe.broken = True
     write_fails(opened)
     assert probe(Health(opened)).json()["reason"] == "write_failing"
+    broken_dedupe.broken = False
+    opened.write([event()])
+    assert probe(Health(opened)).status_code == 200
+
+
+def test_a_group_that_wrote_nothing_does_not_end_a_commits_failure(
+        opened: Store, broken_dedupe: BrokenDedupe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that raised (the index's dedupe query) was taken as ended by the next
+    commit that returned, one whose every future was cancelled (its sender gone) too:
+    the probe said ready over the index's error until the next batch failed again."""
+    broken_dedupe.broken = True
+    write_fails(opened)
+    holds = [Hold(monkeypatch, SegmentSet, "apply_retention")]  # the idle housekeeping
+    try:
+        assert holds[0].entered.wait(10)
+        cancelled = opened.submit([event()])
+        assert cancelled.cancel()  # before the commit thread takes it
+        holds.append(Hold(monkeypatch, SegmentSet, "apply_retention"))
+        holds[0].release()
+        assert holds[1].entered.wait(10)  # the group of the cancelled one committed
+        assert probe(Health(opened)).json().get("reason") == "write_failing"
+    finally:
+        for hold in holds:  # the store's close waits for its commit thread
+            hold.release()
     broken_dedupe.broken = False
     opened.write([event()])
     assert probe(Health(opened)).status_code == 200
