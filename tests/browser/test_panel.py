@@ -35,6 +35,9 @@ BIDI_PRINCIPAL = "\u202egnp\u3164.exe"  # reads as "exe.png" where the override 
 # Drawn as "user-1" where its marks and separators are not shown: a combining grapheme
 # joiner, a variation selector, a line separator, a no-break space, a Khmer inherent vowel.
 LOOKALIKE_PRINCIPAL = "user-\u034f\ufe0f1\u2028\u00a0\u17b4"
+# A kanji with an ideographic variation selector (U+E0100: a name's glyph), and the same
+# kanji with the private-use U+E010 and a "0": both were shown as "\uE0100".
+IVS_PRINCIPALS = ("kanji-\u845b\U000e0100", "kanji-\u845b\ue0100")
 TYPES = ["run_launched", "credentials_created", "run_completed", "user_sign_in"]
 FAILED = "failed: TimeoutError"
 
@@ -67,6 +70,9 @@ def panel() -> Iterator[Panel]:
                       org_id="org-3", created_ns=START_NS + 59 * MINUTE + 30 * 10**9))
     rows.append(event(type="team_updated", principal=LOOKALIKE_PRINCIPAL, target="t-marks",
                       org_id="org-3", created_ns=START_NS + 59 * MINUTE + 40 * 10**9))
+    for n, principal in enumerate(IVS_PRINCIPALS):
+        rows.append(event(type="team_renamed", principal=principal, target=f"t-ivs-{n}",
+                          org_id="org-3", created_ns=START_NS + 59 * MINUTE + (50 + n) * 10**9))
     rows.append(event(type="user_updated", principal=SCRIPT_PRINCIPAL, target="t-script", org_id="org-2",
                       status=FAILED, created_ns=START_NS + 60 * MINUTE))
     rows.append(event(type="user_updated", principal=IMG_PRINCIPAL, target="t-img", org_id="org-2",
@@ -301,6 +307,18 @@ def test_invisible_marks_and_separators_are_shown_as_the_cli_shows_them(
     page.click("#events tbody tr")
     page.wait_for_selector("#detail:not([hidden])")
     assert shown in page.text_content("#detail-fields")
+    assert page.problems == []
+
+
+def test_an_escape_above_u_ffff_is_told_apart_from_one_below_and_a_digit(
+        page: Any, panel: Panel) -> None:
+    """U+E0100 was shown as "\\uE0100", which reads as U+E010 and a "0", and is how
+    that pair is shown: two principals passed for one. Eight digits after \\U now, as
+    the CLI writes them."""
+    signed_in(page, panel)
+    apply(page, type="team_renamed")
+    assert sorted(row[2] for row in table(page)) == [
+        "kanji-\u845b\\U000E0100", "kanji-\u845b\\uE0100"]
     assert page.problems == []
 
 

@@ -43,9 +43,15 @@
   const INVISIBLE =
     /(?! )[\p{C}\p{Z}\u034F\u17B4\u17B5\u180B-\u180D\u180F\uFE00-\uFE0F\u{E0100}-\u{E01EF}\u115F\u1160\u3164\uFFA0\u2800]/gu;
 
+  // Above U+FFFF eight digits after \U, as the CLI writes them (Python's
+  // unicode_escape): "\uE0100" for U+E0100 read as U+E010 and a "0", which is how that
+  // pair is shown, so two values passed for one.
   function visible(text) {
-    return text.replace(INVISIBLE, (ch) =>
-      "\\u" + ch.codePointAt(0).toString(16).toUpperCase().padStart(4, "0"));
+    return text.replace(INVISIBLE, (ch) => {
+      const code = ch.codePointAt(0);
+      const hex = code.toString(16).toUpperCase();
+      return code > 0xFFFF ? `\\U${hex.padStart(8, "0")}` : `\\u${hex.padStart(4, "0")}`;
+    });
   }
 
   function display(record, field) {
