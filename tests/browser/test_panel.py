@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from audit_middleware.event import seed_date
+from collector.api.routes import MAX_LISTED_TYPES
 from collector.render import COLUMNS
 from collector.store import StorageSettings, Store
 from tests.api.served import add_reader, serving
@@ -77,6 +79,13 @@ def panel() -> Iterator[Panel]:
                       status=FAILED, created_ns=START_NS + 60 * MINUTE))
     rows.append(event(type="user_updated", principal=IMG_PRINCIPAL, target="t-img", org_id="org-2",
                       created_ns=START_NS + 61 * MINUTE))
+    with panel_of(rows) as served:
+        yield served
+
+
+@contextmanager
+def panel_of(rows: list[dict[str, Any]]) -> Iterator[Panel]:
+    """A collector serving a store of ``rows``, with readers `ops` (root) and `viewer`."""
     with short_tmp() as tmp:
         data = tmp / "data"
         store = Store(StorageSettings(data_dir=data))
@@ -151,6 +160,26 @@ def test_filter_by_type_and_time_range(page: Any, panel: Panel) -> None:
     assert [(r[0], r[1]) for r in rows] == [(w["type"], w["target"]) for w in want]
     assert "type=run_*" in page.url.replace("%2A", "*")  # the selection is in the URL
     screenshot(page, "filtered")
+    assert page.problems == []
+
+
+def test_types_beyond_the_suggested_ones_are_said_and_still_filter(
+        page: Any, panel: Panel) -> None:
+    """The API suggests at most MAX_LISTED_TYPES stored types and says when more are
+    stored; the panel did not say so, and a type not suggested read as one never
+    stored. Said under the type field now; the filter takes it, and a glob, as before."""
+    signed_in(page, panel)
+    expect(page.locator("#types option").first).to_be_attached()  # the types loaded
+    expect(page.locator("#types-more")).to_be_hidden()
+    flood = [event(type=f"a_flood_{n:04d}", created_ns=START_NS + n * 10**9)
+             for n in range(MAX_LISTED_TYPES)]
+    with panel_of([*flood, event(type="zz_last", target="t-last")]) as many:
+        signed_in(page, many)
+        expect(page.locator("#types-more")).to_be_visible()
+        assert page.locator("#types option[value=zz_last]").count() == 0
+        for typed in ("zz_last", "zz_*"):
+            apply(page, type=typed)
+            assert [(row[0], row[1]) for row in table(page)] == [("zz_last", "t-last")]
     assert page.problems == []
 
 

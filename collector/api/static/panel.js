@@ -350,6 +350,9 @@
       return option;
     });
     $("types").replaceChildren(...options);
+    // The API lists a bounded number of stored types: without this note an operator
+    // whose type is not suggested takes it for one never stored, and filters no further.
+    $("types-more").hidden = result.body.truncated !== true;
   }
 
   // -- one event ------------------------------------------------------------------
