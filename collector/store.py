@@ -168,6 +168,8 @@ class Store(_LossAcknowledging):
         #: What ends a commit that raised (``failures.write_failure``), until one goes
         #: through; a write that failed in it is the writer's (``GroupWriter.failure``).
         self._commit_failure: WriteFailure | None = None
+        #: Why the commit thread ended while open (``_refuse_for_good``), or None.
+        self._ended: str | None = None
         self._loss_acks: dict[str, loss_acks.Ack] = {}
         self._acks_lock = threading.Lock()
         #: The record of an acknowledgement, applied, whose staged file could not take
@@ -459,6 +461,9 @@ class Store(_LossAcknowledging):
                     "the store is not open: call Store.open() first, and do not submit "
                     "after Store.close()"))
                 return sub.future
+            if self._ended is not None:
+                sub.future.set_exception(StorageError(self._ended))
+                return sub.future
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append(sub)
@@ -485,7 +490,21 @@ class Store(_LossAcknowledging):
             # silence (``refusal`` says write_failing from then on).
             log.critical("audit store: the commit thread ended (%r): nothing is written "
                          "any more; restart the collector", exc)
+            self._refuse_for_good(exc, [])
             raise
+
+    def _refuse_for_good(self, exc: BaseException, batch: list[Submission]) -> None:
+        """The commit thread is ending (``exc``): the senders of ``batch`` and of what
+        waits hear so, and later submissions are refused at once. Queued, they waited
+        for ever (an ingest connection, ``write()``), held in memory batch after batch."""
+        ended = (f"the store's commit thread ended ({exc!r}): nothing is written any "
+                 f"more; restart the collector")
+        with self._lock:
+            self._ended = ended
+            waiting, self._pending = [*batch, *self._pending], []
+        for sub in waiting:
+            if not sub.future.done():
+                sub.future.set_exception(StorageError(ended))
 
     def _run(self) -> None:
         # Retention's first pass before the first batch: started on a full disk, the
@@ -545,6 +564,9 @@ class Store(_LossAcknowledging):
                 for sub in batch:
                     if not sub.future.done():
                         sub.future.set_exception(StorageError(str(exc)))
+            except BaseException as exc:
+                self._refuse_for_good(exc, batch)  # the thread ends (``_run_said``)
+                raise
             if closing:
                 with self._lock:
                     if not self._pending:

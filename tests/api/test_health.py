@@ -512,3 +512,23 @@ def test_a_store_whose_commit_thread_ended_is_unready(
                                    for t in threading.enumerate()))
         assert store.refusal() == "write_failing"
     assert "the commit thread ended (SystemExit())" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_senders_hear_at_once_that_the_commit_thread_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch it held when it ended and every batch after it waited for ever (an
+    ingest connection, ``write()``), and were kept in memory one after another: refused
+    now, saying what to do."""
+    def ended(self: GroupWriter, batch: list[object]) -> bool:
+        raise SystemExit
+
+    with open_store(tmp_path / "data") as store:
+        monkeypatch.setattr(GroupWriter, "commit", ended)
+        held = store.submit([event()])
+        with pytest.raises(StorageError, match="commit thread ended.*restart the collector"):
+            held.result(10)
+        after = store.submit([event()])
+        assert after.done()
+        with pytest.raises(StorageError, match="commit thread ended"):
+            after.result()
