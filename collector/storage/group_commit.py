@@ -303,7 +303,10 @@ class GroupWriter:
 
     def _fail(self, piece: list[_Prepared], exc: BaseException, doing: str) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
-        self.failure = write_failure(exc, self._segments.directory)
+        # Judged on the index's disk: the directory only decides SQLite's "disk I/O
+        # error" (the index unable to grow its files), and segments/ may be a file
+        # system of its own (its OSErrors say ENOSPC themselves).
+        self.failure = write_failure(exc, self._index.path.parent)
         self.failed_on_disk = isinstance(exc, OSError)
         self.counts["write_errors"] += 1
         name = self._segments.active.path.name

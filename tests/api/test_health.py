@@ -21,6 +21,7 @@ from collector import health
 from collector import store as store_module
 from collector.health import REASONS, Health
 from collector.index import Index
+from collector.storage import disk_space
 from collector.storage.disk_space import RESERVE_ROOM
 from collector.storage.errors import StorageError
 from collector.storage.group_commit import GroupWriter
@@ -226,6 +227,26 @@ def test_a_full_segments_disk_of_its_own_is_judged_by_its_own_free_space(
     assert probe(Health(opened)).json().get("reason") == "disk_full"
     free_space.of[opened.segments_dir] = RESERVE_ROOM
     wait_until(lambda: probe(Health(opened)).status_code == 200)
+
+
+def test_an_index_io_error_on_its_nearly_full_disk_is_a_full_disk(
+        opened: Store, free_space: FreeSpace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite says only "disk I/O error" when it cannot grow its files on a nearly full
+    disk: a full disk when the index's disk (the data directory's) has little room. The
+    writer judged it by ``segments/``'s, a file system of its own with room here:
+    ``write_failing``, which the idle commit thread never looks at again."""
+    data_dir = opened.settings.data_dir
+    monkeypatch.setattr(disk_space, "free_bytes",
+                        lambda directory: 0 if directory == data_dir else 10 * RESERVE_ROOM)
+
+    def add_rows(index: Index, *args: object) -> None:
+        error = sqlite3.OperationalError("disk I/O error (injected)")
+        error.sqlite_errorname = "SQLITE_IOERR_WRITE"
+        raise error
+
+    monkeypatch.setattr(Index, "add_rows", add_rows)
+    write_fails(opened)
+    assert opened.refusal() == "disk_full"
 
 
 def test_another_write_failure_is_unready_until_a_write_goes_through(
