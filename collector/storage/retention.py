@@ -15,7 +15,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class SealedInfo:
     seq: int
-    size: int  # bytes on disk (compressed size for a compressed segment)
+    size: int  # bytes it counts for (see SegmentSet: 0 while its compressed copy is made)
     sealed_ns: int  # creation time of the next segment
 
 

@@ -42,17 +42,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("collector.store")
 
 
-#: Seconds a segment waiting for its compressed copy is counted at its expected
-#: compressed size by retention; past that it counts at its plain size (a compressor
-#: that falls behind or is stuck must not let the disk outgrow the cap).
+#: Seconds a segment waiting for its compressed copy is left out of retention's size
+#: count (its size is not known yet); past that it counts at its plain size (a
+#: compressor that falls behind or is stuck must not let the disk outgrow the cap).
 COMPRESSION_STALL: Final = 60.0
 #: Seconds before a failed compression (a full disk, most often) is tried again: failed
 #: ones stayed plain until the next start, counted at their plain size by retention.
 COMPRESSION_RETRY: float = 60.0
-
-#: Compressed over plain size assumed until this store has compressed a segment (audit
-#: records compress 5-8x with gzip; a wrong guess lasts COMPRESSION_STALL at most).
-EXPECTED_COMPRESSION: Final = 0.25
 
 
 class RetentionPass(NamedTuple):
@@ -92,14 +88,12 @@ class SegmentSet:
         self._sealed: dict[int, _Sealed] = {}
         self._compressed: collections.deque[tuple[int, Path, BlockMap]] = collections.deque()
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="audit-store-compress")
-        # Segments waiting for their compressed copy (seq -> when queued, monotonic),
-        # and the plain and compressed bytes of those done: retention by size counts a
-        # waiting one at the size it will have (see apply_retention). Failures come back
-        # from the compressor thread by a deque.
+        # Segments waiting for their compressed copy (seq -> when queued, monotonic):
+        # retention by size leaves a waiting one out until its copy comes (see
+        # apply_retention). Failures come back from the compressor thread by a deque.
         self._compressing: dict[int, float] = {}
         self._compress_failed: collections.deque[int] = collections.deque()
         self._compress_retry: dict[int, float] = {}  # seq -> when to try again (monotonic)
-        self._plain_done = self._packed_done = 0
         # Segments whose files retention deleted, not yet handed to the caller (whose
         # index rows are then dropped): kept across a pass that fails half-way (a
         # directory fsync or a digest's removal raising), so that the next pass hands
@@ -263,10 +257,7 @@ class SegmentSet:
                 continue
             info.path.unlink()
             fsync_dir(self.directory)
-            packed = target.stat().st_size
-            self._plain_done += info.size
-            self._packed_done += packed
-            info.path, info.size, info.compressed = target, packed, True
+            info.path, info.size, info.compressed = target, target.stat().st_size, True
             self._failures.recovered(f"compressing {seq}")
 
     def _swap_in(self, seq: int, tmp: Path, target: Path, blocks: BlockMap) -> None:
@@ -311,21 +302,7 @@ class SegmentSet:
         self._retry_compressions()
         if self._ledger is not None:
             self._reserve.ensure()
-        # A segment waiting for its compressed copy, counted at its plain size (several
-        # times what it will take), made the size rule delete segments the cap had room
-        # for (6 kept of 10 where 9 fit). It counts at the size compression has given
-        # so far, until it waited COMPRESSION_STALL: then at its plain size, so a
-        # compressor that falls behind (or a full disk) never lets the disk pass the cap.
-        now = time.monotonic()
-        ratio = (self._packed_done / self._plain_done if self._plain_done
-                 else EXPECTED_COMPRESSION)
-        infos = []
-        for seq, i in self._sealed.items():
-            queued = self._compressing.get(seq)
-            size = i.size
-            if queued is not None and not i.compressed and now - queued < COMPRESSION_STALL:
-                size = int(size * ratio)
-            infos.append(SealedInfo(seq, size, i.sealed_ns))
+        infos = self._sizes_for_retention()
         now_ns = self._clock.retention_now_ns()
         self._clock.save_if_due()  # the anchor a restart counts from: at its cadence
         doomed = expired(infos, now_ns=now_ns, retention_days=s.retention_days,
@@ -382,6 +359,25 @@ class SegmentSet:
                 # for each of a thousand segments it deletes.
                 remake = remake and self._reserve.ensure(after_deletions=True)
         return self._take_deleted()
+
+    def _sizes_for_retention(self) -> list[SealedInfo]:
+        """The sealed segments as retention counts them. One waiting for its compressed
+        copy counts at nothing until it waited ``COMPRESSION_STALL``, then at its plain
+        size (so a compressor that falls behind, or a full disk, never lets the disk
+        pass the cap for long); a failed compression at once at its plain size. Why not
+        at a size it may take: a deletion cannot be undone, a cap passed for the moment
+        a copy takes can. Counted at its plain size (several times what it takes), then
+        at a guess of its compressed size (a quarter of it before the first copy came,
+        above the 0.17 audit records take), a pass before the copies came deleted
+        segments the cap had room for, for good (6 kept of 11 where 8 fit)."""
+        now = time.monotonic()
+        infos = []
+        for seq, i in self._sealed.items():
+            queued = self._compressing.get(seq)
+            waiting = (queued is not None and not i.compressed
+                       and now - queued < COMPRESSION_STALL)
+            infos.append(SealedInfo(seq, 0 if waiting else i.size, i.sealed_ns))
+        return infos
 
     def _take_deleted(self) -> RetentionPass:
         done = RetentionPass(self._deleted, self._deleted_before_ns)

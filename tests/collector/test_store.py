@@ -913,28 +913,51 @@ def test_retention_by_size_counts_a_segment_being_compressed_at_what_it_will_tak
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A just-sealed segment waits a moment for its compressed copy; counted at its plain
     size meanwhile, retention by size deleted segments the cap had room for (kept 6 of
-    10 where 9 fit; found by a storage review helper). Compression is slowed here as a
-    64 MiB segment's takes ~0.6 s, so retention passes run while it is pending."""
+    10 where 9 fit; found by a storage review helper). Counted at a guess of its
+    compressed size (a quarter of its plain size before the first compression
+    finished), it still did: a retention pass that ran before the first compressed copy
+    came (a loaded machine: the writes outran the compressor) deleted 5 of 11 segments
+    where 8 fit, for good (kept 6). Here no copy comes until the writes are done and
+    retention has passed twice."""
     from collector.storage import segment_set
 
     real_compress = segment_set.compress
+    compressing = threading.Event()
 
-    def slow_compress(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.3)
+    def held_compress(*args: Any, **kwargs: Any) -> Any:
+        compressing.wait(30)
         return real_compress(*args, **kwargs)
 
-    monkeypatch.setattr(segment_set, "compress", slow_compress)
+    passes = {"n": 0}
+    real_retention = segment_set.SegmentSet.apply_retention
+
+    def counted_retention(self: segment_set.SegmentSet) -> segment_set.RetentionPass:
+        done = real_retention(self)
+        passes["n"] += 1
+        return done
+
+    def two_more_passes() -> None:
+        start = passes["n"]
+        wait_until(lambda: passes["n"] >= start + 2, 30)
+
+    monkeypatch.setattr(segment_set, "compress", held_compress)
+    monkeypatch.setattr(segment_set.SegmentSet, "apply_retention", counted_retention)
     cap = 24 * 1024
-    with open_store(tmp_path, max_segment_bytes=16 * 1024, compress_sealed=True,
-                    retention_bytes=cap) as store:
-        for _ in range(12):
-            store.write(events(36))  # ~16 KiB: a rotation each
-        wait_until(lambda: store.stats()["segments"]["compressed"]
-                   == store.stats()["segments"]["sealed"], 30)
-        time.sleep(1.5)  # retention passes after the last compression
-        segments = store.stats()["segments"]
-        kept = sorted((tmp_path / "segments").glob("*.jsonl.gz"))
-        sizes = [p.stat().st_size for p in kept]
+    try:
+        with open_store(tmp_path, max_segment_bytes=16 * 1024, compress_sealed=True,
+                        retention_bytes=cap) as store:
+            for _ in range(12):
+                store.write(events(36))  # ~16 KiB: a rotation each
+            two_more_passes()  # with 11 segments waiting for their copies
+            compressing.set()
+            wait_until(lambda: store.stats()["segments"]["compressed"]
+                       == store.stats()["segments"]["sealed"], 30)
+            two_more_passes()  # after the last copy
+            segments = store.stats()["segments"]
+            kept = sorted((tmp_path / "segments").glob("*.jsonl.gz"))
+            sizes = [p.stat().st_size for p in kept]
+    finally:
+        compressing.set()  # a failed wait must not leave the compressor held at close
     assert sum(sizes) <= cap
     # as many as fit under the cap, give or take one
     assert segments["sealed"] >= cap // max(sizes) - 1, (segments, sizes)
@@ -1182,8 +1205,8 @@ def test_a_compressor_that_falls_behind_does_not_let_the_disk_outgrow_the_cap(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Segments rotating faster than they compress: waiting for the compressor put size
     retention off for good (1.3 MB on disk for a 64 KiB cap; a review helper). A segment
-    waits at its expected compressed size for COMPRESSION_STALL at most, then counts at
-    its plain size."""
+    is left out of the count for COMPRESSION_STALL at most, then counts at its plain
+    size."""
     from collector.storage import segment_set
 
     real_compress = segment_set.compress
