@@ -427,7 +427,7 @@ def test_the_room_retention_frees_goes_to_the_index_checkpoint_first(
 
 
 def test_a_checkpoint_retention_cannot_pay_for_is_done_in_the_room_an_operator_frees(
-        tmp: Path) -> None:
+        tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A review asked whether anything starts the index's WAL checkpoint again once the
     room retention frees is not enough for it (``Store._checkpoint_in_freed_room``
     tries it after deletions only, and says it is "tried again after its next
@@ -454,16 +454,35 @@ def test_a_checkpoint_retention_cannot_pay_for_is_done_in_the_room_an_operator_f
             con.close()
         return int(pages * page_size - (data_dir / "index.sqlite").stat().st_size)
 
+    # The indexer's checkpoints wait while the ballast fills the disk: one that came
+    # while the fill had taken all but the last MiBs (under 16 MiB left, it checkpoints)
+    # copied the WAL in that room, and the disk filled with nothing past the end (short
+    # 0: a fill descheduled there, as under CPU load; a 2 s pause put in the fill at
+    # 10 MiB left did it every time). Counted after it, to wait for refused ones rather
+    # than a fixed time.
+    filling = threading.Lock()
+    tried = {"n": 0}
+    real_checkpoint = indexer.ChunkIndexer._checkpoint
+
+    def indexer_checkpoint(self: indexer.ChunkIndexer) -> None:
+        with filling:
+            real_checkpoint(self)
+        tried["n"] += 1
+
+    monkeypatch.setattr(indexer.ChunkIndexer, "_checkpoint", indexer_checkpoint)
     with tmpfs(tmp / "disk", "48m") as disk, \
             open_store(disk / "data", max_segment_bytes=64 * 1024) as store:
         data = disk / "data"
         while os.path.getsize(data / "index.sqlite-wal") < 12 * 1024 * 1024:
             store.write(events(100))
         ballast = disk / "ballast"
-        ballast_size = fill(ballast)
+        with filling:
+            ballast_size = fill(ballast)
         with pytest.raises(StorageError):
             store.write(events(50))
-        time.sleep(2)  # the indexer's checkpoints meanwhile: refused, no room
+        after_fill = tried["n"]
+        # the indexer's checkpoints meanwhile: refused, no room
+        wait_until(lambda: tried["n"] >= after_fill + 2, timeout=30)
         short = past_the_end(data)
         os.truncate(ballast, ballast_size - 8 * 1024 * 1024)
         wait_until(lambda: past_the_end(data) <= 0, timeout=30)
