@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from audit_middleware._counter import worth_saying
 from collector.index import Index
 
 from . import store_clock
@@ -321,7 +322,7 @@ class SegmentSet:
                 self._failures.failing("retention", f"{type(exc).__name__}: {exc}")
                 self._unsigned_passes += 1
                 n = self._unsigned_passes
-                if n & (n - 1) != 0:
+                if not worth_saying(n):
                     pass  # said at the 1st, 2nd, 4th... pass in a row, not every 0.5 s
                 elif is_full(exc) and not self._reserve.size():
                     # Nothing in the store can free space now: said what to do.
