@@ -22,6 +22,8 @@ How it behaves:
   or after the endpoint's ``Retry-After`` when longer (up to ``MAX_RETRY_AFTER``).
   Nothing is skipped, so a receiver that keeps refusing a batch stops the forwarder
   visibly (``state``, ``last_error``, growing lag) rather than losing records silently.
+  Logged at the 1st, 2nd, 4th, ... failure in a row, and at the first success after
+  them; the exporter's own lines only with those (``exporter_lines``).
 - **Lag**: ``stats()`` gives ``lag_events`` (records stored but not yet acknowledged) and
   ``lag_seconds`` (age of the oldest of them); ``/metrics`` exports both.
 - Records deleted by retention before they were forwarded cannot be sent: they are
@@ -68,6 +70,7 @@ from collector import query as q
 from collector.endpoint_url import hide_query_values, shown_endpoint
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointFile
 from collector.otlp_http import (
+    exporter_lines,
     failure_of,
     otlp_http_exporter,
     rejected_by_receiver,
@@ -283,6 +286,9 @@ class Forwarder:
         self.forwarded = 0  # records acknowledged by the endpoint (this process)
         self.batches = 0
         self.failures = 0  # export attempts that failed (each is retried)
+        #: Failures since the last accepted export: what is logged at 1, 2, 4, ... (the
+        #: total, ``failures``, said a new outage only when it reached a power of two).
+        self._streak = 0
         self.skipped = 0  # records gone (retention) before they could be forwarded
         self.rejected = 0  # records the receiver accepted the batch of, but rejected
         self.last_error: str | None = None
@@ -381,12 +387,20 @@ class Forwarder:
             # requests names the URL it failed to reach, query (a key?) included.
             self.last_error = hide_query_values(f"{type(exc).__name__}: {exc}" if str(exc)
                                                 else type(exc).__name__)
-        n = self.failures
-        if worth_saying(n):  # at 1, 2, 4, 8, ... failures: visible, not a flood
+        self._streak += 1
+        if worth_saying(self._streak):  # at 1, 2, 4, 8, ... in a row: visible, not a flood
             # The receiver's answer is quoted in it: escaped, a line break in it would
             # forge a line of this log.
-            log.error("forwarder: export to %s failed (%d so far, retrying with backoff): %s",
-                      self.settings.shown_endpoint, n, terminal_safe(self.last_error))
+            log.error("forwarder: export to %s failed (%d in a row, %d so far, retrying "
+                      "with backoff): %s", self.settings.shown_endpoint, self._streak,
+                      self.failures, terminal_safe(self.last_error))
+
+    def _recovered(self) -> None:
+        """An export was accepted: the end of an outage is said, as its start was."""
+        if self._streak:
+            log.info("forwarder: %s accepted again after %d failed exports",
+                     self.settings.shown_endpoint, self._streak)
+            self._streak = 0
 
     def step(self) -> int:
         """Export the next batch, if any: the records acknowledged (0 when caught up, or
@@ -426,6 +440,7 @@ class Forwarder:
             why = refusal or "see the log of opentelemetry.exporter"
             raise ExportFailed(f"{self.settings.shown_endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
+        self._recovered()
         refused = rejected_by_receiver(self._exporter)
         last = records[-1]["seq"]
         self.checkpoint.save(self.settings.endpoint, last, records[-1]["id"])
@@ -480,10 +495,14 @@ class Forwarder:
                                f"its deadline has not ended yet (a stalled endpoint)")
         answer: list[LogRecordExportResult | BaseException] = []
         exporter = self._exporter
+        # Its own lines only with the forwarder's: an export that fails says them
+        # when the forwarder says that failure (``_failed``).
+        say = worth_saying(self._streak + 1)
 
         def run() -> None:
             try:
-                answer.append(exporter.export(batch))
+                with exporter_lines(say):
+                    answer.append(exporter.export(batch))
             except BaseException as exc:  # noqa: BLE001 - handed to the forwarder thread
                 answer.append(exc)
 

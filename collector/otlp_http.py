@@ -27,8 +27,10 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import weakref
+from collections.abc import Iterator
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -51,11 +53,12 @@ _sessions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _QUOTED: Final = 200
 
 
+#: The logger the exporter logs its failures and retries with.
+_EXPORTER_LOGGER: Final = "opentelemetry.exporter.otlp.proto.http._log_exporter"
 #: Loggers that quote the endpoint's URL whole, query (a receiver's key?) included: the
 #: exporter's, at each retry within an export ("Transient error ... url:
 #: /v1/logs?api_key=..."), and urllib3's, each request's line at DEBUG (``--verbose``).
-_URL_LOGGERS: Final = ("opentelemetry.exporter.otlp.proto.http._log_exporter",
-                       "urllib3.connectionpool")
+_URL_LOGGERS: Final = (_EXPORTER_LOGGER, "urllib3.connectionpool")
 
 
 class _HideQueryValues(logging.Filter):
@@ -71,6 +74,39 @@ class _HideQueryValues(logging.Filter):
 
 
 _HIDE_QUERY_VALUES: Final = _HideQueryValues()
+
+
+class _MutedExports(logging.Filter):
+    """Drops the exporter's lines of an export run under ``exporter_lines(False)``. The
+    exporter logs each failed export itself (a line per retry of its own, one when it
+    gives up): over an outage of days, one or two lines at every retry of the
+    forwarder, thousands a day, around the forwarder's own lines at 1, 2, 4, ...
+    failures. Per thread: each export runs on a thread of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self._local, "muted", False)
+
+    @contextlib.contextmanager
+    def said(self, say: bool) -> Iterator[None]:
+        self._local.muted = not say
+        try:
+            yield
+        finally:
+            self._local.muted = False
+
+
+_MUTED_EXPORTS: Final = _MutedExports()
+
+
+def exporter_lines(say: bool) -> contextlib.AbstractContextManager[None]:
+    """Within it, on this thread, the exporter's own log lines are kept only if ``say``
+    (the forwarder says the failure such an export may end in)."""
+    logging.getLogger(_EXPORTER_LOGGER).addFilter(_MUTED_EXPORTS)  # (added once)
+    return _MUTED_EXPORTS.said(say)
 
 
 def otlp_http_exporter(settings: ForwardSettings) -> LogRecordExporter:

@@ -1045,3 +1045,53 @@ def test_a_query_value_without_a_name_quoted_in_free_text_is_hidden(text: str) -
     hidden = hide_query_values(text)
     assert "s3cr3t" not in hidden, hidden
     assert "/v1/logs?" in hidden and "***" in hidden, hidden
+
+
+def forward_failures_said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "collector.forward" and " failed (" in r.getMessage()]
+
+
+def test_a_new_outage_is_logged_at_its_first_failure(store: Store, receiver: OTLPReceiver,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Failures are logged at 1, 2, 4, ... of an outage. Counted over the process's
+    life, a second outage after an earlier one of 4 failures was first said at its 4th
+    (the 8th in all): after a few outages, a new one stayed silent for hours."""
+    write(store, 1)
+    receiver.refuse_next(4, 503)
+    fwd = forwarder(store, receiver)
+    with caplog.at_level(logging.INFO, "collector.forward"):
+        fwd.start()
+        try:
+            receiver.wait_for(1)
+            receiver.refuse_next(1, 503)
+            write(store, 1, start=2)
+            fwd.wake()
+            receiver.wait_for(2)
+        finally:
+            fwd.stop()
+    assert fwd.stats()["failures"] == 5
+    said = forward_failures_said(caplog)
+    assert len(said) == 4  # the 1st, 2nd and 4th of the first outage, the 1st of the next
+    assert "1 in a row" in said[-1]
+    assert sum("accepted again" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_long_outage_does_not_flood_the_log_with_the_exporters_lines(
+        store: Store, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    """The OTLP exporter logs each failed export itself (a 503 that says Retry-After:
+    a line at each of its retries and one when it gives up): two lines per retry of the
+    forwarder, thousands a day over an outage, around the forwarder's own 1, 2, 4, ..."""
+    write(store, 1)
+    receiver.refuse_next(10**6, 503, Retry_After="0")
+    fwd = forwarder(store, receiver)
+    with caplog.at_level(logging.INFO):
+        fwd.start()
+        try:
+            wait_until(lambda: fwd.stats()["failures"] >= 64, 30, "64 failed exports")
+        finally:
+            fwd.stop()
+    exporters = [r for r in caplog.records if r.name.startswith("opentelemetry.exporter")]
+    assert exporters  # the first failure's lines say what the exporter saw
+    # Said with the forwarder's own lines only (at 1, 2, 4, ..., 64: 7 exports).
+    assert len(exporters) <= 2 * len(forward_failures_said(caplog))
