@@ -27,7 +27,8 @@ How it behaves:
 - **Lag**: ``stats()`` gives ``lag_events`` (records stored but not yet acknowledged) and
   ``lag_seconds`` (age of the oldest of them); ``/metrics`` exports both.
 - Records deleted by retention before they were forwarded cannot be sent: they are
-  counted (``skipped``) and logged, and forwarding continues after them.
+  counted (``skipped``) and logged when found gone (during an outage too), and
+  forwarding continues after them.
 - **Another store**: the checkpoint names the event at its seq. Where this data
   directory holds another event under that seq (it was replaced, or restored from an
   older backup, while the checkpoint stayed), forwarding starts over from the beginning
@@ -291,6 +292,8 @@ class Forwarder:
         self._streak = 0
         self.skipped = 0  # records gone (retention) before they could be forwarded
         self.rejected = 0  # records the receiver accepted the batch of, but rejected
+        #: The highest seq ``skipped`` counted (None: none yet since the position was set).
+        self._gone_upto: int | None = None
         self.last_error: str | None = None
         self._newest = 0
         self._first_pending = 0  # the seq of the first record after the checkpoint
@@ -423,6 +426,8 @@ class Forwarder:
                 self.state = "idle"
             return 0
         first = records[0]["seq"]
+        if first > position + 1:
+            self._skipped(position, first)
         with self._lock:
             self._oldest_pending_us = created_micros(records[0]["created"])
             self._first_pending = first
@@ -450,10 +455,6 @@ class Forwarder:
             # the checkpoint passed them: before, a save that failed had the batch sent
             # again and its rejections counted (and logged) again.
             self._rejected(refused, first, last, len(records))
-        if first > position + 1:
-            # Counted once, when the checkpoint passes the gap: counted before the export,
-            # every retry of a failing one counted (and logged) the same gap again.
-            self._skipped(position, first)
         with self._lock:
             self._position = last
             self.forwarded += len(records)
@@ -603,6 +604,7 @@ class Forwarder:
         self.checkpoint.save(self.settings.endpoint, 0, None)
         with self._lock:
             self._position, self._mark = 0, None
+        self._gone_upto = None  # (another store's numbers)
 
     def _newest_record(self) -> dict[str, Any] | None:
         try:
@@ -620,12 +622,21 @@ class Forwarder:
             self._newest = newest
 
     def _skipped(self, position: int, first: int) -> None:
-        gone = first - position - 1
+        """The records between ``position`` and ``first`` are gone (retention): counted
+        and said when first seen, once. Counted only once the checkpoint passed them, the
+        records retention deleted during an outage showed as none (``skipped`` 0, no line
+        in the log) for as long as it lasted, days maybe: the loss was seen only once it
+        was over. Counted at each sight, every retry counted the same gap again."""
+        since = position if self._gone_upto is None else max(position, self._gone_upto)
+        gone = first - since - 1
+        if gone <= 0:
+            return
+        self._gone_upto = first - 1
         with self._lock:
             self.skipped += gone
         log.warning("forwarder: %d records after seq %d are no longer stored (deleted by "
-                    "retention before they were forwarded); continuing at seq %d",
-                    gone, position, first)
+                    "retention before they were forwarded); forwarding goes on at seq %d",
+                    gone, since, first)
 
     # -- figures --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -88,6 +88,11 @@ class OTLPReceiver:
         with self._lock:
             self._refuse += [(status, extra)] * count
 
+    def accept_again(self) -> None:
+        """Drop the refusals still queued (``refuse_next``): the next request is taken."""
+        with self._lock:
+            self._refuse.clear()
+
     def _handle(self, target: str, headers: dict[str, str],
                 body: bytes) -> tuple[int, dict[str, str]]:
         path, _, query = target.partition("?")  # an endpoint may carry an api key there

@@ -357,9 +357,9 @@ def test_records_deleted_before_forwarding_are_counted_as_skipped(store: Store,
     for _ in range(3):
         with pytest.raises(Exception, match="did not accept"):
             fwd.step()
-    assert fwd.stats()["skipped"] == 0  # not counted until the checkpoint passes it
+        assert fwd.stats()["skipped"] == 3  # when seen, once (not again at each retry)
     assert fwd.step() == 2
-    assert fwd.stats()["skipped"] == 3  # once (every retry counted it again)
+    assert fwd.stats()["skipped"] == 3
 
 
 def test_records_deleted_before_forwarding_are_no_lag(store: Store,
@@ -1095,3 +1095,33 @@ def test_a_long_outage_does_not_flood_the_log_with_the_exporters_lines(
     assert exporters  # the first failure's lines say what the exporter saw
     # Said with the forwarder's own lines only (at 1, 2, 4, ..., 64: 7 exports).
     assert len(exporters) <= 2 * len(forward_failures_said(caplog))
+
+
+def test_records_retention_deletes_during_an_outage_are_counted_while_it_lasts(
+        tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """Counted only once the checkpoint passed them, the records retention deleted
+    while the receiver was down showed as none (skipped 0, no line in the log) for as
+    long as the outage lasted; after it, every record still stored arrives."""
+    from tests.collector.storage_helpers import events, open_store
+
+    receiver.refuse_next(10**6, 503)
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, max_segment_bytes=4096, retention_bytes=9000) as store:
+        fwd = Forwarder(data_dir, settings(receiver))
+        fwd.start()
+        try:
+            for _ in range(10):
+                store.write(events(8))
+            wait_until(lambda: store.stats()["retention_deleted"] >= 3, 20, "retention")
+            fwd.wake()
+            wait_until(lambda: fwd.stats()["skipped"] > 0, 10, "the deleted records counted")
+            assert fwd.stats()["forwarded"] == 0 and receiver.seqs() == []
+            receiver.accept_again()
+            wait_until(lambda: fwd.stats()["lag_events"] == 0 and fwd.stats()["forwarded"],
+                       20, "caught up")
+        finally:
+            fwd.stop()
+        stats = fwd.stats()
+    seqs = sorted(set(receiver.seqs()))
+    assert seqs == list(range(seqs[0], 81))  # none missing after the deleted ones
+    assert stats["skipped"] == seqs[0] - 1  # each deleted one counted, once
