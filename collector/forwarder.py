@@ -39,6 +39,10 @@ How it behaves:
 - **Size**: a batch is ``batch_size`` records at most, and cut further so that one
   export stays below ``MAX_EXPORT_BYTES`` (the exporter drops a request over 64 MiB),
   and halved at each 413 of the endpoint (a body limit on its side).
+- **Bad request**: a 400 refuses the whole batch for what one record holds, maybe
+  (a receiver that cannot decode it): the batch is halved at each 400 until the
+  records before that one are accepted, and the one refused is retried alone (never
+  skipped: ``last_error`` names its seq); the next batches are full again.
 
 The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExporter``
 (protobuf over HTTP, its own short retries inside ``timeout``).
@@ -101,6 +105,7 @@ EXPORT_GRACE: Final = 5.0
 #: endpoint answers well within it.
 STOP_GRACE: Final = 1.0
 _MAX_TIMESTAMP_NS: Final = (1 << 63) - 1
+HTTP_BAD_REQUEST: Final = 400
 HTTP_TOO_LARGE: Final = 413
 #: An HTTP field name (RFC 9110 token).
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -302,6 +307,9 @@ class Forwarder:
         self._warned_ahead = False
         #: Records per export: ``batch_size``, halved at each 413 of the endpoint.
         self._most = settings.batch_size
+        #: Records per export while a 400 is narrowed down to the record refused (None:
+        #: no 400 since the last accepted export).
+        self._suspect: int | None = None
         #: The Retry-After of the answer that failed the last step (None: none asked).
         self._asked: float | None = None
         self._shut_down: LogRecordExporter | None = None  # (a second shutdown warns)
@@ -432,20 +440,26 @@ class Forwarder:
             self._oldest_pending_us = created_micros(records[0]["created"])
             self._first_pending = first
         batch = to_log_records(records, self._resource, self._scope)
-        fit = min(within_budget(batch), self._most)
+        fit = min(within_budget(batch), self._most, self._suspect or self._most)
         batch, records = batch[:fit], records[:fit]
         result = self._export(batch)
         # A "success" with a failure is a redirect (the exporter takes 3xx for 2xx):
         # the endpoint received nothing, and the checkpoint must not move.
         refusal = failure_of(self._exporter)
         if result is not LogRecordExportResult.SUCCESS or refusal is not None:
-            if status_of(self._exporter) == HTTP_TOO_LARGE:
+            status = status_of(self._exporter)
+            if status == HTTP_TOO_LARGE:
                 self._too_large(len(records))
+            elif status == HTTP_BAD_REQUEST:
+                self._suspect = max(1, len(records) // 2)
             self._asked = retry_after_of(self._exporter)
             why = refusal or "see the log of opentelemetry.exporter"
             raise ExportFailed(f"{self.settings.shown_endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
         self._recovered()
+        # Narrowed down only as far as the record refused: the batches after it are
+        # full again (a 400 says nothing of them).
+        self._suspect = None
         refused = rejected_by_receiver(self._exporter)
         last = records[-1]["seq"]
         self.checkpoint.save(self.settings.endpoint, last, records[-1]["id"])

@@ -33,6 +33,9 @@ class OTLPReceiver:
         #: a request body over this many bytes is answered 413 (a proxy's body limit)
         self.max_body: int | None = None
         self.too_large = 0  # requests answered 413 for max_body
+        #: records (by audit.collector.seq) it cannot take: a request holding one is
+        #: answered 400, whole, as a receiver answers a body it refuses to decode
+        self.poison: set[int] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -107,6 +110,9 @@ class OTLPReceiver:
                 return 413, {}
             request = ExportLogsServiceRequest()
             request.ParseFromString(body)
+            if self.poison & set(_seqs([request])):
+                self.refused += 1
+                return 400, {}
             self.requests.append(request)
             self.headers.append(headers)
             self.queries.append(query)
@@ -114,11 +120,11 @@ class OTLPReceiver:
 
     def log_records(self) -> list[LogRecord]:
         with self._lock:
-            return [record for request in self.requests for resource in request.resource_logs
-                    for scope in resource.scope_logs for record in scope.log_records]
+            return _log_records(self.requests)
 
     def seqs(self) -> list[int]:
-        return [attributes(r)["audit.collector.seq"] for r in self.log_records()]
+        with self._lock:
+            return _seqs(self.requests)
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[LogRecord]:
         deadline = time.monotonic() + timeout
@@ -143,3 +149,12 @@ def any_value(value: Any) -> Any:
 
 def attributes(record: Any) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in record.attributes}
+
+
+def _log_records(requests: list[ExportLogsServiceRequest]) -> list[LogRecord]:
+    return [record for request in requests for resource in request.resource_logs
+            for scope in resource.scope_logs for record in scope.log_records]
+
+
+def _seqs(requests: list[ExportLogsServiceRequest]) -> list[int]:
+    return [attributes(r)["audit.collector.seq"] for r in _log_records(requests)]

@@ -1125,3 +1125,26 @@ def test_records_retention_deletes_during_an_outage_are_counted_while_it_lasts(
     seqs = sorted(set(receiver.seqs()))
     assert seqs == list(range(seqs[0], 81))  # none missing after the deleted ones
     assert stats["skipped"] == seqs[0] - 1  # each deleted one counted, once
+
+
+def test_records_before_one_the_receiver_refuses_as_bad_are_delivered(
+        store: Store, receiver: OTLPReceiver) -> None:
+    """A receiver answers 400 to a batch holding a record it cannot take. The whole
+    batch was retried for ever: the good records before that one never arrived either,
+    and last_error named the batch, not the record. The batch is now halved at each 400
+    down to the record refused, which is retried alone, never skipped."""
+    write(store, 8)
+    receiver.poison = {6}
+    fwd = forwarder(store, receiver, batch_size=8)
+    fwd.start()
+    try:
+        receiver.wait_for(5)
+        wait_until(lambda: "(seq 6-6): HTTP 400" in (fwd.stats()["last_error"] or ""), 10,
+                   "the refused record named")
+        receiver.poison = set()  # the receiver fixed: the record goes, and those after it
+        receiver.wait_for(8)
+        wait_until(lambda: fwd.stats()["lag_events"] == 0, 10, "caught up")
+    finally:
+        fwd.stop()
+    assert sorted(set(receiver.seqs())) == list(range(1, 9))
+    assert fwd.stats()["skipped"] == fwd.stats()["rejected"] == 0
