@@ -36,6 +36,10 @@ class OTLPReceiver:
         #: records (by audit.collector.seq) it cannot take: a request holding one is
         #: answered 400, whole, as a receiver answers a body it refuses to decode
         self.poison: set[int] = set()
+        #: when set, a request it keeps is answered only once this event is set (a
+        #: collector killed meanwhile: the records arrived, their 200 never did)
+        self.answer_held: threading.Event | None = None
+        self.holding = threading.Event()  # set when an answer is held
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -54,6 +58,9 @@ class OTLPReceiver:
                     body = gzip.decompress(body)
                 status, extra = receiver._handle(
                     self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                if status == 200 and receiver.answer_held is not None:
+                    receiver.holding.set()  # the records kept, their 200 not sent yet
+                    receiver.answer_held.wait(30)
                 answer = ExportLogsServiceResponse()
                 with receiver._lock:
                     if status == 200 and receiver.partial:
