@@ -816,7 +816,8 @@ class Store(_LossAcknowledging):
         ``open``, from ``close`` on), ``WRITE_STALLED`` (work has waited for the commit
         thread longer than ``write_stall_timeout``: a hung fsync; until it is written),
         ``DISK_FULL`` (the last commit failed for want of space) or ``WRITE_FAILING``
-        (it failed otherwise, or the commit thread has ended: see ``_run_said``). A
+        (it failed otherwise, or the commit thread is ending or has ended: see
+        ``_refuse_for_good``). A
         failure lasts until a commit writes records, or until the idle commit thread sees
         it ended (``_check_failed_write``: the disks have ``RESERVE_ROOM`` free again,
         ``segments/`` takes a write again). Read from memory only, under no lock held
@@ -827,9 +828,12 @@ class Store(_LossAcknowledging):
             if self._state != "open":
                 return NOT_OPEN
         thread = self._thread
-        if thread is not None and thread.ident is not None and not thread.is_alive():
-            # Started and ended: only a BaseException does that (a SystemExit in it,
-            # which threading does not even log); nothing is written from then on.
+        # Ending (``_refuse_for_good``: every batch refused from then on) or ended: only a
+        # BaseException does that (a SystemExit in it, which threading does not even
+        # log); nothing is written from then on. Judged by the thread being gone alone,
+        # the probe said ready while it still logged its end (a log sink that blocks).
+        if self._ended is not None or (thread is not None and thread.ident is not None
+                                       and not thread.is_alive()):
             return WRITE_FAILING
         # First: a commit hung now says more than how the last one ended.
         if self.waiting_seconds() > self.settings.write_stall_timeout:

@@ -5,6 +5,7 @@ from a real Store's state; no token needed, and nothing of the store in the answ
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
 import threading
 import time
@@ -553,3 +554,48 @@ def test_senders_hear_at_once_that_the_commit_thread_ended(
         assert after.done()
         with pytest.raises(StorageError, match="commit thread ended"):
             after.result()
+
+
+class HeldLog(logging.Handler):
+    """A log handler that holds the thread logging a critical record until ``let_go``:
+    a log sink that blocks (a full pipe to journald, a file on a hung disk)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.CRITICAL)
+        self.entered = threading.Event()
+        self._released = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.entered.set()
+        self._released.wait()
+
+    def let_go(self) -> None:  # not ``release``: a Handler's own, of its lock
+        self._released.set()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_unready_as_soon_as_batches_are_refused_for_an_ended_commit_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ending commit thread refuses every batch from its first step on, but the probe
+    judged by the thread being gone: while it was still logging its end (a log sink that
+    blocks), the probe said ready and a balancer sent traffic that was all refused."""
+    def ended(self: GroupWriter, batch: list[object]) -> bool:
+        raise SystemExit
+
+    held = HeldLog()
+    logging.getLogger("collector.store").addHandler(held)
+    try:
+        with open_store(tmp_path / "data") as store:
+            monkeypatch.setattr(GroupWriter, "commit", ended)
+            try:
+                with pytest.raises(StorageError, match="commit thread ended"):
+                    store.submit([event()]).result(10)
+                assert held.entered.wait(10), "the commit thread never said it ended"
+                with pytest.raises(StorageError, match="commit thread ended"):
+                    store.submit([event()]).result()
+                refusal = store.refusal()  # the thread still logging its end
+            finally:
+                held.let_go()  # the store's close waits for its commit thread
+    finally:
+        logging.getLogger("collector.store").removeHandler(held)
+    assert refusal == "write_failing"
