@@ -244,8 +244,8 @@ METRICS: Final[tuple[Metric, ...]] = (
        "Bytes of the index (index.sqlite with its -wal and -shm; not capped by "
        "retention_bytes)"),
     _m("audit.collector.store.disk.free", "gauge", "store", "disk_free_bytes", "By",
-       "Bytes still free to the collector on the data directory's file system (0: full, "
-       "or it cannot be asked)"),
+       "Bytes still free to the collector on the data directory's file system (left out "
+       "when it cannot be asked)"),
     _m("audit.collector.store.retention_deleted", "counter", "store", "retention_deleted",
        "{segment}", "Sealed segments deleted by retention"),
     _m("audit.collector.store.index.unindexed_chunks", "gauge", "store", "unindexed_chunks",

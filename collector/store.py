@@ -40,6 +40,7 @@ from collector.storage.disk_space import (
     Reserve,
     free_bytes,
     is_full,
+    known_free_bytes,
     out_of_space,
 )
 from collector.storage.errors import (
@@ -773,10 +774,10 @@ class Store(_LossAcknowledging):
             # stats file write, off the event loop (GET /metrics, serve's stats task and
             # the losses listing call this in a worker thread; serve's last write, at a
             # stop, once ingest and the API are closed), so a hung disk holds that
-            # thread, never ingest or GET /healthz (``refusal`` reads memory only). 0
-            # free when the file system cannot be asked.
+            # thread, never ingest or GET /healthz (``refusal`` reads memory only). None
+            # (no gauge) when the file system cannot be asked: 0 read as a full disk.
             "index_bytes": index_files_bytes(self.index_path),
-            "disk_free_bytes": free_bytes(self.settings.data_dir),
+            "disk_free_bytes": known_free_bytes(self.settings.data_dir),
             "retention_deleted": counts["retention_deleted"],
             "sources_forgotten": counts["sources_forgotten"],
             "ingest_rate": round(recent / RATE_WINDOW, 1),

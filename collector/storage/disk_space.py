@@ -46,7 +46,7 @@ from audit_middleware._counter import worth_saying
 from collector.storage.regular_files import fsync_dir, write_new_file
 
 __all__ = ["RESERVE_BYTES", "RESERVE_NAME", "SLICE", "Reserve", "error_chain", "free_bytes",
-           "is_full", "out_of_space"]
+           "is_full", "known_free_bytes", "out_of_space"]
 
 log = logging.getLogger("collector.store")
 
@@ -75,11 +75,19 @@ _T = TypeVar("_T")
 
 
 def free_bytes(directory: Path) -> int:
-    """Bytes an unprivileged writer may still use on ``directory``'s file system."""
+    """Bytes an unprivileged writer may still use on ``directory``'s file system; 0 when
+    it cannot be asked: a writer then waits as for a full disk."""
+    free = known_free_bytes(directory)
+    return 0 if free is None else free
+
+
+def known_free_bytes(directory: Path) -> int | None:
+    """``free_bytes``, or None when the file system cannot be asked (an I/O error, a
+    directory gone): what a figure for an operator says, not a full disk's 0."""
     try:
         st = os.statvfs(directory)
     except OSError:
-        return 0
+        return None
     return st.f_bavail * st.f_frsize
 
 

@@ -3,6 +3,8 @@ the Prometheus text format of GET /metrics."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -116,6 +118,29 @@ def test_the_stores_size_and_its_disks_free_space_are_prometheus_gauges(
     assert found["audit_collector_store_index_size_bytes"][1] > 0
     kind, free = found["audit_collector_store_disk_free_bytes"]
     assert kind == "gauge" and 0 < free <= shutil.disk_usage(tmp_path).total
+
+
+def test_a_free_space_the_file_system_does_not_tell_is_left_out(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statvfs that fails (an I/O error, a file system gone) read as 0 free bytes: the
+    scrape said the disk was full, the same figure as a disk that is, and an alert on
+    it paged for a full disk that had room. Left out now, as any figure not known
+    (``absent()`` alerts on it), and null in ``stats``."""
+    data_dir = store.settings.data_dir
+    statvfs = os.statvfs
+
+    def failing(path: Any) -> os.statvfs_result:
+        if Path(path) == data_dir:
+            raise OSError(errno.EIO, "injected")
+        return statvfs(path)
+
+    monkeypatch.setattr(os, "statvfs", failing)
+    assert store.stats()["disk_free_bytes"] is None
+    metrics = Metrics()
+    metrics.add("store", store.stats)
+    found = parse_prometheus(metrics.prometheus())
+    assert "audit_collector_store_disk_free_bytes" not in found
+    assert "audit_collector_store_index_size_bytes" in found  # the rest as ever
 
 
 def test_a_nested_figure_a_source_does_not_report_is_left_out() -> None:
