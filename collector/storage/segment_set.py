@@ -215,9 +215,16 @@ class SegmentSet:
     # -- compression ----------------------------------------------------------------------
     def _schedule_compression(self, seq: int, path: Path) -> None:
         def work() -> None:
+            # Retention takes a segment out of _sealed before it deletes the file: one
+            # it deleted while this waited in the queue is no failure (said as one,
+            # "tried again", for each segment a compressor behind the writes lost).
+            if seq not in self._sealed:
+                return
             try:
                 tmp, blocks = compress(path)
-            except Exception as exc:  # noqa: BLE001 - e.g. deleted by retention meanwhile
+            except Exception as exc:  # noqa: BLE001 - a full disk, most often
+                if seq not in self._sealed:
+                    return  # deleted by retention while being compressed
                 self._compression_failed(seq, path, exc)
                 return
             self._compressed.append((seq, tmp, blocks))
@@ -343,7 +350,9 @@ class SegmentSet:
         self._failures.recovered("retention")  # signed, or nothing to sign
         remake = True  # the reserve, after each deletion; not again once a write failed
         for seq in doomed:
-            info = self._sealed.pop(seq)
+            info = self._sealed.pop(seq)  # first: the compressor looks here (work)
+            self._compressing.pop(seq, None)
+            self._compress_retry.pop(seq, None)
             info.path.unlink(missing_ok=True)
             self._deleted.append(seq)  # gone: its rows are to drop, whatever fails next
             # As retention took it, not its own: sealed while the clock ran ahead, it

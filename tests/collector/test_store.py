@@ -1228,3 +1228,39 @@ def test_a_compressor_that_falls_behind_does_not_let_the_disk_outgrow_the_cap(
             - store.stats()["active_segment"]["bytes"]
         assert store.stats()["retention_deleted"] > 0
     assert sealed_bytes <= cap + 2 * 16 * 1024, sealed_bytes  # the cap, give or take
+
+
+def test_a_segment_retention_deleted_before_its_compression_is_no_compression_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A segment still waiting for the compressor when retention deletes it (the
+    compressor behind the writes, past COMPRESSION_STALL) was reported as a failed
+    compression: a warning saying it would be tried again, and the stats' last_error
+    naming it, for each such segment, though nothing failed."""
+    from collector.storage import segment_set
+
+    real_compress = segment_set.compress
+    release = threading.Event()
+
+    def held_compress(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return real_compress(*args, **kwargs)
+
+    monkeypatch.setattr(segment_set, "compress", held_compress)
+    monkeypatch.setattr(segment_set, "COMPRESSION_STALL", 0.0)  # counted plain at once
+    caplog.set_level(logging.WARNING, logger="collector.store")
+    try:
+        with open_store(tmp_path, max_segment_bytes=16 * 1024, compress_sealed=True,
+                        retention_bytes=32 * 1024) as store:
+            for _ in range(6):
+                store.write(events(36))  # ~16 KiB: a rotation each
+            wait_until(lambda: store.stats()["retention_deleted"] >= 2)
+            release.set()
+            wait_until(lambda: store.stats()["segments"]["compressed"]
+                       == store.stats()["segments"]["sealed"])
+            last_error = store.stats()["last_error"]
+    finally:
+        release.set()
+    failed = [r.getMessage() for r in caplog.records if "compressing" in r.getMessage()]
+    assert failed == [], failed
+    assert last_error is None, last_error
