@@ -42,7 +42,9 @@ How it behaves:
 - **Bad request**: a 400 refuses the whole batch for what one record holds, maybe
   (a receiver that cannot decode it): the batch is halved at each 400 until the
   records before that one are accepted, and the one refused is retried alone (never
-  skipped: ``last_error`` names its seq); the next batches are full again.
+  skipped: ``last_error`` names its seq); once it is accepted, batches are full again.
+  A 400 may be a body limit too: a narrowed size accepted is kept, and doubled after
+  ``PROBE_AFTER`` exports accepted at it (twice as many after each larger size refused).
 
 The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExporter``
 (protobuf over HTTP, its own short retries inside ``timeout``).
@@ -107,6 +109,9 @@ STOP_GRACE: Final = 1.0
 _MAX_TIMESTAMP_NS: Final = (1 << 63) - 1
 HTTP_BAD_REQUEST: Final = 400
 HTTP_TOO_LARGE: Final = 413
+#: Exports accepted in a row at a size narrowed by 400s before a double size is tried
+#: (doubled at each such try refused: a body limit answered 400 is tried rarely).
+PROBE_AFTER: Final = 8
 #: An HTTP field name (RFC 9110 token).
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: The longest wait a receiver's Retry-After gets: one far off (a clock off by years, a
@@ -307,9 +312,16 @@ class Forwarder:
         self._warned_ahead = False
         #: Records per export: ``batch_size``, halved at each 413 of the endpoint.
         self._most = settings.batch_size
-        #: Records per export while a 400 is narrowed down to the record refused (None:
-        #: no 400 since the last accepted export).
+        #: Records per export since a 400 (None: batches of ``_most``): halved at each
+        #: 400, and kept once one passes (see ``_bad_request``).
         self._suspect: int | None = None
+        #: A record was refused with 400 on its own: that record, not the batches'
+        #: size, is what the receiver refuses; once it passes, batches are full again.
+        self._refused_alone = False
+        self._said_suspect: int | None = None  # the size _accepted_after_bad_request said
+        self._passed = 0  # exports accepted in a row at ``_suspect``
+        self._probing = False  # ``_suspect`` was just doubled: not accepted at it yet
+        self._probe_after = PROBE_AFTER  # of those before ``_suspect`` is doubled
         #: The Retry-After of the answer that failed the last step (None: none asked).
         self._asked: float | None = None
         self._shut_down: LogRecordExporter | None = None  # (a second shutdown warns)
@@ -451,15 +463,13 @@ class Forwarder:
             if status == HTTP_TOO_LARGE:
                 self._too_large(len(records))
             elif status == HTTP_BAD_REQUEST:
-                self._suspect = max(1, len(records) // 2)
+                self._bad_request(len(records))
             self._asked = retry_after_of(self._exporter)
             why = refusal or "see the log of opentelemetry.exporter"
             raise ExportFailed(f"{self.settings.shown_endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
         self._recovered()
-        # Narrowed down only as far as the record refused: the batches after it are
-        # full again (a 400 says nothing of them).
-        self._suspect = None
+        self._accepted_after_bad_request(len(records))
         refused = rejected_by_receiver(self._exporter)
         last = records[-1]["seq"]
         self.checkpoint.save(self.settings.endpoint, last, records[-1]["id"])
@@ -496,6 +506,45 @@ class Forwarder:
         log.warning("forwarder: %s refused %d records as too large (HTTP 413); sending "
                     "at most %d per request from now on", self.settings.shown_endpoint, sent,
                     self._most)
+
+    def _bad_request(self, sent: int) -> None:
+        """The endpoint answered 400 to ``sent`` records: for what one of them holds (a
+        record it cannot decode), or for their size (a body limit some servers answer
+        400, not 413). Halved until an export passes: the records before a bad one
+        are delivered, and a bad one ends up alone. A larger size tried again (see
+        ``_accepted_after_bad_request``) and refused is tried after twice as many."""
+        if self._probing:
+            self._probe_after *= 2
+        self._suspect, self._passed, self._probing = max(1, sent // 2), 0, False
+        if sent == 1:
+            self._refused_alone = True
+
+    def _accepted_after_bad_request(self, sent: int) -> None:
+        """An export passed. After a record refused on its own, the batches are full
+        again (the 400 was that record's). Else the size that passed is kept, and
+        doubled after ``_probe_after`` exports in a row pass at it, back to full.
+        Full again at once, a body limit answered 400 refused the next batch, halved
+        it down again, and so on at every batch for good (a failure, its backoff and
+        two log lines each time); never grown again, two 400s of a receiver being
+        set up left 1 record per export for good."""
+        suspect, probed = self._suspect, self._probing
+        self._probing = False
+        if suspect is None or self._refused_alone:
+            if probed or self._refused_alone:  # full again: what a next 400 starts from
+                self._probe_after, self._said_suspect = PROBE_AFTER, None
+            self._suspect, self._passed, self._refused_alone = None, 0, False
+            return
+        self._passed += 1
+        if self._passed >= self._probe_after:
+            grown = suspect * 2
+            self._suspect = None if grown >= self._most else grown
+            self._passed, self._probing = 0, True
+        elif self._said_suspect is None or suspect < self._said_suspect:
+            self._said_suspect = suspect
+            log.warning("forwarder: %s accepted %d records after refusing more with HTTP "
+                        "400; sending at most %d per request, more again after %d "
+                        "accepted (a body limit answered 400?)",
+                        self.settings.shown_endpoint, sent, suspect, self._probe_after)
 
     def _export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """The exporter's answer within ``timeout`` + EXPORT_GRACE, else ExportFailed.

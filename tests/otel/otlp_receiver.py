@@ -32,7 +32,9 @@ class OTLPReceiver:
         self.partial: list[tuple[int, str]] = []
         #: a request body over this many bytes is answered 413 (a proxy's body limit)
         self.max_body: int | None = None
-        self.too_large = 0  # requests answered 413 for max_body
+        #: the status it answers a body over max_body with (some servers say 400)
+        self.too_large_status = 413
+        self.too_large = 0  # requests answered too_large_status for max_body
         #: records (by audit.collector.seq) it cannot take: a request holding one is
         #: answered 400, whole, as a receiver answers a body it refuses to decode
         self.poison: set[int] = set()
@@ -114,7 +116,7 @@ class OTLPReceiver:
                 return 415, {}
             if self.max_body is not None and len(body) > self.max_body:
                 self.too_large += 1
-                return 413, {}
+                return self.too_large_status, {}
             request = ExportLogsServiceRequest()
             request.ParseFromString(body)
             if self.poison & set(_seqs([request])):

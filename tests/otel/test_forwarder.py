@@ -1148,3 +1148,45 @@ def test_records_before_one_the_receiver_refuses_as_bad_are_delivered(
         fwd.stop()
     assert sorted(set(receiver.seqs())) == list(range(1, 9))
     assert fwd.stats()["skipped"] == fwd.stats()["rejected"] == 0
+
+
+def test_a_body_limit_answered_400_narrows_the_batches_once_not_at_every_batch(
+        store: Store, receiver: OTLPReceiver) -> None:
+    """Some receivers answer a body over their limit with 400, not 413. The batch was
+    halved down to a size that passed, and the next batch was full again: refused,
+    halved, refused... at every batch, for good (a failure and its backoff, an error
+    line and an "accepted again" line each time). The size that passed is kept, as
+    after a 413."""
+    write(store, 32, target="x" * 2048)
+    receiver.max_body = 20_000  # 4 records (about 4.5 KB of request each)
+    receiver.too_large_status = 400
+    fwd = forwarder(store, receiver, batch_size=16)
+    steps = 0
+    while len(set(receiver.seqs())) < 32:
+        steps += 1
+        assert steps < 40, fwd.stats()
+        with contextlib.suppress(ExportFailed):
+            fwd.step()
+    assert sorted(receiver.seqs()) == list(range(1, 33))
+    assert receiver.too_large == 2  # 16 refused, then 8; 4 at a time from then on
+
+
+def test_batches_narrowed_by_400s_grow_back_to_full(store: Store,
+                                                    receiver: OTLPReceiver) -> None:
+    """The size a 400 narrowed the batches to is kept while exports pass at it, and
+    doubled again after a few: a receiver that answered 400 a few times while it was
+    being set up must not leave the forwarder at one record per export for good."""
+    write(store, 80)
+    receiver.refuse_next(3, 400)  # 8, 4 and 2 records refused: 1 passes
+    fwd = forwarder(store, receiver, batch_size=8)
+    steps = 0
+    while len(receiver.seqs()) < 80:
+        steps += 1
+        assert steps < 60, fwd.stats()
+        with contextlib.suppress(ExportFailed):
+            fwd.step()
+    assert receiver.seqs() == list(range(1, 81))  # none sent twice
+    sizes = [len(request.resource_logs[0].scope_logs[0].log_records)
+             for request in receiver.requests]
+    assert sizes[0] == 1 and sizes[-2] == 8, sizes  # (the last: what was left)
+
