@@ -105,7 +105,11 @@ _MUTED_EXPORTS: Final = _MutedExports()
 def exporter_lines(say: bool) -> contextlib.AbstractContextManager[None]:
     """Within it, on this thread, the exporter's own log lines are kept only if ``say``
     (the forwarder says the failure such an export may end in)."""
-    logging.getLogger(_EXPORTER_LOGGER).addFilter(_MUTED_EXPORTS)  # (added once)
+    logger = logging.getLogger(_EXPORTER_LOGGER)
+    if _MUTED_EXPORTS not in logger.filters:
+        # First: the exporter's own DuplicateFilter drops a line like its previous one
+        # within 20 s, and a muted line it saw made it drop the next line said.
+        logger.filters.insert(0, _MUTED_EXPORTS)
     return _MUTED_EXPORTS.said(say)
 
 

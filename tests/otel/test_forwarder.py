@@ -1190,3 +1190,22 @@ def test_batches_narrowed_by_400s_grow_back_to_full(store: Store,
              for request in receiver.requests]
     assert sizes[0] == 1 and sizes[-2] == 8, sizes  # (the last: what was left)
 
+
+def test_an_exporter_line_muted_does_not_hide_the_next_one_said(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The exporter's logger drops a line the same as its previous one within 20 s
+    (its DuplicateFilter, which ran before the forwarder's muting): a muted line (the
+    3rd failure's) counted as the previous one, and the line of the failure said next
+    (the 4th) was dropped as its duplicate."""
+    from opentelemetry.exporter.otlp.proto.http import _log_exporter
+
+    from collector.otlp_http import exporter_lines
+
+    logger = logging.getLogger(_log_exporter.__name__)
+    with caplog.at_level(logging.ERROR, logger.name):
+        with exporter_lines(False):
+            logger.error("Failed to export %s batch code: %s", "logs", 503)
+        with exporter_lines(True):
+            logger.error("Failed to export %s batch code: %s", "logs", 503)
+    said = [r for r in caplog.records if r.name == logger.name]
+    assert len(said) == 1
