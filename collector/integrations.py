@@ -22,6 +22,7 @@ from .forwarder import Forwarder, forward_settings
 from .health import Health
 from .http_ingest import HttpIngest, HttpIngestSettings
 from .metrics import Metrics
+from .single_flight import SingleFlight
 
 
 class Integrations:
@@ -33,7 +34,11 @@ class Integrations:
             # The same function under a second name: the rows of ingest's TLS read it,
             # so that without TLS they are absent rather than zeros that look healthy.
             self.metrics.add("ingest_tls", ingest_server.stats)
-        self.metrics.add("store", store.stats)
+        # The store's stats read its disk: one reading at a time, shared by /metrics, the
+        # OpenTelemetry reader and serve's stats task (collector/single_flight.py).
+        self.store_stats: SingleFlight[dict[str, Any]] = SingleFlight(store.stats,
+                                                                      "audit-store-stats")
+        self.metrics.add_shared("store", self.store_stats)
         self.metrics.add("integrity", store.integrity_stats)
         self.http_ingest = HttpIngest(store, HttpIngestSettings(
             token=config.token, max_body=config.max_frame,

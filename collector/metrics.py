@@ -10,10 +10,15 @@ TLS on a port) is simply absent from the output.
 
     metrics = Metrics()
     metrics.add("ingest", server.stats)
-    metrics.add("store", store.stats)
+    metrics.add_shared("store", SingleFlight(store.stats, "audit-store-stats"))
     metrics.add("api", api_server.stats)
-    text = metrics.prometheus()                    # GET /metrics
+    text = await metrics.scraped()                 # GET /metrics
     metrics.register_otel(meter_provider)          # OpenTelemetry metrics
+
+The stats functions added by ``add`` read memory only, and are called wherever the
+metrics are read (the event loop, for a scrape). A source whose stats read the disk (the
+store's) is added by ``add_shared``: one thread at a time reads it, off the loop's
+thread pool, and a scrape that waits longer than ``SHARED_WAIT`` for it answers 503.
 """
 
 from __future__ import annotations
@@ -30,11 +35,18 @@ from typing import Any, Final, Literal
 from audit_middleware.wire import ErrorCode
 
 from .ingest import REFUSALS
+from .single_flight import SingleFlight, Unanswered
 
 log = logging.getLogger("collector.metrics")
 
 StatsFunction = Callable[[], Mapping[str, Any]]
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Seconds a scrape (or an OpenTelemetry collection, or serve's stats task) waits for a
+#: shared source's stats: a healthy store answers in milliseconds, and a scrape must
+#: answer within Prometheus' default scrape_timeout (10 s), saying why, rather than hold
+#: a connection (and the scraper's patience) for as long as a disk hangs.
+SHARED_WAIT: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -288,6 +300,7 @@ class Metrics:
     def __init__(self, metrics: Iterable[Metric] = METRICS) -> None:
         self.metrics = tuple(metrics)
         self._sources: dict[str, StatsFunction] = {}
+        self._shared: dict[str, SingleFlight[Mapping[str, Any]]] = {}
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[Metric, float] | None] = (0.0, None)
 
@@ -295,20 +308,51 @@ class Metrics:
         with self._lock:
             self._sources[source] = stats
 
+    def add_shared(self, source: str, stats: SingleFlight[Mapping[str, Any]]) -> None:
+        """A source whose stats a hung disk can hold: a scrape reads it through ``stats``
+        (see ``scraped``), an OpenTelemetry collection too, waiting ``SHARED_WAIT``."""
+        self.add(source, lambda: stats.read_blocking(SHARED_WAIT))
+        with self._lock:
+            self._shared[source] = stats
+
     def remove(self, source: str) -> None:
         with self._lock:
             self._sources.pop(source, None)
+            self._shared.pop(source, None)
 
-    def snapshot(self) -> dict[Metric, float]:
-        """The current value of every metric whose source is registered and reports it.
-        A source whose stats function fails is left out (and logged): a scrape never
-        fails because one part of the collector is unwell."""
+    async def scraped(self) -> str:
+        """``prometheus()`` on the event loop, the shared sources' stats awaited (each
+        shared with the readers already waiting for them): ``Unanswered`` when one takes
+        longer than ``SHARED_WAIT``."""
+        with self._lock:
+            shared = dict(self._shared)
+        read: dict[str, Mapping[str, Any] | None] = {}
+        for name, stats in shared.items():
+            try:
+                read[name] = await stats.read(SHARED_WAIT)
+            except Unanswered:
+                raise
+            except Exception:
+                log.exception("metrics: stats of %s failed", name)
+                read[name] = None  # left out, and not asked again on the loop
+        return self.prometheus(read)
+
+    def snapshot(self, read: Mapping[str, Mapping[str, Any] | None] | None = None
+                 ) -> dict[Metric, float]:
+        """The current value of every metric whose source is registered and reports it;
+        ``read``: sources' stats read already (``scraped``; None: failed). A source whose
+        stats function fails is left out (and logged): a scrape never fails because one
+        part of the collector is unwell."""
         with self._lock:
             sources = dict(self._sources)
-        stats: dict[str, Mapping[str, Any]] = {}
+        stats: dict[str, Mapping[str, Any] | None] = dict(read or {})
         for name, function in sources.items():
+            if name in stats:
+                continue
             try:
                 stats[name] = function()
+            except Unanswered as exc:  # no traceback: it says all there is to say
+                log.warning("metrics: %s; its figures are left out", exc)
             except Exception:
                 log.exception("metrics: stats of %s failed", name)
         values: dict[Metric, float] = {}
@@ -328,10 +372,10 @@ class Metrics:
         return values
 
     # -- Prometheus ---------------------------------------------------------------------
-    def prometheus(self) -> str:
+    def prometheus(self, read: Mapping[str, Mapping[str, Any] | None] | None = None) -> str:
         """The Prometheus text exposition format (version 0.0.4)."""
         lines: list[str] = []
-        for metric, value in self.snapshot().items():
+        for metric, value in self.snapshot(read).items():
             name = metric.prometheus_name
             lines.append(f"# HELP {name} {_escape_help(metric.help)}")
             lines.append(f"# TYPE {name} {metric.kind}")
@@ -362,7 +406,9 @@ class Metrics:
         if values is None or now - taken > max_age:
             values = self.snapshot()
             with self._lock:
-                self._cached = (now, values)
+                # Stamped once taken: a snapshot that waited SHARED_WAIT for a hung disk
+                # must still serve the collection's other instruments (each would wait).
+                self._cached = (time.monotonic(), values)
         return values
 
 
@@ -401,9 +447,14 @@ async def _endpoint(request: Any) -> Any:
             "send a reader's token: Authorization: Bearer <token> (metrics_auth = reader; "
             "`audit-collector users add NAME` makes one)\n", 401,
             headers={"WWW-Authenticate": 'Bearer realm="audit-collector-metrics"'})
-    # Off the event loop: the store's stats cost O(sources), and the loop may be the
-    # ingest's (the stats functions are read from the OpenTelemetry reader's thread too).
-    text = await asyncio.to_thread(metrics.prometheus)
+    try:
+        text = await metrics.scraped()
+    except Unanswered:
+        # Nothing rather than figures without the store's: a scrape that lacks them
+        # would read as the store's gauges gone, not as a disk that does not answer.
+        return PlainTextResponse(
+            "the store's figures did not come in time: its disk does not answer (a hung "
+            "disk, a frozen network file system); the collector's log says more\n", 503)
     return PlainTextResponse(text, media_type=PROMETHEUS_CONTENT_TYPE)
 
 

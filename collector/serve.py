@@ -31,6 +31,8 @@ from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
 from .integrations import Integrations
 from .listen import reload_certificate
+from .metrics import SHARED_WAIT
+from .single_flight import SingleFlight, Unanswered
 from .stop_signals import StopSignals
 from .storage.disk_space import is_full
 from .storage.errors import DiskFullError, StorageError
@@ -240,8 +242,8 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
     integrations = Integrations(store, server, config)
     integrations.start(out)
     stats_file = StatsFile(config.data_dir / STATS_FILE)
-    stats_task = asyncio.create_task(_write_stats(server, store, config, integrations,
-                                                  stats_file))
+    stats_task = asyncio.create_task(_write_stats(server, integrations.store_stats, config,
+                                                  integrations, stats_file))
     api = await _start_api(store, config, out)
     if api is not None:
         integrations.attach(api)
@@ -322,22 +324,29 @@ async def _start_api(store: Any, config: CollectorConfig, out: TextIO) -> Any:
     return api
 
 
-async def _write_stats(server: IngestServer, store: Any, config: CollectorConfig,
-                       integrations: Integrations, stats_file: StatsFile | None = None) -> None:
+async def _write_stats(server: IngestServer, store_stats: SingleFlight[dict[str, Any]],
+                       config: CollectorConfig, integrations: Integrations,
+                       stats_file: StatsFile | None = None) -> None:
     # The read commands (stats) run in another process: they find the live counters here.
     if stats_file is None:
         stats_file = StatsFile(config.data_dir / STATS_FILE)
-    failures = 0
+    failures = unanswered = 0
     while True:
         await asyncio.sleep(STATS_INTERVAL)
         try:
-            # The store's stats cost O(sources) (every app process is one): off the
-            # loop, which would not read a connection meanwhile.
-            live = _live_stats(server, await asyncio.to_thread(store.stats), integrations)
+            # The store's stats cost O(sources) (every app process is one) and read its
+            # disk: off the loop, shared with /metrics (one thread at a time however
+            # long a hung disk holds it); this beat is skipped when they do not come.
+            live = _live_stats(server, await store_stats.read(SHARED_WAIT), integrations)
             # Off the loop too: on a hung disk (a frozen network file system) the file's
             # open hangs, and on the loop it held ingest and GET /healthz with it (a
             # probe timed out instead of hearing write_stalled).
             await asyncio.to_thread(stats_file.write, live)
+        except Unanswered as exc:  # no traceback: the disk, not this code
+            unanswered += 1
+            if worth_saying(unanswered):
+                log.warning("%s: %s not written this time (%d times so far)", exc,
+                            STATS_FILE, unanswered)
         except Exception:  # the live stats go on: a task that dies leaves them frozen
             failures += 1
             if worth_saying(failures):

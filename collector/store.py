@@ -771,11 +771,13 @@ class Store(_LossAcknowledging):
             "quarantined_bytes": sum(quarantined.values()),
             # What an operator alerts on before the disk fills (beside "segments"' bytes,
             # which retention_bytes caps). A stat and a statvfs: read at each scrape and
-            # stats file write, off the event loop (GET /metrics, serve's stats task and
-            # the losses listing call this in a worker thread; serve's last write, at a
-            # stop, once ingest and the API are closed), so a hung disk holds that
-            # thread, never ingest or GET /healthz (``refusal`` reads memory only). None
-            # (no gauge) when the file system cannot be asked: 0 read as a full disk.
+            # stats file write, off the event loop (GET /metrics, the OpenTelemetry
+            # reader and serve's stats task share one reading on a daemon thread of its
+            # own, collector/single_flight.py; the losses listing calls this in a worker
+            # thread; serve's last write, at a stop, once ingest and the API are closed),
+            # so a hung disk holds that thread, never ingest or GET /healthz (``refusal``
+            # reads memory only). None (no gauge) when the file system cannot be asked:
+            # 0 read as a full disk.
             "index_bytes": index_files_bytes(self.index_path),
             "disk_free_bytes": known_free_bytes(self.settings.data_dir),
             "retention_deleted": counts["retention_deleted"],

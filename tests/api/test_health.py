@@ -30,7 +30,7 @@ from collector.storage.segment_set import SegmentSet
 from collector.storage.segments import ActiveSegment
 from collector.store import Store
 from tests.api.served import add_reader, serving
-from tests.collector.storage_helpers import event, open_store, wait_until
+from tests.collector.storage_helpers import Hold, event, open_store, wait_until
 from tests.e2e.harness import short_tmp
 
 
@@ -113,30 +113,6 @@ def broken_dedupe(monkeypatch: pytest.MonkeyPatch) -> BrokenDedupe:
 
 #: ``write_stall_timeout`` of the stall tests: short, so they wait little past it.
 STALL_AFTER = 0.05
-
-
-class Hold:
-    """A store method (or function) that, while ``armed``, blocks its caller (the commit
-    thread) until ``release``: what a hung fsync or statvfs does to it. ``entered`` is
-    set once it blocks."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> None:
-        self.armed = True
-        self.entered = threading.Event()
-        self._released = threading.Event()
-        real = getattr(owner, name)
-
-        def held(obj: object, *args: object) -> object:
-            if self.armed:
-                self.entered.set()
-                self._released.wait()
-            return real(obj, *args)
-
-        monkeypatch.setattr(owner, name, held)
-
-    def release(self) -> None:
-        self.armed = False
-        self._released.set()
 
 
 @pytest.fixture

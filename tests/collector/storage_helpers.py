@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -139,3 +140,31 @@ def forget_source(store: Store, source: str) -> None:
     with writer.lock:
         writer.sources.pop(source)
     store._forget_loss_acks([source])
+
+
+class Hold:
+    """A store method (or function) that, while ``armed``, blocks its caller (the commit
+    thread) until ``release``: what a hung fsync or statvfs does to it. ``entered`` is
+    set once it blocks; ``entries`` counts the callers it blocked."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> None:
+        self.armed = True
+        self.entered = threading.Event()
+        self.entries = 0
+        self._counting = threading.Lock()
+        self._released = threading.Event()
+        real = getattr(owner, name)
+
+        def held(obj: object, *args: object) -> object:
+            if self.armed:
+                with self._counting:
+                    self.entries += 1
+                self.entered.set()
+                self._released.wait()
+            return real(obj, *args)
+
+        monkeypatch.setattr(owner, name, held)
+
+    def release(self) -> None:
+        self.armed = False
+        self._released.set()

@@ -29,6 +29,7 @@ import pytest
 
 from audit_middleware.wire import ErrorCode, ErrorReply, FrameType
 from collector import query, serve
+from collector.single_flight import SingleFlight
 from collector.storage import indexer
 from collector.storage.chunks import CLOSED, INDEXED
 from collector.storage.errors import StorageError
@@ -300,7 +301,7 @@ def test_the_stats_file_on_a_full_disk_is_warned_of_once_and_its_recovery_said(
             loop = asyncio.get_running_loop()
             stub = SimpleNamespace(stats=dict)  # the ingest server, the integrations
             task = asyncio.create_task(serve._write_stats(  # type: ignore[arg-type]
-                stub, SimpleNamespace(stats=store_stats),
+                stub, SingleFlight(store_stats, "store-stats"),
                 SimpleNamespace(data_dir=disk), stub))
             await asyncio.wait_for(done.wait(), 30)
             await asyncio.sleep(0.2)  # the last write done

@@ -1,0 +1,82 @@
+"""One reading at a time of something a hung disk can hold (the store's stats: a listing
+of ``quarantine/``, a stat of the index files, a statvfs), shared by everyone who asks
+while it runs.
+
+    store_stats = SingleFlight(store.stats, "audit-store-stats")
+    stats = await store_stats.read(timeout)        # GET /metrics, serve's stats task
+    stats = store_stats.read_blocking(timeout)     # the OpenTelemetry reader's thread
+
+Not on the event loop's default thread pool: each scrape of ``/metrics`` stuck on a
+frozen disk held one of its few threads, and once all were held a stop
+(``asyncio.to_thread``) and the losses listing waited for the disk too. Here a hung disk
+holds one daemon thread, however many callers ask: a daemon thread, because the pool's
+threads are joined at exit and one held by the disk held the process's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T_co = TypeVar("T_co", covariant=True)  # a reading of a dict is one of a Mapping
+
+
+class Unanswered(Exception):
+    """The reading did not finish within the caller's wait (it goes on, for the next)."""
+
+
+class SingleFlight(Generic[T_co]):
+    def __init__(self, read: Callable[[], T_co], name: str) -> None:
+        self._read = read
+        self._name = name
+        self._lock = threading.Lock()  # asked from the loop and the OpenTelemetry thread
+        self._flight: concurrent.futures.Future[T_co] | None = None
+
+    async def read(self, timeout: float) -> T_co:
+        """The running reading's result, or a new one's; ``Unanswered`` after
+        ``timeout`` seconds (the reading is left running: the next caller shares it)."""
+        try:
+            # A timeout cancels only this caller's wrapper: the flight is running, and a
+            # running concurrent future cannot be cancelled.
+            return await asyncio.wait_for(asyncio.wrap_future(self._current()), timeout)
+        except TimeoutError:
+            raise Unanswered(self._late(timeout)) from None
+
+    def read_blocking(self, timeout: float) -> T_co:
+        """``read`` for a thread other than the event loop's."""
+        try:
+            return self._current().result(timeout)
+        except TimeoutError:
+            raise Unanswered(self._late(timeout)) from None
+
+    def _late(self, timeout: float) -> str:
+        return f"{self._name} did not answer within {timeout:g} s (a hung disk?)"
+
+    def _current(self) -> concurrent.futures.Future[T_co]:
+        with self._lock:
+            if self._flight is None:
+                flight: concurrent.futures.Future[T_co] = concurrent.futures.Future()
+                flight.set_running_or_notify_cancel()  # from now on, not cancellable
+                threading.Thread(target=self._run, args=(flight,), name=self._name,
+                                 daemon=True).start()
+                self._flight = flight  # only once a thread took it: else none ever ends
+            return self._flight
+
+    def _run(self, flight: concurrent.futures.Future[T_co]) -> None:
+        try:
+            result = self._read()
+        except BaseException as exc:  # noqa: BLE001 - raised in each caller
+            self._land()
+            flight.set_exception(exc)
+        else:
+            self._land()
+            flight.set_result(result)
+
+    def _land(self) -> None:
+        # Before the result is set: a caller woken by it and asking again at once gets a
+        # fresh reading, not this one.
+        with self._lock:
+            self._flight = None

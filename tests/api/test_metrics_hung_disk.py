@@ -1,0 +1,183 @@
+"""``GET /metrics`` on a hung data disk (the store's stats list ``quarantine/`` and
+statvfs the disk): one thread reads the stats, however many scrapes wait for them, and
+never one of the event loop's default pool, which a stop and the losses listing need."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from starlette.applications import Starlette
+
+from collector import metrics, serve
+from collector.api import ApiSettings, create_app
+from collector.config import load
+from collector.integrations import Integrations
+from collector.single_flight import SingleFlight, Unanswered
+from collector.store import Store
+from tests.collector.storage_helpers import Hold, open_store
+
+#: The loop's default pool in these tests (6 threads on a 2-core machine by default):
+#: fewer threads than scrapes, so that scrapes holding one each would take them all.
+POOL = 4
+SCRAPES = 2 * POOL
+#: Seconds a test waits for what must come: a bound on a failure, not a timing.
+BOUND = 20
+
+
+@pytest.fixture
+def hung(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hold]:
+    hold = Hold(monkeypatch, Store, "stats")
+    yield hold
+    hold.release()  # before the loop's pool is shut down: it joins its threads
+
+
+def served_app(data: Path, store: Store) -> Starlette:
+    """The query API's app with serve's integrations attached (``/metrics`` as served)."""
+    app = create_app(ApiSettings(data_dir=data), store)
+    ingest = SimpleNamespace(stats=dict, tls=None)
+    integrations = Integrations(store, ingest, load(None, {"AUDIT_DATA_DIR": str(data)}))
+    integrations.attach(SimpleNamespace(app=app, stats=dict, tls=None))
+    return app
+
+
+async def scrape(app: Starlette, count: int) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        return await asyncio.gather(*(client.get("/metrics") for _ in range(count)))
+
+
+def test_scrapes_on_a_hung_disk_answer_503_and_leave_the_loops_pool_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hung: Hold) -> None:
+    monkeypatch.setattr(metrics, "SHARED_WAIT", 0.2)
+    with open_store(tmp_path / "data") as store:
+        app = served_app(tmp_path / "data", store)
+
+        async def run() -> tuple[list[httpx.Response], int, list[httpx.Response]]:
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(POOL))
+            try:
+                replies = await asyncio.wait_for(scrape(app, SCRAPES), BOUND)
+                # What a stop needs (asyncio.to_thread(integrations.stop)): a pool thread.
+                pooled = await asyncio.wait_for(asyncio.to_thread(lambda: 1), BOUND)
+            finally:
+                hung.release()
+            return replies, pooled, await scrape(app, 1)
+
+        replies, pooled, after = asyncio.run(run())
+    assert [r.status_code for r in replies] == [503] * SCRAPES
+    assert "disk does not answer" in replies[0].text
+    assert pooled == 1
+    assert hung.entries == 1  # one thread in stats(), shared by every scrape
+    assert after[0].status_code == 200
+    assert "audit_collector_store_written_total 0" in after[0].text
+
+
+def test_callers_that_come_while_a_reading_runs_share_its_result(hung: Hold,
+                                                                 tmp_path: Path) -> None:
+    with open_store(tmp_path / "data") as store:
+        shared = SingleFlight(store.stats, "store-stats")
+        from_a_thread: list[dict[str, Any]] = []
+        # The OpenTelemetry reader's thread, say, starts the reading the disk holds.
+        blocking = threading.Thread(target=lambda: from_a_thread.append(
+            shared.read_blocking(BOUND)))
+        blocking.start()
+        assert hung.entered.wait(BOUND)
+
+        async def run() -> list[dict[str, Any]]:
+            readers = asyncio.gather(*(shared.read(BOUND) for _ in range(SCRAPES)))
+            await asyncio.sleep(0)  # each reader is waiting for the reading
+            hung.release()
+            return await readers
+
+        results = asyncio.run(run())
+        blocking.join()
+    assert hung.entries == 1
+    assert all(result is results[0] for result in results + from_a_thread)
+
+
+def test_a_caller_that_gives_up_starts_no_second_reading(hung: Hold, tmp_path: Path) -> None:
+    with open_store(tmp_path / "data") as store:
+        shared = SingleFlight(store.stats, "store-stats")
+        for _ in range(3):
+            with pytest.raises(Unanswered, match="store-stats did not answer within 0.01 s"):
+                shared.read_blocking(0.01)
+        hung.release()
+        assert shared.read_blocking(BOUND)["events"] == 0
+    assert hung.entries == 1
+
+
+def test_serves_stats_task_skips_a_beat_when_the_stats_do_not_come(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Logged at the 1st, 2nd, 4th... skip, and no second reading is started meanwhile."""
+    monkeypatch.setattr(serve, "STATS_INTERVAL", 0.01)
+    monkeypatch.setattr(serve, "SHARED_WAIT", 0.01)
+    disk = threading.Event()
+    readings = []
+
+    def hung_stats() -> dict[str, Any]:
+        readings.append(1)
+        disk.wait()
+        return {}
+
+    def skips() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not written this time" in r.getMessage()]
+
+    async def run() -> None:
+        stub = SimpleNamespace(stats=dict)  # the ingest server, the integrations
+        task = asyncio.create_task(serve._write_stats(  # type: ignore[arg-type]
+            stub, SingleFlight(hung_stats, "store-stats"), SimpleNamespace(data_dir=tmp_path),
+            stub))
+        while not any("(8 times so far)" in said for said in skips()):
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.WARNING, logger="collector"):
+        try:
+            asyncio.run(asyncio.wait_for(run(), BOUND))
+        finally:
+            disk.set()
+    assert [said.rsplit("(", 1)[1] for said in skips()] == [
+        f"{n} times so far)" for n in (1, 2, 4, 8)]
+    assert all(r.exc_info is None for r in caplog.records)
+    assert readings == [1]
+    assert not (tmp_path / serve.STATS_FILE).exists()
+
+
+def test_an_opentelemetry_collection_on_a_hung_disk_leaves_the_store_out_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hung: Hold,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The collection's instruments share the snapshot that waited for the disk: each
+    waited (and warned) again once the wait passed the snapshot's age limit (1 s), a
+    collection of ~40 instruments ~40 times the wait."""
+    monkeypatch.setattr(metrics, "SHARED_WAIT", 1.5)
+    reader = InMemoryMetricReader()
+    with open_store(tmp_path / "data") as store:
+        collected = metrics.Metrics()
+        collected.add_shared("store", SingleFlight(store.stats, "store-stats"))
+        collected.add("ingest", lambda: {"batches": 3})
+        collected.register_otel(MeterProvider(metric_readers=[reader]))
+        with caplog.at_level(logging.WARNING, logger="collector"):
+            data = reader.get_metrics_data()
+        hung.release()
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
+             for m in sm.metrics}
+    assert "audit.collector.ingest.batches" in names
+    assert not [name for name in names if ".store." in name]
+    assert [r.getMessage() for r in caplog.records] == [
+        ("metrics: store-stats did not answer within 1.5 s (a hung disk?); its figures are "
+         "left out")]
+    assert hung.entries == 1
