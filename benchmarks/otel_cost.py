@@ -219,7 +219,9 @@ def _forward_throughput(options: h.Options, tmp: Path
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     from collector.forward_checkpoint import CHECKPOINT_FILE
-    from collector.forwarder import Forwarder, ForwardSettings, to_log_records
+    from collector.forward_config import ForwardSettings
+    from collector.forwarder import Forwarder
+    from collector.otlp_records import to_log_records
     from collector.query import iter_records
     from collector.store import StorageSettings, Store
 

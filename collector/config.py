@@ -312,7 +312,7 @@ def check(config: CollectorConfig) -> None:
             raise ConfigError(f"{', '.join(given)} set but forward_endpoint is empty: set "
                               f"the OTLP/HTTP logs URL to forward to, or drop them")
     if config.forward_endpoint:
-        from .forwarder import ForwardError, forward_settings
+        from .forward_config import ForwardError, forward_settings
 
         try:
             forward_settings(config)

@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 from .config import CollectorConfig, ConfigError
 from .forward_checkpoint import CheckpointError
-from .forwarder import Forwarder, forward_settings
+from .forward_config import forward_settings
+from .forwarder import Forwarder
 from .health import Health
 from .http_ingest import HttpIngest, HttpIngestSettings
 from .metrics import Metrics

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from audit_middleware.shipper.endpoint import is_loopback
 
 from .endpoint_url import shown_endpoint
-from .forwarder import ForwardSettings
+from .forward_config import ForwardSettings
 from .ingest import DRAIN_TIMEOUT, IngestSettings
 from .store import StorageSettings
 
@@ -306,7 +306,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "e.g. a non-root one made for the scraper)", "WHO"),
     Option("trace_url_template", parse_trace_url, None,
            "link trace ids in the panel, e.g. https://jaeger.example/trace/{trace_id}", "URL"),
-    # The forwarder (collector/forwarder.py, docs/shipping.md).
+    # The forwarder (collector/forward_config.py, docs/shipping.md).
     Option("forward_endpoint", parse_forward_endpoint, "",
            "export stored events to this OTLP/HTTP logs URL (empty: no forwarding)", "URL",
            shown=shown_endpoint),

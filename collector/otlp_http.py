@@ -40,7 +40,7 @@ from opentelemetry.sdk._logs.export import LogRecordExporter
 from collector.endpoint_url import hide_query_values
 
 if TYPE_CHECKING:  # the forwarder imports this module
-    from collector.forwarder import ForwardSettings
+    from collector.forward_config import ForwardSettings
 
 #: The credential-provider variables of the OTLP/HTTP exporter: when one is set, the
 #: exporter's session is the provider's, not ours (no partial-success answers, no abort).

@@ -14,13 +14,8 @@ import pytest
 
 from audit_middleware.otel import log_attributes, log_body
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError
-from collector.forwarder import (
-    ExportFailed,
-    Forwarder,
-    ForwardError,
-    ForwardSettings,
-    parse_headers,
-)
+from collector.forward_config import ForwardError, ForwardSettings, parse_headers
+from collector.forwarder import ExportFailed, Forwarder
 from collector.storage.records import created_micros
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import descriptors_into, event
@@ -588,7 +583,7 @@ def test_a_batch_is_cut_below_what_one_export_may_carry(store: Store,
     """The exporter drops a request over 64 MiB without sending it, and the forwarder
     retried the same batch forever (512 records with control characters in 4 KiB fields
     made 74 MB). A batch is cut by its estimated encoded size too."""
-    from collector.forwarder import MAX_EXPORT_BYTES
+    from collector.otlp_records import MAX_EXPORT_BYTES
 
     wide = "\x01" * 4096
     store.write([event(i + 1, target=wide, principal=wide, org_name=wide, workspace_name=wide,
@@ -641,7 +636,7 @@ def test_within_budget_counts_bytes_not_characters() -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-    from collector.forwarder import to_log_records, within_budget
+    from collector.otlp_records import to_log_records, within_budget
 
     wide = "\U0001f512" * 2000  # 4 bytes each
     records = [{**event(i, target=wide, principal=wide), "seq": i} for i in range(1, 9)]
@@ -656,7 +651,7 @@ def test_within_budget_keeps_at_least_one_record() -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-    from collector.forwarder import to_log_records, within_budget
+    from collector.otlp_records import to_log_records, within_budget
 
     records = [{**event(i), "seq": i} for i in range(1, 4)]
     batch = to_log_records(records, Resource.create({}), InstrumentationScope("t"))
