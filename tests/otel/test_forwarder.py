@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,18 @@ def checkpoint_save_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
         save(self, *args)
 
     monkeypatch.setattr(CheckpointFile, "save", failing_once)
+
+
+def step_until(fwd: Forwarder, count: Callable[[], int], want: int, limit: int,
+               expected: type[Exception]) -> None:
+    """Step ``fwd`` (its refused exports, ``expected``, are part of the test) until
+    ``count()`` reaches ``want``, in fewer than ``limit`` steps."""
+    steps = 0
+    while count() < want:
+        steps += 1
+        assert steps < limit, fwd.stats()
+        with contextlib.suppress(expected):
+            fwd.step()
 
 
 def test_every_field_of_every_record_reaches_the_receiver(store: Store,
@@ -606,12 +618,7 @@ def test_a_batch_over_the_receivers_body_limit_is_split_until_it_fits(
     write(store, 8, target=wide)
     receiver.max_body = 10_000  # a record is about 4.5 KB of request
     fwd = forwarder(store, receiver, batch_size=8)
-    steps = 0
-    while len(receiver.seqs()) < 8:
-        steps += 1
-        assert steps < 20, fwd.stats()
-        with contextlib.suppress(Exception):
-            fwd.step()
+    step_until(fwd, lambda: len(receiver.seqs()), 8, 20, Exception)
     assert receiver.seqs() == list(range(1, 9))
     assert receiver.too_large == 2  # 8 refused, then 4; 2 at a time from then on
     assert fwd.stats()["last_error"] is None
@@ -1156,12 +1163,7 @@ def test_a_body_limit_answered_400_narrows_the_batches_once_not_at_every_batch(
     receiver.max_body = 20_000  # 4 records (about 4.5 KB of request each)
     receiver.too_large_status = 400
     fwd = forwarder(store, receiver, batch_size=16)
-    steps = 0
-    while len(set(receiver.seqs())) < 32:
-        steps += 1
-        assert steps < 40, fwd.stats()
-        with contextlib.suppress(ExportFailed):
-            fwd.step()
+    step_until(fwd, lambda: len(set(receiver.seqs())), 32, 40, ExportFailed)
     assert sorted(receiver.seqs()) == list(range(1, 33))
     assert receiver.too_large == 2  # 16 refused, then 8; 4 at a time from then on
 
@@ -1174,12 +1176,7 @@ def test_batches_narrowed_by_400s_grow_back_to_full(store: Store,
     write(store, 80)
     receiver.refuse_next(3, 400)  # 8, 4 and 2 records refused: 1 passes
     fwd = forwarder(store, receiver, batch_size=8)
-    steps = 0
-    while len(receiver.seqs()) < 80:
-        steps += 1
-        assert steps < 60, fwd.stats()
-        with contextlib.suppress(ExportFailed):
-            fwd.step()
+    step_until(fwd, lambda: len(receiver.seqs()), 80, 60, ExportFailed)
     assert receiver.seqs() == list(range(1, 81))  # none sent twice
     sizes = [len(request.resource_logs[0].scope_logs[0].log_records)
              for request in receiver.requests]

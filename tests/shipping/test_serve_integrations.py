@@ -66,14 +66,19 @@ def test_http_ingest_forwarding_and_metrics_in_one_serve(root: Path) -> None:
     assert stats["http"]["events_written"] == 5
 
 
+def forwarded_through_four(root: Path, receiver: OTLPReceiver, serving: CollectorProcess) -> None:
+    """Events 1-4 sent to the collector ``serving``, at the receiver, and checkpointed."""
+    send(api_url(serving), [event(i) for i in range(1, 5)])
+    receiver.wait_for(4)
+    wait_until(lambda: orjson.loads((root / "data" / CHECKPOINT_FILE).read_bytes())[
+        "seq"] == 4, 20, "checkpoint at 4")
+
+
 def test_after_kill_9_the_forwarder_resumes_from_its_checkpoint(root: Path) -> None:
     with OTLPReceiver() as receiver:
         first = collector(root, receiver).start()
         try:
-            send(api_url(first), [event(i) for i in range(1, 5)])
-            receiver.wait_for(4)
-            wait_until(lambda: orjson.loads((root / "data" / CHECKPOINT_FILE).read_bytes())[
-                "seq"] == 4, 20, "checkpoint at 4")
+            forwarded_through_four(root, receiver, first)
         finally:
             first.kill()
         receiver.stop()  # and the receiver is down while the collector comes back
@@ -100,10 +105,7 @@ def test_a_kill_9_between_the_receivers_200_and_the_checkpoint_resends_that_batc
     with OTLPReceiver() as receiver:
         first = collector(root, receiver).start()
         try:
-            send(api_url(first), [event(i) for i in range(1, 5)])
-            receiver.wait_for(4)
-            wait_until(lambda: orjson.loads((root / "data" / CHECKPOINT_FILE).read_bytes())[
-                "seq"] == 4, 20, "checkpoint at 4")
+            forwarded_through_four(root, receiver, first)
             receiver.answer_held = threading.Event()
             send(api_url(first), [event(i) for i in range(5, 7)])
             assert receiver.holding.wait(20), "the batch of seq 5-6 not sent"
