@@ -23,7 +23,6 @@ thread pool, and a scrape that waits longer than ``SHARED_WAIT`` for it answers 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
@@ -440,8 +439,15 @@ async def _endpoint(request: Any) -> Any:
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is None:
         return PlainTextResponse("metrics are not enabled on this collector\n", 404)
-    if (getattr(request.app.state, "metrics_auth", "none") == "reader"
-            and not await asyncio.to_thread(_a_reader, request)):  # reads the readers file
+    try:
+        refused = (getattr(request.app.state, "metrics_auth", "none") == "reader"
+                   and not await _a_reader(request))
+    except Unanswered:
+        return PlainTextResponse(
+            "the readers file (readers.json, to check the token) could not be read in "
+            "time: the data disk does not answer (a hung disk, a frozen network file "
+            "system)\n", 503)
+    if refused:
         # Counts only, but their changes show activity, such as each read of the logs.
         return PlainTextResponse(
             "send a reader's token: Authorization: Bearer <token> (metrics_auth = reader; "
@@ -458,13 +464,29 @@ async def _endpoint(request: Any) -> Any:
     return PlainTextResponse(text, media_type=PROMETHEUS_CONTENT_TYPE)
 
 
-def _a_reader(request: Any) -> bool:
-    """Whether the request carries the token of a reader (any: root or not)."""
+async def _a_reader(request: Any) -> bool:
+    """Whether the request carries the token of a reader (any: root or not);
+    ``Unanswered`` when the readers file is not read within ``SHARED_WAIT``."""
     from collector.api.auth import bearer_token
 
     token = bearer_token(request)
     api = getattr(request.app.state, "api", None)
-    return token is not None and api is not None and api.readers.authenticate(token) is not None
+    if token is None or api is None:
+        return False
+    # readers.json is on the data disk: a hung one held a pool thread per scrape (and
+    # the Readers' lock), so it is read once for all the scrapes that wait, as the
+    # store's stats are, and the token checked on the loop (memory and a hash only).
+    await _readers_refresh(request.app.state, api.readers).read(SHARED_WAIT)
+    return api.readers.authenticate(token, refresh=False) is not None
+
+
+def _readers_refresh(state: Any, readers: Any) -> SingleFlight[None]:
+    """The app's one reading at a time of its readers file (made at the first scrape)."""
+    flight: SingleFlight[None] | None = getattr(state, "metrics_readers_refresh", None)
+    if flight is None:
+        flight = SingleFlight(readers.refresh, "the readers file (readers.json)")
+        state.metrics_readers_refresh = flight
+    return flight
 
 
 def routes() -> list[Any]:

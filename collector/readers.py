@@ -83,12 +83,16 @@ class Readers:
             self._refresh()
             return sorted(self._by_key.values(), key=lambda r: r.name)
 
-    def authenticate(self, token: object) -> Reader | None:
-        """The reader whose token this is, or None (malformed, unknown, revoked)."""
+    def authenticate(self, token: object, *, refresh: bool = True) -> Reader | None:
+        """The reader whose token this is, or None (malformed, unknown, revoked).
+        ``refresh=False``: against the accounts as last read (``refresh``), without a
+        look at the file (on the data disk) nor a wait for a refresh that runs."""
         match = _TOKEN_RE.fullmatch(token) if isinstance(token, str) else None
-        with self._lock:
-            self._refresh()
-            reader = self._by_key.get(match[1]) if match else None
+        if refresh:
+            self.refresh()
+        # Not under the lock: a refresh that a hung disk holds holds it. The dict is
+        # replaced whole by a refresh, never changed in place.
+        reader = self._by_key.get(match[1]) if match else None
         presented = _hash(token) if match else _DUMMY_HASH  # type: ignore[arg-type]
         stored = reader.token_sha256 if reader else _DUMMY_HASH
         if hmac.compare_digest(presented, stored) and reader is not None:
@@ -102,6 +106,11 @@ class Readers:
             self._refresh()
             reader = self._by_key.get(key_id)
         return reader if reader is not None and reader.name == name else None
+
+    def refresh(self) -> None:
+        """Read ``readers.json`` again if it changed (a stat; a hung disk holds it)."""
+        with self._lock:
+            self._refresh()
 
     def _refresh(self) -> None:
         try:

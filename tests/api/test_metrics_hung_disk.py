@@ -24,6 +24,7 @@ from collector import metrics, serve
 from collector.api import ApiSettings, create_app
 from collector.config import load
 from collector.integrations import Integrations
+from collector.readers import Readers
 from collector.single_flight import SingleFlight, Unanswered
 from collector.store import Store
 from tests.collector.storage_helpers import Hold, open_store
@@ -43,18 +44,22 @@ def hung(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hold]:
     hold.release()  # before the loop's pool is shut down: it joins its threads
 
 
-def served_app(data: Path, store: Store) -> Starlette:
-    """The query API's app with serve's integrations attached (``/metrics`` as served)."""
+def served_app(data: Path, store: Store, **environ: str) -> Starlette:
+    """The query API's app with serve's integrations attached (``/metrics`` as served),
+    with ``environ``'s options (``AUDIT_METRICS_AUTH="reader"``)."""
     app = create_app(ApiSettings(data_dir=data), store)
     ingest = SimpleNamespace(stats=dict, tls=None)
-    integrations = Integrations(store, ingest, load(None, {"AUDIT_DATA_DIR": str(data)}))
+    integrations = Integrations(store, ingest, load(None, {
+        "AUDIT_DATA_DIR": str(data), **environ}))
     integrations.attach(SimpleNamespace(app=app, stats=dict, tls=None))
     return app
 
 
-async def scrape(app: Starlette, count: int) -> list[httpx.Response]:
+async def scrape(app: Starlette, count: int, token: str | None = None) -> list[httpx.Response]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost",
+                                 headers=headers) as client:
         return await asyncio.gather(*(client.get("/metrics") for _ in range(count)))
 
 
@@ -181,3 +186,35 @@ def test_an_opentelemetry_collection_on_a_hung_disk_leaves_the_store_out_once(
         ("metrics: store-stats did not answer within 1.5 s (a hung disk?); its figures are "
          "left out")]
     assert hung.entries == 1
+
+
+def test_scrapes_with_metrics_auth_reader_on_a_hung_disk_leave_the_loops_pool_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``metrics_auth = reader``: each scrape's token check stats ``readers.json`` on the
+    data disk. In the loop's pool, each scrape held a thread for as long as the disk hung
+    (and the Readers' lock: the others waited for it), so that a stop waited too."""
+    monkeypatch.setattr(metrics, "SHARED_WAIT", 0.2)
+    data = tmp_path / "data"
+    token = Readers(data).add("prometheus", root=False)
+    with open_store(data) as store:
+        app = served_app(data, store, AUDIT_METRICS_AUTH="reader")
+        hung = Hold(monkeypatch, Readers, "_refresh")
+
+        async def run() -> tuple[list[httpx.Response], int, list[httpx.Response]]:
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(POOL))
+            try:
+                replies = await asyncio.wait_for(scrape(app, SCRAPES, token), BOUND)
+                pooled = await asyncio.wait_for(asyncio.to_thread(lambda: 1), BOUND)
+            finally:
+                hung.release()
+            return replies, pooled, await scrape(app, 1, token)
+
+        try:
+            replies, pooled, after = asyncio.run(run())
+        finally:
+            hung.release()
+    assert [r.status_code for r in replies] == [503] * SCRAPES
+    assert "readers" in replies[0].text
+    assert pooled == 1
+    assert hung.entries == 1  # one thread checks readers.json, shared by every scrape
+    assert after[0].status_code == 200
