@@ -439,14 +439,13 @@ async def _endpoint(request: Any) -> Any:
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is None:
         return PlainTextResponse("metrics are not enabled on this collector\n", 404)
+    from collector.api.auth import ReadersLate
+
     try:
         refused = (getattr(request.app.state, "metrics_auth", "none") == "reader"
                    and not await _a_reader(request))
-    except Unanswered:
-        return PlainTextResponse(
-            "the readers file (readers.json, to check the token) could not be read in "
-            "time: the data disk does not answer (a hung disk, a frozen network file "
-            "system)\n", 503)
+    except ReadersLate as exc:
+        return PlainTextResponse(f"{exc}\n", 503)
     if refused:
         # Counts only, but their changes show activity, such as each read of the logs.
         return PlainTextResponse(
@@ -466,27 +465,14 @@ async def _endpoint(request: Any) -> Any:
 
 async def _a_reader(request: Any) -> bool:
     """Whether the request carries the token of a reader (any: root or not);
-    ``Unanswered`` when the readers file is not read within ``SHARED_WAIT``."""
+    ``ReadersLate`` when the readers file is not read within ``SHARED_WAIT``."""
     from collector.api.auth import bearer_token
 
     token = bearer_token(request)
     api = getattr(request.app.state, "api", None)
-    if token is None or api is None:
-        return False
-    # readers.json is on the data disk: a hung one held a pool thread per scrape (and
-    # the Readers' lock), so it is read once for all the scrapes that wait, as the
-    # store's stats are, and the token checked on the loop (memory and a hash only).
-    await _readers_refresh(request.app.state, api.readers).read(SHARED_WAIT)
-    return api.readers.authenticate(token, refresh=False) is not None
-
-
-def _readers_refresh(state: Any, readers: Any) -> SingleFlight[None]:
-    """The app's one reading at a time of its readers file (made at the first scrape)."""
-    flight: SingleFlight[None] | None = getattr(state, "metrics_readers_refresh", None)
-    if flight is None:
-        flight = SingleFlight(readers.refresh, "the readers file (readers.json)")
-        state.metrics_readers_refresh = flight
-    return flight
+    # readers.json is on the data disk: the API's one reading of it for every request
+    # that waits, off the loop (Api.fresh_readers), then the token checked on the loop.
+    return token is not None and api is not None and await api.token_reader(token) is not None
 
 
 def routes() -> list[Any]:

@@ -99,12 +99,13 @@ class Readers:
             return reader
         return None
 
-    def current(self, name: str, key_id: str) -> Reader | None:
+    def current(self, name: str, key_id: str, *, refresh: bool = True) -> Reader | None:
         """The reader ``name`` if it still holds the key ``key_id`` (a panel session
-        checks this on every request: removing a reader ends its sessions)."""
-        with self._lock:
-            self._refresh()
-            reader = self._by_key.get(key_id)
+        checks this on every request: removing a reader ends its sessions).
+        ``refresh=False``: against the accounts as last read, as ``authenticate``."""
+        if refresh:
+            self.refresh()
+        reader = self._by_key.get(key_id)  # not under the lock: see ``authenticate``
         return reader if reader is not None and reader.name == name else None
 
     def refresh(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -35,15 +36,28 @@ class SingleFlight(Generic[T_co]):
         self._lock = threading.Lock()  # asked from the loop and the OpenTelemetry thread
         self._flight: concurrent.futures.Future[T_co] | None = None
 
-    async def read(self, timeout: float) -> T_co:
+    async def read(self, timeout: float, *, fresh: bool = False) -> T_co:
         """The running reading's result, or a new one's; ``Unanswered`` after
-        ``timeout`` seconds (the reading is left running: the next caller shares it)."""
+        ``timeout`` seconds (the reading is left running: the next caller shares it).
+        ``fresh``: a reading that starts after this call (the running one is waited
+        for, then the next one shared), for a caller that must see a change made just
+        before it asked: a reader removed from ``readers.json``, which a reading under
+        way may have looked at before the change."""
         try:
             # A timeout cancels only this caller's wrapper: the flight is running, and a
             # running concurrent future cannot be cancelled.
-            return await asyncio.wait_for(asyncio.wrap_future(self._current()), timeout)
+            return await asyncio.wait_for(self._landed(fresh), timeout)
         except TimeoutError:
             raise Unanswered(self._late(timeout)) from None
+
+    async def _landed(self, fresh: bool) -> T_co:
+        if fresh:
+            with self._lock:
+                running = self._flight
+            if running is not None:
+                with contextlib.suppress(Exception):  # its callers have its error
+                    await asyncio.wrap_future(running)
+        return await asyncio.wrap_future(self._current())
 
     def read_blocking(self, timeout: float) -> T_co:
         """``read`` for a thread other than the event loop's."""

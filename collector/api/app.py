@@ -29,7 +29,7 @@ from collector.storage.errors import IndexOutOfDateError, StorageError
 from collector.storage.filters import QueryError
 
 from . import routes
-from .auth import AuthError, Sessions
+from .auth import AuthError, ReadersLate, Sessions
 from .context import STATIC_DIR, Api, ApiSettings
 from .headers import SecurityHeaders, security_headers
 from .hosts import LoopbackHostCheck
@@ -125,6 +125,7 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
             ReadNotRecordedError: _unavailable,
             StorageError: _unavailable,
             ReaderError: _readers_unavailable,
+            ReadersLate: _readers_late,
             ClientDisconnect: _client_gone,
             Exception: _internal_error,
         },
@@ -184,6 +185,11 @@ async def _index_unavailable(request: Request, exc: Exception) -> Response:
     # not 400, which told it to change a request that was fine.
     log.error("query API: %s", exc)
     return _error(503, "unavailable", INDEX_UNAVAILABLE_MESSAGE)
+
+
+async def _readers_late(request: Request, exc: Exception) -> Response:
+    # Before any credential is checked, as for a damaged file: no denial to record.
+    return _error(503, "unavailable", str(exc))
 
 
 async def _readers_unavailable(request: Request, exc: Exception) -> Response:

@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -147,11 +147,25 @@ def own_page(conn: HTTPConnection) -> bool:
     return site is None or site in _OWN_PAGE_SITES
 
 
-def authenticate(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> Reader:
-    """The reader making this request, or ``AuthError`` (401)."""
+class ReadersLate(Exception):
+    """``readers.json`` was not read within the wait (a hung data disk): no credential
+    can be checked now (503)."""
+
+    def __init__(self) -> None:
+        super().__init__("the readers file (readers.json, to check credentials) could not "
+                         "be read in time: the data disk does not answer (a hung disk, a "
+                         "frozen network file system); try again once it does")
+
+
+async def authenticate(conn: HTTPConnection, readers: Readers, sessions: Sessions,
+                       fresh: Callable[[], Awaitable[None]]) -> Reader:
+    """The reader making this request, or ``AuthError`` (401). ``fresh`` has
+    ``readers`` read its file again if it changed (off the loop: ``Api.fresh_readers``),
+    awaited only when there is a credential to check against it."""
     token = bearer_token(conn)
     if token is not None:
-        reader = readers.authenticate(token)
+        await fresh()
+        reader = readers.authenticate(token, refresh=False)
         if reader is None:
             raise invalid_token()
         return reader
@@ -161,7 +175,9 @@ def authenticate(conn: HTTPConnection, readers: Readers, sessions: Sessions) -> 
             raise AuthError(403, "forbidden", CROSS_SITE_MESSAGE,
                             denied="session cookie sent by another site's page")
         held = sessions.get(sid)
-        reader = readers.current(*held) if held else None
+        if held:
+            await fresh()
+        reader = readers.current(*held, refresh=False) if held else None
         if reader is None:
             raise unauthorized("your session has ended: sign in again",
                                denied="session ended")

@@ -10,9 +10,11 @@ from typing import Any, Final
 
 from starlette.requests import Request
 
+from collector import metrics
 from collector.readers import Reader, Readers
+from collector.single_flight import SingleFlight, Unanswered
 
-from .auth import AuthError, Sessions, authenticate, forbidden
+from .auth import AuthError, ReadersLate, Sessions, authenticate, forbidden
 from .denials import Attempt, DenialLimiter, Refusals, Unrecorded
 from .queries import DEFAULT_THREADS, QueryPool
 from .reads import ReadRecorder, Submitter
@@ -48,9 +50,32 @@ class Api:
         self.store = store
         self.recorder = ReadRecorder(store)
         self.denials = DenialLimiter()
+        self._readers_read = SingleFlight(self.readers.refresh,
+                                          "the readers file (readers.json)")
 
-    def root_reader(self, request: Request) -> Reader:
-        return self.check_root(authenticate(request, self.readers, self.sessions))
+    async def fresh_readers(self) -> None:
+        """Have ``readers`` read ``readers.json`` again if it changed, before a credential
+        is checked against it; ``ReadersLate`` if that does not end within
+        ``SHARED_WAIT``. The file is on the data disk, and the loop is ingest's and
+        ``/healthz``'s too: a stat there on a hung disk froze them all. One thread reads
+        it for every request that waits (``/metrics`` included), one that starts after
+        the request came, so a reader removed just before is refused."""
+        try:
+            await self._readers_read.read(metrics.SHARED_WAIT, fresh=True)
+        except Unanswered:
+            raise ReadersLate() from None
+
+    async def reader(self, request: Request) -> Reader:
+        """The reader making this request (root or not), or ``AuthError``."""
+        return await authenticate(request, self.readers, self.sessions, self.fresh_readers)
+
+    async def root_reader(self, request: Request) -> Reader:
+        return self.check_root(await self.reader(request))
+
+    async def token_reader(self, token: str) -> Reader | None:
+        """The reader whose token this is, or None (``Readers.authenticate``)."""
+        await self.fresh_readers()
+        return self.readers.authenticate(token, refresh=False)
 
     @staticmethod
     def check_root(reader: Reader) -> Reader:

@@ -28,7 +28,6 @@ from .auth import (
     CROSS_SITE_MESSAGE,
     SESSION_COOKIE,
     AuthError,
-    authenticate,
     invalid_token,
     own_page,
 )
@@ -62,7 +61,7 @@ def _api(request: Request) -> Api:
 # -- audit logs --------------------------------------------------------------------------
 async def list_audit_logs(request: Request) -> Response:
     api = _api(request)
-    reader = api.root_reader(request)
+    reader = await api.root_reader(request)
     sel = selection(request.query_params, paging=True)
     _check_recordable(sel, _PAGE_EXTRAS)
 
@@ -103,7 +102,7 @@ def _shown_window(window: tuple[int | None, int | None] | None) -> list[str | No
 
 async def get_audit_log(request: Request) -> Response:
     api = _api(request)
-    reader = api.root_reader(request)
+    reader = await api.root_reader(request)
     event_id = request.path_params["event_id"]
     if not _EVENT_ID.fullmatch(event_id):
         raise ParamError(f"{event_id[:40]!r} is not an event id: ids are lowercase UUIDs "
@@ -135,7 +134,7 @@ async def export_ecs(request: Request) -> Response:
 
 async def _export(request: Request, fmt: str) -> Response:
     api = _api(request)
-    reader = api.root_reader(request)
+    reader = await api.root_reader(request)
     sel = selection(request.query_params, paging=False)
     _check_recordable(sel, _EXPORT_EXTRAS)
     first = await api.pool.run(lambda r: exports.first_page(r, sel))
@@ -157,7 +156,7 @@ MAX_LISTED_TYPES: Final = 1000
 
 async def event_types(request: Request) -> Response:
     api = _api(request)
-    api.root_reader(request)
+    await api.root_reader(request)
     # The table's primary key is the type: the first ones in order, without a sort.
     stored = await api.pool.run(lambda r: [t for (t,) in r.con.execute(
         "SELECT type FROM types ORDER BY type LIMIT ?", (MAX_LISTED_TYPES + 1,))])
@@ -191,7 +190,7 @@ async def list_losses(request: Request) -> Response:
     """The sources that lost events, those with losses not yet acknowledged first (the
     panel's "Lost events" tab). Counts and source ids, no audit content: not a read."""
     api = _api(request)
-    api.root_reader(request)
+    await api.root_reader(request)
     keeper: LossKeeper = api.store  # type: ignore[assignment]  # serve's Store
     # The stats and the counts cost O(sources), O(ranges) each: off the loop, which
     # ingest shares.
@@ -207,7 +206,7 @@ async def acknowledge_losses(request: Request) -> Response:
     all it is known to have numbered) are known to an operator; ``"source"`` left out:
     every source with a loss not yet acknowledged. Recorded before it applies."""
     api = _api(request)
-    reader = api.root_reader(request)
+    reader = await api.root_reader(request)
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         # A page elsewhere can post a form or text/plain without asking; application/json
         # needs a CORS preflight, which this API never grants.
@@ -332,7 +331,7 @@ async def _small_body(request: Request, limit: int, send: str) -> bytes:
 # -- the panel's session -----------------------------------------------------------------
 async def who_am_i(request: Request) -> Response:
     api = _api(request)
-    reader = authenticate(request, api.readers, api.sessions)
+    reader = await api.reader(request)
     return json_response({"name": reader.name, "root": reader.root})
 
 
@@ -346,7 +345,7 @@ async def sign_in(request: Request) -> Response:
                         "reverse proxy, set api_public_url to the URL browsers open)",
                         denied="sign-in from another origin")
     token = await _token_from_body(request)
-    reader = api.readers.authenticate(token)
+    reader = await api.token_reader(token)
     if reader is None:
         raise invalid_token()
     reader = api.check_root(reader)

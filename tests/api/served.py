@@ -1,5 +1,5 @@
 """The collector as a real process with its query API on an ephemeral loopback port
-(shared by the serve and browser tests)."""
+(shared by the serve and browser tests), and its API app as served, in process."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
+from starlette.applications import Starlette
 
+from collector.api import ApiSettings, create_app
+from collector.config import load
+from collector.integrations import Integrations
+from collector.store import Store
 from tests.e2e.harness import ROOT, CollectorProcess
 
 
@@ -46,3 +52,14 @@ def add_reader(data_dir: Path, name: str, *, root: bool) -> str:
         env={**os.environ, "AUDIT_CONFIG": ""})
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def served_app(data: Path, store: Store, **environ: str) -> Starlette:
+    """The query API's app with serve's integrations attached (``/metrics``, ``/healthz`` as served),
+    with ``environ``'s options (``AUDIT_METRICS_AUTH="reader"``)."""
+    app = create_app(ApiSettings(data_dir=data), store)
+    ingest = SimpleNamespace(stats=dict, tls=None)
+    integrations = Integrations(store, ingest, load(None, {
+        "AUDIT_DATA_DIR": str(data), **environ}))
+    integrations.attach(SimpleNamespace(app=app, stats=dict, tls=None))
+    return app

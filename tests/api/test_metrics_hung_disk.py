@@ -21,12 +21,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from starlette.applications import Starlette
 
 from collector import metrics, serve
-from collector.api import ApiSettings, create_app
-from collector.config import load
-from collector.integrations import Integrations
 from collector.readers import Readers
 from collector.single_flight import SingleFlight, Unanswered
 from collector.store import Store
+from tests.api.served import served_app
 from tests.collector.storage_helpers import Hold, open_store
 
 #: The loop's default pool in these tests (6 threads on a 2-core machine by default):
@@ -42,17 +40,6 @@ def hung(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hold]:
     hold = Hold(monkeypatch, Store, "stats")
     yield hold
     hold.release()  # before the loop's pool is shut down: it joins its threads
-
-
-def served_app(data: Path, store: Store, **environ: str) -> Starlette:
-    """The query API's app with serve's integrations attached (``/metrics`` as served),
-    with ``environ``'s options (``AUDIT_METRICS_AUTH="reader"``)."""
-    app = create_app(ApiSettings(data_dir=data), store)
-    ingest = SimpleNamespace(stats=dict, tls=None)
-    integrations = Integrations(store, ingest, load(None, {
-        "AUDIT_DATA_DIR": str(data), **environ}))
-    integrations.attach(SimpleNamespace(app=app, stats=dict, tls=None))
-    return app
 
 
 async def scrape(app: Starlette, count: int, token: str | None = None) -> list[httpx.Response]:
