@@ -58,8 +58,19 @@ def waitress_on(path: Path, trusted: list[str]) -> Iterator[None]:
     try:
         yield
     finally:
-        server.close()
+        # Closed on its own thread (through its trigger), so its loop ends with its map
+        # empty: closed from here, the loop's select met a closed descriptor (EBADF, an
+        # exception in the server's thread that pytest reports).
+        server.trigger.pull_trigger(lambda: _close_waitress(server))
         thread.join(10)
+        assert not thread.is_alive(), "waitress did not stop"
+
+
+def _close_waitress(server: Any) -> None:
+    from waitress import wasyncore
+
+    server.task_dispatcher.shutdown()
+    wasyncore.close_all(server._map)
 
 
 @pytest.mark.parametrize(("trusted", "recorded"), [
