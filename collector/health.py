@@ -69,8 +69,7 @@ async def _endpoint(request: Request) -> Response:
     health: Health | None = getattr(request.app.state, "health", None)
     # None: the API listens a moment before serve attaches it (``Integrations.attach``).
     # Answered on the event loop: ``Store.refusal`` reads memory only (the commit thread
-    # judges the disk), so neither a hung disk nor scrapes of ``/metrics`` stuck on one
-    # (they hold the loop's thread pool, not the loop) can keep a probe waiting.
+    # judges the disk), so a hung disk cannot keep a probe waiting.
     problem = STARTING if health is None else health.problem()
     if problem is None:
         return _json({"status": "ready"}, 200)

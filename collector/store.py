@@ -489,9 +489,10 @@ class Store(_LossAcknowledging):
             # Only a BaseException gets here (``_run`` goes on after any Exception), and
             # threading does not log a SystemExit: said, or the store stops writing in
             # silence (``refusal`` says write_failing from then on).
+            # Refused first: a log sink that blocks must not keep the probe saying ready.
+            self._refuse_for_good(exc, [])
             log.critical("audit store: the commit thread ended (%r): nothing is written "
                          "any more; restart the collector", exc)
-            self._refuse_for_good(exc, [])
             raise
 
     def _refuse_for_good(self, exc: BaseException, batch: list[Submission]) -> None:
@@ -820,23 +821,19 @@ class Store(_LossAcknowledging):
         thread longer than ``write_stall_timeout``: a hung fsync; until it is written),
         ``DISK_FULL`` (the last commit failed for want of space) or ``WRITE_FAILING``
         (it failed otherwise, or the commit thread is ending or has ended: see
-        ``_refuse_for_good``). A
-        failure lasts until a commit writes records, or until the idle commit thread sees
-        it ended (``_check_failed_write``: the disks have ``RESERVE_ROOM`` free again,
-        ``segments/`` takes a write again). Read from memory only, under no lock held
-        across I/O, so that a probe answers at once on a hung disk: the commit thread
-        held in that check's statvfs leaves ``DISK_FULL`` said, then ``WRITE_STALLED``
-        once a batch has waited past the timeout."""
+        ``_refuse_for_good``). A failure lasts until a commit writes records, or until
+        the idle commit thread sees it ended (``_check_failed_write``: the disks have
+        ``RESERVE_ROOM`` free again, ``segments/`` takes a write again). Read from
+        memory only, under no lock held across I/O, so that a probe answers at once on a
+        hung disk: the commit thread held in that check's statvfs leaves ``DISK_FULL``
+        said, then ``WRITE_STALLED`` once a batch has waited past the timeout."""
         with self._lock:
             if self._state != "open":
                 return NOT_OPEN
-        thread = self._thread
-        # Ending (``_refuse_for_good``: every batch refused from then on) or ended: only a
-        # BaseException does that (a SystemExit in it, which threading does not even
-        # log); nothing is written from then on. Judged by the thread being gone alone,
-        # the probe said ready while it still logged its end (a log sink that blocks).
-        if self._ended is not None or (thread is not None and thread.ident is not None
-                                       and not thread.is_alive()):
+        # The commit thread ending (``_refuse_for_good``, before it logs its end, on every
+        # way out of it while open): only a BaseException does that (a SystemExit in it,
+        # which threading does not even log); nothing is written from then on.
+        if self._ended is not None:
             return WRITE_FAILING
         # First: a commit hung now says more than how the last one ended.
         if self.waiting_seconds() > self.settings.write_stall_timeout:
