@@ -359,8 +359,7 @@ class CollectorSink:
         """Wait until every event submitted so far was handed on: acknowledged by the
         collector, spooled, or dropped (counted in ``stats()``, e.g. with the spool full);
         False at the timeout. ``wait_for_delivery`` also says whether any was dropped."""
-        self._check_fork()
-        return self._queue.flush(timeout)
+        return self._queue.flush(timeout)  # its fork check resets this sink too
 
     def drain(self, timeout: float) -> bool:
         """Send or spool everything submitted so far within ``timeout`` seconds, as
@@ -455,8 +454,7 @@ class CollectorSink:
         counted) and ``spool_unusable`` (1 while this process's user cannot spool in
         ``spool_dir``, logged with what to do: batches the collector cannot take are
         dropped; checked again after a worker drops root)."""
-        self._check_fork()
-        counts = self._queue.counts()
+        counts = self._queue.counts()  # first: its fork check resets this sink too
         spool = self._spool
         dropped = counts["dropped"] + counts["failed"] + self.dropped.value + (
             spool.lost_events if spool is not None else 0)

@@ -223,7 +223,6 @@ def _owner_hint(place: Path, configured: Path) -> str:
             f"other user can read or remove).")
 
 
-
 def _removed(f: _File) -> bool:
     """Whether ``f`` is no longer at its path: removed, or another file put there (False
     when unknown). By its path, not its link count: a second link to it (a hard-link

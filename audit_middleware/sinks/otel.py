@@ -117,9 +117,7 @@ class OTelLogSink:
         # what the audit trail of record does not have.
         if self.primary is not None:
             self.primary.submit(event)
-        if self._queue.watch_pid:  # uWSGI: no at-fork hook reset the counters
-            self._check_fork()
-        self._queue.submit(event)
+        self._queue.submit(event)  # in a uWSGI child, its fork check resets ours too
 
     def _after_fork(self) -> None:
         self.emitted.reset()
@@ -127,12 +125,6 @@ class OTelLogSink:
         # The parent's flush thread does not exist here; without the at-fork hook
         # (uWSGI) its Thread would still look alive and be waited on for every timeout.
         self._flusher = None
-
-    def _check_fork(self) -> None:
-        """In a child forked without the at-fork hook (uWSGI): the queue's reset and the
-        counters' (``after_fork``), together (the queue alone would reset itself and
-        leave the parent's ``otel_emitted`` in this child's stats)."""
-        self._queue.check_fork()
 
     # -- worker -------------------------------------------------------------------------
     def _emit(self, batch: list[AuditEvent]) -> None:
@@ -197,7 +189,6 @@ class OTelLogSink:
         return primary_drain
 
     def _flush_after(self, primary: Any, timeout: float | None) -> bool:
-        self._check_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
         done = bool(primary(_primary_share(timeout))) if primary is not None else True
         return self._flush_copies(deadline) and done
@@ -214,7 +205,6 @@ class OTelLogSink:
         reaches the primary, and ``close`` (the sink's own exit hook) ends them."""
         if self._closed:
             return
-        self._check_fork()
         primary = self._primary_drain()
         try:
             if primary is not None and not primary(self._exit_timeout):
@@ -276,7 +266,6 @@ class OTelLogSink:
                 self.primary.close(0.0 if exiting and self._primary_stalled_at_exit
                                    else timeout)
         finally:
-            self._check_fork()
             deadline = time.monotonic() + limit
             self._queue.close(_remaining(
                 _earlier(deadline, self._queue_stalled_at_exit if exiting else None)))
@@ -287,7 +276,6 @@ class OTelLogSink:
         """The primary's counters, plus ``otel_emitted`` (log records handed to the Logs
         API), ``otel_queued``, ``otel_failed`` and ``otel_dropped`` (queue full: the log
         copy of an event is dropped, never the primary's)."""
-        self._check_fork()
         counts = self._queue.counts()
         if self.primary is not None:
             result = dict(self.primary.stats())
