@@ -24,7 +24,7 @@ PROBE_AFTER: Final = 8
 class BatchSize:
     """The size state of one forwarder: ``limit`` says how many records the next export
     may carry; the forwarder tells it what the endpoint answered (``too_large``,
-    ``bad_request``, ``accepted_after_bad_request``)."""
+    ``bad_request``, ``accepted``)."""
 
     def __init__(self, settings: ForwardSettings) -> None:
         self.settings = settings
@@ -36,7 +36,7 @@ class BatchSize:
         #: A record was refused with 400 on its own: that record, not the batches'
         #: size, is what the receiver refuses; once it passes, batches are full again.
         self._refused_alone = False
-        self._said_suspect: int | None = None  # the size accepted_after_bad_request said
+        self._said_suspect: int | None = None  # the size accepted said
         self._passed = 0  # exports accepted in a row at ``_suspect``
         self._probing = False  # ``_suspect`` was just doubled: not accepted at it yet
         self._probe_after = PROBE_AFTER  # of those before ``_suspect`` is doubled
@@ -62,14 +62,14 @@ class BatchSize:
         record it cannot decode), or for their size (a body limit some servers answer
         400, not 413). Halved until an export passes: the records before a bad one
         are delivered, and a bad one ends up alone. A larger size tried again (see
-        ``accepted_after_bad_request``) and refused is tried after twice as many."""
+        ``accepted``) and refused is tried after twice as many."""
         if self._probing:
             self._probe_after *= 2
         self._suspect, self._passed, self._probing = max(1, sent // 2), 0, False
         if sent == 1:
             self._refused_alone = True
 
-    def accepted_after_bad_request(self, sent: int) -> None:
+    def accepted(self, sent: int) -> None:
         """An export passed. After a record refused on its own, the batches are full
         again (the 400 was that record's). Else the size that passed is kept, and
         doubled after ``_probe_after`` exports in a row pass at it, back to full.

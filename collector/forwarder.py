@@ -302,7 +302,7 @@ class Forwarder(StorePosition):
             raise ExportFailed(f"{self.settings.shown_endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
         self._recovered()
-        self._size.accepted_after_bad_request(len(records))
+        self._size.accepted(len(records))
         refused = rejected_by_receiver(self._exporter)
         last = records[-1]["seq"]
         self.checkpoint.save(self.settings.endpoint, last, records[-1]["id"])
