@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from collector.options import BY_NAME, OPTIONS, Option, parse_duration, parse_size
 from tests.doc_tables import table_rows
 
@@ -74,5 +76,10 @@ def test_the_shipping_page_gives_the_forwarders_defaults() -> None:
 def test_a_wrong_default_in_the_table_is_caught() -> None:
     """The comparison above can fail: a documented 5 MiB is not the 4 MiB of max_frame,
     nor is a path another path."""
-    assert documented_default(BY_NAME["max_frame"], "5 MiB") != BY_NAME["max_frame"].default
-    assert documented_default(BY_NAME["data_dir"], "`./data`") != Path("./audit-data")
+    max_frame, data_dir = BY_NAME["max_frame"], BY_NAME["data_dir"]
+    # Read as the values they say (a parser that read None would pass a != alone) ...
+    assert documented_default(max_frame, "5 MiB") == 5 * 2**20 != max_frame.default
+    assert documented_default(data_dir, "`./data`") == Path("./data") != data_dir.default
+    # ... and a row saying them is refused.
+    with pytest.raises(AssertionError):
+        assert_defaults_documented([["`max_frame`", "5 MiB"]], default_column=1)

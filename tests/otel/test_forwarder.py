@@ -1201,3 +1201,29 @@ def test_an_exporter_line_muted_does_not_hide_the_next_one_said(
             logger.error("Failed to export %s batch code: %s", "logs", 503)
     said = [r for r in caplog.records if r.name == logger.name]
     assert len(said) == 1
+
+
+def test_a_size_narrowed_by_400s_doubles_after_8_passes_then_after_16_once_refused() -> None:
+    """docs/shipping.md, "Bad request (400)": the size accepted is kept, doubled after 8
+    exports accepted in a row at it, then after 16 if the larger size was refused."""
+    from collector.forward_batch_size import PROBE_AFTER, BatchSize
+
+    size = BatchSize(ForwardSettings(endpoint="http://127.0.0.1:1/v1/logs", batch_size=16))
+    size.bad_request(16)
+    size.bad_request(8)
+    assert size.limit(100) == 4
+    for _ in range(PROBE_AFTER - 1):
+        size.accepted(4)
+    assert size.limit(100) == 4  # not yet
+    size.accepted(4)
+    assert size.limit(100) == 8  # doubled after 8 in a row
+    size.bad_request(8)  # the larger size refused: back to 4, tried after twice as many
+    assert size.limit(100) == 4
+    for _ in range(2 * PROBE_AFTER - 1):
+        size.accepted(4)
+    assert size.limit(100) == 4
+    size.accepted(4)
+    assert size.limit(100) == 8
+    for _ in range(2 * PROBE_AFTER):
+        size.accepted(8)
+    assert size.limit(100) == 16  # back to forward_batch

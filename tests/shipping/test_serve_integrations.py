@@ -109,9 +109,8 @@ def test_a_kill_9_between_the_receivers_200_and_the_checkpoint_resends_that_batc
             receiver.answer_held = threading.Event()
             send(api_url(first), [event(i) for i in range(5, 7)])
             assert receiver.holding.wait(20), "the batch of seq 5-6 not sent"
-            first.kill()  # the records are at the receiver, the 200 not read
         finally:
-            first.kill()
+            first.kill()  # the records are at the receiver, the 200 not read
             if receiver.answer_held is not None:
                 receiver.answer_held.set()
         receiver.answer_held = None
