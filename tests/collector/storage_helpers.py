@@ -145,8 +145,8 @@ def forget_source(store: Store, source: str) -> None:
 class Hold:
     """A method (or function) that, while ``armed``, blocks its caller (the commit thread,
     a stats or readers reading) until ``release``: what a hung fsync, stat or statvfs
-    does to it. ``entered`` is
-    set once it blocks; ``entries`` counts the callers it blocked."""
+    does to it. ``entered`` is set once it blocks; ``entries`` counts the callers it
+    blocked."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> None:
         self.armed = True

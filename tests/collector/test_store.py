@@ -26,6 +26,7 @@ from collector.storage.errors import DataDirInUseError, StorageError, StoreClose
 from collector.storage.records import encode_events
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import (
+    Hold,
     event,
     events,
     open_store,
@@ -921,13 +922,6 @@ def test_retention_by_size_counts_a_segment_being_compressed_at_what_it_will_tak
     retention has passed twice."""
     from collector.storage import segment_set
 
-    real_compress = segment_set.compress
-    compressing = threading.Event()
-
-    def held_compress(*args: Any, **kwargs: Any) -> Any:
-        compressing.wait(30)
-        return real_compress(*args, **kwargs)
-
     passes = {"n": 0}
     real_retention = segment_set.SegmentSet.apply_retention
 
@@ -940,7 +934,7 @@ def test_retention_by_size_counts_a_segment_being_compressed_at_what_it_will_tak
         start = passes["n"]
         wait_until(lambda: passes["n"] >= start + 2, 30)
 
-    monkeypatch.setattr(segment_set, "compress", held_compress)
+    compressing = Hold(monkeypatch, segment_set, "compress")
     monkeypatch.setattr(segment_set.SegmentSet, "apply_retention", counted_retention)
     cap = 24 * 1024
     try:
@@ -949,7 +943,7 @@ def test_retention_by_size_counts_a_segment_being_compressed_at_what_it_will_tak
             for _ in range(12):
                 store.write(events(36))  # ~16 KiB: a rotation each
             two_more_passes()  # with 11 segments waiting for their copies
-            compressing.set()
+            compressing.release()
             wait_until(lambda: store.stats()["segments"]["compressed"]
                        == store.stats()["segments"]["sealed"], 30)
             two_more_passes()  # after the last copy
@@ -957,7 +951,7 @@ def test_retention_by_size_counts_a_segment_being_compressed_at_what_it_will_tak
             kept = sorted((tmp_path / "segments").glob("*.jsonl.gz"))
             sizes = [p.stat().st_size for p in kept]
     finally:
-        compressing.set()  # a failed wait must not leave the compressor held at close
+        compressing.release()  # a failed wait must not leave the compressor held at close
     assert sum(sizes) <= cap
     # as many as fit under the cap, give or take one
     assert segments["sealed"] >= cap // max(sizes) - 1, (segments, sizes)
@@ -1239,14 +1233,7 @@ def test_a_segment_retention_deleted_before_its_compression_is_no_compression_fa
     naming it, for each such segment, though nothing failed."""
     from collector.storage import segment_set
 
-    real_compress = segment_set.compress
-    release = threading.Event()
-
-    def held_compress(*args: Any, **kwargs: Any) -> Any:
-        release.wait(30)
-        return real_compress(*args, **kwargs)
-
-    monkeypatch.setattr(segment_set, "compress", held_compress)
+    compressing = Hold(monkeypatch, segment_set, "compress")
     monkeypatch.setattr(segment_set, "COMPRESSION_STALL", 0.0)  # counted plain at once
     caplog.set_level(logging.WARNING, logger="collector.store")
     try:
@@ -1255,12 +1242,12 @@ def test_a_segment_retention_deleted_before_its_compression_is_no_compression_fa
             for _ in range(6):
                 store.write(events(36))  # ~16 KiB: a rotation each
             wait_until(lambda: store.stats()["retention_deleted"] >= 2)
-            release.set()
+            compressing.release()
             wait_until(lambda: store.stats()["segments"]["compressed"]
                        == store.stats()["segments"]["sealed"])
             last_error = store.stats()["last_error"]
     finally:
-        release.set()
+        compressing.release()
     failed = [r.getMessage() for r in caplog.records if "compressing" in r.getMessage()]
     assert failed == [], failed
     assert last_error is None, last_error
