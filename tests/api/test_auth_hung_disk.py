@@ -141,3 +141,24 @@ def test_a_reader_removed_while_a_reading_runs_is_refused_at_its_next_request(
             disk.set()
     assert before.status_code == 200
     assert after.status_code == 401
+
+
+def test_a_request_without_credentials_is_answered_401_without_the_readers_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/api.md: with nothing to check against the accounts, the file is not waited
+    for: a request without credentials gets its 401 as before, the disk hung or not."""
+    data = tmp_path / "data"
+    Readers(data).add("alice", root=True)
+    with open_store(data) as store:
+        app = served_app(data, store)
+        hung = Hold(monkeypatch, Readers, "_refresh")
+        try:
+            async def ask() -> httpx.Response:
+                async with client_of(app) as client:
+                    return await asyncio.wait_for(client.get("/api/v1/audit-logs"), BOUND)
+
+            reply = asyncio.run(ask())
+        finally:
+            hung.release()
+    assert reply.status_code == 401
+    assert hung.entries == 0
