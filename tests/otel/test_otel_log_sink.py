@@ -565,8 +565,11 @@ def test_a_primary_that_takes_its_whole_drain_timeout_leaves_the_copies_a_share(
     monkeypatch.setattr(module, "time", SimpleNamespace(
         monotonic=lambda: time.monotonic() + clock.offset))
 
+    given: list[float] = []
+
     class WholeTimeout(audit.MemorySink):
         def drain(self, timeout: float) -> bool:
+            given.append(timeout)
             clock.offset += timeout
             return True
 
@@ -580,6 +583,9 @@ def test_a_primary_that_takes_its_whole_drain_timeout_leaves_the_copies_a_share(
         assert sink.drain(10)
         assert [r.log_record.attributes["audit.target.id"]  # type: ignore[index]
                 for r in exporter.get_finished_logs()] == ["run-1"]
+        assert sink.drain(1)
+        # docs/shipping.md: the copies keep a tenth of the timeout, at most 0.5 s
+        assert given == [pytest.approx(9.5), pytest.approx(0.9)]
     finally:
         reset_configuration()
         sink.close(5)
