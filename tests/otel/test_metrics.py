@@ -7,7 +7,7 @@ import errno
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from audit_middleware.otel import SHIPPER_METRICS, register_metrics
 from audit_middleware.testing import reset_configuration
 from audit_middleware.wire import ErrorCode
 from collector.ingest import REFUSALS
-from collector.metrics import METRICS, PROMETHEUS_CONTENT_TYPE, Metrics, routes
+from collector.metrics import METRICS, PROMETHEUS_CONTENT_TYPE, Metric, Metrics, routes
 from collector.storage.errors import StorageError
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import event
@@ -360,18 +360,23 @@ def test_the_api_connection_figures_are_prometheus_and_opentelemetry_metrics() -
 def test_the_api_page_lists_every_query_api_metric_with_its_type_and_stats_key() -> None:
     """docs/api.md's table of the query API's connection metrics is the list an
     operator alerts from: every one of them, named, typed and keyed as served."""
-    rows = table_rows("docs/api.md", "### Connections")
-    documented = {row[0].strip("`"): (row[1], row[2].strip("`")) for row in rows}
-    assert documented == {m.prometheus_name: (m.kind, m.key) for m in METRICS
-                          if m.source in ("api", "api_tls")}
+    assert documented_metrics("docs/api.md", "### Connections") == served_metrics(
+        lambda m: m.source in ("api", "api_tls"))
 
 
 def test_the_metrics_page_lists_every_store_size_gauge_with_its_stats_key() -> None:
     """docs/shipping.md's table of the store's size is what an operator alerts on before
     the retention_bytes cap or a full disk: every one of those gauges, named, typed and
     keyed as served."""
-    rows = table_rows("docs/shipping.md", "### The store's size")
-    documented = {row[0].strip("`"): (row[1], row[2].strip("`")) for row in rows}
     size_keys = {"index_bytes", "disk_free_bytes"}
-    assert documented == {m.prometheus_name: (m.kind, m.key) for m in METRICS
-                          if m.key.startswith("segments.") or m.key in size_keys}
+    assert documented_metrics("docs/shipping.md", "### The store's size") == served_metrics(
+        lambda m: m.key.startswith("segments.") or m.key in size_keys)
+
+
+def documented_metrics(doc: str, heading: str) -> dict[str, tuple[str, str]]:
+    """A doc's metrics table: {Prometheus name: (type, stats key)}."""
+    return {row[0].strip("`"): (row[1], row[2].strip("`")) for row in table_rows(doc, heading)}
+
+
+def served_metrics(chosen: Callable[[Metric], bool]) -> dict[str, tuple[str, str]]:
+    return {m.prometheus_name: (m.kind, m.key) for m in METRICS if chosen(m)}
