@@ -8,6 +8,7 @@ switching is skipped.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import gc
 import os
@@ -41,6 +42,7 @@ WARMUP = 300
 CASES: dict[str, tuple[str, bool, str]] = {
     "starlette/bare": ("starlette", False, "none"),
     "starlette/passthrough": ("starlette", False, "passthrough-middleware"),
+    "starlette/floor-middleware": ("starlette", False, "floor-middleware"),
     "starlette/middleware": ("starlette", True, "none"),
     "starlette/middleware+wrapper": ("starlette", True, "bare-wrapper"),
     "starlette/middleware+audited-no-event": ("starlette", True, "audited-no-event"),
@@ -60,6 +62,45 @@ class PassThrough:
         await self.app(scope, receive, send)
 
 
+_floor_context: contextvars.ContextVar[_FloorContext | None] = contextvars.ContextVar(
+    "bench_floor_context", default=None)
+
+
+class _FloorContext:
+    __slots__ = ("scope", "status_code")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.status_code: int | None = None
+
+
+class FloorMiddleware:
+    """The floor of any capture middleware of this design: what AuditMiddleware cannot
+    do without (a context object per request, set in a contextvar for the handler's
+    events, and the response status seen through a ``send`` wrapper), and nothing more:
+    no configuration, no nesting, no denial check, no fail-closed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = _FloorContext(scope)
+
+        def send_observing_status(message: Any) -> Any:
+            if message["type"] == "http.response.start":
+                ctx.status_code = message["status"]
+            return send(message)
+
+        token = _floor_context.set(ctx)
+        try:
+            await self.app(scope, receive, send_observing_status)
+        finally:
+            _floor_context.reset(token)
+
+
 def _bare_wrapper(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +109,7 @@ def _bare_wrapper(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _wrap(how: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    if how in ("none", "passthrough-middleware"):
+    if how in ("none", "passthrough-middleware", "floor-middleware"):
         return func
     if how == "bare-wrapper":
         return _bare_wrapper(func)
@@ -86,6 +127,8 @@ def build(case: str) -> ASGIApp:
         stack = [Middleware(AuditMiddleware)] if middleware else []
         if how == "passthrough-middleware":
             stack = [Middleware(PassThrough)]
+        elif how == "floor-middleware":
+            stack = [Middleware(FloorMiddleware)]
         return Starlette(routes=[Route(ROUTE, _wrap(how, delete_credentials),
                                        methods=["DELETE"])], middleware=stack)
     app = FastAPI()

@@ -349,6 +349,19 @@ def test_callgrind_totals_are_read_from_the_totals_line() -> None:
         parse_totals(b"events: Ir\n")
 
 
+def test_the_floor_note_sums_the_floor_middleware_and_a_bare_decorator_layer() -> None:
+    from benchmarks.capture_instructions import _floor_notes
+
+    per_request = {"starlette/bare": 100_000.0, "starlette/floor-middleware": 108_000.0,
+                   "starlette/middleware": 110_000.0, "starlette/middleware+wrapper": 112_000.0,
+                   "starlette/ours": 125_000.0}
+    (note,) = _floor_notes(per_request)
+    # 8,000 + 2,000 = 10,000 (10.0%); 15% of 100,000 leaves 5,000; ours spends 15,000.
+    assert "8,000 (a context object" in note and "+ 2,000 (a bare async" in note
+    assert "= 10,000 instructions, 10.0% of the bare route" in note
+    assert "(15,000) leaves 5,000" in note and "ours spends 15,000" in note
+
+
 def test_panel_dataset_is_rebuilt_when_the_storage_code_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import _dataset, panel_latency
