@@ -398,6 +398,31 @@ def test_newest_digests_gone_after_the_clock_stepped_back_are_still_a_gap_in_tim
     assert only(reasons(report), digest_file.name) == [GAP_IN_TIME]
 
 
+
+def test_newest_digests_removed_with_their_records_under_a_running_collector_show_later(
+        tmp_path: Path) -> None:
+    """Documented limit: next to a running collector, the newest digests removed *with*
+    the records they signed leave nothing waiting unsigned, so ``gap in time`` has
+    nothing to measure (an idle collector signs nothing either) and verify says valid.
+    The collector's own next digest shows it: its number skips the removed ones."""
+    from tests.collector.storage_helpers import events, open_store, wait_until
+
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, digest_interval=0.1) as live:
+        live.write(events(3))
+        digest_file = digest_paths(data_dir)[-1]
+        wait_until(lambda: len(lines_of(digest_file)) == 2)  # start, then interval
+        start = digests.parse(lines_of(digest_file)[0])
+        assert start.body["why"] == "start" and start.records == 0
+        segment = segment_paths(data_dir)[-1]
+        write_lines(digest_file, lines_of(digest_file)[:1])
+        segment.write_bytes(segment.read_bytes()[:start.bytes])
+        an_hour_later = created_micros(start.time) + 3600 * 1_000_000
+        assert check(data_dir, live=True, now_us=an_hour_later).valid
+        live.write(events(1))
+    assert DIGEST_MISSING in only(reasons(check(data_dir)), digest_file.name)
+
+
 # -- keys --------------------------------------------------------------------------------
 def export(store: Path) -> Path:
     from tests.integrity.helpers import run_cli
