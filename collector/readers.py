@@ -11,7 +11,9 @@ key id is compared against a dummy hash so that it costs the same time.
 
 The accounts live in ``<data_dir>/readers.json`` (mode 0600, replaced atomically). The
 collector re-reads the file when it changes, so ``audit-collector users remove NAME``
-revokes a token at once, without a restart.
+revokes a token at once, without a restart. A change is told by the file's stamp (inode,
+times, size), which proves nothing while the file is as young as a timestamp tick: see
+``SETTLED_NS``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import secrets
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ import orjson
 from collector.ownership import user_name
 from collector.storage.regular_files import replace_file
 
-__all__ = ["READERS_FILE", "Reader", "ReaderError", "Readers"]
+__all__ = ["READERS_FILE", "SETTLED_NS", "Reader", "ReaderError", "Readers"]
 
 READERS_FILE: Final = "readers.json"
 _LOCK_FILE: Final = "readers.lock"
@@ -44,6 +46,15 @@ _FORMAT: Final = 1
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _TOKEN_RE: Final = re.compile(r"ac_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _DUMMY_HASH: Final = hashlib.sha256(b"no such reader").hexdigest()
+#: How much older than the moment it was looked at ``readers.json`` must be (its mtime
+#: and ctime) for its stamp to prove, later, that it has not changed. File times come
+#: from a coarse clock (a jiffy, 1-10 ms; whole seconds on file systems that store no
+#: more, ext3's small inodes, HFS+, some NFS servers), and an inode freed by a rename is
+#: reused: a same-size rewrite within one tick of the reading kept the stamp, and the
+#: collector the old accounts for good, a revoked token working ("racy git"). 2 s: a
+#: whole-second tick, the coarse clock's lag behind ``time.time_ns`` and a second of
+#: slack for an NFS server's clock; a file younger than that is read again at each look.
+SETTLED_NS: Final = 2_000_000_000
 
 
 class ReaderError(ValueError):
@@ -70,11 +81,13 @@ def _hash(token: str) -> str:
 class Readers:
     """The reader accounts of one data directory (thread-safe)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, clock: Callable[[], int] = time.time_ns) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / READERS_FILE
+        self._clock = clock  # the wall clock, as file times are: ns since the epoch
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        #: The stamp of the file last read, once it is settled; None: read it again.
+        self._stamp: tuple[int, int, int, int] | None = None
         self._by_key: dict[str, Reader] = {}
 
     # -- reading ------------------------------------------------------------------------
@@ -114,15 +127,20 @@ class Readers:
             self._refresh()
 
     def _refresh(self) -> None:
+        # Taken before the stat: a change the stat (and the read after it) missed is
+        # later still, so it gets file times at least this new, less a clock tick.
+        looked = self._clock()
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             self._stamp, self._by_key = None, {}
             return
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        # ctime with mtime: an edit that sets the old mtime back (cp -p, rsync -t, a
+        # utime) cannot set ctime, which every write and rename moves.
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         if stamp != self._stamp:
             self._by_key = {r.key_id: r for r in _load(self.path)}
-            self._stamp = stamp
+            self._stamp = stamp if _settled(st, looked) else None
 
     # -- changing (the CLI; another process may be serving) -----------------------------
     def add(self, name: str, *, root: bool) -> str:
@@ -160,6 +178,13 @@ class Readers:
             _save(self.path, readers)
         finally:
             os.close(fd)
+
+
+def _settled(st: os.stat_result, looked: int) -> bool:
+    """Whether a change after ``looked`` must give the file another stamp: its times are
+    older than ``looked`` by more than a timestamp tick (``SETTLED_NS``). A file dated
+    ahead of the clock is not settled until the clock passes its date by as much."""
+    return max(st.st_mtime_ns, st.st_ctime_ns) < looked - SETTLED_NS
 
 
 def _check_new_name(name: str, readers: list[Reader]) -> None:
