@@ -80,6 +80,11 @@ CHUNK_ROWS: Final = 65_536
 #: indexer (each unindexed chunk costs a query a scan of up to CHUNK_ROWS rows).
 MAX_UNINDEXED: Final = 4
 ZONE_SHIFT: Final = 10
+#: How long a connection waits for another's write lock (SQLite's busy handler).
+BUSY_TIMEOUT_MS: Final = 10_000
+#: The meta row ``Index.check_writes`` writes and deletes in one transaction: never
+#: seen outside it.
+_WRITE_CHECK_KEY: Final = "write_check"
 
 
 _SCHEMA = EVENTS_TABLE + POSTINGS_TABLES + """
@@ -141,7 +146,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         return _connect_uri(path, "mode=rw")
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                           cached_statements=512)
-    con.execute("PRAGMA busy_timeout=10000")
+    con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return con
 
 
@@ -192,7 +197,7 @@ def files_bytes(path: Path) -> int:
 def _connect_uri(path: Path, options: str) -> sqlite3.Connection:
     con = sqlite3.connect(f"{path.resolve().as_uri()}?{options}", isolation_level=None,
                           check_same_thread=False, cached_statements=512, uri=True)
-    con.execute("PRAGMA busy_timeout=10000")
+    con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     con.execute("PRAGMA query_only=1")
     return con
 
@@ -302,6 +307,27 @@ class Index:
             self._release()
         del self.newly_closed[self._closed_before:]  # those closes were rolled back too
         self._load()  # the open chunk's counters went back with the rows
+
+    def check_writes(self) -> None:
+        """Write a meta row and delete it again, in a transaction of its own: raises
+        SQLite's error while the index refuses writes (an I/O error, a read-only or full
+        file, its lock held by another process). No row stays, yet the commit writes
+        the changed page to the WAL, as a batch's commit does. For the idle store
+        (``Store._check_failed_write``), which must not say ready over an index that
+        refuses every batch, nor unready for good once it takes them again.
+
+        SQLite's busy handler is off meanwhile: this runs on the commit thread, which
+        a batch arriving then waits for, and another process holding the index's lock
+        fails a batch's commit too (after the busy timeout). The in-process write lock
+        is taken as a commit takes it (before the indexer's next step)."""
+        con = self.con
+        con.execute("PRAGMA busy_timeout=0")
+        try:
+            with self.transaction():
+                con.execute("INSERT OR REPLACE INTO meta VALUES(?, '')", (_WRITE_CHECK_KEY,))
+                con.execute("DELETE FROM meta WHERE key=?", (_WRITE_CHECK_KEY,))
+        finally:
+            con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _release(self) -> None:
         if self._holding:

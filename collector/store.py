@@ -56,6 +56,7 @@ from collector.storage.failures import (
     WRITE_STALLED,
     Failures,
     WriteFailure,
+    checkable,
     write_failure,
 )
 from collector.storage.group_commit import RATE_WINDOW, GroupWriter, Submission, WriteResult
@@ -169,6 +170,8 @@ class Store(_LossAcknowledging):
         #: What ends a commit that raised (``failures.write_failure``), until one goes
         #: through; a write that failed in it is the writer's (``GroupWriter.failure``).
         self._commit_failure: WriteFailure | None = None
+        #: Whether the idle write checks can show it ended (``failures.checkable``).
+        self._commit_failure_checkable = False
         #: Why the commit thread ended while open (``_refuse_for_good``), or None.
         self._ended: str | None = None
         self._loss_acks: dict[str, loss_acks.Ack] = {}
@@ -563,6 +566,7 @@ class Store(_LossAcknowledging):
                 self._failed(exc, doing)
                 if doing == _COMMIT:
                     self._commit_failure = write_failure(exc, self.settings.data_dir)
+                    self._commit_failure_checkable = checkable(exc)
                 for sub in batch:
                     if not sub.future.done():
                         sub.future.set_exception(StorageError(str(exc)))
@@ -580,29 +584,53 @@ class Store(_LossAcknowledging):
         balancer took out of rotation for it gets no batch to show that it ended, and
         stayed out for good. The next batch tells for sure: failing again, it is said
         again. A full disk ends once it has ``RESERVE_ROOM`` free (``_room_to_write``:
-        the data directory's disk and ``segments/``'s; judged here, on this
-        thread, and not by the probe: a hung disk can hold statvfs, and a probe must
-        answer at once) and ``segments/`` takes a write again (a file written, fsynced,
-        removed); the segment file's other failures (an I/O error, a read-only file
-        system, a quota) once it takes that write. An index's error ends with a batch
-        only."""
+        the data directory's disk and ``segments/``'s; judged here, on this thread, and
+        not by the probe: a hung disk can hold statvfs, and a probe must answer at
+        once) and ``segments/`` takes a write again (a file written, fsynced, removed);
+        an index that refuses a write even then fails otherwise (``WRITE_FAILING``).
+        The other failures of a file or of the index (an I/O error, a read-only file
+        system or file, a quota, the index's lock held) end once both take a write
+        (``_takes_writes``). Judged by the segments' write alone, an index's error
+        (SQLite's "disk I/O error", a read-only or full index file) lasted until a
+        batch was written: none came to a collector out of rotation, unready for good.
+        A bug's error ends with a batch only
+        (``failures.checkable``)."""
         writer = self._writer
         if DISK_FULL in (writer.failure, self._commit_failure):
             # The write too: a disk can be full with free blocks showing (no inode left
             # for a new segment, a file system's metadata full), and judged by them
             # alone it read ready half a second after each batch it refused.
             if self._room_to_write() and self._segments_take_a_write():
-                # Space freed: the next batch is written (or fails again, said).
+                # Space freed: the next batch is written (or fails again, said). An index
+                # that refuses a write even so fails otherwise: said so, never ready.
+                ended: WriteFailure | None = (
+                    None if self._index_takes_a_write() else WRITE_FAILING)
                 if writer.failure == DISK_FULL:
-                    writer.failure = None
+                    writer.failure = ended
                 if self._commit_failure == DISK_FULL:
-                    self._commit_failure = None
+                    self._commit_failure = ended
             return
-        if (writer.failure != WRITE_FAILING or not writer.failed_on_disk
-                or self._commit_failure is not None):
-            return  # none, or the index's
-        if self._segments_take_a_write():
+        said = [(writer.failure, writer.failure_checkable),
+                (self._commit_failure, self._commit_failure_checkable)]
+        if all(failure is None for failure, _ in said):
+            return
+        if any(failure is not None and not judged for failure, judged in said):
+            return  # a bug's: only a batch written shows it ended
+        if self._takes_writes():
             writer.failure = None
+            self._commit_failure = None
+
+    def _takes_writes(self) -> bool:
+        """Whether both files a commit writes take a write now: ``segments/`` (a new
+        file) and the index (``Index.check_writes``)."""
+        return self._segments_take_a_write() and self._index_takes_a_write()
+
+    def _index_takes_a_write(self) -> bool:
+        try:
+            self._index.check_writes()
+        except sqlite3.Error:
+            return False  # still failing: said as it is (the commit's failure is in the log)
+        return True
 
     def _room_to_write(self) -> bool:
         """Whether both disks a commit writes to have ``RESERVE_ROOM`` free: the data
@@ -823,7 +851,7 @@ class Store(_LossAcknowledging):
         (it failed otherwise, or the commit thread is ending or has ended: see
         ``_refuse_for_good``). A failure lasts until a commit writes records, or until
         the idle commit thread sees it ended (``_check_failed_write``: the disks have
-        ``RESERVE_ROOM`` free again, ``segments/`` takes a write again). Read from
+        ``RESERVE_ROOM`` free again, ``segments/`` and the index take a write again). Read from
         memory only, under no lock held across I/O, so that a probe answers at once on a
         hung disk: the commit thread held in that check's statvfs leaves ``DISK_FULL``
         said, then ``WRITE_STALLED`` once a batch has waited past the timeout."""

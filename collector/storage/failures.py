@@ -14,6 +14,7 @@ collector's readiness (``Store.refusal``, ``GET /healthz``).
 from __future__ import annotations
 
 import errno
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Final, Literal
@@ -43,6 +44,16 @@ def write_failure(exc: BaseException, directory: Path) -> WriteFailure:
     if out_of_space(exc, directory) and not quota:
         return DISK_FULL
     return WRITE_FAILING
+
+
+def checkable(exc: BaseException) -> bool:
+    """Whether the idle store's write checks (``Store._check_failed_write``: a file in
+    ``segments/``, a write in the index) can show that the failure ``exc`` ended: a
+    file's error (``OSError``) or SQLite's that the environment causes
+    (``OperationalError``: an I/O error, a read-only or full file, a lock held). Not a
+    bug's, nor a corrupt index's (``DatabaseError``), which a check that goes through
+    does not show mended: only a batch written ends those."""
+    return any(isinstance(e, (OSError, sqlite3.OperationalError)) for e in error_chain(exc))
 
 
 class Failures:

@@ -21,7 +21,7 @@ from collector.index import CHUNK_ROWS, MAX_UNINDEXED, Index
 
 from . import sources
 from .errors import StorageError
-from .failures import WriteFailure, write_failure
+from .failures import WriteFailure, checkable, write_failure
 from .indexer import ChunkIndexer
 from .records import Encoded, Row, Unencodable, rebase, record_lines
 from .segment_set import SegmentSet
@@ -107,10 +107,9 @@ class GroupWriter:
         self.last_error: str | None = None
         #: What ends it (``failures.write_failure``), for the store's readiness.
         self.failure: WriteFailure | None = None
-        #: Whether that failure was the segment file's (an OSError of its append or
-        #: fsync), which a write check in its directory can show ended
-        #: (``Store._check_failed_write``); an index's error only a write shows.
-        self.failed_on_disk = False
+        #: Whether the idle store's write checks can show that failure ended
+        #: (``failures.checkable``: the segment file's or the index's, not a bug's).
+        self.failure_checkable = False
 
     def close(self) -> None:
         self._fsyncer.shutdown(wait=True)
@@ -307,7 +306,7 @@ class GroupWriter:
         # error" (the index unable to grow its files), and segments/ may be a file
         # system of its own (its OSErrors say ENOSPC themselves).
         self.failure = write_failure(exc, self._index.path.parent)
-        self.failed_on_disk = isinstance(exc, OSError)
+        self.failure_checkable = checkable(exc)
         self.counts["write_errors"] += 1
         name = self._segments.active.path.name
         log.error("audit store: %s %s failed: %s", doing, name, exc)

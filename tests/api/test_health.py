@@ -4,6 +4,7 @@ from a real Store's state; no token needed, and nothing of the store in the answ
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import sqlite3
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -19,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from collector import health
+from collector import index as index_module
 from collector import store as store_module
 from collector.health import REASONS, Health
 from collector.index import Index
@@ -92,23 +95,54 @@ class BrokenDedupe:
     """``Index.known_ids`` (a commit's dedupe query, before anything is written) raising
     while ``broken``: a commit that raises, the index's error. Asked of no id (a group
     whose every future was cancelled), it reads nothing, as the real one reads nothing
-    once it knows the newest id."""
+    once it knows the newest id. The idle store's write check in the index
+    (``Index.check_writes``) fails meanwhile too, as it does in an index that fails."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.broken = False
         real = Index.known_ids
+        real_check = Index.check_writes
 
         def known_ids(index: Index, keys: list[bytes | str]) -> set[bytes | str]:
             if self.broken and keys:
                 raise sqlite3.OperationalError("injected")
             return real(index, keys)
 
+        def check_writes(index: Index) -> None:
+            if self.broken:
+                raise sqlite3.OperationalError("injected")
+            real_check(index)
+
         monkeypatch.setattr(Index, "known_ids", known_ids)
+        monkeypatch.setattr(Index, "check_writes", check_writes)
 
 
 @pytest.fixture
 def broken_dedupe(monkeypatch: pytest.MonkeyPatch) -> BrokenDedupe:
     return BrokenDedupe(monkeypatch)
+
+
+class BrokenIndexInserts:
+    """``Index.add_rows`` (a commit's inserts, after the segment's append) raising SQLite's
+    ``error`` while ``broken``: the index failing a commit that the segment took."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.broken = False
+        self.error = sqlite3.OperationalError("disk I/O error (injected)")
+        self.error.sqlite_errorname = "SQLITE_IOERR_WRITE"
+        real = Index.add_rows
+
+        def add_rows(index: Index, *args: Any) -> None:
+            if self.broken:
+                raise self.error
+            real(index, *args)
+
+        monkeypatch.setattr(Index, "add_rows", add_rows)
+
+
+@pytest.fixture
+def broken_inserts(monkeypatch: pytest.MonkeyPatch) -> BrokenIndexInserts:
+    return BrokenIndexInserts(monkeypatch)
 
 
 #: ``write_stall_timeout`` of the stall tests: short, so they wait little past it.
@@ -141,6 +175,20 @@ def probe(state: Health | None) -> httpx.Response:
     if state is not None:
         app.state.health = state
     return TestClient(app).get("/healthz")
+
+
+@contextlib.contextmanager
+def index_locked(store: Store) -> Iterator[None]:
+    """Another connection holds the store's index's write lock (``BEGIN IMMEDIATE``),
+    as an operator's ``sqlite3`` shell or a backup tool can: SQLite refuses the store's
+    writes meanwhile, for real."""
+    other = sqlite3.connect(store.index_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
 
 
 def write_fails(store: Store) -> None:
@@ -207,23 +255,74 @@ def test_a_full_segments_disk_of_its_own_is_judged_by_its_own_free_space(
 
 
 def test_an_index_io_error_on_its_nearly_full_disk_is_a_full_disk(
-        opened: Store, free_space: FreeSpace, monkeypatch: pytest.MonkeyPatch) -> None:
+        opened: Store, free_space: FreeSpace, broken_inserts: BrokenIndexInserts,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite says only "disk I/O error" when it cannot grow its files on a nearly full
     disk: a full disk when the index's disk (the data directory's) has little room. The
     writer judged it by ``segments/``'s, a file system of its own with room here:
-    ``write_failing``, which the idle commit thread never looks at again."""
+    ``write_failing``, not ended by the free space the index's disk lacks."""
     data_dir = opened.settings.data_dir
     monkeypatch.setattr(disk_space, "free_bytes",
                         lambda directory: 0 if directory == data_dir else 10 * RESERVE_ROOM)
-
-    def add_rows(index: Index, *args: object) -> None:
-        error = sqlite3.OperationalError("disk I/O error (injected)")
-        error.sqlite_errorname = "SQLITE_IOERR_WRITE"
-        raise error
-
-    monkeypatch.setattr(Index, "add_rows", add_rows)
+    broken_inserts.broken = True
     write_fails(opened)
     assert opened.refusal() == "disk_full"
+
+
+def test_an_index_write_failure_that_ended_is_ready_again_without_a_batch(
+        opened: Store, broken_inserts: BrokenIndexInserts,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index failing a commit (SQLite's "disk I/O error", a read-only or full index
+    file) on a disk with room: the idle commit thread checked only that ``segments/``
+    takes a write, and only after the segment's own failure, so the probe said
+    ``write_failing`` until a batch was written; a collector a balancer took out of
+    rotation for it got none, and stayed out for good. Its write in the index
+    (``Index.check_writes``) shows the failure ended."""
+    # The disk has room (judged so whatever the shared test disk has left).
+    monkeypatch.setattr(disk_space, "free_bytes", lambda directory: 10 * RESERVE_ROOM)
+    broken_inserts.broken = True
+    write_fails(opened)
+    assert probe(Health(opened)).json()["reason"] == "write_failing"
+    written = opened.stats()["written"]
+    broken_inserts.broken = False  # the index mended: a remount, a chmod, room made
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
+    assert opened.stats()["written"] == written  # no batch came
+
+
+def test_an_index_locked_by_another_process_is_unready_until_it_lets_go(
+        tmp_path: Path, failing: FailingAppends, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real refusal of the index, which the idle store's check must not read as ended:
+    another connection (an operator's ``sqlite3`` shell, a backup tool) holds its write
+    lock. A batch's commit fails once the busy timeout is over; the idle check fails
+    too, at once (it waits for no busy timeout), and goes through once the lock is let
+    go: ready again without a batch."""
+    monkeypatch.setattr(index_module, "BUSY_TIMEOUT_MS", 100)  # the batch gives up sooner
+    with open_store(tmp_path / "data") as store:
+        with index_locked(store):
+            with pytest.raises(StorageError, match="database is locked"):
+                store.write([event()])
+            checked = failing.checks  # the segments' write check, before the index's
+            wait_until(lambda: failing.checks >= checked + 2)
+            assert probe(Health(store)).json().get("reason") == "write_failing"
+        written = store.stats()["written"]
+        wait_until(lambda: probe(Health(store)).status_code == 200)
+        assert store.stats()["written"] == written  # no batch came
+
+
+def test_space_freed_with_the_index_still_refusing_writes_is_not_ready(
+        opened: Store, failing: FailingAppends, free_space: FreeSpace) -> None:
+    """A full disk ended by room and ``segments/``'s write alone: the probe said ready
+    while the index still refused every batch (here its lock held by another process)."""
+    failing.errno = errno.ENOSPC
+    write_fails(opened)
+    with index_locked(opened):
+        free_space.bytes = RESERVE_ROOM
+        failing.errno = None
+        # Until the idle commit thread has seen the room: then the index's refusal.
+        reply = wait_until(
+            lambda: (r := probe(Health(opened))).json().get("reason") != "disk_full" and r)
+        assert (reply.status_code, reply.json().get("reason")) == (503, "write_failing")
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
 
 
 def test_another_write_failure_is_unready_until_a_write_goes_through(
