@@ -86,9 +86,25 @@ def test_callers_that_come_while_a_reading_runs_share_its_result(hung: Hold,
         blocking.start()
         assert hung.entered.wait(BOUND)
 
+        joined = []
+        real_current = shared._current
+
+        def current() -> Any:  # a reader takes the flight, and waits for it at once
+            flight = real_current()
+            joined.append(flight)
+            return flight
+
+        shared._current = current  # type: ignore[method-assign]
+
+        async def every_reader_waits() -> None:
+            # One turn of the loop was not enough: wait_for runs each reader in a task
+            # of its own, which may start after the release (a reading of its own).
+            while len(joined) < SCRAPES:
+                await asyncio.sleep(0)
+
         async def run() -> list[dict[str, Any]]:
             readers = asyncio.gather(*(shared.read(BOUND) for _ in range(SCRAPES)))
-            await asyncio.sleep(0)  # each reader is waiting for the reading
+            await asyncio.wait_for(every_reader_waits(), BOUND)
             hung.release()
             return await readers
 
