@@ -277,7 +277,7 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
         if forwarding:
             await asyncio.to_thread(integrations.stop, config.drain_timeout)
         try:
-            _dump_stats(server, store.stats(), integrations, stats_file)
+            await _final_stats(server, integrations, stats_file)
         except Exception:  # the last stats must not fail a clean stop
             log.exception("writing the final %s failed", STATS_FILE)
 
@@ -340,8 +340,9 @@ async def _write_stats(server: IngestServer, store_stats: SingleFlight[dict[str,
             live = _live_stats(server, await store_stats.read(SHARED_WAIT), integrations)
             # Off the loop too: on a hung disk (a frozen network file system) the file's
             # open hangs, and on the loop it held ingest and GET /healthz with it (a
-            # probe timed out instead of hearing write_stalled).
-            await asyncio.to_thread(stats_file.write, live)
+            # probe timed out instead of hearing write_stalled). One write at a time,
+            # waited for a bounded time (``StatsFile.write_off_loop``).
+            await stats_file.write_off_loop(live, SHARED_WAIT)
         except Unanswered as exc:  # no traceback: the disk, not this code
             unanswered += 1
             if worth_saying(unanswered):
@@ -353,9 +354,18 @@ async def _write_stats(server: IngestServer, store_stats: SingleFlight[dict[str,
                 log.exception("writing %s failed (%d times so far)", STATS_FILE, failures)
 
 
-def _dump_stats(server: IngestServer, store_stats: dict[str, Any],
-                integrations: Integrations, stats_file: StatsFile) -> None:
-    stats_file.write(_live_stats(server, store_stats, integrations))
+async def _final_stats(server: IngestServer, integrations: Integrations,
+                       stats_file: StatsFile) -> None:
+    """The live stats file once more, as the stop leaves them: read and written as the
+    stats task does (off the loop, each waited for ``SHARED_WAIT`` at most). On the loop,
+    a hung disk held the stop there for good: the process never exited."""
+    try:
+        store_stats = await integrations.store_stats.read(SHARED_WAIT, fresh=True)
+        await stats_file.write_off_loop(_live_stats(server, store_stats, integrations),
+                                        SHARED_WAIT)
+    except Unanswered as exc:  # no traceback: the disk, not this code
+        log.warning("%s: the final %s not written (`audit-collector stats` shows an "
+                    "earlier write's counters)", exc, STATS_FILE)
 
 
 def _live_stats(server: IngestServer, store_stats: dict[str, Any],
@@ -378,6 +388,20 @@ class StatsFile:
         self._failures = 0  # writes failed in a row
         self._warned = 0.0  # time.monotonic() of the last warning
         self._warned_of: int | None = None  # the errno it said
+        self._latest: dict[str, Any] = {}
+        self._writing = SingleFlight(self._write_latest, f"the live stats file ({path.name})")
+
+    async def write_off_loop(self, live: dict[str, Any], timeout: float) -> bool:
+        """``write`` on a thread of its own, one write at a time; ``Unanswered`` after
+        ``timeout`` seconds. A write still under way (a hung disk) is waited for instead
+        of starting another: in the loop's default pool, each held one of its few
+        threads, and a stop's ``asyncio.to_thread`` waited for the disk with them. The
+        next write after it writes the latest counters."""
+        self._latest = live
+        return await self._writing.read(timeout)
+
+    def _write_latest(self) -> bool:
+        return self.write(self._latest)
 
     def write(self, live: dict[str, Any]) -> bool:
         """Write ``live``; False (logged as above) if it could not be written."""

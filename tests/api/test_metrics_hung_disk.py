@@ -165,6 +165,44 @@ def test_serves_stats_task_skips_a_beat_when_the_stats_do_not_come(
     assert not (tmp_path / serve.STATS_FILE).exists()
 
 
+def test_serves_stats_task_goes_on_while_its_files_write_hangs_and_leaves_the_pool_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The live stats file was written in the loop's default pool and waited for: on a
+    hung disk the task stopped there, holding one of the pool's few threads for good
+    (a stop's ``asyncio.to_thread`` needs one). Now one write at a time, on a thread of
+    its own, waited for a bounded time: the beats go on, skipped while it hangs."""
+    monkeypatch.setattr(serve, "STATS_INTERVAL", 0.01)
+    monkeypatch.setattr(serve, "SHARED_WAIT", 0.01)
+    hung = Hold(monkeypatch, serve.StatsFile, "write")
+
+    def skipped(times: int) -> bool:
+        return any(f"not written this time ({times} times so far)" in r.getMessage()
+                   for r in caplog.records)
+
+    async def run() -> int:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+        stub = SimpleNamespace(stats=dict)  # the ingest server, the integrations
+        task = asyncio.create_task(serve._write_stats(  # type: ignore[arg-type]
+            stub, SingleFlight(dict, "store-stats"), SimpleNamespace(data_dir=tmp_path),
+            stub))
+        try:
+            while not skipped(4):
+                await asyncio.sleep(0.01)
+            return await asyncio.to_thread(lambda: 1)  # the pool's one thread
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            hung.release()  # before the loop's pool is shut down: it joins its threads
+
+    with caplog.at_level(logging.WARNING, logger="collector"):
+        pooled = asyncio.run(asyncio.wait_for(run(), BOUND))
+    assert pooled == 1
+    assert hung.entries == 1  # one write, however many beats came while it hung
+    assert "the live stats file (ingest-stats.json) did not answer" in caplog.text
+
+
 def test_an_opentelemetry_collection_on_a_hung_disk_leaves_the_store_out_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hung: Hold,
         caplog: pytest.LogCaptureFixture) -> None:

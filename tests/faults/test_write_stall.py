@@ -5,6 +5,7 @@ return, ``hung_fsync``): 503 ``write_stalled`` once a batch has waited past
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,3 +90,27 @@ def test_the_probe_answers_while_the_live_stats_file_write_hangs(tmp: Path) -> N
         gate.unlink()
         reply = client.frame()
         assert reply is not None and reply[0] is FrameType.RESULT
+
+
+def test_a_stop_ends_while_the_live_stats_file_write_hangs(tmp: Path) -> None:
+    """The stop's last write of the live stats file was made on the event loop: on a hung
+    disk the stop waited there for good, the API's and ingest's ends with it. It is
+    waited for a bounded time, as the periodic ones, then said and left."""
+    gate = tmp / "disk-hangs"
+    collector = HungFsyncCollector(tmp / "data", api=True,
+                                   env={GATE_VARIABLE: str(gate)}).start()
+    proc = collector.proc
+    assert proc is not None
+    try:
+        gate.touch()
+        wait_for(stats_hung(gate).exists, 60, "the live stats file's write to hang")
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: any("the final ingest-stats.json not written" in line
+                             for line in collector.output), 60,
+                 "the stop to give up on the final stats")
+        gate.unlink()  # the store's close may sync the active segment
+        assert proc.wait(60) == 0
+    finally:
+        gate.unlink(missing_ok=True)
+        collector.kill()
+    assert "audit-collector: stopped\n" in collector.output
