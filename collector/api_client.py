@@ -33,7 +33,7 @@ from .token_files import TokenFileError, TokenFileKind, read_token_file
 
 TOKEN_ENV: Final = "AUDIT_READER_TOKEN"
 #: Seconds to wait for an answer: the store may wait up to 30 s for another
-#: acknowledgement under way (``store_acknowledging._ACK_WAIT``) before it answers.
+#: acknowledgement under way (``store_acknowledging.ACK_WAIT``) before it answers.
 TIMEOUT: Final = 60.0
 #: Bytes of an answer read at most (the API's answers to this client are a few
 #: hundred): a host that is not the collector may send one without end.

@@ -79,6 +79,9 @@ class Integrations:
         app.state.metrics = self.metrics
         app.state.metrics_auth = self.metrics_auth
         app.state.health = self.health
+        # The losses listing reads the store's stats too: the same single flight, so
+        # that a hung disk holds one thread for it, /metrics and the stats task.
+        app.state.api.store_stats = self.store_stats
 
     def stats(self) -> dict[str, Any]:
         """For the live stats file (``audit-collector stats``)."""

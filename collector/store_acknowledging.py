@@ -30,7 +30,7 @@ log = logging.getLogger("collector.store")
 
 #: Seconds an acknowledgement of losses waits for another one under way (staged, its
 #: record being written) before it is refused.
-_ACK_WAIT: Final = 30.0
+ACK_WAIT: Final = 30.0
 
 
 class _LossAcknowledging:
@@ -201,9 +201,9 @@ class _LossAcknowledging:
         now = format_created(time.time_ns())
         # One at a time, from staging to keeping (or dropping); released by the thread
         # that ends it, which need not be the one that staged.
-        if not self._acks_lock.acquire(timeout=_ACK_WAIT):
+        if not self._acks_lock.acquire(timeout=ACK_WAIT):
             raise StorageError(f"another acknowledgement of losses has been under way for "
-                               f"{_ACK_WAIT:g} s: try again")
+                               f"{ACK_WAIT:g} s: try again")
         try:
             if self._acks_unsaved is not None:
                 self._save_unsaved_acks(self._acks_unsaved)

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from collector import health, http_ingest, metrics
+from collector.disk_calls import RETRY_AFTER, DiskLate
 from collector.query import IndexUnavailableError
 from collector.readers import ReaderError, Readers
 from collector.storage.errors import IndexOutOfDateError, StorageError
@@ -126,6 +127,7 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
             StorageError: _unavailable,
             ReaderError: _readers_unavailable,
             ReadersLate: _readers_late,
+            DiskLate: _disk_late,
             ClientDisconnect: _client_gone,
             Exception: _internal_error,
         },
@@ -190,6 +192,12 @@ async def _index_unavailable(request: Request, exc: Exception) -> Response:
 async def _readers_late(request: Request, exc: Exception) -> Response:
     # Before any credential is checked, as for a damaged file: no denial to record.
     return _error(503, "unavailable", str(exc))
+
+
+async def _disk_late(request: Request, exc: Exception) -> Response:
+    # The disk, not the request: worth another try once it answers (the call goes on).
+    log.warning("query API: %s %r: %s", request.method, request.url.path, exc)
+    return _error(503, "unavailable", str(exc), {"Retry-After": str(RETRY_AFTER)})
 
 
 async def _readers_unavailable(request: Request, exc: Exception) -> Response:

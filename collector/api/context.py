@@ -3,6 +3,7 @@ and the recorder of reads."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Final
 from starlette.requests import Request
 
 from collector import metrics
+from collector.disk_calls import DiskCalls
 from collector.readers import Reader, Readers
 from collector.single_flight import SingleFlight, Unanswered
 
@@ -22,6 +24,9 @@ from .reads import ReadRecorder, Submitter
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 _TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID: Final = re.compile(r"[0-9a-f]{16}")
+#: Threads the API's writes to the data disk (acknowledgements of losses) may hold at
+#: once, however long a hung disk holds them (``collector.disk_calls``).
+DISK_THREADS: Final = 4
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,12 @@ class Api:
         self.denials = DenialLimiter()
         self._readers_read = SingleFlight(self.readers.refresh,
                                           "the readers file (readers.json)")
+        #: The store's stats (the losses listing): serve hands over the one /metrics
+        #: and its stats task share (``Integrations.attach``), so that a hung disk
+        #: holds one thread for them all.
+        self.store_stats: SingleFlight[dict[str, Any]] = SingleFlight(
+            functools.partial(_stats_of, store), "audit-store-stats")
+        self.disk = DiskCalls(DISK_THREADS, "audit-api-disk")
 
     async def fresh_readers(self) -> None:
         """Have ``readers`` read ``readers.json`` again if it changed, before a credential
@@ -149,3 +160,8 @@ class Api:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _stats_of(store: Any) -> dict[str, Any]:
+    stats: dict[str, Any] = store.stats()  # serve's Store (a Submitter has no stats)
+    return stats

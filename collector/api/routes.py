@@ -5,6 +5,7 @@ the read durably, and only then answers."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import re
 import time
@@ -16,11 +17,13 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 
 from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
-from collector import losses
+from collector import losses, metrics
+from collector.disk_calls import DiskCalls, DiskLate
 from collector.query import Page, Reader
+from collector.single_flight import Unanswered
 from collector.storage import loss_acks
 from collector.storage.conditions import FOREVER
-from collector.store_acknowledging import LossAckError, UnknownSourceError
+from collector.store_acknowledging import ACK_WAIT, LossAckError, UnknownSourceError
 
 from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, AUDIT_LOSS_ACKNOWLEDGED
 from . import exports
@@ -169,8 +172,6 @@ _MAX_ACK_BODY: Final = 4096
 
 
 class LossKeeper(Protocol):
-    def stats(self) -> dict[str, Any]: ...
-
     def plan_loss_ack(self, source: str | None, through: int | None = None
                       ) -> dict[str, int]: ...
 
@@ -191,14 +192,28 @@ async def list_losses(request: Request) -> Response:
     panel's "Lost events" tab). Counts and source ids, no audit content: not a read."""
     api = _api(request)
     await api.root_reader(request)
-    keeper: LossKeeper = api.store  # type: ignore[assignment]  # serve's Store
-    # The stats and the counts cost O(sources), O(ranges) each: off the loop, which
+    try:
+        # The store's stats read its disk (quarantine/, a statvfs): one reading at a time,
+        # shared with /metrics, never the loop's default pool, waited for a bounded time.
+        # Fresh: a listing asked after an acknowledgement shows it.
+        stats = await api.store_stats.read(metrics.SHARED_WAIT, fresh=True)
+    except Unanswered:
+        raise DiskLate(LOSSES_LATE) from None
+    # The counts cost O(sources), O(ranges) each, without the disk: off the loop, which
     # ingest shares.
-    return json_response(await asyncio.to_thread(_losses, keeper))
+    return json_response(await asyncio.to_thread(losses.listing, stats))
 
 
-def _losses(keeper: LossKeeper) -> dict[str, Any]:
-    return losses.listing(keeper.stats())
+LOSSES_LATE: Final = ("the store's figures (the sources' losses) did not come in time: the "
+                      "data disk does not answer (a hung disk, a frozen network file "
+                      "system); try again once it does")
+STAGE_LATE: Final = ("the acknowledgement could not be written beside loss-acks.json in "
+                     "time: the data disk does not answer (a hung disk, a frozen network "
+                     "file system); nothing was recorded or acknowledged: try again once "
+                     "it does")
+#: Seconds an acknowledgement waits to be staged: the store's own wait for another one
+#: under way (then 503, "try again"), and the disk's usual bounded wait on top.
+STAGE_WAIT: Final = ACK_WAIT + metrics.SHARED_WAIT
 
 
 async def acknowledge_losses(request: Request) -> Response:
@@ -232,7 +247,8 @@ async def acknowledge_losses(request: Request) -> Response:
     # its place yet (the store puts it there later: collector.storage.loss_acks).
     record = api.own_record(AUDIT_LOSS_ACKNOWLEDGED, reader, request,
                             source if source is not None else "(all sources)", details)
-    staged = await _stage(keeper, plan, by=reader.name, reason=reason, record=record["id"])
+    staged = await _stage(api.disk, keeper, plan, by=reader.name, reason=reason,
+                          record=record["id"])
     if staged is None:  # made already, as asked: a client's retry, recorded the first time
         return json_response({"acknowledged": plan})
     write = asyncio.ensure_future(api.write_record(record))
@@ -246,45 +262,53 @@ async def acknowledge_losses(request: Request) -> Response:
         raise
     except Exception:  # not recorded: not made
         # Off the loop, as keep: dropping may rewrite loss-acks.json (fsynced) for
-        # sources retention forgot meanwhile (``Store._release_acks``).
-        await asyncio.to_thread(staged.drop)
+        # sources retention forgot meanwhile (``Store._release_acks``). Not bounded:
+        # the next acknowledgement waits for it anyway (it holds their lock).
+        await api.disk.finish(staged.drop)
         raise
     except BaseException:
         staged.drop()
         raise
-    await asyncio.to_thread(staged.keep)
+    # Recorded, so made: waited for however long the disk takes, as the record was.
+    await api.disk.finish(staged.keep)
     return json_response({"acknowledged": plan})
 
 
-async def _stage(keeper: LossKeeper, plan: dict[str, int], *, by: str, reason: str,
-                 record: str) -> Staged | None:
-    """``keeper.stage_loss_ack``, off the loop. Shielded: a request cancelled meanwhile
-    (a stop past its drain timeout) cannot stop the thread, which stages all the same
-    and holds the acknowledgements' lock until the staged file is kept or dropped.
-    Nothing else would ever end it: every later acknowledgement waited, then was
-    refused, until a restart. Dropped once staged (its record is never written)."""
-    stage = asyncio.ensure_future(asyncio.to_thread(
-        keeper.stage_loss_ack, plan, by=by, reason=reason, record=record))
+async def _stage(disk: DiskCalls, keeper: LossKeeper, plan: dict[str, int], *, by: str,
+                 reason: str, record: str) -> Staged | None:
+    """``keeper.stage_loss_ack`` on a disk thread, waited for ``STAGE_WAIT`` at most
+    (then ``DiskLate``: 503). Either way, a request that stops waiting (cancelled by a
+    stop past its drain timeout, or the disk too slow) cannot stop the thread, which
+    stages all the same and holds the acknowledgements' lock until the staged file is
+    kept or dropped. Nothing else would ever end it: every later acknowledgement
+    waited, then was refused, until a restart. Dropped once staged (its record is never
+    written)."""
+    stage = disk.submit(functools.partial(keeper.stage_loss_ack, plan, by=by, reason=reason,
+                                          record=record))
     try:
-        return await asyncio.shield(stage)
-    except asyncio.CancelledError:
-        stage.add_done_callback(_drop_staged)
+        return await disk.wait(stage, STAGE_WAIT, STAGE_LATE)
+    except (asyncio.CancelledError, DiskLate):
+        stage.add_done_callback(functools.partial(_drop_staged, disk))
         raise
 
 
-def _drop_staged(stage: asyncio.Future[Staged | None]) -> None:
-    if stage.cancelled() or stage.exception() is not None:
-        return  # nothing staged (refused), or the loop stopping: the next start sees to it
+def _drop_staged(disk: DiskCalls, stage: concurrent.futures.Future[Staged | None]) -> None:
+    if stage.exception() is not None:
+        return  # nothing staged (refused): the next start sees to a loop that stopped
     staged = stage.result()
     if staged is not None:
-        staged.drop()
+        # On a disk thread: this runs on the staging thread, or on the loop when the
+        # staging ended just before.
+        disk.submit(staged.drop, limited=False)
 
 
 def _settle(staged: Staged, write: asyncio.Future[str]) -> None:
     """End an acknowledgement whose request was cancelled as its record's write ends:
     kept if the record was written, dropped if it was refused. A write cancelled too
     (the loop stopping) may have been done by the commit thread all the same: left
-    for the next start, which looks for its record in the index."""
+    for the next start, which looks for its record in the index. On the loop (a stop's
+    cancellation only): on a thread, the keep of a recorded acknowledgement could
+    still be under way as the store closed."""
     if write.cancelled():
         staged.abandon()
     elif write.exception() is not None:

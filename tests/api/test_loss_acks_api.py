@@ -371,7 +371,7 @@ def test_a_request_cancelled_while_it_stages_leaves_no_acknowledgement_waiting(
 
     monkeypatch.setattr(os, "fsync", slow_disk)
     # A lock left held shows as a refusal at once, not after the usual 30 s wait.
-    monkeypatch.setattr(store_acknowledging, "_ACK_WAIT", 0.5)
+    monkeypatch.setattr(store_acknowledging, "ACK_WAIT", 0.5)
     app = create_app(ApiSettings(data_dir=lossy.store.settings.data_dir), lossy.store,
                      readers=lossy.readers)
     staged_file = lossy.store.settings.data_dir / loss_acks.STAGED_NAME
