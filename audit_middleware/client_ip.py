@@ -188,20 +188,29 @@ def forwarded_for_values(header: str) -> list[str]:
     the trusted proxy appends after it (``, for=<the real client>``): read quote-aware,
     that element would vanish inside the client's quoted-string and the client's own
     ``for`` would be taken as the hop. A quoted-string holding a comma, which no IP or
-    obfuscated identifier does, becomes a malformed element, never a forged hop."""
-    hops: list[str] = []
-    for element in header.split(","):
-        value = ""
-        for pair in _split_outside_quotes(element, ";") or ():
-            name, sep, raw = pair.partition("=")
-            if sep and name.strip().lower() == "for":
-                value = raw.strip()
-                if value.startswith('"'):
-                    # A quoted-string must be closed; a malformed one is unattributable.
-                    closed = len(value) >= 2 and value.endswith('"')
-                    value = value[1:-1].replace('\\"', '"') if closed else ""
-        hops.append(value)
-    return hops
+    obfuscated identifier does, becomes a malformed element, never a forged hop.
+
+    An element naming ``for`` twice is malformed too (RFC 7239 allows each parameter once
+    per element): a proxy that writes client text into its own element
+    (``for=<client>;host=$http_host``) would otherwise let ``Host: x;for=6.6.6.6`` name
+    the hop, the last ``for`` winning."""
+    return [_element_for(element) for element in header.split(",")]
+
+
+def _element_for(element: str) -> str:
+    """The ``for=`` value of one ``Forwarded`` element; empty when it has none, or it is
+    malformed."""
+    values = [raw.strip() for name, sep, raw in
+              (pair.partition("=") for pair in _split_outside_quotes(element, ";") or ())
+              if sep and name.strip().lower() == "for"]
+    if len(values) != 1:
+        return ""
+    value = values[0]
+    if value.startswith('"'):
+        # A quoted-string must be closed; a malformed one is unattributable.
+        closed = len(value) >= 2 and value.endswith('"')
+        value = value[1:-1].replace('\\"', '"') if closed else ""
+    return value
 
 
 def _hops(header: str, kind: ForwardedHeader) -> list[str]:

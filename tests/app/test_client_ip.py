@@ -104,6 +104,15 @@ CASES = [
     ("a comma inside a quoted Forwarded value is malformed, not a hop", "10.0.0.5",
      {"Forwarded": 'for="6.6.6.6, for=198.51.100.7"'},
      {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
+    # RFC 7239 allows a parameter once per element. A proxy writing client text into its
+    # own element (nginx: for=$remote_addr;host=$http_host) was made to end it with the
+    # client's ";for=6.6.6.6", and the last for= was taken as the hop.
+    ("a second for= in the proxy's element is malformed, not the hop", "10.0.0.5",
+     {"Forwarded": "for=6.6.6.6, for=198.51.100.7;host=x;for=6.6.6.6"},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
+    ("nor the first, quoted or not", "10.0.0.5",
+     {"Forwarded": 'for="6.6.6.6";FOR=198.51.100.7'},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
     ("huge header is cut, rightmost hops still used", "10.0.0.5",
      {"X-Forwarded-For": "1.1.1.1, " * 20000 + "198.51.100.7"}, {"trusted_proxies": PROXY},
      "198.51.100.7", "10.0.0.5"),
