@@ -72,8 +72,22 @@ def _granian_unix_server(server: Any) -> bool:
         return False
 
 
+#: Where Werkzeug's ``ProxyFix`` keeps the environ values it replaced.
+_PROXY_FIX_ORIGINAL = "werkzeug.proxy_fix.orig"
+
+
 def _wsgi_peer(environ: Mapping[str, Any] | None) -> str:
-    if not environ or _wsgi_unix_socket(environ):
+    if not environ:
+        return ""
+    # Werkzeug's ProxyFix (Flask's documented proxy set-up) puts a hop of the request's
+    # X-Forwarded-For in REMOTE_ADDR, counted from the right whoever sent it, in the
+    # environ this context shares, outside or inside the middleware: a direct client
+    # named its own address, or a trusted proxy's, whose header trusted_proxies then
+    # walked. The peer is what the server handed over, which ProxyFix keeps.
+    original = environ.get(_PROXY_FIX_ORIGINAL)
+    if isinstance(original, Mapping) and "REMOTE_ADDR" in original:
+        environ = {**environ, "REMOTE_ADDR": original["REMOTE_ADDR"]}
+    if _wsgi_unix_socket(environ):
         return ""
     return str(environ.get("REMOTE_ADDR") or "")
 

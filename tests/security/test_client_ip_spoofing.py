@@ -113,6 +113,42 @@ def test_wsgi_client_ip_cannot_be_spoofed(case: Case) -> None:
     assert [(e.client_ip, e.peer_ip) for e in events] == [(client_ip, peer_ip)]
 
 
+
+# Werkzeug's ProxyFix (Flask's documented proxy set-up) puts a hop of X-Forwarded-For,
+# counted from the right, in REMOTE_ADDR, whoever sent it, and edits the environ the
+# audit middleware reads its peer from, wrapped outside or inside it. The peer is what
+# ProxyFix replaced (it keeps it in ``werkzeug.proxy_fix.orig``), as the server gave it.
+# (name, trusted proxies, socket peer, X-Forwarded-For, client_ip, peer_ip)
+ProxyFixCase = tuple[str, list[str], str, str, str, str]
+PROXY_FIX_CASES: list[ProxyFixCase] = [
+    ("a direct client naming a trusted proxy as its last hop", [PROXY], ATTACKER,
+     f"{CLIENT}, {PROXY}", ATTACKER, ""),
+    ("a direct client, nothing trusted", [], ATTACKER, CLIENT, ATTACKER, ""),
+    ("behind the proxy: its hop, and the proxy as the peer", [PROXY], PROXY,
+     f"{ATTACKER}, {CLIENT}", CLIENT, PROXY),
+]
+
+
+@pytest.mark.parametrize("outside", [True, False], ids=["ProxyFix outside", "inside"])
+@pytest.mark.parametrize("case", PROXY_FIX_CASES, ids=[c[0] for c in PROXY_FIX_CASES])
+def test_werkzeug_proxy_fix_does_not_choose_the_peer(case: ProxyFixCase,
+                                                      outside: bool) -> None:
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    _, trusted, peer, forwarded_for, client_ip, peer_ip = case
+    if outside:
+        app: Any = ProxyFix(wsgi_app(trusted, "x-forwarded-for"), x_for=1)
+    else:
+        audited_app = wsgi_app(trusted, "x-forwarded-for")
+        audited_app.app = ProxyFix(audited_app.app, x_for=1)
+        app = audited_app
+    with capture_audit_events() as events:
+        response = WSGIClient(app).get("/", environ_base={
+            "REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": forwarded_for})
+        assert response.status_code == 200
+    assert [(e.client_ip, e.peer_ip) for e in events] == [(client_ip, peer_ip)]
+
+
 # A proxy on the same host reaching the app over a unix socket: the server hands over no
 # peer address (ASGI scope["client"] None, WSGI REMOTE_ADDR ""). Only "unix" trusts it.
 # (name, trusted proxies, request headers, client_ip, peer_ip)
