@@ -527,8 +527,9 @@ def header(name: str, *, lookup: Callable[[str], str | None] | None = None) -> R
     """A resolver taking an id from a request header. Use only for headers your own
     infrastructure sets (a gateway), never for one a client can choose. Under WSGI a
     header is read from ``HTTP_<NAME>``, where servers that keep underscore headers
-    (wsgiref, gunicorn before 22) also put a client's ``X_Name``: a gateway that strips
-    ``X-Name`` must drop underscore headers too, or the client names the value."""
+    (wsgiref, cheroot, granian, uWSGI, gunicorn before 22) also put a client's
+    ``X_Name``: a gateway that strips ``X-Name`` must drop underscore headers too, or
+    the client names the value (docs/record.md)."""
 
     def resolve(ctx: RequestContext) -> Resolved:
         value = ctx.header(name)
