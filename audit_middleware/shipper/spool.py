@@ -55,7 +55,9 @@ no reader can count, is counted dropped (see ``_keep_failed``).
 Files are named, and replayed, in the order they were made, whatever the wall clock
 does (see ``_stamp``). A file removed under its process takes no more batches (see
 ``_removed_under_us``); one replayed whole that cannot be removed is held, its progress
-at its end (see ``_keep_replayed``).
+at its end (see ``_keep_replayed``). One that reached the process's file size limit
+(EFBIG) takes no more batches, and later files are started at its size (see
+``_size_limited``).
 
 ``Spool`` (here: writing, reading, closing) is made of one part per concern, each in a
 sibling module: ``spool_format`` (the record format, the search past a damaged region,
@@ -67,6 +69,7 @@ done with, and ``UNREADABLE``), ``spool_cap`` (the shared cap's counting) and
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
@@ -163,6 +166,15 @@ class Spool(_Adoption):
         record = RECORD.pack(len(body), zlib.crc32(body)) + body
         if not self._room_for(len(record)):
             return False
+        kept = self._write(record)
+        if kept is None:  # its file reached the file size limit: once more, in a new one
+            kept = self._write(record)
+        return bool(kept)
+
+    def _write(self, record: bytes) -> bool | None:
+        """``append`` the record to the active file (or a new one): True when it counts
+        as spooled, False when the caller counts it dropped, None when the file reached
+        the process's file size limit (see ``_size_limited``) and a new file may take it."""
         try:
             active = self._active
             if active is not None and _removed(active):
@@ -178,17 +190,34 @@ class Spool(_Adoption):
             _write_all(active.fd, record, active.size, written)
             os.fsync(active.fd)
         except OSError as exc:
-            self._write_failed(exc)
             try:
                 os.ftruncate(active.fd, active.size)  # no torn record, no unsynced one
             except OSError as again:
+                self._write_failed(exc)
                 return self._keep_failed(active, record, again, written[0])
+            if exc.errno == errno.EFBIG and active.size:
+                self._size_limited(active)
+                return None
+            self._write_failed(exc)
             return False
         active.size += len(record)
         self._used += len(record)
         self._since += len(record)
         self._write_succeeded()
         return True
+
+    def _size_limited(self, active: _File) -> None:
+        """``active`` holds as much as the process's file size limit lets one file hold
+        (EFBIG: ``ulimit -f``, systemd's ``LimitFSIZE=``, below ``file_bytes``). Kept as
+        the file appended to, every later batch failed in it and was dropped while the
+        spool had room: files are started at that size from now on."""
+        self._active = None
+        if active.size < self.file_bytes:
+            self.file_bytes = active.size
+            log.warning("audit spool %s: %s reached this process's file size limit at %d "
+                        "bytes (RLIMIT_FSIZE: ulimit -f, systemd LimitFSIZE=): new spool "
+                        "files are started at that size", self.directory, active.path.name,
+                        active.size)
 
     def _removed_under_us(self, active: _File) -> None:
         """Our active file was removed by something else (an operator emptying a spool

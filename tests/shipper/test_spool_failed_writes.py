@@ -12,6 +12,7 @@ import pytest
 
 from audit_middleware.shipper.spool import Spool
 from audit_middleware.shipper.spool_format import RECORD
+from tests.e2e.harness import run_python
 from tests.shipper.spool_helpers import batch_bodies, drain, spool_files
 
 
@@ -197,3 +198,33 @@ def test_a_forked_child_says_its_first_refused_batch(
     said = [r.getMessage() for r in caplog.records]
     assert [m for m in said if "could not write a batch" in m] != [], said
     assert any("after 1 batches it could not write" in m for m in said), said
+
+
+#: A process spooling under a file size limit (``RLIMIT_FSIZE``), of 20 batches of 10 KiB.
+_UNDER_A_FILE_SIZE_LIMIT = """
+import resource, sys
+from audit_middleware.shipper.spool import Spool
+from tests.shipper.spool_helpers import batch_bodies
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+spool = Spool(sys.argv[1], max_bytes=1 << 20)
+body = batch_bodies(1, events=1000)[0][:10240]
+print([spool.append(body) for _ in range(20)])
+"""
+
+
+def test_a_file_size_limit_starts_a_new_file_rather_than_dropping_every_later_batch(
+        tmp_path: Path) -> None:
+    """Under a file size limit (``ulimit -f``, systemd's ``LimitFSIZE=``) below
+    ``file_bytes``, the first spool file stopped at the limit (EFBIG) and stayed the one
+    appended to: every later batch was dropped (counted) while the spool had room for
+    them all. A real limit, in a process of its own (EFBIG: Python ignores SIGXFSZ)."""
+    limit = 64 * 1024
+    done = run_python(_UNDER_A_FILE_SIZE_LIMIT, str(tmp_path), str(limit))
+    assert done.stdout.strip() == str([True] * 20), done.stderr
+    assert done.stderr.count("file size limit") == 1, done.stderr  # said once
+    files = spool_files(tmp_path)
+    assert len(files) > 1 and all(f.stat().st_size <= limit for f in files)
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    adopter.adopt_orphans()
+    assert len(drain(adopter)) == 20
+    assert adopter.corrupt_bytes == 0
