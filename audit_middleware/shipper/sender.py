@@ -179,7 +179,7 @@ class Sender:
         receipts = chunk.receipts
         for r in result.rejected:
             inside = 0 <= r.index < len(chunk)
-            self._reject(chunk.seqs[r.index] if inside else r.seq, r.reason,
+            self._reject(chunk.source, chunk.seqs[r.index] if inside else r.seq, r.reason,
                          receipts[r.index] if receipts is not None and inside else None)
         resolve_all(receipts, None)  # the rejected ones are resolved already
 
@@ -187,13 +187,16 @@ class Sender:
         self._on_drop(len(chunk), why)
         resolve_all(chunk.receipts, why)
 
-    def _reject(self, seq: int, reason: str, receipt: Receipt[str | None] | None) -> None:
+    def _reject(self, source: str, seq: int, reason: str,
+                receipt: Receipt[str | None] | None) -> None:
+        """``source``: the batch's, which a replayed one keeps (an earlier process's),
+        not this process's: named as this one's, the event was looked for in vain."""
         self.rejected.add()
         resolve(receipt, f"rejected by the collector: {reason}")
         n = self.rejected.value
         if worth_saying(n):  # logged at 1, 2, 4, 8, ... rejections: visible, no flood
             log.error("audit: the collector rejected event #%d of %s: %s (%d rejected so far)",
-                      seq, self.source, reason, n)
+                      seq, source, reason, n)
 
     # -- up and down ----------------------------------------------------------------------
     def _failed(self, exc: BaseException) -> None:

@@ -239,3 +239,37 @@ def test_any_failure_to_connect_spools_the_batch(collector: Collector, make_sink
     collector.start()
     assert sink.wait_for_delivery(timeout=20)
     assert collector.ids() == ids
+
+
+def test_events_the_collector_rejects_in_a_replayed_batch_are_counted_and_named_by_their_source(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A batch of an earlier process, replayed, with events the collector rejects:
+    counted (``rejected``), the rest of the batch and the records after it delivered
+    (the spool is not held up by them), and each rejection logged with the seq and the
+    source the batch was numbered by. It was logged as the replaying process's own
+    event of that seq: an operator looking up that event found another one, or none."""
+    from audit_middleware import emit
+    from audit_middleware.event import json_line
+    from audit_middleware.shipper.spool import Spool
+    from audit_middleware.testing import capture_audit_events
+    from audit_middleware.wire import encode_batch_body
+
+    with capture_audit_events():
+        good = [json_line(emit("team_created", f"t{i}")) for i in range(3)]
+    lines = [good[0], b'{"not": "an event"}\n', good[1], b"not json\n"]
+    earlier = Spool(root / "spool", max_bytes=1 << 20, destination=collector.url)
+    assert earlier.append(encode_batch_body("gone:1:ab", [1, 2, 3, 4], lines, 4))
+    assert earlier.append(encode_batch_body("gone:1:ab", [5], [good[2]], 5))
+    earlier.close()
+
+    collector.start()
+    with caplog.at_level(logging.ERROR, "audit_middleware"):
+        sink = make_sink()
+        assert sink.wait_for_delivery(timeout=20)
+    stats = sink.stats()
+    assert (stats["acknowledged"], stats["rejected"], stats["dropped"]) == (3, 2, 0)
+    assert len(collector.ids()) == 3 and stats["spool_bytes"] == 0
+    said = [r.getMessage() for r in caplog.records if "rejected event" in r.getMessage()]
+    assert len(said) == 2, said
+    assert "#2 of gone:1:ab" in said[0] and "#4 of gone:1:ab" in said[1], said
