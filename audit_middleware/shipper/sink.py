@@ -410,7 +410,7 @@ class CollectorSink:
             if not self._io_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
                 return False
             try:
-                if spool.empty and not spool.orphans_left:
+                if not spool.replay_pending:
                     return True
             finally:
                 self._io_lock.release()

@@ -34,7 +34,9 @@ still readable in it (``lost_events``), and it is logged as an error. Finding th
 record reads from the damaged region onwards only as far as that record (see
 ``_next_record``): many damaged regions cost a replay in proportion to the file. A
 file without any valid record (a newer release's format after a rollback, or damage
-throughout) is counted so too, but set aside, not removed (see ``UNREADABLE``).
+throughout) is counted so too, but set aside, not removed (see ``UNREADABLE``). A file
+the disk refuses to read (EIO) is no known loss: held aside, locked, and tried again at
+the next scan, the files after it replayed meanwhile (see ``_read_failed``).
 
 How far a file was replayed (acknowledged, or skipped and counted as corrupt) is kept
 beside it, in a progress file (``PROGRESS``: its offset and that offset's crc32),
@@ -131,6 +133,10 @@ class Spool(_Adoption):
         #: Files replayed whole that could not be removed: locked until they can be, or
         #: until close (see ``_keep_replayed``).
         self._held: list[_File] = []
+        #: Files the disk could not read, held aside until the next scan tries them again
+        #: (see ``_read_failed``).
+        self._unread: list[_File] = []
+        self._read_failures = 0  # reads refused so far (said at the 1st, 2nd, 4th, ...)
         #: The adoption lock's descriptor while this process holds it (see the module's
         #: doc); -1 when it does not.
         self._adoption = -1
@@ -323,7 +329,8 @@ class Spool(_Adoption):
         the clock's, but after every file this spool holds. A clock stepped back (NTP, a
         VM restored) gave a file a name before its elders', and whoever adopted them
         replayed the newer batches first."""
-        return max([time.time_ns()] + [_stamp_of(f.path.name) + 1 for f in self._files])
+        return max([time.time_ns()] + [_stamp_of(f.path.name) + 1
+                                       for f in self._files + self._unread])
 
     # -- reading --------------------------------------------------------------------------
     @property
@@ -334,31 +341,74 @@ class Spool(_Adoption):
     def used_bytes(self) -> int:
         return self._used
 
+    @property
+    def replay_pending(self) -> bool:
+        """Whether anything spooled is still to be replayed: files held, orphans a scan
+        left for the next one, or files the disk could not read (``_read_failed``)."""
+        return bool(self._files or self.orphans_left or self._unread)
+
     def peek(self) -> bytes | None:
         """The oldest batch body not yet committed, or None when the spool is empty."""
         while self._files:
             head = self._files[0]
-            end = head.size
+            try:
+                body = self._head_record(head)
+            except OSError as exc:
+                self._read_failed(head, exc)
+                continue
+            if body is not None:
+                return body
+            self._remove_head()
+        return None
+
+    def _head_record(self, head: _File) -> bytes | None:
+        """The valid record at ``head``'s read position, past any damaged region (counted);
+        None when the file holds no more (marked ``unreadable`` if it held none)."""
+        end = head.size
+        while True:
             body = _record_at(head.fd, head.read_pos, end)
             if body is not None:
                 head.peeked = len(body)
                 return body
+            if head.read_pos >= end:
+                return None
+            # From where its reading began, not only from its start: a newer release's
+            # file half replayed (its progress file beside it, of the same form) was
+            # taken for this release's torn tail and removed.
+            untouched = head.read_pos == head.began_at
+            # A file of none but its first batch torn (its process killed in that write,
+            # a power loss leaving zeros) is this release's own damage: counted and
+            # removed, as before, not set aside by the hundred for a crash-looping app.
+            # So is one torn just past its progress. (Read before the region is skipped:
+            # a read refused after it would leave the file to be removed when tried again.)
+            foreign = untouched and not _torn_record_at(head.fd, head.began_at, end)
+            self._skip_corrupt(head)
             if head.read_pos < end:
-                # From where its reading began, not only from its start: a newer
-                # release's file half replayed (its progress file beside it, of the same
-                # form) was taken for this release's torn tail and removed.
-                untouched = head.read_pos == head.began_at
-                self._skip_corrupt(head)
-                if head.read_pos < end:
-                    continue  # a valid record after the corrupt region
-                # A file of none but its first batch torn (its process killed in that
-                # write, a power loss leaving zeros) is this release's own damage:
-                # counted and removed, as before, not set aside by the hundred for a
-                # crash-looping app. So is one torn just past its progress.
-                head.unreadable = untouched and not _torn_record_at(head.fd, head.began_at,
-                                                                    end)
-            self._remove_head()
-        return None
+                continue  # a valid record after the corrupt region
+            head.unreadable = foreign
+            return None
+
+    def _read_failed(self, head: _File, exc: OSError) -> None:
+        """The disk refused a read of ``head`` (EIO: a bad block; a network file system
+        gone stale). Raised, it stopped the replay for good: the sink's worker logged a
+        traceback at every try (20 a second), and every later batch waited behind the
+        file, spooled, until the cap dropped them. Nothing of it is known lost, so it is
+        neither skipped nor counted: held aside, still locked (no other process tries it
+        meanwhile), and tried again at the next scan (``adopt_orphans``); the files after
+        it are replayed meanwhile. Said at the 1st, 2nd, 4th, ... failure."""
+        self._files.remove(head)
+        head.peeked = None
+        if head is self._active:
+            self._active = None  # no more batches into a file that cannot be read
+        self._unread.append(head)
+        self._read_failures += 1
+        n = self._read_failures
+        if worth_saying(n):
+            log.error("audit spool %s: cannot read %s (%s): its batches are not replayed "
+                      "yet; it is kept and tried again at the next scan, and the spool "
+                      "files after it are replayed meanwhile. Check the disk%s",
+                      self.directory, head.path.name, exc,
+                      f" ({n} such failures so far; said again at {2 * n})" if n > 1 else "")
 
     def _skip_corrupt(self, head: _File) -> None:
         """Move ``head`` past the region at its read position that is no valid record,
@@ -427,7 +477,7 @@ class Spool(_Adoption):
     # -- closing, forking -----------------------------------------------------------------
     def close(self) -> None:
         """Release our files (they stay on disk for the next process to replay)."""
-        for f in self._files + self._held:
+        for f in self._files + self._held + self._unread:
             _close_progress(f)
             try:
                 os.close(f.fd)
@@ -435,6 +485,7 @@ class Spool(_Adoption):
                 pass
         self._files = []
         self._held = []
+        self._unread = []
         self._active = None
         self._scanned = False
         self._release_adoption()
@@ -460,4 +511,5 @@ class Spool(_Adoption):
         # not said (said at the 1st, 2nd, 4th, ... in a row), and it said a recovery
         # from refusals it never had.
         self._write_failures = 0
+        self._read_failures = 0
         self._adoption_errors = 0  # the same: a child's first scan failure is said

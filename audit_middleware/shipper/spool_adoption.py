@@ -50,9 +50,11 @@ class _Adoption(_HeldFiles, _SharedCap):
     orphans_left: bool
     _adoption_errors: int
     _stranded_said: frozenset[str]
+    _unread: list[_File]
 
     def adopt_orphans(self) -> int:
-        """Take over spool files no live process holds; returns how many were adopted.
+        """Take over spool files no live process holds, and take back those the disk
+        could not read (``Spool._read_failed``) to try them again; returns how many.
         Where this user spools in the configured directory, its private subdirectory
         is adopted from too (batches from a time the directory was shared); where it
         spools in the private one, batch files left in the shared directory are not
@@ -65,25 +67,28 @@ class _Adoption(_HeldFiles, _SharedCap):
         # Files held (replayed, not removable) are open too: not counted, a directory
         # made unwritable had each scan adopt, replay and hold ADOPT_MAX more, until the
         # whole backlog was open. The rest waits until they can be removed.
-        room = ADOPT_MAX - len(self._held)
+        retried = self._unread  # taken back at the end of the scan, which leaves them be
+        room = ADOPT_MAX - len(self._held) - len(retried)
         adopted: list[_File] = []
         for place in places:
             adopted += self._adopt_from(place, room - len(adopted))
+        self._unread = []
         # Left for a scan at once only by one that filled its room: with no room (held
         # files) it adopts nothing again, and the sink listed and counted the whole
         # directory at each tick (``max_delay``) while the directory stayed unwritable.
         self.orphans_left = self.orphans_left and bool(adopted)
         if directory == private:
             self._stranded_said = _report_stranded(self.configured, self._stranded_said)
-        if adopted:
+        if adopted or retried:
             # Older files first; ours are newer than anything left by a dead process.
-            self._files = sorted(self._files + adopted, key=lambda f: f.path.name)
+            self._files = sorted(self._files + adopted + retried, key=lambda f: f.path.name)
+        if adopted:
             log.warning("audit spool %s: replaying %d spool file(s) left by earlier "
                         "processes", directory, len(adopted))
         self._opening.difference_update(f.fd for f in adopted)
         self._release_adoption()  # taken for nothing (every file found was a live one's)
         self._recount()
-        return len(adopted)
+        return len(adopted) + len(retried)
 
     def _adopt_from(self, place: Path, room: int) -> list[_File]:
         """The orphans found in ``place``, ``room`` at most (the oldest; said in
@@ -101,8 +106,9 @@ class _Adoption(_HeldFiles, _SharedCap):
         if reason:
             log.error("audit spool: adopting nothing: %s", reason)
             return []
-        # Held files too: ours, not to be opened and tried for a lock at each scan.
-        owned = {f.path.name for f in self._files + self._held}
+        # Held and unread files too: ours, not to be opened and tried for a lock at each
+        # scan.
+        owned = {f.path.name for f in self._files + self._held + self._unread}
         adopted: list[_File] = []
         foreign: list[str] = []
         locked: bool | None = None  # the adoption lock: tried at the first candidate
@@ -249,7 +255,7 @@ class _Adoption(_HeldFiles, _SharedCap):
         without the at-fork hook (uWSGI) holds a copy of the descriptor until its first
         event; closed only, the lock stayed held by an idle child, and nobody adopted
         again. (A child never unlocks: see ``_forget_adoption``.)"""
-        if self._adoption >= 0 and not any(f.adopted for f in self._files):
+        if self._adoption >= 0 and not any(f.adopted for f in self._files + self._unread):
             try:
                 fcntl.flock(self._adoption, fcntl.LOCK_UN)
             except OSError:

@@ -273,3 +273,41 @@ def test_events_the_collector_rejects_in_a_replayed_batch_are_counted_and_named_
     said = [r.getMessage() for r in caplog.records if "rejected event" in r.getMessage()]
     assert len(said) == 2, said
     assert "#2 of gone:1:ab" in said[0] and "#4 of gone:1:ab" in said[1], said
+
+
+def test_a_spool_file_the_disk_cannot_read_holds_up_nothing_else_and_is_replayed_later(
+        collector: Collector, make_sink: SinkFactory, root: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A read refused by the disk (EIO) in the spool's first file escaped the replay:
+    a traceback at every cycle of the worker, and every later batch spooled behind that
+    file for good. Now the file waits for the next scan (said), newer events go to the
+    collector meanwhile, delivery is not said done until the file is replayed too."""
+    import errno
+
+    from audit_middleware.shipper import sink as sink_module
+    from audit_middleware.shipper.spool_files import SUFFIX
+
+    monkeypatch.setattr(sink_module, "_ORPHAN_SCAN_INTERVAL", 0.1)
+    sink = make_sink()
+    spooled = emit_many(10, "a")
+    assert sink.flush(timeout=10) and sink.stats()["spooled"] == 10
+    (path,) = (root / "spool").glob("*" + SUFFIX)
+    bad_file, real_pread = path.stat().st_ino, os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        if os.fstat(fd).st_ino == bad_file:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, n, offset)
+
+    with caplog.at_level(logging.ERROR, "audit_middleware"):
+        monkeypatch.setattr(os, "pread", pread)
+        collector.start()
+        later = emit_many(10, "b")
+        wait_until(lambda: collector.ids() == later, timeout=30,
+                   message="the events after the file that cannot be read")
+        assert sink.wait_for_delivery(timeout=0.5) is False  # that file is still to come
+        monkeypatch.setattr(os, "pread", real_pread)  # the disk reads it again
+        assert sink.wait_for_delivery(timeout=20)
+    assert sorted(collector.ids()) == sorted(spooled + later)
+    assert "cannot read" in caplog.text and "background work failed" not in caplog.text
+    assert sink.stats()["dropped"] == 0

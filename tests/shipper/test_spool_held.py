@@ -210,3 +210,65 @@ def test_a_file_whose_last_batch_is_torn_past_its_progress_is_removed(
     assert drain(spool) == []
     assert spool.corrupt_bytes == len(torn)
     assert leftovers(tmp_path) == []
+
+
+def test_a_spool_file_the_disk_cannot_read_is_tried_again_and_stops_no_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A read the disk refused (EIO: a bad block) in a spool file escaped ``peek``: the
+    sink's worker logged a traceback at every try (20 a second) and never got past that
+    file, so every later batch waited behind it, spooled, until the cap dropped them.
+    The file is held aside now, locked (no other process adopts it meanwhile), said,
+    and tried again at the next scan; the files after it are replayed meanwhile, and
+    the replay is not said done while it waits."""
+    first, second = orphans(tmp_path, 2)  # the files of two processes that died
+    bad = spool_files(tmp_path)[0]
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.adopt_orphans() == 2
+    found, real_pread = bad.stat(), os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (found.st_dev, found.st_ino):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    with caplog.at_level("ERROR", logger="audit_middleware"):
+        assert drain(spool) == [second]
+        assert spool.replay_pending
+        assert spool.adopt_orphans() == 1  # the next scan tries it again: still refused
+        assert drain(spool) == []
+    said = [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()]
+    assert len(said) == 2 and bad.name in said[0], said
+    assert spool_files(tmp_path) == [bad] and spool.corrupt_bytes == 0
+    assert Spool(tmp_path, max_bytes=1 << 20).adopt_orphans() == 0  # held by its adopter
+    monkeypatch.undo()  # the disk reads it again
+    assert spool.adopt_orphans() == 1
+    assert drain(spool) == [first]
+    assert not spool.replay_pending and spool_files(tmp_path) == []
+
+
+def test_a_file_held_aside_unread_still_orders_the_files_made_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are named after every file the spool holds, whatever the wall clock does:
+    one held aside because the disk could not read it counts too, or a file made after
+    a clock stepped back was named, and replayed, before it."""
+    now = [1_800_000_000 * 10**9]
+    monkeypatch.setattr(time, "time_ns", lambda: now[0])
+    spool = Spool(tmp_path, max_bytes=1 << 20, file_bytes=10)  # one batch a file
+    assert spool.append(b"first")
+    real_pread = os.pread
+
+    def refused(fd: int, n: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", refused)
+    assert spool.peek() is None and spool.replay_pending  # held aside
+    monkeypatch.setattr(os, "pread", real_pread)
+    now[0] -= 3600 * 10**9
+    assert spool.append(b"second")
+    spool.close()
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 2
+    assert drain(adopter) == [b"first", b"second"]
