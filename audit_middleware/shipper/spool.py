@@ -406,7 +406,8 @@ class Spool(_Adoption):
         if worth_saying(n):
             log.error("audit spool %s: cannot read %s (%s): its batches are not replayed "
                       "yet; it is kept and tried again at the next scan, and the spool "
-                      "files after it are replayed meanwhile. Check the disk%s",
+                      "files after it are replayed meanwhile. Check the disk (to give its "
+                      "batches up, stop the app and move the file away)%s",
                       self.directory, head.path.name, exc,
                       f" ({n} such failures so far; said again at {2 * n})" if n > 1 else "")
 
