@@ -286,7 +286,9 @@ class CollectorSink:
                 return False
             body = self._spool.peek()
             if body is None:
-                log.info("audit: spool replayed, shipping to %s directly again", self.endpoint)
+                if not self._spool.replay_pending:  # else not yet: a file the disk refused
+                    log.info("audit: spool replayed, shipping to %s directly again",
+                             self.endpoint)
                 return False
             try:
                 kept = decode_batch_body(body)

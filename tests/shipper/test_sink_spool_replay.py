@@ -292,22 +292,28 @@ def test_a_spool_file_the_disk_cannot_read_holds_up_nothing_else_and_is_replayed
     spooled = emit_many(10, "a")
     assert sink.flush(timeout=10) and sink.stats()["spooled"] == 10
     (path,) = (root / "spool").glob("*" + SUFFIX)
-    bad_file, real_pread = path.stat().st_ino, os.pread
+    found, real_pread = path.stat(), os.pread
 
     def pread(fd: int, n: int, offset: int) -> bytes:
-        if os.fstat(fd).st_ino == bad_file:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (found.st_dev, found.st_ino):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real_pread(fd, n, offset)
 
-    with caplog.at_level(logging.ERROR, "audit_middleware"):
+    with caplog.at_level(logging.INFO, "audit_middleware"):
         monkeypatch.setattr(os, "pread", pread)
         collector.start()
+        # Once it is held aside: events spooled before that went into it, and wait with it.
+        wait_until(lambda: "cannot read" in caplog.text, timeout=30,
+                   message="the spool file the disk refuses, said")
         later = emit_many(10, "b")
         wait_until(lambda: collector.ids() == later, timeout=30,
                    message="the events after the file that cannot be read")
         assert sink.wait_for_delivery(timeout=0.5) is False  # that file is still to come
+        assert "spool replayed" not in caplog.text  # not said while it waits
         monkeypatch.setattr(os, "pread", real_pread)  # the disk reads it again
         assert sink.wait_for_delivery(timeout=20)
     assert sorted(collector.ids()) == sorted(spooled + later)
     assert "cannot read" in caplog.text and "background work failed" not in caplog.text
+    assert "spool replayed" in caplog.text
     assert sink.stats()["dropped"] == 0
