@@ -11,6 +11,8 @@ import ssl
 import stat
 from pathlib import Path
 
+from audit_middleware._dirs import make_dirs
+
 log = logging.getLogger("collector")
 
 
@@ -46,7 +48,7 @@ def bind_unix(path: Path) -> socket.socket:
                               "or choose another --socket")
         finally:
             probe.close()
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    make_dirs(path.parent, 0o750)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket file is born 0600: no window for others
     try:

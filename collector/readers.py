@@ -35,6 +35,7 @@ from typing import Any, Final
 
 import orjson
 
+from audit_middleware._dirs import make_dirs
 from collector.ownership import user_name
 from collector.storage.regular_files import replace_file
 
@@ -169,7 +170,7 @@ class Readers:
     def _editing(self) -> Iterator[list[Reader]]:
         """Read-modify-write under a lock file, so two CLI commands never lose an edit;
         the new file replaces the old one by rename (a reader never sees half a file)."""
-        self.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        make_dirs(self.data_dir, 0o750)
         fd = os.open(self.data_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -25,6 +25,7 @@ from typing import Any, TextIO, cast
 import orjson
 
 from audit_middleware._counter import worth_saying
+from audit_middleware._dirs import make_dirs
 
 from . import installed_version
 from .config import CollectorConfig
@@ -175,7 +176,7 @@ def run(config: CollectorConfig, stdout: TextIO | None = sys.stdout) -> int:
         print(f"audit-collector serve: data_dir {config.data_dir} exists and is not a "
               f"directory: give the collector a directory of its own", file=sys.stderr)
         return 2
-    config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    make_dirs(config.data_dir, 0o750)
     try:
         opened = open_when_there_is_space(config, signals)
     except (StorageError, OSError, sqlite3.Error) as exc:

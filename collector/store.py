@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from audit_middleware._counter import worth_saying
+from audit_middleware._dirs import make_dirs
 from audit_middleware.event import format_created
 from collector.index import Index
 from collector.index import files_bytes as index_files_bytes
@@ -197,7 +198,7 @@ class Store(_LossAcknowledging):
         if self._state != "new":
             raise StorageError("this Store was opened already: create a new Store")
         for d in (self.settings.data_dir, self.segments_dir, self.quarantine_dir):
-            d.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            make_dirs(d, DIR_MODE)
         self._dir_lock = lock_data_dir(self.settings.data_dir)
         try:
             report = self._open_in_reserve()

@@ -82,6 +82,7 @@ import zlib
 from pathlib import Path
 
 from .._counter import worth_saying
+from .._dirs import make_dirs
 from .spool_adoption import _Adoption
 from .spool_files import (
     _PARTIAL,
@@ -294,7 +295,7 @@ class Spool(_Adoption):
 
     def _new_file(self) -> _File:
         directory = self.directory
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(directory, 0o700)
         if directory == self.configured and _unsafe(directory):
             self._directories.clear()  # made shared by someone else since we looked
             directory = self.directory

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Final
 
 from .._counter import worth_saying
+from .._dirs import make_dirs
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
 from .batching import BatchingQueue
@@ -184,7 +185,7 @@ class JsonlFileSink:
         if self._fd is not None and self._moved():
             self._close_fd()
         if self._fd is None:
-            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            make_dirs(self.path.parent, 0o750)
             self._fd, self._readable = _open(self.path)
             st = os.fstat(self._fd)
             self._file_id = (st.st_dev, st.st_ino)

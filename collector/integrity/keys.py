@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from audit_middleware._dirs import make_dirs
 from collector.storage.regular_files import (
     fsync_dir,
     read_regular,
@@ -273,7 +274,7 @@ class KeyRing:
         self.directory = directory
 
     def create(self) -> None:
-        self.directory.mkdir(mode=KEYS_DIR_MODE, parents=True, exist_ok=True)
+        make_dirs(self.directory, KEYS_DIR_MODE)
 
     def keys(self) -> dict[str, PublicKey]:
         """The keys of the ring; a file of it that holds none is left out, said in the

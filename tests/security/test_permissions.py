@@ -42,13 +42,15 @@ def private(name: str) -> bool:
 
 
 def test_nothing_the_collector_or_shipper_creates_is_open_to_others(tmp: Path) -> None:
-    data = tmp / "data"
+    # Neither directory exists, nor do their parents: made by the first to need them
+    # (the reader's CLI edit, the spool's first file), parents included.
+    data = tmp / "srv" / "audit" / "data"
+    spool_dir = tmp / "app" / "state" / "spool"
     with umask(0):
-        data.mkdir(mode=0o750)
         add_reader(data, "ops", root=True)
         collector = Collector(data, api=True).start()
         running = modes(data)  # the socket exists only while it runs
-        sink = CollectorSink(collector.url, spool_dir=tmp / "spool")
+        sink = CollectorSink(collector.url, spool_dir=spool_dir)
         configure(sink=sink)
         for n in range(50):
             emit("team_created", f"t{n}")
@@ -57,7 +59,7 @@ def test_nothing_the_collector_or_shipper_creates_is_open_to_others(tmp: Path) -
         for n in range(50):  # while it is down: spooled
             emit("team_created", f"down{n}")
         assert sink.flush(timeout=30) and sink.stats()["spooled"] == 50
-        spool = modes(tmp / "spool")
+        spool = modes(spool_dir)
         segment = max((data / "segments").glob("segment-*.jsonl"))
         with open(segment, "ab") as f:
             f.write(b'{"torn')  # for a quarantine file
@@ -76,6 +78,13 @@ def test_nothing_the_collector_or_shipper_creates_is_open_to_others(tmp: Path) -
     report("file and socket permissions (umask 000)", files=len(found) + len(spool),
            open_to_others=len(open_to_others), group_writable=len(group_writable),
            secrets_not_private=len(not_private), spool_not_private=len(spool_open))
+    # ``mkdir -p`` would have made them 0777 less the umask: anyone could move the data
+    # or spool directory aside and put their own in its place.
+    parents = {str(d.relative_to(tmp)): oct(stat.S_IMODE(d.stat().st_mode))
+               for d in (data.parent, data.parent.parent, spool_dir.parent,
+                         spool_dir.parent.parent)}
+    assert parents == {"srv/audit": "0o750", "srv": "0o750", "app/state": "0o700",
+                       "app": "0o700"}
     assert any(n.startswith("quarantine/") for n in found)
     assert running.get("collector.sock") == 0o600, oct(running.get("collector.sock", 0))
     assert open_to_others == {}
