@@ -362,8 +362,10 @@ async def _final_stats(server: IngestServer, integrations: Integrations,
     a hung disk held the stop there for good: the process never exited."""
     try:
         store_stats = await integrations.store_stats.read(SHARED_WAIT, fresh=True)
+        # Fresh: a write under way (the stats task's, cancelled, goes on in its thread)
+        # holds the counters of before the stop; shared, the file kept those.
         await stats_file.write_off_loop(_live_stats(server, store_stats, integrations),
-                                        SHARED_WAIT)
+                                        SHARED_WAIT, fresh=True)
     except Unanswered as exc:  # no traceback: the disk, not this code
         log.warning("%s: the final %s not written (`audit-collector stats` shows an "
                     "earlier write's counters)", exc, STATS_FILE)
@@ -392,14 +394,17 @@ class StatsFile:
         self._latest: dict[str, Any] = {}
         self._writing = SingleFlight(self._write_latest, f"the live stats file ({path.name})")
 
-    async def write_off_loop(self, live: dict[str, Any], timeout: float) -> bool:
+    async def write_off_loop(self, live: dict[str, Any], timeout: float, *,
+                             fresh: bool = False) -> bool:
         """``write`` on a thread of its own, one write at a time; ``Unanswered`` after
         ``timeout`` seconds. A write still under way (a hung disk) is waited for instead
         of starting another: in the loop's default pool, each held one of its few
         threads, and a stop's ``asyncio.to_thread`` waited for the disk with them. The
-        next write after it writes the latest counters."""
+        next write after it writes the latest counters. ``fresh``: ``live`` itself is
+        written (the one under way, of older counters, is waited for first, within the
+        same ``timeout``): the stop's last write."""
         self._latest = live
-        return await self._writing.read(timeout)
+        return await self._writing.read(timeout, fresh=fresh)
 
     def _write_latest(self) -> bool:
         return self.write(self._latest)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -201,6 +202,46 @@ def test_serves_stats_task_goes_on_while_its_files_write_hangs_and_leaves_the_po
     assert pooled == 1
     assert hung.entries == 1  # one write, however many beats came while it hung
     assert "the live stats file (ingest-stats.json) did not answer" in caplog.text
+
+
+def test_the_stops_last_stats_write_writes_the_stops_counters_after_one_under_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write of the live stats file under way as the stop comes (the stats task's: its
+    cancellation leaves the thread writing) holds the counters of before the stop. The
+    stop's last write shared it: once it ended, the file kept those, and nothing said
+    the final counters were never written."""
+    hung = Hold(monkeypatch, serve.StatsFile, "write")
+    stats_file = serve.StatsFile(tmp_path / serve.STATS_FILE)
+    composed = threading.Event()
+
+    def integrations_stats() -> dict[str, Any]:
+        composed.set()  # the stop's counters are composed: its write is asked next
+        return {"when": "at the stop"}
+
+    server = SimpleNamespace(stats=dict)
+    integrations = SimpleNamespace(stats=integrations_stats,
+                                   store_stats=SingleFlight(dict, "store-stats"))
+
+    async def run() -> None:
+        with pytest.raises(Unanswered):  # the stats task's write, which the disk holds
+            await stats_file.write_off_loop({"when": "before the stop"}, 0.01)
+        while not hung.entered.is_set():  # its thread holds the counters of before
+            await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(serve._final_stats(  # type: ignore[arg-type]
+            server, integrations, stats_file))
+        while not composed.is_set():
+            await asyncio.sleep(0.01)
+        # Turns of the loop, not time (no thread in between): the last write's wait, a
+        # task of wait_for's, takes its place behind the write under way.
+        for _ in range(10):
+            await asyncio.sleep(0)
+        hung.release()
+        await stopping
+
+    asyncio.run(asyncio.wait_for(run(), BOUND))
+    assert hung.entries == 1
+    written = json.loads((tmp_path / serve.STATS_FILE).read_text())
+    assert written["when"] == "at the stop"
 
 
 def test_an_opentelemetry_collection_on_a_hung_disk_leaves_the_store_out_once(
