@@ -177,7 +177,9 @@ SPEC: Final[dict[str, Any]] = {
                         "sources_omitted": {"type": "integer"},
                         "unacknowledged_gap_events": {"type": "integer"},
                         "unacknowledged_tail_events": {"type": "integer"}}}}}},
-                **{k: v for k, v in _DENIED.items() if k in ("401", "403")}},
+                **{k: v for k, v in _DENIED.items() if k in ("401", "403")},
+                "503": _error("The store's figures did not come in time: the data disk "
+                              "does not answer. Try again after Retry-After seconds.")},
         }},
         "/api/v1/sources/acknowledge-losses": {"post": {
             "summary": "Acknowledge a source's lost events (known to an operator)",
@@ -212,7 +214,8 @@ SPEC: Final[dict[str, Any]] = {
                                              "additionalProperties": {"type": "integer"}}}}}}},
                 "404": _error("No source of this id is known to the store."),
                 **_DENIED, "503": _error("The acknowledgement could not be recorded or "
-                                         "kept, so it was not made.")},
+                                         "kept, so it was not made; with Retry-After: "
+                                         "the data disk did not answer in time.")},
         }},
         "/api/v1/session": {
             "get": {"summary": "Who is signed in", "operationId": "getSession",

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from collector import metrics
 from collector.api import routes
 from collector.api.context import DISK_THREADS
+from collector.api.openapi import SPEC
 from collector.own_records import AUDIT_LOSS_ACKNOWLEDGED
 from collector.query import Filters, iter_records
 from collector.readers import Readers
@@ -94,6 +95,7 @@ def test_listings_on_a_hung_disk_answer_503_and_leave_the_loops_pool_free(
     assert [r.status_code for r in replies] == [503] * REQUESTS
     assert all(r.headers["Retry-After"] == "5" for r in replies)
     assert replies[0].json() == {"error": "unavailable", "message": routes.LOSSES_LATE}
+    assert "503" in SPEC["paths"][LOSSES]["get"]["responses"]  # a client knows to expect it
     assert scrape.status_code == 503
     assert pooled == 1
     assert hung.entries == 1  # one thread in stats(), shared by listings and /metrics
