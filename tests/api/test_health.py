@@ -289,6 +289,55 @@ def test_an_index_write_failure_that_ended_is_ready_again_without_a_batch(
     assert opened.stats()["written"] == written  # no batch came
 
 
+def test_a_bugs_sql_error_in_a_commit_ends_only_with_a_batch(
+        opened: Store, broken_inserts: BrokenIndexInserts,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python raises a bug's SQL (SQLite's ``SQLITE_ERROR``: "no such table", "too many
+    SQL variables" on large batches only) as ``OperationalError``, the class of an
+    environment's errors too. Judged by its class, the idle store's checks ran, their
+    small writes went through, and the probe said ready half a second after each batch
+    refused so."""
+    monkeypatch.setattr(disk_space, "free_bytes", lambda directory: 10 * RESERVE_ROOM)
+    broken_inserts.error = real_sql_error()
+    broken_inserts.broken = True
+    passes = idle_passes(monkeypatch)
+    with pytest.raises(StorageError, match="no such table"):
+        opened.write([event()])
+    seen = len(passes)
+    wait_until(lambda: len(passes) >= seen + 2)  # one whole idle pass since the failure
+    assert probe(Health(opened)).json().get("reason") == "write_failing"
+    broken_inserts.broken = False
+    opened.write([event()])
+    assert probe(Health(opened)).status_code == 200
+
+
+def real_sql_error() -> sqlite3.OperationalError:
+    """SQLite's own error for a query no schema has (``SQLITE_ERROR``), as a bug gets."""
+    con = sqlite3.connect(":memory:")
+    try:
+        con.execute("SELECT * FROM no_such_table")
+    except sqlite3.OperationalError as exc:
+        assert exc.sqlite_errorname == "SQLITE_ERROR"
+        return exc
+    finally:
+        con.close()
+    raise AssertionError("a query of no table went through")
+
+
+def idle_passes(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """The idle commit thread's looks at a failed write (``Store._check_failed_write``)
+    from now on, one item each, counted as each begins: two mean one has ended."""
+    passes: list[None] = []
+    real = Store._check_failed_write
+
+    def counted(store: Store) -> None:
+        passes.append(None)
+        real(store)
+
+    monkeypatch.setattr(Store, "_check_failed_write", counted)
+    return passes
+
+
 def test_an_index_locked_by_another_process_is_unready_until_it_lets_go(
         tmp_path: Path, failing: FailingAppends, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real refusal of the index, which the idle store's check must not read as ended:
