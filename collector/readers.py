@@ -183,9 +183,17 @@ class Readers:
 
 def _settled(st: os.stat_result, looked: int) -> bool:
     """Whether a change after ``looked`` must give the file another stamp: its times are
-    older than ``looked`` by more than a timestamp tick (``SETTLED_NS``). A file dated
-    ahead of the clock is not settled until the clock passes its date by as much."""
-    return max(st.st_mtime_ns, st.st_ctime_ns) < looked - SETTLED_NS
+    older than ``looked`` by more than a timestamp tick (``SETTLED_NS``). A file whose
+    ctime is ahead of the clock is not settled until the clock passes it by as much."""
+    times = [st.st_ctime_ns]
+    # An mtime ahead of the clock by more than SETTLED_NS is no write's (the clocks agree
+    # within a second) but a utime's: cp -p or rsync -t from a host whose clock is ahead,
+    # touch -d. Any later write sets it back to now, another stamp, so it need not
+    # settle; the ctime (no utime sets it ahead) dates the change. Counted, it had the
+    # file read at every request until that date, for good for one dated years ahead.
+    if st.st_mtime_ns <= looked + SETTLED_NS:
+        times.append(st.st_mtime_ns)
+    return max(times) < looked - SETTLED_NS
 
 
 def _check_new_name(name: str, readers: list[Reader]) -> None:

@@ -96,6 +96,29 @@ def test_a_settled_file_is_read_once_and_again_after_a_change(
     assert len(loads) == 2
 
 
+def test_a_file_dated_ahead_of_the_clock_is_settled_by_its_ctime(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An mtime a year ahead (``touch -d``; ``cp -p`` or ``rsync -t`` from a host whose
+    clock is ahead) had the file read at every request until that date. No write gives
+    such an mtime, and a later write sets it back to now: the ctime dates the change.
+    A same-size edit in place within the ctime's tick is still seen, by that mtime."""
+    path = tmp_path / READERS_FILE
+    token = Readers(tmp_path).add("alice", root=True)
+    ahead = path.stat().st_mtime_ns + 365 * 24 * HOUR_NS
+    os.utime(path, ns=(ahead, ahead))
+    changed = path.stat().st_ctime_ns
+    loads = count_loads(monkeypatch)
+    serving = Readers(tmp_path, clock=lambda: changed + SETTLED_NS + TICK_NS)
+    for _ in range(3):
+        assert serving.authenticate(token) is not None
+    assert len(loads) == 1
+    body = path.read_bytes()
+    path.write_bytes(body.replace(sha256(token).encode(),
+                                  sha256("a new token for alice").encode()))
+    assert path.stat().st_size == len(body)
+    assert serving.authenticate(token) is None
+
+
 def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The readings of ``readers.json`` from now on (each a read and a parse)."""
     loads: list[Path] = []
