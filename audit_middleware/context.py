@@ -76,20 +76,31 @@ def _granian_unix_server(server: Any) -> bool:
 _PROXY_FIX_ORIGINAL = "werkzeug.proxy_fix.orig"
 
 
-def _wsgi_peer(environ: Mapping[str, Any] | None) -> str:
-    if not environ:
-        return ""
-    # Werkzeug's ProxyFix (Flask's documented proxy set-up) puts a hop of the request's
-    # X-Forwarded-For in REMOTE_ADDR, counted from the right whoever sent it, in the
-    # environ this context shares, outside or inside the middleware: a direct client
-    # named its own address, or a trusted proxy's, whose header trusted_proxies then
-    # walked. The peer is what the server handed over, which ProxyFix keeps.
+def _server_remote_addr(environ: Mapping[str, Any]) -> Any:
+    """``REMOTE_ADDR`` as the server handed it over, read as the middleware is called.
+    Werkzeug's ``ProxyFix`` (Flask's documented proxy set-up) puts a hop of the
+    request's X-Forwarded-For there, counted from the right whoever sent it: a direct
+    client names its own address, or a trusted proxy's, whose header trusted_proxies
+    then walks. One that ran before the middleware keeps what it replaced; one that runs
+    after it (or any wrapper or Django middleware editing the environ) edits it in place,
+    so it is read now, not at the first event. A ``ProxyFix`` inside another one keeps
+    the outer one's hop as its original: a middleware called before the inner one reads
+    past it, one called inside both cannot (docs/record.md)."""
     original = environ.get(_PROXY_FIX_ORIGINAL)
     if isinstance(original, Mapping) and "REMOTE_ADDR" in original:
-        environ = {**environ, "REMOTE_ADDR": original["REMOTE_ADDR"]}
+        return original["REMOTE_ADDR"]
+    return environ.get("REMOTE_ADDR")
+
+
+def _wsgi_peer(environ: Mapping[str, Any] | None, remote_addr: Any) -> str:
+    """The peer of a request whose server handed over ``remote_addr``."""
+    if not environ:
+        return ""
+    if remote_addr != environ.get("REMOTE_ADDR"):
+        environ = {**environ, "REMOTE_ADDR": remote_addr}  # as the unix checks must see it
     if _wsgi_unix_socket(environ):
         return ""
-    return str(environ.get("REMOTE_ADDR") or "")
+    return str(remote_addr or "")
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,7 @@ class RequestContext:
         "_org",
         "_workspace",
         "_wsgi_peer",
+        "_wsgi_remote_addr",
         "config",
         "environ",
         "failed_status",
@@ -207,6 +219,9 @@ class RequestContext:
     #: Unset under no other one (most requests: not set, it costs them nothing), and read
     #: only where ``config.address_outside`` says it is set.
     _enclosing: RequestContext
+    #: A WSGI request's ``REMOTE_ADDR`` as the server gave it (``_server_remote_addr``),
+    #: read as the middleware is called. Unset for an ASGI request: it costs it nothing.
+    _wsgi_remote_addr: Any
 
     def __init__(
         self,
@@ -240,8 +255,10 @@ class RequestContext:
         #: only the server's own thread can answer (it runs ``__init__``), not by the
         #: first event, which may be emitted on another thread.
         self._wsgi_peer: str | None = None
-        if environ is not None and ASK_ON_ITS_OWN_THREAD in environ:
-            self._wsgi_peer = _wsgi_peer(environ)
+        if environ is not None:
+            self._wsgi_remote_addr = _server_remote_addr(environ)
+            if ASK_ON_ITS_OWN_THREAD in environ:
+                self._wsgi_peer = _wsgi_peer(environ, self._wsgi_remote_addr)
 
     def nest_in(self, enclosing: RequestContext) -> RequestContext | None:
         """``enclosing`` is another audit middleware's context, which it had set when
@@ -291,7 +308,8 @@ class RequestContext:
         if self.scope is not None:
             return str(asgi_peer(self.scope))
         if self._wsgi_peer is None:
-            self._wsgi_peer = _wsgi_peer(self.environ)
+            self._wsgi_peer = _wsgi_peer(self.environ,
+                                         getattr(self, "_wsgi_remote_addr", None))
         return self._wsgi_peer
 
     @property
