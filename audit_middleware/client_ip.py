@@ -193,7 +193,9 @@ def forwarded_for_values(header: str) -> list[str]:
     An element naming ``for`` twice is malformed too (RFC 7239 allows each parameter once
     per element): a proxy that writes client text into its own element
     (``for=<client>;host=$http_host``) would otherwise let ``Host: x;for=6.6.6.6`` name
-    the hop, the last ``for`` winning."""
+    the hop, the last ``for`` winning. A ``,`` in that text ends the proxy's element and
+    starts one the client wrote, which nothing tells from a proxy's: no proxy may write
+    client text into ``Forwarded`` (docs/record.md)."""
     return [_element_for(element) for element in header.split(",")]
 
 
@@ -214,11 +216,16 @@ def _element_for(element: str) -> str:
 
 
 def _hops(header: str, kind: ForwardedHeader) -> list[str]:
+    cut = len(header) > MAX_HEADER_CHARS and header[-MAX_HEADER_CHARS - 1] != ","
     if len(header) > MAX_HEADER_CHARS:
         header = header[-MAX_HEADER_CHARS:]
-    if kind == "forwarded":
-        return forwarded_for_values(header)[-MAX_HOPS:]
-    return header.rsplit(",", MAX_HOPS)[-MAX_HOPS:]
+    hops = forwarded_for_values(header) if kind == "forwarded" else header.rsplit(",", MAX_HOPS)
+    if cut:
+        # The hop the cut falls in is not the one sent, and not one more is read: only
+        # its tail, which a client may write (a proxy's element ending in a Host header
+        # padded to the cut and ";for=<anyone>": its own for= cut off, that one alone).
+        hops[0] = ""
+    return hops[-MAX_HOPS:]
 
 
 def resolve_client_ip(

@@ -9,6 +9,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from audit_middleware import AuditConfigurationError, AuditMiddleware, audited
+from audit_middleware.client_ip import MAX_HEADER_CHARS
 from audit_middleware.event import AuditEvent
 
 
@@ -30,6 +31,9 @@ def request_from(
 
 
 PROXY = ["10.0.0.0/8", "2001:db8:ffff::/48"]
+#: A Forwarded element of exactly the characters read of a header.
+FILLED_ELEMENT = "for=198.51.100.7;host=" + "x" * (MAX_HEADER_CHARS - 22)
+assert len(FILLED_ELEMENT) == MAX_HEADER_CHARS
 
 CASES = [
     # (name, peer, headers, options, expected client_ip, expected peer_ip)
@@ -113,6 +117,15 @@ CASES = [
     ("nor the first, quoted or not", "10.0.0.5",
      {"Forwarded": 'for="6.6.6.6";FOR=198.51.100.7'},
      {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
+    # Only the rightmost MAX_HEADER_CHARS are read: a Host padded to the cut left the
+    # tail of the proxy's element, ";for=6.6.6.6" alone, which was taken as the hop.
+    ("nor a for= whose element the cut of a huge header falls in", "10.0.0.5",
+     {"Forwarded": "for=198.51.100.7;host=" + "x" * MAX_HEADER_CHARS + ";for=6.6.6.6"},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "", "10.0.0.5"),
+    ("an element the cut falls just before is whole, and read", "10.0.0.5",
+     {"Forwarded": "for=6.6.6.6," + FILLED_ELEMENT},
+     {"trusted_proxies": PROXY, "forwarded_header": "forwarded"}, "198.51.100.7",
+     "10.0.0.5"),
     ("huge header is cut, rightmost hops still used", "10.0.0.5",
      {"X-Forwarded-For": "1.1.1.1, " * 20000 + "198.51.100.7"}, {"trusted_proxies": PROXY},
      "198.51.100.7", "10.0.0.5"),
