@@ -57,9 +57,9 @@ no reader can count, is counted dropped (see ``_keep_failed``).
 Files are named, and replayed, in the order they were made, whatever the wall clock
 does (see ``_stamp``). A file removed under its process takes no more batches (see
 ``_removed_under_us``); one replayed whole that cannot be removed is held, its progress
-at its end (see ``_keep_replayed``). One that reached the process's file size limit
-(EFBIG) takes no more batches, and later files are started at its size (see
-``_size_limited``).
+at its end (see ``_keep_replayed``). Files are kept under the process's file size
+limit (``RLIMIT_FSIZE``, read at each append; see ``_file_room``); one that reached it
+anyway (EFBIG) takes no more batches (see ``_size_limited``).
 
 ``Spool`` (here: writing, reading, closing) is made of one part per concern, each in a
 sibling module: ``spool_format`` (the record format, the search past a damaged region,
@@ -75,6 +75,7 @@ import errno
 import fcntl
 import math
 import os
+import resource
 import secrets
 import threading
 import time
@@ -155,6 +156,7 @@ class Spool(_Adoption):
         self.corrupt_bytes = 0
         self.lost_events = 0
         self._write_failures = 0  # batches the disk refused in a row (see _write_failed)
+        self._size_limit_said = False  # said once: a file size limit (see _file_room)
         self._place_checked = (-1, -math.inf)  # no user's place checked yet (check_place)
         self._place_problem = ""
         self._place_lock = threading.Lock()
@@ -187,7 +189,8 @@ class Spool(_Adoption):
             if active is not None and _removed(active):
                 self._removed_under_us(active)
                 active = None
-            if active is None or (active.size and active.size + len(record) > self.file_bytes):
+            if active is None or (active.size
+                                  and active.size + len(record) > self._file_room()):
                 active = self._new_file()
         except OSError as exc:
             self._write_failed(exc)
@@ -214,17 +217,29 @@ class Spool(_Adoption):
         return True
 
     def _size_limited(self, active: _File) -> None:
-        """``active`` holds as much as the process's file size limit lets one file hold
-        (EFBIG: ``ulimit -f``, systemd's ``LimitFSIZE=``, below ``file_bytes``). Kept as
-        the file appended to, every later batch failed in it and was dropped while the
-        spool had room: files are started at that size from now on."""
+        """``active`` reached the process's file size limit (EFBIG: ``ulimit -f``,
+        systemd's ``LimitFSIZE=``): kept as the file appended to, every later batch
+        failed in it and was dropped while the spool had room. Later files are kept
+        under the limit (``_file_room``, which said it)."""
         self._active = None
-        if active.size < self.file_bytes:
-            self.file_bytes = active.size
-            log.warning("audit spool %s: %s reached this process's file size limit at %d "
-                        "bytes (RLIMIT_FSIZE: ulimit -f, systemd LimitFSIZE=): new spool "
-                        "files are started at that size", self.directory, active.path.name,
-                        active.size)
+
+    def _file_room(self) -> int:
+        """The size a spool file may reach: ``file_bytes``, or the process's file size
+        limit (``RLIMIT_FSIZE``) below it, read as it is now. Lowered to the size of the
+        file that met the limit, one too full for a large batch (of 2 KiB, under a limit
+        of 64 KiB) made every later file that small (a descriptor for each), even once
+        the limit was raised. Said once, when it first keeps files small."""
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit == resource.RLIM_INFINITY or limit >= self.file_bytes:
+            return self.file_bytes
+        if not self._size_limit_said:
+            self._size_limit_said = True
+            log.warning("audit spool %s: this process's file size limit (RLIMIT_FSIZE: "
+                        "ulimit -f, systemd LimitFSIZE=) is %d bytes: spool files are "
+                        "kept under it (not %d bytes), more files for as many batches; a "
+                        "batch larger than it is dropped. Raise the limit to spare them",
+                        self.directory, limit, self.file_bytes)
+        return int(limit)
 
     def _removed_under_us(self, active: _File) -> None:
         """Our active file was removed by something else (an operator emptying a spool

@@ -228,3 +228,61 @@ def test_a_file_size_limit_starts_a_new_file_rather_than_dropping_every_later_ba
     adopter.adopt_orphans()
     assert len(drain(adopter)) == 20
     assert adopter.corrupt_bytes == 0
+
+
+#: A process spooling under a file size limit of 64 KiB: a batch of 2 KiB, one of 63 KiB
+#: (which does not fit beside it), then 40 of 1 KiB; then the limit raised (``setrlimit``:
+#: a soft limit may be raised up to the hard one) and 4 of 64 KiB. Prints the number of
+#: the spool's files after each part.
+_BATCHES_OF_MANY_SIZES = """
+import resource, sys
+from pathlib import Path
+from audit_middleware.shipper.spool import Spool
+from tests.shipper.spool_helpers import spool_files
+body = b"x" * (64 * 1024)  # what a batch holds does not matter to its file
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+spool = Spool(sys.argv[1], max_bytes=1 << 20)
+assert spool.append(body[:2048]) and spool.append(body[:63 * 1024])
+assert all(spool.append(body[:1024]) for _ in range(40))
+print(len(spool_files(Path(sys.argv[1]))))
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+assert all(spool.append(body[:64 * 1024]) for _ in range(4))
+print(len(spool_files(Path(sys.argv[1]))))
+"""
+
+
+def test_a_file_size_limit_sizes_later_files_by_the_limit_not_by_the_file_that_met_it(
+        tmp_path: Path) -> None:
+    """Later files were started at the size of the file the limit stopped, not at the
+    limit: a batch too large for the room left in a file of 2 KiB made every later file
+    one of 2 KiB (here a file for each 1 KiB batch, 42 files; at a real cap of 256 MiB,
+    thousands, each an open descriptor), and the limit raised the files stayed that
+    small. The limit is read as it is now (``RLIMIT_FSIZE``)."""
+    done = run_python(_BATCHES_OF_MANY_SIZES, str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    limited, raised = map(int, done.stdout.split())
+    assert limited <= 3, done.stdout  # 2 KiB; 63 KiB; 40 KiB: under 64 KiB each
+    assert raised == limited, done.stdout  # 256 KiB more: in the last file, as 8 MiB allow
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    adopter.adopt_orphans()
+    assert len(drain(adopter)) == 46 and adopter.corrupt_bytes == 0
+
+
+def test_a_file_that_meets_a_size_limit_no_rlimit_says_takes_no_more_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EFBIG from a limit ``RLIMIT_FSIZE`` does not say (a file system's largest file, a
+    limit lowered from outside by ``prlimit`` since it was read): the batch goes to a
+    new file, not dropped, and so do the later ones."""
+    real_pwrite = os.pwrite
+
+    def limited(fd: int, data: bytes, offset: int) -> int:
+        if offset + len(data) > 4096:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", limited)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    bodies = [body[:1000] for body in batch_bodies(10, events=100)]
+    assert [spool.append(body) for body in bodies] == [True] * 10
+    assert len(spool_files(tmp_path)) == 3  # four records of 1,008 bytes a file
+    assert drain(spool) == bodies
