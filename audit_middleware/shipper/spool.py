@@ -431,9 +431,12 @@ class Spool(_Adoption):
         """Move ``head`` past the region at its read position that is no valid record,
         to the next valid record or the end of the file; count and log what was lost."""
         start, end = head.read_pos, head.size
-        found, head.scan_budget = _next_record(head.fd, start, end, head.scan_budget)
+        found, budget = _next_record(head.fd, start, end, head.scan_budget)
         skip = found - start
         events = _events_between(head.fd, start, found)
+        # Spent with the skip only: a read refused before it (the file held aside, see
+        # _read_failed) charged each try, until one counted valid records as corrupt.
+        head.scan_budget = budget
         self.corrupt_bytes += skip
         self.lost_events += events
         head.read_pos = found

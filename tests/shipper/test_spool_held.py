@@ -16,6 +16,7 @@ from audit_middleware.shipper.spool import Spool
 from audit_middleware.shipper.spool_files import SUFFIX
 from audit_middleware.shipper.spool_format import RECORD
 from tests.shipper.spool_helpers import (
+    batch_bodies,
     drain,
     leftovers,
     orphans,
@@ -272,3 +273,35 @@ def test_a_file_held_aside_unread_still_orders_the_files_made_after_it(
     adopter = Spool(tmp_path, max_bytes=1 << 20)
     assert adopter.adopt_orphans() == 2
     assert drain(adopter) == [b"first", b"second"]
+
+
+def test_a_read_refused_past_a_damaged_region_costs_no_scan_budget_for_the_next_try(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read refused (EIO) after the search past a damaged region had found the next
+    record (counting the events lost in the region) kept the search's cost on the file,
+    though nothing was skipped: each try of a file held aside paid it again, until the
+    budget was spent and the next try counted the rest of the file, its valid records
+    too, as corrupt. The region is paid for once, when it is skipped."""
+    from audit_middleware.shipper import spool, spool_format
+    # Eight bytes that look like a record's header (4,096 bytes, a wrong crc32), many
+    # times over: the search past them costs about 2.2 MB of budget.
+    junk = b"\x00\x00\x10\x00\xff\xff\xff\xff" * 600
+    first, second = batch_bodies(2)
+    records = [RECORD.pack(len(b), zlib.crc32(b)) + b for b in (first, second)]
+    (tmp_path / ("00000000000000000001-99-aa" + SUFFIX)).write_bytes(
+        records[0] + junk + records[1])
+    tmp_path.chmod(0o700)
+    monkeypatch.setattr(spool_format, "_SCAN_BUDGET", 3_000_000)  # one search, not two
+    counted = spool._events_between
+
+    def refused_once(fd: int, start: int, stop: int) -> int:
+        monkeypatch.setattr(spool, "_events_between", counted)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(spool, "_events_between", refused_once)
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == [first] and adopter.replay_pending  # held aside
+    assert adopter.adopt_orphans() == 1  # tried again: read this time
+    assert drain(adopter) == [second]
+    assert adopter.corrupt_bytes == len(junk) and not adopter.replay_pending
