@@ -138,7 +138,6 @@ class Spool(_Adoption):
         #: Files the disk could not read, held aside until the next scan tries them again
         #: (see ``_read_failed``).
         self._unread: list[_File] = []
-        self._read_failures = 0  # reads refused so far (said at the 1st, 2nd, 4th, ...)
         #: The adoption lock's descriptor while this process holds it (see the module's
         #: doc); -1 when it does not.
         self._adoption = -1
@@ -411,21 +410,23 @@ class Spool(_Adoption):
         file, spooled, until the cap dropped them. Nothing of it is known lost, so it is
         neither skipped nor counted: held aside, still locked (no other process tries it
         meanwhile), and tried again at the next scan (``adopt_orphans``); the files after
-        it are replayed meanwhile. Said at the 1st, 2nd, 4th, ... failure."""
+        it are replayed meanwhile. Said at the 1st, 2nd, 4th, ... failure of each file:
+        counted for the process, a file refused after another had been for a while was
+        not named until the count reached its next power of two, hours later."""
         self._files.remove(head)
         head.peeked = None
         if head is self._active:
             self._active = None  # no more batches into a file that cannot be read
         self._unread.append(head)
-        self._read_failures += 1
-        n = self._read_failures
+        head.read_failures += 1
+        n = head.read_failures
         if worth_saying(n):
             log.error("audit spool %s: cannot read %s (%s): its batches are not replayed "
                       "yet; it is kept and tried again at the next scan, and the spool "
                       "files after it are replayed meanwhile. Check the disk (to give its "
                       "batches up, stop the app and move the file away)%s",
                       self.directory, head.path.name, exc,
-                      f" ({n} such failures so far; said again at {2 * n})" if n > 1 else "")
+                      f" ({n} failures of it so far; said again at {2 * n})" if n > 1 else "")
 
     def _skip_corrupt(self, head: _File) -> None:
         """Move ``head`` past the region at its read position that is no valid record,
@@ -531,5 +532,4 @@ class Spool(_Adoption):
         # not said (said at the 1st, 2nd, 4th, ... in a row), and it said a recovery
         # from refusals it never had.
         self._write_failures = 0
-        self._read_failures = 0
         self._adoption_errors = 0  # the same: a child's first scan failure is said

@@ -42,6 +42,7 @@ class _File:
     progress_failed: bool = False  # said once: writing progress failed
     adopted: bool = False  # an orphan: the adoption lock is held until it is replayed
     unreadable: bool = False  # no valid record in it at all: set aside, not removed
+    read_failures: int = 0  # reads of it the disk refused (see Spool._read_failed)
     #: The body length of the record :meth:`Spool.peek` last returned (at ``read_pos``),
     #: for :meth:`Spool.commit`: read again there, a file cut short meanwhile raised.
     peeked: int | None = None

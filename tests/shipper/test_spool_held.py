@@ -305,3 +305,28 @@ def test_a_read_refused_past_a_damaged_region_costs_no_scan_budget_for_the_next_
     assert adopter.adopt_orphans() == 1  # tried again: read this time
     assert drain(adopter) == [second]
     assert adopter.corrupt_bytes == len(junk) and not adopter.replay_pending
+
+
+def test_each_spool_file_the_disk_cannot_read_is_said_at_its_own_first_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Read failures were said at the 1st, 2nd, 4th, ... of the process, whichever
+    file: a file the disk refused after another had been refused for a while (4 scans
+    here; a day of scans, 8,640) was not named until the process's count reached the
+    next power of two, hours later. Each file's failures are counted apart now."""
+    spool = Spool(tmp_path, max_bytes=1 << 20, file_bytes=10)  # one batch a file
+    assert spool.append(b"first")
+
+    def refused(fd: int, n: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", refused)
+    with caplog.at_level("ERROR", logger="audit_middleware"):
+        assert spool.peek() is None
+        for _ in range(3):  # three more scans: still refused
+            assert spool.adopt_orphans() == 1 and spool.peek() is None
+        assert spool.append(b"second") and spool.peek() is None
+    first, second = spool_files(tmp_path)
+    said = [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()]
+    assert [m for m in said if first.name in m] == said[:3], said  # its 1st, 2nd, 4th
+    assert len(said) == 4 and second.name in said[3], said
