@@ -115,6 +115,8 @@ SHIPPER_METRICS: Final[tuple[tuple[str, str, str, str, str], ...]] = (
     ("audit.shipper.spool.size", "gauge", "spool_bytes", "By", "Bytes in the local spool"),
     ("audit.shipper.spool.corrupt", "counter", "spool_corrupt_bytes", "By",
      "Spooled bytes found torn or corrupt when replayed (lost; logged)"),
+    ("audit.shipper.spool.unread", "gauge", "spool_unread_files", "{file}",
+     "Spool files held aside because the disk refused to read them (logged; retried)"),
     ("audit.shipper.spool.unusable", "gauge", "spool_unusable", "1",
      "1 while this process's user cannot spool in spool_dir (logged, with what to do)"),
 )

@@ -453,7 +453,9 @@ class CollectorSink:
         counted again only as often as the shared cap needs, see docs/shipping.md; do not
         sum it over workers), ``spool_corrupt_bytes`` (spooled bytes found torn or corrupt
         when replayed, logged: lost, their events in ``dropped`` as far as they could be
-        counted) and ``spool_unusable`` (1 while this process's user cannot spool in
+        counted), ``spool_unread_files`` (spool files this process holds aside because
+        the disk refused to read them, logged: no known loss, tried again at each scan;
+        ``wait_for_delivery`` is False while any is) and ``spool_unusable`` (1 while this process's user cannot spool in
         ``spool_dir``, logged with what to do: batches the collector cannot take are
         dropped; checked again after a worker drops root)."""
         counts = self._queue.counts()  # first: its fork check resets this sink too
@@ -475,6 +477,7 @@ class CollectorSink:
             "queued": counts["queued"],
             "spool_bytes": spool.used_bytes if spool is not None else 0,
             "spool_corrupt_bytes": spool.corrupt_bytes if spool is not None else 0,
+            "spool_unread_files": spool.unread_files if spool is not None else 0,
             "spool_unusable": int(bool(spool.check_place())) if spool is not None else 0,
         }
 

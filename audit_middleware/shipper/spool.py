@@ -357,6 +357,11 @@ class Spool(_Adoption):
         return self._used
 
     @property
+    def unread_files(self) -> int:
+        """Files held aside because the disk refused to read them (``_read_failed``)."""
+        return len(self._unread)
+
+    @property
     def replay_pending(self) -> bool:
         """Whether anything spooled is still to be replayed: files held, orphans a scan
         left for the next one, or files the disk could not read (``_read_failed``)."""

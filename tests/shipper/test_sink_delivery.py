@@ -28,6 +28,7 @@ def test_events_are_acknowledged_by_the_collector(collector: Collector,
         "submitted": 500, "emitted": 500, "delivered": 500, "acknowledged": 500,
         "spooled": 0, "replayed": 0, "dropped": 0, "retried": 0, "rejected": 0,
         "queued": 0, "spool_bytes": 0, "spool_corrupt_bytes": 0, "spool_unusable": 0,
+        "spool_unread_files": 0,
     }
     assert collector.ids() == ids  # one source, one connection: stored in emit order
 

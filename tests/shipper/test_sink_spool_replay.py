@@ -310,10 +310,11 @@ def test_a_spool_file_the_disk_cannot_read_holds_up_nothing_else_and_is_replayed
         wait_until(lambda: collector.ids() == later, timeout=30,
                    message="the events after the file that cannot be read")
         assert sink.wait_for_delivery(timeout=0.5) is False  # that file is still to come
+        assert sink.stats()["spool_unread_files"] == 1  # and why, for a monitor
         assert "spool replayed" not in caplog.text  # not said while it waits
         monkeypatch.setattr(os, "pread", real_pread)  # the disk reads it again
         assert sink.wait_for_delivery(timeout=20)
     assert sorted(collector.ids()) == sorted(spooled + later)
     assert "cannot read" in caplog.text and "background work failed" not in caplog.text
     assert "spool replayed" in caplog.text
-    assert sink.stats()["dropped"] == 0
+    assert (sink.stats()["dropped"], sink.stats()["spool_unread_files"]) == (0, 0)
