@@ -68,6 +68,8 @@ GUARD_INTERVAL = 1.0
 #: Seconds a new connection to a TLS API has to finish its handshake (the collector's
 #: ``handshake_timeout``, which the ingest port's TLS and hello use too).
 HANDSHAKE_TIMEOUT = 10.0
+#: Bytes of a request line and headers at most (h11's own default, said here).
+H11_MAX_HEADERS: Final = 16 * 1024
 
 
 class ApiError(RuntimeError):
@@ -85,6 +87,12 @@ class ApiServer:
         self.config = uvicorn.Config(
             app, proxy_headers=False, lifespan="off", log_config=None, log_level="warning",
             access_log=False, server_header=False,
+            # h11, never uvicorn's "auto": that picks httptools when it is installed
+            # (uvicorn[standard]), which keeps every header line a client sends until
+            # the headers end: one client without a credential grew the collector by
+            # gigabytes within the guard's 10 s. h11 refuses a request line and headers
+            # over H11_MAX_HEADERS (400, connection closed).
+            http="h11", h11_max_incomplete_event_size=H11_MAX_HEADERS,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
             timeout_graceful_shutdown=max(int(drain_timeout), 1))

@@ -20,6 +20,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from uvicorn.protocols.http import auto as uvicorn_auto
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from collector.api import server as api_server
 from collector.api.app import SIGN_IN_PATH
@@ -225,6 +227,22 @@ async def _over_the_cap(served: api_server.ApiServer, request: bytes) -> None:
         for sock in socks:
             sock.close()
     assert closed == [True, True, False, False]
+
+
+def test_the_api_parses_with_h11_whatever_uvicorn_would_pick(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn's "auto" HTTP parser is httptools when it is installed, which bounds no
+    request's headers (the guard's 10 s were gigabytes of them): the API names h11,
+    whose bound holds. "auto" is made to pick another parser here, as an installed
+    httptools makes it."""
+    class Unbounded(H11Protocol):
+        """What "auto" picks here, as it picks httptools' protocol when installed."""
+
+    monkeypatch.setattr(uvicorn_auto, "AutoHTTPProtocol", Unbounded)
+    server = api_server.ApiServer(Starlette(), "127.0.0.1", 0)
+    server.config.load()
+    assert server.config.http_protocol_class is H11Protocol
+    assert server.config.h11_max_incomplete_event_size == api_server.H11_MAX_HEADERS
 
 
 def test_above_the_cap_unfinished_tls_handshakes_count_too(

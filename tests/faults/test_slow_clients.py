@@ -249,6 +249,33 @@ def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path, half: 
            acknowledged=result["acknowledged"], lost=result["emitted"] - result["acknowledged"])
 
 
+def test_endless_http_headers_are_refused_before_they_cost_memory(tmp: Path) -> None:
+    """One client, no credential, a request whose headers never end, sent as fast as
+    the collector reads. With httptools installed (uvicorn[standard]), uvicorn's "auto"
+    parser kept every header line until the headers' end: the collector grew by the
+    gigabytes sent within the guard's 10 s. The API parses with h11: refused (400) past
+    16 KiB."""
+    collector = Collector(tmp / "data", api=True).start()
+    before = collector.memory()
+    line = b"X-Filler: " + b"a" * 4000 + b"\r\n"
+    sent = 0
+    with socket.create_connection(host_and_port(collector.api_url()), timeout=5) as sock:
+        sock.sendall(b"GET /api/v1/audit-logs HTTP/1.1\r\nHost: localhost\r\n")
+        try:
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(line * 64)
+                sent += len(line) * 64
+        except OSError:
+            pass  # refused: the collector closed the connection
+        closed = _closed_by_peer(sock)
+    growth = collector.memory().peak_kib - before.rss_kib
+    assert collector.stop() == 0
+    report("endless HTTP headers", sent_mib=sent >> 20, closed=closed,
+           collector_peak_growth_mib=growth // 1024)
+    assert closed and sent < 64 * 1024 * 1024, "the collector read 64 MiB of headers"
+    assert growth < 32 * 1024, f"{growth // 1024} MiB for one request's headers"
+
+
 def _closed_by_peer(sock: socket.socket) -> bool:
     """Whether the collector has closed this connection (its error frame, then EOF)."""
     sock.settimeout(5)
