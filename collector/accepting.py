@@ -1,14 +1,16 @@
-"""The ingest TCP port's listening sockets, and the accept loop of the TCP ports (the
-ingest port's and the query API's TLS one, ``collector.api.tls``), one connection at a
-time; and what both ports' connection limits share: the default limit, derived from the
-process's file limit, and which connection to close first to make room.
+"""The ingest TCP port's listening sockets, and the accept loop of every listener (the
+ingest unix socket and TCP port, the query API's port: ``collector.api.server``, and
+its TLS one: ``collector.api.tls``), one connection at a time; and what the connection
+limits share: the default limit, derived from the process's file limit, and which
+connection to close first to make room.
 
 asyncio's own server accepts every connection waiting in the backlog at once, before
 the server's code could count them; and out of files it logs "socket.accept() out of
-system resource" with a traceback and stops accepting for a second, with no way for
-the server to close a connection that is worth less than the one waiting (a flood's
-silent one, say). Here ``accept_forever`` calls ``admit`` for each connection and, out
-of files, ``make_room``, then tries again shortly.
+system resource" with a traceback for each connection waiting (its accept loop goes on
+after the error, up to its backlog: 2048 for uvicorn's), then stops accepting for a
+second, with no way for the server to close a connection that is worth less than the
+one waiting (a flood's silent one, say). Here ``accept_forever`` calls ``admit`` for
+each connection and, out of files, ``make_room``, then tries again shortly.
 """
 
 from __future__ import annotations

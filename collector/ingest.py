@@ -31,7 +31,7 @@ import os
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -144,7 +144,7 @@ class IngestServer:
         self._store = store
         self.settings = settings
         self._lines = LineReader(settings.max_field_length)
-        self._servers: list[asyncio.Server] = []
+        self._unix: socket.socket | None = None  # the unix socket's listener
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         self._closing = False
         self._token = settings.token.encode() if settings.token else b""
@@ -156,30 +156,34 @@ class IngestServer:
         self._handshakes: dict[Handshake, None] = {}
         self._listeners: list[socket.socket] = []  # the TCP port's
         self._accepting: list[asyncio.Task[None]] = []
-        self._tasks: set[asyncio.Task[None]] = set()  # the TCP connections' (referenced)
+        self._tasks: set[asyncio.Task[None]] = set()  # the connections' (referenced)
 
     # -- listening ------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
         if s.socket_path is not None:
-            sock = bind_unix(s.socket_path)
-            self._servers.append(await asyncio.start_unix_server(
-                self._unix_client, sock=sock))
+            # Accepted here too, not by asyncio's server: out of files, its accept logged
+            # a traceback per connection waiting (up to 100 each time, every second) and
+            # made no room, so the apps' socket stayed shut while anything held the files.
+            self._unix = bind_unix(s.socket_path)
+            self._accept(self._unix, self._admit_unix)
             self.addresses.append(f"unix:{s.socket_path}")
         if s.tcp_host is not None:
             tls = tls_context(s.tls_cert, s.tls_key)
             self.tls = tls
             # Accepted here, not by asyncio's server: see the module's docstring.
             self._listeners = bind_tcp(s.tcp_host, s.tcp_port)
-            loop = asyncio.get_running_loop()
             for sock in self._listeners:
-                self._accepting.append(loop.create_task(accept_forever(
-                    sock, self._admit, self._make_room, self.counters,
-                    self._handshake_failures, log=log, what="ingest",
-                    making_room="closing a connection that has not said hello (or "
-                    "finished its TLS handshake), one that has sent nothing first")))
+                self._accept(sock, self._admit)
                 host, port = sock.getsockname()[:2]
                 self.addresses.append(f"{'tls' if tls else 'tcp'}:{host}:{port}")
+
+    def _accept(self, sock: socket.socket,
+                admit: Callable[[socket.socket, str], None]) -> None:
+        self._accepting.append(asyncio.get_running_loop().create_task(accept_forever(
+            sock, admit, self._make_room, self.counters, self._handshake_failures,
+            log=log, what="ingest", making_room="closing a connection that has not "
+            "said hello (or finished its TLS handshake), one that has sent nothing first")))
 
     def tcp_port(self) -> int | None:
         for sock in self._listeners:
@@ -189,13 +193,11 @@ class IngestServer:
     async def shutdown(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop accepting; let batches in flight get their reply; close the rest."""
         self._closing = True
-        for server in self._servers:
-            server.close()
         for task in self._accepting:
             task.cancel()
         if self._accepting:
             await asyncio.wait(self._accepting, timeout=1.0)
-        for sock in self._listeners:
+        for sock in [*self._listeners, *([self._unix] if self._unix else [])]:
             sock.close()
         # Handshakes under way have sent nothing to drain: ended now (left to asyncio.run,
         # each was cancelled there and logged an "Exception in callback" traceback).
@@ -217,17 +219,18 @@ class IngestServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
         if self.settings.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.socket_path)
 
     # -- connections ----------------------------------------------------------------------
-    async def _unix_client(self, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> None:
-        await self._client(reader, writer, tcp=False)
+    def _admit_unix(self, sock: socket.socket, peer: str) -> None:
+        """A new connection on the unix socket (``accept_forever``): its task started."""
+        self._started(asyncio.get_running_loop().create_task(self._plain(sock, tcp=False)))
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)  # referenced until it ends
+        task.add_done_callback(self._tasks.discard)
 
     def _admit(self, sock: socket.socket, peer: str) -> None:
         """A new TCP connection (``accept_forever``): its task started; over TLS, counted
@@ -236,7 +239,7 @@ class IngestServer:
         with every slot taken is refused with ``too_many_connections``)."""
         loop = asyncio.get_running_loop()
         if self.tls is None:
-            task = loop.create_task(self._plain_tcp(sock))
+            task = loop.create_task(self._plain(sock, tcp=True))
         else:
             room = max(self.max_connections() - self._open_count(), 1)
             while self._handshakes and len(self._handshakes) >= room:
@@ -244,8 +247,7 @@ class IngestServer:
             handshake = Handshake(sock, peer, loop.time())
             self._handshakes[handshake] = None
             task = handshake.task = loop.create_task(self._tls_client(handshake))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._started(task)
 
     def _make_room(self) -> None:
         """Out of files: an unfinished TLS handshake closed (``accepting.least_worth``),
@@ -270,13 +272,13 @@ class IngestServer:
         if not handshake.running:
             handshake.sock.close()
 
-    async def _plain_tcp(self, sock: socket.socket) -> None:
+    async def _plain(self, sock: socket.socket, *, tcp: bool) -> None:
         try:
             reader, writer = await _streams(sock)
         except OSError:
             sock.close()  # reset before its transport was made: nothing to say to it
             return
-        await self._client(reader, writer, tcp=True)
+        await self._client(reader, writer, tcp=tcp)
 
     async def _tls_client(self, handshake: Handshake) -> None:
         streams = await self._tls_handshake(handshake)

@@ -114,8 +114,9 @@ METRICS: Final[tuple[Metric, ...]] = (
     _m("audit.collector.ingest.internal_errors", "counter", "ingest", "internal_errors",
        "{connection}", "Connections closed by an unexpected error (see the log)"),
     _m("audit.collector.ingest.accept_errors", "counter", "ingest", "accept_errors",
-       "{error}", "Failed accepts on the TCP port (out of files, most often: the oldest "
-       "unfinished TLS handshake or silent connection is closed to make room)"),
+       "{error}", "Failed accepts on the unix socket or the TCP port (out of files, most "
+       "often: the oldest unfinished TLS handshake or silent connection is closed to make "
+       "room)"),
     # unauthorized: TCP clients with a missing or wrong token (the ingest stats'
     # "unauthorized" too); too_many_connections: the evicted ones
     *(_m(f"audit.collector.ingest.errors.{code}", "counter", "ingest", f"error_{code}",
@@ -173,6 +174,14 @@ METRICS: Final[tuple[Metric, ...]] = (
        "closed_by_guard", "{connection}",
        "Query API connections closed by the guard: idle or a sign-in body stalled past "
        "its deadline, or closed to keep within the limit"),
+    _m("audit.collector.api.connections.refused", "counter", "api", "connections_refused",
+       "{connection}", "New query API connections closed at once: at the limit, every "
+       "connection had a request in progress (plain HTTP)"),
+    _m("audit.collector.api.accept_errors", "counter", "api", "accept_errors", "{error}",
+       "Failed accepts on the query API's port (out of files, most often: the connection "
+       "nearest its deadline is closed to make room)"),
+    _m("audit.collector.api.internal_errors", "counter", "api", "internal_errors",
+       "{error}", "Query API connections closed by an unexpected error (see the log)"),
     # the query API's TLS listener (only when api_tls_cert is set)
     _m("audit.collector.api.tls.handshakes.pending", "gauge", "api_tls",
        "tls_handshakes_pending", "{connection}",
@@ -186,10 +195,6 @@ METRICS: Final[tuple[Metric, ...]] = (
     _m("audit.collector.api.tls.handshakes_evicted", "counter", "api_tls",
        "tls_handshakes_evicted", "{connection}",
        "Unfinished TLS handshakes closed to make room for new connections (a flood)"),
-    _m("audit.collector.api.accept_errors", "counter", "api_tls", "accept_errors", "{error}",
-       "Failed accepts on the query API's TLS port (out of files, most often)"),
-    _m("audit.collector.api.internal_errors", "counter", "api_tls", "internal_errors",
-       "{error}", "Query API connections closed by an unexpected error (see the log)"),
     # the store
     _m("audit.collector.store.events", "gauge", "store", "events", "{event}",
        "Events stored (after retention)"),

@@ -27,8 +27,12 @@ per-connection request cycle (``response_complete``, ``more_body``):
 Over TLS, accepting and the handshake are the API's own (``collector.api.tls``): uvicorn
 left them to asyncio, with a 60 s timeout and out of the guard's sight. An unfinished
 handshake is closed at ``handshake_timeout`` and counts against ``max_connections``; the
-guard sees it. uvicorn's ``startup`` is therefore given no socket: the listener is made
-here, with uvicorn's HTTP protocol for each connection (after its handshake, over TLS).
+guard sees it. Without TLS, accepting is the API's own too (``_admit``, in
+``collector.accepting``'s loop): asyncio's server accepted every connection waiting, and
+a flood passed the limit by hundreds between two passes of the guard; now a connection
+at the limit is let in only by closing one nearest its deadline at once. uvicorn's
+``startup`` is therefore given no socket: the listener is made here, with uvicorn's HTTP
+protocol for each connection (after its handshake, over TLS).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import asyncio
 import functools
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -47,7 +52,8 @@ from starlette.applications import Starlette
 from audit_middleware._counter import worth_saying
 from audit_middleware.shipper.endpoint import is_loopback
 
-from ..accepting import default_max_connections
+from ..accepting import accept_forever, default_max_connections
+from ..handshakes import FailureLog
 from ..ingest import DRAIN_TIMEOUT
 from .app import SIGN_IN_PATH, create_app
 from .context import Api, ApiSettings
@@ -68,8 +74,13 @@ GUARD_INTERVAL = 1.0
 #: Seconds a new connection to a TLS API has to finish its handshake (the collector's
 #: ``handshake_timeout``, which the ingest port's TLS and hello use too).
 HANDSHAKE_TIMEOUT = 10.0
+
 #: Bytes of a request line and headers at most (h11's own default, said here).
 H11_MAX_HEADERS: Final = 16 * 1024
+
+#: A connection, its request cycle and its state (``_guard_pass``): a key of the time
+#: since which it waits so.
+_Waiting = tuple[object, object, str]
 
 
 class ApiError(RuntimeError):
@@ -108,6 +119,16 @@ class ApiServer:
         self._socket: socket.socket | None = None
         self._main: asyncio.Task[None] | None = None
         self._guard: asyncio.Task[None] | None = None
+        #: Plain HTTP: the accept loop, the connections accepted whose protocol uvicorn
+        #: has not yet been given (they hold a file, uncounted by uvicorn), and the
+        #: listener's counters (over TLS, ``TlsListener`` has its own).
+        self._accepting: asyncio.Task[None] | None = None
+        self._joining = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counters: Counter[str] = Counter()
+        #: Since when each connection waits (``_guard_pass``), shared by the guard's
+        #: passes and the room made for a new connection.
+        self._waiting_since: dict[_Waiting, float] = {}
         self.url = ""
 
     async def start(self) -> str:
@@ -141,8 +162,13 @@ class ApiServer:
                                        room=self._room_for_handshakes, limit=self._limit)
                 self.tls.start(config.backlog)
             else:
-                self.server.servers.append(await asyncio.get_running_loop().create_server(
-                    self._http_protocol, sock=sock, backlog=config.backlog))
+                # Accepted here, not by asyncio's server (``_admit``); the listener is
+                # closed by uvicorn's shutdown (``sockets``).
+                sock.listen(config.backlog)
+                self._accepting = asyncio.create_task(accept_forever(
+                    sock, self._admit, self._make_room, self.counters, FailureLog(),
+                    log=log, what="query API", making_room="closing the connection "
+                    "nearest its deadline"))
         except (OSError, ValueError) as exc:
             sock.close()
             raise ApiError(f"cannot start the query API: {exc}") from None
@@ -168,7 +194,8 @@ class ApiServer:
         unfinished handshakes as well (``TlsListener.stats``)."""
         stats = {"connections_open": len(self.server.server_state.connections),
                  "max_connections": self._limit(),
-                 "closed_by_guard": self.closed_by_guard}
+                 "closed_by_guard": self.closed_by_guard,
+                 **self.counters}  # one C-level copy: safe from a scraper's thread
         if self.tls is not None:
             stats.update(self.tls.stats())
         return stats
@@ -179,15 +206,84 @@ class ApiServer:
     def _room_for_handshakes(self) -> int:
         return self._limit() - len(self.server.server_state.connections)
 
+    def _admit(self, sock: socket.socket, peer: str) -> None:
+        """A new plain-HTTP connection (``accept_forever``), given to uvicorn's protocol;
+        at the limit, room made for it first (``_room_for_one``), or it is refused (closed at
+        once) when every connection has a request in progress. asyncio's server accepted
+        every connection waiting, and a flood of them passed the limit by hundreds between
+        two passes of the guard: the process ran out of files (the apps' socket and the
+        store's too), and asyncio logged a traceback for each connection it could not
+        accept, up to 2048 a second."""
+        if not self._room_for_one():
+            sock.close()
+            self.counters["connections_refused"] += 1
+            return
+        self._joining += 1
+        task = asyncio.get_running_loop().create_task(self._join(sock))
+        self._tasks.add(task)  # referenced until it ends
+        task.add_done_callback(self._tasks.discard)
+
+    async def _join(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await loop.connect_accepted_socket(self._http_protocol, sock)
+        except OSError:
+            sock.close()  # reset before its transport was made: nothing to say to it
+            return
+        finally:
+            self._joining -= 1
+        # Timed from now, not from the guard's next pass: until then a flood's new
+        # connections all tied with it, and room was made by closing any one of them.
+        key, _ = _waiting(protocol)
+        self._waiting_since.setdefault(key, loop.time())
+
+    def _room_for_one(self) -> bool:
+        """Whether one more connection fits under the limit, once the connections nearest
+        their deadline without a request in progress are closed (the guard's order)."""
+        excess = self._open_count() + 1 - self._limit()
+        return excess <= 0 or self._close_nearest(excess) <= 0
+
+    def _make_room(self) -> None:
+        """Out of files: the connection nearest its deadline without a request in
+        progress closed."""
+        self._close_nearest(1)
+
+    def _close_nearest(self, excess: int) -> int:
+        """Closes up to ``excess`` connections without a request in progress, nearest
+        their deadline first; how many are left to close. One scan each, no pass of the
+        guard (which sorts them all): this runs at each connection of a flood."""
+        now = asyncio.get_running_loop().time()
+        while excess > 0:
+            nearest: tuple[float, Any] | None = None
+            for conn in self.server.server_state.connections:
+                key, limit = _waiting(conn)
+                transport = getattr(conn, "transport", None)
+                if limit is None or transport is None or transport.is_closing():
+                    continue
+                deadline = self._waiting_since.get(key, now) + limit
+                if nearest is None or deadline < nearest[0]:
+                    nearest = (deadline, conn)
+            if nearest is None:
+                break
+            if _close(nearest[1]):
+                self.closed_by_guard += 1
+            excess -= 1
+        return excess
+
+    def _open_count(self) -> int:
+        """Connections holding a file: uvicorn's, those on their way to it, and (over TLS)
+        those in their handshake."""
+        pending = len(self.tls.pending) if self.tls is not None else 0
+        return len(self.server.server_state.connections) + self._joining + pending
+
     async def _guard_connections(self) -> None:
         loop = asyncio.get_running_loop()
-        waiting_since: dict[tuple[int, int, str], float] = {}
         failures = 0
         while True:
             await asyncio.sleep(GUARD_INTERVAL)
             await self._report_unrecorded_denials()
             try:
-                waiting_since = self._guard_pass(loop.time(), waiting_since)
+                self._waiting_since = self._guard_pass(loop.time(), self._waiting_since)
             except Exception:
                 # The guard must outlive any one connection's surprise (asyncio's TLS
                 # transport raises AttributeError once closed twice): its task ending
@@ -197,26 +293,15 @@ class ApiServer:
                     log.exception("query API: the connection guard's pass failed (%d "
                                   "times so far); it goes on at the next", failures)
 
-    def _guard_pass(self, now: float, waiting_since: dict[tuple[int, int, str], float]
-                    ) -> dict[tuple[int, int, str], float]:
+    def _guard_pass(self, now: float, waiting_since: dict[_Waiting, float]
+                    ) -> dict[_Waiting, float]:
         """One pass: the connections past their deadline, and above the limit those
         nearest it, closed. Returns since when each connection waits, for the next."""
         connections = list(self.server.server_state.connections)
-        seen: dict[tuple[int, int, str], float] = {}
+        seen: dict[_Waiting, float] = {}
         waiting: list[tuple[float, Callable[[], bool], bool]] = []
         for conn in connections:
-            cycle = getattr(conn, "cycle", None)
-            if cycle is None or cycle.response_complete:
-                state, limit = "waiting", HEADER_TIMEOUT
-            elif (getattr(cycle, "more_body", False)
-                  and getattr(cycle, "scope", {}).get("path") in BODY_BEFORE_AUTH):
-                # A sign-in's body still arriving: it is read before any token is
-                # checked, so a stalled one must not hold its socket forever either.
-                state, limit = "sign-in body", BODY_TIMEOUT
-            else:
-                state, limit = "in progress", None  # the app's business, not ours
-            # A new request, or a request in a new state: a new key, timed from now.
-            key = (id(conn), id(cycle), state)
+            key, limit = _waiting(conn)
             since = seen[key] = waiting_since.get(key, now)
             if limit is not None:
                 waiting.append((since + limit, functools.partial(_close, conn), False))
@@ -228,7 +313,7 @@ class ApiServer:
             assert tls is not None
             waiting.append((handshake.started + self.handshake_timeout,
                             functools.partial(tls.evict, handshake), True))
-        excess = len(connections) + len(handshakes) - self._limit()
+        excess = self._open_count() - self._limit()
         for deadline, close, only_above_limit in sorted(waiting, key=lambda item: item[0]):
             if excess <= 0:
                 if now < deadline:
@@ -266,6 +351,9 @@ class ApiServer:
     async def shutdown(self) -> None:
         if self._guard is not None:
             self._guard.cancel()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.wait([self._accepting], timeout=1.0)
         if self.tls is not None:
             await self.tls.close()  # no more accepted, unfinished handshakes ended
         self.server.should_exit = True
@@ -283,6 +371,25 @@ class ApiServer:
         await self._report_unrecorded_denials(now=True)
         api: Api = self.app.state.api
         await asyncio.get_running_loop().run_in_executor(None, api.close)
+
+
+def _waiting(conn: Any) -> tuple[_Waiting, float | None]:
+    """What a connection waits for, as the key of the time since which it waits so, and
+    how long it may (None: a request in progress, never closed by the guard)."""
+    cycle = getattr(conn, "cycle", None)
+    if cycle is None or cycle.response_complete:
+        state, limit = "waiting", HEADER_TIMEOUT
+    elif (getattr(cycle, "more_body", False)
+          and getattr(cycle, "scope", {}).get("path") in BODY_BEFORE_AUTH):
+        # A sign-in's body still arriving: it is read before any token is checked, so
+        # a stalled one must not hold its socket forever either.
+        state, limit = "sign-in body", BODY_TIMEOUT
+    else:
+        state, limit = "in progress", None  # the app's business, not ours
+    # A new request, or a request in a new state: a new key, timed from when first seen.
+    # The objects, not their id(): a connection closed to make room for a new one had its
+    # id() given to the new one's, which took over its time (and went first).
+    return (conn, cycle, state), limit
 
 
 def _close(conn: Any) -> bool:

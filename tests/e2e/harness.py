@@ -5,6 +5,7 @@ own event loop thread with a real Store), and what it stored."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import os
 import resource
@@ -184,6 +185,41 @@ def lower_file_limit(collector: CollectorProcess, soft: int | None = None, *,
         soft = len(os.listdir(f"/proc/{pid}/fd")) + above_idle
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@contextmanager
+def flooding(address: tuple[str, int], held: int = 300) -> Iterator[None]:
+    """A flood of silent TCP connections to ``address`` that goes on: new ones, about
+    one a millisecond, the oldest closed once ``held`` are open (as an attacker whose
+    connections the collector closed, or who reconnects), until the block ends; the
+    block starts once ``held`` are open. Non-blocking: one the collector does not
+    accept (its backlog full) must not hold up the test."""
+    stop, built = threading.Event(), threading.Event()
+
+    def run() -> None:
+        socks: collections.deque[socket.socket] = collections.deque()
+        try:
+            while not stop.is_set():
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.setblocking(False)
+                sock.connect_ex(address)
+                if len(socks) > held:
+                    socks.popleft().close()
+                    built.set()
+                stop.wait(0.001)
+        finally:
+            for sock in socks:
+                sock.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert built.wait(30), "the flood did not get going"
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def run_python(code: str, *args: str, timeout: float = 60.0

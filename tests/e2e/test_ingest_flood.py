@@ -9,12 +9,10 @@ good; the shipper is given 10 s."""
 
 from __future__ import annotations
 
-import collections
 import re
 import socket
-import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
 from tests.certificates import self_signed_certificate
-from tests.e2e.harness import CollectorProcess, lower_file_limit, stored_events
+from tests.e2e.harness import CollectorProcess, flooding, lower_file_limit, stored_events
 
 pytestmark = pytest.mark.e2e
 
@@ -59,44 +57,14 @@ def _flood(stack: ExitStack, port: int, count: int) -> None:
         sock.connect_ex(("127.0.0.1", port))
 
 
-@contextmanager
-def _flooding(port: int, held: int = 300) -> Iterator[None]:
-    """A flood that goes on: new silent connections, about one a millisecond, the
-    oldest closed once ``held`` are open (as an attacker whose connections the collector
-    closed, or who reconnects), until the block ends; the block starts once ``held``
-    are open."""
-    stop, built = threading.Event(), threading.Event()
-
-    def run() -> None:
-        with ExitStack() as stack:
-            socks: collections.deque[socket.socket] = collections.deque()
-            while not stop.is_set():
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(sock)
-                sock.setblocking(False)
-                sock.connect_ex(("127.0.0.1", port))
-                if len(socks) > held:
-                    socks.popleft().close()
-                    built.set()
-                stop.wait(0.001)
-            stack.callback(lambda: [s.close() for s in socks])
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        assert built.wait(30), "the flood did not get going"
-        yield
-    finally:
-        stop.set()
-        thread.join(10)
-
-
-def _deliver(root: Path, port: int, cert: Path | None) -> tuple[bool, list[str]]:
-    """An honest shipper sends 5 events; whether they were all acknowledged within
-    10 s, and their ids."""
+def _deliver(root: Path, port: int, cert: Path | None, *, url: str = ""
+             ) -> tuple[bool, list[str]]:
+    """An honest shipper sends 5 events (to the TCP ``port``, or to ``url``); whether
+    they were all acknowledged within 10 s, and their ids."""
     tls = {"tls": True, "tls_ca": cert} if cert is not None else {}
-    sink = CollectorSink(f"tcp://127.0.0.1:{port}", token=TOKEN, spool_dir=root / "spool",
-                         backoff_max=0.2, **tls)  # type: ignore[arg-type]
+    sink = CollectorSink(url or f"tcp://127.0.0.1:{port}", token=TOKEN,
+                         spool_dir=root / "spool", backoff_max=0.2,
+                         **tls)  # type: ignore[arg-type]
     configure(sink=sink)
     ids = [emit("access_token_created", f"tok-{i}").id for i in range(5)]
     delivered = sink.wait_for_delivery(timeout=10)
@@ -124,7 +92,7 @@ def test_a_flood_of_unfinished_tls_handshakes_cannot_lock_out_an_honest_shipper(
     collector, port, cert = _collector(root, "--max-connections", "32", tls=True)
     try:
         lower_file_limit(collector, 128)
-        with _flooding(port):
+        with flooding(("127.0.0.1", port)):
             delivered, ids = _deliver(root, port, cert)
             assert delivered, "".join(collector.output)
         assert collector.stop() == 0  # a stop with handshakes unfinished is clean
@@ -176,4 +144,30 @@ def test_out_of_files_the_oldest_silent_plain_tcp_connection_makes_room(
     until the silent ones timed out. Now each failed accept() closes the oldest
     connection that has not said hello."""
     output = _delivered_out_of_files(root, tls=False)
+    assert "ingest: cannot accept a connection: [Errno 24]" in output
+
+
+def test_out_of_files_the_oldest_silent_unix_connection_makes_room(root: Path) -> None:
+    """The apps' unix socket, out of files (the limit 8 above what the collector holds
+    idle, 40 silent connections held): it was asyncio's server, which logged "socket.accept()
+    out of system resource" and a traceback for each connection waiting, every second,
+    and closed none: the apps were shut out until the silent ones timed out
+    (handshake_timeout, 60 s here). Now it is accepted as the TCP port is: each failed
+    accept() closes the oldest connection that has not said hello."""
+    collector, _, _ = _collector(root, tls=False)
+    try:
+        lower_file_limit(collector, above_idle=8)
+        with ExitStack() as stack:
+            for _ in range(40):
+                sock = stack.enter_context(socket.socket(socket.AF_UNIX))
+                sock.setblocking(False)
+                sock.connect_ex(str(collector.socket))
+            delivered, ids = _deliver(root, 0, None, url=collector.url)
+            assert delivered, "".join(collector.output)
+        assert collector.stop() == 0
+    finally:
+        collector.kill()
+    assert _stored_ids(collector) == ids
+    output = "".join(collector.output)
+    _clean(output)
     assert "ingest: cannot accept a connection: [Errno 24]" in output

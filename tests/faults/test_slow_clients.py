@@ -4,6 +4,7 @@ cannot keep an honest app from delivering."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
@@ -15,7 +16,7 @@ import orjson
 import pytest
 
 from audit_middleware.wire import BATCH_ID, HEADER, MAX_BATCH_EVENTS, FrameType, Hello
-from tests.e2e.harness import host_and_port, lower_file_limit
+from tests.e2e.harness import flooding, host_and_port, lower_file_limit
 from tests.faults.fleet import App, Collector, Stored, report, scaled, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(scaled(300, 3600))]
@@ -247,6 +248,37 @@ def test_slow_http_clients_cannot_exhaust_the_collectors_files(tmp: Path, half: 
     report(f"slow HTTP clients holding the API with half a request ({half.split()[0].decode()}"
            f", file limit 200)", slow_clients=len(held),
            acknowledged=result["acknowledged"], lost=result["emitted"] - result["acknowledged"])
+
+
+def test_a_flood_of_http_connections_cannot_exhaust_the_collectors_files(tmp: Path) -> None:
+    """New connections to the query API without a request (or a credential), 300 held
+    and the oldest closed as more come, as an attacker who reconnects; the collector's
+    file limit 200 (prlimit). asyncio's server accepted every one waiting, far past the
+    API's limit (a quarter of the files) between two passes of the guard: the process
+    ran out of files for as long as the flood went on, the apps' socket with them, and
+    asyncio logged a traceback for each connection it could not accept (thousands a
+    second). Now a connection is accepted at the limit only by closing the one nearest
+    its deadline."""
+    collector = Collector(tmp / "data", api=True).start()
+    lower_file_limit(collector, 200)
+    app = None
+    try:
+        with flooding(host_and_port(collector.api_url())):
+            app = App("honest", collector.url, tmp / "spool", tmp / "logs", burst=100,
+                      pause=60.0)
+            wait_for(lambda: app.acknowledged_count() >= 100, 10,
+                     "an honest app's events while a flood of connections holds the API")
+            files = len(os.listdir(f"/proc/{collector.pid}/fd"))
+    finally:
+        if app is not None:
+            result = app.finish()  # after the flood: what it spooled, delivered
+    assert collector.stop() == 0
+    output = "".join(collector.output)
+    report("a flood of HTTP connections to the query API (file limit 200)",
+           acknowledged=result["acknowledged"], collector_files=files,
+           lost=result["emitted"] - result["acknowledged"])
+    assert "out of system resource" not in output and "Traceback" not in output, output
+    assert files < 200 // 4 + 64, f"{files} files open: the API's limit is 50"
 
 
 def test_endless_http_headers_are_refused_before_they_cost_memory(tmp: Path) -> None:
