@@ -107,6 +107,7 @@ class SegmentSet:
         #: What fails now ("rotation", "retention", "compressing <seq>"): each goes once
         #: its work succeeds (or its segment is gone). The compressor thread sets one.
         self._failures = Failures()
+        self._rotation_failures = 0  # in a row (``rotate``), for the log
         self._clock = store_clock.StoreClock(settings.data_dir)
         self._active_since = 0  # when the active segment became so (elapsed_ns)
         files = list_segment_files(directory)
@@ -193,10 +194,18 @@ class SegmentSet:
                                        chain=ledger.chain.decode() if ledger else "")
         except OSError as exc:
             self._failures.failing("rotation", f"{type(exc).__name__}: {exc}")
-            log.error("audit store: cannot rotate (%s); still appending to %s",
-                      exc, old.path.name)
+            # Tried again at every write while it fails (out of files, a full disk): a
+            # line each time was a line per group commit, dozens a second.
+            self._rotation_failures += 1
+            if worth_saying(self._rotation_failures):  # at 1, 2, 4, 8, ... failures
+                log.error("audit store: cannot rotate (%s; %d time(s) in a row); still "
+                          "appending to %s", exc, self._rotation_failures, old.path.name)
             return
         self._failures.recovered("rotation")
+        if self._rotation_failures:
+            log.info("audit store: rotated again after %d failed attempt(s)",
+                     self._rotation_failures)
+            self._rotation_failures = 0
         self.active = new
         self.register(new)
         try:
