@@ -12,5 +12,6 @@ from __future__ import annotations
 #: collector's (issue 3). ``query_speed`` is last: it needs ``rg`` and ``jq`` and refuses
 #: to run without them, and a refusal stops the run.
 MODULES: tuple[str, ...] = ("request_path", "emit_cost", "capture_breakdown",
-                            "capture_instructions", "emit_collector", "durable_throughput", "collector_memory",
+                            "capture_instructions", "emit_collector", "durable_throughput",
+                            "collector_instructions", "collector_memory",
                             "store_age", "panel_latency", "otel_cost", "integrity", "query_speed")

@@ -54,8 +54,13 @@ def _clean_env() -> dict[str, str]:
 class Collector:
     """``python -m collector serve --data-dir DIR`` as a subprocess."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, wrapper: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        #: A command the collector runs under (``valgrind --tool=callgrind ...``), and
+        #: variables added to its environment.
+        self.wrapper = wrapper or []
+        self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._ready = threading.Event()
@@ -72,12 +77,13 @@ class Collector:
         return self.proc.pid
 
     def start(self, timeout: float = 30.0) -> Self:
-        command = [sys.executable, "-m", "collector", "serve", "--data-dir",
+        command = [*self.wrapper, sys.executable, "-m", "collector", "serve", "--data-dir",
                    str(self.data_dir), "--api-listen", ""]
         # A session of its own: a terminal's Ctrl-C reaches the whole foreground group,
         # and the collector would take the SIGTERM of kill() after it for a second stop
         # signal, ending at once without its drain (as make run did: examples/run.py).
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=_clean_env(), text=True,
+        self.proc = subprocess.Popen(command, cwd=ROOT, env={**_clean_env(), **self.env},
+                                     text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      bufsize=1, start_new_session=True)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()

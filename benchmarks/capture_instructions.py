@@ -13,7 +13,6 @@ contextvar and a ``send`` wrapper, nothing else), ``AuditMiddleware`` alone, wit
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from . import _harness as h
+from ._callgrind import parse_totals
 from ._instructions_child import CASES
 from .request_path import LIMITS  # the same targets, in instructions
 
@@ -31,7 +31,6 @@ TITLE = "Capture cost in CPU instructions per request (callgrind, deterministic)
 REQUESTS: Final = {"starlette": 1000, "fastapi": 300}
 SMOKE_REQUESTS: Final = 5
 ROOT: Final = Path(__file__).resolve().parent.parent
-_TOTALS = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
 
 
 def instructions(case: str, n: int, *, callgrind: bool) -> int | None:
@@ -55,14 +54,6 @@ def instructions(case: str, n: int, *, callgrind: bool) -> int | None:
         if not callgrind:
             return None
         return parse_totals(out.read_bytes())
-
-
-def parse_totals(data: bytes) -> int:
-    """The ``totals:`` line of a callgrind output file (instructions, ``Ir``)."""
-    match = _TOTALS.search(data)
-    if match is None:
-        raise h.BenchmarkError("callgrind wrote no totals line: was instrumentation on?")
-    return int(match.group(1))
 
 
 def _floor_notes(per_request: dict[str, float]) -> list[str]:

@@ -341,12 +341,47 @@ def test_memory_is_read_from_proc_and_sampled_with_progress() -> None:
 
 
 def test_callgrind_totals_are_read_from_the_totals_line() -> None:
-    from benchmarks.capture_instructions import parse_totals
+    from benchmarks._callgrind import parse_totals
 
     out = b"version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nsummary: 999\ntotals: 123456\n"
     assert parse_totals(out) == 123456
     with pytest.raises(h.BenchmarkError, match="no totals line"):
         parse_totals(b"events: Ir\n")
+
+
+def test_callgrind_self_costs_are_summed_by_object_without_the_calls_inclusive_lines() -> None:
+    from benchmarks._callgrind import by_part, self_cost_by_object
+
+    out = b"""events: Ir
+ob=(1) /usr/lib/libpython3.11.so.1.0
+fl=(1) ???
+fn=(1) _PyEval_EvalFrameDefault
+0 100
++2 50
+cob=(2) /usr/lib/x86_64-linux-gnu/libsqlite3.so.0
+cfi=(2) ???
+cfn=(2) sqlite3_step
+calls=3 0
+0 700
+ob=(2)
+fn=(2)
+0 700
+ob=(3) /usr/lib/x86_64-linux-gnu/libc.so.6
+fn=(3) memcpy
+* 25
+ob=(1)
+fn=(1)
+0 5
+totals: 880
+"""
+    # The 700 after calls= is sqlite3_step's inclusive cost, seen from its caller: it is
+    # counted once, where it ran (libsqlite3), not twice.
+    assert self_cost_by_object(out) == {"/usr/lib/libpython3.11.so.1.0": 155,
+                                        "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0": 700,
+                                        "/usr/lib/x86_64-linux-gnu/libc.so.6": 25}
+    assert by_part(self_cost_by_object(out)) == {
+        "CPython (bytecode, objects, builtins)": 155, "SQLite": 700,
+        "libc (memcpy, malloc, syscalls' user side)": 25}
 
 
 def test_the_floor_note_sums_the_floor_middleware_and_a_bare_decorator_layer() -> None:
