@@ -107,17 +107,21 @@ def test_a_flood_of_unfinished_tls_handshakes_cannot_lock_out_an_honest_shipper(
     assert "closed unfinished to make room" in failures[0]
 
 
-def _delivered_out_of_files(root: Path, *, tls: bool) -> str:
+def _delivered_out_of_files(root: Path, *, tls: bool = False, unix: bool = False) -> str:
     """An honest shipper delivers to a collector whose file limit is 8 above what it
     holds idle, while 40 silent connections are held (accept() fails long before
-    max_connections, 16, the least a quarter of it gives): its events all stored, the
-    log clean; returns the log."""
+    max_connections, 16, the least a quarter of it gives), on its TCP port or (``unix``)
+    its unix socket: its events all stored, the log clean; returns the log."""
     collector, port, cert = _collector(root, tls=tls)
     try:
         lower_file_limit(collector, above_idle=8)
         with ExitStack() as stack:
-            _flood(stack, port, 40)
-            delivered, ids = _deliver(root, port, cert if tls else None)
+            if unix:
+                _flood_unix(stack, collector.socket, 40)
+                delivered, ids = _deliver(root, 0, None, url=collector.url)
+            else:
+                _flood(stack, port, 40)
+                delivered, ids = _deliver(root, port, cert if tls else None)
             assert delivered, "".join(collector.output)
         assert collector.stop() == 0
     finally:
@@ -126,6 +130,14 @@ def _delivered_out_of_files(root: Path, *, tls: bool) -> str:
     output = "".join(collector.output)
     _clean(output)
     return output
+
+
+def _flood_unix(stack: ExitStack, path: Path, count: int) -> None:
+    """``_flood`` on a unix socket."""
+    for _ in range(count):
+        sock = stack.enter_context(socket.socket(socket.AF_UNIX))
+        sock.setblocking(False)
+        sock.connect_ex(str(path))
 
 
 def test_out_of_files_the_oldest_unfinished_tls_handshake_makes_room(root: Path) -> None:
@@ -154,20 +166,5 @@ def test_out_of_files_the_oldest_silent_unix_connection_makes_room(root: Path) -
     and closed none: the apps were shut out until the silent ones timed out
     (handshake_timeout, 60 s here). Now it is accepted as the TCP port is: each failed
     accept() closes the oldest connection that has not said hello."""
-    collector, _, _ = _collector(root, tls=False)
-    try:
-        lower_file_limit(collector, above_idle=8)
-        with ExitStack() as stack:
-            for _ in range(40):
-                sock = stack.enter_context(socket.socket(socket.AF_UNIX))
-                sock.setblocking(False)
-                sock.connect_ex(str(collector.socket))
-            delivered, ids = _deliver(root, 0, None, url=collector.url)
-            assert delivered, "".join(collector.output)
-        assert collector.stop() == 0
-    finally:
-        collector.kill()
-    assert _stored_ids(collector) == ids
-    output = "".join(collector.output)
-    _clean(output)
+    output = _delivered_out_of_files(root, unix=True)
     assert "ingest: cannot accept a connection: [Errno 24]" in output
