@@ -155,14 +155,20 @@ class ActiveSegment:
         tmp = path.with_name(path.name + ".tmp")
         data = header.to_line()
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        placed = tmp  # where the file is, for the cleanup
         try:
             _pwrite_all(fd, data, 0)
             os.fsync(fd)
             os.rename(tmp, path)
+            placed = path
             fsync_dir(directory)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            # Renamed already when the directory's fsync fails (out of files, it needs
+            # a second one): the caller goes on with the previous segment, so this one
+            # must go too. Left, each rotation tried again added another segment of this
+            # seq, and readers took the first, a header only, for the seq's records.
+            placed.unlink(missing_ok=True)
             raise
         return cls(path, header, fd, len(data), 0, created_ns)
 

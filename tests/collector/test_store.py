@@ -21,7 +21,7 @@ import pytest
 
 from audit_middleware.event import format_created
 from collector.query import Filters, iter_records, reindex
-from collector.storage import sources
+from collector.storage import segments, sources
 from collector.storage.errors import DataDirInUseError, StorageError, StoreClosedError
 from collector.storage.records import encode_events
 from collector.store import StorageSettings, Store
@@ -261,6 +261,33 @@ def test_segments_rotate_by_size_and_each_header_links_the_previous_one(tmp_path
     assert [h["seq"] for h in headers] == list(range(1, len(files) + 1))
     assert all(f.stat().st_size <= 4096 for f in files)
     assert [r["seq"] for r in all_records(tmp_path)] == list(range(1, 41))
+
+
+def test_a_rotation_whose_directory_sync_fails_leaves_no_second_segment_of_its_seq(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of files with one to spare, the next segment is made and renamed into place,
+    and only the directory's fsync fails (it needs a second file): the rotation fails,
+    the store goes on appending to the active segment. The new file stayed: each
+    attempt left one more segment of the next seq (named for its second), and readers
+    took the first of them, a header only, for that seq: the events of the one that
+    finally rotated were not found, after a restart either."""
+    def out_of_files(directory: Path) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    written: list[str] = []
+    with open_store(tmp_path, max_segment_bytes=4096) as store:
+        written += store.write(events(4)).written
+        monkeypatch.setattr(segments, "fsync_dir", out_of_files)
+        for _ in range(5):  # past 4096 bytes: a rotation is due, and fails
+            written += store.write(events(4)).written
+        assert len(segment_files(tmp_path)) == 1, "a failed rotation left its segment"
+        monkeypatch.undo()
+        for _ in range(5):
+            written += store.write(events(4)).written
+    files = segment_files(tmp_path)
+    seqs = [orjson.loads(f.read_bytes().splitlines()[0])["segment"]["seq"] for f in files]
+    assert seqs == list(range(1, len(files) + 1))
+    assert stored_ids(tmp_path) == written
 
 
 def test_a_submission_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path: Path) -> None:
