@@ -75,7 +75,9 @@ GUARD_INTERVAL = 1.0
 #: ``handshake_timeout``, which the ingest port's TLS and hello use too).
 HANDSHAKE_TIMEOUT = 10.0
 
-#: Bytes of a request line and headers at most (h11's own default, said here).
+#: Bytes h11 holds of a request line and headers not yet complete (its own default,
+#: said here): past it, 400 and closed. What it buffers, not the headers' size: headers
+#: that arrive whole in one read (asyncio's, up to 256 KiB) are taken.
 H11_MAX_HEADERS: Final = 16 * 1024
 
 #: A connection, its request cycle and its state (``_guard_pass``): a key of the time
@@ -101,8 +103,8 @@ class ApiServer:
             # h11, never uvicorn's "auto": that picks httptools when it is installed
             # (uvicorn[standard]), which keeps every header line a client sends until
             # the headers end: one client without a credential grew the collector by
-            # gigabytes within the guard's 10 s. h11 refuses a request line and headers
-            # over H11_MAX_HEADERS (400, connection closed).
+            # gigabytes within the guard's 10 s. h11 holds at most H11_MAX_HEADERS of a
+            # request line and headers still incomplete (past it: 400, connection closed).
             http="h11", h11_max_incomplete_event_size=H11_MAX_HEADERS,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
