@@ -261,6 +261,9 @@ def test_a_flood_of_http_connections_cannot_exhaust_the_collectors_files(tmp: Pa
     its deadline."""
     collector = Collector(tmp / "data", api=True).start()
     lower_file_limit(collector, 200)
+    # What the collector holds before the flood: machines differ (the store's, the
+    # index's, the interpreter's), and only the flood's share is under test.
+    idle = len(os.listdir(f"/proc/{collector.pid}/fd"))
     app = None
     try:
         with flooding(host_and_port(collector.api_url())):
@@ -275,10 +278,12 @@ def test_a_flood_of_http_connections_cannot_exhaust_the_collectors_files(tmp: Pa
     assert collector.stop() == 0
     output = "".join(collector.output)
     report("a flood of HTTP connections to the query API (file limit 200)",
-           acknowledged=result["acknowledged"], collector_files=files,
+           acknowledged=result["acknowledged"], collector_files=files, idle_files=idle,
            lost=result["emitted"] - result["acknowledged"])
     assert "out of system resource" not in output and "Traceback" not in output, output
-    assert files < 200 // 4 + 64, f"{files} files open: the API's limit is 50"
+    # The API's limit (a quarter of 200), and a few for the app's connection and what
+    # the store opens while it delivers.
+    assert files - idle < 200 // 4 + 24, f"{files} files open, {idle} before the flood"
 
 
 def test_endless_http_headers_are_refused_before_they_cost_memory(tmp: Path) -> None:
