@@ -43,6 +43,12 @@ async def _slow(request: Request) -> PlainTextResponse:
     return PlainTextResponse("done")
 
 
+async def _held(request: Request) -> PlainTextResponse:
+    """In progress until the test lets it end (``app.state.release``)."""
+    await request.app.state.release.wait()
+    return PlainTextResponse("released")
+
+
 @pytest.fixture(autouse=True)
 def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 0.6)
@@ -55,8 +61,9 @@ async def _serving(tls: tuple[Path, Path] | None = None
                    ) -> AsyncIterator[api_server.ApiServer]:
     app = Starlette(routes=[Route("/", _hello), Route("/echo", _echo, methods=["POST"]),
                             Route(SIGN_IN_PATH, _echo, methods=["POST"]),
-                            Route("/slow", _slow)])
+                            Route("/slow", _slow), Route("/held", _held)])
     app.state.api = SimpleNamespace(close=lambda: None)  # what shutdown() closes
+    app.state.release = asyncio.Event()
     cert, key = tls or (None, None)
     server = api_server.ApiServer(app, "127.0.0.1", 0, tls_cert=cert, tls_key=key)
     await server.start()
@@ -227,6 +234,45 @@ async def _over_the_cap(served: api_server.ApiServer, request: bytes) -> None:
         for sock in socks:
             sock.close()
     assert closed == [True, True, False, False]
+
+
+def test_at_the_limit_with_every_request_in_progress_a_new_connection_is_refused(
+        ) -> None:
+    """Plain HTTP at the limit, and no connection without a request in progress to
+    close for room: the new connection is closed at once and counted
+    (``connections_refused``), not let in past the limit; the requests in progress are
+    answered."""
+    _run(_refused_at_the_limit)
+
+
+async def _refused_at_the_limit(served: api_server.ApiServer) -> None:
+    served.max_connections = 2
+    loop = asyncio.get_running_loop()
+    busy = [_connect(served) for _ in range(2)]
+    try:
+        for sock in busy:
+            await loop.sock_sendall(sock, b"GET /held HTTP/1.1\r\nHost: test\r\n\r\n")
+        async with asyncio.timeout(5):
+            while _in_progress(served) < 2:
+                await asyncio.sleep(0.01)
+        with _connect(served) as newcomer:
+            assert await _closed_within(newcomer, 5.0)
+        stats = served.stats()
+        assert (stats["connections_refused"], stats["closed_by_guard"]) == (1, 0)
+        served.app.state.release.set()
+        for sock in busy:
+            async with asyncio.timeout(5):
+                assert (await loop.sock_recv(sock, 4096)).endswith(b"released")
+    finally:
+        served.app.state.release.set()  # a failed check must not hold the stop
+        for sock in busy:
+            sock.close()
+
+
+def _in_progress(served: api_server.ApiServer) -> int:
+    return sum(1 for conn in served.server.server_state.connections
+               if getattr(conn, "cycle", None) is not None
+               and not conn.cycle.response_complete)
 
 
 def test_the_api_parses_with_h11_whatever_uvicorn_would_pick(
