@@ -7,7 +7,9 @@ replayed oldest first; a file is deleted once every record in it was acknowledge
 Several processes may share one directory (pre-forked workers): each writes its own
 files and holds an ``flock`` on every file it owns, for as long as it owns it. A file
 whose lock can be taken belongs to nobody alive (its process exited or crashed) and is
-adopted and replayed by whoever finds it. Files are created under a temporary name and
+adopted and replayed by whoever finds it (so a file system without ``flock`` cannot
+hold a spool: said, with what to do; see ``_lock_new``). Files are created under a
+temporary name and
 locked before they get their final name, so nobody adopts a file being born. The size
 cap is the directory's, shared by them all (see ``_room_for``).
 
@@ -88,6 +90,8 @@ from .spool_adoption import _Adoption
 from .spool_files import (
     _PARTIAL,
     _TAG_MARK,
+    NO_FLOCK,
+    NO_FLOCK_ADVICE,
     SUFFIX,
     _File,
     _fsync_dir,
@@ -97,6 +101,7 @@ from .spool_files import (
     _unsafe,
     destination_tag,
     log,
+    no_flock,
 )
 from .spool_format import (
     RECORD,
@@ -123,6 +128,8 @@ class Spool(_Adoption):
         self._tag = destination_tag(destination)
         #: Names of files for another destination already said (said once each).
         self._foreign_said: set[str] = set()
+        #: Names of things that are no spool file (a symbolic link...) already said.
+        self._not_files_said: set[str] = set()
         self._directories: dict[int, Path] = {}  # by effective uid (a worker may drop root)
         self.max_bytes = max_bytes
         self.file_bytes = file_bytes
@@ -141,7 +148,7 @@ class Spool(_Adoption):
         #: The adoption lock's descriptor while this process holds it (see the module's
         #: doc); -1 when it does not.
         self._adoption = -1
-        self._adoption_failed = False  # said once: the lock could not be opened
+        self._adoption_failed = False  # said once: the lock could not be opened, or locked
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._counted_at = -math.inf  # when it was last counted (``_clock``)
         self._count_took = 0.0  # and how long that took
@@ -207,7 +214,8 @@ class Spool(_Adoption):
             if exc.errno == errno.EFBIG and active.size:
                 self._size_limited(active)
                 return None
-            self._write_failed(exc)
+            self._write_failed(exc, _too_large(len(record)) if exc.errno == errno.EFBIG
+                               else "")
             return False
         active.size += len(record)
         self._used += len(record)
@@ -252,14 +260,16 @@ class Spool(_Adoption):
                   "Do not remove spool files of a running app",
                   self.directory, active.path.name)
 
-    def _write_failed(self, exc: OSError) -> None:
-        """A batch the disk refused: said at the 1st, 2nd, 4th, ... in a row. Said at
-        each, a full disk logged 20 errors a second through an outage, into logs as
+    def _write_failed(self, exc: OSError, why: str = "") -> None:
+        """A batch the disk refused: said at the 1st, 2nd, 4th, ... in a row, with
+        ``why`` (what it means and what to do, when the error alone does not say). Said
+        at each, a full disk logged 20 errors a second through an outage, into logs as
         likely as not on that same disk; the caller counts the batches dropped."""
         self._write_failures += 1
         n = self._write_failures
         if worth_saying(n):
-            log.error("audit spool %s: could not write a batch (%s)%s", self.directory, exc,
+            log.error("audit spool %s: could not write a batch (%s)%s%s", self.directory,
+                      exc, f": {why}" if why else "",
                       f" ({n} in a row; said again at {2 * n})" if n > 1 else "")
 
     def _write_succeeded(self) -> None:
@@ -325,7 +335,7 @@ class Spool(_Adoption):
         self._opening.add(fd)
         path = directory / (name + SUFFIX)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock_new(fd, directory)
             os.rename(partial, path)
             _fsync_dir(directory)
         except BaseException:  # no descriptor left open, no empty file behind
@@ -538,3 +548,35 @@ class Spool(_Adoption):
         # from refusals it never had.
         self._write_failures = 0
         self._adoption_errors = 0  # the same: a child's first scan failure is said
+
+
+
+def _lock_new(fd: int, directory: Path) -> None:
+    """Lock a new spool file (its lock is its process's claim on it: see the module's
+    doc). Where the file system has no ``flock``, every batch is dropped: the error
+    said only "[Errno 37] No locks available", so it says what that means and what to
+    do. (Spooling unlocked is no way out: any other process would adopt, replay and
+    remove the files of a live one.)"""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in NO_FLOCK:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror}: {no_flock(directory)}: every batch "
+                      f"that cannot be delivered is dropped. {NO_FLOCK_ADVICE}") from exc
+
+
+def _too_large(size: int) -> str:
+    """Why a write of a ``size``-byte record to an empty spool file failed with EFBIG,
+    and what to do: the process's file size limit is below one batch (said before any
+    file reached it: ``_file_room`` never said it, nor what to do), or, with none that
+    low, the file system's largest file."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY or limit >= size:
+        return (f"this batch of {size} bytes is larger than the file system takes in "
+                f"one file: lower the sink's batch_size (events per batch), or give a "
+                f"spool_dir on another file system")
+    return (f"this batch of {size} bytes is larger than this process's file size limit "
+            f"(RLIMIT_FSIZE: ulimit -f, systemd LimitFSIZE=) of {limit} bytes, so every "
+            f"batch that large is dropped: raise the limit (or remove it), or lower the "
+            f"sink's batch_size (events per batch) so that batches fit under it")

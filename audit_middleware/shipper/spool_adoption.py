@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -15,11 +16,14 @@ from .spool_cap import _SharedCap
 from .spool_files import (
     _PARTIAL,
     _TAG_MARK,
+    NO_FLOCK,
+    NO_FLOCK_ADVICE,
     SUFFIX,
     _File,
     _unlink_quietly,
     _unsafe,
     log,
+    no_flock,
 )
 from .spool_held import _HeldFiles
 from .spool_progress import PROGRESS, _load_progress, _remove_if_alone
@@ -44,6 +48,7 @@ class _Adoption(_HeldFiles, _SharedCap):
 
     #: Set, and said, in ``Spool.__init__``.
     _foreign_said: set[str]
+    _not_files_said: set[str]
     _adoption: int
     _adoption_failed: bool
     _scanned: bool
@@ -124,6 +129,10 @@ class _Adoption(_HeldFiles, _SharedCap):
             if entry.name.endswith(SUFFIX) and not self._replays(entry.name):
                 foreign.append(entry.name)  # another collector's batches: not ours to send
                 continue
+            kind = _not_a_file(entry)
+            if kind:
+                self._say_not_a_file(entry, kind)
+                continue
             if len(adopted) >= room and entry.name.endswith(SUFFIX):
                 self.orphans_left = True  # maybe: a live process's, or one to adopt next
                 continue
@@ -203,6 +212,31 @@ class _Adoption(_HeldFiles, _SharedCap):
         self._say_scan_failure(f"cannot adopt {entry.path}", exc, "left as it is, tried "
                                "again at the next scan; check the disk")
 
+    def _say_not_a_file(self, entry: os.DirEntry[str], kind: str) -> None:
+        """Said once for each name: something named like a spool file that is none (a
+        symbolic link left by a backup tool or by hand where a spool file was, a
+        directory). Opened, it failed (a link is never followed) and was said as a
+        scan failure, "check the disk" (at the 1st, 2nd, 4th, ... scan): a disk that
+        was fine."""
+        if entry.name in self._not_files_said:
+            return
+        self._not_files_said.add(entry.name)
+        if kind != _SYMLINK:
+            log.error("audit spool %s: %s is %s, not a spool file: left as it is, neither "
+                      "replayed nor counted against the cap. Remove it, or move it out of "
+                      "the spool directory", Path(entry.path).parent, entry.name, kind)
+            return
+        try:
+            target = os.path.join(Path(entry.path).parent, os.readlink(entry.path))
+        except OSError:
+            target = "the file it points at"
+        log.error("audit spool %s: %s is a symbolic link (to %s), not a spool file: never "
+                  "followed (whoever can point it elsewhere could have batches replayed "
+                  "under this app's name), so neither replayed nor counted against the "
+                  "cap. If it stands for a spool file moved away (by hand, by a backup "
+                  "tool), stop the app and move %s here in place of the link; otherwise "
+                  "remove the link", Path(entry.path).parent, entry.name, target, target)
+
     def _say_foreign(self, place: Path, names: list[str]) -> None:
         """Said once for each file: batches spooled for another collector (a sink with
         another url spooling in the same directory) wait there for a sink of that url;
@@ -242,12 +276,23 @@ class _Adoption(_HeldFiles, _SharedCap):
         self._opening.add(fd)  # a fork now: the child closes its copy (see __init__)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             self._close_opening(fd)
+            if exc.errno in NO_FLOCK:
+                self._say_no_flock(exc)
             return False
         self._adoption = fd  # before it leaves _opening: a fork closes it either way
         self._opening.discard(fd)
         return True
+
+    def _say_no_flock(self, exc: OSError) -> None:
+        """The adoption lock refused for want of ``flock``: taken for "another process
+        adopts", nothing was ever adopted there, and nothing said why. Said once."""
+        if not self._adoption_failed:
+            self._adoption_failed = True
+            log.error("audit spool %s: cannot lock the adoption lock (%s): %s: spool files "
+                      "left by earlier processes are not replayed. %s", self.directory,
+                      exc, no_flock(self.directory), NO_FLOCK_ADVICE)
 
     def _release_adoption(self) -> None:
         """Let go of the adoption lock once every file adopted under it is replayed.
@@ -288,6 +333,29 @@ def _report_stranded(configured: Path, said: frozenset[str]) -> frozenset[str]:
                   "user's alone (chmod go-w; chown) to replay them", len(stranded),
                   configured)
     return stranded
+
+
+#: What ``_not_a_file`` calls a symbolic link (said with what to do: see ``_say_not_a_file``).
+_SYMLINK = "a symbolic link"
+
+
+def _not_a_file(entry: os.DirEntry[str]) -> str:
+    """What ``entry`` is when it is not a regular file ("a symbolic link", "a
+    directory", ...); "" for a regular file, or one gone meanwhile (replayed and
+    removed by its process: nothing to say)."""
+    if entry.is_file(follow_symlinks=False):  # the directory's entry type: no system call
+        return ""
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return ""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISLNK(mode):
+        return _SYMLINK
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return f"no regular file ({stat.filemode(mode)})"
 
 
 def _younger_than(entry: os.DirEntry[str], seconds: float) -> bool:

@@ -60,14 +60,18 @@ class _SharedCap(_SpoolFiles):
         for this destination: another collector's files (another app's, sharing the
         directory) are never replayed here; counted, they filled this cap, and this app
         dropped its own batches while its spool held none. Theirs count against the
-        cap of a sink of theirs."""
+        cap of a sink of theirs. Regular files only, their own size: a symbolic link
+        named like a spool file (a backup tool's, a shared directory's) is never
+        replayed (see ``_Adoption._say_not_a_file``); followed, a link to a large file
+        filled the cap, and every batch was dropped while the spool held none."""
         total = 0
         for place in {self.directory, self._private}:
             try:
                 for entry in os.scandir(place):
                     if self._replays(entry.name):
                         try:
-                            total += entry.stat().st_size
+                            if entry.is_file(follow_symlinks=False):
+                                total += entry.stat(follow_symlinks=False).st_size
                         except FileNotFoundError:
                             pass
             except OSError:  # gone, or not ours to read (reported where it matters)

@@ -6,6 +6,7 @@ user's private subdirectory of it), spool file names (time stamp, destination ta
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -258,6 +259,21 @@ def _unsafe(directory: Path, *, follow: bool = True) -> str:
                 f"({stat.filemode(st.st_mode)}): another user could plant batches to be "
                 f"replayed under this app's name")
     return ""
+
+
+#: What a file system without ``flock`` answers it: an NFS mount without its lock
+#: manager (ENOLCK), some FUSE or SMB mounts (EOPNOTSUPP, which is ENOTSUP on Linux).
+NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})
+#: What to do about it (the spool cannot do without: see ``spool``'s module doc).
+NO_FLOCK_ADVICE = ("Give a spool_dir on a local file system, or spool_dir=None to hold "
+                   "undelivered batches in memory only")
+
+
+def no_flock(directory: Path) -> str:
+    """What an error of ``NO_FLOCK`` means, where the spool is ``directory``."""
+    return (f"the file system of {directory} does not support flock (an NFS mount "
+            f"without its lock manager, some FUSE or SMB mounts), which the spool needs "
+            f"(a process's lock on each of its files is its claim on it)")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -3,8 +3,11 @@ batch bodies, damaged files, progress paths, orphans left by dead processes."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from audit_middleware.shipper import spool_adoption, spool_progress
 from audit_middleware.shipper.spool import Spool
@@ -83,3 +86,18 @@ def orphans(directory: Path, count: int) -> list[bytes]:
         assert spool.append(body)
         spool.close()
     return bodies
+
+
+class FcntlWithoutFlock:
+    """The ``fcntl`` module of a file system without ``flock`` (an NFS mount without
+    its lock manager: ENOLCK; some FUSE or SMB mounts: EOPNOTSUPP), for a spool
+    module's ``fcntl`` (monkeypatched)."""
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(fcntl, name)
+
+    def flock(self, fd: int, operation: int) -> None:
+        raise OSError(self.error, os.strerror(self.error))

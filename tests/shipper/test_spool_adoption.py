@@ -18,7 +18,13 @@ from audit_middleware.shipper import spool_adoption
 from audit_middleware.shipper import spool_files as spool_files_module
 from audit_middleware.shipper.spool import Spool
 from audit_middleware.shipper.spool_files import SUFFIX
-from tests.shipper.spool_helpers import drain, orphans, spool_file_of, spool_files
+from tests.shipper.spool_helpers import (
+    FcntlWithoutFlock,
+    drain,
+    orphans,
+    spool_file_of,
+    spool_files,
+)
 
 
 def test_a_file_replayed_and_deleted_while_another_process_opened_it_is_not_adopted(
@@ -326,3 +332,42 @@ def test_a_backlog_of_spool_files_does_not_take_every_descriptor(tmp_path: Path)
     # too (another source: where it falls among them does not matter).
     assert [line for line in replayed if line != "its own"] == [b.decode() for b in bodies]
     assert replayed.count("its own") == 1
+
+
+def test_a_symbolic_link_named_like_a_spool_file_is_said_for_what_it_is(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A symbolic link named like a spool file (spool files moved away by hand or by a
+    backup tool, a link left in their place) is never followed (anyone it points at
+    could be replayed under this app's name): it was left with "cannot adopt ...
+    (Too many levels of symbolic links): ...; check the disk", which sends an operator
+    to a disk that is fine. Now it is named for what it is, with what to do, once."""
+    moved = spool_file_of(tmp_path / "backup", [b"moved away"])
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    link = spool_dir / moved.name
+    link.symlink_to(moved)
+    adopter = Spool(spool_dir, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 0
+    assert adopter.adopt_orphans() == 0  # said once, not at every scan
+    said = [r.getMessage() for r in caplog.records if link.name in r.getMessage()]
+    assert len(said) == 1, said
+    assert "symbolic link" in said[0] and "check the disk" not in said[0], said
+    assert f"move {moved}" in said[0], said  # what to do, naming the file it points at
+    assert adopter.peek() is None and moved.exists()
+
+
+def test_orphans_on_a_file_system_without_flock_are_said_not_to_be_replayed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Files spooled before the spool directory moved to a file system without
+    ``flock`` (an NFS mount without its lock manager): the adoption lock's ENOLCK was
+    taken for another process adopting, and nothing said why they were never
+    replayed. Now said once, with what to do."""
+    orphans(tmp_path, 1)
+    monkeypatch.setattr(spool_adoption, "fcntl", FcntlWithoutFlock(errno.ENOLCK))
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 0
+    assert adopter.adopt_orphans() == 0  # said once, not at every scan
+    said = [r.getMessage() for r in caplog.records if "flock" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert "not replayed" in said[0] and "local file system" in said[0], said

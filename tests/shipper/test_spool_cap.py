@@ -146,3 +146,20 @@ def test_processes_pass_the_shared_cap_by_their_share_of_it_at_most(
     drain(fast)  # the other process replays its batches
     clock.step = 1.0  # the count grows old
     assert slow.append(b"s" * 100) and counts == [1]
+
+
+def test_a_symbolic_link_named_like_a_spool_file_does_not_fill_the_cap(
+        tmp_path: Path) -> None:
+    """The cap counted each spool file's size through symbolic links (``stat``): a link
+    named like a spool file (a backup tool's, a misconfigured shared directory) to a
+    large file elsewhere filled it, and every batch was dropped while the spool held
+    none. What is not a regular file holds no batch of ours: not counted."""
+    big = tmp_path / "elsewhere"
+    with big.open("wb") as f:
+        f.truncate(1 << 30)  # sparse: no disk for it
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    (spool_dir / ("00000000000000000001-1-abcd" + SUFFIX)).symlink_to(big)
+    spool = Spool(spool_dir, max_bytes=1 << 20)
+    assert spool.append(b"x" * 100)
+    assert spool.used_bytes == RECORD.size + 100

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from audit_middleware.shipper import spool as spool_module
 from audit_middleware.shipper.spool import Spool
 from audit_middleware.shipper.spool_format import RECORD
 from tests.e2e.harness import run_python
-from tests.shipper.spool_helpers import batch_bodies, drain, spool_files
+from tests.shipper.spool_helpers import FcntlWithoutFlock, batch_bodies, drain, spool_files
 
 
 def failing(error: int, calls: list[str], name: str) -> object:
@@ -203,6 +204,7 @@ def test_a_forked_child_says_its_first_refused_batch(
 #: A process spooling under a file size limit (``RLIMIT_FSIZE``), of 20 batches of 10 KiB.
 _UNDER_A_FILE_SIZE_LIMIT = """
 import resource, sys
+from audit_middleware.shipper import spool as spool_module
 from audit_middleware.shipper.spool import Spool
 from tests.shipper.spool_helpers import batch_bodies
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
@@ -237,6 +239,7 @@ def test_a_file_size_limit_starts_a_new_file_rather_than_dropping_every_later_ba
 _BATCHES_OF_MANY_SIZES = """
 import resource, sys
 from pathlib import Path
+from audit_middleware.shipper import spool as spool_module
 from audit_middleware.shipper.spool import Spool
 from tests.shipper.spool_helpers import spool_files
 body = b"x" * (64 * 1024)  # what a batch holds does not matter to its file
@@ -286,3 +289,36 @@ def test_a_file_that_meets_a_size_limit_no_rlimit_says_takes_no_more_batches(
     assert [spool.append(body) for body in bodies] == [True] * 10
     assert len(spool_files(tmp_path)) == 3  # four records of 1,008 bytes a file
     assert drain(spool) == bodies
+
+
+def test_a_first_batch_larger_than_the_file_size_limit_says_the_limit_and_what_to_do(
+        tmp_path: Path) -> None:
+    """Under a file size limit smaller than the process's very first batch, the batch
+    was dropped before the once-only warning about the limit was said (that is said only
+    when a file already holding batches is sized): the log said only "could not write a
+    batch ([Errno 27] File too large)", not why nor what to do."""
+    done = run_python(_UNDER_A_FILE_SIZE_LIMIT, str(tmp_path), "4096")
+    assert done.stdout.strip() == str([False] * 20), done.stderr
+    said = [line for line in done.stderr.splitlines() if "could not write a batch" in line]
+    assert len(said) == 5, done.stderr  # the 1st, 2nd, 4th, 8th and 16th in a row
+    first = said[0]
+    assert "RLIMIT_FSIZE" in first and "4096 bytes" in first, first
+    assert "raise the limit" in first and "batch_size" in first, first
+
+
+@pytest.mark.parametrize("error", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_file_system_without_flock_says_so_at_the_first_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        error: int) -> None:
+    """A file system without ``flock`` (an NFS mount without its lock manager: ENOLCK;
+    some FUSE or SMB mounts: EOPNOTSUPP) refuses the lock each new spool file is held
+    by: every batch was dropped, and the log said only "could not write a batch
+    ([Errno 37] No locks available)", not what it means nor what to do."""
+    monkeypatch.setattr(spool_module, "fcntl", FcntlWithoutFlock(error))
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert not spool.append(b"batch")
+    assert spool_files(tmp_path) == [] and list(tmp_path.iterdir()) == []  # nothing left
+    (first,) = [r.getMessage() for r in caplog.records
+                if "could not write a batch" in r.getMessage()]
+    assert "flock" in first and "local file system" in first, first
+    assert "spool_dir" in first, first
