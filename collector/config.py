@@ -19,6 +19,7 @@ from audit_middleware.shipper.endpoint import is_loopback
 from audit_middleware.wire import MIN_MAX_FRAME
 
 from .accepting import default_max_connections
+from .ingest import inflight_below_frame
 from .options import BY_NAME, ENV_PREFIX, OPTIONS, Option, split_host_port
 from .token_files import TokenFileError, TokenFileKind, others_with_access, read_token_file
 
@@ -42,6 +43,7 @@ class CollectorConfig:
     tls_cert: Path | None
     tls_key: Path | None
     max_frame: int
+    max_inflight_bytes: int
     max_connections: int | None
     handshake_timeout: float
     idle_timeout: float
@@ -269,6 +271,8 @@ def check(config: CollectorConfig) -> None:
     if not MIN_MAX_FRAME <= config.max_frame <= MAX_FRAME_LIMIT:
         raise ConfigError(f"max_frame must be between {MIN_MAX_FRAME} and {MAX_FRAME_LIMIT} "
                           f"bytes, got {config.max_frame}")
+    if config.max_inflight_bytes < config.max_frame:
+        raise ConfigError(inflight_below_frame(config.max_inflight_bytes, config.max_frame))
     for name in ("max_connections", "max_field_length"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")

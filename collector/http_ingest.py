@@ -12,14 +12,22 @@ other writer). The reply mirrors the wire protocol's RESULT:
 ``len(written) + len(duplicates) + len(rejected)`` is the number of events sent. A
 rejected event must not be sent again. Other answers: 401 (token), 403 (no token
 configured: HTTP ingest is off), 400 (a body that is not JSON lines or a JSON array),
-413 (over ``max_frame`` bytes), 422 (every event rejected: nothing stored, the reasons
-listed), 503 with ``Retry-After`` (the store cannot write: nothing acknowledged, send
-again). A shipper that retries on 5xx and 429 and not on other 4xx does the right thing.
+413 (over ``max_frame`` bytes), 408 (the body did not arrive within ``read_timeout``),
+422 (every event rejected: nothing stored, the reasons listed), 503 with ``Retry-After``
+(the store cannot write, or no room in ``max_inflight_bytes`` within ``read_timeout``:
+nothing acknowledged, send again). A shipper that retries on 5xx, 408 and 429 and not on other 4xx does the right
+thing.
 
 The body: JSON lines (one event object per line, ``application/x-ndjson``) or one JSON
 array of event objects (``application/json``). The sender may name itself with
 ``X-Audit-Source`` (as a wire-protocol source: 1-128 of letters, digits and ``._:@+/-``);
 events are stored with that source, unnumbered.
+
+A body takes its bytes from the collector's frame budget (``collector.frame_budget``,
+shared with the socket's frames) before it is read: its ``Content-Length``, or
+``max_frame`` for a body without one (chunked). It gives them back once its events are
+stored. Taking them and reading the body must end within ``read_timeout``, as a frame on
+the socket: a slow sender held 4 MiB of the collector without a deadline.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from starlette.routing import Route
 
 from audit_middleware.wire import DEFAULT_MAX_FRAME, MAX_BATCH_EVENTS, SOURCE_PATTERN
 
+from .frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget, Lease
 from .own_records import own_source, own_source_reason
 from .validation import DEFAULT_MAX_FIELD_LENGTH, Validator, event_id
 
@@ -52,14 +61,20 @@ class HttpIngestSettings:
     token: str | None  # the collector's shared ingest token; None: HTTP ingest is off
     max_body: int = DEFAULT_MAX_FRAME
     max_field_length: int = DEFAULT_MAX_FIELD_LENGTH
+    #: Seconds to take the body's bytes from the budget and read it, from its first byte.
+    read_timeout: float = 30.0
 
 
 class HttpIngest:
     """The endpoint's state: where events go, the token, the counters."""
 
-    def __init__(self, store: Any, settings: HttpIngestSettings) -> None:
+    def __init__(self, store: Any, settings: HttpIngestSettings,
+                 budget: FrameBudget | None = None) -> None:
+        """``budget``: the ingest server's (``IngestServer.budget``), or one of its own."""
         self._store = store
         self.settings = settings
+        self._budget = budget or FrameBudget(max(DEFAULT_MAX_INFLIGHT_BYTES,
+                                                 settings.max_body))
         self._token = settings.token.encode() if settings.token else b""
         self._validator = Validator(settings.max_field_length, from_clients=True)
         self.counters: Counter[str] = Counter()
@@ -84,9 +99,16 @@ class HttpIngest:
                                      "characters of letters, digits and ._:@+/-")
         if own_source(source):
             return self._bad_request(400, "bad_source", own_source_reason(source))
-        body = await self._read_body(request)
-        if isinstance(body, Response):
-            return body
+        read = await self._read_body(request)
+        if isinstance(read, Response):
+            return read
+        body, lease = read
+        try:
+            return await self._ingest(body, source)
+        finally:
+            lease.release()  # its events stored, or refused: the bytes are free again
+
+    async def _ingest(self, body: bytes, source: str) -> Response:
         # As on the socket, at most MAX_BATCH_EVENTS events a request, checked before
         # anything is parsed: a body of tiny lines must not cost a dict, a reason and a
         # reply entry per line (1 MiB of "{}" lines cost ~250 MB without this).
@@ -107,17 +129,47 @@ class HttpIngest:
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self._token)
 
-    async def _read_body(self, request: Request) -> bytes | Response:
+    async def _read_body(self, request: Request) -> tuple[bytes, Lease] | Response:
+        """The body, and its bytes taken from the budget (for the caller to give back);
+        or the answer that refuses it, nothing taken."""
         limit = self.settings.max_body
         declared = request.headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
             return self._too_large()
+        # Without a length (chunked), room for the largest body it may be.
+        room = int(declared) if declared.isascii() and declared.isdigit() else limit
+        timeout = self.settings.read_timeout
+        lease: Lease | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                lease = await self._budget.take(room)
+                body = await self._receive(request, room)
+        except TimeoutError:
+            if lease is None:
+                self.counters["busy"] += 1
+                return _error(503, "busy", f"no room within {timeout:g}s: the collector "
+                              "holds max_inflight_bytes of other clients' batches; send "
+                              "the events again", headers={"Retry-After": "1"})
+            lease.release()
+            self.counters["timeouts"] += 1
+            return _error(408, "timeout", f"the body did not arrive within {timeout:g}s "
+                          "(read_timeout); send it again")
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        if isinstance(body, Response):
+            lease.release()
+            return body
+        return body, lease
+
+    async def _receive(self, request: Request, limit: int) -> bytes | Response:
         chunks: list[bytes] = []
         size = 0
         try:
             async for chunk in request.stream():  # never buffer more than the limit
                 size += len(chunk)
-                if size > limit:
+                if size > limit:  # also a body longer than its Content-Length said
                     return self._too_large()
                 chunks.append(chunk)
         except ClientDisconnect:
@@ -280,11 +332,14 @@ OPENAPI: Final[dict[str, Any]] = {PATH: {"post": {
                 "content": {"application/json": {"schema": _RESULT_SCHEMA}}},
         "400": {"description": "The body holds no events", "content": _ERROR_REPLY},
         "401": {"description": "Missing or wrong ingest token", "content": _ERROR_REPLY},
+        "408": {"description": "The body did not arrive within read_timeout",
+                "content": _ERROR_REPLY},
         "403": {"description": "HTTP ingest is off (no token configured)",
                 "content": _ERROR_REPLY},
         "413": {"description": "Body over max_frame bytes", "content": _ERROR_REPLY},
         "422": {"description": "Every event was rejected (nothing stored)",
                 "content": {"application/json": {"schema": _RESULT_SCHEMA}}},
-        "503": {"description": "The store cannot write: nothing acknowledged, send again "
-                               "(Retry-After)", "content": _ERROR_REPLY},
+        "503": {"description": "The store cannot write, or no room for the body within "
+                               "read_timeout (max_inflight_bytes): nothing acknowledged, "
+                               "send again (Retry-After)", "content": _ERROR_REPLY},
     }}}}

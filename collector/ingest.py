@@ -8,7 +8,9 @@ the good events go to the Store, whose future resolves after fsync and index com
 Whatever a client sends, the answer is an error frame and a closed connection, never an
 exception escaping a connection task. Slow and half-open clients run into the
 handshake, idle and read deadlines; the number of connections is bounded, and so is
-what the replies of one connection may hold (``reply_queue``).
+what the replies of one connection may hold (``reply_queue``) and what the batch frames
+of all of them (and HTTP ingest's bodies) may hold (``frame_budget``,
+``max_inflight_bytes``): a frame that does not fit waits unread, within its read timeout.
 
 The TCP port is accepted here, one connection at a time (``collector.accepting``), and
 over TLS each connection is a ``Handshake`` until its TLS is up: counted against
@@ -62,6 +64,7 @@ from .accepting import (
     least_worth,
 )
 from .batch_events import BatchEvents, LineReader
+from .frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget, Lease
 from .handshakes import FailureLog, certificate_alerts, first_bytes, handshake_hint
 from .listen import IngestError, bind_unix, tls_context
 from .own_records import own_source, own_source_reason
@@ -113,6 +116,9 @@ class IngestSettings:
     read_timeout: float = 30.0
     write_timeout: float = 30.0
     max_field_length: int = DEFAULT_MAX_FIELD_LENGTH
+    #: Bytes of batch frames being read or stored at once, over every connection and
+    #: HTTP ingest request (``collector.frame_budget``); at least ``max_frame``.
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
 
 
 class _Conn:
@@ -141,6 +147,9 @@ class IngestServer:
                 and not is_loopback(settings.tcp_host)):
             raise IngestError(f"TCP on {settings.tcp_host} is not loopback: give it a TLS "
                               "certificate and key (--tls-cert, --tls-key)")
+        if settings.max_frame > settings.max_inflight_bytes:
+            raise IngestError(inflight_below_frame(settings.max_inflight_bytes,
+                                                   settings.max_frame))
         self._store = store
         self.settings = settings
         self._lines = LineReader(settings.max_field_length)
@@ -157,6 +166,8 @@ class IngestServer:
         self._listeners: list[socket.socket] = []  # the TCP port's
         self._accepting: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()  # the connections' (referenced)
+        #: Shared with HTTP ingest (``collector.integrations``): one bound for both.
+        self.budget = FrameBudget(settings.max_inflight_bytes)
 
     # -- listening ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -425,9 +436,12 @@ class IngestServer:
     async def _serve(self, conn: _Conn, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, tcp: bool) -> None:
         s = self.settings
-        kind, payload = await self._read_frame(reader, MAX_CONTROL_FRAME,
-                                               s.handshake_timeout, s.handshake_timeout,
-                                               conn)
+        # Not from the budget: a hello comes before the token, and a client without one
+        # must not take what the apps' batches need (hellos are bounded apart, 64 KiB
+        # each within handshake_timeout, at most max_connections of them).
+        kind, payload, _ = await self._read_frame(reader, MAX_CONTROL_FRAME,
+                                                  s.handshake_timeout, s.handshake_timeout,
+                                                  conn)
         if kind is not FrameType.HELLO:
             raise WireError(ErrorCode.UNEXPECTED_FRAME, f"the first frame must be a HELLO, "
                             f"got {kind.name} (see docs/protocol.md)")
@@ -456,19 +470,31 @@ class IngestServer:
                 if self._closing or replies.task.done():
                     break
                 conn.idle = True
-                kind, payload = await self._read_frame(reader, s.max_frame, s.idle_timeout,
-                                                       s.read_timeout, conn)
-                if kind is not FrameType.BATCH:
-                    raise WireError(ErrorCode.UNEXPECTED_FRAME, f"expected a BATCH frame, "
-                                    f"got {kind.name}")
-                await replies.put(*self._batch(payload))
+                kind, payload, lease = await self._read_frame(
+                    reader, s.max_frame, s.idle_timeout, s.read_timeout, conn, self.budget)
+                try:
+                    if kind is not FrameType.BATCH:
+                        raise WireError(ErrorCode.UNEXPECTED_FRAME, f"expected a BATCH "
+                                        f"frame, got {kind.name}")
+                    reply, size = self._batch(payload)
+                except BaseException:
+                    lease.release()
+                    raise
+                del payload  # not held while the next frame waits for room
+                # Its bytes stay taken until its events are stored: until then the store's
+                # queue holds them (a hung disk must not let frames pile up unbounded).
+                reply.add_done_callback(lease.release)
+                await replies.put(reply, size)
         finally:
             conn.idle = False
             await replies.finish()  # the replies to what was accepted, then the sender ends
 
     async def _read_frame(self, reader: asyncio.StreamReader, max_frame: int,
-                          first_byte_timeout: float, rest_timeout: float, conn: _Conn
-                          ) -> tuple[FrameType, bytes]:
+                          first_byte_timeout: float, rest_timeout: float, conn: _Conn,
+                          budget: FrameBudget | None = None
+                          ) -> tuple[FrameType, bytes, Lease]:
+        """A frame; its payload's bytes taken from ``budget`` (if given) before it is
+        read, for the caller to give back (``Lease.release``)."""
         try:
             # Not wait_for: on Python 3.11 it drops a cancel (a stop closing idle
             # connections) that comes as the byte arrives, and the stop then waited out
@@ -480,12 +506,29 @@ class IngestServer:
                             "reconnect when there is something to send") from None
         conn.spoke = True
         conn.idle = False  # its bytes are arriving: a stop lets it finish (``shutdown``)
+        lease = Lease(None, 0)
+        waiting = False
         try:
             async with asyncio.timeout(rest_timeout):
                 kind, length = parse_header(first + await reader.readexactly(HEADER_SIZE - 1),
                                             max_frame)
-                return kind, await reader.readexactly(length)
-        except TimeoutError:
+                if budget is not None:
+                    # Until it fits, its payload is left unread: the client's socket fills
+                    # and TCP holds it back, within this frame's read deadline.
+                    waiting = True
+                    lease = await budget.take(length)
+                    waiting = False
+                return kind, await reader.readexactly(length), lease
+        except BaseException as exc:
+            lease.release()
+            if not isinstance(exc, TimeoutError):
+                raise
+            if waiting:
+                self.counters["inflight_wait_timeouts"] += 1
+                raise WireError(ErrorCode.TIMEOUT, f"a frame waited more than "
+                                f"{rest_timeout:g}s for room: the collector holds "
+                                "max_inflight_bytes of other clients' frames; send it "
+                                "again") from None
             raise WireError(ErrorCode.TIMEOUT, f"a frame took more than {rest_timeout:g}s to "
                             "arrive") from None
 
@@ -589,6 +632,7 @@ class IngestServer:
         counts = dict(self.counters)
         counts["connections_open"] = len(self._conns)
         counts["max_connections"] = self.max_connections()
+        counts.update(self.budget.stats())  # the socket's frames and HTTP ingest's bodies
         if self.tls is not None:
             # Not in connections_open (a TCP connection joins those once its TLS is
             # up), but under max_connections with them (``_admit``).
@@ -615,3 +659,11 @@ def _peer_name(writer: asyncio.StreamWriter, tcp: bool) -> str:
         return "unix client"
     peer = writer.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if peer else "tcp client"
+
+
+def inflight_below_frame(max_inflight_bytes: int, max_frame: int) -> str:
+    """Why a budget smaller than one frame cannot work (a frame that never fits would
+    wait until its deadline, every time it is sent again)."""
+    return (f"max_inflight_bytes ({max_inflight_bytes}) is below max_frame ({max_frame}): "
+            "a frame of max_frame bytes could never be read; raise max_inflight_bytes or "
+            "lower max_frame")

@@ -43,7 +43,8 @@ class Integrations:
         self.metrics.add("integrity", store.integrity_stats)
         self.http_ingest = HttpIngest(store, HttpIngestSettings(
             token=config.token, max_body=config.max_frame,
-            max_field_length=config.max_field_length))
+            max_field_length=config.max_field_length, read_timeout=config.read_timeout),
+            ingest_server.budget)
         self.metrics.add("http", self.http_ingest.stats)
         self.health = Health(store)
         self.api: Any = None  # the query API's ApiServer, once attached

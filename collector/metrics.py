@@ -124,6 +124,23 @@ METRICS: Final[tuple[Metric, ...]] = (
          + (f"; those refused at once count in connections.refused.{code}"
             if code in REFUSALS else ""))
       for code in _CLOSING_ERRORS),
+    # the frame budget (max_inflight_bytes), shared by the socket's frames and HTTP bodies
+    _m("audit.collector.ingest.inflight", "gauge", "ingest", "inflight_bytes", "By",
+       "Bytes of batch frames and HTTP ingest bodies being read or waiting to be stored "
+       "now (at most max_inflight_bytes)"),
+    _m("audit.collector.ingest.inflight.peak", "gauge", "ingest", "inflight_peak_bytes",
+       "By", "The most bytes of frames and bodies held at once since start"),
+    _m("audit.collector.ingest.inflight.limit", "gauge", "ingest", "max_inflight_bytes",
+       "By", "The frame budget (max_inflight_bytes)"),
+    _m("audit.collector.ingest.inflight.waiting", "gauge", "ingest", "inflight_waiting",
+       "{frame}", "Frames and HTTP bodies waiting for room in the budget now, unread"),
+    _m("audit.collector.ingest.inflight.waits", "counter", "ingest", "inflight_waits",
+       "{frame}", "Frames and HTTP bodies that waited for room in the budget (their "
+       "clients held back by TCP meanwhile)"),
+    _m("audit.collector.ingest.inflight.wait_timeouts", "counter", "ingest",
+       "inflight_wait_timeouts", "{frame}", "Frames on the socket closed with timeout "
+       "after waiting read_timeout for room (sent again by the shipper; HTTP: "
+       "http.busy)"),
     # ingest TLS (only when the TCP listener has a certificate)
     _m("audit.collector.ingest.tls.handshakes.pending", "gauge", "ingest_tls",
        "tls_handshakes_pending", "{connection}",
@@ -159,6 +176,11 @@ METRICS: Final[tuple[Metric, ...]] = (
     _m("audit.collector.http.disconnected", "counter", "http", "disconnected", "{request}",
        "HTTP ingest requests whose client went away before the body ended (nothing "
        "stored; the sender retries)"),
+    _m("audit.collector.http.busy", "counter", "http", "busy", "{request}",
+       "HTTP ingest requests answered 503 busy: no room in max_inflight_bytes within "
+       "read_timeout (the sender retries)"),
+    _m("audit.collector.http.timeouts", "counter", "http", "timeouts", "{request}",
+       "HTTP ingest requests answered 408: the body did not arrive within read_timeout"),
     _m("audit.collector.http.events.received", "counter", "http", "events_received",
        "{event}", "Events received over HTTP, before validation"),
     _m("audit.collector.http.storage_errors", "counter", "http", "storage_errors",

@@ -259,6 +259,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("tls_key", parse_path, None, "TLS private key (PEM) for the TCP listener", "PATH"),
     Option("max_frame", parse_size, IngestSettings.max_frame,
            "largest frame a client may send, e.g. 4MiB", "SIZE"),
+    Option("max_inflight_bytes", parse_size, IngestSettings.max_inflight_bytes,
+           "most bytes of batch frames and HTTP ingest bodies read or waiting to be "
+           "stored at once, over all clients (a frame past it waits, unread); at least "
+           "max_frame", "SIZE"),
     Option("max_connections", parse_int, IngestSettings.max_connections,
            "most clients connected at once (default: a quarter of the open-files limit, "
            "16 to 1024, as the query API's)", "N"),

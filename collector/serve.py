@@ -58,6 +58,7 @@ def ingest_settings(config: CollectorConfig) -> IngestSettings:
         tls_cert=config.tls_cert,
         tls_key=config.tls_key,
         max_frame=config.max_frame,
+        max_inflight_bytes=config.max_inflight_bytes,
         max_connections=config.max_connections,
         handshake_timeout=config.handshake_timeout,
         idle_timeout=config.idle_timeout,

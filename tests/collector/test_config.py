@@ -89,6 +89,9 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     ([], {"AUDIT_COMPRESS_SEALED": "maybe"}, "expected true or false"),
     (["--max-frame", "1KiB"], {}, "max_frame must be between"),
     (["--max-connections", "0"], {}, "max_connections must be at least 1"),
+    # A frame larger than the whole budget would wait for room that never comes.
+    (["--max-frame", "8MiB", "--max-inflight-bytes", "4MiB"], {},
+     "max_inflight_bytes .4194304. is below max_frame .8388608.: a frame of max_frame"),
     ([], {"AUDIT_WRITE_STALL_TIMEOUT": "0"}, "write_stall_timeout must be greater than 0"),
     (["--tcp", "127.0.0.1"], {}, "expected host:port"),
     (["--tcp", "127.0.0.1:7100"], {}, "needs a shared token"),

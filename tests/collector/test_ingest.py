@@ -329,6 +329,56 @@ def test_a_stalled_frame_times_out(make_server: ServerFactory, tmp: Path) -> Non
     assert c.error().code == ErrorCode.TIMEOUT
 
 
+# -- the frame budget (max_inflight_bytes) ----------------------------------------------------
+def test_every_batch_frame_gives_its_budget_back_however_it_ends(
+        make_server: ServerFactory, tmp: Path) -> None:
+    server = make_server(read_timeout=0.3)
+    stored = RawClient(tmp / "c.sock")
+    stored.hello()
+    assert result(stored.batch(1, lines(event(1)))).written == [event(1)["id"]]
+    malformed = RawClient(tmp / "c.sock")
+    malformed.hello()
+    malformed.send(encode_frame(FrameType.BATCH, BATCH_ID.pack(3) + b'{"source": "s"}\n'))
+    assert malformed.error().code == ErrorCode.BAD_BATCH
+    stalled = RawClient(tmp / "c.sock")
+    stalled.hello()
+    stalled.send(HEADER.pack(1000, FrameType.BATCH) + b"x")
+    assert stalled.error().code == ErrorCode.TIMEOUT
+    cut = RawClient(tmp / "c.sock")
+    cut.hello()
+    cut.send(HEADER.pack(1000, FrameType.BATCH) + b"only part of it")
+    cut.close()
+    wait_until(lambda: server.stats()["inflight_bytes"] == 0, 10, "every frame's bytes back")
+    assert server.stats()["inflight_peak_bytes"] >= 1000
+
+
+def test_a_frame_that_finds_no_room_waits_unread_then_times_out_saying_why(
+        make_server: ServerFactory, tmp: Path) -> None:
+    """The budget held whole (as by other clients' frames): a batch waits, its payload
+    unread, until its read deadline, and is told why; once there is room it goes in."""
+    server = make_server(max_inflight_bytes=MAX_FRAME, read_timeout=0.3)
+    held = server.call(server.server.budget.take(MAX_FRAME))
+    c = RawClient(tmp / "c.sock")
+    c.hello()
+    c.send(encode_frame(FrameType.BATCH, BATCH_ID.pack(1) + b'{"source": "s", "seqs": [1]}\n'
+                        + lines(event(1))[0]))
+    error = c.error()
+    assert error.code == ErrorCode.TIMEOUT and "waited" in error.message
+    assert "max_inflight_bytes" in error.message
+    stats = server.stats()
+    assert (stats["inflight_waits"], stats["inflight_wait_timeouts"]) == (1, 1)
+    server.loop.call_soon_threadsafe(held.release)
+    fresh = RawClient(tmp / "c.sock")
+    fresh.hello()
+    assert result(fresh.batch(2, lines(event(2)))).written == [event(2)["id"]]
+
+
+def test_a_budget_smaller_than_one_frame_is_refused(store: Any, tmp: Path) -> None:
+    with pytest.raises(IngestError, match="max_inflight_bytes .* is below max_frame"):
+        IngestServer(store, IngestSettings(tmp / "c.sock", max_frame=MAX_FRAME,
+                                           max_inflight_bytes=MAX_FRAME - 1))
+
+
 def test_connections_beyond_the_limit_are_refused(make_server: ServerFactory,
                                                   tmp: Path) -> None:
     server = make_server(max_connections=2)

@@ -324,3 +324,76 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def ingest_gauges(collector: Collector) -> dict[str, float]:
+    """The collector's own figures from GET /metrics (name without the
+    ``audit_collector_`` prefix -> value)."""
+    text = httpx.get(f"{collector.api_url()}/metrics", timeout=10).text
+    found = re.findall(r"^(audit_collector_\w+) (\S+)$", text, re.MULTILINE)
+    return {name.removeprefix("audit_collector_"): float(value) for name, value in found}
+
+
+def test_half_sent_frames_hold_at_most_the_frame_budget(tmp: Path) -> None:
+    """Clients that say hello, announce a maximum-size batch and send half of it: each
+    held a whole frame of the collector (4 MiB by default, 1,024 connections ~4 GiB:
+    OOM-killed). Now every frame being read takes its bytes from one budget
+    (max_inflight_bytes) first: the frames that do not fit wait unread, until their read
+    deadline; an honest app still gets everything acknowledged."""
+    frame, budget, slow = 128 * 1024, 512 * 1024, 12
+    collector = Collector(tmp / "data", "--max-frame", str(frame), "--max-inflight-bytes",
+                          str(budget), "--read-timeout", "2s", api=True).start()
+    clients = []
+    for n in range(slow):
+        sock = unix(collector)
+        sock.sendall(Hello(f"half:{n}:ab").encode() + HEADER.pack(frame, FrameType.BATCH)
+                     + b"\0" * (frame // 2))
+        clients.append(sock)
+    try:
+        # Four frames fit: the other eight wait, unread, behind them.
+        wait_for(lambda: ingest_gauges(collector)["ingest_inflight_waiting"] == slow - 4,
+                 10, "the frames past the budget waiting")
+        during = ingest_gauges(collector)
+        result = honest_delivery(collector, tmp, "honest")
+        closed = sum(1 for sock in clients if _closed_by_peer(sock))
+    finally:
+        for sock in clients:
+            sock.close()
+    # Every frame's bytes given back: stored, or its connection closed.
+    wait_for(lambda: ingest_gauges(collector)["ingest_inflight_bytes"] == 0, 10,
+             "the budget back to empty")
+    after = ingest_gauges(collector)
+    assert collector.stop() == 0
+    report("half-sent maximum-size frames against the frame budget", slow_clients=slow,
+           budget_kib=budget // 1024,
+           peak_inflight_kib=int(after["ingest_inflight_peak_bytes"]) // 1024,
+           acknowledged=result["acknowledged"],
+           lost=result["emitted"] - result["acknowledged"])
+    assert during["ingest_inflight_bytes"] == budget
+    assert after["ingest_inflight_peak_bytes"] <= budget
+    assert after["ingest_inflight_waits_total"] >= slow - 4
+    assert closed == slow, "a half-sent frame outlived its read deadline"
+    assert result["delivered"] and result["acknowledged"] == 200
+    assert len(Stored.read(collector.data_dir).in_segments) == 200
+
+
+def test_a_slow_http_ingest_body_holds_the_budget_only_until_the_read_deadline(
+        tmp: Path) -> None:
+    """An HTTP ingest request whose body stops half way: it held up to max_frame of the
+    collector with no deadline. Its declared length is taken from the frame budget while
+    it is read, and given back when it is answered 408 at read_timeout."""
+    collector = Collector(tmp / "data", "--read-timeout", "1s", api=True,
+                          env={"AUDIT_TOKEN": TOKEN}).start()
+    declared = 100_000
+    with socket.create_connection(host_and_port(collector.api_url()), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/events HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                     b"Content-Type: application/x-ndjson\r\n"
+                     b"Content-Length: " + str(declared).encode() + b"\r\n\r\n{")
+        wait_for(lambda: ingest_gauges(collector)["ingest_inflight_bytes"] == declared, 10,
+                 "the body's declared bytes taken from the budget")
+        answer = sock.recv(65536)
+    after = ingest_gauges(collector)
+    assert collector.stop() == 0
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert after["ingest_inflight_bytes"] == 0 and after["http_timeouts_total"] == 1

@@ -383,3 +383,11 @@ def documented_metrics(doc: str, heading: str) -> dict[str, tuple[str, str]]:
 
 def served_metrics(chosen: Callable[[Metric], bool]) -> dict[str, tuple[str, str]]:
     return {m.prometheus_name: (m.kind, m.key) for m in METRICS if chosen(m)}
+
+
+def test_the_protocol_page_lists_every_frame_budget_metric_with_its_stats_key() -> None:
+    """docs/protocol.md's Memory bound table is where an operator learns whether the
+    budget (max_inflight_bytes) holds frames back: every one of its figures, served."""
+    budget_keys = {"busy", "timeouts"}  # HTTP ingest's answers when the budget is in the way
+    assert documented_metrics("docs/protocol.md", "### Memory bound") == served_metrics(
+        lambda m: "inflight" in m.key or (m.source == "http" and m.key in budget_keys))
