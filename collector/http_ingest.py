@@ -12,11 +12,12 @@ other writer). The reply mirrors the wire protocol's RESULT:
 ``len(written) + len(duplicates) + len(rejected)`` is the number of events sent. A
 rejected event must not be sent again. Other answers: 401 (token), 403 (no token
 configured: HTTP ingest is off), 400 (a body that is not JSON lines or a JSON array),
-413 (over ``max_frame`` bytes), 408 (the body did not arrive within ``read_timeout``),
-422 (every event rejected: nothing stored, the reasons listed), 503 with ``Retry-After``
-(the store cannot write, or no room in ``max_inflight_bytes`` within ``read_timeout``:
-nothing acknowledged, send again). A shipper that retries on 5xx, 408 and 429 and not on other 4xx does the right
-thing.
+413 (over ``max_frame`` bytes), 422 (every event rejected: nothing stored, the reasons
+listed), 503 with ``Retry-After`` (the store cannot write; no room in
+``max_inflight_bytes`` within ``read_timeout``; the body did not arrive within
+``read_timeout``: nothing acknowledged, send again). A shipper that retries on 5xx and
+429 and not on other 4xx does the right thing (a slow body is a 503, not HTTP's 408,
+which some shippers do not retry: the batch would be dropped).
 
 The body: JSON lines (one event object per line, ``application/x-ndjson``) or one JSON
 array of event objects (``application/json``). The sender may name itself with
@@ -152,8 +153,8 @@ class HttpIngest:
                               "the events again", headers={"Retry-After": "1"})
             lease.release()
             self.counters["timeouts"] += 1
-            return _error(408, "timeout", f"the body did not arrive within {timeout:g}s "
-                          "(read_timeout); send it again")
+            return _error(503, "timeout", f"the body did not arrive within {timeout:g}s "
+                          "(read_timeout); send it again", headers={"Retry-After": "1"})
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -332,14 +333,14 @@ OPENAPI: Final[dict[str, Any]] = {PATH: {"post": {
                 "content": {"application/json": {"schema": _RESULT_SCHEMA}}},
         "400": {"description": "The body holds no events", "content": _ERROR_REPLY},
         "401": {"description": "Missing or wrong ingest token", "content": _ERROR_REPLY},
-        "408": {"description": "The body did not arrive within read_timeout",
-                "content": _ERROR_REPLY},
         "403": {"description": "HTTP ingest is off (no token configured)",
                 "content": _ERROR_REPLY},
         "413": {"description": "Body over max_frame bytes", "content": _ERROR_REPLY},
         "422": {"description": "Every event was rejected (nothing stored)",
                 "content": {"application/json": {"schema": _RESULT_SCHEMA}}},
-        "503": {"description": "The store cannot write, or no room for the body within "
-                               "read_timeout (max_inflight_bytes): nothing acknowledged, "
-                               "send again (Retry-After)", "content": _ERROR_REPLY},
+        "503": {"description": "The store cannot write, no room for the body within "
+                               "read_timeout (max_inflight_bytes, busy), or the body did "
+                               "not arrive within read_timeout (timeout): nothing "
+                               "acknowledged, send again (Retry-After)",
+                "content": _ERROR_REPLY},
     }}}}

@@ -180,7 +180,7 @@ METRICS: Final[tuple[Metric, ...]] = (
        "HTTP ingest requests answered 503 busy: no room in max_inflight_bytes within "
        "read_timeout (the sender retries)"),
     _m("audit.collector.http.timeouts", "counter", "http", "timeouts", "{request}",
-       "HTTP ingest requests answered 408: the body did not arrive within read_timeout"),
+       "HTTP ingest requests answered 503 timeout: the body did not arrive within read_timeout"),
     _m("audit.collector.http.events.received", "counter", "http", "events_received",
        "{event}", "Events received over HTTP, before validation"),
     _m("audit.collector.http.storage_errors", "counter", "http", "storage_errors",

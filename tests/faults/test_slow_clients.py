@@ -381,7 +381,7 @@ def test_a_slow_http_ingest_body_holds_the_budget_only_until_the_read_deadline(
         tmp: Path) -> None:
     """An HTTP ingest request whose body stops half way: it held up to max_frame of the
     collector with no deadline. Its declared length is taken from the frame budget while
-    it is read, and given back when it is answered 408 at read_timeout."""
+    it is read, and given back when it is answered 503 (timeout) at read_timeout."""
     collector = Collector(tmp / "data", "--read-timeout", "1s", api=True,
                           env={"AUDIT_TOKEN": TOKEN}).start()
     declared = 100_000
@@ -395,5 +395,6 @@ def test_a_slow_http_ingest_body_holds_the_budget_only_until_the_read_deadline(
         answer = sock.recv(65536)
     after = ingest_gauges(collector)
     assert collector.stop() == 0
-    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert b'"error":"timeout"' in answer and b"retry-after: 1" in answer.lower(), answer
     assert after["ingest_inflight_bytes"] == 0 and after["http_timeouts_total"] == 1
