@@ -550,7 +550,6 @@ class Spool(_Adoption):
         self._adoption_errors = 0  # the same: a child's first scan failure is said
 
 
-
 def _lock_new(fd: int, directory: Path) -> None:
     """Lock a new spool file (its lock is its process's claim on it: see the module's
     doc). Where the file system has no ``flock``, every batch is dropped: the error
