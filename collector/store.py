@@ -37,6 +37,7 @@ from collector.index import files_bytes as index_files_bytes
 from collector.storage import loss_acks, sources
 from collector.storage.data_dir_lock import lock_data_dir
 from collector.storage.disk_space import (
+    BATCH_ROOM,
     RESERVE_ROOM,
     Reserve,
     free_bytes,
@@ -92,9 +93,13 @@ _IDLE_SECONDS: Final = 1.0
 _COMMIT: Final = "commit"
 _COMPRESSED: Final = "putting compressed copies in place"
 _HOUSEKEEPING: Final = "housekeeping"
-#: The file an idle commit thread writes, fsyncs and removes in ``segments/`` while a
-#: write failure is said (a full disk's once it shows room: ``Store._check_failed_write``).
+#: The file an idle commit thread writes, fsyncs and removes in ``segments/`` and in the
+#: data directory (the index's) while a write failure is said (a full disk's once it
+#: shows room: ``Store._check_failed_write``).
 _WRITE_CHECK: Final = ".write-check"
+#: What it writes: a batch's room, so that it takes new blocks (a quota with less left
+#: refuses it), never only an inode's inline data.
+_WRITE_CHECK_DATA: Final = b"\n" * BATCH_ROOM
 #: Why the reserve is released at start-up (``Store._open_in_reserve``), in its warning.
 _OPENING_IN_RESERVE: Final = (
     "the store can open (its index, its start checkpoint) and retention sign its "
@@ -173,6 +178,10 @@ class Store(_LossAcknowledging):
         self._commit_failure: WriteFailure | None = None
         #: Whether the idle write checks can show it ended (``failures.checkable``).
         self._commit_failure_checkable = False
+        #: A full disk's failure that the index's refusal turned into ``WRITE_FAILING``
+        #: still needs ``RESERVE_ROOM`` free to end without a batch: until one is
+        #: written, or the checks go through with that room (``_check_failed_write``).
+        self._needs_room = False
         #: Why the commit thread ended while open (``_refuse_for_good``), or None.
         self._ended: str | None = None
         self._loss_acks: dict[str, loss_acks.Ack] = {}
@@ -549,6 +558,7 @@ class Store(_LossAcknowledging):
                         # error until the next batch failed again.
                         self._failures.recovered(_COMMIT)
                         self._commit_failure = None
+                        self._needs_room = False
                 else:
                     # Before housekeeping, whose failure (retention unable to delete, at
                     # each pass) skipped it for good: a write failure that had ended kept
@@ -588,50 +598,78 @@ class Store(_LossAcknowledging):
         the data directory's disk and ``segments/``'s; judged here, on this thread, and
         not by the probe: a hung disk can hold statvfs, and a probe must answer at
         once) and ``segments/`` takes a write again (a file written, fsynced, removed);
-        an index that refuses a write even then fails otherwise (``WRITE_FAILING``).
+        an index that refuses a write even then fails otherwise (``WRITE_FAILING``,
+        which still needs that room: ``_needs_room``).
         The other failures of a file or of the index (an I/O error, a read-only file
         system or file, a quota, the index's lock held) end once both take a write
-        (``_takes_writes``). Judged by the segments' write alone, an index's error
-        (SQLite's "disk I/O error", a read-only or full index file) lasted until a
-        batch was written: none came to a collector out of rotation, unready for good.
-        A bug's error ends with a batch only
-        (``failures.checkable``)."""
+        (``_takes_writes``; a pass that finds the indexer writing judges nothing).
+        Judged by the segments' write alone, an index's error (SQLite's "disk I/O
+        error", a read-only or full index file) lasted until a batch was written: none
+        came to a collector out of rotation, unready for good. A bug's error ends with
+        a batch only (``failures.checkable``)."""
         writer = self._writer
+        if writer.failure is None and self._commit_failure is None:
+            self._needs_room = False  # a batch was written
+            return
         if DISK_FULL in (writer.failure, self._commit_failure):
-            # The write too: a disk can be full with free blocks showing (no inode left
-            # for a new segment, a file system's metadata full), and judged by them
-            # alone it read ready half a second after each batch it refused.
-            if self._room_to_write() and self._segments_take_a_write():
-                # Space freed: the next batch is written (or fails again, said). An index
-                # that refuses a write even so fails otherwise: said so, never ready.
-                ended: WriteFailure | None = (
-                    None if self._index_takes_a_write() else WRITE_FAILING)
-                if writer.failure == DISK_FULL:
-                    writer.failure = ended
-                if self._commit_failure == DISK_FULL:
-                    self._commit_failure = ended
+            self._check_full_disk()
             return
         said = [(writer.failure, writer.failure_checkable),
                 (self._commit_failure, self._commit_failure_checkable)]
-        if all(failure is None for failure, _ in said):
-            return
         if any(failure is not None and not judged for failure, judged in said):
             return  # a bug's: only a batch written shows it ended
+        # A full disk's failure the index turned write_failing needs room all the same:
+        # ended by the checks alone, it read ready on a disk full again by the time the
+        # index let go (the checks' small writes fit), and every batch failed again.
+        if self._needs_room and not self._room_to_write():
+            return
         if self._takes_writes():
             writer.failure = None
             self._commit_failure = None
+            self._needs_room = False
+
+    def _check_full_disk(self) -> None:
+        """``_check_failed_write`` for a full disk: it ends once both disks have
+        ``RESERVE_ROOM`` free and ``segments/`` takes a write; into ``WRITE_FAILING``
+        (still needing that room: ``_needs_room``) if the index refuses a write even then."""
+        # The write too: a disk can be full with free blocks showing (no inode left
+        # for a new segment, a file system's metadata full), and judged by them
+        # alone it read ready half a second after each batch it refused.
+        if not (self._room_to_write() and self._directory_takes_a_write(self.segments_dir)):
+            return
+        index_takes = self._index_takes_a_write()
+        if index_takes is None:
+            return  # not judged this pass
+        # Space freed: the next batch is written (or fails again, said). An index that
+        # refuses a write even so fails otherwise: said so, never ready.
+        ended: WriteFailure | None = None if index_takes else WRITE_FAILING
+        self._needs_room = not index_takes
+        writer = self._writer
+        if writer.failure == DISK_FULL:
+            writer.failure = ended
+        if self._commit_failure == DISK_FULL:
+            self._commit_failure = ended
 
     def _takes_writes(self) -> bool:
         """Whether both files a commit writes take a write now: ``segments/`` (a new
-        file) and the index (``Index.check_writes``)."""
-        return self._segments_take_a_write() and self._index_takes_a_write()
+        file) and the index (``_index_takes_a_write``); False too when the index's
+        was not judged this pass."""
+        return (self._directory_takes_a_write(self.segments_dir)
+                and self._index_takes_a_write() is True)
 
-    def _index_takes_a_write(self) -> bool:
+    def _index_takes_a_write(self) -> bool | None:
+        """Whether the index takes a write now: a new file in its directory (the data
+        directory) and a write in it (``Index.check_writes``). None: not judged this
+        pass (the indexer holds the in-process write lock; waiting for it could take
+        SQLite's whole busy timeout). The file first: the index's own write can reuse
+        the WAL's room after a checkpoint, needing no new block, and went through over
+        a quota (``EDQUOT``, which SQLite says is an I/O error) that failed every batch."""
+        if not self._directory_takes_a_write(self.settings.data_dir):
+            return False
         try:
-            self._index.check_writes()
+            return True if self._index.check_writes() else None
         except sqlite3.Error:
             return False  # still failing: said as it is (the commit's failure is in the log)
-        return True
 
     def _room_to_write(self) -> bool:
         """Whether both disks a commit writes to have ``RESERVE_ROOM`` free: the data
@@ -642,11 +680,13 @@ class Store(_LossAcknowledging):
         return all(free_bytes(d) >= RESERVE_ROOM
                    for d in (self.settings.data_dir, self.segments_dir))
 
-    def _segments_take_a_write(self) -> bool:
-        """Whether a new file can be written, fsynced and removed in ``segments/``."""
-        path = self.segments_dir / _WRITE_CHECK
+    @staticmethod
+    def _directory_takes_a_write(directory: Path) -> bool:
+        """Whether a new file of a batch's room can be written, fsynced and removed in
+        ``directory``."""
+        path = directory / _WRITE_CHECK
         try:
-            write_new_file(path, b"\n", FILE_MODE)
+            write_new_file(path, _WRITE_CHECK_DATA, FILE_MODE)
             path.unlink()
         except OSError:
             return False  # still failing: said as it is (the commit's failure is in the log)

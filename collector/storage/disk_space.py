@@ -55,9 +55,11 @@ RESERVE_NAME: Final = "reserve"
 #: 256 KiB holds hundreds. Small enough to be made again out of what one deleted
 #: segment frees.
 RESERVE_BYTES: Final = 256 * 1024
+#: The room a batch's commit takes (its records, the index's pages in the WAL).
+BATCH_ROOM: Final = 64 * 1024
 #: Free bytes the disk must have before the reserve is made (again), except right after
 #: retention deleted segments (``Reserve.ensure``).
-RESERVE_ROOM: Final = RESERVE_BYTES + 64 * 1024
+RESERVE_ROOM: Final = RESERVE_BYTES + BATCH_ROOM
 #: What retention releases of the reserve at a time for its digest (a few digests, a new
 #: digest file or two), and what the reserve is written in.
 SLICE: Final = 64 * 1024

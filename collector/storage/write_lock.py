@@ -39,6 +39,16 @@ class WriteLock:
                 self._store_waiting -= 1
             self._held = True
 
+    def try_acquire(self) -> bool:
+        """Take the lock for the store if it is free now; False (not taken) if a
+        background holder has it. For a check that must not wait: the indexer can hold
+        it for SQLite's whole busy timeout while another process holds the index's lock."""
+        with self._cond:
+            if self._held:
+                return False
+            self._held = True
+            return True
+
     def release(self) -> None:
         with self._cond:
             if not self._held:

@@ -374,6 +374,81 @@ def test_space_freed_with_the_index_still_refusing_writes_is_not_ready(
     wait_until(lambda: probe(Health(opened)).status_code == 200)
 
 
+def test_a_full_disk_the_index_turned_write_failing_still_needs_room(
+        opened: Store, failing: FailingAppends, free_space: FreeSpace,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Space freed while the index refused a write: ``write_failing``, which ended by the
+    write checks alone. The disk full again by the time the index let go, the checks'
+    small writes fitted and the probe said ready while every batch failed for want of
+    space. That room is still needed until a batch is written."""
+    failing.errno = errno.ENOSPC
+    write_fails(opened)
+    with index_locked(opened):
+        free_space.bytes = RESERVE_ROOM
+        failing.errno = None
+        wait_until(lambda: probe(Health(opened)).json().get("reason") == "write_failing")
+        free_space.bytes = 0  # full again (the real disk still takes the checks' writes)
+    passes = idle_passes(monkeypatch)
+    wait_until(lambda: len(passes) >= 2)  # one whole idle pass since the index let go
+    assert probe(Health(opened)).json().get("reason") == "write_failing"
+    free_space.bytes = RESERVE_ROOM
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
+
+
+def test_the_idle_index_check_does_not_wait_for_the_indexers_lock(
+        opened: Store, broken_inserts: BrokenIndexInserts,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The indexer holds the index's in-process write lock for as long as SQLite's busy
+    handler waits for another process's lock (up to 10 s). The idle check waited for
+    it, and a batch arriving meanwhile waited behind it: it now skips that pass, judging
+    nothing (unready still), and checks again at the next."""
+    monkeypatch.setattr(disk_space, "free_bytes", lambda directory: 10 * RESERVE_ROOM)
+    broken_inserts.broken = True
+    write_fails(opened)
+    broken_inserts.broken = False
+    passes = idle_passes(monkeypatch)
+    with opened._index.write_lock.background():  # as the indexer holds it
+        wait_until(lambda: len(passes) >= 2)  # the first pass's check waited for no lock
+        assert probe(Health(opened)).json().get("reason") == "write_failing"
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
+
+
+class Quota:
+    """A user's quota on the data directory's file system (the index's), with less than
+    a batch's room left while ``exceeded``: a new file there of more than a block fails
+    with ``EDQUOT``; smaller writes, and those in ``segments/`` (a file system of its
+    own), go through."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+        self.exceeded = True
+        real_write = store_module.write_new_file
+
+        def write_new_file(path: Path, data: bytes, mode: int) -> None:
+            if self.exceeded and path.parent == data_dir and len(data) > 4096:
+                raise OSError(errno.EDQUOT, "injected")
+            real_write(path, data, mode)
+
+        monkeypatch.setattr(store_module, "write_new_file", write_new_file)
+
+
+def test_a_quota_on_the_index_is_judged_by_a_write_that_takes_new_blocks(
+        opened: Store, broken_inserts: BrokenIndexInserts,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite says a quota (``EDQUOT``) is a "disk I/O error". The index's own check
+    writes a frame into the WAL's room that a checkpoint left, needing no new block:
+    it went through, and the probe said ready while every batch failed. A new file of a
+    batch's room in the index's directory needs new blocks, as a batch does."""
+    monkeypatch.setattr(disk_space, "free_bytes", lambda directory: 10 * RESERVE_ROOM)
+    quota = Quota(monkeypatch, opened.settings.data_dir)
+    broken_inserts.broken = True  # the batch's index writes: over the quota
+    write_fails(opened)
+    passes = idle_passes(monkeypatch)
+    wait_until(lambda: len(passes) >= 2)  # one whole idle pass since the failure
+    assert probe(Health(opened)).json().get("reason") == "write_failing"
+    quota.exceeded = broken_inserts.broken = False  # the quota raised
+    wait_until(lambda: probe(Health(opened)).status_code == 200)
+
+
 def test_another_write_failure_is_unready_until_a_write_goes_through(
         opened: Store, failing: FailingAppends) -> None:
     failing.errno = errno.EIO
