@@ -106,6 +106,11 @@ class ApiServer:
             # gigabytes within the guard's 10 s. h11 holds at most H11_MAX_HEADERS of a
             # request line and headers still incomplete (past it: 400, connection closed).
             http="h11", h11_max_incomplete_event_size=H11_MAX_HEADERS,
+            # No WebSocket: the API has no such route, and "auto" hands an upgrade
+            # request to the websockets library's handshake code where it is installed:
+            # code no request of ours needs, for any client to reach. Without it an
+            # upgrade is a plain request (404).
+            ws="none",
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
             timeout_graceful_shutdown=max(int(drain_timeout), 1))

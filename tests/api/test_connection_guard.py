@@ -22,6 +22,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from uvicorn.protocols.http import auto as uvicorn_auto
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets import auto as uvicorn_ws_auto
 
 from collector.api import server as api_server
 from collector.api.app import SIGN_IN_PATH
@@ -275,20 +276,26 @@ def _in_progress(served: api_server.ApiServer) -> int:
                and not conn.cycle.response_complete)
 
 
-def test_the_api_parses_with_h11_whatever_uvicorn_would_pick(
+def test_the_api_parses_with_h11_and_no_websocket_whatever_uvicorn_would_pick(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """uvicorn's "auto" HTTP parser is httptools when it is installed, which bounds no
     request's headers (the guard's 10 s were gigabytes of them): the API names h11,
     whose bound holds. "auto" is made to pick another parser here, as an installed
-    httptools makes it."""
+    httptools makes it; and a WebSocket handshake implementation, as an installed
+    websockets makes it (the API has no WebSocket route: none is reachable)."""
     class Unbounded(H11Protocol):
         """What "auto" picks here, as it picks httptools' protocol when installed."""
 
+    class Handshakes:
+        """What "auto" picks for WebSockets where websockets or wsproto is installed."""
+
     monkeypatch.setattr(uvicorn_auto, "AutoHTTPProtocol", Unbounded)
+    monkeypatch.setattr(uvicorn_ws_auto, "AutoWebSocketsProtocol", Handshakes)
     server = api_server.ApiServer(Starlette(), "127.0.0.1", 0)
     server.config.load()
     assert server.config.http_protocol_class is H11Protocol
     assert server.config.h11_max_incomplete_event_size == api_server.H11_MAX_HEADERS
+    assert server.config.ws_protocol_class is None  # no WebSocket handshake code reachable
 
 
 def test_above_the_cap_unfinished_tls_handshakes_count_too(
