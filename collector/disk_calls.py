@@ -30,6 +30,13 @@ T = TypeVar("T")
 RETRY_AFTER: Final = 5
 
 
+def retry_after(seconds: int = RETRY_AFTER) -> dict[str, str]:
+    """The headers of a 503: when to ask again (RFC 9110, 10.2.3). Every 503 the API
+    answers carries one, so a client (an exporter, a scraper, a script) backs off by
+    what it is told instead of a guess of its own."""
+    return {"Retry-After": str(seconds)}
+
+
 class DiskLate(Exception):
     """A call on the data disk did not end within the caller's wait (it goes on): the
     request is answered 503 with ``Retry-After``."""

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .disk_calls import retry_after
 from .storage.failures import DISK_FULL, NOT_OPEN, WRITE_FAILING, WRITE_STALLED
 
 STARTING: Final = "starting"
@@ -73,12 +74,15 @@ async def _endpoint(request: Request) -> Response:
     problem = STARTING if health is None else health.problem()
     if problem is None:
         return _json({"status": "ready"}, 200)
+    # Retry-After as every 503 of the API: a probe ignores it, a script may use it.
     return _json({"status": "unavailable", "reason": problem, "message": REASONS[problem]},
-                 503)
+                 503, retry_after())
 
 
-def _json(body: dict[str, str], status: int) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def _json(body: dict[str, str], status: int,
+          headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers,
+                    media_type="application/json")
 
 
 def routes() -> list[Route]:

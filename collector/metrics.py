@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 
 from audit_middleware.wire import ErrorCode
 
+from .disk_calls import retry_after
 from .ingest import REFUSALS
 from .single_flight import SingleFlight, Unanswered
 
@@ -472,7 +473,7 @@ async def _endpoint(request: Any) -> Any:
         refused = (getattr(request.app.state, "metrics_auth", "none") == "reader"
                    and not await _a_reader(request))
     except ReadersLate as exc:
-        return PlainTextResponse(f"{exc}\n", 503)
+        return PlainTextResponse(f"{exc}\n", 503, headers=retry_after())
     if refused:
         # Counts only, but their changes show activity, such as each read of the logs.
         return PlainTextResponse(
@@ -486,7 +487,8 @@ async def _endpoint(request: Any) -> Any:
         # would read as the store's gauges gone, not as a disk that does not answer.
         return PlainTextResponse(
             "the store's figures did not come in time: its disk does not answer (a hung "
-            "disk, a frozen network file system); the collector's log says more\n", 503)
+            "disk, a frozen network file system); try again once it does (the collector's "
+            "log says more)\n", 503, headers=retry_after())
     return PlainTextResponse(text, media_type=PROMETHEUS_CONTENT_TYPE)
 
 

@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from collector import health, http_ingest, metrics
-from collector.disk_calls import RETRY_AFTER, DiskLate
+from collector.disk_calls import DiskLate, retry_after
 from collector.query import IndexUnavailableError
 from collector.readers import ReaderError, Readers
 from collector.storage.errors import IndexOutOfDateError, StorageError
@@ -169,8 +169,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
+    # The store's state (a full disk, another acknowledgement under way, a stop), not the
+    # request's: worth another try, as its message says.
     log.error("query API: %s", exc)
-    return _error(503, "unavailable", str(exc))
+    return _error(503, "unavailable", str(exc), retry_after())
 
 
 #: What a reader is told when the index cannot answer. The data directory's path and
@@ -180,24 +182,27 @@ INDEX_UNAVAILABLE_MESSAGE: Final = (
     "the collector's start-up), so retry in a minute; if this lasts, the collector's log "
     "says what is wrong and what to do (usually `audit-collector reindex`, run by an "
     "operator with the collector stopped)")
+#: Seconds a client is told to wait when the index cannot answer (the message's minute).
+INDEX_RETRY_AFTER: Final = 60
 
 
 async def _index_unavailable(request: Request, exc: Exception) -> Response:
     # The data directory's state, not the request's: 503, which a client may retry, and
     # not 400, which told it to change a request that was fine.
     log.error("query API: %s", exc)
-    return _error(503, "unavailable", INDEX_UNAVAILABLE_MESSAGE)
+    return _error(503, "unavailable", INDEX_UNAVAILABLE_MESSAGE,
+                  retry_after(INDEX_RETRY_AFTER))
 
 
 async def _readers_late(request: Request, exc: Exception) -> Response:
     # Before any credential is checked, as for a damaged file: no denial to record.
-    return _error(503, "unavailable", str(exc))
+    return _error(503, "unavailable", str(exc), retry_after())
 
 
 async def _disk_late(request: Request, exc: Exception) -> Response:
     # The disk, not the request: worth another try once it answers (the call goes on).
     log.warning("query API: %s %r: %s", request.method, request.url.path, exc)
-    return _error(503, "unavailable", str(exc), {"Retry-After": str(RETRY_AFTER)})
+    return _error(503, "unavailable", str(exc), retry_after())
 
 
 async def _readers_unavailable(request: Request, exc: Exception) -> Response:
@@ -206,7 +211,8 @@ async def _readers_unavailable(request: Request, exc: Exception) -> Response:
     # the log only.
     log.error("query API: %s", exc)
     return _error(503, "unavailable", "the collector cannot check credentials now: its "
-                  "log has the details")
+                  "log has the details; try again once an operator has mended the readers "
+                  "file", retry_after())
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

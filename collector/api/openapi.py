@@ -75,11 +75,20 @@ def _error(description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+def _unavailable(description: str) -> dict[str, Any]:
+    """A 503: every one carries ``Retry-After`` (``collector.disk_calls.retry_after``)."""
+    return {**_error(description), "headers": {"Retry-After": {
+        "description": "Seconds to wait before asking again.",
+        "schema": {"type": "integer"}}}}
+
+
 _DENIED: Final = {
     "400": _error("A parameter the API cannot use; the message gives the accepted forms."),
     "401": _error("No credentials, or credentials that match no reader."),
     "403": _error("The reader is not root."),
-    "503": _error("The read could not be recorded in the audit log, so it was refused."),
+    "503": _unavailable("The read could not be recorded in the audit log, or the data disk "
+                        "or the index did not answer in time; nothing was read or "
+                        "recorded. Try again after Retry-After seconds."),
 }
 
 
@@ -178,8 +187,9 @@ SPEC: Final[dict[str, Any]] = {
                         "unacknowledged_gap_events": {"type": "integer"},
                         "unacknowledged_tail_events": {"type": "integer"}}}}}},
                 **{k: v for k, v in _DENIED.items() if k in ("401", "403")},
-                "503": _error("The store's figures did not come in time: the data disk "
-                              "does not answer. Try again after Retry-After seconds.")},
+                "503": _unavailable("The store's figures did not come in time: the data disk "
+                                    "does not answer. Try again after Retry-After "
+                                    "seconds.")},
         }},
         "/api/v1/sources/acknowledge-losses": {"post": {
             "summary": "Acknowledge a source's lost events (known to an operator)",
@@ -213,9 +223,11 @@ SPEC: Final[dict[str, Any]] = {
                                              "source -> through",
                                              "additionalProperties": {"type": "integer"}}}}}}},
                 "404": _error("No source of this id is known to the store."),
-                **_DENIED, "503": _error("The acknowledgement could not be recorded or "
-                                         "kept, so it was not made; with Retry-After: "
-                                         "the data disk did not answer in time.")},
+                **_DENIED, "503": _unavailable("The acknowledgement could not be recorded "
+                                               "or kept, so it was not made (the data "
+                                               "disk did not answer in time, or another "
+                                               "acknowledgement is under way). Try again "
+                                               "after Retry-After seconds.")},
         }},
         "/api/v1/session": {
             "get": {"summary": "Who is signed in", "operationId": "getSession",
