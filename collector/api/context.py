@@ -158,8 +158,14 @@ class Api:
             span_id = ""
         return template.replace("{trace_id}", trace_id).replace("{span_id}", span_id)
 
-    def close(self) -> None:
-        self.pool.close()
+    def close(self, timeout: float | None = None) -> int:
+        """The query threads stopped, waited for ``timeout`` seconds at most (None: as long
+        as they take); how many were left in a query (``QueryPool.close``)."""
+        return self.pool.close(timeout)
+
+    async def aclose(self, timeout: float) -> int:
+        """``close`` for the event loop (serve's stop)."""
+        return await self.pool.aclose(timeout)
 
 
 def _stats_of(store: Any) -> dict[str, Any]:

@@ -1,55 +1,153 @@
-"""The API's query connections: a few ``collector.query.Reader`` objects used on a few
-worker threads, so index lookups and segment reads never block the event loop (which
-also runs the ingest server) and a burst of panel users cannot open a connection each.
+"""The API's query connections: a few ``collector.query.Reader`` objects, one per worker
+thread, so index lookups and segment reads never block the event loop (which also runs
+the ingest server) and a burst of panel users cannot open a connection each.
+
+A query waits at most ``THREAD_WAIT`` seconds for a free thread, then is refused
+(``QueriesBusy``: 503 with ``Retry-After``): on a hung data disk (a dying disk, a frozen
+network file system) every thread stays in a read, and each later request queued behind
+them for good. Daemon threads, as ``collector.disk_calls``'s: a ``ThreadPoolExecutor``'s
+threads are joined at the stop and again at exit, so one held by the disk held the
+process's stop for good; ``close`` waits for them a bounded time instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
+from collector.disk_calls import DiskLate
 from collector.query import Reader
 
 T = TypeVar("T")
 DEFAULT_THREADS: Final = 4
+#: Seconds a query waits for a free query thread before it is answered 503.
+THREAD_WAIT: Final = 10.0
+
+log = logging.getLogger("collector.api")
+
+
+class QueriesBusy(DiskLate):
+    """Every query thread stayed busy for ``THREAD_WAIT`` seconds: refused (503)."""
+
+
+@dataclass
+class _Job(Generic[T]):
+    work: Callable[[Reader], T]
+    #: Running once a thread took it; cancelled by a caller that stopped waiting first.
+    result: concurrent.futures.Future[T] = field(default_factory=concurrent.futures.Future)
+    #: Set once a thread took it (a concurrent future has no callback for that).
+    taken: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 
 class QueryPool:
     def __init__(self, data_dir: Path, threads: int = DEFAULT_THREADS) -> None:
+        if threads < 1:
+            raise ValueError(f"the query API needs at least 1 query thread, got {threads}")
         self.data_dir = Path(data_dir)
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="audit-api-query")
-        self._idle: queue.SimpleQueue[Reader] = queue.SimpleQueue()
-        self._all: list[Reader] = []
+        self._size = threads
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._ended: list[concurrent.futures.Future[None]] = []
         self._lock = threading.Lock()
         self._closed = False
 
     async def run(self, work: Callable[[Reader], T]) -> T:
-        """``work(reader)`` on a worker thread, with a Reader nobody else is using."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, work)
-
-    def _call(self, work: Callable[[Reader], T]) -> T:
+        """``work(reader)`` on a query thread, with a Reader of that thread's own;
+        ``QueriesBusy`` when no thread takes it within ``THREAD_WAIT`` seconds."""
+        job: _Job[T] = _Job(work)
+        self._submit(job)
+        # Bounded until a thread takes it, not after: a query under way cannot be
+        # stopped (a thread cannot be), and one that takes long is still answered.
         try:
-            reader = self._idle.get_nowait()
-        except queue.Empty:
-            reader = Reader(self.data_dir)  # at most one per worker thread
-            with self._lock:
-                self._all.append(reader)
-        try:
-            return work(reader)
+            await asyncio.wait([asyncio.wrap_future(job.taken)], timeout=THREAD_WAIT)
         finally:
-            self._idle.put(reader)
+            # A caller gone (a timeout, a cancelled request) leaves no job to run: the
+            # cancel succeeds only while no thread has taken it, atomically with taking.
+            abandoned = job.result.cancel()
+        if abandoned:
+            raise QueriesBusy(busy_message(self._size))
+        return await asyncio.wrap_future(job.result)
 
-    def close(self) -> None:
+    def _submit(self, job: _Job[Any]) -> None:
         with self._lock:
             if self._closed:
-                return
+                raise RuntimeError("the query API is stopping: no more queries")
+            if len(self._threads) < self._size:
+                self._start_thread()
+        self._jobs.put(job)
+
+    def _start_thread(self) -> None:
+        ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+        thread = threading.Thread(target=self._serve, args=(ended,), daemon=True,
+                                  name=f"audit-api-query-{len(self._threads)}")
+        thread.start()
+        self._threads.append(thread)
+        self._ended.append(ended)
+
+    def _serve(self, ended: concurrent.futures.Future[None]) -> None:
+        reader: Reader | None = None
+        try:
+            while (job := self._jobs.get()) is not None:
+                if not job.result.set_running_or_notify_cancel():
+                    continue  # its caller stopped waiting (503) before it was taken
+                job.taken.set_result(None)
+                try:
+                    if reader is None:
+                        reader = Reader(self.data_dir)
+                    outcome = job.work(reader)
+                except BaseException as exc:  # noqa: BLE001 - raised in the caller
+                    job.result.set_exception(exc)
+                else:
+                    job.result.set_result(outcome)
+        finally:
+            if reader is not None:
+                reader.close()
+            ended.set_result(None)
+
+    def _stop(self) -> list[concurrent.futures.Future[None]]:
+        """No more queries; each thread ends once its query (if any) ends."""
+        with self._lock:
+            if self._closed:
+                return []
             self._closed = True
-        self._executor.shutdown(wait=True)
-        for reader in self._all:
-            reader.close()
+            ended = list(self._ended)
+        for _ in ended:
+            self._jobs.put(None)
+        return ended
+
+    def close(self, timeout: float | None = None) -> int:
+        """Stop, waiting ``timeout`` seconds at most (None: as long as it takes) for the
+        threads to end; how many are still in a query then (left: daemon threads)."""
+        ended = self._stop()
+        _, running = concurrent.futures.wait(ended, timeout)
+        return self._left(len(running))
+
+    async def aclose(self, timeout: float) -> int:
+        """``close`` for the event loop: waited for without holding it."""
+        ended = [asyncio.wrap_future(future) for future in self._stop()]
+        if not ended:
+            return 0
+        _, running = await asyncio.wait(ended, timeout=timeout)
+        for waiter in running:
+            waiter.cancel()  # only the wrapper: the thread runs on
+        return self._left(len(running))
+
+    @staticmethod
+    def _left(running: int) -> int:
+        if running:
+            log.warning("query API: %d query thread(s) still in a query at the stop (a "
+                        "hung data disk?): left behind, the stop goes on", running)
+        return running
+
+
+def busy_message(threads: int) -> str:
+    return (f"all {threads} query threads stayed busy for {THREAD_WAIT:g} s: the data "
+            f"disk may not answer (a hung disk, a frozen network file system) or the "
+            f"collector is overloaded; nothing was read or recorded: try again later")

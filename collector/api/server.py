@@ -75,6 +75,10 @@ GUARD_INTERVAL = 1.0
 #: ``handshake_timeout``, which the ingest port's TLS and hello use too).
 HANDSHAKE_TIMEOUT = 10.0
 
+#: Seconds a stop waits at least for the query threads, however little of
+#: ``drain_timeout`` is left: idle ones end at once.
+THREADS_END_WAIT: Final = 1.0
+
 #: Bytes h11 holds of a request line and headers not yet complete (its own default,
 #: said here): past it, 400 and closed. What it buffers, not the headers' size: headers
 #: that arrive whole in one read (asyncio's, up to 256 KiB) are taken.
@@ -114,6 +118,7 @@ class ApiServer:
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
             timeout_graceful_shutdown=max(int(drain_timeout), 1))
+        self.drain_timeout = drain_timeout
         self.server = uvicorn.Server(self.config)
         #: None: a quarter of the file limit, read on each check (it can change under a
         #: running process: prlimit, systemd).
@@ -356,6 +361,11 @@ class ApiServer:
             log.exception("query API: refused attempts past the budget not recorded")
 
     async def shutdown(self) -> None:
+        """Requests in progress answered, within ``drain_timeout`` (then cancelled), and
+        the query threads ended within what is left of it: one held in a read by a hung
+        disk is left (a daemon thread), where waiting for it held the stop for good."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
         if self._guard is not None:
             self._guard.cancel()
         if self._accepting is not None:
@@ -377,7 +387,9 @@ class ApiServer:
         await self.server.shutdown(sockets=[self._socket] if self._socket else None)
         await self._report_unrecorded_denials(now=True)
         api: Api = self.app.state.api
-        await asyncio.get_running_loop().run_in_executor(None, api.close)
+        # Not on the loop's default pool (a stop's other parts need its threads), and at
+        # least a moment: idle threads end at once, on a loaded machine not instantly.
+        await api.aclose(max(deadline - loop.time(), THREADS_END_WAIT))
 
 
 def _waiting(conn: Any) -> tuple[_Waiting, float | None]:

@@ -63,3 +63,9 @@ def served_app(data: Path, store: Store, **environ: str) -> Starlette:
         "AUDIT_DATA_DIR": str(data), **environ}))
     integrations.attach(SimpleNamespace(app=app, stats=dict, tls=None))
     return app
+
+
+async def closed_at_once(timeout: float) -> int:
+    """``Api.aclose`` of a stand-in API (what ``ApiServer.shutdown`` closes): no query
+    thread to wait for."""
+    return 0

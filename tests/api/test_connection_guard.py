@@ -26,6 +26,7 @@ from uvicorn.protocols.websockets import auto as uvicorn_ws_auto
 
 from collector.api import server as api_server
 from collector.api.app import SIGN_IN_PATH
+from tests.api.served import closed_at_once
 from tests.certificates import self_signed_certificate
 from tests.e2e.harness import host_and_port
 
@@ -63,7 +64,7 @@ async def _serving(tls: tuple[Path, Path] | None = None
     app = Starlette(routes=[Route("/", _hello), Route("/echo", _echo, methods=["POST"]),
                             Route(SIGN_IN_PATH, _echo, methods=["POST"]),
                             Route("/slow", _slow), Route("/held", _held)])
-    app.state.api = SimpleNamespace(close=lambda: None)  # what shutdown() closes
+    app.state.api = SimpleNamespace(aclose=closed_at_once)  # what shutdown() closes
     app.state.release = asyncio.Event()
     cert, key = tls or (None, None)
     server = api_server.ApiServer(app, "127.0.0.1", 0, tls_cert=cert, tls_key=key)
@@ -496,7 +497,7 @@ def test_a_stop_does_not_wait_for_an_idle_tls_client_that_does_not_read(
 
     async def main() -> None:
         app = Starlette(routes=[Route("/", _hello), Route("/slow", _slow)])
-        app.state.api = SimpleNamespace(close=lambda: None)
+        app.state.api = SimpleNamespace(aclose=closed_at_once)
         served = api_server.ApiServer(app, "127.0.0.1", 0, tls_cert=cert, tls_key=key,
                                       drain_timeout=2.0)
         await served.start()

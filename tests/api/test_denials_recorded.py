@@ -25,6 +25,7 @@ from collector.api.denials import Attempt, DenialLimiter
 from collector.api.reads import CATALOGUE
 from collector.own_records import AUDIT_LOG_ACCESS_DENIED
 from tests.api.conftest import PEER, Env
+from tests.api.served import closed_at_once
 
 
 def denied(env: Env) -> list[dict[str, Any]]:
@@ -180,7 +181,7 @@ def test_the_api_server_asks_for_that_record_every_pass_and_at_shutdown(
         asked.append(now)
 
     app = Starlette()
-    app.state.api = SimpleNamespace(report_unrecorded=report_unrecorded, close=lambda: None)
+    app.state.api = SimpleNamespace(report_unrecorded=report_unrecorded, aclose=closed_at_once)
 
     async def main() -> None:
         server = api_server.ApiServer(app, "127.0.0.1", 0)

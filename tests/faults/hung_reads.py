@@ -1,0 +1,44 @@
+"""``python -m collector`` on a hung data disk at the reads and at the stop: while the
+file named by ``HUNG_READS_WHILE`` exists, the API's lookups of an event
+(``Reader.find``) hang, each first making ``find_hung(gate, n)``; while the file named
+by ``HUNG_UNLINK_WHILE`` exists, the removal of a unix socket's file hangs, first making
+``unlink_hung(gate)``. No test can make a real disk hang; removing a file lets what is
+under way complete. The API's wait for a query thread is ``HUNG_THREAD_WAIT`` seconds."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from collector.cli import main
+from collector.query import Reader
+
+READS_GATE: Final = "HUNG_READS_WHILE"
+
+find = Reader.find
+_finds = itertools.count(1)
+
+
+def find_hung(gate: Path, n: int) -> Path:
+    return gate.with_name(f"{gate.name}.find-{n}")
+
+
+def _wait_while(gate: Path) -> None:
+    while gate.exists():
+        time.sleep(0.01)
+
+
+def hung_find(reader: Reader, event_id: str) -> Any:
+    gate = Path(os.environ[READS_GATE])
+    if gate.exists():
+        find_hung(gate, next(_finds)).touch()
+        _wait_while(gate)
+    return find(reader, event_id)
+
+
+if __name__ == "__main__":
+    Reader.find = hung_find  # type: ignore[method-assign,assignment]
+    raise SystemExit(main())
