@@ -64,6 +64,7 @@ from .accepting import (
     least_worth,
 )
 from .batch_events import BatchEvents, LineReader
+from .disk_calls import DiskCalls, DiskLate
 from .frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget, Lease
 from .handshakes import FailureLog, certificate_alerts, first_bytes, handshake_hint
 from .listen import IngestError, bind_unix, tls_context
@@ -82,6 +83,9 @@ DRAIN_TIMEOUT: Final = 10.0
 CLOSE_GRACE: Final = 1.0
 #: Why a new connection is refused at once (``connections_refused``), each counted as
 #: ``connections_refused_<code>`` too: at the limit, or the collector stopping.
+#: Seconds a stop waits for the unix socket's file to be removed (a hung disk: left
+#: there, and the next start replaces it, as any stale socket).
+SOCKET_REMOVAL_WAIT: Final = 5.0
 REFUSALS: Final = (ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN)
 #: What a failed handshake's OpenSSL reason usually means, said in the log.
 _HANDSHAKE_HINTS: Final = (
@@ -231,8 +235,7 @@ class IngestServer:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         if self.settings.socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.settings.socket_path)
+            await _remove_socket_file(self.settings.socket_path)
 
     # -- connections ----------------------------------------------------------------------
     def _admit_unix(self, sock: socket.socket, peer: str) -> None:
@@ -667,3 +670,27 @@ def inflight_below_frame(max_inflight_bytes: int, max_frame: int) -> str:
     return (f"max_inflight_bytes ({max_inflight_bytes}) is below max_frame ({max_frame}): "
             "a frame of max_frame bytes could never be read; raise max_inflight_bytes or "
             "lower max_frame")
+
+
+async def _remove_socket_file(path: Path) -> None:
+    """The unix socket's file removed on a thread of its own, waited for
+    ``SOCKET_REMOVAL_WAIT`` at most. The default socket is in the data directory: on a
+    hung disk, its unlink on the loop held the loop during the stop's drain (the API's
+    requests in progress, the forwarder's stop), and the stop for good."""
+    removal = DiskCalls(1, "audit-socket-removal")
+    try:
+        await removal.wait(removal.submit(functools.partial(_unlink, path)),
+                           SOCKET_REMOVAL_WAIT,
+                           f"the unix socket's file {path} was not removed within "
+                           f"{SOCKET_REMOVAL_WAIT:g} s (a hung disk?): left there, the next "
+                           f"start replaces it")
+    except DiskLate as exc:
+        log.warning("%s", exc)
+    except OSError as exc:
+        log.warning("could not remove the unix socket's file %s (%s): the next start "
+                    "replaces it", path, exc)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -17,13 +17,19 @@ from collector.cli import main
 from collector.query import Reader
 
 READS_GATE: Final = "HUNG_READS_WHILE"
+UNLINK_GATE: Final = "HUNG_UNLINK_WHILE"
 
 find = Reader.find
+unlink = os.unlink
 _finds = itertools.count(1)
 
 
 def find_hung(gate: Path, n: int) -> Path:
     return gate.with_name(f"{gate.name}.find-{n}")
+
+
+def unlink_hung(gate: Path) -> Path:
+    return gate.with_name(gate.name + ".unlink-hung")
 
 
 def _wait_while(gate: Path) -> None:
@@ -39,6 +45,15 @@ def hung_find(reader: Reader, event_id: str) -> Any:
     return find(reader, event_id)
 
 
+def hung_unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+    gate = Path(os.environ[UNLINK_GATE])
+    if os.fspath(path).endswith(".sock") and gate.exists():
+        unlink_hung(gate).touch()
+        _wait_while(gate)
+    unlink(path, *args, **kwargs)
+
+
 if __name__ == "__main__":
     Reader.find = hung_find  # type: ignore[method-assign,assignment]
+    os.unlink = hung_unlink
     raise SystemExit(main())
