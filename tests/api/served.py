@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 
 from collector.api import ApiSettings, create_app
 from collector.config import load
+from collector.frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget
 from collector.integrations import Integrations
 from collector.store import Store
 from tests.e2e.harness import ROOT, CollectorProcess
@@ -58,7 +59,10 @@ def served_app(data: Path, store: Store, **environ: str) -> Starlette:
     """The query API's app with serve's integrations attached (``/metrics``, ``/healthz`` as served),
     with ``environ``'s options (``AUDIT_METRICS_AUTH="reader"``)."""
     app = create_app(ApiSettings(data_dir=data), store)
-    ingest = SimpleNamespace(stats=dict, tls=None)
+    # The ingest server as the integrations read it: its stats, its TLS, and the frame
+    # budget HTTP ingest shares with it.
+    ingest = SimpleNamespace(stats=dict, tls=None,
+                             budget=FrameBudget(DEFAULT_MAX_INFLIGHT_BYTES))
     integrations = Integrations(store, ingest, load(None, {
         "AUDIT_DATA_DIR": str(data), **environ}))
     integrations.attach(SimpleNamespace(app=app, stats=dict, tls=None))
