@@ -37,6 +37,7 @@ import asyncio
 import hmac
 import logging
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -55,6 +56,18 @@ log = logging.getLogger("collector.ingest.http")
 
 PATH: Final = "/api/v1/events"
 DEFAULT_SOURCE: Final = "http"
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """A request's events handed to the store: what its answer needs, and no more."""
+
+    source: str
+    good: int  # events handed to the store
+    good_at: list[int]  # each of those events' index in the request
+    rejected: list[dict[str, Any]]
+    repeated: list[str]  # ids given twice in the request
+    stored: Future[Any] | None  # the store's answer; None when nothing was good
 
 
 @dataclass(frozen=True)
@@ -103,13 +116,21 @@ class HttpIngest:
         read = await self._read_body(request)
         if isinstance(read, Response):
             return read
-        body, lease = read
+        lease = read[1]
         try:
-            return await self._ingest(body, source)
+            # Parsed, validated and handed to the store at once; only the small answer
+            # is kept while the store writes. The body, its lines and their dicts held
+            # ~6 times the bytes the budget counts until then: a full budget of bodies
+            # and a slow disk cost ~1.5 GiB, not max_inflight_bytes.
+            submitted = self._ingest(read[0], source)
+            del read
+            if isinstance(submitted, Response):
+                return submitted
+            return await self._answer(submitted)
         finally:
             lease.release()  # its events stored, or refused: the bytes are free again
 
-    async def _ingest(self, body: bytes, source: str) -> Response:
+    def _ingest(self, body: bytes, source: str) -> _Submitted | Response:
         # As on the socket, at most MAX_BATCH_EVENTS events a request, checked before
         # anything is parsed: a body of tiny lines must not cost a dict, a reason and a
         # reply entry per line (1 MiB of "{}" lines cost ~250 MB without this).
@@ -123,7 +144,7 @@ class HttpIngest:
             return self._bad_request(413, "too_many_events", f"a request may carry at "
                                      f"most {MAX_BATCH_EVENTS} events, this one "
                                      f"{len(items)}: send smaller batches")
-        return await self._store_events(items, source)
+        return self._submit(items, source)
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -193,7 +214,9 @@ class HttpIngest:
                       f"{self.settings.max_body} bytes (max_frame): send fewer events per "
                       "request")
 
-    async def _store_events(self, items: list[bytes | Any], source: str) -> Response:
+    def _submit(self, items: list[bytes | Any], source: str) -> _Submitted:
+        """Validate ``items`` and hand the good ones to the store (encoded there, now):
+        what is left to answer, nothing of the body kept."""
         good: list[dict[str, Any]] = []
         good_at: list[int] = []  # each good event's index in the request
         rejected: list[dict[str, Any]] = []
@@ -219,21 +242,35 @@ class HttpIngest:
         self.counters["events_rejected"] += len(rejected)
         if rejected:
             self._log_rejections(source, rejected)
+        return _Submitted(source, len(good), good_at, rejected, repeated,
+                          self._stored(good, source) if good else None)
+
+    def _stored(self, good: list[dict[str, Any]], source: str) -> Future[Any]:
+        try:
+            stored: Future[Any] = self._store.submit(good, source, None,
+                                                     reject_unencodable=True)
+            return stored
+        except Exception as exc:  # noqa: BLE001 - answered as any store failure (503)
+            failed: Future[Any] = Future()
+            failed.set_exception(exc)
+            return failed
+
+    async def _answer(self, submitted: _Submitted) -> Response:
+        source, good_at, rejected = submitted.source, submitted.good_at, submitted.rejected
         written: list[str] = []
-        duplicates = list(repeated)
-        if good:
+        duplicates = list(submitted.repeated)
+        if submitted.stored is not None:
             try:
-                result = await asyncio.wrap_future(self._store.submit(
-                    good, source, None, reject_unencodable=True))
+                result = await asyncio.wrap_future(submitted.stored)
             except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
                 self.counters["storage_errors"] += 1
                 log.error("http ingest: the store failed to write %d events: %s",
-                          len(good), exc)
+                          submitted.good, exc)
                 return _error(503, "storage_unavailable", f"events not stored "
                               f"({exc or type(exc).__name__}); send them again later",
                               headers={"Retry-After": "1"})
             written = list(result.written)
-            duplicates = list(result.duplicates) + repeated
+            duplicates = list(result.duplicates) + submitted.repeated
             if result.rejected:  # validated, yet the store cannot encode them: not retryable
                 refused = [{"index": good_at[u.position], "id": u.id,
                             "reason": f"storage_error: {u.reason}"} for u in result.rejected]
