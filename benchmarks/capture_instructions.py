@@ -72,7 +72,7 @@ def _floor_notes(per_request: dict[str, float]) -> list[str]:
             f"decorator layer) = {floor:,.0f} instructions, {floor / bare * 100:.1f}% of the "
             f"bare route. The {LIMITS['starlette']:g}% target ({budget:,.0f}) leaves "
             f"{budget - floor:,.0f} for everything else (configuration, the success "
-            f"check, the event's fields, id time and queue); ours spends "
+            f"check, the event's fields, its time and queue); ours spends "
             f"{ours - floor:,.0f} on it.")]
 
 

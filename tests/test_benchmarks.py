@@ -395,6 +395,7 @@ def test_the_floor_note_sums_the_floor_middleware_and_a_bare_decorator_layer() -
     assert "8,000 (a context object" in note and "+ 2,000 (a bare async" in note
     assert "= 10,000 instructions, 10.0% of the bare route" in note
     assert "(15,000) leaves 5,000" in note and "ours spends 15,000" in note
+    assert "the event's fields, its time and queue)" in note
 
 
 def test_panel_dataset_is_rebuilt_when_the_storage_code_changes(
