@@ -1,5 +1,6 @@
 """Calls from the event loop that write to the data disk (an acknowledgement of losses
-staged, kept, dropped), each on a daemon thread of its own, a few at a time.
+staged, kept, dropped; the unix socket's file removed at a stop), each on a daemon thread
+of its own, a few at a time; and ``retry_after``, the header of every 503 the API answers.
 
     disk = DiskCalls(4, "audit-api-disk")
     staging = disk.submit(functools.partial(store.stage_loss_ack, plan, ...))

@@ -48,6 +48,7 @@ from starlette.routing import Route
 
 from audit_middleware.wire import DEFAULT_MAX_FRAME, MAX_BATCH_EVENTS, SOURCE_PATTERN
 
+from .disk_calls import retry_after
 from .frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget, Lease
 from .own_records import own_source, own_source_reason
 from .validation import DEFAULT_MAX_FIELD_LENGTH, Validator, event_id
@@ -56,6 +57,9 @@ log = logging.getLogger("collector.ingest.http")
 
 PATH: Final = "/api/v1/events"
 DEFAULT_SOURCE: Final = "http"
+#: Seconds a refused sender is told to wait (``Retry-After``): its batch, sent again
+#: soon, is all that is at stake; the API's other 503s say 5 (``disk_calls.RETRY_AFTER``).
+RETRY_AFTER: Final = 1
 
 
 @dataclass(frozen=True)
@@ -171,11 +175,11 @@ class HttpIngest:
                 self.counters["busy"] += 1
                 return _error(503, "busy", f"no room within {timeout:g}s: the collector "
                               "holds max_inflight_bytes of other clients' batches; send "
-                              "the events again", headers={"Retry-After": "1"})
+                              "the events again", headers=retry_after(RETRY_AFTER))
             lease.release()
             self.counters["timeouts"] += 1
             return _error(503, "timeout", f"the body did not arrive within {timeout:g}s "
-                          "(read_timeout); send it again", headers={"Retry-After": "1"})
+                          "(read_timeout); send it again", headers=retry_after(RETRY_AFTER))
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -268,7 +272,7 @@ class HttpIngest:
                           submitted.good, exc)
                 return _error(503, "storage_unavailable", f"events not stored "
                               f"({exc or type(exc).__name__}); send them again later",
-                              headers={"Retry-After": "1"})
+                              headers=retry_after(RETRY_AFTER))
             written = list(result.written)
             duplicates = list(result.duplicates) + submitted.repeated
             if result.rejected:  # validated, yet the store cannot encode them: not retryable

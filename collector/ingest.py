@@ -81,11 +81,11 @@ DRAIN_TIMEOUT: Final = 10.0
 #: TLS's close_notify) before it is aborted: until then its file is out of the count
 #: of connections (``max_connections``) and still held.
 CLOSE_GRACE: Final = 1.0
-#: Why a new connection is refused at once (``connections_refused``), each counted as
-#: ``connections_refused_<code>`` too: at the limit, or the collector stopping.
 #: Seconds a stop waits for the unix socket's file to be removed (a hung disk: left
 #: there, and the next start replaces it, as any stale socket).
 SOCKET_REMOVAL_WAIT: Final = 5.0
+#: Why a new connection is refused at once (``connections_refused``), each counted as
+#: ``connections_refused_<code>`` too: at the limit, or the collector stopping.
 REFUSALS: Final = (ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN)
 #: What a failed handshake's OpenSSL reason usually means, said in the log.
 _HANDSHAKE_HINTS: Final = (
