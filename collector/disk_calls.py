@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable
 from typing import Final, TypeVar
 
+from collector.single_flight import on_daemon_thread
+
 T = TypeVar("T")
 
 #: Seconds a client is told to wait before it tries again (``Retry-After``).
@@ -47,6 +49,10 @@ class DiskBusy(DiskLate):
     """Every thread for calls on the data disk is held (a hung disk): refused at once."""
 
 
+def _nothing() -> None:
+    pass
+
+
 class DiskCalls:
     def __init__(self, limit: int, name: str) -> None:
         if limit < 1:
@@ -61,37 +67,19 @@ class DiskCalls:
         running already. ``limited=False``: for what ends a call made before (a staged
         acknowledgement kept or dropped, which releases its lock): refused, nothing
         would ever end it."""
-        if limited and not self._slots.acquire(blocking=False):
+        if not limited:
+            return on_daemon_thread(call, self._name, _nothing)
+        if not self._slots.acquire(blocking=False):
             raise DiskBusy(f"{self._limit} calls on the data disk ({self._name}) are still "
                            f"under way: the disk does not answer (a hung disk, a frozen "
                            f"network file system); try again once it does")
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()  # from now on, not cancellable
         try:
-            threading.Thread(target=self._run, args=(future, call, limited),
-                             name=self._name, daemon=True).start()
-        except BaseException:
-            if limited:
-                self._slots.release()
-            raise
-        return future
-
-    def _run(self, future: concurrent.futures.Future[T], call: Callable[[], T],
-             limited: bool) -> None:
-        try:
-            result = call()
-        except BaseException as exc:  # noqa: BLE001 - raised in the caller
-            self._done(limited)
-            future.set_exception(exc)
-        else:
-            self._done(limited)
-            future.set_result(result)
-
-    def _done(self, limited: bool) -> None:
-        # Before the result is set: a caller woken by it and calling again at once finds
-        # the slot free.
-        if limited:
+            # The slot is free again before the result is set: a caller woken by it and
+            # calling again at once finds it free.
+            return on_daemon_thread(call, self._name, self._slots.release)
+        except BaseException:  # no thread started: nothing would ever free it
             self._slots.release()
+            raise
 
     async def finish(self, call: Callable[[], T]) -> T:
         """``call()`` on a thread never refused (``submit(limited=False)``), waited for

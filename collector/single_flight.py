@@ -25,6 +25,32 @@ from typing import Generic, TypeVar
 T_co = TypeVar("T_co", covariant=True)  # a reading of a dict is one of a Mapping
 
 
+T = TypeVar("T")
+
+
+def on_daemon_thread(call: Callable[[], T], name: str,
+                     before_result: Callable[[], None]) -> concurrent.futures.Future[T]:
+    """``call()`` on a daemon thread of its own, its result (or exception) in the future
+    returned, which is running from the start (no caller can cancel it).
+    ``before_result`` runs once the call has ended, before the result is set: a caller
+    woken by the result and asking again at once finds the state it leaves."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()
+
+    def run() -> None:
+        try:
+            result = call()
+        except BaseException as exc:  # noqa: BLE001 - raised in each caller
+            before_result()
+            future.set_exception(exc)
+        else:
+            before_result()
+            future.set_result(result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 class Unanswered(Exception):
     """The reading did not finish within the caller's wait (it goes on, for the next)."""
 
@@ -72,22 +98,10 @@ class SingleFlight(Generic[T_co]):
     def _current(self) -> concurrent.futures.Future[T_co]:
         with self._lock:
             if self._flight is None:
-                flight: concurrent.futures.Future[T_co] = concurrent.futures.Future()
-                flight.set_running_or_notify_cancel()  # from now on, not cancellable
-                threading.Thread(target=self._run, args=(flight,), name=self._name,
-                                 daemon=True).start()
-                self._flight = flight  # only once a thread took it: else none ever ends
+                # Set only once a thread took it (else none ever ends); its landing waits
+                # for this lock, so it always finds it set.
+                self._flight = on_daemon_thread(self._read, self._name, self._land)
             return self._flight
-
-    def _run(self, flight: concurrent.futures.Future[T_co]) -> None:
-        try:
-            result = self._read()
-        except BaseException as exc:  # noqa: BLE001 - raised in each caller
-            self._land()
-            flight.set_exception(exc)
-        else:
-            self._land()
-            flight.set_result(result)
 
     def _land(self) -> None:
         # Before the result is set: a caller woken by it and asking again at once gets a
