@@ -151,12 +151,16 @@ SPEC: Final[dict[str, Any]] = {
             "summary": "Event types: the catalogue's and the first 1,000 types stored",
             "operationId": "listEventTypes",
             "description": "Sorted. truncated: more types are stored than listed (the "
-                           "type filter takes them all the same).",
+                           "type filter takes them all the same); ask again with a "
+                           "prefix for the types beginning with it.",
+            "parameters": [{"name": "prefix", "in": "query", "required": False,
+                            "description": "Only the types beginning with this.",
+                            "schema": {"type": "string", "maxLength": 64}}],
             "responses": {"200": {"description": "Type names", "content": {"application/json": {
                 "schema": {"type": "object", "required": ["types", "truncated"], "properties": {
                     "types": {"type": "array", "items": {"type": "string"}},
                     "truncated": {"type": "boolean"}}}}}},
-                **{k: v for k, v in _DENIED.items() if k in ("401", "403")}},
+                **{k: v for k, v in _DENIED.items() if k in ("400", "401", "403")}},
         }},
         "/api/v1/sources/losses": {"get": {
             "summary": "The sources that lost events, unacknowledged losses first",

@@ -157,13 +157,41 @@ async def _export(request: Request, fmt: str) -> Response:
 MAX_LISTED_TYPES: Final = 1000
 
 
+#: The longest ``prefix`` of ``GET /api/v1/event-types``: a type is 1-64 characters of
+#: a-z, 0-9 and "_" (``collector.validation``), so a longer prefix matches none.
+MAX_TYPE_PREFIX: Final = 64
+
+
+def _type_prefix(params: Any) -> str:
+    unknown = sorted(set(params.keys()) - {"prefix"})
+    if unknown:
+        raise ParamError(f"unknown parameter(s) {', '.join(unknown)}: use prefix")
+    prefixes = params.getlist("prefix")
+    if len(prefixes) > 1:
+        raise ParamError("prefix is given more than once: give it once")
+    prefix = prefixes[0] if prefixes else ""
+    if len(prefix) > MAX_TYPE_PREFIX:
+        raise ParamError(f"prefix is {len(prefix)} characters long: give at most "
+                         f"{MAX_TYPE_PREFIX} (no type is longer)")
+    return prefix
+
+
 async def event_types(request: Request) -> Response:
+    """The catalogue's types and the first ``MAX_LISTED_TYPES`` stored ones, of those
+    beginning with ``prefix`` if given: a store flooded with types (an app that made one
+    per request) hid the real ones after them from the suggestions; the panel asks
+    again with what is typed, so a type is suggested once its first characters are."""
     api = _api(request)
     await api.root_reader(request)
-    # The table's primary key is the type: the first ones in order, without a sort.
+    prefix = _type_prefix(request.query_params)
+    # The table's primary key is the type: the first ones in order without a sort, and
+    # those of a prefix a range of it ("{" sorts right after "z", above every character
+    # a type may hold).
     stored = await api.pool.run(lambda r: [t for (t,) in r.con.execute(
-        "SELECT type FROM types ORDER BY type LIMIT ?", (MAX_LISTED_TYPES + 1,))])
-    return json_response({"types": sorted(set(stored[:MAX_LISTED_TYPES]) | CATALOGUE.types),
+        "SELECT type FROM types WHERE type >= ? AND type < ? ORDER BY type LIMIT ?",
+        (prefix, prefix + "{", MAX_LISTED_TYPES + 1))])
+    catalogue = {t for t in CATALOGUE.types if t.startswith(prefix)}
+    return json_response({"types": sorted(set(stored[:MAX_LISTED_TYPES]) | catalogue),
                           "truncated": len(stored) > MAX_LISTED_TYPES})
 
 

@@ -264,3 +264,33 @@ def test_event_types_lists_at_most_so_many_stored_types(env: Env) -> None:
     stored = {t for t in body["types"] if t not in CATALOGUE.types}
     assert len(stored) == MAX_LISTED_TYPES and body["truncated"] is True
     assert CATALOGUE.types <= set(body["types"]) and body["types"] == sorted(body["types"])
+
+
+def test_event_types_of_a_prefix_reach_past_a_flood_of_types(env: Env) -> None:
+    """A flood of stored types sorting first hid every later one from the suggestions
+    (``zz_last`` here): the types beginning with a prefix are listed on their own,
+    the catalogue's too, and ``truncated`` is about those."""
+    env.store.write([event(type=f"a_flood_{n:05d}") for n in range(MAX_LISTED_TYPES + 50)]
+                    + [event(type="zz_last"), event(type="zz_later_2")])
+    assert "zz_last" not in env.get("/api/v1/event-types", env.root).json()["types"]
+    body = env.get("/api/v1/event-types", env.root, prefix="zz").json()
+    assert body == {"types": ["zz_last", "zz_later_2"], "truncated": False}
+    runs = env.get("/api/v1/event-types", env.root, prefix="run_").json()["types"]
+    assert runs and set(runs) == {t for t in CATALOGUE.types if t.startswith("run_")}
+    flood = env.get("/api/v1/event-types", env.root, prefix="a_flood_").json()
+    assert len(flood["types"]) == MAX_LISTED_TYPES and flood["truncated"] is True
+    assert env.get("/api/v1/event-types", env.root, prefix="").json()["truncated"] is True
+    assert env.get("/api/v1/event-types", env.root, prefix="nothing_").json() == {
+        "types": [], "truncated": False}
+
+
+@pytest.mark.parametrize(("params", "says"), [
+    ({"prefix": "a" * 65}, "at most 64"),
+    ({"prefix": ["a", "b"]}, "more than once"),
+    ({"type": "run_*"}, "unknown parameter(s) type: use prefix"),
+])
+def test_event_types_refuses_what_it_cannot_use(
+        env: Env, params: dict[str, Any], says: str) -> None:
+    response = env.get("/api/v1/event-types", env.root, **params)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "bad_request" and says in response.json()["message"]

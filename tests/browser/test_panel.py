@@ -167,7 +167,8 @@ def test_types_beyond_the_suggested_ones_are_said_and_still_filter(
         page: Any, panel: Panel) -> None:
     """The API suggests at most MAX_LISTED_TYPES stored types and says when more are
     stored; the panel did not say so, and a type not suggested read as one never
-    stored. Said under the type field now; the filter takes it, and a glob, as before."""
+    stored. Said under the type field now, and what is typed there is asked for; the
+    filter takes it, and a glob, as before."""
     signed_in(page, panel)
     expect(page.locator("#types option").first).to_be_attached()  # the types loaded
     expect(page.locator("#types-more")).to_be_hidden()
@@ -176,6 +177,14 @@ def test_types_beyond_the_suggested_ones_are_said_and_still_filter(
     with panel_of([*flood, event(type="zz_last", target="t-last")]) as many:
         signed_in(page, many)
         expect(page.locator("#types-more")).to_be_visible()
+        assert page.locator("#types option[value=zz_last]").count() == 0
+        # Typing its first characters asks for the types beginning with them: the type
+        # the flood hid is suggested.
+        page.fill("#filters input[name=type]", "zz")
+        expect(page.locator("#types option[value=zz_last]")).to_be_attached()
+        assert page.locator("#types option[value=a_flood_0000]").count() == 0
+        page.fill("#filters input[name=type]", "run_launched, a_flood_00*")
+        expect(page.locator("#types option[value=a_flood_0001]")).to_be_attached()
         assert page.locator("#types option[value=zz_last]").count() == 0
         for typed in ("zz_last", "zz_*"):
             apply(page, type=typed)

@@ -341,18 +341,40 @@
     loadPage();
   }
 
-  async function loadTypes() {
-    const result = await call("/api/v1/event-types");
-    if (result.status !== 200) return;
+  // The suggestions: the API lists a bounded number of stored types. When it says there
+  // are more, it is asked again as a type is typed, for the types beginning with it
+  // (the typed text up to a glob's first wildcard, of its last comma-separated part),
+  // so a store flooded with types still suggests the one being typed.
+  const types = { truncated: false, asked: null, timer: 0 };
+
+  async function loadTypes(prefix = "") {
+    types.asked = prefix;
+    const query = prefix ? `?prefix=${encodeURIComponent(prefix)}` : "";
+    const result = await call(`/api/v1/event-types${query}`);
+    if (result.status !== 200 || types.asked !== prefix) return;  // a later ask won
     const options = result.body.types.map((type) => {
       const option = document.createElement("option");
       option.value = type;
       return option;
     });
     $("types").replaceChildren(...options);
-    // The API lists a bounded number of stored types: without this note an operator
-    // whose type is not suggested takes it for one never stored, and filters no further.
-    $("types-more").hidden = result.body.truncated !== true;
+    if (!prefix) types.truncated = result.body.truncated === true;
+    // Without this note an operator whose type is not suggested takes it for one never
+    // stored, and filters no further.
+    $("types-more").hidden = !types.truncated;
+  }
+
+  function typePrefix(text) {
+    const last = text.split(",").pop().trimStart();
+    return last.split(/[*?[]/)[0].slice(0, 64);
+  }
+
+  function typeTyped() {
+    if (!types.truncated) return;  // every stored type is suggested already
+    clearTimeout(types.timer);
+    const prefix = typePrefix($("filters").elements.type.value);
+    if (prefix === types.asked) return;
+    types.timer = setTimeout(() => loadTypes(prefix), 200);
   }
 
   // -- one event ------------------------------------------------------------------
@@ -404,6 +426,7 @@
     $("sign-in-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", signOut);
     $("filters").addEventListener("submit", applyFilters);
+    $("filters").elements.type.addEventListener("input", typeTyped);
     $("clear").addEventListener("click", clearFilters);
     $("previous").addEventListener("click", () => turnPage(-1));
     $("next").addEventListener("click", () => turnPage(1));
