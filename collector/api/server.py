@@ -57,6 +57,7 @@ from ..handshakes import FailureLog
 from ..ingest import DRAIN_TIMEOUT
 from .app import SIGN_IN_PATH, create_app
 from .context import Api, ApiSettings
+from .refusal import refuse
 from .tls import TlsListener
 
 log = logging.getLogger("collector.api")
@@ -220,14 +221,15 @@ class ApiServer:
 
     def _admit(self, sock: socket.socket, peer: str) -> None:
         """A new plain-HTTP connection (``accept_forever``), given to uvicorn's protocol;
-        at the limit, room made for it first (``_room_for_one``), or it is refused (closed at
-        once) when every connection has a request in progress. asyncio's server accepted
+        at the limit, room made for it first (``_room_for_one``), or it is refused when
+        every connection has a request in progress: answered 503 with ``Retry-After``
+        (``collector.api.refusal``, never waiting) and closed. asyncio's server accepted
         every connection waiting, and a flood of them passed the limit by hundreds between
         two passes of the guard: the process ran out of files (the apps' socket and the
         store's too), and asyncio logged a traceback for each connection it could not
         accept, up to 2048 a second."""
         if not self._room_for_one():
-            sock.close()
+            refuse(sock)  # closed without a word, the client saw a reset and no reason
             self.counters["connections_refused"] += 1
             return
         self._joining += 1

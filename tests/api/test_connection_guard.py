@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -248,15 +249,8 @@ def test_at_the_limit_with_every_request_in_progress_a_new_connection_is_refused
 
 
 async def _refused_at_the_limit(served: api_server.ApiServer) -> None:
-    served.max_connections = 2
     loop = asyncio.get_running_loop()
-    busy = [_connect(served) for _ in range(2)]
-    try:
-        for sock in busy:
-            await loop.sock_sendall(sock, b"GET /held HTTP/1.1\r\nHost: test\r\n\r\n")
-        async with asyncio.timeout(5):
-            while _in_progress(served) < 2:
-                await asyncio.sleep(0.01)
+    async with _every_slot_in_progress(served, 2) as busy:
         with _connect(served) as newcomer:
             assert await _closed_within(newcomer, 5.0)
         stats = served.stats()
@@ -265,10 +259,69 @@ async def _refused_at_the_limit(served: api_server.ApiServer) -> None:
         for sock in busy:
             async with asyncio.timeout(5):
                 assert (await loop.sock_recv(sock, 4096)).endswith(b"released")
+
+
+@contextlib.asynccontextmanager
+async def _every_slot_in_progress(served: api_server.ApiServer, limit: int
+                                  ) -> AsyncIterator[list[socket.socket]]:
+    """The API's limit set to ``limit``, and as many connections, each with a request
+    in progress (``/held``, until ``app.state.release``): none to close for room."""
+    served.max_connections = limit
+    loop = asyncio.get_running_loop()
+    busy = [_connect(served) for _ in range(limit)]
+    try:
+        for sock in busy:
+            await loop.sock_sendall(sock, b"GET /held HTTP/1.1\r\nHost: test\r\n\r\n")
+        async with asyncio.timeout(5):
+            while _in_progress(served) < limit:
+                await asyncio.sleep(0.01)
+        yield busy
     finally:
         served.app.state.release.set()  # a failed check must not hold the stop
         for sock in busy:
             sock.close()
+
+
+def test_a_connection_refused_at_the_limit_is_told_why_and_when_to_retry() -> None:
+    """Refused (plain HTTP), a client gets a 503 with ``Retry-After`` in the API's error
+    shape, not a connection reset without a word."""
+    _run(_refusal_answered)
+
+
+async def _refusal_answered(served: api_server.ApiServer) -> None:
+    loop = asyncio.get_running_loop()
+    async with _every_slot_in_progress(served, 2):
+        with _connect(served) as newcomer:
+            await loop.sock_sendall(newcomer, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            answer = await _read_to_the_end(newcomer)
+        assert served.stats()["connections_refused"] == 1
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = {name.lower(): value for name, _, value in
+               (line.partition(": ") for line in lines)}
+    assert status == "HTTP/1.1 503 Service Unavailable"
+    assert (headers["retry-after"], headers["connection"], headers["content-type"]) == (
+        "5", "close", "application/json")
+    assert int(headers["content-length"]) == len(body)
+    reply = json.loads(body)
+    assert reply["error"] == "unavailable"
+    assert "too many connections" in reply["message"] and "retry" in reply["message"]
+
+
+async def _read_to_the_end(sock: socket.socket) -> bytes:
+    """What the server sent on ``sock`` until it closed it (a reset after the data
+    included: the test's request may reach a socket already closed)."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                data = await loop.sock_recv(sock, 4096)
+            except ConnectionResetError:
+                return received
+            if not data:
+                return received
+            received += data
 
 
 def _in_progress(served: api_server.ApiServer) -> int:
