@@ -29,7 +29,6 @@ import contextlib
 import functools
 import hmac
 import logging
-import os
 import socket
 import ssl
 from collections import Counter
@@ -67,7 +66,7 @@ from .batch_events import BatchEvents, LineReader
 from .disk_calls import DiskCalls, DiskLate
 from .frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget, Lease
 from .handshakes import FailureLog, certificate_alerts, first_bytes, handshake_hint
-from .listen import IngestError, bind_unix, tls_context
+from .listen import IngestError, SocketFile, bind_unix, tls_context
 from .own_records import own_source, own_source_reason
 from .reply_queue import ReplyQueue, result_size
 from .storage.records import Encoded
@@ -158,6 +157,8 @@ class IngestServer:
         self.settings = settings
         self._lines = LineReader(settings.max_field_length)
         self._unix: socket.socket | None = None  # the unix socket's listener
+        #: Its file, removed at the stop if it still is the one bound (``SocketFile``).
+        self._socket_file: SocketFile | None = None
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         self._closing = False
         self._token = settings.token.encode() if settings.token else b""
@@ -180,7 +181,7 @@ class IngestServer:
             # Accepted here too, not by asyncio's server: out of files, its accept logged
             # a traceback per connection waiting (up to 100 each time, every second) and
             # made no room, so the apps' socket stayed shut while anything held the files.
-            self._unix = bind_unix(s.socket_path)
+            self._unix, self._socket_file = bind_unix(s.socket_path)
             self._accept(self._unix, self._admit_unix)
             self.addresses.append(f"unix:{s.socket_path}")
         if s.tcp_host is not None:
@@ -234,8 +235,8 @@ class IngestServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        if self.settings.socket_path is not None:
-            await _remove_socket_file(self.settings.socket_path)
+        if self._socket_file is not None:
+            await _remove_socket_file(self._socket_file)
 
     # -- connections ----------------------------------------------------------------------
     def _admit_unix(self, sock: socket.socket, peer: str) -> None:
@@ -672,25 +673,26 @@ def inflight_below_frame(max_inflight_bytes: int, max_frame: int) -> str:
             "lower max_frame")
 
 
-async def _remove_socket_file(path: Path) -> None:
-    """The unix socket's file removed on a thread of its own, waited for
-    ``SOCKET_REMOVAL_WAIT`` at most. The default socket is in the data directory: on a
-    hung disk, its unlink on the loop held the loop during the stop's drain (the API's
-    requests in progress, the forwarder's stop), and the stop for good."""
+async def _remove_socket_file(socket_file: SocketFile) -> None:
+    """The unix socket's file removed, if it still is the one bound (``SocketFile``), on
+    a thread of its own, waited for ``SOCKET_REMOVAL_WAIT`` at most. The default socket
+    is in the data directory: on a hung disk, its unlink on the loop held the loop
+    during the stop's drain (the API's requests in progress, the forwarder's stop), and
+    the stop for good."""
+    path = socket_file.path
     removal = DiskCalls(1, "audit-socket-removal")
     try:
-        await removal.wait(removal.submit(functools.partial(_unlink, path)),
-                           SOCKET_REMOVAL_WAIT,
-                           f"the unix socket's file {path} was not removed within "
-                           f"{SOCKET_REMOVAL_WAIT:g} s (a hung disk?): left there, the next "
-                           f"start replaces it")
+        outcome = await removal.wait(
+            removal.submit(socket_file.remove), SOCKET_REMOVAL_WAIT,
+            f"the unix socket's file {path} was not removed within "
+            f"{SOCKET_REMOVAL_WAIT:g} s (a hung disk?): left there, the next start "
+            f"replaces it")
     except DiskLate as exc:
         log.warning("%s", exc)
     except OSError as exc:
         log.warning("could not remove the unix socket's file %s (%s): the next start "
                     "replaces it", path, exc)
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    else:
+        if outcome == "another's":
+            log.info("the unix socket's file %s is another's now (a collector started "
+                     "since?): left in place", path)

@@ -9,7 +9,9 @@ import os
 import socket
 import ssl
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from audit_middleware._dirs import make_dirs
 
@@ -20,9 +22,42 @@ class IngestError(Exception):
     """The server cannot start as configured (socket in use, bad TLS files, ...)."""
 
 
-def bind_unix(path: Path) -> socket.socket:
-    """A listening unix socket at ``path``, mode 0600 from birth; a stale socket file left
-    by a crashed collector is replaced, a live one is an error."""
+#: What became of the socket's file at the stop (``SocketFile.remove``).
+Removal = Literal["removed", "gone", "another's"]
+
+
+@dataclass(frozen=True)
+class SocketFile:
+    """The unix socket's file as this collector bound it: its path, and which file it is
+    (``st_dev``, ``st_ino``), so that a stop removes that file and no other."""
+
+    path: Path
+    dev: int
+    ino: int
+
+    def remove(self) -> Removal:
+        """Removes the file at ``path`` if it still is this one. A collector started during this one's drain (an overlapping
+        restart) found the file with nobody listening, replaced it as stale, and bound
+        its own there: removed by name at this one's stop, the new collector's socket
+        was gone and no app could connect to it. (Between the check and the unlink
+        another file could still take the path: POSIX has no unlink-if-this-file; the
+        window is that of two system calls, where it was the whole drain.)"""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return "gone"
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino):
+            return "another's"
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return "gone"
+        return "removed"
+
+
+def bind_unix(path: Path) -> tuple[socket.socket, SocketFile]:
+    """A listening unix socket at ``path``, mode 0600 from birth, and its file; a stale
+    socket file left by a crashed collector is replaced, a live one is an error."""
     raw = os.fsencode(path)
     if len(raw) >= 104:  # sun_path: 108 bytes on Linux, 104 on macOS
         raise IngestError(f"unix socket path {path} is {len(raw)} bytes; keep it under 104 "
@@ -58,10 +93,15 @@ def bind_unix(path: Path) -> socket.socket:
         raise IngestError(f"cannot bind unix socket {path}: {exc}") from None
     finally:
         os.umask(old_umask)
-    os.chmod(path, 0o600)
+    try:
+        os.chmod(path, 0o600)
+        st = os.lstat(path)  # right after bind: the file is this socket's
+    except OSError as exc:
+        sock.close()
+        raise IngestError(f"cannot set up unix socket {path}: {exc}") from None
     sock.listen(512)
     sock.setblocking(False)
-    return sock
+    return sock, SocketFile(path, st.st_dev, st.st_ino)
 
 
 def reload_certificate(context: ssl.SSLContext, cert: Path, key: Path, what: str) -> bool:

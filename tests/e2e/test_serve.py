@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -57,6 +58,29 @@ def test_serve_raises_its_open_files_limit_toward_the_hard_one() -> None:
     assert _raised_in_a_child(1024, hard) == (f"{top} (raised from 1024)", top)
     assert _raised_in_a_child(512, 2048) == ("2048 (raised from 512)", 2048)  # hard caps
     assert _raised_in_a_child(top, hard) == (str(top), top)  # enough already: left alone
+
+
+def test_a_stop_leaves_a_socket_file_another_collector_bound_since(root: Path) -> None:
+    """An overlapping restart: during the old collector's drain the new one found the
+    socket file with nobody listening, replaced it and bound its own. The old one's
+    stop removed the path by name, the new one's socket with it (no app could connect
+    to it again). Here the new collector is a socket bound at the path by the test."""
+    process = CollectorProcess(root / "data")
+    process.start()
+    newer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        process.socket.unlink()  # as the new collector replaces a socket nobody answers
+        newer.bind(str(process.socket))
+        newer.listen()
+        bound = process.socket.lstat()
+        assert process.stop() == 0
+        after = process.socket.lstat()  # FileNotFoundError: the newer socket was removed
+        assert (after.st_dev, after.st_ino) == (bound.st_dev, bound.st_ino)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as app:
+            app.connect(str(process.socket))  # still the newer listener's
+    finally:
+        newer.close()
+    assert "another's now" in "".join(process.output)
 
 
 def test_serve_refuses_a_bad_configuration_with_a_clear_message(root: Path) -> None:
