@@ -187,6 +187,13 @@ class DenialLimiter:
                 del self._readers[name]  # a new one starts as this one stands
         return reports
 
+    def held_back(self) -> int:
+        """Refused attempts counted and not recorded yet (a client's since its record,
+        those past a budget): what a stop that cannot write them leaves unrecorded."""
+        budgets = [self._anonymous, *self._readers.values()]
+        return (sum(seen.since for seen in self._recent.values())
+                + sum(budget.unrecorded for budget in budgets))
+
     def give_back(self, report: Refusals | Unrecorded) -> None:
         """The record of ``report`` could not be written: count it again, for the next
         (a client's attempts in its budget's report, which needs no key)."""

@@ -80,6 +80,11 @@ HANDSHAKE_TIMEOUT = 10.0
 #: ``drain_timeout`` is left: idle ones end at once.
 THREADS_END_WAIT: Final = 1.0
 
+#: Seconds a stop waits at least for the refused attempts held back by the denials'
+#: limit to be recorded, however little of ``drain_timeout`` is left: on a sound disk
+#: the record takes milliseconds.
+DENIALS_END_WAIT: Final = 1.0
+
 #: Bytes h11 holds of a request line and headers not yet complete (its own default,
 #: said here): past it, 400 and closed. What it buffers, not the headers' size: headers
 #: that arrive whole in one read (asyncio's, up to 256 KiB) are taken.
@@ -351,21 +356,35 @@ class ApiServer:
             excess -= 1
         return seen
 
-    async def _report_unrecorded_denials(self, *, now: bool = False) -> None:
+    async def _report_unrecorded_denials(self, *, now: bool = False,
+                                         timeout: float | None = None) -> None:
         """Refused attempts past the denials' budget are written once their window is
-        over, whether or not another refusal comes (``collector.api.denials``)."""
-        report = getattr(self.app.state.api, "report_unrecorded", None)
+        over, whether or not another refusal comes (``collector.api.denials``); within
+        ``timeout`` seconds (None: no bound), else left unrecorded, said in the log."""
+        api = self.app.state.api
+        report = getattr(api, "report_unrecorded", None)
         if report is None:
             return
+        bound = asyncio.timeout(timeout)
         try:
-            await report(now=now)
+            async with bound:
+                await report(now=now)
         except Exception:  # the guard must go on; the count is kept for the next try
-            log.exception("query API: refused attempts past the budget not recorded")
+            if not bound.expired():
+                log.exception("query API: refused attempts past the budget not recorded")
+                return
+            limiter = getattr(api, "denials", None)
+            held = f"{limiter.held_back()} " if limiter is not None else ""
+            log.warning("query API: %srefused attempts held back by the denials' rate "
+                        "limit were not recorded within %.1f s (the data disk does not "
+                        "answer?): the stop goes on without them", held, timeout)
 
     async def shutdown(self) -> None:
-        """Requests in progress answered, within ``drain_timeout`` (then cancelled), and
-        the query threads ended within what is left of it: one held in a read by a hung
-        disk is left (a daemon thread), where waiting for it held the stop for good."""
+        """Requests in progress answered, within ``drain_timeout`` (then cancelled); the
+        refused attempts held back recorded, and the query threads ended, each within
+        what is left of it: a hung disk leaves those attempts unrecorded (logged) and a
+        thread held in a read (a daemon thread), where waiting for them held the stop for
+        good."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout
         if self._guard is not None:
@@ -387,7 +406,9 @@ class ApiServer:
             if cycle is None or cycle.response_complete:
                 _close(conn)
         await self.server.shutdown(sockets=[self._socket] if self._socket else None)
-        await self._report_unrecorded_denials(now=True)
+        # Bounded: a hung fsync held this write, and the stop with it, for good.
+        await self._report_unrecorded_denials(
+            now=True, timeout=max(deadline - loop.time(), DENIALS_END_WAIT))
         api: Api = self.app.state.api
         # Not on the loop's default pool (a stop's other parts need its threads), and at
         # least a moment: idle threads end at once, on a loaded machine not instantly.

@@ -24,8 +24,10 @@ from collector.api.context import Api
 from collector.api.denials import Attempt, DenialLimiter
 from collector.api.reads import CATALOGUE
 from collector.own_records import AUDIT_LOG_ACCESS_DENIED
+from collector.storage.segments import ActiveSegment
 from tests.api.conftest import PEER, Env
 from tests.api.served import closed_at_once
+from tests.collector.storage_helpers import Hold
 
 
 def denied(env: Env) -> list[dict[str, Any]]:
@@ -191,6 +193,37 @@ def test_the_api_server_asks_for_that_record_every_pass_and_at_shutdown(
 
     asyncio.run(main())
     assert asked[:3] == [False] * 3 and asked[-1] is True
+
+
+def test_a_stop_on_a_hung_disk_goes_on_and_says_how_many_attempts_went_unrecorded(
+        env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """At the stop the attempts held back are written at once; a hung fsync held that
+    write, and the stop, for good. Now it is bounded by what is left of
+    ``drain_timeout``, and the log says how many attempts went unrecorded."""
+    monkeypatch.setattr(denials, "MAX_RECORDS", 1)
+    for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+        with TestClient(env.client.app, client=(ip, 1)) as client:
+            client.get("/api/v1/audit-logs", headers={"Authorization": "Bearer ac_0_x"})
+    assert len(denied(env)) == 1  # the other two held back by the budget
+    hung = Hold(monkeypatch, ActiveSegment, "sync")
+
+    async def stop() -> None:
+        server = api_server.ApiServer(env.client.app, "127.0.0.1", 0, drain_timeout=0.2)
+        await server.start()
+        # A bound on a failure (before the fix: never), not a timing.
+        await asyncio.wait_for(server.shutdown(), HUNG_STOP_BOUND)
+
+    try:
+        asyncio.run(stop())
+        assert hung.entered.is_set()  # the write was under way, its fsync hung
+    finally:
+        hung.release()  # the store's close waits for its commit thread
+    assert "2 refused attempts held back by the denials' rate limit were not recorded" \
+        in caplog.text
+
+
+#: Seconds a stop on a hung disk may take here before the test fails.
+HUNG_STOP_BOUND = 20
 
 
 def test_a_refusal_naming_a_reader_is_outside_the_budget(
