@@ -130,6 +130,8 @@ class ApiServer:
         #: running process: prlimit, systemd).
         self.max_connections: int | None = None
         self.closed_by_guard = 0
+        #: The guard's record of refused attempts held back, while it is being written.
+        self._denials_report: asyncio.Task[None] | None = None
         self._close_failures = 0  # closes that raised (logged sparingly)
         self.handshake_timeout = handshake_timeout
         #: Over TLS, the handshakes under way (``start``); None for plain HTTP.
@@ -300,7 +302,12 @@ class ApiServer:
         failures = 0
         while True:
             await asyncio.sleep(GUARD_INTERVAL)
-            await self._report_unrecorded_denials()
+            # Not awaited: on a hung disk the record's write never ends, and the guard
+            # waiting for it kept no deadline and no connection limit from then on. One
+            # at a time: the next pass starts another once this one is done.
+            if self._denials_report is None or self._denials_report.done():
+                self._denials_report = asyncio.create_task(
+                    self._report_unrecorded_denials())
             try:
                 self._waiting_since = self._guard_pass(loop.time(), self._waiting_since)
             except Exception:
@@ -406,7 +413,12 @@ class ApiServer:
             if cycle is None or cycle.response_complete:
                 _close(conn)
         await self.server.shutdown(sockets=[self._socket] if self._socket else None)
-        # Bounded: a hung fsync held this write, and the stop with it, for good.
+        # Bounded: a hung fsync held this write, and the stop with it, for good. The
+        # guard's own write, if one is under way, is waited for within the same bound.
+        denials_wait = max(deadline - loop.time(), DENIALS_END_WAIT)
+        if self._denials_report is not None and not self._denials_report.done():
+            await asyncio.wait([self._denials_report], timeout=denials_wait)
+            self._denials_report.cancel()
         await self._report_unrecorded_denials(
             now=True, timeout=max(deadline - loop.time(), DENIALS_END_WAIT))
         api: Api = self.app.state.api

@@ -28,6 +28,7 @@ from collector.storage.segments import ActiveSegment
 from tests.api.conftest import PEER, Env
 from tests.api.served import closed_at_once
 from tests.collector.storage_helpers import Hold
+from tests.e2e.harness import host_and_port
 
 
 def denied(env: Env) -> list[dict[str, Any]]:
@@ -224,6 +225,39 @@ def test_a_stop_on_a_hung_disk_goes_on_and_says_how_many_attempts_went_unrecorde
 
 #: Seconds a stop on a hung disk may take here before the test fails.
 HUNG_STOP_BOUND = 20
+
+
+def test_the_guard_keeps_its_deadlines_while_that_record_hangs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard awaited each pass's record of the attempts held back: on a hung disk
+    its write never ended, and from then on no idle connection was closed at its
+    deadline and no limit kept. The record is written beside the guard now, one at a
+    time, and the stop waits for it within its bound."""
+    monkeypatch.setattr(api_server, "GUARD_INTERVAL", 0.05)
+    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 0.2)
+    asked: list[bool] = []
+    never = asyncio.Event()
+
+    async def report_unrecorded(*, now: bool = False) -> None:
+        asked.append(now)
+        if not now:
+            await never.wait()  # the write a hung fsync holds
+
+    app = Starlette()
+    app.state.api = SimpleNamespace(report_unrecorded=report_unrecorded, aclose=closed_at_once)
+
+    async def main() -> bytes:
+        server = api_server.ApiServer(app, "127.0.0.1", 0, drain_timeout=0.2)
+        await server.start()
+        reader, writer = await asyncio.open_connection(*host_and_port(server.url))
+        try:  # an idle connection: closed by the guard past HEADER_TIMEOUT
+            return await asyncio.wait_for(reader.read(), HUNG_STOP_BOUND)
+        finally:
+            writer.close()
+            await asyncio.wait_for(server.shutdown(), HUNG_STOP_BOUND)
+
+    assert asyncio.run(main()) == b""
+    assert asked == [False, True]  # one record under way at a time; the stop's own
 
 
 def test_a_refusal_naming_a_reader_is_outside_the_budget(
