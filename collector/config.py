@@ -64,6 +64,7 @@ class CollectorConfig:
     api_public_url: str | None
     metrics_auth: str
     trace_url_template: str | None
+    query_timeout: float
     forward_endpoint: str
     forward_headers: str | None
     forward_batch: int
@@ -277,7 +278,7 @@ def check(config: CollectorConfig) -> None:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     for name in ("handshake_timeout", "idle_timeout", "read_timeout", "max_segment_age",
-                 "digest_interval", "write_stall_timeout"):
+                 "digest_interval", "write_stall_timeout", "query_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0")
     if config.retention_days <= 0:

@@ -9,6 +9,8 @@ The ingest server's, the store's and the forwarder's options take their defaults
 ``IngestSettings``, ``StorageSettings`` and ``ForwardSettings`` (their own defaults, for
 whoever builds one without a configuration), so the two cannot drift. Left alone:
 ``retention_bytes`` (0 here means what ``None`` means there) and ``drain_timeout``.
+``query_timeout`` is ``QUERY_TIMEOUT``, which ``ApiSettings`` takes too (the API's
+module would import Starlette into every command).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from audit_middleware.shipper.endpoint import is_loopback
 from .endpoint_url import shown_endpoint
 from .forward_config import ForwardSettings
 from .ingest import DRAIN_TIMEOUT, IngestSettings
+from .storage.time_limit import QUERY_TIMEOUT
 from .store import StorageSettings
 
 ENV_PREFIX: Final = "AUDIT_"
@@ -310,6 +313,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "e.g. a non-root one made for the scraper)", "WHO"),
     Option("trace_url_template", parse_trace_url, None,
            "link trace ids in the panel, e.g. https://jaeger.example/trace/{trace_id}", "URL"),
+    Option("query_timeout", parse_duration, QUERY_TIMEOUT,
+           "stop a query of the query API or panel that runs longer than this (answered "
+           "503 query_timeout) and free its query thread", "DURATION"),
     # The forwarder (collector/forward_config.py, docs/shipping.md).
     Option("forward_endpoint", parse_forward_endpoint, "",
            "export stored events to this OTLP/HTTP logs URL (empty: no forwarding)", "URL",

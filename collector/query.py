@@ -40,6 +40,7 @@ from collector.storage.filters import QueryError, check_text
 from collector.storage.reader import RecordReader
 from collector.storage.records import id_key
 from collector.storage.recovery import RepairReport, open_and_recover
+from collector.storage.time_limit import check, interruptible
 
 if TYPE_CHECKING:
     from collector.store import Store
@@ -175,17 +176,18 @@ class Reader:
         fingerprint = _fingerprint(filters, newest_first)
         state = _decode_cursor(cursor, fingerprint) if cursor else None
         con = self.con
-        con.execute("BEGIN")  # one snapshot for the whole page
-        try:
-            self._check_complete()
-            compiled = self._compile(filters, state)
-            hits, segments = self._hits(compiled, limit + 1, newest_first,
-                                        state["s"] if state else None)
-            stored = self._stored() if bounds else None
-        finally:
-            con.execute("COMMIT")
-        gone: list[int] = []
-        records = self._records.records(hits[:limit], segments, gone)
+        with interruptible(con):  # under the caller's time limit, if any
+            con.execute("BEGIN")  # one snapshot for the whole page
+            try:
+                self._check_complete()
+                compiled = self._compile(filters, state)
+                hits, segments = self._hits(compiled, limit + 1, newest_first,
+                                            state["s"] if state else None)
+                stored = self._stored() if bounds else None
+            finally:
+                con.execute("COMMIT")
+            gone: list[int] = []
+            records = self._records.records(hits[:limit], segments, gone)
         next_cursor = None
         if len(hits) > limit:
             next_cursor = _encode_cursor({"s": hits[limit - 1][0], "f": fingerprint,
@@ -208,21 +210,23 @@ class Reader:
     def find(self, event_id: str) -> dict[str, Any] | None:
         """The stored record of one event id, or None."""
         con = self.con
-        con.execute("BEGIN")
-        try:
-            self._check_complete()
-            row = con.execute("SELECT seq FROM ids WHERE id=?", (id_key(event_id),)).fetchone()
-            chunk = row and con.execute(
-                "SELECT chunk, segment FROM chunks WHERE first_seq <= ? AND last_seq >= ?",
-                (row[0], row[0])).fetchone()
-            hit = chunk and con.execute("SELECT seq, off, len FROM events WHERE seq=?",
-                                        (row[0],)).fetchone()
-            segments = self._segments({chunk[1]}) if hit else {}
-        finally:
-            con.execute("COMMIT")
-        if not hit:
-            return None
-        found = self._records.records([(hit[0], chunk[1], hit[1], hit[2])], segments)
+        with interruptible(con):
+            con.execute("BEGIN")
+            try:
+                self._check_complete()
+                row = con.execute("SELECT seq FROM ids WHERE id=?",
+                                  (id_key(event_id),)).fetchone()
+                chunk = row and con.execute(
+                    "SELECT chunk, segment FROM chunks WHERE first_seq <= ? AND last_seq >= ?",
+                    (row[0], row[0])).fetchone()
+                hit = chunk and con.execute("SELECT seq, off, len FROM events WHERE seq=?",
+                                            (row[0],)).fetchone()
+                segments = self._segments({chunk[1]}) if hit else {}
+            finally:
+                con.execute("COMMIT")
+            if not hit:
+                return None
+            found = self._records.records([(hit[0], chunk[1], hit[1], hit[2])], segments)
         return found[0] if found else None
 
     def newest_seq(self) -> int:
@@ -304,6 +308,9 @@ class Reader:
             f"ORDER BY segment {order}, chunk {order}", params)
         try:
             for chunk, segment, low, high, state in chunks:
+                # SQLite's handler sees the statements; between them, a walk of thousands
+                # of chunks is Python's.
+                check()
                 if state == INDEXED:
                     here = (segment, chunk)
                     # In walk order, the first chunk not indexed past here.

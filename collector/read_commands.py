@@ -24,8 +24,10 @@ from audit_middleware.catalogue import NAME_PATTERN, SEED_CATALOGUE
 from . import config as collector_config
 from . import formats, render
 from . import query as q
+from .options import parse_duration
 from .storage.errors import IndexOutOfDateError
 from .storage.segments import file_sizes
+from .storage.time_limit import time_limit
 
 FORMATS = ("table", "jsonl", "csv", *formats.FORMATTERS)  # ocsf, ecs: collector/formats.py
 FOLLOW_INTERVAL = 0.5
@@ -123,9 +125,29 @@ def query_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="table",
                         help="table (the default: the seed's columns), jsonl, csv, or "
                         "ocsf or ecs for a SIEM (docs/formats.md)")
+    # No limit by default, unlike the API's query_timeout: an operator runs this on
+    # purpose and holds no thread others wait for; the flag is for scripts.
+    parser.add_argument("--timeout", type=_timeout, default=None, metavar="DURATION",
+                        help="stop the query past this long, e.g. 30s or 5m, --all "
+                        "included (default: no limit)")
+
+
+def _timeout(value: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("give a duration above 0, e.g. 30s or 5m")
+    return seconds
 
 
 def run_query(args: argparse.Namespace) -> int:
+    with time_limit(args.timeout, "--timeout"):
+        return _query(args)
+
+
+def _query(args: argparse.Namespace) -> int:
     data_dir, filters = data_dir_of(args), _filters(args)
     if args.order == "oldest":
         args.oldest_first = True

@@ -28,6 +28,7 @@ from collector.query import IndexUnavailableError
 from collector.readers import ReaderError, Readers
 from collector.storage.errors import IndexOutOfDateError, StorageError
 from collector.storage.filters import QueryError
+from collector.storage.time_limit import QueryTimeoutError
 
 from . import routes
 from .auth import AuthError, ReadersLate, Sessions
@@ -122,6 +123,7 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
             QueryError: _bad_request,
             IndexUnavailableError: _index_unavailable,
             IndexOutOfDateError: _index_unavailable,
+            QueryTimeoutError: _query_timeout,
             HTTPException: _http_error,
             ReadNotRecordedError: _unavailable,
             StorageError: _unavailable,
@@ -192,6 +194,14 @@ async def _index_unavailable(request: Request, exc: Exception) -> Response:
     log.error("query API: %s", exc)
     return _error(503, "unavailable", INDEX_UNAVAILABLE_MESSAGE,
                   retry_after(INDEX_RETRY_AFTER))
+
+
+async def _query_timeout(request: Request, exc: Exception) -> Response:
+    # 503, as the API's other "not now" answers, not 400: every parameter was valid, and
+    # the same query may end in time on a less busy collector. The message says to narrow
+    # it, which is what usually helps; its code tells it from the other 503s.
+    log.warning("query API: %s %r: %s", request.method, request.url.path, exc)
+    return _error(503, "query_timeout", str(exc), retry_after())
 
 
 async def _readers_late(request: Request, exc: Exception) -> Response:

@@ -15,6 +15,7 @@ from collector import metrics
 from collector.disk_calls import DiskCalls
 from collector.readers import Reader, Readers
 from collector.single_flight import SingleFlight, Unanswered
+from collector.storage.time_limit import QUERY_TIMEOUT
 
 from .auth import AuthError, ReadersLate, Sessions, authenticate, forbidden
 from .denials import Attempt, DenialLimiter, Refusals, Unrecorded
@@ -40,6 +41,8 @@ class ApiSettings:
     #: sign-in accepts it; an https one makes the session cookie ``Secure``
     public_origin: str | None = None
     query_threads: int = DEFAULT_THREADS
+    #: seconds a query may run once a query thread took it (None: no limit)
+    query_timeout: float | None = QUERY_TIMEOUT
     #: listening on loopback only: requests naming another host are refused, against
     #: DNS rebinding (``collector.api.hosts``); False for any other address
     loopback: bool = False
@@ -51,7 +54,8 @@ class Api:
         self.settings = settings
         self.readers = readers if readers is not None else Readers(settings.data_dir)
         self.sessions = sessions if sessions is not None else Sessions()
-        self.pool = QueryPool(settings.data_dir, settings.query_threads)
+        self.pool = QueryPool(settings.data_dir, settings.query_threads,
+                              settings.query_timeout)
         self.store = store
         self.recorder = ReadRecorder(store)
         self.denials = DenialLimiter()

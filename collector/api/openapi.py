@@ -88,7 +88,9 @@ _DENIED: Final = {
     "403": _error("The reader is not root."),
     "503": _unavailable("The read could not be recorded in the audit log, or the data disk "
                         "or the index did not answer in time; nothing was read or "
-                        "recorded. Try again after Retry-After seconds."),
+                        "recorded. Try again after Retry-After seconds. Error "
+                        "query_timeout: the query ran past the collector's query_timeout "
+                        "and was stopped; narrow it (since/until, org, exact types)."),
 }
 
 

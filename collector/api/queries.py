@@ -8,6 +8,11 @@ network file system) every thread stays in a read, and each later request queued
 them for good. Daemon threads, as ``collector.disk_calls``'s: a ``ThreadPoolExecutor``'s
 threads are joined at the stop and again at exit, so one held by the disk held the
 process's stop for good; ``close`` waits for them a bounded time instead.
+
+Once taken, a query runs ``query_timeout`` seconds at most (``QueryTimeoutError``: 503
+``query_timeout``), then its thread is free for the next one: four broad queries over a
+large store held every thread, and every panel user was answered 503, for as long as
+they ran. The limit is each job's (an export's page, not the whole export).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from collector.disk_calls import DiskLate
 from collector.query import Reader
+from collector.storage.time_limit import QUERY_TIMEOUT, time_limit
 
 T = TypeVar("T")
 DEFAULT_THREADS: Final = 4
@@ -47,11 +53,16 @@ class _Job(Generic[T]):
 
 
 class QueryPool:
-    def __init__(self, data_dir: Path, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, data_dir: Path, threads: int = DEFAULT_THREADS,
+                 query_timeout: float | None = QUERY_TIMEOUT) -> None:
         if threads < 1:
             raise ValueError(f"the query API needs at least 1 query thread, got {threads}")
+        if query_timeout is not None and not query_timeout > 0:  # nan too
+            raise ValueError(f"query_timeout must be a positive number of seconds (or None "
+                             f"for no limit), got {query_timeout}")
         self.data_dir = Path(data_dir)
         self._size = threads
+        self._query_timeout = query_timeout
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._ended: list[concurrent.futures.Future[None]] = []
@@ -101,7 +112,8 @@ class QueryPool:
                 try:
                     if reader is None:
                         reader = Reader(self.data_dir)
-                    outcome = job.work(reader)
+                    with time_limit(self._query_timeout, "query_timeout"):
+                        outcome = job.work(reader)
                 except BaseException as exc:  # noqa: BLE001 - raised in the caller
                     job.result.set_exception(exc)
                 else:

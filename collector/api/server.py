@@ -488,6 +488,7 @@ async def start_api(store: Any, config: Any) -> ApiServer | None:
                                  trace_url_template=config.trace_url_template,
                                  tls=config.api_tls_cert is not None,
                                  public_origin=config.api_public_url,
+                                 query_timeout=config.query_timeout,
                                  loopback=is_loopback(address[0])), store)
     server = ApiServer(app, *address, tls_cert=config.api_tls_cert,
                        tls_key=config.api_tls_key, drain_timeout=config.drain_timeout,

@@ -31,6 +31,7 @@ import orjson
 from .chunks import INDEXED, postings
 from .filters import QueryError, check_text, expand_types, ip_ranges, parse_time
 from .names import ID_COLUMNS, MAX_IDS, ids_named
+from .time_limit import check
 
 if TYPE_CHECKING:
     import sqlite3
@@ -199,7 +200,7 @@ def compile_conditions(con: sqlite3.Connection, filters: Filters,
         if isinstance(types, str):
             types = (types,)
         known = [t for (t,) in con.execute("SELECT type FROM types")]
-        names = expand_types(types, known)
+        names = expand_types(types, known, check)
         nothing = not names
         if len(names) <= _TYPES_AS_PARAMETERS:
             listed = f"IN ({','.join('?' * len(names))})"

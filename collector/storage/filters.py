@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Final
 
@@ -83,12 +83,15 @@ def _leap_second(text: str) -> tuple[str, int]:
     return (leap, 1_000_000) if count else (text, 0)
 
 
-def expand_types(patterns: Iterable[object], known: Iterable[str]) -> list[str]:
+def expand_types(patterns: Iterable[object], known: Iterable[str],
+                 check: Callable[[], None] = lambda: None) -> list[str]:
     """The exact type names the ``types`` filter means: names as given, globs matched
-    against the types the store holds."""
+    against the types the store holds. ``check`` is called before each glob (a time
+    limit's: hundreds of globs over a million stored types take minutes)."""
     names: set[str] = set()
     known = sorted(known)
     for pattern in patterns:
+        check()
         if not isinstance(pattern, str) or not _GLOB.fullmatch(pattern):
             raise QueryError(
                 f"type {pattern!r} is not an event type or a glob: use names such as "

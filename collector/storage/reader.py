@@ -17,6 +17,7 @@ from .compression import BlockMap, CompressedReader, iter_members
 from .errors import IndexOutOfDateError
 from .regular_files import open_regular_fd
 from .segments import segment_seq
+from .time_limit import check
 
 
 class _Plain:
@@ -48,6 +49,7 @@ class RecordReader:
         self._drop_deleted()
         out = []
         for seq, segment, offset, length in hits:
+            check()  # a page of 10,000 from compressed segments: a gzip member each
             name, compressed = segments[segment]
             file = self._file(segment, name, compressed)
             if file is None:

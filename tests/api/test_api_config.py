@@ -74,3 +74,10 @@ def test_a_public_url_needs_the_api() -> None:
     with pytest.raises(ConfigError, match="api_listen is empty"):
         load(None, {"AUDIT_API_PUBLIC_URL": "https://audit.example.com",
                     "AUDIT_API_LISTEN": ""})
+
+
+def test_query_timeout_is_30_s_by_default_and_must_be_above_0() -> None:
+    assert load(None, {}).query_timeout == 30.0
+    assert load(None, {"AUDIT_QUERY_TIMEOUT": "2m"}).query_timeout == 120.0
+    with pytest.raises(ConfigError, match="query_timeout must be greater than 0"):
+        load(None, {"AUDIT_QUERY_TIMEOUT": "0"})

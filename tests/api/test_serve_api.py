@@ -16,6 +16,7 @@ from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
 from collector import config as collector_config
+from collector.disk_calls import RETRY_AFTER
 from tests.api.served import add_reader, metric, serving
 from tests.e2e.harness import CollectorProcess, stored_events
 
@@ -203,3 +204,32 @@ def test_a_loss_acknowledged_through_the_api_leaves_the_alerting_metric(root: Pa
                          params={"type": "audit_loss_acknowledged"}).json()
         [record] = page["records"]
         assert (record["principal"], record["target"]) == ("ops", "test:1:ab")
+
+
+def test_a_query_past_query_timeout_is_answered_503_query_timeout_and_frees_its_thread(
+        root: Path) -> None:
+    """``query_timeout`` reaches the served API. A microsecond: any page that walks a chunk
+    of the index is past it by then (the limit itself: tests/collector/
+    test_query_time_limit.py)."""
+    data = root / "data"
+    token = add_reader(data, "ops", root=True)
+    with serving(data, "--query-timeout", "0.000001") as (collector, url):
+        assert "query_timeout" in "".join(collector.output)  # the start-up summary
+        ship(collector, root / "spool", "alice")
+        auth = {"Authorization": f"Bearer {token}"}
+        # More than the 4 query threads: each is free again once its query was stopped.
+        answers = [httpx.get(f"{url}/api/v1/audit-logs{path}", headers=auth, timeout=30)
+                   for path in ["", "/export.csv"] * 3]
+        types = httpx.get(f"{url}/api/v1/event-types", headers=auth, timeout=30)
+        assert collector.stop() == 0
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"] == str(RETRY_AFTER)
+        body = answer.json()
+        assert body["error"] == "query_timeout"
+        assert body["message"].startswith(
+            "the query ran longer than 1e-06 s (query_timeout) and was stopped: narrow it "
+            "with since/until")
+    assert types.status_code == 200  # a query thread (and its connection) answers again
+    # Nothing was read, so no read was recorded.
+    assert not [r for r in stored_events(data) if r["type"].startswith("audit_log_")]

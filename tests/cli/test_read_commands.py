@@ -135,6 +135,22 @@ def test_query_takes_the_apis_order_words_too(data_dir: Path) -> None:
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
+@pytest.mark.parametrize("flags", [[], ["--all"]])
+def test_query_timeout_stops_the_query_with_a_clear_error(data_dir: Path,
+                                                          flags: list[str]) -> None:
+    """``--timeout``: none by default (every other test here), and past it the query is
+    stopped, the whole command's (``--all`` included). A microsecond: past it by the time
+    the index's first chunk is walked."""
+    done = cli("query", "--data-dir", str(data_dir), "--timeout", "0.000001", *flags,
+               check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("audit-collector query: the query ran longer than 1e-06 s "
+                                  "(--timeout) and was stopped: narrow it"), done.stderr
+    assert done.stdout == ""
+    bad = cli("query", "--data-dir", str(data_dir), "--timeout", "0", check=False)
+    assert bad.returncode == 2 and "--timeout: give a duration above 0" in bad.stderr
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--since", "yesterday"], "is not a time"),
     (["--since", "2026-11-27T12:00:00Z", "--until", "2026-11-26T12:00:00Z"], "is after until"),
