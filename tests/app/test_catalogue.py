@@ -15,6 +15,7 @@ from audit_middleware import (
 )
 from audit_middleware import catalogue as cat
 from audit_middleware.event import AuditEvent
+from tests.doc_tables import table_rows
 
 SEED_TYPES = {
     "access_token_created", "access_token_deleted", "compute_env_created",
@@ -88,3 +89,21 @@ def test_malformed_registrations_are_refused(resource: str, actions: dict[str, s
 def test_redefining_an_action_is_refused() -> None:
     with pytest.raises(AuditConfigurationError, match="already registered"):
         Catalogue().register_resource("run", {"launch": "run_started"})
+
+
+def _documented_pairs(cell: str) -> dict[str, str]:
+    """``add → `x_created`, update role → `y`` -> {"add": "x_created", "update_role": "y"}."""
+    pairs = (item.split("→") for item in cell.split(","))
+    return {action.strip().replace(" ", "_"): event_type.strip().strip("`")
+            for action, event_type in pairs}
+
+
+def test_every_resource_and_action_maps_to_the_type_the_design_table_gives() -> None:
+    """The design's catalogue (docs/architecture.md, the twin of DESIGN.md), resource by
+    resource and action by action: the set of types alone would not notice two actions
+    of one resource swapped, or a type moved to another resource."""
+    rows = table_rows("docs/architecture.md", "## The catalogue (from the seed)")
+    documented = {resource.split("`")[1]: _documented_pairs(actions)
+                  for resource, actions in rows}
+    assert documented == {r: dict(a) for r, a in cat.SEED_CATALOGUE.items()}
+    assert Catalogue().resources() == documented

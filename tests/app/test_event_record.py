@@ -11,6 +11,7 @@ import pytest
 from audit_middleware import FIELDS, AuditFieldError, configure, emit
 from audit_middleware.event import AuditEvent, seed_date
 from audit_middleware.sanitize import TRUNCATION_MARKER
+from tests.doc_tables import table_rows
 
 HOSTILE = [
     "line\nbreak", "carriage\rreturn", "crlf\r\n{\"v\":1,\"forged\":true}", "nul\x00byte",
@@ -143,3 +144,11 @@ def test_the_id_is_the_same_whichever_thread_reads_it_first(
     for reader in readers:
         reader.join(5)
     assert len(seen) == 2 and seen[0] == seen[1] == made.id
+
+
+def test_the_fields_and_their_order_are_the_design_table() -> None:
+    """The design's record table (docs/architecture.md) is the contract other tools read
+    the file by: a field renamed or moved in code (or in the page) is caught here."""
+    rows = table_rows("docs/architecture.md", "## The event record (schema version 1)")
+    documented = tuple(name.strip().strip("`") for row in rows for name in row[0].split(","))
+    assert documented == FIELDS
