@@ -8,6 +8,9 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
 DEBUG = False
 ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
 ROOT_URLCONF = "examples.django_app.urls"
+#: What ``runserver`` serves: Django's handler inside ``WSGIAuditMiddleware`` (left out,
+#: it serves the bare handler, where ``set_principal`` fails every signed-in request).
+WSGI_APPLICATION = "examples.django_app.wsgi.application"
 INSTALLED_APPS: list[str] = []
 DATABASES: dict[str, dict[str, str]] = {}
 MIDDLEWARE = [

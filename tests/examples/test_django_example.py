@@ -113,3 +113,19 @@ def test_the_wsgi_application_itself_records_events(audit) -> None:  # type: ign
         environ_base={"REMOTE_ADDR": IP})
     assert reply.status_code == 200
     assert summary(audit) == [("user_sign_in", "usr_dana", "usr_dana", "password", "", "", IP)]
+
+
+def test_runserver_as_documented_serves_the_audited_application(audit) -> None:  # type: ignore[no-untyped-def]
+    """``python -m django runserver`` (the package docstring's command) serves
+    ``settings.WSGI_APPLICATION``: without it, Django's bare handler, outside
+    ``WSGIAuditMiddleware``, whose ``set_principal`` answered 500 to every signed-in
+    request."""
+    from django.core.servers.basehttp import get_internal_wsgi_application
+    from werkzeug.test import Client as WSGIClient
+
+    reply = WSGIClient(get_internal_wsgi_application()).post(
+        "/workspaces/ws_lab/pipelines", json={"repository": "r"},
+        headers={"Authorization": "Bearer demo-dana-token"}, environ_base={"REMOTE_ADDR": IP})
+    assert reply.status_code == 201
+    ident = reply.get_json()["id"]
+    assert summary(audit) == [("pipeline_created", ident, "usr_dana", "", "ws_lab", "lab", IP)]
