@@ -99,7 +99,10 @@ _READER_TOKEN_FILE: Final = TokenFileKind(
     name="the reader token file",
     renew="`audit-collector users remove` the reader and `add` it again, for a new token",
     instead=f"give --reader-token-file a file holding the token (or put it in {TOKEN_ENV})",
-    source="as `audit-collector users add` printed it")
+    source="as `audit-collector users add` printed it",
+    create=("make a root reader's, readable by its owner alone: "
+            "`(umask 077; audit-collector users add NAME --root > {path})` as the "
+            f"collector's user (or put a root reader's token in {TOKEN_ENV})"))
 
 
 def reader_token(token_file: Path | None) -> str:

@@ -255,7 +255,9 @@ _TOKEN_FILE: Final = TokenFileKind(
     name="the token file",
     renew="change the shared token, here and in every client's configuration",
     instead=f"give token_file a file holding the shared token (or set {ENV_PREFIX}TOKEN)",
-    source="as the clients present it")
+    source="as the clients present it",
+    create=("create it, readable by its owner alone (`umask 077`), holding the shared "
+            f"token the clients present (or set {ENV_PREFIX}TOKEN)"))
 
 
 def _read_token(path: Path) -> str:

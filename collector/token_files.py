@@ -56,6 +56,8 @@ class TokenFileKind:
     instead: str
     #: where a correct token comes from, e.g. "as `audit-collector users add` printed it"
     source: str
+    #: how to make the file when it does not exist; ``{path}`` is replaced by its path
+    create: str
 
 
 def read_token_file(path: Path, kind: TokenFileKind) -> str:
@@ -72,6 +74,11 @@ def read_token_file(path: Path, kind: TokenFileKind) -> str:
             data = f.read(MAX_TOKEN_FILE + 1)
     except NotRegularFileError as exc:
         raise TokenFileError(f"{kind.name} {path} is {exc.strerror}: {kind.instead}") from None
+    except FileNotFoundError:
+        # A first use (a path copied from the docs): say where a token comes from, and
+        # make the file its owner's alone from the start, not refused for its mode next.
+        raise TokenFileError(f"{kind.name} {path} does not exist: "
+                             f"{kind.create.format(path=path)}") from None
     except OSError as exc:
         raise TokenFileError(f"cannot read {kind.name} {path}: {exc}") from None
     if len(data) > MAX_TOKEN_FILE:

@@ -291,6 +291,18 @@ def test_a_token_file_its_owner_alone_can_read_is_taken(tmp_path: Path) -> None:
     assert api_client.reader_token(write_token_file(tmp_path, f"{TOKEN}\n")) == TOKEN
 
 
+def test_a_missing_token_file_says_how_to_make_one(tmp_path: Path) -> None:
+    """The README's ``--reader-token-file ~/.audit-root-token``, before any such file:
+    the message was Python's ENOENT alone, with no word of where a token comes from."""
+    path = tmp_path / "audit-root-token"
+    with pytest.raises(api_client.ApiClientError) as refused:
+        api_client.reader_token(path)
+    message = str(refused.value)
+    assert f"{path} does not exist" in message
+    assert f"(umask 077; audit-collector users add NAME --root > {path})" in message
+    assert api_client.TOKEN_ENV in message
+
+
 @pytest.mark.parametrize("mode", ["644", "640", "604", "620"])
 def test_a_token_file_other_users_can_reach_is_refused_without_showing_it(
         tmp_path: Path, mode: str) -> None:

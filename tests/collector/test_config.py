@@ -196,6 +196,13 @@ def test_loopback_tcp_with_a_token_file_needs_no_tls(tmp_path: Path) -> None:
     assert config.tcp_address == ("127.0.0.1", 7100)
 
 
+def test_a_missing_token_file_says_what_to_put_there(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    with pytest.raises(ConfigError, match=f"{token_file} does not exist: create it") as err:
+        load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
+    assert "umask 077" in str(err.value) and "AUDIT_TOKEN" in str(err.value)
+
+
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
 def test_a_token_file_other_users_can_reach_is_refused_without_showing_it(
         tmp_path: Path, mode: int) -> None:
