@@ -36,7 +36,10 @@ def serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # The query API's module (uvicorn) is imported here, not once the store is open: a
+    # missing collector extra failed after start-up had made the data directory.
     from . import serve as serving
+    from .api import server  # noqa: F401
     from .ingest import IngestError
     from .storage.errors import StorageError
 
@@ -128,6 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] in ("collector", "audit_middleware"):
+            raise  # a broken install of this package, not a missing dependency
+        # `pip install /path/to/audit-middleware` (the app side) installs this script
+        # too, without the dependencies of the collector extra.
+        print(f"audit-collector {args.command}: {exc.name} is not installed: the "
+              f"collector needs the package's `collector` extra: pip install "
+              f"'/path/to/audit-middleware[collector]' (from a clone of this repository: "
+              f"the audit-middleware on PyPI is another project)", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `audit-collector verify | head`: the reader has what it wanted
         _quiet_stdout()
         return 1

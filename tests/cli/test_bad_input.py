@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.harness import ROOT, short_tmp
 
 ENV = {**os.environ, "AUDIT_CONFIG": ""}
@@ -252,3 +254,28 @@ def test_a_reader_opened_before_an_in_place_repair_refuses_it_and_stats_says_so(
     finally:
         index.close()
         reader.close()
+
+
+@pytest.mark.parametrize(("missing", "command"), [
+    ("uvicorn", ["serve", "--api-listen", ""]),
+    ("opentelemetry.sdk", ["stats"]),
+    ("cryptography", ["verify"]),
+])
+def test_a_command_without_the_collector_extra_says_how_to_install_it(
+        tmp_path: Path, missing: str, command: list[str]) -> None:
+    """`pip install /path/to/audit-middleware` (the app side) installs the
+    `audit-collector` script too: serve, stats and verify ended in a ModuleNotFoundError
+    traceback, without a word of the `collector` extra."""
+    # None in sys.modules: importing the module raises ModuleNotFoundError, as when it
+    # is not installed.
+    run = (f"import sys; sys.modules[{missing!r}] = None; from collector.cli import main; "
+           f"sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", run, *command, "--data-dir",
+                           str(tmp_path / "data")], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60, check=False, env=ENV)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"audit-collector {command[0]}: {missing}" in done.stderr
+    assert "is not installed" in done.stderr
+    assert not (tmp_path / "data").exists()  # nothing made before the refusal
+    assert "pip install '/path/to/audit-middleware[collector]'" in done.stderr
