@@ -217,14 +217,14 @@ Query them{"" if once else " (from another terminal)"}:
   {cli} query --data-dir {DATA_DIR} --principal system --format csv
   {cli} tail -f --data-dir {DATA_DIR}
   {cli} stats --data-dir {DATA_DIR}
-""" + ("" if once else _serving_lines(base_url, panel)), flush=True)
+""" + ("" if once else _serving_lines(base_url, panel, cli)), flush=True)
 
 
-def _serving_lines(base_url: str, panel: str | None) -> str:
+def _serving_lines(base_url: str, panel: str | None, cli: str) -> str:
     """What to try while the app and the collector serve (not after --once: they are
     stopped by the time it would be read)."""
     return f"""
-{_panel_lines(panel)}
+{_panel_lines(panel, cli)}
 Try it (Alice is a demo user; each call below is one more audit record):
   curl -s -X POST {base_url}/sign-in -H 'content-type: application/json' \\
        -d '{{"email": "{ALICE.email}", "password": "{ALICE.password}"}}'
@@ -234,13 +234,13 @@ Serving until Ctrl-C.
 """
 
 
-def _panel_lines(panel: str | None) -> str:
+def _panel_lines(panel: str | None, cli: str) -> str:
     if panel is None:
         return ("The admin panel is not running (its port was taken: see "
                 f"{DATA_DIR / 'collector.log'}).\n")
     return (f"Admin panel (Audit logs tab): {panel}\n"
             f"  sign in with the demo root reader's token: {demo_root_reader()}\n"
-            f"  (more readers: audit-collector users add NAME --root --data-dir {DATA_DIR})\n")
+            f"  (more readers: {cli} users add NAME --root --data-dir {DATA_DIR})\n")
 
 
 def _relative(path: Path) -> str:

@@ -89,6 +89,11 @@ def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(
         said = "".join(printed)
         assert "curl" in said and "/admin/audit-logs" in said
         assert "demo root reader's token: ac_" in said
+        # Every command it prints can be pasted as it is: `audit-collector` alone is not
+        # on PATH when the virtualenv is not activated.
+        cli = next(line.split(" query ")[0].strip() for line in printed
+                   if " query --data-dir" in line)
+        assert f"(more readers: {cli} users add NAME --root" in said
         response = httpx.post(f"http://127.0.0.1:{port}/orgs", json={"name": "spoofed"},
                               headers={"Authorization": f"Bearer {ALICE.token}",
                                        "X-Forwarded-For": "192.0.2.66"})
