@@ -1,4 +1,5 @@
-"""Where the collector listens: ``unix:///path/collector.sock`` or ``tcp://host:port``."""
+"""Where the collector listens: ``unix:///path/collector.sock`` (or ``unix:/path/...``,
+as the collector's ready line writes it) or ``tcp://host:port``."""
 
 from __future__ import annotations
 
@@ -357,6 +358,9 @@ def parse_url(url: str) -> Endpoint:
     directory now, so a later ``chdir`` does not move the collector."""
     if not isinstance(url, str):
         raise AuditConfigurationError(f"collector url must be a string, got {url!r}")
+    if url.startswith("unix:/") and not url.startswith("unix://"):
+        # unix:/path, as the collector's ready line and gunicorn's --bind write it.
+        url = "unix://" + url[len("unix:"):]
     if url.startswith("unix://"):
         path = url[len("unix://"):]
         if not path or path.endswith("/") or "\x00" in path:

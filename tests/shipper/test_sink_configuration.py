@@ -78,3 +78,13 @@ def test_a_relative_unix_path_is_resolved_at_construction(tmp_path: Path,
     sink = CollectorSink(spool_dir=None)
     assert str(sink.endpoint) == f"unix://{tmp_path}/audit-data/collector.sock"
     sink.close()
+
+
+@pytest.mark.parametrize("url", ["unix:/run/audit/collector.sock",
+                                 "unix:///run/audit/collector.sock"])
+def test_the_ready_lines_unix_form_is_taken_too(url: str) -> None:
+    """The collector's ready line says ``unix:/run/audit/collector.sock`` (gunicorn's
+    ``--bind`` form); copied into the sink's URL it was refused as not supported."""
+    sink = CollectorSink(url, spool_dir=None)
+    assert str(sink.endpoint) == "unix:///run/audit/collector.sock"
+    sink.close()
