@@ -23,6 +23,7 @@ from typing import Any, Final
 from audit_middleware.catalogue import SEED_CATALOGUE, USER_SIGN_IN
 from audit_middleware.event import DENIED_STATUS_PREFIXES, SYSTEM
 
+from .own_records import AUDIT_LOG_ACCESS_DENIED
 from .render import json_line
 
 OCSF_VERSION: Final = "1.3.0"
@@ -83,9 +84,12 @@ _FAILED: Final = ("failed", *DENIED_STATUS_PREFIXES)
 def failed(record: Record) -> bool:
     """Whether the action did not happen: it failed, or the request was denied (a
     denial exported as OCSF ``Success`` or ECS ``success`` told a SIEM the refused
-    access was granted)."""
+    access was granted), the collector's own refusals of audit-log reads too (their
+    status holds the refusal's details, not one of those prefixes: a SIEM rule on
+    failures missed every refused token, a guessing attack on the panel included)."""
     status = record.get("status")
-    return isinstance(status, str) and status.startswith(_FAILED)
+    return ((isinstance(status, str) and status.startswith(_FAILED))
+            or record.get("type") == AUDIT_LOG_ACCESS_DENIED)
 
 
 def epoch_millis(created: str) -> int:

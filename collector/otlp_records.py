@@ -15,6 +15,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from audit_middleware import otel
+from collector.formats import failed
 from collector.storage.records import created_micros
 
 __all__ = ["MAX_EXPORT_BYTES", "to_log_records", "utf8_size", "within_budget"]
@@ -45,7 +46,8 @@ def to_log_records(records: Sequence[Mapping[str, Any]], resource: Resource,
     observed = time.time_ns()
     out = []
     for record in records:
-        number, text = otel.severity(record)
+        # The collector's own refusals of reads are warnings, as the app's denials are.
+        number, text = otel.SEVERITY_WARN if failed(record) else otel.severity(record)
         attributes = otel.log_attributes(record)
         attributes[otel.COLLECTOR_SEQ] = record["seq"]
         timestamp: int | None = created_micros(record["created"]) * 1000

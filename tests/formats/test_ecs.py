@@ -86,6 +86,16 @@ def test_a_denied_request_has_outcome_failure() -> None:
     assert (event["outcome"], event["reason"]) == ("failure", "HTTP 401 on POST")
 
 
+def test_the_collectors_own_refused_read_has_outcome_failure() -> None:
+    """A refused read of the audit log (a wrong token at the panel) is the collector's
+    own record, its status the refusal's details: it was exported as a success, and a
+    SIEM rule on failures missed a token-guessing attack."""
+    status = '{"status":401,"reason":"unknown token","attempts":1,"method":"GET"}'
+    event = to_ecs(stored(type="audit_log_access_denied", principal="", status=status))
+    assert event["event"]["outcome"] == "failure"
+    assert to_ecs(stored(type="audit_log_viewed", status="{}"))["event"]["outcome"] == "success"
+
+
 def test_a_user_management_event_names_the_target_user() -> None:
     doc = to_ecs(stored(type="user_deleted", target="u-9"))
     assert doc["user"] == {"id": "u-7", "target": {"id": "u-9"}}

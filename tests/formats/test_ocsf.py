@@ -133,6 +133,12 @@ def test_a_denied_request_is_a_failure_not_a_success() -> None:
     assert to_ocsf(stored(status="HTTP 200 on GET"))["status_id"] == 1
 
 
+def test_the_collectors_own_refused_read_is_a_failure() -> None:
+    status = '{"status":401,"reason":"unknown token","attempts":1,"method":"GET"}'
+    event = to_ocsf(stored(type="audit_log_access_denied", principal="", status=status))
+    assert (event["status_id"], event["status"]) == (2, "Failure")
+
+
 def test_a_system_event_is_a_system_user_without_an_ip() -> None:
     event = to_ocsf(stored(type="run_dropped", principal="system", client_ip=""))
     assert event["actor"]["user"]["type_id"] == 3

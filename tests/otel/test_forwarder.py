@@ -1227,3 +1227,19 @@ def test_a_size_narrowed_by_400s_doubles_after_8_passes_then_after_16_once_refus
     for _ in range(2 * PROBE_AFTER):
         size.accepted(8)
     assert size.limit(100) == 16  # back to forward_batch
+
+
+def test_a_refused_read_of_the_audit_log_is_forwarded_as_a_warning() -> None:
+    """The app's denials are WARN; the collector's own refusals of reads were INFO."""
+    from opentelemetry._logs import SeverityNumber
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from collector.otlp_records import to_log_records
+
+    records = [{**event(1), "seq": 1},
+               {**event(2, type="audit_log_access_denied", principal="",
+                        status='{"status":401,"reason":"unknown token"}'), "seq": 2}]
+    batch = to_log_records(records, Resource.create({}), InstrumentationScope("t"))
+    assert [r.log_record.severity_number for r in batch] == [SeverityNumber.INFO,
+                                                             SeverityNumber.WARN]
