@@ -9,9 +9,8 @@ import os
 import socket
 import ssl
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from audit_middleware._dirs import make_dirs
 
@@ -26,33 +25,56 @@ class IngestError(Exception):
 Removal = Literal["removed", "gone", "another's"]
 
 
-@dataclass(frozen=True)
+#: Flags of the descriptor that pins the socket's file (None where the system has no
+#: ``O_PATH``: macOS, where the file is then told by (st_dev, st_ino) alone).
+_PIN_FLAGS: Final = (os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC) if hasattr(os, "O_PATH") \
+    else None
+
+
 class SocketFile:
     """The unix socket's file as this collector bound it: its path, and which file it is
-    (``st_dev``, ``st_ino``), so that a stop removes that file and no other."""
+    (``st_dev``, ``st_ino``), so that a stop removes that file and no other.
 
-    path: Path
-    dev: int
-    ino: int
+    A collector started during this one's drain (an overlapping restart) finds the file
+    with nobody listening (the listener is closed first), replaces it as stale and binds
+    its own there: removed by name at this one's stop, the new collector's socket was
+    gone and no app could connect to it. The inode number alone does not tell the two
+    apart: once the old file is unlinked and nothing holds it, ext4 gives its number to
+    the new file at once. So the file is pinned (an ``O_PATH`` descriptor, no access to
+    it) from the bind to the stop: while held, its number cannot go to another file."""
+
+    def __init__(self, path: Path, pin: int | None) -> None:
+        self.path = path
+        self._pin = pin
+        st = os.fstat(pin) if pin is not None else os.lstat(path)
+        self.dev, self.ino = st.st_dev, st.st_ino
 
     def remove(self) -> Removal:
-        """Removes the file at ``path`` if it still is this one. A collector started during this one's drain (an overlapping
-        restart) found the file with nobody listening, replaced it as stale, and bound
-        its own there: removed by name at this one's stop, the new collector's socket
-        was gone and no app could connect to it. (Between the check and the unlink
-        another file could still take the path: POSIX has no unlink-if-this-file; the
-        window is that of two system calls, where it was the whole drain.)"""
+        """Removes the file at ``path`` if it still is this one, and lets go of the pin.
+        (Between the check and the unlink another file could still take the path: POSIX
+        has no unlink-if-this-file; the window is that of two system calls, where it was
+        the whole drain.)"""
         try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return "gone"
-        if (st.st_dev, st.st_ino) != (self.dev, self.ino):
-            return "another's"
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            return "gone"
-        return "removed"
+            try:
+                st = os.lstat(self.path)
+            except FileNotFoundError:
+                return "gone"
+            if (st.st_dev, st.st_ino) != (self.dev, self.ino):
+                return "another's"
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                return "gone"
+            return "removed"
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Lets go of the pin (``remove`` does): from then on the file's number may be
+        given to another file, so the pin goes only once nothing is left to remove."""
+        pin, self._pin = self._pin, None
+        if pin is not None:
+            os.close(pin)
 
 
 def bind_unix(path: Path) -> tuple[socket.socket, SocketFile]:
@@ -93,15 +115,20 @@ def bind_unix(path: Path) -> tuple[socket.socket, SocketFile]:
         raise IngestError(f"cannot bind unix socket {path}: {exc}") from None
     finally:
         os.umask(old_umask)
+    pin = None
     try:
         os.chmod(path, 0o600)
-        st = os.lstat(path)  # right after bind: the file is this socket's
+        # Right after bind: the file is this socket's.
+        pin = None if _PIN_FLAGS is None else os.open(path, _PIN_FLAGS)
+        socket_file = SocketFile(path, pin)
+        sock.listen(512)
     except OSError as exc:
         sock.close()
+        if pin is not None:
+            os.close(pin)
         raise IngestError(f"cannot set up unix socket {path}: {exc}") from None
-    sock.listen(512)
     sock.setblocking(False)
-    return sock, SocketFile(path, st.st_dev, st.st_ino)
+    return sock, socket_file
 
 
 def reload_certificate(context: ssl.SSLContext, cert: Path, key: Path, what: str) -> bool:
