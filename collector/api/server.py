@@ -418,7 +418,12 @@ class ApiServer:
         denials_wait = max(deadline - loop.time(), DENIALS_END_WAIT)
         if self._denials_report is not None and not self._denials_report.done():
             await asyncio.wait([self._denials_report], timeout=denials_wait)
-            self._denials_report.cancel()
+            if self._denials_report.cancel():
+                # Cancelled, it gives what it had not written back to the limiter, but
+                # only once it runs: the stop's record below, taken before that, left
+                # those attempts out, unrecorded without a word. Its wait is a future's,
+                # which ends at once on a cancel (bounded all the same).
+                await asyncio.wait([self._denials_report], timeout=DENIALS_END_WAIT)
         await self._report_unrecorded_denials(
             now=True, timeout=max(deadline - loop.time(), DENIALS_END_WAIT))
         api: Api = self.app.state.api

@@ -453,3 +453,42 @@ def test_a_path_logged_for_an_unrecorded_refusal_cannot_forge_log_lines(
     message = record.getMessage()
     assert not any(c in message for c in "\x1b\r\n\u2028")
     assert "CRITICAL forged" in message  # still said, escaped
+
+
+def test_the_stop_writes_what_the_guards_unfinished_record_gave_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard's record still under way at the stop is cancelled, and gives the
+    attempts it held back to the limiter (``Api.report_unrecorded``) once it has run
+    its cancellation. The stop's own record took what the limiter held before that
+    ran: the attempts given back were never written, and no log line said so."""
+    monkeypatch.setattr(api_server, "GUARD_INTERVAL", 0.05)
+    monkeypatch.setattr(api_server, "DENIALS_END_WAIT", 0.05)  # the bound, not a timing
+    held = ["attempt 1", "attempt 2"]  # what the limiter holds back
+    written: list[str] = []
+    taken = asyncio.Event()
+    never = asyncio.Event()
+
+    async def report_unrecorded(*, now: bool = False) -> None:
+        # As ``Api.report_unrecorded``: what is taken and not written is given back.
+        reports = list(held)
+        held.clear()
+        try:
+            if not now:
+                taken.set()
+                await never.wait()  # the guard's write, held by a disk
+            written.extend(reports)
+        except BaseException:
+            held.extend(reports)
+            raise
+
+    app = Starlette()
+    app.state.api = SimpleNamespace(report_unrecorded=report_unrecorded, aclose=closed_at_once)
+
+    async def main() -> None:
+        server = api_server.ApiServer(app, "127.0.0.1", 0, drain_timeout=0.01)
+        await server.start()
+        await asyncio.wait_for(taken.wait(), HUNG_STOP_BOUND)
+        await asyncio.wait_for(server.shutdown(), HUNG_STOP_BOUND)
+
+    asyncio.run(main())
+    assert written == ["attempt 1", "attempt 2"] and held == []
