@@ -351,7 +351,11 @@
     types.asked = prefix;
     const query = prefix ? `?prefix=${encodeURIComponent(prefix)}` : "";
     const result = await call(`/api/v1/event-types${query}`);
-    if (result.status !== 200 || types.asked !== prefix) return;  // a later ask won
+    if (types.asked !== prefix) return;  // a later ask won
+    if (result.status !== 200) {
+      types.asked = null;  // asked again at the next keystroke, not only for another prefix
+      return;
+    }
     const options = result.body.types.map((type) => {
       const option = document.createElement("option");
       option.value = type;
