@@ -4,6 +4,7 @@ and stops (collector included) on ``--once`` or Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -78,7 +79,8 @@ def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(
     """Ctrl-C, or SIGTERM from a process manager: either stops the collector too."""
     port = free_port()
     proc = subprocess.Popen(command(), cwd=tmp_path, env=environment(port),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # _kill_all
     try:
         assert proc.stdout is not None
         printed = []
@@ -101,9 +103,7 @@ def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(
         proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_all(proc)
     assert not (tmp_path / "audit-data" / "collector.sock").exists()  # collector stopped
     mine = [r for r in records(tmp_path) if r["org_name"] == "spoofed"]
     assert [(r["type"], r["client_ip"]) for r in mine] == [("organization_created", "127.0.0.1")]
@@ -133,9 +133,7 @@ def test_ctrl_c_in_a_terminal_stops_the_collector_once_and_cleanly(tmp_path: Pat
         finally:
             pusher.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_all(proc)
     log = (tmp_path / "audit-data" / "collector.log").read_text()
     assert "stopping now" not in log, log[-3000:]
     assert log.rstrip().endswith("audit-collector: stopped"), log[-3000:]
@@ -153,7 +151,7 @@ def test_sigterm_while_the_collector_starts_leaves_nothing_running(tmp_path: Pat
             time.sleep(0.005)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0, proc.stderr.read() if proc.stderr else ""
-    finally:
+    finally:  # only the command: what it left running is what this test looks for
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -168,6 +166,15 @@ def test_sigterm_while_the_collector_starts_leaves_nothing_running(tmp_path: Pat
         assert not left, "a process was left running in the example's directory"
         time.sleep(0.1)
     lock_data_dir(tmp_path / "audit-data").close()  # DataDirInUseError if still held
+
+
+def _kill_all(proc: subprocess.Popen[str]) -> None:
+    """The command and what it started (its collector), whatever happened: killing the
+    command alone left its collector running after a failed test. Each command runs in
+    a process group of its own (``start_new_session``), as a shell starts it."""
+    with contextlib.suppress(ProcessLookupError):  # the group has ended already
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _processes_in(directory: Path) -> list[int]:
