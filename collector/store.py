@@ -13,9 +13,12 @@ Data directory layout (dirs 0750, files 0640)::
     quarantine/           torn tails cut from a segment at start-up
     digests/, keys/       tamper evidence (``collector.integrity``, docs/integrity.md)
 
-The store's acknowledging of losses is a part it inherits
-(``collector.store_acknowledging``); the data directory's lock, which it holds while
-open, is ``collector.storage.data_dir_lock``.
+Its parts, each a module it inherits: opening and closing (``collector.store_lifecycle``),
+readiness (``collector.store_readiness``: ``refusal``, and whether a failed write has
+ended), stats (``collector.store_stats``) and the acknowledging of losses
+(``collector.store_acknowledging``); its settings are ``collector.store_settings``. Here:
+writing, the commit thread and its housekeeping. The data directory's lock, which it
+holds while open, is ``collector.storage.data_dir_lock``.
 """
 
 from __future__ import annotations
@@ -25,43 +28,15 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import Any, Final
 
 from audit_middleware._counter import worth_saying
-from audit_middleware._dirs import make_dirs
 from audit_middleware.event import format_created
-from collector.index import Index
-from collector.index import files_bytes as index_files_bytes
-from collector.storage import loss_acks, sources
-from collector.storage.data_dir_lock import lock_data_dir
-from collector.storage.disk_space import (
-    BATCH_ROOM,
-    RESERVE_ROOM,
-    Reserve,
-    free_bytes,
-    is_full,
-    known_free_bytes,
-    out_of_space,
-)
-from collector.storage.errors import (
-    DiskFullError,
-    StorageError,
-    StorageSettingsError,
-    StoreClosedError,
-)
-from collector.storage.failures import (
-    DISK_FULL,
-    NOT_OPEN,
-    WRITE_FAILING,
-    WRITE_STALLED,
-    Failures,
-    WriteFailure,
-    checkable,
-    write_failure,
-)
-from collector.storage.group_commit import RATE_WINDOW, GroupWriter, Submission, WriteResult
+from collector.storage import loss_acks
+from collector.storage.disk_space import free_bytes, out_of_space
+from collector.storage.errors import StorageError, StoreClosedError
+from collector.storage.failures import Failures, WriteFailure, checkable, write_failure
+from collector.storage.group_commit import Submission, WriteResult
 from collector.storage.indexer import ChunkIndexer
 from collector.storage.records import (
     Encoded,
@@ -69,17 +44,13 @@ from collector.storage.records import (
     check_source,
     encode_each,
     encode_events,
-    id_key,
 )
-from collector.storage.recovery import RepairReport, open_and_recover
-from collector.storage.regular_files import write_new_file
-from collector.storage.segment_set import SegmentSet
-from collector.storage.segments import DIR_MODE, FILE_MODE, file_sizes
-from collector.storage.write_lock import WriteLock
+from collector.storage.recovery import RepairReport
 from collector.store_acknowledging import _LossAcknowledging
-
-if TYPE_CHECKING:
-    from collector.integrity.ledger import Ledger
+from collector.store_lifecycle import _Lifecycle
+from collector.store_readiness import _Readiness
+from collector.store_settings import StorageSettings
+from collector.store_stats import _Stats
 
 __all__ = ["RepairReport", "StorageError", "StorageSettings", "Store", "WriteResult"]
 
@@ -93,64 +64,12 @@ _IDLE_SECONDS: Final = 1.0
 _COMMIT: Final = "commit"
 _COMPRESSED: Final = "putting compressed copies in place"
 _HOUSEKEEPING: Final = "housekeeping"
-#: The file an idle commit thread writes, fsyncs and removes in ``segments/`` and in the
-#: data directory (the index's) while a write failure is said (a full disk's once it
-#: shows room: ``Store._check_failed_write``).
-_WRITE_CHECK: Final = ".write-check"
-#: What it writes: a batch's room, so that it takes new blocks (a quota with less left
-#: refuses it), never only an inode's inline data.
-_WRITE_CHECK_DATA: Final = b"\n" * BATCH_ROOM
-#: Why the reserve is released at start-up (``Store._open_in_reserve``), in its warning.
-_OPENING_IN_RESERVE: Final = (
-    "the store can open (its index, its start checkpoint) and retention sign its "
-    "deletions; if retention has nothing to delete, records are refused (the apps spool) "
-    "until space is freed on that disk")
 
 
-@dataclass(frozen=True)
-class StorageSettings:
-    data_dir: Path
-    max_segment_bytes: int = 64 * 1024 * 1024
-    max_segment_age: float = 3600.0  # seconds
-    compress_sealed: bool = False
-    retention_days: float = 365.0
-    retention_bytes: int | None = None  # total size cap of sealed segments
-    #: Tamper evidence: hash-chain the records and write signed digests. Off only to
-    #: measure what it costs (benchmarks/integrity.py).
-    chain: bool = True
-    signing_key: Path | None = None  # default: <data_dir>/keys/signing-key.pem
-    digest_interval: float = 300.0  # seconds between checkpoints while records arrive
-    #: Seconds accepted work may wait for the commit thread before ``refusal`` says
-    #: ``WRITE_STALLED`` (a hung fsync): well above a slow disk's fsync, well below
-    #: what a probe's user waits before taking the collector out of rotation.
-    write_stall_timeout: float = 30.0
+class Store(_Lifecycle, _Readiness, _Stats, _LossAcknowledging):
+    """Durable, deduplicated, indexed audit records (see this module's doc); its opening
+    and closing, readiness, stats and acknowledging of losses are parts it inherits."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "data_dir", Path(self.data_dir))
-        if self.signing_key is not None:
-            object.__setattr__(self, "signing_key", Path(self.signing_key))
-        if self.digest_interval <= 0:
-            raise StorageSettingsError(
-                f"digest_interval={self.digest_interval}: use a positive number of seconds")
-        if not self.write_stall_timeout > 0:  # nan too
-            raise StorageSettingsError(
-                f"write_stall_timeout={self.write_stall_timeout}: use a positive number of "
-                f"seconds")
-        if self.max_segment_bytes < 1024:
-            raise StorageSettingsError(
-                f"max_segment_bytes={self.max_segment_bytes}: use at least 1024 bytes")
-        if self.max_segment_age <= 0:
-            raise StorageSettingsError(
-                f"max_segment_age={self.max_segment_age}: use a positive number of seconds")
-        if not self.retention_days > 0:  # nan too
-            raise StorageSettingsError(
-                f"retention_days={self.retention_days}: use a positive number of days")
-        if self.retention_bytes is not None and self.retention_bytes < 0:
-            raise StorageSettingsError(
-                f"retention_bytes={self.retention_bytes}: use a size in bytes, or None")
-
-
-class Store(_LossAcknowledging):
     def __init__(self, settings: StorageSettings) -> None:
         self.settings = settings
         self.segments_dir = settings.data_dir / "segments"
@@ -199,214 +118,6 @@ class Store(_LossAcknowledging):
         self._count_stale = False  # segments were hidden since the count was taken
         self._full_failures = 0  # commit thread failures for a full disk (logged some)
         self._checkpoint_failures = 0  # checkpoints in retention's freed room, in a row
-
-    # -- lifecycle ----------------------------------------------------------------------
-    def open(self) -> RepairReport:
-        """Create the directories, repair what a crash left (a torn tail goes to
-        quarantine), index records missing from the index, start the commit thread."""
-        if self._state != "new":
-            raise StorageError("this Store was opened already: create a new Store")
-        for d in (self.settings.data_dir, self.segments_dir, self.quarantine_dir):
-            make_dirs(d, DIR_MODE)
-        self._dir_lock = lock_data_dir(self.settings.data_dir)
-        try:
-            report = self._open_in_reserve()
-        except BaseException:
-            self._discard_storage()
-            self._release_storage()
-            raise
-        self._state = "open"
-        self._thread = threading.Thread(target=self._run_said, name="audit-store-commit",
-                                        daemon=True)
-        self._thread.start()
-        return report
-
-    def _open_in_reserve(self) -> RepairReport:
-        """``_open_storage``; when that fails for want of space, again in the room of
-        the reserve (``collector.storage.disk_space``), released a slice at a time as
-        retention spends it: opening writes (the index's -shm and WAL, a start
-        checkpoint, maybe a segment header), and a store restarted on a disk full to the
-        last byte could not open at all, nor then let retention free space. What the
-        opening does not need stays reserved for retention's digests: released whole,
-        it went to the apps' batches when retention had nothing to delete yet, and the
-        first pass that had, later, could not sign. Too little room even with the whole
-        reserve released: ``DiskFullError``."""
-        try:
-            return self._open_storage()
-        except Exception as exc:
-            if not self._opening_refused(exc):
-                raise
-            self._discard_storage()  # the lock stays held for the next attempts
-            full = exc
-        reserve = Reserve(self.settings.data_dir)
-        if not reserve.size():
-            raise DiskFullError(f"its disk is full ({full}), and no reserve is left "
-                                f"to release") from full
-        try:
-            return reserve.spend(self._open_or_discard, full,
-                                 f"{_OPENING_IN_RESERVE} (opening: {full})",
-                                 refused=self._opening_refused)
-        except Exception as exc:
-            if not self._opening_refused(exc):
-                raise
-            raise DiskFullError(f"its disk is full ({exc}), even with the reserve "
-                                f"released") from exc
-
-    def _open_or_discard(self) -> RepairReport:
-        """``_open_storage``, closing what it got to if it fails (tried again)."""
-        try:
-            return self._open_storage()
-        except BaseException:
-            self._discard_storage()
-            raise
-
-    def _opening_refused(self, exc: BaseException) -> bool:
-        """Whether ``exc``, raised by ``_open_storage``, is its disk still full."""
-        return (isinstance(exc, (OSError, sqlite3.Error, StorageError))
-                and out_of_space(exc, self.settings.data_dir))
-
-    def _open_storage(self) -> RepairReport:
-        write_lock = WriteLock()
-        self._index, report = open_and_recover(
-            self.index_path, self.segments_dir, self.quarantine_dir,
-            make_index=lambda path: Index(path, write_lock))
-        index = self._index
-        self._ledger = None
-        if self.settings.chain:
-            from collector.integrity.ledger import Ledger  # cryptography: collector extra
-
-            self._ledger = Ledger.open(self.settings.data_dir, self.settings.signing_key,
-                                       self.settings.digest_interval, self.quarantine_dir)
-        # Numbers something durable already names are never given again (the newest
-        # segment file may be gone: deleted while the collector was stopped).
-        named_segment, named_record = report.named_segment, report.named_record
-        if self._ledger is not None:
-            signed_segment, signed_record = self._ledger.named()
-            named_segment = max(named_segment, signed_segment)
-            named_record = max(named_record, signed_record)
-        self._segments = SegmentSet(self.settings, self.segments_dir, index, self._wake.set,
-                                    self._ledger, named_segment)
-        report.missing_newest = self._segments.missing_newest
-        if self._ledger is not None:
-            self._ledger.started(self._segments.sealed_files(), self._segments.active)
-            self._sign_start_in_reserve(self._ledger)
-        chunk = index.open_chunk
-        if chunk is not None and chunk.segment != self._segments.active.header.seq:
-            index.close_chunk()  # a crash right after a rotation left it open
-        self._indexer = ChunkIndexer(self.index_path, write_lock)
-        for closed in index.closed_chunks():
-            self._indexer.submit(closed, at_open=True)
-        index.newly_closed.clear()
-        self._writer = GroupWriter(index, self._segments, self._indexer, self._ledger)
-        self._writer.next_seq = max(self._writer.next_seq, named_record + 1)
-        self._loss_acks, self._acks_unsaved, self._forgotten_unsaved = \
-            self._load_loss_acks(index)
-        if self._forgotten_unsaved:
-            # Left out in memory only, the file kept them: a source of the same name
-            # seen during this run had the old acknowledgement at the next start.
-            self._save_forgotten()
-        return report
-
-    def _load_loss_acks(self, index: Index
-                        ) -> tuple[dict[str, loss_acks.Ack], str | None, bool]:
-        """The acknowledgements, the record of those the file lacks (None: it lacks
-        none; see ``_acks_unsaved``), and whether the file names sources the store no
-        longer knows (see ``_forgotten_unsaved``). A staged file left by the last run (see
-        ``loss_acks``) is put in place if its record was written (the acknowledgement
-        was made: the record says so), removed if not."""
-        data_dir = self.settings.data_dir
-        acks, unsaved = loss_acks.load(data_dir), None
-        left = loss_acks.staged(data_dir)
-        path = data_dir / loss_acks.STAGED_NAME
-        if left is not None and not loss_acks.claimed(
-                left, lambda record: bool(index.known_ids([id_key(record)]))):
-            path.unlink(missing_ok=True)  # never recorded: never made
-        elif left is not None:
-            acks, record = left
-            try:
-                loss_acks.commit(path)
-                log.info("audit store: put %s, recorded by %s, in place",
-                         loss_acks.FILE_NAME, record)
-            except OSError as exc:
-                log.error("audit store: cannot put %s in place (%s): the acknowledgements "
-                          "its record %s claims apply, and are put in place at the next "
-                          "acknowledgement", path, exc, record)
-                unsaved = record
-        # Only the sources the store knows: a source retention forgot (its file not
-        # rewritten since, or by a version that kept them) does not hand its
-        # acknowledgement to a source of the same name.
-        known = self._writer.sources
-        applied = {name: ack for name, ack in acks.items() if name in known}
-        return applied, unsaved, len(applied) < len(acks)
-
-    def _sign_start_in_reserve(self, ledger: Ledger) -> None:
-        """The start checkpoint (and a seal written at start-up) on disk now, in the
-        released reserve's room if the disk is full: it signs what the store holds,
-        a previous run's records whose own digests met the same full disk included.
-        Only queued (retried at every tick), they were lost when the collector was
-        stopped before space was freed, and ``verify`` called the active segment's
-        digests removed (an INVALID store)."""
-        try:
-            ledger.flush()
-        except OSError as exc:
-            if not is_full(exc):
-                return  # queued: retried at every tick, as before
-            try:  # a slice at a time, as retention (``_open_in_reserve`` says why)
-                Reserve(self.settings.data_dir).spend(
-                    ledger.flush, exc, f"{_OPENING_IN_RESERVE} (the start checkpoint: {exc})")
-            except OSError:
-                pass  # still queued (the ledger logged why): retried at every tick
-
-    def close(self) -> None:
-        """Drain pending submissions (written and acknowledged), fsync, stop the threads."""
-        with self._lock:
-            if self._state != "open":
-                self._state = "closed"
-                return
-            self._state = "closing"
-        self._wake.set()
-        assert self._thread is not None
-        self._thread.join()
-        self._writer.close()
-        try:
-            if self._ledger is not None:
-                self._ledger.stopped(self._segments.active)
-                self._ledger.close()
-            self._segments.close()
-        finally:
-            self._release_storage()
-            self._state = "closed"
-
-    def _discard_storage(self) -> None:
-        """Close what an ``open`` that failed got to, writing nothing more (its retry, or
-        the next start, starts over): a collector waiting for disk space tries again
-        and again, and leaked a segment file and threads each time."""
-        # In this order: the segments abandoned (nothing written), then what they used.
-        for name, end in (("_segments", "abandon"), ("_ledger", "close"),
-                          ("_indexer", "close"), ("_index", "close")):
-            part = getattr(self, name, None)
-            if part is not None:
-                getattr(part, end)()
-            if hasattr(self, name):
-                delattr(self, name)
-
-    def _release_storage(self) -> None:
-        """Stop the indexer (it finishes the closed chunks' indexes), close the index,
-        release the data directory: whatever of it ``open`` got to."""
-        indexer = getattr(self, "_indexer", None)
-        if indexer is not None:
-            indexer.close()
-        index = getattr(self, "_index", None)
-        if index is not None:
-            index.close()
-        self._dir_lock.close()
-
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- writing ------------------------------------------------------------------------
     def submit(self, events: list[dict[str, Any]], source: str = "",
@@ -589,109 +300,6 @@ class Store(_LossAcknowledging):
                     if not self._pending:
                         return
 
-    def _check_failed_write(self) -> None:
-        """While the last write failed and no batch comes, see whether that failure has
-        ended, so that ``refusal`` (which reads only memory) says so: a collector a load
-        balancer took out of rotation for it gets no batch to show that it ended, and
-        stayed out for good. The next batch tells for sure: failing again, it is said
-        again. A full disk ends once it has ``RESERVE_ROOM`` free (``_room_to_write``:
-        the data directory's disk and ``segments/``'s; judged here, on this thread, and
-        not by the probe: a hung disk can hold statvfs, and a probe must answer at
-        once) and ``segments/`` takes a write again (a file written, fsynced, removed);
-        an index that refuses a write even then fails otherwise (``WRITE_FAILING``,
-        which still needs that room: ``_needs_room``).
-        The other failures of a file or of the index (an I/O error, a read-only file
-        system or file, a quota, the index's lock held) end once both take a write
-        (``_takes_writes``; a pass that finds the indexer writing judges nothing).
-        Judged by the segments' write alone, an index's error (SQLite's "disk I/O
-        error", a read-only or full index file) lasted until a batch was written: none
-        came to a collector out of rotation, unready for good. A bug's error ends with
-        a batch only (``failures.checkable``)."""
-        writer = self._writer
-        if writer.failure is None and self._commit_failure is None:
-            self._needs_room = False  # a batch was written
-            return
-        if DISK_FULL in (writer.failure, self._commit_failure):
-            self._check_full_disk()
-            return
-        said = [(writer.failure, writer.failure_checkable),
-                (self._commit_failure, self._commit_failure_checkable)]
-        if any(failure is not None and not judged for failure, judged in said):
-            return  # a bug's: only a batch written shows it ended
-        # A full disk's failure the index turned write_failing needs room all the same:
-        # ended by the checks alone, it read ready on a disk full again by the time the
-        # index let go (the checks' small writes fit), and every batch failed again.
-        if self._needs_room and not self._room_to_write():
-            return
-        if self._takes_writes():
-            writer.failure = None
-            self._commit_failure = None
-            self._needs_room = False
-
-    def _check_full_disk(self) -> None:
-        """``_check_failed_write`` for a full disk: it ends once both disks have
-        ``RESERVE_ROOM`` free and ``segments/`` takes a write; into ``WRITE_FAILING``
-        (still needing that room: ``_needs_room``) if the index refuses a write even then."""
-        # The write too: a disk can be full with free blocks showing (no inode left
-        # for a new segment, a file system's metadata full), and judged by them
-        # alone it read ready half a second after each batch it refused.
-        if not (self._room_to_write() and self._directory_takes_a_write(self.segments_dir)):
-            return
-        index_takes = self._index_takes_a_write()
-        if index_takes is None:
-            return  # not judged this pass
-        # Space freed: the next batch is written (or fails again, said). An index that
-        # refuses a write even so fails otherwise: said so, never ready.
-        ended: WriteFailure | None = None if index_takes else WRITE_FAILING
-        self._needs_room = not index_takes
-        writer = self._writer
-        if writer.failure == DISK_FULL:
-            writer.failure = ended
-        if self._commit_failure == DISK_FULL:
-            self._commit_failure = ended
-
-    def _takes_writes(self) -> bool:
-        """Whether both files a commit writes take a write now: ``segments/`` (a new
-        file) and the index (``_index_takes_a_write``); False too when the index's
-        was not judged this pass."""
-        return (self._directory_takes_a_write(self.segments_dir)
-                and self._index_takes_a_write() is True)
-
-    def _index_takes_a_write(self) -> bool | None:
-        """Whether the index takes a write now: a new file in its directory (the data
-        directory) and a write in it (``Index.check_writes``). None: not judged this
-        pass (the indexer holds the in-process write lock; waiting for it could take
-        SQLite's whole busy timeout). The file first: the index's own write can reuse
-        the WAL's room after a checkpoint, needing no new block, and went through over
-        a quota (``EDQUOT``, which SQLite says is an I/O error) that failed every batch."""
-        if not self._directory_takes_a_write(self.settings.data_dir):
-            return False
-        try:
-            return True if self._index.check_writes() else None
-        except sqlite3.Error:
-            return False  # still failing: said as it is (the commit's failure is in the log)
-
-    def _room_to_write(self) -> bool:
-        """Whether both disks a commit writes to have ``RESERVE_ROOM`` free: the data
-        directory's (the index) and that of ``segments/``, which may be a file system of
-        its own (a mount there, or a symlink to one). Judged by the data directory's
-        alone, a full segments disk with a few KiB left (which the write check's one
-        byte takes) read ready, and every batch failed again."""
-        return all(free_bytes(d) >= RESERVE_ROOM
-                   for d in (self.settings.data_dir, self.segments_dir))
-
-    @staticmethod
-    def _directory_takes_a_write(directory: Path) -> bool:
-        """Whether a new file of a batch's room can be written, fsynced and removed in
-        ``directory``."""
-        path = directory / _WRITE_CHECK
-        try:
-            write_new_file(path, _WRITE_CHECK_DATA, FILE_MODE)
-            path.unlink()
-        except OSError:
-            return False  # still failing: said as it is (the commit's failure is in the log)
-        return True
-
     def _failed(self, exc: Exception, what: str) -> None:
         """Note and log a failure of the commit thread's work (which goes on). A full
         disk is no bug: one line saying so, at the 1st, 2nd, 4th... time (it fails again
@@ -802,114 +410,3 @@ class Store(_LossAcknowledging):
             return
         self._count_failures = 0
         self._indexer.took_dropped(dropped)
-
-    # -- stats --------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
-        writer = getattr(self, "_writer", None)
-        if writer is None:
-            raise StoreClosedError("stats are kept from Store.open() on: open the store first")
-        now = time.monotonic()
-        recent = sum(n for t, n in list(writer.rate) if now - t <= RATE_WINDOW)
-        counts = writer.counts
-        with writer.lock:  # copies only, the commit thread waits on it (ranges are
-            # replaced on commit, never changed in place: the copies stay consistent)
-            snapshot = dict(writer.sources), dict(writer.numbered), dict(writer.seen)
-        acknowledged = {source: ack.through for source, ack in self._loss_acks.items()}
-        known = sources.overview(*snapshot, acknowledged=acknowledged)
-        with self._lock:
-            pending = sum(len(s.encoded.ids) for s in self._pending)
-            rejected = self._rejected_count
-        # An operator may delete a quarantined file between the listing and its stat, or
-        # the whole directory once reviewed: none then (the stats task died of it).
-        try:
-            quarantined = file_sizes(self.quarantine_dir.iterdir())
-        except FileNotFoundError:
-            quarantined = {}
-        return {
-            "events": writer.stored,
-            **self._segments.stats(),
-            "unindexed_chunks": self._indexer.backlog,
-            "segments_dropping": self._indexer.drops_pending,
-            "written": counts["written"],
-            "duplicates": counts["duplicates"],
-            "rejected": rejected,
-            "write_errors": counts["write_errors"],
-            "last_error": writer.last_error or self._failures.newest
-            or self._segments.last_error or self._indexer.failed or self._indexer.drop_error,
-            "pending": pending,
-            "quarantined": len(quarantined),
-            "quarantined_bytes": sum(quarantined.values()),
-            # What an operator alerts on before the disk fills (beside "segments"' bytes,
-            # which retention_bytes caps). A stat and a statvfs: read at each scrape and
-            # stats file write, off the event loop (GET /metrics, the OpenTelemetry
-            # reader and serve's stats task share one reading on a daemon thread of its
-            # own, collector/single_flight.py; the losses listing calls this in a worker
-            # thread; serve's last write, at a stop, once ingest and the API are closed),
-            # so a hung disk holds that thread, never ingest or GET /healthz (``refusal``
-            # reads memory only). None (no gauge) when the file system cannot be asked:
-            # 0 read as a full disk.
-            "index_bytes": index_files_bytes(self.index_path),
-            "disk_free_bytes": known_free_bytes(self.settings.data_dir),
-            "retention_deleted": counts["retention_deleted"],
-            "sources_forgotten": counts["sources_forgotten"],
-            "ingest_rate": round(recent / RATE_WINDOW, 1),
-            "fsyncs": counts["fsyncs"],
-            "events_per_fsync": round(counts["written"] / counts["fsyncs"], 1)
-            if counts["fsyncs"] else 0.0,
-            "fsync_seconds_total": round(writer.fsync_seconds_total, 6),
-            "fsync_seconds_max": round(writer.fsync_seconds_max, 6),
-            "commit_wait_seconds": round(self.waiting_seconds(), 6),
-            "sources": known.reports,
-            "sources_total": known.total,
-            "sources_omitted": known.omitted,
-            "gap_events": known.gap_events,
-            "unreceived_tail_events": known.unreceived_tail_events,
-            "unacknowledged_gap_events": known.unacknowledged_gap_events,
-            "unacknowledged_tail_events": known.unacknowledged_tail_events,
-            "integrity": self.integrity_stats(),
-        }
-
-    def waiting_seconds(self) -> float:
-        """How long the oldest work not yet written (a batch being written, or one
-        queued for the next group) has waited; 0.0 when there is none, however long the
-        store idles."""
-        with self._lock:
-            batch, since = self._batch, self._batch_since
-            queued = self._pending_since if self._pending else None
-        # A batch whose futures are all answered is written (or failed), though the
-        # commit thread is still in its commit (waiting for the indexer to catch up,
-        # ``index_closed_chunks``): counted until then, an acknowledged batch said
-        # write_stalled. The list is never changed once taken: read without the lock.
-        if since is None or all(sub.future.done() for sub in batch):
-            since = queued
-        return 0.0 if since is None else max(0.0, time.monotonic() - since)
-
-    def refusal(self) -> str | None:
-        """Why the store cannot take events now, or None when it can: ``NOT_OPEN`` (before
-        ``open``, from ``close`` on), ``WRITE_STALLED`` (work has waited for the commit
-        thread longer than ``write_stall_timeout``: a hung fsync; until it is written),
-        ``DISK_FULL`` (the last commit failed for want of space) or ``WRITE_FAILING``
-        (it failed otherwise, or the commit thread is ending or has ended: see
-        ``_refuse_for_good``). A failure lasts until a commit writes records, or until
-        the idle commit thread sees it ended (``_check_failed_write``: the disks have
-        ``RESERVE_ROOM`` free again, ``segments/`` and the index take a write again). Read from
-        memory only, under no lock held across I/O, so that a probe answers at once on a
-        hung disk: the commit thread held in that check's statvfs leaves ``DISK_FULL``
-        said, then ``WRITE_STALLED`` once a batch has waited past the timeout."""
-        with self._lock:
-            if self._state != "open":
-                return NOT_OPEN
-        # The commit thread ending (``_refuse_for_good``, before it logs its end, on every
-        # way out of it while open): only a BaseException does that (a SystemExit in it,
-        # which threading does not even log); nothing is written from then on.
-        if self._ended is not None:
-            return WRITE_FAILING
-        # First: a commit hung now says more than how the last one ended.
-        if self.waiting_seconds() > self.settings.write_stall_timeout:
-            return WRITE_STALLED
-        return self._writer.failure or self._commit_failure
-
-    def integrity_stats(self) -> dict[str, Any] | None:
-        """The signed digests' figures (``Ledger.stats``); None when the store keeps no
-        hash chain (``chain = false``)."""
-        return self._ledger.stats() if self._ledger is not None else None

@@ -22,7 +22,7 @@ from collector.storage.errors import StorageError, StoreClosedError
 
 if TYPE_CHECKING:
     from collector.storage.group_commit import GroupWriter
-    from collector.store import StorageSettings
+    from collector.store_settings import StorageSettings
 
 __all__ = ["LossAckError", "StagedLossAck", "UnknownSourceError"]
 

@@ -38,7 +38,7 @@ from .segments import (
 
 if TYPE_CHECKING:
     from collector.integrity.ledger import Ledger
-    from collector.store import StorageSettings
+    from collector.store_settings import StorageSettings
 
 log = logging.getLogger("collector.store")
 

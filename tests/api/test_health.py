@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 
 from collector import health
 from collector import index as index_module
-from collector import store as store_module
+from collector import store_readiness
 from collector.health import REASONS, Health
 from collector.index import Index
 from collector.storage import disk_space
@@ -46,7 +46,7 @@ class FailingAppends:
         self.errno: int | None = None
         self.checks = 0
         real = ActiveSegment.append
-        real_write = store_module.write_new_file
+        real_write = store_readiness.write_new_file
 
         def append(segment: ActiveSegment, data: bytes) -> int:
             if self.errno is not None:
@@ -60,7 +60,7 @@ class FailingAppends:
             real_write(path, data, mode)
 
         monkeypatch.setattr(ActiveSegment, "append", append)
-        monkeypatch.setattr(store_module, "write_new_file", write_new_file)
+        monkeypatch.setattr(store_readiness, "write_new_file", write_new_file)
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ class FreeSpace:
         self.of: dict[Path, int] = {}
         self.askers: set[str] = set()
         self.asked = 0
-        monkeypatch.setattr(store_module, "free_bytes", self._free_bytes)
+        monkeypatch.setattr(store_readiness, "free_bytes", self._free_bytes)
 
     def _free_bytes(self, directory: Path) -> int:
         self.askers.add(threading.current_thread().name)
@@ -421,14 +421,14 @@ class Quota:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
         self.exceeded = True
-        real_write = store_module.write_new_file
+        real_write = store_readiness.write_new_file
 
         def write_new_file(path: Path, data: bytes, mode: int) -> None:
             if self.exceeded and path.parent == data_dir and len(data) > 4096:
                 raise OSError(errno.EDQUOT, "injected")
             real_write(path, data, mode)
 
-        monkeypatch.setattr(store_module, "write_new_file", write_new_file)
+        monkeypatch.setattr(store_readiness, "write_new_file", write_new_file)
 
 
 def test_a_quota_on_the_index_is_judged_by_a_write_that_takes_new_blocks(
@@ -688,7 +688,7 @@ def test_a_full_disk_is_said_at_once_while_its_statvfs_hangs(
     that to answer read as stalled), though nothing waited. The commit thread judges it
     now; held in that statvfs, it leaves ``disk_full`` said until a batch waits past
     ``write_stall_timeout``, and the probe never waits on the disk."""
-    hung = Hold(monkeypatch, store_module, "free_bytes")  # a hung disk holds statvfs
+    hung = Hold(monkeypatch, store_readiness, "free_bytes")  # a hung disk holds statvfs
     try:
         failing.errno = errno.ENOSPC
         write_fails(stalling)
