@@ -13,12 +13,13 @@ Data directory layout (dirs 0750, files 0640)::
     quarantine/           torn tails cut from a segment at start-up
     digests/, keys/       tamper evidence (``collector.integrity``, docs/integrity.md)
 
-Its parts, each a module it inherits: opening and closing (``collector.store_lifecycle``),
-readiness (``collector.store_readiness``: ``refusal``, and whether a failed write has
-ended), stats (``collector.store_stats``) and the acknowledging of losses
-(``collector.store_acknowledging``); its settings are ``collector.store_settings``. Here:
-writing, the commit thread and its housekeeping. The data directory's lock, which it
-holds while open, is ``collector.storage.data_dir_lock``.
+Here: writing, the commit thread and its housekeeping. The rest are parts ``Store``
+inherits, each in a module of its own: its opening and closing
+(``collector.store_lifecycle``), its readiness (``collector.store_readiness``: ``refusal``,
+and whether a failed write has ended), its stats (``collector.store_stats``) and its
+acknowledging of losses (``collector.store_acknowledging``). Its settings are
+``collector.store_settings``. The data directory's lock, which it holds while open, is
+``collector.storage.data_dir_lock``.
 """
 
 from __future__ import annotations

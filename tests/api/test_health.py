@@ -20,9 +20,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from collector import health
+from collector import health, store_readiness
 from collector import index as index_module
-from collector import store_readiness
 from collector.health import REASONS, Health
 from collector.index import Index
 from collector.storage import disk_space
