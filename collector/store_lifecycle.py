@@ -61,8 +61,8 @@ class _Lifecycle:
     _loss_acks: dict[str, loss_acks.Ack]
     _acks_unsaved: str | None
     _forgotten_unsaved: bool
-    #: Made by ``_open_storage`` (``open``: ``_dir_lock``), gone again once
-    #: ``_discard_storage`` closed them.
+    #: Made by ``open`` (``_dir_lock``) and ``_open_storage`` (the rest); an opening that
+    #: failed leaves none of the parts ``_discard_storage`` closed.
     _dir_lock: DataDirLock
     _index: Index
     _ledger: Ledger | None
