@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from . import config as collector_config
 from . import installed_version
@@ -132,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as exc:
-        if (exc.name or "").partition(".")[0] in ("collector", "audit_middleware"):
-            raise  # a broken install of this package, not a missing dependency
+        if not missing_extra(exc.name):
+            raise  # a bug or a broken install: its traceback says which module, where
         # `pip install /path/to/audit-middleware` (the app side) installs this script
         # too, without the dependencies of the collector extra.
         print(f"audit-collector {args.command}: {exc.name} is not installed: the "
@@ -151,6 +152,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"audit-collector {args.command}: {reason}{where}", file=sys.stderr)
         return 2
+
+
+#: The modules of the `collector` extra's packages (pyproject.toml), as the collector
+#: imports them.
+EXTRA_MODULES: Final = ("uvicorn", "h11", "cryptography", "opentelemetry.sdk",
+                        "opentelemetry.exporter.otlp.proto.http")
+
+
+def missing_extra(name: str | None) -> bool:
+    """Whether a ModuleNotFoundError's ``name`` says the collector extra is not
+    installed: it is one of its modules, a package above one or a module in one, and
+    that module cannot be found. Any other (a module of an installed package that a
+    release renamed, one a dependency imports itself) is another fault, which "install
+    the extra", already installed, would hide."""
+    if not name:
+        return False
+    for module in EXTRA_MODULES:
+        if name == module or module.startswith(f"{name}.") or name.startswith(f"{module}."):
+            return not _found(module)
+    return False
+
+
+def _found(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a package above it is missing (or half-made)
+        return False
 
 
 def _quiet_stdout() -> None:

@@ -279,3 +279,42 @@ def test_a_command_without_the_collector_extra_says_how_to_install_it(
     assert "is not installed" in done.stderr
     assert not (tmp_path / "data").exists()  # nothing made before the refusal
     assert "pip install '/path/to/audit-middleware[collector]'" in done.stderr
+
+
+@pytest.mark.parametrize(("missing", "command"), [
+    # A module of an installed dependency (a release that renamed or dropped it)
+    ("opentelemetry.sdk._logs", ["stats"]),
+    # A dependency's own import of a module it needs (a broken environment)
+    ("click", ["serve", "--api-listen", ""]),
+])
+def test_a_missing_module_that_is_not_the_collector_extra_is_not_said_to_be(
+        tmp_path: Path, missing: str, command: list[str]) -> None:
+    """Only a module of the extra itself is 'not installed: install the extra': any
+    other ModuleNotFoundError was told so too, its traceback hidden, and installing the
+    extra again (already there) changed nothing."""
+    run = (f"import sys; sys.modules[{missing!r}] = None; from collector.cli import main; "
+           f"sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", run, *command, "--data-dir",
+                           str(tmp_path / "data")], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60, check=False, env=ENV)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and f"ModuleNotFoundError: import of {missing}" in done.stderr
+    assert "collector` extra" not in done.stderr
+
+
+def test_every_package_of_the_collector_extra_is_known_as_its_modules() -> None:
+    """A package added to the extra (pyproject.toml) and not to ``EXTRA_MODULES``: its
+    absence would end in a traceback, not in the message to install the extra."""
+    import re
+    from importlib import metadata
+
+    from collector.cli import EXTRA_MODULES
+
+    extra = [re.match(r"[A-Za-z0-9_.-]+", req).group()  # type: ignore[union-attr]
+             for req in metadata.requires("audit-middleware") or ()
+             if re.search(r"extra\s*==\s*['\"]collector['\"]", req)]
+    assert extra
+    for package in extra:
+        files = [f.as_posix() for f in metadata.files(package) or ()]
+        assert any(f.startswith(module.replace(".", "/") + "/") for f in files
+                   for module in EXTRA_MODULES), package
