@@ -1,5 +1,5 @@
-"""Where the collector listens: ``unix:///path/collector.sock`` (or ``unix:/path/...``,
-as the collector's ready line writes it) or ``tcp://host:port``."""
+"""Where the collector listens: ``unix:///path/collector.sock`` (or ``unix:/path/...`` and
+``unix:relative/path``, as the collector's ready line writes it) or ``tcp://host:port``."""
 
 from __future__ import annotations
 
@@ -358,16 +358,15 @@ def parse_url(url: str) -> Endpoint:
     directory now, so a later ``chdir`` does not move the collector."""
     if not isinstance(url, str):
         raise AuditConfigurationError(f"collector url must be a string, got {url!r}")
-    if url.startswith("unix:/") and not url.startswith("unix://"):
-        # unix:/path, as the collector's ready line and gunicorn's --bind write it.
-        url = "unix://" + url[len("unix:"):]
-    if url.startswith("unix://"):
-        path = url[len("unix://"):]
+    if url.startswith("unix:"):
+        # unix:/path and unix:relative/path too, as the collector's ready line (and
+        # gunicorn's --bind) write it: its default data directory is a relative one.
+        path = url[len("unix://"):] if url.startswith("unix://") else url[len("unix:"):]
         if not path or path.endswith("/") or "\x00" in path:
             raise AuditConfigurationError(
                 f"collector url {url!r} needs the socket file's path, e.g. "
                 f"unix:///var/run/audit/collector.sock")
-        return Endpoint("unix", path=os.path.abspath(path))
+        return Endpoint("unix", path=_absolute(path))
     if url.startswith("tcp://"):
         rest = url[len("tcp://"):].rstrip("/")
         host, sep, port_text = rest.rpartition(":")
@@ -383,6 +382,14 @@ def parse_url(url: str) -> Endpoint:
     raise AuditConfigurationError(
         f"collector url {url!r} is not supported: use unix:///path/to/collector.sock or "
         f"tcp://host:port")
+
+
+def _absolute(path: str) -> str:
+    """``path`` made absolute, one spelling for one socket: ``abspath`` keeps a leading
+    ``//`` (POSIX leaves its meaning to the system; Linux reads it as ``/``), and the
+    endpoint's identity, which tags the spool's files, would differ from ``/``'s."""
+    path = os.path.abspath(path)
+    return "/" + path.lstrip("/") if path.startswith("//") else path
 
 
 def _check_host(url: str, host: str) -> None:

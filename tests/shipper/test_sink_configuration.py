@@ -88,3 +88,33 @@ def test_the_ready_lines_unix_form_is_taken_too(url: str) -> None:
     sink = CollectorSink(url, spool_dir=None)
     assert str(sink.endpoint) == "unix:///run/audit/collector.sock"
     sink.close()
+
+
+def test_the_ready_lines_relative_unix_form_is_taken_and_resolved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``audit-collector serve`` with its default data directory says ``unix:audit-data/
+    collector.sock`` in its ready line: copied into the sink's URL, it was refused as not
+    supported, as ``unix:/path`` was."""
+    monkeypatch.chdir(tmp_path)
+    sink = CollectorSink("unix:audit-data/collector.sock", spool_dir=None)
+    assert str(sink.endpoint) == f"unix://{tmp_path}/audit-data/collector.sock"
+    sink.close()
+
+
+@pytest.mark.parametrize("url", ["unix:////run/audit/collector.sock",
+                                 "unix://///run/audit/collector.sock"])
+def test_a_socket_path_with_extra_leading_slashes_is_the_same_collector(url: str) -> None:
+    """``f"unix:///{path}"`` with an absolute ``path`` names the same socket, but kept
+    its ``//`` (POSIX leaves it to the system): another identity, so the batches one
+    spelling spooled were left unreplayed by a sink spelling it the other way."""
+    sink = CollectorSink(url, spool_dir=None)
+    assert sink.endpoint.identity == "unix:///run/audit/collector.sock"
+    sink.close()
+
+
+@pytest.mark.parametrize("url", ["unix:/", "unix:", "unix:/run/audit/"])
+def test_a_unix_url_without_a_socket_path_is_refused_as_written(url: str) -> None:
+    """``unix:/`` was refused as ``'unix:///'``, a URL the user had not written."""
+    with pytest.raises(AuditConfigurationError,
+                       match=f"collector url '{url}' needs the socket file's path"):
+        CollectorSink(url, spool_dir=None)
