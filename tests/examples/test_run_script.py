@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -103,7 +104,7 @@ def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(
         proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
     finally:
-        _kill_all(proc)
+        _kill_all(proc, tmp_path)
     assert not (tmp_path / "audit-data" / "collector.sock").exists()  # collector stopped
     mine = [r for r in records(tmp_path) if r["org_name"] == "spoofed"]
     assert [(r["type"], r["client_ip"]) for r in mine] == [("organization_created", "127.0.0.1")]
@@ -133,7 +134,7 @@ def test_ctrl_c_in_a_terminal_stops_the_collector_once_and_cleanly(tmp_path: Pat
         finally:
             pusher.close()
     finally:
-        _kill_all(proc)
+        _kill_all(proc, tmp_path)
     log = (tmp_path / "audit-data" / "collector.log").read_text()
     assert "stopping now" not in log, log[-3000:]
     assert log.rstrip().endswith("audit-collector: stopped"), log[-3000:]
@@ -168,13 +169,46 @@ def test_sigterm_while_the_collector_starts_leaves_nothing_running(tmp_path: Pat
     lock_data_dir(tmp_path / "audit-data").close()  # DataDirInUseError if still held
 
 
-def _kill_all(proc: subprocess.Popen[str]) -> None:
+def _kill_all(proc: subprocess.Popen[str], directory: Path) -> None:
     """The command and what it started (its collector), whatever happened: killing the
-    command alone left its collector running after a failed test. Each command runs in
-    a process group of its own (``start_new_session``), as a shell starts it."""
+    command alone left its collector running after a failed test. Its process group
+    (``start_new_session``, as a shell starts it) is not enough: the collector runs in
+    a session of its own (``examples.run``), so it is found by its working directory,
+    the command's, and waited for until it has ended."""
     with contextlib.suppress(ProcessLookupError):  # the group has ended already
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    for pid in _processes_in(directory):
+        try:
+            ended = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # ended meanwhile
+        try:
+            os.kill(pid, signal.SIGKILL)
+            select.select([ended], [], [], 30)  # readable once the process has ended
+        finally:
+            os.close(ended)
+
+
+def test_a_failed_tests_cleanup_leaves_nothing_running(tmp_path: Path) -> None:
+    """What a failed test's ``finally`` does (``_kill_all``) ends the collector too: the
+    command's process group alone left it running, with the data directory, for it is
+    in a session of its own."""
+    proc = subprocess.Popen(command(), cwd=tmp_path, env=environment(free_port()),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends (and the test fails) if the process dies
+            if "Serving until Ctrl-C" in line:
+                break
+    finally:
+        _kill_all(proc, tmp_path)
+    left = _processes_in(tmp_path)
+    for pid in left:  # not left running by this test either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "the collector was left running"
+    lock_data_dir(tmp_path / "audit-data").close()  # DataDirInUseError if still held
 
 
 def _processes_in(directory: Path) -> list[int]:
