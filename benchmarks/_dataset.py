@@ -93,7 +93,8 @@ def storage_digest() -> str:
 
 def _storage_sources() -> list[Path]:
     package = Path(collector.__file__).resolve().parent
-    return sorted([package / "index.py", package / "store.py",
+    # The store is store.py and the parts it inherits (store_settings.py, ...).
+    return sorted([package / "index.py", *package.glob("store*.py"),
                    *(package / "storage").glob("*.py")])
 
 
