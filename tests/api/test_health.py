@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 
 from collector import health, store_readiness
 from collector import index as index_module
+from collector import store as store_module
 from collector.health import REASONS, Health
 from collector.index import Index
 from collector.storage import disk_space
@@ -77,7 +78,10 @@ class FreeSpace:
         self.of: dict[Path, int] = {}
         self.askers: set[str] = set()
         self.asked = 0
-        monkeypatch.setattr(store_readiness, "free_bytes", self._free_bytes)
+        # Every reader of it in the store, as when one module held them all (the
+        # readiness checks and retention's WAL checkpoint).
+        for module in (store_module, store_readiness):
+            monkeypatch.setattr(module, "free_bytes", self._free_bytes)
 
     def _free_bytes(self, directory: Path) -> int:
         self.askers.add(threading.current_thread().name)
