@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import stat
 import struct
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ class TokenFileKind:
     instead: str
     #: where a correct token comes from, e.g. "as `audit-collector users add` printed it"
     source: str
-    #: how to make the file when it does not exist; ``{path}`` is replaced by its path
+    #: how to make the file when it does not exist; ``{path}`` is replaced by its path,
+    #: quoted for a shell
     create: str
 
 
@@ -77,8 +79,9 @@ def read_token_file(path: Path, kind: TokenFileKind) -> str:
     except FileNotFoundError:
         # A first use (a path copied from the docs): say where a token comes from, and
         # make the file its owner's alone from the start, not refused for its mode next.
+        # Quoted: the command is pasted in a shell as it is.
         raise TokenFileError(f"{kind.name} {path} does not exist: "
-                             f"{kind.create.format(path=path)}") from None
+                             f"{kind.create.format(path=shlex.quote(str(path)))}") from None
     except OSError as exc:
         raise TokenFileError(f"cannot read {kind.name} {path}: {exc}") from None
     if len(data) > MAX_TOKEN_FILE:

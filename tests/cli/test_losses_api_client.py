@@ -303,6 +303,18 @@ def test_a_missing_token_file_says_how_to_make_one(tmp_path: Path) -> None:
     assert api_client.TOKEN_ENV in message
 
 
+def test_the_command_that_makes_a_missing_token_file_can_be_pasted_as_it_is(
+        tmp_path: Path) -> None:
+    """A path with a space (or a quote) in it made a command that wrote elsewhere, or
+    failed, pasted in a shell."""
+    import shlex
+
+    path = tmp_path / "audit root's token"
+    with pytest.raises(api_client.ApiClientError) as refused:
+        api_client.reader_token(path)
+    assert f"--root > {shlex.quote(str(path))})" in str(refused.value)
+
+
 @pytest.mark.parametrize("mode", ["644", "640", "604", "620"])
 def test_a_token_file_other_users_can_reach_is_refused_without_showing_it(
         tmp_path: Path, mode: str) -> None:
