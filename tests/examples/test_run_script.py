@@ -184,8 +184,9 @@ def _kill_all(proc: subprocess.Popen[str], directory: Path) -> None:
         except ProcessLookupError:
             continue  # ended meanwhile
         try:
-            os.kill(pid, signal.SIGKILL)
-            select.select([ended], [], [], 30)  # readable once the process has ended
+            if pid in _processes_in(directory):  # the pidfd's, not a reused number's
+                signal.pidfd_send_signal(ended, signal.SIGKILL)
+                select.select([ended], [], [], 30)  # readable once it has ended
         finally:
             os.close(ended)
 
