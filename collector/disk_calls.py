@@ -94,6 +94,8 @@ class DiskCalls:
         (``future.add_done_callback``)."""
         try:
             # A timeout or a cancellation ends this wrapper only: the thread runs on.
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            # Not wait_for: on Python 3.11 it drops a cancel that comes as the call ends.
+            async with asyncio.timeout(timeout):
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             raise DiskLate(late) from None

@@ -246,7 +246,10 @@ class _Sessions:
 
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
         try:
-            await asyncio.wait_for(writer.drain(), self.settings.write_timeout)
+            # Not wait_for (here and below): on Python 3.11 it drops a cancel (a stop's)
+            # that comes as the drain ends.
+            async with asyncio.timeout(self.settings.write_timeout):
+                await writer.drain()
         except TimeoutError:
             raise ConnectionError("client does not read its replies") from None
 
@@ -259,7 +262,8 @@ class _Sessions:
         with contextlib.suppress(Exception):
             if error is not None and not writer.is_closing():
                 writer.write(error.encode())
-                await asyncio.wait_for(writer.drain(), CLOSE_GRACE)
+                async with asyncio.timeout(CLOSE_GRACE):
+                    await writer.drain()
         if abort:
             # Not close() as well: a TLS transport closed after its abort drops its
             # protocol, and its next call raises AttributeError.
@@ -268,7 +272,8 @@ class _Sessions:
             writer.close()
         with contextlib.suppress(Exception):  # the connection's own failure: closed
             try:
-                await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE)
+                async with asyncio.timeout(CLOSE_GRACE):
+                    await writer.wait_closed()
             except TimeoutError:
                 # A client that does not let go: over TLS, close() waits for its answer
                 # to close_notify (asyncio: up to 30 s), on plain TCP for it to read what

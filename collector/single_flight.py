@@ -71,8 +71,11 @@ class SingleFlight(Generic[T_co]):
         way may have looked at before the change."""
         try:
             # A timeout cancels only this caller's wrapper: the flight is running, and a
-            # running concurrent future cannot be cancelled.
-            return await asyncio.wait_for(self._landed(fresh), timeout)
+            # running concurrent future cannot be cancelled. Not wait_for: on Python 3.11
+            # it drops a cancel that comes as the reading lands, and the stats task a
+            # stop cancelled went on writing the stats file for good.
+            async with asyncio.timeout(timeout):
+                return await self._landed(fresh)
         except TimeoutError:
             raise Unanswered(self._late(timeout)) from None
 
