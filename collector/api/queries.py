@@ -106,22 +106,30 @@ class QueryPool:
         reader: Reader | None = None
         try:
             while (job := self._jobs.get()) is not None:
-                if not job.result.set_running_or_notify_cancel():
-                    continue  # its caller stopped waiting (503) before it was taken
-                job.taken.set_result(None)
-                try:
-                    if reader is None:
-                        reader = Reader(self.data_dir)
-                    with time_limit(self._query_timeout, "query_timeout"):
-                        outcome = job.work(reader)
-                except BaseException as exc:  # noqa: BLE001 - raised in the caller
-                    job.result.set_exception(exc)
-                else:
-                    job.result.set_result(outcome)
+                reader = self._run(job, reader)
+                # Not held while waiting for the next: an idle thread kept its last job,
+                # the answer (an export's page and its bytes) and the work's page with it.
+                del job
         finally:
             if reader is not None:
                 reader.close()
             ended.set_result(None)
+
+    def _run(self, job: _Job[Any], reader: Reader | None) -> Reader | None:
+        """``job`` on this thread's Reader (opened at its first job); returns the Reader."""
+        if not job.result.set_running_or_notify_cancel():
+            return reader  # its caller stopped waiting (503) before it was taken
+        job.taken.set_result(None)
+        try:
+            if reader is None:
+                reader = Reader(self.data_dir)
+            with time_limit(self._query_timeout, "query_timeout"):
+                outcome = job.work(reader)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller
+            job.result.set_exception(exc)
+        else:
+            job.result.set_result(outcome)
+        return reader
 
     def _stop(self) -> list[concurrent.futures.Future[None]]:
         """No more queries; each thread ends once its query (if any) ends."""
