@@ -256,6 +256,18 @@ def test_a_reader_opened_before_an_in_place_repair_refuses_it_and_stats_says_so(
         reader.close()
 
 
+def _run_without(missing: str, command: list[str], data_dir: Path
+                 ) -> subprocess.CompletedProcess[str]:
+    """``audit-collector COMMAND --data-dir DATA_DIR`` in a process where importing
+    ``missing`` raises ModuleNotFoundError (None in ``sys.modules``), as when it is not
+    installed."""
+    run = (f"import sys; sys.modules[{missing!r}] = None; from collector.cli import main; "
+           f"sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", run, *command, "--data-dir", str(data_dir)],
+                          cwd=ROOT, text=True, capture_output=True, timeout=60, check=False,
+                          env=ENV)
+
+
 @pytest.mark.parametrize(("missing", "command"), [
     ("uvicorn", ["serve", "--api-listen", ""]),
     ("opentelemetry.sdk", ["stats"]),
@@ -266,13 +278,7 @@ def test_a_command_without_the_collector_extra_says_how_to_install_it(
     """`pip install /path/to/audit-middleware` (the app side) installs the
     `audit-collector` script too: serve, stats and verify ended in a ModuleNotFoundError
     traceback, without a word of the `collector` extra."""
-    # None in sys.modules: importing the module raises ModuleNotFoundError, as when it
-    # is not installed.
-    run = (f"import sys; sys.modules[{missing!r}] = None; from collector.cli import main; "
-           f"sys.exit(main(sys.argv[1:]))")
-    done = subprocess.run([sys.executable, "-c", run, *command, "--data-dir",
-                           str(tmp_path / "data")], cwd=ROOT, text=True,
-                          capture_output=True, timeout=60, check=False, env=ENV)
+    done = _run_without(missing, command, tmp_path / "data")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert f"audit-collector {command[0]}: {missing}" in done.stderr
@@ -292,11 +298,7 @@ def test_a_missing_module_that_is_not_the_collector_extra_is_not_said_to_be(
     """Only a module of the extra itself is 'not installed: install the extra': any
     other ModuleNotFoundError was told so too, its traceback hidden, and installing the
     extra again (already there) changed nothing."""
-    run = (f"import sys; sys.modules[{missing!r}] = None; from collector.cli import main; "
-           f"sys.exit(main(sys.argv[1:]))")
-    done = subprocess.run([sys.executable, "-c", run, *command, "--data-dir",
-                           str(tmp_path / "data")], cwd=ROOT, text=True,
-                          capture_output=True, timeout=60, check=False, env=ENV)
+    done = _run_without(missing, command, tmp_path / "data")
     assert done.returncode == 1, done.stderr
     assert "Traceback" in done.stderr and f"ModuleNotFoundError: import of {missing}" in done.stderr
     assert "collector` extra" not in done.stderr
