@@ -47,17 +47,15 @@ def refusal_answer(retry_after: int = RETRY_AFTER) -> bytes:
 _ANSWER: Final = refusal_answer()
 
 
-def refuse(sock: socket.socket) -> bool:
+def refuse(sock: socket.socket) -> None:
     """Answers ``sock`` with the refusal, as far as the kernel takes it at once, and
-    closes it. True when the answer was sent whole."""
+    closes it."""
     try:
         sock.setblocking(False)
-        whole = sock.send(_ANSWER) == len(_ANSWER)
-        if whole:
+        if sock.send(_ANSWER) == len(_ANSWER):
             _drop_unread(sock)
-        return whole
     except OSError:  # the buffer is full, or the client is gone: nothing to wait for
-        return False
+        pass
     finally:
         sock.close()
 

@@ -23,6 +23,7 @@ from collector.query import Page, Reader
 from collector.single_flight import Unanswered
 from collector.storage import loss_acks
 from collector.storage.conditions import FOREVER
+from collector.storage.time_limit import interruptible
 from collector.store_acknowledging import ACK_WAIT, LossAckError, UnknownSourceError
 
 from ..own_records import AUDIT_LOG_EXPORTED, AUDIT_LOG_VIEWED, AUDIT_LOSS_ACKNOWLEDGED
@@ -176,6 +177,15 @@ def _type_prefix(params: Any) -> str:
     return prefix
 
 
+def _stored_types(prefix: str, reader: Reader) -> list[str]:
+    """The first ``MAX_LISTED_TYPES + 1`` stored types beginning with ``prefix``, under the
+    query thread's time limit as every other read is (``time_limit``)."""
+    with interruptible(reader.con):
+        return [t for (t,) in reader.con.execute(
+            "SELECT type FROM types WHERE type >= ? AND type < ? ORDER BY type LIMIT ?",
+            (prefix, prefix + "{", MAX_LISTED_TYPES + 1))]
+
+
 async def event_types(request: Request) -> Response:
     """The catalogue's types and the first ``MAX_LISTED_TYPES`` stored ones, of those
     beginning with ``prefix`` if given: a store flooded with types (an app that made one
@@ -187,9 +197,7 @@ async def event_types(request: Request) -> Response:
     # The table's primary key is the type: the first ones in order without a sort, and
     # those of a prefix a range of it ("{" sorts right after "z", above every character
     # a type may hold).
-    stored = await api.pool.run(lambda r: [t for (t,) in r.con.execute(
-        "SELECT type FROM types WHERE type >= ? AND type < ? ORDER BY type LIMIT ?",
-        (prefix, prefix + "{", MAX_LISTED_TYPES + 1))])
+    stored = await api.pool.run(functools.partial(_stored_types, prefix))
     catalogue = {t for t in CATALOGUE.types if t.startswith(prefix)}
     return json_response({"types": sorted(set(stored[:MAX_LISTED_TYPES]) | catalogue),
                           "truncated": len(stored) > MAX_LISTED_TYPES})

@@ -230,6 +230,8 @@ def test_a_query_past_query_timeout_is_answered_503_query_timeout_and_frees_its_
         assert body["message"].startswith(
             "the query ran longer than 1e-06 s (query_timeout) and was stopped: narrow it "
             "with since/until")
-    assert types.status_code == 200  # a query thread (and its connection) answers again
+    # A query thread (and its connection) takes a query again: answered, or stopped by
+    # the same limit (the listing is under it too), not "all 4 query threads busy".
+    assert types.status_code == 200 or types.json()["error"] == "query_timeout", types.text
     # Nothing was read, so no read was recorded.
     assert not [r for r in stored_events(data) if r["type"].startswith("audit_log_")]
