@@ -122,3 +122,18 @@ def test_type_globs_are_matched_under_the_limit() -> None:
 
         expand_types([f"run_{n}*" for n in range(100)], ["run_1", "run_2"], check)
     assert len(looked) == 3  # stopped between globs, not after all of them
+
+
+def test_the_event_types_listing_is_under_the_limit_too(
+        reader: Reader, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GET /api/v1/event-types`` reads on a query thread as the searches do: its
+    statement is stopped past the thread's limit, and the connection answers next."""
+    from collector.api.routes import _stored_types
+
+    clock = Clock(monkeypatch)
+    monkeypatch.setattr(time_limit, "PROGRESS_STEPS", 1)  # a look at the clock each step
+    with time_limit.time_limit(30.0, "query_timeout"):
+        clock.late()
+        with pytest.raises(QueryTimeoutError):
+            _stored_types("", reader)
+    assert _stored_types("", reader) == ["credentials_created"]
