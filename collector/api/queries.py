@@ -64,7 +64,6 @@ class QueryPool:
         self._size = threads
         self._query_timeout = query_timeout
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
         self._ended: list[concurrent.futures.Future[None]] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -90,16 +89,15 @@ class QueryPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the query API is stopping: no more queries")
-            if len(self._threads) < self._size:
+            if len(self._ended) < self._size:
                 self._start_thread()
         self._jobs.put(job)
 
     def _start_thread(self) -> None:
         ended: concurrent.futures.Future[None] = concurrent.futures.Future()
-        thread = threading.Thread(target=self._serve, args=(ended,), daemon=True,
-                                  name=f"audit-api-query-{len(self._threads)}")
-        thread.start()
-        self._threads.append(thread)
+        # One per thread started: how many there are, and what a stop waits for.
+        threading.Thread(target=self._serve, args=(ended,), daemon=True,
+                         name=f"audit-api-query-{len(self._ended)}").start()
         self._ended.append(ended)
 
     def _serve(self, ended: concurrent.futures.Future[None]) -> None:

@@ -27,16 +27,16 @@ from .headers import security_headers
 _DRAIN: Final = 64 * 1024
 
 
-def refusal_answer(retry_after: int = RETRY_AFTER) -> bytes:
+def refusal_answer() -> bytes:
     """The whole HTTP response to a refused connection."""
     body = orjson.dumps({
         "error": "unavailable",
         "message": "the collector's query API has too many connections open; retry in "
-                   f"{retry_after} seconds"})
+                   f"{RETRY_AFTER} seconds"})
     head = [b"HTTP/1.1 503 Service Unavailable",
             b"Content-Type: application/json",
             b"Content-Length: %d" % len(body),
-            b"Retry-After: %d" % retry_after,
+            b"Retry-After: %d" % RETRY_AFTER,
             b"Connection: close",
             # Every answer of the API carries them (``collector.api.headers``); over
             # plain HTTP, so no HSTS.
