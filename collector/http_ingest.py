@@ -67,8 +67,7 @@ class _Submitted:
     """A request's events handed to the store: what its answer needs, and no more."""
 
     source: str
-    good: int  # events handed to the store
-    good_at: list[int]  # each of those events' index in the request
+    good_at: list[int]  # the request index of each event handed to the store
     rejected: list[dict[str, Any]]
     repeated: list[str]  # ids given twice in the request
     stored: Future[Any] | None  # the store's answer; None when nothing was good
@@ -246,7 +245,7 @@ class HttpIngest:
         self.counters["events_rejected"] += len(rejected)
         if rejected:
             self._log_rejections(source, rejected)
-        return _Submitted(source, len(good), good_at, rejected, repeated,
+        return _Submitted(source, good_at, rejected, repeated,
                           self._stored(good, source) if good else None)
 
     def _stored(self, good: list[dict[str, Any]], source: str) -> Future[Any]:
@@ -269,7 +268,7 @@ class HttpIngest:
             except Exception as exc:  # noqa: BLE001 - any store failure: no ack, retryable
                 self.counters["storage_errors"] += 1
                 log.error("http ingest: the store failed to write %d events: %s",
-                          submitted.good, exc)
+                          len(good_at), exc)
                 return _error(503, "storage_unavailable", f"events not stored "
                               f"({exc or type(exc).__name__}); send them again later",
                               headers=retry_after(RETRY_AFTER))
