@@ -272,12 +272,13 @@ def _run_without(missing: str, command: list[str], data_dir: Path
     ("uvicorn", ["serve", "--api-listen", ""]),
     ("opentelemetry.sdk", ["stats"]),
     ("cryptography", ["verify"]),
+    ("cryptography", ["keys", "list"]),
 ])
 def test_a_command_without_the_collector_extra_says_how_to_install_it(
         tmp_path: Path, missing: str, command: list[str]) -> None:
     """`pip install /path/to/audit-middleware` (the app side) installs the
-    `audit-collector` script too: serve, stats and verify ended in a ModuleNotFoundError
-    traceback, without a word of the `collector` extra."""
+    `audit-collector` script too: serve, stats, verify and keys ended in a
+    ModuleNotFoundError traceback, without a word of the `collector` extra."""
     done = _run_without(missing, command, tmp_path / "data")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
