@@ -73,3 +73,11 @@ async def closed_at_once(timeout: float) -> int:
     """``Api.aclose`` of a stand-in API (what ``ApiServer.shutdown`` closes): no query
     thread to wait for."""
     return 0
+
+
+def client_of(app: Starlette, token: str | None = None, **headers: str) -> httpx.AsyncClient:
+    """An in-process client of ``app`` (no socket), as ``token``'s reader if given."""
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                             base_url="http://localhost", headers=headers)

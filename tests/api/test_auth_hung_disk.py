@@ -12,23 +12,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
 from collector import metrics
 from collector.api.auth import SESSION_COOKIE
 from collector.readers import Readers
-from tests.api.served import served_app
+from tests.api.served import client_of, served_app
 from tests.collector.storage_helpers import Hold, open_store
 
 #: Seconds a test waits for what must come: a bound on a failure, not a timing.
 BOUND = 20
 
 Ask = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
-
-
-def client_of(app: Starlette, **headers: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                             base_url="http://localhost", headers=headers)
 
 
 def by_token(token: str) -> Ask:
@@ -137,7 +131,7 @@ def test_a_reader_removed_while_a_reading_runs_is_refused_at_its_next_request(
         monkeypatch.setattr(flight, "_landed", landed)
 
         async def run() -> tuple[httpx.Response, httpx.Response]:
-            async with client_of(app, Authorization=f"Bearer {token}") as client:
+            async with client_of(app, token) as client:
                 before = asyncio.ensure_future(client.get("/api/v1/audit-logs"))
                 before.add_done_callback(lambda _: before_answered.set())
                 assert await asyncio.to_thread(looked.wait, BOUND)

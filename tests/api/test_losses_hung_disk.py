@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
 from collector import metrics
 from collector.api import routes
@@ -26,7 +25,7 @@ from collector.readers import Readers
 from collector.storage import loss_acks
 from collector.storage.records import encode_events
 from collector.store import Store
-from tests.api.served import served_app
+from tests.api.served import client_of, served_app
 from tests.collector.storage_helpers import Hold, events, open_store
 
 #: The loop's default pool in these tests: fewer threads than requests, so that requests
@@ -47,12 +46,6 @@ def lossy(tmp_path: Path) -> Iterator[tuple[Store, str]]:
     with open_store(data) as store:
         store.submit_encoded(encode_events(events(2)), "app-1", [1, 4], 4).result()
         yield store, token
-
-
-def client_of(app: Starlette, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                             base_url="http://localhost",
-                             headers={"Authorization": f"Bearer {token}"})
 
 
 def acknowledge(client: httpx.AsyncClient) -> asyncio.Future[httpx.Response]:

@@ -16,7 +16,7 @@ from collector.api.queries import DEFAULT_THREADS, busy_message
 from collector.disk_calls import RETRY_AFTER
 from collector.query import Reader
 from collector.readers import Readers
-from tests.api.served import served_app
+from tests.api.served import client_of, served_app
 from tests.collector.storage_helpers import Hold, open_store
 
 #: Seconds a test waits for what must come: a bound on a failure, not a timing.
@@ -35,10 +35,7 @@ def test_a_query_that_finds_every_thread_held_answers_503_instead_of_queueing(
         hung = Hold(monkeypatch, Reader, "find")
 
         async def run() -> tuple[httpx.Response, list[httpx.Response], httpx.Response]:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://localhost",
-                                         headers={"Authorization": f"Bearer {token}"}
-                                         ) as client:
+            async with client_of(app, token) as client:
                 try:
                     stuck = [asyncio.ensure_future(client.get(LOOKUP))
                              for _ in range(DEFAULT_THREADS)]

@@ -23,7 +23,7 @@ from collector.query import IndexUnavailableError
 from collector.readers import Readers
 from collector.storage.records import encode_events
 from collector.store import Store
-from tests.api.served import served_app
+from tests.api.served import client_of, served_app
 from tests.collector.storage_helpers import Hold, events, open_store
 
 LOOKUP = "/api/v1/audit-logs/019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11"
@@ -46,10 +46,7 @@ class Served:
         return asyncio.run(self._ask("POST", path, json))
 
     async def _ask(self, method: str, path: str, json: Any = None) -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
-                                     base_url="http://localhost",
-                                     headers={"Authorization": f"Bearer {self.token}"}
-                                     ) as client:
+        async with client_of(self.app, self.token) as client:
             return await asyncio.wait_for(client.request(method, path, json=json), 20)
 
 
