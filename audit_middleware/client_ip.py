@@ -216,7 +216,10 @@ def _element_for(element: str) -> str:
 
 
 def _hops(header: str, kind: ForwardedHeader) -> list[str]:
-    cut = len(header) > MAX_HEADER_CHARS and header[-MAX_HEADER_CHARS - 1] != ","
+    # Whole when a comma ends what is left off, blanks after it or not (RFC 9110 joins
+    # repeated header lines with ", ", as ``RequestContext.header`` does).
+    cut = (len(header) > MAX_HEADER_CHARS
+           and header[:-MAX_HEADER_CHARS].rstrip(" \t")[-1:] != ",")
     if len(header) > MAX_HEADER_CHARS:
         header = header[-MAX_HEADER_CHARS:]
     hops = forwarded_for_values(header) if kind == "forwarded" else header.rsplit(",", MAX_HOPS)
