@@ -3,7 +3,9 @@
 What a user asks for over HTTP (launch, delete, ...) is recorded by the route with the
 user as principal. What the backend does on its own is recorded here as ``system``:
 status changes, completion, dropping a run marked for deletion, and (through the vault)
-every credentials read a launch needs. ``tick()`` does one step of that work; the app
+every credentials read a launch needs. Like the routes' events, a run's events target its
+lineage's initial launch and name a relaunched or resumed run in ``status``
+(``Run.event_status``). ``tick()`` does one step of that work; the app
 calls it from a background loop (``create_app(jobs_interval=...)``) or when a root user
 asks (``POST /admin/jobs/tick``), which keeps tests deterministic.
 """
@@ -81,17 +83,18 @@ class RunBackend:
         for run in self.store.runs.values():
             if run.marked_for_deletion:
                 self.store.runs.remove(run.id)
-                emit_system(self.store, RUN_DROPPED, run.id, run.workspace_id)
+                emit_system(self.store, RUN_DROPPED, run.launch_id, run.workspace_id,
+                            status=run.event_status())
                 report.dropped += 1
             elif run.status == "submitted":
                 run.status = "running"
-                emit_system(self.store, RUN_STATUS_CHANGED, run.id, run.workspace_id,
-                            status=run.status)
+                emit_system(self.store, RUN_STATUS_CHANGED, run.launch_id, run.workspace_id,
+                            status=run.event_status(run.status))
                 report.status_changed += 1
             elif run.status == "running":
                 run.status = run.outcome
-                emit_system(self.store, RUN_COMPLETED, run.id, run.workspace_id,
-                            status=run.status)
+                emit_system(self.store, RUN_COMPLETED, run.launch_id, run.workspace_id,
+                            status=run.event_status(run.status))
                 report.completed += 1
         return report
 

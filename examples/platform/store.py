@@ -130,6 +130,22 @@ class Run:
     outcome: str = "succeeded"
     marked_for_deletion: bool = False
 
+    def event_status(self, status: str = "") -> str:
+        """The ``status`` of an audit event about this run (whose target is always its
+        ``launch_id``): see :func:`run_event_status`."""
+        return run_event_status(self.id, self.launch_id, status)
+
+
+def run_event_status(run_id: str, launch_id: str, status: str = "") -> str:
+    """Every event of a run targets the lineage's initial launch (the seed's rule), so a
+    relaunched or resumed run names itself after the status: ``"<status>; run <id>"``, or
+    ``"run <id>"`` with no status. The initial launch's status is left as it is. Both
+    parts are the platform's own (a run status of its closed set, a generated id), never
+    a caller's text, so nothing can forge the run a record names."""
+    if run_id == launch_id:
+        return status
+    return f"{status}; run {run_id}" if status else f"run {run_id}"
+
 
 @dataclass
 class Bucket:

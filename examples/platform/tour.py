@@ -106,7 +106,9 @@ def _runs(tour: Tour, ws: str) -> None:
         "POST", f"{ws}/runs/{tour.ids['relaunched_run']}/resume")["id"]
     tour.call("POST", "/admin/jobs/tick", as_root=True)  # submitted -> running
     tour.call("POST", "/admin/jobs/tick", as_root=True)  # running -> succeeded
-    tour.call("DELETE", f"{ws}/runs/{tour.ids['external_run']}")
+    # The resumed run (a resume of a relaunch) is deleted: its events, to the drop, all
+    # target the initial launch.
+    tour.call("DELETE", f"{ws}/runs/{tour.ids['resumed_run']}")
     tour.call("POST", "/admin/jobs/tick", as_root=True)  # drops the deleted run
 
 

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from audit_middleware.catalogue import SEED_CATALOGUE
 from audit_middleware.event import FIELDS
 from examples.platform.tour import run_tour
+from tests.examples.run_lineage import LATER, follow_runs
 
 SEED_TYPES = {t for actions in SEED_CATALOGUE.values() for t in actions.values()}
 RFC3339_MICROS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
@@ -31,6 +32,18 @@ def test_every_record_is_one_schema_v1_line(platform: TestClient, audit) -> None
         assert tuple(record)[: len(FIELDS)] == FIELDS
         assert record["v"] == 1
         assert RFC3339_MICROS.fullmatch(record["created"]), record
+
+
+def test_every_run_of_the_tour_can_be_followed_to_its_launch_from_the_records_alone(
+    platform: TestClient, audit
+) -> None:
+    ids = run_tour(platform).ids
+    launch_of = follow_runs(audit.records())
+    assert launch_of == {ids["run"]: ids["run"], ids["external_run"]: ids["external_run"],
+                         ids["relaunched_run"]: ids["run"], ids["resumed_run"]: ids["run"]}
+    # The tour's resumed run (a resume of a relaunch) goes through every later event.
+    resumed = {r["type"] for r in audit.records() if r["status"].endswith(ids["resumed_run"])}
+    assert resumed == {"run_resumed", *LATER}
 
 
 def test_event_ids_are_unique_uuid7_in_emit_order(platform: TestClient, audit) -> None:

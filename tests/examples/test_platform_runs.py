@@ -1,6 +1,7 @@
-"""Runs: the seed's rules. Relaunches and resumes are recorded against the initial
-launch run id; a delete is two events (the user's, then the backend's drop); the
-backend's own work (status changes, completion, credentials reads) is ``system``."""
+"""Runs: the seed's rules. Every event of a relaunched or resumed run is recorded
+against the initial launch run id, naming the run itself in ``status``; a delete is two
+events (the user's, then the backend's drop); the backend's own work (status changes,
+completion, credentials reads) is ``system``."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_a_run_created_outside_the_platform_reads_no_credentials(
     assert audit.records() == [place.expect("run_created", run)]
 
 
-def test_relaunch_and_resume_are_recorded_with_the_initial_launch_run_id(
+def test_relaunch_and_resume_are_recorded_with_the_initial_launch_run_id_naming_the_new_run(
     platform: TestClient, audit, place, setup
 ) -> None:
     first = launch(platform, place, setup)
@@ -64,8 +65,48 @@ def test_relaunch_and_resume_are_recorded_with_the_initial_launch_run_id(
     assert len({first, relaunched["id"], resumed["id"]}) == 3  # three distinct runs
     launches = [r for r in audit.records() if r["type"] != "credentials_accessed"]
     assert launches == [place.expect("run_launched", first),
-                        place.expect("run_relaunched", first),
-                        place.expect("run_resumed", first)]
+                        place.expect("run_relaunched", first, status=f"run {relaunched['id']}"),
+                        place.expect("run_resumed", first, status=f"run {resumed['id']}")]
+
+
+def test_every_later_event_of_a_relaunched_run_targets_the_initial_launch_naming_the_run(
+    platform: TestClient, audit, place, setup
+) -> None:
+    first = launch(platform, place, setup, outcome="failed")
+    relaunched = platform.post(f"{place.path}/runs/{first}/relaunch").json()["id"]
+    # A resume of the relaunch: two steps from the initial launch.
+    resumed = platform.post(f"{place.path}/runs/{relaunched}/resume").json()["id"]
+    tick(platform)
+    audit.events.clear()
+    tick(platform)
+    assert platform.delete(f"{place.path}/runs/{resumed}").status_code == 202
+    tick(platform)
+    assert audit.records() == [
+        place.expect("run_completed", first, principal="system", status="failed"),
+        place.expect("run_completed", first, principal="system",
+                     status=f"failed; run {relaunched}"),
+        place.expect("run_completed", first, principal="system",
+                     status=f"failed; run {resumed}"),
+        place.expect("run_deleted", first, status=f"run {resumed}"),
+        place.expect("run_dropped", first, principal="system", status=f"run {resumed}"),
+    ]
+    # The HTTP API still addresses each run by its own id.
+    assert platform.get(f"{place.path}/runs/{relaunched}").json()["id"] == relaunched
+    assert platform.get(f"{place.path}/runs/{resumed}").status_code == 404
+
+
+def test_a_status_change_of_a_relaunched_run_names_the_run_after_its_status(
+    platform: TestClient, audit, place, setup
+) -> None:
+    first = launch(platform, place, setup)
+    relaunched = platform.post(f"{place.path}/runs/{first}/relaunch").json()["id"]
+    audit.events.clear()
+    tick(platform)
+    assert audit.records() == [
+        place.expect("run_status_changed", first, principal="system", status="running"),
+        place.expect("run_status_changed", first, principal="system",
+                     status=f"running; run {relaunched}"),
+    ]
 
 
 def test_every_relaunch_reads_the_credentials_again(platform, audit, place, setup) -> None:

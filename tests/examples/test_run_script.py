@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from audit_middleware.catalogue import SEED_CATALOGUE
 from collector.query import iter_records
 from collector.storage.data_dir_lock import lock_data_dir
 from examples.platform.auth import ALICE
+from tests.examples.run_lineage import follow_runs
 from tests.faults.fleet import wait_for
 from tests.faults.test_unread_replies import Pusher
 
@@ -62,6 +64,10 @@ def test_once_ships_every_catalogue_event_to_the_collector_and_exits(tmp_path: P
     assert result.returncode == 0, result.stderr
     written = records(tmp_path)
     assert {r["type"] for r in written} == SEED_TYPES
+    # Every run event leads to its initial launch: the tour's launch, relaunched then
+    # resumed (three runs), and its external run.
+    launch_of = follow_runs(written)
+    assert sorted(Counter(launch_of.values()).values()) == [1, 3], launch_of
     assert f"{len(written)} audit events from the example traffic acknowledged" in result.stdout
     assert str(tmp_path / "audit-data") in result.stdout
     assert "query --data-dir audit-data" in result.stdout

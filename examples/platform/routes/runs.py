@@ -1,7 +1,9 @@
 """Runs. A launch, relaunch or resume reads the compute environment's credentials (a
-``credentials_accessed`` by ``system``, from the vault). Relaunches and resumes are
-recorded against the *initial launch* run id, the lineage's ``launch_id``. Deleting
-only marks a run; the backend drops it later (``run_dropped``, by ``system``)."""
+``credentials_accessed`` by ``system``, from the vault). Every event of a run is recorded
+against the *initial launch* run id, the lineage's ``launch_id``; a relaunched or resumed
+run, whose own id differs, is named in ``status`` (``run <id>``), so the log alone tells
+the runs of a lineage apart. The API still addresses a run by its own id. Deleting only
+marks a run; the backend drops it later (``run_dropped``, by ``system``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from audit_middleware import audited, from_result
+from audit_middleware import AuditCall, audited, from_result
 from audit_middleware.catalogue import (
     RUN_CREATED,
     RUN_DELETED,
@@ -20,11 +22,19 @@ from audit_middleware.catalogue import (
 
 from ..jobs import OUTCOMES
 from ..payload import json_object, optional_text, text
-from ..store import Run
+from ..store import Run, run_event_status
 from ._common import backend, created, ok, store, workspace
 
+#: Every run event's target: the lineage's initial launch, at any relaunch depth.
+INITIAL_LAUNCH = from_result("launch_id")
 
-@audited(RUN_LAUNCHED, target=from_result("id"))
+
+def this_run(call: AuditCall) -> str:
+    """Every run event's status: the run itself, when it is not the initial launch."""
+    return run_event_status(call.result_value("id"), call.result_value("launch_id"))
+
+
+@audited(RUN_LAUNCHED, target=INITIAL_LAUNCH, status=this_run)
 async def launch_run(request: Request) -> JSONResponse:
     ws = workspace(request)
     body = await json_object(request)
@@ -40,20 +50,20 @@ async def launch_run(request: Request) -> JSONResponse:
     return created(_public(run))
 
 
-@audited(RUN_CREATED, target=from_result("id"))
+@audited(RUN_CREATED, target=INITIAL_LAUNCH, status=this_run)
 async def create_run(request: Request) -> JSONResponse:
     ws = workspace(request)
     repository = text(await json_object(request), "repository")
     return created(_public(backend(request).record_external(ws.id, repository)))
 
 
-@audited(RUN_RELAUNCHED, target=from_result("launch_id"))
+@audited(RUN_RELAUNCHED, target=INITIAL_LAUNCH, status=this_run)
 async def relaunch_run(request: Request) -> JSONResponse:
     ws = workspace(request)
     return created(_public(backend(request).relaunch(ws.id, request.path_params["run_id"])))
 
 
-@audited(RUN_RESUMED, target=from_result("launch_id"))
+@audited(RUN_RESUMED, target=INITIAL_LAUNCH, status=this_run)
 async def resume_run(request: Request) -> JSONResponse:
     ws = workspace(request)
     return created(_public(backend(request).relaunch(ws.id, request.path_params["run_id"])))
@@ -65,7 +75,7 @@ async def get_run(request: Request) -> JSONResponse:
                                               workspace_id=ws.id)))
 
 
-@audited(RUN_DELETED, target="run_id")
+@audited(RUN_DELETED, target=INITIAL_LAUNCH, status=this_run)
 async def delete_run(request: Request) -> JSONResponse:
     ws = workspace(request)
     run = backend(request).mark_for_deletion(ws.id, request.path_params["run_id"])
