@@ -333,8 +333,7 @@ class CollectorSink:
                                                   chunk.numbered)):
             self.spooled.add(len(chunk))
         else:
-            self._drop(len(chunk), f"the spool {self._spool.directory} is full "
-                       f"({self._spool.max_bytes} bytes) or not writable")
+            self._drop(len(chunk), self._spool.refusal)  # the cap, or the disk's error
 
     def _retry_in_memory(self, chunk: Chunk) -> None:
         # No spool: hold this batch and retry; the queue fills meanwhile and counts drops.

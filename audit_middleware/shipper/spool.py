@@ -162,6 +162,11 @@ class Spool(_Adoption):
         self.corrupt_bytes = 0
         self.lost_events = 0
         self._write_failures = 0  # batches the disk refused in a row (see _write_failed)
+        #: Why the last batch ``append`` refused was refused: the cap, or the disk's error
+        #: (and what to do): the caller's drop reason. A fixed "full or not writable"
+        #: sent an operator of a full disk, or of a file system without ``flock``, to
+        #: ``spool_max_bytes``.
+        self.refusal = ""
         self._size_limit_said = False  # said once: a file size limit (see _file_room)
         self._place_checked = (-1, -math.inf)  # no user's place checked yet (check_place)
         self._place_problem = ""
@@ -180,6 +185,9 @@ class Spool(_Adoption):
             self.adopt_orphans()
         record = RECORD.pack(len(body), zlib.crc32(body)) + body
         if not self._room_for(len(record)):
+            self.refusal = (f"the spool {self.directory} is full (spool_max_bytes: "
+                            f"{self.max_bytes} bytes, shared by every process spooling "
+                            f"there)")
             return False
         kept = self._write(record)
         if kept is None:  # its file reached the file size limit: once more, in a new one
@@ -267,6 +275,8 @@ class Spool(_Adoption):
         likely as not on that same disk; the caller counts the batches dropped."""
         self._write_failures += 1
         n = self._write_failures
+        self.refusal = (f"the spool {self.directory} could not write it ({exc})"
+                        + (f": {why}" if why else ""))
         if worth_saying(n):
             log.error("audit spool %s: could not write a batch (%s)%s%s", self.directory,
                       exc, f": {why}" if why else "",

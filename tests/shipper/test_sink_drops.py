@@ -3,11 +3,14 @@ none, and ``wait_for_delivery`` False after any drop."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 
 import pytest
 
 from audit_middleware import emit
+from audit_middleware.shipper import spool as spool_module
 from tests.shipper.sink_helpers import Collector, SinkFactory, emit_many
 
 
@@ -20,6 +23,30 @@ def test_when_the_spool_is_full_events_are_dropped_counted_and_logged(
     stats = sink.stats()
     assert (stats["spooled"], stats["dropped"]) == (0, 50)
     assert "50 events dropped" in caplog.text and "spool" in caplog.text
+    said = [r.getMessage() for r in caplog.records if "events dropped" in r.getMessage()]
+    assert "is full (spool_max_bytes: 1000 bytes" in said[0], said
+    assert "not writable" not in said[0], said  # the cause, not a guess between two
+
+
+def test_events_dropped_for_a_spool_the_disk_refuses_are_said_with_the_disks_error(
+        make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The drop said "the spool ... is full (N bytes) or not writable" whatever the
+    cause, though the spool knew it: an operator of a full disk (or of a file system
+    without ``flock``) was sent to ``spool_max_bytes``. The drop says the disk's error."""
+    def refused(fd: int, data: bytes, offset: int, written: list[int] | None = None) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool_module, "_write_all", refused)
+    sink = make_sink()
+    with caplog.at_level(logging.ERROR, "audit_middleware"):
+        emit_many(5)
+        assert sink.flush(timeout=10)
+    assert sink.stats()["dropped"] == 5
+    said = [r.getMessage() for r in caplog.records if "events dropped" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "could not write it" in said[0] and os.strerror(errno.ENOSPC) in said[0], said
+    assert "is full" not in said[0] and "not writable" not in said[0], said
 
 
 def test_wait_for_delivery_is_false_when_events_were_dropped(make_sink: SinkFactory) -> None:
