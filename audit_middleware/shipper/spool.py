@@ -148,7 +148,8 @@ class Spool(_Adoption):
         #: The adoption lock's descriptor while this process holds it (see the module's
         #: doc); -1 when it does not.
         self._adoption = -1
-        self._adoption_failed = False  # said once: the lock could not be opened, or locked
+        self._adoption_open_said = False  # said once: the adoption lock could not be opened
+        self._no_flock_said = False  # said once: it could not be locked (no flock)
         self._used = 0  # bytes in the directory, as last counted plus our own changes
         self._counted_at = -math.inf  # when it was last counted (``_clock``)
         self._count_took = 0.0  # and how long that took

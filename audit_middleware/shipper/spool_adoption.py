@@ -50,7 +50,8 @@ class _Adoption(_HeldFiles, _SharedCap):
     _foreign_said: set[str]
     _not_files_said: set[str]
     _adoption: int
-    _adoption_failed: bool
+    _adoption_open_said: bool
+    _no_flock_said: bool
     _scanned: bool
     orphans_left: bool
     _adoption_errors: int
@@ -265,8 +266,8 @@ class _Adoption(_HeldFiles, _SharedCap):
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
                          | os.O_NONBLOCK | os.O_NOCTTY, 0o600)
         except OSError as exc:
-            if not self._adoption_failed:
-                self._adoption_failed = True
+            if not self._adoption_open_said:
+                self._adoption_open_said = True
                 log.error("audit spool %s: cannot open the adoption lock %s (%s): files left "
                           "by dead processes are adopted without it, and two processes "
                           "adopting at once may replay them out of order; let this "
@@ -287,9 +288,12 @@ class _Adoption(_HeldFiles, _SharedCap):
 
     def _say_no_flock(self, exc: OSError) -> None:
         """The adoption lock refused for want of ``flock``: taken for "another process
-        adopts", nothing was ever adopted there, and nothing said why. Said once."""
-        if not self._adoption_failed:
-            self._adoption_failed = True
+        adopts", nothing was ever adopted there, and nothing said why. Said once, on a
+        flag of its own: shared with "cannot open the adoption lock", a lock that could
+        not be opened once (a directory unwritable for a while) kept this cause unsaid
+        for the process's life."""
+        if not self._no_flock_said:
+            self._no_flock_said = True
             log.error("audit spool %s: cannot lock the adoption lock (%s): %s: spool files "
                       "left by earlier processes are not replayed. %s", self.directory,
                       exc, no_flock(self.directory), NO_FLOCK_ADVICE)

@@ -371,3 +371,36 @@ def test_orphans_on_a_file_system_without_flock_are_said_not_to_be_replayed(
     said = [r.getMessage() for r in caplog.records if "flock" in r.getMessage()]
     assert len(said) == 1, caplog.text
     assert "not replayed" in said[0] and "local file system" in said[0], said
+
+
+def test_no_flock_is_said_after_the_adoption_lock_could_not_be_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """"Cannot lock the adoption lock" (no ``flock``) shared its once-only flag with
+    "cannot open the adoption lock": once the lock could not be opened (a directory
+    unwritable for a while), the spool directory moved onto a mount without ``flock``
+    later had its orphans never replayed, and nothing said why. Each is said once now."""
+    orphans(tmp_path, 1)
+
+    class AdoptionLockRefused:
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def open(path: Path, flags: int, mode: int = 0o777) -> int:
+            if Path(path).name.startswith(spool_adoption.ADOPTING):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return os.open(path, flags, mode)
+
+    monkeypatch.setattr(spool_adoption, "os", AdoptionLockRefused())
+    adopter = Spool(tmp_path, max_bytes=1 << 20)
+    assert adopter.adopt_orphans() == 1  # adopted without the lock: said
+    assert drain(adopter) == [b"orphan 0"]
+    monkeypatch.undo()
+    assert "cannot open the adoption lock" in caplog.text
+    orphans(tmp_path, 1)
+    monkeypatch.setattr(spool_adoption, "fcntl", FcntlWithoutFlock(errno.ENOLCK))
+    assert adopter.adopt_orphans() == 0
+    said = [r.getMessage() for r in caplog.records
+            if "cannot lock the adoption lock" in r.getMessage()]
+    assert len(said) == 1 and "local file system" in said[0], caplog.text
