@@ -326,17 +326,33 @@ def _report_stranded(configured: Path, said: frozenset[str]) -> frozenset[str]:
     """Batch files in a spool directory that is not this user's alone are not replayed
     (anyone could have put them there): never silently, but said once, and again when
     they change, not at every scan (every 10 s) while the directory stays shared.
-    Returns the files said (``said``: those said before)."""
+    Returns the names said (``said``: those said before). Regular files only are
+    counted: a symbolic link named like a spool file (anyone's, in a shared directory)
+    is no batch file of this app's, is never followed, and is named for what it is."""
     try:
-        stranded = frozenset(e.name for e in os.scandir(configured) if e.name.endswith(SUFFIX))
+        named = [e for e in os.scandir(configured) if e.name.endswith(SUFFIX)]
     except OSError:
         return said
-    if stranded and stranded != said:
+    others = {e.name: kind for e in named if (kind := _not_a_file(e))}
+    count = len(named) - len(others)
+    if not count:
+        return frozenset()  # nothing stranded: whatever is stranded next is said
+    stranded = frozenset(e.name for e in named)
+    if stranded != said:
         log.error("audit spool: %d batch file(s) in %s are not replayed while others can "
                   "write the directory (anyone could have put them there): make it this "
-                  "user's alone (chmod go-w; chown) to replay them", len(stranded),
-                  configured)
+                  "user's alone (chmod go-w; chown) to replay them%s", count, configured,
+                  _besides(others))
     return stranded
+
+
+def _besides(others: dict[str, str]) -> str:
+    """What ``_report_stranded`` says of the things named like spool files that are none."""
+    if not others:
+        return ""
+    name = min(others)
+    return (f" ({len(others)} more named like spool files are no batch files, not counted, "
+            f"never followed nor replayed: {name} is {others[name]})")
 
 
 #: What ``_not_a_file`` calls a symbolic link (said with what to do: see ``_say_not_a_file``).

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from audit_middleware.shipper.spool import Spool
+from audit_middleware.shipper.spool_files import SUFFIX
 from tests.shipper.spool_helpers import drain, spool_files
 
 
@@ -200,3 +201,27 @@ def test_batch_files_stranded_in_a_shared_directory_are_said_once_until_they_cha
     directory.chmod(0o777)
     assert shared.adopt_orphans() == 0
     assert said() == 2 and "2 batch file(s) in" in caplog.records[-1].getMessage()
+
+
+def test_a_symbolic_link_in_a_shared_directory_is_not_counted_as_a_stranded_batch_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Anything named like a spool file was counted as a batch file not replayed: a
+    symbolic link (anyone's, in a shared directory; a backup tool's) made the count
+    wrong, and an operator went looking for batches that were not there. Regular files
+    only are counted, never following a link; the link is named for what it is."""
+    directory = tmp_path / "spool"
+    first = Spool(directory, max_bytes=1 << 20)
+    assert first.append(b"before")
+    first.close()
+    (real,) = spool_files(directory)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / real.name).write_bytes(real.read_bytes())  # what a link could point at
+    link = directory / ("00000000000000000001-1-aa" + SUFFIX)  # older than the real one
+    link.symlink_to(elsewhere / real.name)
+    directory.chmod(0o777)
+    shared = Spool(directory, max_bytes=1 << 20)
+    assert shared.adopt_orphans() == 0
+    said = [r.getMessage() for r in caplog.records if "batch file(s) in" in r.getMessage()]
+    assert len(said) == 1 and "1 batch file(s) in" in said[0], said
+    assert f"{link.name} is a symbolic link" in said[0], said
