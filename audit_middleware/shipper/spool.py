@@ -17,7 +17,8 @@ Orphans are adopted by one process at a time, which holds the destination's adop
 lock (an ``flock`` on ``ADOPTING`` in the directory) while it holds adopted files not
 yet replayed: two adopters at once (one took the oldest ``ADOPT_MAX``, the next scan of
 another the following ones) replayed a dead process's later batches before its earlier
-ones. The kernel releases it with a process that dies; whoever scans next goes on from
+ones. An adopted file the disk cannot read, held aside (``_read_failed``), keeps its
+own lock but not the adoption lock: others adopt meanwhile. The kernel releases it with a process that dies; whoever scans next goes on from
 the progress files. Process ids are not used (containers sharing a volume repeat them).
 
 Each file's name carries a tag of the collector its batches are for (the sink's URL:
@@ -444,6 +445,7 @@ class Spool(_Adoption):
         if head is self._active:
             self._active = None  # no more batches into a file that cannot be read
         self._unread.append(head)
+        self._release_adoption()  # others may adopt meanwhile: its own lock keeps it ours
         head.read_failures += 1
         n = head.read_failures
         if worth_saying(n):

@@ -299,12 +299,16 @@ class _Adoption(_HeldFiles, _SharedCap):
                       exc, no_flock(self.directory), NO_FLOCK_ADVICE)
 
     def _release_adoption(self) -> None:
-        """Let go of the adoption lock once every file adopted under it is replayed.
+        """Let go of the adoption lock once every file adopted under it is replayed, or
+        held aside because the disk cannot read it (``Spool._read_failed``): such a
+        file stays locked by its own ``flock`` (no other process adopts it), but kept
+        under the adoption lock, it stopped every other process adopting any orphan for
+        as long as the disk refused it (its batches come after later ones anyway).
         Unlocked, not only closed: an ``flock`` is the open file's, and a child forked
         without the at-fork hook (uWSGI) holds a copy of the descriptor until its first
         event; closed only, the lock stayed held by an idle child, and nobody adopted
         again. (A child never unlocks: see ``_forget_adoption``.)"""
-        if self._adoption >= 0 and not any(f.adopted for f in self._files + self._unread):
+        if self._adoption >= 0 and not any(f.adopted for f in self._files):
             try:
                 fcntl.flock(self._adoption, fcntl.LOCK_UN)
             except OSError:

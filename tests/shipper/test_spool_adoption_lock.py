@@ -4,6 +4,7 @@ parent."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from audit_middleware.shipper import spool_adoption
 from audit_middleware.shipper.spool import Spool
-from tests.shipper.spool_helpers import drain, orphans
+from tests.shipper.spool_helpers import drain, orphans, spool_files
 
 #: A worker that adopts orphans (``ADOPT_MAX`` set by its third argument) and says how
 #: many; on a line read, replays what it holds (each batch appended to the file that
@@ -152,3 +153,36 @@ def test_a_forked_childs_hook_leaves_its_parent_the_adoption_lock(tmp_path: Path
     finally:
         os.close(lock)
     assert drain(parent) == [b"orphan 0", b"orphan 1"]
+
+
+def test_an_adopted_file_the_disk_cannot_read_does_not_stop_others_adopting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adopted file the disk refused to read (EIO), held aside and tried again at
+    each scan, kept its adopter holding the adoption lock: no other process adopted
+    any orphan for as long as the disk refused it. The adoption lock is let go while
+    it waits; the file's own lock still keeps every other process from replaying it."""
+    (first,) = orphans(tmp_path, 1)
+    (bad,) = spool_files(tmp_path)
+    found, real_pread = bad.stat(), os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (found.st_dev, found.st_ino):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    holder = Spool(tmp_path, max_bytes=1 << 20)
+    assert holder.adopt_orphans() == 1
+    assert drain(holder) == [] and holder.unread_files == 1  # held aside
+    (later,) = orphans(tmp_path, 1)  # another process died meanwhile
+    other = Spool(tmp_path, max_bytes=1 << 20)  # another open file: flock tells them apart
+    assert other.adopt_orphans() == 1  # the new orphan, never the file held aside
+    assert holder.adopt_orphans() == 1  # tried again meanwhile: still refused
+    assert drain(holder) == []
+    assert drain(other) == [later]
+    assert other.adopt_orphans() == 0  # still the holder's
+    monkeypatch.undo()  # the disk reads it again
+    assert holder.adopt_orphans() == 1
+    assert drain(holder) == [first]
+    assert spool_files(tmp_path) == [] and not holder.replay_pending
