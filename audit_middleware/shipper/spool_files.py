@@ -61,6 +61,7 @@ class _SpoolFiles:
     _tag: str
     _directories: dict[int, Path]
     _files: list[_File]
+    _active: _File | None  # the file appended to (see ``spool_append``)
     _opening: set[int]
     #: The effective user whose spool place was last checked, and when (``check_place``).
     _place_checked: tuple[int, float]

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from audit_middleware import emit
-from audit_middleware.shipper import spool as spool_module
+from audit_middleware.shipper import spool_append
 from tests.shipper.sink_helpers import Collector, SinkFactory, emit_many
 
 
@@ -37,7 +37,7 @@ def test_events_dropped_for_a_spool_the_disk_refuses_are_said_with_the_disks_err
     def refused(fd: int, data: bytes, offset: int, written: list[int] | None = None) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(spool_module, "_write_all", refused)
+    monkeypatch.setattr(spool_append, "_write_all", refused)
     sink = make_sink()
     with caplog.at_level(logging.ERROR, "audit_middleware"):
         emit_many(5)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_middleware.shipper import spool as spool_module
+from audit_middleware.shipper import spool_append
 from audit_middleware.shipper.spool import Spool
 from audit_middleware.shipper.spool_format import RECORD
 from tests.e2e.harness import run_python
@@ -314,7 +314,7 @@ def test_a_file_system_without_flock_says_so_at_the_first_batch(
     some FUSE or SMB mounts: EOPNOTSUPP) refuses the lock each new spool file is held
     by: every batch was dropped, and the log said only "could not write a batch
     ([Errno 37] No locks available)", not what it means nor what to do."""
-    monkeypatch.setattr(spool_module, "fcntl", FcntlWithoutFlock(error))
+    monkeypatch.setattr(spool_append, "fcntl", FcntlWithoutFlock(error))
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert not spool.append(b"batch")
     assert spool_files(tmp_path) == [] and list(tmp_path.iterdir()) == []  # nothing left

@@ -282,7 +282,7 @@ def test_a_read_refused_past_a_damaged_region_costs_no_scan_budget_for_the_next_
     though nothing was skipped: each try of a file held aside paid it again, until the
     budget was spent and the next try counted the rest of the file, its valid records
     too, as corrupt. The region is paid for once, when it is skipped."""
-    from audit_middleware.shipper import spool, spool_format
+    from audit_middleware.shipper import spool_format, spool_replay
     # Eight bytes that look like a record's header (4,096 bytes, a wrong crc32), many
     # times over: the search past them costs about 2.2 MB of budget.
     junk = b"\x00\x00\x10\x00\xff\xff\xff\xff" * 600
@@ -292,13 +292,13 @@ def test_a_read_refused_past_a_damaged_region_costs_no_scan_budget_for_the_next_
         records[0] + junk + records[1])
     tmp_path.chmod(0o700)
     monkeypatch.setattr(spool_format, "_SCAN_BUDGET", 3_000_000)  # one search, not two
-    counted = spool._events_between
+    counted = spool_replay._events_between
 
     def refused_once(fd: int, start: int, stop: int) -> int:
-        monkeypatch.setattr(spool, "_events_between", counted)
+        monkeypatch.setattr(spool_replay, "_events_between", counted)
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(spool, "_events_between", refused_once)
+    monkeypatch.setattr(spool_replay, "_events_between", refused_once)
     adopter = Spool(tmp_path, max_bytes=1 << 20)
     assert adopter.adopt_orphans() == 1
     assert drain(adopter) == [first] and adopter.replay_pending  # held aside
