@@ -41,8 +41,9 @@ class _File:
     progress_fd: int = -1  # its progress file, once opened (see ``spool``'s module doc)
     progress_exists: bool = False  # made by us or found: removed with the file
     progress_failed: bool = False  # said once: writing progress failed
-    adopted: bool = False  # an orphan: the adoption lock is held until it is replayed (or
-    # held aside unread: see ``_Adoption._release_adoption``)
+    #: An orphan: the adoption lock is held until it is replayed, or held aside unread
+    #: (``_Adoption._release_adoption``).
+    adopted: bool = False
     unreadable: bool = False  # no valid record in it at all: set aside, not removed
     read_failures: int = 0  # reads of it the disk refused (see Spool._read_failed)
     #: The body length of the record :meth:`Spool.peek` last returned (at ``read_pos``),
