@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,6 @@ from tests.e2e.harness import wait_until
 from tests.otel.otlp_receiver import OTLPReceiver, any_value, attributes
 
 TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(StorageSettings(data_dir=tmp_path / "data")) as opened:
-        yield opened
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as started:
-        yield started
 
 
 def settings(receiver: OTLPReceiver, **overrides: Any) -> ForwardSettings:
