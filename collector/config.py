@@ -71,6 +71,7 @@ class CollectorConfig:
     forward_timeout: float
     forward_backoff_max: float
     forward_from: str
+    forward_on_refused: str
     config_file: Path | None = None
     #: where each value came from: "default", "flag --x", "env AUDIT_X", "file PATH"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -313,7 +314,8 @@ def check(config: CollectorConfig) -> None:
         # As the API's TLS files without api_listen: a forwarder setting without a
         # forwarder is a mistake to say, not to ignore.
         given = [name for name in ("forward_headers", "forward_batch", "forward_timeout",
-                                   "forward_backoff_max", "forward_from")
+                                   "forward_backoff_max", "forward_from",
+                                   "forward_on_refused")
                  if config.sources.get(name, "default") != "default"]
         if given:
             raise ConfigError(f"{', '.join(given)} set but forward_endpoint is empty: set "

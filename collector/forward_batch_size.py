@@ -69,6 +69,11 @@ class BatchSize:
         if sent == 1:
             self._refused_alone = True
 
+    def skipped_alone(self) -> None:
+        """The record refused on its own was skipped (``forward_on_refused``): as when
+        it passes, the 400s were that record's, and batches are full again."""
+        self.accepted(1)
+
     def accepted(self, sent: int) -> None:
         """An export passed. After a record refused on its own, the batches are full
         again (the 400 was that record's). Else the size that passed is kept, and

@@ -21,6 +21,10 @@ backup while this file stayed), whose records under that seq and below it the en
 never received. The forwarder compares it with the record it finds at that seq. Files
 written by older versions have no ``event_id`` (nothing to compare: used as before) and
 get one at the next save.
+
+It keeps the last records skipped as refused (``skipped_refused``: seq, event id, the
+receiver's reason, when; ``forward_on_refused = "skip"``), so that they can be found
+again after the log has rotated; every save carries them over.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from collector.endpoint_url import shown_endpoint, without_credentials
+from collector.forward_refused import KEPT, SkippedRecord
 from collector.storage.regular_files import replace_file
 from collector.storage.segments import FILE_MODE
 from collector.validation import is_event_id
@@ -58,6 +63,8 @@ class Checkpoint:
     event_id: str | None = None
     #: ``sha256:SALT:HEX`` of the endpoint's key (None: a file an older version wrote).
     endpoint_digest: str | None = None
+    #: The last records skipped as refused, oldest first (at most ``KEPT``).
+    skipped_refused: tuple[SkippedRecord, ...] = ()
 
     def names(self, endpoint: str) -> bool:
         """Whether this checkpoint is ``endpoint``'s."""
@@ -70,12 +77,15 @@ class Checkpoint:
 class CheckpointFile:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        #: The file's ``skipped_refused``, carried over by every save (None: not read).
+        self._kept: tuple[SkippedRecord, ...] | None = None
 
     def load(self) -> Checkpoint | None:
         """The stored checkpoint, or None when there is none yet."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
+            self._kept = ()
             return None
         except OSError as exc:
             raise CheckpointError(f"cannot read the forward checkpoint {self.path}: {exc}"
@@ -83,7 +93,8 @@ class CheckpointFile:
         try:
             value = orjson.loads(data)
             checkpoint = Checkpoint(value["endpoint"], value["seq"], value["updated"],
-                                    value.get("event_id"), value.get("endpoint_digest"))
+                                    value.get("event_id"), value.get("endpoint_digest"),
+                                    _skipped_records(value.get("skipped_refused", [])))
             if (type(checkpoint.seq) is not int or checkpoint.seq < 0
                     or not isinstance(checkpoint.endpoint, str)
                     # What no save writes, compared with the record at ``seq``, was
@@ -97,12 +108,14 @@ class CheckpointFile:
                 f"the forward checkpoint {self.path} is damaged ({data[:80]!r}): move it "
                 f"away to forward again from forward_from (records already sent are sent "
                 f"again, which OTLP receivers may deduplicate by log.record.uid)") from None
+        self._kept = checkpoint.skipped_refused
         return checkpoint
 
     def of(self, endpoint: str) -> Checkpoint | None:
         """The checkpoint of ``endpoint``, or None when it has none here."""
         checkpoint = self.load()
         if checkpoint is None or not checkpoint.names(endpoint):
+            self._kept = ()  # (another endpoint's records skipped are not carried over)
             return None
         return checkpoint
 
@@ -118,14 +131,41 @@ class CheckpointFile:
         return checkpoint is not None and \
             shown_endpoint(checkpoint.endpoint) != checkpoint.endpoint
 
-    def save(self, endpoint: str, seq: int, event_id: str | None) -> None:
-        """``event_id``: the id of the event stored at ``seq`` (None only for seq 0)."""
+    def save(self, endpoint: str, seq: int, event_id: str | None,
+             skipped: SkippedRecord | None = None) -> None:
+        """``event_id``: the id of the event stored at ``seq`` (None only for seq 0).
+        ``skipped``: a record skipped as refused, added to those the file keeps."""
+        if self._kept is None:
+            self.of(endpoint)
+        kept = self._kept or ()
+        if skipped is not None:
+            kept = (*kept, skipped)[-KEPT:]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        data = orjson.dumps({"endpoint": shown_endpoint(endpoint),
-                             "endpoint_digest": endpoint_digest(endpoint, os.urandom(8).hex()),
-                             "seq": seq, "event_id": event_id, "updated": stamp},
-                            option=orjson.OPT_APPEND_NEWLINE)
-        replace_file(self.path, data, FILE_MODE)
+        value: dict[str, object] = {
+            "endpoint": shown_endpoint(endpoint),
+            "endpoint_digest": endpoint_digest(endpoint, os.urandom(8).hex()),
+            "seq": seq, "event_id": event_id, "updated": stamp}
+        if kept:
+            value["skipped_refused"] = [record.as_json() for record in kept]
+        replace_file(self.path, orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE),
+                     FILE_MODE)
+        self._kept = kept  # (only once written: a save that failed added nothing)
+
+
+def _skipped_records(value: object) -> tuple[SkippedRecord, ...]:
+    """The file's ``skipped_refused``; TypeError when it is not what ``save`` writes."""
+    if not isinstance(value, list):
+        raise TypeError
+    records = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"seq", "event_id", "reason", "skipped"}:
+            raise TypeError
+        record = SkippedRecord(**item)
+        if (type(record.seq) is not int or record.seq < 1 or not is_event_id(record.event_id)
+                or not isinstance(record.reason, str) or not isinstance(record.skipped, str)):
+            raise TypeError
+        records.append(record)
+    return tuple(records)
 
 
 #: ``sha256:SALT:HEX``: SALT 16 hex digits, HEX a SHA-256.

@@ -11,14 +11,21 @@ from typing import Any, Final, Literal
 from urllib.parse import unquote
 
 from collector.endpoint_url import shown_endpoint
+from collector.forward_refused import ON_REFUSED, OnRefused
 
-__all__ = ["MAX_BATCH", "SERVICE_NAME", "ForwardError", "ForwardSettings", "forward_settings",
+__all__ = ["MAX_BATCH", "ON_REFUSED_CHOICES", "SERVICE_NAME", "ForwardError", "ForwardSettings", "forward_settings",
            "parse_headers"]
 
 SERVICE_NAME: Final = "audit-collector"
 MAX_BATCH: Final = 10_000
 #: An HTTP field name (RFC 9110 token).
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+#: What forward_on_refused may be, as its refusal says it.
+ON_REFUSED_CHOICES: Final = ("'hold' (retry a record the receiver refuses until it takes "
+                             "it) or 'skip' (skip it, counted and logged, after a few "
+                             "refusals in a row)")
 
 
 class ForwardError(ValueError):
@@ -35,6 +42,9 @@ class ForwardSettings:
     backoff_max: float = 30.0
     poll_interval: float = 0.5  # how often to look for new records when caught up
     start: Literal["beginning", "now"] = "beginning"  # where a new endpoint starts
+    #: A record the receiver refuses on its own (400): retried ("hold") or, after a
+    #: few refusals in a row, skipped, counted and logged ("skip"): forward_refused.
+    on_refused: OnRefused = "hold"
     service_name: str = SERVICE_NAME
 
     def __post_init__(self) -> None:
@@ -50,6 +60,9 @@ class ForwardSettings:
             raise ForwardError("forward backoff_max must be at least backoff_initial")
         if self.start not in ("beginning", "now"):
             raise ForwardError(f"forward_from must be 'beginning' or 'now', got {self.start!r}")
+        if self.on_refused not in ON_REFUSED:
+            raise ForwardError(f"forward_on_refused must be {ON_REFUSED_CHOICES}, "
+                               f"got {self.on_refused!r}")
 
     @property
     def shown_endpoint(self) -> str:
@@ -100,4 +113,5 @@ def forward_settings(config: Any) -> ForwardSettings:
         timeout=config.forward_timeout,
         backoff_max=max(config.forward_backoff_max, ForwardSettings.backoff_initial),
         start=config.forward_from,
+        on_refused=config.forward_on_refused,
     )

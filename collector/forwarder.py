@@ -20,8 +20,9 @@ How it behaves:
   + ``EXPORT_GRACE``, however slowly it trickles) keeps the batch; it is retried with
   exponential backoff (``backoff_initial`` doubling to ``backoff_max``, with jitter),
   or after the endpoint's ``Retry-After`` when longer (up to ``MAX_RETRY_AFTER``).
-  Nothing is skipped, so a receiver that keeps refusing a batch stops the forwarder
-  visibly (``state``, ``last_error``, growing lag) rather than losing records silently.
+  Nothing is skipped (but a record refused alone under ``forward_on_refused`` "skip",
+  below), so a receiver that keeps refusing a batch stops the forwarder visibly
+  (``state``, ``last_error``, growing lag) rather than losing records silently.
   Logged at the 1st, 2nd, 4th, ... failure in a row, and at the first success after
   them; the exporter's own lines only with those (``exporter_lines``).
 - **Lag**: ``stats()`` gives ``lag_events`` (records stored but not yet acknowledged) and
@@ -41,17 +42,26 @@ How it behaves:
   and halved at each 413 of the endpoint (a body limit on its side).
 - **Bad request**: a 400 refuses the whole batch for what one record holds, maybe
   (a receiver that cannot decode it): the batch is halved at each 400 until the
-  records before that one are accepted, and the one refused is retried alone (never
-  skipped: ``last_error`` names its seq); once it is accepted, batches are full again.
+  records before that one are accepted, and the one refused is retried alone (with
+  ``forward_on_refused`` "hold", never skipped: ``last_error`` names its seq); once it
+  is accepted, batches are full again.
   A 400 may be a body limit too: a narrowed size accepted is kept, and doubled after
   ``PROBE_AFTER`` exports accepted at it (twice as many after each larger size refused).
+- **A record refused alone** (``forward_on_refused``): "hold", the default, is the above.
+  "skip" gives it up after ``SKIP_AFTER`` answers in a row refused it on its own with a
+  400 (a 400 to several never counts: a body limit): the checkpoint moves past it,
+  keeping its seq, id and the receiver's reason (the last ``KEPT``); counted
+  (``skipped_refused``) and logged at ERROR once saved. The backoff goes on growing
+  until an export is accepted: a receiver that refuses every record does not have the
+  store skipped at once.
 
 The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExporter``
 (protobuf over HTTP, its own short retries inside ``timeout``). This module keeps the
 loop; its parts are modules of their own: the settings (``forward_config``), the
 position in the store and ``skipped`` (``forward_position``), the records per export
-(``forward_batch_size``), the records as log records (``otlp_records``), the exporter
-(``otlp_http``) and the checkpoint file (``forward_checkpoint``).
+(``forward_batch_size``), a record refused alone (``forward_refused``), the records as
+log records (``otlp_records``), the exporter (``otlp_http``) and the checkpoint file
+(``forward_checkpoint``).
 """
 
 from __future__ import annotations
@@ -77,6 +87,7 @@ from collector.forward_batch_size import HTTP_BAD_REQUEST, HTTP_TOO_LARGE, Batch
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointFile
 from collector.forward_config import ForwardSettings
 from collector.forward_position import StorePosition
+from collector.forward_refused import SKIP_AFTER, RefusedInARow, SkippedRecord
 from collector.otlp_http import (
     exporter_lines,
     failure_of,
@@ -145,6 +156,10 @@ class Forwarder(StorePosition):
         self._streak = 0
         self.skipped = 0  # records gone (retention) before they could be forwarded
         self.rejected = 0  # records the receiver accepted the batch of, but rejected
+        #: Records refused alone with 400 and given up (forward_on_refused = "skip").
+        self.skipped_refused = 0
+        self._last_skipped_refused: str | None = None  # "seq N (event ID)", for stats
+        self._refusals = RefusedInARow(settings.on_refused)
         #: The highest seq ``skipped`` counted (None: none yet since the position was set).
         self._gone_upto: int | None = None
         self.last_error: str | None = None
@@ -259,8 +274,10 @@ class Forwarder(StorePosition):
             self._streak = 0
 
     def step(self) -> int:
-        """Export the next batch, if any: the records acknowledged (0 when caught up, or
-        while the checkpoint is ahead of the store: ``_check_store``). Raises when the export failed (nothing acknowledged, the checkpoint unchanged)."""
+        """Export the next batch, if any: the records the checkpoint moved past,
+        acknowledged or one skipped as refused (0 when caught up, or while the checkpoint
+        is ahead of the store: ``_check_store``). Raises when the export failed (nothing
+        acknowledged, the checkpoint unchanged)."""
         # Kept by the session until its next request: read for a failure other than
         # that answer (the index unreadable), it made that one wait as long again.
         self._asked = None
@@ -299,9 +316,17 @@ class Forwarder(StorePosition):
                 self._size.bad_request(len(records))
             self._asked = retry_after_of(self._exporter)
             why = refusal or "see the log of opentelemetry.exporter"
+            # Only a record refused alone: a 400 to several may be a body limit (the
+            # narrowing above), never a reason to give up a record.
+            if status == HTTP_BAD_REQUEST and len(records) == 1:
+                if self._refusals.refused_alone(first):
+                    return self._skip_refused(records[0], why)
+            elif status is not None:  # (no answer: neither a refusal nor the row's end)
+                self._refusals.answered()
             raise ExportFailed(f"{self.settings.shown_endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
         self._recovered()
+        self._refusals.answered()
         self._size.accepted(len(records))
         refused = rejected_by_receiver(self._exporter)
         last = records[-1]["seq"]
@@ -320,6 +345,31 @@ class Forwarder(StorePosition):
             self.last_error = None
             self._delay = self.settings.backoff_initial
         return len(records)
+
+    def _skip_refused(self, record: dict[str, Any], why: str) -> int:
+        """Give up ``record``, refused alone ``SKIP_AFTER`` times in a row (``forward_on_
+        refused = "skip"``): the checkpoint moves past it, keeping its seq, id and the
+        receiver's reason; counted and logged once saved (a save that failed has it sent
+        again). The backoff is not reset: a receiver refusing every record has them
+        skipped one at a time at the longest backoff, not the store drained at once."""
+        seq, event_id = int(record["seq"]), str(record["id"])
+        self.checkpoint.save(self.settings.endpoint, seq, event_id,
+                             SkippedRecord.now(seq, event_id, why))
+        self._refusals.answered()
+        self._size.skipped_alone()
+        with self._lock:
+            self._position = seq
+            self.failures += 1  # (this export failed too: no _failed for it)
+            self.skipped_refused += 1
+            self._last_skipped_refused = f"seq {seq} ({event_id})"
+            self.state = "forwarding"
+            self.last_error = None
+        log.error("forwarder: %s refused the record at seq %d (event %s) on its own %d times "
+                  "in a row; skipped (forward_on_refused = skip), it is not forwarded, "
+                  "forwarding goes on after it (%s keeps its seq and id): %s",
+                  self.settings.shown_endpoint, seq, event_id, SKIP_AFTER,
+                  self.checkpoint.path, terminal_safe(why))
+        return 1
 
     def _rejected(self, refused: tuple[int, str], first: int, last: int, sent: int) -> None:
         with self._lock:
@@ -404,6 +454,8 @@ class Forwarder(StorePosition):
                 "failures": self.failures,
                 "skipped": self.skipped,
                 "rejected": self.rejected,
+                "skipped_refused": self.skipped_refused,
+                "last_skipped_refused": self._last_skipped_refused,
                 "last_error": self.last_error,
             }
 

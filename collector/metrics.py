@@ -318,6 +318,9 @@ METRICS: Final[tuple[Metric, ...]] = (
        "Events deleted by retention before they could be forwarded"),
     _m("audit.collector.forward.rejected", "counter", "forwarder", "rejected", "{event}",
        "Events the OTLP receiver answered as rejected (partial success); not retried"),
+    _m("audit.collector.forward.skipped_refused", "counter", "forwarder", "skipped_refused",
+       "{event}", "Events the OTLP receiver refused alone with HTTP 400, skipped "
+       "(forward_on_refused = skip)"),
     _m("audit.collector.forward.checkpoint", "gauge", "forwarder", "checkpoint_seq", "{seq}",
        "Sequence number of the last forwarded event"),
 )

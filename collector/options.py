@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 from audit_middleware.shipper.endpoint import is_loopback
 
 from .endpoint_url import shown_endpoint
-from .forward_config import ForwardSettings
+from .forward_config import ON_REFUSED_CHOICES, ForwardSettings
+from .forward_refused import ON_REFUSED
 from .ingest import DRAIN_TIMEOUT, IngestSettings
 from .storage.time_limit import QUERY_TIMEOUT
 from .store import StorageSettings
@@ -174,6 +175,12 @@ def parse_forward_endpoint(value: Any) -> str:
 def parse_forward_from(value: Any) -> str:
     if value not in ("beginning", "now"):
         raise ValueError("expected 'beginning' (every stored event) or 'now' (new ones)")
+    return str(value)
+
+
+def parse_forward_on_refused(value: Any) -> str:
+    if value not in ON_REFUSED:
+        raise ValueError(f"expected {ON_REFUSED_CHOICES}")
     return str(value)
 
 
@@ -333,5 +340,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "may ask longer, up to 10 minutes)", "DURATION"),
     Option("forward_from", parse_forward_from, "beginning",
            "where a new OTLP endpoint starts: beginning or now", "WHERE"),
+    Option("forward_on_refused", parse_forward_on_refused, ForwardSettings.on_refused,
+           "a record the OTLP endpoint refuses alone with HTTP 400: hold (retry until it "
+           "takes it) or skip (after 3 refusals in a row; counted and logged)", "WHAT"),
 )
 BY_NAME: Final = {o.name: o for o in OPTIONS}

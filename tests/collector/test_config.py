@@ -117,6 +117,10 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
      "the URL holds credentials"),
     (["--forward-endpoint", "http://h:4318/v1/logs", "--forward-headers",
       "Authorization=Bearer tök€"], {}, "printable ASCII"),
+    # a record refused alone held or skipped: nothing else, said how
+    (["--forward-endpoint", "http://h:4318/v1/logs", "--forward-on-refused", "drop"], {},
+     "forward_on_refused from flag --forward-on-refused: 'drop': expected 'hold' .* or 'skip'"),
+    ([], {"AUDIT_FORWARD_ON_REFUSED": "skip"}, "forward_on_refused set but forward_endpoint"),
 ])
 def test_bad_values_and_combinations_are_refused_naming_their_source(
         argv: list[str], environ: dict[str, str], message: str) -> None:

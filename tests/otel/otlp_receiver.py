@@ -38,6 +38,8 @@ class OTLPReceiver:
         #: records (by audit.collector.seq) it cannot take: a request holding one is
         #: answered 400, whole, as a receiver answers a body it refuses to decode
         self.poison: set[int] = set()
+        #: the body of its answer to a request holding one (a receiver's reason)
+        self.poison_reason = ""
         #: when set, a request it keeps is answered only once this event is set (a
         #: collector killed meanwhile: the records arrived, their 200 never did)
         self.answer_held: threading.Event | None = None
@@ -58,7 +60,7 @@ class OTLPReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                status, extra = receiver._handle(
+                status, extra, reason = receiver._handle(
                     self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 if status == 200 and receiver.answer_held is not None:
                     receiver.holding.set()  # the records kept, their 200 not sent yet
@@ -69,7 +71,7 @@ class OTLPReceiver:
                         rejected, message = receiver.partial.pop(0)
                         answer.partial_success.rejected_log_records = rejected
                         answer.partial_success.error_message = message
-                reply = answer.SerializeToString() if status == 200 else b""
+                reply = answer.SerializeToString() if status == 200 else reason.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))
@@ -106,26 +108,26 @@ class OTLPReceiver:
             self._refuse.clear()
 
     def _handle(self, target: str, headers: dict[str, str],
-                body: bytes) -> tuple[int, dict[str, str]]:
+                body: bytes) -> tuple[int, dict[str, str], str]:
         path, _, query = target.partition("?")  # an endpoint may carry an api key there
         with self._lock:
             if self._refuse:
                 self.refused += 1
-                return self._refuse.pop(0)
+                return (*self._refuse.pop(0), "")
             if path != PATH or headers.get("content-type") != "application/x-protobuf":
-                return 415, {}
+                return 415, {}, ""
             if self.max_body is not None and len(body) > self.max_body:
                 self.too_large += 1
-                return self.too_large_status, {}
+                return self.too_large_status, {}, ""
             request = ExportLogsServiceRequest()
             request.ParseFromString(body)
             if self.poison & set(_seqs([request])):
                 self.refused += 1
-                return 400, {}
+                return 400, {}, self.poison_reason
             self.requests.append(request)
             self.headers.append(headers)
             self.queries.append(query)
-            return 200, {}
+            return 200, {}, ""
 
     def log_records(self) -> list[LogRecord]:
         with self._lock:

@@ -224,12 +224,14 @@ def test_every_metric_has_a_distinct_valid_prometheus_name() -> None:
 def test_forward_lag_and_ingest_counters_appear_when_registered() -> None:
     metrics = Metrics()
     metrics.add("forwarder", lambda: {"lag_events": 12, "lag_seconds": 3.5, "forwarded": 40,
-                                      "failures": 2, "state": "retrying"})
+                                      "failures": 2, "skipped_refused": 1,
+                                      "state": "retrying"})
     metrics.add("ingest", lambda: {"events_received": 7, "connections_open": 1})
     found = parse_prometheus(metrics.prometheus())
     assert found["audit_collector_forward_lag"] == ("gauge", 12)
     assert found["audit_collector_forward_lag_age_seconds"] == ("gauge", 3.5)
     assert found["audit_collector_forward_events_total"] == ("counter", 40)
+    assert found["audit_collector_forward_skipped_refused_total"] == ("counter", 1)
     assert found["audit_collector_ingest_events_received_total"] == ("counter", 7)
 
 

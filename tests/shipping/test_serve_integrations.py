@@ -20,10 +20,10 @@ pytestmark = pytest.mark.e2e
 TOKEN = "ingest-token-for-tests"
 
 
-def collector(root: Path, receiver: OTLPReceiver) -> CollectorProcess:
+def collector(root: Path, receiver: OTLPReceiver, *args: str) -> CollectorProcess:
     return CollectorProcess(root / "data", "--api-listen", "127.0.0.1:0",
                             "--forward-endpoint", receiver.endpoint, "--forward-batch", "2",
-                            "--forward-backoff-max", "0.2",
+                            "--forward-backoff-max", "0.2", *args,
                             env={"AUDIT_TOKEN": TOKEN, "AUDIT_CONFIG": ""})
 
 
@@ -64,6 +64,28 @@ def test_http_ingest_forwarding_and_metrics_in_one_serve(root: Path) -> None:
     stats = orjson.loads((root / "data" / "ingest-stats.json").read_bytes())
     assert stats["forwarder"]["checkpoint_seq"] == 5
     assert stats["http"]["events_written"] == 5
+
+
+def test_a_record_the_receiver_always_refuses_is_skipped_when_told_and_stays_skipped(
+        root: Path) -> None:
+    """forward_on_refused = skip: the record refused alone is given up, said in the log
+    and on /metrics, and the records after it arrive; a restart goes on after it."""
+    events = [event(i) for i in range(1, 7)]
+    with OTLPReceiver() as receiver:
+        receiver.poison, receiver.poison_reason = {3}, "cannot decode log record"
+        with collector(root, receiver, "--forward-on-refused", "skip") as first:
+            url = api_url(first)
+            assert send(url, events[:5]).status_code == 200
+            receiver.wait_for(4)
+            wait_until(lambda: metric(url, "audit_collector_forward_skipped_refused_total")
+                       == 1, 20, "the skip counted")
+        said = "".join(first.output)
+        assert f"at seq 3 (event {events[2]['id']})" in said
+        assert "cannot decode log record" in said
+        with collector(root, receiver, "--forward-on-refused", "skip") as second:
+            assert send(api_url(second), events[5:]).status_code == 200
+            receiver.wait_for(5)
+    assert receiver.seqs() == [1, 2, 4, 5, 6]  # none twice, and 3 never
 
 
 def forwarded_through_four(root: Path, receiver: OTLPReceiver, serving: CollectorProcess) -> None:
