@@ -52,8 +52,9 @@ How it behaves:
   400 (a 400 to several never counts: a body limit): the checkpoint moves past it,
   keeping its seq, id and the receiver's reason (the last ``KEPT``); counted
   (``skipped_refused``) and logged at ERROR once saved. The backoff goes on growing
-  until an export is accepted: a receiver that refuses every record does not have the
-  store skipped at once.
+  until an export is accepted, and at most ``KEPT`` are skipped in a row with nothing
+  accepted between them: a receiver that refuses every record has the next one held,
+  not the whole store skipped (``forward_refused``).
 
 The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExporter``
 (protobuf over HTTP, its own short retries inside ``timeout``). This module keeps the
@@ -87,7 +88,7 @@ from collector.forward_batch_size import HTTP_BAD_REQUEST, HTTP_TOO_LARGE, Batch
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointFile
 from collector.forward_config import ForwardSettings
 from collector.forward_position import StorePosition
-from collector.forward_refused import SKIP_AFTER, RefusedInARow, SkippedRecord
+from collector.forward_refused import KEPT, SKIP_AFTER, RefusedInARow, SkippedRecord
 from collector.otlp_http import (
     exporter_lines,
     failure_of,
@@ -321,12 +322,21 @@ class Forwarder(StorePosition):
             if status == HTTP_BAD_REQUEST and len(records) == 1:
                 if self._refusals.refused_alone(first):
                     return self._skip_refused(records[0], why)
+                if self._refusals.held_for_want_of_acceptance() and not self._refusals.hold_said:
+                    self._refusals.hold_said = True
+                    log.error("forwarder: %s refused the record at seq %d on its own %d "
+                              "times too, after %d records skipped in a row with nothing "
+                              "taken between them: held, not skipped (a receiver refusing "
+                              "every record would have the whole store skipped); see what "
+                              "it refuses (%s): forwarding goes on once it takes the record",
+                              self.settings.shown_endpoint, first, self._refusals.times,
+                              KEPT, terminal_safe(why))
             elif status is not None:  # (no answer: neither a refusal nor the row's end)
                 self._refusals.answered()
             raise ExportFailed(f"{self.settings.shown_endpoint} did not accept {len(records)} "
                                f"records (seq {first}-{records[-1]['seq']}): {why}")
         self._recovered()
-        self._refusals.answered()
+        self._refusals.accepted()
         self._size.accepted(len(records))
         refused = rejected_by_receiver(self._exporter)
         last = records[-1]["seq"]
@@ -355,7 +365,7 @@ class Forwarder(StorePosition):
         seq, event_id = int(record["seq"]), str(record["id"])
         self.checkpoint.save(self.settings.endpoint, seq, event_id,
                              SkippedRecord.now(seq, event_id, why))
-        self._refusals.answered()
+        self._refusals.skipped()
         self._size.skipped_alone()
         with self._lock:
             self._position = seq

@@ -154,3 +154,35 @@ def test_a_checkpoint_whose_records_skipped_are_damaged_is_refused_with_what_to_
     leave_checkpoint(store, receiver.endpoint, 0, skipped_refused=[{"seq": "6"}])
     with pytest.raises(CheckpointError, match="is damaged .* move it away"):
         forwarder(store, receiver)
+
+
+def test_a_receiver_refusing_every_record_has_at_most_kept_skipped_then_holds(
+        store: Store, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    # Not a poison record but a receiver that takes nothing (a schema it no longer
+    # accepts): skipping on would give up the whole store, one record at a time.
+    write(store, KEPT + 5)
+    receiver.poison = set(range(1, KEPT + 6))
+    fwd = forwarder(store, receiver, batch_size=1, on_refused="skip")
+    with caplog.at_level(logging.ERROR, "collector.forward"):
+        steps(fwd, (KEPT + 3) * SKIP_AFTER)
+    stats = fwd.stats()
+    assert (stats["checkpoint_seq"], stats["skipped_refused"]) == (KEPT, KEPT)
+    assert receiver.seqs() == []
+    held = [r.getMessage() for r in caplog.records if "held, not skipped" in r.getMessage()]
+    assert len(held) == 1 and f"seq {KEPT + 1} " in held[0]
+    # Once the receiver takes a record again, a record it refuses alone is skipped again.
+    receiver.poison = {KEPT + 3}
+    steps(fwd, 2 + SKIP_AFTER + 2)
+    assert receiver.seqs() == [KEPT + 1, KEPT + 2, KEPT + 4, KEPT + 5]
+    assert fwd.stats()["skipped_refused"] == KEPT + 1
+
+
+def test_skips_in_a_row_are_bounded_and_an_accepted_export_resets_them() -> None:
+    row = RefusedInARow("skip")
+    for seq in range(KEPT):
+        assert [row.refused_alone(seq) for _ in range(SKIP_AFTER)][-1]
+        row.skipped()
+    assert not any(row.refused_alone(KEPT) for _ in range(3 * SKIP_AFTER))
+    assert row.held_for_want_of_acceptance()
+    row.accepted()
+    assert [row.refused_alone(KEPT) for _ in range(SKIP_AFTER)][-1]
