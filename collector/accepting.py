@@ -74,7 +74,9 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise IngestError(f"cannot listen on {host}:{port}: {exc}") from None
+        fix = (": something else listens there (another collector?): stop it, or set tcp "
+               "to a free HOST:PORT" if exc.errno == errno.EADDRINUSE else "")
+        raise IngestError(f"cannot listen on {host}:{port}: {exc}{fix}") from None
     if not sockets:
         raise IngestError(f"cannot listen on {host}:{port}: {skipped}")
     return sockets

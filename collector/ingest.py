@@ -143,7 +143,12 @@ class IngestServer(_Accepting, _Sessions, _Batches):
         return None
 
     async def shutdown(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
-        """Stop accepting; let batches in flight get their reply; close the rest."""
+        """Stop accepting; let batches in flight get their reply; close the rest. Also
+        after a ``start`` that failed half way (the unix socket bound, then the TCP port
+        taken). Once: a second call (serve's clean-up on every way out, after its stop's
+        drain) does nothing, rather than wait again for connections that would not end."""
+        if self._closing:
+            return
         self._closing = True
         for task in self._accepting:
             task.cancel()

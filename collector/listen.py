@@ -3,6 +3,7 @@ replaced, a live one never stolen) and the TLS context of the TCP listener."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -117,18 +118,36 @@ def bind_unix(path: Path) -> tuple[socket.socket, SocketFile]:
         os.umask(old_umask)
     pin = None
     try:
-        os.chmod(path, 0o600)
-        # Right after bind: the file is this socket's.
+        # Right after bind: the file is this socket's. Told first, so that a failure
+        # below removes this file and no other.
         pin = None if _PIN_FLAGS is None else os.open(path, _PIN_FLAGS)
         socket_file = SocketFile(path, pin)
-        sock.listen(512)
     except OSError as exc:
         sock.close()
         if pin is not None:
             os.close(pin)
+        _remove_just_bound(path)
+        raise IngestError(f"cannot set up unix socket {path}: {exc}") from None
+    try:
+        os.chmod(path, 0o600)
+        sock.listen(512)
+    except OSError as exc:
+        sock.close()
+        # Left there, the next start took it for a stale socket and replaced it, but
+        # anything that looked meanwhile (an app, a probe) found a collector's socket.
+        with contextlib.suppress(OSError):
+            socket_file.remove()
         raise IngestError(f"cannot set up unix socket {path}: {exc}") from None
     sock.setblocking(False)
     return sock, socket_file
+
+
+def _remove_just_bound(path: Path) -> None:
+    """The socket file bound a moment ago, removed when it could not be told apart
+    (its pin failed): a socket at ``path`` then is that one, within two system calls."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
 
 
 def reload_certificate(context: ssl.SSLContext, cert: Path, key: Path, what: str) -> bool:

@@ -227,14 +227,21 @@ def raise_open_files_limit() -> str:
 async def _serve(store: Any, config: CollectorConfig, out: TextIO,
                  signals: StopSignals) -> None:
     server = IngestServer(store, ingest_settings(config))
-    await server.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    unhandled = signals.serving(loop, stop)
+    unhandled = signals.serving(asyncio.get_running_loop(), stop)
     try:
+        await server.start()
         await _serve_until_stopped(store, config, out, server, stop, signals)
     finally:
-        unhandled()  # before the loop closes: a signal after it is the store close's
+        # Every way out, a start-up that failed once the unix socket was bound included
+        # (a TCP port taken, a forward checkpoint that cannot be read, a query API that
+        # raised): its listeners closed and its socket's file removed if still ours. Left
+        # there, the file took apps and probes for a collector that was not running. After
+        # a stop's drain there is nothing left to do (``IngestServer.shutdown``).
+        try:
+            await server.shutdown(config.drain_timeout)
+        finally:
+            unhandled()  # before the loop closes: a signal after it is the store close's
 
 
 async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
@@ -242,20 +249,24 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
                                signals: StopSignals) -> None:
     # OTLP forwarder, POST /api/v1/events and GET /metrics (collector/integrations.py)
     integrations = Integrations(store, server, config)
-    integrations.start(out)
     stats_file = StatsFile(config.data_dir / STATS_FILE)
-    stats_task = asyncio.create_task(_write_stats(server, integrations.store_stats, config,
-                                                  integrations, stats_file))
-    api = await _start_api(store, config, out)
-    if api is not None:
-        integrations.attach(api)
-    # A hangup (a closed terminal, systemd's reload) ended the collector without its
-    # drain and stop checkpoint; now it loads renewed TLS certificates and goes on.
-    signals.reload_with(functools.partial(_reload_certificates, server, api, config))
-    addresses = server.addresses + ([api.url] if api else [])
-    print(f"{READY_PREFIX} {' '.join(addresses)}", file=out, flush=True)
+    stats_task: asyncio.Task[None] | None = None
+    api = None
     forwarding = True
+    # From here on what is started is stopped again on every way out: a start-up that
+    # fails half way (the query API's) left the forwarder's thread and the API running.
     try:
+        integrations.start(out)
+        stats_task = asyncio.create_task(_write_stats(
+            server, integrations.store_stats, config, integrations, stats_file))
+        api = await _start_api(store, config, out)
+        if api is not None:
+            integrations.attach(api)
+        # A hangup (a closed terminal, systemd's reload) ended the collector without its
+        # drain and stop checkpoint; now it loads renewed TLS certificates and goes on.
+        signals.reload_with(functools.partial(_reload_certificates, server, api, config))
+        addresses = server.addresses + ([api.url] if api else [])
+        print(f"{READY_PREFIX} {' '.join(addresses)}", file=out, flush=True)
         await stop.wait()
         # First: a probe answered before the API's port closes (a moment later, while
         # ingest drains) must not be told to send more.
@@ -275,13 +286,15 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
     finally:
         if api is not None:
             await api.shutdown()
-        stats_task.cancel()
+        if stats_task is not None:
+            stats_task.cancel()
         if forwarding:
             await asyncio.to_thread(integrations.stop, config.drain_timeout)
-        try:
-            await _final_stats(server, integrations, stats_file)
-        except Exception:  # the last stats must not fail a clean stop
-            log.exception("writing the final %s failed", STATS_FILE)
+        if stats_task is not None:
+            try:
+                await _final_stats(server, integrations, stats_file)
+            except Exception:  # the last stats must not fail a clean stop
+                log.exception("writing the final %s failed", STATS_FILE)
 
 
 def _reload_certificates(server: IngestServer, api: Any, config: CollectorConfig) -> None:

@@ -3,10 +3,14 @@ still the file this collector bound."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
-from collector.listen import bind_unix
+import pytest
+
+from collector import listen
+from collector.listen import IngestError, bind_unix
 
 
 def test_a_stop_leaves_the_socket_a_restarted_collector_bound_after_this_one_closed(
@@ -36,3 +40,18 @@ def test_a_stop_removes_the_socket_file_it_bound(tmp_path: Path) -> None:
     listener.close()
     assert bound.remove() == "removed" and not path.exists()
     assert bound.remove() == "gone"
+
+
+def test_a_socket_that_cannot_be_made_private_is_not_left_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chmod refused after the bind (a file system without modes) failed the start and
+    left the socket's file there, where apps took it for a collector's."""
+    path = tmp_path / "collector.sock"
+
+    def refused(target: object, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted", os.fspath(target))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(listen.os, "chmod", refused)
+    with pytest.raises(IngestError, match="cannot set up unix socket .*Operation not permitted"):
+        bind_unix(path)
+    assert not path.exists()

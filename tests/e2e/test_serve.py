@@ -4,6 +4,7 @@ configuration that cannot work."""
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import socket
@@ -88,6 +89,46 @@ def test_serve_refuses_a_bad_configuration_with_a_clear_message(root: Path) -> N
     with pytest.raises(AssertionError, match="set tls_cert and tls_key"):
         process.start()
     assert process.proc is not None and process.proc.wait(10) == 2
+
+
+def _serve_failing(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``serve`` expected to fail at start-up: its exit, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "collector", "serve", "--data-dir", str(data),
+         "--api-listen", "", *args], cwd=ROOT, text=True, capture_output=True, timeout=60,
+        check=False, env={**os.environ, "AUDIT_CONFIG": ""})
+
+
+def test_an_ingest_port_taken_after_the_socket_was_bound_leaves_no_socket_file(
+        root: Path) -> None:
+    """The unix socket is bound first, then the TCP port: taken, the start failed with
+    the socket's file left behind, where apps and probes took it for a collector."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _serve_failing(root / "data", "--tcp", f"127.0.0.1:{port}", "--token", "t")
+    assert done.returncode == 1, done.stderr
+    assert not (root / "data" / "collector.sock").exists()
+    assert (f"audit-collector serve: cannot listen on 127.0.0.1:{port}: [Errno 98] Address "
+            f"already in use: something else listens there (another collector?): stop it, "
+            f"or set tcp to a free HOST:PORT") in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout.endswith("audit-collector: stopped\n")  # the store closed too
+
+
+def test_a_failure_once_ingest_listens_leaves_no_socket_file(root: Path) -> None:
+    """A forward checkpoint that cannot be read is found once ingest listens (the
+    forwarder is made with the integrations): refused, with ingest's socket file gone."""
+    data = root / "data"
+    data.mkdir()
+    (data / "forward-checkpoint.json").write_text("junk")
+    done = _serve_failing(data, "--tcp", "127.0.0.1:0", "--token", "t",
+                          "--forward-endpoint", "http://127.0.0.1:9/v1/logs")
+    assert done.returncode == 2, done.stderr
+    assert not (data / "collector.sock").exists()
+    assert "audit-collector serve: configuration error: the forward checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_removing_quarantine_while_serving_breaks_neither_the_stats_nor_the_stop(
