@@ -40,7 +40,7 @@ from collector.storage.filters import QueryError, check_text
 from collector.storage.reader import RecordReader
 from collector.storage.records import id_key
 from collector.storage.recovery import RepairReport, open_and_recover
-from collector.storage.time_limit import check, interruptible
+from collector.storage.time_limit import check, checked, interruptible
 
 if TYPE_CHECKING:
     from collector.store import Store
@@ -201,7 +201,7 @@ class Reader:
     def _stored(self) -> tuple[int, int]:
         """(oldest, newest) seq of this snapshot; the chunks of deleted segments, hidden
         until their rows are dropped (``hide_segments``: no time), left out."""
-        newest = self.newest_seq()
+        newest = self._newest_seq()
         oldest = self.con.execute(
             "SELECT min(first_seq) FROM chunks WHERE rows > 0 AND max_created >= ? "
             "AND min_created < ?", FOREVER).fetchone()[0]
@@ -229,13 +229,24 @@ class Reader:
             found = self._records.records([(hit[0], chunk[1], hit[1], hit[2])], segments)
         return found[0] if found else None
 
+    # These three are under the caller's time limit too, as a page is: ``query
+    # --timeout`` lists the stored types after an empty answer (a store may hold a
+    # million), and ran past its limit there.
     def newest_seq(self) -> int:
         """The seq of the newest record stored now (0: none)."""
+        with interruptible(self.con):
+            check()
+            return self._newest_seq()
+
+    def _newest_seq(self) -> int:
+        """``newest_seq`` inside a page's snapshot (and its ``interruptible``: a nested
+        one would end the snapshot when it ends)."""
         return int(self.con.execute("SELECT max(last_seq) FROM chunks").fetchone()[0] or 0)
 
     def stored_types(self) -> frozenset[str]:
         """Every event type the store holds (globs are matched against these)."""
-        return frozenset(t for (t,) in self.con.execute("SELECT type FROM types"))
+        with interruptible(self.con):
+            return frozenset(t for (t,) in checked(self.con.execute("SELECT type FROM types")))
 
     def follow_cursor(self, filters: Filters) -> str:
         """A cursor for ``search(..., newest_first=False)`` that starts after the newest

@@ -18,11 +18,11 @@ gets control back to check. That is the query threads' wait's case
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from time import monotonic
-from typing import Final
+from typing import Final, TypeVar
 
 from .filters import QueryError
 
@@ -54,6 +54,11 @@ class Deadline:
             f"and ask again; {self.setting} sets the limit")
 
 
+#: Items of a Python loop between two looks at the clock (``checked``).
+CHECK_EVERY: Final = 1000
+
+T = TypeVar("T")
+
 _current: ContextVar[Deadline | None] = ContextVar("query_deadline", default=None)
 
 
@@ -77,6 +82,17 @@ def check() -> None:
     deadline = _current.get()
     if deadline is not None and deadline.passed():
         raise deadline.error()
+
+
+def checked(items: Iterable[T]) -> Iterator[T]:
+    """``items``, with ``check`` before the first and every ``CHECK_EVERY`` after it:
+    for loops over what a store may hold a million of (its event types), in code that
+    does not know of the limit (``fnmatch.filter``, ``difflib``)."""
+    check()
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % CHECK_EVERY == 0:
+            check()
 
 
 @contextmanager

@@ -36,9 +36,9 @@ class Clock:
         """Past the limit once ``owner.name`` has run (inside the query, that is)."""
         real: Callable[..., Any] = getattr(owner, name)
 
-        def then_late(*args: Any) -> Any:
+        def then_late(*args: Any, **kwargs: Any) -> Any:
             try:
-                return real(*args)
+                return real(*args, **kwargs)
             finally:
                 self.late()
 
@@ -137,3 +137,41 @@ def test_the_event_types_listing_is_under_the_limit_too(
         with pytest.raises(QueryTimeoutError):
             _stored_types("", reader)
     assert _stored_types("", reader) == ["credentials_created"]
+
+
+def test_query_timeout_covers_the_type_suggestions_after_an_empty_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``audit-collector query --timeout`` that matches nothing reads every stored type to
+    suggest close ones (a store may hold a million): that read was outside the limit, and
+    the command ran past it there. Now past it the notes are left out, the (complete,
+    empty) answer stands."""
+    from collector.cli import main
+    from collector.query import close_readers
+
+    data = tmp_path / "data"
+    with open_store(data) as store:
+        store.write(events(5, principal="alice"))  # credentials_created
+    monkeypatch.setenv("AUDIT_CONFIG", "")
+    clock = Clock(monkeypatch)
+    clock.late_after(monkeypatch, Reader, "search")  # answered in time, late right after
+    try:
+        code = main(["query", "--data-dir", str(data), "--timeout", "30s",
+                     "--type", "credentials_creatd"])
+    finally:
+        close_readers(data)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "did you mean" not in err
+    assert ("note: --timeout passed before the --type values were checked against the "
+            "stored event types (no suggestions); the empty answer is complete") in err
+
+
+def test_the_newest_seq_is_under_the_limit_too(reader: Reader) -> None:
+    """Where ``tail`` starts, and ``follow_cursor``, read under the caller's limit."""
+    with time_limit.time_limit(0, "--timeout"):
+        with pytest.raises(QueryTimeoutError):
+            reader.newest_seq()
+        with pytest.raises(QueryTimeoutError):
+            reader.follow_cursor(Filters())
+    assert reader.newest_seq() == 50
