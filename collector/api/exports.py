@@ -5,19 +5,30 @@ At most two pages are held, whatever the size of the selection; a slow client sl
 reading down instead of filling a buffer.
 
 An error after the first byte cannot change the status code any more: the stream is
-then aborted, so the client sees a failed download, never a silently short file.
+then aborted, so the client sees a failed download, never a silently short file. Cut by
+``query_timeout`` (a page's read), that is the limit at work, not a fault: one warning
+line says what was sent, and the connection is aborted (``ExportResponse``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from collector import formats, render
 from collector.query import Page, Reader
+from collector.storage.time_limit import QueryTimeoutError
 
+from .aborts import abort
 from .params import Selection
 from .queries import QueryPool
+
+log = logging.getLogger("collector.api")
 
 PAGE: Final = 1000
 MEDIA_TYPES: Final = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson",
@@ -41,8 +52,16 @@ def render_records(records: list[dict[str, object]], fmt: str, header: bool) -> 
     return ((head if header else "") + "".join(rows)).encode("utf-8")
 
 
-async def stream(pool: QueryPool, selection: Selection, fmt: str,
-                 page: Page) -> AsyncIterator[bytes]:
+@dataclass
+class Sent:
+    """What an export has handed to the server so far."""
+    rows: int = 0
+    bytes: int = 0
+
+
+async def stream(pool: QueryPool, selection: Selection, fmt: str, page: Page,
+                 sent: Sent | None = None) -> AsyncIterator[bytes]:
+    sent = Sent() if sent is None else sent
     header = True
     while True:
         records, cursor = page.records, page.next_cursor
@@ -57,6 +76,38 @@ async def stream(pool: QueryPool, selection: Selection, fmt: str,
         body, following = await pool.run(work)
         if body:
             yield body
+            sent.rows, sent.bytes = sent.rows + len(records), sent.bytes + len(body)
         if following is None:
             return
         page, header = following, False
+
+
+class ExportResponse(StreamingResponse):
+    """An export's streamed answer (``stream``, counting into ``sent``). Cut by the
+    query time limit after it started: one warning line, and its connection aborted
+    (``collector.api.aborts``); raised to the server, the cut was logged as an internal
+    error with two tracebacks."""
+
+    def __init__(self, content: AsyncIterator[bytes], sent: Sent, fmt: str,
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.sent, self.fmt = sent, fmt
+        self._request: tuple[Scope, Receive] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._request = scope, receive
+        await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except QueryTimeoutError as exc:
+            assert self._request is not None
+            scope, receive = self._request
+            # %r: the path is the client's text (see collector.api.app).
+            log.warning("query API: %s %r (%s) stopped after %d row(s), %d bytes sent: %s. "
+                        "Its connection is closed before the end of the body: the download "
+                        "fails, it does not end short", scope["method"], scope["path"],
+                        self.fmt, self.sent.rows, self.sent.bytes, exc)
+            if not await abort(scope, receive):
+                raise

@@ -13,7 +13,7 @@ from typing import Any, Final, Protocol
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, RedirectResponse, Response
 
 from audit_middleware.event import format_created
 from audit_middleware.wire import MAX_SEQ
@@ -146,9 +146,11 @@ async def _export(request: Request, fmt: str) -> Response:
                      sel.describe() | {"format": fmt})
     name = (f"audit-logs-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}."
             f"{exports.EXTENSIONS[fmt]}")
-    return StreamingResponse(exports.stream(api.pool, sel, fmt, first),
-                             media_type=exports.MEDIA_TYPES[fmt],
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    sent = exports.Sent()
+    return exports.ExportResponse(
+        exports.stream(api.pool, sel, fmt, first, sent), sent, fmt,
+        media_type=exports.MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 #: Stored types listed at most, besides the catalogue's (the panel's suggestions). An app

@@ -55,6 +55,7 @@ from audit_middleware.shipper.endpoint import is_loopback
 from ..accepting import accept_forever, default_max_connections
 from ..handshakes import FailureLog
 from ..ingest import DRAIN_TIMEOUT
+from .aborts import Abortable
 from .app import SIGN_IN_PATH, create_app
 from .context import Api, ApiSettings
 from .refusal import refuse
@@ -108,7 +109,9 @@ class ApiServer:
         self.host, self.port = host, port
         self.tls_files = (tls_cert, tls_key) if tls_cert and tls_key else None
         self.config = uvicorn.Config(
-            app, proxy_headers=False, lifespan="off", log_config=None, log_level="warning",
+            # Each request can abort its connection (an export cut past its first bytes).
+            Abortable(app, lambda: self.server.server_state.connections),
+            proxy_headers=False, lifespan="off", log_config=None, log_level="warning",
             access_log=False, server_header=False,
             # h11, never uvicorn's "auto": that picks httptools when it is installed
             # (uvicorn[standard]), which keeps every header line a client sends until

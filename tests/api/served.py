@@ -31,9 +31,12 @@ def api_url(collector: CollectorProcess) -> str:
 
 
 @contextmanager
-def serving(data_dir: Path, *args: str) -> Iterator[tuple[CollectorProcess, str]]:
-    with CollectorProcess(data_dir, "--api-listen", "127.0.0.1:0", *args,
-                          env={"AUDIT_CONFIG": ""}) as collector:
+def serving(data_dir: Path, *args: str, process: type[CollectorProcess] = CollectorProcess
+            ) -> Iterator[tuple[CollectorProcess, str]]:
+    """A started collector (``process``: a test's wrapper of its command line) and the
+    URL of its query API."""
+    with process(data_dir, "--api-listen", "127.0.0.1:0", *args,
+                 env={"AUDIT_CONFIG": ""}) as collector:
         yield collector, api_url(collector)
 
 

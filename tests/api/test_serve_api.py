@@ -235,3 +235,42 @@ def test_a_query_past_query_timeout_is_answered_503_query_timeout_and_frees_its_
     assert types.status_code == 200 or types.json()["error"] == "query_timeout", types.text
     # Nothing was read, so no read was recorded.
     assert not [r for r in stored_events(data) if r["type"].startswith("audit_log_")]
+
+
+class LateExportPagesCollector(CollectorProcess):
+    module = "tests.api.late_export_pages"
+
+
+def test_an_export_cut_by_query_timeout_after_its_first_bytes_fails_with_one_warning(
+        root: Path) -> None:
+    """Past its first bytes an export's status cannot change: it must fail as a download
+    (never end as a short file). It did, but the collector logged an internal error, with
+    Starlette's traceback and uvicorn's, for what is the limit doing its job."""
+    from tests.api.late_export_pages import PAGE
+
+    data = root / "data"
+    token = add_reader(data, "ops", root=True)
+    with serving(data, process=LateExportPagesCollector) as (collector, url):
+        ship(collector, root / "spool", *[f"user{n}" for n in range(3 * PAGE)])
+        received = bytearray()
+        with pytest.raises(httpx.HTTPError), httpx.stream(
+                "GET", f"{url}/api/v1/audit-logs/export.csv", timeout=30,
+                params={"type": "run_launched"},
+                headers={"Authorization": f"Bearer {token}"}) as answer:
+            assert answer.status_code == 200
+            for chunk in answer.iter_bytes():
+                received += chunk
+        # The collector goes on: the next export is read under a limit of its own.
+        again = httpx.get(f"{url}/api/v1/audit-logs/export.csv", timeout=30,
+                          params={"type": "run_launched"},
+                          headers={"Authorization": f"Bearer {token}"})
+        assert collector.stop() == 0
+    rows = received.decode().splitlines()
+    assert rows[0].startswith("Type,") and len(rows) == 1 + PAGE  # the first page, no more
+    assert again.status_code == 200 and len(again.text.splitlines()) == 1 + 3 * PAGE
+    log = "".join(collector.output)
+    assert "Traceback" not in log and "ASGI" not in log, log
+    [warning] = [line for line in log.splitlines() if "export" in line and "WARNING" in line]
+    assert (f"query API: GET '/api/v1/audit-logs/export.csv' (csv) stopped after {PAGE} "
+            f"row(s)") in warning, warning
+    assert "(query_timeout)" in warning and "the download fails" in warning, warning

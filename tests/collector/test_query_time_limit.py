@@ -160,7 +160,7 @@ def test_query_timeout_covers_the_type_suggestions_after_an_empty_answer(
                      "--type", "credentials_creatd"])
     finally:
         close_readers(data)
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert code == 0, err
     assert "did you mean" not in err
     assert ("note: --timeout passed before the --type values were checked against the "
