@@ -254,7 +254,8 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
     api = None
     forwarding = True
     # From here on what is started is stopped again on every way out: a start-up that
-    # fails half way (the query API's) left the forwarder's thread and the API running.
+    # failed half way (the query API's start raising) left the forwarder's thread and
+    # the stats task running, and the API too once it listened.
     try:
         integrations.start(out)
         stats_task = asyncio.create_task(_write_stats(
