@@ -355,8 +355,10 @@ def _besides(others: dict[str, str]) -> str:
     if not others:
         return ""
     name = min(others)
+    # !r: anyone may name things in a shared directory; a line break in a name, raw,
+    # forged a line of this log.
     return (f" ({len(others)} more named like spool files are no batch files, not counted, "
-            f"never followed nor replayed: {name} is {others[name]})")
+            f"never followed nor replayed: {name!r} is {others[name]})")
 
 
 #: What ``_not_a_file`` calls a symbolic link (said with what to do: see ``_say_not_a_file``).

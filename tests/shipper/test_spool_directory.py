@@ -224,4 +224,23 @@ def test_a_symbolic_link_in_a_shared_directory_is_not_counted_as_a_stranded_batc
     assert shared.adopt_orphans() == 0
     said = [r.getMessage() for r in caplog.records if "batch file(s) in" in r.getMessage()]
     assert len(said) == 1 and "1 batch file(s) in" in said[0], said
-    assert f"{link.name} is a symbolic link" in said[0], said
+    assert f"{link.name!r} is a symbolic link" in said[0], said
+
+
+def test_a_link_named_to_forge_a_log_line_in_a_shared_directory_is_named_escaped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone can name something in a shared directory: a link named with a line break
+    (and made the first in order) wrote a line of its author's into the app's log, in the
+    stranded files' error that names it. Its name is quoted, the break escaped."""
+    directory = tmp_path / "spool"
+    first = Spool(directory, max_bytes=1 << 20)
+    assert first.append(b"before")
+    first.close()
+    forged = "0\nCRITICAL audit: forged line\n" + SUFFIX
+    (directory / forged).symlink_to(tmp_path / "nowhere")
+    directory.chmod(0o777)
+    shared = Spool(directory, max_bytes=1 << 20)
+    assert shared.adopt_orphans() == 0
+    (said,) = [r.getMessage() for r in caplog.records if "batch file(s) in" in r.getMessage()]
+    assert "\n" not in said, said
+    assert f"{forged!r} is a symbolic link" in said, said
