@@ -335,9 +335,11 @@ def _report_stranded(configured: Path, said: frozenset[str]) -> frozenset[str]:
     is no batch file of this app's, is never followed, and is named for what it is."""
     try:
         named = [e for e in os.scandir(configured) if e.name.endswith(SUFFIX)]
+        # In the try too: an entry's type may take an lstat, which a failing disk
+        # refuses (EIO); escaping, it failed the scan (and the sink's construction).
+        others = {e.name: kind for e in named if (kind := _not_a_file(e))}
     except OSError:
         return said
-    others = {e.name: kind for e in named if (kind := _not_a_file(e))}
     count = len(named) - len(others)
     if not count:
         return frozenset()  # nothing stranded: whatever is stranded next is said

@@ -244,3 +244,34 @@ def test_a_link_named_to_forge_a_log_line_in_a_shared_directory_is_named_escaped
     (said,) = [r.getMessage() for r in caplog.records if "batch file(s) in" in r.getMessage()]
     assert "\n" not in said, said
     assert f"{forged!r} is a symbolic link" in said, said
+
+
+def test_an_entry_of_a_shared_directory_the_disk_cannot_stat_fails_no_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telling links from batch files in a shared directory reads each entry's type
+    (``lstat`` where the directory does not give it); a read the disk refused (EIO)
+    escaped the scan: the sink's construction, which scans, failed with it. The report
+    of stranded files waits for a scan that can read them, as for a directory that
+    cannot be listed."""
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    (directory / ("0-1-aa" + SUFFIX)).symlink_to(tmp_path / "nowhere")
+    directory.chmod(0o777)
+    listed = os.scandir
+
+    class Unreadable:
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self.name, self.path = entry.name, entry.path
+
+        def is_file(self, *, follow_symlinks: bool = True) -> bool:
+            raise OSError(5, "Input/output error", self.path)
+
+        stat = is_symlink = is_dir = is_file
+
+    def scandir(path: str | os.PathLike[str]) -> list[object]:
+        entries = list(listed(path))
+        return [Unreadable(e) if Path(path) == directory else e for e in entries]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    shared = Spool(directory, max_bytes=1 << 20)
+    assert shared.adopt_orphans() == 0
