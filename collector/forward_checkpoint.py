@@ -153,7 +153,8 @@ class CheckpointFile:
 
 
 def _skipped_records(value: object) -> tuple[SkippedRecord, ...]:
-    """The file's ``skipped_refused``; TypeError when it is not what ``save`` writes."""
+    """The file's ``skipped_refused`` (its last ``KEPT``); TypeError when it is not what
+    ``save`` writes."""
     if not isinstance(value, list):
         raise TypeError
     records = []
@@ -165,7 +166,7 @@ def _skipped_records(value: object) -> tuple[SkippedRecord, ...]:
                 or not isinstance(record.reason, str) or not isinstance(record.skipped, str)):
             raise TypeError
         records.append(record)
-    return tuple(records)
+    return tuple(records[-KEPT:])  # as save keeps them: more were carried over for good
 
 
 #: ``sha256:SALT:HEX``: SALT 16 hex digits, HEX a SHA-256.

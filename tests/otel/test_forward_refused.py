@@ -186,3 +186,23 @@ def test_skips_in_a_row_are_bounded_and_an_accepted_export_resets_them() -> None
     assert row.held_for_want_of_acceptance()
     row.accepted()
     assert [row.refused_alone(KEPT) for _ in range(SKIP_AFTER)][-1]
+
+
+def test_a_checkpoint_file_holding_more_records_skipped_than_kept_is_cut_at_its_next_save(
+        tmp_path: Path) -> None:
+    """Only ``save`` with a record skipped cut the list to ``KEPT``: a file holding more
+    (edited by hand) had them all carried over, and written again, at every checkpoint
+    save (one per batch forwarded), however many."""
+    endpoint = "http://127.0.0.1:4318/v1/logs"
+    ids = [str(uuid.UUID(int=n, version=4)) for n in range(1, KEPT + 6)]
+    path = tmp_path / CHECKPOINT_FILE
+    CheckpointFile(path).save(endpoint, 1, ids[0])
+    written = json.loads(path.read_text())
+    written["skipped_refused"] = [SkippedRecord.now(seq, event_id, "HTTP 400").as_json()
+                                  for seq, event_id in enumerate(ids, start=1)]
+    path.write_text(json.dumps(written))  # more than KEPT, as no save writes them
+    file = CheckpointFile(path)
+    assert file.of(endpoint) is not None
+    file.save(endpoint, len(ids) + 1, ids[0])  # an accepted batch's save
+    kept = json.loads(path.read_text())["skipped_refused"]
+    assert [r["seq"] for r in kept] == list(range(6, KEPT + 6))
