@@ -484,7 +484,7 @@ def test_a_followed_table_stays_in_line_with_its_header() -> None:
     a value that needs a wider column brings the header again, at the new widths."""
     import io
 
-    from collector.read_commands import _writer
+    from collector.read_output import _writer
     from tests.collector.storage_helpers import event
 
     out = io.StringIO()
@@ -508,7 +508,7 @@ def test_a_followed_csv_gets_no_header_unless_asked() -> None:
     already: a header line in the middle of it would be a bad row."""
     import io
 
-    from collector.read_commands import _writer
+    from collector.read_output import _writer
     from tests.collector.storage_helpers import event
 
     out = io.StringIO()
@@ -530,7 +530,7 @@ def test_a_csv_printed_on_a_terminal_escapes_what_would_act_on_it() -> None:
     file or a pipe they stay exact."""
     import io
 
-    from collector.read_commands import _writer
+    from collector.read_output import _writer
     from tests.collector.storage_helpers import event
 
     class Terminal(io.StringIO):

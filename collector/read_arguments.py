@@ -1,0 +1,56 @@
+"""What the read commands share: the data directory they read (refused when it holds
+no audit data), the error a user can fix (``CommandError``, exit code 2), the filter
+flags of ``query`` and ``tail`` and the ``Filters`` they make, and the output formats.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import config as collector_config
+from . import formats
+from . import query as q
+
+FORMATS = ("table", "jsonl", "csv", *formats.FORMATTERS)  # ocsf, ecs: collector/formats.py
+
+
+def data_dir_of(args: argparse.Namespace) -> Path:
+    """The data directory the command reads (flags, environment, TOML), refused when it
+    holds no audit data."""
+    data_dir: Path = collector_config.load(args, for_serve=False).data_dir
+    if not (data_dir / "index.sqlite").exists() and not (data_dir / "segments").is_dir():
+        raise CommandError(f"no audit data in {data_dir}: point --data-dir (or "
+                           f"AUDIT_DATA_DIR) at the collector's data directory")
+    return data_dir
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed without a traceback, exit code 2."""
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    collector_config.add_arguments(parser, ["data_dir"])
+    f = parser.add_argument_group("filters")
+    f.add_argument("--type", dest="types", action="append", default=[], metavar="TYPE",
+                   help="event type or glob such as 'run_*' (repeatable: any of them)")
+    f.add_argument("--principal", help="acting user id, or 'system'")
+    f.add_argument("--target", help="resource id")
+    f.add_argument("--org", help="organization id")
+    f.add_argument("--org-name", dest="org_name",
+                   help="organization name, exact (the name the event carried)")
+    f.add_argument("--workspace", help="workspace id")
+    f.add_argument("--workspace-name", dest="workspace_name",
+                   help="workspace name, exact (the name the event carried)")
+    f.add_argument("--status", help="status, exact ('' for events without one)")
+    f.add_argument("--client-ip", dest="client_ip", help="an IP, or a CIDR such as 10.0.0.0/8")
+    f.add_argument("--since", help="RFC 3339 (without an offset: UTC), YYYY-MM-DD-HH-MM-SS "
+                   "(UTC), or an age: 15m, 24h, 7d")
+    f.add_argument("--until", help="same forms as --since")
+
+
+def _filters(args: argparse.Namespace) -> q.Filters:
+    return q.Filters(types=tuple(args.types), principal=args.principal, target=args.target,
+                     org=args.org, workspace=args.workspace, client_ip=args.client_ip,
+                     since=args.since, until=args.until, status=args.status,
+                     org_name=args.org_name, workspace_name=args.workspace_name)

@@ -1,0 +1,95 @@
+"""``audit-collector stats``: what the data directory holds (events indexed, segments,
+index size) and, when a collector runs or ran there, the stats it last wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import config as collector_config
+from . import render
+from .read_arguments import data_dir_of
+from .storage.segments import file_sizes
+
+
+def stats_arguments(parser: argparse.ArgumentParser) -> None:
+    collector_config.add_arguments(parser, ["data_dir"])
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from .index import files_bytes as index_files_bytes
+    from .serve import STATS_FILE
+
+    data_dir = data_dir_of(args)
+    # A running collector deletes and replaces files while they are listed: file_sizes
+    # leaves out the ones gone by their stat.
+    segments = file_sizes(sorted((data_dir / "segments").glob("segment-*")))
+    report: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "events_indexed": _indexed(data_dir),
+        "segments": {"count": len(segments),
+                     "bytes": sum(segments.values()),
+                     "compressed": sum(1 for p in segments if p.suffix == ".gz"),
+                     "active": list(segments)[-1].name if segments else None},
+        "index_bytes": index_files_bytes(data_dir / "index.sqlite"),
+    }
+    live = data_dir / STATS_FILE
+    try:  # replaced atomically by a running collector; absent if none ever ran here
+        collected = orjson.loads(live.read_bytes())
+        age = round(time.time() - live.stat().st_mtime, 1)
+    except FileNotFoundError:
+        pass
+    except (OSError, orjson.JSONDecodeError) as exc:  # a directory, garbage: say so
+        report["collector"] = f"unreadable {STATS_FILE} ({exc})"
+    else:
+        report["collector"] = collected
+        report["collector_stats_age_s"] = age
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for line in _flatten(report):
+            print(line)
+    return 0
+
+
+def _indexed(data_dir: Path) -> int | str:
+    """Events in the index, or why it cannot say (no index yet, one being built, damaged,
+    unreadable): stats reports the rest all the same."""
+    from .index import CATCHING_UP, connect_reader, count_rows
+
+    index = data_dir / "index.sqlite"
+    if not index.exists():
+        return "no index.sqlite (`audit-collector reindex` builds one)"
+    try:
+        con, _ = connect_reader(index)
+        try:
+            con.execute("BEGIN")
+            count = count_rows(con)
+            catching_up = con.execute("SELECT value FROM meta WHERE key=?",
+                                      (CATCHING_UP,)).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return f"unreadable index ({exc})"
+    if catching_up is not None:  # a partial count must not read as the whole store's
+        return f"{count} so far: the index is being brought up to date ({catching_up[0]})"
+    return count
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterable[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}{key}.")
+    else:
+        # Escaped: values come from others too (the forwarder's last_error holds the
+        # OTLP receiver's answer), and a raw line break forged a line of stats.
+        yield render.terminal_safe(f"{prefix[:-1]:40s} {value}")
