@@ -97,6 +97,7 @@ class IngestServer(_Accepting, _Sessions, _Batches):
         self._socket_file: SocketFile | None = None
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         self._closing = False
+        self._shutting_down: asyncio.Future[None] | None = None  # (``shutdown``)
         self._token = settings.token.encode() if settings.token else b""
         self.counters: Counter[str] = Counter()
         self.addresses: list[str] = []
@@ -145,11 +146,18 @@ class IngestServer(_Accepting, _Sessions, _Batches):
     async def shutdown(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop accepting; let batches in flight get their reply; close the rest. Also
         after a ``start`` that failed half way (the unix socket bound, then the TCP port
-        taken). Once: a second call (serve's clean-up on every way out, after its stop's
-        drain) does nothing, rather than wait again for connections that would not end."""
-        if self._closing:
-            return
-        self._closing = True
+        taken). Once: a later call (serve's clean-up on every way out, after its stop's
+        drain) waits for the first one to end, rather than start again with connections
+        that would not end. It must wait: a stop whose forwarder raised leaves the first
+        call draining, and the store would be closed under batches still being written."""
+        if self._shutting_down is None:
+            self._closing = True  # now, as the call is made: no connection admitted after
+            self._shutting_down = asyncio.ensure_future(self._shutdown(drain_timeout))
+        # Shielded: a caller cancelled (a stop's gather) must not cut the drain short
+        # for the call that waits after it.
+        await asyncio.shield(self._shutting_down)
+
+    async def _shutdown(self, drain_timeout: float) -> None:
         for task in self._accepting:
             task.cancel()
         if self._accepting:

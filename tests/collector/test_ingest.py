@@ -4,6 +4,7 @@ connection for anything else a client can send, without ever taking the server d
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import random
@@ -565,3 +566,22 @@ def test_making_room_a_silent_connection_goes_before_one_in_the_middle_of_its_he
         if silent is not None:
             silent.close()
     assert server.stats()["connections_evicted"] == 1
+
+
+def test_a_second_shutdown_waits_for_the_first_to_end(server: Server, client: RawClient) -> None:
+    # serve calls shutdown twice when its stop's gather raised (the forwarder's stop):
+    # the second call returned at once while the first still drained a batch, and the
+    # store was then closed under it.
+    client.hello()
+    client.send(encode_batch(1, encode_batch_body("test:1:ab", [1], lines(event(1))))[:-3])
+    wait_until(client.all_read, message="the half-sent batch read by the server")
+
+    async def twice() -> tuple[bool, bool]:
+        first = asyncio.ensure_future(server.server.shutdown(drain_timeout=1.0))
+        await asyncio.sleep(0)  # the first call under way, draining the connection
+        await server.server.shutdown(drain_timeout=1.0)
+        done_after_second = first.done()
+        await first
+        return done_after_second, first.done()
+
+    assert server.call(twice()) == (True, True)
