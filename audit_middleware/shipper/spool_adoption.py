@@ -130,7 +130,11 @@ class _Adoption(_HeldFiles, _SharedCap):
             if entry.name.endswith(SUFFIX) and not self._replays(entry.name):
                 foreign.append(entry.name)  # another collector's batches: not ours to send
                 continue
-            kind = _not_a_file(entry)
+            try:
+                kind = _not_a_file(entry)
+            except OSError as exc:  # its type unread (EIO): escaping, it ended the scan
+                self._say_left(entry, exc)
+                continue
             if kind:
                 self._say_not_a_file(entry, kind)
                 continue
