@@ -24,7 +24,7 @@ from typing import Any, Self
 import orjson
 
 from collector.storage.chunks import CLOSED, INDEXED, OPEN
-from collector.store import IDLE_CHUNK_ROWS
+from collector.store_housekeeping import IDLE_CHUNK_ROWS
 
 from ._harness import BenchmarkError
 
@@ -199,7 +199,7 @@ def wait_indexed(data_dir: Path, timeout: float = 120.0) -> None:
 def deferred_build_ns(data_dir: Path, timeout: float = 120.0) -> int:
     """The secondary-index build a round left for later, timed: the chunk still open at
     the end of a round is closed and indexed only once the store has been idle a while
-    (``collector.store``, ``IDLE_CHUNK_ROWS``), which would otherwise happen off the
+    (``collector.store_housekeeping``, ``IDLE_CHUNK_ROWS``), which would otherwise happen off the
     round's clock, beside whatever case runs next. Waits for that build and returns its
     wall time as seen from here (from the poll that first found the chunk CLOSED to the
     one that found it INDEXED; the idle wait before it is not the round's cost). 0 when

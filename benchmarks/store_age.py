@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from collector.query import Filters, Reader
-from collector.store import IDLE_CHUNK_ROWS, StorageSettings, Store
+from collector.store import StorageSettings, Store
+from collector.store_housekeeping import IDLE_CHUNK_ROWS
 
 from . import _harness as h
 from ._collector import scratch_dir

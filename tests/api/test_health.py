@@ -20,9 +20,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from collector import health, store_readiness
+from collector import health, store_housekeeping, store_readiness
 from collector import index as index_module
-from collector import store as store_module
 from collector.health import REASONS, Health
 from collector.index import Index
 from collector.storage import disk_space
@@ -80,7 +79,7 @@ class FreeSpace:
         self.asked = 0
         # Every reader of it in the store, as when one module held them all (the
         # readiness checks and retention's WAL checkpoint).
-        for module in (store_module, store_readiness):
+        for module in (store_housekeeping, store_readiness):
             monkeypatch.setattr(module, "free_bytes", self._free_bytes)
 
     def _free_bytes(self, directory: Path) -> int:
