@@ -1,7 +1,7 @@
-"""The API's connection guard (``collector.api.server``): uvicorn has no deadline for a
-request's headers, so a half-sent request is closed after ``HEADER_TIMEOUT``, and above
-``max_connections`` the longest-waiting connections go first. Real sockets against a real
-uvicorn server; the timings are shortened for the test, not measured."""
+"""The API's connection guard (``collector.api.server_guard``): uvicorn has no deadline
+for a request's headers, so a half-sent request is closed after ``HEADER_TIMEOUT``, and
+above ``max_connections`` the longest-waiting connections go first. Real sockets against
+a real uvicorn server; the timings are shortened for the test, not measured."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets import auto as uvicorn_ws_auto
 
 from collector.api import server as api_server
+from collector.api import server_guard
 from collector.api.app import SIGN_IN_PATH
 from tests.api.served import closed_at_once
 from tests.certificates import self_signed_certificate
@@ -54,9 +55,9 @@ async def _held(request: Request) -> PlainTextResponse:
 
 @pytest.fixture(autouse=True)
 def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 0.6)
-    monkeypatch.setattr(api_server, "BODY_TIMEOUT", 0.6)
-    monkeypatch.setattr(api_server, "GUARD_INTERVAL", 0.1)
+    monkeypatch.setattr(server_guard, "HEADER_TIMEOUT", 0.6)
+    monkeypatch.setattr(server_guard, "BODY_TIMEOUT", 0.6)
+    monkeypatch.setattr(server_guard, "GUARD_INTERVAL", 0.1)
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +136,7 @@ def test_a_complete_request_is_answered_and_an_idle_keepalive_then_closed() -> N
 
 def test_above_the_cap_the_longest_waiting_connections_go_first(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
+    monkeypatch.setattr(server_guard, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
     _run(lambda served: _over_the_cap(served, b"GET / HTTP/1.1\r\n"))
 
 
@@ -158,8 +159,8 @@ def test_a_slow_upload_other_than_a_sign_in_is_not_cut() -> None:
 
 def test_above_the_cap_stalled_bodies_are_closed_first(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
-    monkeypatch.setattr(api_server, "BODY_TIMEOUT", 60.0)
+    monkeypatch.setattr(server_guard, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
+    monkeypatch.setattr(server_guard, "BODY_TIMEOUT", 60.0)
     _run(lambda served: _over_the_cap(served, _STALLED))
 
 
@@ -359,7 +360,7 @@ def test_above_the_cap_unfinished_tls_handshakes_count_too(
     nearest its deadline: here the silent handshake (10 s) before two connections
     waiting for the rest of their request (60 s here). Before, it was not seen at all."""
 
-    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
+    monkeypatch.setattr(server_guard, "HEADER_TIMEOUT", 60.0)  # only the cap closes here
 
     async def test(served: api_server.ApiServer, client_tls: ssl.SSLContext) -> None:
         served.max_connections = 2
@@ -521,7 +522,7 @@ def test_a_tls_answer_still_being_delivered_is_not_cut_by_the_guard(
             # The answer waits in the TCP transport beneath TLS (asyncio's TLS layer
             # passes it all on at once), which asyncio keeps private: this fails first
             # if a Python release renames it.
-            assert api_server._unsent(transport) > 0
+            assert server_guard._unsent(transport) > 0
             await asyncio.sleep(1.5)
             answer = await loop.run_in_executor(None, read_all, client)
         finally:
@@ -600,7 +601,7 @@ def test_the_guard_outlives_a_connection_it_fails_to_close(
     """An exception from one connection (asyncio's TLS transport raises AttributeError
     once closed twice) ended the guard's task for good: no deadline was kept after it,
     silently. The guard logs it and goes on; the connection is closed at its next pass."""
-    calls = _failing_once(monkeypatch, api_server, "_close", AttributeError(
+    calls = _failing_once(monkeypatch, server_guard, "_close", AttributeError(
         "'NoneType' object has no attribute 'get_extra_info'"))
 
     async def test(served: api_server.ApiServer) -> None:
@@ -650,7 +651,7 @@ def test_a_connection_the_guard_always_fails_to_close_does_not_hold_up_the_other
     """One connection whose close raises at every pass (it stays listed): the pass
     ended at it, so every connection whose deadline came after it was never closed,
     pass after pass. Each close is its own: the others are closed at their deadline."""
-    real_close = api_server._close
+    real_close = server_guard._close
     failing: list[object] = []
 
     def close_failing_for_the_first(conn: object) -> bool:
@@ -660,7 +661,7 @@ def test_a_connection_the_guard_always_fails_to_close_does_not_hold_up_the_other
             raise AttributeError("'NoneType' object has no attribute 'get_extra_info'")
         return real_close(conn)
 
-    monkeypatch.setattr(api_server, "_close", close_failing_for_the_first)
+    monkeypatch.setattr(server_guard, "_close", close_failing_for_the_first)
 
     async def test(served: api_server.ApiServer) -> None:
         first = _connect(served)

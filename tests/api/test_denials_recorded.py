@@ -18,7 +18,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from collector.api import denials
+from collector.api import denials, server_guard, server_stop
 from collector.api import server as api_server
 from collector.api.context import Api
 from collector.api.denials import Attempt, DenialLimiter
@@ -177,7 +177,7 @@ def test_a_flood_that_stops_is_reported_without_another_refusal(
 
 def test_the_api_server_asks_for_that_record_every_pass_and_at_shutdown(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api_server, "GUARD_INTERVAL", 0.05)
+    monkeypatch.setattr(server_guard, "GUARD_INTERVAL", 0.05)
     asked: list[bool] = []
 
     async def report_unrecorded(*, now: bool = False) -> None:
@@ -233,8 +233,8 @@ def test_the_guard_keeps_its_deadlines_while_that_record_hangs(
     its write never ended, and from then on no idle connection was closed at its
     deadline and no limit kept. The record is written beside the guard now, one at a
     time, and the stop waits for it within its bound."""
-    monkeypatch.setattr(api_server, "GUARD_INTERVAL", 0.05)
-    monkeypatch.setattr(api_server, "HEADER_TIMEOUT", 0.2)
+    monkeypatch.setattr(server_guard, "GUARD_INTERVAL", 0.05)
+    monkeypatch.setattr(server_guard, "HEADER_TIMEOUT", 0.2)
     asked: list[bool] = []
     never = asyncio.Event()
 
@@ -461,8 +461,8 @@ def test_the_stop_writes_what_the_guards_unfinished_record_gave_back(
     attempts it held back to the limiter (``Api.report_unrecorded``) once it has run
     its cancellation. The stop's own record took what the limiter held before that
     ran: the attempts given back were never written, and no log line said so."""
-    monkeypatch.setattr(api_server, "GUARD_INTERVAL", 0.05)
-    monkeypatch.setattr(api_server, "DENIALS_END_WAIT", 0.05)  # the bound, not a timing
+    monkeypatch.setattr(server_guard, "GUARD_INTERVAL", 0.05)
+    monkeypatch.setattr(server_stop, "DENIALS_END_WAIT", 0.05)  # the bound, not a timing
     held = ["attempt 1", "attempt 2"]  # what the limiter holds back
     written: list[str] = []
     taken = asyncio.Event()

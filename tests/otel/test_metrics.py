@@ -326,7 +326,11 @@ def test_every_counter_of_ingest_and_of_the_api_connections_is_published() -> No
     wanted = {("ingest_tls" if key in tls else "ingest", key) for key in ingest}
     # The API's own accept loop (plain HTTP) and the TLS listener's count the same keys
     # where they share them (the accept loop's): published whether or not it has TLS.
-    api = _counted_keys(collector / "api" / "server.py") | accepting
+    # The API server's module and those of the parts it inherits (server_*.py).
+    api = set(accepting)
+    for path in (collector / "api").glob("server*.py"):
+        api |= _counted_keys(path)
+    assert "connections_refused" in api  # the connection limit's own (server_limit.py)
     wanted |= {("api", key) for key in api}
     wanted |= {("api_tls", key) for key in _counted_keys(collector / "api" / "tls.py") - api}
     wanted.add(("api", "closed_by_guard"))
