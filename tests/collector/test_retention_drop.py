@@ -312,13 +312,22 @@ def test_a_page_holds_no_hit_of_a_segment_whose_file_is_gone_while_its_drop_wait
         for _ in range(3):  # more deleted segments, their drops queued behind
             store.write(events(6, principal="usr_1"))
         wait_until(lambda: store.stats()["segments_dropping"] >= 2)
-        time.sleep(1.2)  # the retention passes after the last write are over
-        records = sorted(on_disk(data_dir).values(), key=lambda r: r["seq"])
-        assert len(records) > 5
+
+        def first_seqs_as_on_disk(filters: dict[str, Any]) -> tuple[list[int], list[int]]:
+            """(a page's seqs, the first 5 on disk), read while no retention pass
+            deleted a file (it may still run after the last write: a sleep was a guess,
+            wrong under load)."""
+            while True:
+                before = sorted(r["seq"] for r in on_disk(data_dir).values())
+                page = search(data_dir, Filters(**filters), limit=5, newest_first=False)
+                if sorted(r["seq"] for r in on_disk(data_dir).values()) == before:
+                    assert len(before) > 5
+                    return [r["seq"] for r in page.records], before[:5]
+
         try:
             for filters in ({}, {"principal": "usr_1"}, {"types": ("credentials_created",)}):
-                page = search(data_dir, Filters(**filters), limit=5, newest_first=False)
-                assert [r["seq"] for r in page.records] == [r["seq"] for r in records[:5]]
+                seqs, on_disk_first = first_seqs_as_on_disk(filters)
+                assert seqs == on_disk_first
         finally:
             first_drop_pauses[0].go_on.set()
 
@@ -401,8 +410,8 @@ def test_segments_retention_deletes_while_the_events_count_fails_still_have_thei
         for _ in range(6):  # deleted while every count fails
             store.write(events(8))
             time.sleep(0.3)
-        time.sleep(1.0)  # the retention passes after the last write are over
+        # Deleted while the counts still fail (a sleep was a guess, wrong under load).
+        wait_until(lambda: store.stats()["retention_deleted"] > deleted)
         failing.clear()
-        assert store.stats()["retention_deleted"] > deleted
         wait_until(lambda: index_segments(data_dir) == segment_numbers(data_dir), timeout=5)
         wait_until(lambda: store.stats()["events"] == len(on_disk_records(data_dir)))
