@@ -99,6 +99,9 @@ class Store(_Lifecycle, _Housekeeping, _Readiness, _Stats, _LossAcknowledging):
         #: still needs ``RESERVE_ROOM`` free to end without a batch: until one is
         #: written, or the checks go through with that room (``_check_failed_write``).
         self._needs_room = False
+        #: Whether ``open`` met a full disk and went on in the reserve's room
+        #: (``_Lifecycle._open_in_reserve``): said ``DISK_FULL`` from the start.
+        self._opened_full = False
         #: Why the commit thread ended while open (``_refuse_for_good``), or None.
         self._ended: str | None = None
         self._loss_acks: dict[str, loss_acks.Ack] = {}

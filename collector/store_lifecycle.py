@@ -59,6 +59,7 @@ class _Lifecycle:
     _state: str
     _thread: threading.Thread | None
     _loss_acks: dict[str, loss_acks.Ack]
+    _opened_full: bool
     _acks_unsaved: str | None
     _forgotten_unsaved: bool
     #: Made by ``open`` (``_dir_lock``) and ``_open_storage`` (the rest); an opening that
@@ -73,6 +74,8 @@ class _Lifecycle:
     #: file without the sources retention forgot (``_LossAcknowledging``).
     _run_said: Callable[[], None]
     _save_forgotten: Callable[[], bool]
+    #: ``DISK_FULL`` said from the open on a full disk (``_Readiness``).
+    _say_full_at_open: Callable[[], None]
 
     def open(self) -> RepairReport:
         """Create the directories, repair what a crash left (a torn tail goes to
@@ -88,6 +91,7 @@ class _Lifecycle:
             self._discard_storage()
             self._release_storage()
             raise
+        self._say_full_at_open()
         self._state = "open"
         self._thread = threading.Thread(target=self._run_said, name="audit-store-commit",
                                         daemon=True)
@@ -115,6 +119,7 @@ class _Lifecycle:
         if not reserve.size():
             raise DiskFullError(f"its disk is full ({full}), and no reserve is left "
                                 f"to release") from full
+        self._opened_full = True
         try:
             return reserve.spend(self._open_or_discard, full,
                                  f"{_OPENING_IN_RESERVE} (opening: {full})",
@@ -224,6 +229,7 @@ class _Lifecycle:
         except OSError as exc:
             if not is_full(exc):
                 return  # queued: retried at every tick, as before
+            self._opened_full = True
             try:  # a slice at a time, as retention (``_open_in_reserve`` says why)
                 Reserve(self.settings.data_dir).spend(
                     ledger.flush, exc, f"{_OPENING_IN_RESERVE} (the start checkpoint: {exc})")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from collector.index import Index
-from collector.storage.disk_space import BATCH_ROOM, RESERVE_ROOM, free_bytes
+from collector.storage.disk_space import BATCH_ROOM, RESERVE_ROOM, free_bytes, known_free_bytes
 from collector.storage.failures import (
     DISK_FULL,
     NOT_OPEN,
@@ -56,6 +56,7 @@ class _Readiness:
     _commit_failure: WriteFailure | None
     _commit_failure_checkable: bool
     _needs_room: bool
+    _opened_full: bool
     _writer: GroupWriter
     _index: Index
 
@@ -78,7 +79,8 @@ class _Readiness:
         """Why the store cannot take events now, or None when it can: ``NOT_OPEN`` (before
         ``open``, from ``close`` on), ``WRITE_STALLED`` (work has waited for the commit
         thread longer than ``write_stall_timeout``: a hung fsync; until it is written),
-        ``DISK_FULL`` (the last commit failed for want of space) or ``WRITE_FAILING``
+        ``DISK_FULL`` (the last commit failed for want of space, or the store opened on a
+        full disk: ``_say_full_at_open``) or ``WRITE_FAILING``
         (it failed otherwise, or the commit thread is ending or has ended: see
         ``_refuse_for_good``). A failure lasts until a commit writes records, or until
         the idle commit thread sees it ended (``_check_failed_write``: the disks have
@@ -98,6 +100,18 @@ class _Readiness:
         if self.waiting_seconds() > self.settings.write_stall_timeout:
             return WRITE_STALLED
         return self._writer.failure or self._commit_failure
+
+    def _say_full_at_open(self) -> None:
+        """At ``open``: ``DISK_FULL`` said from the start when the disk is full already
+        (the opening needed the reserve's room, ``_opened_full``, or a disk has less than
+        a batch's room free), until the idle commit thread sees room
+        (``_check_failed_write``) or a batch is written. Judged by the first batch
+        alone, the probe said ready on a full disk, and a balancer sent the apps'
+        batches on, each refused. A file system that cannot be asked is not judged."""
+        free = [known_free_bytes(d) for d in (self.settings.data_dir, self.segments_dir)]
+        if self._opened_full or any(f is not None and f < BATCH_ROOM for f in free):
+            self._commit_failure = DISK_FULL
+            self._commit_failure_checkable = True
 
     def _check_failed_write(self) -> None:
         """While the last write failed and no batch comes, see whether that failure has

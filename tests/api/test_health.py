@@ -24,6 +24,7 @@ from collector import health, store_housekeeping, store_readiness
 from collector import index as index_module
 from collector.health import REASONS, Health
 from collector.index import Index
+from collector.integrity import digests
 from collector.storage import disk_space
 from collector.storage.disk_space import RESERVE_ROOM
 from collector.storage.errors import StorageError
@@ -217,6 +218,59 @@ def test_a_full_disk_is_unready_until_it_has_room_again(
     free_space.bytes = RESERVE_ROOM
     failing.errno = None  # a disk with room takes the segment's append, and a new file
     wait_until(lambda: probe(Health(opened)).status_code == 200)
+
+
+def test_a_store_opened_on_a_full_disk_is_unready_until_it_has_room(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_space: FreeSpace,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Restarted on a full disk, the store opens in the reserve's room (here its start
+    checkpoint needs it) and every batch is then refused for want of space: the probe
+    said ready until a first batch had failed, and a balancer sent the apps' batches on
+    meanwhile. It says ``disk_full`` from the open, and ready once space is freed,
+    with no batch written."""
+    data = tmp_path / "data"
+    with open_store(data) as store:
+        store.write([event()])
+        wait_until(lambda: disk_space.Reserve(data).size() == disk_space.RESERVE_BYTES)
+    append = digests.append
+
+    def full_until_released(directory: Path, segment_name: str, line: bytes) -> Path:
+        if disk_space.Reserve(data).size() == disk_space.RESERVE_BYTES:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return append(directory, segment_name, line)
+
+    monkeypatch.setattr(digests, "append", full_until_released)
+    with open_store(data) as store:
+        # Opened in the reserve's room (made whole again at once: the real disk has room).
+        assert "so that the store can open" in caplog.text, caplog.text
+        reply = probe(Health(store))
+        assert (reply.status_code, reply.json().get("reason")) == (503, "disk_full")
+        free_space.bytes = RESERVE_ROOM  # space freed (an operator, retention)
+        wait_until(lambda: probe(Health(store)).status_code == 200)
+
+
+def test_a_store_opened_with_no_room_for_a_batch_is_unready_until_it_has_room(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_space: FreeSpace) -> None:
+    """Restarted on a full disk that its opening did not need room of (its index and
+    start checkpoint fit blocks it had): ``disk_full`` from the open as well, not ready
+    until a first batch had failed."""
+    data = tmp_path / "data"
+    with open_store(data) as store:
+        store.write([event()])
+    monkeypatch.setattr(store_readiness, "known_free_bytes", lambda directory: 4096)
+    with open_store(data) as store:
+        assert probe(Health(store)).json().get("reason") == "disk_full"
+        free_space.bytes = RESERVE_ROOM
+        wait_until(lambda: probe(Health(store)).status_code == 200)
+
+
+def test_a_store_opened_where_free_space_cannot_be_asked_is_ready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that does not answer statvfs is not taken for a full one at the
+    open (the first batch tells)."""
+    monkeypatch.setattr(store_readiness, "known_free_bytes", lambda directory: None)
+    with open_store(tmp_path / "data") as store:
+        assert probe(Health(store)).status_code == 200
 
 
 def test_a_full_disk_that_shows_free_blocks_is_unready_until_it_takes_a_write(
