@@ -152,7 +152,8 @@ def load(args: argparse.Namespace | None = None,
     flags = vars(args) if args is not None else {}
     config_file = flags.get("config") or (
         Path(environ[ENV_PREFIX + "CONFIG"]) if environ.get(ENV_PREFIX + "CONFIG") else None)
-    from_file = _read_toml(config_file) if config_file is not None else {}
+    named_by = "--config" if flags.get("config") else ENV_PREFIX + "CONFIG"
+    from_file = _read_toml(config_file, named_by) if config_file is not None else {}
     if for_serve and config_file is not None:
         _refuse_exposed_secrets(config_file, from_file)
     values: dict[str, Any] = {}
@@ -185,7 +186,7 @@ def load(args: argparse.Namespace | None = None,
     return config
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, named_by: str = "--config") -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -194,7 +195,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
                               f"save it as UTF-8 without BOM")
         data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        # Named by the environment, it may come from another shell's or a unit's
+        # export: the message says where, or the operator looks for a flag never given.
+        raise ConfigError(f"config file {path} (from {named_by}) does not exist: correct "
+                          f"the path, or give no {named_by}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text (TOML must be): save it "
                           f"as UTF-8") from None

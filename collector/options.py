@@ -68,8 +68,8 @@ def parse_duration(value: Any) -> float:
     else:
         match = _DURATION.fullmatch(value) if isinstance(value, str) else None
         if not match:
-            raise ValueError("expected a duration in seconds such as 30, 1.5, 500ms, 5m or "
-                             "1h")
+            raise ValueError("expected a duration in seconds such as 30, 1.5, 500ms, 5m, "
+                             "1h or 1d")
         unit = match.group(2).lower() if match.group(2) else None
         seconds = float(match.group(1)) * _DURATION_UNITS[unit]
     if not 0 <= seconds <= MAX_DURATION:  # also NaN

@@ -105,6 +105,8 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     (["--digest-interval", "99999999999999999999999d"], {}, "from 0 to ten years"),
     (["--max-connections", "²"], {}, "expected a whole number"),
     (["--idle-timeout", "\u0667s"], {}, "expected a duration"),  # an Arabic-Indic 7
+    # the README's durations go up to days: the message named hours as the largest
+    (["--max-segment-age", "1w"], {}, "such as 30, 1.5, 500ms, 5m, 1h or 1d"),
     (["--max-frame", "\u0664MiB"], {}, "expected a size"),
     (["--retention-days", "nan"], {}, "expected a number such as 365"),
     # accepted, these failed every export, retried forever
@@ -178,6 +180,18 @@ def test_unknown_and_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
         load(parse("--config", str(toml(tmp_path, "max_frame = \n"))), {})
     with pytest.raises(ConfigError, match="does not exist"):
         load(parse("--config", str(tmp_path / "nope.toml")), {})
+
+
+def test_a_missing_config_file_names_what_named_it(tmp_path: Path) -> None:
+    """An ``AUDIT_CONFIG`` exported in another shell, or by a unit, named a file that is
+    not there: the message said only the path, and the operator looked for a flag
+    never given."""
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=r"nope.toml \(from AUDIT_CONFIG\) does not exist: "
+                                          r"correct the path, or give no AUDIT_CONFIG"):
+        load(parse(), {"AUDIT_CONFIG": str(missing)})
+    with pytest.raises(ConfigError, match=r"\(from --config\)"):
+        load(parse("--config", str(missing)), {"AUDIT_CONFIG": str(missing)})
 
 
 def test_an_empty_token_is_no_token_and_does_not_hide_the_token_file(tmp_path: Path) -> None:
