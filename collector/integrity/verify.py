@@ -88,7 +88,15 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
                           f"collector data directory (or a copy of one)")
     results = Results()
     if public_keys is None:
-        ring, skipped = KeyRing(data_dir / "keys").read()
+        try:
+            ring, skipped = KeyRing(data_dir / "keys").read()
+        except PermissionError as exc:
+            # keys/ is the collector's user's alone (0700): an auditor of the data
+            # directory's group reads everything else, and was told only EACCES.
+            raise VerifyError(f"cannot read the key ring {data_dir / 'keys'} ({exc.strerror}: "
+                              f"it is the collector's user's alone): pass the public keys "
+                              f"with --public-key FILE (`audit-collector keys export`, run "
+                              f"as the collector's user)") from exc
         if not ring:
             why = "".join(f" {problem}." for problem in skipped)
             raise VerifyError(f"{data_dir / 'keys'} holds no public key: pass the exported "

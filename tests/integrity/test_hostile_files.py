@@ -111,6 +111,29 @@ def test_a_key_ring_file_that_is_no_public_key_is_named_and_left_out(
     assert check(store).valid
 
 
+def test_a_key_ring_the_auditor_cannot_read_says_to_pass_the_keys(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An auditor of the data directory's group (docs/api.md) reads every file but
+    ``keys/`` (0700, the collector's user's): verify said only "cannot read the data
+    directory: Permission denied", not that ``--public-key`` is the way (with it, it
+    needs nothing of ``keys/``). (As root, the directory's mode denies nothing: the
+    denial is the key ring's read.)"""
+    from collector.integrity.keys import KeyRing, read_public_keys
+    from collector.integrity.verify import VerifyError, verify
+
+    def denied(ring: KeyRing) -> None:
+        raise PermissionError(13, "Permission denied", str(store / "keys"))
+
+    exported = read_public_keys(store / "keys" / next(
+        p.name for p in (store / "keys").iterdir() if p.name.startswith("ed25519-")))
+    monkeypatch.setattr(KeyRing, "read", denied)
+    with pytest.raises(VerifyError, match=r"cannot read the key ring .*keys \(Permission "
+                                          r"denied: it is the collector's user's alone\): "
+                                          r"pass the public keys with --public-key FILE"):
+        verify(store)
+    assert verify(store, public_keys=exported).valid
+
+
 def test_a_damaged_list_of_retired_keys_is_named_with_what_to_do(store: Path) -> None:
     """The list of the keys the signing key replaced (``<key>.retired.pub``) holding no
     key stopped `keys export` with advice to make the file with `keys export`: the
