@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # mount...: what and where, not a traceback.
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        if isinstance(exc, PermissionError) and exc.filename:
+            from .ownership import access_hint
+
+            where += access_hint(exc.filename)
         print(f"audit-collector {args.command}: {reason}{where}", file=sys.stderr)
         return 2
 

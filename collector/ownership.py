@@ -1,10 +1,12 @@
 """Commands that write files the running collector must read (``users add``, ``keys
 rotate``) run as the collector's user (``keys rotate``: the signing key's owner). Run as
 anyone else (root, typically), the file they make is theirs alone (mode 0600), and the
-collector cannot read it."""
+collector cannot read it. A user who may not read the data directory's files is told
+whose they are (``access_hint``)."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shlex
@@ -62,3 +64,26 @@ def user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"#{uid}"
+
+
+def access_hint(filename: str | os.PathLike[str]) -> str:
+    """What to do about a file this process may not read: run as the owner of it, or of
+    the nearest directory above it that can be looked at (the data directory, 0750, hides
+    its files from others), or as a member of its group. Empty when none can be looked
+    at. A reader who ran `query` as themselves got "Permission denied" alone, with no word
+    of whose files these are (docs/api.md: the collector's user and group)."""
+    path = Path(filename)
+    for candidate in (path, *path.parents):
+        try:
+            st = candidate.stat()
+        except OSError:
+            continue
+        name = user_name(st.st_uid)
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = f"#{st.st_gid}"
+        return (f": {candidate} is {name}'s (group {group}); run this as {name} "
+                f"(sudo -u {shlex.quote(name)} audit-collector ...), or as a member of the "
+                f"group {group} if its files are readable to it (docs/api.md)")
+    return ""

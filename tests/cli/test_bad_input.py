@@ -321,3 +321,31 @@ def test_every_package_of_the_collector_extra_is_known_as_its_modules() -> None:
         files = [f.as_posix() for f in metadata.files(package) or ()]
         assert any(f.startswith(module.replace(".", "/") + "/") for f in files
                    for module in EXTRA_MODULES), package
+
+
+def test_a_file_this_user_may_not_read_says_whose_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Run by a user outside the collector's user and group, `query` (`stats`, `tail`,
+    `losses`) said "Permission denied (<data dir>/index.sqlite)" alone: not whose files
+    these are, nor as whom to run it. (In-process: as root, no mode denies a read.)"""
+    import dataclasses
+    import errno
+    import pwd
+
+    from collector import cli as cli_module
+
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def denied(args: object) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied", str(data / "index.sqlite"))
+
+    monkeypatch.setattr(cli_module, "COMMANDS", [
+        dataclasses.replace(c, run=denied) if c.name == "query" else c
+        for c in cli_module.COMMANDS])
+    assert cli_module.main(["query", "--data-dir", str(data)]) == 2
+    said = capsys.readouterr().err
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert f"Permission denied ({data / 'index.sqlite'}): {data} is {me}'s (group " in said
+    assert f"run this as {me} (sudo -u {me} audit-collector ...)" in said, said
