@@ -206,12 +206,27 @@ def _read_toml(path: Path, named_by: str = "--config") -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     unknown = sorted(set(data) - set(BY_NAME))
     if unknown:
-        guesses = [f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
-                   for name in unknown
-                   for close in [difflib.get_close_matches(name, BY_NAME, n=1)]]
+        guesses = [f"{name!r} (did you mean {close!r}?)" if close else repr(name)
+                   for name in unknown for close in [_closest_option(name)]]
         raise ConfigError(f"config file {path}: unknown option(s) {', '.join(guesses)}; "
                           f"known: {', '.join(o.name for o in OPTIONS)}")
     return data
+
+
+#: Words of option names as people often write them, and ours: ``max_segment_size`` is
+#: ``max_segment_bytes`` (by spelling alone the closest is ``max_segment_age``).
+_OUR_WORDS = {"size": "bytes", "mb": "bytes", "mib": "bytes", "length": "bytes",
+              "time": "age", "interval": "age", "duration": "age", "seconds": "age"}
+
+
+def _closest_option(name: str) -> str | None:
+    """The option an unknown TOML key most likely meant, or None."""
+    ours = "_".join(_OUR_WORDS.get(word, word) for word in name.lower().split("_"))
+    for candidate in (ours, name):
+        close = difflib.get_close_matches(candidate, BY_NAME, n=1)
+        if close:
+            return close[0]
+    return None
 
 
 def _refuse_exposed_secrets(path: Path, from_file: Mapping[str, Any]) -> None:

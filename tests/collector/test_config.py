@@ -176,6 +176,10 @@ def test_unknown_and_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown option.*max_frames.*did you mean "
                                           "'max_frame'"):
         load(parse("--config", str(toml(tmp_path, "max_frames = 1\n"))), {})
+    # By spelling alone max_segment_age is the closer; by what it says, bytes.
+    with pytest.raises(ConfigError, match="'max_segment_size' .did you mean "
+                                          "'max_segment_bytes'"):
+        load(parse("--config", str(toml(tmp_path, "max_segment_size = 1\n"))), {})
     with pytest.raises(ConfigError, match="cannot be read"):
         load(parse("--config", str(toml(tmp_path, "max_frame = \n"))), {})
     with pytest.raises(ConfigError, match="does not exist"):
