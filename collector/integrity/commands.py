@@ -154,6 +154,10 @@ def _is_signature(text: str) -> bool:
         return False
 
 
+def _counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
     from .verify import Report
 
@@ -162,8 +166,9 @@ def print_report(report: object, out: TextIO, *, quiet: bool = False) -> None:
         if quiet and res.valid:
             continue
         if res.valid:
-            what = (f"{res.records:,} records, {res.size:,} bytes" if res.kind == "segment"
-                    else f"{res.records:,} digests" if res.kind == "digests"
+            what = (f"{_counted(res.records, 'record')}, {_counted(res.size, 'byte')}"
+                    if res.kind == "segment"
+                    else _counted(res.records, "digest") if res.kind == "digests"
                     else "in the chain")
             out.write(f"valid    {res.path}  ({what})\n")
         else:

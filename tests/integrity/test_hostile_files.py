@@ -353,3 +353,19 @@ def test_a_fifo_or_a_device_in_place_of_a_sealed_segment_does_not_hang_the_start
             "import open_store\nwith open_store(Path(sys.argv[1])):\n    pass\n")
     done = run_python(code, str(store))
     assert done.returncode != 0 and "not a regular file" in done.stderr, done.stderr[-2000:]
+
+
+def test_the_report_counts_in_the_singular_for_one(tmp_path: Path) -> None:
+    import io
+
+    from collector.integrity.commands import print_report
+    from collector.integrity.findings import FileResult, Report
+
+    out = io.StringIO()
+    report = Report(tmp_path, [FileResult("d-1", "digests", 1, records=1),
+                               FileResult("s-1", "segment", 1, records=1, size=1),
+                               FileResult("s-2", "segment", 2, records=2, size=2)], [], "")
+    print_report(report, out, quiet=False)
+    text = out.getvalue()
+    assert "(1 digest)" in text and "(1 record, 1 byte)" in text
+    assert "(2 records, 2 bytes)" in text
