@@ -1,17 +1,18 @@
 """Ending a response that cannot be completed once it has started (an export cut by
-``query_timeout`` after its first bytes): its status is sent already, so the client can
-only be told by its connection, closed before the body's end (a failed download, never
-a short file). ASGI has no message for that: an exception raised to the server closed
+``query_timeout``, or any other error, after its first bytes): its status is sent
+already, so the client can only be told by its connection, closed before the body's
+end (a failed download, never a short file). ASGI has no message for that: an exception raised to the server closed
 it, and was logged as an internal error with two tracebacks (Starlette's, uvicorn's).
 
 So the query API's server puts into each request's scope the means to abort its
-connection (``Abortable``, around the app it serves), and a response that has said why
-it ends calls ``abort``: once the server has seen the connection go, it takes the end
-of the response without a word.
+connection (``Abortable``, around the app it serves), and a response that cannot end
+calls ``abort``, says why, and waits until ``disconnected``: once the server has seen
+the connection go, it takes the end of the response without a word.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -53,14 +54,29 @@ class Abortable:
         return False
 
 
-async def abort(scope: Scope, receive: Receive) -> bool:
-    """Abort this request's connection and return once the server has seen it gone
-    (``receive`` says ``http.disconnect``). False where it cannot be aborted (an app
-    served in process, a connection not found): the caller raises then, and the server
-    closes the connection."""
+class Ending(enum.Enum):
+    """What ``abort`` did."""
+    #: Its connection is aborted: the client's download fails.
+    ABORTED = "aborted"
+    #: No connection to abort: the client left already (nobody is to be told).
+    GONE = "gone"
+    #: No connection at all (an app served in process): the caller raises, and whoever
+    #: serves it ends the response.
+    IN_PROCESS = "in process"
+
+
+def abort(scope: Scope) -> Ending:
+    """Abort this request's connection, at once: no await, so a response whose task is
+    cancelled once the server sees the connection go still says why after this."""
     aborting = (scope.get("extensions") or {}).get(ABORT)
-    if aborting is None or not aborting():
-        return False
+    if aborting is None:
+        return Ending.IN_PROCESS
+    # Not found: uvicorn drops a connection from its list once it is lost.
+    return Ending.ABORTED if aborting() else Ending.GONE
+
+
+async def disconnected(receive: Receive) -> None:
+    """Return once the server has seen the connection go (``http.disconnect``): it then
+    takes the end of the response without a word."""
     while (await receive())["type"] != "http.disconnect":
         pass  # the rest of a request body, unread
-    return True

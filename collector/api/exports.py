@@ -5,14 +5,13 @@ At most two pages are held, whatever the size of the selection; a slow client sl
 reading down instead of filling a buffer.
 
 An error after the first byte cannot change the status code any more: the stream is
-then aborted, so the client sees a failed download, never a silently short file. Cut by
-``query_timeout`` (a page's read), that is the limit at work, not a fault: one warning
-line says what was sent, and the connection is aborted (``ExportResponse``).
+then aborted, so the client sees a failed download, never a silently short file, and
+one line of the log says what was sent and why it stopped (``ExportResponse``,
+``export_cuts``).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,13 +21,11 @@ from starlette.types import Receive, Scope, Send
 
 from collector import formats, render
 from collector.query import Page, Reader
-from collector.storage.time_limit import QueryTimeoutError
 
-from .aborts import abort
+from .aborts import Ending, abort, disconnected
+from .export_cuts import log_cut, log_gone
 from .params import Selection
 from .queries import QueryPool
-
-log = logging.getLogger("collector.api")
 
 PAGE: Final = 1000
 MEDIA_TYPES: Final = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson",
@@ -83,10 +80,11 @@ async def stream(pool: QueryPool, selection: Selection, fmt: str, page: Page,
 
 
 class ExportResponse(StreamingResponse):
-    """An export's streamed answer (``stream``, counting into ``sent``). Cut by the
-    query time limit after it started: one warning line, and its connection aborted
-    (``collector.api.aborts``); raised to the server, the cut was logged as an internal
-    error with two tracebacks."""
+    """An export's streamed answer (``stream``, counting into ``sent``). Ended by an
+    error after it started: one line in the log (``export_cuts``: a warning or error
+    for an expected reason, a traceback for a fault), and its connection aborted
+    (``collector.api.aborts``); raised to the server, every such error was logged as an
+    internal error with two tracebacks."""
 
     def __init__(self, content: AsyncIterator[bytes], sent: Sent, fmt: str,
                  **kwargs: Any) -> None:
@@ -101,13 +99,18 @@ class ExportResponse(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         try:
             await super().stream_response(send)
-        except QueryTimeoutError as exc:
+        except Exception as exc:  # each is said, then ends the connection
             assert self._request is not None
             scope, receive = self._request
-            # %r: the path is the client's text (see collector.api.app).
-            log.warning("query API: %s %r (%s) stopped after %d row(s), %d bytes sent: %s. "
-                        "Its connection is closed before the end of the body: the download "
-                        "fails, it does not end short", scope["method"], scope["path"],
-                        self.fmt, self.sent.rows, self.sent.bytes, exc)
-            if not await abort(scope, receive):
+            # Said between the abort and the wait for the server to see it, without an
+            # await: the server's disconnect cancels this task (Starlette's disconnect
+            # listener) and would cut a line said after the wait.
+            ending = abort(scope)
+            what = scope, self.fmt, self.sent.rows, self.sent.bytes, exc
+            if ending is Ending.GONE:
+                log_gone(*what)
+                return
+            log_cut(*what)
+            if ending is Ending.IN_PROCESS:
                 raise
+            await disconnected(receive)

@@ -40,7 +40,13 @@ log = logging.getLogger("collector.api")
 
 
 class QueriesBusy(DiskLate):
-    """Every query thread stayed busy for ``THREAD_WAIT`` seconds: refused (503)."""
+    """Every query thread stayed busy for ``THREAD_WAIT`` seconds: refused (503).
+    ``reason``: the cause alone, for an export past its first bytes (which was read
+    and recorded, so the 503's "nothing was read or recorded" is not true of it)."""
+
+    def __init__(self, threads: int) -> None:
+        self.reason = busy_reason(threads)
+        super().__init__(busy_message(threads))
 
 
 @dataclass
@@ -82,7 +88,7 @@ class QueryPool:
             # cancel succeeds only while no thread has taken it, atomically with taking.
             abandoned = job.result.cancel()
         if abandoned:
-            raise QueriesBusy(busy_message(self._size))
+            raise QueriesBusy(self._size)
         return await asyncio.wrap_future(job.result)
 
     def _submit(self, job: _Job[Any]) -> None:
@@ -165,7 +171,11 @@ class QueryPool:
         return running
 
 
-def busy_message(threads: int) -> str:
+def busy_reason(threads: int) -> str:
     return (f"all {threads} query threads stayed busy for {THREAD_WAIT:g} s: the data "
             f"disk may not answer (a hung disk, a frozen network file system) or the "
-            f"collector is overloaded; nothing was read or recorded: try again later")
+            f"collector is overloaded")
+
+
+def busy_message(threads: int) -> str:
+    return f"{busy_reason(threads)}; nothing was read or recorded: try again later"

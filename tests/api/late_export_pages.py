@@ -1,29 +1,53 @@
-"""``python -m collector`` whose exports are cut by ``query_timeout`` after their first
-bytes: export pages of ``PAGE`` records, and the query clock jumps far ahead while the
-third page is read (as if that read had taken longer than any limit). No test can make
-a read slow on cue; the limit, its error and the export's handling of it are the real
-ones."""
+"""``python -m collector`` whose exports are cut after their first bytes, while their
+third page is read: export pages of ``PAGE`` records, and at that page, by ``FAULT`` (an
+environment variable; ``query_timeout`` without it):
+
+- ``query_timeout``: the query clock jumps far ahead (as if that read had taken longer
+  than any limit);
+- ``busy``: every query thread is taken by a read that does not end (a hung disk), so
+  the next page waits for a thread past ``THREAD_WAIT`` (made short here); the reads are
+  let go once that wait has failed;
+- ``index``: the read finds the index unavailable (``IndexUnavailableError``, as a
+  rebuild under way shows it);
+- ``corrupt``: the read fails with ``sqlite3.DatabaseError`` (an index damaged on disk:
+  unexpected, a fault).
+
+No test can make a read slow, a disk hang or a file rot on cue; the limit, the pool and
+its wait, and the export's handling of each are the real ones."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import sqlite3
+import threading
 from typing import Any, Final
 
-from collector.api import exports
+from collector.api import exports, queries
+from collector.api.queries import QueriesBusy, QueryPool
 from collector.cli import main
 from collector.query import Reader
+from collector.query_reader import _incomplete
 from collector.storage import time_limit
 
 #: Records per export page here (the collector's: 1,000).
 PAGE: Final = 2
-#: The page whose read runs past the limit: the first is read before the response
-#: starts, the second's bytes are sent before the third is read.
+#: The page whose read goes wrong: the first is read before the response starts, the
+#: second's bytes are sent before the third is read.
 LATE_PAGE: Final = 3
+#: The environment variable that names the fault.
+FAULT: Final = "LATE_EXPORT_FAULT"
+FAULTS: Final = ("query_timeout", "busy", "index", "corrupt")
 
 search = Reader.search
 monotonic = time_limit.monotonic
+pool_init, pool_run = QueryPool.__init__, QueryPool.run
+thread_wait = queries.THREAD_WAIT
+_fault = os.environ.get(FAULT, "query_timeout")
 _pages = itertools.count(2)  # the pages read on from a cursor: the 2nd, the 3rd, ...
 _ahead = 0.0
+_pools: list[QueryPool] = []
+_hung = threading.Event()  # set: the reads holding the query threads end
 
 
 def _clock() -> float:
@@ -32,13 +56,49 @@ def _clock() -> float:
 
 def late_search(reader: Reader, *args: Any, **kwargs: Any) -> Any:
     global _ahead
-    if kwargs.get("cursor") is not None and next(_pages) == LATE_PAGE:
+    if kwargs.get("cursor") is None or next(_pages) != LATE_PAGE:
+        return search(reader, *args, **kwargs)
+    if _fault == "query_timeout":
         _ahead = 10.0**6  # past the limit of the query under way, not of later ones
+    elif _fault == "busy":
+        _hold_every_thread()
+    elif _fault == "index":
+        raise _incomplete(reader.data_dir / "index.sqlite",
+                          sqlite3.DatabaseError("file is not a database"))
+    else:
+        raise sqlite3.DatabaseError("database disk image is malformed")
     return search(reader, *args, **kwargs)
 
 
+def _hold_every_thread() -> None:
+    """Queue one never-ending read per query thread, ahead of the export's next page
+    (this thread, the export's, takes one once this page is answered)."""
+    [pool] = _pools
+    queries.THREAD_WAIT = 0.5  # type: ignore[misc]  # a job never taken: any wait fails
+    for _ in range(pool._size):
+        pool._submit(queries._Job(lambda reader: _hung.wait()))
+
+
+def keep_pool(pool: QueryPool, *args: Any, **kwargs: Any) -> None:
+    pool_init(pool, *args, **kwargs)
+    _pools.append(pool)
+
+
+async def run_then_release(pool: QueryPool, work: Any) -> Any:
+    try:
+        return await pool_run(pool, work)
+    except QueriesBusy:
+        _hung.set()  # the disk answers again: the next export finds its threads
+        queries.THREAD_WAIT = thread_wait  # type: ignore[misc]
+        raise
+
+
 if __name__ == "__main__":
+    if _fault not in FAULTS:
+        raise SystemExit(f"{FAULT}={_fault!r}: expected one of {', '.join(FAULTS)}")
     exports.PAGE = PAGE  # type: ignore[misc]
     time_limit.monotonic = _clock
     Reader.search = late_search  # type: ignore[method-assign]
+    QueryPool.__init__ = keep_pool  # type: ignore[method-assign]
+    QueryPool.run = run_then_release  # type: ignore[method-assign]
     raise SystemExit(main())

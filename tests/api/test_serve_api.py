@@ -237,20 +237,29 @@ def test_a_query_past_query_timeout_is_answered_503_query_timeout_and_frees_its_
     assert not [r for r in stored_events(data) if r["type"].startswith("audit_log_")]
 
 
-class LateExportPagesCollector(CollectorProcess):
-    module = "tests.api.late_export_pages"
+def late_export_pages(fault: str) -> type[CollectorProcess]:
+    """The collector of ``tests.api.late_export_pages``, its exports cut by ``fault``."""
+    from tests.api.late_export_pages import FAULT
+
+    class LateExportPagesCollector(CollectorProcess):
+        module = "tests.api.late_export_pages"
+
+        def __init__(self, data_dir: Path, *args: str,
+                     env: dict[str, str] | None = None) -> None:
+            super().__init__(data_dir, *args, env={**(env or {}), FAULT: fault})
+
+    return LateExportPagesCollector
 
 
-def test_an_export_cut_by_query_timeout_after_its_first_bytes_fails_with_one_warning(
-        root: Path) -> None:
-    """Past its first bytes an export's status cannot change: it must fail as a download
-    (never end as a short file). It did, but the collector logged an internal error, with
-    Starlette's traceback and uvicorn's, for what is the limit doing its job."""
+def cut_export(root: Path, fault: str, pages_sent: int = 1) -> str:
+    """An export cut while its third page is read, by ``fault``, after its first
+    ``pages_sent`` pages: it fails as a download (never ends as a short file), and the
+    collector goes on (the next export is whole). The collector's output."""
     from tests.api.late_export_pages import PAGE
 
     data = root / "data"
     token = add_reader(data, "ops", root=True)
-    with serving(data, process=LateExportPagesCollector) as (collector, url):
+    with serving(data, process=late_export_pages(fault)) as (collector, url):
         ship(collector, root / "spool", *[f"user{n}" for n in range(3 * PAGE)])
         received = bytearray()
         with pytest.raises(httpx.HTTPError), httpx.stream(
@@ -260,17 +269,69 @@ def test_an_export_cut_by_query_timeout_after_its_first_bytes_fails_with_one_war
             assert answer.status_code == 200
             for chunk in answer.iter_bytes():
                 received += chunk
-        # The collector goes on: the next export is read under a limit of its own.
         again = httpx.get(f"{url}/api/v1/audit-logs/export.csv", timeout=30,
                           params={"type": "run_launched"},
                           headers={"Authorization": f"Bearer {token}"})
         assert collector.stop() == 0
     rows = received.decode().splitlines()
-    assert rows[0].startswith("Type,") and len(rows) == 1 + PAGE  # the first page, no more
+    assert rows[0].startswith("Type,") and len(rows) == 1 + pages_sent * PAGE  # no more
     assert again.status_code == 200 and len(again.text.splitlines()) == 1 + 3 * PAGE
     log = "".join(collector.output)
-    assert "Traceback" not in log and "ASGI" not in log, log
-    [warning] = [line for line in log.splitlines() if "export" in line and "WARNING" in line]
-    assert (f"query API: GET '/api/v1/audit-logs/export.csv' (csv) stopped after {PAGE} "
-            f"row(s)") in warning, warning
-    assert "(query_timeout)" in warning and "the download fails" in warning, warning
+    assert "ASGI" not in log and "Caught handled exception" not in log, log
+    return log
+
+
+def the_cut_line(log: str, level: str, pages_sent: int = 1) -> str:
+    """The one line that says why the export stopped; no traceback."""
+    from tests.api.late_export_pages import PAGE
+
+    assert "Traceback" not in log, log
+    [line] = [line for line in log.splitlines() if "export" in line and level in line]
+    assert (f"{level} collector.api: query API: GET '/api/v1/audit-logs/export.csv' (csv) "
+            f"stopped after {pages_sent * PAGE} row(s), ") in line, line
+    assert "the download fails" in line, line
+    return line
+
+
+def test_an_export_cut_by_query_timeout_after_its_first_bytes_fails_with_one_warning(
+        root: Path) -> None:
+    """Past its first bytes an export's status cannot change: it must fail as a download
+    (never end as a short file). It did, but the collector logged an internal error, with
+    Starlette's traceback and uvicorn's, for what is the limit doing its job."""
+    warning = the_cut_line(cut_export(root, "query_timeout"), "WARNING")
+    assert "(query_timeout)" in warning and "narrow it with since/until" in warning, warning
+
+
+def test_an_export_whose_next_page_finds_every_query_thread_busy_fails_with_one_warning(
+        root: Path) -> None:
+    """Every query thread held (here by reads the disk does not answer) past the wait for
+    one: the 503 of a query not yet answered; an export under way ended as an internal
+    error with two tracebacks."""
+    # The third page is read with the second's rendering: sent, the fourth waits.
+    warning = the_cut_line(cut_export(root, "busy", pages_sent=2), "WARNING", pages_sent=2)
+    assert "query threads stayed busy for 0.5 s" in warning, warning
+    assert "check the data disk" in warning and "download it again" in warning, warning
+    assert "nothing was read" not in warning, warning  # the 503's words: not so here
+
+
+def test_an_export_that_finds_the_index_unavailable_fails_with_one_error_line(
+        root: Path) -> None:
+    """The index gone from under an export (a rebuild under way): the data directory's
+    state, said as the 503 before the first byte says it (an ERROR, with what to do)."""
+    error = the_cut_line(cut_export(root, "index"), "ERROR")
+    assert "index.sqlite is not a complete index" in error, error
+    assert "audit-collector reindex" in error, error
+
+
+def test_an_export_cut_by_an_unexpected_error_logs_one_traceback(root: Path) -> None:
+    """A fault (an index damaged on disk, a bug) keeps its traceback, once: the server's
+    two (Starlette's, uvicorn's) said nothing more, and "Exception in ASGI application"
+    hid which export it was and how far it got."""
+    from tests.api.late_export_pages import PAGE
+
+    log = cut_export(root, "corrupt")
+    assert log.count("Traceback") == 1, log
+    [line] = [line for line in log.splitlines() if "export" in line and "ERROR" in line]
+    assert (f"ERROR collector.api: query API: GET '/api/v1/audit-logs/export.csv' (csv) "
+            f"failed after {PAGE} row(s), ") in line, line
+    assert "sqlite3.DatabaseError: database disk image is malformed" in log, log

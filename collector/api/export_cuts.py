@@ -1,0 +1,78 @@
+"""Why an export stopped after its first bytes, in one line of the log: what was
+exported, how far it got, why it stopped and what to do. Raised to the server, each cut
+was logged as an internal error with two tracebacks (Starlette's, uvicorn's), the
+expected ones too.
+
+Expected reasons are said at the level their 503 is logged at before the first byte
+(``collector.api.app``), with no traceback: the query time limit, every query thread
+busy (an overloaded collector or a hung disk: the pool's wait cannot tell them apart),
+the index unavailable (a rebuild under way, a damaged or missing file). Anything else is
+a fault (a bug, an index damaged on disk): one traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from starlette.types import Scope
+
+from collector.query import IndexUnavailableError
+from collector.storage.errors import IndexOutOfDateError
+from collector.storage.time_limit import QueryTimeoutError
+
+from .queries import QueriesBusy
+
+log = logging.getLogger("collector.api")
+
+#: What every cut line ends with: what the client saw.
+FAILED_DOWNLOAD = ("Its connection is closed before the end of the body: the download "
+                   "fails, it does not end short")
+
+
+@dataclass(frozen=True)
+class Cut:
+    level: int
+    #: Why it stopped and what to do.
+    why: str
+
+
+def expected_cut(exc: Exception) -> Cut | None:
+    """The line an expected reason gets; None for a fault."""
+    if isinstance(exc, QueryTimeoutError):
+        return Cut(logging.WARNING, str(exc))  # says to narrow the selection
+    if isinstance(exc, QueriesBusy):
+        # The 503's message says "nothing was read or recorded": an export was.
+        return Cut(logging.WARNING, f"its next page waited for a query thread: "
+                                    f"{exc.reason}; download it again later, and if this "
+                                    f"recurs while few readers query, check the data disk")
+    if isinstance(exc, (IndexUnavailableError, IndexOutOfDateError)):
+        # Names the file and what to do (usually: wait for the rebuild, or reindex).
+        return Cut(logging.ERROR, f"the index cannot answer: {exc}; download it again "
+                                  f"once it does")
+    return None
+
+
+def log_cut(scope: Scope, fmt: str, rows: int, sent: int, exc: Exception) -> None:
+    """One line for ``exc``, which ended the export of ``scope`` after ``rows`` records
+    (``sent`` bytes) were handed to the server."""
+    # %r: the path is the client's text (see collector.api.app).
+    what = (scope["method"], scope["path"], fmt, rows, sent)
+    cut = expected_cut(exc)
+    if cut is None:
+        log.error("query API: %s %r (%s) failed after %d row(s), %d bytes sent. %s",
+                  *what, FAILED_DOWNLOAD, exc_info=exc)
+    else:
+        log.log(cut.level, "query API: %s %r (%s) stopped after %d row(s), %d bytes sent: "
+                "%s. %s", *what, cut.why, FAILED_DOWNLOAD)
+
+
+def log_gone(scope: Scope, fmt: str, rows: int, sent: int, exc: Exception) -> None:
+    """The client left before ``exc`` ended the export: nobody's download to fail, and a
+    fault still said (with its traceback)."""
+    if expected_cut(exc) is None:
+        log_cut(scope, fmt, rows, sent, exc)
+    else:
+        log.debug("query API: %s %r (%s) stopped after %d row(s), %d bytes sent, its "
+                  "client gone already: %s", scope["method"], scope["path"], fmt, rows,
+                  sent, exc)

@@ -1,0 +1,51 @@
+"""An export ended by an expected reason once its client has gone already: nobody's
+download to fail, so nothing to say above debug. The server has no connection of it
+left to abort; the response raised then, and the server logged the end as an internal
+error with two tracebacks. (Cuts with the client still there: tests/api/
+test_serve_api.py, on a real server.)"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from starlette.types import Message
+
+from collector.api.aborts import ABORT
+from collector.api.exports import ExportResponse, Sent
+from collector.storage.time_limit import Deadline
+
+PATH = "/api/v1/audit-logs/export.csv"
+
+
+def test_an_export_cut_after_its_client_left_ends_with_a_debug_line_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"Type,Target\n"
+        raise Deadline(30.0, "query_timeout").error()
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the disconnect is not read yet (the race)
+        raise AssertionError("unreachable")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": PATH,
+             "asgi": {"version": "3.0", "spec_version": "2.3"},  # uvicorn's
+             # The server's lookup of the connection finds none: it was lost.
+             "extensions": {ABORT: lambda: False}}
+    response = ExportResponse(body(), Sent(rows=1, bytes=12), "csv", media_type="text/csv")
+    with caplog.at_level(logging.DEBUG, logger="collector.api"):
+        asyncio.run(response(scope, receive, send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[-1]["more_body"]  # never ended as if whole
+    [record] = caplog.records
+    assert record.levelno == logging.DEBUG, record.getMessage()
+    assert record.getMessage().startswith(
+        f"query API: GET {PATH!r} (csv) stopped after 1 row(s), 12 bytes sent, its client "
+        f"gone already: the query ran longer than 30 s (query_timeout)")
