@@ -58,39 +58,37 @@ How it behaves:
 
 The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExporter``
 (protobuf over HTTP, its own short retries inside ``timeout``). This module keeps the
-loop; its parts are modules of their own: the settings (``forward_config``), the
-position in the store and ``skipped`` (``forward_position``), the records per export
-(``forward_batch_size``), a record refused alone (``forward_refused``), the records as
-log records (``otlp_records``), the exporter (``otlp_http``) and the checkpoint file
+loop and one step of it; its parts are modules of their own: the settings
+(``forward_config``), the position in the store and ``skipped`` (``forward_position``),
+the records per export (``forward_batch_size``), a record refused alone
+(``forward_refused``), one export cut off at its deadline (``forward_export``), failures
+in a row and the backoff after them (``forward_backoff``), the records as log records
+(``otlp_records``), the exporter (``otlp_http``) and the checkpoint file
 (``forward_checkpoint``).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from audit_middleware import otel
-from audit_middleware._counter import worth_saying
 from collector import query as q
-from collector.endpoint_url import hide_query_values
+from collector.forward_backoff import Backoff
 from collector.forward_batch_size import HTTP_BAD_REQUEST, HTTP_TOO_LARGE, BatchSize
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointFile
 from collector.forward_config import ForwardSettings
+from collector.forward_export import ExporterFactory, ExportFailed, ExportWithDeadline
 from collector.forward_position import StorePosition
 from collector.forward_refused import KEPT, SKIP_AFTER, RefusedInARow, SkippedRecord
 from collector.otlp_http import (
-    exporter_lines,
     failure_of,
     otlp_http_exporter,
     rejected_by_receiver,
@@ -106,22 +104,13 @@ __all__ = ["ExportFailed", "Forwarder"]
 
 log = logging.getLogger("collector.forward")
 
-#: Time an export may take beyond ``timeout``: the exporter's timeout bounds each socket
-#: read, not the request, and an endpoint trickling its answer held the forwarder for good.
-EXPORT_GRACE: Final = 5.0
 #: Seconds a stop waits for the export in flight before cutting it off: an answering
 #: endpoint answers well within it.
 STOP_GRACE: Final = 1.0
-#: The longest wait a receiver's Retry-After gets: one far off (a clock off by years, a
-#: mistake) must not stop forwarding for good.
-MAX_RETRY_AFTER: Final = 600.0
 
 
 # -- the forwarder --------------------------------------------------------------------------------
-ExporterFactory = Callable[[ForwardSettings], LogRecordExporter]
-
-
-class Forwarder(StorePosition):
+class Forwarder(StorePosition, ExportWithDeadline, Backoff):
     def __init__(self, data_dir: Path, settings: ForwardSettings, *,
                  exporter: ExporterFactory = otlp_http_exporter) -> None:
         self.data_dir = Path(data_dir)
@@ -210,16 +199,6 @@ class Forwarder(StorePosition):
         self._shutdown_exporter()
         self.state = "stopped"
 
-    def _shutdown_exporter(self) -> None:
-        exporter = self._exporter
-        if exporter is self._shut_down:
-            return
-        self._shut_down = exporter
-        try:
-            exporter.shutdown()  # type: ignore[no-untyped-call]
-        except Exception:
-            log.debug("forwarder: exporter shutdown failed", exc_info=True)
-
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -240,39 +219,6 @@ class Forwarder(StorePosition):
     def _wait(self, seconds: float) -> None:
         self._wake.wait(seconds)
         self._wake.clear()
-
-    def _backoff(self) -> float:
-        delay = self._delay
-        self._delay = min(self._delay * 2, self.settings.backoff_max)
-        jittered = delay * random.uniform(0.8, 1.2)
-        # OTLP: a client SHOULD wait what a 429/503 asks (the exporter waits it only
-        # within its own timeout; past that, this backoff follows).
-        asked = self._asked
-        return jittered if asked is None else max(jittered, min(asked, MAX_RETRY_AFTER))
-
-    def _failed(self, exc: Exception) -> None:
-        if self._stopping:
-            return  # stopped meanwhile: its state stays "stopped"
-        with self._lock:
-            self.failures += 1
-            self.state = "retrying"
-            # requests names the URL it failed to reach, query (a key?) included.
-            self.last_error = hide_query_values(f"{type(exc).__name__}: {exc}" if str(exc)
-                                                else type(exc).__name__)
-        self._streak += 1
-        if worth_saying(self._streak):  # at 1, 2, 4, 8, ... in a row: visible, not a flood
-            # The receiver's answer is quoted in it: escaped, a line break in it would
-            # forge a line of this log.
-            log.error("forwarder: export to %s failed (%d in a row, %d so far, retrying "
-                      "with backoff): %s", self.settings.shown_endpoint, self._streak,
-                      self.failures, terminal_safe(self.last_error))
-
-    def _recovered(self) -> None:
-        """An export was accepted: the end of an outage is said, as its start was."""
-        if self._streak:
-            log.info("forwarder: %s accepted again after %d failed exports",
-                     self.settings.shown_endpoint, self._streak)
-            self._streak = 0
 
     def step(self) -> int:
         """Export the next batch, if any: the records the checkpoint moved past,
@@ -388,56 +334,6 @@ class Forwarder(StorePosition):
                   self.settings.shown_endpoint, refused[0], sent, first, last,
                   terminal_safe(refused[1]) or "(no reason given)")
 
-    def _export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        """The exporter's answer within ``timeout`` + EXPORT_GRACE, else ExportFailed.
-        The export runs on a thread of its own: past the deadline its connection is shut
-        down (the request then fails at once), its exporter too, and a new one is made
-        for the retry. An export that still does not end (an exporter not made here) is
-        waited for: no other starts meanwhile, so a stall holds one thread, not one per
-        retry."""
-        stalled = self._in_flight
-        if stalled is not None and stalled.is_alive():
-            raise ExportFailed(f"an export to {self.settings.shown_endpoint} abandoned after "
-                               f"its deadline has not ended yet (a stalled endpoint)")
-        answer: list[LogRecordExportResult | BaseException] = []
-        exporter = self._exporter
-        # Its own lines only with the forwarder's: an export that fails says them
-        # when the forwarder says that failure (``_failed``).
-        say = worth_saying(self._streak + 1)
-
-        def run() -> None:
-            try:
-                with exporter_lines(say):
-                    answer.append(exporter.export(batch))
-            except BaseException as exc:  # noqa: BLE001 - handed to the forwarder thread
-                answer.append(exc)
-
-        with self._lock:
-            self.state = "exporting"
-        thread = self._in_flight = threading.Thread(target=run, daemon=True,
-                                                    name="audit-forwarder-export")
-        thread.start()
-        deadline = self.settings.timeout + EXPORT_GRACE
-        thread.join(deadline)
-        if thread.is_alive():
-            session = session_of(exporter)
-            if session is not None:
-                session.abort()  # the request fails now, and its thread ends
-                thread.join(EXPORT_GRACE)
-            # ``exporter`` is ``self._exporter`` (only this thread replaces it): shut
-            # down once, also when stop() got there first.
-            self._shutdown_exporter()
-            if not self._stopping:  # (stop() shuts down the exporter it sees, this one)
-                self._exporter = self._make_exporter(self.settings)
-            raise ExportFailed(f"{self.settings.shown_endpoint} did not answer within {deadline:g}s "
-                               f"(forward_timeout + {EXPORT_GRACE:g}s); the request is "
-                               f"abandoned and the batch sent again")
-        self._in_flight = None
-        outcome = answer[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
     # -- figures --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -468,7 +364,3 @@ class Forwarder(StorePosition):
                 "last_skipped_refused": self._last_skipped_refused,
                 "last_error": self.last_error,
             }
-
-
-class ExportFailed(RuntimeError):
-    """The endpoint did not accept a batch; it is retried."""

@@ -253,7 +253,7 @@ def test_a_receivers_retry_after_is_honoured(store: Store, receiver: OTLPReceive
     """OTLP: a client SHOULD wait the Retry-After of a 429 or 503. The exporter honours
     it only within its own timeout; past that the forwarder retried on its own backoff
     (0.5 s, 1 s, ...), pressing a receiver that asked for a pause."""
-    from collector.forwarder import MAX_RETRY_AFTER
+    from collector.forward_backoff import MAX_RETRY_AFTER
 
     write(store, 2)
     receiver.refuse_next(1, 429, Retry_After=retry_after)
@@ -769,9 +769,9 @@ def test_an_endpoint_trickling_its_answer_is_cut_off_at_the_deadline(
     batch goes again on a new connection, which is answered."""
     import threading
 
-    from collector import forwarder as forwarder_module
+    from collector import forward_export
 
-    monkeypatch.setattr(forwarder_module, "EXPORT_GRACE", 0.5)
+    monkeypatch.setattr(forward_export, "EXPORT_GRACE", 0.5)
     endpoint = TricklingEndpoint()
     relay = None
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
