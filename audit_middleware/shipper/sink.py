@@ -4,15 +4,15 @@ The request thread only numbers the event and appends it to a bounded queue
 (``BatchingQueue``). Its worker thread sends batches and waits for the collector's
 acknowledgement; when the collector is unreachable it appends the batch to the local
 spool and retries with backoff, and when the collector returns it replays the spool in
-order before sending anything newer. Every event ends up acknowledged, rejected (named by
-the collector with a reason), or dropped and counted: never silently lost.
+order before sending anything newer (``spooling``: what is kept, dropped and replayed).
+Every event ends up acknowledged, rejected (named by the collector with a reason), or
+dropped and counted: never silently lost.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
-import logging
 import os
 import re
 import socket
@@ -28,19 +28,15 @@ from .._counter import Counter
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
 from ..sinks.batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
-from ..wire import BatchBody, WireError, decode_batch_body, encode_batch_body
 from .endpoint import DEFAULT_URL, Endpoint, parse_url, verifying_context
 from .pipeline import Chunk
 from .receipts import Receipt, new_receipt
 from .sender import Sender, resolve, resolve_all
 from .spool import Spool
 from .spool_files import place_problem
-
-log = logging.getLogger("audit_middleware")
+from .spooling import Spooling
 
 Item = tuple[int, AuditEvent | PendingEvent, "Receipt[str | None] | None"]
-_ORPHAN_SCAN_INTERVAL: Final = 10.0
-_REPLAY_SLICE: Final = 0.25  # seconds of replay per worker cycle, then newer events queue
 _CLOSE_GRACE: Final = 0.5  # seconds past the exit deadline to spool what was in flight
 _MAX_SECONDS: Final = 86_400.0  # a longer timeout is a mistake, not a setting
 
@@ -56,7 +52,7 @@ def new_source_id() -> str:
 DEFAULT_SPOOL_DIR: Final = "./audit-spool"
 
 
-class CollectorSink:
+class CollectorSink(Spooling):
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -259,101 +255,6 @@ class CollectorSink:
                             [item[2] for item in part] if self.fail_closed else None,
                             self.numbered())
             items = self._queue.take(size) if self._sender.flowing else []
-
-    def _idle(self) -> bool:
-        """Between drains: replay the spool; True when more is waiting."""
-        spool = self._spool
-        if spool is None:
-            return False
-        # Here, not at the fork: a server's worker drops root after it (gunicorn --user).
-        spool.check_place()
-        with self._io_lock:
-            if spool.empty:
-                now = time.monotonic()
-                # Orphans the last scan left (it adopts so many at a time): at once.
-                if now - self._last_scan < _ORPHAN_SCAN_INTERVAL and not spool.orphans_left:
-                    return False
-                self._last_scan = now
-                if not spool.adopt_orphans():
-                    return False
-            return self._replay(_REPLAY_SLICE)
-
-    def _replay(self, budget: float) -> bool:
-        assert self._spool is not None
-        stop = time.monotonic() + budget
-        while time.monotonic() < stop:
-            if not self._sender.may_try():
-                return False
-            body = self._spool.peek()
-            if body is None:
-                if not self._spool.replay_pending:  # else not yet: a file the disk refused
-                    log.info("audit: spool replayed, shipping to %s directly again",
-                             self.endpoint)
-                return False
-            try:
-                kept = decode_batch_body(body)
-            except WireError as exc:  # the crc matched: a bug, or bytes made to match
-                self._drop(max(body.count(b"\n") - 1, 0), f"unreadable spool record ({exc})")
-                self._commit_head()
-                continue
-            chunk = self._unsettled(kept)
-            before = self._sender.acknowledged.value
-            unsent = self._sender.ship([chunk]) if chunk.seqs else []
-            self.replayed.add(self._sender.acknowledged.value - before)
-            if unsent:
-                # Sent again later, without what the collector settled this time: a part
-                # it refused (split to fit its frame) was dropped and counted; sent again,
-                # it was refused again, the record never committed, forever.
-                back = {seq for part in unsent for seq in part.seqs}
-                assert self._head_settled is not None
-                self._head_settled[1].update(s for s in chunk.seqs if s not in back)
-                return False
-            self._commit_head()
-        return True
-
-    def _unsettled(self, kept: BatchBody) -> Chunk:
-        """The spool's head record as a chunk, less what an earlier try settled."""
-        key = (kept.source, kept.seqs[0] if kept.seqs else 0, len(kept.seqs))
-        if self._head_settled is None or self._head_settled[0] != key:
-            self._head_settled = (key, set())
-        settled = self._head_settled[1]
-        keep = [i for i, seq in enumerate(kept.seqs) if seq not in settled]
-        return Chunk(kept.source, [kept.seqs[i] for i in keep],
-                     [kept.lines[i] + b"\n" for i in keep], numbered=kept.numbered)
-
-    def _commit_head(self) -> None:
-        assert self._spool is not None
-        self._spool.commit()
-        self._head_settled = None
-
-    def _keep(self, chunk: Chunk) -> None:
-        if self._spool is None:
-            self._retry_in_memory(chunk)
-        elif self._spool.append(encode_batch_body(chunk.source, chunk.seqs, chunk.lines,
-                                                  chunk.numbered)):
-            self.spooled.add(len(chunk))
-        else:
-            self._drop(len(chunk), self._spool.refusal)  # the cap, or the disk's error
-
-    def _retry_in_memory(self, chunk: Chunk) -> None:
-        # No spool: hold this batch and retry; the queue fills meanwhile and counts drops.
-        pending = [chunk]
-        while pending:
-            if self._sender.past_deadline:
-                self._drop(sum(len(c) for c in pending),
-                           "the collector was unreachable until shutdown")
-                return
-            if not self._sender.may_try():
-                time.sleep(0.05)  # backing off
-                continue
-            pending = self._sender.ship(pending)
-
-    def _drop(self, n: int, why: str) -> None:
-        before = self.dropped.value
-        self.dropped.add(n)
-        if before == 0 or (before.bit_length() != self.dropped.value.bit_length()):
-            log.error("audit: %d events dropped: %s (%d dropped so far)", n, why,
-                      self.dropped.value)
 
     # -- control --------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:

@@ -284,10 +284,10 @@ def test_a_spool_file_the_disk_cannot_read_holds_up_nothing_else_and_is_replayed
     collector meanwhile, delivery is not said done until the file is replayed too."""
     import errno
 
-    from audit_middleware.shipper import sink as sink_module
+    from audit_middleware.shipper import spooling
     from audit_middleware.shipper.spool_files import SUFFIX
 
-    monkeypatch.setattr(sink_module, "_ORPHAN_SCAN_INTERVAL", 0.1)
+    monkeypatch.setattr(spooling, "_ORPHAN_SCAN_INTERVAL", 0.1)
     sink = make_sink()
     spooled = emit_many(10, "a")
     assert sink.flush(timeout=10) and sink.stats()["spooled"] == 10
