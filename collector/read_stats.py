@@ -27,7 +27,7 @@ def stats_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_stats(args: argparse.Namespace) -> int:
     from .index import files_bytes as index_files_bytes
-    from .serve import STATS_FILE
+    from .serve import STATS_FILE, STATS_INTERVAL
 
     data_dir = data_dir_of(args)
     # A running collector deletes and replaces files while they are listed: file_sizes
@@ -53,12 +53,28 @@ def run_stats(args: argparse.Namespace) -> int:
     else:
         report["collector"] = collected
         report["collector_stats_age_s"] = age
+        report["collector_state"] = _state(collected, age, STATS_INTERVAL)
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         for line in _flatten(report):
             print(line)
     return 0
+
+
+def _state(collected: Any, age: float, interval: float) -> str:
+    """Whether the collector whose stats these are runs, as far as its stats file tells:
+    the stop's last write says "stopped"; a running one rewrites it every ``interval``
+    seconds. Without a lock on the data directory (which ``verify`` takes, and which a
+    collector starting at that moment would find held), this is what can be said."""
+    state = collected.get("state") if isinstance(collected, dict) else None
+    if state == "stopped":
+        return f"stopped (a clean stop, {age:g} s ago)"
+    if age <= 3 * interval:
+        return "running"
+    return (f"not running, or its writes hang: its stats are {age:g} s old (a running "
+            f"collector writes them every {interval:g} s), and it did not stop cleanly "
+            f"(killed, crashed, its machine stopped?): see its log")
 
 
 def _indexed(data_dir: Path) -> int | str:

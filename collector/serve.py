@@ -379,8 +379,9 @@ async def _final_stats(server: IngestServer, integrations: Integrations,
         store_stats = await integrations.store_stats.read(SHARED_WAIT, fresh=True)
         # Fresh: a write under way (the stats task's, cancelled, goes on in its thread)
         # holds the counters of before the stop; shared, the file kept those.
-        await stats_file.write_off_loop(_live_stats(server, store_stats, integrations),
-                                        SHARED_WAIT, fresh=True)
+        await stats_file.write_off_loop(
+            {**_live_stats(server, store_stats, integrations), "state": "stopped"},
+            SHARED_WAIT, fresh=True)
     except Unanswered as exc:  # no traceback: the disk, not this code
         log.warning("%s: the final %s not written (`audit-collector stats` shows an "
                     "earlier write's counters)", exc, STATS_FILE)
@@ -388,8 +389,10 @@ async def _final_stats(server: IngestServer, integrations: Integrations,
 
 def _live_stats(server: IngestServer, store_stats: dict[str, Any],
                 integrations: Integrations) -> dict[str, Any]:
-    """What the live stats file holds; read on the loop (ingest's counters live there)."""
-    return {**server.stats(), "store": store_stats,  # ingest's, then the store's
+    """What the live stats file holds; read on the loop (ingest's counters live there).
+    ``state`` is "running"; the stop's last write says "stopped" (``stats`` tells a
+    clean stop from a collector that died, whose last write says "running")."""
+    return {"state": "running", **server.stats(), "store": store_stats,  # ingest's, the store's
             **integrations.stats()}  # http ingest, forwarder (lag)
 
 

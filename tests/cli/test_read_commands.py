@@ -266,6 +266,27 @@ def test_stats_shows_the_live_collectors_counters_and_source_gaps() -> None:
     [(source, ranges)] = live["store"]["sources"].items()
     assert source == sink.source and ranges["gaps"] == []
     assert "connections_open" in live
+    assert report["collector_state"].startswith("stopped (a clean stop")
+
+
+def test_stats_tells_a_running_collector_from_one_that_died(tmp_path: Path) -> None:
+    """After a stop, stats showed the last counters as if a collector still ran (only
+    collector_stats_age_s told otherwise). A running one's file is rewritten every
+    STATS_INTERVAL; one that died leaves its last write, which says "running"."""
+    from collector.serve import STATS_FILE, STATS_INTERVAL, StatsFile
+
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    StatsFile(data / STATS_FILE).write({"state": "running", "store": {"written": 3}})
+
+    def state() -> str:
+        report = orjson.loads(cli("stats", "--data-dir", str(data), "--json").stdout)
+        return str(report["collector_state"])
+
+    assert state() == "running"
+    old = time.time() - 10 * STATS_INTERVAL
+    os.utime(data / STATS_FILE, (old, old))
+    assert state().startswith("not running, or its writes hang: its stats are ")
 
 
 def test_stats_shows_what_others_wrote_escaped_one_line_per_key(tmp_path: Path) -> None:
