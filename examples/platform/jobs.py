@@ -42,14 +42,17 @@ class RunBackend:
         self.vault = vault
 
     def launch(self, workspace_id: str, compute_env_id: str, repository: str, *,
-               outcome: str = "succeeded", launch_id: str | None = None) -> Run:
+               outcome: str = "succeeded", launch_id: str | None = None,
+               relaunched_from: str | None = None) -> Run:
         """Start a run on a compute environment (reading its credentials); a relaunch or
-        resume passes the ``launch_id`` of the lineage it continues."""
+        resume passes the ``launch_id`` of the lineage it continues and the run it
+        continues from."""
         ce = self.store.compute_envs.get(compute_env_id, workspace_id=workspace_id)
         self.vault.read(workspace_id, ce.credentials_id)
         run_id = new_id("run")
         return self.store.runs.add(Run(run_id, workspace_id, launch_id or run_id,
-                                       repository, ce.id, outcome=outcome))
+                                       repository, ce.id, outcome=outcome,
+                                       relaunched_from=relaunched_from))
 
     def record_external(self, workspace_id: str, repository: str) -> Run:
         """A run started outside the platform (a Nextflow CLI reporting to it): the
@@ -63,7 +66,8 @@ class RunBackend:
             raise HTTPException(409, f"run {run_id} was started outside the platform and "
                                      f"cannot be relaunched from it")
         return self.launch(workspace_id, previous.compute_env_id, previous.repository,
-                           outcome=previous.outcome, launch_id=previous.launch_id)
+                           outcome=previous.outcome, launch_id=previous.launch_id,
+                           relaunched_from=previous.id)
 
     def mark_for_deletion(self, workspace_id: str, run_id: str) -> Run:
         run = self.live_run(workspace_id, run_id)

@@ -129,6 +129,8 @@ class Run:
     #: How the simulated workflow ends when the backend completes it.
     outcome: str = "succeeded"
     marked_for_deletion: bool = False
+    #: The run this one relaunched or resumed (None for an initial launch).
+    relaunched_from: str | None = None
 
     def event_status(self, status: str = "") -> str:
         """The ``status`` of an audit event about this run (whose target is always its

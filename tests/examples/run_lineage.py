@@ -1,6 +1,7 @@
 """Following runs from the audit records alone, as an investigator would: every event of
 a run targets its lineage's initial launch run id, and a relaunched or resumed run names
-its own id in ``status`` (``run <id>``, after the run status when there is one)."""
+its own id in ``status`` (``run <id>``, after the run status when there is one); a
+relaunch or resume names the run it continues from too (``run <id> from <previous>``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 #: Events that start a lineage: their target is the run's own id, their status empty.
 STARTS = ("run_launched", "run_created")
-#: Events that add a run to a lineage: their status names the new run, and only it.
+#: Events that add a run to a lineage: their status names the new run and the one it
+#: continues from, a run of the same lineage.
 CONTINUES = ("run_relaunched", "run_resumed")
 #: What happens to a run afterwards.
 LATER = ("run_status_changed", "run_completed", "run_deleted", "run_dropped")
@@ -30,9 +32,10 @@ def follow_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
             assert status == "" and target not in launch_of, r
             launch_of[target] = target
         elif kind in CONTINUES:
-            own = status.removeprefix("run ")
-            assert launch_of.get(target) == target and status == f"run {own}", r
-            assert re.fullmatch(r"run_[0-9a-f]{10}", own) and own not in launch_of, r
+            match = re.fullmatch(r"run (run_[0-9a-f]{10}) from (run_[0-9a-f]{10})", status)
+            assert match is not None and launch_of.get(target) == target, r
+            own, previous = match.groups()
+            assert own not in launch_of and launch_of.get(previous) == target, r
             launch_of[own] = target
         elif kind in LATER:
             match = LATER_STATUS.fullmatch(status)

@@ -65,8 +65,10 @@ def test_relaunch_and_resume_are_recorded_with_the_initial_launch_run_id_naming_
     assert len({first, relaunched["id"], resumed["id"]}) == 3  # three distinct runs
     launches = [r for r in audit.records() if r["type"] != "credentials_accessed"]
     assert launches == [place.expect("run_launched", first),
-                        place.expect("run_relaunched", first, status=f"run {relaunched['id']}"),
-                        place.expect("run_resumed", first, status=f"run {resumed['id']}")]
+                        place.expect("run_relaunched", first,
+                                     status=f"run {relaunched['id']} from {first}"),
+                        place.expect("run_resumed", first,
+                                     status=f"run {resumed['id']} from {relaunched['id']}")]
 
 
 def test_every_later_event_of_a_relaunched_run_targets_the_initial_launch_naming_the_run(

@@ -1,7 +1,8 @@
 """Runs. A launch, relaunch or resume reads the compute environment's credentials (a
 ``credentials_accessed`` by ``system``, from the vault). Every event of a run is recorded
 against the *initial launch* run id, the lineage's ``launch_id``; a relaunched or resumed
-run, whose own id differs, is named in ``status`` (``run <id>``), so the log alone tells
+run, whose own id differs, is named in ``status`` (``run <id>``; a relaunch or resume
+also names the run it continues: ``run <id> from <previous>``), so the log alone tells
 the runs of a lineage apart. The API still addresses a run by its own id. Deleting only
 marks a run; the backend drops it later (``run_dropped``, by ``system``)."""
 
@@ -34,6 +35,13 @@ def this_run(call: AuditCall) -> str:
     return run_event_status(call.result_value("id"), call.result_value("launch_id"))
 
 
+def new_run(call: AuditCall) -> str:
+    """A relaunch's or resume's status: the new run, and the run it continues from
+    (``run <new> from <previous>``), so that the lineage's shape, not only its members,
+    can be read from the log."""
+    return f"{this_run(call)} from {call.result_value('relaunched_from')}"
+
+
 @audited(RUN_LAUNCHED, target=INITIAL_LAUNCH, status=this_run)
 async def launch_run(request: Request) -> JSONResponse:
     ws = workspace(request)
@@ -57,13 +65,13 @@ async def create_run(request: Request) -> JSONResponse:
     return created(_public(backend(request).record_external(ws.id, repository)))
 
 
-@audited(RUN_RELAUNCHED, target=INITIAL_LAUNCH, status=this_run)
+@audited(RUN_RELAUNCHED, target=INITIAL_LAUNCH, status=new_run)
 async def relaunch_run(request: Request) -> JSONResponse:
     ws = workspace(request)
     return created(_public(backend(request).relaunch(ws.id, request.path_params["run_id"])))
 
 
-@audited(RUN_RESUMED, target=INITIAL_LAUNCH, status=this_run)
+@audited(RUN_RESUMED, target=INITIAL_LAUNCH, status=new_run)
 async def resume_run(request: Request) -> JSONResponse:
     ws = workspace(request)
     return created(_public(backend(request).relaunch(ws.id, request.path_params["run_id"])))
@@ -83,8 +91,8 @@ async def delete_run(request: Request) -> JSONResponse:
 
 
 def _public(run: Run) -> dict[str, object]:
-    return {"id": run.id, "launch_id": run.launch_id, "status": run.status,
-            "marked_for_deletion": run.marked_for_deletion}
+    return {"id": run.id, "launch_id": run.launch_id, "relaunched_from": run.relaunched_from,
+            "status": run.status, "marked_for_deletion": run.marked_for_deletion}
 
 
 WS = "/orgs/{org_id}/workspaces/{workspace_id}"
