@@ -218,15 +218,22 @@ def _read_toml(path: Path, named_by: str = "--config") -> dict[str, Any]:
 _OUR_WORDS = {"size": "bytes", "mb": "bytes", "mib": "bytes", "length": "bytes",
               "time": "age", "interval": "age", "duration": "age", "seconds": "age"}
 
+#: The words our option names use (never translated by ``_OUR_WORDS``).
+_WORDS_USED: Final = frozenset(word for option in BY_NAME for word in option.split("_"))
+
 
 def _closest_option(name: str) -> str | None:
     """The option an unknown TOML key most likely meant, or None."""
-    ours = "_".join(_OUR_WORDS.get(word, word) for word in name.lower().split("_"))
-    for candidate in (ours, name):
-        close = difflib.get_close_matches(candidate, BY_NAME, n=1)
-        if close:
-            return close[0]
-    return None
+    # A word an option of ours uses is left as it is: ``max_feld_length`` translated to
+    # ``max_feld_bytes`` was taken for ``max_inflight_bytes``.
+    ours = "_".join(word if word in _WORDS_USED else _OUR_WORDS.get(word, word)
+                    for word in name.lower().split("_"))
+    # The closer of the two matches: the translated one first alone, ``max_field_size``
+    # (``max_field_bytes``) was taken for ``max_inflight_bytes``, not ``max_field_length``.
+    found = [(difflib.SequenceMatcher(None, candidate, close[0]).ratio(), close[0])
+             for candidate in (ours, name)
+             for close in [difflib.get_close_matches(candidate, BY_NAME, n=1)] if close]
+    return max(found)[1] if found else None
 
 
 def _refuse_exposed_secrets(path: Path, from_file: Mapping[str, Any]) -> None:

@@ -186,6 +186,18 @@ def test_unknown_and_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
         load(parse("--config", str(tmp_path / "nope.toml")), {})
 
 
+def test_a_misspelt_option_using_our_own_words_is_matched_by_spelling(
+        tmp_path: Path) -> None:
+    """A word our options use themselves (``length``, ``interval``) is never read as
+    another's, nor is a translated word's match taken over a closer one by spelling:
+    ``max_feld_length`` and ``max_field_size`` were taken for ``max_inflight_bytes``."""
+    for typo, meant in (("max_feld_length", "max_field_length"),
+                        ("max_fied_length", "max_field_length"),
+                        ("max_field_size", "max_field_length")):
+        with pytest.raises(ConfigError, match=f"'{typo}' .did you mean '{meant}'"):
+            load(parse("--config", str(toml(tmp_path, f"{typo} = 1\n"))), {})
+
+
 def test_a_missing_config_file_names_what_named_it(tmp_path: Path) -> None:
     """An ``AUDIT_CONFIG`` exported in another shell, or by a unit, named a file that is
     not there: the message said only the path, and the operator looked for a flag
