@@ -283,7 +283,15 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
         if api is not None:
             closing.append(api.shutdown())
             api = None
-        await asyncio.gather(*closing)
+        # Each to its end before the first error is raised: raised at once, the others
+        # ran on unwaited (a forwarder's stop that raised left the API draining), and
+        # asyncio.run cut them short before the store closed.
+        ended = await asyncio.gather(*closing, return_exceptions=True)
+        failed = [e for e in ended if isinstance(e, BaseException)]
+        for also in failed[1:]:  # raised with the first, but not hidden by it
+            log.error("the stop also failed: %s", also, exc_info=also)
+        if failed:
+            raise failed[0]
     finally:
         if api is not None:
             await api.shutdown()
