@@ -10,6 +10,7 @@ import grp
 import os
 import pwd
 import shlex
+import stat
 from pathlib import Path
 
 
@@ -71,7 +72,8 @@ def access_hint(filename: str | os.PathLike[str]) -> str:
     the nearest directory above it that can be looked at (the data directory, 0750, hides
     its files from others), or as a member of its group. Empty when none can be looked
     at. A reader who ran `query` as themselves got "Permission denied" alone, with no word
-    of whose files these are (docs/api.md: the collector's user and group)."""
+    of whose files these are (docs/api.md: the collector's user and group). Refused to
+    its owner, it is the mode (or an attribute) that denies it, said so."""
     path = Path(filename)
     for candidate in (path, *path.parents):
         try:
@@ -79,6 +81,11 @@ def access_hint(filename: str | os.PathLike[str]) -> str:
         except OSError:
             continue
         name = user_name(st.st_uid)
+        if st.st_uid == os.geteuid():
+            # Refused to its owner: running it as that user is what was just done.
+            return (f": {candidate} is this user's own ({name}), mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}: its mode or a file attribute denies "
+                    f"this to its owner too: mend it (chmod u+rwX)")
         try:
             group = grp.getgrgid(st.st_gid).gr_name
         except KeyError:

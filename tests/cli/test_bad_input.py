@@ -323,20 +323,13 @@ def test_every_package_of_the_collector_extra_is_known_as_its_modules() -> None:
                    for module in EXTRA_MODULES), package
 
 
-def test_a_file_this_user_may_not_read_says_whose_it_is(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """Run by a user outside the collector's user and group, `query` (`stats`, `tail`,
-    `losses`) said "Permission denied (<data dir>/index.sqlite)" alone: not whose files
-    these are, nor as whom to run it. (In-process: as root, no mode denies a read.)"""
+def _query_denied(data: Path, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> str:
+    """What `query` says when reading ``data``'s index is refused (EACCES)."""
     import dataclasses
     import errno
-    import pwd
 
     from collector import cli as cli_module
-
-    data = tmp_path / "data"
-    data.mkdir()
 
     def denied(args: object) -> int:
         raise PermissionError(errno.EACCES, "Permission denied", str(data / "index.sqlite"))
@@ -345,7 +338,39 @@ def test_a_file_this_user_may_not_read_says_whose_it_is(
         dataclasses.replace(c, run=denied) if c.name == "query" else c
         for c in cli_module.COMMANDS])
     assert cli_module.main(["query", "--data-dir", str(data)]) == 2
-    said = capsys.readouterr().err
+    return capsys.readouterr().err
+
+
+def test_a_file_this_user_may_not_read_says_whose_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Run by a user outside the collector's user and group, `query` (`stats`, `tail`,
+    `losses`) said "Permission denied (<data dir>/index.sqlite)" alone: not whose files
+    these are, nor as whom to run it. (In-process: as root, no mode denies a read.)"""
+    import pwd
+
+    data = tmp_path / "data"
+    data.mkdir()
+    owner = pwd.getpwuid(os.geteuid()).pw_name
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)  # a reader who is not its owner
+    said = _query_denied(data, monkeypatch, capsys)
+    assert f"Permission denied ({data / 'index.sqlite'}): {data} is {owner}'s (group " in said
+    assert f"run this as {owner} (sudo -u {owner} audit-collector ...)" in said, said
+
+
+def test_a_file_its_own_owner_may_not_read_says_its_mode_denies_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused to the files' own owner (a mode that denies even it, a file attribute),
+    the hint told that user to run the command as themselves (sudo -u <them>), which
+    they had just done."""
+    import pwd
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o750)
     me = pwd.getpwuid(os.geteuid()).pw_name
-    assert f"Permission denied ({data / 'index.sqlite'}): {data} is {me}'s (group " in said
-    assert f"run this as {me} (sudo -u {me} audit-collector ...)" in said, said
+    said = _query_denied(data, monkeypatch, capsys)
+    assert f"run this as {me}" not in said and "sudo" not in said, said
+    assert (f"Permission denied ({data / 'index.sqlite'}): {data} is this user's own "
+            f"({me}), mode 0750: its mode or a file attribute denies this to its owner "
+            f"too: mend it (chmod u+rwX)") in said, said
