@@ -28,6 +28,7 @@ from audit_middleware._counter import worth_saying
 from audit_middleware._dirs import make_dirs
 
 from . import installed_version
+from .clean_up import CleanUp
 from .config import CollectorConfig
 from .ingest import IngestServer, IngestSettings
 from .integrations import Integrations
@@ -229,19 +230,25 @@ async def _serve(store: Any, config: CollectorConfig, out: TextIO,
     server = IngestServer(store, ingest_settings(config))
     stop = asyncio.Event()
     unhandled = signals.serving(asyncio.get_running_loop(), stop)
+    first: BaseException | None = None
     try:
         await server.start()
         await _serve_until_stopped(store, config, out, server, stop, signals)
+    except BaseException as exc:
+        first = exc
+        raise
     finally:
         # Every way out, a start-up that failed once the unix socket was bound included
         # (a TCP port taken, a forward checkpoint that cannot be read, a query API that
         # raised): its listeners closed and its socket's file removed if still ours. Left
         # there, the file took apps and probes for a collector that was not running. After
         # a stop's drain there is nothing left to do (``IngestServer.shutdown``).
+        cleanup = CleanUp(first)
         try:
-            await server.shutdown(config.drain_timeout)
+            await cleanup.step("ingest's stop", server.shutdown(config.drain_timeout))
         finally:
             unhandled()  # before the loop closes: a signal after it is the store close's
+        cleanup.done()
 
 
 async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
@@ -253,6 +260,7 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
     stats_task: asyncio.Task[None] | None = None
     api = None
     forwarding = True
+    first: BaseException | None = None
     # From here on what is started is stopped again on every way out: a start-up that
     # failed half way (the query API's start raising) left the forwarder's thread and
     # the stats task running, and the API too once it listened.
@@ -292,18 +300,26 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
             log.error("the stop also failed: %s", also, exc_info=also)
         if failed:
             raise failed[0]
+    except BaseException as exc:
+        first = exc
+        raise
     finally:
+        # Each step whatever the one before did (an API whose stop raised left the
+        # forwarder's thread running), none hiding the error that led here.
+        cleanup = CleanUp(first)
         if api is not None:
-            await api.shutdown()
+            await cleanup.step("the query API's stop", api.shutdown())
         if stats_task is not None:
             stats_task.cancel()
         if forwarding:
-            await asyncio.to_thread(integrations.stop, config.drain_timeout)
+            await cleanup.step("the forwarder's stop", asyncio.to_thread(
+                integrations.stop, config.drain_timeout))
         if stats_task is not None:
             try:
                 await _final_stats(server, integrations, stats_file)
             except Exception:  # the last stats must not fail a clean stop
                 log.exception("writing the final %s failed", STATS_FILE)
+        cleanup.done()
 
 
 def _reload_certificates(server: IngestServer, api: Any, config: CollectorConfig) -> None:

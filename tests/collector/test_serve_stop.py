@@ -44,8 +44,14 @@ class _Ingest:
 
 
 class _Integrations:
+    """The forwarder and the rest (``collector.integrations``); ``attach`` raising
+    ``attach_fails``, ``stop`` raising ``stop_fails`` (None: neither raises)."""
+
     health = type("Health", (), {"stopping": False})()
     store_stats = None
+    attach_fails: Exception | None = None
+    stop_fails: Exception | None = None
+    stopped = False
 
     def __init__(self, *args: Any) -> None:
         pass
@@ -54,26 +60,38 @@ class _Integrations:
         pass
 
     def attach(self, api: Any) -> None:
-        pass
+        if self.attach_fails is not None:
+            raise self.attach_fails
 
     def stop(self, timeout: float) -> None:
+        type(self).stopped = True
+        if self.stop_fails is not None:
+            raise self.stop_fails
+
+
+class _FailingApi(_Api):
+    async def shutdown(self) -> None:
+        raise RuntimeError("the API's stop failed")
+
+
+@pytest.fixture
+def integrations(monkeypatch: pytest.MonkeyPatch) -> type[_Integrations]:
+    class Integrations(_Integrations):
         pass
 
+    monkeypatch.setattr(serve, "Integrations", Integrations)
+    return Integrations
 
-def test_a_part_whose_stop_raised_leaves_the_others_to_end_first(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stop's parts were gathered raising at the first error: the others ran on,
-    unwaited, and ``asyncio.run`` cancelled them (the API's requests in progress cut)
-    before the store was closed."""
-    api = _Api()
 
+def _serve_until_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         api: _Api) -> None:
+    """``serve._serve_until_stopped`` with ``api`` and a stop asked already."""
     async def start_api(*args: Any) -> _Api:
         return api
 
     async def nothing(*args: Any, **kwargs: Any) -> None:
         pass
 
-    monkeypatch.setattr(serve, "Integrations", _Integrations)
     monkeypatch.setattr(serve, "_start_api", start_api)
     monkeypatch.setattr(serve, "_write_stats", nothing)
     monkeypatch.setattr(serve, "_final_stats", nothing)
@@ -85,6 +103,63 @@ def test_a_part_whose_stop_raised_leaves_the_others_to_end_first(
         await serve._serve_until_stopped(None, config, io.StringIO(),  # type: ignore[arg-type]
                                          _Ingest(api), stop, StopSignals())  # type: ignore[arg-type]
 
+    asyncio.run(stop_at_once())
+
+
+def test_a_part_whose_stop_raised_leaves_the_others_to_end_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        integrations: type[_Integrations]) -> None:
+    """The stop's parts were gathered raising at the first error: the others ran on,
+    unwaited, and ``asyncio.run`` cancelled them (the API's requests in progress cut)
+    before the store was closed."""
+    api = _Api()
     with pytest.raises(RuntimeError, match="ingest's stop failed"):
-        asyncio.run(stop_at_once())
+        _serve_until_stopped(tmp_path, monkeypatch, api)
     assert api.drained
+
+
+def test_a_start_up_that_failed_is_said_and_every_part_stopped_whatever_a_stop_raises(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, integrations: type[_Integrations],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A start-up that failed once the API listened: the API's stop raising in the
+    clean-up skipped the forwarder's (its thread left running while the store closed),
+    and its error replaced the start-up's, which was never said."""
+    integrations.attach_fails = RuntimeError("the start-up failed")
+    with pytest.raises(RuntimeError, match="the start-up failed"):
+        _serve_until_stopped(tmp_path, monkeypatch, _FailingApi())
+    assert integrations.stopped
+    assert "the query API's stop failed too, after RuntimeError('the start-up failed'): " \
+           "the API's stop failed" in caplog.text, caplog.text
+
+
+class _Signals:
+    """``StopSignals`` as ``_serve`` uses it, leaving this process's handlers alone."""
+
+    def serving(self, loop: Any, stop: Any) -> Any:
+        return lambda: None
+
+
+class _IngestNotStarted:
+    """An ingest server whose start fails half way, and whose stop then raises too."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        raise RuntimeError("the TCP port is taken")
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        raise RuntimeError("ingest's stop failed")
+
+
+def test_ingests_start_that_failed_is_the_error_raised_though_its_stop_raised(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``_serve``'s clean-up (ingest's stop, on every way out) raising replaced the
+    start-up's error: the operator read of the stop, not of the port taken."""
+    monkeypatch.setattr(serve, "IngestServer", _IngestNotStarted)
+    monkeypatch.setattr(serve, "ingest_settings", lambda config: None)
+    config = type("Config", (), {"drain_timeout": 1.0})()
+    with pytest.raises(RuntimeError, match="the TCP port is taken"):
+        asyncio.run(serve._serve(None, config, io.StringIO(), _Signals()))  # type: ignore[arg-type]
+    assert "ingest's stop failed too, after RuntimeError('the TCP port is taken')" \
+        in caplog.text, caplog.text
