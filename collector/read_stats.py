@@ -27,7 +27,7 @@ def stats_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_stats(args: argparse.Namespace) -> int:
     from .index import files_bytes as index_files_bytes
-    from .serve import STATS_FILE, STATS_INTERVAL
+    from .stats_file import STATS_FILE, STATS_INTERVAL
 
     data_dir = data_dir_of(args)
     # A running collector deletes and replaces files while they are listed: file_sizes

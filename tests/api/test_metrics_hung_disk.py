@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from starlette.applications import Starlette
 
-from collector import metrics, serve
+from collector import metrics, stats_file
 from collector.readers import Readers
 from collector.single_flight import SingleFlight, Unanswered
 from collector.store import Store
@@ -130,8 +130,8 @@ def test_serves_stats_task_skips_a_beat_when_the_stats_do_not_come(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     """Logged at the 1st, 2nd, 4th... skip, and no second reading is started meanwhile."""
-    monkeypatch.setattr(serve, "STATS_INTERVAL", 0.01)
-    monkeypatch.setattr(serve, "SHARED_WAIT", 0.01)
+    monkeypatch.setattr(stats_file, "STATS_INTERVAL", 0.01)
+    monkeypatch.setattr(stats_file, "SHARED_WAIT", 0.01)
     disk = threading.Event()
     readings = []
 
@@ -145,7 +145,7 @@ def test_serves_stats_task_skips_a_beat_when_the_stats_do_not_come(
 
     async def run() -> None:
         stub = SimpleNamespace(stats=dict)  # the ingest server, the integrations
-        task = asyncio.create_task(serve._write_stats(  # type: ignore[arg-type]
+        task = asyncio.create_task(stats_file._write_stats(  # type: ignore[arg-type]
             stub, SingleFlight(hung_stats, "store-stats"), SimpleNamespace(data_dir=tmp_path),
             stub))
         while not any("(8 times so far)" in said for said in skips()):
@@ -163,7 +163,7 @@ def test_serves_stats_task_skips_a_beat_when_the_stats_do_not_come(
         f"{n} times so far)" for n in (1, 2, 4, 8)]
     assert all(r.exc_info is None for r in caplog.records)
     assert readings == [1]
-    assert not (tmp_path / serve.STATS_FILE).exists()
+    assert not (tmp_path / stats_file.STATS_FILE).exists()
 
 
 def test_serves_stats_task_goes_on_while_its_files_write_hangs_and_leaves_the_pool_free(
@@ -173,9 +173,9 @@ def test_serves_stats_task_goes_on_while_its_files_write_hangs_and_leaves_the_po
     hung disk the task stopped there, holding one of the pool's few threads for good
     (a stop's ``asyncio.to_thread`` needs one). Now one write at a time, on a thread of
     its own, waited for a bounded time: the beats go on, skipped while it hangs."""
-    monkeypatch.setattr(serve, "STATS_INTERVAL", 0.01)
-    monkeypatch.setattr(serve, "SHARED_WAIT", 0.01)
-    hung = Hold(monkeypatch, serve.StatsFile, "write")
+    monkeypatch.setattr(stats_file, "STATS_INTERVAL", 0.01)
+    monkeypatch.setattr(stats_file, "SHARED_WAIT", 0.01)
+    hung = Hold(monkeypatch, stats_file.StatsFile, "write")
 
     def skipped(times: int) -> bool:
         return any(f"not written this time ({times} times so far)" in r.getMessage()
@@ -189,7 +189,7 @@ def test_serves_stats_task_goes_on_while_its_files_write_hangs_and_leaves_the_po
     async def run() -> int:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
         stub = SimpleNamespace(stats=dict)  # the ingest server, the integrations
-        task = asyncio.create_task(serve._write_stats(  # type: ignore[arg-type]
+        task = asyncio.create_task(stats_file._write_stats(  # type: ignore[arg-type]
             stub, SimpleNamespace(read=store_stats), SimpleNamespace(data_dir=tmp_path),
             stub))
         try:
@@ -215,8 +215,8 @@ def test_the_stops_last_stats_write_writes_the_stops_counters_after_one_under_wa
     cancellation leaves the thread writing) holds the counters of before the stop. The
     stop's last write shared it: once it ended, the file kept those, and nothing said
     the final counters were never written."""
-    hung = Hold(monkeypatch, serve.StatsFile, "write")
-    stats_file = serve.StatsFile(tmp_path / serve.STATS_FILE)
+    hung = Hold(monkeypatch, stats_file.StatsFile, "write")
+    live = stats_file.StatsFile(tmp_path / stats_file.STATS_FILE)
     composed = threading.Event()
 
     def integrations_stats() -> dict[str, Any]:
@@ -229,11 +229,11 @@ def test_the_stops_last_stats_write_writes_the_stops_counters_after_one_under_wa
 
     async def run() -> None:
         with pytest.raises(Unanswered):  # the stats task's write, which the disk holds
-            await stats_file.write_off_loop({"when": "before the stop"}, 0.01)
+            await live.write_off_loop({"when": "before the stop"}, 0.01)
         while not hung.entered.is_set():  # its thread holds the counters of before
             await asyncio.sleep(0.01)
-        stopping = asyncio.create_task(serve._final_stats(  # type: ignore[arg-type]
-            server, integrations, stats_file))
+        stopping = asyncio.create_task(stats_file._final_stats(  # type: ignore[arg-type]
+            server, integrations, live))
         while not composed.is_set():
             await asyncio.sleep(0.01)
         # Turns of the loop, not time (no thread in between): the last write's wait, a
@@ -245,7 +245,7 @@ def test_the_stops_last_stats_write_writes_the_stops_counters_after_one_under_wa
 
     asyncio.run(asyncio.wait_for(run(), BOUND))
     assert hung.entries == 1
-    written = json.loads((tmp_path / serve.STATS_FILE).read_text())
+    written = json.loads((tmp_path / stats_file.STATS_FILE).read_text())
     assert written["when"] == "at the stop"
 
 

@@ -273,7 +273,7 @@ def test_stats_tells_a_running_collector_from_one_that_died(tmp_path: Path) -> N
     """After a stop, stats showed the last counters as if a collector still ran (only
     collector_stats_age_s told otherwise). A running one's file is rewritten every
     STATS_INTERVAL; one that died leaves its last write, which says "running"."""
-    from collector.serve import STATS_FILE, STATS_INTERVAL, StatsFile
+    from collector.stats_file import STATS_FILE, STATS_INTERVAL, StatsFile
 
     data = tmp_path / "data"
     (data / "segments").mkdir(parents=True)
@@ -294,7 +294,7 @@ def test_stats_shows_what_others_wrote_escaped_one_line_per_key(tmp_path: Path) 
     answer (collector/otlp_http.py): printed raw, its line breaks forged lines of their
     own in `stats` (a zero for the loss an operator checks) and its escape sequences
     reached the terminal."""
-    from collector.serve import STATS_FILE, StatsFile
+    from collector.stats_file import STATS_FILE, StatsFile
 
     data = tmp_path / "data"
     (data / "segments").mkdir(parents=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from collector.cli import main
-from collector.serve import StatsFile
+from collector.stats_file import StatsFile
 from collector.storage.segments import ActiveSegment
 
 GATE_VARIABLE: Final = "HUNG_FSYNC_WHILE"

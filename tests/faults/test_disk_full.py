@@ -28,7 +28,7 @@ import orjson
 import pytest
 
 from audit_middleware.wire import ErrorCode, ErrorReply, FrameType
-from collector import query, serve
+from collector import query, stats_file
 from collector.single_flight import SingleFlight
 from collector.storage import indexer
 from collector.storage.chunks import CLOSED, INDEXED
@@ -279,7 +279,7 @@ def test_the_stats_file_on_a_full_disk_is_warned_of_once_and_its_recovery_said(
         rerun_in_a_user_namespace()
         return
     failing, recovered = 10, 3
-    monkeypatch.setattr(serve, "STATS_INTERVAL", 0.01)
+    monkeypatch.setattr(stats_file, "STATS_INTERVAL", 0.01)
     with tmpfs(tmp / "disk", "1m") as disk, \
             caplog.at_level(logging.DEBUG, logger="collector"):
         ballast = disk / "ballast"
@@ -300,7 +300,7 @@ def test_the_stats_file_on_a_full_disk_is_warned_of_once_and_its_recovery_said(
             nonlocal loop
             loop = asyncio.get_running_loop()
             stub = SimpleNamespace(stats=dict)  # the ingest server, the integrations
-            task = asyncio.create_task(serve._write_stats(  # type: ignore[arg-type]
+            task = asyncio.create_task(stats_file._write_stats(  # type: ignore[arg-type]
                 stub, SingleFlight(store_stats, "store-stats"),
                 SimpleNamespace(data_dir=disk), stub))
             await asyncio.wait_for(done.wait(), 30)
@@ -316,14 +316,14 @@ def test_the_stats_file_on_a_full_disk_is_warned_of_once_and_its_recovery_said(
         # would stay: "a write cut short gives its room back" fails here then.
         wait_for(lambda: not list(disk.glob("*.tmp")), 10,
                  "the temporary file of the last write to be renamed or removed")
-        written = orjson.loads((disk / serve.STATS_FILE).read_bytes())
+        written = orjson.loads((disk / stats_file.STATS_FILE).read_bytes())
     said = [r for r in caplog.records if r.levelno >= logging.INFO]
     warned = [r for r in said if r.levelno >= logging.WARNING]
     assert len(warned) == 1 and warned[0].exc_info is None, [r.getMessage() for r in said]
     assert "No space left on device" in warned[0].getMessage()
     assert "free space" in warned[0].getMessage()
     back = [r for r in said if r.levelno == logging.INFO]
-    assert len(back) == 1 and serve.STATS_FILE in back[0].getMessage(), said
+    assert len(back) == 1 and stats_file.STATS_FILE in back[0].getMessage(), said
     assert written["store"]["events"] >= failing + recovered
 
 
@@ -332,14 +332,14 @@ def test_the_stats_file_failing_for_long_is_a_reminder_at_a_low_rate(
     """The stats file's warning comes back every ``STATS_REMINDER`` while its writes fail
     (here for another reason than a full disk: a directory in the way of its temporary
     file), with how many failed and the fix for that reason; its recovery said once."""
-    monkeypatch.setattr(serve, "STATS_REMINDER", 0.3)
-    (tmp / serve.STATS_FILE).with_suffix(".tmp").mkdir()
-    stats = serve.StatsFile(tmp / serve.STATS_FILE)
+    monkeypatch.setattr(stats_file, "STATS_REMINDER", 0.3)
+    (tmp / stats_file.STATS_FILE).with_suffix(".tmp").mkdir()
+    stats = stats_file.StatsFile(tmp / stats_file.STATS_FILE)
     with caplog.at_level(logging.INFO, logger="collector"):
         assert [stats.write({}) for _ in range(5)] == [False] * 5
         time.sleep(0.4)
         assert [stats.write({}) for _ in range(5)] == [False] * 5
-        (tmp / serve.STATS_FILE).with_suffix(".tmp").rmdir()
+        (tmp / stats_file.STATS_FILE).with_suffix(".tmp").rmdir()
         assert [stats.write({"n": 1}) for _ in range(3)] == [True] * 3
     said = [r.getMessage() for r in caplog.records]
     warned = [m for m in said if m.startswith("could not write")]
@@ -359,7 +359,7 @@ def test_the_stats_file_failing_for_another_reason_is_said_at_once(
     free space that was free, for up to an hour."""
     errors = iter([errno.ENOSPC] * 3 + [errno.EROFS] * 3)
     real_open = os.open
-    path = tmp / serve.STATS_FILE
+    path = tmp / stats_file.STATS_FILE
 
     def failing_open(file: Any, *args: Any, **kwargs: Any) -> int:
         if Path(file) == path.with_suffix(".tmp"):
@@ -367,8 +367,8 @@ def test_the_stats_file_failing_for_another_reason_is_said_at_once(
             raise OSError(code, os.strerror(code), str(file))
         return real_open(file, *args, **kwargs)
 
-    stats = serve.StatsFile(path)
-    monkeypatch.setattr(serve.os, "open", failing_open)
+    stats = stats_file.StatsFile(path)
+    monkeypatch.setattr(stats_file.os, "open", failing_open)
     with caplog.at_level(logging.INFO, logger="collector"):
         assert [stats.write({}) for _ in range(6)] == [False] * 6
     said = [r.getMessage() for r in caplog.records]
