@@ -285,8 +285,8 @@ class KeyRing:
         return found
 
     def read(self) -> tuple[dict[str, PublicKey], list[str]]:
-        """The keys of the ring, and for each file of it that holds no public key what
-        is wrong with it and what to do. Such a file is left out, not an error: the ring
+        """The keys of the ring, and for each file of it that holds no public key (or
+        that this user may not read) what is wrong with it and what to do. Such a file is left out, not an error: the ring
         is in the data directory, and a file anyone put there stopped verify with no
         verdict, and the collector's start."""
         found: dict[str, PublicKey] = {}
@@ -296,7 +296,11 @@ class KeyRing:
         for path in sorted(self.directory.iterdir()):
             if not _PUBLIC_NAME.fullmatch(path.name):
                 continue
-            keys, problem = _read_key_file(path)
+            try:
+                keys, problem = _read_key_file(path, denied=True)
+            except PermissionError as exc:
+                skipped.append(self._unreadable(path, exc))
+                continue
             if problem is not None:
                 skipped.append(
                     f"{path} is not a public key ({problem}): left out of the key ring. "
@@ -307,6 +311,17 @@ class KeyRing:
             for key in keys:
                 found[key.id] = key
         return found, skipped
+
+    def _unreadable(self, path: Path, exc: PermissionError) -> str:
+        # Not junk to move away (the advice for a file holding no key): the collector's
+        # own key, perhaps, kept from this user by its mode or owner, as keys/ itself is
+        # from the data directory's group (verify.py says so for the directory).
+        return (f"{path} cannot be read by this user ({exc.strerror or exc}): left out of "
+                f"the key ring. Run this as the collector's user or a member of its group "
+                f"if the file's mode lets the group read it (`ls -l {path}` shows whose it "
+                f"is; the collector writes its public keys {PUBLIC_MODE:04o}), or give verify "
+                f"the public keys with --public-key FILE (`audit-collector keys export`, "
+                f"run as the collector's user)")
 
     def add(self, key: PublicKey) -> Path:
         path = self.directory / f"ed25519-{key.id}.pub"
@@ -350,10 +365,14 @@ def parse_public_keys(data: bytes, where: str) -> list[PublicKey]:
     return keys
 
 
-def _read_key_file(path: Path) -> tuple[list[PublicKey], str | None]:
+def _read_key_file(path: Path, *, denied: bool = False) -> tuple[list[PublicKey], str | None]:
+    """The keys in ``path``, or none and why. ``denied``: a PermissionError is raised,
+    not told as what is wrong with the file (the file may be fine: the reader is not)."""
     try:
         data = read_regular(path, MAX_PUBLIC_KEYS_BYTES)
     except OSError as exc:
+        if denied and isinstance(exc, PermissionError):
+            raise
         return [], str(exc.strerror or exc)
     return _public_keys_in(data)
 

@@ -134,6 +134,35 @@ def test_a_key_ring_the_auditor_cannot_read_says_to_pass_the_keys(
     assert verify(store, public_keys=exported).valid
 
 
+def test_a_key_ring_file_this_user_cannot_read_says_so_not_to_move_it(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file of ``keys/`` the reader may not read (EACCES) was named "not a public key",
+    with advice to move it out of the key ring: the collector's own key, for a
+    permissions problem. It is said to be unreadable by this user, with the ways round
+    it: --public-key from `keys export`, or running as the collector's user or a member
+    of its group. (As root, no mode denies anything: the denial is the file's read.)"""
+    from collector.integrity import keys
+
+    unreadable = next(p for p in (store / "keys").iterdir() if p.name.startswith("ed25519-"))
+    other = store / "keys" / "ed25519-0123456789abcdef.pub"  # the one key verify can use
+    other.write_bytes(unreadable.read_bytes())
+    real_read = keys.read_regular
+
+    def denied(path: Path, limit: int) -> bytes:
+        if Path(path) == unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path, limit)
+
+    monkeypatch.setattr(keys, "read_regular", denied)
+    notes = [n for n in check(store).notes if str(unreadable) in n]
+    assert len(notes) == 1, notes
+    note = notes[0]
+    assert note.startswith(f"{unreadable} cannot be read by this user (Permission denied"), note
+    assert "--public-key FILE" in note and "keys export" in note, note
+    assert "collector's user" in note and "member of" in note, note
+    assert "not a public key" not in note and "mv " not in note, note
+
+
 def test_a_damaged_list_of_retired_keys_is_named_with_what_to_do(store: Path) -> None:
     """The list of the keys the signing key replaced (``<key>.retired.pub``) holding no
     key stopped `keys export` with advice to make the file with `keys export`: the
