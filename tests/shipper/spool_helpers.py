@@ -1,11 +1,13 @@
 """What the spool's tests share: draining a ``Spool``, listing and making spool files,
-batch bodies, damaged files, progress paths, orphans left by dead processes."""
+batch bodies, damaged files, progress paths, orphans left by dead processes, and a disk
+that refuses to read a file or an entry's type (EIO)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +103,43 @@ class FcntlWithoutFlock:
 
     def flock(self, fd: int, operation: int) -> None:
         raise OSError(self.error, os.strerror(self.error))
+
+
+def reads_refused(path: Path) -> Callable[[int, int, int], bytes]:
+    """An ``os.pread`` (monkeypatched) for which the disk refuses every read of the file
+    at ``path`` (EIO: a bad block), by its device and inode, whatever descriptor or
+    process opened it; others are read."""
+    found, real_pread = path.stat(), os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (found.st_dev, found.st_ino):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, n, offset)
+
+    return pread
+
+
+class _TypeUnread:
+    """A directory entry whose type the disk refuses to read (EIO): where the directory
+    does not give it, telling a file from a link takes an ``lstat``."""
+
+    def __init__(self, entry: os.DirEntry[str]) -> None:
+        self.name, self.path = entry.name, entry.path
+
+    def is_file(self, *, follow_symlinks: bool = True) -> bool:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), self.path)
+
+    stat = is_symlink = is_dir = is_file
+
+
+def types_unread(unread: Callable[[str, str], bool]) -> Callable[..., list[Any]]:
+    """An ``os.scandir`` (monkeypatched) listing as the real one does, but for the
+    entries ``unread(directory, name)`` picks, whose type the disk cannot read."""
+    listed = os.scandir
+
+    def scandir(path: str | os.PathLike[str]) -> list[Any]:
+        return [_TypeUnread(e) if unread(os.fspath(path), e.name) else e
+                for e in listed(path)]
+
+    return scandir

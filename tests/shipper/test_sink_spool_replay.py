@@ -15,6 +15,7 @@ import pytest
 from audit_middleware.shipper import spool_adoption
 from tests.e2e.harness import wait_until
 from tests.shipper.sink_helpers import Collector, SinkFactory, emit_many
+from tests.shipper.spool_helpers import reads_refused
 
 
 def test_while_the_collector_is_down_batches_are_spooled_then_replayed_once(
@@ -282,8 +283,6 @@ def test_a_spool_file_the_disk_cannot_read_holds_up_nothing_else_and_is_replayed
     a traceback at every cycle of the worker, and every later batch spooled behind that
     file for good. Now the file waits for the next scan (said), newer events go to the
     collector meanwhile, delivery is not said done until the file is replayed too."""
-    import errno
-
     from audit_middleware.shipper import spooling
     from audit_middleware.shipper.spool_files import SUFFIX
 
@@ -292,16 +291,10 @@ def test_a_spool_file_the_disk_cannot_read_holds_up_nothing_else_and_is_replayed
     spooled = emit_many(10, "a")
     assert sink.flush(timeout=10) and sink.stats()["spooled"] == 10
     (path,) = (root / "spool").glob("*" + SUFFIX)
-    found, real_pread = path.stat(), os.pread
-
-    def pread(fd: int, n: int, offset: int) -> bytes:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == (found.st_dev, found.st_ino):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_pread(fd, n, offset)
+    real_pread = os.pread
 
     with caplog.at_level(logging.INFO, "audit_middleware"):
-        monkeypatch.setattr(os, "pread", pread)
+        monkeypatch.setattr(os, "pread", reads_refused(path))
         collector.start()
         # Once it is held aside: events spooled before that went into it, and wait with it.
         wait_until(lambda: "cannot read" in caplog.text, timeout=30,

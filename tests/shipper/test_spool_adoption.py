@@ -24,6 +24,7 @@ from tests.shipper.spool_helpers import (
     orphans,
     spool_file_of,
     spool_files,
+    types_unread,
 )
 
 
@@ -418,20 +419,7 @@ def test_an_orphan_whose_type_the_disk_cannot_read_does_not_end_the_scan(
     old.close()
     first = min(p.name for p in spool_files(tmp_path))
     listed = os.scandir
-
-    class Unreadable:
-        def __init__(self, entry: os.DirEntry[str]) -> None:
-            self.name, self.path = entry.name, entry.path
-
-        def is_file(self, *, follow_symlinks: bool = True) -> bool:
-            raise OSError(errno.EIO, "Input/output error", self.path)
-
-        stat = is_symlink = is_dir = is_file
-
-    def scandir(path: str | os.PathLike[str]) -> list[object]:
-        return [Unreadable(e) if e.name == first else e for e in listed(path)]
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", types_unread(lambda place, name: name == first))
     new = Spool(tmp_path, max_bytes=1 << 20)
     assert new.adopt_orphans() == 1
     assert f"cannot adopt {tmp_path / first}" in caplog.text

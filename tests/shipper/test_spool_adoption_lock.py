@@ -4,7 +4,6 @@ parent."""
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 
 from audit_middleware.shipper import spool_adoption
 from audit_middleware.shipper.spool import Spool
-from tests.shipper.spool_helpers import drain, orphans, spool_files
+from tests.shipper.spool_helpers import drain, orphans, reads_refused, spool_files
 
 #: A worker that adopts orphans (``ADOPT_MAX`` set by its third argument) and says how
 #: many; on a line read, replays what it holds (each batch appended to the file that
@@ -163,15 +162,7 @@ def test_an_adopted_file_the_disk_cannot_read_does_not_stop_others_adopting(
     it waits; the file's own lock still keeps every other process from replaying it."""
     (first,) = orphans(tmp_path, 1)
     (bad,) = spool_files(tmp_path)
-    found, real_pread = bad.stat(), os.pread
-
-    def pread(fd: int, n: int, offset: int) -> bytes:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == (found.st_dev, found.st_ino):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_pread(fd, n, offset)
-
-    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(os, "pread", reads_refused(bad))
     holder = Spool(tmp_path, max_bytes=1 << 20)
     assert holder.adopt_orphans() == 1
     assert drain(holder) == [] and holder.unread_files == 1  # held aside

@@ -11,7 +11,7 @@ import pytest
 
 from audit_middleware.shipper.spool import Spool
 from audit_middleware.shipper.spool_files import SUFFIX
-from tests.shipper.spool_helpers import drain, spool_files
+from tests.shipper.spool_helpers import drain, spool_files, types_unread
 
 
 def test_a_spool_directory_others_can_write_is_not_trusted(tmp_path: Path) -> None:
@@ -257,21 +257,7 @@ def test_an_entry_of_a_shared_directory_the_disk_cannot_stat_fails_no_scan(
     directory.mkdir()
     (directory / ("0-1-aa" + SUFFIX)).symlink_to(tmp_path / "nowhere")
     directory.chmod(0o777)
-    listed = os.scandir
-
-    class Unreadable:
-        def __init__(self, entry: os.DirEntry[str]) -> None:
-            self.name, self.path = entry.name, entry.path
-
-        def is_file(self, *, follow_symlinks: bool = True) -> bool:
-            raise OSError(5, "Input/output error", self.path)
-
-        stat = is_symlink = is_dir = is_file
-
-    def scandir(path: str | os.PathLike[str]) -> list[object]:
-        entries = list(listed(path))
-        return [Unreadable(e) if Path(path) == directory else e for e in entries]
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    unread = types_unread(lambda place, name: Path(place) == directory)  # all its entries
+    monkeypatch.setattr(os, "scandir", unread)
     shared = Spool(directory, max_bytes=1 << 20)
     assert shared.adopt_orphans() == 0

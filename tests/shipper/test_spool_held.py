@@ -21,6 +21,7 @@ from tests.shipper.spool_helpers import (
     leftovers,
     orphans,
     progress_path_of,
+    reads_refused,
     spool_file_of,
     spool_files,
 )
@@ -226,15 +227,7 @@ def test_a_spool_file_the_disk_cannot_read_is_tried_again_and_stops_no_other(
     bad = spool_files(tmp_path)[0]
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert spool.adopt_orphans() == 2
-    found, real_pread = bad.stat(), os.pread
-
-    def pread(fd: int, n: int, offset: int) -> bytes:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == (found.st_dev, found.st_ino):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_pread(fd, n, offset)
-
-    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(os, "pread", reads_refused(bad))
     with caplog.at_level("ERROR", logger="audit_middleware"):
         assert drain(spool) == [second]
         assert spool.replay_pending
