@@ -17,9 +17,11 @@ Orphans are adopted by one process at a time, which holds the destination's adop
 lock (an ``flock`` on ``ADOPTING`` in the directory) while it holds adopted files not
 yet replayed: two adopters at once (one took the oldest ``ADOPT_MAX``, the next scan of
 another the following ones) replayed a dead process's later batches before its earlier
-ones. An adopted file the disk cannot read, held aside (``_read_failed``), keeps its
-own lock but not the adoption lock: others adopt meanwhile. The kernel releases it with
-a process that dies; whoever scans next goes on from the progress files. Process ids are not used (containers sharing a volume repeat them).
+ones. The kernel releases the adoption lock with a process that dies; whoever scans
+next goes on from the progress files. Process ids are not used (containers sharing a
+volume repeat them). An adopted file the disk cannot read, held aside
+(``_read_failed``), keeps its own lock but not the adoption lock: others adopt
+meanwhile (its batches may then reach the collector after later ones).
 
 Each file's name carries a tag of the collector its batches are for (the sink's URL:
 ``<time>-<pid>-<rand>~<tag>.spool``). Two apps started in one directory share the
