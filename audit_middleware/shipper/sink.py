@@ -4,7 +4,7 @@ The request thread only numbers the event and appends it to a bounded queue
 (``BatchingQueue``). Its worker thread sends batches and waits for the collector's
 acknowledgement; when the collector is unreachable it appends the batch to the local
 spool and retries with backoff, and when the collector returns it replays the spool in
-order before sending anything newer (``spooling``: what is kept, dropped and replayed).
+order before sending anything newer (``sink_spooling``: what is kept, dropped and replayed).
 Every event ends up acknowledged, rejected (named by the collector with a reason), or
 dropped and counted: never silently lost.
 """
@@ -32,9 +32,9 @@ from .endpoint import DEFAULT_URL, Endpoint, parse_url, verifying_context
 from .pipeline import Chunk
 from .receipts import Receipt, new_receipt
 from .sender import Sender, resolve, resolve_all
+from .sink_spooling import Spooling
 from .spool import Spool
 from .spool_files import place_problem
-from .spooling import Spooling
 
 Item = tuple[int, AuditEvent | PendingEvent, "Receipt[str | None] | None"]
 _CLOSE_GRACE: Final = 0.5  # seconds past the exit deadline to spool what was in flight

@@ -283,10 +283,10 @@ def test_a_spool_file_the_disk_cannot_read_holds_up_nothing_else_and_is_replayed
     a traceback at every cycle of the worker, and every later batch spooled behind that
     file for good. Now the file waits for the next scan (said), newer events go to the
     collector meanwhile, delivery is not said done until the file is replayed too."""
-    from audit_middleware.shipper import spooling
+    from audit_middleware.shipper import sink_spooling
     from audit_middleware.shipper.spool_files import SUFFIX
 
-    monkeypatch.setattr(spooling, "_ORPHAN_SCAN_INTERVAL", 0.1)
+    monkeypatch.setattr(sink_spooling, "_ORPHAN_SCAN_INTERVAL", 0.1)
     sink = make_sink()
     spooled = emit_many(10, "a")
     assert sink.flush(timeout=10) and sink.stats()["spooled"] == 10
