@@ -64,12 +64,16 @@ def run_stats(args: argparse.Namespace) -> int:
 
 def _state(collected: Any, age: float, interval: float) -> str:
     """Whether the collector whose stats these are runs, as far as its stats file tells:
-    the stop's last write says "stopped"; a running one rewrites it every ``interval``
+    the stop's last write says "stopped" (or "failed": its stop or its start-up raised,
+    and its log says what); a running one rewrites it every ``interval``
     seconds. Without a lock on the data directory (which ``verify`` takes, and which a
     collector starting at that moment would find held), this is what can be said."""
     state = collected.get("state") if isinstance(collected, dict) else None
     if state == "stopped":
         return f"stopped (a clean stop, {age:g} s ago)"
+    if state == "failed":
+        return (f"stopped after an error ({age:g} s ago): see its log (its stop or its "
+                f"start-up failed)")
     if age <= 3 * interval:
         return "running"
     return (f"not running, or its writes hang: its stats are {age:g} s old (a running "

@@ -306,7 +306,7 @@ async def _serve_until_stopped(store: Any, config: CollectorConfig, out: TextIO,
                 integrations.stop, config.drain_timeout))
         if stats_task is not None:
             try:
-                await _final_stats(server, integrations, stats_file)
+                await _final_stats(server, integrations, stats_file, clean=first is None)
             except Exception:  # the last stats must not fail a clean stop
                 log.exception("writing the final %s failed", STATS_FILE)
         cleanup.done()

@@ -1,8 +1,9 @@
 """``serve``'s live stats file (``ingest-stats.json``): ingest's, the store's and the
 integrations' counters, written every ``STATS_INTERVAL`` seconds off the event loop for
 the read commands (``stats``, ``read_stats.py``), which run in another process, and once
-more at the stop with ``state`` "stopped". Its writes that fail are warned of once, then
-every ``STATS_REMINDER``, and their recovery said once (``StatsFile``).
+more at the stop with ``state`` "stopped" (or "failed": the stop or the start-up raised).
+Its writes that fail are warned of once, then every ``STATS_REMINDER``, and their
+recovery said once (``StatsFile``).
 """
 
 from __future__ import annotations
@@ -67,16 +68,19 @@ async def _write_stats(server: IngestServer, store_stats: SingleFlight[dict[str,
 
 
 async def _final_stats(server: IngestServer, integrations: Integrations,
-                       stats_file: StatsFile) -> None:
+                       stats_file: StatsFile, clean: bool = True) -> None:
     """The live stats file once more, as the stop leaves them: read and written as the
     stats task does (off the loop, each waited for ``SHARED_WAIT`` at most). On the loop,
-    a hung disk held the stop there for good: the process never exited."""
+    a hung disk held the stop there for good: the process never exited. ``state`` is
+    "stopped" after a ``clean`` stop, else "failed" (a stop or a start-up that raised:
+    told a clean stop by ``stats``, an operator looked no further)."""
     try:
         store_stats = await integrations.store_stats.read(SHARED_WAIT, fresh=True)
         # Fresh: a write under way (the stats task's, cancelled, goes on in its thread)
         # holds the counters of before the stop; shared, the file kept those.
         await stats_file.write_off_loop(
-            {**_live_stats(server, store_stats, integrations), "state": "stopped"},
+            {**_live_stats(server, store_stats, integrations),
+             "state": "stopped" if clean else "failed"},
             SHARED_WAIT, fresh=True)
     except Unanswered as exc:  # no traceback: the disk, not this code
         log.warning("%s: the final %s not written (`audit-collector stats` shows an "
@@ -86,8 +90,9 @@ async def _final_stats(server: IngestServer, integrations: Integrations,
 def _live_stats(server: IngestServer, store_stats: dict[str, Any],
                 integrations: Integrations) -> dict[str, Any]:
     """What the live stats file holds; read on the loop (ingest's counters live there).
-    ``state`` is "running"; the stop's last write says "stopped" (``stats`` tells a
-    clean stop from a collector that died, whose last write says "running")."""
+    ``state`` is "running"; the stop's last write says "stopped", or "failed" (``stats``
+    tells a clean stop from a failed one and from a collector that died, whose last
+    write says "running")."""
     return {"state": "running", **server.stats(), "store": store_stats,  # ingest's, the store's
             **integrations.stats()}  # http ingest, forwarder (lag)
 

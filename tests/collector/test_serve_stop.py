@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,27 @@ class _Api:
 
 
 class _Ingest:
-    """An ingest server whose stop raises once the API's stop is under way."""
+    """An ingest server whose stop raises once the API's stop is under way (``fails``)."""
 
-    def __init__(self, api: _Api) -> None:
+    def __init__(self, api: _Api, fails: bool = True) -> None:
         self._api = api
+        self._fails = fails
         self.addresses: list[str] = []
 
     async def shutdown(self, drain_timeout: float) -> None:
         await self._api.started.wait()
-        raise RuntimeError("ingest's stop failed")
+        if self._fails:
+            raise RuntimeError("ingest's stop failed")
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+class _StoreStats:
+    """The store's stats as ``serve`` reads them (``SingleFlight``): none."""
+
+    async def read(self, timeout: float, *, fresh: bool = False) -> dict[str, Any]:
+        return {}
 
 
 class _Integrations:
@@ -48,7 +61,7 @@ class _Integrations:
     ``attach_fails``, ``stop`` raising ``stop_fails`` (None: neither raises)."""
 
     health = type("Health", (), {"stopping": False})()
-    store_stats = None
+    store_stats = _StoreStats()
     attach_fails: Exception | None = None
     stop_fails: Exception | None = None
     stopped = False
@@ -68,6 +81,9 @@ class _Integrations:
         if self.stop_fails is not None:
             raise self.stop_fails
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 class _FailingApi(_Api):
     async def shutdown(self) -> None:
@@ -84,8 +100,10 @@ def integrations(monkeypatch: pytest.MonkeyPatch) -> type[_Integrations]:
 
 
 def _serve_until_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                         api: _Api) -> None:
-    """``serve._serve_until_stopped`` with ``api`` and a stop asked already."""
+                         api: _Api, *, final_stats: bool = False,
+                         ingest_fails: bool = True) -> None:
+    """``serve._serve_until_stopped`` with ``api`` and a stop asked already;
+    ``final_stats``: the stop's last write of the stats file made (into ``tmp_path``)."""
     async def start_api(*args: Any) -> _Api:
         return api
 
@@ -94,14 +112,15 @@ def _serve_until_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(serve, "_start_api", start_api)
     monkeypatch.setattr(serve, "_write_stats", nothing)
-    monkeypatch.setattr(serve, "_final_stats", nothing)
+    if not final_stats:
+        monkeypatch.setattr(serve, "_final_stats", nothing)
     config = type("Config", (), {"data_dir": tmp_path, "drain_timeout": 1.0})()
 
     async def stop_at_once() -> None:
         stop = asyncio.Event()
         stop.set()
         await serve._serve_until_stopped(None, config, io.StringIO(),  # type: ignore[arg-type]
-                                         _Ingest(api), stop, StopSignals())  # type: ignore[arg-type]
+                                         _Ingest(api, ingest_fails), stop, StopSignals())  # type: ignore[arg-type]
 
     asyncio.run(stop_at_once())
 
@@ -130,6 +149,44 @@ def test_a_start_up_that_failed_is_said_and_every_part_stopped_whatever_a_stop_r
     assert integrations.stopped
     assert "the query API's stop failed too, after RuntimeError('the start-up failed'): " \
            "the API's stop failed" in caplog.text, caplog.text
+
+
+def _stats_state(tmp_path: Path) -> str:
+    """What `audit-collector stats` says of the collector from its stats file."""
+    from collector.read_stats import _state
+    from collector.stats_file import STATS_FILE, STATS_INTERVAL
+
+    written = json.loads((tmp_path / STATS_FILE).read_text())
+    return _state(written, 1.0, STATS_INTERVAL)
+
+
+def test_a_stop_that_failed_is_not_told_a_clean_stop_by_stats(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        integrations: type[_Integrations]) -> None:
+    """The stop's last stats write said "stopped" on every way out: after a stop that
+    raised (here ingest's), or a start-up that failed half way, `stats` told the
+    operator of a clean stop."""
+    with pytest.raises(RuntimeError, match="ingest's stop failed"):
+        _serve_until_stopped(tmp_path, monkeypatch, _Api(), final_stats=True)
+    state = _stats_state(tmp_path)
+    assert "clean stop" not in state, state
+    assert state.startswith("stopped after an error (1 s ago): see its log"), state
+
+
+def test_a_start_up_that_failed_is_not_told_a_clean_stop_by_stats(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        integrations: type[_Integrations]) -> None:
+    integrations.attach_fails = RuntimeError("the start-up failed")
+    with pytest.raises(RuntimeError, match="the start-up failed"):
+        _serve_until_stopped(tmp_path, monkeypatch, _Api(), final_stats=True)
+    assert _stats_state(tmp_path).startswith("stopped after an error"), \
+        _stats_state(tmp_path)
+
+
+def test_a_clean_stop_is_told_so_by_stats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          integrations: type[_Integrations]) -> None:
+    _serve_until_stopped(tmp_path, monkeypatch, _Api(), final_stats=True, ingest_fails=False)
+    assert _stats_state(tmp_path) == "stopped (a clean stop, 1 s ago)"
 
 
 class _Signals:
