@@ -59,8 +59,10 @@ class Integrations:
     def start(self, out: TextIO) -> None:
         self.metrics.register_otel()
         if self.forwarder is not None:
-            self.forwarder.start()
+            # Read before its thread starts: read beside it, the file's records skipped
+            # could be taken back from under a skip the thread had just saved.
             position = self.forwarder.checkpoint.position(self.forwarder.settings.endpoint)
+            self.forwarder.start()
             print(f"audit-collector: forwarding stored events to "
                   f"{self.forwarder.settings.shown_endpoint} (OTLP/HTTP) "
                   + (f"after seq {position}" if position is not None else
