@@ -71,7 +71,9 @@ def log_gone(scope: Scope, fmt: str, rows: int, sent: int, exc: Exception) -> No
     """The client left before ``exc`` ended the export: nobody's download to fail, and a
     fault still said (with its traceback)."""
     if expected_cut(exc) is None:
-        log_cut(scope, fmt, rows, sent, exc)
+        log.error("query API: %s %r (%s) failed after %d row(s), %d bytes sent, its "
+                  "client gone already", scope["method"], scope["path"], fmt, rows, sent,
+                  exc_info=exc)
     else:
         log.debug("query API: %s %r (%s) stopped after %d row(s), %d bytes sent, its "
                   "client gone already: %s", scope["method"], scope["path"], fmt, rows,

@@ -20,11 +20,12 @@ from collector.storage.time_limit import Deadline
 PATH = "/api/v1/audit-logs/export.csv"
 
 
-def test_an_export_cut_after_its_client_left_ends_with_a_debug_line_only(
-        caplog: pytest.LogCaptureFixture) -> None:
+def cut_after_the_client_left(error: Exception, caplog: pytest.LogCaptureFixture
+                              ) -> logging.LogRecord:
+    """The one log record of an export ``error`` ends once its client has gone."""
     async def body() -> AsyncIterator[bytes]:
         yield b"Type,Target\n"
-        raise Deadline(30.0, "query_timeout").error()
+        raise error
 
     async def receive() -> Message:
         await asyncio.Event().wait()  # the disconnect is not read yet (the race)
@@ -45,7 +46,23 @@ def test_an_export_cut_after_its_client_left_ends_with_a_debug_line_only(
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert sent[-1]["more_body"]  # never ended as if whole
     [record] = caplog.records
+    return record
+
+
+def test_an_export_cut_after_its_client_left_ends_with_a_debug_line_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    record = cut_after_the_client_left(Deadline(30.0, "query_timeout").error(), caplog)
     assert record.levelno == logging.DEBUG, record.getMessage()
     assert record.getMessage().startswith(
         f"query API: GET {PATH!r} (csv) stopped after 1 row(s), 12 bytes sent, its client "
         f"gone already: the query ran longer than 30 s (query_timeout)")
+
+
+def test_a_fault_after_its_client_left_is_one_error_with_its_traceback_and_no_download(
+        caplog: pytest.LogCaptureFixture) -> None:
+    record = cut_after_the_client_left(RuntimeError("a bug"), caplog)
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    message = record.getMessage()
+    assert message.startswith(f"query API: GET {PATH!r} (csv) failed after 1 row(s), 12 "
+                              f"bytes sent, its client gone already")
+    assert "the download fails" not in message  # nobody's download to fail
