@@ -214,20 +214,16 @@ def _read_toml(path: Path, named_by: str = "--config") -> dict[str, Any]:
 
 
 #: Words of option names as people often write them, and ours: ``max_segment_size`` is
-#: ``max_segment_bytes`` (by spelling alone the closest is ``max_segment_age``).
-_OUR_WORDS = {"size": "bytes", "mb": "bytes", "mib": "bytes", "length": "bytes",
-              "time": "age", "interval": "age", "duration": "age", "seconds": "age"}
-
-#: The words our option names use (never translated by ``_OUR_WORDS``).
-_WORDS_USED: Final = frozenset(word for option in BY_NAME for word in option.split("_"))
+#: ``max_segment_bytes`` (by spelling alone the closest is ``max_segment_age``). None is
+#: a word an option of ours uses (``length``, ``interval``): translated, ``max_feld_length``
+#: (``max_feld_bytes``) was taken for ``max_inflight_bytes`` (a test holds this).
+_OUR_WORDS: Final = {"size": "bytes", "mb": "bytes", "mib": "bytes", "time": "age",
+                     "duration": "age", "seconds": "age"}
 
 
 def _closest_option(name: str) -> str | None:
     """The option an unknown TOML key most likely meant, or None."""
-    # A word an option of ours uses is left as it is: ``max_feld_length`` translated to
-    # ``max_feld_bytes`` was taken for ``max_inflight_bytes``.
-    ours = "_".join(word if word in _WORDS_USED else _OUR_WORDS.get(word, word)
-                    for word in name.lower().split("_"))
+    ours = "_".join(_OUR_WORDS.get(word, word) for word in name.lower().split("_"))
     # The closer of the two matches: the translated one first alone, ``max_field_size``
     # (``max_field_bytes``) was taken for ``max_inflight_bytes``, not ``max_field_length``.
     found = [(difflib.SequenceMatcher(None, candidate, close[0]).ratio(), close[0])

@@ -198,6 +198,15 @@ def test_a_misspelt_option_using_our_own_words_is_matched_by_spelling(
             load(parse("--config", str(toml(tmp_path, f"{typo} = 1\n"))), {})
 
 
+def test_no_word_translated_for_a_guess_is_one_our_options_use() -> None:
+    """Translated, a word of our own made a typo of one option look like another's
+    (``max_feld_length`` as ``max_feld_bytes``: ``max_inflight_bytes``)."""
+    from collector.config import _OUR_WORDS
+
+    used = {word for option in OPTIONS for word in option.name.split("_")}
+    assert not used & set(_OUR_WORDS), used & set(_OUR_WORDS)
+
+
 def test_a_missing_config_file_names_what_named_it(tmp_path: Path) -> None:
     """An ``AUDIT_CONFIG`` exported in another shell, or by a unit, named a file that is
     not there: the message said only the path, and the operator looked for a flag
