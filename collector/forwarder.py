@@ -171,6 +171,13 @@ class Forwarder(StorePosition, ExportWithDeadline, Backoff):
                                             daemon=True)
             self._thread.start()
 
+    @property
+    def position(self) -> int | None:
+        """The seq the checkpoint holds (None: none for this endpoint yet, decided by the
+        first step from ``forward_from``)."""
+        with self._lock:
+            return self._position
+
     def wake(self) -> None:
         """Look for new records now rather than at the next poll."""
         self._wake.set()

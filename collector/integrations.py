@@ -59,9 +59,10 @@ class Integrations:
     def start(self, out: TextIO) -> None:
         self.metrics.register_otel()
         if self.forwarder is not None:
-            # Read before its thread starts: read beside it, the file's records skipped
-            # could be taken back from under a skip the thread had just saved.
-            position = self.forwarder.checkpoint.position(self.forwarder.settings.endpoint)
+            # As the forwarder read its checkpoint, before its thread moves it: not the
+            # file read again (beside the thread, a read of it could take back the
+            # records skipped that a save of the thread had just added).
+            position = self.forwarder.position
             self.forwarder.start()
             print(f"audit-collector: forwarding stored events to "
                   f"{self.forwarder.settings.shown_endpoint} (OTLP/HTTP) "
