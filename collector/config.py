@@ -186,7 +186,7 @@ def load(args: argparse.Namespace | None = None,
     return config
 
 
-def _read_toml(path: Path, named_by: str = "--config") -> dict[str, Any]:
+def _read_toml(path: Path, named_by: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             raw = f.read()
