@@ -57,8 +57,7 @@ class Sent:
 
 
 async def stream(pool: QueryPool, selection: Selection, fmt: str, page: Page,
-                 sent: Sent | None = None) -> AsyncIterator[bytes]:
-    sent = Sent() if sent is None else sent
+                 sent: Sent) -> AsyncIterator[bytes]:
     header = True
     while True:
         records, cursor = page.records, page.next_cursor

@@ -109,7 +109,8 @@ def test_an_export_reads_one_page_ahead_of_what_it_has_sent(env: Env,
     async def consume() -> list[int]:
         first = exports.first_page(pool.reader, selection)
         read_when_sent = []
-        async for _chunk in exports.stream(pool, selection, "jsonl", first):  # type: ignore[arg-type]
+        async for _chunk in exports.stream(
+                pool, selection, "jsonl", first, exports.Sent()):  # type: ignore[arg-type]
             read_when_sent.append(pool.pages)
         return read_when_sent
 
