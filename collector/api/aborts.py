@@ -41,8 +41,10 @@ class Abortable:
     def _abort(self, scope: Scope) -> bool:
         """Abort the connection whose request is ``scope``; False if there is none (gone
         already). Found by uvicorn's request cycle (``conn.cycle.scope``), as the
-        connection guard reads it: if a release renames it, the export test of
-        ``tests/api/test_serve_api.py`` fails (the cut is raised to the server again)."""
+        connection guard reads it: if a release renames it, every cut is taken for a
+        client gone (a debug line, and uvicorn's "ASGI callable returned without
+        completing response"), and the export tests of ``tests/api/test_serve_api.py``
+        fail."""
         for conn in list(self._connections()):
             cycle = getattr(conn, "cycle", None)
             if cycle is not None and getattr(cycle, "scope", None) is scope:
