@@ -206,3 +206,19 @@ def test_a_checkpoint_file_holding_more_records_skipped_than_kept_is_cut_at_its_
     file.save(endpoint, len(ids) + 1, ids[0])  # an accepted batch's save
     kept = json.loads(path.read_text())["skipped_refused"]
     assert [r["seq"] for r in kept] == list(range(6, KEPT + 6))
+
+
+def test_a_restart_allows_kept_skips_in_a_row_again(store: Store,
+                                                    receiver: OTLPReceiver) -> None:
+    # As docs/shipping.md says: the bound of skips in a row is the process's (bounded
+    # per restart, not for good: an operator who restarts has looked at it).
+    write(store, KEPT + 5)
+    receiver.poison = set(range(1, KEPT + 6))
+    held = forwarder(store, receiver, batch_size=1, on_refused="skip")
+    steps(held, (KEPT + 3) * SKIP_AFTER)
+    assert held.stats()["checkpoint_seq"] == KEPT  # held at the next one
+    held.stop()
+    restarted = forwarder(store, receiver, batch_size=1, on_refused="skip")
+    steps(restarted, SKIP_AFTER)
+    assert (restarted.stats()["checkpoint_seq"], restarted.stats()["skipped_refused"]) == (
+        KEPT + 1, 1)
