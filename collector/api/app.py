@@ -36,6 +36,7 @@ from .context import STATIC_DIR, Api, ApiSettings
 from .headers import SecurityHeaders, security_headers
 from .hosts import LoopbackHostCheck
 from .params import ParamError
+from .queries import QueriesHung
 from .reads import ReadNotRecordedError, Submitter
 
 log = logging.getLogger("collector.api")
@@ -129,6 +130,7 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
             StorageError: _unavailable,
             ReaderError: _readers_unavailable,
             ReadersLate: _readers_late,
+            QueriesHung: _queries_hung,
             DiskLate: _disk_late,
             ClientDisconnect: _client_gone,
             Exception: _internal_error,
@@ -212,6 +214,13 @@ async def _readers_late(request: Request, exc: Exception) -> Response:
 async def _disk_late(request: Request, exc: Exception) -> Response:
     # The disk, not the request: worth another try once it answers (the call goes on).
     log.warning("query API: %s %r: %s", request.method, request.url.path, exc)
+    return _error(503, "unavailable", str(exc), retry_after())
+
+
+async def _queries_hung(request: Request, exc: Exception) -> Response:
+    # A busy pool's 503, but an error: the disk does not answer, which waiting for a less
+    # busy collector (or more query threads) does not mend.
+    log.error("query API: %s %r: %s", request.method, request.url.path, exc)
     return _error(503, "unavailable", str(exc), retry_after())
 
 

@@ -5,9 +5,11 @@ expected ones too.
 
 Expected reasons are said at the level their 503 is logged at before the first byte
 (``collector.api.app``), with no traceback: the query time limit, every query thread
-busy (an overloaded collector or a hung disk: the pool's wait cannot tell them apart),
-the index unavailable (a rebuild under way, a damaged or missing file). Anything else is
-a fault (a bug, an index damaged on disk): one traceback.
+busy (an overloaded collector, or a hung disk not yet past the limit), a query thread
+held in a read past the limit (a hung disk: ``QueriesHung``), the index unavailable (a
+rebuild under way, a damaged or missing file), a segment that cannot be read (damaged:
+``CorruptSegmentError``, which names it and says what to do). Anything else is a fault
+(a bug, an index damaged on disk): one traceback.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from dataclasses import dataclass
 from starlette.types import Scope
 
 from collector.query import IndexUnavailableError
-from collector.storage.errors import IndexOutOfDateError
+from collector.storage.errors import CorruptSegmentError, IndexOutOfDateError
 from collector.storage.time_limit import QueryTimeoutError
 
-from .queries import QueriesBusy
+from .queries import QueriesBusy, QueriesHung
 
 log = logging.getLogger("collector.api")
 
@@ -41,6 +43,9 @@ def expected_cut(exc: Exception) -> Cut | None:
     """The line an expected reason gets; None for a fault."""
     if isinstance(exc, QueryTimeoutError):
         return Cut(logging.WARNING, str(exc))  # says to narrow the selection
+    if isinstance(exc, QueriesHung):  # before its base, QueriesBusy
+        return Cut(logging.ERROR, f"its next page waited for a query thread: {exc.reason}; "
+                                  f"download it again once the disk answers")
     if isinstance(exc, QueriesBusy):
         # The 503's message says "nothing was read or recorded": an export was.
         return Cut(logging.WARNING, f"its next page waited for a query thread: "
@@ -50,6 +55,11 @@ def expected_cut(exc: Exception) -> Cut | None:
         # Names the file and what to do (usually: wait for the rebuild, or reindex).
         return Cut(logging.ERROR, f"the index cannot answer: {exc}; download it again "
                                   f"once it does")
+    if isinstance(exc, CorruptSegmentError):
+        # Names the segment and what to do (reindex, move it out), as the 503 says it.
+        return Cut(logging.ERROR, f"a segment of the store cannot be read: {exc}; "
+                                  f"`audit-collector verify` reports what else is damaged; "
+                                  f"download it again once the segment is mended")
     return None
 
 

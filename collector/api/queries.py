@@ -13,6 +13,11 @@ Once taken, a query runs ``query_timeout`` seconds at most (``QueryTimeoutError`
 ``query_timeout``), then its thread is free for the next one: four broad queries over a
 large store held every thread, and every panel user was answered 503, for as long as
 they ran. The limit is each job's (an export's page, not the whole export).
+
+So a thread still in one job ``THREAD_WAIT`` seconds past ``query_timeout`` is in a read
+the disk does not answer (the limit stops any query whose reads return): a query refused
+while any thread is so held is told ``QueriesHung``, the disk, not ``QueriesBusy``, which
+sends an operator to add threads that would hang too.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic
 from typing import Any, Final, Generic, TypeVar
 
 from collector.disk_calls import DiskLate
@@ -47,6 +53,18 @@ class QueriesBusy(DiskLate):
     def __init__(self, threads: int) -> None:
         self.reason = busy_reason(threads)
         super().__init__(busy_message(threads))
+
+
+class QueriesHung(QueriesBusy):
+    """Refused as ``QueriesBusy``, while ``held`` of the ``threads`` have been in one job
+    for more than ``overdue`` seconds (``query_timeout`` + ``THREAD_WAIT``): reads the
+    data disk does not answer, which more threads would not help."""
+
+    def __init__(self, threads: int, held: int, overdue: float,
+                 query_timeout: float) -> None:
+        self.reason = hung_reason(threads, held, overdue, query_timeout)
+        DiskLate.__init__(self, f"{self.reason}; nothing was read or recorded: try again "
+                                f"once the disk answers")
 
 
 @dataclass
@@ -73,10 +91,13 @@ class QueryPool:
         self._ended: list[concurrent.futures.Future[None]] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: When each thread in a job (by thread id) took it: how long it has been in it.
+        self._taken_at: dict[int, float] = {}
 
     async def run(self, work: Callable[[Reader], T]) -> T:
         """``work(reader)`` on a query thread, with a Reader of that thread's own;
-        ``QueriesBusy`` when no thread takes it within ``THREAD_WAIT`` seconds."""
+        ``QueriesBusy`` when no thread takes it within ``THREAD_WAIT`` seconds
+        (``QueriesHung`` when a thread is in a read the disk does not answer)."""
         job: _Job[T] = _Job(work)
         self._submit(job)
         # Bounded until a thread takes it, not after: a query under way cannot be
@@ -88,8 +109,21 @@ class QueryPool:
             # cancel succeeds only while no thread has taken it, atomically with taking.
             abandoned = job.result.cancel()
         if abandoned:
-            raise QueriesBusy(self._size)
+            raise self._refusal()
         return await asyncio.wrap_future(job.result)
+
+    def _refusal(self) -> QueriesBusy:
+        """Why no thread took a job: ``QueriesHung`` if a thread is in a job the limit
+        should have stopped ``THREAD_WAIT`` ago; else busy (or no limit to tell by)."""
+        if self._query_timeout is None:
+            return QueriesBusy(self._size)
+        overdue = self._query_timeout + THREAD_WAIT
+        now = monotonic()
+        with self._lock:
+            held = sum(now - taken > overdue for taken in self._taken_at.values())
+        if held:
+            return QueriesHung(self._size, held, overdue, self._query_timeout)
+        return QueriesBusy(self._size)
 
     def _submit(self, job: _Job[Any]) -> None:
         with self._lock:
@@ -124,6 +158,9 @@ class QueryPool:
         if not job.result.set_running_or_notify_cancel():
             return reader  # its caller stopped waiting (503) before it was taken
         job.taken.set_result(None)
+        thread = threading.get_ident()
+        with self._lock:
+            self._taken_at[thread] = monotonic()
         try:
             if reader is None:
                 reader = Reader(self.data_dir)
@@ -133,6 +170,9 @@ class QueryPool:
             job.result.set_exception(exc)
         else:
             job.result.set_result(outcome)
+        finally:
+            with self._lock:
+                del self._taken_at[thread]
         return reader
 
     def _stop(self) -> list[concurrent.futures.Future[None]]:
@@ -175,6 +215,14 @@ def busy_reason(threads: int) -> str:
     return (f"all {threads} query threads stayed busy for {THREAD_WAIT:g} s: the data "
             f"disk may not answer (a hung disk, a frozen network file system) or the "
             f"collector is overloaded")
+
+
+def hung_reason(threads: int, held: int, overdue: float, query_timeout: float) -> str:
+    return (f"the disk under the store does not answer: {held} of the {threads} query "
+            f"threads have been in one read for more than {overdue:g} s, past "
+            f"query_timeout ({query_timeout:g} s), which stops every query whose reads "
+            f"return; more query threads would hang too (a hung disk, a frozen network "
+            f"file system: check the data disk)")
 
 
 def busy_message(threads: int) -> str:

@@ -7,8 +7,13 @@ environment variable; ``query_timeout`` without it):
 - ``busy``: every query thread is taken by a read that does not end (a hung disk), so
   the next page waits for a thread past ``THREAD_WAIT`` (made short here); the reads are
   let go once that wait has failed;
+- ``hung``: as ``busy``, the reads holding the threads in them past ``query_timeout``
+  (the pool's clock jumps far ahead once all but one have begun: a hung disk, which
+  that limit cannot stop);
 - ``index``: the read finds the index unavailable (``IndexUnavailableError``, as a
   rebuild under way shows it);
+- ``segment``: a segment cannot be read (``CorruptSegmentError``, as a compressed
+  segment without its block map in the index raises it);
 - ``corrupt``: the read fails with ``sqlite3.DatabaseError`` (an index damaged on disk:
   unexpected, a fault).
 
@@ -29,6 +34,7 @@ from collector.cli import main
 from collector.query import Reader
 from collector.query_reader import _incomplete
 from collector.storage import time_limit
+from collector.storage.compression import CompressedReader
 
 #: Records per export page here (the collector's: 1,000).
 PAGE: Final = 2
@@ -37,21 +43,30 @@ PAGE: Final = 2
 LATE_PAGE: Final = 3
 #: The environment variable that names the fault.
 FAULT: Final = "LATE_EXPORT_FAULT"
-FAULTS: Final = ("query_timeout", "busy", "index", "corrupt")
+FAULTS: Final = ("query_timeout", "busy", "hung", "index", "segment", "corrupt")
+#: Seconds a test waits for what must come: a bound on a failure, not a timing.
+BOUND: Final = 60
 
 search = Reader.search
 monotonic = time_limit.monotonic
+pool_monotonic = queries.monotonic
 pool_init, pool_run = QueryPool.__init__, QueryPool.run
 thread_wait = queries.THREAD_WAIT
 _fault = os.environ.get(FAULT, "query_timeout")
 _pages = itertools.count(2)  # the pages read on from a cursor: the 2nd, the 3rd, ...
 _ahead = 0.0
+_pool_ahead = 0.0  # the query pool's clock's, apart: the page read under way keeps its limit
 _pools: list[QueryPool] = []
 _hung = threading.Event()  # set: the reads holding the query threads end
+_in_hung_reads = threading.Semaphore(0)  # released by each read that hangs
 
 
 def _clock() -> float:
     return monotonic() + _ahead
+
+
+def _pool_clock() -> float:
+    return pool_monotonic() + _pool_ahead
 
 
 def late_search(reader: Reader, *args: Any, **kwargs: Any) -> Any:
@@ -60,11 +75,14 @@ def late_search(reader: Reader, *args: Any, **kwargs: Any) -> Any:
         return search(reader, *args, **kwargs)
     if _fault == "query_timeout":
         _ahead = 10.0**6  # past the limit of the query under way, not of later ones
-    elif _fault == "busy":
+    elif _fault in ("busy", "hung"):
         _hold_every_thread()
     elif _fault == "index":
         raise _incomplete(reader.data_dir / "index.sqlite",
                           sqlite3.DatabaseError("file is not a database"))
+    elif _fault == "segment":
+        first = min((reader.data_dir / "segments").iterdir())
+        CompressedReader(first.with_name(first.name + ".gz"), [])  # raises: no block map
     else:
         raise sqlite3.DatabaseError("database disk image is malformed")
     return search(reader, *args, **kwargs)
@@ -76,7 +94,20 @@ def _hold_every_thread() -> None:
     [pool] = _pools
     queries.THREAD_WAIT = 0.5  # type: ignore[misc]  # a job never taken: any wait fails
     for _ in range(pool._size):
-        pool._submit(queries._Job(lambda reader: _hung.wait()))
+        pool._submit(queries._Job(_hung_read))
+    if _fault == "hung":
+        global _pool_ahead
+        # Every thread but this one (which takes the last read once this page is read)
+        # is in its read: from now on, for far longer than any limit.
+        for _ in range(pool._size - 1):
+            if not _in_hung_reads.acquire(timeout=BOUND):
+                raise AssertionError("the idle query threads never took their reads")
+        _pool_ahead = 10.0**6
+
+
+def _hung_read(reader: Reader) -> None:
+    _in_hung_reads.release()
+    _hung.wait()
 
 
 def keep_pool(pool: QueryPool, *args: Any, **kwargs: Any) -> None:
@@ -98,6 +129,7 @@ if __name__ == "__main__":
         raise SystemExit(f"{FAULT}={_fault!r}: expected one of {', '.join(FAULTS)}")
     exports.PAGE = PAGE  # type: ignore[misc]
     time_limit.monotonic = _clock
+    queries.monotonic = _pool_clock
     Reader.search = late_search  # type: ignore[method-assign]
     QueryPool.__init__ = keep_pool  # type: ignore[method-assign]
     QueryPool.run = run_then_release  # type: ignore[method-assign]

@@ -1,11 +1,13 @@
 """The query threads on a hung data disk: a lookup stuck in a read holds its thread for
 as long as the disk hangs. Once every thread was held, each later query queued behind
 them with no bound (the panel spun, the client waited for good); now it waits
-``THREAD_WAIT`` for a thread at most, then is answered 503 with ``Retry-After``."""
+``THREAD_WAIT`` for a thread at most, then is answered 503 with ``Retry-After``: the
+disk's fault, not a busy collector's, once a thread is held past ``query_timeout``."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import httpx
@@ -16,18 +18,23 @@ from collector.api.queries import DEFAULT_THREADS, busy_message
 from collector.disk_calls import RETRY_AFTER
 from collector.query import Reader
 from collector.readers import Readers
+from collector.storage.time_limit import QUERY_TIMEOUT
 from tests.api.served import client_of, served_app
 from tests.collector.storage_helpers import Hold, open_store
 
 #: Seconds a test waits for what must come: a bound on a failure, not a timing.
 BOUND = 20
 LOOKUP = "/api/v1/audit-logs/019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11"
+#: Seconds a query waits for a thread here (``THREAD_WAIT``, made short).
+WAIT = 0.2
 
 
-def test_a_query_that_finds_every_thread_held_answers_503_instead_of_queueing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queries, "THREAD_WAIT", 0.2)
-    refusal = busy_message(DEFAULT_THREADS)  # says the 0.2 s
+def refused_while_every_thread_is_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_for: float = 0.0,
+        caplog: pytest.LogCaptureFixture | None = None) -> httpx.Response:
+    """A lookup made while every query thread is held in a read (``held_for`` seconds
+    ago, by the pool's clock), once the reads are let go: later queries are answered."""
+    monkeypatch.setattr(queries, "THREAD_WAIT", WAIT)
     data = tmp_path / "data"
     token = Readers(data).add("alice", root=True)
     with open_store(data) as store:
@@ -42,6 +49,9 @@ def test_a_query_that_finds_every_thread_held_answers_503_instead_of_queueing(
                     async with asyncio.timeout(BOUND):
                         while hung.entries < DEFAULT_THREADS:
                             await asyncio.sleep(0.01)
+                    # Each thread took its job before its read: the clock moved on since.
+                    real = queries.monotonic
+                    monkeypatch.setattr(queries, "monotonic", lambda: real() + held_for)
                     refused = await asyncio.wait_for(client.get(LOOKUP), BOUND)
                 finally:
                     hung.release()
@@ -52,12 +62,45 @@ def test_a_query_that_finds_every_thread_held_answers_503_instead_of_queueing(
                 return refused, answered, await client.get(LOOKUP)
 
         try:
+            if caplog is not None:
+                caplog.set_level(logging.WARNING, logger="collector.api")
             refused, answered, after = asyncio.run(run())
         finally:
             app.state.api.close(BOUND)
     assert refused.status_code == 503, refused.text
     assert refused.headers["Retry-After"] == str(RETRY_AFTER)
-    assert refused.json() == {"error": "unavailable", "message": refusal}
     assert hung.entries == DEFAULT_THREADS  # the refused one never reached a read
     assert [r.status_code for r in answered] == [404] * DEFAULT_THREADS  # no such event
     assert after.status_code == 404
+    return refused
+
+
+def test_a_query_that_finds_every_thread_held_answers_503_instead_of_queueing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queries, "THREAD_WAIT", WAIT)
+    refusal = busy_message(DEFAULT_THREADS)  # says the 0.2 s
+    refused = refused_while_every_thread_is_held(tmp_path, monkeypatch)
+    # Held for less than query_timeout: the threads may just be busy.
+    assert refused.json() == {"error": "unavailable", "message": refusal}
+
+
+def test_threads_held_in_a_read_past_query_timeout_are_told_as_a_hung_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """query_timeout stops any query whose reads return: a thread in one job past it (and
+    the wait for a thread) is in a read the disk does not answer. It was told as every
+    thread busy (a warning), which sent the operator to add query threads."""
+    overdue = QUERY_TIMEOUT + WAIT  # + THREAD_WAIT
+    refused = refused_while_every_thread_is_held(tmp_path, monkeypatch, overdue + 1, caplog)
+    message = refused.json()["message"]
+    assert refused.json()["error"] == "unavailable"
+    assert message == (
+        f"the disk under the store does not answer: {DEFAULT_THREADS} of the "
+        f"{DEFAULT_THREADS} query threads have been in one read for more than "
+        f"{overdue:g} s, past query_timeout ({QUERY_TIMEOUT:g} s), which stops every query "
+        f"whose reads return; more query threads would hang too (a hung disk, a frozen "
+        f"network file system: check the data disk); nothing was read or recorded: try "
+        f"again once the disk answers")
+    [record] = [r for r in caplog.records if "does not answer" in r.getMessage()]
+    assert record.levelno == logging.ERROR and record.exc_info is None
+    assert record.getMessage() == f"query API: GET {LOOKUP!r}: {message}"

@@ -314,6 +314,19 @@ def test_an_export_whose_next_page_finds_every_query_thread_busy_fails_with_one_
     assert "nothing was read" not in warning, warning  # the 503's words: not so here
 
 
+def test_an_export_whose_next_page_finds_the_threads_hung_past_the_limit_says_the_disk(
+        root: Path) -> None:
+    """Threads in reads past query_timeout (which stops any query whose reads return):
+    the disk does not answer. It was told as every thread busy, a warning that sent the
+    operator to add query threads, which would hang too."""
+    error = the_cut_line(cut_export(root, "hung", pages_sent=2), "ERROR", pages_sent=2)
+    assert "the disk under the store does not answer: " in error, error
+    assert "of the 4 query threads have been in one read for more than 30.5 s, past " \
+           "query_timeout (30 s)" in error, error
+    assert "download it again once the disk answers" in error, error
+    assert "stayed busy" not in error and "nothing was read" not in error, error
+
+
 def test_an_export_that_finds_the_index_unavailable_fails_with_one_error_line(
         root: Path) -> None:
     """The index gone from under an export (a rebuild under way): the data directory's
@@ -321,6 +334,17 @@ def test_an_export_that_finds_the_index_unavailable_fails_with_one_error_line(
     error = the_cut_line(cut_export(root, "index"), "ERROR")
     assert "index.sqlite is not a complete index" in error, error
     assert "audit-collector reindex" in error, error
+
+
+def test_an_export_that_finds_a_segment_damaged_fails_with_one_error_line(
+        root: Path) -> None:
+    """A segment that cannot be read is the data directory's state, as the 503 before
+    the first byte says it (naming the segment and what to do): it was logged as a
+    fault, with a traceback."""
+    error = the_cut_line(cut_export(root, "segment"), "ERROR")
+    assert "a segment of the store cannot be read: " in error, error
+    assert ".jsonl.gz: no block map: run reindex" in error, error
+    assert "download it again once the segment is mended" in error, error
 
 
 def test_an_export_cut_by_an_unexpected_error_logs_one_traceback(root: Path) -> None:
