@@ -9,6 +9,7 @@ import fcntl
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .._counter import worth_saying
@@ -84,7 +85,8 @@ class _Adoption(_HeldFiles, _SharedCap):
         # directory at each tick (``max_delay``) while the directory stayed unwritable.
         self.orphans_left = self.orphans_left and bool(adopted)
         if directory == private:
-            self._stranded_said = _report_stranded(self.configured, self._stranded_said)
+            self._stranded_said = _report_stranded(self.configured, self._stranded_said,
+                                                   self._replays)
         if adopted or retried:
             # Older files first; ours are newer than anything left by a dead process.
             self._files = sorted(self._files + adopted + retried, key=lambda f: f.path.name)
@@ -330,15 +332,20 @@ class _Adoption(_HeldFiles, _SharedCap):
                 pass  # closed already by after_fork (a fork while it was being taken)
 
 
-def _report_stranded(configured: Path, said: frozenset[str]) -> frozenset[str]:
+def _report_stranded(configured: Path, said: frozenset[str],
+                     replays: Callable[[str], bool]) -> frozenset[str]:
     """Batch files in a spool directory that is not this user's alone are not replayed
     (anyone could have put them there): never silently, but said once, and again when
     they change, not at every scan (every 10 s) while the directory stays shared.
     Returns the names said (``said``: those said before). Regular files only are
     counted: a symbolic link named like a spool file (anyone's, in a shared directory)
-    is no batch file of this app's, is never followed, and is named for what it is."""
+    is no batch file of this app's, is never followed, and is named for what it is.
+    Only files this sink would adopt (``replays``: adoption's own test) are counted:
+    another collector's (a sink with another url sharing the directory) would not be
+    replayed here even once the directory is private again, and counted, they sent an
+    operator looking for this sink's batches that were never stranded."""
     try:
-        named = [e for e in os.scandir(configured) if e.name.endswith(SUFFIX)]
+        named = [e for e in os.scandir(configured) if replays(e.name)]
         # In the try too: an entry's type may take an lstat, which a failing disk
         # refuses (EIO); escaping, it failed the scan (and the sink's construction).
         others = {e.name: kind for e in named if (kind := _not_a_file(e))}

@@ -261,3 +261,26 @@ def test_an_entry_of_a_shared_directory_the_disk_cannot_stat_fails_no_scan(
     monkeypatch.setattr(os, "scandir", unread)
     shared = Spool(directory, max_bytes=1 << 20)
     assert shared.adopt_orphans() == 0
+
+
+def test_another_collectors_batch_files_are_not_counted_as_this_sinks_stranded_ones(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two sinks (two collector urls) sharing a spool directory: the files tagged for
+    the other one are never this sink's to replay, shared directory or not. Counted as
+    this sink's stranded batches, they sent an operator looking for batches it never
+    lost; the count is of those this sink would adopt, and with none, nothing is said."""
+    directory = tmp_path / "spool"
+    for url, batch in (("https://a.example/", b"ours"), ("https://b.example/", b"theirs")):
+        writer = Spool(directory, max_bytes=1 << 20, destination=url)
+        assert writer.append(batch)
+        writer.close()
+    assert len(spool_files(directory)) == 2
+    directory.chmod(0o777)
+    ours = Spool(directory, max_bytes=1 << 20, destination="https://a.example/")
+    assert ours.adopt_orphans() == 0
+    said = [r.getMessage() for r in caplog.records if "batch file(s) in" in r.getMessage()]
+    assert len(said) == 1 and "1 batch file(s) in" in said[0], said
+    caplog.clear()
+    alone = Spool(directory, max_bytes=1 << 20, destination="https://c.example/")
+    assert alone.adopt_orphans() == 0  # both are another collector's: none stranded here
+    assert "batch file(s) in" not in caplog.text, caplog.text
