@@ -44,6 +44,8 @@ class _Stats:
     _ledger: Ledger | None
     #: How long the oldest work not yet written has waited (``_Readiness``).
     waiting_seconds: Callable[[], float]
+    #: Why the store takes no events now, or None (``_Readiness``).
+    refusal: Callable[[], str | None]
 
     def stats(self) -> dict[str, Any]:
         writer = getattr(self, "_writer", None)
@@ -100,6 +102,10 @@ class _Stats:
             "fsync_seconds_total": round(writer.fsync_seconds_total, 6),
             "fsync_seconds_max": round(writer.fsync_seconds_max, 6),
             "commit_wait_seconds": round(self.waiting_seconds(), 6),
+            # GET /healthz's word (None: ready), for the read commands, which run in
+            # another process and see only the stats file: verify tells a seal digest
+            # waiting for room on a full disk from one deleted (``integrity.disk_room``).
+            "refusal": self.refusal(),
             "sources": known.reports,
             "sources_total": known.total,
             "sources_omitted": known.omitted,

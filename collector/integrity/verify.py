@@ -37,6 +37,7 @@ from collector.storage.segments import (
 
 from . import digests as d
 from .digest_chain import DigestChain, micros
+from .disk_room import waiting_for_room
 from .errors import IntegrityError
 from .findings import (
     CHAIN_BROKEN,
@@ -123,6 +124,8 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
     chain.check()
     segments = _Segments(data_dir / "segments", chain, results, since_us, until_us, progress,
                          live)
+    if live:
+        segments.room = waiting_for_room(data_dir, time.time())
     selected = segments.check(listed)
     files = results.ordered()
     if selected is not None:
@@ -152,6 +155,8 @@ class _Segments:
         self.found: set[str] = set()  # segment names present (renamed ones by origin)
         self.unreadable: dict[Path, str] = {}  # listed files that could not be opened: why
         self.live = live  # a collector runs on the directory: it may be sealing a segment
+        #: Why that collector may not have written a seal yet (its disk full), or None.
+        self.room: str | None = None
 
     def check(self, listed: list[SegmentFile]) -> set[int] | None:
         """Check them all (``listed``: the segment files, listed before the digests were
@@ -223,7 +228,9 @@ class _Segments:
                                          "writes the seal")
                     else:
                         res.add(DIGEST_MISSING, "a sealed segment without its seal digest "
-                                "(deleted from digests/, or never written)")
+                                "(deleted from digests/, or never written)" + (
+                                    f"; {self.room}, written once space is freed on it: "
+                                    f"verify again then" if self.room else ""))
                 expected_first = next((g.first_seq for g in ds if g.records), None)
                 if expected_first is None and prev.last_seq is not None \
                         and prev.seq == f.seq - 1:
