@@ -249,8 +249,10 @@ def run_keys(args: argparse.Namespace) -> int:
 def _show(data_dir: Path, signing_key: Path | None, args: argparse.Namespace) -> int:
     from .keys import KeyRing, export_pem
 
-    ring, skipped = KeyRing(data_dir / "keys").read()
-    for problem in skipped:
+    keys_dir = KeyRing(data_dir / "keys")
+    ring, skipped = keys_dir.read()
+    loose = keys_dir.loose_mode()
+    for problem in [*skipped, *([loose] if loose else [])]:
         print(f"note: {problem}", file=sys.stderr)
     if not ring:
         raise IntegrityError(f"no public keys in {data_dir / 'keys'}: the collector makes "

@@ -276,6 +276,24 @@ class KeyRing:
     def create(self) -> None:
         make_dirs(self.directory, KEYS_DIR_MODE)
 
+    def loose_mode(self) -> str | None:
+        """What others may do to the key directory when its mode lets them (it is made
+        ``KEYS_DIR_MODE``, but an existing one is taken as it is: restored from a backup or
+        copied by hand, it came back 0755 and nothing said so, as nothing would for the
+        signing key's own file); None when it is the owner's alone, or not there."""
+        try:
+            mode = os.stat(self.directory).st_mode & 0o777
+        except OSError:
+            return None  # no ring yet, or not this user's to look at: said where it matters
+        if not mode & 0o077:
+            return None
+        what = ("others can add, replace or remove keys in it (a key of theirs in the key "
+                "ring; the signing key, where it lives there)" if mode & 0o022 else
+                "others can list it, and read what in it their own mode lets them")
+        return (f"the key directory {self.directory} is open to others (mode {mode:o}; the "
+                f"collector makes it {KEYS_DIR_MODE:o}): {what}: "
+                f"chmod {KEYS_DIR_MODE:o} {self.directory}")
+
     def keys(self) -> dict[str, PublicKey]:
         """The keys of the ring; a file of it that holds none is left out, said in the
         log (``read`` says it to the caller instead)."""

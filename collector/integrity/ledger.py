@@ -89,6 +89,9 @@ class Ledger:
         ``quarantine_dir``)."""
         ring = KeyRing(data_dir / "keys")
         ring.create()
+        loose = ring.loose_mode()
+        if loose is not None:  # said as the signing key's own loose mode is
+            log.warning("integrity: %s", loose)
         path = signing_key or default_signing_key_path(data_dir)
         if not path.exists() and d.list_digest_files(data_dir / d.DIGESTS_DIR):
             # A new key would sign on silently, and every later digest would read as

@@ -405,6 +405,30 @@ def test_a_first_start_makes_a_private_key_only_its_owner_reads(tmp_path: Path) 
     assert ((data_dir / "keys").stat().st_mode & 0o777) == 0o700
 
 
+def test_a_key_directory_restored_open_to_others_is_warned_of_with_the_chmod(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """keys/ is made 0700, but one restored by hand (0755) was taken as it was, without
+    a word, while a signing key file of a loose mode is warned of. Said at each start,
+    and by `keys list`, with the chmod to run; a 0700 one is said nothing of."""
+    data_dir = build_store(tmp_path / "data", batches=1)
+    keys = data_dir / "keys"
+    with caplog.at_level("WARNING", "collector.integrity"), open_store(data_dir):
+        pass
+    assert "key directory" not in caplog.text, caplog.text
+    keys.chmod(0o755)
+    with caplog.at_level("WARNING", "collector.integrity"), open_store(data_dir):
+        pass
+    said = [r.getMessage() for r in caplog.records if "key directory" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "mode 755" in said[0] and f"chmod 700 {keys}" in said[0], said[0]
+    listed = run_cli("keys", "list", "--data-dir", str(data_dir))
+    assert listed.returncode == 0, listed.stderr
+    assert f"note: the key directory {keys} is open to others" in listed.stderr
+    assert f"chmod 700 {keys}" in listed.stderr, listed.stderr
+    keys.chmod(0o700)
+    assert "key directory" not in run_cli("keys", "list", "--data-dir", str(data_dir)).stderr
+
+
 def test_verify_works_on_an_unpacked_archive(tmp_path: Path) -> None:
     data_dir = build_store(tmp_path / "data", batches=3)
     archive = tmp_path / "audit.tar.gz"
