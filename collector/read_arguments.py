@@ -1,6 +1,7 @@
 """What the read commands share: the data directory they read (refused when it holds
 no audit data), the error a user can fix (``CommandError``, exit code 2), the filter
-flags of ``query`` and ``tail`` and the ``Filters`` they make, and the output formats.
+flags of ``query`` and ``tail`` and the ``Filters`` they make, their ``--timeout``, and
+the output formats.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from . import config as collector_config
 from . import formats
 from . import query as q
+from .options import parse_duration
 
 FORMATS = ("table", "jsonl", "csv", *formats.FORMATTERS)  # ocsf, ecs: collector/formats.py
 
@@ -54,3 +56,18 @@ def _filters(args: argparse.Namespace) -> q.Filters:
                      org=args.org, workspace=args.workspace, client_ip=args.client_ip,
                      since=args.since, until=args.until, status=args.status,
                      org_name=args.org_name, workspace_name=args.workspace_name)
+
+
+def _add_timeout(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--timeout", type=_timeout, default=None, metavar="DURATION",
+                        help=help)
+
+
+def _timeout(value: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("give a duration above 0, e.g. 30s or 5m")
+    return seconds

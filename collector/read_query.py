@@ -1,5 +1,6 @@
 """``audit-collector query``: one page of matching records (``--cursor`` for the next),
-or every one of them (``--all``), under ``--timeout`` if given; after an empty answer, a
+or every one of them (``--all``), under ``--timeout`` if given (a read the disk never
+answers included: ``collector.read_deadline``); after an empty answer, a
 note on each ``--type`` no stored event has.
 """
 
@@ -15,10 +16,10 @@ from typing import Any
 from audit_middleware.catalogue import NAME_PATTERN, SEED_CATALOGUE
 
 from . import query as q
-from .options import parse_duration
-from .read_arguments import FORMATS, _add_filters, _filters, data_dir_of
+from .read_arguments import FORMATS, _add_filters, _add_timeout, _filters, data_dir_of
+from .read_deadline import within
 from .read_output import _writer
-from .storage.time_limit import QueryTimeoutError, checked, time_limit
+from .storage.time_limit import QueryTimeoutError, checked
 
 
 def query_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,27 +39,27 @@ def query_arguments(parser: argparse.ArgumentParser) -> None:
                         "ocsf or ecs for a SIEM (docs/formats.md)")
     # No limit by default, unlike the API's query_timeout: an operator runs this on
     # purpose and holds no thread others wait for; the flag is for scripts.
-    parser.add_argument("--timeout", type=_timeout, default=None, metavar="DURATION",
-                        help="stop the query past this long, e.g. 30s or 5m, --all "
-                        "included (default: no limit)")
-
-
-def _timeout(value: str) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError("give a duration above 0, e.g. 30s or 5m")
-    return seconds
+    _add_timeout(parser, "stop the query past this long, e.g. 30s or 5m, --all included, "
+                 "a read the disk does not answer too (default: no limit)")
 
 
 def run_query(args: argparse.Namespace) -> int:
-    with time_limit(args.timeout, "--timeout"):
-        return _query(args)
+    printed = [0]  # records --all printed, for the message of a query stopped after them
+    if args.timeout is None:
+        return _query(args, printed)
+    try:
+        # On a thread of its own, left past the limit: a read the disk never answers
+        # is checked by nothing, and the command hung there for good.
+        return within(lambda: _query(args, printed), args.timeout, "--timeout",
+                      "audit-query")
+    except QueryTimeoutError as exc:
+        if not printed[0]:
+            raise
+        raise QueryTimeoutError(f"{exc}; the {printed[0]} record(s) printed before it are "
+                                f"an incomplete answer") from None
 
 
-def _query(args: argparse.Namespace) -> int:
+def _query(args: argparse.Namespace, printed: list[int]) -> int:
     data_dir, filters = data_dir_of(args), _filters(args)
     if args.order == "oldest":
         args.oldest_first = True
@@ -75,6 +76,7 @@ def _query(args: argparse.Namespace) -> int:
             matched = True
             if len(batch) >= 500:
                 write(batch, True)
+                printed[0] += len(batch)
                 batch = []
         write(batch, True)
         if not matched:

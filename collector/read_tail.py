@@ -1,6 +1,8 @@
 """``audit-collector tail [-f]``: the last N records, then (``-f``) the new ones as they
 come, through the collector's compressions, retention and index rebuilds: a follower
-waits and reads again, and says what retention deleted before it could print it.
+waits and reads again, and says what retention deleted before it could print it, and
+when a read of its data disk has not returned (a hung disk) for ``FOLLOW_STALL`` seconds
+(``--timeout``'s, if given).
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from . import query as q
-from .read_arguments import FORMATS, _add_filters, _filters, data_dir_of
+from .read_arguments import FORMATS, _add_filters, _add_timeout, _filters, data_dir_of
+from .read_deadline import GRACE, waited, within
 from .read_output import _writer
 from .storage.errors import IndexOutOfDateError
+from .storage.time_limit import QUERY_TIMEOUT, time_limit
 
 FOLLOW_INTERVAL = 0.5
+#: Seconds a follower's poll runs, without --timeout, before it says on stderr that its
+#: read has not returned: it hung there for good without a word.
+FOLLOW_STALL: Final = QUERY_TIMEOUT
 
 
 def tail_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +35,10 @@ def tail_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="jsonl",
                         help="jsonl (the default: one record a line, for pipes), table, "
                         "csv, ocsf or ecs")
+    _add_timeout(parser, "stop the last N records' read past this long, e.g. 30s or 5m, "
+                 "a read the disk does not answer too (exit status 2); with -f, each "
+                 "poll's too, said on stderr and retried (default: no limit; a poll "
+                 f"still reading after {FOLLOW_STALL:g}s is said)")
 
 
 def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: False) -> int:
@@ -40,23 +51,52 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     # record at that moment, the follow loop starts after it. A record arriving between
     # the two reads is then printed once, by the loop (read unbounded, "last N" had it
     # too, and it was printed twice).
-    newest = q.newest_seq(data_dir)
-    _write_last(write, data_dir, filters, args.lines, newest)
+
+    def last() -> int:
+        newest = q.newest_seq(data_dir)
+        _write_last(write, data_dir, filters, args.lines, newest)
+        return newest
+
+    # As query's --timeout: a read the disk does not answer included (read_deadline).
+    newest = last() if args.timeout is None else within(last, args.timeout, "--timeout",
+                                                        "audit-tail")
     if args.follow:
-        _follow(write, data_dir, filters, newest, stop)
+        _follow(write, data_dir, filters, newest, stop, args.timeout)
     return 0
 
 
 def _follow(write: Callable[[list[dict[str, Any]], bool], None], data_dir: Path,
-            filters: q.Filters, seen: int, stop: Callable[[], bool]) -> None:
+            filters: q.Filters, seen: int, stop: Callable[[], bool],
+            timeout: float | None) -> None:
     """Print the records stored after seq ``seen`` as they come, until ``stop()``.
-    ``seen``: every record up to it was printed, did not match, or was said lost."""
+    ``seen``: every record up to it was printed, did not match, or was said lost.
+    Each poll runs under ``timeout`` (None: no limit); one still reading past it (or
+    past ``FOLLOW_STALL``) is said on stderr and waited for: a follower has no end to
+    cut, and one that exited had to be started again after the records it missed."""
     said = ""  # the problem last reported: a follower says it once, not every poll
     cursor = q.cursor_after(seen, filters)
+    stall = (FOLLOW_STALL if timeout is None else timeout) + GRACE
+
+    def poll() -> q.Page:
+        # On a thread of its own (read_deadline): a read the disk never answers held
+        # the follower for good, silently.
+        try:
+            with time_limit(timeout, "--timeout"):
+                return q.search(data_dir, filters, limit=500, cursor=cursor,
+                                newest_first=False, bounds=True)
+        finally:  # its Reader is this thread's, which ends here
+            q.close_readers(data_dir)
+
+    def stalled() -> None:
+        nonlocal said
+        said = (f"a read of {data_dir} has not returned for {stall:g}s (a hung disk, a "
+                f"frozen network file system?)")
+        print(f"tail: {said}; waiting for it: new records are printed once it returns",
+              file=sys.stderr)
+
     while not stop():
         try:
-            page = q.search(data_dir, filters, limit=500, cursor=cursor, newest_first=False,
-                            bounds=True)
+            page = waited(poll, stall, "audit-tail-poll", on_stall=stalled)
         except (IndexOutOfDateError, sqlite3.DatabaseError, q.QueryError) as exc:
             # The collector is rewriting what was read (compression, retention, a busy
             # index, an index rebuilt at its restart, for a moment absent): a follower

@@ -12,7 +12,8 @@ context variable, not a Reader's attribute: a thread's Reader may be replaced mi
 
 A read the disk never answers (a hung disk) is not cut short: neither SQLite nor Python
 gets control back to check. That is the query threads' wait's case
-(``collector.api.queries.THREAD_WAIT``).
+(``collector.api.queries.THREAD_WAIT``), and the read commands' thread they leave past
+the limit (``collector.read_deadline``).
 """
 
 from __future__ import annotations

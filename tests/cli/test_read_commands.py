@@ -341,7 +341,8 @@ def start_follower(data: Path) -> tuple[Any, Any]:
     args = argparse.Namespace(
         data_dir=str(data), config=None, types=[], principal=None, target=None, org=None,
         workspace=None, client_ip=None, since=None, until=None, status=None,
-        org_name=None, workspace_name=None, lines=0, follow=True, format="jsonl")
+        org_name=None, workspace_name=None, lines=0, follow=True, format="jsonl",
+        timeout=None)
     follower = threading.Thread(target=read_commands.run_tail, args=(args,),
                                 kwargs={"stop": done.is_set})
     follower.start()
@@ -434,7 +435,8 @@ def test_tail_follow_prints_a_record_arriving_at_its_start_once(tmp_path: Path) 
         args = argparse.Namespace(
             data_dir=str(data), config=None, types=[], principal=None, target=None,
             org=None, workspace=None, client_ip=None, since=None, until=None, status=None,
-            org_name=None, workspace_name=None, lines=10, follow=True, format="jsonl")
+            org_name=None, workspace_name=None, lines=10, follow=True, format="jsonl",
+            timeout=None)
         polls = iter(range(3))
         out = io.StringIO()
         q.newest_seq = newest_then_one_more  # type: ignore[assignment]
@@ -620,7 +622,8 @@ def follow_args(data: Path, types: list[str]) -> Any:
     return argparse.Namespace(
         data_dir=str(data), config=None, types=types, principal=None, target=None, org=None,
         workspace=None, client_ip=None, since=None, until=None, status=None,
-        org_name=None, workspace_name=None, lines=0, follow=True, format="jsonl")
+        org_name=None, workspace_name=None, lines=0, follow=True, format="jsonl",
+        timeout=None)
 
 
 def polls_doing(*steps: Callable[[], object]) -> Callable[[], bool]:

@@ -2,8 +2,13 @@
 file named by ``HUNG_READS_WHILE`` exists, the API's lookups of an event
 (``Reader.find``) hang, each first making ``find_hung(gate, n)``; while the file named
 by ``HUNG_UNLINK_WHILE`` exists, the removal of a unix socket's file hangs, first making
-``unlink_hung(gate)``. No test can make a real disk hang; removing a file lets what is
-under way complete. The API's wait for a query thread is ``HUNG_THREAD_WAIT`` seconds."""
+``unlink_hung(gate)``; while the file named by ``HUNG_SEGMENT_READS_WHILE`` exists, a
+record's read from a plain segment (``pread``, the read commands' too) hangs, from the
+read after the first ``HUNG_SEGMENT_READS_AFTER`` (default 0), first making
+``segment_read_hung(gate)``. No test can make a real disk hang; removing a file lets
+what is under way complete. The API's wait for a query thread is ``HUNG_THREAD_WAIT``
+seconds. Run with a command (``query``, ``tail``...) instead of ``serve``, it is the
+read commands on that disk."""
 
 from __future__ import annotations
 
@@ -15,13 +20,18 @@ from typing import Any, Final
 
 from collector.cli import main
 from collector.query import Reader
+from collector.storage import reader as segment_reader
 
 READS_GATE: Final = "HUNG_READS_WHILE"
 UNLINK_GATE: Final = "HUNG_UNLINK_WHILE"
+SEGMENT_READS_GATE: Final = "HUNG_SEGMENT_READS_WHILE"
+SEGMENT_READS_AFTER: Final = "HUNG_SEGMENT_READS_AFTER"
 
 find = Reader.find
 unlink = os.unlink
+segment_read = segment_reader._Plain.read
 _finds = itertools.count(1)
+_segment_reads = itertools.count(1)
 
 
 def find_hung(gate: Path, n: int) -> Path:
@@ -30,6 +40,10 @@ def find_hung(gate: Path, n: int) -> Path:
 
 def unlink_hung(gate: Path) -> Path:
     return gate.with_name(gate.name + ".unlink-hung")
+
+
+def segment_read_hung(gate: Path) -> Path:
+    return gate.with_name(gate.name + ".segment-read-hung")
 
 
 def _wait_while(gate: Path) -> None:
@@ -53,7 +67,18 @@ def hung_unlink(path: Any, *args: Any, **kwargs: Any) -> None:
     unlink(path, *args, **kwargs)
 
 
+def hung_segment_read(plain: Any, offset: int, length: int) -> bytes:
+    gate = Path(os.environ[SEGMENT_READS_GATE])
+    after = int(os.environ.get(SEGMENT_READS_AFTER, "0"))
+    if next(_segment_reads) > after and gate.exists():
+        segment_read_hung(gate).touch()
+        _wait_while(gate)
+    return segment_read(plain, offset, length)
+
+
 if __name__ == "__main__":
     Reader.find = hung_find  # type: ignore[method-assign,assignment]
     os.unlink = hung_unlink
+    if SEGMENT_READS_GATE in os.environ:
+        segment_reader._Plain.read = hung_segment_read  # type: ignore[method-assign]
     raise SystemExit(main())
