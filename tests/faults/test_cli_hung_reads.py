@@ -127,4 +127,3 @@ def test_a_tail_follow_poll_stuck_in_a_read_is_said_and_followed_once_it_returns
     assert (f"tail: a read of {tmp / 'data'} has not returned for 2s (a hung disk, a "
             f"frozen network file system?); waiting for it: new records are printed once "
             f"it returns") in said, said
-
