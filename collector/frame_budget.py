@@ -84,6 +84,12 @@ class FrameBudget:
             raise
         return Lease(self, size)
 
+    @property
+    def contended(self) -> bool:
+        """Whether a frame waits for room now (``collector.frame_rate`` cuts slow ones
+        holding it only then)."""
+        return bool(self._waiting)
+
     def give_back(self, size: int) -> None:
         self.held -= size
         self._grant()

@@ -7,7 +7,8 @@ exception escaping a connection task. Slow and half-open clients run into the ha
 idle and read deadlines; what the replies of one connection may hold is bounded
 (``reply_queue``), and so is what the batch frames of all of them (and HTTP ingest's
 bodies) may hold (``frame_budget``, ``max_inflight_bytes``): a frame that does not fit
-waits unread, within its read timeout.
+waits unread, within its read timeout, and one holding room while others wait must
+arrive at a minimum rate (``frame_rate``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from audit_middleware.wire import (
 )
 
 from .frame_budget import FrameBudget, Lease
+from .frame_rate import FrameTooSlow, read_payload
 from .reply_queue import ReplyQueue
 
 if TYPE_CHECKING:
@@ -230,9 +232,13 @@ class _Sessions:
                     waiting = True
                     lease = await budget.take(length)
                     waiting = False
-                return kind, await reader.readexactly(length), lease
+                if budget is None:
+                    return kind, await reader.readexactly(length), lease
+                return kind, await read_payload(reader, length, budget), lease
         except BaseException as exc:
             lease.release()
+            if isinstance(exc, FrameTooSlow):
+                self.counters["inflight_too_slow"] += 1
             if not isinstance(exc, TimeoutError):
                 raise
             if waiting:

@@ -142,6 +142,10 @@ METRICS: Final[tuple[Metric, ...]] = (
        "inflight_wait_timeouts", "{frame}", "Frames on the socket closed with timeout "
        "after waiting read_timeout for room (sent again by the shipper; HTTP: "
        "http.busy)"),
+    _m("audit.collector.ingest.inflight.too_slow", "counter", "ingest",
+       "inflight_too_slow", "{frame}", "Frames on the socket closed with timeout for "
+       "arriving under the minimum rate (1 MiB/s after 1 s) while others waited for room "
+       "in the budget (sent again by the shipper)"),
     # ingest TLS (only when the TCP listener has a certificate)
     _m("audit.collector.ingest.tls.handshakes.pending", "gauge", "ingest_tls",
        "tls_handshakes_pending", "{connection}",

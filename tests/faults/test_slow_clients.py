@@ -4,6 +4,7 @@ cannot keep an honest app from delivering."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -339,7 +340,8 @@ def test_half_sent_frames_hold_at_most_the_frame_budget(tmp: Path) -> None:
     held a whole frame of the collector (4 MiB by default, 1,024 connections ~4 GiB:
     OOM-killed). Now every frame being read takes its bytes from one budget
     (max_inflight_bytes) first: the frames that do not fit wait unread, until their read
-    deadline; an honest app still gets everything acknowledged."""
+    deadline (those holding room, lagging while others wait, are cut sooner:
+    collector/frame_rate.py); an honest app still gets everything acknowledged."""
     frame, budget, slow = 128 * 1024, 512 * 1024, 12
     collector = Collector(tmp / "data", "--max-frame", str(frame), "--max-inflight-bytes",
                           str(budget), "--read-timeout", "5s", api=True).start()
@@ -403,3 +405,95 @@ def test_a_slow_http_ingest_body_holds_the_budget_only_until_the_read_deadline(
     assert answer.startswith(b"HTTP/1.1 503"), answer
     assert b'"error":"timeout"' in answer and b"retry-after: 1" in answer.lower(), answer
     assert after["ingest_inflight_bytes"] == 0 and after["http_timeouts_total"] == 1
+
+
+def test_trickled_frames_holding_the_budget_do_not_stall_an_honest_app(tmp: Path) -> None:
+    """Clients that announce maximum-size frames, trickle a byte now and then, and
+    reconnect as soon as they are closed, at staggered times: every frame of the budget
+    was theirs for its whole read_timeout, and an honest app's batch, queued behind
+    theirs, waited most of its own read deadline (or past it: closed with timeout, sent
+    again, queued again). Now a frame that holds the budget while others wait must
+    arrive at a minimum rate (collector/frame_rate.py): a trickled one is cut about a
+    second after others start waiting, and the honest batch gets its turn soon."""
+    frame, budget, read_timeout, tricklers = 128 * 1024, 512 * 1024, 20.0, 12
+    collector = Collector(tmp / "data", "--max-frame", str(frame), "--max-inflight-bytes",
+                          str(budget), "--read-timeout", f"{read_timeout:g}s",
+                          "--max-connections", "64", api=True).start()
+    stop = threading.Event()
+    reconnects = [0]
+
+    def announce() -> socket.socket:
+        sock = unix(collector)
+        sock.sendall(Hello(f"trickle:{reconnects[0]}:ab").encode())
+        welcome = _read_exactly(sock, HEADER.size)  # then its payload: nothing is left
+        _read_exactly(sock, HEADER.unpack(welcome)[0])  # to take for the collector's end
+        sock.sendall(HEADER.pack(frame, FrameType.BATCH))
+        reconnects[0] += 1
+        return sock
+
+    def trickle() -> None:
+        socks: list[socket.socket | None] = [None] * tricklers
+        begun = time.monotonic()
+        while not stop.wait(0.1):
+            for i, sock in enumerate(socks):
+                if sock is None:
+                    # Staggered over a read deadline: their frames' deadlines are too,
+                    # as a steady attack's are (started at once, they all ended at once,
+                    # and whatever was queued then got in).
+                    if time.monotonic() - begun < i * read_timeout / tricklers:
+                        continue
+                else:
+                    try:
+                        if sock.recv(65536, socket.MSG_DONTWAIT) is not None:
+                            raise ConnectionError  # its error frame, or its end: closed
+                    except BlockingIOError:
+                        with contextlib.suppress(OSError):
+                            sock.send(b"\0")  # a byte: the frame is still on its way
+                        continue
+                    except OSError:
+                        pass
+                    sock.close()
+                with contextlib.suppress(OSError):
+                    socks[i] = announce()
+        for sock in socks:
+            if sock is not None:
+                sock.close()
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        # All of them connected, some already closed once and back.
+        wait_for(lambda: reconnects[0] >= 2 * tricklers, 3 * read_timeout,
+                 "the tricklers' second frames")
+        wait_for(lambda: ingest_gauges(collector)["ingest_inflight_waiting"] > 0, 10,
+                 "the budget taken by trickled frames")
+        started = time.monotonic()
+        app = App("honest", collector.url, tmp / "spool-honest", tmp / "logs", burst=200,
+                  pause=60.0, deliver_timeout=60.0)
+        wait_for(lambda: app.acknowledged_count() >= 200, 3 * read_timeout,
+                 "the honest app's events")
+        took = time.monotonic() - started
+        result = app.finish()
+    finally:
+        stop.set()
+        thread.join(5)
+    after = ingest_gauges(collector)
+    assert collector.stop() == 0
+    report("trickled frames holding the frame budget", tricklers=tricklers,
+           reconnects=reconnects[0], honest_seconds=f"{took:.1f}",
+           acknowledged=result["acknowledged"])
+    assert result["acknowledged"] == 200
+    # Before, the honest batch waited for a trickled frame's read deadline to pass
+    # (from 3/4 of its own on, 4 frames' deadlines staggered over it), if not past it.
+    assert took < read_timeout / 2, f"the honest batch waited {took:.1f}s"
+    assert after["ingest_inflight_too_slow_total"] > 0
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        piece = sock.recv(size - len(data))
+        if not piece:
+            raise ConnectionError("the collector closed the connection")
+        data += piece
+    return data

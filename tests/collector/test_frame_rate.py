@@ -1,0 +1,97 @@
+"""A frame's payload read at a minimum rate while others wait for room
+(``collector.frame_rate``): cut only then, never while there is room for everyone.
+Rates here are far above any feed (every byte not yet given is late), with no grace:
+what is tested is the decision, not a clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from collector.frame_budget import FrameBudget
+from collector.frame_rate import FrameTooSlow, read_payload
+
+LATE = {"rate": 1e15, "grace": 0.0}  # behind the rate whenever it has to wait
+
+
+def run(coroutine: object) -> None:
+    asyncio.run(coroutine)  # type: ignore[arg-type]
+
+
+async def settle(turns: int = 20) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+async def contended(budget: FrameBudget) -> asyncio.Future[object]:
+    """``budget`` held whole, and a frame waiting for room."""
+    await budget.take(budget.limit)
+    waiter = asyncio.ensure_future(budget.take(1))
+    await settle()
+    assert budget.contended
+    return waiter
+
+
+def test_a_payload_already_arrived_is_read_whole_even_when_others_wait() -> None:
+    async def scenario() -> None:
+        budget = FrameBudget(10)
+        waiter = await contended(budget)
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"abcdef")
+        assert await read_payload(reader, 6, budget, **LATE) == b"abcdef"
+        waiter.cancel()
+    run(scenario())
+
+
+def test_a_payload_lagging_behind_the_rate_is_cut_while_others_wait() -> None:
+    async def scenario() -> None:
+        budget = FrameBudget(10)
+        waiter = await contended(budget)
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"abc")
+        with pytest.raises(FrameTooSlow) as cut:
+            await read_payload(reader, 6, budget, **LATE)
+        assert cut.value.code == "timeout" and cut.value.retryable
+        assert "3 bytes" in cut.value.message and "send it again" in cut.value.message
+        waiter.cancel()
+    run(scenario())
+
+
+def test_a_slow_payload_is_left_alone_while_no_one_waits_for_room() -> None:
+    async def scenario() -> None:
+        budget = FrameBudget(10)
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"abc")
+        reading = asyncio.ensure_future(read_payload(reader, 6, budget, **LATE))
+        await settle()  # behind the rate many times over meanwhile
+        assert not reading.done()
+        reader.feed_data(b"def")
+        assert await reading == b"abcdef"
+    run(scenario())
+
+
+def test_a_slow_payload_is_cut_once_another_frame_starts_waiting() -> None:
+    async def scenario() -> None:
+        budget = FrameBudget(10)
+        reader = asyncio.StreamReader()
+        reading = asyncio.ensure_future(read_payload(reader, 6, budget, **LATE))
+        await settle()
+        assert not reading.done()
+        waiter = await contended(budget)
+        await settle()
+        with pytest.raises(FrameTooSlow):
+            await reading
+        waiter.cancel()
+    run(scenario())
+
+
+def test_a_connection_closed_in_the_middle_of_a_payload_says_what_it_sent() -> None:
+    async def scenario() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"ab")
+        reader.feed_eof()
+        with pytest.raises(asyncio.IncompleteReadError) as closed:
+            await read_payload(reader, 6, FrameBudget(10))
+        assert closed.value.partial == b"ab"
+    run(scenario())
