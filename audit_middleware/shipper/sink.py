@@ -32,12 +32,11 @@ from .endpoint import DEFAULT_URL, Endpoint, parse_url, verifying_context
 from .pipeline import Chunk
 from .receipts import Receipt, new_receipt
 from .sender import Sender, resolve, resolve_all
-from .sink_spooling import Spooling
+from .sink_exit import CLOSE_GRACE, ExitGrace
 from .spool import Spool
 from .spool_files import place_problem
 
 Item = tuple[int, AuditEvent | PendingEvent, "Receipt[str | None] | None"]
-_CLOSE_GRACE: Final = 0.5  # seconds past the exit deadline to spool what was in flight
 _MAX_SECONDS: Final = 86_400.0  # a longer timeout is a mistake, not a setting
 
 
@@ -52,7 +51,7 @@ def new_source_id() -> str:
 DEFAULT_SPOOL_DIR: Final = "./audit-spool"
 
 
-class CollectorSink(Spooling):
+class CollectorSink(ExitGrace):
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -184,6 +183,8 @@ class CollectorSink(Spooling):
         self._corrupt_seen = 0  # and the spool's corrupt bytes
         self._sender.reset(self.source)
         self._last_scan = time.monotonic()
+        self._init_settling()
+        self._encoded = 0  # events the export under way encoded (``_encode``)
 
     def _check_fork(self) -> None:
         """In a child forked without the at-fork hook (uWSGI's workers): what the hook
@@ -235,8 +236,11 @@ class CollectorSink(Spooling):
     def _export(self, items: list[Item]) -> None:
         with self._io_lock:
             direct = (self._spool is None or self._spool.empty) and self._sender.may_try()
+            self._encoded = 0
             chunks = self._encode(items)  # lazily: chunk k+1 is encoded while k is stored
             unsent = self._sender.ship(chunks) if direct else list(chunks)
+            with self._settle_lock:  # the rest were acknowledged, rejected or refused
+                self._handed += self._encoded - sum(len(chunk) for chunk in unsent)
             for chunk in unsent:
                 resolve_all(chunk.receipts, "the collector did not acknowledge it in time "
                              "(kept for replay)")
@@ -248,6 +252,7 @@ class CollectorSink(Spooling):
         pipeline stays full instead of draining to zero between the queue's batches."""
         size = self._batch_size
         while items:
+            self._encoded += len(items)
             for start in range(0, len(items), size):
                 part = items[start:start + size]
                 yield Chunk(self.source, [item[0] for item in part],
@@ -278,8 +283,12 @@ class CollectorSink(Spooling):
         sender.deadline = time.monotonic() + timeout
         try:
             # A little past the deadline, as close(): a reply wait ends at it, then
-            # what was in flight is spooled.
-            return self._queue.flush(timeout + _CLOSE_GRACE)
+            # what was in flight is spooled, waited for while a slow disk writes it.
+            if self._queue.flush(timeout + CLOSE_GRACE,
+                                 longer=self._spooling_on(sender.deadline)):
+                return True
+            self._drain_gave_up(timeout)
+            return False
         finally:
             if not self._closed:
                 sender.deadline = None
@@ -330,11 +339,15 @@ class CollectorSink(Spooling):
         self._check_fork()
         self._closed = True
         limit = self._exit_timeout if timeout is None else timeout
-        self._sender.deadline = time.monotonic() + limit
+        deadline = self._sender.deadline = time.monotonic() + limit
         # A little past the deadline: a reply wait ends at it, then what was in flight
-        # is spooled (or counted as dropped) before the worker is given up on.
-        self._queue.close(limit + _CLOSE_GRACE)
-        if self._io_lock.acquire(timeout=0.5):  # else the worker is stuck: leave it be
+        # is spooled (or counted as dropped), waited for while a slow disk writes it,
+        # before the worker is given up on: what it holds is then counted dropped.
+        stopped = self._queue.close(limit + CLOSE_GRACE, longer=self._spooling_on(deadline))
+        if not stopped:
+            self._close_gave_up(limit)
+        # Else the worker is stuck (in the spool's write: leave it be).
+        if self._io_lock.acquire(timeout=0.5 if stopped else 0.0):
             try:
                 self._sender.forget_connection()
                 if self._spool is not None:

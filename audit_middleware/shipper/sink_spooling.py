@@ -10,6 +10,7 @@ and set by ``CollectorSink.__init__`` (``_init_process`` after a fork)."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Final
@@ -41,6 +42,23 @@ class Spooling:
     spooled: Counter
     replayed: Counter
     dropped: Counter
+
+    def _init_settling(self) -> None:
+        """What a shutdown that gives up on the worker needs to know (``sink_exit``);
+        made again after a fork."""
+        #: Held while the worker counts events it handed on, and while a shutdown counts
+        #: those it did not: an event is never in both counts.
+        self._settle_lock = threading.Lock()
+        #: Events the worker took from the queue and handed on: acknowledged, rejected,
+        #: spooled or dropped (the queue counts those an export raised on, ``failed``).
+        self._handed = 0
+        #: Of the events the worker holds, those a close that gave up on it counted
+        #: dropped (``sink_exit``): one it spools after all moves back to ``spooled``.
+        self._written_off = 0
+        #: When the spool append under way began (None: none is), and when the last one
+        #: ended: a shutdown waits on while the worker is writing (``sink_exit``).
+        self._appending_since: float | None = None
+        self._appended_at = -math.inf
 
     def _idle(self) -> bool:
         """Between drains: replay the spool; True when more is waiting."""
@@ -109,26 +127,54 @@ class Spooling:
         self._head_settled = None
 
     def _keep(self, chunk: Chunk) -> None:
-        if self._spool is None:
-            self._retry_in_memory(chunk)
-        elif self._spool.append(encode_batch_body(chunk.source, chunk.seqs, chunk.lines,
-                                                  chunk.numbered)):
-            self.spooled.add(len(chunk))
-        else:
-            self._drop(len(chunk), self._spool.refusal)  # the cap, or the disk's error
+        spool = self._spool
+        if spool is None:
+            self._settle(len(chunk), *self._retry_in_memory(chunk))
+            return
+        self._appending_since = time.monotonic()
+        try:
+            kept = spool.append(encode_batch_body(chunk.source, chunk.seqs, chunk.lines,
+                                                  chunk.numbered))
+        finally:
+            self._appended_at = time.monotonic()  # first: a waiter never sees neither
+            self._appending_since = None
+        if kept:
+            self._settle(len(chunk), spooled=len(chunk))
+        else:  # the cap, or the disk's error
+            self._settle(len(chunk), 0, len(chunk), spool.refusal)
 
-    def _retry_in_memory(self, chunk: Chunk) -> None:
-        # No spool: hold this batch and retry; the queue fills meanwhile and counts drops.
+    def _retry_in_memory(self, chunk: Chunk) -> tuple[int, int, str]:
+        """No spool: hold this batch and retry; the queue fills meanwhile and counts
+        drops. (0, events dropped, why): the rest was acknowledged or rejected."""
         pending = [chunk]
         while pending:
             if self._sender.past_deadline:
-                self._drop(sum(len(c) for c in pending),
-                           "the collector was unreachable until shutdown")
-                return
+                return 0, sum(len(c) for c in pending), ("the collector was unreachable "
+                                                         "until shutdown")
             if not self._sender.may_try():
                 time.sleep(0.05)  # backing off
                 continue
             pending = self._sender.ship(pending)
+        return 0, 0, ""
+
+    def _settle(self, n: int, spooled: int = 0, dropped: int = 0, why: str = "") -> None:
+        """``n`` events the worker held, handed on: ``spooled`` of them spooled,
+        ``dropped`` dropped (``why``), the rest acknowledged or rejected. Those a close
+        wrote off were counted dropped then: one dropped now is not counted again, one
+        spooled (or sent) after all is taken out of ``dropped`` again."""
+        with self._settle_lock:
+            self._handed += n
+            late = min(self._written_off, n)
+            self._written_off -= late
+            self.spooled.add(spooled)
+            again = min(late, dropped)  # dropped now, counted dropped already
+            if late > again:
+                self.dropped.add(again - late)
+                log.warning("audit: %d events counted dropped when close() gave up on the "
+                            "sink's worker were spooled (or sent) after all",
+                            late - again)
+            if dropped > again:
+                self._drop(dropped - again, why)
 
     def _drop(self, n: int, why: str) -> None:
         before = self.dropped.value

@@ -43,6 +43,8 @@ log = logging.getLogger("audit_middleware")
 
 T = TypeVar("T")
 Export = Callable[[list[T]], None]
+#: Asked by a flush or close whose time ran out: whether to wait on (``flush``).
+More = Callable[[], bool] | None
 
 
 class _FlushMarker:
@@ -54,6 +56,7 @@ class _FlushMarker:
 
 #: Times ``counts()`` tries for a moment when no move is under way (see ``_moving``).
 _CONSISTENT_READ_TRIES: Final = 10_000
+_POLL: Final = 0.05  # seconds between asking ``longer`` again (``flush``, ``close``)
 
 _getpid = os.getpid
 #: Held while a child that no at-fork hook told about its fork resets its sinks (two
@@ -276,7 +279,10 @@ class BatchingQueue(Generic[T]):
         """Deliver what is queued now instead of after ``max_delay``."""
         self._wake.set()
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, longer: More = None) -> bool:
+        """Wait until what was queued before this call was exported; False at the timeout.
+        ``longer``: asked at the timeout, and every ``_POLL`` seconds after, whether to
+        wait on (the export is making progress that must not be cut short)."""
         self.check_fork()  # else a child waits on its parent's worker, which it lacks
         if self._worker is None or not self._worker.is_alive():
             if self._queue and not self._closed:
@@ -286,28 +292,37 @@ class BatchingQueue(Generic[T]):
         self._markers.add()
         self._queue.append(marker)
         self._wake.set()
-        return marker.done.wait(timeout)
+        return _wait_longer(marker.done.wait, timeout, longer)
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None, *, longer: More = None) -> bool:
+        """Export what is queued and stop the worker, waiting for it up to ``timeout``
+        (and on while ``longer()``, as ``flush``): False when it was given up on."""
         # Else a child joins its parent's worker, for the whole timeout; before the test
         # of _closed, so that the owner's reset (after_fork) runs in a child of a parent
         # that had closed the queue too.
         self.check_fork()
         if self._closed:
-            return
+            return True
         self._closed = True
         self._closing.set()
         worker = self._worker
         if worker is None:
             self._drain()
-            return
+            return True
         self._stopping = True
         self._wake.set()
-        worker.join(timeout)
+
+        def ended(seconds: float | None) -> bool:
+            worker.join(seconds)
+            return not worker.is_alive()
+
+        stopped = _wait_longer(ended, timeout, longer)
         self._worker = None
-        if worker.is_alive():
-            log.error("audit sink %s: %d events still queued after %.1fs at close",
-                      self._name, len(self._queue), timeout or 0)
+        if stopped:
+            return True
+        log.error("audit sink %s: %d events still queued after %.1fs at close",
+                  self._name, len(self._queue), timeout or 0)
+        return False
 
     def wait_closing(self, timeout: float) -> bool:
         """For an export that retries: wait up to ``timeout`` seconds, True as soon as
@@ -341,6 +356,17 @@ class BatchingQueue(Generic[T]):
             "failed": self.failed.value,
             "dropped": self.dropped.value,
         }
+
+
+def _wait_longer(wait: Callable[[float | None], bool], timeout: float | None,
+                 longer: More) -> bool:
+    """``wait(timeout)``, then ``wait`` again in slices for as long as ``longer()``."""
+    if wait(timeout):
+        return True
+    while longer is not None and longer():
+        if wait(_POLL):
+            return True
+    return False
 
 
 def call_if_alive(ref: weakref.ref[Any], method: str, *args: object) -> None:

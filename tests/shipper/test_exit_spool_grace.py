@@ -1,0 +1,110 @@
+"""The spool write under way when a shutdown's deadline passes (``close``: atexit;
+``drain``: ASGI lifespan): a slow disk's is waited for, a hung disk's is given up on
+within a bound, and what it held is then said and counted, never silently gone."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from audit_middleware.shipper import CollectorSink, sink_exit
+from tests.e2e.harness import wait_until
+from tests.shipper.sink_helpers import SinkFactory, emit_many
+from tests.shipper.unaccepting import unaccepting_port
+
+#: A spool fsync slower than the old fixed grace past the deadline (0.5 s) and well
+#: within the time now given to a spool write under way.
+SLOW_FSYNC = 1.5
+
+
+def _connecting_sink(make_sink: SinkFactory, port: int) -> CollectorSink:
+    """A sink whose worker holds 10 events in a connect that never completes: at the
+    deadline the connect ends and the batch goes to the spool."""
+    sink = make_sink(url=f"tcp://127.0.0.1:{port}", token="s3cret", connect_timeout=30.0)
+    emit_many(10)
+    wait_until(lambda: sink._sender._opening is not None, 10, "the worker connecting")
+    return sink
+
+
+def _fsync_after(wait: Callable[[], object]) -> Callable[[int], None]:
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        wait()
+        real(fd)
+
+    return fsync
+
+
+@pytest.mark.parametrize("shutdown", ["close", "drain"])
+def test_a_slow_spool_write_under_way_at_the_deadline_is_waited_for(
+        make_sink: SinkFactory, shutdown: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool write begun at the deadline was given 0.5 s, however slow the disk: a
+    loaded machine's fsync took longer, drain() said False (the process then ended:
+    uvicorn re-raises SIGTERM) and close() gave the worker up (the interpreter then
+    exited), the batch neither spooled nor counted."""
+    with unaccepting_port() as port:
+        sink = _connecting_sink(make_sink, port)
+        monkeypatch.setattr(os, "fsync", _fsync_after(lambda: time.sleep(SLOW_FSYNC)))
+        if shutdown == "close":
+            sink.close(timeout=1.0)
+        else:
+            assert sink.drain(timeout=1.0)
+        stats = sink.stats()
+    assert (stats["spooled"], stats["dropped"], stats["acknowledged"]) == (10, 0, 0)
+
+
+def test_a_close_that_gives_up_on_a_hung_spool_write_counts_and_says_the_loss(
+        make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A spool write that does not end (a hung disk) is waited for within a bound, not
+    for ever; close() then gave the worker up with the batch in its hands neither counted
+    nor named (it logged "0 events still queued"), and the interpreter's exit took it.
+    They are counted dropped and said now; spooled after all (the disk answered, the
+    process lived on), they move back to ``spooled``."""
+    monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5, raising=False)  # a short test
+    disk = threading.Event()
+    try:
+        with unaccepting_port() as port:
+            sink = _connecting_sink(make_sink, port)
+            monkeypatch.setattr(os, "fsync", _fsync_after(disk.wait))
+            with caplog.at_level(logging.ERROR, "audit_middleware"):
+                sink.close(timeout=1.0)
+            stats = sink.stats()
+            assert (stats["spooled"], stats["dropped"]) == (0, 10)
+            assert "10 events counted dropped: close(1s) gave up" in caplog.text
+            assert "spool write under way" in caplog.text
+            disk.set()
+            wait_until(lambda: sink.stats()["spooled"] == 10, 10, "the write completing")
+            assert sink.stats()["dropped"] == 0
+    finally:
+        disk.set()
+
+
+def test_a_drain_that_gives_up_on_a_hung_spool_write_says_what_the_process_would_lose(
+        make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """drain() (ASGI lifespan, after which uvicorn ends the process) said only False:
+    nothing named the events still being spooled. Said now; not counted dropped, as
+    the worker goes on and spools them if the process does."""
+    monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5, raising=False)
+    disk = threading.Event()
+    try:
+        with unaccepting_port() as port:
+            sink = _connecting_sink(make_sink, port)
+            monkeypatch.setattr(os, "fsync", _fsync_after(disk.wait))
+            with caplog.at_level(logging.ERROR, "audit_middleware"):
+                assert not sink.drain(timeout=1.0)
+            assert "drain(1s) ended with 10 events neither sent nor spooled" in caplog.text
+            assert "lost if the process ends now" in caplog.text
+            assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (0, 0)
+            disk.set()
+            wait_until(lambda: sink.stats()["spooled"] == 10, 10, "the write completing")
+            assert sink.stats()["dropped"] == 0
+    finally:
+        disk.set()
