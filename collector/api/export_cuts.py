@@ -6,7 +6,8 @@ expected ones too.
 Expected reasons are said at the level their 503 is logged at before the first byte
 (``collector.api.app``), with no traceback: the query time limit, every query thread
 busy (an overloaded collector, or a hung disk not yet past the limit), a query thread
-held in a read past the limit (a hung disk: ``QueriesHung``), the index unavailable (a
+held in a read past the limit (a hung disk: ``QueriesHung``, the next page's own
+thread among them, or every thread held and none left for it), the index unavailable (a
 rebuild under way, a damaged or missing file), a segment that cannot be read (damaged:
 ``CorruptSegmentError``, which names it and says what to do). Anything else is a fault
 (a bug, an index damaged on disk): one traceback.
@@ -44,7 +45,8 @@ def expected_cut(exc: Exception) -> Cut | None:
     if isinstance(exc, QueryTimeoutError):
         return Cut(logging.WARNING, str(exc))  # says to narrow the selection
     if isinstance(exc, QueriesHung):  # before its base, QueriesBusy
-        return Cut(logging.ERROR, f"its next page waited for a query thread: {exc.reason}; "
+        waited = "its read" if exc.taken else "a query thread"
+        return Cut(logging.ERROR, f"its next page waited for {waited}: {exc.reason}; "
                                   f"download it again once the disk answers")
     if isinstance(exc, QueriesBusy):
         # The 503's message says "nothing was read or recorded": an export was.

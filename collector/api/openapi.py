@@ -164,8 +164,9 @@ SPEC: Final[dict[str, Any]] = {
                     "truncated": {"type": "boolean"}}}}}},
                 **{k: v for k, v in _DENIED.items() if k in ("400", "401", "403")},
                 "503": _unavailable("The index did not answer in time (every query "
-                                    "thread busy, or the listing ran past query_timeout): "
-                                    "try again after Retry-After seconds.")},
+                                    "thread busy, the listing's read held by a data disk "
+                                    "that does not answer, or the listing ran past "
+                                    "query_timeout): try again after Retry-After seconds.")},
         }},
         "/api/v1/sources/losses": {"get": {
             "summary": "The sources that lost events, unacknowledged losses first",

@@ -18,6 +18,13 @@ So a thread still in one job ``THREAD_WAIT`` seconds past ``query_timeout`` is i
 the disk does not answer (the limit stops any query whose reads return): a query refused
 while any thread is so held is told ``QueriesHung``, the disk, not ``QueriesBusy``, which
 sends an operator to add threads that would hang too.
+
+Its own caller waits that long at most too (``query_timeout`` + ``THREAD_WAIT`` from when
+it saw its job taken), then is answered ``QueriesHung``: it waited for a read that does
+not end, and its client (a panel page, an export's next page) with it, until the client
+gave up. The thread cannot be stopped: it is left in its read, and what the read returns
+if the disk ever answers is dropped with the job. With no limit (``query_timeout`` None)
+a long query cannot be told from a hung one: its caller waits for it, however long.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from collector.storage.time_limit import QUERY_TIMEOUT, time_limit
 
 T = TypeVar("T")
 DEFAULT_THREADS: Final = 4
-#: Seconds a query waits for a free query thread before it is answered 503.
+#: Seconds a query waits for a free query thread before it is answered 503; and, with a
+#: ``query_timeout``, for its own read past that limit (``QueryPool._outcome``).
 THREAD_WAIT: Final = 10.0
 
 log = logging.getLogger("collector.api")
@@ -61,7 +69,10 @@ class QueriesHung(QueriesBusy):
     data disk does not answer, which more threads would not help."""
 
     def __init__(self, threads: int, held: int, overdue: float,
-                 query_timeout: float) -> None:
+                 query_timeout: float, *, taken: bool = False) -> None:
+        #: True: the refused job was taken, its thread is one of the ``held`` (its own
+        #: read did not end); False: no thread took it.
+        self.taken = taken
         self.reason = hung_reason(threads, held, overdue, query_timeout)
         DiskLate.__init__(self, f"{self.reason}; nothing was read or recorded: try again "
                                 f"once the disk answers")
@@ -74,6 +85,8 @@ class _Job(Generic[T]):
     result: concurrent.futures.Future[T] = field(default_factory=concurrent.futures.Future)
     #: Set once a thread took it (a concurrent future has no callback for that).
     taken: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    #: The id of the thread that took it (set before it is taken).
+    thread: int | None = None
 
 
 class QueryPool:
@@ -97,11 +110,10 @@ class QueryPool:
     async def run(self, work: Callable[[Reader], T]) -> T:
         """``work(reader)`` on a query thread, with a Reader of that thread's own;
         ``QueriesBusy`` when no thread takes it within ``THREAD_WAIT`` seconds
-        (``QueriesHung`` when a thread is in a read the disk does not answer)."""
+        (``QueriesHung`` when a thread is in a read the disk does not answer, this one's
+        included: see ``_outcome``)."""
         job: _Job[T] = _Job(work)
         self._submit(job)
-        # Bounded until a thread takes it, not after: a query under way cannot be
-        # stopped (a thread cannot be), and one that takes long is still answered.
         try:
             await asyncio.wait([asyncio.wrap_future(job.taken)], timeout=THREAD_WAIT)
         finally:
@@ -110,19 +122,45 @@ class QueryPool:
             abandoned = job.result.cancel()
         if abandoned:
             raise self._refusal()
-        return await asyncio.wrap_future(job.result)
+        return await self._outcome(job)
 
-    def _refusal(self) -> QueriesBusy:
-        """Why no thread took a job: ``QueriesHung`` if a thread is in a job the limit
-        should have stopped ``THREAD_WAIT`` ago; else busy (or no limit to tell by)."""
+    async def _outcome(self, job: _Job[T]) -> T:
+        """A taken job's outcome, waited for ``query_timeout`` + ``THREAD_WAIT`` at most."""
+        answer = asyncio.wrap_future(job.result)
+        if self._query_timeout is None:
+            return await answer  # no limit: a long query cannot be told from a hung one
+        # The limit stops any query whose reads return: still running past it (and the
+        # same wait for a thread, for a loaded machine's lag), the job is in a read the
+        # disk does not answer, which its thread cannot be taken out of.
+        try:
+            await asyncio.wait([answer], timeout=self._query_timeout + THREAD_WAIT)
+        finally:
+            # Only the wrapper (a no-op once done): the thread stays in its read, and what
+            # it ends with is dropped (a cancelled wrapper takes nothing from it), so
+            # nothing outlives the job but that thread's frame while the read lasts.
+            answer.cancel()
+        if not answer.cancelled():
+            return answer.result()
+        if job.result.done():  # it ended as the wait did: its outcome stands
+            return job.result.result()
+        raise self._refusal(taken_by=job.thread)
+
+    def _refusal(self, taken_by: int | None = None) -> QueriesBusy:
+        """Why a job is refused: ``QueriesHung`` if a thread is in a job the limit should
+        have stopped ``THREAD_WAIT`` ago (``taken_by``, the job's own thread, is: its
+        caller waited that long); else busy (or no limit to tell by)."""
         if self._query_timeout is None:
             return QueriesBusy(self._size)
         overdue = self._query_timeout + THREAD_WAIT
         now = monotonic()
         with self._lock:
-            held = sum(now - taken > overdue for taken in self._taken_at.values())
+            held = sum(now - taken > overdue for thread, taken in self._taken_at.items()
+                       if thread != taken_by)
+        if taken_by is not None:
+            held += 1  # held by its caller's clock, whatever this one says: counted once
         if held:
-            return QueriesHung(self._size, held, overdue, self._query_timeout)
+            return QueriesHung(self._size, held, overdue, self._query_timeout,
+                               taken=taken_by is not None)
         return QueriesBusy(self._size)
 
     def _submit(self, job: _Job[Any]) -> None:
@@ -155,10 +193,10 @@ class QueryPool:
 
     def _run(self, job: _Job[Any], reader: Reader | None) -> Reader | None:
         """``job`` on this thread's Reader (opened at its first job); returns the Reader."""
+        thread = job.thread = threading.get_ident()  # before: its caller may look any time
         if not job.result.set_running_or_notify_cancel():
             return reader  # its caller stopped waiting (503) before it was taken
         job.taken.set_result(None)
-        thread = threading.get_ident()
         with self._lock:
             self._taken_at[thread] = monotonic()
         try:

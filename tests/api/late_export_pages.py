@@ -10,6 +10,9 @@ environment variable; ``query_timeout`` without it):
 - ``hung``: as ``busy``, the reads holding the threads in them past ``query_timeout``
   (the pool's clock jumps far ahead once all but one have begun: a hung disk, which
   that limit cannot stop);
+- ``stuck``: the page's own read does not end (a hung disk), past ``query_timeout``
+  (made 1 s here) and ``THREAD_WAIT`` (0.5 s); it is let go once its caller stopped
+  waiting for it;
 - ``index``: the read finds the index unavailable (``IndexUnavailableError``, as a
   rebuild under way shows it);
 - ``segment``: a segment cannot be read (``CorruptSegmentError``, as a compressed
@@ -43,7 +46,7 @@ PAGE: Final = 2
 LATE_PAGE: Final = 3
 #: The environment variable that names the fault.
 FAULT: Final = "LATE_EXPORT_FAULT"
-FAULTS: Final = ("query_timeout", "busy", "hung", "index", "segment", "corrupt")
+FAULTS: Final = ("query_timeout", "busy", "hung", "stuck", "index", "segment", "corrupt")
 #: Seconds a test waits for what must come: a bound on a failure, not a timing.
 BOUND: Final = 60
 
@@ -77,6 +80,8 @@ def late_search(reader: Reader, *args: Any, **kwargs: Any) -> Any:
         _ahead = 10.0**6  # past the limit of the query under way, not of later ones
     elif _fault in ("busy", "hung"):
         _hold_every_thread()
+    elif _fault == "stuck":
+        _hung.wait()
     elif _fault == "index":
         raise _incomplete(reader.data_dir / "index.sqlite",
                           sqlite3.DatabaseError("file is not a database"))
@@ -128,6 +133,9 @@ if __name__ == "__main__":
     if _fault not in FAULTS:
         raise SystemExit(f"{FAULT}={_fault!r}: expected one of {', '.join(FAULTS)}")
     exports.PAGE = PAGE  # type: ignore[misc]
+    if _fault == "stuck":
+        os.environ["AUDIT_QUERY_TIMEOUT"] = "1"
+        queries.THREAD_WAIT = 0.5  # type: ignore[misc]
     time_limit.monotonic = _clock
     queries.monotonic = _pool_clock
     Reader.search = late_search  # type: ignore[method-assign]

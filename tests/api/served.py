@@ -18,6 +18,7 @@ from collector.api import ApiSettings, create_app
 from collector.config import load
 from collector.frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget
 from collector.integrations import Integrations
+from collector.storage.time_limit import QUERY_TIMEOUT
 from collector.store import Store
 from tests.e2e.harness import ROOT, CollectorProcess
 
@@ -58,10 +59,11 @@ def add_reader(data_dir: Path, name: str, *, root: bool) -> str:
     return done.stdout.strip()
 
 
-def served_app(data: Path, store: Store, **environ: str) -> Starlette:
+def served_app(data: Path, store: Store, *, query_timeout: float | None = QUERY_TIMEOUT,
+               **environ: str) -> Starlette:
     """The query API's app with serve's integrations attached (``/metrics``, ``/healthz`` as served),
     with ``environ``'s options (``AUDIT_METRICS_AUTH="reader"``)."""
-    app = create_app(ApiSettings(data_dir=data), store)
+    app = create_app(ApiSettings(data_dir=data, query_timeout=query_timeout), store)
     # The ingest server as the integrations read it: its stats, its TLS, and the frame
     # budget HTTP ingest shares with it.
     ingest = SimpleNamespace(stats=dict, tls=None,

@@ -7,8 +7,12 @@ disk's fault, not a busy collector's, once a thread is held past ``query_timeout
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import gc
 import logging
+import weakref
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +31,8 @@ BOUND = 20
 LOOKUP = "/api/v1/audit-logs/019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11"
 #: Seconds a query waits for a thread here (``THREAD_WAIT``, made short).
 WAIT = 0.2
+#: A short ``query_timeout``: a read held past it (and ``WAIT``) is hung, not long.
+LIMIT = 1.0
 
 
 def refused_while_every_thread_is_held(
@@ -104,3 +110,63 @@ def test_threads_held_in_a_read_past_query_timeout_are_told_as_a_hung_disk(
     [record] = [r for r in caplog.records if "does not answer" in r.getMessage()]
     assert record.levelno == logging.ERROR and record.exc_info is None
     assert record.getMessage() == f"query API: GET {LOOKUP!r}: {message}"
+
+
+def test_a_query_whose_own_read_hangs_past_query_timeout_is_answered_503(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """query_timeout stops any query whose reads return: one still in its read past it
+    (and the wait for a thread) is in a read the disk does not answer. Its request waited
+    for it with no bound (the panel spun until the client gave up); now it is answered the
+    hung disk's 503, its thread left in the read, and what that read ends with dropped."""
+    monkeypatch.setattr(queries, "THREAD_WAIT", WAIT)
+    futures: list[weakref.ref[concurrent.futures.Future[Any]]] = []
+    job = queries._Job
+
+    def recorded(work: Any) -> Any:
+        made = job(work)
+        futures.append(weakref.ref(made.result))
+        return made
+
+    monkeypatch.setattr(queries, "_Job", recorded)
+    caplog.set_level(logging.WARNING)
+    data = tmp_path / "data"
+    token = Readers(data).add("alice", root=True)
+    with open_store(data) as store:
+        app = served_app(data, store, query_timeout=LIMIT)
+        hung = Hold(monkeypatch, Reader, "find")
+
+        async def run() -> tuple[httpx.Response, httpx.Response]:
+            async with client_of(app, token) as client:
+                try:
+                    refused = await asyncio.wait_for(client.get(LOOKUP), BOUND)
+                finally:
+                    hung.release()  # its read ends: past its limit, stopped and dropped
+                monkeypatch.setattr(queries, "THREAD_WAIT", BOUND)  # see above
+                return refused, await asyncio.wait_for(client.get(LOOKUP), BOUND)
+
+        try:
+            refused, after = asyncio.run(run())
+        finally:
+            left = app.state.api.close(BOUND)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["Retry-After"] == str(RETRY_AFTER)
+    overdue = LIMIT + WAIT
+    message = refused.json()["message"]
+    assert refused.json()["error"] == "unavailable"
+    assert message.startswith(
+        f"the disk under the store does not answer: 1 of the {DEFAULT_THREADS} query "
+        f"threads have been in one read for more than {overdue:g} s, past query_timeout "
+        f"({LIMIT:g} s), which stops every query whose reads return; "), message
+    assert message.endswith("nothing was read or recorded: try again once the disk "
+                            "answers"), message
+    [record] = [r for r in caplog.records if "does not answer" in r.getMessage()]
+    assert record.levelno == logging.ERROR and record.exc_info is None
+    assert hung.entries == 1
+    assert after.status_code == 404, after.text  # the pool goes on: no such event
+    assert left == 0  # the held thread ended once its read did
+    # Its late outcome (a QueryTimeoutError: the read ended past the limit) was
+    # nobody's to raise, and neither job's future is kept once their threads are done.
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    gc.collect()
+    assert len(futures) == 2 and [ref() for ref in futures] == [None, None]

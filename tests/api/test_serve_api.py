@@ -327,6 +327,18 @@ def test_an_export_whose_next_page_finds_the_threads_hung_past_the_limit_says_th
     assert "stayed busy" not in error and "nothing was read" not in error, error
 
 
+def test_an_export_whose_next_page_hangs_in_its_read_past_the_limit_says_the_disk(
+        root: Path) -> None:
+    """The next page's own read does not end (a hung disk): past query_timeout and the
+    wait for a thread the export is cut and said, the thread left in its read. The
+    export waited for it with no bound: the client's download hung until it gave up."""
+    error = the_cut_line(cut_export(root, "stuck"), "ERROR")
+    assert "its next page waited for its read: the disk under the store does not " \
+           "answer: 1 of the 4 query threads have been in one read for more than 1.5 s, " \
+           "past query_timeout (1 s)" in error, error
+    assert "download it again once the disk answers" in error, error
+
+
 def test_an_export_that_finds_the_index_unavailable_fails_with_one_error_line(
         root: Path) -> None:
     """The index gone from under an export (a rebuild under way): the data directory's
