@@ -6,6 +6,7 @@ what is tested is the decision, not a clock."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -94,4 +95,22 @@ def test_a_connection_closed_in_the_middle_of_a_payload_says_what_it_sent() -> N
         with pytest.raises(asyncio.IncompleteReadError) as closed:
             await read_payload(reader, 6, FrameBudget(10))
         assert closed.value.partial == b"ab"
+    run(scenario())
+
+
+def test_a_payload_waiting_in_the_socket_when_its_check_comes_is_read_not_cut() -> None:
+    """Bytes the client has sent, in the socket but not yet taken by the event loop when
+    the check comes (a loop busy past it: its timer and the socket's readiness handled in
+    the same turn), are the collector's lag, not the client's. Before, the read was
+    cancelled with them on their way in, and an honest frame was cut as too slow."""
+    async def scenario() -> None:
+        budget = FrameBudget(10)
+        waiter = await contended(budget)
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            reader, writer = await asyncio.open_connection(sock=ours)
+            theirs.sendall(b"abcdef")  # all of it sent: the loop has not looked yet
+            assert await read_payload(reader, 6, budget, **LATE) == b"abcdef"
+            writer.close()
+        waiter.cancel()
     run(scenario())
