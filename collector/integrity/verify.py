@@ -180,6 +180,10 @@ class _Segments:
         newest = max((f.seq for f, _ in files), default=0)
         # The segment a running collector may be sealing right now (see below).
         just_rotated = max((f.seq for f, _ in files if f.seq < newest), default=-1)
+        # The one seal that may wait for room (``room``): the newest segment takes no
+        # record until it is written, so with records there, it was written.
+        room = self.room if self.room and files and self._interrupted_rotation(
+            files[-1][0], by_segment) else None
         prev = _Previous()
         with ThreadPoolExecutor(1, thread_name_prefix="verify-hash") as pool:
             for f, header in files:
@@ -229,8 +233,9 @@ class _Segments:
                     else:
                         res.add(DIGEST_MISSING, "a sealed segment without its seal digest "
                                 "(deleted from digests/, or never written)" + (
-                                    f"; {self.room}, written once space is freed on it: "
-                                    f"verify again then" if self.room else ""))
+                                    f"; {room}, written once space is freed on it: "
+                                    f"verify again then"
+                                    if room and f.seq == just_rotated else ""))
                 expected_first = next((g.first_seq for g in ds if g.records), None)
                 if expected_first is None and prev.last_seq is not None \
                         and prev.seq == f.seq - 1:

@@ -71,3 +71,25 @@ def test_a_stats_file_the_full_disk_leaves_unwritten_is_no_reason_to_stay_silent
     (missing,) = [f for r in report.invalid for f in r.findings if f.reason == DIGEST_MISSING]
     assert "512 bytes free" in missing.detail and "waiting for room" in missing.detail, \
         missing.detail
+
+
+@pytest.mark.parametrize("deleted", ["00000001", "00000003"])
+def test_a_deleted_seal_no_rotation_can_be_waiting_on_is_not_excused_by_a_full_disk(
+        tmp_path: Path, deleted: str) -> None:
+    """Only the seal of the segment before the newest can wait for room, and only while
+    the newest holds no record (it takes none until that seal is written). An older
+    seal deleted, or that one with records after it, is no digest waiting on a disk that
+    merely is full now: before, its 'digest missing' said it may be, for every missing
+    seal of the store, and an operator waited for a seal that had been deleted."""
+    from collector.integrity.findings import DIGEST_MISSING
+    from tests.integrity.helpers import build_store, check
+
+    data_dir = build_store(tmp_path / "data", batches=4)  # 1-3 sealed, 4 with records
+    (seal, *_) = sorted((data_dir / "digests").glob(f"segment-{deleted}*"))
+    seal.unlink()
+    StatsFile(data_dir / STATS_FILE).write({"state": "running",
+                                            "store": {"refusal": DISK_FULL}})
+    report = check(data_dir, live=True)
+    (missing,) = [f for r in report.invalid for f in r.findings
+                  if f.reason == DIGEST_MISSING and r.path.startswith(f"segments/segment-{deleted}")]
+    assert "room" not in missing.detail and "disk" not in missing.detail, missing.detail
