@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, NoReturn, TypeVar
 
 from collector.disk_calls import DiskLate
 from collector.query import Reader
@@ -89,6 +89,10 @@ class _Job(Generic[T]):
     thread: int | None = None
 
 
+def _abandoned(reader: Reader) -> NoReturn:
+    raise AssertionError("a job its caller stopped waiting for is never run")
+
+
 class QueryPool:
     def __init__(self, data_dir: Path, threads: int = DEFAULT_THREADS,
                  query_timeout: float | None = QUERY_TIMEOUT) -> None:
@@ -120,6 +124,11 @@ class QueryPool:
             # A caller gone (a timeout, a cancelled request) leaves no job to run: the
             # cancel succeeds only while no thread has taken it, atomically with taking.
             abandoned = job.result.cancel()
+            if abandoned:
+                # It stays queued until a thread comes to it, for as long as the disk
+                # hangs if that is why: without its work, which may hold a page (an
+                # export's next job holds the records it renders).
+                job.work = _abandoned
         if abandoned:
             raise self._refusal()
         return await self._outcome(job)
