@@ -6,9 +6,11 @@ by ``HUNG_UNLINK_WHILE`` exists, the removal of a unix socket's file hangs, firs
 record's read from a plain segment (``pread``, the read commands' too) hangs, from the
 read after the first ``HUNG_SEGMENT_READS_AFTER`` (default 0), first making
 ``segment_read_hung(gate)``. No test can make a real disk hang; removing a file lets
-what is under way complete. The API's wait for a query thread is ``HUNG_THREAD_WAIT``
-seconds. Run with a command (``query``, ``tail``...) instead of ``serve``, it is the
-read commands on that disk."""
+what is under way complete. The API's waits are its own, not shortened here: 10 s for a
+query thread (``collector.api.queries.THREAD_WAIT``), and a lookup held in its read is
+answered 503 that long past ``query_timeout`` (``--query-timeout``; 30 s by default).
+Run with a command (``query``, ``tail``...) instead of ``serve``, it is the read
+commands on that disk."""
 
 from __future__ import annotations
 
