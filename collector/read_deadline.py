@@ -6,21 +6,26 @@ follower's user that its disk stopped answering.
 segment ``read()`` the disk never answers (a dying disk, a frozen network file system)
 gives neither back control, and ``query --timeout 30s`` hung for good, without a word.
 A thread blocked in the kernel cannot be interrupted, so the read runs on a daemon
-thread of its own (``single_flight.on_daemon_thread``, as the API's disk calls do) and
-the command stops waiting for it: the process exits without it (a daemon thread is not
-joined at exit).
+thread of its own and the command stops waiting for it: the process exits without it (a
+daemon thread is not joined at exit). What the read prints, the command's own thread
+writes (``within``): only a read is ever left behind, never a write to stdout.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import queue
+import threading
+import time
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from .single_flight import on_daemon_thread
 from .storage.time_limit import QueryTimeoutError, time_limit
 
 T = TypeVar("T")
+#: The read commands' output: print a batch of records (``read_output._writer``).
+Write = Callable[[list[dict[str, Any]], bool], None]
 
 #: Seconds past its limit a read is given to stop itself (its own checks stop it within
 #: about a millisecond of the limit) before it is taken for one the disk does not answer.
@@ -31,21 +36,56 @@ def _nothing() -> None:
     pass
 
 
-def within(call: Callable[[], T], seconds: float, setting: str, name: str) -> T:
-    """``call()`` under ``time_limit(seconds, setting)``, on a daemon thread (``name``);
-    ``QueryTimeoutError`` when it has not ended ``GRACE`` seconds past the limit: a read
-    that did not return, left behind."""
+class _Written(NamedTuple):
+    records: list[dict[str, Any]]
+    header: bool
+    done: threading.Event
 
-    def limited() -> T:
-        # On the new thread: the limit is a context variable, which threads do not share.
-        with time_limit(seconds, setting):
-            return call()
 
-    future = on_daemon_thread(limited, name, _nothing)
-    done, _ = concurrent.futures.wait([future], seconds + GRACE)
-    if not done:
-        raise hung_error(seconds, setting)
-    return future.result()
+def within(call: Callable[[Write], T], write: Write, seconds: float, setting: str,
+           name: str) -> T:
+    """``call(relay)`` under ``time_limit(seconds, setting)``, on a daemon thread
+    (``name``); ``QueryTimeoutError`` when it has not ended ``GRACE`` seconds past the
+    limit: a read that did not return, left behind.
+
+    The records ``call`` prints it hands to ``relay``, which has them written by
+    ``write`` on this thread and returns once they are. The reading thread never
+    writes to stdout itself: left behind, it printed on while the command reported
+    the answer incomplete and exited; and blocked in a write to a reader of the
+    output that had stopped reading (``| less``), it was taken for a hung disk. A
+    write that waits for such a reader waits here, where no deadline is counted;
+    the reading thread is then given ``GRACE`` to stop itself at its limit, which it
+    reports as the query's limit, not the disk's fault."""
+    handoff: queue.Queue[_Written | concurrent.futures.Future[T]] = queue.Queue()
+
+    def relay(records: list[dict[str, Any]], header: bool) -> None:
+        done = threading.Event()
+        handoff.put(_Written(records, header, done))
+        done.wait()  # as when it wrote itself: what it reads or says next comes after
+
+    def limited() -> None:
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            # On the new thread: the limit is a context variable, which threads do not
+            # share.
+            with time_limit(seconds, setting):
+                outcome.set_result(call(relay))
+        except BaseException as exc:  # noqa: BLE001 - raised on the waiting thread
+            outcome.set_exception(exc)
+        handoff.put(outcome)
+
+    threading.Thread(target=limited, name=name, daemon=True).start()
+    end = time.monotonic() + seconds + GRACE
+    while True:
+        try:
+            item = handoff.get(timeout=max(end - time.monotonic(), GRACE))
+        except queue.Empty:
+            raise hung_error(seconds, setting) from None
+        if isinstance(item, _Written):
+            write(item.records, item.header)  # raised (a closed pipe): the reader waits
+            item.done.set()
+            continue
+        return item.result()
 
 
 def hung_error(seconds: float, setting: str) -> QueryTimeoutError:

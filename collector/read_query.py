@@ -17,7 +17,7 @@ from audit_middleware.catalogue import NAME_PATTERN, SEED_CATALOGUE
 
 from . import query as q
 from .read_arguments import FORMATS, _add_filters, _add_timeout, _filters, data_dir_of
-from .read_deadline import within
+from .read_deadline import Write, within
 from .read_output import _writer
 from .storage.time_limit import QueryTimeoutError, checked
 
@@ -44,26 +44,32 @@ def query_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    printed = [0]  # records --all printed, for the message of a query stopped after them
+    output = _writer(args.format, sys.stdout)
     if args.timeout is None:
-        return _query(args, printed)
+        return _query(args, output)
+    printed = 0  # records written, for the message of a query stopped after them
+
+    def write(records: list[dict[str, Any]], header: bool) -> None:
+        nonlocal printed
+        output(records, header)
+        printed += len(records)
+
     try:
-        # On a thread of its own, left past the limit: a read the disk never answers
-        # is checked by nothing, and the command hung there for good.
-        return within(lambda: _query(args, printed), args.timeout, "--timeout",
+        # Read on a thread of its own, left past the limit: a read the disk never
+        # answers is checked by nothing, and the command hung there for good.
+        return within(lambda relay: _query(args, relay), write, args.timeout, "--timeout",
                       "audit-query")
     except QueryTimeoutError as exc:
-        if not printed[0]:
+        if not printed:
             raise
-        raise QueryTimeoutError(f"{exc}; the {printed[0]} record(s) printed before it are "
+        raise QueryTimeoutError(f"{exc}; the {printed} record(s) printed before it are "
                                 f"an incomplete answer") from None
 
 
-def _query(args: argparse.Namespace, printed: list[int]) -> int:
+def _query(args: argparse.Namespace, write: Write) -> int:
     data_dir, filters = data_dir_of(args), _filters(args)
     if args.order == "oldest":
         args.oldest_first = True
-    write = _writer(args.format, sys.stdout)
     if args.all:
         if args.limit is not None:  # silently printing everything is not what was asked
             raise q.QueryError("--all prints every matching record and --limit one page of "
@@ -76,7 +82,6 @@ def _query(args: argparse.Namespace, printed: list[int]) -> int:
             matched = True
             if len(batch) >= 500:
                 write(batch, True)
-                printed[0] += len(batch)
                 batch = []
         write(batch, True)
         if not matched:

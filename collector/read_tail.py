@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from . import query as q
 from .read_arguments import FORMATS, _add_filters, _add_timeout, _filters, data_dir_of
-from .read_deadline import GRACE, waited, within
+from .read_deadline import GRACE, Write, waited, within
 from .read_output import _writer
 from .storage.errors import IndexOutOfDateError
 from .storage.time_limit import QUERY_TIMEOUT, time_limit
@@ -52,14 +52,14 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     # the two reads is then printed once, by the loop (read unbounded, "last N" had it
     # too, and it was printed twice).
 
-    def last() -> int:
+    def last(out: Write) -> int:
         newest = q.newest_seq(data_dir)
-        _write_last(write, data_dir, filters, args.lines, newest)
+        _write_last(out, data_dir, filters, args.lines, newest)
         return newest
 
     # As query's --timeout: a read the disk does not answer included (read_deadline).
-    newest = last() if args.timeout is None else within(last, args.timeout, "--timeout",
-                                                        "audit-tail")
+    newest = last(write) if args.timeout is None else within(last, write, args.timeout,
+                                                             "--timeout", "audit-tail")
     if args.follow:
         _follow(write, data_dir, filters, newest, stop, args.timeout)
     return 0

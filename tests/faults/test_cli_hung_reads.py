@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from collector.read_deadline import GRACE
 from tests.collector.storage_helpers import event, events, open_store
 from tests.e2e.harness import ROOT
 from tests.faults.fleet import wait_for
@@ -31,11 +32,13 @@ HUNG = "a read of the data directory did not return (a hung disk"
 
 
 @contextlib.contextmanager
-def command(tmp: Path, *args: str, after: int = 0) -> Iterator[tuple[subprocess.Popen[Any],
-                                                                   Path, Path, Path]]:
+def command(tmp: Path, *args: str, after: int = 0, piped: bool = False,
+            ) -> Iterator[tuple[subprocess.Popen[Any], Path, Path, Path]]:
     """``audit-collector ARGS`` on ``tmp/data``, its segment reads hanging while the gate
     exists (made here; removed at the end) after the first ``after``: the process, the
-    gate, and the files its stdout and stderr go to."""
+    gate, and the files its stdout and stderr go to (``piped``: stdout is the process's
+    ``stdout`` pipe, read by nobody until the test does, as a pager that does not page
+    on)."""
     gate, out, err = tmp / "disk-hangs", tmp / "stdout", tmp / "stderr"
     gate.touch()
     env = {**os.environ, "AUDIT_CONFIG": "", SEGMENT_READS_GATE: str(gate),
@@ -43,7 +46,7 @@ def command(tmp: Path, *args: str, after: int = 0) -> Iterator[tuple[subprocess.
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "tests.faults.hung_reads", *args,
                                  "--data-dir", str(tmp / "data")], cwd=ROOT, env=env,
-                                stdout=stdout, stderr=stderr)
+                                stdout=subprocess.PIPE if piped else stdout, stderr=stderr)
     try:
         yield proc, gate, out, err
     finally:
@@ -88,6 +91,35 @@ def test_query_all_stuck_after_some_records_says_they_are_incomplete(tmp: Path) 
     assert HUNG in message, message
     assert message.rstrip().endswith(
         "; the 1000 record(s) printed before it are an incomplete answer"), message
+
+
+def test_a_query_whose_output_is_not_read_on_is_not_taken_for_a_hung_disk(
+        tmp: Path) -> None:
+    """``query --all --timeout 1s | less``, the pager not paging on: the records were
+    written by the reading thread, which blocked in that write, was taken for a read the
+    disk does not answer 1 s past the limit and left behind: the command blamed the disk
+    and exited, and did not say that the records already in the pipe were an incomplete
+    answer. The command's own thread writes now, waiting for its reader as any command
+    does; the query is then stopped at its limit, said as such, what it printed counted."""
+    with open_store(tmp / "data") as store:
+        store.write(events(3000))  # far more than a pipe holds
+    # The disk answers every read (the gate opens after more reads than are made).
+    with command(tmp, "query", "--all", "--format", "jsonl", "--timeout", "1s",
+                 after=10**9, piped=True) as (proc, _, _, err):
+        assert proc.stdout is not None
+        # No event says "a write is waiting for its reader": the bug's exit comes at
+        # about 2 s (the limit and GRACE); this waits past it, then reads.
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(1 + GRACE + 3)
+        printed = proc.stdout.read().decode().splitlines()
+        code = ended(proc)
+        assert code == 2, err.read_text()
+    message = err.read_text()
+    assert HUNG not in message, message
+    assert "the query ran longer than 1 s (--timeout)" in message, message
+    assert printed and all(line.endswith("}") for line in printed)
+    assert message.rstrip().endswith(
+        f"; the {len(printed)} record(s) printed before it are an incomplete answer"), message
 
 
 def test_tail_timeout_ends_a_read_of_the_last_records_stuck_in_a_segment_read(
