@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from . import query as q
 from .read_arguments import FORMATS, _add_filters, _add_timeout, _filters, data_dir_of
-from .read_deadline import GRACE, Write, waited, within
+from .read_deadline import GRACE, Poller, Write, within
 from .read_output import _writer
 from .storage.errors import IndexOutOfDateError
 from .storage.time_limit import QUERY_TIMEOUT, time_limit
@@ -78,14 +78,10 @@ def _follow(write: Callable[[list[dict[str, Any]], bool], None], data_dir: Path,
     stall = (FOLLOW_STALL if timeout is None else timeout) + GRACE
 
     def poll() -> q.Page:
-        # On a thread of its own (read_deadline): a read the disk never answers held
-        # the follower for good, silently.
-        try:
-            with time_limit(timeout, "--timeout"):
-                return q.search(data_dir, filters, limit=500, cursor=cursor,
-                                newest_first=False, bounds=True)
-        finally:  # its Reader is this thread's, which ends here
-            q.close_readers(data_dir)
+        # On the poller's thread (read_deadline), its Reader kept for the next poll.
+        with time_limit(timeout, "--timeout"):
+            return q.search(data_dir, filters, limit=500, cursor=cursor,
+                            newest_first=False, bounds=True)
 
     def stalled() -> None:
         nonlocal said
@@ -94,30 +90,34 @@ def _follow(write: Callable[[list[dict[str, Any]], bool], None], data_dir: Path,
         print(f"tail: {said}; waiting for it: new records are printed once it returns",
               file=sys.stderr)
 
-    while not stop():
-        try:
-            page = waited(poll, stall, "audit-tail-poll", on_stall=stalled)
-        except (IndexOutOfDateError, sqlite3.DatabaseError, q.QueryError) as exc:
-            # The collector is rewriting what was read (compression, retention, a busy
-            # index, an index rebuilt at its restart, for a moment absent): a follower
-            # waits and reads again rather than ending.
-            if str(exc) != said:
-                said = str(exc)
-                print(f"tail: {exc}; retrying every {FOLLOW_INTERVAL:g}s", file=sys.stderr)
-            time.sleep(FOLLOW_INTERVAL)
-            continue
-        if said:
-            said = ""
-            print("tail: reading again", file=sys.stderr)
-        _say_deleted(page, seen, filters)
-        if page.records:
-            write(page.records, False)
-        seen = _seen_after(page, seen)
-        # A page that is not full has no next_cursor: continue after what it covered
-        # (keeping the old cursor read the same records again, without end).
-        cursor = page.next_cursor or q.cursor_after(seen, filters)
-        if not page.records and not page.gone:
-            time.sleep(FOLLOW_INTERVAL)
+    poller = Poller("audit-tail-poll", at_end=lambda: q.close_readers(data_dir))
+    try:
+        while not stop():
+            try:
+                page = poller.poll(poll, stall, on_stall=stalled)
+            except (IndexOutOfDateError, sqlite3.DatabaseError, q.QueryError) as exc:
+                # The collector is rewriting what was read (compression, retention, a busy
+                # index, an index rebuilt at its restart, for a moment absent): a follower
+                # waits and reads again rather than ending.
+                if str(exc) != said:
+                    said = str(exc)
+                    print(f"tail: {exc}; retrying every {FOLLOW_INTERVAL:g}s", file=sys.stderr)
+                time.sleep(FOLLOW_INTERVAL)
+                continue
+            if said:
+                said = ""
+                print("tail: reading again", file=sys.stderr)
+            _say_deleted(page, seen, filters)
+            if page.records:
+                write(page.records, False)
+            seen = _seen_after(page, seen)
+            # A page that is not full has no next_cursor: continue after what it covered
+            # (keeping the old cursor read the same records again, without end).
+            cursor = page.next_cursor or q.cursor_after(seen, filters)
+            if not page.records and not page.gone:
+                time.sleep(FOLLOW_INTERVAL)
+    finally:
+        poller.close()
 
 
 def _seen_after(page: q.Page, seen: int) -> int:
