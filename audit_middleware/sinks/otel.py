@@ -190,7 +190,13 @@ class OTelLogSink:
 
     def _flush_after(self, primary: Any, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        done = bool(primary(_primary_share(timeout))) if primary is not None else True
+        share = _primary_share(timeout)
+        done = bool(primary(share)) if primary is not None else True
+        if timeout is not None and share is not None and deadline is not None:
+            # A primary may wait past its share: a CollectorSink's drain does while its
+            # spool write is under way (a slow disk, up to 5.5 s). The copies then get
+            # their share after it, not the 0 s left.
+            deadline = max(deadline, time.monotonic() + timeout - share)
         return self._flush_copies(deadline) and done
 
     def _flush_copies(self, deadline: float | None) -> bool:

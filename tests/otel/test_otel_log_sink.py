@@ -591,6 +591,42 @@ def test_a_primary_that_takes_its_whole_drain_timeout_leaves_the_copies_a_share(
         sink.close(5)
 
 
+def test_a_primary_that_overruns_its_drain_timeout_still_leaves_the_copies_their_share(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CollectorSink waits past its drain's deadline while a spool write is under way
+    (a slow disk: up to 5.5 s, ``shipper/sink_exit.py``): the log copies were then
+    flushed with 0 s left (the drain failed, and uvicorn ended the process with them
+    queued), though they keep their share "however long the primary takes"."""
+    import time
+    from types import SimpleNamespace
+
+    from audit_middleware.shipper.sink_exit import CLOSE_GRACE, SPOOL_GRACE
+    from audit_middleware.sinks import otel as module
+
+    clock = SimpleNamespace(offset=0.0)  # the primary's drain moves time, not waits it
+    monkeypatch.setattr(module, "time", SimpleNamespace(
+        monotonic=lambda: time.monotonic() + clock.offset))
+
+    class SlowSpoolDisk(audit.MemorySink):
+        def drain(self, timeout: float) -> bool:
+            clock.offset += timeout + CLOSE_GRACE + SPOOL_GRACE
+            return True
+
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    sink = OTelLogSink(SlowSpoolDisk(), logger_provider=provider, max_delay=60)
+    audit.configure(sink=sink)
+    try:
+        audit.emit("run_completed", "run-1")
+        assert sink.drain(5)
+        assert [r.log_record.attributes["audit.target.id"]  # type: ignore[index]
+                for r in exporter.get_finished_logs()] == ["run-1"]
+    finally:
+        reset_configuration()
+        sink.close(5)
+
+
 _STALLED_PRIMARY = """
 import sys
 import audit_middleware as audit
