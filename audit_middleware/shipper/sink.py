@@ -239,8 +239,9 @@ class CollectorSink(ExitGrace):
             self._encoded = 0
             chunks = self._encode(items)  # lazily: chunk k+1 is encoded while k is stored
             unsent = self._sender.ship(chunks) if direct else list(chunks)
-            with self._settle_lock:  # the rest were acknowledged, rejected or refused
-                self._handed += self._encoded - sum(len(chunk) for chunk in unsent)
+            # The rest were acknowledged, rejected or refused: settled as the spooled
+            # are, taken out of what a close that gave up on this worker wrote off.
+            self._settle(self._encoded - sum(len(chunk) for chunk in unsent))
             for chunk in unsent:
                 resolve_all(chunk.receipts, "the collector did not acknowledge it in time "
                              "(kept for replay)")

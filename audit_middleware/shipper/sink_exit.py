@@ -82,8 +82,8 @@ class ExitGrace(Spooling):
     def _close_gave_up(self, timeout: float) -> None:
         """The worker did not finish within a close: what it holds (and what is queued)
         is counted dropped, lost when the process exits (atexit: the worker, a daemon
-        thread, ends with it). One it spools after all is counted spooled again
-        (``_settle``)."""
+        thread, ends with it). One it spools after all is counted spooled again,
+        one the collector acknowledged after all is taken out of dropped (``_settle``)."""
         with self._settle_lock:
             n = self._not_handed_on() - self._written_off
             if n <= 0:

@@ -9,12 +9,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from audit_middleware.shipper import CollectorSink, sink_exit
 from tests.e2e.harness import wait_until
-from tests.shipper.sink_helpers import SinkFactory, emit_many
+from tests.shipper.sink_helpers import Collector, SinkFactory, emit_many
 from tests.shipper.unaccepting import unaccepting_port
 
 #: A spool fsync slower than the old fixed grace past the deadline (0.5 s) and well
@@ -108,3 +109,37 @@ def test_a_drain_that_gives_up_on_a_hung_spool_write_says_what_the_process_would
             assert sink.stats()["dropped"] == 0
     finally:
         disk.set()
+
+
+def test_events_acknowledged_after_a_close_gave_up_are_taken_out_of_dropped(
+        make_sink: SinkFactory, collector: Collector, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A close that gives up on a worker still in its send (past the deadline and the
+    grace: a stalled process, a send the deadline does not bound) counts what the
+    worker holds dropped. Events the collector acknowledged stayed in ``dropped`` too,
+    for good: only those spooled or held in memory were taken out again, so
+    ``acknowledged`` and ``dropped`` both counted them while the process lived on."""
+    collector.start()
+    sink = make_sink(url=collector.url)
+    acknowledged, release = threading.Event(), threading.Event()
+    ship = sink._sender.ship
+
+    def slow_to_return(chunks: Any) -> Any:
+        unsent = ship(chunks)  # the collector acknowledges them
+        acknowledged.set()
+        release.wait()  # the worker, stalled, comes back after close() gave it up
+        return unsent
+
+    monkeypatch.setattr(sink._sender, "ship", slow_to_return)
+    try:
+        emit_many(10)
+        assert acknowledged.wait(10)
+        with caplog.at_level(logging.ERROR, "audit_middleware"):
+            sink.close(timeout=0.1)
+        assert "10 events counted dropped: close(0.1s) gave up" in caplog.text
+        release.set()
+        wait_until(lambda: sink.stats()["dropped"] == 0, 10,
+                   "the acknowledged events taken out of dropped")
+        assert sink.stats()["acknowledged"] == 10
+    finally:
+        release.set()
