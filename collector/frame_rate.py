@@ -14,18 +14,24 @@ after its room was granted: what it holds must arrive within ``GRACE`` plus its 
 at that rate. Enforced only while other frames wait for room: a client on a slow link
 costs no one anything when there is room, and cutting it then would only make it send
 the same batch again, as slowly, forever.
+
+HTTP ingest's bodies take their room from the same budget (``collector.http_ingest``)
+and are held to the same rule: ``Pace`` is the judgment both share (when the next check
+is due, and whether falling behind then counts), ``read_payload`` the socket's read and
+``next_chunk`` an HTTP body's.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Final
 
 from audit_middleware.wire import ErrorCode, WireError
 
 from .frame_budget import FrameBudget
 
-__all__ = ["GRACE", "MIN_FRAME_RATE", "FrameTooSlow", "read_payload"]
+__all__ = ["GRACE", "MIN_FRAME_RATE", "FrameTooSlow", "Pace", "next_chunk", "read_payload"]
 
 #: Bytes per second. A shipper writes a whole frame at once, at the link's speed: 1 MiB/s
 #: is a slow link's (8 Mbit/s), a 4 MiB frame's 4 s. Honest frames behind a trickled one
@@ -38,10 +44,40 @@ GRACE: Final = 1.0
 
 class FrameTooSlow(WireError):
     """Sent as ``timeout`` (retryable: the shipper sends the batch again on a new
-    connection, as after any read deadline); a class of its own to be counted apart."""
+    connection, as after any read deadline; an HTTP body's is answered 503 ``timeout``);
+    a class of its own to be counted apart."""
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.TIMEOUT, message)
+
+
+class Pace:
+    """One payload's minimum rate, from the moment its room in ``budget`` was granted
+    (now): ``due`` is when the bytes received so far stop being enough; ``lagging``, at
+    that moment with nothing more arrived, says whether that counts. ``what`` names the
+    payload in the error ("a frame of 4096 bytes")."""
+
+    def __init__(self, budget: FrameBudget, what: str, *, rate: float = MIN_FRAME_RATE,
+                 grace: float = GRACE) -> None:
+        self._budget, self._what, self._rate, self._grace = budget, what, rate, grace
+        self._time = asyncio.get_running_loop().time
+        self._granted = self._time()
+        self.received = 0
+        self.due = self._granted + grace
+
+    def arrived(self, size: int) -> None:
+        self.received += size
+        self.due = self._granted + self._grace + self.received / self._rate
+
+    def lagging(self) -> FrameTooSlow | None:
+        """The error that cuts the payload, if others wait for room now; else None, and
+        the next look a grace later (no one waits: a slow link costs no one anything)."""
+        now = self._time()
+        if self._budget.contended:
+            return FrameTooSlow(too_slow(self._what, self.received, now - self._granted,
+                                         self._rate))
+        self.due = now + self._grace
+        return None
 
 
 async def read_payload(reader: asyncio.StreamReader, length: int, budget: FrameBudget, *,
@@ -49,36 +85,59 @@ async def read_payload(reader: asyncio.StreamReader, length: int, budget: FrameB
     """``length`` bytes of ``reader``, whose room ``budget`` has just granted; a
     ``FrameTooSlow`` if they fall behind ``rate`` while others wait for room.
     The frame's own read deadline is the caller's, around this."""
-    loop = asyncio.get_running_loop()
-    granted = loop.time()
+    pace = Pace(budget, f"a frame of {length} bytes", rate=rate, grace=grace)
     chunks: list[bytes] = []
-    received = 0
-    check = granted + grace  # when the bytes received so far stop being enough
-    while received < length:
+    while pace.received < length:
         try:
             # A check already past with bytes buffered still returns them: the timeout
             # only cancels a read that has to wait.
-            async with asyncio.timeout_at(check):
-                chunk = await reader.read(length - received)
+            async with asyncio.timeout_at(pace.due):
+                chunk = await reader.read(length - pace.received)
         except TimeoutError:
             # The check and the socket's bytes can be handled in the same turn of the
             # loop (a loop busy past the check while the client's bytes waited in the
             # socket): the read is cancelled as they land in the reader. The collector's
             # lag, not the client's: read on.
-            late = await _already_arrived(reader, length - received)
+            late = await _already_arrived(reader, length - pace.received)
             if late is None:
-                if budget.contended:
-                    raise FrameTooSlow(too_slow(received, length, loop.time() - granted,
-                                                rate)) from None
-                check = loop.time() + grace  # no one waits: looked at again in a while
+                if cut := pace.lagging():
+                    raise cut from None
                 continue
             chunk = late
         if not chunk:
             raise asyncio.IncompleteReadError(b"".join(chunks), length)
         chunks.append(chunk)
-        received += len(chunk)
-        check = granted + grace + received / rate
+        pace.arrived(len(chunk))
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def next_chunk(chunks: AsyncIterator[bytes], pace: Pace) -> bytes | None:
+    """The next of ``chunks`` (an HTTP body's, Starlette's ``request.stream()``), None at
+    its end; a ``FrameTooSlow`` if it falls behind ``pace`` while others wait for room.
+
+    The chunk is awaited in a task of its own, never cancelled at a check that lets it
+    go on: cancelling ``__anext__`` ends the generator, and the body could not be read
+    on. Only a cut cancels it (the body is then abandoned and answered, as at
+    ``read_timeout``: uvicorn reads and drops the rest), as does the caller's own
+    deadline, cancelling this."""
+    pending = asyncio.ensure_future(anext(chunks, None))
+    try:
+        while not pending.done():
+            now = asyncio.get_running_loop().time()
+            await asyncio.wait({pending}, timeout=max(pace.due - now, 0))
+            if pending.done():
+                break
+            # Its bytes handled by the server in the same turn as the check (a loop busy
+            # past it) are the collector's lag: one more turn to take them.
+            await asyncio.wait({pending}, timeout=0)
+            if not pending.done() and (cut := pace.lagging()):
+                raise cut
+    finally:
+        pending.cancel()  # a no-op once it is done
+    chunk = pending.result()
+    if chunk is not None:
+        pace.arrived(len(chunk))
+    return chunk
 
 
 async def _already_arrived(reader: asyncio.StreamReader, limit: int) -> bytes | None:
@@ -91,7 +150,7 @@ async def _already_arrived(reader: asyncio.StreamReader, limit: int) -> bytes | 
         return None
 
 
-def too_slow(received: int, length: int, seconds: float, rate: float) -> str:
-    return (f"a frame of {length} bytes arrived too slowly ({received} bytes in "
-            f"{seconds:.1f}s, under {rate / 1024:g} KiB/s) while other clients' frames "
-            "waited for room in max_inflight_bytes; send it again")
+def too_slow(what: str, received: int, seconds: float, rate: float) -> str:
+    return (f"{what} arrived too slowly ({received} bytes in {seconds:.1f}s, under "
+            f"{rate / 1024:g} KiB/s) while other clients' batches waited for room in "
+            "max_inflight_bytes; send it again")

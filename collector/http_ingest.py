@@ -28,7 +28,10 @@ A body takes its bytes from the collector's frame budget (``collector.frame_budg
 shared with the socket's frames) before it is read: its ``Content-Length``, or
 ``max_frame`` for a body without one (chunked). It gives them back once its events are
 stored. Taking them and reading the body must end within ``read_timeout``, as a frame on
-the socket: a slow sender held 4 MiB of the collector without a deadline.
+the socket: a slow sender held 4 MiB of the collector without a deadline. And while
+other frames or bodies wait for room, a body holding room must arrive at the socket's
+minimum rate (``collector.frame_rate``): trickled bodies held the budget for their whole
+``read_timeout``, and the socket's apps waited behind them.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from audit_middleware.wire import DEFAULT_MAX_FRAME, MAX_BATCH_EVENTS, SOURCE_PA
 
 from .disk_calls import retry_after
 from .frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget, Lease
+from .frame_rate import GRACE, MIN_FRAME_RATE, FrameTooSlow, Pace, next_chunk
 from .own_records import own_source, own_source_reason
 from .validation import DEFAULT_MAX_FIELD_LENGTH, Validator, event_id
 
@@ -86,10 +90,13 @@ class HttpIngest:
     """The endpoint's state: where events go, the token, the counters."""
 
     def __init__(self, store: Any, settings: HttpIngestSettings,
-                 budget: FrameBudget | None = None) -> None:
-        """``budget``: the ingest server's (``IngestServer.budget``), or one of its own."""
+                 budget: FrameBudget | None = None, *, rate: float = MIN_FRAME_RATE,
+                 grace: float = GRACE) -> None:
+        """``budget``: the ingest server's (``IngestServer.budget``), or one of its own;
+        ``rate`` and ``grace``: the socket's minimum rate (``collector.frame_rate``)."""
         self._store = store
         self.settings = settings
+        self._rate, self._grace = rate, grace
         self._budget = budget or FrameBudget(max(DEFAULT_MAX_INFLIGHT_BYTES,
                                                  settings.max_body))
         self._token = settings.token.encode() if settings.token else b""
@@ -159,16 +166,19 @@ class HttpIngest:
         or the answer that refuses it, nothing taken."""
         limit = self.settings.max_body
         declared = request.headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        sized = declared.isascii() and declared.isdigit()
+        if sized and int(declared) > limit:
             return self._too_large()
         # Without a length (chunked), room for the largest body it may be.
-        room = int(declared) if declared.isascii() and declared.isdigit() else limit
+        room = int(declared) if sized else limit
+        what = (f"a body of {room} bytes" if sized else
+                f"a body without Content-Length (taking max_frame, {room} bytes)")
         timeout = self.settings.read_timeout
         lease: Lease | None = None
         try:
             async with asyncio.timeout(timeout):
                 lease = await self._budget.take(room)
-                body = await self._receive(request, room)
+                body = await self._receive(request, room, what)
         except TimeoutError:
             if lease is None:
                 self.counters["busy"] += 1
@@ -179,6 +189,11 @@ class HttpIngest:
             self.counters["timeouts"] += 1
             return _error(503, "timeout", f"the body did not arrive within {timeout:g}s "
                           "(read_timeout); send it again", headers=retry_after(RETRY_AFTER))
+        except FrameTooSlow as cut:
+            if lease is not None:  # always: only a body being read is judged
+                lease.release()
+            self.counters["inflight_too_slow"] += 1
+            return _error(503, "timeout", cut.message, headers=retry_after(RETRY_AFTER))
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -188,11 +203,15 @@ class HttpIngest:
             return body
         return body, lease
 
-    async def _receive(self, request: Request, limit: int) -> bytes | Response:
+    async def _receive(self, request: Request, limit: int, what: str) -> bytes | Response:
+        """The body, read at ``Pace``'s minimum rate (``what`` names it in the error)."""
         chunks: list[bytes] = []
         size = 0
+        pace = Pace(self._budget, what, rate=self._rate, grace=self._grace)
+        stream = request.stream()
         try:
-            async for chunk in request.stream():  # never buffer more than the limit
+            # Chunk by chunk: never more than the limit buffered.
+            while (chunk := await next_chunk(stream, pace)) is not None:
                 size += len(chunk)
                 if size > limit:  # also a body longer than its Content-Length said
                     return self._too_large()

@@ -186,6 +186,10 @@ METRICS: Final[tuple[Metric, ...]] = (
        "read_timeout (the sender retries)"),
     _m("audit.collector.http.timeouts", "counter", "http", "timeouts", "{request}",
        "HTTP ingest requests answered 503 timeout: the body did not arrive within read_timeout"),
+    _m("audit.collector.http.inflight.too_slow", "counter", "http", "inflight_too_slow",
+       "{request}", "HTTP ingest requests answered 503 timeout for a body arriving under "
+       "the minimum rate (1 MiB/s after 1 s) while others waited for room in the budget "
+       "(the sender retries)"),
     _m("audit.collector.http.events.received", "counter", "http", "events_received",
        "{event}", "Events received over HTTP, before validation"),
     _m("audit.collector.http.storage_errors", "counter", "http", "storage_errors",

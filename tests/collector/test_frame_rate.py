@@ -1,5 +1,5 @@
-"""A frame's payload read at a minimum rate while others wait for room
-(``collector.frame_rate``): cut only then, never while there is room for everyone.
+"""A frame's payload (or an HTTP ingest body) read at a minimum rate while others wait
+for room (``collector.frame_rate``): cut only then, never while there is room for everyone.
 Rates here are far above any feed (every byte not yet given is late), with no grace:
 what is tested is the decision, not a clock."""
 
@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
+import orjson
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
 from collector.frame_budget import FrameBudget
 from collector.frame_rate import FrameTooSlow, read_payload
+from collector.http_ingest import HttpIngest, HttpIngestSettings
 
 LATE = {"rate": 1e15, "grace": 0.0}  # behind the rate whenever it has to wait
 
@@ -113,4 +118,94 @@ def test_a_payload_waiting_in_the_socket_when_its_check_comes_is_read_not_cut() 
             assert await read_payload(reader, 6, budget, **LATE) == b"abcdef"
             writer.close()
         waiter.cancel()
+    run(scenario())
+
+
+# HTTP ingest's bodies (POST /api/v1/events) take their room from the same budget and
+# are held to the same rule (collector.http_ingest): before, only read_timeout bounded
+# them, and a trickled body held its room while socket frames waited behind it.
+
+TOKEN = "frame-rate-token"
+
+
+def http_ingest(budget: FrameBudget) -> HttpIngest:
+    # No store: every body here is cut, left unanswered, or holds no valid event.
+    return HttpIngest(None, HttpIngestSettings(token=TOKEN), budget, **LATE)
+
+
+def body_request(length: int, messages: list[dict[str, Any]],
+                 arrived: asyncio.Event) -> Request:
+    """A request of ``length`` bytes whose body is ``messages``, then waits for
+    ``arrived`` before its end (a sender that stopped sending)."""
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await arrived.wait()
+        return {"type": "http.request", "body": b"\n", "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "path": "/api/v1/events",
+                    "query_string": b"", "headers": [
+                        (b"authorization", f"Bearer {TOKEN}".encode()),
+                        (b"content-length", str(length).encode())]}, receive)
+
+
+async def granted_while_another_waits(budget: FrameBudget, ingest: HttpIngest,
+                                      request: Request) -> tuple[asyncio.Future[Response],
+                                                                 asyncio.Future[object]]:
+    """``request`` answered by ``ingest``, its room granted as another body's (all of
+    the budget) goes on waiting behind it."""
+    holder = await budget.take(budget.limit)
+    answer = asyncio.ensure_future(ingest.handle(request))
+    await settle()
+    waiter = asyncio.ensure_future(budget.take(budget.limit))
+    await settle()
+    holder.release()  # room for the request's body, not for the waiter's
+    assert budget.contended
+    return answer, waiter
+
+
+def test_an_http_body_already_arrived_is_read_whole_even_when_others_wait() -> None:
+    async def scenario() -> None:
+        budget = FrameBudget(10)
+        ingest = http_ingest(budget)
+        body = [{"type": "http.request", "body": b"{}\n", "more_body": False}]
+        answer, waiter = await granted_while_another_waits(
+            budget, ingest, body_request(3, body, asyncio.Event()))
+        assert (await answer).status_code == 422  # read whole: its event judged, rejected
+        await waiter
+    run(scenario())
+
+
+def test_an_http_body_lagging_behind_the_rate_is_answered_503_while_others_wait() -> None:
+    async def scenario() -> None:
+        budget = FrameBudget(10)
+        ingest = http_ingest(budget)
+        first = [{"type": "http.request", "body": b"{", "more_body": True}]
+        answer, waiter = await granted_while_another_waits(
+            budget, ingest, body_request(3, first, asyncio.Event()))
+        await settle()
+        assert answer.done(), "the trickled body still holds its room"
+        cut = answer.result()
+        assert cut.status_code == 503 and cut.headers["retry-after"] == "1"
+        reply = orjson.loads(cut.body)
+        assert reply["error"] == "timeout", reply
+        assert "a body of 3 bytes" in reply["message"] and "1 bytes" in reply["message"]
+        assert "send it again" in reply["message"]
+        assert ingest.stats()["inflight_too_slow"] == 1
+        await waiter  # its room given back: the waiting body's turn
+    run(scenario())
+
+
+def test_a_slow_http_body_is_left_alone_while_no_one_waits_for_room() -> None:
+    async def scenario() -> None:
+        budget = FrameBudget(10)
+        ingest = http_ingest(budget)
+        arrived = asyncio.Event()
+        first = [{"type": "http.request", "body": b"{}", "more_body": True}]
+        answer = asyncio.ensure_future(ingest.handle(body_request(3, first, arrived)))
+        await settle()  # behind the rate many times over meanwhile
+        assert not answer.done() and budget.held == 3
+        arrived.set()
+        assert (await answer).status_code == 422  # the whole body read
+        assert "inflight_too_slow" not in ingest.stats() and budget.held == 0
     run(scenario())
