@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -415,46 +416,109 @@ def test_trickled_frames_holding_the_budget_do_not_stall_an_honest_app(tmp: Path
     again, queued again). Now a frame that holds the budget while others wait must
     arrive at a minimum rate (collector/frame_rate.py): a trickled one is cut about a
     second after others start waiting, and the honest batch gets its turn soon."""
-    frame, budget, read_timeout, tricklers = 128 * 1024, 512 * 1024, 20.0, 12
-    collector = Collector(tmp / "data", "--max-frame", str(frame), "--max-inflight-bytes",
-                          str(budget), "--read-timeout", f"{read_timeout:g}s",
-                          "--max-connections", "64", api=True).start()
+    collector = Collector(tmp / "data", "--max-frame", str(TRICKLED_FRAME),
+                          "--max-inflight-bytes", str(TRICKLED_BUDGET), "--read-timeout",
+                          f"{TRICKLED_READ_TIMEOUT:g}s", "--max-connections", "64",
+                          api=True).start()
+
+    def announce(n: int) -> socket.socket:
+        sock = unix(collector)
+        sock.sendall(Hello(f"trickle:{n}:ab").encode())
+        welcome = _read_exactly(sock, HEADER.size)  # then its payload: nothing is left
+        _read_exactly(sock, HEADER.unpack(welcome)[0])  # to take for the collector's end
+        sock.sendall(HEADER.pack(TRICKLED_FRAME, FrameType.BATCH))
+        return sock
+
+    took, result, reconnects = _honest_app_against_tricklers(collector, tmp, announce)
+    after = ingest_gauges(collector)
+    assert collector.stop() == 0
+    report("trickled frames holding the frame budget", tricklers=TRICKLERS,
+           reconnects=reconnects, honest_seconds=f"{took:.1f}",
+           acknowledged=result["acknowledged"])
+    assert result["acknowledged"] == 200
+    # Before, the honest batch waited for a trickled frame's read deadline to pass
+    # (from 3/4 of its own on, 4 frames' deadlines staggered over it), if not past it.
+    assert took < TRICKLED_READ_TIMEOUT / 2, f"the honest batch waited {took:.1f}s"
+    assert after["ingest_inflight_too_slow_total"] > 0
+
+
+def test_trickled_http_ingest_bodies_holding_the_budget_do_not_stall_an_honest_app(
+        tmp: Path) -> None:
+    """The same trickle as POST /api/v1/events bodies (a token holder's): a body takes
+    its Content-Length from the same budget, and only read_timeout bounded it, so the
+    socket's honest app waited behind them as behind trickled frames. Now a body holding
+    room while others wait is held to the same minimum rate: answered 503 timeout (its
+    sender told to send it again) and its room given back."""
+    collector = Collector(tmp / "data", "--max-frame", str(TRICKLED_FRAME),
+                          "--max-inflight-bytes", str(TRICKLED_BUDGET), "--read-timeout",
+                          f"{TRICKLED_READ_TIMEOUT:g}s", api=True,
+                          env={"AUDIT_TOKEN": TOKEN}).start()
+    api = host_and_port(collector.api_url())
+
+    def announce(n: int) -> socket.socket:
+        sock = socket.create_connection(api, timeout=10)
+        sock.sendall(b"POST /api/v1/events HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                     b"X-Audit-Source: trickle-" + str(n).encode() + b"\r\n"
+                     b"Content-Type: application/x-ndjson\r\n"
+                     b"Content-Length: " + str(TRICKLED_FRAME).encode() + b"\r\n\r\n")
+        return sock
+
+    took, result, reconnects = _honest_app_against_tricklers(collector, tmp, announce)
+    # Every body's room given back: cut, or its connection closed with the trickle.
+    wait_for(lambda: ingest_gauges(collector)["ingest_inflight_bytes"] == 0, 10,
+             "the budget back to empty")
+    after = ingest_gauges(collector)
+    assert collector.stop() == 0
+    report("trickled HTTP ingest bodies holding the frame budget", tricklers=TRICKLERS,
+           reconnects=reconnects, honest_seconds=f"{took:.1f}",
+           acknowledged=result["acknowledged"])
+    assert result["acknowledged"] == 200
+    # Before, as with trickled frames: 20 s, a trickled body's whole read_timeout.
+    assert took < TRICKLED_READ_TIMEOUT / 2, f"the honest batch waited {took:.1f}s"
+    assert after["http_inflight_too_slow_total"] > 0
+
+
+# The trickle tests' collector: 4 maximum-size frames fill the budget, 12 tricklers.
+TRICKLED_FRAME, TRICKLED_BUDGET, TRICKLED_READ_TIMEOUT, TRICKLERS = (
+    128 * 1024, 512 * 1024, 20.0, 12)
+
+
+def _honest_app_against_tricklers(collector: Collector, tmp: Path,
+                                  announce: Callable[[int], socket.socket]
+                                  ) -> tuple[float, dict, int]:
+    """An honest app's 200 events sent on the unix socket while ``TRICKLERS`` clients,
+    each a connection from ``announce`` (its n-th) that has claimed a maximum-size
+    payload, trickle a byte every 0.1 s and reconnect as soon as they are answered or
+    closed: the seconds the app took, its result, the tricklers' connections."""
     stop = threading.Event()
     reconnects = [0]
 
-    def announce() -> socket.socket:
-        sock = unix(collector)
-        sock.sendall(Hello(f"trickle:{reconnects[0]}:ab").encode())
-        welcome = _read_exactly(sock, HEADER.size)  # then its payload: nothing is left
-        _read_exactly(sock, HEADER.unpack(welcome)[0])  # to take for the collector's end
-        sock.sendall(HEADER.pack(frame, FrameType.BATCH))
-        reconnects[0] += 1
-        return sock
-
     def trickle() -> None:
-        socks: list[socket.socket | None] = [None] * tricklers
+        socks: list[socket.socket | None] = [None] * TRICKLERS
         begun = time.monotonic()
         while not stop.wait(0.1):
             for i, sock in enumerate(socks):
                 if sock is None:
-                    # Staggered over a read deadline: their frames' deadlines are too,
+                    # Staggered over a read deadline: their payloads' deadlines are too,
                     # as a steady attack's are (started at once, they all ended at once,
                     # and whatever was queued then got in).
-                    if time.monotonic() - begun < i * read_timeout / tricklers:
+                    if time.monotonic() - begun < i * TRICKLED_READ_TIMEOUT / TRICKLERS:
                         continue
                 else:
                     try:
                         if sock.recv(65536, socket.MSG_DONTWAIT) is not None:
-                            raise ConnectionError  # its error frame, or its end: closed
+                            raise ConnectionError  # its answer, or its end: closed
                     except BlockingIOError:
                         with contextlib.suppress(OSError):
-                            sock.send(b"\0")  # a byte: the frame is still on its way
+                            sock.send(b"\0")  # a byte: the payload is still on its way
                         continue
                     except OSError:
                         pass
                     sock.close()
                 with contextlib.suppress(OSError):
-                    socks[i] = announce()
+                    socks[i] = announce(reconnects[0])
+                    reconnects[0] += 1
         for sock in socks:
             if sock is not None:
                 sock.close()
@@ -463,30 +527,21 @@ def test_trickled_frames_holding_the_budget_do_not_stall_an_honest_app(tmp: Path
     thread.start()
     try:
         # All of them connected, some already closed once and back.
-        wait_for(lambda: reconnects[0] >= 2 * tricklers, 3 * read_timeout,
-                 "the tricklers' second frames")
+        wait_for(lambda: reconnects[0] >= 2 * TRICKLERS, 3 * TRICKLED_READ_TIMEOUT,
+                 "the tricklers' second payloads")
         wait_for(lambda: ingest_gauges(collector)["ingest_inflight_waiting"] > 0, 10,
-                 "the budget taken by trickled frames")
+                 "the budget taken by trickled payloads")
         started = time.monotonic()
         app = App("honest", collector.url, tmp / "spool-honest", tmp / "logs", burst=200,
                   pause=60.0, deliver_timeout=60.0)
-        wait_for(lambda: app.acknowledged_count() >= 200, 3 * read_timeout,
+        wait_for(lambda: app.acknowledged_count() >= 200, 3 * TRICKLED_READ_TIMEOUT,
                  "the honest app's events")
         took = time.monotonic() - started
         result = app.finish()
     finally:
         stop.set()
         thread.join(5)
-    after = ingest_gauges(collector)
-    assert collector.stop() == 0
-    report("trickled frames holding the frame budget", tricklers=tricklers,
-           reconnects=reconnects[0], honest_seconds=f"{took:.1f}",
-           acknowledged=result["acknowledged"])
-    assert result["acknowledged"] == 200
-    # Before, the honest batch waited for a trickled frame's read deadline to pass
-    # (from 3/4 of its own on, 4 frames' deadlines staggered over it), if not past it.
-    assert took < read_timeout / 2, f"the honest batch waited {took:.1f}s"
-    assert after["ingest_inflight_too_slow_total"] > 0
+    return took, result, reconnects[0]
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:
