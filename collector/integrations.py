@@ -72,13 +72,16 @@ class Integrations:
     def attach(self, api: Any) -> None:
         """Serve ``POST /api/v1/events``, ``GET /metrics`` and ``GET /healthz`` from the
         query API (an ``ApiServer``: its app's routes find these objects in
-        ``app.state``), and count its connection protection among the metrics and
-        stats."""
+        ``app.state``), and count its connection protection, its queries refused and its
+        exports cut among the metrics and stats."""
         self.api = api
         self.metrics.add("api", api.stats)
         if api.tls is not None:
             self.metrics.add("api_tls", api.tls.stats)
         app = api.app
+        # The queries refused and the exports cut: the app's own, apart from the
+        # server's connections (their table in docs/api.md is apart too).
+        self.metrics.add("api_queries", app.state.api.stats)
         app.state.http_ingest = self.http_ingest
         app.state.metrics = self.metrics
         app.state.metrics_auth = self.metrics_auth
@@ -91,7 +94,7 @@ class Integrations:
         """For the live stats file (``audit-collector stats``)."""
         stats: dict[str, Any] = {"http": self.http_ingest.stats()}
         if self.api is not None:
-            stats["api"] = self.api.stats()
+            stats["api"] = {**self.api.stats(), **self.api.app.state.api.stats()}
         if self.forwarder is not None:
             stats["forwarder"] = self.forwarder.stats()
         return stats

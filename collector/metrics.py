@@ -79,6 +79,24 @@ def _m(name: str, kind: Literal["counter", "gauge"], source: str, key: str, unit
 _CLOSING_ERRORS: Final = tuple(code for code in ErrorCode
                                if code != ErrorCode.STORAGE_UNAVAILABLE)
 
+#: The query API's refusals (``collector.api.queries.REFUSALS``), said.
+_QUERY_REFUSALS: Final = {
+    "busy": "Queries refused for every query thread staying busy for 10 s (overloaded, "
+            "or a hung disk not yet past query_timeout)",
+    "hung": "Queries refused for a query thread held in a read past query_timeout and "
+            "10 s: the disk under the store does not answer (alert on this one)",
+    "query_timeout": "Queries stopped past query_timeout (503 query_timeout)",
+}
+#: Why exports are cut (``collector.api.export_cuts.CUT_REASONS``), said.
+_CUTS: Final = {
+    "query_timeout": "a page stopped past query_timeout",
+    "hung": "a page waited for a read the disk does not answer",
+    "busy": "a page found every query thread busy",
+    "index": "the index could not answer",
+    "segment": "a segment could not be read",
+    "fault": "an unexpected error (see the log)",
+}
+
 METRICS: Final[tuple[Metric, ...]] = (
     # ingest server (unix socket / TCP)
     _m("audit.collector.ingest.connections", "counter", "ingest", "connections", "{connection}",
@@ -213,6 +231,20 @@ METRICS: Final[tuple[Metric, ...]] = (
        "nearest its deadline is closed to make room)"),
     _m("audit.collector.api.internal_errors", "counter", "api", "internal_errors",
        "{error}", "Query API connections closed by an unexpected error (see the log)"),
+    # the query API's refusals (docs/api.md, "Refusals in /metrics"): a query counted
+    # once, whether answered 503 or cutting an export; and the exports cut
+    _m("audit.collector.api.queries.refused", "counter", "api_queries", "queries_refused",
+       "{query}", "Queries refused, answered 503 or cutting an export under way (by "
+       "reason: queries.refused.<reason>)"),
+    *(_m(f"audit.collector.api.queries.refused.{reason}", "counter", "api_queries",
+         f"queries_refused_{reason}", "{query}", help)
+      for reason, help in _QUERY_REFUSALS.items()),
+    _m("audit.collector.api.exports.cut", "counter", "api_queries", "exports_cut",
+       "{export}", "Exports cut after their first bytes, their download failed (by "
+       "reason: exports.cut.<reason>)"),
+    *(_m(f"audit.collector.api.exports.cut.{reason}", "counter", "api_queries",
+         f"exports_cut_{reason}", "{export}", f"Exports cut after their first bytes: {why}")
+      for reason, why in _CUTS.items()),
     # the query API's TLS listener (only when api_tls_cert is set)
     _m("audit.collector.api.tls.handshakes.pending", "gauge", "api_tls",
        "tls_handshakes_pending", "{connection}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -67,6 +68,14 @@ class Api:
         self.store_stats: SingleFlight[dict[str, Any]] = SingleFlight(
             functools.partial(_stats_of, store), "audit-store-stats")
         self.disk = DiskCalls(DISK_THREADS, "audit-api-disk")
+        #: Exports whose download failed after their first bytes, by reason
+        #: (``export_cuts.count_cut``). Incremented on the event loop.
+        self.export_cuts: Counter[str] = Counter()
+
+    def stats(self) -> dict[str, int]:
+        """The queries refused and the exports cut, for ``/metrics`` and ``stats``
+        (called from other threads too: reads only)."""
+        return {**self.pool.stats(), **self.export_cuts}  # C-level copies
 
     async def fresh_readers(self) -> None:
         """Have ``readers`` read ``readers.json`` again if it changed, before a credential

@@ -16,7 +16,9 @@ rebuild under way, a damaged or missing file), a segment that cannot be read (da
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
+from typing import Final
 
 from starlette.types import Scope
 
@@ -33,36 +35,52 @@ FAILED_DOWNLOAD = ("Its connection is closed before the end of the body: the dow
                    "fails, it does not end short")
 
 
+#: Why an export is cut after its first bytes (``Cut.reason``), each counted as
+#: ``exports_cut_<reason>`` (``/metrics``): "fault" is anything unexpected.
+CUT_REASONS: Final = ("query_timeout", "hung", "busy", "index", "segment", "fault")
+
+
 @dataclass(frozen=True)
 class Cut:
     level: int
     #: Why it stopped and what to do.
     why: str
+    #: One of ``CUT_REASONS``.
+    reason: str
 
 
 def expected_cut(exc: Exception) -> Cut | None:
     """The line an expected reason gets; None for a fault."""
     if isinstance(exc, QueryTimeoutError):
-        return Cut(logging.WARNING, str(exc))  # says to narrow the selection
+        return Cut(logging.WARNING, str(exc), "query_timeout")  # says to narrow the selection
     if isinstance(exc, QueriesHung):  # before its base, QueriesBusy
         waited = "its read" if exc.taken else "a query thread"
         return Cut(logging.ERROR, f"its next page waited for {waited}: {exc.reason}; "
-                                  f"download it again once the disk answers")
+                                  f"download it again once the disk answers", "hung")
     if isinstance(exc, QueriesBusy):
         # The 503's message says "nothing was read or recorded": an export was.
         return Cut(logging.WARNING, f"its next page waited for a query thread: "
                                     f"{exc.reason}; download it again later, and if this "
-                                    f"recurs while few readers query, check the data disk")
+                                    f"recurs while few readers query, check the data disk",
+                   "busy")
     if isinstance(exc, (IndexUnavailableError, IndexOutOfDateError)):
         # Names the file and what to do (usually: wait for the rebuild, or reindex).
         return Cut(logging.ERROR, f"the index cannot answer: {exc}; download it again "
-                                  f"once it does")
+                                  f"once it does", "index")
     if isinstance(exc, CorruptSegmentError):
         # Names the segment and what to do (reindex, move it out), as the 503 says it.
         return Cut(logging.ERROR, f"a segment of the store cannot be read: {exc}; "
                                   f"`audit-collector verify` reports what else is damaged; "
-                                  f"download it again once the segment is mended")
+                                  f"download it again once the segment is mended", "segment")
     return None
+
+
+def count_cut(counters: Counter[str], exc: Exception) -> None:
+    """Count an export ``exc`` ended after its first bytes, its download failed:
+    ``exports_cut`` and by reason (``CUT_REASONS``)."""
+    cut = expected_cut(exc)
+    counters["exports_cut"] += 1
+    counters[f"exports_cut_{cut.reason if cut is not None else 'fault'}"] += 1
 
 
 def log_cut(scope: Scope, fmt: str, rows: int, sent: int, exc: Exception) -> None:

@@ -12,6 +12,7 @@ one line of the log says what was sent and why it stopped (``ExportResponse``,
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -23,7 +24,7 @@ from collector import formats, render
 from collector.query import Page, Reader
 
 from .aborts import Ending, abort, disconnected
-from .export_cuts import log_cut, log_gone
+from .export_cuts import count_cut, log_cut, log_gone
 from .params import Selection
 from .queries import QueryPool
 
@@ -83,12 +84,13 @@ class ExportResponse(StreamingResponse):
     error after it started: one line in the log (``export_cuts``: a warning or error
     for an expected reason, a traceback for a fault), and its connection aborted
     (``collector.api.aborts``); raised to the server, every such error was logged as an
-    internal error with two tracebacks."""
+    internal error with two tracebacks. A failed download is counted in ``cuts``
+    (``export_cuts.count_cut``); one whose client left first is not: nobody's failed."""
 
     def __init__(self, content: AsyncIterator[bytes], sent: Sent, fmt: str,
-                 **kwargs: Any) -> None:
+                 cuts: Counter[str], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
-        self.sent, self.fmt = sent, fmt
+        self.sent, self.fmt, self.cuts = sent, fmt, cuts
         self._request: tuple[Scope, Receive] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,6 +112,7 @@ class ExportResponse(StreamingResponse):
                 log_gone(*what)
                 return
             log_cut(*what)
+            count_cut(self.cuts, exc)
             if ending is Ending.IN_PROCESS:
                 raise
             await disconnected(receive)

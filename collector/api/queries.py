@@ -34,6 +34,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +43,15 @@ from typing import Any, Final, Generic, NoReturn, TypeVar
 
 from collector.disk_calls import DiskLate
 from collector.query import Reader
-from collector.storage.time_limit import QUERY_TIMEOUT, time_limit
+from collector.storage.time_limit import QUERY_TIMEOUT, QueryTimeoutError, time_limit
 
 T = TypeVar("T")
 DEFAULT_THREADS: Final = 4
 #: Seconds a query waits for a free query thread before it is answered 503; and, with a
 #: ``query_timeout``, for its own read past that limit (``QueryPool._outcome``).
 THREAD_WAIT: Final = 10.0
+#: Why a query is refused, each counted as ``queries_refused_<reason>`` (``/metrics``).
+REFUSALS: Final = ("busy", "hung", "query_timeout")
 
 log = logging.getLogger("collector.api")
 
@@ -110,6 +113,10 @@ class QueryPool:
         self._closed = False
         #: When each thread in a job (by thread id) took it: how long it has been in it.
         self._taken_at: dict[int, float] = {}
+        #: Queries refused (``queries_refused`` and by reason, ``REFUSALS``), counted
+        #: here where they are raised: once each, whether the refusal is a request's
+        #: 503 or cuts an export after its first bytes. Incremented on the event loop.
+        self.counters: Counter[str] = Counter()
 
     async def run(self, work: Callable[[Reader], T]) -> T:
         """``work(reader)`` on a query thread, with a Reader of that thread's own;
@@ -118,6 +125,30 @@ class QueryPool:
         included: see ``_outcome``)."""
         job: _Job[T] = _Job(work)
         self._submit(job)
+        try:
+            return await self._answer(job)
+        except QueriesHung:  # before its base, QueriesBusy
+            self._refused("hung")
+            raise
+        except QueriesBusy:
+            self._refused("busy")
+            raise
+        except QueryTimeoutError:
+            self._refused("query_timeout")
+            raise
+
+    def _refused(self, reason: str) -> None:
+        self.counters["queries_refused"] += 1
+        self.counters[f"queries_refused_{reason}"] += 1
+
+    def stats(self) -> dict[str, int]:
+        """The refusals counted, for ``/metrics`` and ``stats`` (called from other
+        threads too: reads only)."""
+        return dict(self.counters)  # one C-level copy: safe from a scraper's thread
+
+    async def _answer(self, job: _Job[T]) -> T:
+        """``job``'s outcome once a thread takes it within ``THREAD_WAIT``, else the
+        refusal (``_refusal``)."""
         try:
             await asyncio.wait([asyncio.wrap_future(job.taken)], timeout=THREAD_WAIT)
         finally:

@@ -148,7 +148,7 @@ async def _export(request: Request, fmt: str) -> Response:
             f"{exports.EXTENSIONS[fmt]}")
     sent = exports.Sent()
     return exports.ExportResponse(
-        exports.stream(api.pool, sel, fmt, first, sent), sent, fmt,
+        exports.stream(api.pool, sel, fmt, first, sent), sent, fmt, api.export_cuts,
         media_type=exports.MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,18 +16,22 @@ from starlette.types import Message
 
 from collector.api.aborts import ABORT
 from collector.api.exports import ExportResponse, Sent
+from collector.api.queries import QueriesBusy, QueriesHung
+from collector.metrics import METRICS
 from collector.storage.time_limit import Deadline
 
 PATH = "/api/v1/audit-logs/export.csv"
 
 
+async def cut_body(error: Exception) -> AsyncIterator[bytes]:
+    """An export's body, ``error`` raised after its first bytes."""
+    yield b"Type,Target\n"
+    raise error
+
+
 def cut_after_the_client_left(error: Exception, caplog: pytest.LogCaptureFixture
                               ) -> logging.LogRecord:
     """The one log record of an export ``error`` ends once its client has gone."""
-    async def body() -> AsyncIterator[bytes]:
-        yield b"Type,Target\n"
-        raise error
-
     async def receive() -> Message:
         await asyncio.Event().wait()  # the disconnect is not read yet (the race)
         raise AssertionError("unreachable")
@@ -40,9 +45,12 @@ def cut_after_the_client_left(error: Exception, caplog: pytest.LogCaptureFixture
              "asgi": {"version": "3.0", "spec_version": "2.3"},  # uvicorn's
              # The server's lookup of the connection finds none: it was lost.
              "extensions": {ABORT: lambda: False}}
-    response = ExportResponse(body(), Sent(rows=1, bytes=12), "csv", media_type="text/csv")
+    cuts: Counter[str] = Counter()
+    response = ExportResponse(cut_body(error), Sent(rows=1, bytes=12), "csv", cuts,
+                              media_type="text/csv")
     with caplog.at_level(logging.DEBUG, logger="collector.api"):
         asyncio.run(response(scope, receive, send))
+    assert cuts == {}  # nobody's download failed: no cut to count
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert sent[-1]["more_body"]  # never ended as if whole
     [record] = caplog.records
@@ -66,3 +74,34 @@ def test_a_fault_after_its_client_left_is_one_error_with_its_traceback_and_no_do
     assert message.startswith(f"query API: GET {PATH!r} (csv) failed after 1 row(s), 12 "
                               f"bytes sent, its client gone already")
     assert "the download fails" not in message  # nobody's download to fail
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (Deadline(30.0, "query_timeout").error(), "query_timeout"),
+    (QueriesBusy(4), "busy"),
+    (QueriesHung(4, 1, 40.0, 30.0, taken=True), "hung"),
+    (RuntimeError("a bug"), "fault"),
+])
+def test_a_failed_download_is_counted_once_by_the_reason_it_was_cut(
+        error: Exception, reason: str) -> None:
+    """Cuts were log lines only: an operator could not alert on downloads failing (for a
+    hung disk, most often). Served in process, the response raises to whoever serves it
+    (``Ending.IN_PROCESS``), its download failed all the same."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client stays
+        raise AssertionError("unreachable")
+
+    scope = {"type": "http", "method": "GET", "path": PATH,
+             "asgi": {"version": "3.0", "spec_version": "2.3"}}
+    cuts: Counter[str] = Counter()
+    response = ExportResponse(cut_body(error), Sent(rows=1, bytes=12), "csv", cuts,
+                              media_type="text/csv")
+    with pytest.raises(type(error)):
+        asyncio.run(response(scope, receive, send))
+    assert cuts == {"exports_cut": 1, f"exports_cut_{reason}": 1}
+    assert f"exports_cut_{reason}" in {m.key for m in METRICS}

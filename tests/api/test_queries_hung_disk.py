@@ -20,10 +20,12 @@ import httpx
 import pytest
 
 from collector.api import queries
+from collector.api.export_cuts import CUT_REASONS
 from collector.api.queries import DEFAULT_THREADS, busy_message
 from collector.disk_calls import RETRY_AFTER
 from collector.query import Reader
 from collector.readers import Readers
+from collector.storage import time_limit
 from collector.storage.time_limit import QUERY_TIMEOUT
 from tests.api.served import client_of, served_app
 from tests.collector.storage_helpers import Hold, open_store
@@ -37,11 +39,24 @@ WAIT = 0.2
 LIMIT = 1.0
 
 
+async def refusals(client: httpx.AsyncClient) -> dict[str, float]:
+    """The query API's refusal counters as ``GET /metrics`` serves them (no labels:
+    ``audit_collector_api_queries_refused_busy_total`` and the like)."""
+    answer = await client.get("/metrics")
+    assert answer.status_code == 200, answer.text
+    return {name: float(value) for name, value in
+            (line.split() for line in answer.text.splitlines()
+             if line.startswith(("audit_collector_api_queries_refused",
+                                 "audit_collector_api_exports_cut")))}
+
+
 def refused_while_every_thread_is_held(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_for: float = 0.0,
-        caplog: pytest.LogCaptureFixture | None = None) -> httpx.Response:
+        caplog: pytest.LogCaptureFixture | None = None
+        ) -> tuple[httpx.Response, dict[str, float]]:
     """A lookup made while every query thread is held in a read (``held_for`` seconds
-    ago, by the pool's clock), once the reads are let go: later queries are answered."""
+    ago, by the pool's clock), once the reads are let go: later queries are answered.
+    With the refusal counters once they are."""
     monkeypatch.setattr(queries, "THREAD_WAIT", WAIT)
     data = tmp_path / "data"
     token = Readers(data).add("alice", root=True)
@@ -49,7 +64,8 @@ def refused_while_every_thread_is_held(
         app = served_app(data, store)
         hung = Hold(monkeypatch, Reader, "find")
 
-        async def run() -> tuple[httpx.Response, list[httpx.Response], httpx.Response]:
+        async def run() -> tuple[httpx.Response, list[httpx.Response], httpx.Response,
+                                 dict[str, float]]:
             async with client_of(app, token) as client:
                 try:
                     stuck = [asyncio.ensure_future(client.get(LOOKUP))
@@ -67,12 +83,13 @@ def refused_while_every_thread_is_held(
                 # longer than the short wait to take the next query.
                 monkeypatch.setattr(queries, "THREAD_WAIT", BOUND)
                 answered = await asyncio.wait_for(asyncio.gather(*stuck), BOUND)
-                return refused, answered, await client.get(LOOKUP)
+                after = await client.get(LOOKUP)
+                return refused, answered, after, await refusals(client)
 
         try:
             if caplog is not None:
                 caplog.set_level(logging.WARNING, logger="collector.api")
-            refused, answered, after = asyncio.run(run())
+            refused, answered, after, counted = asyncio.run(run())
         finally:
             app.state.api.close(BOUND)
     assert refused.status_code == 503, refused.text
@@ -80,16 +97,18 @@ def refused_while_every_thread_is_held(
     assert hung.entries == DEFAULT_THREADS  # the refused one never reached a read
     assert [r.status_code for r in answered] == [404] * DEFAULT_THREADS  # no such event
     assert after.status_code == 404
-    return refused
+    return refused, counted
 
 
 def test_a_query_that_finds_every_thread_held_answers_503_instead_of_queueing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queries, "THREAD_WAIT", WAIT)
     refusal = busy_message(DEFAULT_THREADS)  # says the 0.2 s
-    refused = refused_while_every_thread_is_held(tmp_path, monkeypatch)
+    refused, counted = refused_while_every_thread_is_held(tmp_path, monkeypatch)
     # Held for less than query_timeout: the threads may just be busy.
     assert refused.json() == {"error": "unavailable", "message": refusal}
+    # Counted once, by its reason: an operator sees panel users refused, not a log line.
+    assert counted == counters(busy=1)
 
 
 def test_threads_held_in_a_read_past_query_timeout_are_told_as_a_hung_disk(
@@ -99,7 +118,9 @@ def test_threads_held_in_a_read_past_query_timeout_are_told_as_a_hung_disk(
     the wait for a thread) is in a read the disk does not answer. It was told as every
     thread busy (a warning), which sent the operator to add query threads."""
     overdue = QUERY_TIMEOUT + WAIT  # + THREAD_WAIT
-    refused = refused_while_every_thread_is_held(tmp_path, monkeypatch, overdue + 1, caplog)
+    refused, counted = refused_while_every_thread_is_held(tmp_path, monkeypatch,
+                                                          overdue + 1, caplog)
+    assert counted == counters(hung=1)  # what an alert on a hung data disk reads
     message = refused.json()["message"]
     assert refused.json()["error"] == "unavailable"
     assert message == (
@@ -149,7 +170,7 @@ def test_a_query_whose_own_read_hangs_past_query_timeout_is_answered_503(
         app = served_app(data, store, query_timeout=LIMIT)
         hung = Hold(monkeypatch, Reader, "find")
 
-        async def run() -> tuple[httpx.Response, httpx.Response]:
+        async def run() -> tuple[httpx.Response, httpx.Response, dict[str, float]]:
             async with client_of(app, token) as client:
                 try:
                     refused = await asyncio.wait_for(client.get(LOOKUP), BOUND)
@@ -164,10 +185,11 @@ def test_a_query_whose_own_read_hangs_past_query_timeout_is_answered_503(
                 assert isinstance(ended.exception(), OSError), ended
                 del late, ended
                 monkeypatch.setattr(queries, "THREAD_WAIT", BOUND)  # see above
-                return refused, await asyncio.wait_for(client.get(LOOKUP), BOUND)
+                after = await asyncio.wait_for(client.get(LOOKUP), BOUND)
+                return refused, after, await refusals(client)
 
         try:
-            refused, after = asyncio.run(run())
+            refused, after, counted = asyncio.run(run())
         finally:
             left = app.state.api.close(BOUND)
     assert refused.status_code == 503, refused.text
@@ -184,6 +206,7 @@ def test_a_query_whose_own_read_hangs_past_query_timeout_is_answered_503(
     [record] = [r for r in caplog.records if "does not answer" in r.getMessage()]
     assert record.levelno == logging.ERROR and record.exc_info is None
     assert hung.entries == 1
+    assert counted == counters(hung=1)
     assert after.status_code == 404, after.text  # the pool goes on: no such event
     assert left == 0  # the held thread ended once its read did
     # Its late outcome (the read's error) was nobody's to raise, and neither job's
@@ -193,3 +216,50 @@ def test_a_query_whose_own_read_hangs_past_query_timeout_is_answered_503(
     gc.collect()
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
     assert len(futures) == 2 and [ref() for ref in futures] == [None, None]
+
+
+def counters(**refused: int) -> dict[str, float]:
+    """The refusal counters as served, ``refused`` by reason, every other one 0 (no
+    export was cut)."""
+    served = {f"audit_collector_api_queries_refused_{reason}_total": float(refused.get(
+        reason, 0)) for reason in queries.REFUSALS}
+    served["audit_collector_api_queries_refused_total"] = float(sum(refused.values()))
+    served["audit_collector_api_exports_cut_total"] = 0.0
+    served |= {f"audit_collector_api_exports_cut_{reason}_total": 0.0
+               for reason in CUT_REASONS}
+    return served
+
+
+def test_a_query_stopped_by_query_timeout_is_counted_as_such(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third refusal, the limit at work (503 query_timeout): counted by its own
+    reason, so that panel users told to narrow their queries show in /metrics too."""
+    find = Reader.find
+
+    def past_the_limit(reader: Reader, event_id: str) -> Any:
+        # As if this read had run longer than any limit: the limit's own check stops it.
+        real = time_limit.monotonic
+        monkeypatch.setattr(time_limit, "monotonic", lambda: real() + 10.0**6)
+        try:
+            time_limit.check()
+        finally:
+            monkeypatch.setattr(time_limit, "monotonic", real)
+        return find(reader, event_id)
+
+    monkeypatch.setattr(Reader, "find", past_the_limit)
+    data = tmp_path / "data"
+    token = Readers(data).add("alice", root=True)
+    with open_store(data) as store:
+        app = served_app(data, store)
+
+        async def run() -> tuple[httpx.Response, dict[str, float]]:
+            async with client_of(app, token) as client:
+                refused = await asyncio.wait_for(client.get(LOOKUP), BOUND)
+                return refused, await refusals(client)
+
+        try:
+            refused, counted = asyncio.run(run())
+        finally:
+            app.state.api.close(BOUND)
+    assert refused.status_code == 503 and refused.json()["error"] == "query_timeout"
+    assert counted == counters(query_timeout=1)

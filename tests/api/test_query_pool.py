@@ -101,6 +101,11 @@ def test_a_query_no_thread_took_holds_none_of_its_work_while_they_stay_held(
                     await holding
 
             assert not asyncio.run(page_kept_while_held())
+            # A refusal is counted, once, by its reason (busy: the thread was held for
+            # less than query_timeout); a caller that stopped waiting first was not
+            # refused: nobody was told anything.
+            refused = {"queries_refused": 1, "queries_refused_busy": 1}
+            assert pool.stats() == (refused if ended == "refused" else {})
         finally:
             hung.set()
             assert pool.close(BOUND) == 0

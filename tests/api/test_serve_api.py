@@ -10,12 +10,14 @@ import ssl
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
 from collector import config as collector_config
+from collector.api.queries import REFUSALS
 from collector.disk_calls import RETRY_AFTER
 from tests.api.served import add_reader, metric, serving
 from tests.e2e.harness import CollectorProcess, stored_events
@@ -251,6 +253,14 @@ def late_export_pages(fault: str) -> type[CollectorProcess]:
     return LateExportPagesCollector
 
 
+#: Each fault of ``tests.api.late_export_pages``: the reason its cut is counted by, and
+#: the query refusal counted with it (None: the pool refused nothing).
+CUT_BY_FAULT = {"query_timeout": ("query_timeout", "query_timeout"), "busy": ("busy", "busy"),
+                "hung": ("hung", "hung"), "stuck": ("hung", "hung"),
+                "index": ("index", None), "segment": ("segment", None),
+                "corrupt": ("fault", None)}
+
+
 def cut_export(root: Path, fault: str, pages_sent: int = 1) -> str:
     """An export cut while its third page is read, by ``fault``, after its first
     ``pages_sent`` pages: it fails as a download (never ends as a short file), and the
@@ -272,7 +282,20 @@ def cut_export(root: Path, fault: str, pages_sent: int = 1) -> str:
         again = httpx.get(f"{url}/api/v1/audit-logs/export.csv", timeout=30,
                           params={"type": "run_launched"},
                           headers={"Authorization": f"Bearer {token}"})
+        # Counted once where an operator alerts: the cut by its reason, and the page's
+        # query among the refused ones if the pool refused it.
+        reason, refused = CUT_BY_FAULT[fault]
+        counted = {name: metric(url, f"audit_collector_api_{name}_total") for name in
+                   [f"exports_cut_{reason}", "exports_cut", "queries_refused",
+                    *(f"queries_refused_{r}" for r in REFUSALS)]}
         assert collector.stop() == 0
+    wanted = {f"exports_cut_{reason}": 1, "exports_cut": 1,
+              "queries_refused": int(refused is not None)}
+    wanted |= {f"queries_refused_{r}": int(r == refused) for r in REFUSALS}
+    assert counted == wanted
+    # `audit-collector stats` shows the same (the live stats file, written at the stop).
+    api = orjson.loads((data / "ingest-stats.json").read_bytes())["api"]
+    assert {name: api.get(name, 0) for name in wanted} == wanted
     rows = received.decode().splitlines()
     assert rows[0].startswith("Type,") and len(rows) == 1 + pages_sent * PAGE  # no more
     assert again.status_code == 200 and len(again.text.splitlines()) == 1 + 3 * PAGE

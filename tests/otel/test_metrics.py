@@ -377,6 +377,41 @@ def test_the_api_page_lists_every_query_api_metric_with_its_type_and_stats_key()
         lambda m: m.source in ("api", "api_tls"))
 
 
+def test_every_query_refusal_and_export_cut_reason_is_published() -> None:
+    """The query API's 503s (every thread busy, threads held by a hung disk, the time
+    limit) and the exports they cut were log lines only: an operator could not alert on
+    a hung data disk or on panel users refused. Every reason the code counts by has its
+    counter, read from the API's own stats (``Api.stats``)."""
+    from collector.api.export_cuts import CUT_REASONS
+    from collector.api.queries import REFUSALS
+
+    rows = {m.key: m for m in METRICS if m.source == "api_queries"}
+    wanted = {"queries_refused", "exports_cut"}
+    wanted |= {f"queries_refused_{reason}" for reason in REFUSALS}
+    wanted |= {f"exports_cut_{reason}" for reason in CUT_REASONS}
+    assert sorted(rows) == sorted(wanted)
+    assert all(m.kind == "counter" for m in rows.values())
+    metrics = Metrics()
+    metrics.add("api_queries", lambda: {"queries_refused": 2, "queries_refused_hung": 2})
+    found = parse_prometheus(metrics.prometheus())
+    assert found["audit_collector_api_queries_refused_hung_total"] == ("counter", 2)
+    assert found["audit_collector_api_queries_refused_busy_total"] == ("counter", 0)
+    assert found["audit_collector_api_exports_cut_fault_total"] == ("counter", 0)
+    reader = InMemoryMetricReader()
+    metrics.register_otel(MeterProvider(metric_readers=[reader]))
+    values = otel_values(reader)
+    assert values["audit.collector.api.queries.refused.hung"] == 2
+    assert values["audit.collector.api.exports.cut"] == 0
+
+
+def test_the_api_page_lists_every_query_refusal_and_export_cut_metric() -> None:
+    """docs/api.md's table under the 503s is the list an operator alerts from (a hung
+    disk, panel users refused, downloads failing): every one, named, typed and keyed
+    as served."""
+    assert documented_metrics("docs/api.md", "#### Refusals in `/metrics`") == (
+        served_metrics(lambda m: m.source == "api_queries"))
+
+
 def test_the_metrics_page_lists_every_store_size_gauge_with_its_stats_key() -> None:
     """docs/shipping.md's table of the store's size is what an operator alerts on before
     the retention_bytes cap or a full disk: every one of those gauges, named, typed and
