@@ -12,27 +12,20 @@ segments that digests name but that are not there.
 from __future__ import annotations
 
 import functools
-import itertools
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import orjson
 
-from collector.storage.errors import CorruptSegmentError, StorageError
-from collector.storage.records import created_micros
+from collector.storage.errors import CorruptSegmentError
 from collector.storage.regular_files import open_regular
 from collector.storage.segments import (
     SegmentFile,
-    SegmentHeader,
     file_sizes,
-    header_of,
     list_segment_files,
-    segment_name,
 )
 
 from . import digests as d
@@ -40,22 +33,20 @@ from .digest_chain import DigestChain, micros
 from .disk_room import waiting_for_room
 from .errors import IntegrityError
 from .findings import (
-    CHAIN_BROKEN,
     DIGEST_MISSING,
     GAP_IN_TIME,
     HASH_MISMATCH,
-    RECORD_MISSING,
-    RECORD_MODIFIED,
-    SEGMENT_MISSING,
     SEGMENT_MOVED,
     SIGNATURE_INVALID,
     FileResult,
-    Finding,
     Report,
     Results,
 )
 from .keys import KeyRing, PublicKey
-from .scan import Scan, classify, scan
+from .missing_segments import _MissingSegments
+from .scan import Scan, scan
+from .segment_compare import _Comparing, _Previous
+from .segment_listing import _Listing
 
 #: Seconds verify waits, next to a running collector, for the seal of the segment it just
 #: rotated away from (written milliseconds after the new segment appears).
@@ -65,8 +56,6 @@ LIVE_SLACK_US: Final = 60 * 1_000_000
 
 Progress = Callable[[int, int], None]
 #: What reading a damaged segment's header can raise (a damaged gzip member too).
-_UNREADABLE: Final = (OSError, StorageError, EOFError, zlib.error)
-
 __all__ = ["FileResult", "Report", "VerifyError", "verify"]
 
 
@@ -140,8 +129,10 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
     return report
 
 
-class _Segments:
-    """Every segment file against the (signature-valid) digests."""
+class _Segments(_Listing, _Comparing, _MissingSegments):
+    """Every segment file against the (signature-valid) digests. Its parts, inherited:
+    listing and selecting the files (``segment_listing``), one file against its digests
+    (``segment_compare``), the segments not there (``missing_segments``)."""
 
     def __init__(self, segments_dir: Path, chain: DigestChain, results: Results,
                  since_us: int | None, until_us: int | None,
@@ -258,47 +249,6 @@ class _Segments:
         self._report(total, total)
         return selected
 
-    def _segment_files(self, files: list[SegmentFile]
-                       ) -> list[tuple[SegmentFile, SegmentHeader | None]]:
-        """Every segment file with its header, ordered by the seq its header gives (a
-        renamed file sits where it belongs), including files in segments/ not named
-        like a segment whose header says they are one."""
-        names = {f.path.name for f in files}
-        out: list[tuple[SegmentFile, SegmentHeader | None]] = []
-        for f in files:
-            try:
-                header: SegmentHeader | None = header_of(f)
-            except FileNotFoundError as exc:
-                if exc.filename is not None and Path(exc.filename) != f.path:
-                    # a link to nowhere: the name stands for no file
-                    self.unreadable[f.path] = f"cannot be read: {exc.strerror}"
-                    out.append((f, None))
-                    continue
-                # Next to a running collector: compressed or deleted since the listing.
-                packed = SegmentFile(f.seq, f.path.with_name(f.path.name + ".gz"), True)
-                if not f.compressed and packed.path.exists():
-                    f, header = packed, self._header_or_none(packed)
-                else:
-                    self._gone(f)
-                    continue
-            except OSError as exc:  # a link loop, no permission: no verdict on its bytes
-                self.unreadable[f.path] = f"cannot be read: {exc.strerror or exc}"
-                header = None
-            except _UNREADABLE:
-                header = None
-            out.append((SegmentFile(header.seq if header else f.seq, f.path, f.compressed),
-                        header))
-        for path in sorted(self.segments_dir.iterdir()):
-            if path.name in names or path.name.endswith(".tmp") or not path.is_file():
-                continue
-            stray = SegmentFile(0, path, path.name.endswith(".gz"))
-            try:
-                header = header_of(stray)
-            except _UNREADABLE:
-                continue  # not a segment at all: none of verify's business
-            out.append((SegmentFile(header.seq, path, stray.compressed), header))
-        return sorted(out, key=lambda e: (e[0].seq, e[0].compressed, e[0].path.name))
-
     @staticmethod
     def _interrupted_rotation(newest: SegmentFile, by_segment: dict[str, list[d.Digest]]) \
             -> bool:
@@ -314,115 +264,12 @@ class _Segments:
         except OSError:
             return False
 
-    @staticmethod
-    def _header_or_none(f: SegmentFile) -> SegmentHeader | None:
-        try:
-            return header_of(f)
-        except _UNREADABLE:
-            return None
-
-    def _gone(self, f: SegmentFile) -> None:
-        """A listed segment no longer there: retention's (signed since), or removed."""
-        res = self.results.of(f"segments/{f.path.name}", "segment", f.seq)
-        if self.chain.retention_since(f.seq):
-            res.notes.append("deleted by retention while verify ran")
-        else:
-            res.add(SEGMENT_MISSING, "removed while verify was reading it")
-
-    def _check_links(self, f: SegmentFile, header: SegmentHeader, ds: list[d.Digest],
-                     prev: _Previous, res: FileResult) -> None:
-        for g in ds:
-            if g.segment_id != header.id:
-                res.add(SEGMENT_MOVED, f"{g.where} describes segment {g.segment_id} under "
-                        f"this name, the file is segment {header.id}: another segment was "
-                        f"put in its place")
-                return
-            if g.header_chain != header.chain:
-                res.add(CHAIN_BROKEN, f"the header's chain link is not the one {g.where} "
-                        f"signed")
-                return
-        if not header.chain:
-            res.add(CHAIN_BROKEN, "the header has no chain link: written with chaining off, "
-                    "or by another program")
-        elif prev.seq == f.seq - 1 and prev.chain is not None and header.chain != prev.chain:
-            res.add(CHAIN_BROKEN, f"the header links to chain value {header.chain[:16]}..., "
-                    f"but segment {f.seq - 1} ends with {prev.chain[:16]}...")
-
     def _report_in(self, start: int, total: int, done: int) -> None:
         self._report(start + done, total)
 
     def _report(self, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(done, total)
-
-    def _check_name(self, f: SegmentFile, header: SegmentHeader, res: FileResult) -> str:
-        """The name the segment was written under (its digests use it)."""
-        original = _written_name(f, header)
-        if original != f.name:
-            res.add(SEGMENT_MOVED, f"the file is named {f.name}, but its header says it is "
-                    f"{original}: renamed or moved")
-        return original
-
-    def _impostors(self, files: list[tuple[SegmentFile, SegmentHeader | None]]
-                   ) -> dict[Path, list[str]]:
-        """The files claiming a seq that a segment of another name claims too, that no
-        digest names (as itself or as the new head), with those other names. The
-        collector never gives a seq twice; a header-only file planted beside the newest
-        segment (which needs no seal) passed, and its creation time ended the segment
-        before it early: a window then left that segment out."""
-        named = {g.segment for g in self.chain.good} | {g.head for g in self.chain.good}
-        names_of: dict[int, set[str]] = {}
-        for f, header in files:
-            if header is not None:
-                names_of.setdefault(f.seq, set()).add(_written_name(f, header))
-        impostors: dict[Path, list[str]] = {}
-        for f, header in files:
-            name = _written_name(f, header)
-            others = sorted(names_of.get(f.seq, set()) - {name})
-            if header is not None and others and name not in named:
-                impostors[f.path] = others
-        return impostors
-
-    def _select(self, files: list[tuple[SegmentFile, SegmentHeader | None]],
-                impostors: dict[Path, list[str]]) -> set[int] | None:
-        """The seqs of the segments written in [since, until); None: all. A segment was
-        written from its creation to the next one's, as long as the collector's clock
-        went only forward meanwhile; one during which it went back (NTP, a VM restored:
-        a digest signed at an earlier time than a reading before it, or the next
-        segment created at an earlier time than this one) holds records of times no
-        header or digest tells, and is in every window. An impostor (``_impostors``) is
-        no segment: its creation ends none."""
-        if self.since is None and self.until is None:
-            return None
-        since = self.since if self.since is not None else -(2**62)
-        until = self.until if self.until is not None else 2**62
-        starts = [micros(h.created) if h and f.path not in impostors else None
-                  for f, h in files]
-        during = self._readings_by_head()
-        selected = set()
-        for i, (f, header) in enumerate(files):
-            if f.path in impostors:
-                continue
-            created = starts[i]
-            end = next((s for s in starts[i + 1:] if s is not None), None)
-            readings = [r for r in (created, *during.get(_written_name(f, header), []), end)
-                        if r is not None]
-            start = since if created is None else created
-            if _went_back(readings) or (start < until
-                                        and (2**62 if end is None else end) > since):
-                selected.add(f.seq)
-        return selected
-
-    def _readings_by_head(self) -> dict[str, list[int]]:
-        """What the collector's clock said at each digest, by the segment active then
-        (the digest's ``head``), in the order they were signed: a digest is dated no
-        earlier than its predecessor (``clock`` keeps the reading) and a seal is signed
-        once the next segment exists, so these are readings taken while that segment
-        took records."""
-        readings: dict[str, list[int]] = {}
-        for g in sorted(self.chain.good, key=lambda g: g.n):
-            readings.setdefault(g.head, []).append(micros(g.signed_at))
-        return readings
 
     def _scan(self, f: SegmentFile, ds: list[d.Digest], res: FileResult,
               pool: ThreadPoolExecutor, progress: Callable[[int], None]) -> Scan | None:
@@ -440,59 +287,6 @@ class _Segments:
             res.add(HASH_MISMATCH, f"cannot be read to the end: {exc}")
         return None
 
-    def _compare(self, f: SegmentFile, header: SegmentHeader, ds: list[d.Digest],
-                 seal: d.Digest | None, found: Scan, res: FileResult,
-                 expected_first: int | None) -> None:
-        """The file against what its digests signed. Record-level findings (which record,
-        what happened) come first; the digest comparisons that merely follow from them
-        are left out."""
-        res.records, res.size = found.records, found.size
-        if found.broken:
-            named = classify(f, header, expected_first, seal.last_seq if seal else None)
-            for finding in named or [Finding(
-                    RECORD_MODIFIED, f"{found.broken} record(s) do not link to the one before")]:
-                res.add(finding.reason, finding.detail, count=finding.count)
-        explained = bool(res.findings)
-        for stop, after in itertools.pairwise(ds):
-            # Nothing writes between a clean stop and the next start: a digest after a
-            # stop checkpoint covering more signed what was added meanwhile.
-            if _is_stop(stop) and after.bytes > stop.bytes and not explained:
-                res.add(HASH_MISMATCH, f"{after.where} signed {after.records - stop.records} "
-                        f"record(s) ({after.bytes - stop.bytes} bytes) more than {stop.where}, "
-                        f"the checkpoint of a clean stop: written while the collector was "
-                        f"stopped")
-                explained = True
-        for g in ds:
-            problem = self._against(g, found)
-            if problem is not None:
-                if not explained:
-                    res.add(*problem)
-                break
-        if seal is not None:
-            if found.size > seal.bytes and not explained:
-                res.add(HASH_MISMATCH, f"{found.size - seal.bytes} bytes after the end "
-                        f"{seal.where} sealed: written to after sealing")
-            if found.torn and found.size >= seal.bytes:
-                res.add(HASH_MISMATCH, f"{found.torn} bytes of an unterminated line after "
-                        f"the end {seal.where} sealed: written to after sealing")
-            if seal.body.get("note"):
-                res.notes.append(f"{seal.where}: {seal.body['note']}")
-            return
-        signed = max((g.records for g in ds), default=0)
-        newest = ds[-1] if ds else None
-        if (found.records > signed and newest is not None and _is_stop(newest)
-                and not self._restarted_since(newest)):
-            if not explained:
-                res.add(HASH_MISMATCH, f"{found.records - signed} record(s) after "
-                        f"{newest.where}, the checkpoint of a clean stop: written while the "
-                        f"collector was stopped")
-        elif found.records > signed:
-            res.notes.append(f"{found.records - signed} record(s) after the newest digest "
-                             f"are not signed yet (chained; the next checkpoint signs them)")
-        if found.torn:
-            res.notes.append(f"ends with {found.torn} bytes of an unterminated line (a write "
-                             f"in progress, or a crash the next start repairs)")
-
     def _seal_written_since(self, name: str, *, waiting: bool) -> d.Digest | None:
         deadline = time.monotonic() + (SEAL_WAIT if waiting else 0.0)
         while True:
@@ -500,78 +294,6 @@ class _Segments:
             if seal is not None or time.monotonic() >= deadline:
                 return seal
             time.sleep(0.05)
-
-    def _restarted_since(self, stop: d.Digest) -> bool:
-        """Whether the collector started again since verify read ``stop`` (a clean stop's
-        checkpoint, then the newest digest of its segment): its start checkpoint then
-        signs exactly what the stop did, and the records after it are its own."""
-        after = [g for g in self.chain.digests_since(stop.segment) if g.n > stop.n]
-        return bool(after) and after[0].bytes == stop.bytes
-
-    @staticmethod
-    def _against(g: d.Digest, found: Scan) -> tuple[str, str] | None:
-        """What in ``found`` contradicts digest ``g``, if anything."""
-        if g.bytes > found.size:
-            if found.records < g.records:
-                cut = f"; {found.torn} bytes of a cut record follow" if found.torn else ""
-                return (RECORD_MISSING, (f"{g.where} signed {g.records} records "
-                                         f"({g.bytes} bytes); the file has {found.records} "
-                                         f"({found.size} bytes{cut}): truncated"))
-            return (HASH_MISMATCH, (f"shorter than {g.where} says ({found.size} of "
-                                    f"{g.bytes} bytes)"))
-        if found.sha256_at.get(g.bytes) != g.sha256:
-            return (HASH_MISMATCH, (f"the first {g.bytes} bytes do not have the SHA-256 "
-                                    f"{g.where} signed"))
-        if found.chain_at.get(g.records) != g.last_chain:
-            return (HASH_MISMATCH, (f"record {g.records} does not end the chain {g.where} "
-                                    f"signed (records re-chained)"))
-        return None
-
-    def _check_missing(self) -> None:
-        named: dict[str, d.Digest] = {}
-        for g in self.chain.good:
-            named.setdefault(g.segment, g)
-            named.setdefault(g.head, g)
-        for name, g in sorted(named.items()):
-            seq = _seq_of(name)
-            if name in self.found or seq is None or seq < self.chain.deleted_below:
-                continue
-            res = self.results.of(f"segments/{name}", "segment", seq)
-            if self._appeared(name):
-                res.notes.append("created while verify ran (after it listed the segments)")
-                continue
-            if self.chain.retention_since(seq):
-                res.notes.append("deleted by retention while verify ran")
-                continue
-            role = " as the new active segment" if g.segment != name else ""
-            res.add(SEGMENT_MISSING, f"{g.where} names it{role}, but it is not in segments/ "
-                    f"(deleted, or moved away)")
-        seqs = sorted({r.seq for r in self.results.by_path.values() if r.kind == "segment"})
-        if seqs and self.chain.deleted_below and seqs[0] > self.chain.deleted_below:
-            # Retention deleted the segments below deleted_below and no more: the ones
-            # from there to the oldest present were removed otherwise.
-            self._missing_range(self.chain.deleted_below, seqs[0] - 1,
-                                f"retention deleted the segments below "
-                                f"{self.chain.deleted_below} only, and the oldest here is "
-                                f"{seqs[0]}")
-        for a, b in itertools.pairwise(seqs):
-            low = max(a + 1, self.chain.deleted_below)
-            if low < b:
-                self._missing_range(low, b - 1, f"between segments {a} and {b}")
-
-    def _appeared(self, name: str) -> bool:
-        """Whether segment ``name`` is there now, plain or compressed."""
-        path = self.segments_dir / name
-        return path.exists() or path.with_name(name + ".gz").exists()
-
-    def _missing_range(self, low: int, high: int, where: str) -> None:
-        """One finding for a run of missing segments, however long (a header claiming a
-        seq of 10**18 must not make a finding per number)."""
-        name = f"segments/segment-{low:08d}-*.jsonl"
-        if high > low:
-            name += f" .. segment-{high:08d}-*.jsonl"
-        what = f"segment {low} is" if high == low else f"segments {low}-{high} are"
-        self.results.of(name, "segment", low).add(SEGMENT_MISSING, f"{what} missing ({where})")
 
     # -- anchors -----------------------------------------------------------------------------
 def _check_live(report: Report, chain: DigestChain, now_us: int | None) -> None:
@@ -593,41 +315,6 @@ def _check_live(report: Report, chain: DigestChain, now_us: int | None) -> None:
             GAP_IN_TIME, f"a collector is running on this directory, yet its newest digest "
             f"({newest.where}, signed at {newest.signed_at}) is {age / 1e6:.0f} s old while "
             f"records wait unsigned: the digests written since were removed")
-
-
-@dataclass(frozen=True)
-class _Previous:
-    """The segment before the one being checked: its seq, the chain value it ends with
-    and its last record's seq (as far as known)."""
-
-    seq: int | None = None
-    chain: str | None = None
-    last_seq: int | None = None
-
-
-def _written_name(f: SegmentFile, header: SegmentHeader | None) -> str:
-    """The name segment file ``f`` was written under (its digests use it): its header's
-    seq and creation time; its own name when the header gives none."""
-    if header is None:
-        return f.name
-    try:
-        return segment_name(header.seq, created_micros(header.created) * 1000)
-    except StorageError:
-        return f.name
-
-
-def _went_back(readings: list[int]) -> bool:
-    """Whether a clock read in this order went back between two readings."""
-    return any(b < a for a, b in itertools.pairwise(readings))
-
-
-def _is_stop(g: d.Digest) -> bool:
-    return bool(g.kind == "checkpoint" and g.body.get("why") == "stop")
-
-
-def _seq_of(name: str) -> int | None:
-    parts = name.split("-")
-    return int(parts[1]) if len(parts) > 2 and parts[1].isascii() and parts[1].isdigit() else None
 
 
 def _last_seq(found: Scan) -> int | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from collector.integrity import segment_listing
 from collector.integrity import verify as verify_module
 from collector.integrity.findings import SEGMENT_MISSING
 from collector.storage.compression import compress
@@ -52,7 +53,7 @@ def test_a_segment_deleted_after_the_listing_is_reported_gone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = build_store(tmp_path / "data", batches=4)
     oldest = segment_paths(data_dir)[0]
-    real_header_of = verify_module.header_of
+    real_header_of = segment_listing.header_of
 
     def header_then_deleted(f: SegmentFile) -> SegmentHeader:
         header = real_header_of(f)
@@ -60,7 +61,7 @@ def test_a_segment_deleted_after_the_listing_is_reported_gone(
             oldest.unlink()
         return header
 
-    monkeypatch.setattr(verify_module, "header_of", header_then_deleted)
+    monkeypatch.setattr(segment_listing, "header_of", header_then_deleted)
     report = check(data_dir)
     assert reasons(report) == {f"segments/{oldest.name}": [SEGMENT_MISSING]}
     [result] = report.invalid
@@ -138,14 +139,14 @@ def test_a_segment_compressed_before_its_header_is_read_is_checked_compressed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = build_store(tmp_path / "data", batches=4)
     oldest = segment_paths(data_dir)[0]
-    real_header_of = verify_module.header_of
+    real_header_of = segment_listing.header_of
 
     def compressed_first(f: SegmentFile) -> SegmentHeader:
         if f.path == oldest and oldest.exists():  # listed plain, compressed before read
             compress_in_place(oldest)
         return real_header_of(f)
 
-    monkeypatch.setattr(verify_module, "header_of", compressed_first)
+    monkeypatch.setattr(segment_listing, "header_of", compressed_first)
     report = check(data_dir)
     assert report.valid, reasons(report)
     [result] = [r for r in report.files if r.path == f"segments/{oldest.name}.gz"]
@@ -156,14 +157,14 @@ def test_a_segment_deleted_before_its_header_is_read_is_missing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = build_store(tmp_path / "data", batches=4)
     middle = segment_paths(data_dir)[1]
-    real_header_of = verify_module.header_of
+    real_header_of = segment_listing.header_of
 
     def deleted_first(f: SegmentFile) -> SegmentHeader:
         if f.path == middle:
             middle.unlink(missing_ok=True)
         return real_header_of(f)
 
-    monkeypatch.setattr(verify_module, "header_of", deleted_first)
+    monkeypatch.setattr(segment_listing, "header_of", deleted_first)
     report = check(data_dir)
     found = reasons(report)
     assert found[f"segments/{middle.name}"] == [SEGMENT_MISSING]
