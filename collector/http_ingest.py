@@ -15,7 +15,8 @@ configured: HTTP ingest is off), 400 (a body that is not JSON lines or a JSON ar
 413 (over ``max_frame`` bytes), 422 (every event rejected: nothing stored, the reasons
 listed), 503 with ``Retry-After`` (the store cannot write; no room in
 ``max_inflight_bytes`` within ``read_timeout``; the body did not arrive within
-``read_timeout``: nothing acknowledged, send again). A shipper that retries on 5xx and
+``read_timeout``, or under the minimum rate while others waited for room: nothing
+acknowledged, send again). A shipper that retries on 5xx and
 429 and not on other 4xx does the right thing (a slow body is a 503, not HTTP's 408,
 which some shippers do not retry: the batch would be dropped).
 
@@ -399,7 +400,8 @@ OPENAPI: Final[dict[str, Any]] = {PATH: {"post": {
                 "content": {"application/json": {"schema": _RESULT_SCHEMA}}},
         "503": {"description": "The store cannot write, no room for the body within "
                                "read_timeout (max_inflight_bytes, busy), or the body did "
-                               "not arrive within read_timeout (timeout): nothing "
+                               "not arrive within read_timeout or, while other batches "
+                               "waited for room, at 1 MiB/s after 1 s (timeout): nothing "
                                "acknowledged, send again (Retry-After)",
                 "content": _ERROR_REPLY},
     }}}}

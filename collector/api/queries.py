@@ -115,7 +115,10 @@ class QueryPool:
         self._taken_at: dict[int, float] = {}
         #: Queries refused (``queries_refused`` and by reason, ``REFUSALS``), counted
         #: here where they are raised: once each, whether the refusal is a request's
-        #: 503 or cuts an export after its first bytes. Incremented on the event loop.
+        #: 503 or cuts an export after its first bytes. A caller cancelled first (an
+        #: export whose client left, a request cut at a stop) is not counted; a request
+        #: whose client closed its connection is not cancelled by the server, and is.
+        #: Incremented on the event loop only (``stats`` copies them from any thread).
         self.counters: Counter[str] = Counter()
 
     async def run(self, work: Callable[[Reader], T]) -> T:
