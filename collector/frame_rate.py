@@ -133,7 +133,11 @@ async def next_chunk(chunks: AsyncIterator[bytes], pace: Pace) -> bytes | None:
             if not pending.done() and (cut := pace.lagging()):
                 raise cut
     finally:
-        pending.cancel()  # a no-op once it is done
+        # Also once it is done: that marks an error it ended with as retrieved (a caller
+        # cancelled as the client left has nobody to raise it to), which asyncio would
+        # log as a task exception never retrieved. Not awaited: a cancelled read ends
+        # in the next turn (uvicorn's receive waits on an event only).
+        pending.cancel()
     chunk = pending.result()
     if chunk is not None:
         pace.arrived(len(chunk))

@@ -6,16 +6,18 @@ what is tested is the decision, not a clock."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from collector.frame_budget import FrameBudget
-from collector.frame_rate import FrameTooSlow, read_payload
+from collector.frame_rate import FrameTooSlow, Pace, next_chunk, read_payload
 from collector.http_ingest import HttpIngest, HttpIngestSettings
 
 LATE = {"rate": 1e15, "grace": 0.0}  # behind the rate whenever it has to wait
@@ -209,3 +211,35 @@ def test_a_slow_http_body_is_left_alone_while_no_one_waits_for_room() -> None:
         assert (await answer).status_code == 422  # the whole body read
         assert "inflight_too_slow" not in ingest.stats() and budget.held == 0
     run(scenario())
+
+
+def test_a_body_read_failing_as_its_caller_gives_up_logs_no_unretrieved_error() -> None:
+    """The client gone (the read's task ends with ``ClientDisconnect``) in the turn its
+    caller's deadline (``read_timeout``) cancels ``next_chunk``: the read's error is
+    nobody's to raise. ``next_chunk`` cancels the task even once it is done, which
+    marks that error retrieved; skipping the cancel of a done task logged "Task
+    exception was never retrieved", a traceback for each such body."""
+    async def scenario() -> list[str]:
+        logged: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: logged.append(context["message"]))
+        gone = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            await gone.wait()
+            raise ClientDisconnect()
+            yield b""  # an async generator, as Starlette's request.stream()
+
+        pace = Pace(FrameBudget(10), "a body of 3 bytes", rate=1.0, grace=1e9)
+        reading = asyncio.ensure_future(next_chunk(body(), pace))
+        await settle()
+        gone.set()  # the read's task fails in the next turn ...
+        reading.cancel()  # ... as its caller's deadline cancels the caller
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        del reading
+        await settle()
+        gc.collect()
+        return logged
+
+    assert asyncio.run(scenario()) == []
