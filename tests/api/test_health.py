@@ -20,8 +20,13 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from collector import health, store_housekeeping, store_readiness
-from collector import index as index_module
+from collector import (
+    health,
+    index_connections,
+    index_transactions,
+    store_housekeeping,
+    store_readiness,
+)
 from collector.health import REASONS, Health
 from collector.index import Index
 from collector.integrity import digests
@@ -401,7 +406,10 @@ def test_an_index_locked_by_another_process_is_unready_until_it_lets_go(
     lock. A batch's commit fails once the busy timeout is over; the idle check fails
     too, at once (it waits for no busy timeout), and goes through once the lock is let
     go: ready again without a batch."""
-    monkeypatch.setattr(index_module, "BUSY_TIMEOUT_MS", 100)  # the batch gives up sooner
+    # The batch gives up sooner: patched where it is looked up, by the writer's connection
+    # and by the idle check that puts it back after its own no-wait try.
+    monkeypatch.setattr(index_connections, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(index_transactions, "BUSY_TIMEOUT_MS", 100)
     with open_store(tmp_path / "data") as store:
         with index_locked(store):
             with pytest.raises(StorageError, match="database is locked"):

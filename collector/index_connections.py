@@ -1,0 +1,104 @@
+"""Connections to the index: the writer's settings, a reader's (read-only, or immutable
+once the collector has stopped), the files an index takes on disk and its row count.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+from collector.storage.data_dir_lock import data_dir_held
+from collector.storage.segment_drop import NO_TIME
+from collector.storage.segments import FILE_MODE, file_sizes
+
+#: How long a connection waits for another's write lock (SQLite's busy handler).
+BUSY_TIMEOUT_MS: Final = 10_000
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if not readonly and not path.exists():
+        # Created here so it gets the store's file mode (SQLite gives -wal/-shm the same).
+        path.touch(mode=FILE_MODE)
+    # A reader opens an existing index only: mode=rw (WAL readers need to write the
+    # -shm file) never creates one, where a plain connect left an empty index.sqlite
+    # behind in a directory that had none.
+    if readonly:
+        return _connect_uri(path, "mode=rw")
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                          cached_statements=512)
+    con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return con
+
+
+def connect_reader(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection to an existing index, and whether it reads the file as
+    immutable (see below).
+
+    The store's files are 0640 and its directories 0750 so that a group of auditors can
+    read them, but SQLite reads a WAL index only through its ``-shm`` file: while the
+    collector runs, that file is there and a reader without write access opens it read
+    only; once the collector has stopped it is gone, and a reader who may not create it
+    got "attempt to write a readonly database" (and was told to run reindex). A stopped
+    store's index does not change, so it is then read with ``immutable=1``. Such a
+    reader must be reopened once a collector starts writing (``wal_path`` appears):
+    an immutable connection never looks at the WAL."""
+    # The -shm file is made beside the index: a writable index in a directory the
+    # reader may not write to is read as a read-only one.
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        return connect(path, readonly=True), False
+    con = _connect_uri(path, "mode=ro")
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con, False
+    except sqlite3.OperationalError as exc:
+        con.close()
+        # With a -wal file left, the index holds more than its main file (a collector
+        # killed, or one just starting): reading the main file alone would miss it.
+        if wal_path(path).exists() or data_dir_held(path.parent):
+            raise sqlite3.OperationalError(
+                f"{exc}: this user may read {path} but not write beside it, and SQLite "
+                f"needs to for now (a collector starting, or one killed left "
+                f"{wal_path(path).name}); retry once the collector runs, or read as the "
+                f"collector's user") from None
+    return _connect_uri(path, "mode=ro&immutable=1"), True
+
+
+def wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def files_bytes(path: Path) -> int:
+    """The disk space the index at ``path`` takes: the file with its ``-wal`` (which
+    grows while no checkpoint can run) and ``-shm``. One stat a file, no SQLite: safe
+    beside a running collector, which may remove the WAL meanwhile."""
+    return sum(file_sizes(path.parent.glob(f"{path.name}*")).values())
+
+
+def _connect_uri(path: Path, options: str) -> sqlite3.Connection:
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?{options}", isolation_level=None,
+                          check_same_thread=False, cached_statements=512, uri=True)
+    con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    con.execute("PRAGMA query_only=1")
+    return con
+
+
+def count_rows(con: sqlite3.Connection) -> int:
+    """Events in the index (the partitions' row counts; no table scan), leaving out
+    those of segments retention deleted, hidden until the indexer drops their rows."""
+    return int(con.execute("SELECT coalesce(sum(rows), 0) FROM chunks WHERE min_created<>?",
+                           (NO_TIME[0],)).fetchone()[0])
+
+
+def writer_connection(path: Path) -> sqlite3.Connection:
+    con = connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    # The segments are the source of truth (fsynced before the index commits), and
+    # start-up indexes whatever the index lacks: no fsync per index commit.
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("PRAGMA cache_size=-32768")
+    con.execute("PRAGMA temp_store=MEMORY")
+    # Checkpoints run on the indexer thread, not inside the store's commits.
+    con.execute("PRAGMA wal_autocheckpoint=0")
+    return con
