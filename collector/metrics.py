@@ -33,7 +33,7 @@ from typing import Any, Final, Literal
 
 from audit_middleware.wire import ErrorCode
 
-from .disk_calls import retry_after
+from .disk_calls import DiskLate, retry_after
 from .ingest import REFUSALS
 from .single_flight import SingleFlight, Unanswered
 
@@ -79,13 +79,28 @@ def _m(name: str, kind: Literal["counter", "gauge"], source: str, key: str, unit
 _CLOSING_ERRORS: Final = tuple(code for code in ErrorCode
                                if code != ErrorCode.STORAGE_UNAVAILABLE)
 
-#: The query API's refusals (``collector.api.queries.REFUSALS``), said.
+#: The query API's refusals (``collector.api.queries.REFUSALS``, then
+#: ``collector.api.unavailable.REASONS``), said.
 _QUERY_REFUSALS: Final = {
     "busy": "Queries refused for every query thread staying busy for 10 s (overloaded, "
             "or a hung disk not yet past query_timeout)",
     "hung": "Queries refused for a query thread held in a read past query_timeout and "
             "10 s: the disk under the store does not answer (alert on this one)",
     "query_timeout": "Queries stopped past query_timeout (503 query_timeout)",
+    # answered 503 for the store's or the data disk's state (collector.api.unavailable)
+    "index": "Requests answered 503 for the index unable to answer (a rebuild, a repair, "
+             "a damaged or out-of-date index: the log says which)",
+    "segment": "Requests answered 503 for a segment that cannot be read",
+    "not_recorded": "Reads and acknowledgements answered 503 for their audit record not "
+                    "written (nothing was sent or made)",
+    "storage": "Requests answered 503 for the store refusing (full disk, closing, another "
+               "acknowledgement of losses under way)",
+    "disk": "Requests answered 503 for the data disk not answering in time (the losses "
+            "listing, an acknowledgement, /metrics' store figures)",
+    "readers": "Requests answered 503 for a readers file that cannot be read (damaged, "
+               "unreadable: credentials cannot be checked)",
+    "readers_late": "Requests answered 503 for the readers file not read in time (a hung "
+                    "data disk)",
 }
 #: Why exports are cut (``collector.api.export_cuts.CUT_REASONS``), said.
 _CUTS: Final = {
@@ -231,11 +246,11 @@ METRICS: Final[tuple[Metric, ...]] = (
        "nearest its deadline is closed to make room)"),
     _m("audit.collector.api.internal_errors", "counter", "api", "internal_errors",
        "{error}", "Query API connections closed by an unexpected error (see the log)"),
-    # the query API's refusals (docs/api.md, "Refusals in /metrics"): a query counted
-    # once, whether answered 503 or cutting an export; and the exports cut
+    # the query API's refusals (docs/api.md, "Refusals in /metrics"): each counted
+    # once, whether answered 503 or (the pool's) cutting an export; and the exports cut
     _m("audit.collector.api.queries.refused", "counter", "api_queries", "queries_refused",
-       "{query}", "Queries refused, answered 503 or cutting an export under way (by "
-       "reason: queries.refused.<reason>)"),
+       "{query}", "Query API requests answered 503, and the query pool's refusals "
+       "cutting an export under way (by reason: queries.refused.<reason>)"),
     *(_m(f"audit.collector.api.queries.refused.{reason}", "counter", "api_queries",
          f"queries_refused_{reason}", "{query}", help)
       for reason, help in _QUERY_REFUSALS.items()),
@@ -516,6 +531,7 @@ async def _endpoint(request: Any) -> Any:
         refused = (getattr(request.app.state, "metrics_auth", "none") == "reader"
                    and not await _a_reader(request))
     except ReadersLate as exc:
+        _count_unavailable(request, ReadersLate)
         return PlainTextResponse(f"{exc}\n", 503, headers=retry_after())
     if refused:
         # Counts only, but their changes show activity, such as each read of the logs.
@@ -526,6 +542,8 @@ async def _endpoint(request: Any) -> Any:
     try:
         text = await metrics.scraped()
     except Unanswered:
+        # The losses listing's answer for the same late stats (a DiskLate): "disk".
+        _count_unavailable(request, DiskLate)
         # Nothing rather than figures without the store's: a scrape that lacks them
         # would read as the store's gauges gone, not as a disk that does not answer.
         return PlainTextResponse(
@@ -533,6 +551,14 @@ async def _endpoint(request: Any) -> Any:
             "disk, a frozen network file system); try again once it does (the collector's "
             "log says more)\n", 503, headers=retry_after())
     return PlainTextResponse(text, media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def _count_unavailable(request: Any, kind: type[BaseException]) -> None:
+    """A scrape answered 503 is one of the API's, counted as its others are
+    (``collector.api.unavailable``): seen at the next scrape that is answered."""
+    api = getattr(request.app.state, "api", None)
+    if api is not None:
+        api.count_unavailable(kind)
 
 
 async def _a_reader(request: Any) -> bool:

@@ -146,6 +146,16 @@ def _error(status: int, error: str, message: str,
     return routes.json_response({"error": error, "message": message}, status, headers)
 
 
+def _unavailable_answer(request: Request, exc: Exception, error: str, message: str,
+                        retry: int | None = None) -> Response:
+    """Every 503 of the handlers below: counted once by its reason
+    (``collector.api.unavailable``), so that an operator alerts on ``/metrics`` rather
+    than on these log lines; with ``Retry-After`` (``retry`` seconds, else the usual)."""
+    request.app.state.api.count_unavailable(type(exc))
+    return _error(503, error, message,
+                  retry_after() if retry is None else retry_after(retry))
+
+
 async def _auth_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AuthError)
     try:
@@ -176,7 +186,7 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     # The store's state (a full disk, another acknowledgement under way, a stop), not the
     # request's: worth another try, as its message says.
     log.error("query API: %s", exc)
-    return _error(503, "unavailable", str(exc), retry_after())
+    return _unavailable_answer(request, exc, "unavailable", str(exc))
 
 
 #: What a reader is told when the index cannot answer. The data directory's path and
@@ -194,8 +204,8 @@ async def _index_unavailable(request: Request, exc: Exception) -> Response:
     # The data directory's state, not the request's: 503, which a client may retry, and
     # not 400, which told it to change a request that was fine.
     log.error("query API: %s", exc)
-    return _error(503, "unavailable", INDEX_UNAVAILABLE_MESSAGE,
-                  retry_after(INDEX_RETRY_AFTER))
+    return _unavailable_answer(request, exc, "unavailable", INDEX_UNAVAILABLE_MESSAGE,
+                               INDEX_RETRY_AFTER)
 
 
 async def _query_timeout(request: Request, exc: Exception) -> Response:
@@ -203,25 +213,25 @@ async def _query_timeout(request: Request, exc: Exception) -> Response:
     # the same query may end in time on a less busy collector. The message says to narrow
     # it, which is what usually helps; its code tells it from the other 503s.
     log.warning("query API: %s %r: %s", request.method, request.url.path, exc)
-    return _error(503, "query_timeout", str(exc), retry_after())
+    return _unavailable_answer(request, exc, "query_timeout", str(exc))
 
 
 async def _readers_late(request: Request, exc: Exception) -> Response:
     # Before any credential is checked, as for a damaged file: no denial to record.
-    return _error(503, "unavailable", str(exc), retry_after())
+    return _unavailable_answer(request, exc, "unavailable", str(exc))
 
 
 async def _disk_late(request: Request, exc: Exception) -> Response:
     # The disk, not the request: worth another try once it answers (the call goes on).
     log.warning("query API: %s %r: %s", request.method, request.url.path, exc)
-    return _error(503, "unavailable", str(exc), retry_after())
+    return _unavailable_answer(request, exc, "unavailable", str(exc))
 
 
 async def _queries_hung(request: Request, exc: Exception) -> Response:
     # A busy pool's 503, but an error: the disk does not answer, which waiting for a less
     # busy collector (or more query threads) does not mend.
     log.error("query API: %s %r: %s", request.method, request.url.path, exc)
-    return _error(503, "unavailable", str(exc), retry_after())
+    return _unavailable_answer(request, exc, "unavailable", str(exc))
 
 
 async def _readers_unavailable(request: Request, exc: Exception) -> Response:
@@ -229,9 +239,9 @@ async def _readers_unavailable(request: Request, exc: Exception) -> Response:
     # anyone may see this answer: the detail, with the file's absolute path, goes to
     # the log only.
     log.error("query API: %s", exc)
-    return _error(503, "unavailable", "the collector cannot check credentials now: its "
-                  "log has the details; try again once an operator has mended the readers "
-                  "file", retry_after())
+    return _unavailable_answer(
+        request, exc, "unavailable", "the collector cannot check credentials now: its log "
+        "has the details; try again once an operator has mended the readers file")
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -22,6 +22,7 @@ from .auth import AuthError, ReadersLate, Sessions, authenticate, forbidden
 from .denials import Attempt, DenialLimiter, Refusals, Unrecorded
 from .queries import DEFAULT_THREADS, QueryPool
 from .reads import ReadRecorder, Submitter
+from .unavailable import reason_of
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 _TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
@@ -71,11 +72,25 @@ class Api:
         #: Exports whose download failed after their first bytes, by reason
         #: (``export_cuts.count_cut``). Incremented on the event loop.
         self.export_cuts: Counter[str] = Counter()
+        #: Requests answered 503 for a reason of ``unavailable.REASONS`` (the pool
+        #: counts its own), by ``queries_refused_<reason>``. Incremented on the event
+        #: loop.
+        self.unavailable: Counter[str] = Counter()
+
+    def count_unavailable(self, kind: type[BaseException]) -> None:
+        """Count a request answered 503 for an exception of ``kind``, once: not if the
+        query pool counted it where it was raised (``unavailable.reason_of``)."""
+        reason = reason_of(kind)
+        if reason is not None:
+            self.unavailable[f"queries_refused_{reason}"] += 1
 
     def stats(self) -> dict[str, int]:
         """The queries refused and the exports cut, for ``/metrics`` and ``stats``
-        (called from other threads too: reads only)."""
-        return {**self.pool.stats(), **self.export_cuts}  # C-level copies
+        (called from other threads too: reads only, of C-level copies)."""
+        pool, answered = self.pool.stats(), dict(self.unavailable)
+        # queries_refused is every refusal: the pool's and those answered here.
+        total = pool.get("queries_refused", 0) + sum(answered.values())
+        return {**pool, **self.export_cuts, **answered, "queries_refused": total}
 
     async def fresh_readers(self) -> None:
         """Have ``readers`` read ``readers.json`` again if it changed, before a credential

@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import httpx
 from starlette.applications import Starlette
 
-from collector.api import ApiSettings, create_app
+from collector.api import ApiSettings, create_app, queries, unavailable
+from collector.api.export_cuts import CUT_REASONS
 from collector.config import load
 from collector.frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget
 from collector.integrations import Integrations
@@ -86,3 +87,29 @@ def client_of(app: Starlette, token: str | None = None, **headers: str) -> httpx
         headers["Authorization"] = f"Bearer {token}"
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                              base_url="http://localhost", headers=headers)
+
+
+async def refusals(client: httpx.AsyncClient) -> dict[str, float]:
+    """The query API's refusal counters as ``GET /metrics`` serves them (no labels:
+    ``audit_collector_api_queries_refused_busy_total`` and the like)."""
+    answer = await client.get("/metrics")
+    assert answer.status_code == 200, answer.text
+    return {name: float(value) for name, value in
+            (line.split() for line in answer.text.splitlines()
+             if line.startswith(("audit_collector_api_queries_refused",
+                                 "audit_collector_api_exports_cut")))}
+
+
+def counters(**refused: int) -> dict[str, float]:
+    """The refusal counters as ``refusals`` reads them, ``refused`` by reason (the
+    pool's, ``queries.REFUSALS``, or the API's other 503s, ``unavailable.REASONS``),
+    every other one 0 (no export was cut)."""
+    reasons = queries.REFUSALS + unavailable.REASONS
+    assert set(refused) <= set(reasons), refused
+    served = {f"audit_collector_api_queries_refused_{reason}_total": float(refused.get(
+        reason, 0)) for reason in reasons}
+    served["audit_collector_api_queries_refused_total"] = float(sum(refused.values()))
+    served["audit_collector_api_exports_cut_total"] = 0.0
+    served |= {f"audit_collector_api_exports_cut_{reason}_total": 0.0
+               for reason in CUT_REASONS}
+    return served

@@ -20,14 +20,13 @@ import httpx
 import pytest
 
 from collector.api import queries
-from collector.api.export_cuts import CUT_REASONS
 from collector.api.queries import DEFAULT_THREADS, busy_message
 from collector.disk_calls import RETRY_AFTER
 from collector.query import Reader
 from collector.readers import Readers
 from collector.storage import time_limit
 from collector.storage.time_limit import QUERY_TIMEOUT
-from tests.api.served import client_of, served_app
+from tests.api.served import client_of, counters, refusals, served_app
 from tests.collector.storage_helpers import Hold, open_store
 
 #: Seconds a test waits for what must come: a bound on a failure, not a timing.
@@ -37,17 +36,6 @@ LOOKUP = "/api/v1/audit-logs/019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11"
 WAIT = 0.2
 #: A short ``query_timeout``: a read held past it (and ``WAIT``) is hung, not long.
 LIMIT = 1.0
-
-
-async def refusals(client: httpx.AsyncClient) -> dict[str, float]:
-    """The query API's refusal counters as ``GET /metrics`` serves them (no labels:
-    ``audit_collector_api_queries_refused_busy_total`` and the like)."""
-    answer = await client.get("/metrics")
-    assert answer.status_code == 200, answer.text
-    return {name: float(value) for name, value in
-            (line.split() for line in answer.text.splitlines()
-             if line.startswith(("audit_collector_api_queries_refused",
-                                 "audit_collector_api_exports_cut")))}
 
 
 def refused_while_every_thread_is_held(
@@ -216,18 +204,6 @@ def test_a_query_whose_own_read_hangs_past_query_timeout_is_answered_503(
     gc.collect()
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
     assert len(futures) == 2 and [ref() for ref in futures] == [None, None]
-
-
-def counters(**refused: int) -> dict[str, float]:
-    """The refusal counters as served, ``refused`` by reason, every other one 0 (no
-    export was cut)."""
-    served = {f"audit_collector_api_queries_refused_{reason}_total": float(refused.get(
-        reason, 0)) for reason in queries.REFUSALS}
-    served["audit_collector_api_queries_refused_total"] = float(sum(refused.values()))
-    served["audit_collector_api_exports_cut_total"] = 0.0
-    served |= {f"audit_collector_api_exports_cut_{reason}_total": 0.0
-               for reason in CUT_REASONS}
-    return served
 
 
 def test_a_query_stopped_by_query_timeout_is_counted_as_such(

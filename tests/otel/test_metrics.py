@@ -381,13 +381,16 @@ def test_every_query_refusal_and_export_cut_reason_is_published() -> None:
     """The query API's 503s (every thread busy, threads held by a hung disk, the time
     limit) and the exports they cut were log lines only: an operator could not alert on
     a hung data disk or on panel users refused. Every reason the code counts by has its
-    counter, read from the API's own stats (``Api.stats``)."""
+    counter, read from the API's own stats (``Api.stats``); so has every other reason
+    the API answers 503 for (the index, the readers file, a slow disk: ``unavailable``),
+    once log lines only too."""
+    from collector.api import unavailable
     from collector.api.export_cuts import CUT_REASONS
     from collector.api.queries import REFUSALS
 
     rows = {m.key: m for m in METRICS if m.source == "api_queries"}
     wanted = {"queries_refused", "exports_cut"}
-    wanted |= {f"queries_refused_{reason}" for reason in REFUSALS}
+    wanted |= {f"queries_refused_{reason}" for reason in REFUSALS + unavailable.REASONS}
     wanted |= {f"exports_cut_{reason}" for reason in CUT_REASONS}
     assert sorted(rows) == sorted(wanted)
     assert all(m.kind == "counter" for m in rows.values())
