@@ -116,7 +116,7 @@ class HttpIngest:
         if not self._authorized(request):
             self.counters["unauthorized"] += 1
             return _error(401, "unauthorized", "send the collector's ingest token as "
-                          "'Authorization: Bearer <token>'",
+                          "one Authorization header: 'Authorization: Bearer <token>'",
                           headers={"WWW-Authenticate": 'Bearer realm="audit-ingest"'})
         source = request.headers.get("x-audit-source", DEFAULT_SOURCE)
         if not SOURCE_PATTERN.fullmatch(source):
@@ -158,7 +158,12 @@ class HttpIngest:
         return self._submit(items, source)
 
     def _authorized(self, request: Request) -> bool:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        # Exactly one header: of two, only the first was read, and a proxy in front that
+        # checks (or appends) the last one let in a request taken on another credential.
+        headers = request.headers.getlist("authorization")
+        if len(headers) != 1:
+            return False
+        scheme, _, token = headers[0].partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self._token)
 

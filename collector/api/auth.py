@@ -115,17 +115,32 @@ class Sessions:
             self._sessions.pop(sid, None)
 
 
+def several_authorizations(count: int) -> AuthError:
+    """400 for a request with more than one ``Authorization`` header (RFC 6750's
+    ``invalid_request``): recorded, as an attempt with credentials."""
+    return AuthError(400, "bad_request", f"this request has {count} Authorization "
+                     "headers: send one Authorization header (Authorization: Bearer "
+                     "<token>)", _CHALLENGE + ', error="invalid_request"',
+                     denied="more than one Authorization header")
+
+
 def bearer_token(conn: HTTPConnection) -> str | None:
     """The token of an ``Authorization: Bearer`` header; None for no header or another
     scheme. Another scheme is no credential of this API but someone else's: a reverse
     proxy with HTTP Basic in front of the panel gets ``Authorization: Basic`` from the
     browser on every request, and forwards it (nginx does by default). Taken for a bad
     token ("" then), it overrode the session cookie: the signed-in panel got 401 on
-    every call, each recorded as an attempt with an invalid token."""
-    header = conn.headers.get("authorization")
-    if header is None:
+    every call, each recorded as an attempt with an invalid token.
+
+    More than one header is ``AuthError`` (400): the field holds one credential, and
+    only the first was read, so a proxy in front that checks (or appends) the last one
+    saw another credential than the one this API acted on."""
+    headers = conn.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise several_authorizations(len(headers))
+    if not headers:
         return None
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = headers[0].partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
 
 

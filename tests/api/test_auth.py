@@ -55,6 +55,33 @@ def test_other_authorization_schemes_are_401(env: Env, header: str) -> None:
     assert response.status_code == 401
 
 
+@pytest.mark.parametrize("order", ["root first", "root last", "root twice"])
+def test_more_than_one_authorization_header_is_refused_whichever_comes_first(
+        env: Env, order: str) -> None:
+    """Authorization holds one credential (RFC 9110 allows no list of them). Of two, the
+    API read the first: a proxy in front that checks or adds the last one saw another
+    credential than the one the collector acted on. Refused, whatever the order."""
+    root, wrong = f"Bearer {env.root}", "Bearer ac_0123456789abcdef_" + "A" * 43
+    values = {"root first": [root, wrong], "root last": [wrong, root],
+              "root twice": [root, root]}[order]
+    response = env.client.get("/api/v1/audit-logs",
+                              headers=[("Authorization", value) for value in values])
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+    assert "one Authorization header" in response.json()["message"]
+    assert 'error="invalid_request"' in response.headers["www-authenticate"]
+    assert_says_nothing_about_logs(response, env)
+    assert [e["type"] for e in env.read_events()] == ["audit_log_access_denied"]
+
+
+def test_two_authorization_headers_do_not_fall_back_to_the_session(env: Env) -> None:
+    """Not taken for "no credential": the signed-in panel's cookie does not decide."""
+    assert env.client.post("/api/v1/session", json={"token": env.root}).status_code == 200
+    response = env.client.get("/api/v1/audit-logs", headers=[
+        ("Authorization", "Basic cm9vdDpyb290"), ("Authorization", f"Bearer {env.root}")])
+    assert response.status_code == 400
+
+
 @pytest.mark.parametrize("path", READ_ENDPOINTS)
 def test_a_reader_that_is_not_root_is_403(env: Env, path: str) -> None:
     response = env.get(path, env.plain)

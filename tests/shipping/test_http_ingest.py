@@ -164,6 +164,19 @@ def test_without_the_token_nothing_is_stored(http: TestClient, store: Any,
     assert stored_events(store.settings.data_dir) == []
 
 
+@pytest.mark.parametrize("values", [[f"Bearer {TOKEN}", "Bearer wrong"],
+                                    ["Bearer wrong", f"Bearer {TOKEN}"]])
+def test_two_authorization_headers_are_refused_even_with_the_token(
+        http: TestClient, store: Any, values: list[str]) -> None:
+    """Of two, the first was read: a proxy that checks the last one let through a
+    request the collector then took on another credential."""
+    reply = http.post("/api/v1/events", content=lines(event(1)),
+                      headers=[("Authorization", value) for value in values])
+    assert reply.status_code == 401
+    assert "one Authorization header" in reply.json()["message"]
+    assert stored_events(store.settings.data_dir) == []
+
+
 def test_a_collector_without_a_token_refuses_http_ingest(store: Any) -> None:
     http, _ = client_for(store, token=None)
     reply = http.post("/api/v1/events", content=lines(event(1)), headers=AUTH)
