@@ -397,7 +397,8 @@ OPENAPI: Final[dict[str, Any]] = {PATH: {"post": {
         "200": {"description": "Stored (written or duplicates) and rejected events",
                 "content": {"application/json": {"schema": _RESULT_SCHEMA}}},
         "400": {"description": "The body holds no events", "content": _ERROR_REPLY},
-        "401": {"description": "Missing or wrong ingest token", "content": _ERROR_REPLY},
+        "401": {"description": "Missing or wrong ingest token, or more than one "
+                               "Authorization header", "content": _ERROR_REPLY},
         "403": {"description": "HTTP ingest is off (no token configured)",
                 "content": _ERROR_REPLY},
         "413": {"description": "Body over max_frame bytes", "content": _ERROR_REPLY},

@@ -82,8 +82,13 @@ def _unavailable(description: str) -> dict[str, Any]:
         "schema": {"type": "integer"}}}}
 
 
+#: Any request a reader's credentials are checked for (``auth.bearer_token``): the
+#: field holds one credential, and of two only the first was read.
+_TWO_AUTHORIZATIONS: Final = ("More than one Authorization header (whatever they hold), "
+                              "error invalid_request: send one.")
 _DENIED: Final = {
-    "400": _error("A parameter the API cannot use; the message gives the accepted forms."),
+    "400": _error("A parameter the API cannot use; the message gives the accepted forms. "
+                  "Or: " + _TWO_AUTHORIZATIONS),
     "401": _error("No credentials, or credentials that match no reader."),
     "403": _error("The reader is not root."),
     "503": _unavailable("The read could not be recorded in the audit log, or the data disk "
@@ -196,6 +201,7 @@ SPEC: Final[dict[str, Any]] = {
                         "sources_omitted": {"type": "integer"},
                         "unacknowledged_gap_events": {"type": "integer"},
                         "unacknowledged_tail_events": {"type": "integer"}}}}}},
+                "400": _error(_TWO_AUTHORIZATIONS),
                 **{k: v for k, v in _DENIED.items() if k in ("401", "403")},
                 "503": _unavailable("The store's figures did not come in time: the data disk "
                                     "does not answer. Try again after Retry-After "
@@ -243,7 +249,8 @@ SPEC: Final[dict[str, Any]] = {
             "get": {"summary": "Who is signed in", "operationId": "getSession",
                     "responses": {"200": {"description": "The reader", "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/Me"}}}},
-                        "401": _DENIED["401"], "403": _DENIED["403"]}},
+                        "400": _error(_TWO_AUTHORIZATIONS), "401": _DENIED["401"],
+                        "403": _DENIED["403"]}},
             "post": {"summary": "Sign the panel in with a root token (sets a session cookie)",
                      "operationId": "signIn", "security": [],
                      "requestBody": {"required": True, "content": {"application/json": {
@@ -251,8 +258,9 @@ SPEC: Final[dict[str, Any]] = {
                              "token": {"type": "string"}}}}}},
                      "responses": {"200": {"description": "Signed in", "content": {
                          "application/json": {"schema": {"$ref": "#/components/schemas/Me"}}}},
-                         "400": _DENIED["400"], "401": _DENIED["401"],
-                         "403": _DENIED["403"]}},
+                         "400": _error("A body the sign-in cannot use; the message "
+                                       "says what to send."),
+                         "401": _DENIED["401"], "403": _DENIED["403"]}},
             "delete": {"summary": "Sign out (ends the session)", "operationId": "signOut",
                        "security": [], "responses": {"204": {"description": "Signed out"}}},
         },

@@ -106,3 +106,25 @@ def test_an_unexpected_error_carries_the_security_headers_too(
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["x-frame-options"] == "DENY"
     assert headers["cache-control"] == "no-store"
+
+
+def test_every_operation_taking_a_readers_credentials_documents_two_authorizations(
+        env: Env) -> None:
+    """A request with two Authorization headers is answered 400 wherever a reader's
+    credentials are checked (``auth.bearer_token``); the description said 400 was for a
+    parameter only, and the losses listing and "who is signed in" listed no 400 at all.
+    Each such operation is asked so, and its description names the answer."""
+    spec = env.get("/api/v1/openapi.json").json()
+    two = [("Authorization", f"Bearer {env.root}"), ("Authorization", f"Bearer {env.root}")]
+    checked = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if op.get("security", spec["security"]) != spec["security"] or "{" in path:
+                continue  # its own token (HTTP ingest), none (sign-in), or a template
+            answer = env.client.request(method.upper(), path, headers=two)
+            assert answer.status_code == 400, (method, path, answer.text)
+            assert "more than one authorization header" in (
+                op["responses"]["400"]["description"].lower()), (method, path)
+            checked.append((method, path))
+    assert ("get", "/api/v1/sources/losses") in checked
+    assert ("get", "/api/v1/session") in checked
