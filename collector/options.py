@@ -96,7 +96,9 @@ def parse_float(value: Any) -> float:
     number = None
     if isinstance(value, (int, float)):
         number = float(value)
-    elif isinstance(value, str):
+    elif isinstance(value, str) and value.isascii() and "_" not in value:
+        # ASCII only, as parse_int: float() reads '٣' as 3 and '1_0' as 10, a value
+        # no one meant (retention_days = "٣" kept three days).
         with contextlib.suppress(ValueError):
             number = float(value)
     if number is None or not math.isfinite(number):  # NaN failed only at the store's open

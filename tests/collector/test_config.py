@@ -109,6 +109,9 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     (["--max-segment-age", "1w"], {}, "such as 30, 1.5, 500ms, 5m, 1h or 1d"),
     (["--max-frame", "\u0664MiB"], {}, "expected a size"),
     (["--retention-days", "nan"], {}, "expected a number such as 365"),
+    # float() read these as 3 and 10: kept three days, not what anyone typed
+    ([], {"AUDIT_RETENTION_DAYS": "\u0663"}, "expected a number such as 365"),
+    (["--retention-days", "1_0"], {}, "expected a number such as 365"),
     # accepted, these failed every export, retried forever
     (["--forward-batch", "0"], {}, "forward_batch set but forward_endpoint is empty"),
     ([], {"AUDIT_FORWARD_HEADERS": "x=y"}, "forward_headers set but forward_endpoint"),
