@@ -17,7 +17,13 @@ import orjson
 from . import config as collector_config
 from . import render
 from .read_arguments import data_dir_of
+from .storage.regular_files import read_regular
 from .storage.segments import file_sizes
+
+#: Far more than a collector's stats hold (a few KiB; at most 1,000 sources reported,
+#: their ranges folded): a larger file is not one it wrote (a link to /dev/zero never
+#: ends), and read whole it could fill memory.
+MAX_STATS_BYTES = 64 << 20
 
 
 def stats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,12 +50,17 @@ def run_stats(args: argparse.Namespace) -> int:
     }
     live = data_dir / STATS_FILE
     try:  # replaced atomically by a running collector; absent if none ever ran here
-        collected = orjson.loads(live.read_bytes())
+        # A regular file only, of a bounded size: a FIFO in its place held stats for good.
+        collected = orjson.loads(read_regular(live, MAX_STATS_BYTES))
         age = round(time.time() - live.stat().st_mtime, 1)
+        if not isinstance(collected, dict):  # read as a running collector's
+            raise TypeError(f"a JSON {type(collected).__name__}, not the object a "
+                             f"collector writes")
     except FileNotFoundError:
         pass
-    except (OSError, orjson.JSONDecodeError) as exc:  # a directory, garbage: say so
-        report["collector"] = f"unreadable {STATS_FILE} ({exc})"
+    except (OSError, ValueError, TypeError) as exc:  # a directory, garbage: say so
+        report["collector"] = (f"unreadable {STATS_FILE} ({exc}): a running collector "
+                               f"replaces it every {STATS_INTERVAL:g} s; else move it away")
     else:
         report["collector"] = collected
         report["collector_stats_age_s"] = age
@@ -62,13 +73,22 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _state(collected: Any, age: float, interval: float) -> str:
+def _state(collected: dict[str, Any], age: float, interval: float) -> str:
     """Whether the collector whose stats these are runs, as far as its stats file tells:
     the stop's last write says "stopped" (or "failed": its stop or its start-up raised,
     and its log says what); a running one rewrites it every ``interval``
     seconds. Without a lock on the data directory (which ``verify`` takes, and which a
     collector starting at that moment would find held), this is what can be said."""
-    state = collected.get("state") if isinstance(collected, dict) else None
+    state = collected.get("state")
+    if state not in (None, "running", "stopped", "failed"):  # (None: an older version's)
+        return (f"unknown: its state is {str(state)[:40]!r}, which no collector writes "
+                f"(running, stopped or failed): was the file edited or replaced?")
+    if age < -interval:
+        # Dated ahead of this clock: its age tells nothing (it read as running, or as
+        # stopped a negative number of seconds ago).
+        return (f"unknown: its stats are dated {-age:g} s in the future (a clock set back "
+                f"since it was written, or another machine's clock): see its log")
+    age = max(age, 0.0)  # a clock's jitter, not an age
     if state == "stopped":
         return f"stopped (a clean stop, {age:g} s ago)"
     if state == "failed":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -287,6 +288,45 @@ def test_stats_tells_a_running_collector_from_one_that_died(tmp_path: Path) -> N
     old = time.time() - 10 * STATS_INTERVAL
     os.utime(data / STATS_FILE, (old, old))
     assert state().startswith("not running, or its writes hang: its stats are ")
+
+
+def odd_stats_file(path: Path, shape: str) -> None:
+    """``path`` made the odd stats file ``shape`` names."""
+    if shape == "FIFO":
+        os.mkfifo(path)
+    elif shape == "/dev/zero":
+        path.symlink_to("/dev/zero")
+    elif shape == "future":
+        path.write_bytes(b'{"state": "stopped"}')
+        ahead = time.time() + 86_400
+        os.utime(path, (ahead, ahead))
+    else:
+        path.write_bytes(shape.encode())
+
+
+@pytest.mark.parametrize(("shape", "says"), [
+    # a FIFO held stats for good (its open waited for a writer); /dev/zero never ended
+    ("FIFO", "collector: unreadable ingest-stats.json (.* a FIFO, not a regular file"),
+    ("/dev/zero", "a character device, not a regular file"),
+    # read as a running collector's stats
+    ("[1, 2]", "collector: unreadable ingest-stats.json (a JSON list, not the object"),
+    ('"running"', "(a JSON str, not the object"),
+    ('{"state": "banana"}', "collector_state: unknown: its state is 'banana', which no"),
+    # "stopped (a clean stop, -86400 s ago)"
+    ("future", "collector_state: unknown: its stats are dated 8639.* s in the future"),
+])
+def test_stats_says_what_is_odd_about_its_stats_file(tmp_path: Path, shape: str,
+                                                     says: str) -> None:
+    from collector.stats_file import STATS_FILE
+
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    odd_stats_file(data / STATS_FILE, shape)
+    done = cli("stats", "--data-dir", str(data))  # its own timeout fails a hang
+    shown = "\n".join(" ".join(line.split(None, 1)).replace(" ", ": ", 1)
+                      for line in done.stdout.splitlines())
+    assert re.search(says.replace("(", r"\(").replace("[", r"\["), shown), done.stdout
+    assert "collector_state: running" not in shown
 
 
 def test_stats_shows_what_others_wrote_escaped_one_line_per_key(tmp_path: Path) -> None:
