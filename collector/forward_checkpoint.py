@@ -34,7 +34,7 @@ import hmac
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
@@ -43,11 +43,14 @@ import orjson
 
 from collector.endpoint_url import shown_endpoint, without_credentials
 from collector.forward_refused import KEPT, SkippedRecord
-from collector.storage.regular_files import replace_file
+from collector.storage.regular_files import read_regular, replace_file
 from collector.storage.segments import FILE_MODE
 from collector.validation import is_event_id
 
 CHECKPOINT_FILE: Final = "forward-checkpoint.json"
+#: Far more than a save ever writes (a few KiB: ``KEPT`` records, reasons cut to 200
+#: characters): a larger file was edited or replaced, and read whole it could fill memory.
+MAX_CHECKPOINT_BYTES: Final = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -83,18 +86,20 @@ class CheckpointFile:
     def load(self) -> Checkpoint | None:
         """The stored checkpoint, or None when there is none yet."""
         try:
-            data = self.path.read_bytes()
+            # A regular file only: a FIFO in its place held serve's start for good (its
+            # open waits for a writer, and a stop's SIGTERM with it).
+            data = read_regular(self.path, MAX_CHECKPOINT_BYTES)
         except FileNotFoundError:
             self._kept = ()
             return None
         except OSError as exc:
-            raise CheckpointError(f"cannot read the forward checkpoint {self.path}: {exc}"
-                                  ) from None
+            raise CheckpointError(f"cannot read the forward checkpoint {self.path}: {exc}: "
+                                  f"make it the file the collector wrote, or move it away "
+                                  f"to forward again from forward_from") from None
         try:
             value = orjson.loads(data)
             checkpoint = Checkpoint(value["endpoint"], value["seq"], value["updated"],
-                                    value.get("event_id"), value.get("endpoint_digest"),
-                                    _skipped_records(value.get("skipped_refused", [])))
+                                    value.get("event_id"), value.get("endpoint_digest"))
             if (type(checkpoint.seq) is not int or checkpoint.seq < 0
                     or not isinstance(checkpoint.endpoint, str)
                     # What no save writes, compared with the record at ``seq``, was
@@ -108,8 +113,25 @@ class CheckpointFile:
                 f"the forward checkpoint {self.path} is damaged ({data[:80]!r}): move it "
                 f"away to forward again from forward_from (records already sent are sent "
                 f"again, which OTLP receivers may deduplicate by log.record.uid)") from None
+        # Once the position is known sound: the list's own damage has its own remedy.
+        checkpoint = replace(checkpoint, skipped_refused=self._skipped_records(
+            value.get("skipped_refused", [])))
         self._kept = checkpoint.skipped_refused
         return checkpoint
+
+    def _skipped_records(self, value: object) -> tuple[SkippedRecord, ...]:
+        """``_skipped_records``, its damage said as its own: the position is sound, and
+        moving the whole file away (the remedy of a damaged one) sent every record again
+        when only this list, a hand-edited record of what was skipped, was wrong."""
+        try:
+            return _skipped_records(value)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"the forward checkpoint {self.path} has a damaged skipped_refused ({exc}): "
+                f"each entry is {{\"seq\": N (1 or more), \"event_id\": ..., \"reason\": "
+                f"\"...\", \"skipped\": \"...\"}} as the collector writes it; correct it, or "
+                f"delete skipped_refused from the file (the position is kept; only the list "
+                f"of records skipped as refused is lost)") from None
 
     def of(self, endpoint: str) -> Checkpoint | None:
         """The checkpoint of ``endpoint``, or None when it has none here."""
@@ -152,19 +174,26 @@ class CheckpointFile:
         self._kept = kept  # (only once written: a save that failed added nothing)
 
 
+_SKIPPED_KEYS: Final = ("seq", "event_id", "reason", "skipped")
+
+
 def _skipped_records(value: object) -> tuple[SkippedRecord, ...]:
-    """The file's ``skipped_refused`` (its last ``KEPT``); TypeError when it is not what
-    ``save`` writes."""
+    """The file's ``skipped_refused`` (its last ``KEPT``); TypeError, saying what is
+    wrong, when it is not what ``save`` writes."""
     if not isinstance(value, list):
-        raise TypeError
+        raise TypeError(f"a {type(value).__name__}, not a list")
     records = []
-    for item in value:
-        if not isinstance(item, dict) or set(item) != {"seq", "event_id", "reason", "skipped"}:
-            raise TypeError
+    for place, item in enumerate(value, start=1):
+        if not isinstance(item, dict) or set(item) != set(_SKIPPED_KEYS):
+            raise TypeError(f"entry {place} is not an object of {', '.join(_SKIPPED_KEYS)}")
         record = SkippedRecord(**item)
-        if (type(record.seq) is not int or record.seq < 1 or not is_event_id(record.event_id)
-                or not isinstance(record.reason, str) or not isinstance(record.skipped, str)):
-            raise TypeError
+        if type(record.seq) is not int or record.seq < 1:
+            raise TypeError(f"entry {place}: seq {str(record.seq)[:20]} is not a whole "
+                            f"number of 1 or more")
+        if (not is_event_id(record.event_id) or not isinstance(record.reason, str)
+                or not isinstance(record.skipped, str)):
+            raise TypeError(f"entry {place}: its event_id is not an event id, or its "
+                            f"reason or skipped not text")
         records.append(record)
     return tuple(records[-KEPT:])  # as save keeps them: more were carried over for good
 

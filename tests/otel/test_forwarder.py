@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from collector.forwarder import ExportFailed, Forwarder
 from collector.storage.records import created_micros
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import descriptors_into, event
-from tests.e2e.harness import wait_until
+from tests.e2e.harness import outcome_within, wait_until
 from tests.otel.otlp_receiver import OTLPReceiver, any_value, attributes
 
 TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+EVENT_ID = "01a221d3-6983-75d6-9f9d-bf4376d5045b"
 
 
 def settings(receiver: OTLPReceiver, **overrides: Any) -> ForwardSettings:
@@ -389,6 +391,52 @@ def test_a_damaged_checkpoint_is_refused_with_what_to_do(store: Store,
     (store.settings.data_dir / CHECKPOINT_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match="move it away"):
         forwarder(store, receiver)
+
+
+@pytest.mark.parametrize(("odd", "says"), [
+    # a FIFO held serve's start for good, deaf to SIGTERM (its open waited for a writer)
+    ("FIFO", "a FIFO, not a regular file"),
+    ("/dev/zero", "a character device, not a regular file"),
+    ("huge", "larger than 1,048,576 bytes"),
+])
+def test_a_checkpoint_that_is_no_regular_file_is_refused_at_once(
+        store: Store, receiver: OTLPReceiver, odd: str, says: str) -> None:
+    path = store.settings.data_dir / CHECKPOINT_FILE
+    if odd == "FIFO":
+        os.mkfifo(path)
+    elif odd == "/dev/zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.write_bytes(b" " * (2 << 20))
+    outcome = outcome_within(30, lambda: forwarder(store, receiver))
+    assert isinstance(outcome, CheckpointError), outcome
+    assert says in str(outcome) and "or move it away" in str(outcome)
+
+
+@pytest.mark.parametrize(("skipped", "says"), [
+    ('"x"', "(a str, not a list)"),
+    ("[1]", "(entry 1 is not an object of seq, event_id, reason, skipped)"),
+    ('[{"seq": -3, "event_id": "%s", "reason": "r", "skipped": "s"}]',
+     "(entry 1: seq -3 is not a whole number of 1 or more)"),
+    ('[{"seq": true, "event_id": "%s", "reason": "r", "skipped": "s"}]',
+     "(entry 1: seq True is not a whole number"),
+    ('[{"seq": 5, "event_id": "nope", "reason": "r", "skipped": "s"}]',
+     "(entry 1: its event_id is not an event id"),
+])
+def test_a_damaged_skipped_refused_list_is_named_and_the_position_kept(
+        store: Store, receiver: OTLPReceiver, skipped: str, says: str) -> None:
+    """A hand-edited list of records skipped as refused was said a damaged checkpoint,
+    quoting its first 80 bytes (the endpoint), with moving the file away as the remedy:
+    every record sent again, for a list nothing is forwarded by."""
+    path = store.settings.data_dir / CHECKPOINT_FILE
+    forwarder(store, receiver).checkpoint.save(receiver.endpoint, 0, None)
+    value = json.loads(path.read_text())
+    value["skipped_refused"] = json.loads(skipped.replace("%s", EVENT_ID))
+    path.write_text(json.dumps(value))
+    with pytest.raises(CheckpointError) as caught:
+        forwarder(store, receiver)
+    assert says in str(caught.value)
+    assert "delete skipped_refused from the file (the position is kept" in str(caught.value)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
