@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from audit_middleware._dirs import make_dirs
 from collector.storage.regular_files import (
+    NotRegularFileError,
     fsync_dir,
     read_regular,
     replace_file,
@@ -123,7 +124,13 @@ def default_signing_key_path(data_dir: Path) -> Path:
 # -- the signing key --------------------------------------------------------------------
 def load_signing_key(path: Path) -> SigningKey:
     try:
-        data = path.read_bytes()
+        # A regular file only: a FIFO in its place held serve's start (and `keys rotate`)
+        # for good, deaf to SIGTERM, waiting in its open for a writer.
+        data = read_regular(path, MAX_PUBLIC_KEYS_BYTES)
+    except NotRegularFileError as exc:
+        raise KeyFileError(f"the signing key {path} is {exc.strerror}: point signing_key "
+                           f"at the key file the collector generated (or move this away "
+                           f"to have a new key made)") from None
     except OSError as exc:
         raise KeyFileError(f"cannot read the signing key {path}: {exc.strerror or exc}: "
                            f"check the signing_key option and the file's owner") from None

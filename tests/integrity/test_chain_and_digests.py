@@ -19,6 +19,7 @@ from collector.storage.records import encode_events, record_lines
 from collector.storage.segments import ActiveSegment
 from collector.store import StorageSettings
 from tests.collector.storage_helpers import event, events, open_store, wait_until
+from tests.e2e.harness import outcome_within
 from tests.integrity.helpers import SMALL, digest_paths, lines_of, segment_paths
 
 
@@ -208,6 +209,25 @@ def test_a_signing_key_that_cannot_be_used_stops_the_store_from_opening(tmp_path
     with pytest.raises(KeyFileError, match="does not exist"), \
             open_store(tmp_path / "data", signing_key=tmp_path / "no-such-dir" / "key.pem"):
         pass
+
+
+def test_a_fifo_as_the_signing_key_stops_the_store_from_opening_at_once(
+        tmp_path: Path) -> None:
+    """Its open waited for a writer: serve's start (and `keys rotate`) hung for good,
+    deaf to SIGTERM."""
+    import os
+
+    key_path = tmp_path / "key.pem"
+    os.mkfifo(key_path)
+
+    def open_it() -> None:
+        with open_store(tmp_path / "data", signing_key=key_path):
+            pass
+
+    outcome = outcome_within(30, open_it)
+    assert isinstance(outcome, KeyFileError), outcome
+    assert f"the signing key {key_path} is a FIFO, not a regular file: point " \
+        "signing_key at" in str(outcome)
 
 
 def test_a_missing_signing_key_for_a_signed_store_stops_it_not_a_new_key(
