@@ -281,7 +281,24 @@ class KeyRing:
         self.directory = directory
 
     def create(self) -> None:
+        self._refuse_other_than_a_directory()
         make_dirs(self.directory, KEYS_DIR_MODE)
+
+    def _refuse_other_than_a_directory(self) -> None:
+        """``KeyFileError`` when something other than a directory has the ring's name:
+        serve said only "[Errno 17] File exists", and `keys list` that the directory was
+        open to others, then that it held no keys (is --data-dir right?)."""
+        try:
+            mode = os.stat(self.directory).st_mode
+        except OSError:
+            return  # none yet (made), or not this user's to look at: said where it matters
+        if not stat.S_ISDIR(mode):
+            raise KeyFileError(
+                f"{self.directory} is not a directory: the key ring is the directory the "
+                f"collector makes there, holding the public keys (and, by default, the "
+                f"signing key): move this away (mv {self.directory} "
+                f"{self.directory}.moved) and put keys/ back from a backup (a store with "
+                f"digests starts only with the key that signed them: docs/integrity.md)")
 
     def loose_mode(self) -> str | None:
         """What others may do to the key directory when its mode lets them (it is made
@@ -289,10 +306,11 @@ class KeyRing:
         copied by hand, it came back 0755 and nothing said so, as nothing would for the
         signing key's own file); None when it is the owner's alone, or not there."""
         try:
-            mode = os.stat(self.directory).st_mode & 0o777
+            st_mode = os.stat(self.directory).st_mode
         except OSError:
             return None  # no ring yet, or not this user's to look at: said where it matters
-        if not mode & 0o077:
+        mode = st_mode & 0o777
+        if not mode & 0o077 or not stat.S_ISDIR(st_mode):  # (no directory: read says so)
             return None
         what = ("others can add, replace or remove keys in it (a key of theirs in the key "
                 "ring; the signing key, where it lives there)" if mode & 0o022 else
@@ -316,6 +334,7 @@ class KeyRing:
         verdict, and the collector's start."""
         found: dict[str, PublicKey] = {}
         skipped: list[str] = []
+        self._refuse_other_than_a_directory()
         if not self.directory.is_dir():
             return found, skipped
         for path in sorted(self.directory.iterdir()):

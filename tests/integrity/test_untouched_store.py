@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from collector.integrity import digests
+from collector.integrity.errors import KeyFileError
 from collector.integrity.verify import verify
 from tests.collector.storage_helpers import events, open_store, wait_until
 from tests.e2e.harness import ROOT, CollectorProcess, RawClient, run_python, short_tmp, wire_line
@@ -427,6 +428,26 @@ def test_a_key_directory_restored_open_to_others_is_warned_of_with_the_chmod(
     assert f"chmod 700 {keys}" in listed.stderr, listed.stderr
     keys.chmod(0o700)
     assert "key directory" not in run_cli("keys", "list", "--data-dir", str(data_dir)).stderr
+
+
+@pytest.mark.parametrize("command", [["keys", "list"], ["keys", "export"], ["verify"]])
+def test_a_key_directory_that_is_a_file_is_named_for_what_it_is(
+        tmp_path: Path, command: list[str]) -> None:
+    """`keys list` said the directory was open to others (mode 644), then that it held
+    no keys (is --data-dir right?); verify, that it held no public key; serve, only
+    "[Errno 17] File exists"."""
+    data_dir = build_store(tmp_path / "data", batches=1)
+    keys = data_dir / "keys"
+    keys.rename(tmp_path / "keys.bak")
+    keys.write_text("not a directory\n")
+    keys.chmod(0o644)
+    says = f"{keys} is not a directory: the key ring is the directory the collector makes"
+    done = run_cli(*command, "--data-dir", str(data_dir))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in done.stderr and f"mv {keys} {keys}.moved" in done.stderr, done.stderr
+    assert "open to others" not in done.stderr, done.stderr
+    with pytest.raises(KeyFileError, match=says), open_store(data_dir):
+        pass
 
 
 def test_verify_works_on_an_unpacked_archive(tmp_path: Path) -> None:
