@@ -12,7 +12,7 @@ from pathlib import Path
 from . import config as collector_config
 from . import formats
 from . import query as q
-from .options import parse_duration
+from .options import parse_duration, parse_int
 
 FORMATS = ("table", "jsonl", "csv", *formats.FORMATTERS)  # ocsf, ecs: collector/formats.py
 
@@ -71,3 +71,13 @@ def _timeout(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError("give a duration above 0, e.g. 30s or 5m")
     return seconds
+
+
+def whole_number(value: str) -> int:
+    """An argparse type for a count (``tail -n``, ``query --limit``): digits 0-9 only,
+    as the options take them (``int`` read '٣' as 3, a value no one typed as such)."""
+    try:
+        return parse_int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number: give one in "
+                                         f"digits 0-9, e.g. 10") from None

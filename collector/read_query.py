@@ -16,7 +16,14 @@ from typing import Any
 from audit_middleware.catalogue import NAME_PATTERN, SEED_CATALOGUE
 
 from . import query as q
-from .read_arguments import FORMATS, _add_filters, _add_timeout, _filters, data_dir_of
+from .read_arguments import (
+    FORMATS,
+    _add_filters,
+    _add_timeout,
+    _filters,
+    data_dir_of,
+    whole_number,
+)
 from .read_deadline import Write, within
 from .read_output import _writer
 from .storage.time_limit import QueryTimeoutError, checked
@@ -24,7 +31,7 @@ from .storage.time_limit import QueryTimeoutError, checked
 
 def query_arguments(parser: argparse.ArgumentParser) -> None:
     _add_filters(parser)
-    parser.add_argument("--limit", type=int, help="records per page (default 100; not "
+    parser.add_argument("--limit", type=whole_number, help="records per page (default 100; not "
                         "with --all)")
     parser.add_argument("--cursor", help="continue after a page (printed on stderr); with "
                         "--all, every record after it")

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import query as q
-from .read_arguments import FORMATS, _add_filters, _add_timeout, _filters, data_dir_of
+from .read_arguments import (
+    FORMATS,
+    _add_filters,
+    _add_timeout,
+    _filters,
+    data_dir_of,
+    whole_number,
+)
 from .read_deadline import GRACE, Poller, Write, within
 from .read_output import _writer
 from .storage.errors import IndexOutOfDateError
@@ -30,7 +37,8 @@ FOLLOW_STALL: Final = QUERY_TIMEOUT
 
 def tail_arguments(parser: argparse.ArgumentParser) -> None:
     _add_filters(parser)
-    parser.add_argument("-n", "--lines", type=int, default=10, help="last N records (default 10)")
+    parser.add_argument("-n", "--lines", type=whole_number, default=10,
+                        help="last N records (default 10)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
     parser.add_argument("--format", choices=FORMATS, default="jsonl",
                         help="jsonl (the default: one record a line, for pipes), table, "

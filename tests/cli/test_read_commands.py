@@ -167,6 +167,20 @@ def test_bad_filters_get_a_clear_error(data_dir: Path, flags: list[str], message
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("flags", [
+    # int() read these as 3: tail printed three records, query pages of three
+    ["tail", "-n", "\u0663"],
+    ["query", "--limit", "\u0663"],
+    ["tail", "-n", "\uff13"],  # a fullwidth 3
+])
+def test_a_count_in_other_digits_than_0_9_is_refused(tmp_path: Path,
+                                                     flags: list[str]) -> None:
+    done = cli(flags[0], "--data-dir", str(tmp_path), *flags[1:], check=False)
+    assert done.returncode == 2
+    assert f"'{flags[2]}' is not a whole number: give one in digits 0-9" in done.stderr, \
+        done.stderr
+
+
 @pytest.mark.parametrize(("flags", "note"), [
     (["--type", "run_launchd"], ("no stored event has type 'run_launchd' (did you mean "
                                  "'run_launched'")),
