@@ -29,6 +29,7 @@ import orjson
 from . import api_client
 from . import config as collector_config
 from .losses import listing
+from .read_arguments import whole_number
 from .read_commands import CommandError, data_dir_of
 from .render import display_width, terminal_safe
 from .storage import loss_acks, sources
@@ -54,7 +55,7 @@ def losses_arguments(parser: argparse.ArgumentParser) -> None:
         "audit_loss_acknowledged, with the reader and the reason), through the running "
         "collector's API with a root reader's token.")
     ack.add_argument("--source", required=True, help="the source, as `losses` lists it")
-    ack.add_argument("--through", type=int, metavar="N",
+    ack.add_argument("--through", type=whole_number, metavar="N",
                      help="its losses up to number N (default: every number it is known "
                      "to have given out so far)")
     ack.add_argument("--reason", required=True, help="why the loss is known (one line)")

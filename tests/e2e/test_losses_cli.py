@@ -73,6 +73,9 @@ def test_losses_are_listed_and_acknowledged_through_the_running_collector(root: 
                 (("--api-url", api_url), None, "AUDIT_READER_TOKEN"),
                 (("--api-url", api_url), plain, "root reader"),
                 (("--api-url", api_url, "--through", "0"), ops, "through must be"),
+                # int() read it as 3: the losses acknowledged through a number not typed
+                (("--api-url", api_url, "--through", "\u0663"), ops,
+                 "'\u0663' is not a whole number: give one in digits 0-9"),
                 (("--api-url", api_url, "--reason", " "), ops, "reason"),
         ]:
             done = cli("losses", "ack", "--source", SOURCE, "--reason", "known", *args,
