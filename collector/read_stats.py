@@ -20,11 +20,6 @@ from .read_arguments import data_dir_of
 from .storage.regular_files import read_regular
 from .storage.segments import file_sizes
 
-#: Far more than a collector's stats hold (a few KiB; at most 1,000 sources reported,
-#: their ranges folded): a larger file is not one it wrote (a link to /dev/zero never
-#: ends), and read whole it could fill memory.
-MAX_STATS_BYTES = 64 << 20
-
 
 def stats_arguments(parser: argparse.ArgumentParser) -> None:
     collector_config.add_arguments(parser, ["data_dir"])
@@ -33,7 +28,7 @@ def stats_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_stats(args: argparse.Namespace) -> int:
     from .index import files_bytes as index_files_bytes
-    from .stats_file import STATS_FILE, STATS_INTERVAL
+    from .stats_file import MAX_STATS_BYTES, STATS_FILE, STATS_INTERVAL
 
     data_dir = data_dir_of(args)
     # A running collector deletes and replaces files while they are listed: file_sizes

@@ -33,6 +33,10 @@ log = logging.getLogger("collector")  # serve's logger: the same lines as before
 
 STATS_FILE = "ingest-stats.json"
 STATS_INTERVAL = 5.0
+#: Far more than a collector's stats hold (a few KiB; at most 1,000 sources reported,
+#: their ranges folded): a larger file is not one it wrote (a link to /dev/zero never
+#: ends), and read whole it could fill memory. Its readers: ``stats``, ``verify``.
+MAX_STATS_BYTES = 64 << 20
 #: Seconds between the reminders that the stats file still cannot be written.
 STATS_REMINDER = 3600.0
 

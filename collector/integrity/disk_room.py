@@ -18,6 +18,7 @@ import orjson
 
 from collector.storage.disk_space import BATCH_ROOM, known_free_bytes
 from collector.storage.failures import DISK_FULL
+from collector.storage.regular_files import read_regular
 
 #: The live stats file counts as stale (no longer what the collector does now) past this
 #: many of its writes' intervals, as ``audit-collector stats`` judges it.
@@ -33,9 +34,9 @@ def waiting_for_room(data_dir: Path, now: float) -> str | None:
     too."""
     # Here, not at the top: that module brings in ingest and asyncio, which verify of a
     # copy never needs.
-    from collector.stats_file import STATS_FILE, STATS_INTERVAL
+    from collector.stats_file import MAX_STATS_BYTES, STATS_FILE, STATS_INTERVAL
 
-    stats, age = _read_stats(data_dir / STATS_FILE, now)
+    stats, age = _read_stats(data_dir / STATS_FILE, now, MAX_STATS_BYTES)
     fresh = age is not None and age <= STALE_AFTER * STATS_INTERVAL
     if fresh and isinstance(stats, dict) and stats.get("state") == "running":
         store = stats.get("store")
@@ -50,11 +51,14 @@ def waiting_for_room(data_dir: Path, now: float) -> str | None:
     return None
 
 
-def _read_stats(path: Path, now: float) -> tuple[Any, float | None]:
+def _read_stats(path: Path, now: float, limit: int) -> tuple[Any, float | None]:
     """The stats file's contents and age in seconds; (None, None) when there is none
-    to read (never written, unreadable, half a file: nothing to say from it)."""
+    to read (never written, unreadable, half a file, no regular file or larger than
+    ``limit``: nothing to say from it)."""
     try:
-        data = path.read_bytes()
+        # A regular file only, as `stats` reads it: a FIFO in its place held every live
+        # verify in its open for good, and /dev/zero filled its memory.
+        data = read_regular(path, limit)
         age = now - path.stat().st_mtime
         return orjson.loads(data), round(age, 1)
     except (OSError, orjson.JSONDecodeError):

@@ -93,3 +93,20 @@ def test_a_deleted_seal_no_rotation_can_be_waiting_on_is_not_excused_by_a_full_d
     (missing,) = [f for r in report.invalid for f in r.findings
                   if f.reason == DIGEST_MISSING and r.path.startswith(f"segments/segment-{deleted}")]
     assert "room" not in missing.detail and "disk" not in missing.detail, missing.detail
+
+
+def test_a_fifo_in_place_of_the_stats_file_does_not_hold_a_live_verify(
+        tmp_path: Path) -> None:
+    """Read for the disk's room, its open waited for a writer: every verify of a live
+    store hung for good. Not a regular file, it says nothing, as an unreadable one."""
+    import os
+
+    from collector.integrity.verify import Report
+    from tests.e2e.harness import outcome_within
+    from tests.integrity.helpers import build_store, check
+
+    data_dir = build_store(tmp_path / "data", batches=2)
+    os.mkfifo(data_dir / STATS_FILE)
+    report = outcome_within(30, lambda: check(data_dir, live=True))
+    assert isinstance(report, Report), report
+    assert not report.invalid, report.invalid
