@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from audit_middleware._dirs import make_dirs
 from collector.storage.regular_files import (
+    FileTooLargeError,
     NotRegularFileError,
     fsync_dir,
     read_regular,
@@ -127,7 +128,7 @@ def load_signing_key(path: Path) -> SigningKey:
         # A regular file only: a FIFO in its place held serve's start (and `keys rotate`)
         # for good, deaf to SIGTERM, waiting in its open for a writer.
         data = read_regular(path, MAX_PUBLIC_KEYS_BYTES)
-    except NotRegularFileError as exc:
+    except (NotRegularFileError, FileTooLargeError) as exc:  # not the owner's to fix
         raise KeyFileError(f"the signing key {path} is {exc.strerror}: point signing_key "
                            f"at the key file the collector generated (or move this away "
                            f"to have a new key made)") from None

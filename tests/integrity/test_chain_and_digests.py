@@ -211,14 +211,22 @@ def test_a_signing_key_that_cannot_be_used_stops_the_store_from_opening(tmp_path
         pass
 
 
-def test_a_fifo_as_the_signing_key_stops_the_store_from_opening_at_once(
-        tmp_path: Path) -> None:
-    """Its open waited for a writer: serve's start (and `keys rotate`) hung for good,
-    deaf to SIGTERM."""
+@pytest.mark.parametrize(("odd", "is_what"), [
+    # its open waited for a writer: serve's start (and `keys rotate`) hung for good,
+    # deaf to SIGTERM
+    ("FIFO", "a FIFO, not a regular file"),
+    # said to check the signing_key option and the file's owner: no owner makes it a key
+    ("huge", "larger than 1,048,576 bytes, more than such a file ever holds"),
+])
+def test_a_signing_key_that_is_no_key_file_stops_the_store_from_opening_at_once(
+        tmp_path: Path, odd: str, is_what: str) -> None:
     import os
 
     key_path = tmp_path / "key.pem"
-    os.mkfifo(key_path)
+    if odd == "FIFO":
+        os.mkfifo(key_path)
+    else:
+        key_path.write_bytes(b"-" * (2 << 20))
 
     def open_it() -> None:
         with open_store(tmp_path / "data", signing_key=key_path):
@@ -226,8 +234,9 @@ def test_a_fifo_as_the_signing_key_stops_the_store_from_opening_at_once(
 
     outcome = outcome_within(30, open_it)
     assert isinstance(outcome, KeyFileError), outcome
-    assert f"the signing key {key_path} is a FIFO, not a regular file: point " \
-        "signing_key at" in str(outcome)
+    assert f"the signing key {key_path} is {is_what}: point signing_key at" \
+        in str(outcome)
+    assert "owner" not in str(outcome)
 
 
 def test_a_missing_signing_key_for_a_signed_store_stops_it_not_a_new_key(
