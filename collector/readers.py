@@ -37,13 +37,16 @@ import orjson
 
 from audit_middleware._dirs import make_dirs
 from collector.ownership import user_name
-from collector.storage.regular_files import replace_file
+from collector.storage.regular_files import read_regular, replace_file
 
 __all__ = ["READERS_FILE", "SETTLED_NS", "Reader", "ReaderError", "Readers"]
 
 READERS_FILE: Final = "readers.json"
 _LOCK_FILE: Final = "readers.lock"
 _FORMAT: Final = 1
+#: A reader's entry is ~250 bytes: 16 MiB is tens of thousands of readers, far past any
+#: store's; a larger file is not one `users add` wrote.
+MAX_READERS_BYTES: Final = 16 * 1024 * 1024
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _TOKEN_RE: Final = re.compile(r"ac_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _DUMMY_HASH: Final = hashlib.sha256(b"no such reader").hexdigest()
@@ -221,7 +224,9 @@ def _folded(name: str) -> str:
 
 def _load(path: Path) -> list[Reader]:
     try:
-        data: Any = orjson.loads(path.read_bytes())
+        # A regular file only, of bounded size: a FIFO put in its place held every
+        # sign-in and `users` command in its open for good (/dev/zero: memory).
+        data: Any = orjson.loads(read_regular(path, MAX_READERS_BYTES))
         if data.get("format") != _FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT}")
         return [Reader(_name(r), _role(r), r["key_id"], r["token_sha256"], r["created"])

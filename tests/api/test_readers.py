@@ -17,7 +17,7 @@ import pytest
 
 from collector.cli import main as cli_main
 from collector.readers import READERS_FILE, ReaderError, Readers
-from tests.e2e.harness import ROOT, run_python
+from tests.e2e.harness import ROOT, outcome_within, run_python
 
 
 def test_a_token_is_stored_only_as_its_hash_in_a_private_file(tmp_path: Path) -> None:
@@ -79,6 +79,19 @@ def test_a_damaged_file_is_a_clear_error_not_an_open_door(tmp_path: Path) -> Non
         readers.authenticate(token)
 
 
+def test_a_fifo_in_place_of_the_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO (or a device) put in readers.json's place: every sign-in and every
+    ``users`` command waited in its open for a writer, for good (and /dev/zero filled
+    memory). Refused at once, as the data directory's other files are."""
+    readers = Readers(tmp_path)
+    token = readers.add("alice", root=True)
+    (tmp_path / READERS_FILE).unlink()
+    os.mkfifo(tmp_path / READERS_FILE)
+    outcome = outcome_within(10, lambda: Readers(tmp_path).authenticate(token))
+    assert isinstance(outcome, ReaderError), outcome
+    assert "a FIFO" in str(outcome) and "cannot be read" in str(outcome)
+
+
 def test_a_file_the_collector_may_not_read_is_said_as_such_not_as_damage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,10 +100,11 @@ def test_a_file_the_collector_may_not_read_is_said_as_such_not_as_damage(
     readers = Readers(tmp_path)
     token = readers.add("alice", root=True)
 
-    def refused(self: Path) -> bytes:
-        raise PermissionError(13, "Permission denied", str(self))
+    def refused(path: Path, limit: int) -> bytes:
+        raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "read_bytes", refused)  # as root, chmod 000 would not do
+    # As root, chmod 000 would not do.
+    monkeypatch.setattr("collector.readers.read_regular", refused)
     with pytest.raises(ReaderError) as raised:
         readers.authenticate(token)
     assert "Permission denied" in str(raised.value)
@@ -107,10 +121,10 @@ def test_a_file_another_user_may_not_read_names_its_owner_and_the_lock_file(
     (tmp_path / "segments").mkdir()
     Readers(tmp_path).add("alice", root=True)
 
-    def refused(self: Path) -> bytes:
-        raise PermissionError(13, "Permission denied", str(self))
+    def refused(path: Path, limit: int) -> bytes:
+        raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "read_bytes", refused)
+    monkeypatch.setattr("collector.readers.read_regular", refused)
     assert cli_main(["users", "list", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     owner = pwd.getpwuid((tmp_path / READERS_FILE).stat().st_uid).pw_name
