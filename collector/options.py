@@ -85,7 +85,8 @@ def parse_int(value: Any) -> int:
     if isinstance(value, int):
         return value
     text = value.strip() if isinstance(value, str) else ""
-    if text.lstrip("-").isascii() and text.lstrip("-").isdigit():  # not '²' or '٧'
+    digits = text.removeprefix("-")  # one sign: '--5' is no number
+    if digits.isascii() and digits.isdigit():  # not '²' or '٧'
         return int(text)
     raise ValueError("expected a whole number")
 

@@ -104,6 +104,8 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     ([], {"AUDIT_DRAIN_TIMEOUT": "nan"}, "expected a duration"),
     (["--digest-interval", "99999999999999999999999d"], {}, "from 0 to ten years"),
     (["--max-connections", "²"], {}, "expected a whole number"),
+    # lstrip("-") took every leading sign: int() said "invalid literal for int()"
+    ([], {"AUDIT_MAX_CONNECTIONS": "--5"}, "expected a whole number"),
     (["--idle-timeout", "\u0667s"], {}, "expected a duration"),  # an Arabic-Indic 7
     # the README's durations go up to days: the message named hours as the largest
     (["--max-segment-age", "1w"], {}, "such as 30, 1.5, 500ms, 5m, 1h or 1d"),
