@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import select
 import socket
 import ssl
@@ -404,6 +405,17 @@ def _check_host(url: str, host: str) -> None:
         raise AuditConfigurationError(
             f"collector url {url!r}: {host!r} is not a valid host name ({exc}); check for "
             f"an empty label (two dots) or a label over 63 characters") from None
+    # Else a typo such as 'user@host', 'host name' or an unclosed '[::1' was taken, and
+    # failed only at the first connection (or, '[::1', was called not on loopback).
+    if _NOT_IN_HOST_NAMES.search(host):
+        raise AuditConfigurationError(
+            f"collector url {url!r}: {host!r} is neither an IP address (write an IPv6 one "
+            f"in brackets: tcp://[::1]:7100) nor a host name (letters, digits, '-' and "
+            f"'.'; no user@, path or spaces)")
+
+
+#: What no host name holds (IDNA takes non-ASCII letters; '_' occurs in DNS names).
+_NOT_IN_HOST_NAMES: Final = re.compile(r"[\x00-\x2c/:;<=>?@\[\\\]^`{|}~\x7f]")
 
 
 def _is_address(host: str) -> bool:

@@ -51,6 +51,20 @@ def new_source_id() -> str:
 DEFAULT_SPOOL_DIR: Final = "./audit-spool"
 
 
+def _checked_spool_dir(spool_dir: object) -> str | None:
+    """``spool_dir`` as text, or None: ``''`` spooled into the working directory, and
+    bytes, a number or ``False`` failed with a bare TypeError from ``os.path``."""
+    if spool_dir is None:
+        return None
+    if isinstance(spool_dir, (str, os.PathLike)):
+        text = os.fspath(spool_dir)
+        if isinstance(text, str) and text.strip():
+            return text
+    raise AuditConfigurationError(
+        f"spool_dir must be a directory's path (a str or a Path), or None to hold undelivered "
+        f"batches in memory only; got {spool_dir!r}")
+
+
 class CollectorSink(ExitGrace):
     def __init__(
         self,
@@ -124,6 +138,7 @@ class CollectorSink(ExitGrace):
         self.fail_closed_timeout = fail_closed_timeout
         self._exit_timeout = exit_timeout
         self._batch_size = batch_size  # events per frame
+        spool_dir = _checked_spool_dir(spool_dir)
         # Resolved now: a later chdir must not move the spool (or split it in two).
         problem = place_problem(Path(os.path.abspath(spool_dir))) if spool_dir else None
         if problem is not None and spool_dir != DEFAULT_SPOOL_DIR:

@@ -64,6 +64,16 @@ def test_localhost_with_a_trailing_dot_needs_tls(host: str) -> None:
     ("tcp://collector..internal:7100", {"token": "t", "tls": True},
      "is not a valid host name"),
     ("tcp://127.0.0.1:7100", {"token": "t\udcff"}, "token must be text that UTF-8 can carry"),
+    # Taken as host names: failed only at the first connection ('[::1', an unclosed
+    # bracket, was even said to be "not on loopback").
+    ("tcp://[::1:7100", {"token": "t"}, "write an IPv6 one in brackets"),
+    ("tcp://user@collector.internal:7100", {"token": "t", "tls": True}, "no user@"),
+    ("tcp://collector internal:7100", {"token": "t", "tls": True}, "nor a host name"),
+    # '' spooled into the working directory; the others failed with a bare TypeError.
+    ("unix:///x.sock", {"spool_dir": ""}, "spool_dir must be a directory's path"),
+    ("unix:///x.sock", {"spool_dir": b"/tmp/spool"}, "spool_dir must be a directory's path"),
+    ("unix:///x.sock", {"spool_dir": False}, "spool_dir must be a directory's path"),
+    ("unix:///x.sock", {"spool_dir": 0}, "spool_dir must be a directory's path"),
 ])
 def test_bad_configuration_fails_at_construction(url: str, options: dict[str, Any],
                                                  message: str) -> None:
