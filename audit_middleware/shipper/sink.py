@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from .._counter import Counter
+from .._options import check_flags, check_seconds, check_sizes
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
 from ..sinks.batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
@@ -37,7 +38,6 @@ from .spool import Spool
 from .spool_files import place_problem
 
 Item = tuple[int, AuditEvent | PendingEvent, "Receipt[str | None] | None"]
-_MAX_SECONDS: Final = 86_400.0  # a longer timeout is a mistake, not a setting
 
 
 def new_source_id() -> str:
@@ -104,24 +104,16 @@ class CollectorSink(ExitGrace):
                 raise AuditConfigurationError(
                     f"{self.endpoint} is not on loopback: pass tls=True (and tls_ca= for a "
                     f"private CA) so the token and the events are not sent in clear")
-        for name, value in (("spool_max_bytes", spool_max_bytes), ("max_queue", max_queue),
-                            ("batch_size", batch_size), ("pipeline", pipeline)):
-            if type(value) is not int or value < 1:  # (not a bool: True is no size)
-                raise AuditConfigurationError(f"{name} must be a positive int, got {value!r}")
+        check_sizes(spool_max_bytes=spool_max_bytes, max_queue=max_queue,
+                    batch_size=batch_size, pipeline=pipeline)
         # A timeout that is NaN, infinite or a string fails only when first used: at a
         # connection (every batch then dropped) or at exit (the queue lost).
-        for name, number in (("max_delay", max_delay), ("connect_timeout", connect_timeout),
-                             ("ack_timeout", ack_timeout), ("backoff_max", backoff_max),
-                             ("fail_closed_timeout", fail_closed_timeout),
-                             ("exit_timeout", exit_timeout)):
-            if type(number) not in (int, float) or not 0 < number < _MAX_SECONDS:
-                raise AuditConfigurationError(
-                    f"{name} must be a number of seconds, more than 0 and less than "
-                    f"{_MAX_SECONDS:g}, got {number!r}")
-        for name, flag in (("fail_closed", fail_closed),) + (
-                () if isinstance(tls, ssl.SSLContext) else (("tls", tls),)):
-            if type(flag) is not bool:  # 'no' is truthy: it would turn the option on
-                raise AuditConfigurationError(f"{name} must be True or False, got {flag!r}")
+        check_seconds(max_delay=max_delay, connect_timeout=connect_timeout,
+                      ack_timeout=ack_timeout, backoff_max=backoff_max,
+                      fail_closed_timeout=fail_closed_timeout, exit_timeout=exit_timeout)
+        check_flags(fail_closed=fail_closed)
+        if not isinstance(tls, ssl.SSLContext):
+            check_flags(tls=tls)
         if isinstance(tls, ssl.SSLContext):
             self._tls: ssl.SSLContext | None = tls
         elif tls:

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
 from .._counter import Counter, worth_saying
+from .._options import check_seconds, check_sizes
 from ..errors import AuditError
 
 log = logging.getLogger("audit_middleware")
@@ -97,8 +98,8 @@ class BatchingQueue(Generic[T]):
         idle: Callable[[], bool] | None = None,
         after_fork: Callable[[], None] | None = None,
     ) -> None:
-        if max_queue < 1 or max_batch < 1 or max_delay <= 0:
-            raise ValueError("max_queue and max_batch must be >= 1 and max_delay > 0")
+        check_sizes(max_queue=max_queue, max_batch=max_batch)
+        check_seconds(max_delay=max_delay, exit_timeout=exit_timeout)
         self._export = export
         self._max_queue = max_queue
         self._max_batch = max_batch

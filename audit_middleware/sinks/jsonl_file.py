@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Final
 
 from .._counter import worth_saying
+from .._options import check_flags
 from .._dirs import make_dirs
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
@@ -74,6 +75,10 @@ class JsonlFileSink:
         max_batch: int = 512,
         max_delay: float = 0.2,
     ) -> None:
+        if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+            raise AuditConfigurationError(
+                f"JsonlFileSink: path must be a file's path (a str or a Path), got {path!r}")
+        check_flags(fsync=fsync)
         self.path = Path(path)
         _refuse_a_non_file(self.path)
         self._fsync = fsync

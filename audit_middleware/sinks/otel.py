@@ -33,6 +33,7 @@ from opentelemetry.context import Context
 
 from .. import otel
 from .._counter import Counter
+from ..errors import AuditConfigurationError
 from ..event import AuditEvent, encodable
 from .base import Sink
 from .batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
@@ -61,6 +62,13 @@ class OTelLogSink:
         max_delay: float = 0.2,
         exit_timeout: float = 5.0,
     ) -> None:
+        if isinstance(primary, type) or (logger_provider is not None and not callable(
+                getattr(logger_provider, "get_logger", None))):
+            wrong = (f"primary={primary.__name__} is a class: pass an instance, e.g. "
+                     f"{primary.__name__}()" if isinstance(primary, type) else
+                     f"logger_provider={logger_provider!r} has no get_logger(): pass an "
+                     f"OpenTelemetry LoggerProvider, or leave it out for the global one")
+            raise AuditConfigurationError(wrong)
         if primary is not None and not all(
             callable(getattr(primary, m, None)) for m in ("submit", "flush", "close", "stats")
         ):

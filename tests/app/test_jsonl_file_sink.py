@@ -335,6 +335,25 @@ def test_a_directory_path_is_refused_at_construction(tmp_path: Path) -> None:
         JsonlFileSink(tmp_path / "data" / "events.jsonl")
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    # Each was accepted, then: a bare TypeError from pathlib (None, bytes), the worker
+    # spinning (max_delay NaN) or never waking (inf), an fsync 'no' turned on, or a
+    # ValueError that named none of the three options it might be about.
+    ({"path": None}, "path must be a file's path"),
+    ({"path": b"events.jsonl"}, "path must be a file's path"),
+    ({"fsync": "no"}, "fsync must be True or False"),
+    ({"max_queue": 0}, "max_queue must be a positive int"),
+    ({"max_batch": True}, "max_batch must be a positive int"),
+    ({"max_delay": float("nan")}, "max_delay must be a number of seconds"),
+    ({"max_delay": float("inf")}, "max_delay must be a number of seconds"),
+    ({"max_delay": "0.2"}, "max_delay must be a number of seconds"),
+])
+def test_bad_options_are_refused_at_construction(tmp_path: Path, options: dict[str, Any],
+                                                 message: str) -> None:
+    with pytest.raises(AuditConfigurationError, match=message):
+        JsonlFileSink(**{"path": tmp_path / "e.jsonl", **options})
+
+
 def test_a_fifo_is_refused_at_construction(tmp_path: Path) -> None:
     """Opened for writing, a FIFO with no reader hung the worker for good."""
     os.mkfifo(tmp_path / "fifo")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
@@ -221,6 +222,22 @@ def test_the_log_copy_alone_counts_its_own_deliveries() -> None:
 def test_a_primary_that_is_not_a_sink_is_refused_with_what_it_lacks() -> None:
     with pytest.raises(TypeError, match="submit"):
         OTelLogSink(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    # Each was accepted: a class as primary failed at the first event, a provider
+    # without get_logger with an AttributeError, and a NaN or negative exit_timeout
+    # at exit, where the queue's events were lost.
+    ({"primary": audit.MemorySink}, "is a class: pass an instance"),
+    ({"logger_provider": "otel"}, "has no get_logger"),
+    ({"exit_timeout": -1}, "exit_timeout must be a number of seconds"),
+    ({"exit_timeout": float("nan")}, "exit_timeout must be a number of seconds"),
+    ({"max_delay": float("nan")}, "max_delay must be a number of seconds"),
+    ({"max_batch": 0}, "max_batch must be a positive int"),
+])
+def test_bad_options_are_refused_at_construction(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(audit.AuditConfigurationError, match=message):
+        OTelLogSink(**options)
 
 
 def _emit_three() -> None:
