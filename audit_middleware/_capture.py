@@ -8,6 +8,7 @@ from typing import Generic, TypeVar
 from .client_ip import ForwardedHeader, TrustedProxies
 from .context import CaptureConfig, PrincipalResolver, Resolver
 from .denials import checked_denied_event
+from .errors import AuditConfigurationError
 
 App = TypeVar("App")
 
@@ -31,6 +32,10 @@ class CapturingMiddleware(Generic[App]):
         workspace: Resolver | None = None,
         denied_event: str | None = None,
     ) -> None:
+        if not callable(app):  # else the TypeError came at every request
+            raise AuditConfigurationError(
+                f"{type(self).__name__} wraps the application (a callable), got {app!r}: "
+                f"give the application first, {type(self).__name__}(app, ...)")
         self.app = app
         self.config = CaptureConfig(
             trusted_proxies=TrustedProxies(trusted_proxies),

@@ -138,6 +138,10 @@ class Catalogue:
     def register_resource(self, resource: str, actions: Mapping[str, str]) -> None:
         """Add (or extend) a resource: ``actions`` maps each action to its event type."""
         _check_name("resource", resource)
+        if not isinstance(actions, Mapping):  # a list of names: .items() AttributeError
+            raise AuditConfigurationError(
+                f"resource {resource!r}: actions must map each action to its event type, "
+                f"e.g. {{'export': '{resource}_exported'}}; got {actions!r}")
         if not actions:
             raise AuditConfigurationError(f"resource {resource!r} needs at least one action")
         for action, event_type in actions.items():
@@ -157,9 +161,18 @@ class Catalogue:
 
     def check(self, event_type: str) -> str:
         """Return ``event_type`` if registered, else raise with the closest valid types."""
-        if event_type in self.types:
-            return event_type
-        raise UnknownEventTypeError(str(event_type), self.suggest(str(event_type)))
+        if type(event_type) is str:  # (a list is unhashable: no lookup before this)
+            if event_type in self.types:
+                return event_type
+            raise UnknownEventTypeError(event_type, self.suggest(event_type))
+        if isinstance(event_type, str):  # a str subclass, as an enum.StrEnum member
+            return self.check(str.__str__(event_type))
+        if callable(event_type):  # ``@audited`` written without its event type
+            raise AuditConfigurationError(
+                f"the event type is missing: write @audited('event_type', ...) above "
+                f"{getattr(event_type, '__qualname__', event_type)!s}, not a bare @audited")
+        raise AuditConfigurationError(
+            f"an event type is a str such as 'run_launched', got {event_type!r}")
 
     def suggest(self, event_type: str) -> list[str]:
         return difflib.get_close_matches(event_type, sorted(self.types), n=3, cutoff=0.6)

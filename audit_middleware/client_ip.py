@@ -67,6 +67,9 @@ class TrustedProxies:
     def __init__(self, proxies: Iterable[str] = ()) -> None:
         if proxies is None:
             proxies = ()
+        elif isinstance(proxies, (bytes, bytearray)):  # else its ints were the entries
+            raise AuditConfigurationError(
+                f"trusted_proxies must be text, not bytes: decode {proxies!r} first")
         elif isinstance(proxies, str):
             proxies = [p for p in proxies.split(",") if p.strip()]
         try:

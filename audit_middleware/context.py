@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import logging
+import re
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from ._wsgi_unix import ASK_ON_ITS_OWN_THREAD
 from ._wsgi_unix import on_unix_socket as _wsgi_unix_socket
@@ -520,6 +521,22 @@ def set_principal(principal: str) -> None:
     ctx.fields = None  # later events of this request resolve again, with this principal
 
 
+#: An HTTP header's name (RFC 9110 token): any other never arrives, and is never found.
+_HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def checked_name(what: str, name: object, meaning: str,
+                 lookup: object = None) -> None:
+    """At configuration, what a resolver would otherwise fail on at each request (logged,
+    the field left empty): a name that is no text, and a ``lookup`` that is no callable."""
+    if type(name) is not str or not name:
+        raise AuditConfigurationError(f"{what} takes {meaning} (a non-empty str), got {name!r}")
+    if lookup is not None and not callable(lookup):
+        raise AuditConfigurationError(
+            f"{what} lookup= takes a callable given the id that returns its display name "
+            f"(or None), got {lookup!r}")
+
+
 def path_param(name: str, *, lookup: Callable[[str], str | None] | None = None) -> Resolver:
     """A resolver taking an id from a path parameter, and its display name from
     ``lookup(id)`` when given: ``AuditMiddleware(app, org=path_param("org_id", ...))``.
@@ -527,6 +544,8 @@ def path_param(name: str, *, lookup: Callable[[str], str | None] | None = None) 
     Under WSGI the path parameters are the keyword arguments of the ``@audited`` view: a
     value a Flask ``url_value_preprocessor`` pops never reaches it, and is not found here
     (resolve it from where the preprocessor put it instead, such as ``flask.g``)."""
+
+    checked_name("path_param()", name, "a path parameter's name", lookup)
 
     def resolve(ctx: RequestContext) -> Resolved:
         value = ctx.path_params.get(name)
@@ -548,6 +567,12 @@ def header(name: str, *, lookup: Callable[[str], str | None] | None = None) -> R
     (wsgiref, cheroot, granian, uWSGI, gunicorn before 22) also put a client's
     ``X_Name``: a gateway that strips ``X-Name`` must drop underscore headers too, or
     the client names the value (docs/record.md)."""
+
+    checked_name("header()", name, "a header's name", lookup)
+    if not _HEADER_NAME.fullmatch(name):
+        raise AuditConfigurationError(
+            f"header({name!r}): a header's name is letters, digits and -_!#$%&'*+.^`|~, "
+            f"e.g. 'X-Org-Id'")
 
     def resolve(ctx: RequestContext) -> Resolved:
         value = ctx.header(name)

@@ -36,9 +36,9 @@ import orjson
 
 from . import _config
 from ._decorator_order import reject_misordered
-from .context import RequestContext, current
+from .context import RequestContext, checked_name, current
 from .emitter import emit, record_in_request
-from .errors import AuditFieldError
+from .errors import AuditConfigurationError, AuditFieldError
 from .wsgi import status_line_code
 
 log = logging.getLogger("audit_middleware")
@@ -96,11 +96,13 @@ Getter = Callable[[AuditCall], Any]
 
 def from_param(name: str) -> Getter:
     """Take the value from path parameter ``name``."""
+    checked_name("from_param()", name, "a path parameter's name")
     return lambda call: call.param(name)
 
 
 def from_result(key: str) -> Getter:
     """Take the value from the handler's result (see :meth:`AuditCall.result_value`)."""
+    checked_name("from_result()", key, "a key or attribute of the handler's result")
     return lambda call: call.result_value(key)
 
 
@@ -485,6 +487,10 @@ def audited(
         return recorder
 
     def decorate(func: F) -> F:
+        if not callable(func):  # else wrapped, and the TypeError came at each request
+            raise AuditConfigurationError(
+                f"@audited({event_type!r}) decorates a handler (a function or method), "
+                f"got {func!r}")
         recorder = recorder_for(func, sys._getframe(1))
         if inspect.iscoroutinefunction(func):
 

@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Final
 
 from .._counter import worth_saying
-from .._options import check_flags
 from .._dirs import make_dirs
+from .._options import check_flags
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
 from .batching import BatchingQueue

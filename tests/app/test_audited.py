@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -9,7 +11,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from audit_middleware import AuditMiddleware, audited, from_param, from_result, set_principal
+from audit_middleware import (
+    AuditConfigurationError,
+    AuditMiddleware,
+    WSGIAuditMiddleware,
+    audited,
+    from_param,
+    from_result,
+    header,
+    path_param,
+    set_principal,
+)
 from audit_middleware.event import AuditEvent
 
 
@@ -159,6 +171,33 @@ def test_decorator_keeps_name_and_docstring() -> None:
 def test_target_spec_of_wrong_kind_is_refused() -> None:
     with pytest.raises(TypeError, match="target="):
         audited("team_deleted", target=42)  # type: ignore[arg-type]
+
+
+def _handler() -> None:
+    pass
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    # Each was accepted, then failed at every request (logged, the field left empty, or
+    # a TypeError), or was said wrong: a bare @audited was "unknown event type
+    # '<function ...>'", and None "unknown event type 'None'".
+    (lambda: audited(_handler), "the event type is missing: write @audited"),  # type: ignore[arg-type]
+    (lambda: audited(None), "an event type is a str"),  # type: ignore[arg-type]
+    (lambda: audited(["team_deleted"]), "an event type is a str"),  # type: ignore[arg-type]
+    (lambda: audited("team_deleted")("not a handler"), "decorates a handler"),  # type: ignore[type-var]
+    (lambda: from_param(None), "from_param\\(\\) takes a path parameter's name"),  # type: ignore[arg-type]
+    (lambda: from_result(""), "from_result\\(\\) takes a key"),
+    (lambda: path_param(None), "path_param\\(\\) takes a path parameter's name"),  # type: ignore[arg-type]
+    (lambda: path_param("org_id", lookup="orgs"), "lookup= takes a callable"),  # type: ignore[arg-type]
+    (lambda: header(""), "header\\(\\) takes a header's name"),
+    (lambda: header("X Org"), "a header's name is letters, digits"),
+    (lambda: AuditMiddleware(None), "wraps the application"),  # type: ignore[type-var]
+    (lambda: WSGIAuditMiddleware("app"), "wraps the application"),  # type: ignore[type-var]
+])
+def test_wrong_arguments_are_refused_when_configured(make: Callable[[], object],
+                                                     message: str) -> None:
+    with pytest.raises(AuditConfigurationError, match=message):
+        make()
 
 
 def test_record_failure_takes_a_bool() -> None:

@@ -80,6 +80,7 @@ def test_register_resource_in_default_catalogue() -> None:
     ("report", {"": "report_exported"}),
     ("report", {}),
     ("r" * 65, {"export": "report_exported"}),
+    ("report", ["report_exported"]),  # was an AttributeError ('list' has no .items)
 ])
 def test_malformed_registrations_are_refused(resource: str, actions: dict[str, str]) -> None:
     with pytest.raises(AuditConfigurationError):

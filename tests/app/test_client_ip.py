@@ -227,6 +227,12 @@ def test_trusted_proxies_that_are_no_list_are_refused(bad: object) -> None:
         AuditMiddleware(Starlette(), trusted_proxies=bad)  # type: ignore[arg-type]
 
 
+def test_trusted_proxies_in_bytes_are_refused_as_bytes() -> None:
+    """Iterated, bytes gave ints: "trusted proxy 49 is not an IP address"."""
+    with pytest.raises(AuditConfigurationError, match="must be text, not bytes"):
+        AuditMiddleware(Starlette(), trusted_proxies=b"10.0.0.1")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("network", "version"), [("0.0.0.0/0", 4), ("::/0", 6)])
 def test_trusting_every_address_is_warned_about(caplog: pytest.LogCaptureFixture,
                                                 network: str, version: int) -> None:
