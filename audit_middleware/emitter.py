@@ -3,14 +3,16 @@ it to the configured sink. This is the request path: no I/O, no serialization he
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from typing import Any
 
 from . import _config
 from .catalogue import Catalogue
+from .client_ip import parse_ip
 from .context import RequestContext, asgi_peer, current, principal_from_user
-from .errors import AuditConfigurationError
+from .errors import AuditConfigurationError, AuditFieldError
 from .event import SYSTEM, AuditEvent
 from .sanitize import (
     COLLECTOR_DEFAULT_MAX_FIELD_LENGTH,
@@ -229,6 +231,8 @@ def emit(
             and workspace_id is None and workspace_name is None and client_ip is None):
         return emit_in_request(event_type, target, status, ctx)  # the common call
     sink, cap = _settings_for(event_type)
+    if client_ip is not None:
+        client_ip = _given_ip(client_ip)
     peer = ""
     # The application's own event: outside a request by default, or declared so.
     system = principal == SYSTEM or (principal is None and (
@@ -264,6 +268,21 @@ def emit(
     )
     sink.submit(event)
     return event
+
+
+def _given_ip(value: object) -> str:
+    """An explicit ``client_ip=``: an address (an ``ipaddress`` one, too), or '' for none.
+    Any other text was recorded as the client IP (the collector checks only its length),
+    where a filter by address or network never finds it."""
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        value = str(value)
+    if type(value) is str:
+        ip = parse_ip(value) if value else None
+        if ip is not None or not value:  # as a forwarded hop is: its port, zone dropped
+            return str(ip) if ip is not None else ""
+    raise AuditFieldError(
+        f"audit field 'client_ip' must be an IP address such as '198.51.100.7' or "
+        f"'2001:db8::1' (or '' for none), got {value!r:.80}", "client_ip")
 
 
 def stats() -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 
@@ -106,6 +107,27 @@ def test_objects_are_refused_not_repr_ed(value: object, events: list[AuditEvent]
     with pytest.raises(AuditFieldError, match="target"):
         emit("user_updated", value)
     assert events == []
+
+
+@pytest.mark.parametrize("value", ["not-an-ip", "x" * 100, "10.0.0.0/8", 3232235777,
+                                   ipaddress.ip_network("10.0.0.0/8")])
+def test_a_client_ip_that_is_no_address_is_refused(value: object,
+                                                   events: list[AuditEvent]) -> None:
+    """It was recorded as the client IP (the collector checks only its length), where no
+    filter by address or network finds it; an ``ipaddress`` object was refused with
+    "pass the resource's id"."""
+    with pytest.raises(AuditFieldError, match="'client_ip' must be an IP address"):
+        emit("user_updated", "u-1", principal="alice", client_ip=value)
+    assert events == []
+
+
+@pytest.mark.parametrize(("value", "recorded"), [
+    ("198.51.100.7", "198.51.100.7"), (" 198.51.100.7 ", "198.51.100.7"), ("", ""),
+    (ipaddress.ip_address("2001:db8::1"), "2001:db8::1"), ("::ffff:10.0.0.1", "10.0.0.1"),
+])
+def test_a_client_ip_given_is_recorded_as_an_address(value: object, recorded: str,
+                                                     events: list[AuditEvent]) -> None:
+    assert emit("user_updated", "u-1", principal="alice", client_ip=value).client_ip == recorded
 
 
 def test_an_int_too_long_to_print_is_a_field_error_not_a_value_error() -> None:
