@@ -526,15 +526,18 @@ _HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 def checked_name(what: str, name: object, meaning: str,
-                 lookup: object = None) -> None:
+                 lookup: object = None) -> str:
     """At configuration, what a resolver would otherwise fail on at each request (logged,
-    the field left empty): a name that is no text, and a ``lookup`` that is no callable."""
-    if type(name) is not str or not name:
+    the field left empty): a name that is no text, and a ``lookup`` that is no callable.
+    Returns the name as a plain str: a str subclass (an ``enum.StrEnum`` member, as the
+    catalogue takes for an event type) worked before this check, and must still."""
+    if not isinstance(name, str) or not name:
         raise AuditConfigurationError(f"{what} takes {meaning} (a non-empty str), got {name!r}")
     if lookup is not None and not callable(lookup):
         raise AuditConfigurationError(
             f"{what} lookup= takes a callable given the id that returns its display name "
             f"(or None), got {lookup!r}")
+    return str.__str__(name)
 
 
 def path_param(name: str, *, lookup: Callable[[str], str | None] | None = None) -> Resolver:
@@ -545,7 +548,7 @@ def path_param(name: str, *, lookup: Callable[[str], str | None] | None = None) 
     value a Flask ``url_value_preprocessor`` pops never reaches it, and is not found here
     (resolve it from where the preprocessor put it instead, such as ``flask.g``)."""
 
-    checked_name("path_param()", name, "a path parameter's name", lookup)
+    name = checked_name("path_param()", name, "a path parameter's name", lookup)
 
     def resolve(ctx: RequestContext) -> Resolved:
         value = ctx.path_params.get(name)
@@ -568,7 +571,7 @@ def header(name: str, *, lookup: Callable[[str], str | None] | None = None) -> R
     ``X_Name``: a gateway that strips ``X-Name`` must drop underscore headers too, or
     the client names the value (docs/record.md)."""
 
-    checked_name("header()", name, "a header's name", lookup)
+    name = checked_name("header()", name, "a header's name", lookup)
     if not _HEADER_NAME.fullmatch(name):
         raise AuditConfigurationError(
             f"header({name!r}): a header's name is letters, digits and -_!#$%&'*+.^`|~, "

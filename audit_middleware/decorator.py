@@ -96,13 +96,13 @@ Getter = Callable[[AuditCall], Any]
 
 def from_param(name: str) -> Getter:
     """Take the value from path parameter ``name``."""
-    checked_name("from_param()", name, "a path parameter's name")
+    name = checked_name("from_param()", name, "a path parameter's name")
     return lambda call: call.param(name)
 
 
 def from_result(key: str) -> Getter:
     """Take the value from the handler's result (see :meth:`AuditCall.result_value`)."""
-    checked_name("from_result()", key, "a key or attribute of the handler's result")
+    key = checked_name("from_result()", key, "a key or attribute of the handler's result")
     return lambda call: call.result_value(key)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 
 import pytest
@@ -204,3 +205,25 @@ def test_record_failure_takes_a_bool() -> None:
     """'no' is truthy: it would turn failure events on."""
     with pytest.raises(TypeError, match="record_failure must be True or False"):
         audited("credentials_updated", record_failure="no")  # type: ignore[arg-type]
+
+
+class _Names(enum.StrEnum):
+    ID = "credentials_id"
+    ORG = "X-Org-Id"
+
+
+def test_names_given_as_a_str_enum_are_taken(events: list[AuditEvent]) -> None:
+    """A ``StrEnum`` member is a str (the catalogue takes one as an event type): the
+    construction-time name check refused it, where each of these had worked."""
+
+    @audited("credentials_deleted", target=_Names.ID, status=from_param(_Names.ID))
+    async def handler(request: Request) -> Response:
+        return Response(status_code=204)
+
+    app = AuditMiddleware(Starlette(routes=[Route("/c/{credentials_id}", handler,
+                                                  methods=["DELETE"])]),
+                          org=header(_Names.ORG), workspace=path_param(_Names.ID))
+    assert from_result(_Names.ID) is not None
+    TestClient(app).delete("/c/c-1", headers={"X-Org-Id": "o-1"})
+    assert [(e.target, e.status, e.org_id, e.workspace_id)
+            for e in events] == [("c-1", "c-1", "o-1", "c-1")]
