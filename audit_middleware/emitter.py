@@ -232,7 +232,7 @@ def emit(
         return emit_in_request(event_type, target, status, ctx)  # the common call
     sink, cap = _settings_for(event_type)
     if client_ip is not None:
-        client_ip = _given_ip(client_ip)
+        client_ip = _given_ip(client_ip, ctx)
     peer = ""
     # The application's own event: outside a request by default, or declared so.
     system = principal == SYSTEM or (principal is None and (
@@ -270,16 +270,20 @@ def emit(
     return event
 
 
-def _given_ip(value: object) -> str:
+def _given_ip(value: object, ctx: RequestContext | None) -> str:
     """An explicit ``client_ip=``: an address (an ``ipaddress`` one, too), or '' for none.
     Any other text was recorded as the client IP (the collector checks only its length),
-    where a filter by address or network never finds it."""
+    where a filter by address or network never finds it. The request's own peer is taken
+    as it is: ``request.client.host`` is what the request's other events record, and
+    under Starlette's TestClient it is ``testclient``, no address."""
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         value = str(value)
     if type(value) is str:
         ip = parse_ip(value) if value else None
         if ip is not None or not value:  # as a forwarded hop is: its port, zone dropped
             return str(ip) if ip is not None else ""
+        if ctx is not None and value == ctx.peer:
+            return value
     raise AuditFieldError(
         f"audit field 'client_ip' must be an IP address such as '198.51.100.7' or "
         f"'2001:db8::1' (or '' for none), got {value!r:.80}", "client_ip")

@@ -174,3 +174,26 @@ def test_the_fields_and_their_order_are_the_design_table() -> None:
     rows = table_rows("docs/architecture.md", "## The event record (schema version 1)")
     documented = tuple(name.strip().strip("`") for row in rows for name in row[0].split(","))
     assert documented == FIELDS
+
+
+def test_a_client_ip_given_as_the_requests_own_peer_is_recorded(
+        events: list[AuditEvent]) -> None:
+    """``emit(..., client_ip=request.client.host)``: under Starlette's TestClient that
+    peer is ``testclient``, which the request's own events record as their client IP; the
+    address check refused it, and the app's request failed (an AuditFieldError)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from audit_middleware import AuditMiddleware
+
+    async def sign_in(request: Request) -> PlainTextResponse:
+        assert request.client is not None
+        emit("user_sign_in", "u-7", principal="u-7", client_ip=request.client.host)
+        return PlainTextResponse("ok")
+
+    app = AuditMiddleware(Starlette(routes=[Route("/", sign_in, methods=["POST"])]))
+    assert TestClient(app).post("/").status_code == 200
+    assert [e.client_ip for e in events] == ["testclient"]
