@@ -410,7 +410,7 @@ def _check_host(url: str, host: str) -> None:
     if _NOT_IN_HOST_NAMES.search(host):
         raise AuditConfigurationError(
             f"collector url {url!r}: {host!r} is neither an IP address (write an IPv6 one "
-            f"in brackets: tcp://[::1]:7100) nor a host name (letters, digits, '-' and "
+            f"in brackets: tcp://[::1]:7100) nor a host name (letters, digits, '-', '_' and "
             f"'.'; no user@, path or spaces)")
 
 
