@@ -31,7 +31,8 @@ from audit_middleware.wire import ErrorCode, WireError
 
 from .frame_budget import FrameBudget
 
-__all__ = ["GRACE", "MIN_FRAME_RATE", "FrameTooSlow", "Pace", "next_chunk", "read_payload"]
+__all__ = ["GRACE", "MIN_FRAME_RATE", "RULE", "FrameTooSlow", "Pace", "next_chunk",
+           "read_payload"]
 
 #: Bytes per second. A shipper writes a whole frame at once, at the link's speed: 1 MiB/s
 #: is a slow link's (8 Mbit/s), a 4 MiB frame's 4 s. Honest frames behind a trickled one
@@ -40,6 +41,8 @@ __all__ = ["GRACE", "MIN_FRAME_RATE", "FrameTooSlow", "Pace", "next_chunk", "rea
 MIN_FRAME_RATE: Final = 1024 * 1024
 #: Seconds a payload may lag behind the rate (TCP's slow start, a scheduling hiccup).
 GRACE: Final = 1.0
+#: The rule as the metrics' help and the OpenAPI document say it, from the two above.
+RULE: Final = f"{MIN_FRAME_RATE / (1024 * 1024):g} MiB/s after {GRACE:g} s"
 
 
 class FrameTooSlow(WireError):

@@ -54,7 +54,7 @@ from audit_middleware.wire import DEFAULT_MAX_FRAME, MAX_BATCH_EVENTS, SOURCE_PA
 
 from .disk_calls import retry_after
 from .frame_budget import DEFAULT_MAX_INFLIGHT_BYTES, FrameBudget, Lease
-from .frame_rate import GRACE, MIN_FRAME_RATE, FrameTooSlow, Pace, next_chunk
+from .frame_rate import GRACE, MIN_FRAME_RATE, RULE, FrameTooSlow, Pace, next_chunk
 from .own_records import own_source, own_source_reason
 from .validation import DEFAULT_MAX_FIELD_LENGTH, Validator, event_id
 
@@ -407,7 +407,7 @@ OPENAPI: Final[dict[str, Any]] = {PATH: {"post": {
         "503": {"description": "The store cannot write, no room for the body within "
                                "read_timeout (max_inflight_bytes, busy), or the body did "
                                "not arrive within read_timeout or, while other batches "
-                               "waited for room, at 1 MiB/s after 1 s (timeout): nothing "
+                               f"waited for room, at {RULE} (timeout): nothing "
                                "acknowledged, send again (Retry-After)",
                 "content": _ERROR_REPLY},
     }}}}

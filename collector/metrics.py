@@ -34,6 +34,7 @@ from typing import Any, Final, Literal
 from audit_middleware.wire import ErrorCode
 
 from .disk_calls import DiskLate, retry_after
+from .frame_rate import RULE as FRAME_RATE_RULE
 from .ingest import REFUSALS
 from .single_flight import SingleFlight, Unanswered
 
@@ -177,7 +178,7 @@ METRICS: Final[tuple[Metric, ...]] = (
        "http.busy)"),
     _m("audit.collector.ingest.inflight.too_slow", "counter", "ingest",
        "inflight_too_slow", "{frame}", "Frames on the socket closed with timeout for "
-       "arriving under the minimum rate (1 MiB/s after 1 s) while others waited for room "
+       f"arriving under the minimum rate ({FRAME_RATE_RULE}) while others waited for room "
        "in the budget (sent again by the shipper)"),
     # ingest TLS (only when the TCP listener has a certificate)
     _m("audit.collector.ingest.tls.handshakes.pending", "gauge", "ingest_tls",
@@ -221,7 +222,7 @@ METRICS: Final[tuple[Metric, ...]] = (
        "HTTP ingest requests answered 503 timeout: the body did not arrive within read_timeout"),
     _m("audit.collector.http.inflight.too_slow", "counter", "http", "inflight_too_slow",
        "{request}", "HTTP ingest requests answered 503 timeout for a body arriving under "
-       "the minimum rate (1 MiB/s after 1 s) while others waited for room in the budget "
+       f"the minimum rate ({FRAME_RATE_RULE}) while others waited for room in the budget "
        "(the sender retries)"),
     _m("audit.collector.http.events.received", "counter", "http", "events_received",
        "{event}", "Events received over HTTP, before validation"),
