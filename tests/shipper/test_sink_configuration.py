@@ -74,6 +74,7 @@ def test_localhost_with_a_trailing_dot_needs_tls(host: str) -> None:
     ("unix:///x.sock", {"spool_dir": b"/tmp/spool"}, "spool_dir must be a directory's path"),
     ("unix:///x.sock", {"spool_dir": False}, "spool_dir must be a directory's path"),
     ("unix:///x.sock", {"spool_dir": 0}, "spool_dir must be a directory's path"),
+    ("unix:///x.sock", {"spool_dir": "  "}, "spool_dir must be a directory's path"),
 ])
 def test_bad_configuration_fails_at_construction(url: str, options: dict[str, Any],
                                                  message: str) -> None:
