@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ._sync_only import refuse_async
 from ._wsgi_unix import ASK_ON_ITS_OWN_THREAD
 from ._wsgi_unix import on_unix_socket as _wsgi_unix_socket
 from .client_ip import ForwardedHeader, Resolution, TrustedProxies, resolve_client_ip
@@ -151,6 +152,7 @@ class CaptureConfig:
                 raise AuditConfigurationError(
                     f"{name} must be a callable taking the RequestContext, got {value!r}"
                 )
+            refuse_async(f"the {name}= resolver", value)
 
     def within(self, enclosing: CaptureConfig) -> CaptureConfig:
         """This middleware's configuration for a request ``enclosing``'s middleware
@@ -537,6 +539,7 @@ def checked_name(what: str, name: object, meaning: str,
         raise AuditConfigurationError(
             f"{what} lookup= takes a callable given the id that returns its display name "
             f"(or None), got {lookup!r}")
+    refuse_async(f"{what} lookup=", lookup)
     return str.__str__(name)
 
 

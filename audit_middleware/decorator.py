@@ -36,6 +36,7 @@ import orjson
 
 from . import _config
 from ._decorator_order import reject_misordered
+from ._sync_only import refuse_async
 from .context import RequestContext, checked_name, current
 from .emitter import emit, record_in_request
 from .errors import AuditConfigurationError, AuditFieldError
@@ -107,7 +108,10 @@ def from_result(key: str) -> Getter:
 
 
 def _getter(spec: str | Getter | None, what: str) -> Getter | None:
-    if spec is None or callable(spec):
+    if spec is None:
+        return None
+    if callable(spec):
+        refuse_async(f"the @audited {what}= getter", spec)
         return spec
     if isinstance(spec, str):
         return from_param(spec)

@@ -141,6 +141,16 @@ def _short(value: object) -> str:
 
 
 # -- handshake -------------------------------------------------------------------------------
+def token_is_unclean(token: str) -> bool:
+    """Whether the shared token has surrounding whitespace or a control character, which
+    no token has: read with its file's newline (``open(...).read()``) on one side and
+    stripped on the other (the collector's ``token_file`` is), the two never matched,
+    and every connection was refused as unauthorized, which reads as a wrong token. Both
+    sides refuse such a token when configured (``CollectorSink``, the collector's
+    config)."""
+    return token != token.strip() or any(c < " " or "\x7f" <= c <= "\x9f" for c in token)
+
+
 @dataclass(frozen=True)
 class Hello:
     source: str

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from audit_middleware.shipper.endpoint import is_loopback
-from audit_middleware.wire import MIN_MAX_FRAME
+from audit_middleware.wire import MIN_MAX_FRAME, token_is_unclean
 
 from .accepting import default_max_connections
 from .ingest import inflight_below_frame
@@ -177,6 +177,13 @@ def load(args: argparse.Namespace | None = None,
         sources[option.name] = source
     if values["token"] is not None and not values["token"].strip():
         values["token"] = None  # '' or spaces: no token (it hid token_file, or passed as one)
+    elif for_serve and values["token"] is not None and token_is_unclean(values["token"]):
+        # Not stripped here: the clients must send it stripped too (CollectorSink refuses
+        # it otherwise), and a token kept with its newline matched none of them.
+        raise ConfigError(f"token from {sources['token']}: (secret) has surrounding "
+                          f"whitespace or a control character (a newline kept from the "
+                          f"file it was read from?): give it stripped, or give the file "
+                          f"as token_file, which is read stripped")
     if values["token"] is None and values["token_file"] is not None and for_serve:
         values["token"] = _read_token(values["token_file"])
         sources["token"] = f"token_file, {sources['token_file']}"

@@ -29,11 +29,12 @@ from .._options import check_flags, check_seconds, check_sizes
 from ..errors import AuditConfigurationError
 from ..event import AuditEvent, PendingEvent, json_line
 from ..sinks.batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
-from .endpoint import DEFAULT_URL, Endpoint, parse_url, verifying_context
+from .endpoint import DEFAULT_URL, Endpoint, parse_url
 from .pipeline import Chunk
 from .receipts import Receipt, new_receipt
 from .sender import Sender, resolve, resolve_all
 from .sink_exit import CLOSE_GRACE, ExitGrace
+from .sink_transport import check_token, tls_context
 from .spool import Spool
 from .spool_files import place_problem
 
@@ -87,23 +88,9 @@ class CollectorSink(ExitGrace):
         exit_timeout: float = 5.0,
     ) -> None:
         self.endpoint: Endpoint = parse_url(url)
-        if token is not None:
-            try:
-                token.encode("utf-8")  # sent in the hello: checked now, not at each send
-            except (AttributeError, UnicodeEncodeError):
-                raise AuditConfigurationError(
-                    "token must be text that UTF-8 can carry (from os.environ, a byte that "
-                    "is not UTF-8 arrives as a lone surrogate): check the variable that "
-                    "holds it") from None
-        if self.endpoint.scheme == "tcp":
-            if not token:
-                raise AuditConfigurationError(
-                    f"{self.endpoint} needs token=...: the collector refuses TCP clients "
-                    f"without its shared token")
-            if not tls and not self.endpoint.loopback:
-                raise AuditConfigurationError(
-                    f"{self.endpoint} is not on loopback: pass tls=True (and tls_ca= for a "
-                    f"private CA) so the token and the events are not sent in clear")
+        check_token(self.endpoint, token)
+        # Against the URL: a TLS option a unix socket ignores is refused (sink_transport).
+        self._tls: ssl.SSLContext | None = tls_context(self.endpoint, tls, tls_ca)
         check_sizes(spool_max_bytes=spool_max_bytes, max_queue=max_queue,
                     batch_size=batch_size, pipeline=pipeline)
         # A timeout that is NaN, infinite or a string fails only when first used: at a
@@ -112,20 +99,6 @@ class CollectorSink(ExitGrace):
                       ack_timeout=ack_timeout, backoff_max=backoff_max,
                       fail_closed_timeout=fail_closed_timeout, exit_timeout=exit_timeout)
         check_flags(fail_closed=fail_closed)
-        if not isinstance(tls, ssl.SSLContext):
-            check_flags(tls=tls)
-        if isinstance(tls, ssl.SSLContext):
-            self._tls: ssl.SSLContext | None = tls
-        elif tls:
-            try:
-                self._tls = verifying_context(os.fspath(tls_ca) if tls_ca else None)
-            except (OSError, ssl.SSLError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                raise AuditConfigurationError(
-                    f"tls_ca={tls_ca!r} cannot be used as the CA bundle ({why}): give a "
-                    f"PEM file of CA certificates") from None
-        else:
-            self._tls = None
         self.fail_closed = fail_closed
         self.fail_closed_timeout = fail_closed_timeout
         self._exit_timeout = exit_timeout

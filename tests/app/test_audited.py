@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import functools
+import ipaddress
 from collections.abc import Callable
 
 import pytest
@@ -178,6 +180,15 @@ def _handler() -> None:
     pass
 
 
+async def _async_resolver(ctx: object) -> str:
+    return "o-1"
+
+
+class _AsyncCallable:
+    async def __call__(self, ctx: object) -> str:
+        return "u-1"
+
+
 @pytest.mark.parametrize(("make", "message"), [
     # Each was accepted, then failed at every request (logged, the field left empty, or
     # a TypeError), or was said wrong: a bare @audited was "unknown event type
@@ -194,6 +205,23 @@ def _handler() -> None:
     (lambda: header("X Org"), "a header's name is letters, digits"),
     (lambda: AuditMiddleware(None), "wraps the application"),  # type: ignore[type-var]
     (lambda: WSGIAuditMiddleware("app"), "wraps the application"),  # type: ignore[type-var]
+    # matched without its zone: trusted fe80::1 on every interface, the repr said %eth0
+    (lambda: AuditMiddleware(Starlette(), trusted_proxies=["fe80::1%eth0"]),
+     "trusted proxy 'fe80::1%eth0' has a zone id .%eth0.* write 'fe80::1'"),
+    (lambda: AuditMiddleware(Starlette(), trusted_proxies=["fe80::%eth0/64"]),
+     "write 'fe80::/64'"),
+    (lambda: AuditMiddleware(Starlette(), trusted_proxies=[ipaddress.ip_address("fe80::1%2")]),
+     "has a zone id .%2."),
+    # async: called, never awaited, the field left empty at every request with a
+    # "coroutine was never awaited" warning.
+    (lambda: AuditMiddleware(Starlette(), org=_async_resolver), "org= resolver .* is async"),
+    (lambda: WSGIAuditMiddleware(_handler, principal=_AsyncCallable()),  # type: ignore[arg-type]
+     "principal= resolver _AsyncCallable is async"),
+    (lambda: AuditMiddleware(Starlette(), workspace=functools.partial(_async_resolver)),
+     "workspace= resolver .* is async"),
+    (lambda: path_param("org_id", lookup=_async_resolver), "lookup= .* is async"),
+    (lambda: audited("team_deleted", target=_async_resolver), "target= getter .* is async"),
+    (lambda: audited("team_deleted", org_name=_AsyncCallable()), "org_name= getter .* is async"),
 ])
 def test_wrong_arguments_are_refused_when_configured(make: Callable[[], object],
                                                      message: str) -> None:

@@ -128,6 +128,12 @@ def test_toml_values_may_be_native_types(tmp_path: Path) -> None:
     (["--forward-endpoint", "http://h:4318/v1/logs", "--forward-on-refused", "drop"], {},
      "forward_on_refused from flag --forward-on-refused: 'drop': expected 'hold' .* or 'skip'"),
     ([], {"AUDIT_FORWARD_ON_REFUSED": "skip"}, "forward_on_refused set but forward_endpoint"),
+    # The token file is read stripped, these were not: a client sending the token
+    # stripped (as CollectorSink must) was refused as unauthorized, as a wrong token is.
+    ([], {"AUDIT_TOKEN": "s3cret\n"},
+     "token from env AUDIT_TOKEN: .secret. has surrounding whitespace or a control character"),
+    (["--token", " s3cret"], {}, "token from flag --token: .secret. .* give the file as token_file"),
+    (["--token", "s3\tcret"], {}, "token from flag --token: .secret. has surrounding"),
 ])
 def test_bad_values_and_combinations_are_refused_naming_their_source(
         argv: list[str], environ: dict[str, str], message: str) -> None:

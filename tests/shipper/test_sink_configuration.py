@@ -3,6 +3,7 @@ what to do, loopback however spelled needs no TLS, a relative unix path is resol
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,21 @@ def test_localhost_with_a_trailing_dot_needs_tls(host: str) -> None:
     ("tcp://[::1:7100", {"token": "t"}, "write an IPv6 one in brackets"),
     ("tcp://user@collector.internal:7100", {"token": "t", "tls": True}, "no user@"),
     ("tcp://collector internal:7100", {"token": "t", "tls": True}, "nor a host name"),
+    # Ignored: a unix socket has no TLS, and tls_ca is read with tls=True only (the
+    # system's CAs, or the context's, were used instead).
+    ("unix:///x.sock", {"tls": True}, "is a unix socket, which TLS does not apply to"),
+    ("unix:///x.sock", {"tls": ssl.create_default_context()}, "drop tls= and tls_ca="),
+    ("unix:///x.sock", {"tls_ca": "/etc/ca.pem"}, "is a unix socket"),
+    ("tcp://127.0.0.1:7100", {"token": "t", "tls_ca": "/etc/ca.pem"},
+     "tls_ca= is read with tls=True only: pass tls=True as well"),
+    ("tcp://h.example:7100", {"token": "t", "tls": ssl.create_default_context(),
+                              "tls_ca": "/etc/ca.pem"}, "load the CA into the context"),
+    # Read with its file's newline, it never matched the collector's (whose token file is
+    # read stripped): every connection refused as unauthorized, as a wrong token is.
+    ("tcp://127.0.0.1:7100", {"token": "s3cret\n"}, "token has surrounding whitespace"),
+    ("tcp://127.0.0.1:7100", {"token": " s3cret"}, "token=open.path..read...strip"),
+    ("tcp://127.0.0.1:7100", {"token": "s3\x00cret"}, "or a control character"),
+    ("tcp://127.0.0.1:7100", {"token": "  "}, "token has surrounding whitespace"),
     # '' spooled into the working directory; the others failed with a bare TypeError.
     ("unix:///x.sock", {"spool_dir": ""}, "spool_dir must be a directory's path"),
     ("unix:///x.sock", {"spool_dir": b"/tmp/spool"}, "spool_dir must be a directory's path"),
