@@ -13,14 +13,17 @@ MAX_SECONDS: Final = 86_400.0  # a longer timeout is a mistake, not a setting
 
 def check_sizes(**values: object) -> None:
     for name, value in values.items():
-        if type(value) is not int or value < 1:  # (not a bool: True is no size)
+        # isinstance, a bool excepted (True is no size): an IntEnum member is one.
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AuditConfigurationError(f"{name} must be a positive int, got {value!r}")
 
 
 def check_seconds(**values: object) -> None:
     for name, value in values.items():
-        # type(), not isinstance: True is no duration; '5' compares only in a TypeError.
-        if type(value) not in (int, float) or not 0 < value < MAX_SECONDS:  # type: ignore[operator]
+        # A number first ('5' compares only in a TypeError), a bool excepted (True is no
+        # duration); a subclass is one (numpy.float64: ``type() in`` refused it).
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 < value < MAX_SECONDS):
             raise AuditConfigurationError(
                 f"{name} must be a number of seconds, more than 0 and less than "
                 f"{MAX_SECONDS:g}, got {value!r}")

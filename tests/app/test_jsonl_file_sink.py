@@ -4,6 +4,7 @@ paths that are no file, rotation."""
 from __future__ import annotations
 
 import ctypes
+import enum
 import errno
 import fcntl
 import logging
@@ -352,6 +353,23 @@ def test_bad_options_are_refused_at_construction(tmp_path: Path, options: dict[s
                                                  message: str) -> None:
     with pytest.raises(AuditConfigurationError, match=message):
         JsonlFileSink(**{"path": tmp_path / "e.jsonl", **options})
+
+
+def test_numbers_of_an_int_or_float_subclass_are_taken(tmp_path: Path) -> None:
+    """A float subclass (``numpy.float64``, from a config computed with numpy) or an int
+    one (an ``enum.IntEnum`` member) is a number of seconds or a size: taken before
+    the construction-time checks, then refused as "not a number of seconds"."""
+
+    class Seconds(float):
+        pass
+
+    class Limit(enum.IntEnum):
+        QUEUE = 100
+        BATCH = 10
+
+    sink = JsonlFileSink(tmp_path / "e.jsonl", max_delay=Seconds(0.2),
+                         max_queue=Limit.QUEUE, max_batch=Limit.BATCH)
+    sink.close(5)
 
 
 def test_a_fifo_is_refused_at_construction(tmp_path: Path) -> None:
