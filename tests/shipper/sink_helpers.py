@@ -1,6 +1,6 @@
 """What the tests of ``CollectorSink`` against an in-process collector share: the
 collector (``Collector``), the sink factory's type, events emitted in bulk, and waiting
-for a line the collector logs."""
+for a line the collector logs, and a sink whose worker is held in a TCP connect."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from audit_middleware import emit
 from audit_middleware.shipper import CollectorSink
 from collector.ingest import IngestSettings
-from tests.e2e.harness import InProcessCollector, open_store, stored_events
+from tests.e2e.harness import InProcessCollector, open_store, stored_events, wait_until
 
 
 class Collector:
@@ -50,6 +50,16 @@ SinkFactory = Callable[..., CollectorSink]
 
 def emit_many(n: int, prefix: str = "t") -> list[str]:
     return [emit("team_created", f"{prefix}{i}").id for i in range(n)]
+
+
+def connecting_sink(make_sink: SinkFactory, port: int) -> CollectorSink:
+    """A sink whose worker holds 10 events in a connect to ``port`` that never completes
+    (``unaccepting_port``): at a shutdown's deadline the connect ends and the batch goes
+    to the spool."""
+    sink = make_sink(url=f"tcp://127.0.0.1:{port}", token="s3cret", connect_timeout=30.0)
+    emit_many(10)
+    wait_until(lambda: sink._sender._opening is not None, 10, "the worker connecting")
+    return sink
 
 
 def collector_says(caplog: pytest.LogCaptureFixture, *parts: str,

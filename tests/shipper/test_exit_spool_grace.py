@@ -13,23 +13,14 @@ from typing import Any
 
 import pytest
 
-from audit_middleware.shipper import CollectorSink, sink_exit
+from audit_middleware.shipper import sink_exit
 from tests.e2e.harness import wait_until
-from tests.shipper.sink_helpers import Collector, SinkFactory, emit_many
+from tests.shipper.sink_helpers import Collector, SinkFactory, connecting_sink, emit_many
 from tests.shipper.unaccepting import unaccepting_port
 
 #: A spool fsync slower than the old fixed grace past the deadline (0.5 s) and well
 #: within the time now given to a spool write under way.
 SLOW_FSYNC = 1.5
-
-
-def _connecting_sink(make_sink: SinkFactory, port: int) -> CollectorSink:
-    """A sink whose worker holds 10 events in a connect that never completes: at the
-    deadline the connect ends and the batch goes to the spool."""
-    sink = make_sink(url=f"tcp://127.0.0.1:{port}", token="s3cret", connect_timeout=30.0)
-    emit_many(10)
-    wait_until(lambda: sink._sender._opening is not None, 10, "the worker connecting")
-    return sink
 
 
 def _fsync_after(wait: Callable[[], object]) -> Callable[[int], None]:
@@ -50,7 +41,7 @@ def test_a_slow_spool_write_under_way_at_the_deadline_is_waited_for(
     uvicorn re-raises SIGTERM) and close() gave the worker up (the interpreter then
     exited), the batch neither spooled nor counted."""
     with unaccepting_port() as port:
-        sink = _connecting_sink(make_sink, port)
+        sink = connecting_sink(make_sink, port)
         monkeypatch.setattr(os, "fsync", _fsync_after(lambda: time.sleep(SLOW_FSYNC)))
         if shutdown == "close":
             sink.close(timeout=1.0)
@@ -68,11 +59,11 @@ def test_a_close_that_gives_up_on_a_hung_spool_write_counts_and_says_the_loss(
     nor named (it logged "0 events still queued"), and the interpreter's exit took it.
     They are counted dropped and said now; spooled after all (the disk answered, the
     process lived on), they move back to ``spooled``."""
-    monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5, raising=False)  # a short test
+    monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5)  # a short test
     disk = threading.Event()
     try:
         with unaccepting_port() as port:
-            sink = _connecting_sink(make_sink, port)
+            sink = connecting_sink(make_sink, port)
             monkeypatch.setattr(os, "fsync", _fsync_after(disk.wait))
             with caplog.at_level(logging.ERROR, "audit_middleware"):
                 sink.close(timeout=1.0)
@@ -93,11 +84,11 @@ def test_a_drain_that_gives_up_on_a_hung_spool_write_says_what_the_process_would
     """drain() (ASGI lifespan, after which uvicorn ends the process) said only False:
     nothing named the events still being spooled. Said now; not counted dropped, as
     the worker goes on and spools them if the process does."""
-    monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5, raising=False)
+    monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5)
     disk = threading.Event()
     try:
         with unaccepting_port() as port:
-            sink = _connecting_sink(make_sink, port)
+            sink = connecting_sink(make_sink, port)
             monkeypatch.setattr(os, "fsync", _fsync_after(disk.wait))
             with caplog.at_level(logging.ERROR, "audit_middleware"):
                 assert not sink.drain(timeout=1.0)

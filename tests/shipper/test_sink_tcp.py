@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from audit_middleware.shipper.receipts import pending
-from tests.e2e.harness import wait_until
-from tests.shipper.sink_helpers import Collector, SinkFactory, emit_many
+from tests.shipper.sink_helpers import Collector, SinkFactory, connecting_sink, emit_many
 from tests.shipper.unaccepting import unaccepting_port
 
 
@@ -61,9 +60,7 @@ def test_a_connect_that_hangs_does_not_hold_the_exit_deadline(
     going on past the deadline still does: the worker is not spooling then, and close
     counts the batch dropped: test_exit_spool_grace.py.)"""
     with unaccepting_port() as port:
-        sink = make_sink(url=f"tcp://127.0.0.1:{port}", token="s3cret", connect_timeout=30.0)
-        emit_many(10)
-        wait_until(lambda: sink._sender._opening is not None, 10, "the worker connecting")
+        sink = connecting_sink(make_sink, port)
         if shutdown == "close":
             sink.close(timeout=1.0)
         else:
