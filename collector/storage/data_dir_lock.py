@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from .errors import DataDirInUseError
+from .regular_files import open_regular_fd
 from .segments import FILE_MODE
 
 __all__ = ["LOCK_FILE", "DataDirLock", "data_dir_held", "lock_data_dir"]
@@ -34,10 +35,13 @@ class DataDirLock:
 def data_dir_held(data_dir: Path) -> bool:
     """Whether a process holds ``data_dir`` (``lock_data_dir``) right now: its lock file
     or the directory itself, which cannot be replaced under it as the file can."""
-    for path, flags in ((data_dir / LOCK_FILE, os.O_RDONLY),
-                        (data_dir, os.O_RDONLY | os.O_DIRECTORY)):
+    for opener in (lambda: open_regular_fd(data_dir / LOCK_FILE),
+                   lambda: os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)):
+        # The lock file opened as a regular file only: a FIFO planted in its place held
+        # a plain read-only open for good (every verify hung); refused, the directory's
+        # lock still tells.
         try:
-            fd = os.open(path, flags | os.O_CLOEXEC)
+            fd = opener()
         except OSError:
             continue
         try:

@@ -110,3 +110,21 @@ def test_a_fifo_in_place_of_the_stats_file_does_not_hold_a_live_verify(
     report = outcome_within(30, lambda: check(data_dir, live=True))
     assert isinstance(report, Report), report
     assert not report.invalid, report.invalid
+
+
+def test_a_fifo_in_place_of_the_store_lock_does_not_hold_verify(tmp_path: Path) -> None:
+    """Asking whether a collector holds the store, verify opened store.lock read-only: a
+    FIFO in its place held that open for good. Refused, the directory's lock answers."""
+    import os
+    import subprocess
+
+    from collector.storage.data_dir_lock import LOCK_FILE
+    from tests.e2e.harness import outcome_within
+    from tests.integrity.helpers import build_store, run_verify
+
+    data_dir = build_store(tmp_path / "data", batches=2)
+    (data_dir / LOCK_FILE).unlink(missing_ok=True)
+    os.mkfifo(data_dir / LOCK_FILE)
+    done = outcome_within(30, lambda: run_verify(str(data_dir)))
+    assert isinstance(done, subprocess.CompletedProcess), done
+    assert done.returncode == 0, done.stdout + done.stderr
