@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from collector.storage.data_dir_lock import data_dir_held
+from collector.storage.regular_files import NotRegularFileError, open_regular_fd
 from collector.storage.segment_drop import NO_TIME
 from collector.storage.segments import FILE_MODE, file_sizes
 
@@ -18,6 +19,7 @@ BUSY_TIMEOUT_MS: Final = 10_000
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    refuse_planted(path)
     if not readonly and not path.exists():
         # Created here so it gets the store's file mode (SQLite gives -wal/-shm the same).
         path.touch(mode=FILE_MODE)
@@ -76,7 +78,25 @@ def files_bytes(path: Path) -> int:
     return sum(file_sizes(path.parent.glob(f"{path.name}*")).values())
 
 
+def refuse_planted(path: Path) -> None:
+    """``NotRegularFileError`` if the index, its ``-wal`` or its ``-shm`` is a FIFO, a
+    device or a directory: SQLite opened them and said only "disk I/O error" (reindex
+    crashed with it), and a read-only reader's open of a FIFO waited for a writer for
+    good. Checked as every data file is read (``open_regular_fd``: never waits)."""
+    for part in (path, wal_path(path), path.with_name(f"{path.name}-shm")):
+        try:
+            os.close(open_regular_fd(part))
+        except (FileNotFoundError, PermissionError):
+            continue  # none yet (SQLite makes it), or SQLite's own error says it better
+        except NotRegularFileError as exc:
+            raise NotRegularFileError(
+                exc.errno, f"{exc.strerror}: move it away (nothing of the index is in it); "
+                f"the index is rebuilt from the segments at the collector's next start, "
+                f"or by `audit-collector reindex`", str(part)) from None
+
+
 def _connect_uri(path: Path, options: str) -> sqlite3.Connection:
+    refuse_planted(path)
     con = sqlite3.connect(f"{path.resolve().as_uri()}?{options}", isolation_level=None,
                           check_same_thread=False, cached_statements=512, uri=True)
     con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

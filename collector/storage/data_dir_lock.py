@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -35,8 +37,10 @@ class DataDirLock:
 def data_dir_held(data_dir: Path) -> bool:
     """Whether a process holds ``data_dir`` (``lock_data_dir``) right now: its lock file
     or the directory itself, which cannot be replaced under it as the file can."""
-    for opener in (lambda: open_regular_fd(data_dir / LOCK_FILE),
-                   lambda: os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)):
+    openers: tuple[Callable[[], int], ...] = (
+        partial(open_regular_fd, data_dir / LOCK_FILE),
+        partial(os.open, data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    for opener in openers:
         # The lock file opened as a regular file only: a FIFO planted in its place held
         # a plain read-only open for good (every verify hung); refused, the directory's
         # lock still tells.

@@ -21,7 +21,7 @@ from audit_middleware import configure, emit
 from audit_middleware.shipper import CollectorSink
 from audit_middleware.testing import reset_configuration
 from collector.read_commands import FOLLOW_INTERVAL
-from tests.e2e.harness import ROOT, CollectorProcess, short_tmp
+from tests.e2e.harness import ROOT, CollectorProcess, outcome_within, short_tmp
 
 # (type, target, principal, org, client_ip) of the events the collector stores.
 EVENTS = [
@@ -514,6 +514,27 @@ def test_a_cursor_without_its_fingerprint_is_a_clear_error_not_a_traceback(
                           capture_output=True, timeout=60, check=False)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "next_cursor unchanged" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["reindex", "query"])
+@pytest.mark.parametrize("name", ["index.sqlite", "index.sqlite-shm"])
+def test_a_fifo_in_place_of_an_index_file_is_named_with_what_to_do(
+        data_dir: Path, tmp_path: Path, command: str, name: str) -> None:
+    """SQLite opened it and said "disk I/O error": reindex crashed with that traceback,
+    query passed it on. Each says what is there, and what to do (a FIFO holds nothing
+    of the index: move it away, and it is rebuilt from the segments)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("*.sock"))
+    (copy / name).unlink(missing_ok=True)
+    os.mkfifo(copy / name)
+    done = outcome_within(60, lambda: cli(command, "--data-dir", str(copy), check=False))
+    assert isinstance(done, subprocess.CompletedProcess), done
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "a FIFO, not a regular file: move it away" in done.stderr, done.stderr
+    assert str(copy / name) in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("content", [b"", b"not a database at all" * 10])
