@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from collector.storage.data_dir_lock import data_dir_held
-from collector.storage.regular_files import NotRegularFileError, open_regular_fd
+from collector.storage.regular_files import NotRegularFileError, check_regular
 from collector.storage.segment_drop import NO_TIME
 from collector.storage.segments import FILE_MODE, file_sizes
 
@@ -82,10 +82,11 @@ def refuse_planted(path: Path) -> None:
     """``NotRegularFileError`` if the index, its ``-wal`` or its ``-shm`` is a FIFO, a
     device or a directory: SQLite opened them and said only "disk I/O error" (reindex
     crashed with it), and a read-only reader's open of a FIFO waited for a writer for
-    good. Checked as every data file is read (``open_regular_fd``: never waits)."""
+    good. By a stat alone (``check_regular``): an open and close of our own would drop
+    this process's POSIX locks on them, SQLite's writer's included."""
     for part in (path, wal_path(path), path.with_name(f"{path.name}-shm")):
         try:
-            os.close(open_regular_fd(part))
+            check_regular(part)
         except (FileNotFoundError, PermissionError):
             continue  # none yet (SQLite makes it), or SQLite's own error says it better
         except NotRegularFileError as exc:

@@ -38,6 +38,18 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def check_regular(path: Path) -> None:
+    """``NotRegularFileError`` unless ``path`` (followed, as an open follows it) is a
+    regular file, without opening it: for SQLite's files, which this process must never
+    open and close itself. Closing any descriptor of a file drops every POSIX lock the
+    process holds on it, SQLite's included (sqlite.org, "How To Corrupt An SQLite
+    Database File", 2.2), so another process could checkpoint or reset the WAL under
+    the collector's writer. ``FileNotFoundError`` when there is none."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(errno.EINVAL, f"{_kind(mode)}, not a regular file", str(path))
+
+
 def open_regular_fd(path: Path) -> int:
     """A read-only descriptor of a regular file; ``NotRegularFileError`` for anything
     else, raised before reading (a FIFO opened this way does not wait for a writer)."""

@@ -421,3 +421,38 @@ def test_events_without_a_client_ip_have_no_client_ip_postings(index: Index) -> 
     assert index.con.execute("SELECT v, seq FROM ix_client_ip WHERE chunk=?",
                              (chunk,)).fetchall() == [(bytes([203, 0, 113, 7]), 4),
                                                       (bytes([203, 0, 113, 7]), 5)]
+
+
+def test_a_reader_opened_beside_the_writer_leaves_its_locks_held(tmp_path: Path) -> None:
+    """Opening a reader checks that SQLite's files are regular files: by a stat, never
+    an open and close of our own, which drops every POSIX lock this process holds on
+    the file (SQLite's writer's too: another process could then write, checkpoint or
+    reset the WAL under it)."""
+    import subprocess
+    import sys
+
+    from collector.index_connections import connect
+
+    path = tmp_path / "index.sqlite"
+    writer = connect(path)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, held by this process
+    writer.execute("INSERT INTO t VALUES (1)")
+    reader = connect(path, readonly=True)
+    try:
+        other = subprocess.run(
+            [sys.executable, "-c",
+             "import sqlite3, sys\n"
+             "con = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+             "try:\n"
+             "    con.execute('BEGIN IMMEDIATE')\n"
+             "    print('took the write lock')\n"
+             "except sqlite3.OperationalError as exc:\n"
+             "    print(exc)\n", str(path)],
+            capture_output=True, text=True, timeout=60, check=True)
+        assert other.stdout.strip() == "database is locked", other.stdout
+    finally:
+        reader.close()
+        writer.execute("ROLLBACK")
+        writer.close()
