@@ -92,6 +92,7 @@ def run_losses(args: argparse.Namespace) -> int:
 def _stats_from_files(data_dir: Path) -> dict[str, Any]:
     """What ``Store.stats`` says of the sources, from the index and ``loss-acks.json``."""
     from .index import CATCHING_UP, connect_reader
+    from .index_catching_up import catching_up_refusal
 
     index = data_dir / "index.sqlite"
     if not index.exists():
@@ -117,10 +118,8 @@ def _stats_from_files(data_dir: Path) -> dict[str, Any]:
         raise CommandError(f"cannot read {index} ({exc}): `audit-collector stats` says "
                            f"more") from None
     if catching_up is not None:  # its sources are not all there yet
-        raise CommandError(f"{index} is being brought up to date with the segments "
-                           f"({catching_up[0]}): its sources would be partial. Wait for "
-                           f"the collector's start-up or `reindex` to finish; if neither "
-                           f"runs, one was interrupted: run `audit-collector reindex`")
+        raise CommandError(catching_up_refusal(data_dir, catching_up[0],
+                                               "its sources would be partial"))
     # As the store loads them: only the sources it knows (one retention forgot has none).
     acknowledged = {source: ack.through for source, ack in acks.items() if source in ranges}
     known = sources.overview(ranges, numbered, seen, acknowledged=acknowledged)

@@ -34,6 +34,7 @@ from collector.query_reader import MAX_LIMIT, IndexUnavailableError, Page, Reade
 from collector.query_thread_readers import KEEP_READERS, _reader, close_readers
 from collector.storage.data_dir_lock import lock_data_dir
 from collector.storage.filters import QueryError, check_text
+from collector.storage.in_the_way import QUARANTINE, make_store_dir
 from collector.storage.recovery import RepairReport, open_and_recover
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def reindex(data_dir: Path | str, progress: Callable[[int, int], None] | None = 
     if not segments.is_dir():
         raise QueryError(f"{data_dir} has no segments/ directory: not a collector data "
                          f"directory")
-    (data_dir / "quarantine").mkdir(mode=0o750, exist_ok=True)
+    make_store_dir(data_dir / "quarantine", 0o750, QUARANTINE)
     lock = lock_data_dir(data_dir)
     try:
         index, report = open_and_recover(

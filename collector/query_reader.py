@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from collector.index import CATCHING_UP, INDEX_SCHEMA, connect_reader, wal_path
+from collector.index_catching_up import catching_up_refusal
 from collector.query_cursors import _decode_cursor, _encode_cursor, _fingerprint, cursor_after
 from collector.query_filters import Filters
 from collector.query_walk import _PageWalk
@@ -108,11 +109,8 @@ class Reader(_PageWalk):
         catching_up = self.con.execute("SELECT value FROM meta WHERE key=?",
                                        (CATCHING_UP,)).fetchone()
         if catching_up is not None:
-            raise IndexOutOfDateError(
-                f"{self._index} is being brought up to date with the segments "
-                f"({catching_up[0]}): its answers would be partial. Wait for the "
-                f"collector's start-up or `reindex` to finish; if neither runs, one was "
-                f"interrupted: run `audit-collector reindex`")
+            raise IndexOutOfDateError(catching_up_refusal(
+                self.data_dir, catching_up[0], "its answers would be partial"))
 
     @property
     def stale(self) -> bool:

@@ -100,6 +100,7 @@ def _indexed(data_dir: Path) -> int | str:
     """Events in the index, or why it cannot say (no index yet, one being built, damaged,
     unreadable): stats reports the rest all the same."""
     from .index import CATCHING_UP, connect_reader, count_rows
+    from .index_catching_up import catching_up_state
 
     index = data_dir / "index.sqlite"
     if not index.exists():
@@ -116,7 +117,7 @@ def _indexed(data_dir: Path) -> int | str:
     except sqlite3.Error as exc:
         return f"unreadable index ({exc})"
     if catching_up is not None:  # a partial count must not read as the whole store's
-        return f"{count} so far: the index is being brought up to date ({catching_up[0]})"
+        return f"{count} so far: {catching_up_state(data_dir, catching_up[0])}"
     return count
 
 

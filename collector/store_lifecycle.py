@@ -26,6 +26,7 @@ from collector.storage.data_dir_lock import DataDirLock, lock_data_dir
 from collector.storage.disk_space import Reserve, is_full, out_of_space
 from collector.storage.errors import DiskFullError, StorageError
 from collector.storage.group_commit import GroupWriter
+from collector.storage.in_the_way import QUARANTINE, SEGMENTS, make_store_dir
 from collector.storage.indexer import ChunkIndexer
 from collector.storage.records import id_key
 from collector.storage.recovery import RepairReport, open_and_recover
@@ -82,8 +83,9 @@ class _Lifecycle:
         quarantine), index records missing from the index, start the commit thread."""
         if self._state != "new":
             raise StorageError("this Store was opened already: create a new Store")
-        for d in (self.settings.data_dir, self.segments_dir, self.quarantine_dir):
-            make_dirs(d, DIR_MODE)
+        make_dirs(self.settings.data_dir, DIR_MODE)
+        make_store_dir(self.segments_dir, DIR_MODE, SEGMENTS)
+        make_store_dir(self.quarantine_dir, DIR_MODE, QUARANTINE)
         self._dir_lock = lock_data_dir(self.settings.data_dir)
         try:
             report = self._open_in_reserve()

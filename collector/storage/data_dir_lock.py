@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Final
 
 from .errors import DataDirInUseError
+from .in_the_way import in_the_way
 from .regular_files import open_regular_fd
 from .segments import FILE_MODE
 
@@ -71,8 +73,8 @@ def lock_data_dir(data_dir: Path) -> DataDirLock:
         f"{data_dir} is in use by another process (a running collector or a reindex): stop "
         f"it first, or use another data directory")
     try:
-        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        held.append(fd)
+        held.append(_open_lock_file(data_dir / LOCK_FILE))
+        fd = held[-1]
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -89,3 +91,25 @@ def lock_data_dir(data_dir: Path) -> DataDirLock:
         DataDirLock(held).close()
         raise
     return DataDirLock(held)
+
+
+def _open_lock_file(path: Path) -> int:
+    """``store.lock`` opened (made if missing) for writing; ``InTheWayError`` when
+    something else is there: a directory failed with "Is a directory", and a FIFO was
+    opened and locked as if it were the file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise in_the_way(path, _LOCK) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise in_the_way(path, _LOCK)
+    return fd
+
+
+#: What ``store.lock`` is, in ``in_the_way``'s words.
+_LOCK = (f"its lock file {LOCK_FILE} (an empty regular file, locked by the collector or a "
+         f"reindex while it runs)")
+

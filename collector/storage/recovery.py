@@ -154,9 +154,6 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
         report.removed_files.append(tmp.name)
     if rebuild is None:
         rebuild = _index_problem(index)
-    # Marked before anything changes (a rebuild's wipe included): a kill at any point
-    # leaves an index readers refuse, never one that looks complete (see CATCHING_UP).
-    index.set_meta(CATCHING_UP, "repair or rebuild in progress")
     # The highest numbers the index names, read before any rebuild wipes them: a new
     # segment or record is never numbered at or below them, even when the newest
     # segment file is gone (an older schema's catalog has the same columns).
@@ -164,6 +161,7 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
     report.named_segment = max(named, default=0)
     report.named_record = max((e.last_seq for e in named.values()), default=0)
     if rebuild is not None:
+        _mark(index)
         with index.transaction():
             index.wipe()
         report.index_rebuilt = rebuild
@@ -173,6 +171,7 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
         torn = repair_tail(files[-1].path, quarantine_dir)
         if torn is not None:
             report.quarantined.append(torn)
+    _mark(index)
     todo = _reconcile(index, catalog, files, report)
     # Said in the index while it lacks records: readers then refuse it, rather than give
     # a partial answer as if whole (a reindex stopped half way did, without a word).
@@ -180,6 +179,16 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
     _catch_up(index, todo, files[-1].seq if files else None, report, progress)
     index.set_meta(CATCHING_UP, None)
     return report
+
+
+def _mark(index: Index) -> None:
+    """Mark the index catching up, just before recovery first changes it (a rebuild's
+    wipe, a segment's rows dropped, records added): a kill from there on leaves an index
+    readers refuse, never one that looks complete (see CATCHING_UP). Not before: a
+    start-up that fails first (a FIFO in place of the active segment, refused by
+    ``repair_tail``) left the mark on an index it never touched, and readers refused
+    an index as whole as before it, saying a repair was in progress."""
+    index.set_meta(CATCHING_UP, "repair or rebuild in progress")
 
 
 Todo = list[tuple[SegmentFile, SegmentEntry | None]]

@@ -233,12 +233,14 @@ def test_a_reader_opened_before_an_in_place_repair_refuses_it_and_stats_says_so(
 
     from collector import query as q
     from collector.index import CATCHING_UP, Index
+    from collector.storage.data_dir_lock import lock_data_dir
     from collector.storage.errors import IndexOutOfDateError
     from tests.integrity.helpers import build_store
 
     data = build_store(tmp_path / "data", batches=3)
     reader = q.Reader(data)
     first = reader.search(q.Filters(), limit=1).records[0]
+    lock = lock_data_dir(data)  # held by the start-up at work, as by ``Store.open``
     index = Index(data / "index.sqlite")  # what a start-up repair does to the same file
     index.set_meta(CATCHING_UP, "2 segment file(s) to index")
     try:
@@ -254,6 +256,7 @@ def test_a_reader_opened_before_an_in_place_repair_refuses_it_and_stats_says_so(
     finally:
         index.close()
         reader.close()
+        lock.close()
 
 
 def _run_without(missing: str, command: list[str], data_dir: Path
@@ -378,3 +381,25 @@ def test_a_file_its_own_owner_may_not_read_says_its_mode_denies_it(
     assert (f"Permission denied ({data / 'index.sqlite'}): {data} is this user's own "
             f"({me}), mode 0750: its mode or a file attribute denies this to its owner "
             f"too: mend it (chmod u+rwX)") in said, said
+
+
+@pytest.mark.parametrize("command", ["serve", "reindex"])
+@pytest.mark.parametrize(("name", "kind"), [("quarantine", "a FIFO"),
+                                            ("quarantine", "a regular file"),
+                                            ("store.lock", "a directory")])
+def test_something_else_in_place_of_quarantine_or_the_lock_is_named_with_what_to_do(
+        tmp_path: Path, command: str, name: str, kind: str) -> None:
+    """A FIFO or a file where quarantine/ goes said "[Errno 17] File exists", a
+    directory in place of store.lock "Is a directory": neither what nor what to do."""
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    path = data / name
+    {"a FIFO": os.mkfifo, "a regular file": Path.touch, "a directory": Path.mkdir}[kind](path)
+    done = cli(command, "--data-dir", str(data), *(["--api-listen", ""]
+                                                  if command == "serve" else []))
+    assert done.returncode in (1, 2) and "Traceback" not in done.stderr, done.stderr
+    assert f"{path} is {kind}, where the collector keeps" in done.stderr, done.stderr
+    assert f"move it out of the way (`mv {path} {path}.aside`)" in done.stderr
+    os.rename(path, f"{path}.aside")
+    if command == "reindex":  # moved aside, it runs
+        assert cli(command, "--data-dir", str(data)).returncode == 0

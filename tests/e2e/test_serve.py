@@ -277,3 +277,64 @@ def _handshake_with(server_context: object) -> bytes:
     finally:
         thread.join(10)
         listener.close()
+
+
+def _query(data: Path) -> subprocess.CompletedProcess[str]:
+    """``audit-collector query --all`` on ``data``: its exit, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "collector", "query", "--data-dir", str(data), "--all"],
+        cwd=ROOT, text=True, capture_output=True, timeout=60, check=False,
+        env={**os.environ, "AUDIT_CONFIG": ""})
+
+
+def _fifo_in_place_of(segment: Path) -> None:
+    segment.unlink()
+    os.mkfifo(segment)
+
+
+def test_a_start_refused_before_touching_the_index_leaves_no_repair_mark(
+        root: Path) -> None:
+    """A FIFO in place of the active segment: serve refused it, but only after marking
+    the index catching up, and query and tail then said a repair was in progress (none
+    was, nor would one end). The index is marked only once recovery changes it: readers
+    now read it as before the start, and name the FIFO when they reach it."""
+    from tests.integrity.helpers import build_store, segment_paths
+
+    data = build_store(root / "data", batches=3)
+    assert _query(data).returncode == 0
+    active = segment_paths(data)[-1]
+    _fifo_in_place_of(active)
+    done = _serve_failing(data)
+    assert done.returncode == 1 and "a FIFO, not a regular file" in done.stderr, done.stderr
+    read = _query(data)
+    assert "brought up to date" not in read.stderr and "repair" not in read.stderr
+    assert read.returncode == 2 and f"a FIFO, not a regular file ({active})" in read.stderr
+
+
+def test_a_start_that_failed_half_way_is_not_said_to_be_in_progress(root: Path) -> None:
+    """A FIFO in place of a sealed segment is found once recovery has changed the index
+    (the segment's rows dropped): the mark stays, rightly, but "wait for the start-up to
+    finish" was the advice with no collector running. The data directory's lock tells
+    a start-up at work from one that is gone."""
+    from collector.storage.data_dir_lock import lock_data_dir
+    from tests.integrity.helpers import build_store, segment_paths
+
+    data = build_store(root / "data", batches=3)
+    _fifo_in_place_of(segment_paths(data)[0])
+    done = _serve_failing(data)
+    assert done.returncode == 1 and "a FIFO, not a regular file" in done.stderr, done.stderr
+    read = _query(data)
+    assert read.returncode == 2
+    assert "was left part way through being brought up to date" in read.stderr
+    assert "No collector or reindex runs" in read.stderr and "Wait for" not in read.stderr
+    assert "run `audit-collector reindex`" in read.stderr
+    stats = subprocess.run([sys.executable, "-m", "collector", "stats", "--data-dir", str(data)],
+                           cwd=ROOT, text=True, capture_output=True, timeout=60, check=False)
+    assert "so far: the index was left part way" in stats.stdout, stats.stdout
+    lock = lock_data_dir(data)  # as a start-up (or reindex) at work holds it
+    try:
+        read = _query(data)
+    finally:
+        lock.close()
+    assert read.returncode == 2
+    assert "is being brought up to date" in read.stderr and "Wait for" in read.stderr
