@@ -441,16 +441,15 @@ def test_a_reader_opened_beside_the_writer_leaves_its_locks_held(tmp_path: Path)
     writer.execute("INSERT INTO t VALUES (1)")
     reader = connect(path, readonly=True)
     try:
-        other = subprocess.run(
-            [sys.executable, "-c",
-             "import sqlite3, sys\n"
-             "con = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
-             "try:\n"
-             "    con.execute('BEGIN IMMEDIATE')\n"
-             "    print('took the write lock')\n"
-             "except sqlite3.OperationalError as exc:\n"
-             "    print(exc)\n", str(path)],
-            capture_output=True, text=True, timeout=60, check=True)
+        script = ("import sqlite3, sys\n"
+                  "con = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+                  "try:\n"
+                  "    con.execute('BEGIN IMMEDIATE')\n"
+                  "    print('took the write lock')\n"
+                  "except sqlite3.OperationalError as exc:\n"
+                  "    print(exc)\n")
+        other = subprocess.run([sys.executable, "-c", script, str(path)],
+                               capture_output=True, text=True, timeout=60, check=True)
         assert other.stdout.strip() == "database is locked", other.stdout
     finally:
         reader.close()
