@@ -98,7 +98,10 @@ class Index(_Transactions, _SourceTables):
         self.con = writer_connection(path)
         con = self.con
         con.executescript(_SCHEMA)
-        if self.meta("schema") is None:
+        #: Whether this opening made the index (no schema yet): a change recovery marks
+        #: first (``collector.storage.recovery``), an empty index looking whole.
+        self.created = self.meta("schema") is None
+        if self.created:
             con.execute("INSERT INTO meta VALUES('schema', ?)", (INDEX_SCHEMA,))
         self._load()
 

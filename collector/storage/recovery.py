@@ -149,6 +149,11 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
     """Repair what a crash left and bring the index up to date with the segments.
     ``rebuild``: a reason to drop the index and rebuild it from scratch."""
     report = RepairReport()
+    if index.created:
+        # Made just now, empty: its making is the first change. A start refused before
+        # any other (a FIFO in place of the active segment) left an index of no events
+        # that readers answered from as if whole, every record still in the segments.
+        _mark(index)
     for tmp in leftover_temp_files(segments_dir):
         tmp.unlink()
         report.removed_files.append(tmp.name)
@@ -182,8 +187,8 @@ def recover(segments_dir: Path, quarantine_dir: Path, index: Index, *,
 
 
 def _mark(index: Index) -> None:
-    """Mark the index catching up, just before recovery first changes it (a rebuild's
-    wipe, a segment's rows dropped, records added): a kill from there on leaves an index
+    """Mark the index catching up, just before recovery first changes it (its making,
+    a rebuild's wipe, a segment's rows dropped, records added): a kill from there on leaves an index
     readers refuse, never one that looks complete (see CATCHING_UP). Not before: a
     start-up that fails first (a FIFO in place of the active segment, refused by
     ``repair_tail``) left the mark on an index it never touched, and readers refused

@@ -338,3 +338,21 @@ def test_a_start_that_failed_half_way_is_not_said_to_be_in_progress(root: Path) 
         lock.close()
     assert read.returncode == 2
     assert "is being brought up to date" in read.stderr and "Wait for" in read.stderr
+
+
+def test_a_start_refused_after_creating_the_index_leaves_it_marked(root: Path) -> None:
+    """No index.sqlite (removed by hand, to be rebuilt): the start creates an empty one,
+    then is refused (a FIFO in place of the active segment) before recovery's first
+    other change. Creating the index is a change: left unmarked, query answered "no
+    events" from an empty index, as if whole, with every record still in the segments."""
+    from tests.integrity.helpers import build_store, segment_paths
+
+    data = build_store(root / "data", batches=3)
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (data / name).unlink(missing_ok=True)
+    _fifo_in_place_of(segment_paths(data)[-1])
+    done = _serve_failing(data)
+    assert done.returncode == 1 and "a FIFO, not a regular file" in done.stderr, done.stderr
+    read = _query(data)
+    assert read.returncode == 2, read.stdout
+    assert "was left part way through being brought up to date" in read.stderr, read.stderr
