@@ -20,7 +20,7 @@ from .in_the_way import in_the_way
 from .regular_files import open_regular_fd
 from .segments import FILE_MODE
 
-__all__ = ["LOCK_FILE", "DataDirLock", "data_dir_held", "lock_data_dir"]
+__all__ = ["LOCK_FILE", "DataDirLock", "data_dir_held", "data_dir_holder", "lock_data_dir"]
 
 LOCK_FILE: Final = "store.lock"
 
@@ -38,10 +38,20 @@ class DataDirLock:
 
 def data_dir_held(data_dir: Path) -> bool:
     """Whether a process holds ``data_dir`` (``lock_data_dir``) right now: its lock file
-    or the directory itself, which cannot be replaced under it as the file can."""
+    or the directory itself, which cannot be replaced under it as the file can. False
+    also when neither could be looked at (``data_dir_holder`` tells that apart)."""
+    return data_dir_holder(data_dir) is True
+
+
+def data_dir_holder(data_dir: Path) -> bool | None:
+    """``data_dir_held``, or None when this process could tell neither way: it may open
+    neither the lock file nor the directory (another user's, mode 0750), or the file
+    system refused the lock. "Nothing runs" would then be a guess, and readers told
+    an operator so while a collector was at work."""
     openers: tuple[Callable[[], int], ...] = (
         partial(open_regular_fd, data_dir / LOCK_FILE),
         partial(os.open, data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    told = False
     for opener in openers:
         # The lock file opened as a regular file only: a FIFO planted in its place held
         # a plain read-only open for good (every verify hung); refused, the directory's
@@ -52,13 +62,14 @@ def data_dir_held(data_dir: Path) -> bool:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            told = True
         except BlockingIOError:
             return True
         except OSError:
             pass
         finally:
             os.close(fd)  # closing releases a lock this took
-    return False
+    return False if told else None
 
 
 def lock_data_dir(data_dir: Path) -> DataDirLock:
