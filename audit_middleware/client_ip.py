@@ -96,14 +96,18 @@ class TrustedProxies:
                     f"(examples: '10.0.0.1', '10.0.0.0/8', '2001:db8::/32'), nor 'unix' "
                     f"(a proxy that reaches the app over a unix socket)"
                 ) from None
-            if isinstance(network, ipaddress.IPv6Network) and network.network_address.scope_id:
+            # The zone of the address as written: the network's own drops it when host
+            # bits are set (fe80::1%eth0/64 is fe80::/64), and the host-bits error then
+            # told to write fe80::1%eth0, refused in turn.
+            zone = getattr(ipaddress.ip_address(text.split("/")[0]), "scope_id", None)
+            if zone:
                 # Hops and peers are matched without their zone (parse_ip drops it), so
                 # fe80::1%eth0 trusted fe80::1 on every interface, as its repr hid.
-                plain = text.replace(f"%{network.network_address.scope_id}", "")
+                plain = text.replace(f"%{zone}", "")
                 raise AuditConfigurationError(
-                    f"trusted proxy {entry!r} has a zone id "
-                    f"(%{network.network_address.scope_id}), which is not matched: "
-                    f"write {plain!r}, which trusts that address from any interface")
+                    f"trusted proxy {entry!r} has a zone id (%{zone}), which is not "
+                    f"matched: write {plain!r}, which trusts that address from any "
+                    f"interface")
             if "/" in text and ipaddress.ip_address(text.split("/")[0]) != network.network_address:
                 # 10.0.0.1/8 trusts all of 10.0.0.0/8: a typo for 10.0.0.1/32, or for the
                 # block? Whoever is trusted can name any client IP: say it, do not guess.

@@ -212,6 +212,10 @@ class _AsyncCallable:
      "write 'fe80::/64'"),
     (lambda: AuditMiddleware(Starlette(), trusted_proxies=[ipaddress.ip_address("fe80::1%2")]),
      "has a zone id .%2."),
+    # host bits set: the network's address lost the zone, and the host-bits error said
+    # to write 'fe80::1%eth0' alone, which is refused in turn
+    (lambda: AuditMiddleware(Starlette(), trusted_proxies=["fe80::1%eth0/64"]),
+     "has a zone id .%eth0.* write 'fe80::1/64'"),
     # async: called, never awaited, the field left empty at every request with a
     # "coroutine was never awaited" warning.
     (lambda: AuditMiddleware(Starlette(), org=_async_resolver), "org= resolver .* is async"),
