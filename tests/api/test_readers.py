@@ -294,3 +294,17 @@ def test_a_link_planted_as_the_temporary_file_is_not_followed(tmp_path: Path) ->
     Readers(tmp_path).add("alice", root=True)
     assert victim.read_text() == "untouched"
     assert [r.name for r in Readers(tmp_path).all()] == ["alice"]
+
+
+def test_a_file_past_the_size_limit_is_refused_not_loaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_READERS_BYTES held by no test: a file past it (/dev/zero's worth, a file no
+    `users add` wrote) is refused as damaged, naming the limit, before it is parsed."""
+    import collector.readers as readers_module
+
+    readers = Readers(tmp_path)
+    token = readers.add("alice", root=True)
+    size = (tmp_path / READERS_FILE).stat().st_size
+    monkeypatch.setattr(readers_module, "MAX_READERS_BYTES", size - 1)
+    with pytest.raises(ReaderError, match=f"larger than {size - 1:,} bytes.*restore it"):
+        Readers(tmp_path).authenticate(token)
