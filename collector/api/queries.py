@@ -127,6 +127,10 @@ class QueryPool:
         (``QueriesHung`` when a thread is in a read the disk does not answer, this one's
         included: see ``_outcome``)."""
         job: _Job[T] = _Job(work)
+        # Only the job holds it from here: this frame outlives the call in a cancelled
+        # caller's traceback (Python 3.12 and later: wait_for awaits this coroutine in
+        # the caller's own task), and would keep the page an abandoned job let go of.
+        del work
         self._submit(job)
         try:
             return await self._answer(job)
