@@ -294,9 +294,15 @@ def _read_token(path: Path) -> str:
     """The shared ingest token from ``token_file``: whoever holds it can write events
     into the audit log, so a file other users can reach is refused (token_files.py)."""
     try:
-        return read_token_file(path, _TOKEN_FILE)
+        token = read_token_file(path, _TOKEN_FILE)
     except TokenFileError as exc:
         raise ConfigError(str(exc)) from None
+    if token_is_unclean(token):  # stripped: a tab or a line break inside it
+        # No app can send it (CollectorSink refuses such a token): every app was refused
+        # as unauthorized, and nothing said why. The token itself is never shown.
+        raise ConfigError(f"token_file {path} holds a control character inside its token "
+                          f"(a tab, a second line?): put only the token in it, on one line")
+    return token
 
 
 def check(config: CollectorConfig) -> None:

@@ -250,6 +250,21 @@ def test_loopback_tcp_with_a_token_file_needs_no_tls(tmp_path: Path) -> None:
     assert config.tcp_address == ("127.0.0.1", 7100)
 
 
+@pytest.mark.parametrize("text", ["Xq7tok\tZk9rest\n", "Xq7tok\nZk9rest\n"],
+                         ids=["tab", "two lines"])
+def test_a_token_file_with_a_control_character_inside_is_refused(
+        tmp_path: Path, text: str) -> None:
+    """Stripped, the file's token kept a tab or a second line inside it, which no app can
+    send (CollectorSink refuses such a token): every app was refused as unauthorized,
+    and the collector never said why."""
+    token_file = tmp_path / "token"
+    token_file.write_text(text)
+    token_file.chmod(0o600)
+    with pytest.raises(ConfigError, match=f"{token_file} holds a control character") as err:
+        load(parse("--tcp", "127.0.0.1:7100", "--token-file", str(token_file)), {})
+    assert "Xq7tok" not in str(err.value) and "Zk9rest" not in str(err.value)  # no secret
+
+
 def test_a_missing_token_file_says_what_to_put_there(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     with pytest.raises(ConfigError, match=f"{token_file} does not exist: create it") as err:
