@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import stat
 from pathlib import Path
 
 from audit_middleware._dirs import make_dirs
 
 from .errors import StorageError
+from .regular_files import kind_of_mode
 
 __all__ = ["QUARANTINE", "SEGMENTS", "InTheWayError", "in_the_way", "make_store_dir"]
 
@@ -33,13 +33,7 @@ def kind_of(path: Path) -> str:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return "a symbolic link to nothing"
-    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a file or a directory"
+    return kind_of_mode(mode, "not a file or a directory")
 
 
 def in_the_way(path: Path, belongs: str) -> InTheWayError:

@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 
 class NotRegularFileError(OSError):
@@ -29,13 +29,19 @@ class FileTooLargeError(OSError):
     """The file holds more than its kind ever does (a limit given by the reader)."""
 
 
+#: What a file is, in the words the store's errors use (``kind_of_mode``).
+_KINDS: Final = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                 (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def kind_of_mode(mode: int, otherwise: str) -> str:
+    """What a file of ``mode`` is, in words; ``otherwise`` for a kind not named."""
+    return next((name for test, name in _KINDS if test(mode)), otherwise)
+
+
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISDIR, "a directory")):
-        if test(mode):
-            return name
-    return "not a regular file"
+    return kind_of_mode(mode, "not a regular file")
 
 
 def check_regular(path: Path) -> None:
