@@ -99,7 +99,8 @@ class TrustedProxies:
             # The zone of the address as written: the network's own drops it when host
             # bits are set (fe80::1%eth0/64 is fe80::/64), and the host-bits error then
             # told to write fe80::1%eth0, refused in turn.
-            zone = getattr(ipaddress.ip_address(text.split("/")[0]), "scope_id", None)
+            written = ipaddress.ip_address(text.split("/")[0])  # valid: a network's is
+            zone = getattr(written, "scope_id", None)
             if zone:
                 # Hops and peers are matched without their zone (parse_ip drops it), so
                 # fe80::1%eth0 trusted fe80::1 on every interface, as its repr hid.
@@ -108,7 +109,7 @@ class TrustedProxies:
                     f"trusted proxy {entry!r} has a zone id (%{zone}), which is not "
                     f"matched: write {plain!r}, which trusts that address from any "
                     f"interface")
-            if "/" in text and ipaddress.ip_address(text.split("/")[0]) != network.network_address:
+            if "/" in text and written != network.network_address:
                 # 10.0.0.1/8 trusts all of 10.0.0.0/8: a typo for 10.0.0.1/32, or for the
                 # block? Whoever is trusted can name any client IP: say it, do not guess.
                 raise AuditConfigurationError(

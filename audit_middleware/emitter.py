@@ -279,9 +279,11 @@ def _given_ip(value: object, ctx: RequestContext | None) -> str:
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         value = str(value)
     if type(value) is str:
-        ip = parse_ip(value) if value else None
-        if ip is not None or not value:  # as a forwarded hop is: its port, zone dropped
-            return str(ip) if ip is not None else ""
+        if not value:
+            return ""
+        ip = parse_ip(value)  # as a forwarded hop is read: its port and zone dropped
+        if ip is not None:
+            return str(ip)
         if ctx is not None and value == ctx.peer:
             return value
     raise AuditFieldError(
