@@ -8,12 +8,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
-from audit_middleware.shipper import sink_exit
+from audit_middleware.shipper import CollectorSink, sink_exit
 from tests.e2e.harness import wait_until
 from tests.shipper.sink_helpers import Collector, SinkFactory, connecting_sink, emit_many
 from tests.shipper.unaccepting import unaccepting_port
@@ -31,6 +32,23 @@ def _fsync_after(wait: Callable[[], object]) -> Callable[[int], None]:
         real(fd)
 
     return fsync
+
+
+@contextmanager
+def _hung_spool_write(make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch
+                      ) -> Iterator[tuple[CollectorSink, threading.Event]]:
+    """A sink whose collector never accepts, its spool fsync held until ``disk`` is
+    set (a hung disk), with a short ``SPOOL_GRACE``. The disk is let go on the way out
+    whatever happened, so the worker does not outlive the test blocked."""
+    monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5)  # a short test
+    disk = threading.Event()
+    try:
+        with unaccepting_port() as port:
+            sink = connecting_sink(make_sink, port)
+            monkeypatch.setattr(os, "fsync", _fsync_after(disk.wait))
+            yield sink, disk
+    finally:
+        disk.set()
 
 
 @pytest.mark.parametrize("shutdown", ["close", "drain"])
@@ -59,23 +77,16 @@ def test_a_close_that_gives_up_on_a_hung_spool_write_counts_and_says_the_loss(
     nor named (it logged "0 events still queued"), and the interpreter's exit took it.
     They are counted dropped and said now; spooled after all (the disk answered, the
     process lived on), they move back to ``spooled``."""
-    monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5)  # a short test
-    disk = threading.Event()
-    try:
-        with unaccepting_port() as port:
-            sink = connecting_sink(make_sink, port)
-            monkeypatch.setattr(os, "fsync", _fsync_after(disk.wait))
-            with caplog.at_level(logging.ERROR, "audit_middleware"):
-                sink.close(timeout=1.0)
-            stats = sink.stats()
-            assert (stats["spooled"], stats["dropped"]) == (0, 10)
-            assert "10 events counted dropped: close(1s) gave up" in caplog.text
-            assert "spool write under way" in caplog.text
-            disk.set()
-            wait_until(lambda: sink.stats()["spooled"] == 10, 10, "the write completing")
-            assert sink.stats()["dropped"] == 0
-    finally:
+    with _hung_spool_write(make_sink, monkeypatch) as (sink, disk):
+        with caplog.at_level(logging.ERROR, "audit_middleware"):
+            sink.close(timeout=1.0)
+        stats = sink.stats()
+        assert (stats["spooled"], stats["dropped"]) == (0, 10)
+        assert "10 events counted dropped: close(1s) gave up" in caplog.text
+        assert "spool write under way" in caplog.text
         disk.set()
+        wait_until(lambda: sink.stats()["spooled"] == 10, 10, "the write completing")
+        assert sink.stats()["dropped"] == 0
 
 
 def test_a_drain_that_gives_up_on_a_hung_spool_write_says_what_the_process_would_lose(
@@ -84,22 +95,15 @@ def test_a_drain_that_gives_up_on_a_hung_spool_write_says_what_the_process_would
     """drain() (ASGI lifespan, after which uvicorn ends the process) said only False:
     nothing named the events still being spooled. Said now; not counted dropped, as
     the worker goes on and spools them if the process does."""
-    monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5)
-    disk = threading.Event()
-    try:
-        with unaccepting_port() as port:
-            sink = connecting_sink(make_sink, port)
-            monkeypatch.setattr(os, "fsync", _fsync_after(disk.wait))
-            with caplog.at_level(logging.ERROR, "audit_middleware"):
-                assert not sink.drain(timeout=1.0)
-            assert "drain(1s) ended with 10 events neither sent nor spooled" in caplog.text
-            assert "lost if the process ends now" in caplog.text
-            assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (0, 0)
-            disk.set()
-            wait_until(lambda: sink.stats()["spooled"] == 10, 10, "the write completing")
-            assert sink.stats()["dropped"] == 0
-    finally:
+    with _hung_spool_write(make_sink, monkeypatch) as (sink, disk):
+        with caplog.at_level(logging.ERROR, "audit_middleware"):
+            assert not sink.drain(timeout=1.0)
+        assert "drain(1s) ended with 10 events neither sent nor spooled" in caplog.text
+        assert "lost if the process ends now" in caplog.text
+        assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (0, 0)
         disk.set()
+        wait_until(lambda: sink.stats()["spooled"] == 10, 10, "the write completing")
+        assert sink.stats()["dropped"] == 0
 
 
 def test_events_acknowledged_after_a_close_gave_up_are_taken_out_of_dropped(
