@@ -83,6 +83,27 @@ def within(call: Callable[[Write], T], write: Write, seconds: float, setting: st
         return item.result()
 
 
+def within_counted(call: Callable[[Write], T], write: Write, seconds: float, setting: str,
+                   name: str) -> T:
+    """``within``, counting the records written: a read stopped after some were printed
+    (``query --all``, ``tail -n`` past a page) says how many, in one wording for both
+    (tail's said nothing, and its output read as the whole answer)."""
+    printed = 0
+
+    def counted(records: list[dict[str, Any]], header: bool) -> None:
+        nonlocal printed
+        write(records, header)
+        printed += len(records)
+
+    try:
+        return within(call, counted, seconds, setting, name)
+    except QueryTimeoutError as exc:
+        if not printed:
+            raise
+        raise QueryTimeoutError(f"{exc}; the {printed} record(s) printed before it are "
+                                f"an incomplete answer") from None
+
+
 def hung_error(seconds: float, setting: str) -> QueryTimeoutError:
     # Not Deadline.error's advice: a narrower query waits on the same disk.
     return QueryTimeoutError(

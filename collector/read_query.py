@@ -24,7 +24,7 @@ from .read_arguments import (
     data_dir_of,
     whole_number,
 )
-from .read_deadline import Write, within
+from .read_deadline import Write, within_counted
 from .read_output import _writer
 from .storage.time_limit import QueryTimeoutError, checked
 
@@ -54,23 +54,10 @@ def run_query(args: argparse.Namespace) -> int:
     output = _writer(args.format, sys.stdout)
     if args.timeout is None:
         return _query(args, output)
-    printed = 0  # records written, for the message of a query stopped after them
-
-    def write(records: list[dict[str, Any]], header: bool) -> None:
-        nonlocal printed
-        output(records, header)
-        printed += len(records)
-
-    try:
-        # Read on a thread of its own, left past the limit: a read the disk never
-        # answers is checked by nothing, and the command hung there for good.
-        return within(lambda relay: _query(args, relay), write, args.timeout, "--timeout",
-                      "audit-query")
-    except QueryTimeoutError as exc:
-        if not printed:
-            raise
-        raise QueryTimeoutError(f"{exc}; the {printed} record(s) printed before it are "
-                                f"an incomplete answer") from None
+    # Read on a thread of its own, left past the limit: a read the disk never answers
+    # is checked by nothing, and the command hung there for good.
+    return within_counted(lambda relay: _query(args, relay), output, args.timeout,
+                          "--timeout", "audit-query")
 
 
 def _query(args: argparse.Namespace, write: Write) -> int:

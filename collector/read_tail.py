@@ -24,7 +24,7 @@ from .read_arguments import (
     data_dir_of,
     whole_number,
 )
-from .read_deadline import GRACE, Poller, Write, within
+from .read_deadline import GRACE, Poller, Write, within_counted
 from .read_output import _writer
 from .storage.errors import IndexOutOfDateError
 from .storage.time_limit import QUERY_TIMEOUT, time_limit
@@ -65,9 +65,10 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
         _write_last(out, data_dir, filters, args.lines, newest)
         return newest
 
-    # As query's --timeout: a read the disk does not answer included (read_deadline).
-    newest = last(write) if args.timeout is None else within(last, write, args.timeout,
-                                                             "--timeout", "audit-tail")
+    # As query's --timeout: a read the disk does not answer included, and the records
+    # printed before it said to be an incomplete answer (read_deadline).
+    newest = last(write) if args.timeout is None else within_counted(
+        last, write, args.timeout, "--timeout", "audit-tail")
     if args.follow:
         _follow(write, data_dir, filters, newest, stop, args.timeout)
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from collector.query import MAX_LIMIT
 from collector.read_deadline import GRACE
 from tests.collector.storage_helpers import event, events, open_store
 from tests.e2e.harness import ROOT
@@ -133,6 +134,28 @@ def test_tail_timeout_ends_a_read_of_the_last_records_stuck_in_a_segment_read(
     assert out.read_text() == ""
     assert "audit-collector tail: the query ran longer than 1 s (--timeout)" in \
         err.read_text()
+
+
+def test_tail_stuck_after_a_page_of_its_last_records_says_they_are_incomplete(
+        tmp: Path) -> None:
+    """``tail -n`` past a page (10,000 records) prints a page at a time: stopped by a
+    hung disk after one, it said only that the query was stopped, and the 10,000
+    lines it had printed read as the last records. Now it counts them, as query does."""
+    with open_store(tmp / "data") as store:
+        store.write(events(MAX_LIMIT + 5))
+    # The newest 10,000 read, then the 5 before them (where the last N start), then the
+    # first page printed: the second page's first read hangs.
+    with command(tmp, "tail", "-n", str(MAX_LIMIT + 5), "--timeout", "5s",
+                 after=2 * MAX_LIMIT + 5) as (proc, gate, out, err):
+        wait_for(segment_read_hung(gate).exists, BOUND, "the second page's read to hang")
+        code = ended(proc)
+        assert code == 2, err.read_text()
+    assert len(out.read_text().splitlines()) == MAX_LIMIT
+    message = err.read_text()
+    assert f"audit-collector tail: the query ran longer than 5 s (--timeout) and was " \
+        f"stopped: {HUNG}" in message, message
+    assert message.rstrip().endswith(
+        f"; the {MAX_LIMIT} record(s) printed before it are an incomplete answer"), message
 
 
 def test_a_tail_follow_poll_stuck_in_a_read_is_said_and_followed_once_it_returns(
