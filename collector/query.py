@@ -34,7 +34,14 @@ from collector.query_reader import MAX_LIMIT, IndexUnavailableError, Page, Reade
 from collector.query_thread_readers import KEEP_READERS, _reader, close_readers
 from collector.storage.data_dir_lock import lock_data_dir
 from collector.storage.filters import QueryError, check_text
-from collector.storage.in_the_way import QUARANTINE, make_store_dir
+from collector.storage.in_the_way import (
+    QUARANTINE,
+    SEGMENTS,
+    SEGMENTS_THEN,
+    make_store_dir,
+    refuse_other_than_a_dir,
+    segment_files_named,
+)
 from collector.storage.recovery import RepairReport, open_and_recover
 
 if TYPE_CHECKING:
@@ -94,15 +101,17 @@ def reindex(data_dir: Path | str, progress: Callable[[int, int], None] | None = 
     (bytes done, bytes total). Refuses while a collector holds the data directory."""
     data_dir = Path(data_dir)
     segments = data_dir / "segments"
+    refuse_other_than_a_dir(segments, SEGMENTS, SEGMENTS_THEN)  # not "not a data directory"
     if not segments.is_dir():
         raise QueryError(f"{data_dir} has no segments/ directory: not a collector data "
                          f"directory")
     make_store_dir(data_dir / "quarantine", 0o750, QUARANTINE)
     lock = lock_data_dir(data_dir)
     try:
-        index, report = open_and_recover(
-            data_dir / "index.sqlite", segments, data_dir / "quarantine", make_index=Index,
-            rebuild="reindex requested", progress=progress)
+        with segment_files_named(segments):  # a FIFO there: what to do, not just what
+            index, report = open_and_recover(
+                data_dir / "index.sqlite", segments, data_dir / "quarantine",
+                make_index=Index, rebuild="reindex requested", progress=progress)
         try:
             index.close_chunk()
             for chunk in index.closed_chunks():

@@ -13,14 +13,18 @@ from . import config as collector_config
 from . import formats
 from . import query as q
 from .options import parse_duration, parse_int
+from .storage.in_the_way import SEGMENTS, SEGMENTS_THEN, refuse_other_than_a_dir
 
 FORMATS = ("table", "jsonl", "csv", *formats.FORMATTERS)  # ocsf, ecs: collector/formats.py
 
 
 def data_dir_of(args: argparse.Namespace) -> Path:
     """The data directory the command reads (flags, environment, TOML), refused when it
-    holds no audit data."""
+    holds no audit data, or something else where its segments/ goes."""
     data_dir: Path = collector_config.load(args, for_serve=False).data_dir
+    # A FIFO or a file there was "no audit data" (no index) or an index of records
+    # nowhere: what it is, and what to do.
+    refuse_other_than_a_dir(data_dir / "segments", SEGMENTS, SEGMENTS_THEN)
     if not (data_dir / "index.sqlite").exists() and not (data_dir / "segments").is_dir():
         raise CommandError(f"no audit data in {data_dir}: point --data-dir (or "
                            f"AUDIT_DATA_DIR) at the collector's data directory")

@@ -342,6 +342,7 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from collector.storage.data_dir_lock import lock_data_dir
+    from collector.storage.in_the_way import SEGMENTS, SEGMENTS_THEN, refuse_other_than_a_dir
     from collector.storage.segments import list_segment_files
 
     from .keys import (
@@ -354,8 +355,11 @@ def _rotate(data_dir: Path, signing_key: Path | None, interval: float) -> int:
     )
     from .ledger import Ledger
 
+    refuse_other_than_a_dir(data_dir / "segments", SEGMENTS, SEGMENTS_THEN)
     if not (data_dir / "segments").is_dir():
         raise IntegrityError(f"{data_dir} has no segments/: not a collector data directory")
+    # A FIFO or a file in place of keys/ first: it was "no signing key at keys/...".
+    KeyRing(data_dir / "keys").refuse_other_than_a_directory()
     key_path = signing_key or default_signing_key_path(data_dir)
     if not key_path.exists():
         raise IntegrityError(f"no signing key at {key_path}: nothing to rotate (check "

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from audit_middleware._dirs import make_dirs
+from collector.storage.in_the_way import in_the_way_words, restore_then
 from collector.storage.regular_files import (
     FileTooLargeError,
     NotRegularFileError,
@@ -52,6 +53,11 @@ SIGNING_KEY_FILE: Final = "signing-key.pem"
 KEYS_DIR_MODE: Final = 0o700
 PRIVATE_MODE: Final = 0o600
 PUBLIC_MODE: Final = 0o644
+#: What keys/ is, and what to do once something else there is out of the way.
+_KEYS: Final = ("the keys/ directory (the key ring: the public keys and, by default, the "
+                "signing key)")
+_KEYS_THEN: Final = restore_then("keys/", "run this again (a store with digests starts "
+                                 "only with the key that signed them: docs/integrity.md)")
 # An export of every key a store ever had is a few KiB; a file far larger is no key file.
 MAX_PUBLIC_KEYS_BYTES: Final = 1024 * 1024
 _PUBLIC_NAME = re.compile(r"ed25519-([0-9a-f]{16})\.pub")
@@ -282,10 +288,10 @@ class KeyRing:
         self.directory = directory
 
     def create(self) -> None:
-        self._refuse_other_than_a_directory()
+        self.refuse_other_than_a_directory()
         make_dirs(self.directory, KEYS_DIR_MODE)
 
-    def _refuse_other_than_a_directory(self) -> None:
+    def refuse_other_than_a_directory(self) -> None:
         """``KeyFileError`` when something other than a directory has the ring's name:
         serve said only "[Errno 17] File exists", and `keys list` that the directory was
         open to others, then that it held no keys (is --data-dir right?)."""
@@ -294,12 +300,8 @@ class KeyRing:
         except OSError:
             return  # none yet (made), or not this user's to look at: said where it matters
         if not stat.S_ISDIR(mode):
-            raise KeyFileError(
-                f"{self.directory} is not a directory: the key ring is the directory the "
-                f"collector makes there, holding the public keys (and, by default, the "
-                f"signing key): move this away (mv {self.directory} "
-                f"{self.directory}.moved) and put keys/ back from a backup (a store with "
-                f"digests starts only with the key that signed them: docs/integrity.md)")
+            # In the words of the store's other directories (what it is, what to do).
+            raise KeyFileError(in_the_way_words(self.directory, _KEYS, _KEYS_THEN))
 
     def loose_mode(self) -> str | None:
         """What others may do to the key directory when its mode lets them (it is made
@@ -335,7 +337,7 @@ class KeyRing:
         verdict, and the collector's start."""
         found: dict[str, PublicKey] = {}
         skipped: list[str] = []
-        self._refuse_other_than_a_directory()
+        self.refuse_other_than_a_directory()
         if not self.directory.is_dir():
             return found, skipped
         for path in sorted(self.directory.iterdir()):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from audit_middleware._counter import worth_saying
 from audit_middleware.event import format_created
+from collector.storage.in_the_way import DIGESTS, DIGESTS_THEN, refuse_other_than_a_dir
 from collector.storage.segments import (
     DIR_MODE,
     SegmentFile,
@@ -79,6 +80,9 @@ class Ledger(_ChainEnd):
         """Load (or generate, 0600) the signing key, put its public key in the key ring,
         and find where the digest chain ends (a torn last digest line goes to
         ``quarantine_dir``)."""
+        # Before anything reads it as "no digests" (a warning that nothing was signed)
+        # or makes it: a FIFO or a file there was "[Errno 17] File exists".
+        refuse_other_than_a_dir(data_dir / d.DIGESTS_DIR, DIGESTS, DIGESTS_THEN)
         ring = KeyRing(data_dir / "keys")
         ring.create()
         loose = ring.loose_mode()

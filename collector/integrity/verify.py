@@ -21,6 +21,13 @@ from typing import Final
 import orjson
 
 from collector.storage.errors import CorruptSegmentError
+from collector.storage.in_the_way import (
+    DIGESTS,
+    DIGESTS_THEN,
+    SEGMENTS,
+    SEGMENTS_THEN,
+    refuse_other_than_a_dir,
+)
 from collector.storage.regular_files import open_regular
 from collector.storage.segments import (
     SegmentFile,
@@ -73,6 +80,10 @@ def verify(data_dir: Path, *, public_keys: list[PublicKey] | None = None,
     newest digest must then be recent). ``anchors``: digest signatures kept elsewhere,
     each of which must be in the digest chain."""
     data_dir = Path(data_dir)
+    # Something else in place of either: what it is and what to do, not "no segments/
+    # directory" or "nothing here was ever signed".
+    refuse_other_than_a_dir(data_dir / "segments", SEGMENTS, SEGMENTS_THEN)
+    refuse_other_than_a_dir(data_dir / d.DIGESTS_DIR, DIGESTS, DIGESTS_THEN)
     if not (data_dir / "segments").is_dir():
         raise VerifyError(f"{data_dir} has no segments/ directory: point verify at a "
                           f"collector data directory (or a copy of one)")

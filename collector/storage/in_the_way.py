@@ -1,26 +1,56 @@
-"""Something else where the store keeps a directory or its lock file: refused by name.
+"""Something else where the store keeps a directory or a file: refused by name.
 
 Whoever can write the data directory can leave a FIFO, a file or a directory where
-``quarantine/`` or ``store.lock`` goes. The system call's own words ("[Errno 17] File
-exists", "Is a directory") said neither what was there nor what to do.
+``quarantine/``, ``segments/``, ``digests/``, a segment file or ``store.lock`` goes.
+The system call's own words ("[Errno 17] File exists", "Is a directory", "a FIFO, not
+a regular file") said neither what was there nor what to do.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from audit_middleware._dirs import make_dirs
 
 from .errors import StorageError
-from .regular_files import kind_of_mode
+from .regular_files import NotRegularFileError, kind_of_mode
 
-__all__ = ["QUARANTINE", "SEGMENTS", "InTheWayError", "in_the_way", "make_store_dir"]
+__all__ = ["DIGESTS", "DIGESTS_THEN", "QUARANTINE", "SEGMENTS", "SEGMENTS_THEN",
+           "SEGMENT_FILE", "InTheWayError", "in_the_way", "in_the_way_words",
+           "make_store_dir", "not_a_segment_file", "refuse_other_than_a_dir",
+           "restore_then", "segment_files_named"]
 
 #: What the store keeps at its paths, as its errors name them.
 QUARANTINE = "the quarantine/ directory (what start-up repair cuts from segments)"
 SEGMENTS = "the segments/ directory (the stored records)"
+DIGESTS = "the digests/ directory (the signed digests of the segments)"
+SEGMENT_FILE = "a segment file (stored records)"
+
+#: What to do once it is out of the way, for what the collector makes afresh.
+MAKES_A_NEW_ONE = "then start the collector (or the reindex) again: it makes a new one"
+
+
+def restore_then(what: str, again: str) -> str:
+    """What to do once it is out of the way, for ``what`` a new one cannot replace
+    (records, digests): put it back, then ``again``."""
+    return f"then put {what} back from a backup and {again}"
+
+
+#: ... for segments/ met by a command that reads it (query, tail, reindex, keys rotate).
+SEGMENTS_THEN = restore_then(
+    "segments/", "run this again (without a backup its records are lost: a collector "
+    "started without it makes a new, empty one)")
+
+
+#: ... for digests/ (serve's start, keys rotate, verify).
+DIGESTS_THEN = restore_then(
+    "digests/", "run this again (without a backup, the collector makes a new one, and "
+    "`audit-collector verify` reports the segments signed before as 'digest missing')")
 
 
 class InTheWayError(StorageError):
@@ -36,13 +66,33 @@ def kind_of(path: Path) -> str:
     return kind_of_mode(mode, "not a file or a directory")
 
 
-def in_the_way(path: Path, belongs: str) -> InTheWayError:
-    """The error for ``path``, which is not ``belongs`` (what the store keeps there)."""
+def in_the_way_words(path: Path, belongs: str, then: str = MAKES_A_NEW_ONE) -> str:
+    """What is at ``path``, which is not ``belongs`` (what the store keeps there), and
+    what to do: move it aside, ``then`` ..."""
     aside = shlex.quote(f"{path}.aside")
-    return InTheWayError(
-        f"{path} is {kind_of(path)}, where the collector keeps {belongs}: look at what it "
-        f"is, move it out of the way (`mv {shlex.quote(str(path))} {aside}`), then start "
-        f"the collector (or the reindex) again: it makes a new one")
+    return (f"{path} is {kind_of(path)}, where the collector keeps {belongs}: look at what "
+            f"it is, move it out of the way (`mv {shlex.quote(str(path))} {aside}`), {then}")
+
+
+def in_the_way(path: Path, belongs: str, then: str = MAKES_A_NEW_ONE) -> InTheWayError:
+    """The error for ``path``, which is not ``belongs`` (what the store keeps there)."""
+    return InTheWayError(in_the_way_words(path, belongs, then))
+
+
+def refuse_other_than_a_dir(path: Path, belongs: str, then: str = MAKES_A_NEW_ONE) -> None:
+    """``InTheWayError`` when something other than a directory (followed) is at
+    ``path``; nothing when there is none (or it cannot be looked at: said where it
+    matters)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            return
+        raise in_the_way(path, belongs, then) from None  # a symbolic link to nothing
+    except OSError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise in_the_way(path, belongs, then)
 
 
 def make_store_dir(path: Path, mode: int, belongs: str) -> None:
@@ -51,3 +101,31 @@ def make_store_dir(path: Path, mode: int, belongs: str) -> None:
         make_dirs(path, mode)
     except FileExistsError:
         raise in_the_way(path, belongs) from None
+
+
+#: What to do once a segment file's impostor is out of the way: it holds none of them.
+_SEGMENT_FILE_THEN = restore_then(
+    "the segment file", "run this again (without a backup its records are lost: "
+    "`audit-collector verify` names the segment missing, and `audit-collector reindex`, "
+    "the collector stopped, indexes the store without it)")
+
+
+def not_a_segment_file(exc: NotRegularFileError) -> NotRegularFileError:
+    """``exc`` (a segment file found to be a FIFO, a device or a directory) in the
+    words above: what it is, and what to do. Still a ``NotRegularFileError``: the
+    query API answers it as before; the commands print its words."""
+    path = Path(exc.filename)
+    return NotRegularFileError(exc.errno, in_the_way_words(path, SEGMENT_FILE,
+                                                           _SEGMENT_FILE_THEN))
+
+
+@contextmanager
+def segment_files_named(segments_dir: Path) -> Iterator[None]:
+    """A ``NotRegularFileError`` for a file of ``segments_dir`` raised within, said
+    with what to do (``not_a_segment_file``)."""
+    try:
+        yield
+    except NotRegularFileError as exc:
+        if exc.filename is None or Path(exc.filename).parent != segments_dir:
+            raise
+        raise not_a_segment_file(exc) from None

@@ -15,7 +15,8 @@ import orjson
 
 from .compression import BlockMap, CompressedReader, iter_members
 from .errors import IndexOutOfDateError
-from .regular_files import open_regular_fd
+from .in_the_way import not_a_segment_file
+from .regular_files import NotRegularFileError, open_regular_fd
 from .segments import segment_seq
 from .time_limit import check
 
@@ -95,6 +96,8 @@ class RecordReader:
                 break
             except FileNotFoundError:
                 continue
+            except NotRegularFileError as exc:  # opened without waiting: said, with what to do
+                raise not_a_segment_file(exc) from None
         else:
             return None  # deleted by retention since the rows were read
         self._open[segment] = file

@@ -403,3 +403,26 @@ def test_something_else_in_place_of_quarantine_or_the_lock_is_named_with_what_to
     os.rename(path, f"{path}.aside")
     if command == "reindex":  # moved aside, it runs
         assert cli(command, "--data-dir", str(data)).returncode == 0
+
+
+@pytest.mark.parametrize("command", [["reindex"], ["query"], ["verify"], ["keys", "rotate"]])
+@pytest.mark.parametrize(("kind", "index"), [("a FIFO", False), ("a regular file", True)])
+def test_something_else_in_place_of_segments_is_named_with_what_to_do(
+        tmp_path: Path, command: list[str], kind: str, index: bool) -> None:
+    """reindex, verify and keys rotate said "has no segments/ (directory): not a
+    collector data directory" of a FIFO or a file there; query, "no audit data" (or, an
+    index beside it, whatever the index said). Each names it now, with what to do: the
+    records were in segments/, so it is put back, not made anew."""
+    data = tmp_path / "data"
+    data.mkdir()
+    if index:
+        (data / "index.sqlite").touch()
+    path = data / "segments"
+    {"a FIFO": os.mkfifo, "a regular file": Path.touch}[kind](path)
+    done = cli(*command, "--data-dir", str(data))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert (f"{path} is {kind}, where the collector keeps the segments/ directory (the "
+            f"stored records): look at what it is, move it out of the way (`mv {path} "
+            f"{path}.aside`), then put segments/ back from a backup and run this "
+            f"again") in done.stderr, done.stderr
+    assert "not a collector data directory" not in done.stderr

@@ -537,6 +537,31 @@ def test_a_fifo_in_place_of_an_index_file_is_named_with_what_to_do(
     assert str(copy / name) in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("command", [["query"], ["tail"], ["tail", "-f"], ["reindex"]])
+def test_a_fifo_in_place_of_a_segment_file_is_named_with_what_to_do(
+        tmp_path: Path, command: list[str]) -> None:
+    """query and tail said "a FIFO, not a regular file (<path>)" (reindex too): what,
+    not what to do. Opened without waiting for a writer (a command that blocked there
+    would not end: ``outcome_within``), it is named in the words of the store's other
+    wrong-kind refusals, with what to do."""
+    from tests.collector.storage_helpers import events, open_store
+
+    data = tmp_path / "data"
+    with open_store(data) as store:
+        store.write(events(3))
+    [segment] = (data / "segments").glob("segment-*.jsonl")
+    segment.unlink()
+    os.mkfifo(segment)
+    done = outcome_within(60, lambda: cli(*command, "--data-dir", str(data), check=False))
+    assert isinstance(done, subprocess.CompletedProcess), done
+    assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert (f"audit-collector {command[0]}: {segment} is a FIFO, where the collector keeps "
+            f"a segment file (stored records): look at what it is, move it out of the way "
+            f"(`mv {segment} {segment}.aside`), then put the segment file back from a "
+            f"backup") in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("content", [b"", b"not a database at all" * 10])
 def test_an_index_being_built_or_damaged_is_a_clear_error(tmp_path: Path,
                                                            content: bytes) -> None:
