@@ -88,3 +88,17 @@ def test_run_as_documented_the_app_writes_to_the_sink_named_by_the_environment(
     assert response.status_code == 200
     assert [(r["type"], r["principal"]) for r in events_file()] == [
         ("user_sign_in", "usr_erin")]
+
+
+def test_run_without_a_sink_in_the_environment_says_so_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started without ``AUDIT_COLLECTOR_URL`` or ``AUDIT_EVENTS_FILE``, the examples
+    answered 500 with a traceback at each audited request and said nothing at start."""
+    monkeypatch.delenv("AUDIT_COLLECTOR_URL", raising=False)
+    monkeypatch.delenv("AUDIT_EVENTS_FILE", raising=False)
+    with caplog.at_level("WARNING", logger="examples.audit_sink"):
+        create_app()
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "examples.audit_sink"]
+    assert "neither AUDIT_COLLECTOR_URL nor AUDIT_EVENTS_FILE is set" in warning
+    assert "AUDIT_EVENTS_FILE=audit-events.jsonl" in warning
