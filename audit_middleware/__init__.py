@@ -10,6 +10,7 @@ from .context import RequestContext, current_request, header, path_param, set_pr
 from .decorator import AuditCall, audited, from_param, from_result
 from .emitter import configure, emit, stats
 from .errors import (
+    AuditArgumentTypeError,
     AuditConfigurationError,
     AuditDeliveryError,
     AuditError,
@@ -26,6 +27,7 @@ __all__ = [
     "FIELDS",
     "SCHEMA_VERSION",
     "SYSTEM",
+    "AuditArgumentTypeError",
     "AuditCall",
     "AuditConfigurationError",
     "AuditDeliveryError",

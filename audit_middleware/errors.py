@@ -11,6 +11,11 @@ class AuditConfigurationError(AuditError, ValueError):
     """Invalid configuration (a bad trusted proxy, a bad cap, no sink configured, ...)."""
 
 
+class AuditArgumentTypeError(AuditConfigurationError, TypeError):
+    """An argument of the wrong type (a list as the event type, a number as ``target=``,
+    a str as a sink): a configuration error, and a ``TypeError`` as Python's own was."""
+
+
 class UnknownEventTypeError(AuditError, LookupError):
     """An event type that is neither in the seed catalogue nor registered by the app."""
 

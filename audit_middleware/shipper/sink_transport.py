@@ -8,7 +8,7 @@ import os
 import ssl
 
 from .._options import check_flags
-from ..errors import AuditConfigurationError
+from ..errors import AuditArgumentTypeError, AuditConfigurationError
 from ..wire import token_is_unclean
 from .endpoint import Endpoint, verifying_context
 
@@ -38,7 +38,9 @@ def tls_context(endpoint: Endpoint, tls: bool | ssl.SSLContext,
     """The context to connect with, or None (no TLS)."""
     if not isinstance(tls, ssl.SSLContext):
         check_flags(tls=tls)
-    has_ca = tls_ca is not None and tls_ca != ""  # '' was taken as no CA: still is
+    if tls_ca is not None:
+        _check_ca_path(tls_ca)
+    has_ca = tls_ca is not None
     if endpoint.scheme != "tcp":
         if tls is not False or has_ca:  # was ignored: the socket is local, in clear
             raise AuditConfigurationError(
@@ -61,9 +63,25 @@ def tls_context(endpoint: Endpoint, tls: bool | ssl.SSLContext,
                 f"private CA) so the token and the events are not sent in clear")
         return None
     try:
-        return verifying_context(os.fspath(tls_ca) if tls_ca else None)
+        return verifying_context(os.fspath(tls_ca) if tls_ca is not None else None)
     except (OSError, ssl.SSLError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise AuditConfigurationError(
             f"tls_ca={tls_ca!r} cannot be used as the CA bundle ({why}): give a "
             f"PEM file of CA certificates") from None
+
+
+def _check_ca_path(tls_ca: object) -> None:
+    """``tls_ca`` names a file. ``''`` (an unset variable read with a default of '',
+    ``os.environ.get("AUDIT_CA", "")``) was taken as no CA: the system's CAs, where a
+    private CA was meant, and the first connection failed, its batches spooled."""
+    text = os.fspath(tls_ca) if isinstance(tls_ca, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise AuditArgumentTypeError(
+            f"tls_ca must be the path (a str or a Path) of a PEM file of CA certificates, "
+            f"or None for the system's CAs; got {tls_ca!r:.80}")
+    if not text.strip():
+        raise AuditConfigurationError(
+            f"tls_ca={tls_ca!r} names no file: pass the path of the PEM file of the CA "
+            f"that signed the collector's certificate, or leave tls_ca out (None) to "
+            f"verify it against the system's CAs")

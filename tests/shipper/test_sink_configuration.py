@@ -79,6 +79,15 @@ def test_localhost_with_a_trailing_dot_needs_tls(host: str) -> None:
      "tls_ca= is read with tls=True only: pass tls=True as well"),
     ("tcp://h.example:7100", {"token": "t", "tls": ssl.create_default_context(),
                               "tls_ca": "/etc/ca.pem"}, "load the CA into the context"),
+    # '' (a variable read with a default of '') was taken as no CA: the system's CAs,
+    # where a private CA was meant; a number failed with a bare TypeError from os.fspath.
+    ("tcp://h.example:7100", {"token": "t", "tls": True, "tls_ca": ""},
+     ("tls_ca='' names no file: pass the path of the PEM file of the CA .* or leave "
+      "tls_ca out")),
+    ("tcp://h.example:7100", {"token": "t", "tls": True, "tls_ca": " "}, "names no file"),
+    ("unix:///x.sock", {"tls_ca": ""}, "tls_ca='' names no file"),
+    ("tcp://h.example:7100", {"token": "t", "tls": True, "tls_ca": 5},
+     "tls_ca must be the path .* of a PEM file of CA certificates, or None .*; got 5"),
     # Read with its file's newline, it never matched the collector's (whose token file is
     # read stripped): every connection refused as unauthorized, as a wrong token is.
     ("tcp://127.0.0.1:7100", {"token": "s3cret\n"}, "token has surrounding whitespace"),
