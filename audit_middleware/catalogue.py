@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping
 from typing import Final
 
-from .errors import AuditConfigurationError, UnknownEventTypeError
+from .errors import AuditArgumentTypeError, AuditConfigurationError, UnknownEventTypeError
 
 # Seed catalogue as named constants (DESIGN.md, "The catalogue").
 ACCESS_TOKEN_CREATED: Final = "access_token_created"
@@ -106,7 +106,11 @@ NAME_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+    if not isinstance(name, str):
+        raise AuditArgumentTypeError(
+            f"{kind} {name!r} is not a name: pass a str of 1-64 characters of a-z, 0-9 "
+            f"and '_', starting with a letter (e.g. 'report_exported')")
+    if not NAME_PATTERN.fullmatch(name):
         raise AuditConfigurationError(
             f"{kind} {name!r} is not valid: use 1-64 characters of a-z, 0-9 and '_', "
             f"starting with a letter (e.g. 'report_exported')"
@@ -121,6 +125,10 @@ class Catalogue:
         self._resources: dict[str, dict[str, str]] = {}
         #: Every registered type; read without a lock on the emit path.
         self.types: frozenset[str] = frozenset()
+        if not isinstance(resources, Mapping):  # else .items(): an AttributeError
+            raise AuditArgumentTypeError(
+                f"Catalogue() takes a mapping of each resource to its actions, e.g. "
+                f"{{'report': {{'export': 'report_exported'}}}}; got {resources!r:.80}")
         for resource, actions in resources.items():
             self.register_resource(resource, actions)
 
@@ -134,12 +142,16 @@ class Catalogue:
             raise UnknownEventTypeError(
                 f"{resource}.{action}", self.suggest(f"{resource}_{action}")
             ) from None
+        except TypeError:  # unhashable: "unhashable type: 'list'" said nothing of ours
+            raise AuditArgumentTypeError(
+                f"event_type(resource, action) takes two names (str), e.g. "
+                f"event_type('run', 'launch'); got {resource!r}, {action!r}") from None
 
     def register_resource(self, resource: str, actions: Mapping[str, str]) -> None:
         """Add (or extend) a resource: ``actions`` maps each action to its event type."""
         _check_name("resource", resource)
         if not isinstance(actions, Mapping):  # a list of names: .items() AttributeError
-            raise AuditConfigurationError(
+            raise AuditArgumentTypeError(
                 f"resource {resource!r}: actions must map each action to its event type, "
                 f"e.g. {{'export': '{resource}_exported'}}; got {actions!r}")
         if not actions:
@@ -168,11 +180,12 @@ class Catalogue:
         if isinstance(event_type, str):  # a str subclass, as an enum.StrEnum member
             return self.check(str.__str__(event_type))
         if callable(event_type):  # ``@audited`` written without its event type
-            raise AuditConfigurationError(
+            raise AuditArgumentTypeError(
                 f"the event type is missing: write @audited('event_type', ...) above "
                 f"{getattr(event_type, '__qualname__', event_type)!s}, not a bare @audited")
-        raise AuditConfigurationError(
-            f"an event type is a str such as 'run_launched', got {event_type!r}")
+        raise AuditArgumentTypeError(
+            f"an event type is a str such as 'run_launched' (or a catalogue constant, "
+            f"e.g. audit_middleware.catalogue.RUN_LAUNCHED), got {event_type!r}")
 
     def suggest(self, event_type: str) -> list[str]:
         return difflib.get_close_matches(event_type, sorted(self.types), n=3, cutoff=0.6)

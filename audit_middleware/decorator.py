@@ -39,7 +39,7 @@ from ._decorator_order import reject_misordered
 from ._sync_only import refuse_async
 from .context import RequestContext, checked_name, current
 from .emitter import emit, record_in_request
-from .errors import AuditConfigurationError, AuditFieldError
+from .errors import AuditArgumentTypeError, AuditConfigurationError, AuditFieldError
 from .wsgi import status_line_code
 
 log = logging.getLogger("audit_middleware")
@@ -115,9 +115,10 @@ def _getter(spec: str | Getter | None, what: str) -> Getter | None:
         return spec
     if isinstance(spec, str):
         return from_param(spec)
-    raise TypeError(
-        f"@audited {what}= takes a path parameter name, from_param(), from_result() or a "
-        f"callable receiving the AuditCall; got {spec!r}"
+    raise AuditArgumentTypeError(
+        f"@audited {what}= takes a path parameter's name (e.g. {what}='bucket_id'), "
+        f"from_param(), from_result() or a callable receiving the AuditCall; got "
+        f"{spec!r:.80} ({type(spec).__name__})"
     )
 
 
@@ -439,8 +440,8 @@ def audited(
     """
     _config.settings.catalogue.check(event_type)  # fail at import time, not per request
     if type(record_failure) is not bool:  # 'no' is truthy
-        raise TypeError(f"@audited record_failure must be True or False, got "
-                        f"{record_failure!r}")
+        raise AuditArgumentTypeError(f"@audited record_failure must be True or False, "
+                                     f"got {record_failure!r:.80}")
     getters: dict[str, Getter | None] = {
         "target": _getter(target, "target"),
         "status": (lambda call: status) if isinstance(status, str) else _getter(status, "status"),

@@ -32,7 +32,7 @@ import logging
 from . import _config
 from .context import RequestContext
 from .emitter import emit_in_request
-from .errors import AuditConfigurationError
+from .errors import AuditArgumentTypeError
 from .event import denied_status
 from .shipper.receipts import pending
 
@@ -45,7 +45,7 @@ def checked_denied_event(event_type: object) -> str | None:
     if event_type is None:
         return None
     if type(event_type) is not str:
-        raise AuditConfigurationError(
+        raise AuditArgumentTypeError(
             f"denied_event must be an event type (a str), got {event_type!r}: register one, "
             f"e.g. register_resource('request', {{'denied': 'request_denied'}}), and pass "
             f"denied_event='request_denied'")

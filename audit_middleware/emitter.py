@@ -6,13 +6,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _config
 from .catalogue import Catalogue
 from .client_ip import parse_ip
 from .context import RequestContext, asgi_peer, current, principal_from_user
-from .errors import AuditConfigurationError, AuditFieldError
+from .errors import AuditArgumentTypeError, AuditConfigurationError, AuditError, AuditFieldError
 from .event import SYSTEM, AuditEvent
 from .sanitize import (
     COLLECTOR_DEFAULT_MAX_FIELD_LENGTH,
@@ -149,8 +149,13 @@ def _capped_pair(ctx: RequestContext, what: str, cap: int) -> tuple[str, str]:
 
 def _settings_for(event_type: str) -> tuple[Sink, int]:
     settings = _config.settings
-    if event_type not in settings.catalogue.types:
-        settings.catalogue.check(event_type)  # raises, naming the closest valid types
+    try:
+        if event_type not in settings.catalogue.types:
+            settings.catalogue.check(event_type)  # raises, naming the closest valid types
+    except AuditError:
+        raise
+    except TypeError:  # unhashable (a list): Python's words name nothing to pass
+        _not_an_event_type(event_type)
     sink = settings.sink
     if sink is None:
         raise AuditConfigurationError(
@@ -158,6 +163,18 @@ def _settings_for(event_type: str) -> tuple[Sink, int]:
             "start-up, or use audit_middleware.testing.capture_audit_events() in tests"
         )
     return sink, settings.max_field_length
+
+
+def _not_an_event_type(event_type: object) -> NoReturn:
+    """An event type the catalogue lookup could not hash (a list, a dict): said as
+    ``Catalogue.check`` says any value that is no str, without Python's "unhashable type"
+    chained before it."""
+    try:
+        _config.settings.catalogue.check(event_type)  # type: ignore[arg-type]
+    except AuditError as error:
+        raise error from None
+    raise AuditArgumentTypeError(  # a str subclass that refuses hashing, so far-fetched
+        f"an event type is a str such as 'run_launched', got {event_type!r:.80}")
 
 
 def emit_in_request(
@@ -168,8 +185,13 @@ def emit_in_request(
     common case (a known type, short string fields, fields cached) does not need."""
     settings = _config.settings
     sink = settings.sink
-    if sink is None or event_type not in settings.catalogue.types:
-        sink, _ = _settings_for(event_type)  # raises, saying what to configure
+    try:  # free until it catches: no work added to the request path
+        if sink is None or event_type not in settings.catalogue.types:
+            sink, _ = _settings_for(event_type)  # raises, saying what to configure
+    except AuditError:
+        raise
+    except TypeError:  # unhashable (a list), found by the lookup
+        _not_an_event_type(event_type)
     cap = settings.max_field_length
     fields = ctx.fields
     if fields is None:

@@ -33,7 +33,7 @@ from opentelemetry.context import Context
 
 from .. import otel
 from .._counter import Counter
-from ..errors import AuditConfigurationError
+from ..errors import AuditArgumentTypeError, AuditConfigurationError
 from ..event import AuditEvent, encodable
 from .base import Sink
 from .batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
@@ -72,8 +72,10 @@ class OTelLogSink:
         if primary is not None and not all(
             callable(getattr(primary, m, None)) for m in ("submit", "flush", "close", "stats")
         ):
-            raise TypeError(f"primary={primary!r} is not a sink: it needs submit(), flush(), "
-                            "close() and stats() (see audit_middleware.sinks)")
+            raise AuditArgumentTypeError(
+                f"primary={primary!r:.80} is not a sink: it needs submit(), flush(), close() "
+                f"and stats(); pass one, e.g. OTelLogSink(CollectorSink(...)) (see "
+                f"audit_middleware.sinks), or leave primary out for the log copy alone")
         self.primary = primary
         self._provider = logger_provider
         self._exit_timeout = exit_timeout

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from audit_middleware import (
+    AuditArgumentTypeError,
     AuditConfigurationError,
     AuditMiddleware,
     WSGIAuditMiddleware,
@@ -171,9 +172,16 @@ def test_decorator_keeps_name_and_docstring() -> None:
     assert delete_team.__wrapped__ is not None  # type: ignore[attr-defined]
 
 
-def test_target_spec_of_wrong_kind_is_refused() -> None:
-    with pytest.raises(TypeError, match="target="):
+def test_target_spec_of_wrong_kind_is_refused_saying_what_was_passed_and_what_to_pass(
+        ) -> None:
+    """A TypeError still (as it was), and one of ours: what was passed, what to pass."""
+    with pytest.raises(TypeError, match=r"@audited target= takes a path parameter's name "
+                       r"\(e.g. target='bucket_id'\), from_param\(\), from_result\(\) or a "
+                       r"callable receiving the AuditCall; got 42 \(int\)") as raised:
         audited("team_deleted", target=42)  # type: ignore[arg-type]
+    assert isinstance(raised.value, AuditArgumentTypeError)
+    with pytest.raises(AuditArgumentTypeError, match=r"status= .* got b'ok' \(bytes\)"):
+        audited("team_deleted", status=b"ok")  # type: ignore[arg-type]
 
 
 def _handler() -> None:
@@ -235,8 +243,10 @@ def test_wrong_arguments_are_refused_when_configured(make: Callable[[], object],
 
 def test_record_failure_takes_a_bool() -> None:
     """'no' is truthy: it would turn failure events on."""
-    with pytest.raises(TypeError, match="record_failure must be True or False"):
+    with pytest.raises(TypeError, match="record_failure must be True or False, "
+                       "got 'no'") as raised:
         audited("credentials_updated", record_failure="no")  # type: ignore[arg-type]
+    assert isinstance(raised.value, AuditArgumentTypeError)
 
 
 class _Names(enum.StrEnum):

@@ -22,8 +22,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from audit_middleware import (
+    AuditArgumentTypeError,
     AuditConfigurationError,
     AuditMiddleware,
+    Catalogue,
     audited,
     emit,
     path_param,
@@ -258,3 +260,54 @@ def test_the_outer_middlewares_resolvers_see_the_sub_apps_path_parameters(
     assert client.post("/plugin/orgs/o-1/ws/w-2/buckets/b-3").status_code == 200
     assert [(e.target, e.org_id, e.org_name, e.workspace_id) for e in events] == [
         ("b-3", "o-1", "Acme", "w-2")]
+
+
+# -- an event type that is no str: a list, a dict ------------------------------------------
+
+NOT_A_TYPE = r"an event type is a str such as 'run_launched' .*, got \['bucket_deleted'\]"
+
+
+def test_an_unhashable_event_type_in_a_request_is_said_as_ours(
+        events: list[AuditEvent]) -> None:
+    """``emit(["x"])`` failed with Python's "unhashable type: 'list'" (the catalogue
+    lookup), which names nothing to pass; with or without fields of its own."""
+    api = FastAPI()
+
+    @api.delete("/buckets/{bucket_id}")
+    def delete(bucket_id: str, principal: str | None = None) -> dict[str, str]:
+        emit(["bucket_deleted"], bucket_id, principal=principal)  # type: ignore[arg-type]
+        return {}
+
+    client = TestClient(AuditMiddleware(api))
+    for url in ("/buckets/b-1", "/buckets/b-1?principal=u-alice"):
+        with pytest.raises(AuditArgumentTypeError, match=NOT_A_TYPE) as raised:
+            client.delete(url)
+        assert isinstance(raised.value, TypeError)  # as Python's own was
+        assert raised.value.__context__ is None or raised.value.__suppress_context__
+    assert events == []
+
+
+@pytest.mark.parametrize("event_type", [["bucket_deleted"], {"bucket_deleted": 1}])
+def test_an_unhashable_event_type_outside_a_request_is_said_as_ours(
+        events: list[AuditEvent], event_type: object) -> None:
+    with pytest.raises(AuditArgumentTypeError, match="an event type is a str such as"):
+        emit(event_type, "b-1")  # type: ignore[arg-type]
+    assert events == []
+
+
+def test_an_unhashable_resource_or_action_is_said_as_ours() -> None:
+    catalogue = Catalogue()
+    with pytest.raises(AuditArgumentTypeError, match=r"event_type\(resource, action\) "
+                       r"takes two names \(str\), e.g. event_type\('run', 'launch'\); "
+                       r"got \['run'\], 'launch'"):
+        catalogue.event_type(["run"], "launch")  # type: ignore[arg-type]
+    with pytest.raises(AuditArgumentTypeError, match="got 'run', {}"):
+        catalogue.event_type("run", {})  # type: ignore[arg-type]
+    with pytest.raises(AuditArgumentTypeError, match=r"resource \['report'\] is not a name: "
+                       r"pass a str"):
+        register_resource(["report"], {"export": "report_exported"})  # type: ignore[arg-type]
+    with pytest.raises(AuditArgumentTypeError, match=r"event type \['report_exported'\] is "
+                       r"not a name"):
+        catalogue.register_resource("report", {"export": ["report_exported"]})  # type: ignore[dict-item]
+    with pytest.raises(AuditArgumentTypeError, match=r"Catalogue\(\) takes a mapping"):
+        Catalogue([("report", {"export": "report_exported"})])  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.trace import TracerProvider
 
 import audit_middleware as audit
+from audit_middleware.errors import AuditArgumentTypeError
 from audit_middleware.event import FIELDS
 from audit_middleware.sinks.otel import OTelLogSink
 from audit_middleware.testing import reset_configuration
@@ -220,7 +221,13 @@ def test_the_log_copy_alone_counts_its_own_deliveries() -> None:
 
 
 def test_a_primary_that_is_not_a_sink_is_refused_with_what_it_lacks() -> None:
-    with pytest.raises(TypeError, match="submit"):
+    """A TypeError still (as it was), and one of ours: what was passed, what to pass."""
+    with pytest.raises(TypeError, match=r"primary='x' is not a sink: it needs submit\(\), "
+                       r"flush\(\), close\(\) and stats\(\); pass one, e.g. "
+                       r"OTelLogSink\(CollectorSink\(...\)\)") as raised:
+        OTelLogSink("x")  # type: ignore[arg-type]
+    assert isinstance(raised.value, AuditArgumentTypeError)
+    with pytest.raises(AuditArgumentTypeError, match="primary=<object object at .*> is not"):
         OTelLogSink(object())  # type: ignore[arg-type]
 
 
