@@ -324,7 +324,8 @@ class CollectorSink(ExitGrace):
         # A little past the deadline: a reply wait ends at it, then what was in flight
         # is spooled (or counted as dropped), waited for while a slow disk writes it,
         # before the worker is given up on: what it holds is then counted dropped.
-        stopped = self._queue.close(limit + CLOSE_GRACE, longer=self._spooling_on(deadline))
+        stopped = self._queue.close(limit + CLOSE_GRACE, longer=self._spooling_on(deadline),
+                                    owner_says=True)  # _close_gave_up: what it held
         if not stopped:
             self._close_gave_up(limit)
         # Else the worker is stuck (in the spool's write: leave it be).

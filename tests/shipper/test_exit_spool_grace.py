@@ -89,6 +89,19 @@ def test_a_close_that_gives_up_on_a_hung_spool_write_counts_and_says_the_loss(
         assert sink.stats()["dropped"] == 0
 
 
+def test_a_close_that_gives_up_says_one_thing_not_also_the_queues_zero(
+        make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Beside the sink's count of what its worker held, the queue's own line said
+    "0 events still queued" (the worker had taken them all): two lines, one wrong."""
+    with _hung_spool_write(make_sink, monkeypatch) as (sink, _):
+        with caplog.at_level(logging.ERROR, "audit_middleware"):
+            sink.close(timeout=1.0)
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(said) == 1, said
+    assert "close(1s) gave up on the sink's worker" in said[0]
+
+
 def test_a_drain_that_gives_up_on_a_hung_spool_write_says_what_the_process_would_lose(
         make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
