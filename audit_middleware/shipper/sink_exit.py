@@ -7,7 +7,9 @@ outlasted it, drain() said False and the process ended (uvicorn re-raises SIGTER
 close() gave the worker up and the interpreter exited: the batch was neither spooled
 nor counted, and nothing said so. A write under way is now waited for, within a bound (a
 hung disk must not hold the exit for ever); given up on, what the worker held is said,
-and at close counted dropped.
+and at close counted dropped, but for a batch whose record is whole in the spool file
+(its fsync hangs): the exit leaves it there and the next start replays it, so it is
+counted spooled.
 
 A mixin of ``CollectorSink``, as ``Spooling`` is."""
 
@@ -61,6 +63,16 @@ class ExitGrace(Spooling):
         return max(counts["submitted"] - counts["dropped"] - counts["failed"]
                    - self._handed, 0)
 
+    def _in_the_spool_file(self) -> int:
+        """The events of the batch being spooled if its record is whole in the file,
+        its fsync under way (a hung disk's): the process exiting now leaves it there,
+        and the next start replays it. Under ``_settle_lock``."""
+        spool = self._spool
+        if (spool is None or self._appending_since is None
+                or not spool.written_unsynced):
+            return 0
+        return self._appending_events - self._presumed_spooled
+
     def _worker_doing(self) -> str:
         began = self._appending_since
         if began is not None:
@@ -82,15 +94,33 @@ class ExitGrace(Spooling):
     def _close_gave_up(self, timeout: float) -> None:
         """The worker did not finish within a close: what it holds (and what is queued)
         is counted dropped, lost when the process exits (atexit: the worker, a daemon
-        thread, ends with it). One it spools after all is counted spooled again,
-        one the collector acknowledged after all is taken out of dropped (``_settle``)."""
+        thread, ends with it), but for the batch whose record is whole in the spool file
+        (``_in_the_spool_file``): counted spooled. One it spools after all is counted
+        spooled again, one the collector acknowledged after all is taken out of dropped,
+        and one counted spooled whose fsync fails moves to dropped (``_settle``). Said in
+        one line: the queue's own says nothing (``owner_says``)."""
         with self._settle_lock:
-            n = self._not_handed_on() - self._written_off
+            n = self._not_handed_on() - self._written_off - self._presumed_spooled
             if n <= 0:
                 return
+            in_file = min(self._in_the_spool_file(), n)
+            self._presumed_spooled += in_file
+            self.spooled.add(in_file)
+            n -= in_file
             self._written_off += n
             self.dropped.add(n)
-        log.error("audit: %d events counted dropped: close(%gs) gave up on the sink's "
-                  "worker, %s; lost when the process exits (a batch already written to "
-                  "the spool file is still replayed at the next start)", n, timeout,
-                  self._worker_doing())
+        doing = self._worker_doing()
+        if in_file and not n:
+            log.error("audit: close(%gs) gave up on the sink's worker, %s: its %d events "
+                      "are written to the spool file, not yet synced, and counted "
+                      "spooled: replayed at the next start (lost only if the machine or "
+                      "its disk fails first)", timeout, doing, in_file)
+        elif in_file:
+            log.error("audit: %d events counted dropped: close(%gs) gave up on the "
+                      "sink's worker, %s; lost when the process exits. The %d events it "
+                      "is writing are in the spool file, not yet synced, and counted "
+                      "spooled: replayed at the next start (lost only if the machine or "
+                      "its disk fails first)", n, timeout, doing, in_file)
+        else:
+            log.error("audit: %d events counted dropped: close(%gs) gave up on the "
+                      "sink's worker, %s; lost when the process exits", n, timeout, doing)

@@ -55,10 +55,16 @@ class Spooling:
         #: Of the events the worker holds, those a close that gave up on it counted
         #: dropped (``sink_exit``): one it spools after all moves back to ``spooled``.
         self._written_off = 0
+        #: Of the batch being spooled, the events a close that gave up on the worker
+        #: counted spooled, its record being whole in the file (``sink_exit``): one whose
+        #: fsync then fails (truncated away) moves to ``dropped``.
+        self._presumed_spooled = 0
         #: When the spool append under way began (None: none is), and when the last one
-        #: ended: a shutdown waits on while the worker is writing (``sink_exit``).
+        #: ended: a shutdown waits on while the worker is writing (``sink_exit``); and
+        #: the events of the batch it writes.
         self._appending_since: float | None = None
         self._appended_at = -math.inf
+        self._appending_events = 0
 
     def _idle(self) -> bool:
         """Between drains: replay the spool; True when more is waiting."""
@@ -131,6 +137,7 @@ class Spooling:
         if spool is None:
             self._settle(len(chunk), *self._retry_in_memory(chunk))
             return
+        self._appending_events = len(chunk)
         self._appending_since = time.monotonic()
         try:
             kept = spool.append(encode_batch_body(chunk.source, chunk.seqs, chunk.lines,
@@ -164,6 +171,17 @@ class Spooling:
         spooled (or sent) after all is taken out of ``dropped`` again."""
         with self._settle_lock:
             self._handed += n
+            presumed = min(self._presumed_spooled, n)  # only ever this batch's (_keep)
+            if presumed:
+                self._presumed_spooled -= presumed
+                n -= presumed
+                unsynced = presumed - min(presumed, spooled)  # its fsync failed
+                spooled -= presumed - unsynced  # counted spooled already
+                dropped -= unsynced
+                self.spooled.add(-unsynced)
+                if unsynced:
+                    self._drop(unsynced, f"{why}; counted spooled when close() gave up "
+                                         f"on the sink's worker, its sync then failed")
             late = min(self._written_off, n)
             self._written_off -= late
             self.spooled.add(spooled)

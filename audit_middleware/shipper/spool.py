@@ -140,6 +140,10 @@ class Spool(_Appending, _Replay):
         #: sent an operator of a full disk, or of a file system without ``flock``, to
         #: ``spool_max_bytes``.
         self.refusal = ""
+        #: True while the record being appended is whole in its file, not yet fsynced:
+        #: a process that exits now leaves it there, adopted and replayed by the next
+        #: start (a close that gives up counts it spooled, see ``sink_exit``).
+        self.written_unsynced = False
         self._size_limit_said = False  # said once: a file size limit (see _file_room)
         self._place_checked = (-1, -math.inf)  # no user's place checked yet (check_place)
         self._place_problem = ""
@@ -187,4 +191,5 @@ class Spool(_Appending, _Replay):
         # not said (said at the 1st, 2nd, 4th, ... in a row), and it said a recovery
         # from refusals it never had.
         self._write_failures = 0
+        self.written_unsynced = False  # the parent's write under way is not the child's
         self._adoption_errors = 0  # the same: a child's first scan failure is said

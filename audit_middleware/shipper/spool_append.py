@@ -43,6 +43,7 @@ class _Appending(_Adoption):
     file_bytes: int
     _write_failures: int
     refusal: str
+    written_unsynced: bool
     _size_limit_said: bool
 
     def append(self, body: bytes) -> bool:
@@ -80,7 +81,11 @@ class _Appending(_Adoption):
         written = [0]  # bytes of it in the file: its end, when even fstat fails
         try:
             _write_all(active.fd, record, active.size, written)
-            os.fsync(active.fd)
+            self.written_unsynced = True  # whole in the file: the next start replays it
+            try:
+                os.fsync(active.fd)
+            finally:
+                self.written_unsynced = False  # synced, or truncated away just below
         except OSError as exc:
             try:
                 os.ftruncate(active.fd, active.size)  # no torn record, no unsynced one

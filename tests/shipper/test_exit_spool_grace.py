@@ -4,19 +4,26 @@ within a bound, and what it held is then said and counted, never silently gone."
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audit_middleware.shipper import CollectorSink, sink_exit
+from audit_middleware.shipper.spool import Spool
+from audit_middleware.wire import decode_batch_body
 from tests.e2e.harness import wait_until
 from tests.shipper.sink_helpers import Collector, SinkFactory, connecting_sink, emit_many
+from tests.shipper.spool_helpers import drain, spool_files
 from tests.shipper.unaccepting import unaccepting_port
 
 #: A spool fsync slower than the old fixed grace past the deadline (0.5 s) and well
@@ -34,18 +41,50 @@ def _fsync_after(wait: Callable[[], object]) -> Callable[[int], None]:
     return fsync
 
 
+def _record_fsync_after(wait: Callable[[], object]) -> Callable[[int], None]:
+    """``_fsync_after`` for a spool record's fsync only (a regular file's): a new
+    file's directory is synced at once, and the record written before the wait."""
+    real, fsync = os.fsync, _fsync_after(wait)
+
+    def record_fsync(fd: int) -> None:
+        (fsync if stat.S_ISREG(os.fstat(fd).st_mode) else real)(fd)
+
+    return record_fsync
+
+
+def _pwrite_after(wait: Callable[[], object]) -> Callable[[int, Any, int], int]:
+    real = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        wait()
+        return real(fd, data, offset)
+
+    return pwrite
+
+
 @contextmanager
-def _hung_spool_write(make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch
+def _hung_spool_write(make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch,
+                      hangs: str = "fsync", then: Callable[[], object] = lambda: None,
                       ) -> Iterator[tuple[CollectorSink, threading.Event]]:
-    """A sink whose collector never accepts, its spool fsync held until ``disk`` is
-    set (a hung disk), with a short ``SPOOL_GRACE``. The disk is let go on the way out
-    whatever happened, so the worker does not outlive the test blocked."""
+    """A sink whose collector never accepts, its spool write held until ``disk`` is set
+    (a hung disk), with a short ``SPOOL_GRACE``: its record's fsync (the record whole in
+    the file) or its write (nothing in the file); ``then`` runs when the disk answers (raise, for
+    a disk that fails). The disk is let go on the way out whatever happened, so the
+    worker does not outlive the test blocked."""
     monkeypatch.setattr(sink_exit, "SPOOL_GRACE", 0.5)  # a short test
     disk = threading.Event()
+
+    def hung() -> None:
+        disk.wait()
+        then()
+
     try:
         with unaccepting_port() as port:
             sink = connecting_sink(make_sink, port)
-            monkeypatch.setattr(os, "fsync", _fsync_after(disk.wait))
+            if hangs == "fsync":
+                monkeypatch.setattr(os, "fsync", _record_fsync_after(hung))
+            else:
+                monkeypatch.setattr(os, "pwrite", _pwrite_after(hung))
             yield sink, disk
     finally:
         disk.set()
@@ -76,17 +115,81 @@ def test_a_close_that_gives_up_on_a_hung_spool_write_counts_and_says_the_loss(
     for ever; close() then gave the worker up with the batch in its hands neither counted
     nor named (it logged "0 events still queued"), and the interpreter's exit took it.
     They are counted dropped and said now; spooled after all (the disk answered, the
-    process lived on), they move back to ``spooled``."""
-    with _hung_spool_write(make_sink, monkeypatch) as (sink, disk):
+    process lived on), they move back to ``spooled``. (Its write hangs: nothing of the
+    batch is in the spool file yet.)"""
+    with _hung_spool_write(make_sink, monkeypatch, hangs="pwrite") as (sink, disk):
         with caplog.at_level(logging.ERROR, "audit_middleware"):
             sink.close(timeout=1.0)
         stats = sink.stats()
         assert (stats["spooled"], stats["dropped"]) == (0, 10)
         assert "10 events counted dropped: close(1s) gave up" in caplog.text
         assert "spool write under way" in caplog.text
+        assert "not yet synced" not in caplog.text
         disk.set()
         wait_until(lambda: sink.stats()["spooled"] == 10, 10, "the write completing")
         assert sink.stats()["dropped"] == 0
+
+
+def test_a_batch_whole_in_the_spool_file_when_close_gives_up_is_counted_spooled(
+        make_sink: SinkFactory, root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Its fsync hangs, its record is whole in the file: a process that exits now
+    leaves it there, and the next start replays it. It was counted dropped and said
+    lost: a loss reported that did not happen."""
+    with _hung_spool_write(make_sink, monkeypatch) as (sink, disk):
+        with caplog.at_level(logging.ERROR, "audit_middleware"):
+            sink.close(timeout=1.0)
+        stats = sink.stats()
+        assert (stats["spooled"], stats["dropped"]) == (10, 0)
+        assert ("close(1s) gave up on the sink's worker, its spool write under way for"
+                in caplog.text)
+        assert ("its 10 events are written to the spool file, not yet synced, and counted "
+                "spooled: replayed at the next start" in caplog.text)
+        # What the exit leaves: the file as it is now, adopted by the next start.
+        (written,) = spool_files(root / "spool")
+        (Path(tmp_path) / "next").mkdir()
+        shutil.copy(written, tmp_path / "next" / written.name)
+        next_start = Spool(tmp_path / "next", 1 << 20, destination=sink.endpoint.identity)
+        try:
+            assert next_start.adopt_orphans() == 1
+            replayed = [decode_batch_body(body) for body in drain(next_start)]
+        finally:
+            next_start.close()
+        assert sum(len(batch.seqs) for batch in replayed) == 10
+        disk.set()  # the sync completes: counted once, not again
+        wait_until(lambda: sink._handed == 10, 10, "the worker settling the batch")
+        assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (10, 0)
+
+
+def test_a_close_that_gives_up_counts_the_batch_in_the_file_spooled_and_the_rest_dropped(
+        make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Events queued behind the hung write are not in the file: dropped, said beside
+    the batch that is."""
+    with _hung_spool_write(make_sink, monkeypatch) as (sink, _):
+        emit_many(5)  # queued while the worker holds the 10 in its connect
+        with caplog.at_level(logging.ERROR, "audit_middleware"):
+            sink.close(timeout=1.0)
+        assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (10, 5)
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(said) == 1, said
+    assert said[0].startswith("audit: 5 events counted dropped: close(1s) gave up")
+    assert "The 10 events it is writing are in the spool file, not yet synced" in said[0]
+
+
+def test_a_batch_counted_spooled_at_close_whose_sync_then_fails_is_counted_dropped(
+        make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process lives on, and the disk answers the hung fsync with an error: the
+    record is truncated away, and what close() counted spooled is dropped after all."""
+    def fails() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with _hung_spool_write(make_sink, monkeypatch, then=fails) as (sink, disk):
+        sink.close(timeout=1.0)
+        assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (10, 0)
+        disk.set()
+        wait_until(lambda: sink.stats()["dropped"] == 10, 10, "the failed sync counted")
+        assert sink.stats()["spooled"] == 0
 
 
 def test_a_close_that_gives_up_says_one_thing_not_also_the_queues_zero(
