@@ -134,12 +134,7 @@ class Poller:
 
     def poll(self, call: Callable[[], T], stall: float, *,
              on_stall: Callable[[], None]) -> T:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name=self._name,
-                                            daemon=True)
-            self._thread.start()
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._calls.put((call, future))
+        future = self.submit(call)
         done, _ = concurrent.futures.wait([future], stall)
         if not done:
             on_stall()
@@ -148,14 +143,34 @@ class Poller:
             concurrent.futures.wait([future])
         return future.result()
 
-    def close(self) -> None:
-        """End the thread once its poll under way (if any) returns: not waited for."""
-        if self._thread is not None:
-            self._calls.put(None)
+    def submit(self, call: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """``call`` queued for the thread (started if need be), its outcome the future's:
+        for a caller that waits in its own way (the forwarder: until its stop too)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, args=(self._calls,),
+                                            name=self._name, daemon=True)
+            self._thread.start()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._calls.put((call, future))
+        return future
 
-    def _serve(self) -> None:
+    def close(self) -> threading.Thread | None:
+        """End the thread once its poll under way (if any) returns: not waited for (the
+        thread is returned, to be joined by a caller that knows no poll hangs). A poll
+        after it starts another thread."""
+        thread = self._thread
+        if thread is not None:
+            self._calls.put(None)
+            # Its own queue for the next thread: the None is the old one's.
+            self._calls = queue.SimpleQueue()
+            self._thread = None
+        return thread
+
+    def _serve(self, calls: queue.SimpleQueue[tuple[Callable[[], Any],
+                                                     concurrent.futures.Future[Any]] | None],
+               ) -> None:
         try:
-            while (item := self._calls.get()) is not None:
+            while (item := calls.get()) is not None:
                 call, future = item
                 try:
                     result = call()

@@ -79,8 +79,11 @@ def hung_segment_read(plain: Any, offset: int, length: int) -> bytes:
 
 
 if __name__ == "__main__":
-    Reader.find = hung_find  # type: ignore[method-assign,assignment]
-    os.unlink = hung_unlink
+    # Each only where its gate is named: a test of another read leaves the rest alone.
+    if READS_GATE in os.environ:
+        Reader.find = hung_find  # type: ignore[method-assign,assignment]
+    if UNLINK_GATE in os.environ:
+        os.unlink = hung_unlink
     if SEGMENT_READS_GATE in os.environ:
         segment_reader._Plain.read = hung_segment_read  # type: ignore[method-assign]
     raise SystemExit(main())
