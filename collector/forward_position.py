@@ -21,6 +21,7 @@ from collector.storage.records import created_micros
 if TYPE_CHECKING:
     from collector.forward_checkpoint import CheckpointFile
     from collector.forward_config import ForwardSettings
+    from collector.forward_reads import StoreReads
 
 __all__ = ["StorePosition"]
 
@@ -42,6 +43,12 @@ class StorePosition:
     _first_pending: int
     _oldest_pending_us: int | None
     _warned_ahead: bool
+    _reads: StoreReads
+
+    def _search(self, **options: Any) -> q.Page:
+        """``q.search`` of every record, on the reader thread (``forward_reads``: a read
+        the disk does not answer is said, and does not hold the stop)."""
+        return self._reads.read(lambda: q.search(self.data_dir, q.Filters(), **options))
 
     def _start_position(self) -> int:
         if self._position is None:
@@ -58,8 +65,8 @@ class StorePosition:
         told: False while it holds no record at the checkpoint's seq yet (to be asked
         again). A seq alone took a replaced data directory for the old one: what it
         stored up to that seq was never sent, and the rest followed without a word."""
-        page = q.search(self.data_dir, q.Filters(), limit=1,
-                        cursor=q.cursor_after(position - 1), newest_first=False)
+        page = self._search(limit=1, cursor=q.cursor_after(position - 1),
+                            newest_first=False)
         if not page.records:
             self._wait_ahead(position)
             return False
@@ -79,7 +86,7 @@ class StorePosition:
         catching up (the record is there, and so are the ones before it), or the store
         is another one, whose record at that seq will tell. Either way nothing is sent
         until it does; the records held back meanwhile are lag, not caught up."""
-        oldest = q.search(self.data_dir, q.Filters(), limit=1, newest_first=False).records
+        oldest = self._search(limit=1, newest_first=False).records
         self._refresh_newest([])
         with self._lock:
             self._first_pending = oldest[0]["seq"] if oldest else 0
@@ -118,7 +125,7 @@ class StorePosition:
 
     def _newest_record(self) -> dict[str, Any] | None:
         try:
-            page = q.search(self.data_dir, q.Filters(), limit=1, newest_first=True)
+            page = self._search(limit=1, newest_first=True)
         except q.QueryError:
             return None  # no index yet: nothing stored
         return page.records[0] if page.records else None

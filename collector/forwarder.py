@@ -25,6 +25,11 @@ How it behaves:
   (``state``, ``last_error``, growing lag) rather than losing records silently.
   Logged at the 1st, 2nd, 4th, ... failure in a row, and at the first success after
   them; the exporter's own lines only with those (``exporter_lines``).
+- **A hung data disk**: the records are read on a reader thread (``forward_reads``); a
+  read that has not returned after ``READ_STALL`` seconds is logged once, ``state``
+  "waiting_on_disk" (``disk_waiting``, ``disk_hung``) meanwhile; the stop leaves it to
+  the disk, and once it returns forwarding goes on with it: nothing skipped, nothing
+  sent twice. Ingest never waits on it.
 - **Lag**: ``stats()`` gives ``lag_events`` (records stored but not yet acknowledged) and
   ``lag_seconds`` (age of the oldest of them); ``/metrics`` exports both.
 - Records deleted by retention before they were forwarded cannot be sent: they are
@@ -61,10 +66,10 @@ The export itself is ``opentelemetry-exporter-otlp-proto-http``'s ``OTLPLogExpor
 loop and one step of it; its parts are modules of their own: the settings
 (``forward_config``), the position in the store and ``skipped`` (``forward_position``),
 the records per export (``forward_batch_size``), a record refused alone
-(``forward_refused``), one export cut off at its deadline (``forward_export``), failures
-in a row and the backoff after them (``forward_backoff``), the records as log records
-(``otlp_records``), the exporter (``otlp_http``) and the checkpoint file
-(``forward_checkpoint``).
+(``forward_refused``), the store's reads (``forward_reads``), one export cut off at its
+deadline (``forward_export``), failures in a row and the backoff after them
+(``forward_backoff``), the records as log records (``otlp_records``), the exporter
+(``otlp_http``) and the checkpoint file (``forward_checkpoint``).
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointFile
 from collector.forward_config import ForwardSettings
 from collector.forward_export import ExporterFactory, ExportFailed, ExportWithDeadline
 from collector.forward_position import StorePosition
+from collector.forward_reads import ReadLeftBehind, StoreReads
 from collector.forward_refused import KEPT, SKIP_AFTER, RefusedInARow, SkippedRecord
 from collector.otlp_http import (
     failure_of,
@@ -135,6 +141,8 @@ class Forwarder(StorePosition, ExportWithDeadline, Backoff):
         self._scope = InstrumentationScope(otel.SCOPE_NAME)
         self._wake = threading.Event()
         self._stopping = False
+        #: The store's reads, on a thread of their own (a hung disk: ``forward_reads``).
+        self._reads = StoreReads(self.data_dir, lambda: self._stopping)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.state = "starting"
@@ -190,6 +198,7 @@ class Forwarder(StorePosition, ExportWithDeadline, Backoff):
         for the whole timeout after the others."""
         self._stopping = True
         self._wake.set()
+        self._reads.interrupt()  # a read the disk does not answer is left to it
         if self._thread is not None:
             grace = min(timeout, STOP_GRACE)
             self._thread.join(grace)
@@ -204,24 +213,25 @@ class Forwarder(StorePosition, ExportWithDeadline, Backoff):
                 self._thread.join(timeout - grace)
             self._thread = None
         self._shutdown_exporter()
+        # Its Readers closed (the index's connection, segment files): waited for unless
+        # it is in a read, which the stop does not wait for.
+        self._reads.close(min(timeout, STOP_GRACE))
         self.state = "stopped"
 
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
-        try:
-            while not self._stopping:
-                try:
-                    sent = self.step()
-                except Exception as exc:  # noqa: BLE001 - any failure: keep the batch, back off
-                    self._failed(exc)
-                    self._wait(self._backoff())
-                    continue
-                if sent == 0:
-                    self._wait(self.settings.poll_interval)
-        finally:
-            # The Reader ``q.search`` kept on this thread: closed by the stop, not left
-            # for the thread's end (its index connection and up to 16 segment files).
-            q.close_readers(self.data_dir)
+        # The Readers are the reader thread's (``_reads``), closed by the stop.
+        while not self._stopping:
+            try:
+                sent = self.step()
+            except ReadLeftBehind:
+                break  # stopped during a read: nothing read, nothing to save
+            except Exception as exc:  # noqa: BLE001 - any failure: keep the batch, back off
+                self._failed(exc)
+                self._wait(self._backoff())
+                continue
+            if sent == 0:
+                self._wait(self.settings.poll_interval)
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(seconds)
@@ -240,8 +250,8 @@ class Forwarder(StorePosition, ExportWithDeadline, Backoff):
             if not self._check_store(position):
                 return 0  # ahead: waits for the record at the checkpoint's seq
             position = self._start_position()  # (0 if the store was another one)
-        page = q.search(self.data_dir, q.Filters(), limit=self.settings.batch_size,
-                        cursor=q.cursor_after(position), newest_first=False)
+        page = self._search(limit=self.settings.batch_size, cursor=q.cursor_after(position),
+                            newest_first=False)
         records = page.records
         self._refresh_newest(records)
         if not records:
@@ -357,7 +367,8 @@ class Forwarder(StorePosition, ExportWithDeadline, Backoff):
                            if lag_events and oldest is not None else 0.0)
             return {
                 "endpoint": self.settings.shown_endpoint,
-                "state": self.state,
+                # While a read hangs, the state of the step it holds says nothing.
+                "state": "waiting_on_disk" if self._reads.waiting else self.state,
                 "checkpoint_seq": position,
                 "newest_seq": self._newest,
                 "lag_events": lag_events,
@@ -370,4 +381,5 @@ class Forwarder(StorePosition, ExportWithDeadline, Backoff):
                 "skipped_refused": self.skipped_refused,
                 "last_skipped_refused": self._last_skipped_refused,
                 "last_error": self.last_error,
+                **self._reads.stats(),
             }

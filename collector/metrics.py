@@ -34,6 +34,7 @@ from typing import Any, Final, Literal
 from audit_middleware.wire import ErrorCode
 
 from .disk_calls import DiskLate, retry_after
+from .forward_reads import READ_STALL
 from .frame_rate import RULE as FRAME_RATE_RULE
 from .ingest import REFUSALS
 from .single_flight import SingleFlight, Unanswered
@@ -379,6 +380,12 @@ METRICS: Final[tuple[Metric, ...]] = (
        "(forward_on_refused = skip)"),
     _m("audit.collector.forward.checkpoint", "gauge", "forwarder", "checkpoint_seq", "{seq}",
        "Sequence number of the last forwarded event"),
+    _m("audit.collector.forward.disk_waiting", "gauge", "forwarder", "disk_waiting", "{state}",
+       f"1 while the forwarder waits on a read of the data directory that has not "
+       f"returned for {READ_STALL:g} s or more (a hung disk), else 0"),
+    _m("audit.collector.forward.disk_hung", "counter", "forwarder", "disk_hung", "{read}",
+       f"Reads of the data directory by the forwarder that did not return within "
+       f"{READ_STALL:g} s"),
 )
 
 
