@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from audit_middleware._dirs import make_dirs
-from collector.storage.in_the_way import in_the_way_words, restore_then
+from collector.storage.in_the_way import InTheWayError, refuse_other_than_a_dir, restore_then
 from collector.storage.regular_files import (
     FileTooLargeError,
     NotRegularFileError,
@@ -295,13 +295,12 @@ class KeyRing:
         """``KeyFileError`` when something other than a directory has the ring's name:
         serve said only "[Errno 17] File exists", and `keys list` that the directory was
         open to others, then that it held no keys (is --data-dir right?)."""
+        # The check of the store's other directories, a link to nothing included (it
+        # was "no signing key", "no public keys" or "File exists"), in their words.
         try:
-            mode = os.stat(self.directory).st_mode
-        except OSError:
-            return  # none yet (made), or not this user's to look at: said where it matters
-        if not stat.S_ISDIR(mode):
-            # In the words of the store's other directories (what it is, what to do).
-            raise KeyFileError(in_the_way_words(self.directory, _KEYS, _KEYS_THEN))
+            refuse_other_than_a_dir(self.directory, _KEYS, _KEYS_THEN)
+        except InTheWayError as exc:
+            raise KeyFileError(str(exc)) from None
 
     def loose_mode(self) -> str | None:
         """What others may do to the key directory when its mode lets them (it is made

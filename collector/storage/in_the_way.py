@@ -8,6 +8,7 @@ a regular file") said neither what was there nor what to do.
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import stat
@@ -63,6 +64,10 @@ def kind_of(path: Path) -> str:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return "a symbolic link to nothing"
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        return "a loop of symbolic links"
     return kind_of_mode(mode, "not a file or a directory")
 
 
@@ -81,15 +86,16 @@ def in_the_way(path: Path, belongs: str, then: str = MAKES_A_NEW_ONE) -> InTheWa
 
 def refuse_other_than_a_dir(path: Path, belongs: str, then: str = MAKES_A_NEW_ONE) -> None:
     """``InTheWayError`` when something other than a directory (followed) is at
-    ``path``; nothing when there is none (or it cannot be looked at: said where it
-    matters)."""
+    ``path``, a symbolic link that leads to none included; nothing when there is none
+    (or it cannot be looked at: said where it matters)."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        if not os.path.lexists(path):
-            return
-        raise in_the_way(path, belongs, then) from None  # a symbolic link to nothing
-    except OSError:
+    except OSError as exc:
+        # A link to nothing, or a loop of links (ELOOP), is there all the same: read as
+        # "none", it was "nothing here was ever signed", or a mkdir's "File exists".
+        leads_nowhere = isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP
+        if leads_nowhere and os.path.lexists(path):
+            raise in_the_way(path, belongs, then) from None
         return
     if not stat.S_ISDIR(mode):
         raise in_the_way(path, belongs, then)

@@ -431,7 +431,21 @@ def test_a_key_directory_restored_open_to_others_is_warned_of_with_the_chmod(
     assert "key directory" not in run_cli("keys", "list", "--data-dir", str(data_dir)).stderr
 
 
-@pytest.mark.parametrize("kind", ["a regular file", "a FIFO"])
+def _put_in_place_of_a_directory(path: Path, kind: str) -> None:
+    """``kind`` at ``path``, where the store keeps a directory (taken away first)."""
+    if kind == "a FIFO":
+        os.mkfifo(path)
+    elif kind == "a symbolic link to nothing":
+        path.symlink_to(path.with_name(f"{path.name}.gone"))
+    elif kind == "a loop of symbolic links":
+        path.symlink_to(path.name)  # to itself
+    else:
+        path.write_text("not a directory\n")
+        path.chmod(0o644)
+
+
+@pytest.mark.parametrize("kind", ["a regular file", "a FIFO", "a symbolic link to nothing",
+                                  "a loop of symbolic links"])
 @pytest.mark.parametrize("command", [["keys", "list"], ["keys", "export"], ["verify"],
                                      ["keys", "rotate"]])
 def test_a_key_directory_that_is_a_file_is_named_for_what_it_is(
@@ -439,15 +453,13 @@ def test_a_key_directory_that_is_a_file_is_named_for_what_it_is(
     """`keys list` said the directory was open to others (mode 644), then that it held
     no keys (is --data-dir right?); verify, that it held no public key; serve, only
     "[Errno 17] File exists"; `keys rotate`, that there was no signing key in it. Each
-    says what is there, in the words of the store's other directories, and what to do."""
+    says what is there, in the words of the store's other directories, and what to do.
+    A symbolic link that leads to no directory (a backup's link restored without its
+    target) was said the old ways still, while digests/ and segments/ named it."""
     data_dir = build_store(tmp_path / "data", batches=1)
     keys = data_dir / "keys"
     keys.rename(tmp_path / "keys.bak")
-    if kind == "a FIFO":
-        os.mkfifo(keys)
-    else:
-        keys.write_text("not a directory\n")
-        keys.chmod(0o644)
+    _put_in_place_of_a_directory(keys, kind)
     says = (f"{keys} is {kind}, where the collector keeps the keys/ directory (the key "
             f"ring: the public keys and, by default, the signing key): look at what it is, "
             f"move it out of the way (`mv {keys} {keys}.aside`), then put keys/ back from "
@@ -460,7 +472,7 @@ def test_a_key_directory_that_is_a_file_is_named_for_what_it_is(
         pass
 
 
-@pytest.mark.parametrize("kind", ["a regular file", "a FIFO"])
+@pytest.mark.parametrize("kind", ["a regular file", "a FIFO", "a loop of symbolic links"])
 @pytest.mark.parametrize("command", [["serve"], ["keys", "rotate"], ["verify"]])
 def test_a_digest_directory_that_is_a_file_is_named_for_what_it_is(
         tmp_path: Path, command: list[str], kind: str) -> None:
@@ -471,10 +483,7 @@ def test_a_digest_directory_that_is_a_file_is_named_for_what_it_is(
     data_dir = build_store(tmp_path / "data", batches=1)
     path = data_dir / "digests"
     shutil.rmtree(path)
-    if kind == "a FIFO":
-        os.mkfifo(path)
-    else:
-        path.write_text("not a directory\n")
+    _put_in_place_of_a_directory(path, kind)
     says = (f"{path} is {kind}, where the collector keeps the digests/ directory (the "
             f"signed digests of the segments): look at what it is, move it out of the way "
             f"(`mv {path} {path}.aside`), then put digests/ back from a backup")
