@@ -406,7 +406,8 @@ def test_something_else_in_place_of_quarantine_or_the_lock_is_named_with_what_to
 
 
 @pytest.mark.parametrize("command", [["reindex"], ["query"], ["verify"], ["keys", "rotate"]])
-@pytest.mark.parametrize(("kind", "index"), [("a FIFO", False), ("a regular file", True)])
+@pytest.mark.parametrize(("kind", "index"), [("a FIFO", False), ("a regular file", True),
+                                            ("a loop of symbolic links", True)])
 def test_something_else_in_place_of_segments_is_named_with_what_to_do(
         tmp_path: Path, command: list[str], kind: str, index: bool) -> None:
     """reindex, verify and keys rotate said "has no segments/ (directory): not a
@@ -418,7 +419,8 @@ def test_something_else_in_place_of_segments_is_named_with_what_to_do(
     if index:
         (data / "index.sqlite").touch()
     path = data / "segments"
-    {"a FIFO": os.mkfifo, "a regular file": Path.touch}[kind](path)
+    {"a FIFO": os.mkfifo, "a regular file": Path.touch,
+     "a loop of symbolic links": lambda p: p.symlink_to(p.name)}[kind](path)
     done = cli(*command, "--data-dir", str(data))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert (f"{path} is {kind}, where the collector keeps the segments/ directory (the "
