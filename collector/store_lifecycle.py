@@ -26,7 +26,7 @@ from collector.storage.data_dir_lock import DataDirLock, lock_data_dir
 from collector.storage.disk_space import Reserve, is_full, out_of_space
 from collector.storage.errors import DiskFullError, StorageError
 from collector.storage.group_commit import GroupWriter
-from collector.storage.in_the_way import QUARANTINE, SEGMENTS, make_store_dir
+from collector.storage.in_the_way import QUARANTINE, SEGMENTS, SEGMENTS_THEN, make_store_dir
 from collector.storage.indexer import ChunkIndexer
 from collector.storage.records import id_key
 from collector.storage.recovery import RepairReport, open_and_recover
@@ -84,7 +84,9 @@ class _Lifecycle:
         if self._state != "new":
             raise StorageError("this Store was opened already: create a new Store")
         make_dirs(self.settings.data_dir, DIR_MODE)
-        make_store_dir(self.segments_dir, DIR_MODE, SEGMENTS)
+        # Put back, not made anew: a new, empty segments/ would start a store beside the
+        # records (a link to a disk not mounted, say).
+        make_store_dir(self.segments_dir, DIR_MODE, SEGMENTS, SEGMENTS_THEN)
         make_store_dir(self.quarantine_dir, DIR_MODE, QUARANTINE)
         self._dir_lock = lock_data_dir(self.settings.data_dir)
         try:

@@ -101,12 +101,13 @@ def refuse_other_than_a_dir(path: Path, belongs: str, then: str = MAKES_A_NEW_ON
         raise in_the_way(path, belongs, then)
 
 
-def make_store_dir(path: Path, mode: int, belongs: str) -> None:
+def make_store_dir(path: Path, mode: int, belongs: str,
+                   then: str = MAKES_A_NEW_ONE) -> None:
     """``make_dirs(path, mode)``; ``InTheWayError`` when something else is there."""
     try:
         make_dirs(path, mode)
     except FileExistsError:
-        raise in_the_way(path, belongs) from None
+        raise in_the_way(path, belongs, then) from None
 
 
 #: What to do once a segment file's impostor is out of the way: it holds none of them.
