@@ -66,10 +66,11 @@ class ExitGrace(Spooling):
     def _in_the_spool_file(self) -> int:
         """The events of the batch being spooled if its record is whole in the file,
         its fsync under way (a hung disk's): the process exiting now leaves it there,
-        and the next start replays it. Under ``_settle_lock``."""
+        and the next start replays it; claimed, it stays there even if the fsync then
+        fails (``Spool.claim_unsynced``). Under ``_settle_lock``."""
         spool = self._spool
         if (spool is None or self._appending_since is None
-                or not spool.written_unsynced):
+                or not spool.claim_unsynced()):
             return 0
         return self._appending_events - self._presumed_spooled
 
@@ -96,8 +97,8 @@ class ExitGrace(Spooling):
         is counted dropped, lost when the process exits (atexit: the worker, a daemon
         thread, ends with it), but for the batch whose record is whole in the spool file
         (``_in_the_spool_file``): counted spooled. One it spools after all is counted
-        spooled again, one the collector acknowledged after all is taken out of dropped,
-        and one counted spooled whose fsync fails moves to dropped (``_settle``). Said in
+        spooled again, one the collector acknowledged after all is taken out of dropped
+        (``_settle``); one counted spooled stays in the file if its fsync fails. Said in
         one line: the queue's own says nothing (``owner_says``)."""
         with self._settle_lock:
             n = self._not_handed_on() - self._written_off - self._presumed_spooled

@@ -56,8 +56,9 @@ class Spooling:
         #: dropped (``sink_exit``): one it spools after all moves back to ``spooled``.
         self._written_off = 0
         #: Of the batch being spooled, the events a close that gave up on the worker
-        #: counted spooled, its record being whole in the file (``sink_exit``): one whose
-        #: fsync then fails (truncated away) moves to ``dropped``.
+        #: counted spooled, its record being whole in the file (``sink_exit``): it stays
+        #: there even if its fsync fails (``Spool.claim_unsynced``); were it reported
+        #: not kept after all, it moves to ``dropped`` (``_settle``).
         self._presumed_spooled = 0
         #: When the spool append under way began (None: none is), and when the last one
         #: ended: a shutdown waits on while the worker is writing (``sink_exit``); and
@@ -175,7 +176,7 @@ class Spooling:
             if presumed:
                 self._presumed_spooled -= presumed
                 n -= presumed
-                unsynced = presumed - min(presumed, spooled)  # its fsync failed
+                unsynced = presumed - min(presumed, spooled)  # not kept after all
                 spooled -= presumed - unsynced  # counted spooled already
                 dropped -= unsynced
                 self.spooled.add(-unsynced)

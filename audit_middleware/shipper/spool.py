@@ -144,6 +144,12 @@ class Spool(_Appending, _Replay):
         #: a process that exits now leaves it there, adopted and replayed by the next
         #: start (a close that gives up counts it spooled, see ``sink_exit``).
         self.written_unsynced = False
+        #: Set by ``claim_unsynced`` (a close that counted that record spooled): an
+        #: fsync that then fails leaves it in the file, not truncated (``_write``).
+        self._unsynced_claimed = False
+        #: Orders the worker's end of an fsync against a close's claim: a claim seen
+        #: too late to keep the record would count spooled a record truncated away.
+        self._unsynced_lock = threading.Lock()
         self._size_limit_said = False  # said once: a file size limit (see _file_room)
         self._place_checked = (-1, -math.inf)  # no user's place checked yet (check_place)
         self._place_problem = ""
@@ -192,4 +198,6 @@ class Spool(_Appending, _Replay):
         # from refusals it never had.
         self._write_failures = 0
         self.written_unsynced = False  # the parent's write under way is not the child's
+        self._unsynced_claimed = False
+        self._unsynced_lock = threading.Lock()  # held by the parent's worker, maybe
         self._adoption_errors = 0  # the same: a child's first scan failure is said

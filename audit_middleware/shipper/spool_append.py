@@ -11,6 +11,7 @@ import fcntl
 import os
 import resource
 import secrets
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -44,7 +45,19 @@ class _Appending(_Adoption):
     _write_failures: int
     refusal: str
     written_unsynced: bool
+    _unsynced_claimed: bool
+    _unsynced_lock: threading.Lock
     _size_limit_said: bool
+
+    def claim_unsynced(self) -> bool:
+        """For a close giving up on the worker (another thread): True when the record
+        being appended is whole in its file, its fsync under way, and then stays there
+        whatever the fsync says (the caller counts it spooled). Truncated away after
+        that count on a failed fsync, it was lost uncounted by a process that exited
+        meanwhile, the close having said it would be replayed."""
+        with self._unsynced_lock:
+            self._unsynced_claimed = self.written_unsynced
+            return self._unsynced_claimed
 
     def append(self, body: bytes) -> bool:
         """Store one batch body durably (written and fsynced); False when the spool is
@@ -79,14 +92,20 @@ class _Appending(_Adoption):
             self._write_failed(exc)
             return False
         written = [0]  # bytes of it in the file: its end, when even fstat fails
+        claimed = False
         try:
             _write_all(active.fd, record, active.size, written)
             self.written_unsynced = True  # whole in the file: the next start replays it
             try:
                 os.fsync(active.fd)
             finally:
-                self.written_unsynced = False  # synced, or truncated away just below
+                with self._unsynced_lock:  # a claim is seen here, or not made at all
+                    self.written_unsynced = False  # synced, or truncated away below
+                    claimed, self._unsynced_claimed = self._unsynced_claimed, False
         except OSError as exc:
+            if claimed:
+                self._write_failed(exc)
+                return self._keep_claimed(active, record, exc)
             try:
                 os.ftruncate(active.fd, active.size)  # no torn record, no unsynced one
             except OSError as again:
@@ -102,6 +121,22 @@ class _Appending(_Adoption):
         self._used += len(record)
         self._since += len(record)
         self._write_succeeded()
+        return True
+
+    def _keep_claimed(self, active: _File, record: bytes, error: OSError) -> bool:
+        """A record whose fsync failed after a close counted it spooled
+        (``claim_unsynced``): kept, as ``_keep_failed`` keeps one it cannot truncate,
+        replayed if the disk kept it, else counted as corrupt when read. The file takes
+        no more batches (the disk is failing)."""
+        active.size += len(record)
+        self._used += len(record)
+        self._since += len(record)
+        if active is self._active:
+            self._active = None
+        log.error("audit spool %s: the batch close() counted spooled could not be synced "
+                  "(%s): its %d bytes stay in %s, replayed if the disk kept them, else "
+                  "counted as corrupt when read; no more batches go to that file",
+                  self.directory, error, len(record), active.path.name)
         return True
 
     def _size_limited(self, active: _File) -> None:

@@ -130,6 +130,20 @@ def test_a_close_that_gives_up_on_a_hung_spool_write_counts_and_says_the_loss(
         assert sink.stats()["dropped"] == 0
 
 
+def _replayed_by_the_next_start(root: Path, tmp_path: Path, sink: CollectorSink) -> int:
+    """The events a next start adopts and replays from this sink's spool file as it is
+    now (what an exit now leaves)."""
+    (written,) = spool_files(root / "spool")
+    (tmp_path / "next").mkdir()
+    shutil.copy(written, tmp_path / "next" / written.name)
+    next_start = Spool(tmp_path / "next", 1 << 20, destination=sink.endpoint.identity)
+    try:
+        assert next_start.adopt_orphans() == 1
+        return sum(len(decode_batch_body(body).seqs) for body in drain(next_start))
+    finally:
+        next_start.close()
+
+
 def test_a_batch_whole_in_the_spool_file_when_close_gives_up_is_counted_spooled(
         make_sink: SinkFactory, root: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -145,17 +159,7 @@ def test_a_batch_whole_in_the_spool_file_when_close_gives_up_is_counted_spooled(
                 in caplog.text)
         assert ("its 10 events are written to the spool file, not yet synced, and counted "
                 "spooled: replayed at the next start" in caplog.text)
-        # What the exit leaves: the file as it is now, adopted by the next start.
-        (written,) = spool_files(root / "spool")
-        (Path(tmp_path) / "next").mkdir()
-        shutil.copy(written, tmp_path / "next" / written.name)
-        next_start = Spool(tmp_path / "next", 1 << 20, destination=sink.endpoint.identity)
-        try:
-            assert next_start.adopt_orphans() == 1
-            replayed = [decode_batch_body(body) for body in drain(next_start)]
-        finally:
-            next_start.close()
-        assert sum(len(batch.seqs) for batch in replayed) == 10
+        assert _replayed_by_the_next_start(root, tmp_path, sink) == 10
         disk.set()  # the sync completes: counted once, not again
         wait_until(lambda: sink._handed == 10, 10, "the worker settling the batch")
         assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (10, 0)
@@ -177,19 +181,25 @@ def test_a_close_that_gives_up_counts_the_batch_in_the_file_spooled_and_the_rest
     assert "The 10 events it is writing are in the spool file, not yet synced" in said[0]
 
 
-def test_a_batch_counted_spooled_at_close_whose_sync_then_fails_is_counted_dropped(
-        make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The process lives on, and the disk answers the hung fsync with an error: the
-    record is truncated away, and what close() counted spooled is dropped after all."""
+def test_a_batch_counted_spooled_at_close_whose_sync_then_fails_stays_in_the_file(
+        make_sink: SinkFactory, root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The disk answers the hung fsync with an error after close() counted the batch
+    spooled and said it would be replayed. The record was truncated away: a process
+    exiting meanwhile (atexit, close() had returned) lost it uncounted. It stays in the
+    file now, spooled as counted, replayed by the next start."""
     def fails() -> None:
         raise OSError(errno.EIO, "Input/output error")
 
     with _hung_spool_write(make_sink, monkeypatch, then=fails) as (sink, disk):
         sink.close(timeout=1.0)
         assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (10, 0)
-        disk.set()
-        wait_until(lambda: sink.stats()["dropped"] == 10, 10, "the failed sync counted")
-        assert sink.stats()["spooled"] == 0
+        with caplog.at_level(logging.ERROR, "audit_middleware"):
+            disk.set()
+            wait_until(lambda: sink._handed == 10, 10, "the worker settling the batch")
+        assert (sink.stats()["spooled"], sink.stats()["dropped"]) == (10, 0)
+        assert "the batch close() counted spooled could not be synced" in caplog.text
+        assert _replayed_by_the_next_start(root, tmp_path, sink) == 10
 
 
 def test_a_close_that_gives_up_says_one_thing_not_also_the_queues_zero(
