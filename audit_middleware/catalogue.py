@@ -10,7 +10,7 @@ import difflib
 import re
 import threading
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, NoReturn
 
 from .errors import AuditArgumentTypeError, AuditConfigurationError, UnknownEventTypeError
 
@@ -139,13 +139,20 @@ class Catalogue:
         try:
             return self._resources[resource][action]
         except KeyError:
-            raise UnknownEventTypeError(
-                f"{resource}.{action}", self.suggest(f"{resource}_{action}")
-            ) from None
+            if isinstance(resource, str) and isinstance(action, str):
+                raise UnknownEventTypeError(
+                    f"{resource}.{action}", self.suggest(f"{resource}_{action}")
+                ) from None
+            # A number (hashable) was "unknown audit event type '5.export'".
+            self._not_names(resource, action)
         except TypeError:  # unhashable: "unhashable type: 'list'" said nothing of ours
-            raise AuditArgumentTypeError(
-                f"event_type(resource, action) takes two names (str), e.g. "
-                f"event_type('run', 'launch'); got {resource!r}, {action!r}") from None
+            self._not_names(resource, action)
+
+    @staticmethod
+    def _not_names(resource: object, action: object) -> NoReturn:
+        raise AuditArgumentTypeError(
+            f"event_type(resource, action) takes two names (str), e.g. "
+            f"event_type('run', 'launch'); got {resource!r:.80}, {action!r:.80}") from None
 
     def register_resource(self, resource: str, actions: Mapping[str, str]) -> None:
         """Add (or extend) a resource: ``actions`` maps each action to its event type."""

@@ -311,3 +311,14 @@ def test_an_unhashable_resource_or_action_is_said_as_ours() -> None:
         catalogue.register_resource("report", {"export": ["report_exported"]})  # type: ignore[dict-item]
     with pytest.raises(AuditArgumentTypeError, match=r"Catalogue\(\) takes a mapping"):
         Catalogue([("report", {"export": "report_exported"})])  # type: ignore[arg-type]
+
+
+def test_a_resource_or_action_that_is_a_number_is_said_as_a_type_error() -> None:
+    """A number hashes: it was "unknown audit event type '5.launch'", where
+    docs/record.md says any resource or action that is no name is this error."""
+    catalogue = Catalogue()
+    with pytest.raises(AuditArgumentTypeError, match=r"takes two names \(str\).*got 5, "
+                       r"'launch'"):
+        catalogue.event_type(5, "launch")  # type: ignore[arg-type]
+    with pytest.raises(AuditArgumentTypeError, match="got 'run', 5"):
+        catalogue.event_type("run", 5)  # type: ignore[arg-type]
