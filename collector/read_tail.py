@@ -53,21 +53,24 @@ def run_tail(args: argparse.Namespace, *, stop: Callable[[], bool] = lambda: Fal
     if args.lines < 0:
         raise q.QueryError(f"-n {args.lines}: give how many of the newest records to print "
                            f"first, 0 or more")
-    data_dir, filters = data_dir_of(args), _filters(args)
+    filters = _filters(args)
     write = _writer(args.format, sys.stdout)
     # One moment splits "last N" from "new ones": the last N are read up to the newest
     # record at that moment, the follow loop starts after it. A record arriving between
     # the two reads is then printed once, by the loop (read unbounded, "last N" had it
     # too, and it was printed twice).
 
-    def last(out: Write) -> int:
+    def last(out: Write) -> tuple[Path, int]:
+        # The data directory's checks stat segments/: within the limit too, as query's
+        # (a segments/ on a hung mount held tail --timeout there for good).
+        data_dir = data_dir_of(args)
         newest = q.newest_seq(data_dir)
         _write_last(out, data_dir, filters, args.lines, newest)
-        return newest
+        return data_dir, newest
 
     # As query's --timeout: a read the disk does not answer included, and the records
     # printed before it said to be an incomplete answer (read_deadline).
-    newest = last(write) if args.timeout is None else within_counted(
+    data_dir, newest = last(write) if args.timeout is None else within_counted(
         last, write, args.timeout, "--timeout", "audit-tail")
     if args.follow:
         _follow(write, data_dir, filters, newest, stop, args.timeout)

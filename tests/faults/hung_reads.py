@@ -5,7 +5,9 @@ by ``HUNG_UNLINK_WHILE`` exists, the removal of a unix socket's file hangs, firs
 ``unlink_hung(gate)``; while the file named by ``HUNG_SEGMENT_READS_WHILE`` exists, a
 record's read from a plain segment (``pread``, the read commands' too) hangs, from the
 read after the first ``HUNG_SEGMENT_READS_AFTER`` (default 0), first making
-``segment_read_hung(gate)``. No test can make a real disk hang; removing a file lets
+``segment_read_hung(gate)``; while the file named by ``HUNG_DIR_CHECK_WHILE`` exists, the
+read commands' check of ``segments/`` (``data_dir_of``'s stat, a hung mount's) hangs,
+first making ``dir_check_hung(gate)``. No test can make a real disk hang; removing a file lets
 what is under way complete. The API's waits are its own, not shortened here: 10 s for a
 query thread (``collector.api.queries.THREAD_WAIT``), and a lookup held in its read is
 answered 503 that long past ``query_timeout`` (``--query-timeout``; 30 s by default).
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from collector import read_arguments
 from collector.cli import main
 from collector.query import Reader
 from collector.storage import reader as segment_reader
@@ -28,10 +31,12 @@ READS_GATE: Final = "HUNG_READS_WHILE"
 UNLINK_GATE: Final = "HUNG_UNLINK_WHILE"
 SEGMENT_READS_GATE: Final = "HUNG_SEGMENT_READS_WHILE"
 SEGMENT_READS_AFTER: Final = "HUNG_SEGMENT_READS_AFTER"
+DIR_CHECK_GATE: Final = "HUNG_DIR_CHECK_WHILE"
 
 find = Reader.find
 unlink = os.unlink
 segment_read = segment_reader._Plain.read
+dir_check = read_arguments.refuse_other_than_a_dir
 _finds = itertools.count(1)
 _segment_reads = itertools.count(1)
 
@@ -46,6 +51,10 @@ def unlink_hung(gate: Path) -> Path:
 
 def segment_read_hung(gate: Path) -> Path:
     return gate.with_name(gate.name + ".segment-read-hung")
+
+
+def dir_check_hung(gate: Path) -> Path:
+    return gate.with_name(gate.name + ".dir-check-hung")
 
 
 def _wait_while(gate: Path) -> None:
@@ -78,6 +87,14 @@ def hung_segment_read(plain: Any, offset: int, length: int) -> bytes:
     return segment_read(plain, offset, length)
 
 
+def hung_dir_check(*args: Any) -> None:
+    gate = Path(os.environ[DIR_CHECK_GATE])
+    if gate.exists():
+        dir_check_hung(gate).touch()
+        _wait_while(gate)
+    dir_check(*args)
+
+
 if __name__ == "__main__":
     # Each only where its gate is named: a test of another read leaves the rest alone.
     if READS_GATE in os.environ:
@@ -86,4 +103,6 @@ if __name__ == "__main__":
         os.unlink = hung_unlink
     if SEGMENT_READS_GATE in os.environ:
         segment_reader._Plain.read = hung_segment_read  # type: ignore[method-assign]
+    if DIR_CHECK_GATE in os.environ:
+        read_arguments.refuse_other_than_a_dir = hung_dir_check
     raise SystemExit(main())

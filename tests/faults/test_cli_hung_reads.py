@@ -23,7 +23,13 @@ from collector.read_deadline import GRACE
 from tests.collector.storage_helpers import event, events, open_store
 from tests.e2e.harness import ROOT
 from tests.faults.fleet import wait_for
-from tests.faults.hung_reads import SEGMENT_READS_AFTER, SEGMENT_READS_GATE, segment_read_hung
+from tests.faults.hung_reads import (
+    DIR_CHECK_GATE,
+    SEGMENT_READS_AFTER,
+    SEGMENT_READS_GATE,
+    dir_check_hung,
+    segment_read_hung,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -34,15 +40,16 @@ HUNG = "a read of the data directory did not return (a hung disk"
 
 @contextlib.contextmanager
 def command(tmp: Path, *args: str, after: int = 0, piped: bool = False,
+            gate_name: str = SEGMENT_READS_GATE,
             ) -> Iterator[tuple[subprocess.Popen[Any], Path, Path, Path]]:
     """``audit-collector ARGS`` on ``tmp/data``, its segment reads hanging while the gate
     exists (made here; removed at the end) after the first ``after``: the process, the
     gate, and the files its stdout and stderr go to (``piped``: stdout is the process's
     ``stdout`` pipe, read by nobody until the test does, as a pager that does not page
-    on)."""
+    on; ``gate_name``: another of ``hung_reads``' gates instead)."""
     gate, out, err = tmp / "disk-hangs", tmp / "stdout", tmp / "stderr"
     gate.touch()
-    env = {**os.environ, "AUDIT_CONFIG": "", SEGMENT_READS_GATE: str(gate),
+    env = {**os.environ, "AUDIT_CONFIG": "", gate_name: str(gate),
            SEGMENT_READS_AFTER: str(after)}
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "tests.faults.hung_reads", *args,
@@ -130,6 +137,21 @@ def test_tail_timeout_ends_a_read_of_the_last_records_stuck_in_a_segment_read(
     with command(tmp, "tail", "-f", "--timeout", "1s") as (proc, gate, out, err):
         wait_for(segment_read_hung(gate).exists, BOUND, "the last records' read to hang")
         code = ended(proc)  # a follower's start ends it, as bad filters do
+        assert code == 2, err.read_text()
+    assert out.read_text() == ""
+    assert "audit-collector tail: the query ran longer than 1 s (--timeout)" in \
+        err.read_text()
+
+
+def test_tail_timeout_ends_a_check_of_segments_on_a_hung_mount(tmp: Path) -> None:
+    """tail checked the data directory (a stat of segments/) before its --timeout began,
+    as query does not: segments/ on a hung mount held it there for good."""
+    with open_store(tmp / "data") as store:
+        store.write(events(3))
+    with command(tmp, "tail", "--timeout", "1s", gate_name=DIR_CHECK_GATE) as (
+            proc, gate, out, err):
+        wait_for(dir_check_hung(gate).exists, BOUND, "the check of segments/ to hang")
+        code = ended(proc)
         assert code == 2, err.read_text()
     assert out.read_text() == ""
     assert "audit-collector tail: the query ran longer than 1 s (--timeout)" in \
