@@ -25,6 +25,11 @@ class IngestError(Exception):
 #: What became of the socket's file at the stop (``SocketFile.remove``).
 Removal = Literal["removed", "gone", "another's"]
 
+#: A unix socket path must be shorter than this, in bytes: sun_path holds 108 on Linux
+#: and 104 on macOS, its terminating NUL included. The smaller, so that a data
+#: directory that works here works there too.
+UNIX_PATH_LIMIT: Final = 104
+
 
 #: Flags of the descriptor that pins the socket's file (None where the system has no
 #: ``O_PATH``: macOS, where the file is then told by (st_dev, st_ino) alone).
@@ -82,9 +87,9 @@ def bind_unix(path: Path) -> tuple[socket.socket, SocketFile]:
     """A listening unix socket at ``path``, mode 0600 from birth, and its file; a stale
     socket file left by a crashed collector is replaced, a live one is an error."""
     raw = os.fsencode(path)
-    if len(raw) >= 104:  # sun_path: 108 bytes on Linux, 104 on macOS
-        raise IngestError(f"unix socket path {path} is {len(raw)} bytes; keep it under 104 "
-                          "(choose a shorter --socket or --data-dir)")
+    if len(raw) >= UNIX_PATH_LIMIT:
+        raise IngestError(f"unix socket path {path} is {len(raw)} bytes; keep it under "
+                          f"{UNIX_PATH_LIMIT} (choose a shorter --socket or --data-dir)")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
