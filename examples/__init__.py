@@ -7,5 +7,5 @@
 - ``examples.audit_sink``: where the apps above send events when run for real
   (``AUDIT_COLLECTOR_URL`` or ``AUDIT_EVENTS_FILE``);
 - ``examples.run``: ``python -m examples.run`` (``make run``) serves the platform and
-  drives a little traffic through it.
+  drives a little traffic through it (``examples.run_data_dir``: its ``DATA_DIR``).
 """

@@ -1,9 +1,12 @@
 """``python -m examples.run`` (what ``make run`` calls): start the collector with its data
-in ``./audit-data/``, serve the example platform shipping its audit events to it, drive a
-little traffic through every kind of event, print how to query them, and keep serving
-until Ctrl-C (the collector stops with it).
+in ``./audit-data/`` (or ``DATA_DIR``), serve the example platform shipping its audit
+events to it, drive a little traffic through every kind of event, print how to query
+them, and keep serving until Ctrl-C (the collector stops with it).
 
     PORT=8000                 port on 127.0.0.1 (default 8000)
+    DATA_DIR=audit-data       the collector's data directory (default audit-data; made
+                              if missing): another one to run beside a running
+                              collector, e.g. DATA_DIR=/tmp/demo make run
     TRUSTED_PROXIES=10.0.0.1  comma-separated IPs/CIDRs whose X-Forwarded-For is trusted
     --once                    exit after the traffic instead of serving on
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -29,14 +33,15 @@ import httpx
 import uvicorn
 
 from audit_middleware import AuditConfigurationError, configure
+from audit_middleware._dirs import make_dirs
 from audit_middleware.shipper import CollectorSink
 from collector.readers import Readers
 from examples.platform import create_app
 from examples.platform.auth import ALICE
 from examples.platform.tour import TourError, run_tour
+from examples.run_data_dir import DataDirError, data_dir_from_env, in_use, suggestion
 
 HOST = "127.0.0.1"
-DATA_DIR = Path("audit-data")
 COLLECTOR_READY = "audit-collector ready:"
 #: Seconds between run-backend steps while serving (runs progress on their own).
 JOBS_INTERVAL = 2.0
@@ -77,13 +82,13 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
-    """``audit-collector serve --data-dir audit-data`` as a child process, ready to ingest
+def start_collector(data_dir: Path, ready_line: list[str]) -> subprocess.Popen[str]:
+    """``audit-collector serve --data-dir DATA_DIR`` as a child process, ready to ingest
     when this returns (its ready line, which lists its addresses, is appended to
-    ``ready_line``). Its own output goes to ``audit-data/collector.log``; when it does
+    ``ready_line``). Its own output goes to ``DATA_DIR/collector.log``; when it does
     not start, the error says why in its last words (a data directory in use, say)."""
-    DATA_DIR.mkdir(mode=0o750, exist_ok=True)
-    log = open(DATA_DIR / "collector.log", "a", encoding="utf-8")  # noqa: SIM115
+    make_dirs(data_dir, 0o750)
+    log = open(data_dir / "collector.log", "a", encoding="utf-8")  # noqa: SIM115
     ready = threading.Event()
     proc: subprocess.Popen[str] | None = None
     last_words: list[str] = []
@@ -111,7 +116,7 @@ def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
         # Only this command stops it, with one SIGTERM.
         with _stops_deferred():
             proc = subprocess.Popen(
-                [sys.executable, "-m", "collector", "serve", "--data-dir", str(DATA_DIR)],
+                [sys.executable, "-m", "collector", "serve", "--data-dir", str(data_dir)],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                 start_new_session=True)
         threading.Thread(target=pump, name="collector-log", daemon=True).start()
@@ -121,12 +126,19 @@ def start_collector(ready_line: list[str]) -> subprocess.Popen[str]:
             ended = ready.is_set() and not ready_line and last_words
             why = f"{last_words[0]} " if ended else ""
             raise RunError(f"the collector did not start: {why}"
-                           f"(its log: {DATA_DIR / 'collector.log'})")
+                           f"(its log: {data_dir / 'collector.log'}){_beside(data_dir)}")
     except BaseException:  # not started, or Ctrl-C / SIGTERM meanwhile: never left running
         if proc is not None:
             stop_collector(proc)
         raise
     return proc
+
+
+def _beside(data_dir: Path) -> str:
+    """How to run beside the collector that holds ``data_dir``, if one does."""
+    if not in_use(data_dir):
+        return ""
+    return f"; to run beside it: DATA_DIR={shlex.quote(suggestion(data_dir))} make run"
 
 
 def stop_collector(proc: subprocess.Popen[str]) -> None:
@@ -139,9 +151,9 @@ def stop_collector(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
-def demo_root_reader() -> str:
+def demo_root_reader(data_dir: Path) -> str:
     """A fresh token for the demo's root reader of the admin panel (``demo-root``)."""
-    readers = Readers(DATA_DIR)
+    readers = Readers(data_dir)
     if any(r.name == "demo-root" for r in readers.all()):
         readers.remove("demo-root")
     return readers.add("demo-root", root=True)
@@ -152,10 +164,10 @@ def panel_url(ready_line: str) -> str | None:
     return f"{urls[0]}/admin/audit-logs" if urls else None
 
 
-def start_audit_sink() -> CollectorSink:
+def start_audit_sink(data_dir: Path) -> CollectorSink:
     """Where events go: the collector's unix socket; a local spool if it is away."""
-    sink = CollectorSink(f"unix://{(DATA_DIR / 'collector.sock').resolve()}",
-                         spool_dir=DATA_DIR / "spool")
+    sink = CollectorSink(f"unix://{(data_dir / 'collector.sock').resolve()}",
+                         spool_dir=data_dir / "spool")
     configure(sink=sink)
     return sink
 
@@ -177,7 +189,8 @@ def build_server(*, once: bool) -> uvicorn.Server:
 
 
 def drive_traffic(server: uvicorn.Server, sink: CollectorSink, base_url: str, *,
-                  once: bool, outcome: list[int], panel: str | None) -> None:
+                  data_dir: Path, once: bool, outcome: list[int], panel: str | None
+                  ) -> None:
     """Runs on a thread: wait for the server, walk the tour, report, maybe stop."""
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -189,7 +202,8 @@ def drive_traffic(server: uvicorn.Server, sink: CollectorSink, base_url: str, *,
             run_tour(client)
         if not sink.flush(timeout=30.0):
             raise RunError("the collector did not acknowledge the example events in 30s")
-        print_summary(base_url, sink.stats()["acknowledged"], once=once, panel=panel)
+        print_summary(base_url, sink.stats()["acknowledged"], data_dir=data_dir, once=once,
+                      panel=panel)
     except (RunError, TourError, httpx.HTTPError) as exc:
         print(f"example traffic failed: {exc}", file=sys.stderr)
         outcome.append(1)
@@ -199,32 +213,34 @@ def drive_traffic(server: uvicorn.Server, sink: CollectorSink, base_url: str, *,
         server.should_exit = True
 
 
-def print_summary(base_url: str, stored: int, *, once: bool, panel: str | None) -> None:
-    query = [sys.executable, "-m", "collector", "query", "--data-dir", str(DATA_DIR),
+def print_summary(base_url: str, stored: int, *, data_dir: Path, once: bool,
+                  panel: str | None) -> None:
+    query = [sys.executable, "-m", "collector", "query", "--data-dir", str(data_dir),
              "--limit", "8"]
     recent = subprocess.run(query, capture_output=True, text=True, timeout=60,
                             check=False).stdout
     script = Path(sys.executable).with_name("audit-collector")
     cli = _relative(script) if script.exists() else f"{_relative(Path(sys.executable))} -m collector"
+    where = shlex.quote(str(data_dir))  # pasted into a shell: a space must not split it
     print(f"""
-Example platform {"ran" if once else "at"} {base_url}; collector data in {DATA_DIR.resolve()}
+Example platform {"ran" if once else "at"} {base_url}; collector data in {data_dir.resolve()}
 {stored} audit events from the example traffic acknowledged by the collector
 (fsynced and indexed). The newest:
 
 {recent}
 Query them{"" if once else " (from another terminal)"}:
-  {cli} query --data-dir {DATA_DIR} --type 'run_*'
-  {cli} query --data-dir {DATA_DIR} --principal system --format csv
-  {cli} tail -f --data-dir {DATA_DIR}
-  {cli} stats --data-dir {DATA_DIR}
-""" + ("" if once else _serving_lines(base_url, panel, cli)), flush=True)
+  {cli} query --data-dir {where} --type 'run_*'
+  {cli} query --data-dir {where} --principal system --format csv
+  {cli} tail -f --data-dir {where}
+  {cli} stats --data-dir {where}
+""" + ("" if once else _serving_lines(base_url, panel, cli, data_dir)), flush=True)
 
 
-def _serving_lines(base_url: str, panel: str | None, cli: str) -> str:
+def _serving_lines(base_url: str, panel: str | None, cli: str, data_dir: Path) -> str:
     """What to try while the app and the collector serve (not after --once: they are
     stopped by the time it would be read)."""
     return f"""
-{_panel_lines(panel, cli)}
+{_panel_lines(panel, cli, data_dir)}
 Try it (Alice is a demo user; each call below is one more audit record):
   curl -s -X POST {base_url}/sign-in -H 'content-type: application/json' \\
        -d '{{"email": "{ALICE.email}", "password": "{ALICE.password}"}}'
@@ -234,13 +250,14 @@ Serving until Ctrl-C.
 """
 
 
-def _panel_lines(panel: str | None, cli: str) -> str:
+def _panel_lines(panel: str | None, cli: str, data_dir: Path) -> str:
     if panel is None:
         return ("The admin panel is not running (its port was taken: see "
-                f"{DATA_DIR / 'collector.log'}).\n")
+                f"{data_dir / 'collector.log'}).\n")
     return (f"Admin panel (Audit logs tab): {panel}\n"
-            f"  sign in with the demo root reader's token: {demo_root_reader()}\n"
-            f"  (more readers: {cli} users add NAME --root --data-dir {DATA_DIR})\n")
+            f"  sign in with the demo root reader's token: {demo_root_reader(data_dir)}\n"
+            f"  (more readers: {cli} users add NAME --root --data-dir "
+            f"{shlex.quote(str(data_dir))})\n")
 
 
 def _relative(path: Path) -> str:
@@ -282,6 +299,11 @@ def _stops_deferred() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # first: the last line below names it, whatever happens after
+        data_dir = data_dir_from_env()
+    except DataDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then re-raises the signal it
     # caught. SIGINT comes back as KeyboardInterrupt; SIGTERM's default action would end
     # the process before ``finally``, leaving the collector running with the data
@@ -296,15 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             sock = bind(port_from_env())
             server = build_server(once=args.once)
             ready_line: list[str] = []
-            collector = start_collector(ready_line)
+            collector = start_collector(data_dir, ready_line)
         except RunError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        sink = start_audit_sink()
+        sink = start_audit_sink(data_dir)
         base_url = f"http://{HOST}:{sock.getsockname()[1]}"
         traffic = threading.Thread(
             target=drive_traffic, args=(server, sink, base_url),
-            kwargs={"once": args.once, "outcome": outcome, "panel": panel_url(ready_line[0])},
+            kwargs={"data_dir": data_dir, "once": args.once, "outcome": outcome,
+                    "panel": panel_url(ready_line[0])},
             name="example-traffic", daemon=True)
         traffic.start()
         server.run(sockets=[sock])
@@ -320,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sink.close(timeout=10.0)
         if collector is not None:
             stop_collector(collector)
-    print(f"Stopped. Audit data is in {DATA_DIR.resolve()}", flush=True)
+    print(f"Stopped. Audit data is in {data_dir.resolve()}", flush=True)
     return max(outcome, default=0)
 
 

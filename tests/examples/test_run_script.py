@@ -1,5 +1,5 @@
 """``python -m examples.run`` (``make run``) as a real process on a real port: it starts
-the collector on ./audit-data/, serves the platform shipping every catalogue event to it,
+the collector on ./audit-data/ (or DATA_DIR), serves the platform shipping every catalogue event to it,
 and stops (collector included) on ``--once`` or Ctrl-C."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 from audit_middleware.catalogue import SEED_CATALOGUE
 from collector.query import iter_records
+from collector.readers import Readers
 from collector.storage.data_dir_lock import lock_data_dir
 from examples.platform.auth import ALICE
 from tests.examples.run_lineage import follow_runs
@@ -43,20 +44,23 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "examples.run", *args]
 
 
-def run(cwd: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command(*args), cwd=cwd, env=environment(port), check=False,
-                          capture_output=True, text=True, timeout=60)
+def run(cwd: Path, port: int, *args: str, data_dir: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command(*args), cwd=cwd, env=environment(port, data_dir),
+                          check=False, capture_output=True, text=True, timeout=60)
 
 
-def environment(port: int) -> dict[str, str]:
+def environment(port: int, data_dir: str | None = None) -> dict[str, str]:
     # The collector's API on an ephemeral port: 8080 may be taken by a neighbour.
-    return {**os.environ, "PORT": str(port), "PYTHONPATH": str(REPO),
-            "AUDIT_API_LISTEN": "127.0.0.1:0"}
+    env = {**os.environ, "PORT": str(port), "PYTHONPATH": str(REPO),
+           "AUDIT_API_LISTEN": "127.0.0.1:0"}
+    env.pop("DATA_DIR", None)  # the default unless a test sets it, whatever pytest's is
+    return env if data_dir is None else {**env, "DATA_DIR": data_dir}
 
 
-def records(cwd: Path) -> list[dict[str, str]]:
+def records(cwd: Path, data_dir: str = "audit-data") -> list[dict[str, str]]:
     """What the collector stored, read back through its query API."""
-    return list(iter_records(cwd / "audit-data"))
+    return list(iter_records(cwd / data_dir))
 
 
 def test_once_ships_every_catalogue_event_to_the_collector_and_exits(tmp_path: Path) -> None:
@@ -254,4 +258,85 @@ def test_a_data_directory_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "the collector did not start" in result.stderr
     assert "in use by another process" in result.stderr
+    # `make run` has no --data-dir: the way to another one is said (a new-user review).
+    assert "to run beside it: DATA_DIR=audit-data-2 make run" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_data_dir_is_used_for_everything_the_command_does(tmp_path: Path) -> None:
+    """DATA_DIR (``DATA_DIR=/tmp/demo make run``): the collector's data, its socket and
+    log, the sink's spool, the panel's reader, the commands printed and the last line
+    are all there; nothing in ./audit-data/ (a missing parent is made too)."""
+    port = free_port()
+    proc = subprocess.Popen(command(), cwd=tmp_path, env=environment(port, "demo/data"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # _kill_all
+    data_dir = tmp_path / "demo" / "data"
+    try:
+        assert proc.stdout is not None
+        printed = []
+        for line in proc.stdout:  # ends (and the test fails) if the process dies
+            printed.append(line)
+            if "Serving until Ctrl-C" in line:
+                break
+        said = "".join(printed)
+        assert f"collector data in {data_dir}" in said
+        assert "query --data-dir demo/data --type" in said
+        assert "tail -f --data-dir demo/data" in said
+        assert "users add NAME --root --data-dir demo/data)" in said
+        assert [r.name for r in Readers(data_dir).all()] == ["demo-root"]
+        assert (data_dir / "collector.sock").exists()
+        assert (data_dir / "collector.log").exists()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        _kill_all(proc, tmp_path)
+    assert f"Stopped. Audit data is in {data_dir}" in out
+    assert {r["type"] for r in records(tmp_path, "demo/data")} == SEED_TYPES
+    assert not (data_dir / "collector.sock").exists()  # collector stopped
+    assert not (tmp_path / "audit-data").exists()  # no spool, log or socket there either
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("", "DATA_DIR is empty: name the collector's data directory"),
+    ("   ", "DATA_DIR is empty"),
+    ("a-file", "DATA_DIR=a-file is a file, not a directory: choose a directory"),
+    ("a-file/data", "DATA_DIR=a-file/data cannot be made: "),
+    ("d" * 90, "is too long: the collector's socket would be "),
+], ids=["empty", "blank", "a-file", "under-a-file", "too-long"])
+def test_a_bad_data_dir_is_a_clear_error_before_anything_starts(
+        tmp_path: Path, value: str, said: str) -> None:
+    (tmp_path / "a-file").write_text("not a directory\n")
+    result = run(tmp_path, free_port(), "--once", data_dir=value)
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr
+    assert "make run" in result.stderr  # what to run instead
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing made
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any directory")
+def test_a_data_dir_this_user_may_not_write_is_a_clear_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        result = run(tmp_path, free_port(), "--once", data_dir="locked/data")
+    finally:
+        locked.chmod(0o700)
+    assert result.returncode == 2, result.stderr
+    assert f"{locked} is not writable by this user" in result.stderr
+    assert not (locked / "data").exists()
+
+
+def test_a_long_data_dir_names_the_socket_path_it_would_need(tmp_path: Path) -> None:
+    """The limit is the socket's absolute path, the one the sink connects to: a short
+    relative DATA_DIR in a deep working directory is refused too, by its full path."""
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    result = run(deep, free_port(), "--once", data_dir="audit-data")
+    assert result.returncode == 2, result.stderr
+    socket_path = deep / "audit-data" / "collector.sock"
+    assert f"socket would be {socket_path}, {len(str(socket_path))} bytes" in result.stderr
+    assert "must stay under 104" in result.stderr
+    assert not (deep / "audit-data").exists()
