@@ -1,6 +1,6 @@
 """The read commands' reads on a daemon thread, waited for a bounded time: what ends
-``query --timeout`` (and ``tail --timeout``) on a hung data disk, and tells a ``tail -f``
-follower's user that its disk stopped answering.
+``query --timeout`` (and ``tail``, ``stats`` and ``verify --timeout``) on a hung data
+disk, and tells a ``tail -f`` follower's user that its disk stopped answering.
 
 ``time_limit`` is checked inside SQLite and between records, on the reading thread: a
 segment ``read()`` the disk never answers (a dying disk, a frozen network file system)
@@ -38,7 +38,8 @@ class _Written(NamedTuple):
 
 
 def within(call: Callable[[Write], T], write: Write, seconds: float, setting: str,
-           name: str) -> T:
+           name: str, *, what: str = "the query",
+           then: str = "check the data disk and ask again") -> T:
     """``call(relay)`` under ``time_limit(seconds, setting)``, on a daemon thread
     (``name``); ``QueryTimeoutError`` when it has not ended ``GRACE`` seconds past the
     limit: a read that did not return, left behind.
@@ -50,7 +51,8 @@ def within(call: Callable[[Write], T], write: Write, seconds: float, setting: st
     output that had stopped reading (``| less``), it was taken for a hung disk. A
     write that waits for such a reader waits here, where no deadline is counted;
     the reading thread is then given ``GRACE`` to stop itself at its limit, which it
-    reports as the query's limit, not the disk's fault."""
+    reports as the query's limit, not the disk's fault. ``what`` and ``then`` word
+    the hung disk's error (``hung_error``)."""
     handoff: queue.Queue[_Written | concurrent.futures.Future[T]] = queue.Queue()
 
     def relay(records: list[dict[str, Any]], header: bool) -> None:
@@ -75,7 +77,7 @@ def within(call: Callable[[Write], T], write: Write, seconds: float, setting: st
         try:
             item = handoff.get(timeout=max(end - time.monotonic(), GRACE))
         except queue.Empty:
-            raise hung_error(seconds, setting) from None
+            raise hung_error(seconds, setting, what=what, then=then) from None
         if isinstance(item, _Written):
             write(item.records, item.header)  # raised (a closed pipe): the reader waits
             item.done.set()
@@ -104,12 +106,26 @@ def within_counted(call: Callable[[Write], T], write: Write, seconds: float, set
                                 f"an incomplete answer") from None
 
 
-def hung_error(seconds: float, setting: str) -> QueryTimeoutError:
+def hung_error(seconds: float, setting: str, *, what: str = "the query",
+               then: str = "check the data disk and ask again") -> QueryTimeoutError:
+    """``what`` (the query, the command...) stopped ``seconds`` past its start, in a read
+    that did not return; ``then``: what to do (verify's says its verdict is unknown)."""
     # Not Deadline.error's advice: a narrower query waits on the same disk.
     return QueryTimeoutError(
-        f"the query ran longer than {seconds:g} s ({setting}) and was stopped: a read of "
+        f"{what} ran longer than {seconds:g} s ({setting}) and was stopped: a read of "
         f"the data directory did not return (a hung disk, a frozen network file "
-        f"system?); check the data disk and ask again; {setting} sets the limit")
+        f"system?); {then}; {setting} sets the limit")
+
+
+def bounded(call: Callable[[], T], seconds: float, setting: str, name: str, *,
+            what: str, then: str = "check the data disk and ask again") -> T:
+    """``call()`` under ``within``, for a command that prints nothing until it has its
+    answer (``stats``, ``verify``): it prints that answer itself, on its own thread."""
+    def nothing(records: list[dict[str, Any]], header: bool) -> None:
+        raise AssertionError("a bounded call prints nothing through within")
+
+    return within(lambda _relay: call(), nothing, seconds, setting, name, what=what,
+                  then=then)
 
 
 class Poller:

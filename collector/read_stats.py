@@ -1,5 +1,7 @@
 """``audit-collector stats``: what the data directory holds (events indexed, segments,
-index size) and, when a collector runs or ran there, the stats it last wrote.
+index size) and, when a collector runs or ran there, the stats it last wrote; under
+``--timeout`` if given (a read the disk never answers included:
+``collector.read_deadline``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import orjson
 
 from . import config as collector_config
 from . import render
-from .read_arguments import data_dir_of
+from .read_arguments import _add_timeout, data_dir_of
+from .read_deadline import bounded
 from .storage.regular_files import read_regular
 from .storage.segments import file_sizes
 
@@ -24,9 +27,29 @@ from .storage.segments import file_sizes
 def stats_arguments(parser: argparse.ArgumentParser) -> None:
     collector_config.add_arguments(parser, ["data_dir"])
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    # No limit by default, as query's: the flag is for monitoring scripts and cron jobs,
+    # which a hung data disk held for good.
+    _add_timeout(parser, "stop past this long, e.g. 30s or 5m, a read the disk does not "
+                 "answer too (default: no limit)")
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    if args.timeout is None:
+        report = _report(args)
+    else:
+        # Read on a thread of its own, left past the limit: the index's count, the
+        # segments' listing and the stats file are reads a hung disk never answers.
+        report = bounded(lambda: _report(args), args.timeout, "--timeout", "audit-stats",
+                         what="the command")
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for line in _flatten(report):
+            print(line)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> dict[str, Any]:
     from .index import files_bytes as index_files_bytes
     from .stats_file import MAX_STATS_BYTES, STATS_FILE, STATS_INTERVAL
 
@@ -60,12 +83,7 @@ def run_stats(args: argparse.Namespace) -> int:
         report["collector"] = collected
         report["collector_stats_age_s"] = age
         report["collector_state"] = _state(collected, age, STATS_INTERVAL)
-    if args.json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        for line in _flatten(report):
-            print(line)
-    return 0
+    return report
 
 
 def _state(collected: dict[str, Any], age: float, interval: float) -> str:

@@ -11,7 +11,8 @@
   the digests, ``scan`` re-hashes one segment, ``findings`` holds what they report;
   its walk over the segments is in ``segment_listing``, ``segment_compare`` and
   ``missing_segments``.
-- ``commands``: the ``verify`` and ``keys`` subcommands.
+- ``commands``: the ``verify`` and ``keys`` subcommands; ``verify_timeout`` bounds
+  ``verify --timeout`` (no verdict past it, a read the disk never answers included).
 
 This package's ``__init__`` imports nothing: ``collector.storage.records`` uses
 ``chain`` and must not pull in the rest (which imports the storage modules).

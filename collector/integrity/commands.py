@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from collector import config as collector_config
 from collector.ownership import foreign_owner
+from collector.read_arguments import _add_timeout
 from collector.storage.errors import StorageError
 
 from .errors import IntegrityError
@@ -75,13 +76,17 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print only INVALID files and the summary")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # No limit by default, as query's: the flag is for cron and monitoring scripts.
+    _add_timeout(parser, "stop past this long, e.g. 30s or 5m, a read the disk does not "
+                 "answer too, with no verdict (exit 2; default: no limit)")
 
 
 def run_verify(args: argparse.Namespace) -> int:
     from collector.storage.filters import QueryError, parse_time
 
     from .keys import read_public_keys
-    from .verify import VerifyError, verify
+    from .verify import Progress, Report, VerifyError, verify
+    from .verify_timeout import limited, verify_within
 
     if (args.path is not None and getattr(args, "data_dir", None) is not None
             and Path(args.path).resolve() != Path(args.data_dir).resolve()):
@@ -105,11 +110,19 @@ def run_verify(args: argparse.Namespace) -> int:
             source = f"{len(keys)} key(s) from {args.public_key}"
         # -q is for cron and scripts: the verdict only, no progress lines in their logs.
         bar = None if args.no_progress or args.quiet else ProgressBar(sys.stderr)
+        progress: Progress | None = bar.update if bar else None
+        if args.timeout is not None:
+            progress = limited(progress, args.timeout)
+
+        def run() -> Report:
+            return verify(data_dir, public_keys=keys, keys_from=source, since_us=since,
+                          until_us=until, progress=progress,
+                          live=collector_running(data_dir), now_us=now_us,
+                          anchors=args.anchor)
+
         try:
-            report = verify(data_dir, public_keys=keys, keys_from=source, since_us=since,
-                            until_us=until, progress=bar.update if bar else None,
-                            live=collector_running(data_dir), now_us=now_us,
-                            anchors=args.anchor)
+            # Past --timeout, QueryTimeoutError (a QueryError): no verdict, exit 2.
+            report = run() if args.timeout is None else verify_within(run, args.timeout)
         finally:
             if bar is not None:
                 bar.done()

@@ -24,10 +24,11 @@ from tests.collector.storage_helpers import event, events, open_store
 from tests.e2e.harness import ROOT
 from tests.faults.fleet import wait_for
 from tests.faults.hung_reads import (
-    DIR_CHECK_GATE,
+    AT,
+    AT_GATE,
     SEGMENT_READS_AFTER,
     SEGMENT_READS_GATE,
-    dir_check_hung,
+    read_hung_at,
     segment_read_hung,
 )
 
@@ -40,17 +41,18 @@ HUNG = "a read of the data directory did not return (a hung disk"
 
 @contextlib.contextmanager
 def command(tmp: Path, *args: str, after: int = 0, piped: bool = False,
-            gate_name: str = SEGMENT_READS_GATE,
+            at: str | None = None,
             ) -> Iterator[tuple[subprocess.Popen[Any], Path, Path, Path]]:
     """``audit-collector ARGS`` on ``tmp/data``, its segment reads hanging while the gate
-    exists (made here; removed at the end) after the first ``after``: the process, the
-    gate, and the files its stdout and stderr go to (``piped``: stdout is the process's
-    ``stdout`` pipe, read by nobody until the test does, as a pager that does not page
-    on; ``gate_name``: another of ``hung_reads``' gates instead)."""
+    exists (made here; removed at the end) after the first ``after`` (``at``: instead,
+    the one read of ``hung_reads.READS_AT`` it names): the process, the gate, and the
+    files its stdout and stderr go to (``piped``: stdout is the process's ``stdout``
+    pipe, read by nobody until the test does, as a pager that does not page on)."""
     gate, out, err = tmp / "disk-hangs", tmp / "stdout", tmp / "stderr"
     gate.touch()
-    env = {**os.environ, "AUDIT_CONFIG": "", gate_name: str(gate),
-           SEGMENT_READS_AFTER: str(after)}
+    hanging = ({SEGMENT_READS_GATE: str(gate), SEGMENT_READS_AFTER: str(after)}
+               if at is None else {AT_GATE: str(gate), AT: at})
+    env = {**os.environ, "AUDIT_CONFIG": "", **hanging}
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "tests.faults.hung_reads", *args,
                                  "--data-dir", str(tmp / "data")], cwd=ROOT, env=env,
@@ -148,9 +150,9 @@ def test_tail_timeout_ends_a_check_of_segments_on_a_hung_mount(tmp: Path) -> Non
     as query does not: segments/ on a hung mount held it there for good."""
     with open_store(tmp / "data") as store:
         store.write(events(3))
-    with command(tmp, "tail", "--timeout", "1s", gate_name=DIR_CHECK_GATE) as (
+    with command(tmp, "tail", "--timeout", "1s", at="segments_check") as (
             proc, gate, out, err):
-        wait_for(dir_check_hung(gate).exists, BOUND, "the check of segments/ to hang")
+        wait_for(read_hung_at(gate).exists, BOUND, "the check of segments/ to hang")
         code = ended(proc)
         assert code == 2, err.read_text()
     assert out.read_text() == ""
