@@ -12,14 +12,14 @@ Reader between reads) and the forwarder's thread waits for it, so that:
   poll: the forwarder makes no other read meanwhile, a second one would hang on the
   same disk), ``stats`` says ``state`` "waiting_on_disk" and counts it (``disk_hung``);
 - a stop does not wait for it: the forwarder's thread ends, the read is left to the
-  disk (a daemon thread; nothing of the checkpoint depends on it);
+  disk (a daemon thread; nothing of the checkpoint depends on it). A read not yet said
+  hung is given the stop's grace (``STOP_GRACE``) to end, its files closed with it;
 - once it returns, forwarding goes on with what it read: the same read, never a second
   one beside it, so nothing is skipped and nothing is sent twice.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 import time
@@ -53,7 +53,6 @@ class StoreReads:
         self._lock = threading.Lock()
         #: Set when the read under way returns, or by ``interrupt`` (a stop).
         self._event = threading.Event()
-        self._pending: concurrent.futures.Future[Any] | None = None
         self._stalled_since: float | None = None  # monotonic, of the read said hung
         self.hung = 0  # reads that ran READ_STALL seconds (each said once)
 
@@ -64,7 +63,6 @@ class StoreReads:
         if self._stopping():
             raise ReadLeftBehind  # (none begun: a read after the stop is not made)
         future = self._poller.submit(call)
-        self._pending = future
         future.add_done_callback(lambda _: event.set())
         started = time.monotonic()
         said = False
@@ -87,11 +85,16 @@ class StoreReads:
 
     def close(self, wait: float) -> None:
         """End the reader thread, its Readers closed on it: waited for up to ``wait``
-        seconds unless a read is under way (left to the disk: a stop does not wait for
-        it, and the thread ends once it returns)."""
-        reading = self._pending is not None and not self._pending.done()
+        seconds unless its read under way was said hung (left to the disk: the thread
+        ends once it returns). Any other read ends within the wait: not waited for,
+        the stop returned with the index's connection and the segment files still
+        open on that thread. The forwarder waits on no read once stopped: its stats
+        then say "stopped", the hung read counted in ``disk_hung``."""
+        with self._lock:
+            hung = self._stalled_since is not None
+            self._stalled_since = None
         thread = self._poller.close()
-        if thread is not None and not reading:
+        if thread is not None and not hung:
             thread.join(wait)
 
     @property

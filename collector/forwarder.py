@@ -28,8 +28,8 @@ How it behaves:
 - **A hung data disk**: the records are read on a reader thread (``forward_reads``); a
   read that has not returned after ``READ_STALL`` seconds is logged once, ``state``
   "waiting_on_disk" (``disk_waiting``, ``disk_hung``) meanwhile; the stop leaves it to
-  the disk, and once it returns forwarding goes on with it: nothing skipped, nothing
-  sent twice. Ingest never waits on it.
+  the disk (one not yet said hung gets ``STOP_GRACE``), and once it returns forwarding
+  goes on with it: nothing skipped, nothing sent twice. Ingest never waits on it.
 - **Lag**: ``stats()`` gives ``lag_events`` (records stored but not yet acknowledged) and
   ``lag_seconds`` (age of the oldest of them); ``/metrics`` exports both.
 - Records deleted by retention before they were forwarded cannot be sent: they are
@@ -214,7 +214,7 @@ class Forwarder(StorePosition, ExportWithDeadline, Backoff):
             self._thread = None
         self._shutdown_exporter()
         # Its Readers closed (the index's connection, segment files): waited for unless
-        # it is in a read, which the stop does not wait for.
+        # it is in a read said hung, which the stop does not wait for.
         self._reads.close(min(timeout, STOP_GRACE))
         self.state = "stopped"
 
