@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -49,6 +50,10 @@ class ReadLeftBehind(Exception):  # (not an error: the stop's way out of a read)
 class StoreReads:
     def __init__(self, data_dir: Path, stopping: Callable[[], bool]) -> None:
         self._poller = Poller("audit-forward-read", at_end=lambda: q.close_readers(data_dir))
+        # A forwarder dropped without a stop (one stepped by a test) left its reader
+        # thread waiting for a read for good, the index's connection and segment files
+        # open on it. Not at exit: the process ends its daemon threads itself.
+        weakref.finalize(self, self._poller.close).atexit = False
         self._stopping = stopping
         self._lock = threading.Lock()
         #: Set when the read under way returns, or by ``interrupt`` (a stop).

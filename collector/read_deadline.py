@@ -187,12 +187,19 @@ class Poller:
                ) -> None:
         try:
             while (item := calls.get()) is not None:
-                call, future = item
-                try:
-                    result = call()
-                except BaseException as exc:  # noqa: BLE001 - raised in the follower
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
+                _answer(*item)
+                # Not held while waiting for the next: the last call (its closure, the
+                # forwarder's) was kept alive by this frame, and with it the Poller the
+                # forwarder would have closed once dropped.
+                del item
         finally:
             self._at_end()
+
+
+def _answer(call: Callable[[], T], future: concurrent.futures.Future[T]) -> None:
+    try:
+        result = call()
+    except BaseException as exc:  # noqa: BLE001 - raised in the follower
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
