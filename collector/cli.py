@@ -148,12 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StorageError, OSError) as exc:
         # A data directory in use or unreadable, a path that is a file, a read-only
         # mount...: what and where, not a traceback.
+        if isinstance(exc, PermissionError):
+            from .ownership import denied_words
+
+            print(f"audit-collector {args.command}: {denied_words(exc)}", file=sys.stderr)
+            return 2
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        if isinstance(exc, PermissionError) and exc.filename:
-            from .ownership import access_hint
-
-            where += access_hint(exc.filename)
         print(f"audit-collector {args.command}: {reason}{where}", file=sys.stderr)
         return 2
 

@@ -94,3 +94,13 @@ def access_hint(filename: str | os.PathLike[str]) -> str:
                 f"(sudo -u {shlex.quote(name)} audit-collector ...), or as a member of the "
                 f"group {group} if its files are readable to it (docs/api.md)")
     return ""
+
+
+def denied_words(exc: PermissionError) -> str:
+    """``exc`` said as the commands say a refusal: what was refused, where, and as whom
+    to run it (``access_hint``). `verify` said only "[Errno 13] Permission denied" of a
+    data directory it may not look into."""
+    reason = exc.strerror or "Permission denied"
+    if not exc.filename:
+        return reason
+    return f"{reason} ({exc.filename}){access_hint(exc.filename)}"

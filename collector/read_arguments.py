@@ -23,7 +23,8 @@ def data_dir_of(args: argparse.Namespace) -> Path:
     holds no audit data, or something else where its segments/ goes."""
     data_dir: Path = collector_config.load(args, for_serve=False).data_dir
     # A FIFO or a file there was "no audit data" (no index) or an index of records
-    # nowhere: what it is, and what to do.
+    # nowhere: what it is, and what to do. One this user may not look at raises
+    # PermissionError, which the command says with as whom to run it (ownership.py).
     refuse_other_than_a_dir(data_dir / "segments", SEGMENTS, SEGMENTS_THEN)
     if not (data_dir / "index.sqlite").exists() and not (data_dir / "segments").is_dir():
         raise CommandError(f"no audit data in {data_dir}: point --data-dir (or "

@@ -7,6 +7,7 @@ index size) and, when a collector runs or ran there, the stats it last wrote; un
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import time
@@ -56,7 +57,7 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = data_dir_of(args)
     # A running collector deletes and replaces files while they are listed: file_sizes
     # leaves out the ones gone by their stat.
-    segments = file_sizes(sorted((data_dir / "segments").glob("segment-*")))
+    segments = file_sizes(_segment_paths(data_dir / "segments"))
     report: dict[str, Any] = {
         "data_dir": str(data_dir),
         "events_indexed": _indexed(data_dir),
@@ -84,6 +85,18 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         report["collector_stats_age_s"] = age
         report["collector_state"] = _state(collected, age, STATS_INTERVAL)
     return report
+
+
+def _segment_paths(segments_dir: Path) -> list[Path]:
+    """The ``segment-*`` files of ``segments_dir`` (none when there is no such
+    directory: an index alone is a store too). A listing this user may not make raises
+    PermissionError: Path.glob took it for an empty directory, and stats said "0
+    segments" of a store this user may only not look into."""
+    try:
+        names = os.listdir(segments_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(segments_dir / name for name in names if name.startswith("segment-"))
 
 
 def _state(collected: dict[str, Any], age: float, interval: float) -> str:

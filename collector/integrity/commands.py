@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from collector import config as collector_config
-from collector.ownership import foreign_owner
+from collector.ownership import denied_words, foreign_owner
 from collector.read_arguments import _add_timeout
 from collector.storage.errors import StorageError
 
@@ -128,6 +128,9 @@ def run_verify(args: argparse.Namespace) -> int:
                 bar.done()
     except (StorageError, QueryError, VerifyError) as exc:
         print(f"audit-collector verify: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:  # not this user's to look into: as whom to run it
+        print(f"audit-collector verify: {denied_words(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. a link loop in segments/: no verdict, not "INVALID"
         print(f"audit-collector verify: cannot read the data directory: {exc}",

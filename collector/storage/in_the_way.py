@@ -86,10 +86,14 @@ def in_the_way(path: Path, belongs: str, then: str = MAKES_A_NEW_ONE) -> InTheWa
 
 def refuse_other_than_a_dir(path: Path, belongs: str, then: str = MAKES_A_NEW_ONE) -> None:
     """``InTheWayError`` when something other than a directory (followed) is at
-    ``path``, a symbolic link that leads to none included; nothing when there is none
-    (or it cannot be looked at: said where it matters)."""
+    ``path``, a symbolic link that leads to none included; nothing when there is none.
+    ``PermissionError`` (its filename ``path``) when this user may not look at it: let
+    through, that was "no audit data" or "not a collector data directory" further on,
+    to a reader who was only not the collector's user."""
     try:
         mode = os.stat(path).st_mode
+    except PermissionError:
+        raise
     except OSError as exc:
         # A link to nothing, or a loop of links (ELOOP), is there all the same: read as
         # "none", it was "nothing here was ever signed", or a mkdir's "File exists".
