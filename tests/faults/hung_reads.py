@@ -43,7 +43,7 @@ find = Reader.find
 unlink = os.unlink
 segment_read = segment_reader._Plain.read
 count_rows = index.count_rows
-scandir = os.scandir
+listdir = os.listdir
 read_regular = read_stats.read_regular
 chunks = scan.chunks
 segments_check = read_arguments.refuse_other_than_a_dir
@@ -109,10 +109,10 @@ def hung_count_rows(con: Any) -> int:
     return count_rows(con)
 
 
-def hung_scandir(path: Any = ".") -> Any:
+def hung_listdir(path: Any = ".") -> Any:
     if os.path.basename(os.fspath(path).rstrip("/")) == "segments":
         _hang_here()
-    return scandir(path)
+    return listdir(path)
 
 
 def hung_read_regular(path: Path, limit: int) -> bytes:
@@ -134,7 +134,7 @@ def _hang_at(read: str) -> None:
     if read == "index_count":
         index.count_rows = hung_count_rows  # read_stats imports it from index when run
     elif read == "segment_listing":
-        os.scandir = hung_scandir  # what Path.glob lists a directory with
+        os.listdir = hung_listdir  # what stats lists segments/ with
     elif read == "stats_file":
         read_stats.read_regular = hung_read_regular
     elif read == "verify_segment_read":
