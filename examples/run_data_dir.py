@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 
 from collector.listen import UNIX_PATH_LIMIT
@@ -42,12 +43,21 @@ def checked(data_dir: Path) -> Path:
 
 def _check(data_dir: Path, setting: str) -> None:
     if data_dir.exists() and not data_dir.is_dir():
+        other = shlex.quote(suggestion(data_dir))  # pasted into a shell: a space
         raise DataDirError(f"{setting} is a file, not a directory: choose a directory "
-                           f"(made if missing), e.g. DATA_DIR={suggestion(data_dir)} make run")
-    # The directory, or where it would be made (every missing parent is made too).
+                           f"(made if missing), e.g. DATA_DIR={other} make run")
+    # The directory, or where it would be made (every missing parent is made too). A
+    # link is there even when what it names is not: lexists, not exists.
     existing = data_dir.absolute()
-    while not existing.exists():
+    while not os.path.lexists(existing):
         existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        # mkdir finds the link in the way (the collector's too), and resolving a loop
+        # raised RuntimeError: a traceback either way.
+        raise DataDirError(f"{setting} cannot be used: {existing} is a symbolic link to "
+                           f"nothing (its target is missing, or the links loop): point it "
+                           f"at a directory, or choose another, e.g. "
+                           f"DATA_DIR=/tmp/audit-data make run")
     if not existing.is_dir():
         raise DataDirError(f"{setting} cannot be made: {existing} is a file, not a "
                            f"directory: choose a path under a directory, e.g. "
@@ -85,6 +95,8 @@ def suggestion(data_dir: Path) -> str:
     stem, number = (match[1], int(match[2]) + 1) if match else (data_dir.name, 2)
     while True:
         candidate = data_dir.with_name(f"{stem}-{number}")
-        if not (candidate.exists() and (not candidate.is_dir() or in_use(candidate))):
+        # lexists: a link to nothing is in the way as a file is (``_check``).
+        if not (os.path.lexists(candidate)
+                and (not candidate.is_dir() or in_use(candidate))):
             return str(candidate)
         number += 1

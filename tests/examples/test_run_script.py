@@ -350,3 +350,39 @@ def test_a_long_data_dir_names_the_socket_path_it_would_need(tmp_path: Path) -> 
     assert f"socket would be {socket_path}, {len(str(socket_path))} bytes" in result.stderr
     assert "must stay under 104" in result.stderr
     assert not (deep / "audit-data").exists()
+
+
+@pytest.mark.parametrize(("value", "link", "broken"), [
+    ("dangling", "nowhere", "dangling"),
+    ("loop", "loop", "loop"),
+    ("loop/data", "loop", "loop"),
+], ids=["dangling", "loop", "under-a-loop"])
+def test_a_data_dir_through_a_broken_link_is_a_clear_error(
+        tmp_path: Path, value: str, link: str, broken: str) -> None:
+    """A link whose target is missing, or a loop: the collector could make no directory
+    there (``mkdir`` finds the link), and the check let it through to a traceback."""
+    name = value.split("/")[0]
+    (tmp_path / name).symlink_to(link)
+    result = run(tmp_path, free_port(), "--once", data_dir=value)
+    assert result.returncode == 2, result.stderr
+    assert (f"DATA_DIR={value} cannot be used: {tmp_path / broken} is a symbolic link to "
+            f"nothing") in result.stderr
+    assert "make run" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing made
+
+
+def test_the_data_dir_suggested_is_quoted_for_the_shell(tmp_path: Path) -> None:
+    """A name with a space, suggested as it is, split at the space when pasted."""
+    (tmp_path / "my data").write_text("not a directory\n")
+    with pytest.raises(DataDirError) as refused:
+        checked(tmp_path / "my data")
+    assert f"e.g. DATA_DIR='{tmp_path}/my data-2' make run" in str(refused.value)
+
+
+def test_the_data_dir_suggested_is_not_a_link_to_nothing(tmp_path: Path) -> None:
+    (tmp_path / "audit-data").write_text("not a directory\n")
+    (tmp_path / "audit-data-2").symlink_to("nowhere")
+    with pytest.raises(DataDirError) as refused:
+        checked(tmp_path / "audit-data")
+    assert f"e.g. DATA_DIR={tmp_path}/audit-data-3 make run" in str(refused.value)
