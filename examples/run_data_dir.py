@@ -28,7 +28,13 @@ def data_dir_from_env() -> Path:
     if not raw.strip():
         raise DataDirError("DATA_DIR is empty: name the collector's data directory, e.g. "
                            "DATA_DIR=audit-data-2 make run (unset, it is ./audit-data)")
-    return checked(Path(raw).expanduser())
+    try:
+        data_dir = Path(raw).expanduser()
+    except RuntimeError:  # ~name of no such user: Python's words name neither
+        raise DataDirError(f"DATA_DIR={raw}: {raw.split('/')[0]} is no user's home "
+                           f"directory here: give the path itself, e.g. "
+                           f"DATA_DIR=/tmp/audit-data make run") from None
+    return checked(data_dir)
 
 
 def checked(data_dir: Path) -> Path:

@@ -306,7 +306,8 @@ def test_data_dir_is_used_for_everything_the_command_does(tmp_path: Path) -> Non
     ("a-file", "DATA_DIR=a-file is a file, not a directory: choose a directory"),
     ("a-file/data", "DATA_DIR=a-file/data cannot be made: "),
     ("d" * 90, "is too long: the collector's socket would be "),
-], ids=["empty", "blank", "a-file", "under-a-file", "too-long"])
+    ("~no-such-user-k4/data", "~no-such-user-k4 is no user's home directory here"),
+], ids=["empty", "blank", "a-file", "under-a-file", "too-long", "no-such-home"])
 def test_a_bad_data_dir_is_a_clear_error_before_anything_starts(
         tmp_path: Path, value: str, said: str) -> None:
     (tmp_path / "a-file").write_text("not a directory\n")
