@@ -13,6 +13,7 @@ from typing import Final
 
 from collector.storage.errors import StorageError
 from collector.storage.records import created_micros
+from collector.storage.time_limit import checked
 
 from . import digests as d
 from .errors import KeyFileError
@@ -121,7 +122,10 @@ class DigestChain:
                                       "ever signed")
             return out
         newest = max((seq for seq, _ in d.list_digest_files(self.digests_dir)), default=0)
-        for path in sorted(self.digests_dir.iterdir()):
+        # ``checked``: under ``verify --timeout``, a store's digests (a year of them,
+        # read and their signatures checked before any segment) are stopped at its
+        # limit, not let run 1 s past it and then blamed on a hung disk.
+        for path in checked(sorted(self.digests_dir.iterdir())):
             named = d.segment_of_file(path.name)
             if named is None:
                 res = self.results.of(f"{d.DIGESTS_DIR}/{path.name}", "digests", 0)
@@ -169,7 +173,7 @@ class DigestChain:
         from then on (so an export taken before a rotation still verifies after it)."""
         entries = sorted(((g, res) for res, f in files for g in f.digests),
                          key=lambda e: e[0].n)
-        for g, res in entries:
+        for g, res in checked(entries):
             self.by_digest[id(g)] = res
             key = self.trusted.get(g.key)
             problem = _signature_problem(g, key, self._retired_by(g))

@@ -74,14 +74,38 @@ def test_verify_timeout_ends_verify_stuck_in_a_segment_read_with_no_verdict(
     assert "Traceback" not in message
 
 
-def test_verify_past_its_limit_between_chunks_stops_with_no_verdict(tmp: Path) -> None:
+def test_verify_past_its_limit_between_chunks_stops_with_no_verdict(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A verify slow rather than hung (a large store) is stopped at its limit, between
     a segment's chunks, and not blamed on the disk: a limit of 0 has passed at once."""
+    from collector.integrity import digest_chain
     from collector.integrity.verify_timeout import limited  # (new with --timeout)
 
     data = build_store(tmp / "data")
+    # The digest chain, read first, looks at the limit too (the test below): not here.
+    monkeypatch.setattr(digest_chain, "checked", iter)
     with time_limit(0.0, "--timeout"), pytest.raises(QueryTimeoutError) as stopped:
         check(data, progress=limited(None, 0.0))
+    assert str(stopped.value) == (
+        f"the verification ran longer than 0 s (--timeout) and was stopped: {NO_VERDICT}; "
+        f"give it a longer --timeout, or check part of the store with --from/--to")
+
+
+def test_verify_past_its_limit_in_the_digest_chain_stops_with_no_verdict(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digests are read and their signatures checked before any segment, with no
+    look at the limit: a store's many digests ran on past it, and 1 s later verify was
+    stopped as if a read had hung (check the data disk) on a disk that answered."""
+    from collector.integrity import verify as verifying
+    from collector.integrity.verify_timeout import verify_within
+
+    def reached(*args: object) -> None:
+        raise AssertionError("went on to the segments past its limit")
+
+    data = build_store(tmp / "data")
+    monkeypatch.setattr(verifying._Segments, "check", reached)
+    with pytest.raises(QueryTimeoutError) as stopped:
+        verify_within(lambda: check(data), 0.0)  # a limit of 0 has passed at once
     assert str(stopped.value) == (
         f"the verification ran longer than 0 s (--timeout) and was stopped: {NO_VERDICT}; "
         f"give it a longer --timeout, or check part of the store with --from/--to")
