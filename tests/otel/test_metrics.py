@@ -9,7 +9,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -26,7 +26,7 @@ from collector.metrics import METRICS, PROMETHEUS_CONTENT_TYPE, Metric, Metrics,
 from collector.storage.errors import StorageError
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import event
-from tests.doc_tables import table_rows
+from tests.doc_tables import ROOT, table_rows
 
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*) (-?[0-9.e+-]+|NaN|[+-]Inf)")
 
@@ -439,3 +439,42 @@ def test_the_protocol_page_lists_every_frame_budget_metric_with_its_stats_key() 
     budget_keys = {"busy", "timeouts"}  # HTTP ingest's answers when the budget is in the way
     assert documented_metrics("docs/protocol.md", "### Memory bound") == served_metrics(
         lambda m: "inflight" in m.key or (m.source == "http" and m.key in budget_keys))
+
+
+#: The pages an operator reads metric names from (and copies them into alert rules).
+_PAGES: Final = ["README.md", *sorted(p.relative_to(ROOT).as_posix()
+                                      for p in (ROOT / "docs").glob("*.md")),
+                 "examples/deploy/README.md"]
+#: A metric name as written in prose; one followed by ``<`` is a family
+#: (``audit_collector_ingest_errors_<code>_total``).
+_NAMED = re.compile(r"audit_collector_[a-z0-9_]*(<?)")
+
+
+def documented_names(page: str) -> tuple[set[str], set[str]]:
+    """The exact metric names ``page`` mentions, and the prefixes of the families it
+    mentions by a ``<placeholder>``."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    exact = {m[0] for m in _NAMED.finditer(text) if not m[1]}
+    families = {m[0].removesuffix("<") for m in _NAMED.finditer(text) if m[1]}
+    return exact, families
+
+
+@pytest.mark.parametrize("page", _PAGES)
+def test_every_metric_name_a_page_mentions_is_one_the_collector_serves(page: str) -> None:
+    """An alert rule copied from the docs (docs/operations.md's tables above all) with a
+    misspelt or renamed metric never fires, and nothing says so: every name a page
+    gives is one /metrics serves, and every family it names has members."""
+    served = {m.prometheus_name for m in METRICS}
+    exact, families = documented_names(page)
+    assert sorted(exact - served) == []
+    assert [f for f in sorted(families) if not any(n.startswith(f) for n in served)] == []
+
+
+def test_the_operations_page_names_metrics_and_app_stats_keys_that_exist() -> None:
+    """docs/operations.md is where alerts are set from: its tables name metrics (checked
+    above, not vacuously) and, for the app, keys of ``audit_middleware.stats()`` that the
+    shipper reports (and ``register_metrics`` publishes)."""
+    exact, _ = documented_names("docs/operations.md")
+    assert len(exact) > 20, exact
+    keys = {row[0].strip("`") for row in table_rows("docs/operations.md", "### In the app")}
+    assert keys and sorted(keys - {key for _, _, key, _, _ in SHIPPER_METRICS}) == []
