@@ -86,6 +86,17 @@ def test_once_ships_every_catalogue_event_to_the_collector_and_exits(tmp_path: P
     assert not (tmp_path / "audit-data" / "collector.sock").exists()  # collector stopped
 
 
+def until_serving(proc: subprocess.Popen[str]) -> str:
+    """What the script printed up to its "Serving until Ctrl-C" line."""
+    assert proc.stdout is not None
+    printed = []
+    for line in proc.stdout:  # ends (and the test fails) if the process dies
+        printed.append(line)
+        if "Serving until Ctrl-C" in line:
+            break
+    return "".join(printed)
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(
         tmp_path: Path, stop: signal.Signals) -> None:
@@ -95,18 +106,12 @@ def test_serves_until_interrupted_and_client_ips_cannot_be_spoofed(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # _kill_all
     try:
-        assert proc.stdout is not None
-        printed = []
-        for line in proc.stdout:  # ends (and the test fails) if the process dies
-            printed.append(line)
-            if "Serving until Ctrl-C" in line:
-                break
-        said = "".join(printed)
+        said = until_serving(proc)
         assert "curl" in said and "/admin/audit-logs" in said
         assert "demo root reader's token: ac_" in said
         # Every command it prints can be pasted as it is: `audit-collector` alone is not
         # on PATH when the virtualenv is not activated.
-        cli = next(line.split(" query ")[0].strip() for line in printed
+        cli = next(line.split(" query ")[0].strip() for line in said.splitlines()
                    if " query --data-dir" in line)
         assert f"(more readers: {cli} users add NAME --root" in said
         response = httpx.post(f"http://127.0.0.1:{port}/orgs", json={"name": "spoofed"},
@@ -275,13 +280,7 @@ def test_data_dir_is_used_for_everything_the_command_does(tmp_path: Path) -> Non
                             start_new_session=True)  # _kill_all
     data_dir = tmp_path / "demo" / "data"
     try:
-        assert proc.stdout is not None
-        printed = []
-        for line in proc.stdout:  # ends (and the test fails) if the process dies
-            printed.append(line)
-            if "Serving until Ctrl-C" in line:
-                break
-        said = "".join(printed)
+        said = until_serving(proc)
         assert f"collector data in {data_dir}" in said
         assert "query --data-dir demo/data --type" in said
         assert "tail -f --data-dir demo/data" in said

@@ -135,6 +135,13 @@ class Collector(CollectorProcess):
         raise AssertionError(f"no API address in {self.ready_line!r}")
 
 
+class HungReadsCollector(Collector):
+    """The collector under ``tests.faults.hung_reads``: its reads hang where the gates its
+    environment names say."""
+
+    module = "tests.faults.hung_reads"
+
+
 @dataclass(frozen=True)
 class Memory:
     rss_kib: int

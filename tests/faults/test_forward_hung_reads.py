@@ -18,7 +18,7 @@ import pytest
 
 from collector.forward_reads import READ_STALL
 from tests.collector.storage_helpers import event
-from tests.faults.fleet import Collector, wait_for
+from tests.faults.fleet import Collector, HungReadsCollector, wait_for
 from tests.faults.hung_reads import SEGMENT_READS_GATE, segment_read_hung
 from tests.otel.otlp_receiver import OTLPReceiver, attributes
 from tests.shipping.test_serve_integrations import TOKEN, metric, send
@@ -28,10 +28,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 #: Seconds a test waits for what must come: a bound on a failure, not a timing.
 BOUND = 60
 WAITING = "forwarder: a read of the data directory has not returned for"
-
-
-class HungReadsCollector(Collector):
-    module = "tests.faults.hung_reads"
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import pytest
 
 from collector.api.queries import DEFAULT_THREADS
 from tests.api.served import add_reader
-from tests.faults.fleet import Collector, wait_for
+from tests.faults.fleet import Collector, HungReadsCollector, wait_for
 from tests.faults.hung_reads import (
     READS_GATE,
     UNLINK_GATE,
@@ -30,10 +30,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 #: Seconds a test waits for what must come: a bound on a failure, not a timing.
 BOUND = 60
 EVENT = "019ac3f2-5e1a-7c3d-9a41-0f6d2b7e8c11"
-
-
-class HungReadsCollector(Collector):
-    module = "tests.faults.hung_reads"
 
 
 @contextlib.contextmanager
