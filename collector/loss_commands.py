@@ -76,7 +76,7 @@ def losses_arguments(parser: argparse.ArgumentParser) -> None:
 def run_losses(args: argparse.Namespace) -> int:
     if args.action == "ack":
         return _acknowledge(args)
-    report = listing(_stats_from_files(data_dir_of(args)))
+    report = listing(_stats_from_files(data_dir_of(args, reads_segments=False)))
     if args.format == "json":
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0

@@ -7,6 +7,7 @@ the output formats.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from . import config as collector_config
@@ -18,18 +19,35 @@ from .storage.in_the_way import SEGMENTS, SEGMENTS_THEN, refuse_other_than_a_dir
 FORMATS = ("table", "jsonl", "csv", *formats.FORMATTERS)  # ocsf, ecs: collector/formats.py
 
 
-def data_dir_of(args: argparse.Namespace) -> Path:
+def data_dir_of(args: argparse.Namespace, *, reads_segments: bool = True) -> Path:
     """The data directory the command reads (flags, environment, TOML), refused when it
-    holds no audit data, or something else where its segments/ goes."""
+    holds no audit data, or something else where its segments/ goes. ``reads_segments``
+    False: the command reads the index alone (``losses``), and a segments/ this user
+    may not look at is no reason to refuse it."""
     data_dir: Path = collector_config.load(args, for_serve=False).data_dir
     # A FIFO or a file there was "no audit data" (no index) or an index of records
     # nowhere: what it is, and what to do. One this user may not look at raises
     # PermissionError, which the command says with as whom to run it (ownership.py).
-    refuse_other_than_a_dir(data_dir / "segments", SEGMENTS, SEGMENTS_THEN)
+    try:
+        refuse_other_than_a_dir(data_dir / "segments", SEGMENTS, SEGMENTS_THEN)
+    except PermissionError:
+        # segments/ may be a link to a disk of its own (docs/api.md) that this user may
+        # not reach while the index beside it is readable: `losses` worked so before.
+        if reads_segments or not _can_look_at(data_dir / "index.sqlite"):
+            raise
+        return data_dir
     if not (data_dir / "index.sqlite").exists() and not (data_dir / "segments").is_dir():
         raise CommandError(f"no audit data in {data_dir}: point --data-dir (or "
                            f"AUDIT_DATA_DIR) at the collector's data directory")
     return data_dir
+
+
+def _can_look_at(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
 
 
 class CommandError(Exception):

@@ -94,3 +94,29 @@ def test_a_segments_directory_that_cannot_be_looked_at_is_not_taken_for_none(
     with pytest.raises(PermissionError) as refused:
         refuse_other_than_a_dir(segments, SEGMENTS)
     assert refused.value.filename == str(segments)
+
+
+def test_losses_reads_the_index_when_only_segments_cannot_be_looked_at(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """segments/ a link to a disk of its own (docs/api.md) that this user may not reach,
+    the index beside it readable: `losses`, which reads the index alone, listed the
+    losses before the check of segments/ raised a refused stat; it was then refused."""
+    data = build_store(tmp_path / "data", batches=2)
+    segments = data / "segments"
+    refuse(monkeypatch, ("stat",), lambda path: path == str(segments))
+    code, said = run(capsys, "losses", "--data-dir", str(data))
+    assert code == 0, said
+    assert "source(s) lost events" in said, said
+
+
+def test_losses_of_a_data_directory_this_user_may_not_enter_says_as_whom_to_run_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The index refused as well as segments/: the refusal of segments/, as the other
+    read commands say it."""
+    data = build_store(tmp_path / "data", batches=2)
+    refuse(monkeypatch, ("stat", "lstat", "open"), lambda path: path.startswith(f"{data}/"))
+    code, said = run(capsys, "losses", "--data-dir", str(data))
+    assert code == 2, said
+    assert f"Permission denied ({data / 'segments'}): {as_whom(data)}" in said, said
