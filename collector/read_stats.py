@@ -56,8 +56,9 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
 
     data_dir = data_dir_of(args)
     # A running collector deletes and replaces files while they are listed: file_sizes
-    # leaves out the ones gone by their stat.
-    segments = file_sizes(_segment_paths(data_dir / "segments"))
+    # leaves out the ones gone by their stat (not those refused: "0 segments" of a
+    # segments/ this user may list but not search).
+    segments = file_sizes(_segment_paths(data_dir / "segments"), raise_refused=True)
     report: dict[str, Any] = {
         "data_dir": str(data_dir),
         "events_indexed": _indexed(data_dir),

@@ -73,17 +73,25 @@ def list_segment_files(directory: Path) -> list[SegmentFile]:
     return sorted(found, key=lambda f: (f.seq, f.compressed))
 
 
-def file_sizes(paths: Iterable[Path]) -> dict[Path, int]:
+def file_sizes(paths: Iterable[Path], *, raise_refused: bool = False) -> dict[Path, int]:
     """The size of each of ``paths`` that is a regular file, in their order, leaving out
     those gone by the time of their stat: next to a running collector, retention deletes
     sealed segments, compression replaces them by their ``.gz`` and SQLite removes the
     index's ``-wal`` at a stop (an operator may delete files too), between any listing
     of a directory and the stat of what it listed. One that cannot be stat'ed at all (a
-    link loop) is left out too: not a regular file, for whoever reads it to report."""
+    link loop) is left out too: not a regular file, for whoever reads it to report.
+    ``raise_refused``: a stat refused (``PermissionError``: a directory this user may
+    list but not search) is raised; left out, every file was, and `stats` said "0
+    segments" of a full store. (The collector's own figures leave it out: a stats task
+    that raised died of it.)"""
     sizes: dict[Path, int] = {}
     for path in paths:
         try:
             st = path.stat()
+        except PermissionError:
+            if raise_refused:
+                raise
+            continue
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode):

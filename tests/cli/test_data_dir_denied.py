@@ -120,3 +120,19 @@ def test_losses_of_a_data_directory_this_user_may_not_enter_says_as_whom_to_run_
     code, said = run(capsys, "losses", "--data-dir", str(data))
     assert code == 2, said
     assert f"Permission denied ({data / 'segments'}): {as_whom(data)}" in said, said
+
+
+def test_stats_of_segments_this_user_may_list_but_not_search_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """segments/ readable but not searchable to the reader (mode 0740, say): its listing
+    works, each file's stat is refused, and stats said "segments.count 0" of a store
+    with segments, as it did of a listing refused."""
+    data = build_store(tmp_path / "data", batches=2)
+    segments = data / "segments"
+    refuse(monkeypatch, ("stat",), lambda path: path.startswith(f"{segments}/"))
+    code, said = run(capsys, "stats", "--data-dir", str(data))
+    assert code == 2, said
+    assert f"Permission denied ({segments}/segment-" in said, said
+    assert f"{as_whom(segments)}" in said, said
+    assert "segments.count" not in said
