@@ -75,6 +75,12 @@ def access_hint(filename: str | os.PathLike[str]) -> str:
     of whose files these are (docs/api.md: the collector's user and group). Refused to
     its owner, it is the mode (or an attribute) that denies it, said so."""
     path = Path(filename)
+    # Through a symbolic link (segments/ on a disk of its own, docs/api.md), the refusal
+    # is above where it leads: the data directory named instead is open to the reader
+    # told to join its group, who is in it.
+    real = os.path.realpath(path)
+    if real != os.path.abspath(path):
+        path = Path(real)
     for candidate in (path, *path.parents):
         try:
             st = candidate.stat()

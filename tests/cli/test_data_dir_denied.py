@@ -136,3 +136,22 @@ def test_stats_of_segments_this_user_may_list_but_not_search_says_so(
     assert f"Permission denied ({segments}/segment-" in said, said
     assert f"{as_whom(segments)}" in said, said
     assert "segments.count" not in said
+
+
+def test_segments_linked_where_this_user_may_not_go_names_where_it_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """segments/ a link to a disk of its own, whose directory (0700) this user may not
+    enter: the hint named the data directory (open to the reader's group: "run this as
+    a member of the group", which the reader is), not the directory that refuses."""
+    data = build_store(tmp_path / "data", batches=2)
+    segments = data / "segments"
+    elsewhere = tmp_path / "disk"
+    elsewhere.mkdir()
+    segments.rename(elsewhere / "segments")
+    segments.symlink_to(elsewhere / "segments")
+    refuse(monkeypatch, ("stat", "listdir", "scandir"),
+           lambda path: path == str(segments) or path.startswith(f"{elsewhere}/"))
+    code, said = run(capsys, "stats", "--data-dir", str(data))
+    assert code == 2, said
+    assert f"Permission denied ({segments}): {as_whom(elsewhere)}" in said, said
