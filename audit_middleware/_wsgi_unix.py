@@ -70,6 +70,25 @@ def on_unix_socket(environ: Mapping[str, Any]) -> bool:
             and environ.get("REMOTE_PORT") == "None")
 
 
+def on_other_socket(environ: Mapping[str, Any]) -> bool:
+    """Whether the server says this request's connection is not on a unix socket: the
+    connection it hands over (gunicorn, Werkzeug) is TCP, or granian names the port it
+    listens on. Such a peer without an address (gunicorn behind the PROXY protocol puts
+    none for a ``LOCAL`` connection) is no unix socket peer, as under ASGI a TCP
+    server's ``scope["client"]`` None is none (``RequestContext.on_unix_socket``)."""
+    for key in ("gunicorn.socket", "werkzeug.socket"):
+        sock = environ.get(key)
+        if sock is not None:
+            try:
+                family = getattr(sock, "family", None)
+            except Exception:  # noqa: BLE001 - a server's object: never fail the request
+                return False
+            return family is not None and family != _AF_UNIX
+    if environ.get("SERVER_SOFTWARE") == "Granian":
+        return environ.get("SERVER_PORT") != "0"
+    return False
+
+
 def _uwsgi_http_on_unix_socket(environ: Mapping[str, Any]) -> bool:
     """Whether uWSGI's HTTP parser made ``REMOTE_ADDR`` of a unix socket peer's name.
 

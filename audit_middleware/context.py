@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from ._sync_only import refuse_async
 from ._wsgi_unix import ASK_ON_ITS_OWN_THREAD
+from ._wsgi_unix import on_other_socket as _wsgi_other_socket
 from ._wsgi_unix import on_unix_socket as _wsgi_unix_socket
 from .client_ip import ForwardedHeader, Resolution, TrustedProxies, resolve_client_ip
 from .errors import AuditConfigurationError
@@ -322,12 +323,16 @@ class RequestContext:
         either (``scope["client"]`` None) for a client that sent its request and reset
         the connection before the server asked for its address; its ``scope["server"]``
         still names the TCP port, and such a peer is no unix socket peer: trusting it as
-        one would believe that client's own forwarding header."""
+        one would believe that client's own forwarding header. So is a WSGI one whose
+        server says its connection is TCP (gunicorn behind the PROXY protocol)."""
         if self.peer:
             return False
         if self.scope is not None:
             return _asgi_unix_server(self.scope.get("server"))
-        return bool(self.environ)
+        environ = self.environ
+        if not environ:
+            return False
+        return not _wsgi_other_socket(environ)
 
     @property
     def path_params(self) -> Mapping[str, Any]:

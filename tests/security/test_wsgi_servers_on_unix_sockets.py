@@ -424,3 +424,27 @@ def granian_asgi_serving(tmp: Path, trusted: list[str], *listen: str,
                "served_asgi_app:application"]
     with running(tmp, command, b"Started worker-1"):
         yield
+
+
+#: A PROXY protocol v2 header with the LOCAL command: the proxy's own connection (a
+#: health check), which names no client, so gunicorn puts no ``REMOTE_ADDR`` at all.
+PROXY_V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20, 0x00, 0x00, 0x00])
+
+
+def test_gunicorn_on_tcp_a_peer_without_an_address_is_no_unix_socket_peer(
+        tmp_path: Path) -> None:
+    """gunicorn on TCP behind the PROXY protocol hands over no ``REMOTE_ADDR`` for a
+    connection the proxy says is its own (``LOCAL``), and still its TCP connection
+    (``gunicorn.socket``). That peer is no unix socket peer: ``"unix"`` does not trust
+    it, as ``AuditMiddleware`` does not trust a TCP request without a client, or its
+    X-Forwarded-For was believed."""
+    with socket.socket() as probe:  # a free TCP port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    served_app(tmp_path, ["unix"])
+    command = [venv_script("gunicorn"), "--workers", "1", "--bind", f"127.0.0.1:{port}",
+               "--proxy-protocol", "v2", "--proxy-allow-from", "127.0.0.1",
+               "--chdir", str(tmp_path), "served_app:application"]
+    with running(tmp_path, command, b"Booting worker"):
+        assert recorded(exchange(socket.AF_INET, ("127.0.0.1", port),
+                                 PROXY_V2_LOCAL + REQUEST)) == ("", "")
