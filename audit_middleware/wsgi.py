@@ -6,7 +6,7 @@ the response status is observed through ``start_response``, a denial (401, 403)
 recorded once that status is final (``_Answer``). With a ``fail_closed`` sink,
 ``start_response`` first waits until the request's events are durably recorded, and
 answers 503 instead when they are not (as ``AuditMiddleware``); that 503 stands, whatever
-status the app names after it.
+status the app names after it, or an exception it raises (logged).
 """
 
 from __future__ import annotations
@@ -87,6 +87,11 @@ class WSGIAuditMiddleware(CapturingMiddleware[WSGIApp]):
         receipts_token = pending.set(receipts)
         try:
             body = self.app(environ, start_response_once_durable)
+        except Exception:
+            if not refused:
+                raise
+            _raised_after_refusal()
+            return [UNAVAILABLE_BODY]
         finally:
             pending.reset(receipts_token)
             current.reset(token)
@@ -216,6 +221,13 @@ class _Body:
                     return UNAVAILABLE_BODY
                 self._answer.settle()  # an empty body: the headers go out now
                 raise
+            except Exception:
+                if not self._refused:
+                    self._answer.abandon()  # a no-op once sent: the server answers the rest
+                    raise
+                _raised_after_refusal()
+                self._done = True
+                return UNAVAILABLE_BODY
             except BaseException:
                 self._answer.abandon()  # a no-op once sent: the server answers the rest
                 raise
@@ -242,6 +254,15 @@ class _Body:
                 self._answer.settle()
             finally:
                 current.reset(token)
+
+
+def _raised_after_refusal() -> None:
+    """The app raised once its response was refused: the 503 stands (under ASGI it is
+    sent already), where the server would answer the exception with its 500 and the
+    client be told the app failed, not that the action could not be recorded. Logged
+    here, as the server would have."""
+    log.exception("audit: the app raised after its response was refused with 503 "
+                  "(fail_closed); the client gets the 503")
 
 
 def _discard(data: bytes) -> None:

@@ -552,6 +552,36 @@ def test_wsgi_a_later_start_response_does_not_replace_the_503(lazy: bool) -> Non
     assert [e.target for e in sink.events] == ["c1"]
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_wsgi_an_app_raising_after_the_refusal_does_not_replace_the_503(
+        lazy: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Refused with a 503, the app then raised before its body: the server answered the
+    exception with its 500 in place of the 503 (under ASGI the 503 is sent already, the
+    client keeps it). The 503 stands, and the app's exception is logged, not lost."""
+    from audit_middleware import WSGIAuditMiddleware
+
+    sink = LateAcknowledgingSink()
+    configure(sink=sink)
+
+    def respond(start_response: Any) -> None:
+        emit("credentials_deleted", "c1", principal="system")
+        start_response("200 OK", [("Content-Type", "text/plain")])  # refused: 503
+        raise RuntimeError("the view failed after start_response")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        respond(start_response)
+        return [b"never"]
+
+    def lazy_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        respond(start_response)
+        yield b"never"
+
+    status, headers, body = served(WSGIAuditMiddleware(lazy_app if lazy else app))
+    assert (status, headers.get("Retry-After"), body) == ("503 Service Unavailable", "5",
+                                                     UNAVAILABLE)
+    assert "the view failed after start_response" in caplog.text
+
+
 def test_wsgi_a_lazy_refusal_of_an_empty_body_is_a_whole_503(root: Path) -> None:
     """A generator app whose lazy ``start_response`` was refused and that then yields
     nothing (an empty answer): the server sent the 503's headers, ``Content-Length: 71``
