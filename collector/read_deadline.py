@@ -26,6 +26,12 @@ T = TypeVar("T")
 #: The read commands' output: print a batch of records (``read_output._writer``).
 Write = Callable[[list[dict[str, Any]], bool], None]
 
+#: Why a read command is stopped past its limit and ``GRACE``: the query's and verify's
+#: reads look at the limit often (inside SQLite, between records and chunks), so one
+#: still under way is a read that did not return.
+HUNG_READ: Final = ("a read of the data directory did not return (a hung disk, a frozen "
+                    "network file system?)")
+
 #: Seconds past its limit a read is given to stop itself (its own checks stop it within
 #: about a millisecond of the limit) before it is taken for one the disk does not answer.
 GRACE: Final = 1.0
@@ -39,7 +45,7 @@ class _Written(NamedTuple):
 
 def within(call: Callable[[Write], T], write: Write, seconds: float, setting: str,
            name: str, *, what: str = "the query",
-           then: str = "check the data disk and ask again") -> T:
+           then: str = "check the data disk and ask again", why: str = HUNG_READ) -> T:
     """``call(relay)`` under ``time_limit(seconds, setting)``, on a daemon thread
     (``name``); ``QueryTimeoutError`` when it has not ended ``GRACE`` seconds past the
     limit: a read that did not return, left behind.
@@ -51,8 +57,8 @@ def within(call: Callable[[Write], T], write: Write, seconds: float, setting: st
     output that had stopped reading (``| less``), it was taken for a hung disk. A
     write that waits for such a reader waits here, where no deadline is counted;
     the reading thread is then given ``GRACE`` to stop itself at its limit, which it
-    reports as the query's limit, not the disk's fault. ``what`` and ``then`` word
-    the hung disk's error (``hung_error``)."""
+    reports as the query's limit, not the disk's fault. ``what``, ``why`` and ``then``
+    word the error of a read still under way (``hung_error``)."""
     handoff: queue.Queue[_Written | concurrent.futures.Future[T]] = queue.Queue()
 
     def relay(records: list[dict[str, Any]], header: bool) -> None:
@@ -77,7 +83,7 @@ def within(call: Callable[[Write], T], write: Write, seconds: float, setting: st
         try:
             item = handoff.get(timeout=max(end - time.monotonic(), GRACE))
         except queue.Empty:
-            raise hung_error(seconds, setting, what=what, then=then) from None
+            raise hung_error(seconds, setting, what=what, then=then, why=why) from None
         if isinstance(item, _Written):
             write(item.records, item.header)  # raised (a closed pipe): the reader waits
             item.done.set()
@@ -107,25 +113,27 @@ def within_counted(call: Callable[[Write], T], write: Write, seconds: float, set
 
 
 def hung_error(seconds: float, setting: str, *, what: str = "the query",
-               then: str = "check the data disk and ask again") -> QueryTimeoutError:
+               then: str = "check the data disk and ask again",
+               why: str = HUNG_READ) -> QueryTimeoutError:
     """``what`` (the query, the command...) stopped ``seconds`` past its start, in a read
-    that did not return; ``then``: what to do (verify's says its verdict is unknown)."""
+    still under way: ``why`` (a read that did not return, unless the reads do not look
+    at the limit: stats'); ``then``: what to do (verify's says its verdict is unknown)."""
     # Not Deadline.error's advice: a narrower query waits on the same disk.
     return QueryTimeoutError(
-        f"{what} ran longer than {seconds:g} s ({setting}) and was stopped: a read of "
-        f"the data directory did not return (a hung disk, a frozen network file "
-        f"system?); {then}; {setting} sets the limit")
+        f"{what} ran longer than {seconds:g} s ({setting}) and was stopped: {why}; "
+        f"{then}; {setting} sets the limit")
 
 
 def bounded(call: Callable[[], T], seconds: float, setting: str, name: str, *,
-            what: str, then: str = "check the data disk and ask again") -> T:
+            what: str, then: str = "check the data disk and ask again",
+            why: str = HUNG_READ) -> T:
     """``call()`` under ``within``, for a command that prints nothing until it has its
     answer (``stats``, ``verify``): it prints that answer itself, on its own thread."""
     def nothing(records: list[dict[str, Any]], header: bool) -> None:
         raise AssertionError("a bounded call prints nothing through within")
 
     return within(lambda _relay: call(), nothing, seconds, setting, name, what=what,
-                  then=then)
+                  then=then, why=why)
 
 
 class Poller:

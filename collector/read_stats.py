@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -23,6 +23,18 @@ from .read_arguments import _add_timeout, data_dir_of
 from .read_deadline import bounded
 from .storage.regular_files import read_regular
 from .storage.segments import file_sizes
+
+#: Why stats was stopped past its limit. Its reads never look at the limit (SQLite's
+#: count over a large index, the listing of a large segments/ run on past it): a read
+#: still under way may be slow as well as hung, and stats cannot tell which. "A hung
+#: disk" alone sent the operator of a merely large store to check a disk that was fine.
+SLOW_OR_HUNG: Final = (
+    "a read of the data directory was still under way, slow or hung (stats cannot tell "
+    "which: a large store's index count or segment listing is not stopped at the limit; "
+    "a hung disk or a frozen network file system never answers)")
+#: ... and what to do for each.
+SLOW_OR_HUNG_THEN: Final = ("if the store is large, give it a longer --timeout; else "
+                            "check the data disk and run stats again")
 
 
 def stats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +53,7 @@ def run_stats(args: argparse.Namespace) -> int:
         # Read on a thread of its own, left past the limit: the index's count, the
         # segments' listing and the stats file are reads a hung disk never answers.
         report = bounded(lambda: _report(args), args.timeout, "--timeout", "audit-stats",
-                         what="the command")
+                         what="the command", why=SLOW_OR_HUNG, then=SLOW_OR_HUNG_THEN)
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

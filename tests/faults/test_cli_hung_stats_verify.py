@@ -40,11 +40,18 @@ def test_stats_timeout_ends_stats_stuck_in_a_read(tmp: Path, at: str) -> None:
         assert code == 2, err.read_text()
     assert out.read_text() == ""  # all of the stats or none
     message = err.read_text()
-    assert message.startswith("audit-collector stats: the command ran longer than 1 s "
-                              f"(--timeout) and was stopped: {HUNG}"), message
-    assert message.rstrip().endswith("; check the data disk and ask again; --timeout sets "
-                                     "the limit"), message
-    assert "Traceback" not in message
+    assert message == STATS_STOPPED, message
+
+
+#: Its reads never look at the limit: a read under way past it may be a large store's
+#: (an index's count, a long listing) as well as a hung disk's, and stats says both.
+STATS_STOPPED = (
+    "audit-collector stats: the command ran longer than 1 s (--timeout) and was stopped: "
+    "a read of the data directory was still under way, slow or hung (stats cannot tell "
+    "which: a large store's index count or segment listing is not stopped at the limit; "
+    "a hung disk or a frozen network file system never answers); if the store is large, "
+    "give it a longer --timeout; else check the data disk and run stats again; --timeout "
+    "sets the limit\n")
 
 
 def test_stats_timeout_is_no_bound_on_a_disk_that_answers(tmp: Path) -> None:
