@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar
 
 from collector import query as q
 from collector.read_deadline import Poller
+from collector.render import terminal_safe
 
 __all__ = ["READ_STALL", "ReadLeftBehind", "StoreReads"]
 
@@ -81,7 +82,7 @@ class StoreReads:
             event.wait(None if said else left)
             event.clear()  # (the future says whether it was the read's end)
         if said:
-            self._answered(started)
+            self._answered(started, future.exception())
         return future.result()
 
     def interrupt(self) -> None:
@@ -125,8 +126,17 @@ class StoreReads:
                   "goes on where it was once it returns, nothing skipped or sent twice; "
                   "ingest goes on. Check the data disk", READ_STALL)
 
-    def _answered(self, started: float) -> None:
+    def _answered(self, started: float, error: BaseException | None) -> None:
         with self._lock:
             self._stalled_since = None
-        log.warning("forwarder: the data directory answered again after %.1f s; "
-                    "forwarding goes on", time.monotonic() - started)
+        took = time.monotonic() - started
+        if error is None:
+            log.warning("forwarder: the data directory answered again after %.1f s; "
+                        "forwarding goes on", took)
+            return
+        # "Forwarding goes on" was said of a read that failed: nothing was forwarded,
+        # and the failure (retried with backoff) is the forwarder's next line.
+        log.warning("forwarder: the read of the data directory returned after %.1f s, "
+                    "but with an error (%s): nothing was read or forwarded; the "
+                    "forwarder retries with backoff", took,
+                    terminal_safe(f"{type(error).__name__}: {error}"))

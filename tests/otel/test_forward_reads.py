@@ -6,8 +6,10 @@ collector: tests/faults/test_forward_hung_reads.py."""
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,3 +116,44 @@ def test_a_forwarder_dropped_without_a_stop_ends_its_reader_thread(
     gc.collect()
     thread.join(10)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_read_said_hung_is_said_over_in_the_words_of_how_it_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        fails: bool) -> None:
+    """"The data directory answered again ...; forwarding goes on" was said of a late
+    read that failed too: nothing was forwarded, and the operator read the outage as
+    over. A failed one says it failed, and that the forwarder retries."""
+    monkeypatch.setattr(forward_reads, "READ_STALL", 0.0)  # said at once
+    reads = forward_reads.StoreReads(tmp_path, lambda: False)
+    said = threading.Event()
+    stalled = reads._stalled
+
+    def saying(started: float) -> None:
+        stalled(started)
+        said.set()
+
+    monkeypatch.setattr(reads, "_stalled", saying)
+
+    def late() -> str:
+        said.wait()  # returns once it was said hung, as a read the disk held
+        if fails:
+            raise OSError(5, "Input/output error")
+        return "read"
+
+    with caplog.at_level(logging.WARNING, logger="collector.forward"):
+        if fails:
+            with pytest.raises(OSError, match="Input/output error"):
+                reads.read(late)
+        else:
+            assert reads.read(late) == "read"
+    reads.close(10)
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if fails:
+        assert "returned after" in line and "but with an error (OSError: [Errno 5] " \
+            "Input/output error): nothing was read or forwarded; the forwarder retries " \
+            "with backoff" in line, line
+        assert "forwarding goes on" not in line
+    else:
+        assert "answered again after" in line and line.endswith("; forwarding goes on")
