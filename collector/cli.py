@@ -153,8 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"audit-collector {args.command}: {denied_words(exc)}", file=sys.stderr)
             return 2
-        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        # Not again when the words name it already (a segment file in the way's).
+        where = (f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename
+                 and str(exc.filename) not in str(reason) else "")
         print(f"audit-collector {args.command}: {reason}{where}", file=sys.stderr)
         return 2
 

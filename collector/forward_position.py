@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from collector import query as q
 from collector.render import terminal_safe
+from collector.storage.in_the_way import said_by_the_collector
 from collector.storage.records import created_micros
+from collector.storage.regular_files import NotRegularFileError
 
 if TYPE_CHECKING:
     from collector.forward_checkpoint import CheckpointFile
@@ -48,7 +50,12 @@ class StorePosition:
     def _search(self, **options: Any) -> q.Page:
         """``q.search`` of every record, on the reader thread (``forward_reads``: a read
         the disk does not answer is said, and does not hold the stop)."""
-        return self._reads.read(lambda: q.search(self.data_dir, q.Filters(), **options))
+        try:
+            return self._reads.read(lambda: q.search(self.data_dir, q.Filters(), **options))
+        except NotRegularFileError as exc:
+            # Worded for a command ("run this again"): the forwarder's failure line
+            # and last_error say what an operator does for a running collector.
+            raise said_by_the_collector(exc, self.data_dir / "segments") or exc from None
 
     def _start_position(self) -> int:
         if self._position is None:

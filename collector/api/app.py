@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from collector.query import IndexUnavailableError
 from collector.readers import ReaderError, Readers
 from collector.storage.errors import IndexOutOfDateError, StorageError
 from collector.storage.filters import QueryError
+from collector.storage.regular_files import NotRegularFileError
 from collector.storage.time_limit import QueryTimeoutError
 
 from . import routes
@@ -128,6 +130,7 @@ def create_app(settings: ApiSettings, store: Submitter, *, readers: Readers | No
             HTTPException: _http_error,
             ReadNotRecordedError: _unavailable,
             StorageError: _unavailable,
+            NotRegularFileError: _not_a_regular_file,
             ReaderError: _readers_unavailable,
             ReadersLate: _readers_late,
             QueriesHung: _queries_hung,
@@ -214,6 +217,23 @@ async def _query_timeout(request: Request, exc: Exception) -> Response:
     # it, which is what usually helps; its code tells it from the other 503s.
     log.warning("query API: %s %r: %s", request.method, request.url.path, exc)
     return _unavailable_answer(request, exc, "query_timeout", str(exc))
+
+
+async def _not_a_regular_file(request: Request, exc: Exception) -> Response:
+    # Something else in a segment file's place (a FIFO, a device): the store's state,
+    # not the request's, as a damaged segment's. The log has its path and what an
+    # operator does (``in_the_way.said_by_the_collector``, worded so by the query
+    # pool); the client, what it is and that an operator must mend it.
+    assert isinstance(exc, NotRegularFileError)
+    segments = request.app.state.api.settings.data_dir / "segments"
+    if exc.filename is None or Path(exc.filename).parent != segments:
+        return await _internal_error(request, exc)  # another file: as any fault
+    log.error("query API: %s %r: %s", request.method, request.url.path, exc)
+    return _unavailable_answer(
+        request, exc, "unavailable",
+        f"the segment file {Path(exc.filename).name} of the collector's store cannot be "
+        f"read: something else is in its place. An operator must move it out of the way "
+        f"and put the segment file back (the collector's log says how); try again then")
 
 
 async def _readers_late(request: Request, exc: Exception) -> Response:

@@ -43,6 +43,8 @@ from typing import Any, Final, Generic, NoReturn, TypeVar
 
 from collector.disk_calls import DiskLate
 from collector.query import Reader
+from collector.storage.in_the_way import said_by_the_collector
+from collector.storage.regular_files import NotRegularFileError
 from collector.storage.time_limit import QUERY_TIMEOUT, QueryTimeoutError, time_limit
 
 T = TypeVar("T")
@@ -251,6 +253,11 @@ class QueryPool:
                 reader = Reader(self.data_dir)
             with time_limit(self._query_timeout, "query_timeout"):
                 outcome = job.work(reader)
+        except NotRegularFileError as exc:
+            # Worded for a command ("run this again"): said to whoever reads the
+            # collector's log, what an operator does for a running collector.
+            job.result.set_exception(said_by_the_collector(exc, self.data_dir / "segments")
+                                     or exc)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller
             job.result.set_exception(exc)
         else:

@@ -18,6 +18,7 @@ from collector.disk_calls import DiskLate
 from collector.query import IndexUnavailableError
 from collector.readers import ReaderError
 from collector.storage.errors import CorruptSegmentError, IndexOutOfDateError, StorageError
+from collector.storage.regular_files import NotRegularFileError
 from collector.storage.time_limit import QueryTimeoutError
 
 from .auth import ReadersLate
@@ -35,7 +36,8 @@ _BY_CLASS: Final[tuple[tuple[type[Exception] | tuple[type[Exception], ...], str 
                        ...]] = (
     ((QueriesBusy, QueryTimeoutError), None),  # QueryPool.run counted it already
     ((IndexUnavailableError, IndexOutOfDateError), "index"),
-    (CorruptSegmentError, "segment"),
+    # Something else in a segment file's place (``app._not_a_regular_file``).
+    ((CorruptSegmentError, NotRegularFileError), "segment"),
     (ReadNotRecordedError, "not_recorded"),
     (StorageError, "storage"),
     (DiskLate, "disk"),

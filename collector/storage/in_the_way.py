@@ -24,7 +24,7 @@ from .regular_files import NotRegularFileError, kind_of_mode
 __all__ = ["DIGESTS", "DIGESTS_THEN", "QUARANTINE", "SEGMENTS", "SEGMENTS_THEN",
            "SEGMENT_FILE", "InTheWayError", "in_the_way", "in_the_way_words",
            "make_store_dir", "not_a_segment_file", "refuse_other_than_a_dir",
-           "restore_then", "segment_files_named"]
+           "restore_then", "said_by_the_collector", "segment_files_named"]
 
 #: What the store keeps at its paths, as its errors name them.
 QUARANTINE = "the quarantine/ directory (what start-up repair cuts from segments)"
@@ -121,13 +121,34 @@ _SEGMENT_FILE_THEN = restore_then(
     "the collector stopped, indexes the store without it)")
 
 
+#: ... in the collector's own log (the query API's requests, the forwarder's reads),
+#: where "run this again" meant nothing: nothing of it is to be run again, its next
+#: read of the file (a request, the forwarder's retry) finds what is there then.
+_SEGMENT_FILE_THEN_SERVING = restore_then(
+    "the segment file", "the running collector reads it at its next request and its "
+    "forwarder's next retry, with no restart (without a backup its records are lost: "
+    "once the file is moved away, queries answer and the forwarder goes on without "
+    "them, and `audit-collector verify` names the segment missing)")
+
+
 def not_a_segment_file(exc: NotRegularFileError) -> NotRegularFileError:
     """``exc`` (a segment file found to be a FIFO, a device or a directory) in the
-    words above: what it is, and what to do. Still a ``NotRegularFileError``: the
-    query API answers it as before; the commands print its words."""
+    words above, for a command: what it is, and what to do. Still a
+    ``NotRegularFileError`` of the same file (``filename``): the collector says it
+    in its own words (``said_by_the_collector``); the commands print its words."""
     path = Path(exc.filename)
     return NotRegularFileError(exc.errno, in_the_way_words(path, SEGMENT_FILE,
-                                                           _SEGMENT_FILE_THEN))
+                                                           _SEGMENT_FILE_THEN), exc.filename)
+
+
+def said_by_the_collector(exc: NotRegularFileError,
+                          segments_dir: Path) -> NotRegularFileError | None:
+    """``exc`` in the words of a running collector's log, when its file is one of
+    ``segments_dir`` (read by the query API or the forwarder); None for another file."""
+    if exc.filename is None or Path(exc.filename).parent != segments_dir:
+        return None
+    return NotRegularFileError(exc.errno, in_the_way_words(
+        Path(exc.filename), SEGMENT_FILE, _SEGMENT_FILE_THEN_SERVING), exc.filename)
 
 
 @contextmanager

@@ -24,6 +24,15 @@ from typing import BinaryIO, Final
 class NotRegularFileError(OSError):
     """The path is a FIFO, a socket, a device or a directory, not a file."""
 
+    def __str__(self) -> str:
+        # Words that name their file already (``in_the_way``'s, with what to do) are
+        # said as they are: OSError's "[Errno 22] <words>: '<path>'" told no one
+        # anything by its number, and said the path twice (the collector's log, the
+        # forwarder's last_error).
+        if self.strerror and self.filename and str(self.filename) in self.strerror:
+            return self.strerror
+        return super().__str__()
+
 
 class FileTooLargeError(OSError):
     """The file holds more than its kind ever does (a limit given by the reader)."""

@@ -4,6 +4,8 @@ id with its trace link."""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -294,3 +296,32 @@ def test_event_types_refuses_what_it_cannot_use(
     response = env.get("/api/v1/event-types", env.root, **params)
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "bad_request" and says in response.json()["message"]
+
+
+def test_a_fifo_in_place_of_a_segment_file_is_a_503_and_a_log_line_for_the_operator(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """Answered 500 "internal", its traceback in the log ending in the command's words:
+    "... run this again (... `audit-collector reindex`, the collector stopped ...)",
+    meaningless in the collector's own log. Now a 503 (the store's state, as a damaged
+    segment's) naming the file, and a log line naming its path and what an operator
+    does for the running collector."""
+    segment = min((env.store.settings.data_dir / "segments").glob("segment-*"))
+    segment.unlink()
+    os.mkfifo(segment)
+    with caplog.at_level(logging.ERROR, logger="collector.api"):
+        reply = env.get("/api/v1/audit-logs", env.root, limit=10, order="oldest")
+    assert reply.status_code == 503, reply.text
+    assert reply.json() == {"error": "unavailable", "message": (
+        f"the segment file {segment.name} of the collector's store cannot be read: "
+        f"something else is in its place. An operator must move it out of the way and "
+        f"put the segment file back (the collector's log says how); try again then")}
+    [line] = [r.getMessage() for r in caplog.records if r.name == "collector.api"]
+    assert line == (
+        f"query API: GET '/api/v1/audit-logs': {segment} is a FIFO, where the collector "
+        f"keeps a segment file (stored records): look at what it is, move it out of the "
+        f"way (`mv {segment} {segment}.aside`), then put the segment file back from a "
+        f"backup and the running collector reads it at its next request and its "
+        f"forwarder's next retry, with no restart (without a backup its records are "
+        f"lost: once the file is moved away, queries answer and the forwarder goes on "
+        f"without them, and `audit-collector verify` names the segment missing)"), line
+    assert not caplog.records[0].exc_info  # an expected state, not a fault's traceback

@@ -7,6 +7,7 @@ one: ``/metrics`` on a hung disk, the readers file read too late, the store's re
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from collector.query import IndexUnavailableError
 from collector.readers import Readers
 from collector.storage.errors import CorruptSegmentError
 from collector.storage.records import encode_events
+from collector.storage.regular_files import NotRegularFileError
 from collector.storage.time_limit import QueryTimeoutError
 from collector.store import Store
 from tests.api.served import client_of, counters, refusals, served_app
@@ -144,6 +146,17 @@ def segment_unreadable(make: Make, monkeypatch: pytest.MonkeyPatch) -> httpx.Res
     return served.get(LOOKUP)
 
 
+def segment_file_in_the_way(make: Make, monkeypatch: pytest.MonkeyPatch) -> httpx.Response:
+    served = make()
+    fifo = served.app.state.api.settings.data_dir / "segments" / "segment-00000001.jsonl"
+
+    async def in_the_way(*args: object) -> None:
+        raise NotRegularFileError(errno.EINVAL, "a FIFO, not a regular file", str(fifo))
+
+    monkeypatch.setattr(served.app.state.api.pool, "run", in_the_way)
+    return served.get(LOOKUP)
+
+
 def stopping(make: Make, monkeypatch: pytest.MonkeyPatch) -> httpx.Response:
     served = make()
     served.app.state.health.stopping = True
@@ -164,6 +177,7 @@ CASES: dict[str, Case] = {
 ALSO_COUNTED: dict[str, Callable[[Make, pytest.MonkeyPatch], httpx.Response]] = {
     "acknowledgement_not_recorded": acknowledgement_not_recorded,
     "segment_unreadable": segment_unreadable,
+    "segment_file_in_the_way": segment_file_in_the_way,
 }
 #: The reason each case's 503 is counted by (``collector.api.unavailable``): None for
 #: /healthz's, a readiness answer to a probe rather than a refusal.
@@ -176,6 +190,7 @@ COUNTED_AS: dict[str, str | None] = {
     "losses_late": "disk",
     "acknowledgement_not_recorded": "not_recorded",
     "segment_unreadable": "segment",
+    "segment_file_in_the_way": "segment",
     "stopping": None,
 }
 
@@ -254,7 +269,7 @@ def test_every_503_handler_counts_its_answers_by_a_reason(tmp_path: Path) -> Non
     answers_503 = {kind for kind, handler in handlers.items() if handler in (
         api_app._unavailable, api_app._index_unavailable, api_app._query_timeout,
         api_app._readers_late, api_app._disk_late, api_app._queries_hung,
-        api_app._readers_unavailable)}
+        api_app._readers_unavailable, api_app._not_a_regular_file)}
     reasons = {kind: unavailable.reason_of(kind) for kind in answers_503}
     # A damaged segment is a StorageError, answered by its handler.
     assert set(reasons.values()) | {unavailable.reason_of(CorruptSegmentError)} == {

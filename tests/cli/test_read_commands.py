@@ -560,6 +560,12 @@ def test_a_fifo_in_place_of_a_segment_file_is_named_with_what_to_do(
             f"a segment file (stored records): look at what it is, move it out of the way "
             f"(`mv {segment} {segment}.aside`), then put the segment file back from a "
             f"backup") in done.stderr, done.stderr
+    # The command's own words kept (the collector's log has its own), the path said
+    # once, not again after them now that the error keeps its filename.
+    assert done.stderr.endswith(
+        "and run this again (without a backup its records are lost: `audit-collector "
+        "verify` names the segment missing, and `audit-collector reindex`, the collector "
+        "stopped, indexes the store without it)\n"), done.stderr
 
 
 @pytest.mark.parametrize("content", [b"", b"not a database at all" * 10])

@@ -18,6 +18,7 @@ from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError
 from collector.forward_config import ForwardError, ForwardSettings, parse_headers
 from collector.forwarder import ExportFailed, Forwarder
 from collector.storage.records import created_micros
+from collector.storage.regular_files import NotRegularFileError
 from collector.store import StorageSettings, Store
 from tests.collector.storage_helpers import descriptors_into, event
 from tests.e2e.harness import outcome_within, wait_until
@@ -318,6 +319,35 @@ def test_a_failed_export_says_why_in_stats(store: Store, receiver: OTLPReceiver)
     fwd = forwarding_to(store, "http://127.0.0.1:9/v1/logs", timeout=0.5)  # nothing there
     with pytest.raises(Exception, match="ConnectionError"):
         fwd.step()
+
+
+def test_a_fifo_in_place_of_a_segment_file_is_said_for_the_running_collector(
+        store: Store, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    """The forwarder's failure line and last_error quoted the command's words: "... run
+    this again (... `audit-collector reindex`, the collector stopped ...)", nothing
+    the operator of a running collector can follow. They name the file and what to do
+    for a running collector; the error is still a NotRegularFileError of that file."""
+    write(store, 2)
+    [segment] = (store.settings.data_dir / "segments").glob("segment-*.jsonl")
+    segment.unlink()
+    os.mkfifo(segment)
+    fwd = forwarder(store, receiver)
+    with pytest.raises(NotRegularFileError) as failed:
+        fwd.step()
+    assert failed.value.filename == str(segment)
+    with caplog.at_level(logging.ERROR, logger="collector.forward"):
+        fwd._failed(failed.value)  # as its loop says it
+    [line] = [r.getMessage() for r in caplog.records]
+    said = (f"NotRegularFileError: {segment} is a FIFO, where the collector keeps a segment "
+            f"file (stored records): look at what it is, move it out of the way (`mv "
+            f"{segment} {segment}.aside`), then put the segment file back from a backup "
+            f"and the running collector reads it at its next request and its forwarder's "
+            f"next retry, with no restart (without a backup its records are lost: once "
+            f"the file is moved away, queries answer and the forwarder goes on without "
+            f"them, and `audit-collector verify` names the segment missing)")
+    assert line.endswith(f"(1 in a row, 1 so far, retrying with backoff): {said}"), line
+    assert fwd.stats()["last_error"] == said
+    assert receiver.seqs() == []
 
 
 def test_an_endpoint_without_a_checkpoint_can_start_from_now(store: Store,
