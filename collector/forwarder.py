@@ -345,10 +345,14 @@ class Forwarder(StorePosition, ExportWithDeadline, Backoff):
         return 1
 
     def _rejected(self, refused: tuple[int, str], first: int, last: int, sent: int) -> None:
+        # A receiver may say more than it was sent (a count of its own, a bug): no more
+        # than the batch was lost, and ``rejected`` counts records lost.
+        count = min(refused[0], sent)
+        said = f" (it said {refused[0]})" if refused[0] > sent else ""
         with self._lock:
-            self.rejected += refused[0]
-        log.error("forwarder: %s rejected %d of the %d records of seq %d-%d: %s",
-                  self.settings.shown_endpoint, refused[0], sent, first, last,
+            self.rejected += count
+        log.error("forwarder: %s rejected %d of the %d records of seq %d-%d%s: %s",
+                  self.settings.shown_endpoint, count, sent, first, last, said,
                   terminal_safe(refused[1]) or "(no reason given)")
 
     # -- figures --------------------------------------------------------------------------

@@ -4,7 +4,9 @@ exporter does not look at.
 
 - **The answer's body**: a receiver's 200 can carry an OTLP ``partial_success`` (some
   records rejected for good); the exporter reads only the status
-  (``rejected_by_receiver``).
+  (``rejected_by_receiver``), in the encoding its ``Content-Type`` names. Only the first
+  ``MAX_ANSWER_BYTES`` of a body are read (requests read it whole, however large or
+  endless, into memory, decompressed).
 - **The status**: the exporter follows no redirect and takes any status below 400 for
   success; a 3xx is kept as a failure here (``failure_of``), so that the forwarder does
   not count records the endpoint never received as delivered.
@@ -51,6 +53,12 @@ _CREDENTIAL_PROVIDER_VARIABLES: Final = (
 _sessions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 #: The most of a receiver's words (an answer's body, a Location) quoted in last_error.
 _QUOTED: Final = 200
+#: The most of an answer's body read (after decompression). An OTLP answer is a few
+#: bytes (a partial success, a status); past this the rest is left unread and its
+#: connection closed, so that a misdirected endpoint's endless or huge 200 (a file
+#: server, a gzip bomb) neither fills the collector's memory nor holds the export.
+MAX_ANSWER_BYTES: Final = 1 << 20
+_READ_CHUNK: Final = 64 << 10
 
 
 #: The logger the exporter logs its failures and retries with.
@@ -140,6 +148,7 @@ def _forwarder_session_class() -> type[Any]:
     class ForwarderSession(requests.Session):
         last_answer: bytes | None = None
         last_status: int | None = None  # of the last answer (None: no answer)
+        last_content_type: str = ""  # of the last answer, lower case
         #: seconds the last answer (a failure) asked to wait before the next request
         retry_after: float | None = None
         #: why the last request failed (an error, or an answer other than 2xx), else None
@@ -190,13 +199,16 @@ def _forwarder_session_class() -> type[Any]:
             # The exporter reads only the status; an OTLP receiver's 200 can say it
             # rejected some records (partial success), which must not pass unseen.
             self.last_answer = self.last_failure = self.last_status = None
-            self.retry_after = None
+            self.retry_after, self.last_content_type = None, ""
             try:
-                response = super().request(*args, **kwargs)
+                # Streamed: only the first MAX_ANSWER_BYTES of the body are read.
+                response = super().request(*args, **{**kwargs, "stream": True})
+                _read_bounded(response)
             except Exception as exc:
                 self.last_failure = f"{type(exc).__name__}: {exc}"
                 raise
             self.last_answer, self.last_status = response.content, response.status_code
+            self.last_content_type = response.headers.get("Content-Type", "").lower()
             if not 200 <= response.status_code < 300:
                 self.retry_after = _retry_after(response)
                 self.last_failure = _refusal(response, self.retry_after)
@@ -218,6 +230,22 @@ def _forwarder_session_class() -> type[Any]:
                         sock.shutdown(socket.SHUT_RDWR)
 
     return ForwarderSession
+
+
+def _read_bounded(response: Any) -> None:
+    """Read at most ``MAX_ANSWER_BYTES`` of ``response``'s (decoded) body into it, as
+    ``response.content``; a body longer than that is not read on: its connection is
+    closed (not put back in the pool half read)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(_READ_CHUNK):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            response.close()
+            break
+    response._content = b"".join(chunks)[:MAX_ANSWER_BYTES]
+    response._content_consumed = True
 
 
 def _refusal(response: Any, retry_after: float | None) -> str:
@@ -265,15 +293,29 @@ def _seconds(retry_after: str | None) -> float | None:
 
 def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
     """How many records the receiver's last answer says it rejected, and why (OTLP
-    ``partial_success``); None when it says nothing of the kind or cannot be read."""
-    answer = getattr(session_of(exporter), "last_answer", None)
+    ``partial_success``); None when it says nothing of the kind or cannot be read.
+
+    Read as its ``Content-Type`` says: protobuf (or no type), as OTLP answers the
+    protobuf the exporter sends; JSON, as some receivers answer whatever they were sent;
+    anything else (a proxy's HTML page) is no OTLP answer, and its bytes read as
+    protobuf could "reject" records that were kept."""
+    session = session_of(exporter)
+    answer = getattr(session, "last_answer", None)
     if not answer:
         return None
+    from google.protobuf import json_format
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
+    media_type = getattr(session, "last_content_type", "").partition(";")[0].strip()
+    parsed = ExportLogsServiceResponse()
     try:
-        parsed = ExportLogsServiceResponse.FromString(answer)
-    except Exception:  # noqa: BLE001 - not protobuf (a proxy's text): nothing to say
+        if media_type in _PROTOBUF_TYPES:
+            parsed.ParseFromString(answer)
+        elif media_type == "application/json":
+            json_format.Parse(answer, parsed, ignore_unknown_fields=True)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - not what it says it is: nothing to say
         return None
     partial = parsed.partial_success
     if partial.rejected_log_records <= 0:
@@ -281,6 +323,9 @@ def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
     return partial.rejected_log_records, partial.error_message
 
 
+
+#: The media types of a protobuf answer ("": none given, as OTLP answers protobuf).
+_PROTOBUF_TYPES: Final = frozenset({"", "application/x-protobuf", "application/protobuf"})
 
 
 def failure_of(exporter: LogRecordExporter) -> str | None:

@@ -44,6 +44,10 @@ class OTLPReceiver:
         #: collector killed meanwhile: the records arrived, their 200 never did)
         self.answer_held: threading.Event | None = None
         self.holding = threading.Event()  # set when an answer is held
+        #: (Content-Type, body) of the next 200 answers in place of the OTLP one; a body
+        #: of None never ends (zeros written until the client goes away)
+        self.answers: list[tuple[str, bytes | None]] = []
+        self.answer_cut = threading.Event()  # set when a body that never ends was cut
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -72,13 +76,32 @@ class OTLPReceiver:
                         answer.partial_success.rejected_log_records = rejected
                         answer.partial_success.error_message = message
                 reply = answer.SerializeToString() if status == 200 else reason.encode()
+                content_type = "application/x-protobuf"
+                with receiver._lock:
+                    if status == 200 and receiver.answers:
+                        content_type, given = receiver.answers.pop(0)
+                        if given is None:
+                            self._endless(content_type)
+                            return
+                        reply = given
                 self.send_response(status)
-                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(reply)))
                 for name, value in extra.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(reply)
+
+            def _endless(self, content_type: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.end_headers()  # no Content-Length: the body ends with the connection
+                try:
+                    while True:
+                        self.wfile.write(bytes(64 << 10))
+                except OSError:
+                    receiver.answer_cut.set()
+                self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
