@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -27,6 +28,13 @@ def _context_getter() -> Callable[[], Context]:
 
 
 current_context = _context_getter()
+
+#: A Context that says "no span": pass it where no span was active. An empty Context
+#: does not say it: the API's ``LogRecord`` takes an empty (falsy) one for "the current
+#: Context" of the thread making it, and a sink's worker thread started inside a request
+#: span (threads inheriting their context: Python 3.14's free-threaded build, the
+#: OpenTelemetry threading instrumentation) put every spanless event in that trace.
+NO_SPAN: Final[Context] = trace.set_span_in_context(trace.INVALID_SPAN, Context())
 
 
 def trace_ids(context: Context | None) -> tuple[str, str]:

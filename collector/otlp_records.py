@@ -15,6 +15,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from audit_middleware import otel
+from audit_middleware.tracing import NO_SPAN
 from collector.formats import failed
 from collector.storage.records import created_micros
 
@@ -34,7 +35,7 @@ _SEVERITY = {number: SeverityNumber(number) for number, _ in (otel.SEVERITY_INFO
 def _context(record: Mapping[str, Any]) -> Context:
     trace_id, span_id = record.get("trace_id"), record.get("span_id")
     if not trace_id or not span_id:
-        return Context()
+        return NO_SPAN  # (an empty Context is the forwarder thread's current one)
     span = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
                        trace_flags=TraceFlags(TraceFlags.DEFAULT))
     return set_span_in_context(NonRecordingSpan(span), Context())

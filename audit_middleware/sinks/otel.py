@@ -29,12 +29,12 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger, get_logger_provider
-from opentelemetry.context import Context
 
 from .. import otel
 from .._counter import Counter
 from ..errors import AuditArgumentTypeError, AuditConfigurationError
 from ..event import AuditEvent, encodable
+from ..tracing import NO_SPAN
 from .base import Sink
 from .batching import BatchingQueue, call_if_alive, close_in_multiprocessing_children
 
@@ -42,7 +42,6 @@ log = logging.getLogger("audit_middleware")
 
 _SEVERITY = {number: SeverityNumber(number) for number, _ in (otel.SEVERITY_INFO,
                                                                otel.SEVERITY_WARN)}
-_NO_CONTEXT = Context()
 #: Of a ``flush``/``drain`` timeout, the share the log copies keep however long the
 #: primary takes (a collector that does not answer uses all it is given, which left the
 #: copies 0 s): this fraction, at most ``_COPY_SHARE_MAX`` seconds. The primary's events
@@ -169,7 +168,7 @@ class OTelLogSink:
         emit(
             timestamp=event.created_ns,
             # The Context captured at emit (tracing.py): its span, not this thread's.
-            context=event.otel_context or _NO_CONTEXT,
+            context=event.otel_context or NO_SPAN,
             severity_number=_SEVERITY[number],
             severity_text=text,
             body=body,
