@@ -34,9 +34,11 @@ _SEVERITY = {number: SeverityNumber(number) for number, _ in (otel.SEVERITY_INFO
 
 def _context(record: Mapping[str, Any]) -> Context:
     trace_id, span_id = record.get("trace_id"), record.get("span_id")
-    if not trace_id or not span_id:
+    if not trace_id:
         return NO_SPAN  # (an empty Context is the forwarder thread's current one)
-    span = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
+    # A trace id without a span id (the collector takes one, and OTLP carries it alone)
+    # keeps its trace: the log record takes the ids of this span context, valid or not.
+    span = SpanContext(int(trace_id, 16), int(span_id or "0", 16), is_remote=True,
                        trace_flags=TraceFlags(TraceFlags.DEFAULT))
     return set_span_in_context(NonRecordingSpan(span), Context())
 

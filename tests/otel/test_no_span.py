@@ -73,3 +73,12 @@ def test_a_stored_record_without_a_trace_is_exported_in_none() -> None:
     with TRACER.start_as_current_span("collector work"):
         (log,) = to_log_records([record], Resource.create({}), InstrumentationScope("t"))
     assert (log.log_record.trace_id, log.log_record.span_id) == (0, 0)
+
+
+def test_a_stored_record_with_a_trace_but_no_span_is_exported_in_that_trace() -> None:
+    """The collector takes a trace id without a span id (an app in another language, a
+    log whose span is unknown), and OTLP carries one alone: the export dropped it."""
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    record = {**event(1, trace_id=trace, span_id=""), "seq": 1}
+    (log,) = to_log_records([record], Resource.create({}), InstrumentationScope("t"))
+    assert (log.log_record.trace_id, log.log_record.span_id) == (int(trace, 16), 0)
