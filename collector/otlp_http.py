@@ -291,6 +291,10 @@ def _seconds(retry_after: str | None) -> float | None:
     return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
+#: The media types of a protobuf answer ("": none given, as OTLP answers protobuf).
+_PROTOBUF_TYPES: Final = frozenset({"", "application/x-protobuf", "application/protobuf"})
+
+
 def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
     """How many records the receiver's last answer says it rejected, and why (OTLP
     ``partial_success``); None when it says nothing of the kind or cannot be read.
@@ -303,7 +307,7 @@ def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
     answer = getattr(session, "last_answer", None)
     if not answer:
         return None
-    from google.protobuf import json_format
+    from google.protobuf import json_format  # type: ignore[import-untyped]
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
     media_type = getattr(session, "last_content_type", "").partition(";")[0].strip()
@@ -321,11 +325,6 @@ def rejected_by_receiver(exporter: LogRecordExporter) -> tuple[int, str] | None:
     if partial.rejected_log_records <= 0:
         return None
     return partial.rejected_log_records, partial.error_message
-
-
-
-#: The media types of a protobuf answer ("": none given, as OTLP answers protobuf).
-_PROTOBUF_TYPES: Final = frozenset({"", "application/x-protobuf", "application/protobuf"})
 
 
 def failure_of(exporter: LogRecordExporter) -> str | None:

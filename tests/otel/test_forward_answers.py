@@ -10,8 +10,8 @@ import pytest
 
 from collector.otlp_http import MAX_ANSWER_BYTES, session_of
 from collector.store import Store
-from tests.otel.test_forwarder import forwarder, write
 from tests.otel.otlp_receiver import OTLPReceiver
+from tests.otel.test_forwarder import forwarder, write
 
 
 def test_a_200_whose_body_never_ends_is_an_acknowledgement_read_no_further(
