@@ -9,7 +9,8 @@ busy (an overloaded collector, or a hung disk not yet past the limit), a query t
 held in a read past the limit (a hung disk: ``QueriesHung``, the next page's own
 thread among them, or every thread held and none left for it), the index unavailable (a
 rebuild under way, a damaged or missing file), a segment that cannot be read (damaged:
-``CorruptSegmentError``, which names it and says what to do). Anything else is a fault
+``CorruptSegmentError``, which names it and says what to do, or something else in its
+place: ``SegmentFileInTheWayError``). Anything else is a fault
 (a bug, an index damaged on disk): one traceback.
 """
 
@@ -24,6 +25,7 @@ from starlette.types import Scope
 
 from collector.query import IndexUnavailableError
 from collector.storage.errors import CorruptSegmentError, IndexOutOfDateError
+from collector.storage.in_the_way import SegmentFileInTheWayError
 from collector.storage.time_limit import QueryTimeoutError
 
 from .queries import QueriesBusy, QueriesHung
@@ -72,6 +74,11 @@ def expected_cut(exc: Exception) -> Cut | None:
         return Cut(logging.ERROR, f"a segment of the store cannot be read: {exc}; "
                                   f"`audit-collector verify` reports what else is damaged; "
                                   f"download it again once the segment is mended", "segment")
+    if isinstance(exc, SegmentFileInTheWayError):
+        # Something else in a segment file's place: before the first byte a 503 says it
+        # (``app._not_a_regular_file``); after it, the same words, not a fault's traceback.
+        return Cut(logging.ERROR, f"a segment file of the store cannot be read: {exc}; "
+                                  f"download it again once it is back", "segment")
     return None
 
 

@@ -22,7 +22,8 @@ from .errors import StorageError
 from .regular_files import NotRegularFileError, kind_of_mode
 
 __all__ = ["DIGESTS", "DIGESTS_THEN", "QUARANTINE", "SEGMENTS", "SEGMENTS_THEN",
-           "SEGMENT_FILE", "InTheWayError", "in_the_way", "in_the_way_words",
+           "SEGMENT_FILE", "InTheWayError", "SegmentFileInTheWayError", "in_the_way",
+           "in_the_way_words",
            "make_store_dir", "not_a_segment_file", "refuse_other_than_a_dir",
            "restore_then", "said_by_the_collector", "segment_files_named"]
 
@@ -141,13 +142,20 @@ def not_a_segment_file(exc: NotRegularFileError) -> NotRegularFileError:
                                                            _SEGMENT_FILE_THEN), exc.filename)
 
 
+class SegmentFileInTheWayError(NotRegularFileError):
+    """Something else in a segment file's place, met by the running collector
+    (``said_by_the_collector``): the store's state, not a fault. Its own class so that
+    whoever meets it later, without the data directory at hand (an export cut after its
+    first bytes: ``api.export_cuts``), tells it from another file's."""
+
+
 def said_by_the_collector(exc: NotRegularFileError,
-                          segments_dir: Path) -> NotRegularFileError | None:
+                          segments_dir: Path) -> SegmentFileInTheWayError | None:
     """``exc`` in the words of a running collector's log, when its file is one of
     ``segments_dir`` (read by the query API or the forwarder); None for another file."""
     if exc.filename is None or Path(exc.filename).parent != segments_dir:
         return None
-    return NotRegularFileError(exc.errno, in_the_way_words(
+    return SegmentFileInTheWayError(exc.errno, in_the_way_words(
         Path(exc.filename), SEGMENT_FILE, _SEGMENT_FILE_THEN_SERVING), exc.filename)
 
 

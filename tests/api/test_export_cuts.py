@@ -7,9 +7,12 @@ test_serve_api.py, on a real server.)"""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from starlette.types import Message
@@ -18,6 +21,8 @@ from collector.api.aborts import ABORT
 from collector.api.exports import ExportResponse, Sent
 from collector.api.queries import QueriesBusy, QueriesHung
 from collector.metrics import METRICS
+from collector.storage.in_the_way import said_by_the_collector
+from collector.storage.regular_files import NotRegularFileError
 from collector.storage.time_limit import Deadline
 
 PATH = "/api/v1/audit-logs/export.csv"
@@ -87,6 +92,13 @@ def test_a_failed_download_is_counted_once_by_the_reason_it_was_cut(
     """Cuts were log lines only: an operator could not alert on downloads failing (for a
     hung disk, most often). Served in process, the response raises to whoever serves it
     (``Ending.IN_PROCESS``), its download failed all the same."""
+    assert cut_with_the_client_there(error) == {"exports_cut": 1, f"exports_cut_{reason}": 1}
+    assert f"exports_cut_{reason}" in {m.key for m in METRICS}
+
+
+def cut_with_the_client_there(error: Exception) -> Counter[str]:
+    """The cuts counted for an export ``error`` ends after its first bytes, its client
+    still there (served in process: the response raises it)."""
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
@@ -103,5 +115,28 @@ def test_a_failed_download_is_counted_once_by_the_reason_it_was_cut(
                               media_type="text/csv")
     with pytest.raises(type(error)):
         asyncio.run(response(scope, receive, send))
-    assert cuts == {"exports_cut": 1, f"exports_cut_{reason}": 1}
-    assert f"exports_cut_{reason}" in {m.key for m in METRICS}
+    return cuts
+
+
+def test_a_segment_file_in_the_way_cuts_a_download_as_its_503_says_it_not_as_a_fault(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before the first byte a FIFO in a segment file's place is a 503 naming it
+    (counted as a segment's); met by a later page, it was a fault: a traceback, counted
+    in ``exports_cut_fault``. It is the segment's cut, said in the collector's words."""
+    segments = tmp_path / "segments"
+    segments.mkdir()
+    fifo = segments / "segment-00000001.jsonl"
+    os.mkfifo(fifo)
+    error = said_by_the_collector(  # as the query pool words it (``QueryPool``)
+        NotRegularFileError(errno.EINVAL, "a FIFO, not a regular file", str(fifo)), segments)
+    assert error is not None
+    with caplog.at_level(logging.DEBUG, logger="collector.api"):
+        assert cut_with_the_client_there(error) == {"exports_cut": 1,
+                                                    "exports_cut_segment": 1}
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is None
+    assert record.getMessage().startswith(
+        f"query API: GET {PATH!r} (csv) stopped after 1 row(s), 12 bytes sent: a segment "
+        f"file of the store cannot be read: {fifo} is a FIFO, where the collector keeps a "
+        f"segment file"), record.getMessage()
+    assert "the running collector reads it at its next request" in record.getMessage()

@@ -338,7 +338,7 @@ def test_a_fifo_in_place_of_a_segment_file_is_said_for_the_running_collector(
     with caplog.at_level(logging.ERROR, logger="collector.forward"):
         fwd._failed(failed.value)  # as its loop says it
     [line] = [r.getMessage() for r in caplog.records]
-    said = (f"NotRegularFileError: {segment} is a FIFO, where the collector keeps a segment "
+    said = (f"SegmentFileInTheWayError: {segment} is a FIFO, where the collector keeps a segment "
             f"file (stored records): look at what it is, move it out of the way (`mv "
             f"{segment} {segment}.aside`), then put the segment file back from a backup "
             f"and the running collector reads it at its next request and its forwarder's "
