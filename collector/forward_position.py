@@ -50,12 +50,17 @@ class StorePosition:
     def _search(self, **options: Any) -> q.Page:
         """``q.search`` of every record, on the reader thread (``forward_reads``: a read
         the disk does not answer is said, and does not hold the stop)."""
-        try:
-            return self._reads.read(lambda: q.search(self.data_dir, q.Filters(), **options))
-        except NotRegularFileError as exc:
-            # Worded for a command ("run this again"): the forwarder's failure line
-            # and last_error say what an operator does for a running collector.
-            raise said_by_the_collector(exc, self.data_dir / "segments") or exc from None
+        def search() -> q.Page:
+            try:
+                return q.search(self.data_dir, q.Filters(), **options)
+            except NotRegularFileError as exc:
+                # Worded for a command ("run this again"): the forwarder's failure line
+                # and last_error say what an operator does for a running collector. On
+                # the reader thread, so that the line of a read said hung that returns
+                # with it (``forward_reads``) says so too.
+                raise said_by_the_collector(exc, self.data_dir / "segments") or exc from None
+
+        return self._reads.read(search)
 
     def _start_position(self) -> int:
         if self._position is None:

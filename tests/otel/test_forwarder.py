@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from audit_middleware.otel import log_attributes, log_body
+from collector import forward_reads
 from collector.forward_checkpoint import CHECKPOINT_FILE, CheckpointError
 from collector.forward_config import ForwardError, ForwardSettings, parse_headers
 from collector.forwarder import ExportFailed, Forwarder
@@ -348,6 +349,29 @@ def test_a_fifo_in_place_of_a_segment_file_is_said_for_the_running_collector(
     assert line.endswith(f"(1 in a row, 1 so far, retrying with backoff): {said}"), line
     assert fwd.stats()["last_error"] == said
     assert receiver.seqs() == []
+
+
+def test_a_fifo_met_by_a_read_said_hung_is_said_for_the_running_collector_too(
+        store: Store, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read said hung that returns with a segment file in the way: its line ("the
+    read ... returned after ..., but with an error (...)") quoted the command's words,
+    "... run this again (... `audit-collector reindex`, the collector stopped ...)",
+    worded for the running collector only after the read had been said over."""
+    monkeypatch.setattr(forward_reads, "READ_STALL", 0.0)  # every read said hung at once
+    write(store, 2)
+    [segment] = (store.settings.data_dir / "segments").glob("segment-*.jsonl")
+    segment.unlink()
+    os.mkfifo(segment)
+    fwd = forwarder(store, receiver)
+    with caplog.at_level(logging.WARNING, logger="collector.forward"), \
+            pytest.raises(NotRegularFileError):
+        fwd.step()
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+              and "but with an error" in r.getMessage()]
+    assert f"{segment} is a FIFO, where the collector keeps a segment file" in line, line
+    assert "the running collector reads it at its next request" in line, line
+    assert "run this again" not in line, line
 
 
 def test_an_endpoint_without_a_checkpoint_can_start_from_now(store: Store,
