@@ -5,8 +5,10 @@ wrapping the example platform (the server span of each request)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.metadata import version
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -114,3 +116,19 @@ def test_an_incoming_traceparent_makes_the_event_part_of_the_callers_trace(
     assert events[0].trace_id == trace_id
     assert events[0].span_id == hex_ids(span)[1] != parent
     assert f"{span.parent.span_id:016x}" == parent
+
+
+# -- no SDK: the API alone ---------------------------------------------------------------------
+@pytest.mark.skipif(tuple(int(n) for n in version("opentelemetry-api").split(".")[:2]) < (1, 40),
+                    reason="before opentelemetry-api 1.40 the API alone keeps no span current")
+def test_without_an_sdk_an_incoming_traceparent_gives_the_callers_ids(events) -> None:
+    """docs/record.md said "no SDK: empty ids": the API's no-op tracer keeps the span an
+    instrumentation extracted from ``traceparent`` current, so the caller's ids are
+    recorded (its span id: no span of this process exists)."""
+    app = OpenTelemetryMiddleware(create_app(), tracer_provider=trace.NoOpTracerProvider())
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with TestClient(app, headers={"Authorization": f"Bearer {ALICE.token}"}) as client:
+        client.post("/orgs", json={"name": "acme"},
+                    headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+        client.post("/orgs", json={"name": "other"})
+    assert [(e.trace_id, e.span_id) for e in events] == [(trace_id, parent), ("", "")]
