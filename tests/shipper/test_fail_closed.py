@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -518,6 +518,21 @@ def _error_info() -> Any:
         return sys.exc_info()
 
 
+def eager_or_lazy(respond: Callable[[Any], None], body: bytes, *, lazy: bool
+                  ) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
+    """A WSGI app that calls ``respond(start_response)`` and returns ``body``: in the call
+    itself, or (``lazy``) on its body's first iteration."""
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        respond(start_response)
+        return [body]
+
+    def lazy_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        respond(start_response)
+        yield body
+
+    return lazy_app if lazy else app
+
+
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
 def test_wsgi_a_later_start_response_does_not_replace_the_503(lazy: bool) -> None:
     """Refused with a 503 (the request's event not acknowledged by the deadline), the app
@@ -537,15 +552,8 @@ def test_wsgi_a_later_start_response_does_not_replace_the_503(lazy: bool) -> Non
         start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
                        _error_info())
 
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        respond(start_response)
-        return [b"the app's error page"]
-
-    def lazy_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
-        respond(start_response)
-        yield b"the app's error page"
-
-    status, headers, body = served(WSGIAuditMiddleware(lazy_app if lazy else app))
+    status, headers, body = served(WSGIAuditMiddleware(
+        eager_or_lazy(respond, b"the app's error page", lazy=lazy)))
     assert (status, headers.get("Retry-After"), body) == ("503 Service Unavailable", "5",
                                                      UNAVAILABLE)
     assert headers["Content-Length"] == str(len(UNAVAILABLE))
@@ -568,15 +576,8 @@ def test_wsgi_an_app_raising_after_the_refusal_does_not_replace_the_503(
         start_response("200 OK", [("Content-Type", "text/plain")])  # refused: 503
         raise RuntimeError("the view failed after start_response")
 
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        respond(start_response)
-        return [b"never"]
-
-    def lazy_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
-        respond(start_response)
-        yield b"never"
-
-    status, headers, body = served(WSGIAuditMiddleware(lazy_app if lazy else app))
+    status, headers, body = served(WSGIAuditMiddleware(
+        eager_or_lazy(respond, b"never", lazy=lazy)))
     assert (status, headers.get("Retry-After"), body) == ("503 Service Unavailable", "5",
                                                      UNAVAILABLE)
     assert "the view failed after start_response" in caplog.text
