@@ -66,6 +66,8 @@ def short_tmp() -> Iterator[Path]:
 class CollectorProcess:
     #: What ``python -m`` runs: the collector, or a test's wrapper of its command line.
     module = "collector"
+    #: The interpreter it runs on: another virtualenv's (tests/packaging) or this one.
+    python = sys.executable
 
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
@@ -90,7 +92,7 @@ class CollectorProcess:
         self.proc = subprocess.Popen(
             # An ephemeral API port by default (tests run side by side; 8080 may be
             # taken); a test's own --api-listen comes later and wins.
-            [sys.executable, "-m", self.module, "serve", "--data-dir", str(self.data_dir),
+            [self.python, "-m", self.module, "serve", "--data-dir", str(self.data_dir),
              "--api-listen", "127.0.0.1:0", *self.args],
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1,
