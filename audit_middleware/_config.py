@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .catalogue import Catalogue, default_catalogue
 from .event import PendingEvent
+from .redaction import Redactor
 from .sanitize import DEFAULT_MAX_FIELD_LENGTH
 from .sinks.base import Sink
 
@@ -24,6 +25,8 @@ class Settings:
     fail_closed_timeout: float | None = None
     #: The sink's ``submit_pending`` when it has one (see ``event.PendingEvent``).
     submit_pending: Callable[[PendingEvent], None] | None = None
+    #: ``configure(redact_secrets=...)``'s redactor, None when off (the default).
+    redactor: Redactor | None = None
 
     def set_sink(self, sink: Sink | None) -> Sink | None:
         """Install ``sink``; returns the one it replaces."""
@@ -56,4 +59,8 @@ settings = Settings()
 def reset() -> None:
     """Back to the import-time defaults (no sink). Does not close the previous sink."""
     global settings
+    if settings.redactor is not None:
+        from . import _redacting  # here: it imports the modules that import this one
+
+        _redacting.install(None)
     settings = Settings()

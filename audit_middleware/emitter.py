@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from . import _config
@@ -14,6 +16,7 @@ from .client_ip import parse_ip
 from .context import RequestContext, asgi_peer, current, principal_from_user
 from .errors import AuditArgumentTypeError, AuditConfigurationError, AuditError, AuditFieldError
 from .event import SYSTEM, AuditEvent
+from .redaction import redactor_from_option
 from .sanitize import (
     COLLECTOR_DEFAULT_MAX_FIELD_LENGTH,
     MAX_IP_LENGTH,
@@ -34,9 +37,12 @@ def configure(
     sink: Sink | None = _UNSET,
     max_field_length: int = _UNSET,
     catalogue: Catalogue = _UNSET,
+    redact_secrets: bool | Iterable[str | re.Pattern[str]] = _UNSET,
 ) -> None:
     """Set where events go and how they are capped. Call once at start-up; the sink it
-    replaces is flushed and closed."""
+    replaces is flushed and closed. ``redact_secrets=True`` replaces secrets found in
+    the free-text fields (a token in a target) with ``[redacted:<kind>]``; a list of
+    extra patterns adds to the built-in ones (docs/record.md, "Redacting secrets")."""
     settings = _config.settings
     if sink is not _UNSET:
         if isinstance(sink, type):
@@ -68,6 +74,12 @@ def configure(
         if not isinstance(catalogue, Catalogue):
             raise AuditConfigurationError("catalogue must be an audit_middleware.Catalogue")
         settings.catalogue = catalogue
+    if redact_secrets is not _UNSET:
+        redactor = redactor_from_option(redact_secrets)
+        from . import _redacting  # here: it rebinds names in modules that import this one
+
+        settings.redactor = redactor
+        _redacting.install(redactor)
 
 
 def _text(name: str, value: object, cap: int) -> str:
@@ -138,6 +150,12 @@ def request_fields(ctx: RequestContext, cap: int) -> RequestFields:
     fields = ctx.fields = (principal, client_ip, peer, *org, *workspace)
     return fields
 
+
+#: What ``emit()`` with explicit fields makes of a free-text field, and of the request's
+#: fields: rebound by ``configure(redact_secrets=...)`` (``_redacting.install``), so
+#: that with redaction off no event tests for it.
+_field = _text
+_request_fields = request_fields
 
 _EMPTY_PAIR: tuple[str, str] = ("", "")
 
@@ -260,10 +278,10 @@ def emit(
     system = principal == SYSTEM or (principal is None and (
         ctx is None or ctx.principal_override == SYSTEM))
     if ctx is None:
-        principal = SYSTEM if principal is None else _text("principal", principal, cap)
+        principal = SYSTEM if principal is None else _field("principal", principal, cap)
     else:
-        r_principal, r_ip, r_peer, r_org, r_org_name, r_ws, r_ws_name = request_fields(ctx, cap)
-        principal = r_principal if principal is None else _text("principal", principal, cap)
+        r_principal, r_ip, r_peer, r_org, r_org_name, r_ws, r_ws_name = _request_fields(ctx, cap)
+        principal = r_principal if principal is None else _field("principal", principal, cap)
         if client_ip is None and not system:
             client_ip, peer = r_ip, r_peer
         if org_id is None:
@@ -276,13 +294,13 @@ def emit(
         client_ip = peer = ""
     event = AuditEvent(
         event_type,
-        _text("target", target, cap),
+        _field("target", target, cap),
         principal,
-        _text("status", status, cap),
-        _text("org_id", org_id, cap),
-        _text("org_name", org_name, cap),
-        _text("workspace_id", workspace_id, cap),
-        _text("workspace_name", workspace_name, cap),
+        _field("status", status, cap),
+        _field("org_id", org_id, cap),
+        _field("org_name", org_name, cap),
+        _field("workspace_id", workspace_id, cap),
+        _field("workspace_name", workspace_name, cap),
         _text("client_ip", client_ip, MAX_IP_LENGTH),
         _time_ns(),
         _current_context(),

@@ -9,6 +9,7 @@ import uuid
 import orjson
 from starlette.testclient import TestClient
 
+from audit_middleware import configure
 from audit_middleware.catalogue import SEED_CATALOGUE
 from audit_middleware.event import FIELDS
 from examples.platform.tour import run_tour
@@ -32,6 +33,15 @@ def test_every_record_is_one_schema_v1_line(platform: TestClient, audit) -> None
         assert tuple(record)[: len(FIELDS)] == FIELDS
         assert record["v"] == 1
         assert RFC3339_MICROS.fullmatch(record["created"]), record
+
+
+def test_redaction_changes_no_record_of_the_tour(platform: TestClient, audit) -> None:
+    """``redact_secrets=True`` finds no secret in what the platform records (ids,
+    UUIDs, names, emails, paths, statuses): every record is as it would be without."""
+    configure(redact_secrets=True)
+    run_tour(platform)
+    assert set(audit.types()) == SEED_TYPES
+    assert [line for line in audit.lines() if b"[redacted:" in line] == []
 
 
 def test_every_run_of_the_tour_can_be_followed_to_its_launch_from_the_records_alone(
