@@ -18,8 +18,8 @@ from . import _config, decorator, denials, emitter
 from .context import RequestContext
 from .event import AuditEvent
 from .redaction import SCAN_MARGIN, Redactor
+from .sanitize import TRUNCATION_MARKER, field_text
 from .sanitize import cap as cap_text
-from .sanitize import field_text
 
 _UNCAPPED: Final = sys.maxsize
 
@@ -29,21 +29,24 @@ _plain_text: Final = emitter._text
 _plain_request_fields: Final = emitter.request_fields
 
 
-def _redactor() -> Redactor:
-    redactor = _config.settings.redactor
-    assert redactor is not None, "installed only with a redactor configured"
-    return redactor
-
-
 def redacted_text(name: str, value: object, cap: int) -> str:
     """``sanitize.field_text`` with the secrets redacted before the cap."""
     text = value if type(value) is str else field_text(name, value, _UNCAPPED)
     if not text:
         return text
-    if len(text) > cap + SCAN_MARGIN:  # past it, nothing can reach the record
+    # Read per call, not asserted: configure(redact_secrets=False) clears it before
+    # install() rebinds the plain path, and a request may be between the two.
+    redactor = _config.settings.redactor
+    if redactor is None:
+        return text if len(text) <= cap else cap_text(text, cap)
+    cut = len(text) > cap + SCAN_MARGIN
+    if cut:  # past it, nothing can reach the record
         text = text[:cap + SCAN_MARGIN]
-    text = _redactor()(text)
-    return text if len(text) <= cap else cap_text(text, cap)
+    text = redactor(text)
+    if cut and len(text) + len(TRUNCATION_MARKER) <= cap:
+        # A secret's marker made the cut text short: the record still says it was cut.
+        return text + TRUNCATION_MARKER
+    return text if len(text) <= cap and not cut else cap_text(text, cap)
 
 
 def request_fields(ctx: RequestContext, cap: int) -> emitter.RequestFields:

@@ -25,6 +25,7 @@ from audit_middleware import (
     AuditConfigurationError,
     AuditMiddleware,
     JsonlFileSink,
+    _config,
     _redacting,
     audited,
     configure,
@@ -32,7 +33,7 @@ from audit_middleware import (
     register_resource,
 )
 from audit_middleware.event import TEXT_FIELDS, AuditEvent
-from audit_middleware.redaction import Redactor
+from audit_middleware.redaction import SCAN_MARGIN, Redactor
 from audit_middleware.sanitize import TRUNCATION_MARKER
 from audit_middleware.testing import reset_configuration
 
@@ -258,3 +259,42 @@ def test_a_marker_longer_than_its_secret_is_capped_as_usual(
     assert len(target) == 32 and target.endswith(TRUNCATION_MARKER)
     assert target == "a" * 12 + " Basic [" + TRUNCATION_MARKER
     assert redacting[0].to_json_line().count(b"\n") == 1
+
+
+@pytest.mark.timeout(20)  # a guard against a hang, not a timing: it takes milliseconds
+@pytest.mark.parametrize("repeated", ["-eyJ", "_eyJ", "eyJ_"])
+def test_a_field_of_repeated_jwt_starts_is_scanned_in_linear_time(repeated: str) -> None:
+    """Each ``eyJ`` after a ``-`` or ``_`` starts a JWT: a regex search from each to the
+    end of the run took the square of the field's length (~80 ms at the default cap,
+    minutes for a megabyte under a raised one), on the request's thread."""
+    text = repeated * 250_000
+    assert Redactor()(text) == text
+    assert Redactor()(text + f" {JWT}") == text + " [redacted:jwt]"
+
+
+def test_a_field_cut_past_the_scan_window_is_marked_truncated(
+    redacting: list[AuditEvent]
+) -> None:
+    """What lies past the cap plus the margin is dropped before the scan: when the
+    secret's marker leaves the rest shorter than the cap, the record still says so."""
+    emit("workspace_deleted", "Bearer " + "a1" * SCAN_MARGIN + " by alice")
+    assert redacting[0].target == "Bearer [redacted:bearer]" + TRUNCATION_MARKER
+
+
+def test_a_jwt_longer_than_the_scan_window_is_redacted(redacting: list[AuditEvent]) -> None:
+    """A JWT whose payload runs past the window is cut before its signature: its header
+    and payload are a JWT's all the same."""
+    configure(max_field_length=64)
+    header, payload, _ = JWT.split(".")
+    emit("workspace_deleted", f"/t/{header}.{payload}{'A' * SCAN_MARGIN * 2}.sig")
+    assert redacting[0].target == "/t/[redacted:jwt]" + TRUNCATION_MARKER
+
+
+def test_an_event_while_redaction_is_turned_off_is_recorded(
+    redacting: list[AuditEvent]
+) -> None:
+    """configure(redact_secrets=False) clears the redactor, then binds the plain path:
+    an event between the two is recorded (as it is), not lost to an AssertionError."""
+    _config.settings.redactor = None  # the state between configure()'s two steps
+    emit("workspace_deleted", f"t {JWT}", principal="alice")
+    assert redacting[0].target == f"t {JWT}"
