@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from collector.storage.data_dir_lock import data_dir_held
+from collector.storage.in_the_way import in_the_way_words
 from collector.storage.regular_files import NotRegularFileError, check_regular
 from collector.storage.segment_drop import NO_TIME
 from collector.storage.segments import FILE_MODE, file_sizes
@@ -78,13 +79,42 @@ def files_bytes(path: Path) -> int:
     return sum(file_sizes(path.parent.glob(f"{path.name}*")).values())
 
 
+def index_files(path: Path) -> tuple[Path, Path, Path]:
+    """The index at ``path``, its ``-wal`` and its ``-shm``: SQLite's files of it."""
+    return path, wal_path(path), path.with_name(f"{path.name}-shm")
+
+
+#: What the store keeps at the index's paths, as the collector's log names it.
+INDEX_FILE = "a file of the index (index.sqlite, its -wal or -shm: made from the segments)"
+
+#: What to do once it is out of the way, for the running collector (its query API).
+#: Moving it away does not mend a running collector: its writer keeps the file that was
+#: there open (replaced, not changed), and its readers would open the new one, or none.
+#: A start makes the index afresh when index.sqlite is missing, and indexes what it
+#: lacks otherwise: the segments hold every record, so none is lost.
+_INDEX_FILE_THEN_SERVING = (
+    "then restart the collector: its start rebuilds the index from the segments, or "
+    "brings it up to date (nothing of the index is in what was there, and no record is "
+    "lost: the segments hold them; or stop it, run `audit-collector reindex` and start "
+    "it). Until then, queries are answered 503")
+
+
+def index_file_said_by_the_collector(exc: NotRegularFileError, data_dir: Path) -> str | None:
+    """``exc`` in the words of a running collector's log (its query API), when its file
+    is the index of ``data_dir`` or one of SQLite's beside it; None for another file.
+    What it is, by a stat alone (``in_the_way.kind_of``): never opened here."""
+    if exc.filename is None or Path(exc.filename) not in index_files(data_dir / "index.sqlite"):
+        return None
+    return in_the_way_words(Path(exc.filename), INDEX_FILE, _INDEX_FILE_THEN_SERVING)
+
+
 def refuse_planted(path: Path) -> None:
     """``NotRegularFileError`` if the index, its ``-wal`` or its ``-shm`` is a FIFO, a
     device or a directory: SQLite opened them and said only "disk I/O error" (reindex
     crashed with it), and a read-only reader's open of a FIFO waited for a writer for
     good. By a stat alone (``check_regular``): an open and close of our own would drop
     this process's POSIX locks on them, SQLite's writer's included."""
-    for part in (path, wal_path(path), path.with_name(f"{path.name}-shm")):
+    for part in index_files(path):
         try:
             check_regular(part)
         except (FileNotFoundError, PermissionError):

@@ -33,6 +33,7 @@ from .listen import reload_certificate
 from .stats_file import STATS_FILE, StatsFile, _final_stats, _write_stats
 from .stop_signals import StopSignals
 from .storage.errors import DiskFullError, StorageError
+from .storage.in_the_way import SEGMENT_FILE_THEN_START, segment_files_named
 
 log = logging.getLogger("collector")
 
@@ -72,7 +73,10 @@ def open_store(config: CollectorConfig) -> tuple[Any, Any]:
         digest_interval=config.digest_interval,
         write_stall_timeout=config.write_stall_timeout,
     ))
-    return store, store.open()
+    # Something else in a segment file's place: what it is and what to do, not only
+    # "a FIFO, not a regular file" (the read commands say it so too).
+    with segment_files_named(config.data_dir / "segments", SEGMENT_FILE_THEN_START):
+        return store, store.open()
 
 
 #: Seconds between attempts to open the store on a full disk.

@@ -42,7 +42,8 @@ from time import monotonic
 from typing import Any, Final, Generic, NoReturn, TypeVar
 
 from collector.disk_calls import DiskLate
-from collector.query import Reader
+from collector.index_connections import index_file_said_by_the_collector
+from collector.query import IndexUnavailableError, Reader
 from collector.storage.in_the_way import said_by_the_collector
 from collector.storage.regular_files import NotRegularFileError
 from collector.storage.time_limit import QUERY_TIMEOUT, QueryTimeoutError, time_limit
@@ -256,8 +257,7 @@ class QueryPool:
         except NotRegularFileError as exc:
             # Worded for a command ("run this again"): said to whoever reads the
             # collector's log, what an operator does for a running collector.
-            job.result.set_exception(said_by_the_collector(exc, self.data_dir / "segments")
-                                     or exc)
+            job.result.set_exception(self._said_by_the_collector(exc))
         except BaseException as exc:  # noqa: BLE001 - raised in the caller
             job.result.set_exception(exc)
         else:
@@ -266,6 +266,13 @@ class QueryPool:
             with self._lock:
                 del self._taken_at[thread]
         return reader
+
+    def _said_by_the_collector(self, exc: NotRegularFileError) -> Exception:
+        """``exc`` in the running collector's words: a segment file's, or the index's
+        (answered as an index that cannot answer: 503, ``queries_refused_index``)."""
+        if (words := index_file_said_by_the_collector(exc, self.data_dir)) is not None:
+            return IndexUnavailableError(words)
+        return said_by_the_collector(exc, self.data_dir / "segments") or exc
 
     def _stop(self) -> list[concurrent.futures.Future[None]]:
         """No more queries; each thread ends once its query (if any) ends."""

@@ -22,8 +22,8 @@ from .errors import StorageError
 from .regular_files import NotRegularFileError, kind_of_mode
 
 __all__ = ["DIGESTS", "DIGESTS_THEN", "QUARANTINE", "SEGMENTS", "SEGMENTS_THEN",
-           "SEGMENT_FILE", "InTheWayError", "SegmentFileInTheWayError", "in_the_way",
-           "in_the_way_words",
+           "SEGMENT_FILE", "SEGMENT_FILE_THEN_START", "InTheWayError",
+           "SegmentFileInTheWayError", "in_the_way", "in_the_way_words",
            "make_store_dir", "not_a_segment_file", "refuse_other_than_a_dir",
            "restore_then", "said_by_the_collector", "segment_files_named"]
 
@@ -122,6 +122,14 @@ _SEGMENT_FILE_THEN = restore_then(
     "the collector stopped, indexes the store without it)")
 
 
+#: ... for serve's start, which refuses to start with it there: "run this again" was
+#: not serve's, and a start with the file moved away and no backup goes on without it.
+SEGMENT_FILE_THEN_START = restore_then(
+    "the segment file", "start the collector again (without a backup its records are "
+    "lost: once the file is moved away, the collector starts without them, dropping them "
+    "from the index, and `audit-collector verify` names the segment missing)")
+
+
 #: ... in the collector's own log (the query API's requests, the forwarder's reads),
 #: where "run this again" meant nothing: nothing of it is to be run again, its next
 #: read of the file (a request, the forwarder's retry) finds what is there then.
@@ -132,14 +140,16 @@ _SEGMENT_FILE_THEN_SERVING = restore_then(
     "them, and `audit-collector verify` names the segment missing)")
 
 
-def not_a_segment_file(exc: NotRegularFileError) -> NotRegularFileError:
+def not_a_segment_file(exc: NotRegularFileError,
+                       then: str = _SEGMENT_FILE_THEN) -> NotRegularFileError:
     """``exc`` (a segment file found to be a FIFO, a device or a directory) in the
-    words above, for a command: what it is, and what to do. Still a
+    words above, for a command (``then``: serve's start has its own): what it is, and
+    what to do. Still a
     ``NotRegularFileError`` of the same file (``filename``): the collector says it
     in its own words (``said_by_the_collector``); the commands print its words."""
     path = Path(exc.filename)
-    return NotRegularFileError(exc.errno, in_the_way_words(path, SEGMENT_FILE,
-                                                           _SEGMENT_FILE_THEN), exc.filename)
+    return NotRegularFileError(exc.errno, in_the_way_words(path, SEGMENT_FILE, then),
+                               exc.filename)
 
 
 class SegmentFileInTheWayError(NotRegularFileError):
@@ -160,12 +170,13 @@ def said_by_the_collector(exc: NotRegularFileError,
 
 
 @contextmanager
-def segment_files_named(segments_dir: Path) -> Iterator[None]:
+def segment_files_named(segments_dir: Path,
+                        then: str = _SEGMENT_FILE_THEN) -> Iterator[None]:
     """A ``NotRegularFileError`` for a file of ``segments_dir`` raised within, said
-    with what to do (``not_a_segment_file``)."""
+    with what to do (``not_a_segment_file``, ``then``)."""
     try:
         yield
     except NotRegularFileError as exc:
         if exc.filename is None or Path(exc.filename).parent != segments_dir:
             raise
-        raise not_a_segment_file(exc) from None
+        raise not_a_segment_file(exc, then) from None

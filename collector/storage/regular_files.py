@@ -65,10 +65,15 @@ def check_regular(path: Path) -> None:
         raise NotRegularFileError(errno.EINVAL, f"{_kind(mode)}, not a regular file", str(path))
 
 
-def open_regular_fd(path: Path) -> int:
-    """A read-only descriptor of a regular file; ``NotRegularFileError`` for anything
-    else, raised before reading (a FIFO opened this way does not wait for a writer)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def open_regular_fd(path: Path, flags: int = os.O_RDONLY) -> int:
+    """A descriptor of a regular file, read-only unless ``flags`` say otherwise
+    (``os.O_RDWR``); ``NotRegularFileError`` for anything else, raised before reading
+    (a FIFO opened this way does not wait for a writer, nor a terminal for its line)."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+    except IsADirectoryError:  # refused by the open itself, when opened for writing
+        raise NotRegularFileError(errno.EINVAL, "a directory, not a regular file",
+                                  str(path)) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

@@ -28,7 +28,7 @@ from audit_middleware.event import SCHEMA_VERSION, format_created
 from .errors import CorruptSegmentError, StorageError
 from .lines import LineSplitter
 from .records import created_micros
-from .regular_files import fsync_dir, open_regular
+from .regular_files import fsync_dir, open_regular, open_regular_fd
 
 FILE_MODE: Final = 0o640
 DIR_MODE: Final = 0o750
@@ -183,7 +183,9 @@ class ActiveSegment:
     @classmethod
     def reopen(cls, path: Path, records: int) -> ActiveSegment:
         """Continue appending to an existing segment (after its tail was repaired)."""
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        # Checked before anything is written, and without waiting: something else put in
+        # its place since recovery read it (a FIFO, a device) must not hang the start.
+        fd = open_regular_fd(path, os.O_RDWR)
         try:
             header = read_header(path)
             size = os.fstat(fd).st_size
@@ -329,7 +331,7 @@ def repair_tail(path: Path, quarantine_dir: Path) -> TornTail | None:
         f.seek(end)
         torn = f.read()
     target = quarantine_torn(path, end, torn, quarantine_dir)
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    fd = open_regular_fd(path, os.O_RDWR)  # as ``ActiveSegment.reopen``'s
     try:
         os.ftruncate(fd, end)
         os.fsync(fd)

@@ -325,3 +325,36 @@ def test_a_fifo_in_place_of_a_segment_file_is_a_503_and_a_log_line_for_the_opera
         f"lost: once the file is moved away, queries answer and the forwarder goes on "
         f"without them, and `audit-collector verify` names the segment missing)"), line
     assert not caplog.records[0].exc_info  # an expected state, not a fault's traceback
+
+
+@pytest.mark.parametrize("name", ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"])
+def test_a_fifo_in_place_of_an_index_file_is_a_503_and_a_log_line_for_the_operator(
+        env: Env, caplog: pytest.LogCaptureFixture, name: str) -> None:
+    """Answered 500 "internal", a traceback in the log ending in the command's words
+    ("... rebuilt ... at the collector's next start"). Now the index's 503, counted as
+    ``queries_refused_index``, and a log line saying what an operator does for the
+    running collector, whose writer still holds the file that was there."""
+    data = env.store.settings.data_dir
+    part = data / name
+    aside = data / f"{name}.kept"  # the writer's own file, put back for its close
+    if part.exists():
+        os.link(part, aside)
+        part.unlink()
+    os.mkfifo(part)
+    try:
+        with caplog.at_level(logging.ERROR, logger="collector.api"):
+            reply = env.get("/api/v1/audit-logs", env.root, limit=10)
+    finally:
+        part.unlink()
+        if aside.exists():
+            os.rename(aside, part)
+    assert reply.status_code == 503, reply.text
+    assert reply.json() == {"error": "unavailable", "message": INDEX_UNAVAILABLE_MESSAGE}
+    assert env.client.app.state.api.unavailable["queries_refused_index"] == 1
+    [record] = [r for r in caplog.records if r.name == "collector.api"]
+    assert not record.exc_info  # an expected state, not a fault's traceback
+    line = record.getMessage()
+    assert line.startswith(f"query API: {part} is a FIFO, where the collector keeps "), line
+    assert f"(`mv {part} {part}.aside`), then restart the collector: its start rebuilds " \
+        f"the index from the segments" in line, line
+    assert "no record is lost" in line and "Traceback" not in caplog.text, line

@@ -31,6 +31,7 @@ from collector.storage.records import (
     ip_key,
     record_lines,
 )
+from collector.storage.regular_files import NotRegularFileError
 from collector.storage.segments import (
     ActiveSegment,
     SegmentHeader,
@@ -202,6 +203,25 @@ def test_segments_are_listed_by_seq(segdir: Path) -> None:
         ActiveSegment.create(segdir, seq, "").close()
     (segdir / "notes.txt").write_text("not a segment")
     assert [f.seq for f in list_segment_files(segdir)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ["a directory", "a FIFO"])
+def test_reopening_something_else_in_the_active_segments_place_is_refused_by_kind(
+        segdir: Path, kind: str) -> None:
+    """Put there after recovery read the segment: a directory was "[Errno 21] Is a
+    directory" (serve's start said only that), and the open for writing waited, as a
+    FIFO's or a terminal's may, where one opened without blocking does not."""
+    segment = ActiveSegment.create(segdir, 1, "")
+    segment.close()
+    segment.path.unlink()
+    if kind == "a FIFO":
+        os.mkfifo(segment.path)
+    else:
+        segment.path.mkdir()
+    with pytest.raises(NotRegularFileError) as raised:
+        ActiveSegment.reopen(segment.path, 0)
+    assert raised.value.strerror == f"{kind}, not a regular file"
+    assert raised.value.filename == str(segment.path)
 
 
 # -- torn tails -----------------------------------------------------------------------------
