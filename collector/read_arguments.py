@@ -33,21 +33,14 @@ def data_dir_of(args: argparse.Namespace, *, reads_segments: bool = True) -> Pat
     except PermissionError:
         # segments/ may be a link to a disk of its own (docs/api.md) that this user may
         # not reach while the index beside it is readable: `losses` worked so before.
-        if reads_segments or not _can_look_at(data_dir / "index.sqlite"):
+        # (os.path.exists: False for any stat that fails, a refused one too)
+        if reads_segments or not os.path.exists(data_dir / "index.sqlite"):
             raise
         return data_dir
     if not (data_dir / "index.sqlite").exists() and not (data_dir / "segments").is_dir():
         raise CommandError(f"no audit data in {data_dir}: point --data-dir (or "
                            f"AUDIT_DATA_DIR) at the collector's data directory")
     return data_dir
-
-
-def _can_look_at(path: Path) -> bool:
-    try:
-        os.stat(path)
-    except OSError:
-        return False
-    return True
 
 
 class CommandError(Exception):
